@@ -1,0 +1,36 @@
+# Target helpers (STYLE.md "Build hygiene"): one per target kind, so every project target
+# gets the same warnings and include paths.
+
+set(IRIS_WARNINGS -Wall -Wextra -Werror -Wshadow -Wnon-virtual-dtor -Wno-missing-field-initializers)
+
+# iris_library(NAME SRCS a.cc b.cc DEPS other libs)
+function(iris_library name)
+  cmake_parse_arguments(ARG "" "" "SRCS;DEPS" ${ARGN})
+  add_library(iris_${name} STATIC ${ARG_SRCS})
+  target_include_directories(iris_${name} PUBLIC ${PROJECT_SOURCE_DIR}/src ${PROJECT_SOURCE_DIR}/include)
+  target_compile_options(iris_${name} PRIVATE ${IRIS_WARNINGS})
+  target_link_libraries(iris_${name} PUBLIC ${ARG_DEPS})
+endfunction()
+
+# iris_executable(NAME SRCS ... DEPS ...)
+function(iris_executable name)
+  cmake_parse_arguments(ARG "" "" "SRCS;DEPS" ${ARGN})
+  add_executable(${name} ${ARG_SRCS})
+  target_compile_options(${name} PRIVATE ${IRIS_WARNINGS})
+  target_link_libraries(${name} PRIVATE ${ARG_DEPS})
+endfunction()
+
+# iris_test(NAME SRCS ... DEPS ... LABEL unit|property|integration|chaos|fuzz TIMEOUT seconds)
+function(iris_test name)
+  cmake_parse_arguments(ARG "" "LABEL;TIMEOUT" "SRCS;DEPS" ${ARGN})
+  if(NOT ARG_TIMEOUT)
+    set(ARG_TIMEOUT 120)
+  endif()
+  add_executable(${name} ${ARG_SRCS})
+  target_compile_options(${name} PRIVATE ${IRIS_WARNINGS})
+  target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/tests)
+  target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gtest GTest::gmock GTest::gtest_main)
+  add_test(NAME ${name} COMMAND ${name} --gtest_brief=1)
+  set_tests_properties(${name} PROPERTIES LABELS "${ARG_LABEL}" TIMEOUT ${ARG_TIMEOUT}
+    ENVIRONMENT "IRIS_BUILD_DIR=${PROJECT_BINARY_DIR};IRIS_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
+endfunction()

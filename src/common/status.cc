@@ -1,0 +1,39 @@
+#include "common/status.h"
+
+namespace iris {
+
+std::string_view StatusCodeName(StatusCode code) {
+  switch (code) {
+    case StatusCode::kOk: return "OK";
+    case StatusCode::kBadRequest: return "BAD_REQUEST";
+    case StatusCode::kUnauthenticated: return "UNAUTHENTICATED";
+    case StatusCode::kUnsupportedVersion: return "UNSUPPORTED_VERSION";
+    case StatusCode::kRateLimited: return "RATE_LIMITED";
+    case StatusCode::kTooLarge: return "TOO_LARGE";
+    case StatusCode::kNotFound: return "NOT_FOUND";
+    case StatusCode::kOverloaded: return "OVERLOADED";
+    case StatusCode::kUnavailable: return "UNAVAILABLE";
+    case StatusCode::kForbidden: return "FORBIDDEN";
+    case StatusCode::kUnknownOpcode: return "UNKNOWN_OPCODE";
+    case StatusCode::kInternal: return "INTERNAL";
+    case StatusCode::kStorageFull: return "STORAGE_FULL";
+    case StatusCode::kSessionReplaced: return "SESSION_REPLACED";
+  }
+  return "UNKNOWN";
+}
+
+bool IsFatalByDefault(StatusCode code) {
+  return code == StatusCode::kUnauthenticated || code == StatusCode::kUnsupportedVersion ||
+         code == StatusCode::kSessionReplaced;
+}
+
+std::string Status::ToString() const {
+  std::string out(StatusCodeName(code_));
+  if (!message_.empty()) {
+    out += ": ";
+    out += message_;
+  }
+  return out;
+}
+
+}  // namespace iris
