@@ -1,0 +1,88 @@
+#pragma once
+// Connection: one non-blocking TCP socket with a server-side TLS 1.3 session, driven by one
+// EventLoop. It moves bytes only; the protocol lives in the Delegate (edge::Session).
+//
+// Memory (NFR-19): an idle connection keeps no read buffer (reads decrypt into the loop's
+// shared scratch buffer) and its output queue is released once drained; OpenSSL record
+// buffers are released by SSL_MODE_RELEASE_BUFFERS.
+//
+// Output is bounded: Write() fails once more than max_output_bytes are queued, and the
+// caller closes the connection (a reader too slow to drain is cut off, never allowed to grow
+// memory without bound).
+//
+// Thread-safety: loop thread only. The Connection is owned by whoever created it; after
+// Delegate::OnClosed() it must be destroyed (e.g. with EventLoop::Defer), not used again.
+
+#include <openssl/ssl.h>
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "net/event_loop.h"
+
+namespace iris::net {
+
+class Connection final : public EventLoop::Handler {
+ public:
+  class Delegate {
+   public:
+    virtual ~Delegate() = default;
+    virtual void OnHandshakeDone() {}
+    // Decrypted bytes; valid only during the call.
+    virtual void OnData(std::span<const uint8_t> data) = 0;
+    // The output queue drained completely (used to resume paused producers).
+    virtual void OnWritable() {}
+    // The connection is closed (peer closed, error, or Close()/Abort() finished). Called once.
+    virtual void OnClosed(std::string_view reason) = 0;
+  };
+
+  // Takes ownership of `fd` (a connected, non-blocking socket).
+  Connection(EventLoop& loop, SSL_CTX* ctx, int fd, Delegate* delegate, size_t max_output_bytes);
+  ~Connection() override;
+
+  Status Start();
+  // Queues bytes for sending. Returns false (and queues nothing) when the queue would exceed
+  // its bound, or when the connection is closing.
+  bool Write(std::string_view bytes);
+  // Stops reading, sends what is queued, then closes (TLS close_notify). Idempotent.
+  void Close(std::string_view reason);
+  // Closes at once, dropping queued output. Idempotent.
+  void Abort(std::string_view reason);
+  // Stops or resumes reading (backpressure from the application).
+  void PauseReading(bool paused);
+
+  size_t queued_bytes() const { return out_.size() - out_pos_; }
+  bool closing() const { return state_ >= State::kClosing; }
+  bool handshake_done() const { return state_ >= State::kOpen; }
+  const std::string& peer_address() const { return peer_; }
+  void set_peer_address(std::string peer) { peer_ = std::move(peer); }
+
+  void OnEvents(uint32_t events) override;
+
+ private:
+  enum class State : uint8_t { kHandshake, kOpen, kClosing, kClosed };
+
+  void DoHandshake();
+  void DoRead();
+  void DoWrite();
+  void UpdateInterest();
+  void Finish(std::string_view reason);
+
+  EventLoop& loop_;
+  SSL* ssl_ = nullptr;
+  int fd_;
+  Delegate* delegate_;
+  uint32_t max_output_;
+  State state_ = State::kHandshake;
+  bool paused_ = false;
+  bool want_write_ = false;  // OpenSSL needs the socket writable to make progress
+  uint32_t interest_ = 0;
+  std::string out_;
+  size_t out_pos_ = 0;
+  std::string peer_;
+  std::string close_reason_;
+};
+
+}  // namespace iris::net

@@ -1,0 +1,125 @@
+#include "net/listener.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace iris::net {
+
+Status SplitHostPort(const std::string& hp, std::string* host, uint16_t* port) {
+  std::string p;
+  if (!hp.empty() && hp[0] == '[') {
+    const size_t close = hp.find(']');
+    if (close == std::string::npos || close + 1 >= hp.size() || hp[close + 1] != ':') {
+      return BadRequest("bad address '" + hp + "': expected [v6]:port");
+    }
+    *host = hp.substr(1, close - 1);
+    p = hp.substr(close + 2);
+  } else {
+    const size_t colon = hp.rfind(':');
+    if (colon == std::string::npos) return BadRequest("bad address '" + hp + "': expected host:port");
+    *host = hp.substr(0, colon);
+    p = hp.substr(colon + 1);
+  }
+  if (p.empty() || p.size() > 5 || p.find_first_not_of("0123456789") != std::string::npos) {
+    return BadRequest("bad port in '" + hp + "'");
+  }
+  const unsigned long v = std::stoul(p);
+  if (v > 65535) return BadRequest("bad port in '" + hp + "'");
+  *port = static_cast<uint16_t>(v);
+  if (host->empty()) *host = "0.0.0.0";
+  return Status::Ok();
+}
+
+Result<int> ListenTcp(const std::string& host_port, int backlog) {
+  std::string host;
+  uint16_t port = 0;
+  IRIS_RETURN_IF_ERROR(SplitHostPort(host_port, &host, &port));
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  const std::string port_str = std::to_string(port);
+  if (getaddrinfo(host.c_str(), port_str.c_str(), &hints, &res) != 0 || res == nullptr) {
+    return BadRequest("cannot resolve listen address '" + host_port + "'");
+  }
+  int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    freeaddrinfo(res);
+    return Internal(std::string("socket: ") + strerror(errno));
+  }
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+  const int rc = bind(fd, res->ai_addr, res->ai_addrlen);
+  freeaddrinfo(res);
+  if (rc != 0) {
+    const std::string err = strerror(errno);
+    close(fd);
+    return Unavailable("cannot bind " + host_port + ": " + err, 0);
+  }
+  if (listen(fd, backlog) != 0) {
+    const std::string err = strerror(errno);
+    close(fd);
+    return Internal("listen: " + err);
+  }
+  return fd;
+}
+
+Result<uint16_t> LocalPort(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
+    return Internal(std::string("getsockname: ") + strerror(errno));
+  }
+  if (ss.ss_family == AF_INET) return ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+  return ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
+}
+
+Listener::Listener(EventLoop& loop, int fd, AcceptFn on_accept)
+    : loop_(loop), fd_(fd), on_accept_(std::move(on_accept)) {}
+
+Listener::~Listener() { Stop(); }
+
+Status Listener::Start() { return loop_.Add(fd_, EPOLLIN, this); }
+
+void Listener::Stop() {
+  if (fd_ >= 0) {
+    loop_.Remove(fd_);
+    close(fd_);
+    fd_ = -1;
+  }
+}
+
+void Listener::OnEvents(uint32_t) {
+  for (int i = 0; i < 256 && fd_ >= 0; ++i) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof(ss);
+    const int fd = accept4(fd_, reinterpret_cast<sockaddr*>(&ss), &len,
+                           SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      // EAGAIN: drained. EMFILE/ENFILE: out of descriptors; the connection stays queued in
+      // the kernel until one frees up. Anything else: the peer gave up; try the next.
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EMFILE || errno == ENFILE) return;
+      continue;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    char ip[INET6_ADDRSTRLEN] = {0};
+    if (ss.ss_family == AF_INET) {
+      inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr, ip, sizeof(ip));
+    } else if (ss.ss_family == AF_INET6) {
+      inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr, ip, sizeof(ip));
+    }
+    on_accept_(fd, ip);
+  }
+}
+
+}  // namespace iris::net

@@ -1,0 +1,53 @@
+#pragma once
+// TLS 1.3 contexts on OpenSSL 3 (PROTOCOL.md section 1; NFR-14): TLS 1.2 and older are
+// refused in the handshake. Server contexts use SSL_MODE_RELEASE_BUFFERS so an idle
+// connection holds no record buffers (NFR-19), and issue no session tickets.
+//
+// Thread-safety: a TlsContext is immutable after creation and may be shared by all loops.
+
+#include <openssl/ssl.h>
+
+#include <memory>
+#include <string>
+
+#include "common/status.h"
+
+namespace iris::net {
+
+class TlsContext {
+ public:
+  // A server context from PEM files (certificate chain and private key).
+  static Result<std::unique_ptr<TlsContext>> Server(const std::string& cert_file,
+                                                    const std::string& key_file);
+  // A client context. Verification: with ca_file, the chain must verify against it; with a
+  // pinned SHA-256 fingerprint (hex, colons optional), the leaf must match it. At least one
+  // is required: verification is never off.
+  static Result<std::unique_ptr<TlsContext>> Client(const std::string& ca_file,
+                                                    const std::string& pinned_sha256);
+  ~TlsContext();
+
+  SSL_CTX* get() const { return ctx_; }
+  const std::string& pinned_sha256() const { return pinned_; }
+
+ private:
+  explicit TlsContext(SSL_CTX* ctx) : ctx_(ctx) {}
+  SSL_CTX* ctx_;
+  std::string pinned_;
+};
+
+// Writes a new self-signed certificate (EC P-256, SAN localhost/127.0.0.1/::1, 10 years) and
+// its key (mode 0600) as PEM files.
+Status GenerateSelfSignedCertificate(const std::string& cert_file, const std::string& key_file,
+                                     const std::string& common_name);
+
+// SHA-256 of the DER certificate in a PEM file, as upper-case hex pairs joined by ':'.
+Result<std::string> CertificateFingerprint(const std::string& cert_file);
+// SHA-256 fingerprint of a peer certificate, same format.
+std::string CertificateFingerprint(X509* cert);
+// Normalises a fingerprint text for comparison: upper-case hex, no separators.
+std::string NormalizeFingerprint(const std::string& text);
+
+// The last OpenSSL error as text (and clears the queue).
+std::string OpenSslError();
+
+}  // namespace iris::net
