@@ -31,6 +31,13 @@ Result<ShardMap> ShardMap::Create(std::vector<NodeId> nodes, int32_t vnodes_per_
   if (nodes.empty()) return BadRequest("shard map needs at least one node");
   if (vnodes_per_node <= 0) return BadRequest("vnodes_per_node must be positive");
   if (replication <= 0) return BadRequest("replication must be positive");
+  // Duplicates would make a replica set impossible to fill with distinct nodes (the follower
+  // search below would never end) and give one node two blocks of vnodes.
+  std::vector<NodeId> sorted = nodes;
+  std::sort(sorted.begin(), sorted.end());
+  if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+    return BadRequest("shard map node ids must be distinct");
+  }
   const int64_t total = static_cast<int64_t>(nodes.size()) * vnodes_per_node;
   if (total > (1 << 24)) return BadRequest("too many vnodes");
   ShardMap map;

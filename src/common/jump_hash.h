@@ -28,8 +28,10 @@ using NodeId = uint32_t;
 
 class ShardMap {
  public:
-  // `nodes` in join order; each gets vnodes_per_node vnodes (RFC: 256..1024).
+  // `nodes` in join order, distinct; each gets vnodes_per_node vnodes (RFC: 256..1024).
   // Replica sets hold min(replication, nodes.size()) distinct nodes, primary first.
+  // BAD_REQUEST for no nodes, a repeated node id, a non-positive count, or more than
+  // 2^24 vnodes in total.
   static Result<ShardMap> Create(std::vector<NodeId> nodes, int32_t vnodes_per_node,
                                  int32_t replication = 3);
 
