@@ -76,34 +76,71 @@ Result<ClientMessage> DecodeClientFrame(uint8_t opcode, std::string_view p,
 }
 
 uint64_t PeekRequestId(std::string_view in) {
+  // Mirrors how protobuf parses field 1 of a message: the last top-level occurrence with
+  // wire type varint wins; other wire types and fields inside (unknown) groups are skipped.
+  // On bytes that cannot be read further, the request id found so far is returned.
+  constexpr int kMaxGroupDepth = 100;  // protobuf's default recursion limit
+  uint64_t found = 0;
+  int depth = 0;
   while (!in.empty()) {
     uint64_t tag = 0;
-    if (!ReadVarint(in, &tag)) return 0;
+    if (!ReadVarint(in, &tag) || (tag >> 3) == 0 || tag > 0xffffffffu) return found;
     const uint64_t field = tag >> 3;
     const auto type = static_cast<uint32_t>(tag & 7);
     uint64_t v = 0;
     switch (type) {
       case 0:
-        if (!ReadVarint(in, &v)) return 0;
-        if (field == 1) return v;
+        if (!ReadVarint(in, &v)) return found;
+        if (field == 1 && depth == 0) found = v;
         break;
       case 1:
-        if (in.size() < 8) return 0;
+        if (in.size() < 8) return found;
         in.remove_prefix(8);
         break;
       case 2:
-        if (!ReadVarint(in, &v) || v > in.size()) return 0;
+        if (!ReadVarint(in, &v) || v > in.size()) return found;
         in.remove_prefix(static_cast<size_t>(v));
         break;
+      case 3:  // start group
+        if (++depth > kMaxGroupDepth) return found;
+        break;
+      case 4:  // end group
+        if (depth == 0) return found;
+        --depth;
+        break;
       case 5:
-        if (in.size() < 4) return 0;
+        if (in.size() < 4) return found;
         in.remove_prefix(4);
         break;
       default:
-        return 0;  // groups (3, 4) and invalid types: give up
+        return found;  // wire types 6 and 7 do not exist
     }
   }
-  return 0;
+  return found;
+}
+
+bool CarriesRequestId(uint8_t opcode) {
+  switch (static_cast<Opcode>(opcode)) {
+    case Opcode::kSend:
+    case Opcode::kHistory:
+    case Opcode::kReceipt:
+    case Opcode::kSettings:
+    case Opcode::kPresenceSubscribe:
+    case Opcode::kPresenceUnsubscribe:
+    case Opcode::kPresenceQuery:
+    case Opcode::kKeysUpload:
+    case Opcode::kKeysFetch:
+    case Opcode::kGroupCreate:
+    case Opcode::kGroupUpdate:
+    case Opcode::kGroupGet:
+      return true;
+    default:
+      return false;
+  }
+}
+
+uint64_t PeekRequestId(uint8_t opcode, std::string_view payload) {
+  return CarriesRequestId(opcode) ? PeekRequestId(payload) : 0;
 }
 
 uint64_t RequestIdOf(const ClientMessage& m) {

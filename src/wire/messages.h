@@ -28,9 +28,18 @@ Result<ClientMessage> DecodeClientFrame(uint8_t opcode, std::string_view payload
                                         const ValidationLimits& limits = {});
 
 // Reads field 1 (request_id, varint) from a protobuf payload without parsing the rest, so
-// an error about an unparseable or invalid frame can still name its request. 0 when absent
-// or unreadable. Reads at most `payload`; bounded by its length.
+// an error about an unparseable or invalid frame can still name its request. Follows
+// protobuf's rules (the last top-level occurrence wins; fields inside groups and field 1
+// with another wire type are skipped), so for every payload that parses it equals the
+// parsed request_id. When the payload becomes unreadable, the id read before that point
+// (0 when none). Reads at most `payload`; bounded by its length.
+// Field 1 is request_id only for opcodes where CarriesRequestId() is true (for PING it is
+// the nonce, for SYNC the cursor, ...): prefer the overload that takes the opcode.
 uint64_t PeekRequestId(std::string_view payload);
+// PeekRequestId(payload) for opcodes whose client message has a request_id; 0 otherwise.
+uint64_t PeekRequestId(uint8_t opcode, std::string_view payload);
+// Whether the client message of `opcode` has request_id as field 1.
+bool CarriesRequestId(uint8_t opcode);
 
 // The request_id of a decoded message (0 for messages that have none).
 uint64_t RequestIdOf(const ClientMessage& m);
