@@ -1,0 +1,69 @@
+#pragma once
+// iris::client::Connection: one blocking TLS 1.3 connection to an Iris server that sends and
+// receives protocol frames (PROTOCOL.md sections 1-2). It is the transport under the client
+// library, the CLI and the integration tests.
+//
+// The server is always verified: by a CA file (chain + host name / IP address) or by a pinned
+// SHA-256 certificate fingerprint. There is no way to turn verification off.
+//
+// Thread-safety: none; use one Connection from one thread.
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "common/status.h"
+
+namespace google::protobuf {
+class MessageLite;
+}
+
+namespace iris::client {
+
+struct ConnectOptions {
+  std::string host = "127.0.0.1";
+  uint16_t port = 7443;
+  std::string ca_file;        // PEM CA (or the server's self-signed certificate)
+  std::string fingerprint;    // "SHA256:AB:CD:..." (colons and prefix optional)
+  int timeout_ms = 10'000;    // TCP connect + TLS handshake
+  std::string source_address; // optional local address to bind (e.g. 127.0.0.2)
+};
+
+struct ReceivedFrame {
+  uint8_t opcode = 0;
+  std::string payload;
+};
+
+class Connection {
+ public:
+  // UNAVAILABLE when the server cannot be reached, UNAUTHENTICATED when its certificate
+  // does not verify (the message says which check failed).
+  static Result<std::unique_ptr<Connection>> Connect(const ConnectOptions& options);
+  ~Connection();
+
+  Status SendFrame(uint8_t opcode, const google::protobuf::MessageLite& message);
+  // Raw bytes, exactly as given (tests use it for malformed input).
+  Status SendRaw(std::string_view bytes);
+  // The next frame. UNAVAILABLE when the connection closed (message says how),
+  // OVERLOADED (used as "timed out") when none arrived within timeout_ms.
+  Result<ReceivedFrame> ReadFrame(int timeout_ms);
+  // Closes the TLS session and the socket.
+  void Close();
+  // Half-closes nothing and sends no close_notify: the socket is just dropped (simulates a
+  // vanished network peer from the server's point of view only when combined with no FIN;
+  // here it is a plain abortive close with SO_LINGER 0).
+  void Abort();
+  bool closed() const { return fd_ < 0; }
+
+ private:
+  Connection() = default;
+  Status FillAtLeast(size_t n, int timeout_ms);
+
+  int fd_ = -1;
+  void* ssl_ = nullptr;  // SSL*
+  void* ctx_ = nullptr;  // net::TlsContext*
+  std::string in_;
+};
+
+}  // namespace iris::client

@@ -1,0 +1,477 @@
+#include "edge/session.h"
+
+#include <random>
+
+#include "common/assert.h"
+#include "edge/edge.h"
+#include "edge/edge_metrics.h"
+#include "wire/opcode.h"
+
+namespace iris::edge {
+namespace {
+
+constexpr uint32_t kProtocolVersion = 1;
+// A SYNC_PAGE / HISTORY_PAGE must fit one frame: leave room for the page's own fields.
+constexpr size_t kPageBytes = wire::kMaxPayloadBytes - 64;
+
+std::string NewTraceId() {
+  thread_local std::mt19937_64 rng(std::random_device{}());
+  std::string t(16, '\0');
+  uint64_t a = rng(), b = rng() | 1;  // never all zero
+  for (int i = 0; i < 8; ++i) {
+    t[i] = static_cast<char>(a >> (8 * i));
+    t[8 + i] = static_cast<char>(b >> (8 * i));
+  }
+  return t;
+}
+
+}  // namespace
+
+Session::Session(EdgeLoop& loop, uint64_t id, int fd, std::string peer_ip,
+                 uint32_t ip_retry_after_ms)
+    : loop_(loop), id_(id), ip_retry_after_ms_(ip_retry_after_ms) {
+  const Edge& edge = loop_.edge();
+  conn_ = std::make_unique<net::Connection>(loop_.loop(), edge.tls().get(), fd, this,
+                                            edge.options().max_output_bytes);
+  conn_->set_peer_address(std::move(peer_ip));
+  opened_ms_ = last_frame_ms_ = edge.clock().MonoMillis();
+}
+
+Session::~Session() = default;
+
+Status Session::Start() { return conn_->Start(); }
+
+void Session::OnHandshakeDone() { EdgeMetrics::Get().handshakes.Inc(); }
+
+void Session::OnData(std::span<const uint8_t> data) {
+  last_frame_ms_ = loop_.edge().clock().MonoMillis();
+  decoder_.Consume(data, [this](const wire::Frame& f) { return HandleFrame(f.opcode, f.payload); });
+  // Backpressure: stop reading while too many requests wait for the store.
+  if (replies_.size() >= loop_.edge().options().max_inflight_requests) conn_->PauseReading(true);
+}
+
+void Session::OnWritable() {}
+
+void Session::OnClosed(std::string_view reason) {
+  (void)reason;
+  state_ = State::kClosing;
+  if (registered_) {
+    loop_.edge().core().UnregisterSession(user_, core::SessionRef{loop_.index(), id_});
+    registered_ = false;
+  }
+  EdgeMetrics::Get().closed.Inc();
+  loop_.Forget(id_);
+}
+
+bool Session::HandleFrame(uint8_t opcode, std::string_view payload) {
+  if (state_ == State::kClosing) return false;
+  EdgeMetrics::Get().FrameIn(opcode);
+  Edge& edge = loop_.edge();
+  if (state_ == State::kAwaitHello && opcode != static_cast<uint8_t>(wire::Opcode::kHello) &&
+      opcode != static_cast<uint8_t>(wire::Opcode::kPing)) {
+    CloseWith(wire::PeekRequestId(payload), Unauthenticated("HELLO must come first"));
+    return false;
+  }
+  auto decoded = wire::DecodeClientFrame(opcode, payload, edge.options().limits);
+  if (!decoded.ok()) {
+    const Status& s = decoded.status();
+    SendError(s.code() == StatusCode::kUnknownOpcode ? 0 : wire::PeekRequestId(payload), s, false);
+    return state_ != State::kClosing;
+  }
+  // Every frame after HELLO re-checks the token (expiry, revocation): cheap, no crypto.
+  if (state_ != State::kAwaitHello) {
+    Status auth = edge.verifier().Recheck(claims_, edge.clock().WallMillis());
+    if (!auth.ok()) {
+      CloseWith(wire::RequestIdOf(*decoded), auth);
+      return false;
+    }
+  }
+  std::visit(
+      [this](auto& m) {
+        using M = std::decay_t<decltype(m)>;
+        if constexpr (std::is_same_v<M, v1::Hello>) {
+          if (state_ != State::kAwaitHello) {
+            SendError(0, BadRequest("HELLO was already accepted on this connection"), false);
+          } else {
+            HandleHello(m);
+          }
+        } else if constexpr (std::is_same_v<M, v1::Ping>) {
+          v1::Pong pong;
+          pong.set_nonce(m.nonce());
+          SendMessage(wire::Opcode::kPong, pong);
+        } else if constexpr (std::is_same_v<M, v1::Pong>) {
+          // keep-alive answer: the activity itself is what counts
+        } else if constexpr (std::is_same_v<M, v1::Send>) {
+          HandleSend(m);
+        } else if constexpr (std::is_same_v<M, v1::DeliverAck>) {
+          HandleDeliverAck(m);
+        } else if constexpr (std::is_same_v<M, v1::Sync>) {
+          HandleSync(m);
+        } else if constexpr (std::is_same_v<M, v1::SyncAck>) {
+          HandleSyncAck(m);
+        } else if constexpr (std::is_same_v<M, v1::History>) {
+          HandleHistory(m);
+        } else {
+          // Receipts, settings, presence, typing, keys and groups are served by their own
+          // components; until a component is present its requests are refused explicitly.
+          SendError(wire::RequestIdOf(m),
+                    Unavailable("this server does not serve this request yet", 0), false);
+        }
+      },
+      *decoded);
+  return state_ != State::kClosing;
+}
+
+void Session::HandleHello(const v1::Hello& m) {
+  Edge& edge = loop_.edge();
+  uint32_t version = 0;
+  for (uint32_t v : m.versions()) {
+    if (v == kProtocolVersion) version = v;
+  }
+  if (version == 0) {
+    CloseWith(0, Status(StatusCode::kUnsupportedVersion, "this server speaks protocol version 1"));
+    return;
+  }
+  if (ip_retry_after_ms_ > 0) {
+    EdgeMetrics::Get().rate_limited_connect.Inc();
+    CloseWith(0, RateLimited("too many connections from this address", ip_retry_after_ms_));
+    return;
+  }
+  const int64_t now_ms = edge.clock().WallMillis();
+  const int64_t now_ns = edge.clock().MonoNanos();
+  // The failed-login limit is per account: the (unverified) subject of the token names it.
+  const uint64_t claimed = auth::UnverifiedSubject(m.token()).value_or(0);
+  if (claimed != 0) {
+    uint32_t retry = 0;
+    if (!edge.failed_logins().Allowed(claimed, now_ns, &retry)) {
+      EdgeMetrics::Get().rate_limited_login.Inc();
+      CloseWith(0, RateLimited("too many failed logins for this account", retry));
+      return;
+    }
+  }
+  auto claims = edge.verifier().Verify(m.token(), now_ms);
+  if (!claims.ok()) {
+    if (claimed != 0) edge.failed_logins().RecordFailure(claimed, now_ns);
+    EdgeMetrics::Get().auth_failures.Inc();
+    CloseWith(0, claims.status());
+    return;
+  }
+  claims_ = std::move(claims).value();
+  user_ = claims_.user_id;
+  page_size_ = m.page_size() == 0 ? edge.options().default_page_size : m.page_size();
+  last_sent_ = m.cursor();
+
+  v1::Welcome w;
+  w.set_version(version);
+  for (const auto& c : m.capabilities()) {
+    for (const auto& ours : edge.options().capabilities) {
+      if (c == ours) {
+        w.add_capabilities(c);
+        break;
+      }
+    }
+  }
+  w.set_user_id(user_);
+  w.set_server_time_ms(static_cast<uint64_t>(now_ms));
+  w.set_session_id(id_ | (static_cast<uint64_t>(loop_.index()) << 56));
+  v1::Limits* l = w.mutable_limits();
+  const auto& lim = edge.options().limits;
+  l->set_max_body_bytes(lim.max_body_bytes);
+  l->set_max_page_messages(lim.max_page_messages);
+  l->set_rate_per_sec(static_cast<uint32_t>(edge.options().send_rate.sustained_per_sec));
+  l->set_rate_burst(static_cast<uint32_t>(edge.options().send_rate.burst_per_sec));
+  l->set_max_presence_subscriptions(1024);
+  l->set_idle_timeout_ms(edge.options().idle_timeout_ms);
+  SendMessage(wire::Opcode::kWelcome, w);
+  if (state_ == State::kClosing) return;
+
+  edge.core().RegisterSession(user_, core::SessionRef{loop_.index(), id_});
+  registered_ = true;
+  EdgeMetrics::Get().sessions_opened.Inc();
+  state_ = State::kCatchUp;
+  ContinueCatchUp();
+}
+
+void Session::ContinueCatchUp() {
+  Edge& edge = loop_.edge();
+  auto page = edge.core().Scan(user_, last_sent_, page_size_, kPageBytes);
+  if (!page.ok()) {
+    // The inbox could not be read: tell the client and stay connected; a SYNC retries.
+    SendError(0, page.status(), false);
+    state_ = State::kPush;  // pushes still flow; the client re-syncs on its own terms
+    return;
+  }
+  if (page->messages.empty() && !page->gap) {
+    v1::SyncDone done;
+    done.set_cursor(last_sent_);
+    state_ = State::kPush;
+    SendMessage(wire::Opcode::kSyncDone, done);
+    return;
+  }
+  v1::SyncPage out;
+  for (auto& e : page->messages) *out.add_messages() = std::move(e);
+  const uint64_t cursor = out.messages_size() > 0
+                              ? out.messages(out.messages_size() - 1).id()
+                              : last_sent_;
+  out.set_has_more(page->has_more);
+  out.set_cursor(cursor);
+  out.set_gap(page->gap);
+  EdgeMetrics::Get().msg_out.Inc(static_cast<uint64_t>(out.messages_size()));
+  EdgeMetrics::Get().sync_pages.Inc();
+  last_sent_ = cursor;
+  if (page->has_more) {
+    state_ = State::kAwaitSyncAck;
+    awaited_ack_ = cursor;
+    SendMessage(wire::Opcode::kSyncPage, out);
+    return;
+  }
+  // Last page: switch to push mode in this same loop turn (see the class comment).
+  state_ = State::kPush;
+  SendMessage(wire::Opcode::kSyncPage, out);
+  if (state_ == State::kClosing) return;
+  v1::SyncDone done;
+  done.set_cursor(last_sent_);
+  SendMessage(wire::Opcode::kSyncDone, done);
+}
+
+void Session::HandleSync(const v1::Sync& m) {
+  last_sent_ = m.cursor();
+  if (m.page_size() != 0) page_size_ = m.page_size();
+  state_ = State::kCatchUp;
+  ContinueCatchUp();
+}
+
+void Session::HandleSyncAck(const v1::SyncAck& m) {
+  if (state_ != State::kAwaitSyncAck) {
+    SendError(0, BadRequest("no sync page is waiting for an acknowledgement"), false);
+    return;
+  }
+  if (m.cursor() != awaited_ack_) {
+    SendError(0, BadRequest("SYNC_ACK cursor does not match the last page's cursor"), false);
+    return;
+  }
+  if (m.cursor() > acked_) acked_ = m.cursor();
+  state_ = State::kCatchUp;
+  ContinueCatchUp();
+}
+
+void Session::HandleDeliverAck(const v1::DeliverAck& m) {
+  if (m.cursor() > acked_) {
+    acked_ = m.cursor();
+    // End-to-end latency: accepted (the id's physical time) to the recipient's ack.
+    const int64_t accepted_ms = static_cast<int64_t>(m.cursor() >> 16);
+    const int64_t now_ms = loop_.edge().clock().WallMillis();
+    if (m.cursor() <= last_sent_ && now_ms >= accepted_ms) {
+      EdgeMetrics::Get().e2e_latency.Observe(static_cast<double>(now_ms - accepted_ms) / 1000.0);
+    }
+  }
+}
+
+void Session::HandleHistory(const v1::History& m) {
+  auto page = loop_.edge().core().History(user_, m.before(), m.limit() == 0 ? 256 : m.limit(),
+                                          kPageBytes);
+  if (!page.ok()) {
+    SendError(m.request_id(), page.status(), false);
+    return;
+  }
+  v1::HistoryPage out;
+  out.set_request_id(m.request_id());
+  for (auto& e : page->messages) *out.add_messages() = std::move(e);
+  out.set_has_more(page->has_more);
+  SendMessage(wire::Opcode::kHistoryPage, out);
+}
+
+void Session::HandleSend(const v1::Send& m) {
+  Edge& edge = loop_.edge();
+  const uint64_t seq = ReserveReply();
+  if (m.group_id() != 0) {
+    std::string frame;
+    v1::Error err;
+    err.set_request_id(m.request_id());
+    err.set_code(static_cast<uint32_t>(StatusCode::kNotFound));
+    err.set_message("unknown group");
+    wire::AppendMessageFrame(&frame, static_cast<uint8_t>(wire::Opcode::kError), err)
+        .IgnoreError();
+    CompleteReply(seq, std::move(frame));
+    return;
+  }
+  Status allowed = edge.send_limiter().TryTake(user_, edge.clock().MonoNanos());
+  if (!allowed.ok()) {
+    EdgeMetrics::Get().rate_limited_send.Inc();
+    EdgeMetrics::Get().ErrorOut(allowed.code());
+    std::string frame;
+    v1::Error err;
+    err.set_request_id(m.request_id());
+    err.set_code(static_cast<uint32_t>(allowed.code()));
+    err.set_message(allowed.message());
+    err.set_retry_after_ms(std::max<uint32_t>(allowed.retry_after_ms(), 1));
+    wire::AppendMessageFrame(&frame, static_cast<uint8_t>(wire::Opcode::kError), err)
+        .IgnoreError();
+    CompleteReply(seq, std::move(frame));
+    return;
+  }
+  std::string trace = m.trace_id().empty() ? NewTraceId() : m.trace_id();
+  const uint64_t request_id = m.request_id();
+  net::EventLoop* loop = &loop_.loop();
+  EdgeLoop* owner = &loop_;
+  const uint64_t sid = id_;
+  const int64_t start_ns = edge.clock().MonoNanos();
+  const Clock* clock = &edge.clock();
+  edge.core().Send(
+      user_, m, trace,
+      [loop, owner, sid, seq, request_id, trace, start_ns, clock](Result<store::AppendOutcome> r) {
+        std::string frame;
+        auto& metrics = EdgeMetrics::Get();
+        if (r.ok()) {
+          v1::SendAck ack;
+          ack.set_request_id(request_id);
+          ack.set_message_id(r->message_id);
+          ack.set_duplicate(r->duplicate);
+          ack.set_accepted_at_ms(r->accepted_at_ms);
+          ack.set_trace_id(trace);
+          wire::AppendMessageFrame(&frame, static_cast<uint8_t>(wire::Opcode::kSendAck), ack)
+              .IgnoreError();
+          if (r->duplicate) {
+            metrics.dedup_hit.Inc();
+          } else {
+            metrics.msg_in.Inc();
+          }
+          metrics.send_latency.Observe(static_cast<double>(clock->MonoNanos() - start_ns) / 1e9);
+        } else {
+          v1::Error err;
+          err.set_request_id(request_id);
+          err.set_code(static_cast<uint32_t>(r.status().code()));
+          err.set_message(r.status().message());
+          err.set_retry_after_ms(r.status().retry_after_ms());
+          wire::AppendMessageFrame(&frame, static_cast<uint8_t>(wire::Opcode::kError), err)
+              .IgnoreError();
+          metrics.ErrorOut(r.status().code());
+        }
+        loop->Post([owner, sid, seq, f = std::move(frame)]() mutable {
+          if (Session* s = owner->Find(sid)) s->CompleteReply(seq, std::move(f));
+        });
+      });
+}
+
+uint64_t Session::ReserveReply() {
+  replies_.emplace_back();
+  return reply_base_ + replies_.size() - 1;
+}
+
+void Session::CompleteReply(uint64_t seq, std::string frame) {
+  if (seq < reply_base_ || seq - reply_base_ >= replies_.size()) {
+    IRIS_BUG("reply for an unknown slot");
+    return;
+  }
+  Reply& r = replies_[seq - reply_base_];
+  r.ready = true;
+  r.frame = std::move(frame);
+  FlushReplies();
+}
+
+void Session::FlushReplies() {
+  while (!replies_.empty() && replies_.front().ready) {
+    std::string frame = std::move(replies_.front().frame);
+    replies_.pop_front();
+    ++reply_base_;
+    if (state_ == State::kClosing && !shutting_down_) continue;
+    if (!conn_->Write(frame)) {
+      EdgeMetrics::Get().slow_readers.Inc();
+      state_ = State::kClosing;
+      conn_->Abort("output queue full (slow reader)");
+      return;
+    }
+    if (static_cast<uint8_t>(frame[0]) == static_cast<uint8_t>(wire::Opcode::kSendAck)) {
+      EdgeMetrics::Get().ack_sent.Inc();
+    }
+  }
+  if (replies_.size() < loop_.edge().options().max_inflight_requests && !conn_->closing()) {
+    conn_->PauseReading(false);
+  }
+  if (shutting_down_ && replies_.empty()) conn_->Close("server shutting down");
+}
+
+void Session::Push(const v1::Envelope& e) {
+  if (state_ != State::kPush || e.id() <= last_sent_) return;
+  v1::Deliver d;
+  *d.mutable_message() = e;
+  last_sent_ = e.id();
+  EdgeMetrics::Get().msg_out.Inc();
+  SendMessage(wire::Opcode::kDeliver, d);
+}
+
+void Session::Replaced() {
+  if (state_ == State::kClosing) return;
+  registered_ = false;  // the registry already points at the newer session
+  CloseWith(0, Status(StatusCode::kSessionReplaced, "a newer session of this user took over"));
+}
+
+void Session::RecheckAuth(int64_t now_ms) {
+  if (state_ == State::kAwaitHello || state_ == State::kClosing) return;
+  Status s = loop_.edge().verifier().Recheck(claims_, now_ms);
+  if (!s.ok()) CloseWith(0, s);
+}
+
+void Session::Tick(int64_t now_mono_ms) {
+  if (state_ == State::kClosing) return;
+  const Edge& edge = loop_.edge();
+  if (state_ == State::kAwaitHello) {
+    if (now_mono_ms - opened_ms_ > edge.options().hello_timeout_ms) {
+      EdgeMetrics::Get().timeouts.Inc();
+      if (conn_->handshake_done()) {
+        CloseWith(0, Unauthenticated("no valid HELLO within the handshake timeout"));
+      } else {
+        state_ = State::kClosing;
+        conn_->Abort("TLS handshake timeout");
+      }
+    }
+    return;
+  }
+  if (now_mono_ms - last_frame_ms_ > edge.options().idle_timeout_ms) {
+    EdgeMetrics::Get().timeouts.Inc();
+    state_ = State::kClosing;
+    conn_->Close("idle timeout");
+  }
+}
+
+void Session::Shutdown() {
+  if (state_ == State::kClosing) return;
+  shutting_down_ = true;
+  conn_->PauseReading(true);
+  if (replies_.empty()) conn_->Close("server shutting down");
+}
+
+void Session::SendMessage(wire::Opcode op, const google::protobuf::MessageLite& m) {
+  if (state_ == State::kClosing && !shutting_down_) return;
+  std::string frame;
+  Status s = wire::AppendMessageFrame(&frame, static_cast<uint8_t>(op), m);
+  if (!s.ok()) {
+    IRIS_BUG("an outgoing message did not fit one frame");
+    return;
+  }
+  if (!conn_->Write(frame)) {
+    EdgeMetrics::Get().slow_readers.Inc();
+    state_ = State::kClosing;
+    conn_->Abort("output queue full (slow reader)");
+  }
+}
+
+void Session::SendError(uint64_t request_id, const Status& s, bool fatal) {
+  v1::Error err;
+  err.set_request_id(request_id);
+  err.set_code(static_cast<uint32_t>(s.code()));
+  err.set_message(s.message());
+  err.set_retry_after_ms(s.retry_after_ms());
+  err.set_fatal(fatal);
+  EdgeMetrics::Get().ErrorOut(s.code());
+  SendMessage(wire::Opcode::kError, err);
+}
+
+void Session::CloseWith(uint64_t request_id, const Status& s) {
+  if (state_ == State::kClosing) return;
+  SendError(request_id, s, true);
+  state_ = State::kClosing;
+  conn_->Close(s.message());
+}
+
+}  // namespace iris::edge

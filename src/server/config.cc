@@ -1,0 +1,121 @@
+#include "server/config.h"
+
+#include <CLI/CLI.hpp>
+#include <toml++/toml.h>
+
+#include <sstream>
+
+namespace iris::server {
+namespace {
+
+void Define(CLI::App& app, ServerConfig& c) {
+  app.add_option("--config", c.config_file, "TOML configuration file (keys are these flags' names)");
+  app.add_option("--data-dir", c.data_dir, "Directory for the store, keys and generated secrets")
+      ->capture_default_str();
+  app.add_option("--listen", c.listen, "Client listener (TLS 1.3), host:port")->capture_default_str();
+  app.add_option("--admin-listen", c.admin_listen, "Admin HTTP listener, host:port (keep it private)")
+      ->capture_default_str();
+  app.add_option("--tls-cert", c.tls_cert, "PEM certificate chain (default: generated self-signed in <data-dir>/tls)");
+  app.add_option("--tls-key", c.tls_key, "PEM private key (default: generated with the certificate)");
+  app.add_option("--jwt-secret-file", c.jwt_secret_file,
+                 "HS256 key file: its bytes less one trailing newline, at least 32 (default: generated <data-dir>/jwt.secret)");
+  app.add_option("--jwt-key", c.jwt_keys, "Extra signing key for rotation, as kid=path (repeatable)")->take_all();
+  app.add_option("--admin-token-file", c.admin_token_file,
+                 "Bearer token of the admin API, file content less one trailing newline (default: generated <data-dir>/admin.token)");
+  app.add_option("--node-id", c.node_id, "Node id (0..255), the low byte of every message id")
+      ->capture_default_str()->check(CLI::Range(0, 255));
+  app.add_option("--loops", c.loops, "Event loops (0 = one per core)")->capture_default_str();
+  app.add_option("--hello-timeout-ms", c.hello_timeout_ms, "TLS handshake + HELLO deadline")->capture_default_str();
+  app.add_option("--idle-timeout-ms", c.idle_timeout_ms, "Close a connection silent this long")->capture_default_str();
+  app.add_option("--jwt-leeway-s", c.jwt_leeway_s, "Clock leeway for exp/iat")->capture_default_str();
+  app.add_option("--jwt-audience", c.jwt_audience, "Required aud claim (empty: not checked)");
+  app.add_option("--jwt-issuer", c.jwt_issuer, "Required iss claim (empty: not checked)");
+  app.add_option("--rate-per-sec", c.rate_per_sec, "Sustained sends per user per second")->capture_default_str();
+  app.add_option("--rate-burst-per-sec", c.rate_burst_per_sec, "Peak sends per user per second")->capture_default_str();
+  app.add_option("--rate-burst-seconds", c.rate_burst_seconds, "How long the peak rate may last")->capture_default_str();
+  app.add_option("--connections-per-ip-per-minute", c.connections_per_ip_per_minute,
+                 "New connections per minute per IP address")->capture_default_str();
+  app.add_option("--connection-allowlist", c.connection_allowlist,
+                 "Addresses or CIDR ranges exempt from the per-IP connection limit (repeatable)")
+      ->take_all();
+  app.add_option("--failed-logins-per-hour", c.failed_logins_per_hour, "Failed logins per account per hour")
+      ->capture_default_str();
+  app.add_option("--max-output-bytes", c.max_output_bytes,
+                 "Per-connection output queue bound; a slower reader is disconnected")->capture_default_str();
+  app.add_option("--inbox-cap", c.inbox_cap, "Newest messages kept in the inbox (older: archive)")
+      ->capture_default_str();
+  app.add_option("--shutdown-grace-ms", c.shutdown_grace_ms, "SIGTERM: time allowed to finish in-flight work")
+      ->capture_default_str();
+  app.add_option("--log-level", c.log_level, "debug, info, warn or error")->capture_default_str();
+}
+
+// Turns the TOML file into "--key=value" arguments placed before the real command line,
+// so flags given on the command line win (CLI11 takes the last value).
+Status TomlToArgs(const std::string& path, std::vector<std::string>* out) {
+  toml::table table;
+  try {
+    table = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    std::ostringstream msg;
+    msg << "config " << path << ": " << e.description() << " at line " << e.source().begin.line;
+    return BadRequest(msg.str());
+  }
+  for (auto&& [key, node] : table) {
+    const std::string k(key.str());
+    auto scalar = [&](const toml::node& n) -> Result<std::string> {
+      if (auto s = n.value<std::string>()) return *s;
+      if (auto i = n.value<int64_t>()) return std::to_string(*i);
+      if (auto d = n.value<double>()) {
+        std::ostringstream o;
+        o << *d;
+        return o.str();
+      }
+      if (auto b = n.value<bool>()) return std::string(*b ? "true" : "false");
+      return BadRequest("config " + path + ": unsupported value type for '" + k + "'");
+    };
+    if (const toml::array* arr = node.as_array()) {
+      for (const auto& el : *arr) {
+        auto v = scalar(el);
+        if (!v.ok()) return v.status();
+        out->push_back("--" + k + "=" + *v);
+      }
+      continue;
+    }
+    auto v = scalar(node);
+    if (!v.ok()) return v.status();
+    out->push_back("--" + k + "=" + *v);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<ServerConfig> ParseConfig(int argc, char** argv, std::string* help_text) {
+  ServerConfig c;
+  CLI::App app{"irisd: the Iris messaging server (edge, core and store in one process)", "irisd"};
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  Define(app, c);
+
+  std::vector<std::string> args;
+  std::string config_path;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--config" && i + 1 < argc) config_path = argv[i + 1];
+    if (a.rfind("--config=", 0) == 0) config_path = a.substr(9);
+  }
+  if (!config_path.empty()) IRIS_RETURN_IF_ERROR(TomlToArgs(config_path, &args));
+  for (int i = 1; i < argc; ++i) args.emplace_back(argv[i]);
+  // CLI11 parses a reversed vector of arguments.
+  std::vector<std::string> reversed(args.rbegin(), args.rend());
+  try {
+    app.parse(reversed);
+  } catch (const CLI::CallForHelp&) {
+    *help_text = app.help();
+    return c;
+  } catch (const CLI::ParseError& e) {
+    return BadRequest(std::string(e.what()) + " (see irisd --help)");
+  }
+  return c;
+}
+
+}  // namespace iris::server

@@ -1,0 +1,47 @@
+#pragma once
+// irisd configuration: a TOML file (--config) and command-line flags with the same names
+// (`data-dir = "./data"` in the file is `--data-dir ./data` on the command line). A flag
+// overrides the file. Unknown keys are errors.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace iris::server {
+
+struct ServerConfig {
+  std::string config_file;
+  std::string data_dir = "./data";
+  std::string listen = "0.0.0.0:7443";
+  std::string admin_listen = "127.0.0.1:9090";
+  std::string tls_cert;            // default: <data-dir>/tls/server.crt (generated if missing)
+  std::string tls_key;             // default: <data-dir>/tls/server.key
+  std::string jwt_secret_file;     // default: <data-dir>/jwt.secret (generated if missing)
+  std::vector<std::string> jwt_keys;  // extra "kid=path" keys for rotation
+  std::string admin_token_file;    // default: <data-dir>/admin.token (generated if missing)
+  uint32_t node_id = 1;
+  int loops = 0;                   // event loops; 0 = one per core
+  uint32_t hello_timeout_ms = 10'000;
+  uint32_t idle_timeout_ms = 25'000;
+  int64_t jwt_leeway_s = 30;
+  std::string jwt_audience;
+  std::string jwt_issuer;
+  double rate_per_sec = 5;
+  double rate_burst_per_sec = 20;
+  double rate_burst_seconds = 10;
+  double connections_per_ip_per_minute = 5;
+  std::vector<std::string> connection_allowlist;
+  double failed_logins_per_hour = 10;
+  uint64_t max_output_bytes = 1 << 20;
+  uint32_t inbox_cap = 10'000;
+  uint32_t shutdown_grace_ms = 5'000;
+  std::string log_level = "info";
+};
+
+// Parses argv (and the --config file it names). On --help, *help_text is filled and the
+// returned config is unused. Errors are BAD_REQUEST with a message meant for the operator.
+Result<ServerConfig> ParseConfig(int argc, char** argv, std::string* help_text);
+
+}  // namespace iris::server

@@ -1,0 +1,275 @@
+#include "server/server.h"
+
+#include <openssl/rand.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "auth/jwt.h"
+#include "auth/keyring.h"
+#include "auth/revocation.h"
+#include "common/bytes.h"
+#include "core/core.h"
+#include "edge/edge.h"
+#include "net/http/http_server.h"
+#include "net/tls.h"
+#include "obs/metrics.h"
+#include "obs/process_metrics.h"
+#include "store/inbox_store.h"
+
+namespace iris::server {
+namespace fs = std::filesystem;
+
+// Forwards core pushes to the edge (see Start()).
+struct ForwardingSink final : core::EdgeSink {
+  edge::Edge* to = nullptr;
+  void Deliver(const core::SessionRef& r, const v1::Envelope& e) override {
+    if (to) to->Deliver(r, e);
+  }
+  void Replace(const core::SessionRef& r) override {
+    if (to) to->Replace(r);
+  }
+};
+
+struct Server::Impl {
+  ForwardingSink forward;
+  ServerConfig config;
+  std::string admin_token;
+  std::string cert_fingerprint;
+  auth::Keyring keyring;
+  auth::RevocationList revocations;
+  std::unique_ptr<auth::TokenVerifier> verifier;
+  std::unique_ptr<net::TlsContext> tls;
+  std::unique_ptr<store::InboxStore> store;
+  std::unique_ptr<core::Core> core;
+  std::unique_ptr<edge::Edge> edge;
+  std::unique_ptr<net::http::HttpServer> admin;
+  bool started = false;
+  bool stopped = false;
+};
+
+namespace {
+
+// Writes `bytes` random bytes as hex to `path` (mode 0600) unless the file exists.
+Status EnsureSecretFile(const std::string& path, size_t bytes) {
+  if (fs::exists(path)) return Status::Ok();
+  std::string raw(bytes, '\0');
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(raw.data()), static_cast<int>(bytes)) != 1) {
+    return Internal("no randomness for " + path);
+  }
+  const std::string hex = HexEncode(raw);
+  const mode_t old = umask(077);
+  std::ofstream out(path, std::ios::trunc);
+  umask(old);
+  if (!out) return Internal("cannot write " + path);
+  out << hex << "\n";
+  out.close();
+  chmod(path.c_str(), 0600);
+  return out ? Status::Ok() : Internal("cannot write " + path);
+}
+
+std::string TrimOneNewline(std::string s) {
+  if (!s.empty() && s.back() == '\n') s.pop_back();
+  return s;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Server>> Server::Create(const ServerConfig& config) {
+  std::unique_ptr<Server> server(new Server());
+  server->impl_ = std::make_unique<Impl>();
+  Impl& m = *server->impl_;
+  m.config = config;
+  ServerConfig& c = m.config;
+  std::error_code ec;
+  fs::create_directories(c.data_dir, ec);
+  if (ec) return BadRequest("cannot create data directory " + c.data_dir + ": " + ec.message());
+
+  // TLS: generated self-signed certificate unless one is configured.
+  if (c.tls_cert.empty() != c.tls_key.empty()) {
+    return BadRequest("--tls-cert and --tls-key go together");
+  }
+  if (c.tls_cert.empty()) {
+    fs::create_directories(c.data_dir + "/tls", ec);
+    c.tls_cert = c.data_dir + "/tls/server.crt";
+    c.tls_key = c.data_dir + "/tls/server.key";
+    if (!fs::exists(c.tls_cert) || !fs::exists(c.tls_key)) {
+      IRIS_RETURN_IF_ERROR(net::GenerateSelfSignedCertificate(c.tls_cert, c.tls_key, "iris"));
+    }
+  }
+  auto tls = net::TlsContext::Server(c.tls_cert, c.tls_key);
+  if (!tls.ok()) return tls.status();
+  m.tls = std::move(tls).value();
+  auto fp = net::CertificateFingerprint(c.tls_cert);
+  if (!fp.ok()) return fp.status();
+  m.cert_fingerprint = *fp;
+
+  // JWT keys.
+  if (c.jwt_secret_file.empty()) {
+    c.jwt_secret_file = c.data_dir + "/jwt.secret";
+    IRIS_RETURN_IF_ERROR(EnsureSecretFile(c.jwt_secret_file, 32));
+  }
+  auto secret = auth::ReadSecretFile(c.jwt_secret_file);
+  if (!secret.ok()) return secret.status();
+  IRIS_RETURN_IF_ERROR(m.keyring.AddKey("", std::move(secret).value()));
+  for (const std::string& kv : c.jwt_keys) {
+    const size_t eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0) return BadRequest("--jwt-key wants kid=path, got " + kv);
+    auto s = auth::ReadSecretFile(kv.substr(eq + 1));
+    if (!s.ok()) return s.status();
+    IRIS_RETURN_IF_ERROR(m.keyring.AddKey(kv.substr(0, eq), std::move(s).value()));
+  }
+  auth::VerifyOptions vo;
+  vo.leeway_s = c.jwt_leeway_s;
+  vo.audience = c.jwt_audience;
+  vo.issuer = c.jwt_issuer;
+  m.verifier = std::make_unique<auth::TokenVerifier>(m.keyring, m.revocations, vo);
+
+  // Admin token.
+  if (c.admin_token_file.empty()) {
+    c.admin_token_file = c.data_dir + "/admin.token";
+    IRIS_RETURN_IF_ERROR(EnsureSecretFile(c.admin_token_file, 24));
+  }
+  {
+    std::ifstream in(c.admin_token_file);
+    if (!in) return NotFound("cannot read admin token file " + c.admin_token_file);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    m.admin_token = TrimOneNewline(ss.str());
+    if (m.admin_token.size() < 16) return BadRequest("admin token must be at least 16 bytes");
+  }
+
+  // Store and core.
+  store::StoreOptions so;
+  so.path = c.data_dir + "/store";
+  so.node_id = static_cast<uint8_t>(c.node_id);
+  so.inbox_cap = c.inbox_cap;
+  auto st = store::InboxStore::Open(so);
+  if (!st.ok()) return st.status();
+  m.store = std::move(st).value();
+  return server;
+}
+
+Server::~Server() { Stop(); }
+
+Status Server::Start() {
+  Impl& m = *impl_;
+  const ServerConfig& c = m.config;
+  edge::EdgeOptions eo;
+  eo.listen = c.listen;
+  eo.loops = c.loops;
+  eo.hello_timeout_ms = c.hello_timeout_ms;
+  eo.idle_timeout_ms = c.idle_timeout_ms;
+  eo.max_output_bytes = c.max_output_bytes;
+  eo.send_rate.sustained_per_sec = c.rate_per_sec;
+  eo.send_rate.burst_per_sec = c.rate_burst_per_sec;
+  eo.send_rate.burst_seconds = c.rate_burst_seconds;
+  eo.connection_rate.per_minute = c.connections_per_ip_per_minute;
+  eo.connection_rate.burst = std::max(1.0, c.connections_per_ip_per_minute);
+  eo.connection_allowlist = c.connection_allowlist;
+  eo.failed_logins.per_hour = c.failed_logins_per_hour;
+
+  // The core needs the edge as its sink and the edge needs the core: the core gets a
+  // forwarding sink that is pointed at the edge once it exists.
+  m.core = std::make_unique<core::Core>(*m.store, m.forward, SystemClock::Instance());
+  m.edge = std::make_unique<edge::Edge>(eo, *m.core, *m.verifier, *m.tls, SystemClock::Instance());
+  m.forward.to = m.edge.get();
+  IRIS_RETURN_IF_ERROR(m.edge->Start());
+
+  // Admin HTTP.
+  obs::AddProcessMetrics(obs::Registry::Default());
+  obs::Registry::Default().AddCallbackGauge("iris_connections_open", "Client connections open",
+                                            [e = m.edge.get()] {
+                                              return static_cast<double>(e->session_count());
+                                            });
+  m.admin = std::make_unique<net::http::HttpServer>();
+  m.admin->Route("GET", "/healthz", [](const net::http::HttpRequest&) {
+    return net::http::HttpResponse{200, "text/plain", "ok\n"};
+  });
+  m.admin->Route("GET", "/readyz", [&m](const net::http::HttpRequest&) {
+    if (!m.started || m.stopped) return net::http::HttpResponse{503, "text/plain", "not ready\n"};
+    return net::http::HttpResponse{200, "text/plain", "ready\n"};
+  });
+  m.admin->Route("GET", "/metrics", [](const net::http::HttpRequest&) {
+    return net::http::HttpResponse{200, "text/plain; version=0.0.4",
+                                   obs::Registry::Default().ExposePrometheus()};
+  });
+  m.admin->Route("POST", "/v1/revoke", [&m](const net::http::HttpRequest& req) {
+    using net::http::HttpResponse;
+    if (!net::http::CheckBearer(req, m.admin_token)) {
+      return HttpResponse{401, "application/json", R"({"error":"bad or missing admin token"})"};
+    }
+    auto body = nlohmann::json::parse(req.body, nullptr, false);
+    if (body.is_discarded() || !body.is_object()) {
+      return HttpResponse{400, "application/json", R"({"error":"body must be a JSON object"})"};
+    }
+    const int64_t now_ms = SystemClock::Instance().WallMillis();
+    if (body.contains("jti")) {
+      if (!body["jti"].is_string() || body["jti"].get<std::string>().empty() ||
+          body["jti"].get<std::string>().size() > 64) {
+        return HttpResponse{400, "application/json", R"({"error":"jti must be a string of 1..64 bytes"})"};
+      }
+      // Kept for the longest token lifetime plus leeway: after that the token is expired anyway.
+      m.revocations.RevokeJti(body["jti"].get<std::string>(),
+                              now_ms + (86400 + m.config.jwt_leeway_s) * 1000);
+    } else if (body.contains("user")) {
+      if (!body["user"].is_number_unsigned() || body["user"].get<uint64_t>() == 0) {
+        return HttpResponse{400, "application/json", R"({"error":"user must be a non-zero integer"})"};
+      }
+      int64_t before = now_ms;
+      if (body.contains("before_ms")) {
+        if (!body["before_ms"].is_number_integer()) {
+          return HttpResponse{400, "application/json", R"({"error":"before_ms must be an integer"})"};
+        }
+        before = body["before_ms"].get<int64_t>();
+      }
+      m.revocations.RevokeUserBefore(body["user"].get<uint64_t>(), before);
+    } else {
+      return HttpResponse{400, "application/json", R"j({"error":"give jti, or user (and before_ms)"})j"};
+    }
+    m.edge->RecheckAllSessions();
+    return HttpResponse{200, "application/json", R"({"revoked":true})"};
+  });
+  std::string host;
+  uint16_t port = 0;
+  IRIS_RETURN_IF_ERROR(net::SplitHostPort(c.admin_listen, &host, &port));
+  IRIS_RETURN_IF_ERROR(m.admin->Start(host, port));
+  m.started = true;
+  return Status::Ok();
+}
+
+void Server::Stop() {
+  if (!impl_ || impl_->stopped) return;
+  Impl& m = *impl_;
+  m.stopped = true;
+  if (m.edge) m.edge->StopAccepting();
+  // Finish queued appends: their completions post SEND_ACKs to the loops.
+  if (m.store) m.store->Stop();
+  if (m.edge) m.edge->Shutdown(m.config.shutdown_grace_ms);
+  if (m.admin) m.admin->Stop();
+}
+
+uint16_t Server::port() const { return impl_->edge ? impl_->edge->port() : 0; }
+uint16_t Server::admin_port() const { return impl_->admin ? impl_->admin->port() : 0; }
+
+std::string Server::Banner() const {
+  const Impl& m = *impl_;
+  std::ostringstream o;
+  o << "irisd is running\n"
+    << "  clients (TLS 1.3): " << m.config.listen << " (port " << port() << ")\n"
+    << "  admin HTTP:        " << m.config.admin_listen << " (port " << admin_port() << ")\n"
+    << "  certificate:       " << m.config.tls_cert << "\n"
+    << "  fingerprint:       SHA256:" << m.cert_fingerprint << "\n"
+    << "  data:              " << m.config.data_dir << "\n"
+    << "Mint a token for user 42:\n"
+    << "  irisctl token --secret-file " << m.config.jwt_secret_file << " --user 42 --ttl 1h\n"
+    << "Connect with the CLI:\n"
+    << "  iris login --server 127.0.0.1:" << port() << " --fingerprint SHA256:"
+    << m.cert_fingerprint << " --token <token>\n";
+  return o.str();
+}
+
+}  // namespace iris::server

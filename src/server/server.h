@@ -1,0 +1,34 @@
+#pragma once
+// Server: wiring of one irisd node in the embedded default (edge + core + store in one
+// process): prepares the data directory (generating a self-signed certificate, a JWT secret
+// and an admin token on first start), opens the store, starts the edge loops and the admin
+// HTTP listener. main() only parses the configuration and waits for a signal.
+
+#include <memory>
+#include <string>
+
+#include "server/config.h"
+
+namespace iris::server {
+
+class Server {
+ public:
+  static Result<std::unique_ptr<Server>> Create(const ServerConfig& config);
+  ~Server();
+
+  Status Start();
+  // Graceful: stop accepting, finish in-flight writes, flush replies, close. Idempotent.
+  void Stop();
+
+  uint16_t port() const;
+  uint16_t admin_port() const;
+  // What an operator needs to connect (address, certificate fingerprint, token command).
+  std::string Banner() const;
+
+ private:
+  Server() = default;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace iris::server

@@ -1,0 +1,206 @@
+// irisctl: operator tool for an Iris node.
+//   irisctl token  --secret-file F --user 42 [--ttl 1h] [--kid K]    mint a development token
+//   irisctl revoke --admin 127.0.0.1:9090 --token-file F (--jti J | --user U [--before-ms T])
+//   irisctl health --admin 127.0.0.1:9090
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <openssl/rand.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "auth/jwt.h"
+#include "auth/keyring.h"
+#include "common/bytes.h"
+#include "net/listener.h"
+
+namespace {
+
+// "90s", "15m", "1h", "1d" or plain seconds.
+bool ParseDuration(const std::string& text, int64_t* seconds) {
+  if (text.empty()) return false;
+  size_t pos = 0;
+  long long v = 0;
+  try {
+    v = std::stoll(text, &pos);
+  } catch (...) {
+    return false;
+  }
+  const std::string unit = text.substr(pos);
+  int64_t mult = 1;
+  if (unit.empty() || unit == "s") mult = 1;
+  else if (unit == "m") mult = 60;
+  else if (unit == "h") mult = 3600;
+  else if (unit == "d") mult = 86400;
+  else return false;
+  if (v <= 0) return false;
+  *seconds = v * mult;
+  return true;
+}
+
+std::string ReadFileTrim(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return {};
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::string s = ss.str();
+  if (!s.empty() && s.back() == '\n') s.pop_back();
+  return s;
+}
+
+// A minimal HTTP/1.1 request over loopback TCP (the admin listener is plain HTTP, private).
+int HttpRequest(const std::string& host_port, const std::string& method, const std::string& path,
+                const std::string& bearer, const std::string& body, std::string* response) {
+  std::string host;
+  uint16_t port = 0;
+  if (!iris::net::SplitHostPort(host_port, &host, &port).ok()) {
+    std::cerr << "irisctl: bad admin address " << host_port << "\n";
+    return -1;
+  }
+  int fd = socket(host.find(':') != std::string::npos ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
+  sockaddr_storage ss{};
+  socklen_t len;
+  if (host.find(':') != std::string::npos) {
+    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+    a->sin6_family = AF_INET6;
+    a->sin6_port = htons(port);
+    inet_pton(AF_INET6, host.c_str(), &a->sin6_addr);
+    len = sizeof(*a);
+  } else {
+    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+    a->sin_family = AF_INET;
+    a->sin_port = htons(port);
+    if (inet_pton(AF_INET, host == "localhost" ? "127.0.0.1" : host.c_str(), &a->sin_addr) != 1) {
+      std::cerr << "irisctl: admin address must be numeric: " << host << "\n";
+      return -1;
+    }
+    len = sizeof(*a);
+  }
+  if (connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    std::cerr << "irisctl: cannot reach the admin API at " << host_port << ": " << strerror(errno)
+              << "\n";
+    close(fd);
+    return -1;
+  }
+  std::string req = method + " " + path + " HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\n";
+  if (!bearer.empty()) req += "Authorization: Bearer " + bearer + "\r\n";
+  if (!body.empty() || method == "POST") {
+    req += "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n";
+  }
+  req += "\r\n" + body;
+  if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) {
+    close(fd);
+    return -1;
+  }
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) response->append(buf, static_cast<size_t>(n));
+  close(fd);
+  int status = -1;
+  if (response->rfind("HTTP/1.", 0) == 0 && response->size() > 12) status = std::stoi(response->substr(9, 3));
+  const size_t body_at = response->find("\r\n\r\n");
+  if (body_at != std::string::npos) response->erase(0, body_at + 4);
+  return status;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"irisctl: operate an Iris node"};
+  app.require_subcommand(1);
+
+  std::string secret_file, kid, ttl = "1h", jti;
+  uint64_t user = 0;
+  auto* token = app.add_subcommand("token", "Mint a development token (HS256 JWT)");
+  token->add_option("--secret-file", secret_file, "The server's JWT secret file")->required();
+  token->add_option("--user", user, "User id (non-zero)")->required();
+  token->add_option("--ttl", ttl, "Lifetime: 90s, 15m, 1h, 1d (at most 24h)")->capture_default_str();
+  token->add_option("--kid", kid, "Key id for rotation (optional)");
+  token->add_option("--jti", jti, "Token id (default: random)");
+
+  std::string admin = "127.0.0.1:9090", admin_token_file, revoke_jti;
+  uint64_t revoke_user = 0;
+  int64_t before_ms = 0;
+  auto* revoke = app.add_subcommand("revoke", "Revoke a token (by jti) or a user's tokens");
+  revoke->add_option("--admin", admin, "Admin listener host:port")->capture_default_str();
+  revoke->add_option("--token-file", admin_token_file, "Admin bearer token file")->required();
+  revoke->add_option("--jti", revoke_jti, "Token id to revoke");
+  revoke->add_option("--user", revoke_user, "Revoke every token of this user issued before --before-ms");
+  revoke->add_option("--before-ms", before_ms, "Cut-off in Unix milliseconds (default: now)");
+
+  auto* health = app.add_subcommand("health", "Query /healthz and /readyz");
+  health->add_option("--admin", admin, "Admin listener host:port")->capture_default_str();
+
+  CLI11_PARSE(app, argc, argv);
+
+  if (token->parsed()) {
+    if (user == 0) {
+      std::cerr << "irisctl: --user must be non-zero\n";
+      return 2;
+    }
+    int64_t seconds = 0;
+    if (!ParseDuration(ttl, &seconds) || seconds > 86400) {
+      std::cerr << "irisctl: --ttl must be a positive duration of at most 24h (e.g. 1h)\n";
+      return 2;
+    }
+    auto secret = iris::auth::ReadSecretFile(secret_file);
+    if (!secret.ok()) {
+      std::cerr << "irisctl: " << secret.status().message() << "\n";
+      return 1;
+    }
+    iris::auth::Claims c;
+    c.user_id = user;
+    c.iat = std::chrono::duration_cast<std::chrono::seconds>(
+                std::chrono::system_clock::now().time_since_epoch()).count();
+    c.exp = c.iat + seconds;
+    c.kid = kid;
+    if (jti.empty()) {
+      unsigned char r[12];
+      RAND_bytes(r, sizeof(r));
+      jti = iris::HexEncode(std::string_view(reinterpret_cast<char*>(r), sizeof(r)));
+    }
+    c.jti = jti;
+    std::cout << iris::auth::MintToken(*secret, c) << "\n";
+    return 0;
+  }
+  if (revoke->parsed()) {
+    const std::string bearer = ReadFileTrim(admin_token_file);
+    if (bearer.empty()) {
+      std::cerr << "irisctl: cannot read the admin token from " << admin_token_file << "\n";
+      return 1;
+    }
+    nlohmann::json body;
+    if (!revoke_jti.empty()) {
+      body["jti"] = revoke_jti;
+    } else if (revoke_user != 0) {
+      body["user"] = revoke_user;
+      if (before_ms != 0) body["before_ms"] = before_ms;
+    } else {
+      std::cerr << "irisctl: give --jti or --user\n";
+      return 2;
+    }
+    std::string resp;
+    const int status = HttpRequest(admin, "POST", "/v1/revoke", bearer, body.dump(), &resp);
+    if (status != 200) {
+      std::cerr << "irisctl: revoke failed (HTTP " << status << "): " << resp << "\n";
+      return 1;
+    }
+    std::cout << "revoked\n";
+    return 0;
+  }
+  if (health->parsed()) {
+    std::string a, b;
+    const int h = HttpRequest(admin, "GET", "/healthz", "", "", &a);
+    const int r = HttpRequest(admin, "GET", "/readyz", "", "", &b);
+    std::cout << "healthz: " << h << "\nreadyz: " << r << "\n";
+    return h == 200 && r == 200 ? 0 : 1;
+  }
+  return 0;
+}
