@@ -1,0 +1,362 @@
+#pragma once
+// Rate limiters of the edge (PROTOCOL.md section 8; RFC-001 sections 8 and 10):
+//   TokenBucket            one bucket (GCRA form), 16 bytes, no clock reads and no locking;
+//   SendRateLimiter        one user's SEND/RECEIPT budget: 5/s sustained, bursts of 20/s
+//                          for 10 s (two buckets); no locking;
+//   KeyedSendLimiter       user -> SendRateLimiter, so a user's budget survives reconnects;
+//   ConnectionRateLimiter  new connections per IP (5/min) with an allow-list of CIDRs;
+//   FailedLoginLimiter     failed logins per account (10/h).
+//
+// Time is always passed in by the caller as monotonic nanoseconds (Clock::MonoNanos), so
+// tests drive it by hand. A caller whose time goes backwards is treated conservatively
+// (nothing is granted early).
+//
+// Memory of the keyed limiters is bounded: a key whose bucket has refilled completely is
+// indistinguishable from a key never seen, so such entries are dropped (on Sweep(), and on
+// demand when a shard is at its share of max_entries) without forgetting anything. When a
+// shard is full of keys that are all still limited, a new key is refused with OVERLOADED
+// (fail closed) rather than growing memory or forgetting a limited key.
+//
+// Thread-safety: TokenBucket and SendRateLimiter are plain values with no locking (the
+// owner serialises access). KeyedSendLimiter, ConnectionRateLimiter and FailedLoginLimiter
+// may be used from any number of threads: keys are spread over 16 shards, each behind its
+// own mutex; the allow-list is behind a reader/writer lock.
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <shared_mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "common/status.h"
+
+struct in_addr;
+struct in6_addr;
+
+namespace iris::edge {
+
+// A token bucket of `capacity` tokens refilled at `rate_per_sec`, starting full, written as
+// the generic cell rate algorithm: the only state is the time at which the bucket will be
+// full again ("theoretical arrival time"), so the whole bucket is 16 bytes.
+class TokenBucket {
+ public:
+  // rate_per_sec is clamped to [1e-6, 1e9] and capacity to [1, 1e9].
+  TokenBucket(double rate_per_sec, double capacity);
+
+  // Takes one token if one is available at `now_ns`. Otherwise returns false, takes
+  // nothing and, when retry_after_ms is not null, sets it to the wait until a token is
+  // available, rounded up to whole milliseconds (at least 1).
+  bool TryTake(int64_t now_ns, uint32_t* retry_after_ms);
+
+  // Nanoseconds until a token is available; 0 when one is available now.
+  int64_t WaitNanos(int64_t now_ns) const;
+  // Tokens available at `now_ns`, in [0, capacity] (fractional while refilling).
+  double Available(int64_t now_ns) const;
+  // Whether the bucket is back to full capacity at `now_ns`.
+  bool IsFull(int64_t now_ns) const { return full_at_ns_ <= now_ns; }
+  // The time from which the bucket is full (when nothing more is taken).
+  int64_t FullAtNanos() const { return full_at_ns_; }
+
+  double rate_per_sec() const { return rate_per_sec_; }
+  double capacity() const { return capacity_; }
+
+ private:
+  int64_t IntervalNanos() const;   // time to refill one token
+  int64_t ToleranceNanos() const;  // how far full_at_ns_ may be ahead of now for a take
+
+  int64_t full_at_ns_ = std::numeric_limits<int64_t>::min();
+  float rate_per_sec_;
+  float capacity_;
+};
+static_assert(sizeof(TokenBucket) == 16, "TokenBucket is meant to stay 16 bytes");
+
+// Rounds a wait in nanoseconds up to whole milliseconds, in [1, UINT32_MAX].
+uint32_t RetryAfterMillis(int64_t wait_ns);
+
+// The per-user send limit: "5/s sustained, bursts up to 20/s for 10 s".
+//
+// Two buckets, and a send must find a token in both:
+//   * sustained: refills at sustained_per_sec (5/s). Its capacity is what a burst drains
+//     on top of the refill: sending at burst_per_sec for burst_seconds takes
+//     burst_per_sec * burst_seconds tokens while sustained_per_sec * burst_seconds come
+//     back, so capacity = (burst_per_sec - sustained_per_sec) * burst_seconds
+//     = (20 - 5) * 10 = 150. A full bucket thus carries exactly a 10 s burst at 20/s, after
+//     which the user is held to 5/s until it refills (150 / 5 = 30 s of quiet).
+//   * peak: refills at burst_per_sec (20/s) with capacity burst_per_sec (20), so even with
+//     the sustained bucket full nobody goes faster than 20/s for more than a moment (a
+//     user at rest may send 20 back to back, then one every 50 ms).
+// RFC-001 section 10.1 also says "100/minute burst"; PROTOCOL.md section 8 (20/s for 10 s)
+// is the contract clients are written against, so that is what is enforced.
+struct SendRateConfig {
+  double sustained_per_sec = 5;
+  double burst_per_sec = 20;
+  double burst_seconds = 10;
+
+  double SustainedCapacity() const;  // (burst - sustained) * seconds, at least 1
+  double PeakCapacity() const;       // burst_per_sec, at least 1
+};
+
+// One user's send budget. Not thread-safe: the owner serialises access.
+class SendRateLimiter {
+ public:
+  explicit SendRateLimiter(const SendRateConfig& config = {});
+
+  // Takes one send from both buckets, or none: false with the wait until both have a token.
+  bool TryTake(int64_t now_ns, uint32_t* retry_after_ms);
+
+  bool IsFull(int64_t now_ns) const { return sustained_.IsFull(now_ns) && peak_.IsFull(now_ns); }
+  int64_t FullAtNanos() const;
+  const TokenBucket& sustained() const { return sustained_; }
+  const TokenBucket& peak() const { return peak_; }
+
+ private:
+  TokenBucket sustained_;
+  TokenBucket peak_;
+};
+
+namespace internal {
+
+// Seeded hashes (so that remote parties cannot aim keys at one hash chain).
+struct SeededU64Hash {
+  uint64_t seed = 0;
+  size_t operator()(uint64_t key) const;
+};
+struct SeededBytes16Hash {
+  uint64_t seed = 0;
+  size_t operator()(const std::array<uint8_t, 16>& key) const;
+};
+
+// Shards of key -> limiter state with a bound on the number of entries. Entry must have
+// `bool IsFull(int64_t now_ns) const` (its state equals a new entry's) and
+// `int64_t FullAtNanos() const`; full entries are dropped by sweeps.
+template <typename Key, typename Entry, typename Hash>
+class BoundedTable {
+ public:
+  static constexpr size_t kShards = 16;
+  // A shard that is full and whose sweep freed little is not swept again sooner than this.
+  static constexpr int64_t kMinSweepIntervalNs = 50'000'000;
+
+  BoundedTable(size_t max_entries, Hash hash) : hash_(hash) {
+    per_shard_cap_ = max_entries / kShards + (max_entries % kShards != 0 ? 1 : 0);
+    if (per_shard_cap_ == 0) per_shard_cap_ = 1;
+    for (auto& s : shards_) s.map = Map(16, hash_);
+  }
+
+  // Runs fn(Entry&) under the key's shard lock, creating the entry with make() when absent.
+  // Returns false without calling fn when the key is absent and the shard is full of
+  // entries that are still limited; *retry_ns is then when space may come free.
+  template <typename Make, typename Fn>
+  bool Update(const Key& key, int64_t now_ns, Make make, Fn fn, int64_t* retry_ns) {
+    Shard& s = ShardOf(key);
+    std::lock_guard lock(s.mu);
+    auto it = s.map.find(key);
+    if (it == s.map.end()) {
+      if (s.map.size() >= per_shard_cap_) {
+        if (now_ns >= s.next_sweep_ns) SweepLocked(s, now_ns);
+        if (s.map.size() >= per_shard_cap_) {
+          *retry_ns = s.next_sweep_ns > now_ns ? s.next_sweep_ns - now_ns : kMinSweepIntervalNs;
+          return false;
+        }
+      }
+      it = s.map.emplace(key, make()).first;
+    }
+    fn(it->second);
+    return true;
+  }
+
+  // Runs fn(const Entry*) under the shard lock; nullptr when the key is absent.
+  template <typename Fn>
+  auto Read(const Key& key, Fn fn) const {
+    const Shard& s = ShardOf(key);
+    std::lock_guard lock(s.mu);
+    auto it = s.map.find(key);
+    return fn(it == s.map.end() ? nullptr : &it->second);
+  }
+
+  // Drops every entry that is full at `now_ns`.
+  void Sweep(int64_t now_ns) {
+    for (Shard& s : shards_) {
+      std::lock_guard lock(s.mu);
+      SweepLocked(s, now_ns);
+    }
+  }
+
+  size_t size() const {
+    size_t n = 0;
+    for (const Shard& s : shards_) {
+      std::lock_guard lock(s.mu);
+      n += s.map.size();
+    }
+    return n;
+  }
+
+  size_t capacity() const { return per_shard_cap_ * kShards; }
+
+ private:
+  using Map = std::unordered_map<Key, Entry, Hash>;
+  struct alignas(64) Shard {
+    mutable std::mutex mu;
+    Map map;
+    int64_t next_sweep_ns = std::numeric_limits<int64_t>::min();
+  };
+
+  Shard& ShardOf(const Key& key) { return shards_[hash_(key) % kShards]; }
+  const Shard& ShardOf(const Key& key) const { return shards_[hash_(key) % kShards]; }
+
+  void SweepLocked(Shard& s, int64_t now_ns) {
+    const size_t before = s.map.size();
+    int64_t earliest_full = std::numeric_limits<int64_t>::max();
+    for (auto it = s.map.begin(); it != s.map.end();) {
+      if (it->second.IsFull(now_ns)) {
+        it = s.map.erase(it);
+      } else {
+        if (it->second.FullAtNanos() < earliest_full) earliest_full = it->second.FullAtNanos();
+        ++it;
+      }
+    }
+    const size_t freed = before - s.map.size();
+    if (freed >= per_shard_cap_ / 16 + 1) {
+      s.next_sweep_ns = std::numeric_limits<int64_t>::min();  // plenty freed: sweep freely
+    } else {
+      // Little freed: nothing more frees up before the earliest entry is full, and never
+      // sweep this shard more often than every kMinSweepIntervalNs.
+      const int64_t floor = now_ns + kMinSweepIntervalNs;
+      s.next_sweep_ns = earliest_full > floor ? earliest_full : floor;
+    }
+  }
+
+  Hash hash_;
+  size_t per_shard_cap_ = 1;
+  std::array<Shard, kShards> shards_;
+};
+
+}  // namespace internal
+
+// user -> SendRateLimiter. A user's budget lives in the table, not in the session, so it
+// survives reconnects; entries are dropped only once both buckets are full again.
+class KeyedSendLimiter {
+ public:
+  // About 100 bytes per tracked user; users become untracked at most
+  // SustainedCapacity / sustained_per_sec (30 s) after their last send.
+  static constexpr size_t kDefaultMaxEntries = size_t{1} << 19;
+
+  explicit KeyedSendLimiter(SendRateConfig config = {},
+                            size_t max_entries = kDefaultMaxEntries,
+                            uint64_t hash_seed = std::random_device{}());
+
+  // One SEND or RECEIPT by `user`: OK; RATE_LIMITED with retry_after_ms; or OVERLOADED with
+  // retry_after_ms when the table is full of users who are all still limited.
+  Status TryTake(uint64_t user, int64_t now_ns);
+
+  // Drops users whose buckets are full. Call periodically (e.g. every 10 s).
+  void Sweep(int64_t now_ns) { table_.Sweep(now_ns); }
+  size_t size() const { return table_.size(); }
+  const SendRateConfig& config() const { return config_; }
+
+ private:
+  SendRateConfig config_;
+  internal::BoundedTable<uint64_t, SendRateLimiter, internal::SeededU64Hash> table_;
+};
+
+// An IPv4 or IPv6 address, held as 16 bytes in IPv6 form (IPv4 as ::ffff:a.b.c.d, so
+// "1.2.3.4" and "::ffff:1.2.3.4" are the same address).
+class IpAddress {
+ public:
+  IpAddress() = default;
+  // "192.0.2.1", "2001:db8::1", "::ffff:192.0.2.1", optionally in [brackets].
+  static std::optional<IpAddress> Parse(std::string_view text);
+  static IpAddress FromIn4(const in_addr& a);
+  static IpAddress FromIn6(const in6_addr& a);
+  static IpAddress FromBytes(const std::array<uint8_t, 16>& bytes) { return IpAddress(bytes); }
+
+  bool is_v4() const;  // an IPv4(-mapped) address
+  const std::array<uint8_t, 16>& bytes() const { return bytes_; }
+  std::string ToString() const;
+  // The address with every bit after the first `bits` (of 128) cleared.
+  IpAddress Masked(int bits) const;
+
+  friend bool operator==(const IpAddress&, const IpAddress&) = default;
+
+ private:
+  explicit IpAddress(const std::array<uint8_t, 16>& b) : bytes_(b) {}
+  std::array<uint8_t, 16> bytes_{};
+};
+
+struct ConnectionLimitConfig {
+  double per_minute = 5;  // refill rate of each address's bucket
+  double burst = 5;       // bucket capacity: new connections at once from a quiet address
+  // IPv6 addresses are limited per prefix of this many bits (a single host commonly owns a
+  // whole /64, so limiting single addresses would limit nothing). IPv4 is per address.
+  int ipv6_prefix_bits = 64;
+  // About 100 bytes per tracked address; an address becomes untracked
+  // burst / per_minute minutes (1 min) after its last connection.
+  size_t max_entries = size_t{1} << 18;
+};
+
+class ConnectionRateLimiter {
+ public:
+  explicit ConnectionRateLimiter(ConnectionLimitConfig config = {},
+                                 uint64_t hash_seed = std::random_device{}());
+
+  // Exempts an address or range: "127.0.0.0/8", "::1", "2001:db8::/32", "10.0.0.7".
+  // An IPv4 prefix length counts IPv4 bits (0..32). BAD_REQUEST when it does not parse.
+  Status AllowCidr(std::string_view cidr);
+  bool IsAllowListed(const IpAddress& addr) const;
+
+  // A new connection from `addr`: OK (also always for allow-listed addresses);
+  // RATE_LIMITED with retry_after_ms; or OVERLOADED with retry_after_ms when the table is
+  // full of addresses that are all still limited.
+  Status Admit(const IpAddress& addr, int64_t now_ns);
+  // As above for a textual address; BAD_REQUEST when it does not parse.
+  Status Admit(std::string_view addr, int64_t now_ns);
+
+  void Sweep(int64_t now_ns) { table_.Sweep(now_ns); }
+  size_t size() const { return table_.size(); }
+
+ private:
+  struct Cidr {
+    IpAddress base;  // already masked
+    int bits;        // of 128
+  };
+
+  ConnectionLimitConfig config_;
+  mutable std::shared_mutex allow_mu_;
+  std::vector<Cidr> allow_;
+  internal::BoundedTable<std::array<uint8_t, 16>, TokenBucket, internal::SeededBytes16Hash>
+      table_;
+};
+
+struct FailedLoginConfig {
+  double per_hour = 10;  // refill rate; also the capacity (10 failures at once)
+  // About 80 bytes per tracked account; an account becomes untracked an hour after its
+  // last failure.
+  size_t max_entries = size_t{1} << 17;
+};
+
+class FailedLoginLimiter {
+ public:
+  explicit FailedLoginLimiter(FailedLoginConfig config = {},
+                              uint64_t hash_seed = std::random_device{}());
+
+  // Whether `user` may try to log in now; when not and retry_after_ms is not null, the wait.
+  bool Allowed(uint64_t user, int64_t now_ns, uint32_t* retry_after_ms = nullptr) const;
+  // Counts one failed login of `user`. When the table is full of accounts that are all
+  // still limited the failure is not counted (the account is then not tracked).
+  void RecordFailure(uint64_t user, int64_t now_ns);
+
+  void Sweep(int64_t now_ns) { table_.Sweep(now_ns); }
+  size_t size() const { return table_.size(); }
+
+ private:
+  FailedLoginConfig config_;
+  internal::BoundedTable<uint64_t, TokenBucket, internal::SeededU64Hash> table_;
+};
+
+}  // namespace iris::edge
