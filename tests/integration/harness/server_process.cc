@@ -1,0 +1,292 @@
+#include "harness/server_process.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+#include "common/clock.h"
+#include "common/uuid.h"
+#include "wire/opcode.h"
+
+namespace iris::testing {
+namespace {
+
+std::string BuildDir() {
+  const char* d = std::getenv("IRIS_BUILD_DIR");
+  return d != nullptr ? d : ".";
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::string s = ss.str();
+  if (!s.empty() && s.back() == '\n') s.pop_back();
+  return s;
+}
+
+int64_t NowMs() { return SystemClock::Instance().MonoMillis(); }
+
+}  // namespace
+
+ServerProcess::ServerProcess(std::vector<std::string> extra_args) {
+  args_ = {"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--loops", "2",
+           "--connection-allowlist", "127.0.0.0/8", "--rate-per-sec", "1000000",
+           "--rate-burst-per-sec", "1000000"};
+  for (auto& a : extra_args) args_.push_back(std::move(a));
+  char tmpl[] = "/tmp/iris-test-XXXXXX";
+  data_dir_ = mkdtemp(tmpl);
+}
+
+ServerProcess::~ServerProcess() {
+  if (pid_ > 0) Stop(SIGKILL);
+  std::error_code ec;
+  std::filesystem::remove_all(data_dir_, ec);
+}
+
+void ServerProcess::Start() {
+  int pipefd[2];
+  ASSERT_EQ(pipe2(pipefd, O_CLOEXEC), 0);
+  const std::string bin = BuildDir() + "/src/server/irisd";
+  std::vector<std::string> argv_s = {bin, "--data-dir", data_dir_};
+  argv_s.insert(argv_s.end(), args_.begin(), args_.end());
+  pid_ = fork();
+  ASSERT_GE(pid_, 0);
+  if (pid_ == 0) {
+    dup2(pipefd[1], STDOUT_FILENO);
+    std::vector<char*> argv;
+    for (auto& s : argv_s) argv.push_back(s.data());
+    argv.push_back(nullptr);
+    execv(bin.c_str(), argv.data());
+    _exit(127);
+  }
+  close(pipefd[1]);
+  out_fd_ = pipefd[0];
+  std::string out;
+  const int64_t deadline = NowMs() + 20'000;
+  const std::regex client_re(R"(clients \(TLS 1\.3\): \S+ \(port (\d+)\))");
+  const std::regex admin_re(R"(admin HTTP: +\S+ \(port (\d+)\))");
+  std::smatch m1, m2;
+  while (NowMs() < deadline) {
+    pollfd p{out_fd_, POLLIN, 0};
+    if (poll(&p, 1, 200) > 0) {
+      char buf[4096];
+      const ssize_t n = read(out_fd_, buf, sizeof(buf));
+      if (n <= 0) break;  // exited
+      out.append(buf, static_cast<size_t>(n));
+    }
+    if (std::regex_search(out, m1, client_re) && std::regex_search(out, m2, admin_re) &&
+        out.find("Connect with the CLI") != std::string::npos) {
+      port_ = static_cast<uint16_t>(std::stoi(m1[1]));
+      admin_port_ = static_cast<uint16_t>(std::stoi(m2[1]));
+      return;
+    }
+  }
+  FAIL() << "irisd did not start; output so far:\n" << out;
+}
+
+int ServerProcess::Stop(int sig) {
+  if (pid_ <= 0) return -1;
+  kill(pid_, sig);
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+  if (out_fd_ >= 0) close(out_fd_);
+  out_fd_ = -1;
+  return status;
+}
+
+void ServerProcess::KillAndRestart() {
+  Stop(SIGKILL);
+  Start();
+}
+
+std::string ServerProcess::jwt_secret() const { return ReadFile(data_dir_ + "/jwt.secret"); }
+std::string ServerProcess::admin_token() const { return ReadFile(data_dir_ + "/admin.token"); }
+
+std::string ServerProcess::Token(uint64_t user) const {
+  auth::Claims c;
+  c.user_id = user;
+  c.iat = SystemClock::Instance().WallMillis() / 1000;
+  c.exp = c.iat + 3600;
+  c.jti = "t-" + std::to_string(user) + "-" + std::to_string(NowMs());
+  return Token(c);
+}
+
+std::string ServerProcess::Token(const auth::Claims& c) const {
+  return auth::MintToken(jwt_secret(), c);
+}
+
+int AdminRequest(uint16_t port, const std::string& method, const std::string& path,
+                 const std::string& bearer, const std::string& body, std::string* response) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+    close(fd);
+    return -1;
+  }
+  std::string req = method + " " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n";
+  if (!bearer.empty()) req += "Authorization: Bearer " + bearer + "\r\n";
+  req += "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+  if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) {
+    close(fd);
+    return -1;
+  }
+  std::string r;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) r.append(buf, static_cast<size_t>(n));
+  close(fd);
+  if (r.size() < 12) return -1;
+  const size_t at = r.find("\r\n\r\n");
+  if (response != nullptr) *response = at == std::string::npos ? "" : r.substr(at + 4);
+  return std::stoi(r.substr(9, 3));
+}
+
+std::unique_ptr<TestClient> TestClient::Connect(const ServerProcess& server) {
+  client::ConnectOptions o;
+  o.host = "127.0.0.1";
+  o.port = server.port();
+  o.ca_file = server.cert_file();
+  auto c = client::Connection::Connect(o);
+  EXPECT_TRUE(c.ok()) << c.status().ToString();
+  if (!c.ok()) return nullptr;
+  auto tc = std::make_unique<TestClient>();
+  tc->conn_ = std::move(c).value();
+  return tc;
+}
+
+client::ReceivedFrame TestClient::Hello(const std::string& token, uint64_t cursor,
+                                        uint32_t page_size) {
+  v1::Hello h;
+  h.add_versions(1);
+  h.add_capabilities("receipts");
+  h.set_token(token);
+  h.set_cursor(cursor);
+  h.set_page_size(page_size);
+  h.set_client("iris-test/1");
+  EXPECT_TRUE(conn_->SendFrame(static_cast<uint8_t>(wire::Opcode::kHello), h).ok());
+  auto f = Next(10'000);
+  EXPECT_TRUE(f.ok()) << f.status().ToString();
+  return f.ok() ? *f : client::ReceivedFrame{};
+}
+
+v1::Welcome TestClient::Login(const ServerProcess& server, uint64_t user, uint64_t cursor,
+                              uint32_t page_size) {
+  auto f = Hello(server.Token(user), cursor, page_size);
+  v1::Welcome w;
+  EXPECT_EQ(f.opcode, static_cast<uint8_t>(wire::Opcode::kWelcome));
+  EXPECT_TRUE(w.ParseFromString(f.payload));
+  EXPECT_EQ(w.user_id(), user);
+  return w;
+}
+
+uint64_t TestClient::CatchUp(std::vector<v1::Envelope>* out, int timeout_ms) {
+  const int64_t deadline = NowMs() + timeout_ms;
+  for (;;) {
+    const int left = static_cast<int>(std::max<int64_t>(1, deadline - NowMs()));
+    auto f = Next(left);
+    if (!f.ok()) {
+      ADD_FAILURE() << "catch-up did not finish: " << f.status().ToString();
+      return 0;
+    }
+    if (f->opcode == static_cast<uint8_t>(wire::Opcode::kSyncDone)) {
+      v1::SyncDone d;
+      d.ParseFromString(f->payload);
+      return d.cursor();
+    }
+    if (f->opcode == static_cast<uint8_t>(wire::Opcode::kSyncPage)) {
+      v1::SyncPage p;
+      EXPECT_TRUE(p.ParseFromString(f->payload));
+      for (const auto& e : p.messages()) out->push_back(e);
+      if (p.has_more()) {
+        v1::SyncAck a;
+        a.set_cursor(p.cursor());
+        EXPECT_TRUE(conn_->SendFrame(static_cast<uint8_t>(wire::Opcode::kSyncAck), a).ok());
+      }
+      continue;
+    }
+    stash_.push_back(std::move(*f));
+  }
+}
+
+void TestClient::SendAsync(uint64_t request_id, uint64_t recipient, const std::string& body,
+                           const std::string& key, const std::string& trace_id) {
+  v1::Send s;
+  s.set_request_id(request_id);
+  s.set_recipient(recipient);
+  s.set_body(body);
+  s.set_idempotency_key(key);
+  s.set_trace_id(trace_id);
+  EXPECT_TRUE(conn_->SendFrame(static_cast<uint8_t>(wire::Opcode::kSend), s).ok());
+}
+
+client::ReceivedFrame TestClient::Send(uint64_t request_id, uint64_t recipient,
+                                       const std::string& body, const std::string& key) {
+  SendAsync(request_id, recipient, body, key);
+  for (;;) {
+    auto f = Next(10'000);
+    if (!f.ok()) {
+      ADD_FAILURE() << "no reply to SEND: " << f.status().ToString();
+      return {};
+    }
+    if (f->opcode == static_cast<uint8_t>(wire::Opcode::kSendAck) ||
+        f->opcode == static_cast<uint8_t>(wire::Opcode::kError)) {
+      return *f;
+    }
+    stash_.push_back(std::move(*f));
+  }
+}
+
+client::ReceivedFrame TestClient::Expect(uint8_t opcode, int timeout_ms) {
+  for (size_t i = 0; i < stash_.size(); ++i) {
+    if (stash_[i].opcode == opcode) {
+      auto f = std::move(stash_[i]);
+      stash_.erase(stash_.begin() + static_cast<long>(i));
+      return f;
+    }
+  }
+  const int64_t deadline = NowMs() + timeout_ms;
+  for (;;) {
+    const int left = static_cast<int>(std::max<int64_t>(1, deadline - NowMs()));
+    auto f = conn_->ReadFrame(left);
+    if (!f.ok()) {
+      ADD_FAILURE() << "expected " << wire::OpcodeName(opcode) << ": " << f.status().ToString();
+      return {};
+    }
+    if (f->opcode == opcode) return *f;
+    stash_.push_back(std::move(*f));
+  }
+}
+
+Result<client::ReceivedFrame> TestClient::Next(int timeout_ms) {
+  if (!stash_.empty()) {
+    auto f = std::move(stash_.front());
+    stash_.erase(stash_.begin());
+    return f;
+  }
+  return conn_->ReadFrame(timeout_ms);
+}
+
+std::string NewKey() {
+  static UuidV7Generator gen(SystemClock::Instance(), 12345);
+  return std::string(UuidBytes(gen.Next()));
+}
+
+}  // namespace iris::testing

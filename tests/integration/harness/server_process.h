@@ -1,0 +1,94 @@
+#pragma once
+// Test harness: a real irisd process on loopback with ephemeral ports and a temporary data
+// directory, and a protocol-level test client. Waiting is always on an observable condition
+// with a deadline (the banner on the child's stdout, a frame on a socket, waitpid).
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "auth/jwt.h"
+#include "iris/client/connection.h"
+#include "iris/v1/client.pb.h"
+
+namespace iris::testing {
+
+class ServerProcess {
+ public:
+  // Default flags make tests independent of the production limits that are not under test:
+  // loopback exempt from the per-IP connection limit, generous send rates.
+  explicit ServerProcess(std::vector<std::string> extra_args = {});
+  ~ServerProcess();
+
+  // Starts irisd and waits (up to 20 s) for its banner. Fails the test on error.
+  void Start();
+  // Sends `sig` and waits for the process to exit; returns its wait status.
+  int Stop(int sig = 15);
+  // SIGKILL, then start again on the same data directory.
+  void KillAndRestart();
+  bool running() const { return pid_ > 0; }
+
+  uint16_t port() const { return port_; }
+  uint16_t admin_port() const { return admin_port_; }
+  const std::string& data_dir() const { return data_dir_; }
+  std::string cert_file() const { return data_dir_ + "/tls/server.crt"; }
+  std::string jwt_secret() const;
+  std::string admin_token() const;
+  // A valid token for `user` (1 h), or with the given claims.
+  std::string Token(uint64_t user) const;
+  std::string Token(const auth::Claims& c) const;
+
+  std::vector<std::string>& args() { return args_; }
+
+ private:
+  std::vector<std::string> args_;
+  std::string data_dir_;
+  pid_t pid_ = -1;
+  int out_fd_ = -1;
+  uint16_t port_ = 0;
+  uint16_t admin_port_ = 0;
+};
+
+// An HTTP request to the admin listener; returns the status code (-1 on failure).
+int AdminRequest(uint16_t port, const std::string& method, const std::string& path,
+                 const std::string& bearer, const std::string& body, std::string* response);
+
+class TestClient {
+ public:
+  // Connects over TLS 1.3 verifying the server's certificate (CA file).
+  static std::unique_ptr<TestClient> Connect(const ServerProcess& server);
+
+  // HELLO; returns the first reply frame (WELCOME or ERROR).
+  client::ReceivedFrame Hello(const std::string& token, uint64_t cursor = 0, uint32_t page_size = 0);
+  // HELLO that must succeed.
+  v1::Welcome Login(const ServerProcess& server, uint64_t user, uint64_t cursor = 0,
+                    uint32_t page_size = 0);
+  // Runs catch-up to SYNC_DONE (acknowledging every page); appends messages to *out.
+  // Returns the SYNC_DONE cursor.
+  uint64_t CatchUp(std::vector<v1::Envelope>* out, int timeout_ms = 20'000);
+
+  // SEND; does not wait.
+  void SendAsync(uint64_t request_id, uint64_t recipient, const std::string& body,
+                 const std::string& idempotency_key, const std::string& trace_id = "");
+  // SEND and wait for the reply (SEND_ACK or ERROR).
+  client::ReceivedFrame Send(uint64_t request_id, uint64_t recipient, const std::string& body,
+                             const std::string& idempotency_key);
+  // The next frame of `opcode` (other frames are kept for later reads), or a failed test.
+  client::ReceivedFrame Expect(uint8_t opcode, int timeout_ms = 10'000);
+  // The next frame, whatever it is.
+  Result<client::ReceivedFrame> Next(int timeout_ms = 10'000);
+
+  client::Connection& conn() { return *conn_; }
+
+ private:
+  std::unique_ptr<client::Connection> conn_;
+  std::vector<client::ReceivedFrame> stash_;
+};
+
+// A fresh UUIDv7 idempotency key (16 bytes).
+std::string NewKey();
+
+}  // namespace iris::testing
