@@ -47,6 +47,15 @@ Keyring::~Keyring() {
   for (auto& [kid, secret] : keys_) OPENSSL_cleanse(secret.data(), secret.size());
 }
 
+Keyring& Keyring::operator=(Keyring&& other) noexcept {
+  if (this != &other) {
+    for (auto& [kid, secret] : keys_) OPENSSL_cleanse(secret.data(), secret.size());
+    keys_ = std::move(other.keys_);
+    other.keys_.clear();
+  }
+  return *this;
+}
+
 Status Keyring::AddKey(std::string kid, std::string secret) {
   if (secret.size() < kMinSecretBytes) {
     OPENSSL_cleanse(secret.data(), secret.size());

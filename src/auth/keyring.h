@@ -37,7 +37,7 @@ class Keyring {
   Keyring(const Keyring&) = delete;
   Keyring& operator=(const Keyring&) = delete;
   Keyring(Keyring&&) = default;
-  Keyring& operator=(Keyring&&) = default;
+  Keyring& operator=(Keyring&& other) noexcept;  // wipes the secrets it replaces
 
   // Adds `secret` under `kid`. kid "" is the default key, used for tokens without a kid.
   // BAD_REQUEST when the secret is shorter than kMinSecretBytes, the kid is longer than

@@ -129,5 +129,16 @@ TEST(KeyringTest, RejectsOverlongKid) {
   EXPECT_TRUE(k.AddKey(std::string(kMaxKidBytes, 'k'), kSecret32).ok());
 }
 
+TEST(KeyringTest, MoveAssignmentReplacesKeys) {
+  Keyring a;
+  ASSERT_TRUE(a.AddKey("old", kSecret32).ok());
+  Keyring b;
+  ASSERT_TRUE(b.AddKey("new", kSecret32 + "n").ok());
+  a = std::move(b);
+  EXPECT_EQ(a.Find("old"), nullptr);
+  ASSERT_NE(a.Find("new"), nullptr);
+  EXPECT_EQ(*a.Find("new"), kSecret32 + "n");
+}
+
 }  // namespace
 }  // namespace iris::auth
