@@ -5,32 +5,114 @@
 namespace iris::core {
 
 Core::Core(store::InboxStore& store, EdgeSink& sink, const Clock& clock, CoreOptions options)
-    : store_(store), sink_(sink), clock_(clock), options_(options) {
+    : store_(store),
+      sink_(sink),
+      clock_(clock),
+      options_(options),
+      settings_(store),
+      degradation_(options.degradation),
+      presence_(store, sink, settings_, clock) {
+  presence_.set_shed([this] { return degradation_.ShedPresence(); });
   store_.SetCommitListener(
       [this](const std::vector<v1::Envelope>& envelopes) { OnCommitted(envelopes); });
 }
 
 std::optional<SessionRef> Core::RegisterSession(uint64_t user, SessionRef ref) {
   std::optional<SessionRef> old;
+  bool came_online = false;
   {
     RegistryShard& shard = ShardFor(user);
     std::lock_guard<std::mutex> lock(shard.mu);
     auto [it, inserted] = shard.sessions.try_emplace(user, ref);
+    came_online = inserted;
     if (!inserted) {
       if (!(it->second == ref)) old = it->second;
       it->second = ref;
     }
   }
   if (old) sink_.Replace(*old);
+  if (came_online) presence_.OnOnline(user);
   return old;
 }
 
 void Core::UnregisterSession(uint64_t user, SessionRef ref) {
-  RegistryShard& shard = ShardFor(user);
-  std::lock_guard<std::mutex> lock(shard.mu);
-  auto it = shard.sessions.find(user);
-  if (it != shard.sessions.end() && it->second == ref) shard.sessions.erase(it);
+  bool went_offline = false;
+  {
+    RegistryShard& shard = ShardFor(user);
+    std::lock_guard<std::mutex> lock(shard.mu);
+    auto it = shard.sessions.find(user);
+    if (it != shard.sessions.end() && it->second == ref) {
+      shard.sessions.erase(it);
+      went_offline = true;
+    }
+  }
+  if (went_offline) presence_.OnOffline(user);
 }
+
+void Core::Receipt(uint64_t author, const v1::Receipt& r, SendDone done) {
+  if (r.type() == v1::READ) {
+    const bool dropped = degradation_.ShedReadReceipts() || !settings_.Get(author).read_receipts ||
+                         !settings_.Get(r.to_user()).read_receipts;
+    if (dropped) {
+      done(store::AppendOutcome{0, static_cast<uint64_t>(clock_.WallMillis()), false});
+      return;
+    }
+  }
+  v1::ReceiptBody body;
+  body.set_type(r.type());
+  *body.mutable_message_ids() = r.message_ids();
+  std::vector<v1::Envelope> envelopes(1);
+  v1::Envelope& e = envelopes[0];
+  e.set_sender(author);
+  e.set_recipient(r.to_user());
+  e.set_kind(v1::RECEIPT);
+  e.set_body(body.SerializeAsString());
+  store_.AppendAsync(author, r.idempotency_key(), std::move(envelopes), std::move(done));
+}
+
+Status Core::UpdateSettings(uint64_t user, const v1::Settings& m) {
+  store::UserSettings s = settings_.Get(user);
+  const bool was_sharing = s.share_presence;
+  if (m.has_read_receipts()) s.read_receipts = m.read_receipts();
+  if (m.has_share_presence()) s.share_presence = m.share_presence();
+  IRIS_RETURN_IF_ERROR(settings_.Put(user, s));
+  if (was_sharing != s.share_presence) presence_.Announce(user, FindSession(user).has_value());
+  return Status::Ok();
+}
+
+bool Core::Typing(uint64_t from, const v1::Typing& t) {
+  if (degradation_.ShedTyping() || t.user() == 0) return false;
+  auto ref = FindSession(t.user());
+  if (!ref) return false;
+  v1::Typing out;
+  out.set_user(from);
+  out.set_typing(t.typing());
+  sink_.SendTyping(*ref, out);
+  return true;
+}
+
+std::vector<v1::Presence> Core::Subscribe(const SessionRef& ref,
+                                          const std::vector<uint64_t>& users) {
+  presence_.Subscribe(ref, users);
+  return QueryPresence(users);
+}
+
+void Core::Unsubscribe(const SessionRef& ref, const std::vector<uint64_t>& users) {
+  presence_.Unsubscribe(ref, users);
+}
+
+std::vector<v1::Presence> Core::QueryPresence(const std::vector<uint64_t>& users) {
+  std::vector<v1::Presence> out;
+  out.reserve(users.size());
+  for (uint64_t u : users) out.push_back(presence_.Current(u, FindSession(u).has_value()));
+  return out;
+}
+
+Status Core::UploadKeys(uint64_t user, const v1::KeysUpload& upload) {
+  return store_.UploadKeys(user, upload);
+}
+
+Result<v1::KeysBundle> Core::FetchKeys(uint64_t user) { return store_.FetchKeys(user); }
 
 std::optional<SessionRef> Core::FindSession(uint64_t user) const {
   const RegistryShard& shard = ShardFor(user);

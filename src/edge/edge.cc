@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <cstdio>
+
 #include "edge/edge_metrics.h"
 #include "edge/session.h"
 
@@ -48,6 +50,19 @@ void EdgeLoop::Sweep() {
     edge_.send_limiter().Sweep(now_ns);
     edge_.connection_limiter().Sweep(now_ns);
     edge_.failed_logins().Sweep(now_ns);
+    // Overload signal: the worst recent event-loop lag against its budget.
+    int64_t lag_ns = 0;
+    for (uint32_t i = 0; i < edge_.loop_count(); ++i) {
+      lag_ns = std::max(lag_ns, edge_.loop_at(i).loop().recent_lag_ns());
+    }
+    const double pressure =
+        static_cast<double>(lag_ns) / 1e6 / std::max(1.0, edge_.options().loop_lag_budget_ms);
+    auto& deg = edge_.core().degradation();
+    const int before = deg.level();
+    if (deg.Update(pressure, now)) {
+      std::fprintf(stderr, "{\"level\":\"warn\",\"msg\":\"degradation level changed\",\"from\":%d,\"to\":%d,\"pressure\":%.2f}\n",
+                   before, deg.level(), pressure);
+    }
   }
   std::vector<Session*> all;
   all.reserve(sessions_.size());
@@ -167,6 +182,22 @@ void Edge::Deliver(const core::SessionRef& to, const v1::Envelope& envelope) {
   EdgeLoop* raw = loops_[to.edge].get();
   raw->loop_.Post([raw, sid = to.session, e = envelope] {
     if (Session* s = raw->Find(sid)) s->Push(e);
+  });
+}
+
+void Edge::SendPresence(const core::SessionRef& to, const v1::Presence& presence) {
+  if (to.edge >= loops_.size()) return;
+  EdgeLoop* raw = loops_[to.edge].get();
+  raw->loop_.Post([raw, sid = to.session, p = presence] {
+    if (Session* s = raw->Find(sid)) s->DeliverPresence(p);
+  });
+}
+
+void Edge::SendTyping(const core::SessionRef& to, const v1::Typing& typing) {
+  if (to.edge >= loops_.size()) return;
+  EdgeLoop* raw = loops_[to.edge].get();
+  raw->loop_.Post([raw, sid = to.session, t = typing] {
+    if (Session* s = raw->Find(sid)) s->DeliverTyping(t);
   });
 }
 

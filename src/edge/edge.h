@@ -37,6 +37,9 @@ struct EdgeOptions {
   size_t max_output_bytes = 1 << 20;    // per connection; a slower reader is disconnected
   uint32_t max_inflight_requests = 256; // per connection; reading pauses beyond it
   uint32_t default_page_size = 256;
+  uint32_t max_presence_subscriptions = 1024;
+  // Graceful degradation: pressure = max(loop lag / loop_lag_budget_ms, ...).
+  double loop_lag_budget_ms = 50;
   wire::ValidationLimits limits;
   SendRateConfig send_rate;             // per user: SEND and RECEIPT
   ConnectionLimitConfig connection_rate;  // per IP
@@ -94,6 +97,8 @@ class Edge final : public core::EdgeSink {
 
   void Deliver(const core::SessionRef& to, const v1::Envelope& envelope) override;
   void Replace(const core::SessionRef& old_session) override;
+  void SendPresence(const core::SessionRef& to, const v1::Presence& presence) override;
+  void SendTyping(const core::SessionRef& to, const v1::Typing& typing) override;
 
   const EdgeOptions& options() const { return options_; }
   core::Core& core() { return core_; }
@@ -104,6 +109,7 @@ class Edge final : public core::EdgeSink {
   FailedLoginLimiter& failed_logins() { return failed_logins_; }
   ConnectionRateLimiter& connection_limiter() { return connection_limiter_; }
   EdgeLoop& loop_at(uint32_t i) { return *loops_[i]; }
+  uint32_t loop_count() const { return static_cast<uint32_t>(loops_.size()); }
 
  private:
   EdgeOptions options_;

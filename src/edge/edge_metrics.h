@@ -23,6 +23,9 @@ struct EdgeMetrics {
   obs::Counter& slow_readers;
   obs::Counter& timeouts;
   obs::Counter& sync_pages;
+  obs::Counter& presence_out;
+  obs::Counter& typing_out;
+  obs::Counter& typing_dropped;
   obs::Histogram& e2e_latency;   // iris_e2e_latency_seconds
   obs::Histogram& send_latency;  // iris_send_ack_latency_seconds
 

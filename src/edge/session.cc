@@ -1,5 +1,6 @@
 #include "edge/session.h"
 
+#include <algorithm>
 #include <random>
 
 #include "common/assert.h"
@@ -23,6 +24,18 @@ std::string NewTraceId() {
     t[8 + i] = static_cast<char>(b >> (8 * i));
   }
   return t;
+}
+
+std::string ErrorFrame(uint64_t request_id, const Status& st) {
+  v1::Error err;
+  err.set_request_id(request_id);
+  err.set_code(static_cast<uint32_t>(st.code()));
+  err.set_message(st.message());
+  err.set_retry_after_ms(st.retry_after_ms());
+  EdgeMetrics::Get().ErrorOut(st.code());
+  std::string frame;
+  wire::AppendMessageFrame(&frame, static_cast<uint8_t>(wire::Opcode::kError), err).IgnoreError();
+  return frame;
 }
 
 }  // namespace
@@ -55,6 +68,10 @@ void Session::OnWritable() {}
 void Session::OnClosed(std::string_view reason) {
   (void)reason;
   state_ = State::kClosing;
+  if (!watching_.empty()) {
+    loop_.edge().core().Unsubscribe(core::SessionRef{loop_.index(), id_}, watching_);
+    watching_.clear();
+  }
   if (registered_) {
     loop_.edge().core().UnregisterSession(user_, core::SessionRef{loop_.index(), id_});
     registered_ = false;
@@ -111,11 +128,25 @@ bool Session::HandleFrame(uint8_t opcode, std::string_view payload) {
           HandleSyncAck(m);
         } else if constexpr (std::is_same_v<M, v1::History>) {
           HandleHistory(m);
+        } else if constexpr (std::is_same_v<M, v1::Receipt>) {
+          HandleReceipt(m);
+        } else if constexpr (std::is_same_v<M, v1::Settings>) {
+          HandleSettings(m);
+        } else if constexpr (std::is_same_v<M, v1::PresenceSubscribe>) {
+          HandlePresenceSubscribe(m);
+        } else if constexpr (std::is_same_v<M, v1::PresenceUnsubscribe>) {
+          HandlePresenceUnsubscribe(m);
+        } else if constexpr (std::is_same_v<M, v1::PresenceQuery>) {
+          HandlePresenceQuery(m);
+        } else if constexpr (std::is_same_v<M, v1::Typing>) {
+          HandleTyping(m);
+        } else if constexpr (std::is_same_v<M, v1::KeysUpload>) {
+          HandleKeysUpload(m);
+        } else if constexpr (std::is_same_v<M, v1::KeysFetch>) {
+          HandleKeysFetch(m);
         } else {
-          // Receipts, settings, presence, typing, keys and groups are served by their own
-          // components; until a component is present its requests are refused explicitly.
-          SendError(wire::RequestIdOf(m),
-                    Unavailable("this server does not serve this request yet", 0), false);
+          // Groups are not served by this server version: no group exists.
+          SendError(wire::RequestIdOf(m), NotFound("unknown group"), false);
         }
       },
       *decoded);
@@ -285,72 +316,183 @@ void Session::HandleSend(const v1::Send& m) {
   Edge& edge = loop_.edge();
   const uint64_t seq = ReserveReply();
   if (m.group_id() != 0) {
-    std::string frame;
-    v1::Error err;
-    err.set_request_id(m.request_id());
-    err.set_code(static_cast<uint32_t>(StatusCode::kNotFound));
-    err.set_message("unknown group");
-    wire::AppendMessageFrame(&frame, static_cast<uint8_t>(wire::Opcode::kError), err)
-        .IgnoreError();
-    CompleteReply(seq, std::move(frame));
+    CompleteReply(seq, ErrorFrame(m.request_id(), NotFound("unknown group")));
     return;
   }
   Status allowed = edge.send_limiter().TryTake(user_, edge.clock().MonoNanos());
   if (!allowed.ok()) {
     EdgeMetrics::Get().rate_limited_send.Inc();
-    EdgeMetrics::Get().ErrorOut(allowed.code());
-    std::string frame;
-    v1::Error err;
-    err.set_request_id(m.request_id());
-    err.set_code(static_cast<uint32_t>(allowed.code()));
-    err.set_message(allowed.message());
-    err.set_retry_after_ms(std::max<uint32_t>(allowed.retry_after_ms(), 1));
-    wire::AppendMessageFrame(&frame, static_cast<uint8_t>(wire::Opcode::kError), err)
-        .IgnoreError();
-    CompleteReply(seq, std::move(frame));
+    Status limited(allowed.code(), allowed.message(),
+                   std::max<uint32_t>(allowed.retry_after_ms(), 1));
+    CompleteReply(seq, ErrorFrame(m.request_id(), limited));
     return;
   }
   std::string trace = m.trace_id().empty() ? NewTraceId() : m.trace_id();
   const uint64_t request_id = m.request_id();
+  const int64_t start_ns = edge.clock().MonoNanos();
+  const Clock* clock = &edge.clock();
+  ReplyBuilder build = [request_id, trace, start_ns, clock](Result<store::AppendOutcome> r) {
+    std::string frame;
+    auto& metrics = EdgeMetrics::Get();
+    if (!r.ok()) return std::string();
+    v1::SendAck ack;
+    ack.set_request_id(request_id);
+    ack.set_message_id(r->message_id);
+    ack.set_duplicate(r->duplicate);
+    ack.set_accepted_at_ms(r->accepted_at_ms);
+    ack.set_trace_id(trace);
+    wire::AppendMessageFrame(&frame, static_cast<uint8_t>(wire::Opcode::kSendAck), ack)
+        .IgnoreError();
+    if (r->duplicate) {
+      metrics.dedup_hit.Inc();
+    } else {
+      metrics.msg_in.Inc();
+    }
+    metrics.send_latency.Observe(static_cast<double>(clock->MonoNanos() - start_ns) / 1e9);
+    return frame;
+  };
   net::EventLoop* loop = &loop_.loop();
   EdgeLoop* owner = &loop_;
   const uint64_t sid = id_;
-  const int64_t start_ns = edge.clock().MonoNanos();
-  const Clock* clock = &edge.clock();
-  edge.core().Send(
-      user_, m, trace,
-      [loop, owner, sid, seq, request_id, trace, start_ns, clock](Result<store::AppendOutcome> r) {
-        std::string frame;
-        auto& metrics = EdgeMetrics::Get();
-        if (r.ok()) {
-          v1::SendAck ack;
-          ack.set_request_id(request_id);
-          ack.set_message_id(r->message_id);
-          ack.set_duplicate(r->duplicate);
-          ack.set_accepted_at_ms(r->accepted_at_ms);
-          ack.set_trace_id(trace);
-          wire::AppendMessageFrame(&frame, static_cast<uint8_t>(wire::Opcode::kSendAck), ack)
-              .IgnoreError();
-          if (r->duplicate) {
-            metrics.dedup_hit.Inc();
-          } else {
-            metrics.msg_in.Inc();
-          }
-          metrics.send_latency.Observe(static_cast<double>(clock->MonoNanos() - start_ns) / 1e9);
-        } else {
-          v1::Error err;
-          err.set_request_id(request_id);
-          err.set_code(static_cast<uint32_t>(r.status().code()));
-          err.set_message(r.status().message());
-          err.set_retry_after_ms(r.status().retry_after_ms());
-          wire::AppendMessageFrame(&frame, static_cast<uint8_t>(wire::Opcode::kError), err)
-              .IgnoreError();
-          metrics.ErrorOut(r.status().code());
-        }
-        loop->Post([owner, sid, seq, f = std::move(frame)]() mutable {
-          if (Session* s = owner->Find(sid)) s->CompleteReply(seq, std::move(f));
-        });
-      });
+  edge.core().Send(user_, m, trace,
+                   [loop, owner, sid, seq, request_id, build](Result<store::AppendOutcome> r) {
+                     std::string frame = r.ok() ? build(r) : ErrorFrame(request_id, r.status());
+                     loop->Post([owner, sid, seq, f = std::move(frame)]() mutable {
+                       if (Session* s = owner->Find(sid)) s->CompleteReply(seq, std::move(f));
+                     });
+                   });
+}
+
+void Session::HandleReceipt(const v1::Receipt& m) {
+  Edge& edge = loop_.edge();
+  const uint64_t seq = ReserveReply();
+  Status allowed = edge.send_limiter().TryTake(user_, edge.clock().MonoNanos());
+  if (!allowed.ok()) {
+    EdgeMetrics::Get().rate_limited_send.Inc();
+    Status limited(allowed.code(), allowed.message(), std::max<uint32_t>(allowed.retry_after_ms(), 1));
+    CompleteReply(seq, ErrorFrame(m.request_id(), limited));
+    return;
+  }
+  net::EventLoop* loop = &loop_.loop();
+  EdgeLoop* owner = &loop_;
+  const uint64_t sid = id_;
+  const uint64_t request_id = m.request_id();
+  edge.core().Receipt(user_, m, [loop, owner, sid, seq, request_id](Result<store::AppendOutcome> r) {
+    std::string frame;
+    if (r.ok()) {
+      v1::Ok ok;
+      ok.set_request_id(request_id);
+      wire::AppendMessageFrame(&frame, static_cast<uint8_t>(wire::Opcode::kOk), ok).IgnoreError();
+    } else {
+      frame = ErrorFrame(request_id, r.status());
+    }
+    loop->Post([owner, sid, seq, f = std::move(frame)]() mutable {
+      if (Session* s = owner->Find(sid)) s->CompleteReply(seq, std::move(f));
+    });
+  });
+}
+
+void Session::HandleSettings(const v1::Settings& m) {
+  Status s = loop_.edge().core().UpdateSettings(user_, m);
+  if (!s.ok()) {
+    SendError(m.request_id(), s, false);
+    return;
+  }
+  SendOk(m.request_id());
+}
+
+void Session::HandlePresenceSubscribe(const v1::PresenceSubscribe& m) {
+  std::vector<uint64_t> added;
+  for (uint64_t u : m.users()) {
+    if (std::find(watching_.begin(), watching_.end(), u) == watching_.end() &&
+        std::find(added.begin(), added.end(), u) == added.end()) {
+      added.push_back(u);
+    }
+  }
+  const uint32_t cap = loop_.edge().options().max_presence_subscriptions;
+  if (watching_.size() + added.size() > cap) {
+    SendError(m.request_id(),
+              TooLarge("at most " + std::to_string(cap) + " presence subscriptions per session"),
+              false);
+    return;
+  }
+  watching_.insert(watching_.end(), added.begin(), added.end());
+  std::vector<uint64_t> all(m.users().begin(), m.users().end());
+  auto states = loop_.edge().core().Subscribe(core::SessionRef{loop_.index(), id_}, all);
+  for (const auto& p : states) {
+    EdgeMetrics::Get().presence_out.Inc();
+    SendMessage(wire::Opcode::kPresence, p);
+  }
+  SendOk(m.request_id());
+}
+
+void Session::HandlePresenceUnsubscribe(const v1::PresenceUnsubscribe& m) {
+  std::vector<uint64_t> users(m.users().begin(), m.users().end());
+  for (uint64_t u : users) watching_.erase(std::remove(watching_.begin(), watching_.end(), u), watching_.end());
+  if (watching_.empty()) std::vector<uint64_t>().swap(watching_);
+  loop_.edge().core().Unsubscribe(core::SessionRef{loop_.index(), id_}, users);
+  SendOk(m.request_id());
+}
+
+void Session::HandlePresenceQuery(const v1::PresenceQuery& m) {
+  std::vector<uint64_t> users(m.users().begin(), m.users().end());
+  for (const auto& p : loop_.edge().core().QueryPresence(users)) {
+    EdgeMetrics::Get().presence_out.Inc();
+    SendMessage(wire::Opcode::kPresence, p);
+  }
+  SendOk(m.request_id());
+}
+
+void Session::HandleTyping(const v1::Typing& m) {
+  uint32_t retry = 0;
+  if (!typing_bucket_.TryTake(loop_.edge().clock().MonoNanos(), &retry)) {
+    EdgeMetrics::Get().typing_dropped.Inc();  // best effort: excess indicators are dropped
+    return;
+  }
+  if (m.group_id() != 0) {
+    SendError(0, NotFound("unknown group"), false);
+    return;
+  }
+  if (!loop_.edge().core().Typing(user_, m)) EdgeMetrics::Get().typing_dropped.Inc();
+}
+
+void Session::HandleKeysUpload(const v1::KeysUpload& m) {
+  Status s = loop_.edge().core().UploadKeys(user_, m);
+  if (!s.ok()) {
+    SendError(m.request_id(), s, false);
+    return;
+  }
+  SendOk(m.request_id());
+}
+
+void Session::HandleKeysFetch(const v1::KeysFetch& m) {
+  auto bundle = loop_.edge().core().FetchKeys(m.user());
+  if (!bundle.ok()) {
+    SendError(m.request_id(), bundle.status(), false);
+    return;
+  }
+  bundle->set_request_id(m.request_id());
+  bundle->set_user(m.user());
+  SendMessage(wire::Opcode::kKeysBundle, *bundle);
+}
+
+void Session::SendOk(uint64_t request_id) {
+  v1::Ok ok;
+  ok.set_request_id(request_id);
+  SendMessage(wire::Opcode::kOk, ok);
+}
+
+void Session::DeliverPresence(const v1::Presence& p) {
+  if (state_ == State::kAwaitHello || state_ == State::kClosing) return;
+  if (std::find(watching_.begin(), watching_.end(), p.user()) == watching_.end()) return;
+  EdgeMetrics::Get().presence_out.Inc();
+  SendMessage(wire::Opcode::kPresence, p);
+}
+
+void Session::DeliverTyping(const v1::Typing& t) {
+  if (state_ == State::kAwaitHello || state_ == State::kClosing) return;
+  EdgeMetrics::Get().typing_out.Inc();
+  SendMessage(wire::Opcode::kTyping, t);
 }
 
 uint64_t Session::ReserveReply() {

@@ -23,6 +23,7 @@
 #include <string>
 
 #include "auth/jwt.h"
+#include "edge/rate_limit.h"
 #include "core/core.h"
 #include "net/connection.h"
 #include "wire/frame.h"
@@ -53,6 +54,8 @@ class Session final : public net::Connection::Delegate {
   // From the core, on the loop thread.
   void Push(const v1::Envelope& e);
   void Replaced();
+  void DeliverPresence(const v1::Presence& p);
+  void DeliverTyping(const v1::Typing& t);
   // Re-runs the per-frame token check now (after a revocation).
   void RecheckAuth(int64_t now_ms);
   // Timeouts: handshake/HELLO deadline and idle timeout. Called about once a second.
@@ -72,6 +75,17 @@ class Session final : public net::Connection::Delegate {
   void HandleSyncAck(const v1::SyncAck& m);
   void HandleDeliverAck(const v1::DeliverAck& m);
   void HandleHistory(const v1::History& m);
+  void HandleReceipt(const v1::Receipt& m);
+  void HandleSettings(const v1::Settings& m);
+  void HandlePresenceSubscribe(const v1::PresenceSubscribe& m);
+  void HandlePresenceUnsubscribe(const v1::PresenceUnsubscribe& m);
+  void HandlePresenceQuery(const v1::PresenceQuery& m);
+  void HandleTyping(const v1::Typing& m);
+  void HandleKeysUpload(const v1::KeysUpload& m);
+  void HandleKeysFetch(const v1::KeysFetch& m);
+  void SendOk(uint64_t request_id);
+  // Completion of a store append that answers in request order (SEND, RECEIPT).
+  using ReplyBuilder = std::function<std::string(Result<store::AppendOutcome>)>;
   void ContinueCatchUp();
 
   void SendMessage(wire::Opcode op, const google::protobuf::MessageLite& m);
@@ -96,6 +110,8 @@ class Session final : public net::Connection::Delegate {
   int64_t opened_ms_ = 0;
   int64_t last_frame_ms_ = 0;
   auth::Claims claims_;
+  std::vector<uint64_t> watching_;  // presence subscriptions (at most 1,024)
+  edge::TokenBucket typing_bucket_{5.0, 10.0};
   // Ordered replies: slot seq = reply_base_ + index.
   struct Reply {
     bool ready = false;

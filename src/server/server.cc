@@ -32,6 +32,12 @@ struct ForwardingSink final : core::EdgeSink {
   void Replace(const core::SessionRef& r) override {
     if (to) to->Replace(r);
   }
+  void SendPresence(const core::SessionRef& r, const v1::Presence& p) override {
+    if (to) to->SendPresence(r, p);
+  }
+  void SendTyping(const core::SessionRef& r, const v1::Typing& t) override {
+    if (to) to->SendTyping(r, t);
+  }
 };
 
 struct Server::Impl {
@@ -194,7 +200,7 @@ Status Server::Start() {
     return net::http::HttpResponse{200, "text/plain", "ready\n"};
   });
   m.admin->Route("GET", "/metrics", [](const net::http::HttpRequest&) {
-    return net::http::HttpResponse{200, "text/plain; version=0.0.4",
+    return net::http::HttpResponse{200, std::string(obs::kPrometheusContentType),
                                    obs::Registry::Default().ExposePrometheus()};
   });
   m.admin->Route("POST", "/v1/revoke", [&m](const net::http::HttpRequest& req) {
@@ -250,6 +256,8 @@ void Server::Stop() {
   if (m.store) m.store->Stop();
   if (m.edge) m.edge->Shutdown(m.config.shutdown_grace_ms);
   if (m.admin) m.admin->Stop();
+  // The gauge reads the edge: remove it before the edge goes away.
+  obs::Registry::Default().RemoveCallback("iris_connections_open");
 }
 
 uint16_t Server::port() const { return impl_->edge ? impl_->edge->port() : 0; }
