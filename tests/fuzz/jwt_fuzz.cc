@@ -1,4 +1,4 @@
-// libFuzzer target for the JWT verifier (auth/jwt.h).
+// libFuzzer target for the JWT verifier (auth/jwt.h); CMake lines in tests/fuzz/jwt.cmake.
 //
 // The first input byte picks what the rest is, so that the fuzzer reaches past the
 // signature check as well as attacking it:
