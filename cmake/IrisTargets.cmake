@@ -2,7 +2,7 @@
 # gets the same warnings and include paths.
 
 # -Wno-restrict: GCC 12 reports false positives inside libstdc++ string concatenation (GCC bug 105329).
-set(IRIS_WARNINGS -Wall -Wextra -Werror -Wshadow -Wnon-virtual-dtor -Wno-missing-field-initializers -Wno-restrict)
+set(IRIS_WARNINGS -Wall -Wextra -Werror -Wshadow -Wnon-virtual-dtor -Wno-missing-field-initializers $<$<CXX_COMPILER_ID:GNU>:-Wno-restrict>)
 
 # iris_library(NAME SRCS a.cc b.cc DEPS other libs)
 function(iris_library name)

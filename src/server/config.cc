@@ -47,6 +47,12 @@ void Define(CLI::App& app, ServerConfig& c) {
   app.add_option("--shutdown-grace-ms", c.shutdown_grace_ms, "SIGTERM: time allowed to finish in-flight work")
       ->capture_default_str();
   app.add_option("--log-level", c.log_level, "debug, info, warn or error")->capture_default_str();
+  app.add_option("--degradation-level", c.degradation_level,
+                 "Force graceful degradation: -1 follows load; 1 sheds typing, 2 also presence "
+                 "updates, 3 also read receipts")
+      ->capture_default_str()->check(CLI::Range(-1, 3));
+  app.add_option("--loop-lag-budget-ms", c.loop_lag_budget_ms,
+                 "Event-loop lag that counts as full load (degradation signal)")->capture_default_str();
 }
 
 // Turns the TOML file into "--key=value" arguments placed before the real command line,

@@ -38,6 +38,8 @@ struct ServerConfig {
   uint32_t inbox_cap = 10'000;
   uint32_t shutdown_grace_ms = 5'000;
   std::string log_level = "info";
+  int degradation_level = -1;      // -1: follow load; 0..3 forces a level (tests, drills)
+  double loop_lag_budget_ms = 50;  // event-loop lag that counts as full load
 };
 
 // Parses argv (and the --config file it names). On --help, *help_text is filled and the

@@ -180,7 +180,13 @@ Status Server::Start() {
 
   // The core needs the edge as its sink and the edge needs the core: the core gets a
   // forwarding sink that is pointed at the edge once it exists.
-  m.core = std::make_unique<core::Core>(*m.store, m.forward, SystemClock::Instance());
+  core::CoreOptions co;
+  co.degradation.forced_level = c.degradation_level;
+  eo.loop_lag_budget_ms = c.loop_lag_budget_ms;
+  m.core = std::make_unique<core::Core>(*m.store, m.forward, SystemClock::Instance(), co);
+  obs::Registry::Default().AddCallbackGauge(
+      "iris_degradation_level", "Graceful degradation level (0 normal .. 3 receipts shed)",
+      [core = m.core.get()] { return static_cast<double>(core->degradation().level()); });
   m.edge = std::make_unique<edge::Edge>(eo, *m.core, *m.verifier, *m.tls, SystemClock::Instance());
   m.forward.to = m.edge.get();
   IRIS_RETURN_IF_ERROR(m.edge->Start());
@@ -258,6 +264,7 @@ void Server::Stop() {
   if (m.admin) m.admin->Stop();
   // The gauge reads the edge: remove it before the edge goes away.
   obs::Registry::Default().RemoveCallback("iris_connections_open");
+  obs::Registry::Default().RemoveCallback("iris_degradation_level");
 }
 
 uint16_t Server::port() const { return impl_->edge ? impl_->edge->port() : 0; }
