@@ -34,6 +34,23 @@ bool ReadVarint(std::string_view& in, uint64_t* out) {
   return false;
 }
 
+// Reads a field tag exactly as protobuf's parser does: at most 5 bytes, bits beyond the
+// low 32 dropped (so a padded 5-byte encoding of tag 8 is field 1, varint).
+bool ReadTag(std::string_view& in, uint32_t* out) {
+  uint64_t v = 0;
+  for (int i = 0; i < 5; ++i) {
+    if (in.empty()) return false;
+    const auto b = static_cast<uint8_t>(in.front());
+    in.remove_prefix(1);
+    v |= static_cast<uint64_t>(b & 0x7f) << (7 * i);
+    if ((b & 0x80) == 0) {
+      *out = static_cast<uint32_t>(v);
+      return true;
+    }
+  }
+  return false;
+}
+
 }  // namespace
 
 Result<ClientMessage> DecodeClientFrame(uint8_t opcode, std::string_view p,
@@ -83,9 +100,9 @@ uint64_t PeekRequestId(std::string_view in) {
   uint64_t found = 0;
   int depth = 0;
   while (!in.empty()) {
-    uint64_t tag = 0;
-    if (!ReadVarint(in, &tag) || (tag >> 3) == 0 || tag > 0xffffffffu) return found;
-    const uint64_t field = tag >> 3;
+    uint32_t tag = 0;
+    if (!ReadTag(in, &tag) || (tag >> 3) == 0) return found;
+    const uint32_t field = tag >> 3;
     const auto type = static_cast<uint32_t>(tag & 7);
     uint64_t v = 0;
     switch (type) {

@@ -79,6 +79,21 @@ TEST(PeekRequestIdTest, SkipsFieldOneWithOtherWireTypes) {
   EXPECT_EQ(PeekRequestId(Tag(1, 2) + Varint(2) + "zz"), 0u);
 }
 
+TEST(PeekRequestIdTest, ReadsTagsLikeTheParser) {
+  // Tags are at most 5 bytes and keep only their low 32 bits: a padded 5-byte encoding of
+  // tag 8 (0x10 in the fifth byte lies beyond bit 32) is field 1, varint.
+  const std::string padded_tag("\x88\x80\x80\x80\x10", 5);
+  const std::string payload = Tag(2, 0) + Varint(3) + padded_tag + Varint(1234);
+  v1::PresenceQuery q;
+  ASSERT_TRUE(q.ParseFromString(payload));
+  EXPECT_EQ(q.request_id(), 1234u);
+  EXPECT_EQ(PeekRequestId(payload), 1234u);
+  // A six-byte tag does not parse: nothing after it is read.
+  const std::string long_tag("\x88\x80\x80\x80\x80\x00", 6);
+  EXPECT_FALSE(q.ParseFromString(long_tag + Varint(1)));
+  EXPECT_EQ(PeekRequestId(RequestIdField(9) + long_tag + Varint(1)), 9u);
+}
+
 TEST(PeekRequestIdTest, IgnoresFieldOneInsideGroups) {
   // An unknown group (field 9) containing a field 1, then the real request id.
   const std::string inner = Tag(9, 3) + RequestIdField(111) + Tag(9, 4);
@@ -132,7 +147,7 @@ TEST(PeekRequestIdTest, GarbageGivesZeroOrTheIdReadBeforeIt) {
       Tag(4, 2) + Varint(~0ULL),                                   // absurd length
       Tag(4, 1) + "1234567",                                       // short fixed64
       Tag(4, 5) + "123",                                           // short fixed32
-      Varint(1ULL << 35),                                          // tag above 32 bits
+      Varint(1ULL << 35),                                          // six-byte tag
   };
   for (const std::string& g : garbage) {
     EXPECT_EQ(PeekRequestId(g), 0u) << g.size();
