@@ -11,7 +11,8 @@ Core::Core(store::InboxStore& store, EdgeSink& sink, const Clock& clock, CoreOpt
       options_(options),
       settings_(store),
       degradation_(options.degradation),
-      presence_(store, sink, settings_, clock) {
+      presence_(store, sink, settings_, clock),
+      groups_(store, options.groups) {
   presence_.set_shed([this] { return degradation_.ShedPresence(); });
   store_.SetCommitListener(
       [this](const std::vector<v1::Envelope>& envelopes) { OnCommitted(envelopes); });
@@ -81,7 +82,25 @@ Status Core::UpdateSettings(uint64_t user, const v1::Settings& m) {
 }
 
 bool Core::Typing(uint64_t from, const v1::Typing& t) {
-  if (degradation_.ShedTyping() || t.user() == 0) return false;
+  if (degradation_.ShedTyping()) return false;
+  if (t.group_id() != 0) {
+    auto members = groups_.MembersFor(from, t.group_id());
+    if (!members.ok()) return false;
+    v1::Typing out;
+    out.set_user(from);
+    out.set_typing(t.typing());
+    out.set_group_id(t.group_id());
+    bool any = false;
+    for (uint64_t m : *members) {
+      if (m == from) continue;
+      if (auto ref = FindSession(m)) {
+        sink_.SendTyping(*ref, out);
+        any = true;
+      }
+    }
+    return any;
+  }
+  if (t.user() == 0) return false;
   auto ref = FindSession(t.user());
   if (!ref) return false;
   v1::Typing out;
@@ -133,6 +152,16 @@ size_t Core::session_count() const {
 
 void Core::Send(uint64_t sender, const v1::Send& send, const std::string& trace_id,
                 SendDone done) {
+  if (send.group_id() != 0) {
+    auto envelopes = groups_.FanOut(sender, send.group_id(), send.body(), trace_id);
+    if (!envelopes.ok()) {
+      done(envelopes.status());
+      return;
+    }
+    store_.AppendAsync(sender, send.idempotency_key(), std::move(envelopes).value(),
+                       std::move(done));
+    return;
+  }
   std::vector<v1::Envelope> envelopes(1);
   v1::Envelope& e = envelopes[0];
   e.set_sender(sender);

@@ -14,6 +14,9 @@ namespace {
 constexpr uint32_t kProtocolVersion = 1;
 // A SYNC_PAGE / HISTORY_PAGE must fit one frame: leave room for the page's own fields.
 constexpr size_t kPageBytes = wire::kMaxPayloadBytes - 64;
+// A connection being closed gets this long past its idle deadline to drain its output; a
+// peer that stops reading would otherwise hold the socket and its queue forever.
+constexpr int64_t kCloseGraceMs = 5'000;
 
 std::string NewTraceId() {
   thread_local std::mt19937_64 rng(std::random_device{}());
@@ -57,7 +60,6 @@ Status Session::Start() { return conn_->Start(); }
 void Session::OnHandshakeDone() { EdgeMetrics::Get().handshakes.Inc(); }
 
 void Session::OnData(std::span<const uint8_t> data) {
-  last_frame_ms_ = loop_.edge().clock().MonoMillis();
   decoder_.Consume(data, [this](const wire::Frame& f) { return HandleFrame(f.opcode, f.payload); });
   // Backpressure: stop reading while too many requests wait for the store.
   if (replies_.size() >= loop_.edge().options().max_inflight_requests) conn_->PauseReading(true);
@@ -84,24 +86,37 @@ bool Session::HandleFrame(uint8_t opcode, std::string_view payload) {
   if (state_ == State::kClosing) return false;
   EdgeMetrics::Get().FrameIn(opcode);
   Edge& edge = loop_.edge();
+  // Only complete frames count as activity: bytes that never finish a frame do not keep a
+  // connection alive past the idle timeout.
+  last_frame_ms_ = edge.clock().MonoMillis();
+  // Field 1 is a request id only for some messages (for SYNC it is the cursor).
+  const uint64_t peeked_id = wire::PeekRequestId(opcode, payload);
   if (state_ == State::kAwaitHello && opcode != static_cast<uint8_t>(wire::Opcode::kHello) &&
       opcode != static_cast<uint8_t>(wire::Opcode::kPing)) {
-    CloseWith(wire::PeekRequestId(payload), Unauthenticated("HELLO must come first"));
+    CloseWith(peeked_id, Unauthenticated("HELLO must come first"));
     return false;
+  }
+  // Every frame after HELLO re-checks the token (expiry, revocation), whatever the frame,
+  // before anything else is done with it: cheap, no crypto.
+  if (state_ != State::kAwaitHello) {
+    Status auth = edge.verifier().Recheck(claims_, edge.clock().WallMillis());
+    if (!auth.ok()) {
+      CloseWith(peeked_id, auth);
+      return false;
+    }
   }
   auto decoded = wire::DecodeClientFrame(opcode, payload, edge.options().limits);
   if (!decoded.ok()) {
     const Status& s = decoded.status();
-    SendError(s.code() == StatusCode::kUnknownOpcode ? 0 : wire::PeekRequestId(payload), s, false);
-    return state_ != State::kClosing;
-  }
-  // Every frame after HELLO re-checks the token (expiry, revocation): cheap, no crypto.
-  if (state_ != State::kAwaitHello) {
-    Status auth = edge.verifier().Recheck(claims_, edge.clock().WallMillis());
-    if (!auth.ok()) {
-      CloseWith(wire::RequestIdOf(*decoded), auth);
-      return false;
+    const uint64_t request_id = s.code() == StatusCode::kUnknownOpcode ? 0 : peeked_id;
+    if (state_ != State::kAwaitHello && (opcode == static_cast<uint8_t>(wire::Opcode::kSend) ||
+                                         opcode == static_cast<uint8_t>(wire::Opcode::kReceipt))) {
+      // SENDs and RECEIPTs are answered in the order received, refusals included.
+      CompleteReply(ReserveReply(), ErrorFrame(request_id, s));
+    } else {
+      SendError(request_id, s, false);
     }
+    return state_ != State::kClosing;
   }
   std::visit(
       [this](auto& m) {
@@ -144,9 +159,12 @@ bool Session::HandleFrame(uint8_t opcode, std::string_view payload) {
           HandleKeysUpload(m);
         } else if constexpr (std::is_same_v<M, v1::KeysFetch>) {
           HandleKeysFetch(m);
-        } else {
-          // Groups are not served by this server version: no group exists.
-          SendError(wire::RequestIdOf(m), NotFound("unknown group"), false);
+        } else if constexpr (std::is_same_v<M, v1::GroupCreate>) {
+          HandleGroupCreate(m);
+        } else if constexpr (std::is_same_v<M, v1::GroupUpdate>) {
+          HandleGroupUpdate(m);
+        } else if constexpr (std::is_same_v<M, v1::GroupGet>) {
+          HandleGroupGet(m);
         }
       },
       *decoded);
@@ -315,10 +333,6 @@ void Session::HandleHistory(const v1::History& m) {
 void Session::HandleSend(const v1::Send& m) {
   Edge& edge = loop_.edge();
   const uint64_t seq = ReserveReply();
-  if (m.group_id() != 0) {
-    CompleteReply(seq, ErrorFrame(m.request_id(), NotFound("unknown group")));
-    return;
-  }
   Status allowed = edge.send_limiter().TryTake(user_, edge.clock().MonoNanos());
   if (!allowed.ok()) {
     EdgeMetrics::Get().rate_limited_send.Inc();
@@ -449,10 +463,6 @@ void Session::HandleTyping(const v1::Typing& m) {
     EdgeMetrics::Get().typing_dropped.Inc();  // best effort: excess indicators are dropped
     return;
   }
-  if (m.group_id() != 0) {
-    SendError(0, NotFound("unknown group"), false);
-    return;
-  }
   if (!loop_.edge().core().Typing(user_, m)) EdgeMetrics::Get().typing_dropped.Inc();
 }
 
@@ -474,6 +484,48 @@ void Session::HandleKeysFetch(const v1::KeysFetch& m) {
   bundle->set_request_id(m.request_id());
   bundle->set_user(m.user());
   SendMessage(wire::Opcode::kKeysBundle, *bundle);
+}
+
+namespace {
+// Completion of a group create/update: GROUP_INFO (or ERROR), answered in request order.
+core::GroupService::InfoDone GroupReply(net::EventLoop* loop, EdgeLoop* owner, uint64_t sid,
+                                        uint64_t seq, uint64_t request_id) {
+  return [loop, owner, sid, seq, request_id](Result<v1::GroupInfo> r) {
+    std::string frame;
+    if (r.ok()) {
+      r->set_request_id(request_id);
+      wire::AppendMessageFrame(&frame, static_cast<uint8_t>(wire::Opcode::kGroupInfo), *r)
+          .IgnoreError();
+    } else {
+      frame = ErrorFrame(request_id, r.status());
+    }
+    loop->Post([owner, sid, seq, f = std::move(frame)]() mutable {
+      if (Session* s = owner->Find(sid)) s->CompleteReply(seq, std::move(f));
+    });
+  };
+}
+}  // namespace
+
+void Session::HandleGroupCreate(const v1::GroupCreate& m) {
+  const uint64_t seq = ReserveReply();
+  loop_.edge().core().groups().Create(
+      user_, m, GroupReply(&loop_.loop(), &loop_, id_, seq, m.request_id()));
+}
+
+void Session::HandleGroupUpdate(const v1::GroupUpdate& m) {
+  const uint64_t seq = ReserveReply();
+  loop_.edge().core().groups().Update(
+      user_, m, GroupReply(&loop_.loop(), &loop_, id_, seq, m.request_id()));
+}
+
+void Session::HandleGroupGet(const v1::GroupGet& m) {
+  auto g = loop_.edge().core().groups().Get(user_, m.group_id());
+  if (!g.ok()) {
+    SendError(m.request_id(), g.status(), false);
+    return;
+  }
+  g->set_request_id(m.request_id());
+  SendMessage(wire::Opcode::kGroupInfo, *g);
 }
 
 void Session::SendOk(uint64_t request_id) {
@@ -555,8 +607,14 @@ void Session::RecheckAuth(int64_t now_ms) {
 }
 
 void Session::Tick(int64_t now_mono_ms) {
-  if (state_ == State::kClosing) return;
   const Edge& edge = loop_.edge();
+  if (state_ == State::kClosing) {
+    // Still here: the close is waiting for output that the peer does not read.
+    if (now_mono_ms - last_frame_ms_ > edge.options().idle_timeout_ms + kCloseGraceMs) {
+      conn_->Abort("close did not drain");
+    }
+    return;
+  }
   if (state_ == State::kAwaitHello) {
     if (now_mono_ms - opened_ms_ > edge.options().hello_timeout_ms) {
       EdgeMetrics::Get().timeouts.Inc();
@@ -573,7 +631,10 @@ void Session::Tick(int64_t now_mono_ms) {
     EdgeMetrics::Get().timeouts.Inc();
     state_ = State::kClosing;
     conn_->Close("idle timeout");
+    return;
   }
+  // A token that expires while the session is silent ends it too, not only the next frame.
+  RecheckAuth(edge.clock().WallMillis());
 }
 
 void Session::Shutdown() {

@@ -83,6 +83,9 @@ class Session final : public net::Connection::Delegate {
   void HandleTyping(const v1::Typing& m);
   void HandleKeysUpload(const v1::KeysUpload& m);
   void HandleKeysFetch(const v1::KeysFetch& m);
+  void HandleGroupCreate(const v1::GroupCreate& m);
+  void HandleGroupUpdate(const v1::GroupUpdate& m);
+  void HandleGroupGet(const v1::GroupGet& m);
   void SendOk(uint64_t request_id);
   // Completion of a store append that answers in request order (SEND, RECEIPT).
   using ReplyBuilder = std::function<std::string(Result<store::AppendOutcome>)>;
