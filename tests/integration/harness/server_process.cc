@@ -42,10 +42,14 @@ int64_t NowMs() { return SystemClock::Instance().MonoMillis(); }
 
 }  // namespace
 
-ServerProcess::ServerProcess(std::vector<std::string> extra_args) {
-  args_ = {"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--loops", "2",
-           "--connection-allowlist", "127.0.0.0/8", "--rate-per-sec", "1000000",
-           "--rate-burst-per-sec", "1000000"};
+ServerProcess::ServerProcess(std::vector<std::string> extra_args, Defaults defaults) {
+  args_ = {"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--loops", "2"};
+  if (defaults == Defaults::kTestFriendly) {
+    for (const char* a : {"--connection-allowlist", "127.0.0.0/8", "--rate-per-sec", "1000000",
+                          "--rate-burst-per-sec", "1000000"}) {
+      args_.emplace_back(a);
+    }
+  }
   for (auto& a : extra_args) args_.push_back(std::move(a));
   char tmpl[] = "/tmp/iris-test-XXXXXX";
   data_dir_ = mkdtemp(tmpl);
@@ -160,10 +164,16 @@ int AdminRequest(uint16_t port, const std::string& method, const std::string& pa
 }
 
 std::unique_ptr<TestClient> TestClient::Connect(const ServerProcess& server) {
+  return Connect(server, "");
+}
+
+std::unique_ptr<TestClient> TestClient::Connect(const ServerProcess& server,
+                                                const std::string& source_address) {
   client::ConnectOptions o;
   o.host = "127.0.0.1";
   o.port = server.port();
   o.ca_file = server.cert_file();
+  o.source_address = source_address;
   auto c = client::Connection::Connect(o);
   EXPECT_TRUE(c.ok()) << c.status().ToString();
   if (!c.ok()) return nullptr;

@@ -18,9 +18,17 @@ namespace iris::testing {
 
 class ServerProcess {
  public:
-  // Default flags make tests independent of the production limits that are not under test:
-  // loopback exempt from the per-IP connection limit, generous send rates.
-  explicit ServerProcess(std::vector<std::string> extra_args = {});
+  // Which flags come before `extra_args`.
+  enum class Defaults {
+    // Tests independent of the production limits that are not under test: loopback exempt
+    // from the per-IP connection limit, generous send rates.
+    kTestFriendly,
+    // Only the ephemeral listeners and the loop count: every limit is irisd's own default
+    // (or what extra_args say).
+    kProductionLimits,
+  };
+  explicit ServerProcess(std::vector<std::string> extra_args = {},
+                         Defaults defaults = Defaults::kTestFriendly);
   ~ServerProcess();
 
   // Starts irisd and waits (up to 20 s) for its banner. Fails the test on error.
@@ -30,6 +38,7 @@ class ServerProcess {
   // SIGKILL, then start again on the same data directory.
   void KillAndRestart();
   bool running() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }
 
   uint16_t port() const { return port_; }
   uint16_t admin_port() const { return admin_port_; }
@@ -60,6 +69,9 @@ class TestClient {
  public:
   // Connects over TLS 1.3 verifying the server's certificate (CA file).
   static std::unique_ptr<TestClient> Connect(const ServerProcess& server);
+  // The same from a given local address (e.g. "127.0.0.2": another client IP on loopback).
+  static std::unique_ptr<TestClient> Connect(const ServerProcess& server,
+                                             const std::string& source_address);
 
   // HELLO; returns the first reply frame (WELCOME or ERROR).
   client::ReceivedFrame Hello(const std::string& token, uint64_t cursor = 0, uint32_t page_size = 0);
