@@ -129,8 +129,7 @@ uint64_t PeekRequestId(std::string_view in) {
         if (in.size() < 4) return found;
         in.remove_prefix(4);
         break;
-      default:
-        return found;  // wire types 6 and 7 do not exist
+      default: return found;  // wire types 6 and 7 do not exist
     }
   }
   return found;
@@ -149,10 +148,8 @@ bool CarriesRequestId(uint8_t opcode) {
     case Opcode::kKeysFetch:
     case Opcode::kGroupCreate:
     case Opcode::kGroupUpdate:
-    case Opcode::kGroupGet:
-      return true;
-    default:
-      return false;
+    case Opcode::kGroupGet: return true;
+    default: return false;
   }
 }
 
