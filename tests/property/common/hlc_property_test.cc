@@ -36,8 +36,8 @@ struct Step {
 
 rc::Gen<std::vector<Step>> Steps(int max_calls) {
   return rc::gen::container<std::vector<Step>>(rc::gen::construct<Step>(
-      WallStep(), rc::gen::weightedOneOf<int>({{4, rc::gen::inRange(1, 5)},
-                                               {1, rc::gen::inRange(1, max_calls + 1)}})));
+      WallStep(), rc::gen::weightedOneOf<int>(
+                      {{4, rc::gen::inRange(1, 5)}, {1, rc::gen::inRange(1, max_calls + 1)}})));
 }
 
 RC_GTEST_PROP(HlcProperty, NextIsStrictlyIncreasingOverRandomClockSequences, ()) {

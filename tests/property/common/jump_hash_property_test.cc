@@ -27,8 +27,8 @@ int32_t PaperJumpConsistentHash(uint64_t key, int32_t num_buckets) {
 }
 
 rc::Gen<int32_t> Buckets() {
-  return rc::gen::weightedOneOf<int32_t>({{3, rc::gen::inRange<int32_t>(1, 2'000)},
-                                          {1, rc::gen::inRange<int32_t>(1, 0x7fffffff)}});
+  return rc::gen::weightedOneOf<int32_t>(
+      {{3, rc::gen::inRange<int32_t>(1, 2'000)}, {1, rc::gen::inRange<int32_t>(1, 0x7fffffff)}});
 }
 
 RC_GTEST_PROP(JumpHashProperty, InRangeAndEqualToThePaper, (uint64_t key)) {
@@ -81,7 +81,8 @@ RC_GTEST_PROP(ShardMapProperty, GrowthMovesUsersOnlyOntoTheNewNode, ()) {
   auto big = ShardMap::Create(grown, per_node);
   RC_ASSERT(small.ok());
   RC_ASSERT(big.ok());
-  const auto users = *rc::gen::container<std::vector<uint64_t>>(200, rc::gen::arbitrary<uint64_t>());
+  const auto users =
+      *rc::gen::container<std::vector<uint64_t>>(200, rc::gen::arbitrary<uint64_t>());
   for (uint64_t u : users) {
     const int32_t before = small->VnodeOf(u);
     const int32_t after = big->VnodeOf(u);

@@ -77,7 +77,8 @@ rc::Gen<std::vector<size_t>> ChunkSizes() {
 
 std::string EncodeAll(const std::vector<gen::Encoded>& msgs) {
   std::string out;
-  for (const auto& e : msgs) RC_ASSERT(AppendMessageFrame(&out, e.opcode, gen::AsProto(e.message)).ok());
+  for (const auto& e : msgs)
+    RC_ASSERT(AppendMessageFrame(&out, e.opcode, gen::AsProto(e.message)).ok());
   return out;
 }
 
@@ -174,7 +175,8 @@ RC_GTEST_PROP(CodecProperty, EveryTruncationDeliversCompleteFramesAndWaits, ()) 
     const std::string_view prefix = std::string_view(stream).substr(0, len);
     const size_t split = len == 0 ? 0 : (split_seed + len * 7919) % (len + 1);
     const DecodeRun run = Feed(prefix, {split, len});
-    const size_t complete = static_cast<size_t>(std::upper_bound(ends.begin(), ends.end(), len) - ends.begin());
+    const size_t complete =
+        static_cast<size_t>(std::upper_bound(ends.begin(), ends.end(), len) - ends.begin());
     RC_ASSERT(run.frames.size() == complete);
     RC_ASSERT(run.pending == len - (complete == 0 ? 0 : ends[complete - 1]));
   }
@@ -183,7 +185,8 @@ RC_GTEST_PROP(CodecProperty, EveryTruncationDeliversCompleteFramesAndWaits, ()) 
     const std::string payload = gen::AsProto(m.message).SerializeAsString();
     for (size_t k = 0; k < payload.size(); ++k) {
       uint64_t peeked = 0;
-      Result<ClientMessage> r = DecodeExact(m.opcode, std::string_view(payload).substr(0, k), &peeked);
+      Result<ClientMessage> r =
+          DecodeExact(m.opcode, std::string_view(payload).substr(0, k), &peeked);
       if (r.ok()) {
         RC_ASSERT(peeked == RequestIdOf(*r));
       } else {
@@ -236,9 +239,9 @@ RC_GTEST_PROP(CodecProperty, RandomCorruptionYieldsErrorsOrWaitsNeverCrashes, ()
   const auto count = *rc::gen::inRange<size_t>(1, 9);
   const auto msgs = *rc::gen::container<std::vector<gen::Encoded>>(
       count, gen::GenArbitraryMessage(/*small=*/true));
-  const auto mutations = *rc::gen::container<std::vector<Mutation>>(rc::gen::construct<Mutation>(
-      rc::gen::inRange(0, 7), rc::gen::arbitrary<size_t>(), rc::gen::inRange<size_t>(0, 64),
-      rc::gen::arbitrary<uint8_t>()));
+  const auto mutations = *rc::gen::container<std::vector<Mutation>>(
+      rc::gen::construct<Mutation>(rc::gen::inRange(0, 7), rc::gen::arbitrary<size_t>(),
+                                   rc::gen::inRange<size_t>(0, 64), rc::gen::arbitrary<uint8_t>()));
   RC_PRE(!mutations.empty());
   std::string stream = EncodeAll(msgs);
   for (const Mutation& m : mutations) stream = Mutate(std::move(stream), m);

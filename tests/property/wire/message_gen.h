@@ -57,9 +57,8 @@ inline std::string FillBytes(size_t n, uint64_t seed) {
 
 // Bytes of any value, length in [min, max].
 inline rc::Gen<std::string> Bytes(size_t min, size_t max) {
-  return rc::gen::map(
-      rc::gen::pair(rc::gen::inRange(min, max + 1), rc::gen::arbitrary<uint64_t>()),
-      [](std::pair<size_t, uint64_t> p) { return FillBytes(p.first, p.second); });
+  return rc::gen::map(rc::gen::pair(rc::gen::inRange(min, max + 1), rc::gen::arbitrary<uint64_t>()),
+                      [](std::pair<size_t, uint64_t> p) { return FillBytes(p.first, p.second); });
 }
 
 // Printable ASCII (valid UTF-8 for proto3 `string` fields), length in [min, max].
@@ -119,8 +118,9 @@ inline rc::Gen<std::pair<uint64_t, uint64_t>> OneOfTwo(bool valid) {
 
 template <typename M>
 rc::Gen<Encoded> Tag(uint8_t opcode, rc::Gen<M> g) {
-  return rc::gen::map(std::move(g),
-                      [opcode](M m) { return Encoded{opcode, ClientMessage(std::move(m))}; });
+  return rc::gen::map(std::move(g), [opcode](M m) {
+    return Encoded{opcode, ClientMessage(std::move(m))};
+  });
 }
 
 // A count (list length, string length) for a field whose protocol limit is `limit` and
@@ -157,9 +157,8 @@ inline rc::Gen<std::string> TextOf(rc::Gen<size_t> n) {
 }
 
 inline rc::Gen<std::vector<uint64_t>> IdsOf(rc::Gen<uint64_t> id, rc::Gen<size_t> n) {
-  return rc::gen::mapcat(std::move(n), [id](size_t k) {
-    return rc::gen::container<std::vector<uint64_t>>(k, id);
-  });
+  return rc::gen::mapcat(
+      std::move(n), [id](size_t k) { return rc::gen::container<std::vector<uint64_t>>(k, id); });
 }
 
 inline rc::Gen<Encoded> GenMessage(bool valid, bool small) {
@@ -172,8 +171,8 @@ inline rc::Gen<Encoded> GenMessage(bool valid, bool small) {
 
   auto hello = rc::gen::exec([=] {
     v1::Hello m;
-    for (uint32_t v : *rc::gen::container<std::vector<uint32_t>>(
-             *count(min_list, 16, 3), rc::gen::arbitrary<uint32_t>())) {
+    for (uint32_t v : *rc::gen::container<std::vector<uint32_t>>(*count(min_list, 16, 3),
+                                                                 rc::gen::arbitrary<uint32_t>())) {
       m.add_versions(v);
     }
     const size_t caps = *count(0, 32, 3);
@@ -327,23 +326,19 @@ inline rc::Gen<Encoded> GenMessage(bool valid, bool small) {
   });
 
   return rc::gen::oneOf(
-      Tag(0x01, hello), Tag(0x04, ping), Tag(0x05, pong), Tag(0x10, send),
-      Tag(0x13, deliver_ack), Tag(0x20, sync), Tag(0x22, sync_ack), Tag(0x24, history),
-      Tag(0x30, receipt), Tag(0x31, settings), Tag(0x40, presence_sub),
-      Tag(0x41, presence_unsub), Tag(0x42, presence_query), Tag(0x44, typing),
-      Tag(0x50, keys_upload), Tag(0x51, keys_fetch), Tag(0x60, group_create),
-      Tag(0x61, group_update), Tag(0x62, group_get));
+      Tag(0x01, hello), Tag(0x04, ping), Tag(0x05, pong), Tag(0x10, send), Tag(0x13, deliver_ack),
+      Tag(0x20, sync), Tag(0x22, sync_ack), Tag(0x24, history), Tag(0x30, receipt),
+      Tag(0x31, settings), Tag(0x40, presence_sub), Tag(0x41, presence_unsub),
+      Tag(0x42, presence_query), Tag(0x44, typing), Tag(0x50, keys_upload), Tag(0x51, keys_fetch),
+      Tag(0x60, group_create), Tag(0x61, group_update), Tag(0x62, group_get));
 }
 
 inline rc::Gen<Encoded> GenValidMessage(bool small = false) { return GenMessage(true, small); }
-inline rc::Gen<Encoded> GenArbitraryMessage(bool small = false) {
-  return GenMessage(false, small);
-}
+inline rc::Gen<Encoded> GenArbitraryMessage(bool small = false) { return GenMessage(false, small); }
 
 // The protobuf message held by a ClientMessage.
 inline const google::protobuf::MessageLite& AsProto(const ClientMessage& m) {
-  return std::visit([](const auto& msg) -> const google::protobuf::MessageLite& { return msg; },
-                    m);
+  return std::visit([](const auto& msg) -> const google::protobuf::MessageLite& { return msg; }, m);
 }
 
 }  // namespace iris::wire::gen

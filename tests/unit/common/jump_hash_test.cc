@@ -40,8 +40,8 @@ TEST(JumpHashTest, AgreesWithThePaperOnAFixedTable) {
                            0x8000000000000000ULL,
                            0xfedcba9876543210ULL,
                            0xffffffffffffffffULL};
-  const int32_t buckets[] = {1,   2,   3,    7,     10,     16,      57,        100,
-                             255, 256, 1000, 1024,  65536,  100'001, 1 << 24,   2'147'483'647};
+  const int32_t buckets[] = {1,   2,   3,    7,    10,    16,      57,      100,
+                             255, 256, 1000, 1024, 65536, 100'001, 1 << 24, 2'147'483'647};
   for (uint64_t k : keys) {
     for (int32_t n : buckets) {
       ASSERT_EQ(JumpConsistentHash(k, n), PaperJumpConsistentHash(k, n))

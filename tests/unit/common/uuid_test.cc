@@ -22,8 +22,8 @@ TEST(UuidV7Test, VersionAndVariantBits) {
   UuidV7Generator gen(clock, /*seed=*/1);
   for (int i = 0; i < 1000; ++i) {
     const Uuid u = gen.Next();
-    ASSERT_EQ(u[6] >> 4, 7) << UuidToString(u);       // version nibble
-    ASSERT_EQ(u[8] >> 6, 0b10) << UuidToString(u);    // variant bits
+    ASSERT_EQ(u[6] >> 4, 7) << UuidToString(u);     // version nibble
+    ASSERT_EQ(u[8] >> 6, 0b10) << UuidToString(u);  // variant bits
     ASSERT_TRUE(IsUuidV7(UuidBytes(u)));
     if (i % 97 == 0) clock.AdvanceMillis(1);
   }
@@ -64,7 +64,7 @@ TEST(UuidV7Test, IsUuidV7RejectsBadInput) {
   EXPECT_FALSE(IsUuidV7(""));
   EXPECT_FALSE(IsUuidV7(good.substr(0, 15)));
   EXPECT_FALSE(IsUuidV7(good + "x"));
-  EXPECT_FALSE(IsUuidV7(std::string(16, '\0')));  // nil UUID
+  EXPECT_FALSE(IsUuidV7(std::string(16, '\0')));    // nil UUID
   EXPECT_FALSE(IsUuidV7(std::string(16, '\xff')));  // max UUID
   for (int version = 0; version < 16; ++version) {
     if (version == 7) continue;

@@ -61,7 +61,9 @@ TEST(FrameCodecTest, HeaderIsOpcodeThenBigEndianLength) {
 TEST(FrameCodecTest, AppendAppendsWithoutTouchingExistingBytes) {
   std::string out = "prefix";
   ASSERT_TRUE(AppendFrame(&out, 0x04, "ab").ok());
-  EXPECT_EQ(out, std::string("prefix\x04\x00\x02" "ab", 11));
+  EXPECT_EQ(out, std::string("prefix\x04\x00\x02"
+                             "ab",
+                             11));
 }
 
 TEST(FrameCodecTest, DecoderReadsBigEndianLength) {
@@ -156,7 +158,8 @@ TEST(FrameDecoderTest, ByteByByte) {
   const std::vector<Got> frames = {{0x01, "abc"}, {0x02, ""}, {0x03, std::string(257, 'q')}};
   const std::string stream = Encode(frames);
   std::vector<std::string_view> chunks;
-  for (size_t i = 0; i < stream.size(); ++i) chunks.push_back(std::string_view(stream).substr(i, 1));
+  for (size_t i = 0; i < stream.size(); ++i)
+    chunks.push_back(std::string_view(stream).substr(i, 1));
   EXPECT_EQ(DecodeChunks(chunks), frames);
 }
 

@@ -98,11 +98,13 @@ TEST(DecodeClientFrameTest, UnknownOpcodesAreUnknownOpcode) {
 
 TEST(DecodeClientFrameTest, UnparseablePayloadIsBadRequestForEveryClientOpcode) {
   const std::string garbage[] = {
-      std::string("\xff", 1),                          // truncated varint tag
-      std::string("\x08", 1),                          // tag without value
-      std::string("\x0a\x05" "ab", 4),                 // length-delimited overruns
-      std::string("\x00\x00", 2),                      // field number 0
-      std::string("\x0f", 1),                          // wire type 7
+      std::string("\xff", 1),  // truncated varint tag
+      std::string("\x08", 1),  // tag without value
+      std::string("\x0a\x05"
+                  "ab",
+                  4),              // length-delimited overruns
+      std::string("\x00\x00", 2),  // field number 0
+      std::string("\x0f", 1),      // wire type 7
       std::string("\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", 12),  // 11-byte varint
   };
   for (const auto& s : AllSamplePayloads()) {
@@ -121,7 +123,7 @@ TEST(DecodeClientFrameTest, InvalidUtf8InStringFieldIsBadRequest) {
   // serialiser would refuse them too.
   v1::Hello base = SampleHello();
   base.clear_client();
-  const std::string bad_client("\x32\x02\xc3\x28", 4);  // field 6 = "\xc3\x28"
+  const std::string bad_client("\x32\x02\xc3\x28", 4);   // field 6 = "\xc3\x28"
   const std::string good_client("\x32\x02\xc3\xa9", 4);  // field 6 = "\u00e9"
   EXPECT_EQ(DecodeClientFrame(0x01, base.SerializeAsString() + bad_client).status().code(),
             StatusCode::kBadRequest);
@@ -137,18 +139,18 @@ TEST(DecodeClientFrameTest, EmptyPayloadDecodesToDefaultsOrFailsValidation) {
   }
   // ...and BAD_REQUEST (a required field is missing) for the others.
   for (uint8_t op : {0x01, 0x10, 0x30, 0x40, 0x41, 0x42, 0x44, 0x50, 0x51, 0x60, 0x61, 0x62}) {
-    EXPECT_EQ(DecodeClientFrame(op, "").status().code(), StatusCode::kBadRequest)
-        << OpcodeName(op);
+    EXPECT_EQ(DecodeClientFrame(op, "").status().code(), StatusCode::kBadRequest) << OpcodeName(op);
   }
 }
 
 TEST(DecodeClientFrameTest, UnknownFieldsAreIgnored) {
   const v1::Send send = SampleSend();
   // Field 99 as varint, field 100 as bytes, field 101 as fixed32, field 102 as fixed64.
-  const std::string extra("\x98\x06\x05"
-                          "\xa2\x06\x03xyz"
-                          "\xad\x06\x01\x02\x03\x04"
-                          "\xb1\x06\x01\x02\x03\x04\x05\x06\x07\x08");  // no NUL bytes
+  const std::string extra(
+      "\x98\x06\x05"
+      "\xa2\x06\x03xyz"
+      "\xad\x06\x01\x02\x03\x04"
+      "\xb1\x06\x01\x02\x03\x04\x05\x06\x07\x08");  // no NUL bytes
   Result<ClientMessage> r = DecodeClientFrame(0x10, send.SerializeAsString() + extra);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   const v1::Send& got = std::get<v1::Send>(*r);

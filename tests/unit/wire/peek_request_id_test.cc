@@ -52,9 +52,9 @@ TEST(PeekRequestIdTest, EmptyPayloadHasNone) {
 }
 
 TEST(PeekRequestIdTest, FindsRequestIdAfterOtherFieldsOfEveryWireType) {
-  const std::string payload = Tag(4, 2) + Varint(3) + "abc"      // bytes
-                              + Tag(3, 0) + Varint(300)           // varint
-                              + Tag(9, 1) + std::string(8, '\x11')  // fixed64
+  const std::string payload = Tag(4, 2) + Varint(3) + "abc"          // bytes
+                              + Tag(3, 0) + Varint(300)              // varint
+                              + Tag(9, 1) + std::string(8, '\x11')   // fixed64
                               + Tag(10, 5) + std::string(4, '\x22')  // fixed32
                               + RequestIdField(4242) + Tag(12, 0) + Varint(1);
   EXPECT_EQ(PeekRequestId(payload), 4242u);
@@ -137,17 +137,17 @@ TEST(PeekRequestIdTest, TruncatedPayloadsNeverOverRead) {
 TEST(PeekRequestIdTest, GarbageGivesZeroOrTheIdReadBeforeIt) {
   const std::string garbage[] = {
       std::string(1, '\xff'),
-      std::string(20, '\xff'),                                     // endless varint
+      std::string(20, '\xff'),                                              // endless varint
       std::string("\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", 12),  // 11-byte value
-      Tag(3, 6),                                                   // wire type 6
-      Tag(3, 7),                                                   // wire type 7
-      Tag(5, 4),                                                   // end group at top level
-      std::string("\x00\x05", 2),                                  // field number 0
-      Tag(4, 2) + Varint(100) + "short",                           // overrunning length
-      Tag(4, 2) + Varint(~0ULL),                                   // absurd length
-      Tag(4, 1) + "1234567",                                       // short fixed64
-      Tag(4, 5) + "123",                                           // short fixed32
-      Varint(1ULL << 35),                                          // six-byte tag
+      Tag(3, 6),                                                            // wire type 6
+      Tag(3, 7),                                                            // wire type 7
+      Tag(5, 4),                          // end group at top level
+      std::string("\x00\x05", 2),         // field number 0
+      Tag(4, 2) + Varint(100) + "short",  // overrunning length
+      Tag(4, 2) + Varint(~0ULL),          // absurd length
+      Tag(4, 1) + "1234567",              // short fixed64
+      Tag(4, 5) + "123",                  // short fixed32
+      Varint(1ULL << 35),                 // six-byte tag
   };
   for (const std::string& g : garbage) {
     EXPECT_EQ(PeekRequestId(g), 0u) << g.size();
@@ -169,8 +169,7 @@ TEST(PeekRequestIdTest, OpcodeOverloadOnlyForMessagesWithRequestId) {
     EXPECT_FALSE(CarriesRequestId(op)) << OpcodeName(op);
     EXPECT_EQ(PeekRequestId(op, payload), 0u) << OpcodeName(op);
   }
-  for (uint8_t op :
-       {0x10, 0x24, 0x30, 0x31, 0x40, 0x41, 0x42, 0x50, 0x51, 0x60, 0x61, 0x62}) {
+  for (uint8_t op : {0x10, 0x24, 0x30, 0x31, 0x40, 0x41, 0x42, 0x50, 0x51, 0x60, 0x61, 0x62}) {
     EXPECT_TRUE(CarriesRequestId(op)) << OpcodeName(op);
     EXPECT_EQ(PeekRequestId(op, payload), 99u) << OpcodeName(op);
   }

@@ -53,7 +53,8 @@ inline v1::Send SampleSend() {
   m.set_idempotency_key(ValidUuidV7(1001));
   m.set_recipient(42);
   m.set_body("ciphertext");
-  m.set_trace_id(std::string("\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f\x10", 16));
+  m.set_trace_id(
+      std::string("\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f\x10", 16));
   return m;
 }
 

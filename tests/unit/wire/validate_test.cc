@@ -136,7 +136,7 @@ TEST(ValidateSendTest, TraceIdIsEmptyOr16NonZeroBytes) {
   EXPECT_EQ(Code(0x10, m), kBad);
 }
 
-TEST(ValidateSendTest, OversizedBodyWinsOverBadKeyOnlyWhenKeyIsChecked) {
+TEST(ValidateSendTest, OversizedBodyIsTooLargeEvenWithABadKey) {
   // Rule order: a body over the limit is TOO_LARGE even if the key is also bad, because
   // the size is checked first (a client fixing one problem at a time converges).
   v1::Send m = SampleSend();
