@@ -2,6 +2,7 @@
 //   irisctl token  --secret-file F --user 42 [--ttl 1h] [--kid K]    mint a development token
 //   irisctl revoke --admin 127.0.0.1:9090 --token-file F (--jti J | --user U [--before-ms T])
 //   irisctl health --admin 127.0.0.1:9090
+//   irisctl stats  --admin 127.0.0.1:9090    P50/P90/P99 of each histogram, the main counters
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -20,6 +21,7 @@
 #include "auth/keyring.h"
 #include "common/bytes.h"
 #include "net/listener.h"
+#include "stats.h"
 
 namespace {
 
@@ -138,6 +140,10 @@ int main(int argc, char** argv) {
   auto* health = app.add_subcommand("health", "Query /healthz and /readyz");
   health->add_option("--admin", admin, "Admin listener host:port")->capture_default_str();
 
+  auto* stats = app.add_subcommand("stats", "Scrape /metrics: P50/P90/P99 of each histogram "
+                                   "(since start) and the message counters");
+  stats->add_option("--admin", admin, "Admin listener host:port")->capture_default_str();
+
   CLI11_PARSE(app, argc, argv);
 
   if (token->parsed()) {
@@ -201,6 +207,21 @@ int main(int argc, char** argv) {
     const int r = HttpRequest(admin, "GET", "/readyz", "", "", &b);
     std::cout << "healthz: " << h << "\nreadyz: " << r << "\n";
     return h == 200 && r == 200 ? 0 : 1;
+  }
+  if (stats->parsed()) {
+    std::string text;
+    const int status = HttpRequest(admin, "GET", "/metrics", "", "", &text);
+    if (status != 200) {
+      std::cerr << "irisctl: GET /metrics failed (HTTP " << status << ")\n";
+      return 1;
+    }
+    auto report = iris::tools::FormatStats(text);
+    if (!report.ok()) {
+      std::cerr << "irisctl: " << report.status().message() << "\n";
+      return 1;
+    }
+    std::cout << *report;
+    return 0;
   }
   return 0;
 }
