@@ -1,0 +1,297 @@
+// InboxStore: Open, Stop, the public wrappers, and the read paths (Scan, History).
+#include "store/inbox_store.h"
+
+#include <future>
+
+#include "obs/trace.h"
+#include "store/inbox_store_impl.h"
+
+namespace iris::store {
+namespace {
+
+constexpr size_t kEnvelopeFrameOverhead = 6;
+
+DedupIndexOptions DedupOptionsOf(const StoreOptions& o) {
+  DedupIndexOptions d;
+  d.window_ms = o.dedup_window_ms;
+  d.hot_window_ms = o.dedup_hot_window_ms;
+  d.hot_max_entries = o.dedup_hot_max_entries;
+  d.bloom_keys_per_day = o.dedup_bloom_keys_per_day;
+  d.bloom_bits_per_key = o.dedup_bloom_bits_per_key;
+  return d;
+}
+
+// Reads the per-user counters from `meta` ({0, 0} when absent).
+Result<UserState> ReadUserState(const StoreDb& db, const rocksdb::ReadOptions& ro, uint64_t user) {
+  std::string v;
+  const rocksdb::Status s = db.db()->Get(ro, db.cf(Cf::kMeta), MetaUserStateKey(user), &v);
+  if (s.IsNotFound()) return UserState{};
+  if (!s.ok()) return FromRocks(s, "store: read inbox state");
+  const std::optional<UserState> state = DecodeUserState(v);
+  if (!state) return Internal("store: malformed inbox state");
+  return *state;
+}
+
+// Appends the envelope at the iterator to `page` unless a limit is reached; returns false
+// (and sets has_more) when the page is full.
+Result<bool> TakeMessage(const rocksdb::Iterator& it, uint32_t limit, size_t max_bytes,
+                         size_t* bytes, ScanPage* page) {
+  if (page->messages.size() >= limit) {
+    page->has_more = true;
+    return false;
+  }
+  v1::Envelope e;
+  if (!e.ParseFromArray(it.value().data(), static_cast<int>(it.value().size()))) {
+    return Internal("store: malformed envelope");
+  }
+  const size_t size = e.ByteSizeLong() + kEnvelopeFrameOverhead;
+  if (!page->messages.empty() && *bytes + size > max_bytes) {
+    page->has_more = true;
+    return false;
+  }
+  *bytes += size;
+  page->messages.push_back(std::move(e));
+  return true;
+}
+
+}  // namespace
+
+InboxStore::Impl::Impl(const StoreOptions& options)
+    : options_(options),
+      clock_(options.clock != nullptr ? options.clock : &SystemClock::Instance()),
+      hlc_(*clock_, options.node_id) {}
+
+InboxStore::Impl::~Impl() {
+  Stop();
+  dedup_.reset();  // joins the rebuild before the database closes
+  db_.reset();
+}
+
+Status InboxStore::Impl::Init() {
+  StoreDbOptions db_options;
+  db_options.path = options_.path;
+  db_options.clock = clock_;
+  db_options.dedup_window_ms = options_.dedup_window_ms;
+  db_options.write_buffer_bytes = options_.write_buffer_bytes;
+  db_options.block_cache_bytes = options_.block_cache_bytes;
+  db_options.max_background_jobs = options_.max_background_jobs;
+  IRIS_ASSIGN_OR_RETURN(db_, StoreDb::Open(db_options));
+
+  std::string mark;
+  const rocksdb::Status s =
+      db_->db()->Get(rocksdb::ReadOptions(), db_->cf(Cf::kMeta), MetaHlcKey(), &mark);
+  if (s.ok()) {
+    const std::optional<uint64_t> high_water = DecodeU64(mark);
+    if (!high_water) return Internal("store: malformed HLC high-water mark");
+    hlc_.Restore(*high_water);
+  } else if (!s.IsNotFound()) {
+    return FromRocks(s, "store: read HLC high-water mark");
+  }
+
+  dedup_ = std::make_unique<DedupIndex>(DedupOptionsOf(options_), *clock_, *db_);
+  dedup_->StartRebuild();
+  ResumeInterruptedArchiving();
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    accepting_ = true;
+  }
+  commit_thread_ = std::thread([this] { CommitLoop(); });
+  if (options_.run_archiver) archive_thread_ = std::thread([this] { ArchiverLoop(); });
+  return Status::Ok();
+}
+
+void InboxStore::Impl::Stop() {
+  std::lock_guard<std::mutex> stop_lock(stop_mu_);
+  if (stopped_) return;
+  stopped_ = true;
+  {
+    std::lock_guard<std::mutex> lock(archive_mu_);
+    archive_stop_ = true;
+  }
+  archive_cv_.notify_all();
+  // The archiver may wait for a move to commit: the commit thread still runs.
+  if (archive_thread_.joinable()) archive_thread_.join();
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    accepting_ = false;
+    stopping_ = true;
+  }
+  queue_cv_.notify_all();
+  if (commit_thread_.joinable()) commit_thread_.join();
+}
+
+Result<ScanPage> InboxStore::Impl::Scan(uint64_t user, uint64_t after_id, uint32_t limit,
+                                        size_t max_bytes) const {
+  rocksdb::ManagedSnapshot snapshot(db_->db());
+  rocksdb::ReadOptions ro;
+  ro.snapshot = snapshot.snapshot();
+  IRIS_ASSIGN_OR_RETURN(const UserState state, ReadUserState(*db_, ro, user));
+
+  ScanPage page;
+  page.gap = state.archived_through > after_id;
+  // Everything up to archived_through lives in the archive: start past it, which also skips
+  // the tombstones the archiver left in `inbox`.
+  const uint64_t from = std::max(after_id, state.archived_through);
+  if (from == UINT64_MAX) return page;
+
+  const std::string upper = InboxUpperBound(user);
+  const rocksdb::Slice upper_slice(upper);
+  ro.iterate_upper_bound = &upper_slice;
+  std::unique_ptr<rocksdb::Iterator> it(db_->db()->NewIterator(ro, db_->cf(Cf::kInbox)));
+  size_t bytes = 0;
+  for (it->Seek(InboxKey(user, from + 1)); it->Valid(); it->Next()) {
+    IRIS_ASSIGN_OR_RETURN(const bool taken, TakeMessage(*it, limit, max_bytes, &bytes, &page));
+    if (!taken) break;
+  }
+  if (!it->status().ok()) return FromRocks(it->status(), "store: scan");
+  return page;
+}
+
+Result<ScanPage> InboxStore::Impl::History(uint64_t user, uint64_t before_id, uint32_t limit,
+                                           size_t max_bytes) const {
+  ScanPage page;
+  if (before_id == 1) return page;  // ids start above 0
+  rocksdb::ReadOptions ro;
+  const std::string lower = InboxKey(user, 0);
+  const rocksdb::Slice lower_slice(lower);
+  ro.iterate_lower_bound = &lower_slice;
+  std::unique_ptr<rocksdb::Iterator> it(db_->db()->NewIterator(ro, db_->cf(Cf::kArchive)));
+  size_t bytes = 0;
+  const uint64_t last = before_id == 0 ? UINT64_MAX : before_id - 1;
+  for (it->SeekForPrev(InboxKey(user, last)); it->Valid(); it->Prev()) {
+    IRIS_ASSIGN_OR_RETURN(const bool taken, TakeMessage(*it, limit, max_bytes, &bytes, &page));
+    if (!taken) break;
+  }
+  if (!it->status().ok()) return FromRocks(it->status(), "store: history");
+  return page;
+}
+
+StoreStats InboxStore::Impl::Stats() const {
+  StoreStats s;
+  s.appends = appends_.load(std::memory_order_relaxed);
+  s.envelopes = envelopes_.load(std::memory_order_relaxed);
+  s.duplicates = duplicates_.load(std::memory_order_relaxed);
+  s.batches = batches_.load(std::memory_order_relaxed);
+  s.write_errors = write_errors_.load(std::memory_order_relaxed);
+  s.storage_full_errors = storage_full_errors_.load(std::memory_order_relaxed);
+  s.archived = archived_.load(std::memory_order_relaxed);
+  if (dedup_) {
+    const DedupStats d = dedup_->stats();
+    s.dedup_hot_hits = d.hot_hits;
+    s.dedup_bloom_negatives = d.bloom_negatives;
+    s.dedup_db_lookups = d.db_lookups;
+  }
+  return s;
+}
+
+// ---- public wrappers ----
+
+InboxStore::InboxStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+InboxStore::~InboxStore() = default;
+
+Result<std::unique_ptr<InboxStore>> InboxStore::Open(const StoreOptions& options) {
+  if (options.path.empty()) return BadRequest("store: path is empty");
+  if (options.inbox_cap == 0) return BadRequest("store: inbox_cap must be positive");
+  if (options.dedup_window_ms <= 0) return BadRequest("store: dedup_window_ms must be positive");
+  if (options.max_batch_requests == 0 || options.max_batch_bytes == 0) {
+    return BadRequest("store: batch limits must be positive");
+  }
+  auto impl = std::make_unique<Impl>(options);
+  IRIS_RETURN_IF_ERROR(impl->Init());
+  return std::unique_ptr<InboxStore>(new InboxStore(std::move(impl)));
+}
+
+void InboxStore::AppendAsync(uint64_t sender, std::string idempotency_key,
+                             std::vector<v1::Envelope> envelopes, AppendCallback done) {
+  if (envelopes.empty()) {
+    done(BadRequest("store: append without envelopes"));
+    return;
+  }
+  if (idempotency_key.size() > kMaxIdempotencyKeyBytes) {
+    done(BadRequest("store: idempotency key over 255 bytes"));
+    return;
+  }
+  CommitRequest r;
+  AppendRequest a;
+  a.bodies.reserve(envelopes.size());
+  for (v1::Envelope& e : envelopes) {
+    if (e.recipient() == 0) {
+      done(BadRequest("store: envelope without recipient"));
+      return;
+    }
+    a.bodies.push_back(EncodeEnvelopeBody(&e));
+    r.bytes += a.bodies.back().size() + 32;
+  }
+  a.sender = sender;
+  a.idempotency_key = std::move(idempotency_key);
+  a.envelopes = std::move(envelopes);
+  a.done = std::move(done);
+  r.body = std::move(a);
+  impl_->Enqueue(std::move(r));
+}
+
+void InboxStore::AppendAsync(uint64_t sender, std::string idempotency_key,
+                             std::vector<v1::Envelope> envelopes, AppendCallback done,
+                             const obs::SpanContext& parent) {
+  if (parent.valid()) {
+    if (obs::SharedSpan span = obs::StartSharedSpan("store.append", parent)) {
+      span->SetInt("iris.envelopes", static_cast<int64_t>(envelopes.size()));
+      done = obs::EndSpanBefore(std::move(span), std::move(done));
+    }
+  }
+  AppendAsync(sender, std::move(idempotency_key), std::move(envelopes), std::move(done));
+}
+
+Result<AppendOutcome> InboxStore::Append(uint64_t sender, std::string idempotency_key,
+                                         std::vector<v1::Envelope> envelopes) {
+  auto promise = std::make_shared<std::promise<Result<AppendOutcome>>>();
+  std::future<Result<AppendOutcome>> result = promise->get_future();
+  AppendAsync(sender, std::move(idempotency_key), std::move(envelopes),
+              [promise](Result<AppendOutcome> r) { promise->set_value(std::move(r)); });
+  return result.get();
+}
+
+void InboxStore::SetCommitListener(std::function<void(const std::vector<v1::Envelope>&)> l) {
+  impl_->SetListener(std::move(l));
+}
+
+Result<ScanPage> InboxStore::Scan(uint64_t user, uint64_t after_id, uint32_t limit,
+                                  size_t max_bytes) const {
+  return impl_->Scan(user, after_id, limit, max_bytes);
+}
+
+Result<ScanPage> InboxStore::History(uint64_t user, uint64_t before_id, uint32_t limit,
+                                     size_t max_bytes) const {
+  return impl_->History(user, before_id, limit, max_bytes);
+}
+
+Status InboxStore::PutSettings(uint64_t user, const UserSettings& s) {
+  return impl_->PutSettings(user, s);
+}
+Result<UserSettings> InboxStore::GetSettings(uint64_t user) const {
+  return impl_->GetSettings(user);
+}
+Status InboxStore::PutLastSeen(uint64_t user, uint64_t last_seen_ms) {
+  return impl_->PutLastSeen(user, last_seen_ms);
+}
+Result<uint64_t> InboxStore::GetLastSeen(uint64_t user) const { return impl_->GetLastSeen(user); }
+Status InboxStore::UploadKeys(uint64_t user, const v1::KeysUpload& upload) {
+  return impl_->UploadKeys(user, upload);
+}
+Result<v1::KeysBundle> InboxStore::FetchKeys(uint64_t user) { return impl_->FetchKeys(user); }
+Status InboxStore::PutGroup(const v1::GroupInfo& group) { return impl_->PutGroup(group); }
+Result<v1::GroupInfo> InboxStore::GetGroup(uint64_t group_id) const {
+  return impl_->GetGroup(group_id);
+}
+uint64_t InboxStore::LastId() const { return impl_->LastId(); }
+void InboxStore::Stop() { impl_->Stop(); }
+StoreStats InboxStore::Stats() const { return impl_->Stats(); }
+bool InboxStore::WaitArchiverIdle(int64_t timeout_ms) const {
+  return impl_->WaitArchiverIdle(timeout_ms);
+}
+bool InboxStore::WaitDedupFiltersReady(int64_t timeout_ms) const {
+  return impl_->WaitDedupFiltersReady(timeout_ms);
+}
+
+}  // namespace iris::store

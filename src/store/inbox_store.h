@@ -1,0 +1,218 @@
+#pragma once
+// InboxStore: the node's durable, ordered, per-user inbox log on RocksDB (RFC-001 §0, §1,
+// §5.3, §6; DESIGN.md §3). Design notes: docs/storage.md.
+//
+// What it keeps (one RocksDB, column families `inbox`, `archive`, `dedup`, `meta`, `keys`,
+// `groups`, big-endian keys so iteration order is id order):
+//  - every user's inbox: the newest `inbox_cap` messages in `inbox`, older ones in
+//    `archive` (moved in the background, zstd-compressed);
+//  - the dedup index (sender, idempotency key) -> first message id, for `dedup_window_ms`;
+//  - settings, last-seen times, prekey bundles and groups for the services that need them;
+//  - the HLC high-water mark, written in every batch, so ids keep increasing across
+//    restarts.
+//
+// Durability: an append (and every other write) is reported done only after its WAL record
+// is synced (fdatasync). Writes are group-committed: one commit thread takes everything
+// queued while the previous sync ran and writes it as one RocksDB WriteBatch with
+// sync=true, so many appends share one sync.
+//
+// Thread-safety and threads: every public method may be called from any thread
+// concurrently. The store runs its own threads: the commit thread (builds and syncs batches,
+// runs AppendCallbacks and the commit listener), the archiver (moves old inbox messages to
+// the archive) and, right after Open, a thread that rebuilds the dedup Bloom filters.
+// AppendCallbacks and the commit listener run on the commit thread: they must be quick and
+// must not call back into the store's write methods (Append*, Put*, UploadKeys,
+// FetchKeys, PutGroup), which would deadlock; reads (Scan, Get*) are allowed.
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/status.h"
+#include "iris/v1/client.pb.h"
+
+namespace iris::obs {
+struct SpanContext;
+}  // namespace iris::obs
+
+namespace iris::store {
+
+struct StoreOptions {
+  std::string path;              // the RocksDB directory (created if missing)
+  uint8_t node_id = 1;           // HLC node id
+  const Clock* clock = nullptr;  // nullptr = SystemClock::Instance(); must outlive the store
+  uint32_t inbox_cap = 10000;    // newest N stay in `inbox`, older move to `archive`
+  int64_t dedup_window_ms = 7LL * 24 * 3600 * 1000;
+
+  // Dedup tiers (docs/storage.md): the hot tier remembers keys of the last
+  // `dedup_hot_window_ms` in memory (at most `dedup_hot_max_entries`); the warm tier is a
+  // ring of daily Bloom filters sized for `dedup_bloom_keys_per_day` keys each at
+  // `dedup_bloom_bits_per_key` (10 bits: about 1% false positives, which cost one read).
+  int64_t dedup_hot_window_ms = 5LL * 60 * 1000;
+  size_t dedup_hot_max_entries = 1'000'000;
+  uint64_t dedup_bloom_keys_per_day = 1'000'000;
+  uint32_t dedup_bloom_bits_per_key = 10;
+
+  // Group commit: the most requests and bytes one batch takes (the rest waits for the next).
+  size_t max_batch_requests = 4096;
+  size_t max_batch_bytes = 8u << 20;
+
+  // How often a write blocked by a background error (disk full) retries DB::Resume().
+  // 0 = on every batch.
+  int64_t resume_interval_ms = 1000;
+
+  // The archiver moves at most this many messages per user per pass. run_archiver = false
+  // leaves inboxes over the cap (their "archive pending" markers stay) until a later Open
+  // with the archiver running: for tests and maintenance.
+  uint32_t archive_chunk = 1024;
+  bool run_archiver = true;
+
+  // Per-user inbox counters kept in memory by the commit thread (reloaded from `meta` when
+  // evicted).
+  size_t user_cache_max_entries = 1'000'000;
+
+  // RocksDB sizing. Defaults suit a server; tests shrink them.
+  size_t write_buffer_bytes = 64u << 20;  // per column family memtable
+  size_t block_cache_bytes = 128u << 20;  // shared by all column families
+  int max_background_jobs = 2;
+
+  // Called on the commit thread after every batch with the wall time of its synced write
+  // (RocksDB Write with sync=true), in nanoseconds: the iris_db_write_latency_seconds
+  // histogram. Optional.
+  std::function<void(int64_t nanos)> write_latency_observer;
+};
+
+struct AppendOutcome {
+  uint64_t message_id;
+  uint64_t accepted_at_ms;
+  bool duplicate;
+};
+using AppendCallback = std::function<void(Result<AppendOutcome>)>;
+
+struct ScanPage {
+  std::vector<v1::Envelope> messages;
+  bool has_more = false;
+  bool gap = false;
+};
+
+struct UserSettings {
+  bool read_receipts = true;
+  bool share_presence = true;
+};
+
+// Counters since Open (all monotonic). For metrics and benchmarks.
+struct StoreStats {
+  uint64_t appends = 0;                // append requests committed (not duplicates)
+  uint64_t envelopes = 0;              // envelopes stored
+  uint64_t duplicates = 0;             // appends answered as duplicates
+  uint64_t batches = 0;                // synced WriteBatches
+  uint64_t write_errors = 0;           // failed batches
+  uint64_t storage_full_errors = 0;    // of which disk full
+  uint64_t dedup_hot_hits = 0;         // duplicates found in the hot tier
+  uint64_t dedup_bloom_negatives = 0;  // keyed appends the Bloom filters cleared without a read
+  uint64_t dedup_db_lookups = 0;       // reads of the `dedup` column family
+  uint64_t archived = 0;               // messages moved from `inbox` to `archive`
+};
+
+class InboxStore {
+ public:
+  // Opens (creating if missing) the store at options.path, recovering from a crash: RocksDB
+  // replays the WAL (point-in-time recovery, see docs/storage.md), the HLC is restored from
+  // the persisted high-water mark and interrupted archive moves are resumed.
+  // Errors: BAD_REQUEST for invalid options, STORAGE_FULL when the disk is full,
+  // INTERNAL otherwise (e.g. the directory is locked by another process, or corruption).
+  static Result<std::unique_ptr<InboxStore>> Open(const StoreOptions& options);
+
+  ~InboxStore();  // Stop()s
+  InboxStore(const InboxStore&) = delete;
+  InboxStore& operator=(const InboxStore&) = delete;
+
+  // One logical send: `envelopes` holds one envelope per destination inbox (its `recipient`
+  // field names the inbox; 1 for a 1:1 send, N for a group fan-out), all written atomically
+  // in one WriteBatch and made durable (WAL synced) before `done` runs. The store assigns
+  // each envelope's `id` (HLC, strictly increasing per inbox) and `sent_at_ms`. When
+  // idempotency_key is non-empty, (sender, idempotency_key) is deduplicated over the
+  // window: a retry calls done with the FIRST message id, duplicate=true, and stores
+  // nothing. message_id = id of the first envelope. `done` runs on the store's commit
+  // thread (or, for a request refused before it is queued, on the caller's thread), must
+  // be quick and must not call back into Append. Errors: BAD_REQUEST (no envelopes, a zero
+  // recipient, an idempotency key over 255 bytes), STORAGE_FULL on disk full, UNAVAILABLE
+  // when stopping, INTERNAL otherwise; nothing is written on error.
+  void AppendAsync(uint64_t sender, std::string idempotency_key,
+                   std::vector<v1::Envelope> envelopes, AppendCallback done);
+  // The same, traced: when tracing is on (obs::Tracer::Global()) and `parent` is valid, a
+  // "store.append" span, child of `parent`, covers the request from here to its durable
+  // completion (WAL synced) or failure.
+  void AppendAsync(uint64_t sender, std::string idempotency_key,
+                   std::vector<v1::Envelope> envelopes, AppendCallback done,
+                   const obs::SpanContext& parent);
+  // Blocking wrapper of AppendAsync. Must not be called from a callback or the listener.
+  Result<AppendOutcome> Append(uint64_t sender, std::string idempotency_key,
+                               std::vector<v1::Envelope> envelopes);
+
+  // Called on the commit thread after every durable batch with the envelopes it stored (ids
+  // set), in commit order: for any one inbox, calls come in strictly increasing id order
+  // and only after the data is visible to Scan. Set before the first append. Duplicates are
+  // not reported.
+  void SetCommitListener(std::function<void(const std::vector<v1::Envelope>&)> listener);
+
+  // Messages of `user`'s inbox with id > after_id, ascending, at most `limit` messages and
+  // at most `max_bytes` of summed envelope ByteSizeLong()+6 (always at least one message if
+  // any exists and limit > 0). has_more: more remain after this page. gap: messages newer
+  // than after_id exist only in the archive (the cursor is older than the oldest retained
+  // inbox message). Reads one consistent snapshot. Errors: INTERNAL.
+  Result<ScanPage> Scan(uint64_t user, uint64_t after_id, uint32_t limit, size_t max_bytes) const;
+  // Archived messages with id < before_id (0 = newest first from the top of the archive),
+  // DESCENDING id order, same limits; has_more when older archived messages remain.
+  Result<ScanPage> History(uint64_t user, uint64_t before_id, uint32_t limit,
+                           size_t max_bytes) const;
+
+  // Durable (synced) small records. Write errors: STORAGE_FULL, UNAVAILABLE when stopped,
+  // INTERNAL.
+  Status PutSettings(uint64_t user, const UserSettings& s);
+  Result<UserSettings> GetSettings(uint64_t user) const;  // defaults when never set
+  Status PutLastSeen(uint64_t user, uint64_t last_seen_ms);
+  Result<uint64_t> GetLastSeen(uint64_t user) const;  // 0 when unknown
+
+  // Replaces the identity key (when non-empty), the registration id (when non-zero) and the
+  // signed prekey (when present) and appends the one-time prekeys to the pool.
+  Status UploadKeys(uint64_t user, const v1::KeysUpload& upload);
+  // The bundle with at most one one-time prekey, consumed atomically and durably (never
+  // the same one twice, even under concurrent calls or across a crash); NOT_FOUND when the
+  // user never uploaded.
+  Result<v1::KeysBundle> FetchKeys(uint64_t user);
+
+  // Stores the group (request_id is not stored). BAD_REQUEST for group_id 0.
+  Status PutGroup(const v1::GroupInfo& group);
+  Result<v1::GroupInfo> GetGroup(uint64_t group_id) const;  // NOT_FOUND
+
+  uint64_t LastId() const;  // HLC high-water mark
+
+  // Stops accepting writes (they fail with UNAVAILABLE), finishes queued appends (their
+  // callbacks run), joins the store's threads. Idempotent; the destructor calls it. Reads
+  // keep working until the store is destroyed.
+  void Stop();
+
+  StoreStats Stats() const;
+
+  // Waits until the archiver has nothing left to move (every inbox holds at most
+  // inbox_cap messages) or `timeout_ms` passes; returns whether it is idle. For tests and
+  // orderly shutdown.
+  bool WaitArchiverIdle(int64_t timeout_ms) const;
+  // Waits until the dedup Bloom filters have been refilled after Open (before that, every
+  // keyed append that misses the hot tier reads the `dedup` column family) or `timeout_ms`
+  // passes; returns whether they are ready.
+  bool WaitDedupFiltersReady(int64_t timeout_ms) const;
+
+  class Impl;
+
+ private:
+  explicit InboxStore(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace iris::store

@@ -1,0 +1,205 @@
+#pragma once
+// InboxStore's private implementation, split by concern (as RocksDB's db_impl_*.cc):
+//   inbox_store.cc     Open, Stop, the public wrappers, Scan and History;
+//   group_commit.cc    the commit queue and the commit thread (appends, dedup, ids);
+//   archiver.cc        the background move of old inbox messages to the archive;
+//   user_records.cc    settings, last seen, prekeys, groups.
+//
+// Threads and ownership:
+//  - callers enqueue CommitRequests under queue_mu_;
+//  - the commit thread owns everything marked "commit thread": the WriteBatch under
+//    construction, the per-user counters (user_cache_), the dedup hot tier, the HLC's
+//    writes to the batch; it is the only writer of `inbox`, `archive`, `dedup` and the
+//    per-user `meta` records, so ids are assigned in commit order and the counters need no
+//    locks;
+//  - the archiver only reads, then hands its moves to the commit thread as a request and
+//    waits for them to commit before reading again (so it never moves a message twice).
+
+#include <rocksdb/write_batch.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+#include <variant>
+#include <vector>
+
+#include "common/hlc.h"
+#include "store/dedup_index.h"
+#include "store/inbox_store.h"
+#include "store/store_db.h"
+#include "store/store_keys.h"
+
+namespace iris::store {
+
+// One key-value operation of a small-record write (settings, keys, groups).
+struct KvOp {
+  Cf cf;
+  std::string key;
+  std::optional<std::string> value;  // nullopt = delete
+};
+
+struct AppendRequest {
+  uint64_t sender = 0;
+  std::string idempotency_key;
+  std::vector<v1::Envelope> envelopes;
+  std::vector<std::string> bodies;  // EncodeEnvelopeBody of each envelope
+  AppendCallback done;
+};
+
+struct RecordWriteRequest {
+  std::vector<KvOp> ops;
+  std::function<void(Status)> done;
+};
+
+struct ArchiveMove {
+  uint64_t user = 0;
+  std::vector<std::pair<std::string, std::string>> entries;  // inbox key, stored envelope
+  uint64_t last_id = 0;
+};
+
+struct ArchiveRequest {
+  std::vector<ArchiveMove> moves;
+  std::function<void(Status)> done;
+};
+
+struct CommitRequest {
+  std::variant<AppendRequest, RecordWriteRequest, ArchiveRequest> body;
+  size_t bytes = 0;  // approximate size, for the batch byte limit
+};
+
+class InboxStore::Impl {
+ public:
+  explicit Impl(const StoreOptions& options);
+  ~Impl();
+
+  Status Init();
+  void Stop();
+
+  // group_commit.cc
+  void Enqueue(CommitRequest request);
+  void SetListener(std::function<void(const std::vector<v1::Envelope>&)> listener);
+  // Submits a record write and waits until it is durable (or failed).
+  Status WriteRecords(std::vector<KvOp> ops);
+
+  // archiver.cc
+  void ScheduleArchive(uint64_t user);
+  bool WaitArchiverIdle(int64_t timeout_ms) const;
+
+  // inbox_store.cc
+  Result<ScanPage> Scan(uint64_t user, uint64_t after_id, uint32_t limit, size_t max_bytes) const;
+  Result<ScanPage> History(uint64_t user, uint64_t before_id, uint32_t limit,
+                           size_t max_bytes) const;
+  StoreStats Stats() const;
+  bool WaitDedupFiltersReady(int64_t timeout_ms) const { return dedup_->WaitRebuild(timeout_ms); }
+
+  // user_records.cc
+  Status PutSettings(uint64_t user, const UserSettings& s);
+  Result<UserSettings> GetSettings(uint64_t user) const;
+  Status PutLastSeen(uint64_t user, uint64_t last_seen_ms);
+  Result<uint64_t> GetLastSeen(uint64_t user) const;
+  Status UploadKeys(uint64_t user, const v1::KeysUpload& upload);
+  Result<v1::KeysBundle> FetchKeys(uint64_t user);
+  Status PutGroup(const v1::GroupInfo& group);
+  Result<v1::GroupInfo> GetGroup(uint64_t group_id) const;
+
+  uint64_t LastId() const { return hlc_.Last(); }
+
+ private:
+  // A request's answer, delivered after the batch's write.
+  struct Completion {
+    AppendCallback append_done;
+    std::function<void(Status)> status_done;
+    std::optional<AppendOutcome> outcome;  // for appends answered successfully
+    Status error;                          // answered with this error regardless of the write
+    bool needs_commit = true;              // fails if the batch's write fails
+  };
+
+  // group_commit.cc
+  void CommitLoop();
+  void CommitBatch(std::vector<CommitRequest>& requests);
+  void BuildAppend(AppendRequest& a);
+  void BuildRecordWrite(RecordWriteRequest& w);
+  void BuildArchive(ArchiveRequest& r);
+  // The user's counters, loaded from `meta` on first use, saved for rollback on first
+  // touch in this batch. Errors: INTERNAL when `meta` cannot be read.
+  Result<UserState*> TouchUser(uint64_t user);
+  Status EnsureWritable();
+  // Why resuming after a disk-full error would fail now (nullopt: enough free space).
+  std::optional<std::string> ShortOfSpaceForResume() const;
+  static void Fail(CommitRequest& request, const Status& status);
+
+  // archiver.cc
+  void ArchiverLoop();
+  Result<ArchiveMove> ReadMove(uint64_t user, const rocksdb::Snapshot* snapshot,
+                               bool* more_left) const;
+  void ResumeInterruptedArchiving();
+
+  const StoreOptions options_;
+  const Clock* const clock_;
+  HybridLogicalClock hlc_;
+  std::unique_ptr<StoreDb> db_;
+  std::unique_ptr<DedupIndex> dedup_;
+
+  // The commit queue.
+  std::mutex queue_mu_;
+  std::condition_variable queue_cv_;
+  std::deque<CommitRequest> queue_;                                 // guarded by queue_mu_
+  bool accepting_ = false;                                          // guarded by queue_mu_
+  bool stopping_ = false;                                           // guarded by queue_mu_
+  std::function<void(const std::vector<v1::Envelope>&)> listener_;  // guarded by queue_mu_
+  bool listener_changed_ = false;                                   // guarded by queue_mu_
+  std::thread commit_thread_;
+
+  // Commit thread only.
+  std::function<void(const std::vector<v1::Envelope>&)> active_listener_;
+  uint64_t batch_seq_ = 0;
+  int64_t batch_now_ms_ = 0;
+  rocksdb::WriteBatch batch_;
+  bool batch_has_writes_ = false;
+  uint64_t batch_envelopes_ = 0;
+  std::string scratch_;
+  std::unordered_map<uint64_t, UserState> user_cache_;
+  std::unordered_map<uint64_t, UserState> touched_;  // user -> state before this batch
+  std::vector<std::string> remembered_;              // dedup keys added by this batch
+  std::vector<Completion> completions_;
+  std::vector<v1::Envelope> stored_;
+  bool needs_resume_ = false;
+  Status last_write_error_;
+  int64_t last_resume_mono_ms_ = 0;
+
+  // Archiver.
+  mutable std::mutex archive_mu_;
+  mutable std::condition_variable archive_cv_;
+  std::deque<uint64_t> archive_queue_;           // guarded by archive_mu_
+  std::unordered_set<uint64_t> archive_queued_;  // guarded by archive_mu_
+  bool archive_busy_ = false;                    // guarded by archive_mu_
+  bool archive_stop_ = false;                    // guarded by archive_mu_
+  std::thread archive_thread_;
+
+  std::mutex stop_mu_;
+  bool stopped_ = false;  // guarded by stop_mu_
+
+  // Serialises read-modify-write of one user's prekeys (striped by user).
+  static constexpr size_t kKeyStripes = 64;
+  std::mutex key_stripes_[kKeyStripes];
+
+  // Stats.
+  std::atomic<uint64_t> appends_{0};
+  std::atomic<uint64_t> envelopes_{0};
+  std::atomic<uint64_t> duplicates_{0};
+  std::atomic<uint64_t> batches_{0};
+  std::atomic<uint64_t> write_errors_{0};
+  std::atomic<uint64_t> storage_full_errors_{0};
+  std::atomic<uint64_t> archived_{0};
+};
+
+}  // namespace iris::store

@@ -1,0 +1,219 @@
+#include "store/store_db.h"
+
+#include <rocksdb/cache.h>
+#include <rocksdb/convenience.h>
+#include <rocksdb/filter_policy.h>
+#include <rocksdb/listener.h>
+#include <rocksdb/options.h>
+#include <rocksdb/table.h>
+#include <rocksdb/utilities/table_properties_collectors.h>
+
+#include <algorithm>
+#include <cstdarg>
+#include <cstdio>
+#include <filesystem>
+#include <mutex>
+#include <system_error>
+
+#include "store/store_keys.h"
+
+namespace iris::store {
+namespace {
+
+bool Supported(rocksdb::CompressionType t) {
+  static const std::vector<rocksdb::CompressionType> supported =
+      rocksdb::GetSupportedCompressions();
+  return std::find(supported.begin(), supported.end(), t) != supported.end();
+}
+
+rocksdb::BlockBasedTableOptions TableOptions(const std::shared_ptr<rocksdb::Cache>& cache,
+                                             size_t block_size) {
+  rocksdb::BlockBasedTableOptions t;
+  t.block_cache = cache;
+  t.block_size = block_size;
+  t.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+  t.cache_index_and_filter_blocks = true;
+  t.pin_l0_filter_and_index_blocks_in_cache = true;
+  t.format_version = 5;
+  return t;
+}
+
+// After a hard background error (disk full on a WAL write or a flush) RocksDB stops writes.
+// Its own recovery polls the free space every few seconds; the store instead calls
+// DB::Resume() itself from the commit thread (InboxStore::Impl::EnsureWritable), so writes
+// come back on the first batch after space is freed and a test can observe it without
+// waiting on RocksDB's timer. Soft errors keep RocksDB's automatic recovery: writes still
+// succeed then, so nothing would call Resume().
+class ManualHardErrorRecovery final : public rocksdb::EventListener {
+ public:
+  void OnErrorRecoveryBegin(rocksdb::BackgroundErrorReason /*reason*/, rocksdb::Status bg_error,
+                            bool* auto_recovery) override {
+    if (bg_error.severity() >= rocksdb::Status::Severity::kHardError) *auto_recovery = false;
+    bg_error.PermitUncheckedError();
+  }
+  const char* Name() const override { return "iris.ManualHardErrorRecovery"; }
+};
+
+// RocksDB's info LOG, written so that a full disk cannot hurt: RocksDB's own file logger
+// asserts on a write after a failed one in builds with assertions on (Debian's librocksdb
+// is one), which turned "disk full" into an abort. Lines that do not fit are dropped.
+// The file is rotated to LOG.old at 4 MiB.
+class TolerantFileLogger final : public rocksdb::Logger {
+ public:
+  explicit TolerantFileLogger(std::string path)
+      : rocksdb::Logger(rocksdb::InfoLogLevel::INFO_LEVEL), path_(std::move(path)) {
+    file_ = std::fopen(path_.c_str(), "a");
+  }
+  ~TolerantFileLogger() override {
+    if (file_ != nullptr) std::fclose(file_);
+  }
+  using rocksdb::Logger::Logv;
+  void Logv(const char* format, va_list ap) override {
+    char line[1024];
+    const int n = std::vsnprintf(line, sizeof line, format, ap);
+    if (n < 0) return;
+    const size_t len = std::min(static_cast<size_t>(n), sizeof line - 1);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (file_ == nullptr) return;
+    if (std::fwrite(line, 1, len, file_) != len || std::fputc('\n', file_) == EOF ||
+        std::fflush(file_) != 0) {
+      std::clearerr(file_);
+      return;
+    }
+    written_ += len + 1;
+    if (written_ > kRotateBytes) {
+      std::fclose(file_);
+      std::rename(path_.c_str(), (path_ + ".old").c_str());
+      file_ = std::fopen(path_.c_str(), "a");
+      written_ = 0;
+    }
+  }
+
+ private:
+  static constexpr size_t kRotateBytes = 4u << 20;
+  const std::string path_;
+  std::mutex mu_;
+  FILE* file_ = nullptr;  // guarded by mu_
+  size_t written_ = 0;    // guarded by mu_
+};
+
+}  // namespace
+
+bool DedupExpiryFilter::Filter(int /*level*/, const rocksdb::Slice& /*key*/,
+                               const rocksdb::Slice& existing_value, std::string* /*new_value*/,
+                               bool* /*value_changed*/) const {
+  const std::optional<DedupEntry> e =
+      DecodeDedupEntry(std::string_view(existing_value.data(), existing_value.size()));
+  if (!e) return false;  // never drop what we cannot read
+  return e->accepted_ms + window_ms_ <= clock_.WallMillis();
+}
+
+Status FromRocks(const rocksdb::Status& s, std::string_view what) {
+  if (s.ok()) return Status::Ok();
+  if (s.IsNoSpace()) return StorageFull(std::string(what) + ": disk full: " + s.ToString());
+  return Internal(std::string(what) + ": " + s.ToString());
+}
+
+Result<std::unique_ptr<StoreDb>> StoreDb::Open(const StoreDbOptions& options) {
+  std::error_code ec;
+  std::filesystem::create_directories(options.path, ec);
+  if (ec) {
+    if (ec == std::errc::no_space_on_device) {
+      return StorageFull("store: cannot create " + options.path + ": " + ec.message());
+    }
+    return Internal("store: cannot create " + options.path + ": " + ec.message());
+  }
+
+  rocksdb::DBOptions db_options;
+  db_options.create_if_missing = true;
+  db_options.create_missing_column_families = true;
+  db_options.paranoid_checks = true;
+  db_options.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
+  db_options.track_and_verify_wals_in_manifest = true;
+  db_options.max_background_jobs = options.max_background_jobs;
+  // Bound the WAL: column families that rarely fill a memtable (meta, keys) get flushed so
+  // old WAL files can be deleted and recovery stays short.
+  db_options.max_total_wal_size = 4 * options.write_buffer_bytes;
+  db_options.max_manifest_file_size = 64u << 20;
+  db_options.bytes_per_sync = 1u << 20;
+  db_options.listeners.push_back(std::make_shared<ManualHardErrorRecovery>());
+  db_options.info_log = std::make_shared<TolerantFileLogger>(options.path + "/LOG");
+
+  const auto cache = rocksdb::NewLRUCache(options.block_cache_bytes);
+  const rocksdb::CompressionType hot_compression =
+      Supported(rocksdb::kLZ4Compression) ? rocksdb::kLZ4Compression : rocksdb::kNoCompression;
+  const rocksdb::CompressionType cold_compression =
+      Supported(rocksdb::kZSTD) ? rocksdb::kZSTD : hot_compression;
+
+  auto base = [&](size_t write_buffer, size_t block_size) {
+    rocksdb::ColumnFamilyOptions cf;
+    cf.write_buffer_size = write_buffer;
+    cf.max_write_buffer_number = 4;
+    cf.target_file_size_base = std::max<uint64_t>(write_buffer, 4u << 20);
+    cf.max_bytes_for_level_base = 4 * cf.target_file_size_base;
+    cf.level_compaction_dynamic_level_bytes = true;
+    cf.compression = hot_compression;
+    cf.table_factory.reset(rocksdb::NewBlockBasedTableFactory(TableOptions(cache, block_size)));
+    return cf;
+  };
+  const size_t small_buffer = std::max<size_t>(options.write_buffer_bytes / 4, 1u << 20);
+
+  std::unique_ptr<DedupExpiryFilter> dedup_filter;
+  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+  descriptors.emplace_back(rocksdb::kDefaultColumnFamilyName, base(small_buffer, 4096));
+  {
+    // inbox: hot, read by sync. The archiver deletes its oldest entries, so files dense in
+    // tombstones are compacted early (scans never wade through them).
+    rocksdb::ColumnFamilyOptions cf = base(options.write_buffer_bytes, 16 * 1024);
+    cf.table_properties_collector_factories.emplace_back(
+        rocksdb::NewCompactOnDeletionCollectorFactory(128, 64, 0.5));
+    descriptors.emplace_back(std::string(kCfNames[static_cast<int>(Cf::kInbox)]), cf);
+  }
+  {
+    // archive: cold, written in bulk by the archiver, read by HISTORY: zstd, big blocks.
+    rocksdb::ColumnFamilyOptions cf = base(small_buffer, 64 * 1024);
+    cf.compression = cold_compression;
+    cf.bottommost_compression = cold_compression;
+    descriptors.emplace_back(std::string(kCfNames[static_cast<int>(Cf::kArchive)]), cf);
+  }
+  {
+    // dedup: point lookups only; expired entries dropped by the compaction filter, and
+    // every file is compacted at least daily so expiry happens without writes.
+    rocksdb::ColumnFamilyOptions cf = base(small_buffer, 4096);
+    if (options.clock != nullptr) {
+      dedup_filter = std::make_unique<DedupExpiryFilter>(*options.clock, options.dedup_window_ms);
+      cf.compaction_filter = dedup_filter.get();
+    }
+    cf.periodic_compaction_seconds = 24 * 3600;
+    descriptors.emplace_back(std::string(kCfNames[static_cast<int>(Cf::kDedup)]), cf);
+  }
+  for (Cf c : {Cf::kMeta, Cf::kKeys, Cf::kGroups}) {
+    descriptors.emplace_back(std::string(kCfNames[static_cast<int>(c)]), base(small_buffer, 4096));
+  }
+
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* raw = nullptr;
+  const rocksdb::Status s =
+      rocksdb::DB::Open(rocksdb::DBOptions(db_options), options.path, descriptors, &handles, &raw);
+  if (!s.ok()) return FromRocks(s, "store: open " + options.path);
+
+  auto out = std::unique_ptr<StoreDb>(new StoreDb());
+  out->dedup_filter_ = std::move(dedup_filter);
+  out->db_.reset(raw);
+  // handles[0] is the default column family; ours follow in Cf order.
+  raw->DestroyColumnFamilyHandle(handles[0]).PermitUncheckedError();
+  out->handles_.assign(handles.begin() + 1, handles.end());
+  return out;
+}
+
+StoreDb::~StoreDb() {
+  if (db_ == nullptr) return;
+  for (rocksdb::ColumnFamilyHandle* h : handles_) {
+    db_->DestroyColumnFamilyHandle(h).PermitUncheckedError();
+  }
+  handles_.clear();
+  db_->Close().PermitUncheckedError();
+  db_.reset();
+}
+
+}  // namespace iris::store

@@ -1,0 +1,142 @@
+// Small per-user and per-group records: settings, last-seen times, prekey bundles, groups.
+// Every write goes through the commit queue, so it is synced and shares the sync of the
+// appends around it. Prekey consumption is a read-modify-write serialised per user by a
+// striped mutex held until the write is durable: two concurrent FetchKeys never see the
+// same one-time prekey, and a consumed prekey stays consumed after a crash.
+#include "store/inbox_store_impl.h"
+
+namespace iris::store {
+namespace {
+
+constexpr uint8_t kReadReceiptsBit = 1;
+constexpr uint8_t kSharePresenceBit = 2;
+
+}  // namespace
+
+Status InboxStore::Impl::PutSettings(uint64_t user, const UserSettings& s) {
+  const uint8_t flags = static_cast<uint8_t>((s.read_receipts ? kReadReceiptsBit : 0) |
+                                             (s.share_presence ? kSharePresenceBit : 0));
+  std::vector<KvOp> ops;
+  ops.push_back(KvOp{Cf::kMeta, MetaSettingsKey(user), std::string(1, static_cast<char>(flags))});
+  return WriteRecords(std::move(ops));
+}
+
+Result<UserSettings> InboxStore::Impl::GetSettings(uint64_t user) const {
+  std::string v;
+  const rocksdb::Status s =
+      db_->db()->Get(rocksdb::ReadOptions(), db_->cf(Cf::kMeta), MetaSettingsKey(user), &v);
+  if (s.IsNotFound()) return UserSettings{};
+  if (!s.ok()) return FromRocks(s, "store: read settings");
+  if (v.size() != 1) return Internal("store: malformed settings");
+  const auto flags = static_cast<uint8_t>(v[0]);
+  return UserSettings{(flags & kReadReceiptsBit) != 0, (flags & kSharePresenceBit) != 0};
+}
+
+Status InboxStore::Impl::PutLastSeen(uint64_t user, uint64_t last_seen_ms) {
+  std::vector<KvOp> ops;
+  ops.push_back(KvOp{Cf::kMeta, MetaLastSeenKey(user), EncodeU64(last_seen_ms)});
+  return WriteRecords(std::move(ops));
+}
+
+Result<uint64_t> InboxStore::Impl::GetLastSeen(uint64_t user) const {
+  std::string v;
+  const rocksdb::Status s =
+      db_->db()->Get(rocksdb::ReadOptions(), db_->cf(Cf::kMeta), MetaLastSeenKey(user), &v);
+  if (s.IsNotFound()) return uint64_t{0};
+  if (!s.ok()) return FromRocks(s, "store: read last seen");
+  const std::optional<uint64_t> ms = DecodeU64(v);
+  if (!ms) return Internal("store: malformed last seen");
+  return *ms;
+}
+
+namespace {
+
+Result<std::optional<StoredBundle>> ReadBundle(const StoreDb& db, uint64_t user) {
+  std::string v;
+  const rocksdb::Status s =
+      db.db()->Get(rocksdb::ReadOptions(), db.cf(Cf::kKeys), KeysBundleKey(user), &v);
+  if (s.IsNotFound()) return std::optional<StoredBundle>();
+  if (!s.ok()) return FromRocks(s, "store: read prekey bundle");
+  std::optional<StoredBundle> b = DecodeStoredBundle(v);
+  if (!b) return Internal("store: malformed prekey bundle");
+  return b;
+}
+
+}  // namespace
+
+Status InboxStore::Impl::UploadKeys(uint64_t user, const v1::KeysUpload& upload) {
+  std::lock_guard<std::mutex> lock(key_stripes_[user % kKeyStripes]);
+  IRIS_ASSIGN_OR_RETURN(std::optional<StoredBundle> existing, ReadBundle(*db_, user));
+  StoredBundle b = existing.value_or(StoredBundle{});
+  if (!upload.identity_key().empty()) b.bundle.set_identity_key(upload.identity_key());
+  if (upload.registration_id() != 0) b.bundle.set_registration_id(upload.registration_id());
+  if (upload.has_signed_prekey()) *b.bundle.mutable_signed_prekey() = upload.signed_prekey();
+  std::vector<KvOp> ops;
+  for (const v1::PreKey& k : upload.one_time_prekeys()) {
+    ops.push_back(KvOp{Cf::kKeys, PreKeyKey(user, b.next_seq++), k.SerializeAsString()});
+    ++b.pool_size;
+  }
+  ops.push_back(KvOp{Cf::kKeys, KeysBundleKey(user), EncodeStoredBundle(b)});
+  return WriteRecords(std::move(ops));
+}
+
+Result<v1::KeysBundle> InboxStore::Impl::FetchKeys(uint64_t user) {
+  std::lock_guard<std::mutex> lock(key_stripes_[user % kKeyStripes]);
+  IRIS_ASSIGN_OR_RETURN(std::optional<StoredBundle> stored, ReadBundle(*db_, user));
+  if (!stored) return NotFound("store: no keys uploaded for user " + std::to_string(user));
+  v1::KeysBundle out = stored->bundle;
+  out.set_user(user);
+  if (stored->pool_size == 0) {
+    out.set_one_time_prekeys_left(0);
+    return out;
+  }
+
+  const std::string prefix = PreKeyPrefix(user);
+  std::string upper = prefix;
+  upper.back() = static_cast<char>(upper.back() + 1);
+  const rocksdb::Slice upper_slice(upper);
+  rocksdb::ReadOptions ro;
+  ro.iterate_upper_bound = &upper_slice;
+  std::unique_ptr<rocksdb::Iterator> it(db_->db()->NewIterator(ro, db_->cf(Cf::kKeys)));
+  it->Seek(prefix);
+  if (!it->status().ok()) return FromRocks(it->status(), "store: read prekeys");
+  std::vector<KvOp> ops;
+  if (it->Valid()) {
+    v1::PreKey k;
+    if (!k.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      return Internal("store: malformed prekey");
+    }
+    *out.mutable_one_time_prekey() = std::move(k);
+    ops.push_back(KvOp{Cf::kKeys, it->key().ToString(), std::nullopt});
+    --stored->pool_size;
+  } else {
+    stored->pool_size = 0;  // the count drifted from the pool: trust the pool
+  }
+  out.set_one_time_prekeys_left(
+      static_cast<uint32_t>(std::min<uint64_t>(stored->pool_size, UINT32_MAX)));
+  ops.push_back(KvOp{Cf::kKeys, KeysBundleKey(user), EncodeStoredBundle(*stored)});
+  IRIS_RETURN_IF_ERROR(WriteRecords(std::move(ops)));
+  return out;
+}
+
+Status InboxStore::Impl::PutGroup(const v1::GroupInfo& group) {
+  if (group.group_id() == 0) return BadRequest("store: group_id is 0");
+  v1::GroupInfo copy = group;
+  copy.clear_request_id();
+  std::vector<KvOp> ops;
+  ops.push_back(KvOp{Cf::kGroups, GroupKey(group.group_id()), copy.SerializeAsString()});
+  return WriteRecords(std::move(ops));
+}
+
+Result<v1::GroupInfo> InboxStore::Impl::GetGroup(uint64_t group_id) const {
+  std::string v;
+  const rocksdb::Status s =
+      db_->db()->Get(rocksdb::ReadOptions(), db_->cf(Cf::kGroups), GroupKey(group_id), &v);
+  if (s.IsNotFound()) return NotFound("store: no group " + std::to_string(group_id));
+  if (!s.ok()) return FromRocks(s, "store: read group");
+  v1::GroupInfo g;
+  if (!g.ParseFromString(v)) return Internal("store: malformed group");
+  return g;
+}
+
+}  // namespace iris::store

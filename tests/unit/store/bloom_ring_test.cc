@@ -1,0 +1,108 @@
+// The warm dedup tier's Bloom filters and the key layouts.
+#include "store/bloom_ring.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "store/store_keys.h"
+
+namespace iris::store {
+namespace {
+
+constexpr int64_t kDay = 24LL * 3600 * 1000;
+
+TEST(BloomFilterTest, NeverForgetsAnAddedKeyAndRarelyClaimsOthers) {
+  const uint64_t seed = 424242;
+  std::printf("seed=%llu\n", static_cast<unsigned long long>(seed));
+  std::mt19937_64 rng(seed);
+  BloomFilter f(10'000, 10);
+  std::vector<uint64_t> added;
+  for (int i = 0; i < 10'000; ++i) {
+    added.push_back(rng());
+    f.Add(added.back());
+  }
+  for (uint64_t h : added) ASSERT_TRUE(f.MayContain(h));
+  int false_positives = 0;
+  for (int i = 0; i < 100'000; ++i) false_positives += f.MayContain(rng()) ? 1 : 0;
+  EXPECT_LT(false_positives, 3'000);  // ~1% expected at 10 bits/key
+  f.Clear();
+  int after_clear = 0;
+  for (uint64_t h : added) after_clear += f.MayContain(h) ? 1 : 0;
+  EXPECT_EQ(after_clear, 0);
+}
+
+TEST(BloomRingTest, KeepsKeysForTheWholeRingThenForgetsThem) {
+  BloomRing ring(kDay, 8, 1000, 10, /*origin_mono_ms=*/0);
+  ring.Add(111);
+  for (int day = 1; day <= 7; ++day) {
+    ring.Advance(day * kDay);
+    EXPECT_TRUE(ring.MayContain(111)) << day;
+  }
+  ring.Advance(8 * kDay);
+  EXPECT_FALSE(ring.MayContain(111));
+}
+
+TEST(BloomRingTest, AgedKeysLandInOlderSlots) {
+  BloomRing ring(kDay, 8, 1000, 10, 0);
+  ring.Advance(10 * kDay);
+  ring.Add(222, /*age_slots=*/6);
+  ring.Add(333, /*age_slots=*/0);
+  ring.Add(444, /*age_slots=*/100);  // clamped to the oldest slot
+  ring.Advance(11 * kDay);
+  EXPECT_TRUE(ring.MayContain(222));
+  EXPECT_TRUE(ring.MayContain(333));
+  EXPECT_FALSE(ring.MayContain(444));  // the oldest slot rotated out
+  ring.Advance(12 * kDay);
+  EXPECT_FALSE(ring.MayContain(222));
+  EXPECT_TRUE(ring.MayContain(333));
+  // A jump of many days clears everything.
+  ring.Advance(100 * kDay);
+  EXPECT_FALSE(ring.MayContain(333));
+}
+
+TEST(StoreKeysTest, InboxKeysSortByUserThenId) {
+  EXPECT_LT(InboxKey(1, UINT64_MAX), InboxKey(2, 0));
+  EXPECT_LT(InboxKey(5, 255), InboxKey(5, 256));
+  EXPECT_LT(InboxKey(5, UINT64_MAX), InboxUpperBound(5));
+  EXPECT_LT(InboxKey(UINT64_MAX, UINT64_MAX), InboxUpperBound(UINT64_MAX));
+  const std::optional<InboxKeyParts> p = ParseInboxKey(InboxKey(7, 9));
+  ASSERT_TRUE(p.has_value());
+  EXPECT_EQ(p->user, 7u);
+  EXPECT_EQ(p->id, 9u);
+  EXPECT_FALSE(ParseInboxKey("short").has_value());
+}
+
+TEST(StoreKeysTest, StoredEnvelopeParsesToTheFullEnvelope) {
+  v1::Envelope e;
+  e.set_id(99);
+  e.set_sender(1);
+  e.set_recipient(2);
+  e.set_body("hello");
+  e.set_sent_at_ms(5);
+  const std::string body = EncodeEnvelopeBody(&e);
+  EXPECT_EQ(e.id(), 0u);
+  std::string stored;
+  EncodeStoredEnvelope(1ULL << 50, 1'700'000'000'000, body, &stored);
+  v1::Envelope parsed;
+  ASSERT_TRUE(parsed.ParseFromString(stored));
+  EXPECT_EQ(parsed.id(), 1ULL << 50);
+  EXPECT_EQ(parsed.sent_at_ms(), 1'700'000'000'000u);
+  EXPECT_EQ(parsed.body(), "hello");
+  EXPECT_EQ(parsed.recipient(), 2u);
+  EXPECT_EQ(parsed.ByteSizeLong(), stored.size());
+}
+
+TEST(StoreKeysTest, ValueCodecsRejectWrongSizes) {
+  EXPECT_FALSE(DecodeDedupEntry("x").has_value());
+  EXPECT_FALSE(DecodeUserState("x").has_value());
+  EXPECT_FALSE(DecodeU64("x").has_value());
+  EXPECT_FALSE(DecodeStoredBundle("x").has_value());
+  const std::optional<DedupEntry> d = DecodeDedupEntry(EncodeDedupEntry({7, 8}));
+  ASSERT_TRUE(d.has_value());
+  EXPECT_EQ(d->first_id, 7u);
+  EXPECT_EQ(d->accepted_ms, 8);
+}
+
+}  // namespace
+}  // namespace iris::store

@@ -1,0 +1,222 @@
+// Settings, last seen, prekey bundles and groups.
+#include <gtest/gtest.h>
+
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "store/inbox_store.h"
+#include "unit/store/store_test_util.h"
+
+namespace iris::store {
+namespace {
+
+using testing::TempDir;
+using testing::TestOptions;
+
+std::unique_ptr<InboxStore> OpenOrDie(const StoreOptions& o) {
+  Result<std::unique_ptr<InboxStore>> s = InboxStore::Open(o);
+  EXPECT_TRUE(s.ok()) << s.status().ToString();
+  return s.ok() ? std::move(s).value() : nullptr;
+}
+
+v1::KeysUpload Upload(uint32_t first_prekey, int n, std::string identity = "identity") {
+  v1::KeysUpload u;
+  u.set_registration_id(77);
+  u.set_identity_key(std::move(identity));
+  u.mutable_signed_prekey()->set_id(1);
+  u.mutable_signed_prekey()->set_public_key("spk");
+  u.mutable_signed_prekey()->set_signature("sig");
+  for (int i = 0; i < n; ++i) {
+    v1::PreKey* k = u.add_one_time_prekeys();
+    k->set_id(first_prekey + static_cast<uint32_t>(i));
+    k->set_public_key("pk" + std::to_string(first_prekey + i));
+  }
+  return u;
+}
+
+TEST(UserRecordsTest, SettingsDefaultThenRoundTripAndPersist) {
+  TempDir dir;
+  {
+    auto store = OpenOrDie(TestOptions(dir.path()));
+    ASSERT_NE(store, nullptr);
+    Result<UserSettings> d = store->GetSettings(5);
+    ASSERT_TRUE(d.ok());
+    EXPECT_TRUE(d->read_receipts);
+    EXPECT_TRUE(d->share_presence);
+    ASSERT_TRUE(store->PutSettings(5, UserSettings{false, true}).ok());
+    ASSERT_TRUE(store->PutSettings(6, UserSettings{true, false}).ok());
+  }
+  auto store = OpenOrDie(TestOptions(dir.path()));
+  ASSERT_NE(store, nullptr);
+  Result<UserSettings> s5 = store->GetSettings(5);
+  ASSERT_TRUE(s5.ok());
+  EXPECT_FALSE(s5->read_receipts);
+  EXPECT_TRUE(s5->share_presence);
+  Result<UserSettings> s6 = store->GetSettings(6);
+  ASSERT_TRUE(s6.ok());
+  EXPECT_TRUE(s6->read_receipts);
+  EXPECT_FALSE(s6->share_presence);
+}
+
+TEST(UserRecordsTest, LastSeenIsZeroUntilSetAndPersists) {
+  TempDir dir;
+  {
+    auto store = OpenOrDie(TestOptions(dir.path()));
+    ASSERT_NE(store, nullptr);
+    Result<uint64_t> unknown = store->GetLastSeen(9);
+    ASSERT_TRUE(unknown.ok());
+    EXPECT_EQ(*unknown, 0u);
+    ASSERT_TRUE(store->PutLastSeen(9, 1'700'000'000'123).ok());
+  }
+  auto store = OpenOrDie(TestOptions(dir.path()));
+  ASSERT_NE(store, nullptr);
+  Result<uint64_t> seen = store->GetLastSeen(9);
+  ASSERT_TRUE(seen.ok());
+  EXPECT_EQ(*seen, 1'700'000'000'123u);
+}
+
+TEST(UserRecordsTest, FetchKeysIsNotFoundBeforeAnyUpload) {
+  TempDir dir;
+  auto store = OpenOrDie(TestOptions(dir.path()));
+  ASSERT_NE(store, nullptr);
+  Result<v1::KeysBundle> b = store->FetchKeys(3);
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.status().code(), StatusCode::kNotFound);
+}
+
+TEST(UserRecordsTest, FetchKeysConsumesOneTimePrekeysInOrderUntilTheyRunOut) {
+  TempDir dir;
+  auto store = OpenOrDie(TestOptions(dir.path()));
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(store->UploadKeys(3, Upload(100, 3)).ok());
+  for (uint32_t i = 0; i < 3; ++i) {
+    Result<v1::KeysBundle> b = store->FetchKeys(3);
+    ASSERT_TRUE(b.ok());
+    EXPECT_EQ(b->user(), 3u);
+    EXPECT_EQ(b->registration_id(), 77u);
+    EXPECT_EQ(b->identity_key(), "identity");
+    EXPECT_EQ(b->signed_prekey().signature(), "sig");
+    ASSERT_TRUE(b->has_one_time_prekey());
+    EXPECT_EQ(b->one_time_prekey().id(), 100 + i);
+    EXPECT_EQ(b->one_time_prekeys_left(), 2 - i);
+  }
+  Result<v1::KeysBundle> empty = store->FetchKeys(3);
+  ASSERT_TRUE(empty.ok());
+  EXPECT_FALSE(empty->has_one_time_prekey());
+  EXPECT_EQ(empty->one_time_prekeys_left(), 0u);
+  EXPECT_EQ(empty->identity_key(), "identity");
+}
+
+TEST(UserRecordsTest, UploadReplacesIdentityAndAppendsToThePool) {
+  TempDir dir;
+  auto store = OpenOrDie(TestOptions(dir.path()));
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(store->UploadKeys(3, Upload(1, 2, "old")).ok());
+  ASSERT_TRUE(store->UploadKeys(3, Upload(10, 2, "new")).ok());
+  // An upload of prekeys only keeps the identity.
+  v1::KeysUpload more;
+  more.add_one_time_prekeys()->set_id(20);
+  ASSERT_TRUE(store->UploadKeys(3, more).ok());
+  std::vector<uint32_t> got;
+  for (int i = 0; i < 5; ++i) {
+    Result<v1::KeysBundle> b = store->FetchKeys(3);
+    ASSERT_TRUE(b.ok());
+    EXPECT_EQ(b->identity_key(), "new");
+    EXPECT_EQ(b->registration_id(), 77u);
+    ASSERT_TRUE(b->has_one_time_prekey());
+    got.push_back(b->one_time_prekey().id());
+  }
+  EXPECT_EQ(got, (std::vector<uint32_t>{1, 2, 10, 11, 20}));
+}
+
+TEST(UserRecordsTest, ConcurrentFetchersNeverGetTheSamePrekey) {
+  TempDir dir;
+  auto store = OpenOrDie(TestOptions(dir.path()));
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(store->UploadKeys(3, Upload(1, 100)).ok());
+  std::mutex mu;
+  std::vector<uint32_t> handed_out;
+  int without = 0;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 20; ++i) {
+        Result<v1::KeysBundle> b = store->FetchKeys(3);
+        ASSERT_TRUE(b.ok());
+        std::lock_guard<std::mutex> lock(mu);
+        if (b->has_one_time_prekey()) {
+          handed_out.push_back(b->one_time_prekey().id());
+        } else {
+          ++without;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(handed_out.size(), 100u);
+  EXPECT_EQ(without, 60);
+  EXPECT_EQ(std::set<uint32_t>(handed_out.begin(), handed_out.end()).size(), 100u);
+}
+
+TEST(UserRecordsTest, ConsumedPrekeysStayConsumedAfterRestart) {
+  TempDir dir;
+  {
+    auto store = OpenOrDie(TestOptions(dir.path()));
+    ASSERT_NE(store, nullptr);
+    ASSERT_TRUE(store->UploadKeys(3, Upload(1, 3)).ok());
+    ASSERT_TRUE(store->FetchKeys(3).ok());
+  }
+  auto store = OpenOrDie(TestOptions(dir.path()));
+  ASSERT_NE(store, nullptr);
+  Result<v1::KeysBundle> b = store->FetchKeys(3);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->one_time_prekey().id(), 2u);
+  EXPECT_EQ(b->one_time_prekeys_left(), 1u);
+}
+
+TEST(UserRecordsTest, GroupsRoundTripWithoutRequestId) {
+  TempDir dir;
+  auto store = OpenOrDie(TestOptions(dir.path()));
+  ASSERT_NE(store, nullptr);
+  Result<v1::GroupInfo> missing = store->GetGroup(11);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
+  v1::GroupInfo g;
+  g.set_request_id(99);
+  g.set_group_id(11);
+  g.set_kind(v1::E2EE);
+  g.set_owner(1);
+  g.add_members(1);
+  g.add_members(2);
+  g.set_version(3);
+  ASSERT_TRUE(store->PutGroup(g).ok());
+  Result<v1::GroupInfo> got = store->GetGroup(11);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->request_id(), 0u);
+  EXPECT_EQ(got->owner(), 1u);
+  EXPECT_EQ(got->members_size(), 2);
+  EXPECT_EQ(got->version(), 3u);
+  g.set_group_id(0);
+  EXPECT_EQ(store->PutGroup(g).code(), StatusCode::kBadRequest);
+}
+
+TEST(UserRecordsTest, WritesAfterStopAreUnavailable) {
+  TempDir dir;
+  auto store = OpenOrDie(TestOptions(dir.path()));
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(store->UploadKeys(3, Upload(1, 3)).ok());
+  store->Stop();
+  EXPECT_EQ(store->PutSettings(1, UserSettings{}).code(), StatusCode::kUnavailable);
+  EXPECT_EQ(store->PutLastSeen(1, 1).code(), StatusCode::kUnavailable);
+  EXPECT_EQ(store->UploadKeys(1, Upload(1, 1)).code(), StatusCode::kUnavailable);
+  v1::GroupInfo g;
+  g.set_group_id(5);
+  EXPECT_EQ(store->PutGroup(g).code(), StatusCode::kUnavailable);
+  Result<v1::KeysBundle> fetch = store->FetchKeys(3);
+  ASSERT_FALSE(fetch.ok());
+  EXPECT_EQ(fetch.status().code(), StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace iris::store
