@@ -53,6 +53,11 @@ void Define(CLI::App& app, ServerConfig& c) {
       ->capture_default_str()->check(CLI::Range(-1, 3));
   app.add_option("--loop-lag-budget-ms", c.loop_lag_budget_ms,
                  "Event-loop lag that counts as full load (degradation signal)")->capture_default_str();
+  app.add_option("--trace-file", c.trace_file,
+                 "Write spans as OTLP/JSON lines to this file (\"-\": stderr; empty: tracing off)");
+  app.add_option("--trace-sample-ratio", c.trace_sample_ratio,
+                 "Fraction of traces written besides every failed operation (1: all)")
+      ->capture_default_str()->check(CLI::Range(0.0, 1.0));
 }
 
 // Turns the TOML file into "--key=value" arguments placed before the real command line,
@@ -120,6 +125,10 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, std::string* help_text) 
     return c;
   } catch (const CLI::ParseError& e) {
     return BadRequest(std::string(e.what()) + " (see irisd --help)");
+  }
+  // A sync page is one full frame; the queue must hold at least two.
+  if (c.max_output_bytes < 2 * (3 + 65535)) {
+    return BadRequest("--max-output-bytes must be at least 131076 (two full frames)");
   }
   return c;
 }

@@ -148,7 +148,7 @@ TEST(LimitsTest, TenFailedLoginsLockTheAccount) {
 // it is disconnected, the sender is not slowed or refused, nothing is lost (the messages
 // are in the store for the next session), and the server serves everyone else.
 TEST(LimitsTest, SlowReaderIsDisconnectedAndLosesNothing) {
-  ServerProcess server({"--max-output-bytes", "65536"});
+  ServerProcess server({"--max-output-bytes", "131076"});
   server.Start();
   const double cut_before = Metric(server, "iris_slow_reader_disconnects_total").value_or(0);
   auto reader = LoggedIn(server, 6301);
@@ -187,7 +187,7 @@ TEST(LimitsTest, SlowReaderIsDisconnectedAndLosesNothing) {
 
 // The same when the slow reader floods itself: SENDs to itself, never reading.
 TEST(LimitsTest, ClientSendingToItselfWithoutReadingIsDisconnected) {
-  ServerProcess server({"--max-output-bytes", "65536"});
+  ServerProcess server({"--max-output-bytes", "131076"});
   server.Start();
   auto self = LoggedIn(server, 6401);
   ASSERT_TRUE(self);
