@@ -40,6 +40,8 @@ struct ServerConfig {
   std::string log_level = "info";
   int degradation_level = -1;      // -1: follow load; 0..3 forces a level (tests, drills)
   double loop_lag_budget_ms = 50;  // event-loop lag that counts as full load
+  std::string trace_file;          // spans as OTLP/JSON lines; "-" = stderr; empty = off
+  double trace_sample_ratio = 0.01;  // traces kept besides every error span (1 = all)
 };
 
 // Parses argv (and the --config file it names). On --help, *help_text is filled and the
