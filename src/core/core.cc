@@ -2,6 +2,8 @@
 
 #include <utility>
 
+#include "obs/trace.h"
+
 namespace iris::core {
 
 Core::Core(store::InboxStore& store, EdgeSink& sink, const Clock& clock, CoreOptions options)
@@ -151,7 +153,12 @@ size_t Core::session_count() const {
 }
 
 void Core::Send(uint64_t sender, const v1::Send& send, const std::string& trace_id,
-                SendDone done) {
+                SendDone done, uint64_t parent_span_id) {
+  // core.send: this call -> the append's completion; parent of the store's store.append.
+  obs::SharedSpan span = obs::StartSharedSpan(
+      "core.send", obs::SpanContext::FromTraceIdBytes(trace_id, parent_span_id));
+  if (span) done = obs::EndSpanBefore(span, std::move(done));
+  const obs::SpanContext trace = obs::ContextOf(span);
   if (send.group_id() != 0) {
     auto envelopes = groups_.FanOut(sender, send.group_id(), send.body(), trace_id);
     if (!envelopes.ok()) {
@@ -159,7 +166,7 @@ void Core::Send(uint64_t sender, const v1::Send& send, const std::string& trace_
       return;
     }
     store_.AppendAsync(sender, send.idempotency_key(), std::move(envelopes).value(),
-                       std::move(done));
+                       std::move(done), trace);
     return;
   }
   std::vector<v1::Envelope> envelopes(1);
@@ -169,7 +176,7 @@ void Core::Send(uint64_t sender, const v1::Send& send, const std::string& trace_
   e.set_kind(v1::MESSAGE);
   e.set_body(send.body());
   e.set_trace_id(trace_id);
-  store_.AppendAsync(sender, send.idempotency_key(), std::move(envelopes), std::move(done));
+  store_.AppendAsync(sender, send.idempotency_key(), std::move(envelopes), std::move(done), trace);
 }
 
 Result<store::ScanPage> Core::Scan(uint64_t user, uint64_t after_id, uint32_t limit,
