@@ -2,10 +2,9 @@
 
 #include <unistd.h>
 
-#include <cstdio>
-
 #include "edge/edge_metrics.h"
 #include "edge/session.h"
+#include "obs/log.h"
 
 namespace iris::edge {
 
@@ -60,8 +59,8 @@ void EdgeLoop::Sweep() {
     auto& deg = edge_.core().degradation();
     const int before = deg.level();
     if (deg.Update(pressure, now)) {
-      std::fprintf(stderr, "{\"level\":\"warn\",\"msg\":\"degradation level changed\",\"from\":%d,\"to\":%d,\"pressure\":%.2f}\n",
-                   before, deg.level(), pressure);
+      obs::LogWarn("degradation level changed",
+                   {{"from", before}, {"to", deg.level()}, {"pressure", pressure}});
     }
   }
   std::vector<Session*> all;
@@ -86,6 +85,7 @@ Edge::~Edge() {
 }
 
 Status Edge::Start() {
+  EdgeMetrics::Get();  // every series exists (at zero) from the first scrape: rate() needs it
   for (const auto& cidr : options_.connection_allowlist) {
     IRIS_RETURN_IF_ERROR(connection_limiter_.AllowCidr(cidr));
   }

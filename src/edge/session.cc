@@ -6,6 +6,7 @@
 #include "common/assert.h"
 #include "edge/edge.h"
 #include "edge/edge_metrics.h"
+#include "obs/trace.h"
 #include "wire/opcode.h"
 
 namespace iris::edge {
@@ -333,15 +334,19 @@ void Session::HandleHistory(const v1::History& m) {
 void Session::HandleSend(const v1::Send& m) {
   Edge& edge = loop_.edge();
   const uint64_t seq = ReserveReply();
+  std::string trace = m.trace_id().empty() ? NewTraceId() : m.trace_id();
+  // edge.send: SEND received -> its SEND_ACK (or ERROR) queued; parent of core.send.
+  obs::SharedSpan span = obs::StartSharedSpan(
+      "edge.send", obs::SpanContext::FromTraceIdBytes(trace), obs::SpanKind::kServer);
   Status allowed = edge.send_limiter().TryTake(user_, edge.clock().MonoNanos());
   if (!allowed.ok()) {
     EdgeMetrics::Get().rate_limited_send.Inc();
     Status limited(allowed.code(), allowed.message(),
                    std::max<uint32_t>(allowed.retry_after_ms(), 1));
+    if (span) span->SetStatus(limited);
     CompleteReply(seq, ErrorFrame(m.request_id(), limited));
     return;
   }
-  std::string trace = m.trace_id().empty() ? NewTraceId() : m.trace_id();
   const uint64_t request_id = m.request_id();
   const int64_t start_ns = edge.clock().MonoNanos();
   const Clock* clock = &edge.clock();
@@ -369,12 +374,18 @@ void Session::HandleSend(const v1::Send& m) {
   EdgeLoop* owner = &loop_;
   const uint64_t sid = id_;
   edge.core().Send(user_, m, trace,
-                   [loop, owner, sid, seq, request_id, build](Result<store::AppendOutcome> r) {
+                   [loop, owner, sid, seq, request_id, build, span](Result<store::AppendOutcome> r) {
                      std::string frame = r.ok() ? build(r) : ErrorFrame(request_id, r.status());
-                     loop->Post([owner, sid, seq, f = std::move(frame)]() mutable {
+                     if (span) {
+                       span->SetStatus(r.status());
+                       if (r.ok()) span->SetInt("iris.message_id", static_cast<int64_t>(r->message_id));
+                     }
+                     loop->Post([owner, sid, seq, f = std::move(frame), span]() mutable {
                        if (Session* s = owner->Find(sid)) s->CompleteReply(seq, std::move(f));
+                       if (span) span->End();
                      });
-                   });
+                   },
+                   obs::ContextOf(span).span_id);
 }
 
 void Session::HandleReceipt(const v1::Receipt& m) {
@@ -587,6 +598,13 @@ void Session::FlushReplies() {
 
 void Session::Push(const v1::Envelope& e) {
   if (state_ != State::kPush || e.id() <= last_sent_) return;
+  // edge.deliver: the push of a traced message (in its trace, as a root: caused by the
+  // commit, not by a request of this session).
+  const obs::SpanContext trace = obs::SpanContext::FromTraceIdBytes(e.trace_id());
+  obs::Span span = trace.valid()
+                       ? obs::StartSpan("edge.deliver", trace, obs::SpanKind::kProducer)
+                       : obs::Span();
+  span.SetInt("iris.message_id", static_cast<int64_t>(e.id()));
   v1::Deliver d;
   *d.mutable_message() = e;
   last_sent_ = e.id();
