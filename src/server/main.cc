@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <iostream>
 
+#include "obs/log.h"
 #include "server/config.h"
 #include "server/server.h"
 
@@ -17,7 +18,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (!config.ok()) {
-    std::cerr << "irisd: " << config.status().message() << "\n";
+    iris::obs::LogError("invalid configuration", {{"error", config.status().message()}});
     return 2;
   }
   // Block the shutdown signals in every thread; main waits for them with sigwait.
@@ -30,19 +31,18 @@ int main(int argc, char** argv) {
 
   auto server = iris::server::Server::Create(*config);
   if (!server.ok()) {
-    std::cerr << "irisd: " << server.status().ToString() << "\n";
+    iris::obs::LogError("cannot create the server", {{"error", server.status().ToString()}});
     return 1;
   }
   iris::Status s = (*server)->Start();
   if (!s.ok()) {
-    std::cerr << "irisd: " << s.ToString() << "\n";
+    iris::obs::LogError("cannot start the server", {{"error", s.ToString()}});
     return 1;
   }
   std::cout << (*server)->Banner() << std::flush;
   int sig = 0;
   sigwait(&set, &sig);
-  std::cerr << "irisd: signal " << sig << ", shutting down\n";
+  iris::obs::LogInfo("shutting down", {{"signal", sig}});
   (*server)->Stop();
-  std::cerr << "irisd: stopped\n";
   return 0;
 }

@@ -16,8 +16,10 @@
 #include "edge/edge.h"
 #include "net/http/http_server.h"
 #include "net/tls.h"
+#include "obs/log.h"
 #include "obs/metrics.h"
 #include "obs/process_metrics.h"
+#include "obs/trace.h"
 #include "store/inbox_store.h"
 
 namespace iris::server {
@@ -49,6 +51,8 @@ struct Server::Impl {
   auth::RevocationList revocations;
   std::unique_ptr<auth::TokenVerifier> verifier;
   std::unique_ptr<net::TlsContext> tls;
+  // Before the components whose spans it takes: destroyed after them.
+  std::unique_ptr<obs::Tracer> tracer;
   std::unique_ptr<store::InboxStore> store;
   std::unique_ptr<core::Core> core;
   std::unique_ptr<edge::Edge> edge;
@@ -90,6 +94,9 @@ Result<std::unique_ptr<Server>> Server::Create(const ServerConfig& config) {
   Impl& m = *server->impl_;
   m.config = config;
   ServerConfig& c = m.config;
+  auto level = obs::ParseLogLevel(c.log_level);
+  if (!level.ok()) return level.status();
+  obs::Logger::Default().set_level(*level);
   std::error_code ec;
   fs::create_directories(c.data_dir, ec);
   if (ec) return BadRequest("cannot create data directory " + c.data_dir + ": " + ec.message());
@@ -153,9 +160,23 @@ Result<std::unique_ptr<Server>> Server::Create(const ServerConfig& config) {
   so.path = c.data_dir + "/store";
   so.node_id = static_cast<uint8_t>(c.node_id);
   so.inbox_cap = c.inbox_cap;
+  obs::Histogram* db_write = &obs::Registry::Default().GetHistogram(
+      "iris_db_write_latency_seconds", "Durable append: one group-committed WAL write with sync");
+  so.write_latency_observer = [db_write](int64_t nanos) {
+    db_write->Observe(static_cast<double>(nanos) / 1e9);
+  };
   auto st = store::InboxStore::Open(so);
   if (!st.ok()) return st.status();
   m.store = std::move(st).value();
+
+  if (!c.trace_file.empty()) {
+    obs::TracerOptions to;
+    to.path = c.trace_file;
+    to.sample_ratio = c.trace_sample_ratio;
+    auto tracer = obs::Tracer::Open(to);
+    if (!tracer.ok()) return tracer.status();
+    m.tracer = std::move(tracer).value();
+  }
   return server;
 }
 
@@ -164,6 +185,17 @@ Server::~Server() { Stop(); }
 Status Server::Start() {
   Impl& m = *impl_;
   const ServerConfig& c = m.config;
+  if (m.tracer) {
+    m.tracer->Start();
+    obs::Tracer::SetGlobal(m.tracer.get());
+    obs::Tracer* t = m.tracer.get();
+    obs::Registry::Default().AddCallbackCounter(
+        "iris_trace_spans_written_total", "Spans written to the trace file",
+        [t] { return static_cast<double>(t->written()); });
+    obs::Registry::Default().AddCallbackCounter(
+        "iris_trace_spans_dropped_total", "Spans lost: writer queue full, or the write failed",
+        [t] { return static_cast<double>(t->dropped()); });
+  }
   edge::EdgeOptions eo;
   eo.listen = c.listen;
   eo.loops = c.loops;
@@ -193,6 +225,12 @@ Status Server::Start() {
 
   // Admin HTTP.
   obs::AddProcessMetrics(obs::Registry::Default());
+  obs::Registry::Default().AddCallbackCounter(
+      "iris_storage_write_errors_total", "Store batches whose durable write failed",
+      [s = m.store.get()] { return static_cast<double>(s->Stats().write_errors); });
+  obs::Registry::Default().AddCallbackCounter(
+      "iris_storage_full_errors_total", "Failed store writes because the disk was full",
+      [s = m.store.get()] { return static_cast<double>(s->Stats().storage_full_errors); });
   obs::Registry::Default().AddCallbackGauge("iris_connections_open", "Client connections open",
                                             [e = m.edge.get()] {
                                               return static_cast<double>(e->session_count());
@@ -250,6 +288,12 @@ Status Server::Start() {
   IRIS_RETURN_IF_ERROR(net::SplitHostPort(c.admin_listen, &host, &port));
   IRIS_RETURN_IF_ERROR(m.admin->Start(host, port));
   m.started = true;
+  obs::LogInfo("irisd started", {{"port", this->port()},
+                                 {"admin_port", admin_port()},
+                                 {"data_dir", c.data_dir},
+                                 {"node_id", c.node_id},
+                                 {"trace_file", c.trace_file},
+                                 {"trace_sample_ratio", c.trace_sample_ratio}});
   return Status::Ok();
 }
 
@@ -257,6 +301,7 @@ void Server::Stop() {
   if (!impl_ || impl_->stopped) return;
   Impl& m = *impl_;
   m.stopped = true;
+  obs::LogInfo("irisd stopping", {{"grace_ms", m.config.shutdown_grace_ms}});
   if (m.edge) m.edge->StopAccepting();
   // Finish queued appends: their completions post SEND_ACKs to the loops.
   if (m.store) m.store->Stop();
@@ -265,6 +310,16 @@ void Server::Stop() {
   // The gauge reads the edge: remove it before the edge goes away.
   obs::Registry::Default().RemoveCallback("iris_connections_open");
   obs::Registry::Default().RemoveCallback("iris_degradation_level");
+  obs::Registry::Default().RemoveCallback("iris_storage_write_errors_total");
+  obs::Registry::Default().RemoveCallback("iris_storage_full_errors_total");
+  if (m.tracer) {
+    // Spans still ending (closures of the stopped loops) are dropped, not written late.
+    obs::Tracer::SetGlobal(nullptr);
+    obs::Registry::Default().RemoveCallback("iris_trace_spans_written_total");
+    obs::Registry::Default().RemoveCallback("iris_trace_spans_dropped_total");
+    m.tracer->Stop();
+  }
+  obs::LogInfo("irisd stopped");
 }
 
 uint16_t Server::port() const { return impl_->edge ? impl_->edge->port() : 0; }
