@@ -67,6 +67,7 @@ EdgeMetrics& EdgeMetrics::Get() {
       obs::Registry::Default().GetHistogram("iris_send_ack_latency_seconds",
                                             "SEND received to SEND_ACK ready"),
   };
+  Labels();  // the per-opcode and per-code series too exist from the first scrape
   return m;
 }
 
