@@ -20,7 +20,7 @@ Core::Core(store::InboxStore& store, EdgeSink& sink, const Clock& clock, CoreOpt
       [this](const std::vector<v1::Envelope>& envelopes) { OnCommitted(envelopes); });
 }
 
-std::optional<SessionRef> Core::RegisterSession(uint64_t user, SessionRef ref) {
+void Core::RegisterSession(uint64_t user, SessionRef ref) {
   std::optional<SessionRef> old;
   bool came_online = false;
   {
@@ -35,7 +35,6 @@ std::optional<SessionRef> Core::RegisterSession(uint64_t user, SessionRef ref) {
   }
   if (old) sink_.Replace(*old);
   if (came_online) presence_.OnOnline(user);
-  return old;
 }
 
 void Core::UnregisterSession(uint64_t user, SessionRef ref) {
@@ -180,12 +179,12 @@ void Core::Send(uint64_t sender, const v1::Send& send, const std::string& trace_
 }
 
 Result<store::ScanPage> Core::Scan(uint64_t user, uint64_t after_id, uint32_t limit,
-                                   size_t max_bytes) const {
+                                   size_t max_bytes) {
   return store_.Scan(user, after_id, std::min(limit, options_.max_page_messages), max_bytes);
 }
 
 Result<store::ScanPage> Core::History(uint64_t user, uint64_t before_id, uint32_t limit,
-                                      size_t max_bytes) const {
+                                      size_t max_bytes) {
   return store_.History(user, before_id, std::min(limit, options_.max_page_messages), max_bytes);
 }
 
@@ -193,6 +192,16 @@ void Core::OnCommitted(const std::vector<v1::Envelope>& envelopes) {
   for (const v1::Envelope& e : envelopes) {
     if (auto ref = FindSession(e.recipient())) sink_.Deliver(*ref, e);
   }
+}
+
+}  // namespace iris::core
+
+namespace iris::core {
+
+int Core::ReportPressure(double pressure, int64_t now_ms, bool* changed) {
+  const bool c = degradation_.Update(pressure, now_ms);
+  if (changed != nullptr) *changed = c;
+  return degradation_.level();
 }
 
 }  // namespace iris::core

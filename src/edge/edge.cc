@@ -10,6 +10,10 @@ namespace iris::edge {
 
 EdgeLoop::EdgeLoop(Edge& edge, uint32_t index) : edge_(edge), index_(index) {}
 
+core::SessionRef EdgeLoop::RefOf(uint64_t session_id) const {
+  return core::SessionRef{(edge_.options().process_index << 8) | index_, session_id};
+}
+
 Session* EdgeLoop::Find(uint64_t session_id) {
   auto it = sessions_.find(session_id);
   return it == sessions_.end() ? nullptr : it->second.get();
@@ -56,11 +60,10 @@ void EdgeLoop::Sweep() {
     }
     const double pressure =
         static_cast<double>(lag_ns) / 1e6 / std::max(1.0, edge_.options().loop_lag_budget_ms);
-    auto& deg = edge_.core().degradation();
-    const int before = deg.level();
-    if (deg.Update(pressure, now)) {
-      obs::LogWarn("degradation level changed",
-                   {{"from", before}, {"to", deg.level()}, {"pressure", pressure}});
+    bool changed = false;
+    const int level = edge_.core().ReportPressure(pressure, now, &changed);
+    if (changed) {
+      obs::LogWarn("degradation level changed", {{"to", level}, {"pressure", pressure}});
     }
   }
   std::vector<Session*> all;
@@ -69,7 +72,7 @@ void EdgeLoop::Sweep() {
   for (Session* s : all) s->Tick(now);
 }
 
-Edge::Edge(EdgeOptions options, core::Core& core, const auth::TokenVerifier& verifier,
+Edge::Edge(EdgeOptions options, core::CoreApi& core, const auth::TokenVerifier& verifier,
            const net::TlsContext& tls, const Clock& clock)
     : options_(std::move(options)),
       core_(core),
@@ -90,7 +93,7 @@ Status Edge::Start() {
     IRIS_RETURN_IF_ERROR(connection_limiter_.AllowCidr(cidr));
   }
   int n = options_.loops > 0 ? options_.loops : static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
-  n = std::max(1, n);
+  n = std::clamp(n, 1, 256);
   std::string listen = options_.listen;
   for (int i = 0; i < n; ++i) {
     auto el = std::make_unique<EdgeLoop>(*this, static_cast<uint32_t>(i));
@@ -178,32 +181,36 @@ size_t Edge::session_count() const {
 }
 
 void Edge::Deliver(const core::SessionRef& to, const v1::Envelope& envelope) {
-  if (to.edge >= loops_.size()) return;
-  EdgeLoop* raw = loops_[to.edge].get();
+  const uint32_t loop = to.edge & 0xff;
+  if ((to.edge >> 8) != options_.process_index || loop >= loops_.size()) return;
+  EdgeLoop* raw = loops_[loop].get();
   raw->loop_.Post([raw, sid = to.session, e = envelope] {
     if (Session* s = raw->Find(sid)) s->Push(e);
   });
 }
 
 void Edge::SendPresence(const core::SessionRef& to, const v1::Presence& presence) {
-  if (to.edge >= loops_.size()) return;
-  EdgeLoop* raw = loops_[to.edge].get();
+  const uint32_t loop = to.edge & 0xff;
+  if ((to.edge >> 8) != options_.process_index || loop >= loops_.size()) return;
+  EdgeLoop* raw = loops_[loop].get();
   raw->loop_.Post([raw, sid = to.session, p = presence] {
     if (Session* s = raw->Find(sid)) s->DeliverPresence(p);
   });
 }
 
 void Edge::SendTyping(const core::SessionRef& to, const v1::Typing& typing) {
-  if (to.edge >= loops_.size()) return;
-  EdgeLoop* raw = loops_[to.edge].get();
+  const uint32_t loop = to.edge & 0xff;
+  if ((to.edge >> 8) != options_.process_index || loop >= loops_.size()) return;
+  EdgeLoop* raw = loops_[loop].get();
   raw->loop_.Post([raw, sid = to.session, t = typing] {
     if (Session* s = raw->Find(sid)) s->DeliverTyping(t);
   });
 }
 
 void Edge::Replace(const core::SessionRef& old_session) {
-  if (old_session.edge >= loops_.size()) return;
-  EdgeLoop* raw = loops_[old_session.edge].get();
+  const uint32_t loop = old_session.edge & 0xff;
+  if ((old_session.edge >> 8) != options_.process_index || loop >= loops_.size()) return;
+  EdgeLoop* raw = loops_[loop].get();
   raw->loop_.Post([raw, sid = old_session.session] {
     if (Session* s = raw->Find(sid)) s->Replaced();
   });

@@ -20,7 +20,7 @@
 
 #include "auth/jwt.h"
 #include "common/clock.h"
-#include "core/core.h"
+#include "core/core_api.h"
 #include "edge/rate_limit.h"
 #include "net/event_loop.h"
 #include "net/listener.h"
@@ -31,7 +31,8 @@ namespace iris::edge {
 
 struct EdgeOptions {
   std::string listen = "0.0.0.0:7443";
-  int loops = 0;                        // 0 = one per core
+  int loops = 0;                        // 0 = one per core (at most 256)
+  uint32_t process_index = 0;           // edge process index (--edge-processes); 0 embedded
   uint32_t hello_timeout_ms = 10'000;   // TLS handshake + valid HELLO
   uint32_t idle_timeout_ms = 25'000;
   size_t max_output_bytes = 1 << 20;    // per connection; a slower reader is disconnected
@@ -57,6 +58,8 @@ class EdgeLoop {
   Edge& edge() { return edge_; }
   net::EventLoop& loop() { return loop_; }
   uint32_t index() const { return index_; }
+  // The core's name for a session of this loop: (edge process << 8) | loop index.
+  core::SessionRef RefOf(uint64_t session_id) const;
   // Loop thread only.
   class Session* Find(uint64_t session_id);
   void Forget(uint64_t session_id);  // destroys the session after this loop turn
@@ -81,7 +84,7 @@ class EdgeLoop {
 class Edge final : public core::EdgeSink {
  public:
   // Every reference must outlive the Edge.
-  Edge(EdgeOptions options, core::Core& core, const auth::TokenVerifier& verifier,
+  Edge(EdgeOptions options, core::CoreApi& core, const auth::TokenVerifier& verifier,
        const net::TlsContext& tls, const Clock& clock);
   ~Edge() override;
 
@@ -101,7 +104,7 @@ class Edge final : public core::EdgeSink {
   void SendTyping(const core::SessionRef& to, const v1::Typing& typing) override;
 
   const EdgeOptions& options() const { return options_; }
-  core::Core& core() { return core_; }
+  core::CoreApi& core() { return core_; }
   const auth::TokenVerifier& verifier() const { return verifier_; }
   const net::TlsContext& tls() const { return tls_; }
   const Clock& clock() const { return clock_; }
@@ -113,7 +116,7 @@ class Edge final : public core::EdgeSink {
 
  private:
   EdgeOptions options_;
-  core::Core& core_;
+  core::CoreApi& core_;
   const auth::TokenVerifier& verifier_;
   const net::TlsContext& tls_;
   const Clock& clock_;

@@ -6,6 +6,7 @@
 #include "common/assert.h"
 #include "edge/edge.h"
 #include "edge/edge_metrics.h"
+#include "obs/log.h"
 #include "obs/trace.h"
 #include "wire/opcode.h"
 
@@ -72,11 +73,11 @@ void Session::OnClosed(std::string_view reason) {
   (void)reason;
   state_ = State::kClosing;
   if (!watching_.empty()) {
-    loop_.edge().core().Unsubscribe(core::SessionRef{loop_.index(), id_}, watching_);
+    loop_.edge().core().Unsubscribe(loop_.RefOf(id_), watching_);
     watching_.clear();
   }
   if (registered_) {
-    loop_.edge().core().UnregisterSession(user_, core::SessionRef{loop_.index(), id_});
+    loop_.edge().core().UnregisterSession(user_, loop_.RefOf(id_));
     registered_ = false;
   }
   EdgeMetrics::Get().closed.Inc();
@@ -235,7 +236,7 @@ void Session::HandleHello(const v1::Hello& m) {
   SendMessage(wire::Opcode::kWelcome, w);
   if (state_ == State::kClosing) return;
 
-  edge.core().RegisterSession(user_, core::SessionRef{loop_.index(), id_});
+  edge.core().RegisterSession(user_, loop_.RefOf(id_));
   registered_ = true;
   EdgeMetrics::Get().sessions_opened.Inc();
   state_ = State::kCatchUp;
@@ -374,8 +375,14 @@ void Session::HandleSend(const v1::Send& m) {
   EdgeLoop* owner = &loop_;
   const uint64_t sid = id_;
   edge.core().Send(user_, m, trace,
-                   [loop, owner, sid, seq, request_id, build, span](Result<store::AppendOutcome> r) {
+                   [loop, owner, sid, seq, request_id, build, span, trace](Result<store::AppendOutcome> r) {
                      std::string frame = r.ok() ? build(r) : ErrorFrame(request_id, r.status());
+                     if (!r.ok() && obs::Logger::Default().Enabled(obs::LogLevel::kDebug)) {
+                       obs::LogDebug("send failed",
+                                     {{"code", StatusCodeName(r.status().code())},
+                                      {"error", r.status().message()},
+                                      obs::LogField::Trace(obs::SpanContext::FromTraceIdBytes(trace))});
+                     }
                      if (span) {
                        span->SetStatus(r.status());
                        if (r.ok()) span->SetInt("iris.message_id", static_cast<int64_t>(r->message_id));
@@ -443,7 +450,7 @@ void Session::HandlePresenceSubscribe(const v1::PresenceSubscribe& m) {
   }
   watching_.insert(watching_.end(), added.begin(), added.end());
   std::vector<uint64_t> all(m.users().begin(), m.users().end());
-  auto states = loop_.edge().core().Subscribe(core::SessionRef{loop_.index(), id_}, all);
+  auto states = loop_.edge().core().Subscribe(loop_.RefOf(id_), all);
   for (const auto& p : states) {
     EdgeMetrics::Get().presence_out.Inc();
     SendMessage(wire::Opcode::kPresence, p);
@@ -455,7 +462,7 @@ void Session::HandlePresenceUnsubscribe(const v1::PresenceUnsubscribe& m) {
   std::vector<uint64_t> users(m.users().begin(), m.users().end());
   for (uint64_t u : users) watching_.erase(std::remove(watching_.begin(), watching_.end(), u), watching_.end());
   if (watching_.empty()) std::vector<uint64_t>().swap(watching_);
-  loop_.edge().core().Unsubscribe(core::SessionRef{loop_.index(), id_}, users);
+  loop_.edge().core().Unsubscribe(loop_.RefOf(id_), users);
   SendOk(m.request_id());
 }
 
@@ -499,7 +506,7 @@ void Session::HandleKeysFetch(const v1::KeysFetch& m) {
 
 namespace {
 // Completion of a group create/update: GROUP_INFO (or ERROR), answered in request order.
-core::GroupService::InfoDone GroupReply(net::EventLoop* loop, EdgeLoop* owner, uint64_t sid,
+core::CoreApi::GroupDone GroupReply(net::EventLoop* loop, EdgeLoop* owner, uint64_t sid,
                                         uint64_t seq, uint64_t request_id) {
   return [loop, owner, sid, seq, request_id](Result<v1::GroupInfo> r) {
     std::string frame;
@@ -519,18 +526,18 @@ core::GroupService::InfoDone GroupReply(net::EventLoop* loop, EdgeLoop* owner, u
 
 void Session::HandleGroupCreate(const v1::GroupCreate& m) {
   const uint64_t seq = ReserveReply();
-  loop_.edge().core().groups().Create(
+  loop_.edge().core().CreateGroup(
       user_, m, GroupReply(&loop_.loop(), &loop_, id_, seq, m.request_id()));
 }
 
 void Session::HandleGroupUpdate(const v1::GroupUpdate& m) {
   const uint64_t seq = ReserveReply();
-  loop_.edge().core().groups().Update(
+  loop_.edge().core().UpdateGroup(
       user_, m, GroupReply(&loop_.loop(), &loop_, id_, seq, m.request_id()));
 }
 
 void Session::HandleGroupGet(const v1::GroupGet& m) {
-  auto g = loop_.edge().core().groups().Get(user_, m.group_id());
+  auto g = loop_.edge().core().GetGroup(user_, m.group_id());
   if (!g.ok()) {
     SendError(m.request_id(), g.status(), false);
     return;

@@ -24,7 +24,7 @@
 
 #include "auth/jwt.h"
 #include "edge/rate_limit.h"
-#include "core/core.h"
+#include "core/core_api.h"
 #include "net/connection.h"
 #include "wire/frame.h"
 #include "wire/messages.h"

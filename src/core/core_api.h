@@ -1,0 +1,84 @@
+#pragma once
+// CoreApi: the edge <-> core message interface (DESIGN.md section 1). The edge talks to the
+// core only through this interface, and the core talks back only through EdgeSink.
+//
+//  - core::Core implements it in-process (the embedded default: calls are function calls).
+//  - edge::RemoteCore implements it in an edge process (--edge-processes) by sending the same
+//    requests over a Unix socket to core::CoreServer in the core process.
+//
+// Completion callbacks may run on any thread (the store's commit thread, a link reader
+// thread) and must only hand work off (EventLoop::Post). Synchronous calls block the caller
+// for one round trip at most.
+//
+// Thread-safety: every method may be called from any thread.
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "iris/v1/client.pb.h"
+#include "store/inbox_store.h"
+
+namespace iris::core {
+
+// Where a live session is: the edge loop holding it ((edge process << 8) | loop) and its id.
+struct SessionRef {
+  uint32_t edge = 0;
+  uint64_t session = 0;
+  friend bool operator==(const SessionRef&, const SessionRef&) = default;
+};
+
+// The core's way back to the edge. Implementations must not block.
+class EdgeSink {
+ public:
+  virtual ~EdgeSink() = default;
+  // A durable envelope for the session's user (push mode; the session filters by cursor).
+  virtual void Deliver(const SessionRef& to, const v1::Envelope& envelope) = 0;
+  // A newer session of the same user took over: send SESSION_REPLACED and close.
+  virtual void Replace(const SessionRef& old_session) = 0;
+  // A presence change of a user the session subscribed to.
+  virtual void SendPresence(const SessionRef& to, const v1::Presence& presence) = 0;
+  // A typing indicator for the session's user (user = the typist).
+  virtual void SendTyping(const SessionRef& to, const v1::Typing& typing) = 0;
+};
+
+class CoreApi {
+ public:
+  virtual ~CoreApi() = default;
+  using SendDone = std::function<void(Result<store::AppendOutcome>)>;
+  using GroupDone = std::function<void(Result<v1::GroupInfo>)>;
+
+  // Registers `ref` as the live session of `user` (an older one is told to go away).
+  virtual void RegisterSession(uint64_t user, SessionRef ref) = 0;
+  // Forgets `ref` if it is still the live session of `user`.
+  virtual void UnregisterSession(uint64_t user, SessionRef ref) = 0;
+
+  // A validated SEND (1:1 or group). `parent_span_id`: the caller's span for tracing.
+  virtual void Send(uint64_t sender, const v1::Send& send, const std::string& trace_id,
+                    SendDone done, uint64_t parent_span_id = 0) = 0;
+  // RECEIPT (a dropped READ completes with message_id 0).
+  virtual void Receipt(uint64_t author, const v1::Receipt& receipt, SendDone done) = 0;
+  virtual Status UpdateSettings(uint64_t user, const v1::Settings& settings) = 0;
+  // Best effort; false when shed or the recipient is offline (remote: always true).
+  virtual bool Typing(uint64_t from, const v1::Typing& typing) = 0;
+  virtual std::vector<v1::Presence> Subscribe(const SessionRef& ref,
+                                              const std::vector<uint64_t>& users) = 0;
+  virtual void Unsubscribe(const SessionRef& ref, const std::vector<uint64_t>& users) = 0;
+  virtual std::vector<v1::Presence> QueryPresence(const std::vector<uint64_t>& users) = 0;
+  virtual Status UploadKeys(uint64_t user, const v1::KeysUpload& upload) = 0;
+  virtual Result<v1::KeysBundle> FetchKeys(uint64_t user) = 0;
+  virtual void CreateGroup(uint64_t owner, const v1::GroupCreate& m, GroupDone done) = 0;
+  virtual void UpdateGroup(uint64_t user, const v1::GroupUpdate& m, GroupDone done) = 0;
+  virtual Result<v1::GroupInfo> GetGroup(uint64_t user, uint64_t group_id) = 0;
+  virtual Result<store::ScanPage> Scan(uint64_t user, uint64_t after_id, uint32_t limit,
+                                       size_t max_bytes) = 0;
+  virtual Result<store::ScanPage> History(uint64_t user, uint64_t before_id, uint32_t limit,
+                                          size_t max_bytes) = 0;
+  // Load report from an edge (pressure 1.0 = at capacity); returns the degradation level
+  // now in force and sets *changed when this report changed it.
+  virtual int ReportPressure(double pressure, int64_t now_ms, bool* changed) = 0;
+};
+
+}  // namespace iris::core
