@@ -21,10 +21,15 @@ constexpr int64_t kT0 = 1'700'000'000'000;
 
 RC_GTEST_PROP(UuidV7Property, ValidAndStrictlyIncreasingOverRandomClockSequences, ()) {
   const auto seed = *rc::gen::arbitrary<uint64_t>();
-  const auto steps = *rc::gen::container<std::vector<std::pair<int64_t, int>>>(rc::gen::pair(
-      rc::gen::weightedOneOf<int64_t>({{5, rc::gen::inRange<int64_t>(-3, 4)},
-                                       {1, rc::gen::inRange<int64_t>(-3'600'000, 3'600'001)}}),
-      rc::gen::weightedOneOf<int>({{5, rc::gen::inRange(1, 10)}, {1, rc::gen::inRange(1, 5000)}})));
+  // Up to 20 clock steps; after each, a few ids or (rarely) a burst past the 12-bit counter.
+  const auto step_count = *rc::gen::inRange<size_t>(1, 21);
+  const auto steps = *rc::gen::container<std::vector<std::pair<int64_t, int>>>(
+      step_count, rc::gen::pair(rc::gen::weightedOneOf<int64_t>(
+                                    {{5, rc::gen::inRange<int64_t>(-3, 4)},
+                                     {1, rc::gen::inRange<int64_t>(-3'600'000, 3'600'001)}}),
+                                rc::gen::weightedOneOf<int>({{10, rc::gen::inRange(1, 10)},
+                                                             {1, rc::gen::inRange(1, 5000)},
+                                                             {1, rc::gen::just(4097)}})));
   ManualClock clock(kT0);
   UuidV7Generator gen(clock, seed);
   Uuid prev{};
