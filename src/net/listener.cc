@@ -38,6 +38,17 @@ Status SplitHostPort(const std::string& hp, std::string* host, uint16_t* port) {
 }
 
 Result<int> ListenTcp(const std::string& host_port, int backlog) {
+  auto fd = BindTcp(host_port);
+  if (!fd.ok()) return fd;
+  if (listen(*fd, backlog) != 0) {
+    const std::string err = strerror(errno);
+    close(*fd);
+    return Internal("listen: " + err);
+  }
+  return fd;
+}
+
+Result<int> BindTcp(const std::string& host_port) {
   std::string host;
   uint16_t port = 0;
   IRIS_RETURN_IF_ERROR(SplitHostPort(host_port, &host, &port));
@@ -64,11 +75,6 @@ Result<int> ListenTcp(const std::string& host_port, int backlog) {
     const std::string err = strerror(errno);
     close(fd);
     return Unavailable("cannot bind " + host_port + ": " + err, 0);
-  }
-  if (listen(fd, backlog) != 0) {
-    const std::string err = strerror(errno);
-    close(fd);
-    return Internal("listen: " + err);
   }
   return fd;
 }

@@ -14,6 +14,9 @@ namespace iris::net {
 
 // "host:port" → bound, listening socket (SO_REUSEPORT, non-blocking, close-on-exec).
 Result<int> ListenTcp(const std::string& host_port, int backlog = 4096);
+// "host:port" → bound socket (SO_REUSEPORT) that does not listen: it reserves the port
+// without receiving connections.
+Result<int> BindTcp(const std::string& host_port);
 // The local port of a bound socket.
 Result<uint16_t> LocalPort(int fd);
 // Splits "host:port" ("[::1]:7443" for IPv6).

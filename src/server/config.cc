@@ -47,6 +47,15 @@ void Define(CLI::App& app, ServerConfig& c) {
   app.add_option("--shutdown-grace-ms", c.shutdown_grace_ms, "SIGTERM: time allowed to finish in-flight work")
       ->capture_default_str();
   app.add_option("--log-level", c.log_level, "debug, info, warn or error")->capture_default_str();
+  app.add_option("--edge-processes", c.edge_processes,
+                 "Run N edge processes sharing the client port (SO_REUSEPORT) in front of this "
+                 "process's core and store; 0 = everything in one process")
+      ->capture_default_str()->check(CLI::Range(0, 64));
+  app.add_option("--role", c.role, "Internal: 'edge' for an edge process started by the core")
+      ->check(CLI::IsMember({"all", "edge"}))->group("");
+  app.add_option("--core-socket", c.core_socket, "Internal: the core process's Unix socket")
+      ->group("");
+  app.add_option("--edge-index", c.edge_index, "Internal: this edge process's index")->group("");
   app.add_option("--degradation-level", c.degradation_level,
                  "Force graceful degradation: -1 follows load; 1 sheds typing, 2 also presence "
                  "updates, 3 also read receipts")

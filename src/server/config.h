@@ -40,6 +40,13 @@ struct ServerConfig {
   std::string log_level = "info";
   int degradation_level = -1;      // -1: follow load; 0..3 forces a level (tests, drills)
   double loop_lag_budget_ms = 50;  // event-loop lag that counts as full load
+  // Process shape. 0: the embedded default (edge, core, store in one process). N > 0: this
+  // process runs core + store and N edge processes share the client port (SO_REUSEPORT).
+  int edge_processes = 0;
+  // Internal (set by the core process for its edge processes): "edge" runs only the edge.
+  std::string role = "all";
+  std::string core_socket;
+  uint32_t edge_index = 0;
   std::string trace_file;          // spans as OTLP/JSON lines; "-" = stderr; empty = off
   double trace_sample_ratio = 0.01;  // traces kept besides every error span (1 = all)
 };

@@ -1,6 +1,7 @@
 // irisd: parses the configuration, starts the node, waits for SIGTERM/SIGINT, stops
 // gracefully (no acknowledged write is lost).
 
+#include <google/protobuf/stubs/logging.h>
 #include <signal.h>
 
 #include <cstdio>
@@ -11,6 +12,9 @@
 #include "server/server.h"
 
 int main(int argc, char** argv) {
+  // Protobuf logs every unparsable string field it meets; clients control that input, so the
+  // log must not be theirs to flood (parse failures are answered BAD_REQUEST and counted).
+  google::protobuf::SetLogHandler(nullptr);
   std::string help;
   auto config = iris::server::ParseConfig(argc, argv, &help);
   if (!help.empty()) {
@@ -39,9 +43,14 @@ int main(int argc, char** argv) {
     iris::obs::LogError("cannot start the server", {{"error", s.ToString()}});
     return 1;
   }
-  std::cout << (*server)->Banner() << std::flush;
+  if (config->role != "edge") std::cout << (*server)->Banner() << std::flush;
   int sig = 0;
-  sigwait(&set, &sig);
+  for (;;) {
+    timespec tick{1, 0};
+    sig = sigtimedwait(&set, nullptr, &tick);
+    if (sig > 0) break;
+    (*server)->Supervise();  // restarts edge processes that died (--edge-processes)
+  }
   iris::obs::LogInfo("shutting down", {{"signal", sig}});
   (*server)->Stop();
   return 0;

@@ -1,7 +1,12 @@
 #include "server/server.h"
 
+#include <netinet/in.h>
 #include <openssl/rand.h>
+#include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -13,7 +18,10 @@
 #include "auth/revocation.h"
 #include "common/bytes.h"
 #include "core/core.h"
+#include "core/core_server.h"
 #include "edge/edge.h"
+#include "edge/remote_core.h"
+#include "net/listener.h"
 #include "net/http/http_server.h"
 #include "net/tls.h"
 #include "obs/log.h"
@@ -56,6 +64,15 @@ struct Server::Impl {
   std::unique_ptr<store::InboxStore> store;
   std::unique_ptr<core::Core> core;
   std::unique_ptr<edge::Edge> edge;
+  // --edge-processes (core process): the link server, the reserved client port, children.
+  std::unique_ptr<core::CoreServer> core_server;
+  int reserved_port_fd = -1;
+  uint16_t client_port = 0;
+  std::vector<pid_t> edge_pids;
+  // --role edge: the link to the core process.
+  std::unique_ptr<edge::RemoteCore> remote;
+  bool edge_role() const { return config.role == "edge"; }
+  bool core_role() const { return config.role == "all" && config.edge_processes > 0; }
   std::unique_ptr<net::http::HttpServer> admin;
   bool started = false;
   bool stopped = false;
@@ -155,6 +172,8 @@ Result<std::unique_ptr<Server>> Server::Create(const ServerConfig& config) {
     if (m.admin_token.size() < 16) return BadRequest("admin token must be at least 16 bytes");
   }
 
+  if (m.edge_role()) return server;  // an edge process has no store: the core process owns it
+
   // Store and core.
   store::StoreOptions so;
   so.path = c.data_dir + "/store";
@@ -210,18 +229,39 @@ Status Server::Start() {
   eo.connection_allowlist = c.connection_allowlist;
   eo.failed_logins.per_hour = c.failed_logins_per_hour;
 
-  // The core needs the edge as its sink and the edge needs the core: the core gets a
-  // forwarding sink that is pointed at the edge once it exists.
+  eo.loop_lag_budget_ms = c.loop_lag_budget_ms;
+  if (m.edge_role()) return StartEdgeProcess(eo);
+
   core::CoreOptions co;
   co.degradation.forced_level = c.degradation_level;
-  eo.loop_lag_budget_ms = c.loop_lag_budget_ms;
-  m.core = std::make_unique<core::Core>(*m.store, m.forward, SystemClock::Instance(), co);
+  if (m.core_role()) {
+    // Core process: edges live in other processes and reach the core over a Unix socket.
+    m.core_server = std::make_unique<core::CoreServer>();
+    m.core = std::make_unique<core::Core>(*m.store, *m.core_server, SystemClock::Instance(), co);
+    m.core_server->set_core(m.core.get());
+    IRIS_RETURN_IF_ERROR(m.core_server->Listen(c.data_dir + "/core.sock"));
+    IRIS_RETURN_IF_ERROR(m.core_server->Start());
+    IRIS_RETURN_IF_ERROR(ReserveClientPort());
+    for (int i = 0; i < c.edge_processes; ++i) {
+      auto pid = SpawnEdge(static_cast<uint32_t>(i));
+      if (!pid.ok()) return pid.status();
+      m.edge_pids.push_back(*pid);
+    }
+    if (!m.core_server->WaitForEdges(static_cast<size_t>(c.edge_processes), 30'000)) {
+      return Unavailable("edge processes did not connect within 30 s", 0);
+    }
+  } else {
+    // The embedded default. The core needs the edge as its sink and the edge needs the core:
+    // the core gets a forwarding sink that is pointed at the edge once it exists.
+    m.core = std::make_unique<core::Core>(*m.store, m.forward, SystemClock::Instance(), co);
+    m.edge =
+        std::make_unique<edge::Edge>(eo, *m.core, *m.verifier, *m.tls, SystemClock::Instance());
+    m.forward.to = m.edge.get();
+    IRIS_RETURN_IF_ERROR(m.edge->Start());
+  }
   obs::Registry::Default().AddCallbackGauge(
       "iris_degradation_level", "Graceful degradation level (0 normal .. 3 receipts shed)",
       [core = m.core.get()] { return static_cast<double>(core->degradation().level()); });
-  m.edge = std::make_unique<edge::Edge>(eo, *m.core, *m.verifier, *m.tls, SystemClock::Instance());
-  m.forward.to = m.edge.get();
-  IRIS_RETURN_IF_ERROR(m.edge->Start());
 
   // Admin HTTP.
   obs::AddProcessMetrics(obs::Registry::Default());
@@ -231,10 +271,12 @@ Status Server::Start() {
   obs::Registry::Default().AddCallbackCounter(
       "iris_storage_full_errors_total", "Failed store writes because the disk was full",
       [s = m.store.get()] { return static_cast<double>(s->Stats().storage_full_errors); });
-  obs::Registry::Default().AddCallbackGauge("iris_connections_open", "Client connections open",
-                                            [e = m.edge.get()] {
-                                              return static_cast<double>(e->session_count());
-                                            });
+  if (m.edge) {
+    obs::Registry::Default().AddCallbackGauge("iris_connections_open", "Client connections open",
+                                              [e = m.edge.get()] {
+                                                return static_cast<double>(e->session_count());
+                                              });
+  }
   m.admin = std::make_unique<net::http::HttpServer>();
   m.admin->Route("GET", "/healthz", [](const net::http::HttpRequest&) {
     return net::http::HttpResponse{200, "text/plain", "ok\n"};
@@ -263,8 +305,9 @@ Status Server::Start() {
         return HttpResponse{400, "application/json", R"({"error":"jti must be a string of 1..64 bytes"})"};
       }
       // Kept for the longest token lifetime plus leeway: after that the token is expired anyway.
-      m.revocations.RevokeJti(body["jti"].get<std::string>(),
-                              now_ms + (86400 + m.config.jwt_leeway_s) * 1000);
+      const int64_t until = now_ms + (86400 + m.config.jwt_leeway_s) * 1000;
+      m.revocations.RevokeJti(body["jti"].get<std::string>(), until);
+      if (m.core_server) m.core_server->BroadcastRevokeJti(body["jti"].get<std::string>(), until);
     } else if (body.contains("user")) {
       if (!body["user"].is_number_unsigned() || body["user"].get<uint64_t>() == 0) {
         return HttpResponse{400, "application/json", R"({"error":"user must be a non-zero integer"})"};
@@ -277,10 +320,11 @@ Status Server::Start() {
         before = body["before_ms"].get<int64_t>();
       }
       m.revocations.RevokeUserBefore(body["user"].get<uint64_t>(), before);
+      if (m.core_server) m.core_server->BroadcastRevokeUser(body["user"].get<uint64_t>(), before);
     } else {
       return HttpResponse{400, "application/json", R"j({"error":"give jti, or user (and before_ms)"})j"};
     }
-    m.edge->RecheckAllSessions();
+    if (m.edge) m.edge->RecheckAllSessions();
     return HttpResponse{200, "application/json", R"({"revoked":true})"};
   });
   std::string host;
@@ -302,10 +346,26 @@ void Server::Stop() {
   Impl& m = *impl_;
   m.stopped = true;
   obs::LogInfo("irisd stopping", {{"grace_ms", m.config.shutdown_grace_ms}});
+  if (m.edge_role()) {
+    // Edge process: the core is still up, so in-flight requests complete before we close.
+    if (m.edge) {
+      m.edge->StopAccepting();
+      m.edge->Shutdown(m.config.shutdown_grace_ms);
+    }
+    if (m.admin) m.admin->Stop();
+    if (m.remote) m.remote->Stop();
+    obs::Registry::Default().RemoveCallback("iris_connections_open");
+    obs::LogInfo("edge process stopped", {{"edge_index", m.config.edge_index}});
+    return;
+  }
   if (m.edge) m.edge->StopAccepting();
+  // Edge processes first: they finish their sessions while the core still answers.
+  StopEdgeProcesses();
   // Finish queued appends: their completions post SEND_ACKs to the loops.
   if (m.store) m.store->Stop();
   if (m.edge) m.edge->Shutdown(m.config.shutdown_grace_ms);
+  if (m.core_server) m.core_server->Stop();
+  if (m.reserved_port_fd >= 0) close(m.reserved_port_fd);
   if (m.admin) m.admin->Stop();
   // The gauge reads the edge: remove it before the edge goes away.
   obs::Registry::Default().RemoveCallback("iris_connections_open");
@@ -322,7 +382,185 @@ void Server::Stop() {
   obs::LogInfo("irisd stopped");
 }
 
-uint16_t Server::port() const { return impl_->edge ? impl_->edge->port() : 0; }
+uint16_t Server::port() const {
+  if (impl_->core_role()) return impl_->client_port;
+  return impl_->edge ? impl_->edge->port() : 0;
+}
+
+Status Server::ReserveClientPort() {
+  Impl& m = *impl_;
+  // Bind (without listening) a SO_REUSEPORT socket on the client address: it fixes the port
+  // when --listen asks for port 0, and holds it while edge processes come and go. A socket
+  // that does not listen receives no connections.
+  std::string host;
+  uint16_t port = 0;
+  IRIS_RETURN_IF_ERROR(net::SplitHostPort(m.config.listen, &host, &port));
+  auto fd = net::ListenTcp(m.config.listen, 1);
+  if (!fd.ok()) return fd.status();
+  auto bound = net::LocalPort(*fd);
+  if (!bound.ok()) return bound.status();
+  close(*fd);
+  // Re-bind without listen() on the port just learnt.
+  const std::string addr = (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" +
+                           std::to_string(*bound);
+  auto reserved = net::BindTcp(addr);
+  if (!reserved.ok()) return reserved.status();
+  m.reserved_port_fd = *reserved;
+  m.client_port = *bound;
+  m.config.listen = addr;
+  return Status::Ok();
+}
+
+Result<pid_t> Server::SpawnEdge(uint32_t index) {
+  const ServerConfig& c = impl_->config;
+  std::vector<std::string> args = {"/proc/self/exe", "--role", "edge", "--edge-index",
+                                   std::to_string(index), "--core-socket",
+                                   c.data_dir + "/core.sock", "--data-dir", c.data_dir,
+                                   "--listen", c.listen, "--loops",
+                                   std::to_string(c.loops > 0 ? c.loops : 1),
+                                   "--tls-cert", c.tls_cert, "--tls-key", c.tls_key,
+                                   "--jwt-secret-file", c.jwt_secret_file,
+                                   "--admin-token-file", c.admin_token_file,
+                                   "--node-id", std::to_string(c.node_id),
+                                   "--hello-timeout-ms", std::to_string(c.hello_timeout_ms),
+                                   "--idle-timeout-ms", std::to_string(c.idle_timeout_ms),
+                                   "--jwt-leeway-s", std::to_string(c.jwt_leeway_s),
+                                   "--rate-per-sec", std::to_string(c.rate_per_sec),
+                                   "--rate-burst-per-sec", std::to_string(c.rate_burst_per_sec),
+                                   "--rate-burst-seconds", std::to_string(c.rate_burst_seconds),
+                                   "--connections-per-ip-per-minute",
+                                   std::to_string(c.connections_per_ip_per_minute),
+                                   "--failed-logins-per-hour",
+                                   std::to_string(c.failed_logins_per_hour),
+                                   "--max-output-bytes", std::to_string(c.max_output_bytes),
+                                   "--loop-lag-budget-ms", std::to_string(c.loop_lag_budget_ms),
+                                   "--shutdown-grace-ms", std::to_string(c.shutdown_grace_ms),
+                                   "--log-level", c.log_level};
+  if (!c.jwt_audience.empty()) args.insert(args.end(), {"--jwt-audience", c.jwt_audience});
+  if (!c.jwt_issuer.empty()) args.insert(args.end(), {"--jwt-issuer", c.jwt_issuer});
+  for (const auto& k : c.jwt_keys) args.insert(args.end(), {"--jwt-key", k});
+  for (const auto& a : c.connection_allowlist) args.insert(args.end(), {"--connection-allowlist", a});
+  if (!c.trace_file.empty() && c.trace_file != "-") {
+    args.insert(args.end(), {"--trace-file", c.trace_file + ".edge-" + std::to_string(index),
+                             "--trace-sample-ratio", std::to_string(c.trace_sample_ratio)});
+  }
+  // Each edge process serves its own metrics on the admin port + 1 + index (0: ephemeral).
+  std::string admin_host;
+  uint16_t admin_port_base = 0;
+  IRIS_RETURN_IF_ERROR(net::SplitHostPort(c.admin_listen, &admin_host, &admin_port_base));
+  const uint16_t edge_admin =
+      admin_port() == 0 ? 0 : static_cast<uint16_t>(admin_port() + 1 + index);
+  (void)admin_port_base;
+  args.insert(args.end(), {"--admin-listen", (admin_host.find(':') != std::string::npos
+                                                  ? "[" + admin_host + "]"
+                                                  : admin_host) +
+                                                 ":" + std::to_string(edge_admin)});
+  const pid_t pid = fork();
+  if (pid < 0) return Internal("fork failed");
+  if (pid == 0) {
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    // The parent blocks SIGTERM/SIGINT to sigwait for them; the child does the same in main.
+    execv("/proc/self/exe", argv.data());
+    _exit(127);
+  }
+  obs::LogInfo("edge process started", {{"edge_index", index}, {"pid", pid}});
+  return pid;
+}
+
+void Server::Supervise() {
+  Impl& m = *impl_;
+  if (m.edge_pids.empty() || m.stopped) return;
+  for (size_t i = 0; i < m.edge_pids.size(); ++i) {
+    int status = 0;
+    if (m.edge_pids[i] > 0 && waitpid(m.edge_pids[i], &status, WNOHANG) == m.edge_pids[i]) {
+      obs::LogWarn("edge process exited; restarting",
+                   {{"edge_index", static_cast<uint64_t>(i)}, {"status", status}});
+      auto pid = SpawnEdge(static_cast<uint32_t>(i));
+      m.edge_pids[i] = pid.ok() ? *pid : -1;
+    }
+  }
+}
+
+void Server::StopEdgeProcesses() {
+  Impl& m = *impl_;
+  for (pid_t pid : m.edge_pids) {
+    if (pid > 0) kill(pid, SIGTERM);
+  }
+  const int64_t deadline =
+      SystemClock::Instance().MonoMillis() + m.config.shutdown_grace_ms + 2'000;
+  for (pid_t& pid : m.edge_pids) {
+    while (pid > 0) {
+      int status = 0;
+      const pid_t r = waitpid(pid, &status, WNOHANG);
+      if (r == pid || r < 0) {
+        pid = -1;
+        break;
+      }
+      if (SystemClock::Instance().MonoMillis() > deadline) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        pid = -1;
+        break;
+      }
+      usleep(10'000);  // shutdown path: polls the child's exit
+    }
+  }
+  m.edge_pids.clear();
+}
+
+Status Server::StartEdgeProcess(const edge::EdgeOptions& base) {
+  Impl& m = *impl_;
+  const ServerConfig& c = m.config;
+  edge::EdgeOptions eo = base;
+  eo.process_index = c.edge_index;
+  m.remote = std::make_unique<edge::RemoteCore>(c.edge_index);
+  IRIS_RETURN_IF_ERROR(m.remote->Connect(c.core_socket, 10'000));
+  m.edge =
+      std::make_unique<edge::Edge>(eo, *m.remote, *m.verifier, *m.tls, SystemClock::Instance());
+  edge::RemoteCore::PushHandler h;
+  h.sink = m.edge.get();
+  h.revoke_jti = [&m](const std::string& jti, int64_t until) {
+    m.revocations.RevokeJti(jti, until);
+    m.edge->RecheckAllSessions();
+  };
+  h.revoke_user = [&m](uint64_t user, int64_t before) {
+    m.revocations.RevokeUserBefore(user, before);
+    m.edge->RecheckAllSessions();
+  };
+  h.on_link_lost = [&m] {
+    if (m.stopped) return;
+    // Without its core an edge serves nobody: exit so clients reconnect to a healthy edge
+    // (the core process restarts edges it loses; a core that is gone takes the node down).
+    obs::LogError("lost the core process; edge exiting", {{"edge_index", m.config.edge_index}});
+    std::_Exit(3);
+  };
+  m.remote->Start(std::move(h));
+  IRIS_RETURN_IF_ERROR(m.edge->Start());
+  obs::AddProcessMetrics(obs::Registry::Default());
+  obs::Registry::Default().AddCallbackGauge("iris_connections_open", "Client connections open",
+                                            [e = m.edge.get()] {
+                                              return static_cast<double>(e->session_count());
+                                            });
+  m.admin = std::make_unique<net::http::HttpServer>();
+  m.admin->Route("GET", "/healthz", [](const net::http::HttpRequest&) {
+    return net::http::HttpResponse{200, "text/plain", "ok\n"};
+  });
+  m.admin->Route("GET", "/metrics", [](const net::http::HttpRequest&) {
+    return net::http::HttpResponse{200, std::string(obs::kPrometheusContentType),
+                                   obs::Registry::Default().ExposePrometheus()};
+  });
+  std::string host;
+  uint16_t port = 0;
+  IRIS_RETURN_IF_ERROR(net::SplitHostPort(c.admin_listen, &host, &port));
+  IRIS_RETURN_IF_ERROR(m.admin->Start(host, port));
+  m.started = true;
+  obs::LogInfo("edge process serving", {{"edge_index", c.edge_index},
+                                        {"port", m.edge->port()},
+                                        {"admin_port", m.admin->port()}});
+  return Status::Ok();
+}
 uint16_t Server::admin_port() const { return impl_->admin ? impl_->admin->port() : 0; }
 
 std::string Server::Banner() const {

@@ -7,6 +7,9 @@
 #include <memory>
 #include <string>
 
+#include <sys/types.h>
+
+#include "edge/edge.h"
 #include "server/config.h"
 
 namespace iris::server {
@@ -20,6 +23,10 @@ class Server {
   // Graceful: stop accepting, finish in-flight writes, flush replies, close. Idempotent.
   void Stop();
 
+  // Core process with --edge-processes: restarts edge processes that died. Call about once
+  // a second from the controlling thread; a no-op otherwise.
+  void Supervise();
+
   uint16_t port() const;
   uint16_t admin_port() const;
   // What an operator needs to connect (address, certificate fingerprint, token command).
@@ -27,6 +34,10 @@ class Server {
 
  private:
   Server() = default;
+  Status ReserveClientPort();
+  Result<pid_t> SpawnEdge(uint32_t index);
+  void StopEdgeProcesses();
+  Status StartEdgeProcess(const edge::EdgeOptions& base);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
