@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace iris::obs {
@@ -302,6 +303,33 @@ TEST(TraceTest, FullQueueDropsAndCountsInsteadOfBlocking) {
   ASSERT_TRUE(tracer->Flush(10'000));
   EXPECT_EQ(tracer->written(), 5u);
   EXPECT_EQ(tracer->dropped(), 6u);
+}
+
+// Many threads ending spans while the writer drains a small queue: every span is either
+// written (as one intact line) or counted as dropped.
+TEST(TraceTest, ConcurrentSpansAreWrittenOrCountedNeverLost) {
+  TempDir dir;
+  auto tracer = OpenTracer(dir.File("t.jsonl"), 1.0, nullptr, /*capacity=*/64);
+  ASSERT_NE(tracer, nullptr);
+  tracer->Start();
+  constexpr int kThreads = 4;
+  constexpr int kSpansPerThread = 5000;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&tracer, t] {
+      for (int i = 0; i < kSpansPerThread; ++i) {
+        Span root = tracer->StartSpan("root", SpanContext{});
+        Span child = tracer->StartSpan("child", root.context());
+        child.SetInt("iris.thread", t);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  tracer->Stop();
+  const uint64_t total = 2ull * kThreads * kSpansPerThread;
+  EXPECT_EQ(tracer->written() + tracer->dropped(), total);
+  EXPECT_GT(tracer->written(), 0u);
+  EXPECT_EQ(ReadLines(dir.File("t.jsonl")).size(), tracer->written());
 }
 
 TEST(TraceTest, SpansEndedAfterStopAreDroppedAndCounted) {
