@@ -25,16 +25,26 @@ namespace {
 
 int64_t NowMs() { return SystemClock::Instance().MonoMillis(); }
 
-// Waits for `events` on fd until deadline. False on timeout.
-bool WaitFd(int fd, short events, int64_t deadline) {
+enum class Wait { kReady, kTimeout, kWoken };
+
+// Waits for `events` on fd until deadline, or until wake_fd (when >= 0) is readable.
+Wait WaitFdOrWake(int fd, short events, int64_t deadline, int wake_fd) {
   for (;;) {
     const int64_t left = deadline - NowMs();
-    if (left <= 0) return false;
-    pollfd p{fd, events, 0};
-    const int r = poll(&p, 1, static_cast<int>(left));
-    if (r > 0) return true;
-    if (r < 0 && errno != EINTR) return true;  // let the caller see the error
+    if (left <= 0) return Wait::kTimeout;
+    pollfd p[2] = {{fd, events, 0}, {wake_fd, POLLIN, 0}};
+    const int r = poll(p, wake_fd >= 0 ? 2 : 1, static_cast<int>(left));
+    if (r > 0) {
+      if (p[0].revents != 0) return Wait::kReady;
+      return Wait::kWoken;
+    }
+    if (r < 0 && errno != EINTR) return Wait::kReady;  // let the caller see the error
   }
+}
+
+// Waits for `events` on fd until deadline. False on timeout.
+bool WaitFd(int fd, short events, int64_t deadline) {
+  return WaitFdOrWake(fd, events, deadline, -1) == Wait::kReady;
 }
 
 }  // namespace
@@ -118,6 +128,12 @@ Result<std::unique_ptr<Connection>> Connection::Connect(const ConnectOptions& o)
       continue;
     }
     const long verify = SSL_get_verify_result(ssl);
+    if (ERR_GET_REASON(ERR_peek_error()) == SSL_R_CERTIFICATE_VERIFY_FAILED &&
+        (verify == X509_V_OK || !o.fingerprint.empty())) {
+      // The pinned-fingerprint check runs as the verify callback and leaves no X509 error.
+      return Unauthenticated("server certificate does not match the pinned fingerprint " +
+                             o.fingerprint);
+    }
     if (verify != X509_V_OK) {
       return Unauthenticated(std::string("server certificate rejected: ") +
                              X509_verify_cert_error_string(verify));
@@ -186,7 +202,7 @@ Status Connection::SendRaw(std::string_view bytes) {
   return Status::Ok();
 }
 
-Status Connection::FillAtLeast(size_t n, int timeout_ms) {
+Status Connection::FillAtLeast(size_t n, int timeout_ms, int wake_fd) {
   SSL* ssl = static_cast<SSL*>(ssl_);
   const int64_t deadline = NowMs() + timeout_ms;
   char buf[16384];
@@ -200,9 +216,12 @@ Status Connection::FillAtLeast(size_t n, int timeout_ms) {
     }
     const int err = SSL_get_error(ssl, r);
     if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
-      if (!WaitFd(fd_, err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline)) {
+      const Wait w =
+          WaitFdOrWake(fd_, err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline, wake_fd);
+      if (w == Wait::kTimeout) {
         return Overloaded("no frame within " + std::to_string(timeout_ms) + " ms", 0);
       }
+      if (w == Wait::kWoken) return Overloaded("woken", 0);
       continue;
     }
     if (err == SSL_ERROR_ZERO_RETURN) return Unavailable("server closed the connection", 0);
@@ -211,11 +230,13 @@ Status Connection::FillAtLeast(size_t n, int timeout_ms) {
   return Status::Ok();
 }
 
-Result<ReceivedFrame> Connection::ReadFrame(int timeout_ms) {
-  IRIS_RETURN_IF_ERROR(FillAtLeast(wire::kFrameHeaderBytes, timeout_ms));
+Result<ReceivedFrame> Connection::ReadFrame(int timeout_ms) { return ReadFrame(timeout_ms, -1); }
+
+Result<ReceivedFrame> Connection::ReadFrame(int timeout_ms, int wake_fd) {
+  IRIS_RETURN_IF_ERROR(FillAtLeast(wire::kFrameHeaderBytes, timeout_ms, wake_fd));
   const auto* h = reinterpret_cast<const uint8_t*>(in_.data());
   const size_t len = (static_cast<size_t>(h[1]) << 8) | h[2];
-  IRIS_RETURN_IF_ERROR(FillAtLeast(wire::kFrameHeaderBytes + len, timeout_ms));
+  IRIS_RETURN_IF_ERROR(FillAtLeast(wire::kFrameHeaderBytes + len, timeout_ms, wake_fd));
   ReceivedFrame f;
   f.opcode = static_cast<uint8_t>(in_[0]);
   f.payload = in_.substr(wire::kFrameHeaderBytes, len);

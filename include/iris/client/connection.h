@@ -48,6 +48,10 @@ class Connection {
   // The next frame. UNAVAILABLE when the connection closed (message says how),
   // OVERLOADED (used as "timed out") when none arrived within timeout_ms.
   Result<ReceivedFrame> ReadFrame(int timeout_ms);
+  // The same, but the wait also ends (OVERLOADED, message "woken") as soon as `wake_fd`
+  // is readable (e.g. an eventfd another thread writes to); the caller drains wake_fd. A
+  // partly received frame is kept for the next call.
+  Result<ReceivedFrame> ReadFrame(int timeout_ms, int wake_fd);
   // Closes the TLS session and the socket.
   void Close();
   // Half-closes nothing and sends no close_notify: the socket is just dropped (simulates a
@@ -58,7 +62,7 @@ class Connection {
 
  private:
   Connection() = default;
-  Status FillAtLeast(size_t n, int timeout_ms);
+  Status FillAtLeast(size_t n, int timeout_ms, int wake_fd);
 
   int fd_ = -1;
   void* ssl_ = nullptr;  // SSL*

@@ -1,0 +1,321 @@
+// Client facade and the application-thread side of Client::Impl (local state, queueing,
+// commands). The I/O thread's side is in client_session.cc.
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <random>
+
+#include "client/client_impl.h"
+
+namespace iris::client {
+namespace {
+
+// Plaintext limit: the encrypted body (padding, Signal headers, prekey message extras) must
+// stay within the protocol's 64,000-byte body limit.
+constexpr size_t kMaxTextBytes = 63'000;
+
+uint64_t SeedOf(uint64_t seed) { return seed != 0 ? seed : std::random_device{}(); }
+
+}  // namespace
+
+const char* SessionStateName(SessionState s) {
+  switch (s) {
+    case SessionState::kStopped: return "stopped";
+    case SessionState::kConnecting: return "connecting";
+    case SessionState::kSyncing: return "syncing";
+    case SessionState::kLive: return "live";
+    case SessionState::kFailed: return "failed";
+  }
+  return "unknown";
+}
+
+Client::Impl::Impl(ClientOptions options)
+    : options_(std::move(options)),
+      uuids_(SystemClock::Instance(), SeedOf(options_.seed)),
+      backoff_(options_.backoff, SeedOf(options_.seed) ^ 0x9e3779b97f4a7c15ULL),
+      token_(options_.token) {}
+
+Client::Impl::~Impl() {
+  Stop();
+  if (wake_fd_ >= 0) close(wake_fd_);
+  if (lock_fd_ >= 0) close(lock_fd_);  // releases the flock
+}
+
+Status Client::Impl::OpenState() {
+  if (options_.state_dir.empty()) return BadRequest("state_dir is required");
+  if (options_.server.ca_file.empty() && options_.server.fingerprint.empty()) {
+    return BadRequest("the server must be verified: give a CA file or a certificate fingerprint");
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(options_.state_dir, ec);
+  if (ec) return Internal("cannot create " + options_.state_dir + ": " + ec.message());
+  const std::string lock_path = options_.state_dir + "/state.lock";
+  lock_fd_ = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (lock_fd_ < 0) return Internal("cannot open " + lock_path + ": " + strerror(errno));
+  if (flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    return Unavailable("the state directory " + options_.state_dir +
+                           " is in use by another iris client process",
+                       0);
+  }
+  IRIS_ASSIGN_OR_RETURN(store_, LocalStore::Open(options_.state_dir + "/state.db"));
+  IRIS_ASSIGN_OR_RETURN(cipher_, e2ee::MessageCipher::Open(*store_));
+  wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (wake_fd_ < 0) return Internal(std::string("eventfd: ") + strerror(errno));
+  return Status::Ok();
+}
+
+void Client::Impl::Start() {
+  std::lock_guard<std::mutex> l(start_mu_);
+  if (started_) return;
+  started_ = true;
+  stop_ = false;
+  io_ = std::thread([this] { Run(); });
+}
+
+void Client::Impl::Stop() {
+  std::lock_guard<std::mutex> l(start_mu_);
+  if (!started_) return;
+  stop_ = true;
+  Wake();
+  io_.join();
+  started_ = false;
+}
+
+void Client::Impl::Wake() {
+  const uint64_t one = 1;
+  if (write(wake_fd_, &one, sizeof(one)) < 0 && errno != EAGAIN) {
+    // The counter is saturated: the I/O thread is awake anyway.
+  }
+}
+
+bool Client::Impl::Idle(int64_t timeout_ms) {
+  const int64_t deadline = clock_.MonoMillis() + timeout_ms;
+  while (!stop_) {
+    const int64_t left = deadline - clock_.MonoMillis();
+    if (left <= 0) return true;
+    pollfd p{wake_fd_, POLLIN, 0};
+    if (poll(&p, 1, static_cast<int>(left)) > 0) {
+      uint64_t v;
+      if (read(wake_fd_, &v, sizeof(v)) < 0) {
+        // EAGAIN: another reader drained it.
+      }
+      return !stop_;
+    }
+  }
+  return false;
+}
+
+Result<std::string> Client::Impl::Send(uint64_t recipient, std::string_view text) {
+  if (recipient == 0) return BadRequest("recipient must be a non-zero user id");
+  if (text.empty()) return BadRequest("message text is empty");
+  if (text.size() > kMaxTextBytes) {
+    return TooLarge("message text is " + std::to_string(text.size()) + " bytes; at most " +
+                    std::to_string(kMaxTextBytes));
+  }
+  const Uuid key = uuids_.Next();
+  QueuedSend q;
+  q.idem_key = std::string(UuidBytes(key));
+  q.recipient = recipient;
+  q.kind = kQueuedMessage;
+  q.payload = std::string(text);
+  q.created_ms = clock_.WallMillis();
+  {
+    std::lock_guard<std::mutex> l(db_mu_);
+    auto seq = store_->Enqueue(q);
+    if (!seq.ok()) return seq.status();
+  }
+  queue_dirty_ = true;
+  Wake();
+  return UuidToString(key);
+}
+
+Status Client::Impl::Cancel(const std::string& local_id) {
+  std::lock_guard<std::mutex> l(db_mu_);
+  for (const QueuedSend& q : store_->Queue()) {
+    Uuid u;
+    std::memcpy(u.data(), q.idem_key.data(), std::min(q.idem_key.size(), u.size()));
+    if (UuidToString(u) == local_id) {
+      IRIS_RETURN_IF_ERROR(store_->Dequeue(q.seq, 0, 0));
+      queue_dirty_ = true;
+      return Status::Ok();
+    }
+  }
+  return NotFound("no queued send " + local_id);
+}
+
+Status Client::Impl::MarkRead(uint64_t sender, const std::vector<uint64_t>& ids) {
+  if (sender == 0) return BadRequest("sender must be a non-zero user id");
+  if (ids.empty() || ids.size() > 256) return BadRequest("between 1 and 256 message ids");
+  v1::ReceiptBody body;
+  body.set_type(v1::READ);
+  for (uint64_t id : ids) body.add_message_ids(id);
+  QueuedSend q;
+  q.idem_key = std::string(UuidBytes(uuids_.Next()));
+  q.recipient = sender;
+  q.kind = kQueuedReceipt;
+  q.payload = body.SerializeAsString();
+  q.created_ms = clock_.WallMillis();
+  {
+    std::lock_guard<std::mutex> l(db_mu_);
+    auto seq = store_->Enqueue(q);
+    if (!seq.ok()) return seq.status();
+  }
+  queue_dirty_ = true;
+  Wake();
+  return Status::Ok();
+}
+
+void Client::Impl::SetTyping(uint64_t user, bool typing) {
+  if (user == 0) return;
+  {
+    std::lock_guard<std::mutex> l(cmd_mu_);
+    commands_.push_back(Command{Command::kTyping, {user}, typing, false});
+  }
+  Wake();
+}
+
+void Client::Impl::SubscribePresence(const std::vector<uint64_t>& users) {
+  {
+    std::lock_guard<std::mutex> l(cmd_mu_);
+    std::vector<uint64_t> fresh;
+    for (uint64_t u : users) {
+      if (u != 0 && subscriptions_.insert(u).second) fresh.push_back(u);
+    }
+    if (fresh.empty()) return;
+    commands_.push_back(Command{Command::kSubscribe, std::move(fresh), false, false});
+  }
+  Wake();
+}
+
+void Client::Impl::QueryPresence(const std::vector<uint64_t>& users) {
+  {
+    std::lock_guard<std::mutex> l(cmd_mu_);
+    commands_.push_back(Command{Command::kQuery, users, false, false});
+  }
+  Wake();
+}
+
+void Client::Impl::UpdateSettings(bool read_receipts, bool share_presence) {
+  {
+    std::lock_guard<std::mutex> l(cmd_mu_);
+    commands_.push_back(Command{Command::kSettings, {}, read_receipts, share_presence});
+  }
+  Wake();
+}
+
+void Client::Impl::SetToken(std::string token) {
+  {
+    std::lock_guard<std::mutex> l(cmd_mu_);
+    token_ = std::move(token);
+    token_changed_ = true;
+  }
+  Wake();
+}
+
+uint64_t Client::Impl::cursor() const {
+  std::lock_guard<std::mutex> l(db_mu_);
+  return store_->Cursor();
+}
+
+std::vector<PendingSend> Client::Impl::PendingSends() const {
+  std::vector<PendingSend> out;
+  std::lock_guard<std::mutex> l(db_mu_);
+  for (const QueuedSend& q : store_->Queue()) {
+    PendingSend p;
+    Uuid u{};
+    std::memcpy(u.data(), q.idem_key.data(), std::min(q.idem_key.size(), u.size()));
+    p.local_id = UuidToString(u);
+    p.recipient = q.recipient;
+    p.receipt = q.kind == kQueuedReceipt;
+    if (!p.receipt) p.text = q.payload;
+    p.attempts = q.attempts;
+    p.encrypted = !q.wire_body.empty();
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+std::vector<StoredMessage> Client::Impl::Messages(uint64_t after_id, size_t limit) const {
+  std::vector<StoredMessage> out;
+  std::lock_guard<std::mutex> l(db_mu_);
+  uint64_t from = after_id;
+  while (out.size() < limit) {
+    auto batch = store_->Incoming(from, 256);
+    if (batch.empty()) break;
+    for (StoredIncoming& m : batch) {
+      from = m.id;
+      if (m.kind != v1::MESSAGE) continue;
+      out.push_back(StoredMessage{m.id, m.peer, m.sent_at_ms, std::move(m.body), m.ok,
+                                  std::move(m.error)});
+      if (out.size() == limit) break;
+    }
+  }
+  return out;
+}
+
+std::string Client::Impl::IdentityFingerprint() const {
+  std::lock_guard<std::mutex> l(db_mu_);
+  return cipher_->IdentityFingerprint();
+}
+
+bool Client::Impl::KeysPublished() const {
+  std::lock_guard<std::mutex> l(db_mu_);
+  return store_->GetU64("keys_uploaded") != 0;
+}
+
+Status Client::Impl::TrustNewIdentity(uint64_t user) {
+  std::lock_guard<std::mutex> l(db_mu_);
+  IRIS_RETURN_IF_ERROR(cipher_->ForgetIdentity(user));
+  fetch_retry_at_.erase(user);
+  queue_dirty_ = true;
+  Wake();
+  return Status::Ok();
+}
+
+// ---- Client facade ----
+
+Result<std::unique_ptr<Client>> Client::Open(ClientOptions options) {
+  auto impl = std::make_unique<Impl>(std::move(options));
+  IRIS_RETURN_IF_ERROR(impl->OpenState());
+  return std::unique_ptr<Client>(new Client(std::move(impl)));
+}
+
+Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Client::~Client() { impl_->Stop(); }
+
+void Client::Start() { impl_->Start(); }
+void Client::Stop() { impl_->Stop(); }
+Result<std::string> Client::Send(uint64_t recipient, std::string_view text) {
+  return impl_->Send(recipient, text);
+}
+Status Client::Cancel(const std::string& local_id) { return impl_->Cancel(local_id); }
+Status Client::MarkRead(uint64_t sender, const std::vector<uint64_t>& ids) {
+  return impl_->MarkRead(sender, ids);
+}
+void Client::SetTyping(uint64_t user, bool typing) { impl_->SetTyping(user, typing); }
+void Client::SubscribePresence(const std::vector<uint64_t>& users) {
+  impl_->SubscribePresence(users);
+}
+void Client::QueryPresence(const std::vector<uint64_t>& users) { impl_->QueryPresence(users); }
+void Client::UpdateSettings(bool read_receipts, bool share_presence) {
+  impl_->UpdateSettings(read_receipts, share_presence);
+}
+void Client::SetToken(std::string token) { impl_->SetToken(std::move(token)); }
+SessionState Client::state() const { return impl_->state(); }
+uint64_t Client::user_id() const { return impl_->user_id(); }
+uint64_t Client::cursor() const { return impl_->cursor(); }
+std::vector<PendingSend> Client::PendingSends() const { return impl_->PendingSends(); }
+std::vector<StoredMessage> Client::Messages(uint64_t after_id, size_t limit) const {
+  return impl_->Messages(after_id, limit);
+}
+std::string Client::IdentityFingerprint() const { return impl_->IdentityFingerprint(); }
+bool Client::KeysPublished() const { return impl_->KeysPublished(); }
+Status Client::TrustNewIdentity(uint64_t user) { return impl_->TrustNewIdentity(user); }
+
+}  // namespace iris::client

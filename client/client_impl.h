@@ -1,0 +1,138 @@
+#pragma once
+// Client::Impl: the state behind iris::client::Client (client.h).
+//
+// Concurrency model: one I/O thread (Run) owns the connection and everything in
+// SessionState below; application threads only (a) write to the LocalStore under db_mu_
+// (Send, Cancel, MarkRead) and (b) post Commands under cmd_mu_; both wake the I/O thread
+// through an eventfd. The I/O thread takes db_mu_ for every local transaction and never
+// holds it while calling on_event or waiting for the network.
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "client/backoff.h"
+#include "client/e2ee/message_cipher.h"
+#include "client/local_store.h"
+#include "common/clock.h"
+#include "common/uuid.h"
+#include "iris/client/client.h"
+#include "iris/v1/client.pb.h"
+#include "wire/opcode.h"
+
+namespace iris::client {
+
+class Client::Impl {
+ public:
+  explicit Impl(ClientOptions options);
+  ~Impl();
+
+  Status OpenState();
+  void Start();
+  void Stop();
+
+  Result<std::string> Send(uint64_t recipient, std::string_view text);
+  Status Cancel(const std::string& local_id);
+  Status MarkRead(uint64_t sender, const std::vector<uint64_t>& ids);
+  void SetTyping(uint64_t user, bool typing);
+  void SubscribePresence(const std::vector<uint64_t>& users);
+  void QueryPresence(const std::vector<uint64_t>& users);
+  void UpdateSettings(bool read_receipts, bool share_presence);
+  void SetToken(std::string token);
+
+  SessionState state() const { return state_.load(); }
+  uint64_t user_id() const { return user_id_.load(); }
+  uint64_t cursor() const;
+  std::vector<PendingSend> PendingSends() const;
+  std::vector<StoredMessage> Messages(uint64_t after_id, size_t limit) const;
+  std::string IdentityFingerprint() const;
+  bool KeysPublished() const;
+  Status TrustNewIdentity(uint64_t user);
+
+ private:
+  struct Command {
+    enum Kind { kTyping, kSubscribe, kQuery, kSettings } kind;
+    std::vector<uint64_t> users;
+    bool flag_a = false;
+    bool flag_b = false;
+  };
+  // A request on the current connection waiting for its reply.
+  struct InFlight {
+    enum Kind { kSend, kKeysFetch, kKeysUpload, kPresence, kSettings } kind;
+    int64_t seq = 0;
+    uint64_t recipient = 0;
+    std::string idem;
+    bool receipt = false;
+    uint32_t prekeys = 0;  // kKeysUpload
+    bool identity = false;
+  };
+  // Per-connection state, owned by the I/O thread.
+  struct Session {
+    std::unique_ptr<Connection> conn;
+    bool live = false;
+    uint64_t next_request_id = 1;
+    std::map<uint64_t, InFlight> in_flight;
+    std::set<uint64_t> busy;  // recipients with a send or key fetch in flight
+    uint32_t max_body_bytes = 64000;
+    int64_t last_write_ms = 0;
+    int ping_interval_ms = 12'500;
+    uint32_t received = 0;
+    bool upload_in_flight = false;
+  };
+
+  void Run();
+  Status RunSession(Session& s);
+  Status Write(Session& s, wire::Opcode op, const google::protobuf::MessageLite& m);
+  Status HandleFrame(Session& s, const ReceivedFrame& f);
+  Status Ingest(Session& s, const v1::Envelope& e, bool catch_up);
+  Status PumpSends(Session& s);
+  Status RunCommands(Session& s);
+  Status MaybeUploadKeys(Session& s);
+  Status OnSendError(Session& s, const InFlight& r, const Status& error);
+  void RetryLater(int64_t seq, uint32_t attempts, uint32_t retry_after_ms);
+  void Emit(const Event& e);
+  void SetState(SessionState st, Status why = Status::Ok());
+  void Wake();
+  // Waits up to timeout_ms for Wake(); false when stopping.
+  bool Idle(int64_t timeout_ms);
+
+  ClientOptions options_;
+  const Clock& clock_ = SystemClock::Instance();
+  UuidV7Generator uuids_;
+  Backoff backoff_;
+
+  mutable std::mutex db_mu_;
+  std::unique_ptr<LocalStore> store_;
+  std::unique_ptr<e2ee::MessageCipher> cipher_;
+  // seq -> earliest next attempt (monotonic ms); cleared on every new session.
+  std::map<int64_t, int64_t> retry_at_;
+  std::map<int64_t, uint32_t> attempts_;
+  std::map<uint64_t, int64_t> fetch_retry_at_;  // recipient -> earliest next KEYS_FETCH
+  std::map<uint64_t, uint32_t> fetch_attempts_;
+
+  std::mutex cmd_mu_;
+  std::deque<Command> commands_;
+  std::set<uint64_t> subscriptions_;
+  std::string token_;
+  bool token_changed_ = false;
+
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> queue_dirty_{true};
+  std::atomic<SessionState> state_{SessionState::kStopped};
+  std::atomic<uint64_t> user_id_{0};
+  int wake_fd_ = -1;
+  int lock_fd_ = -1;
+  std::thread io_;
+  bool started_ = false;
+  std::mutex start_mu_;
+};
+
+}  // namespace iris::client

@@ -1,0 +1,626 @@
+// The I/O thread of Client::Impl: connect, HELLO, catch-up, push, the send queue, keys.
+// See client_impl.h for the concurrency model.
+#include <unistd.h>
+
+#include <algorithm>
+
+#include "client/client_impl.h"
+#include "wire/opcode.h"
+
+namespace iris::client {
+namespace {
+
+constexpr const char* kKeysUploaded = "keys_uploaded";
+constexpr const char* kPreKeysOnServer = "prekeys_on_server";
+constexpr int kHelloTimeoutMs = 10'000;
+constexpr uint32_t kMaxPreKeysPerFrame = 100;
+
+// Errors that retrying with the same configuration cannot fix.
+bool IsFatalForRetry(StatusCode c) {
+  return c == StatusCode::kUnauthenticated || c == StatusCode::kUnsupportedVersion ||
+         c == StatusCode::kBadRequest || c == StatusCode::kSessionReplaced;
+}
+
+// Send errors after which the same request may succeed later.
+bool IsRetryable(StatusCode c) {
+  return c == StatusCode::kRateLimited || c == StatusCode::kOverloaded ||
+         c == StatusCode::kUnavailable || c == StatusCode::kStorageFull ||
+         c == StatusCode::kInternal;
+}
+
+template <typename M>
+bool Parse(const ReceivedFrame& f, M* m) {
+  return m->ParseFromString(f.payload);
+}
+
+Status FromError(const v1::Error& e) {
+  return Status(static_cast<StatusCode>(e.code()), e.message(), e.retry_after_ms());
+}
+
+std::string LocalId(const std::string& idem) {
+  Uuid u{};
+  std::copy_n(idem.begin(), std::min(idem.size(), u.size()), u.begin());
+  return UuidToString(u);
+}
+
+}  // namespace
+
+void Client::Impl::Emit(const Event& e) {
+  if (options_.on_event) options_.on_event(e);
+}
+
+void Client::Impl::SetState(SessionState st, Status why) {
+  state_ = st;
+  Emit(StateEvent{st, std::move(why), user_id_.load()});
+}
+
+void Client::Impl::Run() {
+  uint32_t failures = 0;
+  while (!stop_) {
+    SetState(SessionState::kConnecting);
+    Session s;
+    Status why = RunSession(s);
+    if (s.conn) s.conn->Close();
+    if (stop_) break;
+    if (s.live) failures = 0;
+    if (IsFatalForRetry(why.code())) {
+      SetState(SessionState::kFailed, why);
+      // Wait for a new token (or Stop()).
+      for (;;) {
+        if (!Idle(60'000)) break;
+        std::lock_guard<std::mutex> l(cmd_mu_);
+        if (token_changed_) break;
+      }
+      failures = 0;
+      continue;
+    }
+    const uint32_t delay = backoff_.DelayMs(failures++, why.retry_after_ms());
+    state_ = SessionState::kConnecting;
+    Emit(StateEvent{SessionState::kConnecting, why, user_id_.load(), delay});
+    if (!Idle(delay)) break;
+  }
+  state_ = SessionState::kStopped;
+  Emit(StateEvent{SessionState::kStopped, Status::Ok(), user_id_.load()});
+}
+
+Status Client::Impl::Write(Session& s, wire::Opcode op, const google::protobuf::MessageLite& m) {
+  IRIS_RETURN_IF_ERROR(s.conn->SendFrame(static_cast<uint8_t>(op), m));
+  s.last_write_ms = clock_.MonoMillis();
+  return Status::Ok();
+}
+
+Status Client::Impl::RunSession(Session& s) {
+  IRIS_ASSIGN_OR_RETURN(s.conn, Connection::Connect(options_.server));
+  v1::Hello hello;
+  hello.add_versions(1);
+  for (const char* cap : {"receipts", "presence", "typing", "e2ee"}) hello.add_capabilities(cap);
+  {
+    std::lock_guard<std::mutex> l(cmd_mu_);
+    hello.set_token(token_);
+    token_changed_ = false;
+  }
+  uint64_t cursor;
+  {
+    std::lock_guard<std::mutex> l(db_mu_);
+    cursor = store_->Cursor();
+  }
+  hello.set_cursor(cursor);
+  hello.set_page_size(options_.page_size);
+  hello.set_client(options_.client_name);
+  IRIS_RETURN_IF_ERROR(Write(s, wire::Opcode::kHello, hello));
+  IRIS_ASSIGN_OR_RETURN(ReceivedFrame first, s.conn->ReadFrame(kHelloTimeoutMs));
+  if (first.opcode == static_cast<uint8_t>(wire::Opcode::kError)) {
+    v1::Error e;
+    if (!Parse(first, &e)) return Unavailable("malformed ERROR in reply to HELLO");
+    return FromError(e);
+  }
+  v1::Welcome welcome;
+  if (first.opcode != static_cast<uint8_t>(wire::Opcode::kWelcome) || !Parse(first, &welcome)) {
+    return Unavailable("the server did not answer HELLO with WELCOME");
+  }
+  user_id_ = welcome.user_id();
+  if (welcome.limits().max_body_bytes() != 0) s.max_body_bytes = welcome.limits().max_body_bytes();
+  if (welcome.limits().idle_timeout_ms() != 0) {
+    s.ping_interval_ms = std::max<int>(500, static_cast<int>(welcome.limits().idle_timeout_ms() / 2));
+  }
+  {
+    std::lock_guard<std::mutex> l(db_mu_);
+    retry_at_.clear();
+    fetch_retry_at_.clear();
+  }
+  queue_dirty_ = true;
+  SetState(SessionState::kSyncing);
+
+  // Presence subscriptions belong to a session: renew them.
+  {
+    std::vector<uint64_t> subs;
+    {
+      std::lock_guard<std::mutex> l(cmd_mu_);
+      subs.assign(subscriptions_.begin(), subscriptions_.end());
+    }
+    for (size_t i = 0; i < subs.size(); i += 256) {
+      v1::PresenceSubscribe m;
+      m.set_request_id(s.next_request_id++);
+      for (size_t j = i; j < std::min(subs.size(), i + 256); ++j) m.add_users(subs[j]);
+      s.in_flight[m.request_id()] = InFlight{InFlight::kPresence};
+      IRIS_RETURN_IF_ERROR(Write(s, wire::Opcode::kPresenceSubscribe, m));
+    }
+  }
+  IRIS_RETURN_IF_ERROR(MaybeUploadKeys(s));
+
+  int64_t next_pump = 0;
+  while (!stop_) {
+    IRIS_RETURN_IF_ERROR(RunCommands(s));
+    int64_t now = clock_.MonoMillis();
+    if (s.live && (queue_dirty_.exchange(false) || now >= next_pump)) {
+      IRIS_RETURN_IF_ERROR(PumpSends(s));
+      // The earliest retry time decides when to look again.
+      std::lock_guard<std::mutex> l(db_mu_);
+      next_pump = now + 60'000;
+      for (const auto& [seq, at] : retry_at_) next_pump = std::min(next_pump, at);
+      for (const auto& [user, at] : fetch_retry_at_) next_pump = std::min(next_pump, at);
+    }
+    now = clock_.MonoMillis();
+    if (now - s.last_write_ms >= s.ping_interval_ms) {
+      v1::Ping ping;
+      ping.set_nonce(static_cast<uint64_t>(now));
+      IRIS_RETURN_IF_ERROR(Write(s, wire::Opcode::kPing, ping));
+    }
+    int64_t wait = s.last_write_ms + s.ping_interval_ms - now;
+    if (s.live) wait = std::min(wait, next_pump - now);
+    wait = std::clamp<int64_t>(wait, 0, 60'000);
+    auto f = s.conn->ReadFrame(static_cast<int>(wait), wake_fd_);
+    if (!f.ok()) {
+      if (f.status().code() != StatusCode::kOverloaded) return f.status();
+      uint64_t v;
+      if (read(wake_fd_, &v, sizeof(v)) < 0) {
+        // Nothing to drain: a timeout, not a wake-up.
+      }
+      continue;
+    }
+    IRIS_RETURN_IF_ERROR(HandleFrame(s, *f));
+  }
+  return Status::Ok();
+}
+
+Status Client::Impl::RunCommands(Session& s) {
+  std::deque<Command> cmds;
+  {
+    std::lock_guard<std::mutex> l(cmd_mu_);
+    cmds.swap(commands_);
+  }
+  for (Command& c : cmds) {
+    switch (c.kind) {
+      case Command::kTyping: {
+        v1::Typing t;
+        t.set_user(c.users[0]);
+        t.set_typing(c.flag_a);
+        IRIS_RETURN_IF_ERROR(Write(s, wire::Opcode::kTyping, t));
+        break;
+      }
+      case Command::kSubscribe:
+      case Command::kQuery: {
+        for (size_t i = 0; i < c.users.size(); i += 256) {
+          const uint64_t rid = s.next_request_id++;
+          s.in_flight[rid] = InFlight{InFlight::kPresence};
+          if (c.kind == Command::kSubscribe) {
+            v1::PresenceSubscribe m;
+            m.set_request_id(rid);
+            for (size_t j = i; j < std::min(c.users.size(), i + 256); ++j) m.add_users(c.users[j]);
+            IRIS_RETURN_IF_ERROR(Write(s, wire::Opcode::kPresenceSubscribe, m));
+          } else {
+            v1::PresenceQuery m;
+            m.set_request_id(rid);
+            for (size_t j = i; j < std::min(c.users.size(), i + 256); ++j) m.add_users(c.users[j]);
+            IRIS_RETURN_IF_ERROR(Write(s, wire::Opcode::kPresenceQuery, m));
+          }
+        }
+        break;
+      }
+      case Command::kSettings: {
+        v1::Settings m;
+        m.set_request_id(s.next_request_id++);
+        m.set_read_receipts(c.flag_a);
+        m.set_share_presence(c.flag_b);
+        s.in_flight[m.request_id()] = InFlight{InFlight::kSettings};
+        IRIS_RETURN_IF_ERROR(Write(s, wire::Opcode::kSettings, m));
+        break;
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+Status Client::Impl::MaybeUploadKeys(Session& s) {
+  if (s.upload_in_flight) return Status::Ok();
+  v1::KeysUpload up;
+  uint32_t n = 0;
+  bool identity = false;
+  {
+    std::lock_guard<std::mutex> l(db_mu_);
+    const bool uploaded = store_->GetU64(kKeysUploaded) != 0;
+    const uint64_t on_server = store_->GetU64(kPreKeysOnServer);
+    if (!uploaded) {
+      identity = true;
+      n = std::min(options_.prekey_pool_size, kMaxPreKeysPerFrame);
+    } else if (on_server < options_.prekey_low_water && on_server < options_.prekey_pool_size) {
+      n = static_cast<uint32_t>(
+          std::min<uint64_t>(options_.prekey_pool_size - on_server, kMaxPreKeysPerFrame));
+    } else {
+      return Status::Ok();
+    }
+    IRIS_ASSIGN_OR_RETURN(up, cipher_->PrepareUpload(n));
+  }
+  up.set_request_id(s.next_request_id++);
+  InFlight r{InFlight::kKeysUpload};
+  r.prekeys = n;
+  r.identity = identity;
+  s.in_flight[up.request_id()] = r;
+  s.upload_in_flight = true;
+  return Write(s, wire::Opcode::kKeysUpload, up);
+}
+
+Status Client::Impl::PumpSends(Session& s) {
+  const int64_t now = clock_.MonoMillis();
+  std::vector<Event> events;
+  std::vector<std::pair<wire::Opcode, std::unique_ptr<google::protobuf::MessageLite>>> frames;
+  {
+    std::lock_guard<std::mutex> l(db_mu_);
+    std::set<uint64_t> seen;
+    for (QueuedSend& q : store_->Queue()) {
+      if (!seen.insert(q.recipient).second) continue;  // FIFO: only each recipient's head
+      if (s.busy.count(q.recipient) != 0) continue;
+      if (auto it = retry_at_.find(q.seq); it != retry_at_.end() && it->second > now) continue;
+      if (q.kind == kQueuedMessage && q.wire_body.empty()) {
+        if (!cipher_->HasSession(q.recipient)) {
+          if (auto it = fetch_retry_at_.find(q.recipient);
+              it != fetch_retry_at_.end() && it->second > now) {
+            continue;
+          }
+          auto fetch = std::make_unique<v1::KeysFetch>();
+          fetch->set_request_id(s.next_request_id++);
+          fetch->set_user(q.recipient);
+          InFlight r{InFlight::kKeysFetch};
+          r.recipient = q.recipient;
+          s.in_flight[fetch->request_id()] = r;
+          s.busy.insert(q.recipient);
+          frames.emplace_back(wire::Opcode::kKeysFetch, std::move(fetch));
+          continue;
+        }
+        LocalStore::Transaction tx(*store_);
+        auto body = cipher_->Encrypt(q.recipient, q.payload);
+        Status st = body.ok() ? store_->SetWireBody(q.seq, *body) : body.status();
+        if (st.ok() && body->size() > s.max_body_bytes) {
+          st = TooLarge("encrypted body is " + std::to_string(body->size()) + " bytes");
+        }
+        if (st.ok()) st = tx.Commit();
+        if (!st.ok()) {
+          const bool permanent = st.code() == StatusCode::kTooLarge;
+          const uint32_t attempts = ++attempts_[q.seq];
+          if (permanent) {
+            store_->Dequeue(q.seq, 0, 0).IgnoreError();
+          } else {
+            retry_at_[q.seq] = now + backoff_.DelayMs(attempts);
+          }
+          events.push_back(SendFailedEvent{LocalId(q.idem_key), q.recipient, st, permanent,
+                                           attempts});
+          continue;
+        }
+        q.wire_body = std::move(*body);
+      }
+      InFlight r{InFlight::kSend};
+      r.seq = q.seq;
+      r.recipient = q.recipient;
+      r.idem = q.idem_key;
+      r.receipt = q.kind == kQueuedReceipt;
+      const uint64_t rid = s.next_request_id++;
+      s.in_flight[rid] = r;
+      s.busy.insert(q.recipient);
+      if (q.kind == kQueuedMessage) {
+        auto m = std::make_unique<v1::Send>();
+        m->set_request_id(rid);
+        m->set_idempotency_key(q.idem_key);
+        m->set_recipient(q.recipient);
+        m->set_body(q.wire_body);
+        frames.emplace_back(wire::Opcode::kSend, std::move(m));
+      } else {
+        v1::ReceiptBody body;
+        body.ParseFromString(q.payload);
+        auto m = std::make_unique<v1::Receipt>();
+        m->set_request_id(rid);
+        m->set_to_user(q.recipient);
+        m->set_type(body.type());
+        *m->mutable_message_ids() = body.message_ids();
+        m->set_idempotency_key(q.idem_key);
+        frames.emplace_back(wire::Opcode::kReceipt, std::move(m));
+      }
+    }
+  }
+  for (const Event& e : events) Emit(e);
+  for (auto& [op, m] : frames) IRIS_RETURN_IF_ERROR(Write(s, op, *m));
+  return Status::Ok();
+}
+
+void Client::Impl::RetryLater(int64_t seq, uint32_t attempts, uint32_t retry_after_ms) {
+  // Caller holds db_mu_.
+  retry_at_[seq] = clock_.MonoMillis() + backoff_.DelayMs(attempts, retry_after_ms);
+  store_->SetAttempts(seq, attempts).IgnoreError();  // advisory only
+}
+
+Status Client::Impl::OnSendError(Session& s, const InFlight& r, const Status& error) {
+  s.busy.erase(r.recipient);
+  queue_dirty_ = true;
+  bool permanent = !IsRetryable(error.code());
+  uint32_t attempts;
+  {
+    std::lock_guard<std::mutex> l(db_mu_);
+    attempts = ++attempts_[r.seq];
+    if (permanent) {
+      IRIS_RETURN_IF_ERROR(store_->Dequeue(r.seq, 0, 0));
+    } else {
+      RetryLater(r.seq, attempts, error.retry_after_ms());
+    }
+  }
+  Emit(SendFailedEvent{LocalId(r.idem), r.recipient, error, permanent, attempts});
+  return Status::Ok();
+}
+
+Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
+  using wire::Opcode;
+  switch (static_cast<Opcode>(f.opcode)) {
+    case Opcode::kSyncPage: {
+      v1::SyncPage page;
+      if (!Parse(f, &page)) return Unavailable("malformed SYNC_PAGE");
+      for (const v1::Envelope& e : page.messages()) IRIS_RETURN_IF_ERROR(Ingest(s, e, true));
+      if (page.has_more()) {
+        v1::SyncAck ack;
+        ack.set_cursor(page.cursor());
+        IRIS_RETURN_IF_ERROR(Write(s, Opcode::kSyncAck, ack));
+      }
+      return Status::Ok();
+    }
+    case Opcode::kSyncDone: {
+      v1::SyncDone done;
+      Parse(f, &done);
+      s.live = true;
+      queue_dirty_ = true;
+      SetState(SessionState::kLive);
+      Emit(SyncedEvent{done.cursor(), s.received});
+      return MaybeUploadKeys(s);
+    }
+    case Opcode::kDeliver: {
+      v1::Deliver d;
+      if (!Parse(f, &d)) return Unavailable("malformed DELIVER");
+      IRIS_RETURN_IF_ERROR(Ingest(s, d.message(), false));
+      v1::DeliverAck ack;
+      ack.set_cursor(d.message().id());
+      IRIS_RETURN_IF_ERROR(Write(s, Opcode::kDeliverAck, ack));
+      return MaybeUploadKeys(s);
+    }
+    case Opcode::kSendAck: {
+      v1::SendAck a;
+      if (!Parse(f, &a)) return Unavailable("malformed SEND_ACK");
+      auto it = s.in_flight.find(a.request_id());
+      if (it == s.in_flight.end() || it->second.kind != InFlight::kSend) return Status::Ok();
+      InFlight r = it->second;
+      s.in_flight.erase(it);
+      s.busy.erase(r.recipient);
+      queue_dirty_ = true;
+      {
+        std::lock_guard<std::mutex> l(db_mu_);
+        IRIS_RETURN_IF_ERROR(store_->Dequeue(r.seq, a.message_id(), clock_.WallMillis()));
+        retry_at_.erase(r.seq);
+        attempts_.erase(r.seq);
+      }
+      Emit(SendAckedEvent{LocalId(r.idem), r.recipient, a.message_id(), a.duplicate(), false});
+      return Status::Ok();
+    }
+    case Opcode::kOk: {
+      v1::Ok ok;
+      Parse(f, &ok);
+      auto it = s.in_flight.find(ok.request_id());
+      if (it == s.in_flight.end()) return Status::Ok();
+      InFlight r = it->second;
+      s.in_flight.erase(it);
+      if (r.kind == InFlight::kSend) {  // a receipt
+        s.busy.erase(r.recipient);
+        queue_dirty_ = true;
+        {
+          std::lock_guard<std::mutex> l(db_mu_);
+          IRIS_RETURN_IF_ERROR(store_->Dequeue(r.seq, 0, 0));
+          retry_at_.erase(r.seq);
+          attempts_.erase(r.seq);
+        }
+        Emit(SendAckedEvent{LocalId(r.idem), r.recipient, 0, false, true});
+      } else if (r.kind == InFlight::kKeysUpload) {
+        s.upload_in_flight = false;
+        {
+          std::lock_guard<std::mutex> l(db_mu_);
+          LocalStore::Transaction tx(*store_);
+          IRIS_RETURN_IF_ERROR(store_->PutU64(kKeysUploaded, 1));
+          IRIS_RETURN_IF_ERROR(
+              store_->PutU64(kPreKeysOnServer, store_->GetU64(kPreKeysOnServer) + r.prekeys));
+          IRIS_RETURN_IF_ERROR(tx.Commit());
+        }
+        Emit(KeysUploadedEvent{r.prekeys, r.identity});
+        return MaybeUploadKeys(s);
+      }
+      return Status::Ok();
+    }
+    case Opcode::kError: {
+      v1::Error e;
+      if (!Parse(f, &e)) return Unavailable("malformed ERROR");
+      const Status st = FromError(e);
+      auto it = s.in_flight.find(e.request_id());
+      if (it != s.in_flight.end()) {
+        InFlight r = it->second;
+        s.in_flight.erase(it);
+        switch (r.kind) {
+          case InFlight::kSend:
+            IRIS_RETURN_IF_ERROR(OnSendError(s, r, st));
+            break;
+          case InFlight::kKeysFetch: {
+            s.busy.erase(r.recipient);
+            queue_dirty_ = true;
+            uint32_t attempts;
+            std::string local_id;
+            {
+              std::lock_guard<std::mutex> l(db_mu_);
+              attempts = ++fetch_attempts_[r.recipient];
+              fetch_retry_at_[r.recipient] =
+                  clock_.MonoMillis() + backoff_.DelayMs(attempts, st.retry_after_ms());
+              for (const QueuedSend& q : store_->Queue()) {
+                if (q.recipient == r.recipient) {
+                  local_id = LocalId(q.idem_key);
+                  break;
+                }
+              }
+            }
+            Status why = st.code() == StatusCode::kNotFound
+                             ? NotFound("user " + std::to_string(r.recipient) +
+                                        " has not published encryption keys (never logged in "
+                                        "with an E2EE client?)")
+                             : st;
+            Emit(SendFailedEvent{local_id, r.recipient, why, false, attempts});
+            break;
+          }
+          case InFlight::kKeysUpload:
+            s.upload_in_flight = false;
+            Emit(RequestFailedEvent{"keys_upload", st});
+            break;
+          case InFlight::kPresence:
+            Emit(RequestFailedEvent{"presence", st});
+            break;
+          case InFlight::kSettings:
+            Emit(RequestFailedEvent{"settings", st});
+            break;
+        }
+      }
+      if (e.fatal()) return st;
+      return Status::Ok();
+    }
+    case Opcode::kKeysBundle: {
+      v1::KeysBundle b;
+      if (!Parse(f, &b)) return Unavailable("malformed KEYS_BUNDLE");
+      auto it = s.in_flight.find(b.request_id());
+      if (it == s.in_flight.end()) return Status::Ok();
+      InFlight r = it->second;
+      s.in_flight.erase(it);
+      s.busy.erase(r.recipient);
+      queue_dirty_ = true;
+      b.set_user(r.recipient);
+      Status st;
+      std::string local_id;
+      uint32_t attempts = 0;
+      {
+        std::lock_guard<std::mutex> l(db_mu_);
+        st = cipher_->ProcessBundle(b);
+        if (st.ok()) {
+          fetch_attempts_.erase(r.recipient);
+          fetch_retry_at_.erase(r.recipient);
+        } else {
+          attempts = ++fetch_attempts_[r.recipient];
+          fetch_retry_at_[r.recipient] = clock_.MonoMillis() + backoff_.DelayMs(attempts);
+          for (const QueuedSend& q : store_->Queue()) {
+            if (q.recipient == r.recipient) {
+              local_id = LocalId(q.idem_key);
+              break;
+            }
+          }
+        }
+      }
+      if (!st.ok()) Emit(SendFailedEvent{local_id, r.recipient, st, false, attempts});
+      return Status::Ok();
+    }
+    case Opcode::kPresence: {
+      v1::Presence p;
+      if (Parse(f, &p)) Emit(PresenceEvent{p.user(), p.online(), p.last_seen_ms()});
+      return Status::Ok();
+    }
+    case Opcode::kTyping: {
+      v1::Typing t;
+      if (Parse(f, &t)) Emit(TypingEvent{t.user(), t.typing()});
+      return Status::Ok();
+    }
+    case Opcode::kPing: {
+      v1::Ping p;
+      Parse(f, &p);
+      v1::Pong pong;
+      pong.set_nonce(p.nonce());
+      return Write(s, Opcode::kPong, pong);
+    }
+    default:
+      return Status::Ok();  // PONG, and anything newer than this client
+  }
+}
+
+Status Client::Impl::Ingest(Session& s, const v1::Envelope& e, bool catch_up) {
+  std::vector<Event> events;
+  {
+    std::lock_guard<std::mutex> l(db_mu_);
+    if (e.id() <= store_->Cursor()) return Status::Ok();  // stored before
+    LocalStore::Transaction tx(*store_);
+    StoredIncoming rec;
+    rec.id = e.id();
+    rec.peer = e.sender();
+    rec.sent_at_ms = e.sent_at_ms();
+    rec.kind = static_cast<uint8_t>(e.kind());
+    if (e.kind() == v1::MESSAGE) {
+      MessageEvent ev;
+      ev.id = e.id();
+      ev.sender = e.sender();
+      ev.sent_at_ms = e.sent_at_ms();
+      ev.from_catch_up = catch_up;
+      auto d = cipher_->Decrypt(e.sender(), e.body());
+      if (d.ok()) {
+        rec.body = d->text;
+        ev.text = std::move(d->text);
+        ev.prekey_message = d->prekey_message;
+        if (d->consumed_prekey) {
+          const uint64_t left = store_->GetU64(kPreKeysOnServer);
+          IRIS_RETURN_IF_ERROR(store_->PutU64(kPreKeysOnServer, left > 0 ? left - 1 : 0));
+        }
+      } else {
+        rec.ok = false;
+        rec.error = d.status().message();
+        ev.decrypted = false;
+        ev.error = rec.error;
+      }
+      if (options_.delivery_receipts) {
+        v1::ReceiptBody body;
+        body.set_type(v1::DELIVERED);
+        body.add_message_ids(e.id());
+        QueuedSend q;
+        q.idem_key = std::string(UuidBytes(uuids_.Next()));
+        q.recipient = e.sender();
+        q.kind = kQueuedReceipt;
+        q.payload = body.SerializeAsString();
+        q.created_ms = clock_.WallMillis();
+        IRIS_RETURN_IF_ERROR(store_->Enqueue(q).status());
+        queue_dirty_ = true;
+      }
+      events.emplace_back(std::move(ev));
+    } else if (e.kind() == v1::RECEIPT) {
+      rec.body = e.body();
+      v1::ReceiptBody body;
+      if (body.ParseFromString(e.body())) {
+        ReceiptEvent ev;
+        ev.id = e.id();
+        ev.from = e.sender();
+        ev.kind = body.type() == v1::READ ? ReceiptKind::kRead : ReceiptKind::kDelivered;
+        ev.message_ids.assign(body.message_ids().begin(), body.message_ids().end());
+        events.emplace_back(std::move(ev));
+      }
+    } else {
+      rec.body = e.body();
+    }
+    IRIS_RETURN_IF_ERROR(store_->InsertIncoming(rec).status());
+    IRIS_RETURN_IF_ERROR(store_->SetCursor(e.id()));
+    IRIS_RETURN_IF_ERROR(tx.Commit());
+  }
+  ++s.received;
+  for (const Event& ev : events) Emit(ev);
+  return Status::Ok();
+}
+
+}  // namespace iris::client

@@ -1,0 +1,325 @@
+#include "client/e2ee/message_cipher.h"
+
+#include <key_helper.h>
+#include <openssl/evp.h>
+#include <protocol.h>
+#include <session_builder.h>
+#include <session_cipher.h>
+#include <session_pre_key.h>
+#include <signal_protocol.h>
+
+#include <chrono>
+#include <mutex>
+
+#include "client/e2ee/body_format.h"
+#include "client/e2ee/crypto_provider.h"
+#include "client/e2ee/signal_store.h"
+
+namespace iris::client::e2ee {
+namespace {
+
+constexpr const char* kSignedPreKeyId = "signed_prekey_id";
+constexpr const char* kNextPreKeyId = "next_prekey_id";
+constexpr int32_t kDeviceId = 1;
+constexpr uint32_t kMaxPreKeyId = 0xFFFFFE;  // libsignal's PRE_KEY_MEDIUM_MAX_VALUE - 1
+
+// libsignal objects are reference counted; this releases one reference on scope exit.
+template <typename T>
+struct Ref {
+  T* p = nullptr;
+  ~Ref() {
+    if (p != nullptr) SIGNAL_UNREF(p);
+  }
+};
+
+struct Buffer {
+  signal_buffer* b = nullptr;
+  ~Buffer() {
+    if (b != nullptr) signal_buffer_bzero_free(b);
+  }
+  std::string str() const {
+    return b == nullptr ? std::string()
+                        : std::string(reinterpret_cast<const char*>(signal_buffer_const_data(b)),
+                                      signal_buffer_len(b));
+  }
+};
+
+std::recursive_mutex& SignalLock() {
+  static std::recursive_mutex mu;
+  return mu;
+}
+void Lock(void*) { SignalLock().lock(); }
+void Unlock(void*) { SignalLock().unlock(); }
+
+Status SignalError(const std::string& what, int code) {
+  std::string msg = what + ": " + SignalErrorName(code);
+  if (code == SG_ERR_UNTRUSTED_IDENTITY) return Forbidden(msg);
+  if (code == SG_ERR_NOMEM || code == SG_ERR_UNKNOWN) return Internal(msg);
+  return BadRequest(msg);
+}
+
+const uint8_t* U8(const std::string& s) { return reinterpret_cast<const uint8_t*>(s.data()); }
+
+std::string SerializePublic(const ec_public_key* key) {
+  Buffer b;
+  if (ec_public_key_serialize(&b.b, key) != 0) return {};
+  return b.str();
+}
+
+}  // namespace
+
+const char* SignalErrorName(int code) {
+  switch (code) {
+    case SG_ERR_NOMEM: return "out of memory";
+    case SG_ERR_INVAL: return "invalid argument";
+    case SG_ERR_DUPLICATE_MESSAGE: return "duplicate message";
+    case SG_ERR_INVALID_KEY: return "invalid key";
+    case SG_ERR_INVALID_KEY_ID: return "unknown key id (one-time prekey already used?)";
+    case SG_ERR_INVALID_MAC: return "invalid MAC";
+    case SG_ERR_INVALID_MESSAGE: return "invalid message";
+    case SG_ERR_INVALID_VERSION: return "invalid version";
+    case SG_ERR_LEGACY_MESSAGE: return "legacy message";
+    case SG_ERR_NO_SESSION: return "no session";
+    case SG_ERR_STALE_KEY_EXCHANGE: return "stale key exchange";
+    case SG_ERR_UNTRUSTED_IDENTITY: return "untrusted identity key (the user's key changed)";
+    case SG_ERR_VRF_SIG_VERIF_FAILED: return "signature verification failed";
+    case SG_ERR_INVALID_PROTO_BUF: return "malformed message";
+    default: return "signal error";
+  }
+}
+
+Result<std::unique_ptr<MessageCipher>> MessageCipher::Open(LocalStore& store) {
+  std::unique_ptr<MessageCipher> c(new MessageCipher(store));
+  IRIS_RETURN_IF_ERROR(c->Init());
+  return c;
+}
+
+MessageCipher::~MessageCipher() {
+  if (stores_ != nullptr) signal_protocol_store_context_destroy(stores_);
+  if (ctx_ != nullptr) signal_context_destroy(ctx_);
+}
+
+Status MessageCipher::Init() {
+  if (signal_context_create(&ctx_, this) != 0) return Internal("signal_context_create failed");
+  const signal_crypto_provider provider = OpenSslCryptoProvider();
+  if (signal_context_set_crypto_provider(ctx_, &provider) != 0 ||
+      signal_context_set_locking_functions(ctx_, Lock, Unlock) != 0) {
+    return Internal("cannot configure the Signal context");
+  }
+  if (signal_protocol_store_context_create(&stores_, ctx_) != 0 ||
+      InstallSignalStores(stores_, &store_) != 0) {
+    return Internal("cannot create the Signal stores");
+  }
+  registration_id_ = static_cast<uint32_t>(store_.GetU64(kRegistrationId));
+  if (registration_id_ != 0) return Status::Ok();
+
+  // First use: the account's long-term keys.
+  LocalStore::Transaction tx(store_);
+  uint32_t reg = 0;
+  int r = signal_protocol_key_helper_generate_registration_id(&reg, 0, ctx_);
+  if (r != 0) return SignalError("generate registration id", r);
+  if (reg == 0) reg = 1;
+  Ref<ratchet_identity_key_pair> identity;
+  r = signal_protocol_key_helper_generate_identity_key_pair(&identity.p, ctx_);
+  if (r != 0) return SignalError("generate identity key", r);
+  Buffer pub, priv;
+  if (ec_public_key_serialize(&pub.b, ratchet_identity_key_pair_get_public(identity.p)) != 0 ||
+      ec_private_key_serialize(&priv.b, ratchet_identity_key_pair_get_private(identity.p)) != 0) {
+    return Internal("cannot serialise the identity key");
+  }
+  IRIS_RETURN_IF_ERROR(store_.Put(kIdentityPublicKey, pub.str()));
+  IRIS_RETURN_IF_ERROR(store_.Put(kIdentityPrivateKey, priv.str()));
+  Ref<session_signed_pre_key> spk;
+  const auto now_ms = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                std::chrono::system_clock::now().time_since_epoch())
+                                                .count());
+  r = signal_protocol_key_helper_generate_signed_pre_key(&spk.p, identity.p, 1, now_ms, ctx_);
+  if (r != 0) return SignalError("generate signed prekey", r);
+  Buffer spk_bytes;
+  if (session_signed_pre_key_serialize(&spk_bytes.b, spk.p) != 0) {
+    return Internal("cannot serialise the signed prekey");
+  }
+  IRIS_RETURN_IF_ERROR(store_.StoreSignedPreKey(1, spk_bytes.str()));
+  IRIS_RETURN_IF_ERROR(store_.PutU64(kSignedPreKeyId, 1));
+  IRIS_RETURN_IF_ERROR(store_.PutU64(kNextPreKeyId, 1));
+  IRIS_RETURN_IF_ERROR(store_.PutU64(kRegistrationId, reg));
+  IRIS_RETURN_IF_ERROR(tx.Commit());
+  registration_id_ = reg;
+  return Status::Ok();
+}
+
+Result<v1::KeysUpload> MessageCipher::PrepareUpload(uint32_t new_prekeys) {
+  if (new_prekeys > 100) return BadRequest("at most 100 one-time prekeys per upload");
+  LocalStore::Transaction tx(store_);
+  v1::KeysUpload up;
+  up.set_registration_id(registration_id_);
+  IRIS_ASSIGN_OR_RETURN(auto identity, store_.Get(kIdentityPublicKey));
+  if (!identity) return Internal("identity key missing");
+  up.set_identity_key(*identity);
+
+  const auto spk_id = static_cast<uint32_t>(store_.GetU64(kSignedPreKeyId));
+  IRIS_ASSIGN_OR_RETURN(auto spk_record, store_.LoadSignedPreKey(spk_id));
+  if (!spk_record) return Internal("signed prekey missing");
+  Ref<session_signed_pre_key> spk;
+  if (session_signed_pre_key_deserialize(&spk.p, U8(*spk_record), spk_record->size(), ctx_) != 0) {
+    return Internal("stored signed prekey is malformed");
+  }
+  v1::SignedPreKey* out_spk = up.mutable_signed_prekey();
+  out_spk->set_id(spk_id);
+  out_spk->set_public_key(SerializePublic(ec_key_pair_get_public(session_signed_pre_key_get_key_pair(spk.p))));
+  out_spk->set_signature(std::string(
+      reinterpret_cast<const char*>(session_signed_pre_key_get_signature(spk.p)),
+      session_signed_pre_key_get_signature_len(spk.p)));
+
+  if (new_prekeys > 0) {
+    auto start = static_cast<uint32_t>(store_.GetU64(kNextPreKeyId, 1));
+    if (start == 0 || start > kMaxPreKeyId) start = 1;
+    signal_protocol_key_helper_pre_key_list_node* head = nullptr;
+    const int r = signal_protocol_key_helper_generate_pre_keys(&head, start, new_prekeys, ctx_);
+    if (r != 0) return SignalError("generate prekeys", r);
+    Status st;
+    for (auto* n = head; n != nullptr && st.ok(); n = signal_protocol_key_helper_key_list_next(n)) {
+      session_pre_key* pk = signal_protocol_key_helper_key_list_element(n);
+      Buffer rec;
+      if (session_pre_key_serialize(&rec.b, pk) != 0) {
+        st = Internal("cannot serialise a prekey");
+        break;
+      }
+      const uint32_t id = session_pre_key_get_id(pk);
+      st = store_.StorePreKey(id, rec.str());
+      v1::PreKey* k = up.add_one_time_prekeys();
+      k->set_id(id);
+      k->set_public_key(SerializePublic(ec_key_pair_get_public(session_pre_key_get_key_pair(pk))));
+    }
+    signal_protocol_key_helper_key_list_free(head);
+    IRIS_RETURN_IF_ERROR(st);
+    uint32_t next = start + new_prekeys;
+    if (next > kMaxPreKeyId) next = next - kMaxPreKeyId;
+    IRIS_RETURN_IF_ERROR(store_.PutU64(kNextPreKeyId, next));
+  }
+  IRIS_RETURN_IF_ERROR(tx.Commit());
+  return up;
+}
+
+bool MessageCipher::HasSession(uint64_t user) const {
+  const std::string name = std::to_string(user);
+  signal_protocol_address addr{name.c_str(), name.size(), kDeviceId};
+  return signal_protocol_session_contains_session(stores_, &addr) == 1;
+}
+
+Status MessageCipher::ProcessBundle(const v1::KeysBundle& b) {
+  const std::string who = "keys of user " + std::to_string(b.user());
+  Ref<ec_public_key> identity, spk, otk;
+  if (curve_decode_point(&identity.p, U8(b.identity_key()), b.identity_key().size(), ctx_) != 0) {
+    return BadRequest(who + ": malformed identity key");
+  }
+  if (curve_decode_point(&spk.p, U8(b.signed_prekey().public_key()),
+                         b.signed_prekey().public_key().size(), ctx_) != 0) {
+    return BadRequest(who + ": malformed signed prekey");
+  }
+  uint32_t otk_id = 0;
+  if (b.has_one_time_prekey() && !b.one_time_prekey().public_key().empty()) {
+    if (curve_decode_point(&otk.p, U8(b.one_time_prekey().public_key()),
+                           b.one_time_prekey().public_key().size(), ctx_) != 0) {
+      return BadRequest(who + ": malformed one-time prekey");
+    }
+    otk_id = b.one_time_prekey().id();
+  }
+  Ref<session_pre_key_bundle> bundle;
+  const std::string& sig = b.signed_prekey().signature();
+  int r = session_pre_key_bundle_create(&bundle.p, b.registration_id(), kDeviceId, otk_id, otk.p,
+                                        b.signed_prekey().id(), spk.p, U8(sig), sig.size(),
+                                        identity.p);
+  if (r != 0) return SignalError(who, r);
+  const std::string name = std::to_string(b.user());
+  signal_protocol_address addr{name.c_str(), name.size(), kDeviceId};
+  session_builder* builder = nullptr;
+  r = session_builder_create(&builder, stores_, &addr, ctx_);
+  if (r != 0) return SignalError(who, r);
+  LocalStore::Transaction tx(store_);
+  r = session_builder_process_pre_key_bundle(builder, bundle.p);
+  session_builder_free(builder);
+  if (r != 0) return SignalError("X3DH with " + who, r);
+  return tx.Commit();
+}
+
+Result<std::string> MessageCipher::Encrypt(uint64_t user, std::string_view text) {
+  const std::string name = std::to_string(user);
+  signal_protocol_address addr{name.c_str(), name.size(), kDeviceId};
+  session_cipher* cipher = nullptr;
+  int r = session_cipher_create(&cipher, stores_, &addr, ctx_);
+  if (r != 0) return SignalError("encrypt", r);
+  const std::string plain = EncodePlaintext(text);
+  LocalStore::Transaction tx(store_);
+  Ref<ciphertext_message> msg;
+  r = session_cipher_encrypt(cipher, U8(plain), plain.size(), &msg.p);
+  session_cipher_free(cipher);
+  if (r != 0) return SignalError("encrypt for user " + name, r);
+  SealedBody sealed;
+  sealed.type = ciphertext_message_get_type(msg.p) == CIPHERTEXT_PREKEY_TYPE ? kBodyPreKeyMessage
+                                                                              : kBodySignalMessage;
+  signal_buffer* ser = ciphertext_message_get_serialized(msg.p);  // owned by msg
+  sealed.ciphertext.assign(reinterpret_cast<const char*>(signal_buffer_const_data(ser)),
+                           signal_buffer_len(ser));
+  IRIS_RETURN_IF_ERROR(tx.Commit());
+  return EncodeBody(sealed);
+}
+
+Result<MessageCipher::Decrypted> MessageCipher::Decrypt(uint64_t sender, std::string_view body) {
+  IRIS_ASSIGN_OR_RETURN(SealedBody sealed, DecodeBody(body));
+  const std::string name = std::to_string(sender);
+  signal_protocol_address addr{name.c_str(), name.size(), kDeviceId};
+  session_cipher* cipher = nullptr;
+  int r = session_cipher_create(&cipher, stores_, &addr, ctx_);
+  if (r != 0) return SignalError("decrypt", r);
+  Decrypted out;
+  Buffer plain;
+  // A savepoint: a failed decryption leaves no trace in the Signal stores.
+  LocalStore::Transaction tx(store_);
+  const std::string from = "message from user " + name;
+  if (sealed.type == kBodyPreKeyMessage) {
+    out.prekey_message = true;
+    Ref<pre_key_signal_message> m;
+    r = pre_key_signal_message_deserialize(&m.p, U8(sealed.ciphertext), sealed.ciphertext.size(),
+                                           ctx_);
+    if (r == 0) {
+      const uint32_t before = store_.CountPreKeys();
+      r = session_cipher_decrypt_pre_key_signal_message(cipher, m.p, nullptr, &plain.b);
+      out.consumed_prekey = r == 0 && store_.CountPreKeys() < before;
+    }
+  } else {
+    Ref<signal_message> m;
+    r = signal_message_deserialize(&m.p, U8(sealed.ciphertext), sealed.ciphertext.size(), ctx_);
+    if (r == 0) r = session_cipher_decrypt_signal_message(cipher, m.p, nullptr, &plain.b);
+  }
+  session_cipher_free(cipher);
+  if (r != 0) return SignalError("cannot decrypt " + from, r);
+  IRIS_ASSIGN_OR_RETURN(out.text, DecodePlaintext(plain.str()));
+  IRIS_RETURN_IF_ERROR(tx.Commit());
+  return out;
+}
+
+Status MessageCipher::ForgetIdentity(uint64_t user) {
+  const std::string name = std::to_string(user);
+  LocalStore::Transaction tx(store_);
+  IRIS_RETURN_IF_ERROR(store_.DeleteAllSessions(name));
+  IRIS_RETURN_IF_ERROR(store_.ForgetIdentity(name));
+  return tx.Commit();
+}
+
+std::string MessageCipher::IdentityFingerprint() const {
+  auto key = store_.Get(kIdentityPublicKey);
+  if (!key.ok() || !key->has_value()) return {};
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  EVP_Digest((*key)->data(), (*key)->size(), md, &n, EVP_sha256(), nullptr);
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < n; ++i) {
+    out.push_back(kHex[md[i] >> 4]);
+    out.push_back(kHex[md[i] & 15]);
+  }
+  return out;
+}
+
+}  // namespace iris::client::e2ee

@@ -1,0 +1,26 @@
+#pragma once
+// The five libsignal-protocol-c stores (identity, prekeys, signed prekeys, sessions, sender
+// keys) backed by the client's LocalStore (SQLite). The local identity key pair and
+// registration id live in LocalStore's kv table under kIdentityPublicKey,
+// kIdentityPrivateKey and kRegistrationId.
+//
+// Identity trust is "trust on first use": the first identity key seen for a user is saved;
+// a different key later is untrusted (libsignal then refuses to encrypt or decrypt with
+// SG_ERR_UNTRUSTED_IDENTITY) until the application forgets the old key (ForgetIdentity).
+//
+// Thread-safety: as LocalStore (the caller serialises); `store` must outlive `context`.
+
+#include <signal_protocol.h>
+
+#include "client/local_store.h"
+
+namespace iris::client::e2ee {
+
+inline constexpr const char* kIdentityPublicKey = "identity_public";
+inline constexpr const char* kIdentityPrivateKey = "identity_private";
+inline constexpr const char* kRegistrationId = "registration_id";
+
+// Installs all five stores into `context`. Returns libsignal's result (0 on success).
+int InstallSignalStores(signal_protocol_store_context* context, LocalStore* store);
+
+}  // namespace iris::client::e2ee

@@ -1,0 +1,394 @@
+#include "client/local_store.h"
+
+#include <cstring>
+
+namespace iris::client {
+namespace {
+
+constexpr const char* kSchema = R"sql(
+CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS incoming (
+  id INTEGER PRIMARY KEY, peer INTEGER NOT NULL, sent_at_ms INTEGER NOT NULL,
+  kind INTEGER NOT NULL, body BLOB NOT NULL, ok INTEGER NOT NULL, error TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS send_queue (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, idem BLOB NOT NULL UNIQUE, recipient INTEGER NOT NULL,
+  kind INTEGER NOT NULL, payload BLOB NOT NULL, wire_body BLOB NOT NULL, attempts INTEGER NOT NULL,
+  created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sent (
+  idem BLOB PRIMARY KEY, recipient INTEGER NOT NULL, kind INTEGER NOT NULL, payload BLOB NOT NULL,
+  message_id INTEGER NOT NULL, acked_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS signal_sessions (
+  name TEXT NOT NULL, device INTEGER NOT NULL, record BLOB NOT NULL, PRIMARY KEY (name, device));
+CREATE TABLE IF NOT EXISTS signal_prekeys (id INTEGER PRIMARY KEY, record BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS signal_signed_prekeys (id INTEGER PRIMARY KEY, record BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS signal_identities (name TEXT PRIMARY KEY, key BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS signal_sender_keys (
+  grp TEXT NOT NULL, name TEXT NOT NULL, device INTEGER NOT NULL, record BLOB NOT NULL,
+  PRIMARY KEY (grp, name, device));
+)sql";
+
+// One prepared statement, finalized on destruction.
+class Stmt {
+ public:
+  Stmt(sqlite3* db, const char* sql) : db_(db) {
+    rc_ = sqlite3_prepare_v2(db, sql, -1, &s_, nullptr);
+  }
+  ~Stmt() { sqlite3_finalize(s_); }
+  bool ok() const { return rc_ == SQLITE_OK; }
+  Stmt& Bind(int i, std::string_view v) {
+    sqlite3_bind_blob(s_, i, v.empty() ? "" : v.data(), static_cast<int>(v.size()),
+                      SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& BindText(int i, std::string_view v) {
+    sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& Bind(int i, int64_t v) {
+    sqlite3_bind_int64(s_, i, v);
+    return *this;
+  }
+  Stmt& BindU(int i, uint64_t v) { return Bind(i, static_cast<int64_t>(v)); }
+  // SQLITE_ROW, SQLITE_DONE or an error code.
+  int Step() { return ok() ? sqlite3_step(s_) : rc_; }
+  std::string Blob(int col) const {
+    const void* p = sqlite3_column_blob(s_, col);
+    const int n = sqlite3_column_bytes(s_, col);
+    return p == nullptr ? std::string() : std::string(static_cast<const char*>(p), n);
+  }
+  int64_t Int(int col) const { return sqlite3_column_int64(s_, col); }
+  uint64_t U64(int col) const { return static_cast<uint64_t>(Int(col)); }
+  Status Done(const char* what) {
+    const int rc = Step();
+    if (rc == SQLITE_DONE || rc == SQLITE_ROW) return Status::Ok();
+    return Internal(std::string("local store: ") + what + ": " + sqlite3_errmsg(db_));
+  }
+
+ private:
+  sqlite3* db_;
+  sqlite3_stmt* s_ = nullptr;
+  int rc_ = SQLITE_OK;
+};
+
+Result<std::optional<std::string>> QueryBlob(sqlite3* db, Stmt& s, const char* what) {
+  const int rc = s.Step();
+  if (rc == SQLITE_ROW) return std::optional<std::string>(s.Blob(0));
+  if (rc == SQLITE_DONE) return std::optional<std::string>();
+  return Internal(std::string("local store: ") + what + ": " + sqlite3_errmsg(db));
+}
+
+}  // namespace
+
+Result<std::unique_ptr<LocalStore>> LocalStore::Open(const std::string& path) {
+  sqlite3* db = nullptr;
+  const int rc = sqlite3_open_v2(path.c_str(), &db,
+                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                                 nullptr);
+  if (rc != SQLITE_OK) {
+    std::string msg = db != nullptr ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    return Internal("cannot open local database " + path + ": " + msg);
+  }
+  std::unique_ptr<LocalStore> s(new LocalStore(db));
+  sqlite3_busy_timeout(db, 5000);
+  IRIS_RETURN_IF_ERROR(s->Exec("PRAGMA journal_mode=WAL"));
+  IRIS_RETURN_IF_ERROR(s->Exec("PRAGMA synchronous=FULL"));
+  IRIS_RETURN_IF_ERROR(s->Exec(kSchema));
+  return s;
+}
+
+LocalStore::~LocalStore() { sqlite3_close(db_); }
+
+Status LocalStore::Exec(const char* sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string msg = err != nullptr ? err : "unknown error";
+    sqlite3_free(err);
+    return Internal(std::string("local store: ") + msg);
+  }
+  return Status::Ok();
+}
+
+Status LocalStore::Error(const char* what) const {
+  return Internal(std::string("local store: ") + what + ": " + sqlite3_errmsg(db_));
+}
+
+LocalStore::Transaction::Transaction(LocalStore& store) : store_(store) {
+  depth_ = store_.tx_depth_++;
+  // A failure to begin shows at Commit().
+  if (depth_ == 0) {
+    store_.Exec("BEGIN IMMEDIATE").IgnoreError();
+  } else {
+    store_.Exec(("SAVEPOINT sp" + std::to_string(depth_)).c_str()).IgnoreError();
+  }
+}
+
+LocalStore::Transaction::~Transaction() {
+  --store_.tx_depth_;
+  if (done_) return;
+  if (depth_ == 0) {
+    store_.Exec("ROLLBACK").IgnoreError();
+  } else {
+    const std::string sp = "sp" + std::to_string(depth_);
+    store_.Exec(("ROLLBACK TO " + sp).c_str()).IgnoreError();
+    store_.Exec(("RELEASE " + sp).c_str()).IgnoreError();
+  }
+}
+
+Status LocalStore::Transaction::Commit() {
+  done_ = true;
+  if (depth_ != 0) return store_.Exec(("RELEASE sp" + std::to_string(depth_)).c_str());
+  Status s = store_.Exec("COMMIT");
+  if (!s.ok()) store_.Exec("ROLLBACK").IgnoreError();
+  return s;
+}
+
+Result<std::optional<std::string>> LocalStore::Get(std::string_view key) const {
+  Stmt s(db_, "SELECT v FROM kv WHERE k = ?");
+  s.BindText(1, key);
+  return QueryBlob(db_, s, "read kv");
+}
+
+Status LocalStore::Put(std::string_view key, std::string_view value) {
+  Stmt s(db_, "INSERT INTO kv (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v");
+  s.BindText(1, key).Bind(2, value);
+  return s.Done("write kv");
+}
+
+Status LocalStore::Delete(std::string_view key) {
+  Stmt s(db_, "DELETE FROM kv WHERE k = ?");
+  s.BindText(1, key);
+  return s.Done("delete kv");
+}
+
+uint64_t LocalStore::GetU64(std::string_view key, uint64_t fallback) const {
+  auto v = Get(key);
+  if (!v.ok() || !v->has_value() || (*v)->size() != 8) return fallback;
+  uint64_t out = 0;
+  for (unsigned char c : **v) out = (out << 8) | c;
+  return out;
+}
+
+Status LocalStore::PutU64(std::string_view key, uint64_t value) {
+  std::string b(8, '\0');
+  for (int i = 7; i >= 0; --i) {
+    b[static_cast<size_t>(i)] = static_cast<char>(value & 0xff);
+    value >>= 8;
+  }
+  return Put(key, b);
+}
+
+Result<bool> LocalStore::InsertIncoming(const StoredIncoming& m) {
+  Stmt s(db_,
+         "INSERT OR IGNORE INTO incoming (id, peer, sent_at_ms, kind, body, ok, error) "
+         "VALUES (?, ?, ?, ?, ?, ?, ?)");
+  s.BindU(1, m.id).BindU(2, m.peer).BindU(3, m.sent_at_ms).Bind(4, int64_t{m.kind});
+  s.Bind(5, m.body).Bind(6, int64_t{m.ok ? 1 : 0}).BindText(7, m.error);
+  IRIS_RETURN_IF_ERROR(s.Done("store message"));
+  return sqlite3_changes(db_) > 0;
+}
+
+std::vector<StoredIncoming> LocalStore::Incoming(uint64_t after_id, size_t limit) const {
+  std::vector<StoredIncoming> out;
+  Stmt s(db_,
+         "SELECT id, peer, sent_at_ms, kind, body, ok, error FROM incoming WHERE id > ? "
+         "ORDER BY id LIMIT ?");
+  s.BindU(1, after_id).Bind(2, static_cast<int64_t>(limit));
+  while (s.Step() == SQLITE_ROW) {
+    StoredIncoming m;
+    m.id = s.U64(0);
+    m.peer = s.U64(1);
+    m.sent_at_ms = s.U64(2);
+    m.kind = static_cast<uint8_t>(s.Int(3));
+    m.body = s.Blob(4);
+    m.ok = s.Int(5) != 0;
+    m.error = s.Blob(6);
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
+Result<int64_t> LocalStore::Enqueue(const QueuedSend& q) {
+  Stmt s(db_,
+         "INSERT INTO send_queue (idem, recipient, kind, payload, wire_body, attempts, created_ms) "
+         "VALUES (?, ?, ?, ?, ?, ?, ?)");
+  s.Bind(1, q.idem_key).BindU(2, q.recipient).Bind(3, int64_t{q.kind}).Bind(4, q.payload);
+  s.Bind(5, q.wire_body).Bind(6, int64_t{q.attempts}).Bind(7, q.created_ms);
+  IRIS_RETURN_IF_ERROR(s.Done("enqueue send"));
+  return static_cast<int64_t>(sqlite3_last_insert_rowid(db_));
+}
+
+namespace {
+QueuedSend ReadQueued(const Stmt& s) {
+  QueuedSend q;
+  q.seq = s.Int(0);
+  q.idem_key = s.Blob(1);
+  q.recipient = s.U64(2);
+  q.kind = static_cast<uint8_t>(s.Int(3));
+  q.payload = s.Blob(4);
+  q.wire_body = s.Blob(5);
+  q.attempts = static_cast<uint32_t>(s.Int(6));
+  q.created_ms = s.Int(7);
+  return q;
+}
+constexpr const char* kQueueColumns =
+    "SELECT seq, idem, recipient, kind, payload, wire_body, attempts, created_ms FROM send_queue ";
+}  // namespace
+
+std::vector<QueuedSend> LocalStore::Queue() const {
+  std::vector<QueuedSend> out;
+  Stmt s(db_, (std::string(kQueueColumns) + "ORDER BY seq").c_str());
+  while (s.Step() == SQLITE_ROW) out.push_back(ReadQueued(s));
+  return out;
+}
+
+Result<std::optional<QueuedSend>> LocalStore::FindQueued(std::string_view idem_key) const {
+  Stmt s(db_, (std::string(kQueueColumns) + "WHERE idem = ?").c_str());
+  s.Bind(1, idem_key);
+  const int rc = s.Step();
+  if (rc == SQLITE_ROW) return std::optional<QueuedSend>(ReadQueued(s));
+  if (rc == SQLITE_DONE) return std::optional<QueuedSend>();
+  return Error("find queued send");
+}
+
+Status LocalStore::SetWireBody(int64_t seq, std::string_view body) {
+  Stmt s(db_, "UPDATE send_queue SET wire_body = ? WHERE seq = ?");
+  s.Bind(1, body).Bind(2, seq);
+  return s.Done("store ciphertext");
+}
+
+Status LocalStore::SetAttempts(int64_t seq, uint32_t attempts) {
+  Stmt s(db_, "UPDATE send_queue SET attempts = ? WHERE seq = ?");
+  s.Bind(1, int64_t{attempts}).Bind(2, seq);
+  return s.Done("count attempt");
+}
+
+Status LocalStore::Dequeue(int64_t seq, uint64_t message_id, int64_t acked_ms) {
+  Transaction tx(*this);
+  if (message_id != 0) {
+    Stmt s(db_,
+           "INSERT OR REPLACE INTO sent (idem, recipient, kind, payload, message_id, acked_ms) "
+           "SELECT idem, recipient, kind, payload, ?, ? FROM send_queue WHERE seq = ?");
+    s.BindU(1, message_id).Bind(2, acked_ms).Bind(3, seq);
+    IRIS_RETURN_IF_ERROR(s.Done("record sent"));
+  }
+  Stmt d(db_, "DELETE FROM send_queue WHERE seq = ?");
+  d.Bind(1, seq);
+  IRIS_RETURN_IF_ERROR(d.Done("dequeue"));
+  return tx.Commit();
+}
+
+Result<std::optional<std::string>> LocalStore::LoadSession(std::string_view name,
+                                                           int32_t device) const {
+  Stmt s(db_, "SELECT record FROM signal_sessions WHERE name = ? AND device = ?");
+  s.BindText(1, name).Bind(2, int64_t{device});
+  return QueryBlob(db_, s, "load session");
+}
+
+Status LocalStore::StoreSession(std::string_view name, int32_t device, std::string_view record) {
+  Stmt s(db_, "INSERT OR REPLACE INTO signal_sessions (name, device, record) VALUES (?, ?, ?)");
+  s.BindText(1, name).Bind(2, int64_t{device}).Bind(3, record);
+  return s.Done("store session");
+}
+
+bool LocalStore::ContainsSession(std::string_view name, int32_t device) const {
+  auto r = LoadSession(name, device);
+  return r.ok() && r->has_value();
+}
+
+Status LocalStore::DeleteSession(std::string_view name, int32_t device) {
+  Stmt s(db_, "DELETE FROM signal_sessions WHERE name = ? AND device = ?");
+  s.BindText(1, name).Bind(2, int64_t{device});
+  return s.Done("delete session");
+}
+
+Status LocalStore::DeleteAllSessions(std::string_view name) {
+  Stmt s(db_, "DELETE FROM signal_sessions WHERE name = ?");
+  s.BindText(1, name);
+  return s.Done("delete sessions");
+}
+
+std::vector<int32_t> LocalStore::SubDeviceSessions(std::string_view name) const {
+  std::vector<int32_t> out;
+  Stmt s(db_, "SELECT device FROM signal_sessions WHERE name = ? AND device != 1 ORDER BY device");
+  s.BindText(1, name);
+  while (s.Step() == SQLITE_ROW) out.push_back(static_cast<int32_t>(s.Int(0)));
+  return out;
+}
+
+Result<std::optional<std::string>> LocalStore::LoadPreKey(uint32_t id) const {
+  Stmt s(db_, "SELECT record FROM signal_prekeys WHERE id = ?");
+  s.Bind(1, int64_t{id});
+  return QueryBlob(db_, s, "load prekey");
+}
+
+Status LocalStore::StorePreKey(uint32_t id, std::string_view record) {
+  Stmt s(db_, "INSERT OR REPLACE INTO signal_prekeys (id, record) VALUES (?, ?)");
+  s.Bind(1, int64_t{id}).Bind(2, record);
+  return s.Done("store prekey");
+}
+
+Status LocalStore::RemovePreKey(uint32_t id) {
+  Stmt s(db_, "DELETE FROM signal_prekeys WHERE id = ?");
+  s.Bind(1, int64_t{id});
+  return s.Done("remove prekey");
+}
+
+uint32_t LocalStore::CountPreKeys() const {
+  Stmt s(db_, "SELECT COUNT(*) FROM signal_prekeys");
+  return s.Step() == SQLITE_ROW ? static_cast<uint32_t>(s.Int(0)) : 0;
+}
+
+Result<std::optional<std::string>> LocalStore::LoadSignedPreKey(uint32_t id) const {
+  Stmt s(db_, "SELECT record FROM signal_signed_prekeys WHERE id = ?");
+  s.Bind(1, int64_t{id});
+  return QueryBlob(db_, s, "load signed prekey");
+}
+
+Status LocalStore::StoreSignedPreKey(uint32_t id, std::string_view record) {
+  Stmt s(db_, "INSERT OR REPLACE INTO signal_signed_prekeys (id, record) VALUES (?, ?)");
+  s.Bind(1, int64_t{id}).Bind(2, record);
+  return s.Done("store signed prekey");
+}
+
+Status LocalStore::RemoveSignedPreKey(uint32_t id) {
+  Stmt s(db_, "DELETE FROM signal_signed_prekeys WHERE id = ?");
+  s.Bind(1, int64_t{id});
+  return s.Done("remove signed prekey");
+}
+
+Result<std::optional<std::string>> LocalStore::LoadIdentity(std::string_view name) const {
+  Stmt s(db_, "SELECT key FROM signal_identities WHERE name = ?");
+  s.BindText(1, name);
+  return QueryBlob(db_, s, "load identity");
+}
+
+Status LocalStore::ForgetIdentity(std::string_view name) {
+  Stmt s(db_, "DELETE FROM signal_identities WHERE name = ?");
+  s.BindText(1, name);
+  return s.Done("forget identity");
+}
+
+Status LocalStore::SaveIdentity(std::string_view name, std::string_view key) {
+  Stmt s(db_, "INSERT OR REPLACE INTO signal_identities (name, key) VALUES (?, ?)");
+  s.BindText(1, name).Bind(2, key);
+  return s.Done("save identity");
+}
+
+Result<std::optional<std::string>> LocalStore::LoadSenderKey(std::string_view group,
+                                                             std::string_view name,
+                                                             int32_t device) const {
+  Stmt s(db_, "SELECT record FROM signal_sender_keys WHERE grp = ? AND name = ? AND device = ?");
+  s.BindText(1, group).BindText(2, name).Bind(3, int64_t{device});
+  return QueryBlob(db_, s, "load sender key");
+}
+
+Status LocalStore::StoreSenderKey(std::string_view group, std::string_view name, int32_t device,
+                                  std::string_view record) {
+  Stmt s(db_,
+         "INSERT OR REPLACE INTO signal_sender_keys (grp, name, device, record) VALUES (?, ?, ?, ?)");
+  s.BindText(1, group).BindText(2, name).Bind(3, int64_t{device}).Bind(4, record);
+  return s.Done("store sender key");
+}
+
+}  // namespace iris::client

@@ -1,0 +1,170 @@
+#pragma once
+// iris::client::Client: a reconnecting, end-to-end encrypted Iris session for one user on
+// one device (RFC-001 sections 1.2, 1.3, 3.4; PROTOCOL.md section 6; docs/protocol.md).
+//
+// What it guarantees:
+//  - Receiving: every message is decrypted, stored in the local SQLite database and only
+//    then is the persisted sync cursor moved past it (one transaction), so a crash at any
+//    point loses nothing and a message is reported at most once per local database.
+//  - Sending: Send() stores the message in the local queue (durably) before it returns; the
+//    I/O thread encrypts it once (the ciphertext is stored with it, in the same transaction
+//    as the Signal session update) and sends it with its UUIDv7 idempotency key, again after
+//    every reconnect and after retryable errors with jittered exponential backoff, until the
+//    server's SEND_ACK; the queue survives restarts of the process. Messages to one
+//    recipient leave in queue order, one at a time (the next is sent once the previous one
+//    is acknowledged), so they reach the recipient in that order.
+//  - End-to-end encryption with the Signal Protocol (X3DH + Double Ratchet) via
+//    libsignal-protocol-c: on first connect the client generates its identity key, a signed
+//    prekey and a pool of one-time prekeys and uploads them (KEYS_UPLOAD); it replenishes the
+//    pool when it runs low; the first message to a user builds a session from that user's
+//    fetched bundle (KEYS_FETCH). Message bodies on the wire are ciphertext only (the body
+//    format is in docs/protocol.md, "Client conventions").
+//  - The server is always verified (CA file or pinned fingerprint, see ConnectOptions).
+//
+// Thread-safety: every public method may be called from any thread, concurrently. Events
+// are delivered on the client's I/O thread, one at a time, through ClientOptions::on_event;
+// a handler may call Client methods (they never wait for the network) but must not call
+// Stop() or destroy the Client.
+//
+// Typical use:
+//   ClientOptions o;
+//   o.state_dir = "/home/me/.iris";
+//   o.server.host = "127.0.0.1"; o.server.port = 7443; o.server.fingerprint = "SHA256:...";
+//   o.token = token;
+//   o.on_event = [](const Event& e) { ... };
+//   auto c = Client::Open(std::move(o));   // local state only, no network yet
+//   (*c)->Start();                          // connects in the background
+//   auto id = (*c)->Send(42, "hello");      // queued durably; SendAckedEvent follows
+//   ...
+//   (*c)->Stop();
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+#include "iris/client/connection.h"
+#include "iris/client/events.h"
+
+namespace iris::client {
+
+// Reconnect and retry delays: attempt n (0-based) waits a uniformly random time in
+// [delay/2, delay] with delay = min(max_ms, initial_ms * 2^n) ("equal jitter"); a server's
+// retry_after_ms is honoured as a lower bound.
+struct BackoffPolicy {
+  uint32_t initial_ms = 250;
+  uint32_t max_ms = 30'000;
+};
+
+struct ClientOptions {
+  // Directory holding the local state (state.db, created when missing). One Client per
+  // directory at a time (enforced with a lock file).
+  std::string state_dir;
+  ConnectOptions server;
+  std::string token;  // JWT (PROTOCOL.md section 5)
+  std::string client_name = "iris-client/0.1";
+  uint32_t page_size = 0;  // catch-up page size; 0 = the server's default
+
+  // One-time prekeys: the pool uploaded at first, and the level below which the client
+  // uploads more (counted as keys uploaded minus keys consumed by incoming first messages).
+  uint32_t prekey_pool_size = 100;
+  uint32_t prekey_low_water = 25;
+  // Send a DELIVERED receipt for every message stored (queued and retried like a send).
+  bool delivery_receipts = true;
+
+  BackoffPolicy backoff;
+  uint64_t seed = 0;  // randomness of the backoff jitter; 0 = from the system
+  // Receives every event, on the I/O thread. May be empty.
+  std::function<void(const Event&)> on_event;
+};
+
+// A stored incoming message (Client::Messages).
+struct StoredMessage {
+  uint64_t id = 0;
+  uint64_t peer = 0;
+  uint64_t sent_at_ms = 0;
+  std::string text;
+  bool decrypted = true;
+  std::string error;
+};
+
+// A send waiting in the local queue (Client::PendingSends).
+struct PendingSend {
+  std::string local_id;
+  uint64_t recipient = 0;
+  std::string text;  // empty for receipts
+  bool receipt = false;
+  uint32_t attempts = 0;
+  bool encrypted = false;  // the ciphertext is fixed (will be resent byte for byte)
+};
+
+class Client {
+ public:
+  // Opens (creating when needed) the local state in options.state_dir. No network traffic.
+  // BAD_REQUEST for missing options, UNAVAILABLE when another process holds the state
+  // directory, INTERNAL when the database cannot be opened.
+  static Result<std::unique_ptr<Client>> Open(ClientOptions options);
+  // Stops the I/O thread (as Stop()).
+  ~Client();
+
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  // Starts the I/O thread: connect, HELLO with the persisted cursor, catch-up, push mode,
+  // reconnecting with backoff after every failure. Idempotent.
+  void Start();
+  // Closes the connection and joins the I/O thread; a frame being processed is finished
+  // first (its local transaction commits or rolls back). Queued sends stay queued.
+  void Stop();
+
+  // Queues `text` for `recipient` and returns its local id (the UUIDv7 idempotency key as
+  // text). Durable when it returns. BAD_REQUEST for recipient 0 or an empty text,
+  // TOO_LARGE when the encrypted body could not fit the protocol's limit.
+  Result<std::string> Send(uint64_t recipient, std::string_view text);
+  // Removes a queued send that has not been acknowledged. NOT_FOUND when it is not queued
+  // (already acknowledged, or unknown). A send already written to the server may still
+  // arrive: cancelling stops retries, it cannot recall.
+  Status Cancel(const std::string& local_id);
+  // Queues a READ receipt to `sender` for the given message ids (1..256).
+  Status MarkRead(uint64_t sender, const std::vector<uint64_t>& message_ids);
+
+  // Best effort, never queued: dropped when not connected.
+  void SetTyping(uint64_t user, bool typing);
+  // Presence: subscriptions are remembered and renewed after every reconnect; the
+  // current state comes as PresenceEvents. Queries are answered once (when connected).
+  void SubscribePresence(const std::vector<uint64_t>& users);
+  void QueryPresence(const std::vector<uint64_t>& users);
+  // Sends SETTINGS (read receipts, presence sharing) once connected.
+  void UpdateSettings(bool read_receipts, bool share_presence);
+
+  // Forgets the trusted identity key of `user` and the sessions with it: the next message
+  // to or from `user` starts a new session with whatever identity key it now presents
+  // (after the user re-installed; compare fingerprints out of band first).
+  Status TrustNewIdentity(uint64_t user);
+  // Replaces the token (e.g. after expiry); a client in kFailed tries again.
+  void SetToken(std::string token);
+
+  SessionState state() const;
+  uint64_t user_id() const;  // 0 until the first WELCOME
+  // The persisted sync cursor (id of the newest message stored).
+  uint64_t cursor() const;
+  std::vector<PendingSend> PendingSends() const;
+  // Stored incoming messages with id > after_id, ascending, at most `limit`.
+  std::vector<StoredMessage> Messages(uint64_t after_id, size_t limit) const;
+  // Whether this account's keys (identity, signed prekey, one-time prekeys) were uploaded
+  // and acknowledged at least once: before that, nobody can start a session with it.
+  bool KeysPublished() const;
+  // This device's identity key fingerprint (hex of the public key), empty before Open().
+  std::string IdentityFingerprint() const;
+
+  class Impl;
+
+ private:
+  explicit Client(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace iris::client

@@ -1,0 +1,497 @@
+// End-to-end tests of the client library and the `iris` CLI against a real irisd:
+// encrypted conversations (prekey messages to offline users, both directions, out-of-order
+// ciphertexts), no plaintext on the server's disk, crash-safe send queue, one-time prekeys
+// under concurrent fetches, and the CLI's error messages.
+
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <random>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "cli_process.h"
+#include "client/e2ee/message_cipher.h"
+#include "client/local_store.h"
+#include "harness/server_process.h"
+#include "net/tls.h"
+#include "wire/opcode.h"
+
+namespace iris::testing {
+namespace {
+
+using nlohmann::json;
+
+constexpr uint8_t kKeysFetch = static_cast<uint8_t>(wire::Opcode::kKeysFetch);
+constexpr uint8_t kKeysBundle = static_cast<uint8_t>(wire::Opcode::kKeysBundle);
+constexpr uint8_t kSendAck = static_cast<uint8_t>(wire::Opcode::kSendAck);
+constexpr uint8_t kDeliver = static_cast<uint8_t>(wire::Opcode::kDeliver);
+
+uint64_t Seed() {
+  static const uint64_t seed = [] {
+    const uint64_t s = std::random_device{}();
+    std::cerr << "e2ee_test seed: " << s << "\n";
+    return s;
+  }();
+  return seed;
+}
+
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/iris-cli-test-XXXXXX";
+    path_ = mkdtemp(tmpl);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  std::string Sub(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+// SEND and wait for its SEND_ACK (other frames stay stashed for later Expect calls).
+bool SendRaw(TestClient& c, uint64_t request_id, uint64_t to, const std::string& body) {
+  c.SendAsync(request_id, to, body, NewKey());
+  v1::SendAck ack;
+  return ack.ParseFromString(c.Expect(kSendAck).payload) && ack.request_id() == request_id;
+}
+
+std::vector<json> Events(const std::vector<json>& lines, const std::string& kind) {
+  std::vector<json> out;
+  for (const auto& j : lines) {
+    if (j.value("event", "") == kind) out.push_back(j);
+  }
+  return out;
+}
+
+// Every file under `dir` that contains `needle` (as raw bytes).
+std::vector<std::string> FilesContaining(const std::string& dir, const std::string& needle) {
+  std::vector<std::string> hits;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir)) {
+    if (!e.is_regular_file()) continue;
+    std::ifstream in(e.path(), std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    if (ss.str().find(needle) != std::string::npos) hits.push_back(e.path().string());
+  }
+  return hits;
+}
+
+class CliE2eeTest : public ::testing::Test {
+ protected:
+  void SetUp() override { server_.Start(); }
+
+  std::string Server() const { return "127.0.0.1:" + std::to_string(server_.port()); }
+
+  // `iris login` for `user` into a fresh home; pinned fingerprint or CA file alternately.
+  std::string Login(uint64_t user, bool by_fingerprint = true,
+                    const std::vector<std::string>& extra = {}) {
+    const std::string home = dirs_.Sub("u" + std::to_string(user));
+    std::vector<std::string> args = {"--json", "login", "--server", Server(), "--token",
+                                     server_.Token(user)};
+    if (by_fingerprint) {
+      auto fp = net::CertificateFingerprint(server_.cert_file());
+      EXPECT_TRUE(fp.ok());
+      args.insert(args.end(), {"--fingerprint", "SHA256:" + *fp});
+    } else {
+      args.insert(args.end(), {"--ca", server_.cert_file()});
+    }
+    args.insert(args.end(), extra.begin(), extra.end());
+    CliResult r = RunIris(home, args);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    auto in = Events(r.Json(), "logged_in");
+    EXPECT_EQ(in.size(), 1u) << r.out;
+    if (!in.empty()) {
+      EXPECT_EQ(in[0]["user"].get<uint64_t>(), user);
+    }
+    return home;
+  }
+
+  // `iris send` of one message that must be acknowledged; returns its message id.
+  uint64_t SendOne(const std::string& home, uint64_t to, const std::string& text) {
+    CliResult r = RunIris(home, {"--json", "send", std::to_string(to), text});
+    EXPECT_EQ(r.exit_code, 0) << r.err << r.out;
+    auto sent = Events(r.Json(), "sent");
+    EXPECT_EQ(sent.size(), 1u) << r.out;
+    return sent.empty() ? 0 : sent[0]["message_id"].get<uint64_t>();
+  }
+
+  // `iris sync`; returns the message events.
+  std::vector<json> Sync(const std::string& home, std::vector<json>* all = nullptr) {
+    CliResult r = RunIris(home, {"--json", "sync"});
+    EXPECT_EQ(r.exit_code, 0) << r.err << r.out;
+    if (all != nullptr) *all = r.Json();
+    return Events(r.Json(), "message");
+  }
+
+  ServerProcess server_;
+  TempDir dirs_;
+};
+
+// Two users talk both ways; the first messages go to an offline user (prekey messages);
+// the server's data directory holds none of the plaintexts afterwards.
+TEST_F(CliE2eeTest, TwoClientsExchangeEncryptedMessagesBothWaysAndServerSeesNoPlaintext) {
+  const std::string tag = std::to_string(Seed());
+  const std::string alice = Login(101, /*by_fingerprint=*/true);
+  const std::string bob = Login(102, /*by_fingerprint=*/false);
+  std::vector<std::string> plaintexts;
+  auto text = [&](const std::string& what) {
+    plaintexts.push_back("secret " + what + " " + tag);
+    return plaintexts.back();
+  };
+
+  // Bob is offline: the first three messages are X3DH prekey messages.
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < 3; ++i) ids.push_back(SendOne(alice, 102, text("a->b #" + std::to_string(i))));
+  auto got = Sync(bob);
+  ASSERT_EQ(got.size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(got[i]["from"].get<uint64_t>(), 101u);
+    EXPECT_EQ(got[i]["text"].get<std::string>(), plaintexts[i]);
+    EXPECT_TRUE(got[i]["decrypted"].get<bool>());
+    EXPECT_TRUE(got[i]["prekey"].get<bool>()) << "first messages carry the X3DH header";
+    EXPECT_EQ(got[i]["id"].get<uint64_t>(), ids[i]);
+  }
+
+  // Bob answers on the established session; Alice decrypts and sees Bob's receipts.
+  SendOne(bob, 101, text("b->a #0"));
+  SendOne(bob, 101, text("b->a #1"));
+  std::vector<json> all;
+  got = Sync(alice, &all);
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0]["text"].get<std::string>(), plaintexts[3]);
+  EXPECT_EQ(got[1]["text"].get<std::string>(), plaintexts[4]);
+  EXPECT_FALSE(got[0]["prekey"].get<bool>());
+  std::set<uint64_t> receipted;
+  for (const auto& r : Events(all, "receipt")) {
+    EXPECT_EQ(r["kind"], "delivered");
+    for (uint64_t id : r["message_ids"].get<std::vector<uint64_t>>()) receipted.insert(id);
+  }
+  EXPECT_EQ(receipted, std::set<uint64_t>(ids.begin(), ids.end()));
+
+  // And once more each way (ratchet steps).
+  SendOne(alice, 102, text("a->b #3"));
+  got = Sync(bob);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0]["text"].get<std::string>(), plaintexts[5]);
+  EXPECT_FALSE(got[0]["prekey"].get<bool>());
+  SendOne(bob, 101, text("b->a #2"));
+  got = Sync(alice);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0]["text"].get<std::string>(), plaintexts[6]);
+
+  // Positive control: an unencrypted body sent with the raw protocol IS found on disk, so
+  // the search below would see a plaintext that reached the server.
+  const std::string canary = "unencrypted canary " + tag;
+  {
+    auto raw = TestClient::Connect(server_);
+    raw->Login(server_, 103);
+    std::vector<v1::Envelope> none;
+    raw->CatchUp(&none);
+    ASSERT_TRUE(SendRaw(*raw, 1, 104, canary));
+  }
+  EXPECT_FALSE(FilesContaining(server_.data_dir(), canary).empty())
+      << "the plaintext search cannot see message bodies";
+  for (const auto& p : plaintexts) {
+    EXPECT_EQ(FilesContaining(server_.data_dir(), p), std::vector<std::string>()) << p;
+  }
+  // And the clients' own databases do hold them (the search itself works on SQLite too).
+  EXPECT_FALSE(FilesContaining(bob, plaintexts[0]).empty());
+}
+
+// Ciphertexts that reach the recipient in another order than they were encrypted (first as
+// prekey messages, then as ordinary ratchet messages) all decrypt.
+TEST_F(CliE2eeTest, OutOfOrderCiphertextsAllDecrypt) {
+  const std::string bob = Login(202);
+  // Alice is the client library's cipher over a raw protocol connection, so the test
+  // controls the order in which ciphertexts are sent.
+  auto store = client::LocalStore::Open(dirs_.Sub("alice.db"));
+  ASSERT_TRUE(store.ok());
+  auto cipher = client::e2ee::MessageCipher::Open(**store);
+  ASSERT_TRUE(cipher.ok()) << cipher.status().ToString();
+  auto alice = TestClient::Connect(server_);
+  alice->Login(server_, 201);
+  std::vector<v1::Envelope> none;
+  alice->CatchUp(&none);
+
+  v1::KeysFetch fetch;
+  fetch.set_request_id(7);
+  fetch.set_user(202);
+  ASSERT_TRUE(alice->conn().SendFrame(kKeysFetch, fetch).ok());
+  v1::KeysBundle bundle;
+  ASSERT_TRUE(bundle.ParseFromString(alice->Expect(kKeysBundle).payload));
+  ASSERT_TRUE((*cipher)->ProcessBundle(bundle).ok());
+
+  std::mt19937_64 rng(Seed());
+  uint64_t request_id = 100;
+  auto send_shuffled = [&](const std::string& prefix, int n) {
+    std::vector<std::string> bodies;
+    for (int i = 0; i < n; ++i) {
+      auto body = (*cipher)->Encrypt(202, prefix + std::to_string(i));
+      EXPECT_TRUE(body.ok());
+      bodies.push_back(*body);
+    }
+    std::vector<int> order(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) order[static_cast<size_t>(i)] = i;
+    std::shuffle(order.begin(), order.end(), rng);
+    if (std::is_sorted(order.begin(), order.end())) std::reverse(order.begin(), order.end());
+    for (int i : order) {
+      EXPECT_TRUE(SendRaw(*alice, ++request_id, 202, bodies[static_cast<size_t>(i)]));
+    }
+    return order;
+  };
+
+  auto order = send_shuffled("prekey-", 5);
+  auto got = Sync(bob);
+  ASSERT_EQ(got.size(), 5u);
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_TRUE(got[i]["decrypted"].get<bool>()) << got[i].dump();
+    EXPECT_EQ(got[i]["text"], "prekey-" + std::to_string(order[i]));
+    EXPECT_TRUE(got[i]["prekey"].get<bool>());
+  }
+
+  // Bob replies; Alice decrypts it, completing the handshake; her next messages are
+  // ordinary ratchet messages, again delivered out of order.
+  SendOne(bob, 201, "reply from bob");
+  v1::Deliver d;
+  do {  // Bob's client also sent DELIVERED receipts
+    ASSERT_TRUE(d.ParseFromString(alice->Expect(kDeliver).payload));
+  } while (d.message().kind() != v1::MESSAGE);
+  auto reply = (*cipher)->Decrypt(202, d.message().body());
+  ASSERT_TRUE(reply.ok()) << reply.status().ToString();
+  EXPECT_EQ(reply->text, "reply from bob");
+  EXPECT_FALSE(reply->prekey_message);
+
+  order = send_shuffled("ratchet-", 6);
+  got = Sync(bob);
+  ASSERT_EQ(got.size(), 6u);
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_TRUE(got[i]["decrypted"].get<bool>()) << got[i].dump();
+    EXPECT_EQ(got[i]["text"], "ratchet-" + std::to_string(order[i]));
+    EXPECT_FALSE(got[i]["prekey"].get<bool>());
+  }
+
+  // A replayed ciphertext (a new SEND of the same bytes) is reported, not shown twice.
+  auto body = (*cipher)->Encrypt(202, "once");
+  ASSERT_TRUE(body.ok());
+  EXPECT_TRUE(SendRaw(*alice, ++request_id, 202, *body));
+  EXPECT_TRUE(SendRaw(*alice, ++request_id, 202, *body));
+  got = Sync(bob);
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0]["text"], "once");
+  EXPECT_FALSE(got[1]["decrypted"].get<bool>());
+  EXPECT_NE(got[1]["error"].get<std::string>().find("duplicate"), std::string::npos);
+}
+
+// Sends queued by a client that is then SIGKILLed (one of them already written to the
+// server, unacknowledged) are delivered exactly once each, in order, after a restart.
+TEST_F(CliE2eeTest, KilledClientDeliversQueuedSendsExactlyOnceInOrder) {
+  const std::string alice = Login(301);
+  const std::string bob = Login(302);
+  SendOne(alice, 302, "warm-up");  // establishes the session: later sends go out at once
+
+  constexpr int kCount = 30;
+  {
+    IrisChild sender(alice, {"--json", "send", "302", "-", "--timeout", "60"});
+    ASSERT_FALSE(sender
+                     .WaitFor([](const json& j) {
+                       return j.value("event", "") == "state" && j.value("state", "") == "live";
+                     })
+                     .is_null())
+        << sender.err();
+    // The server stops reading: the first SEND sits in its socket, never acknowledged.
+    ASSERT_EQ(kill(server_.pid(), SIGSTOP), 0);
+    for (int i = 0; i < kCount; ++i) sender.WriteLine("queued-" + std::to_string(i));
+    int queued = 0;
+    while (queued < kCount) {
+      if (sender.WaitFor([](const json& j) { return j.value("event", "") == "queued"; })
+              .is_null()) {
+        break;
+      }
+      ++queued;
+    }
+    ASSERT_EQ(queued, kCount) << sender.err();
+    EXPECT_EQ(sender.Kill(SIGKILL), -1);
+    EXPECT_TRUE(Events(sender.lines(), "sent").empty());
+  }
+  ASSERT_EQ(kill(server_.pid(), SIGCONT), 0);
+
+  // The restarted client resends everything in its queue.
+  CliResult r = RunIris(alice, {"--json", "sync"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto sent = Events(r.Json(), "sent");
+  EXPECT_EQ(sent.size(), static_cast<size_t>(kCount));
+  int duplicates = 0;
+  for (const auto& s : sent) duplicates += s["duplicate"].get<bool>() ? 1 : 0;
+  EXPECT_LE(duplicates, 1) << "only the SEND written before the kill can be a duplicate";
+
+  auto got = Sync(bob);
+  ASSERT_EQ(got.size(), static_cast<size_t>(kCount) + 1);
+  EXPECT_EQ(got[0]["text"], "warm-up");
+  for (int i = 0; i < kCount; ++i) {
+    EXPECT_EQ(got[static_cast<size_t>(i) + 1]["text"], "queued-" + std::to_string(i));
+    EXPECT_TRUE(got[static_cast<size_t>(i) + 1]["decrypted"].get<bool>());
+  }
+  CliResult status = RunIris(alice, {"--json", "status"});
+  auto st = Events(status.Json(), "status");
+  ASSERT_EQ(st.size(), 1u);
+  EXPECT_TRUE(st[0]["queued"].empty());
+}
+
+// 50 concurrent KEYS_FETCH of a user with 20 one-time prekeys: 20 distinct keys, then
+// bundles without one.
+TEST_F(CliE2eeTest, ConcurrentKeyFetchesHandOutEachPreKeyOnce) {
+  Login(401, true, {"--prekeys", "20"});
+  constexpr int kFetchers = 50;
+  std::vector<std::unique_ptr<TestClient>> clients;
+  for (int i = 0; i < kFetchers; ++i) {
+    clients.push_back(TestClient::Connect(server_));
+    ASSERT_TRUE(clients.back());
+    clients.back()->Login(server_, 1000 + static_cast<uint64_t>(i));
+    std::vector<v1::Envelope> none;
+    clients.back()->CatchUp(&none);
+  }
+  std::mutex mu;
+  std::condition_variable cv;
+  int ready = 0;
+  bool go = false;
+  std::vector<v1::KeysBundle> bundles(kFetchers);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kFetchers; ++i) {
+    threads.emplace_back([&, i] {
+      {
+        std::unique_lock<std::mutex> l(mu);
+        ++ready;
+        cv.notify_all();
+        cv.wait(l, [&] { return go; });
+      }
+      v1::KeysFetch f;
+      f.set_request_id(1);
+      f.set_user(401);
+      EXPECT_TRUE(clients[static_cast<size_t>(i)]->conn().SendFrame(kKeysFetch, f).ok());
+      EXPECT_TRUE(bundles[static_cast<size_t>(i)].ParseFromString(
+          clients[static_cast<size_t>(i)]->Expect(kKeysBundle).payload));
+    });
+  }
+  {
+    std::unique_lock<std::mutex> l(mu);
+    cv.wait(l, [&] { return ready == kFetchers; });
+    go = true;
+  }
+  cv.notify_all();
+  for (auto& t : threads) t.join();
+
+  std::set<uint32_t> ids;
+  std::set<std::string> keys;
+  int without = 0;
+  for (const auto& b : bundles) {
+    EXPECT_EQ(b.user(), 401u);
+    EXPECT_FALSE(b.identity_key().empty());
+    EXPECT_EQ(b.identity_key(), bundles[0].identity_key());
+    if (b.has_one_time_prekey() && !b.one_time_prekey().public_key().empty()) {
+      ids.insert(b.one_time_prekey().id());
+      keys.insert(b.one_time_prekey().public_key());
+    } else {
+      ++without;
+      EXPECT_EQ(b.one_time_prekeys_left(), 0u);
+    }
+  }
+  EXPECT_EQ(ids.size(), 20u);
+  EXPECT_EQ(keys.size(), 20u);
+  EXPECT_EQ(without, kFetchers - 20);
+}
+
+// `iris chat` sends what is typed, with typing indicators; `iris listen` on the other side
+// prints them; `iris presence` reports the listener online.
+TEST_F(CliE2eeTest, ChatWithTypingIndicatorsReachesListener) {
+  const std::string alice = Login(501);
+  const std::string bob = Login(502);
+  IrisChild listener(bob, {"--json", "listen"});
+  ASSERT_FALSE(listener
+                   .WaitFor([](const json& j) {
+                     return j.value("event", "") == "state" && j.value("state", "") == "live";
+                   })
+                   .is_null())
+      << listener.err();
+  CliResult p = RunIris(alice, {"--json", "presence", "502"});
+  ASSERT_EQ(p.exit_code, 0) << p.err;
+  auto pres = Events(p.Json(), "presence");
+  ASSERT_EQ(pres.size(), 1u);
+  EXPECT_TRUE(pres[0]["online"].get<bool>());
+
+  IrisChild chat(alice, {"--json", "chat", "502"});
+  ASSERT_FALSE(chat.WaitFor([](const json& j) {
+                     return j.value("event", "") == "state" && j.value("state", "") == "live";
+                   })
+                   .is_null())
+      << chat.err();
+  chat.WriteLine("/typing on");
+  auto typing = listener.WaitFor([](const json& j) { return j.value("event", "") == "typing"; });
+  ASSERT_FALSE(typing.is_null()) << listener.err();
+  EXPECT_EQ(typing["user"], 501);
+  EXPECT_TRUE(typing["typing"].get<bool>());
+  chat.WriteLine("hello over chat");
+  auto stopped = listener.WaitFor([](const json& j) { return j.value("event", "") == "typing"; });
+  ASSERT_FALSE(stopped.is_null());
+  EXPECT_FALSE(stopped["typing"].get<bool>()) << "sending ends the typing indicator";
+  auto msg = listener.WaitFor([](const json& j) { return j.value("event", "") == "message"; });
+  ASSERT_FALSE(msg.is_null()) << listener.err();
+  EXPECT_EQ(msg["text"], "hello over chat");
+  EXPECT_EQ(msg["from"], 501);
+  chat.WriteLine("/quit");
+  EXPECT_EQ(chat.Wait(), 0) << chat.err();
+  EXPECT_EQ(listener.Kill(SIGTERM), 0);
+}
+
+// Clear, actionable errors.
+TEST_F(CliE2eeTest, LoginExplainsUnreachableServerWrongCertificateAndExpiredToken) {
+  const std::string home = dirs_.Sub("errors");
+  auto fp = net::CertificateFingerprint(server_.cert_file());
+  ASSERT_TRUE(fp.ok());
+  // Nothing listens on port 1.
+  CliResult r = RunIris(home, {"login", "--server", "127.0.0.1:1", "--fingerprint",
+                               "SHA256:" + *fp, "--token", server_.Token(601)});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("cannot reach the server at 127.0.0.1:1"), std::string::npos) << r.err;
+
+  const std::string wrong(64, 'A');
+  r = RunIris(home, {"login", "--server", Server(), "--fingerprint", "SHA256:" + wrong,
+                     "--token", server_.Token(601)});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("does not match"), std::string::npos) << r.err;
+
+  auth::Claims c;
+  c.user_id = 601;
+  c.iat = static_cast<int64_t>(std::time(nullptr)) - 7200;
+  c.exp = c.iat + 3600;
+  c.jti = "expired-601";
+  r = RunIris(home, {"login", "--server", Server(), "--fingerprint", "SHA256:" + *fp, "--token",
+                     server_.Token(c)});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("expired"), std::string::npos) << r.err;
+
+  // A token with a bad signature is refused by the server itself.
+  std::string forged = server_.Token(601);
+  forged.back() = forged.back() == 'A' ? 'B' : 'A';
+  r = RunIris(home, {"login", "--server", Server(), "--fingerprint", "SHA256:" + *fp, "--token",
+                     forged});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("refused the token"), std::string::npos) << r.err;
+
+  r = RunIris(dirs_.Sub("never"), {"send", "5", "hi"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("not logged in"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace iris::testing

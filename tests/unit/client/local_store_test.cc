@@ -1,0 +1,106 @@
+#include "client/local_store.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+namespace iris::client {
+namespace {
+
+class LocalStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/iris-store-test-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    path_ = dir_ + "/state.db";
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  std::unique_ptr<LocalStore> Open() {
+    auto s = LocalStore::Open(path_);
+    EXPECT_TRUE(s.ok()) << s.status().ToString();
+    return s.ok() ? std::move(*s) : nullptr;
+  }
+  std::string dir_, path_;
+};
+
+TEST_F(LocalStoreTest, CursorAndQueueSurviveReopenInOrder) {
+  {
+    auto s = Open();
+    EXPECT_EQ(s->Cursor(), 0u);
+    ASSERT_TRUE(s->SetCursor(0xfedcba9876543210ULL).ok());
+    for (int i = 0; i < 5; ++i) {
+      QueuedSend q;
+      q.idem_key = std::string(15, 'k') + static_cast<char>('a' + i);
+      q.recipient = 10 + static_cast<uint64_t>(i % 2);
+      q.payload = "m" + std::to_string(i);
+      ASSERT_TRUE(s->Enqueue(q).ok());
+    }
+  }
+  auto s = Open();
+  EXPECT_EQ(s->Cursor(), 0xfedcba9876543210ULL);
+  auto q = s->Queue();
+  ASSERT_EQ(q.size(), 5u);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(q[static_cast<size_t>(i)].payload, "m" + std::to_string(i));
+  ASSERT_TRUE(s->Dequeue(q[1].seq, 77, 1).ok());
+  EXPECT_EQ(s->Queue().size(), 4u);
+  auto found = s->FindQueued(q[2].idem_key);
+  ASSERT_TRUE(found.ok());
+  ASSERT_TRUE(found->has_value());
+  EXPECT_EQ((*found)->payload, "m2");
+}
+
+TEST_F(LocalStoreTest, DuplicateIdempotencyKeyIsRefused) {
+  auto s = Open();
+  QueuedSend q;
+  q.idem_key = std::string(16, 'x');
+  q.recipient = 1;
+  q.payload = "a";
+  ASSERT_TRUE(s->Enqueue(q).ok());
+  EXPECT_EQ(s->Enqueue(q).status().code(), StatusCode::kInternal);
+}
+
+TEST_F(LocalStoreTest, TransactionRollsBackWithoutCommitAndSavepointsNest) {
+  auto s = Open();
+  {
+    LocalStore::Transaction tx(*s);
+    ASSERT_TRUE(s->SetCursor(5).ok());
+  }
+  EXPECT_EQ(s->Cursor(), 0u) << "no Commit(): rolled back";
+  {
+    LocalStore::Transaction outer(*s);
+    ASSERT_TRUE(s->SetCursor(7).ok());
+    {
+      LocalStore::Transaction inner(*s);
+      ASSERT_TRUE(s->StorePreKey(3, "pk").ok());
+    }  // inner rolled back
+    {
+      LocalStore::Transaction inner(*s);
+      ASSERT_TRUE(s->StorePreKey(4, "pk4").ok());
+      ASSERT_TRUE(inner.Commit().ok());
+    }
+    ASSERT_TRUE(outer.Commit().ok());
+  }
+  EXPECT_EQ(s->Cursor(), 7u);
+  EXPECT_FALSE(s->LoadPreKey(3)->has_value());
+  EXPECT_EQ(s->LoadPreKey(4)->value(), "pk4");
+  EXPECT_EQ(s->CountPreKeys(), 1u);
+}
+
+TEST_F(LocalStoreTest, IncomingIsIdempotentById) {
+  auto s = Open();
+  StoredIncoming m;
+  m.id = 100;
+  m.peer = 2;
+  m.body = "hello";
+  EXPECT_TRUE(*s->InsertIncoming(m));
+  m.body = "other";
+  EXPECT_FALSE(*s->InsertIncoming(m));
+  auto all = s->Incoming(0, 10);
+  ASSERT_EQ(all.size(), 1u);
+  EXPECT_EQ(all[0].body, "hello");
+  EXPECT_TRUE(s->Incoming(100, 10).empty());
+}
+
+}  // namespace
+}  // namespace iris::client

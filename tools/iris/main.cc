@@ -1,0 +1,866 @@
+// iris: the command-line client (end-to-end encrypted; see README "Quick start with the CLI").
+//
+//   iris login --server HOST:PORT (--fingerprint SHA256:.. | --ca FILE) (--token T | --token-file F)
+//   iris send USER TEXT...        (TEXT "-" reads one message per line from stdin)
+//   iris listen                   (prints messages, receipts, presence, typing until Ctrl-C)
+//   iris sync                     (catch up, flush queued sends, print new messages, exit)
+//   iris presence USER... [--watch]
+//   iris chat USER                (interactive; typing indicators)
+//   iris status
+// Global: --home DIR (else $IRIS_HOME, else ~/.iris), --json (one JSON object per line).
+//
+// Exit codes: 0 done; 1 usage or local error; 2 cannot connect or not allowed (server
+// unreachable, certificate mismatch, token refused); 3 timed out with sends still queued
+// (they stay queued and go out with the next iris command that connects).
+//
+// Threads: the main thread owns the terminal and all printing; the client library's I/O
+// thread, a signal thread and (chat) a stdin thread only post items to one queue.
+
+#include <signal.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <condition_variable>
+#include <ctime>
+#include <deque>
+#include <iostream>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <thread>
+#include <variant>
+
+#include "cli_config.h"
+#include "iris/client/client.h"
+
+namespace iris::cli {
+namespace {
+
+using client::Client;
+using client::Event;
+using client::SessionState;
+using json = nlohmann::json;
+
+constexpr int kExitOk = 0;
+constexpr int kExitLocal = 1;
+constexpr int kExitConnect = 2;
+constexpr int kExitQueued = 3;
+
+// ---- the main thread's inbox ----
+
+struct InputLine {
+  std::string text;
+};
+struct InputKey {};  // a keystroke in an interactive chat (typing indicator)
+struct InputEof {};
+struct Quit {};
+using Item = std::variant<Event, InputLine, InputKey, InputEof, Quit>;
+
+class Inbox {
+ public:
+  void Push(Item item) {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      items_.push_back(std::move(item));
+    }
+    cv_.notify_one();
+  }
+  // The next item, or nullopt when `deadline` passes first.
+  std::optional<Item> Pop(std::chrono::steady_clock::time_point deadline) {
+    std::unique_lock<std::mutex> l(mu_);
+    if (!cv_.wait_until(l, deadline, [&] { return !items_.empty(); })) return std::nullopt;
+    Item it = std::move(items_.front());
+    items_.pop_front();
+    return it;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Item> items_;
+};
+
+Inbox& TheInbox() {
+  static Inbox inbox;
+  return inbox;
+}
+
+// SIGINT/SIGTERM become a Quit item (blocked in every thread, taken by sigwait).
+void StartSignalThread() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  std::thread([set] {
+    int sig = 0;
+    for (;;) {
+      if (sigwait(&set, &sig) == 0) TheInbox().Push(Quit{});
+    }
+  }).detach();
+}
+
+// ---- output ----
+
+bool g_json = false;
+
+std::string Clock(uint64_t ms) {
+  if (ms == 0) return "never";
+  const time_t t = static_cast<time_t>(ms / 1000);
+  tm tm{};
+  localtime_r(&t, &tm);
+  char buf[32];
+  strftime(buf, sizeof(buf), "%H:%M:%S", &tm);
+  return buf;
+}
+
+void Out(const json& j, const std::string& text) {
+  if (g_json) {
+    std::cout << j.dump() << std::endl;
+  } else if (!text.empty()) {
+    std::cout << text << std::endl;
+  }
+}
+
+void Note(const std::string& text) {
+  if (!g_json) std::cerr << text << std::endl;
+}
+
+// An actionable explanation of a connection-level failure.
+std::string Explain(const Status& s, const CliConfig& cfg) {
+  const std::string& m = s.message();
+  switch (s.code()) {
+    case StatusCode::kUnavailable:
+      return "cannot reach the server at " + cfg.server + " (" + m +
+             "). Is irisd running there? Check the address, or log in again with "
+             "iris login --server HOST:PORT.";
+    case StatusCode::kUnauthenticated:
+      if (m.find("certificate") != std::string::npos || m.find("fingerprint") != std::string::npos) {
+        return "the server's TLS certificate does not match what you pinned (" + m +
+               "). If the server was re-installed, get its new fingerprint from its start-up "
+               "banner and run iris login again; otherwise someone may be intercepting the "
+               "connection.";
+      }
+      if (auto exp = TokenExpiry(cfg.token); exp && *exp <= std::time(nullptr)) {
+        return "your token expired at " + Clock(static_cast<uint64_t>(*exp) * 1000) +
+               " (server says: " + m +
+               "). Mint a new one (irisctl token --secret-file FILE --user ID --ttl 1h) and run "
+               "iris login --token NEW_TOKEN.";
+      }
+      return "the server refused the token (" + m +
+             "). It may be expired, revoked or signed with another key: get a fresh token and "
+             "run iris login --token NEW_TOKEN.";
+    case StatusCode::kSessionReplaced:
+      return "another session of this user connected and replaced this one (another iris "
+             "process with the same account?).";
+    case StatusCode::kRateLimited:
+      return "the server is rate-limiting this client (" + m + "); try again shortly.";
+    case StatusCode::kBadRequest:
+      return "invalid connection settings: " + m;
+    default:
+      return s.ToString();
+  }
+}
+
+json StatusJson(const Status& s) {
+  return {{"code", std::string(StatusCodeName(s.code()))}, {"error", s.message()}};
+}
+
+// Prints one library event. Messages are printed by the caller (shown-cursor logic).
+void PrintEvent(const Event& e) {
+  using namespace client;
+  if (const auto* m = std::get_if<MessageEvent>(&e)) {
+    json j = {{"event", "message"},         {"id", m->id},
+              {"from", m->sender},          {"sent_at_ms", m->sent_at_ms},
+              {"text", m->text},            {"decrypted", m->decrypted},
+              {"prekey", m->prekey_message}};
+    if (!m->decrypted) j["error"] = m->error;
+    Out(j, "[" + Clock(m->sent_at_ms) + "] " + std::to_string(m->sender) + ": " +
+               (m->decrypted ? m->text : "<cannot decrypt: " + m->error + ">"));
+  } else if (const auto* a = std::get_if<SendAckedEvent>(&e)) {
+    if (a->receipt) return;
+    Out({{"event", "sent"}, {"local_id", a->local_id}, {"to", a->recipient},
+         {"message_id", a->message_id}, {"duplicate", a->duplicate}},
+        "sent to " + std::to_string(a->recipient) + " (message id " +
+            std::to_string(a->message_id) + (a->duplicate ? ", was already stored" : "") + ")");
+  } else if (const auto* f = std::get_if<SendFailedEvent>(&e)) {
+    json j = StatusJson(f->status);
+    j.update({{"event", "send_failed"}, {"local_id", f->local_id}, {"to", f->recipient},
+              {"permanent", f->permanent}, {"attempts", f->attempts}});
+    Out(j, std::string(f->permanent ? "NOT sent" : "not sent yet (will retry)") + " to " +
+               std::to_string(f->recipient) + ": " + f->status.message());
+  } else if (const auto* r = std::get_if<ReceiptEvent>(&e)) {
+    const bool read = r->kind == ReceiptKind::kRead;
+    std::string ids;
+    for (uint64_t id : r->message_ids) ids += (ids.empty() ? "" : ", ") + std::to_string(id);
+    Out({{"event", "receipt"}, {"from", r->from}, {"kind", read ? "read" : "delivered"},
+         {"message_ids", r->message_ids}},
+        std::to_string(r->from) + (read ? " read " : " received ") + "message " + ids);
+  } else if (const auto* p = std::get_if<PresenceEvent>(&e)) {
+    Out({{"event", "presence"}, {"user", p->user}, {"online", p->online},
+         {"last_seen_ms", p->last_seen_ms}},
+        std::to_string(p->user) +
+            (p->online ? " is online" : " is offline (last seen " + Clock(p->last_seen_ms) + ")"));
+  } else if (const auto* t = std::get_if<TypingEvent>(&e)) {
+    Out({{"event", "typing"}, {"user", t->user}, {"typing", t->typing}},
+        std::to_string(t->user) + (t->typing ? " is typing..." : " stopped typing"));
+  } else if (const auto* s = std::get_if<StateEvent>(&e)) {
+    json j = {{"event", "state"}, {"state", SessionStateName(s->state)}, {"user", s->user_id}};
+    if (!s->status.ok()) j.update(StatusJson(s->status));
+    if (s->retry_in_ms > 0) j["retry_in_ms"] = s->retry_in_ms;
+    if (g_json) {
+      Out(j, "");
+    } else if (!s->status.ok()) {
+      Note("(" + std::string(SessionStateName(s->state)) + ": " + s->status.message() +
+           (s->retry_in_ms > 0 ? "; retrying in " + std::to_string(s->retry_in_ms) + " ms" : "") +
+           ")");
+    }
+  } else if (const auto* y = std::get_if<SyncedEvent>(&e)) {
+    Out({{"event", "synced"}, {"cursor", y->cursor}, {"received", y->received}}, "");
+  } else if (const auto* k = std::get_if<KeysUploadedEvent>(&e)) {
+    Out({{"event", "keys_uploaded"}, {"one_time_prekeys", k->one_time_prekeys},
+         {"identity", k->identity}},
+        "");
+  } else if (const auto* q = std::get_if<RequestFailedEvent>(&e)) {
+    json j = StatusJson(q->status);
+    j["event"] = "request_failed";
+    j["what"] = q->what;
+    Out(j, q->what + " failed: " + q->status.message());
+  }
+}
+
+// ---- an open client ----
+
+struct Session {
+  std::string dir;
+  CliConfig cfg;
+  std::unique_ptr<Client> client;
+  uint64_t shown = 0;  // newest message id printed
+  bool ever_live = false;
+  Status last_error;
+
+  // Prints a message once (ids at or below `shown` were printed before).
+  void ShowMessage(const client::MessageEvent& m, uint64_t only_from = 0) {
+    if (m.id <= shown) return;
+    if (only_from == 0 || m.sender == only_from) PrintEvent(Event(m));
+    shown = m.id;
+    SaveShownCursor(dir, shown);
+  }
+  // Prints stored messages not printed yet.
+  void ShowBacklog(uint64_t only_from = 0) {
+    for (;;) {
+      auto batch = client->Messages(shown, 256);
+      if (batch.empty()) return;
+      for (auto& m : batch) {
+        client::MessageEvent e;
+        e.id = m.id;
+        e.sender = m.peer;
+        e.sent_at_ms = m.sent_at_ms;
+        e.text = m.text;
+        e.decrypted = m.decrypted;
+        e.error = m.error;
+        ShowMessage(e, only_from);
+      }
+    }
+  }
+};
+
+Result<std::unique_ptr<Session>> OpenSession(const std::string& dir, const CliConfig& cfg) {
+  auto s = std::make_unique<Session>();
+  s->dir = dir;
+  s->cfg = cfg;
+  client::ClientOptions o;
+  o.state_dir = dir;
+  IRIS_RETURN_IF_ERROR(SplitHostPort(cfg.server, &o.server.host, &o.server.port));
+  o.server.ca_file = cfg.ca_file;
+  o.server.fingerprint = cfg.fingerprint;
+  o.token = cfg.token;
+  o.client_name = "iris-cli/0.1";
+  o.prekey_pool_size = cfg.prekeys;
+  o.prekey_low_water = std::min<uint32_t>(25, cfg.prekeys / 4);
+  o.on_event = [](const Event& e) { TheInbox().Push(e); };
+  IRIS_ASSIGN_OR_RETURN(s->client, Client::Open(std::move(o)));
+  s->shown = LoadShownCursor(dir);
+  return s;
+}
+
+// Handles the connection-level part of an event. Returns an exit code when the command
+// must end (fatal failure), else -1.
+int TrackState(Session& s, const Event& e, bool fail_fast) {
+  const auto* st = std::get_if<client::StateEvent>(&e);
+  if (st == nullptr) return -1;
+  if (st->state == SessionState::kLive) s.ever_live = true;
+  if (!st->status.ok()) s.last_error = st->status;
+  if (st->state == SessionState::kFailed) {
+    std::cerr << "iris: " << Explain(st->status, s.cfg) << std::endl;
+    return kExitConnect;
+  }
+  if (st->state == SessionState::kConnecting && !st->status.ok() && !s.ever_live) {
+    if (fail_fast) {
+      std::cerr << "iris: " << Explain(st->status, s.cfg) << std::endl;
+      return kExitConnect;
+    }
+  }
+  return -1;
+}
+
+std::chrono::steady_clock::time_point After(double seconds) {
+  return std::chrono::steady_clock::now() +
+         std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+}
+
+int TimedOut(Session& s, const std::string& what) {
+  if (!s.ever_live) {
+    std::cerr << "iris: timed out " << what << ": "
+              << (s.last_error.ok() ? "no answer from the server" : Explain(s.last_error, s.cfg))
+              << std::endl;
+    return kExitConnect;
+  }
+  const size_t n = s.client->PendingSends().size();
+  std::cerr << "iris: timed out " << what << "; " << n
+            << " send(s) still queued locally (last problem: "
+            << (s.last_error.ok() ? "none reported" : s.last_error.message())
+            << "). They will be sent by the next iris command that connects." << std::endl;
+  return kExitQueued;
+}
+
+Result<CliConfig> LoadOrExplain(const std::string& dir) {
+  auto cfg = LoadConfig(dir);
+  if (!cfg.ok()) return cfg.status();
+  if (auto exp = TokenExpiry(cfg->token); exp && *exp <= std::time(nullptr)) {
+    return Unauthenticated("your token expired at " + Clock(static_cast<uint64_t>(*exp) * 1000) +
+                           ". Mint a new one (irisctl token --secret-file FILE --user ID "
+                           "--ttl 1h) and run iris login --token NEW_TOKEN.");
+  }
+  return cfg;
+}
+
+int LocalError(const Status& s) {
+  std::cerr << "iris: " << s.message() << std::endl;
+  return s.code() == StatusCode::kUnauthenticated ? kExitConnect : kExitLocal;
+}
+
+// ---- commands ----
+
+struct LoginArgs {
+  std::string server, ca, fingerprint, token, token_file;
+  uint32_t prekeys = 100;
+  double timeout = 20;
+};
+
+int CmdLogin(const std::string& dir, const LoginArgs& a) {
+  if (a.ca.empty() == a.fingerprint.empty()) {
+    std::cerr << "iris: give exactly one of --fingerprint (from irisd's start-up banner) or "
+                 "--ca FILE: the server is always verified"
+              << std::endl;
+    return kExitLocal;
+  }
+  CliConfig cfg;
+  cfg.server = a.server;
+  cfg.fingerprint = a.fingerprint;
+  if (!a.ca.empty()) {
+    std::error_code ec;
+    cfg.ca_file = std::filesystem::absolute(a.ca, ec).string();
+  }
+  cfg.token = a.token;
+  if (cfg.token.empty() && !a.token_file.empty()) {
+    std::ifstream in(a.token_file);
+    if (!in) return LocalError(NotFound("cannot read token file " + a.token_file));
+    std::getline(in, cfg.token);
+  }
+  if (cfg.token.empty()) {
+    if (const char* env = std::getenv("IRIS_TOKEN")) cfg.token = env;
+  }
+  if (cfg.token.empty()) {
+    return LocalError(BadRequest("no token: give --token, --token-file or $IRIS_TOKEN"));
+  }
+  if (a.prekeys < 1 || a.prekeys > 1000) return LocalError(BadRequest("--prekeys must be 1..1000"));
+  cfg.prekeys = a.prekeys;
+  if (auto exp = TokenExpiry(cfg.token); exp && *exp <= std::time(nullptr)) {
+    return LocalError(Unauthenticated("this token expired at " +
+                                      Clock(static_cast<uint64_t>(*exp) * 1000) +
+                                      ". Mint a new one (irisctl token ... --ttl 1h)."));
+  }
+  std::string host;
+  uint16_t port = 0;
+  if (Status st = SplitHostPort(cfg.server, &host, &port); !st.ok()) return LocalError(st);
+
+  auto s = OpenSession(dir, cfg);
+  if (!s.ok()) return LocalError(s.status());
+  Session& ss = **s;
+  ss.client->Start();
+  const auto deadline = After(a.timeout);
+  bool synced = false;
+  while (!(synced && ss.client->KeysPublished())) {
+    auto item = TheInbox().Pop(deadline);
+    if (!item) return TimedOut(ss, "logging in");
+    if (std::holds_alternative<Quit>(*item)) return kExitLocal;
+    const auto* e = std::get_if<Event>(&*item);
+    if (e == nullptr) continue;
+    if (int rc = TrackState(ss, *e, /*fail_fast=*/true); rc >= 0) return rc;
+    if (std::holds_alternative<client::SyncedEvent>(*e)) synced = true;
+    if (const auto* k = std::get_if<client::KeysUploadedEvent>(e)) PrintEvent(*e), (void)k;
+    if (const auto* f = std::get_if<client::RequestFailedEvent>(e)) {
+      std::cerr << "iris: " << f->what << " failed: " << f->status.ToString() << std::endl;
+      return kExitConnect;
+    }
+  }
+  if (Status st = SaveConfig(dir, cfg); !st.ok()) return LocalError(st);
+  const size_t unread = ss.client->Messages(ss.shown, 100000).size();
+  Out({{"event", "logged_in"}, {"user", ss.client->user_id()}, {"server", cfg.server},
+       {"identity", ss.client->IdentityFingerprint()}, {"unread", unread}, {"home", dir}},
+      "logged in as user " + std::to_string(ss.client->user_id()) + " at " + cfg.server +
+          "\nidentity key fingerprint: " + ss.client->IdentityFingerprint() +
+          "\nstate: " + dir + (unread > 0 ? "\n" + std::to_string(unread) +
+                                                " unread message(s): iris sync"
+                                          : ""));
+  ss.client->Stop();
+  return kExitOk;
+}
+
+int CmdSend(const std::string& dir, uint64_t to, const std::vector<std::string>& words,
+            double timeout, bool no_wait) {
+  auto cfg = LoadOrExplain(dir);
+  if (!cfg.ok()) return LocalError(cfg.status());
+  auto s = OpenSession(dir, *cfg);
+  if (!s.ok()) return LocalError(s.status());
+  Session& ss = **s;
+  std::set<std::string> waiting;
+  auto queue = [&](const std::string& text) -> int {
+    auto id = ss.client->Send(to, text);
+    if (!id.ok()) return LocalError(id.status());
+    waiting.insert(*id);
+    Out({{"event", "queued"}, {"local_id", *id}, {"to", to}, {"text", text}}, "");
+    return kExitOk;
+  };
+  const bool from_stdin = words.size() == 1 && words[0] == "-";
+  if (!from_stdin) {
+    std::string text;
+    for (const auto& w : words) text += (text.empty() ? "" : " ") + w;
+    if (int rc = queue(text); rc != kExitOk) return rc;
+    if (no_wait) {
+      Note("queued; it will be sent by the next iris command that connects");
+      return kExitOk;
+    }
+  } else {
+    // Lines are queued as they arrive (and survive a crash from then on).
+    std::thread([] {
+      std::string line;
+      while (std::getline(std::cin, line)) TheInbox().Push(InputLine{line});
+      TheInbox().Push(InputEof{});
+    }).detach();
+  }
+  ss.client->Start();
+  bool input_done = !from_stdin;
+  auto deadline = After(timeout);
+  while (!input_done || !waiting.empty()) {
+    auto item = TheInbox().Pop(input_done ? deadline : After(3600));
+    if (!item) return TimedOut(ss, "sending");
+    if (std::holds_alternative<Quit>(*item)) return kExitQueued;
+    if (const auto* line = std::get_if<InputLine>(&*item)) {
+      if (line->text.empty()) continue;
+      if (int rc = queue(line->text); rc != kExitOk) return rc;
+      continue;
+    }
+    if (std::holds_alternative<InputEof>(*item)) {
+      input_done = true;
+      deadline = After(timeout);
+      continue;
+    }
+    const auto* e = std::get_if<Event>(&*item);
+    if (e == nullptr) continue;
+    if (int rc = TrackState(ss, *e, false); rc >= 0) return rc;
+    if (const auto* a = std::get_if<client::SendAckedEvent>(e)) {
+      if (waiting.erase(a->local_id) > 0) PrintEvent(*e);
+    } else if (const auto* f = std::get_if<client::SendFailedEvent>(e)) {
+      ss.last_error = f->status;
+      if (waiting.count(f->local_id) > 0) {
+        PrintEvent(*e);
+        if (f->permanent) waiting.erase(f->local_id);
+      }
+    } else if (std::holds_alternative<client::KeysUploadedEvent>(*e) ||
+               std::holds_alternative<client::StateEvent>(*e)) {
+      PrintEvent(*e);
+    }
+  }
+  ss.client->Stop();
+  return kExitOk;
+}
+
+int CmdSync(const std::string& dir, double timeout) {
+  auto cfg = LoadOrExplain(dir);
+  if (!cfg.ok()) return LocalError(cfg.status());
+  auto s = OpenSession(dir, *cfg);
+  if (!s.ok()) return LocalError(s.status());
+  Session& ss = **s;
+  ss.ShowBacklog();
+  ss.client->Start();
+  const auto deadline = After(timeout);
+  bool synced = false;
+  for (;;) {
+    if (synced && ss.client->PendingSends().empty()) break;
+    auto item = TheInbox().Pop(synced ? std::min(deadline, After(0.2)) : deadline);
+    if (!item) {
+      if (std::chrono::steady_clock::now() >= deadline) {
+        ss.ShowBacklog();
+        return TimedOut(ss, "syncing");
+      }
+      continue;  // re-check the queue
+    }
+    if (std::holds_alternative<Quit>(*item)) return kExitLocal;
+    const auto* e = std::get_if<Event>(&*item);
+    if (e == nullptr) continue;
+    if (int rc = TrackState(ss, *e, false); rc >= 0) return rc;
+    if (const auto* m = std::get_if<client::MessageEvent>(e)) {
+      ss.ShowMessage(*m);
+    } else if (std::holds_alternative<client::SyncedEvent>(*e)) {
+      synced = true;
+      PrintEvent(*e);
+    } else if (std::holds_alternative<client::StateEvent>(*e)) {
+      PrintEvent(*e);
+    } else {
+      if (const auto* f = std::get_if<client::SendFailedEvent>(e)) ss.last_error = f->status;
+      PrintEvent(*e);
+    }
+  }
+  ss.client->Stop();
+  ss.ShowBacklog();
+  return kExitOk;
+}
+
+int CmdListen(const std::string& dir) {
+  auto cfg = LoadOrExplain(dir);
+  if (!cfg.ok()) return LocalError(cfg.status());
+  auto s = OpenSession(dir, *cfg);
+  if (!s.ok()) return LocalError(s.status());
+  Session& ss = **s;
+  ss.ShowBacklog();
+  ss.client->Start();
+  Note("listening as " + cfg->server + " (Ctrl-C to stop)");
+  for (;;) {
+    auto item = TheInbox().Pop(After(3600));
+    if (!item) continue;
+    if (std::holds_alternative<Quit>(*item)) break;
+    const auto* e = std::get_if<Event>(&*item);
+    if (e == nullptr) continue;
+    if (int rc = TrackState(ss, *e, false); rc >= 0) return rc;
+    if (const auto* m = std::get_if<client::MessageEvent>(e)) {
+      ss.ShowMessage(*m);
+    } else {
+      PrintEvent(*e);
+    }
+  }
+  ss.client->Stop();
+  return kExitOk;
+}
+
+int CmdPresence(const std::string& dir, const std::vector<uint64_t>& users, bool watch,
+                double timeout) {
+  auto cfg = LoadOrExplain(dir);
+  if (!cfg.ok()) return LocalError(cfg.status());
+  auto s = OpenSession(dir, *cfg);
+  if (!s.ok()) return LocalError(s.status());
+  Session& ss = **s;
+  if (watch) {
+    ss.client->SubscribePresence(users);
+  } else {
+    ss.client->QueryPresence(users);
+  }
+  ss.client->Start();
+  std::set<uint64_t> missing(users.begin(), users.end());
+  const auto deadline = After(timeout);
+  while (watch || !missing.empty()) {
+    auto item = TheInbox().Pop(watch ? After(3600) : deadline);
+    if (!item) {
+      if (watch) continue;
+      return TimedOut(ss, "waiting for presence");
+    }
+    if (std::holds_alternative<Quit>(*item)) break;
+    const auto* e = std::get_if<Event>(&*item);
+    if (e == nullptr) continue;
+    if (int rc = TrackState(ss, *e, !watch); rc >= 0) return rc;
+    if (const auto* p = std::get_if<client::PresenceEvent>(e)) {
+      missing.erase(p->user);
+      PrintEvent(*e);
+    } else if (const auto* f = std::get_if<client::RequestFailedEvent>(e)) {
+      std::cerr << "iris: presence: " << Explain(f->status, ss.cfg) << std::endl;
+      return kExitLocal;
+    }
+  }
+  ss.client->Stop();
+  return kExitOk;
+}
+
+// Puts a terminal in character mode for the chat, restoring it on destruction.
+class RawTerminal {
+ public:
+  RawTerminal() {
+    if (tcgetattr(STDIN_FILENO, &saved_) != 0) return;
+    termios t = saved_;
+    t.c_lflag &= static_cast<tcflag_t>(~(ICANON | ECHO));
+    t.c_cc[VMIN] = 1;
+    t.c_cc[VTIME] = 0;
+    active_ = tcsetattr(STDIN_FILENO, TCSANOW, &t) == 0;
+  }
+  ~RawTerminal() {
+    if (active_) tcsetattr(STDIN_FILENO, TCSANOW, &saved_);
+  }
+
+ private:
+  termios saved_{};
+  bool active_ = false;
+};
+
+int CmdChat(const std::string& dir, uint64_t peer, double drain_timeout) {
+  auto cfg = LoadOrExplain(dir);
+  if (!cfg.ok()) return LocalError(cfg.status());
+  auto s = OpenSession(dir, *cfg);
+  if (!s.ok()) return LocalError(s.status());
+  Session& ss = **s;
+  const bool tty = isatty(STDIN_FILENO) == 1 && !g_json;
+  std::unique_ptr<RawTerminal> raw;
+  std::mutex line_mu;
+  std::string line;  // what the user is typing (tty mode)
+  const std::string prompt = "> ";
+  auto redraw = [&] {
+    if (!tty) return;
+    std::lock_guard<std::mutex> l(line_mu);
+    std::cout << "\r\033[K" << prompt << line << std::flush;
+  };
+  auto clear_line = [&] {
+    if (tty) std::cout << "\r\033[K";
+  };
+  if (tty) {
+    raw = std::make_unique<RawTerminal>();
+    std::thread([&line_mu, &line, prompt] {
+      char c;
+      while (read(STDIN_FILENO, &c, 1) == 1) {
+        std::lock_guard<std::mutex> l(line_mu);
+        if (c == '\n' || c == '\r') {
+          TheInbox().Push(InputLine{line});
+          line.clear();
+          std::cout << "\r\033[K" << prompt << std::flush;
+        } else if (c == 4 && line.empty()) {  // Ctrl-D
+          break;
+        } else if (c == 127 || c == 8) {
+          if (!line.empty()) line.pop_back();
+          std::cout << "\r\033[K" << prompt << line << std::flush;
+          TheInbox().Push(InputKey{});
+        } else if (static_cast<unsigned char>(c) >= 32 || c == '\t') {
+          line.push_back(c);
+          std::cout << c << std::flush;
+          TheInbox().Push(InputKey{});
+        }
+      }
+      TheInbox().Push(InputEof{});
+    }).detach();
+  } else {
+    std::thread([] {
+      std::string l;
+      while (std::getline(std::cin, l)) TheInbox().Push(InputLine{l});
+      TheInbox().Push(InputEof{});
+    }).detach();
+  }
+  Note("chat with " + std::to_string(peer) + " (end-to-end encrypted; Ctrl-D or /quit to leave)");
+  ss.ShowBacklog(peer);
+  ss.client->SubscribePresence({peer});
+  ss.client->Start();
+  redraw();
+
+  bool typing = false;
+  auto last_key = std::chrono::steady_clock::now();
+  bool leaving = false;
+  std::set<std::string> unacked;
+  auto deadline = After(3600 * 24 * 365);
+  while (!(leaving && unacked.empty())) {
+    const auto wake = typing ? std::min(deadline, last_key + std::chrono::seconds(5)) : deadline;
+    auto item = TheInbox().Pop(wake);
+    if (!item) {
+      if (typing && std::chrono::steady_clock::now() >= last_key + std::chrono::seconds(5)) {
+        typing = false;
+        ss.client->SetTyping(peer, false);
+        continue;
+      }
+      if (std::chrono::steady_clock::now() >= deadline) {
+        clear_line();
+        return TimedOut(ss, "delivering the last messages");
+      }
+      continue;
+    }
+    if (std::holds_alternative<Quit>(*item) || std::holds_alternative<InputEof>(*item)) {
+      leaving = true;
+      deadline = After(drain_timeout);
+      if (typing) ss.client->SetTyping(peer, false);
+      continue;
+    }
+    if (std::holds_alternative<InputKey>(*item)) {
+      last_key = std::chrono::steady_clock::now();
+      if (!typing) {
+        typing = true;
+        ss.client->SetTyping(peer, true);
+      }
+      continue;
+    }
+    if (const auto* in = std::get_if<InputLine>(&*item)) {
+      const std::string& text = in->text;
+      if (text.empty()) continue;
+      if (text == "/quit") {
+        leaving = true;
+        deadline = After(drain_timeout);
+        continue;
+      }
+      if (text == "/typing on" || text == "/typing off") {  // for scripts without a terminal
+        typing = text == "/typing on";
+        last_key = std::chrono::steady_clock::now();
+        ss.client->SetTyping(peer, typing);
+        continue;
+      }
+      if (typing) {
+        typing = false;
+        ss.client->SetTyping(peer, false);
+      }
+      auto id = ss.client->Send(peer, text);
+      if (!id.ok()) {
+        clear_line();
+        std::cerr << "iris: " << id.status().message() << std::endl;
+        redraw();
+        continue;
+      }
+      unacked.insert(*id);
+      clear_line();
+      Out({{"event", "queued"}, {"local_id", *id}, {"to", peer}, {"text", text}},
+          "[" + Clock(static_cast<uint64_t>(std::time(nullptr)) * 1000) + "] me: " + text);
+      redraw();
+      continue;
+    }
+    const auto* e = std::get_if<Event>(&*item);
+    if (e == nullptr) continue;
+    if (int rc = TrackState(ss, *e, false); rc >= 0) {
+      clear_line();
+      return rc;
+    }
+    clear_line();
+    if (const auto* m = std::get_if<client::MessageEvent>(e)) {
+      ss.ShowMessage(*m, peer);
+    } else if (const auto* a = std::get_if<client::SendAckedEvent>(e)) {
+      if (unacked.erase(a->local_id) > 0 && g_json) PrintEvent(*e);
+    } else if (const auto* t = std::get_if<client::TypingEvent>(e)) {
+      if (t->user == peer) PrintEvent(*e);
+    } else if (const auto* p = std::get_if<client::PresenceEvent>(e)) {
+      if (p->user == peer) PrintEvent(*e);
+    } else if (const auto* r = std::get_if<client::ReceiptEvent>(e)) {
+      if (r->from == peer && g_json) PrintEvent(*e);
+    } else if (std::holds_alternative<client::SendFailedEvent>(*e) ||
+               std::holds_alternative<client::StateEvent>(*e)) {
+      PrintEvent(*e);
+    }
+    redraw();
+  }
+  clear_line();
+  ss.client->Stop();
+  return kExitOk;
+}
+
+int CmdStatus(const std::string& dir) {
+  auto cfg = LoadConfig(dir);
+  if (!cfg.ok()) return LocalError(cfg.status());
+  auto s = OpenSession(dir, *cfg);
+  if (!s.ok()) return LocalError(s.status());
+  Session& ss = **s;
+  const auto pending = ss.client->PendingSends();
+  json q = json::array();
+  std::string text;
+  for (const auto& p : pending) {
+    if (p.receipt) continue;
+    q.push_back({{"local_id", p.local_id}, {"to", p.recipient}, {"text", p.text},
+                 {"attempts", p.attempts}, {"encrypted", p.encrypted}});
+    text += "\n  to " + std::to_string(p.recipient) + ": " + p.text;
+  }
+  const auto exp = TokenExpiry(cfg->token);
+  Out({{"event", "status"}, {"server", cfg->server}, {"home", dir},
+       {"identity", ss.client->IdentityFingerprint()}, {"keys_published", ss.client->KeysPublished()},
+       {"cursor", ss.client->cursor()}, {"token_expires", exp.value_or(0)}, {"queued", q}},
+      "server: " + cfg->server + "\nstate: " + dir +
+          "\nidentity key fingerprint: " + ss.client->IdentityFingerprint() +
+          "\ntoken expires: " + (exp ? Clock(static_cast<uint64_t>(*exp) * 1000) : "unknown") +
+          "\nqueued messages: " + std::to_string(q.size()) + text);
+  return kExitOk;
+}
+
+int Main(int argc, char** argv) {
+  CLI::App app{"iris: end-to-end encrypted messaging client for Iris servers"};
+  app.require_subcommand(1);
+  std::string home;
+  app.add_option("--home", home, "state directory (default: $IRIS_HOME, else ~/.iris)");
+  app.add_flag("--json", g_json, "print one JSON object per line (for scripts)");
+
+  LoginArgs login;
+  auto* cl = app.add_subcommand("login", "save the server, its certificate pin and your token; "
+                                         "publish your encryption keys");
+  cl->add_option("--server", login.server, "server address HOST:PORT")->required();
+  cl->add_option("--fingerprint", login.fingerprint,
+                 "pinned SHA-256 certificate fingerprint (irisd prints it at start-up)");
+  cl->add_option("--ca", login.ca, "CA certificate file that signed the server's certificate");
+  cl->add_option("--token", login.token, "access token (JWT); see irisctl token");
+  cl->add_option("--token-file", login.token_file, "read the token from this file");
+  cl->add_option("--prekeys", login.prekeys, "one-time prekeys to keep on the server")
+      ->capture_default_str();
+  cl->add_option("--timeout", login.timeout, "seconds")->capture_default_str();
+
+  uint64_t send_to = 0;
+  std::vector<std::string> send_words;
+  double send_timeout = 20;
+  bool no_wait = false;
+  auto* cs = app.add_subcommand("send", "send an encrypted message (TEXT - reads lines from stdin)");
+  cs->add_option("USER", send_to, "recipient user id")->required();
+  cs->add_option("TEXT", send_words, "message text")->required();
+  cs->add_option("--timeout", send_timeout, "seconds to wait for the server's acknowledgement")
+      ->capture_default_str();
+  cs->add_flag("--no-wait", no_wait, "queue only; a later iris command delivers it");
+
+  double sync_timeout = 20;
+  auto* cy = app.add_subcommand("sync", "catch up, deliver queued sends, print new messages");
+  cy->add_option("--timeout", sync_timeout, "seconds")->capture_default_str();
+
+  auto* li = app.add_subcommand("listen", "print messages, receipts, presence and typing as they "
+                                          "arrive (Ctrl-C stops)");
+
+  std::vector<uint64_t> presence_users;
+  bool watch = false;
+  double presence_timeout = 10;
+  auto* cp = app.add_subcommand("presence", "show whether users are online");
+  cp->add_option("USER", presence_users, "user ids")->required();
+  cp->add_flag("--watch", watch, "keep printing changes");
+  cp->add_option("--timeout", presence_timeout, "seconds")->capture_default_str();
+
+  uint64_t chat_peer = 0;
+  double chat_drain = 20;
+  auto* cc = app.add_subcommand("chat", "interactive end-to-end encrypted chat with typing "
+                                        "indicators (/quit or Ctrl-D leaves)");
+  cc->add_option("USER", chat_peer, "the other user's id")->required();
+  cc->add_option("--timeout", chat_drain, "seconds to wait for unsent messages when leaving")
+      ->capture_default_str();
+
+  auto* st = app.add_subcommand("status", "show the saved login, identity and queued messages");
+
+  CLI11_PARSE(app, argc, argv);
+  const std::string dir = StateDir(home);
+  StartSignalThread();
+  if (cl->parsed()) return CmdLogin(dir, login);
+  if (cs->parsed()) return CmdSend(dir, send_to, send_words, send_timeout, no_wait);
+  if (cy->parsed()) return CmdSync(dir, sync_timeout);
+  if (li->parsed()) return CmdListen(dir);
+  if (cp->parsed()) return CmdPresence(dir, presence_users, watch, presence_timeout);
+  if (cc->parsed()) return CmdChat(dir, chat_peer, chat_drain);
+  if (st->parsed()) return CmdStatus(dir);
+  return kExitLocal;
+}
+
+}  // namespace
+}  // namespace iris::cli
+
+int main(int argc, char** argv) { return iris::cli::Main(argc, argv); }
