@@ -264,6 +264,12 @@ std::string Client::Impl::IdentityFingerprint() const {
   return cipher_->IdentityFingerprint();
 }
 
+bool Client::Impl::Settled() const {
+  if (state_.load() != SessionState::kLive || in_flight_count_.load() != 0) return false;
+  std::lock_guard<std::mutex> l(db_mu_);
+  return store_->Queue().empty();
+}
+
 bool Client::Impl::KeysPublished() const {
   std::lock_guard<std::mutex> l(db_mu_);
   return store_->GetU64("keys_uploaded") != 0;
@@ -308,6 +314,7 @@ void Client::UpdateSettings(bool read_receipts, bool share_presence) {
 }
 void Client::SetToken(std::string token) { impl_->SetToken(std::move(token)); }
 SessionState Client::state() const { return impl_->state(); }
+bool Client::Settled() const { return impl_->Settled(); }
 uint64_t Client::user_id() const { return impl_->user_id(); }
 uint64_t Client::cursor() const { return impl_->cursor(); }
 std::vector<PendingSend> Client::PendingSends() const { return impl_->PendingSends(); }

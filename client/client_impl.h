@@ -49,6 +49,7 @@ class Client::Impl {
   void SetToken(std::string token);
 
   SessionState state() const { return state_.load(); }
+  bool Settled() const;
   uint64_t user_id() const { return user_id_.load(); }
   uint64_t cursor() const;
   std::vector<PendingSend> PendingSends() const;
@@ -128,6 +129,8 @@ class Client::Impl {
   std::atomic<bool> queue_dirty_{true};
   std::atomic<SessionState> state_{SessionState::kStopped};
   std::atomic<uint64_t> user_id_{0};
+  std::atomic<size_t> in_flight_count_{0};  // the live session's unanswered requests
+  Session* session_ = nullptr;               // the current session (I/O thread only)
   int wake_fd_ = -1;
   int lock_fd_ = -1;
   std::thread io_;

@@ -46,6 +46,8 @@ std::string LocalId(const std::string& idem) {
 }  // namespace
 
 void Client::Impl::Emit(const Event& e) {
+  // What the handler observes through Settled() must already include this frame's effects.
+  if (session_ != nullptr) in_flight_count_ = session_->in_flight.size();
   if (options_.on_event) options_.on_event(e);
 }
 
@@ -59,7 +61,10 @@ void Client::Impl::Run() {
   while (!stop_) {
     SetState(SessionState::kConnecting);
     Session s;
+    session_ = &s;
     Status why = RunSession(s);
+    session_ = nullptr;
+    in_flight_count_ = 0;
     if (s.conn) s.conn->Close();
     if (stop_) break;
     if (s.live) failures = 0;
@@ -151,9 +156,11 @@ Status Client::Impl::RunSession(Session& s) {
   int64_t next_pump = 0;
   while (!stop_) {
     IRIS_RETURN_IF_ERROR(RunCommands(s));
+    in_flight_count_ = s.in_flight.size();
     int64_t now = clock_.MonoMillis();
     if (s.live && (queue_dirty_.exchange(false) || now >= next_pump)) {
       IRIS_RETURN_IF_ERROR(PumpSends(s));
+      in_flight_count_ = s.in_flight.size();
       // The earliest retry time decides when to look again.
       std::lock_guard<std::mutex> l(db_mu_);
       next_pump = now + 60'000;
@@ -178,7 +185,9 @@ Status Client::Impl::RunSession(Session& s) {
       }
       continue;
     }
-    IRIS_RETURN_IF_ERROR(HandleFrame(s, *f));
+    const Status handled = HandleFrame(s, *f);
+    in_flight_count_ = s.in_flight.size();
+    IRIS_RETURN_IF_ERROR(handled);
   }
   return Status::Ok();
 }
@@ -384,9 +393,10 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
       Parse(f, &done);
       s.live = true;
       queue_dirty_ = true;
+      IRIS_RETURN_IF_ERROR(MaybeUploadKeys(s));
       SetState(SessionState::kLive);
       Emit(SyncedEvent{done.cursor(), s.received});
-      return MaybeUploadKeys(s);
+      return Status::Ok();
     }
     case Opcode::kDeliver: {
       v1::Deliver d;

@@ -502,7 +502,7 @@ int CmdSync(const std::string& dir, double timeout) {
   const auto deadline = After(timeout);
   bool synced = false;
   for (;;) {
-    if (synced && ss.client->PendingSends().empty()) break;
+    if (synced && ss.client->Settled()) break;
     auto item = TheInbox().Pop(synced ? std::min(deadline, After(0.2)) : deadline);
     if (!item) {
       if (std::chrono::steady_clock::now() >= deadline) {

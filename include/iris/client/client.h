@@ -148,6 +148,9 @@ class Client {
   void SetToken(std::string token);
 
   SessionState state() const;
+  // Live, nothing queued and no request (send, key fetch, key upload, presence, settings)
+  // waiting for the server's answer: a one-shot program may Stop() without leaving work.
+  bool Settled() const;
   uint64_t user_id() const;  // 0 until the first WELCOME
   // The persisted sync cursor (id of the newest message stored).
   uint64_t cursor() const;

@@ -411,6 +411,84 @@ TEST_F(CliE2eeTest, ConcurrentKeyFetchesHandOutEachPreKeyOnce) {
   EXPECT_EQ(without, kFetchers - 20);
 }
 
+// First messages use up one-time prekeys; the owner's client notices the pool running low
+// and uploads fresh ones.
+TEST_F(CliE2eeTest, ReplenishesOneTimePreKeysWhenLow) {
+  const std::string bob = Login(702, true, {"--prekeys", "4"});  // low-water mark: 1
+  auto fetch = [&](TestClient& c) {
+    v1::KeysFetch f;
+    f.set_request_id(9);
+    f.set_user(702);
+    EXPECT_TRUE(c.conn().SendFrame(kKeysFetch, f).ok());
+    v1::KeysBundle b;
+    EXPECT_TRUE(b.ParseFromString(c.Expect(kKeysBundle).payload));
+    return b;
+  };
+  for (uint64_t i = 0; i < 4; ++i) {  // four senders, each with its own X3DH session
+    auto store = client::LocalStore::Open(dirs_.Sub("sender" + std::to_string(i) + ".db"));
+    ASSERT_TRUE(store.ok());
+    auto cipher = client::e2ee::MessageCipher::Open(**store);
+    ASSERT_TRUE(cipher.ok());
+    auto c = TestClient::Connect(server_);
+    c->Login(server_, 710 + i);
+    std::vector<v1::Envelope> none;
+    c->CatchUp(&none);
+    v1::KeysBundle b = fetch(*c);
+    ASSERT_TRUE(b.has_one_time_prekey());
+    ASSERT_TRUE((*cipher)->ProcessBundle(b).ok());
+    ASSERT_TRUE(SendRaw(*c, 1, 702, *(*cipher)->Encrypt(702, "from " + std::to_string(i))));
+  }
+  auto probe = TestClient::Connect(server_);
+  probe->Login(server_, 720);
+  std::vector<v1::Envelope> none;
+  probe->CatchUp(&none);
+  EXPECT_FALSE(fetch(*probe).has_one_time_prekey()) << "the pool is empty";
+
+  std::vector<json> all;
+  auto got = Sync(bob, &all);
+  ASSERT_EQ(got.size(), 4u);
+  for (const auto& m : got) EXPECT_TRUE(m["decrypted"].get<bool>()) << m.dump();
+  auto uploads = Events(all, "keys_uploaded");
+  ASSERT_EQ(uploads.size(), 1u) << "one replenishment";
+  EXPECT_EQ(uploads[0]["one_time_prekeys"], 4);
+  EXPECT_FALSE(uploads[0]["identity"].get<bool>());
+  v1::KeysBundle again = fetch(*probe);
+  EXPECT_TRUE(again.has_one_time_prekey());
+  EXPECT_EQ(again.one_time_prekeys_left(), 3u);
+}
+
+// A listening client reconnects by itself after the server is killed and restarted, and
+// catches up on what was sent meanwhile, from its persisted cursor.
+TEST_F(CliE2eeTest, ListenerReconnectsAfterServerRestartAndCatchesUp) {
+  const std::string alice = Login(801);
+  const std::string bob = Login(802);
+  SendOne(alice, 802, "before the crash");
+  IrisChild listener(bob, {"--json", "listen"});
+  auto first = listener.WaitFor([](const json& j) { return j.value("event", "") == "message"; });
+  ASSERT_FALSE(first.is_null()) << listener.err();
+  EXPECT_EQ(first["text"], "before the crash");
+
+  // Same port after the restart, so the saved login stays valid.
+  auto& args = server_.args();
+  for (size_t i = 0; i + 1 < args.size(); ++i) {
+    if (args[i] == "--listen") args[i + 1] = Server();
+  }
+  server_.KillAndRestart();
+  auto lost = listener.WaitFor([](const json& j) {
+    return j.value("event", "") == "state" && j.value("state", "") == "connecting" &&
+           j.contains("code");
+  });
+  ASSERT_FALSE(lost.is_null()) << listener.err();
+  SendOne(alice, 802, "after the restart");
+  auto second = listener.WaitFor([](const json& j) { return j.value("event", "") == "message"; });
+  ASSERT_FALSE(second.is_null()) << listener.err();
+  EXPECT_EQ(second["text"], "after the restart");
+  EXPECT_TRUE(second["decrypted"].get<bool>());
+  EXPECT_EQ(listener.Kill(SIGTERM), 0);
+  // Nothing is shown twice afterwards.
+  EXPECT_TRUE(Sync(bob).empty());
+}
+
 // `iris chat` sends what is typed, with typing indicators; `iris listen` on the other side
 // prints them; `iris presence` reports the listener online.
 TEST_F(CliE2eeTest, ChatWithTypingIndicatorsReachesListener) {
