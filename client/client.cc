@@ -59,12 +59,13 @@ Status Client::Impl::OpenState() {
   lock_fd_ = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (lock_fd_ < 0) return Internal("cannot open " + lock_path + ": " + strerror(errno));
   if (flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
-    return Unavailable("the state directory " + options_.state_dir +
-                           " is in use by another iris client process",
-                       0);
+    return Unavailable(
+        "the state directory " + options_.state_dir + " is in use by another iris client process",
+        0);
   }
   IRIS_ASSIGN_OR_RETURN(store_, LocalStore::Open(options_.state_dir + "/state.db"));
   IRIS_ASSIGN_OR_RETURN(cipher_, e2ee::MessageCipher::Open(*store_));
+  user_id_ = store_->GetU64("user_id");  // the account this state belongs to (0 = not known yet)
   wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (wake_fd_ < 0) return Internal(std::string("eventfd: ") + strerror(errno));
   return Status::Ok();
@@ -114,6 +115,7 @@ bool Client::Impl::Idle(int64_t timeout_ms) {
 Result<std::string> Client::Impl::Send(uint64_t recipient, std::string_view text) {
   if (recipient == 0) return BadRequest("recipient must be a non-zero user id");
   if (text.empty()) return BadRequest("message text is empty");
+  if (recipient == user_id_.load()) return BadRequest("cannot send a message to yourself");
   if (text.size() > kMaxTextBytes) {
     return TooLarge("message text is " + std::to_string(text.size()) + " bytes; at most " +
                     std::to_string(kMaxTextBytes));
@@ -251,8 +253,8 @@ std::vector<StoredMessage> Client::Impl::Messages(uint64_t after_id, size_t limi
     for (StoredIncoming& m : batch) {
       from = m.id;
       if (m.kind != v1::MESSAGE) continue;
-      out.push_back(StoredMessage{m.id, m.peer, m.sent_at_ms, std::move(m.body), m.ok,
-                                  std::move(m.error)});
+      out.push_back(
+          StoredMessage{m.id, m.peer, m.sent_at_ms, std::move(m.body), m.ok, std::move(m.error)});
       if (out.size() == limit) break;
     }
   }

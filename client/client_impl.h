@@ -130,7 +130,7 @@ class Client::Impl {
   std::atomic<SessionState> state_{SessionState::kStopped};
   std::atomic<uint64_t> user_id_{0};
   std::atomic<size_t> in_flight_count_{0};  // the live session's unanswered requests
-  Session* session_ = nullptr;               // the current session (I/O thread only)
+  Session* session_ = nullptr;              // the current session (I/O thread only)
   int wake_fd_ = -1;
   int lock_fd_ = -1;
   std::thread io_;

@@ -13,6 +13,7 @@ namespace {
 constexpr const char* kKeysUploaded = "keys_uploaded";
 constexpr const char* kPreKeysOnServer = "prekeys_on_server";
 constexpr int kHelloTimeoutMs = 10'000;
+constexpr const char* kOwnerUserId = "user_id";
 constexpr uint32_t kMaxPreKeysPerFrame = 100;
 
 // Errors that retrying with the same configuration cannot fix.
@@ -123,10 +124,22 @@ Status Client::Impl::RunSession(Session& s) {
   if (first.opcode != static_cast<uint8_t>(wire::Opcode::kWelcome) || !Parse(first, &welcome)) {
     return Unavailable("the server did not answer HELLO with WELCOME");
   }
+  {
+    // The local identity belongs to one account: refuse a token for another one.
+    std::lock_guard<std::mutex> l(db_mu_);
+    const uint64_t owner = store_->GetU64(kOwnerUserId);
+    if (owner != 0 && owner != welcome.user_id()) {
+      return BadRequest("the state directory " + options_.state_dir + " belongs to user " +
+                        std::to_string(owner) + " but the token is for user " +
+                        std::to_string(welcome.user_id()) + "; use another state directory");
+    }
+    if (owner == 0) IRIS_RETURN_IF_ERROR(store_->PutU64(kOwnerUserId, welcome.user_id()));
+  }
   user_id_ = welcome.user_id();
   if (welcome.limits().max_body_bytes() != 0) s.max_body_bytes = welcome.limits().max_body_bytes();
   if (welcome.limits().idle_timeout_ms() != 0) {
-    s.ping_interval_ms = std::max<int>(500, static_cast<int>(welcome.limits().idle_timeout_ms() / 2));
+    s.ping_interval_ms =
+        std::max<int>(500, static_cast<int>(welcome.limits().idle_timeout_ms() / 2));
   }
   {
     std::lock_guard<std::mutex> l(db_mu_);
@@ -311,8 +324,8 @@ Status Client::Impl::PumpSends(Session& s) {
           } else {
             retry_at_[q.seq] = now + backoff_.DelayMs(attempts);
           }
-          events.push_back(SendFailedEvent{LocalId(q.idem_key), q.recipient, st, permanent,
-                                           attempts});
+          events.push_back(
+              SendFailedEvent{LocalId(q.idem_key), q.recipient, st, permanent, attempts});
           continue;
         }
         q.wire_body = std::move(*body);
@@ -466,9 +479,7 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
         InFlight r = it->second;
         s.in_flight.erase(it);
         switch (r.kind) {
-          case InFlight::kSend:
-            IRIS_RETURN_IF_ERROR(OnSendError(s, r, st));
-            break;
+          case InFlight::kSend: IRIS_RETURN_IF_ERROR(OnSendError(s, r, st)); break;
           case InFlight::kKeysFetch: {
             s.busy.erase(r.recipient);
             queue_dirty_ = true;
@@ -498,12 +509,8 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
             s.upload_in_flight = false;
             Emit(RequestFailedEvent{"keys_upload", st});
             break;
-          case InFlight::kPresence:
-            Emit(RequestFailedEvent{"presence", st});
-            break;
-          case InFlight::kSettings:
-            Emit(RequestFailedEvent{"settings", st});
-            break;
+          case InFlight::kPresence: Emit(RequestFailedEvent{"presence", st}); break;
+          case InFlight::kSettings: Emit(RequestFailedEvent{"settings", st}); break;
         }
       }
       if (e.fatal()) return st;
@@ -559,8 +566,7 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
       pong.set_nonce(p.nonce());
       return Write(s, Opcode::kPong, pong);
     }
-    default:
-      return Status::Ok();  // PONG, and anything newer than this client
+    default: return Status::Ok();  // PONG, and anything newer than this client
   }
 }
 

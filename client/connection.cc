@@ -75,8 +75,8 @@ Result<std::unique_ptr<Connection>> Connection::Connect(const ConnectOptions& o)
       freeaddrinfo(src);
       if (rc != 0) {
         freeaddrinfo(res);
-        return Unavailable("cannot bind source address " + o.source_address + ": " +
-                               strerror(errno), 0);
+        return Unavailable(
+            "cannot bind source address " + o.source_address + ": " + strerror(errno), 0);
       }
     }
   }
@@ -185,7 +185,8 @@ Status Connection::SendRaw(std::string_view bytes) {
   const int64_t deadline = NowMs() + 30'000;
   while (!bytes.empty()) {
     ERR_clear_error();
-    const int n = SSL_write(ssl, bytes.data(), static_cast<int>(std::min<size_t>(bytes.size(), 1 << 20)));
+    const int n =
+        SSL_write(ssl, bytes.data(), static_cast<int>(std::min<size_t>(bytes.size(), 1 << 20)));
     if (n > 0) {
       bytes.remove_prefix(static_cast<size_t>(n));
       continue;

@@ -81,9 +81,9 @@ Result<std::optional<std::string>> QueryBlob(sqlite3* db, Stmt& s, const char* w
 
 Result<std::unique_ptr<LocalStore>> LocalStore::Open(const std::string& path) {
   sqlite3* db = nullptr;
-  const int rc = sqlite3_open_v2(path.c_str(), &db,
-                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
-                                 nullptr);
+  const int rc =
+      sqlite3_open_v2(path.c_str(), &db,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nullptr);
   if (rc != SQLITE_OK) {
     std::string msg = db != nullptr ? sqlite3_errmsg(db) : "out of memory";
     sqlite3_close(db);
@@ -385,8 +385,9 @@ Result<std::optional<std::string>> LocalStore::LoadSenderKey(std::string_view gr
 
 Status LocalStore::StoreSenderKey(std::string_view group, std::string_view name, int32_t device,
                                   std::string_view record) {
-  Stmt s(db_,
-         "INSERT OR REPLACE INTO signal_sender_keys (grp, name, device, record) VALUES (?, ?, ?, ?)");
+  Stmt s(
+      db_,
+      "INSERT OR REPLACE INTO signal_sender_keys (grp, name, device, record) VALUES (?, ?, ?, ?)");
   s.BindText(1, group).BindText(2, name).Bind(3, int64_t{device}).Bind(4, record);
   return s.Done("store sender key");
 }

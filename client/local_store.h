@@ -25,12 +25,12 @@
 namespace iris::client {
 
 struct QueuedSend {
-  int64_t seq = 0;          // queue order
-  std::string idem_key;     // 16 bytes, UUIDv7
+  int64_t seq = 0;       // queue order
+  std::string idem_key;  // 16 bytes, UUIDv7
   uint64_t recipient = 0;
-  uint8_t kind = 0;         // kQueuedMessage or kQueuedReceipt
-  std::string payload;      // message: plaintext UTF-8; receipt: serialized v1::ReceiptBody
-  std::string wire_body;    // the exact body to send once fixed (ciphertext); empty before
+  uint8_t kind = 0;       // kQueuedMessage or kQueuedReceipt
+  std::string payload;    // message: plaintext UTF-8; receipt: serialized v1::ReceiptBody
+  std::string wire_body;  // the exact body to send once fixed (ciphertext); empty before
   uint32_t attempts = 0;
   int64_t created_ms = 0;
 };

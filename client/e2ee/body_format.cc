@@ -30,7 +30,8 @@ std::string EncodePlaintext(std::string_view text) {
   out.reserve(n + kPlaintextPadding);
   out.push_back(static_cast<char>(kContentText));
   const auto len = static_cast<uint32_t>(text.size());
-  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<char>((len >> shift) & 0xff));
+  for (int shift = 24; shift >= 0; shift -= 8)
+    out.push_back(static_cast<char>((len >> shift) & 0xff));
   out += text;
   out.resize((n + kPlaintextPadding - 1) / kPlaintextPadding * kPlaintextPadding, '\0');
   return out;

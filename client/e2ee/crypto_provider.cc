@@ -63,7 +63,7 @@ int Sha512Init(void** context, void*) {
 
 int Sha512Update(void* context, const uint8_t* data, size_t len, void*) {
   return EVP_DigestUpdate(static_cast<EVP_MD_CTX*>(context), data, len) == 1 ? SG_SUCCESS
-                                                                           : SG_ERR_UNKNOWN;
+                                                                             : SG_ERR_UNKNOWN;
 }
 
 // Finalises and re-initialises the context for reuse, as the callback contract requires.
@@ -90,8 +90,8 @@ const EVP_CIPHER* AesCipher(int cipher, size_t key_len) {
   }
 }
 
-int AesCrypt(bool encrypt, signal_buffer** output, int cipher, const uint8_t* key,
-             size_t key_len, const uint8_t* iv, size_t iv_len, const uint8_t* in, size_t in_len) {
+int AesCrypt(bool encrypt, signal_buffer** output, int cipher, const uint8_t* key, size_t key_len,
+             const uint8_t* iv, size_t iv_len, const uint8_t* in, size_t in_len) {
   const EVP_CIPHER* evp = AesCipher(cipher, key_len);
   if (evp == nullptr || iv_len != 16) return SG_ERR_INVAL;
   if (in_len > static_cast<size_t>(INT32_MAX) - 32) return SG_ERR_INVAL;
@@ -100,8 +100,7 @@ int AesCrypt(bool encrypt, signal_buffer** output, int cipher, const uint8_t* ke
   int result = SG_ERR_UNKNOWN;
   uint8_t* out = static_cast<uint8_t*>(malloc(in_len + 32));
   int n1 = 0, n2 = 0;
-  if (out != nullptr &&
-      EVP_CipherInit_ex(ctx, evp, nullptr, key, iv, encrypt ? 1 : 0) == 1 &&
+  if (out != nullptr && EVP_CipherInit_ex(ctx, evp, nullptr, key, iv, encrypt ? 1 : 0) == 1 &&
       EVP_CIPHER_CTX_set_padding(ctx, cipher == SG_CIPHER_AES_CBC_PKCS5 ? 1 : 0) == 1 &&
       EVP_CipherUpdate(ctx, out, &n1, in, static_cast<int>(in_len)) == 1 &&
       EVP_CipherFinal_ex(ctx, out + n1, &n2) == 1) {

@@ -166,10 +166,11 @@ Result<v1::KeysUpload> MessageCipher::PrepareUpload(uint32_t new_prekeys) {
   }
   v1::SignedPreKey* out_spk = up.mutable_signed_prekey();
   out_spk->set_id(spk_id);
-  out_spk->set_public_key(SerializePublic(ec_key_pair_get_public(session_signed_pre_key_get_key_pair(spk.p))));
-  out_spk->set_signature(std::string(
-      reinterpret_cast<const char*>(session_signed_pre_key_get_signature(spk.p)),
-      session_signed_pre_key_get_signature_len(spk.p)));
+  out_spk->set_public_key(
+      SerializePublic(ec_key_pair_get_public(session_signed_pre_key_get_key_pair(spk.p))));
+  out_spk->set_signature(
+      std::string(reinterpret_cast<const char*>(session_signed_pre_key_get_signature(spk.p)),
+                  session_signed_pre_key_get_signature_len(spk.p)));
 
   if (new_prekeys > 0) {
     auto start = static_cast<uint32_t>(store_.GetU64(kNextPreKeyId, 1));
@@ -227,9 +228,9 @@ Status MessageCipher::ProcessBundle(const v1::KeysBundle& b) {
   }
   Ref<session_pre_key_bundle> bundle;
   const std::string& sig = b.signed_prekey().signature();
-  int r = session_pre_key_bundle_create(&bundle.p, b.registration_id(), kDeviceId, otk_id, otk.p,
-                                        b.signed_prekey().id(), spk.p, U8(sig), sig.size(),
-                                        identity.p);
+  int r =
+      session_pre_key_bundle_create(&bundle.p, b.registration_id(), kDeviceId, otk_id, otk.p,
+                                    b.signed_prekey().id(), spk.p, U8(sig), sig.size(), identity.p);
   if (r != 0) return SignalError(who, r);
   const std::string name = std::to_string(b.user());
   signal_protocol_address addr{name.c_str(), name.size(), kDeviceId};
@@ -257,7 +258,7 @@ Result<std::string> MessageCipher::Encrypt(uint64_t user, std::string_view text)
   if (r != 0) return SignalError("encrypt for user " + name, r);
   SealedBody sealed;
   sealed.type = ciphertext_message_get_type(msg.p) == CIPHERTEXT_PREKEY_TYPE ? kBodyPreKeyMessage
-                                                                              : kBodySignalMessage;
+                                                                             : kBodySignalMessage;
   signal_buffer* ser = ciphertext_message_get_serialized(msg.p);  // owned by msg
   sealed.ciphertext.assign(reinterpret_cast<const char*>(signal_buffer_const_data(ser)),
                            signal_buffer_len(ser));

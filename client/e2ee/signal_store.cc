@@ -41,8 +41,7 @@ int GetSubDeviceSessions(signal_int_list** sessions, const char* name, size_t na
 }
 int StoreSession(const signal_protocol_address* address, uint8_t* record, size_t record_len,
                  uint8_t*, size_t, void* ud) {
-  return ToSignal(
-      S(ud).StoreSession(Name(address), address->device_id, Bytes(record, record_len)));
+  return ToSignal(S(ud).StoreSession(Name(address), address->device_id, Bytes(record, record_len)));
 }
 int ContainsSession(const signal_protocol_address* address, void* ud) {
   return S(ud).ContainsSession(Name(address), address->device_id) ? 1 : 0;
@@ -113,11 +112,10 @@ int IsTrustedIdentity(const signal_protocol_address* address, uint8_t* key, size
 }
 
 // Sender keys (groups).
-int StoreSenderKey(const signal_protocol_sender_key_name* n, uint8_t* record, size_t len,
-                   uint8_t*, size_t, void* ud) {
+int StoreSenderKey(const signal_protocol_sender_key_name* n, uint8_t* record, size_t len, uint8_t*,
+                   size_t, void* ud) {
   return ToSignal(S(ud).StoreSenderKey(std::string_view(n->group_id, n->group_id_len),
-                                       Name(&n->sender), n->sender.device_id,
-                                       Bytes(record, len)));
+                                       Name(&n->sender), n->sender.device_id, Bytes(record, len)));
 }
 int LoadSenderKey(signal_buffer** record, signal_buffer** user_record,
                   const signal_protocol_sender_key_name* n, void* ud) {

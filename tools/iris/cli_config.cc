@@ -28,8 +28,8 @@ Status WriteFileAtomic(const std::string& path, const std::string& data) {
   const std::string tmp = path + ".tmp";
   const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return Internal("cannot write " + tmp);
-  const bool ok = write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()) &&
-                  fsync(fd) == 0;
+  const bool ok =
+      write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()) && fsync(fd) == 0;
   close(fd);
   if (!ok || rename(tmp.c_str(), path.c_str()) != 0) return Internal("cannot write " + path);
   return Status::Ok();
@@ -68,8 +68,11 @@ Status SaveConfig(const std::string& dir, const CliConfig& c) {
   std::filesystem::create_directories(dir, ec);
   if (ec) return Internal("cannot create " + dir + ": " + ec.message());
   chmod(dir.c_str(), 0700);
-  nlohmann::json j = {{"server", c.server},   {"ca_file", c.ca_file}, {"fingerprint", c.fingerprint},
-                      {"token", c.token},     {"prekeys", c.prekeys}};
+  nlohmann::json j = {{"server", c.server},
+                      {"ca_file", c.ca_file},
+                      {"fingerprint", c.fingerprint},
+                      {"token", c.token},
+                      {"prekeys", c.prekeys}};
   return WriteFileAtomic(dir + "/config.json", j.dump(2) + "\n");
 }
 

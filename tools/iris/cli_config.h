@@ -18,7 +18,7 @@ struct CliConfig {
   std::string ca_file;      // absolute path, or empty
   std::string fingerprint;  // "SHA256:..." or empty
   std::string token;
-  uint32_t prekeys = 100;   // one-time prekey pool size
+  uint32_t prekeys = 100;  // one-time prekey pool size
 };
 
 std::string StateDir(const std::string& home_flag);

@@ -1,12 +1,10 @@
 // iris: the command-line client (end-to-end encrypted; see README "Quick start with the CLI").
 //
-//   iris login --server HOST:PORT (--fingerprint SHA256:.. | --ca FILE) (--token T | --token-file F)
-//   iris send USER TEXT...        (TEXT "-" reads one message per line from stdin)
-//   iris listen                   (prints messages, receipts, presence, typing until Ctrl-C)
-//   iris sync                     (catch up, flush queued sends, print new messages, exit)
-//   iris presence USER... [--watch]
-//   iris chat USER                (interactive; typing indicators)
-//   iris status
+//   iris login --server HOST:PORT (--fingerprint SHA256:.. | --ca FILE) (--token T | --token-file
+//   F) iris send USER TEXT...        (TEXT "-" reads one message per line from stdin) iris listen
+//   (prints messages, receipts, presence, typing until Ctrl-C) iris sync                     (catch
+//   up, flush queued sends, print new messages, exit) iris presence USER... [--watch] iris chat
+//   USER                (interactive; typing indicators) iris status
 // Global: --home DIR (else $IRIS_HOME, else ~/.iris), --json (one JSON object per line).
 //
 // Exit codes: 0 done; 1 usage or local error; 2 cannot connect or not allowed (server
@@ -139,7 +137,8 @@ std::string Explain(const Status& s, const CliConfig& cfg) {
              "). Is irisd running there? Check the address, or log in again with "
              "iris login --server HOST:PORT.";
     case StatusCode::kUnauthenticated:
-      if (m.find("certificate") != std::string::npos || m.find("fingerprint") != std::string::npos) {
+      if (m.find("certificate") != std::string::npos ||
+          m.find("fingerprint") != std::string::npos) {
         return "the server's TLS certificate does not match what you pinned (" + m +
                "). If the server was re-installed, get its new fingerprint from its start-up "
                "banner and run iris login again; otherwise someone may be intercepting the "
@@ -159,10 +158,8 @@ std::string Explain(const Status& s, const CliConfig& cfg) {
              "process with the same account?).";
     case StatusCode::kRateLimited:
       return "the server is rate-limiting this client (" + m + "); try again shortly.";
-    case StatusCode::kBadRequest:
-      return "invalid connection settings: " + m;
-    default:
-      return s.ToString();
+    case StatusCode::kBadRequest: return "invalid connection settings: " + m;
+    default: return s.ToString();
   }
 }
 
@@ -174,34 +171,43 @@ json StatusJson(const Status& s) {
 void PrintEvent(const Event& e) {
   using namespace client;
   if (const auto* m = std::get_if<MessageEvent>(&e)) {
-    json j = {{"event", "message"},         {"id", m->id},
-              {"from", m->sender},          {"sent_at_ms", m->sent_at_ms},
-              {"text", m->text},            {"decrypted", m->decrypted},
+    json j = {{"event", "message"},          {"id", m->id},     {"from", m->sender},
+              {"sent_at_ms", m->sent_at_ms}, {"text", m->text}, {"decrypted", m->decrypted},
               {"prekey", m->prekey_message}};
     if (!m->decrypted) j["error"] = m->error;
     Out(j, "[" + Clock(m->sent_at_ms) + "] " + std::to_string(m->sender) + ": " +
                (m->decrypted ? m->text : "<cannot decrypt: " + m->error + ">"));
   } else if (const auto* a = std::get_if<SendAckedEvent>(&e)) {
     if (a->receipt) return;
-    Out({{"event", "sent"}, {"local_id", a->local_id}, {"to", a->recipient},
-         {"message_id", a->message_id}, {"duplicate", a->duplicate}},
+    Out({{"event", "sent"},
+         {"local_id", a->local_id},
+         {"to", a->recipient},
+         {"message_id", a->message_id},
+         {"duplicate", a->duplicate}},
         "sent to " + std::to_string(a->recipient) + " (message id " +
             std::to_string(a->message_id) + (a->duplicate ? ", was already stored" : "") + ")");
   } else if (const auto* f = std::get_if<SendFailedEvent>(&e)) {
     json j = StatusJson(f->status);
-    j.update({{"event", "send_failed"}, {"local_id", f->local_id}, {"to", f->recipient},
-              {"permanent", f->permanent}, {"attempts", f->attempts}});
+    j.update({{"event", "send_failed"},
+              {"local_id", f->local_id},
+              {"to", f->recipient},
+              {"permanent", f->permanent},
+              {"attempts", f->attempts}});
     Out(j, std::string(f->permanent ? "NOT sent" : "not sent yet (will retry)") + " to " +
                std::to_string(f->recipient) + ": " + f->status.message());
   } else if (const auto* r = std::get_if<ReceiptEvent>(&e)) {
     const bool read = r->kind == ReceiptKind::kRead;
     std::string ids;
     for (uint64_t id : r->message_ids) ids += (ids.empty() ? "" : ", ") + std::to_string(id);
-    Out({{"event", "receipt"}, {"from", r->from}, {"kind", read ? "read" : "delivered"},
+    Out({{"event", "receipt"},
+         {"from", r->from},
+         {"kind", read ? "read" : "delivered"},
          {"message_ids", r->message_ids}},
         std::to_string(r->from) + (read ? " read " : " received ") + "message " + ids);
   } else if (const auto* p = std::get_if<PresenceEvent>(&e)) {
-    Out({{"event", "presence"}, {"user", p->user}, {"online", p->online},
+    Out({{"event", "presence"},
+         {"user", p->user},
+         {"online", p->online},
          {"last_seen_ms", p->last_seen_ms}},
         std::to_string(p->user) +
             (p->online ? " is online" : " is offline (last seen " + Clock(p->last_seen_ms) + ")"));
@@ -222,7 +228,8 @@ void PrintEvent(const Event& e) {
   } else if (const auto* y = std::get_if<SyncedEvent>(&e)) {
     Out({{"event", "synced"}, {"cursor", y->cursor}, {"received", y->received}}, "");
   } else if (const auto* k = std::get_if<KeysUploadedEvent>(&e)) {
-    Out({{"event", "keys_uploaded"}, {"one_time_prekeys", k->one_time_prekeys},
+    Out({{"event", "keys_uploaded"},
+         {"one_time_prekeys", k->one_time_prekeys},
          {"identity", k->identity}},
         "");
   } else if (const auto* q = std::get_if<RequestFailedEvent>(&e)) {
@@ -411,13 +418,15 @@ int CmdLogin(const std::string& dir, const LoginArgs& a) {
   }
   if (Status st = SaveConfig(dir, cfg); !st.ok()) return LocalError(st);
   const size_t unread = ss.client->Messages(ss.shown, 100000).size();
-  Out({{"event", "logged_in"}, {"user", ss.client->user_id()}, {"server", cfg.server},
-       {"identity", ss.client->IdentityFingerprint()}, {"unread", unread}, {"home", dir}},
+  Out({{"event", "logged_in"},
+       {"user", ss.client->user_id()},
+       {"server", cfg.server},
+       {"identity", ss.client->IdentityFingerprint()},
+       {"unread", unread},
+       {"home", dir}},
       "logged in as user " + std::to_string(ss.client->user_id()) + " at " + cfg.server +
-          "\nidentity key fingerprint: " + ss.client->IdentityFingerprint() +
-          "\nstate: " + dir + (unread > 0 ? "\n" + std::to_string(unread) +
-                                                " unread message(s): iris sync"
-                                          : ""));
+          "\nidentity key fingerprint: " + ss.client->IdentityFingerprint() + "\nstate: " + dir +
+          (unread > 0 ? "\n" + std::to_string(unread) + " unread message(s): iris sync" : ""));
   ss.client->Stop();
   return kExitOk;
 }
@@ -532,13 +541,14 @@ int CmdSync(const std::string& dir, double timeout) {
   return kExitOk;
 }
 
-int CmdListen(const std::string& dir) {
+int CmdListen(const std::string& dir, const std::vector<uint64_t>& presence) {
   auto cfg = LoadOrExplain(dir);
   if (!cfg.ok()) return LocalError(cfg.status());
   auto s = OpenSession(dir, *cfg);
   if (!s.ok()) return LocalError(s.status());
   Session& ss = **s;
   ss.ShowBacklog();
+  if (!presence.empty()) ss.client->SubscribePresence(presence);
   ss.client->Start();
   Note("listening as " + cfg->server + " (Ctrl-C to stop)");
   for (;;) {
@@ -672,6 +682,7 @@ int CmdChat(const std::string& dir, uint64_t peer, double drain_timeout) {
   redraw();
 
   bool typing = false;
+  int peer_online = -1;  // unknown
   auto last_key = std::chrono::steady_clock::now();
   bool leaving = false;
   std::set<std::string> unacked;
@@ -751,7 +762,8 @@ int CmdChat(const std::string& dir, uint64_t peer, double drain_timeout) {
     } else if (const auto* t = std::get_if<client::TypingEvent>(e)) {
       if (t->user == peer) PrintEvent(*e);
     } else if (const auto* p = std::get_if<client::PresenceEvent>(e)) {
-      if (p->user == peer) PrintEvent(*e);
+      if (p->user == peer && peer_online != static_cast<int>(p->online)) PrintEvent(*e);
+      if (p->user == peer) peer_online = static_cast<int>(p->online);
     } else if (const auto* r = std::get_if<client::ReceiptEvent>(e)) {
       if (r->from == peer && g_json) PrintEvent(*e);
     } else if (std::holds_alternative<client::SendFailedEvent>(*e) ||
@@ -776,14 +788,22 @@ int CmdStatus(const std::string& dir) {
   std::string text;
   for (const auto& p : pending) {
     if (p.receipt) continue;
-    q.push_back({{"local_id", p.local_id}, {"to", p.recipient}, {"text", p.text},
-                 {"attempts", p.attempts}, {"encrypted", p.encrypted}});
+    q.push_back({{"local_id", p.local_id},
+                 {"to", p.recipient},
+                 {"text", p.text},
+                 {"attempts", p.attempts},
+                 {"encrypted", p.encrypted}});
     text += "\n  to " + std::to_string(p.recipient) + ": " + p.text;
   }
   const auto exp = TokenExpiry(cfg->token);
-  Out({{"event", "status"}, {"server", cfg->server}, {"home", dir},
-       {"identity", ss.client->IdentityFingerprint()}, {"keys_published", ss.client->KeysPublished()},
-       {"cursor", ss.client->cursor()}, {"token_expires", exp.value_or(0)}, {"queued", q}},
+  Out({{"event", "status"},
+       {"server", cfg->server},
+       {"home", dir},
+       {"identity", ss.client->IdentityFingerprint()},
+       {"keys_published", ss.client->KeysPublished()},
+       {"cursor", ss.client->cursor()},
+       {"token_expires", exp.value_or(0)},
+       {"queued", q}},
       "server: " + cfg->server + "\nstate: " + dir +
           "\nidentity key fingerprint: " + ss.client->IdentityFingerprint() +
           "\ntoken expires: " + (exp ? Clock(static_cast<uint64_t>(*exp) * 1000) : "unknown") +
@@ -799,8 +819,9 @@ int Main(int argc, char** argv) {
   app.add_flag("--json", g_json, "print one JSON object per line (for scripts)");
 
   LoginArgs login;
-  auto* cl = app.add_subcommand("login", "save the server, its certificate pin and your token; "
-                                         "publish your encryption keys");
+  auto* cl = app.add_subcommand("login",
+                                "save the server, its certificate pin and your token; "
+                                "publish your encryption keys");
   cl->add_option("--server", login.server, "server address HOST:PORT")->required();
   cl->add_option("--fingerprint", login.fingerprint,
                  "pinned SHA-256 certificate fingerprint (irisd prints it at start-up)");
@@ -815,7 +836,8 @@ int Main(int argc, char** argv) {
   std::vector<std::string> send_words;
   double send_timeout = 20;
   bool no_wait = false;
-  auto* cs = app.add_subcommand("send", "send an encrypted message (TEXT - reads lines from stdin)");
+  auto* cs =
+      app.add_subcommand("send", "send an encrypted message (TEXT - reads lines from stdin)");
   cs->add_option("USER", send_to, "recipient user id")->required();
   cs->add_option("TEXT", send_words, "message text")->required();
   cs->add_option("--timeout", send_timeout, "seconds to wait for the server's acknowledgement")
@@ -826,8 +848,11 @@ int Main(int argc, char** argv) {
   auto* cy = app.add_subcommand("sync", "catch up, deliver queued sends, print new messages");
   cy->add_option("--timeout", sync_timeout, "seconds")->capture_default_str();
 
-  auto* li = app.add_subcommand("listen", "print messages, receipts, presence and typing as they "
-                                          "arrive (Ctrl-C stops)");
+  auto* li = app.add_subcommand("listen",
+                                "print messages, receipts, presence and typing as they "
+                                "arrive (Ctrl-C stops)");
+  std::vector<uint64_t> listen_presence;
+  li->add_option("--presence", listen_presence, "also watch these users' presence");
 
   std::vector<uint64_t> presence_users;
   bool watch = false;
@@ -839,8 +864,9 @@ int Main(int argc, char** argv) {
 
   uint64_t chat_peer = 0;
   double chat_drain = 20;
-  auto* cc = app.add_subcommand("chat", "interactive end-to-end encrypted chat with typing "
-                                        "indicators (/quit or Ctrl-D leaves)");
+  auto* cc = app.add_subcommand("chat",
+                                "interactive end-to-end encrypted chat with typing "
+                                "indicators (/quit or Ctrl-D leaves)");
   cc->add_option("USER", chat_peer, "the other user's id")->required();
   cc->add_option("--timeout", chat_drain, "seconds to wait for unsent messages when leaving")
       ->capture_default_str();
@@ -853,7 +879,7 @@ int Main(int argc, char** argv) {
   if (cl->parsed()) return CmdLogin(dir, login);
   if (cs->parsed()) return CmdSend(dir, send_to, send_words, send_timeout, no_wait);
   if (cy->parsed()) return CmdSync(dir, sync_timeout);
-  if (li->parsed()) return CmdListen(dir);
+  if (li->parsed()) return CmdListen(dir, listen_presence);
   if (cp->parsed()) return CmdPresence(dir, presence_users, watch, presence_timeout);
   if (cc->parsed()) return CmdChat(dir, chat_peer, chat_drain);
   if (st->parsed()) return CmdStatus(dir);

@@ -121,7 +121,7 @@ class Client {
   void Stop();
 
   // Queues `text` for `recipient` and returns its local id (the UUIDv7 idempotency key as
-  // text). Durable when it returns. BAD_REQUEST for recipient 0 or an empty text,
+  // text). Durable when it returns. BAD_REQUEST for recipient 0, this user itself or an empty text,
   // TOO_LARGE when the encrypted body could not fit the protocol's limit.
   Result<std::string> Send(uint64_t recipient, std::string_view text);
   // Removes a queued send that has not been acknowledged. NOT_FOUND when it is not queued
@@ -151,7 +151,9 @@ class Client {
   // Live, nothing queued and no request (send, key fetch, key upload, presence, settings)
   // waiting for the server's answer: a one-shot program may Stop() without leaving work.
   bool Settled() const;
-  uint64_t user_id() const;  // 0 until the first WELCOME
+  // The account this state belongs to: 0 until the first WELCOME ever. A later token for
+  // another user is refused (StateEvent kFailed, BAD_REQUEST): one state per account.
+  uint64_t user_id() const;
   // The persisted sync cursor (id of the newest message stored).
   uint64_t cursor() const;
   std::vector<PendingSend> PendingSends() const;

@@ -24,10 +24,10 @@ namespace iris::client {
 struct ConnectOptions {
   std::string host = "127.0.0.1";
   uint16_t port = 7443;
-  std::string ca_file;        // PEM CA (or the server's self-signed certificate)
-  std::string fingerprint;    // "SHA256:AB:CD:..." (colons and prefix optional)
-  int timeout_ms = 10'000;    // TCP connect + TLS handshake
-  std::string source_address; // optional local address to bind (e.g. 127.0.0.2)
+  std::string ca_file;         // PEM CA (or the server's self-signed certificate)
+  std::string fingerprint;     // "SHA256:AB:CD:..." (colons and prefix optional)
+  int timeout_ms = 10'000;     // TCP connect + TLS handshake
+  std::string source_address;  // optional local address to bind (e.g. 127.0.0.2)
 };
 
 struct ReceivedFrame {

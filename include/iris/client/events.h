@@ -28,7 +28,7 @@ const char* SessionStateName(SessionState s);
 struct StateEvent {
   SessionState state = SessionState::kStopped;
   Status status;
-  uint64_t user_id = 0;  // known from kSyncing on
+  uint64_t user_id = 0;      // known from kSyncing on
   uint32_t retry_in_ms = 0;  // kConnecting after a failure: when the next attempt starts
 };
 
@@ -104,8 +104,8 @@ struct KeysUploadedEvent {
   bool identity = false;  // the identity and signed prekey were new
 };
 
-using Event = std::variant<StateEvent, MessageEvent, SendAckedEvent, SendFailedEvent,
-                           ReceiptEvent, PresenceEvent, TypingEvent, RequestFailedEvent,
-                           SyncedEvent, KeysUploadedEvent>;
+using Event =
+    std::variant<StateEvent, MessageEvent, SendAckedEvent, SendFailedEvent, ReceiptEvent,
+                 PresenceEvent, TypingEvent, RequestFailedEvent, SyncedEvent, KeysUploadedEvent>;
 
 }  // namespace iris::client

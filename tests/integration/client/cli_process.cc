@@ -200,7 +200,8 @@ int IrisChild::Wait(int timeout_ms) {
       if (poll(&p, 1, static_cast<int>(deadline - NowMs())) > 0) {
         char buf[4096];
         const ssize_t n = read(err_fd_, buf, sizeof(buf));
-        if (n > 0) err_.append(buf, static_cast<size_t>(n));
+        if (n > 0)
+          err_.append(buf, static_cast<size_t>(n));
         else {
           close(err_fd_);
           err_fd_ = -1;

@@ -97,8 +97,8 @@ class CliE2eeTest : public ::testing::Test {
   std::string Login(uint64_t user, bool by_fingerprint = true,
                     const std::vector<std::string>& extra = {}) {
     const std::string home = dirs_.Sub("u" + std::to_string(user));
-    std::vector<std::string> args = {"--json", "login", "--server", Server(), "--token",
-                                     server_.Token(user)};
+    std::vector<std::string> args = {"--json", "login",   "--server",
+                                     Server(), "--token", server_.Token(user)};
     if (by_fingerprint) {
       auto fp = net::CertificateFingerprint(server_.cert_file());
       EXPECT_TRUE(fp.ok());
@@ -152,7 +152,8 @@ TEST_F(CliE2eeTest, TwoClientsExchangeEncryptedMessagesBothWaysAndServerSeesNoPl
 
   // Bob is offline: the first three messages are X3DH prekey messages.
   std::vector<uint64_t> ids;
-  for (int i = 0; i < 3; ++i) ids.push_back(SendOne(alice, 102, text("a->b #" + std::to_string(i))));
+  for (int i = 0; i < 3; ++i)
+    ids.push_back(SendOne(alice, 102, text("a->b #" + std::to_string(i))));
   auto got = Sync(bob);
   ASSERT_EQ(got.size(), 3u);
   for (int i = 0; i < 3; ++i) {
@@ -537,14 +538,14 @@ TEST_F(CliE2eeTest, LoginExplainsUnreachableServerWrongCertificateAndExpiredToke
   auto fp = net::CertificateFingerprint(server_.cert_file());
   ASSERT_TRUE(fp.ok());
   // Nothing listens on port 1.
-  CliResult r = RunIris(home, {"login", "--server", "127.0.0.1:1", "--fingerprint",
-                               "SHA256:" + *fp, "--token", server_.Token(601)});
+  CliResult r = RunIris(home, {"login", "--server", "127.0.0.1:1", "--fingerprint", "SHA256:" + *fp,
+                               "--token", server_.Token(601)});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("cannot reach the server at 127.0.0.1:1"), std::string::npos) << r.err;
 
   const std::string wrong(64, 'A');
-  r = RunIris(home, {"login", "--server", Server(), "--fingerprint", "SHA256:" + wrong,
-                     "--token", server_.Token(601)});
+  r = RunIris(home, {"login", "--server", Server(), "--fingerprint", "SHA256:" + wrong, "--token",
+                     server_.Token(601)});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("does not match"), std::string::npos) << r.err;
 
@@ -561,10 +562,20 @@ TEST_F(CliE2eeTest, LoginExplainsUnreachableServerWrongCertificateAndExpiredToke
   // A token with a bad signature is refused by the server itself.
   std::string forged = server_.Token(601);
   forged.back() = forged.back() == 'A' ? 'B' : 'A';
-  r = RunIris(home, {"login", "--server", Server(), "--fingerprint", "SHA256:" + *fp, "--token",
-                     forged});
+  r = RunIris(home,
+              {"login", "--server", Server(), "--fingerprint", "SHA256:" + *fp, "--token", forged});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("refused the token"), std::string::npos) << r.err;
+
+  // One state directory per account.
+  const std::string owner = Login(901);
+  r = RunIris(owner, {"login", "--server", Server(), "--fingerprint", "SHA256:" + *fp, "--token",
+                      server_.Token(902)});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("belongs to user 901"), std::string::npos) << r.err;
+  r = RunIris(owner, {"send", "901", "hi"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("yourself"), std::string::npos) << r.err;
 
   r = RunIris(dirs_.Sub("never"), {"send", "5", "hi"});
   EXPECT_EQ(r.exit_code, 1);

@@ -25,7 +25,8 @@ std::string Hex(signal_buffer* b) {
 }
 std::string Unhex(const std::string& h) {
   std::string out;
-  for (size_t i = 0; i + 1 < h.size(); i += 2) out.push_back(static_cast<char>(std::stoi(h.substr(i, 2), nullptr, 16)));
+  for (size_t i = 0; i + 1 < h.size(); i += 2)
+    out.push_back(static_cast<char>(std::stoi(h.substr(i, 2), nullptr, 16)));
   return out;
 }
 const uint8_t* U(const std::string& s) { return reinterpret_cast<const uint8_t*>(s.data()); }
@@ -94,8 +95,8 @@ TEST(CryptoProviderTest, AesCtrMatchesSp80038a) {
   const std::string iv = Unhex("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff");
   const std::string block = Unhex("6bc1bee22e409f96e93d7e117393172a");
   signal_buffer* out = nullptr;
-  ASSERT_EQ(p.encrypt_func(&out, SG_CIPHER_AES_CTR_NOPADDING, U(key), key.size(), U(iv),
-                           iv.size(), U(block), block.size(), nullptr),
+  ASSERT_EQ(p.encrypt_func(&out, SG_CIPHER_AES_CTR_NOPADDING, U(key), key.size(), U(iv), iv.size(),
+                           U(block), block.size(), nullptr),
             0);
   EXPECT_EQ(Hex(out), "601ec313775789a5b7a7f504bbf3d228");
 }
