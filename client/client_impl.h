@@ -94,6 +94,7 @@ class Client::Impl {
   Status Write(Session& s, wire::Opcode op, const google::protobuf::MessageLite& m);
   Status HandleFrame(Session& s, const ReceivedFrame& f);
   Status Ingest(Session& s, const v1::Envelope& e, bool catch_up);
+  static bool InFlightSend(const Session& s, int64_t seq);
   Status PumpSends(Session& s);
   Status RunCommands(Session& s);
   Status MaybeUploadKeys(Session& s);

@@ -263,6 +263,22 @@ Status LocalStore::SetAttempts(int64_t seq, uint32_t attempts) {
   return s.Done("count attempt");
 }
 
+Status LocalStore::SetPayload(int64_t seq, std::string_view payload) {
+  Stmt s(db_, "UPDATE send_queue SET payload = ? WHERE seq = ?");
+  s.Bind(1, payload).Bind(2, seq);
+  return s.Done("update queued payload");
+}
+
+Result<std::optional<QueuedSend>> LocalStore::LastQueuedFor(uint64_t recipient) const {
+  Stmt s(db_,
+         (std::string(kQueueColumns) + "WHERE recipient = ? ORDER BY seq DESC LIMIT 1").c_str());
+  s.BindU(1, recipient);
+  const int rc = s.Step();
+  if (rc == SQLITE_ROW) return std::optional<QueuedSend>(ReadQueued(s));
+  if (rc == SQLITE_DONE) return std::optional<QueuedSend>();
+  return Error("find queue tail");
+}
+
 Status LocalStore::Dequeue(int64_t seq, uint64_t message_id, int64_t acked_ms) {
   Transaction tx(*this);
   if (message_id != 0) {

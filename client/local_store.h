@@ -89,6 +89,9 @@ class LocalStore {
   Result<std::optional<QueuedSend>> FindQueued(std::string_view idem_key) const;
   Status SetWireBody(int64_t seq, std::string_view body);
   Status SetAttempts(int64_t seq, uint32_t attempts);
+  Status SetPayload(int64_t seq, std::string_view payload);
+  // The newest queued entry for `recipient` (the tail of its FIFO), if any.
+  Result<std::optional<QueuedSend>> LastQueuedFor(uint64_t recipient) const;
   // Removes it from the queue; when `message_id` != 0 records it in the sent history.
   Status Dequeue(int64_t seq, uint64_t message_id, int64_t acked_ms);
 
