@@ -155,6 +155,8 @@ Status Client::Impl::RunSession(Session& s) {
     {
       std::lock_guard<std::mutex> l(cmd_mu_);
       subs.assign(subscriptions_.begin(), subscriptions_.end());
+      // Queued subscribe commands are covered by this renewal.
+      std::erase_if(commands_, [](const Command& c) { return c.kind == Command::kSubscribe; });
     }
     for (size_t i = 0; i < subs.size(); i += 256) {
       v1::PresenceSubscribe m;

@@ -199,11 +199,13 @@ void PrintEvent(const Event& e) {
     const bool read = r->kind == ReceiptKind::kRead;
     std::string ids;
     for (uint64_t id : r->message_ids) ids += (ids.empty() ? "" : ", ") + std::to_string(id);
+    if (r->message_ids.size() > 3) ids = std::to_string(r->message_ids.size()) + " messages";
     Out({{"event", "receipt"},
          {"from", r->from},
          {"kind", read ? "read" : "delivered"},
          {"message_ids", r->message_ids}},
-        std::to_string(r->from) + (read ? " read " : " received ") + "message " + ids);
+        std::to_string(r->from) + (read ? " read " : " received ") +
+            (r->message_ids.size() > 3 ? "" : "message ") + ids);
   } else if (const auto* p = std::get_if<PresenceEvent>(&e)) {
     Out({{"event", "presence"},
          {"user", p->user},

@@ -1,0 +1,197 @@
+// The public C++ API (include/iris/client/client.h) in-process against a real irisd: two
+// Clients exchange a message, a read receipt and a typing indicator; argument errors come
+// back as specific codes; one state directory admits one Client at a time.
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <filesystem>
+#include <mutex>
+
+#include "harness/server_process.h"
+#include "iris/client/client.h"
+
+namespace iris::testing {
+namespace {
+
+using namespace iris::client;
+
+// Collects a client's events; waits on a condition variable with a deadline.
+class EventLog {
+ public:
+  void Add(const Event& e) {
+    std::lock_guard<std::mutex> l(mu_);
+    events_.push_back(e);
+    cv_.notify_all();
+  }
+  template <typename T, typename Pred>
+  std::optional<T> WaitFor(Pred pred, int timeout_ms = 15'000) {
+    std::unique_lock<std::mutex> l(mu_);
+    std::optional<T> found;
+    cv_.wait_for(l, std::chrono::milliseconds(timeout_ms), [&] {
+      for (const Event& e : events_) {
+        if (const T* t = std::get_if<T>(&e); t != nullptr && pred(*t)) {
+          found = *t;
+          return true;
+        }
+      }
+      return false;
+    });
+    return found;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<Event> events_;
+};
+
+class ClientApiTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    server_.Start();
+    char tmpl[] = "/tmp/iris-api-test-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  ClientOptions Options(uint64_t user, EventLog* log) {
+    ClientOptions o;
+    o.state_dir = dir_ + "/" + std::to_string(user);
+    o.server.host = "127.0.0.1";
+    o.server.port = server_.port();
+    o.server.ca_file = server_.cert_file();
+    o.token = server_.Token(user);
+    o.prekey_pool_size = 5;
+    o.seed = 1234 + user;
+    o.on_event = [log](const Event& e) { log->Add(e); };
+    return o;
+  }
+
+  static bool Live(EventLog& log) {
+    return log
+        .WaitFor<StateEvent>([](const StateEvent& s) { return s.state == SessionState::kLive; })
+        .has_value();
+  }
+
+  ServerProcess server_;
+  std::string dir_;
+};
+
+TEST_F(ClientApiTest, MessageReceiptAndTypingBetweenTwoClients) {
+  EventLog alice_log, bob_log;
+  auto alice = Client::Open(Options(11, &alice_log));
+  auto bob = Client::Open(Options(12, &bob_log));
+  ASSERT_TRUE(alice.ok()) << alice.status().ToString();
+  ASSERT_TRUE(bob.ok()) << bob.status().ToString();
+  EXPECT_EQ((*alice)->IdentityFingerprint().size(), 64u);
+  (*alice)->Start();
+  (*bob)->Start();
+  ASSERT_TRUE(Live(alice_log));
+  ASSERT_TRUE(Live(bob_log));
+  ASSERT_TRUE(bob_log.WaitFor<KeysUploadedEvent>(
+      [](const KeysUploadedEvent& k) { return k.identity && k.one_time_prekeys == 5; }));
+  EXPECT_TRUE((*bob)->KeysPublished());
+  EXPECT_EQ((*alice)->user_id(), 11u);
+
+  auto id = (*alice)->Send(12, "hello through the API");
+  ASSERT_TRUE(id.ok()) << id.status().ToString();
+  auto acked =
+      alice_log.WaitFor<SendAckedEvent>([&](const SendAckedEvent& a) { return a.local_id == *id; });
+  ASSERT_TRUE(acked);
+  auto msg = bob_log.WaitFor<MessageEvent>([](const MessageEvent& m) { return m.sender == 11; });
+  ASSERT_TRUE(msg);
+  EXPECT_EQ(msg->text, "hello through the API");
+  EXPECT_TRUE(msg->prekey_message);
+  EXPECT_EQ(msg->id, acked->message_id);
+  EXPECT_EQ((*bob)->cursor(), msg->id) << "the cursor moved past the stored message";
+  auto stored = (*bob)->Messages(0, 10);
+  ASSERT_EQ(stored.size(), 1u);
+  EXPECT_EQ(stored[0].text, "hello through the API");
+
+  ASSERT_TRUE((*bob)->MarkRead(11, {msg->id}).ok());
+  auto read = alice_log.WaitFor<ReceiptEvent>(
+      [](const ReceiptEvent& r) { return r.kind == ReceiptKind::kRead; });
+  ASSERT_TRUE(read);
+  EXPECT_EQ(read->from, 12u);
+  EXPECT_EQ(read->message_ids, std::vector<uint64_t>{msg->id});
+  EXPECT_TRUE(alice_log.WaitFor<ReceiptEvent>(
+      [](const ReceiptEvent& r) { return r.kind == ReceiptKind::kDelivered; }));
+
+  (*bob)->SetTyping(11, true);
+  auto typing = alice_log.WaitFor<TypingEvent>([](const TypingEvent& t) { return t.typing; });
+  ASSERT_TRUE(typing);
+  EXPECT_EQ(typing->user, 12u);
+
+  (*alice)->QueryPresence({12});
+  auto online =
+      alice_log.WaitFor<PresenceEvent>([](const PresenceEvent& p) { return p.user == 12; });
+  ASSERT_TRUE(online);
+  EXPECT_TRUE(online->online);
+
+  EXPECT_EQ((*alice)->Cancel(*id).code(), StatusCode::kNotFound) << "already acknowledged";
+  (*alice)->Stop();
+  (*bob)->Stop();
+  EXPECT_EQ((*alice)->state(), SessionState::kStopped);
+}
+
+TEST_F(ClientApiTest, QueuedSendSurvivesReopenAndCanBeCancelled) {
+  EventLog log;
+  std::string keep, drop;
+  {
+    auto c = Client::Open(Options(21, &log));  // never started: nothing leaves
+    ASSERT_TRUE(c.ok());
+    keep = *(*c)->Send(22, "keep me");
+    drop = *(*c)->Send(22, "drop me");
+  }
+  auto c = Client::Open(Options(21, &log));
+  ASSERT_TRUE(c.ok());
+  auto pending = (*c)->PendingSends();
+  ASSERT_EQ(pending.size(), 2u);
+  EXPECT_EQ(pending[0].local_id, keep);
+  EXPECT_EQ(pending[0].text, "keep me");
+  EXPECT_FALSE(pending[0].encrypted);
+  ASSERT_TRUE((*c)->Cancel(drop).ok());
+  EXPECT_EQ((*c)->PendingSends().size(), 1u);
+  EXPECT_EQ((*c)->Cancel(drop).code(), StatusCode::kNotFound);
+}
+
+TEST_F(ClientApiTest, RejectsBadArgumentsAndASecondClientOnOneStateDirectory) {
+  EventLog log;
+  auto c = Client::Open(Options(31, &log));
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ((*c)->Send(0, "x").status().code(), StatusCode::kBadRequest);
+  EXPECT_EQ((*c)->Send(32, "").status().code(), StatusCode::kBadRequest);
+  EXPECT_EQ((*c)->Send(32, std::string(64'000, 'x')).status().code(), StatusCode::kTooLarge);
+  EXPECT_EQ((*c)->MarkRead(32, {}).code(), StatusCode::kBadRequest);
+  auto second = Client::Open(Options(31, &log));
+  EXPECT_EQ(second.status().code(), StatusCode::kUnavailable);
+  ClientOptions unverified = Options(33, &log);
+  unverified.server.ca_file.clear();
+  EXPECT_EQ(Client::Open(unverified).status().code(), StatusCode::kBadRequest);
+}
+
+TEST_F(ClientApiTest, ExpiredTokenFailsWithUnauthenticatedAndNewTokenRecovers) {
+  EventLog log;
+  ClientOptions o = Options(41, &log);
+  auth::Claims claims;
+  claims.user_id = 41;
+  claims.iat = static_cast<int64_t>(std::time(nullptr)) - 7200;
+  claims.exp = claims.iat + 3600;
+  claims.jti = "api-expired";
+  o.token = server_.Token(claims);
+  auto c = Client::Open(std::move(o));
+  ASSERT_TRUE(c.ok());
+  (*c)->Start();
+  auto failed =
+      log.WaitFor<StateEvent>([](const StateEvent& s) { return s.state == SessionState::kFailed; });
+  ASSERT_TRUE(failed);
+  EXPECT_EQ(failed->status.code(), StatusCode::kUnauthenticated);
+  (*c)->SetToken(server_.Token(41));
+  EXPECT_TRUE(Live(log));
+}
+
+}  // namespace
+}  // namespace iris::testing
