@@ -104,6 +104,26 @@ TEST_F(MessageCipherTest, OutOfOrderMessagesDecryptAndReplaysAreRejected) {
   EXPECT_NE(again.status().message().find("duplicate"), std::string::npos);
 }
 
+TEST_F(MessageCipherTest, SimultaneousFirstMessagesFromBothSidesDecrypt) {
+  // Both fetch the other's bundle and write before reading anything.
+  ASSERT_TRUE(alice_->c().ProcessBundle(bob_->Bundle(kBob, 2)).ok());
+  ASSERT_TRUE(bob_->c().ProcessBundle(alice_->Bundle(kAlice, 2)).ok());
+  const std::string a1 = *alice_->c().Encrypt(kBob, "a1");
+  const std::string b1 = *bob_->c().Encrypt(kAlice, "b1");
+  auto got_b = bob_->c().Decrypt(kAlice, a1);
+  auto got_a = alice_->c().Decrypt(kBob, b1);
+  ASSERT_TRUE(got_b.ok()) << got_b.status().ToString();
+  ASSERT_TRUE(got_a.ok()) << got_a.status().ToString();
+  // The conversation goes on both ways.
+  for (int i = 0; i < 3; ++i) {
+    auto x = bob_->c().Decrypt(kAlice, *alice_->c().Encrypt(kBob, "a" + std::to_string(i + 2)));
+    ASSERT_TRUE(x.ok()) << i << ": " << x.status().ToString();
+    auto y = alice_->c().Decrypt(kBob, *bob_->c().Encrypt(kAlice, "b" + std::to_string(i + 2)));
+    ASSERT_TRUE(y.ok()) << i << ": " << y.status().ToString();
+    EXPECT_EQ(y->text, "b" + std::to_string(i + 2));
+  }
+}
+
 TEST_F(MessageCipherTest, WorksWithoutOneTimePreKey) {
   ASSERT_TRUE(alice_->c().ProcessBundle(bob_->Bundle(kBob, 0)).ok());
   auto got = bob_->c().Decrypt(kAlice, *alice_->c().Encrypt(kBob, "no otk"));
