@@ -93,7 +93,11 @@ class Client::Impl {
   Status RunSession(Session& s);
   Status Write(Session& s, wire::Opcode op, const google::protobuf::MessageLite& m);
   Status HandleFrame(Session& s, const ReceivedFrame& f);
+  // Decrypt, store, advance the cursor (one local transaction), then emit the events.
   Status Ingest(Session& s, const v1::Envelope& e, bool catch_up);
+  Status IngestPage(Session& s, const v1::SyncPage& page);
+  // The same inside the caller's transaction, with db_mu_ held; events go to *out.
+  Status IngestLocked(Session& s, const v1::Envelope& e, bool catch_up, std::vector<Event>* out);
   static bool InFlightSend(const Session& s, int64_t seq);
   Status PumpSends(Session& s);
   Status RunCommands(Session& s);

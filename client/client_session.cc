@@ -395,7 +395,7 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
     case Opcode::kSyncPage: {
       v1::SyncPage page;
       if (!Parse(f, &page)) return Unavailable("malformed SYNC_PAGE");
-      for (const v1::Envelope& e : page.messages()) IRIS_RETURN_IF_ERROR(Ingest(s, e, true));
+      IRIS_RETURN_IF_ERROR(IngestPage(s, page));
       if (page.has_more()) {
         v1::SyncAck ack;
         ack.set_cursor(page.cursor());
@@ -583,8 +583,34 @@ Status Client::Impl::Ingest(Session& s, const v1::Envelope& e, bool catch_up) {
   std::vector<Event> events;
   {
     std::lock_guard<std::mutex> l(db_mu_);
-    if (e.id() <= store_->Cursor()) return Status::Ok();  // stored before
     LocalStore::Transaction tx(*store_);
+    IRIS_RETURN_IF_ERROR(IngestLocked(s, e, catch_up, &events));
+    IRIS_RETURN_IF_ERROR(tx.Commit());
+  }
+  for (const Event& ev : events) Emit(ev);
+  return Status::Ok();
+}
+
+Status Client::Impl::IngestPage(Session& s, const v1::SyncPage& page) {
+  // One local transaction for the whole page; events only once it is durable.
+  std::vector<Event> events;
+  {
+    std::lock_guard<std::mutex> l(db_mu_);
+    LocalStore::Transaction tx(*store_);
+    for (const v1::Envelope& e : page.messages()) {
+      IRIS_RETURN_IF_ERROR(IngestLocked(s, e, true, &events));
+    }
+    IRIS_RETURN_IF_ERROR(tx.Commit());
+  }
+  for (const Event& ev : events) Emit(ev);
+  return Status::Ok();
+}
+
+Status Client::Impl::IngestLocked(Session& s, const v1::Envelope& e, bool catch_up,
+                                  std::vector<Event>* out) {
+  std::vector<Event>& events = *out;
+  {
+    if (e.id() <= store_->Cursor()) return Status::Ok();  // stored before
     StoredIncoming rec;
     rec.id = e.id();
     rec.peer = e.sender();
@@ -653,10 +679,8 @@ Status Client::Impl::Ingest(Session& s, const v1::Envelope& e, bool catch_up) {
     }
     IRIS_RETURN_IF_ERROR(store_->InsertIncoming(rec).status());
     IRIS_RETURN_IF_ERROR(store_->SetCursor(e.id()));
-    IRIS_RETURN_IF_ERROR(tx.Commit());
   }
   ++s.received;
-  for (const Event& ev : events) Emit(ev);
   return Status::Ok();
 }
 
