@@ -23,13 +23,14 @@ std::string ReadAll(const std::string& path, bool* found) {
   return ss.str();
 }
 
-// Writes via a temporary file and rename, mode 0600 (the file holds a bearer token).
-Status WriteFileAtomic(const std::string& path, const std::string& data) {
+// Writes via a temporary file and rename, mode 0600 (the file may hold a bearer token);
+// `durable` adds an fsync before the rename.
+Status WriteFileAtomic(const std::string& path, const std::string& data, bool durable = true) {
   const std::string tmp = path + ".tmp";
   const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return Internal("cannot write " + tmp);
-  const bool ok =
-      write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()) && fsync(fd) == 0;
+  const bool ok = write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()) &&
+                  (!durable || fsync(fd) == 0);
   close(fd);
   if (!ok || rename(tmp.c_str(), path.c_str()) != 0) return Internal("cannot write " + path);
   return Status::Ok();
@@ -109,7 +110,8 @@ uint64_t LoadShownCursor(const std::string& dir) {
 }
 
 void SaveShownCursor(const std::string& dir, uint64_t id) {
-  WriteFileAtomic(dir + "/shown_cursor", std::to_string(id) + "\n").IgnoreError();
+  // Display state only (a crash re-prints a few messages): no fsync per message.
+  WriteFileAtomic(dir + "/shown_cursor", std::to_string(id) + "\n", false).IgnoreError();
 }
 
 }  // namespace iris::cli

@@ -577,6 +577,12 @@ TEST_F(CliE2eeTest, LoginExplainsUnreachableServerWrongCertificateAndExpiredToke
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("yourself"), std::string::npos) << r.err;
 
+  // A recipient who never published keys: the message stays queued, the reason is given.
+  r = RunIris(owner, {"send", "999", "anyone there?", "--timeout", "1"});
+  EXPECT_EQ(r.exit_code, 3);
+  EXPECT_NE(r.err.find("has not published encryption keys"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("1 send(s) still queued"), std::string::npos) << r.err;
+
   r = RunIris(dirs_.Sub("never"), {"send", "5", "hi"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("not logged in"), std::string::npos) << r.err;
