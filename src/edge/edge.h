@@ -40,7 +40,7 @@ struct EdgeOptions {
   uint32_t default_page_size = 256;
   uint32_t max_presence_subscriptions = 1024;
   // Graceful degradation: pressure = max(loop lag / loop_lag_budget_ms, ...).
-  double loop_lag_budget_ms = 50;
+  double loop_lag_budget_ms = 200;
   wire::ValidationLimits limits;
   SendRateConfig send_rate;             // per user: SEND and RECEIPT
   ConnectionLimitConfig connection_rate;  // per IP

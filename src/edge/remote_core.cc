@@ -15,7 +15,7 @@
 
 namespace iris::edge {
 
-namespace ipb = internal::v1;
+namespace ipb = ::iris::internal::v1;
 
 namespace {
 

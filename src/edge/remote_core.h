@@ -68,14 +68,14 @@ class RemoteCore final : public core::CoreApi {
   int ReportPressure(double pressure, int64_t now_ms, bool* changed) override;
 
  private:
-  using Completion = std::function<void(const internal::v1::CoreMessage&)>;
+  using Completion = std::function<void(const ::iris::internal::v1::CoreMessage&)>;
   // Sends `req` with a fresh call id; `done` runs on the reader thread (or inline with an
   // UNAVAILABLE message when the link is down).
-  void CallAsync(internal::v1::CoreRequest& req, Completion done);
+  void CallAsync(::iris::internal::v1::CoreRequest& req, Completion done);
   // Sends `req` and waits for the reply (UNAVAILABLE status on timeout or link loss).
-  internal::v1::CoreMessage Call(internal::v1::CoreRequest& req);
+  ::iris::internal::v1::CoreMessage Call(::iris::internal::v1::CoreRequest& req);
   // Sends `req` without waiting for anything.
-  void Cast(internal::v1::CoreRequest& req);
+  void Cast(::iris::internal::v1::CoreRequest& req);
   void ReadLoop();
   void FailAll();
 

@@ -39,7 +39,7 @@ struct ServerConfig {
   uint32_t shutdown_grace_ms = 5'000;
   std::string log_level = "info";
   int degradation_level = -1;      // -1: follow load; 0..3 forces a level (tests, drills)
-  double loop_lag_budget_ms = 50;  // event-loop lag that counts as full load
+  double loop_lag_budget_ms = 200;  // event-loop lag that counts as full load
   // Process shape. 0: the embedded default (edge, core, store in one process). N > 0: this
   // process runs core + store and N edge processes share the client port (SO_REUSEPORT).
   int edge_processes = 0;
