@@ -84,6 +84,8 @@ class Client::Impl {
     std::set<uint64_t> busy;  // recipients with a send or key fetch in flight
     uint32_t max_body_bytes = 64000;
     int64_t last_write_ms = 0;
+    int64_t last_read_ms = 0;  // any frame from the server
+    int64_t last_ping_ms = 0;
     int ping_interval_ms = 12'500;
     uint32_t received = 0;
     bool upload_in_flight = false;

@@ -136,6 +136,7 @@ Status Client::Impl::RunSession(Session& s) {
     if (owner == 0) IRIS_RETURN_IF_ERROR(store_->PutU64(kOwnerUserId, welcome.user_id()));
   }
   user_id_ = welcome.user_id();
+  s.last_read_ms = clock_.MonoMillis();
   if (welcome.limits().max_body_bytes() != 0) s.max_body_bytes = welcome.limits().max_body_bytes();
   if (welcome.limits().idle_timeout_ms() != 0) {
     s.ping_interval_ms =
@@ -183,12 +184,26 @@ Status Client::Impl::RunSession(Session& s) {
       for (const auto& [user, at] : fetch_retry_at_) next_pump = std::min(next_pump, at);
     }
     now = clock_.MonoMillis();
-    if (now - s.last_write_ms >= s.ping_interval_ms) {
+    // Keep the server's idle timer fed, and probe a server we have not heard from: it
+    // answers PING with PONG, so silence past dead_after means a dead connection.
+    const int64_t dead_after = 3 * int64_t{s.ping_interval_ms} + 1'000;
+    if (now - s.last_read_ms > dead_after) {
+      return Unavailable("no frame from the server for " + std::to_string(now - s.last_read_ms) +
+                         " ms");
+    }
+    const bool quiet_out = now - s.last_write_ms >= s.ping_interval_ms;
+    const bool quiet_in =
+        now - s.last_read_ms >= s.ping_interval_ms && now - s.last_ping_ms >= s.ping_interval_ms;
+    if (quiet_out || quiet_in) {
       v1::Ping ping;
       ping.set_nonce(static_cast<uint64_t>(now));
       IRIS_RETURN_IF_ERROR(Write(s, wire::Opcode::kPing, ping));
+      s.last_ping_ms = now;
     }
-    int64_t wait = s.last_write_ms + s.ping_interval_ms - now;
+    int64_t wait = std::min({s.last_write_ms + s.ping_interval_ms,
+                             std::max(s.last_read_ms, s.last_ping_ms) + s.ping_interval_ms,
+                             s.last_read_ms + dead_after + 1}) -
+                   now;
     if (s.live) wait = std::min(wait, next_pump - now);
     wait = std::clamp<int64_t>(wait, 0, 60'000);
     auto f = s.conn->ReadFrame(static_cast<int>(wait), wake_fd_);
@@ -200,6 +215,7 @@ Status Client::Impl::RunSession(Session& s) {
       }
       continue;
     }
+    s.last_read_ms = clock_.MonoMillis();
     const Status handled = HandleFrame(s, *f);
     in_flight_count_ = s.in_flight.size();
     IRIS_RETURN_IF_ERROR(handled);

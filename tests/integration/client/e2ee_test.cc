@@ -590,3 +590,39 @@ TEST_F(CliE2eeTest, LoginExplainsUnreachableServerWrongCertificateAndExpiredToke
 
 }  // namespace
 }  // namespace iris::testing
+
+namespace iris::testing {
+namespace {
+
+// A server that stops answering (SIGSTOP: no FIN, no RST) is detected by the client's
+// PING/PONG liveness check; the client reconnects once the server runs again.
+TEST(ClientLivenessTest, DetectsSilentServerAndReconnects) {
+  ServerProcess server({"--idle-timeout-ms", "1000"});  // the client pings every 500 ms
+  server.Start();
+  TempDir dirs;
+  const std::string home = dirs.Sub("u1");
+  auto fp = net::CertificateFingerprint(server.cert_file());
+  ASSERT_TRUE(fp.ok());
+  CliResult r = RunIris(home, {"login", "--server", "127.0.0.1:" + std::to_string(server.port()),
+                               "--fingerprint", "SHA256:" + *fp, "--token", server.Token(1)});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  IrisChild listener(home, {"--json", "listen"});
+  auto live = [](const json& j) {
+    return j.value("event", "") == "state" && j.value("state", "") == "live";
+  };
+  ASSERT_FALSE(listener.WaitFor(live).is_null()) << listener.err();
+  ASSERT_EQ(kill(server.pid(), SIGSTOP), 0);
+  auto dead = listener.WaitFor(
+      [](const json& j) {
+        return j.value("event", "") == "state" &&
+               j.value("error", "").find("no frame from the server") != std::string::npos;
+      },
+      15'000);
+  ASSERT_EQ(kill(server.pid(), SIGCONT), 0);
+  ASSERT_FALSE(dead.is_null()) << listener.err();
+  ASSERT_FALSE(listener.WaitFor(live, 30'000).is_null()) << listener.err();
+  EXPECT_EQ(listener.Kill(SIGTERM), 0);
+}
+
+}  // namespace
+}  // namespace iris::testing
