@@ -14,9 +14,9 @@
 //    recipient leave in queue order, one at a time (the next is sent once the previous one
 //    is acknowledged), so they reach the recipient in that order.
 //  - End-to-end encryption with the Signal Protocol (X3DH + Double Ratchet) via
-//    libsignal-protocol-c: on first connect the client generates its identity key, a signed
-//    prekey and a pool of one-time prekeys and uploads them (KEYS_UPLOAD); it replenishes the
-//    pool when it runs low; the first message to a user builds a session from that user's
+//    libsignal-protocol-c: the first Open() of a state directory generates the identity key
+//    and a signed prekey; the first connection uploads them with a pool of one-time prekeys
+//    (KEYS_UPLOAD); the client replenishes the pool when it runs low; the first message to a user builds a session from that user's
 //    fetched bundle (KEYS_FETCH). Message bodies on the wire are ciphertext only (the body
 //    format is in docs/protocol.md, "Client conventions").
 //  - The server is always verified (CA file or pinned fingerprint, see ConnectOptions).
