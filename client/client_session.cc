@@ -12,6 +12,7 @@ namespace {
 
 constexpr const char* kKeysUploaded = "keys_uploaded";
 constexpr const char* kPreKeysOnServer = "prekeys_on_server";
+constexpr const char* kPreKeysFilling = "prekeys_filling";
 constexpr int kHelloTimeoutMs = 10'000;
 constexpr const char* kOwnerUserId = "user_id";
 constexpr uint32_t kMaxPreKeysPerFrame = 100;
@@ -280,15 +281,22 @@ Status Client::Impl::MaybeUploadKeys(Session& s) {
     std::lock_guard<std::mutex> l(db_mu_);
     const bool uploaded = store_->GetU64(kKeysUploaded) != 0;
     const uint64_t on_server = store_->GetU64(kPreKeysOnServer);
+    // A refill (initial or after falling below the low-water mark) goes on, one frame of
+    // at most 100 keys at a time, until the pool is full again.
+    bool filling = store_->GetU64(kPreKeysFilling) != 0;
     if (!uploaded) {
       identity = true;
-      n = std::min(options_.prekey_pool_size, kMaxPreKeysPerFrame);
-    } else if (on_server < options_.prekey_low_water && on_server < options_.prekey_pool_size) {
-      n = static_cast<uint32_t>(
-          std::min<uint64_t>(options_.prekey_pool_size - on_server, kMaxPreKeysPerFrame));
-    } else {
+      filling = true;
+    } else if (on_server < options_.prekey_low_water) {
+      filling = true;
+    }
+    if (!filling || on_server >= options_.prekey_pool_size) {
+      if (filling) IRIS_RETURN_IF_ERROR(store_->PutU64(kPreKeysFilling, 0));
       return Status::Ok();
     }
+    IRIS_RETURN_IF_ERROR(store_->PutU64(kPreKeysFilling, 1));
+    n = static_cast<uint32_t>(
+        std::min<uint64_t>(options_.prekey_pool_size - on_server, kMaxPreKeysPerFrame));
     IRIS_ASSIGN_OR_RETURN(up, cipher_->PrepareUpload(n));
   }
   up.set_request_id(s.next_request_id++);

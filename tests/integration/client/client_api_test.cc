@@ -12,6 +12,7 @@
 
 #include "harness/server_process.h"
 #include "iris/client/client.h"
+#include "wire/opcode.h"
 
 namespace iris::testing {
 namespace {
@@ -135,6 +136,32 @@ TEST_F(ClientApiTest, MessageReceiptAndTypingBetweenTwoClients) {
   (*alice)->Stop();
   (*bob)->Stop();
   EXPECT_EQ((*alice)->state(), SessionState::kStopped);
+}
+
+TEST_F(ClientApiTest, LargePreKeyPoolIsUploadedInFramesOfAtMostHundred) {
+  EventLog log;
+  ClientOptions o = Options(51, &log);
+  o.prekey_pool_size = 150;
+  auto c = Client::Open(std::move(o));
+  ASSERT_TRUE(c.ok());
+  (*c)->Start();
+  ASSERT_TRUE(log.WaitFor<KeysUploadedEvent>(
+      [](const KeysUploadedEvent& k) { return k.identity && k.one_time_prekeys == 100; }));
+  ASSERT_TRUE(log.WaitFor<KeysUploadedEvent>(
+      [](const KeysUploadedEvent& k) { return !k.identity && k.one_time_prekeys == 50; }));
+  auto fetcher = TestClient::Connect(server_);
+  fetcher->Login(server_, 52);
+  std::vector<v1::Envelope> none;
+  fetcher->CatchUp(&none);
+  v1::KeysFetch f;
+  f.set_request_id(3);
+  f.set_user(51);
+  ASSERT_TRUE(fetcher->conn().SendFrame(static_cast<uint8_t>(wire::Opcode::kKeysFetch), f).ok());
+  v1::KeysBundle b;
+  ASSERT_TRUE(
+      b.ParseFromString(fetcher->Expect(static_cast<uint8_t>(wire::Opcode::kKeysBundle)).payload));
+  EXPECT_TRUE(b.has_one_time_prekey());
+  EXPECT_EQ(b.one_time_prekeys_left(), 149u);
 }
 
 TEST_F(ClientApiTest, QueuedSendSurvivesReopenAndCanBeCancelled) {
