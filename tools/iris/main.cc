@@ -167,6 +167,15 @@ json StatusJson(const Status& s) {
   return {{"code", std::string(StatusCodeName(s.code()))}, {"error", s.message()}};
 }
 
+// What to do about an identity key change, when `error` is one.
+std::string TrustHint(const std::string& error, uint64_t user) {
+  if (error.find("untrusted identity") == std::string::npos) return "";
+  return " (user " + std::to_string(user) +
+         " has a new identity key, e.g. after re-installing; compare fingerprints with them, "
+         "then: iris trust " +
+         std::to_string(user) + ")";
+}
+
 // Prints one library event. Messages are printed by the caller (shown-cursor logic).
 void PrintEvent(const Event& e) {
   using namespace client;
@@ -175,8 +184,10 @@ void PrintEvent(const Event& e) {
               {"sent_at_ms", m->sent_at_ms}, {"text", m->text}, {"decrypted", m->decrypted},
               {"prekey", m->prekey_message}};
     if (!m->decrypted) j["error"] = m->error;
-    Out(j, "[" + Clock(m->sent_at_ms) + "] " + std::to_string(m->sender) + ": " +
-               (m->decrypted ? m->text : "<cannot decrypt: " + m->error + ">"));
+    Out(j,
+        "[" + Clock(m->sent_at_ms) + "] " + std::to_string(m->sender) + ": " +
+            (m->decrypted ? m->text
+                          : "<cannot decrypt: " + m->error + ">" + TrustHint(m->error, m->sender)));
   } else if (const auto* a = std::get_if<SendAckedEvent>(&e)) {
     if (a->receipt) return;
     Out({{"event", "sent"},
@@ -194,7 +205,8 @@ void PrintEvent(const Event& e) {
               {"permanent", f->permanent},
               {"attempts", f->attempts}});
     Out(j, std::string(f->permanent ? "NOT sent" : "not sent yet (will retry)") + " to " +
-               std::to_string(f->recipient) + ": " + f->status.message());
+               std::to_string(f->recipient) + ": " + f->status.message() +
+               TrustHint(f->status.message(), f->recipient));
   } else if (const auto* r = std::get_if<ReceiptEvent>(&e)) {
     const bool read = r->kind == ReceiptKind::kRead;
     std::string ids;
@@ -779,6 +791,18 @@ int CmdChat(const std::string& dir, uint64_t peer, double drain_timeout) {
   return kExitOk;
 }
 
+int CmdTrust(const std::string& dir, uint64_t user) {
+  auto cfg = LoadConfig(dir);
+  if (!cfg.ok()) return LocalError(cfg.status());
+  auto s = OpenSession(dir, *cfg);
+  if (!s.ok()) return LocalError(s.status());
+  if (Status st = (*s)->client->TrustNewIdentity(user); !st.ok()) return LocalError(st);
+  Out({{"event", "trusted"}, {"user", user}},
+      "forgot the identity key of user " + std::to_string(user) +
+          "; the next message to or from them starts a new session with their current key");
+  return kExitOk;
+}
+
 int CmdStatus(const std::string& dir) {
   auto cfg = LoadConfig(dir);
   if (!cfg.ok()) return LocalError(cfg.status());
@@ -874,6 +898,10 @@ int Main(int argc, char** argv) {
       ->capture_default_str();
 
   auto* st = app.add_subcommand("status", "show the saved login, identity and queued messages");
+  uint64_t trust_user = 0;
+  auto* ct =
+      app.add_subcommand("trust", "accept a user's new identity key (after they re-installed)");
+  ct->add_option("USER", trust_user, "user id")->required();
 
   CLI11_PARSE(app, argc, argv);
   const std::string dir = StateDir(home);
@@ -885,6 +913,7 @@ int Main(int argc, char** argv) {
   if (cp->parsed()) return CmdPresence(dir, presence_users, watch, presence_timeout);
   if (cc->parsed()) return CmdChat(dir, chat_peer, chat_drain);
   if (st->parsed()) return CmdStatus(dir);
+  if (ct->parsed()) return CmdTrust(dir, trust_user);
   return kExitLocal;
 }
 

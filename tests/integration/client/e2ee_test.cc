@@ -490,6 +490,43 @@ TEST_F(CliE2eeTest, ListenerReconnectsAfterServerRestartAndCatchesUp) {
   EXPECT_TRUE(Sync(bob).empty());
 }
 
+// A user who re-installs (new identity key) is not trusted silently: the first message
+// from the new key is refused with a hint, `iris trust` accepts the key, and the
+// conversation continues both ways.
+TEST_F(CliE2eeTest, NewIdentityKeyIsRefusedUntilTrusted) {
+  const std::string alice = Login(1001);
+  const std::string bob = Login(1002);
+  SendOne(alice, 1002, "to the old bob");
+  ASSERT_EQ(Sync(bob).size(), 1u);
+
+  const std::string home = dirs_.Sub("bob-reinstalled");
+  CliResult r = RunIris(home, {"login", "--server", Server(), "--ca", server_.cert_file(),
+                               "--token", server_.Token(1002)});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  SendOne(home, 1001, "from the new bob");
+  auto got = Sync(alice);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_FALSE(got[0]["decrypted"].get<bool>());
+  EXPECT_NE(got[0]["error"].get<std::string>().find("untrusted identity"), std::string::npos)
+      << got[0].dump();
+
+  r = RunIris(alice, {"trust", "1002"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  SendOne(home, 1001, "from the new bob, again");
+  got = Sync(alice);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_TRUE(got[0]["decrypted"].get<bool>()) << got[0].dump();
+  EXPECT_EQ(got[0]["text"], "from the new bob, again");
+  SendOne(alice, 1002, "welcome back");
+  got = Sync(home);
+  // The new install also caught up on the inbox from the start: the message encrypted for
+  // the old key cannot be read by the new one.
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_FALSE(got[0]["decrypted"].get<bool>());
+  EXPECT_TRUE(got[1]["decrypted"].get<bool>()) << got[1].dump();
+  EXPECT_EQ(got[1]["text"], "welcome back");
+}
+
 // `iris chat` sends what is typed, with typing indicators; `iris listen` on the other side
 // prints them; `iris presence` reports the listener online.
 TEST_F(CliE2eeTest, ChatWithTypingIndicatorsReachesListener) {
