@@ -77,7 +77,7 @@ class ClientApiTest : public ::testing::Test {
         .has_value();
   }
 
-  ServerProcess server_;
+  ServerProcess server_{{"--degradation-level", "0"}};  // typing is never shed here
   std::string dir_;
 };
 
