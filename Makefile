@@ -48,8 +48,15 @@ test-fuzz: deps
 	cmake --build $(FUZZ_BUILD) -j $(JOBS)
 	cd $(FUZZ_BUILD) && ctest --output-on-failure -L fuzz
 
+# Micro-benchmarks (every build/bench/iris_*_bench), then a short run of every iris-bench
+# scenario against a fresh irisd each (a few minutes on 2 cores; figures: docs/performance.md).
+# BENCH_ARGS adds or overrides iris-bench flags, e.g. make bench BENCH_ARGS="--sessions 18000".
+BENCH_ARGS  ?=
 bench: build
 	@for b in $(BUILD)/bench/iris_*_bench; do [ -x "$$b" ] && "$$b" || true; done
+	$(BUILD)/tools/iris-bench/iris-bench --spawn-irisd $(BUILD)/src/server/irisd --scenario all \
+	  --connects 2000 --sessions 5000 --hold-s 5 --pairs 100 --duration-s 10 --rate 2000 \
+	  --storm-sessions 4000 --json $(BUILD)/iris-bench.json $(BENCH_ARGS)
 
 format:
 	@git ls-files '*.h' '*.cc' | xargs clang-format -i
