@@ -105,6 +105,9 @@ struct WriteLatencies {
 std::unique_ptr<InboxStore> OpenStore(const std::string& dir, WriteLatencies* lat) {
   StoreOptions o;
   o.path = dir;
+  if (const char* wb = std::getenv("IRIS_BENCH_WRITE_BUFFER_MB")) {
+    o.write_buffer_bytes = static_cast<size_t>(std::atoi(wb)) << 20;
+  }
   o.write_latency_observer = [lat](int64_t n) {
     std::lock_guard<std::mutex> lock(lat->mu);
     lat->nanos.push_back(n);

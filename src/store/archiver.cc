@@ -19,12 +19,15 @@ constexpr size_t kUsersPerPass = 64;
 constexpr size_t kBytesPerPass = 4u << 20;
 }  // namespace
 
-void InboxStore::Impl::ScheduleArchive(uint64_t user) {
+void InboxStore::Impl::ScheduleArchive(uint64_t user, uint64_t excess) {
   std::lock_guard<std::mutex> lock(archive_mu_);
   if (archive_stop_) return;
-  if (archive_queued_.insert(user).second) {
+  auto [it, inserted] = archive_excess_.try_emplace(user, excess);
+  if (inserted) {
     archive_queue_.push_back(user);
     archive_cv_.notify_all();
+  } else {
+    it->second = excess;  // the newest count wins
   }
 }
 
@@ -34,31 +37,44 @@ bool InboxStore::Impl::WaitArchiverIdle(int64_t timeout_ms) const {
                               [&] { return archive_queue_.empty() && !archive_busy_; });
 }
 
-void InboxStore::Impl::ResumeInterruptedArchiving() {
-  rocksdb::ReadOptions ro;
-  std::unique_ptr<rocksdb::Iterator> it(db_->db()->NewIterator(ro, db_->cf(Cf::kMeta)));
-  const std::string prefix(1, kMetaArchivePendingPrefix);
-  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
-    if (it->key().size() != 9) continue;
-    ScheduleArchive(GetBigEndian64(it->key().data() + 1));
+Status InboxStore::Impl::ResumeInterruptedArchiving() {
+  // Runs in Init, before the commit thread: the counters loaded here seed its cache.
+  std::vector<uint64_t> users;
+  {
+    std::unique_ptr<rocksdb::Iterator> it(
+        db_->db()->NewIterator(rocksdb::ReadOptions(), db_->cf(Cf::kMeta)));
+    const std::string prefix(1, kMetaArchivePendingPrefix);
+    for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+      if (it->key().size() == 9) users.push_back(GetBigEndian64(it->key().data() + 1));
+    }
+    if (!it->status().ok()) return FromRocks(it->status(), "store: read archive markers");
   }
+  for (uint64_t user : users) {
+    IRIS_ASSIGN_OR_RETURN(const UserState state, LoadUserState(user));
+    user_cache_[user] = CachedUser{state, 0};
+    if (state.count > options_.inbox_cap) ScheduleArchive(user, state.count - options_.inbox_cap);
+  }
+  return Status::Ok();
 }
 
-Result<ArchiveMove> InboxStore::Impl::ReadMove(uint64_t user, const rocksdb::Snapshot* snapshot,
+Result<ArchiveMove> InboxStore::Impl::ReadMove(const StoreDb::ReadHold& db, uint64_t user,
+                                               uint64_t excess, const rocksdb::Snapshot* snapshot,
                                                bool* more_left) const {
   *more_left = false;
+  ArchiveMove move;
+  move.user = user;
   rocksdb::ReadOptions ro;
   ro.snapshot = snapshot;
   std::string v;
-  const rocksdb::Status s = db_->db()->Get(ro, db_->cf(Cf::kMeta), MetaUserStateKey(user), &v);
-  ArchiveMove move;
-  move.user = user;
-  if (s.IsNotFound()) return move;
-  if (!s.ok()) return FromRocks(s, "store: archiver read inbox state");
-  const std::optional<UserState> state = DecodeUserState(v);
-  if (!state) return Internal("store: malformed inbox state");
-  if (state->count <= options_.inbox_cap) return move;
-  const uint64_t excess = state->count - options_.inbox_cap;
+  const rocksdb::Status s = db.db()->Get(ro, db.cf(Cf::kMeta), MetaUserStateKey(user), &v);
+  UserState state;
+  if (s.ok()) {
+    const std::optional<UserState> decoded = DecodeUserState(v);
+    if (!decoded) return Internal("store: malformed inbox state");
+    state = *decoded;
+  } else if (!s.IsNotFound()) {
+    return FromRocks(s, "store: archiver read inbox state");
+  }
   const uint64_t n = std::min<uint64_t>(excess, std::max<uint32_t>(options_.archive_chunk, 1));
   *more_left = excess > n;
 
@@ -66,9 +82,10 @@ Result<ArchiveMove> InboxStore::Impl::ReadMove(uint64_t user, const rocksdb::Sna
   const std::string upper = InboxUpperBound(user);
   const rocksdb::Slice upper_slice(upper);
   ro.iterate_upper_bound = &upper_slice;
-  std::unique_ptr<rocksdb::Iterator> it(db_->db()->NewIterator(ro, db_->cf(Cf::kInbox)));
+  std::unique_ptr<rocksdb::Iterator> it(db.db()->NewIterator(ro, db.cf(Cf::kInbox)));
+  // archived_through is written with every move, so everything up to it is gone already.
   const uint64_t start =
-      state->archived_through == UINT64_MAX ? UINT64_MAX : state->archived_through + 1;
+      state.archived_through == UINT64_MAX ? UINT64_MAX : state.archived_through + 1;
   for (it->Seek(InboxKey(user, start)); it->Valid() && move.entries.size() < n; it->Next()) {
     const std::optional<InboxKeyParts> parts =
         ParseInboxKey(std::string_view(it->key().data(), it->key().size()));
@@ -77,17 +94,13 @@ Result<ArchiveMove> InboxStore::Impl::ReadMove(uint64_t user, const rocksdb::Sna
     move.last_id = parts->id;
   }
   if (!it->status().ok()) return FromRocks(it->status(), "store: archiver read inbox");
-  if (move.entries.size() < n) {
-    // The counter says more than the inbox holds: never expected. Move what exists.
-    IRIS_BUG("store: inbox counter exceeds the inbox");
-    *more_left = false;
-  }
+  if (move.entries.size() < n) *more_left = false;  // the newest are not committed yet
   return move;
 }
 
 void InboxStore::Impl::ArchiverLoop() {
   for (;;) {
-    std::vector<uint64_t> users;
+    std::vector<std::pair<uint64_t, uint64_t>> users;  // user, excess
     {
       std::unique_lock<std::mutex> lock(archive_mu_);
       archive_cv_.wait(lock, [&] { return archive_stop_ || !archive_queue_.empty(); });
@@ -95,39 +108,46 @@ void InboxStore::Impl::ArchiverLoop() {
       while (!archive_queue_.empty() && users.size() < kUsersPerPass) {
         const uint64_t u = archive_queue_.front();
         archive_queue_.pop_front();
-        archive_queued_.erase(u);
-        users.push_back(u);
+        users.emplace_back(u, archive_excess_[u]);
+        archive_excess_.erase(u);
       }
       archive_busy_ = true;
     }
 
     ArchiveRequest request;
-    std::vector<uint64_t> again;
+    std::vector<std::pair<uint64_t, uint64_t>> again;
     size_t bytes = 0;
     Status error;
-    const rocksdb::Snapshot* snapshot = db_->db()->GetSnapshot();
-    for (size_t i = 0; i < users.size(); ++i) {
-      if (bytes >= kBytesPerPass) {
-        again.insert(again.end(), users.begin() + static_cast<std::ptrdiff_t>(i), users.end());
-        break;
+    {
+      const StoreDb::ReadHold db = db_->Hold();  // released before waiting for the commit
+      if (!db.ok()) {
+        error = StoreDb::ReadHold::Closed();
+        again = users;
+        users.clear();
       }
-      bool more = false;
-      Result<ArchiveMove> move = ReadMove(users[i], snapshot, &more);
-      if (!move.ok()) {
-        error = move.status();
-        again.push_back(users[i]);
-        continue;
+      const rocksdb::Snapshot* snapshot = db.ok() ? db.db()->GetSnapshot() : nullptr;
+      for (size_t i = 0; i < users.size(); ++i) {
+        if (bytes >= kBytesPerPass) {
+          again.insert(again.end(), users.begin() + static_cast<std::ptrdiff_t>(i), users.end());
+          break;
+        }
+        const auto [user, excess] = users[i];
+        bool more = false;
+        Result<ArchiveMove> move = ReadMove(db, user, excess, snapshot, &more);
+        if (!move.ok()) {
+          error = move.status();
+          again.push_back(users[i]);
+          continue;
+        }
+        if (more) again.emplace_back(user, excess - move->entries.size());
+        if (move->entries.empty()) continue;
+        for (const auto& [k, val] : move->entries) bytes += k.size() + val.size();
+        request.moves.push_back(std::move(move).value());
       }
-      if (more) again.push_back(users[i]);
-      if (move->entries.empty()) continue;
-      for (const auto& [k, val] : move->entries) bytes += k.size() + val.size();
-      request.moves.push_back(std::move(move).value());
+      if (snapshot != nullptr) db.db()->ReleaseSnapshot(snapshot);
     }
-    db_->db()->ReleaseSnapshot(snapshot);
 
     if (!request.moves.empty()) {
-      size_t moved = 0;
-      for (const ArchiveMove& m : request.moves) moved += m.entries.size();
       auto promise = std::make_shared<std::promise<Status>>();
       std::future<Status> done = promise->get_future();
       request.done = [promise](Status s) { promise->set_value(s); };
@@ -136,17 +156,16 @@ void InboxStore::Impl::ArchiverLoop() {
       r.body = std::move(request);
       Enqueue(std::move(r));
       const Status s = done.get();
-      if (s.ok()) {
-        archived_.fetch_add(moved, std::memory_order_relaxed);
-      } else {
+      if (!s.ok()) {
         error = s;
         again = users;  // nothing was applied: retry the whole pass later
       }
     }
 
     std::unique_lock<std::mutex> lock(archive_mu_);
-    for (uint64_t u : again) {
-      if (archive_queued_.insert(u).second) archive_queue_.push_back(u);
+    for (const auto& [u, excess] : again) {
+      // A newer count from the commit thread, if any, wins over this estimate.
+      if (archive_excess_.try_emplace(u, excess).second) archive_queue_.push_back(u);
     }
     if (!error.ok() && !archive_stop_) {
       // Disk full or an I/O error: back off instead of spinning; appends are unaffected.

@@ -2,6 +2,7 @@
 
 #include <xxhash.h>
 
+#include <algorithm>
 #include <chrono>
 
 namespace iris::store {
@@ -21,7 +22,9 @@ DedupIndex::DedupIndex(const DedupIndexOptions& options, const Clock& clock, con
       clock_(clock),
       db_(db),
       bloom_(kDayMs, RingSlots(options.window_ms), options.bloom_keys_per_day,
-             options.bloom_bits_per_key, clock.MonoMillis()) {}
+             options.bloom_bits_per_key, clock.MonoMillis()) {
+  hot_.reserve(std::min<size_t>(options.hot_max_entries, 1u << 16));
+}
 
 DedupIndex::~DedupIndex() {
   stop_rebuild_.store(true, std::memory_order_release);
@@ -92,11 +95,14 @@ void DedupIndex::StartRebuild() {
 void DedupIndex::RunRebuild() {
   // Entries committed after this snapshot were Remember()ed by the commit thread, so
   // snapshot + live inserts together cover every entry.
+  // Holding the database keeps a reopen (after a write error) waiting until the pass ends.
+  const StoreDb::ReadHold db = db_.Hold();
+  if (!db.ok()) return;  // the filters stay unused; every lookup reads the column family
   rocksdb::ReadOptions ro;
   ro.fill_cache = false;
-  const rocksdb::Snapshot* snapshot = db_.db()->GetSnapshot();
+  const rocksdb::Snapshot* snapshot = db.db()->GetSnapshot();
   ro.snapshot = snapshot;
-  std::unique_ptr<rocksdb::Iterator> it(db_.db()->NewIterator(ro, db_.cf(Cf::kDedup)));
+  std::unique_ptr<rocksdb::Iterator> it(db.db()->NewIterator(ro, db.cf(Cf::kDedup)));
   const int64_t now = clock_.WallMillis();
   constexpr int kChunk = 1024;
   std::vector<std::pair<uint64_t, int64_t>> chunk;  // (hash, age in slots)
@@ -123,7 +129,7 @@ void DedupIndex::RunRebuild() {
   }
   if (!it->status().ok()) complete = false;  // keep reading the column family instead
   it.reset();
-  db_.db()->ReleaseSnapshot(snapshot);
+  db.db()->ReleaseSnapshot(snapshot);
   flush();
   if (complete) {
     std::lock_guard<std::mutex> lock(bloom_mu_);

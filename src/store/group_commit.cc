@@ -5,16 +5,24 @@
 // ids, dedup entries, per-user counters, archive moves, small records and the HLC
 // high-water mark — writes it with sync=true, and only then answers every request of the
 // batch and calls the commit listener. A batch that fails to write is rolled back in
-// memory (counters reloaded, hot dedup entries forgotten) and every request in it fails
+// memory (counters restored, hot dedup entries forgotten) and every request in it fails
 // with the same status; RocksDB applies a WriteBatch atomically, so nothing of it is
 // visible.
+//
+// Per-user counters are written to `meta` only every kPersistEvery appends to a user (and
+// whenever the user crosses the cap or an archive move applies), not on every append:
+// loading a user counts the inbox entries newer than the persisted `counted_through`.
 #include <sys/statvfs.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include "store/inbox_store_impl.h"
 
 namespace iris::store {
+namespace {
+constexpr uint32_t kPersistEvery = 64;
+}  // namespace
 
 void InboxStore::Impl::Fail(CommitRequest& request, const Status& status) {
   std::visit(
@@ -57,7 +65,19 @@ void InboxStore::Impl::CommitLoop() {
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(queue_mu_);
-      queue_cv_.wait(lock, [&] { return !queue_.empty() || stopping_; });
+      auto ready = [&] { return !queue_.empty() || stopping_; };
+      if (needs_recovery_) {
+        // Blocked by a write error: retry recovery now and then even without writes, so
+        // reads come back too when the database had to be closed.
+        const int64_t interval = std::max<int64_t>(options_.resume_interval_ms, 100);
+        if (!queue_cv_.wait_for(lock, std::chrono::milliseconds(interval), ready)) {
+          lock.unlock();
+          EnsureWritable().IgnoreError();
+          continue;
+        }
+      } else {
+        queue_cv_.wait(lock, ready);
+      }
       if (queue_.empty()) break;  // stopping and drained
       if (listener_changed_) {
         active_listener_ = listener_;
@@ -76,24 +96,59 @@ void InboxStore::Impl::CommitLoop() {
   }
 }
 
-Result<UserState*> InboxStore::Impl::TouchUser(uint64_t user) {
+Result<UserState> InboxStore::Impl::LoadUserState(uint64_t user) const {
+  rocksdb::ReadOptions ro;
+  std::string v;
+  const rocksdb::Status s = db_->db()->Get(ro, db_->cf(Cf::kMeta), MetaUserStateKey(user), &v);
+  UserState state;
+  if (s.ok()) {
+    const std::optional<UserState> decoded = DecodeUserState(v);
+    if (!decoded) return Internal("store: malformed inbox state of user " + std::to_string(user));
+    state = *decoded;
+  } else if (!s.IsNotFound()) {
+    return FromRocks(s, "store: read inbox state");
+  }
+  // Count what was appended after the state was last written.
+  const uint64_t from = std::max(state.counted_through, state.archived_through);
+  if (from == UINT64_MAX) return state;
+  const std::string upper = InboxUpperBound(user);
+  const rocksdb::Slice upper_slice(upper);
+  ro.iterate_upper_bound = &upper_slice;
+  std::unique_ptr<rocksdb::Iterator> it(db_->db()->NewIterator(ro, db_->cf(Cf::kInbox)));
+  for (it->Seek(InboxKey(user, from + 1)); it->Valid(); it->Next()) {
+    const std::optional<InboxKeyParts> parts =
+        ParseInboxKey(std::string_view(it->key().data(), it->key().size()));
+    if (!parts) return Internal("store: malformed inbox key");
+    ++state.count;
+    state.counted_through = parts->id;
+  }
+  if (!it->status().ok()) return FromRocks(it->status(), "store: count inbox");
+  return state;
+}
+
+Result<InboxStore::Impl::CachedUser*> InboxStore::Impl::TouchUser(uint64_t user) {
   auto it = user_cache_.find(user);
   if (it == user_cache_.end()) {
-    std::string v;
-    const rocksdb::Status s =
-        db_->db()->Get(rocksdb::ReadOptions(), db_->cf(Cf::kMeta), MetaUserStateKey(user), &v);
-    UserState state;
-    if (s.ok()) {
-      const std::optional<UserState> decoded = DecodeUserState(v);
-      if (!decoded) return Internal("store: malformed inbox state of user " + std::to_string(user));
-      state = *decoded;
-    } else if (!s.IsNotFound()) {
-      return FromRocks(s, "store: read inbox state");
-    }
-    it = user_cache_.emplace(user, state).first;
+    IRIS_ASSIGN_OR_RETURN(const UserState state, LoadUserState(user));
+    // Loaded state counts appends never persisted: persist it with the next batch.
+    const bool recounted = state.counted_through > 0;
+    it = user_cache_.emplace(user, CachedUser{state, recounted ? kPersistEvery : 0}).first;
   }
   touched_.try_emplace(user, it->second);
   return &it->second;
+}
+
+void InboxStore::Impl::AddPut(Cf cf, std::string_view key, std::string_view value) {
+  batch_
+      .Put(db_->cf(cf), rocksdb::Slice(key.data(), key.size()),
+           rocksdb::Slice(value.data(), value.size()))
+      .PermitUncheckedError();
+  batch_has_writes_ = true;
+}
+
+void InboxStore::Impl::AddDelete(Cf cf, std::string_view key) {
+  batch_.Delete(db_->cf(cf), rocksdb::Slice(key.data(), key.size())).PermitUncheckedError();
+  batch_has_writes_ = true;
 }
 
 void InboxStore::Impl::BuildAppend(AppendRequest& a) {
@@ -120,7 +175,7 @@ void InboxStore::Impl::BuildAppend(AppendRequest& a) {
   // Load every recipient's counters before adding anything, so a failed read leaves the
   // batch without a partial request.
   for (const v1::Envelope& e : a.envelopes) {
-    Result<UserState*> st = TouchUser(e.recipient());
+    Result<CachedUser*> st = TouchUser(e.recipient());
     if (!st.ok()) {
       completions_.push_back(Completion{std::move(a.done), nullptr, std::nullopt, st.status()});
       return;
@@ -135,19 +190,21 @@ void InboxStore::Impl::BuildAppend(AppendRequest& a) {
     e.set_id(id);
     e.set_sent_at_ms(now);
     EncodeStoredEnvelope(id, now, a.bodies[i], &scratch_);
-    batch_.Put(db_->cf(Cf::kInbox), InboxKey(e.recipient(), id), scratch_).PermitUncheckedError();
-    ++user_cache_[e.recipient()].count;
+    AddPut(Cf::kInbox, InboxKey(e.recipient(), id), scratch_);
+    CachedUser& u = user_cache_[e.recipient()];
+    ++u.state.count;
+    u.state.counted_through = id;
+    ++u.unpersisted;
   }
   if (!dedup_key.empty()) {
     const DedupEntry entry{first_id, static_cast<int64_t>(now)};
-    batch_.Put(db_->cf(Cf::kDedup), dedup_key, EncodeDedupEntry(entry)).PermitUncheckedError();
+    AddPut(Cf::kDedup, dedup_key, EncodeDedupEntry(entry));
     dedup_->Remember(dedup_key, entry, batch_seq_);
     remembered_.push_back(std::move(dedup_key));
   }
-  batch_has_writes_ = true;
+  batch_envelopes_ += a.envelopes.size();
   completions_.push_back(
       Completion{std::move(a.done), nullptr, AppendOutcome{first_id, now, false}, Status::Ok()});
-  batch_envelopes_ += a.envelopes.size();
   if (active_listener_) {
     for (v1::Envelope& e : a.envelopes) stored_.push_back(std::move(e));
   }
@@ -156,32 +213,39 @@ void InboxStore::Impl::BuildAppend(AppendRequest& a) {
 void InboxStore::Impl::BuildRecordWrite(RecordWriteRequest& w) {
   for (const KvOp& op : w.ops) {
     if (op.value) {
-      batch_.Put(db_->cf(op.cf), op.key, *op.value).PermitUncheckedError();
+      AddPut(op.cf, op.key, *op.value);
     } else {
-      batch_.Delete(db_->cf(op.cf), op.key).PermitUncheckedError();
+      AddDelete(op.cf, op.key);
     }
   }
-  batch_has_writes_ = batch_has_writes_ || !w.ops.empty();
   completions_.push_back(Completion{nullptr, std::move(w.done), std::nullopt, Status::Ok()});
 }
 
 void InboxStore::Impl::BuildArchive(ArchiveRequest& r) {
   for (const ArchiveMove& m : r.moves) {
-    if (!TouchUser(m.user).ok()) {
-      completions_.push_back(Completion{nullptr, std::move(r.done), std::nullopt,
-                                        Internal("store: cannot read inbox state")});
+    Result<CachedUser*> st = TouchUser(m.user);
+    if (!st.ok()) {
+      completions_.push_back(Completion{nullptr, std::move(r.done), std::nullopt, st.status()});
       return;
     }
   }
-  for (const ArchiveMove& m : r.moves) {
-    UserState& st = user_cache_[m.user];
-    for (const auto& [key, value] : m.entries) {
-      batch_.Delete(db_->cf(Cf::kInbox), key).PermitUncheckedError();
-      batch_.Put(db_->cf(Cf::kArchive), key, value).PermitUncheckedError();
+  for (ArchiveMove& m : r.moves) {
+    CachedUser& u = user_cache_[m.user];
+    // The archiver read its excess earlier; the counter here is authoritative. Move only
+    // what still exceeds the cap (the oldest first), never more.
+    const uint64_t allowed =
+        u.state.count > options_.inbox_cap ? u.state.count - options_.inbox_cap : 0;
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(allowed, m.entries.size()));
+    for (size_t i = 0; i < n; ++i) {
+      auto& [key, value] = m.entries[i];
+      const std::optional<InboxKeyParts> parts = ParseInboxKey(key);
+      if (parts) u.state.archived_through = std::max(u.state.archived_through, parts->id);
+      AddDelete(Cf::kInbox, key);
+      AddPut(Cf::kArchive, key, value);
     }
-    st.count -= std::min<uint64_t>(st.count, m.entries.size());
-    st.archived_through = std::max(st.archived_through, m.last_id);
-    batch_has_writes_ = batch_has_writes_ || !m.entries.empty();
+    u.state.count -= n;
+    batch_archived_ += n;
+    if (n > 0) moved_users_.push_back(m.user);
   }
   completions_.push_back(Completion{nullptr, std::move(r.done), std::nullopt, Status::Ok()});
 }
@@ -202,17 +266,16 @@ std::optional<std::string> InboxStore::Impl::ShortOfSpaceForResume() const {
 }
 
 Status InboxStore::Impl::EnsureWritable() {
-  if (!needs_resume_) return Status::Ok();
+  if (!needs_recovery_) return Status::Ok();
   const int64_t mono = clock_->MonoMillis();
   if (options_.resume_interval_ms > 0 &&
-      mono - last_resume_mono_ms_ < options_.resume_interval_ms) {
+      mono - last_recovery_mono_ms_ < options_.resume_interval_ms) {
     return last_write_error_;
   }
-  last_resume_mono_ms_ = mono;
-  // After a background error (disk full, failed WAL write) RocksDB refuses writes until
-  // Resume() succeeds: it flushes the memtables and switches to a new WAL, which needs the
-  // space back. Resume() on a disk that is still full can block inside RocksDB (its flush
-  // fails during recovery), so it is only tried once there is room for the flush.
+  last_recovery_mono_ms_ = mono;
+  // After a hard write error RocksDB refuses writes until it is resumed. The store reopens
+  // the database instead of calling DB::Resume() (see store_db.h); reopening writes a new
+  // MANIFEST and flushes the replayed WAL, so on a full disk it waits for room first.
   if (last_write_error_.code() == StatusCode::kStorageFull) {
     const std::optional<std::string> short_of_space = ShortOfSpaceForResume();
     if (short_of_space) {
@@ -220,16 +283,23 @@ Status InboxStore::Impl::EnsureWritable() {
       return last_write_error_;
     }
   }
-  const rocksdb::Status s = db_->db()->Resume();
+  const Status s = db_->Reopen();
   if (!s.ok()) {
-    if (s.IsNoSpace() || last_write_error_.code() == StatusCode::kStorageFull) {
-      last_write_error_ = StorageFull("store: disk full (resume: " + s.ToString() + ")");
-    } else {
-      last_write_error_ = FromRocks(s, "store: resume after write error");
-    }
+    last_write_error_ = s.code() == StatusCode::kStorageFull
+                            ? s
+                            : Internal("store: reopen after a write error: " + s.message());
     return last_write_error_;
   }
-  needs_resume_ = false;
+  // The reopened database holds exactly what survived the failed write: reload what the
+  // commit thread derived from it.
+  user_cache_.clear();
+  std::string mark;
+  const rocksdb::Status m =
+      db_->db()->Get(rocksdb::ReadOptions(), db_->cf(Cf::kMeta), MetaHlcKey(), &mark);
+  if (m.ok()) {
+    if (const std::optional<uint64_t> high_water = DecodeU64(mark)) hlc_.Restore(*high_water);
+  }
+  needs_recovery_ = false;
   last_write_error_ = Status::Ok();
   return Status::Ok();
 }
@@ -239,11 +309,23 @@ void InboxStore::Impl::CommitBatch(std::vector<CommitRequest>& requests) {
   batch_.Clear();
   batch_has_writes_ = false;
   touched_.clear();
+  moved_users_.clear();
   remembered_.clear();
   completions_.clear();
   stored_.clear();
   batch_envelopes_ = 0;
+  batch_archived_ = 0;
   batch_now_ms_ = clock_->WallMillis();
+
+  // A store blocked by a write error refuses the whole batch until it has recovered.
+  if (const Status ready = EnsureWritable(); !ready.ok()) {
+    write_errors_.fetch_add(1, std::memory_order_relaxed);
+    if (ready.code() == StatusCode::kStorageFull) {
+      storage_full_errors_.fetch_add(1, std::memory_order_relaxed);
+    }
+    for (CommitRequest& r : requests) Fail(r, ready);
+    return;
+  }
 
   for (CommitRequest& r : requests) {
     std::visit(
@@ -260,27 +342,31 @@ void InboxStore::Impl::CommitBatch(std::vector<CommitRequest>& requests) {
         r.body);
   }
 
-  // Per-user counters and the archive-pending markers of users that crossed the cap.
-  std::vector<uint64_t> over_cap;
-  for (const auto& [user, before] : touched_) {
-    const UserState& now = user_cache_[user];
-    batch_.Put(db_->cf(Cf::kMeta), MetaUserStateKey(user), EncodeUserState(now))
-        .PermitUncheckedError();
-    const bool was_over = before.count > options_.inbox_cap;
-    const bool is_over = now.count > options_.inbox_cap;
-    if (is_over && !was_over) {
-      batch_.Put(db_->cf(Cf::kMeta), MetaArchivePendingKey(user), "").PermitUncheckedError();
-    } else if (!is_over && was_over) {
-      batch_.Delete(db_->cf(Cf::kMeta), MetaArchivePendingKey(user)).PermitUncheckedError();
+  // Per-user counters (when due) and the archive-pending markers of users that crossed the
+  // cap; users over the cap are handed to the archiver after the write.
+  std::vector<std::pair<uint64_t, uint64_t>> over_cap;  // user, excess
+  std::sort(moved_users_.begin(), moved_users_.end());
+  for (auto& [user, before] : touched_) {
+    CachedUser& now = user_cache_[user];
+    const bool was_over = before.state.count > options_.inbox_cap;
+    const bool is_over = now.state.count > options_.inbox_cap;
+    const bool moved = std::binary_search(moved_users_.begin(), moved_users_.end(), user);
+    if (now.unpersisted >= kPersistEvery || was_over != is_over || moved) {
+      AddPut(Cf::kMeta, MetaUserStateKey(user), EncodeUserState(now.state));
+      now.unpersisted = 0;
     }
-    if (is_over) over_cap.push_back(user);
+    if (is_over && !was_over) {
+      AddPut(Cf::kMeta, MetaArchivePendingKey(user), std::string());
+    } else if (!is_over && was_over) {
+      AddDelete(Cf::kMeta, MetaArchivePendingKey(user));
+    }
+    if (is_over) over_cap.emplace_back(user, now.state.count - options_.inbox_cap);
   }
 
   Status write_status;
   if (batch_has_writes_) {
-    batch_.Put(db_->cf(Cf::kMeta), MetaHlcKey(), EncodeU64(hlc_.Last())).PermitUncheckedError();
-    write_status = EnsureWritable();
-    if (write_status.ok()) {
+    AddPut(Cf::kMeta, MetaHlcKey(), EncodeU64(hlc_.Last()));
+    {
       rocksdb::WriteOptions wo;
       wo.sync = true;
       const auto start = std::chrono::steady_clock::now();
@@ -290,7 +376,7 @@ void InboxStore::Impl::CommitBatch(std::vector<CommitRequest>& requests) {
                                 .count();
       if (options_.write_latency_observer) options_.write_latency_observer(nanos);
       if (!s.ok()) {
-        needs_resume_ = true;
+        needs_recovery_ = true;
         last_write_error_ = FromRocks(s, "store: write");
         write_status = last_write_error_;
       }
@@ -298,6 +384,7 @@ void InboxStore::Impl::CommitBatch(std::vector<CommitRequest>& requests) {
     if (write_status.ok()) {
       batches_.fetch_add(1, std::memory_order_relaxed);
       envelopes_.fetch_add(batch_envelopes_, std::memory_order_relaxed);
+      archived_.fetch_add(batch_archived_, std::memory_order_relaxed);
     } else {
       write_errors_.fetch_add(1, std::memory_order_relaxed);
       if (write_status.code() == StatusCode::kStorageFull) {
@@ -307,14 +394,14 @@ void InboxStore::Impl::CommitBatch(std::vector<CommitRequest>& requests) {
   }
 
   if (!write_status.ok()) {
-    // Nothing of this batch was applied: forget what it changed in memory.
+    // Nothing of this batch was applied: restore what it changed in memory.
     for (const auto& [user, before] : touched_) user_cache_[user] = before;
     for (const std::string& k : remembered_) dedup_->Forget(k);
     stored_.clear();
   } else {
     // Schedule before answering, so a caller that saw its append complete also sees the
     // archiver busy (WaitArchiverIdle) until the inbox is back under the cap.
-    for (uint64_t user : over_cap) ScheduleArchive(user);
+    for (const auto& [user, excess] : over_cap) ScheduleArchive(user, excess);
   }
 
   // Count first, so a caller that saw its answer also sees it in Stats().
@@ -344,7 +431,8 @@ void InboxStore::Impl::CommitBatch(std::vector<CommitRequest>& requests) {
 
   dedup_->Evict();
   if (user_cache_.size() > options_.user_cache_max_entries) {
-    // Between batches every cached counter equals what `meta` holds: any can be dropped.
+    // Any cached user can be dropped between batches: loading recounts what its persisted
+    // state does not cover.
     auto it = user_cache_.begin();
     while (it != user_cache_.end() &&
            user_cache_.size() > options_.user_cache_max_entries * 9 / 10) {

@@ -1,6 +1,8 @@
 // InboxStore: Open, Stop, the public wrappers, and the read paths (Scan, History).
 #include "store/inbox_store.h"
 
+#include <pthread.h>
+
 #include <future>
 
 #include "obs/trace.h"
@@ -22,7 +24,8 @@ DedupIndexOptions DedupOptionsOf(const StoreOptions& o) {
 }
 
 // Reads the per-user counters from `meta` ({0, 0} when absent).
-Result<UserState> ReadUserState(const StoreDb& db, const rocksdb::ReadOptions& ro, uint64_t user) {
+Result<UserState> ReadUserState(const StoreDb::ReadHold& db, const rocksdb::ReadOptions& ro,
+                                uint64_t user) {
   std::string v;
   const rocksdb::Status s = db.db()->Get(ro, db.cf(Cf::kMeta), MetaUserStateKey(user), &v);
   if (s.IsNotFound()) return UserState{};
@@ -90,13 +93,21 @@ Status InboxStore::Impl::Init() {
 
   dedup_ = std::make_unique<DedupIndex>(DedupOptionsOf(options_), *clock_, *db_);
   dedup_->StartRebuild();
-  ResumeInterruptedArchiving();
+  IRIS_RETURN_IF_ERROR(ResumeInterruptedArchiving());
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
     accepting_ = true;
   }
-  commit_thread_ = std::thread([this] { CommitLoop(); });
-  if (options_.run_archiver) archive_thread_ = std::thread([this] { ArchiverLoop(); });
+  commit_thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "iris-commit");
+    CommitLoop();
+  });
+  if (options_.run_archiver) {
+    archive_thread_ = std::thread([this] {
+      pthread_setname_np(pthread_self(), "iris-archiver");
+      ArchiverLoop();
+    });
+  }
   return Status::Ok();
 }
 
@@ -122,10 +133,12 @@ void InboxStore::Impl::Stop() {
 
 Result<ScanPage> InboxStore::Impl::Scan(uint64_t user, uint64_t after_id, uint32_t limit,
                                         size_t max_bytes) const {
-  rocksdb::ManagedSnapshot snapshot(db_->db());
+  const StoreDb::ReadHold db = db_->Hold();
+  if (!db.ok()) return StoreDb::ReadHold::Closed();
+  rocksdb::ManagedSnapshot snapshot(db.db());
   rocksdb::ReadOptions ro;
   ro.snapshot = snapshot.snapshot();
-  IRIS_ASSIGN_OR_RETURN(const UserState state, ReadUserState(*db_, ro, user));
+  IRIS_ASSIGN_OR_RETURN(const UserState state, ReadUserState(db, ro, user));
 
   ScanPage page;
   page.gap = state.archived_through > after_id;
@@ -137,7 +150,7 @@ Result<ScanPage> InboxStore::Impl::Scan(uint64_t user, uint64_t after_id, uint32
   const std::string upper = InboxUpperBound(user);
   const rocksdb::Slice upper_slice(upper);
   ro.iterate_upper_bound = &upper_slice;
-  std::unique_ptr<rocksdb::Iterator> it(db_->db()->NewIterator(ro, db_->cf(Cf::kInbox)));
+  std::unique_ptr<rocksdb::Iterator> it(db.db()->NewIterator(ro, db.cf(Cf::kInbox)));
   size_t bytes = 0;
   for (it->Seek(InboxKey(user, from + 1)); it->Valid(); it->Next()) {
     IRIS_ASSIGN_OR_RETURN(const bool taken, TakeMessage(*it, limit, max_bytes, &bytes, &page));
@@ -151,11 +164,13 @@ Result<ScanPage> InboxStore::Impl::History(uint64_t user, uint64_t before_id, ui
                                            size_t max_bytes) const {
   ScanPage page;
   if (before_id == 1) return page;  // ids start above 0
+  const StoreDb::ReadHold db = db_->Hold();
+  if (!db.ok()) return StoreDb::ReadHold::Closed();
   rocksdb::ReadOptions ro;
   const std::string lower = InboxKey(user, 0);
   const rocksdb::Slice lower_slice(lower);
   ro.iterate_lower_bound = &lower_slice;
-  std::unique_ptr<rocksdb::Iterator> it(db_->db()->NewIterator(ro, db_->cf(Cf::kArchive)));
+  std::unique_ptr<rocksdb::Iterator> it(db.db()->NewIterator(ro, db.cf(Cf::kArchive)));
   size_t bytes = 0;
   const uint64_t last = before_id == 0 ? UINT64_MAX : before_id - 1;
   for (it->SeekForPrev(InboxKey(user, last)); it->Valid(); it->Prev()) {

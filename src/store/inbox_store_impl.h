@@ -91,7 +91,8 @@ class InboxStore::Impl {
   Status WriteRecords(std::vector<KvOp> ops);
 
   // archiver.cc
-  void ScheduleArchive(uint64_t user);
+  // Hands `user`, whose inbox is `excess` messages over the cap, to the archiver.
+  void ScheduleArchive(uint64_t user, uint64_t excess);
   bool WaitArchiverIdle(int64_t timeout_ms) const;
 
   // inbox_store.cc
@@ -114,6 +115,12 @@ class InboxStore::Impl {
   uint64_t LastId() const { return hlc_.Last(); }
 
  private:
+  // A user's counters as the commit thread knows them (including unwritten appends).
+  struct CachedUser {
+    UserState state;
+    uint32_t unpersisted = 0;  // appends since `state` was last written to `meta`
+  };
+
   // A request's answer, delivered after the batch's write.
   struct Completion {
     AppendCallback append_done;
@@ -129,9 +136,13 @@ class InboxStore::Impl {
   void BuildAppend(AppendRequest& a);
   void BuildRecordWrite(RecordWriteRequest& w);
   void BuildArchive(ArchiveRequest& r);
-  // The user's counters, loaded from `meta` on first use, saved for rollback on first
-  // touch in this batch. Errors: INTERNAL when `meta` cannot be read.
-  Result<UserState*> TouchUser(uint64_t user);
+  // The user's counters, loaded on first use, saved for rollback on first touch in this
+  // batch. Errors: INTERNAL when `meta` or `inbox` cannot be read.
+  Result<CachedUser*> TouchUser(uint64_t user);
+  // The persisted counters plus the inbox entries appended after they were written.
+  Result<UserState> LoadUserState(uint64_t user) const;
+  void AddPut(Cf cf, std::string_view key, std::string_view value);
+  void AddDelete(Cf cf, std::string_view key);
   Status EnsureWritable();
   // Why resuming after a disk-full error would fail now (nullopt: enough free space).
   std::optional<std::string> ShortOfSpaceForResume() const;
@@ -139,9 +150,9 @@ class InboxStore::Impl {
 
   // archiver.cc
   void ArchiverLoop();
-  Result<ArchiveMove> ReadMove(uint64_t user, const rocksdb::Snapshot* snapshot,
-                               bool* more_left) const;
-  void ResumeInterruptedArchiving();
+  Result<ArchiveMove> ReadMove(const StoreDb::ReadHold& db, uint64_t user, uint64_t excess,
+                               const rocksdb::Snapshot* snapshot, bool* more_left) const;
+  Status ResumeInterruptedArchiving();
 
   const StoreOptions options_;
   const Clock* const clock_;
@@ -165,24 +176,26 @@ class InboxStore::Impl {
   int64_t batch_now_ms_ = 0;
   rocksdb::WriteBatch batch_;
   bool batch_has_writes_ = false;
-  uint64_t batch_envelopes_ = 0;
   std::string scratch_;
-  std::unordered_map<uint64_t, UserState> user_cache_;
-  std::unordered_map<uint64_t, UserState> touched_;  // user -> state before this batch
-  std::vector<std::string> remembered_;              // dedup keys added by this batch
+  uint64_t batch_envelopes_ = 0;
+  uint64_t batch_archived_ = 0;
+  std::unordered_map<uint64_t, CachedUser> user_cache_;
+  std::unordered_map<uint64_t, CachedUser> touched_;  // user -> counters before this batch
+  std::vector<uint64_t> moved_users_;                 // users with archive moves in this batch
+  std::vector<std::string> remembered_;               // dedup keys added by this batch
   std::vector<Completion> completions_;
   std::vector<v1::Envelope> stored_;
-  bool needs_resume_ = false;
+  bool needs_recovery_ = false;
   Status last_write_error_;
-  int64_t last_resume_mono_ms_ = 0;
+  int64_t last_recovery_mono_ms_ = 0;
 
   // Archiver.
   mutable std::mutex archive_mu_;
   mutable std::condition_variable archive_cv_;
-  std::deque<uint64_t> archive_queue_;           // guarded by archive_mu_
-  std::unordered_set<uint64_t> archive_queued_;  // guarded by archive_mu_
-  bool archive_busy_ = false;                    // guarded by archive_mu_
-  bool archive_stop_ = false;                    // guarded by archive_mu_
+  std::deque<uint64_t> archive_queue_;                     // guarded by archive_mu_
+  std::unordered_map<uint64_t, uint64_t> archive_excess_;  // queued user -> excess; archive_mu_
+  bool archive_busy_ = false;                              // guarded by archive_mu_
+  bool archive_stop_ = false;                              // guarded by archive_mu_
   std::thread archive_thread_;
 
   std::mutex stop_mu_;

@@ -114,7 +114,8 @@ Status FromRocks(const rocksdb::Status& s, std::string_view what) {
   return Internal(std::string(what) + ": " + s.ToString());
 }
 
-Result<std::unique_ptr<StoreDb>> StoreDb::Open(const StoreDbOptions& options) {
+Status StoreDb::OpenLocked() {
+  const StoreDbOptions& options = options_;
   std::error_code ec;
   std::filesystem::create_directories(options.path, ec);
   if (ec) {
@@ -158,7 +159,9 @@ Result<std::unique_ptr<StoreDb>> StoreDb::Open(const StoreDbOptions& options) {
   };
   const size_t small_buffer = std::max<size_t>(options.write_buffer_bytes / 4, 1u << 20);
 
-  std::unique_ptr<DedupExpiryFilter> dedup_filter;
+  if (dedup_filter_ == nullptr && options.clock != nullptr) {
+    dedup_filter_ = std::make_unique<DedupExpiryFilter>(*options.clock, options.dedup_window_ms);
+  }
   std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
   descriptors.emplace_back(rocksdb::kDefaultColumnFamilyName, base(small_buffer, 4096));
   {
@@ -180,10 +183,7 @@ Result<std::unique_ptr<StoreDb>> StoreDb::Open(const StoreDbOptions& options) {
     // dedup: point lookups only; expired entries dropped by the compaction filter, and
     // every file is compacted at least daily so expiry happens without writes.
     rocksdb::ColumnFamilyOptions cf = base(small_buffer, 4096);
-    if (options.clock != nullptr) {
-      dedup_filter = std::make_unique<DedupExpiryFilter>(*options.clock, options.dedup_window_ms);
-      cf.compaction_filter = dedup_filter.get();
-    }
+    cf.compaction_filter = dedup_filter_.get();
     cf.periodic_compaction_seconds = 24 * 3600;
     descriptors.emplace_back(std::string(kCfNames[static_cast<int>(Cf::kDedup)]), cf);
   }
@@ -197,16 +197,14 @@ Result<std::unique_ptr<StoreDb>> StoreDb::Open(const StoreDbOptions& options) {
       rocksdb::DB::Open(rocksdb::DBOptions(db_options), options.path, descriptors, &handles, &raw);
   if (!s.ok()) return FromRocks(s, "store: open " + options.path);
 
-  auto out = std::unique_ptr<StoreDb>(new StoreDb());
-  out->dedup_filter_ = std::move(dedup_filter);
-  out->db_.reset(raw);
+  db_.reset(raw);
   // handles[0] is the default column family; ours follow in Cf order.
   raw->DestroyColumnFamilyHandle(handles[0]).PermitUncheckedError();
-  out->handles_.assign(handles.begin() + 1, handles.end());
-  return out;
+  handles_.assign(handles.begin() + 1, handles.end());
+  return Status::Ok();
 }
 
-StoreDb::~StoreDb() {
+void StoreDb::CloseLocked() {
   if (db_ == nullptr) return;
   for (rocksdb::ColumnFamilyHandle* h : handles_) {
     db_->DestroyColumnFamilyHandle(h).PermitUncheckedError();
@@ -215,5 +213,39 @@ StoreDb::~StoreDb() {
   db_->Close().PermitUncheckedError();
   db_.reset();
 }
+
+Result<std::unique_ptr<StoreDb>> StoreDb::Open(const StoreDbOptions& options) {
+  auto out = std::unique_ptr<StoreDb>(new StoreDb(options));
+  IRIS_RETURN_IF_ERROR(out->OpenLocked());
+  return out;
+}
+
+Status StoreDb::Reopen() {
+  std::unique_lock<WriterPreferringLock> lock(lock_);
+  CloseLocked();
+  return OpenLocked();
+}
+
+StoreDb::~StoreDb() {
+  std::unique_lock<WriterPreferringLock> lock(lock_);
+  CloseLocked();
+}
+
+Status StoreDb::ReadHold::Closed() {
+  return Unavailable("store: the database is closed after a write error; retrying to reopen");
+}
+
+WriterPreferringLock::WriterPreferringLock() {
+  pthread_rwlockattr_t attr;
+  pthread_rwlockattr_init(&attr);
+  pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init(&rw_, &attr);
+  pthread_rwlockattr_destroy(&attr);
+}
+WriterPreferringLock::~WriterPreferringLock() { pthread_rwlock_destroy(&rw_); }
+void WriterPreferringLock::lock() { pthread_rwlock_wrlock(&rw_); }
+void WriterPreferringLock::unlock() { pthread_rwlock_unlock(&rw_); }
+void WriterPreferringLock::lock_shared() { pthread_rwlock_rdlock(&rw_); }
+void WriterPreferringLock::unlock_shared() { pthread_rwlock_unlock(&rw_); }
 
 }  // namespace iris::store

@@ -9,14 +9,24 @@
 // cut off, while a missing or shortened synced WAL makes Open fail instead of silently
 // dropping data.
 //
-// Thread-safety: a StoreDb is immutable after Open; rocksdb::DB is thread-safe. The
-// destructor closes the database; no other thread may use it then.
+// Reopening: after a hard write error (disk full, a failed WAL write) RocksDB stops
+// writes until DB::Resume(). RocksDB 7.8's Resume() can block forever when the flush that
+// failed on the full disk left its memtable "queued" but unscheduled (facebook/rocksdb
+// #15030, #11643), so the store does not call it: it closes and reopens the database
+// instead (Reopen), which replays the WAL as after a crash.
+//
+// Thread-safety: rocksdb::DB is thread-safe. Every thread except the one that calls
+// Reopen (the commit thread) reads through a ReadHold, which keeps the database from being
+// reopened under it; the reopening thread uses db()/cf() directly. The destructor closes
+// the database; no other thread may use it then.
 
+#include <pthread.h>
 #include <rocksdb/compaction_filter.h>
 #include <rocksdb/db.h>
 
 #include <cstdint>
 #include <memory>
+#include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -34,7 +44,7 @@ struct StoreDbOptions {
   std::string path;
   const Clock* clock = nullptr;  // for dedup expiry; must outlive the StoreDb
   int64_t dedup_window_ms = 0;
-  size_t write_buffer_bytes = 64u << 20;
+  size_t write_buffer_bytes = 8u << 20;
   size_t block_cache_bytes = 128u << 20;
   int max_background_jobs = 2;
 };
@@ -53,6 +63,23 @@ class DedupExpiryFilter final : public rocksdb::CompactionFilter {
   const int64_t window_ms_;
 };
 
+// A readers-writer lock that prefers the writer (glibc's default prefers readers, which
+// could starve a reopen under a steady stream of reads). Not recursive.
+class WriterPreferringLock {
+ public:
+  WriterPreferringLock();
+  ~WriterPreferringLock();
+  WriterPreferringLock(const WriterPreferringLock&) = delete;
+  WriterPreferringLock& operator=(const WriterPreferringLock&) = delete;
+  void lock();
+  void unlock();
+  void lock_shared();
+  void unlock_shared();
+
+ private:
+  pthread_rwlock_t rw_;
+};
+
 class StoreDb {
  public:
   // Creates the directory and the column families when missing.
@@ -60,11 +87,40 @@ class StoreDb {
   static Result<std::unique_ptr<StoreDb>> Open(const StoreDbOptions& options);
   ~StoreDb();
 
+  // A shared hold on the database for one read (and its iterators and snapshots).
+  class ReadHold {
+   public:
+    // False while the database is closed (a reopen failed); then nothing else may be used.
+    bool ok() const { return store_->db_ != nullptr; }
+    rocksdb::DB* db() const { return store_->db_.get(); }
+    rocksdb::ColumnFamilyHandle* cf(Cf c) const { return store_->cf(c); }
+    // UNAVAILABLE, for callers to return when !ok().
+    static Status Closed();
+
+   private:
+    friend class StoreDb;
+    explicit ReadHold(const StoreDb* store) : lock_(store->lock_), store_(store) {}
+    std::shared_lock<WriterPreferringLock> lock_;
+    const StoreDb* store_;
+  };
+  ReadHold Hold() const { return ReadHold(this); }
+
+  // Unlocked access, for the thread that alone calls Reopen.
   rocksdb::DB* db() const { return db_.get(); }
   rocksdb::ColumnFamilyHandle* cf(Cf c) const { return handles_[static_cast<int>(c)]; }
+  bool is_open() const { return db_ != nullptr; }
+
+  // Closes and reopens the database (waiting for every ReadHold to end). On error the
+  // database stays closed until a later Reopen succeeds. Errors as Open.
+  Status Reopen();
 
  private:
-  StoreDb() = default;
+  explicit StoreDb(const StoreDbOptions& options) : options_(options) {}
+  Status OpenLocked();
+  void CloseLocked();
+
+  const StoreDbOptions options_;
+  mutable WriterPreferringLock lock_;
   std::unique_ptr<DedupExpiryFilter> dedup_filter_;
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;  // indexed by Cf

@@ -76,15 +76,17 @@ std::string MetaLastSeenKey(uint64_t user) { return TaggedUserKey('L', user); }
 
 std::string EncodeUserState(const UserState& s) {
   std::string v;
-  v.reserve(16);
+  v.reserve(24);
   AppendBigEndian64(&v, s.count);
   AppendBigEndian64(&v, s.archived_through);
+  AppendBigEndian64(&v, s.counted_through);
   return v;
 }
 
 std::optional<UserState> DecodeUserState(std::string_view v) {
-  if (v.size() != 16) return std::nullopt;
-  return UserState{GetBigEndian64(v.data()), GetBigEndian64(v.data() + 8)};
+  if (v.size() != 24) return std::nullopt;
+  return UserState{GetBigEndian64(v.data()), GetBigEndian64(v.data() + 8),
+                   GetBigEndian64(v.data() + 16)};
 }
 
 std::string EncodeU64(uint64_t v) {

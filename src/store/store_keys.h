@@ -5,7 +5,8 @@
 //   inbox, archive  user(8) id(8)                    -> envelope (EncodeStoredEnvelope)
 //   dedup           sender(8) idempotency key(1..255) -> first id(8) accepted ms(8)
 //   meta            'H'                               -> HLC high-water mark(8)
-//                   'U' user(8)                       -> inbox count(8) archived-through id(8)
+//                   'U' user(8)                       -> inbox count(8) archived-through(8)
+//                                                        counted-through(8)
 //                   'A' user(8)                       -> "" (inbox over cap: archive pending)
 //                   'S' user(8)                       -> settings flags(1)
 //                   'L' user(8)                       -> last seen ms(8)
@@ -52,11 +53,13 @@ inline constexpr char kMetaArchivePendingPrefix = 'A';
 std::string MetaSettingsKey(uint64_t user);
 std::string MetaLastSeenKey(uint64_t user);
 
-// Per-user inbox bookkeeping: how many messages `inbox` holds and the greatest id moved to
-// `archive` (0 when none).
+// Per-user inbox bookkeeping, as last persisted: `count` messages in `inbox` with ids up to
+// `counted_through` (messages with greater ids were appended after it was written and are
+// counted again when it is loaded), and the greatest id moved to `archive` (0 when none).
 struct UserState {
   uint64_t count = 0;
   uint64_t archived_through = 0;
+  uint64_t counted_through = 0;
 };
 std::string EncodeUserState(const UserState& s);
 std::optional<UserState> DecodeUserState(std::string_view v);

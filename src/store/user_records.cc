@@ -22,9 +22,11 @@ Status InboxStore::Impl::PutSettings(uint64_t user, const UserSettings& s) {
 }
 
 Result<UserSettings> InboxStore::Impl::GetSettings(uint64_t user) const {
+  const StoreDb::ReadHold db = db_->Hold();
+  if (!db.ok()) return StoreDb::ReadHold::Closed();
   std::string v;
   const rocksdb::Status s =
-      db_->db()->Get(rocksdb::ReadOptions(), db_->cf(Cf::kMeta), MetaSettingsKey(user), &v);
+      db.db()->Get(rocksdb::ReadOptions(), db.cf(Cf::kMeta), MetaSettingsKey(user), &v);
   if (s.IsNotFound()) return UserSettings{};
   if (!s.ok()) return FromRocks(s, "store: read settings");
   if (v.size() != 1) return Internal("store: malformed settings");
@@ -39,9 +41,11 @@ Status InboxStore::Impl::PutLastSeen(uint64_t user, uint64_t last_seen_ms) {
 }
 
 Result<uint64_t> InboxStore::Impl::GetLastSeen(uint64_t user) const {
+  const StoreDb::ReadHold db = db_->Hold();
+  if (!db.ok()) return StoreDb::ReadHold::Closed();
   std::string v;
   const rocksdb::Status s =
-      db_->db()->Get(rocksdb::ReadOptions(), db_->cf(Cf::kMeta), MetaLastSeenKey(user), &v);
+      db.db()->Get(rocksdb::ReadOptions(), db.cf(Cf::kMeta), MetaLastSeenKey(user), &v);
   if (s.IsNotFound()) return uint64_t{0};
   if (!s.ok()) return FromRocks(s, "store: read last seen");
   const std::optional<uint64_t> ms = DecodeU64(v);
@@ -51,7 +55,7 @@ Result<uint64_t> InboxStore::Impl::GetLastSeen(uint64_t user) const {
 
 namespace {
 
-Result<std::optional<StoredBundle>> ReadBundle(const StoreDb& db, uint64_t user) {
+Result<std::optional<StoredBundle>> ReadBundle(const StoreDb::ReadHold& db, uint64_t user) {
   std::string v;
   const rocksdb::Status s =
       db.db()->Get(rocksdb::ReadOptions(), db.cf(Cf::kKeys), KeysBundleKey(user), &v);
@@ -66,7 +70,12 @@ Result<std::optional<StoredBundle>> ReadBundle(const StoreDb& db, uint64_t user)
 
 Status InboxStore::Impl::UploadKeys(uint64_t user, const v1::KeysUpload& upload) {
   std::lock_guard<std::mutex> lock(key_stripes_[user % kKeyStripes]);
-  IRIS_ASSIGN_OR_RETURN(std::optional<StoredBundle> existing, ReadBundle(*db_, user));
+  std::optional<StoredBundle> existing;
+  {
+    const StoreDb::ReadHold db = db_->Hold();  // released before waiting for the write
+    if (!db.ok()) return StoreDb::ReadHold::Closed();
+    IRIS_ASSIGN_OR_RETURN(existing, ReadBundle(db, user));
+  }
   StoredBundle b = existing.value_or(StoredBundle{});
   if (!upload.identity_key().empty()) b.bundle.set_identity_key(upload.identity_key());
   if (upload.registration_id() != 0) b.bundle.set_registration_id(upload.registration_id());
@@ -82,39 +91,43 @@ Status InboxStore::Impl::UploadKeys(uint64_t user, const v1::KeysUpload& upload)
 
 Result<v1::KeysBundle> InboxStore::Impl::FetchKeys(uint64_t user) {
   std::lock_guard<std::mutex> lock(key_stripes_[user % kKeyStripes]);
-  IRIS_ASSIGN_OR_RETURN(std::optional<StoredBundle> stored, ReadBundle(*db_, user));
-  if (!stored) return NotFound("store: no keys uploaded for user " + std::to_string(user));
-  v1::KeysBundle out = stored->bundle;
-  out.set_user(user);
-  if (stored->pool_size == 0) {
-    out.set_one_time_prekeys_left(0);
-    return out;
-  }
-
-  const std::string prefix = PreKeyPrefix(user);
-  std::string upper = prefix;
-  upper.back() = static_cast<char>(upper.back() + 1);
-  const rocksdb::Slice upper_slice(upper);
-  rocksdb::ReadOptions ro;
-  ro.iterate_upper_bound = &upper_slice;
-  std::unique_ptr<rocksdb::Iterator> it(db_->db()->NewIterator(ro, db_->cf(Cf::kKeys)));
-  it->Seek(prefix);
-  if (!it->status().ok()) return FromRocks(it->status(), "store: read prekeys");
+  v1::KeysBundle out;
   std::vector<KvOp> ops;
-  if (it->Valid()) {
-    v1::PreKey k;
-    if (!k.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
-      return Internal("store: malformed prekey");
+  {
+    const StoreDb::ReadHold db = db_->Hold();  // released before waiting for the write
+    if (!db.ok()) return StoreDb::ReadHold::Closed();
+    IRIS_ASSIGN_OR_RETURN(std::optional<StoredBundle> stored, ReadBundle(db, user));
+    if (!stored) return NotFound("store: no keys uploaded for user " + std::to_string(user));
+    out = stored->bundle;
+    out.set_user(user);
+    if (stored->pool_size == 0) {
+      out.set_one_time_prekeys_left(0);
+      return out;
     }
-    *out.mutable_one_time_prekey() = std::move(k);
-    ops.push_back(KvOp{Cf::kKeys, it->key().ToString(), std::nullopt});
-    --stored->pool_size;
-  } else {
-    stored->pool_size = 0;  // the count drifted from the pool: trust the pool
+    const std::string prefix = PreKeyPrefix(user);
+    std::string upper = prefix;
+    upper.back() = static_cast<char>(upper.back() + 1);
+    const rocksdb::Slice upper_slice(upper);
+    rocksdb::ReadOptions ro;
+    ro.iterate_upper_bound = &upper_slice;
+    std::unique_ptr<rocksdb::Iterator> it(db.db()->NewIterator(ro, db.cf(Cf::kKeys)));
+    it->Seek(prefix);
+    if (!it->status().ok()) return FromRocks(it->status(), "store: read prekeys");
+    if (it->Valid()) {
+      v1::PreKey k;
+      if (!k.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+        return Internal("store: malformed prekey");
+      }
+      *out.mutable_one_time_prekey() = std::move(k);
+      ops.push_back(KvOp{Cf::kKeys, it->key().ToString(), std::nullopt});
+      --stored->pool_size;
+    } else {
+      stored->pool_size = 0;  // the count drifted from the pool: trust the pool
+    }
+    out.set_one_time_prekeys_left(
+        static_cast<uint32_t>(std::min<uint64_t>(stored->pool_size, UINT32_MAX)));
+    ops.push_back(KvOp{Cf::kKeys, KeysBundleKey(user), EncodeStoredBundle(*stored)});
   }
-  out.set_one_time_prekeys_left(
-      static_cast<uint32_t>(std::min<uint64_t>(stored->pool_size, UINT32_MAX)));
-  ops.push_back(KvOp{Cf::kKeys, KeysBundleKey(user), EncodeStoredBundle(*stored)});
   IRIS_RETURN_IF_ERROR(WriteRecords(std::move(ops)));
   return out;
 }
@@ -129,9 +142,11 @@ Status InboxStore::Impl::PutGroup(const v1::GroupInfo& group) {
 }
 
 Result<v1::GroupInfo> InboxStore::Impl::GetGroup(uint64_t group_id) const {
+  const StoreDb::ReadHold db = db_->Hold();
+  if (!db.ok()) return StoreDb::ReadHold::Closed();
   std::string v;
   const rocksdb::Status s =
-      db_->db()->Get(rocksdb::ReadOptions(), db_->cf(Cf::kGroups), GroupKey(group_id), &v);
+      db.db()->Get(rocksdb::ReadOptions(), db.cf(Cf::kGroups), GroupKey(group_id), &v);
   if (s.IsNotFound()) return NotFound("store: no group " + std::to_string(group_id));
   if (!s.ok()) return FromRocks(s, "store: read group");
   v1::GroupInfo g;
