@@ -250,8 +250,18 @@ void TestClient::SendAsync(uint64_t request_id, uint64_t recipient, const std::s
 client::ReceivedFrame TestClient::Send(uint64_t request_id, uint64_t recipient,
                                        const std::string& body, const std::string& key) {
   SendAsync(request_id, recipient, body, key);
+  // A reply already stashed (read while waiting for something else) comes first.
+  for (size_t i = 0; i < stash_.size(); ++i) {
+    if (stash_[i].opcode == static_cast<uint8_t>(wire::Opcode::kSendAck) ||
+        stash_[i].opcode == static_cast<uint8_t>(wire::Opcode::kError)) {
+      auto f = std::move(stash_[i]);
+      stash_.erase(stash_.begin() + static_cast<long>(i));
+      return f;
+    }
+  }
   for (;;) {
-    auto f = Next(10'000);
+    // Read the socket (not the stash: other frames stay stashed for later Expect calls).
+    auto f = conn_->ReadFrame(10'000);
     if (!f.ok()) {
       ADD_FAILURE() << "no reply to SEND: " << f.status().ToString();
       return {};
