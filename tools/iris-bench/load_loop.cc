@@ -318,8 +318,9 @@ void LoadLoop::SendOnePerSender() {
 void LoadLoop::OnTimer() {
   const int64_t now = MonoNowNs();
   if (traffic_on_ && paced_ && !senders_.empty()) {
+    // Message k (from 0) is due at traffic_start + k / rate: k = 0 at once.
     const auto due =
-        static_cast<uint64_t>(static_cast<double>(now - traffic_start_ns_) * rate_per_ns_);
+        static_cast<uint64_t>(static_cast<double>(now - traffic_start_ns_) * rate_per_ns_) + 1;
     while (paced_sent_ < due) {
       // Open loop: the intended time is the schedule's, so a stall anywhere (server, kernel,
       // this loop) shows in the latency instead of silently lowering the offered rate.
