@@ -60,13 +60,19 @@ std::string FormatCapacityPlan(const CapacityInputs& in, const CapacityPlan& p) 
   o.precision(0);
   o << "inputs: DAU " << in.dau << ", concurrent ratio " << in.concurrent_ratio * 100
     << " %, connections per edge " << in.conn_per_edge << ", users per shard "
-    << in.users_per_shard << ", safety x" << in.safety << "\n";
+    << in.users_per_shard << ", safety x";
+  o.precision(2);
+  o << in.safety << "\n";
+  o.precision(0);
   o << "concurrent connections        " << p.concurrent_connections << "\n";
   o << "edge nodes (RFC formula)      " << p.edge_nodes << "\n";
   o << "core shards                   " << p.core_shards << "\n";
   o << "core nodes (primary+replica)  " << p.core_nodes << "\n";
   o << "peak messages/s               " << p.peak_msgs_per_sec << "  (" << in.messages_per_user_per_day
-    << " msgs/user/day, peak x" << in.peak_to_average << ")\n";
+    << " msgs/user/day, peak x";
+  o.precision(1);
+  o << in.peak_to_average << ")\n";
+  o.precision(0);
   if (p.core_nodes_for_throughput > 0) {
     o << "core nodes for peak writes    " << p.core_nodes_for_throughput << "  (measured "
       << in.measured_msgs_per_sec_per_node << " msg/s per node, W=2)\n";

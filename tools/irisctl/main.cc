@@ -18,6 +18,7 @@
 #include <sstream>
 
 #include "auth/jwt.h"
+#include "capacity.h"
 #include "auth/keyring.h"
 #include "common/bytes.h"
 #include "net/listener.h"
@@ -144,8 +145,37 @@ int main(int argc, char** argv) {
                                    "(since start) and the message counters");
   stats->add_option("--admin", admin, "Admin listener host:port")->capture_default_str();
 
+  iris::tools::CapacityInputs cap;
+  auto* capacity = app.add_subcommand(
+      "capacity", "RFC-001 §12 capacity model: edge nodes, core shards and core nodes for a DAU");
+  capacity->add_option("--dau", cap.dau, "Daily active users")->capture_default_str();
+  capacity->add_option("--concurrent-ratio", cap.concurrent_ratio, "Share of DAU connected at peak (0.05..0.15)")
+      ->capture_default_str();
+  capacity->add_option("--conn-per-edge", cap.conn_per_edge, "Connections per edge node (50K..200K)")
+      ->capture_default_str();
+  capacity->add_option("--users-per-shard", cap.users_per_shard, "Users per core shard (50K..200K)")
+      ->capture_default_str();
+  capacity->add_option("--safety", cap.safety, "Safety multiplier (1.2..2.0)")->capture_default_str();
+  capacity->add_option("--messages-per-user-per-day", cap.messages_per_user_per_day,
+                       "Average messages a user sends per day")->capture_default_str();
+  capacity->add_option("--peak-to-average", cap.peak_to_average, "Peak over average traffic")
+      ->capture_default_str();
+  capacity->add_option("--measured-msgs-per-sec", cap.measured_msgs_per_sec_per_node,
+                       "Durable messages/s one node sustained (iris-bench throughput)");
+  capacity->add_option("--measured-conns-per-node", cap.measured_conns_per_node,
+                       "Idle connections one node held (iris-bench connections)");
+
   CLI11_PARSE(app, argc, argv);
 
+  if (capacity->parsed()) {
+    auto plan = iris::tools::PlanCapacity(cap);
+    if (!plan.ok()) {
+      std::cerr << "irisctl: " << plan.status().message() << "\n";
+      return 2;
+    }
+    std::cout << iris::tools::FormatCapacityPlan(cap, *plan);
+    return 0;
+  }
   if (token->parsed()) {
     if (user == 0) {
       std::cerr << "irisctl: --user must be non-zero\n";
