@@ -28,8 +28,10 @@
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
 #include <random>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -90,11 +92,37 @@ double Percentile(std::vector<int64_t>& v, double p) {
 
 std::string Body() { return std::string(200, 'b'); }
 
+// A 16-byte idempotency key that, like a UUIDv7, grows with time for one sender.
 std::string Key(uint64_t writer, uint64_t seq) {
   std::string k(16, '\0');
-  std::memcpy(k.data(), &writer, 8);
-  std::memcpy(k.data() + 8, &seq, 8);
+  for (int i = 0; i < 8; ++i) {
+    k[i] = static_cast<char>(seq >> (56 - 8 * i));
+    k[8 + i] = static_cast<char>(writer >> (56 - 8 * i));
+  }
   return k;
+}
+
+// CPU seconds used so far by this process's threads named `name` (from /proc).
+double ThreadCpuSeconds(const std::string& name) {
+  double total = 0;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream comm(task.path() / "comm");
+    std::string c;
+    std::getline(comm, c);
+    if (c != name) continue;
+    std::ifstream stat(task.path() / "stat");
+    std::string line;
+    std::getline(stat, line);
+    // Fields after the parenthesised command: state is field 3, utime 14, stime 15.
+    std::istringstream in(line.substr(line.rfind(')') + 2));
+    std::string field;
+    double ticks = 0;
+    for (int i = 3; i <= 15 && in >> field; ++i) {
+      if (i == 14 || i == 15) ticks += std::stod(field);
+    }
+    total += ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
+  }
+  return total;
 }
 
 // Collects the db_write_latency samples of one run.
@@ -125,6 +153,8 @@ void ReportAppendRun(benchmark::State& state, const InboxStore& store, uint64_t 
                      double seconds, std::vector<int64_t>& latencies, WriteLatencies& lat) {
   const StoreStats st = store.Stats();
   state.counters["appends_per_s"] = static_cast<double>(total) / seconds;
+  state.counters["commit_cpu_us_per_append"] =
+      ThreadCpuSeconds("iris-commit") * 1e6 / static_cast<double>(total);
   state.counters["p50_us"] = Percentile(latencies, 0.50) / 1000.0;
   state.counters["p99_us"] = Percentile(latencies, 0.99) / 1000.0;
   state.counters["appends_per_sync"] =
