@@ -216,6 +216,18 @@ void RunSendDone(const core::CoreApi::SendDone& done,
   done(store::AppendOutcome{m.outcome().message_id(), m.outcome().accepted_at_ms(),
                             m.outcome().duplicate()});
 }
+// Completes a group create/update from its reply.
+std::function<void(const ipb::CoreMessage&)> GroupCompletion(core::CoreApi::GroupDone done) {
+  return [done = std::move(done)](const ipb::CoreMessage& m) {
+    Status s = core::FromProto(m.status());
+    if (!s.ok()) {
+      done(s);
+    } else {
+      done(m.group());
+    }
+  };
+}
+
 }  // namespace
 
 void RemoteCore::Send(uint64_t sender, const v1::Send& send, const std::string& trace_id,
@@ -291,28 +303,14 @@ void RemoteCore::CreateGroup(uint64_t owner, const v1::GroupCreate& g, GroupDone
   ipb::CoreRequest req;
   req.set_user(owner);
   *req.mutable_group_create() = g;
-  CallAsync(req, [done = std::move(done)](const ipb::CoreMessage& m) {
-    Status s = core::FromProto(m.status());
-    if (!s.ok()) {
-      done(s);
-    } else {
-      done(m.group());
-    }
-  });
+  CallAsync(req, GroupCompletion(std::move(done)));
 }
 
 void RemoteCore::UpdateGroup(uint64_t user, const v1::GroupUpdate& g, GroupDone done) {
   ipb::CoreRequest req;
   req.set_user(user);
   *req.mutable_group_update() = g;
-  CallAsync(req, [done = std::move(done)](const ipb::CoreMessage& m) {
-    Status s = core::FromProto(m.status());
-    if (!s.ok()) {
-      done(s);
-    } else {
-      done(m.group());
-    }
-  });
+  CallAsync(req, GroupCompletion(std::move(done)));
 }
 
 Result<v1::GroupInfo> RemoteCore::GetGroup(uint64_t user, uint64_t group_id) {
