@@ -13,7 +13,47 @@ size_t SessionRefHash::operator()(const SessionRef& r) const {
 
 PresenceService::PresenceService(store::InboxStore& store, EdgeSink& sink,
                                  SettingsCache& settings, const Clock& clock)
-    : store_(store), sink_(sink), settings_(settings), clock_(clock) {}
+    : store_(store), sink_(sink), settings_(settings), clock_(clock) {
+  worker_ = std::thread([this] { WorkerLoop(); });
+}
+
+PresenceService::~PresenceService() {
+  {
+    std::lock_guard<std::mutex> lock(jobs_mu_);
+    stopping_ = true;
+  }
+  jobs_cv_.notify_all();
+  if (worker_.joinable()) worker_.join();
+}
+
+void PresenceService::Enqueue(std::function<void()> job) {
+  {
+    std::lock_guard<std::mutex> lock(jobs_mu_);
+    jobs_.push_back(std::move(job));
+  }
+  jobs_cv_.notify_all();
+}
+
+void PresenceService::WorkerLoop() {
+  std::unique_lock<std::mutex> lock(jobs_mu_);
+  for (;;) {
+    jobs_cv_.wait(lock, [&] { return !jobs_.empty() || stopping_; });
+    if (jobs_.empty()) return;  // stopping and drained
+    auto job = std::move(jobs_.front());
+    jobs_.pop_front();
+    ++running_;
+    lock.unlock();
+    job();
+    lock.lock();
+    --running_;
+    jobs_cv_.notify_all();
+  }
+}
+
+void PresenceService::Drain() {
+  std::unique_lock<std::mutex> lock(jobs_mu_);
+  jobs_cv_.wait(lock, [&] { return (jobs_.empty() && running_ == 0) || worker_.get_id() == std::this_thread::get_id(); });
+}
 
 v1::Presence PresenceService::Current(uint64_t user, bool online) {
   v1::Presence p;
@@ -27,13 +67,17 @@ v1::Presence PresenceService::Current(uint64_t user, bool online) {
   return p;
 }
 
-void PresenceService::OnOnline(uint64_t user) { Announce(user, true); }
+void PresenceService::OnOnline(uint64_t user) {
+  Enqueue([this, user] { Announce(user, true); });
+}
 
 void PresenceService::OnOffline(uint64_t user) {
   const auto now = static_cast<uint64_t>(clock_.WallMillis());
-  // Durable before it is announced, so a query right after sees the same time.
-  store_.PutLastSeen(user, now).IgnoreError();  // a failed write only loses precision
-  Announce(user, false);
+  Enqueue([this, user, now] {
+    // Durable before it is announced, so a query right after sees the same time.
+    store_.PutLastSeen(user, now).IgnoreError();  // a failed write only loses precision
+    Announce(user, false);
+  });
 }
 
 void PresenceService::Announce(uint64_t user, bool online) {

@@ -7,11 +7,18 @@
 // subscribers. last_seen_ms is written durably when the last session ends (also by idle
 // timeout). A user with share_presence = false appears offline with last_seen_ms = 0.
 //
+// Online/offline transitions run on one presence worker thread, in the order they happened:
+// the durable last-seen write (an fdatasync) never blocks an event loop, and a user's
+// "online" can never overtake its earlier "offline".
+//
 // Thread-safety: all methods may be called from any thread (one mutex; presence changes are
 // rare next to messages). Frames leave through EdgeSink::SendPresence without the lock held.
 
 #include <cstdint>
+#include <condition_variable>
+#include <deque>
 #include <functional>
+#include <thread>
 #include <mutex>
 #include <unordered_map>
 #include <unordered_set>
@@ -38,9 +45,13 @@ class PresenceService {
  public:
   PresenceService(store::InboxStore& store, EdgeSink& sink, SettingsCache& settings,
                   const Clock& clock);
+  ~PresenceService();  // finishes queued transitions
 
+  // Queued to the presence worker; return at once.
   void OnOnline(uint64_t user);
   void OnOffline(uint64_t user);
+  // Waits until every transition queued so far ran (tests, shutdown).
+  void Drain();
   // The state a watcher sees now.
   v1::Presence Current(uint64_t user, bool online);
   // Adds subscriptions; the caller enforces the per-session limit.
@@ -55,6 +66,8 @@ class PresenceService {
 
  private:
   void Notify(uint64_t user, const v1::Presence& p);
+  void Enqueue(std::function<void()> job);
+  void WorkerLoop();
 
   store::InboxStore& store_;
   EdgeSink& sink_;
@@ -63,6 +76,13 @@ class PresenceService {
   std::function<bool()> shed_;
   mutable std::mutex mu_;
   std::unordered_map<uint64_t, std::vector<SessionRef>> watchers_;
+  // The presence worker.
+  std::mutex jobs_mu_;
+  std::condition_variable jobs_cv_;
+  std::deque<std::function<void()>> jobs_;
+  size_t running_ = 0;
+  bool stopping_ = false;
+  std::thread worker_;
 };
 
 }  // namespace iris::core

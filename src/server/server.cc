@@ -364,6 +364,9 @@ void Server::Stop() {
   // Finish queued appends: their completions post SEND_ACKs to the loops.
   if (m.store) m.store->Stop();
   if (m.edge) m.edge->Shutdown(m.config.shutdown_grace_ms);
+  // Presence transitions of the sessions just closed, then no more pushes to the edge.
+  if (m.core) m.core->presence().Drain();
+  m.forward.to = nullptr;
   if (m.core_server) m.core_server->Stop();
   if (m.reserved_port_fd >= 0) close(m.reserved_port_fd);
   if (m.admin) m.admin->Stop();

@@ -46,7 +46,7 @@ ServerProcess::ServerProcess(std::vector<std::string> extra_args, Defaults defau
   args_ = {"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--loops", "2"};
   if (defaults == Defaults::kTestFriendly) {
     for (const char* a : {"--connection-allowlist", "127.0.0.0/8", "--rate-per-sec", "1000000",
-                          "--rate-burst-per-sec", "1000000"}) {
+                          "--rate-burst-per-sec", "2000000"}) {
       args_.emplace_back(a);
     }
   }
