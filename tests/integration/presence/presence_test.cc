@@ -145,7 +145,7 @@ TEST(PresenceTest, SubscriberSeesOnlineThenOfflineWithLastSeen) {
 // FR-7 with a vanished network: no TCP close, the idle timeout ends the session and the
 // subscriber sees the user offline.
 TEST(PresenceTest, IdleTimeoutOfVanishedPeerTurnsItOffline) {
-  ServerProcess server({"--idle-timeout-ms", "1500"});
+  ServerProcess server({"--idle-timeout-ms", "3000"});
   server.Start();
   auto watcher = Online(server, 110);
   Subscribe(*watcher, 1, {111});

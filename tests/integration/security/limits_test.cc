@@ -211,7 +211,8 @@ TEST(LimitsTest, ClientSendingToItselfWithoutReadingIsDisconnected) {
 // closed; one that sends PING every idle_timeout_ms / 3 stays open. Bytes that never
 // complete a frame are not activity: a client dribbling a frame byte by byte is closed too.
 TEST(LimitsTest, IdleTimeoutClosesSilentConnectionsOnly) {
-  constexpr int kIdleMs = 1'500;
+  // 3 s against PINGs every 0.5 s: a 6x margin for a loaded machine.
+  constexpr int kIdleMs = 3'000;
   ServerProcess server({"--idle-timeout-ms", std::to_string(kIdleMs)});
   server.Start();
   auto pinger = TestClient::Connect(server);
@@ -228,7 +229,7 @@ TEST(LimitsTest, IdleTimeoutClosesSilentConnectionsOnly) {
   bool dribbler_open = true;
 
   int64_t silent_closed_at = -1;
-  const int64_t end = MonoMs() + 4'000;
+  const int64_t end = MonoMs() + kIdleMs + 3'500;
   uint64_t nonce = 0;
   while (MonoMs() < end) {
     ExpectPong(*pinger, ++nonce, 1'000);
