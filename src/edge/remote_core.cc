@@ -77,9 +77,12 @@ Status RemoteCore::Connect(const std::string& path, int64_t timeout_ms) {
 void RemoteCore::Start(PushHandler handler) {
   handler_ = std::move(handler);
   reader_ = std::thread([this] { ReadLoop(); });
+}
+
+Status RemoteCore::SayHello() {
   ipb::CoreRequest hello;
   hello.set_hello(process_index_);
-  Call(hello);
+  return core::FromProto(Call(hello).status());
 }
 
 void RemoteCore::Stop() {

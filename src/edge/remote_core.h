@@ -43,6 +43,9 @@ class RemoteCore final : public core::CoreApi {
   Status Connect(const std::string& socket_path, int64_t timeout_ms);
   // Starts the reader thread. Set the handler before.
   void Start(PushHandler handler);
+  // Announces this edge process to the core; the core counts it as ready from then on, so
+  // call it once the edge is accepting connections.
+  Status SayHello();
   void Stop();
 
   void RegisterSession(uint64_t user, core::SessionRef ref) override;

@@ -3,6 +3,7 @@
 #include <netinet/in.h>
 #include <openssl/rand.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -464,7 +465,8 @@ Result<pid_t> Server::SpawnEdge(uint32_t index) {
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
-    // The parent blocks SIGTERM/SIGINT to sigwait for them; the child does the same in main.
+    // An edge process without its core serves nobody: it goes when the core goes.
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
     execv("/proc/self/exe", argv.data());
     _exit(127);
   }
@@ -541,6 +543,8 @@ Status Server::StartEdgeProcess(const edge::EdgeOptions& base) {
   };
   m.remote->Start(std::move(h));
   IRIS_RETURN_IF_ERROR(m.edge->Start());
+  // Only now, with the listener accepting, does the core count this edge as ready.
+  IRIS_RETURN_IF_ERROR(m.remote->SayHello());
   obs::AddProcessMetrics(obs::Registry::Default());
   obs::Registry::Default().AddCallbackGauge("iris_connections_open", "Client connections open",
                                             [e = m.edge.get()] {

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <stdexcept>
 #include <set>
 #include <sstream>
 
@@ -45,6 +46,7 @@ int SocketCount(pid_t pid) {
 std::unique_ptr<TestClient> Online(const ServerProcess& s, uint64_t user,
                                    std::vector<v1::Envelope>* got = nullptr) {
   auto c = TestClient::Connect(s);
+  if (!c) throw std::runtime_error("cannot connect to irisd");  // gtest reports it; no crash
   c->Login(s, user);
   std::vector<v1::Envelope> ignored;
   c->CatchUp(got != nullptr ? got : &ignored);
