@@ -1,7 +1,10 @@
 #include "net/connection.h"
 
 #include <openssl/err.h>
+#include <sys/socket.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include "net/tls.h"
 
@@ -27,6 +30,8 @@ Status Connection::Start() {
   if (ssl_ == nullptr) return Internal("SSL_new: " + OpenSslError());
   SSL_set_fd(ssl_, fd_);
   SSL_set_accept_state(ssl_);
+  secrets_ = std::make_unique<TlsTrafficSecrets>();
+  CaptureTrafficSecrets(ssl_, secrets_.get());
   interest_ = EPOLLIN | EPOLLRDHUP;
   return loop_.Add(fd_, interest_, this);
 }
@@ -66,6 +71,7 @@ void Connection::DoHandshake() {
   const int r = SSL_do_handshake(ssl_);
   if (r == 1) {
     state_ = State::kOpen;
+    OffloadRecords();
     delegate_->OnHandshakeDone();
     if (state_ == State::kOpen) DoRead();  // data may have arrived with the Finished message
     return;
@@ -80,7 +86,33 @@ void Connection::DoHandshake() {
   }
 }
 
+void Connection::OffloadRecords() {
+  CaptureTrafficSecrets(ssl_, nullptr);
+  std::unique_ptr<TlsTrafficSecrets> secrets = std::move(secrets_);
+  // OpenSSL reads a record at a time (no read-ahead), so after the client's Finished the
+  // socket holds the rest; if OpenSSL still buffers anything, it keeps the connection.
+  if (!secrets || !secrets->complete() || SSL_has_pending(ssl_) || SSL_pending(ssl_) > 0 ||
+      BIO_wpending(SSL_get_wbio(ssl_)) > 0) {
+    return;
+  }
+  const SSL_CIPHER* cipher = SSL_get_current_cipher(ssl_);
+  if (cipher == nullptr) return;
+  const auto suite = static_cast<uint16_t>(SSL_CIPHER_get_id(cipher) & 0xffff);
+  Result<Tls13Records> records =
+      Tls13Records::ForServer(suite, std::span<const uint8_t>(secrets->client, secrets->client_len),
+                              std::span<const uint8_t>(secrets->server, secrets->server_len));
+  OPENSSL_cleanse(secrets.get(), sizeof(*secrets));
+  if (!records.ok()) return;
+  records_.emplace(std::move(*records));
+  SSL_free(ssl_);  // the socket BIO does not own the descriptor
+  ssl_ = nullptr;
+}
+
 void Connection::DoRead() {
+  if (records_ && state_ == State::kOpen) {
+    DoReadRecords();
+    return;
+  }
   if (paused_ || state_ == State::kClosing) {
     // Still detect a peer that went away while we are not reading.
     if (state_ == State::kClosing) DoWrite();
@@ -111,6 +143,80 @@ void Connection::DoRead() {
   }
 }
 
+size_t Connection::ProcessRecords(std::span<uint8_t> buf) {
+  size_t at = 0;
+  while (state_ == State::kOpen && !paused_) {
+    const std::span<uint8_t> rest = buf.subspan(at);
+    Result<size_t> len = Tls13Records::CompleteRecordLength(rest);
+    if (!len.ok()) {
+      Finish(len.status().message());
+      return at;
+    }
+    if (*len == 0) break;
+    Result<Tls13Records::Opened> opened = records_->Open(rest.first(*len));
+    if (!opened.ok()) {
+      Finish(opened.status().message());
+      return at;
+    }
+    at += *len;
+    if (opened->type == Tls13Records::kApplicationData) {
+      if (!opened->content.empty()) delegate_->OnData(opened->content);
+      continue;
+    }
+    Result<Tls13Records::Event> ev = records_->HandleControl(*opened, &wire_);
+    if (!ev.ok()) {
+      Finish(ev.status().message());
+      return at;
+    }
+    if (*ev == Tls13Records::Event::kCloseNotify) {
+      Finish("peer closed");
+      return at;
+    }
+    if (wire_pos_ < wire_.size()) DoWriteRecords();  // our KeyUpdate answer
+  }
+  return at;
+}
+
+void Connection::DoReadRecords() {
+  if (paused_) return;
+  // A partly received record from an earlier read (or records left when reading paused).
+  if (!in_.empty()) {
+    const size_t used =
+        ProcessRecords(std::span<uint8_t>(reinterpret_cast<uint8_t*>(in_.data()), in_.size()));
+    if (state_ == State::kClosed) return;
+    in_.erase(0, used);
+    if (paused_ || state_ != State::kOpen) return;
+  }
+  const std::span<uint8_t> scratch = loop_.scratch();
+  while (state_ == State::kOpen && !paused_) {
+    const ssize_t n = recv(fd_, scratch.data(), scratch.size(), 0);
+    if (n == 0) {
+      Finish("peer closed");
+      return;
+    }
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      Finish("connection reset");
+      return;
+    }
+    std::span<uint8_t> data = scratch.first(static_cast<size_t>(n));
+    if (!in_.empty()) {
+      // Complete the pending record; process from the connection's own buffer.
+      in_.append(reinterpret_cast<const char*>(data.data()), data.size());
+      const size_t used =
+          ProcessRecords(std::span<uint8_t>(reinterpret_cast<uint8_t*>(in_.data()), in_.size()));
+      if (state_ == State::kClosed) return;
+      in_.erase(0, used);
+    } else {
+      const size_t used = ProcessRecords(data);
+      if (state_ == State::kClosed) return;
+      in_.assign(reinterpret_cast<const char*>(data.data()) + used, data.size() - used);
+    }
+  }
+  if (in_.empty()) std::string().swap(in_);  // no buffer kept while idle
+}
+
 bool Connection::Write(std::string_view bytes) {
   if (state_ >= State::kClosing) return false;
   if (queued_bytes() + bytes.size() > max_output_) return false;
@@ -124,7 +230,55 @@ bool Connection::Write(std::string_view bytes) {
   return true;
 }
 
+void Connection::DoWriteRecords() {
+  want_write_ = false;
+  if (out_pos_ < out_.size()) {
+    const Status sealed = records_->SealApplicationData(
+        std::string_view(out_).substr(out_pos_), &wire_);
+    std::string().swap(out_);
+    out_pos_ = 0;
+    if (!sealed.ok()) {
+      Finish(sealed.message());
+      return;
+    }
+  }
+  if (state_ == State::kClosing && wire_pos_ == wire_.size()) {
+    // Everything is out: say goodbye (best effort) and close.
+    std::string alert;
+    if (records_->SealAlert(0, &alert).ok()) {
+      [[maybe_unused]] ssize_t n = send(fd_, alert.data(), alert.size(), MSG_NOSIGNAL);
+    }
+    Finish(close_reason_);
+    return;
+  }
+  while (wire_pos_ < wire_.size()) {
+    const ssize_t n =
+        send(fd_, wire_.data() + wire_pos_, wire_.size() - wire_pos_, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        want_write_ = true;
+        return;
+      }
+      Finish("write failed");
+      return;
+    }
+    wire_pos_ += static_cast<size_t>(n);
+  }
+  std::string().swap(wire_);
+  wire_pos_ = 0;
+  if (state_ == State::kClosing) {
+    DoWriteRecords();  // sends close_notify and finishes
+    return;
+  }
+  delegate_->OnWritable();
+}
+
 void Connection::DoWrite() {
+  if (records_) {
+    DoWriteRecords();
+    return;
+  }
   want_write_ = false;
   while (queued_bytes() > 0) {
     ERR_clear_error();
@@ -157,7 +311,13 @@ void Connection::PauseReading(bool paused) {
   if (paused_ == paused || state_ == State::kClosed) return;
   paused_ = paused;
   UpdateInterest();
-  if (!paused_ && state_ == State::kOpen && SSL_pending(ssl_) > 0) DoRead();
+  if (paused_ || state_ != State::kOpen) return;
+  if (records_) {
+    // Records read before the pause; new socket data wakes the loop (level-triggered).
+    if (!in_.empty()) DoReadRecords();
+  } else if (SSL_pending(ssl_) > 0) {
+    DoRead();
+  }
 }
 
 void Connection::Close(std::string_view reason) {
@@ -185,6 +345,9 @@ void Connection::Finish(std::string_view reason) {
   fd_ = -1;
   std::string().swap(out_);
   out_pos_ = 0;
+  std::string().swap(wire_);
+  wire_pos_ = 0;
+  std::string().swap(in_);
   delegate_->OnClosed(reason);
 }
 

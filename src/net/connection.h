@@ -2,9 +2,13 @@
 // Connection: one non-blocking TCP socket with a server-side TLS 1.3 session, driven by one
 // EventLoop. It moves bytes only; the protocol lives in the Delegate (edge::Session).
 //
-// Memory (NFR-19): an idle connection keeps no read buffer (reads decrypt into the loop's
-// shared scratch buffer) and its output queue is released once drained; OpenSSL record
-// buffers are released by SSL_MODE_RELEASE_BUFFERS.
+// Memory (NFR-19): OpenSSL runs the handshake only. Once it is done the connection keeps
+// the application traffic keys in a Tls13Records (about 200 bytes) and frees its SSL object
+// (about 14 KB even with SSL_MODE_RELEASE_BUFFERS). An idle connection keeps no read buffer
+// (records are read and decrypted in place in the loop's shared scratch buffer; only a
+// partly received record is kept) and its output queues are released once drained. Should
+// OpenSSL hold unread bytes at the end of the handshake, or its secrets be unavailable, the
+// connection stays on OpenSSL (SSL_read/SSL_write) instead.
 //
 // Output is bounded: Write() fails once more than max_output_bytes are queued, and the
 // caller closes the connection (a reader too slow to drain is cut off, never allowed to grow
@@ -16,11 +20,15 @@
 #include <openssl/ssl.h>
 
 #include <cstdint>
+#include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 
 #include "net/event_loop.h"
+#include "net/tls.h"
+#include "net/tls_records.h"
 
 namespace iris::net {
 
@@ -53,7 +61,9 @@ class Connection final : public EventLoop::Handler {
   // Stops or resumes reading (backpressure from the application).
   void PauseReading(bool paused);
 
-  size_t queued_bytes() const { return out_.size() - out_pos_; }
+  size_t queued_bytes() const { return out_.size() - out_pos_ + wire_.size() - wire_pos_; }
+  // True once the handshake is done and records are handled by Tls13Records.
+  bool records_offloaded() const { return records_.has_value(); }
   bool closing() const { return state_ >= State::kClosing; }
   bool handshake_done() const { return state_ >= State::kOpen; }
   const std::string& peer_address() const { return peer_; }
@@ -65,8 +75,14 @@ class Connection final : public EventLoop::Handler {
   enum class State : uint8_t { kHandshake, kOpen, kClosing, kClosed };
 
   void DoHandshake();
+  void OffloadRecords();
   void DoRead();
+  void DoReadRecords();
+  // Opens and delivers the complete records at the head of `buf`; returns how many bytes
+  // it consumed (it stops early when reading is paused or the connection closes).
+  size_t ProcessRecords(std::span<uint8_t> buf);
   void DoWrite();
+  void DoWriteRecords();
   void UpdateInterest();
   void Finish(std::string_view reason);
 
@@ -79,8 +95,14 @@ class Connection final : public EventLoop::Handler {
   bool paused_ = false;
   bool want_write_ = false;  // OpenSSL needs the socket writable to make progress
   uint32_t interest_ = 0;
-  std::string out_;
+  std::string out_;  // plaintext not yet handed to TLS
   size_t out_pos_ = 0;
+  // Offloaded record layer: the keys, sealed bytes not yet sent, a partly received record.
+  std::optional<Tls13Records> records_;
+  std::string wire_;
+  size_t wire_pos_ = 0;
+  std::string in_;
+  std::unique_ptr<TlsTrafficSecrets> secrets_;  // during the handshake only
   std::string peer_;
   std::string close_reason_;
 };

@@ -10,6 +10,7 @@
 
 #include <cctype>
 #include <cstdio>
+#include <string_view>
 
 namespace iris::net {
 
@@ -27,6 +28,50 @@ std::string OpenSslError() {
 
 TlsContext::~TlsContext() { SSL_CTX_free(ctx_); }
 
+namespace {
+int SecretsIndex() {
+  static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return index;
+}
+
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// OpenSSL reports every TLS 1.3 secret as an NSS key log line: "LABEL <client random hex>
+// <secret hex>". The two application traffic secrets are kept; the line is not logged.
+void OnKeyLogLine(const SSL* ssl, const char* line) {
+  auto* secrets = static_cast<TlsTrafficSecrets*>(SSL_get_ex_data(ssl, SecretsIndex()));
+  if (secrets == nullptr) return;
+  const std::string_view l(line);
+  uint8_t* dest;
+  uint8_t* len;
+  if (l.starts_with("CLIENT_TRAFFIC_SECRET_0 ")) {
+    dest = secrets->client, len = &secrets->client_len;
+  } else if (l.starts_with("SERVER_TRAFFIC_SECRET_0 ")) {
+    dest = secrets->server, len = &secrets->server_len;
+  } else {
+    return;
+  }
+  const size_t sp = l.rfind(' ');
+  const std::string_view hex = l.substr(sp + 1);
+  if (hex.size() % 2 != 0 || hex.size() / 2 > sizeof(secrets->client)) return;
+  for (size_t i = 0; i < hex.size() / 2; ++i) {
+    const int hi = HexValue(hex[2 * i]), lo = HexValue(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return;
+    dest[i] = static_cast<uint8_t>(hi << 4 | lo);
+  }
+  *len = static_cast<uint8_t>(hex.size() / 2);
+}
+}  // namespace
+
+void CaptureTrafficSecrets(SSL* ssl, TlsTrafficSecrets* secrets) {
+  SSL_set_ex_data(ssl, SecretsIndex(), secrets);
+}
+
 Result<std::unique_ptr<TlsContext>> TlsContext::Server(const std::string& cert_file,
                                                       const std::string& key_file) {
   SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
@@ -39,6 +84,12 @@ Result<std::unique_ptr<TlsContext>> TlsContext::Server(const std::string& cert_f
   SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION);
   SSL_CTX_set_num_tickets(ctx, 0);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  // Exactly the suites Tls13Records implements (OpenSSL's TLS 1.3 defaults).
+  if (SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
+                                    "TLS_CHACHA20_POLY1305_SHA256") != 1) {
+    return Internal("SSL_CTX_set_ciphersuites: " + OpenSslError());
+  }
+  SSL_CTX_set_keylog_callback(ctx, OnKeyLogLine);
   if (SSL_CTX_use_certificate_chain_file(ctx, cert_file.c_str()) != 1) {
     return BadRequest("cannot load TLS certificate " + cert_file + ": " + OpenSslError());
   }

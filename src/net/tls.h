@@ -47,6 +47,19 @@ std::string CertificateFingerprint(X509* cert);
 // Normalises a fingerprint text for comparison: upper-case hex, no separators.
 std::string NormalizeFingerprint(const std::string& text);
 
+// The application traffic secrets of a server handshake, captured for Tls13Records
+// (tls_records.h) so the connection can free its SSL object once the handshake is done.
+struct TlsTrafficSecrets {
+  uint8_t client[48];
+  uint8_t server[48];
+  uint8_t client_len = 0;
+  uint8_t server_len = 0;
+  bool complete() const { return client_len != 0 && client_len == server_len; }
+};
+// Makes the handshake of `ssl` (from a TlsContext::Server context) record its application
+// traffic secrets into *secrets, which must outlive the handshake. Pass nullptr to detach.
+void CaptureTrafficSecrets(SSL* ssl, TlsTrafficSecrets* secrets);
+
 // The last OpenSSL error as text (and clears the queue).
 std::string OpenSslError();
 
