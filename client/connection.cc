@@ -184,14 +184,17 @@ Status Connection::SendRaw(std::string_view bytes) {
   SSL* ssl = static_cast<SSL*>(ssl_);
   const int64_t deadline = NowMs() + 30'000;
   while (!bytes.empty()) {
-    ERR_clear_error();
-    const int n =
-        SSL_write(ssl, bytes.data(), static_cast<int>(std::min<size_t>(bytes.size(), 1 << 20)));
+    int n, err = SSL_ERROR_NONE;
+    {
+      std::lock_guard<std::mutex> lock(ssl_mu_);
+      ERR_clear_error();
+      n = SSL_write(ssl, bytes.data(), static_cast<int>(std::min<size_t>(bytes.size(), 1 << 20)));
+      if (n <= 0) err = SSL_get_error(ssl, n);
+    }
     if (n > 0) {
       bytes.remove_prefix(static_cast<size_t>(n));
       continue;
     }
-    const int err = SSL_get_error(ssl, n);
     if (err == SSL_ERROR_WANT_WRITE || err == SSL_ERROR_WANT_READ) {
       if (!WaitFd(fd_, err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline)) {
         return Overloaded("write timed out", 0);
@@ -209,13 +212,17 @@ Status Connection::FillAtLeast(size_t n, int timeout_ms, int wake_fd) {
   char buf[16384];
   while (in_.size() < n) {
     if (fd_ < 0) return Unavailable("connection closed", 0);
-    ERR_clear_error();
-    const int r = SSL_read(ssl, buf, sizeof(buf));
+    int r, err = SSL_ERROR_NONE;
+    {
+      std::lock_guard<std::mutex> lock(ssl_mu_);
+      ERR_clear_error();
+      r = SSL_read(ssl, buf, sizeof(buf));
+      if (r <= 0) err = SSL_get_error(ssl, r);
+    }
     if (r > 0) {
       in_.append(buf, static_cast<size_t>(r));
       continue;
     }
-    const int err = SSL_get_error(ssl, r);
     if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
       const Wait w =
           WaitFdOrWake(fd_, err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline, wake_fd);

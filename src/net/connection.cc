@@ -19,6 +19,7 @@ Connection::Connection(EventLoop& loop, SSL_CTX* ctx, int fd, Delegate* delegate
       max_output_(static_cast<uint32_t>(max_output_bytes)) {}
 
 Connection::~Connection() {
+  if (flush_scheduled_) loop_.CancelFlush(this);
   if (fd_ >= 0) {
     loop_.Remove(fd_);
     close(fd_);
@@ -225,9 +226,19 @@ bool Connection::Write(std::string_view bytes) {
     out_pos_ = 0;
   }
   out_.append(bytes);
+  // Everything written during this loop turn leaves together: one TLS record (up to 16 KiB)
+  // and one send() for many frames.
+  if (!flush_scheduled_) {
+    flush_scheduled_ = true;
+    loop_.ScheduleFlush(this);
+  }
+  return true;
+}
+
+void Connection::OnFlush() {
+  flush_scheduled_ = false;
   if (state_ == State::kOpen || state_ == State::kClosing) DoWrite();
   UpdateInterest();
-  return true;
 }
 
 void Connection::DoWriteRecords() {

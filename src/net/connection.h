@@ -51,8 +51,9 @@ class Connection final : public EventLoop::Handler {
   ~Connection() override;
 
   Status Start();
-  // Queues bytes for sending. Returns false (and queues nothing) when the queue would exceed
-  // its bound, or when the connection is closing.
+  // Queues bytes for sending at the end of this loop turn (EventLoop::ScheduleFlush), so
+  // frames written in one turn share TLS records and system calls. Returns false (and
+  // queues nothing) when the queue would exceed its bound, or when the connection is closing.
   bool Write(std::string_view bytes);
   // Stops reading, sends what is queued, then closes (TLS close_notify). Idempotent.
   void Close(std::string_view reason);
@@ -70,6 +71,7 @@ class Connection final : public EventLoop::Handler {
   void set_peer_address(std::string peer) { peer_ = std::move(peer); }
 
   void OnEvents(uint32_t events) override;
+  void OnFlush() override;
 
  private:
   enum class State : uint8_t { kHandshake, kOpen, kClosing, kClosed };
@@ -94,6 +96,7 @@ class Connection final : public EventLoop::Handler {
   State state_ = State::kHandshake;
   bool paused_ = false;
   bool want_write_ = false;  // OpenSSL needs the socket writable to make progress
+  bool flush_scheduled_ = false;
   uint32_t interest_ = 0;
   std::string out_;  // plaintext not yet handed to TLS
   size_t out_pos_ = 0;

@@ -54,6 +54,12 @@ Status EventLoop::Modify(int fd, uint32_t events, Handler* h) {
   return Status::Ok();
 }
 
+void EventLoop::CancelFlush(Handler* h) {
+  for (Handler*& f : flush_) {
+    if (f == h) f = nullptr;
+  }
+}
+
 void EventLoop::Remove(int fd) { epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr); }
 
 void EventLoop::Post(std::function<void()> fn) {
@@ -110,10 +116,16 @@ void EventLoop::Run() {
       for (auto& t : tickers_) t();
       next_tick = now + kTickMillis;
     }
-    while (!deferred_.empty()) {
+    while (!deferred_.empty() || !flush_.empty()) {
       std::vector<std::function<void()>> d;
       d.swap(deferred_);
       for (auto& fn : d) fn();
+      // One at a time: a flush may cancel another's (a connection closing another).
+      for (size_t i = 0; i < flush_.size(); ++i) {
+        Handler* h = flush_[i];
+        if (h != nullptr) h->OnFlush();
+      }
+      flush_.clear();
     }
     const int64_t busy = clock.MonoNanos() - busy_start;
     // Exponentially decaying maximum: recent spikes show, old ones fade.

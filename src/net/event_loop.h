@@ -26,6 +26,8 @@ class EventLoop {
     virtual ~Handler() = default;
     // `events` is the epoll mask (EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP, EPOLLRDHUP).
     virtual void OnEvents(uint32_t events) = 0;
+    // Called once per ScheduleFlush(), at the end of the loop turn.
+    virtual void OnFlush() {}
   };
 
   EventLoop();
@@ -49,6 +51,11 @@ class EventLoop {
   void AddTicker(std::function<void()> fn) { tickers_.push_back(std::move(fn)); }
   // Runs `fn` after the current batch of events (deferred destruction of connections).
   void Defer(std::function<void()> fn) { deferred_.push_back(std::move(fn)); }
+  // Calls h->OnFlush() at the end of this loop turn, after its events, posted closures,
+  // tickers and deferred work: output produced anywhere in one turn leaves in one write.
+  // A handler destroyed before then must CancelFlush() itself first.
+  void ScheduleFlush(Handler* h) { flush_.push_back(h); }
+  void CancelFlush(Handler* h);
 
   // A read buffer shared by every connection of this loop (loop thread only): connections
   // decrypt into it and never keep per-connection read buffers while idle.
@@ -71,6 +78,7 @@ class EventLoop {
   std::vector<std::function<void()>> posted_;
   std::vector<std::function<void()>> tickers_;
   std::vector<std::function<void()>> deferred_;
+  std::vector<Handler*> flush_;
   std::vector<uint8_t> scratch_;
   std::atomic<int64_t> lag_ns_{0};
 };

@@ -6,10 +6,14 @@
 // The server is always verified: by a CA file (chain + host name / IP address) or by a pinned
 // SHA-256 certificate fingerprint. There is no way to turn verification off.
 //
-// Thread-safety: none; use one Connection from one thread.
+// Thread-safety: one thread may send (SendFrame/SendRaw) while another receives (ReadFrame):
+// every OpenSSL call on the shared SSL object is made under a mutex, which is not held while
+// waiting for the socket. Connect/Close/Abort, and several senders or several readers, need
+// the caller's own serialisation.
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 
@@ -66,6 +70,7 @@ class Connection {
 
   int fd_ = -1;
   void* ssl_ = nullptr;  // SSL*
+  std::mutex ssl_mu_;    // guards every call on ssl_ (one sender + one reader thread)
   void* ctx_ = nullptr;  // net::TlsContext*
   std::string in_;
 };

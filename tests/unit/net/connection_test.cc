@@ -268,17 +268,26 @@ TEST_P(ConnectionAttackTest, DataRightBehindTheFinishedMessageIsNotLost) {
   // Finished message and the first application record wait in the socket together.
   SSL_set_connect_state(ssl_);
   ASSERT_EQ(fcntl(client_fd_, F_SETFL, O_NONBLOCK), 0);
-  ASSERT_EQ(SSL_connect(ssl_), -1);  // ClientHello sent
-  ASSERT_EQ(SSL_get_error(ssl_, -1), SSL_ERROR_WANT_READ);
+  // Holds the loop thread until the returned promise is fulfilled.
+  const auto hold = [this](std::promise<void>& release) {
+    std::promise<void> holding;
+    loop_.Post([&] {
+      holding.set_value();
+      release.get_future().wait();
+    });
+    holding.get_future().wait();
+  };
+  {
+    std::promise<void> release;
+    hold(release);
+    ASSERT_EQ(SSL_connect(ssl_), -1);  // ClientHello sent; the server cannot answer yet
+    ASSERT_EQ(SSL_get_error(ssl_, -1), SSL_ERROR_WANT_READ);
+    release.set_value();
+  }
   pollfd p{client_fd_, POLLIN, 0};
   ASSERT_EQ(poll(&p, 1, 10'000), 1) << "no server flight";
   std::promise<void> release;
-  std::promise<void> holding;
-  loop_.Post([&] {
-    holding.set_value();
-    release.get_future().wait();
-  });
-  holding.get_future().wait();
+  hold(release);  // the server's whole flight went out in the turn before this
   ASSERT_EQ(SSL_connect(ssl_), 1) << OpenSslError();
   ASSERT_EQ(SSL_write(ssl_, "first", 5), 5);
   release.set_value();
