@@ -23,7 +23,9 @@ DedupIndex::DedupIndex(const DedupIndexOptions& options, const Clock& clock, con
       db_(db),
       bloom_(kDayMs, RingSlots(options.window_ms), options.bloom_keys_per_day,
              options.bloom_bits_per_key, clock.MonoMillis()) {
-  hot_.reserve(std::min<size_t>(options.hot_max_entries, 1u << 16));
+  // All buckets up front: growing a map of a million keys rehashes it on the commit thread
+  // (tens of milliseconds, a latency spike for every append queued behind it).
+  hot_.reserve(options.hot_max_entries + 1);
 }
 
 DedupIndex::~DedupIndex() {

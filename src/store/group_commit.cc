@@ -1,13 +1,14 @@
-// Group commit: the commit queue and the commit thread.
+// Group commit: the commit queue, the commit thread and the sync thread.
 //
-// The commit thread takes everything queued while the previous write+sync ran (bounded by
-// max_batch_requests / max_batch_bytes), builds ONE WriteBatch — envelopes with their HLC
-// ids, dedup entries, per-user counters, archive moves, small records and the HLC
-// high-water mark — writes it with sync=true, and only then answers every request of the
-// batch and calls the commit listener. A batch that fails to write is rolled back in
-// memory (counters restored, hot dedup entries forgotten) and every request in it fails
-// with the same status; RocksDB applies a WriteBatch atomically, so nothing of it is
-// visible.
+// The commit thread takes everything queued while the previous batch was being built
+// (bounded by max_batch_requests / max_batch_bytes) and builds ONE WriteBatch — envelopes
+// with their HLC ids, dedup entries, per-user counters, archive moves, small records and
+// the HLC high-water mark. The sync thread writes it with sync=true, and only then answers
+// every request of the batch and calls the commit listener; meanwhile the commit thread
+// builds the next batch. A batch that fails to write is rolled back in memory (counters
+// restored, hot dedup entries forgotten) together with every batch built after it, and
+// every request in them fails with the same status; RocksDB applies a WriteBatch
+// atomically, so nothing of it is visible.
 //
 // Per-user counters are written to `meta` only every kPersistEvery appends to a user (and
 // whenever the user crosses the cap or an archive move applies), not on every append:
@@ -64,8 +65,22 @@ void InboxStore::Impl::CommitLoop() {
   std::vector<CommitRequest> taken;
   for (;;) {
     {
+      // Take requests only once the sync thread has picked up the previous batch: what
+      // arrives while it writes goes into the next batch, built meanwhile — the batch fills
+      // while the previous one syncs.
+      std::unique_lock<std::mutex> lock(pipe_mu_);
+      pipe_cv_.wait(lock, [&] { return slot_ == nullptr; });
+    }
+    {
       std::unique_lock<std::mutex> lock(queue_mu_);
-      auto ready = [&] { return !queue_.empty() || stopping_; };
+      auto ready = [&] { return !queue_.empty() || stopping_ || rollback_due_; };
+      if (rollback_due_) {
+        // A write failed: restore the state now (and start recovering) even without writes.
+        rollback_due_ = false;
+        lock.unlock();
+        RollBackFailedBatches();
+        continue;
+      }
       if (needs_recovery_) {
         // Blocked by a write error: retry recovery now and then even without writes, so
         // reads come back too when the database had to be closed.
@@ -78,6 +93,7 @@ void InboxStore::Impl::CommitLoop() {
       } else {
         queue_cv_.wait(lock, ready);
       }
+      if (rollback_due_) continue;
       if (queue_.empty()) break;  // stopping and drained
       if (listener_changed_) {
         active_listener_ = listener_;
@@ -94,6 +110,67 @@ void InboxStore::Impl::CommitLoop() {
     CommitBatch(taken);
     taken.clear();
   }
+  {
+    std::lock_guard<std::mutex> lock(pipe_mu_);
+    sync_stop_ = true;
+  }
+  pipe_cv_.notify_all();
+}
+
+void InboxStore::Impl::HandOff(std::unique_ptr<BuiltBatch> batch) {
+  inflight_users_[batch->seq % 2].clear();
+  for (const auto& [user, before] : batch->touched) inflight_users_[batch->seq % 2].push_back(user);
+  std::unique_lock<std::mutex> lock(pipe_mu_);
+  pipe_cv_.wait(lock, [&] { return slot_ == nullptr; });
+  slot_ = std::move(batch);
+  pipe_cv_.notify_all();
+}
+
+void InboxStore::Impl::SyncLoop() {
+  for (;;) {
+    std::unique_ptr<BuiltBatch> b;
+    {
+      std::unique_lock<std::mutex> lock(pipe_mu_);
+      pipe_cv_.wait(lock, [&] { return slot_ != nullptr || sync_stop_; });
+      if (slot_ == nullptr) return;  // stopping and drained
+      b = std::move(slot_);
+      sync_busy_ = true;
+    }
+    pipe_cv_.notify_all();  // the slot is free for the next batch
+    WriteAndAnswer(*b);
+    {
+      std::lock_guard<std::mutex> lock(pipe_mu_);
+      sync_busy_ = false;
+      // A failed batch goes back for rollback; a written one is released here, off the
+      // commit thread (its envelopes and strings are many small frees).
+      if (!pipe_error_.ok()) returned_.push_back(std::move(b));
+    }
+    pipe_cv_.notify_all();
+    b.reset();
+  }
+}
+
+void InboxStore::Impl::RollBackFailedBatches() {
+  std::vector<std::unique_ptr<BuiltBatch>> failed;
+  Status error;
+  {
+    std::unique_lock<std::mutex> lock(pipe_mu_);
+    if (pipe_error_.ok()) return;
+    // Every batch handed off has to come back before the state can be restored.
+    pipe_cv_.wait(lock, [&] { return slot_ == nullptr && !sync_busy_; });
+    failed.swap(returned_);
+    error = pipe_error_;
+    pipe_error_ = Status::Ok();
+  }
+  // Newest first: each batch's "before" state is the state after the ones older than it.
+  std::sort(failed.begin(), failed.end(),
+            [](const auto& a, const auto& b) { return a->seq > b->seq; });
+  for (const auto& b : failed) {
+    for (const auto& [user, before] : b->touched) user_cache_[user] = before;
+    for (const std::string& k : b->remembered) dedup_->Forget(k);
+  }
+  needs_recovery_ = true;
+  last_write_error_ = error;
 }
 
 Result<UserState> InboxStore::Impl::LoadUserState(uint64_t user) const {
@@ -134,21 +211,21 @@ Result<InboxStore::Impl::CachedUser*> InboxStore::Impl::TouchUser(uint64_t user)
     const bool recounted = state.counted_through > 0;
     it = user_cache_.emplace(user, CachedUser{state, recounted ? kPersistEvery : 0}).first;
   }
-  touched_.try_emplace(user, it->second);
+  cur_->touched.try_emplace(user, it->second);
   return &it->second;
 }
 
 void InboxStore::Impl::AddPut(Cf cf, std::string_view key, std::string_view value) {
-  batch_
+  cur_->batch
       .Put(db_->cf(cf), rocksdb::Slice(key.data(), key.size()),
            rocksdb::Slice(value.data(), value.size()))
       .PermitUncheckedError();
-  batch_has_writes_ = true;
+  cur_->has_writes = true;
 }
 
 void InboxStore::Impl::AddDelete(Cf cf, std::string_view key) {
-  batch_.Delete(db_->cf(cf), rocksdb::Slice(key.data(), key.size())).PermitUncheckedError();
-  batch_has_writes_ = true;
+  cur_->batch.Delete(db_->cf(cf), rocksdb::Slice(key.data(), key.size())).PermitUncheckedError();
+  cur_->has_writes = true;
 }
 
 void InboxStore::Impl::BuildAppend(AppendRequest& a) {
@@ -157,7 +234,7 @@ void InboxStore::Impl::BuildAppend(AppendRequest& a) {
     dedup_key = DedupKey(a.sender, a.idempotency_key);
     Result<std::optional<DedupIndex::Hit>> hit = dedup_->Lookup(dedup_key);
     if (!hit.ok()) {
-      completions_.push_back(Completion{std::move(a.done), nullptr, std::nullopt, hit.status()});
+      cur_->completions.push_back(Completion{std::move(a.done), nullptr, std::nullopt, hit.status()});
       return;
     }
     if (hit->has_value()) {
@@ -168,7 +245,7 @@ void InboxStore::Impl::BuildAppend(AppendRequest& a) {
           Status::Ok()};
       // A retry of a send made earlier in this very batch is durable only with the batch.
       c.needs_commit = h.batch_seq == batch_seq_;
-      completions_.push_back(std::move(c));
+      cur_->completions.push_back(std::move(c));
       return;
     }
   }
@@ -177,7 +254,7 @@ void InboxStore::Impl::BuildAppend(AppendRequest& a) {
   for (const v1::Envelope& e : a.envelopes) {
     Result<CachedUser*> st = TouchUser(e.recipient());
     if (!st.ok()) {
-      completions_.push_back(Completion{std::move(a.done), nullptr, std::nullopt, st.status()});
+      cur_->completions.push_back(Completion{std::move(a.done), nullptr, std::nullopt, st.status()});
       return;
     }
   }
@@ -200,13 +277,13 @@ void InboxStore::Impl::BuildAppend(AppendRequest& a) {
     const DedupEntry entry{first_id, static_cast<int64_t>(now)};
     AddPut(Cf::kDedup, dedup_key, EncodeDedupEntry(entry));
     dedup_->Remember(dedup_key, entry, batch_seq_);
-    remembered_.push_back(std::move(dedup_key));
+    cur_->remembered.push_back(std::move(dedup_key));
   }
-  batch_envelopes_ += a.envelopes.size();
-  completions_.push_back(
+  cur_->envelopes += a.envelopes.size();
+  cur_->completions.push_back(
       Completion{std::move(a.done), nullptr, AppendOutcome{first_id, now, false}, Status::Ok()});
   if (active_listener_) {
-    for (v1::Envelope& e : a.envelopes) stored_.push_back(std::move(e));
+    for (v1::Envelope& e : a.envelopes) cur_->stored.push_back(std::move(e));
   }
 }
 
@@ -218,14 +295,14 @@ void InboxStore::Impl::BuildRecordWrite(RecordWriteRequest& w) {
       AddDelete(op.cf, op.key);
     }
   }
-  completions_.push_back(Completion{nullptr, std::move(w.done), std::nullopt, Status::Ok()});
+  cur_->completions.push_back(Completion{nullptr, std::move(w.done), std::nullopt, Status::Ok()});
 }
 
 void InboxStore::Impl::BuildArchive(ArchiveRequest& r) {
   for (const ArchiveMove& m : r.moves) {
     Result<CachedUser*> st = TouchUser(m.user);
     if (!st.ok()) {
-      completions_.push_back(Completion{nullptr, std::move(r.done), std::nullopt, st.status()});
+      cur_->completions.push_back(Completion{nullptr, std::move(r.done), std::nullopt, st.status()});
       return;
     }
   }
@@ -244,10 +321,10 @@ void InboxStore::Impl::BuildArchive(ArchiveRequest& r) {
       AddPut(Cf::kArchive, key, value);
     }
     u.state.count -= n;
-    batch_archived_ += n;
+    cur_->archived += n;
     if (n > 0) moved_users_.push_back(m.user);
   }
-  completions_.push_back(Completion{nullptr, std::move(r.done), std::nullopt, Status::Ok()});
+  cur_->completions.push_back(Completion{nullptr, std::move(r.done), std::nullopt, Status::Ok()});
 }
 
 std::optional<std::string> InboxStore::Impl::ShortOfSpaceForResume() const {
@@ -305,16 +382,10 @@ Status InboxStore::Impl::EnsureWritable() {
 }
 
 void InboxStore::Impl::CommitBatch(std::vector<CommitRequest>& requests) {
+  // A failed write in flight invalidates what this thread derived from it: restore first.
+  RollBackFailedBatches();
   ++batch_seq_;
-  batch_.Clear();
-  batch_has_writes_ = false;
-  touched_.clear();
   moved_users_.clear();
-  remembered_.clear();
-  completions_.clear();
-  stored_.clear();
-  batch_envelopes_ = 0;
-  batch_archived_ = 0;
   batch_now_ms_ = clock_->WallMillis();
 
   // A store blocked by a write error refuses the whole batch until it has recovered.
@@ -327,6 +398,9 @@ void InboxStore::Impl::CommitBatch(std::vector<CommitRequest>& requests) {
     return;
   }
 
+  cur_ = std::make_unique<BuiltBatch>();
+  cur_->seq = batch_seq_;
+  cur_->listener = active_listener_;
   for (CommitRequest& r : requests) {
     std::visit(
         [&](auto& body) {
@@ -344,9 +418,8 @@ void InboxStore::Impl::CommitBatch(std::vector<CommitRequest>& requests) {
 
   // Per-user counters (when due) and the archive-pending markers of users that crossed the
   // cap; users over the cap are handed to the archiver after the write.
-  std::vector<std::pair<uint64_t, uint64_t>> over_cap;  // user, excess
   std::sort(moved_users_.begin(), moved_users_.end());
-  for (auto& [user, before] : touched_) {
+  for (auto& [user, before] : cur_->touched) {
     CachedUser& now = user_cache_[user];
     const bool was_over = before.state.count > options_.inbox_cap;
     const bool is_over = now.state.count > options_.inbox_cap;
@@ -360,63 +433,91 @@ void InboxStore::Impl::CommitBatch(std::vector<CommitRequest>& requests) {
     } else if (!is_over && was_over) {
       AddDelete(Cf::kMeta, MetaArchivePendingKey(user));
     }
-    if (is_over) over_cap.emplace_back(user, now.state.count - options_.inbox_cap);
+    if (is_over) cur_->over_cap.emplace_back(user, now.state.count - options_.inbox_cap);
   }
+  if (cur_->has_writes) AddPut(Cf::kMeta, MetaHlcKey(), EncodeU64(hlc_.Last()));
+  HandOff(std::move(cur_));
 
+  dedup_->Evict();
+  if (user_cache_.size() > options_.user_cache_max_entries) {
+    // A cached user can be dropped between batches — loading recounts what its persisted
+    // state does not cover — unless a batch still in flight touched it.
+    auto inflight = [&](uint64_t user) {
+      for (const auto& v : inflight_users_) {
+        if (std::find(v.begin(), v.end(), user) != v.end()) return true;
+      }
+      return false;
+    };
+    auto it = user_cache_.begin();
+    while (it != user_cache_.end() &&
+           user_cache_.size() > options_.user_cache_max_entries * 9 / 10) {
+      it = inflight(it->first) ? std::next(it) : user_cache_.erase(it);
+    }
+  }
+}
+
+void InboxStore::Impl::WriteAndAnswer(BuiltBatch& b) {
   Status write_status;
-  if (batch_has_writes_) {
-    AddPut(Cf::kMeta, MetaHlcKey(), EncodeU64(hlc_.Last()));
-    {
-      rocksdb::WriteOptions wo;
-      wo.sync = true;
-      const auto start = std::chrono::steady_clock::now();
-      const rocksdb::Status s = db_->db()->Write(wo, &batch_);
-      const int64_t nanos = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                std::chrono::steady_clock::now() - start)
-                                .count();
-      if (options_.write_latency_observer) options_.write_latency_observer(nanos);
-      if (!s.ok()) {
-        needs_recovery_ = true;
-        last_write_error_ = FromRocks(s, "store: write");
-        write_status = last_write_error_;
-      }
-    }
-    if (write_status.ok()) {
-      batches_.fetch_add(1, std::memory_order_relaxed);
-      envelopes_.fetch_add(batch_envelopes_, std::memory_order_relaxed);
-      archived_.fetch_add(batch_archived_, std::memory_order_relaxed);
-    } else {
-      write_errors_.fetch_add(1, std::memory_order_relaxed);
-      if (write_status.code() == StatusCode::kStorageFull) {
-        storage_full_errors_.fetch_add(1, std::memory_order_relaxed);
-      }
-    }
+  {
+    std::lock_guard<std::mutex> lock(pipe_mu_);
+    write_status = pipe_error_;  // an earlier batch failed: this one was built on it
   }
-
-  if (!write_status.ok()) {
-    // Nothing of this batch was applied: restore what it changed in memory.
-    for (const auto& [user, before] : touched_) user_cache_[user] = before;
-    for (const std::string& k : remembered_) dedup_->Forget(k);
-    stored_.clear();
-  } else {
+  const bool first_failure = write_status.ok();
+  if (write_status.ok() && b.has_writes) {
+    rocksdb::WriteOptions wo;
+    wo.sync = true;
+    const auto start = std::chrono::steady_clock::now();
+    const rocksdb::Status s = db_->db()->Write(wo, &b.batch);
+    const int64_t nanos = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                              std::chrono::steady_clock::now() - start)
+                              .count();
+    if (options_.write_latency_observer) options_.write_latency_observer(nanos);
+    if (!s.ok()) write_status = FromRocks(s, "store: write");
+  }
+  if (write_status.ok()) {
+    if (b.has_writes) {
+      batches_.fetch_add(1, std::memory_order_relaxed);
+      envelopes_.fetch_add(b.envelopes, std::memory_order_relaxed);
+      archived_.fetch_add(b.archived, std::memory_order_relaxed);
+    }
     // Schedule before answering, so a caller that saw its append complete also sees the
     // archiver busy (WaitArchiverIdle) until the inbox is back under the cap.
-    for (const auto& [user, excess] : over_cap) ScheduleArchive(user, excess);
+    for (const auto& [user, excess] : b.over_cap) ScheduleArchive(user, excess);
+  } else {
+    write_errors_.fetch_add(1, std::memory_order_relaxed);
+    if (write_status.code() == StatusCode::kStorageFull) {
+      storage_full_errors_.fetch_add(1, std::memory_order_relaxed);
+    }
+    {
+      std::lock_guard<std::mutex> lock(pipe_mu_);
+      if (pipe_error_.ok()) pipe_error_ = write_status;
+    }
+    {
+      std::lock_guard<std::mutex> lock(queue_mu_);
+      rollback_due_ = true;
+    }
+    queue_cv_.notify_all();
+    b.stored.clear();
   }
 
+  // A request answered without a write of its own (a retry of an older, durable send)
+  // stands even if this write failed — unless the batch failed because an earlier one did,
+  // which that retry may depend on.
+  const auto answer_of = [&](const Completion& c) {
+    if (!c.error.ok()) return c.error;
+    if (write_status.ok() || (first_failure && !c.needs_commit)) return Status::Ok();
+    return write_status;
+  };
   // Count first, so a caller that saw its answer also sees it in Stats().
   uint64_t appended = 0;
   uint64_t dups = 0;
-  for (Completion& c : completions_) {
-    if (c.append_done && c.error.ok() && (write_status.ok() || !c.needs_commit)) {
-      ++(c.outcome->duplicate ? dups : appended);
-    }
+  for (const Completion& c : b.completions) {
+    if (c.append_done && answer_of(c).ok()) ++(c.outcome->duplicate ? dups : appended);
   }
   appends_.fetch_add(appended, std::memory_order_relaxed);
   duplicates_.fetch_add(dups, std::memory_order_relaxed);
-  for (Completion& c : completions_) {
-    Status s = c.error;
-    if (s.ok() && c.needs_commit) s = write_status;
+  for (Completion& c : b.completions) {
+    const Status s = answer_of(c);
     if (c.append_done) {
       if (s.ok()) {
         c.append_done(*c.outcome);
@@ -427,18 +528,7 @@ void InboxStore::Impl::CommitBatch(std::vector<CommitRequest>& requests) {
       c.status_done(s);
     }
   }
-  if (!stored_.empty()) active_listener_(stored_);
-
-  dedup_->Evict();
-  if (user_cache_.size() > options_.user_cache_max_entries) {
-    // Any cached user can be dropped between batches: loading recounts what its persisted
-    // state does not cover.
-    auto it = user_cache_.begin();
-    while (it != user_cache_.end() &&
-           user_cache_.size() > options_.user_cache_max_entries * 9 / 10) {
-      it = user_cache_.erase(it);
-    }
-  }
+  if (!b.stored.empty() && b.listener) b.listener(b.stored);
 }
 
 }  // namespace iris::store

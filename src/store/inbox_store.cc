@@ -92,6 +92,21 @@ Status InboxStore::Impl::Init() {
     return FromRocks(s, "store: read HLC high-water mark");
   }
 
+  // Re-record the high-water mark with a synced write: the first write after opening pays
+  // for setting up the WAL (file extension, first preallocation: 25-35 ms measured on
+  // tmpfs), and it is better paid here than by the first appends. A failure here (a full
+  // disk) is left to the commit thread's recovery, as for any failed write.
+  {
+    rocksdb::WriteOptions wo;
+    wo.sync = true;
+    const rocksdb::Status w =
+        db_->db()->Put(wo, db_->cf(Cf::kMeta), MetaHlcKey(), EncodeU64(hlc_.Last()));
+    if (!w.ok()) {
+      needs_recovery_ = true;
+      last_write_error_ = FromRocks(w, "store: write at open");
+    }
+  }
+
   dedup_ = std::make_unique<DedupIndex>(DedupOptionsOf(options_), *clock_, *db_);
   dedup_->StartRebuild();
   IRIS_RETURN_IF_ERROR(ResumeInterruptedArchiving());
@@ -99,11 +114,17 @@ Status InboxStore::Impl::Init() {
     std::lock_guard<std::mutex> lock(queue_mu_);
     accepting_ = true;
   }
+  user_cache_.reserve(std::min<size_t>(options_.user_cache_max_entries + 1, size_t{1} << 20));
   commit_thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "iris-commit");
     // RocksDB's per-thread perf counters cost a few percent of every memtable insert.
     rocksdb::SetPerfLevel(rocksdb::PerfLevel::kDisable);
     CommitLoop();
+  });
+  sync_thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "iris-sync");
+    rocksdb::SetPerfLevel(rocksdb::PerfLevel::kDisable);
+    SyncLoop();
   });
   if (options_.run_archiver) {
     archive_thread_ = std::thread([this] {
@@ -131,7 +152,8 @@ void InboxStore::Impl::Stop() {
     stopping_ = true;
   }
   queue_cv_.notify_all();
-  if (commit_thread_.joinable()) commit_thread_.join();
+  if (commit_thread_.joinable()) commit_thread_.join();  // hands off its last batch, then
+  if (sync_thread_.joinable()) sync_thread_.join();      // the sync thread drains the slot
 }
 
 Result<ScanPage> InboxStore::Impl::Scan(uint64_t user, uint64_t after_id, uint32_t limit,

@@ -7,11 +7,17 @@
 //
 // Threads and ownership:
 //  - callers enqueue CommitRequests under queue_mu_;
-//  - the commit thread owns everything marked "commit thread": the WriteBatch under
-//    construction, the per-user counters (user_cache_), the dedup hot tier, the HLC's
-//    writes to the batch; it is the only writer of `inbox`, `archive`, `dedup` and the
-//    per-user `meta` records, so ids are assigned in commit order and the counters need no
-//    locks;
+//  - the commit thread ("iris-commit") builds batches: it owns everything marked "commit
+//    thread": the batch under construction, the per-user counters (user_cache_), the dedup
+//    hot tier, the HLC; it is the only producer of writes to `inbox`, `archive`, `dedup`
+//    and the per-user `meta` records, so ids are assigned in commit order and the counters
+//    need no locks;
+//  - the sync thread ("iris-sync") writes each built batch (one synced WriteBatch) and then
+//    answers its requests. The two form a pipeline: batch N+1 is built while batch N syncs
+//    and its memtable inserts run, so the two halves of the work use both cores. Batches are
+//    written in build order through a one-slot hand-off (at most two in flight). A failed
+//    write fails every batch built on top of it: they are returned to the commit thread,
+//    which rolls its in-memory state back (newest first) before building anything else;
 //  - the archiver only reads, then hands its moves to the commit thread as a request and
 //    waits for them to commit before reading again (so it never moves a message twice).
 
@@ -130,9 +136,32 @@ class InboxStore::Impl {
     bool needs_commit = true;              // fails if the batch's write fails
   };
 
+  // A batch built by the commit thread and written, then answered, by the sync thread.
+  struct BuiltBatch {
+    uint64_t seq = 0;
+    rocksdb::WriteBatch batch;
+    bool has_writes = false;
+    uint64_t envelopes = 0;
+    uint64_t archived = 0;
+    std::unordered_map<uint64_t, CachedUser> touched;       // user -> counters before it
+    std::vector<std::string> remembered;                     // dedup keys it added
+    std::vector<std::pair<uint64_t, uint64_t>> over_cap;     // user, excess after it
+    std::vector<Completion> completions;
+    std::vector<v1::Envelope> stored;                        // for the listener
+    std::function<void(const std::vector<v1::Envelope>&)> listener;
+  };
+
   // group_commit.cc
   void CommitLoop();
+  void SyncLoop();
   void CommitBatch(std::vector<CommitRequest>& requests);
+  // Hands a built batch to the sync thread (waits while the slot is taken).
+  void HandOff(std::unique_ptr<BuiltBatch> batch);
+  // After a failed write: waits until the sync thread has returned every batch in flight,
+  // rolls their in-memory effects back and blocks writes until recovery.
+  void RollBackFailedBatches();
+  // Writes one batch and answers its requests (sync thread).
+  void WriteAndAnswer(BuiltBatch& b);
   void BuildAppend(AppendRequest& a);
   void BuildRecordWrite(RecordWriteRequest& w);
   void BuildArchive(ArchiveRequest& r);
@@ -168,26 +197,33 @@ class InboxStore::Impl {
   bool stopping_ = false;                                           // guarded by queue_mu_
   std::function<void(const std::vector<v1::Envelope>&)> listener_;  // guarded by queue_mu_
   bool listener_changed_ = false;                                   // guarded by queue_mu_
+  bool rollback_due_ = false;  // a write failed (set by the sync thread); queue_mu_
   std::thread commit_thread_;
 
   // Commit thread only.
   std::function<void(const std::vector<v1::Envelope>&)> active_listener_;
   uint64_t batch_seq_ = 0;
   int64_t batch_now_ms_ = 0;
-  rocksdb::WriteBatch batch_;
-  bool batch_has_writes_ = false;
+  std::unique_ptr<BuiltBatch> cur_;  // the batch being built
   std::string scratch_;
-  uint64_t batch_envelopes_ = 0;
-  uint64_t batch_archived_ = 0;
   std::unordered_map<uint64_t, CachedUser> user_cache_;
-  std::unordered_map<uint64_t, CachedUser> touched_;  // user -> counters before this batch
-  std::vector<uint64_t> moved_users_;                 // users with archive moves in this batch
-  std::vector<std::string> remembered_;               // dedup keys added by this batch
-  std::vector<Completion> completions_;
-  std::vector<v1::Envelope> stored_;
+  std::vector<uint64_t> moved_users_;  // users with archive moves in the current batch
+  // Users touched by the last two batches handed off (possibly not yet written): they stay
+  // cached, since reloading them from the database would miss their unwritten appends.
+  std::vector<uint64_t> inflight_users_[2];
   bool needs_recovery_ = false;
   Status last_write_error_;
   int64_t last_recovery_mono_ms_ = 0;
+
+  // The hand-off between the commit thread and the sync thread.
+  std::mutex pipe_mu_;
+  std::condition_variable pipe_cv_;
+  std::unique_ptr<BuiltBatch> slot_;                       // guarded by pipe_mu_
+  bool sync_busy_ = false;                                 // writing a batch; pipe_mu_
+  bool sync_stop_ = false;                                 // guarded by pipe_mu_
+  Status pipe_error_;                                      // first unhandled failure; pipe_mu_
+  std::vector<std::unique_ptr<BuiltBatch>> returned_;      // failed, to roll back; pipe_mu_
+  std::thread sync_thread_;
 
   // Archiver.
   mutable std::mutex archive_mu_;
