@@ -633,6 +633,7 @@ void Session::RecheckAuth(int64_t now_ms) {
 
 void Session::Tick(int64_t now_mono_ms) {
   const Edge& edge = loop_.edge();
+  conn_->TrimBuffers();
   if (state_ == State::kClosing) {
     // Still here: the close is waiting for output that the peer does not read.
     if (now_mono_ms - last_frame_ms_ > edge.options().idle_timeout_ms + kCloseGraceMs) {

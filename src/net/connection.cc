@@ -215,7 +215,19 @@ void Connection::DoReadRecords() {
       in_.assign(reinterpret_cast<const char*>(data.data()) + used, data.size() - used);
     }
   }
-  if (in_.empty()) std::string().swap(in_);  // no buffer kept while idle
+  if (!in_.empty()) buffers_used_ = true;
+}
+
+void Connection::TrimBuffers() {
+  if (buffers_used_) {
+    buffers_used_ = false;
+    return;
+  }
+  if (out_pos_ == out_.size() && out_.capacity() > 0) {
+    std::string().swap(out_);
+    out_pos_ = 0;
+  }
+  if (in_.empty() && in_.capacity() > 0) std::string().swap(in_);
 }
 
 bool Connection::Write(std::string_view bytes) {
@@ -226,6 +238,7 @@ bool Connection::Write(std::string_view bytes) {
     out_pos_ = 0;
   }
   out_.append(bytes);
+  buffers_used_ = true;
   // Everything written during this loop turn leaves together: one TLS record (up to 16 KiB)
   // and one send() for many frames.
   if (!flush_scheduled_) {
@@ -244,9 +257,33 @@ void Connection::OnFlush() {
 void Connection::DoWriteRecords() {
   want_write_ = false;
   if (out_pos_ < out_.size()) {
-    const Status sealed = records_->SealApplicationData(
-        std::string_view(out_).substr(out_pos_), &wire_);
-    std::string().swap(out_);
+    const std::string_view plain = std::string_view(out_).substr(out_pos_);
+    Status sealed;
+    if (wire_pos_ == wire_.size()) {
+      // Nothing older waits: seal into the loop's buffer and send from there; only what the
+      // socket does not take is copied into the connection.
+      std::string& buf = loop_.seal_buffer();
+      buf.clear();
+      sealed = records_->SealApplicationData(plain, &buf);
+      size_t sent = 0;
+      while (sealed.ok() && sent < buf.size()) {
+        const ssize_t n = send(fd_, buf.data() + sent, buf.size() - sent, MSG_NOSIGNAL);
+        if (n >= 0) {
+          sent += static_cast<size_t>(n);
+        } else if (errno != EINTR) {
+          if (errno != EAGAIN && errno != EWOULDBLOCK) {
+            Finish("write failed");
+            return;
+          }
+          break;
+        }
+      }
+      wire_.assign(buf, sent);
+      wire_pos_ = 0;
+    } else {
+      sealed = records_->SealApplicationData(plain, &wire_);
+    }
+    out_.clear();  // the capacity stays for the next turn (TrimBuffers releases it)
     out_pos_ = 0;
     if (!sealed.ok()) {
       Finish(sealed.message());

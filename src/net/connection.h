@@ -61,6 +61,11 @@ class Connection final : public EventLoop::Handler {
   void Abort(std::string_view reason);
   // Stops or resumes reading (backpressure from the application).
   void PauseReading(bool paused);
+  // Releases the plaintext output and partial-record buffers if they were not used since
+  // the previous call. A busy connection keeps them between loop turns (no malloc/free of
+  // a large buffer per turn); the owner calls this periodically (edge: every loop tick), so
+  // an idle connection holds none within two ticks.
+  void TrimBuffers();
 
   size_t queued_bytes() const { return out_.size() - out_pos_ + wire_.size() - wire_pos_; }
   // True once the handshake is done and records are handled by Tls13Records.
@@ -97,6 +102,7 @@ class Connection final : public EventLoop::Handler {
   bool paused_ = false;
   bool want_write_ = false;  // OpenSSL needs the socket writable to make progress
   bool flush_scheduled_ = false;
+  bool buffers_used_ = false;  // since the last TrimBuffers()
   uint32_t interest_ = 0;
   std::string out_;  // plaintext not yet handed to TLS
   size_t out_pos_ = 0;

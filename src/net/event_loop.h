@@ -13,6 +13,7 @@
 #include <functional>
 #include <mutex>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "common/status.h"
@@ -60,6 +61,9 @@ class EventLoop {
   // A read buffer shared by every connection of this loop (loop thread only): connections
   // decrypt into it and never keep per-connection read buffers while idle.
   std::span<uint8_t> scratch() { return {scratch_.data(), scratch_.size()}; }
+  // A buffer shared by every connection of this loop (loop thread only) to seal outgoing
+  // records into; a connection copies out only what the socket did not take.
+  std::string& seal_buffer() { return seal_; }
 
   bool running() const { return running_.load(std::memory_order_relaxed); }
   // Approximate loop lag: the longest time one iteration's work took recently (ns).
@@ -80,6 +84,7 @@ class EventLoop {
   std::vector<std::function<void()>> deferred_;
   std::vector<Handler*> flush_;
   std::vector<uint8_t> scratch_;
+  std::string seal_;
   std::atomic<int64_t> lag_ns_{0};
 };
 
