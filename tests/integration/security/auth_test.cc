@@ -70,24 +70,31 @@ std::string Rs256Token(const std::string& payload) {
 }
 
 // The token must log its user in (the accepted control of a refusal).
-void ExpectAccepted(const ServerProcess& server, const std::string& token, uint64_t user) {
+::testing::AssertionResult Accepted(const ServerProcess& server, const std::string& token,
+                                    uint64_t user) {
   std::unique_ptr<TestClient> c;
   client::ReceivedFrame f = HelloOnNewConnection(server, token, &c);
-  ASSERT_EQ(f.opcode, Op(wire::Opcode::kWelcome))
-      << "control token refused: " << ParseError(f).message();
+  if (f.opcode != Op(wire::Opcode::kWelcome)) {
+    return ::testing::AssertionFailure() << "control token refused: " << ParseError(f).message();
+  }
   v1::Welcome w;
-  ASSERT_TRUE(w.ParseFromString(f.payload));
-  EXPECT_EQ(w.user_id(), user);
+  if (!w.ParseFromString(f.payload)) return ::testing::AssertionFailure() << "bad WELCOME";
+  if (w.user_id() != user) {
+    return ::testing::AssertionFailure() << "WELCOME for user " << w.user_id() << ", not " << user;
+  }
+  return ::testing::AssertionSuccess();
 }
 
-// The message of a refusal never echoes the token.
-void ExpectRefused(const ServerProcess& server, const std::string& token, const char* what) {
+// The token must be refused with a message that never echoes the token.
+::testing::AssertionResult Refused(const ServerProcess& server, const std::string& token,
+                                   const char* what) {
   SCOPED_TRACE(what);
-  v1::Error e = ExpectHelloRefused(server, token);
-  EXPECT_FALSE(e.message().empty());
-  if (token.size() >= 20) {
-    EXPECT_EQ(e.message().find(token.substr(0, 20)), std::string::npos) << e.message();
+  v1::Error e = ExpectHelloRefused(server, token);  // reports an accepted token itself
+  if (e.message().empty()) return ::testing::AssertionFailure() << what << ": no error message";
+  if (token.size() >= 20 && e.message().find(token.substr(0, 20)) != std::string::npos) {
+    return ::testing::AssertionFailure() << what << ": the error echoes the token: " << e.message();
   }
+  return ::testing::AssertionSuccess();
 }
 
 class AuthTest : public ::testing::Test {
@@ -117,25 +124,25 @@ class AuthTest : public ::testing::Test {
 
 // FR-9/NFR-16: a signature that does not verify under the server's key.
 TEST_F(AuthTest, RefusesBadSignatures) {
-  ExpectAccepted(server_, Valid(2001), 2001);
+  EXPECT_TRUE(Accepted(server_, Valid(2001), 2001));
   const int64_t now = NowS();
   auth::Claims c;
   c.user_id = 2002;
   c.iat = now;
   c.exp = now + 3600;
   c.jti = UniqueJti("badsig");
-  ExpectRefused(server_, auth::MintToken("another-secret-of-at-least-32-bytes!!", c),
-                "signed with another key");
+  EXPECT_TRUE(Refused(server_, auth::MintToken("another-secret-of-at-least-32-bytes!!", c),
+                "signed with another key"));
   // The header and payload of a user-2003 token with the signature of a user-2004 token.
   const std::string t3 = Valid(2003);
   const std::string t4 = Valid(2004);
-  ExpectRefused(server_, t3.substr(0, t3.rfind('.')) + t4.substr(t4.rfind('.')),
-                "signature of another token");
-  ExpectRefused(server_, t3.substr(0, t3.rfind('.') + 1), "signature removed");
-  ExpectRefused(server_, t3.substr(0, t3.rfind('.') + 1) + auth::Base64UrlEncode(std::string(32, 'x')),
-                "signature replaced");
-  ExpectRefused(server_, "", "empty token");
-  ExpectRefused(server_, "not-a-jwt", "not a JWT");
+  EXPECT_TRUE(Refused(server_, t3.substr(0, t3.rfind('.')) + t4.substr(t4.rfind('.')),
+                "signature of another token"));
+  EXPECT_TRUE(Refused(server_, t3.substr(0, t3.rfind('.') + 1), "signature removed"));
+  EXPECT_TRUE(Refused(server_, t3.substr(0, t3.rfind('.') + 1) + auth::Base64UrlEncode(std::string(32, 'x')),
+                "signature replaced"));
+  EXPECT_TRUE(Refused(server_, "", "empty token"));
+  EXPECT_TRUE(Refused(server_, "not-a-jwt", "not a JWT"));
 }
 
 // FR-9/NFR-16: alg none and every algorithm other than HS256, even when correctly signed
@@ -143,28 +150,28 @@ TEST_F(AuthTest, RefusesBadSignatures) {
 TEST_F(AuthTest, RefusesAlgNoneAndOtherAlgorithms) {
   const int64_t now = NowS();
   auto payload = [&](uint64_t user) { return PayloadJson(user, now, now + 3600, UniqueJti("alg")); };
-  ExpectAccepted(server_, auth::MintRawToken(secret_, R"({"alg":"HS256"})", payload(2101)), 2101);
-  ExpectRefused(server_,
+  EXPECT_TRUE(Accepted(server_, auth::MintRawToken(secret_, R"({"alg":"HS256"})", payload(2101)), 2101));
+  EXPECT_TRUE(Refused(server_,
                 auth::Base64UrlEncode(R"({"alg":"none","typ":"JWT"})") + "." +
                     auth::Base64UrlEncode(payload(2102)) + ".",
-                "alg none, unsigned");
-  ExpectRefused(server_, auth::MintRawToken(secret_, R"({"alg":"none","typ":"JWT"})", payload(2103)),
-                "alg none with an HS256 signature");
-  ExpectRefused(server_, auth::MintRawToken(secret_, R"({"alg":"None"})", payload(2104)),
-                "alg None");
-  ExpectRefused(server_, HmacToken(EVP_sha384(), secret_, R"({"alg":"HS384","typ":"JWT"})", payload(2105)),
-                "genuine HS384");
-  ExpectRefused(server_, HmacToken(EVP_sha512(), secret_, R"({"alg":"HS512","typ":"JWT"})", payload(2106)),
-                "genuine HS512");
+                "alg none, unsigned"));
+  EXPECT_TRUE(Refused(server_, auth::MintRawToken(secret_, R"({"alg":"none","typ":"JWT"})", payload(2103)),
+                "alg none with an HS256 signature"));
+  EXPECT_TRUE(Refused(server_, auth::MintRawToken(secret_, R"({"alg":"None"})", payload(2104)),
+                "alg None"));
+  EXPECT_TRUE(Refused(server_, HmacToken(EVP_sha384(), secret_, R"({"alg":"HS384","typ":"JWT"})", payload(2105)),
+                "genuine HS384"));
+  EXPECT_TRUE(Refused(server_, HmacToken(EVP_sha512(), secret_, R"({"alg":"HS512","typ":"JWT"})", payload(2106)),
+                "genuine HS512"));
   const std::string rs = Rs256Token(payload(2107));
   ASSERT_FALSE(rs.empty());
-  ExpectRefused(server_, rs, "genuine RS256");
-  ExpectRefused(server_, auth::MintRawToken(secret_, R"({"alg":"RS256","typ":"JWT"})", payload(2108)),
-                "RS256 header, HMAC-SHA256 signature (key confusion)");
-  ExpectRefused(server_, auth::MintRawToken(secret_, R"({"alg":"HS384"})", payload(2109)),
-                "HS384 header, HS256 signature");
-  ExpectRefused(server_, auth::MintRawToken(secret_, R"({"typ":"JWT"})", payload(2110)),
-                "no alg");
+  EXPECT_TRUE(Refused(server_, rs, "genuine RS256"));
+  EXPECT_TRUE(Refused(server_, auth::MintRawToken(secret_, R"({"alg":"RS256","typ":"JWT"})", payload(2108)),
+                "RS256 header, HMAC-SHA256 signature (key confusion)"));
+  EXPECT_TRUE(Refused(server_, auth::MintRawToken(secret_, R"({"alg":"HS384"})", payload(2109)),
+                "HS384 header, HS256 signature"));
+  EXPECT_TRUE(Refused(server_, auth::MintRawToken(secret_, R"({"typ":"JWT"})", payload(2110)),
+                "no alg"));
 }
 
 // FR-10: expired tokens, lifetimes over 24 h and iat in the future, with the 30 s leeway
@@ -175,15 +182,15 @@ TEST_F(AuthTest, RefusesExpiredOverlongAndFutureTokens) {
     return auth::MintRawToken(secret_, R"({"alg":"HS256"})",
                               PayloadJson(user, iat, exp, UniqueJti("time")));
   };
-  ExpectRefused(server_, token(2201, now - 7200, now - 3600), "expired an hour ago");
-  ExpectRefused(server_, token(2202, now - 600, now - 45), "expired beyond the leeway");
-  ExpectAccepted(server_, token(2203, now - 600, now - 15), 2203);  // within the 30 s leeway
-  ExpectRefused(server_, token(2204, now - 10, now - 10 + 86'401), "lifetime 24 h + 1 s");
-  ExpectAccepted(server_, token(2205, now - 10, now - 10 + 86'400), 2205);  // exactly 24 h
-  ExpectRefused(server_, token(2206, now + 3600, now + 3700), "iat an hour ahead");
-  ExpectRefused(server_, token(2207, now + 45, now + 600), "iat beyond the leeway");
-  ExpectAccepted(server_, token(2208, now + 15, now + 600), 2208);  // within the leeway
-  ExpectRefused(server_, token(2209, now, now), "exp equal to iat");
+  EXPECT_TRUE(Refused(server_, token(2201, now - 7200, now - 3600), "expired an hour ago"));
+  EXPECT_TRUE(Refused(server_, token(2202, now - 600, now - 45), "expired beyond the leeway"));
+  EXPECT_TRUE(Accepted(server_, token(2203, now - 600, now - 15), 2203));  // within the 30 s leeway
+  EXPECT_TRUE(Refused(server_, token(2204, now - 10, now - 10 + 86'401), "lifetime 24 h + 1 s"));
+  EXPECT_TRUE(Accepted(server_, token(2205, now - 10, now - 10 + 86'400), 2205));  // exactly 24 h
+  EXPECT_TRUE(Refused(server_, token(2206, now + 3600, now + 3700), "iat an hour ahead"));
+  EXPECT_TRUE(Refused(server_, token(2207, now + 45, now + 600), "iat beyond the leeway"));
+  EXPECT_TRUE(Accepted(server_, token(2208, now + 15, now + 600), 2208));  // within the leeway
+  EXPECT_TRUE(Refused(server_, token(2209, now, now), "exp equal to iat"));
 }
 
 // FR-9: each required claim (sub, iat, exp, jti) missing or malformed.
@@ -196,25 +203,25 @@ TEST_F(AuthTest, RefusesTokensMissingARequiredClaim) {
   auto sign = [&](const json& payload) {
     return auth::MintRawToken(secret_, R"({"alg":"HS256","typ":"JWT"})", payload.dump());
   };
-  ExpectAccepted(server_, sign(claims(2301)), 2301);
+  EXPECT_TRUE(Accepted(server_, sign(claims(2301)), 2301));
   uint64_t user = 2302;
   for (const char* missing : {"sub", "iat", "exp", "jti"}) {
     json p = claims(user++);
     p.erase(missing);
-    ExpectRefused(server_, sign(p), (std::string("without ") + missing).c_str());
+    EXPECT_TRUE(Refused(server_, sign(p), (std::string("without ") + missing).c_str()));
   }
   json p = claims(user++);
   p["sub"] = 2310;  // a number, not the decimal string
-  ExpectRefused(server_, sign(p), "numeric sub");
+  EXPECT_TRUE(Refused(server_, sign(p), "numeric sub"));
   p = claims(user++);
   p["sub"] = "0";
-  ExpectRefused(server_, sign(p), "user id 0");
+  EXPECT_TRUE(Refused(server_, sign(p), "user id 0"));
   p = claims(user++);
   p["jti"] = std::string(65, 'j');
-  ExpectRefused(server_, sign(p), "jti over 64 bytes");
+  EXPECT_TRUE(Refused(server_, sign(p), "jti over 64 bytes"));
   p = claims(user++);
   p["exp"] = std::to_string(now + 3600);
-  ExpectRefused(server_, sign(p), "exp as a string");
+  EXPECT_TRUE(Refused(server_, sign(p), "exp as a string"));
 }
 
 // Key rotation: kid selects the key; an unknown kid, or a token signed with another key
@@ -230,12 +237,12 @@ TEST_F(AuthTest, SelectsTheKeyByKidAndRefusesUnknownKids) {
     c.jti = UniqueJti("kid");
     return auth::MintToken(secret, c);
   };
-  ExpectAccepted(server_, with(2401, "k2", k2_secret_), 2401);
-  ExpectAccepted(server_, with(2402, "", secret_), 2402);
-  ExpectRefused(server_, with(2403, "unknown-kid", secret_), "unknown kid");
-  ExpectRefused(server_, with(2404, "unknown-kid", k2_secret_), "unknown kid, k2's key");
-  ExpectRefused(server_, with(2405, "k2", secret_), "kid k2, default key");
-  ExpectRefused(server_, with(2406, "", k2_secret_), "no kid, k2's key");
+  EXPECT_TRUE(Accepted(server_, with(2401, "k2", k2_secret_), 2401));
+  EXPECT_TRUE(Accepted(server_, with(2402, "", secret_), 2402));
+  EXPECT_TRUE(Refused(server_, with(2403, "unknown-kid", secret_), "unknown kid"));
+  EXPECT_TRUE(Refused(server_, with(2404, "unknown-kid", k2_secret_), "unknown kid, k2's key"));
+  EXPECT_TRUE(Refused(server_, with(2405, "k2", secret_), "kid k2, default key"));
+  EXPECT_TRUE(Refused(server_, with(2406, "", k2_secret_), "no kid, k2's key"));
 }
 
 // FR-11: a token revoked by jti through POST /v1/revoke closes its live session at once;
@@ -269,8 +276,8 @@ TEST_F(AuthTest, RevocationByJtiClosesTheLiveSessionAtOnce) {
   EXPECT_LT(MonoMs() - revoked_at, 2'000) << "the session was not closed at once";
 
   ExpectPong(*bystander, 2);
-  ExpectRefused(server_, token, "revoked jti");
-  ExpectAccepted(server_, Valid(3001), 3001);
+  EXPECT_TRUE(Refused(server_, token, "revoked jti"));
+  EXPECT_TRUE(Accepted(server_, Valid(3001), 3001));
 }
 
 // FR-11: revocation of every token of a user issued before a time.
@@ -300,8 +307,8 @@ TEST_F(AuthTest, RevocationByUserBeforeTimeClosesTheLiveSession) {
   EXPECT_LT(MonoMs() - revoked_at, 2'000) << "the session was not closed at once";
 
   ExpectPong(*other_user, 2);  // same iat, another user
-  ExpectRefused(server_, old_token, "issued before the user's revocation time");
-  ExpectAccepted(server_, token(3101, now - 10), 3101);  // issued after it
+  EXPECT_TRUE(Refused(server_, old_token, "issued before the user's revocation time"));
+  EXPECT_TRUE(Accepted(server_, token(3101, now - 10), 3101));  // issued after it
 }
 
 // PROTOCOL.md section 2: any frame other than HELLO or PING before HELLO is answered
