@@ -49,6 +49,14 @@ void RevocationList::Prune(int64_t now_ms) {
   std::erase_if(jti_until_ms_, [now_ms](const auto& kv) { return kv.second < now_ms; });
 }
 
+RevocationList::Entries RevocationList::Export() const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  Entries e;
+  e.jtis.assign(jti_until_ms_.begin(), jti_until_ms_.end());
+  e.users.assign(user_before_ms_.begin(), user_before_ms_.end());
+  return e;
+}
+
 size_t RevocationList::jti_count() const {
   std::shared_lock lock(mu_);
   return jti_until_ms_.size();

@@ -21,6 +21,8 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 namespace iris::auth {
 
@@ -50,6 +52,13 @@ class RevocationList {
   // Forgets jti entries whose until_ms is before `now_ms`. Call it periodically (e.g. once
   // a minute); its cost is linear in the number of jti entries.
   void Prune(int64_t now_ms);
+
+  // Every entry, for handing the list to another process (edge processes at start).
+  struct Entries {
+    std::vector<std::pair<std::string, int64_t>> jtis;  // jti, until_ms
+    std::vector<std::pair<uint64_t, int64_t>> users;    // user, before_ms
+  };
+  Entries Export() const;
 
   size_t jti_count() const;
   size_t user_count() const;

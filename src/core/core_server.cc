@@ -166,6 +166,12 @@ void CoreServer::Handle(const std::shared_ptr<Link>& link, ipb::CoreRequest& req
       reply(Status::Ok(), none);
       return;
     }
+    case ipb::CoreRequest::kRevocations:
+      reply(Status::Ok(), [&](ipb::CoreMessage& m) {
+        ipb::Revocations* r = m.mutable_revocations();
+        if (revocation_source_) revocation_source_(r);
+      });
+      return;
     case ipb::CoreRequest::kRegisterSession:
       core_->RegisterSession(user, ref);
       reply(Status::Ok(), none);

@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -27,6 +28,11 @@ class CoreServer final : public EdgeSink {
 
   // The core this server calls; set before Start().
   void set_core(CoreApi* core) { core_ = core; }
+  // Fills the reply to an edge process's request for every revocation in force; set before
+  // Start().
+  void set_revocation_source(std::function<void(internal::v1::Revocations*)> source) {
+    revocation_source_ = std::move(source);
+  }
   Status Listen(const std::string& socket_path);
   Status Start();
   // Waits until `n` distinct edge processes said hello.
@@ -56,6 +62,7 @@ class CoreServer final : public EdgeSink {
   void Broadcast(const internal::v1::CoreMessage& m);
 
   CoreApi* core_ = nullptr;
+  std::function<void(internal::v1::Revocations*)> revocation_source_;
   std::string path_;
   int listen_fd_ = -1;
   std::thread acceptor_;

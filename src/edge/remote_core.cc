@@ -85,6 +85,14 @@ Status RemoteCore::SayHello() {
   return core::FromProto(Call(hello).status());
 }
 
+Result<ipb::Revocations> RemoteCore::FetchRevocations() {
+  ipb::CoreRequest req;
+  req.set_revocations(true);
+  ipb::CoreMessage reply = Call(req);
+  IRIS_RETURN_IF_ERROR(core::FromProto(reply.status()));
+  return reply.revocations();
+}
+
 void RemoteCore::Stop() {
   if (fd_ >= 0) shutdown(fd_, SHUT_RDWR);
   if (reader_.joinable()) reader_.join();

@@ -46,6 +46,9 @@ class RemoteCore final : public core::CoreApi {
   // Announces this edge process to the core; the core counts it as ready from then on, so
   // call it once the edge is accepting connections.
   Status SayHello();
+  // Every token revocation in force in the core process (call after Start(), before the
+  // edge accepts connections; later ones arrive as pushes).
+  Result<iris::internal::v1::Revocations> FetchRevocations();
   void Stop();
 
   void RegisterSession(uint64_t user, core::SessionRef ref) override;

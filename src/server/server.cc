@@ -58,6 +58,7 @@ struct Server::Impl {
   std::string cert_fingerprint;
   auth::Keyring keyring;
   auth::RevocationList revocations;
+  int64_t last_revocation_prune_ms = 0;
   std::unique_ptr<auth::TokenVerifier> verifier;
   std::unique_ptr<net::TlsContext> tls;
   // Before the components whose spans it takes: destroyed after them.
@@ -188,6 +189,13 @@ Result<std::unique_ptr<Server>> Server::Create(const ServerConfig& config) {
   auto st = store::InboxStore::Open(so);
   if (!st.ok()) return st.status();
   m.store = std::move(st).value();
+  {
+    // Revocations survive restarts: a revoked token stays refused until it expires.
+    IRIS_ASSIGN_OR_RETURN(const store::StoredRevocations revoked,
+                          m.store->LoadRevocations(SystemClock::Instance().WallMillis()));
+    for (const auto& [jti, until] : revoked.jtis) m.revocations.RevokeJti(jti, until);
+    for (const auto& [user, before] : revoked.users) m.revocations.RevokeUserBefore(user, before);
+  }
 
   if (!c.trace_file.empty()) {
     obs::TracerOptions to;
@@ -240,6 +248,19 @@ Status Server::Start() {
     m.core_server = std::make_unique<core::CoreServer>();
     m.core = std::make_unique<core::Core>(*m.store, *m.core_server, SystemClock::Instance(), co);
     m.core_server->set_core(m.core.get());
+    m.core_server->set_revocation_source([&m](iris::internal::v1::Revocations* out) {
+      const auth::RevocationList::Entries e = m.revocations.Export();
+      for (const auto& [jti, until] : e.jtis) {
+        auto* j = out->add_jtis();
+        j->set_jti(jti);
+        j->set_until_ms(until);
+      }
+      for (const auto& [user, before] : e.users) {
+        auto* u = out->add_users();
+        u->set_user(user);
+        u->set_before_ms(before);
+      }
+    });
     IRIS_RETURN_IF_ERROR(m.core_server->Listen(c.data_dir + "/core.sock"));
     IRIS_RETURN_IF_ERROR(m.core_server->Start());
     IRIS_RETURN_IF_ERROR(ReserveClientPort());
@@ -307,6 +328,10 @@ Status Server::Start() {
       }
       // Kept for the longest token lifetime plus leeway: after that the token is expired anyway.
       const int64_t until = now_ms + (86400 + m.config.jwt_leeway_s) * 1000;
+      if (const Status s = m.store->PutRevokedJti(body["jti"].get<std::string>(), until); !s.ok()) {
+        return HttpResponse{503, "application/json",
+                            nlohmann::json{{"error", "revocation not stored: " + s.message()}}.dump()};
+      }
       m.revocations.RevokeJti(body["jti"].get<std::string>(), until);
       if (m.core_server) m.core_server->BroadcastRevokeJti(body["jti"].get<std::string>(), until);
     } else if (body.contains("user")) {
@@ -319,6 +344,10 @@ Status Server::Start() {
           return HttpResponse{400, "application/json", R"({"error":"before_ms must be an integer"})"};
         }
         before = body["before_ms"].get<int64_t>();
+      }
+      if (const Status s = m.store->PutRevokedUser(body["user"].get<uint64_t>(), before); !s.ok()) {
+        return HttpResponse{503, "application/json",
+                            nlohmann::json{{"error", "revocation not stored: " + s.message()}}.dump()};
       }
       m.revocations.RevokeUserBefore(body["user"].get<uint64_t>(), before);
       if (m.core_server) m.core_server->BroadcastRevokeUser(body["user"].get<uint64_t>(), before);
@@ -476,7 +505,19 @@ Result<pid_t> Server::SpawnEdge(uint32_t index) {
 
 void Server::Supervise() {
   Impl& m = *impl_;
-  if (m.edge_pids.empty() || m.stopped) return;
+  if (m.stopped) return;
+  // Once a minute: forget jti revocations whose tokens have expired anyway (in memory and
+  // in the store).
+  const int64_t now_ms = SystemClock::Instance().WallMillis();
+  if (now_ms - m.last_revocation_prune_ms >= 60'000) {
+    m.last_revocation_prune_ms = now_ms;
+    m.revocations.Prune(now_ms);
+    if (m.store) {
+      const Result<store::StoredRevocations> r = m.store->LoadRevocations(now_ms);
+      if (!r.ok()) obs::LogWarn("pruning stored revocations failed", {{"error", r.status().ToString()}});
+    }
+  }
+  if (m.edge_pids.empty()) return;
   for (size_t i = 0; i < m.edge_pids.size(); ++i) {
     int status = 0;
     if (m.edge_pids[i] > 0 && waitpid(m.edge_pids[i], &status, WNOHANG) == m.edge_pids[i]) {
@@ -542,6 +583,10 @@ Status Server::StartEdgeProcess(const edge::EdgeOptions& base) {
     std::_Exit(3);
   };
   m.remote->Start(std::move(h));
+  // Revocations made before this process started (or restarted) apply before it accepts.
+  IRIS_ASSIGN_OR_RETURN(const iris::internal::v1::Revocations revoked, m.remote->FetchRevocations());
+  for (const auto& j : revoked.jtis()) m.revocations.RevokeJti(j.jti(), j.until_ms());
+  for (const auto& u : revoked.users()) m.revocations.RevokeUserBefore(u.user(), u.before_ms());
   IRIS_RETURN_IF_ERROR(m.edge->Start());
   // Only now, with the listener accepting, does the core count this edge as ready.
   IRIS_RETURN_IF_ERROR(m.remote->SayHello());

@@ -312,6 +312,16 @@ Status InboxStore::PutSettings(uint64_t user, const UserSettings& s) {
 Result<UserSettings> InboxStore::GetSettings(uint64_t user) const {
   return impl_->GetSettings(user);
 }
+Status InboxStore::PutRevokedJti(std::string_view jti, int64_t until_ms) {
+  return impl_->PutRevokedJti(jti, until_ms);
+}
+Status InboxStore::PutRevokedUser(uint64_t user, int64_t before_ms) {
+  return impl_->PutRevokedUser(user, before_ms);
+}
+Result<StoredRevocations> InboxStore::LoadRevocations(int64_t now_ms) {
+  return impl_->LoadRevocations(now_ms);
+}
+
 Status InboxStore::PutLastSeen(uint64_t user, uint64_t last_seen_ms) {
   return impl_->PutLastSeen(user, last_seen_ms);
 }

@@ -118,6 +118,11 @@ struct StoreStats {
   uint64_t archived = 0;               // messages moved from `inbox` to `archive`
 };
 
+struct StoredRevocations {
+  std::vector<std::pair<std::string, int64_t>> jtis;   // jti, keep until (unix ms)
+  std::vector<std::pair<uint64_t, int64_t>> users;     // user, revoked before (unix ms)
+};
+
 class InboxStore {
  public:
   // Opens (creating if missing) the store at options.path, recovering from a crash: RocksDB
@@ -177,6 +182,15 @@ class InboxStore {
   Result<UserSettings> GetSettings(uint64_t user) const;  // defaults when never set
   Status PutLastSeen(uint64_t user, uint64_t last_seen_ms);
   Result<uint64_t> GetLastSeen(uint64_t user) const;  // 0 when unknown
+
+  // Token revocations, kept so that a restart does not bring revoked tokens back. A jti
+  // entry is kept until `until_ms` (unix ms); a user entry keeps the latest `before_ms`
+  // ever given for the user (tokens issued before it are revoked). Durable on return.
+  Status PutRevokedJti(std::string_view jti, int64_t until_ms);
+  Status PutRevokedUser(uint64_t user, int64_t before_ms);
+  // Every stored revocation still in force at `now_ms`; jti entries past their until_ms
+  // are deleted (durably) instead of returned. Errors: INTERNAL, and write errors.
+  Result<StoredRevocations> LoadRevocations(int64_t now_ms);
 
   // Replaces the identity key (when non-empty), the registration id (when non-zero) and the
   // signed prekey (when present) and appends the one-time prekeys to the pool.

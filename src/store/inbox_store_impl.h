@@ -113,6 +113,9 @@ class InboxStore::Impl {
   Result<UserSettings> GetSettings(uint64_t user) const;
   Status PutLastSeen(uint64_t user, uint64_t last_seen_ms);
   Result<uint64_t> GetLastSeen(uint64_t user) const;
+  Status PutRevokedJti(std::string_view jti, int64_t until_ms);
+  Status PutRevokedUser(uint64_t user, int64_t before_ms);
+  Result<StoredRevocations> LoadRevocations(int64_t now_ms);
   Status UploadKeys(uint64_t user, const v1::KeysUpload& upload);
   Result<v1::KeysBundle> FetchKeys(uint64_t user);
   Status PutGroup(const v1::GroupInfo& group);

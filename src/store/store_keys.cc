@@ -73,6 +73,14 @@ std::string MetaArchivePendingKey(uint64_t user) {
 }
 std::string MetaSettingsKey(uint64_t user) { return TaggedUserKey('S', user); }
 std::string MetaLastSeenKey(uint64_t user) { return TaggedUserKey('L', user); }
+std::string MetaRevokedJtiKey(std::string_view jti) {
+  std::string k(1, kMetaRevokedJtiPrefix);
+  k.append(jti);
+  return k;
+}
+std::string MetaRevokedUserKey(uint64_t user) {
+  return TaggedUserKey(kMetaRevokedUserPrefix, user);
+}
 
 std::string EncodeUserState(const UserState& s) {
   std::string v;

@@ -52,6 +52,11 @@ std::string MetaArchivePendingKey(uint64_t user);
 inline constexpr char kMetaArchivePendingPrefix = 'A';
 std::string MetaSettingsKey(uint64_t user);
 std::string MetaLastSeenKey(uint64_t user);
+// Token revocations: 'J' + jti -> keep-until (unix ms); 'R' + user -> revoked-before (ms).
+inline constexpr char kMetaRevokedJtiPrefix = 'J';
+inline constexpr char kMetaRevokedUserPrefix = 'R';
+std::string MetaRevokedJtiKey(std::string_view jti);
+std::string MetaRevokedUserKey(uint64_t user);
 
 // Per-user inbox bookkeeping, as last persisted: `count` messages in `inbox` with ids up to
 // `counted_through` (messages with greater ids were appended after it was written and are

@@ -3,6 +3,7 @@
 // appends around it. Prekey consumption is a read-modify-write serialised per user by a
 // striped mutex held until the write is durable: two concurrent FetchKeys never see the
 // same one-time prekey, and a consumed prekey stays consumed after a crash.
+#include "common/bytes.h"
 #include "store/inbox_store_impl.h"
 
 namespace iris::store {
@@ -51,6 +52,71 @@ Result<uint64_t> InboxStore::Impl::GetLastSeen(uint64_t user) const {
   const std::optional<uint64_t> ms = DecodeU64(v);
   if (!ms) return Internal("store: malformed last seen");
   return *ms;
+}
+
+Status InboxStore::Impl::PutRevokedJti(std::string_view jti, int64_t until_ms) {
+  if (jti.empty()) return BadRequest("store: empty jti");
+  std::vector<KvOp> ops;
+  ops.push_back(KvOp{Cf::kMeta, MetaRevokedJtiKey(jti), EncodeU64(static_cast<uint64_t>(until_ms))});
+  return WriteRecords(std::move(ops));
+}
+
+Status InboxStore::Impl::PutRevokedUser(uint64_t user, int64_t before_ms) {
+  // Keep the latest time ever given (as the in-memory list does).
+  {
+    const StoreDb::ReadHold db = db_->Hold();
+    if (!db.ok()) return StoreDb::ReadHold::Closed();
+    std::string v;
+    const rocksdb::Status s =
+        db.db()->Get(rocksdb::ReadOptions(), db.cf(Cf::kMeta), MetaRevokedUserKey(user), &v);
+    if (s.ok()) {
+      const std::optional<uint64_t> old = DecodeU64(v);
+      if (old && static_cast<int64_t>(*old) >= before_ms) return Status::Ok();
+    } else if (!s.IsNotFound()) {
+      return FromRocks(s, "store: read user revocation");
+    }
+  }
+  std::vector<KvOp> ops;
+  ops.push_back(
+      KvOp{Cf::kMeta, MetaRevokedUserKey(user), EncodeU64(static_cast<uint64_t>(before_ms))});
+  return WriteRecords(std::move(ops));
+}
+
+Result<StoredRevocations> InboxStore::Impl::LoadRevocations(int64_t now_ms) {
+  StoredRevocations out;
+  std::vector<KvOp> expired;
+  {
+    const StoreDb::ReadHold db = db_->Hold();
+    if (!db.ok()) return StoreDb::ReadHold::Closed();
+    for (const char prefix : {kMetaRevokedJtiPrefix, kMetaRevokedUserPrefix}) {
+      const std::string lower(1, prefix);
+      const std::string upper(1, static_cast<char>(prefix + 1));
+      const rocksdb::Slice upper_slice(upper);
+      rocksdb::ReadOptions ro;
+      ro.iterate_upper_bound = &upper_slice;
+      std::unique_ptr<rocksdb::Iterator> it(db.db()->NewIterator(ro, db.cf(Cf::kMeta)));
+      for (it->Seek(lower); it->Valid(); it->Next()) {
+        const std::string_view key(it->key().data(), it->key().size());
+        const std::optional<uint64_t> ms =
+            DecodeU64(std::string_view(it->value().data(), it->value().size()));
+        if (!ms) return Internal("store: malformed revocation record");
+        const auto when = static_cast<int64_t>(*ms);
+        if (prefix == kMetaRevokedJtiPrefix) {
+          if (when < now_ms) {
+            expired.push_back(KvOp{Cf::kMeta, std::string(key), std::nullopt});
+          } else {
+            out.jtis.emplace_back(std::string(key.substr(1)), when);
+          }
+        } else {
+          if (key.size() != 9) return Internal("store: malformed user revocation key");
+          out.users.emplace_back(GetBigEndian64(key.data() + 1), when);
+        }
+      }
+      if (!it->status().ok()) return FromRocks(it->status(), "store: read revocations");
+    }
+  }
+  if (!expired.empty()) IRIS_RETURN_IF_ERROR(WriteRecords(std::move(expired)));
+  return out;
 }
 
 namespace {

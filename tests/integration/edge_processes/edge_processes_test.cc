@@ -153,6 +153,31 @@ TEST(EdgeProcessesTest, RevocationReachesSessionsInEdgeProcesses) {
   EXPECT_EQ(ack.opcode, Op(wire::Opcode::kSendAck));
 }
 
+// Edge processes that start after a revocation (here: all of them, after a kill and
+// restart of the node) get every revocation in force from the core before they accept.
+TEST(EdgeProcessesTest, EdgeProcessesStartedLaterKnowEarlierRevocations) {
+  ServerProcess server({"--edge-processes", "2"});
+  server.Start();
+  const std::string revoked = server.Token(601);
+  std::string resp;
+  ASSERT_EQ(AdminRequest(server.admin_port(), "POST", "/v1/revoke", server.admin_token(),
+                         R"({"user": 601})", &resp),
+            200)
+      << resp;
+  server.KillAndRestart();
+  // Several connections, so that both edge processes are asked (SO_REUSEPORT spreads them).
+  for (int i = 0; i < 8; ++i) {
+    std::unique_ptr<TestClient> c = TestClient::Connect(server);
+    ASSERT_TRUE(c);
+    const client::ReceivedFrame f = c->Hello(revoked);
+    ASSERT_EQ(f.opcode, Op(wire::Opcode::kError)) << "attempt " << i << ": revoked token accepted";
+    v1::Error e;
+    ASSERT_TRUE(e.ParseFromString(f.payload));
+    EXPECT_EQ(e.code(), static_cast<uint32_t>(StatusCode::kUnauthenticated));
+  }
+  EXPECT_TRUE(Online(server, 602)) << "an unrevoked user logs in";
+}
+
 TEST(EdgeProcessesTest, SessionReplacementAcrossEdgeProcesses) {
   ServerProcess server({"--edge-processes", "2"});
   server.Start();

@@ -311,6 +311,39 @@ TEST_F(AuthTest, RevocationByUserBeforeTimeClosesTheLiveSession) {
   EXPECT_TRUE(Accepted(server_, token(3101, now - 10), 3101));  // issued after it
 }
 
+// FR-11: revocations are durable: after the server is killed (SIGKILL, no shutdown) and
+// started again, a revoked jti and a user's older tokens are still refused, and nothing
+// else is.
+TEST_F(AuthTest, RevocationsSurviveAKillAndRestart) {
+  const std::string jti = UniqueJti("durable");
+  const std::string revoked_jti_token = Valid(3201, jti);
+  const int64_t now = NowS();
+  const std::string old_token = auth::MintRawToken(
+      secret_, R"({"alg":"HS256"})", PayloadJson(3202, now - 60, now + 3600, UniqueJti("old")));
+  EXPECT_TRUE(Accepted(server_, revoked_jti_token, 3201));
+  EXPECT_TRUE(Accepted(server_, old_token, 3202));
+  std::string response;
+  ASSERT_EQ(AdminRequest(server_.admin_port(), "POST", "/v1/revoke", server_.admin_token(),
+                         json{{"jti", jti}}.dump(), &response), 200) << response;
+  ASSERT_EQ(AdminRequest(server_.admin_port(), "POST", "/v1/revoke", server_.admin_token(),
+                         json{{"user", 3202}, {"before_ms", (now - 30) * 1000}}.dump(),
+                         &response), 200) << response;
+  // An earlier time for the same user must not shorten the revocation.
+  ASSERT_EQ(AdminRequest(server_.admin_port(), "POST", "/v1/revoke", server_.admin_token(),
+                         json{{"user", 3202}, {"before_ms", (now - 3600) * 1000}}.dump(),
+                         &response), 200) << response;
+
+  server_.KillAndRestart();
+
+  EXPECT_TRUE(Refused(server_, revoked_jti_token, "jti revoked before the restart"));
+  EXPECT_TRUE(Refused(server_, old_token, "user revoked before the restart"));
+  EXPECT_TRUE(Accepted(server_, Valid(3201), 3201));
+  EXPECT_TRUE(Accepted(server_,
+                       auth::MintRawToken(secret_, R"({"alg":"HS256"})",
+                                          PayloadJson(3202, now - 10, now + 3600, UniqueJti("new"))),
+                       3202));
+}
+
 // PROTOCOL.md section 2: any frame other than HELLO or PING before HELLO is answered
 // UNAUTHENTICATED (fatal), with the frame's request_id when it has one; PING is answered.
 TEST_F(AuthTest, FramesOtherThanHelloOrPingBeforeHelloAreFatal) {

@@ -76,6 +76,35 @@ TEST(UserRecordsTest, LastSeenIsZeroUntilSetAndPersists) {
   EXPECT_EQ(*seen, 1'700'000'000'123u);
 }
 
+TEST(UserRecordsTest, RevocationsPersistAndExpiredJtisAreDropped) {
+  TempDir dir;
+  constexpr int64_t kNow = 1'800'000'000'000;
+  {
+    auto store = OpenOrDie(TestOptions(dir.path()));
+    ASSERT_NE(store, nullptr);
+    ASSERT_TRUE(store->PutRevokedJti("live-jti", kNow + 60'000).ok());
+    ASSERT_TRUE(store->PutRevokedJti("old-jti", kNow - 1).ok());
+    ASSERT_TRUE(store->PutRevokedUser(7, kNow - 5'000).ok());
+    ASSERT_TRUE(store->PutRevokedUser(7, kNow - 9'000).ok());  // earlier: must not win
+    ASSERT_TRUE(store->PutRevokedUser(8, kNow).ok());
+    EXPECT_EQ(store->PutRevokedJti("", kNow).code(), StatusCode::kBadRequest);
+  }
+  auto store = OpenOrDie(TestOptions(dir.path()));
+  ASSERT_NE(store, nullptr);
+  Result<StoredRevocations> r = store->LoadRevocations(kNow);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(r->jtis.size(), 1u);
+  EXPECT_EQ(r->jtis[0].first, "live-jti");
+  EXPECT_EQ(r->jtis[0].second, kNow + 60'000);
+  ASSERT_EQ(r->users.size(), 2u);
+  EXPECT_EQ(r->users[0], std::make_pair(uint64_t{7}, kNow - 5'000));
+  EXPECT_EQ(r->users[1], std::make_pair(uint64_t{8}, kNow));
+  // The expired jti was deleted, not only skipped: a load with an earlier clock misses it.
+  Result<StoredRevocations> again = store->LoadRevocations(kNow - 10);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->jtis.size(), 1u);
+}
+
 TEST(UserRecordsTest, FetchKeysIsNotFoundBeforeAnyUpload) {
   TempDir dir;
   auto store = OpenOrDie(TestOptions(dir.path()));
