@@ -97,7 +97,13 @@ double Percentile(std::vector<int64_t>& v, double p) {
   return static_cast<double>(v[k]);
 }
 
-std::string Body() { return std::string(200, 'b'); }
+// 200 bytes that look like what the store really holds, ciphertext: incompressible.
+std::string Body() {
+  thread_local std::mt19937_64 rng(0x1515);
+  std::string b(200, '\0');
+  for (char& c : b) c = static_cast<char>(rng());
+  return b;
+}
 
 // A 16-byte idempotency key that, like a UUIDv7, grows with time for one sender.
 std::string Key(uint64_t writer, uint64_t seq) {

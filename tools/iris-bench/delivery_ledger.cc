@@ -45,9 +45,18 @@ std::map<std::string, uint64_t> Violations::ToMap() const {
 }
 
 std::string EncodeBody(uint64_t seq, int64_t intended_ns, size_t size) {
-  std::string b(std::max<size_t>(size, 16), 'x');
+  std::string b(std::max<size_t>(size, 16), '\0');
   PutBigEndian64(seq, b.data());
   PutBigEndian64(static_cast<uint64_t>(intended_ns), b.data() + 8);
+  // The rest looks like what the server really carries, ciphertext: incompressible bytes
+  // (xorshift64* from the sequence number, so every body differs).
+  uint64_t x = seq * 0x9E3779B97F4A7C15ULL + 1;
+  for (size_t i = 16; i < b.size(); ++i) {
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    b[i] = static_cast<char>((x * 0x2545F4914F6CDD1DULL) >> 56);
+  }
   return b;
 }
 
