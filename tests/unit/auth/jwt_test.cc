@@ -90,27 +90,37 @@ class JwtTest : public ::testing::Test {
 
   // The token is refused with UNAUTHENTICATED, a message naming `reason`, and no secret
   // material or token text in the message.
-  static void ExpectRefused(const Result<Claims>& r, std::string_view reason,
-                            const std::string& token = "") {
-    ASSERT_FALSE(r.ok()) << "expected refusal: " << reason;
-    EXPECT_EQ(r.status().code(), StatusCode::kUnauthenticated);
-    EXPECT_THAT(r.status().message(), HasSubstr(std::string(reason)));
-    for (const std::string& s : {kSecret, kSecret2, kUnknownSecret}) {
-      EXPECT_THAT(r.status().message(), Not(HasSubstr(s)));
+  static ::testing::AssertionResult Refused(const Result<Claims>& r, std::string_view reason,
+                                            const std::string& token = "") {
+    if (r.ok()) return ::testing::AssertionFailure() << "accepted; expected refusal: " << reason;
+    const std::string msg = r.status().message();
+    if (r.status().code() != StatusCode::kUnauthenticated) {
+      return ::testing::AssertionFailure() << "code " << static_cast<int>(r.status().code())
+                                           << " instead of UNAUTHENTICATED: " << msg;
+    }
+    if (msg.find(reason) == std::string::npos) {
+      return ::testing::AssertionFailure() << "message \"" << msg << "\" does not name \""
+                                           << reason << "\"";
+    }
+    for (const std::string& secret : {kSecret, kSecret2, kUnknownSecret}) {
+      if (msg.find(secret) != std::string::npos) {
+        return ::testing::AssertionFailure() << "message leaks a secret: " << msg;
+      }
     }
     if (token.size() > 8) {
       for (const std::string& seg : Segments(token)) {
-        if (seg.size() > 8) {
-          EXPECT_THAT(r.status().message(), Not(HasSubstr(seg)));
+        if (seg.size() > 8 && msg.find(seg) != std::string::npos) {
+          return ::testing::AssertionFailure() << "message echoes the token: " << msg;
         }
       }
     }
+    return ::testing::AssertionSuccess();
   }
 
-  void ExpectPayloadRefused(const Json& payload, std::string_view reason,
-                            VerifyOptions o = {}) const {
+  ::testing::AssertionResult PayloadRefused(const Json& payload, std::string_view reason,
+                                            VerifyOptions o = {}) const {
     const std::string token = Signed(payload);
-    ExpectRefused(Verify(token, kNowMs, std::move(o)), reason, token);
+    return Refused(Verify(token, kNowMs, std::move(o)), reason, token);
   }
 
   Keyring keys_;
@@ -171,11 +181,11 @@ TEST_F(JwtTest, AcceptsHeaderWithoutTyp) {
 TEST_F(JwtTest, RefusesAlgNoneWithoutSignature) {
   const std::string token = Base64UrlEncode(R"({"alg":"none","typ":"JWT"})") + "." +
                             Base64UrlEncode(ValidPayload().dump()) + ".";
-  ExpectRefused(Verify(token), "alg not allowed", token);
+  EXPECT_TRUE(Refused(Verify(token), "alg not allowed", token));
 }
 
 TEST_F(JwtTest, RefusesAlgNoneEvenWithAValidHmac) {
-  ExpectRefused(Verify(Signed(ValidPayload(), R"({"alg":"none"})")), "alg not allowed");
+  EXPECT_TRUE(Refused(Verify(Signed(ValidPayload(), R"({"alg":"none"})")), "alg not allowed"));
 }
 
 TEST_F(JwtTest, RefusesOtherAlgorithms) {
@@ -184,7 +194,7 @@ TEST_F(JwtTest, RefusesOtherAlgorithms) {
         R"({"alg":"PS256"})", R"({"alg":"hs256"})", R"({"alg":"HS256 "})", R"({"alg":""})",
         R"({"alg":"None"})"}) {
     SCOPED_TRACE(header);
-    ExpectRefused(Verify(Signed(ValidPayload(), header)), "alg not allowed");
+    EXPECT_TRUE(Refused(Verify(Signed(ValidPayload(), header)), "alg not allowed"));
   }
 }
 
@@ -192,29 +202,29 @@ TEST_F(JwtTest, RefusesNonStringAlg) {
   for (const char* header : {R"({"alg":256})", R"({"alg":null})", R"({"alg":["HS256"]})",
                              R"({"alg":{"name":"HS256"}})", R"({"alg":true})"}) {
     SCOPED_TRACE(header);
-    ExpectRefused(Verify(Signed(ValidPayload(), header)), "alg not allowed");
+    EXPECT_TRUE(Refused(Verify(Signed(ValidPayload(), header)), "alg not allowed"));
   }
 }
 
 TEST_F(JwtTest, RefusesMissingAlg) {
-  ExpectRefused(Verify(Signed(ValidPayload(), R"({"typ":"JWT"})")), "alg missing");
+  EXPECT_TRUE(Refused(Verify(Signed(ValidPayload(), R"({"typ":"JWT"})")), "alg missing"));
 }
 
 TEST_F(JwtTest, RefusesDuplicateAlg) {
-  ExpectRefused(Verify(Signed(ValidPayload(), R"({"alg":"none","alg":"HS256"})")),
-                "header is not a JSON object");
-  ExpectRefused(Verify(Signed(ValidPayload(), R"({"alg":"HS256","alg":"HS256"})")),
-                "header is not a JSON object");
+  EXPECT_TRUE(Refused(Verify(Signed(ValidPayload(), R"({"alg":"none","alg":"HS256"})")),
+                "header is not a JSON object"));
+  EXPECT_TRUE(Refused(Verify(Signed(ValidPayload(), R"({"alg":"HS256","alg":"HS256"})")),
+                "header is not a JSON object"));
 }
 
 TEST_F(JwtTest, RefusesCriticalHeader) {
-  ExpectRefused(Verify(Signed(ValidPayload(), R"({"alg":"HS256","crit":["exp"]})")),
-                "crit is not supported");
+  EXPECT_TRUE(Refused(Verify(Signed(ValidPayload(), R"({"alg":"HS256","crit":["exp"]})")),
+                "crit is not supported"));
 }
 
 TEST_F(JwtTest, RefusesNonStringTyp) {
-  ExpectRefused(Verify(Signed(ValidPayload(), R"({"alg":"HS256","typ":1})")),
-                "typ is not a string");
+  EXPECT_TRUE(Refused(Verify(Signed(ValidPayload(), R"({"alg":"HS256","typ":1})")),
+                "typ is not a string"));
 }
 
 // --- Keys ------------------------------------------------------------------------------
@@ -230,34 +240,34 @@ TEST_F(JwtTest, KidSelectsTheKey) {
 TEST_F(JwtTest, RefusesTokenSignedWithAnotherKidsKey) {
   Claims c = ValidClaims();
   c.kid = "k2";
-  ExpectRefused(Verify(MintToken(kSecret, c)), "signature invalid");
+  EXPECT_TRUE(Refused(Verify(MintToken(kSecret, c)), "signature invalid"));
   c.kid = "";
-  ExpectRefused(Verify(MintToken(kSecret2, c)), "signature invalid");
+  EXPECT_TRUE(Refused(Verify(MintToken(kSecret2, c)), "signature invalid"));
 }
 
 TEST_F(JwtTest, RefusesUnknownKid) {
   Claims c = ValidClaims();
   c.kid = "k3";
-  ExpectRefused(Verify(MintToken(kSecret, c)), "kid names no known key");
+  EXPECT_TRUE(Refused(Verify(MintToken(kSecret, c)), "kid names no known key"));
 }
 
 TEST_F(JwtTest, RefusesBadKid) {
-  ExpectRefused(Verify(Signed(ValidPayload(), R"({"alg":"HS256","kid":7})")),
-                "kid is not a string");
-  ExpectRefused(Verify(Signed(ValidPayload(), R"({"alg":"HS256","kid":""})")), "bad kid length");
+  EXPECT_TRUE(Refused(Verify(Signed(ValidPayload(), R"({"alg":"HS256","kid":7})")),
+                "kid is not a string"));
+  EXPECT_TRUE(Refused(Verify(Signed(ValidPayload(), R"({"alg":"HS256","kid":""})")), "bad kid length"));
   const std::string long_kid = Json{{"alg", "HS256"}, {"kid", std::string(65, 'k')}}.dump();
-  ExpectRefused(Verify(Signed(ValidPayload(), long_kid)), "bad kid length");
+  EXPECT_TRUE(Refused(Verify(Signed(ValidPayload(), long_kid)), "bad kid length"));
 }
 
 TEST_F(JwtTest, RefusesTokenWithoutKidWhenThereIsNoDefaultKey) {
   Keyring only_k2;
   ASSERT_TRUE(only_k2.AddKey("k2", kSecret2).ok());
   TokenVerifier v(only_k2, revocations_, {});
-  ExpectRefused(v.Verify(MintToken(kSecret2, ValidClaims()), kNowMs), "no default key");
+  EXPECT_TRUE(Refused(v.Verify(MintToken(kSecret2, ValidClaims()), kNowMs), "no default key"));
 }
 
 TEST_F(JwtTest, RefusesUnknownSecret) {
-  ExpectRefused(Verify(MintToken(kUnknownSecret, ValidClaims())), "signature invalid");
+  EXPECT_TRUE(Refused(Verify(MintToken(kUnknownSecret, ValidClaims())), "signature invalid"));
 }
 
 // --- Tampering -------------------------------------------------------------------------
@@ -267,14 +277,14 @@ TEST_F(JwtTest, RefusesTamperedPayload) {
   Json p = ValidPayload();
   p["sub"] = "43";
   const std::string token = seg[0] + "." + Base64UrlEncode(p.dump()) + "." + seg[2];
-  ExpectRefused(Verify(token), "signature invalid", token);
+  EXPECT_TRUE(Refused(Verify(token), "signature invalid", token));
 }
 
 TEST_F(JwtTest, RefusesTamperedHeader) {
   std::vector<std::string> seg = Segments(MintToken(kSecret, ValidClaims()));
   const std::string token = Base64UrlEncode(R"({"alg":"HS256","typ":"JWT","x":1})") + "." +
                             seg[1] + "." + seg[2];
-  ExpectRefused(Verify(token), "signature invalid", token);
+  EXPECT_TRUE(Refused(Verify(token), "signature invalid", token));
 }
 
 TEST_F(JwtTest, RefusesEveryFlippedSignatureCharacter) {
@@ -291,8 +301,8 @@ TEST_F(JwtTest, RefusesEveryFlippedSignatureCharacter) {
 
 TEST_F(JwtTest, RefusesTruncatedAndExtendedSignature) {
   const std::string token = MintToken(kSecret, ValidClaims());
-  ExpectRefused(Verify(token.substr(0, token.size() - 4)), "signature invalid");
-  ExpectRefused(Verify(token + "AAAA"), "signature invalid");
+  EXPECT_TRUE(Refused(Verify(token.substr(0, token.size() - 4)), "signature invalid"));
+  EXPECT_TRUE(Refused(Verify(token + "AAAA"), "signature invalid"));
 }
 
 TEST_F(JwtTest, RefusesNonCanonicalSignatureEncoding) {
@@ -306,27 +316,27 @@ TEST_F(JwtTest, RefusesNonCanonicalSignatureEncoding) {
   const size_t v = alphabet.find(last);
   ASSERT_EQ(v & 3, 0u);
   t.back() = alphabet[v | 1];
-  ExpectRefused(Verify(t), "signature invalid");
+  EXPECT_TRUE(Refused(Verify(t), "signature invalid"));
 }
 
 // --- Shape -----------------------------------------------------------------------------
 
-TEST_F(JwtTest, RefusesEmptyToken) { ExpectRefused(Verify(""), "token missing"); }
+TEST_F(JwtTest, RefusesEmptyToken) { EXPECT_TRUE(Refused(Verify(""), "token missing")); }
 
 TEST_F(JwtTest, RefusesWrongSegmentCount) {
   const std::string token = MintToken(kSecret, ValidClaims());
   std::vector<std::string> seg = Segments(token);
-  ExpectRefused(Verify(seg[0] + "." + seg[1]), "not three segments");
-  ExpectRefused(Verify(token + "." + seg[2]), "not three segments");
-  ExpectRefused(Verify(seg[0]), "not three segments");
-  ExpectRefused(Verify(".."), "empty segment");
-  ExpectRefused(Verify("." + seg[1] + "." + seg[2]), "empty segment");
+  EXPECT_TRUE(Refused(Verify(seg[0] + "." + seg[1]), "not three segments"));
+  EXPECT_TRUE(Refused(Verify(token + "." + seg[2]), "not three segments"));
+  EXPECT_TRUE(Refused(Verify(seg[0]), "not three segments"));
+  EXPECT_TRUE(Refused(Verify(".."), "empty segment"));
+  EXPECT_TRUE(Refused(Verify("." + seg[1] + "." + seg[2]), "empty segment"));
 }
 
 TEST_F(JwtTest, RefusesOverlongToken) {
   Json p = ValidPayload();
   p["pad"] = std::string(kMaxTokenBytes, 'p');
-  ExpectRefused(Verify(Signed(p)), "token too long");
+  EXPECT_TRUE(Refused(Verify(Signed(p)), "token too long"));
 }
 
 TEST_F(JwtTest, AcceptsTokenJustUnderTheLengthLimit) {
@@ -344,8 +354,8 @@ TEST_F(JwtTest, AcceptsTokenJustUnderTheLengthLimit) {
 TEST_F(JwtTest, RefusesPaddedOrStandardBase64Segments) {
   const std::string token = MintToken(kSecret, ValidClaims());
   std::vector<std::string> seg = Segments(token);
-  ExpectRefused(Verify(seg[0] + "=." + seg[1] + "." + seg[2]), "header is not base64url");
-  ExpectRefused(Verify(seg[0] + "." + seg[1] + "." + seg[2] + "="), "signature invalid");
+  EXPECT_TRUE(Refused(Verify(seg[0] + "=." + seg[1] + "." + seg[2]), "header is not base64url"));
+  EXPECT_TRUE(Refused(Verify(seg[0] + "." + seg[1] + "." + seg[2] + "="), "signature invalid"));
   // A payload segment with a character outside the URL alphabet: refused (at the signature,
   // which covers the segment text, or at decoding).
   std::string bad_payload = seg[1];
@@ -357,7 +367,7 @@ TEST_F(JwtTest, RefusesPaddedOrStandardBase64Segments) {
   for (const char* bad : {"e30=", "e30+", "e3 0", "e"}) {
     SCOPED_TRACE(bad);
     const std::string t = SignSegments(kSecret, Base64UrlEncode(kHeader), bad);
-    ExpectRefused(Verify(t), "payload is not base64url");
+    EXPECT_TRUE(Refused(Verify(t), "payload is not base64url"));
   }
 }
 
@@ -369,29 +379,29 @@ TEST_F(JwtTest, RefusesHeaderThatIsNotAJsonObject) {
     ASSERT_FALSE(r.ok());
     EXPECT_EQ(r.status().code(), StatusCode::kUnauthenticated);
   }
-  ExpectRefused(Verify(Signed(ValidPayload(), "[1]")), "header is not a JSON object");
+  EXPECT_TRUE(Refused(Verify(Signed(ValidPayload(), "[1]")), "header is not a JSON object"));
 }
 
 TEST_F(JwtTest, RefusesPayloadThatIsNotAJsonObject) {
   for (const char* payload : {"[]", "42", "\"sub\"", "{", "{\"sub\":\"42\"}}", "null"}) {
     SCOPED_TRACE(payload);
-    ExpectRefused(Verify(MintRawToken(kSecret, kHeader, payload)),
-                  "payload is not a JSON object");
+    EXPECT_TRUE(Refused(Verify(MintRawToken(kSecret, kHeader, payload)),
+                  "payload is not a JSON object"));
   }
 }
 
 TEST_F(JwtTest, RefusesPayloadWithInvalidUtf8) {
-  ExpectRefused(Verify(MintRawToken(kSecret, kHeader,
+  EXPECT_TRUE(Refused(Verify(MintRawToken(kSecret, kHeader,
                                     R"({"sub":"42","iat":1,"exp":2,"jti":"a)"
                                     "\xC3\x28"
                                     R"("})")),
-                "payload is not a JSON object");
+                "payload is not a JSON object"));
 }
 
 TEST_F(JwtTest, RefusesDuplicateClaims) {
   const std::string p = R"({"sub":"42","sub":"1","iat":)" + std::to_string(kNowS) +
                         R"(,"exp":)" + std::to_string(kNowS + 60) + R"(,"jti":"a"})";
-  ExpectRefused(Verify(MintRawToken(kSecret, kHeader, p)), "payload is not a JSON object");
+  EXPECT_TRUE(Refused(Verify(MintRawToken(kSecret, kHeader, p)), "payload is not a JSON object"));
 }
 
 TEST_F(JwtTest, RefusesDeeplyNestedPayload) {
@@ -400,7 +410,7 @@ TEST_F(JwtTest, RefusesDeeplyNestedPayload) {
   for (int i = 0; i < 40; ++i) nested = "[" + nested + "]";
   std::string text = p.dump();
   text.insert(1, "\"deep\":" + nested + ",");
-  ExpectRefused(Verify(MintRawToken(kSecret, kHeader, text)), "payload is not a JSON object");
+  EXPECT_TRUE(Refused(Verify(MintRawToken(kSecret, kHeader, text)), "payload is not a JSON object"));
 }
 
 // --- Claims ----------------------------------------------------------------------------
@@ -410,7 +420,7 @@ TEST_F(JwtTest, RefusesEachMissingRequiredClaim) {
     SCOPED_TRACE(claim);
     Json p = ValidPayload();
     p.erase(claim);
-    ExpectPayloadRefused(p, std::string("token ") + claim + " missing");
+    EXPECT_TRUE(PayloadRefused(p, std::string("token ") + claim + " missing"));
   }
 }
 
@@ -421,7 +431,7 @@ TEST_F(JwtTest, RefusesMalformedSubject) {
     SCOPED_TRACE(sub);
     Json p = ValidPayload();
     p["sub"] = sub;
-    ExpectPayloadRefused(p, "sub is not a decimal non-zero user id");
+    EXPECT_TRUE(PayloadRefused(p, "sub is not a decimal non-zero user id"));
   }
 }
 
@@ -430,7 +440,7 @@ TEST_F(JwtTest, RefusesSubjectThatIsNotAString) {
     SCOPED_TRACE(sub.dump());
     Json p = ValidPayload();
     p["sub"] = sub;
-    ExpectPayloadRefused(p, "sub is not a decimal non-zero user id");
+    EXPECT_TRUE(PayloadRefused(p, "sub is not a decimal non-zero user id"));
   }
 }
 
@@ -442,7 +452,7 @@ TEST_F(JwtTest, RefusesNonIntegerTimes) {
       SCOPED_TRACE(std::string(claim) + "=" + v.dump());
       Json p = ValidPayload();
       p[claim] = v;
-      ExpectPayloadRefused(p, std::string("token ") + claim + " is not an integer timestamp");
+      EXPECT_TRUE(PayloadRefused(p, std::string("token ") + claim + " is not an integer timestamp"));
     }
   }
 }
@@ -450,7 +460,7 @@ TEST_F(JwtTest, RefusesNonIntegerTimes) {
 TEST_F(JwtTest, RefusesFloatTimeWrittenAsExponent) {
   const std::string p = R"({"sub":"42","iat":1.7e9,"exp":)" + std::to_string(kNowS + 60) +
                         R"(,"jti":"a"})";
-  ExpectRefused(Verify(MintRawToken(kSecret, kHeader, p)), "iat is not an integer timestamp");
+  EXPECT_TRUE(Refused(Verify(MintRawToken(kSecret, kHeader, p)), "iat is not an integer timestamp"));
 }
 
 TEST_F(JwtTest, JtiLengthBounds) {
@@ -458,11 +468,11 @@ TEST_F(JwtTest, JtiLengthBounds) {
   p["jti"] = std::string(kMaxJtiBytes, 'j');
   EXPECT_TRUE(Verify(Signed(p)).ok());
   p["jti"] = std::string(kMaxJtiBytes + 1, 'j');
-  ExpectPayloadRefused(p, "jti has a bad length");
+  EXPECT_TRUE(PayloadRefused(p, "jti has a bad length"));
   p["jti"] = "";
-  ExpectPayloadRefused(p, "jti has a bad length");
+  EXPECT_TRUE(PayloadRefused(p, "jti has a bad length"));
   p["jti"] = 17;
-  ExpectPayloadRefused(p, "jti is not a string");
+  EXPECT_TRUE(PayloadRefused(p, "jti is not a string"));
 }
 
 // --- Time ------------------------------------------------------------------------------
@@ -472,8 +482,8 @@ TEST_F(JwtTest, ExpiryHonoursLeewayToTheMillisecond) {
   const std::string token = MintToken(kSecret, c);
   const int64_t limit_ms = (c.exp + 30) * 1000;
   EXPECT_TRUE(Verify(token, limit_ms - 1).ok());
-  ExpectRefused(Verify(token, limit_ms), "token expired", token);
-  ExpectRefused(Verify(token, limit_ms + 86'400'000), "token expired", token);
+  EXPECT_TRUE(Refused(Verify(token, limit_ms), "token expired", token));
+  EXPECT_TRUE(Refused(Verify(token, limit_ms + 86'400'000), "token expired", token));
 }
 
 TEST_F(JwtTest, ExpiredWithoutLeeway) {
@@ -482,7 +492,7 @@ TEST_F(JwtTest, ExpiredWithoutLeeway) {
   VerifyOptions o;
   o.leeway_s = 0;
   EXPECT_TRUE(Verify(token, c.exp * 1000 - 1, o).ok());
-  ExpectRefused(Verify(token, c.exp * 1000, o), "token expired");
+  EXPECT_TRUE(Refused(Verify(token, c.exp * 1000, o), "token expired"));
 }
 
 TEST_F(JwtTest, IssuedInTheFutureHonoursLeeway) {
@@ -492,10 +502,10 @@ TEST_F(JwtTest, IssuedInTheFutureHonoursLeeway) {
   EXPECT_TRUE(Verify(MintToken(kSecret, c), kNowMs).ok());
   c.iat = kNowS + 31;
   c.exp = c.iat + 3600;
-  ExpectRefused(Verify(MintToken(kSecret, c), kNowMs), "issued in the future");
+  EXPECT_TRUE(Refused(Verify(MintToken(kSecret, c), kNowMs), "issued in the future"));
   // Same token, one millisecond later than the edge: accepted.
   EXPECT_TRUE(Verify(MintToken(kSecret, c), kNowMs + 1000).ok());
-  ExpectRefused(Verify(MintToken(kSecret, c), kNowMs + 999), "issued in the future");
+  EXPECT_TRUE(Refused(Verify(MintToken(kSecret, c), kNowMs + 999), "issued in the future"));
 }
 
 TEST_F(JwtTest, LifetimeOfAtMost24Hours) {
@@ -504,9 +514,9 @@ TEST_F(JwtTest, LifetimeOfAtMost24Hours) {
   c.exp = c.iat + 86'400;
   EXPECT_TRUE(Verify(MintToken(kSecret, c)).ok());
   c.exp = c.iat + 86'401;
-  ExpectRefused(Verify(MintToken(kSecret, c)), "lifetime exceeds");
+  EXPECT_TRUE(Refused(Verify(MintToken(kSecret, c)), "lifetime exceeds"));
   c.exp = c.iat + 10 * 86'400;
-  ExpectRefused(Verify(MintToken(kSecret, c)), "lifetime exceeds");
+  EXPECT_TRUE(Refused(Verify(MintToken(kSecret, c)), "lifetime exceeds"));
 }
 
 TEST_F(JwtTest, ConfigurableMaximumLifetime) {
@@ -514,7 +524,7 @@ TEST_F(JwtTest, ConfigurableMaximumLifetime) {
   c.exp = c.iat + 3601;
   VerifyOptions o;
   o.max_lifetime_s = 3600;
-  ExpectRefused(Verify(MintToken(kSecret, c), kNowMs, o), "lifetime exceeds");
+  EXPECT_TRUE(Refused(Verify(MintToken(kSecret, c), kNowMs, o), "lifetime exceeds"));
   c.exp = c.iat + 3600;
   EXPECT_TRUE(Verify(MintToken(kSecret, c), kNowMs, o).ok());
 }
@@ -522,9 +532,9 @@ TEST_F(JwtTest, ConfigurableMaximumLifetime) {
 TEST_F(JwtTest, RefusesExpNotAfterIat) {
   Claims c = ValidClaims();
   c.exp = c.iat;
-  ExpectRefused(Verify(MintToken(kSecret, c)), "exp is not after iat");
+  EXPECT_TRUE(Refused(Verify(MintToken(kSecret, c)), "exp is not after iat"));
   c.exp = c.iat - 100;
-  ExpectRefused(Verify(MintToken(kSecret, c)), "exp is not after iat");
+  EXPECT_TRUE(Refused(Verify(MintToken(kSecret, c)), "exp is not after iat"));
 }
 
 TEST_F(JwtTest, HonoursNotBefore) {
@@ -532,9 +542,9 @@ TEST_F(JwtTest, HonoursNotBefore) {
   p["nbf"] = kNowS + 30;
   EXPECT_TRUE(Verify(Signed(p)).ok());
   p["nbf"] = kNowS + 31;
-  ExpectPayloadRefused(p, "not yet valid");
+  EXPECT_TRUE(PayloadRefused(p, "not yet valid"));
   p["nbf"] = "soon";
-  ExpectPayloadRefused(p, "nbf is not an integer timestamp");
+  EXPECT_TRUE(PayloadRefused(p, "nbf is not an integer timestamp"));
 }
 
 // --- Audience and issuer ---------------------------------------------------------------
@@ -554,13 +564,13 @@ TEST_F(JwtTest, AudienceCheckedOnlyWhenConfigured) {
   EXPECT_EQ(r->aud, "iris");
 
   p["aud"] = "other";
-  ExpectPayloadRefused(p, "audience does not match", o);
+  EXPECT_TRUE(PayloadRefused(p, "audience does not match", o));
   p["aud"] = Json::array({"other", "Iris"});
-  ExpectPayloadRefused(p, "audience does not match", o);
+  EXPECT_TRUE(PayloadRefused(p, "audience does not match", o));
   p["aud"] = Json::array();
-  ExpectPayloadRefused(p, "audience does not match", o);
+  EXPECT_TRUE(PayloadRefused(p, "audience does not match", o));
   p.erase("aud");
-  ExpectPayloadRefused(p, "aud missing", o);
+  EXPECT_TRUE(PayloadRefused(p, "aud missing", o));
 
   // Not configured: any well-formed aud (or none) is accepted.
   p["aud"] = "other";
@@ -572,9 +582,9 @@ TEST_F(JwtTest, AudienceCheckedOnlyWhenConfigured) {
 TEST_F(JwtTest, RefusesMalformedAudience) {
   Json p = ValidPayload();
   p["aud"] = 5;
-  ExpectPayloadRefused(p, "aud is not a string or an array of strings");
+  EXPECT_TRUE(PayloadRefused(p, "aud is not a string or an array of strings"));
   p["aud"] = Json::array({"iris", 5});
-  ExpectPayloadRefused(p, "aud is not a string or an array of strings");
+  EXPECT_TRUE(PayloadRefused(p, "aud is not a string or an array of strings"));
 }
 
 TEST_F(JwtTest, IssuerCheckedOnlyWhenConfigured) {
@@ -586,12 +596,12 @@ TEST_F(JwtTest, IssuerCheckedOnlyWhenConfigured) {
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(r->iss, "https://id.example");
   p["iss"] = "https://evil.example";
-  ExpectPayloadRefused(p, "issuer does not match", o);
+  EXPECT_TRUE(PayloadRefused(p, "issuer does not match", o));
   EXPECT_TRUE(Verify(Signed(p)).ok());  // not configured
   p["iss"] = 3;
-  ExpectPayloadRefused(p, "iss is not a string");
+  EXPECT_TRUE(PayloadRefused(p, "iss is not a string"));
   p.erase("iss");
-  ExpectPayloadRefused(p, "iss missing", o);
+  EXPECT_TRUE(PayloadRefused(p, "iss missing", o));
 }
 
 TEST_F(JwtTest, MintTokenCarriesAudienceAndIssuer) {
@@ -613,7 +623,7 @@ TEST_F(JwtTest, RefusesRevokedJti) {
   const std::string token = MintToken(kSecret, ValidClaims());
   ASSERT_TRUE(Verify(token).ok());
   revocations_.RevokeJti("jti-0001", kNowMs + kJtiRetentionMs);
-  ExpectRefused(Verify(token), "token revoked", token);
+  EXPECT_TRUE(Refused(Verify(token), "token revoked", token));
   Claims other = ValidClaims();
   other.jti = "jti-0002";
   EXPECT_TRUE(Verify(MintToken(kSecret, other)).ok());
@@ -622,7 +632,7 @@ TEST_F(JwtTest, RefusesRevokedJti) {
 TEST_F(JwtTest, RefusesTokenIssuedBeforeUserRevocation) {
   const Claims c = ValidClaims();  // iat = kNowS - 10
   revocations_.RevokeUserBefore(42, c.iat * 1000 + 1);
-  ExpectRefused(Verify(MintToken(kSecret, c)), "token revoked");
+  EXPECT_TRUE(Refused(Verify(MintToken(kSecret, c)), "token revoked"));
 
   Claims later = c;
   later.iat = c.iat + 1;  // issued after the cut-off (iat * 1000 >= before)
