@@ -254,6 +254,21 @@ void Connection::OnFlush() {
   UpdateInterest();
 }
 
+ssize_t Connection::SendAvailable(std::string_view data) {
+  size_t sent = 0;
+  while (sent < data.size()) {
+    const ssize_t n = send(fd_, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
+    if (n >= 0) {
+      sent += static_cast<size_t>(n);
+    } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      break;
+    } else if (errno != EINTR) {
+      return -1;
+    }
+  }
+  return static_cast<ssize_t>(sent);
+}
+
 void Connection::DoWriteRecords() {
   want_write_ = false;
   if (out_pos_ < out_.size()) {
@@ -265,20 +280,12 @@ void Connection::DoWriteRecords() {
       std::string& buf = loop_.seal_buffer();
       buf.clear();
       sealed = records_->SealApplicationData(plain, &buf);
-      size_t sent = 0;
-      while (sealed.ok() && sent < buf.size()) {
-        const ssize_t n = send(fd_, buf.data() + sent, buf.size() - sent, MSG_NOSIGNAL);
-        if (n >= 0) {
-          sent += static_cast<size_t>(n);
-        } else if (errno != EINTR) {
-          if (errno != EAGAIN && errno != EWOULDBLOCK) {
-            Finish("write failed");
-            return;
-          }
-          break;
-        }
+      const ssize_t sent = sealed.ok() ? SendAvailable(buf) : 0;
+      if (sent < 0) {
+        Finish("write failed");
+        return;
       }
-      wire_.assign(buf, sent);
+      wire_.assign(buf, static_cast<size_t>(sent));
       wire_pos_ = 0;
     } else {
       sealed = records_->SealApplicationData(plain, &wire_);
@@ -299,19 +306,17 @@ void Connection::DoWriteRecords() {
     Finish(close_reason_);
     return;
   }
-  while (wire_pos_ < wire_.size()) {
-    const ssize_t n =
-        send(fd_, wire_.data() + wire_pos_, wire_.size() - wire_pos_, MSG_NOSIGNAL);
+  if (wire_pos_ < wire_.size()) {
+    const ssize_t n = SendAvailable(std::string_view(wire_).substr(wire_pos_));
     if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        want_write_ = true;
-        return;
-      }
       Finish("write failed");
       return;
     }
     wire_pos_ += static_cast<size_t>(n);
+    if (wire_pos_ < wire_.size()) {
+      want_write_ = true;  // the socket is full
+      return;
+    }
   }
   std::string().swap(wire_);
   wire_pos_ = 0;

@@ -18,6 +18,7 @@
 // Delegate::OnClosed() it must be destroyed (e.g. with EventLoop::Defer), not used again.
 
 #include <openssl/ssl.h>
+#include <sys/types.h>
 
 #include <cstdint>
 #include <memory>
@@ -90,6 +91,8 @@ class Connection final : public EventLoop::Handler {
   size_t ProcessRecords(std::span<uint8_t> buf);
   void DoWrite();
   void DoWriteRecords();
+  // Sends as much of `data` as the socket takes now: the bytes sent, or -1 on an error.
+  ssize_t SendAvailable(std::string_view data);
   void UpdateInterest();
   void Finish(std::string_view reason);
 

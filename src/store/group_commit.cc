@@ -442,16 +442,12 @@ void InboxStore::Impl::CommitBatch(std::vector<CommitRequest>& requests) {
   if (user_cache_.size() > options_.user_cache_max_entries) {
     // A cached user can be dropped between batches — loading recounts what its persisted
     // state does not cover — unless a batch still in flight touched it.
-    auto inflight = [&](uint64_t user) {
-      for (const auto& v : inflight_users_) {
-        if (std::find(v.begin(), v.end(), user) != v.end()) return true;
-      }
-      return false;
-    };
+    std::unordered_set<uint64_t> inflight;
+    for (const auto& v : inflight_users_) inflight.insert(v.begin(), v.end());
     auto it = user_cache_.begin();
     while (it != user_cache_.end() &&
            user_cache_.size() > options_.user_cache_max_entries * 9 / 10) {
-      it = inflight(it->first) ? std::next(it) : user_cache_.erase(it);
+      it = inflight.count(it->first) != 0 ? std::next(it) : user_cache_.erase(it);
     }
   }
 }
