@@ -1,6 +1,6 @@
 // Group commit: the commit queue, the commit thread and the sync thread.
 //
-// The commit thread takes everything queued while the previous batch was being built
+// The commit thread takes everything queued while the sync thread wrote the previous batch
 // (bounded by max_batch_requests / max_batch_bytes) and builds ONE WriteBatch — envelopes
 // with their HLC ids, dedup entries, per-user counters, archive moves, small records and
 // the HLC high-water mark. The sync thread writes it with sync=true, and only then answers
