@@ -241,6 +241,27 @@ INSTANTIATE_TEST_SUITE_P(Suites, ConnectionTest,
                            return s.empty() ? std::string("Default") : s;
                          });
 
+// Holds a loop's thread from construction to destruction (also when an assertion returns
+// early). The closure owns what it waits on, so it outlives this object safely.
+class LoopHold {
+ public:
+  explicit LoopHold(EventLoop& loop) {
+    auto holding = std::make_shared<std::promise<void>>();
+    std::future<void> held = holding->get_future();
+    loop.Post([holding, released = release_.get_future().share()] {
+      holding->set_value();
+      released.wait();
+    });
+    held.wait();
+  }
+  ~LoopHold() { release_.set_value(); }
+  LoopHold(const LoopHold&) = delete;
+  LoopHold& operator=(const LoopHold&) = delete;
+
+ private:
+  std::promise<void> release_;
+};
+
 class ConnectionAttackTest : public ConnectionTest {};
 
 TEST_P(ConnectionAttackTest, ForgedRecordClosesTheConnection) {
@@ -268,29 +289,18 @@ TEST_P(ConnectionAttackTest, DataRightBehindTheFinishedMessageIsNotLost) {
   // Finished message and the first application record wait in the socket together.
   SSL_set_connect_state(ssl_);
   ASSERT_EQ(fcntl(client_fd_, F_SETFL, O_NONBLOCK), 0);
-  // Holds the loop thread until the returned promise is fulfilled.
-  const auto hold = [this](std::promise<void>& release) {
-    std::promise<void> holding;
-    loop_.Post([&] {
-      holding.set_value();
-      release.get_future().wait();
-    });
-    holding.get_future().wait();
-  };
   {
-    std::promise<void> release;
-    hold(release);
+    LoopHold hold(loop_);
     ASSERT_EQ(SSL_connect(ssl_), -1);  // ClientHello sent; the server cannot answer yet
     ASSERT_EQ(SSL_get_error(ssl_, -1), SSL_ERROR_WANT_READ);
-    release.set_value();
   }
   pollfd p{client_fd_, POLLIN, 0};
   ASSERT_EQ(poll(&p, 1, 10'000), 1) << "no server flight";
-  std::promise<void> release;
-  hold(release);  // the server's whole flight went out in the turn before this
-  ASSERT_EQ(SSL_connect(ssl_), 1) << OpenSslError();
-  ASSERT_EQ(SSL_write(ssl_, "first", 5), 5);
-  release.set_value();
+  {
+    LoopHold hold(loop_);  // the server's whole flight went out in the turn before this
+    ASSERT_EQ(SSL_connect(ssl_), 1) << OpenSslError();
+    ASSERT_EQ(SSL_write(ssl_, "first", 5), 5);
+  }
   ASSERT_TRUE(WaitFor([&] { return echo_.received.load() == 5; }));
   EXPECT_TRUE(echo_.offloaded) << "OpenSSL read past the Finished message";
   ASSERT_EQ(fcntl(client_fd_, F_SETFL, 0), 0);
