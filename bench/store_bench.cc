@@ -34,6 +34,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -97,12 +98,23 @@ double Percentile(std::vector<int64_t>& v, double p) {
   return static_cast<double>(v[k]);
 }
 
-// 200 bytes that look like what the store really holds, ciphertext: incompressible.
+// 200 bytes that look like what the store really holds, ciphertext: incompressible. Drawn
+// from 4,096 bodies generated once (seeded): generating 200 random bytes per append cost
+// the load generator ~6 % of the machine's CPU at 100,000 appends/s, taken from the store.
 std::string Body() {
-  thread_local std::mt19937_64 rng(0x1515);
-  std::string b(200, '\0');
-  for (char& c : b) c = static_cast<char>(rng());
-  return b;
+  static const std::vector<std::string> pool = [] {
+    std::mt19937_64 rng(0x1515);
+    std::vector<std::string> bodies(4096, std::string(200, '\0'));
+    for (std::string& b : bodies) {
+      for (size_t i = 0; i < b.size(); i += 8) {
+        const uint64_t r = rng();
+        std::memcpy(b.data() + i, &r, std::min<size_t>(8, b.size() - i));
+      }
+    }
+    return bodies;
+  }();
+  thread_local size_t next = 0;
+  return pool[next++ % pool.size()];
 }
 
 // A 16-byte idempotency key that, like a UUIDv7, grows with time for one sender.
