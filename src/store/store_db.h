@@ -44,6 +44,8 @@ struct StoreDbOptions {
   std::string path;
   const Clock* clock = nullptr;  // for dedup expiry; must outlive the StoreDb
   int64_t dedup_window_ms = 0;
+  // The inbox memtable (others get a quarter). InboxStore passes StoreOptions::
+  // write_buffer_bytes (64 MiB); this smaller default serves tests that open a StoreDb alone.
   size_t write_buffer_bytes = 8u << 20;
   size_t block_cache_bytes = 128u << 20;
   int max_background_jobs = 2;
