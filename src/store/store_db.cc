@@ -142,9 +142,10 @@ Status StoreDb::OpenLocked() {
   // inside the synced write that switches the memtable. On tmpfs that zeroes ~70 MiB there
   // and then (a measured 22-26 ms stall of every append in flight, once per memtable), and on
   // ext4 every synced write into the preallocated range must also convert an unwritten
-  // extent. Growing the files as they are written costs neither.
+  // extent. Growing the files as they are written costs neither (an append still updates
+  // the file size, as it did before).
   db_options.allow_fallocate = false;
-  // One writer (the commit thread): no concurrent memtable inserts, which would also
+  // One writer (the store's sync thread): no concurrent memtable inserts, which would also
   // disable the insert hints below.
   db_options.allow_concurrent_memtable_write = false;
   db_options.listeners.push_back(std::make_shared<ManualHardErrorRecovery>());
