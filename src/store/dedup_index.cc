@@ -21,12 +21,12 @@ DedupIndex::DedupIndex(const DedupIndexOptions& options, const Clock& clock, con
     : options_(options),
       clock_(clock),
       db_(db),
+      // Room for the bound plus what one batch adds before Evict() runs: growing the index
+      // of a million keys would rehash it on the commit thread (a latency spike for every
+      // append queued behind it).
+      hot_(options.hot_max_entries + 4096),
       bloom_(kDayMs, RingSlots(options.window_ms), options.bloom_keys_per_day,
-             options.bloom_bits_per_key, clock.MonoMillis()) {
-  // All buckets up front: growing a map of a million keys rehashes it on the commit thread
-  // (tens of milliseconds, a latency spike for every append queued behind it).
-  hot_.reserve(options.hot_max_entries + 1);
-}
+             options.bloom_bits_per_key, clock.MonoMillis()) {}
 
 DedupIndex::~DedupIndex() {
   stop_rebuild_.store(true, std::memory_order_release);
@@ -37,19 +37,20 @@ uint64_t DedupIndex::Hash(std::string_view dedup_key) {
   return XXH3_64bits(dedup_key.data(), dedup_key.size());
 }
 
-Result<std::optional<DedupIndex::Hit>> DedupIndex::Lookup(const std::string& dedup_key) {
+Result<std::optional<DedupIndex::Hit>> DedupIndex::Lookup(std::string_view dedup_key,
+                                                          uint64_t hash) {
   const int64_t now = clock_.WallMillis();
   auto live = [&](const DedupEntry& e) { return e.accepted_ms + options_.window_ms > now; };
 
-  if (auto it = hot_.find(dedup_key); it != hot_.end()) {
-    if (!live(it->second.entry)) return std::optional<Hit>();
+  if (const HotDedupTable::Value* hot = hot_.Find(dedup_key, hash)) {
+    if (!live(hot->entry)) return std::optional<Hit>();
     hot_hits_.fetch_add(1, std::memory_order_relaxed);
-    return std::optional<Hit>(Hit{it->second.entry, it->second.batch_seq});
+    return std::optional<Hit>(Hit{hot->entry, hot->batch_seq});
   }
   if (bloom_ready_.load(std::memory_order_acquire)) {
     std::lock_guard<std::mutex> lock(bloom_mu_);
     bloom_.Advance(clock_.MonoMillis());
-    if (!bloom_.MayContain(Hash(dedup_key))) {
+    if (!bloom_.MayContain(hash)) {
       bloom_negatives_.fetch_add(1, std::memory_order_relaxed);
       return std::optional<Hit>();
     }
@@ -57,7 +58,8 @@ Result<std::optional<DedupIndex::Hit>> DedupIndex::Lookup(const std::string& ded
   db_lookups_.fetch_add(1, std::memory_order_relaxed);
   std::string value;
   const rocksdb::Status s =
-      db_.db()->Get(rocksdb::ReadOptions(), db_.cf(Cf::kDedup), dedup_key, &value);
+      db_.db()->Get(rocksdb::ReadOptions(), db_.cf(Cf::kDedup),
+                    rocksdb::Slice(dedup_key.data(), dedup_key.size()), &value);
   if (s.IsNotFound()) return std::optional<Hit>();
   if (!s.ok()) return FromRocks(s, "store: dedup lookup");
   const std::optional<DedupEntry> e = DecodeDedupEntry(value);
@@ -66,28 +68,19 @@ Result<std::optional<DedupIndex::Hit>> DedupIndex::Lookup(const std::string& ded
   return std::optional<Hit>(Hit{*e, 0});
 }
 
-void DedupIndex::Remember(const std::string& dedup_key, const DedupEntry& entry,
+void DedupIndex::Remember(std::string_view dedup_key, uint64_t hash, const DedupEntry& entry,
                           uint64_t batch_seq) {
   const int64_t mono = clock_.MonoMillis();
-  hot_[dedup_key] = HotEntry{entry, batch_seq, mono};
-  hot_order_.emplace_back(mono, dedup_key);
+  hot_.Insert(dedup_key, hash, HotDedupTable::Value{entry, batch_seq, mono});
   std::lock_guard<std::mutex> lock(bloom_mu_);
   bloom_.Advance(mono);
-  bloom_.Add(Hash(dedup_key));
+  bloom_.Add(hash);
 }
 
-void DedupIndex::Forget(const std::string& dedup_key) { hot_.erase(dedup_key); }
+void DedupIndex::Forget(std::string_view dedup_key) { hot_.Forget(dedup_key, Hash(dedup_key)); }
 
 void DedupIndex::Evict() {
-  const int64_t mono = clock_.MonoMillis();
-  while (!hot_order_.empty()) {
-    auto& [inserted, key] = hot_order_.front();
-    const bool expired = inserted + options_.hot_window_ms <= mono;
-    if (!expired && hot_.size() <= options_.hot_max_entries) break;
-    auto it = hot_.find(key);
-    if (it != hot_.end() && it->second.inserted_mono_ms == inserted) hot_.erase(it);
-    hot_order_.pop_front();
-  }
+  hot_.Evict(clock_.MonoMillis() - options_.hot_window_ms, options_.hot_max_entries);
 }
 
 void DedupIndex::StartRebuild() {

@@ -18,17 +18,16 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
-#include <unordered_map>
 
 #include "common/clock.h"
 #include "common/status.h"
 #include "store/bloom_ring.h"
+#include "store/hot_dedup_table.h"
 #include "store/store_db.h"
 #include "store/store_keys.h"
 
@@ -59,16 +58,20 @@ class DedupIndex {
     uint64_t batch_seq;  // the commit batch that wrote it (0 = durable before this run)
   };
 
-  // The first acceptance of `dedup_key` (DedupKey(sender, key)) within the window, or
-  // nullopt. Errors: INTERNAL when the column family cannot be read.
-  Result<std::optional<Hit>> Lookup(const std::string& dedup_key);
+  // The hash every tier is keyed on; compute it once per key and pass it to both calls.
+  static uint64_t Hash(std::string_view dedup_key);
+
+  // The first acceptance of `dedup_key` (DedupKey(sender, key); `hash` = Hash(dedup_key))
+  // within the window, or nullopt. Errors: INTERNAL when the column family cannot be read.
+  Result<std::optional<Hit>> Lookup(std::string_view dedup_key, uint64_t hash);
 
   // Records an acceptance made by batch `batch_seq` (hot tier and Bloom filters). The
   // caller writes the `dedup` column family entry in the same batch.
-  void Remember(const std::string& dedup_key, const DedupEntry& entry, uint64_t batch_seq);
+  void Remember(std::string_view dedup_key, uint64_t hash, const DedupEntry& entry,
+                uint64_t batch_seq);
   // Undoes Remember for a batch that failed to commit (the Bloom bit stays: a false
   // positive is harmless).
-  void Forget(const std::string& dedup_key);
+  void Forget(std::string_view dedup_key);
   // Drops hot entries past the hot window or over the size bound.
   void Evict();
 
@@ -81,21 +84,13 @@ class DedupIndex {
   DedupStats stats() const;
 
  private:
-  struct HotEntry {
-    DedupEntry entry;
-    uint64_t batch_seq;
-    int64_t inserted_mono_ms;
-  };
   void RunRebuild();
-  static uint64_t Hash(std::string_view dedup_key);
 
   const DedupIndexOptions options_;
   const Clock& clock_;
   const StoreDb& db_;
 
-  // Commit thread only.
-  std::unordered_map<std::string, HotEntry> hot_;
-  std::deque<std::pair<int64_t, std::string>> hot_order_;  // (inserted mono ms, key)
+  HotDedupTable hot_;  // commit thread only
 
   mutable std::mutex bloom_mu_;
   mutable std::condition_variable bloom_cv_;

@@ -230,9 +230,11 @@ void InboxStore::Impl::AddDelete(Cf cf, std::string_view key) {
 
 void InboxStore::Impl::BuildAppend(AppendRequest& a) {
   std::string dedup_key;
+  uint64_t dedup_hash = 0;
   if (!a.idempotency_key.empty()) {
     dedup_key = DedupKey(a.sender, a.idempotency_key);
-    Result<std::optional<DedupIndex::Hit>> hit = dedup_->Lookup(dedup_key);
+    dedup_hash = DedupIndex::Hash(dedup_key);
+    Result<std::optional<DedupIndex::Hit>> hit = dedup_->Lookup(dedup_key, dedup_hash);
     if (!hit.ok()) {
       cur_->completions.push_back(Completion{std::move(a.done), nullptr, std::nullopt, hit.status()});
       return;
@@ -276,7 +278,7 @@ void InboxStore::Impl::BuildAppend(AppendRequest& a) {
   if (!dedup_key.empty()) {
     const DedupEntry entry{first_id, static_cast<int64_t>(now)};
     AddPut(Cf::kDedup, dedup_key, EncodeDedupEntry(entry));
-    dedup_->Remember(dedup_key, entry, batch_seq_);
+    dedup_->Remember(dedup_key, dedup_hash, entry, batch_seq_);
     cur_->remembered.push_back(std::move(dedup_key));
   }
   cur_->envelopes += a.envelopes.size();

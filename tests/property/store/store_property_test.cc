@@ -5,17 +5,22 @@
 //    into the archive (every message exactly once, in id order, across both);
 //  - ids stay strictly increasing per inbox while the wall clock moves back and forth by up
 //    to 30 s, across restarts;
-//  - inbox keys sort as (user, id).
+//  - inbox keys sort as (user, id);
+//  - the dedup hot tier's table answers exactly like a plain map plus an insertion-order
+//    queue, under hash collisions, long keys, growth and the wrap of its sequence numbers.
 #include <gtest/gtest.h>
 #include <rapidcheck.h>
 #include <rapidcheck/gtest.h>
 
 #include <condition_variable>
+#include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <set>
 
 #include "common/clock.h"
+#include "store/hot_dedup_table.h"
 #include "store/inbox_store.h"
 #include "store/store_keys.h"
 #include "unit/store/store_test_util.h"
@@ -256,6 +261,84 @@ RC_GTEST_PROP(StorePropertyTest, InboxKeysSortAsUserThenId,
   RC_ASSERT(p.has_value());
   RC_ASSERT(p->user == user_a);
   RC_ASSERT(p->id == id_a);
+}
+
+RC_GTEST_PROP(StorePropertyTest, HotDedupTableAnswersLikeAMapWithAnEvictionQueue, ()) {
+  // Few distinct keys and a handful of hash values: most probes collide, on tags and homes.
+  const size_t expected = *rc::gen::inRange<size_t>(1, 40);
+  const uint64_t first_seq = *rc::gen::element<uint64_t>(0, (uint64_t{1} << 32) - 20,
+                                                         (uint64_t{1} << 33) - 3);
+  HotDedupTable table(expected, first_seq);
+  struct ModelEntry {
+    std::string key;
+    uint64_t hash;
+    HotDedupTable::Value value;
+    bool live;
+  };
+  std::deque<ModelEntry> model;  // oldest first, as the table's ring
+  auto hash_of = [](const std::string& key) {
+    // Deliberately poor: 8 tags (the hash's top bits), several at the ends of small tables
+    // so probe runs wrap, and two full hashes per tag.
+    static constexpr uint64_t kTags[] = {0, 1, 14, 15, 31, 63, 16, 1};
+    const size_t h = std::hash<std::string>{}(key);
+    return (kTags[h % 8] << 33) | ((h >> 3) & 1);
+  };
+  auto key_of = [](int k) {
+    // Short keys stay inline in the slot; every third one is longer than kInlineKeyBytes.
+    std::string key = "k" + std::to_string(k);
+    if (k % 3 == 0) key.append(HotDedupTable::kInlineKeyBytes, static_cast<char>('a' + k % 26));
+    return key;
+  };
+  int64_t now = 0;
+  const int steps = *rc::gen::inRange(1, 400);
+  for (int step = 0; step < steps; ++step) {
+    const int op = *rc::gen::inRange(0, 10);
+    const std::string key = key_of(*rc::gen::inRange(0, 30));
+    const uint64_t hash = hash_of(key);
+    if (op < 6) {
+      const HotDedupTable::Value v{DedupEntry{static_cast<uint64_t>(step) + 1, now},
+                                   static_cast<uint64_t>(step), now};
+      table.Insert(key, hash, v);
+      for (ModelEntry& m : model) {
+        if (m.key == key) m.live = false;
+      }
+      model.push_back(ModelEntry{key, hash, v, true});
+    } else if (op < 7) {
+      table.Forget(key, hash);
+      for (ModelEntry& m : model) {
+        if (m.key == key) m.live = false;
+      }
+    } else if (op < 9) {
+      now += *rc::gen::inRange<int64_t>(0, 5);
+      const int64_t through = now - *rc::gen::inRange<int64_t>(0, 10);
+      const size_t max_entries = *rc::gen::inRange<size_t>(0, 50);
+      table.Evict(through, max_entries);
+      while (!model.empty() &&
+             (model.front().value.inserted_mono_ms <= through || model.size() > max_entries)) {
+        model.pop_front();
+      }
+    }
+    // Every key answers as the model does.
+    for (int k = 0; k < 30; ++k) {
+      const std::string probe = key_of(k);
+      const HotDedupTable::Value* got = table.Find(probe, hash_of(probe));
+      const ModelEntry* want = nullptr;
+      for (const ModelEntry& m : model) {
+        if (m.live && m.key == probe) want = &m;
+      }
+      RC_ASSERT((got != nullptr) == (want != nullptr));
+      if (got != nullptr) {
+        RC_ASSERT(got->entry.first_id == want->value.entry.first_id);
+        RC_ASSERT(got->batch_seq == want->value.batch_seq);
+        RC_ASSERT(got->inserted_mono_ms == want->value.inserted_mono_ms);
+      }
+    }
+    RC_ASSERT(table.size() == model.size());
+    size_t live = 0;
+    for (const ModelEntry& m : model) live += m.live ? 1 : 0;
+    RC_ASSERT(table.live() == live);
+    RC_ASSERT(table.size() * 10 <= table.index_cells() * 7);
+  }
 }
 
 }  // namespace
