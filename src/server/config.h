@@ -36,6 +36,8 @@ struct ServerConfig {
   double failed_logins_per_hour = 10;
   uint64_t max_output_bytes = 1 << 20;
   uint32_t inbox_cap = 10'000;
+  uint64_t dedup_bloom_keys_per_day = 1'000'000;  // each daily filter's size (10 bits/key)
+  uint64_t dedup_hot_entries = 1'000'000;         // bound of the in-memory 5-minute tier
   uint32_t shutdown_grace_ms = 5'000;
   std::string log_level = "info";
   int degradation_level = -1;      // -1: follow load; 0..3 forces a level (tests, drills)

@@ -181,6 +181,8 @@ Result<std::unique_ptr<Server>> Server::Create(const ServerConfig& config) {
   so.path = c.data_dir + "/store";
   so.node_id = static_cast<uint8_t>(c.node_id);
   so.inbox_cap = c.inbox_cap;
+  so.dedup_bloom_keys_per_day = c.dedup_bloom_keys_per_day;
+  so.dedup_hot_max_entries = static_cast<size_t>(c.dedup_hot_entries);
   obs::Histogram* db_write = &obs::Registry::Default().GetHistogram(
       "iris_db_write_latency_seconds", "Durable append: one group-committed WAL write with sync");
   so.write_latency_observer = [db_write](int64_t nanos) {
@@ -293,6 +295,24 @@ Status Server::Start() {
   obs::Registry::Default().AddCallbackCounter(
       "iris_storage_full_errors_total", "Failed store writes because the disk was full",
       [s = m.store.get()] { return static_cast<double>(s->Stats().storage_full_errors); });
+  obs::Registry::Default().AddCallbackCounter(
+      "iris_dedup_bloom_negatives_total",
+      "New idempotency keys the dedup Bloom filters cleared without a read",
+      [s = m.store.get()] { return static_cast<double>(s->Stats().dedup_bloom_negatives); });
+  obs::Registry::Default().AddCallbackCounter(
+      "iris_dedup_db_lookups_total",
+      "Idempotency keys looked up in the dedup column family (Bloom filter said maybe)",
+      [s = m.store.get()] { return static_cast<double>(s->Stats().dedup_db_lookups); });
+  obs::Registry::Default().AddCallbackGauge(
+      "iris_dedup_bloom_fill_ratio",
+      "Keys in today's dedup Bloom filter / --dedup-bloom-keys-per-day (over 1: raise it)",
+      [s = m.store.get()] {
+        const store::StoreStats st = s->Stats();
+        return st.dedup_bloom_keys_per_day == 0
+                   ? 0.0
+                   : static_cast<double>(st.dedup_bloom_keys_today) /
+                         static_cast<double>(st.dedup_bloom_keys_per_day);
+      });
   if (m.edge) {
     obs::Registry::Default().AddCallbackGauge("iris_connections_open", "Client connections open",
                                               [e = m.edge.get()] {

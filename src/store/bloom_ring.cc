@@ -42,17 +42,14 @@ void BloomFilter::Clear() { std::fill(words_.begin(), words_.end(), 0); }
 
 BloomRing::BloomRing(int64_t slot_ms, int slots, uint64_t keys_per_slot, uint32_t bits_per_key,
                      int64_t origin_mono_ms)
-    : slot_ms_(std::max<int64_t>(slot_ms, 1)), origin_mono_ms_(origin_mono_ms) {
+    : slot_ms_(std::max<int64_t>(slot_ms, 1)),
+      origin_mono_ms_(origin_mono_ms),
+      keys_per_slot_(keys_per_slot) {
   const int n = std::max(slots, 2);
   slots_.reserve(n);
   for (int i = 0; i < n; ++i) slots_.push_back(Slot{0, BloomFilter(keys_per_slot, bits_per_key)});
   // Slot days newest-n+1 .. newest (= 0).
   for (int64_t d = -(n - 1); d <= 0; ++d) SlotFor(d).day = d;
-}
-
-BloomRing::Slot& BloomRing::SlotFor(int64_t day) {
-  const int64_t n = static_cast<int64_t>(slots_.size());
-  return slots_[static_cast<size_t>(((day % n) + n) % n)];
 }
 
 void BloomRing::Advance(int64_t mono_ms) {
@@ -62,6 +59,7 @@ void BloomRing::Advance(int64_t mono_ms) {
   for (int64_t d = std::max(newest_ + 1, day - n + 1); d <= day; ++d) {
     Slot& s = SlotFor(d);
     s.filter.Clear();
+    s.keys = 0;
     s.day = d;
   }
   newest_ = day;
@@ -70,7 +68,9 @@ void BloomRing::Advance(int64_t mono_ms) {
 void BloomRing::Add(uint64_t hash, int64_t age_slots) {
   const int64_t n = static_cast<int64_t>(slots_.size());
   const int64_t day = newest_ - std::clamp<int64_t>(age_slots, 0, n - 1);
-  SlotFor(day).filter.Add(hash);
+  Slot& s = SlotFor(day);
+  s.filter.Add(hash);
+  ++s.keys;
 }
 
 bool BloomRing::MayContain(uint64_t hash) const {

@@ -10,6 +10,7 @@
 //
 // Thread-safety: none; the owner serialises access (DedupIndex holds a mutex).
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -43,6 +44,11 @@ class BloomRing {
   void Add(uint64_t hash, int64_t age_slots = 0);
   bool MayContain(uint64_t hash) const;
 
+  // Keys added to the current slot, and what each slot is sized for: beyond it the
+  // false-positive rate climbs (towards 1), and every "maybe" costs a read.
+  uint64_t newest_keys() const { return slots_[SlotIndex(newest_)].keys; }
+  uint64_t keys_per_slot() const { return keys_per_slot_; }
+
   int slots() const { return static_cast<int>(slots_.size()); }
   int64_t slot_ms() const { return slot_ms_; }
 
@@ -50,11 +56,17 @@ class BloomRing {
   struct Slot {
     int64_t day;
     BloomFilter filter;
+    uint64_t keys = 0;  // added since the slot was last cleared
   };
-  Slot& SlotFor(int64_t day);
+  size_t SlotIndex(int64_t day) const {
+    const int64_t n = static_cast<int64_t>(slots_.size());
+    return static_cast<size_t>(((day % n) + n) % n);
+  }
+  Slot& SlotFor(int64_t day) { return slots_[SlotIndex(day)]; }
 
   const int64_t slot_ms_;
   const int64_t origin_mono_ms_;
+  const uint64_t keys_per_slot_;
   int64_t newest_ = 0;
   std::vector<Slot> slots_;
 };

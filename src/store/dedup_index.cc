@@ -140,9 +140,13 @@ bool DedupIndex::WaitRebuild(int64_t timeout_ms) const {
 }
 
 DedupStats DedupIndex::stats() const {
-  return DedupStats{hot_hits_.load(std::memory_order_relaxed),
-                    bloom_negatives_.load(std::memory_order_relaxed),
-                    db_lookups_.load(std::memory_order_relaxed)};
+  DedupStats s{hot_hits_.load(std::memory_order_relaxed),
+               bloom_negatives_.load(std::memory_order_relaxed),
+               db_lookups_.load(std::memory_order_relaxed)};
+  std::lock_guard<std::mutex> lock(bloom_mu_);
+  s.bloom_keys_today = bloom_.newest_keys();
+  s.bloom_keys_per_day = bloom_.keys_per_slot();
+  return s;
 }
 
 }  // namespace iris::store

@@ -45,6 +45,8 @@ struct DedupStats {
   uint64_t hot_hits = 0;
   uint64_t bloom_negatives = 0;
   uint64_t db_lookups = 0;
+  uint64_t bloom_keys_today = 0;    // keys in the newest daily filter
+  uint64_t bloom_keys_per_day = 0;  // what each filter is sized for
 };
 
 class DedupIndex {

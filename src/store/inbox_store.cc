@@ -220,6 +220,8 @@ StoreStats InboxStore::Impl::Stats() const {
     s.dedup_hot_hits = d.hot_hits;
     s.dedup_bloom_negatives = d.bloom_negatives;
     s.dedup_db_lookups = d.db_lookups;
+    s.dedup_bloom_keys_today = d.bloom_keys_today;
+    s.dedup_bloom_keys_per_day = d.bloom_keys_per_day;
   }
   return s;
 }

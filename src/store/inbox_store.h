@@ -104,7 +104,7 @@ struct UserSettings {
   bool share_presence = true;
 };
 
-// Counters since Open (all monotonic). For metrics and benchmarks.
+// Counters since Open (monotonic unless marked). For metrics and benchmarks.
 struct StoreStats {
   uint64_t appends = 0;                // append requests committed (not duplicates)
   uint64_t envelopes = 0;              // envelopes stored
@@ -115,6 +115,10 @@ struct StoreStats {
   uint64_t dedup_hot_hits = 0;         // duplicates found in the hot tier
   uint64_t dedup_bloom_negatives = 0;  // keyed appends the Bloom filters cleared without a read
   uint64_t dedup_db_lookups = 0;       // reads of the `dedup` column family
+  // Not monotonic: keys in the current day's Bloom filter, and what each filter is sized
+  // for (dedup_bloom_keys_per_day). Past it, more and more new keys cost a read.
+  uint64_t dedup_bloom_keys_today = 0;
+  uint64_t dedup_bloom_keys_per_day = 0;
   uint64_t archived = 0;               // messages moved from `inbox` to `archive`
 };
 

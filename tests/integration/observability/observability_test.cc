@@ -308,6 +308,10 @@ TEST(PrometheusScrapeTest, PromqlSeesMessageCountersAndLatencyQuantiles) {
   EXPECT_GE(prom.Scalar("iris_connections_open"), 2);
   EXPECT_EQ(prom.Scalar("iris_degradation_level"), 0);
   EXPECT_EQ(prom.Scalar("iris_storage_write_errors_total"), 0);
+  // Every SEND carried a new idempotency key: each was cleared by the Bloom filters or read
+  // from the dedup column family, and each is in today's filter.
+  EXPECT_EQ(prom.Scalar("iris_dedup_bloom_negatives_total + iris_dedup_db_lookups_total"), kTotal);
+  EXPECT_NEAR(prom.Scalar("iris_dedup_bloom_fill_ratio"), kTotal / 1e6, 1e-9);  // default size
 }
 
 // ---------------------------------------------------------------------------------------

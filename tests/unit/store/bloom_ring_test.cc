@@ -61,6 +61,21 @@ TEST(BloomRingTest, AgedKeysLandInOlderSlots) {
   EXPECT_FALSE(ring.MayContain(333));
 }
 
+TEST(BloomRingTest, CountsTheKeysOfTheCurrentSlotAgainstItsSize) {
+  BloomRing ring(kDay, 8, 1000, 10, 0);
+  EXPECT_EQ(ring.keys_per_slot(), 1000u);
+  for (uint64_t h = 1; h <= 1500; ++h) ring.Add(h);
+  ring.Add(9999, /*age_slots=*/3);  // an older slot's key does not count for today
+  EXPECT_EQ(ring.newest_keys(), 1500u);
+  ring.Advance(kDay);
+  EXPECT_EQ(ring.newest_keys(), 0u);
+  ring.Add(1);
+  EXPECT_EQ(ring.newest_keys(), 1u);
+  // Rotating back onto a slot clears its count with its bits.
+  ring.Advance(9 * kDay);
+  EXPECT_EQ(ring.newest_keys(), 0u);
+}
+
 TEST(StoreKeysTest, InboxKeysSortByUserThenId) {
   EXPECT_LT(InboxKey(1, UINT64_MAX), InboxKey(2, 0));
   EXPECT_LT(InboxKey(5, 255), InboxKey(5, 256));

@@ -178,6 +178,9 @@ TEST(DedupTest, BloomFiltersClearNewKeysWithoutReads) {
   // About 1% false positives at 10 bits/key; allow generous slack.
   EXPECT_GE(s.dedup_bloom_negatives, 480u);
   EXPECT_LE(s.dedup_db_lookups, 20u);
+  // Every accepted key went into today's filter, which is sized as configured.
+  EXPECT_EQ(s.dedup_bloom_keys_today, 500u);
+  EXPECT_EQ(s.dedup_bloom_keys_per_day, TestOptions(dir.path()).dedup_bloom_keys_per_day);
 }
 
 TEST(DedupTest, RetryAfterHotWindowIsFoundInTheColumnFamily) {
