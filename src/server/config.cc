@@ -47,7 +47,7 @@ void Define(CLI::App& app, ServerConfig& c) {
   app.add_option("--dedup-bloom-keys-per-day", c.dedup_bloom_keys_per_day,
                  "Keys each daily dedup Bloom filter is sized for (10 bits each, 8 filters); "
                  "new keys past it increasingly cost a read")
-      ->capture_default_str()->check(CLI::Range(uint64_t{1000}, uint64_t{10'000'000'000}));
+      ->capture_default_str()->check(CLI::Range(uint64_t{1000}, uint64_t{1'000'000'000}));
   app.add_option("--dedup-hot-entries", c.dedup_hot_entries,
                  "Bound of the in-memory dedup tier (keys of the last 5 minutes, ~100 bytes each)")
       ->capture_default_str()->check(CLI::Range(uint64_t{1000}, uint64_t{100'000'000}));
