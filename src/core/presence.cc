@@ -68,7 +68,7 @@ v1::Presence PresenceService::Current(uint64_t user, bool online) {
 }
 
 void PresenceService::OnOnline(uint64_t user) {
-  Enqueue([this, user] { Announce(user, true); });
+  Enqueue([this, user] { AnnounceNow(user, true); });
 }
 
 void PresenceService::OnOffline(uint64_t user) {
@@ -76,11 +76,15 @@ void PresenceService::OnOffline(uint64_t user) {
   Enqueue([this, user, now] {
     // Durable before it is announced, so a query right after sees the same time.
     store_.PutLastSeen(user, now).IgnoreError();  // a failed write only loses precision
-    Announce(user, false);
+    AnnounceNow(user, false);
   });
 }
 
 void PresenceService::Announce(uint64_t user, bool online) {
+  Enqueue([this, user, online] { AnnounceNow(user, online); });
+}
+
+void PresenceService::AnnounceNow(uint64_t user, bool online) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (watchers_.find(user) == watchers_.end()) return;

@@ -57,7 +57,9 @@ class PresenceService {
   // Adds subscriptions; the caller enforces the per-session limit.
   void Subscribe(const SessionRef& watcher, const std::vector<uint64_t>& users);
   void Unsubscribe(const SessionRef& watcher, const std::vector<uint64_t>& users);
-  // Re-announces `user` to its watchers (after a share_presence change).
+  // Re-announces `user` to its watchers (after a share_presence change). Queued behind the
+  // transitions before it, so an earlier login's "online" cannot reach a watcher after the
+  // "offline" of a user who has just hidden their presence.
   void Announce(uint64_t user, bool online);
   // Whether presence updates are currently shed (graceful degradation).
   void set_shed(std::function<bool()> shed) { shed_ = std::move(shed); }
@@ -65,6 +67,7 @@ class PresenceService {
   size_t watched_users() const;
 
  private:
+  void AnnounceNow(uint64_t user, bool online);  // on the presence worker
   void Notify(uint64_t user, const v1::Presence& p);
   void Enqueue(std::function<void()> job);
   void WorkerLoop();
