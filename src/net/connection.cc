@@ -9,6 +9,14 @@
 #include "net/tls.h"
 
 namespace iris::net {
+namespace {
+
+// Bytes read from one connection in one loop turn: a peer that sends without pause is
+// served in slices, so the other connections of its loop (and the loop's timers) are never
+// kept waiting for it. The loop is level-triggered: what is left is read next turn.
+constexpr size_t kReadBudgetPerTurn = 256 * 1024;
+
+}  // namespace
 
 Connection::Connection(EventLoop& loop, SSL_CTX* ctx, int fd, Delegate* delegate,
                        size_t max_output_bytes)
@@ -19,6 +27,7 @@ Connection::Connection(EventLoop& loop, SSL_CTX* ctx, int fd, Delegate* delegate
       max_output_(static_cast<uint32_t>(max_output_bytes)) {}
 
 Connection::~Connection() {
+  if (secrets_) OPENSSL_cleanse(secrets_.get(), sizeof(*secrets_));
   if (flush_scheduled_) loop_.CancelFlush(this);
   if (fd_ >= 0) {
     loop_.Remove(fd_);
@@ -40,7 +49,9 @@ Status Connection::Start() {
 void Connection::UpdateInterest() {
   if (state_ == State::kClosed) return;
   uint32_t want = EPOLLRDHUP;
-  if (!paused_ || state_ == State::kHandshake) want |= EPOLLIN;
+  // A closing connection still reads (and discards) so that unread input cannot keep a
+  // level-triggered descriptor ready forever.
+  if (!paused_ || state_ != State::kOpen) want |= EPOLLIN;
   if (queued_bytes() > 0 || want_write_) want |= EPOLLOUT;
   if (want != interest_) {
     interest_ = want;
@@ -54,7 +65,7 @@ void Connection::OnEvents(uint32_t events) {
     Finish("socket error");
     return;
   }
-  if (paused_ && (events & (EPOLLHUP | EPOLLRDHUP))) {
+  if ((paused_ || state_ == State::kClosing) && (events & (EPOLLHUP | EPOLLRDHUP))) {
     Finish("peer closed");
     return;
   }
@@ -109,23 +120,46 @@ void Connection::OffloadRecords() {
   ssl_ = nullptr;
 }
 
+void Connection::DiscardInput() {
+  const std::span<uint8_t> scratch = loop_.scratch();
+  size_t budget = kReadBudgetPerTurn;
+  while (state_ == State::kClosing && budget > 0) {
+    const ssize_t n = recv(fd_, scratch.data(), std::min(scratch.size(), budget), 0);
+    if (n == 0) {
+      Finish("peer closed");
+      return;
+    }
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) Finish("connection reset");
+      return;
+    }
+    budget -= static_cast<size_t>(n);
+  }
+}
+
 void Connection::DoRead() {
+  if (state_ == State::kClosing) {
+    // Nothing more is processed; what arrives is dropped, and the peer's close ends it.
+    DiscardInput();
+    if (state_ == State::kClosing) DoWrite();
+    return;
+  }
   if (records_ && state_ == State::kOpen) {
     DoReadRecords();
     return;
   }
-  if (paused_ || state_ == State::kClosing) {
-    // Still detect a peer that went away while we are not reading.
-    if (state_ == State::kClosing) DoWrite();
-    return;
-  }
+  if (paused_) return;
   auto buf = loop_.scratch();
-  // Reads until the socket is drained (bounded by the kernel's receive buffer) or the
-  // delegate pauses reading; data left inside OpenSSL is picked up by PauseReading(false).
+  // Reads until the socket is drained, the turn's budget is spent or the delegate pauses
+  // reading; data left inside OpenSSL is picked up by PauseReading(false) or the next turn.
+  size_t budget = kReadBudgetPerTurn;
   while (state_ == State::kOpen && !paused_) {
+    if (budget == 0 && SSL_pending(ssl_) == 0) return;
     ERR_clear_error();
     const int n = SSL_read(ssl_, buf.data(), static_cast<int>(buf.size()));
     if (n > 0) {
+      budget -= std::min(budget, static_cast<size_t>(n));
       delegate_->OnData(buf.first(static_cast<size_t>(n)));
       continue;
     }
@@ -148,15 +182,16 @@ size_t Connection::ProcessRecords(std::span<uint8_t> buf) {
   size_t at = 0;
   while (state_ == State::kOpen && !paused_) {
     const std::span<uint8_t> rest = buf.subspan(at);
-    Result<size_t> len = Tls13Records::CompleteRecordLength(rest);
+    uint8_t alert = Tls13Records::kNoAlert;
+    Result<size_t> len = Tls13Records::CompleteRecordLength(rest, &alert);
     if (!len.ok()) {
-      Finish(len.status().message());
+      FailWithAlert(alert, len.status().message());
       return at;
     }
     if (*len == 0) break;
     Result<Tls13Records::Opened> opened = records_->Open(rest.first(*len));
     if (!opened.ok()) {
-      Finish(opened.status().message());
+      FailWithAlert(records_->alert(), opened.status().message());
       return at;
     }
     at += *len;
@@ -164,16 +199,17 @@ size_t Connection::ProcessRecords(std::span<uint8_t> buf) {
       if (!opened->content.empty()) delegate_->OnData(opened->content);
       continue;
     }
-    Result<Tls13Records::Event> ev = records_->HandleControl(*opened, &wire_);
+    // A KeyUpdate the peer asks us to answer goes out with our next data (no output here).
+    Result<Tls13Records::Event> ev = records_->HandleControl(*opened);
     if (!ev.ok()) {
-      Finish(ev.status().message());
+      FailWithAlert(records_->alert(), ev.status().message());
       return at;
     }
     if (*ev == Tls13Records::Event::kCloseNotify) {
-      Finish("peer closed");
+      // Our close_notify answers theirs (section 6.1), unless sealed records still wait.
+      FailWithAlert(Tls13Records::kAlertCloseNotify, "peer closed");
       return at;
     }
-    if (wire_pos_ < wire_.size()) DoWriteRecords();  // our KeyUpdate answer
   }
   return at;
 }
@@ -189,8 +225,9 @@ void Connection::DoReadRecords() {
     if (paused_ || state_ != State::kOpen) return;
   }
   const std::span<uint8_t> scratch = loop_.scratch();
-  while (state_ == State::kOpen && !paused_) {
-    const ssize_t n = recv(fd_, scratch.data(), scratch.size(), 0);
+  size_t budget = kReadBudgetPerTurn;
+  while (state_ == State::kOpen && !paused_ && budget > 0) {
+    const ssize_t n = recv(fd_, scratch.data(), std::min(scratch.size(), budget), 0);
     if (n == 0) {
       Finish("peer closed");
       return;
@@ -201,6 +238,7 @@ void Connection::DoReadRecords() {
       Finish("connection reset");
       return;
     }
+    budget -= static_cast<size_t>(n);
     std::span<uint8_t> data = scratch.first(static_cast<size_t>(n));
     if (!in_.empty()) {
       // Complete the pending record; process from the connection's own buffer.
@@ -390,9 +428,32 @@ void Connection::Abort(std::string_view reason) {
   Finish(reason);
 }
 
+void Connection::FailWithAlert(uint8_t alert, std::string_view reason) {
+  if (state_ == State::kClosed) return;
+  // Best effort, without waiting: the alert follows what is already sealed (it carries the
+  // next sequence number), so it goes out only if all of that does.
+  if (records_ && alert != Tls13Records::kNoAlert) {
+    if (wire_pos_ < wire_.size()) {
+      const ssize_t n = SendAvailable(std::string_view(wire_).substr(wire_pos_));
+      if (n > 0) wire_pos_ += static_cast<size_t>(n);
+    }
+    std::string sealed;
+    if (wire_pos_ == wire_.size() && records_->SealAlert(alert, &sealed).ok()) {
+      [[maybe_unused]] ssize_t n = send(fd_, sealed.data(), sealed.size(), MSG_NOSIGNAL);
+    }
+  }
+  Finish(reason);
+}
+
 void Connection::Finish(std::string_view reason) {
   if (state_ == State::kClosed) return;
   state_ = State::kClosed;
+  // Keys and secrets do not outlive the connection's use of them.
+  records_.reset();
+  if (secrets_) {
+    OPENSSL_cleanse(secrets_.get(), sizeof(*secrets_));
+    secrets_.reset();
+  }
   loop_.Remove(fd_);
   close(fd_);
   fd_ = -1;

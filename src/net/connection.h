@@ -86,6 +86,9 @@ class Connection final : public EventLoop::Handler {
   void OffloadRecords();
   void DoRead();
   void DoReadRecords();
+  // Closing: reads and drops what arrives (at most a turn's budget); the peer's EOF ends
+  // the connection.
+  void DiscardInput();
   // Opens and delivers the complete records at the head of `buf`; returns how many bytes
   // it consumed (it stops early when reading is paused or the connection closes).
   size_t ProcessRecords(std::span<uint8_t> buf);
@@ -95,6 +98,9 @@ class Connection final : public EventLoop::Handler {
   ssize_t SendAvailable(std::string_view data);
   void UpdateInterest();
   void Finish(std::string_view reason);
+  // Seals and sends `alert` (best effort, never waiting; Tls13Records::kNoAlert sends
+  // nothing) before Finish.
+  void FailWithAlert(uint8_t alert, std::string_view reason);
 
   EventLoop& loop_;
   SSL* ssl_ = nullptr;

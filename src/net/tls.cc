@@ -72,6 +72,8 @@ void CaptureTrafficSecrets(SSL* ssl, TlsTrafficSecrets* secrets) {
   SSL_set_ex_data(ssl, SecretsIndex(), secrets);
 }
 
+void EnableTrafficSecretCapture(SSL_CTX* ctx) { SSL_CTX_set_keylog_callback(ctx, OnKeyLogLine); }
+
 Result<std::unique_ptr<TlsContext>> TlsContext::Server(const std::string& cert_file,
                                                       const std::string& key_file) {
   SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());

@@ -59,6 +59,9 @@ struct TlsTrafficSecrets {
 // Makes the handshake of `ssl` (from a TlsContext::Server context) record its application
 // traffic secrets into *secrets, which must outlive the handshake. Pass nullptr to detach.
 void CaptureTrafficSecrets(SSL* ssl, TlsTrafficSecrets* secrets);
+// Server contexts capture by default; this lets another context (a test's client) do the
+// same, so a test can speak the record layer directly after an OpenSSL handshake.
+void EnableTrafficSecretCapture(SSL_CTX* ctx);
 
 // The last OpenSSL error as text (and clears the queue).
 std::string OpenSslError();

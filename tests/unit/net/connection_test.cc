@@ -9,6 +9,7 @@
 #include <openssl/err.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -16,10 +17,12 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <future>
 #include <mutex>
 #include <random>
+#include <sstream>
 #include <string>
 #include <thread>
 
@@ -58,6 +61,13 @@ class Echo final : public Connection::Delegate {
     const std::string_view s(reinterpret_cast<const char*>(data.data()), data.size());
     received += s.size();
     if (s == "CLOSE") {
+      conn->Close("asked to");
+      return;
+    }
+    if (s == "FILL+CLOSE") {
+      // Far more than a socket buffer holds, then a graceful close: with a peer that does
+      // not read, the connection stays in its closing state.
+      ASSERT_TRUE(conn->Write(std::string(4 << 20, 'f')));
       conn->Close("asked to");
       return;
     }
@@ -142,7 +152,9 @@ class ConnectionTest : public ::testing::TestWithParam<const char*> {
 
   // Writes all of `data` and reads back as many bytes (the echo), from this one thread (an
   // SSL object is not safe for concurrent reads and writes): non-blocking, polling.
-  std::string Echoed(const std::string& data) {
+  std::string Echoed(const std::string& data) { return EchoedOn(ssl_, client_fd_, data); }
+
+  static std::string EchoedOn(SSL* ssl_, int client_fd_, const std::string& data) {
     std::string back;
     fcntl(client_fd_, F_SETFL, O_NONBLOCK);
     size_t at = 0;
@@ -176,6 +188,42 @@ class ConnectionTest : public ::testing::TestWithParam<const char*> {
     }
     fcntl(client_fd_, F_SETFL, 0);
     return back;
+  }
+
+  // A second server connection on the same loop, with its own OpenSSL client.
+  struct Peer {
+    Echo echo;
+    std::unique_ptr<Connection> conn;
+    int fd = -1;
+    SSL* ssl = nullptr;
+  };
+  std::unique_ptr<Peer> AddPeer() {
+    auto peer = std::make_unique<Peer>();
+    int sv[2];
+    EXPECT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    peer->fd = sv[0];
+    timeval tv{10, 0};
+    setsockopt(peer->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(peer->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    fcntl(sv[1], F_SETFL, O_NONBLOCK);
+    Peer* raw = peer.get();
+    OnLoop([&, raw, fd = sv[1]] {
+      raw->conn = std::make_unique<Connection>(loop_, server_ctx_->get(), fd, &raw->echo,
+                                               size_t{8} << 20);
+      raw->echo.conn = raw->conn.get();
+      EXPECT_TRUE(raw->conn->Start().ok());
+    });
+    peer->ssl = SSL_new(client_ctx_->get());
+    SSL_set_fd(peer->ssl, peer->fd);
+    EXPECT_EQ(SSL_connect(peer->ssl), 1) << OpenSslError();
+    EXPECT_TRUE(WaitFor([&] { return raw->echo.handshake.load(); }));
+    return peer;
+  }
+  void RemovePeer(std::unique_ptr<Peer> peer) {
+    SSL_free(peer->ssl);
+    Peer* raw = peer.get();
+    OnLoop([raw] { raw->conn.reset(); });
+    close(peer->fd);
   }
 
   EventLoop loop_;
@@ -307,6 +355,114 @@ TEST_P(ConnectionAttackTest, DataRightBehindTheFinishedMessageIsNotLost) {
   char buf[16];
   ASSERT_EQ(SSL_read(ssl_, buf, sizeof(buf)), 5);
   EXPECT_EQ(std::string(buf, 5), "first");
+}
+
+
+// CPU time (user + system, in clock ticks) that thread `tid` of this process has used.
+long ThreadCpuTicks(pid_t tid) {
+  std::ifstream in("/proc/self/task/" + std::to_string(tid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // Fields after the command name (which ends with ')'): state is field 3, utime 14, stime 15.
+  std::istringstream rest(stat.substr(stat.rfind(')') + 2));
+  std::string field;
+  long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && rest >> field; ++i) {
+    if (i == 14) utime = std::stol(field);
+    if (i == 15) stime = std::stol(field);
+  }
+  return utime + stime;
+}
+
+TEST_P(ConnectionAttackTest, KeyUpdateFloodIsCutOffAndTheLoopStaysResponsive) {
+  // Issue 14, finding 1: a client with its own traffic secrets floods update_requested
+  // KeyUpdates and never reads. The server must not answer each one into an unbounded
+  // queue, nor keep its loop busy: the flooding connection is closed, and another
+  // connection on the same loop is answered throughout.
+  TlsTrafficSecrets secrets;
+  EnableTrafficSecretCapture(client_ctx_->get());
+  CaptureTrafficSecrets(ssl_, &secrets);
+  Handshake();
+  ASSERT_TRUE(secrets.complete());
+  const auto suite =
+      static_cast<uint16_t>(SSL_CIPHER_get_id(SSL_get_current_cipher(ssl_)) & 0xffff);
+  Result<Tls13Records> rec = Tls13Records::ForClient(
+      suite, std::span<const uint8_t>(secrets.client, secrets.client_len),
+      std::span<const uint8_t>(secrets.server, secrets.server_len));
+  ASSERT_TRUE(rec.ok()) << rec.status().message();
+  std::unique_ptr<Peer> other = AddPeer();
+  ASSERT_EQ(EchoedOn(other->ssl, other->fd, "before"), "before");
+
+  std::string flood;
+  for (int i = 0; i < 10'000; ++i) ASSERT_TRUE(rec->UpdateSendingKey(true, &flood).ok());
+  std::atomic<bool> writing{true};
+  std::thread writer([&] {
+    size_t at = 0;
+    while (at < flood.size()) {
+      const ssize_t n = send(client_fd_, flood.data() + at, flood.size() - at, MSG_NOSIGNAL);
+      if (n <= 0) break;  // the server closed the connection (or the 10 s send timeout)
+      at += static_cast<size_t>(n);
+    }
+    writing = false;
+  });
+  // The other connection is served while the flood arrives.
+  std::chrono::nanoseconds slowest{0};
+  int rounds = 0;
+  do {
+    const auto start = Clock::now();
+    const std::string msg = "ping " + std::to_string(rounds);
+    ASSERT_EQ(EchoedOn(other->ssl, other->fd, msg), msg);
+    slowest = std::max(slowest, Clock::now() - start);
+    ++rounds;
+  } while (writing && rounds < 1000);
+  writer.join();
+  ASSERT_TRUE(WaitFor([&] { return echo_.closed.load(); }))
+      << "the flooding connection is still open";
+  EXPECT_NE(echo_.reason().find("too many KeyUpdates"), std::string::npos) << echo_.reason();
+  EXPECT_EQ(EchoedOn(other->ssl, other->fd, "after"), "after");
+  std::printf("other connection: %d echoes during the flood, slowest %.2f ms\n", rounds,
+              std::chrono::duration<double, std::milli>(slowest).count());
+  RemovePeer(std::move(other));
+}
+
+TEST_P(ConnectionAttackTest, ClosingConnectionNeitherSpinsOnInputNorOutlivesThePeer) {
+  // Issue 14, finding 5: a connection closing gracefully (output still queued for a peer
+  // that does not read) must not busy-loop on input it no longer processes, and must end
+  // when the peer closes its side.
+  Handshake();
+  pid_t loop_tid = 0;
+  OnLoop([&] { loop_tid = static_cast<pid_t>(syscall(SYS_gettid)); });
+  ASSERT_EQ(SSL_write(ssl_, "FILL+CLOSE", 10), 10);
+  ASSERT_TRUE(WaitFor([&] { return conn_->closing(); }));
+  const std::string junk(100, 'j');
+  ASSERT_EQ(write(client_fd_, junk.data(), junk.size()), static_cast<ssize_t>(junk.size()));
+  const long before = ThreadCpuTicks(loop_tid);
+  std::this_thread::sleep_for(std::chrono::seconds(1));  // a measurement window, not a wait
+  const long used = ThreadCpuTicks(loop_tid) - before;
+  const long ticks_per_s = sysconf(_SC_CLK_TCK);
+  EXPECT_LT(used * 10, ticks_per_s) << "the loop thread used " << used << " of " << ticks_per_s
+                                    << " ticks in 1 s with the connection closing";
+  EXPECT_FALSE(echo_.closed.load()) << "output is still queued: " << echo_.reason();
+  ASSERT_EQ(shutdown(client_fd_, SHUT_WR), 0);
+  ASSERT_TRUE(WaitFor([&] { return echo_.closed.load(); }))
+      << "the peer's close did not end the closing connection";
+  EXPECT_EQ(echo_.reason(), "peer closed");
+}
+
+TEST_P(ConnectionAttackTest, FatalRecordErrorIsAnnouncedWithAnAlert) {
+  // Issue 14, finding 6: RFC 8446 section 5.2 answers a record that fails to decrypt with a
+  // bad_record_mac alert before closing.
+  Handshake();
+  EXPECT_EQ(Echoed("fine"), "fine");
+  std::string forged("\x17\x03\x03\x00\x20", 5);
+  forged.append(32, 'x');
+  ASSERT_EQ(write(client_fd_, forged.data(), forged.size()),
+            static_cast<ssize_t>(forged.size()));
+  ASSERT_TRUE(WaitFor([&] { return echo_.closed.load(); }));
+  char buf[16];
+  ERR_clear_error();
+  EXPECT_LE(SSL_read(ssl_, buf, sizeof(buf)), 0);
+  EXPECT_EQ(ERR_GET_REASON(ERR_peek_last_error()), SSL_AD_REASON_OFFSET + SSL_AD_BAD_RECORD_MAC)
+      << "expected the server's bad_record_mac alert, got: " << OpenSslError();
 }
 
 INSTANTIATE_TEST_SUITE_P(DefaultSuite, ConnectionAttackTest, ::testing::Values(""));

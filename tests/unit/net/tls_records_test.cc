@@ -105,13 +105,164 @@ TEST_P(SuiteTest, KeyUpdateRequestedIsAnsweredAndBothSidesMoveOn) {
   Received r = OpenAll(p.server, wire);
   ASSERT_TRUE(r.error.ok()) << r.error.message();
   EXPECT_EQ(r.data, "after update");
-  ASSERT_FALSE(r.reply.empty()) << "the server must answer an update_requested KeyUpdate";
-  std::string back = r.reply;
+  EXPECT_TRUE(r.reply.empty()) << "the answer goes out with the next data, not on its own";
+  EXPECT_TRUE(p.server.key_update_owed()) << "the server must answer an update_requested";
+  std::string back;
   ASSERT_TRUE(p.server.SealApplicationData("server, new key", &back).ok());
+  EXPECT_FALSE(p.server.key_update_owed());
   Received c = OpenAll(p.client, back);
   ASSERT_TRUE(c.error.ok()) << c.error.message();
   EXPECT_EQ(c.data, "server, new key");
-  EXPECT_TRUE(c.reply.empty()) << "update_not_requested needs no answer";
+  EXPECT_FALSE(p.client.key_update_owed()) << "update_not_requested needs no answer";
+}
+
+// The number of records in a run of sealed bytes.
+size_t RecordCount(const std::string& wire) {
+  size_t n = 0;
+  for (size_t at = 0; at + Tls13Records::kHeaderBytes <= wire.size(); ++n) {
+    at += Tls13Records::kHeaderBytes + ((static_cast<uint8_t>(wire[at + 3]) << 8) |
+                                        static_cast<uint8_t>(wire[at + 4]));
+  }
+  return n;
+}
+
+TEST_P(SuiteTest, ManyRequestedKeyUpdatesWhileSilentGetOneAnswer) {
+  // RFC 8446 section 4.6.3: a receiver of several KeyUpdates while silent answers once.
+  Pair p = MakePair(GetParam());
+  std::string wire;
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(p.client.UpdateSendingKey(/*request_peer_update=*/true, &wire).ok());
+  }
+  ASSERT_TRUE(p.client.SealApplicationData("x", &wire).ok());
+  Received r = OpenAll(p.server, wire);
+  ASSERT_TRUE(r.error.ok()) << r.error.message();
+  std::string back;
+  ASSERT_TRUE(p.server.SealApplicationData("y", &back).ok());
+  EXPECT_EQ(RecordCount(back), 2u) << "one KeyUpdate, then the data";
+  Received c = OpenAll(p.client, back);
+  ASSERT_TRUE(c.error.ok()) << c.error.message();
+  EXPECT_EQ(c.data, "y");
+}
+
+TEST(Tls13RecordsTest, RunOfKeyUpdatesWithoutDataIsRefused) {
+  Pair p = MakePair(0x1301);
+  std::string wire;
+  // Interleaved with data, any number is fine.
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_TRUE(p.client.UpdateSendingKey(true, &wire).ok());
+    ASSERT_TRUE(p.client.SealApplicationData("d", &wire).ok());
+  }
+  Received r = OpenAll(p.server, wire);
+  ASSERT_TRUE(r.error.ok()) << r.error.message();
+  EXPECT_EQ(r.data, std::string(100, 'd'));
+  // A run with nothing between them is not.
+  wire.clear();
+  for (uint32_t i = 0; i <= Tls13Records::kMaxKeyUpdatesWithoutData; ++i) {
+    ASSERT_TRUE(p.client.UpdateSendingKey(true, &wire).ok());
+  }
+  r = OpenAll(p.server, wire);
+  ASSERT_FALSE(r.error.ok());
+  EXPECT_NE(r.error.message().find("too many KeyUpdates"), std::string::npos)
+      << r.error.message();
+  EXPECT_EQ(p.server.alert(), Tls13Records::kAlertUnexpectedMessage);
+}
+
+TEST(Tls13RecordsTest, SendingKeyIsReplacedBeforeTheRecordLimit) {
+  Pair p = MakePair(0x1301);
+  // Both sides agree that the server's key has protected nearly kRecordsPerKey records.
+  const uint64_t used = Tls13Records::kRecordsPerKey - 70;
+  p.server.SetSequencesForTesting(0, used);
+  p.client.SetSequencesForTesting(used, 0);
+  std::string back;
+  // 20 records of 16 KiB cross the point where the key must change.
+  ASSERT_TRUE(p.server.SealApplicationData(std::string(20 * 16384, 'k'), &back).ok());
+  EXPECT_LT(p.server.write_sequence(), 20u) << "the sending key was not replaced";
+  Received c = OpenAll(p.client, back);
+  ASSERT_TRUE(c.error.ok()) << c.error.message();
+  EXPECT_EQ(c.data.size(), 20u * 16384);
+  EXPECT_LT(p.client.read_sequence(), 20u);
+}
+
+TEST(Tls13RecordsTest, PeerIsAskedToUpdateAtHalfLifeAndCutOffAtTheLimit) {
+  Pair p = MakePair(0x1303);
+  const uint64_t half = Tls13Records::kRecordsPerKey / 2;
+  p.server.SetSequencesForTesting(half, 0);
+  p.client.SetSequencesForTesting(0, half);
+  std::string back;
+  ASSERT_TRUE(p.server.SealApplicationData("please update", &back).ok());
+  Received c = OpenAll(p.client, back);
+  ASSERT_TRUE(c.error.ok()) << c.error.message();
+  EXPECT_TRUE(p.client.key_update_owed()) << "the server should have requested an update";
+  std::string wire;
+  ASSERT_TRUE(p.client.SealApplicationData("updated", &wire).ok());
+  Received r = OpenAll(p.server, wire);
+  ASSERT_TRUE(r.error.ok()) << r.error.message();
+  EXPECT_EQ(p.server.read_sequence(), 1u) << "the client's new key starts a new count";
+
+  // A peer that ignores the request is cut off when its key reaches the limit.
+  Pair q = MakePair(0x1303);
+  q.server.SetSequencesForTesting(Tls13Records::kRecordsPerKey, 0);
+  q.client.SetSequencesForTesting(0, Tls13Records::kRecordsPerKey);
+  wire.clear();
+  ASSERT_TRUE(q.client.SealApplicationData("one too many", &wire).ok());
+  r = OpenAll(q.server, wire);
+  ASSERT_FALSE(r.error.ok());
+  EXPECT_NE(r.error.message().find("record limit"), std::string::npos) << r.error.message();
+}
+
+TEST(Tls13RecordsTest, PaddingCountsTowardTheInnerPlaintextLimit) {
+  // RFC 8446 section 5.4: content, type and padding together at most 2^14 + 1 bytes.
+  Pair p = MakePair(0x1301);
+  std::string wire;
+  ASSERT_TRUE(p.client
+                  .SealPaddedForTesting(Tls13Records::kApplicationData,
+                                        std::string(Tls13Records::kMaxPlaintext, 'a'), 0, &wire)
+                  .ok());
+  ASSERT_TRUE(OpenAll(p.server, wire).error.ok()) << "exactly at the limit";
+  wire.clear();
+  ASSERT_TRUE(p.client
+                  .SealPaddedForTesting(Tls13Records::kApplicationData,
+                                        std::string(Tls13Records::kMaxPlaintext - 100, 'a'),
+                                        101, &wire)
+                  .ok());
+  Received r = OpenAll(p.server, wire);
+  ASSERT_FALSE(r.error.ok()) << "content within the limit, padding over it";
+  EXPECT_NE(r.error.message().find("record_overflow"), std::string::npos) << r.error.message();
+  EXPECT_EQ(p.server.alert(), Tls13Records::kAlertRecordOverflow);
+}
+
+TEST(Tls13RecordsTest, ErrorsNameTheAlertRfc8446Requires) {
+  Pair p = MakePair(0x1301);
+  std::string wire;
+  ASSERT_TRUE(p.client.SealApplicationData("integrity", &wire).ok());
+  wire[wire.size() - 1] ^= 1;
+  ASSERT_FALSE(OpenAll(p.server, wire).error.ok());
+  EXPECT_EQ(p.server.alert(), Tls13Records::kAlertBadRecordMac);
+  uint8_t alert = Tls13Records::kNoAlert;
+  const std::string overflow("\x17\x03\x03\x41\x01", 5);
+  EXPECT_FALSE(Tls13Records::CompleteRecordLength(
+                   std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(overflow.data()),
+                                            overflow.size()),
+                   &alert)
+                   .ok());
+  EXPECT_EQ(alert, Tls13Records::kAlertRecordOverflow);
+  // A fatal alert from the peer is not answered with one.
+  Pair q = MakePair(0x1301);
+  uint8_t fatal[2] = {2, 40};
+  EXPECT_FALSE(q.server.HandleControl({Tls13Records::kAlert, fatal}).ok());
+  EXPECT_EQ(q.server.alert(), Tls13Records::kNoAlert);
+}
+
+TEST(Tls13RecordsTest, AMovedFromObjectKeepsNoKeys) {
+  Pair p = MakePair(0x1301);
+  Tls13Records moved = std::move(p.server);
+  std::string wire;
+  ASSERT_TRUE(p.client.SealApplicationData("secret", &wire).ok());
+  EXPECT_TRUE(OpenAll(moved, wire).error.ok()) << "the keys moved with the object";
+  // The husk's keys were wiped: what it seals, the client cannot open.
+  std::string husk;
+  ASSERT_TRUE(p.server.SealApplicationData("from the husk", &husk).ok());
+  EXPECT_FALSE(OpenAll(p.client, husk).error.ok());
 }
 
 TEST_P(SuiteTest, CloseNotifyIsReported) {
@@ -124,6 +275,7 @@ TEST_P(SuiteTest, CloseNotifyIsReported) {
   EXPECT_EQ(r.data, "last words");
   EXPECT_TRUE(r.close_notify);
 }
+
 
 INSTANTIATE_TEST_SUITE_P(AllSuites, SuiteTest, ::testing::Values(0x1301, 0x1302, 0x1303));
 
