@@ -3,6 +3,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/rand.h>
 
 #include <algorithm>
 #include <array>
@@ -111,6 +112,23 @@ TimeClaim ReadTime(const Json& payload, const char* name, int64_t* out) {
 
 Status Refuse(std::string_view reason) { return Unauthenticated(std::string(reason)); }
 
+// The one answer for a signature that does not verify, whatever the reason: wrong key,
+// tampered token, or a kid that names no key (which must not be told apart from the rest).
+constexpr std::string_view kBadSignature = "token signature invalid";
+
+// The HMAC key used when a token's kid names no key: random, made once per process, never
+// handed out, so no token verifies under it (the comparison is also forced to fail).
+std::string_view UnknownKidKey() {
+  static const std::string key = [] {
+    std::string k(kMinSecretBytes, '\0');
+    if (RAND_bytes(reinterpret_cast<unsigned char*>(k.data()), static_cast<int>(k.size())) != 1) {
+      k.assign(kMinSecretBytes, '\x5c');  // still never accepted: see the caller
+    }
+    return k;
+  }();
+  return key;
+}
+
 struct Segments {
   std::string_view header, payload, signature, signing_input;
 };
@@ -161,22 +179,20 @@ Result<Claims> VerifyImpl(const Keyring& keys, const RevocationList& revocations
     if (k.empty() || k.size() > kMaxKidBytes) return Refuse("token malformed: bad kid length");
     claims.kid = k;
   }
+  // 3. Signature, before anything in the payload is read. A kid that names no key is
+  // answered exactly like a bad signature, after the same HMAC work (with a key nobody
+  // holds), so that neither the message nor the time taken tells which kids exist.
   const std::string* key = keys.Find(claims.kid);
-  if (key == nullptr) {
-    return Refuse(claims.kid.empty() ? "token has no kid and there is no default key"
-                                     : "token kid names no known key");
-  }
-
-  // 3. Signature, before anything in the payload is read.
   std::optional<std::string> sig = Base64UrlDecode(seg->signature);
-  if (!sig || sig->size() != kSha256Bytes) return Refuse("token signature invalid");
+  if (!sig || sig->size() != kSha256Bytes) return Refuse(kBadSignature);
   std::array<unsigned char, kSha256Bytes> mac{};
-  if (!HmacSha256(*key, seg->signing_input, &mac)) {
+  if (!HmacSha256(key != nullptr ? std::string_view(*key) : UnknownKidKey(), seg->signing_input,
+                  &mac)) {
     return Internal("HMAC-SHA256 failed");
   }
-  const bool sig_ok = CRYPTO_memcmp(mac.data(), sig->data(), kSha256Bytes) == 0;
+  const bool sig_ok = CRYPTO_memcmp(mac.data(), sig->data(), kSha256Bytes) == 0 && key != nullptr;
   OPENSSL_cleanse(mac.data(), mac.size());
-  if (!sig_ok) return Refuse("token signature invalid");
+  if (!sig_ok) return Refuse(kBadSignature);
 
   // 4. Payload claims.
   std::optional<std::string> payload_text = Base64UrlDecode(seg->payload);

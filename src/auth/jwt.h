@@ -9,11 +9,13 @@
 //      unpadded base64url (auth/base64url.h);
 //   2. header: a JSON object without duplicate keys; "alg" exactly the string "HS256"
 //      (none, HS384, RS256, a missing or non-string alg are refused); no "crit"; "typ", if
-//      present, a string; "kid", if present, a non-empty string of at most kMaxKidBytes
-//      that names a key in the Keyring; without "kid" the default key ("") is used;
-//   3. signature: 32 bytes equal (CRYPTO_memcmp) to HMAC-SHA256(key, "header.payload")
-//      computed over the segments exactly as received; nothing in the payload is looked at
-//      before this check passes;
+//      present, a string; "kid", if present, a non-empty string of at most kMaxKidBytes;
+//      without "kid" the default key ("") is used;
+//   3. signature: the kid names a key in the Keyring, and the signature is 32 bytes equal
+//      (CRYPTO_memcmp) to HMAC-SHA256(key, "header.payload") computed over the segments
+//      exactly as received; nothing in the payload is looked at before this check passes.
+//      An unknown kid gets the same message ("token signature invalid") after the same
+//      HMAC work as a bad signature, so a client cannot learn which kids exist;
 //   4. payload: a JSON object without duplicate keys, with
 //        sub  a string, the decimal form of a non-zero uint64 without sign, spaces or
 //             leading zeros (a JSON number is refused);

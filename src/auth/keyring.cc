@@ -1,8 +1,12 @@
 #include "auth/keyring.h"
 
+#include <fcntl.h>
 #include <openssl/crypto.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -41,6 +45,49 @@ Result<std::string> ReadSecretFile(const std::string& path) {
                       " bytes; at least " + std::to_string(kMinSecretBytes) + " are required");
   }
   return bytes;
+}
+
+Result<bool> CreateSecretFile(const std::string& path, std::string_view contents) {
+  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    const int err = errno;
+    if (err == EEXIST) return false;
+    return Internal("cannot create " + path + ": " + std::strerror(err));
+  }
+  // The umask may only have narrowed 0600; make sure of the exact mode all the same.
+  int err = fchmod(fd, 0600) == 0 ? 0 : errno;
+  while (err == 0 && !contents.empty()) {
+    const ssize_t n = write(fd, contents.data(), contents.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      err = errno;
+      break;
+    }
+    contents.remove_prefix(static_cast<size_t>(n));
+  }
+  if (err == 0 && fsync(fd) != 0) err = errno;
+  if (close(fd) != 0 && err == 0) err = errno;
+  if (err != 0) {
+    unlink(path.c_str());
+    return Internal("cannot write " + path + ": " + std::strerror(err));
+  }
+  return true;
+}
+
+Status CheckSecretFileMode(const std::string& path, std::string_view what) {
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0) {
+    const int err = errno;
+    if (err == ENOENT) return NotFound(std::string(what) + " not found: " + path);
+    return BadRequest("cannot stat " + std::string(what) + " " + path + ": " + std::strerror(err));
+  }
+  const mode_t open_bits = st.st_mode & 077;
+  if (open_bits == 0) return Status::Ok();
+  char mode[8];
+  std::snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(st.st_mode & 07777));
+  return BadRequest(std::string(what) + " " + path + " has mode " + mode + ": group or others " +
+                    ((open_bits & 044) != 0 ? "can read it" : "have access to it") +
+                    "; refusing to start. Run: chmod 600 " + path);
 }
 
 Keyring::~Keyring() {

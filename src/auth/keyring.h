@@ -30,6 +30,20 @@ inline constexpr size_t kMaxKidBytes = 64;
 // name the path and the length, never the content.
 Result<std::string> ReadSecretFile(const std::string& path);
 
+// Creates `path` holding `contents`, readable by the owner only from its first byte:
+// open(O_CREAT | O_EXCL | O_NOFOLLOW, 0600), so there is no moment at a wider mode, an
+// existing file is never overwritten, and a symbolic link planted at `path` is not followed.
+// Returns true when the file was created, false when something already exists at `path`
+// (left untouched). INTERNAL when the file cannot be created or written (a partly written
+// file is removed).
+Result<bool> CreateSecretFile(const std::string& path, std::string_view contents);
+
+// Secret files (keys, tokens) must not be readable or writable by group or others. OK when
+// the mode of `path` (following links) has no group/other bits; otherwise BAD_REQUEST
+// naming `what`, the path, its mode, and the `chmod 600 <path>` that fixes it. NOT_FOUND
+// when it does not exist.
+Status CheckSecretFileMode(const std::string& path, std::string_view what);
+
 class Keyring {
  public:
   Keyring() = default;

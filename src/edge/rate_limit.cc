@@ -282,24 +282,62 @@ Status ConnectionRateLimiter::Admit(std::string_view addr, int64_t now_ns) {
 // FailedLoginLimiter
 
 FailedLoginLimiter::FailedLoginLimiter(FailedLoginConfig config, uint64_t hash_seed)
-    : config_(config), table_(config.max_entries, internal::SeededU64Hash{hash_seed}) {}
+    : config_(config),
+      accounts_(config.max_entries, internal::SeededU64Hash{hash_seed}),
+      addresses_(config.max_entries, internal::SeededBytes16Hash{hash_seed ^ 0x9e3779b97f4a7c15}) {
+  config_.ipv6_prefix_bits = std::clamp(config_.ipv6_prefix_bits, 1, 128);
+}
 
-bool FailedLoginLimiter::Allowed(uint64_t user, int64_t now_ns,
-                                 uint32_t* retry_after_ms) const {
-  const int64_t wait = table_.Read(user, [now_ns](const TokenBucket* b) -> int64_t {
+IpAddress FailedLoginLimiter::KeyOf(const IpAddress& addr) const {
+  return addr.is_v4() ? addr : addr.Masked(config_.ipv6_prefix_bits);
+}
+
+bool FailedLoginLimiter::WouldAdmitFailure(const std::optional<IpAddress>& addr, uint64_t user,
+                                           int64_t now_ns, uint32_t* retry_after_ms) const {
+  auto wait_of = [now_ns](const TokenBucket* b) -> int64_t {
     return b == nullptr ? 0 : b->WaitNanos(now_ns);
-  });
+  };
+  int64_t wait = 0;
+  if (user != 0) wait = accounts_.Read(user, wait_of);
+  if (addr) wait = std::max(wait, addresses_.Read(KeyOf(*addr).bytes(), wait_of));
   if (wait > 0 && retry_after_ms != nullptr) *retry_after_ms = RetryAfterMillis(wait);
   return wait == 0;
 }
 
-void FailedLoginLimiter::RecordFailure(uint64_t user, int64_t now_ns) {
-  int64_t table_retry_ns = 0;
-  const bool tracked = table_.Update(
-      user, now_ns,
-      [this] { return TokenBucket(config_.per_hour / 3600.0, config_.per_hour); },
-      [now_ns](TokenBucket& b) { (void)b.TryTake(now_ns, nullptr); }, &table_retry_ns);
-  (void)tracked;  // documented: not counted when the table is full of limited accounts
+Status FailedLoginLimiter::RecordFailure(const std::optional<IpAddress>& addr, uint64_t user,
+                                         int64_t now_ns) {
+  // Count in neither table unless both have room: a failure refused for one reason is not
+  // charged to the other (a limited address does not use up the account's budget).
+  uint32_t retry_ms = 0;
+  if (!WouldAdmitFailure(addr, user, now_ns, &retry_ms)) {
+    return RateLimited("invalid token; too many failed logins, retry later", retry_ms);
+  }
+  int64_t table_retry_ns = 0;  // a full table: the key is not tracked (see the header)
+  uint32_t wait_ms = 0;
+  bool limited = false;
+  auto take = [&](TokenBucket& b) {
+    uint32_t w = 0;
+    if (!b.TryTake(now_ns, &w)) {
+      limited = true;
+      wait_ms = std::max(wait_ms, w);
+    }
+  };
+  if (user != 0) {
+    (void)accounts_.Update(
+        user, now_ns, [this] { return TokenBucket(config_.per_hour / 3600.0, config_.per_hour); },
+        take, &table_retry_ns);
+  }
+  if (addr) {
+    (void)addresses_.Update(
+        KeyOf(*addr).bytes(), now_ns,
+        [this] { return TokenBucket(config_.per_ip_per_hour / 3600.0, config_.per_ip_per_hour); },
+        take, &table_retry_ns);
+  }
+  // Only a concurrent failure for the same key can get here (the check above passed).
+  if (limited) {
+    return RateLimited("invalid token; too many failed logins, retry later", wait_ms);
+  }
+  return Status::Ok();
 }
 
 }  // namespace iris::edge

@@ -5,7 +5,8 @@
 //                          for 10 s (two buckets); no locking;
 //   KeyedSendLimiter       user -> SendRateLimiter, so a user's budget survives reconnects;
 //   ConnectionRateLimiter  new connections per IP (5/min) with an allow-list of CIDRs;
-//   FailedLoginLimiter     failed logins per account (10/h).
+//   FailedLoginLimiter     failed logins per account (10/h) and per IP (30/h); valid
+//                          tokens are never refused by it.
 //
 // Time is always passed in by the caller as monotonic nanoseconds (Clock::MonoNanos), so
 // tests drive it by hand. A caller whose time goes backwards is treated conservatively
@@ -333,10 +334,19 @@ class ConnectionRateLimiter {
       table_;
 };
 
+// Failed logins (PROTOCOL.md section 8). Only failures are counted and only failures are
+// refused: a token that verifies is never refused by this limit, so nobody can lock another
+// account out by presenting bad tokens that name it. Failures are counted per source
+// address (IPv6: per prefix) and per account named by the token's unverified `sub`; a bad
+// token from an address, or naming an account, that is over its budget is answered
+// RATE_LIMITED with retry_after_ms instead of UNAUTHENTICATED.
 struct FailedLoginConfig {
-  double per_hour = 10;  // refill rate; also the capacity (10 failures at once)
-  // About 64 bytes per tracked account; an account becomes untracked an hour after its
-  // last failure.
+  double per_hour = 10;         // per account: refill rate, and capacity (10 at once)
+  double per_ip_per_hour = 30;  // per address: refill rate, and capacity
+  // IPv6 addresses count per prefix of this many bits, as ConnectionLimitConfig.
+  int ipv6_prefix_bits = 64;
+  // Of each table (accounts, addresses); about 64 bytes per tracked key. A key becomes
+  // untracked an hour after its last failure.
   size_t max_entries = size_t{1} << 17;
 };
 
@@ -345,18 +355,33 @@ class FailedLoginLimiter {
   explicit FailedLoginLimiter(FailedLoginConfig config = {},
                               uint64_t hash_seed = std::random_device{}());
 
-  // Whether `user` may try to log in now; when not and retry_after_ms is not null, the wait.
-  bool Allowed(uint64_t user, int64_t now_ns, uint32_t* retry_after_ms = nullptr) const;
-  // Counts one failed login of `user`. When the table is full of accounts that are all
-  // still limited the failure is not counted (the account is then not tracked).
-  void RecordFailure(uint64_t user, int64_t now_ns);
+  // Counts one failed login from `addr` (nullopt: not limited by address, e.g. allow-listed)
+  // naming `user` (0: no account could be read from the token). Returns OK while both
+  // budgets had room for it; otherwise RATE_LIMITED with retry_after_ms (the longer wait of
+  // the two), and the failure is not counted (failures while limited do not extend the
+  // limit). A key the table has no room for (full of keys all still limited) is not
+  // tracked and does not limit.
+  Status RecordFailure(const std::optional<IpAddress>& addr, uint64_t user, int64_t now_ns);
 
-  void Sweep(int64_t now_ns) { table_.Sweep(now_ns); }
-  size_t size() const { return table_.size(); }
+  // Whether a failure from `addr` / naming `user` would be counted now, without counting
+  // it; when not and retry_after_ms is not null, the wait. For tests and metrics.
+  bool WouldAdmitFailure(const std::optional<IpAddress>& addr, uint64_t user, int64_t now_ns,
+                         uint32_t* retry_after_ms = nullptr) const;
+
+  void Sweep(int64_t now_ns) {
+    accounts_.Sweep(now_ns);
+    addresses_.Sweep(now_ns);
+  }
+  // Tracked keys, accounts and addresses together.
+  size_t size() const { return accounts_.size() + addresses_.size(); }
 
  private:
+  IpAddress KeyOf(const IpAddress& addr) const;
+
   FailedLoginConfig config_;
-  internal::BoundedTable<uint64_t, TokenBucket, internal::SeededU64Hash> table_;
+  internal::BoundedTable<uint64_t, TokenBucket, internal::SeededU64Hash> accounts_;
+  internal::BoundedTable<std::array<uint8_t, 16>, TokenBucket, internal::SeededBytes16Hash>
+      addresses_;
 };
 
 }  // namespace iris::edge

@@ -190,20 +190,22 @@ void Session::HandleHello(const v1::Hello& m) {
   }
   const int64_t now_ms = edge.clock().WallMillis();
   const int64_t now_ns = edge.clock().MonoNanos();
-  // The failed-login limit is per account: the (unverified) subject of the token names it.
-  const uint64_t claimed = auth::UnverifiedSubject(m.token()).value_or(0);
-  if (claimed != 0) {
-    uint32_t retry = 0;
-    if (!edge.failed_logins().Allowed(claimed, now_ns, &retry)) {
-      EdgeMetrics::Get().rate_limited_login.Inc();
-      CloseWith(0, RateLimited("too many failed logins for this account", retry));
-      return;
-    }
-  }
+  // The token is verified first: a valid token is never refused by the failed-login limit
+  // (so bad tokens naming someone cannot lock them out). Failures are counted per source
+  // address (allow-listed addresses excepted) and per account the token names (unverified
+  // `sub`); over either budget a bad token is answered RATE_LIMITED instead.
   auto claims = edge.verifier().Verify(m.token(), now_ms);
   if (!claims.ok()) {
-    if (claimed != 0) edge.failed_logins().RecordFailure(claimed, now_ns);
     EdgeMetrics::Get().auth_failures.Inc();
+    std::optional<IpAddress> from = IpAddress::Parse(conn_->peer_address());
+    if (from && edge.connection_limiter().IsAllowListed(*from)) from.reset();
+    const uint64_t claimed = auth::UnverifiedSubject(m.token()).value_or(0);
+    Status limited = edge.failed_logins().RecordFailure(from, claimed, now_ns);
+    if (!limited.ok()) {
+      EdgeMetrics::Get().rate_limited_login.Inc();
+      CloseWith(0, limited);
+      return;
+    }
     CloseWith(0, claims.status());
     return;
   }

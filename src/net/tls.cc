@@ -1,15 +1,19 @@
 #include "net/tls.h"
 
+#include <fcntl.h>
+#include <openssl/bn.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
-#include <openssl/bn.h>
 #include <openssl/x509v3.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cctype>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <string_view>
 
 namespace iris::net {
@@ -139,6 +143,23 @@ Result<std::unique_ptr<TlsContext>> TlsContext::Client(const std::string& ca_fil
   return out;
 }
 
+namespace {
+// A new file opened for writing: open(O_CREAT | O_EXCL | O_NOFOLLOW, mode). nullptr with
+// errno set when it exists already or cannot be created.
+FILE* CreateExclusive(const std::string& path, mode_t mode) {
+  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+  if (fd < 0) return nullptr;
+  FILE* f = fdopen(fd, "w");
+  if (f == nullptr) {
+    const int err = errno;
+    close(fd);
+    unlink(path.c_str());
+    errno = err;
+  }
+  return f;
+}
+}  // namespace
+
 Status GenerateSelfSignedCertificate(const std::string& cert_file, const std::string& key_file,
                                      const std::string& common_name) {
   EVP_PKEY* key = EVP_EC_gen("P-256");
@@ -181,22 +202,33 @@ Status GenerateSelfSignedCertificate(const std::string& cert_file, const std::st
       result = Internal("certificate signing failed: " + OpenSslError());
       break;
     }
-    FILE* kf = fopen(key_file.c_str(), "w");
+    // The key is 0600 from its creation (no moment at the umask's mode); neither file
+    // overwrites anything or follows a link planted at its path.
+    FILE* kf = CreateExclusive(key_file, 0600);
     if (kf == nullptr) {
-      result = Internal("cannot write " + key_file);
+      result = Internal("cannot create " + key_file + ": " + std::strerror(errno));
       break;
     }
-    chmod(key_file.c_str(), 0600);
     const bool key_ok = PEM_write_PrivateKey(kf, key, nullptr, nullptr, 0, nullptr, nullptr) == 1;
+    const bool key_closed = fflush(kf) == 0 && fsync(fileno(kf)) == 0;
     fclose(kf);
-    FILE* cf = fopen(cert_file.c_str(), "w");
+    if (!key_ok || !key_closed) {
+      unlink(key_file.c_str());
+      result = Internal("writing " + key_file + " failed: " + OpenSslError());
+      break;
+    }
+    FILE* cf = CreateExclusive(cert_file, 0644);
     if (cf == nullptr) {
-      result = Internal("cannot write " + cert_file);
+      result = Internal("cannot create " + cert_file + ": " + std::strerror(errno));
       break;
     }
     const bool cert_ok = PEM_write_X509(cf, x) == 1;
+    const bool cert_closed = fflush(cf) == 0 && fsync(fileno(cf)) == 0;
     fclose(cf);
-    if (!key_ok || !cert_ok) result = Internal("writing PEM failed: " + OpenSslError());
+    if (!cert_ok || !cert_closed) {
+      unlink(cert_file.c_str());
+      result = Internal("writing " + cert_file + " failed: " + OpenSslError());
+    }
   } while (false);
   X509_free(x);
   EVP_PKEY_free(key);

@@ -36,7 +36,8 @@ class TlsContext {
 };
 
 // Writes a new self-signed certificate (EC P-256, SAN localhost/127.0.0.1/::1, 10 years) and
-// its key (mode 0600) as PEM files.
+// its key as PEM files. Both are created exclusively (an existing file or a link at either
+// path is an error, nothing is overwritten); the key is mode 0600 from its creation.
 Status GenerateSelfSignedCertificate(const std::string& cert_file, const std::string& key_file,
                                      const std::string& common_name);
 

@@ -15,6 +15,10 @@ void Define(CLI::App& app, ServerConfig& c) {
   app.add_option("--listen", c.listen, "Client listener (TLS 1.3), host:port")->capture_default_str();
   app.add_option("--admin-listen", c.admin_listen, "Admin HTTP listener, host:port (keep it private)")
       ->capture_default_str();
+  app.add_option("--admin-connections-per-ip", c.admin_connections_per_ip,
+                 "Concurrent admin HTTP connections per client address (more are answered 503)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
   app.add_option("--tls-cert", c.tls_cert, "PEM certificate chain (default: generated self-signed in <data-dir>/tls)");
   app.add_option("--tls-key", c.tls_key, "PEM private key (default: generated with the certificate)");
   app.add_option("--jwt-secret-file", c.jwt_secret_file,
@@ -36,10 +40,18 @@ void Define(CLI::App& app, ServerConfig& c) {
   app.add_option("--connections-per-ip-per-minute", c.connections_per_ip_per_minute,
                  "New connections per minute per IP address")->capture_default_str();
   app.add_option("--connection-allowlist", c.connection_allowlist,
-                 "Addresses or CIDR ranges exempt from the per-IP connection limit (repeatable)")
+                 "Addresses or CIDR ranges exempt from the per-IP limits: connections, failed logins (repeatable)")
       ->take_all();
-  app.add_option("--failed-logins-per-hour", c.failed_logins_per_hour, "Failed logins per account per hour")
-      ->capture_default_str();
+  app.add_option("--failed-logins-per-hour", c.failed_logins_per_hour,
+                 "Bad tokens per account per hour before further bad tokens naming it are "
+                 "answered RATE_LIMITED (valid tokens are never refused)")
+      ->capture_default_str()
+      ->check(CLI::Range(1.0, 1e6));
+  app.add_option("--failed-logins-per-ip-per-hour", c.failed_logins_per_ip_per_hour,
+                 "Bad tokens per IP address (IPv6: per /64) per hour before further bad tokens "
+                 "from it are answered RATE_LIMITED (allow-listed addresses are exempt)")
+      ->capture_default_str()
+      ->check(CLI::Range(1.0, 1e6));
   app.add_option("--max-output-bytes", c.max_output_bytes,
                  "Per-connection output queue bound; a slower reader is disconnected")->capture_default_str();
   app.add_option("--inbox-cap", c.inbox_cap, "Newest messages kept in the inbox (older: archive)")

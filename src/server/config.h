@@ -16,6 +16,7 @@ struct ServerConfig {
   std::string data_dir = "./data";
   std::string listen = "0.0.0.0:7443";
   std::string admin_listen = "127.0.0.1:9090";
+  uint32_t admin_connections_per_ip = 8;  // concurrent admin HTTP connections per address
   std::string tls_cert;            // default: <data-dir>/tls/server.crt (generated if missing)
   std::string tls_key;             // default: <data-dir>/tls/server.key
   std::string jwt_secret_file;     // default: <data-dir>/jwt.secret (generated if missing)
@@ -33,7 +34,8 @@ struct ServerConfig {
   double rate_burst_seconds = 10;
   double connections_per_ip_per_minute = 5;
   std::vector<std::string> connection_allowlist;
-  double failed_logins_per_hour = 10;
+  double failed_logins_per_hour = 10;         // bad tokens per account (valid ones never refused)
+  double failed_logins_per_ip_per_hour = 30;  // bad tokens per address (IPv6: per /64)
   uint64_t max_output_bytes = 1 << 20;
   uint32_t inbox_cap = 10'000;
   uint64_t dedup_bloom_keys_per_day = 1'000'000;  // each daily filter's size (10 bits/key)

@@ -1,6 +1,7 @@
 #include "server/server.h"
 
 #include <netinet/in.h>
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -9,6 +10,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -82,22 +85,54 @@ struct Server::Impl {
 
 namespace {
 
-// Writes `bytes` random bytes as hex to `path` (mode 0600) unless the file exists.
+// Writes `bytes` random bytes as hex to `path` (created 0600, see auth::CreateSecretFile)
+// unless something already exists there.
 Status EnsureSecretFile(const std::string& path, size_t bytes) {
-  if (fs::exists(path)) return Status::Ok();
   std::string raw(bytes, '\0');
   if (RAND_bytes(reinterpret_cast<unsigned char*>(raw.data()), static_cast<int>(bytes)) != 1) {
     return Internal("no randomness for " + path);
   }
-  const std::string hex = HexEncode(raw);
-  const mode_t old = umask(077);
-  std::ofstream out(path, std::ios::trunc);
-  umask(old);
-  if (!out) return Internal("cannot write " + path);
-  out << hex << "\n";
-  out.close();
-  chmod(path.c_str(), 0600);
-  return out ? Status::Ok() : Internal("cannot write " + path);
+  std::string hex = HexEncode(raw) + "\n";
+  OPENSSL_cleanse(raw.data(), raw.size());
+  auto created = auth::CreateSecretFile(path, hex);
+  OPENSSL_cleanse(hex.data(), hex.size());
+  if (!created.ok()) return created.status();
+  if (*created) obs::LogInfo("generated a secret file", {{"path", path}});
+  return Status::Ok();
+}
+
+// Creates the directory `path` (and missing parents) with mode 0700 for its last component,
+// never wider from its creation: it holds keys and every user's messages. An existing
+// directory is left as the operator made it (narrowing, say, a shared parent could break
+// other software), with a warning when group or others may enter it.
+Status EnsurePrivateDirectory(const std::string& path) {
+  const fs::path p(path);
+  if (p.has_parent_path()) {
+    std::error_code ec;
+    fs::create_directories(p.parent_path(), ec);
+    if (ec) {
+      return BadRequest("cannot create directory " + p.parent_path().string() + ": " +
+                        ec.message());
+    }
+  }
+  if (mkdir(path.c_str(), 0700) != 0 && errno != EEXIST) {
+    return BadRequest("cannot create directory " + path + ": " + std::strerror(errno));
+  }
+  struct stat st{};
+  if (stat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    return BadRequest(path + " is not a directory");
+  }
+  if ((st.st_mode & 077) != 0) {
+    obs::LogWarn("directory is open to group or others; run: chmod 700 " + path, {{"path", path}});
+  }
+  return Status::Ok();
+}
+
+// The admin listener's limits: idle clients of one address cannot hold every slot.
+net::http::HttpServerOptions AdminHttpOptions(const ServerConfig& c) {
+  net::http::HttpServerOptions o;
+  o.max_connections_per_ip = c.admin_connections_per_ip;
+  return o;
 }
 
 std::string TrimOneNewline(std::string s) {
@@ -116,22 +151,28 @@ Result<std::unique_ptr<Server>> Server::Create(const ServerConfig& config) {
   auto level = obs::ParseLogLevel(c.log_level);
   if (!level.ok()) return level.status();
   obs::Logger::Default().set_level(*level);
-  std::error_code ec;
-  fs::create_directories(c.data_dir, ec);
-  if (ec) return BadRequest("cannot create data directory " + c.data_dir + ": " + ec.message());
+  IRIS_RETURN_IF_ERROR(EnsurePrivateDirectory(c.data_dir));
 
   // TLS: generated self-signed certificate unless one is configured.
   if (c.tls_cert.empty() != c.tls_key.empty()) {
     return BadRequest("--tls-cert and --tls-key go together");
   }
   if (c.tls_cert.empty()) {
-    fs::create_directories(c.data_dir + "/tls", ec);
+    IRIS_RETURN_IF_ERROR(EnsurePrivateDirectory(c.data_dir + "/tls"));
     c.tls_cert = c.data_dir + "/tls/server.crt";
     c.tls_key = c.data_dir + "/tls/server.key";
-    if (!fs::exists(c.tls_cert) || !fs::exists(c.tls_key)) {
+    std::error_code ec;
+    const bool have_cert = fs::exists(fs::symlink_status(c.tls_cert, ec));
+    const bool have_key = fs::exists(fs::symlink_status(c.tls_key, ec));
+    if (!have_cert || !have_key) {
+      // Half a generated pair (a crash between the two writes) is useless: start afresh.
+      // The generator creates both files exclusively and never writes through a link.
+      fs::remove(c.tls_cert, ec);
+      fs::remove(c.tls_key, ec);
       IRIS_RETURN_IF_ERROR(net::GenerateSelfSignedCertificate(c.tls_cert, c.tls_key, "iris"));
     }
   }
+  IRIS_RETURN_IF_ERROR(auth::CheckSecretFileMode(c.tls_key, "TLS key file"));
   auto tls = net::TlsContext::Server(c.tls_cert, c.tls_key);
   if (!tls.ok()) return tls.status();
   m.tls = std::move(tls).value();
@@ -144,12 +185,14 @@ Result<std::unique_ptr<Server>> Server::Create(const ServerConfig& config) {
     c.jwt_secret_file = c.data_dir + "/jwt.secret";
     IRIS_RETURN_IF_ERROR(EnsureSecretFile(c.jwt_secret_file, 32));
   }
+  IRIS_RETURN_IF_ERROR(auth::CheckSecretFileMode(c.jwt_secret_file, "jwt secret file"));
   auto secret = auth::ReadSecretFile(c.jwt_secret_file);
   if (!secret.ok()) return secret.status();
   IRIS_RETURN_IF_ERROR(m.keyring.AddKey("", std::move(secret).value()));
   for (const std::string& kv : c.jwt_keys) {
     const size_t eq = kv.find('=');
     if (eq == std::string::npos || eq == 0) return BadRequest("--jwt-key wants kid=path, got " + kv);
+    IRIS_RETURN_IF_ERROR(auth::CheckSecretFileMode(kv.substr(eq + 1), "jwt key file"));
     auto s = auth::ReadSecretFile(kv.substr(eq + 1));
     if (!s.ok()) return s.status();
     IRIS_RETURN_IF_ERROR(m.keyring.AddKey(kv.substr(0, eq), std::move(s).value()));
@@ -165,6 +208,7 @@ Result<std::unique_ptr<Server>> Server::Create(const ServerConfig& config) {
     c.admin_token_file = c.data_dir + "/admin.token";
     IRIS_RETURN_IF_ERROR(EnsureSecretFile(c.admin_token_file, 24));
   }
+  IRIS_RETURN_IF_ERROR(auth::CheckSecretFileMode(c.admin_token_file, "admin token file"));
   {
     std::ifstream in(c.admin_token_file);
     if (!in) return NotFound("cannot read admin token file " + c.admin_token_file);
@@ -239,6 +283,7 @@ Status Server::Start() {
   eo.connection_rate.burst = std::max(1.0, c.connections_per_ip_per_minute);
   eo.connection_allowlist = c.connection_allowlist;
   eo.failed_logins.per_hour = c.failed_logins_per_hour;
+  eo.failed_logins.per_ip_per_hour = c.failed_logins_per_ip_per_hour;
 
   eo.loop_lag_budget_ms = c.loop_lag_budget_ms;
   if (m.edge_role()) return StartEdgeProcess(eo);
@@ -319,7 +364,7 @@ Status Server::Start() {
                                                 return static_cast<double>(e->session_count());
                                               });
   }
-  m.admin = std::make_unique<net::http::HttpServer>();
+  m.admin = std::make_unique<net::http::HttpServer>(AdminHttpOptions(c));
   m.admin->Route("GET", "/healthz", [](const net::http::HttpRequest&) {
     return net::http::HttpResponse{200, "text/plain", "ok\n"};
   });
@@ -485,6 +530,10 @@ Result<pid_t> Server::SpawnEdge(uint32_t index) {
                                    std::to_string(c.connections_per_ip_per_minute),
                                    "--failed-logins-per-hour",
                                    std::to_string(c.failed_logins_per_hour),
+                                   "--failed-logins-per-ip-per-hour",
+                                   std::to_string(c.failed_logins_per_ip_per_hour),
+                                   "--admin-connections-per-ip",
+                                   std::to_string(c.admin_connections_per_ip),
                                    "--max-output-bytes", std::to_string(c.max_output_bytes),
                                    "--loop-lag-budget-ms", std::to_string(c.loop_lag_budget_ms),
                                    "--shutdown-grace-ms", std::to_string(c.shutdown_grace_ms),
@@ -615,7 +664,7 @@ Status Server::StartEdgeProcess(const edge::EdgeOptions& base) {
                                             [e = m.edge.get()] {
                                               return static_cast<double>(e->session_count());
                                             });
-  m.admin = std::make_unique<net::http::HttpServer>();
+  m.admin = std::make_unique<net::http::HttpServer>(AdminHttpOptions(c));
   m.admin->Route("GET", "/healthz", [](const net::http::HttpRequest&) {
     return net::http::HttpResponse{200, "text/plain", "ok\n"};
   });

@@ -24,7 +24,8 @@ struct HttpServer::Connection {
   enum class Phase { kReading, kWriting, kDraining };
 
   int fd = -1;
-  std::string peer;
+  std::string peer;     // "address:port", as HttpRequest::peer
+  std::string address;  // the client address alone: the key of per_ip_
   Phase phase = Phase::kReading;
   Clock::time_point deadline;
   std::string in;       // bytes received so far (head, then body)
@@ -42,24 +43,58 @@ constexpr size_t kMaxDrainBytes = 1 << 20;
 constexpr int kMaxAcceptsPerWake = 64;
 constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 
-std::string PeerName(const sockaddr_storage& addr) {
+HttpResponse ErrorResponse(int status, std::string_view why) {
+  HttpResponse r;
+  r.status = status;
+  r.body = std::string(ReasonPhrase(status));
+  if (!why.empty()) {
+    r.body += ": ";
+    r.body += why;
+  }
+  r.body += '\n';
+  return r;
+}
+
+// The client address without its port ("?" for other families).
+std::string PeerAddress(const sockaddr_storage& addr) {
   char host[INET6_ADDRSTRLEN] = "?";
+  if (addr.ss_family == AF_INET) {
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in&>(addr).sin_addr, host, sizeof(host));
+  } else if (addr.ss_family == AF_INET6) {
+    inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6&>(addr).sin6_addr, host, sizeof(host));
+  }
+  return host;
+}
+
+std::string PeerName(const sockaddr_storage& addr) {
   std::string out;
   if (addr.ss_family == AF_INET) {
     const auto& a = reinterpret_cast<const sockaddr_in&>(addr);
-    inet_ntop(AF_INET, &a.sin_addr, host, sizeof(host));
-    out.append(host);
+    out.append(PeerAddress(addr));
     out.push_back(':');
     out.append(std::to_string(ntohs(a.sin_port)));
   } else if (addr.ss_family == AF_INET6) {
     const auto& a = reinterpret_cast<const sockaddr_in6&>(addr);
-    inet_ntop(AF_INET6, &a.sin6_addr, host, sizeof(host));
     out.push_back('[');
-    out.append(host);
+    out.append(PeerAddress(addr));
     out.append("]:");
     out.append(std::to_string(ntohs(a.sin6_port)));
   }
   return out;
+}
+
+// Answers 503 on a connection that will not be served, if the socket takes it at once, and
+// closes it.
+void RefuseConnection(int fd, std::string_view why) {
+  const std::string reply = SerializeResponse(ErrorResponse(503, why));
+  [[maybe_unused]] ssize_t sent = send(fd, reply.data(), reply.size(), MSG_NOSIGNAL);
+  // Discard what already arrived so that close() sends FIN, not a reset that could
+  // destroy the 503 before the client reads it.
+  shutdown(fd, SHUT_WR);
+  char buf[4096];
+  for (int k = 0; k < 16 && recv(fd, buf, sizeof(buf), MSG_DONTWAIT) > 0; ++k) {
+  }
+  close(fd);
 }
 
 // The offset just past the blank line ending a request head, searching bytes from `from`
@@ -73,18 +108,6 @@ size_t FindHeadEnd(std::string_view in, size_t from) {
     if (i + 2 < in.size() && in[i + 1] == '\r' && in[i + 2] == '\n') return i + 3;
   }
   return std::string_view::npos;
-}
-
-HttpResponse ErrorResponse(int status, std::string_view why) {
-  HttpResponse r;
-  r.status = status;
-  r.body = std::string(ReasonPhrase(status));
-  if (!why.empty()) {
-    r.body += ": ";
-    r.body += why;
-  }
-  r.body += '\n';
-  return r;
 }
 
 }  // namespace
@@ -233,6 +256,7 @@ void HttpServer::Run() {
       if (!keep) {
         close(c.fd);
         c.fd = -1;
+        ReleaseSlot(c);
       }
     }
     connections_.remove_if([](const Connection& c) { return c.fd < 0; });
@@ -245,6 +269,7 @@ void HttpServer::Run() {
 
   for (Connection& c : connections_) close(c.fd);
   connections_.clear();
+  per_ip_.clear();
   open_connections_.store(0, std::memory_order_relaxed);
 }
 
@@ -260,24 +285,29 @@ bool HttpServer::AcceptAll(Clock::time_point now) {
       return true;  // EAGAIN: the queue is empty
     }
     if (connections_.size() >= options_.max_connections) {
-      // Over the cap: answer 503 if the socket takes it at once, then close.
-      const std::string reply = SerializeResponse(ErrorResponse(503, "too many admin connections"));
-      [[maybe_unused]] ssize_t sent = send(fd, reply.data(), reply.size(), MSG_NOSIGNAL);
-      // Discard what already arrived so that close() sends FIN, not a reset that could
-      // destroy the 503 before the client reads it.
-      shutdown(fd, SHUT_WR);
-      char buf[4096];
-      for (int k = 0; k < 16 && recv(fd, buf, sizeof(buf), MSG_DONTWAIT) > 0; ++k) {
-      }
-      close(fd);
+      RefuseConnection(fd, "too many admin connections");
       continue;
     }
+    std::string address = PeerAddress(addr);
+    size_t& open_from_address = per_ip_[address];  // entry erased when it drops back to 0
+    if (open_from_address >= std::max<size_t>(options_.max_connections_per_ip, 1)) {
+      RefuseConnection(fd, "too many admin connections from this address");
+      continue;
+    }
+    ++open_from_address;
     Connection& c = connections_.emplace_back();
     c.fd = fd;
     c.peer = PeerName(addr);
+    c.address = std::move(address);
     c.deadline = now + options_.read_timeout;
   }
   return true;
+}
+
+void HttpServer::ReleaseSlot(const Connection& c) {
+  auto it = per_ip_.find(c.address);
+  if (it == per_ip_.end()) return;
+  if (--it->second == 0) per_ip_.erase(it);
 }
 
 bool HttpServer::OnReadable(Connection& c, Clock::time_point now) {

@@ -12,7 +12,9 @@
 // (413 / 411), anything malformed gets 400, an unknown path 404, a known path with another
 // method 405. Each connection must deliver its whole request within `read_timeout` (408
 // then close) and take its response within `write_timeout`; at most `max_connections` are
-// open at once, and a connection over the cap is answered 503 and closed at once. Every
+// open at once, and at most `max_connections_per_ip` from one client address, so that one
+// address holding idle connections cannot take every slot; a connection over either cap
+// is answered 503 and closed at once. Every
 // response carries `Connection: close`; after it the server half-closes and discards what
 // the client still sends for up to `linger` so that the response is not lost to a reset.
 //
@@ -44,6 +46,9 @@ struct HttpServerOptions {
   std::chrono::milliseconds write_timeout{10'000};
   std::chrono::milliseconds linger{1'000};
   size_t max_connections = 64;
+  // Open connections from one client address (IPv4, or IPv6 as a whole address), counted
+  // against max_connections as well. 0 is taken as 1.
+  size_t max_connections_per_ip = 8;
 };
 
 class HttpServer {
@@ -85,6 +90,8 @@ class HttpServer {
   bool OnReadable(Connection& c, Clock::time_point now);
   bool OnWritable(Connection& c, Clock::time_point now);
   bool OnDrain(Connection& c);
+  // Gives back the per-address slot of a connection being closed.
+  void ReleaseSlot(const Connection& c);
   bool Respond(Connection& c, const HttpResponse& response, Clock::time_point now);
   HttpResponse Dispatch(const HttpRequest& request) const;
 
@@ -93,6 +100,8 @@ class HttpServer {
   std::map<std::string, std::map<std::string, Handler>, std::less<>> routes_;
 
   std::list<Connection> connections_;  // owned by the server thread
+  // Client address (without port) -> its open connections; server thread only.
+  std::map<std::string, size_t, std::less<>> per_ip_;
 
   int listen_fd_ = -1;
   int wake_fd_ = -1;

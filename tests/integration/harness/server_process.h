@@ -37,6 +37,11 @@ class ServerProcess {
   int Stop(int sig = 15);
   // SIGKILL, then start again on the same data directory.
   void KillAndRestart();
+  // Runs irisd with the same arguments when it is expected NOT to start (bad configuration,
+  // unsafe files): waits up to `timeout_ms` for it to exit and returns its exit code, with
+  // everything it wrote to stdout and stderr in *output. -1 when it was still running at the
+  // deadline (it is then killed) or could not be run. Precondition: not running().
+  int RunUntilExit(std::string* output, int timeout_ms = 20'000);
   bool running() const { return pid_ > 0; }
   pid_t pid() const { return pid_; }
 

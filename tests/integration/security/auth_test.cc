@@ -9,6 +9,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -104,6 +105,9 @@ class AuthTest : public ::testing::Test {
     k2_secret_ = "k2-secret-0123456789abcdef0123456789abcdef";
     const std::string path = server_.data_dir() + "/k2.secret";
     std::ofstream(path) << k2_secret_ << "\n";
+    std::filesystem::permissions(path,
+                                 std::filesystem::perms::owner_read |
+                                     std::filesystem::perms::owner_write);  // irisd wants 0600
     server_.args().push_back("--jwt-key");
     server_.args().push_back("k2=" + path);
     server_.Start();

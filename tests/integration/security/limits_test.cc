@@ -114,34 +114,71 @@ TEST(LimitsTest, SixthConnectionFromOneAddressInAMinuteIsRateLimited) {
   }
 }
 
-// PROTOCOL.md section 8: 10 failed logins per hour per account. After 10 bad tokens the
-// account is locked even for a valid token (RATE_LIMITED, fatal, retry_after_ms); other
-// accounts are not.
-TEST(LimitsTest, TenFailedLoginsLockTheAccount) {
-  ServerProcess server;
-  server.Start();
+// A token the server did not sign, naming `user` (its signature cannot verify).
+std::string ForgedToken(uint64_t user, int i) {
   auth::Claims forged;
-  forged.user_id = 6201;
+  forged.user_id = user;
   forged.iat = WallMs() / 1000;
   forged.exp = forged.iat + 3600;
-  auto bad = [&](int i) {
-    forged.jti = "forged-" + std::to_string(i);
-    return auth::MintToken("not-the-server-secret-but-32-bytes-long", forged);
-  };
-  for (int i = 0; i < 9; ++i) ExpectHelloRefused(server, bad(i));
+  forged.jti = "forged-" + std::to_string(user) + "-" + std::to_string(i);
+  return auth::MintToken("not-the-server-secret-but-32-bytes-long", forged);
+}
+
+// PROTOCOL.md section 8: the failed-login limit never refuses a valid token, so bad tokens
+// naming an account cannot lock its owner out. Past 10 bad tokens naming one account in an
+// hour, further bad tokens naming it are answered RATE_LIMITED (fatal, retry_after_ms)
+// instead of UNAUTHENTICATED; other accounts keep their own budget. (Loopback is
+// allow-listed here, so only the per-account count is at work.)
+TEST(LimitsTest, ForgedTokensNamingAnAccountDoNotLockItsOwnerOut) {
+  ServerProcess server;
+  server.Start();
+  for (int i = 0; i < 10; ++i) ExpectHelloRefused(server, ForgedToken(6201, i));
   {
     std::unique_ptr<TestClient> c;
     ASSERT_EQ(HelloOnNewConnection(server, server.Token(6201), &c).opcode,
-              Op(wire::Opcode::kWelcome)) << "locked before 10 failures";
+              Op(wire::Opcode::kWelcome))
+        << "a valid token was refused after 10 forged ones";
   }
-  ExpectHelloRefused(server, bad(9));  // the 10th failure
-  v1::Error e = ExpectHelloRefused(server, server.Token(6201), StatusCode::kRateLimited);
+  v1::Error e = ExpectHelloRefused(server, ForgedToken(6201, 10), StatusCode::kRateLimited);
   EXPECT_GT(e.retry_after_ms(), 0u);
   EXPECT_LE(e.retry_after_ms(), 3'600'000u);
-  ExpectHelloRefused(server, bad(10), StatusCode::kRateLimited);
+  for (int i = 11; i < 20; ++i) {
+    ExpectHelloRefused(server, ForgedToken(6201, i), StatusCode::kRateLimited);
+  }
+  // The owner's valid token is still accepted while forged ones keep coming.
+  auto owner = LoggedIn(server, 6201);
+  ASSERT_TRUE(owner) << "the account was locked by tokens its owner never sent";
+  ExpectPong(*owner, 1);
+  ExpectHelloRefused(server, ForgedToken(6202, 0));  // another account: its own budget
   std::unique_ptr<TestClient> other;
   EXPECT_EQ(HelloOnNewConnection(server, server.Token(6202), &other).opcode,
             Op(wire::Opcode::kWelcome));
+}
+
+// Failures are also counted per source address: past its budget an address's bad tokens
+// are answered RATE_LIMITED, whatever account they name (or none), while its valid tokens
+// are still accepted and other addresses are not affected. Runs without the loopback
+// allow-list (allow-listed addresses are exempt from per-address limits).
+TEST(LimitsTest, FailedLoginsFromOneAddressAreThrottled) {
+  ServerProcess server(
+      {"--connections-per-ip-per-minute", "600", "--failed-logins-per-ip-per-hour", "5"},
+      ServerProcess::Defaults::kProductionLimits);
+  server.Start();
+  const std::string attacker = "127.0.0.5";
+  for (uint64_t user = 6301; user <= 6305; ++user) {
+    ExpectHelloRefused(server, ForgedToken(user, 0), StatusCode::kUnauthenticated, attacker);
+  }
+  v1::Error e =
+      ExpectHelloRefused(server, ForgedToken(6306, 0), StatusCode::kRateLimited, attacker);
+  EXPECT_GT(e.retry_after_ms(), 0u);
+  EXPECT_LE(e.retry_after_ms(), 720'000u);  // 5 per hour: one every 12 minutes
+  ExpectHelloRefused(server, "garbage", StatusCode::kRateLimited, attacker);  // no account
+  // A valid token from the throttled address is accepted.
+  std::unique_ptr<TestClient> valid;
+  EXPECT_EQ(HelloOnNewConnection(server, server.Token(6306), &valid, attacker).opcode,
+            Op(wire::Opcode::kWelcome));
+  // Another address, naming the same accounts, has its own budget.
+  ExpectHelloRefused(server, ForgedToken(6306, 1), StatusCode::kUnauthenticated, "127.0.0.6");
 }
 
 // A reader that does not drain its socket: once its output queue passes --max-output-bytes

@@ -248,7 +248,25 @@ TEST_F(JwtTest, RefusesTokenSignedWithAnotherKidsKey) {
 TEST_F(JwtTest, RefusesUnknownKid) {
   Claims c = ValidClaims();
   c.kid = "k3";
-  EXPECT_TRUE(Refused(Verify(MintToken(kSecret, c)), "kid names no known key"));
+  EXPECT_TRUE(Refused(Verify(MintToken(kSecret, c)), "signature invalid"));
+}
+
+// Which kids exist is not for clients to learn: a token naming an unknown kid gets exactly
+// the answer of a token naming a known kid with a wrong signature.
+TEST_F(JwtTest, UnknownKidAndBadSignatureGiveTheSameAnswer) {
+  Claims c = ValidClaims();
+  c.kid = "k2";  // exists
+  const Result<Claims> bad_signature = Verify(MintToken(kUnknownSecret, c));
+  c.kid = "k3";  // does not
+  const Result<Claims> unknown_kid = Verify(MintToken(kUnknownSecret, c));
+  const Result<Claims> unknown_kid_signed = Verify(MintToken(kSecret2, c));
+  ASSERT_FALSE(bad_signature.ok());
+  ASSERT_FALSE(unknown_kid.ok());
+  ASSERT_FALSE(unknown_kid_signed.ok());
+  EXPECT_EQ(unknown_kid.status().code(), bad_signature.status().code());
+  EXPECT_EQ(unknown_kid.status().message(), bad_signature.status().message());
+  EXPECT_EQ(unknown_kid_signed.status().message(), bad_signature.status().message());
+  EXPECT_EQ(unknown_kid.status().ToString(), bad_signature.status().ToString());
 }
 
 TEST_F(JwtTest, RefusesBadKid) {
@@ -263,7 +281,7 @@ TEST_F(JwtTest, RefusesTokenWithoutKidWhenThereIsNoDefaultKey) {
   Keyring only_k2;
   ASSERT_TRUE(only_k2.AddKey("k2", kSecret2).ok());
   TokenVerifier v(only_k2, revocations_, {});
-  EXPECT_TRUE(Refused(v.Verify(MintToken(kSecret2, ValidClaims()), kNowMs), "no default key"));
+  EXPECT_TRUE(Refused(v.Verify(MintToken(kSecret2, ValidClaims()), kNowMs), "signature invalid"));
 }
 
 TEST_F(JwtTest, RefusesUnknownSecret) {

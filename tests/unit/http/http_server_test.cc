@@ -10,9 +10,11 @@
 
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace iris::net::http {
 namespace {
@@ -25,8 +27,16 @@ constexpr milliseconds kIoDeadline{10'000};
 // A blocking-free test client: every wait is a poll() bounded by a deadline.
 class Client {
  public:
-  explicit Client(uint16_t port) {
+  // Connects to 127.0.0.1:port, from `source` when given (another loopback address stands
+  // for another client machine).
+  explicit Client(uint16_t port, const char* source = nullptr) {
     fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (source != nullptr) {
+      sockaddr_in from{};
+      from.sin_family = AF_INET;
+      inet_pton(AF_INET, source, &from.sin_addr);
+      if (bind(fd_, reinterpret_cast<sockaddr*>(&from), sizeof(from)) != 0) return;
+    }
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
     addr.sin_port = htons(port);
@@ -115,8 +125,8 @@ std::string BodyOf(const std::string& response) {
   return p == std::string::npos ? "" : response.substr(p + 4);
 }
 
-std::string Exchange(uint16_t port, const std::string& request) {
-  Client c(port);
+std::string Exchange(uint16_t port, const std::string& request, const char* source = nullptr) {
+  Client c(port, source);
   if (!c.connected() || !c.Send(request)) return "";
   return c.ReadUntilClosed();
 }
@@ -313,6 +323,57 @@ TEST_F(HttpServerTest, ConnectionsOverTheCapAreRefused) {
   EXPECT_EQ(status, 200);
   ASSERT_TRUE(b.Send("rics HTTP/1.1\r\n\r\n"));
   EXPECT_EQ(StatusOf(b.ReadUntilClosed()), 200);
+}
+
+// One address holding idle connections (a slowloris) gets at most max_connections_per_ip
+// slots: its further connections are answered 503 at once, and other clients are still
+// served although the idle ones alone would have filled max_connections.
+TEST_F(HttpServerTest, OneAddressCannotHoldEverySlot) {
+  HttpServerOptions options;
+  options.max_connections = 8;
+  options.max_connections_per_ip = 3;
+  StartServer(options);
+  std::vector<std::unique_ptr<Client>> idle;
+  for (int i = 0; i < 8; ++i) {
+    idle.push_back(std::make_unique<Client>(port_, "127.0.0.1"));
+    ASSERT_TRUE(idle.back()->connected());
+  }
+  // The kernel queues them in order and the server accepts them in order: the first three
+  // are held (idle), the other five are over the per-address cap.
+  for (size_t i = 3; i < idle.size(); ++i) {
+    const std::string refused = idle[i]->ReadUntilClosed();
+    EXPECT_EQ(StatusOf(refused), 503) << i << ": " << refused;
+    EXPECT_NE(refused.find("from this address"), std::string::npos) << refused;
+  }
+  // A new connection from the same address, after the cap: refused at once, not queued.
+  {
+    Client again(port_, "127.0.0.1");
+    ASSERT_TRUE(again.Send("GET /metrics HTTP/1.1\r\n\r\n"));
+    EXPECT_EQ(StatusOf(again.ReadUntilClosed()), 503);
+  }
+  // Other clients are served, several at once, while the idle three stay open.
+  Client other_a(port_, "127.0.0.2");
+  Client other_b(port_, "127.0.0.3");
+  ASSERT_TRUE(other_a.connected() && other_b.connected());
+  ASSERT_TRUE(other_a.Send("GET /metrics HTTP/1.1\r\n\r\n"));
+  ASSERT_TRUE(other_b.Send("GET /metrics HTTP/1.1\r\n\r\n"));
+  EXPECT_EQ(StatusOf(other_a.ReadUntilClosed()), 200);
+  EXPECT_EQ(StatusOf(other_b.ReadUntilClosed()), 200);
+  EXPECT_EQ(StatusOf(Exchange(port_, "GET /metrics HTTP/1.1\r\n\r\n", "127.0.0.4")), 200);
+
+  // Once the address closes an idle connection, it gets a slot again (retried until the
+  // server noticed the close; each attempt waits on the server's answer).
+  idle[0].reset();
+  int status = 0;
+  const auto until = SteadyClock::now() + kIoDeadline;
+  while (status != 200 && SteadyClock::now() < until) {
+    status = StatusOf(Exchange(port_, "GET /metrics HTTP/1.1\r\n\r\n", "127.0.0.1"));
+    ASSERT_TRUE(status == 200 || status == 503 || status == -1) << status;  // -1: reset
+  }
+  EXPECT_EQ(status, 200);
+  // The held connections were never cut off: they are still served when they speak.
+  ASSERT_TRUE(idle[1]->Send("GET /metrics HTTP/1.1\r\n\r\n"));
+  EXPECT_EQ(StatusOf(idle[1]->ReadUntilClosed()), 200);
 }
 
 TEST_F(HttpServerTest, StopWhileAClientIsConnected) {

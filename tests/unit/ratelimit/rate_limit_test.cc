@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -446,36 +447,92 @@ TEST(ConnectionRateLimiterTest, ConcurrentAdmitsNeverExceedTheLimit) {
 
 // --- FailedLoginLimiter ----------------------------------------------------------------
 
+std::optional<IpAddress> Ip(const char* text) { return IpAddress::Parse(text); }
+
+// An address far from every other one used, so its failures do not limit by address.
+std::optional<IpAddress> FreshIp(int i) {
+  return Ip(("10.9." + std::to_string(i / 256) + "." + std::to_string(i % 256)).c_str());
+}
+
 TEST(FailedLoginLimiterTest, TenFailuresPerHourPerAccount) {
   FailedLoginLimiter f({}, kSeed);
   for (int i = 0; i < 10; ++i) {
-    ASSERT_TRUE(f.Allowed(42, kT0)) << i;
-    f.RecordFailure(42, kT0);
+    ASSERT_TRUE(f.WouldAdmitFailure(FreshIp(i), 42, kT0)) << i;
+    ASSERT_TRUE(f.RecordFailure(FreshIp(i), 42, kT0).ok()) << i;
   }
   uint32_t retry = 0;
-  EXPECT_FALSE(f.Allowed(42, kT0, &retry));
+  EXPECT_FALSE(f.WouldAdmitFailure(FreshIp(10), 42, kT0, &retry));
   EXPECT_EQ(retry, 360'000u);  // one more try every 6 minutes
-  EXPECT_TRUE(f.Allowed(43, kT0));
-  EXPECT_FALSE(f.Allowed(42, kT0 + 359 * kSec));
-  EXPECT_TRUE(f.Allowed(42, kT0 + 360 * kSec));
-  f.RecordFailure(42, kT0 + 360 * kSec);
-  EXPECT_FALSE(f.Allowed(42, kT0 + 360 * kSec));
-  EXPECT_TRUE(f.Allowed(42, kT0 + 3600 * kSec + 360 * kSec));
+  Status s = f.RecordFailure(FreshIp(10), 42, kT0);
+  EXPECT_EQ(s.code(), StatusCode::kRateLimited);
+  EXPECT_EQ(s.retry_after_ms(), 360'000u);
+  EXPECT_TRUE(f.RecordFailure(FreshIp(11), 43, kT0).ok());  // another account
+  EXPECT_FALSE(f.WouldAdmitFailure(std::nullopt, 42, kT0 + 359 * kSec));
+  EXPECT_TRUE(f.WouldAdmitFailure(std::nullopt, 42, kT0 + 360 * kSec));
+  EXPECT_TRUE(f.RecordFailure(std::nullopt, 42, kT0 + 360 * kSec).ok());
+  EXPECT_EQ(f.RecordFailure(std::nullopt, 42, kT0 + 360 * kSec).code(), StatusCode::kRateLimited);
+  EXPECT_TRUE(f.WouldAdmitFailure(std::nullopt, 42, kT0 + 3600 * kSec + 360 * kSec));
 }
 
-TEST(FailedLoginLimiterTest, FailuresWhileLockedDoNotExtendTheLock) {
+TEST(FailedLoginLimiterTest, ThirtyFailuresPerHourPerAddress) {
   FailedLoginLimiter f({}, kSeed);
-  for (int i = 0; i < 10; ++i) f.RecordFailure(7, kT0);
-  for (int i = 0; i < 100; ++i) f.RecordFailure(7, kT0 + kSec);
-  EXPECT_TRUE(f.Allowed(7, kT0 + 360 * kSec));
+  const auto attacker = Ip("192.0.2.7");
+  for (uint64_t u = 1; u <= 30; ++u) {
+    ASSERT_TRUE(f.RecordFailure(attacker, u, kT0).ok()) << u;  // a new account each time
+  }
+  Status s = f.RecordFailure(attacker, 31, kT0);
+  EXPECT_EQ(s.code(), StatusCode::kRateLimited);
+  EXPECT_EQ(s.retry_after_ms(), 120'000u);  // 30 per hour: one every 2 minutes
+  // Without an account either (a token whose sub cannot be read).
+  EXPECT_EQ(f.RecordFailure(attacker, 0, kT0).code(), StatusCode::kRateLimited);
+  // Other addresses, and the accounts the attacker named, are not limited by it.
+  EXPECT_TRUE(f.RecordFailure(Ip("192.0.2.8"), 31, kT0).ok());
+  EXPECT_TRUE(f.RecordFailure(Ip("198.51.100.1"), 1, kT0).ok());
+  EXPECT_TRUE(f.RecordFailure(attacker, 32, kT0 + 120 * kSec).ok());
 }
 
-TEST(FailedLoginLimiterTest, CheckingDoesNotTrackAccounts) {
+TEST(FailedLoginLimiterTest, Ipv6CountsPerSlash64) {
+  FailedLoginConfig cfg;
+  cfg.per_ip_per_hour = 2;
+  FailedLoginLimiter f(cfg, kSeed);
+  EXPECT_TRUE(f.RecordFailure(Ip("2001:db8:1:2::1"), 0, kT0).ok());
+  EXPECT_TRUE(f.RecordFailure(Ip("2001:db8:1:2::ffff"), 0, kT0).ok());
+  EXPECT_EQ(f.RecordFailure(Ip("2001:db8:1:2:abcd::9"), 0, kT0).code(), StatusCode::kRateLimited);
+  EXPECT_TRUE(f.RecordFailure(Ip("2001:db8:1:3::1"), 0, kT0).ok());  // another /64
+}
+
+// Each table has its own budget: a failure refused for the address's sake is not charged to
+// the account it names (and the other way round).
+TEST(FailedLoginLimiterTest, ARefusedFailureIsChargedToNeitherKey) {
+  FailedLoginConfig cfg;
+  cfg.per_hour = 2;
+  cfg.per_ip_per_hour = 2;
+  FailedLoginLimiter f(cfg, kSeed);
+  const auto a = Ip("203.0.113.1");
+  ASSERT_TRUE(f.RecordFailure(a, 1, kT0).ok());
+  ASSERT_TRUE(f.RecordFailure(a, 2, kT0).ok());
+  for (int i = 0; i < 10; ++i)
+    EXPECT_EQ(f.RecordFailure(a, 3, kT0).code(), StatusCode::kRateLimited);
+  EXPECT_TRUE(f.RecordFailure(Ip("203.0.113.2"), 3, kT0).ok());
+  EXPECT_TRUE(f.RecordFailure(Ip("203.0.113.3"), 3, kT0).ok());
+  EXPECT_EQ(f.RecordFailure(Ip("203.0.113.4"), 3, kT0).code(), StatusCode::kRateLimited);
+}
+
+TEST(FailedLoginLimiterTest, FailuresWhileLimitedDoNotExtendTheLimit) {
   FailedLoginLimiter f({}, kSeed);
-  for (uint64_t u = 1; u < 100; ++u) EXPECT_TRUE(f.Allowed(u, kT0));
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(f.RecordFailure(std::nullopt, 7, kT0).ok());
+  for (int i = 0; i < 100; ++i) {
+    EXPECT_EQ(f.RecordFailure(std::nullopt, 7, kT0 + kSec).code(), StatusCode::kRateLimited);
+  }
+  EXPECT_TRUE(f.WouldAdmitFailure(std::nullopt, 7, kT0 + 360 * kSec));
+}
+
+TEST(FailedLoginLimiterTest, CheckingDoesNotTrackKeys) {
+  FailedLoginLimiter f({}, kSeed);
+  for (uint64_t u = 1; u < 100; ++u) EXPECT_TRUE(f.WouldAdmitFailure(FreshIp(int(u)), u, kT0));
   EXPECT_EQ(f.size(), 0u);
-  f.RecordFailure(1, kT0);
-  EXPECT_EQ(f.size(), 1u);
+  ASSERT_TRUE(f.RecordFailure(Ip("192.0.2.1"), 1, kT0).ok());
+  EXPECT_EQ(f.size(), 2u);  // the account and the address
   f.Sweep(kT0 + 3600 * kSec);
   EXPECT_EQ(f.size(), 0u);
 }
@@ -484,11 +541,11 @@ TEST(FailedLoginLimiterTest, MemoryIsBounded) {
   FailedLoginConfig cfg;
   cfg.max_entries = 16;
   FailedLoginLimiter f(cfg, kSeed);
-  for (uint64_t u = 1; u <= 1000; ++u) {
-    f.RecordFailure(u, kT0);
-    ASSERT_LE(f.size(), 16u);
+  for (int u = 1; u <= 1000; ++u) {
+    (void)f.RecordFailure(FreshIp(u), static_cast<uint64_t>(u), kT0);
+    ASSERT_LE(f.size(), 32u);
   }
-  EXPECT_EQ(f.size(), 16u);
+  EXPECT_EQ(f.size(), 32u);
 }
 
 }  // namespace
