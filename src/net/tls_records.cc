@@ -244,6 +244,7 @@ Status Tls13Records::SealDueKeyUpdate(std::string* out) {
 }
 
 Status Tls13Records::SealApplicationData(std::string_view plain, std::string* out) {
+  if (plain.empty()) return Status::Ok();  // no record, so nothing owed goes out either
   IRIS_RETURN_IF_ERROR(SealDueKeyUpdate(out));
   out->reserve(out->size() + plain.size() +
                (plain.size() / kMaxPlaintext + 1) * (kHeaderBytes + 1 + kTagBytes));
