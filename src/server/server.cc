@@ -4,6 +4,7 @@
 #include <openssl/rand.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -100,6 +101,39 @@ Status EnsureSecretFile(const std::string& path, size_t bytes) {
   return out ? Status::Ok() : Internal("cannot write " + path);
 }
 
+// Raises the soft open-file limit to the hard one: every client connection is a descriptor,
+// and a service manager's default soft limit (1,024) is far below what one node serves.
+void RaiseOpenFileLimit() {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+    obs::LogWarn("cannot read the open-file limit", {{"error", strerror(errno)}});
+    return;
+  }
+  const uint64_t before = rl.rlim_cur;
+  rlim_t target = rl.rlim_max;
+  if (target == RLIM_INFINITY) {
+    // The kernel refuses an infinite soft limit; its ceiling is fs.nr_open.
+    target = 1 << 20;
+    std::ifstream in("/proc/sys/fs/nr_open");
+    uint64_t nr_open = 0;
+    if (in >> nr_open && nr_open > 0) target = static_cast<rlim_t>(nr_open);
+  }
+  if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < target) {
+    rl.rlim_cur = target;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+      obs::LogWarn("cannot raise the open-file limit",
+                   {{"soft", before},
+                    {"hard", static_cast<uint64_t>(rl.rlim_max)},
+                    {"error", strerror(errno)}});
+      return;
+    }
+  }
+  getrlimit(RLIMIT_NOFILE, &rl);
+  obs::LogInfo("open-file limit", {{"soft", static_cast<uint64_t>(rl.rlim_cur)},
+                                   {"hard", static_cast<uint64_t>(rl.rlim_max)},
+                                   {"soft_at_start", before}});
+}
+
 std::string TrimOneNewline(std::string s) {
   if (!s.empty() && s.back() == '\n') s.pop_back();
   return s;
@@ -116,6 +150,7 @@ Result<std::unique_ptr<Server>> Server::Create(const ServerConfig& config) {
   auto level = obs::ParseLogLevel(c.log_level);
   if (!level.ok()) return level.status();
   obs::Logger::Default().set_level(*level);
+  RaiseOpenFileLimit();
   std::error_code ec;
   fs::create_directories(c.data_dir, ec);
   if (ec) return BadRequest("cannot create data directory " + c.data_dir + ": " + ec.message());
@@ -238,6 +273,8 @@ Status Server::Start() {
   eo.connection_rate.per_minute = c.connections_per_ip_per_minute;
   eo.connection_rate.burst = std::max(1.0, c.connections_per_ip_per_minute);
   eo.connection_allowlist = c.connection_allowlist;
+  eo.max_prelogin_per_ip = c.max_prelogin_per_ip;
+  eo.max_prelogin_total = c.max_prelogin_connections;
   eo.failed_logins.per_hour = c.failed_logins_per_hour;
 
   eo.loop_lag_budget_ms = c.loop_lag_budget_ms;
@@ -318,6 +355,7 @@ Status Server::Start() {
                                               [e = m.edge.get()] {
                                                 return static_cast<double>(e->session_count());
                                               });
+    AddPreLoginGauge(*m.edge);
   }
   m.admin = std::make_unique<net::http::HttpServer>();
   m.admin->Route("GET", "/healthz", [](const net::http::HttpRequest&) {
@@ -405,6 +443,7 @@ void Server::Stop() {
     if (m.admin) m.admin->Stop();
     if (m.remote) m.remote->Stop();
     obs::Registry::Default().RemoveCallback("iris_connections_open");
+    obs::Registry::Default().RemoveCallback("iris_connections_prelogin");
     obs::LogInfo("edge process stopped", {{"edge_index", m.config.edge_index}});
     return;
   }
@@ -422,6 +461,7 @@ void Server::Stop() {
   if (m.admin) m.admin->Stop();
   // The gauge reads the edge: remove it before the edge goes away.
   obs::Registry::Default().RemoveCallback("iris_connections_open");
+  obs::Registry::Default().RemoveCallback("iris_connections_prelogin");
   obs::Registry::Default().RemoveCallback("iris_degradation_level");
   obs::Registry::Default().RemoveCallback("iris_storage_write_errors_total");
   obs::Registry::Default().RemoveCallback("iris_storage_full_errors_total");
@@ -464,6 +504,16 @@ Status Server::ReserveClientPort() {
   return Status::Ok();
 }
 
+void Server::AddPreLoginGauge(edge::Edge& e) {
+  obs::Registry::Default().AddCallbackGauge(
+      "iris_connections_prelogin",
+      "Client connections accepted whose HELLO is not accepted yet (capped by "
+      "--max-prelogin-per-ip and --max-prelogin-connections)",
+      [&e] { return static_cast<double>(e.prelogin_count()); });
+  obs::LogInfo("pre-login connection caps",
+               {{"per_ip", impl_->config.max_prelogin_per_ip}, {"total", e.prelogin_total_cap()}});
+}
+
 Result<pid_t> Server::SpawnEdge(uint32_t index) {
   const ServerConfig& c = impl_->config;
   std::vector<std::string> args = {"/proc/self/exe", "--role", "edge", "--edge-index",
@@ -489,6 +539,9 @@ Result<pid_t> Server::SpawnEdge(uint32_t index) {
                                    "--loop-lag-budget-ms", std::to_string(c.loop_lag_budget_ms),
                                    "--shutdown-grace-ms", std::to_string(c.shutdown_grace_ms),
                                    "--log-level", c.log_level};
+  args.insert(args.end(),
+              {"--max-prelogin-per-ip", std::to_string(c.max_prelogin_per_ip),
+               "--max-prelogin-connections", std::to_string(c.max_prelogin_connections)});
   if (!c.jwt_audience.empty()) args.insert(args.end(), {"--jwt-audience", c.jwt_audience});
   if (!c.jwt_issuer.empty()) args.insert(args.end(), {"--jwt-issuer", c.jwt_issuer});
   for (const auto& k : c.jwt_keys) args.insert(args.end(), {"--jwt-key", k});
@@ -615,6 +668,7 @@ Status Server::StartEdgeProcess(const edge::EdgeOptions& base) {
                                             [e = m.edge.get()] {
                                               return static_cast<double>(e->session_count());
                                             });
+  AddPreLoginGauge(*m.edge);
   m.admin = std::make_unique<net::http::HttpServer>();
   m.admin->Route("GET", "/healthz", [](const net::http::HttpRequest&) {
     return net::http::HttpResponse{200, "text/plain", "ok\n"};

@@ -35,6 +35,8 @@ class Server {
  private:
   Server() = default;
   Status ReserveClientPort();
+  // iris_connections_prelogin, read from `e`.
+  void AddPreLoginGauge(edge::Edge& e);
   Result<pid_t> SpawnEdge(uint32_t index);
   void StopEdgeProcesses();
   Status StartEdgeProcess(const edge::EdgeOptions& base);
