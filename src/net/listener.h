@@ -2,6 +2,8 @@
 // Listener: a non-blocking listening TCP socket with SO_REUSEPORT, so that every loop (and,
 // with --edge-processes, every edge process) can bind the same port and the kernel spreads
 // new connections among them.
+// SO_REUSEPORT would let any process of the same user join the port; irisd keeps other
+// nodes off it with a lock (src/server/port_lock.h).
 //
 // Running out of descriptors (EMFILE/ENFILE, also ENOBUFS/ENOMEM) pauses accepting: the
 // listening socket leaves the epoll set, because it stays readable while connections wait in

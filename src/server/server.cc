@@ -30,6 +30,7 @@
 #include "obs/metrics.h"
 #include "obs/process_metrics.h"
 #include "obs/trace.h"
+#include "server/port_lock.h"
 #include "store/inbox_store.h"
 
 namespace iris::server {
@@ -69,6 +70,8 @@ struct Server::Impl {
   std::unique_ptr<edge::Edge> edge;
   // --edge-processes (core process): the link server, the reserved client port, children.
   std::unique_ptr<core::CoreServer> core_server;
+  // The node's claim on its client port (embedded or core process; see port_lock.h).
+  std::unique_ptr<PortLock> port_lock;
   int reserved_port_fd = -1;
   uint16_t client_port = 0;
   std::vector<pid_t> edge_pids;
@@ -151,6 +154,15 @@ Result<std::unique_ptr<Server>> Server::Create(const ServerConfig& config) {
   if (!level.ok()) return level.status();
   obs::Logger::Default().set_level(*level);
   RaiseOpenFileLimit();
+  if (!m.edge_role()) {
+    // The client port's lock first (see port_lock.h), before anything is created on disk:
+    // a second node on the port fails without side effects. Port 0 (ephemeral) is locked
+    // once the port is known (Start).
+    std::string host;
+    uint16_t port = 0;
+    IRIS_RETURN_IF_ERROR(net::SplitHostPort(c.listen, &host, &port));
+    if (port != 0) IRIS_RETURN_IF_ERROR(server->LockClientPort(port));
+  }
   std::error_code ec;
   fs::create_directories(c.data_dir, ec);
   if (ec) return BadRequest("cannot create data directory " + c.data_dir + ": " + ec.message());
@@ -319,6 +331,8 @@ Status Server::Start() {
         std::make_unique<edge::Edge>(eo, *m.core, *m.verifier, *m.tls, SystemClock::Instance());
     m.forward.to = m.edge.get();
     IRIS_RETURN_IF_ERROR(m.edge->Start());
+    // Port 0: the port the kernel chose (a fixed port was locked in Create()).
+    IRIS_RETURN_IF_ERROR(LockClientPort(m.edge->port()));
   }
   obs::Registry::Default().AddCallbackGauge(
       "iris_degradation_level", "Graceful degradation level (0 normal .. 3 receipts shed)",
@@ -458,6 +472,9 @@ void Server::Stop() {
   m.forward.to = nullptr;
   if (m.core_server) m.core_server->Stop();
   if (m.reserved_port_fd >= 0) close(m.reserved_port_fd);
+  // The client sockets are closed (edge processes gone, loops stopped): the port is free
+  // for another node.
+  m.port_lock.reset();
   if (m.admin) m.admin->Stop();
   // The gauge reads the edge: remove it before the edge goes away.
   obs::Registry::Default().RemoveCallback("iris_connections_open");
@@ -493,6 +510,8 @@ Status Server::ReserveClientPort() {
   auto bound = net::LocalPort(*fd);
   if (!bound.ok()) return bound.status();
   close(*fd);
+  // Port 0: the port the kernel chose (a fixed port was locked in Create()).
+  IRIS_RETURN_IF_ERROR(LockClientPort(*bound));
   // Re-bind without listen() on the port just learnt.
   const std::string addr = (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" +
                            std::to_string(*bound);
@@ -501,6 +520,15 @@ Status Server::ReserveClientPort() {
   m.reserved_port_fd = *reserved;
   m.client_port = *bound;
   m.config.listen = addr;
+  return Status::Ok();
+}
+
+Status Server::LockClientPort(uint16_t port) {
+  Impl& m = *impl_;
+  if (m.port_lock) return Status::Ok();
+  auto lock = PortLock::Acquire(port, m.config.listen, m.config.data_dir);
+  if (!lock.ok()) return lock.status();
+  m.port_lock = std::move(lock).value();
   return Status::Ok();
 }
 

@@ -1,4 +1,4 @@
-// Descriptor exhaustion before login (security issue 14),
+// Descriptor exhaustion before login, and one node per client port (security issue 14),
 // against real irisd processes on loopback:
 //   * irisd raises its soft open-file limit: 1,500 idle TCP connections that never start TLS
 //     do not lock a valid client out of a server started with a soft limit of 1,024, and the
@@ -6,7 +6,9 @@
 //   * when the descriptors do run out, accepting pauses (no busy loop) and resumes once some
 //     are free;
 //   * pre-login connections are capped per address and in total, over a cap closed at once
-//     and counted.
+//     and counted;
+//   * a second irisd on the same client port (another data directory) fails to start,
+//     naming the address, while the first keeps serving; a restart on the port works.
 // Waits are on observable conditions (sockets, metrics, /proc) with deadlines; the CPU
 // figure is read over a ~1 s window with a generous bound (20% of one core).
 
@@ -300,6 +302,58 @@ TEST(DescriptorTest, PreLoginCapsCloseExcessConnectionsAtOnce) {
   auto logged_in = LoggedIn(server, 14201, "127.0.0.5");
   ASSERT_TRUE(logged_in);
   EXPECT_EQ(WaitMetric(server, open, 24), 24) << "a logged-in session still counted";
+}
+
+// The second irisd of the test: `argv` tail after the binary, run to its exit (bounded).
+int RunIrisd(const std::vector<std::string>& args, std::string* output) {
+  const char* d = std::getenv("IRIS_BUILD_DIR");
+  std::vector<std::string> argv = {std::string(d != nullptr ? d : ".") + "/src/server/irisd"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return RunBounded(argv, 15'000, output);
+}
+
+// A second irisd on the first one's client port, with its own data directory, must not
+// start (SO_REUSEPORT would let it take a share of the users); the first keeps serving, and
+// once it is gone the port can be used again.
+void ExpectSecondNodeRefused(ServerProcess& first, uint64_t user_base) {
+  const std::string addr = "127.0.0.1:" + std::to_string(first.port());
+  char tmpl[] = "/tmp/iris-test-second-XXXXXX";
+  const std::string second_dir = mkdtemp(tmpl);
+  std::string out;
+  const int status = RunIrisd(
+      {"--data-dir", second_dir, "--listen", addr, "--admin-listen", "127.0.0.1:0", "--loops", "1"},
+      &out);
+  std::error_code ec;
+  std::filesystem::remove_all(second_dir, ec);
+  ASSERT_TRUE(WIFEXITED(status)) << "the second irisd did not exit by itself (it served the "
+                                    "port); output:\n"
+                                 << out;
+  EXPECT_NE(WEXITSTATUS(status), 0) << out;
+  EXPECT_NE(out.find("client address " + addr + " is already served by another irisd"),
+            std::string::npos)
+      << out;
+  ExpectServerServes(first, user_base);
+}
+
+TEST(PortGuardTest, SecondIrisdOnTheSameClientPortFailsAndTheFirstKeepsServing) {
+  ServerProcess first;
+  first.Start();
+  ExpectSecondNodeRefused(first, 14300);
+
+  // The lock goes with the process, even killed: a new node may take the port.
+  const std::string addr = "127.0.0.1:" + std::to_string(first.port());
+  first.Stop(SIGKILL);
+  ServerProcess next({"--listen", addr});
+  next.Start();
+  ASSERT_EQ(next.port(), static_cast<uint16_t>(std::stoi(addr.substr(10))));
+  ExpectServerServes(next, 14310);
+}
+
+TEST(PortGuardTest, EdgeProcessesOfOneNodeShareThePortAndOthersAreRefused) {
+  ServerProcess first({"--edge-processes", "2", "--loops", "1"});
+  first.Start();
+  ExpectServerServes(first, 14400);
+  ExpectSecondNodeRefused(first, 14410);
 }
 
 }  // namespace
