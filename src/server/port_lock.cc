@@ -1,87 +1,71 @@
 #include "server/port_lock.h"
 
-#include <fcntl.h>
-#include <sys/file.h>
-#include <sys/stat.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstring>
 
 namespace iris::server {
 namespace {
 
-std::string LockDir() { return access("/run/lock", W_OK | X_OK) == 0 ? "/run/lock" : "/tmp"; }
+// The abstract-namespace address of `port`'s lock; *len is its length for bind/connect.
+sockaddr_un LockAddress(uint16_t port, socklen_t* len) {
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  const std::string name = "iris-client-port-" + std::to_string(port);
+  a.sun_path[0] = '\0';  // abstract: no file, gone with the last descriptor
+  memcpy(a.sun_path + 1, name.data(), name.size());
+  *len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+  return a;
+}
 
-std::string ReadHolder(int fd) {
-  char buf[512];
-  const ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
-  if (n <= 0) return "";
-  std::string s(buf, static_cast<size_t>(n));
-  while (!s.empty() && (s.back() == '\n' || s.back() == '\0')) s.pop_back();
-  return s;
+// The pid of the process holding `port`'s lock, or 0 when it cannot be told.
+pid_t HolderPid(uint16_t port) {
+  socklen_t len = 0;
+  const sockaddr_un a = LockAddress(port, &len);
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return 0;
+  pid_t pid = 0;
+  if (connect(fd, reinterpret_cast<const sockaddr*>(&a), len) == 0) {
+    ucred cred{};
+    socklen_t cl = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0) pid = cred.pid;
+  }
+  close(fd);
+  return pid;
 }
 
 }  // namespace
 
-std::string PortLock::PathFor(uint16_t port) {
-  return LockDir() + "/iris-client-port-" + std::to_string(port) + ".lock";
-}
-
 Result<std::unique_ptr<PortLock>> PortLock::Acquire(uint16_t port,
-                                                    const std::string& listen_address,
-                                                    const std::string& data_dir) {
-  const std::string path = PathFor(port);
-  // A holder that stops removes the file while still holding the lock, so a file we locked
-  // may already be unlinked: then lock the new one (a few rounds at most).
-  for (int attempt = 0; attempt < 8; ++attempt) {
-    bool writable = true;
-    int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0 && (errno == EACCES || errno == EPERM)) {
-      // Another user's file (sticky directory): flock works on a read-only descriptor.
-      writable = false;
-      fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+                                                    const std::string& listen_address) {
+  socklen_t len = 0;
+  const sockaddr_un a = LockAddress(port, &len);
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0)
+    return Internal(std::string("cannot create the client port lock: ") + strerror(errno));
+  if (bind(fd, reinterpret_cast<const sockaddr*>(&a), len) != 0) {
+    const int err = errno;
+    close(fd);
+    if (err != EADDRINUSE) {
+      return Internal("cannot take the client port lock of " + listen_address + ": " +
+                      strerror(err));
     }
-    if (fd < 0) {
-      return Internal("cannot open the client port lock file " + path + ": " + strerror(errno));
-    }
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-      const int err = errno;
-      const std::string holder = ReadHolder(fd);
-      close(fd);
-      if (err != EWOULDBLOCK) {
-        return Internal("cannot lock " + path + ": " + strerror(err));
-      }
-      return Unavailable("client address " + listen_address +
-                             " is already served by another irisd (" +
-                             (holder.empty() ? std::string("holder unknown") : holder) + "; lock " +
-                             path + "): only the processes of one node may share a client port",
-                         0);
-    }
-    struct stat held = {};
-    struct stat named = {};
-    if (fstat(fd, &held) != 0 || stat(path.c_str(), &named) != 0 || held.st_ino != named.st_ino ||
-        held.st_dev != named.st_dev) {
-      close(fd);  // the previous holder removed it meanwhile
-      continue;
-    }
-    if (writable) {
-      fchmod(fd, 0644);  // whatever the umask: others read who holds it
-      const std::string who = "pid " + std::to_string(getpid()) + ", data dir " + data_dir + "\n";
-      if (ftruncate(fd, 0) == 0) {
-        [[maybe_unused]] ssize_t n = pwrite(fd, who.data(), who.size(), 0);
-      }
-    }
-    return std::unique_ptr<PortLock>(new PortLock(fd, path));
+    const pid_t holder = HolderPid(port);
+    return Unavailable("client address " + listen_address +
+                           " is already served by another irisd (" +
+                           (holder > 0 ? "pid " + std::to_string(holder) : "pid unknown") +
+                           "): only the processes of one node may share a client port",
+                       0);
   }
-  return Internal("cannot lock " + path + ": it keeps being replaced");
+  // Listening only records our credentials for HolderPid(); nothing is ever accepted.
+  listen(fd, 8);
+  return std::unique_ptr<PortLock>(new PortLock(fd));
 }
 
-PortLock::~PortLock() {
-  // Unlink first, while still locked: a process that opened this file meanwhile finds it
-  // unlinked after locking it and retries with a fresh file.
-  unlink(path_.c_str());
-  close(fd_);
-}
+PortLock::~PortLock() { close(fd_); }
 
 }  // namespace iris::server

@@ -526,7 +526,7 @@ Status Server::ReserveClientPort() {
 Status Server::LockClientPort(uint16_t port) {
   Impl& m = *impl_;
   if (m.port_lock) return Status::Ok();
-  auto lock = PortLock::Acquire(port, m.config.listen, m.config.data_dir);
+  auto lock = PortLock::Acquire(port, m.config.listen);
   if (!lock.ok()) return lock.status();
   m.port_lock = std::move(lock).value();
   return Status::Ok();
