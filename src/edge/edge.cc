@@ -1,12 +1,88 @@
 #include "edge/edge.h"
 
+#include <sys/resource.h>
 #include <unistd.h>
+
+#include <cstring>
 
 #include "edge/edge_metrics.h"
 #include "edge/session.h"
 #include "obs/log.h"
 
 namespace iris::edge {
+namespace {
+
+obs::Counter& RefusedPreLogin(PreLoginLimiter::Verdict v) {
+  static obs::Counter& per_ip = obs::Registry::Default().GetCounter(
+      "iris_connections_refused_total",
+      "Connections closed as soon as accepted: a pre-login cap was reached",
+      {{"reason", "prelogin_per_ip"}});
+  static obs::Counter& total = obs::Registry::Default().GetCounter(
+      "iris_connections_refused_total",
+      "Connections closed as soon as accepted: a pre-login cap was reached",
+      {{"reason", "prelogin_total"}});
+  return v == PreLoginLimiter::Verdict::kOverPerAddress ? per_ip : total;
+}
+
+obs::Counter& AcceptPauses() {
+  static obs::Counter& c = obs::Registry::Default().GetCounter(
+      "iris_accept_paused_total",
+      "Times the edge stopped accepting because the process ran out of file descriptors");
+  return c;
+}
+
+// Half the soft open-file limit: pre-login connections never take more than half of the
+// descriptors, the rest stays for logged-in sessions, the store and the admin listener.
+uint32_t DefaultPreLoginTotal() {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == 0) return 512;
+  const rlim_t half = rl.rlim_cur == RLIM_INFINITY ? rlim_t{1} << 20 : rl.rlim_cur / 2;
+  return static_cast<uint32_t>(std::clamp<rlim_t>(half, 1, rlim_t{1} << 24));
+}
+
+}  // namespace
+
+PreLoginLimiter::PreLoginLimiter(uint32_t per_address, uint32_t total)
+    : per_address_cap_(per_address), total_cap_(std::max<uint32_t>(total, 1)) {}
+
+size_t PreLoginLimiter::KeyHash::operator()(const Key& k) const {
+  // FNV-1a: keys are counted connections (at most total_cap_), not attacker-chosen floods
+  // of entries, so a seeded hash buys nothing here.
+  uint64_t h = 1469598103934665603ull;
+  for (uint8_t b : k) h = (h ^ b) * 1099511628211ull;
+  return static_cast<size_t>(h);
+}
+
+PreLoginLimiter::Shard& PreLoginLimiter::ShardOf(const Key& key) {
+  return shards_[KeyHash{}(key) % shards_.size()];
+}
+
+PreLoginLimiter::Verdict PreLoginLimiter::Admit(const Key& key, bool exempt) {
+  if (total_.fetch_add(1, std::memory_order_relaxed) >= total_cap_) {
+    total_.fetch_sub(1, std::memory_order_relaxed);
+    return Verdict::kOverTotal;
+  }
+  if (exempt || per_address_cap_ == 0) return Verdict::kAdmitted;
+  Shard& s = ShardOf(key);
+  std::lock_guard lock(s.mu);
+  uint32_t& n = s.counts[key];
+  if (n >= per_address_cap_) {
+    total_.fetch_sub(1, std::memory_order_relaxed);
+    return Verdict::kOverPerAddress;
+  }
+  ++n;
+  return Verdict::kAdmitted;
+}
+
+void PreLoginLimiter::Release(const Key& key, bool exempt) {
+  total_.fetch_sub(1, std::memory_order_relaxed);
+  if (exempt || per_address_cap_ == 0) return;
+  Shard& s = ShardOf(key);
+  std::lock_guard lock(s.mu);
+  auto it = s.counts.find(key);
+  if (it == s.counts.end()) return;
+  if (--it->second == 0) s.counts.erase(it);
+}
 
 EdgeLoop::EdgeLoop(Edge& edge, uint32_t index) : edge_(edge), index_(index) {}
 
@@ -22,15 +98,49 @@ Session* EdgeLoop::Find(uint64_t session_id) {
 void EdgeLoop::Forget(uint64_t session_id) {
   auto it = sessions_.find(session_id);
   if (it == sessions_.end()) return;
+  EndPreLogin(session_id);
   // Destroy after this loop turn: the session may be on the call stack right now.
   std::shared_ptr<Session> doomed(it->second.release());
   sessions_.erase(it);
   count_.fetch_sub(1, std::memory_order_relaxed);
-  loop_.Defer([doomed] {});
+  loop_.Defer([this, doomed]() mutable {
+    doomed.reset();  // closes the socket
+    // A descriptor is free: a listener paused for want of one tries again now.
+    if (listener_) listener_->Resume();
+  });
+}
+
+void EdgeLoop::EndPreLogin(uint64_t session_id) {
+  auto it = prelogin_.find(session_id);
+  if (it == prelogin_.end()) return;
+  edge_.prelogin_limiter().Release(it->second.key, it->second.exempt);
+  prelogin_.erase(it);
+}
+
+void EdgeLoop::ReleaseAllPreLogin() {
+  for (const auto& [id, e] : prelogin_) edge_.prelogin_limiter().Release(e.key, e.exempt);
+  prelogin_.clear();
 }
 
 void EdgeLoop::Accept(int fd, const std::string& peer_ip) {
   EdgeMetrics::Get().accepted.Inc();
+  // Pre-login caps first, before any other work for the connection: over a cap it is closed
+  // at once, so connections that never log in cannot take every descriptor.
+  PreLoginEntry pre;
+  {
+    const std::optional<IpAddress> addr = IpAddress::Parse(peer_ip);
+    if (addr) {
+      const int bits = edge_.options().connection_rate.ipv6_prefix_bits;
+      pre.key = (addr->is_v4() ? *addr : addr->Masked(bits)).bytes();
+      pre.exempt = edge_.connection_limiter().IsAllowListed(*addr);
+    }
+    const auto verdict = edge_.prelogin_limiter().Admit(pre.key, pre.exempt);
+    if (verdict != PreLoginLimiter::Verdict::kAdmitted) {
+      RefusedPreLogin(verdict).Inc();
+      close(fd);
+      return;
+    }
+  }
   // Over the per-IP rate the connection still gets its TLS handshake, and its HELLO is
   // answered RATE_LIMITED (fatal) with retry_after_ms, as PROTOCOL.md section 7 says.
   uint32_t retry_after = 0;
@@ -40,6 +150,7 @@ void EdgeLoop::Accept(int fd, const std::string& peer_ip) {
   auto session = std::make_unique<Session>(*this, id, fd, peer_ip, retry_after);
   Session* raw = session.get();
   sessions_.emplace(id, std::move(session));
+  prelogin_.emplace(id, pre);
   count_.fetch_add(1, std::memory_order_relaxed);
   if (!raw->Start().ok()) Forget(id);
 }
@@ -81,7 +192,10 @@ Edge::Edge(EdgeOptions options, core::CoreApi& core, const auth::TokenVerifier& 
       clock_(clock),
       send_limiter_(options_.send_rate),
       failed_logins_(options_.failed_logins),
-      connection_limiter_(options_.connection_rate) {}
+      connection_limiter_(options_.connection_rate),
+      prelogin_(options_.max_prelogin_per_ip, options_.max_prelogin_total != 0
+                                                  ? options_.max_prelogin_total
+                                                  : DefaultPreLoginTotal()) {}
 
 Edge::~Edge() {
   if (started_) Shutdown(0);
@@ -89,6 +203,9 @@ Edge::~Edge() {
 
 Status Edge::Start() {
   EdgeMetrics::Get();  // every series exists (at zero) from the first scrape: rate() needs it
+  RefusedPreLogin(PreLoginLimiter::Verdict::kOverPerAddress);
+  RefusedPreLogin(PreLoginLimiter::Verdict::kOverTotal);
+  AcceptPauses();
   for (const auto& cidr : options_.connection_allowlist) {
     IRIS_RETURN_IF_ERROR(connection_limiter_.AllowCidr(cidr));
   }
@@ -113,9 +230,16 @@ Status Edge::Start() {
     }
     EdgeLoop* raw = el.get();
     el->listener_ = std::make_unique<net::Listener>(
-        el->loop_, *fd, [raw](int cfd, const std::string& ip) { raw->Accept(cfd, ip); });
+        el->loop_, *fd, [raw](int cfd, const std::string& ip) { raw->Accept(cfd, ip); },
+        [this, i](bool starved, int err) {
+          OnListenerStarved(static_cast<uint32_t>(i), starved, err);
+        });
     IRIS_RETURN_IF_ERROR(el->listener_->Start());
     el->loop_.AddTicker([raw] { raw->Sweep(); });
+    // A listener paused for want of descriptors resumes on a tick 100 ms later at most.
+    el->loop_.AddTicker([raw] {
+      if (raw->listener_) raw->listener_->OnTick();
+    });
     loops_.push_back(std::move(el));
   }
   for (auto& el : loops_) {
@@ -157,9 +281,30 @@ void Edge::Shutdown(int64_t deadline_ms) {
   }
   for (auto& el : loops_) {
     el->sessions_.clear();
+    el->ReleaseAllPreLogin();
     el->listener_.reset();
   }
   started_ = false;
+}
+
+void Edge::OnListenerStarved(uint32_t loop, bool starved, int err) {
+  // Once per episode for the process: the first loop to starve logs, the last to recover
+  // logs again. Each loop's listener already reports only the edges of its own episode.
+  if (starved) {
+    if (starved_loops_.fetch_add(1) == 0) {
+      AcceptPauses().Inc();
+      rlimit rl{};
+      getrlimit(RLIMIT_NOFILE, &rl);
+      obs::LogWarn("out of file descriptors: accepting paused, retried every 100 ms",
+                   {{"error", std::strerror(err)},
+                    {"loop", loop},
+                    {"open_file_limit", static_cast<uint64_t>(rl.rlim_cur)},
+                    {"connections", static_cast<uint64_t>(session_count())},
+                    {"prelogin", static_cast<uint64_t>(prelogin_count())}});
+    }
+  } else if (starved_loops_.fetch_sub(1) == 1) {
+    obs::LogInfo("accepting connections again", {{"loop", loop}});
+  }
 }
 
 void Edge::RecheckAllSessions() {

@@ -11,8 +11,10 @@
 // RecheckAllSessions and the counters from any thread; everything else in EdgeLoop runs on
 // its loop thread.
 
+#include <array>
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -45,11 +47,55 @@ struct EdgeOptions {
   SendRateConfig send_rate;             // per user: SEND and RECEIPT
   ConnectionLimitConfig connection_rate;  // per IP
   std::vector<std::string> connection_allowlist;  // addresses or CIDR ranges
+  // Pre-login connections (accepted, HELLO not accepted yet) are capped when accepted; a
+  // connection over a cap is closed at once (iris_connections_refused_total). Per address
+  // (IPv6: per connection_rate.ipv6_prefix_bits prefix; allow-listed addresses are exempt;
+  // 0 = no cap) and in total in this process (0 = half the open-file limit, RLIMIT_NOFILE,
+  // read when the Edge is constructed).
+  uint32_t max_prelogin_per_ip = 64;
+  uint32_t max_prelogin_total = 0;
   FailedLoginConfig failed_logins;      // per account
   std::vector<std::string> capabilities = {"receipts", "presence", "typing", "e2ee", "groups"};
 };
 
 class Edge;
+
+// Counts pre-login connections (accepted, HELLO not accepted yet) per address and in total,
+// so that connections that never log in cannot take every descriptor of the process.
+//
+// Thread-safety: any thread (the loops of one Edge share it): the total is an atomic and
+// never exceeds its cap; the per-address counts are spread over 16 shards, each behind a
+// mutex. Memory: one entry per address with a pre-login connection.
+class PreLoginLimiter {
+ public:
+  using Key = std::array<uint8_t, 16>;
+  enum class Verdict { kAdmitted, kOverPerAddress, kOverTotal };
+  // per_address 0: no per-address cap. total is at least 1.
+  PreLoginLimiter(uint32_t per_address, uint32_t total);
+  // Counts one connection from `key` unless a cap is reached (then counts nothing);
+  // `exempt` skips the per-address cap (and count).
+  Verdict Admit(const Key& key, bool exempt);
+  // Uncounts a connection that Admit() admitted with the same arguments.
+  void Release(const Key& key, bool exempt);
+  size_t total() const { return total_.load(std::memory_order_relaxed); }
+  uint32_t total_cap() const { return total_cap_; }
+  uint32_t per_address_cap() const { return per_address_cap_; }
+
+ private:
+  struct KeyHash {
+    size_t operator()(const Key& k) const;
+  };
+  struct alignas(64) Shard {
+    std::mutex mu;
+    std::unordered_map<Key, uint32_t, KeyHash> counts;
+  };
+  Shard& ShardOf(const Key& key);
+
+  const uint32_t per_address_cap_;
+  const uint32_t total_cap_;
+  std::atomic<size_t> total_{0};
+  std::array<Shard, 16> shards_;
+};
 
 // One loop thread and the sessions it holds.
 class EdgeLoop {
@@ -63,18 +109,28 @@ class EdgeLoop {
   // Loop thread only.
   class Session* Find(uint64_t session_id);
   void Forget(uint64_t session_id);  // destroys the session after this loop turn
+  // The session's HELLO was accepted: it no longer counts as pre-login. Idempotent.
+  void EndPreLogin(uint64_t session_id);
   size_t session_count() const { return count_.load(std::memory_order_relaxed); }
 
  private:
   friend class Edge;
   void Accept(int fd, const std::string& peer_ip);
   void Sweep();
+  void ReleaseAllPreLogin();
+
+  // What Admit() counted for a pre-login session, to release it with.
+  struct PreLoginEntry {
+    PreLoginLimiter::Key key{};
+    bool exempt = false;
+  };
 
   Edge& edge_;
   const uint32_t index_;
   net::EventLoop loop_;
   std::unique_ptr<net::Listener> listener_;
   std::unordered_map<uint64_t, std::unique_ptr<class Session>> sessions_;
+  std::unordered_map<uint64_t, PreLoginEntry> prelogin_;  // sessions still before HELLO
   uint64_t next_session_ = 1;
   int64_t last_sweep_ms_ = 0;
   std::atomic<size_t> count_{0};
@@ -97,6 +153,9 @@ class Edge final : public core::EdgeSink {
   // Re-checks every session's token (after a revocation): revoked sessions are closed.
   void RecheckAllSessions();
   size_t session_count() const;
+  // Connections accepted whose HELLO has not been accepted yet (all loops).
+  size_t prelogin_count() const { return prelogin_.total(); }
+  uint32_t prelogin_total_cap() const { return prelogin_.total_cap(); }
 
   void Deliver(const core::SessionRef& to, const v1::Envelope& envelope) override;
   void Replace(const core::SessionRef& old_session) override;
@@ -111,10 +170,14 @@ class Edge final : public core::EdgeSink {
   KeyedSendLimiter& send_limiter() { return send_limiter_; }
   FailedLoginLimiter& failed_logins() { return failed_logins_; }
   ConnectionRateLimiter& connection_limiter() { return connection_limiter_; }
+  PreLoginLimiter& prelogin_limiter() { return prelogin_; }
   EdgeLoop& loop_at(uint32_t i) { return *loops_[i]; }
   uint32_t loop_count() const { return static_cast<uint32_t>(loops_.size()); }
 
  private:
+  // A loop's listener ran out of descriptors (starved) or is accepting again.
+  void OnListenerStarved(uint32_t loop, bool starved, int err);
+
   EdgeOptions options_;
   core::CoreApi& core_;
   const auth::TokenVerifier& verifier_;
@@ -123,6 +186,9 @@ class Edge final : public core::EdgeSink {
   KeyedSendLimiter send_limiter_;
   FailedLoginLimiter failed_logins_;
   ConnectionRateLimiter connection_limiter_;
+  PreLoginLimiter prelogin_;
+  // Loops whose listener is paused for want of descriptors (log once per episode).
+  std::atomic<int> starved_loops_{0};
   std::vector<std::unique_ptr<EdgeLoop>> loops_;
   uint16_t port_ = 0;
   bool started_ = false;

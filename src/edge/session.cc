@@ -237,6 +237,7 @@ void Session::HandleHello(const v1::Hello& m) {
   l->set_idle_timeout_ms(edge.options().idle_timeout_ms);
   SendMessage(wire::Opcode::kWelcome, w);
   if (state_ == State::kClosing) return;
+  loop_.EndPreLogin(id_);  // logged in: no longer under the pre-login caps
 
   edge.core().RegisterSession(user_, loop_.RefOf(id_));
   registered_ = true;

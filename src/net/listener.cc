@@ -10,6 +10,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "common/clock.h"
+
 namespace iris::net {
 
 Status SplitHostPort(const std::string& hp, std::string* host, uint16_t* port) {
@@ -89,8 +91,8 @@ Result<uint16_t> LocalPort(int fd) {
   return ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
 }
 
-Listener::Listener(EventLoop& loop, int fd, AcceptFn on_accept)
-    : loop_(loop), fd_(fd), on_accept_(std::move(on_accept)) {}
+Listener::Listener(EventLoop& loop, int fd, AcceptFn on_accept, StarvedFn on_starved)
+    : loop_(loop), fd_(fd), on_accept_(std::move(on_accept)), on_starved_(std::move(on_starved)) {}
 
 Listener::~Listener() { Stop(); }
 
@@ -98,23 +100,65 @@ Status Listener::Start() { return loop_.Add(fd_, EPOLLIN, this); }
 
 void Listener::Stop() {
   if (fd_ >= 0) {
-    loop_.Remove(fd_);
+    if (!paused_) loop_.Remove(fd_);
     close(fd_);
     fd_ = -1;
   }
+  paused_ = false;
+  if (starved_) {
+    starved_ = false;
+    if (on_starved_) on_starved_(false, 0);
+  }
+}
+
+void Listener::Pause(int err) {
+  if (!paused_) {
+    loop_.Remove(fd_);
+    paused_ = true;
+  }
+  paused_at_ms_ = SystemClock::Instance().MonoMillis();
+  if (!starved_) {
+    starved_ = true;
+    if (on_starved_) on_starved_(true, err);
+  }
+}
+
+void Listener::Resume() {
+  if (!paused_ || fd_ < 0) return;
+  if (!loop_.Add(fd_, EPOLLIN, this).ok()) {
+    paused_at_ms_ = SystemClock::Instance().MonoMillis();  // retried on a later tick
+    return;
+  }
+  paused_ = false;  // the queued connections are reported on the loop's next turn
+}
+
+void Listener::OnTick() {
+  if (paused_ && SystemClock::Instance().MonoMillis() - paused_at_ms_ >= kPauseMillis) Resume();
 }
 
 void Listener::OnEvents(uint32_t) {
-  for (int i = 0; i < 256 && fd_ >= 0; ++i) {
+  for (int i = 0; i < 256 && fd_ >= 0 && !paused_; ++i) {
     sockaddr_storage ss{};
     socklen_t len = sizeof(ss);
     const int fd = accept4(fd_, reinterpret_cast<sockaddr*>(&ss), &len,
                            SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
-      // EAGAIN: drained. EMFILE/ENFILE: out of descriptors; the connection stays queued in
-      // the kernel until one frees up. Anything else: the peer gave up; try the next.
-      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EMFILE || errno == ENFILE) return;
-      continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        // Drained: whatever starved us is over.
+        if (starved_) {
+          starved_ = false;
+          if (on_starved_) on_starved_(false, 0);
+        }
+        return;
+      }
+      // Out of descriptors or kernel memory: the connection stays queued in the kernel until
+      // one frees up. The socket stays readable meanwhile, so stop watching it (see the class
+      // comment) instead of returning to a loop that would report it again at once.
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        Pause(errno);
+        return;
+      }
+      continue;  // anything else: the peer gave up (ECONNABORTED, ...); try the next
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));

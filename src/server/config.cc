@@ -42,6 +42,16 @@ void Define(CLI::App& app, ServerConfig& c) {
   app.add_option("--connection-allowlist", c.connection_allowlist,
                  "Addresses or CIDR ranges exempt from the per-IP limits: connections, failed logins (repeatable)")
       ->take_all();
+  app.add_option("--max-prelogin-per-ip", c.max_prelogin_per_ip,
+                 "Connections per IP address accepted but not yet logged in (TLS handshake and "
+                 "HELLO pending); more are closed at once. Allow-listed addresses are exempt; "
+                 "0 = no cap")
+      ->capture_default_str();
+  app.add_option("--max-prelogin-connections", c.max_prelogin_connections,
+                 "Connections accepted but not yet logged in, in total per process (each edge "
+                 "process with --edge-processes); more are closed at once. 0 = half the "
+                 "open-file limit")
+      ->capture_default_str();
   app.add_option("--failed-logins-per-hour", c.failed_logins_per_hour,
                  "Bad tokens per account per hour before further bad tokens naming it are "
                  "answered RATE_LIMITED (valid tokens are never refused)")

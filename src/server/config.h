@@ -34,6 +34,10 @@ struct ServerConfig {
   double rate_burst_seconds = 10;
   double connections_per_ip_per_minute = 5;
   std::vector<std::string> connection_allowlist;
+  // Connections accepted whose HELLO is not accepted yet: per address (allow-listed
+  // addresses exempt; 0 = no cap) and in total per process (0 = half the open-file limit).
+  uint32_t max_prelogin_per_ip = 64;
+  uint32_t max_prelogin_connections = 0;
   double failed_logins_per_hour = 10;         // bad tokens per account (valid ones never refused)
   double failed_logins_per_ip_per_hour = 30;  // bad tokens per address (IPv6: per /64)
   uint64_t max_output_bytes = 1 << 20;

@@ -5,6 +5,7 @@
 #include <openssl/rand.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -32,6 +33,7 @@
 #include "obs/metrics.h"
 #include "obs/process_metrics.h"
 #include "obs/trace.h"
+#include "server/port_lock.h"
 #include "store/inbox_store.h"
 
 namespace iris::server {
@@ -71,6 +73,8 @@ struct Server::Impl {
   std::unique_ptr<edge::Edge> edge;
   // --edge-processes (core process): the link server, the reserved client port, children.
   std::unique_ptr<core::CoreServer> core_server;
+  // The node's claim on its client port (embedded or core process; see port_lock.h).
+  std::unique_ptr<PortLock> port_lock;
   int reserved_port_fd = -1;
   uint16_t client_port = 0;
   std::vector<pid_t> edge_pids;
@@ -135,6 +139,39 @@ net::http::HttpServerOptions AdminHttpOptions(const ServerConfig& c) {
   return o;
 }
 
+// Raises the soft open-file limit to the hard one: every client connection is a descriptor,
+// and a service manager's default soft limit (1,024) is far below what one node serves.
+void RaiseOpenFileLimit() {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+    obs::LogWarn("cannot read the open-file limit", {{"error", strerror(errno)}});
+    return;
+  }
+  const uint64_t before = rl.rlim_cur;
+  rlim_t target = rl.rlim_max;
+  if (target == RLIM_INFINITY) {
+    // The kernel refuses an infinite soft limit; its ceiling is fs.nr_open.
+    target = 1 << 20;
+    std::ifstream in("/proc/sys/fs/nr_open");
+    uint64_t nr_open = 0;
+    if (in >> nr_open && nr_open > 0) target = static_cast<rlim_t>(nr_open);
+  }
+  if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < target) {
+    rl.rlim_cur = target;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+      obs::LogWarn("cannot raise the open-file limit",
+                   {{"soft", before},
+                    {"hard", static_cast<uint64_t>(rl.rlim_max)},
+                    {"error", strerror(errno)}});
+      return;
+    }
+  }
+  getrlimit(RLIMIT_NOFILE, &rl);
+  obs::LogInfo("open-file limit", {{"soft", static_cast<uint64_t>(rl.rlim_cur)},
+                                   {"hard", static_cast<uint64_t>(rl.rlim_max)},
+                                   {"soft_at_start", before}});
+}
+
 std::string TrimOneNewline(std::string s) {
   if (!s.empty() && s.back() == '\n') s.pop_back();
   return s;
@@ -151,6 +188,16 @@ Result<std::unique_ptr<Server>> Server::Create(const ServerConfig& config) {
   auto level = obs::ParseLogLevel(c.log_level);
   if (!level.ok()) return level.status();
   obs::Logger::Default().set_level(*level);
+  RaiseOpenFileLimit();
+  if (!m.edge_role()) {
+    // The client port's lock first (see port_lock.h), before anything is created on disk:
+    // a second node on the port fails without side effects. Port 0 (ephemeral) is locked
+    // once the port is known (Start).
+    std::string host;
+    uint16_t port = 0;
+    IRIS_RETURN_IF_ERROR(net::SplitHostPort(c.listen, &host, &port));
+    if (port != 0) IRIS_RETURN_IF_ERROR(server->LockClientPort(port));
+  }
   IRIS_RETURN_IF_ERROR(EnsurePrivateDirectory(c.data_dir));
 
   // TLS: generated self-signed certificate unless one is configured.
@@ -282,6 +329,8 @@ Status Server::Start() {
   eo.connection_rate.per_minute = c.connections_per_ip_per_minute;
   eo.connection_rate.burst = std::max(1.0, c.connections_per_ip_per_minute);
   eo.connection_allowlist = c.connection_allowlist;
+  eo.max_prelogin_per_ip = c.max_prelogin_per_ip;
+  eo.max_prelogin_total = c.max_prelogin_connections;
   eo.failed_logins.per_hour = c.failed_logins_per_hour;
   eo.failed_logins.per_ip_per_hour = c.failed_logins_per_ip_per_hour;
 
@@ -327,6 +376,8 @@ Status Server::Start() {
         std::make_unique<edge::Edge>(eo, *m.core, *m.verifier, *m.tls, SystemClock::Instance());
     m.forward.to = m.edge.get();
     IRIS_RETURN_IF_ERROR(m.edge->Start());
+    // Port 0: the port the kernel chose (a fixed port was locked in Create()).
+    IRIS_RETURN_IF_ERROR(LockClientPort(m.edge->port()));
   }
   obs::Registry::Default().AddCallbackGauge(
       "iris_degradation_level", "Graceful degradation level (0 normal .. 3 receipts shed)",
@@ -363,6 +414,7 @@ Status Server::Start() {
                                               [e = m.edge.get()] {
                                                 return static_cast<double>(e->session_count());
                                               });
+    AddPreLoginGauge(*m.edge);
   }
   m.admin = std::make_unique<net::http::HttpServer>(AdminHttpOptions(c));
   m.admin->Route("GET", "/healthz", [](const net::http::HttpRequest&) {
@@ -450,6 +502,7 @@ void Server::Stop() {
     if (m.admin) m.admin->Stop();
     if (m.remote) m.remote->Stop();
     obs::Registry::Default().RemoveCallback("iris_connections_open");
+    obs::Registry::Default().RemoveCallback("iris_connections_prelogin");
     obs::LogInfo("edge process stopped", {{"edge_index", m.config.edge_index}});
     return;
   }
@@ -464,9 +517,13 @@ void Server::Stop() {
   m.forward.to = nullptr;
   if (m.core_server) m.core_server->Stop();
   if (m.reserved_port_fd >= 0) close(m.reserved_port_fd);
+  // The client sockets are closed (edge processes gone, loops stopped): the port is free
+  // for another node.
+  m.port_lock.reset();
   if (m.admin) m.admin->Stop();
   // The gauge reads the edge: remove it before the edge goes away.
   obs::Registry::Default().RemoveCallback("iris_connections_open");
+  obs::Registry::Default().RemoveCallback("iris_connections_prelogin");
   obs::Registry::Default().RemoveCallback("iris_degradation_level");
   obs::Registry::Default().RemoveCallback("iris_storage_write_errors_total");
   obs::Registry::Default().RemoveCallback("iris_storage_full_errors_total");
@@ -498,6 +555,8 @@ Status Server::ReserveClientPort() {
   auto bound = net::LocalPort(*fd);
   if (!bound.ok()) return bound.status();
   close(*fd);
+  // Port 0: the port the kernel chose (a fixed port was locked in Create()).
+  IRIS_RETURN_IF_ERROR(LockClientPort(*bound));
   // Re-bind without listen() on the port just learnt.
   const std::string addr = (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" +
                            std::to_string(*bound);
@@ -507,6 +566,25 @@ Status Server::ReserveClientPort() {
   m.client_port = *bound;
   m.config.listen = addr;
   return Status::Ok();
+}
+
+Status Server::LockClientPort(uint16_t port) {
+  Impl& m = *impl_;
+  if (m.port_lock) return Status::Ok();
+  auto lock = PortLock::Acquire(port, m.config.listen);
+  if (!lock.ok()) return lock.status();
+  m.port_lock = std::move(lock).value();
+  return Status::Ok();
+}
+
+void Server::AddPreLoginGauge(edge::Edge& e) {
+  obs::Registry::Default().AddCallbackGauge(
+      "iris_connections_prelogin",
+      "Client connections accepted whose HELLO is not accepted yet (capped by "
+      "--max-prelogin-per-ip and --max-prelogin-connections)",
+      [&e] { return static_cast<double>(e.prelogin_count()); });
+  obs::LogInfo("pre-login connection caps",
+               {{"per_ip", impl_->config.max_prelogin_per_ip}, {"total", e.prelogin_total_cap()}});
 }
 
 Result<pid_t> Server::SpawnEdge(uint32_t index) {
@@ -538,6 +616,9 @@ Result<pid_t> Server::SpawnEdge(uint32_t index) {
                                    "--loop-lag-budget-ms", std::to_string(c.loop_lag_budget_ms),
                                    "--shutdown-grace-ms", std::to_string(c.shutdown_grace_ms),
                                    "--log-level", c.log_level};
+  args.insert(args.end(),
+              {"--max-prelogin-per-ip", std::to_string(c.max_prelogin_per_ip),
+               "--max-prelogin-connections", std::to_string(c.max_prelogin_connections)});
   if (!c.jwt_audience.empty()) args.insert(args.end(), {"--jwt-audience", c.jwt_audience});
   if (!c.jwt_issuer.empty()) args.insert(args.end(), {"--jwt-issuer", c.jwt_issuer});
   for (const auto& k : c.jwt_keys) args.insert(args.end(), {"--jwt-key", k});
@@ -664,6 +745,7 @@ Status Server::StartEdgeProcess(const edge::EdgeOptions& base) {
                                             [e = m.edge.get()] {
                                               return static_cast<double>(e->session_count());
                                             });
+  AddPreLoginGauge(*m.edge);
   m.admin = std::make_unique<net::http::HttpServer>(AdminHttpOptions(c));
   m.admin->Route("GET", "/healthz", [](const net::http::HttpRequest&) {
     return net::http::HttpResponse{200, "text/plain", "ok\n"};

@@ -35,6 +35,10 @@ class Server {
  private:
   Server() = default;
   Status ReserveClientPort();
+  // Takes the node's lock on its client port (see port_lock.h); once.
+  Status LockClientPort(uint16_t port);
+  // iris_connections_prelogin, read from `e`.
+  void AddPreLoginGauge(edge::Edge& e);
   Result<pid_t> SpawnEdge(uint32_t index);
   void StopEdgeProcesses();
   Status StartEdgeProcess(const edge::EdgeOptions& base);

@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -74,6 +75,13 @@ void ServerProcess::Start() {
   if (pid_ == 0) {
     // Never outlive the test: an orphaned irisd would hold ctest's output pipe open.
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (nofile_soft_ != 0) {
+      rlimit rl{};
+      getrlimit(RLIMIT_NOFILE, &rl);
+      if (nofile_hard_ != 0) rl.rlim_max = static_cast<rlim_t>(nofile_hard_);
+      rl.rlim_cur = static_cast<rlim_t>(nofile_soft_);
+      if (setrlimit(RLIMIT_NOFILE, &rl) != 0) _exit(126);
+    }
     dup2(pipefd[1], STDOUT_FILENO);
     std::vector<char*> argv;
     for (auto& s : argv_s) argv.push_back(s.data());

@@ -56,9 +56,17 @@ class ServerProcess {
   std::string Token(const auth::Claims& c) const;
 
   std::vector<std::string>& args() { return args_; }
+  // The open-file limit (RLIMIT_NOFILE) irisd starts with, set in the child before exec;
+  // hard 0 keeps the inherited hard limit. Takes effect at the next Start().
+  void set_open_file_limit(uint64_t soft, uint64_t hard = 0) {
+    nofile_soft_ = soft;
+    nofile_hard_ = hard;
+  }
 
  private:
   std::vector<std::string> args_;
+  uint64_t nofile_soft_ = 0;  // 0: inherited
+  uint64_t nofile_hard_ = 0;
   std::string data_dir_;
   pid_t pid_ = -1;
   int out_fd_ = -1;
