@@ -12,10 +12,12 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "auth/jwt.h"
@@ -32,6 +34,7 @@
 #include "obs/log.h"
 #include "obs/metrics.h"
 #include "obs/process_metrics.h"
+#include "obs/scrape_collector.h"
 #include "obs/trace.h"
 #include "server/port_lock.h"
 #include "store/inbox_store.h"
@@ -82,6 +85,9 @@ struct Server::Impl {
   std::unique_ptr<edge::RemoteCore> remote;
   bool edge_role() const { return config.role == "edge"; }
   bool core_role() const { return config.role == "all" && config.edge_processes > 0; }
+  // Core process: the edge processes' metrics, merged into this process's /metrics. Declared
+  // before `admin`, whose /metrics handler uses it, so it is destroyed after it.
+  std::unique_ptr<obs::ScrapeCollector> edge_metrics;
   std::unique_ptr<net::http::HttpServer> admin;
   bool started = false;
   bool stopped = false;
@@ -175,6 +181,42 @@ void RaiseOpenFileLimit() {
 std::string TrimOneNewline(std::string s) {
   if (!s.empty() && s.back() == '\n') s.pop_back();
   return s;
+}
+
+// Edge process `index` writes "<admin port> <pid>\n" here once its admin server listens; the
+// core process reads it to scrape the edge's /metrics (the port is ephemeral when the admin
+// port is 0). The core removes it before (re)starting that edge.
+std::string EdgeAdminFile(const std::string& data_dir, uint32_t index) {
+  return data_dir + "/edge-" + std::to_string(index) + ".admin";
+}
+
+Status WriteEdgeAdminFile(const std::string& path, uint16_t port) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << port << " " << getpid() << "\n";
+    out.close();
+    if (!out) return Internal("cannot write " + tmp);
+  }
+  if (rename(tmp.c_str(), path.c_str()) != 0) return Internal("cannot rename " + tmp);
+  return Status::Ok();
+}
+
+// Where the core process reaches an edge process's admin server: the admin host, a wildcard
+// replaced by loopback.
+std::optional<obs::ScrapeTarget> ReadEdgeAdminFile(const std::string& path,
+                                                   const std::string& admin_host) {
+  std::ifstream in(path);
+  unsigned port = 0;
+  int64_t pid = 0;
+  if (!(in >> port >> pid) || port == 0 || port > 65535) return std::nullopt;
+  obs::ScrapeTarget t;
+  t.host = admin_host;
+  if (t.host.empty() || t.host == "0.0.0.0" || t.host == "localhost") t.host = "127.0.0.1";
+  if (t.host == "::") t.host = "::1";
+  t.port = static_cast<uint16_t>(port);
+  t.instance = pid;
+  return t;
 }
 
 }  // namespace
@@ -424,9 +466,27 @@ Status Server::Start() {
     if (!m.started || m.stopped) return net::http::HttpResponse{503, "text/plain", "not ready\n"};
     return net::http::HttpResponse{200, "text/plain", "ready\n"};
   });
-  m.admin->Route("GET", "/metrics", [](const net::http::HttpRequest&) {
-    return net::http::HttpResponse{200, std::string(obs::kPrometheusContentType),
-                                   obs::Registry::Default().ExposePrometheus()};
+  if (m.core_role()) {
+    // The node's /metrics includes the edge processes': scraped in the background, merged
+    // with this process's registry when asked (prometheus_merge.h has the rules).
+    std::string admin_host;
+    uint16_t admin_port_base = 0;
+    IRIS_RETURN_IF_ERROR(net::SplitHostPort(c.admin_listen, &admin_host, &admin_port_base));
+    obs::ScrapeCollectorOptions so;
+    so.slots = static_cast<size_t>(c.edge_processes);
+    so.target = [data_dir = c.data_dir, admin_host](size_t i) {
+      return ReadEdgeAdminFile(EdgeAdminFile(data_dir, static_cast<uint32_t>(i)), admin_host);
+    };
+    so.failures = &obs::Registry::Default().GetCounter(
+        "iris_edge_scrape_failures_total",
+        "Scrapes of an edge process's /metrics that failed (core process, --edge-processes)");
+    m.edge_metrics = std::make_unique<obs::ScrapeCollector>(std::move(so));
+    m.edge_metrics->Start();
+  }
+  m.admin->Route("GET", "/metrics", [&m](const net::http::HttpRequest&) {
+    std::string text = obs::Registry::Default().ExposePrometheus();
+    if (m.edge_metrics) text = m.edge_metrics->ExposeMerged(text);
+    return net::http::HttpResponse{200, std::string(obs::kPrometheusContentType), std::move(text)};
   });
   m.admin->Route("POST", "/v1/revoke", [&m](const net::http::HttpRequest& req) {
     using net::http::HttpResponse;
@@ -521,6 +581,7 @@ void Server::Stop() {
   // for another node.
   m.port_lock.reset();
   if (m.admin) m.admin->Stop();
+  if (m.edge_metrics) m.edge_metrics->Stop();
   // The gauge reads the edge: remove it before the edge goes away.
   obs::Registry::Default().RemoveCallback("iris_connections_open");
   obs::Registry::Default().RemoveCallback("iris_connections_prelogin");
@@ -627,17 +688,25 @@ Result<pid_t> Server::SpawnEdge(uint32_t index) {
     args.insert(args.end(), {"--trace-file", c.trace_file + ".edge-" + std::to_string(index),
                              "--trace-sample-ratio", std::to_string(c.trace_sample_ratio)});
   }
-  // Each edge process serves its own metrics on the admin port + 1 + index (0: ephemeral).
+  // Each edge process serves its own metrics on the admin port + 1 + index, or an ephemeral
+  // port when the admin port is 0; either way it writes the port to EdgeAdminFile(), where
+  // the core process's collector finds it.
   std::string admin_host;
   uint16_t admin_port_base = 0;
   IRIS_RETURN_IF_ERROR(net::SplitHostPort(c.admin_listen, &admin_host, &admin_port_base));
+  if (admin_port_base != 0 && admin_port_base + static_cast<uint32_t>(c.edge_processes) > 65535) {
+    return BadRequest("--admin-listen port " + std::to_string(admin_port_base) + " + " +
+                      std::to_string(c.edge_processes) +
+                      " edge processes goes past port 65535 (edge i uses the admin port + 1 + i)");
+  }
   const uint16_t edge_admin =
-      admin_port() == 0 ? 0 : static_cast<uint16_t>(admin_port() + 1 + index);
-  (void)admin_port_base;
+      admin_port_base == 0 ? 0 : static_cast<uint16_t>(admin_port_base + 1 + index);
   args.insert(args.end(), {"--admin-listen", (admin_host.find(':') != std::string::npos
                                                   ? "[" + admin_host + "]"
                                                   : admin_host) +
                                                  ":" + std::to_string(edge_admin)});
+  // No stale port file from an earlier instance of this edge.
+  std::remove(EdgeAdminFile(c.data_dir, index).c_str());
   const pid_t pid = fork();
   if (pid < 0) return Internal("fork failed");
   if (pid == 0) {
@@ -758,6 +827,8 @@ Status Server::StartEdgeProcess(const edge::EdgeOptions& base) {
   uint16_t port = 0;
   IRIS_RETURN_IF_ERROR(net::SplitHostPort(c.admin_listen, &host, &port));
   IRIS_RETURN_IF_ERROR(m.admin->Start(host, port));
+  IRIS_RETURN_IF_ERROR(
+      WriteEdgeAdminFile(EdgeAdminFile(c.data_dir, c.edge_index), m.admin->port()));
   m.started = true;
   obs::LogInfo("edge process serving", {{"edge_index", c.edge_index},
                                         {"port", m.edge->port()},

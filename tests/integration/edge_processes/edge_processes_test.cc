@@ -13,6 +13,7 @@
 
 #include "common/clock.h"
 #include "harness/server_process.h"
+#include "obs/prometheus_text.h"
 #include "wire/opcode.h"
 
 namespace iris::testing {
@@ -192,6 +193,151 @@ TEST(EdgeProcessesTest, SessionReplacementAcrossEdgeProcesses) {
     EXPECT_EQ(e.code(), static_cast<uint32_t>(StatusCode::kSessionReplaced));
     first = std::move(next);
   }
+}
+
+// The value of the unlabelled sample `name` in a scrape; -1 when absent or unparsable.
+double Sample(const std::string& text, const std::string& name) {
+  auto fs = obs::ParsePrometheusText(text);
+  if (!fs.ok()) return -1;
+  for (const auto& f : *fs) {
+    for (const auto& s : f.samples) {
+      if (s.name == name && s.labels.empty()) return s.value;
+    }
+  }
+  return -1;
+}
+
+// The node's /metrics (the core process's admin port) counts what every edge process did,
+// as one process would: messages, acks, latency observations, and the open connections of
+// both edge processes.
+TEST(EdgeProcessesTest, NodeMetricsIncludeEveryEdgeProcess) {
+  ServerProcess server({"--edge-processes", "2"});
+  server.Start();
+  const auto kids = Children(server.pid());
+  ASSERT_EQ(kids.size(), 2u);
+  std::vector<int> before;
+  for (pid_t k : kids) before.push_back(SocketCount(k));
+
+  constexpr int kUsers = 16;
+  constexpr int kPerUser = 5;
+  std::vector<std::unique_ptr<TestClient>> users;
+  for (int i = 0; i < kUsers; ++i) users.push_back(Online(server, 2000 + i));
+  for (size_t k = 0; k < kids.size(); ++k) {
+    ASSERT_GE(SocketCount(kids[k]) - before[k], 2) << "edge process " << k << " got no clients";
+  }
+  for (int i = 0; i < kUsers; ++i) {
+    for (int j = 0; j < kPerUser; ++j) {
+      users[i]->SendAsync(j + 1, 2000 + (i + 1) % kUsers, "m" + std::to_string(j), NewKey());
+    }
+  }
+  for (int i = 0; i < kUsers; ++i) {
+    for (int j = 0; j < kPerUser; ++j) Ack(users[i]->Expect(Op(wire::Opcode::kSendAck)));
+  }
+  constexpr double kSent = kUsers * kPerUser;
+
+  // Wait (deadline) until the node's scrape has caught up with what was acknowledged.
+  const int64_t deadline = SystemClock::Instance().MonoMillis() + 15'000;
+  std::string text;
+  for (;;) {
+    ASSERT_EQ(AdminRequest(server.admin_port(), "GET", "/metrics", "", "", &text), 200);
+    if (Sample(text, "iris_msg_in_total") == kSent &&
+        Sample(text, "iris_connections_open") == kUsers) {
+      break;
+    }
+    ASSERT_LT(SystemClock::Instance().MonoMillis(), deadline)
+        << "iris_msg_in_total " << Sample(text, "iris_msg_in_total") << " (want " << kSent
+        << "), iris_connections_open " << Sample(text, "iris_connections_open") << " (want "
+        << kUsers << ")";
+  }
+  EXPECT_EQ(Sample(text, "iris_ack_sent_total"), kSent);
+  EXPECT_EQ(Sample(text, "iris_send_ack_latency_seconds_count"), kSent);
+  EXPECT_EQ(Sample(text, "iris_sessions_opened_total"), kUsers);
+  // One family block each, as a single process serves it.
+  for (const std::string family : {"iris_msg_in_total", "iris_connections_open",
+                                   "iris_send_ack_latency_seconds", "process_open_fds"}) {
+    size_t n = 0;
+    for (size_t at = 0; (at = text.find("# TYPE " + family + " ", at)) != std::string::npos; ++at) {
+      ++n;
+    }
+    EXPECT_EQ(n, 1u) << family;
+  }
+
+  // Each edge process still serves its own (for debugging) on the port it wrote down; the
+  // node's connections are the sum of both, each of which has some.
+  double per_edge_sum = 0;
+  for (int i = 0; i < 2; ++i) {
+    std::ifstream in(server.data_dir() + "/edge-" + std::to_string(i) + ".admin");
+    unsigned port = 0;
+    ASSERT_TRUE(in >> port) << "edge " << i << " wrote no admin port";
+    std::string own;
+    ASSERT_EQ(AdminRequest(static_cast<uint16_t>(port), "GET", "/metrics", "", "", &own), 200);
+    const double open = Sample(own, "iris_connections_open");
+    EXPECT_GE(open, 1) << "edge " << i;
+    per_edge_sum += open;
+  }
+  EXPECT_EQ(per_edge_sum, kUsers);
+}
+
+// Waits (deadline) until the node's /metrics shows `name` == `want`; returns the scrape.
+std::string WaitForSample(const ServerProcess& server, const std::string& name, double want) {
+  const int64_t deadline = SystemClock::Instance().MonoMillis() + 15'000;
+  std::string text;
+  for (;;) {
+    if (AdminRequest(server.admin_port(), "GET", "/metrics", "", "", &text) == 200 &&
+        Sample(text, name) == want) {
+      return text;
+    }
+    if (SystemClock::Instance().MonoMillis() > deadline) {
+      ADD_FAILURE() << name << " is " << Sample(text, name) << ", want " << want;
+      return text;
+    }
+  }
+}
+
+// One process would never forget what it counted: neither does the node when one of its
+// edge processes is killed and replaced.
+TEST(EdgeProcessesTest, NodeCountersSurviveAnEdgeProcessRestart) {
+  ServerProcess server({"--edge-processes", "2"});
+  server.Start();
+  constexpr int kUsers = 8;
+  auto send_round = [&](int round) {
+    std::vector<std::unique_ptr<TestClient>> users;
+    for (int i = 0; i < kUsers; ++i) users.push_back(Online(server, 3000 + i));
+    for (int i = 0; i < kUsers; ++i) {
+      users[i]->SendAsync(1, 3000 + (i + 1) % kUsers, "r" + std::to_string(round), NewKey());
+    }
+    for (int i = 0; i < kUsers; ++i) Ack(users[i]->Expect(Op(wire::Opcode::kSendAck)));
+  };
+  send_round(0);
+  WaitForSample(server, "iris_msg_in_total", kUsers);
+
+  // Kill an edge process that accepted some of them (its own /metrics says so).
+  int victim = -1;
+  unsigned port = 0;
+  pid_t old_pid = 0;
+  for (int i = 0; i < 2 && victim < 0; ++i) {
+    std::ifstream in(server.data_dir() + "/edge-" + std::to_string(i) + ".admin");
+    ASSERT_TRUE(in >> port >> old_pid);
+    std::string own;
+    ASSERT_EQ(AdminRequest(static_cast<uint16_t>(port), "GET", "/metrics", "", "", &own), 200);
+    if (Sample(own, "iris_msg_in_total") > 0) victim = i;
+  }
+  ASSERT_GE(victim, 0);
+  const std::string file = server.data_dir() + "/edge-" + std::to_string(victim) + ".admin";
+  ASSERT_EQ(kill(old_pid, SIGKILL), 0);
+  // The replacement writes its own port file once it serves (deadline).
+  const int64_t deadline = SystemClock::Instance().MonoMillis() + 20'000;
+  for (;;) {
+    std::ifstream again(file);
+    pid_t pid = 0;
+    if (again >> port >> pid && pid != old_pid) break;
+    ASSERT_LT(SystemClock::Instance().MonoMillis(), deadline) << "edge process not replaced";
+    std::string body;
+    AdminRequest(server.admin_port(), "GET", "/healthz", "", "", &body);  // pacing round trip
+  }
+  send_round(1);
+  WaitForSample(server, "iris_msg_in_total", 2 * kUsers);
+  WaitForSample(server, "iris_sessions_opened_total", 2 * kUsers);
 }
 
 }  // namespace
