@@ -1,7 +1,10 @@
 #pragma once
 // CoreServer: the core process's end of the internal link (--edge-processes). Edge processes
 // connect to a Unix socket; each link gets a reader thread that turns CoreRequests into
-// calls on the CoreApi and writes the replies back. As the core's EdgeSink it routes pushes
+// asynchronous calls on the CoreApi; each completion writes its reply (tagged with the
+// request's call id) back on the link from whichever core thread finished it, so replies
+// may leave in another order than the requests came and the reader never waits for the
+// store. As the core's EdgeSink it routes pushes
 // to the edge process that holds the session (SessionRef::edge >> 8).
 //
 // Thread-safety: EdgeSink methods and Broadcast* from any thread; Listen/Start/Stop from the
