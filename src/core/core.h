@@ -95,6 +95,11 @@ class Core final : public CoreApi {
   void GetGroup(uint64_t user, uint64_t group_id, GroupDone done) override;
   int ReportPressure(double pressure, int64_t now_ms, bool* changed) override;
 
+  // Runs every queued worker job (their completions post to the edge), then joins the
+  // workers; later requests run their store work on the caller's thread. Call after the
+  // edge loops have stopped and before the edge is destroyed.
+  void StopWorkers() { workers_.Stop(); }
+
   GroupService& groups() { return groups_; }
   DegradationController& degradation() { return degradation_; }
   PresenceService& presence() { return presence_; }

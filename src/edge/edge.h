@@ -45,10 +45,10 @@ struct EdgeOptions {
   SendRateConfig send_rate;             // per user: SEND and RECEIPT
   // Per user, for the other requests that write durably or take from another user's data
   // (docs/protocol.md "Limits"). Same two-bucket semantics as send_rate.
-  SendRateConfig settings_rate{1, 5, 10};        // SETTINGS
-  SendRateConfig keys_upload_rate{0.2, 2, 5};    // KEYS_UPLOAD
-  SendRateConfig keys_fetch_rate{0.5, 5, 4};     // KEYS_FETCH, per requester
-  SendRateConfig group_rate{1, 5, 10};           // GROUP_CREATE and GROUP_UPDATE
+  SendRateConfig settings_rate = kSettingsRate;        // SETTINGS
+  SendRateConfig keys_upload_rate = kKeysUploadRate;  // KEYS_UPLOAD
+  SendRateConfig keys_fetch_rate = kKeysFetchRate;    // KEYS_FETCH, per requester
+  SendRateConfig group_rate = kGroupRate;             // GROUP_CREATE and GROUP_UPDATE
   ConnectionLimitConfig connection_rate;  // per IP
   std::vector<std::string> connection_allowlist;  // addresses or CIDR ranges
   FailedLoginConfig failed_logins;      // per account
