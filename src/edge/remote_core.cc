@@ -141,7 +141,7 @@ void RemoteCore::ReadLoop() {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = pending_.find(m.call_id());
       if (it == pending_.end()) continue;  // a call that already timed out
-      done = std::move(it->second);
+      done = std::move(it->second.done);
       pending_.erase(it);
     }
     done(m);
@@ -152,12 +152,12 @@ void RemoteCore::ReadLoop() {
 }
 
 void RemoteCore::FailAll() {
-  std::unordered_map<uint64_t, Completion> all;
+  std::unordered_map<uint64_t, Pending> all;
   {
     std::lock_guard<std::mutex> lock(mu_);
     all.swap(pending_);
   }
-  for (auto& [call, done] : all) done(Unavailable(call));
+  for (auto& [call, p] : all) p.done(Unavailable(call));
 }
 
 void RemoteCore::CallAsync(ipb::CoreRequest& req, Completion done) {
@@ -169,7 +169,8 @@ void RemoteCore::CallAsync(ipb::CoreRequest& req, Completion done) {
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
-    pending_.emplace(call, std::move(done));
+    pending_.emplace(call, Pending{std::move(done),
+                                  SystemClock::Instance().MonoMillis() + call_timeout_ms_});
   }
   if (!core::WriteLinkMessage(fd_, write_mu_, req).ok()) {
     Completion d;
@@ -177,7 +178,7 @@ void RemoteCore::CallAsync(ipb::CoreRequest& req, Completion done) {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = pending_.find(call);
       if (it == pending_.end()) return;
-      d = std::move(it->second);
+      d = std::move(it->second.done);
       pending_.erase(it);
     }
     d(Unavailable(call));
@@ -383,7 +384,25 @@ void RemoteCore::History(uint64_t user, uint64_t before_id, uint32_t limit, size
   CallAsync(req, PageCompletion(std::move(done)));
 }
 
+void RemoteCore::ExpireOverdue(int64_t now_mono_ms) {
+  std::vector<std::pair<uint64_t, Completion>> overdue;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = pending_.begin(); it != pending_.end();) {
+      if (it->second.deadline_ms <= now_mono_ms) {
+        overdue.emplace_back(it->first, std::move(it->second.done));
+        it = pending_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (auto& [call, done] : overdue) done(Unavailable(call));
+}
+
 int RemoteCore::ReportPressure(double pressure, int64_t, bool* changed) {
+  // Called about once a second: also the beat that fails calls the core never answered.
+  ExpireOverdue(SystemClock::Instance().MonoMillis());
   // Asynchronous: the core's answer (the level in force) lands in level_ on the reader
   // thread and shows in the next report; the caller (an event loop) never waits for it.
   ipb::CoreRequest req;

@@ -13,8 +13,9 @@
 // with an asynchronous Scan: see edge::Session (pushes that arrive while a scan is out
 // are held and replayed after its page).
 //
-// If the link breaks (the core process is gone) every pending call fails with UNAVAILABLE
-// and on_link_lost runs once: an edge without its core cannot serve anybody.
+// A call unanswered after call_timeout_ms fails with UNAVAILABLE (checked about once a
+// second, on ReportPressure). If the link breaks (the core process is gone) every pending
+// call fails with UNAVAILABLE and on_link_lost runs once: an edge without its core cannot serve anybody.
 //
 // Thread-safety: every CoreApi method may be called from any thread.
 
@@ -87,13 +88,20 @@ class RemoteCore final : public core::CoreApi {
   void Cast(::iris::internal::v1::CoreRequest& req);
   void ReadLoop();
   void FailAll();
+  // Fails (UNAVAILABLE) every call still unanswered call_timeout_ms after it was sent: a
+  // core process that is alive but stuck must not hold a session's reply slots forever.
+  void ExpireOverdue(int64_t now_mono_ms);
 
   const uint32_t process_index_;
   const int64_t call_timeout_ms_;
   int fd_ = -1;
   std::mutex write_mu_;
   std::mutex mu_;
-  std::unordered_map<uint64_t, Completion> pending_;
+  struct Pending {
+    Completion done;
+    int64_t deadline_ms;  // monotonic
+  };
+  std::unordered_map<uint64_t, Pending> pending_;
   std::atomic<uint64_t> next_call_{1};
   std::atomic<bool> link_up_{false};
   std::atomic<int> level_{0};           // the core's last answer to a pressure report

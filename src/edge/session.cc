@@ -73,8 +73,29 @@ Status Limited(const Status& refused, std::string_view what) {
   return Status(refused.code(), std::move(message), std::max<uint32_t>(refused.retry_after_ms(), 1));
 }
 
+// Requests answered through the ordered reply slots (Session::ReserveReply).
+bool AnsweredInOrder(uint8_t opcode) {
+  switch (static_cast<wire::Opcode>(opcode)) {
+    case wire::Opcode::kSend:
+    case wire::Opcode::kReceipt:
+    case wire::Opcode::kSettings:
+    case wire::Opcode::kPresenceSubscribe:
+    case wire::Opcode::kPresenceUnsubscribe:
+    case wire::Opcode::kPresenceQuery:
+    case wire::Opcode::kKeysUpload:
+    case wire::Opcode::kKeysFetch:
+    case wire::Opcode::kHistory:
+    case wire::Opcode::kGroupCreate:
+    case wire::Opcode::kGroupUpdate:
+    case wire::Opcode::kGroupGet:
+      return true;
+    default:
+      return false;
+  }
+}
+
 // At most this many HISTORY requests of one session wait for the store at a time; each
-// answer may be close to a full frame (1 MiB), held until the replies before it are out.
+// answer may be close to a full frame (64 KiB), held until the replies before it are out.
 constexpr uint32_t kMaxHistoryInFlight = 8;
 // Pushes held while a catch-up scan is out (see Push); past this many, the catch-up scans
 // once more instead of switching to push mode.
@@ -158,9 +179,8 @@ bool Session::HandleFrame(uint8_t opcode, std::string_view payload) {
   if (!decoded.ok()) {
     const Status& s = decoded.status();
     const uint64_t request_id = s.code() == StatusCode::kUnknownOpcode ? 0 : peeked_id;
-    if (state_ != State::kAwaitHello && (opcode == static_cast<uint8_t>(wire::Opcode::kSend) ||
-                                         opcode == static_cast<uint8_t>(wire::Opcode::kReceipt))) {
-      // SENDs and RECEIPTs are answered in the order received, refusals included.
+    if (state_ != State::kAwaitHello && AnsweredInOrder(opcode)) {
+      // Requests the core answers are answered in the order received, refusals included.
       CompleteReply(ReserveReply(), ErrorFrame(request_id, s));
     } else {
       SendError(request_id, s, false);
@@ -580,9 +600,9 @@ void Session::HandlePresenceSubscribe(const v1::PresenceSubscribe& m) {
   }
   const uint32_t cap = loop_.edge().options().max_presence_subscriptions;
   if (watching_.size() + added.size() > cap) {
-    SendError(m.request_id(),
-              TooLarge("at most " + std::to_string(cap) + " presence subscriptions per session"),
-              false);
+    CompleteReply(ReserveReply(),
+                  ErrorFrame(m.request_id(), TooLarge("at most " + std::to_string(cap) +
+                                                      " presence subscriptions per session")));
     return;
   }
   watching_.insert(watching_.end(), added.begin(), added.end());
@@ -600,7 +620,7 @@ void Session::HandlePresenceUnsubscribe(const v1::PresenceUnsubscribe& m) {
   for (uint64_t u : users) watching_.erase(std::remove(watching_.begin(), watching_.end(), u), watching_.end());
   if (watching_.empty()) std::vector<uint64_t>().swap(watching_);
   loop_.edge().core().Unsubscribe(loop_.RefOf(id_), users);
-  SendOk(m.request_id());
+  CompleteReply(ReserveReply(), OkFrame(m.request_id()));  // behind the answers before it
 }
 
 void Session::HandlePresenceQuery(const v1::PresenceQuery& m) {
@@ -690,12 +710,6 @@ void Session::HandleGroupGet(const v1::GroupGet& m) {
   const uint64_t seq = ReserveReply();
   loop_.edge().core().GetGroup(user_, m.group_id(),
                                GroupReply(&loop_.loop(), &loop_, id_, seq, m.request_id()));
-}
-
-void Session::SendOk(uint64_t request_id) {
-  v1::Ok ok;
-  ok.set_request_id(request_id);
-  SendMessage(wire::Opcode::kOk, ok);
 }
 
 void Session::DeliverPresence(const v1::Presence& p) {

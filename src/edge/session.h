@@ -97,7 +97,6 @@ class Session final : public net::Connection::Delegate {
   void HandleGroupCreate(const v1::GroupCreate& m);
   void HandleGroupUpdate(const v1::GroupUpdate& m);
   void HandleGroupGet(const v1::GroupGet& m);
-  void SendOk(uint64_t request_id);
   // Completion of a store append that answers in request order (SEND, RECEIPT).
   using ReplyBuilder = std::function<std::string(Result<store::AppendOutcome>)>;
   // Starts the scan of the next catch-up page (or marks a restart when one is out).
