@@ -134,8 +134,7 @@ bool Core::Typing(uint64_t from, const v1::Typing& t) {
   return true;
 }
 
-void Core::Subscribe(const SessionRef& ref, const std::vector<uint64_t>& users,
-                     PresenceDone done) {
+void Core::Subscribe(const SessionRef& ref, const std::vector<uint64_t>& users, PresenceDone done) {
   presence_.Subscribe(ref, users);
   QueryPresence(users, std::move(done));
 }
@@ -161,9 +160,8 @@ void Core::UploadKeys(uint64_t user, const v1::KeysUpload& upload, StatusDone do
 }
 
 void Core::FetchKeys(uint64_t user, KeysDone done) {
-  workers_.SubmitOrdered(user, [this, user, done = std::move(done)] {
-    done(store_.FetchKeys(user));
-  });
+  workers_.SubmitOrdered(user,
+                         [this, user, done = std::move(done)] { done(store_.FetchKeys(user)); });
 }
 
 void Core::CreateGroup(uint64_t owner, const v1::GroupCreate& m, GroupDone done) {
@@ -179,9 +177,8 @@ void Core::UpdateGroup(uint64_t user, const v1::GroupUpdate& m, GroupDone done) 
 }
 
 void Core::GetGroup(uint64_t user, uint64_t group_id, GroupDone done) {
-  workers_.Submit([this, user, group_id, done = std::move(done)] {
-    done(groups_.Get(user, group_id));
-  });
+  workers_.Submit(
+      [this, user, group_id, done = std::move(done)] { done(groups_.Get(user, group_id)); });
 }
 
 std::optional<SessionRef> Core::FindSession(uint64_t user) const {
@@ -231,8 +228,7 @@ void Core::Send(uint64_t sender, const v1::Send& send, const std::string& trace_
   store_.AppendAsync(sender, send.idempotency_key(), std::move(envelopes), std::move(done), trace);
 }
 
-void Core::Scan(uint64_t user, uint64_t after_id, uint32_t limit, size_t max_bytes,
-                PageDone done) {
+void Core::Scan(uint64_t user, uint64_t after_id, uint32_t limit, size_t max_bytes, PageDone done) {
   limit = std::min(limit, options_.max_page_messages);
   workers_.Submit([this, user, after_id, limit, max_bytes, done = std::move(done)] {
     done(store_.Scan(user, after_id, limit, max_bytes));

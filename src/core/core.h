@@ -31,13 +31,13 @@
 #include <unordered_map>
 
 #include "common/clock.h"
+#include "common/status.h"
 #include "core/core_api.h"
 #include "core/degradation.h"
 #include "core/groups.h"
 #include "core/presence.h"
 #include "core/settings_cache.h"
 #include "core/worker_pool.h"
-#include "common/status.h"
 #include "iris/v1/client.pb.h"
 #include "store/inbox_store.h"
 

@@ -224,9 +224,7 @@ void CoreServer::Handle(const std::shared_ptr<Link>& link, ipb::CoreRequest& req
     case ipb::CoreRequest::kGroupUpdate:
       core_->UpdateGroup(user, req.group_update(), group_done);
       return;
-    case ipb::CoreRequest::kGroupGet:
-      core_->GetGroup(user, req.group_get(), group_done);
-      return;
+    case ipb::CoreRequest::kGroupGet: core_->GetGroup(user, req.group_get(), group_done); return;
     case ipb::CoreRequest::kScan:
     case ipb::CoreRequest::kHistory: {
       const ipb::ScanCall& c = req.has_scan() ? req.scan() : req.history();

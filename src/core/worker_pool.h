@@ -44,7 +44,7 @@ class WorkerPool {
  private:
   static constexpr size_t kOrderStripes = 64;
   struct Stripe {
-    bool busy = false;                         // a job of this stripe is queued or running
+    bool busy = false;                          // a job of this stripe is queued or running
     std::deque<std::function<void()>> waiting;  // behind it, in order
   };
   void Loop();

@@ -45,7 +45,7 @@ struct EdgeOptions {
   SendRateConfig send_rate;             // per user: SEND and RECEIPT
   // Per user, for the other requests that write durably or take from another user's data
   // (docs/protocol.md "Limits"). Same two-bucket semantics as send_rate.
-  SendRateConfig settings_rate = kSettingsRate;        // SETTINGS
+  SendRateConfig settings_rate = kSettingsRate;       // SETTINGS
   SendRateConfig keys_upload_rate = kKeysUploadRate;  // KEYS_UPLOAD
   SendRateConfig keys_fetch_rate = kKeysFetchRate;    // KEYS_FETCH, per requester
   SendRateConfig group_rate = kGroupRate;             // GROUP_CREATE and GROUP_UPDATE

@@ -169,8 +169,8 @@ void RemoteCore::CallAsync(ipb::CoreRequest& req, Completion done) {
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
-    pending_.emplace(call, Pending{std::move(done),
-                                  SystemClock::Instance().MonoMillis() + call_timeout_ms_});
+    pending_.emplace(
+        call, Pending{std::move(done), SystemClock::Instance().MonoMillis() + call_timeout_ms_});
   }
   if (!core::WriteLinkMessage(fd_, write_mu_, req).ok()) {
     Completion d;

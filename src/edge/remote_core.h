@@ -15,7 +15,8 @@
 //
 // A call unanswered after call_timeout_ms fails with UNAVAILABLE (checked about once a
 // second, on ReportPressure). If the link breaks (the core process is gone) every pending
-// call fails with UNAVAILABLE and on_link_lost runs once: an edge without its core cannot serve anybody.
+// call fails with UNAVAILABLE and on_link_lost runs once: an edge without its core cannot serve
+// anybody.
 //
 // Thread-safety: every CoreApi method may be called from any thread.
 

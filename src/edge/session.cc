@@ -70,7 +70,8 @@ Status Limited(const Status& refused, std::string_view what) {
   std::string message = refused.code() == StatusCode::kRateLimited
                             ? std::string(what) + " rate limit exceeded"
                             : refused.message();
-  return Status(refused.code(), std::move(message), std::max<uint32_t>(refused.retry_after_ms(), 1));
+  return Status(refused.code(), std::move(message),
+                std::max<uint32_t>(refused.retry_after_ms(), 1));
 }
 
 // Requests answered through the ordered reply slots (Session::ReserveReply).
@@ -87,10 +88,8 @@ bool AnsweredInOrder(uint8_t opcode) {
     case wire::Opcode::kHistory:
     case wire::Opcode::kGroupCreate:
     case wire::Opcode::kGroupUpdate:
-    case wire::Opcode::kGroupGet:
-      return true;
-    default:
-      return false;
+    case wire::Opcode::kGroupGet: return true;
+    default: return false;
   }
 }
 
@@ -325,13 +324,13 @@ void Session::ContinueCatchUp() {
   net::EventLoop* loop = &loop_.loop();
   EdgeLoop* owner = &loop_;
   const uint64_t sid = id_;
-  loop_.edge().core().Scan(
-      user_, last_sent_, page_size_, kPageBytes,
-      [loop, owner, sid, gen](Result<store::ScanPage> page) {
-        loop->Post([owner, sid, gen, page = std::move(page)]() mutable {
-          if (Session* s = owner->Find(sid)) s->OnScanPage(gen, std::move(page));
-        });
-      });
+  loop_.edge().core().Scan(user_, last_sent_, page_size_, kPageBytes,
+                           [loop, owner, sid, gen](Result<store::ScanPage> page) {
+                             loop->Post([owner, sid, gen, page = std::move(page)]() mutable {
+                               if (Session* s = owner->Find(sid))
+                                 s->OnScanPage(gen, std::move(page));
+                             });
+                           });
 }
 
 void Session::OnScanPage(uint64_t gen, Result<store::ScanPage> page) {
@@ -436,10 +435,10 @@ void Session::HandleHistory(const v1::History& m) {
   const uint64_t seq = ReserveReply();
   const uint64_t request_id = m.request_id();
   if (history_inflight_ >= kMaxHistoryInFlight) {
-    CompleteReply(seq, ErrorFrame(request_id,
-                                  Overloaded("at most " + std::to_string(kMaxHistoryInFlight) +
-                                                 " HISTORY requests in flight per connection",
-                                             100)));
+    CompleteReply(
+        seq, ErrorFrame(request_id, Overloaded("at most " + std::to_string(kMaxHistoryInFlight) +
+                                                   " HISTORY requests in flight per connection",
+                                               100)));
     return;
   }
   ++history_inflight_;

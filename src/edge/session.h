@@ -28,14 +28,14 @@
 // Thread-safety: loop thread only. Owned by its EdgeLoop; destroyed after OnClosed.
 
 #include <cstdint>
-#include <vector>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "auth/jwt.h"
-#include "edge/rate_limit.h"
 #include "core/core_api.h"
+#include "edge/rate_limit.h"
 #include "net/connection.h"
 #include "wire/frame.h"
 #include "wire/messages.h"

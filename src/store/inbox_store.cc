@@ -338,15 +338,21 @@ Status InboxStore::PutLastSeen(uint64_t user, uint64_t last_seen_ms) {
   return impl_->PutLastSeen(user, last_seen_ms);
 }
 Result<uint64_t> InboxStore::GetLastSeen(uint64_t user) const {
-  IRIS_ASSERT_NOT_ON_LOOP_THREAD(); return impl_->GetLastSeen(user); }
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();
+  return impl_->GetLastSeen(user);
+}
 Status InboxStore::UploadKeys(uint64_t user, const v1::KeysUpload& upload) {
   IRIS_ASSERT_NOT_ON_LOOP_THREAD();
   return impl_->UploadKeys(user, upload);
 }
 Result<v1::KeysBundle> InboxStore::FetchKeys(uint64_t user) {
-  IRIS_ASSERT_NOT_ON_LOOP_THREAD(); return impl_->FetchKeys(user); }
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();
+  return impl_->FetchKeys(user);
+}
 Status InboxStore::PutGroup(const v1::GroupInfo& group) {
-  IRIS_ASSERT_NOT_ON_LOOP_THREAD(); return impl_->PutGroup(group); }
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();
+  return impl_->PutGroup(group);
+}
 Result<v1::GroupInfo> InboxStore::GetGroup(uint64_t group_id) const {
   IRIS_ASSERT_NOT_ON_LOOP_THREAD();
   return impl_->GetGroup(group_id);

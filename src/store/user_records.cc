@@ -145,8 +145,8 @@ Status InboxStore::Impl::UploadKeys(uint64_t user, const v1::KeysUpload& upload)
   StoredBundle b = existing.value_or(StoredBundle{});
   const uint64_t adding = static_cast<uint64_t>(upload.one_time_prekeys_size());
   if (b.pool_size + adding > options_.max_one_time_prekeys) {
-    return TooLarge("one-time prekey pool full: " + std::to_string(b.pool_size) +
-                    " stored + " + std::to_string(adding) + " uploaded > " +
+    return TooLarge("one-time prekey pool full: " + std::to_string(b.pool_size) + " stored + " +
+                    std::to_string(adding) + " uploaded > " +
                     std::to_string(options_.max_one_time_prekeys) + " allowed per user");
   }
   if (!upload.identity_key().empty()) b.bundle.set_identity_key(upload.identity_key());

@@ -90,8 +90,9 @@ TEST(LoopStallTest, PipelinedSettingsFloodDoesNotStallOtherUsersOnTheLoop) {
   reader.join();
 
   EXPECT_TRUE(failure.empty()) << failure;
-  std::printf("SETTINGS flood: worst PING round trip %lld ms over %d PINGs; %d OK, %d RATE_LIMITED\n",
-              static_cast<long long>(worst_ms), pings, oks, limited);
+  std::printf(
+      "SETTINGS flood: worst PING round trip %lld ms over %d PINGs; %d OK, %d RATE_LIMITED\n",
+      static_cast<long long>(worst_ms), pings, oks, limited);
   EXPECT_LT(worst_ms, 300) << "a PING waited behind the SETTINGS flood on the shared loop ("
                            << pings << " pings)";
   EXPECT_EQ(oks + limited + others, kFrames);

@@ -300,7 +300,8 @@ TEST_F(MessagingTest, RepeatedSyncsRacingAStreamOfSendsLoseNothing) {
         if (page.has_more()) {
           v1::SyncAck ack;
           ack.set_cursor(page.cursor());
-          ASSERT_TRUE(bob->conn().SendFrame(static_cast<uint8_t>(wire::Opcode::kSyncAck), ack).ok());
+          ASSERT_TRUE(
+              bob->conn().SendFrame(static_cast<uint8_t>(wire::Opcode::kSyncAck), ack).ok());
         }
       } else if (f->opcode == static_cast<uint8_t>(wire::Opcode::kSyncDone)) {
         break;
