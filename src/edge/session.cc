@@ -607,7 +607,7 @@ void Session::HandlePresenceSubscribe(const v1::PresenceSubscribe& m) {
   watching_.insert(watching_.end(), added.begin(), added.end());
   std::vector<uint64_t> all(m.users().begin(), m.users().end());
   const uint64_t request_id = m.request_id();
-  const ReplyTarget t = TargetOf(ReserveReply());
+  const ReplyTarget t = TargetOf(ReservePresenceAnswer());
   loop_.edge().core().Subscribe(loop_.RefOf(id_), all,
                                 [t, request_id](Result<std::vector<v1::Presence>> states) {
                                   PostReply(t, PresenceAnswer(request_id, std::move(states)));
@@ -625,7 +625,7 @@ void Session::HandlePresenceUnsubscribe(const v1::PresenceUnsubscribe& m) {
 void Session::HandlePresenceQuery(const v1::PresenceQuery& m) {
   std::vector<uint64_t> users(m.users().begin(), m.users().end());
   const uint64_t request_id = m.request_id();
-  const ReplyTarget t = TargetOf(ReserveReply());
+  const ReplyTarget t = TargetOf(ReservePresenceAnswer());
   loop_.edge().core().QueryPresence(users,
                                     [t, request_id](Result<std::vector<v1::Presence>> states) {
                                       PostReply(t, PresenceAnswer(request_id, std::move(states)));
@@ -714,6 +714,16 @@ void Session::HandleGroupGet(const v1::GroupGet& m) {
 void Session::DeliverPresence(const v1::Presence& p) {
   if (state_ == State::kAwaitHello || state_ == State::kClosing) return;
   if (std::find(watching_.begin(), watching_.end(), p.user()) == watching_.end()) return;
+  if (presence_answers_pending_ > 0) {
+    // Not before the pending answer, which may carry an older state of this user.
+    auto it = std::find_if(held_presence_.begin(), held_presence_.end(),
+                           [&](const v1::Presence& h) { return h.user() == p.user(); });
+    if (it != held_presence_.end()) {
+      held_presence_.erase(it);  // keep only the latest, in arrival order
+    }
+    held_presence_.push_back(p);
+    return;
+  }
   EdgeMetrics::Get().presence_out.Inc();
   SendMessage(wire::Opcode::kPresence, p);
 }
@@ -722,6 +732,13 @@ void Session::DeliverTyping(const v1::Typing& t) {
   if (state_ == State::kAwaitHello || state_ == State::kClosing) return;
   EdgeMetrics::Get().typing_out.Inc();
   SendMessage(wire::Opcode::kTyping, t);
+}
+
+uint64_t Session::ReservePresenceAnswer() {
+  const uint64_t seq = ReserveReply();
+  replies_[seq - reply_base_].presence_answer = true;
+  ++presence_answers_pending_;
+  return seq;
 }
 
 uint64_t Session::ReserveReply() {
@@ -743,8 +760,24 @@ void Session::CompleteReply(uint64_t seq, std::string frame) {
 void Session::FlushReplies() {
   while (!replies_.empty() && replies_.front().ready) {
     std::string frame = std::move(replies_.front().frame);
+    const bool presence_answer = replies_.front().presence_answer;
     replies_.pop_front();
     ++reply_base_;
+    if (presence_answer && --presence_answers_pending_ == 0 && !held_presence_.empty()) {
+      // The answers are out (or dropped): the pushes held behind them follow.
+      std::vector<v1::Presence> held;
+      held.swap(held_presence_);
+      if (!(state_ == State::kClosing && !shutting_down_)) {
+        if (!conn_->Write(frame)) {
+          EdgeMetrics::Get().slow_readers.Inc();
+          state_ = State::kClosing;
+          conn_->Abort("output queue full (slow reader)");
+          return;
+        }
+        for (const v1::Presence& p : held) DeliverPresence(p);
+      }
+      continue;
+    }
     if (state_ == State::kClosing && !shutting_down_) continue;
     if (!conn_->Write(frame)) {
       EdgeMetrics::Get().slow_readers.Inc();

@@ -149,10 +149,18 @@ class Session final : public net::Connection::Delegate {
   uint64_t scan_gen_ = 0;
   std::vector<v1::Envelope> held_;
   uint32_t history_inflight_ = 0;
+  // Presence answers (subscribe/query) not written yet, and the presence pushes held until
+  // they are: a push is newer than an answer computed before it, so it must not be
+  // overtaken by that answer (at most one held per user: the latest).
+  uint32_t presence_answers_pending_ = 0;
+  std::vector<v1::Presence> held_presence_;
+  // Reserves a slot for a presence answer (see presence_answers_pending_).
+  uint64_t ReservePresenceAnswer();
   edge::TokenBucket typing_bucket_{5.0, 10.0};
   // Ordered replies: slot seq = reply_base_ + index.
   struct Reply {
     bool ready = false;
+    bool presence_answer = false;  // PRESENCE_SUBSCRIBE / PRESENCE_QUERY states
     std::string frame;
   };
   // A FIFO that holds no memory while empty (std::deque allocates ~600 bytes up front,
