@@ -16,7 +16,8 @@ Core::Core(store::InboxStore& store, EdgeSink& sink, const Clock& clock, CoreOpt
       degradation_(options.degradation),
       presence_(store, sink, settings_, clock),
       groups_(store, options.groups),
-      workers_(options.workers, "iris-core") {
+      readers_(options.read_workers, "iris-read"),
+      writers_(options.write_workers, "iris-write") {
   presence_.set_shed([this] { return degradation_.ShedPresence(); });
   store_.SetCommitListener(
       [this](const std::vector<v1::Envelope>& envelopes) { OnCommitted(envelopes); });
@@ -59,7 +60,7 @@ void Core::Receipt(uint64_t author, const v1::Receipt& r, SendDone done) {
     const std::optional<store::UserSettings> b = settings_.Peek(r.to_user());
     if (!a || !b) {
       // A settings read from the store: on a worker, then back here with both cached.
-      workers_.Submit([this, author, r, done = std::move(done)]() mutable {
+      readers_.Submit([this, author, r, done = std::move(done)]() mutable {
         settings_.Get(author);
         settings_.Get(r.to_user());
         AppendReceipt(author, r, std::move(done));
@@ -93,7 +94,7 @@ void Core::AppendReceipt(uint64_t author, const v1::Receipt& r, SendDone done) {
 }
 
 void Core::UpdateSettings(uint64_t user, const v1::Settings& m, StatusDone done) {
-  workers_.SubmitOrdered(user, [this, user, m, done = std::move(done)] {
+  writers_.SubmitOrdered(user, [this, user, m, done = std::move(done)] {
     store::UserSettings s = settings_.Get(user);
     const bool was_sharing = s.share_presence;
     if (m.has_read_receipts()) s.read_receipts = m.read_receipts();
@@ -110,7 +111,7 @@ bool Core::Typing(uint64_t from, const v1::Typing& t) {
   if (degradation_.ShedTyping()) return false;
   if (t.group_id() != 0) {
     // The member list is a store read: on a worker.
-    workers_.Submit([this, from, t] {
+    readers_.Submit([this, from, t] {
       auto members = groups_.MembersFor(from, t.group_id());
       if (!members.ok()) return;
       v1::Typing out;
@@ -145,7 +146,7 @@ void Core::Unsubscribe(const SessionRef& ref, const std::vector<uint64_t>& users
 
 void Core::QueryPresence(const std::vector<uint64_t>& users, PresenceDone done) {
   // Settings and last-seen times may have to be read from the store.
-  workers_.Submit([this, users, done = std::move(done)] {
+  readers_.Submit([this, users, done = std::move(done)] {
     std::vector<v1::Presence> out;
     out.reserve(users.size());
     for (uint64_t u : users) out.push_back(presence_.Current(u, FindSession(u).has_value()));
@@ -154,30 +155,30 @@ void Core::QueryPresence(const std::vector<uint64_t>& users, PresenceDone done) 
 }
 
 void Core::UploadKeys(uint64_t user, const v1::KeysUpload& upload, StatusDone done) {
-  workers_.SubmitOrdered(user, [this, user, upload, done = std::move(done)] {
+  writers_.SubmitOrdered(user, [this, user, upload, done = std::move(done)] {
     done(store_.UploadKeys(user, upload));
   });
 }
 
 void Core::FetchKeys(uint64_t user, KeysDone done) {
-  workers_.SubmitOrdered(user,
+  writers_.SubmitOrdered(user,
                          [this, user, done = std::move(done)] { done(store_.FetchKeys(user)); });
 }
 
 void Core::CreateGroup(uint64_t owner, const v1::GroupCreate& m, GroupDone done) {
-  workers_.SubmitOrdered(owner, [this, owner, m, done = std::move(done)]() mutable {
+  writers_.SubmitOrdered(owner, [this, owner, m, done = std::move(done)]() mutable {
     groups_.Create(owner, m, std::move(done));
   });
 }
 
 void Core::UpdateGroup(uint64_t user, const v1::GroupUpdate& m, GroupDone done) {
-  workers_.SubmitOrdered(m.group_id(), [this, user, m, done = std::move(done)]() mutable {
+  writers_.SubmitOrdered(m.group_id(), [this, user, m, done = std::move(done)]() mutable {
     groups_.Update(user, m, std::move(done));
   });
 }
 
 void Core::GetGroup(uint64_t user, uint64_t group_id, GroupDone done) {
-  workers_.Submit(
+  readers_.Submit(
       [this, user, group_id, done = std::move(done)] { done(groups_.Get(user, group_id)); });
 }
 
@@ -207,7 +208,7 @@ void Core::Send(uint64_t sender, const v1::Send& send, const std::string& trace_
   const obs::SpanContext trace = obs::ContextOf(span);
   if (send.group_id() != 0) {
     // The member list is a store read: fan out on a worker.
-    workers_.Submit([this, sender, send, trace_id, trace, done = std::move(done)]() mutable {
+    readers_.Submit([this, sender, send, trace_id, trace, done = std::move(done)]() mutable {
       auto envelopes = groups_.FanOut(sender, send.group_id(), send.body(), trace_id);
       if (!envelopes.ok()) {
         done(envelopes.status());
@@ -230,7 +231,7 @@ void Core::Send(uint64_t sender, const v1::Send& send, const std::string& trace_
 
 void Core::Scan(uint64_t user, uint64_t after_id, uint32_t limit, size_t max_bytes, PageDone done) {
   limit = std::min(limit, options_.max_page_messages);
-  workers_.Submit([this, user, after_id, limit, max_bytes, done = std::move(done)] {
+  readers_.Submit([this, user, after_id, limit, max_bytes, done = std::move(done)] {
     done(store_.Scan(user, after_id, limit, max_bytes));
   });
 }
@@ -238,7 +239,7 @@ void Core::Scan(uint64_t user, uint64_t after_id, uint32_t limit, size_t max_byt
 void Core::History(uint64_t user, uint64_t before_id, uint32_t limit, size_t max_bytes,
                    PageDone done) {
   limit = std::min(limit, options_.max_page_messages);
-  workers_.Submit([this, user, before_id, limit, max_bytes, done = std::move(done)] {
+  readers_.Submit([this, user, before_id, limit, max_bytes, done = std::move(done)] {
     done(store_.History(user, before_id, limit, max_bytes));
   });
 }

@@ -14,8 +14,8 @@
 //
 // Threads: no method blocks its caller. Work that reads RocksDB or waits for a durable write
 // (settings, keys, group records, presence reads, catch-up and history pages, group
-// fan-out) runs on the core's worker pool (core/worker_pool.h); appends go straight to the
-// store's commit queue. An event-loop thread calling in therefore never waits for the disk
+// fan-out) runs on the core's worker pools (core/worker_pool.h: readers and writers);
+// appends go straight to the store's commit queue. An event-loop thread calling in therefore never waits for the disk
 // (docs/architecture.md, "No loop thread waits").
 //
 // Thread-safety: all methods may be called from any thread. Completion callbacks run on a
@@ -47,9 +47,13 @@ struct CoreOptions {
   uint32_t max_page_messages = 1000;
   DegradationController::Options degradation;
   GroupLimits groups;
-  // Threads of the worker pool that runs the blocking store work. Each waits on RocksDB or
-  // on a group-commit sync; writes from several workers share one sync.
-  size_t workers = 4;
+  // Worker threads for the blocking store work. Reads (catch-up and history pages, group,
+  // settings and last-seen reads) and durable writes (settings, prekeys, group records)
+  // have separate pools, so a burst of writes waiting for syncs never delays catch-up.
+  // Writer threads mostly wait for a group-commit sync, which they share: more of them
+  // means more writes per sync, not more syncs.
+  size_t read_workers = 4;
+  size_t write_workers = 16;
 };
 
 class Core final : public CoreApi {
@@ -98,7 +102,10 @@ class Core final : public CoreApi {
   // Runs every queued worker job (their completions post to the edge), then joins the
   // workers; later requests run their store work on the caller's thread. Call after the
   // edge loops have stopped and before the edge is destroyed.
-  void StopWorkers() { workers_.Stop(); }
+  void StopWorkers() {
+    writers_.Stop();
+    readers_.Stop();
+  }
 
   GroupService& groups() { return groups_; }
   DegradationController& degradation() { return degradation_; }
@@ -134,9 +141,10 @@ class Core final : public CoreApi {
   DegradationController degradation_;
   PresenceService presence_;
   GroupService groups_;
-  // Declared last: destroyed (drained and joined) first, while everything its jobs use is
-  // still alive.
-  WorkerPool workers_;
+  // Declared last: destroyed (drained and joined) first, while everything their jobs use
+  // is still alive.
+  WorkerPool readers_;
+  WorkerPool writers_;
 };
 
 }  // namespace iris::core
