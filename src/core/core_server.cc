@@ -99,8 +99,7 @@ void CoreServer::AcceptLoop() {
     }
     for (auto& l : dead) {
       if (l->reader.joinable()) l->reader.join();
-      close(l->fd);
-    }
+    }  // the fd closes with the last reference (a completion may still hold one)
   }
 }
 
@@ -335,8 +334,7 @@ void CoreServer::Stop() {
   for (const auto& l : all) shutdown(l->fd, SHUT_RDWR);
   for (const auto& l : all) {
     if (l->reader.joinable()) l->reader.join();
-    close(l->fd);
-  }
+  }  // the fds close with the last references
   if (!path_.empty()) unlink(path_.c_str());
 }
 

@@ -10,6 +10,8 @@
 // Thread-safety: EdgeSink methods and Broadcast* from any thread; Listen/Start/Stop from the
 // controlling thread.
 
+#include <unistd.h>
+
 #include <atomic>
 #include <condition_variable>
 #include <functional>
@@ -51,7 +53,12 @@ class CoreServer final : public EdgeSink {
   void SendTyping(const SessionRef& to, const v1::Typing& typing) override;
 
  private:
+  // Shared by the reader thread and by every completion still to answer on it: the fd is
+  // closed when the last of them lets go, so a late answer never writes to a reused fd.
   struct Link {
+    ~Link() {
+      if (fd >= 0) ::close(fd);
+    }
     int fd = -1;
     uint32_t index = UINT32_MAX;  // edge process index, from its hello
     std::mutex write_mu;
