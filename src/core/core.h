@@ -15,8 +15,8 @@
 // Threads: no method blocks its caller. Work that reads RocksDB or waits for a durable write
 // (settings, keys, group records, presence reads, catch-up and history pages, group
 // fan-out) runs on the core's worker pools (core/worker_pool.h: readers and writers);
-// appends go straight to the store's commit queue. An event-loop thread calling in therefore never waits for the disk
-// (docs/architecture.md, "No loop thread waits").
+// appends go straight to the store's commit queue. An event-loop thread calling in
+// therefore never waits for the disk (docs/architecture.md, "No loop thread waits").
 //
 // Thread-safety: all methods may be called from any thread. Completion callbacks run on a
 // core worker or the store's commit thread (or inline, for a request refused before any
