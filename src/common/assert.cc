@@ -7,6 +7,7 @@
 namespace iris {
 namespace {
 std::atomic<uint64_t> g_bugs{0};
+thread_local bool t_loop_thread = false;
 }
 
 void AssertFail(const char* expr, const char* file, int line) {
@@ -21,6 +22,10 @@ void ReportBug(const char* msg, const char* file, int line) {
   std::abort();
 #endif
 }
+
+bool OnLoopThread() { return t_loop_thread; }
+
+void SetLoopThread(bool on) { t_loop_thread = on; }
 
 uint64_t BugCount() { return g_bugs.load(std::memory_order_relaxed); }
 

@@ -13,6 +13,14 @@ namespace iris {
 void ReportBug(const char* msg, const char* file, int line);
 // Number of IRIS_BUG reports since start (exported as a metric).
 uint64_t BugCount();
+
+// Whether the calling thread is an event-loop thread (net::EventLoop::Run marks its thread).
+// An event-loop thread must never wait for the disk or for a round trip to another process
+// (docs/architecture.md, "No loop thread waits"): the store's blocking entry points assert
+// IRIS_ASSERT_NOT_ON_LOOP_THREAD().
+bool OnLoopThread();
+// Marks (or unmarks) the calling thread as an event-loop thread.
+void SetLoopThread(bool on);
 }  // namespace iris
 
 #define IRIS_RELEASE_ASSERT(cond) \
@@ -23,5 +31,8 @@ uint64_t BugCount();
 #else
 #define IRIS_ASSERT(cond) IRIS_RELEASE_ASSERT(cond)
 #endif
+
+// A blocking call (disk wait, synchronous round trip) reached from an event-loop thread.
+#define IRIS_ASSERT_NOT_ON_LOOP_THREAD() IRIS_ASSERT(!::iris::OnLoopThread())
 
 #define IRIS_BUG(msg) ::iris::ReportBug((msg), __FILE__, __LINE__)

@@ -1,5 +1,6 @@
 #include "core/core.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "obs/trace.h"
@@ -14,7 +15,9 @@ Core::Core(store::InboxStore& store, EdgeSink& sink, const Clock& clock, CoreOpt
       settings_(store),
       degradation_(options.degradation),
       presence_(store, sink, settings_, clock),
-      groups_(store, options.groups) {
+      groups_(store, options.groups),
+      readers_(options.read_workers, "iris-read"),
+      writers_(options.write_workers, "iris-write") {
   presence_.set_shed([this] { return degradation_.ShedPresence(); });
   store_.SetCommitListener(
       [this](const std::vector<v1::Envelope>& envelopes) { OnCommitted(envelopes); });
@@ -53,8 +56,26 @@ void Core::UnregisterSession(uint64_t user, SessionRef ref) {
 
 void Core::Receipt(uint64_t author, const v1::Receipt& r, SendDone done) {
   if (r.type() == v1::READ) {
-    const bool dropped = degradation_.ShedReadReceipts() || !settings_.Get(author).read_receipts ||
-                         !settings_.Get(r.to_user()).read_receipts;
+    const std::optional<store::UserSettings> a = settings_.Peek(author);
+    const std::optional<store::UserSettings> b = settings_.Peek(r.to_user());
+    if (!a || !b) {
+      // A settings read from the store: on a worker, then back here with both cached.
+      readers_.Submit([this, author, r, done = std::move(done)]() mutable {
+        settings_.Get(author);
+        settings_.Get(r.to_user());
+        AppendReceipt(author, r, std::move(done));
+      });
+      return;
+    }
+  }
+  AppendReceipt(author, r, std::move(done));
+}
+
+void Core::AppendReceipt(uint64_t author, const v1::Receipt& r, SendDone done) {
+  if (r.type() == v1::READ) {
+    const bool dropped = degradation_.ShedReadReceipts() ||
+                         !settings_.Peek(author).value_or(store::UserSettings{}).read_receipts ||
+                         !settings_.Peek(r.to_user()).value_or(store::UserSettings{}).read_receipts;
     if (dropped) {
       done(store::AppendOutcome{0, static_cast<uint64_t>(clock_.WallMillis()), false});
       return;
@@ -72,34 +93,37 @@ void Core::Receipt(uint64_t author, const v1::Receipt& r, SendDone done) {
   store_.AppendAsync(author, r.idempotency_key(), std::move(envelopes), std::move(done));
 }
 
-Status Core::UpdateSettings(uint64_t user, const v1::Settings& m) {
-  store::UserSettings s = settings_.Get(user);
-  const bool was_sharing = s.share_presence;
-  if (m.has_read_receipts()) s.read_receipts = m.read_receipts();
-  if (m.has_share_presence()) s.share_presence = m.share_presence();
-  IRIS_RETURN_IF_ERROR(settings_.Put(user, s));
-  if (was_sharing != s.share_presence) presence_.Announce(user, FindSession(user).has_value());
-  return Status::Ok();
+void Core::UpdateSettings(uint64_t user, const v1::Settings& m, StatusDone done) {
+  writers_.SubmitOrdered(user, [this, user, m, done = std::move(done)] {
+    store::UserSettings s = settings_.Get(user);
+    const bool was_sharing = s.share_presence;
+    if (m.has_read_receipts()) s.read_receipts = m.read_receipts();
+    if (m.has_share_presence()) s.share_presence = m.share_presence();
+    Status st = settings_.Put(user, s);
+    if (st.ok() && was_sharing != s.share_presence) {
+      presence_.Announce(user, FindSession(user).has_value());
+    }
+    done(std::move(st));
+  });
 }
 
 bool Core::Typing(uint64_t from, const v1::Typing& t) {
   if (degradation_.ShedTyping()) return false;
   if (t.group_id() != 0) {
-    auto members = groups_.MembersFor(from, t.group_id());
-    if (!members.ok()) return false;
-    v1::Typing out;
-    out.set_user(from);
-    out.set_typing(t.typing());
-    out.set_group_id(t.group_id());
-    bool any = false;
-    for (uint64_t m : *members) {
-      if (m == from) continue;
-      if (auto ref = FindSession(m)) {
-        sink_.SendTyping(*ref, out);
-        any = true;
+    // The member list is a store read: on a worker.
+    readers_.Submit([this, from, t] {
+      auto members = groups_.MembersFor(from, t.group_id());
+      if (!members.ok()) return;
+      v1::Typing out;
+      out.set_user(from);
+      out.set_typing(t.typing());
+      out.set_group_id(t.group_id());
+      for (uint64_t m : *members) {
+        if (m == from) continue;
+        if (auto ref = FindSession(m)) sink_.SendTyping(*ref, out);
       }
-    }
-    return any;
+    });
+    return true;
   }
   if (t.user() == 0) return false;
   auto ref = FindSession(t.user());
@@ -111,28 +135,52 @@ bool Core::Typing(uint64_t from, const v1::Typing& t) {
   return true;
 }
 
-std::vector<v1::Presence> Core::Subscribe(const SessionRef& ref,
-                                          const std::vector<uint64_t>& users) {
+void Core::Subscribe(const SessionRef& ref, const std::vector<uint64_t>& users, PresenceDone done) {
   presence_.Subscribe(ref, users);
-  return QueryPresence(users);
+  QueryPresence(users, std::move(done));
 }
 
 void Core::Unsubscribe(const SessionRef& ref, const std::vector<uint64_t>& users) {
   presence_.Unsubscribe(ref, users);
 }
 
-std::vector<v1::Presence> Core::QueryPresence(const std::vector<uint64_t>& users) {
-  std::vector<v1::Presence> out;
-  out.reserve(users.size());
-  for (uint64_t u : users) out.push_back(presence_.Current(u, FindSession(u).has_value()));
-  return out;
+void Core::QueryPresence(const std::vector<uint64_t>& users, PresenceDone done) {
+  // Settings and last-seen times may have to be read from the store.
+  readers_.Submit([this, users, done = std::move(done)] {
+    std::vector<v1::Presence> out;
+    out.reserve(users.size());
+    for (uint64_t u : users) out.push_back(presence_.Current(u, FindSession(u).has_value()));
+    done(std::move(out));
+  });
 }
 
-Status Core::UploadKeys(uint64_t user, const v1::KeysUpload& upload) {
-  return store_.UploadKeys(user, upload);
+void Core::UploadKeys(uint64_t user, const v1::KeysUpload& upload, StatusDone done) {
+  writers_.SubmitOrdered(user, [this, user, upload, done = std::move(done)] {
+    done(store_.UploadKeys(user, upload));
+  });
 }
 
-Result<v1::KeysBundle> Core::FetchKeys(uint64_t user) { return store_.FetchKeys(user); }
+void Core::FetchKeys(uint64_t user, KeysDone done) {
+  writers_.SubmitOrdered(user,
+                         [this, user, done = std::move(done)] { done(store_.FetchKeys(user)); });
+}
+
+void Core::CreateGroup(uint64_t owner, const v1::GroupCreate& m, GroupDone done) {
+  writers_.SubmitOrdered(owner, [this, owner, m, done = std::move(done)]() mutable {
+    groups_.Create(owner, m, std::move(done));
+  });
+}
+
+void Core::UpdateGroup(uint64_t user, const v1::GroupUpdate& m, GroupDone done) {
+  writers_.SubmitOrdered(m.group_id(), [this, user, m, done = std::move(done)]() mutable {
+    groups_.Update(user, m, std::move(done));
+  });
+}
+
+void Core::GetGroup(uint64_t user, uint64_t group_id, GroupDone done) {
+  readers_.Submit(
+      [this, user, group_id, done = std::move(done)] { done(groups_.Get(user, group_id)); });
+}
 
 std::optional<SessionRef> Core::FindSession(uint64_t user) const {
   const RegistryShard& shard = ShardFor(user);
@@ -159,13 +207,16 @@ void Core::Send(uint64_t sender, const v1::Send& send, const std::string& trace_
   if (span) done = obs::EndSpanBefore(span, std::move(done));
   const obs::SpanContext trace = obs::ContextOf(span);
   if (send.group_id() != 0) {
-    auto envelopes = groups_.FanOut(sender, send.group_id(), send.body(), trace_id);
-    if (!envelopes.ok()) {
-      done(envelopes.status());
-      return;
-    }
-    store_.AppendAsync(sender, send.idempotency_key(), std::move(envelopes).value(),
-                       std::move(done), trace);
+    // The member list is a store read: fan out on a worker.
+    readers_.Submit([this, sender, send, trace_id, trace, done = std::move(done)]() mutable {
+      auto envelopes = groups_.FanOut(sender, send.group_id(), send.body(), trace_id);
+      if (!envelopes.ok()) {
+        done(envelopes.status());
+        return;
+      }
+      store_.AppendAsync(sender, send.idempotency_key(), std::move(envelopes).value(),
+                         std::move(done), trace);
+    });
     return;
   }
   std::vector<v1::Envelope> envelopes(1);
@@ -178,14 +229,19 @@ void Core::Send(uint64_t sender, const v1::Send& send, const std::string& trace_
   store_.AppendAsync(sender, send.idempotency_key(), std::move(envelopes), std::move(done), trace);
 }
 
-Result<store::ScanPage> Core::Scan(uint64_t user, uint64_t after_id, uint32_t limit,
-                                   size_t max_bytes) {
-  return store_.Scan(user, after_id, std::min(limit, options_.max_page_messages), max_bytes);
+void Core::Scan(uint64_t user, uint64_t after_id, uint32_t limit, size_t max_bytes, PageDone done) {
+  limit = std::min(limit, options_.max_page_messages);
+  readers_.Submit([this, user, after_id, limit, max_bytes, done = std::move(done)] {
+    done(store_.Scan(user, after_id, limit, max_bytes));
+  });
 }
 
-Result<store::ScanPage> Core::History(uint64_t user, uint64_t before_id, uint32_t limit,
-                                      size_t max_bytes) {
-  return store_.History(user, before_id, std::min(limit, options_.max_page_messages), max_bytes);
+void Core::History(uint64_t user, uint64_t before_id, uint32_t limit, size_t max_bytes,
+                   PageDone done) {
+  limit = std::min(limit, options_.max_page_messages);
+  readers_.Submit([this, user, before_id, limit, max_bytes, done = std::move(done)] {
+    done(store_.History(user, before_id, limit, max_bytes));
+  });
 }
 
 void Core::OnCommitted(const std::vector<v1::Envelope>& envelopes) {

@@ -12,8 +12,15 @@
 // HLC ids in commit order, so ids are strictly increasing per inbox and pushes for one inbox
 // leave in id order (see store/inbox_store.h).
 //
-// Thread-safety: all methods may be called from any thread. Completion callbacks run on the
-// store's commit thread and must only hand work off (e.g. EventLoop::Post).
+// Threads: no method blocks its caller. Work that reads RocksDB or waits for a durable write
+// (settings, keys, group records, presence reads, catch-up and history pages, group
+// fan-out) runs on the core's worker pools (core/worker_pool.h: readers and writers);
+// appends go straight to the store's commit queue. An event-loop thread calling in
+// therefore never waits for the disk (docs/architecture.md, "No loop thread waits").
+//
+// Thread-safety: all methods may be called from any thread. Completion callbacks run on a
+// core worker or the store's commit thread (or inline, for a request refused before any
+// work) and must only hand work off (e.g. EventLoop::Post).
 
 #include <array>
 #include <cstdint>
@@ -24,12 +31,13 @@
 #include <unordered_map>
 
 #include "common/clock.h"
+#include "common/status.h"
 #include "core/core_api.h"
 #include "core/degradation.h"
 #include "core/groups.h"
 #include "core/presence.h"
 #include "core/settings_cache.h"
-#include "common/status.h"
+#include "core/worker_pool.h"
 #include "iris/v1/client.pb.h"
 #include "store/inbox_store.h"
 
@@ -39,6 +47,13 @@ struct CoreOptions {
   uint32_t max_page_messages = 1000;
   DegradationController::Options degradation;
   GroupLimits groups;
+  // Worker threads for the blocking store work. Reads (catch-up and history pages, group,
+  // settings and last-seen reads) and durable writes (settings, prekeys, group records)
+  // have separate pools, so a burst of writes waiting for syncs never delays catch-up.
+  // Writer threads mostly wait for a group-commit sync, which they share: more of them
+  // means more writes per sync, not more syncs.
+  size_t read_workers = 4;
+  size_t write_workers = 16;
 };
 
 class Core final : public CoreApi {
@@ -64,44 +79,50 @@ class Core final : public CoreApi {
   // envelope; a READ receipt is dropped (done gets duplicate=false, message_id=0) when either
   // side turned read receipts off or read receipts are shed under overload.
   void Receipt(uint64_t author, const v1::Receipt& receipt, SendDone done) override;
-  // SETTINGS: stored durably and applied at once (presence re-announced).
-  Status UpdateSettings(uint64_t user, const v1::Settings& settings) override;
+  // SETTINGS: stored durably and applied at once (presence re-announced). One user's
+  // settings changes are applied in the order received.
+  void UpdateSettings(uint64_t user, const v1::Settings& settings, StatusDone done) override;
   // TYPING from `from`: relayed to the named user's live session, best effort, never stored.
-  // Returns false when shed or when the recipient is offline.
+  // Returns false when shed or when the (1:1) recipient is offline.
   bool Typing(uint64_t from, const v1::Typing& typing) override;
   // Presence subscriptions of one session; answers carry the current states.
-  std::vector<v1::Presence> Subscribe(const SessionRef& ref,
-                                      const std::vector<uint64_t>& users) override;
+  void Subscribe(const SessionRef& ref, const std::vector<uint64_t>& users,
+                 PresenceDone done) override;
   void Unsubscribe(const SessionRef& ref, const std::vector<uint64_t>& users) override;
-  std::vector<v1::Presence> QueryPresence(const std::vector<uint64_t>& users) override;
-  // Keys (stored as opaque bytes; one-time prekeys handed out at most once).
-  Status UploadKeys(uint64_t user, const v1::KeysUpload& upload) override;
-  Result<v1::KeysBundle> FetchKeys(uint64_t user) override;
-  void CreateGroup(uint64_t owner, const v1::GroupCreate& m, GroupDone done) override {
-    groups_.Create(owner, m, std::move(done));
-  }
-  void UpdateGroup(uint64_t user, const v1::GroupUpdate& m, GroupDone done) override {
-    groups_.Update(user, m, std::move(done));
-  }
-  Result<v1::GroupInfo> GetGroup(uint64_t user, uint64_t group_id) override {
-    return groups_.Get(user, group_id);
-  }
+  void QueryPresence(const std::vector<uint64_t>& users, PresenceDone done) override;
+  // Keys (stored as opaque bytes; one-time prekeys handed out at most once; the pool is
+  // capped, see store::StoreOptions::max_one_time_prekeys).
+  void UploadKeys(uint64_t user, const v1::KeysUpload& upload, StatusDone done) override;
+  void FetchKeys(uint64_t user, KeysDone done) override;
+  void CreateGroup(uint64_t owner, const v1::GroupCreate& m, GroupDone done) override;
+  void UpdateGroup(uint64_t user, const v1::GroupUpdate& m, GroupDone done) override;
+  void GetGroup(uint64_t user, uint64_t group_id, GroupDone done) override;
   int ReportPressure(double pressure, int64_t now_ms, bool* changed) override;
+
+  // Runs every queued worker job (their completions post to the edge), then joins the
+  // workers; later requests run their store work on the caller's thread. Call after the
+  // edge loops have stopped and before the edge is destroyed.
+  void StopWorkers() {
+    writers_.Stop();
+    readers_.Stop();
+  }
 
   GroupService& groups() { return groups_; }
   DegradationController& degradation() { return degradation_; }
   PresenceService& presence() { return presence_; }
 
-  // Catch-up and history reads (synchronous; RocksDB reads are thread-safe).
-  Result<store::ScanPage> Scan(uint64_t user, uint64_t after_id, uint32_t limit,
-                               size_t max_bytes) override;
-  Result<store::ScanPage> History(uint64_t user, uint64_t before_id, uint32_t limit,
-                                  size_t max_bytes) override;
+  // Catch-up and history reads (on a worker; RocksDB reads are thread-safe).
+  void Scan(uint64_t user, uint64_t after_id, uint32_t limit, size_t max_bytes,
+            PageDone done) override;
+  void History(uint64_t user, uint64_t before_id, uint32_t limit, size_t max_bytes,
+               PageDone done) override;
 
   store::InboxStore& store() { return store_; }
 
  private:
   void OnCommitted(const std::vector<v1::Envelope>& envelopes);
+  // The receipt itself, once both users' settings are cached.
+  void AppendReceipt(uint64_t author, const v1::Receipt& receipt, SendDone done);
 
   static constexpr size_t kRegistryShards = 64;
   struct RegistryShard {
@@ -120,6 +141,10 @@ class Core final : public CoreApi {
   DegradationController degradation_;
   PresenceService presence_;
   GroupService groups_;
+  // Declared last: destroyed (drained and joined) first, while everything their jobs use
+  // is still alive.
+  WorkerPool readers_;
+  WorkerPool writers_;
 };
 
 }  // namespace iris::core

@@ -6,9 +6,10 @@
 //  - edge::RemoteCore implements it in an edge process (--edge-processes) by sending the same
 //    requests over a Unix socket to core::CoreServer in the core process.
 //
-// Completion callbacks may run on any thread (the store's commit thread, a link reader
-// thread) and must only hand work off (EventLoop::Post). Synchronous calls block the caller
-// for one round trip at most.
+// No call blocks its caller: every request that needs the disk or the other process
+// completes through a callback (docs/architecture.md, "No loop thread waits"). Completion
+// callbacks may run on any thread (a core worker, the store's commit thread, a link reader
+// thread) and must only hand work off (EventLoop::Post).
 //
 // Thread-safety: every method may be called from any thread.
 
@@ -49,36 +50,54 @@ class CoreApi {
   virtual ~CoreApi() = default;
   using SendDone = std::function<void(Result<store::AppendOutcome>)>;
   using GroupDone = std::function<void(Result<v1::GroupInfo>)>;
+  using StatusDone = std::function<void(Status)>;
+  using PresenceDone = std::function<void(Result<std::vector<v1::Presence>>)>;
+  using KeysDone = std::function<void(Result<v1::KeysBundle>)>;
+  using PageDone = std::function<void(Result<store::ScanPage>)>;
+
+  // Fire-and-forget calls: they return at once and never wait for the disk or the network
+  // (the in-process core queues any durable work on its own threads; the remote core sends
+  // one message and does not wait for an answer).
 
   // Registers `ref` as the live session of `user` (an older one is told to go away).
   virtual void RegisterSession(uint64_t user, SessionRef ref) = 0;
   // Forgets `ref` if it is still the live session of `user`.
   virtual void UnregisterSession(uint64_t user, SessionRef ref) = 0;
+  // Best effort; false when shed or the recipient is known to be offline (remote, or a
+  // group typing indicator: always true, the fan-out happens later).
+  virtual bool Typing(uint64_t from, const v1::Typing& typing) = 0;
+  virtual void Unsubscribe(const SessionRef& ref, const std::vector<uint64_t>& users) = 0;
+  // Load report from an edge (pressure 1.0 = at capacity); returns the degradation level
+  // in force as far as this caller knows, and sets *changed when it changed since the
+  // previous report (remote: the answer to a report arrives later and shows in the next).
+  virtual int ReportPressure(double pressure, int64_t now_ms, bool* changed) = 0;
+
+  // Asynchronous calls: every one returns at once and completes exactly once through its
+  // callback, which may run on any core thread (a worker, the commit thread, a link reader)
+  // or, for a request refused before any work, inline on the caller. The callback must only
+  // hand work off (EventLoop::Post).
 
   // A validated SEND (1:1 or group). `parent_span_id`: the caller's span for tracing.
   virtual void Send(uint64_t sender, const v1::Send& send, const std::string& trace_id,
                     SendDone done, uint64_t parent_span_id = 0) = 0;
   // RECEIPT (a dropped READ completes with message_id 0).
   virtual void Receipt(uint64_t author, const v1::Receipt& receipt, SendDone done) = 0;
-  virtual Status UpdateSettings(uint64_t user, const v1::Settings& settings) = 0;
-  // Best effort; false when shed or the recipient is offline (remote: always true).
-  virtual bool Typing(uint64_t from, const v1::Typing& typing) = 0;
-  virtual std::vector<v1::Presence> Subscribe(const SessionRef& ref,
-                                              const std::vector<uint64_t>& users) = 0;
-  virtual void Unsubscribe(const SessionRef& ref, const std::vector<uint64_t>& users) = 0;
-  virtual std::vector<v1::Presence> QueryPresence(const std::vector<uint64_t>& users) = 0;
-  virtual Status UploadKeys(uint64_t user, const v1::KeysUpload& upload) = 0;
-  virtual Result<v1::KeysBundle> FetchKeys(uint64_t user) = 0;
+  // SETTINGS: durable before `done` runs with OK.
+  virtual void UpdateSettings(uint64_t user, const v1::Settings& settings, StatusDone done) = 0;
+  // Subscribes and answers the current states of `users`.
+  virtual void Subscribe(const SessionRef& ref, const std::vector<uint64_t>& users,
+                         PresenceDone done) = 0;
+  virtual void QueryPresence(const std::vector<uint64_t>& users, PresenceDone done) = 0;
+  virtual void UploadKeys(uint64_t user, const v1::KeysUpload& upload, StatusDone done) = 0;
+  virtual void FetchKeys(uint64_t user, KeysDone done) = 0;
   virtual void CreateGroup(uint64_t owner, const v1::GroupCreate& m, GroupDone done) = 0;
   virtual void UpdateGroup(uint64_t user, const v1::GroupUpdate& m, GroupDone done) = 0;
-  virtual Result<v1::GroupInfo> GetGroup(uint64_t user, uint64_t group_id) = 0;
-  virtual Result<store::ScanPage> Scan(uint64_t user, uint64_t after_id, uint32_t limit,
-                                       size_t max_bytes) = 0;
-  virtual Result<store::ScanPage> History(uint64_t user, uint64_t before_id, uint32_t limit,
-                                          size_t max_bytes) = 0;
-  // Load report from an edge (pressure 1.0 = at capacity); returns the degradation level
-  // now in force and sets *changed when this report changed it.
-  virtual int ReportPressure(double pressure, int64_t now_ms, bool* changed) = 0;
+  virtual void GetGroup(uint64_t user, uint64_t group_id, GroupDone done) = 0;
+  // Catch-up page: messages with id > after_id (see store::InboxStore::Scan).
+  virtual void Scan(uint64_t user, uint64_t after_id, uint32_t limit, size_t max_bytes,
+                    PageDone done) = 0;
+  virtual void History(uint64_t user, uint64_t before_id, uint32_t limit, size_t max_bytes,
+                       PageDone done) = 0;
 };
 
 }  // namespace iris::core

@@ -99,8 +99,7 @@ void CoreServer::AcceptLoop() {
     }
     for (auto& l : dead) {
       if (l->reader.joinable()) l->reader.join();
-      close(l->fd);
-    }
+    }  // the fd closes with the last reference (a completion may still hold one)
   }
 }
 
@@ -156,6 +155,12 @@ void CoreServer::Handle(const std::shared_ptr<Link>& link, ipb::CoreRequest& req
   auto group_done = [reply](Result<v1::GroupInfo> r) {
     reply(r.status(), [&](ipb::CoreMessage& m) { *m.mutable_group() = *r; });
   };
+  auto status_done = [reply, none](Status s) { reply(s, none); };
+  auto presence_done = [reply](Result<std::vector<v1::Presence>> r) {
+    reply(r.status(), [&](ipb::CoreMessage& m) {
+      for (auto& p : *r) *m.mutable_presences()->add_items() = p;
+    });
+  };
   switch (req.op_case()) {
     case ipb::CoreRequest::kHello: {
       {
@@ -188,55 +193,48 @@ void CoreServer::Handle(const std::shared_ptr<Link>& link, ipb::CoreRequest& req
       core_->Receipt(user, req.receipt(), append_done);
       return;
     case ipb::CoreRequest::kSettings:
-      reply(core_->UpdateSettings(user, req.settings()), none);
+      core_->UpdateSettings(user, req.settings(), status_done);
       return;
     case ipb::CoreRequest::kTyping:
       core_->Typing(user, req.typing());
       reply(Status::Ok(), none);
       return;
-    case ipb::CoreRequest::kSubscribe: {
-      auto states = core_->Subscribe(ref, Users(req.subscribe()));
-      reply(Status::Ok(), [&](ipb::CoreMessage& m) {
-        for (auto& p : states) *m.mutable_presences()->add_items() = p;
-      });
+    case ipb::CoreRequest::kSubscribe:
+      core_->Subscribe(ref, Users(req.subscribe()), presence_done);
       return;
-    }
     case ipb::CoreRequest::kUnsubscribe:
       core_->Unsubscribe(ref, Users(req.unsubscribe()));
       reply(Status::Ok(), none);
       return;
-    case ipb::CoreRequest::kQueryPresence: {
-      auto states = core_->QueryPresence(Users(req.query_presence()));
-      reply(Status::Ok(), [&](ipb::CoreMessage& m) {
-        for (auto& p : states) *m.mutable_presences()->add_items() = p;
+    case ipb::CoreRequest::kQueryPresence:
+      core_->QueryPresence(Users(req.query_presence()), presence_done);
+      return;
+    case ipb::CoreRequest::kKeysUpload:
+      core_->UploadKeys(user, req.keys_upload(), status_done);
+      return;
+    case ipb::CoreRequest::kKeysFetch:
+      core_->FetchKeys(req.keys_fetch(), [reply](Result<v1::KeysBundle> b) {
+        reply(b.status(), [&](ipb::CoreMessage& m) { *m.mutable_bundle() = *b; });
       });
       return;
-    }
-    case ipb::CoreRequest::kKeysUpload:
-      reply(core_->UploadKeys(user, req.keys_upload()), none);
-      return;
-    case ipb::CoreRequest::kKeysFetch: {
-      auto b = core_->FetchKeys(req.keys_fetch());
-      reply(b.status(), [&](ipb::CoreMessage& m) { *m.mutable_bundle() = *b; });
-      return;
-    }
     case ipb::CoreRequest::kGroupCreate:
       core_->CreateGroup(user, req.group_create(), group_done);
       return;
     case ipb::CoreRequest::kGroupUpdate:
       core_->UpdateGroup(user, req.group_update(), group_done);
       return;
-    case ipb::CoreRequest::kGroupGet: {
-      auto g = core_->GetGroup(user, req.group_get());
-      reply(g.status(), [&](ipb::CoreMessage& m) { *m.mutable_group() = *g; });
-      return;
-    }
+    case ipb::CoreRequest::kGroupGet: core_->GetGroup(user, req.group_get(), group_done); return;
     case ipb::CoreRequest::kScan:
     case ipb::CoreRequest::kHistory: {
       const ipb::ScanCall& c = req.has_scan() ? req.scan() : req.history();
-      auto page = req.has_scan() ? core_->Scan(user, c.cursor(), c.limit(), c.max_bytes())
-                                 : core_->History(user, c.cursor(), c.limit(), c.max_bytes());
-      reply(page.status(), [&](ipb::CoreMessage& m) { FillPage(*page, m.mutable_page()); });
+      auto page_done = [reply](Result<store::ScanPage> page) {
+        reply(page.status(), [&](ipb::CoreMessage& m) { FillPage(*page, m.mutable_page()); });
+      };
+      if (req.has_scan()) {
+        core_->Scan(user, c.cursor(), c.limit(), c.max_bytes(), page_done);
+      } else {
+        core_->History(user, c.cursor(), c.limit(), c.max_bytes(), page_done);
+      }
       return;
     }
     case ipb::CoreRequest::kPressure: {
@@ -336,8 +334,7 @@ void CoreServer::Stop() {
   for (const auto& l : all) shutdown(l->fd, SHUT_RDWR);
   for (const auto& l : all) {
     if (l->reader.joinable()) l->reader.join();
-    close(l->fd);
-  }
+  }  // the fds close with the last references
   if (!path_.empty()) unlink(path_.c_str());
 }
 

@@ -1,11 +1,16 @@
 #pragma once
 // CoreServer: the core process's end of the internal link (--edge-processes). Edge processes
 // connect to a Unix socket; each link gets a reader thread that turns CoreRequests into
-// calls on the CoreApi and writes the replies back. As the core's EdgeSink it routes pushes
+// asynchronous calls on the CoreApi; each completion writes its reply (tagged with the
+// request's call id) back on the link from whichever core thread finished it, so replies
+// may leave in another order than the requests came and the reader never waits for the
+// store. As the core's EdgeSink it routes pushes
 // to the edge process that holds the session (SessionRef::edge >> 8).
 //
 // Thread-safety: EdgeSink methods and Broadcast* from any thread; Listen/Start/Stop from the
 // controlling thread.
+
+#include <unistd.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -48,7 +53,12 @@ class CoreServer final : public EdgeSink {
   void SendTyping(const SessionRef& to, const v1::Typing& typing) override;
 
  private:
+  // Shared by the reader thread and by every completion still to answer on it: the fd is
+  // closed when the last of them lets go, so a late answer never writes to a reused fd.
   struct Link {
+    ~Link() {
+      if (fd >= 0) ::close(fd);
+    }
     int fd = -1;
     uint32_t index = UINT32_MAX;  // edge process index, from its hello
     std::mutex write_mu;

@@ -16,6 +16,13 @@ store::UserSettings SettingsCache::Get(uint64_t user) {
   return v;
 }
 
+std::optional<store::UserSettings> SettingsCache::Peek(uint64_t user) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = cache_.find(user);
+  if (it == cache_.end()) return std::nullopt;
+  return it->second;
+}
+
 Status SettingsCache::Put(uint64_t user, const store::UserSettings& s) {
   IRIS_RETURN_IF_ERROR(store_.PutSettings(user, s));
   std::lock_guard<std::mutex> lock(mu_);

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <unordered_map>
 
 #include "common/status.h"
@@ -17,7 +18,10 @@ class SettingsCache {
  public:
   explicit SettingsCache(store::InboxStore& store) : store_(store) {}
   // Defaults (everything on) when the user never changed a setting or the read fails.
+  // May read the store (blocking): not for an event-loop thread.
   store::UserSettings Get(uint64_t user);
+  // The cached settings, without reading the store; nullopt when not cached.
+  std::optional<store::UserSettings> Peek(uint64_t user);
   Status Put(uint64_t user, const store::UserSettings& s);
 
  private:

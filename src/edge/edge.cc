@@ -162,6 +162,10 @@ void EdgeLoop::Sweep() {
   if (index_ == 0) {
     const int64_t now_ns = edge_.clock().MonoNanos();
     edge_.send_limiter().Sweep(now_ns);
+    edge_.settings_limiter().Sweep(now_ns);
+    edge_.keys_upload_limiter().Sweep(now_ns);
+    edge_.keys_fetch_limiter().Sweep(now_ns);
+    edge_.group_limiter().Sweep(now_ns);
     edge_.connection_limiter().Sweep(now_ns);
     edge_.failed_logins().Sweep(now_ns);
     // Overload signal: the worst recent event-loop lag against its budget.
@@ -191,6 +195,10 @@ Edge::Edge(EdgeOptions options, core::CoreApi& core, const auth::TokenVerifier& 
       tls_(tls),
       clock_(clock),
       send_limiter_(options_.send_rate),
+      settings_limiter_(options_.settings_rate),
+      keys_upload_limiter_(options_.keys_upload_rate),
+      keys_fetch_limiter_(options_.keys_fetch_rate),
+      group_limiter_(options_.group_rate),
       failed_logins_(options_.failed_logins),
       connection_limiter_(options_.connection_rate),
       prelogin_(options_.max_prelogin_per_ip, options_.max_prelogin_total != 0

@@ -45,6 +45,12 @@ struct EdgeOptions {
   double loop_lag_budget_ms = 200;
   wire::ValidationLimits limits;
   SendRateConfig send_rate;             // per user: SEND and RECEIPT
+  // Per user, for the other requests that write durably or take from another user's data
+  // (docs/protocol.md "Limits"). Same two-bucket semantics as send_rate.
+  SendRateConfig settings_rate = kSettingsRate;       // SETTINGS
+  SendRateConfig keys_upload_rate = kKeysUploadRate;  // KEYS_UPLOAD
+  SendRateConfig keys_fetch_rate = kKeysFetchRate;    // KEYS_FETCH, per requester
+  SendRateConfig group_rate = kGroupRate;             // GROUP_CREATE and GROUP_UPDATE
   ConnectionLimitConfig connection_rate;  // per IP
   std::vector<std::string> connection_allowlist;  // addresses or CIDR ranges
   // Pre-login connections (accepted, HELLO not accepted yet) are capped when accepted; a
@@ -168,6 +174,10 @@ class Edge final : public core::EdgeSink {
   const net::TlsContext& tls() const { return tls_; }
   const Clock& clock() const { return clock_; }
   KeyedSendLimiter& send_limiter() { return send_limiter_; }
+  KeyedSendLimiter& settings_limiter() { return settings_limiter_; }
+  KeyedSendLimiter& keys_upload_limiter() { return keys_upload_limiter_; }
+  KeyedSendLimiter& keys_fetch_limiter() { return keys_fetch_limiter_; }
+  KeyedSendLimiter& group_limiter() { return group_limiter_; }
   FailedLoginLimiter& failed_logins() { return failed_logins_; }
   ConnectionRateLimiter& connection_limiter() { return connection_limiter_; }
   PreLoginLimiter& prelogin_limiter() { return prelogin_; }
@@ -184,6 +194,10 @@ class Edge final : public core::EdgeSink {
   const net::TlsContext& tls_;
   const Clock& clock_;
   KeyedSendLimiter send_limiter_;
+  KeyedSendLimiter settings_limiter_;
+  KeyedSendLimiter keys_upload_limiter_;
+  KeyedSendLimiter keys_fetch_limiter_;
+  KeyedSendLimiter group_limiter_;
   FailedLoginLimiter failed_logins_;
   ConnectionRateLimiter connection_limiter_;
   PreLoginLimiter prelogin_;

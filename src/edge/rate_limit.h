@@ -104,6 +104,20 @@ struct SendRateConfig {
   double PeakCapacity() const;       // burst_per_sec, at least 1
 };
 
+// Per-user budgets for the requests other than SEND/RECEIPT that write durably or take from
+// another user's data (security issue 14; docs/protocol.md "Limits"). Same semantics:
+// {sustained_per_sec, burst_per_sec, burst_seconds}.
+//  - SETTINGS: 1/s, bursts of 5/s for 10 s (a client changes settings by hand).
+inline constexpr SendRateConfig kSettingsRate{1, 5, 10};
+//  - KEYS_UPLOAD: one per 5 s, bursts of 2/s for 10 s (18 uploads: a new device fills its
+//    1,000-key pool in 10 uploads of 100; later it refills rarely).
+inline constexpr SendRateConfig kKeysUploadRate{0.2, 2, 10};
+//  - KEYS_FETCH, per requester: 30 a minute sustained, at most 5 at once and 18 in a burst,
+//    so one user takes at most 48 one-time prekeys from others' pools in any minute.
+inline constexpr SendRateConfig kKeysFetchRate{0.5, 5, 4};
+//  - GROUP_CREATE and GROUP_UPDATE: 1/s, bursts of 5/s for 10 s.
+inline constexpr SendRateConfig kGroupRate{1, 5, 10};
+
 // One user's send budget. Not thread-safe: the owner serialises access.
 class SendRateLimiter {
  public:

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <future>
 
+#include "common/assert.h"
 #include "common/clock.h"
 #include "core/core_server.h"
 #include "core/link_io.h"
@@ -140,7 +141,7 @@ void RemoteCore::ReadLoop() {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = pending_.find(m.call_id());
       if (it == pending_.end()) continue;  // a call that already timed out
-      done = std::move(it->second);
+      done = std::move(it->second.done);
       pending_.erase(it);
     }
     done(m);
@@ -151,12 +152,12 @@ void RemoteCore::ReadLoop() {
 }
 
 void RemoteCore::FailAll() {
-  std::unordered_map<uint64_t, Completion> all;
+  std::unordered_map<uint64_t, Pending> all;
   {
     std::lock_guard<std::mutex> lock(mu_);
     all.swap(pending_);
   }
-  for (auto& [call, done] : all) done(Unavailable(call));
+  for (auto& [call, p] : all) p.done(Unavailable(call));
 }
 
 void RemoteCore::CallAsync(ipb::CoreRequest& req, Completion done) {
@@ -168,7 +169,8 @@ void RemoteCore::CallAsync(ipb::CoreRequest& req, Completion done) {
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
-    pending_.emplace(call, std::move(done));
+    pending_.emplace(
+        call, Pending{std::move(done), SystemClock::Instance().MonoMillis() + call_timeout_ms_});
   }
   if (!core::WriteLinkMessage(fd_, write_mu_, req).ok()) {
     Completion d;
@@ -176,7 +178,7 @@ void RemoteCore::CallAsync(ipb::CoreRequest& req, Completion done) {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = pending_.find(call);
       if (it == pending_.end()) return;
-      d = std::move(it->second);
+      d = std::move(it->second.done);
       pending_.erase(it);
     }
     d(Unavailable(call));
@@ -184,6 +186,7 @@ void RemoteCore::CallAsync(ipb::CoreRequest& req, Completion done) {
 }
 
 ipb::CoreMessage RemoteCore::Call(ipb::CoreRequest& req) {
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();  // start-up only (hello, revocations)
   auto promise = std::make_shared<std::promise<ipb::CoreMessage>>();
   auto future = promise->get_future();
   CallAsync(req, [promise](const ipb::CoreMessage& m) { promise->set_value(m); });
@@ -239,6 +242,32 @@ std::function<void(const ipb::CoreMessage&)> GroupCompletion(core::CoreApi::Grou
   };
 }
 
+std::function<void(const ipb::CoreMessage&)> StatusCompletion(core::CoreApi::StatusDone done) {
+  return [done = std::move(done)](const ipb::CoreMessage& m) { done(core::FromProto(m.status())); };
+}
+
+std::function<void(const ipb::CoreMessage&)> PresenceCompletion(core::CoreApi::PresenceDone done) {
+  return [done = std::move(done)](const ipb::CoreMessage& m) {
+    Status s = core::FromProto(m.status());
+    if (!s.ok()) {
+      done(s);
+    } else {
+      done(PresencesFrom(m));
+    }
+  };
+}
+
+std::function<void(const ipb::CoreMessage&)> PageCompletion(core::CoreApi::PageDone done) {
+  return [done = std::move(done)](const ipb::CoreMessage& m) {
+    Status s = core::FromProto(m.status());
+    if (!s.ok()) {
+      done(s);
+    } else {
+      done(PageFrom(m.page()));
+    }
+  };
+}
+
 }  // namespace
 
 void RemoteCore::Send(uint64_t sender, const v1::Send& send, const std::string& trace_id,
@@ -258,11 +287,11 @@ void RemoteCore::Receipt(uint64_t author, const v1::Receipt& receipt, SendDone d
   CallAsync(req, [done = std::move(done)](const ipb::CoreMessage& m) { RunSendDone(done, m); });
 }
 
-Status RemoteCore::UpdateSettings(uint64_t user, const v1::Settings& settings) {
+void RemoteCore::UpdateSettings(uint64_t user, const v1::Settings& settings, StatusDone done) {
   ipb::CoreRequest req;
   req.set_user(user);
   *req.mutable_settings() = settings;
-  return core::FromProto(Call(req).status());
+  CallAsync(req, StatusCompletion(std::move(done)));
 }
 
 bool RemoteCore::Typing(uint64_t from, const v1::Typing& typing) {
@@ -273,12 +302,12 @@ bool RemoteCore::Typing(uint64_t from, const v1::Typing& typing) {
   return true;
 }
 
-std::vector<v1::Presence> RemoteCore::Subscribe(const core::SessionRef& ref,
-                                                const std::vector<uint64_t>& users) {
+void RemoteCore::Subscribe(const core::SessionRef& ref, const std::vector<uint64_t>& users,
+                           PresenceDone done) {
   ipb::CoreRequest req;
   SetRef(req, ref);
   for (uint64_t u : users) req.mutable_subscribe()->add_users(u);
-  return PresencesFrom(Call(req));
+  CallAsync(req, PresenceCompletion(std::move(done)));
 }
 
 void RemoteCore::Unsubscribe(const core::SessionRef& ref, const std::vector<uint64_t>& users) {
@@ -288,26 +317,30 @@ void RemoteCore::Unsubscribe(const core::SessionRef& ref, const std::vector<uint
   Cast(req);
 }
 
-std::vector<v1::Presence> RemoteCore::QueryPresence(const std::vector<uint64_t>& users) {
+void RemoteCore::QueryPresence(const std::vector<uint64_t>& users, PresenceDone done) {
   ipb::CoreRequest req;
   for (uint64_t u : users) req.mutable_query_presence()->add_users(u);
-  return PresencesFrom(Call(req));
+  CallAsync(req, PresenceCompletion(std::move(done)));
 }
 
-Status RemoteCore::UploadKeys(uint64_t user, const v1::KeysUpload& upload) {
+void RemoteCore::UploadKeys(uint64_t user, const v1::KeysUpload& upload, StatusDone done) {
   ipb::CoreRequest req;
   req.set_user(user);
   *req.mutable_keys_upload() = upload;
-  return core::FromProto(Call(req).status());
+  CallAsync(req, StatusCompletion(std::move(done)));
 }
 
-Result<v1::KeysBundle> RemoteCore::FetchKeys(uint64_t user) {
+void RemoteCore::FetchKeys(uint64_t user, KeysDone done) {
   ipb::CoreRequest req;
   req.set_keys_fetch(user);
-  ipb::CoreMessage m = Call(req);
-  Status s = core::FromProto(m.status());
-  if (!s.ok()) return s;
-  return m.bundle();
+  CallAsync(req, [done = std::move(done)](const ipb::CoreMessage& m) {
+    Status s = core::FromProto(m.status());
+    if (!s.ok()) {
+      done(s);
+    } else {
+      done(m.bundle());
+    }
+  });
 }
 
 void RemoteCore::CreateGroup(uint64_t owner, const v1::GroupCreate& g, GroupDone done) {
@@ -324,50 +357,63 @@ void RemoteCore::UpdateGroup(uint64_t user, const v1::GroupUpdate& g, GroupDone 
   CallAsync(req, GroupCompletion(std::move(done)));
 }
 
-Result<v1::GroupInfo> RemoteCore::GetGroup(uint64_t user, uint64_t group_id) {
+void RemoteCore::GetGroup(uint64_t user, uint64_t group_id, GroupDone done) {
   ipb::CoreRequest req;
   req.set_user(user);
   req.set_group_get(group_id);
-  ipb::CoreMessage m = Call(req);
-  Status s = core::FromProto(m.status());
-  if (!s.ok()) return s;
-  return m.group();
+  CallAsync(req, GroupCompletion(std::move(done)));
 }
 
-Result<store::ScanPage> RemoteCore::Scan(uint64_t user, uint64_t after_id, uint32_t limit,
-                                         size_t max_bytes) {
+void RemoteCore::Scan(uint64_t user, uint64_t after_id, uint32_t limit, size_t max_bytes,
+                      PageDone done) {
   ipb::CoreRequest req;
   req.set_user(user);
   req.mutable_scan()->set_cursor(after_id);
   req.mutable_scan()->set_limit(limit);
   req.mutable_scan()->set_max_bytes(max_bytes);
-  ipb::CoreMessage m = Call(req);
-  Status s = core::FromProto(m.status());
-  if (!s.ok()) return s;
-  return PageFrom(m.page());
+  CallAsync(req, PageCompletion(std::move(done)));
 }
 
-Result<store::ScanPage> RemoteCore::History(uint64_t user, uint64_t before_id, uint32_t limit,
-                                            size_t max_bytes) {
+void RemoteCore::History(uint64_t user, uint64_t before_id, uint32_t limit, size_t max_bytes,
+                         PageDone done) {
   ipb::CoreRequest req;
   req.set_user(user);
   req.mutable_history()->set_cursor(before_id);
   req.mutable_history()->set_limit(limit);
   req.mutable_history()->set_max_bytes(max_bytes);
-  ipb::CoreMessage m = Call(req);
-  Status s = core::FromProto(m.status());
-  if (!s.ok()) return s;
-  return PageFrom(m.page());
+  CallAsync(req, PageCompletion(std::move(done)));
+}
+
+void RemoteCore::ExpireOverdue(int64_t now_mono_ms) {
+  std::vector<std::pair<uint64_t, Completion>> overdue;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = pending_.begin(); it != pending_.end();) {
+      if (it->second.deadline_ms <= now_mono_ms) {
+        overdue.emplace_back(it->first, std::move(it->second.done));
+        it = pending_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (auto& [call, done] : overdue) done(Unavailable(call));
 }
 
 int RemoteCore::ReportPressure(double pressure, int64_t, bool* changed) {
+  // Called about once a second: also the beat that fails calls the core never answered.
+  ExpireOverdue(SystemClock::Instance().MonoMillis());
+  // Asynchronous: the core's answer (the level in force) lands in level_ on the reader
+  // thread and shows in the next report; the caller (an event loop) never waits for it.
   ipb::CoreRequest req;
   req.set_pressure(pressure);
-  ipb::CoreMessage m = Call(req);
-  const int before = level_.load();
-  if (core::FromProto(m.status()).ok()) level_.store(m.level());
-  if (changed != nullptr) *changed = level_.load() != before;
-  return level_.load();
+  CallAsync(req, [this](const ipb::CoreMessage& m) {
+    if (core::FromProto(m.status()).ok()) level_.store(m.level());
+  });
+  const int now = level_.load();
+  const int before = reported_level_.exchange(now);
+  if (changed != nullptr) *changed = now != before;
+  return now;
 }
 
 }  // namespace iris::edge

@@ -5,13 +5,18 @@
 // waiting calls and hands pushes to the local Edge (EdgeSink) and revocations to the
 // PushHandler.
 //
-// Synchronous calls block their caller for one round trip (bounded by call_timeout_ms, then
-// UNAVAILABLE). This keeps the catch-up/push hand-over argument of edge::Session intact: a
-// push read while a Scan is outstanding is posted to the session's loop and handled after
-// the Scan's turn.
+// Every CoreApi call is asynchronous: the request carries a call id, the reader thread
+// matches the answer to it and runs the completion (which posts to the session's loop).
+// Nothing on an event-loop thread waits for the core process. Only the start-up calls
+// SayHello and FetchRevocations wait (bounded by call_timeout_ms, then UNAVAILABLE), and
+// they are made before the edge's loops run. The catch-up/push hand-over stays lossless
+// with an asynchronous Scan: see edge::Session (pushes that arrive while a scan is out
+// are held and replayed after its page).
 //
-// If the link breaks (the core process is gone) every pending call fails with UNAVAILABLE
-// and on_link_lost runs once: an edge without its core cannot serve anybody.
+// A call unanswered after call_timeout_ms fails with UNAVAILABLE (checked about once a
+// second, on ReportPressure). If the link breaks (the core process is gone) every pending
+// call fails with UNAVAILABLE and on_link_lost runs once: an edge without its core cannot serve
+// anybody.
 //
 // Thread-safety: every CoreApi method may be called from any thread.
 
@@ -56,21 +61,21 @@ class RemoteCore final : public core::CoreApi {
   void Send(uint64_t sender, const v1::Send& send, const std::string& trace_id, SendDone done,
             uint64_t parent_span_id = 0) override;
   void Receipt(uint64_t author, const v1::Receipt& receipt, SendDone done) override;
-  Status UpdateSettings(uint64_t user, const v1::Settings& settings) override;
+  void UpdateSettings(uint64_t user, const v1::Settings& settings, StatusDone done) override;
   bool Typing(uint64_t from, const v1::Typing& typing) override;
-  std::vector<v1::Presence> Subscribe(const core::SessionRef& ref,
-                                      const std::vector<uint64_t>& users) override;
+  void Subscribe(const core::SessionRef& ref, const std::vector<uint64_t>& users,
+                 PresenceDone done) override;
   void Unsubscribe(const core::SessionRef& ref, const std::vector<uint64_t>& users) override;
-  std::vector<v1::Presence> QueryPresence(const std::vector<uint64_t>& users) override;
-  Status UploadKeys(uint64_t user, const v1::KeysUpload& upload) override;
-  Result<v1::KeysBundle> FetchKeys(uint64_t user) override;
+  void QueryPresence(const std::vector<uint64_t>& users, PresenceDone done) override;
+  void UploadKeys(uint64_t user, const v1::KeysUpload& upload, StatusDone done) override;
+  void FetchKeys(uint64_t user, KeysDone done) override;
   void CreateGroup(uint64_t owner, const v1::GroupCreate& m, GroupDone done) override;
   void UpdateGroup(uint64_t user, const v1::GroupUpdate& m, GroupDone done) override;
-  Result<v1::GroupInfo> GetGroup(uint64_t user, uint64_t group_id) override;
-  Result<store::ScanPage> Scan(uint64_t user, uint64_t after_id, uint32_t limit,
-                               size_t max_bytes) override;
-  Result<store::ScanPage> History(uint64_t user, uint64_t before_id, uint32_t limit,
-                                  size_t max_bytes) override;
+  void GetGroup(uint64_t user, uint64_t group_id, GroupDone done) override;
+  void Scan(uint64_t user, uint64_t after_id, uint32_t limit, size_t max_bytes,
+            PageDone done) override;
+  void History(uint64_t user, uint64_t before_id, uint32_t limit, size_t max_bytes,
+               PageDone done) override;
   int ReportPressure(double pressure, int64_t now_ms, bool* changed) override;
 
  private:
@@ -84,16 +89,24 @@ class RemoteCore final : public core::CoreApi {
   void Cast(::iris::internal::v1::CoreRequest& req);
   void ReadLoop();
   void FailAll();
+  // Fails (UNAVAILABLE) every call still unanswered call_timeout_ms after it was sent: a
+  // core process that is alive but stuck must not hold a session's reply slots forever.
+  void ExpireOverdue(int64_t now_mono_ms);
 
   const uint32_t process_index_;
   const int64_t call_timeout_ms_;
   int fd_ = -1;
   std::mutex write_mu_;
   std::mutex mu_;
-  std::unordered_map<uint64_t, Completion> pending_;
+  struct Pending {
+    Completion done;
+    int64_t deadline_ms;  // monotonic
+  };
+  std::unordered_map<uint64_t, Pending> pending_;
   std::atomic<uint64_t> next_call_{1};
   std::atomic<bool> link_up_{false};
-  std::atomic<int> level_{0};
+  std::atomic<int> level_{0};           // the core's last answer to a pressure report
+  std::atomic<int> reported_level_{0};  // what the last ReportPressure returned
   PushHandler handler_;
   std::thread reader_;
 };

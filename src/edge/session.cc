@@ -43,7 +43,74 @@ std::string ErrorFrame(uint64_t request_id, const Status& st) {
   return frame;
 }
 
+std::string OkFrame(uint64_t request_id) {
+  v1::Ok ok;
+  ok.set_request_id(request_id);
+  std::string frame;
+  wire::AppendMessageFrame(&frame, static_cast<uint8_t>(wire::Opcode::kOk), ok).IgnoreError();
+  return frame;
+}
+
+// `m` as one frame, appended to *out; an ERROR (INTERNAL) for request_id when it does not
+// fit one frame.
+void AppendFrame(std::string* out, wire::Opcode op, const google::protobuf::MessageLite& m,
+                 uint64_t request_id) {
+  std::string frame;
+  if (!wire::AppendMessageFrame(&frame, static_cast<uint8_t>(op), m).ok()) {
+    IRIS_BUG("an outgoing message did not fit one frame");
+    *out += ErrorFrame(request_id, Internal("the answer did not fit one frame"));
+    return;
+  }
+  *out += frame;
+}
+
+// The answer of a per-user limiter for one kind of request (`what`), with retry_after_ms
+// at least 1 as PROTOCOL.md requires for RATE_LIMITED and OVERLOADED.
+Status Limited(const Status& refused, std::string_view what) {
+  std::string message = refused.code() == StatusCode::kRateLimited
+                            ? std::string(what) + " rate limit exceeded"
+                            : refused.message();
+  return Status(refused.code(), std::move(message),
+                std::max<uint32_t>(refused.retry_after_ms(), 1));
+}
+
+// Requests answered through the ordered reply slots (Session::ReserveReply).
+bool AnsweredInOrder(uint8_t opcode) {
+  switch (static_cast<wire::Opcode>(opcode)) {
+    case wire::Opcode::kSend:
+    case wire::Opcode::kReceipt:
+    case wire::Opcode::kSettings:
+    case wire::Opcode::kPresenceSubscribe:
+    case wire::Opcode::kPresenceUnsubscribe:
+    case wire::Opcode::kPresenceQuery:
+    case wire::Opcode::kKeysUpload:
+    case wire::Opcode::kKeysFetch:
+    case wire::Opcode::kHistory:
+    case wire::Opcode::kGroupCreate:
+    case wire::Opcode::kGroupUpdate:
+    case wire::Opcode::kGroupGet: return true;
+    default: return false;
+  }
+}
+
+// At most this many HISTORY requests of one session wait for the store at a time; each
+// answer may be close to a full frame (64 KiB), held until the replies before it are out.
+constexpr uint32_t kMaxHistoryInFlight = 8;
+// Pushes held while a catch-up scan is out (see Push); past this many, the catch-up scans
+// once more instead of switching to push mode.
+constexpr size_t kMaxHeldPushes = 1024;
+
 }  // namespace
+
+Session::ReplyTarget Session::TargetOf(uint64_t seq) {
+  return ReplyTarget{&loop_.loop(), &loop_, id_, seq};
+}
+
+void Session::PostReply(const ReplyTarget& t, std::string frame) {
+  t.loop->Post([owner = t.owner, sid = t.sid, seq = t.seq, f = std::move(frame)]() mutable {
+    if (Session* s = owner->Find(sid)) s->CompleteReply(seq, std::move(f));
+  });
+}
 
 Session::Session(EdgeLoop& loop, uint64_t id, int fd, std::string peer_ip,
                  uint32_t ip_retry_after_ms)
@@ -111,9 +178,8 @@ bool Session::HandleFrame(uint8_t opcode, std::string_view payload) {
   if (!decoded.ok()) {
     const Status& s = decoded.status();
     const uint64_t request_id = s.code() == StatusCode::kUnknownOpcode ? 0 : peeked_id;
-    if (state_ != State::kAwaitHello && (opcode == static_cast<uint8_t>(wire::Opcode::kSend) ||
-                                         opcode == static_cast<uint8_t>(wire::Opcode::kReceipt))) {
-      // SENDs and RECEIPTs are answered in the order received, refusals included.
+    if (state_ != State::kAwaitHello && AnsweredInOrder(opcode)) {
+      // Requests the core answers are answered in the order received, refusals included.
       CompleteReply(ReserveReply(), ErrorFrame(request_id, s));
     } else {
       SendError(request_id, s, false);
@@ -247,19 +313,55 @@ void Session::HandleHello(const v1::Hello& m) {
 }
 
 void Session::ContinueCatchUp() {
-  Edge& edge = loop_.edge();
-  auto page = edge.core().Scan(user_, last_sent_, page_size_, kPageBytes);
+  if (scan_inflight_) {
+    // One scan per session at a time: its page is discarded and the catch-up restarts from
+    // the cursor now in force when it comes back.
+    restart_scan_ = true;
+    return;
+  }
+  // Whatever was held is visible to this scan (or to a later page of it).
+  held_.clear();
+  held_overflow_ = false;
+  scan_inflight_ = true;
+  const uint64_t gen = ++scan_gen_;
+  net::EventLoop* loop = &loop_.loop();
+  EdgeLoop* owner = &loop_;
+  const uint64_t sid = id_;
+  loop_.edge().core().Scan(user_, last_sent_, page_size_, kPageBytes,
+                           [loop, owner, sid, gen](Result<store::ScanPage> page) {
+                             loop->Post([owner, sid, gen, page = std::move(page)]() mutable {
+                               if (Session* s = owner->Find(sid))
+                                 s->OnScanPage(gen, std::move(page));
+                             });
+                           });
+}
+
+void Session::OnScanPage(uint64_t gen, Result<store::ScanPage> page) {
+  if (gen != scan_gen_ || !scan_inflight_) return;
+  scan_inflight_ = false;
+  if (state_ == State::kClosing) return;
+  if (restart_scan_) {
+    restart_scan_ = false;
+    ContinueCatchUp();
+    return;
+  }
   if (!page.ok()) {
     // The inbox could not be read: tell the client and stay connected; a SYNC retries.
+    held_.clear();
     SendError(0, page.status(), false);
     state_ = State::kPush;  // pushes still flow; the client re-syncs on its own terms
     return;
   }
   if (page->messages.empty() && !page->gap) {
+    if (held_overflow_) {  // pushes were lost from the hold: read again
+      ContinueCatchUp();
+      return;
+    }
     v1::SyncDone done;
     done.set_cursor(last_sent_);
     state_ = State::kPush;
     SendMessage(wire::Opcode::kSyncDone, done);
+    ReplayHeld();
     return;
   }
   v1::SyncPage out;
@@ -267,25 +369,36 @@ void Session::ContinueCatchUp() {
   const uint64_t cursor = out.messages_size() > 0
                               ? out.messages(out.messages_size() - 1).id()
                               : last_sent_;
-  out.set_has_more(page->has_more);
+  // A hold that overflowed: the client acknowledges this page and the next scan reads
+  // what the hold dropped.
+  const bool has_more = page->has_more || held_overflow_;
+  out.set_has_more(has_more);
   out.set_cursor(cursor);
   out.set_gap(page->gap);
   EdgeMetrics::Get().msg_out.Inc(static_cast<uint64_t>(out.messages_size()));
   EdgeMetrics::Get().sync_pages.Inc();
   last_sent_ = cursor;
-  if (page->has_more) {
+  if (has_more) {
+    held_.clear();
     state_ = State::kAwaitSyncAck;
     awaited_ack_ = cursor;
     SendMessage(wire::Opcode::kSyncPage, out);
     return;
   }
-  // Last page: switch to push mode in this same loop turn (see the class comment).
+  // Last page: switch to push mode, then replay what arrived while the scan was out.
   state_ = State::kPush;
   SendMessage(wire::Opcode::kSyncPage, out);
   if (state_ == State::kClosing) return;
   v1::SyncDone done;
   done.set_cursor(last_sent_);
   SendMessage(wire::Opcode::kSyncDone, done);
+  ReplayHeld();
+}
+
+void Session::ReplayHeld() {
+  std::vector<v1::Envelope> held;
+  held.swap(held_);
+  for (const v1::Envelope& e : held) Push(e);  // drops ids <= last_sent_
 }
 
 void Session::HandleSync(const v1::Sync& m) {
@@ -322,17 +435,37 @@ void Session::HandleDeliverAck(const v1::DeliverAck& m) {
 }
 
 void Session::HandleHistory(const v1::History& m) {
-  auto page = loop_.edge().core().History(user_, m.before(), m.limit() == 0 ? 256 : m.limit(),
-                                          kPageBytes);
-  if (!page.ok()) {
-    SendError(m.request_id(), page.status(), false);
+  const uint64_t seq = ReserveReply();
+  const uint64_t request_id = m.request_id();
+  if (history_inflight_ >= kMaxHistoryInFlight) {
+    CompleteReply(
+        seq, ErrorFrame(request_id, Overloaded("at most " + std::to_string(kMaxHistoryInFlight) +
+                                                   " HISTORY requests in flight per connection",
+                                               100)));
     return;
   }
-  v1::HistoryPage out;
-  out.set_request_id(m.request_id());
-  for (auto& e : page->messages) *out.add_messages() = std::move(e);
-  out.set_has_more(page->has_more);
-  SendMessage(wire::Opcode::kHistoryPage, out);
+  ++history_inflight_;
+  const ReplyTarget t = TargetOf(seq);
+  loop_.edge().core().History(
+      user_, m.before(), m.limit() == 0 ? 256 : m.limit(), kPageBytes,
+      [t, request_id](Result<store::ScanPage> page) {
+        std::string frame;
+        if (!page.ok()) {
+          frame = ErrorFrame(request_id, page.status());
+        } else {
+          v1::HistoryPage out;
+          out.set_request_id(request_id);
+          for (auto& e : page->messages) *out.add_messages() = std::move(e);
+          out.set_has_more(page->has_more);
+          AppendFrame(&frame, wire::Opcode::kHistoryPage, out, request_id);
+        }
+        t.loop->Post([owner = t.owner, sid = t.sid, seq = t.seq, f = std::move(frame)]() mutable {
+          if (Session* s = owner->Find(sid)) {
+            --s->history_inflight_;
+            s->CompleteReply(seq, std::move(f));
+          }
+        });
+      });
 }
 
 void Session::HandleSend(const v1::Send& m) {
@@ -427,14 +560,37 @@ void Session::HandleReceipt(const v1::Receipt& m) {
   });
 }
 
-void Session::HandleSettings(const v1::Settings& m) {
-  Status s = loop_.edge().core().UpdateSettings(user_, m);
-  if (!s.ok()) {
-    SendError(m.request_id(), s, false);
-    return;
-  }
-  SendOk(m.request_id());
+bool Session::AdmitLimited(KeyedSendLimiter& limiter, std::string_view what, uint64_t seq,
+                           uint64_t request_id) {
+  Status allowed = limiter.TryTake(user_, loop_.edge().clock().MonoNanos());
+  if (allowed.ok()) return true;
+  CompleteReply(seq, ErrorFrame(request_id, Limited(allowed, what)));
+  return false;
 }
+
+void Session::HandleSettings(const v1::Settings& m) {
+  const uint64_t seq = ReserveReply();
+  const uint64_t request_id = m.request_id();
+  if (!AdmitLimited(loop_.edge().settings_limiter(), "SETTINGS", seq, request_id)) return;
+  const ReplyTarget t = TargetOf(seq);
+  loop_.edge().core().UpdateSettings(user_, m, [t, request_id](Status s) {
+    PostReply(t, s.ok() ? OkFrame(request_id) : ErrorFrame(request_id, s));
+  });
+}
+
+namespace {
+// PRESENCE frames for `states`, then OK: one reply slot.
+std::string PresenceAnswer(uint64_t request_id, Result<std::vector<v1::Presence>> states) {
+  if (!states.ok()) return ErrorFrame(request_id, states.status());
+  std::string out;
+  for (const auto& p : *states) {
+    EdgeMetrics::Get().presence_out.Inc();
+    AppendFrame(&out, wire::Opcode::kPresence, p, request_id);
+  }
+  out += OkFrame(request_id);
+  return out;
+}
+}  // namespace
 
 void Session::HandlePresenceSubscribe(const v1::PresenceSubscribe& m) {
   std::vector<uint64_t> added;
@@ -446,19 +602,19 @@ void Session::HandlePresenceSubscribe(const v1::PresenceSubscribe& m) {
   }
   const uint32_t cap = loop_.edge().options().max_presence_subscriptions;
   if (watching_.size() + added.size() > cap) {
-    SendError(m.request_id(),
-              TooLarge("at most " + std::to_string(cap) + " presence subscriptions per session"),
-              false);
+    CompleteReply(ReserveReply(),
+                  ErrorFrame(m.request_id(), TooLarge("at most " + std::to_string(cap) +
+                                                      " presence subscriptions per session")));
     return;
   }
   watching_.insert(watching_.end(), added.begin(), added.end());
   std::vector<uint64_t> all(m.users().begin(), m.users().end());
-  auto states = loop_.edge().core().Subscribe(loop_.RefOf(id_), all);
-  for (const auto& p : states) {
-    EdgeMetrics::Get().presence_out.Inc();
-    SendMessage(wire::Opcode::kPresence, p);
-  }
-  SendOk(m.request_id());
+  const uint64_t request_id = m.request_id();
+  const ReplyTarget t = TargetOf(ReservePresenceAnswer());
+  loop_.edge().core().Subscribe(loop_.RefOf(id_), all,
+                                [t, request_id](Result<std::vector<v1::Presence>> states) {
+                                  PostReply(t, PresenceAnswer(request_id, std::move(states)));
+                                });
 }
 
 void Session::HandlePresenceUnsubscribe(const v1::PresenceUnsubscribe& m) {
@@ -466,16 +622,17 @@ void Session::HandlePresenceUnsubscribe(const v1::PresenceUnsubscribe& m) {
   for (uint64_t u : users) watching_.erase(std::remove(watching_.begin(), watching_.end(), u), watching_.end());
   if (watching_.empty()) std::vector<uint64_t>().swap(watching_);
   loop_.edge().core().Unsubscribe(loop_.RefOf(id_), users);
-  SendOk(m.request_id());
+  CompleteReply(ReserveReply(), OkFrame(m.request_id()));  // behind the answers before it
 }
 
 void Session::HandlePresenceQuery(const v1::PresenceQuery& m) {
   std::vector<uint64_t> users(m.users().begin(), m.users().end());
-  for (const auto& p : loop_.edge().core().QueryPresence(users)) {
-    EdgeMetrics::Get().presence_out.Inc();
-    SendMessage(wire::Opcode::kPresence, p);
-  }
-  SendOk(m.request_id());
+  const uint64_t request_id = m.request_id();
+  const ReplyTarget t = TargetOf(ReservePresenceAnswer());
+  loop_.edge().core().QueryPresence(users,
+                                    [t, request_id](Result<std::vector<v1::Presence>> states) {
+                                      PostReply(t, PresenceAnswer(request_id, std::move(states)));
+                                    });
 }
 
 void Session::HandleTyping(const v1::Typing& m) {
@@ -488,23 +645,33 @@ void Session::HandleTyping(const v1::Typing& m) {
 }
 
 void Session::HandleKeysUpload(const v1::KeysUpload& m) {
-  Status s = loop_.edge().core().UploadKeys(user_, m);
-  if (!s.ok()) {
-    SendError(m.request_id(), s, false);
-    return;
-  }
-  SendOk(m.request_id());
+  const uint64_t seq = ReserveReply();
+  const uint64_t request_id = m.request_id();
+  if (!AdmitLimited(loop_.edge().keys_upload_limiter(), "KEYS_UPLOAD", seq, request_id)) return;
+  const ReplyTarget t = TargetOf(seq);
+  loop_.edge().core().UploadKeys(user_, m, [t, request_id](Status s) {
+    PostReply(t, s.ok() ? OkFrame(request_id) : ErrorFrame(request_id, s));
+  });
 }
 
 void Session::HandleKeysFetch(const v1::KeysFetch& m) {
-  auto bundle = loop_.edge().core().FetchKeys(m.user());
-  if (!bundle.ok()) {
-    SendError(m.request_id(), bundle.status(), false);
-    return;
-  }
-  bundle->set_request_id(m.request_id());
-  bundle->set_user(m.user());
-  SendMessage(wire::Opcode::kKeysBundle, *bundle);
+  const uint64_t seq = ReserveReply();
+  const uint64_t request_id = m.request_id();
+  // Per requester: bounds the one-time prekeys one user can take from others' pools.
+  if (!AdmitLimited(loop_.edge().keys_fetch_limiter(), "KEYS_FETCH", seq, request_id)) return;
+  const ReplyTarget t = TargetOf(seq);
+  const uint64_t target = m.user();
+  loop_.edge().core().FetchKeys(target, [t, request_id, target](Result<v1::KeysBundle> bundle) {
+    std::string frame;
+    if (!bundle.ok()) {
+      frame = ErrorFrame(request_id, bundle.status());
+    } else {
+      bundle->set_request_id(request_id);
+      bundle->set_user(target);
+      AppendFrame(&frame, wire::Opcode::kKeysBundle, *bundle, request_id);
+    }
+    PostReply(t, std::move(frame));
+  });
 }
 
 namespace {
@@ -529,35 +696,37 @@ core::CoreApi::GroupDone GroupReply(net::EventLoop* loop, EdgeLoop* owner, uint6
 
 void Session::HandleGroupCreate(const v1::GroupCreate& m) {
   const uint64_t seq = ReserveReply();
+  if (!AdmitLimited(loop_.edge().group_limiter(), "GROUP_CREATE", seq, m.request_id())) return;
   loop_.edge().core().CreateGroup(
       user_, m, GroupReply(&loop_.loop(), &loop_, id_, seq, m.request_id()));
 }
 
 void Session::HandleGroupUpdate(const v1::GroupUpdate& m) {
   const uint64_t seq = ReserveReply();
+  if (!AdmitLimited(loop_.edge().group_limiter(), "GROUP_UPDATE", seq, m.request_id())) return;
   loop_.edge().core().UpdateGroup(
       user_, m, GroupReply(&loop_.loop(), &loop_, id_, seq, m.request_id()));
 }
 
 void Session::HandleGroupGet(const v1::GroupGet& m) {
-  auto g = loop_.edge().core().GetGroup(user_, m.group_id());
-  if (!g.ok()) {
-    SendError(m.request_id(), g.status(), false);
-    return;
-  }
-  g->set_request_id(m.request_id());
-  SendMessage(wire::Opcode::kGroupInfo, *g);
-}
-
-void Session::SendOk(uint64_t request_id) {
-  v1::Ok ok;
-  ok.set_request_id(request_id);
-  SendMessage(wire::Opcode::kOk, ok);
+  const uint64_t seq = ReserveReply();
+  loop_.edge().core().GetGroup(user_, m.group_id(),
+                               GroupReply(&loop_.loop(), &loop_, id_, seq, m.request_id()));
 }
 
 void Session::DeliverPresence(const v1::Presence& p) {
   if (state_ == State::kAwaitHello || state_ == State::kClosing) return;
   if (std::find(watching_.begin(), watching_.end(), p.user()) == watching_.end()) return;
+  if (presence_answers_pending_ > 0) {
+    // Not before the pending answer, which may carry an older state of this user.
+    auto it = std::find_if(held_presence_.begin(), held_presence_.end(),
+                           [&](const v1::Presence& h) { return h.user() == p.user(); });
+    if (it != held_presence_.end()) {
+      held_presence_.erase(it);  // keep only the latest, in arrival order
+    }
+    held_presence_.push_back(p);
+    return;
+  }
   EdgeMetrics::Get().presence_out.Inc();
   SendMessage(wire::Opcode::kPresence, p);
 }
@@ -566,6 +735,13 @@ void Session::DeliverTyping(const v1::Typing& t) {
   if (state_ == State::kAwaitHello || state_ == State::kClosing) return;
   EdgeMetrics::Get().typing_out.Inc();
   SendMessage(wire::Opcode::kTyping, t);
+}
+
+uint64_t Session::ReservePresenceAnswer() {
+  const uint64_t seq = ReserveReply();
+  replies_[seq - reply_base_].presence_answer = true;
+  ++presence_answers_pending_;
+  return seq;
 }
 
 uint64_t Session::ReserveReply() {
@@ -587,8 +763,24 @@ void Session::CompleteReply(uint64_t seq, std::string frame) {
 void Session::FlushReplies() {
   while (!replies_.empty() && replies_.front().ready) {
     std::string frame = std::move(replies_.front().frame);
+    const bool presence_answer = replies_.front().presence_answer;
     replies_.pop_front();
     ++reply_base_;
+    if (presence_answer && --presence_answers_pending_ == 0 && !held_presence_.empty()) {
+      // The answers are out (or dropped): the pushes held behind them follow.
+      std::vector<v1::Presence> held;
+      held.swap(held_presence_);
+      if (!(state_ == State::kClosing && !shutting_down_)) {
+        if (!conn_->Write(frame)) {
+          EdgeMetrics::Get().slow_readers.Inc();
+          state_ = State::kClosing;
+          conn_->Abort("output queue full (slow reader)");
+          return;
+        }
+        for (const v1::Presence& p : held) DeliverPresence(p);
+      }
+      continue;
+    }
     if (state_ == State::kClosing && !shutting_down_) continue;
     if (!conn_->Write(frame)) {
       EdgeMetrics::Get().slow_readers.Inc();
@@ -607,6 +799,16 @@ void Session::FlushReplies() {
 }
 
 void Session::Push(const v1::Envelope& e) {
+  if (scan_inflight_ && state_ == State::kCatchUp) {
+    // The scan out may or may not include it: hold it for after the page (see the class
+    // comment). Pushes come in id order, so the hold is in id order too.
+    if (held_.size() < kMaxHeldPushes) {
+      held_.push_back(e);
+    } else {
+      held_overflow_ = true;
+    }
+    return;
+  }
   if (state_ != State::kPush || e.id() <= last_sent_) return;
   // edge.deliver: the push of a traced message (in its trace, as a root: caused by the
   // commit, not by a request of this session).

@@ -5,26 +5,37 @@
 //        |                       ^    \--SYNC_PAGE(has_more)--> kAwaitSyncAck --SYNC_ACK--/
 //        +--any other frame: UNAUTHENTICATED (fatal)        SYNC (any time) restarts catch-up
 //
-// Catch-up/push hand-over without loss or duplicates: the store calls back (Push) only after
-// an append is visible to Scan, and pushes for one inbox arrive in id order. A page scan and
-// the switch to push mode happen in one turn of the loop, so an append is either in the last
-// scan or pushed after the switch; pushes with id <= the last id sent are dropped, and pushes
-// that arrive during catch-up are dropped because a later scan will return them.
+// Catch-up/push hand-over without loss or duplicates. The store calls back (Push) only after
+// an append is visible to Scan, and pushes for one inbox arrive in id order. A catch-up page
+// is read asynchronously (CoreApi::Scan on a core thread, the page posted back to this
+// loop), one scan per session at a time. A push that reaches the session while a scan is
+// out may or may not be in that scan's snapshot, so it is held (in order) and replayed
+// after the page, through the usual id filter; a push that arrives before a scan starts was
+// visible before it, so that scan (or a later page) returns it, and one that arrives after
+// the last page is delivered normally. Hence an append is either in some page or delivered
+// after the switch to push mode, and pushes with id <= the last id sent are dropped (no
+// duplicates). Pushes that arrive between pages (no scan out) are dropped: the next scan
+// returns them. If more than a bounded number of pushes pile up during one scan, the page
+// is sent with has_more and the catch-up reads once more instead of switching.
 //
-// SENDs are answered strictly in the order received: each gets a slot in replies_, and
-// replies leave from the front as soon as they are ready, whatever order the store or the
-// rate limiter decided them in.
+// Every request the core answers asynchronously (SEND, RECEIPT, SETTINGS, presence
+// subscribe/query, KEYS_UPLOAD, KEYS_FETCH, HISTORY, groups) is answered strictly in the
+// order received: each gets a slot in replies_, and replies leave from the front as soon
+// as they are ready, whatever order the core or a rate limiter decided them in. Slots count
+// against max_inflight_requests: reading pauses while that many wait. The loop thread never
+// waits for the core (docs/architecture.md, "No loop thread waits").
 //
 // Thread-safety: loop thread only. Owned by its EdgeLoop; destroyed after OnClosed.
 
 #include <cstdint>
-#include <vector>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "auth/jwt.h"
-#include "edge/rate_limit.h"
 #include "core/core_api.h"
+#include "edge/rate_limit.h"
 #include "net/connection.h"
 #include "wire/frame.h"
 #include "wire/messages.h"
@@ -62,7 +73,7 @@ class Session final : public net::Connection::Delegate {
   void Tick(int64_t now_mono_ms);
   // Graceful shutdown: close once in-flight replies are written.
   void Shutdown();
-  // A SEND/RECEIPT completion, posted back from the store's commit thread.
+  // A completion of an answered-in-order request, posted back from a core thread.
   void CompleteReply(uint64_t seq, std::string frame);
 
  private:
@@ -86,10 +97,27 @@ class Session final : public net::Connection::Delegate {
   void HandleGroupCreate(const v1::GroupCreate& m);
   void HandleGroupUpdate(const v1::GroupUpdate& m);
   void HandleGroupGet(const v1::GroupGet& m);
-  void SendOk(uint64_t request_id);
   // Completion of a store append that answers in request order (SEND, RECEIPT).
   using ReplyBuilder = std::function<std::string(Result<store::AppendOutcome>)>;
+  // Starts the scan of the next catch-up page (or marks a restart when one is out).
   void ContinueCatchUp();
+  // The page of scan `gen`, back on the loop thread.
+  void OnScanPage(uint64_t gen, Result<store::ScanPage> page);
+  // Delivers the pushes held during the last scan (ids <= last_sent_ are dropped).
+  void ReplayHeld();
+  // Where a completion posts its reply: this session's slot `seq`, on its loop.
+  struct ReplyTarget {
+    net::EventLoop* loop;
+    EdgeLoop* owner;
+    uint64_t sid;
+    uint64_t seq;
+  };
+  ReplyTarget TargetOf(uint64_t seq);
+  static void PostReply(const ReplyTarget& t, std::string frame);
+  // Takes one request of `what` from the user's budget in `limiter`; when refused, answers
+  // slot `seq` with RATE_LIMITED (or OVERLOADED) and returns false.
+  bool AdmitLimited(KeyedSendLimiter& limiter, std::string_view what, uint64_t seq,
+                    uint64_t request_id);
 
   void SendMessage(wire::Opcode op, const google::protobuf::MessageLite& m);
   void SendError(uint64_t request_id, const Status& s, bool fatal);
@@ -114,10 +142,25 @@ class Session final : public net::Connection::Delegate {
   int64_t last_frame_ms_ = 0;
   auth::Claims claims_;
   std::vector<uint64_t> watching_;  // presence subscriptions (at most 1,024)
+  // Catch-up: the scan out (at most one), pushes held meanwhile.
+  bool scan_inflight_ = false;
+  bool restart_scan_ = false;   // a SYNC came while the scan was out: rescan when it is back
+  bool held_overflow_ = false;  // pushes were dropped from held_ during this scan
+  uint64_t scan_gen_ = 0;
+  std::vector<v1::Envelope> held_;
+  uint32_t history_inflight_ = 0;
+  // Presence answers (subscribe/query) not written yet, and the presence pushes held until
+  // they are: a push is newer than an answer computed before it, so it must not be
+  // overtaken by that answer (at most one held per user: the latest).
+  uint32_t presence_answers_pending_ = 0;
+  std::vector<v1::Presence> held_presence_;
+  // Reserves a slot for a presence answer (see presence_answers_pending_).
+  uint64_t ReservePresenceAnswer();
   edge::TokenBucket typing_bucket_{5.0, 10.0};
   // Ordered replies: slot seq = reply_base_ + index.
   struct Reply {
     bool ready = false;
+    bool presence_answer = false;  // PRESENCE_SUBSCRIBE / PRESENCE_QUERY states
     std::string frame;
   };
   // A FIFO that holds no memory while empty (std::deque allocates ~600 bytes up front,

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <string>
 
+#include "common/assert.h"
 #include "common/clock.h"
 
 namespace iris::net {
@@ -92,6 +93,8 @@ void EventLoop::DrainPosted() {
 
 void EventLoop::Run() {
   running_.store(true);
+  // This thread must never wait for the disk or another process from here on.
+  SetLoopThread(true);
   constexpr int kMaxEvents = 256;
   epoll_event events[kMaxEvents];
   const Clock& clock = SystemClock::Instance();
@@ -133,6 +136,7 @@ void EventLoop::Run() {
     lag_ns_.store(std::max(busy, prev - prev / 16), std::memory_order_relaxed);
   }
   DrainPosted();
+  SetLoopThread(false);
   running_.store(false);
 }
 

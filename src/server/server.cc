@@ -572,6 +572,9 @@ void Server::Stop() {
   // Finish queued appends: their completions post SEND_ACKs to the loops.
   if (m.store) m.store->Stop();
   if (m.edge) m.edge->Shutdown(m.config.shutdown_grace_ms);
+  // The core's queued store work: its completions post to the (stopped) loops, which must
+  // still exist.
+  if (m.core) m.core->StopWorkers();
   // Presence transitions of the sessions just closed, then no more pushes to the edge.
   if (m.core) m.core->presence().Drain();
   m.forward.to = nullptr;

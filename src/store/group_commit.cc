@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <chrono>
 
+#include "common/assert.h"
 #include "store/inbox_store_impl.h"
 
 namespace iris::store {
@@ -52,6 +53,7 @@ void InboxStore::Impl::SetListener(std::function<void(const std::vector<v1::Enve
 }
 
 Status InboxStore::Impl::WriteRecords(std::vector<KvOp> ops) {
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();  // waits for the group commit's fdatasync
   auto promise = std::make_shared<std::promise<Status>>();
   std::future<Status> result = promise->get_future();
   CommitRequest r;

@@ -6,6 +6,7 @@
 
 #include <future>
 
+#include "common/assert.h"
 #include "obs/trace.h"
 #include "store/inbox_store_impl.h"
 
@@ -287,6 +288,7 @@ void InboxStore::AppendAsync(uint64_t sender, std::string idempotency_key,
 
 Result<AppendOutcome> InboxStore::Append(uint64_t sender, std::string idempotency_key,
                                          std::vector<v1::Envelope> envelopes) {
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();
   auto promise = std::make_shared<std::promise<Result<AppendOutcome>>>();
   std::future<Result<AppendOutcome>> result = promise->get_future();
   AppendAsync(sender, std::move(idempotency_key), std::move(envelopes),
@@ -300,40 +302,59 @@ void InboxStore::SetCommitListener(std::function<void(const std::vector<v1::Enve
 
 Result<ScanPage> InboxStore::Scan(uint64_t user, uint64_t after_id, uint32_t limit,
                                   size_t max_bytes) const {
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();
   return impl_->Scan(user, after_id, limit, max_bytes);
 }
 
 Result<ScanPage> InboxStore::History(uint64_t user, uint64_t before_id, uint32_t limit,
                                      size_t max_bytes) const {
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();
   return impl_->History(user, before_id, limit, max_bytes);
 }
 
 Status InboxStore::PutSettings(uint64_t user, const UserSettings& s) {
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();
   return impl_->PutSettings(user, s);
 }
 Result<UserSettings> InboxStore::GetSettings(uint64_t user) const {
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();
   return impl_->GetSettings(user);
 }
 Status InboxStore::PutRevokedJti(std::string_view jti, int64_t until_ms) {
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();
   return impl_->PutRevokedJti(jti, until_ms);
 }
 Status InboxStore::PutRevokedUser(uint64_t user, int64_t before_ms) {
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();
   return impl_->PutRevokedUser(user, before_ms);
 }
 Result<StoredRevocations> InboxStore::LoadRevocations(int64_t now_ms) {
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();
   return impl_->LoadRevocations(now_ms);
 }
 
 Status InboxStore::PutLastSeen(uint64_t user, uint64_t last_seen_ms) {
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();
   return impl_->PutLastSeen(user, last_seen_ms);
 }
-Result<uint64_t> InboxStore::GetLastSeen(uint64_t user) const { return impl_->GetLastSeen(user); }
+Result<uint64_t> InboxStore::GetLastSeen(uint64_t user) const {
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();
+  return impl_->GetLastSeen(user);
+}
 Status InboxStore::UploadKeys(uint64_t user, const v1::KeysUpload& upload) {
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();
   return impl_->UploadKeys(user, upload);
 }
-Result<v1::KeysBundle> InboxStore::FetchKeys(uint64_t user) { return impl_->FetchKeys(user); }
-Status InboxStore::PutGroup(const v1::GroupInfo& group) { return impl_->PutGroup(group); }
+Result<v1::KeysBundle> InboxStore::FetchKeys(uint64_t user) {
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();
+  return impl_->FetchKeys(user);
+}
+Status InboxStore::PutGroup(const v1::GroupInfo& group) {
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();
+  return impl_->PutGroup(group);
+}
 Result<v1::GroupInfo> InboxStore::GetGroup(uint64_t group_id) const {
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();
   return impl_->GetGroup(group_id);
 }
 uint64_t InboxStore::LastId() const { return impl_->LastId(); }

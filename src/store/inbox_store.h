@@ -71,6 +71,10 @@ struct StoreOptions {
   uint32_t archive_chunk = 1024;
   bool run_archiver = true;
 
+  // The most one-time prekeys one user's pool holds (PROTOCOL.md KEYS_UPLOAD; docs/protocol.md
+  // "Limits"): an upload that would take the pool past it is refused whole (TOO_LARGE).
+  uint32_t max_one_time_prekeys = 1000;
+
   // Per-user inbox counters kept in memory by the commit thread (reloaded from `meta` when
   // evicted).
   size_t user_cache_max_entries = 1'000'000;
@@ -197,7 +201,8 @@ class InboxStore {
   Result<StoredRevocations> LoadRevocations(int64_t now_ms);
 
   // Replaces the identity key (when non-empty), the registration id (when non-zero) and the
-  // signed prekey (when present) and appends the one-time prekeys to the pool.
+  // signed prekey (when present) and appends the one-time prekeys to the pool. TOO_LARGE
+  // (nothing stored) when the pool would then hold more than max_one_time_prekeys.
   Status UploadKeys(uint64_t user, const v1::KeysUpload& upload);
   // The bundle with at most one one-time prekey, consumed atomically and durably (never
   // the same one twice, even under concurrent calls or across a crash); NOT_FOUND when the

@@ -143,6 +143,12 @@ Status InboxStore::Impl::UploadKeys(uint64_t user, const v1::KeysUpload& upload)
     IRIS_ASSIGN_OR_RETURN(existing, ReadBundle(db, user));
   }
   StoredBundle b = existing.value_or(StoredBundle{});
+  const uint64_t adding = static_cast<uint64_t>(upload.one_time_prekeys_size());
+  if (b.pool_size + adding > options_.max_one_time_prekeys) {
+    return TooLarge("one-time prekey pool full: " + std::to_string(b.pool_size) + " stored + " +
+                    std::to_string(adding) + " uploaded > " +
+                    std::to_string(options_.max_one_time_prekeys) + " allowed per user");
+  }
   if (!upload.identity_key().empty()) b.bundle.set_identity_key(upload.identity_key());
   if (upload.registration_id() != 0) b.bundle.set_registration_id(upload.registration_id());
   if (upload.has_signed_prekey()) *b.bundle.mutable_signed_prekey() = upload.signed_prekey();

@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <atomic>
+#include <chrono>
+#include <cstdio>
 #include <map>
 #include <set>
 #include <thread>
@@ -39,6 +42,12 @@ std::vector<v1::Envelope> ReceivePushes(TestClient& c, size_t n) {
     EXPECT_TRUE(c.conn().SendFrame(static_cast<uint8_t>(wire::Opcode::kDeliverAck), ack).ok());
   }
   return got;
+}
+
+int64_t MonoMillisForTest() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
 }
 
 class MessagingTest : public ::testing::Test {
@@ -233,6 +242,94 @@ TEST_F(MessagingTest, CatchUpRacingConcurrentSendsLosesNothing) {
   // Nothing more arrives: no duplicates after the last message.
   auto extra = bob->Next(300);
   EXPECT_FALSE(extra.ok() && extra->opcode == kDeliver) << "an extra DELIVER arrived";
+}
+
+// Sync with the catch-up page read off the loop (security issue 14): a recipient that
+// re-syncs over and over while messages stream in loses none of them. Every SYNC starts a
+// scan on a core worker; commits that land while it is out must be held and replayed after
+// the page, or they fall between the scan's snapshot and the switch to push mode.
+TEST_F(MessagingTest, RepeatedSyncsRacingAStreamOfSendsLoseNothing) {
+  constexpr int kMessages = 10000;
+  auto alice = TestClient::Connect(server_);
+  alice->Login(server_, 70);
+  std::vector<v1::Envelope> none;
+  alice->CatchUp(&none);
+  auto bob = TestClient::Connect(server_);
+  bob->Login(server_, 71, 0, 50);
+  bob->CatchUp(&none);
+
+  std::atomic<bool> acked_all{false};
+  std::thread sender([&] {
+    for (int i = 0; i < kMessages; ++i) {
+      alice->SendAsync(static_cast<uint64_t>(i + 1), 71, std::to_string(i), NewKey());
+      if (i % 10 == 9) {  // keep about 10 in flight: a stream, not one batch
+        for (int j = 0; j < 10; ++j) ParseAck(alice->Expect(kSendAck, 20'000));
+      }
+    }
+    acked_all.store(true);
+  });
+
+  std::set<uint64_t> ids;
+  std::set<std::string> bodies;
+  uint64_t cursor = 0;
+  auto take = [&](const v1::Envelope& e) {
+    ids.insert(e.id());
+    bodies.insert(e.body());
+    cursor = std::max(cursor, e.id());
+  };
+  // Re-sync from the highest id seen, again and again, while the stream runs.
+  int syncs = 0;
+  const int64_t deadline = MonoMillisForTest() + 60'000;
+  while (static_cast<int>(bodies.size()) < kMessages && MonoMillisForTest() < deadline) {
+    const bool final_round = acked_all.load();
+    v1::Sync sync;
+    sync.set_cursor(cursor);
+    ASSERT_TRUE(bob->conn().SendFrame(static_cast<uint8_t>(wire::Opcode::kSync), sync).ok());
+    ++syncs;
+    for (;;) {
+      auto f = bob->Next(20'000);
+      ASSERT_TRUE(f.ok()) << f.status().ToString();
+      if (f->opcode == kDeliver) {
+        v1::Deliver d;
+        ASSERT_TRUE(d.ParseFromString(f->payload));
+        take(d.message());
+      } else if (f->opcode == static_cast<uint8_t>(wire::Opcode::kSyncPage)) {
+        v1::SyncPage page;
+        ASSERT_TRUE(page.ParseFromString(f->payload));
+        for (const auto& e : page.messages()) take(e);
+        if (page.has_more()) {
+          v1::SyncAck ack;
+          ack.set_cursor(page.cursor());
+          ASSERT_TRUE(
+              bob->conn().SendFrame(static_cast<uint8_t>(wire::Opcode::kSyncAck), ack).ok());
+        }
+      } else if (f->opcode == static_cast<uint8_t>(wire::Opcode::kSyncDone)) {
+        break;
+      } else {
+        FAIL() << "unexpected opcode " << int(f->opcode);
+      }
+    }
+    if (final_round) {
+      // Everything was acknowledged before this SYNC: its catch-up returned the rest.
+      break;
+    }
+    // Stay in push mode for a moment: later pushes move the cursor past anything the
+    // switch lost, so a loss cannot be healed by the next SYNC.
+    for (int k = 0; k < 20; ++k) {
+      auto f = bob->Next(5);
+      if (!f.ok()) break;
+      ASSERT_EQ(f->opcode, kDeliver);
+      v1::Deliver d;
+      ASSERT_TRUE(d.ParseFromString(f->payload));
+      take(d.message());
+    }
+  }
+  sender.join();
+  std::printf("%d SYNCs while %d messages streamed\n", syncs, kMessages);
+  EXPECT_EQ(bodies.size(), static_cast<size_t>(kMessages))
+      << "messages lost across " << syncs << " catch-up/push switches";
+  EXPECT_EQ(ids.size(), static_cast<size_t>(kMessages));
+  EXPECT_GT(syncs, 10);
 }
 
 // A newer session of the same user replaces the older one.

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <optional>
@@ -232,6 +233,48 @@ TEST(KeyedSendLimiterTest, SweepDropsOnlyRestedUsers) {
   EXPECT_EQ(k.size(), 1u);
   k.Sweep(kT0 + kSec + 200 * kMs);
   EXPECT_EQ(k.size(), 0u);
+}
+
+// Security issue 14: KEYS_FETCH is limited per requester, so one user cannot drain another
+// user's one-time prekey pool: a requester that asks every 10 ms (as many as it is given
+// each time) for 10 minutes gets at
+// most 5 at once, at most 48 in any minute and 30 a minute in the long run.
+TEST(KeyedSendLimiterTest, KeysFetchBudgetCapsPrekeysPerMinute) {
+  KeyedSendLimiter k(kKeysFetchRate, 1024, kSeed);
+  std::vector<int64_t> granted;
+  for (int64_t t = 0; t < 600 * kSec; t += 10 * kMs) {
+    for (;;) {  // as many as it will give at this instant
+      Status s = k.TryTake(1, kT0 + t);
+      if (!s.ok()) {
+        EXPECT_EQ(s.code(), StatusCode::kRateLimited);
+        EXPECT_GT(s.retry_after_ms(), 0u);
+        break;
+      }
+      granted.push_back(t);
+    }
+  }
+  int at_once = 0;
+  for (int64_t t : granted) at_once += t == 0;
+  EXPECT_EQ(at_once, 5);
+  size_t max_in_minute = 0;
+  for (size_t i = 0, j = 0; i < granted.size(); ++i) {
+    while (granted[i] - granted[j] >= 60 * kSec) ++j;
+    max_in_minute = std::max(max_in_minute, i - j + 1);
+  }
+  EXPECT_LE(max_in_minute, 48u);
+  EXPECT_GE(max_in_minute, 40u);
+  // 10 minutes: 18 burst + 30 per minute (one more for rounding).
+  EXPECT_LE(granted.size(), 18u + 300u + 1u);
+  EXPECT_GE(granted.size(), 300u);
+  // The budget is the requester's: another requester is not affected.
+  EXPECT_TRUE(k.TryTake(2, kT0 + 600 * kSec).ok());
+}
+
+TEST(KeyedSendLimiterTest, SettingsBudgetRefusesAPipelinedFlood) {
+  KeyedSendLimiter k(kSettingsRate, 1024, kSeed);
+  int ok = 0;
+  for (int i = 0; i < 4000; ++i) ok += k.TryTake(1, kT0).ok() ? 1 : 0;
+  EXPECT_EQ(ok, 5);
 }
 
 TEST(KeyedSendLimiterTest, MemoryIsBoundedAndLimitedUsersAreNeverForgotten) {

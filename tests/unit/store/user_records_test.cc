@@ -137,6 +137,51 @@ TEST(UserRecordsTest, FetchKeysConsumesOneTimePrekeysInOrderUntilTheyRunOut) {
   EXPECT_EQ(empty->identity_key(), "identity");
 }
 
+// Security issue 14: a user's one-time prekey pool is capped (default 1,000); an upload that
+// would pass the cap is refused whole with TOO_LARGE and stores nothing, also not its
+// identity or signed prekey; once fetches drain the pool below the cap, uploads fit again.
+TEST(UserRecordsTest, OneTimePrekeyPoolIsCappedAtAThousand) {
+  TempDir dir;
+  StoreOptions o = TestOptions(dir.path());
+  EXPECT_EQ(o.max_one_time_prekeys, 1000u);
+  auto store = OpenOrDie(o);
+  ASSERT_NE(store, nullptr);
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_TRUE(store->UploadKeys(3, Upload(static_cast<uint32_t>(1 + 100 * i), 100)).ok());
+  }
+  Status full = store->UploadKeys(3, Upload(5000, 1, "replaced"));
+  EXPECT_EQ(full.code(), StatusCode::kTooLarge) << full.ToString();
+  EXPECT_NE(full.message().find("1000"), std::string::npos) << full.message();
+  // Nothing of the refused upload was stored.
+  Result<v1::KeysBundle> b = store->FetchKeys(3);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->identity_key(), "identity");
+  EXPECT_EQ(b->one_time_prekey().id(), 1u);
+  EXPECT_EQ(b->one_time_prekeys_left(), 999u);
+  // One taken: exactly one fits again, two do not.
+  EXPECT_EQ(store->UploadKeys(3, Upload(6000, 2)).code(), StatusCode::kTooLarge);
+  EXPECT_TRUE(store->UploadKeys(3, Upload(6000, 1)).ok());
+  // Another user's pool is separate.
+  EXPECT_TRUE(store->UploadKeys(4, Upload(1, 100)).ok());
+}
+
+TEST(UserRecordsTest, PrekeyCapIsConfigurableAndSurvivesReopen) {
+  TempDir dir;
+  StoreOptions o = TestOptions(dir.path());
+  o.max_one_time_prekeys = 5;
+  {
+    auto store = OpenOrDie(o);
+    ASSERT_NE(store, nullptr);
+    ASSERT_TRUE(store->UploadKeys(3, Upload(1, 5)).ok());
+  }
+  auto store = OpenOrDie(o);
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(store->UploadKeys(3, Upload(10, 1)).code(), StatusCode::kTooLarge);
+  // Identity-only uploads (no one-time prekeys) are never refused by the cap.
+  v1::KeysUpload identity_only = Upload(0, 0, "rotated");
+  EXPECT_TRUE(store->UploadKeys(3, identity_only).ok());
+}
+
 TEST(UserRecordsTest, UploadReplacesIdentityAndAppendsToThePool) {
   TempDir dir;
   auto store = OpenOrDie(TestOptions(dir.path()));
