@@ -80,7 +80,12 @@ class SharedRegion {
     // No entry is full before this (a lower bound, lowered by every update), so a
     // periodic Sweep() skips the shard until then without reading its slots.
     int64_t min_full_ns;
+    // Bit b: block b of the slots (kBlocks blocks of slots / kBlocks) may hold an entry.
+    // Set on insert, cleared by a sweep that finds the block empty, so a sweep reads only
+    // the blocks in use (and never faults in the pages of a sparse table).
+    uint64_t blocks[8];
   };
+  static constexpr size_t kBlocks = 8 * 64;
 
   enum class Mode {
     kPrivate,  // anonymous private mapping: this process only
@@ -169,6 +174,7 @@ class SharedTable {
     const auto& l = region_->layout(index_);
     cap_ = l.per_shard_cap;
     mask_ = l.slots - 1;
+    while ((l.slots >> block_shift_) > SharedRegion::kBlocks) ++block_shift_;
   }
 
   template <typename Make, typename Fn>
@@ -192,6 +198,7 @@ class SharedTable {
       ::new (static_cast<void*>(slots[i].entry)) Entry(make());
       slots[i].used = 1;
       ++s.count;
+      s.blocks[(i >> block_shift_) / 64] |= uint64_t{1} << ((i >> block_shift_) % 64);
     }
     fn(slots[i].value());
     SharedRegion::ShardHeader& s = g.shard();
@@ -291,12 +298,22 @@ class SharedTable {
     Slot* slots = SlotsOf(si);
     const uint64_t before = s.count;
     int64_t earliest_full = std::numeric_limits<int64_t>::max();
-    for (size_t i = 0; i <= mask_; ++i) {
-      // An erase may shift a later entry into i: look at i again.
-      while (slots[i].used && slots[i].value().IsFull(now_ns)) EraseAt(si, i);
-      if (slots[i].used && slots[i].value().FullAtNanos() < earliest_full) {
-        earliest_full = slots[i].value().FullAtNanos();
+    const size_t block_slots = size_t{1} << block_shift_;
+    for (size_t b = 0; b * block_slots <= mask_; ++b) {
+      uint64_t& word = s.blocks[b / 64];
+      const uint64_t bit = uint64_t{1} << (b % 64);
+      if ((word & bit) == 0) continue;  // no entry in this block
+      bool any = false;
+      for (size_t i = b * block_slots; i < (b + 1) * block_slots; ++i) {
+        // An erase may shift a later entry into i: look at i again. (Entries only ever
+        // move into slots that held one, so into blocks whose bit is set.)
+        while (slots[i].used && slots[i].value().IsFull(now_ns)) EraseAt(si, i);
+        if (slots[i].used) {
+          any = true;
+          earliest_full = std::min(earliest_full, slots[i].value().FullAtNanos());
+        }
       }
+      if (!any) word &= ~bit;
     }
     s.min_full_ns = earliest_full;
     const uint64_t freed = before - s.count;
@@ -312,19 +329,25 @@ class SharedTable {
   // each key, and recounts.
   void Rebuild(size_t si) const {
     Slot* slots = SlotsOf(si);
+    SharedRegion::ShardHeader& s = region_->shard(index_, si);
+    const size_t block_slots = size_t{1} << block_shift_;
     std::vector<Slot> live;
-    for (size_t i = 0; i <= mask_; ++i) {
-      if (slots[i].used) live.push_back(slots[i]);
+    for (size_t b = 0; b * block_slots <= mask_; ++b) {
+      if ((s.blocks[b / 64] & (uint64_t{1} << (b % 64))) == 0) continue;
+      for (size_t i = b * block_slots; i < (b + 1) * block_slots; ++i) {
+        if (slots[i].used) live.push_back(slots[i]);
+      }
+      std::memset(static_cast<void*>(&slots[b * block_slots]), 0, sizeof(Slot) * block_slots);
     }
-    std::memset(static_cast<void*>(slots), 0, sizeof(Slot) * (mask_ + 1));
+    std::memset(s.blocks, 0, sizeof(s.blocks));
     uint64_t count = 0;
     for (const Slot& e : live) {
       const size_t i = Find(slots, e.key, hash_(e.key));
       if (slots[i].used || count >= cap_) continue;  // a duplicate left by a cut-off shift
       std::memcpy(static_cast<void*>(&slots[i]), &e, sizeof(Slot));
+      s.blocks[(i >> block_shift_) / 64] |= uint64_t{1} << ((i >> block_shift_) % 64);
       ++count;
     }
-    SharedRegion::ShardHeader& s = region_->shard(index_, si);
     s.count = count;
     s.next_sweep_ns = std::numeric_limits<int64_t>::min();
     s.min_full_ns = std::numeric_limits<int64_t>::min();  // unknown: the next sweep looks
@@ -335,6 +358,7 @@ class SharedTable {
   Hash hash_;
   uint64_t cap_ = 1;
   size_t mask_ = 0;
+  unsigned block_shift_ = 0;  // slots per block = 1 << block_shift_
 };
 
 }  // namespace iris::edge::internal

@@ -273,6 +273,8 @@ TEST(SharedRegionTest, AProcessKilledHoldingShardLocksDoesNotWedgeTheOthers) {
       if (slots[i].used && !slots[i + 1].used) {
         slots[i + 1] = slots[i];
         ++region->shard(0, 0).count;
+        // 64 slots per shard: one slot per sweep block.
+        region->shard(0, 0).blocks[0] |= uint64_t{1} << (i + 1);
         break;
       }
     }
