@@ -50,21 +50,39 @@ std::optional<FakeEntry> Get(const FakeTable& t, uint64_t key) {
   });
 }
 
-TEST(SharedTableTest, MatchesAModelUnderInsertUpdateEraseAndSweep) {
-  // 512 entries: 32 per shard, in 64 slots; every key lands in shard 0.
-  FakeTable t(MakeRegion(512), 0, 0);
-  ASSERT_EQ(t.capacity(), 512u);
+// Every key in shard 0, homes spread over the shard's slots (so sweeps cross many blocks).
+struct SpreadHash {
+  uint64_t seed = 0;
+  size_t operator()(uint64_t key) const {
+    return ((key + 1) * 0x9E3779B97F4A7C15ULL) & ~uint64_t{SharedRegion::kShards - 1};
+  }
+};
+
+// Random inserts, updates, erases, sweeps and time steps on a table whose keys all land in
+// shard 0 (per_shard_cap = max_entries / 16), checked against a std::map after every step.
+template <typename Hash>
+void RunAgainstModel(size_t max_entries, uint64_t keys, int steps, uint64_t seed) {
+  using Table = SharedTable<uint64_t, FakeEntry, Hash>;
+  auto region = SharedRegion::Create({Table::Spec(max_entries)}, SharedRegion::Mode::kPrivate, 7);
+  ASSERT_TRUE(region.ok());
+  Table t(*region, 0, 0);
+  const size_t cap = max_entries / SharedRegion::kShards;
   std::map<uint64_t, FakeEntry> model;
-  std::mt19937_64 rng(20261205);
+  std::mt19937_64 rng(seed);
   int64_t now = kT0;
-  for (int step = 0; step < 20'000; ++step) {
-    const uint64_t key = rng() % 48;
+  auto get = [&t](uint64_t key) {
+    return t.Read(key, [](const FakeEntry* e) -> std::optional<FakeEntry> {
+      return e ? std::optional<FakeEntry>(*e) : std::nullopt;
+    });
+  };
+  for (int step = 0; step < steps; ++step) {
+    const uint64_t key = rng() % keys;
     switch (rng() % 8) {
       case 0:
       case 1:
       case 2:
       case 3: {  // insert or update (only while the shard has room: the bound is tested below)
-        if (!model.count(key) && model.size() >= 32) break;
+        if (!model.count(key) && model.size() >= cap) break;
         const int64_t full_at = now + static_cast<int64_t>(rng() % 100) * kSec;
         int64_t retry = 0;
         ASSERT_TRUE(t.Update(
@@ -79,7 +97,7 @@ TEST(SharedTableTest, MatchesAModelUnderInsertUpdateEraseAndSweep) {
         ++m.value;
         break;
       }
-      case 4: EXPECT_EQ(t.Erase(key), model.erase(key) == 1) << "step " << step; break;
+      case 4: ASSERT_EQ(t.Erase(key), model.erase(key) == 1) << "step " << step; break;
       case 5: now += static_cast<int64_t>(rng() % 20) * kSec; break;
       case 6:
         t.Sweep(now);
@@ -88,18 +106,25 @@ TEST(SharedTableTest, MatchesAModelUnderInsertUpdateEraseAndSweep) {
       default: break;
     }
     ASSERT_EQ(t.size(), model.size()) << "step " << step;
-    if (step % 16 == 0) {
-      for (uint64_t k = 0; k < 48; ++k) {
-        auto got = Get(t, k);
+    if (step % 64 == 0) {
+      for (uint64_t k = 0; k < keys; ++k) {
+        auto got = get(k);
         auto it = model.find(k);
         ASSERT_EQ(got.has_value(), it != model.end()) << "key " << k << " step " << step;
         if (got) {
-          EXPECT_EQ(got->full_at, it->second.full_at);
-          EXPECT_EQ(got->value, it->second.value);
+          ASSERT_EQ(got->full_at, it->second.full_at);
+          ASSERT_EQ(got->value, it->second.value);
         }
       }
     }
   }
+}
+
+TEST(SharedTableTest, MatchesAModelUnderInsertUpdateEraseAndSweep) {
+  // 32 entries per shard in 64 slots, homes in 5 slots: long chains that wrap around.
+  RunAgainstModel<CollidingHash>(512, 48, 20'000, 20261205);
+  // 1024 entries per shard in 2048 slots, 4 slots per sweep block.
+  RunAgainstModel<SpreadHash>(16 * 1024, 1500, 40'000, 14);
 }
 
 TEST(SharedTableTest, BackwardShiftKeepsEveryChainReachable) {
