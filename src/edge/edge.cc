@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
 
 #include "edge/edge_metrics.h"
@@ -38,6 +39,21 @@ uint32_t DefaultPreLoginTotal() {
   if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == 0) return 512;
   const rlim_t half = rl.rlim_cur == RLIM_INFINITY ? rlim_t{1} << 20 : rl.rlim_cur / 2;
   return static_cast<uint32_t>(std::clamp<rlim_t>(half, 1, rlim_t{1} << 24));
+}
+
+// The limiter tables of the Edge: the node's shared region when given, else a private one
+// (the same code either way). Aborts when a private region cannot be mapped.
+std::shared_ptr<internal::SharedRegion> NodeLimits(EdgeOptions& o) {
+  if (!o.shared_limits) {
+    auto r = LimiterTables::Create(o.connection_rate, o.failed_logins,
+                                   internal::SharedRegion::Mode::kPrivate);
+    if (!r.ok()) {
+      obs::LogError("cannot map the limiter tables", {{"error", r.status().ToString()}});
+      std::abort();
+    }
+    o.shared_limits = *r;
+  }
+  return o.shared_limits;
 }
 
 }  // namespace
@@ -194,13 +210,15 @@ Edge::Edge(EdgeOptions options, core::CoreApi& core, const auth::TokenVerifier& 
       verifier_(verifier),
       tls_(tls),
       clock_(clock),
-      send_limiter_(options_.send_rate),
-      settings_limiter_(options_.settings_rate),
-      keys_upload_limiter_(options_.keys_upload_rate),
-      keys_fetch_limiter_(options_.keys_fetch_rate),
-      group_limiter_(options_.group_rate),
-      failed_logins_(options_.failed_logins),
-      connection_limiter_(options_.connection_rate),
+      send_limiter_(options_.send_rate, NodeLimits(options_)),
+      settings_limiter_(options_.settings_rate, options_.shared_limits, LimiterTables::kSettings),
+      keys_upload_limiter_(options_.keys_upload_rate, options_.shared_limits,
+                           LimiterTables::kKeysUpload),
+      keys_fetch_limiter_(options_.keys_fetch_rate, options_.shared_limits,
+                          LimiterTables::kKeysFetch),
+      group_limiter_(options_.group_rate, options_.shared_limits, LimiterTables::kGroups),
+      failed_logins_(options_.failed_logins, options_.shared_limits),
+      connection_limiter_(options_.connection_rate, options_.shared_limits),
       prelogin_(options_.max_prelogin_per_ip, options_.max_prelogin_total != 0
                                                   ? options_.max_prelogin_total
                                                   : DefaultPreLoginTotal()) {}

@@ -61,6 +61,10 @@ struct EdgeOptions {
   uint32_t max_prelogin_per_ip = 64;
   uint32_t max_prelogin_total = 0;
   FailedLoginConfig failed_logins;      // per account
+  // The node's limiter tables (LimiterTables): the region the core process shares with its
+  // edge processes; null: the Edge makes a private one (the embedded shape). Its tables
+  // must match connection_rate and failed_logins (LimiterTables::Specs).
+  std::shared_ptr<internal::SharedRegion> shared_limits;
   std::vector<std::string> capabilities = {"receipts", "presence", "typing", "e2ee", "groups"};
 };
 

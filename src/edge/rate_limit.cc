@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 namespace iris::edge {
@@ -127,7 +129,51 @@ size_t SeededBytes16Hash::operator()(const std::array<uint8_t, 16>& key) const {
   return static_cast<size_t>(XXH3_64bits_withSeed(key.data(), key.size(), seed));
 }
 
+std::shared_ptr<SharedRegion> PrivateRegion(const TableSpec& spec, uint64_t seed) {
+  auto r = SharedRegion::Create({spec}, SharedRegion::Mode::kPrivate, seed);
+  if (!r.ok()) {
+    std::fprintf(stderr, "iris: limiter table: %s\n", r.status().ToString().c_str());
+    std::abort();
+  }
+  return *r;
+}
+
 }  // namespace internal
+
+// Salts of the region's seed per table (so two tables never share a hash function).
+namespace {
+constexpr uint64_t kSaltSend = 0;
+constexpr uint64_t kSaltConnections = 0x6a09e667f3bcc909ULL;
+constexpr uint64_t kSaltAccounts = 0xbb67ae8584caa73bULL;
+constexpr uint64_t kSaltAddresses = 0x3c6ef372fe94f82bULL;
+}  // namespace
+
+std::vector<internal::TableSpec> LimiterTables::Specs(const ConnectionLimitConfig& connections,
+                                                      const FailedLoginConfig& failed_logins,
+                                                      size_t send_max_entries) {
+  using internal::SeededBytes16Hash;
+  using internal::SeededU64Hash;
+  using Bytes16 = std::array<uint8_t, 16>;
+  std::vector<internal::TableSpec> specs(8);
+  using UserTable = internal::SharedTable<uint64_t, SendRateLimiter, SeededU64Hash>;
+  specs[kSend] = UserTable::Spec(send_max_entries);
+  for (size_t t : {kSettings, kKeysUpload, kKeysFetch, kGroups}) {
+    specs[t] = UserTable::Spec(kOtherUserMaxEntries);
+  }
+  specs[kConnections] =
+      internal::SharedTable<Bytes16, TokenBucket, SeededBytes16Hash>::Spec(connections.max_entries);
+  specs[kFailedAccounts] =
+      internal::SharedTable<uint64_t, TokenBucket, SeededU64Hash>::Spec(failed_logins.max_entries);
+  specs[kFailedAddresses] = internal::SharedTable<Bytes16, TokenBucket, SeededBytes16Hash>::Spec(
+      failed_logins.max_entries);
+  return specs;
+}
+
+Result<std::shared_ptr<internal::SharedRegion>> LimiterTables::Create(
+    const ConnectionLimitConfig& connections, const FailedLoginConfig& failed_logins,
+    internal::SharedRegion::Mode mode, uint64_t seed) {
+  return internal::SharedRegion::Create(Specs(connections, failed_logins), mode, seed);
+}
 
 // ---------------------------------------------------------------------------------------
 // KeyedSendLimiter
@@ -135,6 +181,14 @@ size_t SeededBytes16Hash::operator()(const std::array<uint8_t, 16>& key) const {
 KeyedSendLimiter::KeyedSendLimiter(SendRateConfig config, size_t max_entries,
                                    uint64_t hash_seed)
     : config_(config), table_(max_entries, internal::SeededU64Hash{hash_seed}) {}
+
+KeyedSendLimiter::KeyedSendLimiter(SendRateConfig config,
+                                   std::shared_ptr<internal::SharedRegion> region)
+    : KeyedSendLimiter(config, std::move(region), LimiterTables::kSend) {}
+
+KeyedSendLimiter::KeyedSendLimiter(SendRateConfig config,
+                                   std::shared_ptr<internal::SharedRegion> region, size_t table)
+    : config_(config), table_(std::move(region), table, kSaltSend + table) {}
 
 Status KeyedSendLimiter::TryTake(uint64_t user, int64_t now_ns) {
   bool ok = false;
@@ -219,6 +273,12 @@ ConnectionRateLimiter::ConnectionRateLimiter(ConnectionLimitConfig config, uint6
   config_.ipv6_prefix_bits = std::clamp(config_.ipv6_prefix_bits, 1, 128);
 }
 
+ConnectionRateLimiter::ConnectionRateLimiter(ConnectionLimitConfig config,
+                                             std::shared_ptr<internal::SharedRegion> region)
+    : config_(config), table_(std::move(region), LimiterTables::kConnections, kSaltConnections) {
+  config_.ipv6_prefix_bits = std::clamp(config_.ipv6_prefix_bits, 1, 128);
+}
+
 Status ConnectionRateLimiter::AllowCidr(std::string_view cidr) {
   std::string_view addr_text = cidr;
   std::optional<int> prefix;
@@ -285,6 +345,14 @@ FailedLoginLimiter::FailedLoginLimiter(FailedLoginConfig config, uint64_t hash_s
     : config_(config),
       accounts_(config.max_entries, internal::SeededU64Hash{hash_seed}),
       addresses_(config.max_entries, internal::SeededBytes16Hash{hash_seed ^ 0x9e3779b97f4a7c15}) {
+  config_.ipv6_prefix_bits = std::clamp(config_.ipv6_prefix_bits, 1, 128);
+}
+
+FailedLoginLimiter::FailedLoginLimiter(FailedLoginConfig config,
+                                       std::shared_ptr<internal::SharedRegion> region)
+    : config_(config),
+      accounts_(region, LimiterTables::kFailedAccounts, kSaltAccounts),
+      addresses_(std::move(region), LimiterTables::kFailedAddresses, kSaltAddresses) {
   config_.ipv6_prefix_bits = std::clamp(config_.ipv6_prefix_bits, 1, 128);
 }
 

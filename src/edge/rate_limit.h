@@ -18,25 +18,33 @@
 // shard is full of keys that are all still limited, a new key is refused with OVERLOADED
 // (fail closed) rather than growing memory or forgetting a limited key.
 //
+// The keyed limiters' tables live in a SharedRegion (edge/shared_table.h): an Edge's are
+// the node's, shared by all its edge processes, so a limit means the same with 1 or N edge
+// processes; a limiter constructed with only a seed has a private region of its own. The
+// tables are fixed-size mappings (2 to 4 slots per entry of max_entries, 2 for the
+// default sizes), resident as used.
+//
 // Thread-safety: TokenBucket and SendRateLimiter are plain values with no locking (the
 // owner serialises access). KeyedSendLimiter, ConnectionRateLimiter and FailedLoginLimiter
-// may be used from any number of threads: keys are spread over 16 shards, each behind its
-// own mutex; the allow-list is behind a reader/writer lock.
+// may be used from any number of threads and processes: keys are spread over 16 shards,
+// each behind its own process-shared robust mutex; the allow-list is behind a
+// reader/writer lock.
 
 #include <array>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <random>
 #include <shared_mutex>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 #include "common/status.h"
+#include "edge/shared_table.h"
 
 struct in_addr;
 struct in6_addr;
@@ -148,109 +156,55 @@ struct SeededBytes16Hash {
   size_t operator()(const std::array<uint8_t, 16>& key) const;
 };
 
-// Shards of key -> limiter state with a bound on the number of entries. Entry must have
-// `bool IsFull(int64_t now_ns) const` (its state equals a new entry's) and
-// `int64_t FullAtNanos() const`; full entries are dropped by sweeps.
+// Shards of key -> limiter state with a bound on the number of entries. Entry must be
+// trivially copyable and have `bool IsFull(int64_t now_ns) const` (its state equals a new
+// entry's) and `int64_t FullAtNanos() const`; full entries are dropped by sweeps.
+//
+// The storage is a SharedTable (edge/shared_table.h): either one table of a region the
+// node's processes share (the limiters of an Edge), or a private region of its own (a
+// limiter built on its own, in tests and tools). Both run the same code.
 template <typename Key, typename Entry, typename Hash>
 class BoundedTable {
  public:
-  static constexpr size_t kShards = 16;
+  using Storage = SharedTable<Key, Entry, Hash>;
+  static constexpr size_t kShards = Storage::kShards;
   // A shard that is full and whose sweep freed little is not swept again sooner than this.
-  static constexpr int64_t kMinSweepIntervalNs = 50'000'000;
+  static constexpr int64_t kMinSweepIntervalNs = Storage::kMinSweepIntervalNs;
 
-  BoundedTable(size_t max_entries, Hash hash) : hash_(hash) {
-    per_shard_cap_ = max_entries / kShards + (max_entries % kShards != 0 ? 1 : 0);
-    if (per_shard_cap_ == 0) per_shard_cap_ = 1;
-    for (auto& s : shards_) s.map = Map(16, hash_);
-  }
+  // A private region of its own. Aborts when the mapping cannot be made (as an allocation
+  // failure would).
+  BoundedTable(size_t max_entries, Hash hash)
+      : table_(PrivateRegion(Storage::Spec(max_entries), hash.seed), 0, 0) {}
+  // Table `index` of `region` (which must hold Storage::Spec(...) there), hashed with the
+  // region's seed ^ salt.
+  BoundedTable(std::shared_ptr<SharedRegion> region, size_t index, uint64_t salt)
+      : table_(std::move(region), index, salt) {}
 
   // Runs fn(Entry&) under the key's shard lock, creating the entry with make() when absent.
   // Returns false without calling fn when the key is absent and the shard is full of
   // entries that are still limited; *retry_ns is then when space may come free.
   template <typename Make, typename Fn>
   bool Update(const Key& key, int64_t now_ns, Make make, Fn fn, int64_t* retry_ns) {
-    Shard& s = ShardOf(key);
-    std::lock_guard lock(s.mu);
-    auto it = s.map.find(key);
-    if (it == s.map.end()) {
-      if (s.map.size() >= per_shard_cap_) {
-        if (now_ns >= s.next_sweep_ns) SweepLocked(s, now_ns);
-        if (s.map.size() >= per_shard_cap_) {
-          *retry_ns = s.next_sweep_ns > now_ns ? s.next_sweep_ns - now_ns : kMinSweepIntervalNs;
-          return false;
-        }
-      }
-      it = s.map.emplace(key, make()).first;
-    }
-    fn(it->second);
-    return true;
+    return table_.Update(key, now_ns, make, fn, retry_ns);
   }
 
   // Runs fn(const Entry*) under the shard lock; nullptr when the key is absent.
   template <typename Fn>
   auto Read(const Key& key, Fn fn) const {
-    const Shard& s = ShardOf(key);
-    std::lock_guard lock(s.mu);
-    auto it = s.map.find(key);
-    return fn(it == s.map.end() ? nullptr : &it->second);
+    return table_.Read(key, fn);
   }
 
   // Drops every entry that is full at `now_ns`.
-  void Sweep(int64_t now_ns) {
-    for (Shard& s : shards_) {
-      std::lock_guard lock(s.mu);
-      SweepLocked(s, now_ns);
-    }
-  }
-
-  size_t size() const {
-    size_t n = 0;
-    for (const Shard& s : shards_) {
-      std::lock_guard lock(s.mu);
-      n += s.map.size();
-    }
-    return n;
-  }
-
-  size_t capacity() const { return per_shard_cap_ * kShards; }
+  void Sweep(int64_t now_ns) { table_.Sweep(now_ns); }
+  size_t size() const { return table_.size(); }
+  size_t capacity() const { return table_.capacity(); }
 
  private:
-  using Map = std::unordered_map<Key, Entry, Hash>;
-  struct alignas(64) Shard {
-    mutable std::mutex mu;
-    Map map;
-    int64_t next_sweep_ns = std::numeric_limits<int64_t>::min();
-  };
-
-  Shard& ShardOf(const Key& key) { return shards_[hash_(key) % kShards]; }
-  const Shard& ShardOf(const Key& key) const { return shards_[hash_(key) % kShards]; }
-
-  void SweepLocked(Shard& s, int64_t now_ns) {
-    const size_t before = s.map.size();
-    int64_t earliest_full = std::numeric_limits<int64_t>::max();
-    for (auto it = s.map.begin(); it != s.map.end();) {
-      if (it->second.IsFull(now_ns)) {
-        it = s.map.erase(it);
-      } else {
-        if (it->second.FullAtNanos() < earliest_full) earliest_full = it->second.FullAtNanos();
-        ++it;
-      }
-    }
-    const size_t freed = before - s.map.size();
-    if (freed >= per_shard_cap_ / 16 + 1) {
-      s.next_sweep_ns = std::numeric_limits<int64_t>::min();  // plenty freed: sweep freely
-    } else {
-      // Little freed: nothing more frees up before the earliest entry is full, and never
-      // sweep this shard more often than every kMinSweepIntervalNs.
-      const int64_t floor = now_ns + kMinSweepIntervalNs;
-      s.next_sweep_ns = earliest_full > floor ? earliest_full : floor;
-    }
-  }
-
-  Hash hash_;
-  size_t per_shard_cap_ = 1;
-  std::array<Shard, kShards> shards_;
+  Storage table_;
 };
+
+// A private region with one table (see BoundedTable). Aborts when it cannot be mapped.
+std::shared_ptr<SharedRegion> PrivateRegion(const TableSpec& spec, uint64_t seed);
 
 }  // namespace internal
 
@@ -258,13 +212,20 @@ class BoundedTable {
 // survives reconnects; entries are dropped only once both buckets are full again.
 class KeyedSendLimiter {
  public:
-  // About 64 bytes per tracked user (measured, glibc malloc); users become untracked at most
-  // SustainedCapacity / sustained_per_sec (30 s) after their last send.
+  // 96 bytes of table per entry of capacity (two 48-byte slots; 48 MiB mapped, resident
+  // as used); users become untracked at most SustainedCapacity / sustained_per_sec (30 s)
+  // after their last send.
   static constexpr size_t kDefaultMaxEntries = size_t{1} << 19;
 
   explicit KeyedSendLimiter(SendRateConfig config = {},
                             size_t max_entries = kDefaultMaxEntries,
                             uint64_t hash_seed = std::random_device{}());
+  // Its table is LimiterTables::kSend of `region` (made with LimiterTables::Specs).
+  KeyedSendLimiter(SendRateConfig config, std::shared_ptr<internal::SharedRegion> region);
+  // Its table is `table` of `region`: one of the other per-user tables (LimiterTables::
+  // kSettings, kKeysUpload, kKeysFetch, kGroups).
+  KeyedSendLimiter(SendRateConfig config, std::shared_ptr<internal::SharedRegion> region,
+                   size_t table);
 
   // One SEND or RECEIPT by `user`: OK; RATE_LIMITED with retry_after_ms; or OVERLOADED with
   // retry_after_ms when the table is full of users who are all still limited.
@@ -310,8 +271,8 @@ struct ConnectionLimitConfig {
   // IPv6 addresses are limited per prefix of this many bits (a single host commonly owns a
   // whole /64, so limiting single addresses would limit nothing). IPv4 is per address.
   int ipv6_prefix_bits = 64;
-  // About 72 bytes per tracked address (measured); an address becomes untracked
-  // burst / per_minute minutes (1 min) after its last connection.
+  // 80 bytes of table per entry of capacity (two 40-byte slots); an address becomes
+  // untracked burst / per_minute minutes (1 min) after its last connection.
   size_t max_entries = size_t{1} << 18;
 };
 
@@ -319,6 +280,9 @@ class ConnectionRateLimiter {
  public:
   explicit ConnectionRateLimiter(ConnectionLimitConfig config = {},
                                  uint64_t hash_seed = std::random_device{}());
+  // Its table is LimiterTables::kConnections of `region` (made with LimiterTables::Specs).
+  ConnectionRateLimiter(ConnectionLimitConfig config,
+                        std::shared_ptr<internal::SharedRegion> region);
 
   // Exempts an address or range: "127.0.0.0/8", "::1", "2001:db8::/32", "10.0.0.7".
   // An IPv4 prefix length counts IPv4 bits (0..32). BAD_REQUEST when it does not parse.
@@ -359,8 +323,8 @@ struct FailedLoginConfig {
   double per_ip_per_hour = 30;  // per address: refill rate, and capacity
   // IPv6 addresses count per prefix of this many bits, as ConnectionLimitConfig.
   int ipv6_prefix_bits = 64;
-  // Of each table (accounts, addresses); about 64 bytes per tracked key. A key becomes
-  // untracked an hour after its last failure.
+  // Of each table (accounts, addresses); 64 and 80 bytes of table per entry of capacity.
+  // A key becomes untracked an hour after its last failure.
   size_t max_entries = size_t{1} << 17;
 };
 
@@ -368,6 +332,8 @@ class FailedLoginLimiter {
  public:
   explicit FailedLoginLimiter(FailedLoginConfig config = {},
                               uint64_t hash_seed = std::random_device{}());
+  // Its tables are LimiterTables::kFailedAccounts and kFailedAddresses of `region`.
+  FailedLoginLimiter(FailedLoginConfig config, std::shared_ptr<internal::SharedRegion> region);
 
   // Counts one failed login from `addr` (nullopt: not limited by address, e.g. allow-listed)
   // naming `user` (0: no account could be read from the token). Returns OK while both
@@ -396,6 +362,30 @@ class FailedLoginLimiter {
   internal::BoundedTable<uint64_t, TokenBucket, internal::SeededU64Hash> accounts_;
   internal::BoundedTable<std::array<uint8_t, 16>, TokenBucket, internal::SeededBytes16Hash>
       addresses_;
+};
+
+// The tables of the keyed limiters of a node in one SharedRegion, so that every edge
+// process of the node counts against the same budgets (docs/architecture.md). The core
+// process creates the region (kShared) from the configuration and its edge processes attach
+// it with the same Specs(); an embedded Edge creates a private one.
+struct LimiterTables {
+  static constexpr size_t kSend = 0;
+  static constexpr size_t kConnections = 1;
+  static constexpr size_t kFailedAccounts = 2;
+  static constexpr size_t kFailedAddresses = 3;
+  // The other per-user budgets (KeyedSendLimiter on these tables).
+  static constexpr size_t kSettings = 4;
+  static constexpr size_t kKeysUpload = 5;
+  static constexpr size_t kKeysFetch = 6;
+  static constexpr size_t kGroups = 7;
+  // Users tracked at once in each of those (they refill within a minute, see EdgeOptions).
+  static constexpr size_t kOtherUserMaxEntries = size_t{1} << 17;
+  static std::vector<internal::TableSpec> Specs(
+      const ConnectionLimitConfig& connections, const FailedLoginConfig& failed_logins,
+      size_t send_max_entries = KeyedSendLimiter::kDefaultMaxEntries);
+  static Result<std::shared_ptr<internal::SharedRegion>> Create(
+      const ConnectionLimitConfig& connections, const FailedLoginConfig& failed_logins,
+      internal::SharedRegion::Mode mode, uint64_t seed = std::random_device{}());
 };
 
 }  // namespace iris::edge

@@ -85,6 +85,10 @@ void Define(CLI::App& app, ServerConfig& c) {
   app.add_option("--core-socket", c.core_socket, "Internal: the core process's Unix socket")
       ->group("");
   app.add_option("--edge-index", c.edge_index, "Internal: this edge process's index")->group("");
+  app.add_option("--limits-fd", c.limits_fd,
+                 "Internal: the descriptor of the node's shared limiter tables (edge process)")
+      ->check(CLI::Range(0, 1 << 20))
+      ->group("");
   app.add_option("--degradation-level", c.degradation_level,
                  "Force graceful degradation: -1 follows load; 1 sheds typing, 2 also presence "
                  "updates, 3 also read receipts")

@@ -55,6 +55,8 @@ struct ServerConfig {
   std::string role = "all";
   std::string core_socket;
   uint32_t edge_index = 0;
+  // Internal (edge process): the inherited memfd of the node's limiter tables; -1 = none.
+  int limits_fd = -1;
   std::string trace_file;          // spans as OTLP/JSON lines; "-" = stderr; empty = off
   double trace_sample_ratio = 0.01;  // traces kept besides every error span (1 = all)
 };

@@ -1,5 +1,6 @@
 #include "server/server.h"
 
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
@@ -81,6 +82,8 @@ struct Server::Impl {
   int reserved_port_fd = -1;
   uint16_t client_port = 0;
   std::vector<pid_t> edge_pids;
+  // The node's limiter tables, shared with the edge processes (memfd, --limits-fd).
+  std::shared_ptr<edge::internal::SharedRegion> limits;
   // --role edge: the link to the core process.
   std::unique_ptr<edge::RemoteCore> remote;
   bool edge_role() const { return config.role == "edge"; }
@@ -402,6 +405,11 @@ Status Server::Start() {
     IRIS_RETURN_IF_ERROR(m.core_server->Listen(c.data_dir + "/core.sock"));
     IRIS_RETURN_IF_ERROR(m.core_server->Start());
     IRIS_RETURN_IF_ERROR(ReserveClientPort());
+    // Every edge process counts against the same limits: one table for the node.
+    auto limits = edge::LimiterTables::Create(eo.connection_rate, eo.failed_logins,
+                                              edge::internal::SharedRegion::Mode::kShared);
+    if (!limits.ok()) return limits.status();
+    m.limits = *limits;
     for (int i = 0; i < c.edge_processes; ++i) {
       auto pid = SpawnEdge(static_cast<uint32_t>(i));
       if (!pid.ok()) return pid.status();
@@ -680,6 +688,7 @@ Result<pid_t> Server::SpawnEdge(uint32_t index) {
                                    "--loop-lag-budget-ms", std::to_string(c.loop_lag_budget_ms),
                                    "--shutdown-grace-ms", std::to_string(c.shutdown_grace_ms),
                                    "--log-level", c.log_level};
+  args.insert(args.end(), {"--limits-fd", std::to_string(impl_->limits->fd())});
   args.insert(args.end(),
               {"--max-prelogin-per-ip", std::to_string(c.max_prelogin_per_ip),
                "--max-prelogin-connections", std::to_string(c.max_prelogin_connections)});
@@ -718,6 +727,8 @@ Result<pid_t> Server::SpawnEdge(uint32_t index) {
     argv.push_back(nullptr);
     // An edge process without its core serves nobody: it goes when the core goes.
     prctl(PR_SET_PDEATHSIG, SIGTERM);
+    // The limiter tables are inherited across exec (only by this child).
+    if (fcntl(impl_->limits->fd(), F_SETFD, 0) != 0) _exit(127);
     execv("/proc/self/exe", argv.data());
     _exit(127);
   }
@@ -783,6 +794,13 @@ Status Server::StartEdgeProcess(const edge::EdgeOptions& base) {
   const ServerConfig& c = m.config;
   edge::EdgeOptions eo = base;
   eo.process_index = c.edge_index;
+  if (c.limits_fd < 0) {
+    return BadRequest("--role edge needs --limits-fd (edge processes are started by the core)");
+  }
+  auto limits = edge::internal::SharedRegion::Attach(
+      c.limits_fd, edge::LimiterTables::Specs(eo.connection_rate, eo.failed_logins));
+  if (!limits.ok()) return limits.status();
+  eo.shared_limits = *limits;
   m.remote = std::make_unique<edge::RemoteCore>(c.edge_index);
   IRIS_RETURN_IF_ERROR(m.remote->Connect(c.core_socket, 10'000));
   m.edge =
