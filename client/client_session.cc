@@ -433,6 +433,10 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
       s.live = true;
       queue_dirty_ = true;
       IRIS_RETURN_IF_ERROR(MaybeUploadKeys(s));
+      // Count what MaybeUploadKeys put in flight before the session shows as live: Settled()
+      // reads the count, and would otherwise see a live session with nothing in flight
+      // while a key upload is still unanswered.
+      in_flight_count_ = s.in_flight.size();
       SetState(SessionState::kLive);
       Emit(SyncedEvent{done.cursor(), s.received});
       return Status::Ok();
