@@ -21,9 +21,14 @@ function(iris_executable name)
   target_link_libraries(${name} PRIVATE ${ARG_DEPS})
 endfunction()
 
-# iris_test(NAME SRCS ... DEPS ... LABEL unit|property|integration|chaos|fuzz TIMEOUT seconds)
+# iris_test(NAME SRCS ... DEPS ... LABEL unit|property|integration|chaos|fuzz TIMEOUT seconds
+#           [BOTH_SHAPES])
+# BOTH_SHAPES registers the suite a second time, as NAME_edge_processes, with every server
+# the harness starts run as a node of two edge processes (IRIS_TEST_EDGE_PROCESSES=2, see
+# tests/integration/harness/server_process.cc): limits and metrics must mean the same in
+# both shapes.
 function(iris_test name)
-  cmake_parse_arguments(ARG "" "LABEL;TIMEOUT" "SRCS;DEPS" ${ARGN})
+  cmake_parse_arguments(ARG "BOTH_SHAPES" "LABEL;TIMEOUT" "SRCS;DEPS" ${ARGN})
   if(NOT ARG_TIMEOUT)
     set(ARG_TIMEOUT 120)
   endif()
@@ -34,4 +39,10 @@ function(iris_test name)
   add_test(NAME ${name} COMMAND ${name} --gtest_brief=1)
   set_tests_properties(${name} PROPERTIES LABELS "${ARG_LABEL}" TIMEOUT ${ARG_TIMEOUT}
     ENVIRONMENT "IRIS_BUILD_DIR=${PROJECT_BINARY_DIR};IRIS_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
+  if(ARG_BOTH_SHAPES)
+    add_test(NAME ${name}_edge_processes COMMAND ${name} --gtest_brief=1)
+    set_tests_properties(${name}_edge_processes PROPERTIES LABELS "${ARG_LABEL}"
+      TIMEOUT ${ARG_TIMEOUT}
+      ENVIRONMENT "IRIS_BUILD_DIR=${PROJECT_BINARY_DIR};IRIS_SOURCE_DIR=${PROJECT_SOURCE_DIR};IRIS_TEST_EDGE_PROCESSES=2")
+  endif()
 endfunction()

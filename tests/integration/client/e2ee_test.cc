@@ -636,7 +636,9 @@ namespace {
 // A server that stops answering (SIGSTOP: no FIN, no RST) is detected by the client's
 // PING/PONG liveness check; the client reconnects once the server runs again.
 TEST(ClientLivenessTest, DetectsSilentServerAndReconnects) {
-  ServerProcess server({"--idle-timeout-ms", "1000"});  // the client pings every 500 ms
+  // The client pings every 500 ms. One process: SIGSTOP of the core process would leave
+  // edge processes answering the pings.
+  ServerProcess server({"--idle-timeout-ms", "1000", "--edge-processes", "0"});
   server.Start();
   TempDir dirs;
   const std::string home = dirs.Sub("u1");

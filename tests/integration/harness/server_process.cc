@@ -54,6 +54,15 @@ ServerProcess::ServerProcess(std::vector<std::string> extra_args, Defaults defau
     }
   }
   for (auto& a : extra_args) args_.push_back(std::move(a));
+  // IRIS_TEST_EDGE_PROCESSES=N runs every server of a suite as a node of N edge processes,
+  // so that one suite checks both shapes (ctest registers the suites twice, see
+  // cmake/IrisTargets.cmake). Tests that choose a shape themselves keep theirs.
+  if (const char* n = std::getenv("IRIS_TEST_EDGE_PROCESSES"); n != nullptr && *n != '\0') {
+    const bool chosen = std::find_if(args_.begin(), args_.end(), [](const std::string& a) {
+                          return a == "--edge-processes" || a == "--role";
+                        }) != args_.end();
+    if (!chosen) args_.insert(args_.end(), {"--edge-processes", n});
+  }
   char tmpl[] = "/tmp/iris-test-XXXXXX";
   data_dir_ = mkdtemp(tmpl);
 }

@@ -381,7 +381,9 @@ class TraceTest : public ::testing::Test {
                           {"--trace-file", trace_file_, "--trace-sample-ratio", ratio});
     server_.Start();
   }
-  ServerProcess server_;
+  // One process: with --edge-processes each edge process writes its own trace file
+  // (operations.md), and these tests read the node's one file.
+  ServerProcess server_{{"--edge-processes", "0"}};
   const std::string trace_file_ = server_.data_dir() + "/trace.jsonl";
 };
 

@@ -241,7 +241,10 @@ TEST(DescriptorTest, IdleConnectionsPastTheSoftFileLimitDoNotLockClientsOut) {
 // accepting pauses instead of spinning, and resumes once descriptors are free again.
 TEST(DescriptorTest, RunningOutOfDescriptorsPausesAcceptingWithoutSpinning) {
   RaiseOwnFileLimit(4096);
-  ServerProcess server({"--hello-timeout-ms", "120000", "--max-prelogin-connections", "100000"});
+  // One process: the descriptor limit and the pre-login caps are per process (each edge
+  // process has its own), and this test exhausts the one it watches.
+  ServerProcess server({"--hello-timeout-ms", "120000", "--max-prelogin-connections", "100000",
+                        "--edge-processes", "0"});
   server.set_open_file_limit(1024, 1024);
   server.Start();
   IdleConnections idle;
@@ -268,7 +271,9 @@ TEST(DescriptorTest, RunningOutOfDescriptorsPausesAcceptingWithoutSpinning) {
 // a connection is closed at once and counted; a login frees its slot; closing idle
 // connections makes room again.
 TEST(DescriptorTest, PreLoginCapsCloseExcessConnectionsAtOnce) {
-  ServerProcess server({"--hello-timeout-ms", "120000", "--max-prelogin-per-ip", "16",
+  // One process: the pre-login caps are per process (operations.md).
+  ServerProcess server({"--edge-processes", "0", "--hello-timeout-ms", "120000",
+                        "--max-prelogin-per-ip", "16",
                         "--max-prelogin-connections", "40", "--connections-per-ip-per-minute",
                         "100000", "--rate-per-sec", "1000000", "--rate-burst-per-sec", "2000000"},
                        ServerProcess::Defaults::kProductionLimits);

@@ -302,7 +302,7 @@ TEST(LimitsTest, CloseThatCannotDrainIsBounded) {
   server.Start();
   auto sender = LoggedIn(server, 6602);
   ASSERT_TRUE(sender);
-  const auto baseline = Metric(server, "iris_connections_open");
+  const auto baseline = SettledMetric(server, "iris_connections_open");
   ASSERT_TRUE(baseline.has_value());
   auto stuck = LoggedIn(server, 6601);
   ASSERT_TRUE(stuck);
