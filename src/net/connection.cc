@@ -120,21 +120,28 @@ void Connection::OffloadRecords() {
   ssl_ = nullptr;
 }
 
+ssize_t Connection::RecvSome(std::span<uint8_t> buf, size_t* budget) {
+  for (;;) {
+    const ssize_t n = recv(fd_, buf.data(), std::min(buf.size(), *budget), 0);
+    if (n > 0) {
+      *budget -= static_cast<size_t>(n);
+      return n;
+    }
+    if (n == 0) {
+      Finish("peer closed");
+      return -1;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+    Finish("connection reset");
+    return -1;
+  }
+}
+
 void Connection::DiscardInput() {
   const std::span<uint8_t> scratch = loop_.scratch();
   size_t budget = kReadBudgetPerTurn;
-  while (state_ == State::kClosing && budget > 0) {
-    const ssize_t n = recv(fd_, scratch.data(), std::min(scratch.size(), budget), 0);
-    if (n == 0) {
-      Finish("peer closed");
-      return;
-    }
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno != EAGAIN && errno != EWOULDBLOCK) Finish("connection reset");
-      return;
-    }
-    budget -= static_cast<size_t>(n);
+  while (state_ == State::kClosing && budget > 0 && RecvSome(scratch, &budget) > 0) {
   }
 }
 
@@ -227,18 +234,9 @@ void Connection::DoReadRecords() {
   const std::span<uint8_t> scratch = loop_.scratch();
   size_t budget = kReadBudgetPerTurn;
   while (state_ == State::kOpen && !paused_ && budget > 0) {
-    const ssize_t n = recv(fd_, scratch.data(), std::min(scratch.size(), budget), 0);
-    if (n == 0) {
-      Finish("peer closed");
-      return;
-    }
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-      Finish("connection reset");
-      return;
-    }
-    budget -= static_cast<size_t>(n);
+    const ssize_t n = RecvSome(scratch, &budget);
+    if (n < 0) return;  // finished
+    if (n == 0) break;  // drained
     std::span<uint8_t> data = scratch.first(static_cast<size_t>(n));
     if (!in_.empty()) {
       // Complete the pending record; process from the connection's own buffer.

@@ -86,6 +86,10 @@ class Connection final : public EventLoop::Handler {
   void OffloadRecords();
   void DoRead();
   void DoReadRecords();
+  // One recv() of at most *budget bytes into `buf` (the budget shrinks by what was read):
+  // the bytes read, 0 when the socket has nothing now, or -1 once the connection has been
+  // finished (end of stream or a socket error).
+  ssize_t RecvSome(std::span<uint8_t> buf, size_t* budget);
   // Closing: reads and drops what arrives (at most a turn's budget); the peer's EOF ends
   // the connection.
   void DiscardInput();

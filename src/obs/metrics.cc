@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "common/assert.h"
+#include "obs/prometheus_text.h"
 
 namespace iris::obs {
 
@@ -203,31 +204,6 @@ Labels SortedLabels(const Labels& labels) {
   return sorted;
 }
 
-void AppendEscaped(std::string& out, std::string_view s, bool escape_quote) {
-  for (char c : s) {
-    if (c == '\\') {
-      out += "\\\\";
-    } else if (c == '\n') {
-      out += "\\n";
-    } else if (c == '"' && escape_quote) {
-      out += "\\\"";
-    } else {
-      out += c;
-    }
-  }
-}
-
-void AppendDouble(std::string& out, double v) {
-  if (std::isnan(v)) {
-    out += "NaN";
-  } else if (std::isinf(v)) {
-    out += v > 0 ? "+Inf" : "-Inf";
-  } else {
-    char buf[32];
-    auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), v);
-    out.append(buf, end);
-  }
-}
 
 void AppendUint(std::string& out, uint64_t v) {
   char buf[24];
@@ -254,7 +230,7 @@ void AppendSeriesName(std::string& out, std::string_view name, std::string_view 
       first = false;
       out += k;
       out += "=\"";
-      AppendEscaped(out, v, /*escape_quote=*/true);
+      AppendPromEscaped(out, v, /*escape_quote=*/true);
       out += '"';
     }
     if (!le.empty()) {
@@ -420,7 +396,7 @@ std::string Registry::ExposePrometheus() const {
     out += "# HELP ";
     out += family->name;
     out += ' ';
-    AppendEscaped(out, family->help, /*escape_quote=*/false);
+    AppendPromEscaped(out, family->help, /*escape_quote=*/false);
     out += "\n# TYPE ";
     out += family->name;
     out += ' ';
@@ -441,7 +417,7 @@ std::string Registry::ExposePrometheus() const {
         case Type::kCallbackGauge:
         case Type::kCallbackCounter:
           AppendSeriesName(out, family->name, "", s->labels);
-          AppendDouble(out, s->callback ? s->callback() : std::nan(""));
+          AppendPromValue(out, s->callback ? s->callback() : std::nan(""));
           out += '\n';
           break;
         case Type::kHistogram: {
@@ -453,7 +429,7 @@ std::string Registry::ExposePrometheus() const {
             cumulative += snap.counts[b];
             le.clear();
             if (b < bounds.size()) {
-              AppendDouble(le, bounds[b]);
+              AppendPromValue(le, bounds[b]);
             } else {
               le = "+Inf";
             }
@@ -462,7 +438,7 @@ std::string Registry::ExposePrometheus() const {
             out += '\n';
           }
           AppendSeriesName(out, family->name, "_sum", s->labels);
-          AppendDouble(out, snap.sum);
+          AppendPromValue(out, snap.sum);
           out += '\n';
           AppendSeriesName(out, family->name, "_count", s->labels);
           AppendUint(out, cumulative);

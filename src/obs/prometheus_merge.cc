@@ -1,7 +1,6 @@
 #include "obs/prometheus_merge.h"
 
 #include <algorithm>
-#include <charconv>
 #include <cmath>
 #include <cstdlib>
 #include <map>
@@ -132,31 +131,6 @@ void AddHistogramFamily(const PromFamily& f, FamilyAcc& acc) {
   }
 }
 
-void AppendEscapedLabel(std::string& out, std::string_view v) {
-  for (char c : v) {
-    if (c == '\\') {
-      out += "\\\\";
-    } else if (c == '\n') {
-      out += "\\n";
-    } else if (c == '"') {
-      out += "\\\"";
-    } else {
-      out += c;
-    }
-  }
-}
-
-void AppendValue(std::string& out, double v) {
-  if (std::isnan(v)) {
-    out += "NaN";
-  } else if (std::isinf(v)) {
-    out += v > 0 ? "+Inf" : "-Inf";
-  } else {
-    char buf[32];
-    auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), v);
-    out.append(buf, end);
-  }
-}
 
 void AppendSample(std::string& out, const PromSample& s) {
   out += s.name;
@@ -166,13 +140,13 @@ void AppendSample(std::string& out, const PromSample& s) {
       if (i > 0) out += ',';
       out += s.labels[i].first;
       out += "=\"";
-      AppendEscapedLabel(out, s.labels[i].second);
+      AppendPromEscaped(out, s.labels[i].second, /*escape_quote=*/true);
       out += '"';
     }
     out += '}';
   }
   out += ' ';
-  AppendValue(out, s.value);
+  AppendPromValue(out, s.value);
   out += '\n';
 }
 

@@ -1,6 +1,7 @@
 #include "obs/prometheus_text.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdlib>
 #include <map>
@@ -210,6 +211,32 @@ std::string FormatLabels(const Labels& labels) {
     s += k + "=\"" + v + "\"";
   }
   return s;
+}
+
+void AppendPromEscaped(std::string& out, std::string_view s, bool escape_quote) {
+  for (char c : s) {
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (c == '"' && escape_quote) {
+      out += "\\\"";
+    } else {
+      out += c;
+    }
+  }
+}
+
+void AppendPromValue(std::string& out, double v) {
+  if (std::isnan(v)) {
+    out += "NaN";
+  } else if (std::isinf(v)) {
+    out += v > 0 ? "+Inf" : "-Inf";
+  } else {
+    char buf[32];
+    auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), v);
+    out.append(buf, end);
+  }
 }
 
 }  // namespace iris::obs

@@ -53,6 +53,12 @@ struct HistogramSeries {
 // not cumulative, or lack +Inf are skipped.
 std::vector<HistogramSeries> HistogramsOf(const std::vector<PromFamily>& families);
 
+// Writing the format: appends `s` escaped as a label value (escape_quote) or HELP text
+// (backslash and newline only), and a sample value ("NaN", "+Inf", "-Inf" or the shortest
+// round-tripping decimal).
+void AppendPromEscaped(std::string& out, std::string_view s, bool escape_quote);
+void AppendPromValue(std::string& out, double v);
+
 // "a=\"x\",b=\"y\"" (empty for no labels), for display.
 std::string FormatLabels(const Labels& labels);
 
