@@ -59,8 +59,8 @@ void Core::Receipt(uint64_t author, const v1::Receipt& r, SendDone done) {
     const std::optional<store::UserSettings> a = settings_.Peek(author);
     const std::optional<store::UserSettings> b = settings_.Peek(r.to_user());
     if (!a || !b) {
-      // A settings read from the store: on a worker, then back here with both cached.
-      readers_.Submit([this, author, r, done = std::move(done)]() mutable {
+      // A settings read from the store: on a worker, then appended with both cached.
+      InAuthorOrder(author, [this, author, r, done = std::move(done)]() mutable {
         settings_.Get(author);
         settings_.Get(r.to_user());
         AppendReceipt(author, r, std::move(done));
@@ -68,7 +68,31 @@ void Core::Receipt(uint64_t author, const v1::Receipt& r, SendDone done) {
       return;
     }
   }
+  if (AuthorQueued(author)) {
+    InAuthorOrder(author, [this, author, r, done = std::move(done)]() mutable {
+      AppendReceipt(author, r, std::move(done));
+    });
+    return;
+  }
   AppendReceipt(author, r, std::move(done));
+}
+
+bool Core::AuthorQueued(uint64_t author) {
+  std::lock_guard<std::mutex> lock(author_mu_);
+  return author_queued_.count(author) != 0;
+}
+
+void Core::InAuthorOrder(uint64_t author, std::function<void()> job) {
+  {
+    std::lock_guard<std::mutex> lock(author_mu_);
+    ++author_queued_[author];
+  }
+  writers_.SubmitOrdered(author, [this, author, job = std::move(job)] {
+    job();
+    std::lock_guard<std::mutex> lock(author_mu_);
+    auto it = author_queued_.find(author);
+    if (it != author_queued_.end() && --it->second == 0) author_queued_.erase(it);
+  });
 }
 
 void Core::AppendReceipt(uint64_t author, const v1::Receipt& r, SendDone done) {
@@ -94,7 +118,7 @@ void Core::AppendReceipt(uint64_t author, const v1::Receipt& r, SendDone done) {
 }
 
 void Core::UpdateSettings(uint64_t user, const v1::Settings& m, StatusDone done) {
-  writers_.SubmitOrdered(user, [this, user, m, done = std::move(done)] {
+  InAuthorOrder(user, [this, user, m, done = std::move(done)] {
     store::UserSettings s = settings_.Get(user);
     const bool was_sharing = s.share_presence;
     if (m.has_read_receipts()) s.read_receipts = m.read_receipts();
@@ -166,13 +190,15 @@ void Core::FetchKeys(uint64_t user, KeysDone done) {
 }
 
 void Core::CreateGroup(uint64_t owner, const v1::GroupCreate& m, GroupDone done) {
-  writers_.SubmitOrdered(owner, [this, owner, m, done = std::move(done)]() mutable {
+  InAuthorOrder(owner, [this, owner, m, done = std::move(done)]() mutable {
     groups_.Create(owner, m, std::move(done));
   });
 }
 
 void Core::UpdateGroup(uint64_t user, const v1::GroupUpdate& m, GroupDone done) {
-  writers_.SubmitOrdered(m.group_id(), [this, user, m, done = std::move(done)]() mutable {
+  // In the author's order (a send after it sees the new members); changes of one group by
+  // several members are serialised by GroupService's per-group lock.
+  InAuthorOrder(user, [this, user, m, done = std::move(done)]() mutable {
     groups_.Update(user, m, std::move(done));
   });
 }
@@ -207,8 +233,9 @@ void Core::Send(uint64_t sender, const v1::Send& send, const std::string& trace_
   if (span) done = obs::EndSpanBefore(span, std::move(done));
   const obs::SpanContext trace = obs::ContextOf(span);
   if (send.group_id() != 0) {
-    // The member list is a store read: fan out on a worker.
-    readers_.Submit([this, sender, send, trace_id, trace, done = std::move(done)]() mutable {
+    // The member list is a store read: fan out on a worker, in the sender's order.
+    InAuthorOrder(sender, [this, sender, send, trace_id, trace,
+                                 done = std::move(done)]() mutable {
       auto envelopes = groups_.FanOut(sender, send.group_id(), send.body(), trace_id);
       if (!envelopes.ok()) {
         done(envelopes.status());
@@ -219,6 +246,20 @@ void Core::Send(uint64_t sender, const v1::Send& send, const std::string& trace_
     });
     return;
   }
+  if (AuthorQueued(sender)) {
+    // Behind the sender's queued group work (the copy of the request is the price of the
+    // wait; the usual path below copies nothing).
+    InAuthorOrder(sender, [this, sender, send, trace_id, trace,
+                                 done = std::move(done)]() mutable {
+      AppendMessage(sender, send, trace_id, trace, std::move(done));
+    });
+    return;
+  }
+  AppendMessage(sender, send, trace_id, trace, std::move(done));
+}
+
+void Core::AppendMessage(uint64_t sender, const v1::Send& send, const std::string& trace_id,
+                         const obs::SpanContext& trace, SendDone done) {
   std::vector<v1::Envelope> envelopes(1);
   v1::Envelope& e = envelopes[0];
   e.set_sender(sender);

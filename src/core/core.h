@@ -39,6 +39,7 @@
 #include "core/settings_cache.h"
 #include "core/worker_pool.h"
 #include "iris/v1/client.pb.h"
+#include "obs/trace.h"
 #include "store/inbox_store.h"
 
 namespace iris::core {
@@ -123,6 +124,17 @@ class Core final : public CoreApi {
   void OnCommitted(const std::vector<v1::Envelope>& envelopes);
   // The receipt itself, once both users' settings are cached.
   void AppendReceipt(uint64_t author, const v1::Receipt& receipt, SendDone done);
+  // One author's writes keep the order they were made in (PROTOCOL: messages of one sender
+  // reach a recipient in send order; a group change applies to the sends after it). Work
+  // that needs a worker (a group send, group change, settings change, READ receipt with
+  // uncached settings) runs on the author's writer stripe through InAuthorOrder; a 1:1 send
+  // or receipt appends at once, unless AuthorQueued: then it goes behind that work too.
+  // One author's calls come from one thread (its one session's loop, or the link reader of
+  // its edge process), so nothing is queued for it between AuthorQueued and the append.
+  void InAuthorOrder(uint64_t author, std::function<void()> job);
+  bool AuthorQueued(uint64_t author);
+  void AppendMessage(uint64_t sender, const v1::Send& send, const std::string& trace_id,
+                     const obs::SpanContext& trace, SendDone done);
 
   static constexpr size_t kRegistryShards = 64;
   struct RegistryShard {
@@ -141,6 +153,8 @@ class Core final : public CoreApi {
   DegradationController degradation_;
   PresenceService presence_;
   GroupService groups_;
+  std::mutex author_mu_;
+  std::unordered_map<uint64_t, uint32_t> author_queued_;  // author -> jobs on its stripe
   // Declared last: destroyed (drained and joined) first, while everything their jobs use
   // is still alive.
   WorkerPool readers_;

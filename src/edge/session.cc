@@ -346,10 +346,11 @@ void Session::OnScanPage(uint64_t gen, Result<store::ScanPage> page) {
     return;
   }
   if (!page.ok()) {
-    // The inbox could not be read: tell the client and stay connected; a SYNC retries.
+    // The inbox could not be read. Push mode now would skip every message between the
+    // cursor and the next push (the client would ack past them), so the session ends with
+    // the error and the client reconnects from its cursor.
     held_.clear();
-    SendError(0, page.status(), false);
-    state_ = State::kPush;  // pushes still flow; the client re-syncs on its own terms
+    CloseWith(0, page.status());
     return;
   }
   if (page->messages.empty() && !page->gap) {
@@ -799,6 +800,9 @@ void Session::FlushReplies() {
 }
 
 void Session::Push(const v1::Envelope& e) {
+  // Only this session's user's messages: a stale session reference (an edge process that
+  // restarted and reuses ids) must never show one user another's inbox.
+  if (e.recipient() != user_) return;
   if (scan_inflight_ && state_ == State::kCatchUp) {
     // The scan out may or may not include it: hold it for after the page (see the class
     // comment). Pushes come in id order, so the hold is in id order too.

@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
@@ -194,11 +195,15 @@ class SharedTable {
         }
         i = Find(slots, key, h);  // the sweep moved slots
       }
+      // In this order, with compiler fences, so that a process killed anywhere in between
+      // leaves nothing Rebuild cannot repair: the block's bit, the slot, then `used`.
+      s.blocks[(i >> block_shift_) / 64] |= uint64_t{1} << ((i >> block_shift_) % 64);
+      std::atomic_signal_fence(std::memory_order_seq_cst);
       slots[i].key = key;
       ::new (static_cast<void*>(slots[i].entry)) Entry(make());
+      std::atomic_signal_fence(std::memory_order_seq_cst);
       slots[i].used = 1;
       ++s.count;
-      s.blocks[(i >> block_shift_) / 64] |= uint64_t{1} << ((i >> block_shift_) % 64);
     }
     fn(slots[i].value());
     SharedRegion::ShardHeader& s = g.shard();
@@ -326,19 +331,18 @@ class SharedTable {
   }
 
   // After a process died holding the shard's lock: re-inserts every used slot, one copy of
-  // each key, and recounts.
+  // each key, and recounts the entries and the block bits. Every slot is read, whatever the
+  // bits say: the dead process may have stopped anywhere in Update, EraseAt or a sweep, and
+  // the bits and the count are exactly what it may have left inconsistent (a rare path, so
+  // touching the whole shard is fine).
   void Rebuild(size_t si) const {
     Slot* slots = SlotsOf(si);
     SharedRegion::ShardHeader& s = region_->shard(index_, si);
-    const size_t block_slots = size_t{1} << block_shift_;
     std::vector<Slot> live;
-    for (size_t b = 0; b * block_slots <= mask_; ++b) {
-      if ((s.blocks[b / 64] & (uint64_t{1} << (b % 64))) == 0) continue;
-      for (size_t i = b * block_slots; i < (b + 1) * block_slots; ++i) {
-        if (slots[i].used) live.push_back(slots[i]);
-      }
-      std::memset(static_cast<void*>(&slots[b * block_slots]), 0, sizeof(Slot) * block_slots);
+    for (size_t i = 0; i <= mask_; ++i) {
+      if (slots[i].used) live.push_back(slots[i]);
     }
+    std::memset(static_cast<void*>(slots), 0, sizeof(Slot) * (mask_ + 1));
     std::memset(s.blocks, 0, sizeof(s.blocks));
     uint64_t count = 0;
     for (const Slot& e : live) {

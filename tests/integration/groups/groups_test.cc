@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "harness/server_process.h"
+#include "wire/messages.h"
 #include "wire/opcode.h"
 
 namespace iris::testing {
@@ -163,6 +164,119 @@ TEST(GroupsTest, BroadcastOnlyOwnerSendsAndSizeCaps) {
   big.set_idempotency_key(NewKey());
   EXPECT_EQ(ErrorCode(Ask(*owner, wire::Opcode::kGroupCreate, big)),
             static_cast<uint32_t>(StatusCode::kTooLarge));
+}
+
+// Reads `c`'s frames until the answer (GROUP_INFO, SEND_ACK or ERROR) to `request_id`,
+// skipping pushes and other answers.
+client::ReceivedFrame AnswerTo(TestClient& c, uint64_t request_id) {
+  for (;;) {
+    auto f = c.Next(10'000);
+    if (!f.ok()) {
+      ADD_FAILURE() << "no answer to request " << request_id << ": " << f.status().ToString();
+      return {};
+    }
+    if (f->opcode != Op(wire::Opcode::kGroupInfo) && f->opcode != Op(wire::Opcode::kSendAck) &&
+        f->opcode != Op(wire::Opcode::kError)) {
+      continue;
+    }
+    if (wire::PeekRequestId(f->payload) == request_id) return *f;  // field 1 of all three
+  }
+}
+
+// Sends a PING and returns the DELIVERs that arrive before its PONG.
+std::vector<v1::Envelope> DeliversUntilPong(TestClient& c, uint64_t nonce) {
+  v1::Ping ping;
+  ping.set_nonce(nonce);
+  EXPECT_TRUE(c.conn().SendFrame(Op(wire::Opcode::kPing), ping).ok());
+  std::vector<v1::Envelope> out;
+  for (;;) {
+    auto f = c.Next(10'000);
+    if (!f.ok()) {
+      ADD_FAILURE() << "no PONG: " << f.status().ToString();
+      return out;
+    }
+    if (f->opcode == Op(wire::Opcode::kPong)) return out;
+    if (f->opcode == Op(wire::Opcode::kDeliver)) {
+      v1::Deliver d;
+      EXPECT_TRUE(d.ParseFromString(f->payload));
+      out.push_back(d.message());
+    }
+  }
+}
+
+// Requests one client pipelines without waiting keep their order (PROTOCOL.md: messages of
+// one sender reach a recipient in send order; a group change applies to the sends after
+// it), although group work runs on core workers: a GROUP_CREATE followed at once by a 1:1
+// send, a group send, a removal followed at once by a send the removed member must not get,
+// and a last 1:1 send.
+TEST(GroupsTest, PipelinedGroupRequestsKeepTheSendersOrder) {
+  ServerProcess server;
+  server.Start();
+  auto bob = Online(server, 22);
+  auto carol = Online(server, 23);
+  constexpr int kRounds = 20;
+  const auto label = [](const v1::Envelope& e) {
+    return e.kind() == v1::GROUP_EVENT ? std::string("event") : e.body();
+  };
+  for (int round = 0; round < kRounds; ++round) {
+    const std::string r = std::to_string(round);
+    const uint64_t base = 100 * static_cast<uint64_t>(round + 1);
+    // A new owner each round: group changes have a per-user budget (5 at once).
+    auto owner = Online(server, 1000 + static_cast<uint64_t>(round));
+    v1::GroupCreate create;
+    create.set_request_id(base + 1);
+    create.set_kind(v1::E2EE);
+    create.add_members(22);
+    create.add_members(23);
+    create.set_idempotency_key(NewKey());
+    ASSERT_TRUE(owner->conn().SendFrame(Op(wire::Opcode::kGroupCreate), create).ok());
+    v1::Send direct;
+    direct.set_request_id(base + 2);
+    direct.set_recipient(22);
+    direct.set_body("direct " + r + " a");
+    direct.set_idempotency_key(NewKey());
+    ASSERT_TRUE(owner->conn().SendFrame(Op(wire::Opcode::kSend), direct).ok());
+    const v1::GroupInfo g = Info(AnswerTo(*owner, base + 1));
+    ASSERT_NE(g.group_id(), 0u);
+    v1::Send to_all;
+    to_all.set_request_id(base + 3);
+    to_all.set_group_id(g.group_id());
+    to_all.set_body("all " + r);
+    to_all.set_idempotency_key(NewKey());
+    v1::GroupUpdate remove;
+    remove.set_request_id(base + 4);
+    remove.set_group_id(g.group_id());
+    remove.add_remove(23);
+    v1::Send after;
+    after.set_request_id(base + 5);
+    after.set_group_id(g.group_id());
+    after.set_body("without carol " + r);
+    after.set_idempotency_key(NewKey());
+    direct.set_request_id(base + 6);
+    direct.set_body("direct " + r + " b");
+    direct.set_idempotency_key(NewKey());
+    ASSERT_TRUE(owner->conn().SendFrame(Op(wire::Opcode::kSend), to_all).ok());
+    ASSERT_TRUE(owner->conn().SendFrame(Op(wire::Opcode::kGroupUpdate), remove).ok());
+    ASSERT_TRUE(owner->conn().SendFrame(Op(wire::Opcode::kSend), after).ok());
+    ASSERT_TRUE(owner->conn().SendFrame(Op(wire::Opcode::kSend), direct).ok());
+    EXPECT_EQ(AnswerTo(*owner, base + 4).opcode, Op(wire::Opcode::kGroupInfo));
+    EXPECT_EQ(AnswerTo(*owner, base + 6).opcode, Op(wire::Opcode::kSendAck));
+
+    std::vector<std::string> bob_saw;
+    for (int i = 0; i < 6; ++i) bob_saw.push_back(label(NextDeliver(*bob)));
+    EXPECT_EQ(bob_saw, (std::vector<std::string>{"event", "direct " + r + " a", "all " + r,
+                                                 "event", "without carol " + r,
+                                                 "direct " + r + " b"}))
+        << "round " << round;
+    std::vector<std::string> carol_saw;
+    for (int i = 0; i < 3; ++i) carol_saw.push_back(label(NextDeliver(*carol)));
+    EXPECT_EQ(carol_saw, (std::vector<std::string>{"event", "all " + r, "event"}))
+        << "round " << round;
+  }
+  // Nothing sent after her removals ever reached carol.
+  for (const v1::Envelope& e : DeliversUntilPong(*carol, 9999)) {
+    ADD_FAILURE() << "carol got " << label(e) << " after her removal";
+  }
 }
 
 }  // namespace
