@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <thread>
 
 #include "security/security_util.h"
@@ -210,6 +211,12 @@ TEST(LimitsTest, SlowReaderIsDisconnectedAndLosesNothing) {
   size_t delivered = 0;
   EXPECT_TRUE(DrainUntilClosed(*reader, 20'000, &delivered)) << "the slow reader stayed connected";
   EXPECT_LT(delivered, static_cast<size_t>(kMessages));
+  // Waited for: with edge processes the node's counters are scraped (at most ~0.5 s old).
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (Metric(server, "iris_slow_reader_disconnects_total").value_or(0) < cut_before + 1 &&
+         std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
   EXPECT_GE(Metric(server, "iris_slow_reader_disconnects_total").value_or(0), cut_before + 1);
 
   // A session that reads gets everything from the store.
