@@ -490,6 +490,12 @@ Status Server::Start() {
         "Scrapes of an edge process's /metrics that failed (core process, --edge-processes)");
     m.edge_metrics = std::make_unique<obs::ScrapeCollector>(std::move(so));
     m.edge_metrics->Start();
+    // Completed scrape rounds: a reader that sees this rise by two after an event knows the
+    // node's /metrics now includes the event's edge counters (tests wait on it).
+    obs::Registry::Default().AddCallbackCounter(
+        "iris_edge_scrape_cycles_total",
+        "Completed rounds of scraping the edge processes' /metrics (core process)",
+        [c = m.edge_metrics.get()] { return static_cast<double>(c->cycles()); });
   }
   m.admin->Route("GET", "/metrics", [&m](const net::http::HttpRequest&) {
     std::string text = obs::Registry::Default().ExposePrometheus();
@@ -592,7 +598,10 @@ void Server::Stop() {
   // for another node.
   m.port_lock.reset();
   if (m.admin) m.admin->Stop();
-  if (m.edge_metrics) m.edge_metrics->Stop();
+  if (m.edge_metrics) {
+    obs::Registry::Default().RemoveCallback("iris_edge_scrape_cycles_total");
+    m.edge_metrics->Stop();
+  }
   // The gauge reads the edge: remove it before the edge goes away.
   obs::Registry::Default().RemoveCallback("iris_connections_open");
   obs::Registry::Default().RemoveCallback("iris_connections_prelogin");

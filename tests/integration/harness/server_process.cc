@@ -201,6 +201,51 @@ std::string ServerProcess::Token(const auth::Claims& c) const {
   return auth::MintToken(jwt_secret(), c);
 }
 
+namespace {
+
+std::optional<double> SeriesValue(const std::string& body, const std::string& series) {
+  std::istringstream in(body);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.size() > series.size() && line.compare(0, series.size(), series) == 0 &&
+        line[series.size()] == ' ') {
+      return std::stod(line.substr(series.size() + 1));
+    }
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> MetricsBody(const ServerProcess& server) {
+  std::string body;
+  if (AdminRequest(server.admin_port(), "GET", "/metrics", "", "", &body) != 200) {
+    return std::nullopt;
+  }
+  return body;
+}
+
+}  // namespace
+
+std::optional<double> FreshMetric(const ServerProcess& server, const std::string& series) {
+  constexpr char kCycles[] = "iris_edge_scrape_cycles_total";
+  std::optional<std::string> body = MetricsBody(server);
+  if (!body) return std::nullopt;
+  const std::optional<double> start = SeriesValue(*body, kCycles);
+  if (!start) return SeriesValue(*body, series);  // one process: its own registry
+  const int64_t deadline = NowMs() + 10'000;
+  for (;;) {
+    // A round that completed twice more began after this call: it saw everything before.
+    if (SeriesValue(*body, kCycles).value_or(0) >= *start + 2) return SeriesValue(*body, series);
+    if (NowMs() > deadline) {
+      ADD_FAILURE() << "the node's scrape of its edge processes made no progress in 10 s";
+      return SeriesValue(*body, series);
+    }
+    pollfd none{-1, 0, 0};
+    poll(&none, 1, 20);  // pace the re-reads of /metrics (a round takes ~0.5 s)
+    body = MetricsBody(server);
+    if (!body) return std::nullopt;
+  }
+}
+
 int AdminRequest(uint16_t port, const std::string& method, const std::string& path,
                  const std::string& bearer, const std::string& body, std::string* response) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -75,6 +76,13 @@ class ServerProcess {
 };
 
 // An HTTP request to the admin listener; returns the status code (-1 on failure).
+// One series of the node's /metrics ("name" or "name{labels}"), or nullopt when absent or
+// unreachable, read so that it includes everything that happened before the call: with
+// --edge-processes the node's /metrics carries the edge processes' series as last scraped,
+// so this waits (deadline 10 s) until two more scrape rounds have completed
+// (iris_edge_scrape_cycles_total); a single process answers from its registry at once.
+std::optional<double> FreshMetric(const ServerProcess& server, const std::string& series);
+
 int AdminRequest(uint16_t port, const std::string& method, const std::string& path,
                  const std::string& bearer, const std::string& body, std::string* response);
 

@@ -4,7 +4,6 @@
 #include <gtest/gtest.h>
 
 #include <regex>
-#include <chrono>
 #include <thread>
 
 #include "common/clock.h"
@@ -69,23 +68,6 @@ uint64_t MetricValue(const ServerProcess& s, const std::string& name) {
   std::regex re("\n" + name + " ([0-9.e+]+)");
   if (!std::regex_search(body, m, re)) return 0;
   return static_cast<uint64_t>(std::stod(m[1]));
-}
-
-// A counter's value once it has stopped moving: with --edge-processes the node's /metrics
-// carries the edge processes' counters as last scraped (at most ~0.5 s old), so a count
-// read right after the events it counts may still be behind. Waits (deadline 10 s) until
-// two reads 0.6 s apart agree.
-uint64_t SettledMetricValue(const ServerProcess& s, const std::string& name) {
-  uint64_t last = MetricValue(s, name);
-  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (std::chrono::steady_clock::now() < until) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(600));  // the scrape period, bounded
-    const uint64_t now = MetricValue(s, name);
-    if (now == last) return now;
-    last = now;
-  }
-  ADD_FAILURE() << name << " did not settle within 10 s";
-  return last;
 }
 
 void SendReceipt(TestClient& c, uint64_t request_id, uint64_t to, v1::ReceiptType type,
@@ -309,10 +291,10 @@ TEST(PresenceTest, FanOutReachesOnlySubscribers) {
     NextPresence(*s);
     s->Expect(Op(wire::Opcode::kOk));
   }
-  const uint64_t before = SettledMetricValue(server, "iris_presence_frames_total");
+  const uint64_t before = static_cast<uint64_t>(FreshMetric(server, "iris_presence_frames_total").value_or(0));
   auto watched = Online(server, 999);
   for (auto& s : subs) EXPECT_TRUE(NextPresence(*s).online());
-  const uint64_t after = SettledMetricValue(server, "iris_presence_frames_total");
+  const uint64_t after = static_cast<uint64_t>(FreshMetric(server, "iris_presence_frames_total").value_or(0));
   EXPECT_EQ(after - before, static_cast<uint64_t>(kSubscribers))
       << "presence frames must go to subscribers only";
 }

@@ -356,9 +356,9 @@ TEST(PortGuardTest, SecondIrisdOnTheSameClientPortFailsAndTheFirstKeepsServing) 
 
 TEST(PortGuardTest, EdgeProcessesOfOneNodeShareThePortAndOthersAreRefused) {
   ServerProcess first({"--edge-processes", "2", "--loops", "1"});
-  first.Start();
-  ExpectServerServes(first, 14400);
-  ExpectSecondNodeRefused(first, 14410);
+  ASSERT_NO_FATAL_FAILURE(first.Start());
+  ASSERT_NO_FATAL_FAILURE(ExpectServerServes(first, 14400)) << "the node's edge processes";
+  ASSERT_NO_FATAL_FAILURE(ExpectSecondNodeRefused(first, 14410));
 }
 
 }  // namespace

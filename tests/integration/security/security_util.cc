@@ -11,9 +11,7 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <chrono>
 #include <sstream>
-#include <thread>
 
 #include "common/bytes.h"
 #include "common/clock.h"
@@ -192,18 +190,6 @@ std::optional<double> Metric(const ServerProcess& server, const std::string& ser
     }
   }
   return std::nullopt;
-}
-
-std::optional<double> SettledMetric(const ServerProcess& server, const std::string& series) {
-  std::optional<double> last = Metric(server, series);
-  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (std::chrono::steady_clock::now() < until) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(600));  // the scrape period, bounded
-    const std::optional<double> now = Metric(server, series);
-    if (now.has_value() && now == last) return now;
-    last = now;
-  }
-  return last;
 }
 
 int RunBounded(const std::vector<std::string>& argv, int timeout_ms, std::string* output) {

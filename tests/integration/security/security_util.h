@@ -71,10 +71,6 @@ bool WaitTcpEof(int fd, int timeout_ms);
 // The value of one series of the admin listener's /metrics ("name" or "name{labels}"), or
 // nullopt when absent or unreachable.
 std::optional<double> Metric(const ServerProcess& server, const std::string& series);
-// The same once it is present and has stopped moving (two reads 0.6 s apart agree; deadline
-// 10 s): with --edge-processes the node's /metrics carries the edge processes' series as last
-// scraped (at most ~0.5 s old), so a baseline read right after an event may lag behind it.
-std::optional<double> SettledMetric(const ServerProcess& server, const std::string& series);
 
 // Runs argv as a child with stdin on /dev/null, stdout and stderr captured, killed after
 // `timeout_ms`. Returns the wait status (-1 when it could not run) and sets *output.

@@ -122,9 +122,9 @@ void RunAgainstModel(size_t max_entries, uint64_t keys, int steps, uint64_t seed
 
 TEST(SharedTableTest, MatchesAModelUnderInsertUpdateEraseAndSweep) {
   // 32 entries per shard in 64 slots, homes in 5 slots: long chains that wrap around.
-  RunAgainstModel<CollidingHash>(512, 48, 20'000, 20261205);
+  ASSERT_NO_FATAL_FAILURE(RunAgainstModel<CollidingHash>(512, 48, 20'000, 20261205));
   // 1024 entries per shard in 2048 slots, 4 slots per sweep block.
-  RunAgainstModel<SpreadHash>(16 * 1024, 1500, 40'000, 14);
+  ASSERT_NO_FATAL_FAILURE(RunAgainstModel<SpreadHash>(16 * 1024, 1500, 40'000, 14));
 }
 
 TEST(SharedTableTest, BackwardShiftKeepsEveryChainReachable) {
