@@ -1,6 +1,6 @@
 # Iris: the README's commands. Each target installs missing dependencies (scripts/install-deps),
 # configures and builds (Release, in build/), then acts.
-.PHONY: all deps configure build run test test-sanitize test-fuzz bench format lint clean
+.PHONY: all deps configure build run run-cluster test test-sanitize test-fuzz bench format lint clean
 
 BUILD       ?= build
 ASAN_BUILD  ?= build-asan
@@ -25,6 +25,10 @@ build: configure
 run: build
 	@if [ -x $(BUILD)/src/server/irisd ]; then exec $(BUILD)/src/server/irisd $(ARGS); \
 	else echo "irisd is not built yet: the build finished, but there is no server binary."; fi
+
+# A local cluster: one etcd and three nodes on loopback with a generated CA (scripts/run-cluster).
+run-cluster: build
+	@BUILD=$(BUILD) scripts/run-cluster
 
 # The whole suite (unit, property, integration, chaos) through ctest.
 test: build

@@ -185,8 +185,18 @@ int ServerProcess::RunUntilExit(std::string* output, int timeout_ms) {
   return WEXITSTATUS(status);
 }
 
-std::string ServerProcess::jwt_secret() const { return ReadFile(data_dir_ + "/jwt.secret"); }
-std::string ServerProcess::admin_token() const { return ReadFile(data_dir_ + "/admin.token"); }
+std::string ServerProcess::FlagOr(const std::string& flag, const std::string& fallback) const {
+  for (size_t i = 0; i + 1 < args_.size(); ++i) {
+    if (args_[i] == flag) return args_[i + 1];
+  }
+  return fallback;
+}
+std::string ServerProcess::jwt_secret() const {
+  return ReadFile(FlagOr("--jwt-secret-file", data_dir_ + "/jwt.secret"));
+}
+std::string ServerProcess::admin_token() const {
+  return ReadFile(FlagOr("--admin-token-file", data_dir_ + "/admin.token"));
+}
 
 std::string ServerProcess::Token(uint64_t user) const {
   auth::Claims c;

@@ -50,8 +50,12 @@ class ServerProcess {
   uint16_t admin_port() const { return admin_port_; }
   const std::string& data_dir() const { return data_dir_; }
   std::string cert_file() const { return data_dir_ + "/tls/server.crt"; }
+  // The JWT secret and admin token in force: the files named by --jwt-secret-file and
+  // --admin-token-file when given (a cluster's nodes share them), else the generated ones.
   std::string jwt_secret() const;
   std::string admin_token() const;
+  // The value given to `flag` in args(), or `fallback`.
+  std::string FlagOr(const std::string& flag, const std::string& fallback) const;
   // A valid token for `user` (1 h), or with the given claims.
   std::string Token(uint64_t user) const;
   std::string Token(const auth::Claims& c) const;
