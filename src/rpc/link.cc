@@ -4,6 +4,8 @@
 #include <google/protobuf/message_lite.h>
 #include <openssl/err.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -311,6 +313,12 @@ bool Link::WriteQueued(Status* why, bool* blocked) {
 }
 
 void Link::Run() {
+  // A TLS write to a peer that has gone raises SIGPIPE on this thread (OpenSSL's socket BIO
+  // does not pass MSG_NOSIGNAL): keep it blocked here, the write error ends the link.
+  sigset_t pipe;
+  sigemptyset(&pipe);
+  sigaddset(&pipe, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe, nullptr);
   const int64_t handshake_deadline =
       options_.handshake_timeout_ms > 0 ? NowMs() + options_.handshake_timeout_ms : kNoTimer;
   bool established = false;

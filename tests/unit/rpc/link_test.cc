@@ -7,6 +7,7 @@
 // deadlines; the write-queue bound against a peer that stops reading; link loss failing
 // pending calls.
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <openssl/err.h>
@@ -29,6 +30,7 @@
 #include <thread>
 #include <vector>
 
+#include "net/listener.h"
 #include "net/peer_tls.h"
 #include "net/tls.h"
 #include "rpc/core_server.h"
@@ -201,6 +203,9 @@ class RpcPeerTest : public ::testing::Test {
   }
   void TearDown() override { server_.Stop(); }
 
+  friend void SendsToAPeerThatStopsReading(RpcPeerTest& t, bool close_after_hello);
+
+ public:
   std::unique_ptr<net::PeerTlsContext> Context(const net::PeerTlsConfig& c) {
     auto ctx = net::PeerTlsContext::Create(c);
     EXPECT_TRUE(ctx.ok()) << ctx.status().ToString();
@@ -268,6 +273,8 @@ TEST_F(RpcPeerTest, RefusesClientWithoutCertificate) {
   addr.sin_port = htons(server_.peer_port());
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  timeval tv{10, 0};  // a server that neither answers nor refuses fails the test, not hangs it
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   SSL* ssl = SSL_new(ctx);
   SSL_set_fd(ssl, fd);
   SSL_set1_host(ssl, "iris-node-2");
@@ -275,13 +282,6 @@ TEST_F(RpcPeerTest, RefusesClientWithoutCertificate) {
   const int hs = SSL_connect(ssl);
   std::string error;
   if (hs == 1) {
-    internal::v1::CoreRequest hello;
-    hello.mutable_peer_hello()->set_node(1);
-    hello.set_call_id(1);
-    std::string frame(4, '\0');
-    hello.AppendToString(&frame);
-    frame[3] = static_cast<char>(frame.size() - 4);
-    SSL_write(ssl, frame.data(), static_cast<int>(frame.size()));
     char buf[256];
     const int r = SSL_read(ssl, buf, sizeof(buf));
     EXPECT_LE(r, 0) << "the server answered a client without a certificate";
@@ -385,6 +385,114 @@ TEST_F(RpcPeerTest, LinkLossFailsPendingCalls) {
   EXPECT_FALSE(a.link_up());
 }
 
+// Over mutual TLS: a node that accepts the hello and then stops reading (or, with
+// `close_after_hello`, goes away). Sends keep coming until the link ends: every call fails
+// with UNAVAILABLE, the write queue never passes its bound, and the node sees the end.
+void SendsToAPeerThatStopsReading(RpcPeerTest& t, bool close_after_hello) {
+  auto server_tls = t.Context(t.pki_.Node(2));
+  auto client_tls = t.Context(t.pki_.Node(1));
+  ASSERT_NE(server_tls, nullptr);
+  ASSERT_NE(client_tls, nullptr);
+  Result<int> listen_fd = net::ListenTcp("127.0.0.1:0");
+  ASSERT_TRUE(listen_fd.ok());
+  const int lfd = *listen_fd;
+  fcntl(lfd, F_SETFL, fcntl(lfd, F_GETFL, 0) & ~O_NONBLOCK);
+  const uint16_t port = *net::LocalPort(lfd);
+  std::atomic<bool> client_done{false};
+  std::atomic<bool> saw_end{false};
+  // The stalled node: handshake, answer the hello, then read nothing until the client
+  // reports its link down; then drain and expect the end of the stream.
+  std::thread stalled([&] {
+    const int fd = accept(lfd, nullptr, nullptr);
+    if (fd < 0) return;
+    const int flags = fcntl(fd, F_GETFL, 0);
+    fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+    SSL* ssl = server_tls->NewServer(fd);
+    auto read_full = [&](char* p, size_t n) {
+      while (n > 0) {
+        const int r = SSL_read(ssl, p, static_cast<int>(n));
+        if (r <= 0) return false;
+        p += r;
+        n -= static_cast<size_t>(r);
+      }
+      return true;
+    };
+    char head[4];
+    if (SSL_accept(ssl) == 1 && read_full(head, 4)) {
+      uint32_t n = 0;
+      for (char c : head) n = (n << 8) | static_cast<uint8_t>(c);
+      std::string body(n, '\0');
+      internal::v1::CoreRequest hello;
+      if (read_full(body.data(), n) && hello.ParseFromString(body)) {
+        internal::v1::CoreMessage ok;
+        ok.set_call_id(hello.call_id());
+        ok.mutable_status()->set_code(0);
+        std::string frame(4, '\0');
+        ok.AppendToString(&frame);
+        frame[3] = static_cast<char>(frame.size() - 4);
+        SSL_write(ssl, frame.data(), static_cast<int>(frame.size()));
+        if (close_after_hello) {
+          saw_end = true;
+          SSL_free(ssl);
+          close(fd);
+          return;
+        }
+        WaitFor([&] { return client_done.load(); });
+        char buf[65536];
+        int r;
+        while ((r = SSL_read(ssl, buf, sizeof(buf))) > 0) {
+        }
+        saw_end = true;
+      }
+    }
+    SSL_free(ssl);
+    close(fd);
+  });
+
+  constexpr size_t kBound = 1u << 20;
+  RemoteCoreOptions options;
+  options.link.max_queued_bytes = kBound;
+  RemoteCore a(0, options);
+  std::atomic<int> lost{0};
+  RemoteCore::PushHandler h;
+  h.on_link_lost = [&] { lost.fetch_add(1); };
+  const Status up =
+      a.ConnectPeer("127.0.0.1:" + std::to_string(port), *client_tls, 2, 1, h, 10'000);
+  ASSERT_TRUE(up.ok()) << up.ToString();
+  std::atomic<int> failed{0};
+  std::atomic<int> other{0};
+  int issued = 0;
+  v1::Send send;
+  send.set_recipient(2);
+  send.set_body(std::string(64u << 10, 'x'));
+  while (a.link_up() && issued < 1024) {
+    a.Send(1, send, "", [&](Result<core::AppendResult> r) {
+      (r.status().code() == StatusCode::kUnavailable ? failed : other).fetch_add(1);
+    });
+    ++issued;
+  }
+  EXPECT_FALSE(a.link_up()) << "the link outlived " << issued << " sends to a stalled peer";
+  EXPECT_TRUE(WaitFor([&] { return failed.load() + other.load() == issued; }));
+  EXPECT_EQ(other.load(), 0);
+  EXPECT_TRUE(WaitFor([&] { return lost.load() == 1; }));
+  EXPECT_LE(a.link()->peak_queued_bytes(), kBound);
+  a.Stop();
+  client_done = true;
+  stalled.join();
+  EXPECT_TRUE(saw_end.load());  // the stalled node sees the link end
+  close(lfd);
+}
+
+TEST_F(RpcPeerTest, StalledPeerOverTlsClosesLinkAtTheQueueBound) {
+  SendsToAPeerThatStopsReading(*this, /*close_after_hello=*/false);
+}
+
+// Writing to a TLS peer that has gone is a write error that ends the link (not a SIGPIPE
+// that ends the process: nothing in this test ignores SIGPIPE).
+TEST_F(RpcPeerTest, WriteErrorToAVanishedPeerFailsCalls) {
+  SendsToAPeerThatStopsReading(*this, /*close_after_hello=*/true);
+}
+
 TEST(PeerTlsTest, BadCertificateFilesGiveAClearError) {
   auto ctx = net::PeerTlsContext::Create(
       net::PeerTlsConfig{"/nonexistent/ca.crt", "/nonexistent/n.crt", "/nonexistent/n.key"});
@@ -438,6 +546,7 @@ TEST(LinkTest, StalledPeerClosesLinkAtTheQueueBound) {
   EXPECT_LE(rc.link()->peak_queued_bytes(), kBound);
 
   // The other side sees the link end: what was written, then end of stream.
+  rc.Stop();  // (only matters when the check above failed: a link still up never ends)
   const int fd = accept(listen_fd, nullptr, nullptr);
   ASSERT_GE(fd, 0);
   char buf[65536];
