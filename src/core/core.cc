@@ -6,6 +6,25 @@
 #include "obs/trace.h"
 
 namespace iris::core {
+namespace {
+
+// The store's answers in the CoreApi's types.
+store::AppendCallback ToAppendCallback(CoreApi::SendDone done) {
+  return [done = std::move(done)](Result<store::AppendOutcome> r) {
+    if (!r.ok()) {
+      done(r.status());
+      return;
+    }
+    done(AppendResult{r->message_id, r->accepted_at_ms, r->duplicate});
+  };
+}
+
+Result<Page> ToPage(Result<store::ScanPage> r) {
+  if (!r.ok()) return r.status();
+  return Page{std::move(r->messages), r->has_more, r->gap};
+}
+
+}  // namespace
 
 Core::Core(store::InboxStore& store, EdgeSink& sink, const Clock& clock, CoreOptions options)
     : store_(store),
@@ -101,7 +120,7 @@ void Core::AppendReceipt(uint64_t author, const v1::Receipt& r, SendDone done) {
                          !settings_.Peek(author).value_or(store::UserSettings{}).read_receipts ||
                          !settings_.Peek(r.to_user()).value_or(store::UserSettings{}).read_receipts;
     if (dropped) {
-      done(store::AppendOutcome{0, static_cast<uint64_t>(clock_.WallMillis()), false});
+      done(AppendResult{0, static_cast<uint64_t>(clock_.WallMillis()), false});
       return;
     }
   }
@@ -114,7 +133,8 @@ void Core::AppendReceipt(uint64_t author, const v1::Receipt& r, SendDone done) {
   e.set_recipient(r.to_user());
   e.set_kind(v1::RECEIPT);
   e.set_body(body.SerializeAsString());
-  store_.AppendAsync(author, r.idempotency_key(), std::move(envelopes), std::move(done));
+  store_.AppendAsync(author, r.idempotency_key(), std::move(envelopes),
+                     ToAppendCallback(std::move(done)));
 }
 
 void Core::UpdateSettings(uint64_t user, const v1::Settings& m, StatusDone done) {
@@ -242,7 +262,7 @@ void Core::Send(uint64_t sender, const v1::Send& send, const std::string& trace_
         return;
       }
       store_.AppendAsync(sender, send.idempotency_key(), std::move(envelopes).value(),
-                         std::move(done), trace);
+                         ToAppendCallback(std::move(done)), trace);
     });
     return;
   }
@@ -267,13 +287,14 @@ void Core::AppendMessage(uint64_t sender, const v1::Send& send, const std::strin
   e.set_kind(v1::MESSAGE);
   e.set_body(send.body());
   e.set_trace_id(trace_id);
-  store_.AppendAsync(sender, send.idempotency_key(), std::move(envelopes), std::move(done), trace);
+  store_.AppendAsync(sender, send.idempotency_key(), std::move(envelopes),
+                     ToAppendCallback(std::move(done)), trace);
 }
 
 void Core::Scan(uint64_t user, uint64_t after_id, uint32_t limit, size_t max_bytes, PageDone done) {
   limit = std::min(limit, options_.max_page_messages);
   readers_.Submit([this, user, after_id, limit, max_bytes, done = std::move(done)] {
-    done(store_.Scan(user, after_id, limit, max_bytes));
+    done(ToPage(store_.Scan(user, after_id, limit, max_bytes)));
   });
 }
 
@@ -281,7 +302,7 @@ void Core::History(uint64_t user, uint64_t before_id, uint32_t limit, size_t max
                    PageDone done) {
   limit = std::min(limit, options_.max_page_messages);
   readers_.Submit([this, user, before_id, limit, max_bytes, done = std::move(done)] {
-    done(store_.History(user, before_id, limit, max_bytes));
+    done(ToPage(store_.History(user, before_id, limit, max_bytes)));
   });
 }
 
@@ -295,10 +316,9 @@ void Core::OnCommitted(const std::vector<v1::Envelope>& envelopes) {
 
 namespace iris::core {
 
-int Core::ReportPressure(double pressure, int64_t now_ms, bool* changed) {
-  const bool c = degradation_.Update(pressure, now_ms);
-  if (changed != nullptr) *changed = c;
-  return degradation_.level();
+PressureReport Core::ReportPressure(double pressure, int64_t now_ms) {
+  const bool changed = degradation_.Update(pressure, now_ms);
+  return PressureReport{degradation_.level(), changed};
 }
 
 }  // namespace iris::core

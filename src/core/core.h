@@ -19,8 +19,9 @@
 // therefore never waits for the disk (docs/architecture.md, "No loop thread waits").
 //
 // Thread-safety: all methods may be called from any thread. Completion callbacks run on a
-// core worker or the store's commit thread (or inline, for a request refused before any
-// work) and must only hand work off (e.g. EventLoop::Post).
+// core worker or the store's sync thread (the commit thread for a write the store refused
+// before writing it; inline, for a request refused before any work) and must only hand
+// work off (e.g. EventLoop::Post). The commit listener (pushes) runs on the sync thread.
 
 #include <array>
 #include <cstdint>
@@ -98,7 +99,7 @@ class Core final : public CoreApi {
   void CreateGroup(uint64_t owner, const v1::GroupCreate& m, GroupDone done) override;
   void UpdateGroup(uint64_t user, const v1::GroupUpdate& m, GroupDone done) override;
   void GetGroup(uint64_t user, uint64_t group_id, GroupDone done) override;
-  int ReportPressure(double pressure, int64_t now_ms, bool* changed) override;
+  PressureReport ReportPressure(double pressure, int64_t now_ms) override;
 
   // Runs every queued worker job (their completions post to the edge), then joins the
   // workers; later requests run their store work on the caller's thread. Call after the
@@ -129,8 +130,8 @@ class Core final : public CoreApi {
   // that needs a worker (a group send, group change, settings change, READ receipt with
   // uncached settings) runs on the author's writer stripe through InAuthorOrder; a 1:1 send
   // or receipt appends at once, unless AuthorQueued: then it goes behind that work too.
-  // One author's calls come from one thread (its one session's loop, or the link reader of
-  // its edge process), so nothing is queued for it between AuthorQueued and the append.
+  // One author's calls come from one thread (its one session's loop, or the I/O thread of
+  // its edge process's link), so nothing is queued for it between AuthorQueued and the append.
   void InAuthorOrder(uint64_t author, std::function<void()> job);
   bool AuthorQueued(uint64_t author);
   void AppendMessage(uint64_t sender, const v1::Send& send, const std::string& trace_id,

@@ -8,8 +8,12 @@
 //
 // No call blocks its caller: every request that needs the disk or the other process
 // completes through a callback (docs/architecture.md, "No loop thread waits"). Completion
-// callbacks may run on any thread (a core worker, the store's commit thread, a link reader
-// thread) and must only hand work off (EventLoop::Post).
+// callbacks may run on any thread (a core worker, the store's sync thread, the store's
+// commit thread for a write refused before it was written, a link's I/O thread) and must
+// only hand work off (EventLoop::Post).
+//
+// The interface speaks core types only (SessionRef, AppendResult, Page, PressureReport):
+// the store's types stay inside core::Core.
 //
 // Thread-safety: every method may be called from any thread.
 
@@ -20,15 +24,37 @@
 
 #include "common/status.h"
 #include "iris/v1/client.pb.h"
-#include "store/inbox_store.h"
 
 namespace iris::core {
 
-// Where a live session is: the edge loop holding it ((edge process << 8) | loop) and its id.
+// Where a live session is: the node holding it, the edge loop on that node
+// ((edge process << 8) | loop) and the session's id. node 0 means this node (or unknown:
+// a ref made by a local edge before it crossed a peer link, which stamps the peer's id).
 struct SessionRef {
+  uint32_t node = 0;
   uint32_t edge = 0;
   uint64_t session = 0;
   friend bool operator==(const SessionRef&, const SessionRef&) = default;
+};
+
+// The answer to an accepted SEND or RECEIPT.
+struct AppendResult {
+  uint64_t message_id = 0;      // the first id assigned (0: a dropped READ receipt)
+  uint64_t accepted_at_ms = 0;  // wall time of acceptance
+  bool duplicate = false;       // a retry of an earlier request with the same key
+};
+
+// A catch-up or history page.
+struct Page {
+  std::vector<v1::Envelope> messages;
+  bool has_more = false;  // more messages remain after this page
+  bool gap = false;       // (catch-up) messages newer than the cursor exist only in the archive
+};
+
+// The answer to a load report.
+struct PressureReport {
+  int level = 0;         // the degradation level in force, as far as the caller knows
+  bool changed = false;  // it changed since the previous report
 };
 
 // The core's way back to the edge. Implementations must not block.
@@ -48,12 +74,12 @@ class EdgeSink {
 class CoreApi {
  public:
   virtual ~CoreApi() = default;
-  using SendDone = std::function<void(Result<store::AppendOutcome>)>;
+  using SendDone = std::function<void(Result<AppendResult>)>;
   using GroupDone = std::function<void(Result<v1::GroupInfo>)>;
   using StatusDone = std::function<void(Status)>;
   using PresenceDone = std::function<void(Result<std::vector<v1::Presence>>)>;
   using KeysDone = std::function<void(Result<v1::KeysBundle>)>;
-  using PageDone = std::function<void(Result<store::ScanPage>)>;
+  using PageDone = std::function<void(Result<Page>)>;
 
   // Fire-and-forget calls: they return at once and never wait for the disk or the network
   // (the in-process core queues any durable work on its own threads; the remote core sends
@@ -68,14 +94,14 @@ class CoreApi {
   virtual bool Typing(uint64_t from, const v1::Typing& typing) = 0;
   virtual void Unsubscribe(const SessionRef& ref, const std::vector<uint64_t>& users) = 0;
   // Load report from an edge (pressure 1.0 = at capacity); returns the degradation level
-  // in force as far as this caller knows, and sets *changed when it changed since the
-  // previous report (remote: the answer to a report arrives later and shows in the next).
-  virtual int ReportPressure(double pressure, int64_t now_ms, bool* changed) = 0;
+  // in force as far as this caller knows and whether it changed since the previous report
+  // (remote: the answer to a report arrives later and shows in the next).
+  virtual PressureReport ReportPressure(double pressure, int64_t now_ms) = 0;
 
   // Asynchronous calls: every one returns at once and completes exactly once through its
-  // callback, which may run on any core thread (a worker, the commit thread, a link reader)
-  // or, for a request refused before any work, inline on the caller. The callback must only
-  // hand work off (EventLoop::Post).
+  // callback, which may run on any core thread (a worker, the store's sync thread, a link's
+  // I/O thread) or, for a request refused before any work, inline on the caller. The
+  // callback must only hand work off (EventLoop::Post).
 
   // A validated SEND (1:1 or group). `parent_span_id`: the caller's span for tracing.
   virtual void Send(uint64_t sender, const v1::Send& send, const std::string& trace_id,
@@ -93,7 +119,9 @@ class CoreApi {
   virtual void CreateGroup(uint64_t owner, const v1::GroupCreate& m, GroupDone done) = 0;
   virtual void UpdateGroup(uint64_t user, const v1::GroupUpdate& m, GroupDone done) = 0;
   virtual void GetGroup(uint64_t user, uint64_t group_id, GroupDone done) = 0;
-  // Catch-up page: messages with id > after_id (see store::InboxStore::Scan).
+  // Catch-up page: messages with id > after_id, ascending, at most `limit` messages and
+  // `max_bytes` (at least one message when any qualifies). History: archived messages with
+  // id < before_id (0 = from the newest), descending, same limits.
   virtual void Scan(uint64_t user, uint64_t after_id, uint32_t limit, size_t max_bytes,
                     PageDone done) = 0;
   virtual void History(uint64_t user, uint64_t before_id, uint32_t limit, size_t max_bytes,

@@ -35,7 +35,8 @@ class GroupService {
   GroupService(store::InboxStore& store, GroupLimits limits) : store_(store), limits_(limits) {}
 
   using InfoDone = std::function<void(Result<v1::GroupInfo>)>;
-  // Completion runs on the store's commit thread (or inline on an early error).
+  // Completion runs on the store's sync thread (the commit thread when the store refuses
+  // the write before writing it; inline on an early error).
   void Create(uint64_t owner, const v1::GroupCreate& m, InfoDone done);
   void Update(uint64_t user, const v1::GroupUpdate& m, InfoDone done);
   Result<v1::GroupInfo> Get(uint64_t user, uint64_t group_id) const;

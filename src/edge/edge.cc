@@ -103,7 +103,8 @@ void PreLoginLimiter::Release(const Key& key, bool exempt) {
 EdgeLoop::EdgeLoop(Edge& edge, uint32_t index) : edge_(edge), index_(index) {}
 
 core::SessionRef EdgeLoop::RefOf(uint64_t session_id) const {
-  return core::SessionRef{(edge_.options().process_index << 8) | index_, session_id};
+  return core::SessionRef{
+      .node = 0, .edge = (edge_.options().process_index << 8) | index_, .session = session_id};
 }
 
 Session* EdgeLoop::Find(uint64_t session_id) {
@@ -191,10 +192,9 @@ void EdgeLoop::Sweep() {
     }
     const double pressure =
         static_cast<double>(lag_ns) / 1e6 / std::max(1.0, edge_.options().loop_lag_budget_ms);
-    bool changed = false;
-    const int level = edge_.core().ReportPressure(pressure, now, &changed);
-    if (changed) {
-      obs::LogWarn("degradation level changed", {{"to", level}, {"pressure", pressure}});
+    const core::PressureReport report = edge_.core().ReportPressure(pressure, now);
+    if (report.changed) {
+      obs::LogWarn("degradation level changed", {{"to", report.level}, {"pressure", pressure}});
     }
   }
   std::vector<Session*> all;

@@ -328,7 +328,7 @@ void Session::ContinueCatchUp() {
   EdgeLoop* owner = &loop_;
   const uint64_t sid = id_;
   loop_.edge().core().Scan(user_, last_sent_, page_size_, kPageBytes,
-                           [loop, owner, sid, gen](Result<store::ScanPage> page) {
+                           [loop, owner, sid, gen](Result<core::Page> page) {
                              loop->Post([owner, sid, gen, page = std::move(page)]() mutable {
                                if (Session* s = owner->Find(sid))
                                  s->OnScanPage(gen, std::move(page));
@@ -336,7 +336,7 @@ void Session::ContinueCatchUp() {
                            });
 }
 
-void Session::OnScanPage(uint64_t gen, Result<store::ScanPage> page) {
+void Session::OnScanPage(uint64_t gen, Result<core::Page> page) {
   if (gen != scan_gen_ || !scan_inflight_) return;
   scan_inflight_ = false;
   if (state_ == State::kClosing) return;
@@ -449,7 +449,7 @@ void Session::HandleHistory(const v1::History& m) {
   const ReplyTarget t = TargetOf(seq);
   loop_.edge().core().History(
       user_, m.before(), m.limit() == 0 ? 256 : m.limit(), kPageBytes,
-      [t, request_id](Result<store::ScanPage> page) {
+      [t, request_id](Result<core::Page> page) {
         std::string frame;
         if (!page.ok()) {
           frame = ErrorFrame(request_id, page.status());
@@ -488,7 +488,7 @@ void Session::HandleSend(const v1::Send& m) {
   const uint64_t request_id = m.request_id();
   const int64_t start_ns = edge.clock().MonoNanos();
   const Clock* clock = &edge.clock();
-  ReplyBuilder build = [request_id, trace, start_ns, clock](Result<store::AppendOutcome> r) {
+  ReplyBuilder build = [request_id, trace, start_ns, clock](Result<core::AppendResult> r) {
     std::string frame;
     auto& metrics = EdgeMetrics::Get();
     if (!r.ok()) return std::string();
@@ -512,7 +512,7 @@ void Session::HandleSend(const v1::Send& m) {
   EdgeLoop* owner = &loop_;
   const uint64_t sid = id_;
   edge.core().Send(user_, m, trace,
-                   [loop, owner, sid, seq, request_id, build, span, trace](Result<store::AppendOutcome> r) {
+                   [loop, owner, sid, seq, request_id, build, span, trace](Result<core::AppendResult> r) {
                      std::string frame = r.ok() ? build(r) : ErrorFrame(request_id, r.status());
                      if (!r.ok() && obs::Logger::Default().Enabled(obs::LogLevel::kDebug)) {
                        obs::LogDebug("send failed",
@@ -546,7 +546,7 @@ void Session::HandleReceipt(const v1::Receipt& m) {
   EdgeLoop* owner = &loop_;
   const uint64_t sid = id_;
   const uint64_t request_id = m.request_id();
-  edge.core().Receipt(user_, m, [loop, owner, sid, seq, request_id](Result<store::AppendOutcome> r) {
+  edge.core().Receipt(user_, m, [loop, owner, sid, seq, request_id](Result<core::AppendResult> r) {
     std::string frame;
     if (r.ok()) {
       v1::Ok ok;

@@ -98,11 +98,11 @@ class Session final : public net::Connection::Delegate {
   void HandleGroupUpdate(const v1::GroupUpdate& m);
   void HandleGroupGet(const v1::GroupGet& m);
   // Completion of a store append that answers in request order (SEND, RECEIPT).
-  using ReplyBuilder = std::function<std::string(Result<store::AppendOutcome>)>;
+  using ReplyBuilder = std::function<std::string(Result<core::AppendResult>)>;
   // Starts the scan of the next catch-up page (or marks a restart when one is out).
   void ContinueCatchUp();
   // The page of scan `gen`, back on the loop thread.
-  void OnScanPage(uint64_t gen, Result<store::ScanPage> page);
+  void OnScanPage(uint64_t gen, Result<core::Page> page);
   // Delivers the pushes held during the last scan (ids <= last_sent_ are dropped).
   void ReplayHeld();
   // Where a completion posts its reply: this session's slot `seq`, on its loop.

@@ -26,17 +26,17 @@
 #include "auth/revocation.h"
 #include "common/bytes.h"
 #include "core/core.h"
-#include "core/core_server.h"
 #include "edge/edge.h"
-#include "edge/remote_core.h"
-#include "net/listener.h"
 #include "net/http/http_server.h"
+#include "net/listener.h"
 #include "net/tls.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
 #include "obs/process_metrics.h"
 #include "obs/scrape_collector.h"
 #include "obs/trace.h"
+#include "rpc/core_server.h"
+#include "rpc/remote_core.h"
 #include "server/port_lock.h"
 #include "store/inbox_store.h"
 
@@ -76,7 +76,7 @@ struct Server::Impl {
   std::unique_ptr<core::Core> core;
   std::unique_ptr<edge::Edge> edge;
   // --edge-processes (core process): the link server, the reserved client port, children.
-  std::unique_ptr<core::CoreServer> core_server;
+  std::unique_ptr<rpc::CoreServer> core_server;
   // The node's claim on its client port (embedded or core process; see port_lock.h).
   std::unique_ptr<PortLock> port_lock;
   int reserved_port_fd = -1;
@@ -85,7 +85,7 @@ struct Server::Impl {
   // The node's limiter tables, shared with the edge processes (memfd, --limits-fd).
   std::shared_ptr<edge::internal::SharedRegion> limits;
   // --role edge: the link to the core process.
-  std::unique_ptr<edge::RemoteCore> remote;
+  std::unique_ptr<rpc::RemoteCore> remote;
   bool edge_role() const { return config.role == "edge"; }
   bool core_role() const { return config.role == "all" && config.edge_processes > 0; }
   // Core process: the edge processes' metrics, merged into this process's /metrics. Declared
@@ -386,7 +386,7 @@ Status Server::Start() {
   co.degradation.forced_level = c.degradation_level;
   if (m.core_role()) {
     // Core process: edges live in other processes and reach the core over a Unix socket.
-    m.core_server = std::make_unique<core::CoreServer>();
+    m.core_server = std::make_unique<rpc::CoreServer>();
     m.core = std::make_unique<core::Core>(*m.store, *m.core_server, SystemClock::Instance(), co);
     m.core_server->set_core(m.core.get());
     m.core_server->set_revocation_source([&m](iris::internal::v1::Revocations* out) {
@@ -810,11 +810,11 @@ Status Server::StartEdgeProcess(const edge::EdgeOptions& base) {
       c.limits_fd, edge::LimiterTables::Specs(eo.connection_rate, eo.failed_logins));
   if (!limits.ok()) return limits.status();
   eo.shared_limits = *limits;
-  m.remote = std::make_unique<edge::RemoteCore>(c.edge_index);
+  m.remote = std::make_unique<rpc::RemoteCore>(c.edge_index);
   IRIS_RETURN_IF_ERROR(m.remote->Connect(c.core_socket, 10'000));
   m.edge =
       std::make_unique<edge::Edge>(eo, *m.remote, *m.verifier, *m.tls, SystemClock::Instance());
-  edge::RemoteCore::PushHandler h;
+  rpc::RemoteCore::PushHandler h;
   h.sink = m.edge.get();
   h.revoke_jti = [&m](const std::string& jti, int64_t until) {
     m.revocations.RevokeJti(jti, until);

@@ -12,17 +12,19 @@
 //    restarts.
 //
 // Durability: an append (and every other write) is reported done only after its WAL record
-// is synced (fdatasync). Writes are group-committed: one commit thread takes everything
-// queued while the previous sync ran and writes it as one RocksDB WriteBatch with
-// sync=true, so many appends share one sync.
+// is synced (fdatasync). Writes are group-committed: the commit thread builds everything
+// queued while the previous sync ran into one RocksDB WriteBatch, which the sync thread
+// writes with sync=true, so many appends share one sync.
 //
 // Thread-safety and threads: every public method may be called from any thread
-// concurrently. The store runs its own threads: the commit thread (builds and syncs batches,
-// runs AppendCallbacks and the commit listener), the archiver (moves old inbox messages to
-// the archive) and, right after Open, a thread that rebuilds the dedup Bloom filters.
-// AppendCallbacks and the commit listener run on the commit thread: they must be quick and
-// must not call back into the store's write methods (Append*, Put*, UploadKeys,
-// FetchKeys, PutGroup), which would deadlock; reads (Scan, Get*) are allowed.
+// concurrently. The store runs its own threads: the commit thread (builds batches), the
+// sync thread (writes each batch with sync=true, then runs its AppendCallbacks and the
+// commit listener), the archiver (moves old inbox messages to the archive) and, right
+// after Open, a thread that rebuilds the dedup Bloom filters. AppendCallbacks and the
+// commit listener run on the sync thread (a request refused before it is written, while
+// the store stops or is not writable, is answered on the commit thread or the caller's
+// thread): they must be quick and must not call back into the store's write methods (Append*, Put*,
+// UploadKeys, FetchKeys, PutGroup), which would deadlock; reads (Scan, Get*) are allowed.
 
 #include <cstddef>
 #include <cstdint>
@@ -84,7 +86,7 @@ struct StoreOptions {
   size_t block_cache_bytes = 128u << 20;  // shared by all column families
   int max_background_jobs = 2;
 
-  // Called on the commit thread after every batch with the wall time of its synced write
+  // Called on the sync thread after every batch with the wall time of its synced write
   // (RocksDB Write with sync=true), in nanoseconds: the iris_db_write_latency_seconds
   // histogram. Optional.
   std::function<void(int64_t nanos)> write_latency_observer;
@@ -167,7 +169,7 @@ class InboxStore {
   Result<AppendOutcome> Append(uint64_t sender, std::string idempotency_key,
                                std::vector<v1::Envelope> envelopes);
 
-  // Called on the commit thread after every durable batch with the envelopes it stored (ids
+  // Called on the sync thread after every durable batch with the envelopes it stored (ids
   // set), in commit order: for any one inbox, calls come in strictly increasing id order
   // and only after the data is visible to Scan. Set before the first append. Duplicates are
   // not reported.

@@ -1,0 +1,563 @@
+// rpc: RemoteCore <-> CoreServer over real sockets on loopback. Peer links use mutual TLS 1.3
+// with certificates made for the test by the openssl command line (a cluster CA
+// "iris-cluster-ca", node certificates with CN iris-node-<id>, and a second CA). Covers: a
+// call and a push round trip; refusal of a client without a certificate, with a
+// certificate from another CA, and with a hello claiming another node than its
+// certificate; a client refusing a server that is not the node it dialled; per-call
+// deadlines; the write-queue bound against a peer that stops reading; link loss failing
+// pending calls.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "net/listener.h"
+#include "net/peer_tls.h"
+#include "net/tls.h"
+#include "rpc/core_server.h"
+#include "rpc/remote_core.h"
+
+namespace iris::rpc {
+namespace {
+
+namespace fs = std::filesystem;
+using SteadyClock = std::chrono::steady_clock;
+constexpr auto kDeadline = std::chrono::seconds(20);
+
+bool WaitFor(const std::function<bool()>& done) {
+  const auto until = SteadyClock::now() + kDeadline;
+  while (!done()) {
+    if (SteadyClock::now() > until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));  // polling a condition
+  }
+  return true;
+}
+
+int Run(const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c_str()); }
+
+// A temporary PKI: dir/ca.{crt,key} (CN iris-cluster-ca), dir/node-<id>.{crt,key} signed
+// by it, and dir/other/ (another CA "other-ca" with its own node-1 certificate).
+class Pki {
+ public:
+  Pki() {
+    char tmpl[] = "/tmp/iris-rpc-test-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    fs::create_directories(dir_ + "/other");
+    ok_ = MakeCa(dir_, "iris-cluster-ca") && MakeCa(dir_ + "/other", "other-ca");
+    for (uint32_t id : {1u, 2u, 3u}) ok_ = ok_ && MakeNode(dir_, id);
+    ok_ = ok_ && MakeNode(dir_ + "/other", 1);
+  }
+  ~Pki() { fs::remove_all(dir_); }
+  bool ok() const { return ok_; }
+  net::PeerTlsConfig Node(uint32_t id) const { return In(dir_, id); }
+  net::PeerTlsConfig OtherCaNode(uint32_t id) const {
+    net::PeerTlsConfig c = In(dir_ + "/other", id);
+    c.ca_file = dir_ + "/ca.crt";  // trusts the cluster CA, but holds a foreign certificate
+    return c;
+  }
+  std::string ca() const { return dir_ + "/ca.crt"; }
+
+ private:
+  static net::PeerTlsConfig In(const std::string& d, uint32_t id) {
+    const std::string n = d + "/node-" + std::to_string(id);
+    return net::PeerTlsConfig{d + "/ca.crt", n + ".crt", n + ".key"};
+  }
+  static bool MakeCa(const std::string& d, const std::string& cn) {
+    return Run("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+               " -keyout " +
+               d + "/ca.key -out " + d + "/ca.crt -days 2 -subj /CN=" + cn) == 0;
+  }
+  static bool MakeNode(const std::string& d, uint32_t id) {
+    const std::string name = "iris-node-" + std::to_string(id);
+    const std::string n = d + "/node-" + std::to_string(id);
+    std::ofstream(n + ".ext") << "subjectAltName=DNS:" << name << "\nbasicConstraints=CA:FALSE\n"
+                              << "extendedKeyUsage=serverAuth,clientAuth\n";
+    return Run("openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+               " -keyout " +
+               n + ".key -out " + n + ".csr -subj /CN=" + name) == 0 &&
+           Run("openssl x509 -req -in " + n + ".csr -CA " + d + "/ca.crt -CAkey " + d +
+               "/ca.key -CAcreateserial -days 2 -out " + n + ".crt -extfile " + n + ".ext") == 0;
+  }
+  std::string dir_;
+  bool ok_ = false;
+};
+
+// A core that answers sends at once (message id 42) or holds them unanswered, and records
+// registered session refs.
+class FakeCore final : public core::CoreApi {
+ public:
+  std::atomic<bool> hold_sends{false};
+  std::mutex mu;
+  std::vector<core::SessionRef> registered;  // mu
+  std::vector<SendDone> held;                // mu
+
+  void RegisterSession(uint64_t, core::SessionRef ref) override {
+    std::lock_guard<std::mutex> lock(mu);
+    registered.push_back(ref);
+  }
+  void UnregisterSession(uint64_t, core::SessionRef) override {}
+  bool Typing(uint64_t, const v1::Typing&) override { return true; }
+  void Unsubscribe(const core::SessionRef&, const std::vector<uint64_t>&) override {}
+  core::PressureReport ReportPressure(double, int64_t) override { return {}; }
+  void Send(uint64_t, const v1::Send& send, const std::string&, SendDone done, uint64_t) override {
+    if (hold_sends.load()) {
+      std::lock_guard<std::mutex> lock(mu);
+      held.push_back(std::move(done));
+      return;
+    }
+    done(core::AppendResult{42, 1000 + send.body().size(), false});
+  }
+  void Receipt(uint64_t, const v1::Receipt&, SendDone done) override { done(Internal("n/a")); }
+  void UpdateSettings(uint64_t, const v1::Settings&, StatusDone done) override {
+    done(Status::Ok());
+  }
+  void Subscribe(const core::SessionRef&, const std::vector<uint64_t>&,
+                 PresenceDone done) override {
+    done(std::vector<v1::Presence>{});
+  }
+  void QueryPresence(const std::vector<uint64_t>&, PresenceDone done) override {
+    done(std::vector<v1::Presence>{});
+  }
+  void UploadKeys(uint64_t, const v1::KeysUpload&, StatusDone done) override { done(Status::Ok()); }
+  void FetchKeys(uint64_t, KeysDone done) override { done(NotFound("no keys")); }
+  void CreateGroup(uint64_t, const v1::GroupCreate&, GroupDone done) override {
+    done(NotFound("n/a"));
+  }
+  void UpdateGroup(uint64_t, const v1::GroupUpdate&, GroupDone done) override {
+    done(NotFound("n/a"));
+  }
+  void GetGroup(uint64_t, uint64_t, GroupDone done) override { done(NotFound("n/a")); }
+  void Scan(uint64_t, uint64_t, uint32_t, size_t, PageDone done) override { done(core::Page{}); }
+  void History(uint64_t, uint64_t, uint32_t, size_t, PageDone done) override { done(core::Page{}); }
+  size_t registered_count() {
+    std::lock_guard<std::mutex> lock(mu);
+    return registered.size();
+  }
+  size_t held_count() {
+    std::lock_guard<std::mutex> lock(mu);
+    return held.size();
+  }
+};
+
+// Records the pushes that reach a node.
+class RecordingSink final : public core::EdgeSink {
+ public:
+  std::mutex mu;
+  std::vector<std::pair<core::SessionRef, v1::Envelope>> delivered;  // mu
+  void Deliver(const core::SessionRef& to, const v1::Envelope& e) override {
+    std::lock_guard<std::mutex> lock(mu);
+    delivered.emplace_back(to, e);
+  }
+  void Replace(const core::SessionRef&) override {}
+  void SendPresence(const core::SessionRef&, const v1::Presence&) override {}
+  void SendTyping(const core::SessionRef&, const v1::Typing&) override {}
+  size_t count() {
+    std::lock_guard<std::mutex> lock(mu);
+    return delivered.size();
+  }
+};
+
+// The outcome of one asynchronous send.
+struct SendResult {
+  std::mutex mu;
+  std::optional<Result<core::AppendResult>> r;
+  core::CoreApi::SendDone Done() {
+    return [this](Result<core::AppendResult> x) {
+      std::lock_guard<std::mutex> lock(mu);
+      r.emplace(std::move(x));
+    };
+  }
+  bool ready() {
+    std::lock_guard<std::mutex> lock(mu);
+    return r.has_value();
+  }
+};
+
+class RpcPeerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(pki_.ok()) << "the openssl command line could not make the test PKI";
+    server_.set_core(&core_);
+    ASSERT_TRUE(server_.ListenPeers("127.0.0.1:0", pki_.Node(2), 2).ok());
+    ASSERT_TRUE(server_.Start().ok());
+    address_ = "127.0.0.1:" + std::to_string(server_.peer_port());
+  }
+  void TearDown() override { server_.Stop(); }
+
+  friend void SendsToAPeerThatStopsReading(RpcPeerTest& t, bool close_after_hello);
+
+ public:
+  std::unique_ptr<net::PeerTlsContext> Context(const net::PeerTlsConfig& c) {
+    auto ctx = net::PeerTlsContext::Create(c);
+    EXPECT_TRUE(ctx.ok()) << ctx.status().ToString();
+    return ctx.ok() ? std::move(*ctx) : nullptr;
+  }
+
+  Pki pki_;
+  FakeCore core_;
+  CoreServer server_;
+  std::string address_;
+};
+
+TEST_F(RpcPeerTest, CallAndPushRoundTripOverMutualTls) {
+  auto tls = Context(pki_.Node(1));
+  ASSERT_NE(tls, nullptr);
+  RecordingSink sink;
+  RemoteCore a(/*process_index=*/3);
+  RemoteCore::PushHandler h;
+  h.sink = &sink;
+  const Status up = a.ConnectPeer(address_, *tls, /*expected_node=*/2, /*my_node=*/1, h, 10'000);
+  ASSERT_TRUE(up.ok()) << up.ToString();
+  EXPECT_TRUE(WaitFor([&] { return server_.connected_peers() == 1; }));
+
+  // A call: node 1 calls node 2's CoreApi.
+  SendResult res;
+  v1::Send send;
+  send.set_recipient(8);
+  send.set_body("hello");
+  a.Send(7, send, "", res.Done());
+  ASSERT_TRUE(WaitFor([&] { return res.ready(); }));
+  ASSERT_TRUE(res.r->ok()) << res.r->status().ToString();
+  EXPECT_EQ((*res.r)->message_id, 42u);
+  EXPECT_EQ((*res.r)->accepted_at_ms, 1005u);
+
+  // A session registered over the link is stamped with the calling node...
+  a.RegisterSession(7, core::SessionRef{.node = 0, .edge = (3u << 8) | 1, .session = 99});
+  ASSERT_TRUE(WaitFor([&] { return core_.registered_count() == 1; }));
+  const core::SessionRef ref = core_.registered[0];
+  EXPECT_EQ(ref.node, 1u);
+  EXPECT_EQ(ref.session, 99u);
+
+  // ...so node 2's push for it goes back over the link node 1 opened.
+  v1::Envelope e;
+  e.set_id(5);
+  e.set_body("pushed");
+  server_.Deliver(ref, e);
+  ASSERT_TRUE(WaitFor([&] { return sink.count() == 1; }));
+  EXPECT_EQ(sink.delivered[0].first.session, 99u);
+  EXPECT_EQ(sink.delivered[0].first.edge, (3u << 8) | 1);
+  EXPECT_EQ(sink.delivered[0].second.body(), "pushed");
+  // A push for a node without a link goes nowhere.
+  server_.Deliver(core::SessionRef{.node = 9, .edge = 3u << 8, .session = 99}, e);
+  a.Stop();
+}
+
+TEST_F(RpcPeerTest, RefusesClientWithoutCertificate) {
+  // An OpenSSL client that trusts the cluster CA but presents no certificate.
+  SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+  ASSERT_NE(ctx, nullptr);
+  SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+  ASSERT_EQ(SSL_CTX_load_verify_locations(ctx, pki_.ca().c_str(), nullptr), 1);
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(server_.peer_port());
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  timeval tv{10, 0};  // a server that neither answers nor refuses fails the test, not hangs it
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  SSL* ssl = SSL_new(ctx);
+  SSL_set_fd(ssl, fd);
+  SSL_set1_host(ssl, "iris-node-2");
+  // TLS 1.3: the client finishes its side first; the server's refusal arrives as an alert.
+  const int hs = SSL_connect(ssl);
+  std::string error;
+  if (hs == 1) {
+    char buf[256];
+    const int r = SSL_read(ssl, buf, sizeof(buf));
+    EXPECT_LE(r, 0) << "the server answered a client without a certificate";
+  }
+  error = net::OpenSslError();
+  EXPECT_NE(error.find("certificate required"), std::string::npos) << error;
+  EXPECT_EQ(server_.connected_peers(), 0u);
+  SSL_free(ssl);
+  close(fd);
+  SSL_CTX_free(ctx);
+}
+
+TEST_F(RpcPeerTest, RefusesCertificateFromAnotherCa) {
+  auto tls = Context(pki_.OtherCaNode(1));
+  ASSERT_NE(tls, nullptr);
+  RemoteCore a(0);
+  const Status s = a.ConnectPeer(address_, *tls, 2, 1, {}, 10'000);
+  EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.ToString();
+  EXPECT_NE(s.message().find("unknown ca"), std::string::npos) << s.ToString();
+  EXPECT_EQ(server_.connected_peers(), 0u);
+}
+
+TEST_F(RpcPeerTest, RefusesHelloClaimingAnotherNodeThanItsCertificate) {
+  auto tls = Context(pki_.Node(3));  // a valid certificate of node 3...
+  ASSERT_NE(tls, nullptr);
+  RemoteCore a(0);
+  const Status s = a.ConnectPeer(address_, *tls, 2, /*my_node=*/1, {}, 10'000);  // ...claims 1
+  EXPECT_EQ(s.code(), StatusCode::kForbidden) << s.ToString();
+  EXPECT_NE(s.message().find("names node 3 but the hello claims node 1"), std::string::npos)
+      << s.ToString();
+  EXPECT_EQ(server_.connected_peers(), 0u);
+  // The refused link is closed: calls on it fail at once.
+  SendResult res;
+  a.Send(1, v1::Send{}, "", res.Done());
+  ASSERT_TRUE(res.ready());
+  EXPECT_EQ(res.r->status().code(), StatusCode::kUnavailable);
+
+  // The same certificate claiming its own id is accepted.
+  RemoteCore b(0);
+  const Status ok = b.ConnectPeer(address_, *tls, 2, 3, {}, 10'000);
+  EXPECT_TRUE(ok.ok()) << ok.ToString();
+}
+
+TEST_F(RpcPeerTest, ClientRefusesServerThatIsNotTheDialledNode) {
+  auto tls = Context(pki_.Node(1));
+  ASSERT_NE(tls, nullptr);
+  RemoteCore a(0);
+  // The server at address_ is node 2; dialling it as node 3 must fail the name check.
+  const Status s = a.ConnectPeer(address_, *tls, /*expected_node=*/3, 1, {}, 10'000);
+  EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.ToString();
+  EXPECT_NE(s.message().find("certificate verify failed"), std::string::npos) << s.ToString();
+  EXPECT_EQ(server_.connected_peers(), 0u);
+}
+
+TEST_F(RpcPeerTest, CallPastItsDeadlineFailsUnavailable) {
+  auto tls = Context(pki_.Node(1));
+  ASSERT_NE(tls, nullptr);
+  core_.hold_sends = true;  // node 2 never answers
+  RemoteCoreOptions options;
+  options.call_timeout_ms = 200;
+  RemoteCore a(0, options);
+  ASSERT_TRUE(a.ConnectPeer(address_, *tls, 2, 1, {}, 10'000).ok());
+  SendResult res;
+  a.Send(1, v1::Send{}, "", res.Done());
+  ASSERT_TRUE(WaitFor([&] { return res.ready(); }));
+  EXPECT_EQ(res.r->status().code(), StatusCode::kUnavailable) << res.r->status().ToString();
+  EXPECT_NE(res.r->status().message().find("no answer within 200 ms"), std::string::npos);
+  EXPECT_TRUE(a.link_up());  // a late call does not end the link
+  ASSERT_TRUE(WaitFor([&] { return core_.held_count() == 1; }));
+  // The late answer is dropped (the completion ran once already).
+  core::CoreApi::SendDone late;
+  {
+    std::lock_guard<std::mutex> lock(core_.mu);
+    late = core_.held[0];
+  }
+  late(core::AppendResult{1, 1, false});
+  // The link still carries calls.
+  core_.hold_sends = false;
+  SendResult next;
+  a.Send(1, v1::Send{}, "", next.Done());
+  ASSERT_TRUE(WaitFor([&] { return next.ready(); }));
+  EXPECT_TRUE(next.r->ok()) << next.r->status().ToString();
+}
+
+TEST_F(RpcPeerTest, LinkLossFailsPendingCalls) {
+  auto tls = Context(pki_.Node(1));
+  ASSERT_NE(tls, nullptr);
+  core_.hold_sends = true;
+  std::atomic<int> lost{0};
+  RemoteCore::PushHandler h;
+  h.on_link_lost = [&] { lost.fetch_add(1); };
+  RemoteCore a(0);
+  ASSERT_TRUE(a.ConnectPeer(address_, *tls, 2, 1, h, 10'000).ok());
+  SendResult res;
+  a.Send(1, v1::Send{}, "", res.Done());
+  ASSERT_TRUE(WaitFor([&] { return core_.held_count() == 1; }));
+  server_.Stop();  // node 2 goes away with the call unanswered
+  ASSERT_TRUE(WaitFor([&] { return res.ready(); }));
+  EXPECT_EQ(res.r->status().code(), StatusCode::kUnavailable);
+  EXPECT_TRUE(WaitFor([&] { return lost.load() == 1; }));
+  EXPECT_FALSE(a.link_up());
+}
+
+// Over mutual TLS: a node that accepts the hello and then stops reading (or, with
+// `close_after_hello`, goes away). Sends keep coming until the link ends: every call fails
+// with UNAVAILABLE, the write queue never passes its bound, and the node sees the end.
+void SendsToAPeerThatStopsReading(RpcPeerTest& t, bool close_after_hello) {
+  auto server_tls = t.Context(t.pki_.Node(2));
+  auto client_tls = t.Context(t.pki_.Node(1));
+  ASSERT_NE(server_tls, nullptr);
+  ASSERT_NE(client_tls, nullptr);
+  Result<int> listen_fd = net::ListenTcp("127.0.0.1:0");
+  ASSERT_TRUE(listen_fd.ok());
+  const int lfd = *listen_fd;
+  fcntl(lfd, F_SETFL, fcntl(lfd, F_GETFL, 0) & ~O_NONBLOCK);
+  const uint16_t port = *net::LocalPort(lfd);
+  std::atomic<bool> client_done{false};
+  std::atomic<bool> saw_end{false};
+  // The stalled node: handshake, answer the hello, then read nothing until the client
+  // reports its link down; then drain and expect the end of the stream.
+  std::thread stalled([&] {
+    const int fd = accept(lfd, nullptr, nullptr);
+    if (fd < 0) return;
+    const int flags = fcntl(fd, F_GETFL, 0);
+    fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+    SSL* ssl = server_tls->NewServer(fd);
+    auto read_full = [&](char* p, size_t n) {
+      while (n > 0) {
+        const int r = SSL_read(ssl, p, static_cast<int>(n));
+        if (r <= 0) return false;
+        p += r;
+        n -= static_cast<size_t>(r);
+      }
+      return true;
+    };
+    char head[4];
+    if (SSL_accept(ssl) == 1 && read_full(head, 4)) {
+      uint32_t n = 0;
+      for (char c : head) n = (n << 8) | static_cast<uint8_t>(c);
+      std::string body(n, '\0');
+      internal::v1::CoreRequest hello;
+      if (read_full(body.data(), n) && hello.ParseFromString(body)) {
+        internal::v1::CoreMessage ok;
+        ok.set_call_id(hello.call_id());
+        ok.mutable_status()->set_code(0);
+        std::string frame(4, '\0');
+        ok.AppendToString(&frame);
+        frame[3] = static_cast<char>(frame.size() - 4);
+        SSL_write(ssl, frame.data(), static_cast<int>(frame.size()));
+        if (close_after_hello) {
+          saw_end = true;
+          SSL_free(ssl);
+          close(fd);
+          return;
+        }
+        WaitFor([&] { return client_done.load(); });
+        char buf[65536];
+        int r;
+        while ((r = SSL_read(ssl, buf, sizeof(buf))) > 0) {
+        }
+        saw_end = true;
+      }
+    }
+    SSL_free(ssl);
+    close(fd);
+  });
+
+  constexpr size_t kBound = 1u << 20;
+  RemoteCoreOptions options;
+  options.link.max_queued_bytes = kBound;
+  RemoteCore a(0, options);
+  std::atomic<int> lost{0};
+  RemoteCore::PushHandler h;
+  h.on_link_lost = [&] { lost.fetch_add(1); };
+  const Status up =
+      a.ConnectPeer("127.0.0.1:" + std::to_string(port), *client_tls, 2, 1, h, 10'000);
+  ASSERT_TRUE(up.ok()) << up.ToString();
+  std::atomic<int> failed{0};
+  std::atomic<int> other{0};
+  int issued = 0;
+  v1::Send send;
+  send.set_recipient(2);
+  send.set_body(std::string(64u << 10, 'x'));
+  while (a.link_up() && issued < 1024) {
+    a.Send(1, send, "", [&](Result<core::AppendResult> r) {
+      (r.status().code() == StatusCode::kUnavailable ? failed : other).fetch_add(1);
+    });
+    ++issued;
+  }
+  EXPECT_FALSE(a.link_up()) << "the link outlived " << issued << " sends to a stalled peer";
+  EXPECT_TRUE(WaitFor([&] { return failed.load() + other.load() == issued; }));
+  EXPECT_EQ(other.load(), 0);
+  EXPECT_TRUE(WaitFor([&] { return lost.load() == 1; }));
+  EXPECT_LE(a.link()->peak_queued_bytes(), kBound);
+  a.Stop();
+  client_done = true;
+  stalled.join();
+  EXPECT_TRUE(saw_end.load());  // the stalled node sees the link end
+  close(lfd);
+}
+
+TEST_F(RpcPeerTest, StalledPeerOverTlsClosesLinkAtTheQueueBound) {
+  SendsToAPeerThatStopsReading(*this, /*close_after_hello=*/false);
+}
+
+// Writing to a TLS peer that has gone is a write error that ends the link (not a SIGPIPE
+// that ends the process: nothing in this test ignores SIGPIPE).
+TEST_F(RpcPeerTest, WriteErrorToAVanishedPeerFailsCalls) {
+  SendsToAPeerThatStopsReading(*this, /*close_after_hello=*/true);
+}
+
+TEST(PeerTlsTest, BadCertificateFilesGiveAClearError) {
+  auto ctx = net::PeerTlsContext::Create(
+      net::PeerTlsConfig{"/nonexistent/ca.crt", "/nonexistent/n.crt", "/nonexistent/n.key"});
+  ASSERT_FALSE(ctx.ok());
+  EXPECT_EQ(ctx.status().code(), StatusCode::kBadRequest);
+  EXPECT_NE(ctx.status().message().find("--peer-cert /nonexistent/n.crt"), std::string::npos)
+      << ctx.status().ToString();
+}
+
+// A peer that stops reading: the Unix-socket link to a listener that never accepts fills
+// the socket buffers, then the write queue reaches its bound; the link closes, every
+// pending call fails with UNAVAILABLE, and the queue never held more than the bound.
+TEST(LinkTest, StalledPeerClosesLinkAtTheQueueBound) {
+  char tmpl[] = "/tmp/iris-link-test-XXXXXX";
+  const std::string dir = mkdtemp(tmpl);
+  const std::string path = dir + "/core.sock";
+  const int listen_fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  ASSERT_EQ(bind(listen_fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(listen_fd, 4), 0);
+
+  constexpr size_t kBound = 1u << 20;
+  RemoteCoreOptions options;
+  options.link.max_queued_bytes = kBound;
+  RemoteCore rc(0, options);
+  ASSERT_TRUE(rc.Connect(path, 5'000).ok());
+  std::atomic<int> lost{0};
+  RemoteCore::PushHandler h;
+  h.on_link_lost = [&] { lost.fetch_add(1); };
+  rc.Start(h);
+
+  std::atomic<int> failed{0};
+  std::atomic<int> other{0};
+  int issued = 0;
+  v1::Send send;
+  send.set_recipient(2);
+  send.set_body(std::string(64u << 10, 'x'));
+  // Far more than the socket buffers and the bound together can hold (64 MiB).
+  while (rc.link_up() && issued < 1024) {
+    rc.Send(1, send, "", [&](Result<core::AppendResult> r) {
+      (r.status().code() == StatusCode::kUnavailable ? failed : other).fetch_add(1);
+    });
+    ++issued;
+  }
+  EXPECT_FALSE(rc.link_up()) << "the link outlived " << issued << " sends to a stalled peer";
+  ASSERT_TRUE(WaitFor([&] { return failed.load() + other.load() == issued; }));
+  EXPECT_EQ(other.load(), 0);
+  EXPECT_TRUE(WaitFor([&] { return lost.load() == 1; }));
+  EXPECT_LE(rc.link()->peak_queued_bytes(), kBound);
+
+  // The other side sees the link end: what was written, then end of stream.
+  rc.Stop();  // (only matters when the check above failed: a link still up never ends)
+  const int fd = accept(listen_fd, nullptr, nullptr);
+  ASSERT_GE(fd, 0);
+  char buf[65536];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) {
+  }
+  EXPECT_EQ(n, 0);
+  close(fd);
+  close(listen_fd);
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace iris::rpc
