@@ -24,10 +24,12 @@
 
 namespace iris::core {
 
-// Where a live session is: the edge loop holding it ((edge process << 8) | loop) and its id.
+// Where a live session is: the edge loop holding it ((edge process << 8) | loop) and its id,
+// and in a cluster the node whose edge holds it (0 on a single node; cluster::Router sets it).
 struct SessionRef {
   uint32_t edge = 0;
   uint64_t session = 0;
+  uint32_t node = 0;
   friend bool operator==(const SessionRef&, const SessionRef&) = default;
 };
 
@@ -54,6 +56,7 @@ class CoreApi {
   using PresenceDone = std::function<void(Result<std::vector<v1::Presence>>)>;
   using KeysDone = std::function<void(Result<v1::KeysBundle>)>;
   using PageDone = std::function<void(Result<store::ScanPage>)>;
+  using SettingsDone = std::function<void(Result<store::UserSettings>)>;
 
   // Fire-and-forget calls: they return at once and never wait for the disk or the network
   // (the in-process core queues any durable work on its own threads; the remote core sends
@@ -98,6 +101,27 @@ class CoreApi {
                     PageDone done) = 0;
   virtual void History(uint64_t user, uint64_t before_id, uint32_t limit, size_t max_bytes,
                        PageDone done) = 0;
+
+  // Calls between the nodes of a cluster (cluster::Router; docs/architecture.md, "Routing
+  // between nodes"). Not used by an edge. An implementation that is not a cluster node
+  // answers INTERNAL (or, for RelayTyping, drops the indicator).
+
+  // Appends envelopes already built by another node (a group's home: one envelope per
+  // member owned here) durably, deduplicated by (sender, idempotency_key) like a SEND.
+  virtual void AppendEnvelopes(uint64_t sender, const std::string& idempotency_key,
+                               std::vector<v1::Envelope> envelopes, SendDone done) {
+    (void)sender, (void)idempotency_key, (void)envelopes;
+    done(Status(StatusCode::kInternal, "AppendEnvelopes: not a cluster node"));
+  }
+  // The settings of a user owned here (a READ receipt's author, asked by the recipient's
+  // owner).
+  virtual void GetSettings(uint64_t user, SettingsDone done) {
+    (void)user;
+    done(Status(StatusCode::kInternal, "GetSettings: not a cluster node"));
+  }
+  // Hands an already-built typing indicator to `to`'s live session, if any (a group's home
+  // relaying to a member owned here). Best effort.
+  virtual void RelayTyping(uint64_t to, const v1::Typing& typing) { (void)to, (void)typing; }
 };
 
 }  // namespace iris::core

@@ -8,7 +8,7 @@
 namespace iris::core {
 
 size_t SessionRefHash::operator()(const SessionRef& r) const {
-  return std::hash<uint64_t>()(r.session * 1315423911u + r.edge);
+  return std::hash<uint64_t>()((r.session * 1315423911u + r.edge) * 2654435761u + r.node);
 }
 
 PresenceService::PresenceService(store::InboxStore& store, EdgeSink& sink,
