@@ -837,6 +837,11 @@ TEST(RouterTest, CatchUpToPushSwitchAcrossNodesIsExactlyOnceInOrder) {
   for (uint32_t seed = 1; seed <= 8; ++seed) {
     SCOPED_TRACE("seed " + std::to_string(seed));
     std::mt19937 rng(seed);
+    // Declared before the cluster: answers still in flight when a check fails find them.
+    std::mutex acks_mu;
+    std::condition_variable acks_cv;
+    std::set<uint64_t> acked;
+    int answered = 0;
     Cluster c;
     const uint64_t sender = 1000 + seed, recipient = 2000 + seed;
     c.SetOwner(sender, 1);
@@ -852,23 +857,24 @@ TEST(RouterTest, CatchUpToPushSwitchAcrossNodesIsExactlyOnceInOrder) {
       RecordingEdge& edge;
       ~Unhook() { edge.SetHook(nullptr); }
     } unhook{c.N(2).edge};
-    std::mutex acks_mu;
-    std::condition_variable acks_cv;
-    std::set<uint64_t> acked;
-    int answered = 0;
-    for (int i = 0; i < total; ++i) {
-      if (i == start_at) session.Hello();
-      c.R(1).Send(sender, MakeSend(recipient, "m" + std::to_string(i), "k" + std::to_string(i)), "",
-                  [&](Result<store::AppendOutcome> r) {
-                    std::lock_guard<std::mutex> lock(acks_mu);
-                    if (r.ok()) acked.insert(r->message_id);
-                    ++answered;
-                    acks_cv.notify_all();
-                  });
-      // A random schedule: sometimes let the links and the session run for a while.
-      if (std::uniform_int_distribution<int>(0, 9)(rng) == 0) {
-        const int spins = std::uniform_int_distribution<int>(0, 2000)(rng);
-        for (int s = 0; s < spins; ++s) std::this_thread::yield();
+    // A random schedule: rounds of 1-10 pipelined sends, after about half of them the sends
+    // wait for every answer so far (so commits spread over time: before, during and after
+    // the catch-up), the session says HELLO at a random point.
+    for (int i = 0; i < total;) {
+      const int round = std::uniform_int_distribution<int>(1, 10)(rng);
+      for (int k = 0; k < round && i < total; ++k, ++i) {
+        if (i == start_at) session.Hello();
+        c.R(1).Send(sender, MakeSend(recipient, "m" + std::to_string(i), "k" + std::to_string(i)),
+                    "", [&](Result<store::AppendOutcome> r) {
+                      std::lock_guard<std::mutex> lock(acks_mu);
+                      if (r.ok()) acked.insert(r->message_id);
+                      ++answered;
+                      acks_cv.notify_all();
+                    });
+      }
+      if (std::uniform_int_distribution<int>(0, 1)(rng) == 0) {
+        std::unique_lock<std::mutex> lock(acks_mu);
+        ASSERT_TRUE(acks_cv.wait_for(lock, kWait, [&] { return answered == i; }));
       }
     }
     {
@@ -883,7 +889,9 @@ TEST(RouterTest, CatchUpToPushSwitchAcrossNodesIsExactlyOnceInOrder) {
       std::this_thread::yield();
     }
     ASSERT_TRUE(c.links().WaitQuiet());
-    while (!session.loop().Idle()) std::this_thread::yield();
+    while (!session.loop().Idle() && std::chrono::steady_clock::now() < end) {
+      std::this_thread::yield();
+    }
     const std::vector<uint64_t> got = session.Delivered();
     EXPECT_TRUE(std::is_sorted(got.begin(), got.end()));
     EXPECT_EQ(std::adjacent_find(got.begin(), got.end()), got.end()) << "a duplicate";
