@@ -1,6 +1,7 @@
 #include "core/core.h"
 
 #include <algorithm>
+#include <chrono>
 #include <future>
 #include <memory>
 #include <utility>
@@ -63,10 +64,16 @@ void Core::Receipt(uint64_t author, const v1::Receipt& r, SendDone done) {
     // wait is bounded: the directory (cluster::Router) answers within its deadline.
     auto asked = std::make_shared<std::promise<Result<store::UserSettings>>>();
     std::shared_future<Result<store::UserSettings>> answer = asked->get_future().share();
-    directory_->GetRemoteSettings(author, [asked](Result<store::UserSettings> s) {
-      asked->set_value(std::move(s));
-    });
+    directory_->GetRemoteSettings(
+        author, [asked](Result<store::UserSettings> s) { asked->set_value(std::move(s)); });
     InAuthorOrder(author, [this, author, r, answer, done = std::move(done)]() mutable {
+      // The directory answers within its own deadline; this bound only guards against a
+      // directory that lost the request (a worker must not wait forever).
+      constexpr auto kRemoteSettingsWait = std::chrono::seconds(30);
+      if (answer.wait_for(kRemoteSettingsWait) != std::future_status::ready) {
+        done(Unavailable("the author's settings were not answered in time"));
+        return;
+      }
       Result<store::UserSettings> a = answer.get();
       if (!a.ok()) {
         done(a.status());
@@ -310,10 +317,9 @@ void Core::AppendSplit(uint64_t sender, std::string key, std::vector<v1::Envelop
                        SendDone done, const obs::SpanContext& trace) {
   std::vector<v1::Envelope> remote;
   if (directory_ != nullptr) {
-    auto local_end = std::stable_partition(envelopes.begin(), envelopes.end(),
-                                           [this](const v1::Envelope& e) {
-                                             return directory_->Owns(e.recipient());
-                                           });
+    auto local_end = std::stable_partition(
+        envelopes.begin(), envelopes.end(),
+        [this](const v1::Envelope& e) { return directory_->Owns(e.recipient()); });
     remote.assign(std::make_move_iterator(local_end), std::make_move_iterator(envelopes.end()));
     envelopes.erase(local_end, envelopes.end());
   }
@@ -348,10 +354,12 @@ void Core::AppendSplit(uint64_t sender, std::string key, std::vector<v1::Envelop
     out.duplicate = out.duplicate && (*join->remote)->duplicate;
     join->done(out);
   };
-  directory_->AppendRemote(sender, key, std::move(remote),
-                           [finish](Result<store::AppendOutcome> r) { finish(false, std::move(r)); });
-  store_.AppendAsync(sender, std::move(key), std::move(envelopes),
-                     [finish](Result<store::AppendOutcome> r) { finish(true, std::move(r)); }, trace);
+  directory_->AppendRemote(
+      sender, key, std::move(remote),
+      [finish](Result<store::AppendOutcome> r) { finish(false, std::move(r)); });
+  store_.AppendAsync(
+      sender, std::move(key), std::move(envelopes),
+      [finish](Result<store::AppendOutcome> r) { finish(true, std::move(r)); }, trace);
 }
 
 void Core::AppendEnvelopes(uint64_t sender, const std::string& idempotency_key,

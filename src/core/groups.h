@@ -52,9 +52,9 @@ class GroupService {
   // sets one that sends the members owned by other nodes to their owners; group updates
   // then carry a key derived from (group id, version), so that a retried share of the same
   // event is deduplicated. Set before the first request.
-  using Appender = std::function<void(uint64_t actor, std::string key,
-                                      std::vector<v1::Envelope> envelopes,
-                                      store::AppendCallback done)>;
+  using Appender =
+      std::function<void(uint64_t actor, std::string key, std::vector<v1::Envelope> envelopes,
+                         store::AppendCallback done)>;
   void set_appender(Appender appender) { appender_ = std::move(appender); }
 
  private:

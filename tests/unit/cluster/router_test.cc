@@ -744,6 +744,28 @@ TEST(RouterTest, OneSessionPerUserAcrossNodes) {
   EXPECT_TRUE(c.N(2).edge.Locked([](RecordingEdge& e) { return e.replaced.empty(); }));
 }
 
+TEST(RouterTest, ScanAtANewOwnerRegistersTheSessionThereFirst) {
+  Cluster c;
+  const uint64_t user = 91, sender = 92;
+  c.SetOwner(user, 3);
+  c.SetOwner(sender, 3);
+  c.R(2).RegisterSession(user, Ref(8));  // registered with node 3
+  ASSERT_TRUE(c.links().WaitQuiet());
+  c.SetOwner(user, 1);  // the shard moves to node 1 before the session's catch-up scan
+  auto page = Await<Result<store::ScanPage>>(
+      [&](core::CoreApi::PageDone d) { c.R(2).Scan(user, 0, 10, 1 << 20, std::move(d)); });
+  ASSERT_TRUE(page.ok()) << page.status().ToString();
+  auto live = c.N(1).core->FindSession(user);
+  ASSERT_TRUE(live.has_value());  // registered at the new owner before it read
+  EXPECT_EQ(live->node, 2u);
+  // So a message committed after the scan is pushed to the session on node 2.
+  auto ack = SendVia(c.R(3), sender, MakeSend(user, "after the move", "k-after"));
+  ASSERT_TRUE(ack.ok()) << ack.status().ToString();
+  ASSERT_TRUE(c.N(2).edge.WaitFor([&](RecordingEdge& e) {
+    return e.delivered.size() == 1 && e.delivered[0].envelope.id() == ack->message_id;
+  }));
+}
+
 // ---- catch-up -> push across nodes ----
 
 // The catch-up/push state machine of edge::Session (session.h), on its own loop thread:
