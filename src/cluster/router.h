@@ -106,6 +106,8 @@ class Router final : public core::CoreApi, public core::EdgeSink, public core::C
   core::CoreApi& Served();
   core::EdgeSink& Incoming();
   RouterStats Stats() const;
+  // Sessions of this node's edge that the Router keeps for re-registration (tests).
+  size_t local_sessions();
 
   // ---- CoreApi (the edge's requests) ----
   void RegisterSession(uint64_t user, core::SessionRef ref) override;
@@ -201,8 +203,12 @@ class Router final : public core::CoreApi, public core::EdgeSink, public core::C
     core::SessionRef ref;
     NodeId registered_at;
   };
+  // A session replaced by a newer one elsewhere never unregisters (its edge knows the
+  // registry moved on): its entry is dropped when the Replace passes through (user_of_).
   std::mutex sessions_mu_;
   std::unordered_map<uint64_t, LocalSession> sessions_;
+  std::unordered_map<core::SessionRef, uint64_t, core::SessionRefHash> user_of_;
+  void ForgetReplaced(const core::SessionRef& ref);
 
   mutable std::mutex stats_mu_;
   RouterStats stats_;

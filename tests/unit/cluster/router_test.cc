@@ -735,6 +735,8 @@ TEST(RouterTest, OneSessionPerUserAcrossNodes) {
   ASSERT_EQ(replaced.size(), 1u);
   EXPECT_EQ(replaced[0].session, 7u);
   EXPECT_EQ(replaced[0].node, 1u);
+  EXPECT_EQ(c.R(1).local_sessions(), 0u);  // node 1 forgot the replaced session
+  EXPECT_EQ(c.R(2).local_sessions(), 1u);
   // The replaced session's late unregister does not end the newer one.
   c.R(1).UnregisterSession(user, Ref(7));
   ASSERT_TRUE(c.links().WaitQuiet());
