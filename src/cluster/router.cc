@@ -146,7 +146,10 @@ class Router::IncomingSink final : public core::EdgeSink {
     if (core::EdgeSink* edge = Edge(to)) edge->Deliver(to, e);
   }
   void Replace(const core::SessionRef& old_session) override {
-    if (core::EdgeSink* edge = Edge(old_session)) edge->Replace(old_session);
+    core::EdgeSink* edge = Edge(old_session);
+    if (edge == nullptr) return;
+    r_.ForgetReplaced(old_session);
+    edge->Replace(old_session);
   }
   void SendPresence(const core::SessionRef& to, const v1::Presence& p) override {
     if (core::EdgeSink* edge = Edge(to)) edge->SendPresence(to, p);
@@ -329,7 +332,12 @@ void Router::RegisterSession(uint64_t user, core::SessionRef ref) {
   const std::optional<NodeId> owner = routes_.OwnerOf(user);
   {
     std::lock_guard<std::mutex> lock(sessions_mu_);
-    sessions_[user] = LocalSession{ref, owner.value_or(0)};
+    auto [it, inserted] = sessions_.try_emplace(user, LocalSession{ref, owner.value_or(0)});
+    if (!inserted) {
+      user_of_.erase(it->second.ref);
+      it->second = LocalSession{ref, owner.value_or(0)};
+    }
+    user_of_[ref] = user;
   }
   if (!owner) return;  // the scan that follows registers once an owner is known
   if (core::CoreApi* target = CoreOf(*owner)) target->RegisterSession(user, ref);
@@ -340,7 +348,10 @@ void Router::UnregisterSession(uint64_t user, core::SessionRef ref) {
   {
     std::lock_guard<std::mutex> lock(sessions_mu_);
     auto it = sessions_.find(user);
-    if (it != sessions_.end() && it->second.ref == ref) sessions_.erase(it);
+    if (it != sessions_.end() && it->second.ref == ref) {
+      sessions_.erase(it);
+      user_of_.erase(ref);
+    }
   }
   const std::optional<NodeId> owner = routes_.OwnerOf(user);
   if (!owner) return;
@@ -587,7 +598,22 @@ void Router::Deliver(const core::SessionRef& to, const v1::Envelope& envelope) {
 }
 
 void Router::Replace(const core::SessionRef& old_session) {
+  if (old_session.node == self_ || old_session.node == 0) ForgetReplaced(old_session);
   if (core::EdgeSink* sink = SinkOf(old_session.node)) sink->Replace(old_session);
+}
+
+void Router::ForgetReplaced(const core::SessionRef& ref) {
+  std::lock_guard<std::mutex> lock(sessions_mu_);
+  auto by_ref = user_of_.find(ref);
+  if (by_ref == user_of_.end()) return;
+  auto it = sessions_.find(by_ref->second);
+  if (it != sessions_.end() && it->second.ref == ref) sessions_.erase(it);
+  user_of_.erase(by_ref);
+}
+
+size_t Router::local_sessions() {
+  std::lock_guard<std::mutex> lock(sessions_mu_);
+  return sessions_.size();
 }
 
 void Router::SendPresence(const core::SessionRef& to, const v1::Presence& presence) {
