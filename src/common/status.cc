@@ -18,6 +18,7 @@ std::string_view StatusCodeName(StatusCode code) {
     case StatusCode::kInternal: return "INTERNAL";
     case StatusCode::kStorageFull: return "STORAGE_FULL";
     case StatusCode::kSessionReplaced: return "SESSION_REPLACED";
+    case StatusCode::kNotOwner: return "NOT_OWNER";
   }
   return "UNKNOWN";
 }

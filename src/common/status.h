@@ -31,6 +31,9 @@ enum class StatusCode : uint32_t {
   kInternal = 11,
   kStorageFull = 12,
   kSessionReplaced = 13,
+  // Internal, never sent to a client: a cluster node was asked for a user or group it does
+  // not own (the shard moved); the caller re-resolves the owner and retries (cluster::Router).
+  kNotOwner = 64,
 };
 
 // The protocol name of a code ("BAD_REQUEST", ...); "UNKNOWN" for values outside the table.
@@ -80,6 +83,7 @@ inline Status Internal(std::string msg) { return {StatusCode::kInternal, std::mo
 inline Status Unavailable(std::string msg, uint32_t retry_after_ms = 1000) {
   return {StatusCode::kUnavailable, std::move(msg), retry_after_ms};
 }
+inline Status NotOwner(std::string msg) { return {StatusCode::kNotOwner, std::move(msg)}; }
 inline Status Overloaded(std::string msg, uint32_t retry_after_ms = 500) {
   return {StatusCode::kOverloaded, std::move(msg), retry_after_ms};
 }

@@ -1,6 +1,9 @@
 #include "core/core.h"
 
 #include <algorithm>
+#include <chrono>
+#include <future>
+#include <memory>
 #include <utility>
 
 #include "obs/trace.h"
@@ -74,6 +77,32 @@ void Core::UnregisterSession(uint64_t user, SessionRef ref) {
 }
 
 void Core::Receipt(uint64_t author, const v1::Receipt& r, SendDone done) {
+  if (r.type() == v1::READ && directory_ != nullptr && !directory_->Owns(author)) {
+    // The author's settings live on the author's owner: asked for now, awaited on the
+    // author's stripe so that the receipt keeps its place among the author's writes. The
+    // wait is bounded: the directory (cluster::Router) answers within its deadline.
+    auto asked = std::make_shared<std::promise<Result<UserSettings>>>();
+    std::shared_future<Result<UserSettings>> answer = asked->get_future().share();
+    directory_->GetRemoteSettings(
+        author, [asked](Result<UserSettings> s) { asked->set_value(std::move(s)); });
+    InAuthorOrder(author, [this, author, r, answer, done = std::move(done)]() mutable {
+      // The directory answers within its own deadline; this bound only guards against a
+      // directory that lost the request (a worker must not wait forever).
+      constexpr auto kRemoteSettingsWait = std::chrono::seconds(30);
+      if (answer.wait_for(kRemoteSettingsWait) != std::future_status::ready) {
+        done(Unavailable("the author's settings were not answered in time"));
+        return;
+      }
+      Result<UserSettings> a = answer.get();
+      if (!a.ok()) {
+        done(a.status());
+        return;
+      }
+      settings_.Get(r.to_user());
+      AppendReceipt(author, r, std::move(done), store::UserSettings{a->read_receipts, a->share_presence});
+    });
+    return;
+  }
   if (r.type() == v1::READ) {
     const std::optional<store::UserSettings> a = settings_.Peek(author);
     const std::optional<store::UserSettings> b = settings_.Peek(r.to_user());
@@ -114,10 +143,12 @@ void Core::InAuthorOrder(uint64_t author, std::function<void()> job) {
   });
 }
 
-void Core::AppendReceipt(uint64_t author, const v1::Receipt& r, SendDone done) {
+void Core::AppendReceipt(uint64_t author, const v1::Receipt& r, SendDone done,
+                         std::optional<store::UserSettings> author_settings) {
   if (r.type() == v1::READ) {
+    if (!author_settings) author_settings = settings_.Peek(author);
     const bool dropped = degradation_.ShedReadReceipts() ||
-                         !settings_.Peek(author).value_or(store::UserSettings{}).read_receipts ||
+                         !author_settings.value_or(store::UserSettings{}).read_receipts ||
                          !settings_.Peek(r.to_user()).value_or(store::UserSettings{}).read_receipts;
     if (dropped) {
       done(AppendResult{0, static_cast<uint64_t>(clock_.WallMillis()), false});
@@ -164,7 +195,11 @@ bool Core::Typing(uint64_t from, const v1::Typing& t) {
       out.set_group_id(t.group_id());
       for (uint64_t m : *members) {
         if (m == from) continue;
-        if (auto ref = FindSession(m)) sink_.SendTyping(*ref, out);
+        if (directory_ != nullptr && !directory_->Owns(m)) {
+          directory_->RelayTyping(m, out);  // the member's session is registered there
+        } else if (auto ref = FindSession(m)) {
+          sink_.SendTyping(*ref, out);
+        }
       }
     });
     return true;
@@ -261,8 +296,8 @@ void Core::Send(uint64_t sender, const v1::Send& send, const std::string& trace_
         done(envelopes.status());
         return;
       }
-      store_.AppendAsync(sender, send.idempotency_key(), std::move(envelopes).value(),
-                         ToAppendCallback(std::move(done)), trace);
+      AppendSplit(sender, send.idempotency_key(), std::move(envelopes).value(), std::move(done),
+                  trace);
     });
     return;
   }
@@ -289,6 +324,82 @@ void Core::AppendMessage(uint64_t sender, const v1::Send& send, const std::strin
   e.set_trace_id(trace_id);
   store_.AppendAsync(sender, send.idempotency_key(), std::move(envelopes),
                      ToAppendCallback(std::move(done)), trace);
+}
+
+void Core::SetClusterDirectory(ClusterDirectory* directory) {
+  directory_ = directory;
+  groups_.set_appender([this](uint64_t actor, std::string key, std::vector<v1::Envelope> envelopes,
+                              store::AppendCallback done) {
+    AppendSplit(actor, std::move(key), std::move(envelopes), std::move(done), obs::SpanContext{});
+  });
+}
+
+void Core::AppendSplit(uint64_t sender, std::string key, std::vector<v1::Envelope> envelopes,
+                       SendDone done, const obs::SpanContext& trace) {
+  std::vector<v1::Envelope> remote;
+  if (directory_ != nullptr) {
+    auto local_end = std::stable_partition(
+        envelopes.begin(), envelopes.end(),
+        [this](const v1::Envelope& e) { return directory_->Owns(e.recipient()); });
+    remote.assign(std::make_move_iterator(local_end), std::make_move_iterator(envelopes.end()));
+    envelopes.erase(local_end, envelopes.end());
+  }
+  if (remote.empty()) {
+    store_.AppendAsync(sender, std::move(key), std::move(envelopes),
+                       ToAppendCallback(std::move(done)), trace);
+    return;
+  }
+  if (envelopes.empty()) {
+    directory_->AppendRemote(sender, key, std::move(remote), std::move(done));
+    return;
+  }
+  // Two shares (here, elsewhere), each durable and deduplicated on its own: done once both
+  // answered. A retry with the same key fills whichever share failed; dedup answers the
+  // other as a duplicate.
+  struct Join {
+    std::mutex mu;
+    int pending = 2;
+    std::optional<Result<AppendResult>> local, remote;
+    SendDone done;
+  };
+  auto join = std::make_shared<Join>();
+  join->done = std::move(done);
+  auto finish = [join](bool is_local, Result<AppendResult> r) {
+    std::unique_lock<std::mutex> lock(join->mu);
+    (is_local ? join->local : join->remote) = std::move(r);
+    if (--join->pending > 0) return;
+    lock.unlock();
+    if (!join->local->ok()) return join->done(join->local->status());
+    if (!join->remote->ok()) return join->done(join->remote->status());
+    AppendResult out = **join->local;
+    // A duplicate only when neither share stored anything.
+    out.duplicate = out.duplicate && (*join->remote)->duplicate;
+    join->done(out);
+  };
+  directory_->AppendRemote(
+      sender, key, std::move(remote),
+      [finish](Result<AppendResult> r) { finish(false, std::move(r)); });
+  store_.AppendAsync(
+      sender, std::move(key), std::move(envelopes),
+      ToAppendCallback([finish](Result<AppendResult> r) { finish(true, std::move(r)); }), trace);
+}
+
+void Core::AppendEnvelopes(uint64_t sender, const std::string& idempotency_key,
+                           std::vector<v1::Envelope> envelopes, SendDone done) {
+  store_.AppendAsync(sender, idempotency_key, std::move(envelopes),
+                     ToAppendCallback(std::move(done)));
+}
+
+void Core::GetSettings(uint64_t user, SettingsDone done) {
+  readers_.Submit([this, user, done = std::move(done)] {
+    const store::UserSettings s = settings_.Get(user);
+    done(UserSettings{s.read_receipts, s.share_presence});
+  });
+}
+
+void Core::RelayTyping(uint64_t to, const v1::Typing& typing) {
+  if (degradation_.ShedTyping()) return;
+  if (auto ref = FindSession(to)) sink_.SendTyping(*ref, typing);
 }
 
 void Core::Scan(uint64_t user, uint64_t after_id, uint32_t limit, size_t max_bytes, PageDone done) {

@@ -58,6 +58,25 @@ struct CoreOptions {
   size_t write_workers = 16;
 };
 
+// Cluster mode (cluster::Router; docs/architecture.md, "Routing between nodes"): which
+// inboxes this core holds, and the way to the inboxes and sessions of the others.
+// Implementations must not block and may complete on any thread.
+class ClusterDirectory {
+ public:
+  virtual ~ClusterDirectory() = default;
+  // Whether this node owns the inbox of `user` (or the group record of a group id).
+  virtual bool Owns(uint64_t id) const = 0;
+  // Appends envelopes whose recipients are owned by other nodes on their owners, each
+  // owner's share durably and deduplicated by (sender, key); `done` once every owner
+  // answered (the first error, else the outcome of the first share).
+  virtual void AppendRemote(uint64_t sender, const std::string& key,
+                            std::vector<v1::Envelope> envelopes, CoreApi::SendDone done) = 0;
+  // The settings of a user owned by another node.
+  virtual void GetRemoteSettings(uint64_t user, CoreApi::SettingsDone done) = 0;
+  // A typing indicator for a user owned by another node.
+  virtual void RelayTyping(uint64_t to, const v1::Typing& typing) = 0;
+};
+
 class Core final : public CoreApi {
  public:
   // `store`, `sink` and `clock` must outlive the Core.
@@ -100,6 +119,16 @@ class Core final : public CoreApi {
   void UpdateGroup(uint64_t user, const v1::GroupUpdate& m, GroupDone done) override;
   void GetGroup(uint64_t user, uint64_t group_id, GroupDone done) override;
   PressureReport ReportPressure(double pressure, int64_t now_ms) override;
+  void AppendEnvelopes(uint64_t sender, const std::string& idempotency_key,
+                       std::vector<v1::Envelope> envelopes, SendDone done) override;
+  void GetSettings(uint64_t user, SettingsDone done) override;
+  void RelayTyping(uint64_t to, const v1::Typing& typing) override;
+
+  // Makes this core a cluster node: envelopes for inboxes `directory` says are not owned
+  // here (group fan-out, group events) go to their owners, a READ receipt's remote author's
+  // settings are fetched from its owner, group typing reaches members owned elsewhere.
+  // Call once, before the first request; `directory` must outlive the Core.
+  void SetClusterDirectory(ClusterDirectory* directory);
 
   // Runs every queued worker job (their completions post to the edge), then joins the
   // workers; later requests run their store work on the caller's thread. Call after the
@@ -123,8 +152,14 @@ class Core final : public CoreApi {
 
  private:
   void OnCommitted(const std::vector<v1::Envelope>& envelopes);
-  // The receipt itself, once both users' settings are cached.
-  void AppendReceipt(uint64_t author, const v1::Receipt& receipt, SendDone done);
+  // The receipt itself, once both users' settings are cached (or, for an author owned by
+  // another node, `author_settings` fetched from there).
+  void AppendReceipt(uint64_t author, const v1::Receipt& receipt, SendDone done,
+                     std::optional<store::UserSettings> author_settings = std::nullopt);
+  // A durable append of envelopes for several inboxes: on a single node one store batch;
+  // in a cluster the share owned here in one local batch and the rest on their owners.
+  void AppendSplit(uint64_t sender, std::string key, std::vector<v1::Envelope> envelopes,
+                   SendDone done, const obs::SpanContext& trace);
   // One author's writes keep the order they were made in (PROTOCOL: messages of one sender
   // reach a recipient in send order; a group change applies to the sends after it). Work
   // that needs a worker (a group send, group change, settings change, READ receipt with
@@ -154,6 +189,7 @@ class Core final : public CoreApi {
   DegradationController degradation_;
   PresenceService presence_;
   GroupService groups_;
+  ClusterDirectory* directory_ = nullptr;  // set once before the first request
   std::mutex author_mu_;
   std::unordered_map<uint64_t, uint32_t> author_queued_;  // author -> jobs on its stripe
   // Declared last: destroyed (drained and joined) first, while everything their jobs use

@@ -51,6 +51,13 @@ struct Page {
   bool gap = false;       // (catch-up) messages newer than the cursor exist only in the archive
 };
 
+// The privacy settings of a user (PROTOCOL.md "Settings"), as another node's core needs them
+// (a READ receipt's author owned elsewhere).
+struct UserSettings {
+  bool read_receipts = true;
+  bool share_presence = true;
+};
+
 // The answer to a load report.
 struct PressureReport {
   int level = 0;         // the degradation level in force, as far as the caller knows
@@ -80,6 +87,7 @@ class CoreApi {
   using PresenceDone = std::function<void(Result<std::vector<v1::Presence>>)>;
   using KeysDone = std::function<void(Result<v1::KeysBundle>)>;
   using PageDone = std::function<void(Result<Page>)>;
+  using SettingsDone = std::function<void(Result<UserSettings>)>;
 
   // Fire-and-forget calls: they return at once and never wait for the disk or the network
   // (the in-process core queues any durable work on its own threads; the remote core sends
@@ -126,6 +134,27 @@ class CoreApi {
                     PageDone done) = 0;
   virtual void History(uint64_t user, uint64_t before_id, uint32_t limit, size_t max_bytes,
                        PageDone done) = 0;
+
+  // Calls between the nodes of a cluster (cluster::Router; docs/architecture.md, "Routing
+  // between nodes"). Not used by an edge. An implementation that is not a cluster node
+  // answers INTERNAL (or, for RelayTyping, drops the indicator).
+
+  // Appends envelopes already built by another node (a group's home: one envelope per
+  // member owned here) durably, deduplicated by (sender, idempotency_key) like a SEND.
+  virtual void AppendEnvelopes(uint64_t sender, const std::string& idempotency_key,
+                               std::vector<v1::Envelope> envelopes, SendDone done) {
+    (void)sender, (void)idempotency_key, (void)envelopes;
+    done(Status(StatusCode::kInternal, "AppendEnvelopes: not a cluster node"));
+  }
+  // The settings of a user owned here (a READ receipt's author, asked by the recipient's
+  // owner).
+  virtual void GetSettings(uint64_t user, SettingsDone done) {
+    (void)user;
+    done(Status(StatusCode::kInternal, "GetSettings: not a cluster node"));
+  }
+  // Hands an already-built typing indicator to `to`'s live session, if any (a group's home
+  // relaying to a member owned here). Best effort.
+  virtual void RelayTyping(uint64_t to, const v1::Typing& typing) { (void)to, (void)typing; }
 };
 
 }  // namespace iris::core

@@ -40,14 +40,22 @@ void GroupService::AppendEvent(const v1::GroupInfo& info, const std::vector<uint
     e.set_body(body);
     envelopes.push_back(std::move(e));
   }
-  store_.AppendAsync(actor, std::move(key), std::move(envelopes),
-                     [info, done = std::move(done)](Result<store::AppendOutcome> r) {
-                       if (!r.ok()) {
-                         done(r.status());
-                         return;
-                       }
-                       done(info);
-                     });
+  store::AppendCallback then = [info, done = std::move(done)](Result<store::AppendOutcome> r) {
+    if (!r.ok()) {
+      done(r.status());
+      return;
+    }
+    done(info);
+  };
+  if (appender_) {
+    if (key.empty()) {
+      key = "iris.group-event/" + std::to_string(info.group_id()) + "/" +
+            std::to_string(info.version());
+    }
+    appender_(actor, std::move(key), std::move(envelopes), std::move(then));
+    return;
+  }
+  store_.AppendAsync(actor, std::move(key), std::move(envelopes), std::move(then));
 }
 
 void GroupService::Create(uint64_t owner, const v1::GroupCreate& m, InfoDone done) {

@@ -49,6 +49,15 @@ class GroupService {
 
   static uint64_t GroupIdFor(uint64_t owner, std::string_view idempotency_key);
 
+  // How GROUP_EVENT envelopes are appended (default: one store batch). A cluster node's core
+  // sets one that sends the members owned by other nodes to their owners; group updates
+  // then carry a key derived from (group id, version), so that a retried share of the same
+  // event is deduplicated. Set before the first request.
+  using Appender =
+      std::function<void(uint64_t actor, std::string key, std::vector<v1::Envelope> envelopes,
+                         store::AppendCallback done)>;
+  void set_appender(Appender appender) { appender_ = std::move(appender); }
+
  private:
   void AppendEvent(const v1::GroupInfo& info, const std::vector<uint64_t>& to, uint64_t actor,
                    std::string key, InfoDone done);
@@ -56,6 +65,7 @@ class GroupService {
 
   store::InboxStore& store_;
   GroupLimits limits_;
+  Appender appender_;
   mutable std::array<std::mutex, 64> locks_;
 };
 

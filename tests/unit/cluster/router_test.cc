@@ -1,0 +1,924 @@
+// cluster::Router in an in-process cluster: three nodes, each a real core::Core on its own
+// RocksDB store, connected by in-process links that run every call and every answer or push
+// on a per-direction FIFO thread (as a TLS peer link would: nothing completes on the
+// caller's thread, order on one link is kept), and a fake routing table per node.
+
+#include "cluster/router.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <future>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "../store/store_test_util.h"
+#include "common/clock.h"
+#include "core/core.h"
+#include "core/groups.h"
+#include "store/inbox_store.h"
+
+namespace iris::cluster {
+namespace {
+
+using namespace std::chrono_literals;
+constexpr auto kWait = 20s;  // generous bound for anything the tests wait for
+
+// ---- routing table ----
+
+class FakeRoutes final : public RouteTable {
+ public:
+  std::optional<NodeId> OwnerOf(uint64_t id) const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = owners_.find(id);
+    if (it != owners_.end()) return it->second;
+    return static_cast<NodeId>(1 + id % 3);
+  }
+  void Set(uint64_t id, NodeId node) {
+    std::lock_guard<std::mutex> lock(mu_);
+    owners_[id] = node;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::map<uint64_t, NodeId> owners_;
+};
+
+// ---- one direction of a peer link: a FIFO thread ----
+
+class Link {
+ public:
+  Link() : thread_([this] { Run(); }) {}
+  ~Link() { Stop(); }
+  void Post(std::function<void()> job) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopped_) return;  // the link is down: dropped
+    jobs_.push_back(std::move(job));
+    cv_.notify_all();
+  }
+  // Whether nothing is queued or running.
+  bool Idle() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return jobs_.empty() && !running_;
+  }
+  void Stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopped_ = true;
+      jobs_.clear();
+      cv_.notify_all();
+    }
+    if (thread_.joinable()) thread_.join();
+  }
+  // Answers crossing this link: the next `n` are replaced by UNAVAILABLE (the work was
+  // done, its answer lost).
+  std::atomic<int> lose_answers{0};
+
+ private:
+  void Run() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return stopped_ || !jobs_.empty(); });
+      if (stopped_) return;
+      auto job = std::move(jobs_.front());
+      jobs_.pop_front();
+      running_ = true;
+      lock.unlock();
+      job();
+      lock.lock();
+      running_ = false;
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  bool running_ = false;
+  bool stopped_ = false;
+  std::thread thread_;
+};
+
+class Links {
+ public:
+  Link& Between(NodeId from, NodeId to) { return *links_[(from - 1) * 3 + (to - 1)]; }
+  // Waits until every link is idle twice in a row (a job may post to another link).
+  bool WaitQuiet() {
+    const auto end = std::chrono::steady_clock::now() + kWait;
+    int quiet_passes = 0;
+    while (std::chrono::steady_clock::now() < end) {
+      bool idle = true;
+      for (auto& l : links_) idle = idle && l->Idle();
+      quiet_passes = idle ? quiet_passes + 1 : 0;
+      if (quiet_passes >= 2) return true;
+      std::this_thread::yield();
+    }
+    return false;
+  }
+  void StopAll() {
+    for (auto& l : links_) l->Stop();
+  }
+
+ private:
+  std::array<std::unique_ptr<Link>, 9> links_ = {
+      std::make_unique<Link>(), std::make_unique<Link>(), std::make_unique<Link>(),
+      std::make_unique<Link>(), std::make_unique<Link>(), std::make_unique<Link>(),
+      std::make_unique<Link>(), std::make_unique<Link>(), std::make_unique<Link>()};
+};
+
+// The answer of a call from `from` to `to`: back over the link to -> from.
+template <typename R>
+std::function<void(R)> Back(Link& back, std::function<void(R)> done) {
+  return [&back, done = std::move(done)](R r) mutable {
+    if (back.lose_answers.load() > 0 && back.lose_answers.fetch_sub(1) > 0) {
+      r = R(Unavailable("the answer was lost on the link"));
+    }
+    back.Post([done = std::move(done), r = std::move(r)]() mutable { done(std::move(r)); });
+  };
+}
+
+// A remote node's core as seen from `from`: every call crosses the link from -> to, every
+// answer the link to -> from.
+class LinkedCore final : public core::CoreApi {
+ public:
+  LinkedCore(Link& there, Link& back, core::CoreApi& target)
+      : there_(there), back_(back), t_(target) {}
+
+  void RegisterSession(uint64_t user, core::SessionRef ref) override {
+    there_.Post([this, user, ref] { t_.RegisterSession(user, ref); });
+  }
+  void UnregisterSession(uint64_t user, core::SessionRef ref) override {
+    there_.Post([this, user, ref] { t_.UnregisterSession(user, ref); });
+  }
+  bool Typing(uint64_t from, const v1::Typing& t) override {
+    there_.Post([this, from, t] { t_.Typing(from, t); });
+    return true;
+  }
+  void Unsubscribe(const core::SessionRef& ref, const std::vector<uint64_t>& users) override {
+    there_.Post([this, ref, users] { t_.Unsubscribe(ref, users); });
+  }
+  core::PressureReport ReportPressure(double, int64_t) override { return {}; }
+  void Send(uint64_t sender, const v1::Send& send, const std::string& trace_id, SendDone done,
+            uint64_t parent_span_id) override {
+    there_.Post([this, sender, send, trace_id, parent_span_id, d = Back(back_, std::move(done))] {
+      t_.Send(sender, send, trace_id, d, parent_span_id);
+    });
+  }
+  void Receipt(uint64_t author, const v1::Receipt& r, SendDone done) override {
+    there_.Post([this, author, r, d = Back(back_, std::move(done))] { t_.Receipt(author, r, d); });
+  }
+  void UpdateSettings(uint64_t user, const v1::Settings& s, StatusDone done) override {
+    there_.Post(
+        [this, user, s, d = Back(back_, std::move(done))] { t_.UpdateSettings(user, s, d); });
+  }
+  void Subscribe(const core::SessionRef& ref, const std::vector<uint64_t>& users,
+                 PresenceDone done) override {
+    there_.Post(
+        [this, ref, users, d = Back(back_, std::move(done))] { t_.Subscribe(ref, users, d); });
+  }
+  void QueryPresence(const std::vector<uint64_t>& users, PresenceDone done) override {
+    there_.Post([this, users, d = Back(back_, std::move(done))] { t_.QueryPresence(users, d); });
+  }
+  void UploadKeys(uint64_t user, const v1::KeysUpload& u, StatusDone done) override {
+    there_.Post([this, user, u, d = Back(back_, std::move(done))] { t_.UploadKeys(user, u, d); });
+  }
+  void FetchKeys(uint64_t user, KeysDone done) override {
+    there_.Post([this, user, d = Back(back_, std::move(done))] { t_.FetchKeys(user, d); });
+  }
+  void CreateGroup(uint64_t owner, const v1::GroupCreate& m, GroupDone done) override {
+    there_.Post(
+        [this, owner, m, d = Back(back_, std::move(done))] { t_.CreateGroup(owner, m, d); });
+  }
+  void UpdateGroup(uint64_t user, const v1::GroupUpdate& m, GroupDone done) override {
+    there_.Post([this, user, m, d = Back(back_, std::move(done))] { t_.UpdateGroup(user, m, d); });
+  }
+  void GetGroup(uint64_t user, uint64_t gid, GroupDone done) override {
+    there_.Post([this, user, gid, d = Back(back_, std::move(done))] { t_.GetGroup(user, gid, d); });
+  }
+  void Scan(uint64_t user, uint64_t after, uint32_t limit, size_t max_bytes,
+            PageDone done) override {
+    there_.Post([this, user, after, limit, max_bytes, d = Back(back_, std::move(done))] {
+      t_.Scan(user, after, limit, max_bytes, d);
+    });
+  }
+  void History(uint64_t user, uint64_t before, uint32_t limit, size_t max_bytes,
+               PageDone done) override {
+    there_.Post([this, user, before, limit, max_bytes, d = Back(back_, std::move(done))] {
+      t_.History(user, before, limit, max_bytes, d);
+    });
+  }
+  void AppendEnvelopes(uint64_t sender, const std::string& key, std::vector<v1::Envelope> envelopes,
+                       SendDone done) override {
+    there_.Post([this, sender, key, envelopes, d = Back(back_, std::move(done))] {
+      t_.AppendEnvelopes(sender, key, envelopes, d);
+    });
+  }
+  void GetSettings(uint64_t user, SettingsDone done) override {
+    there_.Post([this, user, d = Back(back_, std::move(done))] { t_.GetSettings(user, d); });
+  }
+  void RelayTyping(uint64_t to, const v1::Typing& t) override {
+    there_.Post([this, to, t] { t_.RelayTyping(to, t); });
+  }
+
+ private:
+  Link& there_;
+  Link& back_;
+  core::CoreApi& t_;
+};
+
+// Pushes from `from`'s core to sessions held by `to`: over the link from -> to.
+class LinkedSink final : public core::EdgeSink {
+ public:
+  LinkedSink(Link& link, core::EdgeSink& target) : link_(link), t_(target) {}
+  void Deliver(const core::SessionRef& to, const v1::Envelope& e) override {
+    link_.Post([this, to, e] { t_.Deliver(to, e); });
+  }
+  void Replace(const core::SessionRef& old) override {
+    link_.Post([this, old] { t_.Replace(old); });
+  }
+  void SendPresence(const core::SessionRef& to, const v1::Presence& p) override {
+    link_.Post([this, to, p] { t_.SendPresence(to, p); });
+  }
+  void SendTyping(const core::SessionRef& to, const v1::Typing& t) override {
+    link_.Post([this, to, t] { t_.SendTyping(to, t); });
+  }
+
+ private:
+  Link& link_;
+  core::EdgeSink& t_;
+};
+
+// ---- a node's edge: records what reaches its sessions ----
+
+class RecordingEdge final : public core::EdgeSink {
+ public:
+  struct Pushed {
+    core::SessionRef to;
+    v1::Envelope envelope;
+  };
+  void Deliver(const core::SessionRef& to, const v1::Envelope& e) override {
+    std::function<void(const core::SessionRef&, const v1::Envelope&)> hook;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      delivered.push_back({to, e});
+      hook = on_deliver;
+      cv_.notify_all();
+    }
+    if (hook) hook(to, e);
+  }
+  void Replace(const core::SessionRef& old) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    replaced.push_back(old);
+    cv_.notify_all();
+  }
+  void SendPresence(const core::SessionRef& to, const v1::Presence& p) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    presence.emplace_back(to, p);
+    cv_.notify_all();
+  }
+  void SendTyping(const core::SessionRef& to, const v1::Typing& t) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    typing.emplace_back(to, t);
+    cv_.notify_all();
+  }
+  // Waits (bounded) until `pred` holds; evaluated under the lock.
+  template <typename Pred>
+  bool WaitFor(Pred pred) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, kWait, [&] { return pred(*this); });
+  }
+  template <typename F>
+  auto Locked(F f) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return f(*this);
+  }
+
+  std::vector<Pushed> delivered;
+  std::vector<core::SessionRef> replaced;
+  std::vector<std::pair<core::SessionRef, v1::Presence>> presence;
+  std::vector<std::pair<core::SessionRef, v1::Typing>> typing;
+  void SetHook(std::function<void(const core::SessionRef&, const v1::Envelope&)> hook) {
+    std::lock_guard<std::mutex> lock(mu_);
+    on_deliver = std::move(hook);
+  }
+
+ private:
+  std::function<void(const core::SessionRef&, const v1::Envelope&)> on_deliver;
+  std::mutex mu_;
+  std::condition_variable cv_;
+};
+
+// ---- the cluster ----
+
+class TestPeers final : public Peers {
+ public:
+  core::CoreApi* PeerCore(NodeId node) override {
+    auto it = cores.find(node);
+    return it == cores.end() ? nullptr : it->second.get();
+  }
+  core::EdgeSink* PeerSink(NodeId node) override {
+    auto it = sinks.find(node);
+    return it == sinks.end() ? nullptr : it->second.get();
+  }
+  std::map<NodeId, std::unique_ptr<LinkedCore>> cores;
+  std::map<NodeId, std::unique_ptr<LinkedSink>> sinks;
+};
+
+struct Node {
+  NodeId id;
+  FakeRoutes routes;
+  TestPeers peers;
+  RecordingEdge edge;
+  std::unique_ptr<store::InboxStore> store;
+  std::unique_ptr<Router> router;
+  std::unique_ptr<core::Core> core;
+};
+
+class Cluster {
+ public:
+  Cluster() {
+    RouterOptions ro;
+    ro.deadline = 10s;
+    ro.initial_backoff = 1ms;
+    ro.max_backoff = 20ms;
+    for (NodeId n = 1; n <= 3; ++n) {
+      auto node = std::make_unique<Node>();
+      node->id = n;
+      store::StoreOptions so;
+      so.path = dir_.Sub("node-" + std::to_string(n));
+      so.node_id = static_cast<uint8_t>(n);
+      so.write_buffer_bytes = 1 << 20;
+      so.block_cache_bytes = 1 << 20;
+      so.run_archiver = false;
+      auto st = store::InboxStore::Open(so);
+      if (!st.ok()) std::abort();
+      node->store = std::move(st).value();
+      node->router = std::make_unique<Router>(n, node->routes, node->peers, ro);
+      core::CoreOptions co;
+      co.read_workers = 2;
+      co.write_workers = 2;
+      node->core =
+          std::make_unique<core::Core>(*node->store, *node->router, SystemClock::Instance(), co);
+      node->router->SetLocalCore(node->core.get());
+      node->router->SetLocalEdge(&node->edge);
+      nodes_[n - 1] = std::move(node);
+    }
+    for (NodeId a = 1; a <= 3; ++a) {
+      for (NodeId b = 1; b <= 3; ++b) {
+        if (a == b) continue;
+        N(a).peers.cores[b] = std::make_unique<LinkedCore>(
+            links_.Between(a, b), links_.Between(b, a), N(b).router->Served());
+        N(a).peers.sinks[b] =
+            std::make_unique<LinkedSink>(links_.Between(a, b), N(b).router->Incoming());
+      }
+    }
+  }
+
+  ~Cluster() {
+    links_.WaitQuiet();
+    for (auto& n : nodes_) n->core->StopWorkers();
+    links_.WaitQuiet();
+    for (auto& n : nodes_) n->store->Stop();
+    links_.StopAll();
+    for (auto& n : nodes_) n->core.reset();
+    for (auto& n : nodes_) n->router.reset();
+  }
+
+  Node& N(NodeId n) { return *nodes_[n - 1]; }
+  Router& R(NodeId n) { return *N(n).router; }
+  Links& links() { return links_; }
+  // Owner of `id` in every node's table.
+  void SetOwner(uint64_t id, NodeId owner) {
+    for (auto& n : nodes_) n->routes.Set(id, owner);
+  }
+  // The messages of `user`'s inbox in node `n`'s store.
+  std::vector<v1::Envelope> Inbox(NodeId n, uint64_t user) {
+    auto page = N(n).store->Scan(user, 0, 10000, 64 << 20);
+    EXPECT_TRUE(page.ok());
+    return page.ok() ? page->messages : std::vector<v1::Envelope>{};
+  }
+
+ private:
+  store::testing::TempDir dir_;
+  Links links_;
+  std::array<std::unique_ptr<Node>, 3> nodes_;
+};
+
+template <typename R, typename Call>
+R Await(Call call) {
+  auto p = std::make_shared<std::promise<R>>();
+  auto f = p->get_future();
+  call([p](R r) { p->set_value(std::move(r)); });
+  if (f.wait_for(kWait) != std::future_status::ready) {
+    ADD_FAILURE() << "no answer within the deadline";
+    return R(Internal("no answer"));
+  }
+  return f.get();
+}
+
+v1::Send MakeSend(uint64_t recipient, std::string body, std::string key, uint64_t group = 0) {
+  v1::Send s;
+  s.set_recipient(recipient);
+  s.set_group_id(group);
+  s.set_body(std::move(body));
+  s.set_idempotency_key(std::move(key));
+  return s;
+}
+
+Result<core::AppendResult> SendVia(Router& r, uint64_t sender, const v1::Send& s) {
+  return Await<Result<core::AppendResult>>(
+      [&](core::CoreApi::SendDone d) { r.Send(sender, s, "", std::move(d)); });
+}
+
+core::SessionRef Ref(uint64_t session) { return core::SessionRef{.node = 0, .edge = 0, .session = session}; }
+
+size_t CountKind(const std::vector<v1::Envelope>& v, v1::Kind kind) {
+  return static_cast<size_t>(
+      std::count_if(v.begin(), v.end(), [&](const v1::Envelope& e) { return e.kind() == kind; }));
+}
+
+// ---- tests ----
+
+TEST(RouterTest, OneToOneLandsOnTheOwnerAndIsPushedToTheNodeHoldingTheSession) {
+  Cluster c;
+  const uint64_t sender = 100, recipient = 200;
+  c.SetOwner(sender, 1);
+  c.SetOwner(recipient, 3);
+  c.R(2).RegisterSession(recipient, Ref(7));  // the recipient is connected to node 2
+  ASSERT_TRUE(c.links().WaitQuiet());
+
+  auto ack = SendVia(c.R(1), sender, MakeSend(recipient, "hello", "k1"));
+  ASSERT_TRUE(ack.ok()) << ack.status().ToString();
+  EXPECT_FALSE(ack->duplicate);
+
+  auto inbox = c.Inbox(3, recipient);
+  ASSERT_EQ(inbox.size(), 1u);
+  EXPECT_EQ(inbox[0].body(), "hello");
+  EXPECT_EQ(inbox[0].id(), ack->message_id);
+  EXPECT_TRUE(c.Inbox(1, recipient).empty());
+  EXPECT_TRUE(c.Inbox(2, recipient).empty());
+
+  ASSERT_TRUE(c.N(2).edge.WaitFor([](RecordingEdge& e) { return !e.delivered.empty(); }));
+  const auto pushed = c.N(2).edge.Locked([](RecordingEdge& e) { return e.delivered; });
+  ASSERT_EQ(pushed.size(), 1u);
+  EXPECT_EQ(pushed[0].to.session, 7u);
+  EXPECT_EQ(pushed[0].to.node, 2u);
+  EXPECT_EQ(pushed[0].envelope.id(), ack->message_id);
+  ASSERT_TRUE(c.links().WaitQuiet());
+  EXPECT_TRUE(c.N(1).edge.Locked([](RecordingEdge& e) { return e.delivered.empty(); }));
+  EXPECT_TRUE(c.N(3).edge.Locked([](RecordingEdge& e) { return e.delivered.empty(); }));
+}
+
+TEST(RouterTest, GroupSendReachesEveryMemberOnEveryNodeOnce) {
+  Cluster c;
+  const uint64_t a = 11, b = 12, d = 13;  // owned by nodes 1, 2, 3
+  c.SetOwner(a, 1);
+  c.SetOwner(b, 2);
+  c.SetOwner(d, 3);
+  v1::GroupCreate create;
+  create.set_idempotency_key("g1");
+  create.add_members(b);
+  create.add_members(d);
+  const uint64_t gid = core::GroupService::GroupIdFor(a, "g1");
+  c.SetOwner(gid, 2);  // the group's home
+  c.R(3).RegisterSession(b, Ref(1));
+  c.R(1).RegisterSession(d, Ref(2));
+  ASSERT_TRUE(c.links().WaitQuiet());
+
+  auto info = Await<Result<v1::GroupInfo>>(
+      [&](core::CoreApi::GroupDone done) { c.R(1).CreateGroup(a, create, std::move(done)); });
+  ASSERT_TRUE(info.ok()) << info.status().ToString();
+  EXPECT_EQ(info->group_id(), gid);
+  EXPECT_TRUE(c.N(2).store->GetGroup(gid).ok());   // at the home
+  EXPECT_FALSE(c.N(1).store->GetGroup(gid).ok());  // nowhere else
+
+  auto ack = SendVia(c.R(1), a, MakeSend(0, "to all", "gs1", gid));
+  ASSERT_TRUE(ack.ok()) << ack.status().ToString();
+  // A retry of the same send: nothing twice.
+  auto again = SendVia(c.R(1), a, MakeSend(0, "to all", "gs1", gid));
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->duplicate);
+
+  // Each member's owner holds its GROUP_EVENT and one MESSAGE; no store holds another's.
+  const std::map<uint64_t, NodeId> owner = {{a, 1}, {b, 2}, {d, 3}};
+  for (auto [user, node] : owner) {
+    auto inbox = c.Inbox(node, user);
+    EXPECT_EQ(CountKind(inbox, v1::GROUP_EVENT), 1u) << user;
+    EXPECT_EQ(CountKind(inbox, v1::MESSAGE), user == a ? 0u : 1u) << user;
+    for (NodeId other = 1; other <= 3; ++other) {
+      if (other != node) {
+        EXPECT_TRUE(c.Inbox(other, user).empty()) << user << "@" << other;
+      }
+    }
+  }
+  // Pushed to the nodes holding the sessions: b on node 3, d on node 1.
+  auto messages_to = [](uint64_t user) {
+    return [user](RecordingEdge& e) {
+      return std::count_if(e.delivered.begin(), e.delivered.end(), [&](const auto& p) {
+        return p.envelope.recipient() == user && p.envelope.kind() == v1::MESSAGE;
+      });
+    };
+  };
+  ASSERT_TRUE(c.N(3).edge.WaitFor([&](RecordingEdge& e) { return messages_to(b)(e) == 1; }));
+  ASSERT_TRUE(c.N(1).edge.WaitFor([&](RecordingEdge& e) { return messages_to(d)(e) == 1; }));
+  ASSERT_TRUE(c.links().WaitQuiet());
+  EXPECT_EQ(c.N(3).edge.Locked(messages_to(b)), 1);
+  EXPECT_EQ(c.N(1).edge.Locked(messages_to(d)), 1);
+}
+
+TEST(RouterTest, RetryAfterALostAnswerKeepsTheSameKeyAndDoesNotDuplicate) {
+  Cluster c;
+  const uint64_t sender = 21, recipient = 22;
+  c.SetOwner(sender, 1);
+  c.SetOwner(recipient, 3);
+  c.links().Between(3, 1).lose_answers = 1;  // the append is done, its answer lost
+  auto ack = SendVia(c.R(1), sender, MakeSend(recipient, "once", "k-lost"));
+  ASSERT_TRUE(ack.ok()) << ack.status().ToString();
+  EXPECT_TRUE(ack->duplicate);  // the retry found the first attempt's message
+  EXPECT_GE(c.R(1).Stats().retries, 1u);
+  auto inbox = c.Inbox(3, recipient);
+  ASSERT_EQ(inbox.size(), 1u);
+  EXPECT_EQ(inbox[0].id(), ack->message_id);
+
+  // The same for a group's remote share: the home (node 2) loses node 3's answer.
+  const uint64_t m2 = 23;
+  c.SetOwner(m2, 2);
+  v1::GroupCreate create;
+  create.set_idempotency_key("g-lost");
+  create.add_members(recipient);
+  create.add_members(m2);
+  const uint64_t gid = core::GroupService::GroupIdFor(sender, "g-lost");
+  c.SetOwner(gid, 2);
+  auto info = Await<Result<v1::GroupInfo>>(
+      [&](core::CoreApi::GroupDone done) { c.R(1).CreateGroup(sender, create, std::move(done)); });
+  ASSERT_TRUE(info.ok()) << info.status().ToString();
+  c.links().Between(3, 2).lose_answers = 1;
+  auto gack = SendVia(c.R(1), sender, MakeSend(0, "group once", "gk-lost", gid));
+  ASSERT_TRUE(gack.ok()) << gack.status().ToString();
+  EXPECT_GE(c.R(2).Stats().retries, 1u);
+  auto r_inbox = c.Inbox(3, recipient);
+  EXPECT_EQ(std::count_if(r_inbox.begin(), r_inbox.end(),
+                          [](const v1::Envelope& e) { return e.body() == "group once"; }),
+            1);
+  EXPECT_EQ(CountKind(c.Inbox(2, m2), v1::MESSAGE), 1u);
+}
+
+TEST(RouterTest, MovedOwnershipIsAnsweredNotOwnerAndRetriedAtTheNewOwner) {
+  Cluster c;
+  const uint64_t sender = 31, recipient = 32;
+  c.SetOwner(sender, 1);
+  c.SetOwner(recipient, 3);
+  // The shard moved to node 2: nodes 2 and 3 know, node 1's view is stale.
+  c.N(2).routes.Set(recipient, 2);
+  c.N(3).routes.Set(recipient, 2);
+  auto pending = std::make_shared<std::promise<Result<core::AppendResult>>>();
+  auto answer = pending->get_future();
+  c.R(1).Send(sender, MakeSend(recipient, "moved", "k-moved"), "",
+              [pending](Result<core::AppendResult> r) { pending->set_value(std::move(r)); });
+  // Node 3 refuses it (possibly several times) until node 1 learns the new owner.
+  const auto end = std::chrono::steady_clock::now() + kWait;
+  while (c.R(3).Stats().not_owner_answered == 0 && std::chrono::steady_clock::now() < end) {
+    std::this_thread::yield();
+  }
+  ASSERT_GE(c.R(3).Stats().not_owner_answered, 1u);
+  c.N(1).routes.Set(recipient, 2);
+  ASSERT_EQ(answer.wait_for(kWait), std::future_status::ready);
+  auto ack = answer.get();
+  ASSERT_TRUE(ack.ok()) << ack.status().ToString();
+  EXPECT_FALSE(ack->duplicate);
+  EXPECT_EQ(c.Inbox(2, recipient).size(), 1u);
+  EXPECT_TRUE(c.Inbox(3, recipient).empty());
+}
+
+TEST(RouterTest, NoOwnerWithinTheDeadlineAnswersUnavailable) {
+  Cluster c;
+  const uint64_t sender = 41, recipient = 42;
+  c.SetOwner(sender, 1);
+  c.SetOwner(recipient, 3);
+  c.N(3).routes.Set(recipient, 2);  // node 3 gave it away, node 2 does not know yet
+  c.N(2).routes.Set(recipient, 3);
+  RouterOptions fast;
+  fast.deadline = 50ms;
+  fast.initial_backoff = 1ms;
+  fast.max_backoff = 5ms;
+  TestPeers& peers = c.N(1).peers;
+  Router edge_only(1, c.N(1).routes, peers, fast);  // a `--role edge` router on node 1
+  auto ack = SendVia(edge_only, sender, MakeSend(recipient, "x", "k-x"));
+  ASSERT_FALSE(ack.ok());
+  EXPECT_EQ(ack.status().code(), StatusCode::kUnavailable);
+  EXPECT_EQ(edge_only.Stats().gave_up, 1u);
+  ASSERT_TRUE(c.links().WaitQuiet());
+}
+
+TEST(RouterTest, PresenceSubscriptionAcrossNodesSeesTheWatchedUsersChanges) {
+  Cluster c;
+  const uint64_t watcher = 51, watched = 52, other = 53;
+  c.SetOwner(watcher, 1);
+  c.SetOwner(watched, 3);
+  c.SetOwner(other, 2);
+  c.R(1).RegisterSession(watcher, Ref(5));
+  auto states = Await<Result<std::vector<v1::Presence>>>([&](core::CoreApi::PresenceDone d) {
+    c.R(1).Subscribe(Ref(5), {watched, other}, std::move(d));
+  });
+  ASSERT_TRUE(states.ok()) << states.status().ToString();
+  ASSERT_EQ(states->size(), 2u);
+  EXPECT_EQ((*states)[0].user(), watched);  // merged in the order asked
+  EXPECT_EQ((*states)[1].user(), other);
+  EXPECT_FALSE((*states)[0].online());
+
+  c.R(2).RegisterSession(watched, Ref(9));  // the watched user connects to node 2
+  auto online_seen = [&](bool online) {
+    return [&, online](RecordingEdge& e) {
+      return std::any_of(e.presence.begin(), e.presence.end(), [&](const auto& p) {
+        return p.first.session == 5 && p.first.node == 1 && p.second.user() == watched &&
+               p.second.online() == online;
+      });
+    };
+  };
+  ASSERT_TRUE(c.N(1).edge.WaitFor(online_seen(true)));
+  auto q = Await<Result<std::vector<v1::Presence>>>([&](core::CoreApi::PresenceDone d) {
+    c.R(2).QueryPresence({other, watched}, std::move(d));
+  });
+  ASSERT_TRUE(q.ok());
+  ASSERT_EQ(q->size(), 2u);
+  EXPECT_EQ((*q)[1].user(), watched);
+  EXPECT_TRUE((*q)[1].online());
+  c.R(2).UnregisterSession(watched, Ref(9));
+  ASSERT_TRUE(c.N(1).edge.WaitFor(online_seen(false)));
+}
+
+TEST(RouterTest, TypingIsRelayedToTheNodeHoldingTheSession) {
+  Cluster c;
+  const uint64_t a = 61, b = 62, d = 63;
+  c.SetOwner(a, 1);
+  c.SetOwner(b, 2);
+  c.SetOwner(d, 3);
+  c.R(3).RegisterSession(b, Ref(3));
+  c.R(1).RegisterSession(d, Ref(4));
+  ASSERT_TRUE(c.links().WaitQuiet());
+  v1::Typing t;
+  t.set_user(b);
+  t.set_typing(true);
+  EXPECT_TRUE(c.R(1).Typing(a, t));
+  ASSERT_TRUE(c.N(3).edge.WaitFor([&](RecordingEdge& e) {
+    return e.typing.size() == 1 && e.typing[0].first.session == 3 && e.typing[0].second.user() == a;
+  }));
+  // Group typing: the home (node 2) relays to d's owner (node 3), which pushes to node 1.
+  v1::GroupCreate create;
+  create.set_idempotency_key("gt");
+  create.add_members(b);
+  create.add_members(d);
+  const uint64_t gid = core::GroupService::GroupIdFor(a, "gt");
+  c.SetOwner(gid, 2);
+  ASSERT_TRUE(Await<Result<v1::GroupInfo>>([&](core::CoreApi::GroupDone done) {
+                c.R(1).CreateGroup(a, create, std::move(done));
+              }).ok());
+  v1::Typing g;
+  g.set_group_id(gid);
+  g.set_typing(true);
+  EXPECT_TRUE(c.R(1).Typing(a, g));
+  ASSERT_TRUE(c.N(1).edge.WaitFor([&](RecordingEdge& e) {
+    return e.typing.size() == 1 && e.typing[0].first.session == 4 &&
+           e.typing[0].second.group_id() == gid && e.typing[0].second.user() == a;
+  }));
+  ASSERT_TRUE(c.N(3).edge.WaitFor([&](RecordingEdge& e) { return e.typing.size() == 2; }));
+}
+
+TEST(RouterTest, ReadReceiptUsesTheSettingsOfAnAuthorOwnedElsewhere) {
+  Cluster c;
+  const uint64_t author = 71, to = 72;
+  c.SetOwner(author, 1);
+  c.SetOwner(to, 2);
+  v1::Receipt r;
+  r.set_to_user(to);
+  r.set_type(v1::READ);
+  r.add_message_ids(5);
+  r.set_idempotency_key("r1");
+  auto first = Await<Result<core::AppendResult>>(
+      [&](core::CoreApi::SendDone d) { c.R(3).Receipt(author, r, std::move(d)); });
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  EXPECT_NE(first->message_id, 0u);
+  EXPECT_EQ(CountKind(c.Inbox(2, to), v1::RECEIPT), 1u);
+
+  v1::Settings off;
+  off.set_read_receipts(false);
+  ASSERT_TRUE(Await<Status>([&](core::CoreApi::StatusDone d) {
+                c.R(3).UpdateSettings(author, off, std::move(d));
+              }).ok());
+  EXPECT_FALSE(c.N(1).store->GetSettings(author)->read_receipts);  // on the author's owner
+  r.set_idempotency_key("r2");
+  auto second = Await<Result<core::AppendResult>>(
+      [&](core::CoreApi::SendDone d) { c.R(3).Receipt(author, r, std::move(d)); });
+  ASSERT_TRUE(second.ok());
+  EXPECT_EQ(second->message_id, 0u);  // dropped: the author turned read receipts off
+  EXPECT_EQ(CountKind(c.Inbox(2, to), v1::RECEIPT), 1u);
+}
+
+TEST(RouterTest, OneSessionPerUserAcrossNodes) {
+  Cluster c;
+  const uint64_t user = 81;
+  c.SetOwner(user, 3);
+  c.R(1).RegisterSession(user, Ref(7));
+  ASSERT_TRUE(c.links().WaitQuiet());
+  c.R(2).RegisterSession(user, Ref(7));  // same loop and session id, another node
+  ASSERT_TRUE(c.N(1).edge.WaitFor([](RecordingEdge& e) { return e.replaced.size() == 1; }));
+  const auto replaced = c.N(1).edge.Locked([](RecordingEdge& e) { return e.replaced; });
+  ASSERT_EQ(replaced.size(), 1u);
+  EXPECT_EQ(replaced[0].session, 7u);
+  EXPECT_EQ(replaced[0].node, 1u);
+  EXPECT_EQ(c.R(1).local_sessions(), 0u);  // node 1 forgot the replaced session
+  EXPECT_EQ(c.R(2).local_sessions(), 1u);
+  // The replaced session's late unregister does not end the newer one.
+  c.R(1).UnregisterSession(user, Ref(7));
+  ASSERT_TRUE(c.links().WaitQuiet());
+  auto live = c.N(3).core->FindSession(user);
+  ASSERT_TRUE(live.has_value());
+  EXPECT_EQ(live->node, 2u);
+  EXPECT_TRUE(c.N(2).edge.Locked([](RecordingEdge& e) { return e.replaced.empty(); }));
+}
+
+TEST(RouterTest, ScanAtANewOwnerRegistersTheSessionThereFirst) {
+  Cluster c;
+  const uint64_t user = 91, sender = 92;
+  c.SetOwner(user, 3);
+  c.SetOwner(sender, 3);
+  c.R(2).RegisterSession(user, Ref(8));  // registered with node 3
+  ASSERT_TRUE(c.links().WaitQuiet());
+  c.SetOwner(user, 1);  // the shard moves to node 1 before the session's catch-up scan
+  auto page = Await<Result<core::Page>>(
+      [&](core::CoreApi::PageDone d) { c.R(2).Scan(user, 0, 10, 1 << 20, std::move(d)); });
+  ASSERT_TRUE(page.ok()) << page.status().ToString();
+  auto live = c.N(1).core->FindSession(user);
+  ASSERT_TRUE(live.has_value());  // registered at the new owner before it read
+  EXPECT_EQ(live->node, 2u);
+  // So a message committed after the scan is pushed to the session on node 2.
+  auto ack = SendVia(c.R(3), sender, MakeSend(user, "after the move", "k-after"));
+  ASSERT_TRUE(ack.ok()) << ack.status().ToString();
+  ASSERT_TRUE(c.N(2).edge.WaitFor([&](RecordingEdge& e) {
+    return e.delivered.size() == 1 && e.delivered[0].envelope.id() == ack->message_id;
+  }));
+}
+
+// ---- catch-up -> push across nodes ----
+
+// The catch-up/push state machine of edge::Session (session.h), on its own loop thread:
+// register, scan pages from the cursor (each page acknowledged before the next), hold the
+// pushes that arrive while a scan is out and replay them after the page, drop pushes
+// between pages and pushes at or below the last id sent.
+class ModelSession {
+ public:
+  ModelSession(Router& router, uint64_t user, core::SessionRef ref, uint32_t page_size)
+      : router_(router), user_(user), ref_(ref), page_size_(page_size) {}
+
+  Link& loop() { return loop_; }
+  void Hello() {
+    loop_.Post([this] {
+      router_.RegisterSession(user_, ref_);
+      ContinueCatchUp();
+    });
+  }
+  void Push(const v1::Envelope& e) {
+    loop_.Post([this, e] { OnPush(e); });
+  }
+  std::vector<uint64_t> Delivered() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return delivered_;
+  }
+  bool pushing() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return push_mode_;
+  }
+
+ private:
+  void ContinueCatchUp() {
+    held_.clear();
+    scan_inflight_ = true;
+    router_.Scan(user_, last_sent_, page_size_, 1 << 20, [this](Result<core::Page> p) {
+      loop_.Post([this, p = std::move(p)]() mutable { OnPage(std::move(p)); });
+    });
+  }
+  void OnPage(Result<core::Page> page) {
+    scan_inflight_ = false;
+    ASSERT_TRUE(page.ok()) << page.status().ToString();
+    for (const auto& e : page->messages) Emit(e.id());
+    if (page->has_more) {
+      held_.clear();
+      // SYNC_ACK comes later; pushes meanwhile are dropped (the next scan returns them).
+      loop_.Post([this] { ContinueCatchUp(); });
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      push_mode_ = true;
+    }
+    std::vector<v1::Envelope> held;
+    held.swap(held_);
+    for (const auto& e : held) OnPush(e);
+  }
+  void OnPush(const v1::Envelope& e) {
+    if (e.recipient() != user_) return;
+    bool push_mode;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      push_mode = push_mode_;
+    }
+    if (scan_inflight_ && !push_mode) {
+      held_.push_back(e);
+      return;
+    }
+    if (!push_mode || e.id() <= last_sent_) return;
+    Emit(e.id());
+  }
+  void Emit(uint64_t id) {
+    last_sent_ = id;
+    std::lock_guard<std::mutex> lock(mu_);
+    delivered_.push_back(id);
+  }
+
+  Router& router_;
+  const uint64_t user_;
+  const core::SessionRef ref_;
+  const uint32_t page_size_;
+  uint64_t last_sent_ = 0;
+  bool scan_inflight_ = false;
+  std::vector<v1::Envelope> held_;
+  std::mutex mu_;
+  bool push_mode_ = false;
+  std::vector<uint64_t> delivered_;
+  Link loop_;  // last: joined first
+};
+
+TEST(RouterTest, CatchUpToPushSwitchAcrossNodesIsExactlyOnceInOrder) {
+  for (uint32_t seed = 1; seed <= 8; ++seed) {
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    std::mt19937 rng(seed);
+    // Declared before the cluster: answers still in flight when a check fails find them.
+    std::mutex acks_mu;
+    std::condition_variable acks_cv;
+    std::set<uint64_t> acked;
+    int answered = 0;
+    Cluster c;
+    const uint64_t sender = 1000 + seed, recipient = 2000 + seed;
+    c.SetOwner(sender, 1);
+    c.SetOwner(recipient, 3);
+    const int total = 300;
+    const int start_at = std::uniform_int_distribution<int>(0, total - 1)(rng);
+    const uint32_t page = std::uniform_int_distribution<uint32_t>(1, 8)(rng);
+    ModelSession session(c.R(2), recipient, Ref(42), page);
+    c.N(2).edge.SetHook([&session](const core::SessionRef& to, const v1::Envelope& e) {
+      if (to.session == 42) session.Push(e);
+    });
+    struct Unhook {
+      RecordingEdge& edge;
+      ~Unhook() { edge.SetHook(nullptr); }
+    } unhook{c.N(2).edge};
+    // A random schedule: rounds of 1-10 pipelined sends, after about half of them the sends
+    // wait for every answer so far (so commits spread over time: before, during and after
+    // the catch-up), the session says HELLO at a random point.
+    for (int i = 0; i < total;) {
+      const int round = std::uniform_int_distribution<int>(1, 10)(rng);
+      for (int k = 0; k < round && i < total; ++k, ++i) {
+        if (i == start_at) session.Hello();
+        c.R(1).Send(sender, MakeSend(recipient, "m" + std::to_string(i), "k" + std::to_string(i)),
+                    "", [&](Result<core::AppendResult> r) {
+                      std::lock_guard<std::mutex> lock(acks_mu);
+                      if (r.ok()) acked.insert(r->message_id);
+                      ++answered;
+                      acks_cv.notify_all();
+                    });
+      }
+      if (std::uniform_int_distribution<int>(0, 1)(rng) == 0) {
+        std::unique_lock<std::mutex> lock(acks_mu);
+        ASSERT_TRUE(acks_cv.wait_for(lock, kWait, [&] { return answered == i; }));
+      }
+    }
+    {
+      std::unique_lock<std::mutex> lock(acks_mu);
+      ASSERT_TRUE(acks_cv.wait_for(lock, kWait, [&] { return answered == total; }));
+      ASSERT_EQ(acked.size(), static_cast<size_t>(total));
+    }
+    // Every acknowledged message reaches the session exactly once, in id order.
+    const auto end = std::chrono::steady_clock::now() + kWait;
+    while (std::chrono::steady_clock::now() < end &&
+           !(session.pushing() && session.Delivered().size() >= acked.size())) {
+      std::this_thread::yield();
+    }
+    ASSERT_TRUE(c.links().WaitQuiet());
+    while (!session.loop().Idle() && std::chrono::steady_clock::now() < end) {
+      std::this_thread::yield();
+    }
+    const std::vector<uint64_t> got = session.Delivered();
+    EXPECT_TRUE(std::is_sorted(got.begin(), got.end()));
+    EXPECT_EQ(std::adjacent_find(got.begin(), got.end()), got.end()) << "a duplicate";
+    EXPECT_EQ(std::set<uint64_t>(got.begin(), got.end()), acked);
+  }
+}
+
+}  // namespace
+}  // namespace iris::cluster
