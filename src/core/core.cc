@@ -330,7 +330,13 @@ void Core::SetClusterDirectory(ClusterDirectory* directory) {
   directory_ = directory;
   groups_.set_appender([this](uint64_t actor, std::string key, std::vector<v1::Envelope> envelopes,
                               store::AppendCallback done) {
-    AppendSplit(actor, std::move(key), std::move(envelopes), std::move(done), obs::SpanContext{});
+    AppendSplit(
+        actor, std::move(key), std::move(envelopes),
+        [done = std::move(done)](Result<AppendResult> r) {
+          if (!r.ok()) return done(r.status());
+          done(store::AppendOutcome{r->message_id, r->accepted_at_ms, r->duplicate});
+        },
+        obs::SpanContext{});
   });
 }
 
