@@ -269,7 +269,7 @@ bool Link::ReadFrames(Status* why, bool* want_write) {
     in_.append(buf, r.bytes);
     // Hand out every complete frame.
     size_t off = 0;
-    while (in_.size() - off >= 4) {
+    while (!closed_.load() && in_.size() - off >= 4) {
       uint32_t n = 0;
       for (int i = 0; i < 4; ++i) n = (n << 8) | static_cast<uint8_t>(in_[off + i]);
       if (n > kMaxLinkMessageBytes) {
