@@ -68,6 +68,8 @@ class Transport {
   virtual std::string LastError() = 0;
   // The TLS connection (after the handshake: the peer's certificate); nullptr when plain.
   virtual SSL* ssl() = 0;
+  // An orderly end, best effort and without waiting (TLS: sends close_notify).
+  virtual void Shutdown() = 0;
 };
 
 // A plain stream socket (does not own the fd).

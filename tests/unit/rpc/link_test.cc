@@ -19,6 +19,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -504,6 +505,48 @@ TEST_F(RpcPeerTest, StalledPeerOverTlsClosesLinkAtTheQueueBound) {
 // survives (nothing in this test ignores SIGPIPE).
 TEST_F(RpcPeerTest, PeerThatGoesAwayFailsStreamingCalls) {
   SendsToAPeerThatStopsReading(*this, /*close_after_hello=*/true);
+}
+
+// Figures (printed, not asserted): 20,000 pipelined sends of 100-byte bodies over the mTLS
+// link and over a Unix-socket link, all answered OK.
+TEST_F(RpcPeerTest, PipelinedCallsFigures) {
+  CoreServer local;
+  local.set_core(&core_);
+  char tmpl[] = "/tmp/iris-link-fig-XXXXXX";
+  const std::string dir = mkdtemp(tmpl);
+  ASSERT_TRUE(local.Listen(dir + "/core.sock").ok());
+  ASSERT_TRUE(local.Start().ok());
+  auto tls = Context(pki_.Node(1));
+  ASSERT_NE(tls, nullptr);
+  RemoteCore over_tls(0);
+  ASSERT_TRUE(over_tls.ConnectPeer(address_, *tls, 2, 1, {}, 10'000).ok());
+  RemoteCore over_unix(0);
+  ASSERT_TRUE(over_unix.Connect(dir + "/core.sock", 5'000).ok());
+  over_unix.Start({});
+  constexpr int kCalls = 20'000;
+  v1::Send send;
+  send.set_recipient(2);
+  send.set_body(std::string(100, 'x'));
+  for (auto [name, rc] : {std::pair<const char*, RemoteCore*>{"mTLS TCP", &over_tls},
+                          std::pair<const char*, RemoteCore*>{"Unix socket", &over_unix}}) {
+    std::atomic<int> ok{0};
+    std::atomic<int> bad{0};
+    const auto start = SteadyClock::now();
+    for (int i = 0; i < kCalls; ++i) {
+      rc->Send(1, send, "",
+               [&](Result<core::AppendResult> r) { (r.ok() ? ok : bad).fetch_add(1); });
+    }
+    ASSERT_TRUE(WaitFor([&] { return ok.load() + bad.load() == kCalls; }));
+    const double secs = std::chrono::duration<double>(SteadyClock::now() - start).count();
+    EXPECT_EQ(bad.load(), 0);
+    std::printf(
+        "[ figures  ] %s: %d pipelined calls in %.3f s (%.0f calls/s), peak queue %zu bytes\n",
+        name, kCalls, secs, kCalls / secs, rc->link()->peak_queued_bytes());
+  }
+  over_tls.Stop();
+  over_unix.Stop();
+  local.Stop();
+  fs::remove_all(dir);
 }
 
 TEST(PeerTlsTest, BadCertificateFilesGiveAClearError) {
