@@ -3,8 +3,8 @@
 //
 // Concurrency model: every method except Post(), Stop() and the constructor must be called on
 // the loop's own thread (the thread running Run()). Post() is how other threads (the store's
-// commit thread, other loops, the admin thread) hand work to a loop: the closure runs on the
-// loop thread, in the order posted. Handlers are not owned by the loop.
+// sync thread, core workers, link I/O threads, other loops, the admin thread) hand work to a
+// loop: the closure runs on the loop thread, in the order posted. Handlers are not owned by the loop.
 
 #include <sys/epoll.h>
 

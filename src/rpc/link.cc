@@ -51,6 +51,7 @@ class PlainTransport final : public Transport {
   }
   std::string LastError() override { return error_; }
   SSL* ssl() override { return nullptr; }
+  void Shutdown() override {}
 
  private:
   const int fd_;
@@ -95,6 +96,10 @@ class TlsTransport final : public Transport {
   }
   std::string LastError() override { return error_; }
   SSL* ssl() override { return ssl_; }
+  void Shutdown() override {
+    if (SSL_is_init_finished(ssl_)) SSL_shutdown(ssl_);
+    ERR_clear_error();
+  }
 
  private:
   Io Classify(int r) {
@@ -269,7 +274,7 @@ bool Link::ReadFrames(Status* why, bool* want_write) {
     in_.append(buf, r.bytes);
     // Hand out every complete frame.
     size_t off = 0;
-    while (in_.size() - off >= 4) {
+    while (!closed_.load() && in_.size() - off >= 4) {
       uint32_t n = 0;
       for (int i = 0; i < 4; ++i) n = (n << 8) | static_cast<uint8_t>(in_[off + i]);
       if (n > kMaxLinkMessageBytes) {
@@ -404,6 +409,7 @@ void Link::Run() {
     queued_.store(0);
   }
   if (why.ok()) why = Unavailable("link: closed", 0);
+  transport_->Shutdown();
   transport_.reset();
   ::shutdown(fd_, SHUT_RDWR);
   ::close(fd_);

@@ -25,7 +25,9 @@
 //
 // Lifetime: create with std::make_shared, then Start(). Stop() (or the destructor) closes
 // the link and joins the I/O thread; call it from another thread than the I/O thread
-// (there it only closes). Handlers may capture objects that outlive Stop().
+// (there it only closes). Handlers may capture objects that outlive Stop(). The last
+// reference to a started link must not be dropped on its own I/O thread (from a handler):
+// its owner keeps one until it has called Stop() from another thread.
 
 #include <openssl/ssl.h>
 
@@ -68,6 +70,8 @@ class Transport {
   virtual std::string LastError() = 0;
   // The TLS connection (after the handshake: the peer's certificate); nullptr when plain.
   virtual SSL* ssl() = 0;
+  // An orderly end, best effort and without waiting (TLS: sends close_notify).
+  virtual void Shutdown() = 0;
 };
 
 // A plain stream socket (does not own the fd).

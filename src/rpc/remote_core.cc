@@ -165,6 +165,8 @@ Status RemoteCore::ConnectPeer(const std::string& address, const net::PeerTlsCon
     close(fd);
     return Internal("peer TLS: cannot create a session: " + net::OpenSslError());
   }
+  // A link the peer refuses was never up: its end is no loss to report.
+  report_loss_.store(false);
   StartLink(fd, MakeTlsTransport(ssl), std::move(handler));
   ipb::CoreRequest hello;
   hello.mutable_peer_hello()->set_node(my_node);
@@ -177,6 +179,12 @@ Status RemoteCore::ConnectPeer(const std::string& address, const net::PeerTlsCon
                   "peer link to node " + std::to_string(expected_node) + " at " + address +
                       " refused: " + s.message(),
                   s.retry_after_ms());
+  }
+  report_loss_.store(true);
+  if (!link_up()) {  // ended between the answer and now, unreported
+    return iris::Unavailable(
+        "peer link to node " + std::to_string(expected_node) + " ended right after its hello",
+        1000);
   }
   return Status::Ok();
 }
@@ -257,7 +265,7 @@ void RemoteCore::OnClose(const Status& why) {
     deadlines_.clear();
   }
   for (auto& [call, p] : all) p.done(UnavailableReply(call, why.message()));
-  if (handler_.on_link_lost) handler_.on_link_lost();
+  if (report_loss_.load() && handler_.on_link_lost) handler_.on_link_lost();
 }
 
 int64_t RemoteCore::ExpireOverdue(int64_t now_ms) {

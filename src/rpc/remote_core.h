@@ -18,7 +18,8 @@
 // Deadlines: each call fails with UNAVAILABLE once call_timeout_ms passes without an answer
 // (the link's timer enforces it; an answer arriving later is dropped). If the link ends
 // (the other side is gone, a write failed, the write queue passed its bound) every pending
-// call fails with UNAVAILABLE, later calls fail at once, and on_link_lost runs once.
+// call fails with UNAVAILABLE, later calls fail at once, and on_link_lost runs once (not for
+// a peer link that ConnectPeer reports as refused: it never came up).
 //
 // Thread-safety: every CoreApi method may be called from any thread.
 
@@ -140,6 +141,7 @@ class RemoteCore final : public core::CoreApi {
   std::unordered_map<uint64_t, Pending> pending_;  // mu_
   Deadlines deadlines_;                            // mu_: one entry per pending call
   std::string close_reason_;                       // mu_: why the link ended
+  std::atomic<bool> report_loss_{true};            // false while a peer hello is unanswered
   std::atomic<uint64_t> next_call_{1};
   std::atomic<int> level_{0};           // the core's last answer to a pressure report
   std::atomic<int> reported_level_{0};  // what the last ReportPressure returned
