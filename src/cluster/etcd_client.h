@@ -13,6 +13,11 @@
 // reach the current endpoint is tried on the next one (within the request's timeout); the
 // endpoint that answered becomes the current one.
 //
+// Retries: a request whose connection fails is sent again (on a fresh connection or the next
+// endpoint) within its timeout, so a write may be applied twice when an answer was lost.
+// Puts and deletes are idempotent; callers of Txn re-check the outcome when it matters (the
+// controller looks for its own lease on the key it failed to create).
+//
 // Errors: UNAVAILABLE (retryable) when no endpoint answered in time; NOT_FOUND for a missing
 // lease; BAD_REQUEST for bad options; INTERNAL for an answer etcd should not give.
 //

@@ -77,6 +77,15 @@ Status PlacementController::Campaign() {
   IRIS_ASSIGN_OR_RETURN(
       TxnResult r, client_.Txn({Compare::Absent(keys_.Controller())},
                                {TxnOp::Put(keys_.Controller(), value, lease_id_.load())}));
+  if (!r.succeeded) {
+    // The answer to a first attempt may have been lost and the request retried: the key
+    // under my own lease means I won.
+    IRIS_ASSIGN_OR_RETURN(RangeResult held, client_.Range(keys_.Controller()));
+    if (!held.kvs.empty() && held.kvs[0].lease == lease_id_.load()) {
+      r.succeeded = true;
+      r.revision = held.kvs[0].mod_revision;
+    }
+  }
   if (r.succeeded) {
     won_revision_ = r.revision;
     leader_ = true;

@@ -8,6 +8,7 @@
 #include <mutex>
 #include <set>
 
+#include "cluster/cluster_node.h"
 #include "cluster/membership.h"
 #include "cluster/placement_controller.h"
 #include "cluster/test_util.h"
@@ -260,6 +261,39 @@ TEST_F(ClusterTest, InitWritesTheConfigOnceAndRefusesOtherValues) {
   EXPECT_EQ(s.code(), StatusCode::kBadRequest);
   EXPECT_NE(s.message().find("already initialised"), std::string::npos) << s.message();
   EXPECT_EQ(InitClusterConfig(*client_, Keys(), {0, 3}).code(), StatusCode::kBadRequest);
+}
+
+TEST_F(ClusterTest, ClusterNodesJoinAnInitialisedClusterAndSeeOneAnother) {
+  auto make = [&](NodeId id, const std::string& cluster) {
+    ClusterNodeOptions o;
+    o.etcd.endpoints = {etcd_.endpoint()};
+    o.cluster = cluster;
+    o.self = Node(id);
+    o.lease_ttl_s = 2;
+    return ClusterNode::Create(o, {}).value();
+  };
+  auto lonely = make(1, "uninitialised");
+  const Status s = lonely->Start();
+  EXPECT_EQ(s.code(), StatusCode::kBadRequest);
+  EXPECT_NE(s.message().find("irisctl cluster init"), std::string::npos) << s.message();
+
+  ASSERT_TRUE(InitClusterConfig(*client_, Keys(), {256, 3}).ok());
+  auto a = make(1, "test");
+  auto b = make(2, "test");
+  ASSERT_TRUE(a->Start().ok());
+  ASSERT_TRUE(b->Start().ok());
+  for (ClusterNode* n : {a.get(), b.get()}) {
+    ASSERT_TRUE(WaitFor([&] { return AllPlaced(*n->snapshot(), {1, 2}); }));
+    EXPECT_TRUE(n->snapshot()->Alive(1));
+    EXPECT_TRUE(n->snapshot()->Alive(2));
+  }
+  EXPECT_TRUE(a->controller() != b->controller());  // exactly one
+  for (const auto& [id, shard] : a->snapshot()->shards()) EXPECT_EQ(shard.replicas.size(), 2u);
+  ASSERT_TRUE(b->RevokeUser(77, 1000).ok());
+  ASSERT_TRUE(WaitFor([&] { return a->snapshot()->state().revoked_users.count(77) == 1; }));
+  b->Stop();
+  ASSERT_TRUE(WaitFor([&] { return !a->snapshot()->Alive(2) && a->controller(); }));
+  a->Stop();
 }
 
 }  // namespace
