@@ -453,12 +453,30 @@ bool EtcdWatch::RunStream() {
   auto disconnected = [&] {
     if (connected && callbacks_.on_connection) callbacks_.on_connection(false);
   };
+  // Liveness: a stream that stays silent may be a dead connection (etcd stopped or
+  // partitioned away without a FIN/RST). After kIdleProbeMs without a byte, one cheap read
+  // through the client must succeed, or the stream is treated as broken and re-established.
+  constexpr int64_t kIdleProbeMs = 2000;
+  int64_t last_heard = NowMs();
   while (!stop_) {
+    const size_t before = buf.size();
     s = conn->ReadSome(&buf, NowMs() + 200);
     if (!s.ok()) {
       client_.EndpointFailed(index);
       disconnected();
       return true;
+    }
+    if (buf.size() != before) {
+      last_heard = NowMs();
+    } else if (NowMs() - last_heard >= kIdleProbeMs) {
+      if (!client_.Range(prefix_).ok()) {
+        LogWarn("etcd watch: etcd does not answer; re-establishing the stream",
+                {{"prefix", prefix_}});
+        client_.EndpointFailed(index);
+        disconnected();
+        return true;
+      }
+      last_heard = NowMs();
     }
     size_t nl;
     while ((nl = buf.find('\n')) != std::string::npos) {

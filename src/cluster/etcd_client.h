@@ -191,6 +191,10 @@ class LeaseKeeper {
 // revision it needs, it calls `on_compacted(compact_revision)` and stops: the caller
 // re-reads (Range) and starts a new watch from that read's revision + 1.
 //
+// A stream silent for 2 s is checked with one read through the client; when that fails the
+// stream counts as broken (on_connection(false)) and is re-established, so a stopped or
+// partitioned etcd is noticed within about 2 s plus the request timeout.
+//
 // Callbacks run on the watch thread, one at a time.
 class EtcdWatch {
  public:

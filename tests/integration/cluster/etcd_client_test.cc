@@ -6,6 +6,7 @@
 
 #include <map>
 #include <mutex>
+#include <csignal>
 
 #include "cluster/test_util.h"
 #include "common/clock.h"
@@ -201,6 +202,34 @@ TEST_F(EtcdClientTest, WatchResumesAfterAnEtcdRestartWithoutMissingOrRepeatingEv
       EXPECT_GT(seen.events[i].first, seen.events[i - 1].first) << i;
     }
   }
+}
+
+TEST_F(EtcdClientTest, WatchNoticesAnUnresponsiveEtcdAndResumesWhenItAnswersAgain) {
+  const int64_t start = client_->Range("/s/", true)->revision + 1;
+  Seen seen;
+  EtcdWatch watch(*client_, "/s/", start, seen.Callbacks());
+  watch.Start();
+  ASSERT_TRUE(WaitFor([&] {
+    std::lock_guard<std::mutex> l(seen.mu);
+    return seen.connects == 1;
+  }));
+  ASSERT_TRUE(client_->Put("/s/1", "v").ok());
+  ASSERT_TRUE(WaitFor([&] { return seen.count() == 1; }));
+  etcd_.Signal(SIGSTOP);  // no FIN, no RST: the stream just goes silent
+  ASSERT_TRUE(WaitFor([&] {
+    std::lock_guard<std::mutex> l(seen.mu);
+    return seen.disconnects == 1;
+  }));
+  etcd_.Signal(SIGCONT);
+  ASSERT_TRUE(WaitFor([&] {
+    std::lock_guard<std::mutex> l(seen.mu);
+    return seen.connects == 2;
+  }));
+  ASSERT_TRUE(client_->Put("/s/2", "v").ok());
+  ASSERT_TRUE(WaitFor([&] { return seen.count() == 2; }));
+  watch.Stop();
+  std::lock_guard<std::mutex> l(seen.mu);
+  EXPECT_EQ(seen.events[1].second, "/s/2");
 }
 
 TEST_F(EtcdClientTest, WatchReportsCompactionSoTheCallerReReads) {

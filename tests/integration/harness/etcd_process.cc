@@ -118,10 +118,15 @@ bool EtcdProcess::Start() {
 
 void EtcdProcess::Stop(int sig) {
   if (pid_ <= 0) return;
+  if (sig != SIGKILL) kill(pid_, SIGCONT);  // a stopped process must run to handle sig
   kill(pid_, sig);
   int status = 0;
   waitpid(pid_, &status, 0);
   pid_ = -1;
+}
+
+void EtcdProcess::Signal(int sig) {
+  if (pid_ > 0) kill(pid_, sig);
 }
 
 bool EtcdProcess::Restart(int sig) {

@@ -26,6 +26,8 @@ class EtcdProcess {
   // Stop(sig) then Start() on the same data directory and ports.
   bool Restart(int sig = 9);
   bool running() const { return pid_ > 0; }
+  // Sends `sig` without waiting (SIGSTOP / SIGCONT: an unresponsive etcd).
+  void Signal(int sig);
 
   std::string endpoint() const { return "127.0.0.1:" + std::to_string(client_port_); }
   uint16_t client_port() const { return client_port_; }
