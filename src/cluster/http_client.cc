@@ -1,11 +1,13 @@
 #include "cluster/http_client.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -143,8 +145,17 @@ Status HttpConnection::Connect(int64_t deadline_ms) {
   if (tls_) {
     ssl_ = SSL_new(tls_.get());
     SSL_set_fd(ssl_, fd_);
-    SSL_set_tlsext_host_name(ssl_, host.c_str());
-    SSL_set1_host(ssl_, host.c_str());
+    // Verify the name we dialled: an IP literal against the certificate's IP SANs, a host
+    // name against its DNS names (and send it as SNI).
+    in6_addr ip_probe;
+    const bool is_ip = inet_pton(AF_INET, host.c_str(), &ip_probe) == 1 ||
+                       inet_pton(AF_INET6, host.c_str(), &ip_probe) == 1;
+    if (is_ip) {
+      X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl_), host.c_str());
+    } else {
+      SSL_set_tlsext_host_name(ssl_, host.c_str());
+      SSL_set1_host(ssl_, host.c_str());
+    }
     for (;;) {
       const int rc = SSL_connect(ssl_);
       if (rc == 1) break;

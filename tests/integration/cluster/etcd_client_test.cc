@@ -4,12 +4,15 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <csignal>
 
 #include "cluster/test_util.h"
 #include "common/clock.h"
+#include "cluster/pki.h"
 #include "harness/etcd_process.h"
 
 namespace iris::cluster {
@@ -248,6 +251,45 @@ TEST_F(EtcdClientTest, WatchReportsCompactionSoTheCallerReReads) {
   std::lock_guard<std::mutex> l(seen.mu);
   EXPECT_EQ(seen.compacted, last);
   EXPECT_TRUE(seen.events.empty());
+}
+
+int Sh(const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c_str()); }
+
+// TLS to etcd with client certificates (--etcd-ca/--etcd-cert/--etcd-key): the CA and the
+// client certificate come from IssueNodeCertificate, the server certificate (SAN
+// IP:127.0.0.1) from the openssl command.
+TEST(EtcdClientTlsTest, TalksToEtcdOverTlsWithAClientCertificateAndRefusesAnotherCa) {
+  EtcdProcess etcd;
+  const std::string d = etcd.dir() + "/pki";
+  auto issued = IssueNodeCertificate(d, 1);
+  ASSERT_TRUE(issued.ok()) << issued.status().ToString();
+  {
+    std::ofstream ext(d + "/ext.cnf");
+    ext << "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n";
+  }
+  ASSERT_EQ(Sh("openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout " +
+               d + "/srv.key -subj /CN=etcd -out " + d + "/srv.csr"), 0);
+  ASSERT_EQ(Sh("openssl x509 -req -in " + d + "/srv.csr -CA " + d + "/ca.crt -CAkey " + d +
+               "/ca.key -CAcreateserial -days 1 -extfile " + d + "/ext.cnf -out " + d +
+               "/srv.crt"), 0);
+  etcd.EnableTls(d + "/srv.crt", d + "/srv.key", d + "/ca.crt", issued->node_cert,
+                 issued->node_key);
+  ASSERT_TRUE(etcd.Start());
+  EtcdOptions o;
+  o.endpoints = {etcd.endpoint()};
+  o.tls = {issued->ca_cert, issued->node_cert, issued->node_key};
+  auto client = EtcdClient::Create(o).value();
+  ASSERT_TRUE(client->Put("/tls/k", "v").ok());
+  EXPECT_EQ(client->Range("/tls/k")->kvs.at(0).value, "v");
+
+  // A client that trusts another CA refuses the server.
+  auto other = IssueNodeCertificate(etcd.dir() + "/other", 1);
+  ASSERT_TRUE(other.ok());
+  o.tls = {other->ca_cert, other->node_cert, other->node_key};
+  auto stranger = EtcdClient::Create(o).value();
+  EXPECT_EQ(stranger->Range("/tls/k").status().code(), StatusCode::kUnavailable);
+  o.tls = {"/nonexistent/ca.crt", "", ""};
+  EXPECT_EQ(EtcdClient::Create(o).status().code(), StatusCode::kBadRequest);
 }
 
 TEST(EtcdClientUnitTest, EndpointsAndBase64) {

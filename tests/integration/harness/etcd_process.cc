@@ -62,10 +62,21 @@ std::string EtcdProcess::LogTail() const {
   return s.size() > 4000 ? s.substr(s.size() - 4000) : s;
 }
 
+void EtcdProcess::EnableTls(std::string cert, std::string key, std::string ca,
+                            std::string client_cert, std::string client_key) {
+  tls_cert_ = std::move(cert);
+  tls_key_ = std::move(key);
+  tls_ca_ = std::move(ca);
+  client_cert_ = std::move(client_cert);
+  client_key_ = std::move(client_key);
+}
+
 bool EtcdProcess::Start() {
   const char* bin_env = std::getenv("IRIS_ETCD");
   const std::string bin = bin_env != nullptr ? bin_env : "/usr/bin/etcd";
-  const std::string client_url = "http://127.0.0.1:" + std::to_string(client_port_);
+  const bool tls = !tls_cert_.empty();
+  const std::string client_url =
+      std::string(tls ? "https" : "http") + "://127.0.0.1:" + std::to_string(client_port_);
   const std::string peer_url = "http://127.0.0.1:" + std::to_string(peer_port_);
   std::vector<std::string> args = {bin,
                                    "--name", "iris-test",
@@ -77,6 +88,10 @@ bool EtcdProcess::Start() {
                                    "--initial-cluster", "iris-test=" + peer_url,
                                    "--logger", "zap",
                                    "--log-outputs", "stderr"};
+  if (tls) {
+    args.insert(args.end(), {"--cert-file", tls_cert_, "--key-file", tls_key_,
+                             "--client-cert-auth", "--trusted-ca-file", tls_ca_});
+  }
   pid_ = fork();
   if (pid_ < 0) {
     ADD_FAILURE() << "fork failed";
@@ -97,7 +112,16 @@ bool EtcdProcess::Start() {
   }
   // Ready = answers a linearizable range (a leader exists and the store is open).
   const int64_t deadline = NowMs() + 20'000;
-  cluster::HttpConnection conn(endpoint(), nullptr);
+  std::shared_ptr<SSL_CTX> ctx;
+  if (tls) {
+    auto c = cluster::MakeClientTlsContext({tls_ca_, client_cert_, client_key_});
+    if (!c.ok()) {
+      ADD_FAILURE() << c.status().ToString();
+      return false;
+    }
+    ctx = *c;
+  }
+  cluster::HttpConnection conn(endpoint(), ctx);
   while (NowMs() < deadline) {
     int status = 0;
     if (waitpid(pid_, &status, WNOHANG) == pid_) {

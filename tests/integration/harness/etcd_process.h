@@ -18,6 +18,11 @@ class EtcdProcess {
   EtcdProcess(const EtcdProcess&) = delete;
   EtcdProcess& operator=(const EtcdProcess&) = delete;
 
+  // Serve clients over TLS with `cert`/`key`, requiring client certificates signed by
+  // `ca` (the readiness check presents `client_cert`/`client_key`). Before Start().
+  void EnableTls(std::string cert, std::string key, std::string ca, std::string client_cert,
+                 std::string client_key);
+
   // Starts etcd and waits until it serves; fails the test (ADD_FAILURE) and returns false
   // when it does not within 20 s.
   bool Start();
@@ -40,6 +45,7 @@ class EtcdProcess {
   uint16_t client_port_ = 0;
   uint16_t peer_port_ = 0;
   pid_t pid_ = -1;
+  std::string tls_cert_, tls_key_, tls_ca_, client_cert_, client_key_;
 };
 
 }  // namespace iris::testing
