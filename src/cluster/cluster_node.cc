@@ -9,8 +9,8 @@ Result<std::unique_ptr<ClusterNode>> ClusterNode::Create(ClusterNodeOptions opti
   if (options.lease_ttl_s < 1) return BadRequest("the lease TTL must be at least 1 s");
   if (options.revocation_ttl_s < 1) return BadRequest("the revocation TTL must be positive");
   IRIS_ASSIGN_OR_RETURN(std::unique_ptr<EtcdClient> client, EtcdClient::Create(options.etcd));
-  return std::unique_ptr<ClusterNode>(
-      new ClusterNode(std::move(options), std::move(keys), std::move(client), std::move(callbacks)));
+  return std::unique_ptr<ClusterNode>(new ClusterNode(std::move(options), std::move(keys),
+                                                      std::move(client), std::move(callbacks)));
 }
 
 ClusterNode::ClusterNode(ClusterNodeOptions options, ClusterKeys keys,
@@ -32,7 +32,8 @@ Status ClusterNode::Start() {
     view_->Stop();
     return BadRequest("cluster '" + options_.cluster +
                       "' is not initialised in etcd; run `irisctl cluster init --etcd ... "
-                      "--cluster " + options_.cluster + "` first");
+                      "--cluster " +
+                      options_.cluster + "` first");
   }
   membership_->Start();
   if (controller_) controller_->Start();

@@ -27,8 +27,8 @@ namespace iris::cluster {
 
 struct ClusterNodeOptions {
   EtcdOptions etcd;
-  std::string cluster;  // --cluster
-  NodeInfo self;        // id, addresses, role
+  std::string cluster;                // --cluster
+  NodeInfo self;                      // id, addresses, role
   int64_t lease_ttl_s = 3;            // node and controller leases
   int64_t revocation_ttl_s = 86'400;  // the longest token lifetime (tokens live <= 24 h)
 };

@@ -88,7 +88,8 @@ void ClusterView::Supervise() {
       state = Load(client_, keys_);
       if (state.ok()) break;
       std::unique_lock<std::mutex> wait_lock(mu_);
-      if (cv_.wait_for(wait_lock, std::chrono::milliseconds(backoff_ms), [this] { return stop_; })) {
+      if (cv_.wait_for(wait_lock, std::chrono::milliseconds(backoff_ms),
+                       [this] { return stop_; })) {
         return;
       }
       backoff_ms = std::min<int64_t>(backoff_ms * 2, 2000);
@@ -120,8 +121,7 @@ void ClusterView::OnEvents(const std::vector<WatchEvent>& events, int64_t revisi
     next = state_;
   }
   for (const WatchEvent& e : events) {
-    ApplyKey(keys_, e.kv.key, e.kv.value, e.type == WatchEvent::Type::kDelete, &next)
-        .IgnoreError();
+    ApplyKey(keys_, e.kv.key, e.kv.value, e.type == WatchEvent::Type::kDelete, &next).IgnoreError();
   }
   next.revision = revision;
   Publish(std::move(next));
@@ -155,7 +155,8 @@ void ClusterView::Publish(ClusterState next) {
                            it->second.client != info.client || it->second.admin != info.admin ||
                            it->second.role != info.role;
       if (changed) {
-        LogInfo("cluster: node up", {{"node", info.id}, {"peer", info.peer},
+        LogInfo("cluster: node up", {{"node", info.id},
+                                     {"peer", info.peer},
                                      {"role", std::string(NodeRoleName(info.role))}});
         if (callbacks_.on_node_up) callbacks_.on_node_up(info);
       }
@@ -164,10 +165,9 @@ void ClusterView::Publish(ClusterState next) {
       if (callbacks_.on_node_down) callbacks_.on_node_down(info);
     }
   }
-  const bool config_changed =
-      prev.config.has_value() != state_.config.has_value() ||
-      (prev.config && (prev.config->vnodes != state_.config->vnodes ||
-                       prev.config->replicas != state_.config->replicas));
+  const bool config_changed = prev.config.has_value() != state_.config.has_value() ||
+                              (prev.config && (prev.config->vnodes != state_.config->vnodes ||
+                                               prev.config->replicas != state_.config->replicas));
   if (config_changed || prev.placement.version != state_.placement.version ||
       prev.placement.shard_of_vnode != state_.placement.shard_of_vnode ||
       prev.shards != state_.shards) {
@@ -181,8 +181,7 @@ void ClusterView::Publish(ClusterState next) {
   }
   for (const auto& [user, before] : state_.revoked_users) {
     auto it = prev.revoked_users.find(user);
-    if ((it == prev.revoked_users.end() || it->second != before) &&
-        callbacks_.on_revoked_user) {
+    if ((it == prev.revoked_users.end() || it->second != before) && callbacks_.on_revoked_user) {
       callbacks_.on_revoked_user(user, before);
     }
   }

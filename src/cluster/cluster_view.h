@@ -89,8 +89,8 @@ class ClusterView {
 
   std::mutex mu_;
   std::condition_variable cv_;
-  bool stop_ = false;             // guarded by mu_
-  bool reload_ = false;           // guarded by mu_: the watch ended (compaction)
+  bool stop_ = false;                 // guarded by mu_
+  bool reload_ = false;               // guarded by mu_: the watch ended (compaction)
   std::unique_ptr<EtcdWatch> watch_;  // owned by the supervisor thread after Start()
   std::thread supervisor_;
 };

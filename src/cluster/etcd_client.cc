@@ -54,8 +54,8 @@ std::string Base64Encode(std::string_view in) {
   out.reserve((in.size() + 2) / 3 * 4);
   size_t i = 0;
   for (; i + 2 < in.size(); i += 3) {
-    const uint32_t v = (uint32_t(uint8_t(in[i])) << 16) | (uint32_t(uint8_t(in[i + 1])) << 8) |
-                       uint8_t(in[i + 2]);
+    const uint32_t v =
+        (uint32_t(uint8_t(in[i])) << 16) | (uint32_t(uint8_t(in[i + 1])) << 8) | uint8_t(in[i + 2]);
     out += kB64[v >> 18];
     out += kB64[(v >> 12) & 63];
     out += kB64[(v >> 6) & 63];
@@ -83,11 +83,16 @@ std::optional<std::string> Base64Decode(std::string_view in) {
   size_t pad = 0;
   for (char c : in) {
     int v;
-    if (c >= 'A' && c <= 'Z') v = c - 'A';
-    else if (c >= 'a' && c <= 'z') v = c - 'a' + 26;
-    else if (c >= '0' && c <= '9') v = c - '0' + 52;
-    else if (c == '+' || c == '-') v = 62;
-    else if (c == '/' || c == '_') v = 63;
+    if (c >= 'A' && c <= 'Z')
+      v = c - 'A';
+    else if (c >= 'a' && c <= 'z')
+      v = c - 'a' + 26;
+    else if (c >= '0' && c <= '9')
+      v = c - '0' + 52;
+    else if (c == '+' || c == '-')
+      v = 62;
+    else if (c == '/' || c == '_')
+      v = 63;
     else if (c == '=') {
       ++pad;
       continue;
@@ -360,7 +365,9 @@ LeaseKeeper::LeaseKeeper(EtcdClient& client, Lease lease, std::function<void()> 
 
 LeaseKeeper::~LeaseKeeper() { Stop(); }
 
-void LeaseKeeper::Start() { thread_ = std::thread([this] { Run(); }); }
+void LeaseKeeper::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
 
 void LeaseKeeper::Stop() {
   {
@@ -410,7 +417,9 @@ EtcdWatch::EtcdWatch(EtcdClient& client, std::string prefix, int64_t start_revis
 
 EtcdWatch::~EtcdWatch() { Stop(); }
 
-void EtcdWatch::Start() { thread_ = std::thread([this] { Run(); }); }
+void EtcdWatch::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
 
 void EtcdWatch::Stop() {
   {
@@ -512,7 +521,7 @@ bool EtcdWatch::RunStream() {
       for (const auto& e : *events) {
         WatchEvent ev;
         ev.type = e.value("type", std::string("PUT")) == "DELETE" ? WatchEvent::Type::kDelete
-                                                                    : WatchEvent::Type::kPut;
+                                                                  : WatchEvent::Type::kPut;
         ev.kv = ParseKv(e.value("kv", json::object()));
         last = std::max(last, ev.kv.mod_revision);
         out.push_back(std::move(ev));

@@ -9,12 +9,12 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <poll.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
-#include <strings.h>
 
 #include "common/clock.h"
 
@@ -161,8 +161,10 @@ Status HttpConnection::Connect(int64_t deadline_ms) {
       if (rc == 1) break;
       const int e = SSL_get_error(ssl_, rc);
       short events = 0;
-      if (e == SSL_ERROR_WANT_READ) events = POLLIN;
-      else if (e == SSL_ERROR_WANT_WRITE) events = POLLOUT;
+      if (e == SSL_ERROR_WANT_READ)
+        events = POLLIN;
+      else if (e == SSL_ERROR_WANT_WRITE)
+        events = POLLOUT;
       else {
         const std::string msg = SslError();
         Close();
@@ -189,8 +191,10 @@ Status HttpConnection::WriteAll(const std::string& data, int64_t deadline_ms) {
         continue;
       }
       const int e = SSL_get_error(ssl_, n);
-      if (e == SSL_ERROR_WANT_READ) wait = POLLIN;
-      else if (e != SSL_ERROR_WANT_WRITE) return Unavailable("write to etcd failed");
+      if (e == SSL_ERROR_WANT_READ)
+        wait = POLLIN;
+      else if (e != SSL_ERROR_WANT_WRITE)
+        return Unavailable("write to etcd failed");
     } else {
       const ssize_t n = send(fd_, data.data() + off, data.size() - off, MSG_NOSIGNAL);
       if (n > 0) {
@@ -219,8 +223,10 @@ Status HttpConnection::Fill(int64_t deadline_ms, bool* timed_out) {
         return Status::Ok();
       }
       const int e = SSL_get_error(ssl_, n);
-      if (e == SSL_ERROR_WANT_WRITE) wait = POLLOUT;
-      else if (e != SSL_ERROR_WANT_READ) return Unavailable("etcd closed the connection");
+      if (e == SSL_ERROR_WANT_WRITE)
+        wait = POLLOUT;
+      else if (e != SSL_ERROR_WANT_READ)
+        return Unavailable("etcd closed the connection");
     } else {
       const ssize_t n = recv(fd_, buf, sizeof(buf), 0);
       if (n > 0) {
@@ -361,9 +367,10 @@ std::string RequestText(const std::string& endpoint, const std::string& path,
   for (const char* scheme : {"http://", "https://"}) {
     if (host.rfind(scheme, 0) == 0) host = host.substr(strlen(scheme));
   }
-  std::string req = "POST " + path + " HTTP/1.1\r\nHost: " + host +
-                    "\r\nContent-Type: application/json\r\nContent-Length: " +
-                    std::to_string(body.size()) + "\r\n\r\n";
+  std::string req =
+      "POST " + path + " HTTP/1.1\r\nHost: " + host +
+      "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+      "\r\n\r\n";
   req += body;
   return req;
 }

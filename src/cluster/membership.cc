@@ -13,13 +13,15 @@ Membership::Membership(EtcdClient& client, ClusterKeys keys, NodeInfo self, int6
 
 Membership::~Membership() { Stop(); }
 
-void Membership::Start() { thread_ = std::thread([this] { Run(); }); }
+void Membership::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
 
 bool Membership::WaitRegistered(int timeout_ms) {
   std::unique_lock<std::mutex> lock(mu_);
-  return cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
-                      [this] { return registered() || stop_; }) &&
-         registered();
+  return cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), [this] {
+    return registered() || stop_;
+  }) && registered();
 }
 
 void Membership::Stop() {

@@ -107,8 +107,7 @@ Result<Cert> MakeCert(EVP_PKEY* key, const std::string& cn, X509* issuer, EVP_PK
     IRIS_RETURN_IF_ERROR(AddExt(cert.get(), signer, NID_basic_constraints, "critical,CA:FALSE"));
     IRIS_RETURN_IF_ERROR(
         AddExt(cert.get(), signer, NID_key_usage, "critical,digitalSignature,keyAgreement"));
-    IRIS_RETURN_IF_ERROR(
-        AddExt(cert.get(), signer, NID_ext_key_usage, "serverAuth,clientAuth"));
+    IRIS_RETURN_IF_ERROR(AddExt(cert.get(), signer, NID_ext_key_usage, "serverAuth,clientAuth"));
     IRIS_RETURN_IF_ERROR(AddExt(cert.get(), signer, NID_subject_key_identifier, "hash"));
     IRIS_RETURN_IF_ERROR(AddExt(cert.get(), signer, NID_authority_key_identifier, "keyid"));
     IRIS_RETURN_IF_ERROR(AddExt(cert.get(), signer, NID_subject_alt_name, san.c_str()));

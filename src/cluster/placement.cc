@@ -68,8 +68,10 @@ Result<ClusterConfig> ParseConfig(const std::string& text) {
 }
 
 std::string NodeToJson(const NodeInfo& n) {
-  return json{{"id", n.id},         {"peer", n.peer},
-              {"client", n.client}, {"admin", n.admin},
+  return json{{"id", n.id},
+              {"peer", n.peer},
+              {"client", n.client},
+              {"admin", n.admin},
               {"role", std::string(NodeRoleName(n.role))}}
       .dump();
 }
@@ -97,8 +99,8 @@ std::string ShardToJson(const ShardInfo& s) {
 
 Result<ShardInfo> ParseShard(const std::string& text) {
   const json j = ParseObj(text);
-  if (!j.is_object() || !j.contains("id") || !j.contains("replicas") ||
-      !j["replicas"].is_array() || !j.contains("primary") || !j.contains("epoch")) {
+  if (!j.is_object() || !j.contains("id") || !j.contains("replicas") || !j["replicas"].is_array() ||
+      !j.contains("primary") || !j.contains("epoch")) {
     return BadRequest("malformed shard record: " + text);
   }
   try {

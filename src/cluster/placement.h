@@ -113,9 +113,9 @@ struct ClusterState {
   PlacementMap placement;
   std::map<ShardId, ShardInfo> shards;
   std::optional<NodeId> controller;
-  std::map<std::string, int64_t> revoked_jti;    // jti -> until_ms
-  std::map<uint64_t, int64_t> revoked_users;     // user -> before_ms
-  int64_t revision = 0;                          // etcd revision reflected
+  std::map<std::string, int64_t> revoked_jti;  // jti -> until_ms
+  std::map<uint64_t, int64_t> revoked_users;   // user -> before_ms
+  int64_t revision = 0;                        // etcd revision reflected
 };
 
 // Applies one key (put or delete) under keys.prefix() to *state; unknown keys are ignored.

@@ -12,8 +12,7 @@ namespace iris::cluster {
 using obs::LogInfo;
 using obs::LogWarn;
 
-Status InitClusterConfig(EtcdClient& client, const ClusterKeys& keys,
-                         const ClusterConfig& config) {
+Status InitClusterConfig(EtcdClient& client, const ClusterKeys& keys, const ClusterConfig& config) {
   IRIS_RETURN_IF_ERROR(ValidateConfig(config));
   IRIS_ASSIGN_OR_RETURN(TxnResult r, client.Txn({Compare::Absent(keys.Config())},
                                                 {TxnOp::Put(keys.Config(), ConfigToJson(config))}));
@@ -35,7 +34,9 @@ PlacementController::PlacementController(EtcdClient& client, ClusterKeys keys, N
 
 PlacementController::~PlacementController() { Stop(); }
 
-void PlacementController::Start() { thread_ = std::thread([this] { Run(); }); }
+void PlacementController::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
 
 void PlacementController::Stop() {
   {
@@ -57,7 +58,8 @@ void PlacementController::StepDown() {
     keeper_->Stop();
     keeper_.reset();
   }
-  if (leader_.exchange(false)) LogWarn("cluster: no longer the placement controller", {{"node", self_}});
+  if (leader_.exchange(false))
+    LogWarn("cluster: no longer the placement controller", {{"node", self_}});
   lease_id_ = 0;
   won_revision_ = 0;
 }
@@ -74,9 +76,9 @@ Status PlacementController::Campaign() {
     keeper_->Start();
   }
   const std::string value = nlohmann::json{{"id", self_}}.dump();
-  IRIS_ASSIGN_OR_RETURN(
-      TxnResult r, client_.Txn({Compare::Absent(keys_.Controller())},
-                               {TxnOp::Put(keys_.Controller(), value, lease_id_.load())}));
+  IRIS_ASSIGN_OR_RETURN(TxnResult r,
+                        client_.Txn({Compare::Absent(keys_.Controller())},
+                                    {TxnOp::Put(keys_.Controller(), value, lease_id_.load())}));
   if (!r.succeeded) {
     // The answer to a first attempt may have been lost and the request retried: the key
     // under my own lease means I won.

@@ -69,10 +69,10 @@ class PlacementController {
   std::unique_ptr<EtcdWatch> watch_;     // thread-owned
   std::mutex mu_;
   std::condition_variable cv_;
-  bool stop_ = false;      // guarded by mu_
-  bool changed_ = false;   // guarded by mu_: something under the prefix changed
-  bool lost_ = false;      // guarded by mu_: the controller lease was lost
-  bool rewatch_ = false;   // guarded by mu_: the watch ended (compaction)
+  bool stop_ = false;     // guarded by mu_
+  bool changed_ = false;  // guarded by mu_: something under the prefix changed
+  bool lost_ = false;     // guarded by mu_: the controller lease was lost
+  bool rewatch_ = false;  // guarded by mu_: the watch ended (compaction)
   std::thread thread_;
 };
 

@@ -83,8 +83,9 @@ std::string FormatClusterStatus(const std::string& name, const cluster::Placemen
     nlohmann::json j;
     j["cluster"] = name;
     j["revision"] = p.revision();
-    j["config"] = p.configured() ? nlohmann::json{{"vnodes", p.vnodes()}, {"replicas", p.replicas()}}
-                                 : nlohmann::json();
+    j["config"] = p.configured()
+                      ? nlohmann::json{{"vnodes", p.vnodes()}, {"replicas", p.replicas()}}
+                      : nlohmann::json();
     j["placement_version"] = p.version();
     j["controller"] = p.controller() ? nlohmann::json(*p.controller()) : nlohmann::json();
     j["nodes"] = nlohmann::json::array();
@@ -132,9 +133,8 @@ std::string FormatClusterStatus(const std::string& name, const cluster::Placemen
   if (p.shards().empty()) out << "  (none placed yet)\n";
   for (const auto& [sid, s] : p.shards()) {
     auto it = counts.find(sid);
-    out << "  shard " << sid << "  vnodes " << (it == counts.end() ? 0 : it->second)
-        << "  primary " << s.primary << "  replicas " << JoinIds(s.replicas) << "  epoch "
-        << s.epoch << "\n";
+    out << "  shard " << sid << "  vnodes " << (it == counts.end() ? 0 : it->second) << "  primary "
+        << s.primary << "  replicas " << JoinIds(s.replicas) << "  epoch " << s.epoch << "\n";
   }
   out << "replication lag and rebalancing: not tracked before replication (issue 16)\n";
   return out.str();
@@ -160,8 +160,8 @@ int ClusterCerts(const ClusterArgs& args) {
     std::cerr << "irisctl: " << r.status().message() << "\n";
     return r.status().code() == StatusCode::kBadRequest ? 2 : 1;
   }
-  std::cout << (r->ca_created ? "created CA " : "using CA ") << r->ca_cert << " (key "
-            << r->ca_key << ")\n"
+  std::cout << (r->ca_created ? "created CA " : "using CA ") << r->ca_cert << " (key " << r->ca_key
+            << ")\n"
             << "node " << args.node_id << ": " << r->node_cert << ", " << r->node_key << "\n";
   return 0;
 }

@@ -204,8 +204,7 @@ TEST_F(ClusterTest, RevocationsReachTheViewCallbacks) {
   EXPECT_EQ(rec.jti["early"], 111);
   EXPECT_EQ(rec.jti["tok-1"], 1234);
   EXPECT_EQ(rec.users[42], 5678);
-  EXPECT_EQ(ClusterView::RevokeJti(*client_, Keys(), "a/b", 1, 60).code(),
-            StatusCode::kBadRequest);
+  EXPECT_EQ(ClusterView::RevokeJti(*client_, Keys(), "a/b", 1, 60).code(), StatusCode::kBadRequest);
   // Each revocation lives under a lease of the given TTL.
   auto r = client_->Range(Keys().RevokedJti("tok-1"));
   ASSERT_EQ(r->kvs.size(), 1u);

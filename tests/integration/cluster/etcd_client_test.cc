@@ -4,15 +4,15 @@
 
 #include <gtest/gtest.h>
 
+#include <csignal>
 #include <cstdlib>
 #include <fstream>
 #include <map>
 #include <mutex>
-#include <csignal>
 
+#include "cluster/pki.h"
 #include "cluster/test_util.h"
 #include "common/clock.h"
-#include "cluster/pki.h"
 #include "harness/etcd_process.h"
 
 namespace iris::cluster {
@@ -30,7 +30,10 @@ std::unique_ptr<EtcdClient> ClientFor(const std::string& endpoints) {
 
 class EtcdClientTest : public ::testing::Test {
  protected:
-  void SetUp() override { ASSERT_TRUE(etcd_.Start()); client_ = ClientFor(etcd_.endpoint()); }
+  void SetUp() override {
+    ASSERT_TRUE(etcd_.Start());
+    client_ = ClientFor(etcd_.endpoint());
+  }
   EtcdProcess etcd_;
   std::unique_ptr<EtcdClient> client_;
 };
@@ -267,11 +270,12 @@ TEST(EtcdClientTlsTest, TalksToEtcdOverTlsWithAClientCertificateAndRefusesAnothe
     std::ofstream ext(d + "/ext.cnf");
     ext << "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n";
   }
-  ASSERT_EQ(Sh("openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout " +
-               d + "/srv.key -subj /CN=etcd -out " + d + "/srv.csr"), 0);
+  ASSERT_EQ(Sh("openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout " + d +
+               "/srv.key -subj /CN=etcd -out " + d + "/srv.csr"),
+            0);
   ASSERT_EQ(Sh("openssl x509 -req -in " + d + "/srv.csr -CA " + d + "/ca.crt -CAkey " + d +
-               "/ca.key -CAcreateserial -days 1 -extfile " + d + "/ext.cnf -out " + d +
-               "/srv.crt"), 0);
+               "/ca.key -CAcreateserial -days 1 -extfile " + d + "/ext.cnf -out " + d + "/srv.crt"),
+            0);
   etcd.EnableTls(d + "/srv.crt", d + "/srv.key", d + "/ca.crt", issued->node_cert,
                  issued->node_key);
   ASSERT_TRUE(etcd.Start());
@@ -296,8 +300,8 @@ TEST(EtcdClientUnitTest, EndpointsAndBase64) {
   EXPECT_EQ(ParseEndpoints("a:1, b:2").value(), (std::vector<std::string>{"a:1", "b:2"}));
   EXPECT_EQ(ParseEndpoints("").status().code(), StatusCode::kBadRequest);
   EXPECT_EQ(ParseEndpoints("hostonly").status().code(), StatusCode::kBadRequest);
-  for (const std::string& s : std::vector<std::string>{"", "f", "fo", "foo", "foob",
-                                                      std::string("\0\xff\x10", 3)}) {
+  for (const std::string& s :
+       std::vector<std::string>{"", "f", "fo", "foo", "foob", std::string("\0\xff\x10", 3)}) {
     EXPECT_EQ(Base64Decode(Base64Encode(s)).value(), s);
   }
   EXPECT_EQ(Base64Encode("foo"), "Zm9v");

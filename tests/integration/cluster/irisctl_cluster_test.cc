@@ -122,7 +122,7 @@ TEST(IrisctlClusterTest, CertsMakeOneCaAndNodeCertificatesThatVerify) {
     r = Shell("openssl x509 -noout -subject -ext subjectAltName -in " + crt);
     EXPECT_NE(r.out.find(std::string("CN = iris-node-") + node), std::string::npos) << r.out;
     EXPECT_NE(r.out.find(std::string("DNS:iris-node-") + node), std::string::npos) << r.out;
-    struct stat st{};
+    struct stat st {};
     ASSERT_EQ(stat((dir + "/node-" + node + ".key").c_str(), &st), 0);
     EXPECT_EQ(st.st_mode & 0777, 0600u);
   }
@@ -130,7 +130,7 @@ TEST(IrisctlClusterTest, CertsMakeOneCaAndNodeCertificatesThatVerify) {
   EXPECT_NE(r.out.find("CN = iris-cluster-ca"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("prime256v1"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("CA:TRUE"), std::string::npos) << r.out;
-  struct stat st{};
+  struct stat st {};
   ASSERT_EQ(stat((dir + "/ca.key").c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
 

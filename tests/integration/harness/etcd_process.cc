@@ -79,18 +79,27 @@ bool EtcdProcess::Start() {
       std::string(tls ? "https" : "http") + "://127.0.0.1:" + std::to_string(client_port_);
   const std::string peer_url = "http://127.0.0.1:" + std::to_string(peer_port_);
   std::vector<std::string> args = {bin,
-                                   "--name", "iris-test",
-                                   "--data-dir", dir_ + "/data",
-                                   "--listen-client-urls", client_url,
-                                   "--advertise-client-urls", client_url,
-                                   "--listen-peer-urls", peer_url,
-                                   "--initial-advertise-peer-urls", peer_url,
-                                   "--initial-cluster", "iris-test=" + peer_url,
-                                   "--logger", "zap",
-                                   "--log-outputs", "stderr"};
+                                   "--name",
+                                   "iris-test",
+                                   "--data-dir",
+                                   dir_ + "/data",
+                                   "--listen-client-urls",
+                                   client_url,
+                                   "--advertise-client-urls",
+                                   client_url,
+                                   "--listen-peer-urls",
+                                   peer_url,
+                                   "--initial-advertise-peer-urls",
+                                   peer_url,
+                                   "--initial-cluster",
+                                   "iris-test=" + peer_url,
+                                   "--logger",
+                                   "zap",
+                                   "--log-outputs",
+                                   "stderr"};
   if (tls) {
-    args.insert(args.end(), {"--cert-file", tls_cert_, "--key-file", tls_key_,
-                             "--client-cert-auth", "--trusted-ca-file", tls_ca_});
+    args.insert(args.end(), {"--cert-file", tls_cert_, "--key-file", tls_key_, "--client-cert-auth",
+                             "--trusted-ca-file", tls_ca_});
   }
   pid_ = fork();
   if (pid_ < 0) {

@@ -40,8 +40,7 @@ TEST(PlacementTest, GrowingOneNodeAtATimeKeepsShardsEvenAndMovesAboutOneOverNPlu
       for (const auto& [id, s] : p.shards) {
         ASSERT_EQ(s.replicas.size(), std::min<size_t>(static_cast<size_t>(r), n)) << id;
         EXPECT_EQ(s.replicas.front(), s.primary);
-        EXPECT_EQ(std::set<NodeId>(s.replicas.begin(), s.replicas.end()).size(),
-                  s.replicas.size());
+        EXPECT_EQ(std::set<NodeId>(s.replicas.begin(), s.replicas.end()).size(), s.replicas.size());
         replica_sets.insert(std::set<NodeId>(s.replicas.begin(), s.replicas.end()));
       }
       EXPECT_LE(replica_sets.size(), n);  // copysets: at most one replica set per node
