@@ -3,6 +3,7 @@
 //   irisctl revoke --admin 127.0.0.1:9090 --token-file F (--jti J | --user U [--before-ms T])
 //   irisctl health --admin 127.0.0.1:9090
 //   irisctl stats  --admin 127.0.0.1:9090    P50/P90/P99 of each histogram, the main counters
+//   irisctl cluster init|status|certs|drain  cluster metadata in etcd, peer certificates
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -19,6 +20,7 @@
 
 #include "auth/jwt.h"
 #include "capacity.h"
+#include "cluster_commands.h"
 #include "auth/keyring.h"
 #include "common/bytes.h"
 #include "net/listener.h"
@@ -165,7 +167,41 @@ int main(int argc, char** argv) {
   capacity->add_option("--measured-conns-per-node", cap.measured_conns_per_node,
                        "Idle connections one node held (iris-bench connections)");
 
+  iris::tools::ClusterArgs cl;
+  auto* cluster = app.add_subcommand("cluster", "Cluster mode: etcd metadata, peer certificates");
+  cluster->require_subcommand(1);
+  auto add_etcd = [&cl](CLI::App* sub) {
+    sub->add_option("--etcd", cl.etcd, "etcd endpoints, comma-separated host:port")
+        ->capture_default_str();
+    sub->add_option("--cluster", cl.cluster, "Cluster name (keys under /iris/<name>/)")->required();
+    sub->add_option("--etcd-ca", cl.etcd_ca, "CA file for TLS to etcd");
+    sub->add_option("--etcd-cert", cl.etcd_cert, "Client certificate for TLS to etcd");
+    sub->add_option("--etcd-key", cl.etcd_key, "Client key for TLS to etcd");
+  };
+  auto* cluster_init = cluster->add_subcommand(
+      "init", "Write the cluster config (vnodes, replicas) once; fails if it differs");
+  add_etcd(cluster_init);
+  cluster_init->add_option("--vnodes", cl.vnodes, "Virtual nodes (fixed for the cluster's life)")
+      ->capture_default_str();
+  cluster_init->add_option("--replicas", cl.replicas, "Replicas per shard")->capture_default_str();
+  auto* cluster_status = cluster->add_subcommand(
+      "status", "Nodes (up/down, addresses, role), shards (replicas, primary, epoch, vnodes)");
+  add_etcd(cluster_status);
+  cluster_status->add_flag("--json", cl.json, "Machine-readable output");
+  auto* cluster_certs = cluster->add_subcommand(
+      "certs", "Make DIR/ca.{crt,key} once and DIR/node-N.{crt,key} signed by it");
+  cluster_certs->add_option("--dir", cl.dir, "Directory for the certificates")->required();
+  cluster_certs->add_option("--node-id", cl.node_id, "Node id (non-zero)")->required();
+  auto* cluster_drain = cluster->add_subcommand("drain", "Move every replica off a node");
+  add_etcd(cluster_drain);
+  cluster_drain->add_option("--node-id", cl.node_id, "Node to drain")->required();
+
   CLI11_PARSE(app, argc, argv);
+
+  if (cluster_init->parsed()) return iris::tools::ClusterInit(cl);
+  if (cluster_status->parsed()) return iris::tools::ClusterStatus(cl);
+  if (cluster_certs->parsed()) return iris::tools::ClusterCerts(cl);
+  if (cluster_drain->parsed()) return iris::tools::ClusterDrain(cl);
 
   if (capacity->parsed()) {
     auto plan = iris::tools::PlanCapacity(cap);

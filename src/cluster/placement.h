@@ -1,0 +1,172 @@
+#pragma once
+// Cluster metadata as stored in etcd (CLUSTER.md §3) and the immutable Placement snapshot
+// built from it (§4).
+//
+// Keys, all under /iris/<cluster>/ (values are JSON):
+//
+//   key                       value                                          lifetime
+//   config                    {"vnodes":V,"replicas":R}                      written once (init)
+//   nodes/<id>                {"id","peer","client","admin","role"}          node's lease
+//   controller                {"id":n}                                       controller's lease
+//   placement                 {"version":n,"shards":[shard id per vnode]}    controller writes
+//   shards/<s>                {"id","replicas":[ids],"primary":id,"epoch":e} controller writes
+//   revocations/jti/<jti>     {"until_ms":t}                                 lease: longest token
+//   revocations/user/<id>     {"before_ms":t}                                lease: longest token
+//
+// Placement model: a shard is a set of vnodes with one replica list (primary first); shards
+// are numbered in the order their primary joined, one per storage node, and the replica
+// list of shard k is the primary followed by the next min(R, n) - 1 storage nodes in join
+// order (ring copysets: n distinct replica sets for n nodes). A joining node gets a new
+// shard that takes the highest-numbered excess vnodes of every other shard, so the shards
+// stay within one vnode of V/n and only ~V/(n+1) vnodes change shard; the replica lists
+// of the few shards whose ring window now includes the new node change (with an epoch
+// bump). Nothing here removes a node: a node that is down keeps its shards.
+//
+// Thread-safety: Placement is immutable once built; share it through
+// std::shared_ptr<const Placement>.
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/jump_hash.h"
+#include "common/status.h"
+
+namespace iris::cluster {
+
+using ShardId = uint32_t;
+
+struct ClusterConfig {
+  int32_t vnodes = 4096;
+  int32_t replicas = 3;
+};
+
+enum class NodeRole { kStorage, kEdge };
+std::string_view NodeRoleName(NodeRole role);
+
+struct NodeInfo {
+  NodeId id = 0;
+  std::string peer;    // host:port of the peer (mTLS) listener
+  std::string client;  // host:port clients connect to
+  std::string admin;   // host:port of the admin HTTP listener
+  NodeRole role = NodeRole::kStorage;
+  bool alive = false;  // registered now (its key exists); not serialised
+};
+
+struct ShardInfo {
+  ShardId id = 0;
+  std::vector<NodeId> replicas;  // primary first
+  NodeId primary = 0;
+  int64_t epoch = 0;
+  bool operator==(const ShardInfo&) const = default;
+};
+
+struct PlacementMap {
+  int64_t version = 0;                  // 0: no placement yet
+  std::vector<ShardId> shard_of_vnode;  // size V once placed
+};
+
+// Key names under /iris/<cluster>/.
+class ClusterKeys {
+ public:
+  // BAD_REQUEST unless `cluster` is 1..64 characters of [A-Za-z0-9_.-].
+  static Result<ClusterKeys> Create(const std::string& cluster);
+  const std::string& prefix() const { return prefix_; }  // "/iris/<cluster>/"
+  std::string Config() const { return prefix_ + "config"; }
+  std::string NodesPrefix() const { return prefix_ + "nodes/"; }
+  std::string Node(NodeId id) const { return NodesPrefix() + std::to_string(id); }
+  std::string Controller() const { return prefix_ + "controller"; }
+  std::string Placement() const { return prefix_ + "placement"; }
+  std::string ShardsPrefix() const { return prefix_ + "shards/"; }
+  std::string Shard(ShardId s) const { return ShardsPrefix() + std::to_string(s); }
+  std::string RevokedJtiPrefix() const { return prefix_ + "revocations/jti/"; }
+  std::string RevokedJti(const std::string& jti) const { return RevokedJtiPrefix() + jti; }
+  std::string RevokedUserPrefix() const { return prefix_ + "revocations/user/"; }
+  std::string RevokedUser(uint64_t user) const {
+    return RevokedUserPrefix() + std::to_string(user);
+  }
+
+ private:
+  explicit ClusterKeys(std::string prefix) : prefix_(std::move(prefix)) {}
+  std::string prefix_;
+};
+
+// JSON values. Parse* return BAD_REQUEST for malformed values.
+std::string ConfigToJson(const ClusterConfig& c);
+Result<ClusterConfig> ParseConfig(const std::string& json);
+// BAD_REQUEST unless 1 <= vnodes <= 2^24 and 1 <= replicas <= 7.
+Status ValidateConfig(const ClusterConfig& c);
+std::string NodeToJson(const NodeInfo& n);
+Result<NodeInfo> ParseNode(const std::string& json);
+std::string ShardToJson(const ShardInfo& s);
+Result<ShardInfo> ParseShard(const std::string& json);
+std::string PlacementToJson(const PlacementMap& p);
+Result<PlacementMap> ParsePlacement(const std::string& json);
+
+// Everything a Placement snapshot is built from.
+struct ClusterState {
+  std::optional<ClusterConfig> config;
+  std::map<NodeId, NodeInfo> nodes;  // registered nodes and (alive=false) remembered ones
+  PlacementMap placement;
+  std::map<ShardId, ShardInfo> shards;
+  std::optional<NodeId> controller;
+  std::map<std::string, int64_t> revoked_jti;  // jti -> until_ms
+  std::map<uint64_t, int64_t> revoked_users;   // user -> before_ms
+  int64_t revision = 0;                        // etcd revision reflected
+};
+
+// Applies one key (put or delete) under keys.prefix() to *state; unknown keys are ignored.
+// A malformed value is logged and ignored (returns BAD_REQUEST so the caller may count it).
+Status ApplyKey(const ClusterKeys& keys, const std::string& key, const std::string& value,
+                bool deleted, ClusterState* state);
+
+class Placement {
+ public:
+  explicit Placement(ClusterState state);
+
+  bool configured() const { return state_.config.has_value(); }
+  int32_t vnodes() const { return state_.config ? state_.config->vnodes : 0; }
+  int32_t replicas() const { return state_.config ? state_.config->replicas : 0; }
+  // Version of the placement map (0 before the controller placed anything).
+  int64_t version() const { return state_.placement.version; }
+  int64_t revision() const { return state_.revision; }
+
+  // vnode of a user or group id; precondition: configured().
+  int32_t VnodeOf(uint64_t id) const;
+  // The shard of a vnode, or nullptr when not placed yet (or out of range).
+  const ShardInfo* ShardOfVnode(int32_t vnode) const;
+  const ShardInfo* Shard(ShardId id) const;
+  std::optional<NodeId> PrimaryOf(uint64_t id) const;
+  // A node (alive or remembered), or nullptr.
+  const NodeInfo* Node(NodeId id) const;
+  bool Alive(NodeId id) const {
+    const NodeInfo* n = Node(id);
+    return n != nullptr && n->alive;
+  }
+  const std::map<NodeId, NodeInfo>& nodes() const { return state_.nodes; }
+  const std::map<ShardId, ShardInfo>& shards() const { return state_.shards; }
+  std::optional<NodeId> controller() const { return state_.controller; }
+  // Number of vnodes per shard.
+  std::map<ShardId, int32_t> VnodeCounts() const;
+  const ClusterState& state() const { return state_; }
+
+ private:
+  ClusterState state_;
+};
+
+// The controller's pure placement step: `current` (map + shards, possibly empty) with
+// `joining` storage nodes added, in order, as described at the top. Shards whose replica
+// list changed get epoch + 1 (new shards epoch 1); the map's version is current + 1.
+// Precondition: ValidateConfig(config).ok(); `joining` holds no node already placed.
+struct PlacementPlan {
+  PlacementMap map;
+  std::map<ShardId, ShardInfo> shards;
+};
+PlacementPlan AddNodes(const ClusterConfig& config, const PlacementMap& current,
+                       const std::map<ShardId, ShardInfo>& current_shards,
+                       const std::vector<NodeId>& joining);
+
+}  // namespace iris::cluster

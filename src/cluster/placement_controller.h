@@ -1,0 +1,79 @@
+#pragma once
+// PlacementController: one per storage node; at most one of them — the holder of
+// /iris/<cluster>/controller — acts at a time.
+//
+// States:
+//   candidate --(txn: controller absent -> put {"id":self} under my lease)--> leader
+//   candidate --(txn failed)--> wait for a change under the cluster prefix (the holder's key
+//                               disappears when its lease lapses or is revoked) --> candidate
+//   leader --(my lease lost)--> candidate (with a new lease)
+//
+// The leader reconciles after every change under the prefix: storage nodes that are
+// registered but hold no replica have JOINED; it computes AddNodes() (placement.h) and
+// writes the new placement and changed shard records in one transaction that also checks
+// that it still holds the controller key (mod revision of its win) and that the placement
+// is the one it read (mod revision), so a deposed controller can never overwrite a newer
+// placement. It logs every join. It never removes a node: a node that is down keeps its
+// shards (failover and data movement come with replication).
+//
+// Thread-safety: Start/Stop from one thread; leader() from any.
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "cluster/etcd_client.h"
+#include "cluster/placement.h"
+
+namespace iris::cluster {
+
+// `irisctl cluster init`: writes the config key if absent (one transaction). OK when it is
+// absent or holds the same values; BAD_REQUEST (naming both) when it holds other values, or
+// when `config` is invalid; UNAVAILABLE when etcd is unreachable.
+Status InitClusterConfig(EtcdClient& client, const ClusterKeys& keys, const ClusterConfig& config);
+
+class PlacementController {
+ public:
+  // `client` must outlive this object.
+  PlacementController(EtcdClient& client, ClusterKeys keys, NodeId self, int64_t lease_ttl_s = 3);
+  ~PlacementController();
+
+  void Start();
+  // Stops; when leader, revokes its lease so another candidate takes over at once.
+  void Stop();
+
+  bool leader() const { return leader_.load(); }
+  // The controller lease (0 when not leader); tests revoke it to force a hand-over.
+  int64_t lease_id() const { return lease_id_.load(); }
+  // Placement changes this controller wrote.
+  int64_t placements_written() const { return placements_written_.load(); }
+
+ private:
+  void Run();
+  Status Campaign();
+  Status Reconcile();
+  void StepDown();
+  void Wake();
+
+  EtcdClient& client_;
+  const ClusterKeys keys_;
+  const NodeId self_;
+  const int64_t ttl_s_;
+  std::atomic<bool> leader_{false};
+  std::atomic<int64_t> lease_id_{0};
+  std::atomic<int64_t> placements_written_{0};
+  int64_t won_revision_ = 0;             // thread-owned: mod revision of the controller key
+  std::unique_ptr<LeaseKeeper> keeper_;  // thread-owned
+  std::unique_ptr<EtcdWatch> watch_;     // thread-owned
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;     // guarded by mu_
+  bool changed_ = false;  // guarded by mu_: something under the prefix changed
+  bool lost_ = false;     // guarded by mu_: the controller lease was lost
+  bool rewatch_ = false;  // guarded by mu_: the watch ended (compaction)
+  std::thread thread_;
+};
+
+}  // namespace iris::cluster

@@ -1,0 +1,149 @@
+// The placement step (AddNodes), the key/value codecs and the snapshot built from etcd keys.
+
+#include "cluster/placement.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <set>
+
+namespace iris::cluster {
+namespace {
+
+// Joins nodes 1..n one at a time.
+std::vector<PlacementPlan> Grow(int32_t vnodes, int32_t replicas, int n) {
+  std::vector<PlacementPlan> steps;
+  PlacementPlan cur;
+  for (int i = 1; i <= n; ++i) {
+    cur = AddNodes({vnodes, replicas}, cur.map, cur.shards, {static_cast<NodeId>(i)});
+    steps.push_back(cur);
+  }
+  return steps;
+}
+
+std::map<NodeId, int> PrimaryCounts(const PlacementPlan& p) {
+  std::map<NodeId, int> out;
+  for (ShardId s : p.map.shard_of_vnode) ++out[p.shards.at(s).primary];
+  return out;
+}
+
+TEST(PlacementTest, GrowingOneNodeAtATimeKeepsShardsEvenAndMovesAboutOneOverNPlusOne) {
+  for (int32_t r : {1, 2, 3}) {
+    const auto steps = Grow(4096, r, 12);
+    for (size_t i = 0; i < steps.size(); ++i) {
+      const PlacementPlan& p = steps[i];
+      const size_t n = i + 1;
+      ASSERT_EQ(p.map.shard_of_vnode.size(), 4096u);
+      EXPECT_EQ(p.map.version, static_cast<int64_t>(n));
+      ASSERT_EQ(p.shards.size(), n);
+      std::set<std::set<NodeId>> replica_sets;
+      for (const auto& [id, s] : p.shards) {
+        ASSERT_EQ(s.replicas.size(), std::min<size_t>(static_cast<size_t>(r), n)) << id;
+        EXPECT_EQ(s.replicas.front(), s.primary);
+        EXPECT_EQ(std::set<NodeId>(s.replicas.begin(), s.replicas.end()).size(), s.replicas.size());
+        replica_sets.insert(std::set<NodeId>(s.replicas.begin(), s.replicas.end()));
+      }
+      EXPECT_LE(replica_sets.size(), n);  // copysets: at most one replica set per node
+      for (const auto& [node, count] : PrimaryCounts(p)) {
+        EXPECT_LE(std::abs(count - static_cast<int>(4096 / n)), 1) << "node " << node;
+      }
+      // Replica load is even too: every node holds r/n of the vnode copies (± rounding).
+      std::map<NodeId, int> held;
+      for (ShardId s : p.map.shard_of_vnode) {
+        for (NodeId node : p.shards.at(s).replicas) ++held[node];
+      }
+      const double expect = 4096.0 * static_cast<double>(p.shards.begin()->second.replicas.size()) /
+                            static_cast<double>(n);
+      for (const auto& [node, count] : held) EXPECT_NEAR(count, expect, 3.0) << node;
+      if (i == 0) continue;
+      int changed = 0;
+      for (size_t v = 0; v < 4096; ++v) {
+        if (steps[i - 1].map.shard_of_vnode[v] != p.map.shard_of_vnode[v]) ++changed;
+      }
+      // Only the vnodes the new node's shard takes: 4096/(n) (± rounding).
+      EXPECT_LE(changed, static_cast<int>(4096 / n) + 1) << "n=" << n;
+      if (n >= 3) {
+        EXPECT_LT(changed, 4096 / 2);  // the second node takes half, by design
+      }
+    }
+  }
+}
+
+TEST(PlacementTest, EpochsChangeOnlyWhenAReplicaListChanges) {
+  const auto steps = Grow(1024, 3, 5);
+  for (size_t i = 1; i < steps.size(); ++i) {
+    for (const auto& [id, s] : steps[i].shards) {
+      auto old = steps[i - 1].shards.find(id);
+      if (old == steps[i - 1].shards.end()) {
+        EXPECT_EQ(s.epoch, 1);
+      } else if (old->second.replicas == s.replicas) {
+        EXPECT_EQ(s.epoch, old->second.epoch);
+      } else {
+        EXPECT_EQ(s.epoch, old->second.epoch + 1);
+      }
+      EXPECT_EQ(s.primary, static_cast<NodeId>(id + 1));  // a shard keeps its primary
+    }
+  }
+}
+
+TEST(PlacementTest, SeveralNodesAtOnceEqualOneAtATime) {
+  const auto one = Grow(512, 3, 4).back();
+  const auto all = AddNodes({512, 3}, {}, {}, {1, 2, 3, 4});
+  EXPECT_EQ(all.map.shard_of_vnode, one.map.shard_of_vnode);
+  EXPECT_EQ(all.shards.size(), one.shards.size());
+}
+
+TEST(PlacementTest, CodecsRoundTripAndRejectMalformedValues) {
+  EXPECT_EQ(ParseConfig(ConfigToJson({4096, 3}))->vnodes, 4096);
+  EXPECT_EQ(ParseConfig("{\"vnodes\":0,\"replicas\":3}").status().code(), StatusCode::kBadRequest);
+  EXPECT_EQ(ParseConfig("nope").status().code(), StatusCode::kBadRequest);
+  NodeInfo n{7, "127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", NodeRole::kEdge, true};
+  auto back = ParseNode(NodeToJson(n));
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->peer, n.peer);
+  EXPECT_EQ(back->role, NodeRole::kEdge);
+  EXPECT_EQ(ParseNode("{\"id\":1,\"role\":\"king\"}").status().code(), StatusCode::kBadRequest);
+  ShardInfo s{3, {1, 2, 3}, 1, 9};
+  EXPECT_EQ(*ParseShard(ShardToJson(s)), s);
+  EXPECT_EQ(ParseShard("{\"id\":1}").status().code(), StatusCode::kBadRequest);
+  PlacementMap p{4, {0, 1, 1}};
+  EXPECT_EQ(ParsePlacement(PlacementToJson(p))->shard_of_vnode, p.shard_of_vnode);
+  EXPECT_EQ(ClusterKeys::Create("a/b").status().code(), StatusCode::kBadRequest);
+  EXPECT_EQ(ClusterKeys::Create("").status().code(), StatusCode::kBadRequest);
+}
+
+TEST(PlacementTest, SnapshotFromKeysAnswersPrimaryOfAndRemembersDownNodes) {
+  const ClusterKeys keys = ClusterKeys::Create("demo").value();
+  EXPECT_EQ(keys.Node(3), "/iris/demo/nodes/3");
+  ClusterState st;
+  const auto plan = AddNodes({64, 3}, {}, {}, {1, 2, 3});
+  ASSERT_TRUE(ApplyKey(keys, keys.Config(), ConfigToJson({64, 3}), false, &st).ok());
+  ASSERT_TRUE(ApplyKey(keys, keys.Placement(), PlacementToJson(plan.map), false, &st).ok());
+  for (const auto& [id, s] : plan.shards) {
+    ASSERT_TRUE(ApplyKey(keys, keys.Shard(id), ShardToJson(s), false, &st).ok());
+  }
+  NodeInfo n{2, "p", "c", "a", NodeRole::kStorage, false};
+  ASSERT_TRUE(ApplyKey(keys, keys.Node(2), NodeToJson(n), false, &st).ok());
+  EXPECT_TRUE(st.nodes.at(2).alive);
+  ASSERT_TRUE(ApplyKey(keys, keys.Node(2), "", true, &st).ok());
+  EXPECT_FALSE(st.nodes.at(2).alive);
+  EXPECT_EQ(st.nodes.at(2).peer, "p");
+  ASSERT_TRUE(ApplyKey(keys, keys.RevokedUser(5), "{\"before_ms\":10}", false, &st).ok());
+  EXPECT_EQ(st.revoked_users.at(5), 10);
+  EXPECT_EQ(ApplyKey(keys, keys.Node(1), "garbage", false, &st).code(), StatusCode::kBadRequest);
+  ApplyKey(keys, "/iris/other/nodes/1", "garbage", false, &st).IgnoreError();  // not ours
+
+  const Placement p(st);
+  EXPECT_EQ(p.vnodes(), 64);
+  EXPECT_EQ(p.version(), 1);
+  for (uint64_t user = 1; user < 200; ++user) {
+    const int32_t v = p.VnodeOf(user);
+    ASSERT_NE(p.ShardOfVnode(v), nullptr);
+    EXPECT_EQ(p.PrimaryOf(user), p.ShardOfVnode(v)->primary);
+  }
+  EXPECT_EQ(p.ShardOfVnode(64), nullptr);
+  EXPECT_FALSE(Placement(ClusterState{}).PrimaryOf(1).has_value());
+}
+
+}  // namespace
+}  // namespace iris::cluster
