@@ -39,19 +39,37 @@ bool InboxStore::Impl::WaitArchiverIdle(int64_t timeout_ms) const {
 
 Status InboxStore::Impl::ResumeInterruptedArchiving() {
   // Runs in Init, before the commit thread: the counters loaded here seed its cache.
-  std::vector<uint64_t> users;
+  std::vector<std::pair<uint64_t, int32_t>> users;  // user, vnode
   {
+    // The markers are vnode(4) 'A' user(8): one seek per vnode that has `meta` records
+    // (a seek that lands in a later vnode skips to it).
     std::unique_ptr<rocksdb::Iterator> it(
         db_->db()->NewIterator(rocksdb::ReadOptions(), db_->cf(Cf::kMeta)));
-    const std::string prefix(1, kMetaArchivePendingPrefix);
-    for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
-      if (it->key().size() == 9) users.push_back(GetBigEndian64(it->key().data() + 1));
+    int32_t vnode = 0;
+    while (vnode < options_.vnodes) {
+      std::string prefix = VnodePrefix(vnode);
+      prefix.push_back(kMetaArchivePendingTag);
+      it->Seek(prefix);
+      if (!it->Valid() || it->key().size() < kVnodePrefixBytes) break;
+      const uint32_t at_vnode = *DecodeU32(std::string_view(it->key().data(), kVnodePrefixBytes));
+      if (at_vnode >= static_cast<uint32_t>(options_.vnodes)) break;  // node-wide records
+      const auto at = static_cast<int32_t>(at_vnode);
+      if (at > vnode) {
+        vnode = at;
+        continue;
+      }
+      for (; it->Valid() && it->key().starts_with(prefix); it->Next()) {
+        const std::optional<uint64_t> user = ParseMetaUserKey(
+            std::string_view(it->key().data(), it->key().size()), kMetaArchivePendingTag);
+        if (user) users.emplace_back(*user, vnode);
+      }
+      ++vnode;
     }
     if (!it->status().ok()) return FromRocks(it->status(), "store: read archive markers");
   }
-  for (uint64_t user : users) {
-    IRIS_ASSIGN_OR_RETURN(const UserState state, LoadUserState(user));
-    user_cache_[user] = CachedUser{state, 0};
+  for (const auto& [user, vnode] : users) {
+    IRIS_ASSIGN_OR_RETURN(const UserState state, LoadUserState(user, vnode));
+    user_cache_[user] = CachedUser{state, 0, vnode};
     if (state.count > options_.inbox_cap) ScheduleArchive(user, state.count - options_.inbox_cap);
   }
   return Status::Ok();
@@ -66,7 +84,8 @@ Result<ArchiveMove> InboxStore::Impl::ReadMove(const StoreDb::ReadHold& db, uint
   rocksdb::ReadOptions ro;
   ro.snapshot = snapshot;
   std::string v;
-  const rocksdb::Status s = db.db()->Get(ro, db.cf(Cf::kMeta), MetaUserStateKey(user), &v);
+  const int32_t vnode = Vnode(user);
+  const rocksdb::Status s = db.db()->Get(ro, db.cf(Cf::kMeta), MetaUserStateKey(vnode, user), &v);
   UserState state;
   if (s.ok()) {
     const std::optional<UserState> decoded = DecodeUserState(v);
@@ -79,14 +98,14 @@ Result<ArchiveMove> InboxStore::Impl::ReadMove(const StoreDb::ReadHold& db, uint
   *more_left = excess > n;
 
   ro.fill_cache = false;
-  const std::string upper = InboxUpperBound(user);
+  const std::string upper = InboxUpperBound(vnode, user);
   const rocksdb::Slice upper_slice(upper);
   ro.iterate_upper_bound = &upper_slice;
   std::unique_ptr<rocksdb::Iterator> it(db.db()->NewIterator(ro, db.cf(Cf::kInbox)));
   // archived_through is written with every move, so everything up to it is gone already.
   const uint64_t start =
       state.archived_through == UINT64_MAX ? UINT64_MAX : state.archived_through + 1;
-  for (it->Seek(InboxKey(user, start)); it->Valid() && move.entries.size() < n; it->Next()) {
+  for (it->Seek(InboxKey(vnode, user, start)); it->Valid() && move.entries.size() < n; it->Next()) {
     const std::optional<InboxKeyParts> parts =
         ParseInboxKey(std::string_view(it->key().data(), it->key().size()));
     if (!parts) return Internal("store: malformed inbox key");

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <limits>
 
 namespace iris::store {
 namespace {
@@ -82,6 +83,8 @@ void DedupIndex::Forget(std::string_view dedup_key) { hot_.Forget(dedup_key, Has
 void DedupIndex::Evict() {
   hot_.Evict(clock_.MonoMillis() - options_.hot_window_ms, options_.hot_max_entries);
 }
+
+void DedupIndex::ForgetAllHot() { hot_.Evict(std::numeric_limits<int64_t>::max(), 0); }
 
 void DedupIndex::StartRebuild() {
   rebuild_thread_ = std::thread([this] { RunRebuild(); });

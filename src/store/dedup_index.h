@@ -1,5 +1,6 @@
 #pragma once
-// DedupIndex: (sender, idempotency key) -> first message id over the dedup window, in three
+// DedupIndex: (vnode, sender, idempotency key) -> first message id over the dedup window
+// (the vnode is the inbox owner's, store_keys.h), in three
 // tiers (RFC-001 §1.2, §6.2; DESIGN.md §3):
 //   hot    an in-memory map of the keys accepted in the last `dedup_hot_window_ms`
 //          (bounded by `dedup_hot_max_entries`); answers retries without any I/O;
@@ -63,7 +64,8 @@ class DedupIndex {
   // The hash every tier is keyed on; compute it once per key and pass it to both calls.
   static uint64_t Hash(std::string_view dedup_key);
 
-  // The first acceptance of `dedup_key` (DedupKey(sender, key); `hash` = Hash(dedup_key))
+  // The first acceptance of `dedup_key` (DedupKey(vnode, sender, key); `hash` =
+  // Hash(dedup_key))
   // within the window, or nullopt. Errors: INTERNAL when the column family cannot be read.
   Result<std::optional<Hit>> Lookup(std::string_view dedup_key, uint64_t hash);
 
@@ -76,6 +78,8 @@ class DedupIndex {
   void Forget(std::string_view dedup_key);
   // Drops hot entries past the hot window or over the size bound.
   void Evict();
+  // Drops every hot entry (lookups then read the column family, through the filters).
+  void ForgetAllHot();
 
   // Starts the background refill of the Bloom filters from the column family.
   void StartRebuild();

@@ -107,6 +107,9 @@ void InboxStore::Impl::CommitLoop() {
         bytes += queue_.front().bytes;
         taken.push_back(std::move(queue_.front()));
         queue_.pop_front();
+        // A vnode delete ends its batch: nothing after it may be built on counters the
+        // database does not show yet (see BuildVnodeDelete).
+        if (std::holds_alternative<VnodeDeleteRequest>(taken.back().body)) break;
       }
     }
     CommitBatch(taken);
@@ -175,10 +178,11 @@ void InboxStore::Impl::RollBackFailedBatches() {
   last_write_error_ = error;
 }
 
-Result<UserState> InboxStore::Impl::LoadUserState(uint64_t user) const {
+Result<UserState> InboxStore::Impl::LoadUserState(uint64_t user, int32_t vnode) const {
   rocksdb::ReadOptions ro;
   std::string v;
-  const rocksdb::Status s = db_->db()->Get(ro, db_->cf(Cf::kMeta), MetaUserStateKey(user), &v);
+  const rocksdb::Status s =
+      db_->db()->Get(ro, db_->cf(Cf::kMeta), MetaUserStateKey(vnode, user), &v);
   UserState state;
   if (s.ok()) {
     const std::optional<UserState> decoded = DecodeUserState(v);
@@ -190,11 +194,11 @@ Result<UserState> InboxStore::Impl::LoadUserState(uint64_t user) const {
   // Count what was appended after the state was last written.
   const uint64_t from = std::max(state.counted_through, state.archived_through);
   if (from == UINT64_MAX) return state;
-  const std::string upper = InboxUpperBound(user);
+  const std::string upper = InboxUpperBound(vnode, user);
   const rocksdb::Slice upper_slice(upper);
   ro.iterate_upper_bound = &upper_slice;
   std::unique_ptr<rocksdb::Iterator> it(db_->db()->NewIterator(ro, db_->cf(Cf::kInbox)));
-  for (it->Seek(InboxKey(user, from + 1)); it->Valid(); it->Next()) {
+  for (it->Seek(InboxKey(vnode, user, from + 1)); it->Valid(); it->Next()) {
     const std::optional<InboxKeyParts> parts =
         ParseInboxKey(std::string_view(it->key().data(), it->key().size()));
     if (!parts) return Internal("store: malformed inbox key");
@@ -208,10 +212,11 @@ Result<UserState> InboxStore::Impl::LoadUserState(uint64_t user) const {
 Result<InboxStore::Impl::CachedUser*> InboxStore::Impl::TouchUser(uint64_t user) {
   auto it = user_cache_.find(user);
   if (it == user_cache_.end()) {
-    IRIS_ASSIGN_OR_RETURN(const UserState state, LoadUserState(user));
+    const int32_t vnode = Vnode(user);
+    IRIS_ASSIGN_OR_RETURN(const UserState state, LoadUserState(user, vnode));
     // Loaded state counts appends never persisted: persist it with the next batch.
     const bool recounted = state.counted_through > 0;
-    it = user_cache_.emplace(user, CachedUser{state, recounted ? kPersistEvery : 0}).first;
+    it = user_cache_.emplace(user, CachedUser{state, recounted ? kPersistEvery : 0, vnode}).first;
   }
   cur_->touched.try_emplace(user, it->second);
   return &it->second;
@@ -230,15 +235,29 @@ void InboxStore::Impl::AddDelete(Cf cf, std::string_view key) {
   cur_->has_writes = true;
 }
 
+void InboxStore::Impl::TouchShard(int32_t vnode) {
+  const uint32_t shard = vnode_shard_[static_cast<size_t>(vnode)];
+  std::vector<uint32_t>& shards = cur_->shards;
+  if (std::find(shards.begin(), shards.end(), shard) == shards.end()) shards.push_back(shard);
+}
+
 void InboxStore::Impl::BuildAppend(AppendRequest& a) {
   std::string dedup_key;
   uint64_t dedup_hash = 0;
+  int32_t dedup_vnode = 0;
   if (!a.idempotency_key.empty()) {
-    dedup_key = DedupKey(a.sender, a.idempotency_key);
+    // The entry belongs to the shard that owns the append: the group's for a group send,
+    // else the (first) recipient's inbox. A key is thus scoped per (vnode, sender, key).
+    const v1::Envelope& first = a.envelopes.front();
+    const uint64_t owner = first.group_id() != 0 ? first.group_id() : first.recipient();
+    const auto cached = user_cache_.find(owner);  // a known user's vnode costs no hashing
+    dedup_vnode = cached != user_cache_.end() ? cached->second.vnode : Vnode(owner);
+    dedup_key = DedupKey(dedup_vnode, a.sender, a.idempotency_key);
     dedup_hash = DedupIndex::Hash(dedup_key);
     Result<std::optional<DedupIndex::Hit>> hit = dedup_->Lookup(dedup_key, dedup_hash);
     if (!hit.ok()) {
-      cur_->completions.push_back(Completion{std::move(a.done), nullptr, std::nullopt, hit.status()});
+      cur_->completions.push_back(
+          Completion{std::move(a.done), nullptr, std::nullopt, hit.status()});
       return;
     }
     if (hit->has_value()) {
@@ -258,7 +277,8 @@ void InboxStore::Impl::BuildAppend(AppendRequest& a) {
   for (const v1::Envelope& e : a.envelopes) {
     Result<CachedUser*> st = TouchUser(e.recipient());
     if (!st.ok()) {
-      cur_->completions.push_back(Completion{std::move(a.done), nullptr, std::nullopt, st.status()});
+      cur_->completions.push_back(
+          Completion{std::move(a.done), nullptr, std::nullopt, st.status()});
       return;
     }
   }
@@ -271,8 +291,9 @@ void InboxStore::Impl::BuildAppend(AppendRequest& a) {
     e.set_id(id);
     e.set_sent_at_ms(now);
     EncodeStoredEnvelope(id, now, a.bodies[i], &scratch_);
-    AddPut(Cf::kInbox, InboxKey(e.recipient(), id), scratch_);
     CachedUser& u = user_cache_[e.recipient()];
+    AddPut(Cf::kInbox, InboxKey(u.vnode, e.recipient(), id), scratch_);
+    TouchShard(u.vnode);
     ++u.state.count;
     u.state.counted_through = id;
     ++u.unpersisted;
@@ -280,6 +301,7 @@ void InboxStore::Impl::BuildAppend(AppendRequest& a) {
   if (!dedup_key.empty()) {
     const DedupEntry entry{first_id, static_cast<int64_t>(now)};
     AddPut(Cf::kDedup, dedup_key, EncodeDedupEntry(entry));
+    TouchShard(dedup_vnode);
     dedup_->Remember(dedup_key, dedup_hash, entry, batch_seq_);
     cur_->remembered.push_back(std::move(dedup_key));
   }
@@ -306,7 +328,8 @@ void InboxStore::Impl::BuildArchive(ArchiveRequest& r) {
   for (const ArchiveMove& m : r.moves) {
     Result<CachedUser*> st = TouchUser(m.user);
     if (!st.ok()) {
-      cur_->completions.push_back(Completion{nullptr, std::move(r.done), std::nullopt, st.status()});
+      cur_->completions.push_back(
+          Completion{nullptr, std::move(r.done), std::nullopt, st.status()});
       return;
     }
   }
@@ -328,6 +351,32 @@ void InboxStore::Impl::BuildArchive(ArchiveRequest& r) {
     cur_->archived += n;
     if (n > 0) moved_users_.push_back(m.user);
   }
+  cur_->completions.push_back(Completion{nullptr, std::move(r.done), std::nullopt, Status::Ok()});
+}
+
+void InboxStore::Impl::BuildVnodeDelete(VnodeDeleteRequest& r) {
+  // Everything written before this request (in this batch or an earlier one) is deleted by
+  // the range deletions, which RocksDB applies in batch order.
+  const std::string begin = VnodePrefix(r.vnode);
+  const std::string end = VnodePrefix(r.vnode + 1);
+  for (int c = 0; c < static_cast<int>(Cf::kCount); ++c) {
+    cur_->batch.DeleteRange(db_->cf(static_cast<Cf>(c)), begin, end).PermitUncheckedError();
+  }
+  cur_->has_writes = true;
+  // The vnode's users are reloaded (empty) from the database once this batch is written:
+  // it is the last of its batch, and the next batch is built only after it is written.
+  for (auto it = user_cache_.begin(); it != user_cache_.end();) {
+    if (it->second.vnode == r.vnode) {
+      cur_->touched.try_emplace(it->first, it->second);  // restored if the write fails
+      it = user_cache_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  // Hot dedup entries of the vnode would answer retries with deleted ids; the hot tier has
+  // no index by vnode, so it is emptied (lookups read the column family meanwhile).
+  dedup_->ForgetAllHot();
+  cur_->deleted_vnode = r.vnode;
   cur_->completions.push_back(Completion{nullptr, std::move(r.done), std::nullopt, Status::Ok()});
 }
 
@@ -374,11 +423,8 @@ Status InboxStore::Impl::EnsureWritable() {
   // The reopened database holds exactly what survived the failed write: reload what the
   // commit thread derived from it.
   user_cache_.clear();
-  std::string mark;
-  const rocksdb::Status m =
-      db_->db()->Get(rocksdb::ReadOptions(), db_->cf(Cf::kMeta), MetaHlcKey(), &mark);
-  if (m.ok()) {
-    if (const std::optional<uint64_t> high_water = DecodeU64(mark)) hlc_.Restore(*high_water);
+  if (const Result<uint64_t> high_water = ReadHighWaterMark(); high_water.ok()) {
+    hlc_.Restore(*high_water);
   }
   needs_recovery_ = false;
   last_write_error_ = Status::Ok();
@@ -413,8 +459,10 @@ void InboxStore::Impl::CommitBatch(std::vector<CommitRequest>& requests) {
             BuildAppend(body);
           } else if constexpr (std::is_same_v<T, RecordWriteRequest>) {
             BuildRecordWrite(body);
-          } else {
+          } else if constexpr (std::is_same_v<T, ArchiveRequest>) {
             BuildArchive(body);
+          } else {
+            BuildVnodeDelete(body);
           }
         },
         r.body);
@@ -424,23 +472,36 @@ void InboxStore::Impl::CommitBatch(std::vector<CommitRequest>& requests) {
   // cap; users over the cap are handed to the archiver after the write.
   std::sort(moved_users_.begin(), moved_users_.end());
   for (auto& [user, before] : cur_->touched) {
+    if (before.vnode == cur_->deleted_vnode) continue;  // nothing of it may be written again
     CachedUser& now = user_cache_[user];
     const bool was_over = before.state.count > options_.inbox_cap;
     const bool is_over = now.state.count > options_.inbox_cap;
     const bool moved = std::binary_search(moved_users_.begin(), moved_users_.end(), user);
     if (now.unpersisted >= kPersistEvery || was_over != is_over || moved) {
-      AddPut(Cf::kMeta, MetaUserStateKey(user), EncodeUserState(now.state));
+      AddPut(Cf::kMeta, MetaUserStateKey(now.vnode, user), EncodeUserState(now.state));
       now.unpersisted = 0;
     }
     if (is_over && !was_over) {
-      AddPut(Cf::kMeta, MetaArchivePendingKey(user), std::string());
+      AddPut(Cf::kMeta, MetaArchivePendingKey(now.vnode, user), std::string());
     } else if (!is_over && was_over) {
-      AddDelete(Cf::kMeta, MetaArchivePendingKey(user));
+      AddDelete(Cf::kMeta, MetaArchivePendingKey(now.vnode, user));
     }
     if (is_over) cur_->over_cap.emplace_back(user, now.state.count - options_.inbox_cap);
   }
-  if (cur_->has_writes) AddPut(Cf::kMeta, MetaHlcKey(), EncodeU64(hlc_.Last()));
+  // The high-water mark of every shard this batch assigned ids in: a node that takes the
+  // shard over (or this one after a restart) starts its clock above it.
+  if (!cur_->shards.empty()) {
+    const std::string mark = EncodeU64(hlc_.Last());
+    for (const uint32_t shard : cur_->shards) AddPut(Cf::kMeta, MetaHlcKey(shard), mark);
+  }
+  const bool barrier = cur_->deleted_vnode.has_value();
   HandOff(std::move(cur_));
+  if (barrier) {
+    // Users of a deleted vnode are reloaded from the database: wait until it shows the
+    // deletion (or the write failed, which the next batch rolls back first).
+    std::unique_lock<std::mutex> lock(pipe_mu_);
+    pipe_cv_.wait(lock, [&] { return slot_ == nullptr && !sync_busy_; });
+  }
 
   dedup_->Evict();
   if (user_cache_.size() > options_.user_cache_max_entries) {

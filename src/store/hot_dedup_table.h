@@ -4,8 +4,8 @@
 // It replaces a std::unordered_map<std::string, ...> plus an eviction queue of key copies,
 // which cost three allocations, three frees and four scattered cache misses per append on
 // the commit thread. Here an append adds one slot at the back of a deque (keys up to
-// kInlineKeyBytes live in the slot: protocol keys are 8 + 16 bytes) and one 8-byte cell to a
-// flat table; eviction pops the front. Not thread-safe: the commit thread owns it.
+// kInlineKeyBytes live in the slot: protocol keys are 4 + 8 + 16 bytes) and one 8-byte cell
+// to a flat table; eviction pops the front. Not thread-safe: the commit thread owns it.
 #pragma once
 
 #include <array>
@@ -27,7 +27,7 @@ class HotDedupTable {
     uint64_t batch_seq = 0;        // the commit batch that wrote it
     int64_t inserted_mono_ms = 0;  // when it was inserted (eviction by age)
   };
-  static constexpr size_t kInlineKeyBytes = 24;
+  static constexpr size_t kInlineKeyBytes = 28;  // vnode(4) sender(8) UUIDv7(16)
 
   // Sizes the index for `expected_entries` without growing; it grows beyond that if needed.
   // `first_seq` numbers the first entry (tests start near 2^32 to cross the wrap of the

@@ -8,8 +8,11 @@
 //    `archive` (moved in the background, zstd-compressed);
 //  - the dedup index (sender, idempotency key) -> first message id, for `dedup_window_ms`;
 //  - settings, last-seen times, prekey bundles and groups for the services that need them;
-//  - the HLC high-water mark, written in every batch, so ids keep increasing across
-//    restarts.
+//  - the HLC high-water mark of every shard a batch appended to (one `meta` record per
+//    shard, written in the batch), so ids keep increasing across restarts.
+// Every per-user and per-group key is prefixed with its owner's vnode (store_keys.h), so a
+// vnode is a key range (VnodeChecksum, DeleteVnode). A store of the previous layout is
+// migrated on Open.
 //
 // Durability: an append (and every other write) is reported done only after its WAL record
 // is synced (fdatasync). Writes are group-committed: the commit thread builds everything
@@ -44,8 +47,16 @@ struct SpanContext;
 namespace iris::store {
 
 struct StoreOptions {
-  std::string path;              // the RocksDB directory (created if missing)
-  uint8_t node_id = 1;           // HLC node id
+  std::string path;     // the RocksDB directory (created if missing)
+  uint8_t node_id = 1;  // HLC node id
+  // Partitioning (CLUSTER.md §4): every per-user and per-group key starts with the owner's
+  // vnode = JumpConsistentHash(UserPartitionKey(owner), vnodes). 1..2^24. Recorded in the
+  // store on first open; opening it with another value fails (BAD_REQUEST).
+  int32_t vnodes = 4096;
+  // The shard of each vnode (its replica set, CLUSTER.md §4), for the per-shard HLC
+  // high-water marks: called once per vnode during Open. Empty = every vnode in shard 0,
+  // which is what a single node uses.
+  std::function<uint32_t(int32_t vnode)> shard_of_vnode;
   const Clock* clock = nullptr;  // nullptr = SystemClock::Instance(); must outlive the store
   uint32_t inbox_cap = 10000;    // newest N stay in `inbox`, older move to `archive`
   int64_t dedup_window_ms = 7LL * 24 * 3600 * 1000;
@@ -125,21 +136,25 @@ struct StoreStats {
   // for (dedup_bloom_keys_per_day). Past it, more and more new keys cost a read.
   uint64_t dedup_bloom_keys_today = 0;
   uint64_t dedup_bloom_keys_per_day = 0;
-  uint64_t archived = 0;               // messages moved from `inbox` to `archive`
+  uint64_t archived = 0;  // messages moved from `inbox` to `archive`
 };
 
 struct StoredRevocations {
-  std::vector<std::pair<std::string, int64_t>> jtis;   // jti, keep until (unix ms)
-  std::vector<std::pair<uint64_t, int64_t>> users;     // user, revoked before (unix ms)
+  std::vector<std::pair<std::string, int64_t>> jtis;  // jti, keep until (unix ms)
+  std::vector<std::pair<uint64_t, int64_t>> users;    // user, revoked before (unix ms)
 };
 
 class InboxStore {
  public:
   // Opens (creating if missing) the store at options.path, recovering from a crash: RocksDB
-  // replays the WAL (point-in-time recovery, see docs/storage.md), the HLC is restored from
-  // the persisted high-water mark and interrupted archive moves are resumed.
-  // Errors: BAD_REQUEST for invalid options, STORAGE_FULL when the disk is full,
-  // INTERNAL otherwise (e.g. the directory is locked by another process, or corruption).
+  // replays the WAL (point-in-time recovery, see docs/storage.md), the HLC starts above
+  // every persisted high-water mark and interrupted archive moves are resumed. A store of
+  // layout version 1 (no vnode prefixes) is migrated in place first (crash-safe: an
+  // interrupted migration is finished by the next Open).
+  // Errors: BAD_REQUEST for invalid options, or a store recorded with another vnode count;
+  // UNSUPPORTED_VERSION for a store written by a newer layout; STORAGE_FULL when the disk
+  // is full; INTERNAL otherwise (e.g. the directory is locked by another process, or
+  // corruption).
   static Result<std::unique_ptr<InboxStore>> Open(const StoreOptions& options);
 
   ~InboxStore();  // Stop()s
@@ -216,6 +231,21 @@ class InboxStore {
   Result<v1::GroupInfo> GetGroup(uint64_t group_id) const;  // NOT_FOUND
 
   uint64_t LastId() const;  // HLC high-water mark
+
+  // Vnode ranges (CLUSTER.md §4, §6: copy, verify, delete a vnode).
+  // The vnode of a user or group id in this store (options.vnodes).
+  int32_t VnodeOf(uint64_t owner) const;
+  // A deterministic 64-bit hash (XXH3) over every key and value of `vnode`, column family
+  // by column family, from one snapshot: two stores holding the same records for the vnode
+  // give the same value. Node-wide records (HLC marks, revocations) are not part of any
+  // vnode. Expired dedup entries count until compaction drops them. BAD_REQUEST for a
+  // vnode out of range; INTERNAL on read errors.
+  Result<uint64_t> VnodeChecksum(int32_t vnode) const;
+  // Deletes every record of `vnode` (range deletions in every column family, one synced
+  // batch, ordered after every write queued before it). The caller stops routing writes to
+  // the vnode first; a write for it that is queued after this call is stored again.
+  // BAD_REQUEST for a vnode out of range; write errors as PutSettings.
+  Status DeleteVnode(int32_t vnode);
 
   // Stops accepting writes (they fail with UNAVAILABLE), finishes queued appends (their
   // callbacks run), joins the store's threads. Idempotent; the destructor calls it. Reads

@@ -3,7 +3,8 @@
 //   inbox_store.cc     Open, Stop, the public wrappers, Scan and History;
 //   group_commit.cc    the commit queue and the commit thread (appends, dedup, ids);
 //   archiver.cc        the background move of old inbox messages to the archive;
-//   user_records.cc    settings, last seen, prekeys, groups.
+//   user_records.cc    settings, last seen, prekeys, groups;
+//   vnode_ranges.cc    the layout check and migration at Open, vnode checksums and deletes.
 //
 // Threads and ownership:
 //  - callers enqueue CommitRequests under queue_mu_;
@@ -77,8 +78,15 @@ struct ArchiveRequest {
   std::function<void(Status)> done;
 };
 
+// Deletes one vnode's key range; always the last request of its batch, and the batch is
+// written before the next one is built (see CommitBatch).
+struct VnodeDeleteRequest {
+  int32_t vnode = 0;
+  std::function<void(Status)> done;
+};
+
 struct CommitRequest {
-  std::variant<AppendRequest, RecordWriteRequest, ArchiveRequest> body;
+  std::variant<AppendRequest, RecordWriteRequest, ArchiveRequest, VnodeDeleteRequest> body;
   size_t bytes = 0;  // approximate size, for the batch byte limit
 };
 
@@ -123,11 +131,17 @@ class InboxStore::Impl {
 
   uint64_t LastId() const { return hlc_.Last(); }
 
+  // vnode_ranges.cc
+  int32_t Vnode(uint64_t owner) const { return store::VnodeOf(owner, options_.vnodes); }
+  Result<uint64_t> VnodeChecksum(int32_t vnode) const;
+  Status DeleteVnode(int32_t vnode);
+
  private:
   // A user's counters as the commit thread knows them (including unwritten appends).
   struct CachedUser {
     UserState state;
     uint32_t unpersisted = 0;  // appends since `state` was last written to `meta`
+    int32_t vnode = 0;         // Vnode(user)
   };
 
   // A request's answer, delivered after the batch's write.
@@ -146,11 +160,13 @@ class InboxStore::Impl {
     bool has_writes = false;
     uint64_t envelopes = 0;
     uint64_t archived = 0;
-    std::unordered_map<uint64_t, CachedUser> touched;       // user -> counters before it
-    std::vector<std::string> remembered;                     // dedup keys it added
-    std::vector<std::pair<uint64_t, uint64_t>> over_cap;     // user, excess after it
+    std::unordered_map<uint64_t, CachedUser> touched;     // user -> counters before it
+    std::vector<std::string> remembered;                  // dedup keys it added
+    std::vector<std::pair<uint64_t, uint64_t>> over_cap;  // user, excess after it
+    std::vector<uint32_t> shards;                         // shards it assigned ids in
+    std::optional<int32_t> deleted_vnode;                 // a VnodeDeleteRequest's
     std::vector<Completion> completions;
-    std::vector<v1::Envelope> stored;                        // for the listener
+    std::vector<v1::Envelope> stored;  // for the listener
     std::function<void(const std::vector<v1::Envelope>&)> listener;
   };
 
@@ -168,11 +184,14 @@ class InboxStore::Impl {
   void BuildAppend(AppendRequest& a);
   void BuildRecordWrite(RecordWriteRequest& w);
   void BuildArchive(ArchiveRequest& r);
+  void BuildVnodeDelete(VnodeDeleteRequest& r);
+  // Notes that the batch assigns ids in `vnode`'s shard (its high-water mark is written).
+  void TouchShard(int32_t vnode);
   // The user's counters, loaded on first use, saved for rollback on first touch in this
   // batch. Errors: INTERNAL when `meta` or `inbox` cannot be read.
   Result<CachedUser*> TouchUser(uint64_t user);
   // The persisted counters plus the inbox entries appended after they were written.
-  Result<UserState> LoadUserState(uint64_t user) const;
+  Result<UserState> LoadUserState(uint64_t user, int32_t vnode) const;
   void AddPut(Cf cf, std::string_view key, std::string_view value);
   void AddDelete(Cf cf, std::string_view key);
   Status EnsureWritable();
@@ -186,8 +205,16 @@ class InboxStore::Impl {
                                const rocksdb::Snapshot* snapshot, bool* more_left) const;
   Status ResumeInterruptedArchiving();
 
+  // vnode_ranges.cc
+  // Checks the recorded layout version and vnode count, migrating a version-1 store.
+  Status EnsureLayout();
+  Status MigrateFromVersion1();
+  // The greatest persisted HLC high-water mark (0 when none).
+  Result<uint64_t> ReadHighWaterMark() const;
+
   const StoreOptions options_;
   const Clock* const clock_;
+  std::vector<uint32_t> vnode_shard_;  // shard of each vnode; set in Init, then read-only
   HybridLogicalClock hlc_;
   std::unique_ptr<StoreDb> db_;
   std::unique_ptr<DedupIndex> dedup_;
@@ -221,11 +248,11 @@ class InboxStore::Impl {
   // The hand-off between the commit thread and the sync thread.
   std::mutex pipe_mu_;
   std::condition_variable pipe_cv_;
-  std::unique_ptr<BuiltBatch> slot_;                       // guarded by pipe_mu_
-  bool sync_busy_ = false;                                 // writing a batch; pipe_mu_
-  bool sync_stop_ = false;                                 // guarded by pipe_mu_
-  Status pipe_error_;                                      // first unhandled failure; pipe_mu_
-  std::vector<std::unique_ptr<BuiltBatch>> returned_;      // failed, to roll back; pipe_mu_
+  std::unique_ptr<BuiltBatch> slot_;                   // guarded by pipe_mu_
+  bool sync_busy_ = false;                             // writing a batch; pipe_mu_
+  bool sync_stop_ = false;                             // guarded by pipe_mu_
+  Status pipe_error_;                                  // first unhandled failure; pipe_mu_
+  std::vector<std::unique_ptr<BuiltBatch>> returned_;  // failed, to roll back; pipe_mu_
   std::thread sync_thread_;
 
   // Archiver.

@@ -175,11 +175,11 @@ Status StoreDb::OpenLocked() {
   }
   std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
   descriptors.emplace_back(rocksdb::kDefaultColumnFamilyName, base(small_buffer, 4096));
-  // Keys of one user (inbox, archive, keys) or one sender (dedup, with time-ordered
-  // UUIDv7 idempotency keys) arrive in increasing order: the memtable keeps an insert
-  // position per 8-byte prefix, so most inserts skip the skip-list search.
+  // Keys of one user (inbox, archive) or one sender (dedup, with time-ordered UUIDv7
+  // idempotency keys) arrive in increasing order: the memtable keeps an insert position per
+  // 12-byte prefix (vnode + user or sender), so most inserts skip the skip-list search.
   const std::shared_ptr<const rocksdb::SliceTransform> user_prefix(
-      rocksdb::NewFixedPrefixTransform(8));
+      rocksdb::NewFixedPrefixTransform(12));
   {
     // inbox: hot, read by sync. The archiver deletes its oldest entries, so files dense in
     // tombstones are compacted early (scans never wade through them).

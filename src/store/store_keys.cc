@@ -1,15 +1,36 @@
 #include "store/store_keys.h"
 
 #include "common/bytes.h"
+#include "common/jump_hash.h"
 
 namespace iris::store {
 namespace {
 
-std::string TaggedUserKey(char tag, uint64_t user) {
+void AppendBigEndian32(std::string* out, uint32_t v) {
+  for (int shift = 24; shift >= 0; shift -= 8) out->push_back(static_cast<char>(v >> shift));
+}
+
+uint32_t GetBigEndian32(const char* p) {
+  const auto* u = reinterpret_cast<const unsigned char*>(p);
+  return (uint32_t{u[0]} << 24) | (uint32_t{u[1]} << 16) | (uint32_t{u[2]} << 8) | u[3];
+}
+
+// vnode(4) tag(1) user(8)
+std::string VnodeTaggedUserKey(int32_t vnode, char tag, uint64_t user) {
   std::string k;
-  k.reserve(9);
+  k.reserve(13);
+  AppendBigEndian32(&k, static_cast<uint32_t>(vnode));
   k.push_back(tag);
   AppendBigEndian64(&k, user);
+  return k;
+}
+
+// vnode(4) id(8)
+std::string VnodeIdKey(int32_t vnode, uint64_t id, size_t reserve) {
+  std::string k;
+  k.reserve(reserve);
+  AppendBigEndian32(&k, static_cast<uint32_t>(vnode));
+  AppendBigEndian64(&k, id);
   return k;
 }
 
@@ -23,32 +44,36 @@ void AppendVarint(std::string* out, uint64_t v) {
 
 }  // namespace
 
-std::string InboxKey(uint64_t user, uint64_t id) {
+int32_t VnodeOf(uint64_t owner, int32_t vnodes) {
+  return JumpConsistentHash(UserPartitionKey(owner), vnodes);
+}
+
+std::string VnodePrefix(int32_t vnode) {
   std::string k;
-  k.reserve(16);
-  AppendBigEndian64(&k, user);
+  AppendBigEndian32(&k, static_cast<uint32_t>(vnode));
+  return k;
+}
+
+std::string InboxKey(int32_t vnode, uint64_t user, uint64_t id) {
+  std::string k = VnodeIdKey(vnode, user, 20);
   AppendBigEndian64(&k, id);
   return k;
 }
 
 std::optional<InboxKeyParts> ParseInboxKey(std::string_view key) {
-  if (key.size() != 16) return std::nullopt;
-  return InboxKeyParts{GetBigEndian64(key.data()), GetBigEndian64(key.data() + 8)};
+  if (key.size() != 20) return std::nullopt;
+  return InboxKeyParts{static_cast<int32_t>(GetBigEndian32(key.data())),
+                       GetBigEndian64(key.data() + 4), GetBigEndian64(key.data() + 12)};
 }
 
-std::string InboxUpperBound(uint64_t user) {
-  if (user == UINT64_MAX) {
-    std::string k(8, '\xff');
-    k.append(9, '\xff');  // longer than every 16-byte key of this user
-    return k;
-  }
-  return InboxKey(user + 1, 0);
+std::string InboxUpperBound(int32_t vnode, uint64_t user) {
+  std::string k = VnodeIdKey(vnode, user, 21);
+  k.append(9, '\xff');  // longer than, and not below, every 20-byte key of this user
+  return k;
 }
 
-std::string DedupKey(uint64_t sender, std::string_view idempotency_key) {
-  std::string k;
-  k.reserve(8 + idempotency_key.size());
-  AppendBigEndian64(&k, sender);
+std::string DedupKey(int32_t vnode, uint64_t sender, std::string_view idempotency_key) {
+  std::string k = VnodeIdKey(vnode, sender, 12 + idempotency_key.size());
   k.append(idempotency_key);
   return k;
 }
@@ -66,20 +91,36 @@ std::optional<DedupEntry> DecodeDedupEntry(std::string_view v) {
   return DedupEntry{GetBigEndian64(v.data()), static_cast<int64_t>(GetBigEndian64(v.data() + 8))};
 }
 
-std::string MetaHlcKey() { return std::string(1, 'H'); }
-std::string MetaUserStateKey(uint64_t user) { return TaggedUserKey('U', user); }
-std::string MetaArchivePendingKey(uint64_t user) {
-  return TaggedUserKey(kMetaArchivePendingPrefix, user);
+std::string MetaHlcKey(uint32_t shard) {
+  std::string k(1, kMetaHlcPrefix);
+  AppendBigEndian32(&k, shard);
+  return k;
 }
-std::string MetaSettingsKey(uint64_t user) { return TaggedUserKey('S', user); }
-std::string MetaLastSeenKey(uint64_t user) { return TaggedUserKey('L', user); }
+std::string MetaUserStateKey(int32_t vnode, uint64_t user) {
+  return VnodeTaggedUserKey(vnode, kMetaUserStateTag, user);
+}
+std::string MetaArchivePendingKey(int32_t vnode, uint64_t user) {
+  return VnodeTaggedUserKey(vnode, kMetaArchivePendingTag, user);
+}
+std::string MetaSettingsKey(int32_t vnode, uint64_t user) {
+  return VnodeTaggedUserKey(vnode, kMetaSettingsTag, user);
+}
+std::string MetaLastSeenKey(int32_t vnode, uint64_t user) {
+  return VnodeTaggedUserKey(vnode, kMetaLastSeenTag, user);
+}
+std::optional<uint64_t> ParseMetaUserKey(std::string_view key, char tag) {
+  if (key.size() != 13 || key[4] != tag) return std::nullopt;
+  return GetBigEndian64(key.data() + 5);
+}
 std::string MetaRevokedJtiKey(std::string_view jti) {
   std::string k(1, kMetaRevokedJtiPrefix);
   k.append(jti);
   return k;
 }
 std::string MetaRevokedUserKey(uint64_t user) {
-  return TaggedUserKey(kMetaRevokedUserPrefix, user);
+  std::string k(1, kMetaRevokedUserPrefix);
+  AppendBigEndian64(&k, user);
+  return k;
 }
 
 std::string EncodeUserState(const UserState& s) {
@@ -108,22 +149,31 @@ std::optional<uint64_t> DecodeU64(std::string_view v) {
   return GetBigEndian64(v.data());
 }
 
-std::string KeysBundleKey(uint64_t user) {
-  std::string k;
-  AppendBigEndian64(&k, user);
+std::string EncodeU32(uint32_t v) {
+  std::string s;
+  AppendBigEndian32(&s, v);
+  return s;
+}
+
+std::optional<uint32_t> DecodeU32(std::string_view v) {
+  if (v.size() != 4) return std::nullopt;
+  return GetBigEndian32(v.data());
+}
+
+std::string KeysBundleKey(int32_t vnode, uint64_t user) {
+  std::string k = VnodeIdKey(vnode, user, 13);
   k.push_back('B');
   return k;
 }
 
-std::string PreKeyPrefix(uint64_t user) {
-  std::string k;
-  AppendBigEndian64(&k, user);
+std::string PreKeyPrefix(int32_t vnode, uint64_t user) {
+  std::string k = VnodeIdKey(vnode, user, 21);
   k.push_back('P');
   return k;
 }
 
-std::string PreKeyKey(uint64_t user, uint64_t seq) {
-  std::string k = PreKeyPrefix(user);
+std::string PreKeyKey(int32_t vnode, uint64_t user, uint64_t seq) {
+  std::string k = PreKeyPrefix(vnode, user);
   AppendBigEndian64(&k, seq);
   return k;
 }
@@ -147,7 +197,7 @@ std::optional<StoredBundle> DecodeStoredBundle(std::string_view v) {
   return b;
 }
 
-std::string GroupKey(uint64_t group_id) { return EncodeU64(group_id); }
+std::string GroupKey(int32_t vnode, uint64_t group_id) { return VnodeIdKey(vnode, group_id, 12); }
 
 std::string EncodeEnvelopeBody(v1::Envelope* envelope) {
   envelope->clear_id();

@@ -1,18 +1,38 @@
 #pragma once
-// Key and value layouts of the store's column families (docs/storage.md, "Layout").
-// Every integer in a key is big-endian, so RocksDB's bytewise order is numeric order.
+// Key and value layouts of the store's column families (docs/storage.md, "Layout"), layout
+// version 2. Every integer in a key is big-endian, so RocksDB's bytewise order is numeric
+// order.
 //
-//   inbox, archive  user(8) id(8)                    -> envelope (EncodeStoredEnvelope)
-//   dedup           sender(8) idempotency key(1..255) -> first id(8) accepted ms(8)
-//   meta            'H'                               -> HLC high-water mark(8)
-//                   'U' user(8)                       -> inbox count(8) archived-through(8)
-//                                                        counted-through(8)
-//                   'A' user(8)                       -> "" (inbox over cap: archive pending)
-//                   'S' user(8)                       -> settings flags(1)
-//                   'L' user(8)                       -> last seen ms(8)
-//   keys            user(8) 'B'                       -> next seq(8) pool size(8) KeysBundle
-//                   user(8) 'P' seq(8)                -> PreKey
-//   groups          group id(8)                       -> GroupInfo
+// Every per-user and per-group key starts with the 4-byte vnode of its owner,
+// vnode = VnodeOf(owner, V) = JumpConsistentHash(UserPartitionKey(owner), V) (CLUSTER.md
+// §4), so one vnode is the key range [VnodePrefix(v), VnodePrefix(v + 1)) in every column
+// family: it can be copied, checksummed and deleted as a range. V is at most kMaxVnodes
+// (2^24), so a vnode prefix starts with 0x00 and sorts before every node-wide `meta` key,
+// which starts with a letter.
+//
+//   inbox, archive  vnode(4) user(8) id(8)                  -> envelope (EncodeStoredEnvelope)
+//   dedup           vnode(4) sender(8) idempotency key(1..255) -> first id(8) accepted ms(8)
+//                   (vnode of the inbox owner: the recipient of a 1:1 send, the group of a
+//                   group send)
+//   meta            vnode(4) 'U' user(8)                    -> inbox count(8)
+//                                                              archived-through(8)
+//                                                              counted-through(8)
+//                   vnode(4) 'A' user(8)                    -> "" (inbox over cap: archive
+//                                                              pending)
+//                   vnode(4) 'S' user(8)                    -> settings flags(1)
+//                   vnode(4) 'L' user(8)                    -> last seen ms(8)
+//     node-wide:    'H' shard(4)                            -> HLC high-water mark(8) of the
+//                                                              shard
+//                   'J' jti, 'R' user(8)                    -> token revocations (ms)
+//                   'N'                                     -> V, the vnode count(4)
+//                   'V'                                     -> layout version(4)
+//   keys            vnode(4) user(8) 'B'                    -> next seq(8) pool size(8)
+//                                                              KeysBundle
+//                   vnode(4) user(8) 'P' seq(8)             -> PreKey
+//   groups          vnode(4) group id(8)                    -> GroupInfo
+//
+// The previous layout (version 1, the same keys without the vnode prefix and one 'H' mark)
+// is migrated on open (layout_migration.cc, with the helpers of legacy_keys.h).
 //
 // Pure functions; thread-safe.
 
@@ -26,19 +46,28 @@
 namespace iris::store {
 
 inline constexpr size_t kMaxIdempotencyKeyBytes = 255;
+inline constexpr uint32_t kLayoutVersion = 2;
+inline constexpr int32_t kMaxVnodes = 1 << 24;
+inline constexpr size_t kVnodePrefixBytes = 4;
 
-std::string InboxKey(uint64_t user, uint64_t id);
-// The user and id of an inbox/archive key; nullopt when the key is not 16 bytes.
+// The vnode of a user or group id. Precondition: 0 < vnodes <= kMaxVnodes.
+int32_t VnodeOf(uint64_t owner, int32_t vnodes);
+// vnode(4), big-endian: the first key of the vnode's range. VnodePrefix(vnodes) is the
+// end of the last vnode's range.
+std::string VnodePrefix(int32_t vnode);
+
+std::string InboxKey(int32_t vnode, uint64_t user, uint64_t id);
+// The parts of an inbox/archive key; nullopt when the key is not 20 bytes.
 struct InboxKeyParts {
+  int32_t vnode;
   uint64_t user;
   uint64_t id;
 };
 std::optional<InboxKeyParts> ParseInboxKey(std::string_view key);
-// The first key after every key of `user` (user + 1, id 0); for user UINT64_MAX a 9-byte
-// key that sorts after all 16-byte keys of that user.
-std::string InboxUpperBound(uint64_t user);
+// A key after every inbox/archive key of `user` and before the next user's.
+std::string InboxUpperBound(int32_t vnode, uint64_t user);
 
-std::string DedupKey(uint64_t sender, std::string_view idempotency_key);
+std::string DedupKey(int32_t vnode, uint64_t sender, std::string_view idempotency_key);
 struct DedupEntry {
   uint64_t first_id;
   int64_t accepted_ms;
@@ -46,17 +75,28 @@ struct DedupEntry {
 std::string EncodeDedupEntry(const DedupEntry& e);
 std::optional<DedupEntry> DecodeDedupEntry(std::string_view v);
 
-std::string MetaHlcKey();
-std::string MetaUserStateKey(uint64_t user);
-std::string MetaArchivePendingKey(uint64_t user);
-inline constexpr char kMetaArchivePendingPrefix = 'A';
-std::string MetaSettingsKey(uint64_t user);
-std::string MetaLastSeenKey(uint64_t user);
+// Node-wide `meta` keys.
+inline constexpr char kMetaHlcPrefix = 'H';
+std::string MetaHlcKey(uint32_t shard);
+inline constexpr char kMetaLayoutVersionKey[] = "V";
+inline constexpr char kMetaVnodesKey[] = "N";
 // Token revocations: 'J' + jti -> keep-until (unix ms); 'R' + user -> revoked-before (ms).
 inline constexpr char kMetaRevokedJtiPrefix = 'J';
 inline constexpr char kMetaRevokedUserPrefix = 'R';
 std::string MetaRevokedJtiKey(std::string_view jti);
 std::string MetaRevokedUserKey(uint64_t user);
+
+// Per-user `meta` keys: vnode(4) tag(1) user(8).
+inline constexpr char kMetaUserStateTag = 'U';
+inline constexpr char kMetaArchivePendingTag = 'A';
+inline constexpr char kMetaSettingsTag = 'S';
+inline constexpr char kMetaLastSeenTag = 'L';
+std::string MetaUserStateKey(int32_t vnode, uint64_t user);
+std::string MetaArchivePendingKey(int32_t vnode, uint64_t user);
+std::string MetaSettingsKey(int32_t vnode, uint64_t user);
+std::string MetaLastSeenKey(int32_t vnode, uint64_t user);
+// The user of a per-user `meta` key with the given tag; nullopt for any other key.
+std::optional<uint64_t> ParseMetaUserKey(std::string_view key, char tag);
 
 // Per-user inbox bookkeeping, as last persisted: `count` messages in `inbox` with ids up to
 // `counted_through` (messages with greater ids were appended after it was written and are
@@ -71,10 +111,12 @@ std::optional<UserState> DecodeUserState(std::string_view v);
 
 std::string EncodeU64(uint64_t v);
 std::optional<uint64_t> DecodeU64(std::string_view v);
+std::string EncodeU32(uint32_t v);
+std::optional<uint32_t> DecodeU32(std::string_view v);
 
-std::string KeysBundleKey(uint64_t user);
-std::string PreKeyKey(uint64_t user, uint64_t seq);
-std::string PreKeyPrefix(uint64_t user);  // user(8) 'P'
+std::string KeysBundleKey(int32_t vnode, uint64_t user);
+std::string PreKeyKey(int32_t vnode, uint64_t user, uint64_t seq);
+std::string PreKeyPrefix(int32_t vnode, uint64_t user);  // vnode(4) user(8) 'P'
 
 struct StoredBundle {
   uint64_t next_seq = 0;
@@ -84,7 +126,7 @@ struct StoredBundle {
 std::string EncodeStoredBundle(const StoredBundle& b);
 std::optional<StoredBundle> DecodeStoredBundle(std::string_view v);
 
-std::string GroupKey(uint64_t group_id);
+std::string GroupKey(int32_t vnode, uint64_t group_id);
 
 // Envelopes are serialized on the caller's thread without id and sent_at_ms (`body`), and
 // the commit thread prefixes those two fields once it has assigned them. Protobuf parsing

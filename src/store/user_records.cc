@@ -18,7 +18,8 @@ Status InboxStore::Impl::PutSettings(uint64_t user, const UserSettings& s) {
   const uint8_t flags = static_cast<uint8_t>((s.read_receipts ? kReadReceiptsBit : 0) |
                                              (s.share_presence ? kSharePresenceBit : 0));
   std::vector<KvOp> ops;
-  ops.push_back(KvOp{Cf::kMeta, MetaSettingsKey(user), std::string(1, static_cast<char>(flags))});
+  ops.push_back(KvOp{Cf::kMeta, MetaSettingsKey(Vnode(user), user),
+                     std::string(1, static_cast<char>(flags))});
   return WriteRecords(std::move(ops));
 }
 
@@ -26,8 +27,8 @@ Result<UserSettings> InboxStore::Impl::GetSettings(uint64_t user) const {
   const StoreDb::ReadHold db = db_->Hold();
   if (!db.ok()) return StoreDb::ReadHold::Closed();
   std::string v;
-  const rocksdb::Status s =
-      db.db()->Get(rocksdb::ReadOptions(), db.cf(Cf::kMeta), MetaSettingsKey(user), &v);
+  const rocksdb::Status s = db.db()->Get(rocksdb::ReadOptions(), db.cf(Cf::kMeta),
+                                         MetaSettingsKey(Vnode(user), user), &v);
   if (s.IsNotFound()) return UserSettings{};
   if (!s.ok()) return FromRocks(s, "store: read settings");
   if (v.size() != 1) return Internal("store: malformed settings");
@@ -37,7 +38,7 @@ Result<UserSettings> InboxStore::Impl::GetSettings(uint64_t user) const {
 
 Status InboxStore::Impl::PutLastSeen(uint64_t user, uint64_t last_seen_ms) {
   std::vector<KvOp> ops;
-  ops.push_back(KvOp{Cf::kMeta, MetaLastSeenKey(user), EncodeU64(last_seen_ms)});
+  ops.push_back(KvOp{Cf::kMeta, MetaLastSeenKey(Vnode(user), user), EncodeU64(last_seen_ms)});
   return WriteRecords(std::move(ops));
 }
 
@@ -45,8 +46,8 @@ Result<uint64_t> InboxStore::Impl::GetLastSeen(uint64_t user) const {
   const StoreDb::ReadHold db = db_->Hold();
   if (!db.ok()) return StoreDb::ReadHold::Closed();
   std::string v;
-  const rocksdb::Status s =
-      db.db()->Get(rocksdb::ReadOptions(), db.cf(Cf::kMeta), MetaLastSeenKey(user), &v);
+  const rocksdb::Status s = db.db()->Get(rocksdb::ReadOptions(), db.cf(Cf::kMeta),
+                                         MetaLastSeenKey(Vnode(user), user), &v);
   if (s.IsNotFound()) return uint64_t{0};
   if (!s.ok()) return FromRocks(s, "store: read last seen");
   const std::optional<uint64_t> ms = DecodeU64(v);
@@ -57,7 +58,8 @@ Result<uint64_t> InboxStore::Impl::GetLastSeen(uint64_t user) const {
 Status InboxStore::Impl::PutRevokedJti(std::string_view jti, int64_t until_ms) {
   if (jti.empty()) return BadRequest("store: empty jti");
   std::vector<KvOp> ops;
-  ops.push_back(KvOp{Cf::kMeta, MetaRevokedJtiKey(jti), EncodeU64(static_cast<uint64_t>(until_ms))});
+  ops.push_back(
+      KvOp{Cf::kMeta, MetaRevokedJtiKey(jti), EncodeU64(static_cast<uint64_t>(until_ms))});
   return WriteRecords(std::move(ops));
 }
 
@@ -121,10 +123,11 @@ Result<StoredRevocations> InboxStore::Impl::LoadRevocations(int64_t now_ms) {
 
 namespace {
 
-Result<std::optional<StoredBundle>> ReadBundle(const StoreDb::ReadHold& db, uint64_t user) {
+Result<std::optional<StoredBundle>> ReadBundle(const StoreDb::ReadHold& db, int32_t vnode,
+                                               uint64_t user) {
   std::string v;
   const rocksdb::Status s =
-      db.db()->Get(rocksdb::ReadOptions(), db.cf(Cf::kKeys), KeysBundleKey(user), &v);
+      db.db()->Get(rocksdb::ReadOptions(), db.cf(Cf::kKeys), KeysBundleKey(vnode, user), &v);
   if (s.IsNotFound()) return std::optional<StoredBundle>();
   if (!s.ok()) return FromRocks(s, "store: read prekey bundle");
   std::optional<StoredBundle> b = DecodeStoredBundle(v);
@@ -140,7 +143,7 @@ Status InboxStore::Impl::UploadKeys(uint64_t user, const v1::KeysUpload& upload)
   {
     const StoreDb::ReadHold db = db_->Hold();  // released before waiting for the write
     if (!db.ok()) return StoreDb::ReadHold::Closed();
-    IRIS_ASSIGN_OR_RETURN(existing, ReadBundle(db, user));
+    IRIS_ASSIGN_OR_RETURN(existing, ReadBundle(db, Vnode(user), user));
   }
   StoredBundle b = existing.value_or(StoredBundle{});
   const uint64_t adding = static_cast<uint64_t>(upload.one_time_prekeys_size());
@@ -154,10 +157,11 @@ Status InboxStore::Impl::UploadKeys(uint64_t user, const v1::KeysUpload& upload)
   if (upload.has_signed_prekey()) *b.bundle.mutable_signed_prekey() = upload.signed_prekey();
   std::vector<KvOp> ops;
   for (const v1::PreKey& k : upload.one_time_prekeys()) {
-    ops.push_back(KvOp{Cf::kKeys, PreKeyKey(user, b.next_seq++), k.SerializeAsString()});
+    ops.push_back(
+        KvOp{Cf::kKeys, PreKeyKey(Vnode(user), user, b.next_seq++), k.SerializeAsString()});
     ++b.pool_size;
   }
-  ops.push_back(KvOp{Cf::kKeys, KeysBundleKey(user), EncodeStoredBundle(b)});
+  ops.push_back(KvOp{Cf::kKeys, KeysBundleKey(Vnode(user), user), EncodeStoredBundle(b)});
   return WriteRecords(std::move(ops));
 }
 
@@ -168,7 +172,7 @@ Result<v1::KeysBundle> InboxStore::Impl::FetchKeys(uint64_t user) {
   {
     const StoreDb::ReadHold db = db_->Hold();  // released before waiting for the write
     if (!db.ok()) return StoreDb::ReadHold::Closed();
-    IRIS_ASSIGN_OR_RETURN(std::optional<StoredBundle> stored, ReadBundle(db, user));
+    IRIS_ASSIGN_OR_RETURN(std::optional<StoredBundle> stored, ReadBundle(db, Vnode(user), user));
     if (!stored) return NotFound("store: no keys uploaded for user " + std::to_string(user));
     out = stored->bundle;
     out.set_user(user);
@@ -176,7 +180,7 @@ Result<v1::KeysBundle> InboxStore::Impl::FetchKeys(uint64_t user) {
       out.set_one_time_prekeys_left(0);
       return out;
     }
-    const std::string prefix = PreKeyPrefix(user);
+    const std::string prefix = PreKeyPrefix(Vnode(user), user);
     std::string upper = prefix;
     upper.back() = static_cast<char>(upper.back() + 1);
     const rocksdb::Slice upper_slice(upper);
@@ -198,7 +202,7 @@ Result<v1::KeysBundle> InboxStore::Impl::FetchKeys(uint64_t user) {
     }
     out.set_one_time_prekeys_left(
         static_cast<uint32_t>(std::min<uint64_t>(stored->pool_size, UINT32_MAX)));
-    ops.push_back(KvOp{Cf::kKeys, KeysBundleKey(user), EncodeStoredBundle(*stored)});
+    ops.push_back(KvOp{Cf::kKeys, KeysBundleKey(Vnode(user), user), EncodeStoredBundle(*stored)});
   }
   IRIS_RETURN_IF_ERROR(WriteRecords(std::move(ops)));
   return out;
@@ -209,7 +213,8 @@ Status InboxStore::Impl::PutGroup(const v1::GroupInfo& group) {
   v1::GroupInfo copy = group;
   copy.clear_request_id();
   std::vector<KvOp> ops;
-  ops.push_back(KvOp{Cf::kGroups, GroupKey(group.group_id()), copy.SerializeAsString()});
+  ops.push_back(KvOp{Cf::kGroups, GroupKey(Vnode(group.group_id()), group.group_id()),
+                     copy.SerializeAsString()});
   return WriteRecords(std::move(ops));
 }
 
@@ -217,8 +222,8 @@ Result<v1::GroupInfo> InboxStore::Impl::GetGroup(uint64_t group_id) const {
   const StoreDb::ReadHold db = db_->Hold();
   if (!db.ok()) return StoreDb::ReadHold::Closed();
   std::string v;
-  const rocksdb::Status s =
-      db.db()->Get(rocksdb::ReadOptions(), db.cf(Cf::kGroups), GroupKey(group_id), &v);
+  const rocksdb::Status s = db.db()->Get(rocksdb::ReadOptions(), db.cf(Cf::kGroups),
+                                         GroupKey(Vnode(group_id), group_id), &v);
   if (s.IsNotFound()) return NotFound("store: no group " + std::to_string(group_id));
   if (!s.ok()) return FromRocks(s, "store: read group");
   v1::GroupInfo g;

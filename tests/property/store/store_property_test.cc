@@ -18,6 +18,7 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <tuple>
 
 #include "common/clock.h"
 #include "store/hot_dedup_table.h"
@@ -252,13 +253,18 @@ RC_GTEST_PROP(StorePropertyTest, IdsStrictlyIncreasePerInboxUnderClockSteps, ())
   }
 }
 
-RC_GTEST_PROP(StorePropertyTest, InboxKeysSortAsUserThenId,
+RC_GTEST_PROP(StorePropertyTest, InboxKeysSortAsVnodeThenUserThenId,
               (uint64_t user_a, uint64_t id_a, uint64_t user_b, uint64_t id_b)) {
-  const bool less = std::make_pair(user_a, id_a) < std::make_pair(user_b, id_b);
-  RC_ASSERT((InboxKey(user_a, id_a) < InboxKey(user_b, id_b)) == less);
-  RC_ASSERT(InboxKey(user_a, id_a) < InboxUpperBound(user_a));
-  const std::optional<InboxKeyParts> p = ParseInboxKey(InboxKey(user_a, id_a));
+  const int32_t vnode_a = *rc::gen::inRange<int32_t>(0, kMaxVnodes);
+  const int32_t vnode_b = *rc::gen::element(vnode_a, *rc::gen::inRange<int32_t>(0, kMaxVnodes));
+  const bool less = std::make_tuple(vnode_a, user_a, id_a) < std::make_tuple(vnode_b, user_b, id_b);
+  RC_ASSERT((InboxKey(vnode_a, user_a, id_a) < InboxKey(vnode_b, user_b, id_b)) == less);
+  RC_ASSERT(InboxKey(vnode_a, user_a, id_a) < InboxUpperBound(vnode_a, user_a));
+  RC_ASSERT(VnodePrefix(vnode_a) <= InboxKey(vnode_a, user_a, id_a));
+  RC_ASSERT(InboxUpperBound(vnode_a, user_a) < VnodePrefix(vnode_a + 1));
+  const std::optional<InboxKeyParts> p = ParseInboxKey(InboxKey(vnode_a, user_a, id_a));
   RC_ASSERT(p.has_value());
+  RC_ASSERT(p->vnode == vnode_a);
   RC_ASSERT(p->user == user_a);
   RC_ASSERT(p->id == id_a);
 }
@@ -266,8 +272,8 @@ RC_GTEST_PROP(StorePropertyTest, InboxKeysSortAsUserThenId,
 RC_GTEST_PROP(StorePropertyTest, HotDedupTableAnswersLikeAMapWithAnEvictionQueue, ()) {
   // Few distinct keys and a handful of hash values: most probes collide, on tags and homes.
   const size_t expected = *rc::gen::inRange<size_t>(1, 40);
-  const uint64_t first_seq = *rc::gen::element<uint64_t>(0, (uint64_t{1} << 32) - 20,
-                                                         (uint64_t{1} << 33) - 3);
+  const uint64_t first_seq =
+      *rc::gen::element<uint64_t>(0, (uint64_t{1} << 32) - 20, (uint64_t{1} << 33) - 3);
   HotDedupTable table(expected, first_seq);
   struct ModelEntry {
     std::string key;

@@ -76,16 +76,47 @@ TEST(BloomRingTest, CountsTheKeysOfTheCurrentSlotAgainstItsSize) {
   EXPECT_EQ(ring.newest_keys(), 0u);
 }
 
-TEST(StoreKeysTest, InboxKeysSortByUserThenId) {
-  EXPECT_LT(InboxKey(1, UINT64_MAX), InboxKey(2, 0));
-  EXPECT_LT(InboxKey(5, 255), InboxKey(5, 256));
-  EXPECT_LT(InboxKey(5, UINT64_MAX), InboxUpperBound(5));
-  EXPECT_LT(InboxKey(UINT64_MAX, UINT64_MAX), InboxUpperBound(UINT64_MAX));
-  const std::optional<InboxKeyParts> p = ParseInboxKey(InboxKey(7, 9));
+TEST(StoreKeysTest, InboxKeysSortByVnodeThenUserThenId) {
+  EXPECT_LT(InboxKey(0, 1, UINT64_MAX), InboxKey(0, 2, 0));
+  EXPECT_LT(InboxKey(0, UINT64_MAX, UINT64_MAX), InboxKey(1, 0, 0));
+  EXPECT_LT(InboxKey(3, 5, 255), InboxKey(3, 5, 256));
+  EXPECT_LT(InboxKey(3, 5, UINT64_MAX), InboxUpperBound(3, 5));
+  EXPECT_LT(InboxUpperBound(3, 5), InboxKey(3, 6, 0));
+  EXPECT_LT(InboxKey(3, UINT64_MAX, UINT64_MAX), InboxUpperBound(3, UINT64_MAX));
+  EXPECT_LT(InboxUpperBound(3, UINT64_MAX), VnodePrefix(4));
+  const std::optional<InboxKeyParts> p = ParseInboxKey(InboxKey(4095, 7, 9));
   ASSERT_TRUE(p.has_value());
+  EXPECT_EQ(p->vnode, 4095);
   EXPECT_EQ(p->user, 7u);
   EXPECT_EQ(p->id, 9u);
   EXPECT_FALSE(ParseInboxKey("short").has_value());
+}
+
+TEST(StoreKeysTest, EveryPerOwnerKeyLiesInItsVnodeRangeAndNodeWideKeysInNone) {
+  const int32_t vnodes = 4096;
+  for (uint64_t owner : {uint64_t{1}, uint64_t{2}, uint64_t{77}, UINT64_MAX}) {
+    const int32_t v = VnodeOf(owner, vnodes);
+    ASSERT_GE(v, 0);
+    ASSERT_LT(v, vnodes);
+    const std::string begin = VnodePrefix(v);
+    const std::string end = VnodePrefix(v + 1);
+    for (const std::string& k :
+         {InboxKey(v, owner, 1), InboxUpperBound(v, owner), DedupKey(v, owner, "k"),
+          MetaUserStateKey(v, owner), MetaArchivePendingKey(v, owner), MetaSettingsKey(v, owner),
+          MetaLastSeenKey(v, owner), KeysBundleKey(v, owner), PreKeyKey(v, owner, 3),
+          GroupKey(v, owner)}) {
+      EXPECT_LE(begin, k);
+      EXPECT_LT(k, end);
+    }
+  }
+  // Node-wide meta keys start with a letter: above every vnode (at most 2^24 of them).
+  for (const std::string& k :
+       {MetaHlcKey(0), std::string(kMetaLayoutVersionKey), std::string(kMetaVnodesKey),
+        MetaRevokedJtiKey("j"), MetaRevokedUserKey(0)}) {
+    EXPECT_LE(VnodePrefix(kMaxVnodes), k);
+  }
+  EXPECT_EQ(ParseMetaUserKey(MetaSettingsKey(9, 42), kMetaSettingsTag), 42u);
+  EXPECT_FALSE(ParseMetaUserKey(MetaSettingsKey(9, 42), kMetaUserStateTag).has_value());
 }
 
 TEST(StoreKeysTest, StoredEnvelopeParsesToTheFullEnvelope) {

@@ -134,7 +134,7 @@ TEST(RecoveryTest, TornLastRecordIsDroppedAndTheStoreStaysConsistent) {
 TEST(RecoveryTest, MalformedHighWaterMarkFailsOpenWithInternal) {
   TempDir dir;
   { auto store = OpenOrDie(TestOptions(dir.path())); }
-  PutRaw(dir.path(), Cf::kMeta, MetaHlcKey(), "bad");
+  PutRaw(dir.path(), Cf::kMeta, MetaHlcKey(0), "bad");
   Result<std::unique_ptr<InboxStore>> s = InboxStore::Open(TestOptions(dir.path()));
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.status().code(), StatusCode::kInternal);
@@ -143,13 +143,14 @@ TEST(RecoveryTest, MalformedHighWaterMarkFailsOpenWithInternal) {
 TEST(RecoveryTest, MalformedRecordsAreReportedAsInternal) {
   TempDir dir;
   { auto store = OpenOrDie(TestOptions(dir.path())); }
-  PutRaw(dir.path(), Cf::kInbox, InboxKey(2, 5), "\xff\xff\xff");  // not an envelope
-  PutRaw(dir.path(), Cf::kArchive, InboxKey(2, 1), "\xff\xff\xff");
-  PutRaw(dir.path(), Cf::kMeta, MetaUserStateKey(3), "short");
-  PutRaw(dir.path(), Cf::kMeta, MetaSettingsKey(4), "toolong");
-  PutRaw(dir.path(), Cf::kMeta, MetaLastSeenKey(4), "x");
-  PutRaw(dir.path(), Cf::kKeys, KeysBundleKey(4), "x");
-  PutRaw(dir.path(), Cf::kGroups, GroupKey(4), "\xff\xff");
+  const auto v = [](uint64_t id) { return VnodeOf(id, StoreOptions().vnodes); };
+  PutRaw(dir.path(), Cf::kInbox, InboxKey(v(2), 2, 5), "\xff\xff\xff");  // not an envelope
+  PutRaw(dir.path(), Cf::kArchive, InboxKey(v(2), 2, 1), "\xff\xff\xff");
+  PutRaw(dir.path(), Cf::kMeta, MetaUserStateKey(v(3), 3), "short");
+  PutRaw(dir.path(), Cf::kMeta, MetaSettingsKey(v(4), 4), "toolong");
+  PutRaw(dir.path(), Cf::kMeta, MetaLastSeenKey(v(4), 4), "x");
+  PutRaw(dir.path(), Cf::kKeys, KeysBundleKey(v(4), 4), "x");
+  PutRaw(dir.path(), Cf::kGroups, GroupKey(v(4), 4), "\xff\xff");
   auto store = OpenOrDie(TestOptions(dir.path()));
   ASSERT_NE(store, nullptr);
   EXPECT_EQ(store->Scan(2, 0, 10, 1 << 20).status().code(), StatusCode::kInternal);
