@@ -47,12 +47,16 @@ Result<ClusterKeys> ClusterKeys::Create(const std::string& cluster) {
 }
 
 std::string ConfigToJson(const ClusterConfig& c) {
-  return json{{"vnodes", c.vnodes}, {"replicas", c.replicas}}.dump();
+  return json{{"vnodes", c.vnodes}, {"replicas", c.replicas}, {"initial_nodes", c.initial_nodes}}
+      .dump();
 }
 
 Status ValidateConfig(const ClusterConfig& c) {
   if (c.vnodes < 1 || c.vnodes > (1 << 24)) return BadRequest("vnodes must be in 1..16777216");
   if (c.replicas < 1 || c.replicas > 7) return BadRequest("replicas must be in 1..7");
+  if (c.initial_nodes < 1 || c.initial_nodes > c.vnodes) {
+    return BadRequest("initial_nodes must be in 1..vnodes (" + std::to_string(c.vnodes) + ")");
+  }
   return Status::Ok();
 }
 
@@ -63,6 +67,12 @@ Result<ClusterConfig> ParseConfig(const std::string& text) {
     return BadRequest("malformed cluster config: " + text);
   }
   ClusterConfig c{j["vnodes"].get<int32_t>(), j["replicas"].get<int32_t>()};
+  if (j.contains("initial_nodes")) {
+    if (!j["initial_nodes"].is_number_integer()) {
+      return BadRequest("malformed cluster config: " + text);
+    }
+    c.initial_nodes = j["initial_nodes"].get<int32_t>();
+  }
   IRIS_RETURN_IF_ERROR(ValidateConfig(c));
   return c;
 }

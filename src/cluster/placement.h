@@ -5,7 +5,7 @@
 // Keys, all under /iris/<cluster>/ (values are JSON):
 //
 //   key                       value                                          lifetime
-//   config                    {"vnodes":V,"replicas":R}                      written once (init)
+//   config                    {"vnodes":V,"replicas":R,"initial_nodes":N}    written once (init)
 //   nodes/<id>                {"id","peer","client","admin","role"}          node's lease
 //   controller                {"id":n}                                       controller's lease
 //   placement                 {"version":n,"shards":[shard id per vnode]}    controller writes
@@ -42,6 +42,11 @@ using ShardId = uint32_t;
 struct ClusterConfig {
   int32_t vnodes = 4096;
   int32_t replicas = 3;
+  // Storage nodes that must be registered before the controller writes the first placement
+  // (all of them are placed at once). Nodes joining after that hold no vnodes until
+  // rebalancing (issue 16) moves data to them. A config without it means 1.
+  int32_t initial_nodes = 1;
+  bool operator==(const ClusterConfig&) const = default;
 };
 
 enum class NodeRole { kStorage, kEdge };
@@ -97,7 +102,8 @@ class ClusterKeys {
 // JSON values. Parse* return BAD_REQUEST for malformed values.
 std::string ConfigToJson(const ClusterConfig& c);
 Result<ClusterConfig> ParseConfig(const std::string& json);
-// BAD_REQUEST unless 1 <= vnodes <= 2^24 and 1 <= replicas <= 7.
+// BAD_REQUEST unless 1 <= vnodes <= 2^24, 1 <= replicas <= 7 and
+// 1 <= initial_nodes <= vnodes.
 Status ValidateConfig(const ClusterConfig& c);
 std::string NodeToJson(const NodeInfo& n);
 Result<NodeInfo> ParseNode(const std::string& json);

@@ -20,11 +20,10 @@ Status InitClusterConfig(EtcdClient& client, const ClusterKeys& keys, const Clus
   IRIS_ASSIGN_OR_RETURN(RangeResult existing, client.Range(keys.Config()));
   if (existing.kvs.empty()) return Unavailable("the cluster config changed meanwhile; retry");
   auto have = ParseConfig(existing.kvs[0].value);
-  if (have.ok() && have->vnodes == config.vnodes && have->replicas == config.replicas) {
-    return Status::Ok();
-  }
+  if (have.ok() && *have == config) return Status::Ok();
   return BadRequest("cluster " + keys.prefix() + " is already initialised with " +
-                    existing.kvs[0].value + "; vnodes and replicas cannot change (asked for " +
+                    existing.kvs[0].value +
+                    "; vnodes, replicas and initial_nodes cannot change (asked for " +
                     ConfigToJson(config) + ")");
 }
 
@@ -119,7 +118,30 @@ Status PlacementController::Reconcile() {
   for (const auto& [id, n] : state.nodes) {
     if (n.alive && n.role == NodeRole::kStorage && placed.count(id) == 0) joining.push_back(id);
   }
-  if (joining.empty()) return Status::Ok();
+  if (state.placement.version > 0) {
+    // Data does not move between nodes yet: giving a late joiner vnodes would move inboxes
+    // to its empty store. It waits for rebalancing (issue 16).
+    for (NodeId id : joining) {
+      if (!reported_unplaced_.insert(id).second) continue;
+      unplaced_reported_ = static_cast<int64_t>(reported_unplaced_.size());
+      LogWarn("cluster: storage node " + std::to_string(id) +
+                  " joined an already placed cluster; it holds no vnodes until rebalancing "
+                  "(issue 16) moves data to it",
+              {{"node", id}, {"version", state.placement.version}});
+    }
+    return Status::Ok();
+  }
+  const int64_t have = static_cast<int64_t>(joining.size());
+  if (have < state.config->initial_nodes) {
+    if (have != waiting_have_.load()) {
+      LogInfo("cluster: waiting for " + std::to_string(state.config->initial_nodes) +
+                  " storage nodes before the first placement: have " + std::to_string(have),
+              {{"initial_nodes", state.config->initial_nodes}, {"have", have}});
+    }
+    waiting_have_ = have;
+    return Status::Ok();
+  }
+  waiting_have_ = -1;
   PlacementPlan plan = AddNodes(*state.config, state.placement, state.shards, joining);
   std::vector<TxnOp> ops = {TxnOp::Put(keys_.Placement(), PlacementToJson(plan.map))};
   for (const auto& [id, s] : plan.shards) {
@@ -139,7 +161,7 @@ Status PlacementController::Reconcile() {
   ++placements_written_;
   std::string ids;
   for (NodeId n : joining) ids += (ids.empty() ? "" : ",") + std::to_string(n);
-  LogInfo("cluster: storage nodes joined; new placement written",
+  LogInfo("cluster: first placement written",
           {{"nodes", ids},
            {"version", plan.map.version},
            {"shards", static_cast<uint64_t>(plan.shards.size())},

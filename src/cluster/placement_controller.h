@@ -8,13 +8,16 @@
 //                               disappears when its lease lapses or is revoked) --> candidate
 //   leader --(my lease lost)--> candidate (with a new lease)
 //
-// The leader reconciles after every change under the prefix: storage nodes that are
-// registered but hold no replica have JOINED; it computes AddNodes() (placement.h) and
-// writes the new placement and changed shard records in one transaction that also checks
-// that it still holds the controller key (mod revision of its win) and that the placement
-// is the one it read (mod revision), so a deposed controller can never overwrite a newer
-// placement. It logs every join. It never removes a node: a node that is down keeps its
-// shards (failover and data movement come with replication).
+// The leader reconciles after every change under the prefix. Before the first placement it
+// waits until config.initial_nodes storage nodes are registered (logging how many it has),
+// then places all of them at once with AddNodes() (placement.h), writing the placement and
+// the shard records in one transaction that also checks that it still holds the controller
+// key (mod revision of its win) and that the placement is the one it read (mod revision),
+// so a deposed controller can never overwrite a newer placement. Once a placement exists,
+// a storage node that registers later is NOT given vnodes: data does not move between
+// nodes yet (issue 16), so its users' inboxes would move to an empty store. It is logged
+// once and holds nothing until rebalancing. The controller never removes a node: a node
+// that is down keeps its shards (failover and data movement come with replication).
 //
 // Thread-safety: Start/Stop from one thread; leader() from any.
 
@@ -22,6 +25,7 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "cluster/etcd_client.h"
@@ -49,6 +53,11 @@ class PlacementController {
   int64_t lease_id() const { return lease_id_.load(); }
   // Placement changes this controller wrote.
   int64_t placements_written() const { return placements_written_.load(); }
+  // While no placement exists: the storage nodes registered at the last look (-1 when not
+  // waiting). Tests use it to see that the controller looked and chose not to place.
+  int64_t waiting_have() const { return waiting_have_.load(); }
+  // Storage nodes that joined after the first placement and were left without vnodes.
+  int64_t unplaced_reported() const { return unplaced_reported_.load(); }
 
  private:
   void Run();
@@ -64,6 +73,9 @@ class PlacementController {
   std::atomic<bool> leader_{false};
   std::atomic<int64_t> lease_id_{0};
   std::atomic<int64_t> placements_written_{0};
+  std::atomic<int64_t> waiting_have_{-1};
+  std::atomic<int64_t> unplaced_reported_{0};
+  std::set<NodeId> reported_unplaced_;   // thread-owned: late joiners already logged
   int64_t won_revision_ = 0;             // thread-owned: mod revision of the controller key
   std::unique_ptr<LeaseKeeper> keeper_;  // thread-owned
   std::unique_ptr<EtcdWatch> watch_;     // thread-owned

@@ -55,7 +55,7 @@ std::string JoinIds(const std::vector<NodeId>& ids) {
 int ClusterInit(const ClusterArgs& args) {
   auto c = Connect(args);
   if (!c) return 2;
-  const cluster::ClusterConfig config{args.vnodes, args.replicas};
+  const cluster::ClusterConfig config{args.vnodes, args.replicas, args.initial_nodes};
   if (Status v = cluster::ValidateConfig(config); !v.ok()) {
     std::cerr << "irisctl: " << v.message() << "\n";
     return 2;
@@ -66,7 +66,8 @@ int ClusterInit(const ClusterArgs& args) {
     return 1;
   }
   std::cout << "cluster " << args.cluster << ": vnodes " << args.vnodes << ", replicas "
-            << args.replicas << " (" << c->keys->Config() << ")\n";
+            << args.replicas << ", initial nodes " << args.initial_nodes << " ("
+            << c->keys->Config() << ")\n";
   return 0;
 }
 
@@ -84,7 +85,9 @@ std::string FormatClusterStatus(const std::string& name, const cluster::Placemen
     j["cluster"] = name;
     j["revision"] = p.revision();
     j["config"] = p.configured()
-                      ? nlohmann::json{{"vnodes", p.vnodes()}, {"replicas", p.replicas()}}
+                      ? nlohmann::json{{"vnodes", p.vnodes()},
+                                       {"replicas", p.replicas()},
+                                       {"initial_nodes", p.state().config->initial_nodes}}
                       : nlohmann::json();
     j["placement_version"] = p.version();
     j["controller"] = p.controller() ? nlohmann::json(*p.controller()) : nlohmann::json();
@@ -113,11 +116,16 @@ std::string FormatClusterStatus(const std::string& name, const cluster::Placemen
   std::ostringstream out;
   out << "cluster " << name << ": ";
   if (p.configured()) {
-    out << "vnodes " << p.vnodes() << ", replicas " << p.replicas();
+    out << "vnodes " << p.vnodes() << ", replicas " << p.replicas() << ", initial nodes "
+        << p.state().config->initial_nodes;
   } else {
     out << "not initialised (irisctl cluster init)";
   }
   out << ", placement version " << p.version() << " (etcd revision " << p.revision() << ")\n";
+  if (p.configured() && p.version() == 0) {
+    out << "waiting for " << p.state().config->initial_nodes
+        << " storage nodes before the first placement\n";
+  }
   out << "controller: " << (p.controller() ? "node " + std::to_string(*p.controller()) : "none")
       << "\n";
   out << "nodes:\n";
@@ -127,7 +135,11 @@ std::string FormatClusterStatus(const std::string& name, const cluster::Placemen
         << cluster::NodeRoleName(n.role) << "  client " << (n.client.empty() ? "-" : n.client)
         << "  peer " << (n.peer.empty() ? "-" : n.peer) << "  admin "
         << (n.admin.empty() ? "-" : n.admin) << "  primary vnodes " << primary_vnodes[id]
-        << "  replica vnodes " << replica_vnodes[id] << "\n";
+        << "  replica vnodes " << replica_vnodes[id];
+    if (p.version() > 0 && n.role == cluster::NodeRole::kStorage && replica_vnodes[id] == 0) {
+      out << "  (joined after the first placement: no vnodes until rebalancing, issue 16)";
+    }
+    out << "\n";
   }
   out << "shards:\n";
   if (p.shards().empty()) out << "  (none placed yet)\n";

@@ -16,6 +16,7 @@ struct ClusterArgs {
   std::string etcd_ca, etcd_cert, etcd_key;
   int32_t vnodes = 4096;
   int32_t replicas = 3;
+  int32_t initial_nodes = 1;
   bool json = false;
   std::string dir;
   uint32_t node_id = 0;

@@ -179,11 +179,16 @@ int main(int argc, char** argv) {
     sub->add_option("--etcd-key", cl.etcd_key, "Client key for TLS to etcd");
   };
   auto* cluster_init = cluster->add_subcommand(
-      "init", "Write the cluster config (vnodes, replicas) once; fails if it differs");
+      "init", "Write the cluster config (vnodes, replicas, initial nodes) once; fails if it differs");
   add_etcd(cluster_init);
   cluster_init->add_option("--vnodes", cl.vnodes, "Virtual nodes (fixed for the cluster's life)")
       ->capture_default_str();
   cluster_init->add_option("--replicas", cl.replicas, "Replicas per shard")->capture_default_str();
+  cluster_init
+      ->add_option("--initial-nodes", cl.initial_nodes,
+                   "Storage nodes placed together by the first placement; nodes joining later "
+                   "hold no vnodes until rebalancing (issue 16)")
+      ->capture_default_str();
   auto* cluster_status = cluster->add_subcommand(
       "status", "Nodes (up/down, addresses, role), shards (replicas, primary, epoch, vnodes)");
   add_etcd(cluster_status);

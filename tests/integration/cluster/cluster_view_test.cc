@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <set>
@@ -123,24 +124,38 @@ TEST_F(ClusterTest, ControllerElectionHandsOverWhenTheWinnersLeaseIsRevoked) {
   EXPECT_EQ(holder(), &winner == &a ? NodeId{1} : NodeId{2});
 }
 
-TEST_F(ClusterTest, PlacementSpreadsPrimariesAndAJoiningNodeTakesAQuarterMovingFew) {
-  ASSERT_TRUE(InitClusterConfig(*client_, Keys(), {4096, 3}).ok());
+TEST_F(ClusterTest, FirstPlacementWaitsForInitialNodesAndALaterNodeGetsNoVnodes) {
+  ASSERT_TRUE(InitClusterConfig(*client_, Keys(), {4096, 3, 3}).ok());
   Recorder rec;
   ClusterView view(*client_, Keys(), rec.Callbacks());
   ASSERT_TRUE(view.Start().ok());
   PlacementController controller(*client_, Keys(), 1);
   controller.Start();
   std::vector<std::unique_ptr<Membership>> members;
-  for (NodeId id : {1, 2, 3}) {
+  auto join = [&](NodeId id) {
     members.push_back(std::make_unique<Membership>(*client_, Keys(), Node(id), 2));
     members.back()->Start();
-  }
-  // An edge node holds no shard.
+  };
+  // An edge node holds no shard and does not count towards the initial nodes.
   Membership edge(*client_, Keys(), Node(9, NodeRole::kEdge), 2);
   edge.Start();
-  ASSERT_TRUE(WaitFor([&] { return AllPlaced(*view.snapshot(), {1, 2, 3}); }));
+  // (a) With two of three storage nodes registered the controller looks and places nothing.
+  join(1);
+  join(2);
+  ASSERT_TRUE(WaitFor([&] { return controller.leader() && controller.waiting_have() == 2; }));
   ASSERT_TRUE(WaitFor([&] { return view.snapshot()->Alive(9); }));
+  EXPECT_EQ(view.snapshot()->version(), 0);
+  EXPECT_TRUE(view.snapshot()->shards().empty());
+  EXPECT_TRUE(client_->Range(Keys().Placement())->kvs.empty());
+  EXPECT_EQ(controller.placements_written(), 0);
+
+  // (b) The third one: all three are placed at once, ~1/3 of the vnodes each.
+  join(3);
+  ASSERT_TRUE(WaitFor([&] { return AllPlaced(*view.snapshot(), {1, 2, 3}); }));
   const auto three = view.snapshot();
+  EXPECT_EQ(three->version(), 1);
+  EXPECT_EQ(controller.placements_written(), 1);
+  EXPECT_EQ(controller.waiting_have(), -1);
   EXPECT_EQ(three->vnodes(), 4096);
   for (int32_t v = 0; v < three->vnodes(); ++v) {
     const ShardInfo* s = three->ShardOfVnode(v);
@@ -149,40 +164,39 @@ TEST_F(ClusterTest, PlacementSpreadsPrimariesAndAJoiningNodeTakesAQuarterMovingF
     EXPECT_EQ(std::set<NodeId>(s->replicas.begin(), s->replicas.end()).size(), 3u);
     EXPECT_EQ(s->replicas.front(), s->primary);
   }
+  EXPECT_EQ(PrimaryVnodes(*three).size(), 3u);
   for (const auto& [node, count] : PrimaryVnodes(*three)) {
     EXPECT_NEAR(count, 4096 / 3, 4096 * 0.02) << "node " << node;
   }
-  EXPECT_EQ(PrimaryVnodes(*three).size(), 3u);
   // Node info reaches the view; PrimaryOf answers for any id.
   ASSERT_NE(three->Node(2), nullptr);
   EXPECT_EQ(three->Node(2)->peer, "127.0.0.1:7542");
   EXPECT_TRUE(three->PrimaryOf(42).has_value());
   EXPECT_EQ(three->controller(), NodeId{1});
 
-  members.push_back(std::make_unique<Membership>(*client_, Keys(), Node(4), 2));
-  members.back()->Start();
-  ASSERT_TRUE(WaitFor([&] { return AllPlaced(*view.snapshot(), {1, 2, 3, 4}); }));
+  // (c) A fourth storage node joining later is registered and up but gets no vnodes: the
+  // placement (version, map, shards) stays as it was.
+  join(4);
+  ASSERT_TRUE(WaitFor([&] { return controller.unplaced_reported() == 1; }));
+  ASSERT_TRUE(WaitFor([&] { return view.snapshot()->Alive(4); }));
   const auto four = view.snapshot();
-  EXPECT_GT(four->version(), three->version());
-  const auto primaries = PrimaryVnodes(*four);
-  ASSERT_EQ(primaries.size(), 4u);
-  EXPECT_NEAR(primaries.at(4), 4096 / 4, 4096 * 0.02);
-  int changed = 0;
-  for (int32_t v = 0; v < 4096; ++v) {
-    if (three->ShardOfVnode(v)->id != four->ShardOfVnode(v)->id) ++changed;
+  EXPECT_EQ(four->version(), three->version());
+  EXPECT_EQ(four->state().placement.shard_of_vnode, three->state().placement.shard_of_vnode);
+  EXPECT_EQ(four->shards(), three->shards());
+  EXPECT_EQ(PrimaryVnodes(*four).count(4), 0u);
+  for (const auto& [id, s] : four->shards()) {
+    EXPECT_EQ(std::count(s.replicas.begin(), s.replicas.end(), NodeId{4}), 0) << id;
   }
-  EXPECT_LT(changed, 4096 / 2);
-  for (const auto& [id, s] : four->shards()) EXPECT_EQ(s.replicas.size(), 3u) << id;
+  EXPECT_EQ(controller.placements_written(), 1);
 
   // A node that goes down keeps its shards (no failover yet) and is reported down.
-  const int64_t version = four->version();
   members[1]->Stop();  // node 2 revokes its lease
   ASSERT_TRUE(WaitFor([&] { return !view.snapshot()->Alive(2); }));
   {
     std::lock_guard<std::mutex> l(rec.mu);
     EXPECT_EQ(rec.down, std::vector<NodeId>{2});
   }
-  EXPECT_EQ(view.snapshot()->version(), version);
+  EXPECT_EQ(view.snapshot()->version(), three->version());
   EXPECT_EQ(view.snapshot()->Node(2)->peer, "127.0.0.1:7542");  // remembered
   controller.Stop();
   view.Stop();
@@ -259,6 +273,7 @@ TEST_F(ClusterTest, InitWritesTheConfigOnceAndRefusesOtherValues) {
   const Status s = InitClusterConfig(*client_, Keys(), {4096, 3});
   EXPECT_EQ(s.code(), StatusCode::kBadRequest);
   EXPECT_NE(s.message().find("already initialised"), std::string::npos) << s.message();
+  EXPECT_EQ(InitClusterConfig(*client_, Keys(), {1024, 3, 2}).code(), StatusCode::kBadRequest);
   EXPECT_EQ(InitClusterConfig(*client_, Keys(), {0, 3}).code(), StatusCode::kBadRequest);
 }
 
@@ -276,7 +291,7 @@ TEST_F(ClusterTest, ClusterNodesJoinAnInitialisedClusterAndSeeOneAnother) {
   EXPECT_EQ(s.code(), StatusCode::kBadRequest);
   EXPECT_NE(s.message().find("irisctl cluster init"), std::string::npos) << s.message();
 
-  ASSERT_TRUE(InitClusterConfig(*client_, Keys(), {256, 3}).ok());
+  ASSERT_TRUE(InitClusterConfig(*client_, Keys(), {256, 3, 2}).ok());
   auto a = make(1, "test");
   auto b = make(2, "test");
   ASSERT_TRUE(a->Start().ok());

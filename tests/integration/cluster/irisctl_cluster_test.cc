@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "cluster/membership.h"
+#include "cluster/placement_controller.h"
 #include "cluster/test_util.h"
 #include "harness/etcd_process.h"
 
@@ -93,6 +94,78 @@ TEST(IrisctlClusterTest, InitStatusAndDrain) {
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.out.find("not supported before replication (issue 16)"), std::string::npos);
   m.Stop();
+}
+
+// --initial-nodes: nothing is placed until that many storage nodes are registered; a node
+// joining afterwards is shown up with 0 vnodes.
+TEST(IrisctlClusterTest, InitialNodesDelayTheFirstPlacementAndLaterNodesHoldNoVnodes) {
+  EtcdProcess etcd;
+  ASSERT_TRUE(etcd.Start());
+  const std::string base = Irisctl() + " cluster ";
+  const std::string at = " --etcd " + etcd.endpoint() + " --cluster demo";
+  CommandResult r = Shell(base + "init" + at + " --vnodes 512 --initial-nodes 0");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("initial_nodes must be in 1..vnodes"), std::string::npos) << r.out;
+  r = Shell(base + "init" + at + " --vnodes 512 --replicas 3 --initial-nodes 2");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("initial nodes 2"), std::string::npos) << r.out;
+
+  EtcdOptions o;
+  o.endpoints = {etcd.endpoint()};
+  auto client = EtcdClient::Create(o).value();
+  const ClusterKeys keys = ClusterKeys::Create("demo").value();
+  auto node = [](NodeId id) {
+    NodeInfo n;
+    n.id = id;
+    n.client = "127.0.0.1:" + std::to_string(7440 + id);
+    n.peer = "127.0.0.1:" + std::to_string(7540 + id);
+    n.admin = "127.0.0.1:" + std::to_string(9090 + id);
+    return n;
+  };
+  PlacementController controller(*client, keys, 3, 3);
+  controller.Start();
+  Membership m3(*client, keys, node(3), 3);
+  m3.Start();
+  ASSERT_TRUE(iris::testing::WaitFor([&] { return controller.waiting_have() == 1; }));
+  r = Shell(base + "status" + at);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("placement version 0"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("waiting for 2 storage nodes before the first placement"), std::string::npos)
+      << r.out;
+
+  Membership m4(*client, keys, node(4), 3);
+  m4.Start();
+  ASSERT_TRUE(iris::testing::WaitFor([&] { return controller.placements_written() == 1; }));
+  Membership m5(*client, keys, node(5), 3);
+  m5.Start();
+  ASSERT_TRUE(iris::testing::WaitFor([&] { return controller.unplaced_reported() == 1; }));
+  r = Shell(base + "status" + at);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("placement version 1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("node 5  up"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("no vnodes until rebalancing"), std::string::npos) << r.out;
+  r = Shell(base + "status" + at + " --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["config"]["initial_nodes"], 2);
+  EXPECT_EQ(j["placement_version"], 1);
+  ASSERT_EQ(j["nodes"].size(), 3u);
+  int64_t placed = 0;
+  for (const auto& n : j["nodes"]) {
+    EXPECT_EQ(n["up"], true) << n;
+    if (n["id"] == 5) {
+      EXPECT_EQ(n["primary_vnodes"], 0) << n;
+      EXPECT_EQ(n["replica_vnodes"], 0) << n;
+    } else {
+      placed += n["primary_vnodes"].get<int64_t>();
+      EXPECT_EQ(n["replica_vnodes"], 512) << n;  // 2 nodes, 3 replicas: both hold everything
+    }
+  }
+  EXPECT_EQ(placed, 512);
+  m5.Stop();
+  m4.Stop();
+  m3.Stop();
+  controller.Stop();
 }
 
 std::string Slurp(const std::string& path) {

@@ -97,6 +97,13 @@ TEST(PlacementTest, CodecsRoundTripAndRejectMalformedValues) {
   EXPECT_EQ(ParseConfig(ConfigToJson({4096, 3}))->vnodes, 4096);
   EXPECT_EQ(ParseConfig("{\"vnodes\":0,\"replicas\":3}").status().code(), StatusCode::kBadRequest);
   EXPECT_EQ(ParseConfig("nope").status().code(), StatusCode::kBadRequest);
+  // initial_nodes round-trips; a config written before it existed means 1.
+  EXPECT_EQ(ParseConfig(ConfigToJson({4096, 3, 5}))->initial_nodes, 5);
+  EXPECT_EQ(ParseConfig("{\"vnodes\":64,\"replicas\":3}")->initial_nodes, 1);
+  EXPECT_EQ(ParseConfig("{\"vnodes\":64,\"replicas\":3,\"initial_nodes\":0}").status().code(),
+            StatusCode::kBadRequest);
+  EXPECT_EQ(ParseConfig("{\"vnodes\":64,\"replicas\":3,\"initial_nodes\":65}").status().code(),
+            StatusCode::kBadRequest);
   NodeInfo n{7, "127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", NodeRole::kEdge, true};
   auto back = ParseNode(NodeToJson(n));
   ASSERT_TRUE(back.ok());
