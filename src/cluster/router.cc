@@ -610,6 +610,15 @@ void Router::ForgetReplaced(const core::SessionRef& ref) {
   user_of_.erase(by_ref);
 }
 
+std::vector<core::SessionRef> Router::SessionsRegisteredAt(NodeId node) {
+  std::lock_guard<std::mutex> lock(sessions_mu_);
+  std::vector<core::SessionRef> out;
+  for (const auto& [user, s] : sessions_) {
+    if (s.registered_at == node) out.push_back(s.ref);
+  }
+  return out;
+}
+
 size_t Router::local_sessions() {
   std::lock_guard<std::mutex> lock(sessions_mu_);
   return sessions_.size();

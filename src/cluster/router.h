@@ -108,6 +108,9 @@ class Router final : public core::CoreApi, public core::EdgeSink, public core::C
   RouterStats Stats() const;
   // Sessions of this node's edge that the Router keeps for re-registration (tests).
   size_t local_sessions();
+  // This node's sessions that are registered with `node`'s core: when the link to `node`
+  // ends they may have missed pushes, and their clients must resume from their cursors.
+  std::vector<core::SessionRef> SessionsRegisteredAt(NodeId node);
 
   // ---- CoreApi (the edge's requests) ----
   void RegisterSession(uint64_t user, core::SessionRef ref) override;

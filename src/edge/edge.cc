@@ -378,6 +378,15 @@ void Edge::SendTyping(const core::SessionRef& to, const v1::Typing& typing) {
   });
 }
 
+void Edge::Disconnect(const core::SessionRef& ref, const Status& why) {
+  const uint32_t loop = ref.edge & 0xff;
+  if ((ref.edge >> 8) != options_.process_index || loop >= loops_.size()) return;
+  EdgeLoop* raw = loops_[loop].get();
+  raw->loop_.Post([raw, sid = ref.session, why] {
+    if (Session* s = raw->Find(sid)) s->Disconnect(why);
+  });
+}
+
 void Edge::Replace(const core::SessionRef& old_session) {
   const uint32_t loop = old_session.edge & 0xff;
   if ((old_session.edge >> 8) != options_.process_index || loop >= loops_.size()) return;

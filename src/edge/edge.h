@@ -162,6 +162,10 @@ class Edge final : public core::EdgeSink {
   void Shutdown(int64_t deadline_ms);
   // Re-checks every session's token (after a revocation): revoked sessions are closed.
   void RecheckAllSessions();
+  // Ends the session `ref` of this edge with a fatal error `why` (e.g. UNAVAILABLE when the
+  // node holding its registration went away: the client reconnects and resumes from its
+  // cursor). Any thread.
+  void Disconnect(const core::SessionRef& ref, const Status& why);
   size_t session_count() const;
   // Connections accepted whose HELLO has not been accepted yet (all loops).
   size_t prelogin_count() const { return prelogin_.total(); }

@@ -65,6 +65,8 @@ class Session final : public net::Connection::Delegate {
   // From the core, on the loop thread.
   void Push(const v1::Envelope& e);
   void Replaced();
+  // Ends the session with the fatal error `why` (its registration is gone with a peer link).
+  void Disconnect(const Status& why) { CloseWith(0, why); }
   void DeliverPresence(const v1::Presence& p);
   void DeliverTyping(const v1::Typing& t);
   // Re-runs the per-frame token check now (after a revocation).

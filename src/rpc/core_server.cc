@@ -335,6 +335,32 @@ void CoreServer::Handle(Conn* conn, ipb::CoreRequest& req) {
         reply(b.status(), [&](ipb::CoreMessage& m) { *m.mutable_bundle() = *b; });
       });
       return;
+    case ipb::CoreRequest::kAppendEnvelopes: {
+      if (!conn->peer) {
+        reply(BadRequest("append_envelopes is a call between nodes"), none);
+        return;
+      }
+      std::vector<v1::Envelope> envelopes(req.append_envelopes().envelopes().begin(),
+                                          req.append_envelopes().envelopes().end());
+      core_->AppendEnvelopes(user, req.append_envelopes().idempotency_key(), std::move(envelopes),
+                             append_done);
+      return;
+    }
+    case ipb::CoreRequest::kGetSettings:
+      if (!conn->peer) {
+        reply(BadRequest("get_settings is a call between nodes"), none);
+        return;
+      }
+      core_->GetSettings(req.get_settings(), [reply](Result<core::UserSettings> r) {
+        reply(r.status(), [&](ipb::CoreMessage& m) {
+          m.mutable_settings()->set_read_receipts(r->read_receipts);
+          m.mutable_settings()->set_share_presence(r->share_presence);
+        });
+      });
+      return;
+    case ipb::CoreRequest::kRelayTyping:
+      if (conn->peer) core_->RelayTyping(user, req.relay_typing());
+      return;
     case ipb::CoreRequest::kGroupCreate:
       core_->CreateGroup(user, req.group_create(), group_done);
       return;

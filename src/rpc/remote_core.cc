@@ -471,6 +471,36 @@ void RemoteCore::FetchKeys(uint64_t user, KeysDone done) {
   });
 }
 
+void RemoteCore::AppendEnvelopes(uint64_t sender, const std::string& idempotency_key,
+                                 std::vector<v1::Envelope> envelopes, SendDone done) {
+  ipb::CoreRequest req;
+  req.set_user(sender);
+  ipb::AppendCall* call = req.mutable_append_envelopes();
+  call->set_idempotency_key(idempotency_key);
+  for (auto& e : envelopes) *call->add_envelopes() = std::move(e);
+  CallAsync(req, [done = std::move(done)](const ipb::CoreMessage& m) { RunSendDone(done, m); });
+}
+
+void RemoteCore::GetSettings(uint64_t user, SettingsDone done) {
+  ipb::CoreRequest req;
+  req.set_get_settings(user);
+  CallAsync(req, [done = std::move(done)](const ipb::CoreMessage& m) {
+    Status s = FromProto(m.status());
+    if (!s.ok()) {
+      done(s);
+      return;
+    }
+    done(core::UserSettings{m.settings().read_receipts(), m.settings().share_presence()});
+  });
+}
+
+void RemoteCore::RelayTyping(uint64_t to, const v1::Typing& typing) {
+  ipb::CoreRequest req;
+  req.set_user(to);
+  *req.mutable_relay_typing() = typing;
+  Cast(req);
+}
+
 void RemoteCore::CreateGroup(uint64_t owner, const v1::GroupCreate& g, GroupDone done) {
   ipb::CoreRequest req;
   req.set_user(owner);

@@ -106,6 +106,11 @@ class RemoteCore final : public core::CoreApi {
   void History(uint64_t user, uint64_t before_id, uint32_t limit, size_t max_bytes,
                PageDone done) override;
   core::PressureReport ReportPressure(double pressure, int64_t now_ms) override;
+  // Calls between nodes (a peer link only; the core process refuses them from an edge).
+  void AppendEnvelopes(uint64_t sender, const std::string& idempotency_key,
+                       std::vector<v1::Envelope> envelopes, SendDone done) override;
+  void GetSettings(uint64_t user, SettingsDone done) override;
+  void RelayTyping(uint64_t to, const v1::Typing& typing) override;
 
  private:
   using Completion = std::function<void(const ::iris::internal::v1::CoreMessage&)>;

@@ -1,46 +1,64 @@
 #include "server/config.h"
 
-#include <CLI/CLI.hpp>
 #include <toml++/toml.h>
 
+#include <CLI/CLI.hpp>
 #include <sstream>
 
 namespace iris::server {
 namespace {
 
 void Define(CLI::App& app, ServerConfig& c) {
-  app.add_option("--config", c.config_file, "TOML configuration file (keys are these flags' names)");
+  app.add_option("--config", c.config_file,
+                 "TOML configuration file (keys are these flags' names)");
   app.add_option("--data-dir", c.data_dir, "Directory for the store, keys and generated secrets")
       ->capture_default_str();
-  app.add_option("--listen", c.listen, "Client listener (TLS 1.3), host:port")->capture_default_str();
-  app.add_option("--admin-listen", c.admin_listen, "Admin HTTP listener, host:port (keep it private)")
+  app.add_option("--listen", c.listen, "Client listener (TLS 1.3), host:port")
+      ->capture_default_str();
+  app.add_option("--admin-listen", c.admin_listen,
+                 "Admin HTTP listener, host:port (keep it private)")
       ->capture_default_str();
   app.add_option("--admin-connections-per-ip", c.admin_connections_per_ip,
                  "Concurrent admin HTTP connections per client address (more are answered 503)")
       ->capture_default_str()
       ->check(CLI::Range(1, 4096));
-  app.add_option("--tls-cert", c.tls_cert, "PEM certificate chain (default: generated self-signed in <data-dir>/tls)");
-  app.add_option("--tls-key", c.tls_key, "PEM private key (default: generated with the certificate)");
+  app.add_option("--tls-cert", c.tls_cert,
+                 "PEM certificate chain (default: generated self-signed in <data-dir>/tls)");
+  app.add_option("--tls-key", c.tls_key,
+                 "PEM private key (default: generated with the certificate)");
   app.add_option("--jwt-secret-file", c.jwt_secret_file,
-                 "HS256 key file: its bytes less one trailing newline, at least 32 (default: generated <data-dir>/jwt.secret)");
-  app.add_option("--jwt-key", c.jwt_keys, "Extra signing key for rotation, as kid=path (repeatable)")->take_all();
+                 "HS256 key file: its bytes less one trailing newline, at least 32 (default: "
+                 "generated <data-dir>/jwt.secret)");
+  app.add_option("--jwt-key", c.jwt_keys,
+                 "Extra signing key for rotation, as kid=path (repeatable)")
+      ->take_all();
   app.add_option("--admin-token-file", c.admin_token_file,
-                 "Bearer token of the admin API, file content less one trailing newline (default: generated <data-dir>/admin.token)");
+                 "Bearer token of the admin API, file content less one trailing newline (default: "
+                 "generated <data-dir>/admin.token)");
   app.add_option("--node-id", c.node_id, "Node id (0..255), the low byte of every message id")
-      ->capture_default_str()->check(CLI::Range(0, 255));
+      ->capture_default_str()
+      ->check(CLI::Range(0, 255));
   app.add_option("--loops", c.loops, "Event loops (0 = one per core)")->capture_default_str();
-  app.add_option("--hello-timeout-ms", c.hello_timeout_ms, "TLS handshake + HELLO deadline")->capture_default_str();
-  app.add_option("--idle-timeout-ms", c.idle_timeout_ms, "Close a connection silent this long")->capture_default_str();
-  app.add_option("--jwt-leeway-s", c.jwt_leeway_s, "Clock leeway for exp/iat")->capture_default_str();
+  app.add_option("--hello-timeout-ms", c.hello_timeout_ms, "TLS handshake + HELLO deadline")
+      ->capture_default_str();
+  app.add_option("--idle-timeout-ms", c.idle_timeout_ms, "Close a connection silent this long")
+      ->capture_default_str();
+  app.add_option("--jwt-leeway-s", c.jwt_leeway_s, "Clock leeway for exp/iat")
+      ->capture_default_str();
   app.add_option("--jwt-audience", c.jwt_audience, "Required aud claim (empty: not checked)");
   app.add_option("--jwt-issuer", c.jwt_issuer, "Required iss claim (empty: not checked)");
-  app.add_option("--rate-per-sec", c.rate_per_sec, "Sustained sends per user per second")->capture_default_str();
-  app.add_option("--rate-burst-per-sec", c.rate_burst_per_sec, "Peak sends per user per second")->capture_default_str();
-  app.add_option("--rate-burst-seconds", c.rate_burst_seconds, "How long the peak rate may last")->capture_default_str();
+  app.add_option("--rate-per-sec", c.rate_per_sec, "Sustained sends per user per second")
+      ->capture_default_str();
+  app.add_option("--rate-burst-per-sec", c.rate_burst_per_sec, "Peak sends per user per second")
+      ->capture_default_str();
+  app.add_option("--rate-burst-seconds", c.rate_burst_seconds, "How long the peak rate may last")
+      ->capture_default_str();
   app.add_option("--connections-per-ip-per-minute", c.connections_per_ip_per_minute,
-                 "New connections per minute per IP address")->capture_default_str();
+                 "New connections per minute per IP address")
+      ->capture_default_str();
   app.add_option("--connection-allowlist", c.connection_allowlist,
-                 "Addresses or CIDR ranges exempt from the per-IP limits: connections, failed logins (repeatable)")
+                 "Addresses or CIDR ranges exempt from the per-IP limits: connections, failed "
+                 "logins (repeatable)")
       ->take_all();
   app.add_option("--max-prelogin-per-ip", c.max_prelogin_per_ip,
                  "Connections per IP address accepted but not yet logged in (TLS handshake and "
@@ -63,25 +81,49 @@ void Define(CLI::App& app, ServerConfig& c) {
       ->capture_default_str()
       ->check(CLI::Range(1.0, 1e6));
   app.add_option("--max-output-bytes", c.max_output_bytes,
-                 "Per-connection output queue bound; a slower reader is disconnected")->capture_default_str();
+                 "Per-connection output queue bound; a slower reader is disconnected")
+      ->capture_default_str();
   app.add_option("--inbox-cap", c.inbox_cap, "Newest messages kept in the inbox (older: archive)")
       ->capture_default_str();
   app.add_option("--dedup-bloom-keys-per-day", c.dedup_bloom_keys_per_day,
                  "Keys each daily dedup Bloom filter is sized for (10 bits each, 8 filters); "
                  "new keys past it increasingly cost a read")
-      ->capture_default_str()->check(CLI::Range(uint64_t{1000}, uint64_t{1'000'000'000}));
+      ->capture_default_str()
+      ->check(CLI::Range(uint64_t{1000}, uint64_t{1'000'000'000}));
   app.add_option("--dedup-hot-entries", c.dedup_hot_entries,
                  "Bound of the in-memory dedup tier (keys of the last 5 minutes, ~100 bytes each)")
-      ->capture_default_str()->check(CLI::Range(uint64_t{1000}, uint64_t{100'000'000}));
-  app.add_option("--shutdown-grace-ms", c.shutdown_grace_ms, "SIGTERM: time allowed to finish in-flight work")
+      ->capture_default_str()
+      ->check(CLI::Range(uint64_t{1000}, uint64_t{100'000'000}));
+  app.add_option("--shutdown-grace-ms", c.shutdown_grace_ms,
+                 "SIGTERM: time allowed to finish in-flight work")
       ->capture_default_str();
   app.add_option("--log-level", c.log_level, "debug, info, warn or error")->capture_default_str();
   app.add_option("--edge-processes", c.edge_processes,
                  "Run N edge processes sharing the client port (SO_REUSEPORT) in front of this "
                  "process's core and store; 0 = everything in one process")
-      ->capture_default_str()->check(CLI::Range(0, 64));
-  app.add_option("--role", c.role, "Internal: 'edge' for an edge process started by the core")
-      ->check(CLI::IsMember({"all", "edge"}))->group("");
+      ->capture_default_str()
+      ->check(CLI::Range(0, 64));
+  app.add_option("--role", c.role,
+                 "storage (default: holds shards and accepts clients) or edge (cluster only: "
+                 "holds client connections and routes, stores nothing)")
+      ->check(CLI::IsMember({"all", "storage", "edge", "edge-process"}));
+  app.add_option("--etcd", c.etcd,
+                 "Cluster mode: etcd endpoints, comma-separated host:port (docs/operations.md, "
+                 "\"Running a cluster\"); empty: the single-node embedded default");
+  app.add_option("--etcd-ca", c.etcd_ca, "CA file for TLS to etcd (empty: plain HTTP)");
+  app.add_option("--etcd-cert", c.etcd_cert, "Client certificate for etcd");
+  app.add_option("--etcd-key", c.etcd_key, "Client key for etcd");
+  app.add_option("--cluster", c.cluster, "Cluster name (the etcd key prefix /iris/<name>/)")
+      ->capture_default_str();
+  app.add_option("--peer-listen", c.peer_listen,
+                 "Cluster mode: address of the mutually authenticated TLS listener for other "
+                 "nodes (port 0: any free port)")
+      ->capture_default_str();
+  app.add_option("--peer-advertise", c.peer_advertise,
+                 "The peer address other nodes dial, when it differs from --peer-listen");
+  app.add_option("--peer-ca", c.peer_ca, "Cluster CA certificate (irisctl cluster certs)");
+  app.add_option("--peer-cert", c.peer_cert, "This node's certificate (CN iris-node-<id>)");
+  app.add_option("--peer-key", c.peer_key, "This node's private key");
   app.add_option("--core-socket", c.core_socket, "Internal: the core process's Unix socket")
       ->group("");
   app.add_option("--edge-index", c.edge_index, "Internal: this edge process's index")->group("");
@@ -92,14 +134,17 @@ void Define(CLI::App& app, ServerConfig& c) {
   app.add_option("--degradation-level", c.degradation_level,
                  "Force graceful degradation: -1 follows load; 1 sheds typing, 2 also presence "
                  "updates, 3 also read receipts")
-      ->capture_default_str()->check(CLI::Range(-1, 3));
+      ->capture_default_str()
+      ->check(CLI::Range(-1, 3));
   app.add_option("--loop-lag-budget-ms", c.loop_lag_budget_ms,
-                 "Event-loop lag that counts as full load (degradation signal)")->capture_default_str();
+                 "Event-loop lag that counts as full load (degradation signal)")
+      ->capture_default_str();
   app.add_option("--trace-file", c.trace_file,
                  "Write spans as OTLP/JSON lines to this file (\"-\": stderr; empty: tracing off)");
   app.add_option("--trace-sample-ratio", c.trace_sample_ratio,
                  "Fraction of traces written besides every failed operation (1: all)")
-      ->capture_default_str()->check(CLI::Range(0.0, 1.0));
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
 }
 
 // Turns the TOML file into "--key=value" arguments placed before the real command line,
@@ -167,6 +212,23 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, std::string* help_text) 
     return c;
   } catch (const CLI::ParseError& e) {
     return BadRequest(std::string(e.what()) + " (see irisd --help)");
+  }
+  if (c.role == "storage") c.role = "all";
+  if (c.role == "edge" && c.etcd.empty()) {
+    return BadRequest("--role edge needs --etcd: an edge-only node routes to a cluster's nodes");
+  }
+  if (!c.etcd.empty()) {
+    if (c.edge_processes > 0) {
+      return BadRequest(
+          "--edge-processes cannot be combined with --etcd yet: a cluster node runs "
+          "its edge in one process");
+    }
+    if (c.peer_ca.empty() || c.peer_cert.empty() || c.peer_key.empty()) {
+      return BadRequest(
+          "--etcd needs --peer-ca, --peer-cert and --peer-key (make them with "
+          "irisctl cluster certs)");
+    }
+    if (c.node_id == 0) return BadRequest("--node-id must be at least 1");
   }
   // A sync page is one full frame; the queue must hold at least two.
   if (c.max_output_bytes < 2 * (3 + 65535)) {

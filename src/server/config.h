@@ -51,8 +51,17 @@ struct ServerConfig {
   // Process shape. 0: the embedded default (edge, core, store in one process). N > 0: this
   // process runs core + store and N edge processes share the client port (SO_REUSEPORT).
   int edge_processes = 0;
-  // Internal (set by the core process for its edge processes): "edge" runs only the edge.
+  // "all" (alias "storage"): holds shards and accepts clients. "edge" (cluster only): holds
+  // client connections and routes, stores nothing. Internal "edge-process": an edge process
+  // started by the core process (--edge-processes).
   std::string role = "all";
+  // Cluster mode (docs/operations.md "Running a cluster"): on when etcd is set.
+  std::string etcd;
+  std::string etcd_ca, etcd_cert, etcd_key;
+  std::string cluster = "default";
+  std::string peer_listen = "0.0.0.0:7541";
+  std::string peer_advertise;
+  std::string peer_ca, peer_cert, peer_key;
   std::string core_socket;
   uint32_t edge_index = 0;
   // Internal (edge process): the inherited memfd of the node's limiter tables; -1 = none.

@@ -43,7 +43,7 @@ int main(int argc, char** argv) {
     iris::obs::LogError("cannot start the server", {{"error", s.ToString()}});
     return 1;
   }
-  if (config->role != "edge") std::cout << (*server)->Banner() << std::flush;
+  if (config->role != "edge-process") std::cout << (*server)->Banner() << std::flush;
   int sig = 0;
   for (;;) {
     timespec tick{1, 0};

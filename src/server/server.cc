@@ -24,11 +24,15 @@
 #include "auth/jwt.h"
 #include "auth/keyring.h"
 #include "auth/revocation.h"
+#include "cluster/cluster_node.h"
+#include "cluster/peer_links.h"
+#include "cluster/router.h"
 #include "common/bytes.h"
 #include "core/core.h"
 #include "edge/edge.h"
 #include "net/http/http_server.h"
 #include "net/listener.h"
+#include "net/peer_tls.h"
 #include "net/tls.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
@@ -43,20 +47,34 @@
 namespace iris::server {
 namespace fs = std::filesystem;
 
-// Forwards core pushes to the edge (see Start()).
+// Forwards core pushes to a sink made later (see Start()): the edge, or in a cluster the
+// router's face for pushes arriving from other nodes.
 struct ForwardingSink final : core::EdgeSink {
-  edge::Edge* to = nullptr;
+  std::atomic<core::EdgeSink*> to{nullptr};
   void Deliver(const core::SessionRef& r, const v1::Envelope& e) override {
-    if (to) to->Deliver(r, e);
+    if (core::EdgeSink* t = to.load()) t->Deliver(r, e);
   }
   void Replace(const core::SessionRef& r) override {
-    if (to) to->Replace(r);
+    if (core::EdgeSink* t = to.load()) t->Replace(r);
   }
   void SendPresence(const core::SessionRef& r, const v1::Presence& p) override {
-    if (to) to->SendPresence(r, p);
+    if (core::EdgeSink* t = to.load()) t->SendPresence(r, p);
   }
   void SendTyping(const core::SessionRef& r, const v1::Typing& t) override {
-    if (to) to->SendTyping(r, t);
+    if (core::EdgeSink* s = to.load()) s->SendTyping(r, t);
+  }
+};
+
+// The Router's view of ownership: the primary of the id's shard in the cluster's current
+// placement (nullopt before the cluster view exists or while the id has no placed shard).
+struct PlacementRoutes final : cluster::RouteTable {
+  std::atomic<cluster::ClusterNode*> node{nullptr};
+  std::optional<NodeId> OwnerOf(uint64_t id) const override {
+    cluster::ClusterNode* n = node.load();
+    if (n == nullptr) return std::nullopt;
+    const std::shared_ptr<const cluster::Placement> p = n->snapshot();
+    if (!p || !p->configured()) return std::nullopt;
+    return p->PrimaryOf(id);
   }
 };
 
@@ -74,6 +92,15 @@ struct Server::Impl {
   std::unique_ptr<obs::Tracer> tracer;
   std::unique_ptr<store::InboxStore> store;
   std::unique_ptr<core::Core> core;
+  // Cluster mode (--etcd): the peer listener (core_server), links to the other nodes, the
+  // router every request goes through, and this node's membership in etcd.
+  ForwardingSink incoming;  // pushes from other nodes -> router.Incoming()
+  PlacementRoutes routes;
+  std::unique_ptr<net::PeerTlsContext> peer_tls;
+  std::unique_ptr<cluster::PeerLinks> peers;
+  std::unique_ptr<cluster::Router> router;
+  std::unique_ptr<cluster::ClusterNode> cluster_node;
+  int32_t cluster_vnodes = 0;
   std::unique_ptr<edge::Edge> edge;
   // --edge-processes (core process): the link server, the reserved client port, children.
   std::unique_ptr<rpc::CoreServer> core_server;
@@ -84,10 +111,13 @@ struct Server::Impl {
   std::vector<pid_t> edge_pids;
   // The node's limiter tables, shared with the edge processes (memfd, --limits-fd).
   std::shared_ptr<edge::internal::SharedRegion> limits;
-  // --role edge: the link to the core process.
+  // --role edge-process: the link to the core process.
   std::unique_ptr<rpc::RemoteCore> remote;
-  bool edge_role() const { return config.role == "edge"; }
+  bool edge_role() const { return config.role == "edge-process"; }
   bool core_role() const { return config.role == "all" && config.edge_processes > 0; }
+  bool clustered() const { return !config.etcd.empty(); }
+  // A cluster node with no store (--role edge).
+  bool cluster_edge() const { return clustered() && config.role == "edge"; }
   // Core process: the edge processes' metrics, merged into this process's /metrics. Declared
   // before `admin`, whose /metrics handler uses it, so it is destroyed after it.
   std::unique_ptr<obs::ScrapeCollector> edge_metrics;
@@ -131,7 +161,7 @@ Status EnsurePrivateDirectory(const std::string& path) {
   if (mkdir(path.c_str(), 0700) != 0 && errno != EEXIST) {
     return BadRequest("cannot create directory " + path + ": " + std::strerror(errno));
   }
-  struct stat st{};
+  struct stat st {};
   if (stat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
     return BadRequest(path + " is not a directory");
   }
@@ -222,6 +252,33 @@ std::optional<obs::ScrapeTarget> ReadEdgeAdminFile(const std::string& path,
   return t;
 }
 
+cluster::EtcdOptions EtcdOptionsOf(const ServerConfig& c) {
+  cluster::EtcdOptions o;
+  auto eps = cluster::ParseEndpoints(c.etcd);
+  if (eps.ok()) o.endpoints = *eps;
+  o.tls.ca_file = c.etcd_ca;
+  o.tls.cert_file = c.etcd_cert;
+  o.tls.key_file = c.etcd_key;
+  return o;
+}
+
+// The cluster's config key (irisctl cluster init), read once at start.
+Result<cluster::ClusterConfig> ReadClusterConfig(const ServerConfig& c) {
+  IRIS_RETURN_IF_ERROR(cluster::ParseEndpoints(c.etcd).status());
+  IRIS_ASSIGN_OR_RETURN(auto client, cluster::EtcdClient::Create(EtcdOptionsOf(c)));
+  IRIS_ASSIGN_OR_RETURN(const cluster::ClusterKeys keys, cluster::ClusterKeys::Create(c.cluster));
+  Result<cluster::RangeResult> r = client->Range(keys.Config());
+  if (!r.ok()) {
+    return Unavailable("cannot read the cluster config from etcd " + c.etcd + ": " +
+                       r.status().message());
+  }
+  if (r->kvs.empty()) {
+    return BadRequest("cluster '" + c.cluster + "' is not initialised in etcd " + c.etcd +
+                      ": run irisctl cluster init --etcd " + c.etcd + " --cluster " + c.cluster);
+  }
+  return cluster::ParseConfig(r->kvs.front().value);
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Server>> Server::Create(const ServerConfig& config) {
@@ -283,7 +340,8 @@ Result<std::unique_ptr<Server>> Server::Create(const ServerConfig& config) {
   IRIS_RETURN_IF_ERROR(m.keyring.AddKey("", std::move(secret).value()));
   for (const std::string& kv : c.jwt_keys) {
     const size_t eq = kv.find('=');
-    if (eq == std::string::npos || eq == 0) return BadRequest("--jwt-key wants kid=path, got " + kv);
+    if (eq == std::string::npos || eq == 0)
+      return BadRequest("--jwt-key wants kid=path, got " + kv);
     IRIS_RETURN_IF_ERROR(auth::CheckSecretFileMode(kv.substr(eq + 1), "jwt key file"));
     auto s = auth::ReadSecretFile(kv.substr(eq + 1));
     if (!s.ok()) return s.status();
@@ -311,28 +369,47 @@ Result<std::unique_ptr<Server>> Server::Create(const ServerConfig& config) {
   }
 
   if (m.edge_role()) return server;  // an edge process has no store: the core process owns it
+  if (m.clustered()) {
+    // The cluster's fixed parameters come from etcd before anything is stored.
+    IRIS_ASSIGN_OR_RETURN(const cluster::ClusterConfig cc, ReadClusterConfig(c));
+    if (cc.replicas > 1) {
+      return BadRequest("cluster '" + c.cluster + "' is initialised with --replicas " +
+                        std::to_string(cc.replicas) +
+                        ", but this build stores each shard on its primary only (replication "
+                        "arrives with issue 16): initialise it with --replicas 1");
+    }
+    m.cluster_vnodes = cc.vnodes;
+    obs::LogInfo(
+        "cluster mode",
+        {{"cluster", c.cluster}, {"etcd", c.etcd}, {"vnodes", cc.vnodes}, {"role", c.role}});
+  }
 
-  // Store and core.
-  store::StoreOptions so;
-  so.path = c.data_dir + "/store";
-  so.node_id = static_cast<uint8_t>(c.node_id);
-  so.inbox_cap = c.inbox_cap;
-  so.dedup_bloom_keys_per_day = c.dedup_bloom_keys_per_day;
-  so.dedup_hot_max_entries = static_cast<size_t>(c.dedup_hot_entries);
-  obs::Histogram* db_write = &obs::Registry::Default().GetHistogram(
-      "iris_db_write_latency_seconds", "Durable append: one group-committed WAL write with sync");
-  so.write_latency_observer = [db_write](int64_t nanos) {
-    db_write->Observe(static_cast<double>(nanos) / 1e9);
-  };
-  auto st = store::InboxStore::Open(so);
-  if (!st.ok()) return st.status();
-  m.store = std::move(st).value();
-  {
-    // Revocations survive restarts: a revoked token stays refused until it expires.
-    IRIS_ASSIGN_OR_RETURN(const store::StoredRevocations revoked,
-                          m.store->LoadRevocations(SystemClock::Instance().WallMillis()));
-    for (const auto& [jti, until] : revoked.jtis) m.revocations.RevokeJti(jti, until);
-    for (const auto& [user, before] : revoked.users) m.revocations.RevokeUserBefore(user, before);
+  // Store (none on an edge-only cluster node).
+  if (!m.cluster_edge()) {
+    // Store and core.
+    store::StoreOptions so;
+    so.path = c.data_dir + "/store";
+    so.node_id = static_cast<uint8_t>(c.node_id);
+    so.inbox_cap = c.inbox_cap;
+    so.dedup_bloom_keys_per_day = c.dedup_bloom_keys_per_day;
+    so.dedup_hot_max_entries = static_cast<size_t>(c.dedup_hot_entries);
+    if (m.cluster_vnodes > 0) so.vnodes = m.cluster_vnodes;
+    obs::Histogram* db_write = &obs::Registry::Default().GetHistogram(
+        "iris_db_write_latency_seconds", "Durable append: one group-committed WAL write with sync");
+    so.write_latency_observer = [db_write](int64_t nanos) {
+      db_write->Observe(static_cast<double>(nanos) / 1e9);
+    };
+    auto st = store::InboxStore::Open(so);
+    if (!st.ok()) return st.status();
+    m.store = std::move(st).value();
+    if (!m.clustered()) {
+      // Revocations survive restarts: a revoked token stays refused until it expires. (In a
+      // cluster they live in etcd, which every node watches.)
+      IRIS_ASSIGN_OR_RETURN(const store::StoredRevocations revoked,
+                            m.store->LoadRevocations(SystemClock::Instance().WallMillis()));
+      for (const auto& [jti, until] : revoked.jtis) m.revocations.RevokeJti(jti, until);
+      for (const auto& [user, before] : revoked.users) m.revocations.RevokeUserBefore(user, before);
+    }
   }
 
   if (!c.trace_file.empty()) {
@@ -355,9 +432,9 @@ Status Server::Start() {
     m.tracer->Start();
     obs::Tracer::SetGlobal(m.tracer.get());
     obs::Tracer* t = m.tracer.get();
-    obs::Registry::Default().AddCallbackCounter(
-        "iris_trace_spans_written_total", "Spans written to the trace file",
-        [t] { return static_cast<double>(t->written()); });
+    obs::Registry::Default().AddCallbackCounter("iris_trace_spans_written_total",
+                                                "Spans written to the trace file",
+                                                [t] { return static_cast<double>(t->written()); });
     obs::Registry::Default().AddCallbackCounter(
         "iris_trace_spans_dropped_total", "Spans lost: writer queue full, or the write failed",
         [t] { return static_cast<double>(t->dropped()); });
@@ -418,6 +495,8 @@ Status Server::Start() {
     if (!m.core_server->WaitForEdges(static_cast<size_t>(c.edge_processes), 30'000)) {
       return Unavailable("edge processes did not connect within 30 s", 0);
     }
+  } else if (m.clustered()) {
+    IRIS_RETURN_IF_ERROR(StartClusterNode(eo, co));
   } else {
     // The embedded default. The core needs the edge as its sink and the edge needs the core:
     // the core gets a forwarding sink that is pointed at the edge once it exists.
@@ -429,41 +508,44 @@ Status Server::Start() {
     // Port 0: the port the kernel chose (a fixed port was locked in Create()).
     IRIS_RETURN_IF_ERROR(LockClientPort(m.edge->port()));
   }
-  obs::Registry::Default().AddCallbackGauge(
-      "iris_degradation_level", "Graceful degradation level (0 normal .. 3 receipts shed)",
-      [core = m.core.get()] { return static_cast<double>(core->degradation().level()); });
+  if (m.core) {
+    obs::Registry::Default().AddCallbackGauge(
+        "iris_degradation_level", "Graceful degradation level (0 normal .. 3 receipts shed)",
+        [core = m.core.get()] { return static_cast<double>(core->degradation().level()); });
+  }
 
   // Admin HTTP.
   obs::AddProcessMetrics(obs::Registry::Default());
-  obs::Registry::Default().AddCallbackCounter(
-      "iris_storage_write_errors_total", "Store batches whose durable write failed",
-      [s = m.store.get()] { return static_cast<double>(s->Stats().write_errors); });
-  obs::Registry::Default().AddCallbackCounter(
-      "iris_storage_full_errors_total", "Failed store writes because the disk was full",
-      [s = m.store.get()] { return static_cast<double>(s->Stats().storage_full_errors); });
-  obs::Registry::Default().AddCallbackCounter(
-      "iris_dedup_bloom_negatives_total",
-      "New idempotency keys the dedup Bloom filters cleared without a read",
-      [s = m.store.get()] { return static_cast<double>(s->Stats().dedup_bloom_negatives); });
-  obs::Registry::Default().AddCallbackCounter(
-      "iris_dedup_db_lookups_total",
-      "Idempotency keys looked up in the dedup column family (Bloom filter said maybe)",
-      [s = m.store.get()] { return static_cast<double>(s->Stats().dedup_db_lookups); });
-  obs::Registry::Default().AddCallbackGauge(
-      "iris_dedup_bloom_fill_ratio",
-      "Keys in today's dedup Bloom filter / --dedup-bloom-keys-per-day (over 1: raise it)",
-      [s = m.store.get()] {
-        const store::StoreStats st = s->Stats();
-        return st.dedup_bloom_keys_per_day == 0
-                   ? 0.0
-                   : static_cast<double>(st.dedup_bloom_keys_today) /
-                         static_cast<double>(st.dedup_bloom_keys_per_day);
-      });
+  if (m.store) {
+    obs::Registry::Default().AddCallbackCounter(
+        "iris_storage_write_errors_total", "Store batches whose durable write failed",
+        [s = m.store.get()] { return static_cast<double>(s->Stats().write_errors); });
+    obs::Registry::Default().AddCallbackCounter(
+        "iris_storage_full_errors_total", "Failed store writes because the disk was full",
+        [s = m.store.get()] { return static_cast<double>(s->Stats().storage_full_errors); });
+    obs::Registry::Default().AddCallbackCounter(
+        "iris_dedup_bloom_negatives_total",
+        "New idempotency keys the dedup Bloom filters cleared without a read",
+        [s = m.store.get()] { return static_cast<double>(s->Stats().dedup_bloom_negatives); });
+    obs::Registry::Default().AddCallbackCounter(
+        "iris_dedup_db_lookups_total",
+        "Idempotency keys looked up in the dedup column family (Bloom filter said maybe)",
+        [s = m.store.get()] { return static_cast<double>(s->Stats().dedup_db_lookups); });
+    obs::Registry::Default().AddCallbackGauge(
+        "iris_dedup_bloom_fill_ratio",
+        "Keys in today's dedup Bloom filter / --dedup-bloom-keys-per-day (over 1: raise it)",
+        [s = m.store.get()] {
+          const store::StoreStats st = s->Stats();
+          return st.dedup_bloom_keys_per_day == 0
+                     ? 0.0
+                     : static_cast<double>(st.dedup_bloom_keys_today) /
+                           static_cast<double>(st.dedup_bloom_keys_per_day);
+        });
+  }
   if (m.edge) {
-    obs::Registry::Default().AddCallbackGauge("iris_connections_open", "Client connections open",
-                                              [e = m.edge.get()] {
-                                                return static_cast<double>(e->session_count());
-                                              });
+    obs::Registry::Default().AddCallbackGauge(
+        "iris_connections_open", "Client connections open",
+        [e = m.edge.get()] { return static_cast<double>(e->session_count()); });
     AddPreLoginGauge(*m.edge);
   }
   m.admin = std::make_unique<net::http::HttpServer>(AdminHttpOptions(c));
@@ -515,35 +597,47 @@ Status Server::Start() {
     if (body.contains("jti")) {
       if (!body["jti"].is_string() || body["jti"].get<std::string>().empty() ||
           body["jti"].get<std::string>().size() > 64) {
-        return HttpResponse{400, "application/json", R"({"error":"jti must be a string of 1..64 bytes"})"};
+        return HttpResponse{400, "application/json",
+                            R"({"error":"jti must be a string of 1..64 bytes"})"};
       }
       // Kept for the longest token lifetime plus leeway: after that the token is expired anyway.
       const int64_t until = now_ms + (86400 + m.config.jwt_leeway_s) * 1000;
-      if (const Status s = m.store->PutRevokedJti(body["jti"].get<std::string>(), until); !s.ok()) {
-        return HttpResponse{503, "application/json",
-                            nlohmann::json{{"error", "revocation not stored: " + s.message()}}.dump()};
+      const Status s = m.cluster_node
+                           ? m.cluster_node->RevokeJti(body["jti"].get<std::string>(), until)
+                           : m.store->PutRevokedJti(body["jti"].get<std::string>(), until);
+      if (!s.ok()) {
+        return HttpResponse{
+            503, "application/json",
+            nlohmann::json{{"error", "revocation not stored: " + s.message()}}.dump()};
       }
       m.revocations.RevokeJti(body["jti"].get<std::string>(), until);
       if (m.core_server) m.core_server->BroadcastRevokeJti(body["jti"].get<std::string>(), until);
     } else if (body.contains("user")) {
       if (!body["user"].is_number_unsigned() || body["user"].get<uint64_t>() == 0) {
-        return HttpResponse{400, "application/json", R"({"error":"user must be a non-zero integer"})"};
+        return HttpResponse{400, "application/json",
+                            R"({"error":"user must be a non-zero integer"})"};
       }
       int64_t before = now_ms;
       if (body.contains("before_ms")) {
         if (!body["before_ms"].is_number_integer()) {
-          return HttpResponse{400, "application/json", R"({"error":"before_ms must be an integer"})"};
+          return HttpResponse{400, "application/json",
+                              R"({"error":"before_ms must be an integer"})"};
         }
         before = body["before_ms"].get<int64_t>();
       }
-      if (const Status s = m.store->PutRevokedUser(body["user"].get<uint64_t>(), before); !s.ok()) {
-        return HttpResponse{503, "application/json",
-                            nlohmann::json{{"error", "revocation not stored: " + s.message()}}.dump()};
+      const Status s = m.cluster_node
+                           ? m.cluster_node->RevokeUser(body["user"].get<uint64_t>(), before)
+                           : m.store->PutRevokedUser(body["user"].get<uint64_t>(), before);
+      if (!s.ok()) {
+        return HttpResponse{
+            503, "application/json",
+            nlohmann::json{{"error", "revocation not stored: " + s.message()}}.dump()};
       }
       m.revocations.RevokeUserBefore(body["user"].get<uint64_t>(), before);
       if (m.core_server) m.core_server->BroadcastRevokeUser(body["user"].get<uint64_t>(), before);
     } else {
-      return HttpResponse{400, "application/json", R"j({"error":"give jti, or user (and before_ms)"})j"};
+      return HttpResponse{400, "application/json",
+                          R"j({"error":"give jti, or user (and before_ms)"})j"};
     }
     if (m.edge) m.edge->RecheckAllSessions();
     return HttpResponse{200, "application/json", R"({"revoked":true})"};
@@ -552,6 +646,7 @@ Status Server::Start() {
   uint16_t port = 0;
   IRIS_RETURN_IF_ERROR(net::SplitHostPort(c.admin_listen, &host, &port));
   IRIS_RETURN_IF_ERROR(m.admin->Start(host, port));
+  if (m.clustered()) IRIS_RETURN_IF_ERROR(JoinCluster());
   m.started = true;
   obs::LogInfo("irisd started", {{"port", this->port()},
                                  {"admin_port", admin_port()},
@@ -592,7 +687,12 @@ void Server::Stop() {
   // Presence transitions of the sessions just closed, then no more pushes to the edge.
   if (m.core) m.core->presence().Drain();
   m.forward.to = nullptr;
+  // Cluster: no more calls to or from other nodes, then leave the cluster (the node's key
+  // goes with its lease).
+  if (m.peers) m.peers->Stop();
+  m.incoming.to = nullptr;
   if (m.core_server) m.core_server->Stop();
+  if (m.cluster_node) m.cluster_node->Stop();
   if (m.reserved_port_fd >= 0) close(m.reserved_port_fd);
   // The client sockets are closed (edge processes gone, loops stopped): the port is free
   // for another node.
@@ -670,21 +770,41 @@ void Server::AddPreLoginGauge(edge::Edge& e) {
 
 Result<pid_t> Server::SpawnEdge(uint32_t index) {
   const ServerConfig& c = impl_->config;
-  std::vector<std::string> args = {"/proc/self/exe", "--role", "edge", "--edge-index",
-                                   std::to_string(index), "--core-socket",
-                                   c.data_dir + "/core.sock", "--data-dir", c.data_dir,
-                                   "--listen", c.listen, "--loops",
+  std::vector<std::string> args = {"/proc/self/exe",
+                                   "--role",
+                                   "edge-process",
+                                   "--edge-index",
+                                   std::to_string(index),
+                                   "--core-socket",
+                                   c.data_dir + "/core.sock",
+                                   "--data-dir",
+                                   c.data_dir,
+                                   "--listen",
+                                   c.listen,
+                                   "--loops",
                                    std::to_string(c.loops > 0 ? c.loops : 1),
-                                   "--tls-cert", c.tls_cert, "--tls-key", c.tls_key,
-                                   "--jwt-secret-file", c.jwt_secret_file,
-                                   "--admin-token-file", c.admin_token_file,
-                                   "--node-id", std::to_string(c.node_id),
-                                   "--hello-timeout-ms", std::to_string(c.hello_timeout_ms),
-                                   "--idle-timeout-ms", std::to_string(c.idle_timeout_ms),
-                                   "--jwt-leeway-s", std::to_string(c.jwt_leeway_s),
-                                   "--rate-per-sec", std::to_string(c.rate_per_sec),
-                                   "--rate-burst-per-sec", std::to_string(c.rate_burst_per_sec),
-                                   "--rate-burst-seconds", std::to_string(c.rate_burst_seconds),
+                                   "--tls-cert",
+                                   c.tls_cert,
+                                   "--tls-key",
+                                   c.tls_key,
+                                   "--jwt-secret-file",
+                                   c.jwt_secret_file,
+                                   "--admin-token-file",
+                                   c.admin_token_file,
+                                   "--node-id",
+                                   std::to_string(c.node_id),
+                                   "--hello-timeout-ms",
+                                   std::to_string(c.hello_timeout_ms),
+                                   "--idle-timeout-ms",
+                                   std::to_string(c.idle_timeout_ms),
+                                   "--jwt-leeway-s",
+                                   std::to_string(c.jwt_leeway_s),
+                                   "--rate-per-sec",
+                                   std::to_string(c.rate_per_sec),
+                                   "--rate-burst-per-sec",
+                                   std::to_string(c.rate_burst_per_sec),
+                                   "--rate-burst-seconds",
+                                   std::to_string(c.rate_burst_seconds),
                                    "--connections-per-ip-per-minute",
                                    std::to_string(c.connections_per_ip_per_minute),
                                    "--failed-logins-per-hour",
@@ -693,10 +813,14 @@ Result<pid_t> Server::SpawnEdge(uint32_t index) {
                                    std::to_string(c.failed_logins_per_ip_per_hour),
                                    "--admin-connections-per-ip",
                                    std::to_string(c.admin_connections_per_ip),
-                                   "--max-output-bytes", std::to_string(c.max_output_bytes),
-                                   "--loop-lag-budget-ms", std::to_string(c.loop_lag_budget_ms),
-                                   "--shutdown-grace-ms", std::to_string(c.shutdown_grace_ms),
-                                   "--log-level", c.log_level};
+                                   "--max-output-bytes",
+                                   std::to_string(c.max_output_bytes),
+                                   "--loop-lag-budget-ms",
+                                   std::to_string(c.loop_lag_budget_ms),
+                                   "--shutdown-grace-ms",
+                                   std::to_string(c.shutdown_grace_ms),
+                                   "--log-level",
+                                   c.log_level};
   args.insert(args.end(), {"--limits-fd", std::to_string(impl_->limits->fd())});
   args.insert(args.end(),
               {"--max-prelogin-per-ip", std::to_string(c.max_prelogin_per_ip),
@@ -704,7 +828,8 @@ Result<pid_t> Server::SpawnEdge(uint32_t index) {
   if (!c.jwt_audience.empty()) args.insert(args.end(), {"--jwt-audience", c.jwt_audience});
   if (!c.jwt_issuer.empty()) args.insert(args.end(), {"--jwt-issuer", c.jwt_issuer});
   for (const auto& k : c.jwt_keys) args.insert(args.end(), {"--jwt-key", k});
-  for (const auto& a : c.connection_allowlist) args.insert(args.end(), {"--connection-allowlist", a});
+  for (const auto& a : c.connection_allowlist)
+    args.insert(args.end(), {"--connection-allowlist", a});
   if (!c.trace_file.empty() && c.trace_file != "-") {
     args.insert(args.end(), {"--trace-file", c.trace_file + ".edge-" + std::to_string(index),
                              "--trace-sample-ratio", std::to_string(c.trace_sample_ratio)});
@@ -722,10 +847,10 @@ Result<pid_t> Server::SpawnEdge(uint32_t index) {
   }
   const uint16_t edge_admin =
       admin_port_base == 0 ? 0 : static_cast<uint16_t>(admin_port_base + 1 + index);
-  args.insert(args.end(), {"--admin-listen", (admin_host.find(':') != std::string::npos
-                                                  ? "[" + admin_host + "]"
-                                                  : admin_host) +
-                                                 ":" + std::to_string(edge_admin)});
+  args.insert(args.end(),
+              {"--admin-listen",
+               (admin_host.find(':') != std::string::npos ? "[" + admin_host + "]" : admin_host) +
+                   ":" + std::to_string(edge_admin)});
   // No stale port file from an earlier instance of this edge.
   std::remove(EdgeAdminFile(c.data_dir, index).c_str());
   const pid_t pid = fork();
@@ -756,7 +881,8 @@ void Server::Supervise() {
     m.revocations.Prune(now_ms);
     if (m.store) {
       const Result<store::StoredRevocations> r = m.store->LoadRevocations(now_ms);
-      if (!r.ok()) obs::LogWarn("pruning stored revocations failed", {{"error", r.status().ToString()}});
+      if (!r.ok())
+        obs::LogWarn("pruning stored revocations failed", {{"error", r.status().ToString()}});
     }
   }
   if (m.edge_pids.empty()) return;
@@ -769,6 +895,100 @@ void Server::Supervise() {
       m.edge_pids[i] = pid.ok() ? *pid : -1;
     }
   }
+}
+
+Status Server::StartClusterNode(const edge::EdgeOptions& eo, const core::CoreOptions& co) {
+  Impl& m = *impl_;
+  const ServerConfig& c = m.config;
+  const NodeId self = c.node_id;
+  net::PeerTlsConfig pc{c.peer_ca, c.peer_cert, c.peer_key};
+  IRIS_ASSIGN_OR_RETURN(m.peer_tls, net::PeerTlsContext::Create(pc));
+  // Other nodes call this node's core (behind the router's ownership check) on the peer
+  // listener; the same server carries this node's pushes to sessions held elsewhere.
+  m.core_server = std::make_unique<rpc::CoreServer>();
+  IRIS_RETURN_IF_ERROR(m.core_server->ListenPeers(c.peer_listen, pc, self));
+  cluster::PeerLinksOptions po;
+  po.self = self;
+  m.peers = std::make_unique<cluster::PeerLinks>(
+      po, *m.peer_tls,
+      [&m]() -> std::shared_ptr<const cluster::Placement> {
+        return m.cluster_node ? m.cluster_node->snapshot() : nullptr;
+      },
+      *m.core_server, m.incoming,
+      [&m](NodeId node) {
+        // Sessions registered through the lost link may have missed pushes: their clients
+        // reconnect (to any node) and resume from their cursors.
+        if (!m.router || !m.edge) return;
+        for (const core::SessionRef& ref : m.router->SessionsRegisteredAt(node)) {
+          m.edge->Disconnect(ref, Unavailable("the node holding this user's inbox went away; "
+                                              "reconnect"));
+        }
+      });
+  m.router = std::make_unique<cluster::Router>(self, m.routes, *m.peers);
+  if (!m.cluster_edge()) {
+    m.core = std::make_unique<core::Core>(*m.store, *m.router, SystemClock::Instance(), co);
+    m.router->SetLocalCore(m.core.get());
+  }
+  m.core_server->set_core(&m.router->Served());
+  IRIS_RETURN_IF_ERROR(m.core_server->Start());
+  m.edge =
+      std::make_unique<edge::Edge>(eo, *m.router, *m.verifier, *m.tls, SystemClock::Instance());
+  m.router->SetLocalEdge(m.edge.get());
+  m.incoming.to = &m.router->Incoming();
+  IRIS_RETURN_IF_ERROR(m.edge->Start());
+  IRIS_RETURN_IF_ERROR(LockClientPort(m.edge->port()));
+  m.peers->Start();
+  return Status::Ok();
+}
+
+Status Server::JoinCluster() {
+  Impl& m = *impl_;
+  const ServerConfig& c = m.config;
+  // The addresses other nodes and clients use: the configured host with the bound port.
+  auto with_port = [](const std::string& address, uint16_t port) -> Result<std::string> {
+    std::string host;
+    uint16_t ignored = 0;
+    IRIS_RETURN_IF_ERROR(net::SplitHostPort(address, &host, &ignored));
+    if (host.find(':') != std::string::npos) host = "[" + host + "]";
+    return host + ":" + std::to_string(port);
+  };
+  cluster::ClusterNodeOptions o;
+  o.etcd = EtcdOptionsOf(c);
+  o.cluster = c.cluster;
+  o.self.id = c.node_id;
+  o.self.role = m.cluster_edge() ? cluster::NodeRole::kEdge : cluster::NodeRole::kStorage;
+  if (!c.peer_advertise.empty()) {
+    o.self.peer = c.peer_advertise;
+  } else {
+    IRIS_ASSIGN_OR_RETURN(o.self.peer, with_port(c.peer_listen, m.core_server->peer_port()));
+  }
+  IRIS_ASSIGN_OR_RETURN(o.self.client, with_port(c.listen, port()));
+  IRIS_ASSIGN_OR_RETURN(o.self.admin, with_port(c.admin_listen, admin_port()));
+  // Tokens live at most 24 h (plus leeway): a revocation is kept that long in etcd.
+  o.revocation_ttl_s = 86'400 + c.jwt_leeway_s;
+  cluster::ClusterView::Callbacks cb;
+  cb.on_node_up = [&m](const cluster::NodeInfo& n) {
+    if (m.peers && n.role == cluster::NodeRole::kStorage) m.peers->Want(n.id);
+  };
+  cb.on_revoked_jti = [&m](const std::string& jti, int64_t until_ms) {
+    m.revocations.RevokeJti(jti, until_ms);
+    if (m.edge) m.edge->RecheckAllSessions();
+  };
+  cb.on_revoked_user = [&m](uint64_t user, int64_t before_ms) {
+    m.revocations.RevokeUserBefore(user, before_ms);
+    if (m.edge) m.edge->RecheckAllSessions();
+  };
+  cb.on_stale = [](bool stale) {
+    if (stale) {
+      obs::LogWarn("etcd unreachable: serving from the last known placement");
+    } else {
+      obs::LogInfo("etcd reachable again");
+    }
+  };
+  IRIS_ASSIGN_OR_RETURN(m.cluster_node, cluster::ClusterNode::Create(o, cb));
+  IRIS_RETURN_IF_ERROR(m.cluster_node->Start());
+  m.routes.node = m.cluster_node.get();
+  return Status::Ok();
 }
 
 void Server::StopEdgeProcesses() {
@@ -804,7 +1024,8 @@ Status Server::StartEdgeProcess(const edge::EdgeOptions& base) {
   edge::EdgeOptions eo = base;
   eo.process_index = c.edge_index;
   if (c.limits_fd < 0) {
-    return BadRequest("--role edge needs --limits-fd (edge processes are started by the core)");
+    return BadRequest(
+        "--role edge-process needs --limits-fd (edge processes are started by the core)");
   }
   auto limits = edge::internal::SharedRegion::Attach(
       c.limits_fd, edge::LimiterTables::Specs(eo.connection_rate, eo.failed_logins));
@@ -833,17 +1054,17 @@ Status Server::StartEdgeProcess(const edge::EdgeOptions& base) {
   };
   m.remote->Start(std::move(h));
   // Revocations made before this process started (or restarted) apply before it accepts.
-  IRIS_ASSIGN_OR_RETURN(const iris::internal::v1::Revocations revoked, m.remote->FetchRevocations());
+  IRIS_ASSIGN_OR_RETURN(const iris::internal::v1::Revocations revoked,
+                        m.remote->FetchRevocations());
   for (const auto& j : revoked.jtis()) m.revocations.RevokeJti(j.jti(), j.until_ms());
   for (const auto& u : revoked.users()) m.revocations.RevokeUserBefore(u.user(), u.before_ms());
   IRIS_RETURN_IF_ERROR(m.edge->Start());
   // Only now, with the listener accepting, does the core count this edge as ready.
   IRIS_RETURN_IF_ERROR(m.remote->SayHello());
   obs::AddProcessMetrics(obs::Registry::Default());
-  obs::Registry::Default().AddCallbackGauge("iris_connections_open", "Client connections open",
-                                            [e = m.edge.get()] {
-                                              return static_cast<double>(e->session_count());
-                                            });
+  obs::Registry::Default().AddCallbackGauge(
+      "iris_connections_open", "Client connections open",
+      [e = m.edge.get()] { return static_cast<double>(e->session_count()); });
   AddPreLoginGauge(*m.edge);
   m.admin = std::make_unique<net::http::HttpServer>(AdminHttpOptions(c));
   m.admin->Route("GET", "/healthz", [](const net::http::HttpRequest&) {
@@ -860,9 +1081,9 @@ Status Server::StartEdgeProcess(const edge::EdgeOptions& base) {
   IRIS_RETURN_IF_ERROR(
       WriteEdgeAdminFile(EdgeAdminFile(c.data_dir, c.edge_index), m.admin->port()));
   m.started = true;
-  obs::LogInfo("edge process serving", {{"edge_index", c.edge_index},
-                                        {"port", m.edge->port()},
-                                        {"admin_port", m.admin->port()}});
+  obs::LogInfo(
+      "edge process serving",
+      {{"edge_index", c.edge_index}, {"port", m.edge->port()}, {"admin_port", m.admin->port()}});
   return Status::Ok();
 }
 uint16_t Server::admin_port() const { return impl_->admin ? impl_->admin->port() : 0; }
@@ -875,12 +1096,17 @@ std::string Server::Banner() const {
     << "  admin HTTP:        " << m.config.admin_listen << " (port " << admin_port() << ")\n"
     << "  certificate:       " << m.config.tls_cert << "\n"
     << "  fingerprint:       SHA256:" << m.cert_fingerprint << "\n"
-    << "  data:              " << m.config.data_dir << "\n"
-    << "Mint a token for user 42:\n"
+    << "  data:              " << m.config.data_dir << "\n";
+  if (m.clustered()) {
+    o << "  cluster:           " << m.config.cluster << " (etcd " << m.config.etcd << "), node "
+      << m.config.node_id << ", role " << (m.cluster_edge() ? "edge" : "storage")
+      << ", peers on port " << (m.core_server ? m.core_server->peer_port() : 0) << "\n";
+  }
+  o << "Mint a token for user 42:\n"
     << "  irisctl token --secret-file " << m.config.jwt_secret_file << " --user 42 --ttl 1h\n"
     << "Connect with the CLI:\n"
-    << "  iris login --server 127.0.0.1:" << port() << " --fingerprint SHA256:"
-    << m.cert_fingerprint << " --token <token>\n";
+    << "  iris login --server 127.0.0.1:" << port()
+    << " --fingerprint SHA256:" << m.cert_fingerprint << " --token <token>\n";
   return o.str();
 }
 

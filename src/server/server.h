@@ -9,6 +9,7 @@
 
 #include <sys/types.h>
 
+#include "core/core.h"
 #include "edge/edge.h"
 #include "server/config.h"
 
@@ -42,6 +43,10 @@ class Server {
   Result<pid_t> SpawnEdge(uint32_t index);
   void StopEdgeProcesses();
   Status StartEdgeProcess(const edge::EdgeOptions& base);
+  // Cluster mode (--etcd): peer listener, links, router, core (storage role) and edge.
+  Status StartClusterNode(const edge::EdgeOptions& eo, const core::CoreOptions& co);
+  // Registers this node in etcd (after every listener is up) and follows the cluster.
+  Status JoinCluster();
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

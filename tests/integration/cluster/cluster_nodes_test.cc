@@ -1,0 +1,313 @@
+// A real cluster on loopback (issue 15; CLUSTER.md §1, §7): one etcd, three storage nodes
+// and one edge-only node (--role edge), every client free to connect to any node. Checks
+// FR-1..FR-8 with sender, recipient and watcher on different nodes, one session per user
+// across the cluster, revocation on one node closing a session on another, a node restart
+// (SIGTERM and kill -9) losing nothing acknowledged, and an etcd restart under load.
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <random>
+#include <set>
+
+#include "common/clock.h"
+#include "common/status.h"
+#include "harness/local_cluster.h"
+#include "wire/opcode.h"
+
+namespace iris::testing {
+namespace {
+
+constexpr uint8_t Op(wire::Opcode o) { return static_cast<uint8_t>(o); }
+int64_t MonoMs() { return SystemClock::Instance().MonoMillis(); }
+
+std::unique_ptr<TestClient> Online(ServerProcess& s, uint64_t user) {
+  auto c = TestClient::Connect(s);
+  c->Login(s, user);
+  std::vector<v1::Envelope> ignored;
+  c->CatchUp(&ignored);
+  return c;
+}
+
+// SEND until acknowledged: UNAVAILABLE (a shard whose node is down, or the cluster still
+// settling) is retried with the same idempotency key, as a client does. Returns the id.
+uint64_t SendAcked(TestClient& from, uint64_t request_id, uint64_t to, const std::string& body,
+                   int timeout_ms = 30'000) {
+  const std::string key = NewKey();
+  const int64_t deadline = MonoMs() + timeout_ms;
+  std::string last;
+  while (MonoMs() < deadline) {
+    auto f = from.Send(request_id, to, body, key);
+    if (f.opcode == Op(wire::Opcode::kSendAck)) {
+      v1::SendAck a;
+      EXPECT_TRUE(a.ParseFromString(f.payload));
+      return a.message_id();
+    }
+    v1::Error e;
+    e.ParseFromString(f.payload);
+    last = e.ShortDebugString();
+    if (e.code() != static_cast<uint32_t>(StatusCode::kUnavailable)) break;
+  }
+  ADD_FAILURE() << "no SEND_ACK for " << body << ": " << last;
+  return 0;
+}
+
+// Every message a user finds in its inbox (a fresh session's catch-up), in order.
+std::vector<v1::Envelope> Inbox(ServerProcess& s, uint64_t user) {
+  auto c = TestClient::Connect(s);
+  c->Login(s, user);
+  std::vector<v1::Envelope> got;
+  c->CatchUp(&got);
+  return got;
+}
+
+class ClusterTest : public ::testing::Test {
+ protected:
+  static LocalCluster::Options Opts() {
+    LocalCluster::Options o;
+    o.storage_nodes = 3;
+    o.edge_nodes = 1;
+    return o;
+  }
+  void SetUp() override { ASSERT_NO_FATAL_FAILURE(cluster_.Start()); }
+  LocalCluster cluster_{Opts()};
+};
+
+// FR-1/2/3/5: users owned by each node, each connected to a node that does not own it (the
+// edge-only node included), send to each other; every message arrives once, in each
+// sender's order, and an offline recipient finds them on connecting to yet another node.
+TEST_F(ClusterTest, MessagesFlowBetweenUsersOnDifferentNodes) {
+  std::vector<uint64_t> users;
+  for (NodeId owner = 1; owner <= 3; ++owner) {
+    users.push_back(cluster_.UserOwnedBy(owner, 1000 * owner));
+    users.push_back(cluster_.UserOwnedBy(owner, 1000 * owner + 500));
+  }
+  // User i connects to node (owner % 4) + 1: never its owner; node 4 is the edge node.
+  std::map<uint64_t, std::unique_ptr<TestClient>> clients;
+  std::map<uint64_t, NodeId> at;
+  for (uint64_t u : users) {
+    const NodeId owner = cluster_.OwnerOf(u);
+    at[u] = owner % 4 + 1;
+    clients[u] = Online(cluster_.node(at[u]), u);
+  }
+  const uint64_t offline = cluster_.UserOwnedBy(2, 9000);
+  constexpr int kPerPair = 20;
+  std::map<uint64_t, std::vector<std::string>> expected;  // recipient -> bodies in order
+  uint64_t rid = 1;
+  for (int i = 0; i < kPerPair; ++i) {
+    for (uint64_t from : users) {
+      for (uint64_t to : users) {
+        if (to == from) continue;
+        const std::string body =
+            std::to_string(from) + ">" + std::to_string(to) + "#" + std::to_string(i);
+        ASSERT_NE(SendAcked(*clients[from], rid++, to, body), 0u);
+        expected[to].push_back(body);
+      }
+      const std::string body = std::to_string(from) + ">off#" + std::to_string(i);
+      ASSERT_NE(SendAcked(*clients[from], rid++, offline, body), 0u);
+      expected[offline].push_back(body);
+    }
+  }
+  // Pushed live: every expected message exactly once, in order (ids increase).
+  for (uint64_t to : users) {
+    std::vector<std::string> got;
+    uint64_t last_id = 0;
+    while (got.size() < expected[to].size()) {
+      auto f = clients[to]->Expect(Op(wire::Opcode::kDeliver), 20'000);
+      ASSERT_EQ(f.opcode, Op(wire::Opcode::kDeliver)) << "user " << to << " got " << got.size();
+      v1::Deliver d;
+      ASSERT_TRUE(d.ParseFromString(f.payload));
+      EXPECT_GT(d.message().id(), last_id);
+      last_id = d.message().id();
+      got.push_back(d.message().body());
+    }
+    EXPECT_EQ(got, expected[to]) << "user " << to << " connected to node " << at[to];
+  }
+  // The offline user connects to a node that does not own it and catches up.
+  std::vector<std::string> got;
+  for (const auto& e : Inbox(cluster_.node(4), offline)) got.push_back(e.body());
+  EXPECT_EQ(got, expected[offline]);
+}
+
+// One session per user across the cluster: logging in on another node replaces the older
+// session wherever it is.
+TEST_F(ClusterTest, NewerSessionOnAnotherNodeReplacesTheOlder) {
+  const uint64_t u = cluster_.UserOwnedBy(3, 100);
+  auto first = Online(cluster_.node(1), u);
+  auto second = Online(cluster_.node(2), u);
+  auto f = first->Expect(Op(wire::Opcode::kError), 10'000);
+  v1::Error e;
+  ASSERT_TRUE(e.ParseFromString(f.payload));
+  EXPECT_EQ(e.code(), static_cast<uint32_t>(StatusCode::kSessionReplaced));
+  // The newer session gets the messages.
+  auto sender = Online(cluster_.node(4), cluster_.UserOwnedBy(1, 200));
+  const uint64_t id = SendAcked(*sender, 1, u, "to the newer session");
+  auto d = second->Expect(Op(wire::Opcode::kDeliver));
+  v1::Deliver dv;
+  ASSERT_TRUE(dv.ParseFromString(d.payload));
+  EXPECT_EQ(dv.message().id(), id);
+}
+
+// FR-6/7/8 and FR-4 across nodes: watcher, watched user and their owners all differ.
+TEST_F(ClusterTest, PresenceTypingAndReceiptsCrossNodes) {
+  const uint64_t watched = cluster_.UserOwnedBy(3, 300);
+  const uint64_t watcher = cluster_.UserOwnedBy(2, 400);
+  auto w = Online(cluster_.node(1), watcher);
+  v1::PresenceSubscribe sub;
+  sub.set_request_id(1);
+  sub.add_users(watched);
+  ASSERT_TRUE(w->conn().SendFrame(Op(wire::Opcode::kPresenceSubscribe), sub).ok());
+  auto first = w->Expect(Op(wire::Opcode::kPresence));
+  v1::Presence p;
+  ASSERT_TRUE(p.ParseFromString(first.payload));
+  EXPECT_EQ(p.user(), watched);
+  EXPECT_FALSE(p.online());
+
+  // The watched user comes online on the edge node: the watcher sees it (FR-6).
+  auto x = Online(cluster_.node(4), watched);
+  v1::Presence online;
+  const int64_t deadline = MonoMs() + 30'000;
+  while (MonoMs() < deadline && !online.online()) {
+    auto f = w->Expect(Op(wire::Opcode::kPresence), 30'000);
+    ASSERT_TRUE(online.ParseFromString(f.payload));
+  }
+  EXPECT_TRUE(online.online());
+  EXPECT_EQ(online.user(), watched);
+
+  // Typing crosses nodes (FR-8).
+  v1::Typing t;
+  t.set_user(watcher);
+  t.set_typing(true);
+  ASSERT_TRUE(x->conn().SendFrame(Op(wire::Opcode::kTyping), t).ok());
+  auto tf = w->Expect(Op(wire::Opcode::kTyping), 5'000);
+  v1::Typing got_t;
+  ASSERT_TRUE(got_t.ParseFromString(tf.payload));
+  EXPECT_EQ(got_t.user(), watched);
+
+  // A message and its READ receipt (FR-4).
+  const uint64_t id = SendAcked(*w, 2, watched, "hello across");
+  auto df = x->Expect(Op(wire::Opcode::kDeliver));
+  v1::Deliver d;
+  ASSERT_TRUE(d.ParseFromString(df.payload));
+  EXPECT_EQ(d.message().id(), id);
+  v1::Receipt r;
+  r.set_request_id(3);
+  r.set_to_user(watcher);
+  r.set_type(v1::READ);
+  r.add_message_ids(id);
+  r.set_idempotency_key(NewKey());
+  ASSERT_TRUE(x->conn().SendFrame(Op(wire::Opcode::kReceipt), r).ok());
+  x->Expect(Op(wire::Opcode::kOk));
+  auto rf = w->Expect(Op(wire::Opcode::kDeliver));
+  v1::Deliver rd;
+  ASSERT_TRUE(rd.ParseFromString(rf.payload));
+  EXPECT_EQ(rd.message().kind(), v1::RECEIPT);
+  v1::ReceiptBody body;
+  ASSERT_TRUE(body.ParseFromString(rd.message().body()));
+  EXPECT_EQ(body.type(), v1::READ);
+
+  // The watched user leaves: offline with a last-seen time (FR-7).
+  x.reset();
+  v1::Presence offline;
+  offline.set_online(true);
+  const int64_t deadline2 = MonoMs() + 30'000;
+  while (MonoMs() < deadline2 && offline.online()) {
+    auto f = w->Expect(Op(wire::Opcode::kPresence), 30'000);
+    ASSERT_TRUE(offline.ParseFromString(f.payload));
+  }
+  EXPECT_FALSE(offline.online());
+  EXPECT_GT(offline.last_seen_ms(), 0);
+}
+
+// G7: a user revoked through node 1's admin API loses its session on node 3 within 1 s.
+TEST_F(ClusterTest, RevocationOnOneNodeClosesTheSessionOnAnother) {
+  const uint64_t u = cluster_.UserOwnedBy(2, 500);
+  auto c = Online(cluster_.node(3), u);
+  std::string resp;
+  const int64_t t0 = MonoMs();
+  ASSERT_EQ(
+      AdminRequest(cluster_.node(1).admin_port(), "POST", "/v1/revoke",
+                   cluster_.node(1).admin_token(), "{\"user\":" + std::to_string(u) + "}", &resp),
+      200)
+      << resp;
+  // The session ends (an ERROR then EOF, or EOF).
+  bool closed = false;
+  while (!closed && MonoMs() - t0 < 10'000) {
+    auto f = c->Next(10'000);
+    closed = !f.ok() || f->opcode == Op(wire::Opcode::kError);
+  }
+  const int64_t took = MonoMs() - t0;
+  EXPECT_TRUE(closed);
+  std::printf("revocation closed the session on another node after %lld ms\n",
+              static_cast<long long>(took));
+  EXPECT_LE(took, 2'000) << "revocation must reach every node within 1 s (2 s allowed here)";
+  // A new login with a token issued before the revocation is refused on every node.
+  for (NodeId n = 1; n <= 4; ++n) {
+    auto again = TestClient::Connect(cluster_.node(n));
+    auto f = again->Hello(cluster_.node(n).Token(u));
+    EXPECT_EQ(f.opcode, Op(wire::Opcode::kError)) << "node " << n;
+  }
+}
+
+// A storage node restarts (SIGTERM, then kill -9): its users reconnect elsewhere; while it
+// is down its shards answer UNAVAILABLE (retryable, replication factor 1); nothing
+// acknowledged is lost once it is back.
+TEST_F(ClusterTest, NodeRestartLosesNothingAcknowledged) {
+  const uint64_t on2 = cluster_.UserOwnedBy(2, 600);
+  const uint64_t on3 = cluster_.UserOwnedBy(3, 700);
+  const uint64_t sender = cluster_.UserOwnedBy(1, 800);
+  auto s = Online(cluster_.node(1), sender);
+  std::vector<std::string> want2, want3;
+  uint64_t rid = 1;
+  for (int round = 0; round < 2; ++round) {
+    for (int i = 0; i < 20; ++i) {
+      want2.push_back("r" + std::to_string(round) + "-2-" + std::to_string(i));
+      ASSERT_NE(SendAcked(*s, rid++, on2, want2.back()), 0u);
+      want3.push_back("r" + std::to_string(round) + "-3-" + std::to_string(i));
+      ASSERT_NE(SendAcked(*s, rid++, on3, want3.back()), 0u);
+    }
+    // Node 2 goes away (gracefully in round 0, kill -9 in round 1).
+    cluster_.node(2).Stop(round == 0 ? SIGTERM : SIGKILL);
+    // Its shards are unavailable: a send to its user is refused as retryable...
+    auto f = s->Send(rid++, on2, "while down", NewKey());
+    ASSERT_EQ(f.opcode, Op(wire::Opcode::kError));
+    v1::Error e;
+    ASSERT_TRUE(e.ParseFromString(f.payload));
+    EXPECT_EQ(e.code(), static_cast<uint32_t>(StatusCode::kUnavailable));
+    // ...while the other nodes keep serving theirs.
+    want3.push_back("r" + std::to_string(round) + "-3-down");
+    ASSERT_NE(SendAcked(*s, rid++, on3, want3.back()), 0u);
+    ASSERT_NO_FATAL_FAILURE(cluster_.node(2).Start());
+    ASSERT_NO_FATAL_FAILURE(cluster_.WaitReady());
+  }
+  std::vector<std::string> got2, got3;
+  for (const auto& e : Inbox(cluster_.node(3), on2)) got2.push_back(e.body());
+  for (const auto& e : Inbox(cluster_.node(2), on3)) got3.push_back(e.body());
+  EXPECT_EQ(got2, want2);
+  EXPECT_EQ(got3, want3);
+}
+
+// etcd restarted under load: the nodes keep serving from the last known placement, re-register
+// when it is back, and nothing acknowledged is lost.
+TEST_F(ClusterTest, EtcdRestartUnderLoadLosesNothing) {
+  const uint64_t a = cluster_.UserOwnedBy(1, 1100);
+  const uint64_t b = cluster_.UserOwnedBy(3, 1200);
+  auto ca = Online(cluster_.node(2), a);
+  std::vector<std::string> want;
+  uint64_t rid = 1;
+  for (int i = 0; i < 300; ++i) {
+    if (i == 100) cluster_.etcd().Stop(SIGKILL);
+    if (i == 200) {
+      ASSERT_TRUE(cluster_.etcd().Start());
+    }
+    want.push_back("m" + std::to_string(i));
+    ASSERT_NE(SendAcked(*ca, rid++, b, want.back()), 0u) << i;
+  }
+  ASSERT_NO_FATAL_FAILURE(cluster_.WaitReady());
+  std::vector<std::string> got;
+  for (const auto& e : Inbox(cluster_.node(4), b)) got.push_back(e.body());
+  EXPECT_EQ(got, want);
+}
+
+}  // namespace
+}  // namespace iris::testing
