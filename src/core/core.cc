@@ -76,6 +76,21 @@ void Core::UnregisterSession(uint64_t user, SessionRef ref) {
   if (went_offline) presence_.OnOffline(user);
 }
 
+void Core::ForgetNode(uint32_t node) {
+  if (node == 0) return;
+  // On a worker: going offline records the last-seen time.
+  readers_.Submit([this, node] {
+    std::vector<std::pair<uint64_t, SessionRef>> gone;
+    for (RegistryShard& shard : registry_) {
+      std::lock_guard<std::mutex> lock(shard.mu);
+      for (const auto& [user, ref] : shard.sessions) {
+        if (ref.node == node) gone.emplace_back(user, ref);
+      }
+    }
+    for (const auto& [user, ref] : gone) UnregisterSession(user, ref);
+  });
+}
+
 void Core::Receipt(uint64_t author, const v1::Receipt& r, SendDone done) {
   if (r.type() == v1::READ && directory_ != nullptr && !directory_->Owns(author)) {
     // The author's settings live on the author's owner: asked for now, awaited on the
@@ -99,7 +114,8 @@ void Core::Receipt(uint64_t author, const v1::Receipt& r, SendDone done) {
         return;
       }
       settings_.Get(r.to_user());
-      AppendReceipt(author, r, std::move(done), store::UserSettings{a->read_receipts, a->share_presence});
+      AppendReceipt(author, r, std::move(done),
+                    store::UserSettings{a->read_receipts, a->share_presence});
     });
     return;
   }
@@ -280,8 +296,8 @@ size_t Core::session_count() const {
   return n;
 }
 
-void Core::Send(uint64_t sender, const v1::Send& send, const std::string& trace_id,
-                SendDone done, uint64_t parent_span_id) {
+void Core::Send(uint64_t sender, const v1::Send& send, const std::string& trace_id, SendDone done,
+                uint64_t parent_span_id) {
   // core.send: this call -> the append's completion; parent of the store's store.append.
   obs::SharedSpan span = obs::StartSharedSpan(
       "core.send", obs::SpanContext::FromTraceIdBytes(trace_id, parent_span_id));
@@ -289,8 +305,7 @@ void Core::Send(uint64_t sender, const v1::Send& send, const std::string& trace_
   const obs::SpanContext trace = obs::ContextOf(span);
   if (send.group_id() != 0) {
     // The member list is a store read: fan out on a worker, in the sender's order.
-    InAuthorOrder(sender, [this, sender, send, trace_id, trace,
-                                 done = std::move(done)]() mutable {
+    InAuthorOrder(sender, [this, sender, send, trace_id, trace, done = std::move(done)]() mutable {
       auto envelopes = groups_.FanOut(sender, send.group_id(), send.body(), trace_id);
       if (!envelopes.ok()) {
         done(envelopes.status());
@@ -304,8 +319,7 @@ void Core::Send(uint64_t sender, const v1::Send& send, const std::string& trace_
   if (AuthorQueued(sender)) {
     // Behind the sender's queued group work (the copy of the request is the price of the
     // wait; the usual path below copies nothing).
-    InAuthorOrder(sender, [this, sender, send, trace_id, trace,
-                                 done = std::move(done)]() mutable {
+    InAuthorOrder(sender, [this, sender, send, trace_id, trace, done = std::move(done)]() mutable {
       AppendMessage(sender, send, trace_id, trace, std::move(done));
     });
     return;
@@ -382,9 +396,8 @@ void Core::AppendSplit(uint64_t sender, std::string key, std::vector<v1::Envelop
     out.duplicate = out.duplicate && (*join->remote)->duplicate;
     join->done(out);
   };
-  directory_->AppendRemote(
-      sender, key, std::move(remote),
-      [finish](Result<AppendResult> r) { finish(false, std::move(r)); });
+  directory_->AppendRemote(sender, key, std::move(remote),
+                           [finish](Result<AppendResult> r) { finish(false, std::move(r)); });
   store_.AppendAsync(
       sender, std::move(key), std::move(envelopes),
       ToAppendCallback([finish](Result<AppendResult> r) { finish(true, std::move(r)); }), trace);

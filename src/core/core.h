@@ -88,6 +88,9 @@ class Core final : public CoreApi {
   // Forgets `ref` if it is still the live session of `user`.
   void UnregisterSession(uint64_t user, SessionRef ref) override;
   std::optional<SessionRef> FindSession(uint64_t user) const;
+  // Forgets every session registered from cluster node `node` (its link to this node ended:
+  // they are gone with it), each going offline as if it had unregistered. Asynchronous.
+  void ForgetNode(uint32_t node);
   size_t session_count() const;
 
   // A validated SEND from `sender`: 1:1, or to a group (one durable batch for the whole

@@ -142,6 +142,17 @@ void CoreServer::Accept(int fd, bool peer) {
     c->alive.store(false);
     if (c->peer && was_ready) {
       obs::LogInfo("peer link closed", {{"node", c->node}, {"reason", why.message()}});
+      // The sessions that node registered here are gone with it, unless it already came back
+      // on another link (a restarted node dials again).
+      bool other_link = false;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        for (const auto& o : conns_) {
+          other_link = other_link || (o.get() != c && o->peer && o->alive.load() && o->ready &&
+                                      o->node == c->node);
+        }
+      }
+      if (!other_link && on_peer_lost_) on_peer_lost_(c->node);
     } else if (c->peer) {
       obs::LogWarn("peer link refused or failed before its hello", {{"reason", why.message()}});
     }

@@ -52,6 +52,9 @@ class CoreServer final : public core::EdgeSink {
   void set_revocation_source(std::function<void(internal::v1::Revocations*)> source) {
     revocation_source_ = std::move(source);
   }
+  // Runs (on the link's I/O thread) when the last link from peer node `node` ends: the
+  // sessions it registered here are stale. Set before Start().
+  void set_on_peer_lost(std::function<void(NodeId)> f) { on_peer_lost_ = std::move(f); }
   // Edge processes of this node (no TLS: the socket lives in the data directory).
   Status Listen(const std::string& socket_path);
   // Other nodes: TCP on `address` ("host:port", port 0 = any) with mutual TLS 1.3 from
@@ -99,6 +102,7 @@ class CoreServer final : public core::EdgeSink {
   const LinkOptions link_options_;
   core::CoreApi* core_ = nullptr;
   std::function<void(internal::v1::Revocations*)> revocation_source_;
+  std::function<void(NodeId)> on_peer_lost_;
   std::string path_;
   int listen_fd_ = -1;
   int peer_fd_ = -1;

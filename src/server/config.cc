@@ -228,7 +228,9 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, std::string* help_text) 
           "--etcd needs --peer-ca, --peer-cert and --peer-key (make them with "
           "irisctl cluster certs)");
     }
-    if (c.node_id == 0) return BadRequest("--node-id must be at least 1");
+    if (c.node_id == 0 || c.node_id > 255) {
+      return BadRequest("--node-id must be in 1..255 (it is part of every message id)");
+    }
   }
   // A sync page is one full frame; the queue must hold at least two.
   if (c.max_output_bytes < 2 * (3 + 65535)) {

@@ -930,6 +930,7 @@ Status Server::StartClusterNode(const edge::EdgeOptions& eo, const core::CoreOpt
     m.router->SetLocalCore(m.core.get());
   }
   m.core_server->set_core(&m.router->Served());
+  if (m.core) m.core_server->set_on_peer_lost([core = m.core.get()](NodeId n) { core->ForgetNode(n); });
   IRIS_RETURN_IF_ERROR(m.core_server->Start());
   m.edge =
       std::make_unique<edge::Edge>(eo, *m.router, *m.verifier, *m.tls, SystemClock::Instance());

@@ -9,6 +9,7 @@
 #include <map>
 #include <random>
 #include <set>
+#include <thread>
 
 #include "common/clock.h"
 #include "common/status.h"
@@ -127,6 +128,51 @@ TEST_F(ClusterTest, MessagesFlowBetweenUsersOnDifferentNodes) {
   std::vector<std::string> got;
   for (const auto& e : Inbox(cluster_.node(4), offline)) got.push_back(e.body());
   EXPECT_EQ(got, expected[offline]);
+}
+
+// Catch-up racing a stream of sends whose sender, recipient session and recipient's owner
+// are on three different nodes: the registration, the scan and the pushes cross peer links,
+// and the switch from catch-up to push loses and duplicates nothing (docs/architecture.md,
+// "Routing between nodes").
+TEST_F(ClusterTest, CatchUpRacingSendsAcrossNodesLosesNothing) {
+  constexpr int kBefore = 300, kDuring = 700;
+  const uint64_t alice = cluster_.UserOwnedBy(1, 1300);
+  const uint64_t bob = cluster_.UserOwnedBy(3, 1400);
+  auto a = Online(cluster_.node(1), alice);
+  for (int i = 0; i < kBefore; ++i) a->SendAsync(i + 1, bob, std::to_string(i), NewKey());
+  for (int i = 0; i < kBefore; ++i) {
+    ASSERT_EQ(a->Expect(Op(wire::Opcode::kSendAck), 20'000).opcode, Op(wire::Opcode::kSendAck));
+  }
+  std::thread sender([&] {
+    for (int i = kBefore; i < kBefore + kDuring; ++i) {
+      a->SendAsync(i + 1, bob, std::to_string(i), NewKey());
+    }
+  });
+  auto b = TestClient::Connect(cluster_.node(2));
+  b->Login(cluster_.node(2), bob, 0, 50);
+  std::vector<v1::Envelope> got;
+  b->CatchUp(&got);
+  sender.join();
+  for (int i = 0; i < kDuring; ++i) {
+    ASSERT_EQ(a->Expect(Op(wire::Opcode::kSendAck), 20'000).opcode, Op(wire::Opcode::kSendAck));
+  }
+  while (got.size() < static_cast<size_t>(kBefore + kDuring)) {
+    auto f = b->Expect(Op(wire::Opcode::kDeliver), 20'000);
+    ASSERT_EQ(f.opcode, Op(wire::Opcode::kDeliver)) << "after " << got.size();
+    v1::Deliver d;
+    ASSERT_TRUE(d.ParseFromString(f.payload));
+    got.push_back(d.message());
+  }
+  std::set<uint64_t> ids;
+  for (int i = 0; i < kBefore + kDuring; ++i) {
+    EXPECT_EQ(got[i].body(), std::to_string(i)) << "at " << i;
+    EXPECT_TRUE(ids.insert(got[i].id()).second) << "duplicate id";
+    if (i > 0) {
+      EXPECT_LT(got[i - 1].id(), got[i].id());
+    }
+  }
+  auto extra = b->Next(300);
+  EXPECT_FALSE(extra.ok() && extra->opcode == Op(wire::Opcode::kDeliver)) << "an extra DELIVER";
 }
 
 // One session per user across the cluster: logging in on another node replaces the older
@@ -257,9 +303,15 @@ TEST_F(ClusterTest, NodeRestartLosesNothingAcknowledged) {
   const uint64_t on3 = cluster_.UserOwnedBy(3, 700);
   const uint64_t sender = cluster_.UserOwnedBy(1, 800);
   auto s = Online(cluster_.node(1), sender);
+  // A user owned by node 3 whose session is on node 2: when node 2 goes, it reconnects to
+  // another node and finds everything sent to it meanwhile.
+  const uint64_t roaming = cluster_.UserOwnedBy(3, 900);
+  std::unique_ptr<TestClient> r;
+  std::vector<std::string> want_roaming;
   std::vector<std::string> want2, want3;
   uint64_t rid = 1;
   for (int round = 0; round < 2; ++round) {
+    r = Online(cluster_.node(2), roaming);
     for (int i = 0; i < 20; ++i) {
       want2.push_back("r" + std::to_string(round) + "-2-" + std::to_string(i));
       ASSERT_NE(SendAcked(*s, rid++, on2, want2.back()), 0u);
@@ -268,6 +320,26 @@ TEST_F(ClusterTest, NodeRestartLosesNothingAcknowledged) {
     }
     // Node 2 goes away (gracefully in round 0, kill -9 in round 1).
     cluster_.node(2).Stop(round == 0 ? SIGTERM : SIGKILL);
+    // The roaming user's connection to node 2 ends; it comes back on node 3 or 4 while
+    // node 2 is down and catches up from its cursor.
+    want_roaming.push_back("roam-" + std::to_string(round));
+    ASSERT_NE(SendAcked(*s, rid++, roaming, want_roaming.back()), 0u);
+    {
+      bool ended = false;
+      const int64_t deadline = MonoMs() + 10'000;
+      while (!ended && MonoMs() < deadline) {
+        auto f = r->Next(10'000);
+        ended = !f.ok() || f->opcode == Op(wire::Opcode::kError);
+      }
+      EXPECT_TRUE(ended) << "the session on the stopped node did not end";
+    }
+    r = TestClient::Connect(cluster_.node(round == 0 ? 3 : 4));
+    r->Login(cluster_.node(round == 0 ? 3 : 4), roaming);
+    std::vector<v1::Envelope> caught;
+    r->CatchUp(&caught);
+    std::vector<std::string> bodies;
+    for (const auto& e : caught) bodies.push_back(e.body());
+    EXPECT_EQ(bodies, want_roaming) << "round " << round;
     // Its shards are unavailable: a send to its user is refused as retryable...
     auto f = s->Send(rid++, on2, "while down", NewKey());
     ASSERT_EQ(f.opcode, Op(wire::Opcode::kError));
