@@ -175,6 +175,67 @@ TEST_F(ClusterTest, CatchUpRacingSendsAcrossNodesLosesNothing) {
   EXPECT_FALSE(extra.ok() && extra->opcode == Op(wire::Opcode::kDeliver)) << "an extra DELIVER";
 }
 
+// Groups across nodes: the group's home (the owner of its id) fans a send out to members
+// owned by every node (one append call per other owner); each member, connected to yet
+// another node, gets it once.
+TEST_F(ClusterTest, GroupSendsReachMembersOwnedByEveryNode) {
+  std::vector<uint64_t> members;
+  for (NodeId owner = 1; owner <= 3; ++owner) {
+    members.push_back(cluster_.UserOwnedBy(owner, 2000 + 100 * owner));
+  }
+  std::vector<std::unique_ptr<TestClient>> clients;
+  for (size_t i = 0; i < members.size(); ++i) {
+    clients.push_back(Online(cluster_.node(cluster_.OwnerOf(members[i]) % 4 + 1), members[i]));
+  }
+  // The creator (members[0]) makes the group; every member gets the creation event.
+  v1::GroupCreate create;
+  create.set_request_id(1);
+  create.set_kind(v1::E2EE);
+  create.add_members(members[1]);
+  create.add_members(members[2]);
+  create.set_idempotency_key(NewKey());
+  ASSERT_TRUE(clients[0]->conn().SendFrame(Op(wire::Opcode::kGroupCreate), create).ok());
+  auto gf = clients[0]->Expect(Op(wire::Opcode::kGroupInfo), 20'000);
+  v1::GroupInfo g;
+  ASSERT_TRUE(g.ParseFromString(gf.payload));
+  ASSERT_NE(g.group_id(), 0u);
+  auto next_deliver = [](TestClient& c) {
+    auto f = c.Expect(Op(wire::Opcode::kDeliver), 20'000);
+    v1::Deliver d;
+    EXPECT_TRUE(d.ParseFromString(f.payload));
+    return d.message();
+  };
+  for (auto& c : clients) {
+    v1::Envelope e = next_deliver(*c);
+    EXPECT_EQ(e.kind(), v1::GROUP_EVENT);
+    EXPECT_EQ(e.group_id(), g.group_id());
+  }
+  // Every member sends to the group: the two others get each message once.
+  for (size_t from = 0; from < clients.size(); ++from) {
+    v1::Send send;
+    send.set_request_id(10 + from);
+    send.set_group_id(g.group_id());
+    send.set_body("from " + std::to_string(members[from]));
+    send.set_idempotency_key(NewKey());
+    ASSERT_TRUE(clients[from]->conn().SendFrame(Op(wire::Opcode::kSend), send).ok());
+    ASSERT_EQ(clients[from]->Expect(Op(wire::Opcode::kSendAck), 20'000).opcode,
+              Op(wire::Opcode::kSendAck));
+    for (size_t to = 0; to < clients.size(); ++to) {
+      if (to == from) continue;
+      v1::Envelope e = next_deliver(*clients[to]);
+      EXPECT_EQ(e.kind(), v1::MESSAGE);
+      EXPECT_EQ(e.body(), send.body());
+      EXPECT_EQ(e.sender(), members[from]);
+      EXPECT_EQ(e.group_id(), g.group_id());
+    }
+  }
+  // Nothing else arrives (no duplicate from a retried share).
+  for (auto& c : clients) {
+    auto extra = c->Next(300);
+    EXPECT_FALSE(extra.ok() && extra->opcode == Op(wire::Opcode::kDeliver));
+  }
+}
+
 // One session per user across the cluster: logging in on another node replaces the older
 // session wherever it is.
 TEST_F(ClusterTest, NewerSessionOnAnotherNodeReplacesTheOlder) {
