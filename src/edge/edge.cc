@@ -100,7 +100,15 @@ void PreLoginLimiter::Release(const Key& key, bool exempt) {
   if (--it->second == 0) s.counts.erase(it);
 }
 
-EdgeLoop::EdgeLoop(Edge& edge, uint32_t index) : edge_(edge), index_(index) {}
+EdgeLoop::EdgeLoop(Edge& edge, uint32_t index)
+    : edge_(edge),
+      index_(index),
+      // Session ids start at the process's start time in seconds times 2^24 (room for 16 M
+      // sessions per second of uptime; below 2^56 until 2106, as WELCOME's session id puts
+      // the loop above bit 56), so a restarted edge process or node does not reuse a session
+      // id its previous incarnation registered with a core: a late unregister, or a core
+      // forgetting the old incarnation's sessions, cannot match a new session.
+      next_session_((static_cast<uint64_t>(edge.clock().WallMillis()) / 1000) << 24) {}
 
 core::SessionRef EdgeLoop::RefOf(uint64_t session_id) const {
   return core::SessionRef{
