@@ -88,6 +88,7 @@ void Core::ForgetNode(uint32_t node) {
       }
     }
     for (const auto& [user, ref] : gone) UnregisterSession(user, ref);
+    presence_.ForgetWatchersOn(node);
   });
 }
 

@@ -89,7 +89,8 @@ class Core final : public CoreApi {
   void UnregisterSession(uint64_t user, SessionRef ref) override;
   std::optional<SessionRef> FindSession(uint64_t user) const;
   // Forgets every session registered from cluster node `node` (its link to this node ended:
-  // they are gone with it), each going offline as if it had unregistered. Asynchronous.
+  // they are gone with it), each going offline as if it had unregistered, and their
+  // presence subscriptions. Asynchronous.
   void ForgetNode(uint32_t node);
   size_t session_count() const;
 

@@ -11,8 +11,8 @@ size_t SessionRefHash::operator()(const SessionRef& r) const {
   return std::hash<uint64_t>()(r.session * 1315423911u + r.edge + (uint64_t{r.node} << 32));
 }
 
-PresenceService::PresenceService(store::InboxStore& store, EdgeSink& sink,
-                                 SettingsCache& settings, const Clock& clock)
+PresenceService::PresenceService(store::InboxStore& store, EdgeSink& sink, SettingsCache& settings,
+                                 const Clock& clock)
     : store_(store), sink_(sink), settings_(settings), clock_(clock) {
   worker_ = std::thread([this] { WorkerLoop(); });
 }
@@ -52,7 +52,9 @@ void PresenceService::WorkerLoop() {
 
 void PresenceService::Drain() {
   std::unique_lock<std::mutex> lock(jobs_mu_);
-  jobs_cv_.wait(lock, [&] { return (jobs_.empty() && running_ == 0) || worker_.get_id() == std::this_thread::get_id(); });
+  jobs_cv_.wait(lock, [&] {
+    return (jobs_.empty() && running_ == 0) || worker_.get_id() == std::this_thread::get_id();
+  });
 }
 
 v1::Presence PresenceService::Current(uint64_t user, bool online) {
@@ -120,6 +122,17 @@ void PresenceService::Unsubscribe(const SessionRef& watcher, const std::vector<u
     auto& v = it->second;
     v.erase(std::remove(v.begin(), v.end(), watcher), v.end());
     if (v.empty()) watchers_.erase(it);
+  }
+}
+
+void PresenceService::ForgetWatchersOn(uint32_t node) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto it = watchers_.begin(); it != watchers_.end();) {
+    auto& v = it->second;
+    v.erase(
+        std::remove_if(v.begin(), v.end(), [node](const SessionRef& r) { return r.node == node; }),
+        v.end());
+    it = v.empty() ? watchers_.erase(it) : std::next(it);
   }
 }
 

@@ -57,6 +57,9 @@ class PresenceService {
   // Adds subscriptions; the caller enforces the per-session limit.
   void Subscribe(const SessionRef& watcher, const std::vector<uint64_t>& users);
   void Unsubscribe(const SessionRef& watcher, const std::vector<uint64_t>& users);
+  // Drops every subscription of sessions held by cluster node `node` (its link ended: their
+  // sessions re-subscribe when their clients reconnect).
+  void ForgetWatchersOn(uint32_t node);
   // Re-announces `user` to its watchers (after a share_presence change). Queued behind the
   // transitions before it, so an earlier login's "online" cannot reach a watcher after the
   // "offline" of a user who has just hidden their presence.

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 #include <random>
 #include <set>
@@ -60,6 +61,20 @@ std::vector<v1::Envelope> Inbox(ServerProcess& s, uint64_t user) {
   std::vector<v1::Envelope> got;
   c->CatchUp(&got);
   return got;
+}
+
+// Reads PRESENCE frames until one says `user` is `online` (fails the test after 20 s).
+void WaitPresence(TestClient& watcher, uint64_t user, bool online) {
+  const int64_t deadline = MonoMs() + 20'000;
+  while (MonoMs() < deadline) {
+    auto f = watcher.Next(static_cast<int>(std::max<int64_t>(1, deadline - MonoMs())));
+    if (!f.ok()) break;
+    if (f->opcode != Op(wire::Opcode::kPresence)) continue;
+    v1::Presence p;
+    ASSERT_TRUE(p.ParseFromString(f->payload));
+    if (p.user() == user && p.online() == online) return;
+  }
+  FAIL() << "no PRESENCE " << (online ? "online" : "offline") << " for " << user;
 }
 
 class ClusterTest : public ::testing::Test {
@@ -368,11 +383,20 @@ TEST_F(ClusterTest, NodeRestartLosesNothingAcknowledged) {
   // another node and finds everything sent to it meanwhile.
   const uint64_t roaming = cluster_.UserOwnedBy(3, 900);
   std::unique_ptr<TestClient> r;
+  // A watcher of the roaming user: when node 2 dies, the owner forgets the sessions node 2
+  // had registered, so the roaming user goes offline (last seen) at once.
+  auto watcher = Online(cluster_.node(1), cluster_.UserOwnedBy(1, 950));
+  v1::PresenceSubscribe sub;
+  sub.set_request_id(1);
+  sub.add_users(roaming);
+  ASSERT_TRUE(watcher->conn().SendFrame(Op(wire::Opcode::kPresenceSubscribe), sub).ok());
+  ASSERT_NO_FATAL_FAILURE(WaitPresence(*watcher, roaming, false));
   std::vector<std::string> want_roaming;
   std::vector<std::string> want2, want3;
   uint64_t rid = 1;
   for (int round = 0; round < 2; ++round) {
     r = Online(cluster_.node(2), roaming);
+    ASSERT_NO_FATAL_FAILURE(WaitPresence(*watcher, roaming, true));
     for (int i = 0; i < 20; ++i) {
       want2.push_back("r" + std::to_string(round) + "-2-" + std::to_string(i));
       ASSERT_NE(SendAcked(*s, rid++, on2, want2.back()), 0u);
@@ -394,6 +418,7 @@ TEST_F(ClusterTest, NodeRestartLosesNothingAcknowledged) {
       }
       EXPECT_TRUE(ended) << "the session on the stopped node did not end";
     }
+    ASSERT_NO_FATAL_FAILURE(WaitPresence(*watcher, roaming, false));
     r = TestClient::Connect(cluster_.node(round == 0 ? 3 : 4));
     r->Login(cluster_.node(round == 0 ? 3 : 4), roaming);
     std::vector<v1::Envelope> caught;
