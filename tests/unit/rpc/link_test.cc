@@ -36,6 +36,7 @@
 #include "net/tls.h"
 #include "rpc/core_server.h"
 #include "rpc/remote_core.h"
+#include "support/wait_for.h"
 
 namespace iris::rpc {
 namespace {
@@ -45,12 +46,7 @@ using SteadyClock = std::chrono::steady_clock;
 constexpr auto kDeadline = std::chrono::seconds(20);
 
 bool WaitFor(const std::function<bool()>& done) {
-  const auto until = SteadyClock::now() + kDeadline;
-  while (!done()) {
-    if (SteadyClock::now() > until) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));  // polling a condition
-  }
-  return true;
+  return testing::PollUntil(done, std::chrono::milliseconds(kDeadline).count());
 }
 
 int Run(const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c_str()); }
