@@ -445,7 +445,7 @@ void Router::Subscribe(const core::SessionRef& ref, const std::vector<uint64_t>&
     Route<Result<std::vector<v1::Presence>>>(
         key,
         [r, part](NodeId, core::CoreApi& c, PresenceDone d) { c.Subscribe(r, part, std::move(d)); },
-        [join, idx](Result<std::vector<v1::Presence>> got) {
+        [join, idx = idx](Result<std::vector<v1::Presence>> got) {
           std::unique_lock<std::mutex> lock(join->mu);
           if (!got.ok()) {
             if (join->error.ok()) join->error = got.status();
@@ -482,7 +482,7 @@ void Router::QueryPresence(const std::vector<uint64_t>& users, PresenceDone done
     Route<Result<std::vector<v1::Presence>>>(
         key,
         [part](NodeId, core::CoreApi& c, PresenceDone d) { c.QueryPresence(part, std::move(d)); },
-        [join, idx](Result<std::vector<v1::Presence>> got) {
+        [join, idx = idx](Result<std::vector<v1::Presence>> got) {
           std::unique_lock<std::mutex> lock(join->mu);
           if (!got.ok()) {
             if (join->error.ok()) join->error = got.status();
@@ -682,7 +682,7 @@ void Router::AppendShares(uint64_t sender, const std::string& key,
   };
   for (auto& [owner, share] : shares) {
     // A retryable failure re-splits this share (its recipients may have moved apart).
-    auto retry = [this, sender, key, share, answer, deadline, backoff](const Status& why) {
+    auto retry = [this, sender, key, share = share, answer, deadline, backoff](const Status& why) {
       if (Clock::now() + backoff > deadline) {
         Count(&RouterStats::gave_up);
         answer(Unavailable("not answered within the routing deadline: " + why.ToString()));
