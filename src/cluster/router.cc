@@ -36,8 +36,8 @@ class Router::ServedCore final : public core::CoreApi {
     // dropped; the session's next scan re-registers at the owner (see sessions_).
     if (Owns(user)) r_.local_->RegisterSession(user, ref);
   }
-  void UnregisterSession(uint64_t user, core::SessionRef ref) override {
-    if (r_.local_ != nullptr) r_.local_->UnregisterSession(user, ref);
+  void UnregisterSession(uint64_t user, core::SessionRef ref, const core::RateDebt& debt) override {
+    if (r_.local_ != nullptr) r_.local_->UnregisterSession(user, ref, debt);
   }
   bool Typing(uint64_t from, const v1::Typing& t) override {
     if (!Owns(t.group_id() != 0 ? t.group_id() : t.user())) return false;
@@ -150,6 +150,9 @@ class Router::IncomingSink final : public core::EdgeSink {
     if (edge == nullptr) return;
     r_.ForgetReplaced(old_session);
     edge->Replace(old_session);
+  }
+  void SettleRate(const core::SessionRef& to, uint64_t user, const core::RateDebt& d) override {
+    if (core::EdgeSink* edge = Edge(to)) edge->SettleRate(to, user, d);
   }
   void SendPresence(const core::SessionRef& to, const v1::Presence& p) override {
     if (core::EdgeSink* edge = Edge(to)) edge->SendPresence(to, p);
@@ -339,11 +342,17 @@ void Router::RegisterSession(uint64_t user, core::SessionRef ref) {
     }
     user_of_[ref] = user;
   }
-  if (!owner) return;  // the scan that follows registers once an owner is known
-  if (core::CoreApi* target = CoreOf(*owner)) target->RegisterSession(user, ref);
+  core::CoreApi* target = owner ? CoreOf(*owner) : nullptr;
+  if (target != nullptr) {
+    target->RegisterSession(user, ref);  // the owner answers with SettleRate
+    return;
+  }
+  // No owner to ask now (the scan that follows registers once one is known): the session
+  // goes on with this node's budget for the user rather than wait.
+  if (local_edge_ != nullptr) local_edge_->SettleRate(ref, user, core::RateDebt{});
 }
 
-void Router::UnregisterSession(uint64_t user, core::SessionRef ref) {
+void Router::UnregisterSession(uint64_t user, core::SessionRef ref, const core::RateDebt& debt) {
   ref.node = self_;
   {
     std::lock_guard<std::mutex> lock(sessions_mu_);
@@ -355,7 +364,9 @@ void Router::UnregisterSession(uint64_t user, core::SessionRef ref) {
   }
   const std::optional<NodeId> owner = routes_.OwnerOf(user);
   if (!owner) return;
-  if (core::CoreApi* target = CoreOf(*owner)) target->UnregisterSession(user, ref);
+  // A debt that finds no owner is lost: the user's next session starts with a refilled
+  // budget (at most one burst early, only while the owner is unreachable).
+  if (core::CoreApi* target = CoreOf(*owner)) target->UnregisterSession(user, ref, debt);
 }
 
 bool Router::Typing(uint64_t from, const v1::Typing& typing) {
@@ -599,6 +610,10 @@ void Router::Deliver(const core::SessionRef& to, const v1::Envelope& envelope) {
 void Router::Replace(const core::SessionRef& old_session) {
   if (old_session.node == self_ || old_session.node == 0) ForgetReplaced(old_session);
   if (core::EdgeSink* sink = SinkOf(old_session.node)) sink->Replace(old_session);
+}
+
+void Router::SettleRate(const core::SessionRef& to, uint64_t user, const core::RateDebt& debt) {
+  if (core::EdgeSink* sink = SinkOf(to.node)) sink->SettleRate(to, user, debt);
 }
 
 void Router::ForgetReplaced(const core::SessionRef& ref) {

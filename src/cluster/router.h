@@ -114,7 +114,7 @@ class Router final : public core::CoreApi, public core::EdgeSink, public core::C
 
   // ---- CoreApi (the edge's requests) ----
   void RegisterSession(uint64_t user, core::SessionRef ref) override;
-  void UnregisterSession(uint64_t user, core::SessionRef ref) override;
+  void UnregisterSession(uint64_t user, core::SessionRef ref, const core::RateDebt& debt) override;
   bool Typing(uint64_t from, const v1::Typing& typing) override;
   void Unsubscribe(const core::SessionRef& ref, const std::vector<uint64_t>& users) override;
   core::PressureReport ReportPressure(double pressure, int64_t now_ms) override;
@@ -142,6 +142,7 @@ class Router final : public core::CoreApi, public core::EdgeSink, public core::C
   // ---- EdgeSink (the pushes of the local core) ----
   void Deliver(const core::SessionRef& to, const v1::Envelope& envelope) override;
   void Replace(const core::SessionRef& old_session) override;
+  void SettleRate(const core::SessionRef& to, uint64_t user, const core::RateDebt& debt) override;
   void SendPresence(const core::SessionRef& to, const v1::Presence& presence) override;
   void SendTyping(const core::SessionRef& to, const v1::Typing& typing) override;
 

@@ -6,6 +6,7 @@
 #include <memory>
 #include <utility>
 
+#include "obs/metrics.h"
 #include "obs/trace.h"
 
 namespace iris::core {
@@ -48,6 +49,7 @@ Core::Core(store::InboxStore& store, EdgeSink& sink, const Clock& clock, CoreOpt
 void Core::RegisterSession(uint64_t user, SessionRef ref) {
   std::optional<SessionRef> old;
   bool came_online = false;
+  RateDebt debt;
   {
     RegistryShard& shard = ShardFor(user);
     std::lock_guard<std::mutex> lock(shard.mu);
@@ -57,13 +59,19 @@ void Core::RegisterSession(uint64_t user, SessionRef ref) {
       if (!(it->second == ref)) old = it->second;
       it->second = ref;
     }
+    if (auto p = shard.parked.find(user); p != shard.parked.end()) {
+      debt = p->second.debt.AgedBy(clock_.MonoNanos() - p->second.at_ns);
+      shard.parked.erase(p);
+    }
   }
   if (old) sink_.Replace(*old);
+  sink_.SettleRate(ref, user, debt);
   if (came_online) presence_.OnOnline(user);
 }
 
-void Core::UnregisterSession(uint64_t user, SessionRef ref) {
+void Core::UnregisterSession(uint64_t user, SessionRef ref, const RateDebt& debt) {
   bool went_offline = false;
+  std::optional<SessionRef> live;
   {
     RegistryShard& shard = ShardFor(user);
     std::lock_guard<std::mutex> lock(shard.mu);
@@ -71,9 +79,47 @@ void Core::UnregisterSession(uint64_t user, SessionRef ref) {
     if (it != shard.sessions.end() && it->second == ref) {
       shard.sessions.erase(it);
       went_offline = true;
+    } else if (it != shard.sessions.end()) {
+      live = it->second;  // a newer session took over: the debt is its to carry
     }
+    if (!live && !debt.zero()) ParkDebt(shard, user, debt, clock_.MonoNanos());
   }
+  if (live && !debt.zero()) sink_.SettleRate(*live, user, debt);
   if (went_offline) presence_.OnOffline(user);
+}
+
+void Core::ParkDebt(RegistryShard& shard, uint64_t user, const RateDebt& debt, int64_t now_ns) {
+  auto it = shard.parked.find(user);
+  if (it != shard.parked.end()) {
+    RateDebt sum = it->second.debt.AgedBy(now_ns - it->second.at_ns);
+    sum.Add(debt);
+    it->second = ParkedDebt{now_ns, sum};
+    return;
+  }
+  if (shard.parked.size() >= kMaxParkedPerShard &&
+      now_ns - shard.parked_swept_ns >= int64_t{1'000'000'000}) {
+    shard.parked_swept_ns = now_ns;
+    std::erase_if(shard.parked, [now_ns](const auto& entry) {
+      return entry.second.debt.AgedBy(now_ns - entry.second.at_ns).zero();
+    });
+  }
+  if (shard.parked.size() >= kMaxParkedPerShard) {
+    static obs::Counter& dropped = obs::Registry::Default().GetCounter(
+        "iris_rate_debt_dropped_total",
+        "Rate debts of users without a session not kept (the table was full)");
+    dropped.Inc();
+    return;
+  }
+  shard.parked.emplace(user, ParkedDebt{now_ns, debt});
+}
+
+size_t Core::parked_debt_count() const {
+  size_t n = 0;
+  for (const RegistryShard& shard : registry_) {
+    std::lock_guard<std::mutex> lock(shard.mu);
+    n += shard.parked.size();
+  }
+  return n;
 }
 
 void Core::ForgetNode(uint32_t node) {
@@ -87,7 +133,7 @@ void Core::ForgetNode(uint32_t node) {
         if (ref.node == node) gone.emplace_back(user, ref);
       }
     }
-    for (const auto& [user, ref] : gone) UnregisterSession(user, ref);
+    for (const auto& [user, ref] : gone) UnregisterSession(user, ref, RateDebt{});
     presence_.ForgetWatchersOn(node);
   });
 }

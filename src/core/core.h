@@ -83,10 +83,13 @@ class Core final : public CoreApi {
   Core(store::InboxStore& store, EdgeSink& sink, const Clock& clock, CoreOptions options = {});
 
   // Registers `ref` as the live session of `user`; a previous session is told to go away
-  // (EdgeSink::Replace) and returned.
+  // (EdgeSink::Replace). Answers with SettleRate: the rate debt kept for the user (aged).
   void RegisterSession(uint64_t user, SessionRef ref) override;
-  // Forgets `ref` if it is still the live session of `user`.
-  void UnregisterSession(uint64_t user, SessionRef ref) override;
+  // Forgets `ref` if it is still the live session of `user`. `debt` is kept for the user's
+  // next session, or handed at once to a newer live one (SettleRate).
+  void UnregisterSession(uint64_t user, SessionRef ref, const RateDebt& debt) override;
+  // Users whose rate debt is kept here (no live session; not yet repaid).
+  size_t parked_debt_count() const;
   std::optional<SessionRef> FindSession(uint64_t user) const;
   // Forgets every session registered from cluster node `node` (its link to this node ended:
   // they are gone with it), each going offline as if it had unregistered, and their
@@ -177,10 +180,23 @@ class Core final : public CoreApi {
                      const obs::SpanContext& trace, SendDone done);
 
   static constexpr size_t kRegistryShards = 64;
+  // Rate debts kept for users without a live session: at most this many per registry shard
+  // (a debt lives at most as long as the slowest bucket takes to refill, ~90 s). When a
+  // shard is full of debts not yet repaid, a new one is dropped (counted in
+  // iris_rate_debt_dropped_total): that user gets a refilled budget early, nothing else.
+  static constexpr size_t kMaxParkedPerShard = 8192;
+  struct ParkedDebt {
+    int64_t at_ns = 0;  // monotonic time it was kept
+    RateDebt debt;
+  };
   struct RegistryShard {
     mutable std::mutex mu;
     std::unordered_map<uint64_t, SessionRef> sessions;
+    std::unordered_map<uint64_t, ParkedDebt> parked;
+    int64_t parked_swept_ns = 0;
   };
+  // Keeps `debt` for `user` (added to what is kept). Caller holds shard.mu.
+  void ParkDebt(RegistryShard& shard, uint64_t user, const RateDebt& debt, int64_t now_ns);
   RegistryShard& ShardFor(uint64_t user) { return registry_[user % kRegistryShards]; }
   const RegistryShard& ShardFor(uint64_t user) const { return registry_[user % kRegistryShards]; }
 

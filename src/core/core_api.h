@@ -17,6 +17,7 @@
 //
 // Thread-safety: every method may be called from any thread.
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -58,6 +59,42 @@ struct UserSettings {
   bool share_presence = true;
 };
 
+// What a user's per-user rate limits still hold against the user, carried between the node
+// that holds the user's session and the owner of the user's shard (docs/architecture.md,
+// "Send rate across nodes"). Each slot is one token bucket of the edge's per-user limiters
+// (edge::LimiterDebt says which): the nanoseconds until that bucket is full again (0 = full).
+// Durations, not instants, so they mean the same on every node. The core only keeps, ages
+// and hands them back; it never interprets a slot.
+struct RateDebt {
+  static constexpr size_t kSlots = 10;
+  static constexpr int64_t kMaxNanos = int64_t{3600} * 1'000'000'000;  // per slot, 1 hour
+  std::array<int64_t, kSlots> ns{};
+
+  bool zero() const {
+    for (int64_t v : ns) {
+      if (v > 0) return false;
+    }
+    return true;
+  }
+  // The debt `elapsed_ns` later: every slot refilled by that much (never below 0).
+  RateDebt AgedBy(int64_t elapsed_ns) const {
+    RateDebt out;
+    for (size_t i = 0; i < kSlots; ++i) {
+      out.ns[i] = ns[i] > elapsed_ns ? ns[i] - elapsed_ns : 0;
+    }
+    return out;
+  }
+  // Adds `other` slot by slot (spending in two places adds up), each slot clamped to
+  // [0, kMaxNanos].
+  void Add(const RateDebt& other) {
+    for (size_t i = 0; i < kSlots; ++i) {
+      const int64_t a = ns[i] > 0 ? ns[i] : 0;
+      const int64_t b = other.ns[i] > 0 ? other.ns[i] : 0;
+      ns[i] = a > kMaxNanos - b ? kMaxNanos : a + b;
+    }
+  }
+};
+
 // The answer to a load report.
 struct PressureReport {
   int level = 0;         // the degradation level in force, as far as the caller knows
@@ -72,6 +109,11 @@ class EdgeSink {
   virtual void Deliver(const SessionRef& to, const v1::Envelope& envelope) = 0;
   // A newer session of the same user took over: send SESSION_REPLACED and close.
   virtual void Replace(const SessionRef& old_session) = 0;
+  // The rate debt of `user` for the session `to`: added to the user's budget on `to`'s node.
+  // The owner sends one after every registration (zero when it holds none): until the
+  // first arrives, a new session holds back its requests (edge::Session). When `to` has
+  // already gone, the edge hands the debt back with UnregisterSession.
+  virtual void SettleRate(const SessionRef& to, uint64_t user, const RateDebt& debt) = 0;
   // A presence change of a user the session subscribed to.
   virtual void SendPresence(const SessionRef& to, const v1::Presence& presence) = 0;
   // A typing indicator for the session's user (user = the typist).
@@ -93,10 +135,13 @@ class CoreApi {
   // (the in-process core queues any durable work on its own threads; the remote core sends
   // one message and does not wait for an answer).
 
-  // Registers `ref` as the live session of `user` (an older one is told to go away).
+  // Registers `ref` as the live session of `user` (an older one is told to go away) and
+  // answers with EdgeSink::SettleRate: the rate debt the owner held for the user.
   virtual void RegisterSession(uint64_t user, SessionRef ref) = 0;
-  // Forgets `ref` if it is still the live session of `user`.
-  virtual void UnregisterSession(uint64_t user, SessionRef ref) = 0;
+  // Forgets `ref` if it is still the live session of `user`. `debt` is what the session's
+  // node still held against the user (taken out of its limiters): the owner keeps it for
+  // the next session, or hands it at once to a newer live session (SettleRate).
+  virtual void UnregisterSession(uint64_t user, SessionRef ref, const RateDebt& debt) = 0;
   // Best effort; false when shed or the recipient is known to be offline (remote, or a
   // group typing indicator: always true, the fan-out happens later).
   virtual bool Typing(uint64_t from, const v1::Typing& typing) = 0;

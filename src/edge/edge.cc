@@ -404,4 +404,56 @@ void Edge::Replace(const core::SessionRef& old_session) {
   });
 }
 
+void Edge::SettleRate(const core::SessionRef& to, uint64_t user, const core::RateDebt& debt) {
+  const uint32_t loop = to.edge & 0xff;
+  if ((to.edge >> 8) != options_.process_index || loop >= loops_.size()) return;
+  EdgeLoop* raw = loops_[loop].get();
+  raw->loop_.Post([this, raw, to, user, debt] {
+    if (Session* s = raw->Find(to.session); s != nullptr && s->user() == user) {
+      s->SettleRate(debt);
+    } else if (!debt.zero()) {
+      // The session has gone (its own debt went to the owner as it closed): this debt goes
+      // back the same way, to be kept for the user's next session.
+      core_.UnregisterSession(user, to, debt);
+    }
+  });
+}
+
+namespace {
+
+// The per-user limiters of `edge` with their slots in core::RateDebt.
+template <typename Fn>
+void ForEachUserLimiter(Edge& edge, Fn fn) {
+  fn(edge.send_limiter(), LimiterDebt::kSend);
+  fn(edge.settings_limiter(), LimiterDebt::kSettings);
+  fn(edge.keys_upload_limiter(), LimiterDebt::kKeysUpload);
+  fn(edge.keys_fetch_limiter(), LimiterDebt::kKeysFetch);
+  fn(edge.group_limiter(), LimiterDebt::kGroups);
+}
+
+}  // namespace
+
+core::RateDebt Edge::TakeRateDebt(uint64_t user) {
+  core::RateDebt debt;
+  const int64_t now_ns = clock_.MonoNanos();
+  ForEachUserLimiter(*this, [&](KeyedSendLimiter& limiter, LimiterDebt slot) {
+    const auto taken = limiter.TakeDebt(user, now_ns);
+    debt.ns[static_cast<size_t>(slot)] = taken[0];
+    debt.ns[static_cast<size_t>(slot) + 1] = taken[1];
+  });
+  return debt;
+}
+
+void Edge::AddRateDebt(uint64_t user, const core::RateDebt& debt) {
+  if (debt.zero()) return;
+  const int64_t now_ns = clock_.MonoNanos();
+  ForEachUserLimiter(*this, [&](KeyedSendLimiter& limiter, LimiterDebt slot) {
+    const size_t i = static_cast<size_t>(slot);
+    if (!limiter.AddDebt(user, now_ns, {debt.ns[i], debt.ns[i + 1]})) {
+      obs::LogWarn("a user's rate debt was not kept: the limiter table is full",
+                   {{"user", std::to_string(user)}});
+    }
+  });
+}
+
 }  // namespace iris::edge

@@ -33,26 +33,30 @@ namespace iris::edge {
 
 struct EdgeOptions {
   std::string listen = "0.0.0.0:7443";
-  int loops = 0;                        // 0 = one per core (at most 256)
-  uint32_t process_index = 0;           // edge process index (--edge-processes); 0 embedded
-  uint32_t hello_timeout_ms = 10'000;   // TLS handshake + valid HELLO
+  int loops = 0;                       // 0 = one per core (at most 256)
+  uint32_t process_index = 0;          // edge process index (--edge-processes); 0 embedded
+  uint32_t hello_timeout_ms = 10'000;  // TLS handshake + valid HELLO
   uint32_t idle_timeout_ms = 25'000;
-  size_t max_output_bytes = 1 << 20;    // per connection; a slower reader is disconnected
-  uint32_t max_inflight_requests = 256; // per connection; reading pauses beyond it
+  size_t max_output_bytes = 1 << 20;     // per connection; a slower reader is disconnected
+  uint32_t max_inflight_requests = 256;  // per connection; reading pauses beyond it
   uint32_t default_page_size = 256;
   uint32_t max_presence_subscriptions = 1024;
   // Graceful degradation: pressure = max(loop lag / loop_lag_budget_ms, ...).
   double loop_lag_budget_ms = 200;
   wire::ValidationLimits limits;
-  SendRateConfig send_rate;             // per user: SEND and RECEIPT
+  SendRateConfig send_rate;  // per user: SEND and RECEIPT
+  // A cluster node: a closing session hands its user's per-user limiter state to the owner
+  // of the user's shard and a new one waits for the owner's (core::RateDebt). Off on a
+  // single node, whose tables already hold every session of the user.
+  bool carry_rate_debt = false;
   // Per user, for the other requests that write durably or take from another user's data
   // (docs/protocol.md "Limits"). Same two-bucket semantics as send_rate.
   SendRateConfig settings_rate = kSettingsRate;       // SETTINGS
   SendRateConfig keys_upload_rate = kKeysUploadRate;  // KEYS_UPLOAD
   SendRateConfig keys_fetch_rate = kKeysFetchRate;    // KEYS_FETCH, per requester
   SendRateConfig group_rate = kGroupRate;             // GROUP_CREATE and GROUP_UPDATE
-  ConnectionLimitConfig connection_rate;  // per IP
-  std::vector<std::string> connection_allowlist;  // addresses or CIDR ranges
+  ConnectionLimitConfig connection_rate;              // per IP
+  std::vector<std::string> connection_allowlist;      // addresses or CIDR ranges
   // Pre-login connections (accepted, HELLO not accepted yet) are capped when accepted; a
   // connection over a cap is closed at once (iris_connections_refused_total). Per address
   // (IPv6: per connection_rate.ipv6_prefix_bits prefix; allow-listed addresses are exempt;
@@ -60,7 +64,7 @@ struct EdgeOptions {
   // read when the Edge is constructed).
   uint32_t max_prelogin_per_ip = 64;
   uint32_t max_prelogin_total = 0;
-  FailedLoginConfig failed_logins;      // per account
+  FailedLoginConfig failed_logins;  // per account
   // The node's limiter tables (LimiterTables): the region the core process shares with its
   // edge processes; null: the Edge makes a private one (the embedded shape). Its tables
   // must match connection_rate and failed_logins (LimiterTables::Specs).
@@ -147,6 +151,15 @@ class EdgeLoop {
   std::thread thread_;
 };
 
+// The slots of core::RateDebt: two buckets ({sustained, peak}) of each per-user limiter.
+enum class LimiterDebt : size_t {
+  kSend = 0,        // SEND and RECEIPT
+  kSettings = 2,    // SETTINGS
+  kKeysUpload = 4,  // KEYS_UPLOAD
+  kKeysFetch = 6,   // KEYS_FETCH
+  kGroups = 8,      // GROUP_CREATE, GROUP_UPDATE
+};
+
 class Edge final : public core::EdgeSink {
  public:
   // Every reference must outlive the Edge.
@@ -173,6 +186,7 @@ class Edge final : public core::EdgeSink {
 
   void Deliver(const core::SessionRef& to, const v1::Envelope& envelope) override;
   void Replace(const core::SessionRef& old_session) override;
+  void SettleRate(const core::SessionRef& to, uint64_t user, const core::RateDebt& debt) override;
   void SendPresence(const core::SessionRef& to, const v1::Presence& presence) override;
   void SendTyping(const core::SessionRef& to, const v1::Typing& typing) override;
 
@@ -189,6 +203,11 @@ class Edge final : public core::EdgeSink {
   FailedLoginLimiter& failed_logins() { return failed_logins_; }
   ConnectionRateLimiter& connection_limiter() { return connection_limiter_; }
   PreLoginLimiter& prelogin_limiter() { return prelogin_; }
+  // The user's debt in every per-user limiter of this node (core::RateDebt; slots in
+  // LimiterDebt order), taken out: the user's buckets here are full afterwards.
+  core::RateDebt TakeRateDebt(uint64_t user);
+  // Adds a debt taken on another node (or kept by the owner) to the user's buckets here.
+  void AddRateDebt(uint64_t user, const core::RateDebt& debt);
   EdgeLoop& loop_at(uint32_t i) { return *loops_[i]; }
   uint32_t loop_count() const { return static_cast<uint32_t>(loops_.size()); }
 

@@ -50,8 +50,7 @@ int64_t TokenBucket::IntervalNanos() const {
 int64_t TokenBucket::ToleranceNanos() const {
   // A multiple of the rounded interval, so that capacity takes at one instant always fit
   // exactly (rounding the two separately could refuse the last token by a nanosecond).
-  return ClampToNanos((static_cast<double>(capacity_) - 1) *
-                      static_cast<double>(IntervalNanos()));
+  return ClampToNanos((static_cast<double>(capacity_) - 1) * static_cast<double>(IntervalNanos()));
 }
 
 int64_t TokenBucket::WaitNanos(int64_t now_ns) const {
@@ -178,8 +177,7 @@ Result<std::shared_ptr<internal::SharedRegion>> LimiterTables::Create(
 // ---------------------------------------------------------------------------------------
 // KeyedSendLimiter
 
-KeyedSendLimiter::KeyedSendLimiter(SendRateConfig config, size_t max_entries,
-                                   uint64_t hash_seed)
+KeyedSendLimiter::KeyedSendLimiter(SendRateConfig config, size_t max_entries, uint64_t hash_seed)
     : config_(config), table_(max_entries, internal::SeededU64Hash{hash_seed}) {}
 
 KeyedSendLimiter::KeyedSendLimiter(SendRateConfig config,
@@ -202,6 +200,28 @@ Status KeyedSendLimiter::TryTake(uint64_t user, int64_t now_ns) {
   }
   if (!ok) return RateLimited("send rate limit exceeded", retry_ms);
   return Status::Ok();
+}
+
+std::array<int64_t, 2> KeyedSendLimiter::TakeDebt(uint64_t user, int64_t now_ns) {
+  std::array<int64_t, 2> debt{};
+  if (!table_.Read(user, [](const SendRateLimiter* l) { return l != nullptr; })) return debt;
+  int64_t table_retry_ns = 0;
+  table_.Update(
+      user, now_ns, [this] { return SendRateLimiter(config_); },
+      [&](SendRateLimiter& l) {
+        debt = l.DebtNanos(now_ns);
+        l = SendRateLimiter(config_);
+      },
+      &table_retry_ns);
+  return debt;
+}
+
+bool KeyedSendLimiter::AddDebt(uint64_t user, int64_t now_ns, const std::array<int64_t, 2>& debt) {
+  if (debt[0] <= 0 && debt[1] <= 0) return true;
+  int64_t table_retry_ns = 0;
+  return table_.Update(
+      user, now_ns, [this] { return SendRateLimiter(config_); },
+      [&](SendRateLimiter& l) { l.AddDebt(now_ns, debt); }, &table_retry_ns);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -322,8 +342,7 @@ Status ConnectionRateLimiter::Admit(const IpAddress& addr, int64_t now_ns) {
   uint32_t retry_ms = 0;
   int64_t table_retry_ns = 0;
   const bool tracked = table_.Update(
-      key.bytes(), now_ns,
-      [this] { return TokenBucket(config_.per_minute / 60.0, config_.burst); },
+      key.bytes(), now_ns, [this] { return TokenBucket(config_.per_minute / 60.0, config_.burst); },
       [&](TokenBucket& b) { ok = b.TryTake(now_ns, &retry_ms); }, &table_retry_ns);
   if (!tracked) {
     return Overloaded("too many rate-limited addresses", RetryAfterMillis(table_retry_ns));

@@ -30,6 +30,7 @@
 // each behind its own process-shared robust mutex; the allow-list is behind a
 // reader/writer lock.
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -72,6 +73,16 @@ class TokenBucket {
   bool IsFull(int64_t now_ns) const { return full_at_ns_ <= now_ns; }
   // The time from which the bucket is full (when nothing more is taken).
   int64_t FullAtNanos() const { return full_at_ns_; }
+  // Nanoseconds from `now_ns` until the bucket is full again (0 when full): what has been
+  // taken and not refilled, as a duration that means the same on another clock.
+  int64_t DebtNanos(int64_t now_ns) const {
+    return full_at_ns_ <= now_ns ? 0 : full_at_ns_ - now_ns;
+  }
+  // Takes `debt_ns` worth of tokens spent elsewhere (may leave the bucket owing more than
+  // its capacity: it then refuses until the debt is repaid).
+  void AddDebt(int64_t now_ns, int64_t debt_ns) {
+    if (debt_ns > 0) full_at_ns_ = std::max(full_at_ns_, now_ns) + debt_ns;
+  }
 
   double rate_per_sec() const { return rate_per_sec_; }
   double capacity() const { return capacity_; }
@@ -136,6 +147,14 @@ class SendRateLimiter {
 
   bool IsFull(int64_t now_ns) const { return sustained_.IsFull(now_ns) && peak_.IsFull(now_ns); }
   int64_t FullAtNanos() const;
+  // {sustained, peak}: TokenBucket::DebtNanos and AddDebt of the two buckets.
+  std::array<int64_t, 2> DebtNanos(int64_t now_ns) const {
+    return {sustained_.DebtNanos(now_ns), peak_.DebtNanos(now_ns)};
+  }
+  void AddDebt(int64_t now_ns, const std::array<int64_t, 2>& debt) {
+    sustained_.AddDebt(now_ns, debt[0]);
+    peak_.AddDebt(now_ns, debt[1]);
+  }
   const TokenBucket& sustained() const { return sustained_; }
   const TokenBucket& peak() const { return peak_; }
 
@@ -217,8 +236,7 @@ class KeyedSendLimiter {
   // after their last send.
   static constexpr size_t kDefaultMaxEntries = size_t{1} << 19;
 
-  explicit KeyedSendLimiter(SendRateConfig config = {},
-                            size_t max_entries = kDefaultMaxEntries,
+  explicit KeyedSendLimiter(SendRateConfig config = {}, size_t max_entries = kDefaultMaxEntries,
                             uint64_t hash_seed = std::random_device{}());
   // Its table is LimiterTables::kSend of `region` (made with LimiterTables::Specs).
   KeyedSendLimiter(SendRateConfig config, std::shared_ptr<internal::SharedRegion> region);
@@ -230,6 +248,14 @@ class KeyedSendLimiter {
   // One SEND or RECEIPT by `user`: OK; RATE_LIMITED with retry_after_ms; or OVERLOADED with
   // retry_after_ms when the table is full of users who are all still limited.
   Status TryTake(uint64_t user, int64_t now_ns);
+
+  // The user's debt ({sustained, peak}, SendRateLimiter::DebtNanos), taken out of the
+  // table: the user's buckets here are full afterwards. The debt moves with the user
+  // between nodes (docs/architecture.md, "Send rate across nodes").
+  std::array<int64_t, 2> TakeDebt(uint64_t user, int64_t now_ns);
+  // Adds a debt taken elsewhere to the user's buckets. False when the table is full of
+  // limited users (the debt is then not kept).
+  bool AddDebt(uint64_t user, int64_t now_ns, const std::array<int64_t, 2>& debt);
 
   // Drops users whose buckets are full. Call periodically (e.g. every 10 s).
   void Sweep(int64_t now_ns) { table_.Sweep(now_ns); }
@@ -308,8 +334,7 @@ class ConnectionRateLimiter {
   ConnectionLimitConfig config_;
   mutable std::shared_mutex allow_mu_;
   std::vector<Cidr> allow_;
-  internal::BoundedTable<std::array<uint8_t, 16>, TokenBucket, internal::SeededBytes16Hash>
-      table_;
+  internal::BoundedTable<std::array<uint8_t, 16>, TokenBucket, internal::SeededBytes16Hash> table_;
 };
 
 // Failed logins (PROTOCOL.md section 8). Only failures are counted and only failures are

@@ -19,6 +19,9 @@ constexpr size_t kPageBytes = wire::kMaxPayloadBytes - 64;
 // A connection being closed gets this long past its idle deadline to drain its output; a
 // peer that stops reading would otherwise hold the socket and its queue forever.
 constexpr int64_t kCloseGraceMs = 5'000;
+// How long a new session holds its requests for the owner's answer to its registration
+// (the user's rate debt) before it goes on without it.
+constexpr int64_t kSettleTimeoutMs = 2'000;
 
 std::string NewTraceId() {
   thread_local std::mt19937_64 rng(std::random_device{}());
@@ -130,8 +133,27 @@ void Session::OnHandshakeDone() { EdgeMetrics::Get().handshakes.Inc(); }
 
 void Session::OnData(std::span<const uint8_t> data) {
   decoder_.Consume(data, [this](const wire::Frame& f) { return HandleFrame(f.opcode, f.payload); });
-  // Backpressure: stop reading while too many requests wait for the store.
-  if (replies_.size() >= loop_.edge().options().max_inflight_requests) conn_->PauseReading(true);
+  // Backpressure: stop reading while too many requests wait for the store (or for the
+  // rate budget).
+  if (ReadingHeld()) conn_->PauseReading(true);
+}
+
+bool Session::ReadingHeld() const {
+  const size_t max = loop_.edge().options().max_inflight_requests;
+  return replies_.size() >= max || (!rate_settled_ && unsettled_frames_.size() >= max);
+}
+
+void Session::SettleRate(const core::RateDebt& debt) {
+  Edge& edge = loop_.edge();
+  edge.AddRateDebt(user_, debt);
+  if (rate_settled_) return;
+  rate_settled_ = true;
+  std::vector<std::pair<uint8_t, std::string>> held;
+  held.swap(unsettled_frames_);
+  for (const auto& [opcode, payload] : held) {
+    if (!HandleFrame(opcode, payload)) return;  // closing
+  }
+  if (!ReadingHeld() && !conn_->closing()) conn_->PauseReading(false);
 }
 
 void Session::OnWritable() {}
@@ -144,7 +166,11 @@ void Session::OnClosed(std::string_view reason) {
     watching_.clear();
   }
   if (registered_) {
-    loop_.edge().core().UnregisterSession(user_, loop_.RefOf(id_));
+    // What the user still owes goes to the owner, for the user's next session wherever it is.
+    Edge& edge = loop_.edge();
+    const core::RateDebt debt =
+        edge.options().carry_rate_debt ? edge.TakeRateDebt(user_) : core::RateDebt{};
+    edge.core().UnregisterSession(user_, loop_.RefOf(id_), debt);
     registered_ = false;
   }
   EdgeMetrics::Get().closed.Inc();
@@ -153,6 +179,11 @@ void Session::OnClosed(std::string_view reason) {
 
 bool Session::HandleFrame(uint8_t opcode, std::string_view payload) {
   if (state_ == State::kClosing) return false;
+  if (!rate_settled_) {
+    // Handled in order once the owner has answered the registration (SettleRate).
+    unsettled_frames_.emplace_back(opcode, std::string(payload));
+    return true;
+  }
   EdgeMetrics::Get().FrameIn(opcode);
   Edge& edge = loop_.edge();
   // Only complete frames count as activity: bytes that never finish a frame do not keep a
@@ -305,6 +336,11 @@ void Session::HandleHello(const v1::Hello& m) {
   if (state_ == State::kClosing) return;
   loop_.EndPreLogin(id_);  // logged in: no longer under the pre-login caps
 
+  // In a cluster the owner answers with the user's rate debt (SettleRate); frames wait for it.
+  if (edge.options().carry_rate_debt) {
+    rate_settled_ = false;
+    settle_deadline_ms_ = edge.clock().MonoMillis() + kSettleTimeoutMs;
+  }
   edge.core().RegisterSession(user_, loop_.RefOf(id_));
   registered_ = true;
   EdgeMetrics::Get().sessions_opened.Inc();
@@ -367,9 +403,8 @@ void Session::OnScanPage(uint64_t gen, Result<core::Page> page) {
   }
   v1::SyncPage out;
   for (auto& e : page->messages) *out.add_messages() = std::move(e);
-  const uint64_t cursor = out.messages_size() > 0
-                              ? out.messages(out.messages_size() - 1).id()
-                              : last_sent_;
+  const uint64_t cursor =
+      out.messages_size() > 0 ? out.messages(out.messages_size() - 1).id() : last_sent_;
   // A hold that overflowed: the client acknowledges this page and the next scan reads
   // what the hold dropped.
   const bool has_more = page->has_more || held_overflow_;
@@ -511,25 +546,26 @@ void Session::HandleSend(const v1::Send& m) {
   net::EventLoop* loop = &loop_.loop();
   EdgeLoop* owner = &loop_;
   const uint64_t sid = id_;
-  edge.core().Send(user_, m, trace,
-                   [loop, owner, sid, seq, request_id, build, span, trace](Result<core::AppendResult> r) {
-                     std::string frame = r.ok() ? build(r) : ErrorFrame(request_id, r.status());
-                     if (!r.ok() && obs::Logger::Default().Enabled(obs::LogLevel::kDebug)) {
-                       obs::LogDebug("send failed",
-                                     {{"code", StatusCodeName(r.status().code())},
-                                      {"error", r.status().message()},
-                                      obs::LogField::Trace(obs::SpanContext::FromTraceIdBytes(trace))});
-                     }
-                     if (span) {
-                       span->SetStatus(r.status());
-                       if (r.ok()) span->SetInt("iris.message_id", static_cast<int64_t>(r->message_id));
-                     }
-                     loop->Post([owner, sid, seq, f = std::move(frame), span]() mutable {
-                       if (Session* s = owner->Find(sid)) s->CompleteReply(seq, std::move(f));
-                       if (span) span->End();
-                     });
-                   },
-                   obs::ContextOf(span).span_id);
+  edge.core().Send(
+      user_, m, trace,
+      [loop, owner, sid, seq, request_id, build, span, trace](Result<core::AppendResult> r) {
+        std::string frame = r.ok() ? build(r) : ErrorFrame(request_id, r.status());
+        if (!r.ok() && obs::Logger::Default().Enabled(obs::LogLevel::kDebug)) {
+          obs::LogDebug("send failed",
+                        {{"code", StatusCodeName(r.status().code())},
+                         {"error", r.status().message()},
+                         obs::LogField::Trace(obs::SpanContext::FromTraceIdBytes(trace))});
+        }
+        if (span) {
+          span->SetStatus(r.status());
+          if (r.ok()) span->SetInt("iris.message_id", static_cast<int64_t>(r->message_id));
+        }
+        loop->Post([owner, sid, seq, f = std::move(frame), span]() mutable {
+          if (Session* s = owner->Find(sid)) s->CompleteReply(seq, std::move(f));
+          if (span) span->End();
+        });
+      },
+      obs::ContextOf(span).span_id);
 }
 
 void Session::HandleReceipt(const v1::Receipt& m) {
@@ -538,7 +574,8 @@ void Session::HandleReceipt(const v1::Receipt& m) {
   Status allowed = edge.send_limiter().TryTake(user_, edge.clock().MonoNanos());
   if (!allowed.ok()) {
     EdgeMetrics::Get().rate_limited_send.Inc();
-    Status limited(allowed.code(), allowed.message(), std::max<uint32_t>(allowed.retry_after_ms(), 1));
+    Status limited(allowed.code(), allowed.message(),
+                   std::max<uint32_t>(allowed.retry_after_ms(), 1));
     CompleteReply(seq, ErrorFrame(m.request_id(), limited));
     return;
   }
@@ -620,7 +657,8 @@ void Session::HandlePresenceSubscribe(const v1::PresenceSubscribe& m) {
 
 void Session::HandlePresenceUnsubscribe(const v1::PresenceUnsubscribe& m) {
   std::vector<uint64_t> users(m.users().begin(), m.users().end());
-  for (uint64_t u : users) watching_.erase(std::remove(watching_.begin(), watching_.end(), u), watching_.end());
+  for (uint64_t u : users)
+    watching_.erase(std::remove(watching_.begin(), watching_.end(), u), watching_.end());
   if (watching_.empty()) std::vector<uint64_t>().swap(watching_);
   loop_.edge().core().Unsubscribe(loop_.RefOf(id_), users);
   CompleteReply(ReserveReply(), OkFrame(m.request_id()));  // behind the answers before it
@@ -678,7 +716,7 @@ void Session::HandleKeysFetch(const v1::KeysFetch& m) {
 namespace {
 // Completion of a group create/update: GROUP_INFO (or ERROR), answered in request order.
 core::CoreApi::GroupDone GroupReply(net::EventLoop* loop, EdgeLoop* owner, uint64_t sid,
-                                        uint64_t seq, uint64_t request_id) {
+                                    uint64_t seq, uint64_t request_id) {
   return [loop, owner, sid, seq, request_id](Result<v1::GroupInfo> r) {
     std::string frame;
     if (r.ok()) {
@@ -698,15 +736,15 @@ core::CoreApi::GroupDone GroupReply(net::EventLoop* loop, EdgeLoop* owner, uint6
 void Session::HandleGroupCreate(const v1::GroupCreate& m) {
   const uint64_t seq = ReserveReply();
   if (!AdmitLimited(loop_.edge().group_limiter(), "GROUP_CREATE", seq, m.request_id())) return;
-  loop_.edge().core().CreateGroup(
-      user_, m, GroupReply(&loop_.loop(), &loop_, id_, seq, m.request_id()));
+  loop_.edge().core().CreateGroup(user_, m,
+                                  GroupReply(&loop_.loop(), &loop_, id_, seq, m.request_id()));
 }
 
 void Session::HandleGroupUpdate(const v1::GroupUpdate& m) {
   const uint64_t seq = ReserveReply();
   if (!AdmitLimited(loop_.edge().group_limiter(), "GROUP_UPDATE", seq, m.request_id())) return;
-  loop_.edge().core().UpdateGroup(
-      user_, m, GroupReply(&loop_.loop(), &loop_, id_, seq, m.request_id()));
+  loop_.edge().core().UpdateGroup(user_, m,
+                                  GroupReply(&loop_.loop(), &loop_, id_, seq, m.request_id()));
 }
 
 void Session::HandleGroupGet(const v1::GroupGet& m) {
@@ -793,9 +831,7 @@ void Session::FlushReplies() {
       EdgeMetrics::Get().ack_sent.Inc();
     }
   }
-  if (replies_.size() < loop_.edge().options().max_inflight_requests && !conn_->closing()) {
-    conn_->PauseReading(false);
-  }
+  if (!ReadingHeld() && !conn_->closing()) conn_->PauseReading(false);
   if (shutting_down_ && replies_.empty()) conn_->Close("server shutting down");
 }
 
@@ -817,9 +853,8 @@ void Session::Push(const v1::Envelope& e) {
   // edge.deliver: the push of a traced message (in its trace, as a root: caused by the
   // commit, not by a request of this session).
   const obs::SpanContext trace = obs::SpanContext::FromTraceIdBytes(e.trace_id());
-  obs::Span span = trace.valid()
-                       ? obs::StartSpan("edge.deliver", trace, obs::SpanKind::kProducer)
-                       : obs::Span();
+  obs::Span span =
+      trace.valid() ? obs::StartSpan("edge.deliver", trace, obs::SpanKind::kProducer) : obs::Span();
   span.SetInt("iris.message_id", static_cast<int64_t>(e.id()));
   v1::Deliver d;
   *d.mutable_message() = e;
@@ -861,6 +896,14 @@ void Session::Tick(int64_t now_mono_ms) {
       }
     }
     return;
+  }
+  if (!rate_settled_ && now_mono_ms >= settle_deadline_ms_) {
+    // The owner did not answer the registration (unreachable, or its answer lost with a
+    // link): go on with this node's budget rather than hold the client's requests.
+    obs::LogWarn("no rate budget from the owner of the user's shard in time",
+                 {{"user", std::to_string(user_)}});
+    SettleRate(core::RateDebt{});
+    if (state_ == State::kClosing) return;
   }
   if (now_mono_ms - last_frame_ms_ > edge.options().idle_timeout_ms) {
     EdgeMetrics::Get().timeouts.Inc();

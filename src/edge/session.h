@@ -47,8 +47,7 @@ class EdgeLoop;
 
 class Session final : public net::Connection::Delegate {
  public:
-  Session(EdgeLoop& loop, uint64_t id, int fd, std::string peer_ip,
-          uint32_t ip_retry_after_ms);
+  Session(EdgeLoop& loop, uint64_t id, int fd, std::string peer_ip, uint32_t ip_retry_after_ms);
   ~Session() override;
 
   Status Start();
@@ -65,6 +64,9 @@ class Session final : public net::Connection::Delegate {
   // From the core, on the loop thread.
   void Push(const v1::Envelope& e);
   void Replaced();
+  // The user's rate debt from the owner of the user's shard (EdgeSink::SettleRate): added
+  // to the node's limiters; the first one after HELLO releases the requests held until then.
+  void SettleRate(const core::RateDebt& debt);
   // Ends the session with the fatal error `why` (its registration is gone with a peer link).
   void Disconnect(const Status& why) { CloseWith(0, why); }
   void DeliverPresence(const v1::Presence& p);
@@ -82,6 +84,9 @@ class Session final : public net::Connection::Delegate {
   enum class State : uint8_t { kAwaitHello, kCatchUp, kAwaitSyncAck, kPush, kClosing };
 
   bool HandleFrame(uint8_t opcode, std::string_view payload);
+  // Whether reading pauses: too many replies outstanding, or too many frames held while the
+  // rate budget is not settled.
+  bool ReadingHeld() const;
   void HandleHello(const v1::Hello& m);
   void HandleSend(const v1::Send& m);
   void HandleSync(const v1::Sync& m);
@@ -133,13 +138,19 @@ class Session final : public net::Connection::Delegate {
   wire::FrameDecoder decoder_;
   State state_ = State::kAwaitHello;
   bool registered_ = false;
+  // Between HELLO and the owner's first SettleRate the user's rate budget is not known on
+  // this node yet (it may have been spent on another): frames after HELLO are held, in
+  // order, and handled once it is (or at settle_deadline_ms_ without it).
+  bool rate_settled_ = true;
+  int64_t settle_deadline_ms_ = 0;
+  std::vector<std::pair<uint8_t, std::string>> unsettled_frames_;
   bool shutting_down_ = false;
   uint32_t ip_retry_after_ms_;  // non-zero: this connection exceeded the per-IP rate
   uint32_t page_size_ = 256;
   uint64_t user_ = 0;
-  uint64_t last_sent_ = 0;       // highest message id sent (catch-up or push)
-  uint64_t awaited_ack_ = 0;     // cursor of the page waiting for SYNC_ACK
-  uint64_t acked_ = 0;           // highest DELIVER_ACK cursor
+  uint64_t last_sent_ = 0;    // highest message id sent (catch-up or push)
+  uint64_t awaited_ack_ = 0;  // cursor of the page waiting for SYNC_ACK
+  uint64_t acked_ = 0;        // highest DELIVER_ACK cursor
   int64_t opened_ms_ = 0;
   int64_t last_frame_ms_ = 0;
   auth::Claims claims_;

@@ -5,6 +5,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -26,6 +27,18 @@ void ToProto(const Status& s, ipb::Status* out) {
 Status FromProto(const ipb::Status& s) {
   if (s.code() == 0) return Status::Ok();
   return Status(static_cast<StatusCode>(s.code()), s.message(), s.retry_after_ms());
+}
+
+void DebtToProto(const core::RateDebt& debt, ipb::RateDebt* out) {
+  for (int64_t v : debt.ns) out->add_ns(v);
+}
+
+core::RateDebt DebtFromProto(const ipb::RateDebt& m) {
+  core::RateDebt debt;
+  for (size_t i = 0; i < debt.ns.size() && i < static_cast<size_t>(m.ns_size()); ++i) {
+    debt.ns[i] = std::clamp<int64_t>(m.ns(static_cast<int>(i)), 0, core::RateDebt::kMaxNanos);
+  }
+  return debt;
 }
 
 namespace {
@@ -313,7 +326,7 @@ void CoreServer::Handle(Conn* conn, ipb::CoreRequest& req) {
       reply(Status::Ok(), none);
       return;
     case ipb::CoreRequest::kUnregisterSession:
-      core_->UnregisterSession(user, ref);
+      core_->UnregisterSession(user, ref, DebtFromProto(req.rate_debt()));
       reply(Status::Ok(), none);
       return;
     case ipb::CoreRequest::kSend:
@@ -432,6 +445,15 @@ void CoreServer::Replace(const core::SessionRef& old_session) {
   *p.mutable_to() = RefToProto(old_session);
   p.set_replace(true);
   PushTo(old_session, std::move(p));
+}
+
+void CoreServer::SettleRate(const core::SessionRef& to, uint64_t user, const core::RateDebt& debt) {
+  ipb::Push p;
+  *p.mutable_to() = RefToProto(to);
+  ipb::SettleRate* settle = p.mutable_settle_rate();
+  settle->set_user(user);
+  if (!debt.zero()) DebtToProto(debt, settle->mutable_debt());
+  PushTo(to, std::move(p));
 }
 
 void CoreServer::SendPresence(const core::SessionRef& to, const v1::Presence& presence) {

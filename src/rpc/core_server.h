@@ -74,6 +74,7 @@ class CoreServer final : public core::EdgeSink {
 
   void Deliver(const core::SessionRef& to, const v1::Envelope& envelope) override;
   void Replace(const core::SessionRef& old_session) override;
+  void SettleRate(const core::SessionRef& to, uint64_t user, const core::RateDebt& debt) override;
   void SendPresence(const core::SessionRef& to, const v1::Presence& presence) override;
   void SendTyping(const core::SessionRef& to, const v1::Typing& typing) override;
 
@@ -120,5 +121,8 @@ class CoreServer final : public core::EdgeSink {
 // Status <-> wire form of the internal link.
 void ToProto(const Status& s, internal::v1::Status* out);
 Status FromProto(const internal::v1::Status& s);
+// core::RateDebt <-> its message (missing slots are 0; extra ones are ignored).
+void DebtToProto(const core::RateDebt& debt, internal::v1::RateDebt* out);
+core::RateDebt DebtFromProto(const internal::v1::RateDebt& m);
 
 }  // namespace iris::rpc

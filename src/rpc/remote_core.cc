@@ -223,6 +223,12 @@ void RemoteCore::OnMessage(std::string_view frame) {
       case ipb::Push::kReplace:
         if (handler_.sink) handler_.sink->Replace(to);
         break;
+      case ipb::Push::kSettleRate:
+        if (handler_.sink) {
+          handler_.sink->SettleRate(to, p.settle_rate().user(),
+                                    DebtFromProto(p.settle_rate().debt()));
+        }
+        break;
       case ipb::Push::kPresence:
         if (handler_.sink) handler_.sink->SendPresence(to, p.presence());
         break;
@@ -339,11 +345,13 @@ void RemoteCore::RegisterSession(uint64_t user, core::SessionRef ref) {
   Cast(req);
 }
 
-void RemoteCore::UnregisterSession(uint64_t user, core::SessionRef ref) {
+void RemoteCore::UnregisterSession(uint64_t user, core::SessionRef ref,
+                                   const core::RateDebt& debt) {
   ipb::CoreRequest req;
   req.set_user(user);
   SetRef(req, ref);
   req.set_unregister_session(true);
+  if (!debt.zero()) DebtToProto(debt, req.mutable_rate_debt());
   Cast(req);
 }
 

@@ -57,6 +57,9 @@ struct ForwardingSink final : core::EdgeSink {
   void Replace(const core::SessionRef& r) override {
     if (core::EdgeSink* t = to.load()) t->Replace(r);
   }
+  void SettleRate(const core::SessionRef& r, uint64_t user, const core::RateDebt& d) override {
+    if (core::EdgeSink* t = to.load()) t->SettleRate(r, user, d);
+  }
   void SendPresence(const core::SessionRef& r, const v1::Presence& p) override {
     if (core::EdgeSink* t = to.load()) t->SendPresence(r, p);
   }
@@ -457,6 +460,9 @@ Status Server::Start() {
   eo.failed_logins.per_ip_per_hour = c.failed_logins_per_ip_per_hour;
 
   eo.loop_lag_budget_ms = c.loop_lag_budget_ms;
+  // Per-user budgets move with the user between nodes (docs/architecture.md, "Send rate
+  // across nodes"); one node's tables are already shared by all its edge processes.
+  eo.carry_rate_debt = m.clustered();
   if (m.edge_role()) return StartEdgeProcess(eo);
 
   core::CoreOptions co;
@@ -930,7 +936,8 @@ Status Server::StartClusterNode(const edge::EdgeOptions& eo, const core::CoreOpt
     m.router->SetLocalCore(m.core.get());
   }
   m.core_server->set_core(&m.router->Served());
-  if (m.core) m.core_server->set_on_peer_lost([core = m.core.get()](NodeId n) { core->ForgetNode(n); });
+  if (m.core)
+    m.core_server->set_on_peer_lost([core = m.core.get()](NodeId n) { core->ForgetNode(n); });
   IRIS_RETURN_IF_ERROR(m.core_server->Start());
   m.edge =
       std::make_unique<edge::Edge>(eo, *m.router, *m.verifier, *m.tls, SystemClock::Instance());

@@ -15,6 +15,7 @@
 #include "common/clock.h"
 #include "common/status.h"
 #include "harness/local_cluster.h"
+#include "wire/frame.h"
 #include "wire/opcode.h"
 
 namespace iris::testing {
@@ -465,6 +466,104 @@ TEST_F(ClusterTest, EtcdRestartUnderLoadLosesNothing) {
   std::vector<std::string> got;
   for (const auto& e : Inbox(cluster_.node(4), b)) got.push_back(e.body());
   EXPECT_EQ(got, want);
+}
+
+}  // namespace
+}  // namespace iris::testing
+
+namespace iris::testing {
+namespace {
+
+// A per-user send budget that refills slowly: a burst of about 5 sends (sustained bucket of
+// (10 - 0.05) * 0.5 tokens), then one send every 20 s, so what a test sees does not depend
+// on how long a reconnect takes.
+class ClusterRateTest : public ::testing::Test {
+ protected:
+  static LocalCluster::Options Opts() {
+    LocalCluster::Options o;
+    o.storage_nodes = 3;
+    o.node_args = {"--rate-per-sec",       "0.05", "--rate-burst-per-sec", "10",
+                   "--rate-burst-seconds", "0.5"};
+    return o;
+  }
+  void SetUp() override { ASSERT_NO_FATAL_FAILURE(cluster_.Start()); }
+  LocalCluster cluster_{Opts()};
+};
+
+// Reads the answers to `n` SENDs and returns how many were acknowledged; every other
+// answer must be RATE_LIMITED.
+int CountAcks(TestClient& c, int n) {
+  int acked = 0;
+  for (int i = 0; i < n; ++i) {
+    auto f = c.Next(10'000);
+    if (!f.ok()) {
+      ADD_FAILURE() << "no answer to SEND " << i << ": " << f.status().ToString();
+      return acked;
+    }
+    if (f->opcode == Op(wire::Opcode::kSendAck)) {
+      ++acked;
+      continue;
+    }
+    if (f->opcode != Op(wire::Opcode::kError)) {
+      --i;  // not an answer (e.g. a presence or delivery)
+      continue;
+    }
+    v1::Error e;
+    EXPECT_TRUE(e.ParseFromString(f->payload));
+    EXPECT_EQ(e.code(), static_cast<uint32_t>(StatusCode::kRateLimited)) << e.ShortDebugString();
+  }
+  return acked;
+}
+
+// RFC-001 section 10.1, issue 15: the per-user send rate holds across the cluster. The
+// budget a user spent on node 1 is kept by the owner of the user's shard (node 3) when the
+// session ends and handed to the user's next session on node 2, which therefore gets no
+// fresh burst (per-edge limiters would grant one).
+TEST_F(ClusterRateTest, SendBudgetFollowsTheUserToAnotherNode) {
+  const uint64_t u = cluster_.UserOwnedBy(3, 100);
+  const uint64_t to = cluster_.UserOwnedBy(1, 200);
+  auto watcher = Online(cluster_.node(3), cluster_.UserOwnedBy(2, 300));
+  v1::PresenceSubscribe sub;
+  sub.set_request_id(1);
+  sub.add_users(u);
+  ASSERT_TRUE(watcher->conn().SendFrame(Op(wire::Opcode::kPresenceSubscribe), sub).ok());
+  ASSERT_NO_FATAL_FAILURE(WaitPresence(*watcher, u, false));
+
+  auto first = Online(cluster_.node(1), u);
+  ASSERT_NO_FATAL_FAILURE(WaitPresence(*watcher, u, true));
+  constexpr int kBurst = 20;
+  for (int i = 0; i < kBurst; ++i) {
+    first->SendAsync(1 + static_cast<uint64_t>(i), to, "burst " + std::to_string(i), NewKey());
+  }
+  const int spent = CountAcks(*first, kBurst);
+  EXPECT_GE(spent, 3);  // a burst of about 5
+  EXPECT_LE(spent, 6);  // and then RATE_LIMITED
+  first.reset();
+  // Offline at the owner: node 1 has handed the user's debt to node 3.
+  ASSERT_NO_FATAL_FAILURE(WaitPresence(*watcher, u, false));
+
+  // HELLO and the burst in one write: the SENDs reach node 2 before the owner has answered
+  // the new session's registration, and must wait for that answer.
+  auto second = TestClient::Connect(cluster_.node(2));
+  std::string batch;
+  v1::Hello h;
+  h.add_versions(1);
+  h.set_token(cluster_.node(2).Token(u));
+  ASSERT_TRUE(wire::AppendMessageFrame(&batch, Op(wire::Opcode::kHello), h).ok());
+  constexpr int kAgain = 10;
+  for (int i = 0; i < kAgain; ++i) {
+    v1::Send m;
+    m.set_request_id(100 + static_cast<uint64_t>(i));
+    m.set_recipient(to);
+    m.set_body("again " + std::to_string(i));
+    m.set_idempotency_key(NewKey());
+    ASSERT_TRUE(wire::AppendMessageFrame(&batch, Op(wire::Opcode::kSend), m).ok());
+  }
+  ASSERT_TRUE(second->conn().SendRaw(batch).ok());
+  second->Expect(Op(wire::Opcode::kWelcome));
+  const int again = CountAcks(*second, kAgain);
+  // One send refills every 20 s: a fresh budget would accept another burst of about 5.
+  EXPECT_LE(again, 1) << "the budget spent on node 1 did not follow the user to node 2";
 }
 
 }  // namespace

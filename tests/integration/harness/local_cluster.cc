@@ -91,6 +91,7 @@ std::vector<std::string> LocalCluster::NodeArgs(NodeId id, bool edge_only) const
                                 "--admin-token-file",
                                 dir_ + "/admin.token"};
   if (edge_only) a.insert(a.end(), {"--role", "edge"});
+  a.insert(a.end(), options_.node_args.begin(), options_.node_args.end());
   return a;
 }
 

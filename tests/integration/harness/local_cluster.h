@@ -25,6 +25,7 @@ class LocalCluster {
     int replicas = 1;
     int vnodes = 4096;
     std::string name = "test";
+    std::vector<std::string> node_args;  // more irisd flags, given to every node
   };
   explicit LocalCluster(Options options);
   ~LocalCluster();

@@ -153,8 +153,8 @@ class LinkedCore final : public core::CoreApi {
   void RegisterSession(uint64_t user, core::SessionRef ref) override {
     there_.Post([this, user, ref] { t_.RegisterSession(user, ref); });
   }
-  void UnregisterSession(uint64_t user, core::SessionRef ref) override {
-    there_.Post([this, user, ref] { t_.UnregisterSession(user, ref); });
+  void UnregisterSession(uint64_t user, core::SessionRef ref, const core::RateDebt& debt) override {
+    there_.Post([this, user, ref, debt] { t_.UnregisterSession(user, ref, debt); });
   }
   bool Typing(uint64_t from, const v1::Typing& t) override {
     there_.Post([this, from, t] { t_.Typing(from, t); });
@@ -242,6 +242,9 @@ class LinkedSink final : public core::EdgeSink {
   void Replace(const core::SessionRef& old) override {
     link_.Post([this, old] { t_.Replace(old); });
   }
+  void SettleRate(const core::SessionRef& to, uint64_t user, const core::RateDebt& d) override {
+    link_.Post([this, to, user, d] { t_.SettleRate(to, user, d); });
+  }
   void SendPresence(const core::SessionRef& to, const v1::Presence& p) override {
     link_.Post([this, to, p] { t_.SendPresence(to, p); });
   }
@@ -277,6 +280,11 @@ class RecordingEdge final : public core::EdgeSink {
     replaced.push_back(old);
     cv_.notify_all();
   }
+  void SettleRate(const core::SessionRef& to, uint64_t user, const core::RateDebt& d) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    settled.push_back({to, user, d});
+    cv_.notify_all();
+  }
   void SendPresence(const core::SessionRef& to, const v1::Presence& p) override {
     std::lock_guard<std::mutex> lock(mu_);
     presence.emplace_back(to, p);
@@ -301,6 +309,12 @@ class RecordingEdge final : public core::EdgeSink {
 
   std::vector<Pushed> delivered;
   std::vector<core::SessionRef> replaced;
+  struct Settled {
+    core::SessionRef to;
+    uint64_t user = 0;
+    core::RateDebt debt;
+  };
+  std::vector<Settled> settled;
   std::vector<std::pair<core::SessionRef, v1::Presence>> presence;
   std::vector<std::pair<core::SessionRef, v1::Typing>> typing;
   void SetHook(std::function<void(const core::SessionRef&, const v1::Envelope&)> hook) {
@@ -436,7 +450,9 @@ Result<core::AppendResult> SendVia(Router& r, uint64_t sender, const v1::Send& s
       [&](core::CoreApi::SendDone d) { r.Send(sender, s, "", std::move(d)); });
 }
 
-core::SessionRef Ref(uint64_t session) { return core::SessionRef{.node = 0, .edge = 0, .session = session}; }
+core::SessionRef Ref(uint64_t session) {
+  return core::SessionRef{.node = 0, .edge = 0, .session = session};
+}
 
 size_t CountKind(const std::vector<v1::Envelope>& v, v1::Kind kind) {
   return static_cast<size_t>(
@@ -649,7 +665,7 @@ TEST(RouterTest, PresenceSubscriptionAcrossNodesSeesTheWatchedUsersChanges) {
   ASSERT_EQ(q->size(), 2u);
   EXPECT_EQ((*q)[1].user(), watched);
   EXPECT_TRUE((*q)[1].online());
-  c.R(2).UnregisterSession(watched, Ref(9));
+  c.R(2).UnregisterSession(watched, Ref(9), core::RateDebt{});
   ASSERT_TRUE(c.N(1).edge.WaitFor(online_seen(false)));
 }
 
@@ -735,12 +751,65 @@ TEST(RouterTest, OneSessionPerUserAcrossNodes) {
   EXPECT_EQ(c.R(1).local_sessions(), 0u);  // node 1 forgot the replaced session
   EXPECT_EQ(c.R(2).local_sessions(), 1u);
   // The replaced session's late unregister does not end the newer one.
-  c.R(1).UnregisterSession(user, Ref(7));
+  c.R(1).UnregisterSession(user, Ref(7), core::RateDebt{});
   ASSERT_TRUE(c.links().WaitQuiet());
   auto live = c.N(3).core->FindSession(user);
   ASSERT_TRUE(live.has_value());
   EXPECT_EQ(live->node, 2u);
   EXPECT_TRUE(c.N(2).edge.Locked([](RecordingEdge& e) { return e.replaced.empty(); }));
+}
+
+// A debt of `ms` milliseconds in the send limiter's sustained bucket.
+core::RateDebt SendDebt(int64_t ms) {
+  core::RateDebt d;
+  d.ns[0] = ms * 1'000'000;
+  return d;
+}
+
+// The user's rate budget lives with the owner of the user's shard while the user has no
+// session: what a session spent on node 1 reaches the user's next session on node 2.
+TEST(RouterTest, RateDebtOfAClosedSessionReachesTheNextSessionOnAnotherNode) {
+  Cluster c;
+  const uint64_t user = 83;
+  c.SetOwner(user, 3);
+  c.R(1).RegisterSession(user, Ref(7));
+  ASSERT_TRUE(c.N(1).edge.WaitFor([](RecordingEdge& e) { return e.settled.size() == 1; }));
+  // Nothing was owed yet: the registration is answered with a zero debt.
+  EXPECT_TRUE(c.N(1).edge.Locked([](RecordingEdge& e) { return e.settled[0].debt.zero(); }));
+  c.R(1).UnregisterSession(user, Ref(7), SendDebt(60'000));
+  ASSERT_TRUE(c.links().WaitQuiet());
+  EXPECT_EQ(c.N(3).core->parked_debt_count(), 1u);  // kept by the owner, not by node 1
+
+  c.R(2).RegisterSession(user, Ref(5));
+  ASSERT_TRUE(c.N(2).edge.WaitFor([](RecordingEdge& e) { return e.settled.size() == 1; }));
+  const auto settled = c.N(2).edge.Locked([](RecordingEdge& e) { return e.settled[0]; });
+  EXPECT_EQ(settled.user, user);
+  EXPECT_EQ(settled.to.node, 2u);
+  EXPECT_EQ(settled.to.session, 5u);
+  // Aged by the time it was kept (well under the 60 s owed), never more than owed.
+  EXPECT_GT(settled.debt.ns[0], int64_t{50'000} * 1'000'000);
+  EXPECT_LE(settled.debt.ns[0], int64_t{60'000} * 1'000'000);
+  EXPECT_EQ(c.N(3).core->parked_debt_count(), 0u);  // handed over once, not twice
+}
+
+// A replaced session's debt is not lost in the race with its successor: the owner hands
+// it on to the live session.
+TEST(RouterTest, RateDebtOfAReplacedSessionGoesToItsSuccessor) {
+  Cluster c;
+  const uint64_t user = 84;
+  c.SetOwner(user, 3);
+  c.R(1).RegisterSession(user, Ref(7));
+  ASSERT_TRUE(c.links().WaitQuiet());
+  c.R(2).RegisterSession(user, Ref(5));  // replaces the session on node 1
+  ASSERT_TRUE(c.N(1).edge.WaitFor([](RecordingEdge& e) { return e.replaced.size() == 1; }));
+  ASSERT_TRUE(c.N(2).edge.WaitFor([](RecordingEdge& e) { return e.settled.size() == 1; }));
+  // Node 1's session closes with what it spent while the new one was registering.
+  c.R(1).UnregisterSession(user, Ref(7), SendDebt(20'000));
+  ASSERT_TRUE(c.N(2).edge.WaitFor([](RecordingEdge& e) { return e.settled.size() == 2; }));
+  const auto second = c.N(2).edge.Locked([](RecordingEdge& e) { return e.settled[1]; });
+  EXPECT_EQ(second.to.session, 5u);
+  EXPECT_EQ(second.debt.ns[0], int64_t{20'000} * 1'000'000);
+  EXPECT_EQ(c.N(3).core->parked_debt_count(), 0u);
 }
 
 TEST(RouterTest, ScanAtANewOwnerRegistersTheSessionThereFirst) {

@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdio>
 #include <optional>
@@ -223,6 +224,35 @@ TEST(KeyedSendLimiterTest, BudgetSurvivesReconnect) {
   EXPECT_EQ(k.TryTake(1, kT0 + 10 * kMs).code(), StatusCode::kRateLimited);
 }
 
+// Cluster (issue 15): a user's debt moves between nodes' tables. Taking it leaves the user
+// rested here; adding it elsewhere (another clock origin) limits the user exactly as the
+// original table would have.
+TEST(KeyedSendLimiterTest, DebtTakenFromOneTableLimitsTheUserInAnother) {
+  KeyedSendLimiter here({}, 1024, kSeed);
+  KeyedSendLimiter there({}, 1024, kSeed + 1);
+  const int64_t there_t0 = 77 * kSec;  // another node's monotonic clock
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(here.TryTake(1, kT0).ok());
+  const std::array<int64_t, 2> debt = here.TakeDebt(1, kT0);
+  EXPECT_EQ(debt[0], 20 * 200 * kMs);      // sustained: 20 tokens at 5/s
+  EXPECT_EQ(debt[1], 20 * 50 * kMs);       // peak: 20 tokens at 20/s
+  EXPECT_TRUE(here.TryTake(1, kT0).ok());  // taken out: nothing owed here any more
+  EXPECT_EQ(here.TakeDebt(2, kT0), (std::array<int64_t, 2>{0, 0}));  // never seen: no debt
+
+  ASSERT_TRUE(there.AddDebt(1, there_t0, debt));
+  Status s = there.TryTake(1, there_t0);
+  EXPECT_EQ(s.code(), StatusCode::kRateLimited);
+  EXPECT_EQ(s.retry_after_ms(), 50u);  // as the first table would have said
+  EXPECT_TRUE(there.TryTake(1, there_t0 + 50 * kMs).ok());
+}
+
+TEST(KeyedSendLimiterTest, DebtsAddUp) {
+  // Spent in two places (a replaced session and its successor): both count.
+  KeyedSendLimiter k({}, 1024, kSeed);
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(k.TryTake(1, kT0).ok());
+  ASSERT_TRUE(k.AddDebt(1, kT0, {10 * 200 * kMs, 10 * 50 * kMs}));
+  EXPECT_EQ(k.TryTake(1, kT0).code(), StatusCode::kRateLimited);
+}
+
 TEST(KeyedSendLimiterTest, SweepDropsOnlyRestedUsers) {
   KeyedSendLimiter k({}, 1024, kSeed);
   ASSERT_TRUE(k.TryTake(1, kT0).ok());
@@ -436,8 +466,8 @@ TEST(ConnectionRateLimiterTest, AllowEverythingWithZeroPrefix) {
 
 TEST(ConnectionRateLimiterTest, RejectsMalformedAllowListEntries) {
   ConnectionRateLimiter c({}, kSeed);
-  for (const char* bad : {"1.2.3.4/33", "::1/129", "foo", "1.2.3.4/", "1.2.3.4/-1",
-                          "1.2.3.4/8x", "/8", "1.2.3.0/ 24", "1.2.3.0/0024", ""}) {
+  for (const char* bad : {"1.2.3.4/33", "::1/129", "foo", "1.2.3.4/", "1.2.3.4/-1", "1.2.3.4/8x",
+                          "/8", "1.2.3.0/ 24", "1.2.3.0/0024", ""}) {
     EXPECT_EQ(c.AllowCidr(bad).code(), StatusCode::kBadRequest) << bad;
   }
 }

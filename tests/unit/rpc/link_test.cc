@@ -111,7 +111,7 @@ class FakeCore final : public core::CoreApi {
     std::lock_guard<std::mutex> lock(mu);
     registered.push_back(ref);
   }
-  void UnregisterSession(uint64_t, core::SessionRef) override {}
+  void UnregisterSession(uint64_t, core::SessionRef, const core::RateDebt&) override {}
   bool Typing(uint64_t, const v1::Typing&) override { return true; }
   void Unsubscribe(const core::SessionRef&, const std::vector<uint64_t>&) override {}
   core::PressureReport ReportPressure(double, int64_t) override { return {}; }
@@ -165,6 +165,7 @@ class RecordingSink final : public core::EdgeSink {
     delivered.emplace_back(to, e);
   }
   void Replace(const core::SessionRef&) override {}
+  void SettleRate(const core::SessionRef&, uint64_t, const core::RateDebt&) override {}
   void SendPresence(const core::SessionRef&, const v1::Presence&) override {}
   void SendTyping(const core::SessionRef&, const v1::Typing&) override {}
   size_t count() {
