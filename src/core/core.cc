@@ -140,29 +140,27 @@ void Core::ForgetNode(uint32_t node) {
 
 void Core::Receipt(uint64_t author, const v1::Receipt& r, SendDone done) {
   if (r.type() == v1::READ && directory_ != nullptr && !directory_->Owns(author)) {
-    // The author's settings live on the author's owner: asked for now, awaited on the
-    // author's stripe so that the receipt keeps its place among the author's writes. The
-    // wait is bounded: the directory (cluster::Router) answers within its deadline.
-    auto asked = std::make_shared<std::promise<Result<UserSettings>>>();
-    std::shared_future<Result<UserSettings>> answer = asked->get_future().share();
-    directory_->GetRemoteSettings(
-        author, [asked](Result<UserSettings> s) { asked->set_value(std::move(s)); });
-    InAuthorOrder(author, [this, author, r, answer, done = std::move(done)]() mutable {
-      // The directory answers within its own deadline; this bound only guards against a
-      // directory that lost the request (a worker must not wait forever).
-      constexpr auto kRemoteSettingsWait = std::chrono::seconds(30);
-      if (answer.wait_for(kRemoteSettingsWait) != std::future_status::ready) {
-        done(Unavailable("the author's settings were not answered in time"));
-        return;
-      }
-      Result<UserSettings> a = answer.get();
-      if (!a.ok()) {
-        done(a.status());
-        return;
-      }
-      settings_.Get(r.to_user());
-      AppendReceipt(author, r, std::move(done),
-                    store::UserSettings{a->read_receipts, a->share_presence});
+    // The author's settings live on the author's owner: asked for when the receipt's turn
+    // among the author's writes comes, so that it keeps its place; nothing waits meanwhile.
+    // The directory (cluster::Router) answers every call once, within its deadline.
+    InAuthorOrderAsync(author, [this, author, r, done = std::move(done)](Release release) mutable {
+      directory_->GetRemoteSettings(
+          author, [this, author, r, done = std::move(done),
+                   release = std::move(release)](Result<UserSettings> a) mutable {
+            if (!a.ok()) {
+              done(a.status());
+              release();
+              return;
+            }
+            // On a worker: the recipient's settings may need a store read.
+            readers_.Submit([this, author, r, a = *a, done = std::move(done),
+                             release = std::move(release)]() mutable {
+              settings_.Get(r.to_user());
+              AppendReceipt(author, r, std::move(done),
+                            store::UserSettings{a.read_receipts, a.share_presence});
+              release();
+            });
+          });
     });
     return;
   }
@@ -194,15 +192,54 @@ bool Core::AuthorQueued(uint64_t author) {
 }
 
 void Core::InAuthorOrder(uint64_t author, std::function<void()> job) {
+  InAuthorOrderAsync(author, [job = std::move(job)](Release release) {
+    job();
+    release();
+  });
+}
+
+void Core::InAuthorOrderAsync(uint64_t author, std::function<void(Release)> job) {
   {
     std::lock_guard<std::mutex> lock(author_mu_);
-    ++author_queued_[author];
+    ++author_queued_[author].jobs;
   }
-  writers_.SubmitOrdered(author, [this, author, job = std::move(job)] {
-    job();
+  writers_.SubmitOrdered(author, [this, author, job = std::move(job)]() mutable {
+    EnterLine(author, std::move(job));
+  });
+}
+
+void Core::EnterLine(uint64_t author, std::function<void(Release)> job) {
+  {
+    std::lock_guard<std::mutex> lock(author_mu_);
+    AuthorLine& line = author_queued_[author];
+    if (line.held || !line.parked.empty()) {
+      line.parked.push_back(std::move(job));
+      return;
+    }
+    line.held = true;
+  }
+  job([this, author] { ReleaseLine(author); });
+}
+
+void Core::ReleaseLine(uint64_t author) {
+  std::function<void(Release)> next;
+  {
     std::lock_guard<std::mutex> lock(author_mu_);
     auto it = author_queued_.find(author);
-    if (it != author_queued_.end() && --it->second == 0) author_queued_.erase(it);
+    if (it == author_queued_.end()) return;  // a bug: released twice
+    AuthorLine& line = it->second;
+    line.held = false;
+    if (--line.jobs == 0) {
+      author_queued_.erase(it);
+      return;
+    }
+    if (line.parked.empty()) return;
+    next = std::move(line.parked.front());
+    line.parked.pop_front();
+    line.held = true;  // reserved for `next`: later arrivals park behind it
+  }
+  writers_.SubmitOrdered(author, [this, author, next = std::move(next)]() mutable {
+    next([this, author] { ReleaseLine(author); });
   });
 }
 

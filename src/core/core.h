@@ -25,6 +25,7 @@
 
 #include <array>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <mutex>
 #include <optional>
@@ -175,6 +176,14 @@ class Core final : public CoreApi {
   // One author's calls come from one thread (its one session's loop, or the I/O thread of
   // its edge process's link), so nothing is queued for it between AuthorQueued and the append.
   void InAuthorOrder(uint64_t author, std::function<void()> job);
+  // The same for work that waits for something outside this node (a READ receipt whose
+  // author is owned elsewhere: its settings come over a peer link): `job` runs on the
+  // author's stripe and calls `release` (once, from any thread) when its own write has been
+  // handed to the store; the author's next work starts only then. No thread waits
+  // meanwhile, and neither does anybody else on the stripe: the author's later work is
+  // parked in its line and put back on the stripe by `release`.
+  using Release = std::function<void()>;
+  void InAuthorOrderAsync(uint64_t author, std::function<void(Release)> job);
   bool AuthorQueued(uint64_t author);
   void AppendMessage(uint64_t sender, const v1::Send& send, const std::string& trace_id,
                      const obs::SpanContext& trace, SendDone done);
@@ -210,8 +219,19 @@ class Core final : public CoreApi {
   PresenceService presence_;
   GroupService groups_;
   ClusterDirectory* directory_ = nullptr;  // set once before the first request
+  // One author's line: its jobs not finished (queued, parked or running), whether one is
+  // running or awaiting its release, and those that reached the stripe meanwhile.
+  struct AuthorLine {
+    uint32_t jobs = 0;
+    bool held = false;
+    std::deque<std::function<void(Release)>> parked;
+  };
+  // Runs `job` now if the author's line is free, else parks it behind the line (stripe job).
+  void EnterLine(uint64_t author, std::function<void(Release)> job);
+  // The author's running job is done: the next parked one goes back on the stripe.
+  void ReleaseLine(uint64_t author);
   std::mutex author_mu_;
-  std::unordered_map<uint64_t, uint32_t> author_queued_;  // author -> jobs on its stripe
+  std::unordered_map<uint64_t, AuthorLine> author_queued_;
   // Declared last: destroyed (drained and joined) first, while everything their jobs use
   // is still alive.
   WorkerPool readers_;

@@ -81,12 +81,22 @@ class Link {
   // Answers crossing this link: the next `n` are replaced by UNAVAILABLE (the work was
   // done, its answer lost).
   std::atomic<int> lose_answers{0};
+  // A slow peer: what is posted waits (in order) until Resume().
+  void Hold() {
+    std::lock_guard<std::mutex> lock(mu_);
+    held_ = true;
+  }
+  void Resume() {
+    std::lock_guard<std::mutex> lock(mu_);
+    held_ = false;
+    cv_.notify_all();
+  }
 
  private:
   void Run() {
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
-      cv_.wait(lock, [&] { return stopped_ || !jobs_.empty(); });
+      cv_.wait(lock, [&] { return stopped_ || (!held_ && !jobs_.empty()); });
       if (stopped_) return;
       auto job = std::move(jobs_.front());
       jobs_.pop_front();
@@ -102,6 +112,7 @@ class Link {
   std::deque<std::function<void()>> jobs_;
   bool running_ = false;
   bool stopped_ = false;
+  bool held_ = false;
   std::thread thread_;
 };
 
@@ -734,6 +745,60 @@ TEST(RouterTest, ReadReceiptUsesTheSettingsOfAnAuthorOwnedElsewhere) {
   ASSERT_TRUE(second.ok());
   EXPECT_EQ(second->message_id, 0u);  // dropped: the author turned read receipts off
   EXPECT_EQ(CountKind(c.Inbox(2, to), v1::RECEIPT), 1u);
+}
+
+// A READ receipt whose author is owned elsewhere waits for the author's settings without
+// holding a worker or the writer stripe it shares with other users (issue 15: one user's
+// slow peer must not stall others), and still keeps its place among its author's writes.
+TEST(RouterTest, RemoteSettingsWaitHoldsNoWorkerAndKeepsTheAuthorsOrder) {
+  Cluster c;
+  const uint64_t author = 171, to = 172;
+  const uint64_t neighbour = author + 64;  // same writer stripe on node 2 (key % 64)
+  c.SetOwner(author, 1);
+  c.SetOwner(to, 2);
+  for (uint64_t i = 0; i < 4; ++i) c.SetOwner(neighbour + 64 * i, 2);
+  c.links().Between(1, 2).Hold();  // node 1's answers to node 2 wait
+
+  v1::Receipt r;
+  r.set_to_user(to);
+  r.set_type(v1::READ);
+  r.add_message_ids(5);
+  r.set_idempotency_key("r-held");
+  auto receipt = std::make_shared<std::promise<Result<core::AppendResult>>>();
+  auto receipt_done = receipt->get_future();
+  c.R(2).Receipt(author, r,
+                 [receipt](Result<core::AppendResult> x) { receipt->set_value(std::move(x)); });
+  // The author's next message to the same user queues behind the receipt.
+  auto message = std::make_shared<std::promise<Result<core::AppendResult>>>();
+  auto message_done = message->get_future();
+  c.R(2).Send(author, MakeSend(to, "after the receipt", "m-after"), "",
+              [message](Result<core::AppendResult> x) { message->set_value(std::move(x)); });
+
+  // Every worker and the shared stripe stay free: other users' ordered writes go through
+  // while the settings are on their way (two per write worker, more than the pool has).
+  for (int i = 0; i < 4; ++i) {
+    v1::Settings s;
+    s.set_read_receipts(i % 2 == 0);
+    ASSERT_TRUE(Await<Status>([&](core::CoreApi::StatusDone d) {
+                  c.R(2).UpdateSettings(neighbour + 64 * static_cast<uint64_t>(i), s, std::move(d));
+                }).ok())
+        << "a write on the receipt's stripe waited for another node";
+  }
+  EXPECT_EQ(receipt_done.wait_for(std::chrono::milliseconds(0)), std::future_status::timeout);
+  EXPECT_EQ(message_done.wait_for(std::chrono::milliseconds(0)), std::future_status::timeout);
+
+  c.links().Between(1, 2).Resume();
+  ASSERT_EQ(receipt_done.wait_for(kWait), std::future_status::ready);
+  ASSERT_EQ(message_done.wait_for(kWait), std::future_status::ready);
+  const auto rr = receipt_done.get();
+  const auto mr = message_done.get();
+  ASSERT_TRUE(rr.ok()) << rr.status().ToString();
+  ASSERT_TRUE(mr.ok()) << mr.status().ToString();
+  EXPECT_LT(rr->message_id, mr->message_id);  // the receipt kept its place
+  const auto inbox = c.Inbox(2, to);
+  ASSERT_EQ(inbox.size(), 2u);
+  EXPECT_EQ(inbox[0].kind(), v1::RECEIPT);
+  EXPECT_EQ(inbox[1].body(), "after the receipt");
 }
 
 TEST(RouterTest, OneSessionPerUserAcrossNodes) {
