@@ -29,9 +29,12 @@ Replica::Replica(Options options, DurableState durable)
   IRIS_RELEASE_ASSERT(opts_.write_quorum >= 1 && opts_.write_quorum <= opts_.replicas.size());
   durable_lsn_ = LastLsn();
   commit_lsn_ = snapshot_.lsn;
-  // log_epoch_ stays 0: after a restart the durable log may be half levelled (a Level
-  // truncated and refilled it, then the crash took part of the refill), so it follows no
-  // primary's log until a primary levels it again.
+  // With promised == accepted nothing of a later epoch touched the log (a Level, snapshot
+  // or fetch of a later epoch raises promised first), so the durable log is a prefix of the
+  // log of accepted's primary: a stale Level of that epoch must not cut it back. Otherwise
+  // the log may be half levelled (a Level truncated and refilled it, then the crash took
+  // part of the refill) and follows no primary's log until one levels it again.
+  log_epoch_ = promised_ == accepted_ ? accepted_ : 0;
   highest_seen_ = std::max(promised_, accepted_);
 }
 
@@ -206,6 +209,7 @@ void Replica::OnShipBatch(NodeId from, ShipBatch& m) {
     return;
   }
   Batch& b = m.batch;
+  leader_ = from;
   if (b.lsn <= LastLsn()) {
     if (b.lsn <= snapshot_.lsn || EpochAt(b.lsn) == b.epoch) {
       MaybeAcceptAndAck();  // a duplicate: tell the primary where we are
@@ -218,7 +222,6 @@ void Replica::OnShipBatch(NodeId from, ShipBatch& m) {
     Nack(from, m.epoch);  // a gap (lost or reordered batches): ask to be levelled
     return;
   }
-  leader_ = from;
   log_.push_back(b);
   commit_lsn_ = std::max(commit_lsn_, std::min(m.commit_lsn, LastLsn()));
   Emit(WalAppend{{std::move(b)}});
@@ -624,6 +627,11 @@ void Replica::OnRecord(const ShardRecord& r) {
     default:
       // A lease in my name that no live primary of mine holds (a restart): end it.
       if (r.primary == opts_.self && r.lease_live && r.epoch != 0) Emit(EtcdRevoke{r.epoch});
+      // The failover delay counts from when the lapse is first known (the last tick).
+      if (r.lease_live)
+        lapse_seen_ms_.reset();
+      else if (!lapse_seen_ms_ && have_time_)
+        lapse_seen_ms_ = now_;
       return;
   }
 }
