@@ -171,6 +171,7 @@ class Simulation {
   bool OwnsEpoch(const Node& n, Epoch epoch);
   std::vector<std::string> FullLog(const Node& n) const;
   bool Converged();
+  std::string DiagnoseDivergence();
   void FinalCheck();
 
   // Faults.
@@ -580,6 +581,39 @@ bool Simulation::Converged() {
   return p.replica->CommitLsn() == p.replica->LastLsn();
 }
 
+std::string Simulation::DiagnoseDivergence() {
+  // Committed prefixes must agree pairwise, and the primary must hold every acked append.
+  for (const Node& a : nodes_) {
+    for (const Node& b : nodes_) {
+      if (a.id >= b.id || !a.replica || !b.replica) continue;
+      const std::vector<std::string> la = FullLog(a);
+      const std::vector<std::string> lb = FullLog(b);
+      const size_t n = std::min<size_t>(
+          {static_cast<size_t>(std::min(a.replica->CommitLsn(), b.replica->CommitLsn())), la.size(),
+           lb.size()});
+      for (size_t i = 0; i < n; ++i) {
+        if (la[i] != lb[i]) {
+          return "G1: nodes " + std::to_string(a.id) + " and " + std::to_string(b.id) +
+                 " hold different committed batches at lsn " + std::to_string(i + 1);
+        }
+      }
+    }
+  }
+  if (rec_.epoch == 0 || !N(rec_.primary).replica) return "";
+  const std::vector<std::string> log = FullLog(N(rec_.primary));
+  for (const auto& acked : acked_) {
+    const std::string& key = acked.first;
+    const bool present = std::any_of(log.begin(), log.end(), [&key](const std::string& p) {
+      return p.compare(0, key.size(), key) == 0;
+    });
+    if (!present) {
+      return "G1: acknowledged " + key + " (epoch " + std::to_string(acked.second) +
+             ") is missing from the primary's log";
+    }
+  }
+  return "";
+}
+
 void Simulation::FinalCheck() {
   const Node& p = N(rec_.primary);
   const std::vector<std::string> log = FullLog(p);
@@ -805,9 +839,16 @@ SimResult Simulation::Run() {
       }
     }
     if (why.empty()) why = " the replicas did not converge;";
-    Violation("progress: " + std::to_string(cfg_.heal_ms) + "ms after healing," + why +
-              " etcd epoch " + std::to_string(rec_.epoch) + " primary " +
-              std::to_string(rec_.primary) + (rec_.lease_live ? " (lease live)" : " (no lease)"));
+    // A run that cannot converge may hide a safety violation: name it if so.
+    const std::string unsafe = DiagnoseDivergence();
+    if (!unsafe.empty()) {
+      Violation(unsafe + " (and no progress after healing)");
+      why.clear();
+    }
+    if (!why.empty())
+      Violation("progress: " + std::to_string(cfg_.heal_ms) + "ms after healing," + why +
+                " etcd epoch " + std::to_string(rec_.epoch) + " primary " +
+                std::to_string(rec_.primary) + (rec_.lease_live ? " (lease live)" : " (no lease)"));
   }
   if (cfg_.trace) {
     for (const Node& n : nodes_) {
