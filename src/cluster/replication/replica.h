@@ -1,0 +1,435 @@
+#pragma once
+// Replica: the replication protocol of one shard on one node, as a pure state machine
+// (CLUSTER.md section 5; docs/replication.md). Primary-backup log shipping with
+// (epoch, lsn) fencing, in the Vertical Paxos II / PacificA / Zab family; the only
+// consensus decision is the etcd compare-and-swap of the shard's epoch.
+//
+// Pure: no I/O, no threads, no clock reads, no randomness. Every input is an Event passed
+// to Step(); every output is an Effect returned by it, which the caller carries out IN
+// ORDER before the next Step() of this replica. Time arrives only inside Tick events and
+// is only used for timers (retransmission, failover delay), never for safety.
+//
+//                 lease lapsed (watch) + delay        2 of 3 promises, highest log held,
+//   kBackup ------------------------------------> kCandidate ---- etcd CAS epoch e -> e' -->
+//   kPrimary
+//      ^  ^                                         |  timeout / CAS lost / higher epoch seen   |
+//      |  +-----------------------------------------+                                           |
+//      |        Level / ShipBatch of a higher epoch       higher epoch seen, lease lapsed,      |
+//      +------------------------------------------- kDeposed <------ promise to a successor ---+
+//
+// Durable state (survives a crash; a restart is a new Replica built from it):
+//   promised  the highest epoch this replica promised; it refuses anything older.
+//   accepted  the epoch whose primary's log this replica's durable log follows. Set only
+//             once the log a primary levelled it to is durable (Zab's currentEpoch).
+//   the WAL   snapshot (a compacted committed prefix) + batches, of which the synced prefix
+//             survives a crash (the caller reports it with WalSynced).
+// Elections compare (accepted, durable lsn): see docs/replication.md for why every
+// committed batch is in the log of every later primary.
+//
+// Thread-safety: none; one owner calls Step() and carries out the effects.
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "common/status.h"
+
+namespace iris::cluster::repl {
+
+using NodeId = uint32_t;
+using Epoch = uint64_t;
+using Lsn = uint64_t;
+
+// One shard batch (a group commit's worth of records). `epoch` is the epoch of the primary
+// that created it: (epoch, lsn) names a batch uniquely, in every log that holds it.
+// `payload` (records + dedup entries) and `hlc` (the batch's HLC high-water mark) are
+// opaque: they travel unchanged from the primary to every replica.
+struct Batch {
+  Epoch epoch = 0;
+  Lsn lsn = 0;
+  uint64_t hlc = 0;
+  std::string payload;
+  friend bool operator==(const Batch&, const Batch&) = default;
+};
+
+// A committed prefix of the log compacted into the store's state: `state` holds batches
+// 1..lsn applied (opaque), `epoch`/`hlc` are those of batch `lsn`. lsn 0 = empty.
+struct Snapshot {
+  Lsn lsn = 0;
+  Epoch epoch = 0;
+  uint64_t hlc = 0;
+  std::string state;
+};
+
+// What etcd says about the shard (`shards/<s>` + `leaders/<s>`). `revision` orders records
+// (etcd's mod revision); a replica ignores a record older than one it has seen.
+struct ShardRecord {
+  uint64_t revision = 0;
+  Epoch epoch = 0;
+  NodeId primary = 0;
+  bool lease_live = false;  // leaders/<s> exists (the primary's lease has not lapsed)
+};
+
+// ---- Messages between replicas of one shard -------------------------------------------
+// Any message may be lost, duplicated, delayed or reordered; every handler tolerates that.
+
+// Primary -> backup: one new batch. `commit_lsn`: the primary's commit point.
+struct ShipBatch {
+  Epoch epoch = 0;
+  Batch batch;
+  Lsn commit_lsn = 0;
+};
+// Backup -> primary. ok: the backup durably holds the primary's log of `epoch` up to
+// durable_lsn. !ok: it cannot take the primary's batches as they come; the primary levels
+// it from commit_lsn (a point every log shares) or, if promised > epoch, it is fenced.
+struct BatchAck {
+  Epoch epoch = 0;
+  bool ok = false;
+  Lsn durable_lsn = 0;
+  Epoch promised = 0;
+  Lsn commit_lsn = 0;
+};
+// Primary -> backup: make your log exactly mine (as of sending): keep the common prefix up
+// to from_lsn (whose batch has epoch from_epoch), replace whatever conflicts, add what is
+// missing, drop what I do not have. A backup that cannot match from_lsn answers !ok.
+struct Level {
+  Epoch epoch = 0;
+  Lsn from_lsn = 0;
+  Epoch from_epoch = 0;
+  std::vector<Batch> batches;  // from_lsn + 1 ... the primary's last lsn
+  Lsn commit_lsn = 0;
+};
+// Candidate -> replicas: promise to refuse everything older than `epoch`.
+struct PromiseRequest {
+  Epoch epoch = 0;
+};
+// Replica -> candidate. granted: promised, and reports its durable position.
+struct Promise {
+  Epoch epoch = 0;
+  bool granted = false;
+  Epoch promised = 0;
+  Epoch accepted = 0;
+  Lsn durable_lsn = 0;
+  Lsn commit_lsn = 0;
+};
+// Candidate -> the replica with the highest position: send me your log after from_lsn.
+struct FetchRequest {
+  Epoch epoch = 0;
+  Lsn from_lsn = 0;
+  Epoch from_epoch = 0;
+};
+struct FetchReply {
+  Epoch epoch = 0;
+  bool ok = false;  // false: from_lsn did not match (the candidate gives up this attempt)
+  std::optional<Snapshot> snapshot;  // when from_lsn is older than the sender's snapshot
+  Lsn from_lsn = 0;
+  Epoch from_epoch = 0;
+  std::vector<Batch> batches;
+};
+// The result of a rebuild (state transfer of the primary's committed state, started by a
+// Rebuild effect): the receiver replaces what it holds up to snapshot.lsn.
+struct InstallSnapshot {
+  Epoch epoch = 0;
+  Snapshot snapshot;
+};
+using Message = std::variant<ShipBatch, BatchAck, Level, PromiseRequest, Promise, FetchRequest,
+                             FetchReply, InstallSnapshot>;
+
+// ---- Events (inputs) -------------------------------------------------------------------
+
+// A client append at the primary. `hlc` must exceed HlcHighWater(). Answered by an
+// Acknowledge or a Refuse effect carrying request_id.
+struct ClientAppend {
+  uint64_t request_id = 0;
+  std::string payload;
+  uint64_t hlc = 0;
+};
+// A retried append whose idempotency key the caller found in the log at `lsn`: acknowledge
+// request_id once lsn is committed (at once if it is).
+struct AwaitCommit {
+  uint64_t request_id = 0;
+  Lsn lsn = 0;
+};
+struct Receive {
+  NodeId from = 0;
+  Message message;
+};
+// Every batch up to lsn is durable in the local WAL (after the WalAppend effects so far).
+struct WalSynced {
+  Lsn lsn = 0;
+};
+// The node's clock (ms); may jump either way.
+struct Tick {
+  int64_t now_ms = 0;
+};
+// The answer to an EtcdCas effect for new_epoch.
+struct EtcdTxnResult {
+  Epoch new_epoch = 0;
+  bool succeeded = false;
+  ShardRecord current;
+};
+// A watch event (or the initial read) of the shard record.
+struct EtcdWatch {
+  ShardRecord record;
+};
+// The primary's lease of `epoch` is gone (a keep-alive found it expired).
+struct LeaseLapsed {
+  Epoch epoch = 0;
+};
+// The store compacted batches up to lsn into `state` (lsn <= CommitLsn(), <= DurableLsn()).
+struct CompactLog {
+  Lsn lsn = 0;
+  std::string state;
+};
+using Event = std::variant<ClientAppend, AwaitCommit, Receive, WalSynced, Tick, EtcdTxnResult,
+                           EtcdWatch, LeaseLapsed, CompactLog>;
+
+// ---- Effects (outputs), carried out in order ------------------------------------------
+
+struct Send {
+  NodeId to = 0;
+  Message message;
+};
+// Append to the local WAL and sync; report completion with WalSynced.
+struct WalAppend {
+  std::vector<Batch> batches;
+};
+// Durably drop every batch after after_lsn, before any later effect.
+struct WalTruncate {
+  Lsn after_lsn = 0;
+};
+// Durably replace batches up to snapshot.lsn by the snapshot (later batches stay).
+struct WalCompact {
+  Snapshot snapshot;
+};
+// Durably replace the whole log by the snapshot.
+struct WalInstallSnapshot {
+  Snapshot snapshot;
+};
+// Durably store promised/accepted before any later effect.
+struct PersistMeta {
+  Epoch promised = 0;
+  Epoch accepted = 0;
+};
+// etcd transaction: if shards/<s>.epoch == expected and leaders/<s> is absent, then set
+// epoch = new_epoch, primary = self and create leaders/<s> under a new lease (TTL).
+// Answered by EtcdTxnResult.
+struct EtcdCas {
+  Epoch expected_epoch = 0;
+  Epoch new_epoch = 0;
+  NodeId primary = 0;
+};
+// Keep the lease of `epoch` alive; if it is gone the caller reports LeaseLapsed.
+struct EtcdKeepAlive {
+  Epoch epoch = 0;
+};
+// Revoke the lease of `epoch` (no-op if another epoch's lease is current).
+struct EtcdRevoke {
+  Epoch epoch = 0;
+};
+// Batches first_lsn..last_lsn committed (W durable copies), in lsn order: push and deliver
+// them. Emitted by the primary only, each lsn at most once per Replica instance.
+struct Commit {
+  Epoch epoch = 0;
+  Lsn first_lsn = 0;
+  Lsn last_lsn = 0;
+};
+// Acknowledge these appends to their clients (SEND_ACK): their batches are committed.
+// Emitted only by the primary of `epoch`, right after the Commit that covers them (or at
+// once for an AwaitCommit of a committed lsn).
+struct Acknowledge {
+  Epoch epoch = 0;
+  std::vector<uint64_t> request_ids;
+};
+// These requests were not (or may not have been) acknowledged: answer `status` (retryable
+// kUnavailable / kOverloaded, or kInternal for a caller bug such as a stale hlc).
+struct Refuse {
+  std::vector<uint64_t> request_ids;
+  Status status;
+};
+// `peer` is too far behind (its common point is older than this log's snapshot): copy it
+// the committed state up to `lsn` (batch epoch `epoch`, hlc `hlc`) and deliver it as an
+// InstallSnapshot of `primary_epoch` from this node.
+struct Rebuild {
+  NodeId peer = 0;
+  Epoch primary_epoch = 0;
+  Lsn lsn = 0;
+  Epoch epoch = 0;
+  uint64_t hlc = 0;
+};
+using Effect =
+    std::variant<Send, WalAppend, WalTruncate, WalCompact, WalInstallSnapshot, PersistMeta, EtcdCas,
+                 EtcdKeepAlive, EtcdRevoke, Commit, Acknowledge, Refuse, Rebuild>;
+
+// What survives a crash: the caller rebuilds a Replica from exactly this.
+struct DurableState {
+  Epoch promised = 0;
+  Epoch accepted = 0;
+  Snapshot snapshot;
+  std::vector<Batch> batches;  // snapshot.lsn + 1, ... (contiguous), all synced
+};
+
+// Deliberate bugs, for the simulation's mutation check only (all off in production).
+struct Mutations {
+  bool ack_at_w1 = false;               // commit with the primary's copy alone
+  bool skip_epoch_check = false;        // backups take and ack batches of a lower epoch
+  bool elect_without_majority = false;  // a candidate proceeds on its own promise
+};
+
+struct Options {
+  NodeId self = 0;
+  std::vector<NodeId> replicas;       // N nodes, self included; the same list on every replica
+  size_t write_quorum = 2;            // W; a promise quorum is N - W + 1 so that the two meet
+  int64_t retransmit_ms = 100;        // resend Level / PromiseRequest / FetchRequest
+  int64_t keepalive_ms = 500;         // primary's lease keep-alive period
+  int64_t failover_delay_ms = 50;     // after a lease lapse is seen, before a candidacy
+  int64_t failover_stagger_ms = 300;  // per rank (next in line after the old primary first)
+  int64_t candidate_timeout_ms = 1000;
+  int64_t rebuild_retry_ms = 500;
+  size_t max_inflight = 1024;  // uncommitted batches at the primary before kOverloaded
+  Mutations mutations;
+};
+
+enum class Role { kBackup, kCandidate, kPrimary, kDeposed };
+const char* RoleName(Role role);
+
+class Replica {
+ public:
+  // Starts as kBackup from `durable` (empty for a new replica). Options must list self
+  // among replicas and have 1 <= write_quorum <= replicas.size() (checked: IRIS_RELEASE_ASSERT).
+  Replica(Options options, DurableState durable);
+
+  // Handles one event; the caller carries out the returned effects in order.
+  std::vector<Effect> Step(Event event);
+
+  Role role() const { return role_; }
+  NodeId self() const { return opts_.self; }
+  Epoch promised() const { return promised_; }
+  Epoch accepted() const { return accepted_; }
+  // The epoch this node serves as primary (0 unless kPrimary).
+  Epoch primary_epoch() const { return role_ == Role::kPrimary ? accepted_ : 0; }
+  Lsn LastLsn() const { return snapshot_.lsn + log_.size(); }
+  Lsn DurableLsn() const { return durable_lsn_; }
+  Lsn CommitLsn() const { return commit_lsn_; }
+  const Snapshot& snapshot() const { return snapshot_; }
+  const std::vector<Batch>& batches() const { return log_; }  // snapshot().lsn + 1, ...
+  // The greatest HLC in the log (ids of a new primary start above it).
+  uint64_t HlcHighWater() const;
+  const ShardRecord& record() const { return record_; }
+
+ private:
+  struct Peer {
+    Lsn match = 0;         // durably acked in my epoch
+    Lsn common = 0;        // known to equal my log up to here
+    bool in_sync = false;  // acked ok in my epoch since the last !ok
+    int64_t last_level_ms = INT64_MIN / 2;
+    int64_t last_rebuild_ms = INT64_MIN / 2;
+  };
+  struct Position {
+    Epoch accepted = 0;
+    Lsn lsn = 0;
+    Lsn commit = 0;
+  };
+
+  void OnClientAppend(ClientAppend& e);
+  void OnAwaitCommit(const AwaitCommit& e);
+  void OnReceive(NodeId from, Message& m);
+  void OnShipBatch(NodeId from, ShipBatch& m);
+  void OnBatchAck(NodeId from, const BatchAck& m);
+  void OnLevel(NodeId from, Level& m);
+  void OnPromiseRequest(NodeId from, const PromiseRequest& m);
+  void OnPromise(NodeId from, const Promise& m);
+  void OnFetchRequest(NodeId from, const FetchRequest& m);
+  void OnFetchReply(NodeId from, FetchReply& m);
+  void OnInstallSnapshot(NodeId from, InstallSnapshot& m);
+  void OnWalSynced(const WalSynced& e);
+  void OnTick(const Tick& e);
+  void OnTxnResult(const EtcdTxnResult& e);
+  void OnRecord(const ShardRecord& r);
+  void OnCompact(CompactLog& e);
+
+  // Log helpers.
+  std::optional<Epoch> EpochAt(Lsn lsn) const;  // nullopt: beyond the log or compacted away
+  const Batch& At(Lsn lsn) const { return log_[lsn - snapshot_.lsn - 1]; }
+  void TruncateAfter(Lsn lsn);
+  // Makes the in-memory log follow `batches` after from_lsn (see Level). exact: also drop
+  // whatever lies beyond the last given batch. Returns false if from_lsn does not match.
+  bool Adopt(Lsn from_lsn, Epoch from_epoch, std::vector<Batch>& batches, bool exact);
+  // Takes a snapshot, keeping later batches when they continue it. Durable at once.
+  void TakeSnapshot(Snapshot& s);
+  std::vector<Batch> Slice(Lsn after, Lsn upto) const;
+
+  // Backup side.
+  void MaybeAcceptAndAck();
+  void SendAck(NodeId to, Epoch epoch, bool ok);
+  void Nack(NodeId to, Epoch epoch) { SendAck(to, epoch, false); }
+  // Higher epoch seen: a primary is deposed, a candidate gives up.
+  // primary_exists: e is the epoch of a primary that won its CAS (a candidate of e yields).
+  void SeeEpoch(Epoch e, bool primary_exists);
+  bool Due(int64_t& last_ms, int64_t period_ms);
+  void Persist();
+
+  // Primary side.
+  void BecomePrimary();
+  void SendLevel(NodeId peer);
+  void AdvanceCommit();
+  void Depose(const char* why);
+
+  // Candidate side.
+  void MaybeStartCandidacy();
+  void StartCandidacy();
+  void CandidateProgress();
+  void AbandonCandidacy();
+  size_t PromiseQuorum() const;
+  size_t Rank() const;
+
+  void Emit(Effect e) { out_.push_back(std::move(e)); }
+  void SendTo(NodeId to, Message m) { Emit(Send{to, std::move(m)}); }
+
+  Options opts_;
+  std::vector<Effect> out_;
+
+  // Durable (mirrored by the caller through the effects).
+  Epoch promised_ = 0;
+  Epoch accepted_ = 0;
+  Snapshot snapshot_;
+  std::vector<Batch> log_;
+
+  // Volatile.
+  Role role_ = Role::kBackup;
+  Lsn durable_lsn_ = 0;
+  Lsn commit_lsn_ = 0;
+  Epoch log_epoch_ = 0;  // in memory: my log is a prefix of this epoch's primary's log
+  static constexpr Lsn kNever = ~Lsn{0};
+  Lsn accept_at_ = kNever;        // accepted_ := log_epoch_ once durable up to here (set by Level)
+  std::optional<NodeId> leader_;  // the primary of log_epoch_
+  ShardRecord record_;
+  bool record_known_ = false;
+  int64_t now_ = 0;
+  bool have_time_ = false;
+
+  // Backup: failover timer.
+  std::optional<int64_t> lapse_seen_ms_;
+
+  // Candidate.
+  Epoch cand_epoch_ = 0;
+  Epoch cand_expected_ = 0;
+  int64_t cand_started_ms_ = 0;
+  int64_t cand_last_send_ms_ = 0;
+  std::map<NodeId, Position> promises_;
+  Epoch highest_seen_ = 0;  // the highest epoch heard of (next candidacy goes above)
+  std::optional<NodeId> best_;
+  bool fetched_ = false;
+  Lsn fetch_target_ = 0;
+  bool cas_sent_ = false;
+
+  // Primary.
+  std::map<NodeId, Peer> peers_;
+  std::map<Lsn, std::vector<uint64_t>> waiting_;  // lsn -> request ids
+  int64_t last_keepalive_ms_ = INT64_MIN / 2;
+};
+
+}  // namespace iris::cluster::repl

@@ -1,0 +1,149 @@
+// Scenario tests of the replication state machine (cluster/replication/replica.h): single
+// steps whose effects are checked one by one. The simulation covers the interleavings.
+
+#include "cluster/replication/replica.h"
+
+#include <gtest/gtest.h>
+
+#include <vector>
+
+namespace iris::cluster::repl {
+namespace {
+
+template <typename T>
+std::vector<T> All(const std::vector<Effect>& effects) {
+  std::vector<T> out;
+  for (const Effect& e : effects) {
+    if (const T* t = std::get_if<T>(&e)) out.push_back(*t);
+  }
+  return out;
+}
+
+template <typename M>
+std::vector<M> Sent(const std::vector<Effect>& effects, NodeId to) {
+  std::vector<M> out;
+  for (const Send& s : All<Send>(effects)) {
+    if (s.to != to) continue;
+    if (const M* m = std::get_if<M>(&s.message)) out.push_back(*m);
+  }
+  return out;
+}
+
+Options Opts(NodeId self) {
+  Options o;
+  o.self = self;
+  o.replicas = {1, 2, 3};
+  o.write_quorum = 2;
+  return o;
+}
+
+// Node 1 wins epoch 1 of an empty shard with node 2's promise.
+Replica MakePrimary() {
+  Replica r(Opts(1), DurableState{});
+  (void)r.Step(Tick{0});
+  (void)r.Step(EtcdWatch{ShardRecord{1, 0, 0, false}});
+  std::vector<Effect> fx = r.Step(Tick{1000});
+  EXPECT_EQ(r.role(), Role::kCandidate);
+  EXPECT_EQ(Sent<PromiseRequest>(fx, 2).size(), 1u);
+  fx = r.Step(Receive{2, Promise{1, true, 1, 0, 0, 0}});
+  EXPECT_EQ(All<EtcdCas>(fx).size(), 1u);
+  (void)r.Step(EtcdTxnResult{1, true, ShardRecord{2, 1, 1, true}});
+  EXPECT_EQ(r.role(), Role::kPrimary);
+  return r;
+}
+
+TEST(ReplicaTest, PrimaryAcknowledgesOnlyOnceWCopiesAreDurable) {
+  Replica p = MakePrimary();
+  std::vector<Effect> fx = p.Step(ClientAppend{7, "m1", 100});
+  ASSERT_EQ(All<WalAppend>(fx).size(), 1u);
+  EXPECT_EQ(Sent<ShipBatch>(fx, 2).size(), 1u);
+  EXPECT_EQ(Sent<ShipBatch>(fx, 3).size(), 1u);
+  // The primary's own copy alone: nothing committed.
+  fx = p.Step(WalSynced{1});
+  EXPECT_TRUE(All<Commit>(fx).empty());
+  EXPECT_TRUE(All<Acknowledge>(fx).empty());
+  // A second durable copy: committed and acknowledged.
+  fx = p.Step(Receive{2, BatchAck{1, true, 1, 1, 0}});
+  ASSERT_EQ(All<Acknowledge>(fx).size(), 1u);
+  EXPECT_EQ(All<Acknowledge>(fx)[0].request_ids, std::vector<uint64_t>{7});
+  EXPECT_EQ(p.CommitLsn(), 1u);
+}
+
+TEST(ReplicaTest, BackupAcknowledgesOnlyAfterItsWalSync) {
+  Replica b(Opts(2), DurableState{});
+  std::vector<Effect> fx = b.Step(Receive{1, Level{1, 0, 0, {}, 0}});
+  ASSERT_EQ(Sent<BatchAck>(fx, 1).size(), 1u);  // levelled (empty log): follows epoch 1
+  EXPECT_EQ(b.accepted(), 1u);
+  fx = b.Step(Receive{1, ShipBatch{1, Batch{1, 1, 100, "m1"}, 0}});
+  EXPECT_EQ(All<WalAppend>(fx).size(), 1u);
+  EXPECT_TRUE(Sent<BatchAck>(fx, 1).empty());
+  fx = b.Step(WalSynced{1});
+  ASSERT_EQ(Sent<BatchAck>(fx, 1).size(), 1u);
+  EXPECT_TRUE(Sent<BatchAck>(fx, 1)[0].ok);
+  EXPECT_EQ(Sent<BatchAck>(fx, 1)[0].durable_lsn, 1u);
+}
+
+TEST(ReplicaTest, BackupRefusesBatchesOlderThanItsPromise) {
+  Replica b(Opts(2), DurableState{});
+  (void)b.Step(Receive{1, Level{1, 0, 0, {}, 0}});
+  std::vector<Effect> fx = b.Step(Receive{3, PromiseRequest{2}});
+  ASSERT_EQ(Sent<Promise>(fx, 3).size(), 1u);
+  EXPECT_TRUE(Sent<Promise>(fx, 3)[0].granted);
+  ASSERT_FALSE(All<PersistMeta>(fx).empty());  // the promise is durable before it leaves
+  fx = b.Step(Receive{1, ShipBatch{1, Batch{1, 1, 100, "m1"}, 0}});
+  EXPECT_TRUE(All<WalAppend>(fx).empty());
+  ASSERT_EQ(Sent<BatchAck>(fx, 1).size(), 1u);
+  EXPECT_FALSE(Sent<BatchAck>(fx, 1)[0].ok);
+  EXPECT_EQ(Sent<BatchAck>(fx, 1)[0].promised, 2u);
+}
+
+TEST(ReplicaTest, DeposedPrimaryAcknowledgesNothing) {
+  Replica p = MakePrimary();
+  (void)p.Step(ClientAppend{7, "m1", 100});
+  (void)p.Step(WalSynced{1});
+  // A backup promised epoch 2 to someone else and says so.
+  std::vector<Effect> fx = p.Step(Receive{3, BatchAck{1, false, 0, 2, 0}});
+  EXPECT_EQ(p.role(), Role::kDeposed);
+  ASSERT_EQ(All<Refuse>(fx).size(), 1u);
+  EXPECT_EQ(All<Refuse>(fx)[0].status.code(), StatusCode::kUnavailable);
+  EXPECT_EQ(All<EtcdRevoke>(fx).size(), 1u);
+  // A late ok from the other backup commits nothing any more.
+  fx = p.Step(Receive{2, BatchAck{1, true, 1, 1, 0}});
+  EXPECT_TRUE(All<Commit>(fx).empty());
+  EXPECT_TRUE(All<Acknowledge>(fx).empty());
+  fx = p.Step(ClientAppend{8, "m2", 200});
+  ASSERT_EQ(All<Refuse>(fx).size(), 1u);
+}
+
+TEST(ReplicaTest, CandidateNeedsAPromiseQuorumBeforeItsCas) {
+  Replica r(Opts(1), DurableState{});
+  (void)r.Step(Tick{0});
+  (void)r.Step(EtcdWatch{ShardRecord{1, 0, 0, false}});
+  std::vector<Effect> fx = r.Step(Tick{1000});
+  EXPECT_TRUE(All<EtcdCas>(fx).empty());                   // its own promise is not enough
+  fx = r.Step(Receive{2, Promise{1, false, 5, 0, 0, 0}});  // refused: promised 5 elsewhere
+  EXPECT_TRUE(All<EtcdCas>(fx).empty());
+  EXPECT_EQ(r.role(), Role::kBackup);
+}
+
+TEST(ReplicaTest, CandidateFetchesTheHighestLogBeforeItsCas) {
+  Replica r(Opts(1), DurableState{});
+  (void)r.Step(Tick{0});
+  (void)r.Step(EtcdWatch{ShardRecord{1, 3, 3, false}});  // epoch 3's primary lapsed
+  (void)r.Step(Tick{1000});
+  ASSERT_EQ(r.role(), Role::kCandidate);
+  // Node 2 followed epoch 3 up to lsn 2: it holds more than this candidate.
+  std::vector<Effect> fx = r.Step(Receive{2, Promise{4, true, 4, 3, 2, 0}});
+  EXPECT_TRUE(All<EtcdCas>(fx).empty());
+  ASSERT_EQ(Sent<FetchRequest>(fx, 2).size(), 1u);
+  fx = r.Step(Receive{
+      2, FetchReply{4, true, std::nullopt, 0, 0, {Batch{3, 1, 10, "a"}, Batch{3, 2, 20, "b"}}}});
+  EXPECT_EQ(All<WalAppend>(fx).size(), 1u);
+  EXPECT_TRUE(All<EtcdCas>(fx).empty());  // not before the fetched tail is durable
+  fx = r.Step(WalSynced{2});
+  ASSERT_EQ(All<EtcdCas>(fx).size(), 1u);
+  EXPECT_EQ(All<EtcdCas>(fx)[0].new_epoch, 4u);
+}
+
+}  // namespace
+}  // namespace iris::cluster::repl
