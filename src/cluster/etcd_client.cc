@@ -8,6 +8,7 @@
 
 namespace iris::cluster {
 
+using obs::LogError;
 using obs::LogInfo;
 using obs::LogWarn;
 namespace {
@@ -500,6 +501,18 @@ bool EtcdWatch::RunStream() {
       }
       const json& r = j["result"];
       if (r.value("created", false) && !connected) {
+        // etcd's history went back (restored from an older snapshot, or wiped): the
+        // revision to resume from will not come for a long time, and what it then brings is
+        // another history. Treated as compaction: the caller re-reads everything.
+        const int64_t current = r.contains("header") ? Int(r["header"], "revision") : int64_t{0};
+        if (current > 0 && current + 1 < next_revision_.load()) {
+          LogError(
+              "etcd watch: etcd's revision is behind what was already seen (etcd was "
+              "restored or replaced); re-reading",
+              {{"prefix", prefix_}, {"revision", current}, {"seen", next_revision_.load() - 1}});
+          if (callbacks_.on_compacted) callbacks_.on_compacted(current);
+          return false;
+        }
         connected = true;
         if (callbacks_.on_connection) callbacks_.on_connection(true);
       }

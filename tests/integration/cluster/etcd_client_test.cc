@@ -6,6 +6,7 @@
 
 #include <csignal>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -253,6 +254,33 @@ TEST_F(EtcdClientTest, WatchReportsCompactionSoTheCallerReReads) {
   watch.Stop();
   std::lock_guard<std::mutex> l(seen.mu);
   EXPECT_EQ(seen.compacted, last);
+  EXPECT_TRUE(seen.events.empty());
+}
+
+// etcd replaced by one with a shorter history (restored from an older snapshot, or wiped):
+// the revision a watch would resume from is far ahead of etcd's, so waiting for it would
+// wait forever. The watch reports it like a compaction and the caller re-reads.
+TEST_F(EtcdClientTest, WatchReportsAnEtcdWhoseHistoryWentBack) {
+  int64_t last = 0;
+  for (int i = 0; i < 20; ++i) last = client_->Put("/h/k", std::to_string(i)).value();
+  Seen seen;
+  EtcdWatch watch(*client_, "/h/", last + 1, seen.Callbacks());
+  watch.Start();
+  ASSERT_TRUE(WaitFor([&] {
+    std::lock_guard<std::mutex> l(seen.mu);
+    return seen.connects > 0;
+  }));
+  etcd_.Stop();
+  std::filesystem::remove_all(etcd_.dir() + "/data");  // a new etcd: revision 1
+  ASSERT_TRUE(etcd_.Start());
+  ASSERT_TRUE(WaitFor([&] {
+    std::lock_guard<std::mutex> l(seen.mu);
+    return seen.compacted != 0;
+  })) << "the watch kept waiting for revision "
+      << last + 1;
+  watch.Stop();
+  std::lock_guard<std::mutex> l(seen.mu);
+  EXPECT_LT(seen.compacted, last);  // the new etcd's revision, for the caller's re-read
   EXPECT_TRUE(seen.events.empty());
 }
 
