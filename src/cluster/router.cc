@@ -1,6 +1,7 @@
 #include "cluster/router.h"
 
 #include <algorithm>
+#include <limits>
 #include <utility>
 
 #include "core/groups.h"
@@ -273,11 +274,62 @@ void Router::TimerLoop() {
 template <typename R>
 void Router::Route(uint64_t id,
                    std::function<void(NodeId, core::CoreApi&, std::function<void(R)>)> op,
-                   std::function<void(R)> done) {
+                   std::function<void(R)> done, uint64_t sender) {
   auto p = std::make_shared<Pending<R>>(Pending<R>{id, std::move(op), std::move(done),
                                                    Clock::now() + options_.deadline,
                                                    options_.initial_backoff});
+  if (sender != 0) {
+    uint64_t seq = 0;
+    {
+      std::lock_guard<std::mutex> lock(lines_mu_);
+      SenderLine& line = lines_[sender];
+      seq = line.next_seq++;
+      ++line.open;
+    }
+    p->sender = sender;
+    p->seq = seq;
+    p->done = [this, sender, seq, done = std::move(p->done)](R r) mutable {
+      LeaveLine(sender, seq);
+      done(std::move(r));
+    };
+  }
   Attempt(std::move(p));
+}
+
+bool Router::ParkBehindRetries(uint64_t sender, uint64_t seq, std::function<void()> attempt) {
+  std::lock_guard<std::mutex> lock(lines_mu_);
+  auto it = lines_.find(sender);
+  if (it == lines_.end()) return false;
+  SenderLine& line = it->second;
+  if (line.retrying.empty() || *line.retrying.begin() >= seq) return false;
+  line.parked.emplace(seq, std::move(attempt));
+  return true;
+}
+
+void Router::MarkRetrying(uint64_t sender, uint64_t seq) {
+  std::lock_guard<std::mutex> lock(lines_mu_);
+  lines_[sender].retrying.insert(seq);
+}
+
+void Router::LeaveLine(uint64_t sender, uint64_t seq) {
+  std::vector<std::function<void()>> resume;
+  {
+    std::lock_guard<std::mutex> lock(lines_mu_);
+    auto it = lines_.find(sender);
+    if (it == lines_.end()) return;
+    SenderLine& line = it->second;
+    line.retrying.erase(seq);
+    // Everything parked before the first write still being retried may go, in order.
+    const uint64_t bound =
+        line.retrying.empty() ? std::numeric_limits<uint64_t>::max() : *line.retrying.begin();
+    while (!line.parked.empty() && line.parked.begin()->first <= bound) {
+      resume.push_back(std::move(line.parked.begin()->second));
+      line.parked.erase(line.parked.begin());
+    }
+    if (--line.open == 0) lines_.erase(it);
+  }
+  // From the timer thread, in order (not inline: this may run on a link's I/O thread).
+  for (auto& attempt : resume) After(std::chrono::milliseconds(0), std::move(attempt));
 }
 
 template <typename R>
@@ -288,6 +340,10 @@ void Router::Attempt(std::shared_ptr<Pending<R>> p) {
       p->done(R(Unavailable("the node is shutting down")));
       return;
     }
+  }
+  if (p->sender != 0 &&
+      ParkBehindRetries(p->sender, p->seq, [this, p]() mutable { Attempt(std::move(p)); })) {
+    return;
   }
   const std::optional<NodeId> owner = routes_.OwnerOf(p->id);
   core::CoreApi* target = owner ? CoreOf(*owner) : nullptr;
@@ -318,6 +374,7 @@ void Router::RetryLater(std::shared_ptr<Pending<R>> p, const Status& why) {
   }
   p->backoff = std::min(p->backoff * 2, options_.max_backoff);
   Count(&RouterStats::retries);
+  if (p->sender != 0) MarkRetrying(p->sender, p->seq);
   After(delay, [this, p]() mutable { Attempt(std::move(p)); });
 }
 
@@ -404,7 +461,7 @@ void Router::Send(uint64_t sender, const v1::Send& send, const std::string& trac
       [sender, send, trace_id, parent_span_id](NodeId, core::CoreApi& c, SendDone d) {
         c.Send(sender, send, trace_id, std::move(d), parent_span_id);
       },
-      std::move(done));
+      std::move(done), sender);
 }
 
 void Router::Receipt(uint64_t author, const v1::Receipt& receipt, SendDone done) {
@@ -413,7 +470,7 @@ void Router::Receipt(uint64_t author, const v1::Receipt& receipt, SendDone done)
       [author, receipt](NodeId, core::CoreApi& c, SendDone d) {
         c.Receipt(author, receipt, std::move(d));
       },
-      std::move(done));
+      std::move(done), author);
 }
 
 void Router::UpdateSettings(uint64_t user, const v1::Settings& settings, StatusDone done) {

@@ -36,6 +36,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -158,6 +159,7 @@ class Router final : public core::CoreApi, public core::EdgeSink, public core::C
   class IncomingSink;
 
   // A routed request: `op` runs against the core that owns `id`, again on each retry.
+  // `sender` (0: none) puts it in that sender's line (SenderLine), `seq` is its place there.
   template <typename R>
   struct Pending {
     uint64_t id;
@@ -165,10 +167,32 @@ class Router final : public core::CoreApi, public core::EdgeSink, public core::C
     std::function<void(R)> done;
     std::chrono::steady_clock::time_point deadline;
     std::chrono::milliseconds backoff;
+    uint64_t sender = 0;
+    uint64_t seq = 0;
   };
   template <typename R>
   void Route(uint64_t id, std::function<void(NodeId, core::CoreApi&, std::function<void(R)>)> op,
-             std::function<void(R)> done);
+             std::function<void(R)> done, uint64_t sender = 0);
+
+  // One sender's writes into inboxes (SEND, RECEIPT) in the order the sender made them.
+  // They go out at once, pipelined; but once one has to be retried, the sender's writes
+  // made after it wait (parked) until it is answered, and so do their own retries: a retry
+  // can never put a later message before an earlier one (docs/architecture.md, "Routing
+  // between nodes").
+  struct SenderLine {
+    uint64_t next_seq = 0;
+    uint64_t open = 0;                                 // routed, not answered yet
+    std::set<uint64_t> retrying;                       // seqs being retried
+    std::map<uint64_t, std::function<void()>> parked;  // seq -> its attempt
+  };
+  // Whether `seq` of `sender` must wait behind an earlier write being retried; if so it is
+  // parked with `attempt`.
+  bool ParkBehindRetries(uint64_t sender, uint64_t seq, std::function<void()> attempt);
+  void MarkRetrying(uint64_t sender, uint64_t seq);
+  // `seq` of `sender` is answered: the writes it held back go out, in order.
+  void LeaveLine(uint64_t sender, uint64_t seq);
+  std::mutex lines_mu_;
+  std::unordered_map<uint64_t, SenderLine> lines_;
   // AppendRemote: every owner's share, each retried on its own (re-split on a retry).
   void AppendShares(uint64_t sender, const std::string& key, std::vector<v1::Envelope> envelopes,
                     SendDone done, std::chrono::steady_clock::time_point deadline,

@@ -25,6 +25,7 @@
 #include "core/core.h"
 #include "core/groups.h"
 #include "store/inbox_store.h"
+#include "support/wait_for.h"
 
 namespace iris::cluster {
 namespace {
@@ -799,6 +800,43 @@ TEST(RouterTest, RemoteSettingsWaitHoldsNoWorkerAndKeepsTheAuthorsOrder) {
   ASSERT_EQ(inbox.size(), 2u);
   EXPECT_EQ(inbox[0].kind(), v1::RECEIPT);
   EXPECT_EQ(inbox[1].body(), "after the receipt");
+}
+
+// Pipelined sends of one sender: the first finds no reachable owner and is retried; the
+// second is made once the owner is back. The second must not overtake the first: it waits
+// in the sender's line until the first is answered (issue 15).
+TEST(RouterTest, ARetriedSendIsNotOvertakenByTheSendersNextOne) {
+  Cluster c;
+  const uint64_t sender = 181, to = 182;
+  c.SetOwner(to, 9);  // a node nobody can reach: every attempt is retried
+  auto first = std::make_shared<std::promise<Result<core::AppendResult>>>();
+  auto first_done = first->get_future();
+  c.R(1).Send(sender, MakeSend(to, "first", "k-first"), "",
+              [first](Result<core::AppendResult> r) { first->set_value(std::move(r)); });
+  // Retried a few times: its backoff is now several milliseconds.
+  ASSERT_TRUE(iris::testing::PollUntil([&] { return c.R(1).Stats().retries >= 4; }, 10'000));
+  c.SetOwner(to, 2);
+  auto second = SendVia(c.R(1), sender, MakeSend(to, "second", "k-second"));
+  ASSERT_EQ(first_done.wait_for(kWait), std::future_status::ready);
+  const auto f = first_done.get();
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  EXPECT_LT(f->message_id, second->message_id);
+  const auto inbox = c.Inbox(2, to);
+  ASSERT_EQ(inbox.size(), 2u);
+  EXPECT_EQ(inbox[0].body(), "first");
+  EXPECT_EQ(inbox[1].body(), "second");
+  // Another sender is not held back by this sender's retries.
+  c.SetOwner(to, 9);
+  auto stuck = std::make_shared<std::promise<Result<core::AppendResult>>>();
+  auto stuck_done = stuck->get_future();
+  c.R(1).Send(sender, MakeSend(to, "third", "k-third"), "",
+              [stuck](Result<core::AppendResult> r) { stuck->set_value(std::move(r)); });
+  c.SetOwner(183, 2);
+  EXPECT_TRUE(SendVia(c.R(1), 184, MakeSend(183, "other sender", "k-other")).ok());
+  c.SetOwner(to, 2);
+  ASSERT_EQ(stuck_done.wait_for(kWait), std::future_status::ready);
+  EXPECT_TRUE(stuck_done.get().ok());
 }
 
 TEST(RouterTest, OneSessionPerUserAcrossNodes) {
