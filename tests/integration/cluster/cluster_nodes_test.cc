@@ -178,16 +178,8 @@ TEST_F(ClusterTest, CatchUpRacingSendsAcrossNodesLosesNothing) {
     ASSERT_TRUE(d.ParseFromString(f.payload));
     got.push_back(d.message());
   }
-  std::set<uint64_t> ids;
-  for (int i = 0; i < kBefore + kDuring; ++i) {
-    EXPECT_EQ(got[i].body(), std::to_string(i)) << "at " << i;
-    EXPECT_TRUE(ids.insert(got[i].id()).second) << "duplicate id";
-    if (i > 0) {
-      EXPECT_LT(got[i - 1].id(), got[i].id());
-    }
-  }
-  auto extra = b->Next(300);
-  EXPECT_FALSE(extra.ok() && extra->opcode == Op(wire::Opcode::kDeliver)) << "an extra DELIVER";
+  EXPECT_TRUE(DeliveredOnceInOrder(got, kBefore + kDuring));
+  EXPECT_TRUE(NoFurtherDeliver(*b));
 }
 
 // Groups across nodes: the group's home (the owner of its id) fans a send out to members
