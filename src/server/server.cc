@@ -296,6 +296,32 @@ std::variant<Revocation, net::http::HttpResponse> ParseRevocation(const net::htt
                       R"j({"error":"give jti, or user (and before_ms)"})j"};
 }
 
+// The incarnation of the node's last process that claimed its cluster registration
+// (Membership's claim rule: a restarted node may take over a key its previous process still
+// holds). Written before each claim; "" when absent.
+std::string NodeIncarnationFile(const std::string& data_dir) {
+  return data_dir + "/cluster-incarnation";
+}
+
+std::string ReadNodeIncarnation(const std::string& path) {
+  std::ifstream in(path);
+  std::string v;
+  if (!(in >> v)) return "";
+  return v;
+}
+
+Status WriteNodeIncarnation(const std::string& path, const std::string& incarnation) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << incarnation << "\n";
+    out.close();
+    if (!out) return Internal("cannot write " + tmp);
+  }
+  if (rename(tmp.c_str(), path.c_str()) != 0) return Internal("cannot rename " + tmp);
+  return Status::Ok();
+}
+
 // Where the core process reaches an edge process's admin server: the admin host, a wildcard
 // replaced by loopback.
 std::optional<obs::ScrapeTarget> ReadEdgeAdminFile(const std::string& path,
@@ -1019,6 +1045,12 @@ Status Server::JoinCluster() {
   IRIS_ASSIGN_OR_RETURN(o.self.admin, with_port(c.admin_listen, admin_port()));
   // Tokens live at most 24 h (plus leeway): a revocation is kept that long in etcd.
   o.revocation_ttl_s = 86'400 + c.jwt_leeway_s;
+  // Recorded before the claim, so that a crash right after it still lets the next process
+  // of this node take the key over.
+  const std::string incarnation_file = NodeIncarnationFile(c.data_dir);
+  o.previous_incarnation = ReadNodeIncarnation(incarnation_file);
+  o.self.incarnation = cluster::NewNodeIncarnation();
+  IRIS_RETURN_IF_ERROR(WriteNodeIncarnation(incarnation_file, o.self.incarnation));
   cluster::ClusterView::Callbacks cb;
   cb.on_node_up = [&m](const cluster::NodeInfo& n) {
     if (m.peers && n.role == cluster::NodeRole::kStorage) m.peers->Want(n.id);
