@@ -17,7 +17,8 @@ ClusterNode::ClusterNode(ClusterNodeOptions options, ClusterKeys keys,
                          std::unique_ptr<EtcdClient> client, ClusterView::Callbacks callbacks)
     : options_(std::move(options)), keys_(std::move(keys)), client_(std::move(client)) {
   view_ = std::make_unique<ClusterView>(*client_, keys_, std::move(callbacks));
-  membership_ = std::make_unique<Membership>(*client_, keys_, options_.self, options_.lease_ttl_s);
+  membership_ = std::make_unique<Membership>(*client_, keys_, options_.self, options_.lease_ttl_s,
+                                             options_.previous_incarnation);
   if (options_.self.role == NodeRole::kStorage) {
     controller_ = std::make_unique<PlacementController>(*client_, keys_, options_.self.id,
                                                         options_.lease_ttl_s);
@@ -27,15 +28,21 @@ ClusterNode::ClusterNode(ClusterNodeOptions options, ClusterKeys keys,
 ClusterNode::~ClusterNode() { Stop(); }
 
 Status ClusterNode::Start() {
-  IRIS_RETURN_IF_ERROR(view_->Start());
+  // The node id first: a process refused here has done nothing yet in the cluster (no view,
+  // so no peer links dialled under a node id another process holds).
+  IRIS_RETURN_IF_ERROR(membership_->Start());
+  if (Status s = view_->Start(); !s.ok()) {
+    membership_->Stop();
+    return s;
+  }
   if (!view_->snapshot()->configured()) {
     view_->Stop();
+    membership_->Stop();
     return BadRequest("cluster '" + options_.cluster +
                       "' is not initialised in etcd; run `irisctl cluster init --etcd ... "
                       "--cluster " +
                       options_.cluster + "` first");
   }
-  membership_->Start();
   if (controller_) controller_->Start();
   started_ = true;
   return Status::Ok();

@@ -27,8 +27,11 @@ namespace iris::cluster {
 
 struct ClusterNodeOptions {
   EtcdOptions etcd;
-  std::string cluster;                // --cluster
-  NodeInfo self;                      // id, addresses, role
+  std::string cluster;  // --cluster
+  NodeInfo self;        // id, addresses, role, incarnation (Membership)
+  // The incarnation of this node's previous process, from its data directory ("" if none):
+  // it may still hold the node's key (Membership's claim rule).
+  std::string previous_incarnation;
   int64_t lease_ttl_s = 3;            // node and controller leases
   int64_t revocation_ttl_s = 86'400;  // the longest token lifetime (tokens live <= 24 h)
 };

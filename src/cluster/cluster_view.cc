@@ -31,10 +31,7 @@ Result<ClusterState> ClusterView::Load(EtcdClient& client, const ClusterKeys& ke
   return state;
 }
 
-Status ClusterView::Start() {
-  IRIS_ASSIGN_OR_RETURN(ClusterState state, Load(client_, keys_));
-  const int64_t next = state.revision + 1;
-  Publish(std::move(state));
+void ClusterView::StartWatch(int64_t from_revision) {
   EtcdWatch::Callbacks cb;
   cb.on_events = [this](const std::vector<WatchEvent>& events, int64_t revision) {
     OnEvents(events, revision);
@@ -45,8 +42,15 @@ Status ClusterView::Start() {
     cv_.notify_all();
   };
   cb.on_connection = [this](bool connected) { SetStale(!connected); };
-  watch_ = std::make_unique<EtcdWatch>(client_, keys_.prefix(), next, cb);
+  watch_ = std::make_unique<EtcdWatch>(client_, keys_.prefix(), from_revision, cb);
   watch_->Start();
+}
+
+Status ClusterView::Start() {
+  IRIS_ASSIGN_OR_RETURN(ClusterState state, Load(client_, keys_));
+  const int64_t next = state.revision + 1;
+  Publish(std::move(state));
+  StartWatch(next);
   supervisor_ = std::thread([this] { Supervise(); });
   return Status::Ok();
 }
@@ -97,18 +101,7 @@ void ClusterView::Supervise() {
     const int64_t next = state->revision + 1;
     LogInfo("cluster view: re-read after compaction", {{"revision", state->revision}});
     Publish(std::move(*state));
-    EtcdWatch::Callbacks cb;
-    cb.on_events = [this](const std::vector<WatchEvent>& events, int64_t revision) {
-      OnEvents(events, revision);
-    };
-    cb.on_compacted = [this](int64_t) {
-      std::lock_guard<std::mutex> l(mu_);
-      reload_ = true;
-      cv_.notify_all();
-    };
-    cb.on_connection = [this](bool connected) { SetStale(!connected); };
-    watch_ = std::make_unique<EtcdWatch>(client_, keys_.prefix(), next, cb);
-    watch_->Start();
+    StartWatch(next);
     SetStale(false);
     lock.lock();
   }

@@ -73,6 +73,9 @@ class ClusterView {
 
  private:
   void Supervise();  // re-reads after a compaction
+  // A new watch_ of every key from `from_revision` on: events go to OnEvents, a compaction
+  // asks Supervise to re-read, the stream's state sets stale. Precondition: no watch_ runs.
+  void StartWatch(int64_t from_revision);
   void OnEvents(const std::vector<WatchEvent>& events, int64_t revision);
   // Publishes `next` (under apply_mu_) and fires callbacks for what differs from state_.
   void Publish(ClusterState next);

@@ -392,6 +392,7 @@ void LeaseKeeper::Run() {
     auto r = client_.LeaseKeepAliveOnce(lease_.id);
     if (r.ok()) {
       last_ok = NowMs();
+      renewals_.fetch_add(1);
       wait_ms = interval_ms;
       continue;
     }

@@ -170,6 +170,8 @@ class LeaseKeeper {
   void Start();
   void Stop();  // waits for the thread; idempotent
   bool lost() const { return lost_.load(); }
+  // Renewals etcd has accepted since Start(). Thread-safe.
+  int64_t renewals() const { return renewals_.load(); }
   const Lease& lease() const { return lease_; }
 
  private:
@@ -181,6 +183,7 @@ class LeaseKeeper {
   std::condition_variable cv_;
   bool stop_ = false;  // guarded by mu_
   std::atomic<bool> lost_{false};
+  std::atomic<int64_t> renewals_{0};
   std::thread thread_;
 };
 

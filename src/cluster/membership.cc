@@ -1,5 +1,8 @@
 #include "cluster/membership.h"
 
+#include <cstdio>
+#include <random>
+
 #include "common/clock.h"
 #include "obs/log.h"
 
@@ -8,13 +11,54 @@ namespace iris::cluster {
 using obs::LogInfo;
 using obs::LogWarn;
 
-Membership::Membership(EtcdClient& client, ClusterKeys keys, NodeInfo self, int64_t ttl_s)
-    : client_(client), keys_(std::move(keys)), self_(std::move(self)), ttl_s_(ttl_s) {}
+std::string NewNodeIncarnation() {
+  std::random_device rd;
+  const uint64_t v = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+  char buf[17];
+  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+namespace {
+
+NodeInfo WithIncarnation(NodeInfo n) {
+  if (n.incarnation.empty()) n.incarnation = NewNodeIncarnation();
+  return n;
+}
+
+}  // namespace
+
+Membership::Membership(EtcdClient& client, ClusterKeys keys, NodeInfo self, int64_t ttl_s,
+                       std::string previous_incarnation)
+    : client_(client),
+      keys_(std::move(keys)),
+      self_(WithIncarnation(std::move(self))),
+      ttl_s_(ttl_s),
+      previous_incarnation_(std::move(previous_incarnation)) {}
 
 Membership::~Membership() { Stop(); }
 
-void Membership::Start() {
+Status Membership::Start() {
+  // A holder that is alive renews its lease; one that is gone lets it lapse within a TTL.
+  const int64_t deadline = SystemClock::Instance().MonoMillis() + ttl_s_ * 1000 + 1000;
+  Status s = Register();
+  while (s.code() == StatusCode::kBadRequest) {
+    if (SystemClock::Instance().MonoMillis() >= deadline) {
+      LogWarn("cluster: node id held by another live node; not starting",
+              {{"node", self_.id}, {"error", s.message()}});
+      return s;
+    }
+    std::unique_lock<std::mutex> lock(mu_);
+    if (cv_.wait_for(lock, std::chrono::milliseconds(200), [this] { return stop_; })) return s;
+    lock.unlock();
+    s = Register();
+  }
+  if (!s.ok()) {
+    LogWarn("cluster: cannot register the node yet; retrying",
+            {{"node", self_.id}, {"error", s.message()}});
+  }
   thread_ = std::thread([this] { Run(); });
+  return Status::Ok();
 }
 
 bool Membership::WaitRegistered(int timeout_ms) {
@@ -35,11 +79,28 @@ void Membership::Stop() {
 }
 
 Status Membership::Register() {
+  const std::string key = keys_.Node(self_.id);
+  IRIS_ASSIGN_OR_RETURN(RangeResult current, client_.Range(key));
+  Compare claimable = Compare::Absent(key);
+  if (!current.kvs.empty()) {
+    const KeyValue& kv = current.kvs.front();
+    Result<NodeInfo> holder = ParseNode(kv.value);
+    const std::string held_by = holder.ok() ? holder->incarnation : "";
+    if (!held_by.empty() && held_by != self_.incarnation && held_by != previous_incarnation_) {
+      return BadRequest("node id " + std::to_string(self_.id) +
+                        " is already held by another live node (incarnation " + held_by +
+                        ", peer " + (holder.ok() ? holder->peer : "?") + ", lease " +
+                        std::to_string(kv.lease) +
+                        "); every process of a cluster needs its own --node-id");
+    }
+    claimable = Compare::ModRevisionEquals(key, kv.mod_revision);
+  }
   IRIS_ASSIGN_OR_RETURN(Lease lease, client_.LeaseGrant(ttl_s_));
-  auto put = client_.Put(keys_.Node(self_.id), NodeToJson(self_), lease.id);
-  if (!put.ok()) {
+  auto put = client_.Txn({claimable}, {TxnOp::Put(key, NodeToJson(self_), lease.id)});
+  if (!put.ok() || !put->succeeded) {
     client_.LeaseRevoke(lease.id).IgnoreError();
-    return put.status();
+    if (!put.ok()) return put.status();
+    return Unavailable("node key " + key + " changed while registering; retrying");
   }
   keeper_ = std::make_unique<LeaseKeeper>(client_, lease, [this] {
     std::lock_guard<std::mutex> lock(mu_);
@@ -53,8 +114,10 @@ Status Membership::Register() {
     ++registrations_;
   }
   cv_.notify_all();
-  LogInfo("cluster: node registered",
-          {{"node", self_.id}, {"lease", lease.id}, {"ttl_s", lease.ttl_s}});
+  LogInfo("cluster: node registered", {{"node", self_.id},
+                                       {"lease", lease.id},
+                                       {"ttl_s", lease.ttl_s},
+                                       {"incarnation", self_.incarnation}});
   return Status::Ok();
 }
 

@@ -82,7 +82,8 @@ std::string NodeToJson(const NodeInfo& n) {
               {"peer", n.peer},
               {"client", n.client},
               {"admin", n.admin},
-              {"role", std::string(NodeRoleName(n.role))}}
+              {"role", std::string(NodeRoleName(n.role))},
+              {"incarnation", n.incarnation}}
       .dump();
 }
 
@@ -96,6 +97,7 @@ Result<NodeInfo> ParseNode(const std::string& text) {
   n.peer = j.value("peer", "");
   n.client = j.value("client", "");
   n.admin = j.value("admin", "");
+  n.incarnation = j.value("incarnation", "");
   const std::string role = j.value("role", "storage");
   if (role != "storage" && role != "edge") return BadRequest("unknown node role " + role);
   n.role = role == "edge" ? NodeRole::kEdge : NodeRole::kStorage;

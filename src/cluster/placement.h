@@ -58,6 +58,9 @@ struct NodeInfo {
   std::string client;  // host:port clients connect to
   std::string admin;   // host:port of the admin HTTP listener
   NodeRole role = NodeRole::kStorage;
+  // The process holding the registration: random per process start (Membership's claim
+  // rule, docs/operations.md "Node ids"). Empty in records of older versions.
+  std::string incarnation;
   bool alive = false;  // registered now (its key exists); not serialised
 };
 

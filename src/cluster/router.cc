@@ -493,10 +493,8 @@ struct PresenceJoin {
 };
 }  // namespace
 
-void Router::Subscribe(const core::SessionRef& ref, const std::vector<uint64_t>& users,
-                       PresenceDone done) {
-  core::SessionRef r = ref;
-  r.node = self_;
+void Router::FanOutPresence(const std::vector<uint64_t>& users, const PresenceCall& call,
+                            PresenceDone done) {
   auto parts = SplitByOwner(users);
   if (parts.empty()) {
     done(std::vector<v1::Presence>{});
@@ -506,14 +504,18 @@ void Router::Subscribe(const core::SessionRef& ref, const std::vector<uint64_t>&
   join->pending = parts.size();
   join->states.resize(users.size());
   join->done = std::move(done);
-  for (const auto& [owner, idx] : parts) {
+  for (auto& entry : parts) {
+    std::vector<size_t> idx = std::move(entry.second);
     std::vector<uint64_t> part;
+    part.reserve(idx.size());
     for (size_t i : idx) part.push_back(users[i]);
     const uint64_t key = part.front();
     Route<Result<std::vector<v1::Presence>>>(
         key,
-        [r, part](NodeId, core::CoreApi& c, PresenceDone d) { c.Subscribe(r, part, std::move(d)); },
-        [join, idx = idx](Result<std::vector<v1::Presence>> got) {
+        [call, part = std::move(part)](NodeId, core::CoreApi& c, PresenceDone d) {
+          call(c, part, std::move(d));
+        },
+        [join, idx = std::move(idx)](Result<std::vector<v1::Presence>> got) {
           std::unique_lock<std::mutex> lock(join->mu);
           if (!got.ok()) {
             if (join->error.ok()) join->error = got.status();
@@ -533,41 +535,25 @@ void Router::Subscribe(const core::SessionRef& ref, const std::vector<uint64_t>&
   }
 }
 
+void Router::Subscribe(const core::SessionRef& ref, const std::vector<uint64_t>& users,
+                       PresenceDone done) {
+  core::SessionRef r = ref;
+  r.node = self_;
+  FanOutPresence(
+      users,
+      [r](core::CoreApi& c, const std::vector<uint64_t>& part, PresenceDone d) {
+        c.Subscribe(r, part, std::move(d));
+      },
+      std::move(done));
+}
+
 void Router::QueryPresence(const std::vector<uint64_t>& users, PresenceDone done) {
-  auto parts = SplitByOwner(users);
-  if (parts.empty()) {
-    done(std::vector<v1::Presence>{});
-    return;
-  }
-  auto join = std::make_shared<PresenceJoin>();
-  join->pending = parts.size();
-  join->states.resize(users.size());
-  join->done = std::move(done);
-  for (const auto& [owner, idx] : parts) {
-    std::vector<uint64_t> part;
-    for (size_t i : idx) part.push_back(users[i]);
-    const uint64_t key = part.front();
-    Route<Result<std::vector<v1::Presence>>>(
-        key,
-        [part](NodeId, core::CoreApi& c, PresenceDone d) { c.QueryPresence(part, std::move(d)); },
-        [join, idx = idx](Result<std::vector<v1::Presence>> got) {
-          std::unique_lock<std::mutex> lock(join->mu);
-          if (!got.ok()) {
-            if (join->error.ok()) join->error = got.status();
-          } else {
-            for (size_t k = 0; k < idx.size() && k < got->size(); ++k) {
-              join->states[idx[k]] = std::move((*got)[k]);
-            }
-          }
-          if (--join->pending > 0) return;
-          lock.unlock();
-          if (!join->error.ok()) {
-            join->done(join->error);
-          } else {
-            join->done(std::move(join->states));
-          }
-        });
-  }
+  FanOutPresence(
+      users,
+      [](core::CoreApi& c, const std::vector<uint64_t>& part, PresenceDone d) {
+        c.QueryPresence(part, std::move(d));
+      },
+      std::move(done));
 }
 
 void Router::UploadKeys(uint64_t user, const v1::KeysUpload& upload, StatusDone done) {

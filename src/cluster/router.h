@@ -208,6 +208,14 @@ class Router final : public core::CoreApi, public core::EdgeSink, public core::C
   // `users` grouped by owner (nullopt: no owner known), order kept within each group.
   std::map<std::optional<NodeId>, std::vector<size_t>> SplitByOwner(
       const std::vector<uint64_t>& users) const;
+  // A presence call (Subscribe, QueryPresence) made with one owner's part of the users.
+  using PresenceCall =
+      std::function<void(core::CoreApi&, const std::vector<uint64_t>& part, PresenceDone)>;
+  // `users` split by owner, `call` routed with each owner's part (each retried like any
+  // routed call), the answers merged back in the order of `users`. The first failure fails
+  // the whole request; `done` runs once, when every part has answered.
+  void FanOutPresence(const std::vector<uint64_t>& users, const PresenceCall& call,
+                      PresenceDone done);
 
   // The timer thread: runs jobs at their time (retries). Stop runs the rest at once.
   void After(std::chrono::milliseconds delay, std::function<void()> job);

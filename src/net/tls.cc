@@ -18,7 +18,7 @@
 
 namespace iris::net {
 
-std::string OpenSslError() {
+std::string DrainOpenSslErrors() {
   std::string out;
   unsigned long e;
   while ((e = ERR_get_error()) != 0) {
@@ -27,6 +27,11 @@ std::string OpenSslError() {
     if (!out.empty()) out += "; ";
     out += buf;
   }
+  return out;
+}
+
+std::string OpenSslError() {
+  std::string out = DrainOpenSslErrors();
   return out.empty() ? "unknown TLS error" : out;
 }
 
@@ -79,7 +84,7 @@ void CaptureTrafficSecrets(SSL* ssl, TlsTrafficSecrets* secrets) {
 void EnableTrafficSecretCapture(SSL_CTX* ctx) { SSL_CTX_set_keylog_callback(ctx, OnKeyLogLine); }
 
 Result<std::unique_ptr<TlsContext>> TlsContext::Server(const std::string& cert_file,
-                                                      const std::string& key_file) {
+                                                       const std::string& key_file) {
   SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
   if (ctx == nullptr) return Internal("SSL_CTX_new: " + OpenSslError());
   std::unique_ptr<TlsContext> out(new TlsContext(ctx));
@@ -91,8 +96,9 @@ Result<std::unique_ptr<TlsContext>> TlsContext::Server(const std::string& cert_f
   SSL_CTX_set_num_tickets(ctx, 0);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
   // Exactly the suites Tls13Records implements (OpenSSL's TLS 1.3 defaults).
-  if (SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
-                                    "TLS_CHACHA20_POLY1305_SHA256") != 1) {
+  if (SSL_CTX_set_ciphersuites(ctx,
+                               "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
+                               "TLS_CHACHA20_POLY1305_SHA256") != 1) {
     return Internal("SSL_CTX_set_ciphersuites: " + OpenSslError());
   }
   SSL_CTX_set_keylog_callback(ctx, OnKeyLogLine);
@@ -121,7 +127,7 @@ int VerifyPinned(X509_STORE_CTX* store, void* arg) {
 }  // namespace
 
 Result<std::unique_ptr<TlsContext>> TlsContext::Client(const std::string& ca_file,
-                                                      const std::string& pinned_sha256) {
+                                                       const std::string& pinned_sha256) {
   if (ca_file.empty() && pinned_sha256.empty()) {
     return BadRequest("TLS verification needs a CA file or a pinned certificate fingerprint");
   }
@@ -182,8 +188,8 @@ Status GenerateSelfSignedCertificate(const std::string& cert_file, const std::st
     X509_set_pubkey(x, key);
     X509_NAME* name = X509_get_subject_name(x);
     X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                               reinterpret_cast<const unsigned char*>(common_name.c_str()), -1,
-                               -1, 0);
+                               reinterpret_cast<const unsigned char*>(common_name.c_str()), -1, -1,
+                               0);
     X509_set_issuer_name(x, name);
     X509V3_CTX v3;
     X509V3_set_ctx_nodb(&v3);

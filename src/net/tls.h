@@ -64,7 +64,10 @@ void CaptureTrafficSecrets(SSL* ssl, TlsTrafficSecrets* secrets);
 // same, so a test can speak the record layer directly after an OpenSSL handshake.
 void EnableTrafficSecretCapture(SSL_CTX* ctx);
 
-// The last OpenSSL error as text (and clears the queue).
+// Every error queued in this thread's OpenSSL error queue, oldest first, as text joined by
+// "; "; empty when the queue is empty. Clears the queue.
+std::string DrainOpenSslErrors();
+// As DrainOpenSslErrors, but "unknown TLS error" when the queue is empty.
 std::string OpenSslError();
 
 }  // namespace iris::net

@@ -15,6 +15,7 @@
 #include <cstring>
 
 #include "common/clock.h"
+#include "net/tls.h"
 
 namespace iris::rpc {
 namespace {
@@ -58,18 +59,6 @@ class PlainTransport final : public Transport {
   std::string error_;
 };
 
-std::string DrainSslErrors() {
-  std::string out;
-  unsigned long e;
-  while ((e = ERR_get_error()) != 0) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof(buf));
-    if (!out.empty()) out += "; ";
-    out += buf;
-  }
-  return out;
-}
-
 class TlsTransport final : public Transport {
  public:
   explicit TlsTransport(SSL* ssl) : ssl_(ssl) {}
@@ -110,7 +99,7 @@ class TlsTransport final : public Transport {
       case SSL_ERROR_ZERO_RETURN: error_ = "TLS close_notify"; return Io::kClosed;
       case SSL_ERROR_SYSCALL: {
         const int err = errno;
-        const std::string ssl_err = DrainSslErrors();
+        const std::string ssl_err = net::DrainOpenSslErrors();
         if (!ssl_err.empty()) {
           error_ = "TLS: " + ssl_err;
         } else {
@@ -119,7 +108,7 @@ class TlsTransport final : public Transport {
         return err == 0 && ssl_err.empty() ? Io::kClosed : Io::kError;
       }
       default: {
-        const std::string ssl_err = DrainSslErrors();
+        const std::string ssl_err = net::DrainOpenSslErrors();
         error_ = "TLS: " + (ssl_err.empty() ? std::string("error ") + std::to_string(e) : ssl_err);
         if (SSL_get_verify_result(ssl_) != X509_V_OK) {
           error_ += " (certificate: ";

@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
+#include <variant>
 
 #include "auth/jwt.h"
 #include "auth/keyring.h"
@@ -41,6 +42,7 @@
 #include "obs/trace.h"
 #include "rpc/core_server.h"
 #include "rpc/remote_core.h"
+#include "server/admin_worker.h"
 #include "server/port_lock.h"
 #include "store/inbox_store.h"
 
@@ -125,6 +127,8 @@ struct Server::Impl {
   // before `admin`, whose /metrics handler uses it, so it is destroyed after it.
   std::unique_ptr<obs::ScrapeCollector> edge_metrics;
   std::unique_ptr<net::http::HttpServer> admin;
+  // Runs the admin routes' blocking work (revocation writes); stopped first.
+  std::unique_ptr<AdminWorker> admin_jobs;
   bool started = false;
   bool stopped = false;
 };
@@ -231,6 +235,89 @@ Status WriteEdgeAdminFile(const std::string& path, uint16_t port) {
   {
     std::ofstream out(tmp, std::ios::trunc);
     out << port << " " << getpid() << "\n";
+    out.close();
+    if (!out) return Internal("cannot write " + tmp);
+  }
+  if (rename(tmp.c_str(), path.c_str()) != 0) return Internal("cannot rename " + tmp);
+  return Status::Ok();
+}
+
+// How long a POST /v1/revoke may take before the admin server answers 503 itself: more than
+// a cluster write's request timeout on each of a few etcd endpoints.
+constexpr std::chrono::milliseconds kRevokeDeadline{10'000};
+
+// What a POST /v1/revoke asks for: a token id (`jti`, kept until `until_ms`) or every token
+// of `user_id` issued before `before_ms`.
+struct Revocation {
+  std::string jti;
+  int64_t until_ms = 0;
+  uint64_t user_id = 0;  // 0: a jti revocation
+  int64_t before_ms = 0;
+};
+
+// The revocation a POST /v1/revoke asks for, or the error response (401, 400) to give.
+std::variant<Revocation, net::http::HttpResponse> ParseRevocation(const net::http::HttpRequest& req,
+                                                                  const std::string& admin_token,
+                                                                  int64_t jwt_leeway_s) {
+  using net::http::HttpResponse;
+  if (!net::http::CheckBearer(req, admin_token)) {
+    return HttpResponse{401, "application/json", R"({"error":"bad or missing admin token"})"};
+  }
+  auto body = nlohmann::json::parse(req.body, nullptr, false);
+  if (body.is_discarded() || !body.is_object()) {
+    return HttpResponse{400, "application/json", R"({"error":"body must be a JSON object"})"};
+  }
+  const int64_t now_ms = SystemClock::Instance().WallMillis();
+  Revocation r;
+  if (body.contains("jti")) {
+    if (!body["jti"].is_string() || body["jti"].get<std::string>().empty() ||
+        body["jti"].get<std::string>().size() > 64) {
+      return HttpResponse{400, "application/json",
+                          R"({"error":"jti must be a string of 1..64 bytes"})"};
+    }
+    r.jti = body["jti"].get<std::string>();
+    // Kept for the longest token lifetime plus leeway: after that the token is expired anyway.
+    r.until_ms = now_ms + (86400 + jwt_leeway_s) * 1000;
+    return r;
+  }
+  if (body.contains("user")) {
+    if (!body["user"].is_number_unsigned() || body["user"].get<uint64_t>() == 0) {
+      return HttpResponse{400, "application/json",
+                          R"({"error":"user must be a non-zero integer"})"};
+    }
+    r.user_id = body["user"].get<uint64_t>();
+    r.before_ms = now_ms;
+    if (body.contains("before_ms")) {
+      if (!body["before_ms"].is_number_integer()) {
+        return HttpResponse{400, "application/json", R"({"error":"before_ms must be an integer"})"};
+      }
+      r.before_ms = body["before_ms"].get<int64_t>();
+    }
+    return r;
+  }
+  return HttpResponse{400, "application/json",
+                      R"j({"error":"give jti, or user (and before_ms)"})j"};
+}
+
+// The incarnation of the node's last process that claimed its cluster registration
+// (Membership's claim rule: a restarted node may take over a key its previous process still
+// holds). Written before each claim; "" when absent.
+std::string NodeIncarnationFile(const std::string& data_dir) {
+  return data_dir + "/cluster-incarnation";
+}
+
+std::string ReadNodeIncarnation(const std::string& path) {
+  std::ifstream in(path);
+  std::string v;
+  if (!(in >> v)) return "";
+  return v;
+}
+
+Status WriteNodeIncarnation(const std::string& path, const std::string& incarnation) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << incarnation << "\n";
     out.close();
     if (!out) return Internal("cannot write " + tmp);
   }
@@ -590,64 +677,52 @@ Status Server::Start() {
     if (m.edge_metrics) text = m.edge_metrics->ExposeMerged(text);
     return net::http::HttpResponse{200, std::string(obs::kPrometheusContentType), std::move(text)};
   });
-  m.admin->Route("POST", "/v1/revoke", [&m](const net::http::HttpRequest& req) {
-    using net::http::HttpResponse;
-    if (!net::http::CheckBearer(req, m.admin_token)) {
-      return HttpResponse{401, "application/json", R"({"error":"bad or missing admin token"})"};
-    }
-    auto body = nlohmann::json::parse(req.body, nullptr, false);
-    if (body.is_discarded() || !body.is_object()) {
-      return HttpResponse{400, "application/json", R"({"error":"body must be a JSON object"})"};
-    }
-    const int64_t now_ms = SystemClock::Instance().WallMillis();
-    if (body.contains("jti")) {
-      if (!body["jti"].is_string() || body["jti"].get<std::string>().empty() ||
-          body["jti"].get<std::string>().size() > 64) {
-        return HttpResponse{400, "application/json",
-                            R"({"error":"jti must be a string of 1..64 bytes"})"};
-      }
-      // Kept for the longest token lifetime plus leeway: after that the token is expired anyway.
-      const int64_t until = now_ms + (86400 + m.config.jwt_leeway_s) * 1000;
-      const Status s = m.cluster_node
-                           ? m.cluster_node->RevokeJti(body["jti"].get<std::string>(), until)
-                           : m.store->PutRevokedJti(body["jti"].get<std::string>(), until);
-      if (!s.ok()) {
-        return HttpResponse{
-            503, "application/json",
-            nlohmann::json{{"error", "revocation not stored: " + s.message()}}.dump()};
-      }
-      m.revocations.RevokeJti(body["jti"].get<std::string>(), until);
-      if (m.core_server) m.core_server->BroadcastRevokeJti(body["jti"].get<std::string>(), until);
-    } else if (body.contains("user")) {
-      if (!body["user"].is_number_unsigned() || body["user"].get<uint64_t>() == 0) {
-        return HttpResponse{400, "application/json",
-                            R"({"error":"user must be a non-zero integer"})"};
-      }
-      int64_t before = now_ms;
-      if (body.contains("before_ms")) {
-        if (!body["before_ms"].is_number_integer()) {
-          return HttpResponse{400, "application/json",
-                              R"({"error":"before_ms must be an integer"})"};
+  // POST /v1/revoke: validated on the admin thread; the write (to etcd in a cluster, which
+  // may take a request timeout per endpoint; to the store otherwise) runs on admin_jobs and
+  // answers through the responder, so the admin server keeps serving meanwhile. Unanswered
+  // after kRevokeDeadline: 503 from the server (the revocation may still land; it is
+  // idempotent, so the caller retries).
+  m.admin_jobs = std::make_unique<AdminWorker>();
+  m.admin_jobs->Start();
+  m.admin->RouteDeferred(
+      "POST", "/v1/revoke",
+      [&m](const net::http::HttpRequest& req, std::shared_ptr<net::http::HttpResponder> responder) {
+        std::variant<Revocation, net::http::HttpResponse> parsed =
+            ParseRevocation(req, m.admin_token, m.config.jwt_leeway_s);
+        if (auto* bad = std::get_if<net::http::HttpResponse>(&parsed)) {
+          responder->Complete(std::move(*bad));
+          return;
         }
-        before = body["before_ms"].get<int64_t>();
-      }
-      const Status s = m.cluster_node
-                           ? m.cluster_node->RevokeUser(body["user"].get<uint64_t>(), before)
-                           : m.store->PutRevokedUser(body["user"].get<uint64_t>(), before);
-      if (!s.ok()) {
-        return HttpResponse{
-            503, "application/json",
-            nlohmann::json{{"error", "revocation not stored: " + s.message()}}.dump()};
-      }
-      m.revocations.RevokeUserBefore(body["user"].get<uint64_t>(), before);
-      if (m.core_server) m.core_server->BroadcastRevokeUser(body["user"].get<uint64_t>(), before);
-    } else {
-      return HttpResponse{400, "application/json",
-                          R"j({"error":"give jti, or user (and before_ms)"})j"};
-    }
-    if (m.edge) m.edge->RecheckAllSessions();
-    return HttpResponse{200, "application/json", R"({"revoked":true})"};
-  });
+        const bool queued = m.admin_jobs->Post([&m, rev = std::get<Revocation>(parsed), responder] {
+          using net::http::HttpResponse;
+          const Status s =
+              rev.user_id != 0
+                  ? (m.cluster_node ? m.cluster_node->RevokeUser(rev.user_id, rev.before_ms)
+                                    : m.store->PutRevokedUser(rev.user_id, rev.before_ms))
+                  : (m.cluster_node ? m.cluster_node->RevokeJti(rev.jti, rev.until_ms)
+                                    : m.store->PutRevokedJti(rev.jti, rev.until_ms));
+          if (!s.ok()) {
+            responder->Complete(HttpResponse{
+                503, "application/json",
+                nlohmann::json{{"error", "revocation not stored: " + s.message()}}.dump()});
+            return;
+          }
+          if (rev.user_id != 0) {
+            m.revocations.RevokeUserBefore(rev.user_id, rev.before_ms);
+            if (m.core_server) m.core_server->BroadcastRevokeUser(rev.user_id, rev.before_ms);
+          } else {
+            m.revocations.RevokeJti(rev.jti, rev.until_ms);
+            if (m.core_server) m.core_server->BroadcastRevokeJti(rev.jti, rev.until_ms);
+          }
+          if (m.edge) m.edge->RecheckAllSessions();
+          responder->Complete(HttpResponse{200, "application/json", R"({"revoked":true})"});
+        });
+        if (!queued) {
+          responder->Complete(net::http::HttpResponse{
+              503, "application/json", R"({"error":"too many revocations in progress"})"});
+        }
+      },
+      kRevokeDeadline);
   std::string host;
   uint16_t port = 0;
   IRIS_RETURN_IF_ERROR(net::SplitHostPort(c.admin_listen, &host, &port));
@@ -668,6 +743,9 @@ void Server::Stop() {
   Impl& m = *impl_;
   m.stopped = true;
   obs::LogInfo("irisd stopping", {{"grace_ms", m.config.shutdown_grace_ms}});
+  // No revocation write runs against the components stopped below (one in flight finishes;
+  // queued ones are dropped and their clients get 503 from the admin server).
+  if (m.admin_jobs) m.admin_jobs->Stop();
   if (m.edge_role()) {
     // Edge process: the core is still up, so in-flight requests complete before we close.
     if (m.edge) {
@@ -974,6 +1052,12 @@ Status Server::JoinCluster() {
   IRIS_ASSIGN_OR_RETURN(o.self.admin, with_port(c.admin_listen, admin_port()));
   // Tokens live at most 24 h (plus leeway): a revocation is kept that long in etcd.
   o.revocation_ttl_s = 86'400 + c.jwt_leeway_s;
+  // Recorded before the claim, so that a crash right after it still lets the next process
+  // of this node take the key over.
+  const std::string incarnation_file = NodeIncarnationFile(c.data_dir);
+  o.previous_incarnation = ReadNodeIncarnation(incarnation_file);
+  o.self.incarnation = cluster::NewNodeIncarnation();
+  IRIS_RETURN_IF_ERROR(WriteNodeIncarnation(incarnation_file, o.self.incarnation));
   cluster::ClusterView::Callbacks cb;
   cb.on_node_up = [&m](const cluster::NodeInfo& n) {
     if (m.peers && n.role == cluster::NodeRole::kStorage) m.peers->Want(n.id);

@@ -14,15 +14,45 @@
 #include <cstring>
 #include <exception>
 #include <list>
+#include <mutex>
+#include <utility>
 #include <vector>
 
 #include "common/assert.h"
 
 namespace iris::net::http {
 
-struct HttpServer::Connection {
-  enum class Phase { kReading, kWriting, kDraining };
+// Completed deferred responses on their way to the server's thread.
+struct HttpResponder::Mailbox {
+  std::mutex mu;
+  bool closed = false;  // the server stopped: nothing more is accepted
+  int wake_fd = -1;     // the server's eventfd; written under mu, so never after its close
+  std::vector<std::pair<uint64_t, HttpResponse>> ready;  // (connection id, response)
+};
 
+bool HttpResponder::Complete(HttpResponse response) {
+  std::lock_guard<std::mutex> lock(mailbox_->mu);
+  if (done_ || mailbox_->closed) return false;
+  done_ = true;
+  mailbox_->ready.emplace_back(connection_id_, std::move(response));
+  const uint64_t one = 1;
+  // A full counter still wakes the loop, so the result does not matter.
+  [[maybe_unused]] ssize_t n = write(mailbox_->wake_fd, &one, sizeof(one));
+  return true;
+}
+
+bool HttpResponder::Abandon() {
+  std::lock_guard<std::mutex> lock(mailbox_->mu);
+  if (done_) return false;
+  done_ = true;
+  return true;
+}
+
+struct HttpServer::Connection {
+  // kPending: a deferred handler has the request; nothing is read or written meanwhile.
+  enum class Phase { kReading, kPending, kWriting, kDraining };
+
+  uint64_t id = 0;
   int fd = -1;
   std::string peer;     // "address:port", as HttpRequest::peer
   std::string address;  // the client address alone: the key of per_ip_
@@ -33,7 +63,8 @@ struct HttpServer::Connection {
   ParsedHead head;      // valid once head_end != 0
   std::string out;      // the response being written
   size_t out_offset = 0;
-  size_t drained = 0;  // bytes discarded while lingering
+  size_t drained = 0;                        // bytes discarded while lingering
+  std::shared_ptr<HttpResponder> responder;  // while kPending
 };
 
 namespace {
@@ -118,7 +149,13 @@ HttpServer::~HttpServer() { Stop(); }
 
 void HttpServer::Route(std::string method, std::string path, Handler handler) {
   IRIS_RELEASE_ASSERT(!started_);
-  routes_[std::move(path)][std::move(method)] = std::move(handler);
+  routes_[std::move(path)][std::move(method)] = RouteEntry{std::move(handler), nullptr, {}};
+}
+
+void HttpServer::RouteDeferred(std::string method, std::string path, DeferredHandler handler,
+                               std::chrono::milliseconds deadline) {
+  IRIS_RELEASE_ASSERT(!started_);
+  routes_[std::move(path)][std::move(method)] = RouteEntry{nullptr, std::move(handler), deadline};
 }
 
 Status HttpServer::Start(const std::string& address, uint16_t port) {
@@ -178,6 +215,8 @@ Status HttpServer::Start(const std::string& address, uint16_t port) {
 
   listen_fd_ = fd;
   wake_fd_ = wake;
+  mailbox_ = std::make_shared<HttpResponder::Mailbox>();
+  mailbox_->wake_fd = wake;
   started_ = true;
   port_.store(bound_port, std::memory_order_release);
   thread_ = std::thread([this] { Run(); });
@@ -191,6 +230,11 @@ void HttpServer::Stop() {
   // A full counter still wakes the loop, so the result does not matter.
   [[maybe_unused]] ssize_t n = write(wake_fd_, &one, sizeof(one));
   thread_.join();
+  {
+    std::lock_guard<std::mutex> lock(mailbox_->mu);
+    mailbox_->closed = true;
+    mailbox_->ready.clear();
+  }
   close(listen_fd_);
   close(wake_fd_);
   listen_fd_ = -1;
@@ -211,7 +255,10 @@ void HttpServer::Run() {
     if (accepting) fds.push_back({listen_fd_, POLLIN, 0});
     Clock::time_point next_deadline = accepting ? Clock::time_point::max() : accept_paused_until;
     for (Connection& c : connections_) {
-      const short events = c.phase == Connection::Phase::kWriting ? POLLOUT : POLLIN;
+      // A pending connection is watched for errors and hang-ups only (reported anyway).
+      const short events = c.phase == Connection::Phase::kWriting   ? POLLOUT
+                           : c.phase == Connection::Phase::kPending ? 0
+                                                                    : POLLIN;
       fds.push_back({c.fd, events, 0});
       polled.push_back(&c);
       next_deadline = std::min(next_deadline, c.deadline);
@@ -242,6 +289,7 @@ void HttpServer::Run() {
       if (fds[i].revents != 0) {
         switch (c.phase) {
           case Connection::Phase::kReading: keep = OnReadable(c, now); break;
+          case Connection::Phase::kPending: keep = false; break;  // the client went away
           case Connection::Phase::kWriting: keep = OnWritable(c, now); break;
           case Connection::Phase::kDraining: keep = OnDrain(c); break;
         }
@@ -249,16 +297,21 @@ void HttpServer::Run() {
       if (keep && now >= c.deadline) {
         if (c.phase == Connection::Phase::kReading) {
           keep = Respond(c, ErrorResponse(408, "request not received in time"), now);
+        } else if (c.phase == Connection::Phase::kPending) {
+          if (c.responder->Abandon()) {
+            c.responder.reset();
+            keep = Respond(c, ErrorResponse(503, "no answer in time"), now);
+          } else {
+            // Completed just now: DeliverCompleted below sends it.
+            c.deadline = Clock::time_point::max();
+          }
         } else {
           keep = false;
         }
       }
-      if (!keep) {
-        close(c.fd);
-        c.fd = -1;
-        ReleaseSlot(c);
-      }
+      if (!keep) CloseConnection(c);
     }
+    DeliverCompleted(now);
     connections_.remove_if([](const Connection& c) { return c.fd < 0; });
 
     if (listener_ready && !AcceptAll(now)) {
@@ -267,7 +320,10 @@ void HttpServer::Run() {
     open_connections_.store(connections_.size(), std::memory_order_relaxed);
   }
 
-  for (Connection& c : connections_) close(c.fd);
+  for (Connection& c : connections_) {
+    if (c.responder) c.responder->Abandon();
+    close(c.fd);
+  }
   connections_.clear();
   per_ip_.clear();
   open_connections_.store(0, std::memory_order_relaxed);
@@ -296,12 +352,39 @@ bool HttpServer::AcceptAll(Clock::time_point now) {
     }
     ++open_from_address;
     Connection& c = connections_.emplace_back();
+    c.id = next_connection_id_++;
     c.fd = fd;
     c.peer = PeerName(addr);
     c.address = std::move(address);
     c.deadline = now + options_.read_timeout;
   }
   return true;
+}
+
+void HttpServer::CloseConnection(Connection& c) {
+  if (c.responder) {
+    c.responder->Abandon();  // a later Complete() is refused
+    c.responder.reset();
+  }
+  close(c.fd);
+  c.fd = -1;
+  ReleaseSlot(c);
+}
+
+void HttpServer::DeliverCompleted(Clock::time_point now) {
+  std::vector<std::pair<uint64_t, HttpResponse>> ready;
+  {
+    std::lock_guard<std::mutex> lock(mailbox_->mu);
+    ready.swap(mailbox_->ready);
+  }
+  for (auto& [id, response] : ready) {
+    for (Connection& c : connections_) {
+      if (c.id != id || c.fd < 0 || c.phase != Connection::Phase::kPending) continue;
+      c.responder.reset();
+      if (!Respond(c, response, now)) CloseConnection(c);
+      break;
+    }
+  }
 }
 
 void HttpServer::ReleaseSlot(const Connection& c) {
@@ -357,30 +440,51 @@ bool HttpServer::OnReadable(Connection& c, Clock::time_point now) {
   request.peer = c.peer;
   c.in.clear();
   c.in.shrink_to_fit();
-  return Respond(c, Dispatch(request), now);
+  return Dispatch(c, request, now);
 }
 
-HttpResponse HttpServer::Dispatch(const HttpRequest& request) const {
+bool HttpServer::Dispatch(Connection& c, const HttpRequest& request, Clock::time_point now) {
   auto path_it = routes_.find(request.path);
-  if (path_it == routes_.end()) return ErrorResponse(404, "");
+  if (path_it == routes_.end()) return Respond(c, ErrorResponse(404, ""), now);
   auto method_it = path_it->second.find(request.method);
   if (method_it == path_it->second.end()) {
     HttpResponse r = ErrorResponse(405, "");
     std::string allow;
-    for (const auto& [method, handler] : path_it->second) {
+    for (const auto& [method, route] : path_it->second) {
       if (!allow.empty()) allow += ", ";
       allow += method;
     }
     r.headers.emplace_back("Allow", std::move(allow));
-    return r;
+    return Respond(c, r, now);
+  }
+  const RouteEntry& route = method_it->second;
+  std::string failure;
+  if (route.deferred) {
+    // Pending from here on; the handler may complete at once (DeliverCompleted sends it in
+    // this loop turn) or from another thread later.
+    c.responder.reset(new HttpResponder(mailbox_, c.id));
+    c.phase = Connection::Phase::kPending;
+    c.deadline = now + route.deadline;
+    try {
+      route.deferred(request, c.responder);
+      return true;
+    } catch (const std::exception& e) {
+      failure = e.what();
+    } catch (...) {
+      failure = "handler failed";
+    }
+    if (!c.responder->Abandon()) return true;  // it answered before throwing
+    c.responder.reset();
+    return Respond(c, ErrorResponse(500, failure), now);
   }
   try {
-    return method_it->second(request);
+    return Respond(c, route.handler(request), now);
   } catch (const std::exception& e) {
-    return ErrorResponse(500, e.what());
+    failure = e.what();
   } catch (...) {
-    return ErrorResponse(500, "handler failed");
+    failure = "handler failed";
   }
+  return Respond(c, ErrorResponse(500, failure), now);
 }
 
 bool HttpServer::Respond(Connection& c, const HttpResponse& response, Clock::time_point now) {

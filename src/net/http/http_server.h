@@ -18,9 +18,16 @@
 // response carries `Connection: close`; after it the server half-closes and discards what
 // the client still sends for up to `linger` so that the response is not lost to a reset.
 //
-// Thread-safety: Route() must be called before Start(). Start() and Stop() are called from
-// one controlling thread (not from a handler). port() and open_connections() may be called
-// from any thread.
+// Deferred responses: a route registered with RouteDeferred() hands its handler an
+// HttpResponder instead of expecting a response back, so slow work (a write to etcd) runs
+// elsewhere while the poll loop keeps serving other clients. The connection stays open until
+// the responder completes (from any thread; the response is handed to the server's thread)
+// or the route's deadline passes, when the server answers 503 itself and a later Complete()
+// is refused.
+//
+// Thread-safety: Route() and RouteDeferred() must be called before Start(). Start() and
+// Stop() are called from one controlling thread (not from a handler). port() and
+// open_connections() may be called from any thread; HttpResponder::Complete() too.
 
 #include <atomic>
 #include <chrono>
@@ -28,6 +35,8 @@
 #include <functional>
 #include <list>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -38,6 +47,36 @@
 namespace iris::net::http {
 
 using Handler = std::function<HttpResponse(const HttpRequest&)>;
+
+class HttpServer;
+
+// The pending answer to one request of a deferred route. Thread-safe; shared by the server
+// and whoever completes it, and may outlive both the connection and the server.
+class HttpResponder {
+ public:
+  // Sends `response` on the request's connection (from the server's thread, soon after).
+  // Returns false, dropping `response`, when the request no longer waits for an answer: it
+  // was completed before, answered 503 at the route's deadline, its client went away, or
+  // the server stopped. Only the first call can return true.
+  bool Complete(HttpResponse response);
+
+ private:
+  friend class HttpServer;
+  struct Mailbox;
+  HttpResponder(std::shared_ptr<Mailbox> mailbox, uint64_t connection_id)
+      : mailbox_(std::move(mailbox)), connection_id_(connection_id) {}
+  // Marks the request as no longer waiting; false when it was completed first. Server only.
+  bool Abandon();
+
+  const std::shared_ptr<Mailbox> mailbox_;
+  const uint64_t connection_id_;
+  bool done_ = false;  // guarded by mailbox_->mu
+};
+
+// A handler of a deferred route: answers through `responder`, now or later, from any
+// thread. It runs on the server's thread, so it must not block either.
+using DeferredHandler =
+    std::function<void(const HttpRequest&, std::shared_ptr<HttpResponder> responder)>;
 
 struct HttpServerOptions {
   size_t max_head_bytes = 16 * 1024;
@@ -63,6 +102,11 @@ class HttpServer {
   // A later Route() for the same method and path replaces the earlier one. A handler that
   // throws is answered 500. Precondition: Start() has not been called.
   void Route(std::string method, std::string path, Handler handler);
+  // As Route(), for a handler that answers later through its HttpResponder. A request not
+  // answered within `deadline` of its dispatch gets 503 from the server; a handler that
+  // throws before answering gets 500. Precondition: Start() has not been called.
+  void RouteDeferred(std::string method, std::string path, DeferredHandler handler,
+                     std::chrono::milliseconds deadline);
 
   // Binds `address` (numeric IPv4 or IPv6, optionally in brackets; "" or "localhost" mean
   // 127.0.0.1) and `port` (0: an ephemeral port, see port()), then starts the thread.
@@ -70,8 +114,9 @@ class HttpServer {
   // bound (in use, not local), kInternal for other system call failures or a second Start().
   Status Start(const std::string& address = "127.0.0.1", uint16_t port = 0);
 
-  // Closes the listener and every connection (in-flight requests are dropped unanswered)
-  // and joins the thread. Idempotent; a stopped server cannot be started again.
+  // Closes the listener and every connection (in-flight requests, deferred ones included,
+  // are dropped unanswered) and joins the thread; responders still held then refuse their
+  // Complete(). Idempotent; a stopped server cannot be started again.
   void Stop();
 
   // The bound port; 0 before Start().
@@ -93,11 +138,25 @@ class HttpServer {
   // Gives back the per-address slot of a connection being closed.
   void ReleaseSlot(const Connection& c);
   bool Respond(Connection& c, const HttpResponse& response, Clock::time_point now);
-  HttpResponse Dispatch(const HttpRequest& request) const;
+  // Answers `request` on `c`, or starts a deferred route's handler and leaves `c` pending.
+  // Returns false when the connection is to be closed.
+  bool Dispatch(Connection& c, const HttpRequest& request, Clock::time_point now);
+  // Sends the responses deferred handlers completed since the last call.
+  void DeliverCompleted(Clock::time_point now);
+  void CloseConnection(Connection& c);
+
+  struct RouteEntry {
+    Handler handler;                        // a plain route, or
+    DeferredHandler deferred;               // a deferred one,
+    std::chrono::milliseconds deadline{0};  // answered 503 after this
+  };
 
   const HttpServerOptions options_;
   // path -> method -> handler; written only before Start().
-  std::map<std::string, std::map<std::string, Handler>, std::less<>> routes_;
+  std::map<std::string, std::map<std::string, RouteEntry>, std::less<>> routes_;
+  // Where responders leave completed responses; created by Start().
+  std::shared_ptr<HttpResponder::Mailbox> mailbox_;
+  uint64_t next_connection_id_ = 1;  // server thread only
 
   std::list<Connection> connections_;  // owned by the server thread
   // Client address (without port) -> its open connections; server thread only.

@@ -2,7 +2,8 @@
 // and one edge-only node (--role edge), every client free to connect to any node. Checks
 // FR-1..FR-8 with sender, recipient and watcher on different nodes, one session per user
 // across the cluster, revocation on one node closing a session on another, a node restart
-// (SIGTERM and kill -9) losing nothing acknowledged, and an etcd restart under load.
+// (SIGTERM and kill -9) losing nothing acknowledged, an etcd restart under load, and a
+// second process with a node id already in use refusing to start.
 
 #include <gtest/gtest.h>
 
@@ -12,6 +13,8 @@
 #include <set>
 #include <thread>
 
+#include "cluster/etcd_client.h"
+#include "cluster/placement.h"
 #include "common/clock.h"
 #include "common/status.h"
 #include "harness/local_cluster.h"
@@ -179,16 +182,8 @@ TEST_F(ClusterTest, CatchUpRacingSendsAcrossNodesLosesNothing) {
     ASSERT_TRUE(d.ParseFromString(f.payload));
     got.push_back(d.message());
   }
-  std::set<uint64_t> ids;
-  for (int i = 0; i < kBefore + kDuring; ++i) {
-    EXPECT_EQ(got[i].body(), std::to_string(i)) << "at " << i;
-    EXPECT_TRUE(ids.insert(got[i].id()).second) << "duplicate id";
-    if (i > 0) {
-      EXPECT_LT(got[i - 1].id(), got[i].id());
-    }
-  }
-  auto extra = b->Next(300);
-  EXPECT_FALSE(extra.ok() && extra->opcode == Op(wire::Opcode::kDeliver)) << "an extra DELIVER";
+  EXPECT_TRUE(DeliveredOnceInOrder(got, kBefore + kDuring));
+  EXPECT_TRUE(NoFurtherDeliver(*b));
 }
 
 // Groups across nodes: the group's home (the owner of its id) fans a send out to members
@@ -466,6 +461,38 @@ TEST_F(ClusterTest, EtcdRestartUnderLoadLosesNothing) {
   std::vector<std::string> got;
   for (const auto& e : Inbox(cluster_.node(4), b)) got.push_back(e.body());
   EXPECT_EQ(got, want);
+}
+
+// Two processes with one --node-id (docs/operations.md, "Node ids"): the second refuses to
+// start with an error naming the id and the live node that holds it; the first keeps its
+// registration and keeps serving.
+TEST_F(ClusterTest, SecondProcessWithANodeIdInUseRefusesToStart) {
+  auto etcd =
+      cluster::EtcdClient::Create(cluster::EtcdOptions{{cluster_.etcd().endpoint()}, {}, 3000});
+  ASSERT_TRUE(etcd.ok()) << etcd.status().ToString();
+  const std::string key = cluster::ClusterKeys::Create(cluster_.name())->Node(2);
+  auto before = (*etcd)->Range(key);
+  ASSERT_TRUE(before.ok() && before->kvs.size() == 1) << "node 2 is not registered";
+
+  // Its own data directory, node 2's certificate and flags: a copy-pasted configuration.
+  ServerProcess twin(cluster_.NodeArgs(2, /*edge_only=*/false));
+  std::string out;
+  const int code = twin.RunUntilExit(&out, 30'000);
+  ASSERT_NE(code, -1) << "the second process with node id 2 kept running; output:\n" << out;
+  EXPECT_NE(code, 0) << out;
+  EXPECT_NE(out.find("node id 2 is already held by another live node"), std::string::npos) << out;
+
+  EXPECT_TRUE(cluster_.node(2).running());
+  auto after = (*etcd)->Range(key);
+  ASSERT_TRUE(after.ok() && after->kvs.size() == 1) << "node 2 lost its registration";
+  EXPECT_EQ(after->kvs[0].value, before->kvs[0].value);
+  EXPECT_EQ(after->kvs[0].lease, before->kvs[0].lease);
+  const uint64_t on2 = cluster_.UserOwnedBy(2, 3000);
+  auto s = Online(cluster_.node(1), cluster_.UserOwnedBy(1, 3100));
+  ASSERT_NE(SendAcked(*s, 1, on2, "still served"), 0u);
+  std::vector<std::string> bodies;
+  for (const auto& e : Inbox(cluster_.node(2), on2)) bodies.push_back(e.body());
+  EXPECT_EQ(bodies, std::vector<std::string>{"still served"});
 }
 
 }  // namespace

@@ -134,11 +134,11 @@ TEST_F(ClusterTest, FirstPlacementWaitsForInitialNodesAndALaterNodeGetsNoVnodes)
   std::vector<std::unique_ptr<Membership>> members;
   auto join = [&](NodeId id) {
     members.push_back(std::make_unique<Membership>(*client_, Keys(), Node(id), 2));
-    members.back()->Start();
+    ASSERT_TRUE(members.back()->Start().ok());
   };
   // An edge node holds no shard and does not count towards the initial nodes.
   Membership edge(*client_, Keys(), Node(9, NodeRole::kEdge), 2);
-  edge.Start();
+  ASSERT_TRUE(edge.Start().ok());
   // (a) With two of three storage nodes registered the controller looks and places nothing.
   join(1);
   join(2);
@@ -230,7 +230,7 @@ TEST_F(ClusterTest, ViewGoesStaleWhileEtcdIsDownAndCatchesUpAfter) {
   ClusterView view(*client_, Keys(), rec.Callbacks());
   ASSERT_TRUE(view.Start().ok());
   Membership m(*client_, Keys(), Node(5), 3);
-  m.Start();
+  ASSERT_TRUE(m.Start().ok());
   ASSERT_TRUE(WaitFor([&] { return view.snapshot()->Alive(5); }));
   EXPECT_FALSE(view.stale());
   etcd_.Stop(SIGKILL);
@@ -247,12 +247,54 @@ TEST_F(ClusterTest, ViewGoesStaleWhileEtcdIsDownAndCatchesUpAfter) {
   view.Stop();
 }
 
+// One node id, one live process (docs/operations.md, "Node ids"): another incarnation is
+// refused while the holder renews its lease; the node's next process (which knows the
+// holder's incarnation from its data directory) takes the key over at once, and the old
+// process's lease going away then leaves the key alone.
+TEST_F(ClusterTest, MembershipRefusesAnotherLiveIncarnationAndLetsTheNextProcessTakeOver) {
+  NodeInfo first_process = Node(8);
+  first_process.incarnation = "aaaa";
+  Membership holder(*client_, Keys(), first_process, 1);
+  ASSERT_TRUE(holder.Start().ok());
+  ASSERT_TRUE(holder.registered());
+
+  NodeInfo stranger = Node(8);
+  stranger.incarnation = "bbbb";
+  Membership twin(*client_, Keys(), stranger, 1, /*previous_incarnation=*/"");
+  const Status refused = twin.Start();  // waits one TTL (+1 s) for the key to lapse
+  EXPECT_EQ(refused.code(), StatusCode::kBadRequest) << refused.ToString();
+  EXPECT_NE(refused.message().find("node id 8 is already held by another live node "
+                                   "(incarnation aaaa"),
+            std::string::npos)
+      << refused.ToString();
+  EXPECT_FALSE(twin.registered());
+  auto held = client_->Range(Keys().Node(8));
+  ASSERT_TRUE(held.ok() && held->kvs.size() == 1);
+  EXPECT_EQ(ParseNode(held->kvs[0].value)->incarnation, "aaaa");
+  EXPECT_EQ(held->kvs[0].lease, holder.lease_id());
+
+  NodeInfo next_process = Node(8);
+  next_process.incarnation = "cccc";
+  Membership restarted(*client_, Keys(), next_process, 1, /*previous_incarnation=*/"aaaa");
+  ASSERT_TRUE(restarted.Start().ok());
+  ASSERT_TRUE(restarted.registered());
+  auto taken = client_->Range(Keys().Node(8));
+  ASSERT_TRUE(taken.ok() && taken->kvs.size() == 1);
+  EXPECT_EQ(ParseNode(taken->kvs[0].value)->incarnation, "cccc");
+  EXPECT_EQ(taken->kvs[0].lease, restarted.lease_id());
+  holder.Stop();  // revokes the old lease: the key is no longer under it
+  auto kept = client_->Range(Keys().Node(8));
+  ASSERT_TRUE(kept.ok());
+  EXPECT_EQ(kept->kvs.size(), 1u);
+  restarted.Stop();
+}
+
 TEST_F(ClusterTest, MembershipRegistersAgainAfterItsLeaseIsLost) {
   Recorder rec;
   ClusterView view(*client_, Keys(), rec.Callbacks());
   ASSERT_TRUE(view.Start().ok());
   Membership m(*client_, Keys(), Node(6), 2);
-  m.Start();
+  ASSERT_TRUE(m.Start().ok());
   ASSERT_TRUE(m.WaitRegistered(10'000));
   const int64_t first = m.lease_id();
   ASSERT_TRUE(client_->LeaseRevoke(first).ok());  // the node's key disappears

@@ -112,12 +112,22 @@ TEST_F(EtcdClientTest, KeeperKeepsAKeyAlivePastSeveralTtlsAndAStoppedKeeperLetsI
   bool lost = false;
   LeaseKeeper keeper(*client_, *lease, [&] { lost = true; });
   keeper.Start();
-  // Three TTLs: without renewals the key would be gone after one.
-  const int64_t until = SystemClock::Instance().MonoMillis() + 3 * lease->ttl_s * 1000;
-  while (SystemClock::Instance().MonoMillis() < until) {
-    ASSERT_EQ(client_->Range("/k/alive")->kvs.size(), 1u);
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
+  // The keeper renews every TTL/3: six renewals span at least two TTLs, and without them
+  // the key would be gone after one. The key is checked at every poll meanwhile.
+  int64_t missing_at_renewal = -1;
+  const bool renewed = WaitFor(
+      [&] {
+        const int64_t n = keeper.renewals();
+        if (missing_at_renewal < 0 && client_->Range("/k/alive")->kvs.empty()) {
+          missing_at_renewal = n;
+        }
+        return n >= 6 || keeper.lost();
+      },
+      20'000);
+  ASSERT_TRUE(renewed) << "the keeper renewed " << keeper.renewals() << " times";
+  EXPECT_EQ(missing_at_renewal, -1) << "the key was gone after renewal " << missing_at_renewal;
+  EXPECT_GE(keeper.renewals(), 6);
+  EXPECT_EQ(client_->Range("/k/alive")->kvs.size(), 1u);
   EXPECT_FALSE(keeper.lost());
   keeper.Stop();
   EXPECT_TRUE(WaitFor([&] { return client_->Range("/k/alive")->kvs.empty(); }, 10'000));

@@ -69,7 +69,7 @@ TEST(IrisctlClusterTest, InitStatusAndDrain) {
   n.peer = "127.0.0.1:7543";
   n.admin = "127.0.0.1:9093";
   Membership m(*client, ClusterKeys::Create("demo").value(), n, 3);
-  m.Start();
+  ASSERT_TRUE(m.Start().ok());
   ASSERT_TRUE(m.WaitRegistered(10'000));
 
   r = Shell(base + "status" + at);
@@ -125,7 +125,7 @@ TEST(IrisctlClusterTest, InitialNodesDelayTheFirstPlacementAndLaterNodesHoldNoVn
   PlacementController controller(*client, keys, 3, 3);
   controller.Start();
   Membership m3(*client, keys, node(3), 3);
-  m3.Start();
+  ASSERT_TRUE(m3.Start().ok());
   ASSERT_TRUE(iris::testing::WaitFor([&] { return controller.waiting_have() == 1; }));
   r = Shell(base + "status" + at);
   ASSERT_EQ(r.code, 0) << r.out;
@@ -134,10 +134,10 @@ TEST(IrisctlClusterTest, InitialNodesDelayTheFirstPlacementAndLaterNodesHoldNoVn
       << r.out;
 
   Membership m4(*client, keys, node(4), 3);
-  m4.Start();
+  ASSERT_TRUE(m4.Start().ok());
   ASSERT_TRUE(iris::testing::WaitFor([&] { return controller.placements_written() == 1; }));
   Membership m5(*client, keys, node(5), 3);
-  m5.Start();
+  ASSERT_TRUE(m5.Start().ok());
   ASSERT_TRUE(iris::testing::WaitFor([&] { return controller.unplaced_reported() == 1; }));
   r = Shell(base + "status" + at);
   ASSERT_EQ(r.code, 0) << r.out;

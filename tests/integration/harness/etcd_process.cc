@@ -19,6 +19,7 @@
 
 #include "cluster/http_client.h"
 #include "common/clock.h"
+#include "support/wait_for.h"
 
 namespace iris::testing {
 namespace {
@@ -120,7 +121,6 @@ bool EtcdProcess::Start() {
     _exit(127);
   }
   // Ready = answers a linearizable range (a leader exists and the store is open).
-  const int64_t deadline = NowMs() + 20'000;
   std::shared_ptr<SSL_CTX> ctx;
   if (tls) {
     auto c = cluster::MakeClientTlsContext({tls_ca_, client_cert_, client_key_});
@@ -131,22 +131,29 @@ bool EtcdProcess::Start() {
     ctx = *c;
   }
   cluster::HttpConnection conn(endpoint(), ctx);
-  while (NowMs() < deadline) {
-    int status = 0;
-    if (waitpid(pid_, &status, WNOHANG) == pid_) {
-      pid_ = -1;
-      ADD_FAILURE() << "etcd exited at start; log:\n" << LogTail();
-      return false;
-    }
-    auto r = conn.Post("/v3/kv/range", R"({"key":"AA=="})", NowMs() + 500);
-    if (r.ok() && r->status == 200 && r->body.find("\"header\"") != std::string::npos) {
-      return true;
-    }
-    conn.Close();
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // poll interval, not a sync
+  bool exited = false;
+  const bool serving = PollUntil(
+      [&] {
+        int status = 0;
+        if (exited || waitpid(pid_, &status, WNOHANG) == pid_) {
+          exited = true;
+          return true;  // nothing more to wait for
+        }
+        auto r = conn.Post("/v3/kv/range", R"({"key":"AA=="})", NowMs() + 500);
+        if (r.ok() && r->status == 200 && r->body.find("\"header\"") != std::string::npos) {
+          return true;
+        }
+        conn.Close();
+        return false;
+      },
+      20'000, /*poll_ms=*/50);
+  if (exited) {
+    pid_ = -1;
+    ADD_FAILURE() << "etcd exited at start; log:\n" << LogTail();
+    return false;
   }
-  ADD_FAILURE() << "etcd did not serve within 20 s; log:\n" << LogTail();
-  return false;
+  if (!serving) ADD_FAILURE() << "etcd did not serve within 20 s; log:\n" << LogTail();
+  return serving;
 }
 
 void EtcdProcess::Stop(int sig) {

@@ -18,6 +18,7 @@
 #include <filesystem>
 #include <fstream>
 #include <regex>
+#include <set>
 #include <sstream>
 
 #include "common/clock.h"
@@ -429,6 +430,39 @@ Result<client::ReceivedFrame> TestClient::Next(int timeout_ms) {
 std::string NewKey() {
   static UuidV7Generator gen(SystemClock::Instance(), 12345);
   return std::string(UuidBytes(gen.Next()));
+}
+
+::testing::AssertionResult DeliveredOnceInOrder(const std::vector<v1::Envelope>& got, int n) {
+  if (got.size() != static_cast<size_t>(n)) {
+    return ::testing::AssertionFailure() << "got " << got.size() << " messages, sent " << n;
+  }
+  std::vector<std::string> wrong;
+  std::set<uint64_t> ids;
+  for (int i = 0; i < n && wrong.size() < 10; ++i) {
+    const std::string at = "\n  at " + std::to_string(i) + ": ";
+    if (got[i].body() != std::to_string(i)) wrong.push_back(at + "body \"" + got[i].body() + "\"");
+    if (!ids.insert(got[i].id()).second) {
+      wrong.push_back(at + "duplicate id " + std::to_string(got[i].id()));
+    }
+    if (i > 0 && got[i - 1].id() >= got[i].id()) {
+      wrong.push_back(at + "id " + std::to_string(got[i].id()) + " not above " +
+                      std::to_string(got[i - 1].id()));
+    }
+  }
+  if (!wrong.empty()) {
+    ::testing::AssertionResult r = ::testing::AssertionFailure() << "out of order or twice:";
+    for (const std::string& w : wrong) r << w;
+    return r;
+  }
+  return ::testing::AssertionSuccess();
+}
+
+::testing::AssertionResult NoFurtherDeliver(TestClient& c, int timeout_ms) {
+  auto extra = c.Next(timeout_ms);
+  if (extra.ok() && extra->opcode == static_cast<uint8_t>(wire::Opcode::kDeliver)) {
+    return ::testing::AssertionFailure() << "an extra DELIVER arrived";
+  }
+  return ::testing::AssertionSuccess();
 }
 
 }  // namespace iris::testing

@@ -3,6 +3,7 @@
 // directory, and a protocol-level test client. Waiting is always on an observable condition
 // with a deadline (the banner on the child's stdout, a frame on a socket, waitpid).
 
+#include <gtest/gtest.h>
 #include <sys/types.h>
 
 #include <cstdint>
@@ -99,7 +100,8 @@ class TestClient {
                                              const std::string& source_address);
 
   // HELLO; returns the first reply frame (WELCOME or ERROR).
-  client::ReceivedFrame Hello(const std::string& token, uint64_t cursor = 0, uint32_t page_size = 0);
+  client::ReceivedFrame Hello(const std::string& token, uint64_t cursor = 0,
+                              uint32_t page_size = 0);
   // HELLO that must succeed.
   v1::Welcome Login(const ServerProcess& server, uint64_t user, uint64_t cursor = 0,
                     uint32_t page_size = 0);
@@ -127,5 +129,13 @@ class TestClient {
 
 // A fresh UUIDv7 idempotency key (16 bytes).
 std::string NewKey();
+
+// What a recipient got from one sender that sent the bodies "0", "1", ... "n-1" in that
+// order: exactly n messages, body i at position i, ids unique and strictly increasing.
+// Success, or every discrepancy found (up to 10).
+::testing::AssertionResult DeliveredOnceInOrder(const std::vector<v1::Envelope>& got, int n);
+// Success when `c` receives no DELIVER within `timeout_ms` (nothing is delivered twice
+// after the last expected message).
+::testing::AssertionResult NoFurtherDeliver(TestClient& c, int timeout_ms = 300);
 
 }  // namespace iris::testing

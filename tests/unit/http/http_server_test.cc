@@ -11,10 +11,14 @@
 #include <chrono>
 #include <cstdio>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include "support/wait_for.h"
 
 namespace iris::net::http {
 namespace {
@@ -142,6 +146,11 @@ size_t OpenFdCount() {
 // A server with an echo route, a metrics-like route and a throwing one.
 class HttpServerTest : public ::testing::Test {
  protected:
+  // Before held_ goes: no handler may run after it.
+  void TearDown() override {
+    if (server_) server_->Stop();
+  }
+
   void StartServer(HttpServerOptions options = {}) {
     server_ = std::make_unique<HttpServer>(options);
     server_->Route("GET", "/metrics", [](const HttpRequest&) {
@@ -160,13 +169,40 @@ class HttpServerTest : public ::testing::Test {
     server_->Route("PUT", "/echo", [](const HttpRequest&) { return HttpResponse{}; });
     server_->Route("GET", "/throw",
                    [](const HttpRequest&) -> HttpResponse { throw std::runtime_error("boom"); });
+    // Deferred: the responder is held for the test to complete (or not).
+    server_->RouteDeferred(
+        "POST", "/deferred",
+        [this](const HttpRequest& req, std::shared_ptr<HttpResponder> responder) {
+          std::lock_guard<std::mutex> lock(held_mu_);
+          held_.emplace_back(req.body, std::move(responder));
+        },
+        deferred_deadline_);
     ASSERT_TRUE(server_->Start("127.0.0.1", 0).ok());
     port_ = server_->port();
     ASSERT_NE(port_, 0);
   }
 
+  // The responder of the `i`-th request to /deferred, once its handler ran (waits up to
+  // 10 s); nullptr if it did not.
+  std::shared_ptr<HttpResponder> Held(size_t i, std::string* body = nullptr) {
+    std::shared_ptr<HttpResponder> out;
+    iris::testing::PollUntil(
+        [&] {
+          std::lock_guard<std::mutex> lock(held_mu_);
+          if (held_.size() <= i) return false;
+          if (body != nullptr) *body = held_[i].first;
+          out = held_[i].second;
+          return true;
+        },
+        10'000);
+    return out;
+  }
+
   std::unique_ptr<HttpServer> server_;
   uint16_t port_ = 0;
+  milliseconds deferred_deadline_{10'000};
+  std::mutex held_mu_;
+  std::vector<std::pair<std::string, std::shared_ptr<HttpResponder>>> held_;  // held_mu_
 };
 
 TEST_F(HttpServerTest, ServesRoutesAndPassesRequestFields) {
@@ -421,6 +457,85 @@ TEST_F(HttpServerTest, SurvivesGarbageAndLeaksNoDescriptors) {
   EXPECT_EQ(StatusOf(Exchange(port_, "GET /metrics HTTP/1.1\r\n\r\n")), 200);
   server_->Stop();
   EXPECT_EQ(OpenFdCount(), fds_before);
+}
+
+TEST_F(HttpServerTest, DeferredHandlerCompletesFromAnotherThread) {
+  StartServer();
+  Client c(port_);
+  ASSERT_TRUE(c.Send("POST /deferred HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"));
+  std::string body;
+  std::shared_ptr<HttpResponder> responder = Held(0, &body);
+  ASSERT_NE(responder, nullptr) << "the deferred handler never ran";
+  EXPECT_EQ(body, "abc");
+  bool completed = false;
+  std::thread worker([&] {
+    completed = responder->Complete(HttpResponse{202, "text/plain", "done later\n"});
+  });
+  worker.join();
+  EXPECT_TRUE(completed);
+  const std::string r = c.ReadUntilClosed();
+  EXPECT_EQ(StatusOf(r), 202) << r;
+  EXPECT_EQ(BodyOf(r), "done later\n");
+  EXPECT_TRUE(c.closed());
+  // Only the first completion counts.
+  EXPECT_FALSE(responder->Complete(HttpResponse{200, "text/plain", "again\n"}));
+}
+
+TEST_F(HttpServerTest, DeferredRequestNeverAnsweredGets503AtItsDeadline) {
+  deferred_deadline_ = milliseconds(300);
+  StartServer();
+  const auto start = SteadyClock::now();
+  Client c(port_);
+  ASSERT_TRUE(c.Send("POST /deferred HTTP/1.1\r\nContent-Length: 0\r\n\r\n"));
+  std::shared_ptr<HttpResponder> responder = Held(0);
+  ASSERT_NE(responder, nullptr) << "the deferred handler never ran";
+  const std::string r = c.ReadUntilClosed();
+  EXPECT_EQ(StatusOf(r), 503) << r;
+  EXPECT_NE(BodyOf(r).find("no answer in time"), std::string::npos) << r;
+  EXPECT_TRUE(c.closed());
+  EXPECT_GE(SteadyClock::now() - start, milliseconds(300));
+  // The late answer is refused, and the server keeps serving.
+  EXPECT_FALSE(responder->Complete(HttpResponse{200, "text/plain", "too late\n"}));
+  EXPECT_EQ(StatusOf(Exchange(port_, "GET /metrics HTTP/1.1\r\n\r\n")), 200);
+}
+
+TEST_F(HttpServerTest, OtherRequestsAreServedWhileOneIsPending) {
+  StartServer();
+  Client pending(port_);
+  ASSERT_TRUE(pending.Send("POST /deferred HTTP/1.1\r\nContent-Length: 1\r\n\r\nA"));
+  std::shared_ptr<HttpResponder> first = Held(0);
+  ASSERT_NE(first, nullptr) << "the deferred handler never ran";
+  // While the first waits: plain routes and another deferred request are served, with a
+  // client deadline well under the pending request's.
+  for (int i = 0; i < 3; ++i) {
+    Client c(port_);
+    ASSERT_TRUE(c.Send("GET /metrics HTTP/1.1\r\n\r\n"));
+    EXPECT_EQ(StatusOf(c.ReadUntilClosed(milliseconds(3'000))), 200) << "request " << i;
+  }
+  Client second(port_);
+  ASSERT_TRUE(second.Send("POST /deferred HTTP/1.1\r\nContent-Length: 1\r\n\r\nB"));
+  std::shared_ptr<HttpResponder> next = Held(1);
+  ASSERT_NE(next, nullptr);
+  EXPECT_TRUE(next->Complete(HttpResponse{200, "text/plain", "B\n"}));
+  EXPECT_EQ(BodyOf(second.ReadUntilClosed(milliseconds(3'000))), "B\n");
+  // The first is still open, and answered when completed.
+  EXPECT_TRUE(first->Complete(HttpResponse{200, "text/plain", "A\n"}));
+  const std::string r = pending.ReadUntilClosed();
+  EXPECT_EQ(StatusOf(r), 200) << r;
+  EXPECT_EQ(BodyOf(r), "A\n");
+}
+
+TEST_F(HttpServerTest, StopRefusesLaterCompletions) {
+  StartServer();
+  Client c(port_);
+  ASSERT_TRUE(c.Send("POST /deferred HTTP/1.1\r\nContent-Length: 0\r\n\r\n"));
+  std::shared_ptr<HttpResponder> responder = Held(0);
+  ASSERT_NE(responder, nullptr);
+  server_->Stop();
+  EXPECT_EQ(c.ReadUntilClosed(), "");  // dropped unanswered, as any in-flight request
+  EXPECT_FALSE(responder->Complete(HttpResponse{}));
+  server_.reset();
+  EXPECT_FALSE(responder->Complete(HttpResponse{}));  // outlives the server safely
 }
 
 TEST(HttpServerStartTest, ReportsBadAddressesAndBusyPorts) {

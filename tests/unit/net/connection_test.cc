@@ -28,6 +28,7 @@
 
 #include "net/event_loop.h"
 #include "net/tls.h"
+#include "support/wait_for.h"
 
 namespace iris::net {
 namespace {
@@ -208,8 +209,8 @@ class ConnectionTest : public ::testing::TestWithParam<const char*> {
     fcntl(sv[1], F_SETFL, O_NONBLOCK);
     Peer* raw = peer.get();
     OnLoop([&, raw, fd = sv[1]] {
-      raw->conn = std::make_unique<Connection>(loop_, server_ctx_->get(), fd, &raw->echo,
-                                               size_t{8} << 20);
+      raw->conn =
+          std::make_unique<Connection>(loop_, server_ctx_->get(), fd, &raw->echo, size_t{8} << 20);
       raw->echo.conn = raw->conn.get();
       EXPECT_TRUE(raw->conn->Start().ok());
     });
@@ -251,9 +252,9 @@ TEST_P(ConnectionTest, KeyUpdatesFromTheClientAreFollowed) {
   for (int i = 0; i < 3; ++i) {
     // Requested: the server must update its own sending key too; OpenSSL checks that the
     // following records decrypt under the new keys.
-    ASSERT_EQ(SSL_key_update(ssl_, i % 2 == 0 ? SSL_KEY_UPDATE_REQUESTED
-                                              : SSL_KEY_UPDATE_NOT_REQUESTED),
-              1);
+    ASSERT_EQ(
+        SSL_key_update(ssl_, i % 2 == 0 ? SSL_KEY_UPDATE_REQUESTED : SSL_KEY_UPDATE_NOT_REQUESTED),
+        1);
     const std::string msg = "after update " + std::to_string(i);
     EXPECT_EQ(Echoed(msg), msg);
   }
@@ -281,8 +282,7 @@ TEST_P(ConnectionTest, ClientCloseNotifyEndsTheConnection) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Suites, ConnectionTest,
-                         ::testing::Values("", "TLS_AES_128_GCM_SHA256",
-                                           "TLS_AES_256_GCM_SHA384",
+                         ::testing::Values("", "TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
                                            "TLS_CHACHA20_POLY1305_SHA256"),
                          [](const ::testing::TestParamInfo<const char*>& p) {
                            const std::string s = p.param;
@@ -318,8 +318,7 @@ TEST_P(ConnectionAttackTest, ForgedRecordClosesTheConnection) {
   // A well-formed header with a body no key produced.
   std::string forged("\x17\x03\x03\x00\x20", 5);
   forged.append(32, 'x');
-  ASSERT_EQ(write(client_fd_, forged.data(), forged.size()),
-            static_cast<ssize_t>(forged.size()));
+  ASSERT_EQ(write(client_fd_, forged.data(), forged.size()), static_cast<ssize_t>(forged.size()));
   ASSERT_TRUE(WaitFor([&] { return echo_.closed.load(); }));
   EXPECT_NE(echo_.reason().find("bad_record_mac"), std::string::npos) << echo_.reason();
   // Issue 14, finding 6: RFC 8446 section 5.2 answers a record that fails to decrypt with a
@@ -364,7 +363,6 @@ TEST_P(ConnectionAttackTest, DataRightBehindTheFinishedMessageIsNotLost) {
   EXPECT_EQ(std::string(buf, 5), "first");
 }
 
-
 // CPU time (user + system, in clock ticks) that thread `tid` of this process has used.
 long ThreadCpuTicks(pid_t tid) {
   std::ifstream in("/proc/self/task/" + std::to_string(tid) + "/stat");
@@ -392,9 +390,9 @@ TEST_P(ConnectionAttackTest, KeyUpdateFloodIsCutOffAndTheLoopStaysResponsive) {
   ASSERT_TRUE(secrets.complete());
   const auto suite =
       static_cast<uint16_t>(SSL_CIPHER_get_id(SSL_get_current_cipher(ssl_)) & 0xffff);
-  Result<Tls13Records> rec = Tls13Records::ForClient(
-      suite, std::span<const uint8_t>(secrets.client, secrets.client_len),
-      std::span<const uint8_t>(secrets.server, secrets.server_len));
+  Result<Tls13Records> rec =
+      Tls13Records::ForClient(suite, std::span<const uint8_t>(secrets.client, secrets.client_len),
+                              std::span<const uint8_t>(secrets.server, secrets.server_len));
   ASSERT_TRUE(rec.ok()) << rec.status().message();
   std::unique_ptr<Peer> other = AddPeer();
   ASSERT_EQ(EchoedOn(other->ssl, other->fd, "before"), "before");
@@ -446,12 +444,23 @@ TEST_P(ConnectionAttackTest, ClosingConnectionNeitherSpinsOnInputNorOutlivesTheP
   }));
   const std::string junk(100, 'j');
   ASSERT_EQ(write(client_fd_, junk.data(), junk.size()), static_cast<ssize_t>(junk.size()));
+  // The measurement window is ten turns of the loop's own ticker (about 100 ms each): a
+  // loop spinning on the unread input still runs its tickers, so the window ends either way.
+  auto ticks = std::make_shared<std::atomic<int>>(0);
+  OnLoop([&, ticks] { loop_.AddTicker([ticks] { ticks->fetch_add(1); }); });
+  const int first_tick = ticks->load();
+  // (Polled every 10 ms, not spun: the test thread must not compete with the loop's.)
+  ASSERT_TRUE(iris::testing::PollUntil([&] { return ticks->load() > first_tick; }, 10'000, 10));
   const long before = ThreadCpuTicks(loop_tid);
-  std::this_thread::sleep_for(std::chrono::seconds(1));  // a measurement window, not a wait
+  const auto window_start = Clock::now();
+  const int from = ticks->load();
+  ASSERT_TRUE(iris::testing::PollUntil([&] { return ticks->load() >= from + 10; }, 10'000, 10));
   const long used = ThreadCpuTicks(loop_tid) - before;
-  const long ticks_per_s = sysconf(_SC_CLK_TCK);
-  EXPECT_LT(used * 10, ticks_per_s) << "the loop thread used " << used << " of " << ticks_per_s
-                                    << " ticks in 1 s with the connection closing";
+  const double window_s = std::chrono::duration<double>(Clock::now() - window_start).count();
+  const double ticks_in_window = window_s * static_cast<double>(sysconf(_SC_CLK_TCK));
+  EXPECT_LT(static_cast<double>(used) * 10, ticks_in_window)
+      << "the loop thread used " << used << " of " << ticks_in_window << " clock ticks in "
+      << window_s << " s with the connection closing";
   EXPECT_FALSE(echo_.closed.load()) << "output is still queued: " << echo_.reason();
   ASSERT_EQ(shutdown(client_fd_, SHUT_WR), 0);
   ASSERT_TRUE(WaitFor([&] { return echo_.closed.load(); }))

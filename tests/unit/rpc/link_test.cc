@@ -201,8 +201,6 @@ class RpcPeerTest : public ::testing::Test {
   }
   void TearDown() override { server_.Stop(); }
 
-  friend void SendsToAPeerThatStopsReading(RpcPeerTest& t, bool close_after_hello);
-
  public:
   std::unique_ptr<net::PeerTlsContext> Context(const net::PeerTlsConfig& c) {
     auto ctx = net::PeerTlsContext::Create(c);
@@ -387,10 +385,64 @@ TEST_F(RpcPeerTest, LinkLossFailsPendingCalls) {
   EXPECT_FALSE(a.link_up());
 }
 
+constexpr size_t kQueueBound = 1u << 20;
+
+// What streaming sends into a link that stops draining came to.
+struct StreamOutcome {
+  int issued = 0;                // sends issued (at most 1024 of 64 KiB: far more than the
+                                 // socket buffers and the bound together can hold)
+  bool link_up_after = true;     // the link was still up after the last send
+  bool all_answered = false;     // every send's callback ran within the deadline
+  int unavailable = 0;           // sends that failed with UNAVAILABLE
+  int other = 0;                 // sends answered any other way
+  bool lost_once = false;        // on_link_lost ran exactly once within the deadline
+  size_t peak_queued_bytes = 0;  // the most the link's write queue held
+};
+
+// Issues 64 KiB sends on `rc` while its link is up; then waits for every answer and for
+// `lost` (counted by the on_link_lost handler given to `rc`) to reach 1. `rc`'s link must
+// have max_queued_bytes = kQueueBound.
+StreamOutcome StreamSendsUntilLinkDown(RemoteCore& rc, const std::atomic<int>& lost) {
+  StreamOutcome out;
+  std::atomic<int> failed{0};
+  std::atomic<int> other{0};
+  v1::Send send;
+  send.set_recipient(2);
+  send.set_body(std::string(64u << 10, 'x'));
+  while (rc.link_up() && out.issued < 1024) {
+    rc.Send(1, send, "", [&](Result<core::AppendResult> r) {
+      (r.status().code() == StatusCode::kUnavailable ? failed : other).fetch_add(1);
+    });
+    ++out.issued;
+  }
+  out.link_up_after = rc.link_up();
+  out.all_answered = WaitFor([&] { return failed.load() + other.load() == out.issued; });
+  out.unavailable = failed.load();
+  out.other = other.load();
+  out.lost_once = WaitFor([&] { return lost.load() == 1; });
+  out.peak_queued_bytes = rc.link()->peak_queued_bytes();
+  return out;
+}
+
+RemoteCoreOptions BoundedQueueOptions() {
+  RemoteCoreOptions options;
+  options.link.max_queued_bytes = kQueueBound;
+  return options;
+}
+
+// What a run against a TLS peer that stops reading came to.
+struct StalledTlsPeerRun {
+  Status connected = Internal("not run");  // RemoteCore::ConnectPeer to the stalled node
+  StreamOutcome stream;
+  bool peer_saw_end = false;  // the stalled node read the end of the TLS stream
+};
+
 // Over mutual TLS: a node that accepts the hello and then stops reading (or, with
-// `close_after_hello`, goes away). Sends keep coming until the link ends: every call fails
-// with UNAVAILABLE, the write queue never passes its bound, and the node sees the end.
-void SendsToAPeerThatStopsReading(RpcPeerTest& t, bool close_after_hello) {
+// `close_after_hello`, goes away). Sends stream to it until the link ends. Fatal failures
+// (the test PKI, the listener) are reported through gtest; wrap the call in
+// ASSERT_NO_FATAL_FAILURE.
+void RunAgainstAPeerThatStopsReading(RpcPeerTest& t, bool close_after_hello,
+                                     StalledTlsPeerRun* run) {
   auto server_tls = t.Context(t.pki_.Node(2));
   auto client_tls = t.Context(t.pki_.Node(1));
   ASSERT_NE(server_tls, nullptr);
@@ -453,55 +505,49 @@ void SendsToAPeerThatStopsReading(RpcPeerTest& t, bool close_after_hello) {
     close(fd);
   });
 
-  constexpr size_t kBound = 1u << 20;
-  RemoteCoreOptions options;
-  options.link.max_queued_bytes = kBound;
-  RemoteCore a(0, options);
+  RemoteCore a(0, BoundedQueueOptions());
   std::atomic<int> lost{0};
   RemoteCore::PushHandler h;
   h.on_link_lost = [&] { lost.fetch_add(1); };
-  const Status up =
-      a.ConnectPeer("127.0.0.1:" + std::to_string(port), *client_tls, 2, 1, h, 10'000);
+  run->connected = a.ConnectPeer("127.0.0.1:" + std::to_string(port), *client_tls, 2, 1, h, 10'000);
   connected = true;
-  if (!up.ok()) {
-    client_done = true;
-    stalled.join();
-    close(lfd);
-    FAIL() << up.ToString();
-  }
-  std::atomic<int> failed{0};
-  std::atomic<int> other{0};
-  int issued = 0;
-  v1::Send send;
-  send.set_recipient(2);
-  send.set_body(std::string(64u << 10, 'x'));
-  while (a.link_up() && issued < 1024) {
-    a.Send(1, send, "", [&](Result<core::AppendResult> r) {
-      (r.status().code() == StatusCode::kUnavailable ? failed : other).fetch_add(1);
-    });
-    ++issued;
-  }
-  EXPECT_FALSE(a.link_up()) << "the link outlived " << issued << " sends to a stalled peer";
-  EXPECT_TRUE(WaitFor([&] { return failed.load() + other.load() == issued; }));
-  EXPECT_EQ(other.load(), 0);
-  EXPECT_TRUE(WaitFor([&] { return lost.load() == 1; }));
-  EXPECT_LE(a.link()->peak_queued_bytes(), kBound);
+  if (run->connected.ok()) run->stream = StreamSendsUntilLinkDown(a, lost);
   a.Stop();
   client_done = true;
   stalled.join();
-  EXPECT_TRUE(saw_end.load());  // the stalled node sees the link end
+  run->peer_saw_end = saw_end.load();
   close(lfd);
 }
 
+// A node that stops reading: sends keep coming until the link ends; every call fails with
+// UNAVAILABLE, the write queue never passes its bound, and the node sees the end.
 TEST_F(RpcPeerTest, StalledPeerOverTlsClosesLinkAtTheQueueBound) {
-  SendsToAPeerThatStopsReading(*this, /*close_after_hello=*/false);
+  StalledTlsPeerRun run;
+  ASSERT_NO_FATAL_FAILURE(RunAgainstAPeerThatStopsReading(*this, false, &run));
+  ASSERT_TRUE(run.connected.ok()) << run.connected.ToString();
+  const StreamOutcome& s = run.stream;
+  EXPECT_FALSE(s.link_up_after) << "the link outlived " << s.issued << " sends to a stalled peer";
+  EXPECT_TRUE(s.all_answered) << s.unavailable + s.other << " of " << s.issued << " answered";
+  EXPECT_EQ(s.unavailable, s.issued);
+  EXPECT_TRUE(s.lost_once);
+  EXPECT_LE(s.peak_queued_bytes, kQueueBound);
+  EXPECT_TRUE(run.peer_saw_end);  // the stalled node sees the link end
 }
 
 // A TLS peer that goes away while calls stream to it: the link ends (whichever of the read
 // and write sides notices first), every call fails with UNAVAILABLE, and the process
 // survives (nothing in this test ignores SIGPIPE).
 TEST_F(RpcPeerTest, PeerThatGoesAwayFailsStreamingCalls) {
-  SendsToAPeerThatStopsReading(*this, /*close_after_hello=*/true);
+  StalledTlsPeerRun run;
+  ASSERT_NO_FATAL_FAILURE(RunAgainstAPeerThatStopsReading(*this, true, &run));
+  ASSERT_TRUE(run.connected.ok()) << run.connected.ToString();
+  ASSERT_TRUE(run.peer_saw_end) << "the peer never went away";
+  EXPECT_FALSE(run.stream.link_up_after)
+      << "the link outlived " << run.stream.issued << " sends to a peer that went away";
+  EXPECT_TRUE(run.stream.all_answered);
+  EXPECT_EQ(run.stream.other, 0);
+  EXPECT_EQ(run.stream.unavailable, run.stream.issued);
+  EXPECT_TRUE(run.stream.lost_once);
 }
 
 // Figures (printed, not asserted): 20,000 pipelined sends of 100-byte bodies over the mTLS
@@ -569,34 +615,20 @@ TEST(LinkTest, StalledPeerClosesLinkAtTheQueueBound) {
   ASSERT_EQ(bind(listen_fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
   ASSERT_EQ(listen(listen_fd, 4), 0);
 
-  constexpr size_t kBound = 1u << 20;
-  RemoteCoreOptions options;
-  options.link.max_queued_bytes = kBound;
-  RemoteCore rc(0, options);
+  RemoteCore rc(0, BoundedQueueOptions());
   ASSERT_TRUE(rc.Connect(path, 5'000).ok());
   std::atomic<int> lost{0};
   RemoteCore::PushHandler h;
   h.on_link_lost = [&] { lost.fetch_add(1); };
   rc.Start(h);
 
-  std::atomic<int> failed{0};
-  std::atomic<int> other{0};
-  int issued = 0;
-  v1::Send send;
-  send.set_recipient(2);
-  send.set_body(std::string(64u << 10, 'x'));
-  // Far more than the socket buffers and the bound together can hold (64 MiB).
-  while (rc.link_up() && issued < 1024) {
-    rc.Send(1, send, "", [&](Result<core::AppendResult> r) {
-      (r.status().code() == StatusCode::kUnavailable ? failed : other).fetch_add(1);
-    });
-    ++issued;
-  }
-  EXPECT_FALSE(rc.link_up()) << "the link outlived " << issued << " sends to a stalled peer";
-  ASSERT_TRUE(WaitFor([&] { return failed.load() + other.load() == issued; }));
-  EXPECT_EQ(other.load(), 0);
-  EXPECT_TRUE(WaitFor([&] { return lost.load() == 1; }));
-  EXPECT_LE(rc.link()->peak_queued_bytes(), kBound);
+  const StreamOutcome s = StreamSendsUntilLinkDown(rc, lost);
+  EXPECT_FALSE(s.link_up_after) << "the link outlived " << s.issued << " sends to a stalled peer";
+  ASSERT_TRUE(s.all_answered);
+  EXPECT_EQ(s.other, 0);
+  EXPECT_EQ(s.unavailable, s.issued);
+  EXPECT_TRUE(s.lost_once);
+  EXPECT_LE(s.peak_queued_bytes, kQueueBound);
 
   // The other side sees the link end: what was written, then end of stream.
   rc.Stop();  // (only matters when the check above failed: a link still up never ends)

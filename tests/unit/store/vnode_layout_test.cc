@@ -456,9 +456,33 @@ void ExpectMigrated(const std::string& path, const LegacyStore& legacy, bool fir
 TEST(LayoutMigrationTest, Version1StoreIsMigratedOnOpen) {
   TempDir dir;
   const LegacyStore legacy = WriteLegacyStore(dir.path());
-  ExpectMigrated(dir.path(), legacy);
+  const std::string old_key = legacy_v1::InboxKey(2, legacy.dm_id);
+  const std::string new_key = InboxKey(V(2), 2, legacy.dm_id);
+  {
+    auto db = OpenRaw(dir.path());
+    ASSERT_NE(db, nullptr);
+    ASSERT_TRUE(Get(*db, Cf::kInbox, old_key).has_value());
+    ASSERT_FALSE(Get(*db, Cf::kMeta, kMetaLayoutVersionKey).has_value());
+  }
+  ASSERT_NO_FATAL_FAILURE(ExpectMigrated(dir.path(), legacy));
+  {
+    // The record moved under its vnode-prefixed key, and the store says version 2.
+    auto db = OpenRaw(dir.path());
+    ASSERT_NE(db, nullptr);
+    EXPECT_FALSE(Get(*db, Cf::kInbox, old_key).has_value());
+    EXPECT_TRUE(Get(*db, Cf::kInbox, new_key).has_value());
+    EXPECT_EQ(Get(*db, Cf::kMeta, kMetaLayoutVersionKey), EncodeU32(kLayoutVersion));
+  }
   // Opening again finds version 2 and changes nothing.
-  ExpectMigrated(dir.path(), legacy, /*first=*/false);
+  ASSERT_NO_FATAL_FAILURE(ExpectMigrated(dir.path(), legacy, /*first=*/false));
+  {
+    auto store = OpenOrDie(TestOptions(dir.path()));
+    ASSERT_NE(store, nullptr);
+    Result<std::vector<v1::Envelope>> inbox = ScanAll(*store, 2);
+    ASSERT_TRUE(inbox.ok()) << inbox.status().ToString();
+    ASSERT_EQ(inbox->size(), legacy.inbox.at(2).size());
+    EXPECT_EQ(inbox->front().id(), legacy.dm_id);
+  }
 }
 
 TEST(LayoutMigrationTest, InterruptedMigrationIsFinishedByTheNextOpen) {
