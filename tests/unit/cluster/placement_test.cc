@@ -104,7 +104,7 @@ TEST(PlacementTest, CodecsRoundTripAndRejectMalformedValues) {
             StatusCode::kBadRequest);
   EXPECT_EQ(ParseConfig("{\"vnodes\":64,\"replicas\":3,\"initial_nodes\":65}").status().code(),
             StatusCode::kBadRequest);
-  NodeInfo n{7, "127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", NodeRole::kEdge, true};
+  NodeInfo n{7, "127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", NodeRole::kEdge, "", true};
   auto back = ParseNode(NodeToJson(n));
   ASSERT_TRUE(back.ok());
   EXPECT_EQ(back->peer, n.peer);
@@ -129,7 +129,7 @@ TEST(PlacementTest, SnapshotFromKeysAnswersPrimaryOfAndRemembersDownNodes) {
   for (const auto& [id, s] : plan.shards) {
     ASSERT_TRUE(ApplyKey(keys, keys.Shard(id), ShardToJson(s), false, &st).ok());
   }
-  NodeInfo n{2, "p", "c", "a", NodeRole::kStorage, false};
+  NodeInfo n{2, "p", "c", "a", NodeRole::kStorage, "", false};
   ASSERT_TRUE(ApplyKey(keys, keys.Node(2), NodeToJson(n), false, &st).ok());
   EXPECT_TRUE(st.nodes.at(2).alive);
   ASSERT_TRUE(ApplyKey(keys, keys.Node(2), "", true, &st).ok());
