@@ -181,6 +181,10 @@ void PlacementController::Run() {
       lock.unlock();
       StepDown();
       lock.lock();
+      // A node that lost its lease (it could not renew it, or it was revoked) lets the
+      // others campaign first for one TTL rather than race to win again at once.
+      cv_.wait_for(lock, std::chrono::seconds(ttl_s_), [this] { return stop_; });
+      if (stop_) break;
     }
     lock.unlock();
     Status s;
