@@ -10,6 +10,8 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -22,6 +24,36 @@
 
 namespace iris::client {
 namespace {
+
+// OpenSSL writes to its socket with write(2), which raises SIGPIPE when the server has
+// closed the connection, and SIGPIPE ends the process by default: a library must not do
+// that to its application. SIGPIPE is blocked on this thread for the scope, and one raised
+// meanwhile (and not pending before) is taken back; the write fails with EPIPE instead.
+class NoSigpipe {
+ public:
+  NoSigpipe() {
+    sigemptyset(&pipe_);
+    sigaddset(&pipe_, SIGPIPE);
+    sigset_t pending;
+    sigpending(&pending);
+    was_pending_ = sigismember(&pending, SIGPIPE) == 1;
+    if (!was_pending_) pthread_sigmask(SIG_BLOCK, &pipe_, &old_);
+  }
+  ~NoSigpipe() {
+    if (was_pending_) return;
+    const timespec zero{0, 0};
+    while (sigtimedwait(&pipe_, nullptr, &zero) == SIGPIPE) {
+    }
+    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+  }
+  NoSigpipe(const NoSigpipe&) = delete;
+  NoSigpipe& operator=(const NoSigpipe&) = delete;
+
+ private:
+  sigset_t pipe_{};
+  sigset_t old_{};
+  bool was_pending_ = false;
+};
 
 int64_t NowMs() { return SystemClock::Instance().MonoMillis(); }
 
@@ -150,7 +182,10 @@ Connection::~Connection() {
 
 void Connection::Close() {
   if (ssl_ != nullptr) {
-    if (fd_ >= 0) SSL_shutdown(static_cast<SSL*>(ssl_));
+    if (fd_ >= 0) {
+      NoSigpipe no_sigpipe;
+      SSL_shutdown(static_cast<SSL*>(ssl_));
+    }
     SSL_free(static_cast<SSL*>(ssl_));
     ssl_ = nullptr;
   }
@@ -187,6 +222,7 @@ Status Connection::SendRaw(std::string_view bytes) {
     int n, err = SSL_ERROR_NONE;
     {
       std::lock_guard<std::mutex> lock(ssl_mu_);
+      NoSigpipe no_sigpipe;
       ERR_clear_error();
       n = SSL_write(ssl, bytes.data(), static_cast<int>(std::min<size_t>(bytes.size(), 1 << 20)));
       if (n <= 0) err = SSL_get_error(ssl, n);

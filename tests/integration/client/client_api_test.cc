@@ -81,6 +81,30 @@ class ClientApiTest : public ::testing::Test {
   std::string dir_;
 };
 
+// Writing to a connection the server has closed is an error for the caller, not a
+// SIGPIPE that ends the application (the library blocks it around its TLS writes).
+TEST_F(ClientApiTest, WritingAfterTheServerClosedFailsWithoutKillingTheProcess) {
+  auto c = TestClient::Connect(server_);
+  ASSERT_TRUE(c);
+  v1::Ping ping;  // anything but HELLO first: the server answers with an error and closes
+  ping.set_nonce(1);
+  v1::Send send;
+  send.set_request_id(1);
+  ASSERT_TRUE(c->conn().SendFrame(static_cast<uint8_t>(wire::Opcode::kSend), send).ok());
+  for (;;) {
+    auto f = c->Next(10'000);
+    if (!f.ok()) break;  // closed by the server
+  }
+  // The peer has gone: the first writes may still land in the socket buffer; later ones
+  // hit the closed socket (EPIPE), which must come back as an error.
+  Status last = Status::Ok();
+  for (int i = 0; i < 50 && last.ok(); ++i) {
+    last = c->conn().SendFrame(static_cast<uint8_t>(wire::Opcode::kPing), ping);
+  }
+  EXPECT_FALSE(last.ok());
+  EXPECT_EQ(last.code(), StatusCode::kUnavailable) << last.ToString();
+}
+
 TEST_F(ClientApiTest, MessageReceiptAndTypingBetweenTwoClients) {
   EventLog alice_log, bob_log;
   auto alice = Client::Open(Options(11, &alice_log));
