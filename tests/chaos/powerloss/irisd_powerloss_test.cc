@@ -6,7 +6,7 @@
 // its acknowledged id and body, every cycle, over everything acknowledged so far.
 //
 // Before the first power loss the data directory is synced once (irisd's generated TLS key
-// and secrets stand for files an operator installs). CI: 3 power losses;
+// and secrets stand for files an operator installs). CI: 5 power losses;
 // IRIS_POWERLOSS_CYCLES=N, or IRIS_CHAOS_LONG=1 for 100. IRIS_CHAOS_SEED=S replays a run.
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -129,7 +129,7 @@ void IrisdPowerLoss::Run(uint64_t seed, uint64_t cycles, bool stop_at_loss, uint
 
 TEST_F(IrisdPowerLoss, AcknowledgedMessagesSurvivePowerLoss) {
   const uint64_t seed = Seed();
-  const uint64_t cycles = Cycles(3);
+  const uint64_t cycles = Cycles(5);
   std::printf("irisd power loss: seed=%llu cycles=%llu (IRIS_CHAOS_SEED replays)\n",
               static_cast<unsigned long long>(seed), static_cast<unsigned long long>(cycles));
   std::fflush(stdout);
