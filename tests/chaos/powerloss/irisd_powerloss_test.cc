@@ -36,7 +36,8 @@ struct Sent {
 class IrisdPowerLoss : public ::testing::Test {
  protected:
   void TearDown() override {
-    server_.Stop(SIGKILL);  // before the unmount: nothing may hold the mount
+    unsetenv("LD_PRELOAD");  // the mutation's, also when it failed half-way
+    server_.Stop(SIGKILL);   // before the unmount: nothing may hold the mount
     mount_.Unmount();
   }
 
