@@ -5,6 +5,7 @@
 #include <set>
 
 #include "cluster/cluster_view.h"
+#include "common/clock.h"
 #include "obs/log.h"
 
 namespace iris::cluster {
@@ -57,8 +58,10 @@ void PlacementController::StepDown() {
     keeper_->Stop();
     keeper_.reset();
   }
-  if (leader_.exchange(false))
+  if (leader_.exchange(false)) {
     LogWarn("cluster: no longer the placement controller", {{"node", self_}});
+    quiet_until_ms_ = SystemClock::Instance().MonoMillis() + ttl_s_ * 1000;
+  }
   lease_id_ = 0;
   won_revision_ = 0;
 }
@@ -181,10 +184,6 @@ void PlacementController::Run() {
       lock.unlock();
       StepDown();
       lock.lock();
-      // A node that lost its lease (it could not renew it, or it was revoked) lets the
-      // others campaign first for one TTL rather than race to win again at once.
-      cv_.wait_for(lock, std::chrono::seconds(ttl_s_), [this] { return stop_; });
-      if (stop_) break;
     }
     lock.unlock();
     Status s;
@@ -206,7 +205,8 @@ void PlacementController::Run() {
         s = r.status();
       }
     }
-    if (s.ok() && !leader_) s = Campaign();
+    const int64_t quiet_ms = quiet_until_ms_ - SystemClock::Instance().MonoMillis();
+    if (s.ok() && !leader_ && quiet_ms <= 0) s = Campaign();
     if (s.ok() && leader_) s = Reconcile();
     lock.lock();
     if (!s.ok()) {
@@ -217,9 +217,11 @@ void PlacementController::Run() {
       continue;
     }
     backoff_ms = 100;
-    // Periodic look as a safety net besides the watch.
-    cv_.wait_for(lock, std::chrono::seconds(2),
-                 [this] { return stop_ || changed_ || lost_ || rewatch_ || !watch_; });
+    // Periodic look as a safety net besides the watch (sooner when a quiet period ends).
+    const int64_t look_ms = quiet_ms > 0 ? std::min<int64_t>(quiet_ms, 2000) : 2000;
+    cv_.wait_for(lock, std::chrono::milliseconds(look_ms), [this, quiet_ms] {
+      return stop_ || lost_ || rewatch_ || !watch_ || (changed_ && quiet_ms <= 0);
+    });
   }
   lock.unlock();
   if (watch_) watch_->Stop();

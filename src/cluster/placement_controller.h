@@ -75,8 +75,12 @@ class PlacementController {
   std::atomic<int64_t> placements_written_{0};
   std::atomic<int64_t> waiting_have_{-1};
   std::atomic<int64_t> unplaced_reported_{0};
-  std::set<NodeId> reported_unplaced_;   // thread-owned: late joiners already logged
-  int64_t won_revision_ = 0;             // thread-owned: mod revision of the controller key
+  std::set<NodeId> reported_unplaced_;  // thread-owned: late joiners already logged
+  int64_t won_revision_ = 0;            // thread-owned: mod revision of the controller key
+  // Thread-owned: no campaign before this (monotonic ms). A node that was the controller
+  // and stopped being it (its lease ended, or the key lapsed or went to another node)
+  // lets the others campaign first for one TTL rather than race to win again at once.
+  int64_t quiet_until_ms_ = 0;
   std::unique_ptr<LeaseKeeper> keeper_;  // thread-owned
   std::unique_ptr<EtcdWatch> watch_;     // thread-owned
   std::mutex mu_;
