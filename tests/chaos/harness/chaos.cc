@@ -62,6 +62,8 @@ bool ChaosLong() {
   return l != nullptr && std::string(l) == "1";
 }
 
+std::vector<std::string> ChaosServerArgs() { return {"--inbox-cap", "1000000000"}; }
+
 int ChaosCycles(int ci_cycles, int long_cycles) {
   if (const char* s = std::getenv("IRIS_CHAOS_CYCLES"); s != nullptr && *s != '\0') {
     const int n = std::atoi(s);

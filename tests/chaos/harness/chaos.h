@@ -31,6 +31,10 @@ uint64_t ChaosSeed();
 // IRIS_CHAOS_CYCLES when set, else `long_cycles` with IRIS_CHAOS_LONG=1, else `ci_cycles`.
 int ChaosCycles(int ci_cycles, int long_cycles);
 bool ChaosLong();
+// irisd flags every chaos server needs: an inbox cap (--inbox-cap) far above any run's
+// traffic, so that the final catch-up from cursor 0 sees every message (older ones would
+// otherwise move to the archive and look lost).
+std::vector<std::string> ChaosServerArgs();
 
 struct ChaosOptions {
   uint64_t seed = 1;

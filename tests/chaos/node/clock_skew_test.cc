@@ -183,7 +183,7 @@ TEST(ChaosNode, ClockStepsKeepIdsIncreasingAndLoseNothing) {
   const int cycles = ChaosCycles(6, 60);
   FaketimeIrisd ft;
   ASSERT_TRUE(ft.error().empty()) << ft.error();
-  testing::ServerProcess server;
+  testing::ServerProcess server(ChaosServerArgs());
   server.Start();
   ASSERT_FALSE(::testing::Test::HasFatalFailure());
   ChaosOptions o;
@@ -205,7 +205,7 @@ TEST(ChaosNode, ClockStrobingUnderARunningServer) {
   FaketimeIrisd ft;
   ASSERT_TRUE(ft.error().empty()) << ft.error();
   std::ofstream(ft.offset_file(), std::ios::trunc) << "strobe\n";
-  testing::ServerProcess server;
+  testing::ServerProcess server(ChaosServerArgs());
   server.Start();
   ASSERT_FALSE(::testing::Test::HasFatalFailure());
   ChaosOptions o;

@@ -60,7 +60,7 @@ TEST(ChaosNode, DiskFullRefusesThenResumesWithoutRestart) {
       << " — the disk-full test needs root (CAP_SYS_ADMIN); it must not be skipped";
   ASSERT_EQ(mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr), 0) << std::strerror(errno);
 
-  testing::ServerProcess server;
+  testing::ServerProcess server(ChaosServerArgs());
   const std::string dir = server.data_dir();
   ASSERT_EQ(mount("tmpfs", dir.c_str(), "tmpfs", 0, "size=64m,mode=0700"), 0)
       << "cannot mount a tmpfs on " << dir << ": " << std::strerror(errno)

@@ -11,7 +11,7 @@ namespace {
 TEST(ChaosNode, Kill9WithSendsInFlight) {
   const uint64_t seed = ChaosSeed();
   const int cycles = ChaosCycles(15, 1000);
-  testing::ServerProcess server;
+  testing::ServerProcess server(ChaosServerArgs());
   server.Start();
   ASSERT_FALSE(::testing::Test::HasFatalFailure());
   ChaosOptions o;

@@ -11,7 +11,7 @@ namespace {
 TEST(ChaosNode, PauseLongerThanClientTimeouts) {
   const uint64_t seed = ChaosSeed();
   const int cycles = ChaosCycles(4, 100);
-  testing::ServerProcess server;
+  testing::ServerProcess server(ChaosServerArgs());
   server.Start();
   ASSERT_FALSE(::testing::Test::HasFatalFailure());
   ChaosOptions o;
