@@ -1,6 +1,6 @@
 # Iris: the README's commands. Each target installs missing dependencies (scripts/install-deps),
 # configures and builds (Release, in build/), then acts.
-.PHONY: all deps configure build run run-cluster test test-sanitize test-fuzz bench format lint clean
+.PHONY: all deps configure build run run-cluster test test-sanitize test-fuzz bench chaos format lint clean
 
 BUILD       ?= build
 ASAN_BUILD  ?= build-asan
@@ -61,6 +61,19 @@ bench: build
 	$(BUILD)/tools/iris-bench/iris-bench --spawn-irisd $(BUILD)/src/server/irisd --scenario all \
 	  --connects 2000 --sessions 5000 --hold-s 5 --pairs 100 --duration-s 10 --rate 2000 \
 	  --storm-sessions 4000 --json $(BUILD)/iris-bench.json $(BENCH_ARGS)
+
+# The chaos suite's long mode (docs/reliability.md): every single-node nemesis with
+# IRIS_CHAOS_LONG=1 (>= 1,000 kill -9 cycles, ...), then a summary table of the JSON reports.
+# IRIS_CHAOS_SEED=S replays a run; IRIS_CHAOS_CYCLES=N overrides every nemesis's cycle count.
+CHAOS_REPORTS ?= $(BUILD)/chaos-reports
+chaos: configure
+	cmake --build $(BUILD) -j $(JOBS) --target irisd iris_chaos_checker_test iris_chaos_node_test
+	$(BUILD)/tests/chaos/harness/iris_chaos_checker_test --gtest_brief=1
+	rm -rf $(CHAOS_REPORTS) && mkdir -p $(CHAOS_REPORTS)
+	IRIS_BUILD_DIR=$(abspath $(BUILD)) IRIS_CHAOS_LONG=$${IRIS_CHAOS_LONG:-1} \
+	  IRIS_CHAOS_REPORT_DIR=$(abspath $(CHAOS_REPORTS)) \
+	  $(BUILD)/tests/chaos/node/iris_chaos_node_test; rc=$$?; \
+	  python3 tests/chaos/harness/chaos_summary.py $(CHAOS_REPORTS) || rc=1; exit $$rc
 
 format:
 	@git ls-files '*.h' '*.cc' | xargs clang-format -i
