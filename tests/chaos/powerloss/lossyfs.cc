@@ -4,7 +4,7 @@
 //
 //   iris_lossyfs BACKING MOUNTPOINT [-d]
 //
-// The model (docs/reliability-powerloss.md):
+// The model (docs/reliability.md, "Power loss"):
 //  - file data: write, truncate and fallocate change 4 KiB pages held in memory (a dirty
 //    page overlays the backing file; the live size is kept in memory). fsync or fdatasync
 //    of the file writes its dirty pages and its size to the backing inode: that is the only

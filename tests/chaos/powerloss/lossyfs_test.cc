@@ -1,4 +1,4 @@
-// Self-test of iris_lossyfs (docs/reliability-powerloss.md): what is not fsynced is gone after
+// Self-test of iris_lossyfs (docs/reliability.md, "Power loss"): what is not fsynced is gone after
 // a crash, what is fsynced survives, and names follow their directory's fsync. Every test
 // here fails against a file system that passes everything through.
 #include <fcntl.h>
