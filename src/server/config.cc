@@ -5,6 +5,8 @@
 #include <CLI/CLI.hpp>
 #include <sstream>
 
+#include "iris_build_info.h"
+
 namespace iris::server {
 namespace {
 
@@ -192,6 +194,7 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, std::string* help_text) 
   ServerConfig c;
   CLI::App app{"irisd: the Iris messaging server (edge, core and store in one process)", "irisd"};
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  app.set_version_flag("--version", iris::build_info::VersionLine("irisd"));
   Define(app, c);
 
   std::vector<std::string> args;
@@ -209,6 +212,9 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, std::string* help_text) 
     app.parse(reversed);
   } catch (const CLI::CallForHelp&) {
     *help_text = app.help();
+    return c;
+  } catch (const CLI::CallForVersion& v) {
+    *help_text = std::string(v.what()) + "\n";
     return c;
   } catch (const CLI::ParseError& e) {
     return BadRequest(std::string(e.what()) + " (see irisd --help)");

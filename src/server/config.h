@@ -70,8 +70,8 @@ struct ServerConfig {
   double trace_sample_ratio = 0.01;  // traces kept besides every error span (1 = all)
 };
 
-// Parses argv (and the --config file it names). On --help, *help_text is filled and the
-// returned config is unused. Errors are BAD_REQUEST with a message meant for the operator.
+// Parses argv (and the --config file it names). On --help or --version, *help_text is
+// filled (the text to print) and the returned config is unused. Errors are BAD_REQUEST with a message meant for the operator.
 Result<ServerConfig> ParseConfig(int argc, char** argv, std::string* help_text);
 
 }  // namespace iris::server
