@@ -13,6 +13,7 @@ namespace iris::server {
 
 struct ServerConfig {
   std::string config_file;
+  bool check_config = false;  // --check-config: validate, print the verdict, exit
   std::string data_dir = "./data";
   std::string listen = "0.0.0.0:7443";
   std::string admin_listen = "127.0.0.1:9090";
@@ -70,8 +71,9 @@ struct ServerConfig {
   double trace_sample_ratio = 0.01;  // traces kept besides every error span (1 = all)
 };
 
-// Parses argv (and the --config file it names). On --help or --version, *help_text is
-// filled (the text to print) and the returned config is unused. Errors are BAD_REQUEST with a message meant for the operator.
+// Parses argv (and the --config file it names). On --help, --version or a valid
+// --check-config, *help_text is filled (the text to print) and the returned config is
+// unused. Errors are BAD_REQUEST with a message meant for the operator.
 Result<ServerConfig> ParseConfig(int argc, char** argv, std::string* help_text);
 
 }  // namespace iris::server

@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <iostream>
+#include <string_view>
 
 #include "iris_build_info.h"
 #include "obs/log.h"
@@ -24,6 +25,13 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (!config.ok()) {
+    // --check-config answers a person (or a script's exit code): plain text on stderr.
+    for (int i = 1; i < argc; ++i) {
+      if (std::string_view(argv[i]).starts_with("--check-config")) {
+        std::cerr << "irisd: invalid configuration: " << config.status().message() << "\n";
+        return 2;
+      }
+    }
     iris::obs::LogError("invalid configuration", {{"error", config.status().message()}});
     return 2;
   }

@@ -1,5 +1,6 @@
 // Operability (issue 20): every binary reports its version, and irisd exports it as the
-// iris_build_info metric.
+// iris_build_info metric; the shipped configuration file (deploy/iris.toml) runs a node and
+// irisd --check-config validates files.
 
 #include <fcntl.h>
 #include <poll.h>
@@ -10,11 +11,15 @@
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <regex>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "integration/harness/server_process.h"
+#include "wire/opcode.h"
 
 namespace iris::testing {
 namespace {
@@ -104,6 +109,115 @@ TEST(Version, MetricsExportBuildInfoMatchingVersionFlag) {
   EXPECT_NE(text.find("# TYPE iris_build_info gauge"), std::string::npos) << text;
   EXPECT_NE(text.find(series + " 1\n"), std::string::npos) << "want " << series << " 1 in\n"
                                                            << text;
+}
+
+std::string SourceDir() {
+  const char* d = std::getenv("IRIS_SOURCE_DIR");
+  return d != nullptr ? d : "..";
+}
+
+// A file in a fresh temporary directory holding `content`; the directory goes with it.
+class TempFile {
+ public:
+  explicit TempFile(const std::string& content) {
+    char tmpl[] = "/tmp/iris-config-test-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    path_ = dir_ + "/iris.toml";
+    std::ofstream(path_) << content;
+  }
+  ~TempFile() {
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string dir_, path_;
+};
+
+std::string ShippedConfig() { return SourceDir() + "/deploy/iris.toml"; }
+
+// deploy/iris.toml as shipped (data-dir /var/lib/iris, the production ports) runs a node
+// serving clients once the command line overrides the data directory and the ports: flags
+// given on the command line win over the file.
+TEST(ConfigFile, ShippedConfigStartsANodeThatServes) {
+  ServerProcess server({"--config", ShippedConfig()});
+  server.Start();
+  ASSERT_FALSE(HasFatalFailure());
+  auto alice = TestClient::Connect(server);
+  ASSERT_NE(alice, nullptr);
+  alice->Login(server, 1);
+  auto ack = alice->Send(1, 2, "hello", NewKey());
+  EXPECT_EQ(ack.opcode, static_cast<uint8_t>(wire::Opcode::kSendAck));
+}
+
+// Every option irisd --help lists is in deploy/iris.toml, as a key or commented out.
+TEST(ConfigFile, ShippedConfigNamesEveryOption) {
+  std::string help;
+  ASSERT_EQ(RunProgram({BuildDir() + "/src/server/irisd", "--help"}, &help), 0) << help;
+  std::ifstream in(ShippedConfig());
+  ASSERT_TRUE(in) << ShippedConfig();
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string file = ss.str();
+  const std::regex flag_re(R"(\s--([a-z][a-z0-9-]*))");
+  int options = 0;
+  for (std::sregex_iterator it(help.begin(), help.end(), flag_re), end; it != end; ++it) {
+    const std::string key = (*it)[1].str();
+    if (key == "help" || key == "version" || key == "config" || key == "check-config") continue;
+    ++options;
+    const std::regex line_re("(^|\n)(# )?" + key + " = ");
+    EXPECT_TRUE(std::regex_search(file, line_re)) << "deploy/iris.toml lacks '" << key << "'";
+  }
+  EXPECT_GT(options, 30) << help;
+}
+
+TEST(CheckConfig, AcceptsTheShippedFile) {
+  std::string out;
+  EXPECT_EQ(RunProgram({BuildDir() + "/src/server/irisd", "--check-config", ShippedConfig()}, &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("OK"), std::string::npos) << out;
+  // The other spelling, and no server was started (it exited).
+  EXPECT_EQ(
+      RunProgram({BuildDir() + "/src/server/irisd", "--config", ShippedConfig(), "--check-config"},
+                 &out),
+      0)
+      << out;
+}
+
+TEST(CheckConfig, UnknownKeyIsAnErrorNamingTheKey) {
+  TempFile f("listen = \"127.0.0.1:7443\"\nconnections-per-ip = 5\n");
+  std::string out;
+  EXPECT_EQ(RunProgram({BuildDir() + "/src/server/irisd", "--check-config", f.path()}, &out), 2)
+      << out;
+  EXPECT_NE(out.find("unknown key 'connections-per-ip'"), std::string::npos) << out;
+  EXPECT_NE(out.find("line 2"), std::string::npos) << out;
+  // Starting with it fails the same way.
+  EXPECT_EQ(RunProgram({BuildDir() + "/src/server/irisd", "--config", f.path()}, &out), 2) << out;
+  EXPECT_NE(out.find("connections-per-ip"), std::string::npos) << out;
+}
+
+TEST(CheckConfig, SyntaxErrorNamesTheLine) {
+  TempFile f("listen = \"127.0.0.1:7443\"\n\nnode-id = = 3\n");
+  std::string out;
+  EXPECT_EQ(RunProgram({BuildDir() + "/src/server/irisd", "--check-config", f.path()}, &out), 2)
+      << out;
+  EXPECT_NE(out.find("line 3"), std::string::npos) << out;
+}
+
+TEST(CheckConfig, BadValueIsAnError) {
+  TempFile f("node-id = 300\n");
+  std::string out;
+  EXPECT_EQ(RunProgram({BuildDir() + "/src/server/irisd", "--check-config", f.path()}, &out), 2)
+      << out;
+  EXPECT_NE(out.find("node-id"), std::string::npos) << out;
+}
+
+TEST(CheckConfig, NeedsAFile) {
+  std::string out;
+  EXPECT_EQ(RunProgram({BuildDir() + "/src/server/irisd", "--check-config"}, &out), 2) << out;
+  EXPECT_NE(out.find("--check-config needs a file"), std::string::npos) << out;
 }
 
 }  // namespace
