@@ -66,6 +66,11 @@ void Define(CLI::App& app, ServerConfig& c) {
                  "Addresses or CIDR ranges exempt from the per-IP limits: connections, failed "
                  "logins (repeatable)")
       ->take_all();
+  app.add_option("--exempt-loopback", c.exempt_loopback,
+                 "Add loopback (127.0.0.0/8, ::1) to --connection-allowlist, so local tools "
+                 "and the quick start are not limited to 5 connections a minute; false "
+                 "counts loopback like any address (e.g. behind a local proxy)")
+      ->capture_default_str();
   app.add_option("--max-prelogin-per-ip", c.max_prelogin_per_ip,
                  "Connections per IP address accepted but not yet logged in (TLS handshake and "
                  "HELLO pending); more are closed at once. Allow-listed addresses are exempt; "
@@ -250,6 +255,9 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, std::string* help_text) 
     return BadRequest("--check-config needs a file: irisd --check-config FILE");
   }
   if (c.role == "storage") c.role = "all";
+  if (c.exempt_loopback && c.role != "edge-process") {
+    c.connection_allowlist.insert(c.connection_allowlist.end(), {"127.0.0.0/8", "::1"});
+  }
   if (c.role == "edge" && c.etcd.empty()) {
     return BadRequest("--role edge needs --etcd: an edge-only node routes to a cluster's nodes");
   }

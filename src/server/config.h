@@ -35,6 +35,9 @@ struct ServerConfig {
   double rate_burst_seconds = 10;
   double connections_per_ip_per_minute = 5;
   std::vector<std::string> connection_allowlist;
+  // Loopback (127.0.0.0/8, ::1) joins connection_allowlist after parsing (not for the
+  // internal edge-process role, which receives the core process's final list).
+  bool exempt_loopback = true;
   // Connections accepted whose HELLO is not accepted yet: per address (allow-listed
   // addresses exempt; 0 = no cap) and in total per process (0 = half the open-file limit).
   uint32_t max_prelogin_per_ip = 64;

@@ -220,5 +220,53 @@ TEST(CheckConfig, NeedsAFile) {
   EXPECT_NE(out.find("--check-config needs a file"), std::string::npos) << out;
 }
 
+// The first reply to a HELLO with a valid token for `user` on a fresh connection from
+// 127.0.0.1 (WELCOME, or the ERROR that refused it); opcode 0 when it could not connect.
+client::ReceivedFrame HelloFrameFromLoopback(const ServerProcess& server, uint64_t user,
+                                             std::vector<std::unique_ptr<TestClient>>* keep) {
+  auto c = TestClient::Connect(server, "127.0.0.1");
+  if (c == nullptr) return client::ReceivedFrame{};
+  client::ReceivedFrame f = c->Hello(server.Token(user));
+  keep->push_back(std::move(c));
+  return f;
+}
+
+uint8_t HelloFromLoopback(const ServerProcess& server, uint64_t user,
+                          std::vector<std::unique_ptr<TestClient>>* keep) {
+  return HelloFrameFromLoopback(server, user, keep).opcode;
+}
+
+// The README's quick start runs one CLI command per connection against a default irisd:
+// loopback is exempt from the 5-per-minute per-IP connection limit, so the sixth and
+// seventh connections in a minute are served.
+TEST(LoopbackExemption, DefaultIrisdServesSevenQuickConnectionsFromLoopback) {
+  ServerProcess server({}, ServerProcess::Defaults::kIrisdDefaults);
+  server.Start();
+  std::vector<std::unique_ptr<TestClient>> clients;
+  for (uint64_t user = 1; user <= 7; ++user) {
+    EXPECT_EQ(HelloFromLoopback(server, user, &clients),
+              static_cast<uint8_t>(wire::Opcode::kWelcome))
+        << "connection " << user << " was refused";
+  }
+}
+
+// The exemption off: loopback counts like any address, and the sixth connection in a
+// minute is refused.
+TEST(LoopbackExemption, TurnedOffTheSixthConnectionFromLoopbackIsRefused) {
+  ServerProcess server({"--exempt-loopback", "false"}, ServerProcess::Defaults::kIrisdDefaults);
+  server.Start();
+  std::vector<std::unique_ptr<TestClient>> clients;
+  for (uint64_t user = 1; user <= 5; ++user) {
+    ASSERT_EQ(HelloFromLoopback(server, user, &clients),
+              static_cast<uint8_t>(wire::Opcode::kWelcome))
+        << "connection " << user << " was refused";
+  }
+  client::ReceivedFrame refused = HelloFrameFromLoopback(server, 6, &clients);
+  ASSERT_EQ(refused.opcode, static_cast<uint8_t>(wire::Opcode::kError));
+  v1::Error e;
+  ASSERT_TRUE(e.ParseFromString(refused.payload));
+  EXPECT_GT(e.retry_after_ms(), 0u) << e.message();  // the connection rate limit's answer
+}
+
 }  // namespace
 }  // namespace iris::testing
