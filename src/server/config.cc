@@ -5,12 +5,18 @@
 #include <CLI/CLI.hpp>
 #include <sstream>
 
+#include "iris_build_info.h"
+
 namespace iris::server {
 namespace {
 
 void Define(CLI::App& app, ServerConfig& c) {
   app.add_option("--config", c.config_file,
-                 "TOML configuration file (keys are these flags' names)");
+                 "TOML configuration file (keys are these flags' names; flags given on the "
+                 "command line win over the file)");
+  app.add_flag("--check-config", c.check_config,
+               "Validate the configuration (--check-config FILE, or --config FILE "
+               "--check-config) and exit: 0 when valid, 2 with the reason when not");
   app.add_option("--data-dir", c.data_dir, "Directory for the store, keys and generated secrets")
       ->capture_default_str();
   app.add_option("--listen", c.listen, "Client listener (TLS 1.3), host:port")
@@ -60,6 +66,11 @@ void Define(CLI::App& app, ServerConfig& c) {
                  "Addresses or CIDR ranges exempt from the per-IP limits: connections, failed "
                  "logins (repeatable)")
       ->take_all();
+  app.add_option("--exempt-loopback", c.exempt_loopback,
+                 "Add loopback (127.0.0.0/8, ::1) to --connection-allowlist, so local tools "
+                 "and the quick start are not limited to 5 connections a minute; false "
+                 "counts loopback like any address (e.g. behind a local proxy)")
+      ->capture_default_str();
   app.add_option("--max-prelogin-per-ip", c.max_prelogin_per_ip,
                  "Connections per IP address accepted but not yet logged in (TLS handshake and "
                  "HELLO pending); more are closed at once. Allow-listed addresses are exempt; "
@@ -148,8 +159,10 @@ void Define(CLI::App& app, ServerConfig& c) {
 }
 
 // Turns the TOML file into "--key=value" arguments placed before the real command line,
-// so flags given on the command line win (CLI11 takes the last value).
-Status TomlToArgs(const std::string& path, std::vector<std::string>* out) {
+// so flags given on the command line win (CLI11 takes the last value). Every key must name
+// an option of `app` that a file may set; anything else is an error naming the key and its
+// line.
+Status TomlToArgs(const CLI::App& app, const std::string& path, std::vector<std::string>* out) {
   toml::table table;
   try {
     table = toml::parse_file(path);
@@ -160,6 +173,16 @@ Status TomlToArgs(const std::string& path, std::vector<std::string>* out) {
   }
   for (auto&& [key, node] : table) {
     const std::string k(key.str());
+    const std::string where =
+        "config " + path + ", line " + std::to_string(key.source().begin.line) + ": ";
+    const CLI::Option* opt = app.get_option_no_throw("--" + k);
+    if (opt == nullptr || k == "config" || k == "check-config" || k == "help" || k == "version") {
+      return BadRequest(where + "unknown key '" + k + "' (keys are irisd's flags without " +
+                        "the leading --; see irisd --help)");
+    }
+    if (node.is_table()) {
+      return BadRequest(where + "'" + k + "' is a table; irisd's keys are top-level values");
+    }
     auto scalar = [&](const toml::node& n) -> Result<std::string> {
       if (auto s = n.value<std::string>()) return *s;
       if (auto i = n.value<int64_t>()) return std::to_string(*i);
@@ -169,7 +192,8 @@ Status TomlToArgs(const std::string& path, std::vector<std::string>* out) {
         return o.str();
       }
       if (auto b = n.value<bool>()) return std::string(*b ? "true" : "false");
-      return BadRequest("config " + path + ": unsupported value type for '" + k + "'");
+      return BadRequest(where + "unsupported value type for '" + k +
+                        "' (string, integer, float, boolean or an array of them)");
     };
     if (const toml::array* arr = node.as_array()) {
       for (const auto& el : *arr) {
@@ -192,17 +216,28 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, std::string* help_text) 
   ServerConfig c;
   CLI::App app{"irisd: the Iris messaging server (edge, core and store in one process)", "irisd"};
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  app.set_version_flag("--version", iris::build_info::VersionLine("irisd"));
   Define(app, c);
 
-  std::vector<std::string> args;
+  // The file comes from --config FILE or --check-config FILE (whose FILE is taken out of
+  // the arguments, leaving the flag).
+  std::vector<std::string> command_line;
   std::string config_path;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--config" && i + 1 < argc) config_path = argv[i + 1];
     if (a.rfind("--config=", 0) == 0) config_path = a.substr(9);
+    if (a == "--check-config" && i + 1 < argc && argv[i + 1][0] != '-') {
+      config_path = argv[++i];
+    } else if (a.rfind("--check-config=", 0) == 0) {
+      config_path = a.substr(15);
+      a = "--check-config";
+    }
+    command_line.push_back(std::move(a));
   }
-  if (!config_path.empty()) IRIS_RETURN_IF_ERROR(TomlToArgs(config_path, &args));
-  for (int i = 1; i < argc; ++i) args.emplace_back(argv[i]);
+  std::vector<std::string> args;
+  if (!config_path.empty()) IRIS_RETURN_IF_ERROR(TomlToArgs(app, config_path, &args));
+  args.insert(args.end(), command_line.begin(), command_line.end());
   // CLI11 parses a reversed vector of arguments.
   std::vector<std::string> reversed(args.rbegin(), args.rend());
   try {
@@ -210,10 +245,19 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, std::string* help_text) 
   } catch (const CLI::CallForHelp&) {
     *help_text = app.help();
     return c;
+  } catch (const CLI::CallForVersion& v) {
+    *help_text = std::string(v.what()) + "\n";
+    return c;
   } catch (const CLI::ParseError& e) {
     return BadRequest(std::string(e.what()) + " (see irisd --help)");
   }
+  if (c.check_config && config_path.empty()) {
+    return BadRequest("--check-config needs a file: irisd --check-config FILE");
+  }
   if (c.role == "storage") c.role = "all";
+  if (c.exempt_loopback && c.role != "edge-process") {
+    c.connection_allowlist.insert(c.connection_allowlist.end(), {"127.0.0.0/8", "::1"});
+  }
   if (c.role == "edge" && c.etcd.empty()) {
     return BadRequest("--role edge needs --etcd: an edge-only node routes to a cluster's nodes");
   }
@@ -236,6 +280,7 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, std::string* help_text) 
   if (c.max_output_bytes < 2 * (3 + 65535)) {
     return BadRequest("--max-output-bytes must be at least 131076 (two full frames)");
   }
+  if (c.check_config) *help_text = "config " + config_path + ": OK\n";
   return c;
 }
 

@@ -13,6 +13,7 @@ namespace iris::server {
 
 struct ServerConfig {
   std::string config_file;
+  bool check_config = false;  // --check-config: validate, print the verdict, exit
   std::string data_dir = "./data";
   std::string listen = "0.0.0.0:7443";
   std::string admin_listen = "127.0.0.1:9090";
@@ -34,6 +35,9 @@ struct ServerConfig {
   double rate_burst_seconds = 10;
   double connections_per_ip_per_minute = 5;
   std::vector<std::string> connection_allowlist;
+  // Loopback (127.0.0.0/8, ::1) joins connection_allowlist after parsing (not for the
+  // internal edge-process role, which receives the core process's final list).
+  bool exempt_loopback = true;
   // Connections accepted whose HELLO is not accepted yet: per address (allow-listed
   // addresses exempt; 0 = no cap) and in total per process (0 = half the open-file limit).
   uint32_t max_prelogin_per_ip = 64;
@@ -70,8 +74,9 @@ struct ServerConfig {
   double trace_sample_ratio = 0.01;  // traces kept besides every error span (1 = all)
 };
 
-// Parses argv (and the --config file it names). On --help, *help_text is filled and the
-// returned config is unused. Errors are BAD_REQUEST with a message meant for the operator.
+// Parses argv (and the --config file it names). On --help, --version or a valid
+// --check-config, *help_text is filled (the text to print) and the returned config is
+// unused. Errors are BAD_REQUEST with a message meant for the operator.
 Result<ServerConfig> ParseConfig(int argc, char** argv, std::string* help_text);
 
 }  // namespace iris::server

@@ -6,8 +6,11 @@
 
 #include <cstdio>
 #include <iostream>
+#include <string_view>
 
+#include "iris_build_info.h"
 #include "obs/log.h"
+#include "obs/metrics.h"
 #include "server/config.h"
 #include "server/server.h"
 
@@ -22,8 +25,23 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (!config.ok()) {
+    // --check-config answers a person (or a script's exit code): plain text on stderr.
+    for (int i = 1; i < argc; ++i) {
+      if (std::string_view(argv[i]).starts_with("--check-config")) {
+        std::cerr << "irisd: invalid configuration: " << config.status().message() << "\n";
+        return 2;
+      }
+    }
     iris::obs::LogError("invalid configuration", {{"error", config.status().message()}});
     return 2;
+  }
+  // Once per node: edge processes leave it to the process that merges their scrapes (a
+  // gauge summed over N+1 processes would not read 1).
+  if (config->role != "edge-process") {
+    iris::obs::Registry::Default()
+        .GetGauge("iris_build_info", "The running build: version and git commit (always 1)",
+                  {{"version", iris::build_info::kVersion}, {"commit", iris::build_info::kCommit}})
+        .Set(1);
   }
   // Block the shutdown signals in every thread; main waits for them with sigwait.
   sigset_t set;

@@ -34,6 +34,7 @@
 
 #include "cli_config.h"
 #include "iris/client/client.h"
+#include "iris_build_info.h"
 
 namespace iris::cli {
 namespace {
@@ -840,6 +841,7 @@ int CmdStatus(const std::string& dir) {
 int Main(int argc, char** argv) {
   CLI::App app{"iris: end-to-end encrypted messaging client for Iris servers"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", iris::build_info::VersionLine("iris"));
   std::string home;
   app.add_option("--home", home, "state directory (default: $IRIS_HOME, else ~/.iris)");
   app.add_flag("--json", g_json, "print one JSON object per line (for scripts)");

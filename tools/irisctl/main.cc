@@ -24,6 +24,7 @@
 #include "auth/keyring.h"
 #include "common/bytes.h"
 #include "net/listener.h"
+#include "iris_build_info.h"
 #include "stats.h"
 
 namespace {
@@ -120,6 +121,7 @@ int HttpRequest(const std::string& host_port, const std::string& method, const s
 int main(int argc, char** argv) {
   CLI::App app{"irisctl: operate an Iris node"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", iris::build_info::VersionLine("irisctl"));
 
   std::string secret_file, kid, ttl = "1h", jti;
   uint64_t user = 0;

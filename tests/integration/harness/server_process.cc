@@ -54,6 +54,9 @@ ServerProcess::ServerProcess(std::vector<std::string> extra_args, Defaults defau
       args_.emplace_back(a);
     }
   }
+  if (defaults == Defaults::kProductionLimits) {
+    args_.insert(args_.end(), {"--exempt-loopback", "false"});
+  }
   for (auto& a : extra_args) args_.push_back(std::move(a));
   // IRIS_TEST_EDGE_PROCESSES=N runs every server of a suite as a node of N edge processes,
   // so that one suite checks both shapes (ctest registers the suites twice, see

@@ -25,9 +25,13 @@ class ServerProcess {
     // Tests independent of the production limits that are not under test: loopback exempt
     // from the per-IP connection limit, generous send rates.
     kTestFriendly,
-    // Only the ephemeral listeners and the loop count: every limit is irisd's own default
-    // (or what extra_args say).
+    // Only the ephemeral listeners, the loop count and --exempt-loopback false: every limit
+    // is irisd's own default (or what extra_args say) as a remote client meets it, so tests
+    // of the per-IP limits can use loopback addresses.
     kProductionLimits,
+    // Only the ephemeral listeners and the loop count: irisd exactly as `irisd` starts
+    // (loopback exempt from the per-IP limits).
+    kIrisdDefaults,
   };
   explicit ServerProcess(std::vector<std::string> extra_args = {},
                          Defaults defaults = Defaults::kTestFriendly);
