@@ -96,6 +96,11 @@ void Define(CLI::App& app, ServerConfig& c) {
       ->capture_default_str();
   app.add_option("--inbox-cap", c.inbox_cap, "Newest messages kept in the inbox (older: archive)")
       ->capture_default_str();
+  app.add_option("--verify-on-start", c.verify_on_start,
+                 "Read every stored table file at start and refuse to start on a bad checksum "
+                 "(a damaged disk); costs one read of the data (docs/operations.md). The "
+                 "write-ahead log and the MANIFEST are always checked")
+      ->capture_default_str();
   app.add_option("--dedup-bloom-keys-per-day", c.dedup_bloom_keys_per_day,
                  "Keys each daily dedup Bloom filter is sized for (10 bits each, 8 filters); "
                  "new keys past it increasingly cost a read")

@@ -46,6 +46,7 @@ struct ServerConfig {
   double failed_logins_per_ip_per_hour = 30;  // bad tokens per address (IPv6: per /64)
   uint64_t max_output_bytes = 1 << 20;
   uint32_t inbox_cap = 10'000;
+  bool verify_on_start = true;  // read every SST block at start; refuse a damaged one
   uint64_t dedup_bloom_keys_per_day = 1'000'000;  // each daily filter's size (10 bits/key)
   uint64_t dedup_hot_entries = 1'000'000;         // bound of the in-memory 5-minute tier
   uint32_t shutdown_grace_ms = 5'000;

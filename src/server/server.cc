@@ -481,6 +481,7 @@ Result<std::unique_ptr<Server>> Server::Create(const ServerConfig& config) {
     so.path = c.data_dir + "/store";
     so.node_id = static_cast<uint8_t>(c.node_id);
     so.inbox_cap = c.inbox_cap;
+    so.verify_checksums_on_open = c.verify_on_start;
     so.dedup_bloom_keys_per_day = c.dedup_bloom_keys_per_day;
     so.dedup_hot_max_entries = static_cast<size_t>(c.dedup_hot_entries);
     if (m.cluster_vnodes > 0) so.vnodes = m.cluster_vnodes;

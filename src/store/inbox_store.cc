@@ -80,6 +80,7 @@ Status InboxStore::Impl::Init() {
   db_options.write_buffer_bytes = options_.write_buffer_bytes;
   db_options.block_cache_bytes = options_.block_cache_bytes;
   db_options.max_background_jobs = options_.max_background_jobs;
+  db_options.verify_checksums_on_open = options_.verify_checksums_on_open;
   IRIS_ASSIGN_OR_RETURN(db_, StoreDb::Open(db_options));
 
   vnode_shard_.assign(static_cast<size_t>(options_.vnodes), 0);

@@ -78,6 +78,9 @@ struct StoreOptions {
   // 0 = on every batch.
   int64_t resume_interval_ms = 1000;
 
+  // Read every SST block when opening and refuse a damaged file (StoreDbOptions).
+  bool verify_checksums_on_open = false;
+
   // The archiver moves at most this many messages per user per pass. run_archiver = false
   // leaves inboxes over the cap (their "archive pending" markers stay) until a later Open
   // with the archiver running: for tests and maintenance.

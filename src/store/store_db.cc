@@ -9,11 +9,18 @@
 #include <rocksdb/table.h>
 #include <rocksdb/utilities/table_properties_collectors.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <chrono>
 #include <cstdarg>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <mutex>
+#include <optional>
 #include <system_error>
 
 #include "store/store_keys.h"
@@ -98,6 +105,65 @@ class TolerantFileLogger final : public rocksdb::Logger {
   size_t written_ = 0;    // guarded by mu_
 };
 
+// The durability mark: 8 bytes of sequence number and 8 of check, little-endian, at offset 0.
+// A torn or foreign file fails the check and is ignored (as if there were no mark).
+constexpr uint64_t kMarkMagic = 0x4952'4953'4455'5241ULL;  // "IRISDURA"
+
+uint64_t MarkCheck(uint64_t seq) {
+  uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a over the 8 bytes, then the magic
+  for (int i = 0; i < 8; ++i) {
+    h ^= (seq >> (8 * i)) & 0xff;
+    h *= 0x100000001b3ULL;
+  }
+  return h ^ kMarkMagic;
+}
+
+std::string MarkPath(const std::string& dir) { return dir + "/" + std::string(kDurabilityMarkFile); }
+
+// The recorded mark, or nullopt when there is none (or it is unreadable: torn, foreign).
+std::optional<uint64_t> ReadMark(const std::string& dir) {
+  const int fd = ::open(MarkPath(dir).c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  unsigned char b[16];
+  const ssize_t n = ::pread(fd, b, sizeof b, 0);
+  ::close(fd);
+  if (n != static_cast<ssize_t>(sizeof b)) return std::nullopt;
+  uint64_t seq = 0, check = 0;
+  for (int i = 0; i < 8; ++i) {
+    seq |= static_cast<uint64_t>(b[i]) << (8 * i);
+    check |= static_cast<uint64_t>(b[8 + i]) << (8 * i);
+  }
+  if (check != MarkCheck(seq)) return std::nullopt;
+  return seq;
+}
+
+Status WriteMark(const std::string& dir, uint64_t seq) {
+  const std::string path = MarkPath(dir);
+  const bool existed = ::access(path.c_str(), F_OK) == 0;
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return Internal("store: open " + path + ": " + std::strerror(errno));
+  unsigned char b[16];
+  const uint64_t check = MarkCheck(seq);
+  for (int i = 0; i < 8; ++i) {
+    b[i] = static_cast<unsigned char>(seq >> (8 * i));
+    b[8 + i] = static_cast<unsigned char>(check >> (8 * i));
+  }
+  Status out = Status::Ok();
+  if (::pwrite(fd, b, sizeof b, 0) != static_cast<ssize_t>(sizeof b) || ::fdatasync(fd) != 0) {
+    out = Internal("store: write " + path + ": " + std::strerror(errno));
+  }
+  ::close(fd);
+  if (out.ok() && !existed) {
+    // A new file: make its directory entry durable too (once).
+    const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+      ::fsync(dfd);
+      ::close(dfd);
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 bool DedupExpiryFilter::Filter(int /*level*/, const rocksdb::Slice& /*key*/,
@@ -115,7 +181,7 @@ Status FromRocks(const rocksdb::Status& s, std::string_view what) {
   return Internal(std::string(what) + ": " + s.ToString());
 }
 
-Status StoreDb::OpenLocked() {
+Status StoreDb::OpenLocked(bool first_open) {
   const StoreDbOptions& options = options_;
   std::error_code ec;
   std::filesystem::create_directories(options.path, ec);
@@ -130,7 +196,7 @@ Status StoreDb::OpenLocked() {
   db_options.create_if_missing = true;
   db_options.create_missing_column_families = true;
   db_options.paranoid_checks = true;
-  db_options.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
+  db_options.wal_recovery_mode = rocksdb::WALRecoveryMode::kTolerateCorruptedTailRecords;
   db_options.track_and_verify_wals_in_manifest = true;
   db_options.max_background_jobs = options.max_background_jobs;
   // Bound the WAL: column families that rarely fill a memtable (meta, keys) get flushed so
@@ -218,13 +284,84 @@ Status StoreDb::OpenLocked() {
   rocksdb::DB* raw = nullptr;
   const rocksdb::Status s =
       rocksdb::DB::Open(rocksdb::DBOptions(db_options), options.path, descriptors, &handles, &raw);
-  if (!s.ok()) return FromRocks(s, "store: open " + options.path);
+  if (!s.ok()) {
+    if (s.IsCorruption()) {
+      return Internal("store: " + options.path + " is damaged and was not opened (" +
+                      s.ToString() +
+                      "); nothing was changed. Restore this node's data directory from a "
+                      "backup (docs/operations.md, \"Backup and restore\")");
+    }
+    return FromRocks(s, "store: open " + options.path);
+  }
 
   db_.reset(raw);
   // handles[0] is the default column family; ours follow in Cf order.
   raw->DestroyColumnFamilyHandle(handles[0]).PermitUncheckedError();
   handles_.assign(handles.begin() + 1, handles.end());
+
+  // Never serve fewer writes than were durable: the recovered database must reach the mark.
+  const uint64_t recovered = raw->GetLatestSequenceNumber();
+  const std::optional<uint64_t> mark = ReadMark(options.path);
+  if (mark && *mark > recovered) {
+    CloseLocked();
+    return Internal("store: " + options.path + " recovered writes up to sequence " +
+                    std::to_string(recovered) + ", but writes up to sequence " +
+                    std::to_string(*mark) +
+                    " were durable before it stopped (" + std::string(kDurabilityMarkFile) +
+                    "): the write-ahead log was truncated or lost. Refusing to open rather "
+                    "than serve fewer acknowledged messages; restore this node's data "
+                    "directory from a backup (docs/operations.md, \"Backup and restore\")");
+  }
+  {
+    std::lock_guard<std::mutex> lock(mark_mu_);
+    mark_written_ = mark.value_or(0);
+  }
+  if (first_open && options.verify_checksums_on_open) {
+    rocksdb::ReadOptions ro;
+    ro.fill_cache = false;
+    ro.readahead_size = 2u << 20;
+    const rocksdb::Status v = raw->VerifyChecksum(ro);
+    if (!v.ok()) {
+      CloseLocked();
+      return Internal("store: " + options.path + " failed its checksum verification (" +
+                      v.ToString() +
+                      "); refusing to open. Restore this node's data directory from a backup "
+                      "(docs/operations.md, \"Backup and restore\")");
+    }
+  }
   return Status::Ok();
+}
+
+Status StoreDb::UpdateMarkHeld(rocksdb::DB* db) {
+  std::lock_guard<std::mutex> lock(mark_mu_);
+  // Read the sequence first, then sync the WAL: every write up to it is then durable (a
+  // write's sequence becomes visible only after it is in the WAL).
+  const uint64_t seq = db->GetLatestSequenceNumber();
+  if (seq <= mark_written_) return Status::Ok();
+  IRIS_RETURN_IF_ERROR(FromRocks(db->SyncWAL(), "store: sync WAL for the durability mark"));
+  IRIS_RETURN_IF_ERROR(WriteMark(options_.path, seq));
+  mark_written_ = seq;
+  return Status::Ok();
+}
+
+Status StoreDb::UpdateDurabilityMark() {
+  ReadHold hold = Hold();
+  if (!hold.ok()) return ReadHold::Closed();
+  return UpdateMarkHeld(hold.db());
+}
+
+void StoreDb::MarkLoop() {
+  const auto interval = std::chrono::milliseconds(options_.durability_mark_interval_ms);
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(mark_mu_);
+      // Pacing only (not synchronisation): the mark trails the WAL by at most this much.
+      mark_cv_.wait_for(lock, interval, [this] { return mark_stop_; });
+      if (mark_stop_) return;
+    }
+    // Errors (a full disk) leave the previous mark, which is still true.
+    UpdateDurabilityMark().IgnoreError();
+  }
 }
 
 void StoreDb::CloseLocked() {
@@ -239,18 +376,31 @@ void StoreDb::CloseLocked() {
 
 Result<std::unique_ptr<StoreDb>> StoreDb::Open(const StoreDbOptions& options) {
   auto out = std::unique_ptr<StoreDb>(new StoreDb(options));
-  IRIS_RETURN_IF_ERROR(out->OpenLocked());
+  IRIS_RETURN_IF_ERROR(out->OpenLocked(/*first_open=*/true));
+  if (options.durability_mark_interval_ms > 0) {
+    StoreDb* self = out.get();
+    out->mark_thread_ = std::thread([self] { self->MarkLoop(); });
+  }
   return out;
 }
 
 Status StoreDb::Reopen() {
   std::unique_lock<WriterPreferringLock> lock(lock_);
+  if (db_ != nullptr) UpdateMarkHeld(db_.get()).IgnoreError();
   CloseLocked();
-  return OpenLocked();
+  return OpenLocked(/*first_open=*/false);
 }
 
 StoreDb::~StoreDb() {
+  {
+    std::lock_guard<std::mutex> lock(mark_mu_);
+    mark_stop_ = true;
+  }
+  mark_cv_.notify_all();
+  if (mark_thread_.joinable()) mark_thread_.join();
   std::unique_lock<WriterPreferringLock> lock(lock_);
+  // The last mark: everything written so far (a clean close loses nothing).
+  if (db_ != nullptr) UpdateMarkHeld(db_.get()).IgnoreError();
   CloseLocked();
 }
 

@@ -3,11 +3,21 @@
 // tuning (docs/storage.md, "RocksDB configuration") and the mapping of RocksDB statuses
 // onto Iris status codes.
 //
-// Recovery: the WAL is replayed with WALRecoveryMode::kPointInTimeRecovery (RocksDB's
-// recommendation and default), with paranoid checks and WAL tracking in the MANIFEST, so a
-// torn or corrupted tail (a write whose sync never returned, hence never acknowledged) is
-// cut off, while a missing or shortened synced WAL makes Open fail instead of silently
-// dropping data.
+// Recovery refuses to serve fewer acknowledged writes than were durable (docs/reliability.md,
+// "Corruption"):
+// - The WAL is replayed with WALRecoveryMode::kTolerateCorruptedTailRecords: an incomplete
+//   record at the end of a WAL (a write whose sync never returned, hence never acknowledged)
+//   is cut off, but a record that fails its checksum anywhere makes Open fail. (RocksDB's
+//   default, kPointInTimeRecovery, would stop the replay there and silently drop every
+//   later, synced and acknowledged, record.)
+// - Paranoid checks and WAL tracking in the MANIFEST make a missing or shortened closed WAL,
+//   a damaged MANIFEST or a missing SST fail Open.
+// - The durability mark (<path>/IRIS-DURABLE): a background thread records, about once a
+//   second, a sequence number whose writes are all synced (it syncs the WAL first), and Close
+//   records the last one. Open fails when the recovered database ends before the mark: the
+//   live WAL, which RocksDB cannot check against anything, was truncated or lost.
+// - With verify_checksums_on_open, Open also reads every SST block (DB::VerifyChecksum), so
+//   a damaged table file is found at start rather than by the first read that needs it.
 //
 // Reopening: after a hard write error (disk full, a failed WAL write) RocksDB stops
 // writes until DB::Resume(). RocksDB 7.8's Resume() can block forever when the flush that
@@ -24,11 +34,14 @@
 #include <rocksdb/compaction_filter.h>
 #include <rocksdb/db.h>
 
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <shared_mutex>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "common/clock.h"
@@ -49,7 +62,15 @@ struct StoreDbOptions {
   size_t write_buffer_bytes = 8u << 20;
   size_t block_cache_bytes = 128u << 20;
   int max_background_jobs = 2;
+  // Read every SST block at Open (not at Reopen) and fail on a bad checksum. Costs a full
+  // read of the data (docs/performance.md, "Start-up checksum verification").
+  bool verify_checksums_on_open = false;
+  // How often the durability mark is brought up to date (0: only at Close).
+  int64_t durability_mark_interval_ms = 1000;
 };
+
+// The durability mark's file name inside the database directory.
+inline constexpr std::string_view kDurabilityMarkFile = "IRIS-DURABLE";
 
 // Drops dedup entries whose accepted time is more than `window_ms` in the past when
 // RocksDB compacts the `dedup` column family (periodic compaction runs it at least daily).
@@ -116,12 +137,24 @@ class StoreDb {
   // database stays closed until a later Reopen succeeds. Errors as Open.
   Status Reopen();
 
+  // Brings the durability mark up to date now (syncs the WAL, then the mark). For tests and
+  // for Close; the background thread does the same periodically.
+  Status UpdateDurabilityMark();
+
  private:
   explicit StoreDb(const StoreDbOptions& options) : options_(options) {}
-  Status OpenLocked();
+  Status OpenLocked(bool first_open);
   void CloseLocked();
+  // The mark's thread body, and the update with the database held (shared or exclusively).
+  void MarkLoop();
+  Status UpdateMarkHeld(rocksdb::DB* db);
 
   const StoreDbOptions options_;
+  std::mutex mark_mu_;  // serialises mark updates; guards the fields below
+  uint64_t mark_written_ = 0;
+  bool mark_stop_ = false;
+  std::condition_variable mark_cv_;
+  std::thread mark_thread_;
   mutable WriterPreferringLock lock_;
   std::unique_ptr<DedupExpiryFilter> dedup_filter_;
   std::unique_ptr<rocksdb::DB> db_;

@@ -107,11 +107,21 @@ TEST(RecoveryTest, TornLastRecordIsDroppedAndTheStoreStaysConsistent) {
       ASSERT_TRUE(r.ok());
       acked.push_back(r->message_id);
     }
+  }
+  // The durability mark as a power failure during the next sync would leave it: it was
+  // last brought up to date before that sync returned.
+  const std::string mark = dir.path() + "/" + std::string(kDurabilityMarkFile);
+  const std::string mark_before = mark + ".before";
+  std::filesystem::copy_file(mark, mark_before);
+  {
+    auto store = OpenOrDie(o);
+    ASSERT_NE(store, nullptr);
     size_before_last = std::filesystem::file_size(NewestWal(dir.path()));
     // This write's record is torn below, as if power failed during its sync (so it was
     // never acknowledged).
     ASSERT_TRUE(store->Append(1, "torn-key", One(1, 2, std::string(500, 'z'))).ok());
   }
+  std::filesystem::rename(mark_before, mark);
   const std::string wal = NewestWal(dir.path());
   const uintmax_t full = std::filesystem::file_size(wal);
   ASSERT_GT(full, size_before_last + 100);
@@ -129,6 +139,89 @@ TEST(RecoveryTest, TornLastRecordIsDroppedAndTheStoreStaysConsistent) {
   ASSERT_TRUE(retry.ok());
   EXPECT_FALSE(retry->duplicate);
   EXPECT_GT(retry->message_id, acked.back());
+}
+
+// Acknowledged appends, then the store closed: the live WAL holds them all.
+std::vector<uint64_t> AppendAndClose(const StoreOptions& o, int n) {
+  std::vector<uint64_t> acked;
+  auto store = OpenOrDie(o);
+  if (store == nullptr) return acked;
+  for (int i = 0; i < n; ++i) {
+    Result<AppendOutcome> r = store->Append(1, "", One(1, 2, std::string(500, 'a')));
+    EXPECT_TRUE(r.ok());
+    if (r.ok()) acked.push_back(r->message_id);
+  }
+  return acked;
+}
+
+// A synced WAL cut short (here to half: every record after the cut was acknowledged) must
+// not open as a smaller database: the durability mark says how far it reached.
+TEST(RecoveryTest, TruncatedSyncedWalFailsOpen) {
+  TempDir dir;
+  const StoreOptions o = TestOptions(dir.path());
+  ASSERT_EQ(AppendAndClose(o, 200).size(), 200u);
+  const std::string wal = NewestWal(dir.path());
+  ASSERT_FALSE(wal.empty());
+  std::filesystem::resize_file(wal, std::filesystem::file_size(wal) / 2);
+  Result<std::unique_ptr<InboxStore>> s = InboxStore::Open(o);
+  ASSERT_FALSE(s.ok()) << "a store whose WAL lost acknowledged appends opened";
+  EXPECT_EQ(s.status().code(), StatusCode::kInternal);
+  EXPECT_NE(s.status().message().find("the write-ahead log was truncated or lost"),
+            std::string::npos)
+      << s.status().ToString();
+}
+
+// A bit flip in a record in the middle of the synced WAL must fail Open (RocksDB's
+// point-in-time recovery would stop there and drop every later, acknowledged, record).
+TEST(RecoveryTest, BitFlipInTheMiddleOfTheSyncedWalFailsOpen) {
+  TempDir dir;
+  const StoreOptions o = TestOptions(dir.path());
+  ASSERT_EQ(AppendAndClose(o, 200).size(), 200u);
+  // Without the mark, only the WAL's own checksums can tell.
+  std::filesystem::remove(dir.path() + "/" + std::string(kDurabilityMarkFile));
+  const std::string wal = NewestWal(dir.path());
+  ASSERT_FALSE(wal.empty());
+  const uintmax_t size = std::filesystem::file_size(wal);
+  uintmax_t off = size / 2;
+  if (off % 32768 > 32768 - 16) off -= 64;  // not in a block's zero trailer
+  {
+    std::fstream f(wal, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(static_cast<std::streamoff>(off));
+    char c = 0;
+    f.read(&c, 1);
+    c = static_cast<char>(c ^ 0x10);
+    f.seekp(static_cast<std::streamoff>(off));
+    f.write(&c, 1);
+    ASSERT_TRUE(f.good());
+  }
+  Result<std::unique_ptr<InboxStore>> s = InboxStore::Open(o);
+  ASSERT_FALSE(s.ok()) << "a store with a damaged synced WAL opened";
+  EXPECT_NE(s.status().message().find("is damaged and was not opened"), std::string::npos)
+      << s.status().ToString();
+}
+
+// The mark never claims more than the WAL holds: a store killed between marks, or closed
+// cleanly, reopens with everything.
+TEST(RecoveryTest, DurabilityMarkFollowsTheSyncedWal) {
+  TempDir dir;
+  StoreDbOptions o;
+  o.path = dir.path();
+  o.durability_mark_interval_ms = 0;  // only explicit updates and Close
+  {
+    Result<std::unique_ptr<StoreDb>> db = StoreDb::Open(o);
+    ASSERT_TRUE(db.ok()) << db.status().ToString();
+    rocksdb::WriteOptions wo;
+    wo.sync = true;
+    for (int i = 0; i < 10; ++i) {
+      ASSERT_TRUE((*db)->db()->Put(wo, (*db)->cf(Cf::kMeta), "k" + std::to_string(i), "v").ok());
+    }
+    ASSERT_TRUE((*db)->UpdateDurabilityMark().ok());
+    EXPECT_TRUE(std::filesystem::exists(dir.path() + "/" + std::string(kDurabilityMarkFile)));
+  }
+  Result<std::unique_ptr<StoreDb>> again = StoreDb::Open(o);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  std::string v;
+  EXPECT_TRUE((*again)->db()->Get(rocksdb::ReadOptions(), (*again)->cf(Cf::kMeta), "k9", &v).ok());
 }
 
 TEST(RecoveryTest, MalformedHighWaterMarkFailsOpenWithInternal) {
