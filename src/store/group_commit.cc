@@ -533,7 +533,11 @@ void InboxStore::Impl::WriteAndAnswer(BuiltBatch& b) {
                               std::chrono::steady_clock::now() - start)
                               .count();
     if (options_.write_latency_observer) options_.write_latency_observer(nanos);
-    if (!s.ok()) write_status = FromRocks(s, "store: write");
+    if (s.ok()) {
+      db_->NoteDurable(db_->db());
+    } else {
+      write_status = FromRocks(s, "store: write");
+    }
   }
   if (write_status.ok()) {
     if (b.has_writes) {

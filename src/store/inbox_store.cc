@@ -100,6 +100,7 @@ Status InboxStore::Impl::Init() {
     wo.sync = true;
     const rocksdb::Status w =
         db_->db()->Put(wo, db_->cf(Cf::kMeta), kMetaLayoutVersionKey, EncodeU32(kLayoutVersion));
+    if (w.ok()) db_->NoteDurable(db_->db());
     if (!w.ok()) {
       needs_recovery_ = true;
       last_write_error_ = FromRocks(w, "store: write at open");

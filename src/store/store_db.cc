@@ -316,6 +316,12 @@ Status StoreDb::OpenLocked(bool first_open) {
     std::lock_guard<std::mutex> lock(mark_mu_);
     mark_written_ = mark.value_or(0);
   }
+  // What was recovered is not known to be synced (a killed process leaves its last writes in
+  // the page cache): only later synced writes advance the mark.
+  uint64_t cur = durable_seq_.load(std::memory_order_relaxed);
+  while (mark_written_ > cur &&
+         !durable_seq_.compare_exchange_weak(cur, mark_written_, std::memory_order_relaxed)) {
+  }
   if (first_open && options.verify_checksums_on_open) {
     rocksdb::ReadOptions ro;
     ro.fill_cache = false;
@@ -332,22 +338,20 @@ Status StoreDb::OpenLocked(bool first_open) {
   return Status::Ok();
 }
 
-Status StoreDb::UpdateMarkHeld(rocksdb::DB* db) {
-  std::lock_guard<std::mutex> lock(mark_mu_);
-  // Read the sequence first, then sync the WAL: every write up to it is then durable (a
-  // write's sequence becomes visible only after it is in the WAL).
+void StoreDb::NoteDurable(rocksdb::DB* db) {
   const uint64_t seq = db->GetLatestSequenceNumber();
-  if (seq <= mark_written_) return Status::Ok();
-  IRIS_RETURN_IF_ERROR(FromRocks(db->SyncWAL(), "store: sync WAL for the durability mark"));
-  IRIS_RETURN_IF_ERROR(WriteMark(options_.path, seq));
-  mark_written_ = seq;
-  return Status::Ok();
+  uint64_t cur = durable_seq_.load(std::memory_order_relaxed);
+  while (seq > cur && !durable_seq_.compare_exchange_weak(cur, seq, std::memory_order_relaxed)) {
+  }
 }
 
 Status StoreDb::UpdateDurabilityMark() {
-  ReadHold hold = Hold();
-  if (!hold.ok()) return ReadHold::Closed();
-  return UpdateMarkHeld(hold.db());
+  std::lock_guard<std::mutex> lock(mark_mu_);
+  const uint64_t seq = durable_seq_.load(std::memory_order_relaxed);
+  if (seq <= mark_written_) return Status::Ok();
+  IRIS_RETURN_IF_ERROR(WriteMark(options_.path, seq));
+  mark_written_ = seq;
+  return Status::Ok();
 }
 
 void StoreDb::MarkLoop() {
@@ -386,7 +390,7 @@ Result<std::unique_ptr<StoreDb>> StoreDb::Open(const StoreDbOptions& options) {
 
 Status StoreDb::Reopen() {
   std::unique_lock<WriterPreferringLock> lock(lock_);
-  if (db_ != nullptr) UpdateMarkHeld(db_.get()).IgnoreError();
+  UpdateDurabilityMark().IgnoreError();
   CloseLocked();
   return OpenLocked(/*first_open=*/false);
 }
@@ -399,8 +403,8 @@ StoreDb::~StoreDb() {
   mark_cv_.notify_all();
   if (mark_thread_.joinable()) mark_thread_.join();
   std::unique_lock<WriterPreferringLock> lock(lock_);
-  // The last mark: everything written so far (a clean close loses nothing).
-  if (db_ != nullptr) UpdateMarkHeld(db_.get()).IgnoreError();
+  // The last mark: every synced write so far.
+  UpdateDurabilityMark().IgnoreError();
   CloseLocked();
 }
 

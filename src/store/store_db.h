@@ -12,10 +12,13 @@
 //   later, synced and acknowledged, record.)
 // - Paranoid checks and WAL tracking in the MANIFEST make a missing or shortened closed WAL,
 //   a damaged MANIFEST or a missing SST fail Open.
-// - The durability mark (<path>/IRIS-DURABLE): a background thread records, about once a
-//   second, a sequence number whose writes are all synced (it syncs the WAL first), and Close
-//   records the last one. Open fails when the recovered database ends before the mark: the
-//   live WAL, which RocksDB cannot check against anything, was truncated or lost.
+// - The durability mark (<path>/IRIS-DURABLE): every writer reports, after each successful
+//   synced write, the latest sequence number (NoteDurable; every write of the store is
+//   synced, so every write up to it is durable); a background thread records the highest in
+//   the mark file about once a second, and Close records the last one. Open fails when the
+//   recovered database ends before the mark: the live WAL, which RocksDB cannot check
+//   against anything, was truncated or lost. (The thread never calls into RocksDB: a WAL
+//   sync after a failed WAL write trips an assertion in Debian's librocksdb.)
 // - With verify_checksums_on_open, Open also reads every SST block (DB::VerifyChecksum), so
 //   a damaged table file is found at start rather than by the first read that needs it.
 //
@@ -34,6 +37,7 @@
 #include <rocksdb/compaction_filter.h>
 #include <rocksdb/db.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -137,19 +141,23 @@ class StoreDb {
   // database stays closed until a later Reopen succeeds. Errors as Open.
   Status Reopen();
 
-  // Brings the durability mark up to date now (syncs the WAL, then the mark). For tests and
-  // for Close; the background thread does the same periodically.
+  // Called by a writer right after a synced write to `db` (this database) succeeded: every
+  // write up to the latest sequence number is durable. Precondition: every write to this
+  // database is synced (WriteOptions::sync), so no unsynced sequence number is visible.
+  void NoteDurable(rocksdb::DB* db);
+  // Writes the durability mark now (the background thread does it periodically, Close at
+  // the end). Errors: INTERNAL (the file could not be written; the old mark stays true).
   Status UpdateDurabilityMark();
 
  private:
   explicit StoreDb(const StoreDbOptions& options) : options_(options) {}
   Status OpenLocked(bool first_open);
   void CloseLocked();
-  // The mark's thread body, and the update with the database held (shared or exclusively).
+  // The mark's thread body.
   void MarkLoop();
-  Status UpdateMarkHeld(rocksdb::DB* db);
 
   const StoreDbOptions options_;
+  std::atomic<uint64_t> durable_seq_{0};  // highest NoteDurable sequence (or the mark read)
   std::mutex mark_mu_;  // serialises mark updates; guards the fields below
   uint64_t mark_written_ = 0;
   bool mark_stop_ = false;

@@ -215,6 +215,7 @@ TEST(RecoveryTest, DurabilityMarkFollowsTheSyncedWal) {
     for (int i = 0; i < 10; ++i) {
       ASSERT_TRUE((*db)->db()->Put(wo, (*db)->cf(Cf::kMeta), "k" + std::to_string(i), "v").ok());
     }
+    (*db)->NoteDurable((*db)->db());
     ASSERT_TRUE((*db)->UpdateDurabilityMark().ok());
     EXPECT_TRUE(std::filesystem::exists(dir.path() + "/" + std::string(kDurabilityMarkFile)));
   }
