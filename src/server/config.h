@@ -16,7 +16,7 @@ struct ServerConfig {
   bool check_config = false;  // --check-config: validate, print the verdict, exit
   std::string data_dir = "./data";
   std::string listen = "0.0.0.0:7443";
-  std::string admin_listen = "127.0.0.1:9090";
+  std::string admin_listen = "127.0.0.1:7444";
   uint32_t admin_connections_per_ip = 8;  // concurrent admin HTTP connections per address
   std::string tls_cert;            // default: <data-dir>/tls/server.crt (generated if missing)
   std::string tls_key;             // default: <data-dir>/tls/server.key
