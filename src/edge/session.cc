@@ -119,7 +119,9 @@ Session::Session(EdgeLoop& loop, uint64_t id, int fd, std::string peer_ip,
                  uint32_t ip_retry_after_ms)
     : loop_(loop), id_(id), ip_retry_after_ms_(ip_retry_after_ms) {
   const Edge& edge = loop_.edge();
-  conn_ = std::make_unique<net::Connection>(loop_.loop(), edge.tls().get(), fd, this,
+  // The certificate in force now (SIGHUP may swap it): SSL_new keeps its own reference.
+  const std::shared_ptr<SSL_CTX> ctx = edge.tls().Current();
+  conn_ = std::make_unique<net::Connection>(loop_.loop(), ctx.get(), fd, this,
                                             edge.options().max_output_bytes);
   conn_->set_peer_address(std::move(peer_ip));
   opened_ms_ = last_frame_ms_ = edge.clock().MonoMillis();
