@@ -50,7 +50,7 @@ Client::Impl::~Impl() {
 Status Client::Impl::OpenState() {
   if (options_.state_dir.empty()) return BadRequest("state_dir is required");
   if (options_.server.ca_file.empty() && options_.server.fingerprint.empty()) {
-    return BadRequest("the server must be verified: give a CA file or a certificate fingerprint");
+    return BadRequest("the server must be verified: give a CA file or a pinned public key");
   }
   std::error_code ec;
   std::filesystem::create_directories(options_.state_dir, ec);

@@ -147,11 +147,16 @@ Result<std::unique_ptr<Connection>> Connection::Connect(const ConnectOptions& o)
       SSL_set1_host(ssl, o.host.c_str());
     }
   }
+  std::string presented;  // the pin of the key the server showed (pinned contexts)
+  net::CapturePresentedPin(ssl, &presented);
   SSL_set_connect_state(ssl);
   for (;;) {
     ERR_clear_error();
     const int r = SSL_do_handshake(ssl);
-    if (r == 1) break;
+    if (r == 1) {
+      net::CapturePresentedPin(ssl, nullptr);
+      break;
+    }
     const int err = SSL_get_error(ssl, r);
     if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
       if (!WaitFd(c->fd_, err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline)) {
@@ -160,11 +165,19 @@ Result<std::unique_ptr<Connection>> Connection::Connect(const ConnectOptions& o)
       continue;
     }
     const long verify = SSL_get_verify_result(ssl);
+    net::CapturePresentedPin(ssl, nullptr);
     if (ERR_GET_REASON(ERR_peek_error()) == SSL_R_CERTIFICATE_VERIFY_FAILED &&
         (verify == X509_V_OK || !o.fingerprint.empty())) {
-      // The pinned-fingerprint check runs as the verify callback and leaves no X509 error.
-      return Unauthenticated("server certificate does not match the pinned fingerprint " +
-                             o.fingerprint);
+      // The pin check runs as the verify callback and leaves no X509 error.
+      net::CapturePresentedPin(ssl, nullptr);
+      const bool spki = tls->pin_kind() == net::TlsContext::PinKind::kSpki;
+      return Unauthenticated(
+          std::string("server certificate does not match the pinned ") +
+          (spki ? "public key " : "certificate fingerprint ") + o.fingerprint +
+          (presented.empty() ? "" : " (the server presented " + presented + ")") +
+          (spki ? ""
+                : "; a certificate fingerprint changes at every renewal, pin the "
+                  "public key (pin-sha256:...) instead"));
     }
     if (verify != X509_V_OK) {
       return Unauthenticated(std::string("server certificate rejected: ") +

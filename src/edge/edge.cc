@@ -147,18 +147,26 @@ void EdgeLoop::ReleaseAllPreLogin() {
   prelogin_.clear();
 }
 
+EdgeLoop::PreLoginEntry EdgeLoop::PreLoginEntryOf(const std::string& ip) const {
+  PreLoginEntry pre;
+  const std::optional<IpAddress> addr = IpAddress::Parse(ip);
+  if (addr) {
+    const int bits = edge_.options().connection_rate.ipv6_prefix_bits;
+    pre.key = (addr->is_v4() ? *addr : addr->Masked(bits)).bytes();
+    pre.exempt = edge_.connection_limiter().IsAllowListed(*addr);
+  }
+  return pre;
+}
+
 void EdgeLoop::Accept(int fd, const std::string& peer_ip) {
   EdgeMetrics::Get().accepted.Inc();
+  // A load balancer's connection: the client's address comes with its PROXY header, and
+  // the per-IP checks wait for it (AdmitProxied); meanwhile it counts in the total only.
+  const bool proxied = edge_.IsProxySource(peer_ip);
   // Pre-login caps first, before any other work for the connection: over a cap it is closed
   // at once, so connections that never log in cannot take every descriptor.
-  PreLoginEntry pre;
+  PreLoginEntry pre = proxied ? PreLoginEntry{{}, true} : PreLoginEntryOf(peer_ip);
   {
-    const std::optional<IpAddress> addr = IpAddress::Parse(peer_ip);
-    if (addr) {
-      const int bits = edge_.options().connection_rate.ipv6_prefix_bits;
-      pre.key = (addr->is_v4() ? *addr : addr->Masked(bits)).bytes();
-      pre.exempt = edge_.connection_limiter().IsAllowListed(*addr);
-    }
     const auto verdict = edge_.prelogin_limiter().Admit(pre.key, pre.exempt);
     if (verdict != PreLoginLimiter::Verdict::kAdmitted) {
       RefusedPreLogin(verdict).Inc();
@@ -169,15 +177,38 @@ void EdgeLoop::Accept(int fd, const std::string& peer_ip) {
   // Over the per-IP rate the connection still gets its TLS handshake, and its HELLO is
   // answered RATE_LIMITED (fatal) with retry_after_ms, as PROTOCOL.md section 7 says.
   uint32_t retry_after = 0;
-  Status admit = edge_.connection_limiter().Admit(peer_ip, edge_.clock().MonoNanos());
-  if (!admit.ok()) retry_after = std::max<uint32_t>(admit.retry_after_ms(), 1);
+  if (!proxied) {
+    Status admit = edge_.connection_limiter().Admit(peer_ip, edge_.clock().MonoNanos());
+    if (!admit.ok()) retry_after = std::max<uint32_t>(admit.retry_after_ms(), 1);
+  }
   const uint64_t id = next_session_++;
   auto session = std::make_unique<Session>(*this, id, fd, peer_ip, retry_after);
   Session* raw = session.get();
+  if (proxied) raw->ExpectProxyHeader();
   sessions_.emplace(id, std::move(session));
   prelogin_.emplace(id, pre);
   count_.fetch_add(1, std::memory_order_relaxed);
   if (!raw->Start().ok()) Forget(id);
+}
+
+bool EdgeLoop::AdmitProxied(uint64_t session_id, const std::string& client_ip,
+                            uint32_t* retry_after_ms) {
+  *retry_after_ms = 0;
+  auto it = prelogin_.find(session_id);
+  if (it == prelogin_.end()) return false;
+  // The connection's place in the total becomes the client's entry.
+  edge_.prelogin_limiter().Release(it->second.key, it->second.exempt);
+  const PreLoginEntry pre = PreLoginEntryOf(client_ip);
+  const auto verdict = edge_.prelogin_limiter().Admit(pre.key, pre.exempt);
+  if (verdict != PreLoginLimiter::Verdict::kAdmitted) {
+    RefusedPreLogin(verdict).Inc();
+    prelogin_.erase(it);
+    return false;
+  }
+  it->second = pre;
+  Status admit = edge_.connection_limiter().Admit(client_ip, edge_.clock().MonoNanos());
+  if (!admit.ok()) *retry_after_ms = std::max<uint32_t>(admit.retry_after_ms(), 1);
+  return true;
 }
 
 void EdgeLoop::Sweep() {
@@ -231,6 +262,16 @@ Edge::Edge(EdgeOptions options, core::CoreApi& core, const auth::TokenVerifier& 
                                                   ? options_.max_prelogin_total
                                                   : DefaultPreLoginTotal()) {}
 
+bool Edge::IsProxySource(const std::string& peer_ip) const {
+  if (proxy_sources_.empty()) return false;
+  const std::optional<IpAddress> addr = IpAddress::Parse(peer_ip);
+  if (!addr) return false;
+  for (const CidrRange& r : proxy_sources_) {
+    if (r.Contains(*addr)) return true;
+  }
+  return false;
+}
+
 Edge::~Edge() {
   if (started_) Shutdown(0);
 }
@@ -242,6 +283,11 @@ Status Edge::Start() {
   AcceptPauses();
   for (const auto& cidr : options_.connection_allowlist) {
     IRIS_RETURN_IF_ERROR(connection_limiter_.AllowCidr(cidr));
+  }
+  proxy_sources_.clear();
+  for (const auto& cidr : options_.proxy_protocol_from) {
+    IRIS_ASSIGN_OR_RETURN(CidrRange range, CidrRange::Parse(cidr, "--proxy-protocol-from"));
+    proxy_sources_.push_back(range);
   }
   int n = options_.loops > 0 ? options_.loops : static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
   n = std::clamp(n, 1, 256);

@@ -57,6 +57,12 @@ struct EdgeOptions {
   SendRateConfig group_rate = kGroupRate;             // GROUP_CREATE and GROUP_UPDATE
   ConnectionLimitConfig connection_rate;              // per IP
   std::vector<std::string> connection_allowlist;      // addresses or CIDR ranges
+  // Load balancers (addresses or CIDR ranges) whose connections start with a PROXY protocol
+  // v2 header before TLS (net/proxy_protocol.h): required from them, refused from anyone
+  // else (it is not TLS). The per-IP checks of such a connection (pre-login cap, connection
+  // rate, failed logins) and its logs use the client address the header carries; its
+  // header must arrive within hello_timeout_ms, like the handshake.
+  std::vector<std::string> proxy_protocol_from;
   // Pre-login connections (accepted, HELLO not accepted yet) are capped when accepted; a
   // connection over a cap is closed at once (iris_connections_refused_total). Per address
   // (IPv6: per connection_rate.ipv6_prefix_bits prefix; allow-listed addresses are exempt;
@@ -125,12 +131,18 @@ class EdgeLoop {
   void Forget(uint64_t session_id);  // destroys the session after this loop turn
   // The session's HELLO was accepted: it no longer counts as pre-login. Idempotent.
   void EndPreLogin(uint64_t session_id);
+  // A connection from a load balancer gave its PROXY header: the per-IP checks Accept left
+  // for later, now for the client address `client_ip`. False: over the pre-login cap (the
+  // session must close). *retry_after_ms: non-zero when over the per-IP connection rate.
+  bool AdmitProxied(uint64_t session_id, const std::string& client_ip, uint32_t* retry_after_ms);
   size_t session_count() const { return count_.load(std::memory_order_relaxed); }
 
  private:
   friend class Edge;
   void Accept(int fd, const std::string& peer_ip);
   void Sweep();
+  struct PreLoginEntry;
+  PreLoginEntry PreLoginEntryOf(const std::string& ip) const;
   void ReleaseAllPreLogin();
 
   // What Admit() counted for a pre-login session, to release it with.
@@ -202,6 +214,8 @@ class Edge final : public core::EdgeSink {
   KeyedSendLimiter& group_limiter() { return group_limiter_; }
   FailedLoginLimiter& failed_logins() { return failed_logins_; }
   ConnectionRateLimiter& connection_limiter() { return connection_limiter_; }
+  // Whether connections from `peer_ip` start with a PROXY header (proxy_protocol_from).
+  bool IsProxySource(const std::string& peer_ip) const;
   PreLoginLimiter& prelogin_limiter() { return prelogin_; }
   // The user's debt in every per-user limiter of this node (core::RateDebt; slots in
   // LimiterDebt order), taken out: the user's buckets here are full afterwards.
@@ -228,6 +242,7 @@ class Edge final : public core::EdgeSink {
   FailedLoginLimiter failed_logins_;
   ConnectionRateLimiter connection_limiter_;
   PreLoginLimiter prelogin_;
+  std::vector<CidrRange> proxy_sources_;  // set in Start()
   // Loops whose listener is paused for want of descriptors (log once per episode).
   std::atomic<int> starved_loops_{0};
   std::vector<std::unique_ptr<EdgeLoop>> loops_;

@@ -299,7 +299,7 @@ ConnectionRateLimiter::ConnectionRateLimiter(ConnectionLimitConfig config,
   config_.ipv6_prefix_bits = std::clamp(config_.ipv6_prefix_bits, 1, 128);
 }
 
-Status ConnectionRateLimiter::AllowCidr(std::string_view cidr) {
+Result<CidrRange> CidrRange::Parse(std::string_view cidr, std::string_view what) {
   std::string_view addr_text = cidr;
   std::optional<int> prefix;
   if (size_t slash = cidr.find('/'); slash != std::string_view::npos) {
@@ -309,21 +309,29 @@ Status ConnectionRateLimiter::AllowCidr(std::string_view cidr) {
     auto [ptr, ec] = std::from_chars(len_text.data(), len_text.data() + len_text.size(), len);
     if (len_text.empty() || len_text.size() > 3 || ec != std::errc() ||
         ptr != len_text.data() + len_text.size()) {
-      return BadRequest("bad prefix length in allow-list entry '" + std::string(cidr) + "'");
+      return BadRequest("bad prefix length in " + std::string(what) + " '" + std::string(cidr) +
+                        "'");
     }
     prefix = len;
   }
   std::optional<IpAddress> addr = IpAddress::Parse(addr_text);
-  if (!addr) return BadRequest("bad address in allow-list entry '" + std::string(cidr) + "'");
+  if (!addr) {
+    return BadRequest("bad address in " + std::string(what) + " '" + std::string(cidr) + "'");
+  }
   // An IPv4 prefix counts IPv4 bits; in the 128-bit mapped form it starts after 96 bits.
   const int max_bits = addr->is_v4() && addr_text.find(':') == std::string_view::npos ? 32 : 128;
   const int len = prefix.value_or(max_bits);
   if (len < 0 || len > max_bits) {
-    return BadRequest("bad prefix length in allow-list entry '" + std::string(cidr) + "'");
+    return BadRequest("bad prefix length in " + std::string(what) + " '" + std::string(cidr) + "'");
   }
   const int bits = max_bits == 32 ? 96 + len : len;
+  return CidrRange{addr->Masked(bits), bits};
+}
+
+Status ConnectionRateLimiter::AllowCidr(std::string_view cidr) {
+  IRIS_ASSIGN_OR_RETURN(const CidrRange range, CidrRange::Parse(cidr, "allow-list entry"));
   std::unique_lock lock(allow_mu_);
-  allow_.push_back(Cidr{addr->Masked(bits), bits});
+  allow_.push_back(Cidr{range.base, range.bits});
   return Status::Ok();
 }
 

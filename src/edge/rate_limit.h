@@ -291,6 +291,15 @@ class IpAddress {
   std::array<uint8_t, 16> bytes_{};
 };
 
+// An address or CIDR range, "127.0.0.0/8", "::1", "2001:db8::/32", "10.0.0.7" (an IPv4
+// prefix length counts IPv4 bits, 0..32); BAD_REQUEST naming `what` when it does not parse.
+struct CidrRange {
+  IpAddress base;  // already masked
+  int bits = 128;  // of 128
+  static Result<CidrRange> Parse(std::string_view cidr, std::string_view what = "address range");
+  bool Contains(const IpAddress& a) const { return a.Masked(bits) == base; }
+};
+
 struct ConnectionLimitConfig {
   double per_minute = 5;  // refill rate of each address's bucket
   double burst = 5;       // bucket capacity: new connections at once from a quiet address

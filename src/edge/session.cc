@@ -119,7 +119,9 @@ Session::Session(EdgeLoop& loop, uint64_t id, int fd, std::string peer_ip,
                  uint32_t ip_retry_after_ms)
     : loop_(loop), id_(id), ip_retry_after_ms_(ip_retry_after_ms) {
   const Edge& edge = loop_.edge();
-  conn_ = std::make_unique<net::Connection>(loop_.loop(), edge.tls().get(), fd, this,
+  // The certificate in force now (SIGHUP may swap it): SSL_new keeps its own reference.
+  const std::shared_ptr<SSL_CTX> ctx = edge.tls().Current();
+  conn_ = std::make_unique<net::Connection>(loop_.loop(), ctx.get(), fd, this,
                                             edge.options().max_output_bytes);
   conn_->set_peer_address(std::move(peer_ip));
   opened_ms_ = last_frame_ms_ = edge.clock().MonoMillis();
@@ -130,6 +132,25 @@ Session::~Session() = default;
 Status Session::Start() { return conn_->Start(); }
 
 void Session::OnHandshakeDone() { EdgeMetrics::Get().handshakes.Inc(); }
+
+bool Session::OnProxyHeader(const Result<net::ProxyHeader>& header) {
+  static obs::Counter& malformed = obs::Registry::Default().GetCounter(
+      "iris_proxy_header_errors_total",
+      "Connections from a --proxy-protocol-from source closed for a malformed PROXY header");
+  if (!header.ok()) {
+    malformed.Inc();
+    obs::LogWarn("malformed PROXY protocol header from a load balancer; connection closed",
+                 {{"source", conn_->peer_address()}, {"error", header.status().message()}});
+    return false;
+  }
+  // LOCAL (the balancer's own connection): the balancer is the client.
+  const std::string client = header->local ? conn_->peer_address() : header->source_ip;
+  uint32_t retry_after = 0;
+  if (!loop_.AdmitProxied(id_, client, &retry_after)) return false;
+  conn_->set_peer_address(client);
+  ip_retry_after_ms_ = retry_after;
+  return true;
+}
 
 void Session::OnData(std::span<const uint8_t> data) {
   decoder_.Consume(data, [this](const wire::Frame& f) { return HandleFrame(f.opcode, f.payload); });

@@ -51,12 +51,15 @@ class Session final : public net::Connection::Delegate {
   ~Session() override;
 
   Status Start();
+  // The connection comes from a load balancer: a PROXY header precedes TLS. Before Start().
+  void ExpectProxyHeader() { conn_->ExpectProxyHeader(); }
   uint64_t id() const { return id_; }
   uint64_t user() const { return user_; }
   bool authenticated() const { return state_ != State::kAwaitHello; }
 
   // net::Connection::Delegate
   void OnHandshakeDone() override;
+  bool OnProxyHeader(const Result<net::ProxyHeader>& header) override;
   void OnData(std::span<const uint8_t> data) override;
   void OnWritable() override;
   void OnClosed(std::string_view reason) override;

@@ -46,6 +46,34 @@ Status Connection::Start() {
   return loop_.Add(fd_, interest_, this);
 }
 
+void Connection::ExpectProxyHeader() {
+  state_ = State::kProxyHeader;
+  proxy_ = std::make_unique<ProxyHeaderParser>();
+}
+
+void Connection::DoProxyHeader() {
+  size_t budget = kReadBudgetPerTurn;
+  uint8_t buf[256];
+  while (state_ == State::kProxyHeader) {
+    const size_t want = std::min(proxy_->wanted(), sizeof(buf));
+    const ssize_t n = RecvSome(std::span<uint8_t>(buf, want), &budget);
+    if (n <= 0) return;  // nothing more now, or finished
+    proxy_->Feed(std::span<const uint8_t>(buf, static_cast<size_t>(n)));
+    if (proxy_->state() == ProxyHeaderParser::State::kNeedMore) continue;
+    const bool done = proxy_->state() == ProxyHeaderParser::State::kDone;
+    const Result<ProxyHeader> header =
+        done ? Result<ProxyHeader>(proxy_->header()) : BadRequest(proxy_->error());
+    proxy_.reset();
+    state_ = State::kHandshake;
+    if (!delegate_->OnProxyHeader(header)) {
+      Finish(done ? "refused after its PROXY header" : "malformed PROXY header");
+      return;
+    }
+    if (state_ == State::kHandshake) DoHandshake();  // the ClientHello may be here already
+    return;
+  }
+}
+
 void Connection::UpdateInterest() {
   if (state_ == State::kClosed) return;
   uint32_t want = EPOLLRDHUP;
@@ -69,7 +97,9 @@ void Connection::OnEvents(uint32_t events) {
     Finish("peer closed");
     return;
   }
-  if (state_ == State::kHandshake) {
+  if (state_ == State::kProxyHeader) {
+    DoProxyHeader();
+  } else if (state_ == State::kHandshake) {
     DoHandshake();
   } else {
     if (events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP)) DoRead();
@@ -412,7 +442,7 @@ void Connection::PauseReading(bool paused) {
 void Connection::Close(std::string_view reason) {
   if (state_ >= State::kClosing) return;
   close_reason_ = std::string(reason);
-  if (state_ == State::kHandshake) {
+  if (state_ == State::kProxyHeader || state_ == State::kHandshake) {
     Finish(reason);
     return;
   }

@@ -27,7 +27,9 @@
 #include <string>
 #include <string_view>
 
+#include "common/status.h"
 #include "net/event_loop.h"
+#include "net/proxy_protocol.h"
 #include "net/tls.h"
 #include "net/tls_records.h"
 
@@ -39,6 +41,12 @@ class Connection final : public EventLoop::Handler {
    public:
     virtual ~Delegate() = default;
     virtual void OnHandshakeDone() {}
+    // ExpectProxyHeader(): the header (or why it is malformed), before any TLS byte. True
+    // goes on to the handshake; false closes the connection (OnClosed follows).
+    virtual bool OnProxyHeader(const Result<ProxyHeader>& header) {
+      (void)header;
+      return false;
+    }
     // Decrypted bytes; valid only during the call.
     virtual void OnData(std::span<const uint8_t> data) = 0;
     // The output queue drained completely (used to resume paused producers).
@@ -52,6 +60,10 @@ class Connection final : public EventLoop::Handler {
   ~Connection() override;
 
   Status Start();
+  // The connection starts with a PROXY protocol v2 header (proxy_protocol.h) before TLS:
+  // it is read (without taking a byte past it) and handed to Delegate::OnProxyHeader, and
+  // only then does the handshake begin. Call before Start().
+  void ExpectProxyHeader();
   // Queues bytes for sending at the end of this loop turn (EventLoop::ScheduleFlush), so
   // frames written in one turn share TLS records and system calls. Returns false (and
   // queues nothing) when the queue would exceed its bound, or when the connection is closing.
@@ -80,8 +92,9 @@ class Connection final : public EventLoop::Handler {
   void OnFlush() override;
 
  private:
-  enum class State : uint8_t { kHandshake, kOpen, kClosing, kClosed };
+  enum class State : uint8_t { kProxyHeader, kHandshake, kOpen, kClosing, kClosed };
 
+  void DoProxyHeader();
   void DoHandshake();
   void OffloadRecords();
   void DoRead();
@@ -125,6 +138,7 @@ class Connection final : public EventLoop::Handler {
   size_t wire_pos_ = 0;
   std::string in_;
   std::unique_ptr<TlsTrafficSecrets> secrets_;  // during the handshake only
+  std::unique_ptr<ProxyHeaderParser> proxy_;    // in kProxyHeader only
   std::string peer_;
   std::string close_reason_;
 };

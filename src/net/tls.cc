@@ -1,7 +1,9 @@
 #include "net/tls.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <openssl/bn.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -34,8 +36,6 @@ std::string OpenSslError() {
   std::string out = DrainOpenSslErrors();
   return out.empty() ? "unknown TLS error" : out;
 }
-
-TlsContext::~TlsContext() { SSL_CTX_free(ctx_); }
 
 namespace {
 int SecretsIndex() {
@@ -83,11 +83,17 @@ void CaptureTrafficSecrets(SSL* ssl, TlsTrafficSecrets* secrets) {
 
 void EnableTrafficSecretCapture(SSL_CTX* ctx) { SSL_CTX_set_keylog_callback(ctx, OnKeyLogLine); }
 
-Result<std::unique_ptr<TlsContext>> TlsContext::Server(const std::string& cert_file,
-                                                       const std::string& key_file) {
-  SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+namespace {
+struct SslCtxFree {
+  void operator()(SSL_CTX* ctx) const { SSL_CTX_free(ctx); }
+};
+using SslCtxPtr = std::unique_ptr<SSL_CTX, SslCtxFree>;
+
+// A server context holding the pair in `cert_file` and `key_file`.
+Result<SslCtxPtr> NewServerContext(const std::string& cert_file, const std::string& key_file) {
+  SslCtxPtr owned(SSL_CTX_new(TLS_server_method()));
+  SSL_CTX* ctx = owned.get();
   if (ctx == nullptr) return Internal("SSL_CTX_new: " + OpenSslError());
-  std::unique_ptr<TlsContext> out(new TlsContext(ctx));
   SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
   SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
@@ -106,30 +112,179 @@ Result<std::unique_ptr<TlsContext>> TlsContext::Server(const std::string& cert_f
     return BadRequest("cannot load TLS certificate " + cert_file + ": " + OpenSslError());
   }
   if (SSL_CTX_use_PrivateKey_file(ctx, key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
+    if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH) {
+      return BadRequest("TLS key " + key_file + " does not match the certificate " + cert_file +
+                        ": " + OpenSslError());
+    }
     return BadRequest("cannot load TLS key " + key_file + ": " + OpenSslError());
   }
   if (SSL_CTX_check_private_key(ctx) != 1) {
-    return BadRequest("TLS key does not match the certificate: " + OpenSslError());
+    return BadRequest("TLS key " + key_file + " does not match the certificate " + cert_file +
+                      ": " + OpenSslError());
   }
-  return out;
+  return owned;
+}
+}  // namespace
+
+TlsContext::TlsContext(SSL_CTX* ctx) : ctx_(ctx, SslCtxFree{}) {}
+
+TlsContext::~TlsContext() = default;
+
+std::shared_ptr<SSL_CTX> TlsContext::Current() const {
+  std::lock_guard lock(mu_);
+  return ctx_;
+}
+
+Result<std::unique_ptr<TlsContext>> TlsContext::Server(const std::string& cert_file,
+                                                       const std::string& key_file) {
+  IRIS_ASSIGN_OR_RETURN(SslCtxPtr ctx, NewServerContext(cert_file, key_file));
+  return std::unique_ptr<TlsContext>(new TlsContext(ctx.release()));
+}
+
+Status TlsContext::Reload(const std::string& cert_file, const std::string& key_file) {
+  IRIS_ASSIGN_OR_RETURN(SslCtxPtr ctx, NewServerContext(cert_file, key_file));
+  std::shared_ptr<SSL_CTX> fresh(ctx.release(), SslCtxFree{});
+  {
+    std::lock_guard lock(mu_);
+    ctx_.swap(fresh);
+  }
+  return Status::Ok();  // the old context goes with its last connection's SSL object
 }
 
 namespace {
+constexpr std::string_view kPinPrefix = "pin-sha256:";
+
+int PresentedPinIndex() {
+  static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return index;
+}
+
+std::string Sha256(const unsigned char* data, size_t len) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int md_len = 0;
+  EVP_Digest(data, len, md, &md_len, EVP_sha256(), nullptr);
+  return std::string(reinterpret_cast<const char*>(md), md_len);
+}
+
+std::string SpkiDigest(X509* cert) {
+  EVP_PKEY* key = X509_get0_pubkey(cert);
+  if (key == nullptr) return "";
+  unsigned char* der = nullptr;
+  const int len = i2d_PUBKEY(key, &der);
+  if (len <= 0) return "";
+  std::string out = Sha256(der, static_cast<size_t>(len));
+  OPENSSL_free(der);
+  return out;
+}
+
+std::string CertificateDigest(X509* cert) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  X509_digest(cert, EVP_sha256(), md, &len);
+  return std::string(reinterpret_cast<const char*>(md), len);
+}
+
+std::string Base64(const std::string& bytes) {
+  std::string out(4 * ((bytes.size() + 2) / 3) + 1, '\0');
+  const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                                reinterpret_cast<const unsigned char*>(bytes.data()),
+                                static_cast<int>(bytes.size()));
+  out.resize(static_cast<size_t>(n));
+  return out;
+}
+
 int VerifyPinned(X509_STORE_CTX* store, void* arg) {
   const auto* self = static_cast<const TlsContext*>(arg);
   X509* leaf = X509_STORE_CTX_get0_cert(store);
   if (leaf == nullptr) return 0;
-  if (!self->pinned_sha256().empty()) {
-    return NormalizeFingerprint(CertificateFingerprint(leaf)) == self->pinned_sha256() ? 1 : 0;
+  if (self->pin_kind() == TlsContext::PinKind::kNone) return X509_verify_cert(store);
+  auto* ssl =
+      static_cast<SSL*>(X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
+  if (ssl != nullptr) {
+    if (auto* presented = static_cast<std::string*>(SSL_get_ex_data(ssl, PresentedPinIndex()))) {
+      *presented = SpkiPin(leaf);
+    }
   }
-  return X509_verify_cert(store);
+  const std::string digest =
+      self->pin_kind() == TlsContext::PinKind::kSpki ? SpkiDigest(leaf) : CertificateDigest(leaf);
+  const std::string& want = self->pin_digest();
+  if (digest.empty() || digest.size() != want.size()) return 0;
+  return CRYPTO_memcmp(digest.data(), want.data(), want.size()) == 0 ? 1 : 0;
 }
 }  // namespace
 
+std::string SpkiPin(X509* cert) { return std::string(kPinPrefix) + Base64(SpkiDigest(cert)); }
+
+Result<std::string> SpkiPin(const std::string& cert_file) {
+  FILE* f = fopen(cert_file.c_str(), "r");
+  if (f == nullptr) return NotFound("cannot open " + cert_file);
+  X509* x = PEM_read_X509(f, nullptr, nullptr, nullptr);
+  fclose(f);
+  if (x == nullptr) return BadRequest("not a PEM certificate: " + cert_file);
+  std::string pin = SpkiPin(x);
+  X509_free(x);
+  return pin;
+}
+
+void CapturePresentedPin(SSL* ssl, std::string* presented) {
+  SSL_set_ex_data(ssl, PresentedPinIndex(), presented);
+}
+
+Result<Pin> ParsePin(const std::string& text) {
+  std::string_view t = text;
+  while (!t.empty() && std::isspace(static_cast<unsigned char>(t.front()))) t.remove_prefix(1);
+  while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back()))) t.remove_suffix(1);
+  const auto bad = [&text] {
+    return BadRequest("cannot read the pin '" + text +
+                      "': expected pin-sha256:BASE64 (the server's public key, as irisd's "
+                      "banner prints it) or a SHA-256 certificate fingerprint (SHA256:AB:CD:..)");
+  };
+  std::string_view b64;
+  bool spki = false;
+  if (t.starts_with(kPinPrefix)) {
+    b64 = t.substr(kPinPrefix.size()), spki = true;
+  } else if (t.starts_with("pin-sha256=")) {
+    b64 = t.substr(11), spki = true;
+    if (b64.size() >= 2 && b64.front() == '"' && b64.back() == '"') {
+      b64 = b64.substr(1, b64.size() - 2);
+    }
+  } else if (t.starts_with("sha256//")) {
+    b64 = t.substr(8), spki = true;
+  } else if (t.size() == 44 && t.back() == '=') {
+    b64 = t, spki = true;
+  }
+  Pin pin;
+  if (spki) {
+    if (b64.size() != 44) return bad();
+    unsigned char raw[48];
+    if (EVP_DecodeBlock(raw, reinterpret_cast<const unsigned char*>(b64.data()), 44) != 33) {
+      return bad();
+    }
+    pin.kind = TlsContext::PinKind::kSpki;
+    pin.digest.assign(reinterpret_cast<const char*>(raw), 32);
+    // Canonical form only: what encodes back to the same text (no stray bits or padding).
+    if (Base64(pin.digest) != b64) return bad();
+    return pin;
+  }
+  const std::string hex = NormalizeFingerprint(std::string(t));
+  // Anything but hex digits, colons and the SHA256: prefix is not a fingerprint.
+  std::string_view rest = t;
+  if (rest.starts_with("SHA256:") || rest.starts_with("sha256:")) rest.remove_prefix(7);
+  for (char c : rest) {
+    if (!std::isxdigit(static_cast<unsigned char>(c)) && c != ':') return bad();
+  }
+  if (hex.size() != 64) return bad();
+  pin.kind = TlsContext::PinKind::kCertificate;
+  for (size_t i = 0; i < 64; i += 2) {
+    pin.digest.push_back(static_cast<char>(HexValue(hex[i]) << 4 | HexValue(hex[i + 1])));
+  }
+  return pin;
+}
+
 Result<std::unique_ptr<TlsContext>> TlsContext::Client(const std::string& ca_file,
-                                                       const std::string& pinned_sha256) {
-  if (ca_file.empty() && pinned_sha256.empty()) {
-    return BadRequest("TLS verification needs a CA file or a pinned certificate fingerprint");
+                                                       const std::string& pin) {
+  if (ca_file.empty() && pin.empty()) {
+    return BadRequest("TLS verification needs a CA file or a pinned public key");
   }
   SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
   if (ctx == nullptr) return Internal("SSL_CTX_new: " + OpenSslError());
@@ -139,9 +294,10 @@ Result<std::unique_ptr<TlsContext>> TlsContext::Client(const std::string& ca_fil
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                             SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
   SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
-  if (!pinned_sha256.empty()) {
-    out->pinned_ = NormalizeFingerprint(pinned_sha256);
-    if (out->pinned_.size() != 64) return BadRequest("pinned fingerprint must be SHA-256 hex");
+  if (!pin.empty()) {
+    IRIS_ASSIGN_OR_RETURN(Pin p, ParsePin(pin));
+    out->pin_kind_ = p.kind;
+    out->pin_ = std::move(p.digest);
   } else if (SSL_CTX_load_verify_locations(ctx, ca_file.c_str(), nullptr) != 1) {
     return BadRequest("cannot load CA file " + ca_file + ": " + OpenSslError());
   }
@@ -166,8 +322,47 @@ FILE* CreateExclusive(const std::string& path, mode_t mode) {
 }
 }  // namespace
 
+Status ValidateSubjectAltName(const std::string& name) {
+  in_addr a4;
+  in6_addr a6;
+  if (inet_pton(AF_INET, name.c_str(), &a4) == 1 || inet_pton(AF_INET6, name.c_str(), &a6) == 1) {
+    return Status::Ok();
+  }
+  // A DNS name (RFC 1123 labels; a leading "*." wildcard allowed), at most 253 bytes.
+  std::string_view n = name;
+  if (n.starts_with("*.")) n.remove_prefix(2);
+  bool ok = !n.empty() && name.size() <= 253;
+  size_t label = 0;
+  for (size_t i = 0; ok && i <= n.size(); ++i) {
+    if (i == n.size() || n[i] == '.') {
+      ok = label >= 1 && label <= 63 && n[i - label] != '-' && n[i - 1] != '-';
+      label = 0;
+      continue;
+    }
+    const char c = n[i];
+    ok = std::isalnum(static_cast<unsigned char>(c)) || c == '-';
+    ++label;
+  }
+  if (!ok) {
+    return BadRequest("--tls-san '" + name +
+                      "' is neither an IP address nor a DNS name (letters, digits, '-' and "
+                      "dots; e.g. chat.example.com or 203.0.113.7)");
+  }
+  return Status::Ok();
+}
+
 Status GenerateSelfSignedCertificate(const std::string& cert_file, const std::string& key_file,
-                                     const std::string& common_name) {
+                                     const std::string& common_name,
+                                     const std::vector<std::string>& extra_sans) {
+  std::string san = "DNS:localhost,IP:127.0.0.1,IP:::1";
+  for (const std::string& name : extra_sans) {
+    IRIS_RETURN_IF_ERROR(ValidateSubjectAltName(name));
+    in_addr a4;
+    in6_addr a6;
+    const bool ip =
+        inet_pton(AF_INET, name.c_str(), &a4) == 1 || inet_pton(AF_INET6, name.c_str(), &a6) == 1;
+    san += (ip ? ",IP:" : ",DNS:") + name;
+  }
   EVP_PKEY* key = EVP_EC_gen("P-256");
   if (key == nullptr) return Internal("EC key generation failed: " + OpenSslError());
   X509* x = X509_new();
@@ -194,16 +389,19 @@ Status GenerateSelfSignedCertificate(const std::string& cert_file, const std::st
     X509V3_CTX v3;
     X509V3_set_ctx_nodb(&v3);
     X509V3_set_ctx(&v3, x, x, nullptr, nullptr, 0);
-    const char* exts[][2] = {{"subjectAltName", "DNS:localhost,IP:127.0.0.1,IP:::1"},
+    const char* exts[][2] = {{"subjectAltName", san.c_str()},
                              {"basicConstraints", "critical,CA:TRUE"},
                              {"keyUsage", "critical,digitalSignature,keyCertSign"}};
     for (auto& e : exts) {
       X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &v3, OBJ_sn2nid(e[0]), e[1]);
-      if (ext != nullptr) {
-        X509_add_ext(x, ext, -1);
-        X509_EXTENSION_free(ext);
+      if (ext == nullptr) {
+        result = Internal(std::string("cannot make the ") + e[0] + " extension: " + OpenSslError());
+        break;
       }
+      X509_add_ext(x, ext, -1);
+      X509_EXTENSION_free(ext);
     }
+    if (!result.ok()) break;
     if (X509_sign(x, key, EVP_sha256()) == 0) {
       result = Internal("certificate signing failed: " + OpenSslError());
       break;

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "iris_build_info.h"
+#include "net/tls.h"
 
 namespace iris::server {
 namespace {
@@ -32,6 +33,11 @@ void Define(CLI::App& app, ServerConfig& c) {
                  "PEM certificate chain (default: generated self-signed in <data-dir>/tls)");
   app.add_option("--tls-key", c.tls_key,
                  "PEM private key (default: generated with the certificate)");
+  app.add_option("--tls-san", c.tls_san,
+                 "Extra name or IP address for the subjectAltName of the generated certificate "
+                 "(repeatable; localhost, 127.0.0.1 and ::1 are always in it). Used only when "
+                 "irisd generates the certificate (no --tls-cert)")
+      ->take_all();
   app.add_option("--jwt-secret-file", c.jwt_secret_file,
                  "HS256 key file: its bytes less one trailing newline, at least 32 (default: "
                  "generated <data-dir>/jwt.secret)");
@@ -65,6 +71,12 @@ void Define(CLI::App& app, ServerConfig& c) {
   app.add_option("--connection-allowlist", c.connection_allowlist,
                  "Addresses or CIDR ranges exempt from the per-IP limits: connections, failed "
                  "logins (repeatable)")
+      ->take_all();
+  app.add_option("--proxy-protocol-from", c.proxy_protocol_from,
+                 "Address or CIDR range of a load balancer that sends a PROXY protocol v2 header "
+                 "before TLS (repeatable). Connections from it must start with one, and the "
+                 "client address it carries is what the per-IP limits and logs see; from any "
+                 "other source a header is refused")
       ->take_all();
   app.add_option("--exempt-loopback", c.exempt_loopback,
                  "Add loopback (127.0.0.0/8, ::1) to --connection-allowlist, so local tools "
@@ -260,6 +272,12 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, std::string* help_text) 
     return BadRequest("--check-config needs a file: irisd --check-config FILE");
   }
   if (c.role == "storage") c.role = "all";
+  if (!c.tls_san.empty() && !c.tls_cert.empty()) {
+    return BadRequest(
+        "--tls-san names go into the certificate irisd generates; with --tls-cert, put them "
+        "in that certificate instead");
+  }
+  for (const std::string& name : c.tls_san) IRIS_RETURN_IF_ERROR(net::ValidateSubjectAltName(name));
   if (c.exempt_loopback && c.role != "edge-process") {
     c.connection_allowlist.insert(c.connection_allowlist.end(), {"127.0.0.0/8", "::1"});
   }

@@ -16,10 +16,12 @@ struct ServerConfig {
   bool check_config = false;  // --check-config: validate, print the verdict, exit
   std::string data_dir = "./data";
   std::string listen = "0.0.0.0:7443";
-  std::string admin_listen = "127.0.0.1:9090";
+  std::string admin_listen = "127.0.0.1:7444";
   uint32_t admin_connections_per_ip = 8;  // concurrent admin HTTP connections per address
   std::string tls_cert;            // default: <data-dir>/tls/server.crt (generated if missing)
   std::string tls_key;             // default: <data-dir>/tls/server.key
+  // Extra subjectAltName entries (DNS names, IP addresses) of the generated certificate.
+  std::vector<std::string> tls_san;
   std::string jwt_secret_file;     // default: <data-dir>/jwt.secret (generated if missing)
   std::vector<std::string> jwt_keys;  // extra "kid=path" keys for rotation
   std::string admin_token_file;    // default: <data-dir>/admin.token (generated if missing)
@@ -35,6 +37,9 @@ struct ServerConfig {
   double rate_burst_seconds = 10;
   double connections_per_ip_per_minute = 5;
   std::vector<std::string> connection_allowlist;
+  // Sources (addresses or CIDR ranges: load balancers) whose connections start with a PROXY
+  // protocol v2 header carrying the client's address; empty: no header is accepted.
+  std::vector<std::string> proxy_protocol_from;
   // Loopback (127.0.0.0/8, ::1) joins connection_allowlist after parsing (not for the
   // internal edge-process role, which receives the core process's final list).
   bool exempt_loopback = true;

@@ -1,5 +1,8 @@
 // irisd: parses the configuration, starts the node, waits for SIGTERM/SIGINT, stops
-// gracefully (no acknowledged write is lost).
+// gracefully (no acknowledged write is lost). SIGHUP reloads the TLS certificate and key.
+//
+// No signal handler runs: the signals are blocked in every thread and this thread takes
+// them with sigtimedwait, so a reload's file reads happen here, never on an event loop.
 
 #include <google/protobuf/stubs/logging.h>
 #include <signal.h>
@@ -48,6 +51,7 @@ int main(int argc, char** argv) {
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
@@ -66,6 +70,10 @@ int main(int argc, char** argv) {
   for (;;) {
     timespec tick{1, 0};
     sig = sigtimedwait(&set, nullptr, &tick);
+    if (sig == SIGHUP) {
+      (*server)->ReloadTls();
+      continue;
+    }
     if (sig > 0) break;
     (*server)->Supervise();  // restarts edge processes that died (--edge-processes)
   }

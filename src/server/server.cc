@@ -3,7 +3,9 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <openssl/crypto.h>
+#include <openssl/pem.h>
 #include <openssl/rand.h>
+#include <openssl/x509v3.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -88,6 +90,7 @@ struct Server::Impl {
   ServerConfig config;
   std::string admin_token;
   std::string cert_fingerprint;
+  std::string cert_pin;  // pin-sha256:... of the certificate's public key
   auth::Keyring keyring;
   auth::RevocationList revocations;
   int64_t last_revocation_prune_ms = 0;
@@ -176,6 +179,31 @@ Status EnsurePrivateDirectory(const std::string& path) {
     obs::LogWarn("directory is open to group or others; run: chmod 700 " + path, {{"path", path}});
   }
   return Status::Ok();
+}
+
+// A certificate generated on an earlier start keeps its names: warns about each --tls-san
+// it lacks (it is not regenerated behind the operator's back: a new key would break every
+// client's pin).
+void WarnOfMissingNames(const std::string& cert_file, const std::string& key_file,
+                        const std::vector<std::string>& names) {
+  if (names.empty()) return;
+  FILE* f = fopen(cert_file.c_str(), "r");
+  if (f == nullptr) return;
+  X509* x = PEM_read_X509(f, nullptr, nullptr, nullptr);
+  fclose(f);
+  if (x == nullptr) return;
+  for (const std::string& n : names) {
+    const bool has = X509_check_ip_asc(x, n.c_str(), 0) == 1 ||
+                     X509_check_host(x, n.c_str(), n.size(), 0, nullptr) == 1;
+    if (!has) {
+      obs::LogWarn(
+          "the generated certificate (made on an earlier start) lacks a --tls-san "
+          "name; to regenerate it, remove the certificate and its key and restart "
+          "(clients pinning the old key must log in again)",
+          {{"name", n}, {"certificate", cert_file}, {"key", key_file}});
+    }
+  }
+  X509_free(x);
 }
 
 // The admin listener's limits: idle clients of one address cannot hold every slot.
@@ -408,7 +436,10 @@ Result<std::unique_ptr<Server>> Server::Create(const ServerConfig& config) {
       // The generator creates both files exclusively and never writes through a link.
       fs::remove(c.tls_cert, ec);
       fs::remove(c.tls_key, ec);
-      IRIS_RETURN_IF_ERROR(net::GenerateSelfSignedCertificate(c.tls_cert, c.tls_key, "iris"));
+      IRIS_RETURN_IF_ERROR(
+          net::GenerateSelfSignedCertificate(c.tls_cert, c.tls_key, "iris", c.tls_san));
+    } else {
+      WarnOfMissingNames(c.tls_cert, c.tls_key, c.tls_san);
     }
   }
   IRIS_RETURN_IF_ERROR(auth::CheckSecretFileMode(c.tls_key, "TLS key file"));
@@ -418,6 +449,7 @@ Result<std::unique_ptr<Server>> Server::Create(const ServerConfig& config) {
   auto fp = net::CertificateFingerprint(c.tls_cert);
   if (!fp.ok()) return fp.status();
   m.cert_fingerprint = *fp;
+  IRIS_ASSIGN_OR_RETURN(m.cert_pin, net::SpkiPin(c.tls_cert));
 
   // JWT keys.
   if (c.jwt_secret_file.empty()) {
@@ -542,6 +574,7 @@ Status Server::Start() {
   eo.connection_rate.per_minute = c.connections_per_ip_per_minute;
   eo.connection_rate.burst = std::max(1.0, c.connections_per_ip_per_minute);
   eo.connection_allowlist = c.connection_allowlist;
+  eo.proxy_protocol_from = c.proxy_protocol_from;
   eo.max_prelogin_per_ip = c.max_prelogin_per_ip;
   eo.max_prelogin_total = c.max_prelogin_connections;
   eo.failed_logins.per_hour = c.failed_logins_per_hour;
@@ -915,6 +948,7 @@ Result<pid_t> Server::SpawnEdge(uint32_t index) {
   for (const auto& k : c.jwt_keys) args.insert(args.end(), {"--jwt-key", k});
   for (const auto& a : c.connection_allowlist)
     args.insert(args.end(), {"--connection-allowlist", a});
+  for (const auto& a : c.proxy_protocol_from) args.insert(args.end(), {"--proxy-protocol-from", a});
   if (!c.trace_file.empty() && c.trace_file != "-") {
     args.insert(args.end(), {"--trace-file", c.trace_file + ".edge-" + std::to_string(index),
                              "--trace-sample-ratio", std::to_string(c.trace_sample_ratio)});
@@ -953,6 +987,51 @@ Result<pid_t> Server::SpawnEdge(uint32_t index) {
   }
   obs::LogInfo("edge process started", {{"edge_index", index}, {"pid", pid}});
   return pid;
+}
+
+void Server::ReloadTls() {
+  Impl& m = *impl_;
+  if (m.stopped || !m.tls) return;
+  // Edge processes serve the clients with --edge-processes: each reloads its own context.
+  for (pid_t pid : m.edge_pids) {
+    if (pid > 0) kill(pid, SIGHUP);
+  }
+  static obs::Counter& ok = obs::Registry::Default().GetCounter(
+      "iris_tls_reloads_total", "SIGHUP reloads of the TLS certificate and key",
+      {{"result", "ok"}});
+  static obs::Counter& failed = obs::Registry::Default().GetCounter(
+      "iris_tls_reloads_total", "SIGHUP reloads of the TLS certificate and key",
+      {{"result", "error"}});
+  const ServerConfig& c = m.config;
+  // The pin and fingerprint are read from the file before the swap, so what is logged
+  // is what is served (a file replaced in between fails the reload's own key check).
+  Result<std::string> fp = NotFound("");
+  Result<std::string> pin = NotFound("");
+  Status s = auth::CheckSecretFileMode(c.tls_key, "TLS key file");
+  if (s.ok()) {
+    fp = net::CertificateFingerprint(c.tls_cert);
+    s = fp.status();
+  }
+  if (s.ok()) {
+    pin = net::SpkiPin(c.tls_cert);
+    s = pin.status();
+  }
+  if (s.ok()) s = m.tls->Reload(c.tls_cert, c.tls_key);
+  if (!s.ok()) {
+    failed.Inc();
+    obs::LogError("TLS certificate reload failed; still serving the previous certificate",
+                  {{"certificate", c.tls_cert}, {"key", c.tls_key}, {"error", s.message()}});
+    return;
+  }
+  ok.Inc();
+  const bool same_key = *pin == m.cert_pin;
+  m.cert_fingerprint = *fp;
+  m.cert_pin = *pin;
+  obs::LogInfo("TLS certificate reloaded: new connections use it",
+               {{"certificate", c.tls_cert},
+                {"fingerprint", "SHA256:" + *fp},
+                {"pin", *pin},
+                {"same_key", same_key}});
 }
 
 void Server::Supervise() {
@@ -1188,7 +1267,8 @@ std::string Server::Banner() const {
     << "  clients (TLS 1.3): " << m.config.listen << " (port " << port() << ")\n"
     << "  admin HTTP:        " << m.config.admin_listen << " (port " << admin_port() << ")\n"
     << "  certificate:       " << m.config.tls_cert << "\n"
-    << "  fingerprint:       SHA256:" << m.cert_fingerprint << "\n"
+    << "  public key pin:    " << m.cert_pin << "\n"
+    << "  fingerprint:       SHA256:" << m.cert_fingerprint << " (changes at every renewal)\n"
     << "  data:              " << m.config.data_dir << "\n";
   if (m.clustered()) {
     o << "  cluster:           " << m.config.cluster << " (etcd " << m.config.etcd << "), node "
@@ -1198,8 +1278,8 @@ std::string Server::Banner() const {
   o << "Mint a token for user 42:\n"
     << "  irisctl token --secret-file " << m.config.jwt_secret_file << " --user 42 --ttl 1h\n"
     << "Connect with the CLI:\n"
-    << "  iris login --server 127.0.0.1:" << port()
-    << " --fingerprint SHA256:" << m.cert_fingerprint << " --token <token>\n";
+    << "  iris login --server 127.0.0.1:" << port() << " --pin " << m.cert_pin
+    << " --token <token>\n";
   return o.str();
 }
 

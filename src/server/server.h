@@ -28,6 +28,12 @@ class Server {
   // a second from the controlling thread; a no-op otherwise.
   void Supervise();
 
+  // SIGHUP: loads the client certificate and key files again (and has every edge process do
+  // the same). New handshakes present the new pair; open connections keep theirs; a file
+  // that does not load is logged and the current pair kept. Reads files: call it from the
+  // controlling thread (main), never from an event loop.
+  void ReloadTls();
+
   uint16_t port() const;
   uint16_t admin_port() const;
   // What an operator needs to connect (address, certificate fingerprint, token command).

@@ -51,7 +51,7 @@ Result<CliConfig> LoadConfig(const std::string& dir) {
   if (!found) {
     return NotFound("not logged in (no " + dir +
                     "/config.json). Run: iris login --server HOST:PORT "
-                    "(--fingerprint SHA256:... | --ca FILE) --token TOKEN");
+                    "(--pin pin-sha256:... | --ca FILE) --token TOKEN");
   }
   nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
   if (j.is_discarded() || !j.is_object()) return BadRequest(dir + "/config.json is not valid JSON");
@@ -59,6 +59,7 @@ Result<CliConfig> LoadConfig(const std::string& dir) {
   c.server = j.value("server", "");
   c.ca_file = j.value("ca_file", "");
   c.fingerprint = j.value("fingerprint", "");
+  c.pin = j.value("pin", "");
   c.token = j.value("token", "");
   c.prekeys = j.value("prekeys", 100u);
   return c;
@@ -69,11 +70,8 @@ Status SaveConfig(const std::string& dir, const CliConfig& c) {
   std::filesystem::create_directories(dir, ec);
   if (ec) return Internal("cannot create " + dir + ": " + ec.message());
   chmod(dir.c_str(), 0700);
-  nlohmann::json j = {{"server", c.server},
-                      {"ca_file", c.ca_file},
-                      {"fingerprint", c.fingerprint},
-                      {"token", c.token},
-                      {"prekeys", c.prekeys}};
+  nlohmann::json j = {{"server", c.server}, {"ca_file", c.ca_file}, {"fingerprint", c.fingerprint},
+                      {"pin", c.pin},       {"token", c.token},     {"prekeys", c.prekeys}};
   return WriteFileAtomic(dir + "/config.json", j.dump(2) + "\n");
 }
 

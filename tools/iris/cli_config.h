@@ -16,7 +16,10 @@ namespace iris::cli {
 struct CliConfig {
   std::string server;       // "host:port"
   std::string ca_file;      // absolute path, or empty
-  std::string fingerprint;  // "SHA256:..." or empty
+  // Older logins' pin: the certificate's SHA-256 fingerprint ("SHA256:..."), which breaks at
+  // every renewal of the server's certificate; still honoured when `pin` is empty.
+  std::string fingerprint;
+  std::string pin;  // "pin-sha256:..." (the server's public key) or empty
   std::string token;
   uint32_t prekeys = 100;  // one-time prekey pool size
 };

@@ -1,6 +1,6 @@
 // iris: the command-line client (end-to-end encrypted; see README "Quick start with the CLI").
 //
-//   iris login --server HOST:PORT (--fingerprint SHA256:.. | --ca FILE) (--token T | --token-file
+//   iris login --server HOST:PORT (--pin pin-sha256:.. | --ca FILE) (--token T | --token-file
 //   F) iris send USER TEXT...        (TEXT "-" reads one message per line from stdin) iris listen
 //   (prints messages, receipts, presence, typing until Ctrl-C) iris sync                     (catch
 //   up, flush queued sends, print new messages, exit) iris presence USER... [--watch] iris chat
@@ -141,9 +141,9 @@ std::string Explain(const Status& s, const CliConfig& cfg) {
       if (m.find("certificate") != std::string::npos ||
           m.find("fingerprint") != std::string::npos) {
         return "the server's TLS certificate does not match what you pinned (" + m +
-               "). If the server was re-installed, get its new fingerprint from its start-up "
-               "banner and run iris login again; otherwise someone may be intercepting the "
-               "connection.";
+               "). If the server was re-installed or its key replaced, get its new pin "
+               "(pin-sha256:...) from its start-up banner and run iris login again; otherwise "
+               "someone may be intercepting the connection.";
       }
       if (auto exp = TokenExpiry(cfg.token); exp && *exp <= std::time(nullptr)) {
         return "your token expired at " + Clock(static_cast<uint64_t>(*exp) * 1000) +
@@ -299,7 +299,9 @@ Result<std::unique_ptr<Session>> OpenSession(const std::string& dir, const CliCo
   o.state_dir = dir;
   IRIS_RETURN_IF_ERROR(SplitHostPort(cfg.server, &o.server.host, &o.server.port));
   o.server.ca_file = cfg.ca_file;
-  o.server.fingerprint = cfg.fingerprint;
+  // One field takes either pin form (net::ParsePin); a login saved before public-key pins
+  // keeps its certificate fingerprint.
+  o.server.fingerprint = !cfg.pin.empty() ? cfg.pin : cfg.fingerprint;
   o.token = cfg.token;
   o.client_name = "iris-cli/0.1";
   o.prekey_pool_size = cfg.prekeys;
@@ -369,21 +371,23 @@ int LocalError(const Status& s) {
 // ---- commands ----
 
 struct LoginArgs {
-  std::string server, ca, fingerprint, token, token_file;
+  std::string server, ca, fingerprint, pin, token, token_file;
   uint32_t prekeys = 100;
   double timeout = 20;
 };
 
 int CmdLogin(const std::string& dir, const LoginArgs& a) {
-  if (a.ca.empty() == a.fingerprint.empty()) {
-    std::cerr << "iris: give exactly one of --fingerprint (from irisd's start-up banner) or "
-                 "--ca FILE: the server is always verified"
+  if (int{!a.ca.empty()} + int{!a.fingerprint.empty()} + int{!a.pin.empty()} != 1) {
+    std::cerr << "iris: give exactly one of --pin (from irisd's start-up banner) or --ca FILE "
+                 "(a public CA: --ca /etc/ssl/certs/ca-certificates.crt): the server is always "
+                 "verified"
               << std::endl;
     return kExitLocal;
   }
   CliConfig cfg;
   cfg.server = a.server;
   cfg.fingerprint = a.fingerprint;
+  cfg.pin = a.pin;
   if (!a.ca.empty()) {
     std::error_code ec;
     cfg.ca_file = std::filesystem::absolute(a.ca, ec).string();
@@ -851,8 +855,12 @@ int Main(int argc, char** argv) {
                                 "save the server, its certificate pin and your token; "
                                 "publish your encryption keys");
   cl->add_option("--server", login.server, "server address HOST:PORT")->required();
+  cl->add_option("--pin", login.pin,
+                 "the server's public key, pin-sha256:BASE64 (irisd prints it at start-up); "
+                 "survives certificate renewals with the same key");
   cl->add_option("--fingerprint", login.fingerprint,
-                 "pinned SHA-256 certificate fingerprint (irisd prints it at start-up)");
+                 "older form: the SHA-256 fingerprint of the whole certificate (SHA256:..), "
+                 "which changes at every renewal; --pin also accepts it");
   cl->add_option("--ca", login.ca, "CA certificate file that signed the server's certificate");
   cl->add_option("--token", login.token, "access token (JWT); see irisctl token");
   cl->add_option("--token-file", login.token_file, "read the token from this file");

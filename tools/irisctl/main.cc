@@ -1,8 +1,8 @@
 // irisctl: operator tool for an Iris node.
 //   irisctl token  --secret-file F --user 42 [--ttl 1h] [--kid K]    mint a development token
-//   irisctl revoke --admin 127.0.0.1:9090 --token-file F (--jti J | --user U [--before-ms T])
-//   irisctl health --admin 127.0.0.1:9090
-//   irisctl stats  --admin 127.0.0.1:9090    P50/P90/P99 of each histogram, the main counters
+//   irisctl revoke --admin 127.0.0.1:7444 --token-file F (--jti J | --user U [--before-ms T])
+//   irisctl health --admin 127.0.0.1:7444
+//   irisctl stats  --admin 127.0.0.1:7444    P50/P90/P99 of each histogram, the main counters
 //   irisctl cluster init|status|certs|drain  cluster metadata in etcd, peer certificates
 
 #include <arpa/inet.h>
@@ -132,7 +132,7 @@ int main(int argc, char** argv) {
   token->add_option("--kid", kid, "Key id for rotation (optional)");
   token->add_option("--jti", jti, "Token id (default: random)");
 
-  std::string admin = "127.0.0.1:9090", admin_token_file, revoke_jti;
+  std::string admin = "127.0.0.1:7444", admin_token_file, revoke_jti;
   uint64_t revoke_user = 0;
   int64_t before_ms = 0;
   auto* revoke = app.add_subcommand("revoke", "Revoke a token (by jti) or a user's tokens");

@@ -29,7 +29,7 @@ struct ConnectOptions {
   std::string host = "127.0.0.1";
   uint16_t port = 7443;
   std::string ca_file;         // PEM CA (or the server's self-signed certificate)
-  std::string fingerprint;     // "SHA256:AB:CD:..." (colons and prefix optional)
+  std::string fingerprint;     // pin: "pin-sha256:BASE64" (public key) or "SHA256:AB:.." (cert)
   int timeout_ms = 10'000;     // TCP connect + TLS handshake
   std::string source_address;  // optional local address to bind (e.g. 127.0.0.2)
 };
