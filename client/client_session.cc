@@ -760,7 +760,10 @@ Status Client::Impl::DecryptIncoming(Session* s, const v1::Envelope& e, bool cat
   auto d = cipher_->Decrypt(e.sender(), e.body());
   // A local failure (SQLite) says nothing about the message: the caller rolls back and the
   // cursor stays before it, so it is decrypted again later. Never stored as "undecryptable".
-  if (!d.ok() && d.status().code() == StatusCode::kInternal) return d.status();
+  if (!d.ok() && d.status().code() == StatusCode::kInternal) {
+    return Internal("local error while decrypting message " + std::to_string(e.id()) +
+                    " (it stays unread and is processed again): " + d.status().message());
+  }
   if (d.ok()) {
     const std::string new_key = cipher_->SavedIdentity(e.sender());
     if (!old_key.empty() && new_key != old_key) {

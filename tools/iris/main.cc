@@ -550,7 +550,8 @@ int CmdSend(const std::string& dir, uint64_t to, const std::vector<std::string>&
       }
     } else if (std::holds_alternative<client::KeysUploadedEvent>(*e) ||
                std::holds_alternative<client::StateEvent>(*e) ||
-               std::holds_alternative<client::IdentityChangedEvent>(*e)) {
+               std::holds_alternative<client::IdentityChangedEvent>(*e) ||
+               std::holds_alternative<client::PeerDecryptFailedEvent>(*e)) {
       PrintEvent(*e);
     }
   }
