@@ -474,8 +474,7 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
         retry_at_.erase(r.seq);
         attempts_.erase(r.seq);
       }
-      Emit(SendAckedEvent{LocalId(r.idem), r.recipient, a.message_id(), a.duplicate(),
-                          r.receipt});
+      Emit(SendAckedEvent{LocalId(r.idem), r.recipient, a.message_id(), a.duplicate(), r.receipt});
       return Status::Ok();
     }
     case Opcode::kOk: {
@@ -749,8 +748,8 @@ bool LostSession(int signal_error) {
 
 }  // namespace
 
-Status Client::Impl::DecryptIncoming(Session* s, const v1::Envelope& e, bool catch_up,
-                                     bool retry, StoredIncoming* rec, std::vector<Event>* out) {
+Status Client::Impl::DecryptIncoming(Session* s, const v1::Envelope& e, bool catch_up, bool retry,
+                                     StoredIncoming* rec, std::vector<Event>* out) {
   MessageEvent ev;
   ev.id = e.id();
   ev.sender = e.sender();
@@ -805,8 +804,8 @@ Status Client::Impl::DecryptIncoming(Session* s, const v1::Envelope& e, bool cat
     if (!c.ok()) return c.status();
     if (!key.empty() && key != c->refused_key) {
       IRIS_RETURN_IF_ERROR(cipher_->NoteRefusedIdentity(e.sender(), key));
-      out->push_back(IdentityChangedEvent{e.sender(), c->fingerprint, e2ee::KeyFingerprint(key),
-                                          true, true});
+      out->push_back(
+          IdentityChangedEvent{e.sender(), c->fingerprint, e2ee::KeyFingerprint(key), true, true});
     }
     if (!retry) {
       IRIS_RETURN_IF_ERROR(store_->StoreUndecryptable(
@@ -817,8 +816,7 @@ Status Client::Impl::DecryptIncoming(Session* s, const v1::Envelope& e, bool cat
     rec->error += " (this ciphertext was received before: a replay)";
   } else if (LostSession(code) && !retry) {
     if (code == SG_ERR_INVALID_MESSAGE) {
-      rec->error +=
-          " (corrupt, or more messages were skipped than libsignal keeps keys for: 2000)";
+      rec->error += " (corrupt, or more messages were skipped than libsignal keeps keys for: 2000)";
     }
     // Signal's automatic session reset: drop the session, start a new one from a fresh
     // bundle and ask the sender to re-send. The ciphertext is kept (it cannot be decrypted

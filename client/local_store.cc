@@ -92,8 +92,7 @@ Result<std::optional<std::string>> QueryBlob(sqlite3* db, Stmt& s, const char* w
 
 // Creates `path` 0600 when missing and tightens an existing file to 0600.
 Status MakePrivateFile(const std::string& path, bool create) {
-  const int fd =
-      open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW | (create ? O_CREAT : 0), 0600);
+  const int fd = open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW | (create ? O_CREAT : 0), 0600);
   if (fd < 0) {
     if (!create && errno == ENOENT) return Status::Ok();
     return Internal("cannot open " + path + ": " + strerror(errno));
@@ -117,7 +116,7 @@ Status EnsurePrivateDirectory(const std::string& dir) {
   if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
     return Internal("cannot create " + dir + ": " + strerror(errno));
   }
-  struct stat st{};
+  struct stat st {};
   if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
     return Internal(dir + " is not a directory");
   }

@@ -57,7 +57,8 @@ std::string EncodeControl(const ControlContent& c) {
   out.push_back(static_cast<char>(kContentControl));
   out.push_back(static_cast<char>(c.kind));
   const auto n = static_cast<uint32_t>(c.message_ids.size());
-  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<char>((n >> shift) & 0xff));
+  for (int shift = 24; shift >= 0; shift -= 8)
+    out.push_back(static_cast<char>((n >> shift) & 0xff));
   for (uint64_t id : c.message_ids) {
     for (int shift = 56; shift >= 0; shift -= 8) {
       out.push_back(static_cast<char>((id >> shift) & 0xff));

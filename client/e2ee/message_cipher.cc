@@ -129,9 +129,10 @@ Status MessageCipher::Init() {
   }
   IRIS_RETURN_IF_ERROR(store_.Put(kIdentityPublicKey, pub.str()));
   // Straight from libsignal's buffer (wiped on free): no std::string copy of the private key.
-  IRIS_RETURN_IF_ERROR(store_.Put(
-      kIdentityPrivateKey, std::string_view(reinterpret_cast<const char*>(signal_buffer_const_data(priv.b)),
-                                            signal_buffer_len(priv.b))));
+  IRIS_RETURN_IF_ERROR(
+      store_.Put(kIdentityPrivateKey,
+                 std::string_view(reinterpret_cast<const char*>(signal_buffer_const_data(priv.b)),
+                                  signal_buffer_len(priv.b))));
   Ref<session_signed_pre_key> spk;
   const auto now_ms = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                                 std::chrono::system_clock::now().time_since_epoch())
@@ -309,7 +310,9 @@ Result<MessageCipher::Decrypted> MessageCipher::Decrypt(uint64_t sender, std::st
   return out;
 }
 
-std::string MessageCipher::IdentityFingerprint() const { return KeyFingerprint(LocalIdentityKey()); }
+std::string MessageCipher::IdentityFingerprint() const {
+  return KeyFingerprint(LocalIdentityKey());
+}
 
 // ---- Verified identities ----
 
@@ -395,9 +398,9 @@ Result<bool> MessageCipher::TrustIdentity(uint64_t local_user, uint64_t user,
                       "); compare it with them out of band (iris verify " + name + ")");
   }
   return NotFound("fingerprint " + want + " matches no identity key of user " + name +
-                  (c.key.empty() ? " (none is known yet)"
-                                 : " (the saved key is " + c.fingerprint +
-                                       " and no other key was refused)"));
+                  (c.key.empty()
+                       ? " (none is known yet)"
+                       : " (the saved key is " + c.fingerprint + " and no other key was refused)"));
 }
 
 Status MessageCipher::NoteRefusedIdentity(uint64_t user, std::string_view key) {

@@ -264,13 +264,14 @@ void PrintEvent(const Event& e) {
          {"was_verified", c->was_verified},
          {"blocked", c->blocked}},
         "*** WARNING: the identity key of user " + u + " CHANGED (old " + c->old_fingerprint +
-            ", new " + c->new_fingerprint + "). They may have re-installed - or someone (the "
+            ", new " + c->new_fingerprint +
+            "). They may have re-installed - or someone (the "
             "server?) is impersonating them. " +
-            (c->blocked ? "You had verified them: messages to and from the new key are BLOCKED. "
-                          "Compare the new safety number (iris verify " +
-                              u + ") and, if it matches, run: iris trust " + u + " " +
-                              c->new_fingerprint
-                        : "Verify the new safety number with them: iris verify " + u) +
+            (c->blocked
+                 ? "You had verified them: messages to and from the new key are BLOCKED. "
+                   "Compare the new safety number (iris verify " +
+                       u + ") and, if it matches, run: iris trust " + u + " " + c->new_fingerprint
+                 : "Verify the new safety number with them: iris verify " + u) +
             " ***");
   } else if (const auto* d = std::get_if<PeerDecryptFailedEvent>(&e)) {
     std::string ids;
@@ -849,8 +850,8 @@ int CmdVerify(const std::string& dir, uint64_t user, bool mark) {
   const std::string u = std::to_string(user);
   if (!v->known) {
     return LocalError(NotFound("no identity key of user " + u +
-                               " is known yet: exchange a message with them first (iris send " +
-                               u + " ...), then run iris verify " + u + " again"));
+                               " is known yet: exchange a message with them first (iris send " + u +
+                               " ...), then run iris verify " + u + " again"));
   }
   if (mark) {
     if (Status st = c.MarkVerified(user); !st.ok()) return LocalError(st);
@@ -863,8 +864,8 @@ int CmdVerify(const std::string& dir, uint64_t user, bool mark) {
             {"safety_number", v->safety_number},
             {"scannable", v->scannable}};
   std::string text = "safety number with user " + u + ":\n  " + v->safety_number +
-                     "\nscannable: " + v->scannable + "\ntheir key fingerprint: " +
-                     v->fingerprint + "\nstatus: " +
+                     "\nscannable: " + v->scannable + "\ntheir key fingerprint: " + v->fingerprint +
+                     "\nstatus: " +
                      (v->verified ? "VERIFIED"
                                   : "unverified (compare the number with them in person or "
                                     "over another channel, then: iris verify " +
@@ -894,8 +895,8 @@ int CmdTrust(const std::string& dir, uint64_t user, const std::vector<std::strin
     auto v = ss.client->Verification(user);
     std::string which = v.ok() && !v->refused_fingerprint.empty()
                             ? " (the refused new key of user " + u + " has fingerprint " +
-                                  v->refused_fingerprint + "; compare it first: iris verify " +
-                                  u + ")"
+                                  v->refused_fingerprint + "; compare it first: iris verify " + u +
+                                  ")"
                             : "";
     return LocalError(BadRequest("name the fingerprint of the key to trust: iris trust " + u +
                                  " FINGERPRINT" + which));

@@ -95,11 +95,11 @@ struct StoredMessage {
 // safety number over both users' identity keys and ids (docs/security.md).
 struct ContactVerification {
   uint64_t user = 0;
-  bool known = false;        // an identity key of `user` is saved (after a first message)
-  bool verified = false;     // the user marked exactly this key verified
-  std::string fingerprint;   // the saved key's fingerprint (hex SHA-256 of the public key)
-  std::string safety_number; // 60 digits, as 12 groups of 5 separated by spaces
-  std::string scannable;     // QR-friendly form: "iris-sn:v0:<hex>"
+  bool known = false;         // an identity key of `user` is saved (after a first message)
+  bool verified = false;      // the user marked exactly this key verified
+  std::string fingerprint;    // the saved key's fingerprint (hex SHA-256 of the public key)
+  std::string safety_number;  // 60 digits, as 12 groups of 5 separated by spaces
+  std::string scannable;      // QR-friendly form: "iris-sn:v0:<hex>"
   // A newer key refused because the contact was verified (IdentityChangedEvent::blocked),
   // and the safety number computed with it; empty when none.
   std::string refused_fingerprint;
@@ -110,7 +110,7 @@ struct ContactVerification {
 struct PendingSend {
   std::string local_id;
   uint64_t recipient = 0;
-  std::string text;  // empty for receipts
+  std::string text;      // empty for receipts
   bool receipt = false;  // a receipt or an E2EE control message (not a user's message)
   uint32_t attempts = 0;
   bool encrypted = false;  // the ciphertext is fixed (will be resent byte for byte)

@@ -133,9 +133,8 @@ struct KeysUploadedEvent {
   bool identity = false;  // the identity and signed prekey were new
 };
 
-using Event =
-    std::variant<StateEvent, MessageEvent, SendAckedEvent, SendFailedEvent, ReceiptEvent,
-                 PresenceEvent, TypingEvent, RequestFailedEvent, SyncedEvent, KeysUploadedEvent,
-                 IdentityChangedEvent, PeerDecryptFailedEvent>;
+using Event = std::variant<StateEvent, MessageEvent, SendAckedEvent, SendFailedEvent, ReceiptEvent,
+                           PresenceEvent, TypingEvent, RequestFailedEvent, SyncedEvent,
+                           KeysUploadedEvent, IdentityChangedEvent, PeerDecryptFailedEvent>;
 
 }  // namespace iris::client

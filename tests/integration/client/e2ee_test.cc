@@ -1,7 +1,9 @@
 // End-to-end tests of the client library and the `iris` CLI against a real irisd:
 // encrypted conversations (prekey messages to offline users, both directions, out-of-order
 // ciphertexts), no plaintext on the server's disk, crash-safe send queue, one-time prekeys
-// under concurrent fetches, and the CLI's error messages.
+// under concurrent fetches, the CLI's error messages, and the server as the adversary:
+// verified identities (safety numbers), no message lost to a decryption failure (kept
+// ciphertexts, session reset, local store errors), group messages, private local state.
 
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -612,8 +614,8 @@ TEST_F(CliE2eeTest, ReinstalledRecipientRecoversMessagesThroughSessionReset) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   std::vector<json> alice_all = r.Json(), bob_got;
   std::map<std::string, bool> readable;
-  for (int round = 0; round < 3 && !(readable["after the reinstall"] &&
-                                     readable["before the reinstall"]);
+  for (int round = 0;
+       round < 3 && !(readable["after the reinstall"] && readable["before the reinstall"]);
        ++round) {
     for (const auto& m : Sync(reinstalled)) {
       bob_got.push_back(m);
@@ -628,8 +630,8 @@ TEST_F(CliE2eeTest, ReinstalledRecipientRecoversMessagesThroughSessionReset) {
   bool asked = false;
   for (const auto& m : bob_got) {
     if (!m["decrypted"].get<bool>()) {
-      asked |= m["error"].get<std::string>().find("asked the sender to re-send") !=
-               std::string::npos;
+      asked |=
+          m["error"].get<std::string>().find("asked the sender to re-send") != std::string::npos;
     }
   }
   EXPECT_TRUE(asked) << "the failures are reported as such";
@@ -663,8 +665,9 @@ TEST_F(CliE2eeTest, LocalStoreErrorDuringDecryptionDoesNotAdvanceTheCursor) {
     unsetenv("IRIS_TEST_LOCAL_STORE_FAULT");
     auto failed = listener.WaitFor([id](const json& j) {
       return j.value("event", "") == "state" &&
-             j.value("error", "").find("local error while decrypting message " +
-                                       std::to_string(id)) != std::string::npos;
+             j.value("error", "")
+                     .find("local error while decrypting message " + std::to_string(id)) !=
+                 std::string::npos;
     });
     ASSERT_FALSE(failed.is_null()) << listener.err();
     EXPECT_EQ(listener.Kill(SIGTERM), 0);
@@ -708,8 +711,7 @@ TEST_F(CliE2eeTest, GroupMessageIsReportedAsUnsupported) {
   ASSERT_EQ(got.size(), 1u);
   EXPECT_FALSE(got[0]["decrypted"].get<bool>());
   EXPECT_EQ(got[0]["group_id"].get<uint64_t>(), g.group_id());
-  EXPECT_NE(got[0]["error"].get<std::string>().find("unsupported group message"),
-            std::string::npos)
+  EXPECT_NE(got[0]["error"].get<std::string>().find("unsupported group message"), std::string::npos)
       << got[0].dump();
 }
 
@@ -721,12 +723,12 @@ TEST_F(CliE2eeTest, StateIsPrivateBeforeAnySuccessfulLogin) {
   const std::string home = dirs_.Sub("private");
   auto fp = net::CertificateFingerprint(server_.cert_file());
   ASSERT_TRUE(fp.ok());
-  CliResult r = RunIris(home, {"login", "--server", "127.0.0.1:1", "--fingerprint",
-                               "SHA256:" + *fp, "--token", server_.Token(1401)});
+  CliResult r = RunIris(home, {"login", "--server", "127.0.0.1:1", "--fingerprint", "SHA256:" + *fp,
+                               "--token", server_.Token(1401)});
   umask(old_umask);
   EXPECT_EQ(r.exit_code, 2) << r.err;
   auto mode = [](const std::string& path) {
-    struct stat st{};
+    struct stat st {};
     return stat(path.c_str(), &st) == 0 ? (st.st_mode & 07777) : 07777u;
   };
   EXPECT_EQ(mode(home), 0700u);
@@ -735,8 +737,9 @@ TEST_F(CliE2eeTest, StateIsPrivateBeforeAnySuccessfulLogin) {
     EXPECT_EQ(mode(e.path().string()) & 077u, 0u) << e.path();
   }
 
-  r = RunIris(home, {"--json", "login", "--server", Server(), "--fingerprint", "SHA256:" + *fp,
-                     "--token-file", "-"},
+  r = RunIris(home,
+              {"--json", "login", "--server", Server(), "--fingerprint", "SHA256:" + *fp,
+               "--token-file", "-"},
               server_.Token(1401) + "\n");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(Events(r.Json(), "logged_in").size(), 1u);

@@ -3,7 +3,9 @@
 // persistence across reopen.
 #include "client/e2ee/message_cipher.h"
 
+#include <fingerprint.h>
 #include <gtest/gtest.h>
+#include <signal_protocol.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -11,9 +13,6 @@
 #include "client/e2ee/body_format.h"
 #include "client/e2ee/crypto_provider.h"
 #include "client/e2ee/safety_number.h"
-
-#include <fingerprint.h>
-#include <signal_protocol.h>
 
 namespace iris::client::e2ee {
 namespace {
@@ -182,8 +181,7 @@ TEST_F(MessageCipherTest, VerifiedIdentityRefusesOtherKeysUntilExactFingerprintT
   // Still talking to the real Bob's key.
   EXPECT_EQ(alice_->c().SavedIdentity(kBob), bob_->Bundle(kBob, 0).identity_key());
 
-  EXPECT_EQ(alice_->c().TrustIdentity(kAlice, kBob, "").status().code(),
-            StatusCode::kBadRequest);
+  EXPECT_EQ(alice_->c().TrustIdentity(kAlice, kBob, "").status().code(), StatusCode::kBadRequest);
   const std::string wrong(64, 'a');
   auto bad = alice_->c().TrustIdentity(kAlice, kBob, wrong);
   EXPECT_EQ(bad.status().code(), StatusCode::kBadRequest);
@@ -239,8 +237,7 @@ TEST_F(MessageCipherTest, SafetyNumberMatchesLibsignalFingerprintGenerator) {
 
   // Another key gives another number.
   Account other(dir_ + "/other.db");
-  EXPECT_NE(ComputeSafetyNumber(kAlice, a, kBob, other.c().LocalIdentityKey()).digits,
-            ours.digits);
+  EXPECT_NE(ComputeSafetyNumber(kAlice, a, kBob, other.c().LocalIdentityKey()).digits, ours.digits);
 }
 
 TEST_F(MessageCipherTest, StateSurvivesReopen) {
