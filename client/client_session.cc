@@ -816,7 +816,9 @@ Status Client::Impl::DecryptIncoming(Session* s, const v1::Envelope& e, bool cat
     rec->error += " (this ciphertext was received before: a replay)";
   } else if (LostSession(code) && !retry) {
     if (code == SG_ERR_INVALID_MESSAGE) {
-      rec->error += " (corrupt, or more messages were skipped than libsignal keeps keys for: 2000)";
+      rec->error +=
+          " (made for keys this install no longer has, corrupt, or more than 2000 messages "
+          "skipped: libsignal's limit)";
     }
     // Signal's automatic session reset: drop the session, start a new one from a fresh
     // bundle and ask the sender to re-send. The ciphertext is kept (it cannot be decrypted

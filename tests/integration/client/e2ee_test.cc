@@ -643,6 +643,19 @@ TEST_F(CliE2eeTest, ReinstalledRecipientRecoversMessagesThroughSessionReset) {
   auto changed = Events(alice_all, "identity_changed");
   ASSERT_EQ(changed.size(), 1u);
   EXPECT_FALSE(changed[0]["blocked"].get<bool>()) << "Bob was never verified";
+
+  // A third user's first message to the new install arrives too (if the bundle it gets
+  // still carries a one-time prekey of the old install, the session reset recovers it).
+  const std::string carol = Login(1103);
+  SendOne(carol, 1102, "from a third user");
+  bool read = false;
+  for (int round = 0; round < 3 && !read; ++round) {
+    for (const auto& m : Sync(reinstalled)) {
+      read |= m["decrypted"].get<bool>() && m["text"] == "from a third user";
+    }
+    Sync(carol);
+  }
+  EXPECT_TRUE(read);
 }
 
 // A local storage failure while decrypting (injected: every session load fails) is not a
