@@ -52,9 +52,8 @@ Status Client::Impl::OpenState() {
   if (options_.server.ca_file.empty() && options_.server.fingerprint.empty()) {
     return BadRequest("the server must be verified: give a CA file or a pinned public key");
   }
-  std::error_code ec;
-  std::filesystem::create_directories(options_.state_dir, ec);
-  if (ec) return Internal("cannot create " + options_.state_dir + ": " + ec.message());
+  // Private from the start: the directory holds the identity key and the history.
+  IRIS_RETURN_IF_ERROR(EnsurePrivateDirectory(options_.state_dir));
   const std::string lock_path = options_.state_dir + "/state.lock";
   lock_fd_ = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (lock_fd_ < 0) return Internal("cannot open " + lock_path + ": " + strerror(errno));
@@ -234,7 +233,7 @@ std::vector<PendingSend> Client::Impl::PendingSends() const {
     std::memcpy(u.data(), q.idem_key.data(), std::min(q.idem_key.size(), u.size()));
     p.local_id = UuidToString(u);
     p.recipient = q.recipient;
-    p.receipt = q.kind == kQueuedReceipt;
+    p.receipt = q.kind != kQueuedMessage;
     if (!p.receipt) p.text = q.payload;
     p.attempts = q.attempts;
     p.encrypted = !q.wire_body.empty();
@@ -277,13 +276,81 @@ bool Client::Impl::KeysPublished() const {
   return store_->GetU64("keys_uploaded") != 0;
 }
 
-Status Client::Impl::TrustNewIdentity(uint64_t user) {
+Result<ContactVerification> Client::Impl::Verification(uint64_t user) const {
   std::lock_guard<std::mutex> l(db_mu_);
-  IRIS_RETURN_IF_ERROR(cipher_->ForgetIdentity(user));
-  fetch_retry_at_.erase(user);
+  IRIS_ASSIGN_OR_RETURN(e2ee::MessageCipher::ContactIdentity c, cipher_->Contact(user));
+  ContactVerification v;
+  v.user = user;
+  v.known = !c.key.empty();
+  v.verified = c.verified;
+  v.fingerprint = c.fingerprint;
+  v.refused_fingerprint = c.refused_fingerprint;
+  if (v.known) {
+    IRIS_ASSIGN_OR_RETURN(e2ee::SafetyNumber sn, cipher_->SafetyNumberFor(user_id_, user, c.key));
+    v.safety_number = sn.Grouped();
+    v.scannable = sn.scannable;
+  }
+  if (!c.refused_key.empty()) {
+    IRIS_ASSIGN_OR_RETURN(e2ee::SafetyNumber sn,
+                          cipher_->SafetyNumberFor(user_id_, user, c.refused_key));
+    v.refused_safety_number = sn.Grouped();
+  }
+  return v;
+}
+
+Status Client::Impl::MarkVerified(uint64_t user) {
+  std::lock_guard<std::mutex> l(db_mu_);
+  return cipher_->MarkVerified(user);
+}
+
+Result<std::vector<StoredMessage>> Client::Impl::TrustIdentity(uint64_t user,
+                                                               std::string_view fingerprint) {
+  std::vector<StoredMessage> out;
+  {
+    std::lock_guard<std::mutex> l(db_mu_);
+    LocalStore::Transaction tx(*store_);
+    IRIS_ASSIGN_OR_RETURN(bool changed, cipher_->TrustIdentity(user_id_, user, fingerprint));
+    if (changed) {
+      // The kept ciphertexts, oldest first; those that still fail stay kept.
+      std::vector<Event> events;
+      for (const Undecryptable& u : store_->UndecryptableFrom(user)) {
+        v1::Envelope e;
+        e.set_id(u.id);
+        e.set_sender(u.peer);
+        e.set_sent_at_ms(u.sent_at_ms);
+        e.set_kind(v1::MESSAGE);
+        e.set_body(u.body);
+        StoredIncoming rec;
+        rec.id = u.id;
+        rec.peer = u.peer;
+        rec.sent_at_ms = u.sent_at_ms;
+        rec.kind = static_cast<uint8_t>(v1::MESSAGE);
+        IRIS_RETURN_IF_ERROR(DecryptIncoming(nullptr, e, false, /*retry=*/true, &rec, &events));
+        if (!rec.ok) continue;
+        IRIS_RETURN_IF_ERROR(store_->UpdateIncoming(rec));
+        if (rec.kind == v1::MESSAGE) {
+          out.push_back(StoredMessage{rec.id, rec.peer, rec.sent_at_ms, rec.body, true, ""});
+        }
+      }
+    }
+    if (options_.delivery_receipts && !out.empty()) {
+      v1::ReceiptBody body;
+      body.set_type(v1::DELIVERED);
+      for (const StoredMessage& m : out) body.add_message_ids(m.id);
+      QueuedSend q;
+      q.idem_key = std::string(UuidBytes(uuids_.Next()));
+      q.recipient = user;
+      q.kind = kQueuedReceipt;
+      q.payload = body.SerializeAsString();
+      q.created_ms = clock_.WallMillis();
+      IRIS_RETURN_IF_ERROR(store_->Enqueue(q).status());
+    }
+    IRIS_RETURN_IF_ERROR(tx.Commit());
+    fetch_retry_at_.erase(user);
+  }
   queue_dirty_ = true;
   Wake();
-  return Status::Ok();
+  return out;
 }
 
 // ---- Client facade ----
@@ -325,6 +392,13 @@ std::vector<StoredMessage> Client::Messages(uint64_t after_id, size_t limit) con
 }
 std::string Client::IdentityFingerprint() const { return impl_->IdentityFingerprint(); }
 bool Client::KeysPublished() const { return impl_->KeysPublished(); }
-Status Client::TrustNewIdentity(uint64_t user) { return impl_->TrustNewIdentity(user); }
+Result<ContactVerification> Client::Verification(uint64_t user) const {
+  return impl_->Verification(user);
+}
+Status Client::MarkVerified(uint64_t user) { return impl_->MarkVerified(user); }
+Result<std::vector<StoredMessage>> Client::TrustIdentity(uint64_t user,
+                                                         std::string_view fingerprint) {
+  return impl_->TrustIdentity(user, fingerprint);
+}
 
 }  // namespace iris::client

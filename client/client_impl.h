@@ -56,7 +56,9 @@ class Client::Impl {
   std::vector<StoredMessage> Messages(uint64_t after_id, size_t limit) const;
   std::string IdentityFingerprint() const;
   bool KeysPublished() const;
-  Status TrustNewIdentity(uint64_t user);
+  Result<ContactVerification> Verification(uint64_t user) const;
+  Status MarkVerified(uint64_t user);
+  Result<std::vector<StoredMessage>> TrustIdentity(uint64_t user, std::string_view fingerprint);
 
  private:
   struct Command {
@@ -100,6 +102,18 @@ class Client::Impl {
   Status IngestPage(Session& s, const v1::SyncPage& page);
   // The same inside the caller's transaction, with db_mu_ held; events go to *out.
   Status IngestLocked(Session& s, const v1::Envelope& e, bool catch_up, std::vector<Event>* out);
+  // Decrypts one direct message into *rec (and events), with db_mu_ held inside the
+  // caller's transaction. Keeps what cannot be decrypted yet (refused identity key), asks
+  // the sender for a session reset when the session was lost, handles control messages.
+  // Returns an error only for a local (storage) failure: the caller must roll back.
+  // `s` is null when retrying outside the I/O thread (TrustIdentity).
+  Status DecryptIncoming(Session* s, const v1::Envelope& e, bool catch_up, bool retry,
+                         StoredIncoming* rec, std::vector<Event>* out);
+  // Queues (or extends) a session-reset control message to `peer` naming `message_id`.
+  Status QueueSessionReset(uint64_t peer, uint64_t message_id);
+  // Re-queues the messages a peer reported undecryptable that are still in the sent history.
+  Status ResendForPeer(uint64_t peer, const std::vector<uint64_t>& ids,
+                       std::vector<uint64_t>* resent);
   static bool InFlightSend(const Session& s, int64_t seq);
   Status PumpSends(Session& s);
   Status RunCommands(Session& s);

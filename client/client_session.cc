@@ -1,8 +1,10 @@
 // The I/O thread of Client::Impl: connect, HELLO, catch-up, push, the send queue, keys.
 // See client_impl.h for the concurrency model.
+#include <signal_protocol.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <optional>
 
 #include "client/client_impl.h"
 #include "wire/opcode.h"
@@ -319,7 +321,7 @@ Status Client::Impl::PumpSends(Session& s) {
       if (!seen.insert(q.recipient).second) continue;  // FIFO: only each recipient's head
       if (s.busy.count(q.recipient) != 0) continue;
       if (auto it = retry_at_.find(q.seq); it != retry_at_.end() && it->second > now) continue;
-      if (q.kind == kQueuedMessage && q.wire_body.empty()) {
+      if ((q.kind == kQueuedMessage || q.kind == kQueuedControl) && q.wire_body.empty()) {
         if (!cipher_->HasSession(q.recipient)) {
           if (auto it = fetch_retry_at_.find(q.recipient);
               it != fetch_retry_at_.end() && it->second > now) {
@@ -336,7 +338,14 @@ Status Client::Impl::PumpSends(Session& s) {
           continue;
         }
         LocalStore::Transaction tx(*store_);
-        auto body = cipher_->Encrypt(q.recipient, q.payload);
+        Result<std::string> body = BadRequest("malformed control message");
+        if (q.kind == kQueuedControl) {
+          if (auto control = e2ee::DecodeControl(q.payload); control.ok()) {
+            body = cipher_->EncryptControl(q.recipient, *control);
+          }
+        } else {
+          body = cipher_->Encrypt(q.recipient, q.payload);
+        }
         Status st = body.ok() ? store_->SetWireBody(q.seq, *body) : body.status();
         if (st.ok() && body->size() > s.max_body_bytes) {
           st = TooLarge("encrypted body is " + std::to_string(body->size()) + " bytes");
@@ -360,11 +369,11 @@ Status Client::Impl::PumpSends(Session& s) {
       r.seq = q.seq;
       r.recipient = q.recipient;
       r.idem = q.idem_key;
-      r.receipt = q.kind == kQueuedReceipt;
+      r.receipt = q.kind != kQueuedMessage;  // receipts and control messages
       const uint64_t rid = s.next_request_id++;
       s.in_flight[rid] = r;
       s.busy.insert(q.recipient);
-      if (q.kind == kQueuedMessage) {
+      if (q.kind != kQueuedReceipt) {
         auto m = std::make_unique<v1::Send>();
         m->set_request_id(rid);
         m->set_idempotency_key(q.idem_key);
@@ -465,7 +474,7 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
         retry_at_.erase(r.seq);
         attempts_.erase(r.seq);
       }
-      Emit(SendAckedEvent{LocalId(r.idem), r.recipient, a.message_id(), a.duplicate(), false});
+      Emit(SendAckedEvent{LocalId(r.idem), r.recipient, a.message_id(), a.duplicate(), r.receipt});
       return Status::Ok();
     }
     case Opcode::kOk: {
@@ -559,9 +568,22 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
       Status st;
       std::string local_id;
       uint32_t attempts = 0;
+      std::optional<IdentityChangedEvent> changed;
       {
         std::lock_guard<std::mutex> l(db_mu_);
+        const std::string old_key = cipher_->SavedIdentity(r.recipient);
         st = cipher_->ProcessBundle(b);
+        if (st.ok() && !old_key.empty() && old_key != b.identity_key()) {
+          changed = IdentityChangedEvent{r.recipient, e2ee::KeyFingerprint(old_key),
+                                         e2ee::KeyFingerprint(b.identity_key()), false, false};
+        } else if (st.code() == StatusCode::kForbidden) {
+          auto c = cipher_->Contact(r.recipient);
+          if (c.ok() && c->refused_key != b.identity_key()) {
+            changed = IdentityChangedEvent{r.recipient, c->fingerprint,
+                                           e2ee::KeyFingerprint(b.identity_key()), true, true};
+          }
+          cipher_->NoteRefusedIdentity(r.recipient, b.identity_key()).IgnoreError();
+        }
         if (st.ok()) {
           fetch_attempts_.erase(r.recipient);
           fetch_retry_at_.erase(r.recipient);
@@ -576,6 +598,7 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
           }
         }
       }
+      if (changed) Emit(*changed);
       if (!st.ok()) Emit(SendFailedEvent{local_id, r.recipient, st, false, attempts});
       return Status::Ok();
     }
@@ -645,27 +668,27 @@ Status Client::Impl::IngestLocked(Session& s, const v1::Envelope& e, bool catch_
     rec.sent_at_ms = e.sent_at_ms();
     rec.kind = static_cast<uint8_t>(e.kind());
     if (e.kind() == v1::MESSAGE) {
-      MessageEvent ev;
-      ev.id = e.id();
-      ev.sender = e.sender();
-      ev.sent_at_ms = e.sent_at_ms();
-      ev.from_catch_up = catch_up;
-      auto d = cipher_->Decrypt(e.sender(), e.body());
-      if (d.ok()) {
-        rec.body = d->text;
-        ev.text = std::move(d->text);
-        ev.prekey_message = d->prekey_message;
-        if (d->consumed_prekey) {
-          const uint64_t left = store_->GetU64(kPreKeysOnServer);
-          IRIS_RETURN_IF_ERROR(store_->PutU64(kPreKeysOnServer, left > 0 ? left - 1 : 0));
-        }
-      } else {
+      bool deliver_receipt = false;
+      if (e.group_id() != 0) {
+        // Groups are not implemented in this client yet: say so rather than "cannot decrypt".
+        MessageEvent ev;
+        ev.id = e.id();
+        ev.sender = e.sender();
+        ev.sent_at_ms = e.sent_at_ms();
+        ev.from_catch_up = catch_up;
         rec.ok = false;
-        rec.error = d.status().message();
+        rec.error = "unsupported group message (group " + std::to_string(e.group_id()) +
+                    "): this client does not support groups yet";
         ev.decrypted = false;
         ev.error = rec.error;
+        ev.group_id = e.group_id();
+        events.emplace_back(std::move(ev));
+      } else {
+        IRIS_RETURN_IF_ERROR(DecryptIncoming(&s, e, catch_up, /*retry=*/false, &rec, &events));
+        // A delivered text message (not a control message, not a failure) gets a receipt.
+        deliver_receipt = rec.ok && rec.kind == static_cast<uint8_t>(v1::MESSAGE);
       }
-      if (options_.delivery_receipts) {
+      if (options_.delivery_receipts && deliver_receipt) {
         // Coalesce with a DELIVERED receipt to the same sender that is still waiting at the
         // tail of its queue (not yet on the wire): one RECEIPT carries up to 256 ids, which
         // keeps receipts from eating the sender's rate limit.
@@ -690,7 +713,6 @@ Status Client::Impl::IngestLocked(Session& s, const v1::Envelope& e, bool catch_
         }
         queue_dirty_ = true;
       }
-      events.emplace_back(std::move(ev));
     } else if (e.kind() == v1::RECEIPT) {
       rec.body = e.body();
       v1::ReceiptBody body;
@@ -709,6 +731,152 @@ Status Client::Impl::IngestLocked(Session& s, const v1::Envelope& e, bool catch_
     IRIS_RETURN_IF_ERROR(store_->SetCursor(e.id()));
   }
   ++s.received;
+  return Status::Ok();
+}
+
+namespace {
+
+// libsignal errors that mean "the session this message belongs to is gone" (the peer
+// built it from keys this install no longer has, e.g. after a re-install, or a one-time
+// prekey was used twice), or a gap beyond the skipped-key limit: only a new session and a
+// re-send from the sender recover the message.
+bool LostSession(int signal_error) {
+  return signal_error == SG_ERR_NO_SESSION || signal_error == SG_ERR_INVALID_MAC ||
+         signal_error == SG_ERR_INVALID_KEY_ID || signal_error == SG_ERR_INVALID_MESSAGE ||
+         signal_error == SG_ERR_INVALID_KEY;
+}
+
+}  // namespace
+
+Status Client::Impl::DecryptIncoming(Session* s, const v1::Envelope& e, bool catch_up, bool retry,
+                                     StoredIncoming* rec, std::vector<Event>* out) {
+  MessageEvent ev;
+  ev.id = e.id();
+  ev.sender = e.sender();
+  ev.sent_at_ms = e.sent_at_ms();
+  ev.from_catch_up = catch_up;
+  const std::string old_key = cipher_->SavedIdentity(e.sender());
+  auto d = cipher_->Decrypt(e.sender(), e.body());
+  // A local failure (SQLite) says nothing about the message: the caller rolls back and the
+  // cursor stays before it, so it is decrypted again later. Never stored as "undecryptable".
+  if (!d.ok() && d.status().code() == StatusCode::kInternal) {
+    return Internal("local error while decrypting message " + std::to_string(e.id()) +
+                    " (it stays unread and is processed again): " + d.status().message());
+  }
+  if (d.ok()) {
+    const std::string new_key = cipher_->SavedIdentity(e.sender());
+    if (!old_key.empty() && new_key != old_key) {
+      out->push_back(IdentityChangedEvent{e.sender(), e2ee::KeyFingerprint(old_key),
+                                          e2ee::KeyFingerprint(new_key), false, false});
+    }
+    if (retry) IRIS_RETURN_IF_ERROR(store_->RemoveUndecryptable(e.id()));
+    if (d->consumed_prekey) {
+      const uint64_t left = store_->GetU64(kPreKeysOnServer);
+      IRIS_RETURN_IF_ERROR(store_->PutU64(kPreKeysOnServer, left > 0 ? left - 1 : 0));
+    }
+    rec->ok = true;
+    rec->error.clear();
+    if (d->control) {
+      rec->kind = kIncomingControl;
+      rec->body = e2ee::EncodeControl(*d->control);
+      PeerDecryptFailedEvent f;
+      f.peer = e.sender();
+      f.message_ids = d->control->message_ids;
+      IRIS_RETURN_IF_ERROR(ResendForPeer(e.sender(), f.message_ids, &f.resent));
+      out->push_back(std::move(f));
+      return Status::Ok();
+    }
+    rec->body = d->text;
+    ev.text = std::move(d->text);
+    ev.prekey_message = d->prekey_message;
+    out->push_back(std::move(ev));
+    return Status::Ok();
+  }
+
+  const int code = cipher_->last_decrypt_error();
+  rec->ok = false;
+  rec->error = d.status().message();
+  if (code == SG_ERR_UNTRUSTED_IDENTITY) {
+    // The sender's key changed and the user had verified the old one: keep the ciphertext
+    // until the user approves the new key (TrustIdentity) - or forever.
+    const std::string key = cipher_->PreKeyMessageIdentity(e.body());
+    auto c = cipher_->Contact(e.sender());
+    if (!c.ok()) return c.status();
+    if (!key.empty() && key != c->refused_key) {
+      IRIS_RETURN_IF_ERROR(cipher_->NoteRefusedIdentity(e.sender(), key));
+      out->push_back(
+          IdentityChangedEvent{e.sender(), c->fingerprint, e2ee::KeyFingerprint(key), true, true});
+    }
+    if (!retry) {
+      IRIS_RETURN_IF_ERROR(store_->StoreUndecryptable(
+          Undecryptable{e.id(), e.sender(), e.sent_at_ms(), e.body(), rec->error}));
+    }
+    ev.pending = true;
+  } else if (code == SG_ERR_DUPLICATE_MESSAGE) {
+    rec->error += " (this ciphertext was received before: a replay)";
+  } else if (LostSession(code) && !retry) {
+    if (code == SG_ERR_INVALID_MESSAGE) {
+      rec->error +=
+          " (made for keys this install no longer has, corrupt, or more than 2000 messages "
+          "skipped: libsignal's limit)";
+    }
+    // Signal's automatic session reset: drop the session, start a new one from a fresh
+    // bundle and ask the sender to re-send. The ciphertext is kept (it cannot be decrypted
+    // by this install, but nothing is thrown away).
+    IRIS_RETURN_IF_ERROR(store_->StoreUndecryptable(
+        Undecryptable{e.id(), e.sender(), e.sent_at_ms(), e.body(), rec->error}));
+    IRIS_RETURN_IF_ERROR(QueueSessionReset(e.sender(), e.id()));
+    rec->error += "; asked the sender to re-send it in a new session";
+  }
+  (void)s;
+  ev.decrypted = false;
+  ev.error = rec->error;
+  if (!retry) out->push_back(std::move(ev));
+  return Status::Ok();
+}
+
+Status Client::Impl::QueueSessionReset(uint64_t peer, uint64_t message_id) {
+  // Extend a reset request that is still waiting to be encrypted (one per peer at a time).
+  for (const QueuedSend& q : store_->Queue()) {
+    if (q.recipient != peer || q.kind != kQueuedControl || !q.wire_body.empty()) continue;
+    auto c = e2ee::DecodeControl(q.payload);
+    if (!c.ok() || c->message_ids.size() >= e2ee::kMaxControlIds) continue;
+    c->message_ids.push_back(message_id);
+    IRIS_RETURN_IF_ERROR(store_->SetPayload(q.seq, e2ee::EncodeControl(*c)));
+    queue_dirty_ = true;
+    return Status::Ok();
+  }
+  IRIS_RETURN_IF_ERROR(cipher_->ResetSession(peer));
+  e2ee::ControlContent c;
+  c.kind = e2ee::kControlSessionReset;
+  c.message_ids.push_back(message_id);
+  QueuedSend q;
+  q.idem_key = std::string(UuidBytes(uuids_.Next()));
+  q.recipient = peer;
+  q.kind = kQueuedControl;
+  q.payload = e2ee::EncodeControl(c);
+  q.created_ms = clock_.WallMillis();
+  IRIS_RETURN_IF_ERROR(store_->Enqueue(q).status());
+  queue_dirty_ = true;
+  return Status::Ok();
+}
+
+Status Client::Impl::ResendForPeer(uint64_t peer, const std::vector<uint64_t>& ids,
+                                   std::vector<uint64_t>* resent) {
+  for (uint64_t id : ids) {
+    IRIS_ASSIGN_OR_RETURN(std::optional<QueuedSend> sent, store_->FindSent(peer, id));
+    // Only the user's messages: receipts and control messages are never re-sent.
+    if (!sent || sent->kind != kQueuedMessage) continue;
+    QueuedSend q;
+    q.idem_key = std::string(UuidBytes(uuids_.Next()));
+    q.recipient = peer;
+    q.kind = kQueuedMessage;
+    q.payload = sent->payload;
+    q.created_ms = clock_.WallMillis();
+    IRIS_RETURN_IF_ERROR(store_->Enqueue(q).status());
+    resent->push_back(id);
+  }
+  if (!resent->empty()) queue_dirty_ = true;
   return Status::Ok();
 }
 

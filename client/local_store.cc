@@ -1,6 +1,13 @@
 #include "client/local_store.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
 
 namespace iris::client {
 namespace {
@@ -25,6 +32,12 @@ CREATE TABLE IF NOT EXISTS signal_identities (name TEXT PRIMARY KEY, key BLOB NO
 CREATE TABLE IF NOT EXISTS signal_sender_keys (
   grp TEXT NOT NULL, name TEXT NOT NULL, device INTEGER NOT NULL, record BLOB NOT NULL,
   PRIMARY KEY (grp, name, device));
+CREATE TABLE IF NOT EXISTS identity_verified (name TEXT PRIMARY KEY, key BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS identity_blocked (name TEXT PRIMARY KEY, key BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS undecryptable (
+  id INTEGER PRIMARY KEY, peer INTEGER NOT NULL, sent_at_ms INTEGER NOT NULL, body BLOB NOT NULL,
+  error TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS sent_by_message_id ON sent (message_id);
 )sql";
 
 // One prepared statement, finalized on destruction.
@@ -77,9 +90,49 @@ Result<std::optional<std::string>> QueryBlob(sqlite3* db, Stmt& s, const char* w
   return Internal(std::string("local store: ") + what + ": " + sqlite3_errmsg(db));
 }
 
+// Creates `path` 0600 when missing and tightens an existing file to 0600.
+Status MakePrivateFile(const std::string& path, bool create) {
+  const int fd = open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW | (create ? O_CREAT : 0), 0600);
+  if (fd < 0) {
+    if (!create && errno == ENOENT) return Status::Ok();
+    return Internal("cannot open " + path + ": " + strerror(errno));
+  }
+  const bool ok = fchmod(fd, 0600) == 0;
+  const int err = errno;
+  close(fd);
+  if (!ok) return Internal("cannot make " + path + " private: " + strerror(err));
+  return Status::Ok();
+}
+
 }  // namespace
 
+Status EnsurePrivateDirectory(const std::string& dir) {
+  std::error_code ec;
+  const std::filesystem::path p(dir);
+  if (p.has_parent_path() && !p.parent_path().empty()) {
+    std::filesystem::create_directories(p.parent_path(), ec);
+    if (ec) return Internal("cannot create " + p.parent_path().string() + ": " + ec.message());
+  }
+  if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    return Internal("cannot create " + dir + ": " + strerror(errno));
+  }
+  struct stat st {};
+  if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    return Internal(dir + " is not a directory");
+  }
+  if ((st.st_mode & 0077) != 0 && chmod(dir.c_str(), 0700) != 0) {
+    return Internal("cannot make " + dir + " private (mode 0700): " + strerror(errno));
+  }
+  return Status::Ok();
+}
+
 Result<std::unique_ptr<LocalStore>> LocalStore::Open(const std::string& path) {
+  // The database holds the identity private key and plaintext history: private from its
+  // first byte. SQLite gives -wal, -shm and -journal the database file's mode.
+  IRIS_RETURN_IF_ERROR(MakePrivateFile(path, /*create=*/true));
+  for (const char* suffix : {"-wal", "-shm", "-journal"}) {
+    IRIS_RETURN_IF_ERROR(MakePrivateFile(path + suffix, /*create=*/false));
+  }
   sqlite3* db = nullptr;
   const int rc =
       sqlite3_open_v2(path.c_str(), &db,
@@ -93,7 +146,12 @@ Result<std::unique_ptr<LocalStore>> LocalStore::Open(const std::string& path) {
   sqlite3_busy_timeout(db, 5000);
   IRIS_RETURN_IF_ERROR(s->Exec("PRAGMA journal_mode=WAL"));
   IRIS_RETURN_IF_ERROR(s->Exec("PRAGMA synchronous=FULL"));
+  // Deleted records (used one-time prekeys, old sessions) are overwritten, not left behind.
+  IRIS_RETURN_IF_ERROR(s->Exec("PRAGMA secure_delete=ON"));
   IRIS_RETURN_IF_ERROR(s->Exec(kSchema));
+  if (const char* fault = std::getenv("IRIS_TEST_LOCAL_STORE_FAULT"); fault != nullptr) {
+    s->SetFaultForTesting(fault);
+  }
   return s;
 }
 
@@ -296,12 +354,14 @@ Status LocalStore::Dequeue(int64_t seq, uint64_t message_id, int64_t acked_ms) {
 
 Result<std::optional<std::string>> LocalStore::LoadSession(std::string_view name,
                                                            int32_t device) const {
+  if (Faulty("load_session")) return Internal("local store: load session: injected fault");
   Stmt s(db_, "SELECT record FROM signal_sessions WHERE name = ? AND device = ?");
   s.BindText(1, name).Bind(2, int64_t{device});
   return QueryBlob(db_, s, "load session");
 }
 
 Status LocalStore::StoreSession(std::string_view name, int32_t device, std::string_view record) {
+  if (Faulty("store_session")) return Internal("local store: store session: injected fault");
   Stmt s(db_, "INSERT OR REPLACE INTO signal_sessions (name, device, record) VALUES (?, ?, ?)");
   s.BindText(1, name).Bind(2, int64_t{device}).Bind(3, record);
   return s.Done("store session");
@@ -374,6 +434,7 @@ Status LocalStore::RemoveSignedPreKey(uint32_t id) {
 }
 
 Result<std::optional<std::string>> LocalStore::LoadIdentity(std::string_view name) const {
+  if (Faulty("load_identity")) return Internal("local store: load identity: injected fault");
   Stmt s(db_, "SELECT key FROM signal_identities WHERE name = ?");
   s.BindText(1, name);
   return QueryBlob(db_, s, "load identity");
@@ -389,6 +450,88 @@ Status LocalStore::SaveIdentity(std::string_view name, std::string_view key) {
   Stmt s(db_, "INSERT OR REPLACE INTO signal_identities (name, key) VALUES (?, ?)");
   s.BindText(1, name).Bind(2, key);
   return s.Done("save identity");
+}
+
+Result<std::optional<std::string>> LocalStore::VerifiedIdentity(std::string_view name) const {
+  Stmt s(db_, "SELECT key FROM identity_verified WHERE name = ?");
+  s.BindText(1, name);
+  return QueryBlob(db_, s, "load verified identity");
+}
+
+Status LocalStore::SetVerifiedIdentity(std::string_view name, std::string_view key) {
+  Stmt s(db_, key.empty() ? "DELETE FROM identity_verified WHERE name = ?"
+                          : "INSERT OR REPLACE INTO identity_verified (name, key) VALUES (?, ?)");
+  s.BindText(1, name);
+  if (!key.empty()) s.Bind(2, key);
+  return s.Done("store verified identity");
+}
+
+Result<std::optional<std::string>> LocalStore::BlockedIdentity(std::string_view name) const {
+  Stmt s(db_, "SELECT key FROM identity_blocked WHERE name = ?");
+  s.BindText(1, name);
+  return QueryBlob(db_, s, "load blocked identity");
+}
+
+Status LocalStore::SetBlockedIdentity(std::string_view name, std::string_view key) {
+  Stmt s(db_, key.empty() ? "DELETE FROM identity_blocked WHERE name = ?"
+                          : "INSERT OR REPLACE INTO identity_blocked (name, key) VALUES (?, ?)");
+  s.BindText(1, name);
+  if (!key.empty()) s.Bind(2, key);
+  return s.Done("store blocked identity");
+}
+
+Status LocalStore::StoreUndecryptable(const Undecryptable& u) {
+  Stmt s(db_,
+         "INSERT OR REPLACE INTO undecryptable (id, peer, sent_at_ms, body, error) "
+         "VALUES (?, ?, ?, ?, ?)");
+  s.BindU(1, u.id).BindU(2, u.peer).BindU(3, u.sent_at_ms).Bind(4, u.body).BindText(5, u.error);
+  return s.Done("keep undecryptable message");
+}
+
+std::vector<Undecryptable> LocalStore::UndecryptableFrom(uint64_t peer) const {
+  std::vector<Undecryptable> out;
+  Stmt s(db_,
+         "SELECT id, peer, sent_at_ms, body, error FROM undecryptable WHERE peer = ? ORDER BY id");
+  s.BindU(1, peer);
+  while (s.Step() == SQLITE_ROW) {
+    Undecryptable u;
+    u.id = s.U64(0);
+    u.peer = s.U64(1);
+    u.sent_at_ms = s.U64(2);
+    u.body = s.Blob(3);
+    u.error = s.Blob(4);
+    out.push_back(std::move(u));
+  }
+  return out;
+}
+
+Status LocalStore::RemoveUndecryptable(uint64_t id) {
+  Stmt s(db_, "DELETE FROM undecryptable WHERE id = ?");
+  s.BindU(1, id);
+  return s.Done("remove undecryptable message");
+}
+
+Status LocalStore::UpdateIncoming(const StoredIncoming& m) {
+  Stmt s(db_, "UPDATE incoming SET kind = ?, body = ?, ok = ?, error = ? WHERE id = ?");
+  s.Bind(1, int64_t{m.kind}).Bind(2, m.body).Bind(3, int64_t{m.ok ? 1 : 0}).BindText(4, m.error);
+  s.BindU(5, m.id);
+  return s.Done("update message");
+}
+
+Result<std::optional<QueuedSend>> LocalStore::FindSent(uint64_t recipient,
+                                                       uint64_t message_id) const {
+  Stmt s(db_,
+         "SELECT idem, recipient, kind, payload FROM sent WHERE message_id = ? AND recipient = ?");
+  s.BindU(1, message_id).BindU(2, recipient);
+  const int rc = s.Step();
+  if (rc == SQLITE_DONE) return std::optional<QueuedSend>();
+  if (rc != SQLITE_ROW) return Error("find sent message");
+  QueuedSend q;
+  q.idem_key = s.Blob(0);
+  q.recipient = s.U64(1);
+  q.kind = static_cast<uint8_t>(s.Int(2));
+  q.payload = s.Blob(3);
+  return std::optional<QueuedSend>(std::move(q));
 }
 
 Result<std::optional<std::string>> LocalStore::LoadSenderKey(std::string_view group,

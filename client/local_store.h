@@ -36,6 +36,12 @@ struct QueuedSend {
 };
 constexpr uint8_t kQueuedMessage = 0;
 constexpr uint8_t kQueuedReceipt = 1;
+// An E2EE control message (payload: the content bytes, e2ee::EncodeControl), encrypted
+// like a message; never shown to the user and never re-sent from history.
+constexpr uint8_t kQueuedControl = 2;
+
+// Incoming.kind for a decrypted control message (not a v1::Kind; Messages() skips it).
+constexpr uint8_t kIncomingControl = 100;
 
 struct StoredIncoming {
   uint64_t id = 0;
@@ -47,9 +53,25 @@ struct StoredIncoming {
   std::string error;
 };
 
+// A ciphertext that could not be decrypted yet, kept so that it can be retried (after the
+// user trusts a changed identity key) instead of being lost.
+struct Undecryptable {
+  uint64_t id = 0;  // server message id
+  uint64_t peer = 0;
+  uint64_t sent_at_ms = 0;
+  std::string body;  // the wire body, as received
+  std::string error;
+};
+
+// Creates `dir` (and missing parents) and makes it private: mode 0700 from its creation on,
+// and tightened to 0700 when it exists with looser permissions. INTERNAL on failure.
+Status EnsurePrivateDirectory(const std::string& dir);
+
 class LocalStore {
  public:
-  // Opens or creates `path` and its schema. INTERNAL on failure.
+  // Opens or creates `path` and its schema. The database file (and SQLite's -wal, -shm and
+  // -journal files, which inherit its mode) is created 0600 before SQLite opens it; an
+  // existing one is tightened to 0600. INTERNAL on failure.
   static Result<std::unique_ptr<LocalStore>> Open(const std::string& path);
   ~LocalStore();
 
@@ -116,6 +138,28 @@ class LocalStore {
   Status SaveIdentity(std::string_view name, std::string_view key);
   Status ForgetIdentity(std::string_view name);
 
+  // Identity verification (safety numbers): the key the user marked verified for `name`,
+  // and the newest key of `name` that was refused because it differs from a verified one
+  // (waiting for the user's explicit approval). An empty key clears the entry.
+  Result<std::optional<std::string>> VerifiedIdentity(std::string_view name) const;
+  Status SetVerifiedIdentity(std::string_view name, std::string_view key);
+  Result<std::optional<std::string>> BlockedIdentity(std::string_view name) const;
+  Status SetBlockedIdentity(std::string_view name, std::string_view key);
+
+  // Ciphertexts kept for a retry (see Undecryptable). Store replaces an entry with the same id.
+  Status StoreUndecryptable(const Undecryptable& u);
+  std::vector<Undecryptable> UndecryptableFrom(uint64_t peer) const;
+  Status RemoveUndecryptable(uint64_t id);
+  // Rewrites a stored incoming message (after a successful retry).
+  Status UpdateIncoming(const StoredIncoming& m);
+  // The sent-history entry of message `message_id` to `recipient` (payload and kind).
+  Result<std::optional<QueuedSend>> FindSent(uint64_t recipient, uint64_t message_id) const;
+
+  // Test-only fault injection: every call of the operation named `op` fails with INTERNAL
+  // (as a full disk or a corrupt database would). Names: "load_session", "store_session",
+  // "load_identity". Also set from $IRIS_TEST_LOCAL_STORE_FAULT at Open(). Empty clears.
+  void SetFaultForTesting(std::string op) { fault_ = std::move(op); }
+
   Result<std::optional<std::string>> LoadSenderKey(std::string_view group, std::string_view name,
                                                    int32_t device) const;
   Status StoreSenderKey(std::string_view group, std::string_view name, int32_t device,
@@ -125,9 +169,11 @@ class LocalStore {
   explicit LocalStore(sqlite3* db) : db_(db) {}
   Status Exec(const char* sql);
   Status Error(const char* what) const;
+  bool Faulty(std::string_view op) const { return !fault_.empty() && fault_ == op; }
 
   sqlite3* db_;
   int tx_depth_ = 0;
+  std::string fault_;
 };
 
 }  // namespace iris::client

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/status.h"
 
@@ -39,5 +40,25 @@ Result<SealedBody> DecodeBody(std::string_view body);
 std::string EncodePlaintext(std::string_view text);
 // BAD_REQUEST when the framing is wrong or the content type unknown.
 Result<std::string> DecodePlaintext(std::string_view plaintext);
+
+// Control content (never shown as a message), inside the ciphertext like text:
+//
+//   content type (1 byte, 0x02) || control kind (1 byte) || count (4 bytes, big-endian)
+//   || count message ids (8 bytes each, big-endian) || zero padding to a multiple of 64
+//
+// Kind 0x01, session reset: "I could not decrypt these messages of yours (the session was
+// lost, e.g. I re-installed); this message starts a new session: re-send them in it".
+constexpr uint8_t kContentControl = 2;
+constexpr uint8_t kControlSessionReset = 1;
+constexpr size_t kMaxControlIds = 1000;
+
+struct ControlContent {
+  uint8_t kind = kControlSessionReset;
+  std::vector<uint64_t> message_ids;
+};
+bool IsControlContent(std::string_view plaintext);
+std::string EncodeControl(const ControlContent& c);
+// BAD_REQUEST when the framing is wrong, the kind unknown or there are too many ids.
+Result<ControlContent> DecodeControl(std::string_view plaintext);
 
 }  // namespace iris::client::e2ee

@@ -128,7 +128,11 @@ Status MessageCipher::Init() {
     return Internal("cannot serialise the identity key");
   }
   IRIS_RETURN_IF_ERROR(store_.Put(kIdentityPublicKey, pub.str()));
-  IRIS_RETURN_IF_ERROR(store_.Put(kIdentityPrivateKey, priv.str()));
+  // Straight from libsignal's buffer (wiped on free): no std::string copy of the private key.
+  IRIS_RETURN_IF_ERROR(
+      store_.Put(kIdentityPrivateKey,
+                 std::string_view(reinterpret_cast<const char*>(signal_buffer_const_data(priv.b)),
+                                  signal_buffer_len(priv.b))));
   Ref<session_signed_pre_key> spk;
   const auto now_ms = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                                 std::chrono::system_clock::now().time_since_epoch())
@@ -267,6 +271,7 @@ Result<std::string> MessageCipher::Encrypt(uint64_t user, std::string_view text)
 }
 
 Result<MessageCipher::Decrypted> MessageCipher::Decrypt(uint64_t sender, std::string_view body) {
+  last_decrypt_error_ = 0;
   IRIS_ASSIGN_OR_RETURN(SealedBody sealed, DecodeBody(body));
   const std::string name = std::to_string(sender);
   signal_protocol_address addr{name.c_str(), name.size(), kDeviceId};
@@ -294,33 +299,150 @@ Result<MessageCipher::Decrypted> MessageCipher::Decrypt(uint64_t sender, std::st
     if (r == 0) r = session_cipher_decrypt_signal_message(cipher, m.p, nullptr, &plain.b);
   }
   session_cipher_free(cipher);
+  last_decrypt_error_ = r;
   if (r != 0) return SignalError("cannot decrypt " + from, r);
-  IRIS_ASSIGN_OR_RETURN(out.text, DecodePlaintext(plain.str()));
+  if (IsControlContent(plain.str())) {
+    IRIS_ASSIGN_OR_RETURN(out.control, DecodeControl(plain.str()));
+  } else {
+    IRIS_ASSIGN_OR_RETURN(out.text, DecodePlaintext(plain.str()));
+  }
   IRIS_RETURN_IF_ERROR(tx.Commit());
   return out;
 }
 
-Status MessageCipher::ForgetIdentity(uint64_t user) {
-  const std::string name = std::to_string(user);
-  LocalStore::Transaction tx(store_);
-  IRIS_RETURN_IF_ERROR(store_.DeleteAllSessions(name));
-  IRIS_RETURN_IF_ERROR(store_.ForgetIdentity(name));
-  return tx.Commit();
+std::string MessageCipher::IdentityFingerprint() const {
+  return KeyFingerprint(LocalIdentityKey());
 }
 
-std::string MessageCipher::IdentityFingerprint() const {
+// ---- Verified identities ----
+
+std::string MessageCipher::LocalIdentityKey() const {
   auto key = store_.Get(kIdentityPublicKey);
   if (!key.ok() || !key->has_value()) return {};
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  EVP_Digest((*key)->data(), (*key)->size(), md, &n, EVP_sha256(), nullptr);
-  static const char* kHex = "0123456789abcdef";
-  std::string out;
-  for (unsigned int i = 0; i < n; ++i) {
-    out.push_back(kHex[md[i] >> 4]);
-    out.push_back(kHex[md[i] & 15]);
+  return **key;
+}
+
+std::string MessageCipher::SavedIdentity(uint64_t user) const {
+  auto key = store_.LoadIdentity(std::to_string(user));
+  if (!key.ok() || !key->has_value()) return {};
+  return **key;
+}
+
+Result<MessageCipher::ContactIdentity> MessageCipher::Contact(uint64_t user) const {
+  const std::string name = std::to_string(user);
+  ContactIdentity c;
+  IRIS_ASSIGN_OR_RETURN(auto saved, store_.LoadIdentity(name));
+  IRIS_ASSIGN_OR_RETURN(auto verified, store_.VerifiedIdentity(name));
+  IRIS_ASSIGN_OR_RETURN(auto refused, store_.BlockedIdentity(name));
+  if (saved) {
+    c.key = *saved;
+    c.fingerprint = KeyFingerprint(c.key);
+    c.verified = verified.has_value() && *verified == c.key;
   }
-  return out;
+  if (refused && (!saved || *refused != *saved)) {
+    c.refused_key = *refused;
+    c.refused_fingerprint = KeyFingerprint(c.refused_key);
+  }
+  return c;
+}
+
+Result<SafetyNumber> MessageCipher::SafetyNumberFor(uint64_t local_user, uint64_t user,
+                                                    std::string_view key) const {
+  const std::string local = LocalIdentityKey();
+  if (local.empty()) return Internal("identity key missing");
+  if (local_user == 0) {
+    return NotFound("this account's user id is not known yet: log in (connect) once first");
+  }
+  SafetyNumber sn = ComputeSafetyNumber(local_user, local, user, key);
+  if (sn.digits.empty()) return Internal("cannot compute the safety number");
+  return sn;
+}
+
+Status MessageCipher::MarkVerified(uint64_t user) {
+  const std::string name = std::to_string(user);
+  IRIS_ASSIGN_OR_RETURN(auto saved, store_.LoadIdentity(name));
+  if (!saved) {
+    return NotFound("no identity key of user " + name +
+                    " is known yet: exchange a message with them first");
+  }
+  return store_.SetVerifiedIdentity(name, *saved);
+}
+
+Result<bool> MessageCipher::TrustIdentity(uint64_t local_user, uint64_t user,
+                                          std::string_view fingerprint) {
+  const std::string name = std::to_string(user);
+  const std::string want = NormalizeFingerprint(fingerprint);
+  if (want.empty()) return BadRequest("name the fingerprint of the key to trust");
+  auto matches = [&](const std::string& key) {
+    if (KeyFingerprint(key) == want) return true;
+    auto sn = SafetyNumberFor(local_user, user, key);
+    return sn.ok() && sn->digits == want;
+  };
+  IRIS_ASSIGN_OR_RETURN(ContactIdentity c, Contact(user));
+  if (!c.refused_key.empty() && matches(c.refused_key)) {
+    LocalStore::Transaction tx(store_);
+    // Naming the exact key is a verification: it is pinned as the old one was.
+    IRIS_RETURN_IF_ERROR(store_.SetVerifiedIdentity(name, c.refused_key));
+    IRIS_RETURN_IF_ERROR(store_.SetBlockedIdentity(name, ""));
+    IRIS_RETURN_IF_ERROR(store_.SaveIdentity(name, c.refused_key));
+    // Sessions with the old key must not carry on: the next message to `user` starts a
+    // new session, from a bundle that has to carry exactly the approved key.
+    IRIS_RETURN_IF_ERROR(store_.DeleteAllSessions(name));
+    IRIS_RETURN_IF_ERROR(tx.Commit());
+    return true;
+  }
+  if (!c.key.empty() && matches(c.key)) return false;
+  if (!c.refused_key.empty()) {
+    return BadRequest("fingerprint " + want + " does not match the new identity key of user " +
+                      name + " (key fingerprint " + c.refused_fingerprint +
+                      "); compare it with them out of band (iris verify " + name + ")");
+  }
+  return NotFound("fingerprint " + want + " matches no identity key of user " + name +
+                  (c.key.empty()
+                       ? " (none is known yet)"
+                       : " (the saved key is " + c.fingerprint + " and no other key was refused)"));
+}
+
+Status MessageCipher::NoteRefusedIdentity(uint64_t user, std::string_view key) {
+  if (key.empty()) return Status::Ok();
+  return store_.SetBlockedIdentity(std::to_string(user), key);
+}
+
+std::string MessageCipher::PreKeyMessageIdentity(std::string_view body) const {
+  auto sealed = DecodeBody(body);
+  if (!sealed.ok() || sealed->type != kBodyPreKeyMessage) return {};
+  Ref<pre_key_signal_message> m;
+  if (pre_key_signal_message_deserialize(&m.p, U8(sealed->ciphertext), sealed->ciphertext.size(),
+                                         ctx_) != 0) {
+    return {};
+  }
+  return SerializePublic(pre_key_signal_message_get_identity_key(m.p));
+}
+
+Result<std::string> MessageCipher::EncryptControl(uint64_t user, const ControlContent& control) {
+  const std::string name = std::to_string(user);
+  signal_protocol_address addr{name.c_str(), name.size(), kDeviceId};
+  session_cipher* cipher = nullptr;
+  int r = session_cipher_create(&cipher, stores_, &addr, ctx_);
+  if (r != 0) return SignalError("encrypt", r);
+  const std::string plain = EncodeControl(control);
+  LocalStore::Transaction tx(store_);
+  Ref<ciphertext_message> msg;
+  r = session_cipher_encrypt(cipher, U8(plain), plain.size(), &msg.p);
+  session_cipher_free(cipher);
+  if (r != 0) return SignalError("encrypt a control message for user " + name, r);
+  SealedBody sealed;
+  sealed.type = ciphertext_message_get_type(msg.p) == CIPHERTEXT_PREKEY_TYPE ? kBodyPreKeyMessage
+                                                                             : kBodySignalMessage;
+  signal_buffer* ser = ciphertext_message_get_serialized(msg.p);  // owned by msg
+  sealed.ciphertext.assign(reinterpret_cast<const char*>(signal_buffer_const_data(ser)),
+                           signal_buffer_len(ser));
+  IRIS_RETURN_IF_ERROR(tx.Commit());
+  return EncodeBody(sealed);
+}
+
+Status MessageCipher::ResetSession(uint64_t user) {
+  return store_.DeleteAllSessions(std::to_string(user));
 }
 
 }  // namespace iris::client::e2ee

@@ -14,9 +14,12 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
+#include "client/e2ee/body_format.h"
+#include "client/e2ee/safety_number.h"
 #include "client/local_store.h"
 #include "common/status.h"
 #include "iris/v1/client.pb.h"
@@ -50,13 +53,51 @@ class MessageCipher {
     std::string text;
     bool prekey_message = false;
     bool consumed_prekey = false;  // a local one-time prekey was used up
+    // A control message (body_format.h) rather than text: `text` is empty.
+    std::optional<ControlContent> control;
   };
   // Decrypts a wire body from `sender`. BAD_REQUEST for a malformed body or failed
   // decryption, FORBIDDEN for an untrusted (changed) identity key; the message says which.
   Result<Decrypted> Decrypt(uint64_t sender, std::string_view body);
 
-  // Forgets the trusted identity key and the sessions of `user` (accepts a new identity).
-  Status ForgetIdentity(uint64_t user);
+  // libsignal's error code of the last failed Decrypt (0 when the body itself was malformed).
+  int last_decrypt_error() const { return last_decrypt_error_; }
+
+  // ---- Verified identities (safety numbers; trust rule in signal_store.h) ----
+
+  struct ContactIdentity {
+    std::string key;          // the saved (trusted) identity key; empty when none yet
+    std::string fingerprint;  // KeyFingerprint(key)
+    bool verified = false;    // the user marked exactly this key verified
+    std::string refused_key;  // a newer key refused because `key` was verified; or empty
+    std::string refused_fingerprint;
+  };
+  Result<ContactIdentity> Contact(uint64_t user) const;
+  // The safety number of this account (`local_user`) with `key` of `user`.
+  Result<SafetyNumber> SafetyNumberFor(uint64_t local_user, uint64_t user,
+                                       std::string_view key) const;
+  // Marks the saved key of `user` verified. NOT_FOUND when no key of `user` is known yet.
+  Status MarkVerified(uint64_t user);
+  // Approves the refused key of `user` whose fingerprint is `fingerprint` (its
+  // KeyFingerprint, or the 60-digit safety number computed with it; spaces ignored): it
+  // becomes the saved, verified key and the old sessions are dropped. Returns false when
+  // `fingerprint` names the key already saved (nothing to do). BAD_REQUEST when it matches
+  // neither (the message names the refused key's fingerprint), NOT_FOUND when no key was
+  // refused and the fingerprint is not the saved one either.
+  Result<bool> TrustIdentity(uint64_t local_user, uint64_t user, std::string_view fingerprint);
+  // Records `key` as the refused key of `user` (after Decrypt or ProcessBundle returned
+  // FORBIDDEN), so that TrustIdentity can name it.
+  Status NoteRefusedIdentity(uint64_t user, std::string_view key);
+  // The sender's identity key in a prekey message body; empty for other bodies.
+  std::string PreKeyMessageIdentity(std::string_view body) const;
+  // The saved identity key of `user` (empty when none; an unreadable store reads as none).
+  std::string SavedIdentity(uint64_t user) const;
+  // The wire body of a control message to `user` (precondition: HasSession(user)).
+  Result<std::string> EncryptControl(uint64_t user, const ControlContent& control);
+  // Drops every session with `user` (the next message builds a new one from a fresh bundle).
+  Status ResetSession(uint64_t user);
+  // This account's public identity key (serialised).
+  std::string LocalIdentityKey() const;
 
   // Hex SHA-256 of this account's public identity key (what users compare out of band).
   std::string IdentityFingerprint() const;
@@ -70,6 +111,7 @@ class MessageCipher {
   signal_context* ctx_ = nullptr;
   signal_protocol_store_context* stores_ = nullptr;
   uint32_t registration_id_ = 0;
+  int last_decrypt_error_ = 0;
 };
 
 // libsignal's error code as text ("SG_ERR_INVALID_MAC", ...).

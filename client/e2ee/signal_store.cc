@@ -1,5 +1,7 @@
 #include "client/e2ee/signal_store.h"
 
+#include <openssl/crypto.h>
+
 #include <string>
 #include <string_view>
 
@@ -86,10 +88,12 @@ int GetIdentityKeyPair(signal_buffer** public_data, signal_buffer** private_data
   auto pub = S(ud).Get(kIdentityPublicKey);
   auto priv = S(ud).Get(kIdentityPrivateKey);
   if (!pub.ok() || !priv.ok() || !pub->has_value() || !priv->has_value()) return SG_ERR_UNKNOWN;
-  if (LoadInto(pub, public_data) != 1) return SG_ERR_NOMEM;
-  if (LoadInto(priv, private_data) != 1) {
-    signal_buffer_free(*public_data);
-    *public_data = nullptr;
+  const int r = LoadInto(priv, private_data);
+  OPENSSL_cleanse((**priv).data(), (**priv).size());  // the copy must not linger in the heap
+  if (r != 1) return SG_ERR_NOMEM;
+  if (LoadInto(pub, public_data) != 1) {
+    signal_buffer_bzero_free(*private_data);
+    *private_data = nullptr;
     return SG_ERR_NOMEM;
   }
   return SG_SUCCESS;
@@ -102,13 +106,32 @@ int GetLocalRegistrationId(void* ud, uint32_t* registration_id) {
 }
 int SaveIdentity(const signal_protocol_address* address, uint8_t* key, size_t len, void* ud) {
   if (key == nullptr) return SG_SUCCESS;  // libsignal asks to forget: keep TOFU's record
-  return ToSignal(S(ud).SaveIdentity(Name(address), Bytes(key, len)));
-}
-int IsTrustedIdentity(const signal_protocol_address* address, uint8_t* key, size_t len, void* ud) {
-  auto known = S(ud).LoadIdentity(Name(address));
+  LocalStore& store = S(ud);
+  const std::string_view k = Bytes(key, len);
+  auto known = store.LoadIdentity(Name(address));
   if (!known.ok()) return SG_ERR_UNKNOWN;
-  if (!known->has_value()) return 1;  // first use
-  return **known == Bytes(key, len) ? 1 : 0;
+  if (known->has_value() && **known == k) return SG_SUCCESS;
+  // A new key for this user: a verification of another key no longer applies.
+  auto verified = store.VerifiedIdentity(Name(address));
+  if (!verified.ok()) return SG_ERR_UNKNOWN;
+  if (verified->has_value() && **verified != k) {
+    if (!store.SetVerifiedIdentity(Name(address), "").ok()) return SG_ERR_UNKNOWN;
+  }
+  return ToSignal(store.SaveIdentity(Name(address), k));
+}
+// The trust rule (signal_store.h): the saved key is trusted; the first key of an unknown
+// user is trusted (TOFU); a changed key is trusted unless the user had verified the saved
+// one, in which case only MessageCipher::TrustIdentity (naming the new key) lets it in.
+int IsTrustedIdentity(const signal_protocol_address* address, uint8_t* key, size_t len, void* ud) {
+  LocalStore& store = S(ud);
+  const std::string_view k = Bytes(key, len);
+  auto known = store.LoadIdentity(Name(address));
+  if (!known.ok()) return SG_ERR_UNKNOWN;
+  if (known->has_value() && **known == k) return 1;
+  auto verified = store.VerifiedIdentity(Name(address));
+  if (!verified.ok()) return SG_ERR_UNKNOWN;
+  if (verified->has_value()) return **verified == k ? 1 : 0;
+  return 1;  // first use, or a changed key of an unverified contact (reported by the caller)
 }
 
 // Sender keys (groups).

@@ -4,9 +4,11 @@
 // registration id live in LocalStore's kv table under kIdentityPublicKey,
 // kIdentityPrivateKey and kRegistrationId.
 //
-// Identity trust is "trust on first use": the first identity key seen for a user is saved;
-// a different key later is untrusted (libsignal then refuses to encrypt or decrypt with
-// SG_ERR_UNTRUSTED_IDENTITY) until the application forgets the old key (ForgetIdentity).
+// Identity trust (Signal's model, docs/security.md): the first identity key seen for a user
+// is saved and trusted ("trust on first use", shown as unverified). A different key later is
+// accepted (and saved) when the user never verified the contact, and refused (libsignal then
+// fails with SG_ERR_UNTRUSTED_IDENTITY) when the user marked the saved key verified
+// (LocalStore::VerifiedIdentity), until MessageCipher::TrustIdentity approves that new key.
 //
 // Thread-safety: as LocalStore (the caller serialises); `store` must outlive `context`.
 

@@ -1,10 +1,15 @@
 // iris: the command-line client (end-to-end encrypted; see README "Quick start with the CLI").
 //
-//   iris login --server HOST:PORT (--pin pin-sha256:.. | --ca FILE) (--token T | --token-file
-//   F) iris send USER TEXT...        (TEXT "-" reads one message per line from stdin) iris listen
-//   (prints messages, receipts, presence, typing until Ctrl-C) iris sync                     (catch
-//   up, flush queued sends, print new messages, exit) iris presence USER... [--watch] iris chat
-//   USER                (interactive; typing indicators) iris status
+//   iris login --server HOST:PORT (--pin pin-sha256:.. | --ca FILE)
+//              (--token T | --token-file F)   (--token-file - reads stdin: not in ps/history)
+//   iris send USER TEXT...        (TEXT "-" reads one message per line from stdin)
+//   iris listen                   (prints messages, receipts, presence, typing until Ctrl-C)
+//   iris sync                     (catch up, flush queued sends, print new messages, exit)
+//   iris presence USER... [--watch]
+//   iris chat USER                (interactive; typing indicators)
+//   iris status
+//   iris verify USER [--mark]     (safety number; --mark records the key as verified)
+//   iris trust USER FINGERPRINT   (accept exactly this new key of a verified contact)
 // Global: --home DIR (else $IRIS_HOME, else ~/.iris), --json (one JSON object per line).
 //
 // Exit codes: 0 done; 1 usage or local error; 2 cannot connect or not allowed (server
@@ -171,10 +176,11 @@ json StatusJson(const Status& s) {
 // What to do about an identity key change, when `error` is one.
 std::string TrustHint(const std::string& error, uint64_t user) {
   if (error.find("untrusted identity") == std::string::npos) return "";
-  return " (user " + std::to_string(user) +
-         " has a new identity key, e.g. after re-installing; compare fingerprints with them, "
-         "then: iris trust " +
-         std::to_string(user) + ")";
+  const std::string u = std::to_string(user);
+  return " (user " + u +
+         " presents a new identity key and you had verified the old one; kept until you "
+         "decide. Compare the new safety number with them out of band (iris verify " +
+         u + "), then: iris trust " + u + " NEW_FINGERPRINT)";
 }
 
 // Prints one library event. Messages are printed by the caller (shown-cursor logic).
@@ -185,6 +191,8 @@ void PrintEvent(const Event& e) {
               {"sent_at_ms", m->sent_at_ms}, {"text", m->text}, {"decrypted", m->decrypted},
               {"prekey", m->prekey_message}};
     if (!m->decrypted) j["error"] = m->error;
+    if (m->pending) j["pending"] = true;
+    if (m->group_id != 0) j["group_id"] = m->group_id;
     Out(j,
         "[" + Clock(m->sent_at_ms) + "] " + std::to_string(m->sender) + ": " +
             (m->decrypted ? m->text
@@ -247,6 +255,34 @@ void PrintEvent(const Event& e) {
          {"one_time_prekeys", k->one_time_prekeys},
          {"identity", k->identity}},
         "");
+  } else if (const auto* c = std::get_if<IdentityChangedEvent>(&e)) {
+    const std::string u = std::to_string(c->user);
+    Out({{"event", "identity_changed"},
+         {"user", c->user},
+         {"old_fingerprint", c->old_fingerprint},
+         {"new_fingerprint", c->new_fingerprint},
+         {"was_verified", c->was_verified},
+         {"blocked", c->blocked}},
+        "*** WARNING: the identity key of user " + u + " CHANGED (old " + c->old_fingerprint +
+            ", new " + c->new_fingerprint +
+            "). They may have re-installed - or someone (the "
+            "server?) is impersonating them. " +
+            (c->blocked
+                 ? "You had verified them: messages to and from the new key are BLOCKED. "
+                   "Compare the new safety number (iris verify " +
+                       u + ") and, if it matches, run: iris trust " + u + " " + c->new_fingerprint
+                 : "Verify the new safety number with them: iris verify " + u) +
+            " ***");
+  } else if (const auto* d = std::get_if<PeerDecryptFailedEvent>(&e)) {
+    std::string ids;
+    for (uint64_t id : d->message_ids) ids += (ids.empty() ? "" : ", ") + std::to_string(id);
+    Out({{"event", "decrypt_failed"},
+         {"from", d->peer},
+         {"message_ids", d->message_ids},
+         {"resent", d->resent}},
+        "user " + std::to_string(d->peer) + " FAILED TO DECRYPT message(s) " + ids +
+            " (their session was lost, e.g. they re-installed); re-sent " +
+            std::to_string(d->resent.size()) + " of them in a new session");
   } else if (const auto* q = std::get_if<RequestFailedEvent>(&e)) {
     json j = StatusJson(q->status);
     j["event"] = "request_failed";
@@ -394,9 +430,16 @@ int CmdLogin(const std::string& dir, const LoginArgs& a) {
   }
   cfg.token = a.token;
   if (cfg.token.empty() && !a.token_file.empty()) {
-    std::ifstream in(a.token_file);
-    if (!in) return LocalError(NotFound("cannot read token file " + a.token_file));
-    std::getline(in, cfg.token);
+    if (a.token_file == "-") {
+      std::getline(std::cin, cfg.token);
+    } else {
+      std::ifstream in(a.token_file);
+      if (!in) return LocalError(NotFound("cannot read token file " + a.token_file));
+      std::getline(in, cfg.token);
+    }
+    while (!cfg.token.empty() && std::isspace(static_cast<unsigned char>(cfg.token.back()))) {
+      cfg.token.pop_back();
+    }
   }
   if (cfg.token.empty()) {
     if (const char* env = std::getenv("IRIS_TOKEN")) cfg.token = env;
@@ -511,7 +554,9 @@ int CmdSend(const std::string& dir, uint64_t to, const std::vector<std::string>&
         if (f->permanent) waiting.erase(f->local_id);
       }
     } else if (std::holds_alternative<client::KeysUploadedEvent>(*e) ||
-               std::holds_alternative<client::StateEvent>(*e)) {
+               std::holds_alternative<client::StateEvent>(*e) ||
+               std::holds_alternative<client::IdentityChangedEvent>(*e) ||
+               std::holds_alternative<client::PeerDecryptFailedEvent>(*e)) {
       PrintEvent(*e);
     }
   }
@@ -786,7 +831,9 @@ int CmdChat(const std::string& dir, uint64_t peer, double drain_timeout) {
     } else if (const auto* r = std::get_if<client::ReceiptEvent>(e)) {
       if (r->from == peer && g_json) PrintEvent(*e);
     } else if (std::holds_alternative<client::SendFailedEvent>(*e) ||
-               std::holds_alternative<client::StateEvent>(*e)) {
+               std::holds_alternative<client::StateEvent>(*e) ||
+               std::holds_alternative<client::IdentityChangedEvent>(*e) ||
+               std::holds_alternative<client::PeerDecryptFailedEvent>(*e)) {
       PrintEvent(*e);
     }
     redraw();
@@ -796,15 +843,81 @@ int CmdChat(const std::string& dir, uint64_t peer, double drain_timeout) {
   return kExitOk;
 }
 
-int CmdTrust(const std::string& dir, uint64_t user) {
+int CmdVerify(const std::string& dir, uint64_t user, bool mark) {
   auto cfg = LoadConfig(dir);
   if (!cfg.ok()) return LocalError(cfg.status());
   auto s = OpenSession(dir, *cfg);
   if (!s.ok()) return LocalError(s.status());
-  if (Status st = (*s)->client->TrustNewIdentity(user); !st.ok()) return LocalError(st);
-  Out({{"event", "trusted"}, {"user", user}},
-      "forgot the identity key of user " + std::to_string(user) +
-          "; the next message to or from them starts a new session with their current key");
+  Client& c = *(*s)->client;
+  auto v = c.Verification(user);
+  if (!v.ok()) return LocalError(v.status());
+  const std::string u = std::to_string(user);
+  if (!v->known) {
+    return LocalError(NotFound("no identity key of user " + u +
+                               " is known yet: exchange a message with them first (iris send " + u +
+                               " ...), then run iris verify " + u + " again"));
+  }
+  if (mark) {
+    if (Status st = c.MarkVerified(user); !st.ok()) return LocalError(st);
+    v->verified = true;
+  }
+  json j = {{"event", "verify"},
+            {"user", user},
+            {"verified", v->verified},
+            {"fingerprint", v->fingerprint},
+            {"safety_number", v->safety_number},
+            {"scannable", v->scannable}};
+  std::string text = "safety number with user " + u + ":\n  " + v->safety_number +
+                     "\nscannable: " + v->scannable + "\ntheir key fingerprint: " + v->fingerprint +
+                     "\nstatus: " +
+                     (v->verified ? "VERIFIED"
+                                  : "unverified (compare the number with them in person or "
+                                    "over another channel, then: iris verify " +
+                                        u + " --mark)");
+  if (!v->refused_fingerprint.empty()) {
+    j["refused_fingerprint"] = v->refused_fingerprint;
+    j["refused_safety_number"] = v->refused_safety_number;
+    text += "\n*** a NEW key was refused (you had verified the old one): fingerprint " +
+            v->refused_fingerprint + ", safety number with it:\n  " + v->refused_safety_number +
+            "\nif they confirm this number, accept it with: iris trust " + u + " " +
+            v->refused_fingerprint;
+  }
+  Out(j, text);
+  return kExitOk;
+}
+
+int CmdTrust(const std::string& dir, uint64_t user, const std::vector<std::string>& words) {
+  auto cfg = LoadConfig(dir);
+  if (!cfg.ok()) return LocalError(cfg.status());
+  auto s = OpenSession(dir, *cfg);
+  if (!s.ok()) return LocalError(s.status());
+  Session& ss = **s;
+  std::string fingerprint;
+  for (const auto& w : words) fingerprint += w;
+  const std::string u = std::to_string(user);
+  if (fingerprint.empty()) {
+    auto v = ss.client->Verification(user);
+    std::string which = v.ok() && !v->refused_fingerprint.empty()
+                            ? " (the refused new key of user " + u + " has fingerprint " +
+                                  v->refused_fingerprint + "; compare it first: iris verify " + u +
+                                  ")"
+                            : "";
+    return LocalError(BadRequest("name the fingerprint of the key to trust: iris trust " + u +
+                                 " FINGERPRINT" + which));
+  }
+  auto got = ss.client->TrustIdentity(user, fingerprint);
+  if (!got.ok()) return LocalError(got.status());
+  Out({{"event", "trusted"}, {"user", user}, {"retried", got->size()}},
+      "trusted the new identity key of user " + u + " (now marked verified); " +
+          std::to_string(got->size()) + " kept message(s) decrypted");
+  for (const auto& m : *got) {
+    client::MessageEvent e;
+    e.id = m.id;
+    e.sender = m.peer;
+    e.sent_at_ms = m.sent_at_ms;
+    e.text = m.text;
+    PrintEvent(Event(e));
+  }
   return kExitOk;
 }
 
@@ -863,7 +976,9 @@ int Main(int argc, char** argv) {
                  "which changes at every renewal; --pin also accepts it");
   cl->add_option("--ca", login.ca, "CA certificate file that signed the server's certificate");
   cl->add_option("--token", login.token, "access token (JWT); see irisctl token");
-  cl->add_option("--token-file", login.token_file, "read the token from this file");
+  cl->add_option("--token-file", login.token_file,
+                 "read the token from this file ('-': stdin), keeping it out of ps and the "
+                 "shell history");
   cl->add_option("--prekeys", login.prekeys, "one-time prekeys to keep on the server")
       ->capture_default_str();
   cl->add_option("--timeout", login.timeout, "seconds")->capture_default_str();
@@ -909,9 +1024,19 @@ int Main(int argc, char** argv) {
 
   auto* st = app.add_subcommand("status", "show the saved login, identity and queued messages");
   uint64_t trust_user = 0;
-  auto* ct =
-      app.add_subcommand("trust", "accept a user's new identity key (after they re-installed)");
+  std::vector<std::string> trust_fingerprint;
+  auto* ct = app.add_subcommand(
+      "trust", "accept exactly this new identity key of a verified user (after they re-installed)");
   ct->add_option("USER", trust_user, "user id")->required();
+  ct->add_option("FINGERPRINT", trust_fingerprint,
+                 "the new key's fingerprint or safety number (iris verify USER shows both)");
+
+  uint64_t verify_user = 0;
+  bool verify_mark = false;
+  auto* cv = app.add_subcommand(
+      "verify", "show the safety number with a user (compare it out of band); --mark records it");
+  cv->add_option("USER", verify_user, "user id")->required();
+  cv->add_flag("--mark", verify_mark, "mark the user's current identity key as verified");
 
   CLI11_PARSE(app, argc, argv);
   const std::string dir = StateDir(home);
@@ -923,7 +1048,8 @@ int Main(int argc, char** argv) {
   if (cp->parsed()) return CmdPresence(dir, presence_users, watch, presence_timeout);
   if (cc->parsed()) return CmdChat(dir, chat_peer, chat_drain);
   if (st->parsed()) return CmdStatus(dir);
-  if (ct->parsed()) return CmdTrust(dir, trust_user);
+  if (ct->parsed()) return CmdTrust(dir, trust_user, trust_fingerprint);
+  if (cv->parsed()) return CmdVerify(dir, verify_user, verify_mark);
   return kExitLocal;
 }
 

@@ -91,12 +91,27 @@ struct StoredMessage {
   std::string error;
 };
 
+// What a user compares out of band to verify a contact (Client::Verification): Signal's
+// safety number over both users' identity keys and ids (docs/security.md).
+struct ContactVerification {
+  uint64_t user = 0;
+  bool known = false;         // an identity key of `user` is saved (after a first message)
+  bool verified = false;      // the user marked exactly this key verified
+  std::string fingerprint;    // the saved key's fingerprint (hex SHA-256 of the public key)
+  std::string safety_number;  // 60 digits, as 12 groups of 5 separated by spaces
+  std::string scannable;      // QR-friendly form: "iris-sn:v0:<hex>"
+  // A newer key refused because the contact was verified (IdentityChangedEvent::blocked),
+  // and the safety number computed with it; empty when none.
+  std::string refused_fingerprint;
+  std::string refused_safety_number;
+};
+
 // A send waiting in the local queue (Client::PendingSends).
 struct PendingSend {
   std::string local_id;
   uint64_t recipient = 0;
-  std::string text;  // empty for receipts
-  bool receipt = false;
+  std::string text;      // empty for receipts
+  bool receipt = false;  // a receipt or an E2EE control message (not a user's message)
   uint32_t attempts = 0;
   bool encrypted = false;  // the ciphertext is fixed (will be resent byte for byte)
 };
@@ -140,10 +155,22 @@ class Client {
   // Sends SETTINGS (read receipts, presence sharing) once connected.
   void UpdateSettings(bool read_receipts, bool share_presence);
 
-  // Forgets the trusted identity key of `user` and the sessions with it: the next message
-  // to or from `user` starts a new session with whatever identity key it now presents
-  // (after the user re-installed; compare fingerprints out of band first).
-  Status TrustNewIdentity(uint64_t user);
+  // Verified identities (docs/security.md). A contact's first key is trusted on first use
+  // and shown as unverified; a changed key of an unverified contact replaces the old one
+  // (IdentityChangedEvent); a changed key of a verified contact is refused until approved.
+  //
+  // The safety number with `user` (NOT_FOUND before this account's first login).
+  Result<ContactVerification> Verification(uint64_t user) const;
+  // Marks the saved key of `user` verified (after comparing the safety number). NOT_FOUND
+  // when no key of `user` is known yet.
+  Status MarkVerified(uint64_t user);
+  // Approves (and marks verified) the refused new key of `user` named by `fingerprint` (its
+  // key fingerprint or the safety number computed with it; spaces ignored); there is no
+  // way to accept "whatever key comes next". Retries the messages kept because of the
+  // refusal and returns those that now decrypt (stored before it returns; DELIVERED
+  // receipts queued). BAD_REQUEST when the fingerprint is missing or is not the refused
+  // key's, NOT_FOUND when no key was refused.
+  Result<std::vector<StoredMessage>> TrustIdentity(uint64_t user, std::string_view fingerprint);
   // Replaces the token (e.g. after expiry); a client in kFailed tries again.
   void SetToken(std::string token);
 

@@ -34,7 +34,12 @@ struct StateEvent {
 
 // A message from another user, stored locally before this event and before the cursor
 // moved past it. `decrypted` is false when the body could not be decrypted (`error` says
-// why, e.g. an identity key change); such a message is stored and never retried.
+// why). Then, when `pending`, the ciphertext is kept and retried once the user trusts the
+// sender's new identity key (Client::TrustIdentity); when the sender's session was lost
+// (e.g. this user re-installed), the client asked the sender to re-send it in a new
+// session (the error says so); a message with a group_id is reported as an unsupported
+// group message. A local storage error is never reported here: the message is not
+// stored, the cursor does not move, and it is processed again after reconnecting.
 struct MessageEvent {
   uint64_t id = 0;  // server message id (HLC), increasing within this user's inbox
   uint64_t sender = 0;
@@ -44,6 +49,30 @@ struct MessageEvent {
   bool prekey_message = false;  // the first message(s) of a new Signal session (X3DH)
   std::string error;
   bool from_catch_up = false;  // came in a SYNC_PAGE rather than a DELIVER push
+  uint64_t group_id = 0;       // a group message (not supported yet: decrypted is false)
+  bool pending = false;        // kept for a retry (see above)
+};
+
+// A contact's identity key changed: they re-installed, or the server hands out a key that
+// is not theirs. Applications must show this loudly. When the user had verified the
+// contact, `blocked`: messages to and from the new key are refused until the user
+// approves exactly this key (Client::TrustIdentity with new_fingerprint or the new safety
+// number); otherwise the new key replaced the old one (the contact stays unverified).
+struct IdentityChangedEvent {
+  uint64_t user = 0;
+  std::string old_fingerprint;  // key fingerprints (Client::Verification)
+  std::string new_fingerprint;
+  bool was_verified = false;
+  bool blocked = false;
+};
+
+// A recipient could not decrypt messages this user sent (its session was lost, e.g. it
+// re-installed) and asked for them again in a new session: the ones still in the local
+// sent history (`resent`) were queued again; the others cannot be recovered.
+struct PeerDecryptFailedEvent {
+  uint64_t peer = 0;
+  std::vector<uint64_t> message_ids;
+  std::vector<uint64_t> resent;
 };
 
 // A queued send got its SEND_ACK (it is durable on the server) and left the local queue.
@@ -104,8 +133,8 @@ struct KeysUploadedEvent {
   bool identity = false;  // the identity and signed prekey were new
 };
 
-using Event =
-    std::variant<StateEvent, MessageEvent, SendAckedEvent, SendFailedEvent, ReceiptEvent,
-                 PresenceEvent, TypingEvent, RequestFailedEvent, SyncedEvent, KeysUploadedEvent>;
+using Event = std::variant<StateEvent, MessageEvent, SendAckedEvent, SendFailedEvent, ReceiptEvent,
+                           PresenceEvent, TypingEvent, RequestFailedEvent, SyncedEvent,
+                           KeysUploadedEvent, IdentityChangedEvent, PeerDecryptFailedEvent>;
 
 }  // namespace iris::client

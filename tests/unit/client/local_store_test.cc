@@ -1,6 +1,7 @@
 #include "client/local_store.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -100,6 +101,49 @@ TEST_F(LocalStoreTest, IncomingIsIdempotentById) {
   ASSERT_EQ(all.size(), 1u);
   EXPECT_EQ(all[0].body, "hello");
   EXPECT_TRUE(s->Incoming(100, 10).empty());
+}
+
+mode_t ModeOf(const std::string& path) {
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0) return 0;
+  return st.st_mode & 07777;
+}
+
+// The database holds the identity private key and plaintext history: it and SQLite's side
+// files are 0600 from the first write, and the state directory 0700, whatever the umask.
+TEST_F(LocalStoreTest, StateFilesArePrivateFromTheFirstOpen) {
+  const mode_t old_umask = umask(022);
+  const std::string home = dir_ + "/home";
+  ASSERT_TRUE(EnsurePrivateDirectory(home).ok());
+  EXPECT_EQ(ModeOf(home), 0700u);
+  path_ = home + "/state.db";
+  {
+    auto s = Open();
+    ASSERT_TRUE(s);
+    ASSERT_TRUE(s->Put("identity_private", "secret").ok());
+    // WAL mode: the write created -wal and -shm; they are there while the store is open.
+    EXPECT_EQ(ModeOf(path_), 0600u);
+    EXPECT_EQ(ModeOf(path_ + "-wal"), 0600u);
+    EXPECT_EQ(ModeOf(path_ + "-shm"), 0600u);
+  }
+  // An existing directory and database with loose modes (an older client) are tightened.
+  ASSERT_EQ(chmod(home.c_str(), 0755), 0);
+  ASSERT_EQ(chmod(path_.c_str(), 0644), 0);
+  ASSERT_TRUE(EnsurePrivateDirectory(home).ok());
+  EXPECT_EQ(ModeOf(home), 0700u);
+  EXPECT_TRUE(Open());
+  EXPECT_EQ(ModeOf(path_), 0600u);
+  umask(old_umask);
+}
+
+// The test-only fault hook makes the named operation fail as a broken disk would.
+TEST_F(LocalStoreTest, InjectedFaultFailsTheNamedOperation) {
+  auto s = Open();
+  ASSERT_TRUE(s->StoreSession("7", 1, "record").ok());
+  s->SetFaultForTesting("load_session");
+  EXPECT_EQ(s->LoadSession("7", 1).status().code(), StatusCode::kInternal);
+  s->SetFaultForTesting("");
+  EXPECT_TRUE(s->LoadSession("7", 1).ok());
 }
 
 }  // namespace

@@ -3,12 +3,16 @@
 // persistence across reopen.
 #include "client/e2ee/message_cipher.h"
 
+#include <fingerprint.h>
 #include <gtest/gtest.h>
+#include <signal_protocol.h>
 #include <unistd.h>
 
 #include <filesystem>
 
 #include "client/e2ee/body_format.h"
+#include "client/e2ee/crypto_provider.h"
+#include "client/e2ee/safety_number.h"
 
 namespace iris::client::e2ee {
 namespace {
@@ -146,15 +150,94 @@ TEST_F(MessageCipherTest, TamperedCiphertextFailsAndLeavesSessionUsable) {
   EXPECT_EQ(bob_->c().Decrypt(kAlice, "not a body").status().code(), StatusCode::kBadRequest);
 }
 
-TEST_F(MessageCipherTest, ChangedIdentityIsRefusedUntilForgotten) {
+// An unverified contact's new key (a re-install) replaces the old one: Signal's model;
+// the client reports the change (IdentityChangedEvent).
+TEST_F(MessageCipherTest, ChangedIdentityOfUnverifiedContactReplacesTheOldKey) {
   ASSERT_TRUE(alice_->c().ProcessBundle(bob_->Bundle(kBob, 1)).ok());
   Account bob2(dir_ + "/bob2.db");  // Bob re-installed: a new identity key
-  auto st = alice_->c().ProcessBundle(bob2.Bundle(kBob, 1));
-  EXPECT_EQ(st.code(), StatusCode::kForbidden) << st.ToString();
-  ASSERT_TRUE(alice_->c().ForgetIdentity(kBob).ok());
-  ASSERT_TRUE(alice_->c().ProcessBundle(bob2.Bundle(kBob, 1)).ok());
+  const v1::KeysBundle b2 = bob2.Bundle(kBob, 1);
+  ASSERT_TRUE(alice_->c().ProcessBundle(b2).ok());
+  EXPECT_EQ(alice_->c().SavedIdentity(kBob), b2.identity_key());
   auto got = bob2.c().Decrypt(kAlice, *alice_->c().Encrypt(kBob, "to the new bob"));
   ASSERT_TRUE(got.ok()) << got.status().ToString();
+}
+
+// Once verified, a contact's key is pinned: a bundle with another key (what a malicious
+// server would hand out) is refused, a wrong fingerprint approves nothing, and only the
+// exact new fingerprint (key fingerprint or safety number) lets the new key in - which then
+// is pinned in turn.
+TEST_F(MessageCipherTest, VerifiedIdentityRefusesOtherKeysUntilExactFingerprintTrusted) {
+  EXPECT_EQ(alice_->c().MarkVerified(kBob).code(), StatusCode::kNotFound) << "no key yet";
+  ASSERT_TRUE(alice_->c().ProcessBundle(bob_->Bundle(kBob, 1)).ok());
+  ASSERT_TRUE(alice_->c().MarkVerified(kBob).ok());
+  auto c = alice_->c().Contact(kBob);
+  ASSERT_TRUE(c.ok());
+  EXPECT_TRUE(c->verified);
+
+  Account forged(dir_ + "/forged.db");
+  const v1::KeysBundle fb = forged.Bundle(kBob, 1);
+  EXPECT_EQ(alice_->c().ProcessBundle(fb).code(), StatusCode::kForbidden);
+  ASSERT_TRUE(alice_->c().NoteRefusedIdentity(kBob, fb.identity_key()).ok());
+  // Still talking to the real Bob's key.
+  EXPECT_EQ(alice_->c().SavedIdentity(kBob), bob_->Bundle(kBob, 0).identity_key());
+
+  EXPECT_EQ(alice_->c().TrustIdentity(kAlice, kBob, "").status().code(), StatusCode::kBadRequest);
+  const std::string wrong(64, 'a');
+  auto bad = alice_->c().TrustIdentity(kAlice, kBob, wrong);
+  EXPECT_EQ(bad.status().code(), StatusCode::kBadRequest);
+  EXPECT_NE(bad.status().message().find(KeyFingerprint(fb.identity_key())), std::string::npos)
+      << bad.status().message();
+  EXPECT_EQ(alice_->c().ProcessBundle(fb).code(), StatusCode::kForbidden);
+
+  // The safety number computed with the new key, typed with spaces, approves it.
+  auto sn = alice_->c().SafetyNumberFor(kAlice, kBob, fb.identity_key());
+  ASSERT_TRUE(sn.ok());
+  auto ok = alice_->c().TrustIdentity(kAlice, kBob, sn->Grouped());
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_TRUE(*ok);
+  EXPECT_FALSE(alice_->c().HasSession(kBob)) << "sessions with the old key are dropped";
+  ASSERT_TRUE(alice_->c().ProcessBundle(fb).ok());
+  // The approved key is pinned: yet another key is refused.
+  Account third(dir_ + "/third.db");
+  EXPECT_EQ(alice_->c().ProcessBundle(third.Bundle(kBob, 1)).code(), StatusCode::kForbidden);
+}
+
+// Our safety number is Signal's NumericFingerprint: it equals what libsignal-protocol-c's
+// own fingerprint generator (5200 iterations, version 0) displays, on both sides.
+TEST_F(MessageCipherTest, SafetyNumberMatchesLibsignalFingerprintGenerator) {
+  const std::string a = alice_->c().LocalIdentityKey();
+  const std::string b = bob_->c().LocalIdentityKey();
+  const SafetyNumber ours = ComputeSafetyNumber(kAlice, a, kBob, b);
+  ASSERT_EQ(ours.digits.size(), 60u);
+  EXPECT_EQ(ours.Grouped().size(), 71u);
+  const SafetyNumber theirs = ComputeSafetyNumber(kBob, b, kAlice, a);
+  EXPECT_EQ(ours.digits, theirs.digits) << "both users see the same number";
+  EXPECT_EQ(ours.scannable, theirs.scannable);
+  EXPECT_EQ(ours.scannable.rfind("iris-sn:v0:", 0), 0u);
+  EXPECT_EQ(ours.scannable.size(), 11u + 128u);
+
+  signal_context* ctx = nullptr;
+  ASSERT_EQ(signal_context_create(&ctx, nullptr), 0);
+  const signal_crypto_provider provider = OpenSslCryptoProvider();
+  ASSERT_EQ(signal_context_set_crypto_provider(ctx, &provider), 0);
+  ec_public_key *ka = nullptr, *kb = nullptr;
+  ASSERT_EQ(curve_decode_point(&ka, reinterpret_cast<const uint8_t*>(a.data()), a.size(), ctx), 0);
+  ASSERT_EQ(curve_decode_point(&kb, reinterpret_cast<const uint8_t*>(b.data()), b.size(), ctx), 0);
+  fingerprint_generator* gen = nullptr;
+  ASSERT_EQ(fingerprint_generator_create(&gen, kSafetyNumberIterations, 1, ctx), 0);
+  fingerprint* fp = nullptr;
+  ASSERT_EQ(fingerprint_generator_create_for(gen, "1", ka, "2", kb, &fp), 0);
+  EXPECT_EQ(ours.digits,
+            std::string(displayable_fingerprint_text(fingerprint_get_displayable(fp))));
+  SIGNAL_UNREF(fp);
+  fingerprint_generator_free(gen);
+  SIGNAL_UNREF(ka);
+  SIGNAL_UNREF(kb);
+  signal_context_destroy(ctx);
+
+  // Another key gives another number.
+  Account other(dir_ + "/other.db");
+  EXPECT_NE(ComputeSafetyNumber(kAlice, a, kBob, other.c().LocalIdentityKey()).digits, ours.digits);
 }
 
 TEST_F(MessageCipherTest, StateSurvivesReopen) {
