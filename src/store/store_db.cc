@@ -135,6 +135,10 @@ Result<StoreFacts> ReadStoreFacts(const std::string& path) {
   }
   rocksdb::DBOptions db_options;
   db_options.info_log = std::make_shared<TolerantFileLogger>("/dev/null");
+  // As the store writes it: with tracking off, recovery would drop the MANIFEST's WAL
+  // records, which a read-only open cannot (RocksDB 7.8 asserts, recovery_ctx == nullptr).
+  db_options.track_and_verify_wals_in_manifest = true;
+  db_options.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
   std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
   for (const std::string& name : facts.column_families) {
     descriptors.emplace_back(name, rocksdb::ColumnFamilyOptions());
