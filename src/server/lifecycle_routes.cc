@@ -71,8 +71,9 @@ void AddLifecycleRoutes(net::http::HttpServer& admin, LifecycleRoutesOptions opt
         }
         const nlohmann::json& body = std::get<nlohmann::json>(parsed);
         if (shared->o.store == nullptr) {
-          responder->Complete(Error(400, "this node stores nothing (role edge): back up the "
-                                         "storage nodes"));
+          responder->Complete(Error(400,
+                                    "this node stores nothing (role edge): back up the "
+                                    "storage nodes"));
           return;
         }
         if (!body.contains("to") || !body["to"].is_string()) {
@@ -143,8 +144,9 @@ void AddLifecycleRoutes(net::http::HttpServer& admin, LifecycleRoutesOptions opt
           return;
         }
         if (shared->o.store == nullptr) {
-          responder->Complete(Error(400, "this node stores nothing (role edge): delete the "
-                                         "user on the storage nodes"));
+          responder->Complete(Error(400,
+                                    "this node stores nothing (role edge): delete the "
+                                    "user on the storage nodes"));
           return;
         }
         const uint64_t user = body["user"].get<uint64_t>();
@@ -156,17 +158,19 @@ void AddLifecycleRoutes(net::http::HttpServer& admin, LifecycleRoutesOptions opt
           if (const Status s = shared->o.revoke_user(user, now_ms); !s.ok()) {
             obs::LogError("account deletion failed: revocation not stored",
                           {{"user", user}, {"error", s.ToString()}});
-            responder->Complete(Error(HttpStatusOf(s), "revocation not stored (nothing was "
-                                                       "deleted): " + s.message()));
+            responder->Complete(Error(HttpStatusOf(s),
+                                      "revocation not stored (nothing was "
+                                      "deleted): " +
+                                          s.message()));
             return;
           }
           Result<store::UserDeletion> d = shared->o.store->DeleteUser(user);
           if (!d.ok()) {
             obs::LogError("account deletion failed",
                           {{"user", user}, {"error", d.status().ToString()}});
-            responder->Complete(Error(HttpStatusOf(d.status()),
-                                      "tokens revoked, data not deleted (retry): " +
-                                          d.status().message()));
+            responder->Complete(
+                Error(HttpStatusOf(d.status()),
+                      "tokens revoked, data not deleted (retry): " + d.status().message()));
             return;
           }
           obs::LogInfo("account deleted", {{"user", user},

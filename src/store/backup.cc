@@ -306,8 +306,8 @@ Result<CheckedBackup> CheckListing(const std::string& dir) {
 }
 
 Status Mismatch(const std::string& dir, const std::string& file) {
-  return BadRequest("backup " + dir + " is damaged: " + file +
-                    " does not match its checksum in " + kBackupChecksumFile);
+  return BadRequest("backup " + dir + " is damaged: " + file + " does not match its checksum in " +
+                    kBackupChecksumFile);
 }
 
 }  // namespace
@@ -427,8 +427,7 @@ Result<BackupManifest> CreateBackup(const InboxStore& store, const BackupRequest
 Result<BackupManifest> VerifyBackup(const std::string& dir) {
   IRIS_ASSIGN_OR_RETURN(const CheckedBackup b, CheckListing(dir));
   for (const auto& [file, digest] : b.sums) {
-    IRIS_ASSIGN_OR_RETURN(const std::string actual,
-                          CopyAndHash(dir + "/" + file, "", 0, nullptr));
+    IRIS_ASSIGN_OR_RETURN(const std::string actual, CopyAndHash(dir + "/" + file, "", 0, nullptr));
     if (actual != digest) return Mismatch(dir, file);
   }
   return b.manifest;
@@ -469,15 +468,16 @@ Result<BackupManifest> RestoreBackup(const std::string& from, const std::string&
     if (*actual != b.sums.at(kBackupManifestFile)) return fail(Mismatch(from, kBackupManifestFile));
   }
   // Deepest first, so every directory's entries are durable before its parent's.
-  std::sort(dirs.begin(), dirs.end(), [](const auto& a, const auto& c) { return a.size() > c.size(); });
+  std::sort(dirs.begin(), dirs.end(),
+            [](const auto& a, const auto& c) { return a.size() > c.size(); });
   for (const std::string& d : dirs) {
     if (Status s = FsyncPath(d); !s.ok()) return fail(s);
   }
   // The restored store opens, and is what the manifest says.
   Result<StoreFacts> facts = ReadStoreFacts(partial + "/" + kBackupStoreDir);
   if (!facts.ok()) {
-    return fail(BadRequest("backup " + from + ": the restored store does not open: " +
-                           facts.status().message()));
+    return fail(BadRequest("backup " + from +
+                           ": the restored store does not open: " + facts.status().message()));
   }
   if (facts->layout_version.value_or(0) != b.manifest.layout_version) {
     return fail(BadRequest("backup " + from + " is damaged: its store has layout version " +

@@ -148,9 +148,9 @@ struct StoreStats {
 
 // What DeleteUser removed.
 struct UserDeletion {
-  uint64_t messages = 0;        // inbox and archive entries
-  uint64_t dedup_entries = 0;   // idempotency keys the user had sent with
-  uint64_t prekeys = 0;         // one-time prekeys left in the pool
+  uint64_t messages = 0;       // inbox and archive entries
+  uint64_t dedup_entries = 0;  // idempotency keys the user had sent with
+  uint64_t prekeys = 0;        // one-time prekeys left in the pool
 };
 
 // What one ExpireArchive pass removed.

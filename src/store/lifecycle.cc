@@ -44,7 +44,8 @@ Result<UserDeletion> InboxStore::Impl::DeleteUser(uint64_t user) {
       rocksdb::ReadOptions bounded = ro;
       bounded.iterate_upper_bound = &upper_slice;
       for (Cf c : {Cf::kInbox, Cf::kArchive}) {
-        std::vector<std::string>& keys = c == Cf::kInbox ? request.inbox_keys : request.archive_keys;
+        std::vector<std::string>& keys =
+            c == Cf::kInbox ? request.inbox_keys : request.archive_keys;
         std::unique_ptr<rocksdb::Iterator> it(db.db()->NewIterator(bounded, db.cf(c)));
         for (it->Seek(InboxKey(vnode, user, 0)); it->Valid(); it->Next()) {
           const std::optional<InboxKeyParts> parts = ParseInboxKey(View(it->key()));
@@ -180,9 +181,9 @@ void InboxStore::Impl::RetentionLoop() {
     if (!r.ok()) {
       obs::LogWarn("archive retention sweep failed", {{"error", r.status().ToString()}});
     } else if (r->messages > 0) {
-      obs::LogInfo("archive retention sweep",
-                   {{"deleted_messages", r->messages}, {"users", r->users},
-                    {"older_than_ms", older_than}});
+      obs::LogInfo(
+          "archive retention sweep",
+          {{"deleted_messages", r->messages}, {"users", r->users}, {"older_than_ms", older_than}});
     }
     std::unique_lock<std::mutex> lock(retention_mu_);
     if (retention_cv_.wait_for(lock, interval, [&] { return retention_stop_; })) return;

@@ -145,9 +145,9 @@ Result<StoreFacts> ReadStoreFacts(const std::string& path) {
   }
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* raw = nullptr;
-  IRIS_RETURN_IF_ERROR(FromRocks(
-      rocksdb::DB::OpenForReadOnly(db_options, path, descriptors, &handles, &raw),
-      "store: open " + path + " read-only"));
+  IRIS_RETURN_IF_ERROR(
+      FromRocks(rocksdb::DB::OpenForReadOnly(db_options, path, descriptors, &handles, &raw),
+                "store: open " + path + " read-only"));
   std::unique_ptr<rocksdb::DB> db(raw);
   Status error;
   rocksdb::ColumnFamilyHandle* meta = nullptr;
@@ -178,7 +178,8 @@ Result<StoreFacts> ReadStoreFacts(const std::string& path) {
     }
     if (!it->status().ok() && error.ok()) error = FromRocks(it->status(), "store: read HLC marks");
   }
-  for (rocksdb::ColumnFamilyHandle* h : handles) db->DestroyColumnFamilyHandle(h).PermitUncheckedError();
+  for (rocksdb::ColumnFamilyHandle* h : handles)
+    db->DestroyColumnFamilyHandle(h).PermitUncheckedError();
   db->Close().PermitUncheckedError();
   if (!error.ok()) return error;
   return facts;

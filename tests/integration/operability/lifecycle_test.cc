@@ -215,8 +215,7 @@ TEST(BackupRestore, BackupUnderLoadRestoresEveryAcknowledgedMessage) {
   }
   ASSERT_GT(before_total, 0u);
   EXPECT_GT(after_total, 0) << "no acknowledgement after the backup began: not under load";
-  std::printf("acknowledged before the backup began: %zu, after: %d\n", before_total,
-              after_total);
+  std::printf("acknowledged before the backup began: %zu, after: %d\n", before_total, after_total);
 
   EXPECT_TRUE(fs::exists(backup_dir + "/SHA256SUMS"));
   EXPECT_TRUE(fs::exists(backup_dir + "/iris-backup.json"));
@@ -224,10 +223,10 @@ TEST(BackupRestore, BackupUnderLoadRestoresEveryAcknowledgedMessage) {
 
   // Restore into the (empty) data directory of a new node, and start it there.
   ServerProcess restored(flags);
-  ASSERT_EQ(RunProgram({Irisctl(), "restore", "--from", backup_dir, "--data-dir",
-                        restored.data_dir()},
-                       &out),
-            0)
+  ASSERT_EQ(
+      RunProgram({Irisctl(), "restore", "--from", backup_dir, "--data-dir", restored.data_dir()},
+                 &out),
+      0)
       << out;
   EXPECT_NE(out.find("restored"), std::string::npos) << out;
   restored.Start();
@@ -258,16 +257,16 @@ TEST(BackupRestore, BackupUnderLoadRestoresEveryAcknowledgedMessage) {
   EXPECT_EQ(ack.opcode, kSendAck);
 
   // Refusals: a backup into a non-empty directory, a restore into a non-empty one.
-  ASSERT_EQ(RunProgram({Irisctl(), "backup", "--admin", Admin(source), "--token-file",
-                        token_file, "--to", backup_dir},
+  ASSERT_EQ(RunProgram({Irisctl(), "backup", "--admin", Admin(source), "--token-file", token_file,
+                        "--to", backup_dir},
                        &out),
             1)
       << out;
   EXPECT_NE(out.find("exists and is not empty"), std::string::npos) << out;
-  ASSERT_EQ(RunProgram({Irisctl(), "restore", "--from", backup_dir, "--data-dir",
-                        source.data_dir()},
-                       &out),
-            1)
+  ASSERT_EQ(
+      RunProgram({Irisctl(), "restore", "--from", backup_dir, "--data-dir", source.data_dir()},
+                 &out),
+      1)
       << out;
   EXPECT_NE(out.find("is not empty"), std::string::npos) << out;
 }
@@ -284,8 +283,8 @@ TEST(BackupRestore, DamagedBackupIsRefusedNamingTheFile) {
   for (int i = 0; i < 50; ++i) ASSERT_EQ(alice->Send(i + 1, 2, "m", NewKey()).opcode, kSendAck);
   // A relative --to lands under <data-dir>/backups by default.
   std::string out;
-  ASSERT_EQ(RunProgram({Irisctl(), "backup", "--admin", Admin(source), "--token-file",
-                        token_file, "--to", "nightly"},
+  ASSERT_EQ(RunProgram({Irisctl(), "backup", "--admin", Admin(source), "--token-file", token_file,
+                        "--to", "nightly"},
                        &out),
             0)
       << out;
@@ -320,8 +319,8 @@ TEST(BackupRestore, DamagedBackupIsRefusedNamingTheFile) {
   EXPECT_EQ(RunProgram({Irisctl(), "restore", "--from", backup, "--data-dir", target}, &out), 0)
       << out;
   // Bad requests are answered with the reason, without touching the disk.
-  ASSERT_EQ(RunProgram({Irisctl(), "backup", "--admin", Admin(source), "--token-file",
-                        token_file, "--to", "../escape"},
+  ASSERT_EQ(RunProgram({Irisctl(), "backup", "--admin", Admin(source), "--token-file", token_file,
+                        "--to", "../escape"},
                        &out),
             1);
   EXPECT_NE(out.find("without . or .."), std::string::npos) << out;

@@ -61,12 +61,19 @@ TEST(DeleteUserTest, RemovesEveryRecordOfTheUserAndNothingElse) {
   ASSERT_NE(store, nullptr);
   const uint64_t gone = 42, kept = 43, friend_ = 44;
   for (int i = 0; i < 8; ++i) {
-    ASSERT_TRUE(store->Append(friend_, "to-gone-" + std::to_string(i), One(friend_, gone, "g" + std::to_string(i))).ok());
-    ASSERT_TRUE(store->Append(friend_, "to-kept-" + std::to_string(i), One(friend_, kept, "k" + std::to_string(i))).ok());
+    ASSERT_TRUE(store
+                    ->Append(friend_, "to-gone-" + std::to_string(i),
+                             One(friend_, gone, "g" + std::to_string(i)))
+                    .ok());
+    ASSERT_TRUE(store
+                    ->Append(friend_, "to-kept-" + std::to_string(i),
+                             One(friend_, kept, "k" + std::to_string(i)))
+                    .ok());
   }
   // The deleted user's own sends (dedup entries under the recipients' vnodes).
   for (int i = 0; i < 5; ++i) {
-    ASSERT_TRUE(store->Append(gone, "from-gone-" + std::to_string(i), One(gone, 100 + i, "x")).ok());
+    ASSERT_TRUE(
+        store->Append(gone, "from-gone-" + std::to_string(i), One(gone, 100 + i, "x")).ok());
   }
   ASSERT_TRUE(store->PutSettings(gone, UserSettings{false, false}).ok());
   ASSERT_TRUE(store->PutLastSeen(gone, 12345).ok());
@@ -209,7 +216,8 @@ TEST(BackupTest, BackupVerifiesAndRestoresIntoAnEmptyDirectory) {
   auto store = OpenOrDie(TestOptions(dir.Sub("store")));
   ASSERT_NE(store, nullptr);
   for (int i = 0; i < 50; ++i) {
-    ASSERT_TRUE(store->Append(1, "k" + std::to_string(i), One(1, 2 + i % 3, "m" + std::to_string(i))).ok());
+    ASSERT_TRUE(
+        store->Append(1, "k" + std::to_string(i), One(1, 2 + i % 3, "m" + std::to_string(i))).ok());
   }
   WriteAll(dir.Sub("secret"), "s3cret\n");
   ManualClock clock;
