@@ -122,6 +122,15 @@ void Define(CLI::App& app, ServerConfig& c) {
                  "Bound of the in-memory dedup tier (keys of the last 5 minutes, ~100 bytes each)")
       ->capture_default_str()
       ->check(CLI::Range(uint64_t{1000}, uint64_t{100'000'000}));
+  app.add_option("--archive-retention-days", c.archive_retention_days,
+                 "Delete archived messages (older than the newest --inbox-cap of each inbox) "
+                 "once they are this many days old; swept hourly. 0 = keep forever")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 36500));
+  app.add_option("--backup-dir", c.backup_dir,
+                 "Directory for backups asked for by a relative path (irisctl backup); default: "
+                 "<data-dir>/backups")
+      ->capture_default_str();
   app.add_option("--shutdown-grace-ms", c.shutdown_grace_ms,
                  "SIGTERM: time allowed to finish in-flight work")
       ->capture_default_str();

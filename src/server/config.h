@@ -54,6 +54,8 @@ struct ServerConfig {
   bool verify_on_start = true;  // read every SST block at start; refuse a damaged one
   uint64_t dedup_bloom_keys_per_day = 1'000'000;  // each daily filter's size (10 bits/key)
   uint64_t dedup_hot_entries = 1'000'000;         // bound of the in-memory 5-minute tier
+  uint32_t archive_retention_days = 0;  // archived messages older than this are deleted; 0 = kept
+  std::string backup_dir;  // where relative POST /v1/backup targets go; default <data-dir>/backups
   uint32_t shutdown_grace_ms = 5'000;
   std::string log_level = "info";
   int degradation_level = -1;      // -1: follow load; 0..3 forces a level (tests, drills)

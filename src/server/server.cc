@@ -45,6 +45,7 @@
 #include "rpc/core_server.h"
 #include "rpc/remote_core.h"
 #include "server/admin_worker.h"
+#include "server/lifecycle_routes.h"
 #include "server/port_lock.h"
 #include "store/inbox_store.h"
 
@@ -132,6 +133,9 @@ struct Server::Impl {
   std::unique_ptr<net::http::HttpServer> admin;
   // Runs the admin routes' blocking work (revocation writes); stopped first.
   std::unique_ptr<AdminWorker> admin_jobs;
+  // Runs the long admin jobs (backups, account deletions), so revocations never queue
+  // behind them; stopped with admin_jobs (a running backup finishes first).
+  std::unique_ptr<AdminWorker> admin_maintenance;
   bool started = false;
   bool stopped = false;
 };
@@ -516,6 +520,7 @@ Result<std::unique_ptr<Server>> Server::Create(const ServerConfig& config) {
     so.verify_checksums_on_open = c.verify_on_start;
     so.dedup_bloom_keys_per_day = c.dedup_bloom_keys_per_day;
     so.dedup_hot_max_entries = static_cast<size_t>(c.dedup_hot_entries);
+    so.archive_retention_ms = static_cast<int64_t>(c.archive_retention_days) * 86'400'000;
     if (m.cluster_vnodes > 0) so.vnodes = m.cluster_vnodes;
     obs::Histogram* db_write = &obs::Registry::Default().GetHistogram(
         "iris_db_write_latency_seconds", "Durable append: one group-committed WAL write with sync");
@@ -757,6 +762,36 @@ Status Server::Start() {
         }
       },
       kRevokeDeadline);
+  {
+    // POST /v1/backup and /v1/delete-user (lifecycle_routes.h).
+    LifecycleRoutesOptions lo;
+    lo.admin_token = m.admin_token;
+    lo.store = m.store.get();
+    lo.node_id = c.node_id;
+    std::error_code ec;
+    lo.backup_dir =
+        fs::absolute(c.backup_dir.empty() ? c.data_dir + "/backups" : c.backup_dir, ec).string();
+    // The secrets generated in the data directory go with the store, so a restored node
+    // keeps its certificate (pinned by clients) and its tokens.
+    const std::string data_prefix = c.data_dir + "/";
+    for (const std::string& f : {c.tls_cert, c.tls_key, c.jwt_secret_file, c.admin_token_file}) {
+      if (f.rfind(data_prefix, 0) == 0 && f.size() > data_prefix.size()) {
+        lo.backup_extra_files.emplace_back(f, f.substr(data_prefix.size()));
+      }
+    }
+    lo.revoke_user = [&m](uint64_t user, int64_t before_ms) -> Status {
+      IRIS_RETURN_IF_ERROR(m.cluster_node ? m.cluster_node->RevokeUser(user, before_ms)
+                                          : m.store->PutRevokedUser(user, before_ms));
+      m.revocations.RevokeUserBefore(user, before_ms);
+      if (m.core_server) m.core_server->BroadcastRevokeUser(user, before_ms);
+      if (m.edge) m.edge->RecheckAllSessions();
+      return Status::Ok();
+    };
+    m.admin_maintenance = std::make_unique<AdminWorker>(8);
+    m.admin_maintenance->Start();
+    lo.worker = m.admin_maintenance.get();
+    AddLifecycleRoutes(*m.admin, std::move(lo));
+  }
   std::string host;
   uint16_t port = 0;
   IRIS_RETURN_IF_ERROR(net::SplitHostPort(c.admin_listen, &host, &port));
@@ -780,6 +815,7 @@ void Server::Stop() {
   // No revocation write runs against the components stopped below (one in flight finishes;
   // queued ones are dropped and their clients get 503 from the admin server).
   if (m.admin_jobs) m.admin_jobs->Stop();
+  if (m.admin_maintenance) m.admin_maintenance->Stop();
   if (m.edge_role()) {
     // Edge process: the core is still up, so in-flight requests complete before we close.
     if (m.edge) {

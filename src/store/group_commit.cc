@@ -104,12 +104,19 @@ void InboxStore::Impl::CommitLoop() {
       size_t bytes = 0;
       while (!queue_.empty() && taken.size() < options_.max_batch_requests &&
              (taken.empty() || bytes + queue_.front().bytes <= options_.max_batch_bytes)) {
+        // A user delete is a batch of its own (see BuildUserDelete).
+        if (!taken.empty() && std::holds_alternative<UserDeleteRequest>(queue_.front().body)) {
+          break;
+        }
         bytes += queue_.front().bytes;
         taken.push_back(std::move(queue_.front()));
         queue_.pop_front();
         // A vnode delete ends its batch: nothing after it may be built on counters the
         // database does not show yet (see BuildVnodeDelete).
-        if (std::holds_alternative<VnodeDeleteRequest>(taken.back().body)) break;
+        if (std::holds_alternative<VnodeDeleteRequest>(taken.back().body) ||
+            std::holds_alternative<UserDeleteRequest>(taken.back().body)) {
+          break;
+        }
       }
     }
     CommitBatch(taken);
@@ -380,6 +387,61 @@ void InboxStore::Impl::BuildVnodeDelete(VnodeDeleteRequest& r) {
   cur_->completions.push_back(Completion{nullptr, std::move(r.done), std::nullopt, Status::Ok()});
 }
 
+void InboxStore::Impl::BuildUserDelete(UserDeleteRequest& r) {
+  // The batch holds only this request. Once every earlier batch is written, the database
+  // shows every message of the user: the caller found those up to seen_through from a
+  // snapshot; the few stored since are found here.
+  {
+    std::unique_lock<std::mutex> lock(pipe_mu_);
+    pipe_cv_.wait(lock, [&] { return slot_ == nullptr && !sync_busy_; });
+  }
+  const int32_t vnode = Vnode(r.user);
+  const std::string upper = InboxUpperBound(vnode, r.user);
+  const rocksdb::Slice upper_slice(upper);
+  rocksdb::ReadOptions ro;
+  ro.iterate_upper_bound = &upper_slice;
+  for (Cf c : {Cf::kInbox, Cf::kArchive}) {
+    std::vector<std::string>& keys = c == Cf::kInbox ? r.inbox_keys : r.archive_keys;
+    std::unique_ptr<rocksdb::Iterator> it(db_->db()->NewIterator(ro, db_->cf(c)));
+    for (it->Seek(InboxKey(vnode, r.user, r.seen_through + 1)); it->Valid(); it->Next()) {
+      keys.push_back(it->key().ToString());
+    }
+    if (!it->status().ok()) {
+      cur_->completions.push_back(Completion{nullptr, std::move(r.done), std::nullopt,
+                                             FromRocks(it->status(), "store: find messages")});
+      return;
+    }
+  }
+  for (const std::string& k : r.inbox_keys) {
+    AddDelete(Cf::kInbox, k);
+    AddDelete(Cf::kArchive, k);  // the archiver may have moved it since
+  }
+  for (const std::string& k : r.archive_keys) AddDelete(Cf::kArchive, k);
+  // keys (no insert hints): vnode(4) user(8) 'B' and vnode(4) user(8) 'P' seq(8).
+  cur_->batch
+      .DeleteRange(db_->cf(Cf::kKeys), InboxKey(vnode, r.user, 0).substr(0, kVnodePrefixBytes + 8),
+                   upper)
+      .PermitUncheckedError();
+  for (const std::string& k :
+       {MetaUserStateKey(vnode, r.user), MetaArchivePendingKey(vnode, r.user),
+        MetaSettingsKey(vnode, r.user), MetaLastSeenKey(vnode, r.user)}) {
+    AddDelete(Cf::kMeta, k);
+  }
+  for (const std::string& k : r.dedup_keys) AddDelete(Cf::kDedup, k);
+  cur_->has_writes = true;
+  // Reloaded (empty) from the database once this batch is written: the next batch is built
+  // only after it is written.
+  if (auto it = user_cache_.find(r.user); it != user_cache_.end()) {
+    cur_->touched.try_emplace(it->first, it->second);  // restored if the write fails
+    user_cache_.erase(it);
+  }
+  // Hot entries of the user's sends would answer retries with deleted ids; the hot tier has
+  // no index by sender, so it is emptied (lookups read the column family meanwhile).
+  dedup_->ForgetAllHot();
+  cur_->deleted_user = r.user;
+  cur_->completions.push_back(Completion{nullptr, std::move(r.done), std::nullopt, Status::Ok()});
+}
+
 std::optional<std::string> InboxStore::Impl::ShortOfSpaceForResume() const {
   struct statvfs fs {};
   if (statvfs(options_.path.c_str(), &fs) != 0) return std::nullopt;  // unknown: try
@@ -461,8 +523,10 @@ void InboxStore::Impl::CommitBatch(std::vector<CommitRequest>& requests) {
             BuildRecordWrite(body);
           } else if constexpr (std::is_same_v<T, ArchiveRequest>) {
             BuildArchive(body);
-          } else {
+          } else if constexpr (std::is_same_v<T, VnodeDeleteRequest>) {
             BuildVnodeDelete(body);
+          } else {
+            BuildUserDelete(body);
           }
         },
         r.body);
@@ -473,6 +537,7 @@ void InboxStore::Impl::CommitBatch(std::vector<CommitRequest>& requests) {
   std::sort(moved_users_.begin(), moved_users_.end());
   for (auto& [user, before] : cur_->touched) {
     if (before.vnode == cur_->deleted_vnode) continue;  // nothing of it may be written again
+    if (user == cur_->deleted_user) continue;
     CachedUser& now = user_cache_[user];
     const bool was_over = before.state.count > options_.inbox_cap;
     const bool is_over = now.state.count > options_.inbox_cap;
@@ -494,7 +559,7 @@ void InboxStore::Impl::CommitBatch(std::vector<CommitRequest>& requests) {
     const std::string mark = EncodeU64(hlc_.Last());
     for (const uint32_t shard : cur_->shards) AddPut(Cf::kMeta, MetaHlcKey(shard), mark);
   }
-  const bool barrier = cur_->deleted_vnode.has_value();
+  const bool barrier = cur_->deleted_vnode.has_value() || cur_->deleted_user.has_value();
   HandOff(std::move(cur_));
   if (barrier) {
     // Users of a deleted vnode are reloaded from the database: wait until it shows the

@@ -132,6 +132,7 @@ Status InboxStore::Impl::Init() {
       ArchiverLoop();
     });
   }
+  StartRetention();
   return Status::Ok();
 }
 
@@ -139,6 +140,13 @@ void InboxStore::Impl::Stop() {
   std::lock_guard<std::mutex> stop_lock(stop_mu_);
   if (stopped_) return;
   stopped_ = true;
+  {
+    // The retention sweep writes through the commit thread: it goes first.
+    std::lock_guard<std::mutex> lock(retention_mu_);
+    retention_stop_ = true;
+  }
+  retention_cv_.notify_all();
+  if (retention_thread_.joinable()) retention_thread_.join();
   {
     std::lock_guard<std::mutex> lock(archive_mu_);
     archive_stop_ = true;
@@ -371,6 +379,18 @@ Result<uint64_t> InboxStore::VnodeChecksum(int32_t vnode) const {
 Status InboxStore::DeleteVnode(int32_t vnode) {
   IRIS_ASSERT_NOT_ON_LOOP_THREAD();
   return impl_->DeleteVnode(vnode);
+}
+Result<UserDeletion> InboxStore::DeleteUser(uint64_t user) {
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();
+  return impl_->DeleteUser(user);
+}
+Result<ArchiveExpiry> InboxStore::ExpireArchive(int64_t older_than_ms) {
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();
+  return impl_->ExpireArchive(older_than_ms);
+}
+Result<uint64_t> InboxStore::Checkpoint(const std::string& dir) const {
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();
+  return impl_->Checkpoint(dir);
 }
 void InboxStore::Stop() { impl_->Stop(); }
 StoreStats InboxStore::Stats() const { return impl_->Stats(); }

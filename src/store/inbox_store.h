@@ -91,6 +91,13 @@ struct StoreOptions {
   // "Limits"): an upload that would take the pool past it is refused whole (TOO_LARGE).
   uint32_t max_one_time_prekeys = 1000;
 
+  // Archive retention: archived messages whose id (HLC: the time they were accepted, in ms)
+  // is more than archive_retention_ms older than the clock's wall time are deleted by a
+  // background sweep every retention_sweep_interval_ms (thread "iris-retention"). 0 keeps
+  // the archive forever (no thread). The inbox (the newest inbox_cap) is never expired.
+  int64_t archive_retention_ms = 0;
+  int64_t retention_sweep_interval_ms = 3600LL * 1000;
+
   // Per-user inbox counters kept in memory by the commit thread (reloaded from `meta` when
   // evicted).
   size_t user_cache_max_entries = 1'000'000;
@@ -140,6 +147,19 @@ struct StoreStats {
   uint64_t dedup_bloom_keys_today = 0;
   uint64_t dedup_bloom_keys_per_day = 0;
   uint64_t archived = 0;  // messages moved from `inbox` to `archive`
+};
+
+// What DeleteUser removed.
+struct UserDeletion {
+  uint64_t messages = 0;       // inbox and archive entries
+  uint64_t dedup_entries = 0;  // idempotency keys the user had sent with
+  uint64_t prekeys = 0;        // one-time prekeys left in the pool
+};
+
+// What one ExpireArchive pass removed.
+struct ArchiveExpiry {
+  uint64_t users = 0;     // users whose archive lost entries
+  uint64_t messages = 0;  // archived messages deleted
 };
 
 struct StoredRevocations {
@@ -249,6 +269,30 @@ class InboxStore {
   // the vnode first; a write for it that is queued after this call is stored again.
   // BAD_REQUEST for a vnode out of range; write errors as PutSettings.
   Status DeleteVnode(int32_t vnode);
+
+  // Lifecycle (docs/operations.md, "Account deletion and archive retention").
+  //
+  // Deletes everything stored for `user`: inbox, archive, key bundle and one-time prekeys,
+  // settings, last seen, inbox counters, and the dedup entries of the keys the user sent
+  // with (found with one seek per vnode). Token revocations of the user are kept. Written
+  // in one synced batch ordered after every write queued before it (a barrier: writes
+  // queued after it are built once it is written); the user's cached counters are dropped
+  // and the dedup hot tier is emptied (lookups read the column family meanwhile). Messages
+  // stored for the user afterwards are kept as for any user: revoke the user's tokens first.
+  // Errors: BAD_REQUEST for user 0; read errors INTERNAL; write errors as PutSettings.
+  Result<UserDeletion> DeleteUser(uint64_t user);
+  // Deletes every archived message whose id is older than `older_than_ms` (unix ms; an
+  // id's time is its upper 48 bits), one range deletion per user that has any, written
+  // through the commit queue in synced batches. What the background sweep runs with
+  // now - archive_retention_ms. Errors: read errors INTERNAL; write errors as PutSettings.
+  Result<ArchiveExpiry> ExpireArchive(int64_t older_than_ms);
+  // A consistent point-in-time copy of the whole database in `dir` (which must not exist;
+  // its parent must), made with RocksDB's Checkpoint while writes continue: every write
+  // acknowledged before the call is in it. Files are hard-linked when `dir` is on the
+  // same filesystem, copied otherwise; memtables are flushed first. Returns the RocksDB
+  // sequence number the copy holds. Errors: INTERNAL (with RocksDB's message),
+  // STORAGE_FULL, UNAVAILABLE while the database is closed after a write error.
+  Result<uint64_t> Checkpoint(const std::string& dir) const;
 
   // Stops accepting writes (they fail with UNAVAILABLE), finishes queued appends (their
   // callbacks run), joins the store's threads. Idempotent; the destructor calls it. Reads

@@ -4,7 +4,8 @@
 //   group_commit.cc    the commit queue and the commit thread (appends, dedup, ids);
 //   archiver.cc        the background move of old inbox messages to the archive;
 //   user_records.cc    settings, last seen, prekeys, groups;
-//   vnode_ranges.cc    the layout check and migration at Open, vnode checksums and deletes.
+//   vnode_ranges.cc    the layout check and migration at Open, vnode checksums and deletes;
+//   lifecycle.cc       account deletion, archive retention, checkpoints (backups).
 //
 // Threads and ownership:
 //  - callers enqueue CommitRequests under queue_mu_;
@@ -85,8 +86,29 @@ struct VnodeDeleteRequest {
   std::function<void(Status)> done;
 };
 
+// Deletes every record of one user (account deletion): inbox, archive, keys, per-user
+// `meta` records and the given dedup entries (the user's as a sender). Always a batch of
+// its own, built once the batches before it are written, and written before the next one
+// is built (see BuildUserDelete).
+//
+// Messages are deleted key by key, not with range deletions: RocksDB 7.8 keeps one table of
+// memtable insert hints per column family for both the point and the range-deletion
+// memtables, so a range deletion whose begin key is in the hint prefix's domain (12 bytes
+// or more, as every per-user key is) poisons the hint of the next point insert with that
+// prefix (an assertion in InlineSkipList, or a misplaced key without assertions).
+struct UserDeleteRequest {
+  uint64_t user = 0;
+  std::vector<std::string> inbox_keys;    // seen in `inbox` (deleted from both, they may move)
+  std::vector<std::string> archive_keys;  // seen in `archive`
+  uint64_t seen_through = 0;              // the greatest id seen; newer ones are found later
+  std::vector<std::string> dedup_keys;
+  std::function<void(Status)> done;
+};
+
 struct CommitRequest {
-  std::variant<AppendRequest, RecordWriteRequest, ArchiveRequest, VnodeDeleteRequest> body;
+  std::variant<AppendRequest, RecordWriteRequest, ArchiveRequest, VnodeDeleteRequest,
+               UserDeleteRequest>
+      body;
   size_t bytes = 0;  // approximate size, for the batch byte limit
 };
 
@@ -136,6 +158,13 @@ class InboxStore::Impl {
   Result<uint64_t> VnodeChecksum(int32_t vnode) const;
   Status DeleteVnode(int32_t vnode);
 
+  // lifecycle.cc
+  Result<UserDeletion> DeleteUser(uint64_t user);
+  Result<ArchiveExpiry> ExpireArchive(int64_t older_than_ms);
+  Result<uint64_t> Checkpoint(const std::string& dir) const;
+  // Starts the retention thread when options_.archive_retention_ms > 0 (Init).
+  void StartRetention();
+
  private:
   // A user's counters as the commit thread knows them (including unwritten appends).
   struct CachedUser {
@@ -165,6 +194,7 @@ class InboxStore::Impl {
     std::vector<std::pair<uint64_t, uint64_t>> over_cap;  // user, excess after it
     std::vector<uint32_t> shards;                         // shards it assigned ids in
     std::optional<int32_t> deleted_vnode;                 // a VnodeDeleteRequest's
+    std::optional<uint64_t> deleted_user;                 // a UserDeleteRequest's
     std::vector<Completion> completions;
     std::vector<v1::Envelope> stored;  // for the listener
     std::function<void(const std::vector<v1::Envelope>&)> listener;
@@ -185,6 +215,7 @@ class InboxStore::Impl {
   void BuildRecordWrite(RecordWriteRequest& w);
   void BuildArchive(ArchiveRequest& r);
   void BuildVnodeDelete(VnodeDeleteRequest& r);
+  void BuildUserDelete(UserDeleteRequest& r);
   // Notes that the batch assigns ids in `vnode`'s shard (its high-water mark is written).
   void TouchShard(int32_t vnode);
   // The user's counters, loaded on first use, saved for rollback on first touch in this
@@ -204,6 +235,10 @@ class InboxStore::Impl {
   Result<ArchiveMove> ReadMove(const StoreDb::ReadHold& db, uint64_t user, uint64_t excess,
                                const rocksdb::Snapshot* snapshot, bool* more_left) const;
   Status ResumeInterruptedArchiving();
+
+  // lifecycle.cc
+  // Runs ExpireArchive every retention_sweep_interval_ms until Stop().
+  void RetentionLoop();
 
   // vnode_ranges.cc
   // Checks the recorded layout version and vnode count, migrating a version-1 store.
@@ -263,6 +298,12 @@ class InboxStore::Impl {
   bool archive_busy_ = false;                              // guarded by archive_mu_
   bool archive_stop_ = false;                              // guarded by archive_mu_
   std::thread archive_thread_;
+
+  // Archive retention (lifecycle.cc).
+  std::mutex retention_mu_;
+  std::condition_variable retention_cv_;
+  bool retention_stop_ = false;  // guarded by retention_mu_
+  std::thread retention_thread_;
 
   std::mutex stop_mu_;
   bool stopped_ = false;  // guarded by stop_mu_

@@ -181,6 +181,76 @@ Status FromRocks(const rocksdb::Status& s, std::string_view what) {
   return Internal(std::string(what) + ": " + s.ToString());
 }
 
+Status LayoutTooNew(const std::string& path, uint32_t version) {
+  return Status(StatusCode::kUnsupportedVersion,
+                "store: " + path + " has layout version " + std::to_string(version) +
+                    "; this build reads layout version " + std::to_string(kLayoutVersion) +
+                    " and older (written by a newer irisd: run that version or newer, or "
+                    "restore a backup made by this one)");
+}
+
+Result<StoreFacts> ReadStoreFacts(const std::string& path) {
+  StoreFacts facts;
+  const rocksdb::Status listed =
+      rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(), path, &facts.column_families);
+  if (!listed.ok()) {
+    if (!std::filesystem::exists(path + "/CURRENT")) {
+      return NotFound("store: no database in " + path);
+    }
+    return FromRocks(listed, "store: list column families of " + path);
+  }
+  rocksdb::DBOptions db_options;
+  db_options.info_log = std::make_shared<TolerantFileLogger>("/dev/null");
+  // As the store writes it: with tracking off, recovery would drop the MANIFEST's WAL
+  // records, which a read-only open cannot (RocksDB 7.8 asserts, recovery_ctx == nullptr).
+  db_options.track_and_verify_wals_in_manifest = true;
+  db_options.wal_recovery_mode = rocksdb::WALRecoveryMode::kTolerateCorruptedTailRecords;
+  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+  for (const std::string& name : facts.column_families) {
+    descriptors.emplace_back(name, rocksdb::ColumnFamilyOptions());
+  }
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* raw = nullptr;
+  IRIS_RETURN_IF_ERROR(
+      FromRocks(rocksdb::DB::OpenForReadOnly(db_options, path, descriptors, &handles, &raw),
+                "store: open " + path + " read-only"));
+  std::unique_ptr<rocksdb::DB> db(raw);
+  Status error;
+  rocksdb::ColumnFamilyHandle* meta = nullptr;
+  for (rocksdb::ColumnFamilyHandle* h : handles) {
+    if (h->GetName() == kCfNames[static_cast<int>(Cf::kMeta)]) meta = h;
+  }
+  if (meta != nullptr) {
+    std::string v;
+    rocksdb::Status s = db->Get(rocksdb::ReadOptions(), meta, kMetaLayoutVersionKey, &v);
+    if (s.ok()) {
+      facts.layout_version = DecodeU32(v);
+      if (!facts.layout_version) error = Internal("store: malformed layout version in " + path);
+    } else if (!s.IsNotFound()) {
+      error = FromRocks(s, "store: read the layout version");
+    }
+    s = db->Get(rocksdb::ReadOptions(), meta, kMetaVnodesKey, &v);
+    if (s.ok()) {
+      facts.vnodes = DecodeU32(v);
+    } else if (!s.IsNotFound() && error.ok()) {
+      error = FromRocks(s, "store: read the vnode count");
+    }
+    const std::string prefix(1, kMetaHlcPrefix);
+    std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), meta));
+    for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+      const std::optional<uint64_t> mark =
+          DecodeU64(std::string_view(it->value().data(), it->value().size()));
+      if (mark) facts.last_id = std::max(facts.last_id, *mark);
+    }
+    if (!it->status().ok() && error.ok()) error = FromRocks(it->status(), "store: read HLC marks");
+  }
+  for (rocksdb::ColumnFamilyHandle* h : handles)
+    db->DestroyColumnFamilyHandle(h).PermitUncheckedError();
+  db->Close().PermitUncheckedError();
+  if (!error.ok()) return error;
+  return facts;
+}
+
 Status StoreDb::OpenLocked(bool first_open) {
   const StoreDbOptions& options = options_;
   std::error_code ec;
@@ -278,6 +348,33 @@ Status StoreDb::OpenLocked(bool first_open) {
   }
   for (Cf c : {Cf::kMeta, Cf::kKeys, Cf::kGroups}) {
     descriptors.emplace_back(std::string(kCfNames[static_cast<int>(c)]), base(small_buffer, 4096));
+  }
+
+  // A store written by a newer layout may have column families this build does not know,
+  // which RocksDB refuses to open read-write without: read its version read-only first, so
+  // the refusal names it.
+  {
+    std::vector<std::string> existing;
+    if (rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(), options.path, &existing).ok()) {
+      std::string unknown;
+      for (const std::string& name : existing) {
+        if (name == rocksdb::kDefaultColumnFamilyName ||
+            std::find(std::begin(kCfNames), std::end(kCfNames), name) != std::end(kCfNames)) {
+          continue;
+        }
+        unknown += (unknown.empty() ? "" : ", ") + name;
+      }
+      if (!unknown.empty()) {
+        const Result<StoreFacts> facts = ReadStoreFacts(options.path);
+        if (facts.ok() && facts->layout_version && *facts->layout_version > kLayoutVersion) {
+          return LayoutTooNew(options.path, *facts->layout_version);
+        }
+        return Status(StatusCode::kUnsupportedVersion,
+                      "store: " + options.path + " has column families this build does not know (" +
+                          unknown + "); this build reads layout version " +
+                          std::to_string(kLayoutVersion) + " and older");
+      }
+    }
   }
 
   std::vector<rocksdb::ColumnFamilyHandle*> handles;

@@ -42,6 +42,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <string>
 #include <string_view>
@@ -168,6 +169,23 @@ class StoreDb {
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;  // indexed by Cf
 };
+
+// What the node-wide `meta` records of a database say, read without changing it.
+struct StoreFacts {
+  std::vector<std::string> column_families;  // every one the database has
+  std::optional<uint32_t> layout_version;    // absent: a new store, or layout version 1
+  std::optional<uint32_t> vnodes;
+  uint64_t last_id = 0;  // the greatest HLC high-water mark (0: none)
+};
+// Opens the database at `path` read-only, with whatever column families it has (a newer
+// layout may have more), and reads its `meta` records; replays its WAL in memory only.
+// Writes nothing (may run while another process has the database open).
+// Errors: NOT_FOUND when `path` holds no database; INTERNAL otherwise.
+Result<StoreFacts> ReadStoreFacts(const std::string& path);
+
+// UNSUPPORTED_VERSION for a store at `path` written with layout `version`, newer than
+// this build's (kLayoutVersion): names both and what to do.
+Status LayoutTooNew(const std::string& path, uint32_t version);
 
 // RocksDB status -> Iris status: no space -> STORAGE_FULL; everything else -> INTERNAL,
 // prefixed with `what`. OK stays OK.

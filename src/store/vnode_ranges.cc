@@ -134,10 +134,7 @@ Status InboxStore::Impl::EnsureLayout() {
     const std::optional<uint32_t> version = DecodeU32(*version_value);
     if (!version) return Internal("store: malformed layout version in " + options_.path);
     if (*version > kLayoutVersion) {
-      return Status(StatusCode::kUnsupportedVersion,
-                    "store: " + options_.path + " has layout version " + std::to_string(*version) +
-                        "; this build reads layout version " + std::to_string(kLayoutVersion) +
-                        " and older (written by a newer irisd?)");
+      return LayoutTooNew(options_.path, *version);
     }
     if (*version == kLayoutVersion) {
       if (!recorded_vnodes) return Internal("store: vnode count missing in " + options_.path);

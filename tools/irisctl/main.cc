@@ -4,6 +4,10 @@
 //   irisctl health --admin 127.0.0.1:7444
 //   irisctl stats  --admin 127.0.0.1:7444    P50/P90/P99 of each histogram, the main counters
 //   irisctl cluster init|status|certs|drain  cluster metadata in etcd, peer certificates
+//   irisctl backup  --admin H:P --token-file F --to DIR   online backup of a node
+//   irisctl restore --from DIR --data-dir D               offline, into an empty directory
+//   irisctl verify-backup --from DIR                      check a backup's checksums
+//   irisctl delete-user --admin H:P --token-file F --user U   account deletion
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -26,6 +30,7 @@
 #include "net/listener.h"
 #include "iris_build_info.h"
 #include "stats.h"
+#include "store/backup.h"
 
 namespace {
 
@@ -148,6 +153,33 @@ int main(int argc, char** argv) {
   auto* stats = app.add_subcommand("stats", "Scrape /metrics: P50/P90/P99 of each histogram "
                                    "(since start) and the message counters");
   stats->add_option("--admin", admin, "Admin listener host:port")->capture_default_str();
+
+  std::string backup_to, backup_from, restore_data_dir;
+  auto* backup = app.add_subcommand(
+      "backup", "Back up a running node (consistent, writes continue): store, generated "
+                "secrets, manifest, SHA256SUMS");
+  backup->add_option("--admin", admin, "Admin listener host:port")->capture_default_str();
+  backup->add_option("--token-file", admin_token_file, "Admin bearer token file")->required();
+  backup->add_option("--to", backup_to,
+                     "Directory for the backup, on the node's host: absolute, or relative to "
+                     "irisd's --backup-dir; must not exist or be empty")
+      ->required();
+  auto* restore = app.add_subcommand(
+      "restore", "Restore a backup into an EMPTY data directory (offline: no irisd on it)");
+  restore->add_option("--from", backup_from, "The backup directory")->required();
+  restore->add_option("--data-dir", restore_data_dir, "The new node's data directory")
+      ->required();
+  auto* verify_backup =
+      app.add_subcommand("verify-backup", "Check a backup's manifest and every file's checksum");
+  verify_backup->add_option("--from", backup_from, "The backup directory")->required();
+  uint64_t delete_user_id = 0;
+  auto* delete_user = app.add_subcommand(
+      "delete-user", "Delete a user's data on the node (inbox, archive, keys, settings, dedup "
+                     "entries) after revoking their tokens");
+  delete_user->add_option("--admin", admin, "Admin listener host:port")->capture_default_str();
+  delete_user->add_option("--token-file", admin_token_file, "Admin bearer token file")
+      ->required();
+  delete_user->add_option("--user", delete_user_id, "User id (non-zero)")->required();
 
   iris::tools::CapacityInputs cap;
   auto* capacity = app.add_subcommand(
@@ -272,6 +304,73 @@ int main(int argc, char** argv) {
       return 1;
     }
     std::cout << "revoked\n";
+    return 0;
+  }
+  if (backup->parsed() || delete_user->parsed()) {
+    const std::string bearer = ReadFileTrim(admin_token_file);
+    if (bearer.empty()) {
+      std::cerr << "irisctl: cannot read the admin token from " << admin_token_file << "\n";
+      return 1;
+    }
+    if (delete_user->parsed() && delete_user_id == 0) {
+      std::cerr << "irisctl: --user must be non-zero\n";
+      return 2;
+    }
+    const bool is_backup = backup->parsed();
+    nlohmann::json body;
+    if (is_backup) {
+      body["to"] = backup_to;
+    } else {
+      body["user"] = delete_user_id;
+    }
+    std::string resp;
+    const int status = HttpRequest(admin, "POST", is_backup ? "/v1/backup" : "/v1/delete-user",
+                                   bearer, body.dump(), &resp);
+    const nlohmann::json j = nlohmann::json::parse(resp, nullptr, false);
+    if (status != 200) {
+      const std::string why = j.is_object() && j.contains("error") && j["error"].is_string()
+                                  ? j["error"].get<std::string>()
+                                  : resp;
+      std::cerr << "irisctl: " << (is_backup ? "backup" : "delete-user") << " failed (HTTP "
+                << status << "): " << why << "\n";
+      return 1;
+    }
+    if (is_backup && j.is_object()) {
+      std::cout << "backup written to " << j.value("path", std::string()) << "\n"
+                << "  node " << j.value("node_id", 0) << ", store layout "
+                << j.value("layout_version", 0) << ", last message id "
+                << j.value("last_id", uint64_t{0}) << "\n"
+                << "  " << j.value("files", uint64_t{0}) << " files, "
+                << j.value("bytes", uint64_t{0}) << " bytes, in " << j.value("duration_ms", 0)
+                << " ms\n";
+    } else if (j.is_object()) {
+      std::cout << "deleted user " << delete_user_id << ": " << j.value("messages", uint64_t{0})
+                << " messages, " << j.value("dedup_entries", uint64_t{0})
+                << " dedup entries, " << j.value("prekeys", uint64_t{0})
+                << " prekeys; tokens revoked\n";
+    } else {
+      std::cout << resp;
+    }
+    return 0;
+  }
+  if (restore->parsed() || verify_backup->parsed()) {
+    const bool is_restore = restore->parsed();
+    auto m = is_restore ? iris::store::RestoreBackup(backup_from, restore_data_dir)
+                        : iris::store::VerifyBackup(backup_from);
+    if (!m.ok()) {
+      std::cerr << "irisctl: " << (is_restore ? "restore" : "verify-backup")
+                << " failed: " << m.status().message() << "\n";
+      return 1;
+    }
+    std::cout << (is_restore ? "restored " : "backup OK: ") << backup_from
+              << (is_restore ? " into " + restore_data_dir : std::string()) << "\n"
+              << "  node " << m->node_id << ", store layout " << m->layout_version << ", "
+              << m->vnodes << " vnodes, made " << m->created_at_ms << " (unix ms) by irisd "
+              << m->irisd_version << "\n";
+    if (is_restore) {
+      std::cout << "Start the node on it with the same --node-id (" << m->node_id
+                << ") and --data-dir " << restore_data_dir << "\n";
+    }
     return 0;
   }
   if (health->parsed()) {
