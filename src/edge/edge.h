@@ -51,12 +51,13 @@ struct EdgeOptions {
   bool carry_rate_debt = false;
   // Per user, for the other requests that write durably or take from another user's data
   // (docs/protocol.md "Limits"). Same two-bucket semantics as send_rate.
-  SendRateConfig settings_rate = kSettingsRate;       // SETTINGS
-  SendRateConfig keys_upload_rate = kKeysUploadRate;  // KEYS_UPLOAD
-  SendRateConfig keys_fetch_rate = kKeysFetchRate;    // KEYS_FETCH, per requester
-  SendRateConfig group_rate = kGroupRate;             // GROUP_CREATE and GROUP_UPDATE
-  ConnectionLimitConfig connection_rate;              // per IP
-  std::vector<std::string> connection_allowlist;      // addresses or CIDR ranges
+  SendRateConfig settings_rate = kSettingsRate;              // SETTINGS
+  SendRateConfig keys_upload_rate = kKeysUploadRate;         // KEYS_UPLOAD
+  SendRateConfig keys_fetch_rate = kKeysFetchRate;           // KEYS_FETCH, per requester
+  SendRateConfig keys_fetch_pair_rate = kKeysFetchPairRate;  // KEYS_FETCH, per (requester, target)
+  SendRateConfig group_rate = kGroupRate;                    // GROUP_CREATE and GROUP_UPDATE
+  ConnectionLimitConfig connection_rate;                     // per IP
+  std::vector<std::string> connection_allowlist;             // addresses or CIDR ranges
   // Pre-login connections (accepted, HELLO not accepted yet) are capped when accepted; a
   // connection over a cap is closed at once (iris_connections_refused_total). Per address
   // (IPv6: per connection_rate.ipv6_prefix_bits prefix; allow-listed addresses are exempt;
@@ -199,6 +200,7 @@ class Edge final : public core::EdgeSink {
   KeyedSendLimiter& settings_limiter() { return settings_limiter_; }
   KeyedSendLimiter& keys_upload_limiter() { return keys_upload_limiter_; }
   KeyedSendLimiter& keys_fetch_limiter() { return keys_fetch_limiter_; }
+  KeyedSendLimiter& keys_fetch_pair_limiter() { return keys_fetch_pair_limiter_; }
   KeyedSendLimiter& group_limiter() { return group_limiter_; }
   FailedLoginLimiter& failed_logins() { return failed_logins_; }
   ConnectionRateLimiter& connection_limiter() { return connection_limiter_; }
@@ -224,6 +226,7 @@ class Edge final : public core::EdgeSink {
   KeyedSendLimiter settings_limiter_;
   KeyedSendLimiter keys_upload_limiter_;
   KeyedSendLimiter keys_fetch_limiter_;
+  KeyedSendLimiter keys_fetch_pair_limiter_;
   KeyedSendLimiter group_limiter_;
   FailedLoginLimiter failed_logins_;
   ConnectionRateLimiter connection_limiter_;
