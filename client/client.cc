@@ -157,16 +157,24 @@ Status Client::Impl::MarkRead(uint64_t sender, const std::vector<uint64_t>& ids)
   v1::ReceiptBody body;
   body.set_type(v1::READ);
   for (uint64_t id : ids) body.add_message_ids(id);
-  QueuedSend q;
-  q.idem_key = std::string(UuidBytes(uuids_.Next()));
-  q.recipient = sender;
-  q.kind = kQueuedReceipt;
-  q.payload = body.SerializeAsString();
-  q.created_ms = clock_.WallMillis();
   {
     std::lock_guard<std::mutex> l(db_mu_);
-    auto seq = store_->Enqueue(q);
-    if (!seq.ok()) return seq.status();
+    // The RECEIPT frame for the server, then the copy encrypted to the author (the only
+    // one the author's client believes), unless this user turned read receipts off.
+    LocalStore::Transaction tx(*store_);
+    const bool off = store_->GetU64(kReadReceiptsOff) != 0;
+    for (const uint8_t kind : {kQueuedReceipt, kQueuedSealedReceipt}) {
+      if (kind == kQueuedSealedReceipt && off) break;
+      QueuedSend q;
+      q.idem_key = std::string(UuidBytes(uuids_.Next()));
+      q.recipient = sender;
+      q.kind = kind;
+      q.payload = body.SerializeAsString();
+      q.created_ms = clock_.WallMillis();
+      auto seq = store_->Enqueue(q);
+      if (!seq.ok()) return seq.status();
+    }
+    IRIS_RETURN_IF_ERROR(tx.Commit());
   }
   queue_dirty_ = true;
   Wake();
@@ -205,6 +213,10 @@ void Client::Impl::QueryPresence(const std::vector<uint64_t>& users) {
 
 void Client::Impl::UpdateSettings(bool read_receipts, bool share_presence) {
   {
+    std::lock_guard<std::mutex> l(db_mu_);
+    store_->PutU64(kReadReceiptsOff, read_receipts ? 0 : 1).IgnoreError();  // best effort
+  }
+  {
     std::lock_guard<std::mutex> l(cmd_mu_);
     commands_.push_back(Command{Command::kSettings, {}, read_receipts, share_presence});
   }
@@ -234,7 +246,7 @@ std::vector<PendingSend> Client::Impl::PendingSends() const {
     std::memcpy(u.data(), q.idem_key.data(), std::min(q.idem_key.size(), u.size()));
     p.local_id = UuidToString(u);
     p.recipient = q.recipient;
-    p.receipt = q.kind == kQueuedReceipt;
+    p.receipt = q.kind != kQueuedMessage;
     if (!p.receipt) p.text = q.payload;
     p.attempts = q.attempts;
     p.encrypted = !q.wire_body.empty();

@@ -48,4 +48,62 @@ Result<std::string> DecodePlaintext(std::string_view p) {
   return std::string(p.substr(5, len));
 }
 
+namespace {
+
+void PutBe(std::string* out, uint64_t v, int bytes) {
+  for (int shift = 8 * (bytes - 1); shift >= 0; shift -= 8) {
+    out->push_back(static_cast<char>((v >> shift) & 0xff));
+  }
+}
+
+uint64_t GetBe(std::string_view p, size_t at, int bytes) {
+  uint64_t v = 0;
+  for (int i = 0; i < bytes; ++i)
+    v = (v << 8) | static_cast<uint8_t>(p[at + static_cast<size_t>(i)]);
+  return v;
+}
+
+constexpr size_t kV2Header = 1 + 1 + 8 + 8 + 8 + 4;
+
+}  // namespace
+
+std::string EncodeContent(const Content& c) {
+  std::string out;
+  const size_t n = kV2Header + c.data.size();
+  out.reserve(n + kPlaintextPadding);
+  out.push_back(static_cast<char>(kPlaintextV2));
+  out.push_back(static_cast<char>(c.type));
+  PutBe(&out, c.sender_ms, 8);
+  PutBe(&out, c.epoch, 8);
+  PutBe(&out, c.counter, 8);
+  PutBe(&out, c.data.size(), 4);
+  out += c.data;
+  out.resize((n + kPlaintextPadding - 1) / kPlaintextPadding * kPlaintextPadding, '\0');
+  return out;
+}
+
+Result<Content> DecodeContent(std::string_view p) {
+  Content c;
+  if (!p.empty() && static_cast<uint8_t>(p[0]) == kContentText) {  // format 1
+    IRIS_ASSIGN_OR_RETURN(c.data, DecodePlaintext(p));
+    return c;
+  }
+  if (p.size() < kV2Header) return BadRequest("decrypted content is too short");
+  if (static_cast<uint8_t>(p[0]) != kPlaintextV2) {
+    return BadRequest("unknown plaintext format " + std::to_string(static_cast<uint8_t>(p[0])));
+  }
+  c.type = static_cast<uint8_t>(p[1]);
+  if (c.type != kContentText && c.type != kContentReceipt) {
+    return BadRequest("unknown content type " + std::to_string(c.type));
+  }
+  c.has_order = true;
+  c.sender_ms = GetBe(p, 2, 8);
+  c.epoch = GetBe(p, 10, 8);
+  c.counter = GetBe(p, 18, 8);
+  const uint64_t len = GetBe(p, 26, 4);
+  if (len > p.size() - kV2Header) return BadRequest("decrypted content length exceeds its frame");
+  c.data = std::string(p.substr(kV2Header, len));
+  return c;
+}
+
 }  // namespace iris::client::e2ee

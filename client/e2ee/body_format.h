@@ -6,7 +6,15 @@
 //                               || type (1 byte: 0x02 Signal message, 0x03 prekey Signal message)
 //                               || libsignal's serialised ciphertext message
 //
-// and inside the ciphertext the plaintext is
+// and inside the ciphertext the plaintext is, in format 2 (written since issue 18):
+//
+//   0x02 || content type (1 byte: 0x01 UTF-8 text, 0x02 receipt = serialised v1.ReceiptBody)
+//   || sender's clock, ms since the epoch (8 bytes, big-endian)
+//   || conversation epoch (8 bytes: random, chosen by the sender per recipient)
+//   || conversation counter (8 bytes: 1, 2, 3... per epoch, every message and receipt)
+//   || length (4 bytes) || content || zero bytes up to a multiple of 64 bytes
+//
+// and in format 1 (still read, no longer written):
 //
 //   content type (1 byte, 0x01 = UTF-8 text) || length (4 bytes, big-endian) || content
 //   || zero bytes up to a multiple of 64 bytes (hides the exact length)
@@ -25,7 +33,19 @@ constexpr uint8_t kBodyVersion = 1;
 constexpr uint8_t kBodySignalMessage = 2;  // CIPHERTEXT_SIGNAL_TYPE
 constexpr uint8_t kBodyPreKeyMessage = 3;  // CIPHERTEXT_PREKEY_TYPE
 constexpr uint8_t kContentText = 1;
+constexpr uint8_t kContentReceipt = 2;
+constexpr uint8_t kPlaintextV2 = 2;
 constexpr size_t kPlaintextPadding = 64;
+
+// A decrypted plaintext. `has_order` is false for format 1 (no timestamp or counter).
+struct Content {
+  uint8_t type = kContentText;
+  std::string data;
+  bool has_order = false;
+  uint64_t sender_ms = 0;
+  uint64_t epoch = 0;
+  uint64_t counter = 0;
+};
 
 struct SealedBody {
   uint8_t type = kBodySignalMessage;
@@ -39,5 +59,10 @@ Result<SealedBody> DecodeBody(std::string_view body);
 std::string EncodePlaintext(std::string_view text);
 // BAD_REQUEST when the framing is wrong or the content type unknown.
 Result<std::string> DecodePlaintext(std::string_view plaintext);
+
+// Format 2 (type, data, sender_ms, epoch, counter; has_order is ignored).
+std::string EncodeContent(const Content& c);
+// Either format. BAD_REQUEST when the framing is wrong or the content type unknown.
+Result<Content> DecodeContent(std::string_view plaintext);
 
 }  // namespace iris::client::e2ee
