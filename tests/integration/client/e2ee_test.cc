@@ -658,6 +658,44 @@ TEST_F(CliE2eeTest, RefillsWhenTheServerReportsFewPreKeysLeft) {
       << r.err;
 }
 
+// The signed prekey rotates when due (here: at every connection) and goes up on its own; a
+// first message built from the bundle fetched before the rotation still decrypts (the
+// previous signed prekey is kept for the grace period).
+TEST_F(CliE2eeTest, SignedPreKeyRotatesAndTheOldBundleStillWorks) {
+  const std::string bob = Login(1602);
+  auto store = client::LocalStore::Open(dirs_.Sub("sender1601.db"));
+  ASSERT_TRUE(store.ok());
+  auto cipher = client::e2ee::MessageCipher::Open(**store);
+  ASSERT_TRUE(cipher.ok());
+  auto alice = Connected(server_, 1601);
+  ASSERT_TRUE(alice);
+  auto old_bundle = FetchBundle(*alice, 1602, 1);
+  ASSERT_TRUE(old_bundle);
+
+  setenv("IRIS_SIGNED_PREKEY_ROTATION_MS", "0", 1);
+  CliResult r = RunIris(bob, {"--json", "sync"});
+  unsetenv("IRIS_SIGNED_PREKEY_ROTATION_MS");
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  auto uploads = Events(r.Json(), "keys_uploaded");
+  ASSERT_EQ(uploads.size(), 1u) << r.out;
+  EXPECT_EQ(uploads[0]["one_time_prekeys"], 0);
+  auto probe = Connected(server_, 1603);
+  ASSERT_TRUE(probe);
+  auto new_bundle = FetchBundle(*probe, 1602, 1);
+  ASSERT_TRUE(new_bundle);
+  const uint32_t old_id = old_bundle->signed_prekey().id();
+  EXPECT_EQ(new_bundle->signed_prekey().id(), old_id == 0xFFFFFEu ? 1u : old_id + 1);
+  EXPECT_NE(new_bundle->signed_prekey().public_key(), old_bundle->signed_prekey().public_key());
+  EXPECT_EQ(new_bundle->identity_key(), old_bundle->identity_key());
+
+  ASSERT_TRUE((*cipher)->ProcessBundle(*old_bundle).ok());
+  ASSERT_TRUE(SendRaw(*alice, 2, 1602, *(*cipher)->Encrypt(1602, "built on the old bundle")));
+  auto got = Sync(bob);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_TRUE(got[0]["decrypted"].get<bool>()) << got[0].dump();
+  EXPECT_EQ(got[0]["text"], "built on the old bundle");
+}
+
 // ---- issue 18, item 5: receipts and conversation order ----
 
 // The server's plaintext RECEIPT envelope is not believed: a READ receipt "from bob" that
