@@ -46,5 +46,34 @@ TEST(BodyFormatTest, RejectsBadPlaintextFraming) {
   EXPECT_EQ(DecodePlaintext(p).status().code(), StatusCode::kBadRequest);
 }
 
+TEST(BodyFormatTest, ContentFormat2RoundTripsAndFormat1IsStillRead) {
+  Content c;
+  c.type = kContentReceipt;
+  c.data = std::string("\x08\x02", 2);
+  c.sender_ms = 1'700'000'000'123;
+  c.epoch = 0x0102030405060708ULL;
+  c.counter = 77;
+  const std::string p = EncodeContent(c);
+  EXPECT_EQ(p.size() % kPlaintextPadding, 0u);
+  EXPECT_EQ(static_cast<uint8_t>(p[0]), kPlaintextV2);
+  auto back = DecodeContent(p);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_TRUE(back->has_order);
+  EXPECT_EQ(back->type, kContentReceipt);
+  EXPECT_EQ(back->data, c.data);
+  EXPECT_EQ(back->sender_ms, c.sender_ms);
+  EXPECT_EQ(back->epoch, c.epoch);
+  EXPECT_EQ(back->counter, 77u);
+  auto old = DecodeContent(EncodePlaintext("from an older client"));
+  ASSERT_TRUE(old.ok());
+  EXPECT_FALSE(old->has_order);
+  EXPECT_EQ(old->type, kContentText);
+  EXPECT_EQ(old->data, "from an older client");
+  std::string bad = p;
+  bad[1] = 9;  // unknown content type
+  EXPECT_EQ(DecodeContent(bad).status().code(), StatusCode::kBadRequest);
+  EXPECT_EQ(DecodeContent(p.substr(0, 10)).status().code(), StatusCode::kBadRequest);
+}
+
 }  // namespace
 }  // namespace iris::client::e2ee
