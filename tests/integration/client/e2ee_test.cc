@@ -960,6 +960,43 @@ TEST_F(CliE2eeTest, ForgedPlaintextReceiptIsIgnoredAndTheEncryptedOneIsReported)
   EXPECT_EQ(receipts[0]["message_ids"], json::array({id}));
 }
 
+// The merge of issue 18's halves keeps wt-e2ee's rule on wt-keys' receipt path: a local
+// storage failure while storing an encrypted receipt (injected: every incoming insert
+// fails) rolls back, reports nothing and leaves the cursor; the receipt is reported once
+// the store works again.
+TEST_F(CliE2eeTest, LocalStoreErrorWhileStoringAReceiptDoesNotAdvanceTheCursor) {
+  const std::string alice = Login(1601);
+  const std::string bob = Login(1602);
+  auto cursor = [&] {
+    CliResult st = RunIris(alice, {"--json", "status"});
+    auto j = Events(st.Json(), "status");
+    return j.empty() ? uint64_t{0} : j[0]["cursor"].get<uint64_t>();
+  };
+  const uint64_t id = SendOne(alice, 1602, "receipt me");
+  const uint64_t before = cursor();
+  ASSERT_EQ(Sync(bob).size(), 1u);  // sends bob's DELIVERED receipt (both copies)
+  {
+    setenv("IRIS_TEST_LOCAL_STORE_FAULT", "insert_incoming", 1);
+    IrisChild listener(alice, {"--json", "listen"});
+    unsetenv("IRIS_TEST_LOCAL_STORE_FAULT");
+    auto failed = listener.WaitFor([](const json& j) {
+      return j.value("event", "") == "state" &&
+             j.value("error", "").find("store message: injected fault") != std::string::npos;
+    });
+    ASSERT_FALSE(failed.is_null()) << listener.err();
+    EXPECT_EQ(listener.Kill(SIGTERM), 0);
+    EXPECT_TRUE(Events(listener.lines(), "receipt").empty());
+  }
+  EXPECT_EQ(cursor(), before);
+  std::vector<json> all;
+  Sync(alice, &all);
+  auto receipts = Events(all, "receipt");
+  ASSERT_EQ(receipts.size(), 1u);
+  EXPECT_EQ(receipts[0]["kind"], "delivered");
+  EXPECT_EQ(receipts[0]["message_ids"], json::array({id}));
+  EXPECT_GT(cursor(), before);
+}
+
 // A sender whose message the server drops (or holds back): the recipient reports the gap in
 // the sender's conversation counter, and the late message as reordered. The sender here is
 // a MessageCipher driven by the test, which sends only what the "server" lets through.

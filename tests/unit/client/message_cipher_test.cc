@@ -368,5 +368,39 @@ TEST_F(MessageCipherTest, ConversationCounterReportsGapsAndReordering) {
   EXPECT_EQ(back.message_ids(0), 42u);
 }
 
+// A control message (session reset) is content type 0x03 of format 2: it decrypts as
+// control (no text), carries counter 0 and neither advances nor checks the conversation
+// counter, so the user's messages around it show no gap and no reordering.
+TEST_F(MessageCipherTest, ControlContentDoesNotTouchTheConversationCounter) {
+  ASSERT_TRUE(alice_->c().ProcessBundle(bob_->Bundle(kBob, 1)).ok());
+  auto m1 = bob_->c().Decrypt(kAlice, *alice_->c().Encrypt(kBob, "m1"));
+  ASSERT_TRUE(m1.ok()) << m1.status().ToString();
+  EXPECT_EQ(m1->counter, 1u);
+  ControlContent ctl;
+  ctl.message_ids = {11, 12};
+  auto body = alice_->c().EncryptControl(kBob, ctl);
+  ASSERT_TRUE(body.ok()) << body.status().ToString();
+  auto got = bob_->c().Decrypt(kAlice, *body);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(got->content_type, kContentControl);
+  ASSERT_TRUE(got->control.has_value());
+  EXPECT_EQ(got->control->message_ids, ctl.message_ids);
+  EXPECT_TRUE(got->text.empty());
+  EXPECT_EQ(got->counter, 0u);
+  EXPECT_EQ(got->missing, 0u);
+  EXPECT_FALSE(got->reordered);
+  // The next text is counter 2 (the control took none) and counts as neither late nor gapped;
+  // a control message lost on the way would not show as a gap either.
+  (void)alice_->c().EncryptControl(kBob, ctl);
+  auto m2 = bob_->c().Decrypt(kAlice, *alice_->c().Encrypt(kBob, "m2"));
+  ASSERT_TRUE(m2.ok()) << m2.status().ToString();
+  EXPECT_EQ(m2->content_type, kContentText);
+  EXPECT_FALSE(m2->control.has_value());
+  EXPECT_EQ(m2->text, "m2");
+  EXPECT_EQ(m2->counter, 2u);
+  EXPECT_EQ(m2->missing, 0u);
+  EXPECT_FALSE(m2->reordered);
+}
+
 }  // namespace
 }  // namespace iris::client::e2ee
