@@ -158,8 +158,8 @@ class LocalStore {
 
   // Test-only fault injection: every call of the operation named `op` fails with INTERNAL
   // (as a full disk or a corrupt database would). Names: "load_session", "store_session",
-  // "load_identity", "insert_incoming". Also set from $IRIS_TEST_LOCAL_STORE_FAULT at Open(). Empty
-  // clears.
+  // "load_identity", "insert_incoming". Also set from $IRIS_TEST_LOCAL_STORE_FAULT at
+  // Open(). Empty clears.
   void SetFaultForTesting(std::string op) { fault_ = std::move(op); }
 
   Result<std::optional<std::string>> LoadSenderKey(std::string_view group, std::string_view name,
