@@ -156,16 +156,24 @@ Status Client::Impl::MarkRead(uint64_t sender, const std::vector<uint64_t>& ids)
   v1::ReceiptBody body;
   body.set_type(v1::READ);
   for (uint64_t id : ids) body.add_message_ids(id);
-  QueuedSend q;
-  q.idem_key = std::string(UuidBytes(uuids_.Next()));
-  q.recipient = sender;
-  q.kind = kQueuedReceipt;
-  q.payload = body.SerializeAsString();
-  q.created_ms = clock_.WallMillis();
   {
     std::lock_guard<std::mutex> l(db_mu_);
-    auto seq = store_->Enqueue(q);
-    if (!seq.ok()) return seq.status();
+    // The RECEIPT frame for the server, then the copy encrypted to the author (the only
+    // one the author's client believes), unless this user turned read receipts off.
+    LocalStore::Transaction tx(*store_);
+    const bool off = store_->GetU64(kReadReceiptsOff) != 0;
+    for (const uint8_t kind : {kQueuedReceipt, kQueuedSealedReceipt}) {
+      if (kind == kQueuedSealedReceipt && off) break;
+      QueuedSend q;
+      q.idem_key = std::string(UuidBytes(uuids_.Next()));
+      q.recipient = sender;
+      q.kind = kind;
+      q.payload = body.SerializeAsString();
+      q.created_ms = clock_.WallMillis();
+      auto seq = store_->Enqueue(q);
+      if (!seq.ok()) return seq.status();
+    }
+    IRIS_RETURN_IF_ERROR(tx.Commit());
   }
   queue_dirty_ = true;
   Wake();
@@ -203,6 +211,10 @@ void Client::Impl::QueryPresence(const std::vector<uint64_t>& users) {
 }
 
 void Client::Impl::UpdateSettings(bool read_receipts, bool share_presence) {
+  {
+    std::lock_guard<std::mutex> l(db_mu_);
+    store_->PutU64(kReadReceiptsOff, read_receipts ? 0 : 1).IgnoreError();  // best effort
+  }
   {
     std::lock_guard<std::mutex> l(cmd_mu_);
     commands_.push_back(Command{Command::kSettings, {}, read_receipts, share_presence});
@@ -334,16 +346,9 @@ Result<std::vector<StoredMessage>> Client::Impl::TrustIdentity(uint64_t user,
       }
     }
     if (options_.delivery_receipts && !out.empty()) {
-      v1::ReceiptBody body;
-      body.set_type(v1::DELIVERED);
-      for (const StoredMessage& m : out) body.add_message_ids(m.id);
-      QueuedSend q;
-      q.idem_key = std::string(UuidBytes(uuids_.Next()));
-      q.recipient = user;
-      q.kind = kQueuedReceipt;
-      q.payload = body.SerializeAsString();
-      q.created_ms = clock_.WallMillis();
-      IRIS_RETURN_IF_ERROR(store_->Enqueue(q).status());
+      std::vector<uint64_t> ids;
+      for (const StoredMessage& m : out) ids.push_back(m.id);
+      IRIS_RETURN_IF_ERROR(QueueReceipt(nullptr, user, v1::DELIVERED, ids, /*sealed=*/true));
     }
     IRIS_RETURN_IF_ERROR(tx.Commit());
     fetch_retry_at_.erase(user);

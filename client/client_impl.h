@@ -30,6 +30,10 @@
 
 namespace iris::client {
 
+// kv: 1 when this user turned read receipts off (UpdateSettings): no READ receipt is sent
+// end-to-end and none is shown (the server applies the setting to RECEIPT frames).
+inline constexpr const char* kReadReceiptsOff = "read_receipts_off";
+
 class Client::Impl {
  public:
   explicit Impl(ClientOptions options);
@@ -69,13 +73,14 @@ class Client::Impl {
   };
   // A request on the current connection waiting for its reply.
   struct InFlight {
-    enum Kind { kSend, kKeysFetch, kKeysUpload, kPresence, kSettings } kind;
+    enum Kind { kSend, kKeysFetch, kKeysUpload, kPresence, kSettings, kKeysCheck } kind;
     int64_t seq = 0;
     uint64_t recipient = 0;
     std::string idem;
     bool receipt = false;
     uint32_t prekeys = 0;  // kKeysUpload
     bool identity = false;
+    bool signed_prekey = false;  // kKeysUpload: carries a rotated signed prekey
   };
   // Per-connection state, owned by the I/O thread.
   struct Session {
@@ -91,6 +96,7 @@ class Client::Impl {
     int ping_interval_ms = 12'500;
     uint32_t received = 0;
     bool upload_in_flight = false;
+    bool check_in_flight = false;  // a KEYS_FETCH of this account's own bundle
   };
 
   void Run();
@@ -118,6 +124,18 @@ class Client::Impl {
   Status PumpSends(Session& s);
   Status RunCommands(Session& s);
   Status MaybeUploadKeys(Session& s);
+  // Issue 18: rotates the signed prekey when due (then uploads it), and asks the server how
+  // many one-time prekeys are left when the last check is prekey_check_interval_ms old.
+  Status MaybeRotateAndCheckKeys(Session& s);
+  Status OnKeysCheck(Session& s, const v1::KeysBundle& b);
+  // Queues a receipt for message `id` to its author: the RECEIPT frame for the server and,
+  // when `sealed`, the encrypted copy; each coalesces into a queued receipt of the same
+  // type not yet on the wire (db_mu_ held, inside the caller's transaction).
+  Status QueueReceipt(Session* s, uint64_t to, v1::ReceiptType type,
+                      const std::vector<uint64_t>& ids, bool sealed);
+  // A decrypted receipt from `e.sender()`: fills *rec, reports it (db_mu_ held).
+  Status IngestSealedReceipt(const v1::Envelope& e, const e2ee::MessageCipher::Decrypted& d,
+                             StoredIncoming* rec, std::vector<Event>* out);
   Status OnSendError(Session& s, const InFlight& r, const Status& error);
   void RetryLater(int64_t seq, uint32_t attempts, uint32_t retry_after_ms);
   void Emit(const Event& e);

@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "client/client_impl.h"
+#include "client/e2ee/body_format.h"
 #include "wire/opcode.h"
 
 namespace iris::client {
@@ -15,6 +16,10 @@ namespace {
 constexpr const char* kKeysUploaded = "keys_uploaded";
 constexpr const char* kPreKeysOnServer = "prekeys_on_server";
 constexpr const char* kPreKeysFilling = "prekeys_filling";
+// Wall-clock ms of the last count of this account's one-time prekeys from the server.
+constexpr const char* kPreKeysChecked = "prekeys_checked_ms";
+// 1 while a rotated signed prekey has not been acknowledged by the server.
+constexpr const char* kSignedPreKeyUnpublished = "signed_prekey_unpublished";
 constexpr int kHelloTimeoutMs = 10'000;
 constexpr const char* kOwnerUserId = "user_id";
 constexpr uint32_t kMaxPreKeysPerFrame = 100;
@@ -279,6 +284,7 @@ Status Client::Impl::MaybeUploadKeys(Session& s) {
   v1::KeysUpload up;
   uint32_t n = 0;
   bool identity = false;
+  bool signed_prekey = false;
   {
     std::lock_guard<std::mutex> l(db_mu_);
     const bool uploaded = store_->GetU64(kKeysUploaded) != 0;
@@ -292,19 +298,23 @@ Status Client::Impl::MaybeUploadKeys(Session& s) {
     } else if (on_server < options_.prekey_low_water) {
       filling = true;
     }
-    if (!filling || on_server >= options_.prekey_pool_size) {
-      if (filling) IRIS_RETURN_IF_ERROR(store_->PutU64(kPreKeysFilling, 0));
-      return Status::Ok();
+    // A rotated signed prekey goes up on its own when no prekeys are due.
+    signed_prekey = store_->GetU64(kSignedPreKeyUnpublished) != 0;
+    const bool need_keys = filling && on_server < options_.prekey_pool_size;
+    if (filling && !need_keys) IRIS_RETURN_IF_ERROR(store_->PutU64(kPreKeysFilling, 0));
+    if (!need_keys && !signed_prekey) return Status::Ok();
+    if (need_keys) {
+      IRIS_RETURN_IF_ERROR(store_->PutU64(kPreKeysFilling, 1));
+      n = static_cast<uint32_t>(
+          std::min<uint64_t>(options_.prekey_pool_size - on_server, kMaxPreKeysPerFrame));
     }
-    IRIS_RETURN_IF_ERROR(store_->PutU64(kPreKeysFilling, 1));
-    n = static_cast<uint32_t>(
-        std::min<uint64_t>(options_.prekey_pool_size - on_server, kMaxPreKeysPerFrame));
     IRIS_ASSIGN_OR_RETURN(up, cipher_->PrepareUpload(n));
   }
   up.set_request_id(s.next_request_id++);
   InFlight r{InFlight::kKeysUpload};
   r.prekeys = n;
   r.identity = identity;
+  r.signed_prekey = signed_prekey;
   s.in_flight[up.request_id()] = r;
   s.upload_in_flight = true;
   return Write(s, wire::Opcode::kKeysUpload, up);
@@ -321,7 +331,9 @@ Status Client::Impl::PumpSends(Session& s) {
       if (!seen.insert(q.recipient).second) continue;  // FIFO: only each recipient's head
       if (s.busy.count(q.recipient) != 0) continue;
       if (auto it = retry_at_.find(q.seq); it != retry_at_.end() && it->second > now) continue;
-      if ((q.kind == kQueuedMessage || q.kind == kQueuedControl) && q.wire_body.empty()) {
+      // Messages, control messages and sealed receipts are encrypted once, when first at
+      // the head.
+      if (q.kind != kQueuedReceipt && q.wire_body.empty()) {
         if (!cipher_->HasSession(q.recipient)) {
           if (auto it = fetch_retry_at_.find(q.recipient);
               it != fetch_retry_at_.end() && it->second > now) {
@@ -344,7 +356,9 @@ Status Client::Impl::PumpSends(Session& s) {
             body = cipher_->EncryptControl(q.recipient, *control);
           }
         } else {
-          body = cipher_->Encrypt(q.recipient, q.payload);
+          body = cipher_->Encrypt(
+              q.recipient, q.payload,
+              q.kind == kQueuedSealedReceipt ? e2ee::kContentReceipt : e2ee::kContentText);
         }
         Status st = body.ok() ? store_->SetWireBody(q.seq, *body) : body.status();
         if (st.ok() && body->size() > s.max_body_bytes) {
@@ -373,7 +387,7 @@ Status Client::Impl::PumpSends(Session& s) {
       const uint64_t rid = s.next_request_id++;
       s.in_flight[rid] = r;
       s.busy.insert(q.recipient);
-      if (q.kind != kQueuedReceipt) {
+      if (q.kind != kQueuedReceipt) {  // a message, a control message or a sealed receipt: a SEND
         auto m = std::make_unique<v1::Send>();
         m->set_request_id(rid);
         m->set_idempotency_key(q.idem_key);
@@ -441,6 +455,7 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
       Parse(f, &done);
       s.live = true;
       queue_dirty_ = true;
+      IRIS_RETURN_IF_ERROR(MaybeRotateAndCheckKeys(s));
       IRIS_RETURN_IF_ERROR(MaybeUploadKeys(s));
       // Count what MaybeUploadKeys put in flight before the session shows as live: Settled()
       // reads the count, and would otherwise see a live session with nothing in flight
@@ -470,7 +485,9 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
       queue_dirty_ = true;
       {
         std::lock_guard<std::mutex> l(db_mu_);
-        IRIS_RETURN_IF_ERROR(store_->Dequeue(r.seq, a.message_id(), clock_.WallMillis()));
+        // A sealed receipt is not part of the sent history.
+        IRIS_RETURN_IF_ERROR(store_->Dequeue(r.seq, r.receipt ? 0 : a.message_id(),
+                                             r.receipt ? 0 : clock_.WallMillis()));
         retry_at_.erase(r.seq);
         attempts_.erase(r.seq);
       }
@@ -502,6 +519,12 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
           IRIS_RETURN_IF_ERROR(store_->PutU64(kKeysUploaded, 1));
           IRIS_RETURN_IF_ERROR(
               store_->PutU64(kPreKeysOnServer, store_->GetU64(kPreKeysOnServer) + r.prekeys));
+          if (r.signed_prekey) IRIS_RETURN_IF_ERROR(store_->PutU64(kSignedPreKeyUnpublished, 0));
+          // A fresh pool is counted exactly: the first check comes an interval later.
+          if (store_->GetU64(kPreKeysChecked) == 0) {
+            IRIS_RETURN_IF_ERROR(
+                store_->PutU64(kPreKeysChecked, static_cast<uint64_t>(clock_.WallMillis())));
+          }
           IRIS_RETURN_IF_ERROR(tx.Commit());
         }
         Emit(KeysUploadedEvent{r.prekeys, r.identity});
@@ -548,6 +571,16 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
             s.upload_in_flight = false;
             Emit(RequestFailedEvent{"keys_upload", st});
             break;
+          case InFlight::kKeysCheck: {
+            s.check_in_flight = false;
+            {
+              std::lock_guard<std::mutex> l(db_mu_);  // no retry before the next interval
+              IRIS_RETURN_IF_ERROR(
+                  store_->PutU64(kPreKeysChecked, static_cast<uint64_t>(clock_.WallMillis())));
+            }
+            Emit(RequestFailedEvent{"keys_check", st});
+            break;
+          }
           case InFlight::kPresence: Emit(RequestFailedEvent{"presence", st}); break;
           case InFlight::kSettings: Emit(RequestFailedEvent{"settings", st}); break;
         }
@@ -562,6 +595,7 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
       if (it == s.in_flight.end()) return Status::Ok();
       InFlight r = it->second;
       s.in_flight.erase(it);
+      if (r.kind == InFlight::kKeysCheck) return OnKeysCheck(s, b);
       s.busy.erase(r.recipient);
       queue_dirty_ = true;
       b.set_user(r.recipient);
@@ -689,41 +723,17 @@ Status Client::Impl::IngestLocked(Session& s, const v1::Envelope& e, bool catch_
         deliver_receipt = rec.ok && rec.kind == static_cast<uint8_t>(v1::MESSAGE);
       }
       if (options_.delivery_receipts && deliver_receipt) {
-        // Coalesce with a DELIVERED receipt to the same sender that is still waiting at the
-        // tail of its queue (not yet on the wire): one RECEIPT carries up to 256 ids, which
-        // keeps receipts from eating the sender's rate limit.
-        IRIS_ASSIGN_OR_RETURN(std::optional<QueuedSend> tail, store_->LastQueuedFor(e.sender()));
-        v1::ReceiptBody body;
-        if (tail && tail->kind == kQueuedReceipt && !InFlightSend(s, tail->seq) &&
-            body.ParseFromString(tail->payload) && body.type() == v1::DELIVERED &&
-            body.message_ids_size() < 256) {
-          body.add_message_ids(e.id());
-          IRIS_RETURN_IF_ERROR(store_->SetPayload(tail->seq, body.SerializeAsString()));
-        } else {
-          body.Clear();
-          body.set_type(v1::DELIVERED);
-          body.add_message_ids(e.id());
-          QueuedSend q;
-          q.idem_key = std::string(UuidBytes(uuids_.Next()));
-          q.recipient = e.sender();
-          q.kind = kQueuedReceipt;
-          q.payload = body.SerializeAsString();
-          q.created_ms = clock_.WallMillis();
-          IRIS_RETURN_IF_ERROR(store_->Enqueue(q).status());
-        }
-        queue_dirty_ = true;
+        // The RECEIPT frame for the server and the sealed copy for the author (only what
+        // decrypted is receipted: the author learns nothing from a receipt it cannot
+        // authenticate, and encrypting needs a working session).
+        IRIS_RETURN_IF_ERROR(QueueReceipt(&s, e.sender(), v1::DELIVERED, {e.id()}, true));
       }
     } else if (e.kind() == v1::RECEIPT) {
+      // The server's plaintext copy: the server writes it and could forge it, so it is
+      // kept for the record and never reported (the author's sealed copy is).
       rec.body = e.body();
-      v1::ReceiptBody body;
-      if (body.ParseFromString(e.body())) {
-        ReceiptEvent ev;
-        ev.id = e.id();
-        ev.from = e.sender();
-        ev.kind = body.type() == v1::READ ? ReceiptKind::kRead : ReceiptKind::kDelivered;
-        ev.message_ids.assign(body.message_ids().begin(), body.message_ids().end());
-        events.emplace_back(std::move(ev));
-      }
+      rec.ok = false;
+      rec.error = "plaintext receipt ignored: not end-to-end authenticated";
     } else {
       rec.body = e.body();
     }
@@ -776,6 +786,12 @@ Status Client::Impl::DecryptIncoming(Session* s, const v1::Envelope& e, bool cat
     }
     rec->ok = true;
     rec->error.clear();
+    // Each content type once: control -> session reset, receipt -> ReceiptEvent, text ->
+    // MessageEvent (the caller receipts only the last).
+    if (d->content_type == e2ee::kContentReceipt) {
+      // An end-to-end encrypted receipt: authenticated by the session with its author.
+      return IngestSealedReceipt(e, *d, rec, out);
+    }
     if (d->control) {
       rec->kind = kIncomingControl;
       rec->body = e2ee::EncodeControl(*d->control);
@@ -789,6 +805,10 @@ Status Client::Impl::DecryptIncoming(Session* s, const v1::Envelope& e, bool cat
     rec->body = d->text;
     ev.text = std::move(d->text);
     ev.prekey_message = d->prekey_message;
+    ev.sender_clock_ms = d->sender_ms;
+    ev.counter = d->counter;
+    ev.missing = d->missing;
+    ev.reordered = d->reordered;
     out->push_back(std::move(ev));
     return Status::Ok();
   }
@@ -861,6 +881,89 @@ Status Client::Impl::QueueSessionReset(uint64_t peer, uint64_t message_id) {
   return Status::Ok();
 }
 
+// ---- prekey hygiene (issue 18, item 3) ----
+
+Status Client::Impl::MaybeRotateAndCheckKeys(Session& s) {
+  const int64_t now = clock_.WallMillis();
+  bool check = false;
+  {
+    std::lock_guard<std::mutex> l(db_mu_);
+    if (store_->GetU64(kKeysUploaded) == 0) return Status::Ok();  // the first upload first
+    IRIS_ASSIGN_OR_RETURN(const bool rotated,
+                          cipher_->RotateSignedPreKeyIfDue(now, options_.signed_prekey_rotation_ms,
+                                                           options_.signed_prekey_grace_ms));
+    if (rotated) IRIS_RETURN_IF_ERROR(store_->PutU64(kSignedPreKeyUnpublished, 1));
+    const auto last = static_cast<int64_t>(store_->GetU64(kPreKeysChecked));
+    check = !s.check_in_flight && now - last >= options_.prekey_check_interval_ms;
+  }
+  const uint64_t self = user_id_.load();
+  if (!check || self == 0) return Status::Ok();
+  v1::KeysFetch f;
+  f.set_request_id(s.next_request_id++);
+  f.set_user(self);
+  s.in_flight[f.request_id()] = InFlight{InFlight::kKeysCheck};
+  s.check_in_flight = true;
+  return Write(s, wire::Opcode::kKeysFetch, f);
+}
+
+Status Client::Impl::OnKeysCheck(Session& s, const v1::KeysBundle& b) {
+  s.check_in_flight = false;
+  {
+    std::lock_guard<std::mutex> l(db_mu_);
+    LocalStore::Transaction tx(*store_);
+    // The key the server just handed to us is used up: nobody else gets it.
+    if (b.has_one_time_prekey() && b.one_time_prekey().id() != 0) {
+      IRIS_RETURN_IF_ERROR(cipher_->DiscardPreKey(b.one_time_prekey().id()));
+    }
+    IRIS_RETURN_IF_ERROR(store_->PutU64(kPreKeysOnServer, b.one_time_prekeys_left()));
+    IRIS_RETURN_IF_ERROR(
+        store_->PutU64(kPreKeysChecked, static_cast<uint64_t>(clock_.WallMillis())));
+    IRIS_RETURN_IF_ERROR(tx.Commit());
+  }
+  return MaybeUploadKeys(s);
+}
+
+// ---- receipts (issue 18, item 5) ----
+
+Status Client::Impl::QueueReceipt(Session* s, uint64_t to, v1::ReceiptType type,
+                                  const std::vector<uint64_t>& ids, bool sealed) {
+  // Each copy coalesces with the newest queued receipt of its kind and type to the same
+  // user that has not gone out yet (one receipt carries up to 256 ids, which keeps
+  // receipts from eating the sender's rate limit), else is queued.
+  const std::vector<QueuedSend> queue = store_->Queue();
+  for (const uint8_t kind : {kQueuedReceipt, kQueuedSealedReceipt}) {
+    if (kind == kQueuedSealedReceipt && !sealed) continue;
+    const QueuedSend* into = nullptr;
+    v1::ReceiptBody body;
+    for (auto it = queue.rbegin(); it != queue.rend(); ++it) {
+      if (it->recipient != to || it->kind != kind) continue;
+      if (it->wire_body.empty() && (s == nullptr || !InFlightSend(*s, it->seq)) &&
+          body.ParseFromString(it->payload) && body.type() == type &&
+          body.message_ids_size() + ids.size() <= 256) {
+        into = &*it;
+      }
+      break;
+    }
+    if (into != nullptr) {
+      for (uint64_t id : ids) body.add_message_ids(id);
+      IRIS_RETURN_IF_ERROR(store_->SetPayload(into->seq, body.SerializeAsString()));
+      continue;
+    }
+    body.Clear();
+    body.set_type(type);
+    for (uint64_t id : ids) body.add_message_ids(id);
+    QueuedSend q;
+    q.idem_key = std::string(UuidBytes(uuids_.Next()));
+    q.recipient = to;
+    q.kind = kind;
+    q.payload = body.SerializeAsString();
+    q.created_ms = clock_.WallMillis();
+    IRIS_RETURN_IF_ERROR(store_->Enqueue(q).status());
+  }
+  queue_dirty_ = true;
+  return Status::Ok();
+}
+
 Status Client::Impl::ResendForPeer(uint64_t peer, const std::vector<uint64_t>& ids,
                                    std::vector<uint64_t>* resent) {
   for (uint64_t id : ids) {
@@ -877,6 +980,28 @@ Status Client::Impl::ResendForPeer(uint64_t peer, const std::vector<uint64_t>& i
     resent->push_back(id);
   }
   if (!resent->empty()) queue_dirty_ = true;
+  return Status::Ok();
+}
+
+Status Client::Impl::IngestSealedReceipt(const v1::Envelope& e,
+                                         const e2ee::MessageCipher::Decrypted& d,
+                                         StoredIncoming* rec, std::vector<Event>* out) {
+  rec->kind = static_cast<uint8_t>(v1::RECEIPT);
+  rec->body = d.text;
+  v1::ReceiptBody body;
+  if (!body.ParseFromString(d.text) || (body.type() != v1::DELIVERED && body.type() != v1::READ)) {
+    rec->ok = false;
+    rec->error = "malformed encrypted receipt";
+    return Status::Ok();
+  }
+  // Read receipts go both ways or not at all: with them off, others' are not shown either.
+  if (body.type() == v1::READ && store_->GetU64(kReadReceiptsOff) != 0) return Status::Ok();
+  ReceiptEvent ev;
+  ev.id = e.id();
+  ev.from = e.sender();
+  ev.kind = body.type() == v1::READ ? ReceiptKind::kRead : ReceiptKind::kDelivered;
+  ev.message_ids.assign(body.message_ids().begin(), body.message_ids().end());
+  out->emplace_back(std::move(ev));
   return Status::Ok();
 }
 

@@ -237,6 +237,7 @@ Status LocalStore::PutU64(std::string_view key, uint64_t value) {
 }
 
 Result<bool> LocalStore::InsertIncoming(const StoredIncoming& m) {
+  if (Faulty("insert_incoming")) return Internal("local store: store message: injected fault");
   Stmt s(db_,
          "INSERT OR IGNORE INTO incoming (id, peer, sent_at_ms, kind, body, ok, error) "
          "VALUES (?, ?, ?, ?, ?, ?, ?)");

@@ -28,17 +28,18 @@ struct QueuedSend {
   int64_t seq = 0;       // queue order
   std::string idem_key;  // 16 bytes, UUIDv7
   uint64_t recipient = 0;
-  uint8_t kind = 0;       // kQueuedMessage or kQueuedReceipt
-  std::string payload;    // message: plaintext UTF-8; receipt: serialized v1::ReceiptBody
+  uint8_t kind = 0;       // kQueuedMessage, kQueuedReceipt or kQueuedSealedReceipt
+  std::string payload;    // message: plaintext UTF-8; receipts: serialized v1::ReceiptBody
   std::string wire_body;  // the exact body to send once fixed (ciphertext); empty before
   uint32_t attempts = 0;
   int64_t created_ms = 0;
 };
 constexpr uint8_t kQueuedMessage = 0;
-constexpr uint8_t kQueuedReceipt = 1;
+constexpr uint8_t kQueuedReceipt = 1;  // the protocol's RECEIPT frame (for the server)
 // An E2EE control message (payload: the content bytes, e2ee::EncodeControl), encrypted
 // like a message; never shown to the user and never re-sent from history.
 constexpr uint8_t kQueuedControl = 2;
+constexpr uint8_t kQueuedSealedReceipt = 3;  // the receipt encrypted to the author, in a SEND
 
 // Incoming.kind for a decrypted control message (not a v1::Kind; Messages() skips it).
 constexpr uint8_t kIncomingControl = 100;
@@ -157,7 +158,8 @@ class LocalStore {
 
   // Test-only fault injection: every call of the operation named `op` fails with INTERNAL
   // (as a full disk or a corrupt database would). Names: "load_session", "store_session",
-  // "load_identity". Also set from $IRIS_TEST_LOCAL_STORE_FAULT at Open(). Empty clears.
+  // "load_identity", "insert_incoming". Also set from $IRIS_TEST_LOCAL_STORE_FAULT at
+  // Open(). Empty clears.
   void SetFaultForTesting(std::string op) { fault_ = std::move(op); }
 
   Result<std::optional<std::string>> LoadSenderKey(std::string_view group, std::string_view name,

@@ -48,43 +48,87 @@ Result<std::string> DecodePlaintext(std::string_view p) {
   return std::string(p.substr(5, len));
 }
 
-bool IsControlContent(std::string_view p) {
-  return !p.empty() && static_cast<uint8_t>(p[0]) == kContentControl;
+namespace {
+
+void PutBe(std::string* out, uint64_t v, int bytes) {
+  for (int shift = 8 * (bytes - 1); shift >= 0; shift -= 8) {
+    out->push_back(static_cast<char>((v >> shift) & 0xff));
+  }
+}
+
+uint64_t GetBe(std::string_view p, size_t at, int bytes) {
+  uint64_t v = 0;
+  for (int i = 0; i < bytes; ++i)
+    v = (v << 8) | static_cast<uint8_t>(p[at + static_cast<size_t>(i)]);
+  return v;
+}
+
+constexpr size_t kV2Header = 1 + 1 + 8 + 8 + 8 + 4;
+constexpr uint8_t kLegacyControlByte = 2;
+
+}  // namespace
+
+std::string EncodeContent(const Content& c) {
+  std::string out;
+  const size_t n = kV2Header + c.data.size();
+  out.reserve(n + kPlaintextPadding);
+  out.push_back(static_cast<char>(kPlaintextV2));
+  out.push_back(static_cast<char>(c.type));
+  PutBe(&out, c.sender_ms, 8);
+  PutBe(&out, c.epoch, 8);
+  PutBe(&out, c.counter, 8);
+  PutBe(&out, c.data.size(), 4);
+  out += c.data;
+  out.resize((n + kPlaintextPadding - 1) / kPlaintextPadding * kPlaintextPadding, '\0');
+  return out;
+}
+
+Result<Content> DecodeContent(std::string_view p) {
+  Content c;
+  if (!p.empty() && static_cast<uint8_t>(p[0]) == kContentText) {  // format 1
+    IRIS_ASSIGN_OR_RETURN(c.data, DecodePlaintext(p));
+    return c;
+  }
+  if (p.size() < kV2Header) return BadRequest("decrypted content is too short");
+  if (static_cast<uint8_t>(p[0]) != kPlaintextV2) {
+    return BadRequest("unknown plaintext format " + std::to_string(static_cast<uint8_t>(p[0])));
+  }
+  c.type = static_cast<uint8_t>(p[1]);
+  if (c.type != kContentText && c.type != kContentReceipt && c.type != kContentControl) {
+    return BadRequest("unknown content type " + std::to_string(c.type));
+  }
+  c.has_order = true;
+  c.sender_ms = GetBe(p, 2, 8);
+  c.epoch = GetBe(p, 10, 8);
+  c.counter = GetBe(p, 18, 8);
+  const uint64_t len = GetBe(p, 26, 4);
+  if (len > p.size() - kV2Header) return BadRequest("decrypted content length exceeds its frame");
+  c.data = std::string(p.substr(kV2Header, len));
+  return c;
 }
 
 std::string EncodeControl(const ControlContent& c) {
   std::string out;
-  out.push_back(static_cast<char>(kContentControl));
   out.push_back(static_cast<char>(c.kind));
-  const auto n = static_cast<uint32_t>(c.message_ids.size());
-  for (int shift = 24; shift >= 0; shift -= 8)
-    out.push_back(static_cast<char>((n >> shift) & 0xff));
-  for (uint64_t id : c.message_ids) {
-    for (int shift = 56; shift >= 0; shift -= 8) {
-      out.push_back(static_cast<char>((id >> shift) & 0xff));
-    }
-  }
-  out.resize((out.size() + kPlaintextPadding - 1) / kPlaintextPadding * kPlaintextPadding, '\0');
+  PutBe(&out, c.message_ids.size(), 4);
+  for (uint64_t id : c.message_ids) PutBe(&out, id, 8);
   return out;
 }
 
 Result<ControlContent> DecodeControl(std::string_view p) {
-  if (p.size() < 6 || !IsControlContent(p)) return BadRequest("malformed control content");
+  // A payload queued locally before control content moved into format 2 (see the header).
+  if (!p.empty() && static_cast<uint8_t>(p[0]) == kLegacyControlByte) p.remove_prefix(1);
+  if (p.size() < 5) return BadRequest("malformed control content");
   ControlContent c;
-  c.kind = static_cast<uint8_t>(p[1]);
+  c.kind = static_cast<uint8_t>(p[0]);
   if (c.kind != kControlSessionReset) {
     return BadRequest("unknown control kind " + std::to_string(c.kind));
   }
-  uint32_t n = 0;
-  for (size_t i = 2; i < 6; ++i) n = (n << 8) | static_cast<uint8_t>(p[i]);
-  if (n > kMaxControlIds || p.size() < 6 + size_t{n} * 8) {
+  const uint64_t n = GetBe(p, 1, 4);
+  if (n > kMaxControlIds || p.size() < 5 + n * 8) {
     return BadRequest("control content: bad message id count");
   }
-  for (uint32_t k = 0; k < n; ++k) {
-    uint64_t id = 0;
-    for (size_t i = 0; i < 8; ++i) id = (id << 8) | static_cast<uint8_t>(p[6 + k * 8 + i]);
-    c.message_ids.push_back(id);
-  }
+  for (uint64_t k = 0; k < n; ++k) c.message_ids.push_back(GetBe(p, 5 + k * 8, 8));
   return c;
 }
 

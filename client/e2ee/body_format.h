@@ -6,7 +6,17 @@
 //                               || type (1 byte: 0x02 Signal message, 0x03 prekey Signal message)
 //                               || libsignal's serialised ciphertext message
 //
-// and inside the ciphertext the plaintext is
+// and inside the ciphertext the plaintext is, in format 2 (written since issue 18):
+//
+//   0x02 || content type (1 byte: 0x01 UTF-8 text, 0x02 receipt = serialised v1.ReceiptBody,
+//                         0x03 control, below)
+//   || sender's clock, ms since the epoch (8 bytes, big-endian)
+//   || conversation epoch (8 bytes: random, chosen by the sender per recipient)
+//   || conversation counter (8 bytes: 1, 2, 3... per epoch, every message and receipt;
+//      0 for control content, which neither advances nor checks it)
+//   || length (4 bytes) || content || zero bytes up to a multiple of 64 bytes
+//
+// and in format 1 (still read, no longer written):
 //
 //   content type (1 byte, 0x01 = UTF-8 text) || length (4 bytes, big-endian) || content
 //   || zero bytes up to a multiple of 64 bytes (hides the exact length)
@@ -26,7 +36,20 @@ constexpr uint8_t kBodyVersion = 1;
 constexpr uint8_t kBodySignalMessage = 2;  // CIPHERTEXT_SIGNAL_TYPE
 constexpr uint8_t kBodyPreKeyMessage = 3;  // CIPHERTEXT_PREKEY_TYPE
 constexpr uint8_t kContentText = 1;
+constexpr uint8_t kContentReceipt = 2;
+constexpr uint8_t kContentControl = 3;
+constexpr uint8_t kPlaintextV2 = 2;
 constexpr size_t kPlaintextPadding = 64;
+
+// A decrypted plaintext. `has_order` is false for format 1 (no timestamp or counter).
+struct Content {
+  uint8_t type = kContentText;
+  std::string data;
+  bool has_order = false;
+  uint64_t sender_ms = 0;
+  uint64_t epoch = 0;
+  uint64_t counter = 0;
+};
 
 struct SealedBody {
   uint8_t type = kBodySignalMessage;
@@ -41,14 +64,21 @@ std::string EncodePlaintext(std::string_view text);
 // BAD_REQUEST when the framing is wrong or the content type unknown.
 Result<std::string> DecodePlaintext(std::string_view plaintext);
 
-// Control content (never shown as a message), inside the ciphertext like text:
+// Format 2 (type, data, sender_ms, epoch, counter; has_order is ignored).
+std::string EncodeContent(const Content& c);
+// Either format. BAD_REQUEST when the framing is wrong or the content type unknown.
+Result<Content> DecodeContent(std::string_view plaintext);
+
+// Control content (content type 0x03 of format 2; never shown as a message):
 //
-//   content type (1 byte, 0x02) || control kind (1 byte) || count (4 bytes, big-endian)
-//   || count message ids (8 bytes each, big-endian) || zero padding to a multiple of 64
+//   control kind (1 byte) || count (4 bytes, big-endian)
+//   || count message ids (8 bytes each, big-endian)
 //
 // Kind 0x01, session reset: "I could not decrypt these messages of yours (the session was
 // lost, e.g. I re-installed); this message starts a new session: re-send them in it".
-constexpr uint8_t kContentControl = 2;
+// (Before format 2 existed, control content was its own plaintext starting 0x02; no client
+// release wrote it, so it is not read inside ciphertexts. DecodeControl still skips that
+// leading 0x02, which is not a valid kind, so sends queued locally then still go out.)
 constexpr uint8_t kControlSessionReset = 1;
 constexpr size_t kMaxControlIds = 1000;
 
@@ -56,9 +86,9 @@ struct ControlContent {
   uint8_t kind = kControlSessionReset;
   std::vector<uint64_t> message_ids;
 };
-bool IsControlContent(std::string_view plaintext);
+// The control data (the `data` of a Content of type kContentControl).
 std::string EncodeControl(const ControlContent& c);
 // BAD_REQUEST when the framing is wrong, the kind unknown or there are too many ids.
-Result<ControlContent> DecodeControl(std::string_view plaintext);
+Result<ControlContent> DecodeControl(std::string_view data);
 
 }  // namespace iris::client::e2ee

@@ -2,6 +2,7 @@
 
 #include <key_helper.h>
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <protocol.h>
 #include <session_builder.h>
 #include <session_cipher.h>
@@ -20,6 +21,16 @@ namespace {
 
 constexpr const char* kSignedPreKeyId = "signed_prekey_id";
 constexpr const char* kNextPreKeyId = "next_prekey_id";
+// Signed prekey rotation: when the current one was made, and the one it replaced (kept
+// for sessions in flight until kPreviousSignedPreKeyRetired + the grace period).
+constexpr const char* kSignedPreKeyCreated = "signed_prekey_created_ms";
+constexpr const char* kPreviousSignedPreKeyId = "previous_signed_prekey_id";
+constexpr const char* kPreviousSignedPreKeyRetired = "previous_signed_prekey_retired_ms";
+// Conversation order (body_format.h, plaintext format 2), per peer user id.
+constexpr const char* kOutEpoch = "conv_out_epoch/";
+constexpr const char* kOutCounter = "conv_out_counter/";
+constexpr const char* kInEpoch = "conv_in_epoch/";
+constexpr const char* kInCounter = "conv_in_counter/";
 constexpr int32_t kDeviceId = 1;
 constexpr uint32_t kMaxPreKeyId = 0xFFFFFE;  // libsignal's PRE_KEY_MEDIUM_MAX_VALUE - 1
 
@@ -59,6 +70,27 @@ Status SignalError(const std::string& what, int code) {
 }
 
 const uint8_t* U8(const std::string& s) { return reinterpret_cast<const uint8_t*>(s.data()); }
+
+uint64_t NowMs() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count());
+}
+
+// A uniformly random prekey id in libsignal's range 1..PRE_KEY_MEDIUM_MAX_VALUE-1, so that
+// a reinstall does not reuse the ids of the installation before it.
+Result<uint32_t> RandomPreKeyId() {
+  uint32_t v = 0;
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(&v), sizeof(v)) != 1) {
+    return Internal("no randomness for a prekey id");
+  }
+  return 1 + v % kMaxPreKeyId;
+}
+
+// The id after `id`, wrapping within 1..kMaxPreKeyId.
+uint32_t NextPreKeyId(uint32_t id, uint32_t step = 1) {
+  return static_cast<uint32_t>((uint64_t{id} - 1 + step) % kMaxPreKeyId) + 1;
+}
 
 std::string SerializePublic(const ec_public_key* key) {
   Buffer b;
@@ -133,19 +165,10 @@ Status MessageCipher::Init() {
       store_.Put(kIdentityPrivateKey,
                  std::string_view(reinterpret_cast<const char*>(signal_buffer_const_data(priv.b)),
                                   signal_buffer_len(priv.b))));
-  Ref<session_signed_pre_key> spk;
-  const auto now_ms = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                                std::chrono::system_clock::now().time_since_epoch())
-                                                .count());
-  r = signal_protocol_key_helper_generate_signed_pre_key(&spk.p, identity.p, 1, now_ms, ctx_);
-  if (r != 0) return SignalError("generate signed prekey", r);
-  Buffer spk_bytes;
-  if (session_signed_pre_key_serialize(&spk_bytes.b, spk.p) != 0) {
-    return Internal("cannot serialise the signed prekey");
-  }
-  IRIS_RETURN_IF_ERROR(store_.StoreSignedPreKey(1, spk_bytes.str()));
-  IRIS_RETURN_IF_ERROR(store_.PutU64(kSignedPreKeyId, 1));
-  IRIS_RETURN_IF_ERROR(store_.PutU64(kNextPreKeyId, 1));
+  IRIS_ASSIGN_OR_RETURN(const uint32_t spk_id, RandomPreKeyId());
+  IRIS_RETURN_IF_ERROR(StoreNewSignedPreKey(identity.p, spk_id, static_cast<int64_t>(NowMs())));
+  IRIS_ASSIGN_OR_RETURN(const uint32_t first_prekey, RandomPreKeyId());
+  IRIS_RETURN_IF_ERROR(store_.PutU64(kNextPreKeyId, first_prekey));
   IRIS_RETURN_IF_ERROR(store_.PutU64(kRegistrationId, reg));
   IRIS_RETURN_IF_ERROR(tx.Commit());
   registration_id_ = reg;
@@ -198,9 +221,7 @@ Result<v1::KeysUpload> MessageCipher::PrepareUpload(uint32_t new_prekeys) {
     }
     signal_protocol_key_helper_key_list_free(head);
     IRIS_RETURN_IF_ERROR(st);
-    uint32_t next = start + new_prekeys;
-    if (next > kMaxPreKeyId) next = next - kMaxPreKeyId;
-    IRIS_RETURN_IF_ERROR(store_.PutU64(kNextPreKeyId, next));
+    IRIS_RETURN_IF_ERROR(store_.PutU64(kNextPreKeyId, NextPreKeyId(start, new_prekeys)));
   }
   IRIS_RETURN_IF_ERROR(tx.Commit());
   return up;
@@ -248,16 +269,21 @@ Status MessageCipher::ProcessBundle(const v1::KeysBundle& b) {
   return tx.Commit();
 }
 
-Result<std::string> MessageCipher::Encrypt(uint64_t user, std::string_view text) {
+Result<std::string> MessageCipher::Encrypt(uint64_t user, std::string_view text,
+                                           uint8_t content_type) {
   const std::string name = std::to_string(user);
   signal_protocol_address addr{name.c_str(), name.size(), kDeviceId};
   session_cipher* cipher = nullptr;
   int r = session_cipher_create(&cipher, stores_, &addr, ctx_);
   if (r != 0) return SignalError("encrypt", r);
-  const std::string plain = EncodePlaintext(text);
   LocalStore::Transaction tx(store_);
+  auto plain = SealContent(user, content_type, text);
+  if (!plain.ok()) {
+    session_cipher_free(cipher);
+    return plain.status();
+  }
   Ref<ciphertext_message> msg;
-  r = session_cipher_encrypt(cipher, U8(plain), plain.size(), &msg.p);
+  r = session_cipher_encrypt(cipher, U8(*plain), plain->size(), &msg.p);
   session_cipher_free(cipher);
   if (r != 0) return SignalError("encrypt for user " + name, r);
   SealedBody sealed;
@@ -301,10 +327,14 @@ Result<MessageCipher::Decrypted> MessageCipher::Decrypt(uint64_t sender, std::st
   session_cipher_free(cipher);
   last_decrypt_error_ = r;
   if (r != 0) return SignalError("cannot decrypt " + from, r);
-  if (IsControlContent(plain.str())) {
-    IRIS_ASSIGN_OR_RETURN(out.control, DecodeControl(plain.str()));
+  IRIS_ASSIGN_OR_RETURN(Content content, DecodeContent(plain.str()));
+  out.content_type = content.type;
+  if (content.type == kContentControl) {
+    // Control content carries no conversation counter (body_format.h): no order check.
+    IRIS_ASSIGN_OR_RETURN(out.control, DecodeControl(content.data));
   } else {
-    IRIS_ASSIGN_OR_RETURN(out.text, DecodePlaintext(plain.str()));
+    IRIS_RETURN_IF_ERROR(CheckOrder(sender, content, &out));
+    out.text = std::move(content.data);
   }
   IRIS_RETURN_IF_ERROR(tx.Commit());
   return out;
@@ -420,29 +450,120 @@ std::string MessageCipher::PreKeyMessageIdentity(std::string_view body) const {
 }
 
 Result<std::string> MessageCipher::EncryptControl(uint64_t user, const ControlContent& control) {
-  const std::string name = std::to_string(user);
-  signal_protocol_address addr{name.c_str(), name.size(), kDeviceId};
-  session_cipher* cipher = nullptr;
-  int r = session_cipher_create(&cipher, stores_, &addr, ctx_);
-  if (r != 0) return SignalError("encrypt", r);
-  const std::string plain = EncodeControl(control);
-  LocalStore::Transaction tx(store_);
-  Ref<ciphertext_message> msg;
-  r = session_cipher_encrypt(cipher, U8(plain), plain.size(), &msg.p);
-  session_cipher_free(cipher);
-  if (r != 0) return SignalError("encrypt a control message for user " + name, r);
-  SealedBody sealed;
-  sealed.type = ciphertext_message_get_type(msg.p) == CIPHERTEXT_PREKEY_TYPE ? kBodyPreKeyMessage
-                                                                             : kBodySignalMessage;
-  signal_buffer* ser = ciphertext_message_get_serialized(msg.p);  // owned by msg
-  sealed.ciphertext.assign(reinterpret_cast<const char*>(signal_buffer_const_data(ser)),
-                           signal_buffer_len(ser));
-  IRIS_RETURN_IF_ERROR(tx.Commit());
-  return EncodeBody(sealed);
+  return Encrypt(user, EncodeControl(control), kContentControl);
 }
 
 Status MessageCipher::ResetSession(uint64_t user) {
   return store_.DeleteAllSessions(std::to_string(user));
+}
+
+// ---- prekey hygiene (issue 18, item 3) ----
+
+Status MessageCipher::StoreNewSignedPreKey(ratchet_identity_key_pair* identity, uint32_t id,
+                                           int64_t now_ms) {
+  Ref<session_signed_pre_key> spk;
+  int r = signal_protocol_key_helper_generate_signed_pre_key(&spk.p, identity, id,
+                                                             static_cast<uint64_t>(now_ms), ctx_);
+  if (r != 0) return SignalError("generate signed prekey", r);
+  Buffer spk_bytes;
+  if (session_signed_pre_key_serialize(&spk_bytes.b, spk.p) != 0) {
+    return Internal("cannot serialise the signed prekey");
+  }
+  IRIS_RETURN_IF_ERROR(store_.StoreSignedPreKey(id, spk_bytes.str()));
+  IRIS_RETURN_IF_ERROR(store_.PutU64(kSignedPreKeyId, id));
+  return store_.PutU64(kSignedPreKeyCreated, static_cast<uint64_t>(now_ms));
+}
+
+Result<bool> MessageCipher::RotateSignedPreKeyIfDue(int64_t now_ms, int64_t rotate_every_ms,
+                                                    int64_t keep_previous_ms) {
+  LocalStore::Transaction tx(store_);
+  bool rotated = false;
+  // A store from before rotation existed has no creation time: its key counts from now.
+  if (store_.GetU64(kSignedPreKeyCreated) == 0) {
+    IRIS_RETURN_IF_ERROR(store_.PutU64(kSignedPreKeyCreated, static_cast<uint64_t>(now_ms)));
+  }
+  const auto created = static_cast<int64_t>(store_.GetU64(kSignedPreKeyCreated));
+  const auto previous = static_cast<uint32_t>(store_.GetU64(kPreviousSignedPreKeyId));
+  const auto retired = static_cast<int64_t>(store_.GetU64(kPreviousSignedPreKeyRetired));
+  if (previous != 0 && now_ms - retired >= keep_previous_ms) {
+    IRIS_RETURN_IF_ERROR(store_.RemoveSignedPreKey(previous));
+    IRIS_RETURN_IF_ERROR(store_.Delete(kPreviousSignedPreKeyId));
+    IRIS_RETURN_IF_ERROR(store_.Delete(kPreviousSignedPreKeyRetired));
+  }
+  if (now_ms - created >= rotate_every_ms) {
+    // A second rotation within the grace period drops the oldest key at once: at most
+    // one previous signed prekey is kept.
+    const auto still_previous = static_cast<uint32_t>(store_.GetU64(kPreviousSignedPreKeyId));
+    if (still_previous != 0) IRIS_RETURN_IF_ERROR(store_.RemoveSignedPreKey(still_previous));
+    const auto current = static_cast<uint32_t>(store_.GetU64(kSignedPreKeyId));
+    Ref<ratchet_identity_key_pair> identity;
+    const int r = signal_protocol_identity_get_key_pair(stores_, &identity.p);
+    if (r != 0) return SignalError("load the identity key pair", r);
+    IRIS_RETURN_IF_ERROR(StoreNewSignedPreKey(identity.p, NextPreKeyId(current), now_ms));
+    IRIS_RETURN_IF_ERROR(store_.PutU64(kPreviousSignedPreKeyId, current));
+    IRIS_RETURN_IF_ERROR(
+        store_.PutU64(kPreviousSignedPreKeyRetired, static_cast<uint64_t>(now_ms)));
+    rotated = true;
+  }
+  IRIS_RETURN_IF_ERROR(tx.Commit());
+  return rotated;
+}
+
+uint32_t MessageCipher::SignedPreKeyId() const {
+  return static_cast<uint32_t>(store_.GetU64(kSignedPreKeyId));
+}
+
+Status MessageCipher::DiscardPreKey(uint32_t id) { return store_.RemovePreKey(id); }
+
+// ---- conversation order (issue 18, item 5) ----
+
+Result<std::string> MessageCipher::SealContent(uint64_t user, uint8_t content_type,
+                                               std::string_view data) {
+  const std::string peer = std::to_string(user);
+  Content c;
+  c.type = content_type;
+  c.data = std::string(data);
+  c.sender_ms = NowMs();
+  c.epoch = store_.GetU64(kOutEpoch + peer);
+  if (c.epoch == 0) {
+    if (RAND_bytes(reinterpret_cast<unsigned char*>(&c.epoch), sizeof(c.epoch)) != 1) {
+      return Internal("no randomness for a conversation epoch");
+    }
+    if (c.epoch == 0) c.epoch = 1;
+    IRIS_RETURN_IF_ERROR(store_.PutU64(kOutEpoch + peer, c.epoch));
+  }
+  // Control content is not part of the conversation the user sees: counter 0, not advanced
+  // (the receiver checks no order on it), so a lost or re-sent control message never shows
+  // up as a gap in the user's messages.
+  if (content_type != kContentControl) {
+    c.counter = store_.GetU64(kOutCounter + peer) + 1;
+    IRIS_RETURN_IF_ERROR(store_.PutU64(kOutCounter + peer, c.counter));
+  }
+  return EncodeContent(c);
+}
+
+Status MessageCipher::CheckOrder(uint64_t sender, const Content& c, Decrypted* out) {
+  if (!c.has_order) return Status::Ok();  // format 1: nothing to check
+  out->sender_ms = c.sender_ms;
+  out->counter = c.counter;
+  const std::string peer = std::to_string(sender);
+  const uint64_t epoch = store_.GetU64(kInEpoch + peer);
+  uint64_t last = store_.GetU64(kInCounter + peer);
+  if (epoch != c.epoch) {
+    // The first message seen from this sender sets the baseline (this installation cannot
+    // know what came before it); a new epoch (the sender reinstalled) counts from 1.
+    if (epoch != 0 && c.counter > 1) out->missing = c.counter - 1;
+    IRIS_RETURN_IF_ERROR(store_.PutU64(kInEpoch + peer, c.epoch));
+    last = c.counter;
+  } else if (c.counter > last + 1) {
+    out->missing = c.counter - last - 1;
+    last = c.counter;
+  } else if (c.counter <= last) {
+    out->reordered = true;
+  } else {
+    last = c.counter;
+  }
+  return store_.PutU64(kInCounter + peer, last);
 }
 
 }  // namespace iris::client::e2ee

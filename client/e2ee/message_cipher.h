@@ -25,9 +25,12 @@
 #include "iris/v1/client.pb.h"
 
 struct signal_context;
+struct ratchet_identity_key_pair;
 struct signal_protocol_store_context;
 
 namespace iris::client::e2ee {
+
+struct Content;  // body_format.h
 
 class MessageCipher {
  public:
@@ -46,15 +49,28 @@ class MessageCipher {
   // prekey's signature). FORBIDDEN when the user's identity key differs from the one
   // trusted before; BAD_REQUEST for a malformed bundle.
   Status ProcessBundle(const v1::KeysBundle& bundle);
-  // The wire body for `text` to `user` (precondition: HasSession(user)).
-  Result<std::string> Encrypt(uint64_t user, std::string_view text);
+  // The wire body for `text` to `user` (precondition: HasSession(user)). The plaintext
+  // (body_format.h format 2) carries `content_type` (kContentText, or kContentReceipt with
+  // a serialised v1::ReceiptBody as `text`; EncryptControl for kContentControl), this
+  // device's clock and the next value of the per-recipient conversation counter (advanced
+  // in the same local transaction; control content carries 0 and does not advance it).
+  Result<std::string> Encrypt(uint64_t user, std::string_view text, uint8_t content_type = 1);
 
   struct Decrypted {
     std::string text;
     bool prekey_message = false;
     bool consumed_prekey = false;  // a local one-time prekey was used up
-    // A control message (body_format.h) rather than text: `text` is empty.
+    uint8_t content_type = 1;      // kContentText, kContentReceipt (text = ReceiptBody) or
+                                   // kContentControl (`control` set, `text` empty)
     std::optional<ControlContent> control;
+    // From plaintext format 2 (all 0/false for format 1 and for control content): the
+    // sender's clock, its conversation counter, how many earlier messages of the sender's
+    // never arrived here (a gap in the counter: dropped by the server, or still to come out
+    // of order), and whether this one arrived after a later one (the counter went backwards).
+    uint64_t sender_ms = 0;
+    uint64_t counter = 0;
+    uint64_t missing = 0;
+    bool reordered = false;
   };
   // Decrypts a wire body from `sender`. BAD_REQUEST for a malformed body or failed
   // decryption, FORBIDDEN for an untrusted (changed) identity key; the message says which.
@@ -92,12 +108,24 @@ class MessageCipher {
   std::string PreKeyMessageIdentity(std::string_view body) const;
   // The saved identity key of `user` (empty when none; an unreadable store reads as none).
   std::string SavedIdentity(uint64_t user) const;
-  // The wire body of a control message to `user` (precondition: HasSession(user)).
+  // The wire body of a control message to `user` (precondition: HasSession(user)):
+  // format 2, content type kContentControl, conversation counter 0 (not advanced).
   Result<std::string> EncryptControl(uint64_t user, const ControlContent& control);
   // Drops every session with `user` (the next message builds a new one from a fresh bundle).
   Status ResetSession(uint64_t user);
   // This account's public identity key (serialised).
   std::string LocalIdentityKey() const;
+
+  // Signed prekey rotation: when the current signed prekey is `rotate_every_ms` old at
+  // `now_ms`, makes a new one (id = the old id + 1, wrapping in libsignal's range) and keeps
+  // the old private key `keep_previous_ms` longer for sessions in flight, then deletes it.
+  // True when a new signed prekey was made (the caller uploads it).
+  Result<bool> RotateSignedPreKeyIfDue(int64_t now_ms, int64_t rotate_every_ms,
+                                       int64_t keep_previous_ms);
+  uint32_t SignedPreKeyId() const;
+  // Deletes the private half of one-time prekey `id` (one the server handed out to this
+  // account itself, which nobody else will use).
+  Status DiscardPreKey(uint32_t id);
 
   // Hex SHA-256 of this account's public identity key (what users compare out of band).
   std::string IdentityFingerprint() const;
@@ -106,6 +134,9 @@ class MessageCipher {
  private:
   explicit MessageCipher(LocalStore& store) : store_(store) {}
   Status Init();
+  Status StoreNewSignedPreKey(ratchet_identity_key_pair* identity, uint32_t id, int64_t now_ms);
+  Result<std::string> SealContent(uint64_t user, uint8_t content_type, std::string_view data);
+  Status CheckOrder(uint64_t sender, const Content& c, Decrypted* out);
 
   LocalStore& store_;
   signal_context* ctx_ = nullptr;

@@ -51,12 +51,13 @@ struct EdgeOptions {
   bool carry_rate_debt = false;
   // Per user, for the other requests that write durably or take from another user's data
   // (docs/protocol.md "Limits"). Same two-bucket semantics as send_rate.
-  SendRateConfig settings_rate = kSettingsRate;       // SETTINGS
-  SendRateConfig keys_upload_rate = kKeysUploadRate;  // KEYS_UPLOAD
-  SendRateConfig keys_fetch_rate = kKeysFetchRate;    // KEYS_FETCH, per requester
-  SendRateConfig group_rate = kGroupRate;             // GROUP_CREATE and GROUP_UPDATE
-  ConnectionLimitConfig connection_rate;              // per IP
-  std::vector<std::string> connection_allowlist;      // addresses or CIDR ranges
+  SendRateConfig settings_rate = kSettingsRate;              // SETTINGS
+  SendRateConfig keys_upload_rate = kKeysUploadRate;         // KEYS_UPLOAD
+  SendRateConfig keys_fetch_rate = kKeysFetchRate;           // KEYS_FETCH, per requester
+  SendRateConfig keys_fetch_pair_rate = kKeysFetchPairRate;  // KEYS_FETCH, per (requester, target)
+  SendRateConfig group_rate = kGroupRate;                    // GROUP_CREATE and GROUP_UPDATE
+  ConnectionLimitConfig connection_rate;                     // per IP
+  std::vector<std::string> connection_allowlist;             // addresses or CIDR ranges
   // Load balancers (addresses or CIDR ranges) whose connections start with a PROXY protocol
   // v2 header before TLS (net/proxy_protocol.h): required from them, refused from anyone
   // else (it is not TLS). The per-IP checks of such a connection (pre-login cap, connection
@@ -211,6 +212,7 @@ class Edge final : public core::EdgeSink {
   KeyedSendLimiter& settings_limiter() { return settings_limiter_; }
   KeyedSendLimiter& keys_upload_limiter() { return keys_upload_limiter_; }
   KeyedSendLimiter& keys_fetch_limiter() { return keys_fetch_limiter_; }
+  KeyedSendLimiter& keys_fetch_pair_limiter() { return keys_fetch_pair_limiter_; }
   KeyedSendLimiter& group_limiter() { return group_limiter_; }
   FailedLoginLimiter& failed_logins() { return failed_logins_; }
   ConnectionRateLimiter& connection_limiter() { return connection_limiter_; }
@@ -238,6 +240,7 @@ class Edge final : public core::EdgeSink {
   KeyedSendLimiter settings_limiter_;
   KeyedSendLimiter keys_upload_limiter_;
   KeyedSendLimiter keys_fetch_limiter_;
+  KeyedSendLimiter keys_fetch_pair_limiter_;
   KeyedSendLimiter group_limiter_;
   FailedLoginLimiter failed_logins_;
   ConnectionRateLimiter connection_limiter_;

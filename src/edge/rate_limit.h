@@ -134,6 +134,22 @@ inline constexpr SendRateConfig kKeysUploadRate{0.2, 2, 10};
 //  - KEYS_FETCH, per requester: 30 a minute sustained, at most 5 at once and 18 in a burst,
 //    so one user takes at most 48 one-time prekeys from others' pools in any minute.
 inline constexpr SendRateConfig kKeysFetchRate{0.5, 5, 4};
+//  - KEYS_FETCH, per (requester, target) pair: 3 at once, then one per 10 minutes, so one
+//    user cannot drain another's one-time prekey pool (a session needs one fetch; a client
+//    fetches again only after an identity change or a failed bundle). Keyed by
+//    KeysFetchPairKey(requester, target).
+inline constexpr SendRateConfig kKeysFetchPairRate{1.0 / 600, 4, 1};
+inline uint64_t KeysFetchPairKey(uint64_t requester, uint64_t target) {
+  // splitmix64 of each half, combined: distinct pairs collide only by chance (they then
+  // share a budget, which is harmless).
+  auto mix = [](uint64_t z) {
+    z += 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  };
+  return mix(requester ^ mix(target));
+}
 //  - GROUP_CREATE and GROUP_UPDATE: 1/s, bursts of 5/s for 10 s.
 inline constexpr SendRateConfig kGroupRate{1, 5, 10};
 
@@ -412,8 +428,11 @@ struct LimiterTables {
   static constexpr size_t kKeysUpload = 5;
   static constexpr size_t kKeysFetch = 6;
   static constexpr size_t kGroups = 7;
+  static constexpr size_t kKeysFetchPair = 8;  // keyed by KeysFetchPairKey
   // Users tracked at once in each of those (they refill within a minute, see EdgeOptions).
   static constexpr size_t kOtherUserMaxEntries = size_t{1} << 17;
+  // (requester, target) pairs tracked at once (each for up to 30 minutes).
+  static constexpr size_t kKeysFetchPairMaxEntries = size_t{1} << 18;
   static std::vector<internal::TableSpec> Specs(
       const ConnectionLimitConfig& connections, const FailedLoginConfig& failed_logins,
       size_t send_max_entries = KeyedSendLimiter::kDefaultMaxEntries);

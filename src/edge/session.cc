@@ -719,8 +719,15 @@ void Session::HandleKeysFetch(const v1::KeysFetch& m) {
   const uint64_t request_id = m.request_id();
   // Per requester: bounds the one-time prekeys one user can take from others' pools.
   if (!AdmitLimited(loop_.edge().keys_fetch_limiter(), "KEYS_FETCH", seq, request_id)) return;
-  const ReplyTarget t = TargetOf(seq);
   const uint64_t target = m.user();
+  // Per (requester, target): bounds the one-time prekeys one user takes from one pool.
+  const Status pair = loop_.edge().keys_fetch_pair_limiter().TryTake(
+      KeysFetchPairKey(user_, target), loop_.edge().clock().MonoNanos());
+  if (!pair.ok()) {
+    CompleteReply(seq, ErrorFrame(request_id, Limited(pair, "KEYS_FETCH of this user")));
+    return;
+  }
+  const ReplyTarget t = TargetOf(seq);
   loop_.edge().core().FetchKeys(target, [t, request_id, target](Result<v1::KeysBundle> bundle) {
     std::string frame;
     if (!bundle.ok()) {

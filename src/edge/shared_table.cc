@@ -14,7 +14,7 @@ namespace {
 
 constexpr uint64_t kMagic = 0x53544d494c534952ULL;  // "RISLIMTS"
 // Bump when the layout of the header, a shard or a slot changes.
-constexpr uint32_t kLayoutVersion = 1;
+constexpr uint32_t kLayoutVersion = 2;  // 2: up to 12 tables (issue 18: KEYS_FETCH per pair)
 
 struct Header {
   uint64_t magic;

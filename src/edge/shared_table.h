@@ -57,7 +57,7 @@ struct TableSpec {
 class SharedRegion {
  public:
   static constexpr size_t kShards = 16;
-  static constexpr size_t kMaxTables = 8;
+  static constexpr size_t kMaxTables = 12;
   // Bytes of one slot of a table of `spec` (SharedTable::Slot: a used word, the key and the
   // entry, each at 8-byte alignment).
   static constexpr uint64_t SlotSize(uint64_t key_size, uint64_t entry_size) {

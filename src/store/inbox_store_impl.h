@@ -147,6 +147,8 @@ class InboxStore::Impl {
   Status PutRevokedUser(uint64_t user, int64_t before_ms);
   Result<StoredRevocations> LoadRevocations(int64_t now_ms);
   Status UploadKeys(uint64_t user, const v1::KeysUpload& upload);
+  // The store keys of `user`'s one-time prekey pool (caller holds the user's key stripe).
+  Result<std::vector<std::string>> PoolKeys(uint64_t user) const;
   Result<v1::KeysBundle> FetchKeys(uint64_t user);
   Status PutGroup(const v1::GroupInfo& group);
   Result<v1::GroupInfo> GetGroup(uint64_t group_id) const;

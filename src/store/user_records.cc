@@ -137,6 +137,22 @@ Result<std::optional<StoredBundle>> ReadBundle(const StoreDb::ReadHold& db, int3
 
 }  // namespace
 
+Result<std::vector<std::string>> InboxStore::Impl::PoolKeys(uint64_t user) const {
+  const StoreDb::ReadHold db = db_->Hold();
+  if (!db.ok()) return StoreDb::ReadHold::Closed();
+  const std::string prefix = PreKeyPrefix(Vnode(user), user);
+  std::string upper = prefix;
+  upper.back() = static_cast<char>(upper.back() + 1);
+  const rocksdb::Slice upper_slice(upper);
+  rocksdb::ReadOptions ro;
+  ro.iterate_upper_bound = &upper_slice;
+  std::unique_ptr<rocksdb::Iterator> it(db.db()->NewIterator(ro, db.cf(Cf::kKeys)));
+  std::vector<std::string> out;
+  for (it->Seek(prefix); it->Valid(); it->Next()) out.push_back(it->key().ToString());
+  if (!it->status().ok()) return FromRocks(it->status(), "store: read prekeys");
+  return out;
+}
+
 Status InboxStore::Impl::UploadKeys(uint64_t user, const v1::KeysUpload& upload) {
   std::lock_guard<std::mutex> lock(key_stripes_[user % kKeyStripes]);
   std::optional<StoredBundle> existing;
@@ -146,6 +162,18 @@ Status InboxStore::Impl::UploadKeys(uint64_t user, const v1::KeysUpload& upload)
     IRIS_ASSIGN_OR_RETURN(existing, ReadBundle(db, Vnode(user), user));
   }
   StoredBundle b = existing.value_or(StoredBundle{});
+  std::vector<KvOp> ops;
+  // A new identity key is a new installation: the one-time prekeys and the signed prekey
+  // stored under the old identity belong to private keys that no longer exist, and handing
+  // them out would make every first message to the user undecryptable. They go in the same
+  // write batch that stores the new bundle (atomic: no fetch sees a mix of the two).
+  if (existing && !upload.identity_key().empty() &&
+      upload.identity_key() != existing->bundle.identity_key()) {
+    IRIS_ASSIGN_OR_RETURN(std::vector<std::string> stale, PoolKeys(user));
+    for (std::string& k : stale) ops.push_back(KvOp{Cf::kKeys, std::move(k), std::nullopt});
+    b.pool_size = 0;
+    b.bundle.clear_signed_prekey();
+  }
   const uint64_t adding = static_cast<uint64_t>(upload.one_time_prekeys_size());
   if (b.pool_size + adding > options_.max_one_time_prekeys) {
     return TooLarge("one-time prekey pool full: " + std::to_string(b.pool_size) + " stored + " +
@@ -155,7 +183,6 @@ Status InboxStore::Impl::UploadKeys(uint64_t user, const v1::KeysUpload& upload)
   if (!upload.identity_key().empty()) b.bundle.set_identity_key(upload.identity_key());
   if (upload.registration_id() != 0) b.bundle.set_registration_id(upload.registration_id());
   if (upload.has_signed_prekey()) *b.bundle.mutable_signed_prekey() = upload.signed_prekey();
-  std::vector<KvOp> ops;
   for (const v1::PreKey& k : upload.one_time_prekeys()) {
     ops.push_back(
         KvOp{Cf::kKeys, PreKeyKey(Vnode(user), user, b.next_seq++), k.SerializeAsString()});

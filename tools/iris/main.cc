@@ -183,6 +183,27 @@ std::string TrustHint(const std::string& error, uint64_t user) {
          u + "), then: iris trust " + u + " NEW_FINGERPRINT)";
 }
 
+// What the sender's conversation counter says about a message (issue 18): the fields of
+// the JSON line, and the note after the text line.
+json OrderJson(const client::MessageEvent& m) {
+  json j = json::object();
+  if (m.counter == 0) return j;
+  j["sender_clock_ms"] = m.sender_clock_ms;
+  j["counter"] = m.counter;
+  if (m.missing > 0) j["missing"] = m.missing;
+  if (m.reordered) j["reordered"] = true;
+  return j;
+}
+std::string OrderNote(const client::MessageEvent& m) {
+  std::string note;
+  if (m.missing > 0) {
+    note += "  [" + std::to_string(m.missing) + (m.missing == 1 ? " message" : " messages") +
+            " missing before this one]";
+  }
+  if (m.reordered) note += "  [arrived out of order: reordered]";
+  return note;
+}
+
 // Prints one library event. Messages are printed by the caller (shown-cursor logic).
 void PrintEvent(const Event& e) {
   using namespace client;
@@ -193,10 +214,12 @@ void PrintEvent(const Event& e) {
     if (!m->decrypted) j["error"] = m->error;
     if (m->pending) j["pending"] = true;
     if (m->group_id != 0) j["group_id"] = m->group_id;
+    j.update(OrderJson(*m));
     Out(j,
         "[" + Clock(m->sent_at_ms) + "] " + std::to_string(m->sender) + ": " +
             (m->decrypted ? m->text
-                          : "<cannot decrypt: " + m->error + ">" + TrustHint(m->error, m->sender)));
+                          : "<cannot decrypt: " + m->error + ">" + TrustHint(m->error, m->sender)) +
+            OrderNote(*m));
   } else if (const auto* a = std::get_if<SendAckedEvent>(&e)) {
     if (a->receipt) return;
     Out({{"event", "sent"},
@@ -342,6 +365,21 @@ Result<std::unique_ptr<Session>> OpenSession(const std::string& dir, const CliCo
   o.client_name = "iris-cli/0.1";
   o.prekey_pool_size = cfg.prekeys;
   o.prekey_low_water = std::min<uint32_t>(25, cfg.prekeys / 4);
+  // Key maintenance intervals (ms; tests shorten them): IRIS_PREKEY_CHECK_MS,
+  // IRIS_SIGNED_PREKEY_ROTATION_MS, IRIS_SIGNED_PREKEY_GRACE_MS.
+  for (const auto& [env, field] :
+       {std::pair{"IRIS_PREKEY_CHECK_MS", &o.prekey_check_interval_ms},
+        std::pair{"IRIS_SIGNED_PREKEY_ROTATION_MS", &o.signed_prekey_rotation_ms},
+        std::pair{"IRIS_SIGNED_PREKEY_GRACE_MS", &o.signed_prekey_grace_ms}}) {
+    const char* v = std::getenv(env);
+    if (v == nullptr) continue;
+    char* end = nullptr;
+    const long long ms = std::strtoll(v, &end, 10);
+    if (*v == '\0' || *end != '\0' || ms < 0) {
+      return BadRequest(std::string(env) + " must be a number of milliseconds, got \"" + v + "\"");
+    }
+    *field = ms;
+  }
   o.on_event = [](const Event& e) { TheInbox().Push(e); };
   IRIS_ASSIGN_OR_RETURN(s->client, Client::Open(std::move(o)));
   s->shown = LoadShownCursor(dir);

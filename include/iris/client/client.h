@@ -72,7 +72,20 @@ struct ClientOptions {
   // uploads more (counted as keys uploaded minus keys consumed by incoming first messages).
   uint32_t prekey_pool_size = 100;
   uint32_t prekey_low_water = 25;
-  // Send a DELIVERED receipt for every message stored (queued and retried like a send).
+  // How often the client asks the server how many of its one-time prekeys are really left
+  // (a KEYS_FETCH of its own bundle: one_time_prekeys_left; it uses up one key, whose
+  // private half is then deleted) and refills below prekey_low_water: the local count
+  // misses keys that others fetched and never used. 0 = at every connection.
+  int64_t prekey_check_interval_ms = 6 * 3600 * 1000LL;
+  // Signed prekey rotation: once the current signed prekey is this old (checked at every
+  // connection) a new one is made and uploaded; the previous one's private key is kept
+  // signed_prekey_grace_ms longer for sessions started from the old bundle, then deleted.
+  int64_t signed_prekey_rotation_ms = 7 * 24 * 3600 * 1000LL;
+  int64_t signed_prekey_grace_ms = 30 * 24 * 3600 * 1000LL;
+  // Send a DELIVERED receipt for every message stored (queued and retried like a send):
+  // end-to-end encrypted to the author (only it is believed by the author's client), plus
+  // the protocol's RECEIPT frame, which the server counts and may shed (docs/protocol.md,
+  // "Client conventions: receipts").
   bool delivery_receipts = true;
 
   BackoffPolicy backoff;

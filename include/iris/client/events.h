@@ -51,6 +51,15 @@ struct MessageEvent {
   bool from_catch_up = false;  // came in a SYNC_PAGE rather than a DELIVER push
   uint64_t group_id = 0;       // a group message (not supported yet: decrypted is false)
   bool pending = false;        // kept for a retry (see above)
+  // From inside the ciphertext (0/false for messages from older clients): the sender's own
+  // clock, and the sender's per-conversation counter, checked against the messages seen
+  // before: `missing` earlier messages of the sender never arrived here (dropped by the
+  // server, or still to come out of order), or this one `reordered`: it arrived after a
+  // later one.
+  uint64_t sender_clock_ms = 0;
+  uint64_t counter = 0;
+  uint64_t missing = 0;
+  bool reordered = false;
 };
 
 // A contact's identity key changed: they re-installed, or the server hands out a key that
@@ -97,6 +106,8 @@ struct SendFailedEvent {
 enum class ReceiptKind : uint8_t { kDelivered = 1, kRead = 2 };
 
 // Another user's receipt for messages this user sent (ids as the server's SEND_ACKs gave them).
+// Only end-to-end encrypted receipts from the author are reported; the server's plaintext
+// RECEIPT envelopes (which the server could forge) are stored and ignored.
 struct ReceiptEvent {
   uint64_t id = 0;  // the receipt's own inbox id
   uint64_t from = 0;

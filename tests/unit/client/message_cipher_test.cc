@@ -8,6 +8,7 @@
 #include <signal_protocol.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
 
 #include "client/e2ee/body_format.h"
@@ -264,6 +265,141 @@ TEST_F(MessageCipherTest, UploadsFreshPreKeyIdsEachTime) {
   EXPECT_EQ(alice_->store().CountPreKeys(), 20u);
   EXPECT_EQ(a->identity_key(), b->identity_key());
   EXPECT_EQ(alice_->c().PrepareUpload(101).status().code(), StatusCode::kBadRequest);
+}
+
+// Issue 18: a reinstall must not reuse the prekey ids of the installation before it, so ids
+// start at a random point of libsignal's range.
+TEST_F(MessageCipherTest, FreshInstallsStartPreKeyIdsAtRandomPoints) {
+  auto a = alice_->c().PrepareUpload(3);
+  auto b = bob_->c().PrepareUpload(3);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_NE(a->one_time_prekeys(0).id(), b->one_time_prekeys(0).id());
+  EXPECT_NE(a->signed_prekey().id(), b->signed_prekey().id());
+  for (const auto* up : {&*a, &*b}) {
+    EXPECT_GE(up->signed_prekey().id(), 1u);
+    EXPECT_LE(up->signed_prekey().id(), 0xFFFFFEu);
+    for (const auto& k : up->one_time_prekeys()) {
+      EXPECT_GE(k.id(), 1u);
+      EXPECT_LE(k.id(), 0xFFFFFEu);
+    }
+  }
+  // Not both the old fixed start (1) either.
+  EXPECT_FALSE(a->one_time_prekeys(0).id() == 1 && b->one_time_prekeys(0).id() == 1);
+}
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Issue 18: the signed prekey rotates when due; the previous private key stays for a grace
+// period so a first message built from the old bundle still decrypts, then it is deleted.
+TEST_F(MessageCipherTest, SignedPreKeyRotatesAndKeepsThePreviousForTheGracePeriod) {
+  constexpr int64_t kWeek = 7 * 24 * 3600 * 1000LL, kGrace = 30 * 24 * 3600 * 1000LL;
+  const int64_t t0 = NowMs();
+  const uint32_t old_id = bob_->c().SignedPreKeyId();
+  auto not_due = bob_->c().RotateSignedPreKeyIfDue(t0 + 1000, kWeek, kGrace);
+  ASSERT_TRUE(not_due.ok());
+  EXPECT_FALSE(*not_due);
+  const v1::KeysBundle old_bundle = bob_->Bundle(kBob, 1);
+  auto rotated = bob_->c().RotateSignedPreKeyIfDue(t0 + kWeek + 1000, kWeek, kGrace);
+  ASSERT_TRUE(rotated.ok()) << rotated.status().ToString();
+  EXPECT_TRUE(*rotated);
+  const uint32_t new_id = bob_->c().SignedPreKeyId();
+  EXPECT_EQ(new_id, old_id == 0xFFFFFEu ? 1u : old_id + 1);
+  EXPECT_EQ(bob_->Bundle(kBob, 0).signed_prekey().id(), new_id);
+  // A session set up from the old bundle (in flight during the rotation) still works.
+  ASSERT_TRUE(alice_->c().ProcessBundle(old_bundle).ok());
+  auto got = bob_->c().Decrypt(kAlice, *alice_->c().Encrypt(kBob, "from the old bundle"));
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(got->text, "from the old bundle");
+  auto kept = bob_->store().LoadSignedPreKey(old_id);
+  ASSERT_TRUE(kept.ok() && kept->has_value());
+  // After the grace period the old private key is gone; the current one stays.
+  auto later =
+      bob_->c().RotateSignedPreKeyIfDue(t0 + kWeek + kGrace + 2000, kWeek + kGrace, kGrace);
+  ASSERT_TRUE(later.ok());
+  EXPECT_FALSE(*later);
+  auto gone = bob_->store().LoadSignedPreKey(old_id);
+  ASSERT_TRUE(gone.ok());
+  EXPECT_FALSE(gone->has_value());
+  auto current = bob_->store().LoadSignedPreKey(new_id);
+  ASSERT_TRUE(current.ok() && current->has_value());
+}
+
+// Issue 18: the sender's clock and a per-conversation counter travel inside the ciphertext;
+// the recipient reports a gap (a message dropped by the server) and a late arrival.
+TEST_F(MessageCipherTest, ConversationCounterReportsGapsAndReordering) {
+  ASSERT_TRUE(alice_->c().ProcessBundle(bob_->Bundle(kBob, 1)).ok());
+  std::vector<std::string> sent;
+  for (int i = 1; i <= 4; ++i) sent.push_back(*alice_->c().Encrypt(kBob, "m" + std::to_string(i)));
+  const int64_t before = NowMs();
+  auto m1 = bob_->c().Decrypt(kAlice, sent[0]);
+  ASSERT_TRUE(m1.ok()) << m1.status().ToString();
+  EXPECT_EQ(m1->counter, 1u);
+  EXPECT_EQ(m1->missing, 0u);
+  EXPECT_FALSE(m1->reordered);
+  EXPECT_LE(static_cast<int64_t>(m1->sender_ms), before);
+  EXPECT_GT(m1->sender_ms, 0u);
+  auto m3 = bob_->c().Decrypt(kAlice, sent[2]);
+  ASSERT_TRUE(m3.ok());
+  EXPECT_EQ(m3->text, "m3");
+  EXPECT_EQ(m3->missing, 1u);
+  auto m2 = bob_->c().Decrypt(kAlice, sent[1]);
+  ASSERT_TRUE(m2.ok());
+  EXPECT_TRUE(m2->reordered);
+  EXPECT_EQ(m2->missing, 0u);
+  auto m4 = bob_->c().Decrypt(kAlice, sent[3]);
+  ASSERT_TRUE(m4.ok());
+  EXPECT_EQ(m4->missing, 0u);
+  EXPECT_FALSE(m4->reordered);
+  // A receipt is content of its own type, and counts in the same conversation.
+  v1::ReceiptBody r;
+  r.set_type(v1::READ);
+  r.add_message_ids(42);
+  auto sealed =
+      bob_->c().Decrypt(kAlice, *alice_->c().Encrypt(kBob, r.SerializeAsString(), kContentReceipt));
+  ASSERT_TRUE(sealed.ok());
+  EXPECT_EQ(sealed->content_type, kContentReceipt);
+  EXPECT_EQ(sealed->counter, 5u);
+  v1::ReceiptBody back;
+  ASSERT_TRUE(back.ParseFromString(sealed->text));
+  EXPECT_EQ(back.message_ids(0), 42u);
+}
+
+// A control message (session reset) is content type 0x03 of format 2: it decrypts as
+// control (no text), carries counter 0 and neither advances nor checks the conversation
+// counter, so the user's messages around it show no gap and no reordering.
+TEST_F(MessageCipherTest, ControlContentDoesNotTouchTheConversationCounter) {
+  ASSERT_TRUE(alice_->c().ProcessBundle(bob_->Bundle(kBob, 1)).ok());
+  auto m1 = bob_->c().Decrypt(kAlice, *alice_->c().Encrypt(kBob, "m1"));
+  ASSERT_TRUE(m1.ok()) << m1.status().ToString();
+  EXPECT_EQ(m1->counter, 1u);
+  ControlContent ctl;
+  ctl.message_ids = {11, 12};
+  auto body = alice_->c().EncryptControl(kBob, ctl);
+  ASSERT_TRUE(body.ok()) << body.status().ToString();
+  auto got = bob_->c().Decrypt(kAlice, *body);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(got->content_type, kContentControl);
+  ASSERT_TRUE(got->control.has_value());
+  EXPECT_EQ(got->control->message_ids, ctl.message_ids);
+  EXPECT_TRUE(got->text.empty());
+  EXPECT_EQ(got->counter, 0u);
+  EXPECT_EQ(got->missing, 0u);
+  EXPECT_FALSE(got->reordered);
+  // The next text is counter 2 (the control took none) and counts as neither late nor gapped;
+  // a control message lost on the way would not show as a gap either.
+  (void)alice_->c().EncryptControl(kBob, ctl);
+  auto m2 = bob_->c().Decrypt(kAlice, *alice_->c().Encrypt(kBob, "m2"));
+  ASSERT_TRUE(m2.ok()) << m2.status().ToString();
+  EXPECT_EQ(m2->content_type, kContentText);
+  EXPECT_FALSE(m2->control.has_value());
+  EXPECT_EQ(m2->text, "m2");
+  EXPECT_EQ(m2->counter, 2u);
+  EXPECT_EQ(m2->missing, 0u);
+  EXPECT_FALSE(m2->reordered);
 }
 
 }  // namespace

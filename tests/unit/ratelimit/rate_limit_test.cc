@@ -265,6 +265,33 @@ TEST(KeyedSendLimiterTest, SweepDropsOnlyRestedUsers) {
   EXPECT_EQ(k.size(), 0u);
 }
 
+// Issue 18: KEYS_FETCH is also limited per (requester, target): a requester that asks for
+// one user's bundle as often as its own budget allows (every 2 s) for an hour takes at most
+// 3 + 6 of that user's one-time prekeys, and is not slowed down for other targets.
+TEST(KeyedSendLimiterTest, KeysFetchPairBudgetKeepsOneRequesterFromDrainingAPool) {
+  KeyedSendLimiter pair(kKeysFetchPairRate, 1024, kSeed);
+  const uint64_t key = KeysFetchPairKey(7, 8);
+  int at_once = 0;
+  for (int i = 0; i < 10; ++i) at_once += pair.TryTake(key, kT0).ok() ? 1 : 0;
+  EXPECT_EQ(at_once, 3);
+  int granted = at_once;
+  for (int64_t t = 2 * kSec; t < 3600 * kSec; t += 2 * kSec) {
+    Status s = pair.TryTake(key, kT0 + t);
+    if (s.ok()) {
+      ++granted;
+    } else {
+      EXPECT_EQ(s.code(), StatusCode::kRateLimited);
+      EXPECT_GT(s.retry_after_ms(), 0u);
+    }
+  }
+  EXPECT_LE(granted, 3 + 6 + 1);
+  EXPECT_GE(granted, 3 + 5);
+  // Other pairs have their own budget (including the reverse direction).
+  EXPECT_TRUE(pair.TryTake(KeysFetchPairKey(7, 9), kT0 + 3600 * kSec).ok());
+  EXPECT_TRUE(pair.TryTake(KeysFetchPairKey(8, 7), kT0 + 3600 * kSec).ok());
+  EXPECT_NE(KeysFetchPairKey(7, 8), KeysFetchPairKey(8, 7));
+}
+
 // Security issue 14: KEYS_FETCH is limited per requester, so one user cannot drain another
 // user's one-time prekey pool: a requester that asks every 10 ms (as many as it is given
 // each time) for 10 minutes gets at

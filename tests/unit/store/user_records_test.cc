@@ -149,7 +149,7 @@ TEST(UserRecordsTest, OneTimePrekeyPoolIsCappedAtAThousand) {
   for (int i = 0; i < 10; ++i) {
     ASSERT_TRUE(store->UploadKeys(3, Upload(static_cast<uint32_t>(1 + 100 * i), 100)).ok());
   }
-  Status full = store->UploadKeys(3, Upload(5000, 1, "replaced"));
+  Status full = store->UploadKeys(3, Upload(5000, 1));
   EXPECT_EQ(full.code(), StatusCode::kTooLarge) << full.ToString();
   EXPECT_NE(full.message().find("1000"), std::string::npos) << full.message();
   // Nothing of the refused upload was stored.
@@ -182,11 +182,11 @@ TEST(UserRecordsTest, PrekeyCapIsConfigurableAndSurvivesReopen) {
   EXPECT_TRUE(store->UploadKeys(3, identity_only).ok());
 }
 
-TEST(UserRecordsTest, UploadReplacesIdentityAndAppendsToThePool) {
+TEST(UserRecordsTest, UploadWithTheSameIdentityAppendsToThePool) {
   TempDir dir;
   auto store = OpenOrDie(TestOptions(dir.path()));
   ASSERT_NE(store, nullptr);
-  ASSERT_TRUE(store->UploadKeys(3, Upload(1, 2, "old")).ok());
+  ASSERT_TRUE(store->UploadKeys(3, Upload(1, 2, "new")).ok());
   ASSERT_TRUE(store->UploadKeys(3, Upload(10, 2, "new")).ok());
   // An upload of prekeys only keeps the identity.
   v1::KeysUpload more;
@@ -202,6 +202,45 @@ TEST(UserRecordsTest, UploadReplacesIdentityAndAppendsToThePool) {
     got.push_back(b->one_time_prekey().id());
   }
   EXPECT_EQ(got, (std::vector<uint32_t>{1, 2, 10, 11, 20}));
+}
+
+// A reinstall uploads a new identity: the prekeys (one-time and signed) of the old
+// installation are gone at once, so no fetcher is handed a key whose private half is lost.
+TEST(UserRecordsTest, NewIdentityClearsTheOldPoolAndSignedPrekey) {
+  TempDir dir;
+  auto store = OpenOrDie(TestOptions(dir.path()));
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(store->UploadKeys(3, Upload(1, 50, "old")).ok());
+  ASSERT_TRUE(store->UploadKeys(4, Upload(1, 2, "other")).ok());
+  v1::KeysUpload fresh = Upload(1, 0, "new");  // identity only: no signed prekey either
+  fresh.clear_signed_prekey();
+  ASSERT_TRUE(store->UploadKeys(3, fresh).ok());
+  Result<v1::KeysBundle> b = store->FetchKeys(3);
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  EXPECT_EQ(b->identity_key(), "new");
+  EXPECT_FALSE(b->has_one_time_prekey());
+  EXPECT_EQ(b->one_time_prekeys_left(), 0u);
+  EXPECT_FALSE(b->has_signed_prekey());
+  // The new installation's keys (ids reused from 1) are the only ones handed out.
+  v1::KeysUpload keys = Upload(1, 2, "new");
+  keys.mutable_signed_prekey()->set_public_key("spk-new");
+  ASSERT_TRUE(store->UploadKeys(3, keys).ok());
+  b = store->FetchKeys(3);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->one_time_prekey().public_key(), "pk1");
+  EXPECT_EQ(b->signed_prekey().public_key(), "spk-new");
+  EXPECT_EQ(b->one_time_prekeys_left(), 1u);
+  // The whole pool fits again (the old 50 no longer count against the cap)...
+  for (int i = 0; i < 9; ++i) {
+    ASSERT_TRUE(
+        store->UploadKeys(3, Upload(static_cast<uint32_t>(100 + 100 * i), 100, "new")).ok());
+  }
+  EXPECT_TRUE(store->UploadKeys(3, Upload(5000, 99, "new")).ok());
+  // ...and another user's pool is untouched.
+  b = store->FetchKeys(4);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->identity_key(), "other");
+  EXPECT_EQ(b->one_time_prekeys_left(), 1u);
 }
 
 TEST(UserRecordsTest, ConcurrentFetchersNeverGetTheSamePrekey) {
