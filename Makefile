@@ -1,6 +1,6 @@
 # Iris: the README's commands. Each target installs missing dependencies (scripts/install-deps),
 # configures and builds (Release, in build/), then acts.
-.PHONY: all deps configure build run run-cluster test test-sanitize test-fuzz bench chaos format lint clean
+.PHONY: all deps configure build run run-cluster package test test-sanitize test-fuzz bench chaos format lint clean
 
 BUILD       ?= build
 ASAN_BUILD  ?= build-asan
@@ -29,6 +29,12 @@ run: build
 # A local cluster: one etcd and three nodes on loopback with a generated CA (scripts/run-cluster).
 run-cluster: build
 	@BUILD=$(BUILD) scripts/run-cluster
+
+# Debian packages in $(BUILD)/: irisd, iris-client, libiris-client-dev (docs/operations.md,
+# "Install from the packages"). Install with: sudo apt install ./$(BUILD)/irisd_*.deb
+package: configure
+	cmake --build $(BUILD) -j $(JOBS) --target irisd irisctl iris iris_client
+	cd $(BUILD) && cpack -G DEB
 
 # The whole suite (unit, property, integration, chaos) through ctest.
 test: build

@@ -17,7 +17,9 @@
 
 #include <cerrno>
 #include <cstring>
+#include <mutex>
 
+#include "client/connection_test_access.h"
 #include "common/clock.h"
 #include "net/tls.h"
 #include "wire/frame.h"
@@ -81,11 +83,23 @@ bool WaitFd(int fd, short events, int64_t deadline) {
 
 }  // namespace
 
+struct Connection::Tls {
+  std::unique_ptr<net::TlsContext> ctx;
+  SSL* ssl = nullptr;
+  std::mutex mu;  // guards every call on ssl (one sender + one reader thread)
+};
+
+Connection::Connection() : tls_(std::make_unique<Tls>()) {}
+
+Status ConnectionTestAccess::SendRaw(Connection& c, std::string_view bytes) {
+  return c.SendBytes(bytes);
+}
+
 Result<std::unique_ptr<Connection>> Connection::Connect(const ConnectOptions& o) {
   auto ctx = net::TlsContext::Client(o.ca_file, o.fingerprint);
   if (!ctx.ok()) return ctx.status();
   std::unique_ptr<Connection> c(new Connection());
-  c->ctx_ = ctx->release();
+  c->tls_->ctx = std::move(*ctx);
 
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
@@ -131,9 +145,8 @@ Result<std::unique_ptr<Connection>> Connection::Connect(const ConnectOptions& o)
       return Unavailable("cannot connect to " + o.host + ":" + port + ": " + strerror(err), 0);
     }
   }
-  auto* tls = static_cast<net::TlsContext*>(c->ctx_);
-  SSL* ssl = SSL_new(tls->get());
-  c->ssl_ = ssl;
+  SSL* ssl = SSL_new(c->tls_->ctx->get());
+  c->tls_->ssl = ssl;
   SSL_set_fd(ssl, c->fd_);
   SSL_set_tlsext_host_name(ssl, o.host.c_str());
   if (o.fingerprint.empty()) {
@@ -188,19 +201,16 @@ Result<std::unique_ptr<Connection>> Connection::Connect(const ConnectOptions& o)
   return c;
 }
 
-Connection::~Connection() {
-  Close();
-  delete static_cast<net::TlsContext*>(ctx_);
-}
+Connection::~Connection() { Close(); }
 
 void Connection::Close() {
-  if (ssl_ != nullptr) {
+  if (tls_->ssl != nullptr) {
     if (fd_ >= 0) {
       NoSigpipe no_sigpipe;
-      SSL_shutdown(static_cast<SSL*>(ssl_));
+      SSL_shutdown(tls_->ssl);
     }
-    SSL_free(static_cast<SSL*>(ssl_));
-    ssl_ = nullptr;
+    SSL_free(tls_->ssl);
+    tls_->ssl = nullptr;
   }
   if (fd_ >= 0) {
     close(fd_);
@@ -215,26 +225,26 @@ void Connection::Abort() {
     close(fd_);
     fd_ = -1;
   }
-  if (ssl_ != nullptr) {
-    SSL_free(static_cast<SSL*>(ssl_));
-    ssl_ = nullptr;
+  if (tls_->ssl != nullptr) {
+    SSL_free(tls_->ssl);
+    tls_->ssl = nullptr;
   }
 }
 
 Status Connection::SendFrame(uint8_t opcode, const google::protobuf::MessageLite& m) {
   std::string frame;
   IRIS_RETURN_IF_ERROR(wire::AppendMessageFrame(&frame, opcode, m));
-  return SendRaw(frame);
+  return SendBytes(frame);
 }
 
-Status Connection::SendRaw(std::string_view bytes) {
+Status Connection::SendBytes(std::string_view bytes) {
   if (fd_ < 0) return Unavailable("connection closed", 0);
-  SSL* ssl = static_cast<SSL*>(ssl_);
+  SSL* ssl = tls_->ssl;
   const int64_t deadline = NowMs() + 30'000;
   while (!bytes.empty()) {
     int n, err = SSL_ERROR_NONE;
     {
-      std::lock_guard<std::mutex> lock(ssl_mu_);
+      std::lock_guard<std::mutex> lock(tls_->mu);
       NoSigpipe no_sigpipe;
       ERR_clear_error();
       n = SSL_write(ssl, bytes.data(), static_cast<int>(std::min<size_t>(bytes.size(), 1 << 20)));
@@ -256,14 +266,14 @@ Status Connection::SendRaw(std::string_view bytes) {
 }
 
 Status Connection::FillAtLeast(size_t n, int timeout_ms, int wake_fd) {
-  SSL* ssl = static_cast<SSL*>(ssl_);
+  SSL* ssl = tls_->ssl;
   const int64_t deadline = NowMs() + timeout_ms;
   char buf[16384];
   while (in_.size() < n) {
     if (fd_ < 0) return Unavailable("connection closed", 0);
     int r, err = SSL_ERROR_NONE;
     {
-      std::lock_guard<std::mutex> lock(ssl_mu_);
+      std::lock_guard<std::mutex> lock(tls_->mu);
       ERR_clear_error();
       r = SSL_read(ssl, buf, sizeof(buf));
       if (r <= 0) err = SSL_get_error(ssl, r);

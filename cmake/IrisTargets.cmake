@@ -8,7 +8,10 @@ set(IRIS_WARNINGS -Wall -Wextra -Werror -Wshadow -Wnon-virtual-dtor -Wno-missing
 function(iris_library name)
   cmake_parse_arguments(ARG "" "" "SRCS;DEPS" ${ARGN})
   add_library(iris_${name} STATIC ${ARG_SRCS})
-  target_include_directories(iris_${name} PUBLIC ${PROJECT_SOURCE_DIR}/src ${PROJECT_SOURCE_DIR}/include)
+  # Build-tree paths only: the installed client library's targets (IrisInstall.cmake) carry
+  # the install's include/ instead.
+  target_include_directories(iris_${name} PUBLIC $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/src>
+                                                 $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/include>)
   target_compile_options(iris_${name} PRIVATE ${IRIS_WARNINGS})
   target_link_libraries(iris_${name} PUBLIC ${ARG_DEPS})
 endfunction()

@@ -45,7 +45,7 @@
 #include <string_view>
 #include <vector>
 
-#include "common/status.h"
+#include "iris/status.h"
 #include "iris/client/connection.h"
 #include "iris/client/events.h"
 

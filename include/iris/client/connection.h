@@ -6,18 +6,17 @@
 // The server is always verified: by a CA file (chain + host name / IP address) or by a pinned
 // SHA-256 certificate fingerprint. There is no way to turn verification off.
 //
-// Thread-safety: one thread may send (SendFrame/SendRaw) while another receives (ReadFrame):
-// every OpenSSL call on the shared SSL object is made under a mutex, which is not held while
+// Thread-safety: one thread may send (SendFrame) while another receives (ReadFrame): every
+// OpenSSL call on the shared SSL object is made under a mutex, which is not held while
 // waiting for the socket. Connect/Close/Abort, and several senders or several readers, need
 // the caller's own serialisation.
 
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <string_view>
 
-#include "common/status.h"
+#include "iris/status.h"
 
 namespace google::protobuf {
 class MessageLite;
@@ -47,8 +46,6 @@ class Connection {
   ~Connection();
 
   Status SendFrame(uint8_t opcode, const google::protobuf::MessageLite& message);
-  // Raw bytes, exactly as given (tests use it for malformed input).
-  Status SendRaw(std::string_view bytes);
   // The next frame. UNAVAILABLE when the connection closed (message says how),
   // OVERLOADED (used as "timed out") when none arrived within timeout_ms.
   Result<ReceivedFrame> ReadFrame(int timeout_ms);
@@ -65,13 +62,17 @@ class Connection {
   bool closed() const { return fd_ < 0; }
 
  private:
-  Connection() = default;
+  struct Tls;  // the OpenSSL session, its context and the mutex over them (connection.cc)
+  // client/connection_test_access.h: raw bytes for the project's own tests.
+  friend struct ConnectionTestAccess;
+
+  Connection();
+  // Writes `bytes` exactly as given.
+  Status SendBytes(std::string_view bytes);
   Status FillAtLeast(size_t n, int timeout_ms, int wake_fd);
 
   int fd_ = -1;
-  void* ssl_ = nullptr;  // SSL*
-  std::mutex ssl_mu_;    // guards every call on ssl_ (one sender + one reader thread)
-  void* ctx_ = nullptr;  // net::TlsContext*
+  std::unique_ptr<Tls> tls_;
   std::string in_;
 };
 

@@ -586,7 +586,7 @@ TEST_F(ClusterRateTest, SendBudgetFollowsTheUserToAnotherNode) {
     m.set_idempotency_key(NewKey());
     ASSERT_TRUE(wire::AppendMessageFrame(&batch, Op(wire::Opcode::kSend), m).ok());
   }
-  ASSERT_TRUE(second->conn().SendRaw(batch).ok());
+  ASSERT_TRUE(second->SendRaw(batch).ok());
   second->Expect(Op(wire::Opcode::kWelcome));
   const int again = CountAcks(*second, kAgain);
   // One send refills every 20 s: a fresh budget would accept another burst of about 5.

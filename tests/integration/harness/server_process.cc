@@ -21,6 +21,7 @@
 #include <set>
 #include <sstream>
 
+#include "client/connection_test_access.h"
 #include "common/clock.h"
 #include "common/uuid.h"
 #include "wire/opcode.h"
@@ -306,6 +307,10 @@ std::unique_ptr<TestClient> TestClient::Connect(const ServerProcess& server,
   auto tc = std::make_unique<TestClient>();
   tc->conn_ = std::move(c).value();
   return tc;
+}
+
+Status TestClient::SendRaw(std::string_view bytes) {
+  return client::ConnectionTestAccess::SendRaw(*conn_, bytes);
 }
 
 client::ReceivedFrame TestClient::Hello(const std::string& token, uint64_t cursor,

@@ -10,6 +10,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "auth/jwt.h"
@@ -123,6 +124,9 @@ class TestClient {
   client::ReceivedFrame Expect(uint8_t opcode, int timeout_ms = 10'000);
   // The next frame, whatever it is.
   Result<client::ReceivedFrame> Next(int timeout_ms = 10'000);
+
+  // Writes `bytes` exactly as given (malformed input, partial frames, bursts in one write).
+  Status SendRaw(std::string_view bytes);
 
   client::Connection& conn() { return *conn_; }
 

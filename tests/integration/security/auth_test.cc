@@ -372,7 +372,7 @@ TEST_F(AuthTest, FramesOtherThanHelloOrPingBeforeHelloAreFatal) {
   }
   {
     auto c = TestClient::Connect(server_);
-    ASSERT_TRUE(c->conn().SendRaw(RawFrame(0x7e, "x")).ok());
+    ASSERT_TRUE(c->SendRaw(RawFrame(0x7e, "x")).ok());
     ExpectFatal(*c, StatusCode::kUnauthenticated, 0);
   }
   {
@@ -461,7 +461,7 @@ TEST(TokenExpiryTest, TokenExpiringMidSessionClosesTheSession) {
     ASSERT_EQ(f.status().code(), StatusCode::kOverloaded) << f.status().ToString();
   }
   // The next frame after expiry, even one the server would otherwise skip.
-  ASSERT_TRUE(talker->conn().SendRaw(RawFrame(0x7e, "after expiry")).ok());
+  ASSERT_TRUE(talker->SendRaw(RawFrame(0x7e, "after expiry")).ok());
   ExpectFatal(*talker, StatusCode::kUnauthenticated);
 
   // The silent session is closed too, within about a second of expiry.

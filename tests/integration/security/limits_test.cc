@@ -48,7 +48,7 @@ TEST(LimitsTest, SendRateLimitAnswersRateLimitedAndKeepsTheSession) {
     s.set_idempotency_key(NewKey());
     batch += RawFrame(Op(wire::Opcode::kSend), s.SerializeAsString());
   }
-  ASSERT_TRUE(c->conn().SendRaw(batch).ok());  // one write: the burst arrives at once
+  ASSERT_TRUE(c->SendRaw(batch).ok());  // one write: the burst arrives at once
   int acked = 0;
   uint32_t retry_after = 0;
   for (int i = 1; i <= kBurst; ++i) {
@@ -262,7 +262,7 @@ TEST(LimitsTest, IdleTimeoutClosesSilentConnectionsOnly) {
   const int64_t silent_since = MonoMs();
   auto dribbler = LoggedIn(server, 6503);
   ASSERT_TRUE(silent && dribbler);
-  ASSERT_TRUE(dribbler->conn().SendRaw(RawFrame(Op(wire::Opcode::kPing), "").substr(0, 1) +
+  ASSERT_TRUE(dribbler->SendRaw(RawFrame(Op(wire::Opcode::kPing), "").substr(0, 1) +
                                        std::string(1, '\x01')).ok());  // length 0x01.. pending
   bool dribbler_open = true;
 
@@ -271,7 +271,7 @@ TEST(LimitsTest, IdleTimeoutClosesSilentConnectionsOnly) {
   uint64_t nonce = 0;
   while (MonoMs() < end) {
     ExpectPong(*pinger, ++nonce, 1'000);
-    if (dribbler_open) dribbler_open = dribbler->conn().SendRaw(std::string(1, '\x00')).ok();
+    if (dribbler_open) dribbler_open = dribbler->SendRaw(std::string(1, '\x00')).ok();
     // Pace by 500 ms, blocked on the silent client's socket (then on the pinger's).
     const int64_t tick = std::min(end, MonoMs() + 500);
     while (MonoMs() < tick) {

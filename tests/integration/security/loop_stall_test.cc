@@ -37,7 +37,7 @@ TEST(LoopStallTest, PipelinedSettingsFloodDoesNotStallOtherUsersOnTheLoop) {
     s.set_read_receipts(i % 2 == 0);
     batch += RawFrame(Op(wire::Opcode::kSettings), s.SerializeAsString());
   }
-  ASSERT_TRUE(flooder->conn().SendRaw(batch).ok());  // one write: no waiting between frames
+  ASSERT_TRUE(flooder->SendRaw(batch).ok());  // one write: no waiting between frames
 
   // The flooder's answers, read on their own thread (the connection is used by it alone
   // from here on).
@@ -134,7 +134,7 @@ TEST(LoopStallTest, DurableWritesOfManyUsersDoNotStallTheLoop) {
       s.set_share_presence(i % 2 == 1);
       batch += RawFrame(Op(wire::Opcode::kSettings), s.SerializeAsString());
     }
-    ASSERT_TRUE(w->conn().SendRaw(batch).ok());
+    ASSERT_TRUE(w->SendRaw(batch).ok());
   }
   int64_t worst_ms = 0;
   for (uint64_t nonce = 2; nonce < 22; ++nonce) {
@@ -192,7 +192,7 @@ TEST(LoopStallTest, KeysFetchFloodCannotDrainAnotherUsersPool) {
     kf.set_user(7201);
     batch += RawFrame(Op(wire::Opcode::kKeysFetch), kf.SerializeAsString());
   }
-  ASSERT_TRUE(thief->conn().SendRaw(batch).ok());
+  ASSERT_TRUE(thief->SendRaw(batch).ok());
   int taken = 0, limited = 0;
   for (int i = 1; i <= kFetches; ++i) {
     auto r = thief->Next(20'000);

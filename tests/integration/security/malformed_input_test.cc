@@ -74,7 +74,7 @@ TEST_F(MalformedInputTest, GarbageInsideTlsIsAnsweredOrSkipped) {
   for (int i = 0; i < 6; ++i) {
     early.push_back(TestClient::Connect(server_));
     ASSERT_TRUE(early.back());
-    (void)early.back()->conn().SendRaw(RandomBytes(rng, 1 + rng() % 2000));
+    (void)early.back()->SendRaw(RandomBytes(rng, 1 + rng() % 2000));
   }
   for (size_t i = 0; i < early.size(); ++i) {
     std::vector<client::ReceivedFrame> frames;
@@ -90,7 +90,7 @@ TEST_F(MalformedInputTest, GarbageInsideTlsIsAnsweredOrSkipped) {
   int errors = 0;
   for (int i = 0; i < 300; ++i) {
     const uint8_t opcode = static_cast<uint8_t>(rng() & 0xff);
-    ASSERT_TRUE(c->conn().SendRaw(RawFrame(opcode, RandomBytes(rng, rng() % 300))).ok())
+    ASSERT_TRUE(c->SendRaw(RawFrame(opcode, RandomBytes(rng, rng() % 300))).ok())
         << "the session ended at random frame " << i;
   }
   ExpectPong(*c, 4242, 10'000);  // framing stayed in step: the PING after them is answered
@@ -104,7 +104,7 @@ TEST_F(MalformedInputTest, GarbageInsideTlsIsAnsweredOrSkipped) {
     ++errors;
   }
   EXPECT_GT(errors, 0);
-  (void)c->conn().SendRaw(RandomBytes(rng, 1000));
+  (void)c->SendRaw(RandomBytes(rng, 1000));
   c->conn().Close();
   ExpectServerServes(server_, 5102);
 }
@@ -125,7 +125,7 @@ TEST_F(MalformedInputTest, TruncatedFrameFollowedByCloseIsReleased) {
     s.set_body(std::string(1000, 'b'));
     s.set_idempotency_key(NewKey());
     const std::string frame = RawFrame(Op(wire::Opcode::kSend), s.SerializeAsString());
-    ASSERT_TRUE(c->conn().SendRaw(frame.substr(0, 100)).ok());
+    ASSERT_TRUE(c->SendRaw(frame.substr(0, 100)).ok());
     if (round == 0) {
       c->conn().Close();
     } else {
@@ -155,7 +155,7 @@ TEST_F(MalformedInputTest, LengthBeyondWhatFollowsWaitsUntilTheHelloTimeout) {
   h.add_versions(1);
   h.set_token(server_.Token(5301));
   std::string frame = RawFrame(Op(wire::Opcode::kHello), h.SerializeAsString() + std::string(600, '\0'));
-  ASSERT_TRUE(stalled->conn().SendRaw(frame.substr(0, 80)).ok());
+  ASSERT_TRUE(stalled->SendRaw(frame.substr(0, 80)).ok());
   ExpectServerServes(server_, 5310);
   ExpectFatal(*stalled, StatusCode::kUnauthenticated);
   EXPECT_GE(MonoMs() - start, kHelloTimeoutMs - 100) << "closed before the handshake timeout";
@@ -170,12 +170,12 @@ TEST_F(MalformedInputTest, UnknownOpcodesAreSkipped) {
   looks_like_a_request.set_request_id(42);
   for (uint8_t op : {0x00, 0x06, 0x0f, 0x14, 0x26, 0x33, 0x45, 0x53, 0x64, 0x7f, 0x80, 0xfe, 0xff}) {
     SCOPED_TRACE(static_cast<int>(op));
-    ASSERT_TRUE(c->conn().SendRaw(RawFrame(op, looks_like_a_request.SerializeAsString())).ok());
+    ASSERT_TRUE(c->SendRaw(RawFrame(op, looks_like_a_request.SerializeAsString())).ok());
     ExpectNonFatal(*c, StatusCode::kUnknownOpcode, 0);
   }
-  ASSERT_TRUE(c->conn().SendRaw(RawFrame(0x99, std::string(wire::kMaxPayloadBytes, '\x10'))).ok());
+  ASSERT_TRUE(c->SendRaw(RawFrame(0x99, std::string(wire::kMaxPayloadBytes, '\x10'))).ok());
   ExpectNonFatal(*c, StatusCode::kUnknownOpcode, 0);
-  ASSERT_TRUE(c->conn().SendRaw(RawFrame(0x99, "")).ok());
+  ASSERT_TRUE(c->SendRaw(RawFrame(0x99, "")).ok());
   ExpectNonFatal(*c, StatusCode::kUnknownOpcode, 0);
   ExpectServerServes(server_, 5410);
 }
@@ -189,7 +189,7 @@ TEST_F(MalformedInputTest, ServerOnlyOpcodesFromAClientAreBadRequest) {
                           wire::Opcode::kHistoryPage, wire::Opcode::kOk, wire::Opcode::kPresence,
                           wire::Opcode::kKeysBundle, wire::Opcode::kGroupInfo}) {
     SCOPED_TRACE(wire::OpcodeName(Op(op)));
-    ASSERT_TRUE(c->conn().SendRaw(RawFrame(Op(op), "")).ok());
+    ASSERT_TRUE(c->SendRaw(RawFrame(Op(op), "")).ok());
     ExpectNonFatal(*c, StatusCode::kBadRequest, 0);
   }
   ExpectServerServes(server_, 5510);
@@ -238,7 +238,7 @@ TEST_F(MalformedInputTest, InvalidFieldsAreRefusedWithTheRequestId) {
   send(110, [](v1::Send& s) { s.set_trace_id(std::string(16, '\0')); });
   ExpectNonFatal(*c, StatusCode::kBadRequest, 110);
   // Unparseable after the request_id: the id that could be read is echoed.
-  ASSERT_TRUE(c->conn().SendRaw(RawFrame(Op(wire::Opcode::kSend), std::string("\x08\x6f\xff\xff", 4))).ok());
+  ASSERT_TRUE(c->SendRaw(RawFrame(Op(wire::Opcode::kSend), std::string("\x08\x6f\xff\xff", 4))).ok());
   ExpectNonFatal(*c, StatusCode::kBadRequest, 111);
   v1::History hist;
   hist.set_request_id(112);
