@@ -9,10 +9,12 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -663,6 +665,21 @@ Status Server::Start() {
                      : static_cast<double>(st.dedup_bloom_keys_today) /
                            static_cast<double>(st.dedup_bloom_keys_per_day);
         });
+    // The filesystem holding the data directory: alert well before it fills (a full disk
+    // refuses every SEND with STORAGE_FULL).
+    obs::Registry::Default().AddCallbackGauge(
+        "iris_disk_free_bytes", "Bytes available to irisd on the filesystem holding --data-dir",
+        [dir = c.data_dir] {
+          struct statvfs v {};
+          if (statvfs(dir.c_str(), &v) != 0) return std::nan("");
+          return static_cast<double>(v.f_bavail) * static_cast<double>(v.f_frsize);
+        });
+    obs::Registry::Default().AddCallbackGauge(
+        "iris_disk_size_bytes", "Size of the filesystem holding --data-dir", [dir = c.data_dir] {
+          struct statvfs v {};
+          if (statvfs(dir.c_str(), &v) != 0) return std::nan("");
+          return static_cast<double>(v.f_blocks) * static_cast<double>(v.f_frsize);
+        });
   }
   if (m.edge) {
     obs::Registry::Default().AddCallbackGauge(
@@ -842,6 +859,8 @@ void Server::Stop() {
   obs::Registry::Default().RemoveCallback("iris_degradation_level");
   obs::Registry::Default().RemoveCallback("iris_storage_write_errors_total");
   obs::Registry::Default().RemoveCallback("iris_storage_full_errors_total");
+  obs::Registry::Default().RemoveCallback("iris_disk_free_bytes");
+  obs::Registry::Default().RemoveCallback("iris_disk_size_bytes");
   if (m.tracer) {
     // Spans still ending (closures of the stopped loops) are dropped, not written late.
     obs::Tracer::SetGlobal(nullptr);

@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -208,6 +209,20 @@ TEST(IrisctlAddress, HealthAtTheClientTlsPortSaysWhereTheAdminApiIs) {
   EXPECT_EQ(RunProgram({Irisctl(), "health", "--admin", tls}, &out), 1) << out;
   EXPECT_NE(out.find("client TLS port"), std::string::npos) << out;
   EXPECT_NE(out.find("--admin-listen"), std::string::npos) << out;
+}
+
+// --- metrics for the operator's alerts --------------------------------------------------
+
+TEST(DiskMetrics, FreeAndTotalBytesOfTheDataDirectorysFilesystem) {
+  ServerProcess server;
+  server.Start();
+  ASSERT_FALSE(HasFatalFailure());
+  const std::optional<double> free_bytes = FreshMetric(server, "iris_disk_free_bytes");
+  const std::optional<double> size_bytes = FreshMetric(server, "iris_disk_size_bytes");
+  ASSERT_TRUE(free_bytes.has_value());
+  ASSERT_TRUE(size_bytes.has_value());
+  EXPECT_GT(*free_bytes, 0);
+  EXPECT_LE(*free_bytes, *size_bytes);
 }
 
 // --- operator log lines -----------------------------------------------------------------
