@@ -1,6 +1,8 @@
 # Iris: the README's commands. Each target installs missing dependencies (scripts/install-deps),
-# configures and builds (Release, in build/), then acts.
-.PHONY: all deps configure build run run-cluster package test test-sanitize test-fuzz bench chaos format lint clean
+# configures and builds (Release, in build/), then acts. `make build` and `make run` install
+# only what the servers, tools and client library need; the test, bench and chaos targets
+# also install the test tools (scripts/install-deps --test) and build the tests.
+.PHONY: all deps deps-cluster deps-test configure configure-test build build-test run run-cluster package test test-sanitize test-fuzz bench chaos format lint clean
 
 BUILD       ?= build
 ASAN_BUILD  ?= build-asan
@@ -15,11 +17,25 @@ all: build
 deps:
 	@scripts/install-deps
 
+deps-cluster:
+	@scripts/install-deps --cluster
+
+deps-test:
+	@scripts/install-deps --test
+
+# IRIS_TESTS=AUTO: the tests are built when their libraries are installed.
 configure: deps
 	@if [ ! -f $(BUILD)/build.ninja ]; then \
 	  cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release; fi
 
+# The same build directory, with the tests required (re-running cmake is cheap).
+configure-test: deps-test
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DIRIS_TESTS=ON >/dev/null
+
 build: configure
+	cmake --build $(BUILD) -j $(JOBS)
+
+build-test: configure-test
 	cmake --build $(BUILD) -j $(JOBS)
 
 run: build
@@ -27,7 +43,7 @@ run: build
 	else echo "irisd is not built yet: the build finished, but there is no server binary."; fi
 
 # A local cluster: one etcd and three nodes on loopback with a generated CA (scripts/run-cluster).
-run-cluster: build
+run-cluster: deps-cluster build
 	@BUILD=$(BUILD) scripts/run-cluster
 
 # Debian packages in $(BUILD)/: irisd, iris-client, libiris-client-dev (docs/operations.md,
@@ -37,24 +53,24 @@ package: configure
 	cd $(BUILD) && cpack -G DEB
 
 # The whole suite (unit, property, integration, chaos) through ctest.
-test: build
+test: build-test
 	cd $(BUILD) && ctest --output-on-failure -j $(CTEST_JOBS) --timeout 900
 
 # Unit and property tests under AddressSanitizer + UndefinedBehaviorSanitizer.
-test-sanitize: deps
+test-sanitize: deps-test
 	@if [ ! -f $(ASAN_BUILD)/build.ninja ]; then \
 	  cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-	    -DIRIS_SANITIZE=ON -DIRIS_UNIT_ONLY=ON; fi
+	    -DIRIS_SANITIZE=ON -DIRIS_UNIT_ONLY=ON -DIRIS_TESTS=ON; fi
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --output-on-failure -j $(CTEST_JOBS) -L 'unit|property'
 
 # libFuzzer targets (clang), each run for a bounded time over its seed corpus.
-test-fuzz: deps
+test-fuzz: deps-test
 	@if [ ! -f $(FUZZ_BUILD)/build.ninja ]; then \
 	  CC=clang CXX=clang++ cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-	    -DIRIS_FUZZ=ON -DIRIS_UNIT_ONLY=ON; fi
+	    -DIRIS_FUZZ=ON -DIRIS_UNIT_ONLY=ON -DIRIS_TESTS=ON; fi
 	cmake --build $(FUZZ_BUILD) -j $(JOBS)
 	cd $(FUZZ_BUILD) && ctest --output-on-failure -L fuzz
 
@@ -62,7 +78,7 @@ test-fuzz: deps
 # scenario against a fresh irisd each (a few minutes on 2 cores; figures: docs/performance.md).
 # BENCH_ARGS adds or overrides iris-bench flags, e.g. make bench BENCH_ARGS="--sessions 18000".
 BENCH_ARGS  ?=
-bench: build
+bench: build-test
 	@for b in $(BUILD)/bench/iris_*_bench; do [ -x "$$b" ] && "$$b" || true; done
 	$(BUILD)/tools/iris-bench/iris-bench --spawn-irisd $(BUILD)/src/server/irisd --scenario all \
 	  --connects 2000 --sessions 5000 --hold-s 5 --pairs 100 --duration-s 10 --rate 2000 \
@@ -72,7 +88,7 @@ bench: build
 # IRIS_CHAOS_LONG=1 (>= 1,000 kill -9 cycles, ...), then a summary table of the JSON reports.
 # IRIS_CHAOS_SEED=S replays a run; IRIS_CHAOS_CYCLES=N overrides every nemesis's cycle count.
 CHAOS_REPORTS ?= $(BUILD)/chaos-reports
-chaos: configure
+chaos: configure-test
 	cmake --build $(BUILD) -j $(JOBS) --target irisd iris_chaos_checker_test iris_chaos_node_test \
 	  iris_powerloss_test iris_lossyfs iris_lossyfs_nowalsync iris_store_crash_child
 	$(BUILD)/tests/chaos/harness/iris_chaos_checker_test --gtest_brief=1
@@ -87,7 +103,7 @@ chaos: configure
 format:
 	@git ls-files '*.h' '*.cc' | xargs clang-format -i
 
-lint: configure
+lint: configure-test
 	@git ls-files 'src/*.cc' | xargs clang-tidy -p $(BUILD) --quiet
 
 format-check:

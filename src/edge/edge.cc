@@ -234,8 +234,11 @@ void EdgeLoop::Sweep() {
         static_cast<double>(lag_ns) / 1e6 / std::max(1.0, edge_.options().loop_lag_budget_ms);
     const core::PressureReport report = edge_.core().ReportPressure(pressure, now);
     if (report.changed) {
-      obs::LogWarn("degradation level changed", {{"to", report.level}, {"pressure", pressure}});
+      obs::LogWarn(
+          "degradation level changed",
+          {{"from", last_degradation_level_}, {"to", report.level}, {"pressure", pressure}});
     }
+    last_degradation_level_ = report.level;
   }
   std::vector<Session*> all;
   all.reserve(sessions_.size());

@@ -160,6 +160,7 @@ class EdgeLoop {
   std::unordered_map<uint64_t, PreLoginEntry> prelogin_;  // sessions still before HELLO
   uint64_t next_session_ = 1;
   int64_t last_sweep_ms_ = 0;
+  int last_degradation_level_ = 0;  // loop 0: the level last reported (the log's "from")
   std::atomic<size_t> count_{0};
   std::thread thread_;
 };

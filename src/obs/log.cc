@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <limits>
 
 #include "obs/json_escape.h"
 
@@ -99,6 +100,24 @@ void Logger::Log(LogLevel level, std::string_view msg,
 Logger& Logger::Default() {
   static Logger* logger = new Logger();  // never destroyed: usable during exit
   return *logger;
+}
+
+LogRateLimiter::LogRateLimiter(int64_t interval_ms, const Clock* clock)
+    : interval_ms_(interval_ms),
+      clock_(clock ? *clock : SystemClock::Instance()),
+      next_ms_(std::numeric_limits<int64_t>::min()) {}
+
+bool LogRateLimiter::Allow(uint64_t* suppressed) {
+  const int64_t now = clock_.MonoMillis();
+  int64_t next = next_ms_.load(std::memory_order_relaxed);
+  while (now >= next) {
+    if (next_ms_.compare_exchange_weak(next, now + interval_ms_, std::memory_order_relaxed)) {
+      *suppressed = held_.exchange(0, std::memory_order_relaxed);
+      return true;
+    }
+  }
+  held_.fetch_add(1, std::memory_order_relaxed);
+  return false;
 }
 
 }  // namespace iris::obs

@@ -84,6 +84,27 @@ class Logger {
   const Clock& clock_;
 };
 
+// Rate limit for an event that may repeat many times a second (e.g. admin requests with a
+// bad token): lets the first one through, then at most one per `interval_ms`, and counts the
+// ones held back so the next line can say how many ("suppressed": N).
+//
+// Thread-safety: Allow() may be called from any thread.
+class LogRateLimiter {
+ public:
+  // `clock`: nullptr = SystemClock; must outlive the limiter.
+  explicit LogRateLimiter(int64_t interval_ms, const Clock* clock = nullptr);
+
+  // True when the event may be logged now; then *suppressed is the number of events held
+  // back since the previous one let through (and the count restarts from 0).
+  bool Allow(uint64_t* suppressed);
+
+ private:
+  const int64_t interval_ms_;
+  const Clock& clock_;
+  std::atomic<int64_t> next_ms_;  // mono ms from which the next event may pass
+  std::atomic<uint64_t> held_{0};
+};
+
 // Logger::Default().Log(...).
 inline void LogDebug(std::string_view msg, std::initializer_list<LogField> fields = {}) {
   Logger::Default().Log(LogLevel::kDebug, msg, fields);

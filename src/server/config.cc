@@ -3,6 +3,10 @@
 #include <toml++/toml.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cctype>
+#include <fstream>
+#include <regex>
 #include <sstream>
 
 #include "iris_build_info.h"
@@ -188,19 +192,36 @@ void Define(CLI::App& app, ServerConfig& c) {
 // so flags given on the command line win (CLI11 takes the last value). Every key must name
 // an option of `app` that a file may set; anything else is an error naming the key and its
 // line.
-Status TomlToArgs(const CLI::App& app, const std::string& path, std::vector<std::string>* out) {
+// The key a TOML line sets ("node-id" in `node-id = = 3`), or "" when the line has none.
+std::string KeyOnLine(const std::string& path, int64_t line) {
+  std::ifstream in(path);
+  std::string text;
+  for (int64_t i = 0; i < line && std::getline(in, text); ++i) {
+  }
+  static const std::regex key_re(R"re(^\s*"?([A-Za-z0-9_.-]+)"?\s*=)re");
+  std::smatch m;
+  return std::regex_search(text, m, key_re) ? m[1].str() : std::string();
+}
+
+Status TomlToArgs(const CLI::App& app, const std::string& path, std::vector<std::string>* out,
+                  std::vector<std::pair<std::string, int64_t>>* keys) {
   toml::table table;
   try {
     table = toml::parse_file(path);
   } catch (const toml::parse_error& e) {
+    const int64_t line = e.source().begin.line;
+    const std::string key = KeyOnLine(path, line);
     std::ostringstream msg;
-    msg << "config " << path << ": " << e.description() << " at line " << e.source().begin.line;
+    msg << "config " << path << ", line " << line;
+    if (!key.empty()) msg << ", key '" << key << "'";
+    msg << ": " << e.description() << " (TOML: key = value, strings in double quotes)";
     return BadRequest(msg.str());
   }
   for (auto&& [key, node] : table) {
     const std::string k(key.str());
     const std::string where =
         "config " + path + ", line " + std::to_string(key.source().begin.line) + ": ";
+    keys->emplace_back(k, key.source().begin.line);
     const CLI::Option* opt = app.get_option_no_throw("--" + k);
     if (opt == nullptr || k == "config" || k == "check-config" || k == "help" || k == "version") {
       return BadRequest(where + "unknown key '" + k + "' (keys are irisd's flags without " +
@@ -236,9 +257,39 @@ Status TomlToArgs(const CLI::App& app, const std::string& path, std::vector<std:
   return Status::Ok();
 }
 
-}  // namespace
+// Where the arguments came from, to say which file line an invalid value is on.
+struct ConfigSources {
+  std::string path;                                   // the TOML file, or ""
+  std::vector<std::pair<std::string, int64_t>> keys;  // its keys and their lines
+  std::vector<std::string> command_line;              // argv[1..]
+};
 
-Result<ServerConfig> ParseConfig(int argc, char** argv, std::string* help_text) {
+// `error` names "--KEY" for a key the file set (and the command line did not): then
+// "config FILE, line N, key 'KEY': <error>", else `error` unchanged.
+Status NameFileKey(const ConfigSources& src, const Status& error) {
+  const std::string& msg = error.message();
+  if (src.path.empty() || msg.rfind("config ", 0) == 0) return error;
+  for (const auto& [key, line] : src.keys) {
+    const std::string flag = "--" + key;
+    for (size_t at = msg.find(flag); at != std::string::npos; at = msg.find(flag, at + 1)) {
+      const size_t end = at + flag.size();
+      if (end < msg.size() && (std::isalnum(static_cast<unsigned char>(msg[end])) != 0 ||
+                               msg[end] == '-' || msg[end] == '_')) {
+        continue;  // --node-id-x is another flag
+      }
+      const bool on_command_line = std::any_of(
+          src.command_line.begin(), src.command_line.end(),
+          [&flag](const std::string& a) { return a == flag || a.rfind(flag + "=", 0) == 0; });
+      if (on_command_line) break;
+      return BadRequest("config " + src.path + ", line " + std::to_string(line) + ", key '" + key +
+                        "': " + msg);
+    }
+  }
+  return error;
+}
+
+Result<ServerConfig> ParseConfigFrom(int argc, char** argv, std::string* help_text,
+                                     ConfigSources* src) {
   ServerConfig c;
   CLI::App app{"irisd: the Iris messaging server (edge, core and store in one process)", "irisd"};
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
@@ -261,8 +312,12 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, std::string* help_text) 
     }
     command_line.push_back(std::move(a));
   }
+  src->path = config_path;
+  src->command_line = command_line;
   std::vector<std::string> args;
-  if (!config_path.empty()) IRIS_RETURN_IF_ERROR(TomlToArgs(app, config_path, &args));
+  if (!config_path.empty()) {
+    IRIS_RETURN_IF_ERROR(TomlToArgs(app, config_path, &args, &src->keys));
+  }
   args.insert(args.end(), command_line.begin(), command_line.end());
   // CLI11 parses a reversed vector of arguments.
   std::vector<std::string> reversed(args.rbegin(), args.rend());
@@ -313,6 +368,15 @@ Result<ServerConfig> ParseConfig(int argc, char** argv, std::string* help_text) 
     return BadRequest("--max-output-bytes must be at least 131076 (two full frames)");
   }
   if (c.check_config) *help_text = "config " + config_path + ": OK\n";
+  return c;
+}
+
+}  // namespace
+
+Result<ServerConfig> ParseConfig(int argc, char** argv, std::string* help_text) {
+  ConfigSources src;
+  Result<ServerConfig> c = ParseConfigFrom(argc, argv, help_text, &src);
+  if (!c.ok()) return NameFileKey(src, c.status());
   return c;
 }
 

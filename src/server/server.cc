@@ -11,10 +11,12 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -45,8 +47,10 @@
 #include "rpc/core_server.h"
 #include "rpc/remote_core.h"
 #include "server/admin_worker.h"
+#include "server/data_dir.h"
 #include "server/lifecycle_routes.h"
 #include "server/port_lock.h"
+#include "server/store_health.h"
 #include "store/inbox_store.h"
 
 namespace iris::server {
@@ -95,6 +99,12 @@ struct Server::Impl {
   auth::Keyring keyring;
   auth::RevocationList revocations;
   int64_t last_revocation_prune_ms = 0;
+  // Operator log lines (Supervise): disk full entered/left, failed store writes.
+  StoreHealthWatch store_health;
+  uint64_t store_errors_unlogged = 0;  // failed writes not yet in a log line
+  obs::LogRateLimiter store_error_log{60'000};
+  // Admin requests refused for a bad or missing token: one line per 10 s at most.
+  obs::LogRateLimiter admin_auth_log{10'000};
   std::unique_ptr<auth::TokenVerifier> verifier;
   std::unique_ptr<net::TlsContext> tls;
   // Before the components whose spans it takes: destroyed after them.
@@ -169,11 +179,13 @@ Status EnsurePrivateDirectory(const std::string& path) {
     fs::create_directories(p.parent_path(), ec);
     if (ec) {
       return BadRequest("cannot create directory " + p.parent_path().string() + ": " +
-                        ec.message());
+                        ec.message() + " (" + DescribeAccess(p.parent_path().string()) + ")");
     }
   }
   if (mkdir(path.c_str(), 0700) != 0 && errno != EEXIST) {
-    return BadRequest("cannot create directory " + path + ": " + std::strerror(errno));
+    const int err = errno;
+    return BadRequest("cannot create directory " + path + ": " + std::strerror(err) + " (" +
+                      DescribeAccess(p.has_parent_path() ? p.parent_path().string() : ".") + ")");
   }
   struct stat st {};
   if (stat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
@@ -285,7 +297,21 @@ struct Revocation {
   int64_t until_ms = 0;
   uint64_t user_id = 0;  // 0: a jti revocation
   int64_t before_ms = 0;
+  std::string source;  // the caller's address:port (for the operator's log)
 };
+
+// The operator's line for an admin request refused for its bearer token: the source and the
+// route, never the token sent. Rate-limited (a scanner would otherwise fill the log).
+void LogAdminAuthFailure(obs::LogRateLimiter& limiter, const net::http::HttpRequest& req) {
+  uint64_t suppressed = 0;
+  if (!limiter.Allow(&suppressed)) return;
+  obs::LogWarn("admin request refused: bad or missing admin token",
+               {{"source", req.peer},
+                {"method", req.method},
+                {"path", req.path},
+                {"token_sent", req.Header("authorization") != nullptr},
+                {"suppressed", suppressed}});
+}
 
 // The revocation a POST /v1/revoke asks for, or the error response (401, 400) to give.
 std::variant<Revocation, net::http::HttpResponse> ParseRevocation(const net::http::HttpRequest& req,
@@ -301,6 +327,7 @@ std::variant<Revocation, net::http::HttpResponse> ParseRevocation(const net::htt
   }
   const int64_t now_ms = SystemClock::Instance().WallMillis();
   Revocation r;
+  r.source = req.peer;
   if (body.contains("jti")) {
     if (!body["jti"].is_string() || body["jti"].get<std::string>().empty() ||
         body["jti"].get<std::string>().size() > 64) {
@@ -423,6 +450,9 @@ Result<std::unique_ptr<Server>> Server::Create(const ServerConfig& config) {
     if (port != 0) IRIS_RETURN_IF_ERROR(server->LockClientPort(port));
   }
   IRIS_RETURN_IF_ERROR(EnsurePrivateDirectory(c.data_dir));
+  // Before anything is written there: a directory irisd cannot write fails here with who
+  // owns it, not later with a bare errno from whichever file came first.
+  IRIS_RETURN_IF_ERROR(CheckDataDirWritable(c.data_dir));
 
   // TLS: generated self-signed certificate unless one is configured.
   if (c.tls_cert.empty() != c.tls_key.empty()) {
@@ -528,7 +558,8 @@ Result<std::unique_ptr<Server>> Server::Create(const ServerConfig& config) {
       db_write->Observe(static_cast<double>(nanos) / 1e9);
     };
     auto st = store::InboxStore::Open(so);
-    if (!st.ok()) return st.status();
+    // Another irisd on this directory: say which, instead of RocksDB's "lock file" error.
+    if (!st.ok()) return ExplainStoreOpenError(c.data_dir, so.path + "/LOCK", st.status());
     m.store = std::move(st).value();
     if (!m.clustered()) {
       // Revocations survive restarts: a revoked token stays refused until it expires. (In a
@@ -673,6 +704,21 @@ Status Server::Start() {
                      : static_cast<double>(st.dedup_bloom_keys_today) /
                            static_cast<double>(st.dedup_bloom_keys_per_day);
         });
+    // The filesystem holding the data directory: alert well before it fills (a full disk
+    // refuses every SEND with STORAGE_FULL).
+    obs::Registry::Default().AddCallbackGauge(
+        "iris_disk_free_bytes", "Bytes available to irisd on the filesystem holding --data-dir",
+        [dir = c.data_dir] {
+          struct statvfs v {};
+          if (statvfs(dir.c_str(), &v) != 0) return std::nan("");
+          return static_cast<double>(v.f_bavail) * static_cast<double>(v.f_frsize);
+        });
+    obs::Registry::Default().AddCallbackGauge(
+        "iris_disk_size_bytes", "Size of the filesystem holding --data-dir", [dir = c.data_dir] {
+          struct statvfs v {};
+          if (statvfs(dir.c_str(), &v) != 0) return std::nan("");
+          return static_cast<double>(v.f_blocks) * static_cast<double>(v.f_frsize);
+        });
   }
   if (m.edge) {
     obs::Registry::Default().AddCallbackGauge(
@@ -729,6 +775,7 @@ Status Server::Start() {
         std::variant<Revocation, net::http::HttpResponse> parsed =
             ParseRevocation(req, m.admin_token, m.config.jwt_leeway_s);
         if (auto* bad = std::get_if<net::http::HttpResponse>(&parsed)) {
+          if (bad->status == 401) LogAdminAuthFailure(m.admin_auth_log, req);
           responder->Complete(std::move(*bad));
           return;
         }
@@ -741,10 +788,27 @@ Status Server::Start() {
                   : (m.cluster_node ? m.cluster_node->RevokeJti(rev.jti, rev.until_ms)
                                     : m.store->PutRevokedJti(rev.jti, rev.until_ms));
           if (!s.ok()) {
+            obs::LogError("revocation not stored", {{"source", rev.source},
+                                                    {"jti", rev.jti},
+                                                    {"user", rev.user_id},
+                                                    {"error", s.ToString()}});
             responder->Complete(HttpResponse{
                 503, "application/json",
                 nlohmann::json{{"error", "revocation not stored: " + s.message()}}.dump()});
             return;
+          }
+          // Who asked: the admin token is one shared secret with no subject, so the source
+          // address is what identifies the caller.
+          if (rev.user_id != 0) {
+            obs::LogWarn("revoked a user's tokens", {{"user", rev.user_id},
+                                                     {"before_ms", rev.before_ms},
+                                                     {"source", rev.source},
+                                                     {"auth", "admin token"}});
+          } else {
+            obs::LogWarn("revoked a token", {{"jti", rev.jti},
+                                             {"until_ms", rev.until_ms},
+                                             {"source", rev.source},
+                                             {"auth", "admin token"}});
           }
           if (rev.user_id != 0) {
             m.revocations.RevokeUserBefore(rev.user_id, rev.before_ms);
@@ -811,7 +875,10 @@ void Server::Stop() {
   if (!impl_ || impl_->stopped) return;
   Impl& m = *impl_;
   m.stopped = true;
-  obs::LogInfo("irisd stopping", {{"grace_ms", m.config.shutdown_grace_ms}});
+  // A node that never finished starting says nothing here: the error that stopped it is
+  // logged by the caller (main), and "stopping" must not read as its cause.
+  const bool announce = m.started;
+  if (announce) obs::LogInfo("irisd stopping", {{"grace_ms", m.config.shutdown_grace_ms}});
   // No revocation write runs against the components stopped below (one in flight finishes;
   // queued ones are dropped and their clients get 503 from the admin server).
   if (m.admin_jobs) m.admin_jobs->Stop();
@@ -826,7 +893,7 @@ void Server::Stop() {
     if (m.remote) m.remote->Stop();
     obs::Registry::Default().RemoveCallback("iris_connections_open");
     obs::Registry::Default().RemoveCallback("iris_connections_prelogin");
-    obs::LogInfo("edge process stopped", {{"edge_index", m.config.edge_index}});
+    if (announce) obs::LogInfo("edge process stopped", {{"edge_index", m.config.edge_index}});
     return;
   }
   if (m.edge) m.edge->StopAccepting();
@@ -862,6 +929,8 @@ void Server::Stop() {
   obs::Registry::Default().RemoveCallback("iris_degradation_level");
   obs::Registry::Default().RemoveCallback("iris_storage_write_errors_total");
   obs::Registry::Default().RemoveCallback("iris_storage_full_errors_total");
+  obs::Registry::Default().RemoveCallback("iris_disk_free_bytes");
+  obs::Registry::Default().RemoveCallback("iris_disk_size_bytes");
   if (m.tracer) {
     // Spans still ending (closures of the stopped loops) are dropped, not written late.
     obs::Tracer::SetGlobal(nullptr);
@@ -869,7 +938,7 @@ void Server::Stop() {
     obs::Registry::Default().RemoveCallback("iris_trace_spans_dropped_total");
     m.tracer->Stop();
   }
-  obs::LogInfo("irisd stopped");
+  if (announce) obs::LogInfo("irisd stopped");
 }
 
 uint16_t Server::port() const {
@@ -1085,6 +1154,7 @@ void Server::Supervise() {
         obs::LogWarn("pruning stored revocations failed", {{"error", r.status().ToString()}});
     }
   }
+  if (m.store) LogStoreHealth();
   if (m.edge_pids.empty()) return;
   for (size_t i = 0; i < m.edge_pids.size(); ++i) {
     int status = 0;
@@ -1094,6 +1164,33 @@ void Server::Supervise() {
       auto pid = SpawnEdge(static_cast<uint32_t>(i));
       m.edge_pids[i] = pid.ok() ? *pid : -1;
     }
+  }
+}
+
+void Server::LogStoreHealth() {
+  Impl& m = *impl_;
+  const store::StoreStats st = m.store->Stats();
+  const StoreHealthWatch::Events e =
+      m.store_health.Observe({st.batches, st.write_errors, st.storage_full_errors});
+  if (e.entered_full) {
+    obs::LogError(
+        "storage full: durable writes are failing (clients get STORAGE_FULL); free "
+        "disk space under the data directory",
+        {{"data_dir", m.config.data_dir}, {"failed_writes", e.full_errors}});
+  }
+  if (e.left_full) {
+    obs::LogWarn(
+        "storage full cleared: durable writes succeed again",
+        {{"data_dir", m.config.data_dir}, {"failed_writes_total", st.storage_full_errors}});
+  }
+  m.store_errors_unlogged += e.other_errors;
+  uint64_t suppressed = 0;
+  if (m.store_errors_unlogged > 0 && m.store_error_log.Allow(&suppressed)) {
+    obs::LogError("store writes failed (see iris_storage_write_errors_total)",
+                  {{"data_dir", m.config.data_dir},
+                   {"failed_writes", m.store_errors_unlogged},
+                   {"failed_writes_total", st.write_errors}});
+    m.store_errors_unlogged = 0;
   }
 }
 

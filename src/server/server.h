@@ -24,8 +24,9 @@ class Server {
   // Graceful: stop accepting, finish in-flight writes, flush replies, close. Idempotent.
   void Stop();
 
-  // Core process with --edge-processes: restarts edge processes that died. Call about once
-  // a second from the controlling thread; a no-op otherwise.
+  // Call about once a second from the controlling thread: restarts edge processes that died
+  // (core process with --edge-processes), prunes expired revocations, and logs the store's
+  // health changes (disk full entered/left, failed writes).
   void Supervise();
 
   // SIGHUP: loads the client certificate and key files again (and has every edge process do
@@ -53,6 +54,9 @@ class Server {
   Status StartClusterNode(const edge::EdgeOptions& eo, const core::CoreOptions& co);
   // Registers this node in etcd (after every listener is up) and follows the cluster.
   Status JoinCluster();
+  // Supervise(): one log line per store health change (store_health.h); failed writes at
+  // most once a minute.
+  void LogStoreHealth();
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

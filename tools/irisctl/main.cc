@@ -66,13 +66,61 @@ std::string ReadFileTrim(const std::string& path) {
   return s;
 }
 
+// --admin wants host:port; "http://host:port/" (what a browser or Prometheus config shows)
+// is taken as host:port. False, with the reason in *error, for any other scheme or a path.
+bool AdminHostPort(const std::string& given, std::string* host_port, std::string* error) {
+  std::string a = given;
+  const size_t scheme_end = a.find("://");
+  if (scheme_end != std::string::npos) {
+    const std::string scheme = a.substr(0, scheme_end);
+    if (scheme != "http") {
+      *error = "--admin wants host:port, not a " + scheme + ":// URL (" + given +
+               "): the admin API is plain HTTP on irisd's --admin-listen address";
+      return false;
+    }
+    a = a.substr(scheme_end + 3);
+    while (!a.empty() && a.back() == '/') a.pop_back();
+    if (a.find('/') != std::string::npos) {
+      *error = "--admin wants host:port, not a URL with a path (" + given + ")";
+      return false;
+    }
+  }
+  *host_port = a;
+  return true;
+}
+
+// A reply that is not HTTP: what it most likely was. A TLS server answers a plaintext
+// request with an alert record (content type 21, version 3.x) or closes without a word.
+std::string NotHttpHint(const std::string& host_port, const std::string& reply) {
+  const std::string tls_port =
+      "this looks like irisd's client TLS port; the admin API is on irisd's --admin-listen "
+      "address (printed as \"admin HTTP\" when irisd starts)";
+  const bool tls_record =
+      reply.size() >= 3 && (reply[0] == '\x15' || reply[0] == '\x16') && reply[1] == '\x03';
+  if (tls_record) return "irisctl: " + host_port + " answered in TLS, not HTTP: " + tls_port;
+  if (reply.empty()) {
+    // irisd's client listener closes a connection that does not start a TLS handshake.
+    return "irisctl: " + host_port + " closed the connection without an HTTP answer: " + tls_port;
+  }
+  return "irisctl: " + host_port +
+         " did not answer in HTTP: is it irisd's admin API "
+         "(--admin-listen)?";
+}
+
 // A minimal HTTP/1.1 request over loopback TCP (the admin listener is plain HTTP, private).
-int HttpRequest(const std::string& host_port, const std::string& method, const std::string& path,
+// Returns the HTTP status, or -1 after printing why there is none.
+int HttpRequest(const std::string& admin, const std::string& method, const std::string& path,
                 const std::string& bearer, const std::string& body, std::string* response) {
+  std::string host_port, error;
+  if (!AdminHostPort(admin, &host_port, &error)) {
+    std::cerr << "irisctl: " << error << "\n";
+    return -1;
+  }
   std::string host;
   uint16_t port = 0;
   if (!iris::net::SplitHostPort(host_port, &host, &port).ok()) {
-    std::cerr << "irisctl: bad admin address " << host_port << "\n";
+    std::cerr << "irisctl: bad admin address " << admin << " (want host:port, e.g. 127.0.0.1:"
+              << "PORT)\n";
     return -1;
   }
   int fd = socket(host.find(':') != std::string::npos ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
@@ -110,12 +158,21 @@ int HttpRequest(const std::string& host_port, const std::string& method, const s
     close(fd);
     return -1;
   }
+  // A server that never answers (a TLS port waiting for its handshake) fails the command
+  // instead of hanging it.
+  timeval tv{10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   char buf[4096];
   ssize_t n;
   while ((n = read(fd, buf, sizeof(buf))) > 0) response->append(buf, static_cast<size_t>(n));
   close(fd);
   int status = -1;
   if (response->rfind("HTTP/1.", 0) == 0 && response->size() > 12) status = std::stoi(response->substr(9, 3));
+  if (status < 0) {
+    std::cerr << NotHttpHint(host_port, *response) << "\n";
+    response->clear();
+    return -1;
+  }
   const size_t body_at = response->find("\r\n\r\n");
   if (body_at != std::string::npos) response->erase(0, body_at + 4);
   return status;
@@ -281,6 +338,14 @@ int main(int argc, char** argv) {
     std::cout << iris::auth::MintToken(*secret, c) << "\n";
     return 0;
   }
+  if (revoke->parsed() || health->parsed() || stats->parsed()) {
+    std::string host_port, error;
+    if (!AdminHostPort(admin, &host_port, &error)) {
+      std::cerr << "irisctl: " << error << "\n";
+      return 2;
+    }
+    admin = host_port;
+  }
   if (revoke->parsed()) {
     const std::string bearer = ReadFileTrim(admin_token_file);
     if (bearer.empty()) {
@@ -376,6 +441,7 @@ int main(int argc, char** argv) {
   if (health->parsed()) {
     std::string a, b;
     const int h = HttpRequest(admin, "GET", "/healthz", "", "", &a);
+    if (h < 0) return 1;  // not reachable or not the admin API: HttpRequest said why
     const int r = HttpRequest(admin, "GET", "/readyz", "", "", &b);
     std::cout << "healthz: " << h << "\nreadyz: " << r << "\n";
     return h == 200 && r == 200 ? 0 : 1;

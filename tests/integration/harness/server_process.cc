@@ -97,6 +97,10 @@ void ServerProcess::Start() {
       if (setrlimit(RLIMIT_NOFILE, &rl) != 0) _exit(126);
     }
     dup2(pipefd[1], STDOUT_FILENO);
+    if (!log_file_.empty()) {
+      const int log_fd = open(log_file_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+      if (log_fd < 0 || dup2(log_fd, STDERR_FILENO) < 0) _exit(125);
+    }
     std::vector<char*> argv;
     for (auto& s : argv_s) argv.push_back(s.data());
     argv.push_back(nullptr);

@@ -73,11 +73,15 @@ class ServerProcess {
     nofile_soft_ = soft;
     nofile_hard_ = hard;
   }
+  // Sends irisd's standard error (its structured log) to `path` (appended) instead of the
+  // test's; "" = inherited. Takes effect at the next Start().
+  void set_log_file(std::string path) { log_file_ = std::move(path); }
 
  private:
   std::vector<std::string> args_;
   uint64_t nofile_soft_ = 0;  // 0: inherited
   uint64_t nofile_hard_ = 0;
+  std::string log_file_;
   std::string data_dir_;
   pid_t pid_ = -1;
   int out_fd_ = -1;

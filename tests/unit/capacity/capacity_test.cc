@@ -30,6 +30,16 @@ TEST(CapacityTest, MeasuredFiguresDriveNodeCounts) {
   EXPECT_EQ(p->edge_nodes_for_connections, 8u);  // 1e5 / 2e4 * 1.5 = 7.5
 }
 
+TEST(CapacityTest, OutputSaysItIsAModel) {
+  CapacityInputs in;
+  auto plan = PlanCapacity(in);
+  ASSERT_TRUE(plan.ok());
+  const std::string text = FormatCapacityPlan(in, *plan);
+  EXPECT_EQ(text.rfind("A model, not a measurement", 0), 0u) << text;
+  EXPECT_NE(text.find("replication"), std::string::npos) << text;
+  EXPECT_NE(text.find("not built yet"), std::string::npos) << text;
+}
+
 TEST(CapacityTest, RejectsInputsOutsideRfcRanges) {
   CapacityInputs in;
   in.concurrent_ratio = 0.2;

@@ -118,5 +118,23 @@ TEST(LogTest, InvalidTraceContextGivesAnEmptyTraceId) {
   EXPECT_EQ(json::parse(lines[0])["trace_id"], "");
 }
 
+TEST(LogRateLimiterTest, LetsOneThroughPerIntervalAndCountsTheRest) {
+  ManualClock clock;
+  LogRateLimiter limiter(10'000, &clock);
+  uint64_t suppressed = 99;
+  ASSERT_TRUE(limiter.Allow(&suppressed));  // the first event always passes
+  EXPECT_EQ(suppressed, 0u);
+  for (int i = 0; i < 5; ++i) EXPECT_FALSE(limiter.Allow(&suppressed));
+  clock.AdvanceMillis(9'999);
+  EXPECT_FALSE(limiter.Allow(&suppressed));
+  clock.AdvanceMillis(1);
+  ASSERT_TRUE(limiter.Allow(&suppressed));
+  EXPECT_EQ(suppressed, 6u);  // the six held back since the first
+  EXPECT_FALSE(limiter.Allow(&suppressed));
+  clock.AdvanceMillis(10'000);
+  ASSERT_TRUE(limiter.Allow(&suppressed));
+  EXPECT_EQ(suppressed, 1u);
+}
+
 }  // namespace
 }  // namespace iris::obs
