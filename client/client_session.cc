@@ -816,10 +816,19 @@ Status Client::Impl::DecryptIncoming(Session* s, const v1::Envelope& e, bool cat
   const int code = cipher_->last_decrypt_error();
   rec->ok = false;
   rec->error = d.status().message();
-  if (code == SG_ERR_UNTRUSTED_IDENTITY) {
+  const std::string presented =
+      code == SG_ERR_UNTRUSTED_IDENTITY ? cipher_->PreKeyMessageIdentity(e.body()) : std::string();
+  if (code == SG_ERR_UNTRUSTED_IDENTITY && cipher_->WasReplacedIdentity(e.sender(), presented)) {
+    // A key the user replaced by approving another one: an old message delivered again (a
+    // replay by the server). Refused for good: not kept for a retry, not offered to `trust`.
+    rec->error = "refused: a replayed old message (it carries identity key " +
+                 e2ee::KeyFingerprint(presented) + " of user " + std::to_string(e.sender()) +
+                 ", which you replaced by approving " +
+                 e2ee::KeyFingerprint(cipher_->SavedIdentity(e.sender())) + ")";
+  } else if (code == SG_ERR_UNTRUSTED_IDENTITY) {
     // The sender's key changed and the user had verified the old one: keep the ciphertext
     // until the user approves the new key (TrustIdentity) - or forever.
-    const std::string key = cipher_->PreKeyMessageIdentity(e.body());
+    const std::string& key = presented;
     auto c = cipher_->Contact(e.sender());
     if (!c.ok()) return c.status();
     if (!key.empty() && key != c->refused_key) {

@@ -398,6 +398,15 @@ Status MessageCipher::MarkVerified(uint64_t user) {
   return store_.SetVerifiedIdentity(name, *saved);
 }
 
+namespace {
+
+// The kv entry that marks `key` as a replaced identity key of user `name`.
+std::string ReplacedIdentityName(const std::string& name, const std::string& key) {
+  return "replaced_identity/" + name + "/" + KeyFingerprint(key);
+}
+
+}  // namespace
+
 Result<bool> MessageCipher::TrustIdentity(uint64_t local_user, uint64_t user,
                                           std::string_view fingerprint) {
   const std::string name = std::to_string(user);
@@ -411,6 +420,8 @@ Result<bool> MessageCipher::TrustIdentity(uint64_t local_user, uint64_t user,
   IRIS_ASSIGN_OR_RETURN(ContactIdentity c, Contact(user));
   if (!c.refused_key.empty() && matches(c.refused_key)) {
     LocalStore::Transaction tx(store_);
+    // The key it replaces is remembered: a message carrying it later is a replay.
+    if (!c.key.empty()) IRIS_RETURN_IF_ERROR(store_.PutU64(ReplacedIdentityName(name, c.key), 1));
     // Naming the exact key is a verification: it is pinned as the old one was.
     IRIS_RETURN_IF_ERROR(store_.SetVerifiedIdentity(name, c.refused_key));
     IRIS_RETURN_IF_ERROR(store_.SetBlockedIdentity(name, ""));
@@ -431,6 +442,11 @@ Result<bool> MessageCipher::TrustIdentity(uint64_t local_user, uint64_t user,
                   (c.key.empty()
                        ? " (none is known yet)"
                        : " (the saved key is " + c.fingerprint + " and no other key was refused)"));
+}
+
+bool MessageCipher::WasReplacedIdentity(uint64_t user, std::string_view key) const {
+  return !key.empty() &&
+         store_.GetU64(ReplacedIdentityName(std::to_string(user), std::string(key))) != 0;
 }
 
 Status MessageCipher::NoteRefusedIdentity(uint64_t user, std::string_view key) {

@@ -104,6 +104,10 @@ class MessageCipher {
   // Records `key` as the refused key of `user` (after Decrypt or ProcessBundle returned
   // FORBIDDEN), so that TrustIdentity can name it.
   Status NoteRefusedIdentity(uint64_t user, std::string_view key);
+  // True when `key` was the saved key of `user` until TrustIdentity approved another one: a
+  // message carrying it now is an old one replayed (the server delivers in order), never a
+  // key change to offer for approval. An unreadable store reads as false.
+  bool WasReplacedIdentity(uint64_t user, std::string_view key) const;
   // The sender's identity key in a prekey message body; empty for other bodies.
   std::string PreKeyMessageIdentity(std::string_view body) const;
   // The saved identity key of `user` (empty when none; an unreadable store reads as none).

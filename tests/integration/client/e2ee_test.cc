@@ -816,6 +816,95 @@ TEST_F(CliE2eeTest, ReinstalledUserReadsTheNextMessageFromAThirdUser) {
   EXPECT_EQ(got[0]["text"], "hello, new bob");
 }
 
+// A replayed first contact after a trust change. Alice's first message to Bob (a prekey
+// message carrying her identity key K1) is read and kept by the server; Bob marks K1
+// verified; Alice re-installs (key K2) and Bob approves exactly K2. The server then delivers
+// Alice's old first contact again (here re-sent as a raw SEND under her account): Bob refuses
+// it - not shown as a message, Alice's key stays K2, the refusal is reported - and Alice's
+// next message (K2) still reads.
+TEST_F(CliE2eeTest, ReplayedFirstContactAfterATrustChangeIsRefused) {
+  const std::string alice = Login(1701);
+  const std::string bob = Login(1702);
+  SendOne(alice, 1702, "first contact");
+  auto got = Sync(bob);
+  ASSERT_EQ(got.size(), 1u);
+  ASSERT_TRUE(got[0]["decrypted"].get<bool>()) << got[0].dump();
+  ASSERT_TRUE(got[0].value("prekey", false)) << got[0].dump();
+
+  // The first contact as the server stored it.
+  std::string first_contact;
+  {
+    auto reader = TestClient::Connect(server_);
+    ASSERT_TRUE(reader);
+    std::vector<v1::Envelope> inbox;
+    reader->Login(server_, 1702);
+    reader->CatchUp(&inbox);
+    for (const auto& e : inbox) {
+      if (e.sender() == 1701u && first_contact.empty()) first_contact = e.body();
+    }
+  }
+  ASSERT_FALSE(first_contact.empty());
+
+  CliResult r = RunIris(bob, {"--json", "verify", "1701", "--mark"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string k1 = Events(r.Json(), "verify").at(0)["fingerprint"].get<std::string>();
+
+  // Alice re-installs (K2); Bob refuses K2 until he approves exactly it.
+  const std::string alice2 = dirs_.Sub("alice-reinstalled");
+  r = RunIris(alice2, {"login", "--server", Server(), "--ca", server_.cert_file(), "--token",
+                       server_.Token(1701)});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  SendOne(alice2, 1702, "from K2");
+  std::vector<json> all;
+  Sync(bob, &all);
+  auto changed = Events(all, "identity_changed");
+  ASSERT_EQ(changed.size(), 1u);
+  const std::string k2 = changed[0]["new_fingerprint"].get<std::string>();
+  ASSERT_NE(k2, k1);
+  r = RunIris(bob, {"--json", "trust", "1701", k2});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  bool read_k2 = false;
+  for (const auto& m : Events(r.Json(), "message")) {
+    if (m["text"] == "from K2") read_k2 = m["decrypted"].get<bool>();
+  }
+  ASSERT_TRUE(read_k2) << r.out;
+
+  // The server replays the K1 first contact.
+  {
+    auto replayer = Connected(server_, 1701);
+    ASSERT_TRUE(replayer);
+    ASSERT_TRUE(SendRaw(*replayer, 9, 1702, first_contact));
+  }
+  got = Sync(bob, &all);
+  ASSERT_EQ(got.size(), 1u) << json(all).dump();
+  EXPECT_FALSE(got[0]["decrypted"].get<bool>()) << got[0].dump();
+  EXPECT_NE(got[0]["text"], "first contact") << got[0].dump();
+  EXPECT_FALSE(got[0].value("pending", false)) << "kept for a trust decision: " << got[0].dump();
+  EXPECT_NE(got[0].value("error", "").find("replay"), std::string::npos) << got[0].dump();
+  EXPECT_TRUE(Events(all, "identity_changed").empty())
+      << "offered K1 as a new key: " << json(all).dump();
+  // Alice's key stays K2, and K1 cannot be approved back.
+  r = RunIris(bob, {"--json", "verify", "1701"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto v = Events(r.Json(), "verify");
+  ASSERT_EQ(v.size(), 1u) << r.out;
+  EXPECT_EQ(v[0]["fingerprint"], k2) << r.out;
+  EXPECT_TRUE(v[0]["verified"].get<bool>()) << r.out;
+  EXPECT_FALSE(v[0].contains("refused_fingerprint")) << r.out;
+  r = RunIris(bob, {"--json", "trust", "1701", k1});
+  EXPECT_NE(r.exit_code, 0) << r.out;
+  EXPECT_TRUE(Events(r.Json(), "message").empty()) << "the replay was shown: " << r.out;
+
+  // Alice's next message (K2) still reads.
+  SendOne(alice2, 1702, "still me");
+  got = Sync(bob, &all);
+  bool read_next = false;
+  for (const auto& m : got) {
+    if (m["text"] == "still me") read_next = m["decrypted"].get<bool>();
+  }
+  EXPECT_TRUE(read_next) << json(all).dump();
+}
+
 // Two fresh installations do not share prekey ids (they start at random points).
 TEST_F(CliE2eeTest, FreshInstallsUploadDifferentPreKeyIds) {
   Login(1111, true, {"--prekeys", "1"});
