@@ -183,7 +183,7 @@ Result<std::unique_ptr<Connection>> Connection::Connect(const ConnectOptions& o)
         (verify == X509_V_OK || !o.fingerprint.empty())) {
       // The pin check runs as the verify callback and leaves no X509 error.
       net::CapturePresentedPin(ssl, nullptr);
-      const bool spki = tls->pin_kind() == net::TlsContext::PinKind::kSpki;
+      const bool spki = c->tls_->ctx->pin_kind() == net::TlsContext::PinKind::kSpki;
       return Unauthenticated(
           std::string("server certificate does not match the pinned ") +
           (spki ? "public key " : "certificate fingerprint ") + o.fingerprint +
