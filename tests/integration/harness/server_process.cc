@@ -22,6 +22,7 @@
 #include <sstream>
 
 #include "client/connection_test_access.h"
+#include "harness/run_program.h"
 #include "common/clock.h"
 #include "common/uuid.h"
 #include "wire/opcode.h"
@@ -151,47 +152,9 @@ void ServerProcess::KillAndRestart() {
 int ServerProcess::RunUntilExit(std::string* output, int timeout_ms) {
   output->clear();
   if (pid_ > 0) return -1;
-  int pipefd[2];
-  if (pipe2(pipefd, O_CLOEXEC) != 0) return -1;
-  const std::string bin = BuildDir() + "/src/server/irisd";
-  std::vector<std::string> argv_s = {bin, "--data-dir", data_dir_};
-  argv_s.insert(argv_s.end(), args_.begin(), args_.end());
-  const pid_t pid = fork();
-  if (pid < 0) {
-    close(pipefd[0]);
-    close(pipefd[1]);
-    return -1;
-  }
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    dup2(pipefd[1], STDOUT_FILENO);
-    dup2(pipefd[1], STDERR_FILENO);
-    std::vector<char*> argv;
-    for (auto& a : argv_s) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execv(bin.c_str(), argv.data());
-    _exit(127);
-  }
-  close(pipefd[1]);
-  const int64_t deadline = NowMs() + timeout_ms;
-  bool eof = false;
-  while (!eof && NowMs() < deadline) {
-    pollfd p{pipefd[0], POLLIN, 0};
-    if (poll(&p, 1, static_cast<int>(std::max<int64_t>(deadline - NowMs(), 0))) <= 0) continue;
-    char buf[4096];
-    const ssize_t n = read(pipefd[0], buf, sizeof(buf));
-    if (n <= 0) {
-      eof = true;  // the process exited (or closed both streams)
-    } else {
-      output->append(buf, static_cast<size_t>(n));
-    }
-  }
-  close(pipefd[0]);
-  if (!eof) kill(pid, SIGKILL);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  if (!eof || !WIFEXITED(status)) return -1;
-  return WEXITSTATUS(status);
+  std::vector<std::string> argv = {BuildDir() + "/src/server/irisd", "--data-dir", data_dir_};
+  argv.insert(argv.end(), args_.begin(), args_.end());
+  return RunProgram(std::move(argv), output, timeout_ms);
 }
 
 std::string ServerProcess::FlagOr(const std::string& flag, const std::string& fallback) const {

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "integration/harness/run_program.h"
 #include "integration/harness/server_process.h"
 #include "support/wait_for.h"
 
@@ -32,56 +33,6 @@ std::string BuildDir() {
 }
 std::string Irisd() { return BuildDir() + "/src/server/irisd"; }
 std::string Irisctl() { return BuildDir() + "/tools/irisctl/irisctl"; }
-
-// Runs `argv_s` (argv[0] is the path) with stdout and stderr captured into *output, as
-// `run_as_uid` when it is not -1 (the caller must be root); returns the exit code, or -1
-// when it did not exit within `timeout_ms` (then it is killed) or could not be run.
-int RunProgram(std::vector<std::string> argv_s, std::string* output, int run_as_uid = -1,
-               int timeout_ms = 20'000) {
-  output->clear();
-  int pipefd[2];
-  if (pipe2(pipefd, O_CLOEXEC) != 0) return -1;
-  const pid_t pid = fork();
-  if (pid < 0) return -1;
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    dup2(pipefd[1], STDOUT_FILENO);
-    dup2(pipefd[1], STDERR_FILENO);
-    if (run_as_uid >= 0) {
-      if (setgroups(0, nullptr) != 0 || setgid(static_cast<gid_t>(run_as_uid)) != 0 ||
-          setuid(static_cast<uid_t>(run_as_uid)) != 0) {
-        _exit(126);
-      }
-    }
-    std::vector<char*> argv;
-    for (auto& a : argv_s) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  close(pipefd[1]);
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  bool eof = false;
-  while (!eof && std::chrono::steady_clock::now() < deadline) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        deadline - std::chrono::steady_clock::now());
-    pollfd p{pipefd[0], POLLIN, 0};
-    if (poll(&p, 1, static_cast<int>(std::max<int64_t>(left.count(), 0))) <= 0) continue;
-    char buf[4096];
-    const ssize_t n = read(pipefd[0], buf, sizeof(buf));
-    if (n <= 0) {
-      eof = true;
-    } else {
-      output->append(buf, static_cast<size_t>(n));
-    }
-  }
-  close(pipefd[0]);
-  if (!eof) kill(pid, SIGKILL);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  if (!eof || !WIFEXITED(status)) return -1;
-  return WEXITSTATUS(status);
-}
 
 std::string ReadAll(const std::string& path) {
   std::ifstream in(path);
@@ -145,7 +96,7 @@ TEST(DataDirectory, NotWritableSaysWhyAndWhoOwnsIt) {
   std::string out;
   const int rc = RunProgram(
       {Irisd(), "--data-dir", dir, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"},
-      &out, run_as);
+      &out, 20'000, run_as);
   chmod(dir.c_str(), 0700);
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);
