@@ -192,6 +192,11 @@ TEST_F(ClusterTest, FirstPlacementWaitsForInitialNodesAndALaterNodeGetsNoVnodes)
   // A node that goes down keeps its shards (no failover yet) and is reported down.
   members[1]->Stop();  // node 2 revokes its lease
   ASSERT_TRUE(WaitFor([&] { return !view.snapshot()->Alive(2); }));
+  // The down callback runs after the snapshot is published: wait for it too.
+  EXPECT_TRUE(WaitFor([&] {
+    std::lock_guard<std::mutex> l(rec.mu);
+    return !rec.down.empty();
+  }));
   {
     std::lock_guard<std::mutex> l(rec.mu);
     EXPECT_EQ(rec.down, std::vector<NodeId>{2});
