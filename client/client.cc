@@ -213,13 +213,39 @@ void Client::Impl::QueryPresence(const std::vector<uint64_t>& users) {
 void Client::Impl::UpdateSettings(bool read_receipts, bool share_presence) {
   {
     std::lock_guard<std::mutex> l(db_mu_);
-    store_->PutU64(kReadReceiptsOff, read_receipts ? 0 : 1).IgnoreError();  // best effort
+    // Best effort: the record only feeds LocalSettings and the READ receipt rule.
+    store_->PutU64(kReadReceiptsOff, read_receipts ? 0 : 1).IgnoreError();
+    store_->PutU64(kSharePresenceOff, share_presence ? 0 : 1).IgnoreError();
+    store_->PutU64(kSettingsSet, 1).IgnoreError();
   }
   {
     std::lock_guard<std::mutex> l(cmd_mu_);
     commands_.push_back(Command{Command::kSettings, {}, read_receipts, share_presence});
   }
   Wake();
+}
+
+Client::SettingsRecord Client::Impl::LocalSettings() const {
+  std::lock_guard<std::mutex> l(db_mu_);
+  Client::SettingsRecord r;
+  r.set = store_->GetU64(kSettingsSet) != 0;
+  r.read_receipts = store_->GetU64(kReadReceiptsOff) == 0;
+  r.share_presence = store_->GetU64(kSharePresenceOff) == 0;
+  return r;
+}
+
+uint64_t Client::Impl::RequestHistory(uint64_t before, uint32_t limit) {
+  const uint64_t request = next_history_.fetch_add(1);
+  {
+    std::lock_guard<std::mutex> l(cmd_mu_);
+    Command c{Command::kHistory, {}, false, false};
+    c.before = before;
+    c.limit = limit;
+    c.request = request;
+    commands_.push_back(std::move(c));
+  }
+  Wake();
+  return request;
 }
 
 void Client::Impl::SetToken(std::string token) {
@@ -385,6 +411,10 @@ void Client::SubscribePresence(const std::vector<uint64_t>& users) {
 void Client::QueryPresence(const std::vector<uint64_t>& users) { impl_->QueryPresence(users); }
 void Client::UpdateSettings(bool read_receipts, bool share_presence) {
   impl_->UpdateSettings(read_receipts, share_presence);
+}
+Client::SettingsRecord Client::LocalSettings() const { return impl_->LocalSettings(); }
+uint64_t Client::RequestHistory(uint64_t before, uint32_t limit) {
+  return impl_->RequestHistory(before, limit);
 }
 void Client::SetToken(std::string token) { impl_->SetToken(std::move(token)); }
 SessionState Client::state() const { return impl_->state(); }

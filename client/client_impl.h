@@ -33,6 +33,10 @@ namespace iris::client {
 // kv: 1 when this user turned read receipts off (UpdateSettings): no READ receipt is sent
 // end-to-end and none is shown (the server applies the setting to RECEIPT frames).
 inline constexpr const char* kReadReceiptsOff = "read_receipts_off";
+// kv: 1 when this user turned presence sharing off; kSettingsSet: 1 once UpdateSettings ran
+// (Client::LocalSettings).
+inline constexpr const char* kSharePresenceOff = "share_presence_off";
+inline constexpr const char* kSettingsSet = "settings_set";
 
 class Client::Impl {
  public:
@@ -50,6 +54,8 @@ class Client::Impl {
   void SubscribePresence(const std::vector<uint64_t>& users);
   void QueryPresence(const std::vector<uint64_t>& users);
   void UpdateSettings(bool read_receipts, bool share_presence);
+  Client::SettingsRecord LocalSettings() const;
+  uint64_t RequestHistory(uint64_t before, uint32_t limit);
   void SetToken(std::string token);
 
   SessionState state() const { return state_.load(); }
@@ -66,14 +72,17 @@ class Client::Impl {
 
  private:
   struct Command {
-    enum Kind { kTyping, kSubscribe, kQuery, kSettings } kind;
+    enum Kind { kTyping, kSubscribe, kQuery, kSettings, kHistory } kind;
     std::vector<uint64_t> users;
     bool flag_a = false;
     bool flag_b = false;
+    uint64_t before = 0;   // kHistory
+    uint32_t limit = 0;    // kHistory
+    uint64_t request = 0;  // kHistory: the number RequestHistory returned
   };
   // A request on the current connection waiting for its reply.
   struct InFlight {
-    enum Kind { kSend, kKeysFetch, kKeysUpload, kPresence, kSettings, kKeysCheck } kind;
+    enum Kind { kSend, kKeysFetch, kKeysUpload, kPresence, kSettings, kKeysCheck, kHistory } kind;
     int64_t seq = 0;
     uint64_t recipient = 0;
     std::string idem;
@@ -81,6 +90,7 @@ class Client::Impl {
     uint32_t prekeys = 0;  // kKeysUpload
     bool identity = false;
     bool signed_prekey = false;  // kKeysUpload: carries a rotated signed prekey
+    uint64_t history = 0;        // kHistory: the number RequestHistory returned
   };
   // Per-connection state, owned by the I/O thread.
   struct Session {
@@ -128,6 +138,10 @@ class Client::Impl {
   // many one-time prekeys are left when the last check is prekey_check_interval_ms old.
   Status MaybeRotateAndCheckKeys(Session& s);
   Status OnKeysCheck(Session& s, const v1::KeysBundle& b);
+  // A HISTORY_PAGE: looks each message up in the local store, else decrypts and stores it
+  // (no session reset, nothing kept on failure), queues DELIVERED receipts, reports a
+  // HistoryEvent (or a RequestFailedEvent after a local error, rolled back).
+  Status OnHistoryPage(Session& s, const v1::HistoryPage& page);
   // Queues a receipt for message `id` to its author: the RECEIPT frame for the server and,
   // when `sealed`, the encrypted copy; each coalesces into a queued receipt of the same
   // type not yet on the wire (db_mu_ held, inside the caller's transaction).
@@ -168,6 +182,7 @@ class Client::Impl {
   std::atomic<bool> queue_dirty_{true};
   std::atomic<SessionState> state_{SessionState::kStopped};
   std::atomic<uint64_t> user_id_{0};
+  std::atomic<uint64_t> next_history_{1};
   std::atomic<size_t> in_flight_count_{0};  // the live session's unanswered requests
   Session* session_ = nullptr;              // the current session (I/O thread only)
   int wake_fd_ = -1;

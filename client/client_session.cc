@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <map>
 #include <optional>
 
 #include "client/client_impl.h"
@@ -74,6 +75,13 @@ void Client::Impl::Run() {
     Status why = RunSession(s);
     session_ = nullptr;
     in_flight_count_ = 0;
+    // HISTORY is not retried on the next connection: its requester hears that it failed.
+    for (const auto& [rid, r] : s.in_flight) {
+      if (r.kind != InFlight::kHistory) continue;
+      Emit(RequestFailedEvent{
+          "history", why.ok() ? Unavailable("the connection closed before the answer") : why,
+          r.history});
+    }
     if (s.conn) s.conn->Close();
     if (stop_) break;
     if (s.live) failures = 0;
@@ -274,6 +282,17 @@ Status Client::Impl::RunCommands(Session& s) {
         IRIS_RETURN_IF_ERROR(Write(s, wire::Opcode::kSettings, m));
         break;
       }
+      case Command::kHistory: {
+        v1::History m;
+        m.set_request_id(s.next_request_id++);
+        m.set_before(c.before);
+        m.set_limit(c.limit);
+        InFlight r{InFlight::kHistory};
+        r.history = c.request;
+        s.in_flight[m.request_id()] = r;  // before the write: a failed write reports it
+        IRIS_RETURN_IF_ERROR(Write(s, wire::Opcode::kHistory, m));
+        break;
+      }
     }
   }
   return Status::Ok();
@@ -442,6 +461,15 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
     case Opcode::kSyncPage: {
       v1::SyncPage page;
       if (!Parse(f, &page)) return Unavailable("malformed SYNC_PAGE");
+      if (page.gap()) {
+        // Reported before the page's messages, which come after the archived ones.
+        uint64_t cursor;
+        {
+          std::lock_guard<std::mutex> l(db_mu_);
+          cursor = store_->Cursor();
+        }
+        Emit(ArchiveGapEvent{cursor, page.messages_size() > 0 ? page.messages(0).id() : 0});
+      }
       IRIS_RETURN_IF_ERROR(IngestPage(s, page));
       if (page.has_more()) {
         v1::SyncAck ack;
@@ -583,6 +611,7 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
           }
           case InFlight::kPresence: Emit(RequestFailedEvent{"presence", st}); break;
           case InFlight::kSettings: Emit(RequestFailedEvent{"settings", st}); break;
+          case InFlight::kHistory: Emit(RequestFailedEvent{"history", st, r.history}); break;
         }
       }
       if (e.fatal()) return st;
@@ -635,6 +664,11 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
       if (changed) Emit(*changed);
       if (!st.ok()) Emit(SendFailedEvent{local_id, r.recipient, st, false, attempts});
       return Status::Ok();
+    }
+    case Opcode::kHistoryPage: {
+      v1::HistoryPage page;
+      if (!Parse(f, &page)) return Unavailable("malformed HISTORY_PAGE");
+      return OnHistoryPage(s, page);
     }
     case Opcode::kPresence: {
       v1::Presence p;
@@ -930,6 +964,93 @@ Status Client::Impl::OnKeysCheck(Session& s, const v1::KeysBundle& b) {
     IRIS_RETURN_IF_ERROR(tx.Commit());
   }
   return MaybeUploadKeys(s);
+}
+
+// ---- history (the server's archive) ----
+
+Status Client::Impl::OnHistoryPage(Session& s, const v1::HistoryPage& page) {
+  auto it = s.in_flight.find(page.request_id());
+  if (it == s.in_flight.end() || it->second.kind != InFlight::kHistory) return Status::Ok();
+  HistoryEvent h;
+  h.request = it->second.history;
+  s.in_flight.erase(it);
+  h.has_more = page.has_more();
+  std::vector<Event> side;  // identity changes, session resets asked for by the peer
+  Status st = [&]() -> Status {
+    std::lock_guard<std::mutex> l(db_mu_);
+    LocalStore::Transaction tx(*store_);
+    std::map<uint64_t, std::vector<uint64_t>> receipts;  // sender -> ids decrypted now
+    for (const v1::Envelope& e : page.messages()) {
+      h.next_before = e.id();                 // descending: the last one is the oldest
+      if (e.kind() != v1::MESSAGE) continue;  // the server's plaintext receipts, group events
+      HistoryMessage m;
+      m.id = e.id();
+      m.sender = e.sender();
+      m.sent_at_ms = e.sent_at_ms();
+      m.group_id = e.group_id();
+      const std::vector<StoredIncoming> have = store_->Incoming(e.id() - 1, 1);
+      if (!have.empty() && have[0].id == e.id()) {
+        // Received before: its message keys are gone, the stored copy is the message.
+        if (have[0].kind != static_cast<uint8_t>(v1::MESSAGE)) continue;
+        m.stored_before = true;
+        m.text = have[0].body;
+        m.decrypted = have[0].ok;
+        m.error = have[0].error;
+        h.messages.push_back(std::move(m));
+        continue;
+      }
+      if (e.group_id() != 0) {
+        m.decrypted = false;
+        m.error = "unsupported group message (group " + std::to_string(e.group_id()) +
+                  "): this client does not support groups yet";
+        h.messages.push_back(std::move(m));
+        continue;
+      }
+      StoredIncoming rec;
+      rec.id = e.id();
+      rec.peer = e.sender();
+      rec.sent_at_ms = e.sent_at_ms();
+      rec.kind = static_cast<uint8_t>(v1::MESSAGE);
+      std::vector<Event> out;
+      // retry = true: a failure changes nothing (no session reset for an old message, nothing
+      // kept), so a later request can try again, e.g. after iris trust.
+      IRIS_RETURN_IF_ERROR(DecryptIncoming(nullptr, e, true, /*retry=*/true, &rec, &out));
+      for (Event& ev : out) {
+        if (std::holds_alternative<IdentityChangedEvent>(ev) ||
+            std::holds_alternative<PeerDecryptFailedEvent>(ev)) {
+          side.push_back(std::move(ev));
+        }
+      }
+      if (!rec.ok) {
+        m.decrypted = false;
+        m.error = rec.error;
+        h.messages.push_back(std::move(m));
+        continue;
+      }
+      IRIS_RETURN_IF_ERROR(store_->InsertIncoming(rec).status());
+      if (rec.kind != static_cast<uint8_t>(v1::MESSAGE)) continue;  // a receipt or control
+      if (options_.delivery_receipts) receipts[e.sender()].push_back(e.id());
+      m.text = rec.body;
+      h.messages.push_back(std::move(m));
+    }
+    for (const auto& [to, ids] : receipts) {
+      for (size_t i = 0; i < ids.size(); i += 256) {
+        const std::vector<uint64_t> chunk(
+            ids.begin() + static_cast<std::ptrdiff_t>(i),
+            ids.begin() + static_cast<std::ptrdiff_t>(std::min(ids.size(), i + 256)));
+        IRIS_RETURN_IF_ERROR(QueueReceipt(&s, to, v1::DELIVERED, chunk, /*sealed=*/true));
+      }
+    }
+    return tx.Commit();
+  }();
+  if (!st.ok()) {
+    // Rolled back (Signal sessions included): nothing of the page was kept.
+    Emit(RequestFailedEvent{"history", st, h.request});
+    return Status::Ok();
+  }
+  for (const Event& ev : side) Emit(ev);
+  Emit(std::move(h));
+  return Status::Ok();
 }
 
 // ---- receipts (issue 18, item 5) ----

@@ -4,9 +4,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -110,6 +112,34 @@ uint64_t LoadShownCursor(const std::string& dir) {
 void SaveShownCursor(const std::string& dir, uint64_t id) {
   // Display state only (a crash re-prints a few messages): no fsync per message.
   WriteFileAtomic(dir + "/shown_cursor", std::to_string(id) + "\n", false).IgnoreError();
+}
+
+namespace {
+
+std::map<uint64_t, uint64_t> LoadReadMarks(const std::string& dir) {
+  bool found = false;
+  std::istringstream in(ReadAll(dir + "/read_marks", &found));
+  std::map<uint64_t, uint64_t> marks;
+  uint64_t peer = 0, id = 0;
+  while (in >> peer >> id) marks[peer] = id;
+  return marks;
+}
+
+}  // namespace
+
+uint64_t LoadReadMark(const std::string& dir, uint64_t peer) {
+  const auto marks = LoadReadMarks(dir);
+  auto it = marks.find(peer);
+  return it == marks.end() ? 0 : it->second;
+}
+
+void SaveReadMark(const std::string& dir, uint64_t peer, uint64_t id) {
+  auto marks = LoadReadMarks(dir);
+  marks[peer] = std::max(marks[peer], id);
+  std::string text;
+  for (const auto& [p, i] : marks) text += std::to_string(p) + " " + std::to_string(i) + "\n";
+  // Losing it re-sends READ receipts the peer already has: harmless, so no fsync.
+  WriteFileAtomic(dir + "/read_marks", text, false).IgnoreError();
 }
 
 }  // namespace iris::cli

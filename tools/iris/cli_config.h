@@ -40,4 +40,9 @@ std::optional<int64_t> TokenExpiry(const std::string& token);
 uint64_t LoadShownCursor(const std::string& dir);
 void SaveShownCursor(const std::string& dir, uint64_t id);
 
+// The newest message of `peer` that `iris read` marked read (read_marks, one "peer id" pair
+// a line); 0 when none.
+uint64_t LoadReadMark(const std::string& dir, uint64_t peer);
+void SaveReadMark(const std::string& dir, uint64_t peer, uint64_t id);
+
 }  // namespace iris::cli

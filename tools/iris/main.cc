@@ -10,6 +10,9 @@
 //   iris status
 //   iris verify USER [--mark]     (safety number; --mark records the key as verified)
 //   iris trust USER FINGERPRINT   (accept exactly this new key of a verified contact)
+//   iris read USER [MESSAGE_ID...] (READ receipts: default, everything from USER shown so far)
+//   iris settings [--read-receipts on|off] [--presence on|off]   (no option: show)
+//   iris history USER|--all [--before ID] [--limit N]   (the server's archive, older messages)
 // Global: --home DIR (else $IRIS_HOME, else ~/.iris), --json (one JSON object per line).
 //
 // Exit codes: 0 done; 1 usage or local error; 2 cannot connect or not allowed (server
@@ -28,6 +31,7 @@
 #include <condition_variable>
 #include <ctime>
 #include <deque>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <mutex>
@@ -204,6 +208,20 @@ std::string OrderNote(const client::MessageEvent& m) {
   return note;
 }
 
+// The notice for messages that catch-up skipped because the server moved them to its
+// archive first (the inbox keeps only the newest; SyncPage.gap). The protocol does not
+// say how many: the ids say when they were sent (an id's top 48 bits are its ms).
+std::string GapNotice(const client::ArchiveGapEvent& g) {
+  std::string when;
+  if (g.after_id != 0) when += " after " + Clock(g.after_id >> 16);
+  if (g.before_id != 0)
+    when += std::string(when.empty() ? "" : " and") + " before " + Clock(g.before_id >> 16);
+  return "*** older messages sent to you" + when +
+         " were moved to the server's archive before this device fetched them (the server "
+         "keeps only the newest messages of each inbox for sync). They are not lost: read "
+         "them with iris history --all (or iris history USER) ***";
+}
+
 // Prints one library event. Messages are printed by the caller (shown-cursor logic).
 void PrintEvent(const Event& e) {
   using namespace client;
@@ -306,6 +324,14 @@ void PrintEvent(const Event& e) {
         "user " + std::to_string(d->peer) + " FAILED TO DECRYPT message(s) " + ids +
             " (their session was lost, e.g. they re-installed); re-sent " +
             std::to_string(d->resent.size()) + " of them in a new session");
+  } else if (const auto* g = std::get_if<ArchiveGapEvent>(&e)) {
+    Out({{"event", "archive_gap"},
+         {"after_id", g->after_id},
+         {"before_id", g->before_id},
+         {"hint", "iris history --all"}},
+        GapNotice(*g));
+  } else if (std::holds_alternative<HistoryEvent>(e)) {
+    return;  // iris history prints its own answers
   } else if (const auto* q = std::get_if<RequestFailedEvent>(&e)) {
     json j = StatusJson(q->status);
     j["event"] = "request_failed";
@@ -511,6 +537,7 @@ int CmdLogin(const std::string& dir, const LoginArgs& a) {
     if (int rc = TrackState(ss, *e, /*fail_fast=*/true); rc >= 0) return rc;
     if (std::holds_alternative<client::SyncedEvent>(*e)) synced = true;
     if (const auto* k = std::get_if<client::KeysUploadedEvent>(e)) PrintEvent(*e), (void)k;
+    if (std::holds_alternative<client::ArchiveGapEvent>(*e)) PrintEvent(*e);
     if (const auto* f = std::get_if<client::RequestFailedEvent>(e)) {
       std::cerr << "iris: " << f->what << " failed: " << f->status.ToString() << std::endl;
       return kExitConnect;
@@ -871,7 +898,8 @@ int CmdChat(const std::string& dir, uint64_t peer, double drain_timeout) {
     } else if (std::holds_alternative<client::SendFailedEvent>(*e) ||
                std::holds_alternative<client::StateEvent>(*e) ||
                std::holds_alternative<client::IdentityChangedEvent>(*e) ||
-               std::holds_alternative<client::PeerDecryptFailedEvent>(*e)) {
+               std::holds_alternative<client::PeerDecryptFailedEvent>(*e) ||
+               std::holds_alternative<client::ArchiveGapEvent>(*e)) {
       PrintEvent(*e);
     }
     redraw();
@@ -993,6 +1021,262 @@ int CmdStatus(const std::string& dir) {
   return kExitOk;
 }
 
+// Runs the session until it is live with nothing queued or in flight (everything this
+// command queued reached the server), passing each event to `on_event` (which returns an
+// exit code to stop with, or -1) and, when given, until `done` (the command's own answers:
+// an answer's event may still be in the inbox when Settled() turns true). Returns -1 when
+// settled, else the exit code.
+int RunUntilSettled(Session& ss, double timeout, const std::string& what,
+                    const std::function<int(const Event&)>& on_event,
+                    const std::function<bool()>& done = {}) {
+  ss.client->Start();
+  const auto deadline = After(timeout);
+  bool synced = false;
+  for (;;) {
+    if (synced && (!done || done()) && ss.client->Settled()) return -1;
+    auto item = TheInbox().Pop(synced ? std::min(deadline, After(0.2)) : deadline);
+    if (!item) {
+      if (std::chrono::steady_clock::now() >= deadline) return TimedOut(ss, what);
+      continue;
+    }
+    if (std::holds_alternative<Quit>(*item)) return kExitLocal;
+    const auto* e = std::get_if<Event>(&*item);
+    if (e == nullptr) continue;
+    if (int rc = TrackState(ss, *e, false); rc >= 0) return rc;
+    if (std::holds_alternative<client::SyncedEvent>(*e)) synced = true;
+    if (int rc = on_event(*e); rc >= 0) return rc;
+  }
+}
+
+// Events a command that is not about messages still shows: problems and warnings.
+void PrintProblems(Session& ss, const Event& e) {
+  if (const auto* f = std::get_if<client::SendFailedEvent>(&e)) {
+    ss.last_error = f->status;
+    PrintEvent(e);
+  } else if (std::holds_alternative<client::StateEvent>(e) ||
+             std::holds_alternative<client::IdentityChangedEvent>(e) ||
+             std::holds_alternative<client::PeerDecryptFailedEvent>(e) ||
+             std::holds_alternative<client::ArchiveGapEvent>(e)) {
+    PrintEvent(e);
+  }
+}
+
+// iris read: READ receipts for messages from `peer` (docs/protocol.md, Client conventions
+// 9: the encrypted copy to the author and the RECEIPT frame for the server). Without ids:
+// every decrypted message from `peer` that the CLI has printed and not marked read yet.
+int CmdRead(const std::string& dir, uint64_t peer, const std::vector<uint64_t>& explicit_ids,
+            double timeout) {
+  auto cfg = LoadOrExplain(dir);
+  if (!cfg.ok()) return LocalError(cfg.status());
+  auto s = OpenSession(dir, *cfg);
+  if (!s.ok()) return LocalError(s.status());
+  Session& ss = **s;
+  const std::string u = std::to_string(peer);
+  if (peer == ss.client->user_id()) return LocalError(BadRequest("that is your own user id"));
+  std::vector<uint64_t> ids;
+  size_t unshown = 0;
+  if (!explicit_ids.empty()) {
+    for (uint64_t id : explicit_ids) {
+      auto m = id == 0 ? std::vector<client::StoredMessage>{} : ss.client->Messages(id - 1, 1);
+      if (m.empty() || m[0].id != id || m[0].peer != peer) {
+        return LocalError(NotFound("message " + std::to_string(id) +
+                                   " is not a message from user " + u +
+                                   " on this device (iris sync fetches new ones)"));
+      }
+      if (!m[0].decrypted) {
+        return LocalError(BadRequest("message " + std::to_string(id) +
+                                     " could not be decrypted: there is nothing to mark read"));
+      }
+      ids.push_back(id);
+    }
+  } else {
+    uint64_t from = LoadReadMark(dir, peer);
+    for (;;) {
+      auto batch = ss.client->Messages(from, 256);
+      if (batch.empty()) break;
+      for (const auto& m : batch) {
+        from = m.id;
+        if (m.peer != peer || !m.decrypted) continue;
+        if (m.id > ss.shown) {
+          ++unshown;  // not printed yet: the user has not seen it
+        } else {
+          ids.push_back(m.id);
+        }
+      }
+    }
+  }
+  const bool told = ss.client->LocalSettings().read_receipts;
+  if (ids.empty()) {
+    Out({{"event", "read"}, {"from", peer}, {"message_ids", json::array()}, {"told", told}},
+        "nothing from user " + u + " to mark read" +
+            (unshown > 0 ? " (" + std::to_string(unshown) + " not shown yet: iris sync)" : ""));
+    return kExitOk;
+  }
+  for (size_t i = 0; i < ids.size(); i += 256) {
+    std::vector<uint64_t> chunk(
+        ids.begin() + static_cast<std::ptrdiff_t>(i),
+        ids.begin() + static_cast<std::ptrdiff_t>(std::min(ids.size(), i + 256)));
+    if (Status st = ss.client->MarkRead(peer, chunk); !st.ok()) return LocalError(st);
+  }
+  // Queued durably: a later command delivers them should this one time out.
+  if (explicit_ids.empty()) SaveReadMark(dir, peer, ids.back());
+  if (int rc = RunUntilSettled(ss, timeout, "sending read receipts",
+                               [&](const Event& e) {
+                                 PrintProblems(ss, e);
+                                 return -1;
+                               });
+      rc >= 0) {
+    return rc;
+  }
+  ss.client->Stop();
+  Out({{"event", "read"}, {"from", peer}, {"message_ids", ids}, {"told", told}},
+      "marked " + std::to_string(ids.size()) + " message(s) from user " + u + " read" +
+          (told ? "" : " (your read receipts are off: user " + u + " is not told)") +
+          (unshown > 0 ? "; " + std::to_string(unshown) + " more not shown yet: iris sync" : ""));
+  return kExitOk;
+}
+
+Result<bool> OnOff(const std::string& flag, const std::string& v) {
+  if (v == "on" || v == "true" || v == "yes") return true;
+  if (v == "off" || v == "false" || v == "no") return false;
+  return BadRequest(flag + " takes on or off, not \"" + v + "\"");
+}
+
+// iris settings: shows what this device last set (the protocol cannot read the server's
+// copy), or sends SETTINGS and waits for the server's OK.
+int CmdSettings(const std::string& dir, const std::string& read_receipts,
+                const std::string& presence, double timeout) {
+  auto cfg = LoadOrExplain(dir);
+  if (!cfg.ok()) return LocalError(cfg.status());
+  auto s = OpenSession(dir, *cfg);
+  if (!s.ok()) return LocalError(s.status());
+  Session& ss = **s;
+  client::Client::SettingsRecord rec = ss.client->LocalSettings();
+  const bool change = !read_receipts.empty() || !presence.empty();
+  if (change) {
+    if (!read_receipts.empty()) {
+      auto v = OnOff("--read-receipts", read_receipts);
+      if (!v.ok()) return LocalError(v.status());
+      rec.read_receipts = *v;
+    }
+    if (!presence.empty()) {
+      auto v = OnOff("--presence", presence);
+      if (!v.ok()) return LocalError(v.status());
+      rec.share_presence = *v;
+    }
+    ss.client->UpdateSettings(rec.read_receipts, rec.share_presence);
+    rec.set = true;
+    if (int rc = RunUntilSettled(ss, timeout, "saving the settings",
+                                 [&](const Event& e) {
+                                   if (const auto* f = std::get_if<client::RequestFailedEvent>(&e);
+                                       f != nullptr && f->what == "settings") {
+                                     std::cerr << "iris: the server refused the settings: "
+                                               << Explain(f->status, ss.cfg) << std::endl;
+                                     return kExitConnect;
+                                   }
+                                   PrintProblems(ss, e);
+                                   return -1;
+                                 });
+        rc >= 0) {
+      return rc;
+    }
+    ss.client->Stop();
+  }
+  auto word = [](bool b) { return std::string(b ? "on" : "off"); };
+  Out({{"event", "settings"},
+       {"read_receipts", rec.read_receipts},
+       {"presence", rec.share_presence},
+       {"set", rec.set},
+       {"changed", change}},
+      std::string(change ? "saved on the server:\n" : "") +
+          "read receipts: " + word(rec.read_receipts) +
+          (rec.read_receipts ? "" : " (you neither send nor see READ receipts)") +
+          "\npresence: " + word(rec.share_presence) +
+          (rec.share_presence ? "" : " (others see you offline, never seen)") +
+          (rec.set ? "" : "\n(the server's defaults: never changed from this device)"));
+  return kExitOk;
+}
+
+// iris history: pages the server's archive (HISTORY, newest first) until `limit` messages
+// (from `peer`, 0 = anyone) were found or the archive ends; prints them oldest first.
+int CmdHistory(const std::string& dir, uint64_t peer, uint64_t before, uint32_t limit,
+               double timeout) {
+  auto cfg = LoadOrExplain(dir);
+  if (!cfg.ok()) return LocalError(cfg.status());
+  auto s = OpenSession(dir, *cfg);
+  if (!s.ok()) return LocalError(s.status());
+  Session& ss = **s;
+  std::vector<client::HistoryMessage> found;
+  bool more = true;
+  uint64_t next = before;
+  // A page the size of what is left to find (for one peer: whole pages, most are others').
+  auto ask = [&] {
+    const uint32_t want = static_cast<uint32_t>(limit - found.size());
+    return ss.client->RequestHistory(next, peer == 0 ? std::min<uint32_t>(want, 1000) : 256);
+  };
+  uint64_t waiting = ask();
+  int rc = RunUntilSettled(
+      ss, timeout, "reading the archive",
+      [&](const Event& e) {
+        if (const auto* f = std::get_if<client::RequestFailedEvent>(&e);
+            f != nullptr && f->what == "history" && f->request == waiting) {
+          std::cerr << "iris: history: " << Explain(f->status, ss.cfg) << std::endl;
+          return kExitConnect;
+        }
+        if (const auto* h = std::get_if<client::HistoryEvent>(&e); h != nullptr) {
+          if (h->request != waiting) return -1;
+          for (const auto& m : h->messages) {
+            if (peer != 0 && m.sender != peer) continue;
+            if (found.size() == limit) {  // more than asked for: the rest is for --before
+              more = true;
+              next = found.back().id;
+              waiting = 0;
+              return -1;
+            }
+            found.push_back(m);
+          }
+          more = h->has_more;
+          if (h->next_before != 0) next = h->next_before;
+          // Stop at `limit`, or when the archive is done (an empty page ends it too).
+          if (found.size() < limit && more && h->next_before != 0) {
+            waiting = ask();
+          } else {
+            more = more && h->next_before != 0;
+            waiting = 0;
+          }
+          return -1;
+        }
+        if (std::holds_alternative<client::ArchiveGapEvent>(e)) return -1;  // being read now
+        PrintProblems(ss, e);
+        return -1;
+      },
+      [&] { return waiting == 0; });
+  // Settled() also waits for the HISTORY answers (in flight) and the receipts they queued.
+  if (rc >= 0) return rc;
+  ss.client->Stop();
+  for (auto it = found.rbegin(); it != found.rend(); ++it) {
+    const auto& m = *it;
+    json j = {{"event", "message"}, {"id", m.id},
+              {"from", m.sender},   {"sent_at_ms", m.sent_at_ms},
+              {"text", m.text},     {"decrypted", m.decrypted},
+              {"archived", true}};
+    if (!m.decrypted) j["error"] = m.error;
+    if (m.group_id != 0) j["group_id"] = m.group_id;
+    Out(j, "[" + Clock(m.sent_at_ms) + "] " + std::to_string(m.sender) + ": " +
+               (m.decrypted ? m.text
+                            : "<cannot decrypt: " + m.error + ">" + TrustHint(m.error, m.sender)));
+  }
+  const std::string who = peer == 0 ? "--all" : std::to_string(peer);
+  Out({{"event", "history"},
+       {"count", found.size()},
+       {"has_more", more},
+       {"next_before", more ? next : 0}},
+      std::to_string(found.size()) + " archived message(s)" +
+          (more ? "; older ones: iris history " + who + " --before " + std::to_string(next)
+                : "; that is the start of the archive"));
+  return kExitOk;
+}
+
 int Main(int argc, char** argv) {
   CLI::App app{"iris: end-to-end encrypted messaging client for Iris servers"};
   app.require_subcommand(1);
@@ -1076,6 +1360,41 @@ int Main(int argc, char** argv) {
   cv->add_option("USER", verify_user, "user id")->required();
   cv->add_flag("--mark", verify_mark, "mark the user's current identity key as verified");
 
+  uint64_t read_peer = 0;
+  std::vector<uint64_t> read_ids;
+  double read_timeout = 20;
+  auto* cr = app.add_subcommand(
+      "read",
+      "mark messages from a user read (READ receipts); default: every message from "
+      "USER shown so far");
+  cr->add_option("USER", read_peer, "the sender's user id")->required();
+  cr->add_option("MESSAGE_ID", read_ids, "only these messages");
+  cr->add_option("--timeout", read_timeout, "seconds")->capture_default_str();
+
+  std::string set_read_receipts, set_presence;
+  double settings_timeout = 20;
+  auto* cg = app.add_subcommand(
+      "settings", "show or change read receipts and presence sharing (no option: show)");
+  cg->add_option("--read-receipts", set_read_receipts,
+                 "on|off: off sends no READ receipts and shows none (both ways)");
+  cg->add_option("--presence", set_presence, "on|off: off makes you appear offline to others");
+  cg->add_option("--timeout", settings_timeout, "seconds")->capture_default_str();
+
+  uint64_t history_peer = 0;
+  bool history_all = false;
+  uint64_t history_before = 0;
+  uint32_t history_limit = 50;
+  double history_timeout = 30;
+  auto* ch = app.add_subcommand(
+      "history", "read the server's archive (messages older than the newest ones sync serves)");
+  ch->add_option("USER", history_peer, "only messages from this user");
+  ch->add_flag("--all", history_all, "messages from everyone");
+  ch->add_option("--before", history_before, "only messages older than this message id");
+  ch->add_option("--limit", history_limit, "at most this many messages")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
+  ch->add_option("--timeout", history_timeout, "seconds")->capture_default_str();
+
   CLI11_PARSE(app, argc, argv);
   const std::string dir = StateDir(home);
   StartSignalThread();
@@ -1088,6 +1407,15 @@ int Main(int argc, char** argv) {
   if (st->parsed()) return CmdStatus(dir);
   if (ct->parsed()) return CmdTrust(dir, trust_user, trust_fingerprint);
   if (cv->parsed()) return CmdVerify(dir, verify_user, verify_mark);
+  if (cr->parsed()) return CmdRead(dir, read_peer, read_ids, read_timeout);
+  if (cg->parsed()) return CmdSettings(dir, set_read_receipts, set_presence, settings_timeout);
+  if (ch->parsed()) {
+    if ((history_peer != 0) == history_all) {
+      std::cerr << "iris: history: name one user (iris history USER) or --all" << std::endl;
+      return kExitLocal;
+    }
+    return CmdHistory(dir, history_peer, history_before, history_limit, history_timeout);
+  }
   return kExitLocal;
 }
 

@@ -165,8 +165,27 @@ class Client {
   // current state comes as PresenceEvents. Queries are answered once (when connected).
   void SubscribePresence(const std::vector<uint64_t>& users);
   void QueryPresence(const std::vector<uint64_t>& users);
-  // Sends SETTINGS (read receipts, presence sharing) once connected.
+  // Sends SETTINGS (read receipts, presence sharing) once connected; the values are also
+  // recorded locally (LocalSettings). The server's OK is not reported: Settled() turns true
+  // once it came; a refusal is a RequestFailedEvent "settings".
   void UpdateSettings(bool read_receipts, bool share_presence);
+  // What this state directory last sent with UpdateSettings (the protocol cannot read the
+  // server's copy back); `set` is false, and both flags true (the server's defaults), when
+  // it never sent any.
+  struct SettingsRecord {
+    bool set = false;
+    bool read_receipts = true;
+    bool share_presence = true;
+  };
+  SettingsRecord LocalSettings() const;
+  // Asks the server's archive (messages older than the newest of the inbox, PROTOCOL.md
+  // HISTORY) for up to `limit` (1..1000; 0 = the server's default, 256) entries with id below
+  // `before` (0 = the newest archived), newest first. Returns a request number (> 0); the
+  // answer is a HistoryEvent with it, or a RequestFailedEvent "history" with it (refused,
+  // or the connection ended first: not retried). Sent once connected (after WELCOME).
+  // Messages decrypted here are stored and get DELIVERED receipts (as in catch-up); the
+  // sync cursor does not move.
+  uint64_t RequestHistory(uint64_t before, uint32_t limit);
 
   // Verified identities (docs/security.md). A contact's first key is trusted on first use
   // and shown as unverified; a changed key of an unverified contact replaces the old one

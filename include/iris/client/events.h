@@ -126,10 +126,46 @@ struct TypingEvent {
   bool typing = false;
 };
 
-// A request that is not a send (presence, settings, keys) was refused by the server.
+// A request that is not a send (presence, settings, keys, history) was refused by the
+// server, or (history) its connection ended before the answer came.
 struct RequestFailedEvent {
-  std::string what;  // "presence_query", "settings", "keys_upload", ...
+  std::string what;  // "presence_query", "settings", "keys_upload", "history", ...
   Status status;
+  uint64_t request = 0;  // "history": the number Client::RequestHistory returned
+};
+
+// Catch-up found that messages newer than this client's cursor were moved to the server's
+// archive before this client fetched them (the server's inbox serves only the newest
+// messages of each user, by default 10,000; PROTOCOL.md SyncPage.gap): catch-up skips
+// them. They have ids above `after_id` and below `before_id` (0: not known, the catch-up
+// page carried no message) and are read with Client::RequestHistory (newest first).
+struct ArchiveGapEvent {
+  uint64_t after_id = 0;   // this client's cursor when the gap was found
+  uint64_t before_id = 0;  // the first message catch-up delivers after the gap
+};
+
+// One message of a history page (Client::RequestHistory): the locally stored copy when this
+// client received it before (decrypting twice is impossible: Signal deletes message keys
+// after use), else decrypted now (and stored) when possible.
+struct HistoryMessage {
+  uint64_t id = 0;
+  uint64_t sender = 0;
+  uint64_t sent_at_ms = 0;
+  std::string text;
+  bool decrypted = true;
+  std::string error;           // why not, when !decrypted
+  bool stored_before = false;  // it was in the local store already
+  uint64_t group_id = 0;
+};
+
+// The answer to Client::RequestHistory: archived messages (kind MESSAGE, text content only:
+// receipts and control messages are handled as in catch-up and not listed), newest first.
+struct HistoryEvent {
+  uint64_t request = 0;  // the number RequestHistory returned
+  std::vector<HistoryMessage> messages;
+  bool has_more = false;     // older archived entries remain
+  uint64_t next_before = 0;  // `before` for the next older page: the oldest id on this page
+                             // (of any kind), 0 when the page was empty
 };
 
 // Catch-up finished: everything the server held for this user up to `cursor` is stored.
@@ -144,8 +180,9 @@ struct KeysUploadedEvent {
   bool identity = false;  // the identity and signed prekey were new
 };
 
-using Event = std::variant<StateEvent, MessageEvent, SendAckedEvent, SendFailedEvent, ReceiptEvent,
-                           PresenceEvent, TypingEvent, RequestFailedEvent, SyncedEvent,
-                           KeysUploadedEvent, IdentityChangedEvent, PeerDecryptFailedEvent>;
+using Event =
+    std::variant<StateEvent, MessageEvent, SendAckedEvent, SendFailedEvent, ReceiptEvent,
+                 PresenceEvent, TypingEvent, RequestFailedEvent, SyncedEvent, KeysUploadedEvent,
+                 IdentityChangedEvent, PeerDecryptFailedEvent, ArchiveGapEvent, HistoryEvent>;
 
 }  // namespace iris::client

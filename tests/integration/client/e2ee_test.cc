@@ -27,6 +27,7 @@
 #include "client/local_store.h"
 #include "harness/server_process.h"
 #include "net/tls.h"
+#include "support/wait_for.h"
 #include "wire/opcode.h"
 
 namespace iris::testing {
@@ -94,6 +95,10 @@ std::vector<std::string> FilesContaining(const std::string& dir, const std::stri
 
 class CliE2eeTest : public ::testing::Test {
  protected:
+  // Typing indicators are best effort and shed under load: a busy CI machine must not
+  // switch them off in the tests that check them.
+  explicit CliE2eeTest(std::vector<std::string> flags = {"--degradation-level", "0"})
+      : server_(std::move(flags)) {}
   void SetUp() override { server_.Start(); }
 
   std::string Server() const { return "127.0.0.1:" + std::to_string(server_.port()); }
@@ -139,9 +144,7 @@ class CliE2eeTest : public ::testing::Test {
     return Events(r.Json(), "message");
   }
 
-  // Typing indicators are best effort and shed under load: a busy CI machine must not
-  // switch them off in the tests that check them.
-  ServerProcess server_{{"--degradation-level", "0"}};
+  ServerProcess server_;
   TempDir dirs_;
 };
 
@@ -1159,6 +1162,226 @@ TEST_F(CliE2eeTest, ChatWithTypingIndicatorsReachesListener) {
   chat.WriteLine("/quit");
   EXPECT_EQ(chat.Wait(), 0) << chat.err();
   EXPECT_EQ(listener.Kill(SIGTERM), 0);
+}
+
+std::vector<json> ReceiptsOfKind(const std::vector<json>& lines, const std::string& kind) {
+  std::vector<json> out;
+  for (const json& j : Events(lines, "receipt")) {
+    if (j.value("kind", "") == kind) out.push_back(j);
+  }
+  return out;
+}
+
+// `iris read`: READ receipts reach the author (the encrypted copy, the only one it
+// believes) for what the reader was shown; not again for the same messages; and not at all
+// once the reader turned read receipts off (`iris settings --read-receipts off`).
+TEST_F(CliE2eeTest, ReadCommandTellsTheAuthorUnlessReadReceiptsAreOff) {
+  const std::string alice = Login(1701);
+  const std::string bob = Login(1702);
+  const uint64_t m1 = SendOne(alice, 1702, "one");
+  const uint64_t m2 = SendOne(alice, 1702, "two");
+  ASSERT_EQ(Sync(bob).size(), 2u);
+  CliResult r = RunIris(bob, {"--json", "read", "1701"});
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  auto read = Events(r.Json(), "read");
+  ASSERT_EQ(read.size(), 1u) << r.out;
+  EXPECT_EQ(read[0]["message_ids"], json::array({m1, m2}));
+  EXPECT_TRUE(read[0]["told"].get<bool>());
+
+  std::vector<json> all;
+  Sync(alice, &all);
+  auto reads = ReceiptsOfKind(all, "read");
+  ASSERT_EQ(reads.size(), 1u) << "alice: " << json(all).dump();
+  EXPECT_EQ(reads[0]["from"], 1702);
+  EXPECT_EQ(reads[0]["message_ids"], json::array({m1, m2}));
+
+  // Nothing new to mark; a message id that is not alice's is refused with a reason.
+  r = RunIris(bob, {"--json", "read", "1701"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  read = Events(r.Json(), "read");
+  ASSERT_EQ(read.size(), 1u);
+  EXPECT_TRUE(read[0]["message_ids"].empty()) << r.out;
+  r = RunIris(bob, {"read", "1701", "12345"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("is not a message from user 1701"), std::string::npos) << r.err;
+
+  r = RunIris(bob, {"--json", "settings", "--read-receipts", "off"});
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  const uint64_t m3 = SendOne(alice, 1702, "three");
+  ASSERT_EQ(Sync(bob).size(), 1u);  // also sends bob's DELIVERED receipt for m3
+  r = RunIris(bob, {"--json", "read", "1701", std::to_string(m3)});
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  read = Events(r.Json(), "read");
+  ASSERT_EQ(read.size(), 1u) << r.out;
+  EXPECT_EQ(read[0]["message_ids"], json::array({m3}));
+  EXPECT_FALSE(read[0]["told"].get<bool>());
+  // `iris read` returned once the server had everything it queued: a READ receipt would be
+  // in alice's inbox by now, after the DELIVERED one.
+  Sync(alice, &all);
+  auto delivered = ReceiptsOfKind(all, "delivered");
+  ASSERT_EQ(delivered.size(), 1u) << json(all).dump();
+  EXPECT_EQ(delivered[0]["message_ids"], json::array({m3}));
+  EXPECT_TRUE(ReceiptsOfKind(all, "read").empty()) << json(all).dump();
+}
+
+// `iris settings` shows the defaults, sets both switches, shows them back, keeps the one not
+// named when changing the other, refuses a bad value; the server applies presence: an
+// online user with presence off looks offline and never seen.
+TEST_F(CliE2eeTest, SettingsRoundTripAndPresenceOffHidesAnOnlineUser) {
+  const std::string alice = Login(1801);
+  const std::string bob = Login(1802);
+  auto settings = [&](const std::vector<std::string>& args) {
+    std::vector<std::string> a = {"--json", "settings"};
+    a.insert(a.end(), args.begin(), args.end());
+    CliResult r = RunIris(bob, a);
+    EXPECT_EQ(r.exit_code, 0) << r.err << r.out;
+    auto j = Events(r.Json(), "settings");
+    EXPECT_EQ(j.size(), 1u) << r.out;
+    return j.empty() ? json() : j[0];
+  };
+  json s = settings({});
+  EXPECT_TRUE(s["read_receipts"].get<bool>());
+  EXPECT_TRUE(s["presence"].get<bool>());
+  EXPECT_FALSE(s["set"].get<bool>());
+  s = settings({"--read-receipts", "off", "--presence", "off"});
+  EXPECT_TRUE(s["changed"].get<bool>());
+  EXPECT_FALSE(s["read_receipts"].get<bool>());
+  EXPECT_FALSE(s["presence"].get<bool>());
+  s = settings({});
+  EXPECT_FALSE(s["changed"].get<bool>());
+  EXPECT_TRUE(s["set"].get<bool>());
+  EXPECT_FALSE(s["read_receipts"].get<bool>());
+  EXPECT_FALSE(s["presence"].get<bool>());
+  CliResult bad = RunIris(bob, {"settings", "--presence", "maybe"});
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err.find("--presence takes on or off"), std::string::npos) << bad.err;
+
+  auto presence_while_bob_listens = [&] {
+    IrisChild listener(bob, {"--json", "listen"});
+    EXPECT_FALSE(listener
+                     .WaitFor([](const json& j) {
+                       return j.value("event", "") == "state" && j.value("state", "") == "live";
+                     })
+                     .is_null())
+        << listener.err();
+    CliResult p = RunIris(alice, {"--json", "presence", "1802"});
+    EXPECT_EQ(p.exit_code, 0) << p.err;
+    EXPECT_EQ(listener.Kill(SIGTERM), 0);
+    auto pres = Events(p.Json(), "presence");
+    EXPECT_EQ(pres.size(), 1u) << p.out;
+    return pres.empty() ? json() : pres[0];
+  };
+  json p = presence_while_bob_listens();
+  EXPECT_FALSE(p["online"].get<bool>());
+  EXPECT_EQ(p["last_seen_ms"], 0);
+
+  s = settings({"--presence", "on"});
+  EXPECT_TRUE(s["presence"].get<bool>());
+  EXPECT_FALSE(s["read_receipts"].get<bool>()) << "not named: kept";
+  p = presence_while_bob_listens();
+  EXPECT_TRUE(p["online"].get<bool>());
+}
+
+// A server whose inboxes keep only the newest 3 messages (older ones move to the archive).
+class CliArchiveTest : public CliE2eeTest {
+ protected:
+  CliArchiveTest() : CliE2eeTest({"--degradation-level", "0", "--inbox-cap", "3"}) {}
+};
+
+// Five messages reach an offline user whose inbox keeps three: `iris sync` prints the three
+// and a notice that older ones are in the archive; `iris history` pages the archive and
+// decrypts the two (their Signal keys were kept when the later ones decrypted), then shows
+// the stored copies; the author gets DELIVERED receipts for them.
+TEST_F(CliArchiveTest, SyncReportsTheArchiveGapAndHistoryReadsTheArchivedMessages) {
+  const std::string alice = Login(1901);
+  const std::string bob = Login(1902);
+  CliResult r = RunIris(alice, {"--json", "send", "1902", "-"}, "a1\na2\na3\na4\na5\n");
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  std::vector<uint64_t> ids;
+  for (const json& j : Events(r.Json(), "sent")) ids.push_back(j["message_id"].get<uint64_t>());
+  ASSERT_EQ(ids.size(), 5u) << r.out;
+  std::sort(ids.begin(), ids.end());
+
+  // The archiver moves messages in the background: wait until bob's archive holds two.
+  {
+    auto raw = Connected(server_, 1902);
+    ASSERT_TRUE(raw);
+    uint64_t request = 0;
+    ASSERT_TRUE(PollUntil([&] {
+      v1::History h;
+      h.set_request_id(++request);
+      if (!raw->conn().SendFrame(static_cast<uint8_t>(wire::Opcode::kHistory), h).ok()) {
+        return false;
+      }
+      v1::HistoryPage page;
+      return page.ParseFromString(
+                 raw->Expect(static_cast<uint8_t>(wire::Opcode::kHistoryPage)).payload) &&
+             page.messages_size() == 2;
+    }));
+  }
+
+  std::vector<json> all;
+  auto got = Sync(bob, &all);
+  ASSERT_EQ(got.size(), 3u) << json(all).dump();
+  EXPECT_EQ(got[0]["text"], "a3");
+  EXPECT_EQ(got[2]["text"], "a5");
+  auto gap = Events(all, "archive_gap");
+  ASSERT_EQ(gap.size(), 1u) << json(all).dump();
+  EXPECT_EQ(gap[0]["before_id"], ids[2]);
+  EXPECT_EQ(gap[0]["hint"], "iris history --all");
+
+  // Newest archived first, one at a time.
+  r = RunIris(bob, {"--json", "history", "1901", "--limit", "1"});
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  auto hist = Events(r.Json(), "message");
+  ASSERT_EQ(hist.size(), 1u) << r.out;
+  EXPECT_EQ(hist[0]["text"], "a2");
+  EXPECT_EQ(hist[0]["id"], ids[1]);
+  EXPECT_TRUE(hist[0]["decrypted"].get<bool>());
+  EXPECT_TRUE(hist[0]["archived"].get<bool>());
+  auto page = Events(r.Json(), "history");
+  ASSERT_EQ(page.size(), 1u);
+  EXPECT_TRUE(page[0]["has_more"].get<bool>());
+  EXPECT_EQ(page[0]["next_before"], ids[1]);
+
+  r = RunIris(bob, {"--json", "history", "1901", "--before", std::to_string(ids[1])});
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  hist = Events(r.Json(), "message");
+  ASSERT_EQ(hist.size(), 1u) << r.out;
+  EXPECT_EQ(hist[0]["text"], "a1");
+  page = Events(r.Json(), "history");
+  ASSERT_EQ(page.size(), 1u);
+  EXPECT_FALSE(page[0]["has_more"].get<bool>());
+
+  // Again, all senders, as text: the stored copies (a message decrypts only once).
+  r = RunIris(bob, {"history", "--all"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const size_t a1 = r.out.find("1901: a1"), a2 = r.out.find("1901: a2");
+  ASSERT_NE(a1, std::string::npos) << r.out;
+  ASSERT_NE(a2, std::string::npos) << r.out;
+  EXPECT_LT(a1, a2) << "printed oldest first";
+  EXPECT_NE(r.out.find("start of the archive"), std::string::npos) << r.out;
+
+  Sync(alice, &all);
+  std::set<uint64_t> delivered;
+  for (const json& j : ReceiptsOfKind(all, "delivered")) {
+    for (const json& id : j["message_ids"]) delivered.insert(id.get<uint64_t>());
+  }
+  EXPECT_EQ(delivered, std::set<uint64_t>(ids.begin(), ids.end()));
+
+  CliResult bad = RunIris(bob, {"history"});
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err.find("or --all"), std::string::npos) << bad.err;
+
+  // A new installation of bob starts with the archive behind it: its login says so.
+  auto fp = net::CertificateFingerprint(server_.cert_file());
+  ASSERT_TRUE(fp.ok());
+  CliResult fresh = RunIris(dirs_.Sub("bob-reinstalled"),
+                            {"login", "--server", Server(), "--token", server_.Token(1902),
+                             "--fingerprint", "SHA256:" + *fp});
+  ASSERT_EQ(fresh.exit_code, 0) << fresh.err;
+  EXPECT_NE(fresh.out.find("were moved to the server's archive"), std::string::npos) << fresh.out;
+  EXPECT_NE(fresh.out.find("iris history --all"), std::string::npos) << fresh.out;
 }
 
 // Clear, actionable errors.
