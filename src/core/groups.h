@@ -49,6 +49,21 @@ class GroupService {
 
   static uint64_t GroupIdFor(uint64_t owner, std::string_view idempotency_key);
 
+  // Member-list paging (docs/protocol.md, "Groups: paged member lists"). A GROUP_INFO
+  // holds at most kMembersPerPage members: 4,096 varints of at most 10 bytes each plus the
+  // other fields stay far below one frame's 65,535 bytes, whatever the ids.
+  static constexpr uint32_t kMembersPerPage = 4096;
+  // A GROUP_EVENT body lists the members only for groups of at most this many (every E2EE
+  // group); a larger group's event carries none (members_has_more set, members_cursor 0):
+  // the client pages them with GROUP_GET. This also keeps the events of a broadcast group
+  // small: one per member and change.
+  static constexpr uint32_t kEventInlineMembers = 256;
+  // `full` with only the members whose id is greater than `members_after`, ascending, at
+  // most `max_members` of them; members_has_more, members_cursor (the last listed id, or
+  // `members_after` when none is) and member_count (the whole list's length) set.
+  static v1::GroupInfo MembersPage(const v1::GroupInfo& full, uint64_t members_after,
+                                   uint32_t max_members = kMembersPerPage);
+
   // How GROUP_EVENT envelopes are appended (default: one store batch). A cluster node's core
   // sets one that sends the members owned by other nodes to their owners; group updates
   // then carry a key derived from (group id, version), so that a retried share of the same
