@@ -176,15 +176,21 @@ Result<v1::GroupInfo> GroupService::Get(uint64_t user, uint64_t group_id) const 
   return g;
 }
 
-Result<std::vector<v1::Envelope>> GroupService::FanOut(uint64_t sender, uint64_t group_id,
-                                                       const std::string& body,
-                                                       const std::string& trace_id) const {
+Result<v1::GroupInfo> GroupService::SendTarget(uint64_t sender, uint64_t group_id) const {
   auto g = store_.GetGroup(group_id);
   if (!g.ok()) return g.status();
   if (!IsMember(*g, sender)) return Forbidden("not a member of this group");
   if (g->kind() == v1::BROADCAST && g->owner() != sender) {
     return Forbidden("only the owner sends to a broadcast group");
   }
+  return g;
+}
+
+Result<std::vector<v1::Envelope>> GroupService::FanOut(uint64_t sender, uint64_t group_id,
+                                                       const std::string& body,
+                                                       const std::string& trace_id) const {
+  auto g = SendTarget(sender, group_id);
+  if (!g.ok()) return g.status();
   std::vector<v1::Envelope> out;
   out.reserve(static_cast<size_t>(g->members_size()));
   for (uint64_t member : g->members()) {

@@ -40,6 +40,9 @@ class GroupService {
   void Create(uint64_t owner, const v1::GroupCreate& m, InfoDone done);
   void Update(uint64_t user, const v1::GroupUpdate& m, InfoDone done);
   Result<v1::GroupInfo> Get(uint64_t user, uint64_t group_id) const;
+  // The group a SEND from `sender` goes to, once the sender may send to it: FORBIDDEN (not
+  // a member; not the owner of a broadcast group), NOT_FOUND.
+  Result<v1::GroupInfo> SendTarget(uint64_t sender, uint64_t group_id) const;
   // The envelopes of a group SEND (one per member except the sender), or FORBIDDEN/NOT_FOUND.
   Result<std::vector<v1::Envelope>> FanOut(uint64_t sender, uint64_t group_id,
                                            const std::string& body,
