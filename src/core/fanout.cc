@@ -73,6 +73,9 @@ Status FanOutWorker::Start() {
 void FanOutWorker::Add(store::InboxStore::FanOutJob job, uint32_t recipients) {
   {
     std::lock_guard<std::mutex> lock(mu_);
+    for (const Queued& q : jobs_) {
+      if (q.job.job_id == job.job_id && q.job.group_id == job.group_id) return;  // queued
+    }
     jobs_.push_back(Queued{std::move(job), recipients});
     backlog_ += recipients;
   }

@@ -63,7 +63,8 @@ class FanOutWorker {
   // starts the thread. Call once. Errors: the store's read errors (the thread still starts,
   // with the jobs added since).
   Status Start();
-  // A job just made durable (`recipients`: the members it goes to, for the backlog).
+  // A job just made durable (`recipients`: the members it goes to, for the backlog). A job
+  // already queued (e.g. loaded by Start) is not queued twice.
   void Add(store::InboxStore::FanOutJob job, uint32_t recipients);
   // Finishes the batch in progress, then joins the thread; queued jobs stay in the store.
   void Stop();
