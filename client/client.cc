@@ -210,6 +210,14 @@ void Client::Impl::QueryPresence(const std::vector<uint64_t>& users) {
   Wake();
 }
 
+void Client::Impl::GetGroup(uint64_t group_id) {
+  {
+    std::lock_guard<std::mutex> l(cmd_mu_);
+    commands_.push_back(Command{Command::kGroupGet, {group_id}, false, false});
+  }
+  Wake();
+}
+
 void Client::Impl::UpdateSettings(bool read_receipts, bool share_presence) {
   {
     std::lock_guard<std::mutex> l(db_mu_);
@@ -409,6 +417,7 @@ void Client::SubscribePresence(const std::vector<uint64_t>& users) {
   impl_->SubscribePresence(users);
 }
 void Client::QueryPresence(const std::vector<uint64_t>& users) { impl_->QueryPresence(users); }
+void Client::GetGroup(uint64_t group_id) { impl_->GetGroup(group_id); }
 void Client::UpdateSettings(bool read_receipts, bool share_presence) {
   impl_->UpdateSettings(read_receipts, share_presence);
 }

@@ -56,6 +56,7 @@ class Client::Impl {
   void UpdateSettings(bool read_receipts, bool share_presence);
   Client::SettingsRecord LocalSettings() const;
   uint64_t RequestHistory(uint64_t before, uint32_t limit);
+  void GetGroup(uint64_t group_id);
   void SetToken(std::string token);
 
   SessionState state() const { return state_.load(); }
@@ -72,7 +73,7 @@ class Client::Impl {
 
  private:
   struct Command {
-    enum Kind { kTyping, kSubscribe, kQuery, kSettings, kHistory } kind;
+    enum Kind { kTyping, kSubscribe, kQuery, kSettings, kHistory, kGroupGet } kind;
     std::vector<uint64_t> users;
     bool flag_a = false;
     bool flag_b = false;
@@ -82,7 +83,7 @@ class Client::Impl {
   };
   // A request on the current connection waiting for its reply.
   struct InFlight {
-    enum Kind { kSend, kKeysFetch, kKeysUpload, kPresence, kSettings, kKeysCheck, kHistory } kind;
+    enum Kind { kSend, kKeysFetch, kKeysUpload, kPresence, kSettings, kKeysCheck, kHistory, kGroupGet } kind;
     int64_t seq = 0;
     uint64_t recipient = 0;
     std::string idem;
@@ -91,6 +92,8 @@ class Client::Impl {
     bool identity = false;
     bool signed_prekey = false;  // kKeysUpload: carries a rotated signed prekey
     uint64_t history = 0;        // kHistory: the number RequestHistory returned
+    // kGroupGet: the group (in `recipient`) and the pages received so far.
+    std::shared_ptr<GroupInfoEvent> group;
   };
   // Per-connection state, owned by the I/O thread.
   struct Session {
@@ -151,6 +154,10 @@ class Client::Impl {
   Status IngestSealedReceipt(const v1::Envelope& e, const e2ee::MessageCipher::Decrypted& d,
                              StoredIncoming* rec, std::vector<Event>* out);
   Status OnSendError(Session& s, const InFlight& r, const Status& error);
+  // A GROUP_GET (page after `members_after`) for the group of `paging`.
+  Status RequestGroupPage(Session& s, std::shared_ptr<GroupInfoEvent> paging,
+                          uint64_t members_after);
+  Status OnGroupInfo(Session& s, const v1::GroupInfo& g);
   void RetryLater(int64_t seq, uint32_t attempts, uint32_t retry_after_ms);
   void Emit(const Event& e);
   void SetState(SessionState st, Status why = Status::Ok());

@@ -273,6 +273,12 @@ Status Client::Impl::RunCommands(Session& s) {
         }
         break;
       }
+      case Command::kGroupGet: {
+        auto paging = std::make_shared<GroupInfoEvent>();
+        paging->group_id = c.users[0];
+        IRIS_RETURN_IF_ERROR(RequestGroupPage(s, std::move(paging), 0));
+        break;
+      }
       case Command::kSettings: {
         v1::Settings m;
         m.set_request_id(s.next_request_id++);
@@ -612,6 +618,7 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
           case InFlight::kPresence: Emit(RequestFailedEvent{"presence", st}); break;
           case InFlight::kSettings: Emit(RequestFailedEvent{"settings", st}); break;
           case InFlight::kHistory: Emit(RequestFailedEvent{"history", st, r.history}); break;
+          case InFlight::kGroupGet: Emit(RequestFailedEvent{"group_get", st}); break;
         }
       }
       if (e.fatal()) return st;
@@ -670,6 +677,11 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
       if (!Parse(f, &page)) return Unavailable("malformed HISTORY_PAGE");
       return OnHistoryPage(s, page);
     }
+    case Opcode::kGroupInfo: {
+      v1::GroupInfo g;
+      if (!Parse(f, &g)) return Unavailable("malformed GROUP_INFO");
+      return OnGroupInfo(s, g);
+    }
     case Opcode::kPresence: {
       v1::Presence p;
       if (Parse(f, &p)) Emit(PresenceEvent{p.user(), p.online(), p.last_seen_ms()});
@@ -689,6 +701,45 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
     }
     default: return Status::Ok();  // PONG, and anything newer than this client
   }
+}
+
+Status Client::Impl::RequestGroupPage(Session& s, std::shared_ptr<GroupInfoEvent> paging,
+                                      uint64_t members_after) {
+  v1::GroupGet m;
+  m.set_request_id(s.next_request_id++);
+  m.set_group_id(paging->group_id);
+  m.set_members_after(members_after);
+  InFlight r{InFlight::kGroupGet};
+  r.recipient = paging->group_id;
+  r.group = std::move(paging);
+  s.in_flight[m.request_id()] = std::move(r);
+  return Write(s, wire::Opcode::kGroupGet, m);
+}
+
+Status Client::Impl::OnGroupInfo(Session& s, const v1::GroupInfo& g) {
+  auto it = s.in_flight.find(g.request_id());
+  if (it == s.in_flight.end() || it->second.kind != InFlight::kGroupGet) return Status::Ok();
+  std::shared_ptr<GroupInfoEvent> paging = std::move(it->second.group);
+  s.in_flight.erase(it);
+  if (paging->pages > 0 && paging->version != g.version()) {
+    // The membership changed between two pages: start over, so that the list is one version.
+    const uint64_t group_id = paging->group_id;
+    paging = std::make_shared<GroupInfoEvent>();
+    paging->group_id = group_id;
+    return RequestGroupPage(s, std::move(paging), 0);
+  }
+  ++paging->pages;
+  paging->kind = static_cast<GroupKind>(g.kind());
+  paging->owner = g.owner();
+  paging->version = g.version();
+  paging->members.insert(paging->members.end(), g.members().begin(), g.members().end());
+  // A server without paging never sets members_has_more: its one answer is the whole list.
+  // A page that lists nobody cannot advance the cursor: take what was received.
+  if (g.members_has_more() && g.members_size() > 0) {
+    return RequestGroupPage(s, std::move(paging), g.members_cursor());
+  }
+  Emit(*paging);
+  return Status::Ok();
 }
 
 bool Client::Impl::InFlightSend(const Session& s, int64_t seq) {

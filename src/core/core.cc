@@ -39,6 +39,8 @@ Core::Core(store::InboxStore& store, EdgeSink& sink, const Clock& clock, CoreOpt
       degradation_(options.degradation),
       presence_(store, sink, settings_, clock),
       groups_(store, options.groups),
+      fanout_(store, clock,
+              FanOutWorker::Options{std::max<uint32_t>(options.fanout_inboxes_per_sec, 1), 0}),
       readers_(options.read_workers, "iris-read"),
       writers_(options.write_workers, "iris-write") {
   presence_.set_shed([this] { return degradation_.ShedPresence(); });
@@ -390,6 +392,36 @@ void Core::Send(uint64_t sender, const v1::Send& send, const std::string& trace_
   if (send.group_id() != 0) {
     // The member list is a store read: fan out on a worker, in the sender's order.
     InAuthorOrder(sender, [this, sender, send, trace_id, trace, done = std::move(done)]() mutable {
+      auto target = groups_.SendTarget(sender, send.group_id());
+      if (!target.ok()) {
+        done(target.status());
+        return;
+      }
+      const uint32_t recipients = static_cast<uint32_t>(target->members_size()) - 1;
+      if (recipients > options_.direct_fanout_max_members) {
+        // A large group: durable as one fan-out job; FanOutWorker delivers it.
+        v1::Envelope message;
+        message.set_sender(sender);
+        message.set_group_id(send.group_id());
+        message.set_kind(v1::MESSAGE);
+        message.set_body(send.body());
+        message.set_trace_id(trace_id);
+        store_.AppendFanOutJob(
+            sender, send.idempotency_key(), message,
+            [this, message, recipients, done = std::move(done)](Result<store::AppendOutcome> r) {
+              if (r.ok() && !r->duplicate) {
+                store::InboxStore::FanOutJob job;
+                job.group_id = message.group_id();
+                job.job_id = r->message_id;
+                job.message = message;
+                job.message.set_id(r->message_id);
+                job.message.set_sent_at_ms(r->accepted_at_ms);
+                fanout_.Add(std::move(job), recipients);
+              }
+              ToAppendCallback(std::move(done))(std::move(r));
+            });
+        return;
+      }
       auto envelopes = groups_.FanOut(sender, send.group_id(), send.body(), trace_id);
       if (!envelopes.ok()) {
         done(envelopes.status());
@@ -436,6 +468,26 @@ void Core::SetClusterDirectory(ClusterDirectory* directory) {
         },
         obs::SpanContext{});
   });
+}
+
+Status Core::StartFanOut() {
+  if (directory_ != nullptr) {
+    fanout_.set_remote([this](const std::string& key, std::vector<v1::Envelope>* envelopes,
+                              std::function<void(Status)> done) {
+      auto local_end = std::stable_partition(
+          envelopes->begin(), envelopes->end(),
+          [this](const v1::Envelope& e) { return directory_->Owns(e.recipient()); });
+      std::vector<v1::Envelope> remote(std::make_move_iterator(local_end),
+                                       std::make_move_iterator(envelopes->end()));
+      envelopes->erase(local_end, envelopes->end());
+      if (remote.empty()) return done(Status::Ok());
+      const uint64_t sender = remote.front().sender();
+      directory_->AppendRemote(
+          sender, key, std::move(remote),
+          [done = std::move(done)](Result<AppendResult> r) { done(r.status()); });
+    });
+  }
+  return fanout_.Start();
 }
 
 void Core::AppendSplit(uint64_t sender, std::string key, std::vector<v1::Envelope> envelopes,

@@ -36,6 +36,7 @@
 #include "common/status.h"
 #include "core/core_api.h"
 #include "core/degradation.h"
+#include "core/fanout.h"
 #include "core/groups.h"
 #include "core/presence.h"
 #include "core/settings_cache.h"
@@ -57,6 +58,13 @@ struct CoreOptions {
   // means more writes per sync, not more syncs.
   size_t read_workers = 4;
   size_t write_workers = 16;
+  // Group fan-out (docs/architecture.md, "Group fan-out"): a group SEND to more than
+  // direct_fanout_max_members recipients is acknowledged once the message is durable as a
+  // fan-out job, which FanOutWorker then appends to the members' inboxes at most
+  // fanout_inboxes_per_sec a second (--fanout-inboxes-per-sec); smaller groups (every E2EE
+  // group) keep the one durable batch before SEND_ACK.
+  uint32_t direct_fanout_max_members = 256;
+  uint32_t fanout_inboxes_per_sec = 1000;
 };
 
 // Cluster mode (cluster::Router; docs/architecture.md, "Routing between nodes"): which
@@ -144,7 +152,13 @@ class Core final : public CoreApi {
   void StopWorkers() {
     writers_.Stop();
     readers_.Stop();
+    fanout_.Stop();
   }
+  // Starts the group fan-out worker, resuming the fan-outs a previous run left (in the
+  // store). Call once, after SetClusterDirectory (when any) and before serving; large-group
+  // sends accepted before it wait for it. Errors: the store's read errors.
+  Status StartFanOut();
+  FanOutWorker& fanout() { return fanout_; }
 
   GroupService& groups() { return groups_; }
   DegradationController& degradation() { return degradation_; }
@@ -232,6 +246,7 @@ class Core final : public CoreApi {
   void ReleaseLine(uint64_t author);
   std::mutex author_mu_;
   std::unordered_map<uint64_t, AuthorLine> author_queued_;
+  FanOutWorker fanout_;
   // Declared last: destroyed (drained and joined) first, while everything their jobs use
   // is still alive.
   WorkerPool readers_;

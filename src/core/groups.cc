@@ -26,11 +26,35 @@ uint64_t GroupService::GroupIdFor(uint64_t owner, std::string_view key) {
   return h == 0 ? 1 : h;
 }
 
+v1::GroupInfo GroupService::MembersPage(const v1::GroupInfo& full, uint64_t members_after,
+                                        uint32_t max_members) {
+  std::vector<uint64_t> sorted(full.members().begin(), full.members().end());
+  std::sort(sorted.begin(), sorted.end());
+  v1::GroupInfo page = full;
+  page.clear_members();
+  page.set_member_count(static_cast<uint32_t>(sorted.size()));
+  auto it = std::upper_bound(sorted.begin(), sorted.end(), members_after);
+  uint64_t cursor = members_after;
+  for (uint32_t n = 0; it != sorted.end() && n < max_members; ++it, ++n) {
+    page.add_members(*it);
+    cursor = *it;
+  }
+  page.set_members_has_more(it != sorted.end());
+  page.set_members_cursor(cursor);
+  return page;
+}
+
 void GroupService::AppendEvent(const v1::GroupInfo& info, const std::vector<uint64_t>& to,
                                uint64_t actor, std::string key, InfoDone done) {
   std::vector<v1::Envelope> envelopes;
   envelopes.reserve(to.size());
-  const std::string body = info.SerializeAsString();
+  // The event's body: the whole list for a small group, none (to be paged) for a large one.
+  const std::string body =
+      MembersPage(info, 0,
+                  static_cast<uint32_t>(info.members_size()) <= kEventInlineMembers
+                      ? kEventInlineMembers
+                      : 0)
+          .SerializeAsString();
   for (uint64_t member : to) {
     v1::Envelope e;
     e.set_sender(actor);
@@ -108,8 +132,8 @@ void GroupService::Update(uint64_t user, const v1::GroupUpdate& m, InfoDone done
       return;
     }
     info = *g;
-    const bool self_leave = m.add().empty() && m.remove_size() == 1 && m.remove(0) == user &&
-                            IsMember(info, user);
+    const bool self_leave =
+        m.add().empty() && m.remove_size() == 1 && m.remove(0) == user && IsMember(info, user);
     if (info.owner() != user && !self_leave) {
       done(Forbidden("only the group owner changes membership"));
       return;
@@ -152,15 +176,21 @@ Result<v1::GroupInfo> GroupService::Get(uint64_t user, uint64_t group_id) const 
   return g;
 }
 
-Result<std::vector<v1::Envelope>> GroupService::FanOut(uint64_t sender, uint64_t group_id,
-                                                       const std::string& body,
-                                                       const std::string& trace_id) const {
+Result<v1::GroupInfo> GroupService::SendTarget(uint64_t sender, uint64_t group_id) const {
   auto g = store_.GetGroup(group_id);
   if (!g.ok()) return g.status();
   if (!IsMember(*g, sender)) return Forbidden("not a member of this group");
   if (g->kind() == v1::BROADCAST && g->owner() != sender) {
     return Forbidden("only the owner sends to a broadcast group");
   }
+  return g;
+}
+
+Result<std::vector<v1::Envelope>> GroupService::FanOut(uint64_t sender, uint64_t group_id,
+                                                       const std::string& body,
+                                                       const std::string& trace_id) const {
+  auto g = SendTarget(sender, group_id);
+  if (!g.ok()) return g.status();
   std::vector<v1::Envelope> out;
   out.reserve(static_cast<size_t>(g->members_size()));
   for (uint64_t member : g->members()) {

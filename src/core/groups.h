@@ -40,6 +40,9 @@ class GroupService {
   void Create(uint64_t owner, const v1::GroupCreate& m, InfoDone done);
   void Update(uint64_t user, const v1::GroupUpdate& m, InfoDone done);
   Result<v1::GroupInfo> Get(uint64_t user, uint64_t group_id) const;
+  // The group a SEND from `sender` goes to, once the sender may send to it: FORBIDDEN (not
+  // a member; not the owner of a broadcast group), NOT_FOUND.
+  Result<v1::GroupInfo> SendTarget(uint64_t sender, uint64_t group_id) const;
   // The envelopes of a group SEND (one per member except the sender), or FORBIDDEN/NOT_FOUND.
   Result<std::vector<v1::Envelope>> FanOut(uint64_t sender, uint64_t group_id,
                                            const std::string& body,
@@ -48,6 +51,21 @@ class GroupService {
   Result<std::vector<uint64_t>> MembersFor(uint64_t user, uint64_t group_id) const;
 
   static uint64_t GroupIdFor(uint64_t owner, std::string_view idempotency_key);
+
+  // Member-list paging (docs/protocol.md, "Groups: paged member lists"). A GROUP_INFO
+  // holds at most kMembersPerPage members: 4,096 varints of at most 10 bytes each plus the
+  // other fields stay far below one frame's 65,535 bytes, whatever the ids.
+  static constexpr uint32_t kMembersPerPage = 4096;
+  // A GROUP_EVENT body lists the members only for groups of at most this many (every E2EE
+  // group); a larger group's event carries none (members_has_more set, members_cursor 0):
+  // the client pages them with GROUP_GET. This also keeps the events of a broadcast group
+  // small: one per member and change.
+  static constexpr uint32_t kEventInlineMembers = 256;
+  // `full` with only the members whose id is greater than `members_after`, ascending, at
+  // most `max_members` of them; members_has_more, members_cursor (the last listed id, or
+  // `members_after` when none is) and member_count (the whole list's length) set.
+  static v1::GroupInfo MembersPage(const v1::GroupInfo& full, uint64_t members_after,
+                                   uint32_t max_members = kMembersPerPage);
 
   // How GROUP_EVENT envelopes are appended (default: one store batch). A cluster node's core
   // sets one that sends the members owned by other nodes to their owners; group updates

@@ -4,6 +4,7 @@
 #include <random>
 
 #include "common/assert.h"
+#include "core/groups.h"
 #include "edge/edge.h"
 #include "edge/edge_metrics.h"
 #include "obs/log.h"
@@ -742,15 +743,19 @@ void Session::HandleKeysFetch(const v1::KeysFetch& m) {
 }
 
 namespace {
-// Completion of a group create/update: GROUP_INFO (or ERROR), answered in request order.
+// Completion of a group create/update/get: GROUP_INFO (or ERROR), answered in request
+// order. The core answers the whole group; the frame carries the page of its members after
+// `members_after` (GroupService::MembersPage: always within one frame).
 core::CoreApi::GroupDone GroupReply(net::EventLoop* loop, EdgeLoop* owner, uint64_t sid,
-                                    uint64_t seq, uint64_t request_id) {
-  return [loop, owner, sid, seq, request_id](Result<v1::GroupInfo> r) {
+                                    uint64_t seq, uint64_t request_id, uint64_t members_after) {
+  return [loop, owner, sid, seq, request_id, members_after](Result<v1::GroupInfo> r) {
     std::string frame;
     if (r.ok()) {
-      r->set_request_id(request_id);
-      wire::AppendMessageFrame(&frame, static_cast<uint8_t>(wire::Opcode::kGroupInfo), *r)
-          .IgnoreError();
+      v1::GroupInfo page = core::GroupService::MembersPage(*r, members_after);
+      page.set_request_id(request_id);
+      const Status s =
+          wire::AppendMessageFrame(&frame, static_cast<uint8_t>(wire::Opcode::kGroupInfo), page);
+      if (!s.ok()) frame = ErrorFrame(request_id, Internal("GROUP_INFO: " + s.message()));
     } else {
       frame = ErrorFrame(request_id, r.status());
     }
@@ -765,20 +770,21 @@ void Session::HandleGroupCreate(const v1::GroupCreate& m) {
   const uint64_t seq = ReserveReply();
   if (!AdmitLimited(loop_.edge().group_limiter(), "GROUP_CREATE", seq, m.request_id())) return;
   loop_.edge().core().CreateGroup(user_, m,
-                                  GroupReply(&loop_.loop(), &loop_, id_, seq, m.request_id()));
+                                  GroupReply(&loop_.loop(), &loop_, id_, seq, m.request_id(), 0));
 }
 
 void Session::HandleGroupUpdate(const v1::GroupUpdate& m) {
   const uint64_t seq = ReserveReply();
   if (!AdmitLimited(loop_.edge().group_limiter(), "GROUP_UPDATE", seq, m.request_id())) return;
   loop_.edge().core().UpdateGroup(user_, m,
-                                  GroupReply(&loop_.loop(), &loop_, id_, seq, m.request_id()));
+                                  GroupReply(&loop_.loop(), &loop_, id_, seq, m.request_id(), 0));
 }
 
 void Session::HandleGroupGet(const v1::GroupGet& m) {
   const uint64_t seq = ReserveReply();
-  loop_.edge().core().GetGroup(user_, m.group_id(),
-                               GroupReply(&loop_.loop(), &loop_, id_, seq, m.request_id()));
+  loop_.edge().core().GetGroup(
+      user_, m.group_id(),
+      GroupReply(&loop_.loop(), &loop_, id_, seq, m.request_id(), m.members_after()));
 }
 
 void Session::DeliverPresence(const v1::Presence& p) {

@@ -65,6 +65,11 @@ void Define(CLI::App& app, ServerConfig& c) {
   app.add_option("--jwt-issuer", c.jwt_issuer, "Required iss claim (empty: not checked)");
   app.add_option("--rate-per-sec", c.rate_per_sec, "Sustained sends per user per second")
       ->capture_default_str();
+  app.add_option("--fanout-inboxes-per-sec", c.fanout_inboxes_per_sec,
+                 "Group fan-out: inbox appends per second of the fan-out worker, for groups "
+                 "over 256 recipients (RFC-001 section 8)")
+      ->check(CLI::Range(1u, 1000000u))
+      ->capture_default_str();
   app.add_option("--rate-burst-per-sec", c.rate_burst_per_sec, "Peak sends per user per second")
       ->capture_default_str();
   app.add_option("--rate-burst-seconds", c.rate_burst_seconds, "How long the peak rate may last")

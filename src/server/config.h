@@ -33,6 +33,8 @@ struct ServerConfig {
   std::string jwt_audience;
   std::string jwt_issuer;
   double rate_per_sec = 5;
+  // Group fan-out worker: inbox appends per second (docs/architecture.md, "Group fan-out").
+  uint32_t fanout_inboxes_per_sec = 1000;
   double rate_burst_per_sec = 20;
   double rate_burst_seconds = 10;
   double connections_per_ip_per_minute = 5;

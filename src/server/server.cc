@@ -624,10 +624,12 @@ Status Server::Start() {
 
   core::CoreOptions co;
   co.degradation.forced_level = c.degradation_level;
+  co.fanout_inboxes_per_sec = c.fanout_inboxes_per_sec;
   if (m.core_role()) {
     // Core process: edges live in other processes and reach the core over a Unix socket.
     m.core_server = std::make_unique<rpc::CoreServer>();
     m.core = std::make_unique<core::Core>(*m.store, *m.core_server, SystemClock::Instance(), co);
+    IRIS_RETURN_IF_ERROR(m.core->StartFanOut());
     m.core_server->set_core(m.core.get());
     m.core_server->set_revocation_source([&m](iris::internal::v1::Revocations* out) {
       const auth::RevocationList::Entries e = m.revocations.Export();
@@ -664,6 +666,7 @@ Status Server::Start() {
     // The embedded default. The core needs the edge as its sink and the edge needs the core:
     // the core gets a forwarding sink that is pointed at the edge once it exists.
     m.core = std::make_unique<core::Core>(*m.store, m.forward, SystemClock::Instance(), co);
+    IRIS_RETURN_IF_ERROR(m.core->StartFanOut());
     m.edge =
         std::make_unique<edge::Edge>(eo, *m.core, *m.verifier, *m.tls, SystemClock::Instance());
     m.forward.to = m.edge.get();
@@ -1225,6 +1228,7 @@ Status Server::StartClusterNode(const edge::EdgeOptions& eo, const core::CoreOpt
   if (!m.cluster_edge()) {
     m.core = std::make_unique<core::Core>(*m.store, *m.router, SystemClock::Instance(), co);
     m.router->SetLocalCore(m.core.get());
+    IRIS_RETURN_IF_ERROR(m.core->StartFanOut());
   }
   m.core_server->set_core(&m.router->Served());
   if (m.core)

@@ -19,6 +19,7 @@
 #include <chrono>
 
 #include "common/assert.h"
+#include "common/bytes.h"
 #include "store/inbox_store_impl.h"
 
 namespace iris::store {
@@ -279,6 +280,30 @@ void InboxStore::Impl::BuildAppend(AppendRequest& a) {
       return;
     }
   }
+  const uint64_t now = static_cast<uint64_t>(std::max<int64_t>(batch_now_ms_, 0));
+  if (a.fanout_job) {
+    // The job record, in the group's shard; no inbox, so no listener push.
+    v1::Envelope& e = a.envelopes.front();
+    const uint64_t id = hlc_.Next();
+    e.set_id(id);
+    e.set_sent_at_ms(now);
+    const int32_t vnode = Vnode(e.group_id());
+    std::string value;
+    AppendBigEndian64(&value, 0);  // no member done yet
+    value += e.SerializeAsString();
+    AddPut(Cf::kGroups, FanOutJobKey(vnode, e.group_id(), id), value);
+    TouchShard(vnode);
+    if (!dedup_key.empty()) {
+      const DedupEntry entry{id, static_cast<int64_t>(now)};
+      AddPut(Cf::kDedup, dedup_key, EncodeDedupEntry(entry));
+      TouchShard(dedup_vnode);
+      dedup_->Remember(dedup_key, dedup_hash, entry, batch_seq_);
+      cur_->remembered.push_back(std::move(dedup_key));
+    }
+    cur_->completions.push_back(
+        Completion{std::move(a.done), nullptr, AppendOutcome{id, now, false}, Status::Ok()});
+    return;
+  }
   // Load every recipient's counters before adding anything, so a failed read leaves the
   // batch without a partial request.
   for (const v1::Envelope& e : a.envelopes) {
@@ -289,7 +314,6 @@ void InboxStore::Impl::BuildAppend(AppendRequest& a) {
       return;
     }
   }
-  const uint64_t now = static_cast<uint64_t>(std::max<int64_t>(batch_now_ms_, 0));
   uint64_t first_id = 0;
   for (size_t i = 0; i < a.envelopes.size(); ++i) {
     v1::Envelope& e = a.envelopes[i];
@@ -311,6 +335,13 @@ void InboxStore::Impl::BuildAppend(AppendRequest& a) {
     TouchShard(dedup_vnode);
     dedup_->Remember(dedup_key, dedup_hash, entry, batch_seq_);
     cur_->remembered.push_back(std::move(dedup_key));
+  }
+  for (const KvOp& op : a.extra_ops) {
+    if (op.value) {
+      AddPut(op.cf, op.key, *op.value);
+    } else {
+      AddDelete(op.cf, op.key);
+    }
   }
   cur_->envelopes += a.envelopes.size();
   cur_->completions.push_back(

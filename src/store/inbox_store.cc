@@ -7,6 +7,7 @@
 #include <future>
 
 #include "common/assert.h"
+#include "common/bytes.h"
 #include "obs/trace.h"
 #include "store/inbox_store_impl.h"
 
@@ -285,6 +286,65 @@ void InboxStore::AppendAsync(uint64_t sender, std::string idempotency_key,
   a.done = std::move(done);
   r.body = std::move(a);
   impl_->Enqueue(std::move(r));
+}
+
+void InboxStore::AppendFanOutJob(uint64_t sender, std::string idempotency_key, v1::Envelope message,
+                                 AppendCallback done) {
+  if (message.group_id() == 0) {
+    done(BadRequest("store: fan-out job without group"));
+    return;
+  }
+  if (idempotency_key.size() > kMaxIdempotencyKeyBytes) {
+    done(BadRequest("store: idempotency key over 255 bytes"));
+    return;
+  }
+  CommitRequest r;
+  AppendRequest a;
+  message.set_recipient(0);
+  r.bytes += message.ByteSizeLong() + 64;
+  a.sender = sender;
+  a.idempotency_key = std::move(idempotency_key);
+  a.envelopes.push_back(std::move(message));
+  a.bodies.emplace_back();
+  a.fanout_job = true;
+  a.done = std::move(done);
+  r.body = std::move(a);
+  impl_->Enqueue(std::move(r));
+}
+
+void InboxStore::AppendFanOutBatch(const FanOutJob& job, uint64_t done_through, bool finished,
+                                   std::vector<v1::Envelope> envelopes, AppendCallback done) {
+  CommitRequest r;
+  AppendRequest a;
+  a.bodies.reserve(envelopes.size());
+  for (v1::Envelope& e : envelopes) {
+    if (e.recipient() == 0) {
+      done(BadRequest("store: envelope without recipient"));
+      return;
+    }
+    a.bodies.push_back(EncodeEnvelopeBody(&e));
+    r.bytes += a.bodies.back().size() + 32;
+  }
+  const std::string key = FanOutJobKey(VnodeOf(job.group_id), job.group_id, job.job_id);
+  if (finished) {
+    a.extra_ops.push_back(KvOp{Cf::kGroups, key, std::nullopt});
+  } else {
+    std::string value;
+    AppendBigEndian64(&value, done_through);
+    value += job.message.SerializeAsString();
+    r.bytes += value.size();
+    a.extra_ops.push_back(KvOp{Cf::kGroups, key, std::move(value)});
+  }
+  a.sender = job.message.sender();
+  a.envelopes = std::move(envelopes);
+  a.done = std::move(done);
+  r.body = std::move(a);
+  impl_->Enqueue(std::move(r));
+}
+
+Result<std::vector<InboxStore::FanOutJob>> InboxStore::LoadFanOutJobs() const {
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();
+  return impl_->LoadFanOutJobs();
 }
 
 void InboxStore::AppendAsync(uint64_t sender, std::string idempotency_key,

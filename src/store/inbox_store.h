@@ -249,6 +249,31 @@ class InboxStore {
   // user never uploaded.
   Result<v1::KeysBundle> FetchKeys(uint64_t user);
 
+  // Throttled group fan-out (docs/architecture.md, "Group fan-out").
+  //
+  // A group message accepted for a fan-out that runs after SEND_ACK: `message` (group_id,
+  // sender, body, trace id; recipient 0) is stored as ONE job record in the group's shard,
+  // deduplicated by (sender, idempotency_key) like an append (a retry answers the first
+  // job's id, duplicate=true, and stores nothing). message_id = the job id (HLC). Stored in
+  // no inbox: AppendFanOutBatch delivers it. Errors as AppendAsync.
+  void AppendFanOutJob(uint64_t sender, std::string idempotency_key, v1::Envelope message,
+                       AppendCallback done);
+  struct FanOutJob {
+    uint64_t group_id = 0;
+    uint64_t job_id = 0;
+    uint64_t done_through = 0;  // members with an id <= this one have it (0: none)
+    v1::Envelope message;       // as given to AppendFanOutJob, id = job id
+  };
+  // Appends `envelopes` (one per member, possibly none) and, in the same WriteBatch, moves
+  // the job's progress to `done_through`, or deletes the job when `finished`: a crash
+  // leaves either both or neither, so the job resumes exactly after the last batch written.
+  // Not deduplicated (the job record is the dedup). Errors as AppendAsync.
+  void AppendFanOutBatch(const FanOutJob& job, uint64_t done_through, bool finished,
+                         std::vector<v1::Envelope> envelopes, AppendCallback done);
+  // Every job record (after a restart: the fan-outs to resume), in key order (per group,
+  // job id order). Errors: INTERNAL.
+  Result<std::vector<FanOutJob>> LoadFanOutJobs() const;
+
   // Stores the group (request_id is not stored). BAD_REQUEST for group_id 0.
   Status PutGroup(const v1::GroupInfo& group);
   Result<v1::GroupInfo> GetGroup(uint64_t group_id) const;  // NOT_FOUND

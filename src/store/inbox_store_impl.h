@@ -61,6 +61,12 @@ struct AppendRequest {
   std::vector<v1::Envelope> envelopes;
   std::vector<std::string> bodies;  // EncodeEnvelopeBody of each envelope
   AppendCallback done;
+  // A group message for a throttled fan-out (InboxStore::AppendFanOutJob): the one
+  // envelope (recipient 0) is stored as a job record in `groups`, in no inbox.
+  bool fanout_job = false;
+  // Records written in the same WriteBatch when the append is not a duplicate
+  // (InboxStore::AppendFanOutBatch: the job's progress).
+  std::vector<KvOp> extra_ops;
 };
 
 struct RecordWriteRequest {
@@ -157,6 +163,7 @@ class InboxStore::Impl {
 
   // vnode_ranges.cc
   int32_t Vnode(uint64_t owner) const { return store::VnodeOf(owner, options_.vnodes); }
+  Result<std::vector<InboxStore::FanOutJob>> LoadFanOutJobs() const;
   Result<uint64_t> VnodeChecksum(int32_t vnode) const;
   Status DeleteVnode(int32_t vnode);
 

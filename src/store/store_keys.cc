@@ -199,6 +199,18 @@ std::optional<StoredBundle> DecodeStoredBundle(std::string_view v) {
 
 std::string GroupKey(int32_t vnode, uint64_t group_id) { return VnodeIdKey(vnode, group_id, 12); }
 
+std::string FanOutJobKey(int32_t vnode, uint64_t group_id, uint64_t job_id) {
+  std::string k = VnodeIdKey(vnode, group_id, 21);
+  k.push_back(kFanOutJobTag);
+  AppendBigEndian64(&k, job_id);
+  return k;
+}
+
+std::optional<std::pair<uint64_t, uint64_t>> ParseFanOutJobKey(std::string_view key) {
+  if (key.size() != 21 || key[12] != kFanOutJobTag) return std::nullopt;
+  return std::make_pair(GetBigEndian64(key.data() + 4), GetBigEndian64(key.data() + 13));
+}
+
 std::string EncodeEnvelopeBody(v1::Envelope* envelope) {
   envelope->clear_id();
   envelope->clear_sent_at_ms();

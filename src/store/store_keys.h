@@ -30,6 +30,10 @@
 //                                                              KeysBundle
 //                   vnode(4) user(8) 'P' seq(8)             -> PreKey
 //   groups          vnode(4) group id(8)                    -> GroupInfo
+//                   vnode(4) group id(8) 'F' job id(8)      -> a group message waiting for
+//                                                              its throttled fan-out:
+//                                                              done-through member(8)
+//                                                              Envelope (FanOutJobKey)
 //
 // The previous layout (version 1, the same keys without the vnode prefix and one 'H' mark)
 // is migrated on open (layout_migration.cc, with the helpers of legacy_keys.h).
@@ -127,6 +131,11 @@ std::string EncodeStoredBundle(const StoredBundle& b);
 std::optional<StoredBundle> DecodeStoredBundle(std::string_view v);
 
 std::string GroupKey(int32_t vnode, uint64_t group_id);
+// A fan-out job of `group_id` (docs/architecture.md, "Group fan-out"): 21 bytes, after the
+// group's own 12-byte key. ParseFanOutJobKey: the group and job id; nullopt for any other key.
+inline constexpr char kFanOutJobTag = 'F';
+std::string FanOutJobKey(int32_t vnode, uint64_t group_id, uint64_t job_id);
+std::optional<std::pair<uint64_t, uint64_t>> ParseFanOutJobKey(std::string_view key);
 
 // Envelopes are serialized on the caller's thread without id and sent_at_ms (`body`), and
 // the commit thread prefixes those two fields once it has assigned them. Protobuf parsing

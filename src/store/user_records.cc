@@ -245,6 +245,30 @@ Status InboxStore::Impl::PutGroup(const v1::GroupInfo& group) {
   return WriteRecords(std::move(ops));
 }
 
+Result<std::vector<InboxStore::FanOutJob>> InboxStore::Impl::LoadFanOutJobs() const {
+  const StoreDb::ReadHold db = db_->Hold();
+  if (!db.ok()) return StoreDb::ReadHold::Closed();
+  std::vector<InboxStore::FanOutJob> out;
+  std::unique_ptr<rocksdb::Iterator> it(
+      db.db()->NewIterator(rocksdb::ReadOptions(), db.cf(Cf::kGroups)));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    const rocksdb::Slice k = it->key();
+    const auto ids = ParseFanOutJobKey(std::string_view(k.data(), k.size()));
+    if (!ids) continue;
+    const rocksdb::Slice v = it->value();
+    InboxStore::FanOutJob job;
+    job.group_id = ids->first;
+    job.job_id = ids->second;
+    if (v.size() < 8 || !job.message.ParseFromArray(v.data() + 8, static_cast<int>(v.size() - 8))) {
+      return Internal("store: malformed fan-out job");
+    }
+    job.done_through = GetBigEndian64(v.data());
+    out.push_back(std::move(job));
+  }
+  if (!it->status().ok()) return FromRocks(it->status(), "store: read fan-out jobs");
+  return out;
+}
+
 Result<v1::GroupInfo> InboxStore::Impl::GetGroup(uint64_t group_id) const {
   const StoreDb::ReadHold db = db_->Hold();
   if (!db.ok()) return StoreDb::ReadHold::Closed();

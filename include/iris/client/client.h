@@ -165,6 +165,12 @@ class Client {
   // current state comes as PresenceEvents. Queries are answered once (when connected).
   void SubscribePresence(const std::vector<uint64_t>& users);
   void QueryPresence(const std::vector<uint64_t>& users);
+  // Asks for a group's record (GROUP_GET) once connected. Answered once, on the I/O thread,
+  // with a GroupInfoEvent holding the whole member list: the pages of a large group
+  // (docs/protocol.md, "Groups: paged member lists") are fetched one after the other and
+  // joined; or with RequestFailedEvent{"group_get"} (NOT_FOUND, FORBIDDEN for a
+  // non-member, ...). A request whose connection is lost before the answer is dropped.
+  void GetGroup(uint64_t group_id);
   // Sends SETTINGS (read receipts, presence sharing) once connected; the values are also
   // recorded locally (LocalSettings). The server's OK is not reported: Settled() turns true
   // once it came; a refusal is a RequestFailedEvent "settings".

@@ -180,9 +180,24 @@ struct KeysUploadedEvent {
   bool identity = false;  // the identity and signed prekey were new
 };
 
+enum class GroupKind : uint8_t { kUnspecified = 0, kE2ee = 1, kBroadcast = 2 };
+
+// The answer to Client::GetGroup: the group with its whole member list (ascending ids, the
+// owner included), assembled from as many GROUP_INFO pages as the server sent; every page
+// is of the same `version` (a list that changed while it was paged is fetched again).
+struct GroupInfoEvent {
+  uint64_t group_id = 0;
+  GroupKind kind = GroupKind::kUnspecified;
+  uint64_t owner = 0;
+  uint64_t version = 0;
+  std::vector<uint64_t> members;
+  uint32_t pages = 0;  // GROUP_INFO frames it took
+};
+
 using Event =
     std::variant<StateEvent, MessageEvent, SendAckedEvent, SendFailedEvent, ReceiptEvent,
                  PresenceEvent, TypingEvent, RequestFailedEvent, SyncedEvent, KeysUploadedEvent,
-                 IdentityChangedEvent, PeerDecryptFailedEvent, ArchiveGapEvent, HistoryEvent>;
+                 IdentityChangedEvent, PeerDecryptFailedEvent, ArchiveGapEvent, HistoryEvent,
+                 GroupInfoEvent>;
 
 }  // namespace iris::client
