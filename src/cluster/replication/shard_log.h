@@ -56,8 +56,6 @@ class DB;
 
 namespace iris::cluster::repl {
 
-using ShardNo = uint32_t;
-
 class ShardLog {
  public:
   // `status`: OK when the write is synced; otherwise the write failed and nothing queued
