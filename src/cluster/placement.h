@@ -10,6 +10,7 @@
 //   controller                {"id":n}                                       controller's lease
 //   placement                 {"version":n,"shards":[shard id per vnode]}    controller writes
 //   shards/<s>                {"id","replicas":[ids],"primary":id,"epoch":e} controller writes
+//   leaders/<s>               {"epoch":e,"primary":id}                       primary's lease
 //   revocations/jti/<jti>     {"until_ms":t}                                 lease: longest token
 //   revocations/user/<id>     {"before_ms":t}                                lease: longest token
 //
@@ -90,6 +91,8 @@ class ClusterKeys {
   std::string Placement() const { return prefix_ + "placement"; }
   std::string ShardsPrefix() const { return prefix_ + "shards/"; }
   std::string Shard(ShardId s) const { return ShardsPrefix() + std::to_string(s); }
+  std::string LeadersPrefix() const { return prefix_ + "leaders/"; }
+  std::string Leader(ShardId s) const { return LeadersPrefix() + std::to_string(s); }
   std::string RevokedJtiPrefix() const { return prefix_ + "revocations/jti/"; }
   std::string RevokedJti(const std::string& jti) const { return RevokedJtiPrefix() + jti; }
   std::string RevokedUserPrefix() const { return prefix_ + "revocations/user/"; }

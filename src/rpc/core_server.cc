@@ -315,6 +315,13 @@ void CoreServer::Handle(Conn* conn, ipb::CoreRequest& req) {
     case ipb::CoreRequest::kPeerHello:
       reply(BadRequest("repeated or misplaced peer hello"), none);
       return;
+    case ipb::CoreRequest::kReplication:
+      if (!conn->peer) {
+        reply(BadRequest("replication message on an edge link"), none);
+        return;
+      }
+      if (on_replication_) on_replication_(conn->node, req.replication());
+      return;
     case ipb::CoreRequest::kRevocations:
       reply(Status::Ok(), [&](ipb::CoreMessage& m) {
         ipb::Revocations* r = m.mutable_revocations();

@@ -55,6 +55,13 @@ class CoreServer final : public core::EdgeSink {
   // Runs (on the link's I/O thread) when the last link from peer node `node` ends: the
   // sessions it registered here are stale. Set before Start().
   void set_on_peer_lost(std::function<void(NodeId)> f) { on_peer_lost_ = std::move(f); }
+  // Receives the replication messages peers send (RemoteCore::SendReplication), on the link's
+  // I/O thread, with the link's authenticated node as the sender; must not block. Without a
+  // handler (a node that replicates nothing) they are dropped. Set before Start().
+  void set_on_replication(
+      std::function<void(NodeId from, const internal::v1::ReplicationMessage&)> f) {
+    on_replication_ = std::move(f);
+  }
   // Edge processes of this node (no TLS: the socket lives in the data directory).
   Status Listen(const std::string& socket_path);
   // Other nodes: TCP on `address` ("host:port", port 0 = any) with mutual TLS 1.3 from
@@ -104,6 +111,7 @@ class CoreServer final : public core::EdgeSink {
   core::CoreApi* core_ = nullptr;
   std::function<void(internal::v1::Revocations*)> revocation_source_;
   std::function<void(NodeId)> on_peer_lost_;
+  std::function<void(NodeId, const internal::v1::ReplicationMessage&)> on_replication_;
   std::string path_;
   int listen_fd_ = -1;
   int peer_fd_ = -1;

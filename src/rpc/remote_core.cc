@@ -509,6 +509,12 @@ void RemoteCore::RelayTyping(uint64_t to, const v1::Typing& typing) {
   Cast(req);
 }
 
+void RemoteCore::SendReplication(const ipb::ReplicationMessage& message) {
+  ipb::CoreRequest req;
+  *req.mutable_replication() = message;
+  Cast(req);
+}
+
 void RemoteCore::CreateGroup(uint64_t owner, const v1::GroupCreate& g, GroupDone done) {
   ipb::CoreRequest req;
   req.set_user(owner);

@@ -111,6 +111,9 @@ class RemoteCore final : public core::CoreApi {
                        std::vector<v1::Envelope> envelopes, SendDone done) override;
   void GetSettings(uint64_t user, SettingsDone done) override;
   void RelayTyping(uint64_t to, const v1::Typing& typing) override;
+  // One-way message between a shard's replicas (the peer's CoreServer replication handler).
+  // Dropped when the link is down: the protocol retransmits.
+  void SendReplication(const internal::v1::ReplicationMessage& message);
 
  private:
   using Completion = std::function<void(const ::iris::internal::v1::CoreMessage&)>;

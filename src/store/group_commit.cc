@@ -21,6 +21,7 @@
 #include "common/assert.h"
 #include "common/bytes.h"
 #include "store/inbox_store_impl.h"
+#include "store/shard_batch.h"
 
 namespace iris::store {
 namespace {
@@ -353,7 +354,10 @@ void InboxStore::Impl::BuildAppend(AppendRequest& a) {
 
 void InboxStore::Impl::BuildRecordWrite(RecordWriteRequest& w) {
   for (const KvOp& op : w.ops) {
-    if (op.value) {
+    if (!op.range_end.empty()) {
+      cur_->batch.DeleteRange(db_->cf(op.cf), op.key, op.range_end).PermitUncheckedError();
+      cur_->has_writes = true;
+    } else if (op.value) {
       AddPut(op.cf, op.key, *op.value);
     } else {
       AddDelete(op.cf, op.key);
@@ -613,6 +617,36 @@ void InboxStore::Impl::CommitBatch(std::vector<CommitRequest>& requests) {
   }
 }
 
+void InboxStore::Impl::ObserveShardBatches(const rocksdb::WriteBatch& batch) {
+  std::function<void(const std::map<uint32_t, std::string>&)> observer;
+  {
+    std::lock_guard<std::mutex> lock(observer_mu_);
+    observer = shard_batch_observer_;
+  }
+  if (!observer) return;
+  Result<std::map<uint32_t, std::string>> parts = SplitByShard(batch, *db_, vnode_shard_);
+  IRIS_RELEASE_ASSERT(parts.ok());  // the store writes only puts, deletes and range deletes
+  if (!parts->empty()) observer(*parts);
+}
+
+Status InboxStore::Impl::ApplyShardBatch(std::string_view payload) {
+  IRIS_ASSIGN_OR_RETURN(std::vector<ShardOp> ops, DecodeShardOps(payload));
+  std::vector<KvOp> kv;
+  kv.reserve(ops.size());
+  for (ShardOp& op : ops) {
+    KvOp k{op.cf, std::move(op.key), std::nullopt, std::string()};
+    if (op.kind == 'P') {
+      k.value = std::move(op.value);
+    } else if (op.kind == 'R') {
+      if (op.value.empty()) return BadRequest("shard batch: range deletion without an end");
+      k.range_end = std::move(op.value);
+    }
+    kv.push_back(std::move(k));
+  }
+  if (kv.empty()) return Status::Ok();
+  return WriteRecords(std::move(kv));
+}
+
 void InboxStore::Impl::WriteAndAnswer(BuiltBatch& b) {
   Status write_status;
   {
@@ -631,6 +665,7 @@ void InboxStore::Impl::WriteAndAnswer(BuiltBatch& b) {
     if (options_.write_latency_observer) options_.write_latency_observer(nanos);
     if (s.ok()) {
       db_->NoteDurable(db_->db());
+      ObserveShardBatches(b.batch);
     } else {
       write_status = FromRocks(s, "store: write");
     }

@@ -369,6 +369,16 @@ Result<AppendOutcome> InboxStore::Append(uint64_t sender, std::string idempotenc
   return result.get();
 }
 
+void InboxStore::SetShardBatchObserver(
+    std::function<void(const std::map<uint32_t, std::string>&)> f) {
+  impl_->SetShardBatchObserver(std::move(f));
+}
+
+Status InboxStore::ApplyShardBatch(std::string_view payload) {
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();  // waits for the group commit's fdatasync
+  return impl_->ApplyShardBatch(payload);
+}
+
 void InboxStore::SetCommitListener(std::function<void(const std::vector<v1::Envelope>&)> l) {
   impl_->SetListener(std::move(l));
 }

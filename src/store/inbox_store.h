@@ -32,6 +32,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -294,6 +295,17 @@ class InboxStore {
   // the vnode first; a write for it that is queued after this call is stored again.
   // BAD_REQUEST for a vnode out of range; write errors as PutSettings.
   Status DeleteVnode(int32_t vnode);
+
+  // Replication (docs/replication.md, "What is left"; store/shard_batch.h). The observer is
+  // called on the sync thread after every successful batch write, in commit order, with the
+  // batch's operations split by shard and encoded (node-wide records are in no part). It must
+  // not block; nullptr removes it.
+  void SetShardBatchObserver(std::function<void(const std::map<uint32_t, std::string>&)> f);
+  // Applies one shard batch another store's observer produced, durably, as one write ordered
+  // after every write queued before it. BAD_REQUEST for a malformed payload (nothing is
+  // written); write errors as PutSettings. The store's in-memory caches are not updated: the
+  // caller applies batches only to shards this store does not write itself.
+  Status ApplyShardBatch(std::string_view payload);
 
   // Lifecycle (docs/operations.md, "Account deletion and archive retention").
   //

@@ -30,6 +30,7 @@
 #include <deque>
 #include <functional>
 #include <future>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -53,6 +54,7 @@ struct KvOp {
   Cf cf;
   std::string key;
   std::optional<std::string> value;  // nullopt = delete
+  std::string range_end;             // non-empty: delete the range [key, range_end) (value unused)
 };
 
 struct AppendRequest {
@@ -131,6 +133,11 @@ class InboxStore::Impl {
   void SetListener(std::function<void(const std::vector<v1::Envelope>&)> listener);
   // Submits a record write and waits until it is durable (or failed).
   Status WriteRecords(std::vector<KvOp> ops);
+  Status ApplyShardBatch(std::string_view payload);
+  void SetShardBatchObserver(std::function<void(const std::map<uint32_t, std::string>&)> f) {
+    std::lock_guard<std::mutex> lock(observer_mu_);
+    shard_batch_observer_ = std::move(f);
+  }
 
   // archiver.cc
   // Hands `user`, whose inbox is `excess` messages over the cap, to the archiver.
@@ -220,6 +227,8 @@ class InboxStore::Impl {
   void RollBackFailedBatches();
   // Writes one batch and answers its requests (sync thread).
   void WriteAndAnswer(BuiltBatch& b);
+  // Hands a written batch's per-shard parts to the shard batch observer, if any.
+  void ObserveShardBatches(const rocksdb::WriteBatch& batch);
   void BuildAppend(AppendRequest& a);
   void BuildRecordWrite(RecordWriteRequest& w);
   void BuildArchive(ArchiveRequest& r);
@@ -270,8 +279,11 @@ class InboxStore::Impl {
   bool accepting_ = false;                                          // guarded by queue_mu_
   bool stopping_ = false;                                           // guarded by queue_mu_
   std::function<void(const std::vector<v1::Envelope>&)> listener_;  // guarded by queue_mu_
-  bool listener_changed_ = false;                                   // guarded by queue_mu_
-  bool rollback_due_ = false;  // a write failed (set by the sync thread); queue_mu_
+  // InboxStore::SetShardBatchObserver's; guarded by observer_mu_, called on the sync thread.
+  std::mutex observer_mu_;
+  std::function<void(const std::map<uint32_t, std::string>&)> shard_batch_observer_;
+  bool listener_changed_ = false;  // guarded by queue_mu_
+  bool rollback_due_ = false;      // a write failed (set by the sync thread); queue_mu_
   std::thread commit_thread_;
 
   // Commit thread only.

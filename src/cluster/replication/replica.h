@@ -40,6 +40,7 @@
 namespace iris::cluster::repl {
 
 using NodeId = uint32_t;
+using ShardNo = uint32_t;  // a shard (placement.h's ShardId)
 using Epoch = uint64_t;
 using Lsn = uint64_t;
 

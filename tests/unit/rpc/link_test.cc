@@ -42,6 +42,7 @@ namespace iris::rpc {
 namespace {
 
 namespace fs = std::filesystem;
+namespace ipb = internal::v1;
 using SteadyClock = std::chrono::steady_clock;
 constexpr auto kDeadline = std::chrono::seconds(20);
 
@@ -195,6 +196,10 @@ class RpcPeerTest : public ::testing::Test {
   void SetUp() override {
     ASSERT_TRUE(pki_.ok()) << "the openssl command line could not make the test PKI";
     server_.set_core(&core_);
+    server_.set_on_replication([this](NodeId from, const ipb::ReplicationMessage& m) {
+      std::lock_guard<std::mutex> lock(replication_mu_);
+      replication_.emplace_back(from, m);
+    });
     ASSERT_TRUE(server_.ListenPeers("127.0.0.1:0", pki_.Node(2), 2).ok());
     ASSERT_TRUE(server_.Start().ok());
     address_ = "127.0.0.1:" + std::to_string(server_.peer_port());
@@ -212,7 +217,39 @@ class RpcPeerTest : public ::testing::Test {
   FakeCore core_;
   CoreServer server_;
   std::string address_;
+  std::mutex replication_mu_;
+  std::vector<std::pair<NodeId, ipb::ReplicationMessage>> replication_;
 };
+
+// Replication messages travel one way over a peer link and arrive with the node the link
+// authenticated, whatever the message says.
+TEST_F(RpcPeerTest, ReplicationMessagesArriveFromTheLinksAuthenticatedNode) {
+  auto tls = Context(pki_.Node(1));
+  ASSERT_NE(tls, nullptr);
+  RemoteCore a(/*process_index=*/0);
+  ASSERT_TRUE(a.ConnectPeer(address_, *tls, 2, 1, {}, 10'000).ok());
+  for (uint64_t lsn = 1; lsn <= 3; ++lsn) {
+    ipb::ReplicationMessage m;
+    m.set_shard(4);
+    m.mutable_ship_batch()->set_epoch(7);
+    m.mutable_ship_batch()->mutable_batch()->set_lsn(lsn);
+    m.mutable_ship_batch()->mutable_batch()->set_payload("batch " + std::to_string(lsn));
+    a.SendReplication(m);
+  }
+  ASSERT_TRUE(WaitFor([&] {
+    std::lock_guard<std::mutex> lock(replication_mu_);
+    return replication_.size() == 3;
+  }));
+  std::lock_guard<std::mutex> lock(replication_mu_);
+  for (uint64_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(replication_[i].first, 1u);
+    EXPECT_EQ(replication_[i].second.shard(), 4u);
+    EXPECT_EQ(replication_[i].second.ship_batch().batch().lsn(), i + 1);
+    EXPECT_EQ(replication_[i].second.ship_batch().batch().payload(),
+              "batch " + std::to_string(i + 1));
+  }
+  a.Stop();
+}
 
 TEST_F(RpcPeerTest, CallAndPushRoundTripOverMutualTls) {
   auto tls = Context(pki_.Node(1));

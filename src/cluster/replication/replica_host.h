@@ -1,0 +1,123 @@
+#pragma once
+// ReplicaHost: one shard's repl::Replica running on a node — the runtime around the pure
+// state machine (docs/replication.md, "Wiring into irisd"). It owns the replica and one
+// thread (the shard's strand) that steps every event in arrival order and carries out the
+// effects in order before the next event:
+//   storage (WalAppend ... PersistMeta)   the node's ShardLog (shard_log.h);
+//   Send                                  env.send (the peer links in irisd);
+//   EtcdCas / EtcdKeepAlive / EtcdRevoke  env.etcd_* (ShardEpochs in irisd), which answer
+//                                         later through Post();
+//   Commit, and a backup's commit point   env.apply: the committed batches, in lsn order,
+//                                         each exactly once per host (from applied_lsn on);
+//   Acknowledge / Refuse                  env.acknowledge / env.refuse (SEND_ACK / ERROR);
+//   Rebuild                               env.rebuild (state transfer of the shard's data).
+// Time: a Tick from the monotonic clock every tick_ms (timers only; never safety).
+//
+// Apply at commit: a batch reaches the store (env.apply) only once it is committed — at the
+// primary when the Commit effect names it (before the Acknowledge that follows), at a
+// backup once the primary's commit point covers it and it is durable here. Batches that a
+// later primary truncates were therefore never applied anywhere, and reads of the store
+// never see an append that failover can undo.
+//
+// Stale sync reports: an append's sync callback can report an lsn that a truncate carried out
+// after it removed. The host counts truncates and snapshot installs (a generation) and drops
+// reports from an older generation; after a truncate returns, everything up to its lsn is
+// durable (the log writes in order), which the host reports itself.
+//
+// Thread-safety: Post() and view() may be called from any thread. The env callbacks run on
+// the host's thread, except that env.etcd_* answers arrive through Post(). A storage error
+// stops the shard: the host refuses everything afterwards (env.failed says why) — its
+// replica can no longer mirror the log; the node restarts it from the log.
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "cluster/replication/replica.h"
+#include "cluster/replication/shard_log.h"
+#include "common/clock.h"
+
+namespace iris::cluster::repl {
+
+struct HostEnvironment {
+  std::function<void(NodeId to, Message message)> send;
+  std::function<void(const EtcdCas&)> etcd_cas;               // answer: Post(EtcdTxnResult)
+  std::function<void(const EtcdKeepAlive&)> etcd_keep_alive;  // Post(LeaseLapsed) when gone
+  std::function<void(const EtcdRevoke&)> etcd_revoke;
+  // Makes the batches part of the shard's applied state; durable on return. A failure stops
+  // the shard (as a storage error).
+  std::function<Status(const std::vector<Batch>& batches)> apply;
+  std::function<void(const Acknowledge&)> acknowledge;
+  std::function<void(const Refuse&)> refuse;
+  std::function<void(const Rebuild&)> rebuild;
+  std::function<void(const Status&)> failed;  // optional
+};
+
+struct HostOptions {
+  ShardNo shard = 0;
+  Options replica;      // the state machine's options (self, replicas, W, timers)
+  Lsn applied_lsn = 0;  // what env.apply has made durable before this start
+  int64_t tick_ms = 20;
+  // Compact the log once this many applied batches follow its snapshot (0: never).
+  Lsn compact_every = 0;
+  const Clock* clock = nullptr;  // nullptr: SystemClock
+};
+
+class ReplicaHost {
+ public:
+  // Loads the shard's durable state from `log` and starts the strand. `log` must outlive the
+  // host. INTERNAL when the log cannot be read.
+  static Result<std::unique_ptr<ReplicaHost>> Start(HostOptions options, ShardLog& log,
+                                                    HostEnvironment env);
+  // Stops the strand (events still queued are dropped, appends waiting for a commit are
+  // refused with UNAVAILABLE) and waits for it. Sync callbacks still in the log's queue
+  // find the host gone and do nothing.
+  ~ReplicaHost();
+  ReplicaHost(const ReplicaHost&) = delete;
+  ReplicaHost& operator=(const ReplicaHost&) = delete;
+
+  void Post(Event event);
+
+  struct View {
+    Role role = Role::kBackup;
+    Epoch promised = 0;
+    Epoch accepted = 0;
+    Lsn last_lsn = 0;
+    Lsn durable_lsn = 0;
+    Lsn commit_lsn = 0;
+    Lsn applied_lsn = 0;
+    uint64_t hlc_high_water = 0;
+    bool failed = false;
+  };
+  View view() const;
+
+ private:
+  struct Shared;
+  ReplicaHost(HostOptions options, ShardLog& log, HostEnvironment env, DurableState durable);
+  void Run();
+  void Carry(std::vector<Effect> effects);
+  void ApplyUpTo(Lsn lsn);
+  void Fail(const Status& status);
+  void Publish();
+
+  const HostOptions opts_;
+  ShardLog& log_;
+  HostEnvironment env_;
+  Replica replica_;
+  const Clock& clock_;
+  uint64_t generation_ = 0;  // truncates + installs carried out
+  Lsn applied_ = 0;
+  bool failed_ = false;
+  std::set<uint64_t> waiting_;  // request ids not answered yet (refused at stop)
+  // Shared with the log's sync callbacks, which may outlive the host.
+  std::shared_ptr<Shared> shared_;
+  std::thread thread_;
+};
+
+}  // namespace iris::cluster::repl

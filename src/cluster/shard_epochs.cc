@@ -1,0 +1,189 @@
+#include "cluster/shard_epochs.h"
+
+#include <nlohmann/json.hpp>
+
+#include "obs/log.h"
+
+namespace iris::cluster {
+
+using json = nlohmann::json;
+
+ShardEpochs::ShardEpochs(EtcdClient& client, ClusterKeys keys, ShardId shard, NodeId self,
+                         int64_t lease_ttl_s, std::function<void(repl::Event)> post)
+    : client_(client),
+      keys_(std::move(keys)),
+      shard_(shard),
+      self_(self),
+      lease_ttl_s_(lease_ttl_s),
+      post_(std::move(post)) {
+  thread_ = std::thread([this] { Run(); });
+}
+
+ShardEpochs::~ShardEpochs() {
+  if (shard_watch_) shard_watch_->Stop();
+  if (leader_watch_) leader_watch_->Stop();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+std::string ShardEpochs::LeaderKey() const { return keys_.Leader(shard_); }
+
+Status ShardEpochs::Start() {
+  Result<repl::ShardRecord> record = ReadRecord();
+  if (!record.ok()) return record.status();
+  post_(repl::EtcdWatch{*record});
+  const auto start_watch = [this](const std::string& key, int64_t from) {
+    EtcdWatch::Callbacks cb;
+    cb.on_events = [this, key](const std::vector<WatchEvent>& events, int64_t) {
+      for (const WatchEvent& e : events) {
+        if (e.kv.key == key) {
+          Queue([this] { PostRecord(); });
+          return;
+        }
+      }
+    };
+    // A compacted history: the record is read again; later changes still arrive through the
+    // other key's watch or the next read (a lapse is also found by the primary's keep-alive).
+    cb.on_compacted = [this](int64_t) { Queue([this] { PostRecord(); }); };
+    auto watch = std::make_unique<EtcdWatch>(client_, key, from, std::move(cb));
+    watch->Start();
+    return watch;
+  };
+  const int64_t from = static_cast<int64_t>(record->revision) + 1;
+  shard_watch_ = start_watch(keys_.Shard(shard_), from);
+  leader_watch_ = start_watch(keys_.Leader(shard_), from);
+  return Status::Ok();
+}
+
+Result<repl::ShardRecord> ShardEpochs::ReadRecord() {
+  IRIS_ASSIGN_OR_RETURN(RangeResult shard, client_.Range(keys_.Shard(shard_)));
+  IRIS_ASSIGN_OR_RETURN(RangeResult leader, client_.Range(keys_.Leader(shard_)));
+  repl::ShardRecord r;
+  r.revision = static_cast<uint64_t>(leader.revision);
+  if (!shard.kvs.empty()) {
+    IRIS_ASSIGN_OR_RETURN(ShardInfo info, ParseShard(shard.kvs[0].value));
+    r.epoch = static_cast<repl::Epoch>(info.epoch);
+    r.primary = info.primary;
+  }
+  if (!leader.kvs.empty()) {
+    json j = json::parse(leader.kvs[0].value, nullptr, false);
+    if (j.is_object() && j.contains("epoch") && j["epoch"].is_number_unsigned()) {
+      r.lease_live = j["epoch"].get<repl::Epoch>() == r.epoch;
+    }
+  }
+  return r;
+}
+
+void ShardEpochs::PostRecord() {
+  Result<repl::ShardRecord> record = ReadRecord();
+  if (!record.ok()) {
+    obs::LogWarn("replication: cannot read the shard record",
+                 {{"shard", shard_}, {"error", record.status().message()}});
+    return;
+  }
+  post_(repl::EtcdWatch{*record});
+}
+
+void ShardEpochs::Queue(std::function<void()> call) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return;
+    calls_.push_back(std::move(call));
+  }
+  cv_.notify_one();
+}
+
+void ShardEpochs::Run() {
+  for (;;) {
+    std::function<void()> call;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return stopping_ || !calls_.empty(); });
+      if (stopping_) return;
+      call = std::move(calls_.front());
+      calls_.pop_front();
+    }
+    call();
+  }
+}
+
+void ShardEpochs::Cas(const repl::EtcdCas& cas) {
+  Queue([this, cas] { DoCas(cas); });
+}
+
+void ShardEpochs::DoCas(const repl::EtcdCas& cas) {
+  const auto answer = [&](bool ok) {
+    Result<repl::ShardRecord> now = ReadRecord();
+    post_(repl::EtcdTxnResult{cas.new_epoch, ok, now.ok() ? *now : repl::ShardRecord{}});
+  };
+  Result<RangeResult> read = client_.Range(keys_.Shard(shard_));
+  if (!read.ok() || read->kvs.empty()) {
+    answer(false);
+    return;
+  }
+  Result<ShardInfo> info = ParseShard(read->kvs[0].value);
+  if (!info.ok() || static_cast<repl::Epoch>(info->epoch) != cas.expected_epoch) {
+    answer(false);
+    return;
+  }
+  Result<Lease> lease = client_.LeaseGrant(lease_ttl_s_);
+  if (!lease.ok()) {
+    answer(false);
+    return;
+  }
+  ShardInfo next = *info;
+  next.epoch = static_cast<int64_t>(cas.new_epoch);
+  next.primary = cas.primary;
+  const std::string leader = json{{"epoch", cas.new_epoch}, {"primary", cas.primary}}.dump();
+  Result<TxnResult> txn =
+      client_.Txn({Compare::ModRevisionEquals(keys_.Shard(shard_), read->kvs[0].mod_revision),
+                   Compare::Absent(keys_.Leader(shard_))},
+                  {TxnOp::Put(keys_.Shard(shard_), ShardToJson(next)),
+                   TxnOp::Put(keys_.Leader(shard_), leader, lease->id)});
+  bool won = txn.ok() && txn->succeeded;
+  if (!txn.ok()) {
+    // The answer was lost: etcd may have applied it. Our lease on leaders/<s> says so.
+    Result<RangeResult> check = client_.Range(keys_.Leader(shard_));
+    won = check.ok() && !check->kvs.empty() && check->kvs[0].lease == lease->id;
+  }
+  if (won) {
+    leases_[cas.new_epoch] = lease->id;
+    obs::LogInfo("replication: primary of a new epoch",
+                 {{"shard", shard_}, {"node", self_}, {"epoch", cas.new_epoch}});
+  } else {
+    client_.LeaseRevoke(lease->id).IgnoreError();
+  }
+  answer(won);
+}
+
+void ShardEpochs::KeepAlive(const repl::EtcdKeepAlive& keep_alive) {
+  const repl::Epoch epoch = keep_alive.epoch;
+  Queue([this, epoch] {
+    auto held = leases_.find(epoch);
+    if (held == leases_.end()) {
+      post_(repl::LeaseLapsed{epoch});
+      return;
+    }
+    Result<int64_t> ttl = client_.LeaseKeepAliveOnce(held->second);
+    if (!ttl.ok() && ttl.status().code() == StatusCode::kNotFound) {
+      leases_.erase(held);
+      post_(repl::LeaseLapsed{epoch});
+    }
+  });
+}
+
+void ShardEpochs::Revoke(const repl::EtcdRevoke& revoke) {
+  const repl::Epoch epoch = revoke.epoch;
+  Queue([this, epoch] {
+    auto held = leases_.find(epoch);
+    if (held == leases_.end()) return;
+    client_.LeaseRevoke(held->second).IgnoreError();
+    leases_.erase(held);
+  });
+}
+
+}  // namespace iris::cluster
