@@ -135,6 +135,23 @@ std::unique_ptr<Transport> MakeTlsTransport(SSL* ssl) {
   return std::make_unique<TlsTransport>(ssl);
 }
 
+Result<size_t> TakeLinkFrames(std::string_view in,
+                              const std::function<bool(std::string_view frame)>& on_frame) {
+  size_t off = 0;
+  while (in.size() - off >= 4) {
+    uint32_t n = 0;
+    for (int i = 0; i < 4; ++i) n = (n << 8) | static_cast<uint8_t>(in[off + i]);
+    if (n > kMaxLinkMessageBytes) {
+      return BadRequest("link: oversized frame of " + std::to_string(n) + " bytes");
+    }
+    if (in.size() - off - 4 < n) break;
+    const bool more = on_frame(in.substr(off + 4, n));
+    off += 4 + n;
+    if (!more) break;
+  }
+  return off;
+}
+
 Link::Link(int fd, std::unique_ptr<Transport> transport, LinkOptions options, Handlers handlers)
     : fd_(fd), transport_(std::move(transport)), options_(options), handlers_(std::move(handlers)) {
   const int flags = fcntl(fd_, F_GETFL, 0);
@@ -261,21 +278,18 @@ bool Link::ReadFrames(Status* why, bool* want_write) {
       return false;
     }
     in_.append(buf, r.bytes);
-    // Hand out every complete frame.
-    size_t off = 0;
-    while (!closed_.load() && in_.size() - off >= 4) {
-      uint32_t n = 0;
-      for (int i = 0; i < 4; ++i) n = (n << 8) | static_cast<uint8_t>(in_[off + i]);
-      if (n > kMaxLinkMessageBytes) {
-        *why = BadRequest("link: oversized frame of " + std::to_string(n) + " bytes");
-        return false;
-      }
-      if (in_.size() - off - 4 < n) break;
-      if (handlers_.on_message) handlers_.on_message(std::string_view(in_).substr(off + 4, n));
-      off += 4 + n;
-      if (closed_.load()) break;  // the handler ended the link: read no further frames
+    // Hand out every complete frame, unless (or until) a handler ends the link: then read no
+    // further frames.
+    if (closed_.load()) break;
+    Result<size_t> taken = TakeLinkFrames(in_, [this](std::string_view frame) {
+      if (handlers_.on_message) handlers_.on_message(frame);
+      return !closed_.load();
+    });
+    if (!taken.ok()) {
+      *why = taken.status();
+      return false;
     }
-    in_.erase(0, off);
+    in_.erase(0, *taken);
     if (closed_.load()) break;
   }
   return true;

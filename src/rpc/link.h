@@ -52,6 +52,16 @@ namespace iris::rpc {
 constexpr uint32_t kMaxLinkMessageBytes = 16u << 20;
 constexpr int64_t kNoTimer = std::numeric_limits<int64_t>::max();
 
+// The frame decoder of a link, apart from any socket: hands out the complete frames at the
+// front of `in` (each a 4-byte big-endian length, then that many bytes of message), in
+// order, calling on_frame with each message while it returns true. Returns the bytes taken
+// (the frames handed out; an incomplete frame at the end stays for the next read), or
+// BAD_REQUEST when the next frame announces more than kMaxLinkMessageBytes: the frames
+// before it were handed out, and the link must end (nothing after them is trusted). Never
+// allocates: the frames are views into `in`.
+Result<size_t> TakeLinkFrames(std::string_view in,
+                              const std::function<bool(std::string_view frame)>& on_frame);
+
 // The byte stream under a link: the socket itself, or TLS over it. Used only by the link's
 // I/O thread; the socket is non-blocking.
 class Transport {

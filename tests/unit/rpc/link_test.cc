@@ -681,5 +681,51 @@ TEST(LinkTest, StalledPeerClosesLinkAtTheQueueBound) {
   fs::remove_all(dir);
 }
 
+// The link's frame decoder (TakeLinkFrames, what Link::ReadFrames runs on each read; also
+// the core of iris_link_fuzz): complete frames in order, an incomplete one left for the next
+// read, an early stop, and an oversized header refused after the frames before it.
+TEST(LinkFramesTest, HandsOutCompleteFramesAndRefusesOversizedOnes) {
+  auto frame = [](std::string_view body) {
+    std::string out(4, '\0');
+    for (int i = 0; i < 4; ++i) out[i] = static_cast<char>(body.size() >> (8 * (3 - i)));
+    return out + std::string(body);
+  };
+  std::vector<std::string> got;
+  auto collect = [&got](std::string_view f) {
+    got.emplace_back(f);
+    return true;
+  };
+  const std::string two = frame("ab") + frame("");
+  const std::string partial = frame("xyz").substr(0, 5);
+
+  Result<size_t> r = TakeLinkFrames(two + partial, collect);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(*r, two.size());  // the incomplete frame stays
+  EXPECT_EQ(got, (std::vector<std::string>{"ab", ""}));
+
+  got.clear();
+  r = TakeLinkFrames(two, [&got](std::string_view f) {
+    got.emplace_back(f);
+    return false;  // e.g. the handler closed the link
+  });
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(*r, 6u);
+  EXPECT_EQ(got, std::vector<std::string>{"ab"});
+
+  got.clear();
+  const std::string oversized("\x01\x00\x00\x01", 4);  // kMaxLinkMessageBytes + 1
+  r = TakeLinkFrames(frame("ok") + oversized + frame("never"), collect);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kBadRequest);
+  EXPECT_NE(r.status().message().find("oversized frame of 16777217 bytes"), std::string::npos);
+  EXPECT_EQ(got, std::vector<std::string>{"ok"});
+
+  std::string at_limit(4, '\0');
+  at_limit[0] = 1;  // exactly kMaxLinkMessageBytes: waits for the body
+  r = TakeLinkFrames(at_limit, collect);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(*r, 0u);
+}
+
 }  // namespace
 }  // namespace iris::rpc
