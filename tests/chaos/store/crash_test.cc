@@ -9,10 +9,13 @@
 // stored exactly once) and a few acknowledged keys (which must deduplicate to their first
 // id), then appends from several threads, reporting each key before it hands it to the
 // store (S) and each acknowledgement (A, R). The parent kills it only after the child said it
-// runs (OPENING, a pipe handshake), in one of three ways, drawn from the seed:
+// runs (OPENING, a pipe handshake), in one of four ways, drawn from the seed:
 //   - during Open: at a seeded delay after OPENING drawn over the Open times seen so far, so
 //     that most land inside Open (WAL replay, the recovery flush, MANIFEST and OPTIONS
 //     writes); counted when the child never reported READY;
+//   - during WAL replay: the parent follows the store's RocksDB LOG (inotify) and kills after
+//     recovery_started and a seeded number (0-4) of recovery flushes, or at
+//     recovery_finished;
 //   - while running: after a seeded number of acknowledgements; the small memtable (RocksDB's
 //     64 KiB floor) and 512-byte bodies make flushes and level-0 compactions run all the
 //     time, and the child's RocksDB LOG (EVENT_LOG_v1 *_started without *_finished) tells
