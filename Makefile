@@ -90,7 +90,8 @@ bench: build-test
 CHAOS_REPORTS ?= $(BUILD)/chaos-reports
 chaos: configure-test
 	cmake --build $(BUILD) -j $(JOBS) --target irisd iris_chaos_checker_test iris_chaos_node_test \
-	  iris_powerloss_test iris_lossyfs iris_lossyfs_nowalsync iris_store_crash_child
+	  iris_powerloss_test iris_lossyfs iris_lossyfs_nowalsync iris_store_crash_child \
+	  iris_store_chaos_test
 	$(BUILD)/tests/chaos/harness/iris_chaos_checker_test --gtest_brief=1
 	rm -rf $(CHAOS_REPORTS) && mkdir -p $(CHAOS_REPORTS)
 	IRIS_BUILD_DIR=$(abspath $(BUILD)) IRIS_CHAOS_LONG=$${IRIS_CHAOS_LONG:-1} \
@@ -98,6 +99,9 @@ chaos: configure-test
 	  $(BUILD)/tests/chaos/node/iris_chaos_node_test; rc=$$?; \
 	  cd $(BUILD)/tests/chaos/powerloss && IRIS_BUILD_DIR=$(abspath $(BUILD)) \
 	  IRIS_CHAOS_LONG=$${IRIS_CHAOS_LONG:-1} ./iris_powerloss_test || rc=1; cd $(CURDIR); \
+	  IRIS_BUILD_DIR=$(abspath $(BUILD)) IRIS_CHAOS_LONG=$${IRIS_CHAOS_LONG:-1} \
+	  IRIS_CHAOS_REPORT_DIR=$(abspath $(CHAOS_REPORTS)) \
+	  $(BUILD)/tests/chaos/store/iris_store_chaos_test --gtest_filter='CrashTest.*' || rc=1; \
 	  python3 tests/chaos/harness/chaos_summary.py $(CHAOS_REPORTS) || rc=1; exit $$rc
 
 format:

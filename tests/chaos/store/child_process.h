@@ -30,14 +30,23 @@ inline std::string CrashChildPath() {
 
 class ChildProcess {
  public:
-  // Starts argv[0] (looked up in PATH) with `env` added to the environment.
-  ChildProcess(const std::vector<std::string>& argv, const std::vector<std::string>& env = {}) {
+  // Starts argv[0] (looked up in PATH) with `env` added to the environment. With
+  // `stderr_path`, the child's stderr goes to that file (truncated; read it with StderrText).
+  ChildProcess(const std::vector<std::string>& argv, const std::vector<std::string>& env = {},
+               const std::string& stderr_path = "")
+      : stderr_path_(stderr_path) {
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0) std::abort();
+    int err_fd = -1;
+    if (!stderr_path.empty()) {
+      err_fd = open(stderr_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+      if (err_fd < 0) std::abort();
+    }
     pid_ = fork();
     if (pid_ < 0) std::abort();
     if (pid_ == 0) {
       dup2(fds[1], STDOUT_FILENO);
+      if (err_fd >= 0) dup2(err_fd, STDERR_FILENO);
       for (const std::string& e : env) putenv(const_cast<char*>(e.c_str()));
       std::vector<char*> args;
       for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
@@ -46,6 +55,7 @@ class ChildProcess {
       _exit(127);
     }
     close(fds[1]);
+    if (err_fd >= 0) close(err_fd);
     fd_ = fds[0];
   }
   ~ChildProcess() {
@@ -60,6 +70,14 @@ class ChildProcess {
 
   // The next line (without '\n'); nullopt at EOF or when `timeout_ms` passes.
   std::optional<std::string> ReadLine(int64_t timeout_ms) {
+    return ReadLineOr(-1, timeout_ms, nullptr);
+  }
+
+  // As ReadLine, but also returns (nullopt, *other_ready = true) as soon as `other_fd`
+  // becomes readable while no complete line is buffered: for waiting on the child's output
+  // and another event source (e.g. an inotify descriptor) at once. At EOF: nullopt, eof().
+  std::optional<std::string> ReadLineOr(int other_fd, int64_t timeout_ms, bool* other_ready) {
+    if (other_ready != nullptr) *other_ready = false;
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
     for (;;) {
       const size_t nl = buffer_.find('\n');
@@ -76,10 +94,15 @@ class ChildProcess {
         timed_out_ = true;
         return std::nullopt;
       }
-      pollfd p{fd_, POLLIN, 0};
-      const int r = poll(&p, 1, static_cast<int>(left));
+      pollfd p[2] = {{fd_, POLLIN, 0}, {other_fd, POLLIN, 0}};
+      const int r = poll(p, other_fd >= 0 ? 2 : 1, static_cast<int>(left));
       if (r < 0) return std::nullopt;
       if (r == 0) continue;
+      if (other_fd >= 0 && (p[1].revents & (POLLIN | POLLERR | POLLHUP)) != 0) {
+        *other_ready = true;
+        return std::nullopt;
+      }
+      if (p[0].revents == 0) continue;
       char buf[65536];
       const ssize_t n = read(fd_, buf, sizeof buf);
       if (n <= 0) {
@@ -101,10 +124,26 @@ class ChildProcess {
     return status_;
   }
 
+  // What the child wrote to stderr so far ("" without a stderr_path).
+  std::string StderrText() const {
+    std::string out;
+    if (stderr_path_.empty()) return out;
+    const int fd = open(stderr_path_.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return out;
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
+    close(fd);
+    return out;
+  }
+
   bool timed_out() const { return timed_out_; }
+  // The child closed its stdout (and every buffered line was read).
+  bool eof() const { return eof_ && buffer_.find('\n') == std::string::npos; }
   pid_t pid() const { return pid_; }
 
  private:
+  std::string stderr_path_;
   pid_t pid_ = -1;
   int fd_ = -1;
   std::string buffer_;
