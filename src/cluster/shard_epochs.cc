@@ -20,14 +20,16 @@ ShardEpochs::ShardEpochs(EtcdClient& client, ClusterKeys keys, ShardId shard, No
 }
 
 ShardEpochs::~ShardEpochs() {
-  if (shard_watch_) shard_watch_->Stop();
-  if (leader_watch_) leader_watch_->Stop();
   {
     std::lock_guard<std::mutex> lock(mu_);
-    stopping_ = true;
+    stopping_ = true;  // from now on the watches' callbacks queue nothing
   }
   cv_.notify_all();
   thread_.join();
+  std::lock_guard<std::mutex> lock(watch_mu_);
+  for (std::unique_ptr<EtcdWatch>& w : watches_) {
+    if (w) w->Stop();
+  }
 }
 
 std::string ShardEpochs::LeaderKey() const { return keys_.Leader(shard_); }
@@ -36,27 +38,51 @@ Status ShardEpochs::Start() {
   Result<repl::ShardRecord> record = ReadRecord();
   if (!record.ok()) return record.status();
   post_(repl::EtcdWatch{*record});
-  const auto start_watch = [this](const std::string& key, int64_t from) {
-    EtcdWatch::Callbacks cb;
-    cb.on_events = [this, key](const std::vector<WatchEvent>& events, int64_t) {
-      for (const WatchEvent& e : events) {
-        if (e.kv.key == key) {
-          Queue([this] { PostRecord(); });
-          return;
-        }
-      }
-    };
-    // A compacted history: the record is read again; later changes still arrive through the
-    // other key's watch or the next read (a lapse is also found by the primary's keep-alive).
-    cb.on_compacted = [this](int64_t) { Queue([this] { PostRecord(); }); };
-    auto watch = std::make_unique<EtcdWatch>(client_, key, from, std::move(cb));
-    watch->Start();
-    return watch;
-  };
   const int64_t from = static_cast<int64_t>(record->revision) + 1;
-  shard_watch_ = start_watch(keys_.Shard(shard_), from);
-  leader_watch_ = start_watch(keys_.Leader(shard_), from);
+  StartWatch(0, from);
+  StartWatch(1, from);
   return Status::Ok();
+}
+
+std::string ShardEpochs::WatchedKey(int which) const {
+  return which == 0 ? keys_.Shard(shard_) : keys_.Leader(shard_);
+}
+
+void ShardEpochs::StartWatch(int which, int64_t from) {
+  const std::string key = WatchedKey(which);
+  EtcdWatch::Callbacks cb;
+  cb.on_events = [this, key](const std::vector<WatchEvent>& events, int64_t) {
+    for (const WatchEvent& e : events) {
+      if (e.kv.key == key) {  // the prefix also matches shards/<s>0...
+        Queue([this] { PostRecord(); });
+        return;
+      }
+    }
+  };
+  // etcd compacted the history this watch needed: it has stopped. Read the record again and
+  // follow the key from that read on (ShardEpochs' thread replaces the watch).
+  cb.on_compacted = [this, which](int64_t) { Queue([this, which] { RestartWatch(which); }); };
+  auto watch = std::make_unique<EtcdWatch>(client_, key, from, std::move(cb));
+  watch->Start();
+  std::unique_ptr<EtcdWatch> old;
+  {
+    std::lock_guard<std::mutex> lock(watch_mu_);
+    old = std::move(watches_[which]);
+    watches_[which] = std::move(watch);
+  }
+  if (old) old->Stop();  // it has ended (compaction); joins its thread
+}
+
+void ShardEpochs::RestartWatch(int which) {
+  Result<repl::ShardRecord> record = ReadRecord();
+  if (!record.ok()) {
+    // etcd unreachable: try again behind whatever else is queued (each read is bounded by
+    // the request timeout).
+    Queue([this, which] { RestartWatch(which); });
+    return;
+  }
+  post_(repl::EtcdWatch{*record});
+  StartWatch(which, static_cast<int64_t>(record->revision) + 1);
 }
 
 Result<repl::ShardRecord> ShardEpochs::ReadRecord() {

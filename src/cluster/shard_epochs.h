@@ -26,6 +26,9 @@
 // primary (a deposed primary never reaches W).
 // Revoke(EtcdRevoke{e}): revokes the lease of epoch e (none: nothing).
 //
+// Compaction: a watch whose history etcd compacted away is replaced from a fresh read (the
+// record is posted again), so the replica never stops hearing of new epochs and leases.
+//
 // Threading: the etcd calls block, so they run on ShardEpochs' own thread, in order; `post`
 // is called from that thread and from the watches' threads (ReplicaHost::Post is
 // thread-safe). Cas/KeepAlive/Revoke may be called from any thread.
@@ -71,6 +74,11 @@ class ShardEpochs {
  private:
   void Run();
   void Queue(std::function<void()> call);
+  std::string WatchedKey(int which) const;
+  // Follows WatchedKey(which) from etcd revision `from`, replacing the previous watch.
+  void StartWatch(int which, int64_t from);
+  // After a compaction: reads the record (posted) and watches again from that read.
+  void RestartWatch(int which);
   void DoCas(const repl::EtcdCas& cas);
   void PostRecord();
 
@@ -87,8 +95,9 @@ class ShardEpochs {
   std::deque<std::function<void()>> calls_;
   bool stopping_ = false;
   std::thread thread_;
-  std::unique_ptr<EtcdWatch> shard_watch_;
-  std::unique_ptr<EtcdWatch> leader_watch_;
+  // [0] follows shards/<s>, [1] leaders/<s>; replaced after a compaction (on thread_).
+  std::mutex watch_mu_;
+  std::unique_ptr<EtcdWatch> watches_[2];
 };
 
 }  // namespace iris::cluster
