@@ -78,6 +78,13 @@ void DedupIndex::Remember(std::string_view dedup_key, uint64_t hash, const Dedup
   bloom_.Add(hash);
 }
 
+void DedupIndex::NoteApplied(std::string_view dedup_key) {
+  const uint64_t hash = Hash(dedup_key);
+  std::lock_guard<std::mutex> lock(bloom_mu_);
+  bloom_.Advance(clock_.MonoMillis());
+  bloom_.Add(hash);
+}
+
 void DedupIndex::Forget(std::string_view dedup_key) { hot_.Forget(dedup_key, Hash(dedup_key)); }
 
 void DedupIndex::Evict() {

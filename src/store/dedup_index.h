@@ -76,6 +76,9 @@ class DedupIndex {
   // Undoes Remember for a batch that failed to commit (the Bloom bit stays: a false
   // positive is harmless).
   void Forget(std::string_view dedup_key);
+  // Adds a key another node accepted (replicated into the `dedup` column family) to the
+  // Bloom filters only. Unlike the rest, callable from any thread.
+  void NoteApplied(std::string_view dedup_key);
   // Drops hot entries past the hot window or over the size bound.
   void Evict();
   // Drops every hot entry (lookups then read the column family, through the filters).

@@ -106,8 +106,10 @@ void InboxStore::Impl::CommitLoop() {
       size_t bytes = 0;
       while (!queue_.empty() && taken.size() < options_.max_batch_requests &&
              (taken.empty() || bytes + queue_.front().bytes <= options_.max_batch_bytes)) {
-        // A user delete is a batch of its own (see BuildUserDelete).
-        if (!taken.empty() && std::holds_alternative<UserDeleteRequest>(queue_.front().body)) {
+        // A user delete is a batch of its own (see BuildUserDelete), and so is a shard
+        // take-over (see BuildShardTakeOver).
+        if (!taken.empty() && (std::holds_alternative<UserDeleteRequest>(queue_.front().body) ||
+                               std::holds_alternative<ShardTakeOverRequest>(queue_.front().body))) {
           break;
         }
         bytes += queue_.front().bytes;
@@ -116,7 +118,8 @@ void InboxStore::Impl::CommitLoop() {
         // A vnode delete ends its batch: nothing after it may be built on counters the
         // database does not show yet (see BuildVnodeDelete).
         if (std::holds_alternative<VnodeDeleteRequest>(taken.back().body) ||
-            std::holds_alternative<UserDeleteRequest>(taken.back().body)) {
+            std::holds_alternative<UserDeleteRequest>(taken.back().body) ||
+            std::holds_alternative<ShardTakeOverRequest>(taken.back().body)) {
           break;
         }
       }
@@ -167,6 +170,7 @@ void InboxStore::Impl::SyncLoop() {
 void InboxStore::Impl::RollBackFailedBatches() {
   std::vector<std::unique_ptr<BuiltBatch>> failed;
   Status error;
+  bool replicated = false;
   {
     std::unique_lock<std::mutex> lock(pipe_mu_);
     if (pipe_error_.ok()) return;
@@ -175,6 +179,18 @@ void InboxStore::Impl::RollBackFailedBatches() {
     failed.swap(returned_);
     error = pipe_error_;
     pipe_error_ = Status::Ok();
+    replicated = pipe_error_replicated_;
+    pipe_error_replicated_ = false;
+  }
+  if (replicated) {
+    // Parts of other shards may have been committed (and applied) despite the refusal, so
+    // the state before the batches is not what the database holds: the users are reloaded
+    // from it. Nothing is wrong with this database: no reopen.
+    for (const auto& b : failed) {
+      for (const auto& [user, before] : b->touched) user_cache_.erase(user);
+      for (const std::string& k : b->remembered) dedup_->Forget(k);
+    }
+    return;
   }
   // Newest first: each batch's "before" state is the state after the ones older than it.
   std::sort(failed.begin(), failed.end(),
@@ -560,8 +576,10 @@ void InboxStore::Impl::CommitBatch(std::vector<CommitRequest>& requests) {
             BuildArchive(body);
           } else if constexpr (std::is_same_v<T, VnodeDeleteRequest>) {
             BuildVnodeDelete(body);
-          } else {
+          } else if constexpr (std::is_same_v<T, UserDeleteRequest>) {
             BuildUserDelete(body);
+          } else {
+            BuildShardTakeOver(body);
           }
         },
         r.body);
@@ -647,6 +665,119 @@ Status InboxStore::Impl::ApplyShardBatch(std::string_view payload) {
   return WriteRecords(std::move(kv));
 }
 
+void InboxStore::Impl::BuildShardTakeOver(ShardTakeOverRequest& r) {
+  // The batch holds only this request; batches built before it are answered before its
+  // `done` runs (they were built on the old view and are refused by the shard's replica,
+  // which takes appends only once `done` has run).
+  for (auto it = user_cache_.begin(); it != user_cache_.end();) {
+    const auto vnode = static_cast<size_t>(it->second.vnode);
+    if (vnode < vnode_shard_.size() && vnode_shard_[vnode] == r.shard) {
+      it = user_cache_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  // Hot entries are all durable or forgotten, but the hot tier has no index by shard and a
+  // take-over is rare: empty it (lookups read the column family, which the replica filled).
+  dedup_->ForgetAllHot();
+  Completion c{nullptr, std::move(r.done), std::nullopt, Status::Ok()};
+  c.ignores_write = true;
+  cur_->completions.push_back(std::move(c));
+}
+
+Status InboxStore::Impl::ReplicateBatch(BuiltBatch& b) {
+  std::string node_wide;
+  IRIS_ASSIGN_OR_RETURN(auto parts, SplitByShard(b.batch, *db_, vnode_shard_, &node_wide));
+  struct Pending {
+    std::mutex mu;
+    std::condition_variable cv;
+    size_t left = 0;
+    Status first_error;
+  };
+  auto pending = std::make_shared<Pending>();
+  pending->left = parts.size();
+  for (auto& part : parts) {
+    options_.replicate(part.first, std::move(part.second), hlc_.Next(), [pending](Status s) {
+      std::lock_guard<std::mutex> lock(pending->mu);
+      if (!s.ok() && pending->first_error.ok()) pending->first_error = s;
+      if (--pending->left == 0) pending->cv.notify_all();
+    });
+  }
+  {
+    std::unique_lock<std::mutex> lock(pending->mu);
+    pending->cv.wait(lock, [&] { return pending->left == 0; });
+    if (!pending->first_error.ok()) return pending->first_error;
+  }
+  if (node_wide.empty()) return Status::Ok();
+  IRIS_ASSIGN_OR_RETURN(std::vector<ShardOp> ops, DecodeShardOps(node_wide));
+  rocksdb::WriteBatch local;
+  for (const ShardOp& op : ops) AddShardOp(op, &local);
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  const rocksdb::Status s = db_->db()->Write(wo, &local);
+  if (!s.ok()) return FromRocks(s, "store: write");
+  db_->NoteDurable(db_->db());
+  return Status::Ok();
+}
+
+void InboxStore::Impl::AddShardOp(const ShardOp& op, rocksdb::WriteBatch* batch) const {
+  rocksdb::ColumnFamilyHandle* cf = db_->cf(op.cf);
+  if (op.kind == 'P') {
+    batch->Put(cf, op.key, op.value).PermitUncheckedError();
+  } else if (op.kind == 'R') {
+    batch->DeleteRange(cf, op.key, op.value).PermitUncheckedError();
+  } else {
+    batch->Delete(cf, op.key).PermitUncheckedError();
+  }
+}
+
+Status InboxStore::Impl::ApplyReplicated(uint32_t shard, uint64_t last_lsn,
+                                         const std::vector<std::string_view>& payloads,
+                                         uint64_t hlc) {
+  rocksdb::WriteBatch batch;
+  std::vector<std::string> dedup_keys;
+  for (std::string_view payload : payloads) {
+    IRIS_ASSIGN_OR_RETURN(std::vector<ShardOp> ops, DecodeShardOps(payload));
+    for (ShardOp& op : ops) {
+      if (op.kind == 'R' && op.value.empty()) {
+        return BadRequest("shard batch: range deletion without an end");
+      }
+      AddShardOp(op, &batch);
+      if (op.cf == Cf::kDedup && op.kind == 'P') dedup_keys.push_back(std::move(op.key));
+    }
+  }
+  batch.Put(db_->cf(Cf::kMeta), MetaReplicatedLsnKey(shard), EncodeU64(last_lsn))
+      .PermitUncheckedError();
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  const rocksdb::Status s = db_->db()->Write(wo, &batch);
+  if (!s.ok()) return FromRocks(s, "store: apply replicated batches");
+  db_->NoteDurable(db_->db());
+  // The Bloom filters are a negative cache over every dedup entry, also these.
+  for (const std::string& k : dedup_keys) dedup_->NoteApplied(k);
+  hlc_.Restore(hlc);
+  return Status::Ok();
+}
+
+Result<uint64_t> InboxStore::Impl::ReplicatedLsn(uint32_t shard) const {
+  std::string v;
+  const rocksdb::Status s =
+      db_->db()->Get(rocksdb::ReadOptions(), db_->cf(Cf::kMeta), MetaReplicatedLsnKey(shard), &v);
+  if (s.IsNotFound()) return uint64_t{0};
+  if (!s.ok()) return FromRocks(s, "store: read the replicated lsn");
+  const std::optional<uint64_t> lsn = DecodeU64(v);
+  if (!lsn) return Internal("store: malformed replicated lsn of shard " + std::to_string(shard));
+  return *lsn;
+}
+
+void InboxStore::Impl::TakeOverShard(uint32_t shard, uint64_t hlc_high_water,
+                                     std::function<void(Status)> done) {
+  hlc_.Restore(hlc_high_water);
+  CommitRequest r;
+  r.body = ShardTakeOverRequest{shard, std::move(done)};
+  Enqueue(std::move(r));
+}
+
 void InboxStore::Impl::WriteAndAnswer(BuiltBatch& b) {
   Status write_status;
   {
@@ -654,7 +785,11 @@ void InboxStore::Impl::WriteAndAnswer(BuiltBatch& b) {
     write_status = pipe_error_;  // an earlier batch failed: this one was built on it
   }
   const bool first_failure = write_status.ok();
-  if (write_status.ok() && b.has_writes) {
+  bool replication_failed = false;
+  if (write_status.ok() && b.has_writes && options_.replicate) {
+    write_status = ReplicateBatch(b);
+    replication_failed = !write_status.ok();
+  } else if (write_status.ok() && b.has_writes) {
     rocksdb::WriteOptions wo;
     wo.sync = true;
     const auto start = std::chrono::steady_clock::now();
@@ -686,7 +821,10 @@ void InboxStore::Impl::WriteAndAnswer(BuiltBatch& b) {
     }
     {
       std::lock_guard<std::mutex> lock(pipe_mu_);
-      if (pipe_error_.ok()) pipe_error_ = write_status;
+      if (pipe_error_.ok()) {
+        pipe_error_ = write_status;
+        pipe_error_replicated_ = replication_failed;
+      }
     }
     {
       std::lock_guard<std::mutex> lock(queue_mu_);
@@ -700,7 +838,7 @@ void InboxStore::Impl::WriteAndAnswer(BuiltBatch& b) {
   // stands even if this write failed — unless the batch failed because an earlier one did,
   // which that retry may depend on.
   const auto answer_of = [&](const Completion& c) {
-    if (!c.error.ok()) return c.error;
+    if (!c.error.ok() || c.ignores_write) return c.error;
     if (write_status.ok() || (first_failure && !c.needs_commit)) return Status::Ok();
     return write_status;
   };

@@ -379,6 +379,21 @@ Status InboxStore::ApplyShardBatch(std::string_view payload) {
   return impl_->ApplyShardBatch(payload);
 }
 
+Status InboxStore::ApplyReplicated(uint32_t shard, uint64_t last_lsn,
+                                   const std::vector<std::string_view>& payloads, uint64_t hlc) {
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();  // a synced write
+  return impl_->ApplyReplicated(shard, last_lsn, payloads, hlc);
+}
+
+Result<uint64_t> InboxStore::ReplicatedLsn(uint32_t shard) const {
+  return impl_->ReplicatedLsn(shard);
+}
+
+void InboxStore::TakeOverShard(uint32_t shard, uint64_t hlc_high_water,
+                               std::function<void(Status)> done) {
+  impl_->TakeOverShard(shard, hlc_high_water, std::move(done));
+}
+
 void InboxStore::SetCommitListener(std::function<void(const std::vector<v1::Envelope>&)> l) {
   impl_->SetListener(std::move(l));
 }

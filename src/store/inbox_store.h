@@ -112,6 +112,18 @@ struct StoreOptions {
   // (RocksDB Write with sync=true), in nanoseconds: the iris_db_write_latency_seconds
   // histogram. Optional.
   std::function<void(int64_t nanos)> write_latency_observer;
+  // Replication (docs/replication.md, "The store on a replicated node"). When set, the store
+  // does not write a batch itself: the sync thread splits it by shard and hands each part to
+  // `replicate` (shard, encoded operations as store/shard_batch.h, an HLC id greater than
+  // every id of the part, done). The shard's replica writes the part through
+  // ApplyReplicated once two replicas hold it durably and then calls done(OK); the batch's
+  // requests are answered once every part is done — with the first error if any part was
+  // refused (in which case parts of other shards may still have been committed: a retry
+  // with the same idempotency key finds them). Node-wide records (token revocations) are
+  // written locally after the parts. `done` may run on any thread, also inside the call.
+  std::function<void(uint32_t shard, std::string payload, uint64_t hlc,
+                     std::function<void(Status)> done)>
+      replicate;
 };
 
 struct AppendOutcome {
@@ -306,6 +318,23 @@ class InboxStore {
   // written); write errors as PutSettings. The store's in-memory caches are not updated: the
   // caller applies batches only to shards this store does not write itself.
   Status ApplyShardBatch(std::string_view payload);
+  // Replicated mode (StoreOptions::replicate): writes committed batches of `shard`'s
+  // replication log (their payloads, in lsn order, the last one numbered last_lsn) in one
+  // synced write that also records last_lsn (ReplicatedLsn), directly — not through the
+  // commit queue, since the sync thread may be waiting for this very commit. Later ids
+  // exceed `hlc`. Called by the shard's replica thread only (one writer per shard); on a
+  // backup and on the primary alike. BAD_REQUEST for a malformed payload (nothing written);
+  // write errors INTERNAL / STORAGE_FULL.
+  Status ApplyReplicated(uint32_t shard, uint64_t last_lsn,
+                         const std::vector<std::string_view>& payloads, uint64_t hlc);
+  // The last lsn ApplyReplicated recorded for `shard` (0: none). Errors: INTERNAL.
+  Result<uint64_t> ReplicatedLsn(uint32_t shard) const;
+  // This node became `shard`'s primary: ids start above hlc_high_water at once, and the
+  // commit thread drops what it cached of the shard's users (counters, hot dedup entries;
+  // they are reloaded from what ApplyReplicated wrote) in a batch of its own. `done` runs
+  // once batches built before it have been answered, so every batch replicated after it was
+  // built from the store's applied state. UNAVAILABLE when stopping.
+  void TakeOverShard(uint32_t shard, uint64_t hlc_high_water, std::function<void(Status)> done);
 
   // Lifecycle (docs/operations.md, "Account deletion and archive retention").
   //

@@ -44,6 +44,7 @@
 #include "common/hlc.h"
 #include "store/dedup_index.h"
 #include "store/inbox_store.h"
+#include "store/shard_batch.h"
 #include "store/store_db.h"
 #include "store/store_keys.h"
 
@@ -113,9 +114,16 @@ struct UserDeleteRequest {
   std::function<void(Status)> done;
 };
 
+// Replicated mode: this node became a shard's primary (InboxStore::TakeOverShard). A batch
+// of its own: drops the cached counters of the shard's users and the hot dedup entries.
+struct ShardTakeOverRequest {
+  uint32_t shard = 0;
+  std::function<void(Status)> done;
+};
+
 struct CommitRequest {
   std::variant<AppendRequest, RecordWriteRequest, ArchiveRequest, VnodeDeleteRequest,
-               UserDeleteRequest>
+               UserDeleteRequest, ShardTakeOverRequest>
       body;
   size_t bytes = 0;  // approximate size, for the batch byte limit
 };
@@ -134,6 +142,10 @@ class InboxStore::Impl {
   // Submits a record write and waits until it is durable (or failed).
   Status WriteRecords(std::vector<KvOp> ops);
   Status ApplyShardBatch(std::string_view payload);
+  Status ApplyReplicated(uint32_t shard, uint64_t last_lsn,
+                         const std::vector<std::string_view>& payloads, uint64_t hlc);
+  Result<uint64_t> ReplicatedLsn(uint32_t shard) const;
+  void TakeOverShard(uint32_t shard, uint64_t hlc_high_water, std::function<void(Status)> done);
   void SetShardBatchObserver(std::function<void(const std::map<uint32_t, std::string>&)> f) {
     std::lock_guard<std::mutex> lock(observer_mu_);
     shard_batch_observer_ = std::move(f);
@@ -196,6 +208,7 @@ class InboxStore::Impl {
     std::optional<AppendOutcome> outcome;  // for appends answered successfully
     Status error;                          // answered with this error regardless of the write
     bool needs_commit = true;              // fails if the batch's write fails
+    bool ignores_write = false;  // answered `error` whatever the write (a shard take-over)
   };
 
   // A batch built by the commit thread and written, then answered, by the sync thread.
@@ -234,6 +247,11 @@ class InboxStore::Impl {
   void BuildArchive(ArchiveRequest& r);
   void BuildVnodeDelete(VnodeDeleteRequest& r);
   void BuildUserDelete(UserDeleteRequest& r);
+  void BuildShardTakeOver(ShardTakeOverRequest& r);
+  // Replicated mode: hands the batch's shard parts to StoreOptions::replicate, waits for
+  // every answer, then writes the node-wide records locally. OK when all are durable.
+  Status ReplicateBatch(BuiltBatch& b);
+  void AddShardOp(const ShardOp& op, rocksdb::WriteBatch* batch) const;
   // Notes that the batch assigns ids in `vnode`'s shard (its high-water mark is written).
   void TouchShard(int32_t vnode);
   // The user's counters, loaded on first use, saved for rollback on first touch in this
@@ -284,6 +302,9 @@ class InboxStore::Impl {
   std::function<void(const std::map<uint32_t, std::string>&)> shard_batch_observer_;
   bool listener_changed_ = false;  // guarded by queue_mu_
   bool rollback_due_ = false;      // a write failed (set by the sync thread); queue_mu_
+  // pipe_error_ came from replication (a shard part refused), not from this database: the
+  // rollback forgets the failed batches' users instead of reopening. Guarded by pipe_mu_.
+  bool pipe_error_replicated_ = false;
   std::thread commit_thread_;
 
   // Commit thread only.

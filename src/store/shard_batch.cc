@@ -44,8 +44,8 @@ uint32_t BigEndian32(const char* p) {
 
 class Splitter : public rocksdb::WriteBatch::Handler {
  public:
-  Splitter(const StoreDb& db, const std::vector<uint32_t>& vnode_shard)
-      : db_(db), vnode_shard_(vnode_shard) {}
+  Splitter(const StoreDb& db, const std::vector<uint32_t>& vnode_shard, std::string* node_wide)
+      : db_(db), vnode_shard_(vnode_shard), node_wide_(node_wide) {}
 
   rocksdb::Status PutCF(uint32_t cf_id, const rocksdb::Slice& key,
                         const rocksdb::Slice& value) override {
@@ -78,14 +78,15 @@ class Splitter : public rocksdb::WriteBatch::Handler {
     if (cf < 0) return rocksdb::Status::NotSupported("unknown column family");
     const std::optional<uint32_t> shard =
         ShardOfKey(static_cast<Cf>(cf), std::string_view(key.data(), key.size()), vnode_shard_);
-    if (!shard) return rocksdb::Status::OK();  // node-wide
+    if (!shard && node_wide_ == nullptr) return rocksdb::Status::OK();
     AppendShardOp(ShardOp{kind, static_cast<Cf>(cf), key.ToString(), value.ToString()},
-                  &out_[*shard]);
+                  shard ? &out_[*shard] : node_wide_);
     return rocksdb::Status::OK();
   }
 
   const StoreDb& db_;
   const std::vector<uint32_t>& vnode_shard_;
+  std::string* const node_wide_;  // nullable
   std::map<uint32_t, std::string> out_;
 };
 
@@ -137,8 +138,9 @@ std::optional<uint32_t> ShardOfKey(Cf cf, std::string_view key,
 
 Result<std::map<uint32_t, std::string>> SplitByShard(const rocksdb::WriteBatch& batch,
                                                      const StoreDb& db,
-                                                     const std::vector<uint32_t>& vnode_shard) {
-  Splitter splitter(db, vnode_shard);
+                                                     const std::vector<uint32_t>& vnode_shard,
+                                                     std::string* node_wide) {
+  Splitter splitter(db, vnode_shard, node_wide);
   const rocksdb::Status s = batch.Iterate(&splitter);
   if (!s.ok()) return Internal("store: splitting a batch by shard: " + s.ToString());
   return std::move(splitter.out());

@@ -45,10 +45,13 @@ Result<std::vector<ShardOp>> DecodeShardOps(std::string_view payload);
 std::optional<uint32_t> ShardOfKey(Cf cf, std::string_view key,
                                    const std::vector<uint32_t>& vnode_shard);
 
-// Splits a WriteBatch of `db` (its column family ids) into encoded per-shard payloads.
-// INTERNAL for an operation the store never writes (merge, an unknown column family).
+// Splits a WriteBatch of `db` (its column family ids) into encoded per-shard payloads; the
+// node-wide operations are encoded the same way into *node_wide when it is given (dropped
+// otherwise). INTERNAL for an operation the store never writes (merge, an unknown column
+// family).
 Result<std::map<uint32_t, std::string>> SplitByShard(const rocksdb::WriteBatch& batch,
                                                      const StoreDb& db,
-                                                     const std::vector<uint32_t>& vnode_shard);
+                                                     const std::vector<uint32_t>& vnode_shard,
+                                                     std::string* node_wide = nullptr);
 
 }  // namespace iris::store

@@ -96,6 +96,11 @@ std::string MetaHlcKey(uint32_t shard) {
   AppendBigEndian32(&k, shard);
   return k;
 }
+std::string MetaReplicatedLsnKey(uint32_t shard) {
+  std::string k(1, kMetaReplicatedLsnPrefix);
+  AppendBigEndian32(&k, shard);
+  return k;
+}
 std::string MetaUserStateKey(int32_t vnode, uint64_t user) {
   return VnodeTaggedUserKey(vnode, kMetaUserStateTag, user);
 }

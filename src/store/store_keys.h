@@ -82,6 +82,10 @@ std::optional<DedupEntry> DecodeDedupEntry(std::string_view v);
 // Node-wide `meta` keys.
 inline constexpr char kMetaHlcPrefix = 'H';
 std::string MetaHlcKey(uint32_t shard);
+// The last lsn of a shard's replication log this node's store has applied
+// (InboxStore::ApplyReplicated): 'C' shard(4) -> lsn(8). Node-wide: each node records its own.
+inline constexpr char kMetaReplicatedLsnPrefix = 'C';
+std::string MetaReplicatedLsnKey(uint32_t shard);
 inline constexpr char kMetaLayoutVersionKey[] = "V";
 inline constexpr char kMetaVnodesKey[] = "N";
 // Token revocations: 'J' + jti -> keep-until (unix ms); 'R' + user -> revoked-before (ms).

@@ -12,7 +12,8 @@ struct ReplicaHost::Shared {
     Event event;
     bool sync_report = false;  // a WalSynced from the log: checked against the generation
     uint64_t generation = 0;
-    Status failure;  // a failed log write (sync_report): stops the shard
+    Status failure;        // a failed log write (sync_report): stops the shard
+    Epoch open_epoch = 0;  // non-zero: an OpenForAppends, no event
   };
   std::mutex mu;
   std::condition_variable cv;
@@ -66,6 +67,27 @@ void ReplicaHost::Post(Event event) {
   shared_->cv.notify_one();
 }
 
+void ReplicaHost::OpenForAppends(Epoch epoch) {
+  {
+    std::lock_guard<std::mutex> lock(shared_->mu);
+    if (shared_->stopping) return;
+    shared_->items.push_back(Shared::Item{Tick{}, false, 0, Status::Ok(), epoch});
+  }
+  shared_->cv.notify_one();
+}
+
+void ReplicaHost::ReportRole() {
+  if (!env_.role_changed) {
+    open_epoch_ = replica_.primary_epoch();
+    return;
+  }
+  const Epoch epoch = replica_.primary_epoch();
+  if (epoch == reported_epoch_) return;
+  if (epoch != 0 && applied_ < replica_.LastLsn()) return;  // inherited batches still to apply
+  reported_epoch_ = epoch;
+  env_.role_changed(replica_.role(), epoch, replica_.HlcHighWater());
+}
+
 ReplicaHost::View ReplicaHost::view() const {
   std::lock_guard<std::mutex> lock(shared_->mu);
   return shared_->view;
@@ -108,6 +130,10 @@ void ReplicaHost::Run() {
         tick = true;
       }
     }
+    if (item.open_epoch != 0) {
+      open_epoch_ = item.open_epoch;
+      continue;
+    }
     if (tick) {
       next_tick = now_ms() + opts_.tick_ms;
       item.event = Tick{now_ms()};
@@ -126,6 +152,13 @@ void ReplicaHost::Run() {
       continue;
     }
     if (auto* append = std::get_if<ClientAppend>(&item.event)) {
+      if (replica_.primary_epoch() != 0 && replica_.primary_epoch() != open_epoch_) {
+        // A new primary whose store has not yet taken the shard over (role_changed).
+        if (env_.refuse) {
+          env_.refuse(Refuse{{append->request_id}, Unavailable("primary taking over", 100)});
+        }
+        continue;
+      }
       waiting_.insert(append->request_id);
     } else if (auto* await = std::get_if<AwaitCommit>(&item.event)) {
       waiting_.insert(await->request_id);
@@ -137,6 +170,7 @@ void ReplicaHost::Run() {
         applied_ >= replica_.snapshot().lsn + opts_.compact_every) {
       Carry(replica_.Step(CompactLog{applied_, std::string()}));
     }
+    if (!failed_) ReportRole();
     Publish();
   }
 }

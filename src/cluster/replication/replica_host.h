@@ -57,6 +57,12 @@ struct HostEnvironment {
   std::function<void(const Refuse&)> refuse;
   std::function<void(const Rebuild&)> rebuild;
   std::function<void(const Status&)> failed;  // optional
+  // Optional. The replica became the primary of `epoch` and has applied every batch it
+  // inherited (so the store shows the whole committed log), or stopped being it (epoch 0).
+  // Until OpenForAppends(epoch) the host refuses ClientAppends with UNAVAILABLE: whoever
+  // builds the batches first drops what it derived from an older view of the shard and
+  // starts its ids above hlc_high_water. Without this callback appends are open at once.
+  std::function<void(Role role, Epoch epoch, uint64_t hlc_high_water)> role_changed;
 };
 
 struct HostOptions {
@@ -83,6 +89,9 @@ class ReplicaHost {
   ReplicaHost& operator=(const ReplicaHost&) = delete;
 
   void Post(Event event);
+  // Lets ClientAppends in while this replica is the primary of `epoch` (see
+  // HostEnvironment::role_changed); a later epoch needs a new call.
+  void OpenForAppends(Epoch epoch);
 
   struct View {
     Role role = Role::kBackup;
@@ -105,6 +114,9 @@ class ReplicaHost {
   void ApplyUpTo(Lsn lsn);
   void Fail(const Status& status);
   void Publish();
+  // Reports role changes (HostEnvironment::role_changed), the primary's once it has applied
+  // its whole inherited log.
+  void ReportRole();
 
   const HostOptions opts_;
   ShardLog& log_;
@@ -114,6 +126,8 @@ class ReplicaHost {
   uint64_t generation_ = 0;  // truncates + installs carried out
   Lsn applied_ = 0;
   bool failed_ = false;
+  Epoch reported_epoch_ = 0;    // the primary epoch last reported to role_changed (0: none)
+  Epoch open_epoch_ = 0;        // ClientAppends are taken while primary of this epoch
   std::set<uint64_t> waiting_;  // request ids not answered yet (refused at stop)
   // Shared with the log's sync callbacks, which may outlive the host.
   std::shared_ptr<Shared> shared_;
