@@ -52,6 +52,14 @@ core::CoreApi* PeerLinks::PeerCore(NodeId node) {
   return nullptr;
 }
 
+bool PeerLinks::SendReplication(NodeId node, const internal::v1::ReplicationMessage& message) {
+  // A RemoteCore handed out stays valid until Stop(), so it is used outside the lock.
+  auto* core = static_cast<rpc::RemoteCore*>(PeerCore(node));
+  if (core == nullptr) return false;
+  core->SendReplication(message);
+  return true;
+}
+
 core::EdgeSink* PeerLinks::PeerSink(NodeId node) {
   (void)node;  // the server routes each push by SessionRef::node to that node's link
   return &outgoing_;

@@ -59,6 +59,10 @@ class PeerLinks final : public Peers {
   core::EdgeSink* PeerSink(NodeId node) override;
   // Dials `node` in the background unless its link is up (e.g. when it registers).
   void Want(NodeId node);
+  // Sends a replication message to `node` over its link (one-way). Returns false, dialling
+  // in the background, when the link is down: the message is dropped (the replication
+  // protocol retransmits).
+  bool SendReplication(NodeId node, const internal::v1::ReplicationMessage& message);
   size_t links_up() const;
 
  private:

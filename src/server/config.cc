@@ -70,6 +70,16 @@ void Define(CLI::App& app, ServerConfig& c) {
                  "over 256 recipients (RFC-001 section 8)")
       ->check(CLI::Range(1u, 1000000u))
       ->capture_default_str();
+  app.add_option("--replication-lease-ttl-s", c.replication_lease_ttl_s,
+                 "Replicated cluster: TTL of a shard primary's etcd lease; a killed primary is "
+                 "replaced about this long after it died")
+      ->check(CLI::Range(int64_t{1}, int64_t{60}))
+      ->capture_default_str();
+  app.add_option("--replication-timeout-ms", c.replication_timeout_ms,
+                 "Replicated cluster: an append not on W replicas within this time is refused "
+                 "(UNAVAILABLE, retryable)")
+      ->check(CLI::Range(int64_t{100}, int64_t{600000}))
+      ->capture_default_str();
   app.add_option("--rate-burst-per-sec", c.rate_burst_per_sec, "Peak sends per user per second")
       ->capture_default_str();
   app.add_option("--rate-burst-seconds", c.rate_burst_seconds, "How long the peak rate may last")

@@ -18,15 +18,15 @@ struct ServerConfig {
   std::string listen = "0.0.0.0:7443";
   std::string admin_listen = "127.0.0.1:7444";
   uint32_t admin_connections_per_ip = 8;  // concurrent admin HTTP connections per address
-  std::string tls_cert;            // default: <data-dir>/tls/server.crt (generated if missing)
-  std::string tls_key;             // default: <data-dir>/tls/server.key
+  std::string tls_cert;  // default: <data-dir>/tls/server.crt (generated if missing)
+  std::string tls_key;   // default: <data-dir>/tls/server.key
   // Extra subjectAltName entries (DNS names, IP addresses) of the generated certificate.
   std::vector<std::string> tls_san;
-  std::string jwt_secret_file;     // default: <data-dir>/jwt.secret (generated if missing)
+  std::string jwt_secret_file;        // default: <data-dir>/jwt.secret (generated if missing)
   std::vector<std::string> jwt_keys;  // extra "kid=path" keys for rotation
-  std::string admin_token_file;    // default: <data-dir>/admin.token (generated if missing)
+  std::string admin_token_file;       // default: <data-dir>/admin.token (generated if missing)
   uint32_t node_id = 1;
-  int loops = 0;                   // event loops; 0 = one per core
+  int loops = 0;  // event loops; 0 = one per core
   uint32_t hello_timeout_ms = 10'000;
   uint32_t idle_timeout_ms = 25'000;
   int64_t jwt_leeway_s = 30;
@@ -35,6 +35,12 @@ struct ServerConfig {
   double rate_per_sec = 5;
   // Group fan-out worker: inbox appends per second (docs/architecture.md, "Group fan-out").
   uint32_t fanout_inboxes_per_sec = 1000;
+  // Replicated clusters (--replicas > 1 at cluster init; docs/replication.md): the TTL of a
+  // shard primary's etcd lease (a dead primary is replaced about this long after it died),
+  // and how long an append waits for W durable copies before it is refused (UNAVAILABLE,
+  // retryable with the same idempotency key).
+  int64_t replication_lease_ttl_s = 2;
+  int64_t replication_timeout_ms = 5'000;
   double rate_burst_per_sec = 20;
   double rate_burst_seconds = 10;
   double connections_per_ip_per_minute = 5;
@@ -60,7 +66,7 @@ struct ServerConfig {
   std::string backup_dir;  // where relative POST /v1/backup targets go; default <data-dir>/backups
   uint32_t shutdown_grace_ms = 5'000;
   std::string log_level = "info";
-  int degradation_level = -1;      // -1: follow load; 0..3 forces a level (tests, drills)
+  int degradation_level = -1;       // -1: follow load; 0..3 forces a level (tests, drills)
   double loop_lag_budget_ms = 200;  // event-loop lag that counts as full load
   // Process shape. 0: the embedded default (edge, core, store in one process). N > 0: this
   // process runs core + store and N edge processes share the client port (SO_REUSEPORT).
@@ -80,7 +86,7 @@ struct ServerConfig {
   uint32_t edge_index = 0;
   // Internal (edge process): the inherited memfd of the node's limiter tables; -1 = none.
   int limits_fd = -1;
-  std::string trace_file;          // spans as OTLP/JSON lines; "-" = stderr; empty = off
+  std::string trace_file;            // spans as OTLP/JSON lines; "-" = stderr; empty = off
   double trace_sample_ratio = 0.01;  // traces kept besides every error span (1 = all)
 };
 

@@ -23,6 +23,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
+#include <shared_mutex>
 #include <sstream>
 #include <variant>
 
@@ -31,6 +33,8 @@
 #include "auth/revocation.h"
 #include "cluster/cluster_node.h"
 #include "cluster/peer_links.h"
+#include "cluster/replication/node_replication.h"
+#include "cluster/replication/replication_wire.h"
 #include "cluster/router.h"
 #include "common/bytes.h"
 #include "core/core.h"
@@ -110,6 +114,22 @@ struct Server::Impl {
   // Before the components whose spans it takes: destroyed after them.
   std::unique_ptr<obs::Tracer> tracer;
   std::unique_ptr<store::InboxStore> store;
+  // Replicated cluster (--replicas > 1): this node's shard replicas (docs/replication.md).
+  // After `store`, so it is destroyed first: its threads write into the store. Reset in
+  // Stop() once the store has stopped (nothing replicates any more) and before the peer
+  // links it sends on stop.
+  std::unique_ptr<cluster::EtcdClient> replication_etcd;
+  std::unique_ptr<cluster::NodeReplication> replication;
+  // What the store's hook, the peer listener and the placement callback use: null once
+  // Stop() began to take the replicas down (they hold the lock shared while they use it).
+  std::shared_mutex replication_mu;
+  cluster::NodeReplication* replication_ptr = nullptr;  // guarded by replication_mu
+  // Shards with per-shard gauges registered; closed once Stop() removed them. The gauges'
+  // functions take replication_mu, so these are added and removed without holding it.
+  std::mutex replication_metrics_mu;
+  std::set<uint32_t> replicated_shards;     // guarded by replication_metrics_mu
+  bool replication_metrics_closed = false;  // guarded by replication_metrics_mu
+  int32_t cluster_replicas = 1;
   std::unique_ptr<core::Core> core;
   // Cluster mode (--etcd): the peer listener (core_server), links to the other nodes, the
   // router every request goes through, and this node's membership in etcd.
@@ -137,6 +157,7 @@ struct Server::Impl {
   bool clustered() const { return !config.etcd.empty(); }
   // A cluster node with no store (--role edge).
   bool cluster_edge() const { return clustered() && config.role == "edge"; }
+  bool replicated() const { return clustered() && !cluster_edge() && cluster_replicas > 1; }
   // Core process: the edge processes' metrics, merged into this process's /metrics. Declared
   // before `admin`, whose /metrics handler uses it, so it is destroyed after it.
   std::unique_ptr<obs::ScrapeCollector> edge_metrics;
@@ -528,13 +549,8 @@ Result<std::unique_ptr<Server>> Server::Create(const ServerConfig& config) {
   if (m.clustered()) {
     // The cluster's fixed parameters come from etcd before anything is stored.
     IRIS_ASSIGN_OR_RETURN(const cluster::ClusterConfig cc, ReadClusterConfig(c));
-    if (cc.replicas > 1) {
-      return BadRequest("cluster '" + c.cluster + "' is initialised with --replicas " +
-                        std::to_string(cc.replicas) +
-                        ", but this build stores each shard on its primary only (replication "
-                        "arrives with issue 16): initialise it with --replicas 1");
-    }
     m.cluster_vnodes = cc.vnodes;
+    m.cluster_replicas = cc.replicas;
     obs::LogInfo(
         "cluster mode",
         {{"cluster", c.cluster}, {"etcd", c.etcd}, {"vnodes", cc.vnodes}, {"role", c.role}});
@@ -552,6 +568,7 @@ Result<std::unique_ptr<Server>> Server::Create(const ServerConfig& config) {
     so.dedup_hot_max_entries = static_cast<size_t>(c.dedup_hot_entries);
     so.archive_retention_ms = static_cast<int64_t>(c.archive_retention_days) * 86'400'000;
     if (m.cluster_vnodes > 0) so.vnodes = m.cluster_vnodes;
+    if (m.replicated()) IRIS_RETURN_IF_ERROR(server->OpenReplication(so));
     obs::Histogram* db_write = &obs::Registry::Default().GetHistogram(
         "iris_db_write_latency_seconds", "Durable append: one group-committed WAL write with sync");
     so.write_latency_observer = [db_write](int64_t nanos) {
@@ -904,6 +921,25 @@ void Server::Stop() {
   StopEdgeProcesses();
   // Finish queued appends: their completions post SEND_ACKs to the loops.
   if (m.store) m.store->Stop();
+  // Nothing replicates once the store has stopped; the replicas stop before the peer links
+  // they send on (a lease this node holds lapses on etcd's side).
+  {
+    std::unique_lock<std::shared_mutex> lock(m.replication_mu);
+    m.replication_ptr = nullptr;
+  }
+  {
+    std::lock_guard<std::mutex> lock(m.replication_metrics_mu);
+    m.replication_metrics_closed = true;
+    for (const uint32_t shard : m.replicated_shards) {
+      const obs::Labels labels = {{"shard", std::to_string(shard)}};
+      for (const char* name : {"iris_replication_applied_lsn", "iris_replication_commit_lsn",
+                               "iris_replication_primary"}) {
+        obs::Registry::Default().RemoveCallback(name, labels);
+      }
+    }
+    m.replicated_shards.clear();
+  }
+  m.replication.reset();
   if (m.edge) m.edge->Shutdown(m.config.shutdown_grace_ms);
   // The core's queued store work: its completions post to the (stopped) loops, which must
   // still exist.
@@ -1231,6 +1267,17 @@ Status Server::StartClusterNode(const edge::EdgeOptions& eo, const core::CoreOpt
     IRIS_RETURN_IF_ERROR(m.core->StartFanOut());
   }
   m.core_server->set_core(&m.router->Served());
+  if (m.replication) {
+    m.core_server->set_on_replication(
+        [&m](NodeId from, const internal::v1::ReplicationMessage& wire) {
+          Result<std::pair<cluster::repl::ShardNo, cluster::repl::Message>> msg =
+              cluster::repl::FromProto(wire);
+          std::shared_lock<std::shared_mutex> lock(m.replication_mu);
+          if (msg.ok() && m.replication_ptr != nullptr) {
+            m.replication_ptr->Receive(from, msg->first, std::move(msg->second));
+          }
+        });
+  }
   if (m.core)
     m.core_server->set_on_peer_lost([core = m.core.get()](NodeId n) { core->ForgetNode(n); });
   IRIS_RETURN_IF_ERROR(m.core_server->Start());
@@ -1242,6 +1289,121 @@ Status Server::StartClusterNode(const edge::EdgeOptions& eo, const core::CoreOpt
   IRIS_RETURN_IF_ERROR(LockClientPort(m.edge->port()));
   m.peers->Start();
   return Status::Ok();
+}
+
+Status Server::OpenReplication(store::StoreOptions& so) {
+  Impl& m = *impl_;
+  const ServerConfig& c = m.config;
+  IRIS_ASSIGN_OR_RETURN(m.replication_etcd, cluster::EtcdClient::Create(EtcdOptionsOf(c)));
+  IRIS_ASSIGN_OR_RETURN(cluster::ClusterKeys keys, cluster::ClusterKeys::Create(c.cluster));
+  cluster::NodeReplicationOptions ro;
+  ro.self = c.node_id;
+  ro.log_path = c.data_dir + "/replication";
+  ro.lease_ttl_s = c.replication_lease_ttl_s;
+  ro.replica.write_quorum = static_cast<size_t>(m.cluster_replicas / 2 + 1);
+  Impl* mp = &m;
+  cluster::NodeReplicationEnv env;
+  env.send = [mp](NodeId to, cluster::repl::ShardNo shard, cluster::repl::Message message) {
+    if (!mp->peers) return;  // before the links exist: the protocol retransmits
+    internal::v1::ReplicationMessage wire;
+    cluster::repl::ToProto(shard, message, &wire);
+    mp->peers->SendReplication(to, wire);
+  };
+  env.apply = [mp](cluster::repl::ShardNo shard, const std::vector<cluster::repl::Batch>& batches) {
+    std::vector<std::string_view> payloads;
+    payloads.reserve(batches.size());
+    for (const cluster::repl::Batch& b : batches) payloads.push_back(b.payload);
+    return mp->store->ApplyReplicated(shard, batches.back().lsn, payloads, batches.back().hlc);
+  };
+  env.applied_lsn = [mp](cluster::repl::ShardNo shard) { return mp->store->ReplicatedLsn(shard); };
+  env.take_over = [mp](cluster::repl::ShardNo shard, uint64_t hlc,
+                       std::function<void(Status)> done) {
+    obs::LogInfo("replication: this node is the shard's primary", {{"shard", shard}});
+    mp->store->TakeOverShard(shard, hlc, std::move(done));
+  };
+  env.failed = [](cluster::repl::ShardNo shard, const Status& s) {
+    obs::LogError("replication: shard replica stopped (restart the node to recover it)",
+                  {{"shard", shard}, {"error", s.message()}});
+  };
+  IRIS_ASSIGN_OR_RETURN(m.replication,
+                        cluster::NodeReplication::Open(ro, *m.replication_etcd, keys, env));
+  m.replication_ptr = m.replication.get();  // before any thread that reads it exists
+  // Until the placement names the shards, no vnode has one: appends are refused.
+  so.shard_of_vnode = [](int32_t) { return UINT32_MAX; };
+  so.replicate_timeout_ms = c.replication_timeout_ms;
+  so.replicate = [mp](uint32_t shard, std::string payload, uint64_t hlc,
+                      std::function<void(Status)> done) {
+    std::shared_lock<std::shared_mutex> lock(mp->replication_mu);
+    if (mp->replication_ptr == nullptr) {
+      lock.unlock();
+      done(Unavailable("node stopping"));
+      return;
+    }
+    mp->replication_ptr->Replicate(shard, std::move(payload), hlc, std::move(done));
+  };
+  return Status::Ok();
+}
+
+void Server::FollowPlacementWithReplicas(const std::shared_ptr<const cluster::Placement>& p) {
+  Impl& m = *impl_;
+  std::shared_lock<std::shared_mutex> lock(m.replication_mu);
+  if (m.replication_ptr == nullptr || !m.store || !p || p->version() == 0) return;
+  std::vector<uint32_t> new_shards;
+  m.store->SetShardOfVnode([p](int32_t vnode) {
+    const cluster::ShardInfo* s = p->ShardOfVnode(vnode);
+    return s != nullptr ? s->id : UINT32_MAX;
+  });
+  for (const auto& entry : p->shards()) {
+    const cluster::ShardInfo& s = entry.second;
+    if (std::find(s.replicas.begin(), s.replicas.end(), m.config.node_id) == s.replicas.end()) {
+      continue;
+    }
+    const Status st = m.replication_ptr->AddShard(s.id, s.replicas);
+    if (!st.ok()) {
+      obs::LogError("replication: cannot start a shard replica",
+                    {{"shard", s.id}, {"error", st.message()}});
+      continue;
+    }
+    new_shards.push_back(s.id);
+  }
+  lock.unlock();
+  // Per-shard gauges (docs/operations.md, "Metrics"): what this replica applied, the commit
+  // point it knows, and whether it is the primary taking writes.
+  std::lock_guard<std::mutex> metrics_lock(m.replication_metrics_mu);
+  if (m.replication_metrics_closed) return;
+  for (const uint32_t shard : new_shards) {
+    if (!m.replicated_shards.insert(shard).second) continue;
+    const obs::Labels labels = {{"shard", std::to_string(shard)}};
+    Impl* mp = &m;
+    const auto view_of = [mp, shard](auto field) {
+      return [mp, shard, field]() -> double {
+        std::shared_lock<std::shared_mutex> l(mp->replication_mu);
+        if (mp->replication_ptr == nullptr) return 0;
+        const auto v = mp->replication_ptr->view(shard);
+        return v ? field(*v) : 0;
+      };
+    };
+    obs::Registry::Default().AddCallbackGauge(
+        "iris_replication_applied_lsn",
+        "Replicated cluster: the last lsn of the shard's log this node's store applied",
+        view_of([](const cluster::repl::ReplicaHost::View& v) {
+          return static_cast<double>(v.applied_lsn);
+        }),
+        labels);
+    obs::Registry::Default().AddCallbackGauge(
+        "iris_replication_commit_lsn",
+        "Replicated cluster: the shard's commit point as this replica knows it",
+        view_of([](const cluster::repl::ReplicaHost::View& v) {
+          return static_cast<double>(v.commit_lsn);
+        }),
+        labels);
+    obs::Registry::Default().AddCallbackGauge(
+        "iris_replication_primary", "Replicated cluster: 1 while this node is the shard's primary",
+        view_of([](const cluster::repl::ReplicaHost::View& v) {
+          return v.role == cluster::repl::Role::kPrimary ? 1.0 : 0.0;
+        }),
+        labels);
+  }
 }
 
 Status Server::JoinCluster() {
@@ -1286,6 +1448,9 @@ Status Server::JoinCluster() {
   cb.on_revoked_user = [&m](uint64_t user, int64_t before_ms) {
     m.revocations.RevokeUserBefore(user, before_ms);
     if (m.edge) m.edge->RecheckAllSessions();
+  };
+  cb.on_placement = [this](const std::shared_ptr<const cluster::Placement>& p) {
+    FollowPlacementWithReplicas(p);
   };
   cb.on_stale = [](bool stale) {
     if (stale) {

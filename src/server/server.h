@@ -4,14 +4,21 @@
 // and an admin token on first start), opens the store, starts the edge loops and the admin
 // HTTP listener. main() only parses the configuration and waits for a signal.
 
+#include <sys/types.h>
+
 #include <memory>
 #include <string>
-
-#include <sys/types.h>
 
 #include "core/core.h"
 #include "edge/edge.h"
 #include "server/config.h"
+
+namespace iris::store {
+struct StoreOptions;
+}  // namespace iris::store
+namespace iris::cluster {
+class Placement;
+}  // namespace iris::cluster
 
 namespace iris::server {
 
@@ -54,6 +61,12 @@ class Server {
   Status StartClusterNode(const edge::EdgeOptions& eo, const core::CoreOptions& co);
   // Registers this node in etcd (after every listener is up) and follows the cluster.
   Status JoinCluster();
+  // Replicated cluster: opens this node's shard replicas (NodeReplication) and points the
+  // store's replicate hook at them (Create, before the store opens).
+  Status OpenReplication(store::StoreOptions& so);
+  // Replicated cluster: the store's vnode -> shard map and this node's replicas follow the
+  // placement (the ClusterView's callback).
+  void FollowPlacementWithReplicas(const std::shared_ptr<const cluster::Placement>& p);
   // Supervise(): one log line per store health change (store_health.h); failed writes at
   // most once a minute.
   void LogStoreHealth();

@@ -261,7 +261,7 @@ void InboxStore::Impl::AddDelete(Cf cf, std::string_view key) {
 }
 
 void InboxStore::Impl::TouchShard(int32_t vnode) {
-  const uint32_t shard = vnode_shard_[static_cast<size_t>(vnode)];
+  const uint32_t shard = (*cur_->shard_map)[static_cast<size_t>(vnode)];
   std::vector<uint32_t>& shards = cur_->shards;
   if (std::find(shards.begin(), shards.end(), shard) == shards.end()) shards.push_back(shard);
 }
@@ -563,6 +563,7 @@ void InboxStore::Impl::CommitBatch(std::vector<CommitRequest>& requests) {
 
   cur_ = std::make_unique<BuiltBatch>();
   cur_->seq = batch_seq_;
+  cur_->shard_map = ShardMap();
   cur_->listener = active_listener_;
   for (CommitRequest& r : requests) {
     std::visit(
@@ -642,7 +643,7 @@ void InboxStore::Impl::ObserveShardBatches(const rocksdb::WriteBatch& batch) {
     observer = shard_batch_observer_;
   }
   if (!observer) return;
-  Result<std::map<uint32_t, std::string>> parts = SplitByShard(batch, *db_, vnode_shard_);
+  Result<std::map<uint32_t, std::string>> parts = SplitByShard(batch, *db_, *ShardMap());
   IRIS_RELEASE_ASSERT(parts.ok());  // the store writes only puts, deletes and range deletes
   if (!parts->empty()) observer(*parts);
 }
@@ -671,7 +672,7 @@ void InboxStore::Impl::BuildShardTakeOver(ShardTakeOverRequest& r) {
   // which takes appends only once `done` has run).
   for (auto it = user_cache_.begin(); it != user_cache_.end();) {
     const auto vnode = static_cast<size_t>(it->second.vnode);
-    if (vnode < vnode_shard_.size() && vnode_shard_[vnode] == r.shard) {
+    if (vnode < cur_->shard_map->size() && (*cur_->shard_map)[vnode] == r.shard) {
       it = user_cache_.erase(it);
     } else {
       ++it;
@@ -687,7 +688,7 @@ void InboxStore::Impl::BuildShardTakeOver(ShardTakeOverRequest& r) {
 
 Status InboxStore::Impl::ReplicateBatch(BuiltBatch& b) {
   std::string node_wide;
-  IRIS_ASSIGN_OR_RETURN(auto parts, SplitByShard(b.batch, *db_, vnode_shard_, &node_wide));
+  IRIS_ASSIGN_OR_RETURN(auto parts, SplitByShard(b.batch, *db_, *b.shard_map, &node_wide));
   struct Pending {
     std::mutex mu;
     std::condition_variable cv;
@@ -705,7 +706,12 @@ Status InboxStore::Impl::ReplicateBatch(BuiltBatch& b) {
   }
   {
     std::unique_lock<std::mutex> lock(pending->mu);
-    pending->cv.wait(lock, [&] { return pending->left == 0; });
+    if (!pending->cv.wait_for(lock, std::chrono::milliseconds(options_.replicate_timeout_ms),
+                              [&] { return pending->left == 0; })) {
+      return Unavailable("not replicated within " + std::to_string(options_.replicate_timeout_ms) +
+                             " ms (fewer than W replicas reachable?); retry with the same key",
+                         100);
+    }
     if (!pending->first_error.ok()) return pending->first_error;
   }
   if (node_wide.empty()) return Status::Ok();
@@ -770,6 +776,12 @@ Result<uint64_t> InboxStore::Impl::ReplicatedLsn(uint32_t shard) const {
   return *lsn;
 }
 
+void InboxStore::Impl::SetShardOfVnode(const std::function<uint32_t(int32_t)>& shard_of_vnode) {
+  auto map = std::make_shared<std::vector<uint32_t>>(static_cast<size_t>(options_.vnodes), 0);
+  for (int32_t v = 0; v < options_.vnodes; ++v) (*map)[static_cast<size_t>(v)] = shard_of_vnode(v);
+  std::atomic_store(&vnode_shard_, std::shared_ptr<const std::vector<uint32_t>>(std::move(map)));
+}
+
 void InboxStore::Impl::TakeOverShard(uint32_t shard, uint64_t hlc_high_water,
                                      std::function<void(Status)> done) {
   hlc_.Restore(hlc_high_water);
@@ -815,7 +827,11 @@ void InboxStore::Impl::WriteAndAnswer(BuiltBatch& b) {
     // archiver busy (WaitArchiverIdle) until the inbox is back under the cap.
     for (const auto& [user, excess] : b.over_cap) ScheduleArchive(user, excess);
   } else {
-    write_errors_.fetch_add(1, std::memory_order_relaxed);
+    // A replicated batch refused by its shard's replica (failover, too few replicas) is not
+    // a failed write of this database: the client retries it elsewhere.
+    const bool refused = options_.replicate && (write_status.code() == StatusCode::kUnavailable ||
+                                                write_status.code() == StatusCode::kOverloaded);
+    if (!refused) write_errors_.fetch_add(1, std::memory_order_relaxed);
     if (write_status.code() == StatusCode::kStorageFull) {
       storage_full_errors_.fetch_add(1, std::memory_order_relaxed);
     }

@@ -84,10 +84,9 @@ Status InboxStore::Impl::Init() {
   db_options.verify_checksums_on_open = options_.verify_checksums_on_open;
   IRIS_ASSIGN_OR_RETURN(db_, StoreDb::Open(db_options));
 
-  vnode_shard_.assign(static_cast<size_t>(options_.vnodes), 0);
-  if (options_.shard_of_vnode) {
-    for (int32_t v = 0; v < options_.vnodes; ++v) vnode_shard_[v] = options_.shard_of_vnode(v);
-  }
+  SetShardOfVnode(options_.shard_of_vnode
+                      ? options_.shard_of_vnode
+                      : std::function<uint32_t(int32_t)>([](int32_t) { return 0u; }));
   IRIS_RETURN_IF_ERROR(EnsureLayout());
   IRIS_ASSIGN_OR_RETURN(const uint64_t high_water, ReadHighWaterMark());
   hlc_.Restore(high_water);
@@ -387,6 +386,10 @@ Status InboxStore::ApplyReplicated(uint32_t shard, uint64_t last_lsn,
 
 Result<uint64_t> InboxStore::ReplicatedLsn(uint32_t shard) const {
   return impl_->ReplicatedLsn(shard);
+}
+
+void InboxStore::SetShardOfVnode(const std::function<uint32_t(int32_t)>& shard_of_vnode) {
+  impl_->SetShardOfVnode(shard_of_vnode);
 }
 
 void InboxStore::TakeOverShard(uint32_t shard, uint64_t hlc_high_water,

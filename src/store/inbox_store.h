@@ -124,6 +124,9 @@ struct StoreOptions {
   std::function<void(uint32_t shard, std::string payload, uint64_t hlc,
                      std::function<void(Status)> done)>
       replicate;
+  // A batch whose parts are not all answered within this time is refused UNAVAILABLE (its
+  // parts may still commit later; retries find them by their idempotency keys).
+  int64_t replicate_timeout_ms = 5'000;
 };
 
 struct AppendOutcome {
@@ -335,6 +338,9 @@ class InboxStore {
   // once batches built before it have been answered, so every batch replicated after it was
   // built from the store's applied state. UNAVAILABLE when stopping.
   void TakeOverShard(uint32_t shard, uint64_t hlc_high_water, std::function<void(Status)> done);
+  // Replaces StoreOptions::shard_of_vnode (a cluster's placement arrived or changed): batches
+  // built afterwards use the new map. Called once per vnode, on the caller's thread.
+  void SetShardOfVnode(const std::function<uint32_t(int32_t)>& shard_of_vnode);
 
   // Lifecycle (docs/operations.md, "Account deletion and archive retention").
   //

@@ -146,6 +146,7 @@ class InboxStore::Impl {
                          const std::vector<std::string_view>& payloads, uint64_t hlc);
   Result<uint64_t> ReplicatedLsn(uint32_t shard) const;
   void TakeOverShard(uint32_t shard, uint64_t hlc_high_water, std::function<void(Status)> done);
+  void SetShardOfVnode(const std::function<uint32_t(int32_t)>& shard_of_vnode);
   void SetShardBatchObserver(std::function<void(const std::map<uint32_t, std::string>&)> f) {
     std::lock_guard<std::mutex> lock(observer_mu_);
     shard_batch_observer_ = std::move(f);
@@ -218,12 +219,13 @@ class InboxStore::Impl {
     bool has_writes = false;
     uint64_t envelopes = 0;
     uint64_t archived = 0;
-    std::unordered_map<uint64_t, CachedUser> touched;     // user -> counters before it
-    std::vector<std::string> remembered;                  // dedup keys it added
-    std::vector<std::pair<uint64_t, uint64_t>> over_cap;  // user, excess after it
-    std::vector<uint32_t> shards;                         // shards it assigned ids in
-    std::optional<int32_t> deleted_vnode;                 // a VnodeDeleteRequest's
-    std::optional<uint64_t> deleted_user;                 // a UserDeleteRequest's
+    std::unordered_map<uint64_t, CachedUser> touched;        // user -> counters before it
+    std::vector<std::string> remembered;                     // dedup keys it added
+    std::vector<std::pair<uint64_t, uint64_t>> over_cap;     // user, excess after it
+    std::vector<uint32_t> shards;                            // shards it assigned ids in
+    std::shared_ptr<const std::vector<uint32_t>> shard_map;  // vnode -> shard it was built with
+    std::optional<int32_t> deleted_vnode;                    // a VnodeDeleteRequest's
+    std::optional<uint64_t> deleted_user;                    // a UserDeleteRequest's
     std::vector<Completion> completions;
     std::vector<v1::Envelope> stored;  // for the listener
     std::function<void(const std::vector<v1::Envelope>&)> listener;
@@ -285,7 +287,12 @@ class InboxStore::Impl {
 
   const StoreOptions options_;
   const Clock* const clock_;
-  std::vector<uint32_t> vnode_shard_;  // shard of each vnode; set in Init, then read-only
+  // Shard of each vnode: set in Init, replaced whole by SetShardOfVnode (std::atomic_load /
+  // std::atomic_store); a batch keeps the map it was built with (BuiltBatch::shard_map).
+  std::shared_ptr<const std::vector<uint32_t>> vnode_shard_;
+  std::shared_ptr<const std::vector<uint32_t>> ShardMap() const {
+    return std::atomic_load(&vnode_shard_);
+  }
   HybridLogicalClock hlc_;
   std::unique_ptr<StoreDb> db_;
   std::unique_ptr<DedupIndex> dedup_;

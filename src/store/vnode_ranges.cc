@@ -314,7 +314,7 @@ Status InboxStore::Impl::MigrateFromVersion1() {
   if (old_mark) {
     const std::optional<uint64_t> mark = DecodeU64(*old_mark);
     if (!mark) return Internal("store: malformed HLC high-water mark");
-    std::vector<uint32_t> shards = vnode_shard_;
+    std::vector<uint32_t> shards = *ShardMap();
     std::sort(shards.begin(), shards.end());
     shards.erase(std::unique(shards.begin(), shards.end()), shards.end());
     for (const uint32_t shard : shards) {
