@@ -33,6 +33,7 @@
 #include "cluster/shard_epochs.h"
 #include "cluster/test_util.h"
 #include "common/clock.h"
+#include "delayed_link.h"
 #include "harness/etcd_process.h"
 
 namespace iris::cluster {
@@ -70,18 +71,12 @@ class ReplicationHostTest : public ::testing::Test {
       nodes_[id].id = id;
       nodes_[id].log_path = dir_.Sub("node" + std::to_string(id));
     }
-    network_ = std::thread([this] { RunNetwork(); });
   }
 
   void TearDown() override {
     StopWriter();
     for (NodeId id : {1u, 2u, 3u}) Kill(id);
-    {
-      std::lock_guard<std::mutex> lock(delay_mu_);
-      stop_network_ = true;
-    }
-    delay_cv_.notify_all();
-    if (network_.joinable()) network_.join();
+    link_.reset();
   }
 
   // Starts node `id` from its log (fresh or left by a kill).
@@ -163,32 +158,13 @@ class ReplicationHostTest : public ::testing::Test {
   // The link between replicas: every message is delayed by a seeded random 0-30 ms, so
   // messages overtake each other and a killed primary's last batches may not have reached
   // anyone (as on a real network; the protocol tolerates loss, delay and reordering).
-  void SendDelayed(NodeId to, repl::Event e) {
-    std::lock_guard<std::mutex> lock(delay_mu_);
-    const int64_t at =
-        SystemClock::Instance().MonoMillis() + static_cast<int64_t>(link_rng_() % 31);
-    delayed_.emplace(std::make_pair(at, delay_seq_++), std::make_pair(to, std::move(e)));
-    delay_cv_.notify_one();
+  void StartNetwork(uint32_t seed) {
+    link_ = std::make_unique<testing::DelayedLink<std::pair<NodeId, repl::Event>>>(
+        seed, 30,
+        [this](std::pair<NodeId, repl::Event> m) { Deliver(m.first, std::move(m.second)); });
   }
-  void RunNetwork() {
-    std::unique_lock<std::mutex> lock(delay_mu_);
-    while (!stop_network_) {
-      if (delayed_.empty()) {
-        delay_cv_.wait(lock);
-        continue;
-      }
-      const int64_t now = SystemClock::Instance().MonoMillis();
-      auto first = delayed_.begin();
-      if (first->first.first > now) {
-        delay_cv_.wait_for(lock, std::chrono::milliseconds(first->first.first - now));
-        continue;
-      }
-      std::pair<NodeId, repl::Event> m = std::move(first->second);
-      delayed_.erase(first);
-      lock.unlock();
-      Deliver(m.first, std::move(m.second));
-      lock.lock();
-    }
+  void SendDelayed(NodeId to, repl::Event e) {
+    if (link_) link_->Send(std::make_pair(to, std::move(e)));
   }
 
   void Deliver(NodeId to, repl::Event e) {
@@ -324,13 +300,7 @@ class ReplicationHostTest : public ::testing::Test {
 
   std::thread writer_;
   std::atomic<bool> stop_writer_{false};
-  std::mutex delay_mu_;
-  std::condition_variable delay_cv_;
-  std::map<std::pair<int64_t, uint64_t>, std::pair<NodeId, repl::Event>> delayed_;
-  uint64_t delay_seq_ = 0;
-  std::mt19937 link_rng_{1};
-  bool stop_network_ = false;
-  std::thread network_;
+  std::unique_ptr<testing::DelayedLink<std::pair<NodeId, repl::Event>>> link_;
 };
 
 // Cycles (IRIS_REPL_CYCLES, default 5): with appends in flight, kill the primary, wait for
@@ -344,10 +314,7 @@ TEST_F(ReplicationHostTest, FailoverThroughEtcdKeepsEveryAcknowledgedAppend) {
                             : static_cast<uint32_t>(std::random_device{}());
   std::cout << "seed " << seed << " (replay: IRIS_SEED=" << seed << ")\n";
   std::mt19937 rng(seed);
-  {
-    std::lock_guard<std::mutex> lock(delay_mu_);
-    link_rng_.seed(seed + 1);
-  }
+  StartNetwork(seed + 1);
   for (NodeId id : {1u, 2u, 3u}) StartNode(id);
   const int64_t first_election = WaitForNewPrimary(std::nullopt);
   StartWriter();
