@@ -701,8 +701,9 @@ TEST_F(CliE2eeTest, LocalStoreErrorDuringDecryptionDoesNotAdvanceTheCursor) {
   EXPECT_EQ(cursor(), id);
 }
 
-// Until groups exist in the client, a group message says so (not "cannot decrypt").
-TEST_F(CliE2eeTest, GroupMessageIsReportedAsUnsupported) {
+// A group message that is not a sender-key message (here: a raw client's bytes) is
+// reported as undecryptable with the reason, with its group id.
+TEST_F(CliE2eeTest, MalformedGroupMessageIsReported) {
   const std::string bob = Login(1302);
   auto owner = TestClient::Connect(server_);
   owner->Login(server_, 1301);
@@ -731,8 +732,80 @@ TEST_F(CliE2eeTest, GroupMessageIsReportedAsUnsupported) {
   ASSERT_EQ(got.size(), 1u);
   EXPECT_FALSE(got[0]["decrypted"].get<bool>());
   EXPECT_EQ(got[0]["group_id"].get<uint64_t>(), g.group_id());
-  EXPECT_NE(got[0]["error"].get<std::string>().find("unsupported group message"), std::string::npos)
+  EXPECT_NE(got[0]["error"].get<std::string>().find("sender key message"), std::string::npos)
       << got[0].dump();
+}
+
+// iris group create / send / list / remove, and iris listen showing the group message: the
+// members decrypt it, the server's copy is ciphertext only.
+TEST_F(CliE2eeTest, GroupCreateSendAndListen) {
+  const std::string alice = Login(1401);
+  const std::string bob = Login(1402);
+  const std::string carol = Login(1403);
+  IrisChild listener(bob, {"--json", "listen"});
+  CliResult created = RunIris(alice, {"--json", "group", "create", "friends", "1402", "1403"});
+  ASSERT_EQ(created.exit_code, 0) << created.err << created.out;
+  auto ev = Events(created.Json(), "group_created");
+  ASSERT_EQ(ev.size(), 1u) << created.out;
+  const uint64_t group = ev[0]["group_id"].get<uint64_t>();
+  EXPECT_EQ(ev[0]["name"], "friends");
+  EXPECT_EQ(ev[0]["members"], json({1401, 1402, 1403}));
+  // The listener hears of the new group.
+  auto joined = listener.WaitFor([&](const json& j) {
+    return j.value("event", "") == "group" && j.value("group_id", uint64_t{0}) == group;
+  });
+  ASSERT_FALSE(joined.is_null()) << listener.err();
+  EXPECT_EQ(joined["actor"].get<uint64_t>(), 1401u);
+
+  // By local name, from the creator.
+  CliResult sent = RunIris(alice, {"--json", "group", "send", "friends", "hello", "group"});
+  ASSERT_EQ(sent.exit_code, 0) << sent.err << sent.out;
+  auto acks = Events(sent.Json(), "sent");
+  ASSERT_EQ(acks.size(), 1u) << sent.out;
+  EXPECT_EQ(acks[0]["group_id"].get<uint64_t>(), group);
+
+  auto msg = listener.WaitFor([](const json& j) { return j.value("event", "") == "message"; });
+  ASSERT_FALSE(msg.is_null()) << listener.err();
+  EXPECT_TRUE(msg["decrypted"].get<bool>()) << msg.dump();
+  EXPECT_EQ(msg["text"], "hello group");
+  EXPECT_EQ(msg["from"].get<uint64_t>(), 1401u);
+  EXPECT_EQ(msg["group_id"].get<uint64_t>(), group);
+
+  // A member that learnt the group from its GROUP_EVENT lists it and sends by id.
+  CliResult listed = RunIris(carol, {"--json", "group", "list"});
+  ASSERT_EQ(listed.exit_code, 0) << listed.err;
+  auto entries = Events(listed.Json(), "group_entry");
+  ASSERT_EQ(entries.size(), 1u) << listed.out;
+  EXPECT_EQ(entries[0]["group_id"].get<uint64_t>(), group);
+  EXPECT_EQ(entries[0]["owner"].get<uint64_t>(), 1401u);
+  CliResult reply =
+      RunIris(carol, {"--json", "group", "send", std::to_string(group), "hi from carol"});
+  ASSERT_EQ(reply.exit_code, 0) << reply.err << reply.out;
+  auto second = listener.WaitFor([](const json& j) {
+    return j.value("event", "") == "message" && j.value("text", "") == "hi from carol";
+  });
+  ASSERT_FALSE(second.is_null()) << listener.err();
+  EXPECT_EQ(second["group_id"].get<uint64_t>(), group);
+  EXPECT_TRUE(FilesContaining(server_.data_dir(), "hello group").empty());
+
+  // Only the owner changes membership; bob is removed and told so.
+  CliResult refused = RunIris(carol, {"group", "remove", std::to_string(group), "1402"});
+  EXPECT_EQ(refused.exit_code, 2);
+  EXPECT_NE(refused.err.find("only the group owner"), std::string::npos) << refused.err;
+  CliResult removed = RunIris(alice, {"--json", "group", "remove", "friends", "1402"});
+  ASSERT_EQ(removed.exit_code, 0) << removed.err << removed.out;
+  EXPECT_EQ(Events(removed.Json(), "group_updated")[0]["members"], json({1401, 1403}));
+  auto gone = listener.WaitFor([&](const json& j) {
+    return j.value("event", "") == "group" && !j.value("member", true);
+  });
+  ASSERT_FALSE(gone.is_null()) << listener.err();
+  EXPECT_EQ(listener.Kill(SIGTERM), 0);
+  CliResult bob_send = RunIris(bob, {"group", "send", std::to_string(group), "let me in"});
+  EXPECT_EQ(bob_send.exit_code, 1);
+  EXPECT_NE(bob_send.err.find("no longer a member"), std::string::npos) << bob_send.err;
+  CliResult bad = RunIris(alice, {"group", "send", "nosuchgroup", "x"});
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err.find("no group named \"nosuchgroup\""), std::string::npos) << bad.err;
 }
 
 // The state directory and every file in it are private from the first command, even one
