@@ -92,14 +92,23 @@ class Client::Impl {
     std::vector<uint64_t> users;  // kGroupCreate: members; kGroupUpdate: added
     bool flag_a = false;          // kGroupUpdate: leave (remove this user)
     bool flag_b = false;
-    uint64_t before = 0;   // kHistory; kGroupUpdate: the group
-    uint32_t limit = 0;    // kHistory
-    uint64_t request = 0;  // kHistory, kGroupCreate, kGroupUpdate: the number returned
+    uint64_t before = 0;           // kHistory; kGroupUpdate: the group
+    uint32_t limit = 0;            // kHistory
+    uint64_t request = 0;          // kHistory, kGroupCreate, kGroupUpdate: the number returned
     std::vector<uint64_t> remove;  // kGroupUpdate
   };
   // A request on the current connection waiting for its reply.
   struct InFlight {
-    enum Kind { kSend, kKeysFetch, kKeysUpload, kPresence, kSettings, kKeysCheck, kHistory, kGroupGet } kind;
+    enum Kind {
+      kSend,
+      kKeysFetch,
+      kKeysUpload,
+      kPresence,
+      kSettings,
+      kKeysCheck,
+      kHistory,
+      kGroupGet
+    } kind;
     int64_t seq = 0;
     uint64_t recipient = 0;
     std::string idem;
@@ -122,7 +131,7 @@ class Client::Impl {
     bool live = false;
     uint64_t next_request_id = 1;
     std::map<uint64_t, InFlight> in_flight;
-    std::set<uint64_t> busy;  // recipients with a send or key fetch in flight
+    std::set<uint64_t> busy;         // recipients with a send or key fetch in flight
     std::set<uint64_t> busy_groups;  // groups with a group send in flight
     uint32_t max_body_bytes = 64000;
     int64_t last_write_ms = 0;

@@ -1136,8 +1136,8 @@ Status Client::Impl::DecryptIncoming(Session* s, const v1::Envelope& e, bool cat
       rec->kind = kIncomingControl;
       rec->body.clear();  // key material stays in the sender-key store only
       auto dist = e2ee::DecodeSenderKeyDistribution(d->text);
-      Status st = dist.ok() ? cipher_->ProcessSenderKeyDistribution(e.sender(), *dist)
-                            : dist.status();
+      Status st =
+          dist.ok() ? cipher_->ProcessSenderKeyDistribution(e.sender(), *dist) : dist.status();
       if (st.code() == StatusCode::kInternal) return st;
       if (!st.ok()) {
         rec->ok = false;
@@ -1467,8 +1467,8 @@ Status Client::Impl::IngestSealedReceipt(const v1::Envelope& e,
   return Status::Ok();
 }
 
-Status Client::Impl::DecryptGroupIncoming(const v1::Envelope& e, bool catch_up,
-                                          StoredIncoming* rec, std::vector<Event>* out) {
+Status Client::Impl::DecryptGroupIncoming(const v1::Envelope& e, bool catch_up, StoredIncoming* rec,
+                                          std::vector<Event>* out) {
   MessageEvent ev;
   ev.id = e.id();
   ev.sender = e.sender();

@@ -561,8 +561,7 @@ Status LocalStore::StoreSenderKey(std::string_view group, std::string_view name,
   return s.Done("store sender key");
 }
 
-Status LocalStore::DeleteSenderKey(std::string_view group, std::string_view name,
-                                   int32_t device) {
+Status LocalStore::DeleteSenderKey(std::string_view group, std::string_view name, int32_t device) {
   Stmt s(db_, "DELETE FROM signal_sender_keys WHERE grp = ? AND name = ? AND device = ?");
   s.BindText(1, group).BindText(2, name).Bind(3, int64_t{device});
   return s.Done("delete sender key");

@@ -53,8 +53,8 @@ constexpr uint8_t kQueuedSenderKey = 5;
 // A group this account knows of (from GROUP_INFO answers and GROUP_EVENTs).
 struct LocalGroup {
   uint64_t id = 0;
-  std::string info;   // the newest serialised v1::GroupInfo (whole member list)
-  std::string name;   // a local name (never sent), may be empty
+  std::string info;    // the newest serialised v1::GroupInfo (whole member list)
+  std::string name;    // a local name (never sent), may be empty
   bool member = true;  // false once this user left or was removed
 };
 

@@ -35,8 +35,8 @@
 namespace iris::client::e2ee {
 
 constexpr uint8_t kBodyVersion = 1;
-constexpr uint8_t kBodySignalMessage = 2;  // CIPHERTEXT_SIGNAL_TYPE
-constexpr uint8_t kBodyPreKeyMessage = 3;  // CIPHERTEXT_PREKEY_TYPE
+constexpr uint8_t kBodySignalMessage = 2;     // CIPHERTEXT_SIGNAL_TYPE
+constexpr uint8_t kBodyPreKeyMessage = 3;     // CIPHERTEXT_PREKEY_TYPE
 constexpr uint8_t kBodySenderKeyMessage = 4;  // CIPHERTEXT_SENDERKEY_TYPE (group SEND only)
 constexpr uint8_t kContentText = 1;
 constexpr uint8_t kContentReceipt = 2;

@@ -663,8 +663,8 @@ Status MessageCipher::ProcessSenderKeyDistribution(uint64_t sender,
                                                    const SenderKeyDistribution& d) {
   SenderKeyName key(d.group_id, sender);
   Ref<sender_key_distribution_message> skdm;
-  int r = sender_key_distribution_message_deserialize(&skdm.p, U8(d.message), d.message.size(),
-                                                      ctx_);
+  int r =
+      sender_key_distribution_message_deserialize(&skdm.p, U8(d.message), d.message.size(), ctx_);
   if (r != 0) return SignalError("sender key of user " + key.name, r);
   group_session_builder* builder = nullptr;
   r = group_session_builder_create(&builder, stores_, ctx_);
@@ -687,8 +687,8 @@ Result<MessageCipher::Decrypted> MessageCipher::DecryptGroup(uint64_t group, uin
   SenderKeyName key(group, sender);
   const std::string from = "group message from user " + key.name;
   Ref<sender_key_message> m;
-  int r = sender_key_message_deserialize(&m.p, U8(sealed.ciphertext), sealed.ciphertext.size(),
-                                         ctx_);
+  int r =
+      sender_key_message_deserialize(&m.p, U8(sealed.ciphertext), sealed.ciphertext.size(), ctx_);
   if (r != 0) {
     last_decrypt_error_ = r;
     return SignalError("cannot decrypt " + from, r);
@@ -703,8 +703,8 @@ Result<MessageCipher::Decrypted> MessageCipher::DecryptGroup(uint64_t group, uin
       Ref<sender_key_record> record;
       sender_key_state* state = nullptr;  // owned by the record
       held = sender_key_record_deserialize(&record.p, U8(*stored), stored->size(), ctx_) == 0 &&
-             sender_key_record_get_sender_key_state_by_id(
-                 record.p, &state, sender_key_message_get_key_id(m.p)) == 0;
+             sender_key_record_get_sender_key_state_by_id(record.p, &state,
+                                                          sender_key_message_get_key_id(m.p)) == 0;
     }
     if (!held) {
       last_decrypt_error_ = SG_ERR_NO_SESSION;

@@ -262,8 +262,8 @@ void PrintEvent(const Event& e) {
       for (uint64_t u : v) out += (out.empty() ? "" : ", ") + std::to_string(u);
       return out;
     };
-    std::string text = "group " + std::to_string(ge->group_id) + ": " +
-                       std::to_string(ge->actor) + (ge->version == 1 ? " created it" : " changed it");
+    std::string text = "group " + std::to_string(ge->group_id) + ": " + std::to_string(ge->actor) +
+                       (ge->version == 1 ? " created it" : " changed it");
     if (!ge->added.empty()) text += "; added " + ids(ge->added);
     if (!ge->removed.empty()) text += "; removed " + ids(ge->removed);
     if (!ge->member) text += "; you are no longer a member";
@@ -289,8 +289,7 @@ void PrintEvent(const Event& e) {
     Out(j, std::string(f->permanent ? "NOT sent" : "not sent yet (will retry)") + " to " +
                (f->group_id != 0 ? "group " + std::to_string(f->group_id)
                                  : std::to_string(f->recipient)) +
-               ": " + f->status.message() +
-               TrustHint(f->status.message(), f->recipient));
+               ": " + f->status.message() + TrustHint(f->status.message(), f->recipient));
   } else if (const auto* r = std::get_if<ReceiptEvent>(&e)) {
     const bool read = r->kind == ReceiptKind::kRead;
     std::string ids;
@@ -386,11 +385,11 @@ struct Session {
 
   // Prints a message once (ids at or below `shown` were printed before).
   // `only_from`: only direct messages from that user; `only_group`: only that group's.
-  void ShowMessage(const client::MessageEvent& m, uint64_t only_from = 0,
-                   uint64_t only_group = 0) {
+  void ShowMessage(const client::MessageEvent& m, uint64_t only_from = 0, uint64_t only_group = 0) {
     if (m.id <= shown) return;
-    const bool show = only_group != 0 ? m.group_id == only_group
-                                      : only_from == 0 || (m.sender == only_from && m.group_id == 0);
+    const bool show = only_group != 0
+                          ? m.group_id == only_group
+                          : only_from == 0 || (m.sender == only_from && m.group_id == 0);
     if (show) PrintEvent(Event(m));
     shown = m.id;
     SaveShownCursor(dir, shown);
@@ -872,7 +871,8 @@ int CmdChat(const std::string& dir, uint64_t peer, const std::string& group_name
       TheInbox().Push(InputEof{});
     }).detach();
   }
-  Note((group != 0 ? "chat in group " + std::to_string(group) : "chat with " + std::to_string(peer)) +
+  Note((group != 0 ? "chat in group " + std::to_string(group)
+                   : "chat with " + std::to_string(peer)) +
        " (end-to-end encrypted; Ctrl-D or /quit to leave)");
   ss.ShowBacklog(peer, group);
   if (group == 0) ss.client->SubscribePresence({peer});
@@ -944,8 +944,7 @@ int CmdChat(const std::string& dir, uint64_t peer, const std::string& group_name
       clear_line();
       json queued = {{"event", "queued"}, {"local_id", *id}, {"to", peer}, {"text", text}};
       if (group != 0) queued["group_id"] = group;
-      Out(queued,
-          "[" + Clock(static_cast<uint64_t>(std::time(nullptr)) * 1000) + "] me: " + text);
+      Out(queued, "[" + Clock(static_cast<uint64_t>(std::time(nullptr)) * 1000) + "] me: " + text);
       redraw();
       continue;
     }
@@ -1138,7 +1137,7 @@ void PrintProblems(Session& ss, const Event& e) {
 // ---- iris group (docs/protocol.md, "Groups" and "Client-side group encryption") ----
 
 json GroupJson(const client::GroupRecord& g) {
-  return {{"group_id", g.id},   {"name", g.name},       {"owner", g.owner},
+  return {{"group_id", g.id},     {"name", g.name},     {"owner", g.owner},
           {"members", g.members}, {"member", g.member}, {"version", g.version}};
 }
 
@@ -1191,8 +1190,9 @@ int RunGroupRequest(Session& ss, double timeout, const std::string& what, const 
 int CmdGroupCreate(const std::string& dir, const std::string& name,
                    const std::vector<uint64_t>& members, double timeout) {
   if (name.empty() || name.find_first_not_of("0123456789") == std::string::npos) {
-    return LocalError(BadRequest("group create: the NAME must not be empty or a number (numbers "
-                                 "name groups by id)"));
+    return LocalError(
+        BadRequest("group create: the NAME must not be empty or a number (numbers "
+                   "name groups by id)"));
   }
   auto cfg = LoadOrExplain(dir);
   if (!cfg.ok()) return LocalError(cfg.status());
@@ -1221,11 +1221,10 @@ int CmdGroupUpdate(const std::string& dir, const std::string& group_name,
   auto group = ResolveGroup(*ss.client, group_name);
   if (!group.ok()) return LocalError(group.status());
   const uint64_t g = *group;
-  return RunGroupRequest(ss, timeout, leave ? "leaving the group" : "changing the group",
-                         leave ? "group_left" : "group_updated", [&] {
-                           return leave ? ss.client->LeaveGroup(g)
-                                        : ss.client->UpdateGroup(g, add, remove);
-                         });
+  return RunGroupRequest(
+      ss, timeout, leave ? "leaving the group" : "changing the group",
+      leave ? "group_left" : "group_updated",
+      [&] { return leave ? ss.client->LeaveGroup(g) : ss.client->UpdateGroup(g, add, remove); });
 }
 
 int CmdGroupList(const std::string& dir, double timeout) {

@@ -16,9 +16,9 @@
 //  - End-to-end encryption with the Signal Protocol (X3DH + Double Ratchet) via
 //    libsignal-protocol-c: the first Open() of a state directory generates the identity key
 //    and a signed prekey; the first connection uploads them with a pool of one-time prekeys
-//    (KEYS_UPLOAD); the client replenishes the pool when it runs low; the first message to a user builds a session from that user's
-//    fetched bundle (KEYS_FETCH). Message bodies on the wire are ciphertext only (the body
-//    format is in docs/protocol.md, "Client conventions").
+//    (KEYS_UPLOAD); the client replenishes the pool when it runs low; the first message to a user
+//    builds a session from that user's fetched bundle (KEYS_FETCH). Message bodies on the wire are
+//    ciphertext only (the body format is in docs/protocol.md, "Client conventions").
 //  - The server is always verified (CA file or pinned fingerprint, see ConnectOptions).
 //
 // Thread-safety: every public method may be called from any thread, concurrently. Events
@@ -45,9 +45,9 @@
 #include <string_view>
 #include <vector>
 
-#include "iris/status.h"
 #include "iris/client/connection.h"
 #include "iris/client/events.h"
+#include "iris/status.h"
 
 namespace iris::client {
 
@@ -137,8 +137,8 @@ struct PendingSend {
   std::string local_id;
   uint64_t recipient = 0;  // 0 for a group message
   uint64_t group_id = 0;   // a group message (SendGroup)
-  std::string text;      // empty for receipts
-  bool receipt = false;  // a receipt or an E2EE control message (not a user's message)
+  std::string text;        // empty for receipts
+  bool receipt = false;    // a receipt or an E2EE control message (not a user's message)
   uint32_t attempts = 0;
   bool encrypted = false;  // the ciphertext is fixed (will be resent byte for byte)
 };

@@ -219,10 +219,9 @@ struct GroupEvent {
   bool member = true;
 };
 
-using Event =
-    std::variant<StateEvent, MessageEvent, SendAckedEvent, SendFailedEvent, ReceiptEvent,
-                 PresenceEvent, TypingEvent, RequestFailedEvent, SyncedEvent, KeysUploadedEvent,
-                 IdentityChangedEvent, PeerDecryptFailedEvent, ArchiveGapEvent, HistoryEvent,
-                 GroupInfoEvent, GroupEvent>;
+using Event = std::variant<StateEvent, MessageEvent, SendAckedEvent, SendFailedEvent, ReceiptEvent,
+                           PresenceEvent, TypingEvent, RequestFailedEvent, SyncedEvent,
+                           KeysUploadedEvent, IdentityChangedEvent, PeerDecryptFailedEvent,
+                           ArchiveGapEvent, HistoryEvent, GroupInfoEvent, GroupEvent>;
 
 }  // namespace iris::client

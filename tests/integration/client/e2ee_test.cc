@@ -795,9 +795,8 @@ TEST_F(CliE2eeTest, GroupCreateSendAndListen) {
   CliResult removed = RunIris(alice, {"--json", "group", "remove", "friends", "1402"});
   ASSERT_EQ(removed.exit_code, 0) << removed.err << removed.out;
   EXPECT_EQ(Events(removed.Json(), "group_updated")[0]["members"], json({1401, 1403}));
-  auto gone = listener.WaitFor([&](const json& j) {
-    return j.value("event", "") == "group" && !j.value("member", true);
-  });
+  auto gone = listener.WaitFor(
+      [&](const json& j) { return j.value("event", "") == "group" && !j.value("member", true); });
   ASSERT_FALSE(gone.is_null()) << listener.err();
   EXPECT_EQ(listener.Kill(SIGTERM), 0);
   CliResult bob_send = RunIris(bob, {"group", "send", std::to_string(group), "let me in"});

@@ -35,7 +35,7 @@ constexpr uint64_t kFirstUser = 70'001;
 struct Member {
   std::mutex mu;
   bool live = false;
-  uint64_t group_from_create = 0;          // GroupInfoEvent of request `create_request`
+  uint64_t group_from_create = 0;  // GroupInfoEvent of request `create_request`
   uint64_t create_request = 0;
   std::set<std::pair<uint64_t, std::string>> group_texts;  // (sender, text) decrypted
   std::vector<std::string> group_failures;                 // undecryptable group messages
@@ -167,14 +167,14 @@ class GroupE2eeTest : public ::testing::Test {
     }
     for (size_t s : senders) {
       std::lock_guard<std::mutex> l(members_[s]->mu);
-      sender_problems += " sender " + std::to_string(s) + ": " +
-                         std::to_string(members_[s]->send_failures.size()) + " send failures" +
-                         (members_[s]->send_failures.empty() ? ""
-                                                             : " (" + members_[s]->send_failures[0] + ")") +
-                         ", " + std::to_string(clients_[s]->PendingSends().size()) + " queued;";
+      sender_problems +=
+          " sender " + std::to_string(s) + ": " +
+          std::to_string(members_[s]->send_failures.size()) + " send failures" +
+          (members_[s]->send_failures.empty() ? "" : " (" + members_[s]->send_failures[0] + ")") +
+          ", " + std::to_string(clients_[s]->PendingSends().size()) + " queued;";
     }
-    return std::to_string(texts) + " decrypted, " + std::to_string(failures) +
-           " undecryptable (" + first_failure + ");" + sender_problems;
+    return std::to_string(texts) + " decrypted, " + std::to_string(failures) + " undecryptable (" +
+           first_failure + ");" + sender_problems;
   }
 
   size_t Received(size_t i, uint64_t sender, const std::string& text) {
@@ -236,8 +236,8 @@ TEST_F(GroupE2eeTest, EveryOneOf256MembersDecryptsEveryMessage) {
 
   for (int k = 0; k < kPerSender; ++k) {
     for (size_t s : senders) {
-      auto id = clients_[s]->SendGroup(group, "m" + std::to_string(k) + " from " +
-                                                  std::to_string(kFirstUser + s));
+      auto id = clients_[s]->SendGroup(
+          group, "m" + std::to_string(k) + " from " + std::to_string(kFirstUser + s));
       ASSERT_TRUE(id.ok()) << id.status().message();
     }
   }
@@ -282,19 +282,9 @@ TEST_F(GroupE2eeTest, RemovedMemberCannotDecryptAfterRotation) {
   constexpr size_t kMembers = 6;
   constexpr size_t kRemoved = 5;
   constexpr size_t kTap = 4;  // a remaining member whose stored ciphertext the test reads
-  const auto t0 = std::chrono::steady_clock::now();
-  auto lap = [&](const char* what) {
-    std::cerr << what << " at "
-              << std::chrono::duration_cast<std::chrono::milliseconds>(
-                     std::chrono::steady_clock::now() - t0)
-                     .count()
-              << " ms\n";
-  };
   StartMembers(kMembers);
   if (HasFatalFailure()) return;
-  lap("up");
   const uint64_t group = CreateGroup(kMembers, {0, 1, 2, 3, 4, 5});
-  lap("created");
   ASSERT_NE(group, 0u);
   // Before the removal everybody, the member to be removed included, decrypts.
   for (size_t s : {size_t{0}, size_t{1}}) {
@@ -303,12 +293,13 @@ TEST_F(GroupE2eeTest, RemovedMemberCannotDecryptAfterRotation) {
   for (size_t i = 0; i < kMembers; ++i) {
     for (size_t s : {size_t{0}, size_t{1}}) {
       if (s == i) continue;
-      ASSERT_TRUE(PollUntil([&] { return Received(i, kFirstUser + s, "before " + std::to_string(s)) == 1; }))
-          << "member " << i << " did not decrypt the first message of " << s;
+      ASSERT_TRUE(PollUntil([&] {
+        return Received(i, kFirstUser + s, "before " + std::to_string(s)) == 1;
+      })) << "member "
+          << i << " did not decrypt the first message of " << s;
     }
   }
 
-  lap("before-messages decrypted");
   const uint64_t removed = kFirstUser + kRemoved;
   clients_[0]->UpdateGroup(group, {}, {removed});
   for (size_t i = 0; i < kMembers; ++i) {
@@ -329,12 +320,12 @@ TEST_F(GroupE2eeTest, RemovedMemberCannotDecryptAfterRotation) {
     if (i == kRemoved) continue;
     for (size_t s : {size_t{0}, size_t{1}}) {
       if (s == i) continue;
-      ASSERT_TRUE(PollUntil([&] { return Received(i, kFirstUser + s, "after " + std::to_string(s)) == 1; }))
-          << "remaining member " << i << " did not decrypt the message of " << s
-          << " sent after the removal";
+      ASSERT_TRUE(PollUntil([&] {
+        return Received(i, kFirstUser + s, "after " + std::to_string(s)) == 1;
+      })) << "remaining member "
+          << i << " did not decrypt the message of " << s << " sent after the removal";
     }
   }
-  lap("after-messages decrypted");
   // The removed member's inbox gets no group message any more: a direct message sent after
   // the group messages arrives alone.
   ASSERT_TRUE(clients_[1]->Send(removed, "direct after").ok());
