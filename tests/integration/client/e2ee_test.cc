@@ -802,6 +802,16 @@ TEST_F(CliE2eeTest, GroupCreateSendAndListen) {
   CliResult bob_send = RunIris(bob, {"group", "send", std::to_string(group), "let me in"});
   EXPECT_EQ(bob_send.exit_code, 1);
   EXPECT_NE(bob_send.err.find("no longer a member"), std::string::npos) << bob_send.err;
+  // Carol leaves; the owner is then alone and a send says so.
+  CliResult left = RunIris(carol, {"--json", "group", "leave", std::to_string(group)});
+  ASSERT_EQ(left.exit_code, 0) << left.err << left.out;
+  auto left_ev = Events(left.Json(), "group_left");
+  ASSERT_EQ(left_ev.size(), 1u) << left.out;
+  EXPECT_FALSE(left_ev[0]["member"].get<bool>());
+  EXPECT_EQ(left_ev[0]["members"], json({1401}));
+  CliResult alone = RunIris(alice, {"--json", "group", "send", "friends", "anyone?"});
+  EXPECT_NE(alone.exit_code, 0);
+  EXPECT_NE(alone.out.find("no other members"), std::string::npos) << alone.out << alone.err;
   CliResult bad = RunIris(alice, {"group", "send", "nosuchgroup", "x"});
   EXPECT_EQ(bad.exit_code, 1);
   EXPECT_NE(bad.err.find("no group named \"nosuchgroup\""), std::string::npos) << bad.err;
