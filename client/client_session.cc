@@ -969,6 +969,11 @@ Result<std::string> Client::Impl::PrepareGroupMessage(const QueuedSend& q) {
   }
   v1::GroupInfo info;
   info.ParseFromString(g->info);
+  if (info.kind() != v1::E2EE) {
+    return BadRequest("group " + std::to_string(group) +
+                      " is not an end-to-end encrypted group (this client sends to E2EE groups "
+                      "only)");
+  }
   std::set<uint64_t> members(info.members().begin(), info.members().end());
   members.erase(self);
   if (members.empty()) return BadRequest("the group has no other members");

@@ -209,7 +209,9 @@ class Client {
   // held the current one is no longer a member (rotation). SendAckedEvent/SendFailedEvent
   // carry group_id. BAD_REQUEST for an empty text or group 0; NOT_FOUND when this client
   // knows no such group (it learns groups from GROUP_INFO answers and GROUP_EVENTs),
-  // BAD_REQUEST when this user is no longer a member; TOO_LARGE as Send.
+  // BAD_REQUEST when this user is no longer a member; TOO_LARGE as Send. Sending fails later
+  // (SendFailedEvent, permanent) for a group that is not E2EE (broadcast) or has no other
+  // member.
   Result<std::string> SendGroup(uint64_t group_id, std::string_view text);
   // The groups this client knows of (the protocol has no "list my groups"): those created
   // here and those whose GROUP_EVENT reached this user, including ones it has left.

@@ -817,6 +817,39 @@ TEST_F(CliE2eeTest, GroupCreateSendAndListen) {
   EXPECT_NE(bad.err.find("no group named \"nosuchgroup\""), std::string::npos) << bad.err;
 }
 
+// iris chat --group: shows the group's messages and sends each typed line to the group.
+TEST_F(CliE2eeTest, GroupChatShowsAndSendsGroupMessages) {
+  const std::string alice = Login(1501);
+  const std::string bob = Login(1502);
+  CliResult created = RunIris(alice, {"--json", "group", "create", "pair", "1502"});
+  ASSERT_EQ(created.exit_code, 0) << created.err << created.out;
+  const uint64_t group = Events(created.Json(), "group_created")[0]["group_id"].get<uint64_t>();
+  // A direct message from alice is not part of the group chat.
+  SendOne(alice, 1502, "direct, not in the group");
+  ASSERT_EQ(RunIris(alice, {"group", "send", "pair", "in the group"}).exit_code, 0);
+  IrisChild chat(bob, {"--json", "chat", "--group", std::to_string(group)});
+  auto shown = chat.WaitFor([](const json& j) { return j.value("event", "") == "message"; });
+  ASSERT_FALSE(shown.is_null()) << chat.err();
+  EXPECT_EQ(shown["text"], "in the group");
+  EXPECT_EQ(shown["group_id"].get<uint64_t>(), group);
+  chat.WriteLine("reply in the group");
+  auto sent = chat.WaitFor([](const json& j) { return j.value("event", "") == "sent"; });
+  ASSERT_FALSE(sent.is_null()) << chat.err();
+  EXPECT_EQ(sent["group_id"].get<uint64_t>(), group);
+  chat.WriteLine("/quit");
+  EXPECT_EQ(chat.Wait(), 0) << chat.err();
+  for (const json& j : chat.lines()) {
+    EXPECT_NE(j.value("text", ""), "direct, not in the group") << j.dump();
+  }
+  auto got = Sync(alice);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0]["text"], "reply in the group");
+  EXPECT_EQ(got[0]["group_id"].get<uint64_t>(), group);
+  CliResult usage = RunIris(bob, {"chat"});
+  EXPECT_EQ(usage.exit_code, 1);
+  EXPECT_NE(usage.err.find("name a user"), std::string::npos) << usage.err;
+}
+
 // The state directory and every file in it are private from the first command, even one
 // that never logs in (here: the server is unreachable); --token-file - keeps the token off
 // the command line.
