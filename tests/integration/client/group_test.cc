@@ -8,6 +8,7 @@
 // state, kept on /dev/shm when it exists so that fsync is cheap) in this one process.
 
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -71,6 +72,14 @@ struct Member {
 class GroupE2eeTest : public ::testing::Test {
  protected:
   void SetUp() override {
+    // 256 members hold about 1,500 descriptors (socket, database files, lock, eventfd):
+    // raise the soft limit to the hard one when it is lower.
+    rlimit nofile{};
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < 4096 &&
+        nofile.rlim_cur < nofile.rlim_max) {
+      nofile.rlim_cur = std::min<rlim_t>(nofile.rlim_max, 4096);
+      setrlimit(RLIMIT_NOFILE, &nofile);
+    }
     server_.Start();
     const std::string base = std::filesystem::exists("/dev/shm") ? "/dev/shm" : "/tmp";
     std::string tmpl = base + "/iris-group-test-XXXXXX";
