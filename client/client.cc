@@ -218,6 +218,93 @@ void Client::Impl::GetGroup(uint64_t group_id) {
   Wake();
 }
 
+uint64_t Client::Impl::CreateGroup(const std::vector<uint64_t>& members, std::string name) {
+  const uint64_t request = next_history_.fetch_add(1);
+  {
+    std::lock_guard<std::mutex> l(cmd_mu_);
+    Command c{Command::kGroupCreate, members, false, false};
+    c.request = request;
+    commands_.push_back(std::move(c));
+    if (!name.empty()) group_names_[request] = std::move(name);
+  }
+  Wake();
+  return request;
+}
+
+uint64_t Client::Impl::UpdateGroup(uint64_t group_id, const std::vector<uint64_t>& add,
+                                   const std::vector<uint64_t>& remove, bool leave) {
+  const uint64_t request = next_history_.fetch_add(1);
+  {
+    std::lock_guard<std::mutex> l(cmd_mu_);
+    Command c{Command::kGroupUpdate, add, leave, false};
+    c.before = group_id;
+    c.request = request;
+    c.remove = remove;
+    commands_.push_back(std::move(c));
+  }
+  Wake();
+  return request;
+}
+
+Result<std::string> Client::Impl::SendGroup(uint64_t group_id, std::string_view text) {
+  if (group_id == 0) return BadRequest("group must be a non-zero group id");
+  if (text.empty()) return BadRequest("message text is empty");
+  if (text.size() > kMaxTextBytes) {
+    return TooLarge("message text is " + std::to_string(text.size()) + " bytes; at most " +
+                    std::to_string(kMaxTextBytes));
+  }
+  const Uuid key = uuids_.Next();
+  QueuedSend q;
+  q.idem_key = std::string(UuidBytes(key));
+  q.recipient = group_id;
+  q.kind = kQueuedGroupMessage;
+  q.payload = std::string(text);
+  q.created_ms = clock_.WallMillis();
+  {
+    std::lock_guard<std::mutex> l(db_mu_);
+    IRIS_ASSIGN_OR_RETURN(std::optional<LocalGroup> g, store_->GetGroup(group_id));
+    if (!g) {
+      return NotFound("no group " + std::to_string(group_id) +
+                      " is known here (groups are learnt from their GROUP_EVENT: sync first)");
+    }
+    if (!g->member) {
+      return BadRequest("you are no longer a member of group " + std::to_string(group_id));
+    }
+    auto seq = store_->Enqueue(q);
+    if (!seq.ok()) return seq.status();
+  }
+  queue_dirty_ = true;
+  Wake();
+  return UuidToString(key);
+}
+
+std::vector<GroupRecord> Client::Impl::Groups() const {
+  std::vector<GroupRecord> out;
+  std::lock_guard<std::mutex> l(db_mu_);
+  for (const LocalGroup& g : store_->Groups()) {
+    v1::GroupInfo info;
+    info.ParseFromString(g.info);
+    GroupRecord r;
+    r.id = g.id;
+    r.name = g.name;
+    r.kind = static_cast<GroupKind>(info.kind());
+    r.owner = info.owner();
+    r.version = info.version();
+    r.members.assign(info.members().begin(), info.members().end());
+    r.member = g.member;
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+Status Client::Impl::NameGroup(uint64_t group_id, std::string name) {
+  std::lock_guard<std::mutex> l(db_mu_);
+  IRIS_ASSIGN_OR_RETURN(std::optional<LocalGroup> g, store_->GetGroup(group_id));
+  if (!g) return NotFound("no group " + std::to_string(group_id) + " is known here");
+  g->name = std::move(name);
+  return store_->PutGroup(*g);
+}
+
 void Client::Impl::UpdateSettings(bool read_receipts, bool share_presence) {
   {
     std::lock_guard<std::mutex> l(db_mu_);
@@ -278,8 +365,9 @@ std::vector<PendingSend> Client::Impl::PendingSends() const {
     Uuid u{};
     std::memcpy(u.data(), q.idem_key.data(), std::min(q.idem_key.size(), u.size()));
     p.local_id = UuidToString(u);
-    p.recipient = q.recipient;
-    p.receipt = q.kind != kQueuedMessage;
+    p.recipient = q.kind == kQueuedGroupMessage ? 0 : q.recipient;
+    p.group_id = q.kind == kQueuedGroupMessage ? q.recipient : 0;
+    p.receipt = q.kind != kQueuedMessage && q.kind != kQueuedGroupMessage;
     if (!p.receipt) p.text = q.payload;
     p.attempts = q.attempts;
     p.encrypted = !q.wire_body.empty();
@@ -298,8 +386,8 @@ std::vector<StoredMessage> Client::Impl::Messages(uint64_t after_id, size_t limi
     for (StoredIncoming& m : batch) {
       from = m.id;
       if (m.kind != v1::MESSAGE) continue;
-      out.push_back(
-          StoredMessage{m.id, m.peer, m.sent_at_ms, std::move(m.body), m.ok, std::move(m.error)});
+      out.push_back(StoredMessage{m.id, m.peer, m.sent_at_ms, std::move(m.body), m.ok,
+                                  std::move(m.error), m.group_id});
       if (out.size() == limit) break;
     }
   }
@@ -418,6 +506,23 @@ void Client::SubscribePresence(const std::vector<uint64_t>& users) {
 }
 void Client::QueryPresence(const std::vector<uint64_t>& users) { impl_->QueryPresence(users); }
 void Client::GetGroup(uint64_t group_id) { impl_->GetGroup(group_id); }
+uint64_t Client::CreateGroup(const std::vector<uint64_t>& members, std::string name) {
+  return impl_->CreateGroup(members, std::move(name));
+}
+uint64_t Client::UpdateGroup(uint64_t group_id, const std::vector<uint64_t>& add,
+                             const std::vector<uint64_t>& remove) {
+  return impl_->UpdateGroup(group_id, add, remove, false);
+}
+uint64_t Client::LeaveGroup(uint64_t group_id) {
+  return impl_->UpdateGroup(group_id, {}, {}, true);
+}
+Result<std::string> Client::SendGroup(uint64_t group_id, std::string_view text) {
+  return impl_->SendGroup(group_id, text);
+}
+std::vector<GroupRecord> Client::Groups() const { return impl_->Groups(); }
+Status Client::NameGroup(uint64_t group_id, std::string name) {
+  return impl_->NameGroup(group_id, std::move(name));
+}
 void Client::UpdateSettings(bool read_receipts, bool share_presence) {
   impl_->UpdateSettings(read_receipts, share_presence);
 }

@@ -57,6 +57,12 @@ class Client::Impl {
   Client::SettingsRecord LocalSettings() const;
   uint64_t RequestHistory(uint64_t before, uint32_t limit);
   void GetGroup(uint64_t group_id);
+  uint64_t CreateGroup(const std::vector<uint64_t>& members, std::string name);
+  uint64_t UpdateGroup(uint64_t group_id, const std::vector<uint64_t>& add,
+                       const std::vector<uint64_t>& remove, bool leave);
+  Result<std::string> SendGroup(uint64_t group_id, std::string_view text);
+  std::vector<GroupRecord> Groups() const;
+  Status NameGroup(uint64_t group_id, std::string name);
   void SetToken(std::string token);
 
   SessionState state() const { return state_.load(); }
@@ -73,17 +79,36 @@ class Client::Impl {
 
  private:
   struct Command {
-    enum Kind { kTyping, kSubscribe, kQuery, kSettings, kHistory, kGroupGet } kind;
-    std::vector<uint64_t> users;
-    bool flag_a = false;
+    enum Kind {
+      kTyping,
+      kSubscribe,
+      kQuery,
+      kSettings,
+      kHistory,
+      kGroupGet,
+      kGroupCreate,
+      kGroupUpdate
+    } kind;
+    std::vector<uint64_t> users;  // kGroupCreate: members; kGroupUpdate: added
+    bool flag_a = false;          // kGroupUpdate: leave (remove this user)
     bool flag_b = false;
-    uint64_t before = 0;   // kHistory
-    uint32_t limit = 0;    // kHistory
-    uint64_t request = 0;  // kHistory: the number RequestHistory returned
+    uint64_t before = 0;           // kHistory; kGroupUpdate: the group
+    uint32_t limit = 0;            // kHistory
+    uint64_t request = 0;          // kHistory, kGroupCreate, kGroupUpdate: the number returned
+    std::vector<uint64_t> remove;  // kGroupUpdate
   };
   // A request on the current connection waiting for its reply.
   struct InFlight {
-    enum Kind { kSend, kKeysFetch, kKeysUpload, kPresence, kSettings, kKeysCheck, kHistory, kGroupGet } kind;
+    enum Kind {
+      kSend,
+      kKeysFetch,
+      kKeysUpload,
+      kPresence,
+      kSettings,
+      kKeysCheck,
+      kHistory,
+      kGroupGet
+    } kind;
     int64_t seq = 0;
     uint64_t recipient = 0;
     std::string idem;
@@ -92,8 +117,13 @@ class Client::Impl {
     bool identity = false;
     bool signed_prekey = false;  // kKeysUpload: carries a rotated signed prekey
     uint64_t history = 0;        // kHistory: the number RequestHistory returned
-    // kGroupGet: the group (in `recipient`) and the pages received so far.
+    // kGroupGet: the group (in `recipient`) and the pages received so far (with the
+    // request number of a create/update whose answer is being paged).
     std::shared_ptr<GroupInfoEvent> group;
+    const char* what = "group_get";  // kGroupGet: what a failure reports
+    uint64_t group_id = 0;           // kSend of a group message: its group
+    uint8_t queued_kind = 0;         // kSend: QueuedSend::kind
+    uint64_t sender_key_group = 0;   // kSend of a sender-key distribution: its group
   };
   // Per-connection state, owned by the I/O thread.
   struct Session {
@@ -101,7 +131,8 @@ class Client::Impl {
     bool live = false;
     uint64_t next_request_id = 1;
     std::map<uint64_t, InFlight> in_flight;
-    std::set<uint64_t> busy;  // recipients with a send or key fetch in flight
+    std::set<uint64_t> busy;         // recipients with a send or key fetch in flight
+    std::set<uint64_t> busy_groups;  // groups with a group send in flight
     uint32_t max_body_bytes = 64000;
     int64_t last_write_ms = 0;
     int64_t last_read_ms = 0;  // any frame from the server
@@ -156,8 +187,21 @@ class Client::Impl {
   Status OnSendError(Session& s, const InFlight& r, const Status& error);
   // A GROUP_GET (page after `members_after`) for the group of `paging`.
   Status RequestGroupPage(Session& s, std::shared_ptr<GroupInfoEvent> paging,
-                          uint64_t members_after);
+                          uint64_t members_after, const char* what);
   Status OnGroupInfo(Session& s, const v1::GroupInfo& g);
+  // Records `g` (a GROUP_INFO answer's whole list) in the local store unless a newer
+  // version is known; `name` (when not empty) becomes its local name. db_mu_ held.
+  Status RecordGroup(const GroupInfoEvent& g, const std::string& name);
+  // A GROUP_EVENT envelope: records the new membership and reports it (db_mu_ held).
+  Status IngestGroupEvent(const v1::Envelope& e, std::vector<Event>* out);
+  // A group message: decrypts it with the sender's sender key into *rec (db_mu_ held).
+  // Returns an error only for a local (storage) failure.
+  Status DecryptGroupIncoming(const v1::Envelope& e, bool catch_up, StoredIncoming* rec,
+                              std::vector<Event>* out);
+  // The group message `q` at the head of its group's queue: rotates this user's sender key
+  // when a holder is no longer a member, queues distributions to the members that do not
+  // hold it, encrypts `q` (db_mu_ held, inside the caller's transaction). Returns the body.
+  Result<std::string> PrepareGroupMessage(const QueuedSend& q);
   void RetryLater(int64_t seq, uint32_t attempts, uint32_t retry_after_ms);
   void Emit(const Event& e);
   void SetState(SessionState st, Status why = Status::Ok());
@@ -178,6 +222,9 @@ class Client::Impl {
   std::map<int64_t, uint32_t> attempts_;
   std::map<uint64_t, int64_t> fetch_retry_at_;  // recipient -> earliest next KEYS_FETCH
   std::map<uint64_t, uint32_t> fetch_attempts_;
+  // Recipients whose last key fetch found no usable keys (none published, refused identity).
+  std::set<uint64_t> unreachable_;
+  std::map<uint64_t, std::string> group_names_;  // create request -> local name (cmd_mu_)
 
   std::mutex cmd_mu_;
   std::deque<Command> commands_;

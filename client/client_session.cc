@@ -76,11 +76,14 @@ void Client::Impl::Run() {
     session_ = nullptr;
     in_flight_count_ = 0;
     // HISTORY is not retried on the next connection: its requester hears that it failed.
+    // So are group creates and updates (a create is not idempotent across calls).
     for (const auto& [rid, r] : s.in_flight) {
-      if (r.kind != InFlight::kHistory) continue;
-      Emit(RequestFailedEvent{
-          "history", why.ok() ? Unavailable("the connection closed before the answer") : why,
-          r.history});
+      const Status lost = why.ok() ? Unavailable("the connection closed before the answer") : why;
+      if (r.kind == InFlight::kHistory) {
+        Emit(RequestFailedEvent{"history", lost, r.history});
+      } else if (r.kind == InFlight::kGroupGet && r.group && r.group->request != 0) {
+        Emit(RequestFailedEvent{r.what, lost, r.group->request});
+      }
     }
     if (s.conn) s.conn->Close();
     if (stop_) break;
@@ -276,7 +279,39 @@ Status Client::Impl::RunCommands(Session& s) {
       case Command::kGroupGet: {
         auto paging = std::make_shared<GroupInfoEvent>();
         paging->group_id = c.users[0];
-        IRIS_RETURN_IF_ERROR(RequestGroupPage(s, std::move(paging), 0));
+        IRIS_RETURN_IF_ERROR(RequestGroupPage(s, std::move(paging), 0, "group_get"));
+        break;
+      }
+      case Command::kGroupCreate:
+      case Command::kGroupUpdate: {
+        const bool create = c.kind == Command::kGroupCreate;
+        auto paging = std::make_shared<GroupInfoEvent>();
+        paging->request = c.request;
+        InFlight r{InFlight::kGroupGet};
+        r.what = create ? "group_create" : "group_update";
+        const uint64_t rid = s.next_request_id++;
+        if (create) {
+          v1::GroupCreate m;
+          m.set_request_id(rid);
+          m.set_kind(v1::E2EE);
+          for (uint64_t u : c.users) m.add_members(u);
+          m.set_idempotency_key(std::string(UuidBytes(uuids_.Next())));
+          r.group = std::move(paging);
+          s.in_flight[rid] = std::move(r);
+          IRIS_RETURN_IF_ERROR(Write(s, wire::Opcode::kGroupCreate, m));
+        } else {
+          v1::GroupUpdate m;
+          m.set_request_id(rid);
+          m.set_group_id(c.before);
+          for (uint64_t u : c.users) m.add_add(u);
+          for (uint64_t u : c.remove) m.add_remove(u);
+          if (c.flag_a) m.add_remove(user_id_.load());  // leave
+          paging->group_id = c.before;
+          r.recipient = c.before;
+          r.group = std::move(paging);
+          s.in_flight[rid] = std::move(r);
+          IRIS_RETURN_IF_ERROR(Write(s, wire::Opcode::kGroupUpdate, m));
+        }
         break;
       }
       case Command::kSettings: {
@@ -352,7 +387,70 @@ Status Client::Impl::PumpSends(Session& s) {
   {
     std::lock_guard<std::mutex> l(db_mu_);
     std::set<uint64_t> seen;
-    for (QueuedSend& q : store_->Queue()) {
+    std::set<uint64_t> seen_groups;
+    const std::vector<QueuedSend> queue = store_->Queue();
+    // Groups whose messages wait for sender-key distributions queued before them (they
+    // must reach the members' inboxes first). A distribution whose member has no usable
+    // keys (none published, or a refused identity), or that failed 5 times, stops holding
+    // the group back (a rate-limited key fetch holds it: it is retried).
+    std::set<uint64_t> distributing;
+    for (const QueuedSend& q : queue) {
+      if (q.kind != kQueuedSenderKey) continue;
+      if (unreachable_.count(q.recipient) != 0) continue;
+      if (auto a = attempts_.find(q.seq); a != attempts_.end() && a->second >= 5) continue;
+      if (auto d = e2ee::DecodeSenderKeyDistribution(q.payload); d.ok()) {
+        distributing.insert(d->group_id);
+      }
+    }
+    for (QueuedSend q : queue) {
+      if (q.kind == kQueuedGroupMessage) {
+        // One group SEND at a time per group, in queue order.
+        if (!seen_groups.insert(q.recipient).second) continue;
+        if (s.busy_groups.count(q.recipient) != 0) continue;
+        if (auto it = retry_at_.find(q.seq); it != retry_at_.end() && it->second > now) continue;
+        if (q.wire_body.empty()) {
+          LocalStore::Transaction tx(*store_);
+          Result<std::string> body = PrepareGroupMessage(q);
+          Status st = body.ok() ? store_->SetWireBody(q.seq, *body) : body.status();
+          if (st.ok() && body->size() > s.max_body_bytes) {
+            st = TooLarge("encrypted body is " + std::to_string(body->size()) + " bytes");
+          }
+          if (st.ok()) st = tx.Commit();
+          if (!st.ok()) {
+            const bool permanent = st.code() != StatusCode::kInternal;
+            const uint32_t attempts = ++attempts_[q.seq];
+            if (permanent) {
+              store_->Dequeue(q.seq, 0, 0).IgnoreError();
+            } else {
+              retry_at_[q.seq] = now + backoff_.DelayMs(attempts);
+            }
+            SendFailedEvent f{LocalId(q.idem_key), 0, st, permanent, attempts};
+            f.group_id = q.recipient;
+            events.push_back(std::move(f));
+            continue;
+          }
+          // The distributions just queued go first: pump again at once.
+          queue_dirty_ = true;
+          Wake();
+          continue;
+        }
+        if (distributing.count(q.recipient) != 0) continue;
+        InFlight r{InFlight::kSend};
+        r.seq = q.seq;
+        r.idem = q.idem_key;
+        r.group_id = q.recipient;
+        r.queued_kind = q.kind;
+        const uint64_t rid = s.next_request_id++;
+        s.in_flight[rid] = r;
+        s.busy_groups.insert(q.recipient);
+        auto m = std::make_unique<v1::Send>();
+        m->set_request_id(rid);
+        m->set_idempotency_key(q.idem_key);
+        m->set_group_id(q.recipient);
+        m->set_body(q.wire_body);
+        frames.emplace_back(wire::Opcode::kSend, std::move(m));
+        continue;
+      }
       if (!seen.insert(q.recipient).second) continue;  // FIFO: only each recipient's head
       if (s.busy.count(q.recipient) != 0) continue;
       if (auto it = retry_at_.find(q.seq); it != retry_at_.end() && it->second > now) continue;
@@ -380,6 +478,8 @@ Status Client::Impl::PumpSends(Session& s) {
           if (auto control = e2ee::DecodeControl(q.payload); control.ok()) {
             body = cipher_->EncryptControl(q.recipient, *control);
           }
+        } else if (q.kind == kQueuedSenderKey) {
+          body = cipher_->Encrypt(q.recipient, q.payload, e2ee::kContentSenderKey);
         } else {
           body = cipher_->Encrypt(
               q.recipient, q.payload,
@@ -408,7 +508,13 @@ Status Client::Impl::PumpSends(Session& s) {
       r.seq = q.seq;
       r.recipient = q.recipient;
       r.idem = q.idem_key;
-      r.receipt = q.kind != kQueuedMessage;  // receipts and control messages
+      r.receipt = q.kind != kQueuedMessage;  // receipts, control messages, sender keys
+      r.queued_kind = q.kind;
+      if (q.kind == kQueuedSenderKey) {
+        if (auto d = e2ee::DecodeSenderKeyDistribution(q.payload); d.ok()) {
+          r.sender_key_group = d->group_id;
+        }
+      }
       const uint64_t rid = s.next_request_id++;
       s.in_flight[rid] = r;
       s.busy.insert(q.recipient);
@@ -444,7 +550,11 @@ void Client::Impl::RetryLater(int64_t seq, uint32_t attempts, uint32_t retry_aft
 }
 
 Status Client::Impl::OnSendError(Session& s, const InFlight& r, const Status& error) {
-  s.busy.erase(r.recipient);
+  if (r.group_id != 0) {
+    s.busy_groups.erase(r.group_id);
+  } else {
+    s.busy.erase(r.recipient);
+  }
   queue_dirty_ = true;
   bool permanent = !IsRetryable(error.code());
   uint32_t attempts;
@@ -452,12 +562,20 @@ Status Client::Impl::OnSendError(Session& s, const InFlight& r, const Status& er
     std::lock_guard<std::mutex> l(db_mu_);
     attempts = ++attempts_[r.seq];
     if (permanent) {
+      LocalStore::Transaction tx(*store_);
       IRIS_RETURN_IF_ERROR(store_->Dequeue(r.seq, 0, 0));
+      // The member never got this user's sender key: the next group send distributes again.
+      if (r.sender_key_group != 0) {
+        IRIS_RETURN_IF_ERROR(store_->RemoveGroupKeyHolder(r.sender_key_group, r.recipient));
+      }
+      IRIS_RETURN_IF_ERROR(tx.Commit());
     } else {
       RetryLater(r.seq, attempts, error.retry_after_ms());
     }
   }
-  Emit(SendFailedEvent{LocalId(r.idem), r.recipient, error, permanent, attempts});
+  SendFailedEvent f{LocalId(r.idem), r.recipient, error, permanent, attempts};
+  f.group_id = r.group_id;
+  Emit(f);
   return Status::Ok();
 }
 
@@ -515,7 +633,11 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
       if (it == s.in_flight.end() || it->second.kind != InFlight::kSend) return Status::Ok();
       InFlight r = it->second;
       s.in_flight.erase(it);
-      s.busy.erase(r.recipient);
+      if (r.group_id != 0) {
+        s.busy_groups.erase(r.group_id);
+      } else {
+        s.busy.erase(r.recipient);
+      }
       queue_dirty_ = true;
       {
         std::lock_guard<std::mutex> l(db_mu_);
@@ -525,7 +647,8 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
         retry_at_.erase(r.seq);
         attempts_.erase(r.seq);
       }
-      Emit(SendAckedEvent{LocalId(r.idem), r.recipient, a.message_id(), a.duplicate(), r.receipt});
+      Emit(SendAckedEvent{LocalId(r.idem), r.recipient, a.message_id(), a.duplicate(), r.receipt,
+                          r.group_id});
       return Status::Ok();
     }
     case Opcode::kOk: {
@@ -586,6 +709,7 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
               attempts = ++fetch_attempts_[r.recipient];
               fetch_retry_at_[r.recipient] =
                   clock_.MonoMillis() + backoff_.DelayMs(attempts, st.retry_after_ms());
+              if (st.code() == StatusCode::kNotFound) unreachable_.insert(r.recipient);
               for (const QueuedSend& q : store_->Queue()) {
                 if (q.recipient == r.recipient) {
                   local_id = LocalId(q.idem_key);
@@ -618,7 +742,9 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
           case InFlight::kPresence: Emit(RequestFailedEvent{"presence", st}); break;
           case InFlight::kSettings: Emit(RequestFailedEvent{"settings", st}); break;
           case InFlight::kHistory: Emit(RequestFailedEvent{"history", st, r.history}); break;
-          case InFlight::kGroupGet: Emit(RequestFailedEvent{"group_get", st}); break;
+          case InFlight::kGroupGet:
+            Emit(RequestFailedEvent{r.what, st, r.group ? r.group->request : 0});
+            break;
         }
       }
       if (e.fatal()) return st;
@@ -657,7 +783,9 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
         if (st.ok()) {
           fetch_attempts_.erase(r.recipient);
           fetch_retry_at_.erase(r.recipient);
+          unreachable_.erase(r.recipient);
         } else {
+          unreachable_.insert(r.recipient);
           attempts = ++fetch_attempts_[r.recipient];
           fetch_retry_at_[r.recipient] = clock_.MonoMillis() + backoff_.DelayMs(attempts);
           for (const QueuedSend& q : store_->Queue()) {
@@ -704,7 +832,7 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
 }
 
 Status Client::Impl::RequestGroupPage(Session& s, std::shared_ptr<GroupInfoEvent> paging,
-                                      uint64_t members_after) {
+                                      uint64_t members_after, const char* what) {
   v1::GroupGet m;
   m.set_request_id(s.next_request_id++);
   m.set_group_id(paging->group_id);
@@ -712,6 +840,7 @@ Status Client::Impl::RequestGroupPage(Session& s, std::shared_ptr<GroupInfoEvent
   InFlight r{InFlight::kGroupGet};
   r.recipient = paging->group_id;
   r.group = std::move(paging);
+  r.what = what;
   s.in_flight[m.request_id()] = std::move(r);
   return Write(s, wire::Opcode::kGroupGet, m);
 }
@@ -720,13 +849,17 @@ Status Client::Impl::OnGroupInfo(Session& s, const v1::GroupInfo& g) {
   auto it = s.in_flight.find(g.request_id());
   if (it == s.in_flight.end() || it->second.kind != InFlight::kGroupGet) return Status::Ok();
   std::shared_ptr<GroupInfoEvent> paging = std::move(it->second.group);
+  const char* what = it->second.what;
   s.in_flight.erase(it);
+  if (paging->group_id == 0) paging->group_id = g.group_id();  // a create's answer
   if (paging->pages > 0 && paging->version != g.version()) {
     // The membership changed between two pages: start over, so that the list is one version.
     const uint64_t group_id = paging->group_id;
+    const uint64_t request = paging->request;
     paging = std::make_shared<GroupInfoEvent>();
     paging->group_id = group_id;
-    return RequestGroupPage(s, std::move(paging), 0);
+    paging->request = request;
+    return RequestGroupPage(s, std::move(paging), 0, what);
   }
   ++paging->pages;
   paging->kind = static_cast<GroupKind>(g.kind());
@@ -736,10 +869,143 @@ Status Client::Impl::OnGroupInfo(Session& s, const v1::GroupInfo& g) {
   // A server without paging never sets members_has_more: its one answer is the whole list.
   // A page that lists nobody cannot advance the cursor: take what was received.
   if (g.members_has_more() && g.members_size() > 0) {
-    return RequestGroupPage(s, std::move(paging), g.members_cursor());
+    return RequestGroupPage(s, std::move(paging), g.members_cursor(), what);
+  }
+  std::string name;
+  if (paging->request != 0) {
+    std::lock_guard<std::mutex> l(cmd_mu_);
+    if (auto n = group_names_.find(paging->request); n != group_names_.end()) {
+      name = std::move(n->second);
+      group_names_.erase(n);
+    }
+  }
+  {
+    std::lock_guard<std::mutex> l(db_mu_);
+    IRIS_RETURN_IF_ERROR(RecordGroup(*paging, name));
   }
   Emit(*paging);
   return Status::Ok();
+}
+
+Status Client::Impl::RecordGroup(const GroupInfoEvent& g, const std::string& name) {
+  IRIS_ASSIGN_OR_RETURN(std::optional<LocalGroup> old, store_->GetGroup(g.group_id));
+  LocalGroup rec;
+  rec.id = g.group_id;
+  if (old) {
+    v1::GroupInfo known;
+    known.ParseFromString(old->info);
+    rec.name = old->name;
+    if (known.version() > g.version) {  // an older answer than what an event told already
+      if (name.empty()) return Status::Ok();
+      old->name = name;
+      return store_->PutGroup(*old);
+    }
+  }
+  if (!name.empty()) rec.name = name;
+  v1::GroupInfo info;
+  info.set_group_id(g.group_id);
+  info.set_kind(static_cast<v1::GroupKind>(g.kind));
+  info.set_owner(g.owner);
+  info.set_version(g.version);
+  for (uint64_t m : g.members) info.add_members(m);
+  info.set_member_count(static_cast<uint32_t>(g.members.size()));
+  rec.info = info.SerializeAsString();
+  rec.member = std::find(g.members.begin(), g.members.end(), user_id_.load()) != g.members.end();
+  return store_->PutGroup(rec);
+}
+
+Status Client::Impl::IngestGroupEvent(const v1::Envelope& e, std::vector<Event>* out) {
+  v1::GroupInfo info;
+  if (!info.ParseFromString(e.body()) || info.group_id() == 0) return Status::Ok();
+  GroupEvent ev;
+  ev.id = e.id();
+  ev.group_id = info.group_id();
+  ev.actor = e.sender();
+  ev.kind = static_cast<GroupKind>(info.kind());
+  ev.owner = info.owner();
+  ev.version = info.version();
+  IRIS_ASSIGN_OR_RETURN(std::optional<LocalGroup> old, store_->GetGroup(info.group_id()));
+  v1::GroupInfo known;
+  if (old) known.ParseFromString(old->info);
+  const uint64_t self = user_id_.load();
+  if (info.members_has_more()) {
+    // A group over 256 members (broadcast): the event lists nobody; keep the known list.
+    ev.member = old ? old->member : true;
+    *info.mutable_members() = known.members();
+  } else {
+    ev.members.assign(info.members().begin(), info.members().end());
+    const std::set<uint64_t> now(info.members().begin(), info.members().end());
+    const std::set<uint64_t> before(known.members().begin(), known.members().end());
+    for (uint64_t m : now) {
+      if (before.count(m) == 0) ev.added.push_back(m);
+    }
+    for (uint64_t m : before) {
+      if (now.count(m) == 0) ev.removed.push_back(m);
+    }
+    ev.member = now.count(self) != 0;
+  }
+  if (!old || known.version() <= info.version()) {
+    LocalGroup rec;
+    rec.id = info.group_id();
+    rec.name = old ? old->name : "";
+    rec.member = ev.member;
+    info.set_members_has_more(false);
+    info.set_members_cursor(0);
+    info.set_member_count(static_cast<uint32_t>(info.members_size()));
+    rec.info = info.SerializeAsString();
+    IRIS_RETURN_IF_ERROR(store_->PutGroup(rec));
+  }
+  out->push_back(std::move(ev));
+  return Status::Ok();
+}
+
+Result<std::string> Client::Impl::PrepareGroupMessage(const QueuedSend& q) {
+  const uint64_t group = q.recipient;
+  const uint64_t self = user_id_.load();
+  IRIS_ASSIGN_OR_RETURN(std::optional<LocalGroup> g, store_->GetGroup(group));
+  if (!g) return NotFound("no group " + std::to_string(group) + " is known here");
+  if (!g->member) {
+    return Forbidden("you are no longer a member of group " + std::to_string(group));
+  }
+  v1::GroupInfo info;
+  info.ParseFromString(g->info);
+  if (info.kind() != v1::E2EE) {
+    return BadRequest("group " + std::to_string(group) +
+                      " is not an end-to-end encrypted group (this client sends to E2EE groups "
+                      "only)");
+  }
+  std::set<uint64_t> members(info.members().begin(), info.members().end());
+  members.erase(self);
+  if (members.empty()) return BadRequest("the group has no other members");
+  const std::vector<uint64_t> holders = store_->GroupKeyHolders(group);
+  // Rotation: someone who holds the current sender key has left or was removed, so it
+  // could decrypt what is encrypted with it: make a new key and give it to members only.
+  bool rotate = false;
+  for (uint64_t h : holders) rotate = rotate || members.count(h) == 0;
+  if (rotate) {
+    IRIS_RETURN_IF_ERROR(cipher_->RotateSenderKey(group, self));
+    IRIS_RETURN_IF_ERROR(store_->ClearGroupKeyHolders(group));
+  }
+  std::set<uint64_t> missing = members;
+  if (!rotate) {
+    for (uint64_t h : holders) missing.erase(h);
+  }
+  // Always through SenderKeyDistributionFor: it makes the key when there is none.
+  IRIS_ASSIGN_OR_RETURN(std::string skdm, cipher_->SenderKeyDistributionFor(group, self));
+  if (!missing.empty()) {
+    const std::string payload = e2ee::EncodeSenderKeyDistribution({group, skdm});
+    for (uint64_t m : missing) {
+      QueuedSend d;
+      d.idem_key = std::string(UuidBytes(uuids_.Next()));
+      d.recipient = m;
+      d.kind = kQueuedSenderKey;
+      d.payload = payload;
+      d.created_ms = clock_.WallMillis();
+      IRIS_RETURN_IF_ERROR(store_->Enqueue(d).status());
+      IRIS_RETURN_IF_ERROR(store_->AddGroupKeyHolder(group, m));
+    }
+  }
+  return cipher_->EncryptGroup(group, self, q.payload);
 }
 
 bool Client::Impl::InFlightSend(const Session& s, int64_t seq) {
@@ -789,19 +1055,8 @@ Status Client::Impl::IngestLocked(Session& s, const v1::Envelope& e, bool catch_
     if (e.kind() == v1::MESSAGE) {
       bool deliver_receipt = false;
       if (e.group_id() != 0) {
-        // Groups are not implemented in this client yet: say so rather than "cannot decrypt".
-        MessageEvent ev;
-        ev.id = e.id();
-        ev.sender = e.sender();
-        ev.sent_at_ms = e.sent_at_ms();
-        ev.from_catch_up = catch_up;
-        rec.ok = false;
-        rec.error = "unsupported group message (group " + std::to_string(e.group_id()) +
-                    "): this client does not support groups yet";
-        ev.decrypted = false;
-        ev.error = rec.error;
-        ev.group_id = e.group_id();
-        events.emplace_back(std::move(ev));
+        // Sender Keys; no receipts for group messages (one per member would flood the sender).
+        IRIS_RETURN_IF_ERROR(DecryptGroupIncoming(e, catch_up, &rec, &events));
       } else {
         IRIS_RETURN_IF_ERROR(DecryptIncoming(&s, e, catch_up, /*retry=*/false, &rec, &events));
         // A delivered text message (not a control message, not a failure) gets a receipt.
@@ -819,6 +1074,10 @@ Status Client::Impl::IngestLocked(Session& s, const v1::Envelope& e, bool catch_
       rec.body = e.body();
       rec.ok = false;
       rec.error = "plaintext receipt ignored: not end-to-end authenticated";
+    } else if (e.kind() == v1::GROUP_EVENT) {
+      rec.body = e.body();
+      rec.group_id = e.group_id();
+      IRIS_RETURN_IF_ERROR(IngestGroupEvent(e, &events));
     } else {
       rec.body = e.body();
     }
@@ -877,9 +1136,28 @@ Status Client::Impl::DecryptIncoming(Session* s, const v1::Envelope& e, bool cat
       // An end-to-end encrypted receipt: authenticated by the session with its author.
       return IngestSealedReceipt(e, *d, rec, out);
     }
+    if (d->content_type == e2ee::kContentSenderKey) {
+      // A member's sender key for a group: stored in the Signal store, never shown.
+      rec->kind = kIncomingControl;
+      rec->body.clear();  // key material stays in the sender-key store only
+      auto dist = e2ee::DecodeSenderKeyDistribution(d->text);
+      Status st =
+          dist.ok() ? cipher_->ProcessSenderKeyDistribution(e.sender(), *dist) : dist.status();
+      if (st.code() == StatusCode::kInternal) return st;
+      if (!st.ok()) {
+        rec->ok = false;
+        rec->error = "sender key not accepted: " + st.message();
+      }
+      return Status::Ok();
+    }
     if (d->control) {
       rec->kind = kIncomingControl;
       rec->body = e2ee::EncodeControl(*d->control);
+      // The peer lost its sessions, so also the sender keys it held: give it ours again at
+      // the next group send.
+      for (const LocalGroup& g : store_->Groups()) {
+        IRIS_RETURN_IF_ERROR(store_->RemoveGroupKeyHolder(g.id, e.sender()));
+      }
       PeerDecryptFailedEvent f;
       f.peer = e.sender();
       f.message_ids = d->control->message_ids;
@@ -1051,9 +1329,17 @@ Status Client::Impl::OnHistoryPage(Session& s, const v1::HistoryPage& page) {
         continue;
       }
       if (e.group_id() != 0) {
-        m.decrypted = false;
-        m.error = "unsupported group message (group " + std::to_string(e.group_id()) +
-                  "): this client does not support groups yet";
+        StoredIncoming rec;
+        rec.id = e.id();
+        rec.peer = e.sender();
+        rec.sent_at_ms = e.sent_at_ms();
+        rec.kind = static_cast<uint8_t>(v1::MESSAGE);
+        std::vector<Event> ignored;  // reported in the HistoryEvent instead
+        IRIS_RETURN_IF_ERROR(DecryptGroupIncoming(e, true, &rec, &ignored));
+        m.decrypted = rec.ok;
+        m.error = rec.error;
+        m.text = rec.body;
+        if (rec.ok) IRIS_RETURN_IF_ERROR(store_->InsertIncoming(rec).status());
         h.messages.push_back(std::move(m));
         continue;
       }
@@ -1183,6 +1469,35 @@ Status Client::Impl::IngestSealedReceipt(const v1::Envelope& e,
   ev.kind = body.type() == v1::READ ? ReceiptKind::kRead : ReceiptKind::kDelivered;
   ev.message_ids.assign(body.message_ids().begin(), body.message_ids().end());
   out->emplace_back(std::move(ev));
+  return Status::Ok();
+}
+
+Status Client::Impl::DecryptGroupIncoming(const v1::Envelope& e, bool catch_up, StoredIncoming* rec,
+                                          std::vector<Event>* out) {
+  MessageEvent ev;
+  ev.id = e.id();
+  ev.sender = e.sender();
+  ev.sent_at_ms = e.sent_at_ms();
+  ev.from_catch_up = catch_up;
+  ev.group_id = e.group_id();
+  rec->group_id = e.group_id();
+  auto d = cipher_->DecryptGroup(e.group_id(), e.sender(), e.body());
+  if (!d.ok() && d.status().code() == StatusCode::kInternal) {
+    return Internal("local error while decrypting group message " + std::to_string(e.id()) +
+                    " (it stays unread and is processed again): " + d.status().message());
+  }
+  if (d.ok()) {
+    rec->ok = true;
+    rec->body = d->text;
+    ev.text = std::move(d->text);
+    ev.sender_clock_ms = d->sender_ms;
+  } else {
+    rec->ok = false;
+    rec->error = d.status().message() + " (group " + std::to_string(e.group_id()) + ")";
+    ev.decrypted = false;
+    ev.error = rec->error;
+  }
+  out->push_back(std::move(ev));
   return Status::Ok();
 }
 

@@ -38,6 +38,10 @@ CREATE TABLE IF NOT EXISTS undecryptable (
   id INTEGER PRIMARY KEY, peer INTEGER NOT NULL, sent_at_ms INTEGER NOT NULL, body BLOB NOT NULL,
   error TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS sent_by_message_id ON sent (message_id);
+CREATE TABLE IF NOT EXISTS groups (
+  id INTEGER PRIMARY KEY, info BLOB NOT NULL, name TEXT NOT NULL, member INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS group_key_holders (
+  grp INTEGER NOT NULL, member INTEGER NOT NULL, PRIMARY KEY (grp, member));
 )sql";
 
 // One prepared statement, finalized on destruction.
@@ -149,6 +153,10 @@ Result<std::unique_ptr<LocalStore>> LocalStore::Open(const std::string& path) {
   // Deleted records (used one-time prekeys, old sessions) are overwritten, not left behind.
   IRIS_RETURN_IF_ERROR(s->Exec("PRAGMA secure_delete=ON"));
   IRIS_RETURN_IF_ERROR(s->Exec(kSchema));
+  // Databases from before groups: incoming messages gain their group id (0 = direct).
+  if (!s->Exec("SELECT grp FROM incoming LIMIT 0").ok()) {
+    IRIS_RETURN_IF_ERROR(s->Exec("ALTER TABLE incoming ADD COLUMN grp INTEGER NOT NULL DEFAULT 0"));
+  }
   if (const char* fault = std::getenv("IRIS_TEST_LOCAL_STORE_FAULT"); fault != nullptr) {
     s->SetFaultForTesting(fault);
   }
@@ -239,10 +247,10 @@ Status LocalStore::PutU64(std::string_view key, uint64_t value) {
 Result<bool> LocalStore::InsertIncoming(const StoredIncoming& m) {
   if (Faulty("insert_incoming")) return Internal("local store: store message: injected fault");
   Stmt s(db_,
-         "INSERT OR IGNORE INTO incoming (id, peer, sent_at_ms, kind, body, ok, error) "
-         "VALUES (?, ?, ?, ?, ?, ?, ?)");
+         "INSERT OR IGNORE INTO incoming (id, peer, sent_at_ms, kind, body, ok, error, grp) "
+         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
   s.BindU(1, m.id).BindU(2, m.peer).BindU(3, m.sent_at_ms).Bind(4, int64_t{m.kind});
-  s.Bind(5, m.body).Bind(6, int64_t{m.ok ? 1 : 0}).BindText(7, m.error);
+  s.Bind(5, m.body).Bind(6, int64_t{m.ok ? 1 : 0}).BindText(7, m.error).BindU(8, m.group_id);
   IRIS_RETURN_IF_ERROR(s.Done("store message"));
   return sqlite3_changes(db_) > 0;
 }
@@ -250,7 +258,7 @@ Result<bool> LocalStore::InsertIncoming(const StoredIncoming& m) {
 std::vector<StoredIncoming> LocalStore::Incoming(uint64_t after_id, size_t limit) const {
   std::vector<StoredIncoming> out;
   Stmt s(db_,
-         "SELECT id, peer, sent_at_ms, kind, body, ok, error FROM incoming WHERE id > ? "
+         "SELECT id, peer, sent_at_ms, kind, body, ok, error, grp FROM incoming WHERE id > ? "
          "ORDER BY id LIMIT ?");
   s.BindU(1, after_id).Bind(2, static_cast<int64_t>(limit));
   while (s.Step() == SQLITE_ROW) {
@@ -262,6 +270,7 @@ std::vector<StoredIncoming> LocalStore::Incoming(uint64_t after_id, size_t limit
     m.body = s.Blob(4);
     m.ok = s.Int(5) != 0;
     m.error = s.Blob(6);
+    m.group_id = s.U64(7);
     out.push_back(std::move(m));
   }
   return out;
@@ -550,6 +559,62 @@ Status LocalStore::StoreSenderKey(std::string_view group, std::string_view name,
       "INSERT OR REPLACE INTO signal_sender_keys (grp, name, device, record) VALUES (?, ?, ?, ?)");
   s.BindText(1, group).BindText(2, name).Bind(3, int64_t{device}).Bind(4, record);
   return s.Done("store sender key");
+}
+
+Status LocalStore::DeleteSenderKey(std::string_view group, std::string_view name, int32_t device) {
+  Stmt s(db_, "DELETE FROM signal_sender_keys WHERE grp = ? AND name = ? AND device = ?");
+  s.BindText(1, group).BindText(2, name).Bind(3, int64_t{device});
+  return s.Done("delete sender key");
+}
+
+Status LocalStore::PutGroup(const LocalGroup& g) {
+  Stmt s(db_, "INSERT OR REPLACE INTO groups (id, info, name, member) VALUES (?, ?, ?, ?)");
+  s.BindU(1, g.id).Bind(2, g.info).BindText(3, g.name).Bind(4, int64_t{g.member ? 1 : 0});
+  return s.Done("store group");
+}
+
+Result<std::optional<LocalGroup>> LocalStore::GetGroup(uint64_t id) const {
+  Stmt s(db_, "SELECT id, info, name, member FROM groups WHERE id = ?");
+  s.BindU(1, id);
+  const int rc = s.Step();
+  if (rc == SQLITE_DONE) return std::optional<LocalGroup>();
+  if (rc != SQLITE_ROW) return Error("load group");
+  return std::optional<LocalGroup>(LocalGroup{s.U64(0), s.Blob(1), s.Blob(2), s.Int(3) != 0});
+}
+
+std::vector<LocalGroup> LocalStore::Groups() const {
+  std::vector<LocalGroup> out;
+  Stmt s(db_, "SELECT id, info, name, member FROM groups ORDER BY id");
+  while (s.Step() == SQLITE_ROW) {
+    out.push_back(LocalGroup{s.U64(0), s.Blob(1), s.Blob(2), s.Int(3) != 0});
+  }
+  return out;
+}
+
+std::vector<uint64_t> LocalStore::GroupKeyHolders(uint64_t group) const {
+  std::vector<uint64_t> out;
+  Stmt s(db_, "SELECT member FROM group_key_holders WHERE grp = ? ORDER BY member");
+  s.BindU(1, group);
+  while (s.Step() == SQLITE_ROW) out.push_back(s.U64(0));
+  return out;
+}
+
+Status LocalStore::AddGroupKeyHolder(uint64_t group, uint64_t member) {
+  Stmt s(db_, "INSERT OR IGNORE INTO group_key_holders (grp, member) VALUES (?, ?)");
+  s.BindU(1, group).BindU(2, member);
+  return s.Done("add group key holder");
+}
+
+Status LocalStore::RemoveGroupKeyHolder(uint64_t group, uint64_t member) {
+  Stmt s(db_, "DELETE FROM group_key_holders WHERE grp = ? AND member = ?");
+  s.BindU(1, group).BindU(2, member);
+  return s.Done("remove group key holder");
+}
+
+Status LocalStore::ClearGroupKeyHolders(uint64_t group) {
+  Stmt s(db_, "DELETE FROM group_key_holders WHERE grp = ?");
+  s.BindU(1, group);
+  return s.Done("clear group key holders");
 }
 
 }  // namespace iris::client

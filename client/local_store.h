@@ -41,6 +41,23 @@ constexpr uint8_t kQueuedReceipt = 1;  // the protocol's RECEIPT frame (for the 
 constexpr uint8_t kQueuedControl = 2;
 constexpr uint8_t kQueuedSealedReceipt = 3;  // the receipt encrypted to the author, in a SEND
 
+// A group message (payload: plaintext UTF-8; recipient: the group id), sent as one group
+// SEND encrypted with this user's sender key (docs/protocol.md, "Client-side group
+// encryption"); it waits for the sender-key distributions queued before it.
+constexpr uint8_t kQueuedGroupMessage = 4;
+// A sender-key distribution to one member (payload: the content bytes,
+// e2ee::EncodeSenderKeyDistribution), encrypted like a message over the pairwise session;
+// never shown, never re-sent from history.
+constexpr uint8_t kQueuedSenderKey = 5;
+
+// A group this account knows of (from GROUP_INFO answers and GROUP_EVENTs).
+struct LocalGroup {
+  uint64_t id = 0;
+  std::string info;    // the newest serialised v1::GroupInfo (whole member list)
+  std::string name;    // a local name (never sent), may be empty
+  bool member = true;  // false once this user left or was removed
+};
+
 // Incoming.kind for a decrypted control message (not a v1::Kind; Messages() skips it).
 constexpr uint8_t kIncomingControl = 100;
 
@@ -52,6 +69,7 @@ struct StoredIncoming {
   std::string body;  // plaintext for messages; ReceiptBody bytes for receipts
   bool ok = true;
   std::string error;
+  uint64_t group_id = 0;  // a group message: its group (0 = direct)
 };
 
 // A ciphertext that could not be decrypted yet, kept so that it can be retried (after the
@@ -166,6 +184,17 @@ class LocalStore {
                                                    int32_t device) const;
   Status StoreSenderKey(std::string_view group, std::string_view name, int32_t device,
                         std::string_view record);
+  Status DeleteSenderKey(std::string_view group, std::string_view name, int32_t device);
+
+  // Groups (LocalGroup) and, per group, the members that hold this user's current sender
+  // key (it was distributed to them); rotation clears the holders.
+  Status PutGroup(const LocalGroup& g);
+  Result<std::optional<LocalGroup>> GetGroup(uint64_t id) const;
+  std::vector<LocalGroup> Groups() const;
+  std::vector<uint64_t> GroupKeyHolders(uint64_t group) const;
+  Status AddGroupKeyHolder(uint64_t group, uint64_t member);
+  Status RemoveGroupKeyHolder(uint64_t group, uint64_t member);
+  Status ClearGroupKeyHolders(uint64_t group);
 
  private:
   explicit LocalStore(sqlite3* db) : db_(db) {}

@@ -18,7 +18,7 @@ Result<SealedBody> DecodeBody(std::string_view body) {
     return BadRequest("unsupported encrypted body version " + std::to_string(version));
   }
   const auto type = static_cast<uint8_t>(body[1]);
-  if (type != kBodySignalMessage && type != kBodyPreKeyMessage) {
+  if (type != kBodySignalMessage && type != kBodyPreKeyMessage && type != kBodySenderKeyMessage) {
     return BadRequest("unknown encrypted body type " + std::to_string(type));
   }
   return SealedBody{type, std::string(body.substr(2))};
@@ -94,7 +94,8 @@ Result<Content> DecodeContent(std::string_view p) {
     return BadRequest("unknown plaintext format " + std::to_string(static_cast<uint8_t>(p[0])));
   }
   c.type = static_cast<uint8_t>(p[1]);
-  if (c.type != kContentText && c.type != kContentReceipt && c.type != kContentControl) {
+  if (c.type != kContentText && c.type != kContentReceipt && c.type != kContentControl &&
+      c.type != kContentSenderKey) {
     return BadRequest("unknown content type " + std::to_string(c.type));
   }
   c.has_order = true;
@@ -130,6 +131,22 @@ Result<ControlContent> DecodeControl(std::string_view p) {
   }
   for (uint64_t k = 0; k < n; ++k) c.message_ids.push_back(GetBe(p, 5 + k * 8, 8));
   return c;
+}
+
+std::string EncodeSenderKeyDistribution(const SenderKeyDistribution& d) {
+  std::string out;
+  PutBe(&out, d.group_id, 8);
+  out += d.message;
+  return out;
+}
+
+Result<SenderKeyDistribution> DecodeSenderKeyDistribution(std::string_view p) {
+  if (p.size() <= 8) return BadRequest("malformed sender-key distribution: too short");
+  SenderKeyDistribution d;
+  d.group_id = GetBe(p, 0, 8);
+  if (d.group_id == 0) return BadRequest("malformed sender-key distribution: group 0");
+  d.message = std::string(p.substr(8));
+  return d;
 }
 
 }  // namespace iris::client::e2ee

@@ -3,13 +3,15 @@
 // "Client conventions: encrypted bodies"). The server sees only the outer layer:
 //
 //   Send.body / Envelope.body = version (1 byte, 0x01)
-//                               || type (1 byte: 0x02 Signal message, 0x03 prekey Signal message)
+//                               || type (1 byte: 0x02 Signal message, 0x03 prekey Signal message,
+//                                  0x04 sender key message: a group message, only in a group
+//                                  SEND, encrypted with the sender's sender key)
 //                               || libsignal's serialised ciphertext message
 //
 // and inside the ciphertext the plaintext is, in format 2 (written since issue 18):
 //
 //   0x02 || content type (1 byte: 0x01 UTF-8 text, 0x02 receipt = serialised v1.ReceiptBody,
-//                         0x03 control, below)
+//                         0x03 control, 0x04 sender-key distribution, both below)
 //   || sender's clock, ms since the epoch (8 bytes, big-endian)
 //   || conversation epoch (8 bytes: random, chosen by the sender per recipient)
 //   || conversation counter (8 bytes: 1, 2, 3... per epoch, every message and receipt;
@@ -33,11 +35,13 @@
 namespace iris::client::e2ee {
 
 constexpr uint8_t kBodyVersion = 1;
-constexpr uint8_t kBodySignalMessage = 2;  // CIPHERTEXT_SIGNAL_TYPE
-constexpr uint8_t kBodyPreKeyMessage = 3;  // CIPHERTEXT_PREKEY_TYPE
+constexpr uint8_t kBodySignalMessage = 2;     // CIPHERTEXT_SIGNAL_TYPE
+constexpr uint8_t kBodyPreKeyMessage = 3;     // CIPHERTEXT_PREKEY_TYPE
+constexpr uint8_t kBodySenderKeyMessage = 4;  // CIPHERTEXT_SENDERKEY_TYPE (group SEND only)
 constexpr uint8_t kContentText = 1;
 constexpr uint8_t kContentReceipt = 2;
 constexpr uint8_t kContentControl = 3;
+constexpr uint8_t kContentSenderKey = 4;
 constexpr uint8_t kPlaintextV2 = 2;
 constexpr size_t kPlaintextPadding = 64;
 
@@ -90,5 +94,20 @@ struct ControlContent {
 std::string EncodeControl(const ControlContent& c);
 // BAD_REQUEST when the framing is wrong, the kind unknown or there are too many ids.
 Result<ControlContent> DecodeControl(std::string_view data);
+
+// Sender-key distribution content (content type 0x04 of format 2, inside a pairwise Signal
+// message; never shown as a message; conversation counter 0 like control content):
+//
+//   group id (8 bytes, big-endian) || libsignal's serialised SenderKeyDistributionMessage
+//
+// "From now on my messages to this group are encrypted with this sender key" (chain key,
+// iteration and signing key; docs/protocol.md, "Client-side group encryption").
+struct SenderKeyDistribution {
+  uint64_t group_id = 0;
+  std::string message;  // the serialised SenderKeyDistributionMessage
+};
+std::string EncodeSenderKeyDistribution(const SenderKeyDistribution& d);
+// BAD_REQUEST when it is too short or names group 0.
+Result<SenderKeyDistribution> DecodeSenderKeyDistribution(std::string_view data);
 
 }  // namespace iris::client::e2ee

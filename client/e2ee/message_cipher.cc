@@ -1,9 +1,12 @@
 #include "client/e2ee/message_cipher.h"
 
+#include <group_cipher.h>
+#include <group_session_builder.h>
 #include <key_helper.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <protocol.h>
+#include <sender_key_record.h>
 #include <session_builder.h>
 #include <session_cipher.h>
 #include <session_pre_key.h>
@@ -332,6 +335,9 @@ Result<MessageCipher::Decrypted> MessageCipher::Decrypt(uint64_t sender, std::st
   if (content.type == kContentControl) {
     // Control content carries no conversation counter (body_format.h): no order check.
     IRIS_ASSIGN_OR_RETURN(out.control, DecodeControl(content.data));
+  } else if (content.type == kContentSenderKey) {
+    // Neither: the caller processes it (ProcessSenderKeyDistribution).
+    out.text = std::move(content.data);
   } else {
     IRIS_RETURN_IF_ERROR(CheckOrder(sender, content, &out));
     out.text = std::move(content.data);
@@ -551,7 +557,7 @@ Result<std::string> MessageCipher::SealContent(uint64_t user, uint8_t content_ty
   // Control content is not part of the conversation the user sees: counter 0, not advanced
   // (the receiver checks no order on it), so a lost or re-sent control message never shows
   // up as a gap in the user's messages.
-  if (content_type != kContentControl) {
+  if (content_type != kContentControl && content_type != kContentSenderKey) {
     c.counter = store_.GetU64(kOutCounter + peer) + 1;
     IRIS_RETURN_IF_ERROR(store_.PutU64(kOutCounter + peer, c.counter));
   }
@@ -580,6 +586,153 @@ Status MessageCipher::CheckOrder(uint64_t sender, const Content& c, Decrypted* o
     last = c.counter;
   }
   return store_.PutU64(kInCounter + peer, last);
+}
+
+// ---- groups: Sender Keys ----
+
+namespace {
+
+// libsignal's name of a sender key: the group id and the sender's address, both decimal.
+struct SenderKeyName {
+  SenderKeyName(uint64_t group, uint64_t sender)
+      : group_id(std::to_string(group)), name(std::to_string(sender)) {
+    n.group_id = group_id.c_str();
+    n.group_id_len = group_id.size();
+    n.sender = signal_protocol_address{name.c_str(), name.size(), kDeviceId};
+  }
+  std::string group_id;
+  std::string name;
+  signal_protocol_sender_key_name n{};
+};
+
+}  // namespace
+
+Result<std::string> MessageCipher::SenderKeyDistributionFor(uint64_t group, uint64_t self) {
+  SenderKeyName key(group, self);
+  group_session_builder* builder = nullptr;
+  int r = group_session_builder_create(&builder, stores_, ctx_);
+  if (r != 0) return SignalError("group session builder", r);
+  LocalStore::Transaction tx(store_);
+  Ref<sender_key_distribution_message> skdm;
+  r = group_session_builder_create_session(builder, &skdm.p, &key.n);
+  group_session_builder_free(builder);
+  if (r != 0) return SignalError("sender key for group " + key.group_id, r);
+  signal_buffer* ser =
+      ciphertext_message_get_serialized(reinterpret_cast<ciphertext_message*>(skdm.p));
+  std::string out(reinterpret_cast<const char*>(signal_buffer_const_data(ser)),
+                  signal_buffer_len(ser));
+  IRIS_RETURN_IF_ERROR(tx.Commit());
+  return out;
+}
+
+Status MessageCipher::RotateSenderKey(uint64_t group, uint64_t self) {
+  return store_.DeleteSenderKey(std::to_string(group), std::to_string(self), kDeviceId);
+}
+
+bool MessageCipher::HasSenderKey(uint64_t group, uint64_t self) const {
+  auto r = store_.LoadSenderKey(std::to_string(group), std::to_string(self), kDeviceId);
+  return r.ok() && r->has_value();
+}
+
+Result<std::string> MessageCipher::EncryptGroup(uint64_t group, uint64_t self,
+                                                std::string_view text) {
+  SenderKeyName key(group, self);
+  Content c;
+  c.type = kContentText;
+  c.data = std::string(text);
+  c.sender_ms = NowMs();
+  const std::string plain = EncodeContent(c);
+  group_cipher* cipher = nullptr;
+  int r = group_cipher_create(&cipher, stores_, &key.n, ctx_);
+  if (r != 0) return SignalError("group cipher", r);
+  LocalStore::Transaction tx(store_);
+  Ref<ciphertext_message> msg;
+  r = group_cipher_encrypt(cipher, U8(plain), plain.size(), &msg.p);
+  group_cipher_free(cipher);
+  if (r != 0) return SignalError("encrypt for group " + key.group_id, r);
+  SealedBody sealed;
+  sealed.type = kBodySenderKeyMessage;
+  signal_buffer* ser = ciphertext_message_get_serialized(msg.p);
+  sealed.ciphertext.assign(reinterpret_cast<const char*>(signal_buffer_const_data(ser)),
+                           signal_buffer_len(ser));
+  IRIS_RETURN_IF_ERROR(tx.Commit());
+  return EncodeBody(sealed);
+}
+
+Status MessageCipher::ProcessSenderKeyDistribution(uint64_t sender,
+                                                   const SenderKeyDistribution& d) {
+  SenderKeyName key(d.group_id, sender);
+  Ref<sender_key_distribution_message> skdm;
+  int r =
+      sender_key_distribution_message_deserialize(&skdm.p, U8(d.message), d.message.size(), ctx_);
+  if (r != 0) return SignalError("sender key of user " + key.name, r);
+  group_session_builder* builder = nullptr;
+  r = group_session_builder_create(&builder, stores_, ctx_);
+  if (r != 0) return SignalError("group session builder", r);
+  LocalStore::Transaction tx(store_);
+  r = group_session_builder_process_session(builder, &key.n, skdm.p);
+  group_session_builder_free(builder);
+  if (r != 0) return SignalError("sender key of user " + key.name, r);
+  return tx.Commit();
+}
+
+Result<MessageCipher::Decrypted> MessageCipher::DecryptGroup(uint64_t group, uint64_t sender,
+                                                             std::string_view body) {
+  last_decrypt_error_ = 0;
+  IRIS_ASSIGN_OR_RETURN(SealedBody sealed, DecodeBody(body));
+  if (sealed.type != kBodySenderKeyMessage) {
+    return BadRequest("a group message must be a sender key message (body type 4), not type " +
+                      std::to_string(sealed.type));
+  }
+  SenderKeyName key(group, sender);
+  const std::string from = "group message from user " + key.name;
+  Ref<sender_key_message> m;
+  int r =
+      sender_key_message_deserialize(&m.p, U8(sealed.ciphertext), sealed.ciphertext.size(), ctx_);
+  if (r != 0) {
+    last_decrypt_error_ = r;
+    return SignalError("cannot decrypt " + from, r);
+  }
+  // Is the sender key this message names held here? (Not when it was made after this
+  // account left or was removed: rotation.) libsignal would say "invalid message".
+  {
+    IRIS_ASSIGN_OR_RETURN(std::optional<std::string> stored,
+                          store_.LoadSenderKey(key.group_id, key.name, kDeviceId));
+    bool held = false;
+    if (stored) {
+      Ref<sender_key_record> record;
+      sender_key_state* state = nullptr;  // owned by the record
+      held = sender_key_record_deserialize(&record.p, U8(*stored), stored->size(), ctx_) == 0 &&
+             sender_key_record_get_sender_key_state_by_id(record.p, &state,
+                                                          sender_key_message_get_key_id(m.p)) == 0;
+    }
+    if (!held) {
+      last_decrypt_error_ = SG_ERR_NO_SESSION;
+      return BadRequest("cannot decrypt " + from + ": no sender key of theirs for this message " +
+                        "(never distributed to this account, e.g. it was sent after this " +
+                        "account left the group or was removed)");
+    }
+  }
+  group_cipher* cipher = nullptr;
+  r = group_cipher_create(&cipher, stores_, &key.n, ctx_);
+  if (r != 0) return SignalError("group cipher", r);
+  LocalStore::Transaction tx(store_);
+  Buffer plain;
+  r = group_cipher_decrypt(cipher, m.p, nullptr, &plain.b);
+  group_cipher_free(cipher);
+  last_decrypt_error_ = r;
+  if (r != 0) {
+    return SignalError("cannot decrypt " + from, r);
+  }
+  IRIS_ASSIGN_OR_RETURN(Content content, DecodeContent(plain.str()));
+  if (content.type != kContentText) {
+    return BadRequest(from + ": unexpected content type " + std::to_string(content.type));
+  }
+  Decrypted out;
+  out.text = std::move(content.data);
+  out.sender_ms = content.sender_ms;
+  IRIS_RETURN_IF_ERROR(tx.Commit());
+  return out;
 }
 
 }  // namespace iris::client::e2ee

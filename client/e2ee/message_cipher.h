@@ -131,6 +131,31 @@ class MessageCipher {
   // account itself, which nobody else will use).
   Status DiscardPreKey(uint32_t id);
 
+  // ---- Groups: Sender Keys (docs/protocol.md, "Client-side group encryption") ----
+
+  // This account's (`self`) sender-key distribution message for `group`, serialised; a
+  // fresh sender key is made first when there is none (none yet, or after RotateSenderKey).
+  // It carries the current chain iteration: whoever processes it decrypts this account's
+  // group messages from that point on.
+  Result<std::string> SenderKeyDistributionFor(uint64_t group, uint64_t self);
+  // Forgets this account's sender key for `group`: the next SenderKeyDistributionFor makes
+  // a new one, which those who hold the old one cannot derive.
+  Status RotateSenderKey(uint64_t group, uint64_t self);
+  bool HasSenderKey(uint64_t group, uint64_t self) const;
+  // A group SEND body (body_format.h type 0x04): `text` in plaintext format 2 (content type
+  // text, conversation counter 0) encrypted once with this account's sender key for
+  // `group` (precondition: SenderKeyDistributionFor was called, so the key exists).
+  Result<std::string> EncryptGroup(uint64_t group, uint64_t self, std::string_view text);
+  // Stores the sender key that `sender` distributed (kContentSenderKey content, decrypted
+  // from a pairwise message of `sender`). BAD_REQUEST when malformed.
+  Status ProcessSenderKeyDistribution(uint64_t sender, const SenderKeyDistribution& d);
+  // Decrypts a group message body of `sender` in `group`. BAD_REQUEST when malformed or
+  // it does not decrypt: SG_ERR_NO_SESSION (last_decrypt_error, "no sender key" in the
+  // message) when no sender key of
+  // `sender` for this key id is held (never distributed to this account, e.g. after it was
+  // removed and the sender rotated).
+  Result<Decrypted> DecryptGroup(uint64_t group, uint64_t sender, std::string_view body);
+
   // Hex SHA-256 of this account's public identity key (what users compare out of band).
   std::string IdentityFingerprint() const;
   uint32_t registration_id() const { return registration_id_; }

@@ -13,6 +13,10 @@
 //   iris read USER [MESSAGE_ID...] (READ receipts: default, everything from USER shown so far)
 //   iris settings [--read-receipts on|off] [--presence on|off]   (no option: show)
 //   iris history USER|--all [--before ID] [--limit N]   (the server's archive, older messages)
+//   iris group create NAME [MEMBER...] | add GROUP USER... | remove GROUP USER... |
+//              leave GROUP | list | send GROUP TEXT...   (end-to-end encrypted groups;
+//              GROUP is a group id or a local NAME)
+//   iris chat --group GROUP       (interactive group chat)
 // Global: --home DIR (else $IRIS_HOME, else ~/.iris), --json (one JSON object per line).
 //
 // Exit codes: 0 done; 1 usage or local error; 2 cannot connect or not allowed (server
@@ -234,19 +238,46 @@ void PrintEvent(const Event& e) {
     if (m->group_id != 0) j["group_id"] = m->group_id;
     j.update(OrderJson(*m));
     Out(j,
-        "[" + Clock(m->sent_at_ms) + "] " + std::to_string(m->sender) + ": " +
+        "[" + Clock(m->sent_at_ms) + "] " + std::to_string(m->sender) +
+            (m->group_id != 0 ? " in group " + std::to_string(m->group_id) : "") + ": " +
             (m->decrypted ? m->text
                           : "<cannot decrypt: " + m->error + ">" + TrustHint(m->error, m->sender)) +
             OrderNote(*m));
   } else if (const auto* a = std::get_if<SendAckedEvent>(&e)) {
     if (a->receipt) return;
-    Out({{"event", "sent"},
-         {"local_id", a->local_id},
-         {"to", a->recipient},
-         {"message_id", a->message_id},
-         {"duplicate", a->duplicate}},
-        "sent to " + std::to_string(a->recipient) + " (message id " +
-            std::to_string(a->message_id) + (a->duplicate ? ", was already stored" : "") + ")");
+    json j = {{"event", "sent"},
+              {"local_id", a->local_id},
+              {"to", a->recipient},
+              {"message_id", a->message_id},
+              {"duplicate", a->duplicate}};
+    if (a->group_id != 0) j["group_id"] = a->group_id;
+    Out(j, "sent to " +
+               (a->group_id != 0 ? "group " + std::to_string(a->group_id)
+                                 : std::to_string(a->recipient)) +
+               " (message id " + std::to_string(a->message_id) +
+               (a->duplicate ? ", was already stored" : "") + ")");
+  } else if (const auto* ge = std::get_if<GroupEvent>(&e)) {
+    auto ids = [](const std::vector<uint64_t>& v) {
+      std::string out;
+      for (uint64_t u : v) out += (out.empty() ? "" : ", ") + std::to_string(u);
+      return out;
+    };
+    std::string text = "group " + std::to_string(ge->group_id) + ": " + std::to_string(ge->actor) +
+                       (ge->version == 1 ? " created it" : " changed it");
+    if (!ge->added.empty()) text += "; added " + ids(ge->added);
+    if (!ge->removed.empty()) text += "; removed " + ids(ge->removed);
+    if (!ge->member) text += "; you are no longer a member";
+    Out({{"event", "group"},
+         {"id", ge->id},
+         {"group_id", ge->group_id},
+         {"actor", ge->actor},
+         {"owner", ge->owner},
+         {"version", ge->version},
+         {"members", ge->members},
+         {"added", ge->added},
+         {"removed", ge->removed},
+         {"member", ge->member}},
+        text);
   } else if (const auto* f = std::get_if<SendFailedEvent>(&e)) {
     json j = StatusJson(f->status);
     j.update({{"event", "send_failed"},
@@ -254,9 +285,11 @@ void PrintEvent(const Event& e) {
               {"to", f->recipient},
               {"permanent", f->permanent},
               {"attempts", f->attempts}});
+    if (f->group_id != 0) j["group_id"] = f->group_id;
     Out(j, std::string(f->permanent ? "NOT sent" : "not sent yet (will retry)") + " to " +
-               std::to_string(f->recipient) + ": " + f->status.message() +
-               TrustHint(f->status.message(), f->recipient));
+               (f->group_id != 0 ? "group " + std::to_string(f->group_id)
+                                 : std::to_string(f->recipient)) +
+               ": " + f->status.message() + TrustHint(f->status.message(), f->recipient));
   } else if (const auto* r = std::get_if<ReceiptEvent>(&e)) {
     const bool read = r->kind == ReceiptKind::kRead;
     std::string ids;
@@ -351,14 +384,18 @@ struct Session {
   Status last_error;
 
   // Prints a message once (ids at or below `shown` were printed before).
-  void ShowMessage(const client::MessageEvent& m, uint64_t only_from = 0) {
+  // `only_from`: only direct messages from that user; `only_group`: only that group's.
+  void ShowMessage(const client::MessageEvent& m, uint64_t only_from = 0, uint64_t only_group = 0) {
     if (m.id <= shown) return;
-    if (only_from == 0 || m.sender == only_from) PrintEvent(Event(m));
+    const bool show = only_group != 0
+                          ? m.group_id == only_group
+                          : only_from == 0 || (m.sender == only_from && m.group_id == 0);
+    if (show) PrintEvent(Event(m));
     shown = m.id;
     SaveShownCursor(dir, shown);
   }
   // Prints stored messages not printed yet.
-  void ShowBacklog(uint64_t only_from = 0) {
+  void ShowBacklog(uint64_t only_from = 0, uint64_t only_group = 0) {
     for (;;) {
       auto batch = client->Messages(shown, 256);
       if (batch.empty()) return;
@@ -370,7 +407,8 @@ struct Session {
         e.text = m.text;
         e.decrypted = m.decrypted;
         e.error = m.error;
-        ShowMessage(e, only_from);
+        e.group_id = m.group_id;
+        ShowMessage(e, only_from, only_group);
       }
     }
   }
@@ -754,12 +792,41 @@ class RawTerminal {
   bool active_ = false;
 };
 
-int CmdChat(const std::string& dir, uint64_t peer, double drain_timeout) {
+// A group named on the command line: its id, or the local name of a group this state
+// directory knows (Client::Groups).
+Result<uint64_t> ResolveGroup(Client& c, const std::string& name) {
+  char* end = nullptr;
+  const unsigned long long id = std::strtoull(name.c_str(), &end, 10);
+  const auto groups = c.Groups();
+  if (!name.empty() && *end == '\0' && id != 0) return static_cast<uint64_t>(id);
+  std::vector<uint64_t> found;
+  for (const auto& g : groups) {
+    if (g.name == name) found.push_back(g.id);
+  }
+  if (found.size() == 1) return found[0];
+  if (found.empty()) {
+    return NotFound("no group named \"" + name +
+                    "\" is known here: give its id (iris group list shows the groups you know)");
+  }
+  return BadRequest("several groups are named \"" + name + "\": give its id (iris group list)");
+}
+
+// `peer` for a chat with one user, or `group_name` (non-empty) for a group chat.
+int CmdChat(const std::string& dir, uint64_t peer, const std::string& group_name,
+            double drain_timeout) {
   auto cfg = LoadOrExplain(dir);
   if (!cfg.ok()) return LocalError(cfg.status());
   auto s = OpenSession(dir, *cfg);
   if (!s.ok()) return LocalError(s.status());
   Session& ss = **s;
+  uint64_t group = 0;
+  if (!group_name.empty()) {
+    auto g = ResolveGroup(*ss.client, group_name);
+    if (!g.ok()) return LocalError(g.status());
+    group = *g;
+  } else if (peer == 0) {
+    return LocalError(BadRequest("chat: name a user (iris chat USER) or a group (--group GROUP)"));
+  }
   const bool tty = isatty(STDIN_FILENO) == 1 && !g_json;
   std::unique_ptr<RawTerminal> raw;
   std::mutex line_mu;
@@ -804,9 +871,11 @@ int CmdChat(const std::string& dir, uint64_t peer, double drain_timeout) {
       TheInbox().Push(InputEof{});
     }).detach();
   }
-  Note("chat with " + std::to_string(peer) + " (end-to-end encrypted; Ctrl-D or /quit to leave)");
-  ss.ShowBacklog(peer);
-  ss.client->SubscribePresence({peer});
+  Note((group != 0 ? "chat in group " + std::to_string(group)
+                   : "chat with " + std::to_string(peer)) +
+       " (end-to-end encrypted; Ctrl-D or /quit to leave)");
+  ss.ShowBacklog(peer, group);
+  if (group == 0) ss.client->SubscribePresence({peer});
   ss.client->Start();
   redraw();
 
@@ -838,6 +907,7 @@ int CmdChat(const std::string& dir, uint64_t peer, double drain_timeout) {
       continue;
     }
     if (std::holds_alternative<InputKey>(*item)) {
+      if (group != 0) continue;  // typing indicators: direct chats only
       last_key = std::chrono::steady_clock::now();
       if (!typing) {
         typing = true;
@@ -853,7 +923,7 @@ int CmdChat(const std::string& dir, uint64_t peer, double drain_timeout) {
         deadline = After(drain_timeout);
         continue;
       }
-      if (text == "/typing on" || text == "/typing off") {  // for scripts without a terminal
+      if (group == 0 && (text == "/typing on" || text == "/typing off")) {  // for scripts
         typing = text == "/typing on";
         last_key = std::chrono::steady_clock::now();
         ss.client->SetTyping(peer, typing);
@@ -863,7 +933,7 @@ int CmdChat(const std::string& dir, uint64_t peer, double drain_timeout) {
         typing = false;
         ss.client->SetTyping(peer, false);
       }
-      auto id = ss.client->Send(peer, text);
+      auto id = group != 0 ? ss.client->SendGroup(group, text) : ss.client->Send(peer, text);
       if (!id.ok()) {
         clear_line();
         std::cerr << "iris: " << id.status().message() << std::endl;
@@ -872,8 +942,9 @@ int CmdChat(const std::string& dir, uint64_t peer, double drain_timeout) {
       }
       unacked.insert(*id);
       clear_line();
-      Out({{"event", "queued"}, {"local_id", *id}, {"to", peer}, {"text", text}},
-          "[" + Clock(static_cast<uint64_t>(std::time(nullptr)) * 1000) + "] me: " + text);
+      json queued = {{"event", "queued"}, {"local_id", *id}, {"to", peer}, {"text", text}};
+      if (group != 0) queued["group_id"] = group;
+      Out(queued, "[" + Clock(static_cast<uint64_t>(std::time(nullptr)) * 1000) + "] me: " + text);
       redraw();
       continue;
     }
@@ -885,16 +956,18 @@ int CmdChat(const std::string& dir, uint64_t peer, double drain_timeout) {
     }
     clear_line();
     if (const auto* m = std::get_if<client::MessageEvent>(e)) {
-      ss.ShowMessage(*m, peer);
+      ss.ShowMessage(*m, peer, group);
+    } else if (const auto* ge = std::get_if<client::GroupEvent>(e)) {
+      if (ge->group_id == group) PrintEvent(*e);
     } else if (const auto* a = std::get_if<client::SendAckedEvent>(e)) {
       if (unacked.erase(a->local_id) > 0 && g_json) PrintEvent(*e);
     } else if (const auto* t = std::get_if<client::TypingEvent>(e)) {
-      if (t->user == peer) PrintEvent(*e);
+      if (group == 0 && t->user == peer) PrintEvent(*e);
     } else if (const auto* p = std::get_if<client::PresenceEvent>(e)) {
       if (p->user == peer && peer_online != static_cast<int>(p->online)) PrintEvent(*e);
       if (p->user == peer) peer_online = static_cast<int>(p->online);
     } else if (const auto* r = std::get_if<client::ReceiptEvent>(e)) {
-      if (r->from == peer && g_json) PrintEvent(*e);
+      if (group == 0 && r->from == peer && g_json) PrintEvent(*e);
     } else if (std::holds_alternative<client::SendFailedEvent>(*e) ||
                std::holds_alternative<client::StateEvent>(*e) ||
                std::holds_alternative<client::IdentityChangedEvent>(*e) ||
@@ -1059,6 +1132,167 @@ void PrintProblems(Session& ss, const Event& e) {
              std::holds_alternative<client::ArchiveGapEvent>(e)) {
     PrintEvent(e);
   }
+}
+
+// ---- iris group (docs/protocol.md, "Groups" and "Client-side group encryption") ----
+
+json GroupJson(const client::GroupRecord& g) {
+  return {{"group_id", g.id},     {"name", g.name},     {"owner", g.owner},
+          {"members", g.members}, {"member", g.member}, {"version", g.version}};
+}
+
+std::optional<client::GroupRecord> LocalGroup(Client& c, uint64_t id) {
+  for (auto& g : c.Groups()) {
+    if (g.id == id) return g;
+  }
+  return std::nullopt;
+}
+
+// Runs one membership request (`ask` sends it and returns its request number) to its
+// answer. Prints `event` with the group's new state.
+int RunGroupRequest(Session& ss, double timeout, const std::string& what, const std::string& event,
+                    const std::function<uint64_t()>& ask) {
+  uint64_t request = 0;
+  std::optional<client::GroupInfoEvent> answer;
+  int rc = RunUntilSettled(
+      ss, timeout, what,
+      [&](const Event& e) {
+        if (const auto* st = std::get_if<client::StateEvent>(&e);
+            st != nullptr && st->state == SessionState::kLive && request == 0) {
+          request = ask();
+        }
+        if (const auto* g = std::get_if<client::GroupInfoEvent>(&e);
+            g != nullptr && request != 0 && g->request == request) {
+          answer = *g;
+        } else if (const auto* f = std::get_if<client::RequestFailedEvent>(&e);
+                   f != nullptr && request != 0 && f->request == request) {
+          std::cerr << "iris: " << what << " failed: " << f->status.message() << std::endl;
+          return f->status.code() == StatusCode::kInternal ? kExitLocal : kExitConnect;
+        } else {
+          PrintProblems(ss, e);
+        }
+        return -1;
+      },
+      [&] { return answer.has_value(); });
+  if (rc >= 0) return rc;
+  ss.client->Stop();
+  auto g = LocalGroup(*ss.client, answer->group_id);
+  client::GroupRecord r = g.value_or(client::GroupRecord{});
+  json j = GroupJson(r);
+  j["event"] = event;
+  std::string members;
+  for (uint64_t u : r.members) members += (members.empty() ? "" : ", ") + std::to_string(u);
+  Out(j, event + ": group " + std::to_string(r.id) + (r.name.empty() ? "" : " \"" + r.name + "\"") +
+             ", owner " + std::to_string(r.owner) + ", members " + members);
+  return kExitOk;
+}
+
+int CmdGroupCreate(const std::string& dir, const std::string& name,
+                   const std::vector<uint64_t>& members, double timeout) {
+  if (name.empty() || name.find_first_not_of("0123456789") == std::string::npos) {
+    return LocalError(
+        BadRequest("group create: the NAME must not be empty or a number (numbers "
+                   "name groups by id)"));
+  }
+  auto cfg = LoadOrExplain(dir);
+  if (!cfg.ok()) return LocalError(cfg.status());
+  auto s = OpenSession(dir, *cfg);
+  if (!s.ok()) return LocalError(s.status());
+  Session& ss = **s;
+  for (const auto& g : ss.client->Groups()) {
+    if (g.name == name) {
+      return LocalError(BadRequest("a group named \"" + name + "\" exists already (id " +
+                                   std::to_string(g.id) + ")"));
+    }
+  }
+  return RunGroupRequest(ss, timeout, "creating the group", "group_created",
+                         [&] { return ss.client->CreateGroup(members, name); });
+}
+
+// add / remove / leave.
+int CmdGroupUpdate(const std::string& dir, const std::string& group_name,
+                   const std::vector<uint64_t>& add, const std::vector<uint64_t>& remove,
+                   bool leave, double timeout) {
+  auto cfg = LoadOrExplain(dir);
+  if (!cfg.ok()) return LocalError(cfg.status());
+  auto s = OpenSession(dir, *cfg);
+  if (!s.ok()) return LocalError(s.status());
+  Session& ss = **s;
+  auto group = ResolveGroup(*ss.client, group_name);
+  if (!group.ok()) return LocalError(group.status());
+  const uint64_t g = *group;
+  return RunGroupRequest(
+      ss, timeout, leave ? "leaving the group" : "changing the group",
+      leave ? "group_left" : "group_updated",
+      [&] { return leave ? ss.client->LeaveGroup(g) : ss.client->UpdateGroup(g, add, remove); });
+}
+
+int CmdGroupList(const std::string& dir, double timeout) {
+  auto cfg = LoadOrExplain(dir);
+  if (!cfg.ok()) return LocalError(cfg.status());
+  auto s = OpenSession(dir, *cfg);
+  if (!s.ok()) return LocalError(s.status());
+  Session& ss = **s;
+  // Catch up first: groups are learnt from their GROUP_EVENTs.
+  int rc = RunUntilSettled(ss, timeout, "syncing", [&](const Event& e) {
+    PrintProblems(ss, e);
+    return -1;
+  });
+  if (rc >= 0) return rc;
+  ss.client->Stop();
+  const auto groups = ss.client->Groups();
+  if (groups.empty()) Note("no groups (create one: iris group create NAME USER...)");
+  for (const auto& g : groups) {
+    json j = GroupJson(g);
+    j["event"] = "group_entry";
+    Out(j, std::to_string(g.id) + "  " + (g.name.empty() ? "-" : g.name) + "  owner " +
+               std::to_string(g.owner) + ", " + std::to_string(g.members.size()) + " members" +
+               (g.member ? "" : " (you are no longer a member)"));
+  }
+  return kExitOk;
+}
+
+int CmdGroupSend(const std::string& dir, const std::string& group_name,
+                 const std::vector<std::string>& words, double timeout) {
+  std::string text;
+  for (const auto& w : words) text += (text.empty() ? "" : " ") + w;
+  if (text.empty()) return LocalError(BadRequest("group send: the message text is empty"));
+  auto cfg = LoadOrExplain(dir);
+  if (!cfg.ok()) return LocalError(cfg.status());
+  auto s = OpenSession(dir, *cfg);
+  if (!s.ok()) return LocalError(s.status());
+  Session& ss = **s;
+  auto group = ResolveGroup(*ss.client, group_name);
+  if (!group.ok()) return LocalError(group.status());
+  // Queued once caught up: a group created by someone else is known after its GROUP_EVENT.
+  std::string local_id;
+  bool acked = false;
+  int rc = RunUntilSettled(
+      ss, timeout, "sending to the group",
+      [&](const Event& e) {
+        if (std::holds_alternative<client::SyncedEvent>(e) && local_id.empty()) {
+          auto id = ss.client->SendGroup(*group, text);
+          if (!id.ok()) return LocalError(id.status());
+          local_id = *id;
+          Out({{"event", "queued"}, {"local_id", local_id}, {"group_id", *group}, {"text", text}},
+              "");
+        } else if (const auto* a = std::get_if<client::SendAckedEvent>(&e);
+                   a != nullptr && a->local_id == local_id) {
+          acked = true;
+          PrintEvent(e);
+        } else if (const auto* f = std::get_if<client::SendFailedEvent>(&e);
+                   f != nullptr && f->local_id == local_id) {
+          PrintEvent(e);
+          if (f->permanent) return kExitConnect;
+        } else {
+          PrintProblems(ss, e);
+        }
+        return -1;
+      },
+      [&] { return acked; });
+  if (rc >= 0) return rc;
+  ss.client->Stop();
+  return kExitOk;
 }
 
 // iris read: READ receipts for messages from `peer` (docs/protocol.md, Client conventions
@@ -1340,7 +1574,7 @@ int Main(int argc, char** argv) {
   auto* cc = app.add_subcommand("chat",
                                 "interactive end-to-end encrypted chat with typing "
                                 "indicators (/quit or Ctrl-D leaves)");
-  cc->add_option("USER", chat_peer, "the other user's id")->required();
+  cc->add_option("USER", chat_peer, "the other user's id");
   cc->add_option("--timeout", chat_drain, "seconds to wait for unsent messages when leaving")
       ->capture_default_str();
 
@@ -1395,6 +1629,31 @@ int Main(int argc, char** argv) {
       ->check(CLI::Range(1, 100000));
   ch->add_option("--timeout", history_timeout, "seconds")->capture_default_str();
 
+  auto* gr = app.add_subcommand("group", "end-to-end encrypted groups");
+  gr->require_subcommand(1);
+  double group_timeout = 20;
+  gr->add_option("--timeout", group_timeout, "seconds")->capture_default_str();
+  std::string group_name;
+  std::vector<uint64_t> group_users;
+  std::vector<std::string> group_words;
+  auto* gc = gr->add_subcommand("create", "create a group (you own it) with these members");
+  gc->add_option("NAME", group_name, "a name for it (kept on this device only)")->required();
+  gc->add_option("MEMBER", group_users, "member user ids");
+  auto* ga = gr->add_subcommand("add", "add members (owner only)");
+  ga->add_option("GROUP", group_name, "group id or name")->required();
+  ga->add_option("USER", group_users, "user ids")->required();
+  auto* gm = gr->add_subcommand("remove", "remove members (owner only); the others rotate keys");
+  gm->add_option("GROUP", group_name, "group id or name")->required();
+  gm->add_option("USER", group_users, "user ids")->required();
+  auto* gl = gr->add_subcommand("leave", "leave a group");
+  gl->add_option("GROUP", group_name, "group id or name")->required();
+  auto* gi = gr->add_subcommand("list", "the groups this device knows of (after a sync)");
+  auto* gs = gr->add_subcommand("send", "send an encrypted message to a group");
+  gs->add_option("GROUP", group_name, "group id or name")->required();
+  gs->add_option("TEXT", group_words, "message text")->required();
+  std::string chat_group;
+  cc->add_option("--group", chat_group, "chat in this group (id or name) instead");
+
   CLI11_PARSE(app, argc, argv);
   const std::string dir = StateDir(home);
   StartSignalThread();
@@ -1403,7 +1662,13 @@ int Main(int argc, char** argv) {
   if (cy->parsed()) return CmdSync(dir, sync_timeout);
   if (li->parsed()) return CmdListen(dir, listen_presence);
   if (cp->parsed()) return CmdPresence(dir, presence_users, watch, presence_timeout);
-  if (cc->parsed()) return CmdChat(dir, chat_peer, chat_drain);
+  if (cc->parsed()) return CmdChat(dir, chat_peer, chat_group, chat_drain);
+  if (gc->parsed()) return CmdGroupCreate(dir, group_name, group_users, group_timeout);
+  if (ga->parsed()) return CmdGroupUpdate(dir, group_name, group_users, {}, false, group_timeout);
+  if (gm->parsed()) return CmdGroupUpdate(dir, group_name, {}, group_users, false, group_timeout);
+  if (gl->parsed()) return CmdGroupUpdate(dir, group_name, {}, {}, true, group_timeout);
+  if (gi->parsed()) return CmdGroupList(dir, group_timeout);
+  if (gs->parsed()) return CmdGroupSend(dir, group_name, group_words, group_timeout);
   if (st->parsed()) return CmdStatus(dir);
   if (ct->parsed()) return CmdTrust(dir, trust_user, trust_fingerprint);
   if (cv->parsed()) return CmdVerify(dir, verify_user, verify_mark);

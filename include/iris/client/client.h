@@ -16,9 +16,9 @@
 //  - End-to-end encryption with the Signal Protocol (X3DH + Double Ratchet) via
 //    libsignal-protocol-c: the first Open() of a state directory generates the identity key
 //    and a signed prekey; the first connection uploads them with a pool of one-time prekeys
-//    (KEYS_UPLOAD); the client replenishes the pool when it runs low; the first message to a user builds a session from that user's
-//    fetched bundle (KEYS_FETCH). Message bodies on the wire are ciphertext only (the body
-//    format is in docs/protocol.md, "Client conventions").
+//    (KEYS_UPLOAD); the client replenishes the pool when it runs low; the first message to a user
+//    builds a session from that user's fetched bundle (KEYS_FETCH). Message bodies on the wire are
+//    ciphertext only (the body format is in docs/protocol.md, "Client conventions").
 //  - The server is always verified (CA file or pinned fingerprint, see ConnectOptions).
 //
 // Thread-safety: every public method may be called from any thread, concurrently. Events
@@ -45,9 +45,9 @@
 #include <string_view>
 #include <vector>
 
-#include "iris/status.h"
 #include "iris/client/connection.h"
 #include "iris/client/events.h"
+#include "iris/status.h"
 
 namespace iris::client {
 
@@ -102,6 +102,7 @@ struct StoredMessage {
   std::string text;
   bool decrypted = true;
   std::string error;
+  uint64_t group_id = 0;  // a group message: its group
 };
 
 // What a user compares out of band to verify a contact (Client::Verification): Signal's
@@ -119,12 +120,25 @@ struct ContactVerification {
   std::string refused_safety_number;
 };
 
+// A group this account knows of (Client::Groups): the newest state seen in a GROUP_INFO
+// answer or a GROUP_EVENT.
+struct GroupRecord {
+  uint64_t id = 0;
+  std::string name;  // local only (never sent to the server or the members); may be empty
+  GroupKind kind = GroupKind::kUnspecified;
+  uint64_t owner = 0;
+  uint64_t version = 0;
+  std::vector<uint64_t> members;
+  bool member = true;  // false once this user left or was removed
+};
+
 // A send waiting in the local queue (Client::PendingSends).
 struct PendingSend {
   std::string local_id;
-  uint64_t recipient = 0;
-  std::string text;      // empty for receipts
-  bool receipt = false;  // a receipt or an E2EE control message (not a user's message)
+  uint64_t recipient = 0;  // 0 for a group message
+  uint64_t group_id = 0;   // a group message (SendGroup)
+  std::string text;        // empty for receipts
+  bool receipt = false;    // a receipt or an E2EE control message (not a user's message)
   uint32_t attempts = 0;
   bool encrypted = false;  // the ciphertext is fixed (will be resent byte for byte)
 };
@@ -171,6 +185,39 @@ class Client {
   // joined; or with RequestFailedEvent{"group_get"} (NOT_FOUND, FORBIDDEN for a
   // non-member, ...). A request whose connection is lost before the answer is dropped.
   void GetGroup(uint64_t group_id);
+
+  // Groups (docs/protocol.md "Groups" and "Client-side group encryption"). Membership calls
+  // are sent once connected and answered once, on the I/O thread, with a GroupInfoEvent
+  // carrying the returned request number (> 0), or a RequestFailedEvent ("group_create" /
+  // "group_update") with it: refused by the server (FORBIDDEN: only the owner changes
+  // membership; RATE_LIMITED; TOO_LARGE above 256 members), or the connection ended first
+  // (not retried: the caller may ask again; a retried create with the same call makes a
+  // second group). The answer's state is recorded locally (Groups()).
+  //
+  // Creates an end-to-end encrypted group owned by this user with `members` (this user is
+  // added by the server); `name` is kept locally only.
+  uint64_t CreateGroup(const std::vector<uint64_t>& members, std::string name = "");
+  // Adds and removes members (owner only).
+  uint64_t UpdateGroup(uint64_t group_id, const std::vector<uint64_t>& add,
+                       const std::vector<uint64_t>& remove);
+  // Removes this user from the group (any member but the owner).
+  uint64_t LeaveGroup(uint64_t group_id);
+  // Queues `text` for the group and returns its local id, as Send does. It is encrypted
+  // once, when due, with this user's sender key for the group and goes out as one group
+  // SEND; before that, the sender key is distributed (over the pairwise sessions) to every
+  // member that does not hold it yet, and a new sender key is made first when someone who
+  // held the current one is no longer a member (rotation). SendAckedEvent/SendFailedEvent
+  // carry group_id. BAD_REQUEST for an empty text or group 0; NOT_FOUND when this client
+  // knows no such group (it learns groups from GROUP_INFO answers and GROUP_EVENTs),
+  // BAD_REQUEST when this user is no longer a member; TOO_LARGE as Send. Sending fails later
+  // (SendFailedEvent, permanent) for a group that is not E2EE (broadcast) or has no other
+  // member.
+  Result<std::string> SendGroup(uint64_t group_id, std::string_view text);
+  // The groups this client knows of (the protocol has no "list my groups"): those created
+  // here and those whose GROUP_EVENT reached this user, including ones it has left.
+  std::vector<GroupRecord> Groups() const;
+  // Sets the local name of a known group (NOT_FOUND otherwise).
+  Status NameGroup(uint64_t group_id, std::string name);
   // Sends SETTINGS (read receipts, presence sharing) once connected; the values are also
   // recorded locally (LocalSettings). The server's OK is not reported: Settled() turns true
   // once it came; a refusal is a RequestFailedEvent "settings".

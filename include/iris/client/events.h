@@ -37,8 +37,9 @@ struct StateEvent {
 // why). Then, when `pending`, the ciphertext is kept and retried once the user trusts the
 // sender's new identity key (Client::TrustIdentity); when the sender's session was lost
 // (e.g. this user re-installed), the client asked the sender to re-send it in a new
-// session (the error says so); a message with a group_id is reported as an unsupported
-// group message. A local storage error is never reported here: the message is not
+// session (the error says so). A group message (`group_id` set) is decrypted with the
+// sender's sender key for that group (docs/protocol.md, "Client-side group encryption");
+// it gets no receipt. A local storage error is never reported here: the message is not
 // stored, the cursor does not move, and it is processed again after reconnecting.
 struct MessageEvent {
   uint64_t id = 0;  // server message id (HLC), increasing within this user's inbox
@@ -49,7 +50,7 @@ struct MessageEvent {
   bool prekey_message = false;  // the first message(s) of a new Signal session (X3DH)
   std::string error;
   bool from_catch_up = false;  // came in a SYNC_PAGE rather than a DELIVER push
-  uint64_t group_id = 0;       // a group message (not supported yet: decrypted is false)
+  uint64_t group_id = 0;       // a group message: its group (0 = a direct message)
   bool pending = false;        // kept for a retry (see above)
   // From inside the ciphertext (0/false for messages from older clients): the sender's own
   // clock, and the sender's per-conversation counter, checked against the messages seen
@@ -90,7 +91,8 @@ struct SendAckedEvent {
   uint64_t recipient = 0;
   uint64_t message_id = 0;
   bool duplicate = false;  // the server had it already (a retry after a lost ack)
-  bool receipt = false;    // a receipt rather than a message
+  bool receipt = false;    // a receipt (or an E2EE control message) rather than a message
+  uint64_t group_id = 0;   // a group message (Client::SendGroup): its group; recipient is 0
 };
 
 // A queued send could not go out yet and will be retried (`status` says why), or failed for
@@ -101,6 +103,7 @@ struct SendFailedEvent {
   Status status;
   bool permanent = false;
   uint32_t attempts = 0;
+  uint64_t group_id = 0;  // a group message: its group; recipient is 0
 };
 
 enum class ReceiptKind : uint8_t { kDelivered = 1, kRead = 2 };
@@ -129,9 +132,11 @@ struct TypingEvent {
 // A request that is not a send (presence, settings, keys, history) was refused by the
 // server, or (history) its connection ended before the answer came.
 struct RequestFailedEvent {
-  std::string what;  // "presence_query", "settings", "keys_upload", "history", ...
+  std::string what;  // "presence_query", "settings", "keys_upload", "history", "group_create",
+                     // "group_update", "group_get", ...
   Status status;
-  uint64_t request = 0;  // "history": the number Client::RequestHistory returned
+  uint64_t request = 0;  // "history", "group_create", "group_update": the number the call
+                         // returned
 };
 
 // Catch-up found that messages newer than this client's cursor were moved to the server's
@@ -182,10 +187,12 @@ struct KeysUploadedEvent {
 
 enum class GroupKind : uint8_t { kUnspecified = 0, kE2ee = 1, kBroadcast = 2 };
 
-// The answer to Client::GetGroup: the group with its whole member list (ascending ids, the
-// owner included), assembled from as many GROUP_INFO pages as the server sent; every page
-// is of the same `version` (a list that changed while it was paged is fetched again).
+// The answer to Client::GetGroup, CreateGroup, UpdateGroup or LeaveGroup: the group with
+// its whole member list (ascending ids, the owner included), assembled from as many
+// GROUP_INFO pages as the server sent; every page is of the same `version` (a list that
+// changed while it was paged is fetched again). The client records it (Client::Groups).
 struct GroupInfoEvent {
+  uint64_t request = 0;  // the number CreateGroup/UpdateGroup/LeaveGroup returned; 0 for GetGroup
   uint64_t group_id = 0;
   GroupKind kind = GroupKind::kUnspecified;
   uint64_t owner = 0;
@@ -194,10 +201,27 @@ struct GroupInfoEvent {
   uint32_t pages = 0;  // GROUP_INFO frames it took
 };
 
-using Event =
-    std::variant<StateEvent, MessageEvent, SendAckedEvent, SendFailedEvent, ReceiptEvent,
-                 PresenceEvent, TypingEvent, RequestFailedEvent, SyncedEvent, KeysUploadedEvent,
-                 IdentityChangedEvent, PeerDecryptFailedEvent, ArchiveGapEvent, HistoryEvent,
-                 GroupInfoEvent>;
+// A GROUP_EVENT from this user's inbox: `actor` created the group or changed its membership.
+// Stored before this event (Client::Groups shows the new state). `added` and `removed`
+// compare with the membership this client knew before (everyone is `added` for a group
+// it did not know). When this user was removed or left, `member` is false: the group's
+// later messages do not reach it, and those who stay rotate their sender keys.
+struct GroupEvent {
+  uint64_t id = 0;  // inbox id
+  uint64_t group_id = 0;
+  uint64_t actor = 0;
+  GroupKind kind = GroupKind::kUnspecified;
+  uint64_t owner = 0;
+  uint64_t version = 0;
+  std::vector<uint64_t> members;  // after the change (empty for a group over 256 members)
+  std::vector<uint64_t> added;
+  std::vector<uint64_t> removed;
+  bool member = true;
+};
+
+using Event = std::variant<StateEvent, MessageEvent, SendAckedEvent, SendFailedEvent, ReceiptEvent,
+                           PresenceEvent, TypingEvent, RequestFailedEvent, SyncedEvent,
+                           KeysUploadedEvent, IdentityChangedEvent, PeerDecryptFailedEvent,
+                           ArchiveGapEvent, HistoryEvent, GroupInfoEvent, GroupEvent>;
 
 }  // namespace iris::client

@@ -701,8 +701,9 @@ TEST_F(CliE2eeTest, LocalStoreErrorDuringDecryptionDoesNotAdvanceTheCursor) {
   EXPECT_EQ(cursor(), id);
 }
 
-// Until groups exist in the client, a group message says so (not "cannot decrypt").
-TEST_F(CliE2eeTest, GroupMessageIsReportedAsUnsupported) {
+// A group message that is not a sender-key message (here: a raw client's bytes) is
+// reported as undecryptable with the reason, with its group id.
+TEST_F(CliE2eeTest, MalformedGroupMessageIsReported) {
   const std::string bob = Login(1302);
   auto owner = TestClient::Connect(server_);
   owner->Login(server_, 1301);
@@ -731,8 +732,122 @@ TEST_F(CliE2eeTest, GroupMessageIsReportedAsUnsupported) {
   ASSERT_EQ(got.size(), 1u);
   EXPECT_FALSE(got[0]["decrypted"].get<bool>());
   EXPECT_EQ(got[0]["group_id"].get<uint64_t>(), g.group_id());
-  EXPECT_NE(got[0]["error"].get<std::string>().find("unsupported group message"), std::string::npos)
+  EXPECT_NE(got[0]["error"].get<std::string>().find("sender key message"), std::string::npos)
       << got[0].dump();
+}
+
+// iris group create / send / list / remove, and iris listen showing the group message: the
+// members decrypt it, the server's copy is ciphertext only.
+TEST_F(CliE2eeTest, GroupCreateSendAndListen) {
+  const std::string alice = Login(1401);
+  const std::string bob = Login(1402);
+  const std::string carol = Login(1403);
+  IrisChild listener(bob, {"--json", "listen"});
+  CliResult created = RunIris(alice, {"--json", "group", "create", "friends", "1402", "1403"});
+  ASSERT_EQ(created.exit_code, 0) << created.err << created.out;
+  auto ev = Events(created.Json(), "group_created");
+  ASSERT_EQ(ev.size(), 1u) << created.out;
+  const uint64_t group = ev[0]["group_id"].get<uint64_t>();
+  EXPECT_EQ(ev[0]["name"], "friends");
+  EXPECT_EQ(ev[0]["members"], json({1401, 1402, 1403}));
+  // The listener hears of the new group.
+  auto joined = listener.WaitFor([&](const json& j) {
+    return j.value("event", "") == "group" && j.value("group_id", uint64_t{0}) == group;
+  });
+  ASSERT_FALSE(joined.is_null()) << listener.err();
+  EXPECT_EQ(joined["actor"].get<uint64_t>(), 1401u);
+
+  // By local name, from the creator.
+  CliResult sent = RunIris(alice, {"--json", "group", "send", "friends", "hello", "group"});
+  ASSERT_EQ(sent.exit_code, 0) << sent.err << sent.out;
+  auto acks = Events(sent.Json(), "sent");
+  ASSERT_EQ(acks.size(), 1u) << sent.out;
+  EXPECT_EQ(acks[0]["group_id"].get<uint64_t>(), group);
+
+  auto msg = listener.WaitFor([](const json& j) { return j.value("event", "") == "message"; });
+  ASSERT_FALSE(msg.is_null()) << listener.err();
+  EXPECT_TRUE(msg["decrypted"].get<bool>()) << msg.dump();
+  EXPECT_EQ(msg["text"], "hello group");
+  EXPECT_EQ(msg["from"].get<uint64_t>(), 1401u);
+  EXPECT_EQ(msg["group_id"].get<uint64_t>(), group);
+
+  // A member that learnt the group from its GROUP_EVENT lists it and sends by id.
+  CliResult listed = RunIris(carol, {"--json", "group", "list"});
+  ASSERT_EQ(listed.exit_code, 0) << listed.err;
+  auto entries = Events(listed.Json(), "group_entry");
+  ASSERT_EQ(entries.size(), 1u) << listed.out;
+  EXPECT_EQ(entries[0]["group_id"].get<uint64_t>(), group);
+  EXPECT_EQ(entries[0]["owner"].get<uint64_t>(), 1401u);
+  CliResult reply =
+      RunIris(carol, {"--json", "group", "send", std::to_string(group), "hi from carol"});
+  ASSERT_EQ(reply.exit_code, 0) << reply.err << reply.out;
+  auto second = listener.WaitFor([](const json& j) {
+    return j.value("event", "") == "message" && j.value("text", "") == "hi from carol";
+  });
+  ASSERT_FALSE(second.is_null()) << listener.err();
+  EXPECT_EQ(second["group_id"].get<uint64_t>(), group);
+  EXPECT_TRUE(FilesContaining(server_.data_dir(), "hello group").empty());
+
+  // Only the owner changes membership; bob is removed and told so.
+  CliResult refused = RunIris(carol, {"group", "remove", std::to_string(group), "1402"});
+  EXPECT_EQ(refused.exit_code, 2);
+  EXPECT_NE(refused.err.find("only the group owner"), std::string::npos) << refused.err;
+  CliResult removed = RunIris(alice, {"--json", "group", "remove", "friends", "1402"});
+  ASSERT_EQ(removed.exit_code, 0) << removed.err << removed.out;
+  EXPECT_EQ(Events(removed.Json(), "group_updated")[0]["members"], json({1401, 1403}));
+  auto gone = listener.WaitFor(
+      [&](const json& j) { return j.value("event", "") == "group" && !j.value("member", true); });
+  ASSERT_FALSE(gone.is_null()) << listener.err();
+  EXPECT_EQ(listener.Kill(SIGTERM), 0);
+  CliResult bob_send = RunIris(bob, {"group", "send", std::to_string(group), "let me in"});
+  EXPECT_EQ(bob_send.exit_code, 1);
+  EXPECT_NE(bob_send.err.find("no longer a member"), std::string::npos) << bob_send.err;
+  // Carol leaves; the owner is then alone and a send says so.
+  CliResult left = RunIris(carol, {"--json", "group", "leave", std::to_string(group)});
+  ASSERT_EQ(left.exit_code, 0) << left.err << left.out;
+  auto left_ev = Events(left.Json(), "group_left");
+  ASSERT_EQ(left_ev.size(), 1u) << left.out;
+  EXPECT_FALSE(left_ev[0]["member"].get<bool>());
+  EXPECT_EQ(left_ev[0]["members"], json({1401}));
+  CliResult alone = RunIris(alice, {"--json", "group", "send", "friends", "anyone?"});
+  EXPECT_NE(alone.exit_code, 0);
+  EXPECT_NE(alone.out.find("no other members"), std::string::npos) << alone.out << alone.err;
+  CliResult bad = RunIris(alice, {"group", "send", "nosuchgroup", "x"});
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err.find("no group named \"nosuchgroup\""), std::string::npos) << bad.err;
+}
+
+// iris chat --group: shows the group's messages and sends each typed line to the group.
+TEST_F(CliE2eeTest, GroupChatShowsAndSendsGroupMessages) {
+  const std::string alice = Login(1501);
+  const std::string bob = Login(1502);
+  CliResult created = RunIris(alice, {"--json", "group", "create", "pair", "1502"});
+  ASSERT_EQ(created.exit_code, 0) << created.err << created.out;
+  const uint64_t group = Events(created.Json(), "group_created")[0]["group_id"].get<uint64_t>();
+  // A direct message from alice is not part of the group chat.
+  SendOne(alice, 1502, "direct, not in the group");
+  ASSERT_EQ(RunIris(alice, {"group", "send", "pair", "in the group"}).exit_code, 0);
+  IrisChild chat(bob, {"--json", "chat", "--group", std::to_string(group)});
+  auto shown = chat.WaitFor([](const json& j) { return j.value("event", "") == "message"; });
+  ASSERT_FALSE(shown.is_null()) << chat.err();
+  EXPECT_EQ(shown["text"], "in the group");
+  EXPECT_EQ(shown["group_id"].get<uint64_t>(), group);
+  chat.WriteLine("reply in the group");
+  auto sent = chat.WaitFor([](const json& j) { return j.value("event", "") == "sent"; });
+  ASSERT_FALSE(sent.is_null()) << chat.err();
+  EXPECT_EQ(sent["group_id"].get<uint64_t>(), group);
+  chat.WriteLine("/quit");
+  EXPECT_EQ(chat.Wait(), 0) << chat.err();
+  for (const json& j : chat.lines()) {
+    EXPECT_NE(j.value("text", ""), "direct, not in the group") << j.dump();
+  }
+  auto got = Sync(alice);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0]["text"], "reply in the group");
+  EXPECT_EQ(got[0]["group_id"].get<uint64_t>(), group);
+  CliResult usage = RunIris(bob, {"chat"});
+  EXPECT_EQ(usage.exit_code, 1);
+  EXPECT_NE(usage.err.find("name a user"), std::string::npos) << usage.err;
 }
 
 // The state directory and every file in it are private from the first command, even one

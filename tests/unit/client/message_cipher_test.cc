@@ -402,5 +402,66 @@ TEST_F(MessageCipherTest, ControlContentDoesNotTouchTheConversationCounter) {
   EXPECT_FALSE(m2->reordered);
 }
 
+// Sender Keys (docs/protocol.md, "Client-side group encryption"): the distribution travels
+// inside a pairwise message (content type 0x04, no conversation counter); a group message
+// is one body of type 0x04 that every holder of the sender key decrypts; after a rotation
+// the old holder cannot decrypt, a holder of the new distribution can.
+TEST_F(MessageCipherTest, SenderKeysDistributeEncryptOnceAndRotate) {
+  constexpr uint64_t kGroup = 0xfeedbeef12345ULL;
+  ASSERT_TRUE(alice_->c().ProcessBundle(bob_->Bundle(kBob, 1)).ok());
+  auto skdm = alice_->c().SenderKeyDistributionFor(kGroup, kAlice);
+  ASSERT_TRUE(skdm.ok()) << skdm.status().ToString();
+  EXPECT_TRUE(alice_->c().HasSenderKey(kGroup, kAlice));
+  auto sealed =
+      alice_->c().Encrypt(kBob, EncodeSenderKeyDistribution({kGroup, *skdm}), kContentSenderKey);
+  ASSERT_TRUE(sealed.ok());
+  auto opened = bob_->c().Decrypt(kAlice, *sealed);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  EXPECT_EQ(opened->content_type, kContentSenderKey);
+  EXPECT_EQ(opened->counter, 0u) << "a distribution does not advance the conversation counter";
+  auto dist = DecodeSenderKeyDistribution(opened->text);
+  ASSERT_TRUE(dist.ok());
+  EXPECT_EQ(dist->group_id, kGroup);
+  ASSERT_TRUE(bob_->c().ProcessSenderKeyDistribution(kAlice, *dist).ok());
+
+  auto m1 = alice_->c().EncryptGroup(kGroup, kAlice, "to the group");
+  ASSERT_TRUE(m1.ok()) << m1.status().ToString();
+  EXPECT_EQ((*m1)[1], static_cast<char>(kBodySenderKeyMessage));
+  EXPECT_EQ(m1->find("to the group"), std::string::npos) << "ciphertext only";
+  auto g1 = bob_->c().DecryptGroup(kGroup, kAlice, *m1);
+  ASSERT_TRUE(g1.ok()) << g1.status().ToString();
+  EXPECT_EQ(g1->text, "to the group");
+  EXPECT_FALSE(bob_->c().DecryptGroup(kGroup, kAlice, *m1).ok()) << "a replay";
+  EXPECT_FALSE(bob_->c().DecryptGroup(kGroup + 1, kAlice, *m1).ok()) << "another group's key";
+
+  // Rotation: Bob (who "left") keeps the old key and cannot read the new one's messages.
+  ASSERT_TRUE(alice_->c().RotateSenderKey(kGroup, kAlice).ok());
+  EXPECT_FALSE(alice_->c().HasSenderKey(kGroup, kAlice));
+  auto fresh = alice_->c().SenderKeyDistributionFor(kGroup, kAlice);
+  ASSERT_TRUE(fresh.ok());
+  EXPECT_NE(*fresh, *skdm);
+  auto m2 = alice_->c().EncryptGroup(kGroup, kAlice, "after rotation");
+  ASSERT_TRUE(m2.ok());
+  auto g2 = bob_->c().DecryptGroup(kGroup, kAlice, *m2);
+  ASSERT_FALSE(g2.ok());
+  EXPECT_NE(g2.status().message().find("no sender key"), std::string::npos)
+      << g2.status().ToString();
+  EXPECT_EQ(bob_->c().last_decrypt_error(), SG_ERR_NO_SESSION);
+  // Given the new distribution, it decrypts (it starts at the key's current iteration).
+  ASSERT_TRUE(bob_->c().ProcessSenderKeyDistribution(kAlice, {kGroup, *fresh}).ok());
+  auto m3 = alice_->c().EncryptGroup(kGroup, kAlice, "welcome back");
+  ASSERT_TRUE(m3.ok());
+  auto g3 = bob_->c().DecryptGroup(kGroup, kAlice, *m3);
+  ASSERT_TRUE(g3.ok()) << g3.status().ToString();
+  EXPECT_EQ(g3->text, "welcome back");
+  // A 1:1 body is not a group message, and a malformed distribution is refused.
+  auto direct = alice_->c().Encrypt(kBob, "direct");
+  ASSERT_TRUE(direct.ok());
+  EXPECT_EQ(bob_->c().DecryptGroup(kGroup, kAlice, *direct).status().code(),
+            StatusCode::kBadRequest);
+  EXPECT_FALSE(DecodeSenderKeyDistribution(std::string(8, '\0') + "x").ok());
+  EXPECT_FALSE(bob_->c().ProcessSenderKeyDistribution(kAlice, {kGroup, "garbage"}).ok());
+}
+
 }  // namespace
 }  // namespace iris::client::e2ee
