@@ -60,8 +60,8 @@ std::string FormatCapacityPlan(const CapacityInputs& in, const CapacityPlan& p) 
   o.precision(0);
   o << "A model, not a measurement: RFC-001 section 12's formulas applied to the inputs\n"
        "below (and to measured per-node figures when given). Core-node counts assume\n"
-       "replication (primary + replica, W=2), which is not built yet: a cluster today\n"
-       "keeps one copy of each shard.\n";
+       "the RFC's primary + one replica (W=2); a cluster initialised with --replicas 3\n"
+       "keeps three copies of each shard (N=3, W=2), half as many core nodes again.\n";
   o << "inputs: DAU " << in.dau << ", concurrent ratio " << in.concurrent_ratio * 100
     << " %, connections per edge " << in.conn_per_edge << ", users per shard "
     << in.users_per_shard << ", safety x";

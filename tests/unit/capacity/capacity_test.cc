@@ -37,7 +37,7 @@ TEST(CapacityTest, OutputSaysItIsAModel) {
   const std::string text = FormatCapacityPlan(in, *plan);
   EXPECT_EQ(text.rfind("A model, not a measurement", 0), 0u) << text;
   EXPECT_NE(text.find("replication"), std::string::npos) << text;
-  EXPECT_NE(text.find("not built yet"), std::string::npos) << text;
+  EXPECT_NE(text.find("--replicas 3"), std::string::npos) << text;
 }
 
 TEST(CapacityTest, RejectsInputsOutsideRfcRanges) {
