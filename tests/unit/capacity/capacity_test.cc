@@ -36,7 +36,7 @@ TEST(CapacityTest, OutputSaysItIsAModel) {
   ASSERT_TRUE(plan.ok());
   const std::string text = FormatCapacityPlan(in, *plan);
   EXPECT_EQ(text.rfind("A model, not a measurement", 0), 0u) << text;
-  EXPECT_NE(text.find("replication"), std::string::npos) << text;
+  EXPECT_NE(text.find("replica"), std::string::npos) << text;
   EXPECT_NE(text.find("--replicas 3"), std::string::npos) << text;
 }
 
