@@ -40,7 +40,8 @@ Core::Core(store::InboxStore& store, EdgeSink& sink, const Clock& clock, CoreOpt
       presence_(store, sink, settings_, clock),
       groups_(store, options.groups),
       fanout_(store, clock,
-              FanOutWorker::Options{std::max<uint32_t>(options.fanout_inboxes_per_sec, 1), 0}),
+              FanOutWorker::Options{std::max<uint32_t>(options.fanout_inboxes_per_sec, 1), 0,
+                                    options.fanout_drop_refused}),
       readers_(options.read_workers, "iris-read"),
       writers_(options.write_workers, "iris-write") {
   presence_.set_shed([this] { return degradation_.ShedPresence(); });

@@ -65,6 +65,9 @@ struct CoreOptions {
   // group) keep the one durable batch before SEND_ACK.
   uint32_t direct_fanout_max_members = 256;
   uint32_t fanout_inboxes_per_sec = 1000;
+  // Replicated cluster: fan-out jobs of shards another node leads are left to it
+  // (FanOutWorker::Options::drop_refused).
+  bool fanout_drop_refused = false;
 };
 
 // Cluster mode (cluster::Router; docs/architecture.md, "Routing between nodes"): which

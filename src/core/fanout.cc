@@ -46,6 +46,20 @@ FanOutWorker::FanOutWorker(store::InboxStore& store, const Clock& clock, Options
 FanOutWorker::~FanOutWorker() { Stop(); }
 
 Status FanOutWorker::Start() {
+  const Status st = Reload();
+  thread_ = std::thread([this] { Run(); });
+  return st;
+}
+
+void FanOutWorker::RequestReload() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    reload_requested_ = true;
+  }
+  cv_.notify_all();
+}
+
+Status FanOutWorker::Reload() {
   Status st;
   auto jobs = store_.LoadFanOutJobs();
   if (jobs.ok()) {
@@ -66,7 +80,6 @@ Status FanOutWorker::Start() {
   } else {
     st = jobs.status();
   }
-  thread_ = std::thread([this] { Run(); });
   return st;
 }
 
@@ -139,11 +152,33 @@ bool FanOutWorker::TakeTokens(uint32_t n) {
 void FanOutWorker::Run() {
   for (;;) {
     Queued* q = nullptr;
+    bool reload = false;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [this] { return stop_ || !jobs_.empty(); });
+      const auto due = [this] {
+        return reload_requested_ || (reload_at_ms_ != 0 && clock_.MonoMillis() >= reload_at_ms_);
+      };
+      for (;;) {
+        if (stop_ || !jobs_.empty() || due()) break;
+        if (reload_at_ms_ != 0) {
+          cv_.wait_for(lock, std::chrono::milliseconds(reload_at_ms_ - clock_.MonoMillis()));
+        } else {
+          cv_.wait(lock);
+        }
+      }
       if (stop_) return;
-      q = &jobs_.front();  // only this thread pops; push_back keeps references valid
+      if (due()) {
+        reload = true;
+        reload_requested_ = false;
+        reload_at_ms_ = 0;
+      } else {
+        q = &jobs_.front();  // only this thread pops; push_back keeps references valid
+      }
+    }
+    if (reload) {
+      const Status s = Reload();
+      if (!s.ok()) obs::LogWarn("group fan-out: reload failed", {{"error", s.ToString()}});
+      continue;
     }
     if (!RunBatch(*q)) return;
   }
@@ -209,6 +244,19 @@ bool FanOutWorker::RunBatch(Queued& q) {
                            std::move(envelopes),
                            [p](Result<store::AppendOutcome> r) { p->set_value(r.status()); });
   const Status s = f.get();
+  if (!s.ok() && options_.drop_refused && s.code() == StatusCode::kUnavailable) {
+    // Another node leads the group's shard (or it is failing over): the job stays in the
+    // store for the shard's primary; this node looks again later.
+    obs::LogInfo("group fan-out: job left to the group's shard primary",
+                 {{"group", job.group_id}, {"job", job.job_id}, {"error", s.ToString()}});
+    std::lock_guard<std::mutex> lock(mu_);
+    backlog_ -= q.remaining;
+    BacklogGauge().Add(-q.remaining);
+    JobsGauge().Add(-1);
+    jobs_.pop_front();
+    reload_at_ms_ = clock_.MonoMillis() + options_.reload_after_drop_ms;
+    return true;
+  }
   if (!s.ok()) {
     obs::LogWarn("group fan-out: batch write failed",
                  {{"group", job.group_id}, {"error", s.ToString()}});

@@ -45,6 +45,13 @@ class FanOutWorker {
   struct Options {
     uint32_t inboxes_per_sec = 1000;  // >= 1
     uint32_t batch = 0;               // members per batch; 0 = clamp(inboxes_per_sec / 10, 1, 256)
+    // Replicated cluster (docs/replication.md): a job whose batch this node's store refuses
+    // as UNAVAILABLE (the group's shard is led by another node, or is failing over) is
+    // taken off the queue; it stays in the store, and the node that leads the shard runs it
+    // (RequestReload on take-over). The queue is also reloaded reload_after_drop_ms after a
+    // drop, in case the refusal was passing.
+    bool drop_refused = false;
+    int64_t reload_after_drop_ms = 5'000;
   };
   // Appends the envelopes whose recipients other nodes own on those nodes and removes them
   // from `envelopes`; calls `done` once they are durable there (any thread). Unset on a
@@ -63,6 +70,9 @@ class FanOutWorker {
   // starts the thread. Call once. Errors: the store's read errors (the thread still starts,
   // with the jobs added since).
   Status Start();
+  // Reads the jobs in the store again (on the worker's thread) and queues those not queued:
+  // this node became the primary of a shard (replicated cluster). Any thread.
+  void RequestReload();
   // A job just made durable (`recipients`: the members it goes to, for the backlog). A job
   // already queued (e.g. loaded by Start) is not queued twice.
   void Add(store::InboxStore::FanOutJob job, uint32_t recipients);
@@ -77,6 +87,8 @@ class FanOutWorker {
     int64_t remaining = 0;  // last known count of members still to do (the backlog's share)
   };
   void Run();
+  // Queues the jobs in the store that are not queued. Errors: the store's read errors.
+  Status Reload();
   // One batch of the front job; false when stopping.
   bool RunBatch(Queued& q);
   // Waits until `n` tokens are there and takes them; false when stopping.
@@ -95,6 +107,8 @@ class FanOutWorker {
   std::deque<Queued> jobs_;
   int64_t backlog_ = 0;
   bool stop_ = false;
+  bool reload_requested_ = false;
+  int64_t reload_at_ms_ = 0;  // a reload is due at this monotonic time (0: none)
   double tokens_ = 0;
   int64_t tokens_at_ns_ = 0;
   std::thread thread_;

@@ -642,6 +642,7 @@ Status Server::Start() {
   core::CoreOptions co;
   co.degradation.forced_level = c.degradation_level;
   co.fanout_inboxes_per_sec = c.fanout_inboxes_per_sec;
+  co.fanout_drop_refused = m.replicated();
   if (m.core_role()) {
     // Core process: edges live in other processes and reach the core over a Unix socket.
     m.core_server = std::make_unique<rpc::CoreServer>();
@@ -1319,7 +1320,11 @@ Status Server::OpenReplication(store::StoreOptions& so) {
   env.take_over = [mp](cluster::repl::ShardNo shard, uint64_t hlc,
                        std::function<void(Status)> done) {
     obs::LogInfo("replication: this node is the shard's primary", {{"shard", shard}});
-    mp->store->TakeOverShard(shard, hlc, std::move(done));
+    mp->store->TakeOverShard(shard, hlc, [mp, done = std::move(done)](Status s) {
+      // The shard's unfinished group fan-outs are this node's to run now.
+      if (s.ok() && mp->core) mp->core->fanout().RequestReload();
+      done(s);
+    });
   };
   env.failed = [](cluster::repl::ShardNo shard, const Status& s) {
     obs::LogError("replication: shard replica stopped (restart the node to recover it)",

@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <future>
 #include <map>
 #include <mutex>
@@ -140,6 +141,52 @@ TEST(FanOutWorkerTest, StartResumesAJobAfterItsRecordedProgress) {
   worker.Stop();
   for (uint64_t u = 2; u <= 300; ++u) ASSERT_EQ(Copies(*store, u), 0u) << u;
   for (uint64_t u = 301; u <= 500; ++u) ASSERT_EQ(Copies(*store, u), 1u) << u;
+}
+
+// Replicated cluster: a job whose batch the store refuses as UNAVAILABLE (another node leads
+// the group's shard) is taken off the queue instead of being retried forever in front of
+// the others; it stays in the store, and a reload (take-over) runs it to the end.
+TEST(FanOutWorkerTest, RefusedJobIsLeftInTheStoreAndRunsAfterAReload) {
+  TempDir dir;
+  std::atomic<bool> refusing{false};
+  std::atomic<uint64_t> lsn{0};
+  InboxStore* raw = nullptr;
+  store::StoreOptions o = TestOptions(dir.path());
+  // A one-replica stand-in for the shard's replication: applies at once, or refuses.
+  o.replicate = [&](uint32_t shard, std::string payload, uint64_t hlc,
+                    std::function<void(Status)> done) {
+    if (refusing.load()) return done(Unavailable("not the primary of this shard"));
+    done(raw->ApplyReplicated(shard, ++lsn, {payload}, hlc));
+  };
+  auto opened = InboxStore::Open(o);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  std::unique_ptr<InboxStore> store = std::move(opened).value();
+  raw = store.get();
+  v1::GroupInfo g;
+  g.set_group_id(kGroup);
+  g.set_kind(v1::BROADCAST);
+  g.set_owner(kOwner);
+  for (uint64_t u = 1; u <= 300; ++u) g.add_members(u);
+  g.set_version(1);
+  ASSERT_TRUE(store->PutGroup(g).ok());
+  InboxStore::FanOutJob job = NewJob(*store, "key-3");
+
+  FanOutWorker::Options wo{100'000, 0};
+  wo.drop_refused = true;
+  wo.reload_after_drop_ms = 600'000;  // only the explicit reload below
+  FanOutWorker worker(*store, SystemClock::Instance(), wo);
+  refusing = true;
+  ASSERT_TRUE(worker.Start().ok());  // loads the job; its first batch is refused
+  ASSERT_TRUE(testing::PollUntil([&] { return worker.backlog() == 0; }, 20'000))
+      << "the refused job stayed queued";
+  EXPECT_EQ(store->LoadFanOutJobs()->size(), 1u);
+  for (uint64_t u = 2; u <= 300; ++u) ASSERT_EQ(Copies(*store, u), 0u) << u;
+
+  refusing = false;
+  worker.RequestReload();
+  ASSERT_TRUE(testing::PollUntil([&] { return store->LoadFanOutJobs()->empty(); }, 20'000));
+  worker.Stop();
+  for (uint64_t u = 2; u <= 300; ++u) ASSERT_EQ(Copies(*store, u), 1u) << u;
 }
 
 }  // namespace
