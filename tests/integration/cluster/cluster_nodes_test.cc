@@ -245,6 +245,7 @@ TEST_F(ClusterTest, PresenceTypingAndReceiptsCrossNodes) {
   const int64_t deadline = MonoMs() + 30'000;
   while (MonoMs() < deadline && !online.online()) {
     auto f = w->Expect(Op(wire::Opcode::kPresence), 30'000);
+    ASSERT_EQ(f.opcode, Op(wire::Opcode::kPresence));  // the failure says what came instead
     ASSERT_TRUE(online.ParseFromString(f.payload));
   }
   EXPECT_TRUE(online.online());

@@ -22,9 +22,9 @@
 #include <sstream>
 
 #include "client/connection_test_access.h"
-#include "harness/run_program.h"
 #include "common/clock.h"
 #include "common/uuid.h"
+#include "harness/run_program.h"
 #include "wire/opcode.h"
 
 namespace iris::testing {
@@ -385,7 +385,17 @@ client::ReceivedFrame TestClient::Expect(uint8_t opcode, int timeout_ms) {
     const int left = static_cast<int>(std::max<int64_t>(1, deadline - NowMs()));
     auto f = conn_->ReadFrame(left);
     if (!f.ok()) {
-      ADD_FAILURE() << "expected " << wire::OpcodeName(opcode) << ": " << f.status().ToString();
+      // What came instead (an ERROR before the server closed says why it did).
+      std::string instead;
+      for (const client::ReceivedFrame& other : stash_) {
+        instead += " " + std::string(wire::OpcodeName(other.opcode));
+        if (other.opcode == static_cast<uint8_t>(wire::Opcode::kError)) {
+          v1::Error e;
+          if (e.ParseFromString(other.payload)) instead += "(" + e.ShortDebugString() + ")";
+        }
+      }
+      ADD_FAILURE() << "expected " << wire::OpcodeName(opcode) << ": " << f.status().ToString()
+                    << (instead.empty() ? "" : "; received instead:" + instead);
       return {};
     }
     if (f->opcode == opcode) return *f;
