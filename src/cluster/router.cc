@@ -390,16 +390,20 @@ std::map<std::optional<NodeId>, std::vector<size_t>> Router::SplitByOwner(
 void Router::RegisterSession(uint64_t user, core::SessionRef ref) {
   ref.node = self_;
   const std::optional<NodeId> owner = routes_.OwnerOf(user);
+  core::CoreApi* target = owner ? CoreOf(*owner) : nullptr;
   {
+    // registered_at names the owner only once the registration goes there: a session whose
+    // owner is unknown or unreachable now (its link still being dialled) is registered by
+    // its catch-up scan, which registers wherever registered_at differs from the scanned node.
+    const LocalSession s{ref, target != nullptr ? *owner : NodeId{0}};
     std::lock_guard<std::mutex> lock(sessions_mu_);
-    auto [it, inserted] = sessions_.try_emplace(user, LocalSession{ref, owner.value_or(0)});
+    auto [it, inserted] = sessions_.try_emplace(user, s);
     if (!inserted) {
       user_of_.erase(it->second.ref);
-      it->second = LocalSession{ref, owner.value_or(0)};
+      it->second = s;
     }
     user_of_[ref] = user;
   }
-  core::CoreApi* target = owner ? CoreOf(*owner) : nullptr;
   if (target != nullptr) {
     target->RegisterSession(user, ref);  // the owner answers with SettleRate
     return;

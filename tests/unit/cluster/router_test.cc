@@ -345,6 +345,10 @@ class RecordingEdge final : public core::EdgeSink {
 class TestPeers final : public Peers {
  public:
   core::CoreApi* PeerCore(NodeId node) override {
+    {
+      std::lock_guard<std::mutex> lock(down_mu_);
+      if (down_.count(node) != 0) return nullptr;  // its link is not up (being dialled)
+    }
     auto it = cores.find(node);
     return it == cores.end() ? nullptr : it->second.get();
   }
@@ -352,8 +356,20 @@ class TestPeers final : public Peers {
     auto it = sinks.find(node);
     return it == sinks.end() ? nullptr : it->second.get();
   }
+  void SetLinkUp(NodeId node, bool up) {
+    std::lock_guard<std::mutex> lock(down_mu_);
+    if (up) {
+      down_.erase(node);
+    } else {
+      down_.insert(node);
+    }
+  }
   std::map<NodeId, std::unique_ptr<LinkedCore>> cores;
   std::map<NodeId, std::unique_ptr<LinkedSink>> sinks;
+
+ private:
+  std::mutex down_mu_;
+  std::set<NodeId> down_;
 };
 
 struct Node {
@@ -931,6 +947,34 @@ TEST(RouterTest, ScanAtANewOwnerRegistersTheSessionThereFirst) {
   EXPECT_EQ(live->node, 2u);
   // So a message committed after the scan is pushed to the session on node 2.
   auto ack = SendVia(c.R(3), sender, MakeSend(user, "after the move", "k-after"));
+  ASSERT_TRUE(ack.ok()) << ack.status().ToString();
+  ASSERT_TRUE(c.N(2).edge.WaitFor([&](RecordingEdge& e) {
+    return e.delivered.size() == 1 && e.delivered[0].envelope.id() == ack->message_id;
+  }));
+}
+
+// A login on a node whose link to the user's owner is not up yet (still being dialled, as
+// right after the node started): the registration cannot go out then, so the session's
+// catch-up scan registers it once the link is up, and pushes and presence reach it. (The
+// registration used to be recorded as sent, so the scan skipped it and the session got no
+// pushes until it reconnected.)
+TEST(RouterTest, SessionWhoseOwnerWasUnreachableAtLoginIsRegisteredByItsScan) {
+  Cluster c;
+  const uint64_t user = 95, sender = 96;
+  c.SetOwner(user, 3);
+  c.SetOwner(sender, 3);
+  c.N(2).peers.SetLinkUp(3, false);
+  c.R(2).RegisterSession(user, Ref(8));
+  ASSERT_TRUE(c.links().WaitQuiet());
+  EXPECT_FALSE(c.N(3).core->FindSession(user).has_value());
+  c.N(2).peers.SetLinkUp(3, true);
+  auto page = Await<Result<core::Page>>(
+      [&](core::CoreApi::PageDone d) { c.R(2).Scan(user, 0, 10, 1 << 20, std::move(d)); });
+  ASSERT_TRUE(page.ok()) << page.status().ToString();
+  auto live = c.N(3).core->FindSession(user);
+  ASSERT_TRUE(live.has_value()) << "the scan did not register the session at its owner";
+  EXPECT_EQ(live->node, 2u);
+  auto ack = SendVia(c.R(3), sender, MakeSend(user, "pushed", "k-pushed"));
   ASSERT_TRUE(ack.ok()) << ack.status().ToString();
   ASSERT_TRUE(c.N(2).edge.WaitFor([&](RecordingEdge& e) {
     return e.delivered.size() == 1 && e.delivered[0].envelope.id() == ack->message_id;
