@@ -1,6 +1,8 @@
 #include "rpc/core_server.h"
 
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -119,6 +121,12 @@ void CoreServer::AcceptLoop(int listen_fd, bool peer) {
 }
 
 void CoreServer::Accept(int fd, bool peer) {
+  if (peer) {
+    // Replies and pushes go out as bursts of small frames: without this, Nagle holds the
+    // second write of a burst until the peer's (delayed, up to 40 ms) ACK.
+    const int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  }
   auto conn = std::make_unique<Conn>();
   Conn* c = conn.get();
   c->peer = peer;

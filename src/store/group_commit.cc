@@ -71,9 +71,14 @@ void InboxStore::Impl::CommitLoop() {
     {
       // Take requests only once the sync thread has picked up the previous batch: what
       // arrives while it writes goes into the next batch, built meanwhile — the batch fills
-      // while the previous one syncs.
+      // while the previous one syncs. A replicated batch is one round trip to the backups
+      // (many local syncs long), so there the next batch is built only once the sync thread
+      // is idle: a batch built early would wait a whole round in the slot, and what arrived
+      // during that round a second one.
       std::unique_lock<std::mutex> lock(pipe_mu_);
-      pipe_cv_.wait(lock, [&] { return slot_ == nullptr; });
+      pipe_cv_.wait(lock, [&] {
+        return slot_ == nullptr && !(options_.replicate && sync_busy_);
+      });
     }
     {
       std::unique_lock<std::mutex> lock(queue_mu_);
