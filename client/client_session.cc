@@ -465,6 +465,14 @@ Status Client::Impl::PumpSends(Session& s) {
           auto fetch = std::make_unique<v1::KeysFetch>();
           fetch->set_request_id(s.next_request_id++);
           fetch->set_user(q.recipient);
+          // A sender key goes to a fellow member of the group: the fetch names the group, so
+          // it counts against the server's group budget (a whole group's sessions in seconds)
+          // instead of the per-user one (30 a minute).
+          if (q.kind == kQueuedSenderKey) {
+            if (auto d = e2ee::DecodeSenderKeyDistribution(q.payload); d.ok()) {
+              fetch->set_group_id(d->group_id);
+            }
+          }
           InFlight r{InFlight::kKeysFetch};
           r.recipient = q.recipient;
           s.in_flight[fetch->request_id()] = r;

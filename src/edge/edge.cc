@@ -222,6 +222,7 @@ void EdgeLoop::Sweep() {
     edge_.keys_upload_limiter().Sweep(now_ns);
     edge_.keys_fetch_limiter().Sweep(now_ns);
     edge_.keys_fetch_pair_limiter().Sweep(now_ns);
+    edge_.keys_fetch_group_limiter().Sweep(now_ns);
     edge_.group_limiter().Sweep(now_ns);
     edge_.connection_limiter().Sweep(now_ns);
     edge_.failed_logins().Sweep(now_ns);
@@ -261,6 +262,8 @@ Edge::Edge(EdgeOptions options, core::CoreApi& core, const auth::TokenVerifier& 
                           LimiterTables::kKeysFetch),
       keys_fetch_pair_limiter_(options_.keys_fetch_pair_rate, options_.shared_limits,
                                LimiterTables::kKeysFetchPair),
+      keys_fetch_group_limiter_(options_.keys_fetch_group_rate, options_.shared_limits,
+                                LimiterTables::kKeysFetchGroup),
       group_limiter_(options_.group_rate, options_.shared_limits, LimiterTables::kGroups),
       failed_logins_(options_.failed_logins, options_.shared_limits),
       connection_limiter_(options_.connection_rate, options_.shared_limits),

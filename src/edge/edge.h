@@ -55,6 +55,7 @@ struct EdgeOptions {
   SendRateConfig keys_upload_rate = kKeysUploadRate;         // KEYS_UPLOAD
   SendRateConfig keys_fetch_rate = kKeysFetchRate;           // KEYS_FETCH, per requester
   SendRateConfig keys_fetch_pair_rate = kKeysFetchPairRate;  // KEYS_FETCH, per (requester, target)
+  SendRateConfig keys_fetch_group_rate = kKeysFetchGroupRate;  // KEYS_FETCH in a group, per requester
   SendRateConfig group_rate = kGroupRate;                    // GROUP_CREATE and GROUP_UPDATE
   ConnectionLimitConfig connection_rate;                     // per IP
   std::vector<std::string> connection_allowlist;             // addresses or CIDR ranges
@@ -214,6 +215,7 @@ class Edge final : public core::EdgeSink {
   KeyedSendLimiter& keys_upload_limiter() { return keys_upload_limiter_; }
   KeyedSendLimiter& keys_fetch_limiter() { return keys_fetch_limiter_; }
   KeyedSendLimiter& keys_fetch_pair_limiter() { return keys_fetch_pair_limiter_; }
+  KeyedSendLimiter& keys_fetch_group_limiter() { return keys_fetch_group_limiter_; }
   KeyedSendLimiter& group_limiter() { return group_limiter_; }
   FailedLoginLimiter& failed_logins() { return failed_logins_; }
   ConnectionRateLimiter& connection_limiter() { return connection_limiter_; }
@@ -242,6 +244,7 @@ class Edge final : public core::EdgeSink {
   KeyedSendLimiter keys_upload_limiter_;
   KeyedSendLimiter keys_fetch_limiter_;
   KeyedSendLimiter keys_fetch_pair_limiter_;
+  KeyedSendLimiter keys_fetch_group_limiter_;
   KeyedSendLimiter group_limiter_;
   FailedLoginLimiter failed_logins_;
   ConnectionRateLimiter connection_limiter_;

@@ -153,10 +153,10 @@ std::vector<internal::TableSpec> LimiterTables::Specs(const ConnectionLimitConfi
   using internal::SeededBytes16Hash;
   using internal::SeededU64Hash;
   using Bytes16 = std::array<uint8_t, 16>;
-  std::vector<internal::TableSpec> specs(9);
+  std::vector<internal::TableSpec> specs(10);
   using UserTable = internal::SharedTable<uint64_t, SendRateLimiter, SeededU64Hash>;
   specs[kSend] = UserTable::Spec(send_max_entries);
-  for (size_t t : {kSettings, kKeysUpload, kKeysFetch, kGroups}) {
+  for (size_t t : {kSettings, kKeysUpload, kKeysFetch, kGroups, kKeysFetchGroup}) {
     specs[t] = UserTable::Spec(kOtherUserMaxEntries);
   }
   specs[kKeysFetchPair] = UserTable::Spec(kKeysFetchPairMaxEntries);

@@ -139,6 +139,13 @@ inline constexpr SendRateConfig kKeysFetchRate{0.5, 5, 4};
 //    fetches again only after an identity change or a failed bundle). Keyed by
 //    KeysFetchPairKey(requester, target).
 inline constexpr SendRateConfig kKeysFetchPairRate{1.0 / 600, 4, 1};
+//  - KEYS_FETCH of a fellow member of an E2EE group (KeysFetch.group_id, both users members):
+//    1/s sustained, bursts of 50/s for 6 s (294 fetches), in place of the per-requester
+//    budget, so a member's first message to a group of 256 starts sessions with every member
+//    in seconds rather than minutes. The per-pair budget still applies, and a group's members
+//    change at most once a second (GROUP_UPDATE), so this takes at most one prekey per member
+//    and one more a second from others' pools.
+inline constexpr SendRateConfig kKeysFetchGroupRate{1, 50, 6};
 inline uint64_t KeysFetchPairKey(uint64_t requester, uint64_t target) {
   // splitmix64 of each half, combined: distinct pairs collide only by chance (they then
   // share a budget, which is harmless).
@@ -429,6 +436,7 @@ struct LimiterTables {
   static constexpr size_t kKeysFetch = 6;
   static constexpr size_t kGroups = 7;
   static constexpr size_t kKeysFetchPair = 8;  // keyed by KeysFetchPairKey
+  static constexpr size_t kKeysFetchGroup = 9;  // KEYS_FETCH with a group_id, per requester
   // Users tracked at once in each of those (they refill within a minute, see EdgeOptions).
   static constexpr size_t kOtherUserMaxEntries = size_t{1} << 17;
   // (requester, target) pairs tracked at once (each for up to 30 minutes).

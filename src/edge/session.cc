@@ -718,28 +718,57 @@ void Session::HandleKeysUpload(const v1::KeysUpload& m) {
 void Session::HandleKeysFetch(const v1::KeysFetch& m) {
   const uint64_t seq = ReserveReply();
   const uint64_t request_id = m.request_id();
-  // Per requester: bounds the one-time prekeys one user can take from others' pools.
-  if (!AdmitLimited(loop_.edge().keys_fetch_limiter(), "KEYS_FETCH", seq, request_id)) return;
+  const uint64_t group_id = m.group_id();
+  // Per requester: bounds the one-time prekeys one user can take from others' pools. A fetch
+  // that names an E2EE group both users are in has a budget of its own, sized for a whole
+  // group (edge/rate_limit.h), checked against the group below.
+  Edge& edge = loop_.edge();
+  KeyedSendLimiter& requester_limit =
+      group_id != 0 ? edge.keys_fetch_group_limiter() : edge.keys_fetch_limiter();
+  if (!AdmitLimited(requester_limit, "KEYS_FETCH", seq, request_id)) return;
   const uint64_t target = m.user();
   // Per (requester, target): bounds the one-time prekeys one user takes from one pool.
-  const Status pair = loop_.edge().keys_fetch_pair_limiter().TryTake(
-      KeysFetchPairKey(user_, target), loop_.edge().clock().MonoNanos());
+  const Status pair =
+      edge.keys_fetch_pair_limiter().TryTake(KeysFetchPairKey(user_, target), edge.clock().MonoNanos());
   if (!pair.ok()) {
     CompleteReply(seq, ErrorFrame(request_id, Limited(pair, "KEYS_FETCH of this user")));
     return;
   }
   const ReplyTarget t = TargetOf(seq);
-  loop_.edge().core().FetchKeys(target, [t, request_id, target](Result<v1::KeysBundle> bundle) {
-    std::string frame;
-    if (!bundle.ok()) {
-      frame = ErrorFrame(request_id, bundle.status());
-    } else {
-      bundle->set_request_id(request_id);
-      bundle->set_user(target);
-      AppendFrame(&frame, wire::Opcode::kKeysBundle, *bundle, request_id);
-    }
-    PostReply(t, std::move(frame));
-  });
+  core::CoreApi& core = edge.core();
+  auto fetch = [t, request_id, target, &core] {
+    core.FetchKeys(target, [t, request_id, target](Result<v1::KeysBundle> bundle) {
+      std::string frame;
+      if (!bundle.ok()) {
+        frame = ErrorFrame(request_id, bundle.status());
+      } else {
+        bundle->set_request_id(request_id);
+        bundle->set_user(target);
+        AppendFrame(&frame, wire::Opcode::kKeysBundle, *bundle, request_id);
+      }
+      PostReply(t, std::move(frame));
+    });
+  };
+  if (group_id == 0) {
+    fetch();
+    return;
+  }
+  // GetGroup answers FORBIDDEN when the requester is not a member (NOT_FOUND: no group).
+  core.GetGroup(user_, group_id,
+                [t, request_id, target, fetch = std::move(fetch)](Result<v1::GroupInfo> g) {
+                  Status why = g.status();
+                  if (why.ok() && g->kind() != v1::E2EE) {
+                    why = Forbidden("KEYS_FETCH with a group_id is for E2EE groups");
+                  } else if (why.ok() && std::find(g->members().begin(), g->members().end(),
+                                                   target) == g->members().end()) {
+                    why = Forbidden("the user is not a member of this group");
+                  }
+                  if (!why.ok()) {
+                    PostReply(t, ErrorFrame(request_id, why));
+                    return;
+                  }
+                  fetch();
+                });
 }
 
 namespace {

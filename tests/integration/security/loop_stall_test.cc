@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <map>
 #include <thread>
 
 #include "security/security_util.h"
@@ -227,6 +228,121 @@ TEST(LoopStallTest, KeysFetchFloodCannotDrainAnotherUsersPool) {
   ASSERT_TRUE(b.ParseFromString(bf.payload));
   EXPECT_TRUE(b.has_one_time_prekey());
   EXPECT_GE(b.one_time_prekeys_left(), 89u);
+}
+
+// A member's first message to an E2EE group needs a session with every other member: a
+// KEYS_FETCH naming the group has a budget for a whole group (40 at once here, where the
+// per-requester budget grants 5), but only for fellow members of an E2EE group the
+// requester is in; anything else is FORBIDDEN, and a fetch without the group keeps the
+// per-requester budget.
+TEST(LoopStallTest, KeysFetchNamingAGroupHasABudgetForTheWholeGroup) {
+  ServerProcess server({"--loops", "1"});
+  server.Start();
+  constexpr uint64_t kCreator = 7301, kOutsider = 7399, kFirstMember = 7302;
+  constexpr int kMembers = 40;
+  auto creator = LoggedIn(server, kCreator);
+  ASSERT_TRUE(creator);
+  // One member has published keys: its bundle comes back; the others have none (NOT_FOUND,
+  // which is an answer, not a refusal).
+  {
+    auto m = LoggedIn(server, kFirstMember);
+    ASSERT_TRUE(m);
+    v1::KeysUpload up;
+    up.set_request_id(1);
+    up.set_registration_id(5);
+    up.set_identity_key(std::string(32, 'i'));
+    up.mutable_signed_prekey()->set_id(1);
+    up.mutable_signed_prekey()->set_public_key(std::string(32, 's'));
+    up.mutable_signed_prekey()->set_signature(std::string(64, 'g'));
+    v1::PreKey* k = up.add_one_time_prekeys();
+    k->set_id(1);
+    k->set_public_key(std::string(32, 'k'));
+    ASSERT_TRUE(m->conn().SendFrame(Op(wire::Opcode::kKeysUpload), up).ok());
+    ASSERT_EQ(m->Expect(Op(wire::Opcode::kOk)).opcode, Op(wire::Opcode::kOk));
+  }
+  auto create = [&](uint64_t request_id, v1::GroupKind kind) {
+    v1::GroupCreate c;
+    c.set_request_id(request_id);
+    c.set_kind(kind);
+    for (int i = 0; i < kMembers; ++i) c.add_members(kFirstMember + static_cast<uint64_t>(i));
+    c.set_idempotency_key(NewKey());
+    EXPECT_TRUE(creator->conn().SendFrame(Op(wire::Opcode::kGroupCreate), c).ok());
+    v1::GroupInfo g;
+    EXPECT_TRUE(g.ParseFromString(creator->Expect(Op(wire::Opcode::kGroupInfo)).payload));
+    return g.group_id();
+  };
+  const uint64_t group = create(1, v1::E2EE);
+  ASSERT_NE(group, 0u);
+  auto fetch_frame = [](uint64_t request_id, uint64_t user, uint64_t group_id) {
+    v1::KeysFetch kf;
+    kf.set_request_id(request_id);
+    kf.set_user(user);
+    kf.set_group_id(group_id);
+    return RawFrame(Op(wire::Opcode::kKeysFetch), kf.SerializeAsString());
+  };
+  // Answers to request ids first..first+n-1, by error code (0: a KEYS_BUNDLE).
+  auto answers = [](TestClient& c, uint64_t first, int n) {
+    std::map<uint32_t, int> by_code;
+    for (int i = 0; i < n; ++i) {
+      auto r = c.Next(20'000);
+      if (!r.ok()) {
+        ADD_FAILURE() << "answer " << i << " missing: " << r.status().ToString();
+        break;
+      }
+      if (r->opcode == Op(wire::Opcode::kDeliver) || r->opcode == Op(wire::Opcode::kGroupInfo)) {
+        --i;  // not an answer
+        continue;
+      }
+      if (r->opcode == Op(wire::Opcode::kKeysBundle)) {
+        v1::KeysBundle b;
+        EXPECT_TRUE(b.ParseFromString(r->payload));
+        EXPECT_EQ(b.request_id(), first + static_cast<uint64_t>(i));
+        ++by_code[0];
+        continue;
+      }
+      v1::Error e = ParseError(*r);
+      EXPECT_EQ(e.request_id(), first + static_cast<uint64_t>(i));
+      ++by_code[e.code()];
+    }
+    return by_code;
+  };
+  const auto code = [](StatusCode c) { return static_cast<uint32_t>(c); };
+
+  // Every member at once, naming the group: none is refused.
+  std::string batch;
+  for (int i = 0; i < kMembers; ++i) {
+    batch += fetch_frame(100 + static_cast<uint64_t>(i), kFirstMember + static_cast<uint64_t>(i),
+                         group);
+  }
+  ASSERT_TRUE(creator->SendRaw(batch).ok());
+  auto got = answers(*creator, 100, kMembers);
+  EXPECT_EQ(got[0], 1) << "the member with keys";
+  EXPECT_EQ(got[code(StatusCode::kNotFound)], kMembers - 1);
+  EXPECT_EQ(got[code(StatusCode::kRateLimited)], 0);
+
+  // Naming the group for someone outside it, or a group the requester is not in: FORBIDDEN.
+  ASSERT_TRUE(creator->SendRaw(fetch_frame(200, kOutsider, group)).ok());
+  got = answers(*creator, 200, 1);
+  EXPECT_EQ(got[code(StatusCode::kForbidden)], 1);
+  auto outsider = LoggedIn(server, kOutsider);
+  ASSERT_TRUE(outsider);
+  ASSERT_TRUE(outsider->SendRaw(fetch_frame(1, kFirstMember, group)).ok());
+  got = answers(*outsider, 1, 1);
+  EXPECT_EQ(got[code(StatusCode::kForbidden)], 1);
+  // A broadcast group does not qualify (its members do not exchange sender keys).
+  const uint64_t broadcast = create(2, v1::BROADCAST);
+  ASSERT_TRUE(creator->SendRaw(fetch_frame(300, kFirstMember + 1, broadcast)).ok());
+  got = answers(*creator, 300, 1);
+  EXPECT_EQ(got[code(StatusCode::kForbidden)], 1);
+
+  // Without the group, the same 40 fetches by another user meet the per-requester budget.
+  batch.clear();
+  for (int i = 0; i < kMembers; ++i) {
+    batch += fetch_frame(100 + static_cast<uint64_t>(i), kFirstMember + static_cast<uint64_t>(i), 0);
+  }
+  ASSERT_TRUE(outsider->SendRaw(batch).ok());
+  got = answers(*outsider, 100, kMembers);
+  EXPECT_GT(got[code(StatusCode::kRateLimited)], kMembers / 2);
 }
 
 }  // namespace
