@@ -308,10 +308,15 @@ Status Client::Impl::NameGroup(uint64_t group_id, std::string name) {
 void Client::Impl::UpdateSettings(bool read_receipts, bool share_presence) {
   {
     std::lock_guard<std::mutex> l(db_mu_);
-    // Best effort: the record only feeds LocalSettings and the READ receipt rule.
+    // Recorded at once (the READ receipt rule follows it from now on) and pending until the
+    // server's OK: the SETTINGS is sent again at the next connection until then. Best
+    // effort: a failed local write only loses that record.
+    LocalStore::Transaction tx(*store_);
     store_->PutU64(kReadReceiptsOff, read_receipts ? 0 : 1).IgnoreError();
     store_->PutU64(kSharePresenceOff, share_presence ? 0 : 1).IgnoreError();
     store_->PutU64(kSettingsSet, 1).IgnoreError();
+    store_->PutU64(kSettingsPending, 1).IgnoreError();
+    tx.Commit().IgnoreError();
   }
   {
     std::lock_guard<std::mutex> l(cmd_mu_);
@@ -326,6 +331,7 @@ Client::SettingsRecord Client::Impl::LocalSettings() const {
   r.set = store_->GetU64(kSettingsSet) != 0;
   r.read_receipts = store_->GetU64(kReadReceiptsOff) == 0;
   r.share_presence = store_->GetU64(kSharePresenceOff) == 0;
+  r.pending = store_->GetU64(kSettingsPending) != 0;
   return r;
 }
 
@@ -401,6 +407,11 @@ std::string Client::Impl::IdentityFingerprint() const {
 
 bool Client::Impl::Settled() const {
   if (state_.load() != SessionState::kLive || in_flight_count_.load() != 0) return false;
+  {
+    // A command posted but not yet written (e.g. the SETTINGS of UpdateSettings).
+    std::lock_guard<std::mutex> l(cmd_mu_);
+    if (!commands_.empty()) return false;
+  }
   std::lock_guard<std::mutex> l(db_mu_);
   return store_->Queue().empty();
 }

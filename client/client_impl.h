@@ -34,9 +34,12 @@ namespace iris::client {
 // end-to-end and none is shown (the server applies the setting to RECEIPT frames).
 inline constexpr const char* kReadReceiptsOff = "read_receipts_off";
 // kv: 1 when this user turned presence sharing off; kSettingsSet: 1 once UpdateSettings ran
-// (Client::LocalSettings).
+// (Client::LocalSettings); kSettingsPending: 1 from UpdateSettings until the server's OK for
+// exactly these values (a SETTINGS lost with its connection, or refused, is sent again at
+// the next connection).
 inline constexpr const char* kSharePresenceOff = "share_presence_off";
 inline constexpr const char* kSettingsSet = "settings_set";
+inline constexpr const char* kSettingsPending = "settings_pending";
 
 class Client::Impl {
  public:
@@ -124,6 +127,8 @@ class Client::Impl {
     uint64_t group_id = 0;           // kSend of a group message: its group
     uint8_t queued_kind = 0;         // kSend: QueuedSend::kind
     uint64_t sender_key_group = 0;   // kSend of a sender-key distribution: its group
+    bool read_receipts = true;       // kSettings: the values sent
+    bool share_presence = true;
   };
   // Per-connection state, owned by the I/O thread.
   struct Session {
@@ -226,7 +231,7 @@ class Client::Impl {
   std::set<uint64_t> unreachable_;
   std::map<uint64_t, std::string> group_names_;  // create request -> local name (cmd_mu_)
 
-  std::mutex cmd_mu_;
+  mutable std::mutex cmd_mu_;
   std::deque<Command> commands_;
   std::set<uint64_t> subscriptions_;
   std::string token_;

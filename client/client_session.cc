@@ -186,6 +186,23 @@ Status Client::Impl::RunSession(Session& s) {
       IRIS_RETURN_IF_ERROR(Write(s, wire::Opcode::kPresenceSubscribe, m));
     }
   }
+  // Settings the server has not confirmed (their SETTINGS was lost with a connection, refused,
+  // or never sent): again, unless a change is queued already.
+  {
+    bool pending = false, read_receipts = true, share_presence = true;
+    {
+      std::lock_guard<std::mutex> l(db_mu_);
+      pending = store_->GetU64(kSettingsPending) != 0;
+      read_receipts = store_->GetU64(kReadReceiptsOff) == 0;
+      share_presence = store_->GetU64(kSharePresenceOff) == 0;
+    }
+    std::lock_guard<std::mutex> l(cmd_mu_);
+    if (pending && std::none_of(commands_.begin(), commands_.end(), [](const Command& c) {
+          return c.kind == Command::kSettings;
+        })) {
+      commands_.push_back(Command{Command::kSettings, {}, read_receipts, share_presence});
+    }
+  }
   IRIS_RETURN_IF_ERROR(MaybeUploadKeys(s));
 
   int64_t next_pump = 0;
@@ -319,7 +336,10 @@ Status Client::Impl::RunCommands(Session& s) {
         m.set_request_id(s.next_request_id++);
         m.set_read_receipts(c.flag_a);
         m.set_share_presence(c.flag_b);
-        s.in_flight[m.request_id()] = InFlight{InFlight::kSettings};
+        InFlight r{InFlight::kSettings};
+        r.read_receipts = c.flag_a;
+        r.share_presence = c.flag_b;
+        s.in_flight[m.request_id()] = r;
         IRIS_RETURN_IF_ERROR(Write(s, wire::Opcode::kSettings, m));
         break;
       }
@@ -694,6 +714,13 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
         }
         Emit(KeysUploadedEvent{r.prekeys, r.identity});
         return MaybeUploadKeys(s);
+      } else if (r.kind == InFlight::kSettings) {
+        // Confirmed, unless the user changed them again meanwhile (that SETTINGS follows).
+        std::lock_guard<std::mutex> l(db_mu_);
+        if ((store_->GetU64(kReadReceiptsOff) == 0) == r.read_receipts &&
+            (store_->GetU64(kSharePresenceOff) == 0) == r.share_presence) {
+          IRIS_RETURN_IF_ERROR(store_->PutU64(kSettingsPending, 0));
+        }
       }
       return Status::Ok();
     }

@@ -1377,7 +1377,8 @@ Result<bool> OnOff(const std::string& flag, const std::string& v) {
 }
 
 // iris settings: shows what this device last set (the protocol cannot read the server's
-// copy), or sends SETTINGS and waits for the server's OK.
+// copy; "pending" until the server confirmed it), or sends SETTINGS and waits for the
+// server's OK.
 int CmdSettings(const std::string& dir, const std::string& read_receipts,
                 const std::string& presence, double timeout) {
   auto cfg = LoadOrExplain(dir);
@@ -1415,19 +1416,23 @@ int CmdSettings(const std::string& dir, const std::string& read_receipts,
       return rc;
     }
     ss.client->Stop();
+    rec = ss.client->LocalSettings();  // confirmed: no longer pending
   }
   auto word = [](bool b) { return std::string(b ? "on" : "off"); };
   Out({{"event", "settings"},
        {"read_receipts", rec.read_receipts},
        {"presence", rec.share_presence},
        {"set", rec.set},
+       {"pending", rec.pending},
        {"changed", change}},
       std::string(change ? "saved on the server:\n" : "") +
           "read receipts: " + word(rec.read_receipts) +
           (rec.read_receipts ? "" : " (you neither send nor see READ receipts)") +
           "\npresence: " + word(rec.share_presence) +
           (rec.share_presence ? "" : " (others see you offline, never seen)") +
-          (rec.set ? "" : "\n(the server's defaults: never changed from this device)"));
+          (rec.set ? "" : "\n(the server's defaults: never changed from this device)") +
+          (rec.pending ? "\n(not confirmed by the server yet: sent again at the next connection)"
+                       : ""));
   return kExitOk;
 }
 

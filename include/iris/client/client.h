@@ -219,16 +219,20 @@ class Client {
   // Sets the local name of a known group (NOT_FOUND otherwise).
   Status NameGroup(uint64_t group_id, std::string name);
   // Sends SETTINGS (read receipts, presence sharing) once connected; the values are also
-  // recorded locally (LocalSettings). The server's OK is not reported: Settled() turns true
-  // once it came; a refusal is a RequestFailedEvent "settings".
+  // recorded locally at once (LocalSettings), marked pending until the server's OK for them.
+  // The OK is not reported as an event: Settled() turns true once it came (and `pending`
+  // false); a refusal is a RequestFailedEvent "settings". Pending values (the connection
+  // ended first, the server refused, or the Client was closed) are sent again at every
+  // connection until the server confirms them.
   void UpdateSettings(bool read_receipts, bool share_presence);
-  // What this state directory last sent with UpdateSettings (the protocol cannot read the
+  // What this state directory last set with UpdateSettings (the protocol cannot read the
   // server's copy back); `set` is false, and both flags true (the server's defaults), when
-  // it never sent any.
+  // it never set any; `pending` is true while the server has not confirmed them.
   struct SettingsRecord {
     bool set = false;
     bool read_receipts = true;
     bool share_presence = true;
+    bool pending = false;
   };
   SettingsRecord LocalSettings() const;
   // Asks the server's archive (messages older than the newest of the inbox, PROTOCOL.md

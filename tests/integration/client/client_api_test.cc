@@ -213,6 +213,45 @@ TEST_F(ClientApiTest, QueuedSendSurvivesReopenAndCanBeCancelled) {
   EXPECT_EQ((*c)->Cancel(drop).code(), StatusCode::kNotFound);
 }
 
+// Settings set while nothing carries them to the server (here the Client is closed before it
+// ever connects) stay pending and go out at the next connection; the server's OK clears the
+// mark, and the server applies them: with presence sharing off, a watcher sees the user
+// offline (last seen 0) although it is connected.
+TEST_F(ClientApiTest, PendingSettingsAreSentAtTheNextConnectionUntilConfirmed) {
+  EventLog log;
+  {
+    auto c = Client::Open(Options(41, &log));  // never started: nothing leaves
+    ASSERT_TRUE(c.ok());
+    (*c)->UpdateSettings(/*read_receipts=*/false, /*share_presence=*/false);
+    const Client::SettingsRecord rec = (*c)->LocalSettings();
+    EXPECT_TRUE(rec.set);
+    EXPECT_FALSE(rec.read_receipts);
+    EXPECT_FALSE(rec.share_presence);
+    EXPECT_TRUE(rec.pending);
+  }
+  auto c = Client::Open(Options(41, &log));
+  ASSERT_TRUE(c.ok());
+  EXPECT_TRUE((*c)->LocalSettings().pending);
+  (*c)->Start();
+  ASSERT_TRUE(Live(log));
+  ASSERT_TRUE(PollUntil([&] { return !(*c)->LocalSettings().pending; }, 15'000, 10))
+      << "the server never confirmed the pending settings";
+  EXPECT_FALSE((*c)->LocalSettings().share_presence);
+
+  auto watcher = TestClient::Connect(server_);
+  watcher->Login(server_, 42);
+  v1::PresenceQuery q;
+  q.set_request_id(1);
+  q.add_users(41);
+  ASSERT_TRUE(watcher->conn().SendFrame(static_cast<uint8_t>(wire::Opcode::kPresenceQuery), q).ok());
+  auto f = watcher->Expect(static_cast<uint8_t>(wire::Opcode::kPresence));
+  v1::Presence p;
+  ASSERT_TRUE(p.ParseFromString(f.payload));
+  EXPECT_EQ(p.user(), 41u);
+  EXPECT_FALSE(p.online()) << "the server does not have share_presence = false";
+  EXPECT_EQ(p.last_seen_ms(), 0);
+}
+
 TEST_F(ClientApiTest, RejectsBadArgumentsAndASecondClientOnOneStateDirectory) {
   EventLog log;
   auto c = Client::Open(Options(31, &log));
