@@ -159,6 +159,25 @@ TEST(LoopStallTest, DurableWritesOfManyUsersDoNotStallTheLoop) {
   }
 }
 
+// Publishes a bundle with `prekeys` one-time prekeys (dummy key bytes: the server only stores
+// and hands them out).
+void UploadKeys(TestClient& c, uint32_t prekeys) {
+  v1::KeysUpload up;
+  up.set_request_id(1);
+  up.set_registration_id(5);
+  up.set_identity_key(std::string(32, 'i'));
+  up.mutable_signed_prekey()->set_id(1);
+  up.mutable_signed_prekey()->set_public_key(std::string(32, 's'));
+  up.mutable_signed_prekey()->set_signature(std::string(64, 'g'));
+  for (uint32_t i = 1; i <= prekeys; ++i) {
+    v1::PreKey* k = up.add_one_time_prekeys();
+    k->set_id(i);
+    k->set_public_key(std::string(32, static_cast<char>('a' + i % 26)));
+  }
+  ASSERT_TRUE(c.conn().SendFrame(Op(wire::Opcode::kKeysUpload), up).ok());
+  ASSERT_EQ(c.Expect(Op(wire::Opcode::kOk)).opcode, Op(wire::Opcode::kOk));
+}
+
 // KEYS_FETCH is limited per requester: one user asking for another user's bundle 100 times
 // at once gets at most a handful of one-time prekeys; the rest are refused RATE_LIMITED and
 // the owner's pool keeps its keys (nobody drains another user's pool).
@@ -167,21 +186,7 @@ TEST(LoopStallTest, KeysFetchFloodCannotDrainAnotherUsersPool) {
   server.Start();
   auto owner = LoggedIn(server, 7201);
   ASSERT_TRUE(owner);
-  v1::KeysUpload up;
-  up.set_request_id(1);
-  up.set_registration_id(5);
-  up.set_identity_key(std::string(32, 'i'));
-  up.mutable_signed_prekey()->set_id(1);
-  up.mutable_signed_prekey()->set_public_key(std::string(32, 's'));
-  up.mutable_signed_prekey()->set_signature(std::string(64, 'g'));
-  for (uint32_t i = 1; i <= 100; ++i) {
-    v1::PreKey* k = up.add_one_time_prekeys();
-    k->set_id(i);
-    k->set_public_key(std::string(32, static_cast<char>('a' + i % 26)));
-  }
-  ASSERT_TRUE(owner->conn().SendFrame(Op(wire::Opcode::kKeysUpload), up).ok());
-  client::ReceivedFrame f = owner->Expect(Op(wire::Opcode::kOk));
-  ASSERT_EQ(f.opcode, Op(wire::Opcode::kOk));
+  ASSERT_NO_FATAL_FAILURE(UploadKeys(*owner, 100));
 
   auto thief = LoggedIn(server, 7202);
   ASSERT_TRUE(thief);
@@ -247,18 +252,7 @@ TEST(LoopStallTest, KeysFetchNamingAGroupHasABudgetForTheWholeGroup) {
   {
     auto m = LoggedIn(server, kFirstMember);
     ASSERT_TRUE(m);
-    v1::KeysUpload up;
-    up.set_request_id(1);
-    up.set_registration_id(5);
-    up.set_identity_key(std::string(32, 'i'));
-    up.mutable_signed_prekey()->set_id(1);
-    up.mutable_signed_prekey()->set_public_key(std::string(32, 's'));
-    up.mutable_signed_prekey()->set_signature(std::string(64, 'g'));
-    v1::PreKey* k = up.add_one_time_prekeys();
-    k->set_id(1);
-    k->set_public_key(std::string(32, 'k'));
-    ASSERT_TRUE(m->conn().SendFrame(Op(wire::Opcode::kKeysUpload), up).ok());
-    ASSERT_EQ(m->Expect(Op(wire::Opcode::kOk)).opcode, Op(wire::Opcode::kOk));
+    ASSERT_NO_FATAL_FAILURE(UploadKeys(*m, 1));
   }
   auto create = [&](uint64_t request_id, v1::GroupKind kind) {
     v1::GroupCreate c;
