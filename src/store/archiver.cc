@@ -37,8 +37,8 @@ bool InboxStore::Impl::WaitArchiverIdle(int64_t timeout_ms) const {
                               [&] { return archive_queue_.empty() && !archive_busy_; });
 }
 
-Status InboxStore::Impl::ResumeInterruptedArchiving() {
-  // Runs in Init, before the commit thread: the counters loaded here seed its cache.
+Status InboxStore::Impl::ScheduleArchivePending(const std::function<bool(int32_t)>& in_scope) {
+  // Runs in Init, before the commit thread, or on it: the counters loaded here seed its cache.
   std::vector<std::pair<uint64_t, int32_t>> users;  // user, vnode
   {
     // The markers are vnode(4) 'A' user(8): one seek per vnode that has `meta` records
@@ -47,6 +47,10 @@ Status InboxStore::Impl::ResumeInterruptedArchiving() {
         db_->db()->NewIterator(rocksdb::ReadOptions(), db_->cf(Cf::kMeta)));
     int32_t vnode = 0;
     while (vnode < options_.vnodes) {
+      if (!in_scope(vnode)) {
+        ++vnode;
+        continue;
+      }
       std::string prefix = VnodePrefix(vnode);
       prefix.push_back(kMetaArchivePendingTag);
       it->Seek(prefix);

@@ -20,6 +20,7 @@
 
 #include "common/assert.h"
 #include "common/bytes.h"
+#include "obs/log.h"
 #include "store/inbox_store_impl.h"
 #include "store/shard_batch.h"
 
@@ -686,6 +687,17 @@ void InboxStore::Impl::BuildShardTakeOver(ShardTakeOverRequest& r) {
   // Hot entries are all durable or forgotten, but the hot tier has no index by shard and a
   // take-over is rare: empty it (lookups read the column family, which the replica filled).
   dedup_->ForgetAllHot();
+  // Inboxes of the shard over the cap: the previous primary may have died before archiving
+  // them, and this node applied their markers as a backup without scheduling anything.
+  const std::vector<uint32_t>& map = *cur_->shard_map;
+  const Status pending = ScheduleArchivePending([&map, &r](int32_t v) {
+    return static_cast<size_t>(v) < map.size() && map[static_cast<size_t>(v)] == r.shard;
+  });
+  if (!pending.ok()) {
+    // Only the archiving waits: the next write to each such inbox schedules it again.
+    obs::LogWarn("store: cannot read the archive markers of a shard taken over",
+                 {{"shard", r.shard}, {"error", pending.message()}});
+  }
   Completion c{nullptr, std::move(r.done), std::nullopt, Status::Ok()};
   c.ignores_write = true;
   cur_->completions.push_back(std::move(c));

@@ -109,7 +109,9 @@ Status InboxStore::Impl::Init() {
 
   dedup_ = std::make_unique<DedupIndex>(DedupOptionsOf(options_), *clock_, *db_);
   dedup_->StartRebuild();
-  IRIS_RETURN_IF_ERROR(ResumeInterruptedArchiving());
+  if (!options_.replicate) {
+    IRIS_RETURN_IF_ERROR(ScheduleArchivePending([](int32_t) { return true; }));
+  }
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
     accepting_ = true;

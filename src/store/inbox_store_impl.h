@@ -272,7 +272,12 @@ class InboxStore::Impl {
   void ArchiverLoop();
   Result<ArchiveMove> ReadMove(const StoreDb::ReadHold& db, uint64_t user, uint64_t excess,
                                const rocksdb::Snapshot* snapshot, bool* more_left) const;
-  Status ResumeInterruptedArchiving();
+  // Schedules the archiver for every inbox left over the cap (its "archive pending" marker)
+  // in the vnodes `in_scope` accepts, and seeds the commit thread's cache with their
+  // counters: at open (every vnode, unless replicated: such a node leads no shard yet), and
+  // when the node takes a shard over (that shard's vnodes: its predecessor may have left
+  // them, or a backup applied them, without archiving). Init or the commit thread.
+  Status ScheduleArchivePending(const std::function<bool(int32_t)>& in_scope);
 
   // lifecycle.cc
   // Runs ExpireArchive every retention_sweep_interval_ms until Stop().

@@ -142,6 +142,8 @@ class ReplicatedStoreTest : public ::testing::Test {
     so.node_id = static_cast<uint8_t>(id);
     so.vnodes = 16;
     so.shard_of_vnode = [](int32_t) { return kShard; };
+    if (inbox_cap_ != 0) so.inbox_cap = inbox_cap_;
+    if (auto a = archiver_.find(id); a != archiver_.end()) so.run_archiver = a->second;
     std::shared_ptr<Node::Gate> gate = n.gate;
     so.replicate = [gate](uint32_t shard, std::string payload, uint64_t hlc,
                           std::function<void(Status)> done) {
@@ -316,6 +318,8 @@ class ReplicatedStoreTest : public ::testing::Test {
   }
 
   uint32_t seed_ = 0;
+  uint32_t inbox_cap_ = 0;             // 0: the store's default
+  std::map<NodeId, bool> archiver_;    // run_archiver per node (default: on)
   EtcdProcess etcd_;
   store::testing::TempDir dir_;
   std::unique_ptr<EtcdClient> client_;
@@ -438,6 +442,61 @@ TEST_F(ReplicatedStoreTest, KillingThePrimaryLosesNoAcknowledgedMessage) {
             << " ms, failovers (ms):";
   for (int64_t f : failovers) std::cout << " " << f;
   std::cout << "\n";
+}
+
+// A node that takes a shard over archives the inboxes its predecessor left over the cap
+// (docs/replication.md, "The store on a replicated node"). The first primary runs no
+// archiver, so its batches leave "archive pending" markers, which both backups apply
+// without scheduling anything; their archivers run from before the markers arrived (a node
+// started after that schedules every marker it finds at open, which is not what this tests).
+TEST_F(ReplicatedStoreTest, NewPrimaryArchivesTheInboxesItsPredecessorLeftOverTheCap) {
+  constexpr uint32_t kCap = 5;
+  inbox_cap_ = kCap;
+  archiver_ = {{1, false}, {2, false}, {3, true}};
+  StartNode(1);
+  StartNode(2);
+  WaitForNewPrimary(std::nullopt);  // node 1 or 2: no archiver
+  const NodeId first = *Primary();
+  const NodeId other = first == 1 ? 2 : 1;
+  StartNode(3);
+  Kill(other);  // back with an archiver, before there is any marker
+  archiver_[other] = true;
+  StartNode(other);
+
+  AppendKeys(8 * static_cast<int>(kRecipients));  // 8 messages to each inbox
+  const repl::Lsn committed = nodes_[first].repl->view(kShard)->commit_lsn;
+  AppendKeys(1);  // carries the commit point to the backups
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        for (NodeId id : {1u, 2u, 3u}) {
+          if (nodes_[id].repl->view(kShard)->applied_lsn < committed) return false;
+        }
+        return true;
+      },
+      30'000))
+      << "backups did not apply the committed log";
+  for (uint64_t user = 1; user <= kRecipients; ++user) {
+    auto inbox = store::testing::ScanAll(*nodes_[first].store, user);
+    ASSERT_TRUE(inbox.ok());
+    ASSERT_GT(inbox->size(), kCap) << "the first primary archived (it should not run an archiver)";
+  }
+
+  Kill(first);
+  WaitForNewPrimary(first);
+  const NodeId next = *Primary();
+  size_t over = 0;
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        over = 0;
+        for (uint64_t user = 1; user <= kRecipients; ++user) {
+          auto inbox = store::testing::ScanAll(*nodes_[next].store, user);
+          if (!inbox.ok() || inbox->size() > kCap) ++over;
+        }
+        return over == 0;
+      },
+      30'000))
+      << over << " inboxes still over the cap of " << kCap << " on the new primary (node " << next
+      << ")";
 }
 
 }  // namespace
