@@ -408,9 +408,10 @@ std::string Client::Impl::IdentityFingerprint() const {
 bool Client::Impl::Settled() const {
   if (state_.load() != SessionState::kLive || in_flight_count_.load() != 0) return false;
   {
-    // A command posted but not yet written (e.g. the SETTINGS of UpdateSettings).
+    // A command posted but not yet written (e.g. the SETTINGS of UpdateSettings), or being
+    // written (its request is not counted in flight yet).
     std::lock_guard<std::mutex> l(cmd_mu_);
-    if (!commands_.empty()) return false;
+    if (!commands_.empty() || commands_running_) return false;
   }
   std::lock_guard<std::mutex> l(db_mu_);
   return store_->Queue().empty();

@@ -126,7 +126,8 @@ class Client::Impl {
     const char* what = "group_get";  // kGroupGet: what a failure reports
     uint64_t group_id = 0;           // kSend of a group message: its group
     uint8_t queued_kind = 0;         // kSend: QueuedSend::kind
-    uint64_t sender_key_group = 0;   // kSend of a sender-key distribution: its group
+    uint64_t sender_key_group = 0;   // kSend of a sender-key distribution, or the KEYS_FETCH
+                                     // for one that named it: its group
     bool read_receipts = true;       // kSettings: the values sent
     bool share_presence = true;
   };
@@ -226,12 +227,16 @@ class Client::Impl {
   std::map<int64_t, int64_t> retry_at_;
   std::map<int64_t, uint32_t> attempts_;
   std::map<uint64_t, int64_t> fetch_retry_at_;  // recipient -> earliest next KEYS_FETCH
+  // Recipients whose group-scoped KEYS_FETCH the server refused: fetched without the group.
+  // I/O thread only.
+  std::set<uint64_t> plain_fetch_;
   std::map<uint64_t, uint32_t> fetch_attempts_;
   // Recipients whose last key fetch found no usable keys (none published, refused identity).
   std::set<uint64_t> unreachable_;
   std::map<uint64_t, std::string> group_names_;  // create request -> local name (cmd_mu_)
 
   mutable std::mutex cmd_mu_;
+  bool commands_running_ = false;  // RunCommands is writing commands taken from commands_
   std::deque<Command> commands_;
   std::set<uint64_t> subscriptions_;
   std::string token_;

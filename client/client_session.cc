@@ -264,7 +264,20 @@ Status Client::Impl::RunCommands(Session& s) {
   {
     std::lock_guard<std::mutex> l(cmd_mu_);
     cmds.swap(commands_);
+    commands_running_ = !cmds.empty();
   }
+  if (cmds.empty()) return Status::Ok();
+  // Until the requests written here are counted in flight, Settled() must not see the
+  // commands as done (on every way out, an error included).
+  struct CountWhenDone {
+    Impl* self;
+    Session& s;
+    ~CountWhenDone() {
+      self->in_flight_count_ = s.in_flight.size();
+      std::lock_guard<std::mutex> l(self->cmd_mu_);
+      self->commands_running_ = false;
+    }
+  } count_when_done{this, s};
   for (Command& c : cmds) {
     switch (c.kind) {
       case Command::kTyping: {
@@ -488,13 +501,16 @@ Status Client::Impl::PumpSends(Session& s) {
           // A sender key goes to a fellow member of the group: the fetch names the group, so
           // it counts against the server's group budget (a whole group's sessions in seconds)
           // instead of the per-user one (30 a minute).
-          if (q.kind == kQueuedSenderKey) {
+          // (Not after the server refused that for this user: e.g. one side already left the
+          // group on the server. The fetch then goes without it.)
+          if (q.kind == kQueuedSenderKey && plain_fetch_.count(q.recipient) == 0) {
             if (auto d = e2ee::DecodeSenderKeyDistribution(q.payload); d.ok()) {
               fetch->set_group_id(d->group_id);
             }
           }
           InFlight r{InFlight::kKeysFetch};
           r.recipient = q.recipient;
+          r.sender_key_group = fetch->group_id();
           s.in_flight[fetch->request_id()] = r;
           s.busy.insert(q.recipient);
           frames.emplace_back(wire::Opcode::kKeysFetch, std::move(fetch));
@@ -737,6 +753,12 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
           case InFlight::kKeysFetch: {
             s.busy.erase(r.recipient);
             queue_dirty_ = true;
+            if (r.sender_key_group != 0 && st.code() == StatusCode::kForbidden) {
+              // The server did not accept the group for this fetch (its membership moved on):
+              // fetch again at once without it, within the per-user budget.
+              plain_fetch_.insert(r.recipient);
+              break;
+            }
             uint32_t attempts;
             std::string local_id;
             {

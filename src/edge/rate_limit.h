@@ -142,9 +142,10 @@ inline constexpr SendRateConfig kKeysFetchPairRate{1.0 / 600, 4, 1};
 //  - KEYS_FETCH of a fellow member of an E2EE group (KeysFetch.group_id, both users members):
 //    1/s sustained, bursts of 50/s for 6 s (294 fetches), in place of the per-requester
 //    budget, so a member's first message to a group of 256 starts sessions with every member
-//    in seconds rather than minutes. The per-pair budget still applies, and a group's members
-//    change at most once a second (GROUP_UPDATE), so this takes at most one prekey per member
-//    and one more a second from others' pools.
+//    in seconds rather than minutes. Adding someone to a group needs no consent, so this is
+//    also what a user who builds groups can take from others' pools in total (294, then 60 a
+//    minute, against 18 and 30 without groups); each single pool stays protected by the
+//    per-pair budget (3 at once, then one per 10 minutes).
 inline constexpr SendRateConfig kKeysFetchGroupRate{1, 50, 6};
 inline uint64_t KeysFetchPairKey(uint64_t requester, uint64_t target) {
   // splitmix64 of each half, combined: distinct pairs collide only by chance (they then

@@ -719,56 +719,61 @@ void Session::HandleKeysFetch(const v1::KeysFetch& m) {
   const uint64_t seq = ReserveReply();
   const uint64_t request_id = m.request_id();
   const uint64_t group_id = m.group_id();
+  const uint64_t target = m.user();
   // Per requester: bounds the one-time prekeys one user can take from others' pools. A fetch
   // that names an E2EE group both users are in has a budget of its own, sized for a whole
-  // group (edge/rate_limit.h), checked against the group below.
+  // group (edge/rate_limit.h), once the group's home confirmed the membership.
   Edge& edge = loop_.edge();
   KeyedSendLimiter& requester_limit =
       group_id != 0 ? edge.keys_fetch_group_limiter() : edge.keys_fetch_limiter();
   if (!AdmitLimited(requester_limit, "KEYS_FETCH", seq, request_id)) return;
-  const uint64_t target = m.user();
+  if (group_id == 0) {
+    FetchKeysOf(seq, request_id, target);
+    return;
+  }
+  const ReplyTarget t = TargetOf(seq);
+  edge.core().GetGroup(user_, group_id, [t, request_id, target](Result<v1::GroupInfo> g) {
+    // Every refusal is FORBIDDEN (a missing group too: NOT_FOUND would read as "the user has
+    // no keys"); the client then fetches without the group.
+    Status why = g.ok() ? Status::Ok() : Forbidden("not a member of group: " + g.status().message());
+    if (why.ok() && g->kind() != v1::E2EE) {
+      why = Forbidden("KEYS_FETCH with a group_id is for E2EE groups");
+    } else if (why.ok() && std::find(g->members().begin(), g->members().end(), target) ==
+                               g->members().end()) {
+      why = Forbidden("the user is not a member of this group");
+    }
+    if (!why.ok()) {
+      PostReply(t, ErrorFrame(request_id, why));
+      return;
+    }
+    // Back on the session's loop: the pair's budget is taken only by a fetch that passed.
+    t.loop->Post([t, request_id, target] {
+      if (Session* s = t.owner->Find(t.sid)) s->FetchKeysOf(t.seq, request_id, target);
+    });
+  });
+}
+
+void Session::FetchKeysOf(uint64_t seq, uint64_t request_id, uint64_t target) {
   // Per (requester, target): bounds the one-time prekeys one user takes from one pool.
-  const Status pair =
-      edge.keys_fetch_pair_limiter().TryTake(KeysFetchPairKey(user_, target), edge.clock().MonoNanos());
+  Edge& edge = loop_.edge();
+  const Status pair = edge.keys_fetch_pair_limiter().TryTake(KeysFetchPairKey(user_, target),
+                                                             edge.clock().MonoNanos());
   if (!pair.ok()) {
     CompleteReply(seq, ErrorFrame(request_id, Limited(pair, "KEYS_FETCH of this user")));
     return;
   }
   const ReplyTarget t = TargetOf(seq);
-  core::CoreApi& core = edge.core();
-  auto fetch = [t, request_id, target, &core] {
-    core.FetchKeys(target, [t, request_id, target](Result<v1::KeysBundle> bundle) {
-      std::string frame;
-      if (!bundle.ok()) {
-        frame = ErrorFrame(request_id, bundle.status());
-      } else {
-        bundle->set_request_id(request_id);
-        bundle->set_user(target);
-        AppendFrame(&frame, wire::Opcode::kKeysBundle, *bundle, request_id);
-      }
-      PostReply(t, std::move(frame));
-    });
-  };
-  if (group_id == 0) {
-    fetch();
-    return;
-  }
-  // GetGroup answers FORBIDDEN when the requester is not a member (NOT_FOUND: no group).
-  core.GetGroup(user_, group_id,
-                [t, request_id, target, fetch = std::move(fetch)](Result<v1::GroupInfo> g) {
-                  Status why = g.status();
-                  if (why.ok() && g->kind() != v1::E2EE) {
-                    why = Forbidden("KEYS_FETCH with a group_id is for E2EE groups");
-                  } else if (why.ok() && std::find(g->members().begin(), g->members().end(),
-                                                   target) == g->members().end()) {
-                    why = Forbidden("the user is not a member of this group");
-                  }
-                  if (!why.ok()) {
-                    PostReply(t, ErrorFrame(request_id, why));
-                    return;
-                  }
-                  fetch();
-                });
+  edge.core().FetchKeys(target, [t, request_id, target](Result<v1::KeysBundle> bundle) {
+    std::string frame;
+    if (!bundle.ok()) {
+      frame = ErrorFrame(request_id, bundle.status());
+    } else {
+      bundle->set_request_id(request_id);
+      bundle->set_user(target);
+      AppendFrame(&frame, wire::Opcode::kKeysBundle, *bundle, request_id);
+    }
+    PostReply(t, std::move(frame));
+  });
 }
 
 namespace {

@@ -102,6 +102,9 @@ class Session final : public net::Connection::Delegate {
   void HandlePresenceUnsubscribe(const v1::PresenceUnsubscribe& m);
   void HandlePresenceQuery(const v1::PresenceQuery& m);
   void HandleTyping(const v1::Typing& m);
+  // Takes the (requester, target) key-fetch budget and asks the core for target's bundle;
+  // answers reply slot `seq`. On the loop thread.
+  void FetchKeysOf(uint64_t seq, uint64_t request_id, uint64_t target);
   void HandleKeysUpload(const v1::KeysUpload& m);
   void HandleKeysFetch(const v1::KeysFetch& m);
   void HandleGroupCreate(const v1::GroupCreate& m);

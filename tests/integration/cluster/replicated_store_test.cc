@@ -111,7 +111,7 @@ class ReplicatedStoreTest : public ::testing::Test {
     NodeReplicationOptions ro;
     ro.self = id;
     ro.log_path = n.dir + "/repl";
-    ro.lease_ttl_s = 2;
+    ro.lease_ttl_s = lease_ttl_s_;
     // The simulation's deliberate bugs, to show this test catches them (docs/replication.md).
     if (const char* m = std::getenv("IRIS_REPL_MUTATION")) {
       ro.replica.mutations.ack_at_w1 = std::string(m) == "ack_at_w1";
@@ -318,6 +318,7 @@ class ReplicatedStoreTest : public ::testing::Test {
   }
 
   uint32_t seed_ = 0;
+  int lease_ttl_s_ = 2;
   uint32_t inbox_cap_ = 0;             // 0: the store's default
   std::map<NodeId, bool> archiver_;    // run_archiver per node (default: on)
   EtcdProcess etcd_;
@@ -447,11 +448,14 @@ TEST_F(ReplicatedStoreTest, KillingThePrimaryLosesNoAcknowledgedMessage) {
 // A node that takes a shard over archives the inboxes its predecessor left over the cap
 // (docs/replication.md, "The store on a replicated node"). The first primary runs no
 // archiver, so its batches leave "archive pending" markers, which both backups apply
-// without scheduling anything; their archivers run from before the markers arrived (a node
-// started after that schedules every marker it finds at open, which is not what this tests).
+// without scheduling anything; their archivers run from before the markers arrived (so the
+// old store's scheduling at open, which a restarted node would do, cannot be what archives
+// them). A 10 s lease keeps the first primary in place on a loaded machine until it is
+// killed.
 TEST_F(ReplicatedStoreTest, NewPrimaryArchivesTheInboxesItsPredecessorLeftOverTheCap) {
   constexpr uint32_t kCap = 5;
   inbox_cap_ = kCap;
+  lease_ttl_s_ = 10;
   archiver_ = {{1, false}, {2, false}, {3, true}};
   StartNode(1);
   StartNode(2);
@@ -475,6 +479,7 @@ TEST_F(ReplicatedStoreTest, NewPrimaryArchivesTheInboxesItsPredecessorLeftOverTh
       },
       30'000))
       << "backups did not apply the committed log";
+  ASSERT_EQ(Primary(), std::optional<NodeId>(first)) << "the first primary lost its lease";
   for (uint64_t user = 1; user <= kRecipients; ++user) {
     auto inbox = store::testing::ScanAll(*nodes_[first].store, user);
     ASSERT_TRUE(inbox.ok());

@@ -323,6 +323,10 @@ TEST(LoopStallTest, KeysFetchNamingAGroupHasABudgetForTheWholeGroup) {
   ASSERT_TRUE(outsider->SendRaw(fetch_frame(1, kFirstMember, group)).ok());
   got = answers(*outsider, 1, 1);
   EXPECT_EQ(got[code(StatusCode::kForbidden)], 1);
+  // A group that does not exist: FORBIDDEN too (NOT_FOUND would say "no keys").
+  ASSERT_TRUE(creator->SendRaw(fetch_frame(201, kFirstMember, group + 12345)).ok());
+  got = answers(*creator, 201, 1);
+  EXPECT_EQ(got[code(StatusCode::kForbidden)], 1);
   // A broadcast group does not qualify (its members do not exchange sender keys).
   const uint64_t broadcast = create(2, v1::BROADCAST);
   ASSERT_TRUE(creator->SendRaw(fetch_frame(300, kFirstMember + 1, broadcast)).ok());
