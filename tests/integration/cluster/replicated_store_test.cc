@@ -303,6 +303,24 @@ class ReplicatedStoreTest : public ::testing::Test {
     }
   }
 
+  // Backups learn the commit point from the primary's next batch: one more append makes
+  // everything acknowledged so far committed, and then applied, everywhere.
+  void AppendUntilEveryReplicaApplied() {
+    const std::optional<NodeId> primary = Primary();
+    ASSERT_TRUE(primary.has_value());
+    const repl::Lsn committed = nodes_[*primary].repl->view(kShard)->commit_lsn;
+    AppendKeys(1);
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          for (NodeId id : {1u, 2u, 3u}) {
+            if (nodes_[id].repl->view(kShard)->applied_lsn < committed) return false;
+          }
+          return true;
+        },
+        30'000))
+        << "backups did not apply the committed log";
+  }
+
   size_t Acked() {
     std::lock_guard<std::mutex> lock(mu_);
     return acked_;
@@ -364,21 +382,7 @@ TEST_F(ReplicatedStoreTest, KillingThePrimaryLosesNoAcknowledgedMessage) {
   StopWriter();
   AppendKeys(20);  // a round with every node up
 
-  // Backups learn the commit point from the primary's next batch: one more append makes
-  // everything acknowledged so far committed everywhere.
-  const std::optional<NodeId> primary = Primary();
-  ASSERT_TRUE(primary.has_value());
-  const repl::Lsn committed = nodes_[*primary].repl->view(kShard)->commit_lsn;
-  AppendKeys(1);
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        for (NodeId id : {1u, 2u, 3u}) {
-          if (nodes_[id].repl->view(kShard)->applied_lsn < committed) return false;
-        }
-        return true;
-      },
-      30'000))
-      << "backups did not apply the committed log";
+  ASSERT_NO_FATAL_FAILURE(AppendUntilEveryReplicaApplied());
 
   std::lock_guard<std::mutex> lock(mu_);
   const std::string last_key = "key-" + std::to_string(next_key_ - 1);
@@ -468,17 +472,7 @@ TEST_F(ReplicatedStoreTest, NewPrimaryArchivesTheInboxesItsPredecessorLeftOverTh
   StartNode(other);
 
   AppendKeys(8 * static_cast<int>(kRecipients));  // 8 messages to each inbox
-  const repl::Lsn committed = nodes_[first].repl->view(kShard)->commit_lsn;
-  AppendKeys(1);  // carries the commit point to the backups
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        for (NodeId id : {1u, 2u, 3u}) {
-          if (nodes_[id].repl->view(kShard)->applied_lsn < committed) return false;
-        }
-        return true;
-      },
-      30'000))
-      << "backups did not apply the committed log";
+  ASSERT_NO_FATAL_FAILURE(AppendUntilEveryReplicaApplied());
   ASSERT_EQ(Primary(), std::optional<NodeId>(first)) << "the first primary lost its lease";
   for (uint64_t user = 1; user <= kRecipients; ++user) {
     auto inbox = store::testing::ScanAll(*nodes_[first].store, user);
