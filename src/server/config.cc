@@ -80,6 +80,15 @@ void Define(CLI::App& app, ServerConfig& c) {
                  "(UNAVAILABLE, retryable)")
       ->check(CLI::Range(int64_t{100}, int64_t{600000}))
       ->capture_default_str();
+  app.add_option("--replication-compact-every", c.replication_compact_every,
+                 "Replicated cluster: compact a shard's replication log once this many applied "
+                 "batches follow its snapshot; a replica further behind is rebuilt by copying")
+      ->check(CLI::Range(int64_t{1}, int64_t{100'000'000}))
+      ->capture_default_str();
+  app.add_option("--rebalance-bytes-per-sec", c.rebalance_bytes_per_sec,
+                 "Replicated cluster: bytes per second a node copies to replicas it rebuilds")
+      ->check(CLI::Range(int64_t{4096}, int64_t{int64_t{1} << 40}))
+      ->capture_default_str();
   app.add_option("--rate-burst-per-sec", c.rate_burst_per_sec, "Peak sends per user per second")
       ->capture_default_str();
   app.add_option("--rate-burst-seconds", c.rate_burst_seconds, "How long the peak rate may last")

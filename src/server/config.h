@@ -41,6 +41,11 @@ struct ServerConfig {
   // retryable with the same idempotency key).
   int64_t replication_lease_ttl_s = 2;
   int64_t replication_timeout_ms = 5'000;
+  // A shard's replication log is compacted once this many applied batches follow its last
+  // snapshot; a replica further behind is rebuilt by copying the shard's records, at most
+  // rebalance_bytes_per_sec (all the rebuilds a node sends together).
+  int64_t replication_compact_every = 4096;
+  int64_t rebalance_bytes_per_sec = 64 << 20;
   double rate_burst_per_sec = 20;
   double rate_burst_seconds = 10;
   double connections_per_ip_per_minute = 5;

@@ -934,7 +934,8 @@ void Server::Stop() {
     for (const uint32_t shard : m.replicated_shards) {
       const obs::Labels labels = {{"shard", std::to_string(shard)}};
       for (const char* name : {"iris_replication_applied_lsn", "iris_replication_commit_lsn",
-                               "iris_replication_primary"}) {
+                               "iris_replication_primary", "iris_replication_snapshot_lsn",
+                               "iris_replication_rebuilds_installed"}) {
         obs::Registry::Default().RemoveCallback(name, labels);
       }
     }
@@ -1271,9 +1272,16 @@ Status Server::StartClusterNode(const edge::EdgeOptions& eo, const core::CoreOpt
   if (m.replication) {
     m.core_server->set_on_replication(
         [&m](NodeId from, const internal::v1::ReplicationMessage& wire) {
+          std::shared_lock<std::shared_mutex> lock(m.replication_mu);
+          if (cluster::repl::IsTransfer(wire)) {
+            if (m.replication_ptr != nullptr) {
+              m.replication_ptr->ReceiveTransfer(from, wire.shard(),
+                                                 cluster::repl::TransferFromProto(wire));
+            }
+            return;
+          }
           Result<std::pair<cluster::repl::ShardNo, cluster::repl::Message>> msg =
               cluster::repl::FromProto(wire);
-          std::shared_lock<std::shared_mutex> lock(m.replication_mu);
           if (msg.ok() && m.replication_ptr != nullptr) {
             m.replication_ptr->Receive(from, msg->first, std::move(msg->second));
           }
@@ -1301,6 +1309,8 @@ Status Server::OpenReplication(store::StoreOptions& so) {
   ro.self = c.node_id;
   ro.log_path = c.data_dir + "/replication";
   ro.lease_ttl_s = c.replication_lease_ttl_s;
+  ro.compact_every = static_cast<cluster::repl::Lsn>(c.replication_compact_every);
+  ro.rebuild_bytes_per_sec = c.rebalance_bytes_per_sec;
   ro.replica.write_quorum = static_cast<size_t>(m.cluster_replicas / 2 + 1);
   Impl* mp = &m;
   cluster::NodeReplicationEnv env;
@@ -1317,6 +1327,20 @@ Status Server::OpenReplication(store::StoreOptions& so) {
     return mp->store->ApplyReplicated(shard, batches.back().lsn, payloads, batches.back().hlc);
   };
   env.applied_lsn = [mp](cluster::repl::ShardNo shard) { return mp->store->ReplicatedLsn(shard); };
+  env.copy_chunk = [mp](cluster::repl::ShardNo shard, std::string* cursor, size_t max_bytes,
+                        bool* done) {
+    return mp->store->CopyShardChunk(shard, cursor, max_bytes, done);
+  };
+  env.install_chunk = [mp](cluster::repl::ShardNo, const std::string& payload) {
+    return mp->store->InstallShardChunk(payload);
+  };
+  env.send_transfer = [mp](NodeId to, cluster::repl::ShardNo shard,
+                           cluster::repl::Transfer transfer) {
+    if (!mp->peers) return false;
+    internal::v1::ReplicationMessage wire;
+    cluster::repl::ToProto(shard, transfer, &wire);
+    return mp->peers->SendReplication(to, wire);
+  };
   env.take_over = [mp](cluster::repl::ShardNo shard, uint64_t hlc,
                        std::function<void(Status)> done) {
     obs::LogInfo("replication: this node is the shard's primary", {{"shard", shard}});
@@ -1406,6 +1430,21 @@ void Server::FollowPlacementWithReplicas(const std::shared_ptr<const cluster::Pl
         "iris_replication_primary", "Replicated cluster: 1 while this node is the shard's primary",
         view_of([](const cluster::repl::ReplicaHost::View& v) {
           return v.role == cluster::repl::Role::kPrimary ? 1.0 : 0.0;
+        }),
+        labels);
+    obs::Registry::Default().AddCallbackGauge(
+        "iris_replication_snapshot_lsn",
+        "Replicated cluster: the shard's log on this node starts after this lsn (compacted or "
+        "installed by a rebuild)",
+        view_of([](const cluster::repl::ReplicaHost::View& v) {
+          return static_cast<double>(v.snapshot_lsn);
+        }),
+        labels);
+    obs::Registry::Default().AddCallbackGauge(
+        "iris_replication_rebuilds_installed",
+        "Replicated cluster: rebuilds of this replica completed since the node started",
+        view_of([](const cluster::repl::ReplicaHost::View& v) {
+          return static_cast<double>(v.rebuilds_installed);
         }),
         labels);
   }

@@ -754,23 +754,48 @@ void InboxStore::Impl::AddShardOp(const ShardOp& op, rocksdb::WriteBatch* batch)
   }
 }
 
-Status InboxStore::Impl::ApplyReplicated(uint32_t shard, uint64_t last_lsn,
-                                         const std::vector<std::string_view>& payloads,
-                                         uint64_t hlc) {
+template <typename Extra>
+Status InboxStore::Impl::WriteShardOps(const std::vector<std::string_view>& payloads,
+                                       bool vnode_keys_only, Extra extra) {
   rocksdb::WriteBatch batch;
   std::vector<std::string> dedup_keys;
+  const std::string vnodes_end = VnodePrefix(options_.vnodes);
+  // A key of a vnode of this store: 4-byte prefix below VnodePrefix(vnodes).
+  const auto in_vnodes = [&](const std::string& key, bool end) {
+    return key.size() >= kVnodePrefixBytes &&
+           (end ? key <= vnodes_end : key.compare(0, kVnodePrefixBytes, vnodes_end) < 0);
+  };
   for (std::string_view payload : payloads) {
     IRIS_ASSIGN_OR_RETURN(std::vector<ShardOp> ops, DecodeShardOps(payload));
     for (ShardOp& op : ops) {
       if (op.kind == 'R' && op.value.empty()) {
         return BadRequest("shard batch: range deletion without an end");
       }
+      if (vnode_keys_only &&
+          (!in_vnodes(op.key, false) || (op.kind == 'R' && !in_vnodes(op.value, true)))) {
+        return BadRequest("shard chunk: a key outside the store's vnodes");
+      }
+      if (vnode_keys_only && op.kind == 'R') {
+        // A chunk's range starts at any key: deleted key by key, since RocksDB's memtable
+        // insert hint (the 12-byte prefix of inbox, archive and dedup keys) must not see a
+        // range tombstone of that length.
+        if (op.key >= op.value) return BadRequest("shard chunk: an empty or inverted range");
+        const rocksdb::Slice end(op.value);
+        rocksdb::ReadOptions ro;
+        ro.fill_cache = false;
+        ro.iterate_upper_bound = &end;
+        std::unique_ptr<rocksdb::Iterator> it(db_->db()->NewIterator(ro, db_->cf(op.cf)));
+        for (it->Seek(op.key); it->Valid(); it->Next()) {
+          batch.Delete(db_->cf(op.cf), it->key()).PermitUncheckedError();
+        }
+        if (!it->status().ok()) return FromRocks(it->status(), "store: read a range to replace");
+        continue;
+      }
       AddShardOp(op, &batch);
       if (op.cf == Cf::kDedup && op.kind == 'P') dedup_keys.push_back(std::move(op.key));
     }
   }
-  batch.Put(db_->cf(Cf::kMeta), MetaReplicatedLsnKey(shard), EncodeU64(last_lsn))
-      .PermitUncheckedError();
+  extra(batch);
   rocksdb::WriteOptions wo;
   wo.sync = true;
   const rocksdb::Status s = db_->db()->Write(wo, &batch);
@@ -778,8 +803,22 @@ Status InboxStore::Impl::ApplyReplicated(uint32_t shard, uint64_t last_lsn,
   db_->NoteDurable(db_->db());
   // The Bloom filters are a negative cache over every dedup entry, also these.
   for (const std::string& k : dedup_keys) dedup_->NoteApplied(k);
+  return Status::Ok();
+}
+
+Status InboxStore::Impl::ApplyReplicated(uint32_t shard, uint64_t last_lsn,
+                                         const std::vector<std::string_view>& payloads,
+                                         uint64_t hlc) {
+  IRIS_RETURN_IF_ERROR(WriteShardOps(payloads, /*vnode_keys_only=*/false, [&](auto& batch) {
+    batch.Put(db_->cf(Cf::kMeta), MetaReplicatedLsnKey(shard), EncodeU64(last_lsn))
+        .PermitUncheckedError();
+  }));
   hlc_.Restore(hlc);
   return Status::Ok();
+}
+
+Status InboxStore::Impl::InstallShardChunk(std::string_view chunk) {
+  return WriteShardOps({chunk}, /*vnode_keys_only=*/true, [](auto&) {});
 }
 
 Result<uint64_t> InboxStore::Impl::ReplicatedLsn(uint32_t shard) const {

@@ -390,6 +390,17 @@ Result<uint64_t> InboxStore::ReplicatedLsn(uint32_t shard) const {
   return impl_->ReplicatedLsn(shard);
 }
 
+Result<std::string> InboxStore::CopyShardChunk(uint32_t shard, std::string* cursor,
+                                               size_t max_bytes, bool* done) const {
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();
+  return impl_->CopyShardChunk(shard, cursor, max_bytes, done);
+}
+
+Status InboxStore::InstallShardChunk(std::string_view chunk) {
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();  // a synced write
+  return impl_->InstallShardChunk(chunk);
+}
+
 void InboxStore::SetShardOfVnode(const std::function<uint32_t(int32_t)>& shard_of_vnode) {
   impl_->SetShardOfVnode(shard_of_vnode);
 }

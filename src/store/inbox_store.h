@@ -332,6 +332,20 @@ class InboxStore {
                          const std::vector<std::string_view>& payloads, uint64_t hlc);
   // The last lsn ApplyReplicated recorded for `shard` (0: none). Errors: INTERNAL.
   Result<uint64_t> ReplicatedLsn(uint32_t shard) const;
+  // Rebuilds (cluster/replication/rebuild.h): a shard's records copied into another store
+  // chunk by chunk. CopyShardChunk reads the next chunk of the vnodes the vnode -> shard map
+  // gives `shard`, from *cursor on (empty: the start; an opaque position it advances), of
+  // about max_bytes: an encoded shard batch (shard_batch.h) that replaces the key ranges it
+  // covers (a range deletion of each, then a put of every record in it), read from one
+  // snapshot. *done after the last chunk (which may be empty). Successive chunks are read at
+  // different times (the receiver replays the log from the rebuild's lsn). BAD_REQUEST for
+  // a malformed cursor; INTERNAL on read errors; UNAVAILABLE while the database is closed.
+  Result<std::string> CopyShardChunk(uint32_t shard, std::string* cursor, size_t max_bytes,
+                                     bool* done) const;
+  // Writes one CopyShardChunk result in one synced write, directly (as ApplyReplicated; the
+  // shard's replica thread). BAD_REQUEST for a malformed chunk or one that touches a key
+  // outside the vnodes (nothing written); write errors INTERNAL / STORAGE_FULL.
+  Status InstallShardChunk(std::string_view chunk);
   // This node became `shard`'s primary: ids start above hlc_high_water at once, and the
   // commit thread drops what it cached of the shard's users (counters, hot dedup entries;
   // they are reloaded from what ApplyReplicated wrote) in a batch of its own. `done` runs

@@ -145,6 +145,9 @@ class InboxStore::Impl {
   Status ApplyReplicated(uint32_t shard, uint64_t last_lsn,
                          const std::vector<std::string_view>& payloads, uint64_t hlc);
   Result<uint64_t> ReplicatedLsn(uint32_t shard) const;
+  Result<std::string> CopyShardChunk(uint32_t shard, std::string* cursor, size_t max_bytes,
+                                     bool* done) const;
+  Status InstallShardChunk(std::string_view chunk);
   void TakeOverShard(uint32_t shard, uint64_t hlc_high_water, std::function<void(Status)> done);
   void SetShardOfVnode(const std::function<uint32_t(int32_t)>& shard_of_vnode);
   void SetShardBatchObserver(std::function<void(const std::map<uint32_t, std::string>&)> f) {
@@ -254,6 +257,12 @@ class InboxStore::Impl {
   // every answer, then writes the node-wide records locally. OK when all are durable.
   Status ReplicateBatch(BuiltBatch& b);
   void AddShardOp(const ShardOp& op, rocksdb::WriteBatch* batch) const;
+  // Writes the operations of encoded shard batches, plus what extra(batch) adds, in one
+  // synced write, and tells the dedup filters about the dedup entries written.
+  // vnode_keys_only: refuse (BAD_REQUEST) an operation on a node-wide key.
+  template <typename Extra>
+  Status WriteShardOps(const std::vector<std::string_view>& payloads, bool vnode_keys_only,
+                       Extra extra);
   // Notes that the batch assigns ids in `vnode`'s shard (its high-water mark is written).
   void TouchShard(int32_t vnode);
   // The user's counters, loaded on first use, saved for rollback on first touch in this

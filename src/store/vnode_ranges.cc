@@ -20,6 +20,7 @@
 #include "common/bytes.h"
 #include "obs/log.h"
 #include "store/inbox_store_impl.h"
+#include "store/shard_batch.h"
 
 namespace iris::store {
 namespace {
@@ -383,6 +384,83 @@ Result<uint64_t> InboxStore::Impl::VnodeChecksum(int32_t vnode) const {
   XXH3_freeState(state);
   if (!error.ok()) return error;
   return sum;
+}
+
+Result<std::string> InboxStore::Impl::CopyShardChunk(uint32_t shard, std::string* cursor,
+                                                     size_t max_bytes, bool* done) const {
+  *done = false;
+  const std::shared_ptr<const std::vector<uint32_t>> map = ShardMap();
+  const int32_t vnodes = options_.vnodes;
+  const auto next_vnode = [&](int32_t v) {
+    for (; map && v < vnodes && static_cast<size_t>(v) < map->size(); ++v) {
+      if ((*map)[static_cast<size_t>(v)] == shard) return v;
+    }
+    return vnodes;
+  };
+  // The cursor: vnode(4) cf(1) the first key not copied yet.
+  int32_t vnode = 0;
+  int cf = 0;
+  std::string from;
+  if (cursor->empty()) {
+    vnode = next_vnode(0);
+    if (vnode < vnodes) from = VnodePrefix(vnode);
+  } else {
+    const std::optional<uint32_t> v = DecodeU32(std::string_view(*cursor).substr(0, 4));
+    if (cursor->size() < 5 || !v || *v >= static_cast<uint32_t>(vnodes) ||
+        static_cast<unsigned char>((*cursor)[4]) >= static_cast<int>(Cf::kCount)) {
+      return BadRequest("store: malformed shard copy cursor");
+    }
+    vnode = static_cast<int32_t>(*v);
+    cf = static_cast<unsigned char>((*cursor)[4]);
+    from = cursor->substr(5);
+  }
+  const StoreDb::ReadHold db = db_->Hold();
+  if (!db.ok()) return StoreDb::ReadHold::Closed();
+  rocksdb::ManagedSnapshot snapshot(db.db());
+  std::string out;
+  size_t bytes = 0;
+  while (vnode < vnodes) {
+    const std::string end = VnodePrefix(vnode + 1);
+    const rocksdb::Slice end_slice(end);
+    rocksdb::ReadOptions ro;
+    ro.snapshot = snapshot.snapshot();
+    ro.fill_cache = false;
+    ro.iterate_upper_bound = &end_slice;
+    const Cf family = static_cast<Cf>(cf);
+    std::unique_ptr<rocksdb::Iterator> it(db.db()->NewIterator(ro, db.cf(family)));
+    std::string puts;
+    std::string range_end = end;  // exclusive
+    bool full = false;
+    for (it->Seek(from); it->Valid(); it->Next()) {
+      if (bytes >= max_bytes) {  // the range ends before this record; the next chunk has it
+        range_end = it->key().ToString();
+        full = true;
+        break;
+      }
+      AppendShardOp(ShardOp{'P', family, it->key().ToString(), it->value().ToString()}, &puts);
+      bytes += it->key().size() + it->value().size() + 8;
+    }
+    if (!it->status().ok()) return FromRocks(it->status(), "store: copy a shard");
+    AppendShardOp(ShardOp{'R', family, from, range_end}, &out);
+    out += puts;
+    bytes += from.size() + range_end.size() + 8;
+    if (full) {
+      *cursor = EncodeU32(static_cast<uint32_t>(vnode)) + static_cast<char>(cf) + range_end;
+      return out;
+    }
+    if (++cf == static_cast<int>(Cf::kCount)) {
+      cf = 0;
+      vnode = next_vnode(vnode + 1);
+    }
+    if (vnode < vnodes) from = VnodePrefix(vnode);
+    if (bytes >= max_bytes && vnode < vnodes) {
+      *cursor = EncodeU32(static_cast<uint32_t>(vnode)) + static_cast<char>(cf) + from;
+      return out;
+    }
+  }
+  *done = true;
+  cursor->clear();
+  return out;
 }
 
 Status InboxStore::Impl::DeleteVnode(int32_t vnode) {

@@ -1,7 +1,10 @@
 #include "cluster/replication/node_replication.h"
 
 #include <algorithm>
+#include <chrono>
 #include <utility>
+
+#include "obs/log.h"
 
 namespace iris::cluster {
 
@@ -20,9 +23,21 @@ NodeReplication::NodeReplication(NodeReplicationOptions options, EtcdClient& etc
       etcd_(etcd),
       keys_(std::move(keys)),
       env_(std::move(env)),
-      log_(std::move(log)) {}
+      log_(std::move(log)) {
+  // Rebuild ids differ across restarts of this node (a late InstallSnapshot of an earlier
+  // incarnation must not name a later rebuild).
+  next_rebuild_ = static_cast<uint64_t>(
+      std::chrono::steady_clock::now().time_since_epoch().count());
+  rebuild_thread_ = std::thread([this] { RebuildLoop(); });
+}
 
 NodeReplication::~NodeReplication() {
+  {
+    std::lock_guard<std::mutex> lock(rebuild_mu_);
+    rebuild_stopping_ = true;
+  }
+  rebuild_cv_.notify_all();
+  if (rebuild_thread_.joinable()) rebuild_thread_.join();
   std::map<repl::ShardNo, Shard> shards;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -72,6 +87,10 @@ Status NodeReplication::AddShard(repl::ShardNo shard, std::vector<repl::NodeId> 
   ho.replica.replicas = std::move(replicas);
   ho.applied_lsn = applied;
   ho.tick_ms = options_.tick_ms;
+  // The snapshot's state is the store's (copied by a rebuild), never carried in a message.
+  ho.replica.fetch_snapshots = false;
+  const bool rebuilds = env_.copy_chunk && env_.install_chunk && env_.send_transfer;
+  ho.compact_every = rebuilds ? options_.compact_every : 0;  // else a lagging replica is stuck
 
   repl::HostEnvironment he;
   he.send = [this, shard](repl::NodeId to, repl::Message m) {
@@ -92,6 +111,15 @@ Status NodeReplication::AddShard(repl::ShardNo shard, std::vector<repl::NodeId> 
   he.role_changed = [this, shard](repl::Role, repl::Epoch epoch, uint64_t hlc) {
     OnRoleChanged(shard, epoch, hlc);
   };
+  if (rebuilds) {
+    he.rebuild = [this, shard](const repl::Rebuild& r) { StartRebuild(shard, r); };
+    he.install_chunk = [this, shard](const std::string& payload) {
+      return env_.install_chunk(shard, payload);
+    };
+    he.send_ack = [this, shard](repl::NodeId to, const repl::RebuildAck& ack) {
+      env_.send_transfer(to, shard, ack);
+    };
+  }
   IRIS_ASSIGN_OR_RETURN(std::unique_ptr<repl::ReplicaHost> host,
                         repl::ReplicaHost::Start(std::move(ho), *log_, std::move(he)));
   {
@@ -124,6 +152,141 @@ void NodeReplication::Receive(repl::NodeId from, repl::ShardNo shard, repl::Mess
   auto it = shards_.find(shard);
   if (it != shards_.end() && it->second.host) {
     it->second.host->Post(repl::Receive{from, std::move(message)});
+  }
+}
+
+void NodeReplication::ReceiveTransfer(repl::NodeId from, repl::ShardNo shard,
+                                      repl::Transfer transfer) {
+  if (auto* chunk = std::get_if<repl::RebuildChunk>(&transfer)) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = shards_.find(shard);
+      if (it != shards_.end() && it->second.host) {
+        it->second.host->PostRebuildChunk(from, std::move(*chunk));
+        return;
+      }
+    }
+    if (env_.send_transfer) {
+      env_.send_transfer(from, shard, repl::RebuildAck{chunk->rebuild, chunk->seq, false});
+    }
+    return;
+  }
+  const auto& ack = std::get<repl::RebuildAck>(transfer);
+  std::optional<repl::InstallSnapshot> install;
+  {
+    std::lock_guard<std::mutex> lock(rebuild_mu_);
+    auto it = rebuilds_.find({shard, from});
+    if (it == rebuilds_.end()) return;
+    OutgoingRebuild& r = it->second;
+    if (r.id != ack.rebuild || r.seq != ack.seq || !r.awaiting) return;  // stale or repeated
+    if (!ack.ok) {
+      rebuilds_.erase(it);
+      return;
+    }
+    r.awaiting = false;
+    if (r.copied) {
+      // Every chunk is in the replica's store: it may now take the snapshot.
+      install = repl::InstallSnapshot{
+          r.order.primary_epoch,
+          repl::Snapshot{r.order.lsn, r.order.epoch, r.order.hlc, repl::RebuildState(r.id)}};
+      // Kept (finished) for a while so that the Rebuild orders the primary repeats until the
+      // replica is levelled do not start another copy.
+      r.deadline_ms = NowMs() + options_.rebuild_ack_timeout_ms;
+    } else {
+      ++r.seq;
+    }
+  }
+  rebuild_cv_.notify_all();
+  if (install && env_.send) env_.send(from, shard, std::move(*install));
+}
+
+void NodeReplication::StartRebuild(repl::ShardNo shard, const repl::Rebuild& order) {
+  {
+    std::lock_guard<std::mutex> lock(rebuild_mu_);
+    if (rebuild_stopping_) return;
+    auto it = rebuilds_.find({shard, order.peer});
+    if (it != rebuilds_.end() && it->second.order.primary_epoch >= order.primary_epoch) return;
+    OutgoingRebuild r;
+    r.shard = shard;
+    r.order = order;
+    r.id = ++next_rebuild_;
+    rebuilds_[{shard, order.peer}] = std::move(r);
+  }
+  obs::LogInfo("replication: rebuilding a replica that is behind the log",
+               {{"shard", shard}, {"replica", order.peer}, {"lsn", order.lsn}});
+  rebuild_cv_.notify_all();
+}
+
+int64_t NodeReplication::NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+void NodeReplication::RebuildLoop() {
+  // Throttle: the next chunk may leave at send_at; each chunk of B bytes moves it B/rate on.
+  int64_t send_at_us = 0;
+  std::unique_lock<std::mutex> lock(rebuild_mu_);
+  for (;;) {
+    if (rebuild_stopping_) return;
+    const int64_t now = NowMs();
+    int64_t wake = now + 1000;
+    OutgoingRebuild* next = nullptr;
+    for (auto it = rebuilds_.begin(); it != rebuilds_.end();) {
+      OutgoingRebuild& r = it->second;
+      const bool finished = r.copied && !r.awaiting;
+      if ((r.awaiting || finished) && now >= r.deadline_ms) {
+        it = rebuilds_.erase(it);  // no ack (the primary orders another), or finished long ago
+        continue;
+      }
+      if (r.awaiting || finished) {
+        wake = std::min(wake, r.deadline_ms);
+      } else if (next == nullptr) {
+        next = &r;
+      }
+      ++it;
+    }
+    const int64_t now_us = now * 1000;
+    if (next == nullptr || now_us < send_at_us) {
+      const int64_t until = next == nullptr ? wake : std::min(wake, send_at_us / 1000 + 1);
+      rebuild_cv_.wait_for(lock, std::chrono::milliseconds(std::max<int64_t>(1, until - now)));
+      continue;
+    }
+    // Read the chunk without the lock (store I/O); the entry stays (not awaiting, so an ack
+    // cannot touch it, and only this thread sends).
+    const std::pair<repl::ShardNo, repl::NodeId> key{next->shard, next->order.peer};
+    const uint64_t id = next->id;
+    std::string cursor = next->cursor;
+    lock.unlock();
+    bool done = false;
+    Result<std::string> chunk = env_.copy_chunk(key.first, &cursor, options_.rebuild_chunk_bytes,
+                                                &done);
+    lock.lock();
+    auto it = rebuilds_.find(key);
+    if (it == rebuilds_.end() || it->second.id != id) continue;  // replaced meanwhile
+    if (!chunk.ok()) {
+      obs::LogError("replication: rebuild stopped: cannot read the shard",
+                    {{"shard", key.first}, {"error", chunk.status().message()}});
+      rebuilds_.erase(it);
+      continue;
+    }
+    OutgoingRebuild& r = it->second;
+    r.cursor = std::move(cursor);
+    r.copied = done;
+    r.awaiting = true;
+    r.deadline_ms = NowMs() + options_.rebuild_ack_timeout_ms;
+    const size_t bytes = chunk->size();
+    repl::RebuildChunk c{r.id, r.seq, r.order.primary_epoch, done, std::move(chunk).value()};
+    const int64_t rate = std::max<int64_t>(1, options_.rebuild_bytes_per_sec);
+    send_at_us = std::max(send_at_us, now_us) +
+                 static_cast<int64_t>(bytes) * 1'000'000 / rate;
+    lock.unlock();
+    const bool sent = env_.send_transfer(key.second, key.first, std::move(c));
+    lock.lock();
+    if (!sent) {
+      it = rebuilds_.find(key);
+      if (it != rebuilds_.end() && it->second.id == id) rebuilds_.erase(it);
+    }
   }
 }
 

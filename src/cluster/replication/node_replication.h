@@ -12,10 +12,15 @@
 //       takes appends of epoch e (OpenForAppends)
 //   host Send          --env.send-->      the peer link to that replica
 //   peer link          --Receive-->       the host of that shard
+//   host Rebuild       --> the rebuild thread: env.copy_chunk, one chunk in flight to the
+//       replica (env.send_transfer), throttled; then the InstallSnapshot (rebuild.h)
+//   peer link          --ReceiveTransfer--> a chunk to the host (env.install_chunk), or an
+//       ack to the rebuild thread
 //
 // Thread-safety: every method may be called from any thread. The env callbacks run on the
 // hosts' threads (take_over's done on the store's sync thread).
 
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -23,10 +28,12 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cluster/etcd_client.h"
 #include "cluster/placement.h"
+#include "cluster/replication/rebuild.h"
 #include "cluster/replication/replica_host.h"
 #include "cluster/replication/shard_log.h"
 #include "cluster/shard_epochs.h"
@@ -40,6 +47,15 @@ struct NodeReplicationOptions {
   // The state machine's timers and W; self and replicas are set per shard.
   repl::Options replica;
   int64_t tick_ms = 20;
+  // Compact a shard's log once this many applied batches follow its snapshot (0: never). A
+  // replica further behind than the log is rebuilt by copying the shard's records.
+  repl::Lsn compact_every = 4096;
+  // Rebuilds: bytes of records copied per second, over all rebuilds this node sends
+  // (--rebalance-bytes-per-sec), the size of one chunk, and how long a chunk may wait for
+  // its ack before the rebuild is dropped (the primary starts another).
+  int64_t rebuild_bytes_per_sec = 64 << 20;
+  size_t rebuild_chunk_bytes = 256 << 10;
+  int64_t rebuild_ack_timeout_ms = 5000;
 };
 
 struct NodeReplicationEnv {
@@ -57,6 +73,18 @@ struct NodeReplicationEnv {
       take_over;
   // Optional: a shard's replica stopped on a storage error (it refuses everything).
   std::function<void(repl::ShardNo shard, const Status& status)> failed;
+  // Rebuilds (rebuild.h). Optional: without copy_chunk this node rebuilds nobody, without
+  // install_chunk it cannot be rebuilt. copy_chunk reads the next chunk of the shard's
+  // records from *cursor (empty: the start; opaque, advanced) and sets *done after the last
+  // (InboxStore::CopyShardChunk); install_chunk writes one (InboxStore::InstallShardChunk).
+  std::function<Result<std::string>(repl::ShardNo shard, std::string* cursor, size_t max_bytes,
+                                    bool* done)>
+      copy_chunk;
+  std::function<Status(repl::ShardNo shard, const std::string& payload)> install_chunk;
+  // Sends a rebuild transfer to `to` (the peer link); may drop it. False when it surely
+  // did (no link): the rebuild is dropped at once and the primary orders another.
+  std::function<bool(repl::NodeId to, repl::ShardNo shard, repl::Transfer transfer)>
+      send_transfer;
 };
 
 class NodeReplication {
@@ -84,6 +112,8 @@ class NodeReplication {
   // A message from the peer link of node `from`. Messages of a shard this node does not
   // replicate are dropped.
   void Receive(repl::NodeId from, repl::ShardNo shard, repl::Message message);
+  // A rebuild transfer from the peer link of node `from` (rebuild.h).
+  void ReceiveTransfer(repl::NodeId from, repl::ShardNo shard, repl::Transfer transfer);
 
   // The shard's replica as of now (nullopt: not replicated here).
   std::optional<repl::ReplicaHost::View> view(repl::ShardNo shard) const;
@@ -98,6 +128,22 @@ class NodeReplication {
   };
   NodeReplication(NodeReplicationOptions options, EtcdClient& etcd, ClusterKeys keys,
                   NodeReplicationEnv env, std::unique_ptr<repl::ShardLog> log);
+  // A rebuild this node sends (the primary's side of rebuild.h).
+  struct OutgoingRebuild {
+    repl::ShardNo shard = 0;
+    repl::Rebuild order;
+    uint64_t id = 0;
+    uint64_t seq = 0;     // the chunk in flight, or the next one
+    std::string cursor;   // where the next chunk starts
+    bool copied = false;  // the chunk in flight (or the one acked last) is the last
+    bool awaiting = false;
+    int64_t deadline_ms = 0;  // for the ack of the chunk in flight
+  };
+  void StartRebuild(repl::ShardNo shard, const repl::Rebuild& order);
+  static int64_t NowMs();
+  void RebuildLoop();
+  // Reads and sends the next chunk of `r` (rebuild_mu_ not held). False: drop the rebuild.
+  bool SendNextChunk(OutgoingRebuild& r);
   void Answer(const std::vector<uint64_t>& request_ids, const Status& status);
   void OnRoleChanged(repl::ShardNo shard, repl::Epoch epoch, uint64_t hlc_high_water);
 
@@ -111,6 +157,14 @@ class NodeReplication {
   std::map<repl::ShardNo, Shard> shards_;                    // guarded by mu_
   std::map<uint64_t, std::function<void(Status)>> waiting_;  // request id -> done; mu_
   uint64_t next_request_ = 1;                                // mu_
+
+  // Rebuilds sent, by (shard, replica); one in flight per pair. Served by rebuild_thread_.
+  std::mutex rebuild_mu_;
+  std::condition_variable rebuild_cv_;
+  std::map<std::pair<repl::ShardNo, repl::NodeId>, OutgoingRebuild> rebuilds_;  // rebuild_mu_
+  bool rebuild_stopping_ = false;                                               // rebuild_mu_
+  uint64_t next_rebuild_ = 0;                                                   // rebuild_mu_
+  std::thread rebuild_thread_;
 };
 
 }  // namespace iris::cluster

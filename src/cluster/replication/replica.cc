@@ -376,8 +376,15 @@ void Replica::OnBatchAck(NodeId from, const BatchAck& m) {
 void Replica::SendLevel(NodeId peer) {
   Peer& p = peers_[peer];
   p.last_level_ms = now_;
-  if (p.common < snapshot_.lsn) {
-    // Too far behind for my log: rebuild it from the committed state.
+  size_t level_bytes = 0;
+  for (Lsn l = std::max(p.common, snapshot_.lsn) + 1; l <= LastLsn(); ++l) {
+    level_bytes += At(l).payload.size();
+  }
+  // Too big for one message: rebuilt instead, if that moves it forward (the uncommitted
+  // tail goes in a Level whatever its size; irisd replicates one batch at a time).
+  const bool too_big = level_bytes > opts_.max_level_bytes && commit_lsn_ > p.common;
+  if (p.common < snapshot_.lsn || too_big) {
+    // Too far behind for my log (or for one message): rebuild it from the committed state.
     if (Due(p.last_rebuild_ms, opts_.rebuild_retry_ms)) {
       Emit(Rebuild{peer, accepted_, commit_lsn_, *EpochAt(commit_lsn_),
                    commit_lsn_ == snapshot_.lsn ? snapshot_.hlc : At(commit_lsn_).hlc});
@@ -558,10 +565,12 @@ void Replica::OnFetchRequest(NodeId from, const FetchRequest& m) {
   FetchReply rep;
   rep.epoch = m.epoch;
   if (m.from_lsn < snapshot_.lsn) {
-    rep.ok = true;
-    rep.snapshot = snapshot_;
-    rep.from_lsn = snapshot_.lsn;
-    rep.from_epoch = snapshot_.epoch;
+    if (opts_.fetch_snapshots) {  // else !ok: the candidate gives up (Options::fetch_snapshots)
+      rep.ok = true;
+      rep.snapshot = snapshot_;
+      rep.from_lsn = snapshot_.lsn;
+      rep.from_epoch = snapshot_.epoch;
+    }
   } else if (EpochAt(m.from_lsn) == m.from_epoch) {
     rep.ok = true;
     rep.from_lsn = m.from_lsn;

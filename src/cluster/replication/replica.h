@@ -290,6 +290,15 @@ struct Options {
   int64_t failover_stagger_ms = 300;  // per rank (next in line after the old primary first)
   int64_t candidate_timeout_ms = 1000;
   int64_t rebuild_retry_ms = 500;
+  // Whether a FetchReply may carry the sender's snapshot to a candidate that is further
+  // behind. A node whose snapshot state lives in its store (irisd: `state` is empty, the
+  // data are copied only by a Rebuild) turns this off: such a fetch is refused and the
+  // candidate gives up, leaving the election to a replica that holds the log.
+  bool fetch_snapshots = true;
+  // A Level whose batches would exceed this many payload bytes is not sent when the
+  // replica's common point is behind the commit point: it is rebuilt up to the commit point
+  // instead (a message must fit the transport; irisd's peer links take 16 MiB).
+  size_t max_level_bytes = 8u << 20;
   size_t max_inflight = 1024;  // uncommitted batches at the primary before kOverloaded
   Mutations mutations;
 };

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
+#include <utility>
 
 #include "common/assert.h"
 
@@ -14,6 +16,7 @@ struct ReplicaHost::Shared {
     uint64_t generation = 0;
     Status failure;        // a failed log write (sync_report): stops the shard
     Epoch open_epoch = 0;  // non-zero: an OpenForAppends, no event
+    std::optional<std::pair<NodeId, RebuildChunk>> chunk;  // a rebuild chunk, no event
   };
   std::mutex mu;
   std::condition_variable cv;
@@ -76,6 +79,56 @@ void ReplicaHost::OpenForAppends(Epoch epoch) {
   shared_->cv.notify_one();
 }
 
+void ReplicaHost::PostRebuildChunk(NodeId from, RebuildChunk chunk) {
+  {
+    std::lock_guard<std::mutex> lock(shared_->mu);
+    if (shared_->stopping) return;
+    Shared::Item item{Tick{}, false, 0, Status::Ok()};
+    item.chunk.emplace(from, std::move(chunk));
+    shared_->items.push_back(std::move(item));
+  }
+  shared_->cv.notify_one();
+}
+
+void ReplicaHost::OnRebuildChunk(NodeId from, RebuildChunk& c) {
+  const auto answer = [&](bool ok) {
+    if (env_.send_ack) env_.send_ack(from, RebuildAck{c.rebuild, c.seq, ok});
+  };
+  const Role role = replica_.role();
+  // A primary's or candidate's store is the shard's; a fenced sender's copy is not taken.
+  if (failed_ || !env_.install_chunk || role == Role::kPrimary || role == Role::kCandidate ||
+      c.epoch < replica_.promised()) {
+    answer(false);
+    return;
+  }
+  const bool current = c.rebuild == rebuild_.id && from == rebuild_.from;
+  if (c.seq == 0 && !current) {
+    rebuild_ = IncomingRebuild{c.rebuild, from, 0, false, true};  // replaces an older one
+  } else if (!current || c.seq > rebuild_.next_seq) {
+    answer(false);
+    return;
+  }
+  if (c.seq < rebuild_.next_seq) {  // a resend of a chunk already installed
+    answer(true);
+    return;
+  }
+  const Status s = env_.install_chunk(c.payload);
+  if (!s.ok()) {
+    rebuild_ = IncomingRebuild{};  // nothing of this chunk was written; the primary retries
+    answer(false);
+    return;
+  }
+  ++rebuild_.next_seq;
+  rebuild_.complete = c.last;
+  answer(true);
+}
+
+bool ReplicaHost::InstallAllowed(NodeId from, const InstallSnapshot& m) const {
+  if (!env_.install_chunk) return true;
+  return rebuild_.id != 0 && from == rebuild_.from && rebuild_.complete && rebuild_.clean &&
+         m.snapshot.state == RebuildState(rebuild_.id);
+}
+
 void ReplicaHost::ReportRole() {
   if (!env_.role_changed) {
     open_epoch_ = replica_.primary_epoch();
@@ -102,7 +155,9 @@ void ReplicaHost::Publish() {
   v.durable_lsn = replica_.DurableLsn();
   v.commit_lsn = replica_.CommitLsn();
   v.applied_lsn = applied_;
+  v.snapshot_lsn = replica_.snapshot().lsn;
   v.hlc_high_water = replica_.HlcHighWater();
+  v.rebuilds_installed = rebuilds_installed_;
   v.failed = failed_;
   std::lock_guard<std::mutex> lock(shared_->mu);
   shared_->view = v;
@@ -134,6 +189,11 @@ void ReplicaHost::Run() {
       open_epoch_ = item.open_epoch;
       continue;
     }
+    if (item.chunk) {
+      OnRebuildChunk(item.chunk->first, item.chunk->second);
+      Publish();
+      continue;
+    }
     if (tick) {
       next_tick = now_ms() + opts_.tick_ms;
       item.event = Tick{now_ms()};
@@ -162,6 +222,13 @@ void ReplicaHost::Run() {
       waiting_.insert(append->request_id);
     } else if (auto* await = std::get_if<AwaitCommit>(&item.event)) {
       waiting_.insert(await->request_id);
+    } else if (auto* receive = std::get_if<Receive>(&item.event)) {
+      if (const auto* install = std::get_if<InstallSnapshot>(&receive->message)) {
+        if (!InstallAllowed(receive->from, *install)) {
+          Publish();
+          continue;  // not (or not wholly) copied here: the primary starts another rebuild
+        }
+      }
     }
     Carry(replica_.Step(std::move(item.event)));
     // A backup applies what the primary says is committed, once it is durable here.
@@ -202,6 +269,10 @@ void ReplicaHost::Carry(std::vector<Effect> effects) {
       } else if (const auto* i = std::get_if<WalInstallSnapshot>(&effect)) {
         ++generation_;
         applied_ = std::max(applied_, i->snapshot.lsn);
+        if (rebuild_.id != 0 && i->snapshot.state == RebuildState(rebuild_.id)) {
+          ++rebuilds_installed_;
+          rebuild_ = IncomingRebuild{};
+        }
         Post(WalSynced{i->snapshot.lsn});
       }
       continue;
@@ -257,6 +328,7 @@ void ReplicaHost::ApplyUpTo(Lsn lsn) {
     }
   }
   applied_ = upto;
+  rebuild_.clean = false;
 }
 
 void ReplicaHost::Fail(const Status& status) {

@@ -10,7 +10,9 @@
 //   Commit, and a backup's commit point   env.apply: the committed batches, in lsn order,
 //                                         each exactly once per host (from applied_lsn on);
 //   Acknowledge / Refuse                  env.acknowledge / env.refuse (SEND_ACK / ERROR);
-//   Rebuild                               env.rebuild (state transfer of the shard's data).
+//   Rebuild                               env.rebuild (state transfer of the shard's data,
+//                                         rebuild.h; the copy's chunks arrive at the
+//                                         rebuilt replica through PostRebuildChunk).
 // Time: a Tick from the monotonic clock every tick_ms (timers only; never safety).
 //
 // Apply at commit: a batch reaches the store (env.apply) only once it is committed — at the
@@ -39,6 +41,7 @@
 #include <thread>
 #include <vector>
 
+#include "cluster/replication/rebuild.h"
 #include "cluster/replication/replica.h"
 #include "cluster/replication/shard_log.h"
 #include "common/clock.h"
@@ -57,6 +60,11 @@ struct HostEnvironment {
   std::function<void(const Refuse&)> refuse;
   std::function<void(const Rebuild&)> rebuild;
   std::function<void(const Status&)> failed;  // optional
+  // Rebuild, the replica's side (rebuild.h). Optional: without install_chunk, chunks are
+  // refused and an InstallSnapshot is taken as it comes (its state carries the data).
+  // install_chunk writes one chunk into the store, durably; send_ack answers the sender.
+  std::function<Status(const std::string& payload)> install_chunk;
+  std::function<void(NodeId to, const RebuildAck& ack)> send_ack;
   // Optional. The replica became the primary of `epoch` and has applied every batch it
   // inherited (so the store shows the whole committed log), or stopped being it (epoch 0).
   // Until OpenForAppends(epoch) the host refuses ClientAppends with UNAVAILABLE: whoever
@@ -89,6 +97,8 @@ class ReplicaHost {
   ReplicaHost& operator=(const ReplicaHost&) = delete;
 
   void Post(Event event);
+  // A chunk of a rebuild of this replica, from the primary `from` (rebuild.h).
+  void PostRebuildChunk(NodeId from, RebuildChunk chunk);
   // Lets ClientAppends in while this replica is the primary of `epoch` (see
   // HostEnvironment::role_changed); a later epoch needs a new call.
   void OpenForAppends(Epoch epoch);
@@ -101,7 +111,9 @@ class ReplicaHost {
     Lsn durable_lsn = 0;
     Lsn commit_lsn = 0;
     Lsn applied_lsn = 0;
+    Lsn snapshot_lsn = 0;  // the log starts after this (compacted or installed)
     uint64_t hlc_high_water = 0;
+    uint64_t rebuilds_installed = 0;  // InstallSnapshots of a rebuild taken by this host
     bool failed = false;
   };
   View view() const;
@@ -112,6 +124,9 @@ class ReplicaHost {
   void Run();
   void Carry(std::vector<Effect> effects);
   void ApplyUpTo(Lsn lsn);
+  void OnRebuildChunk(NodeId from, RebuildChunk& chunk);
+  // Whether an InstallSnapshot from `from` may reach the replica (see rebuild.h).
+  bool InstallAllowed(NodeId from, const InstallSnapshot& m) const;
   void Fail(const Status& status);
   void Publish();
   // Reports role changes (HostEnvironment::role_changed), the primary's once it has applied
@@ -129,6 +144,18 @@ class ReplicaHost {
   Epoch reported_epoch_ = 0;    // the primary epoch last reported to role_changed (0: none)
   Epoch open_epoch_ = 0;        // ClientAppends are taken while primary of this epoch
   std::set<uint64_t> waiting_;  // request ids not answered yet (refused at stop)
+  // The rebuild being received (rebuild.h): chunks next_seq.. are expected from `from`.
+  // clean: nothing was applied since its first chunk (an apply of an older batch after a
+  // chunk would survive the install, which skips the log up to the rebuild's lsn).
+  struct IncomingRebuild {
+    uint64_t id = 0;
+    NodeId from = 0;
+    uint64_t next_seq = 0;
+    bool complete = false;
+    bool clean = false;
+  };
+  IncomingRebuild rebuild_;
+  uint64_t rebuilds_installed_ = 0;
   // Shared with the log's sync callbacks, which may outlive the host.
   std::shared_ptr<Shared> shared_;
   std::thread thread_;

@@ -136,10 +136,46 @@ Result<std::pair<ShardNo, Message>> FromProto(const ipb::ReplicationMessage& in)
       m = InstallSnapshot{p.epoch(), SnapshotFrom(p.snapshot())};
       break;
     }
+    case ipb::ReplicationMessage::kRebuildChunk:
+    case ipb::ReplicationMessage::kRebuildAck:
+      return BadRequest("a rebuild transfer is not a protocol message");
     case ipb::ReplicationMessage::BODY_NOT_SET:
       return BadRequest("replication message without a body (from a newer version?)");
   }
   return std::make_pair(in.shard(), std::move(m));
+}
+
+void ToProto(ShardNo shard, const Transfer& transfer, ipb::ReplicationMessage* out) {
+  out->Clear();
+  out->set_shard(shard);
+  if (const auto* c = std::get_if<RebuildChunk>(&transfer)) {
+    ipb::ReplRebuildChunk* p = out->mutable_rebuild_chunk();
+    p->set_rebuild(c->rebuild);
+    p->set_seq(c->seq);
+    p->set_epoch(c->epoch);
+    p->set_last(c->last);
+    p->set_payload(c->payload);
+  } else {
+    const auto& a = std::get<RebuildAck>(transfer);
+    ipb::ReplRebuildAck* p = out->mutable_rebuild_ack();
+    p->set_rebuild(a.rebuild);
+    p->set_seq(a.seq);
+    p->set_ok(a.ok);
+  }
+}
+
+bool IsTransfer(const ipb::ReplicationMessage& in) {
+  return in.body_case() == ipb::ReplicationMessage::kRebuildChunk ||
+         in.body_case() == ipb::ReplicationMessage::kRebuildAck;
+}
+
+Transfer TransferFromProto(const ipb::ReplicationMessage& in) {
+  if (in.body_case() == ipb::ReplicationMessage::kRebuildChunk) {
+    const ipb::ReplRebuildChunk& p = in.rebuild_chunk();
+    return RebuildChunk{p.rebuild(), p.seq(), p.epoch(), p.last(), p.payload()};
+  }
+  const ipb::ReplRebuildAck& p = in.rebuild_ack();
+  return RebuildAck{p.rebuild(), p.seq(), p.ok()};
 }
 
 }  // namespace iris::cluster::repl

@@ -95,5 +95,35 @@ TEST(ReplicationWireTest, AMessageWithoutABodyIsRefused) {
   EXPECT_EQ(r.status().code(), StatusCode::kBadRequest);
 }
 
+TEST(ReplicationWireTest, RebuildTransfersRoundTripAndAreNotProtocolMessages) {
+  ipb::ReplicationMessage wire;
+  ToProto(4, Transfer{RebuildChunk{77, 3, 9, true, std::string("a\0b", 3)}}, &wire);
+  ipb::ReplicationMessage parsed;
+  ASSERT_TRUE(parsed.ParseFromString(wire.SerializeAsString()));
+  ASSERT_TRUE(IsTransfer(parsed));
+  EXPECT_EQ(parsed.shard(), 4u);
+  EXPECT_EQ(FromProto(parsed).status().code(), StatusCode::kBadRequest);
+  const Transfer t = TransferFromProto(parsed);
+  const auto* c = std::get_if<RebuildChunk>(&t);
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(c->rebuild, 77u);
+  EXPECT_EQ(c->seq, 3u);
+  EXPECT_EQ(c->epoch, 9u);
+  EXPECT_TRUE(c->last);
+  EXPECT_EQ(c->payload, std::string("a\0b", 3));
+
+  ToProto(5, Transfer{RebuildAck{77, 3, true}}, &wire);
+  ASSERT_TRUE(IsTransfer(wire));
+  const Transfer a = TransferFromProto(wire);
+  const auto* ack = std::get_if<RebuildAck>(&a);
+  ASSERT_NE(ack, nullptr);
+  EXPECT_EQ(ack->rebuild, 77u);
+  EXPECT_EQ(ack->seq, 3u);
+  EXPECT_TRUE(ack->ok);
+
+  ToProto(5, Message{PromiseRequest{2}}, &wire);
+  EXPECT_FALSE(IsTransfer(wire));
+}
+
 }  // namespace
 }  // namespace iris::cluster::repl

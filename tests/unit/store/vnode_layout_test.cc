@@ -8,6 +8,7 @@
 
 #include "store/inbox_store.h"
 #include "store/legacy_keys.h"
+#include "store/shard_batch.h"
 #include "store/store_db.h"
 #include "store/store_keys.h"
 #include "unit/store/store_test_util.h"
@@ -282,6 +283,76 @@ TEST(VnodeLayoutTest, DeleteVnodeRemovesExactlyItsRecordsAndForgetsItsState) {
   EXPECT_EQ(page->messages.size(), 2u);
   EXPECT_FALSE(page->gap);
   EXPECT_TRUE(store->Append(1, "b0", One(1, b, "m"))->duplicate);
+}
+
+// A rebuild's copy (cluster/replication/rebuild.h): shard 0 of a store whose vnodes
+// alternate between shards 0 and 1, copied chunk by chunk into a store that holds stale
+// records of both shards. Afterwards every shard-0 vnode matches the source exactly (stale
+// records gone), shard 1 is untouched, and the copied dedup entries are known.
+TEST(VnodeLayoutTest, ShardCopyReplacesTheReceiversRangesChunkByChunk) {
+  TempDir from_dir;
+  TempDir to_dir;
+  const auto shard_of = [](int32_t v) { return static_cast<uint32_t>(v % 2); };
+  StoreOptions fo = TestOptions(from_dir.path());
+  fo.shard_of_vnode = shard_of;
+  StoreOptions to = TestOptions(to_dir.path());
+  to.shard_of_vnode = shard_of;
+  auto source = OpenOrDie(fo);
+  auto target = OpenOrDie(to);
+  ASSERT_NE(source, nullptr);
+  ASSERT_NE(target, nullptr);
+  std::vector<uint64_t> even;  // users of shard 0
+  uint64_t odd = 0;            // a user of shard 1
+  for (uint64_t u = 2; even.size() < 6 || odd == 0; ++u) {
+    if (V(u) % 2 == 0 && even.size() < 6) even.push_back(u);
+    if (V(u) % 2 == 1 && odd == 0) odd = u;
+  }
+  for (size_t i = 0; i < even.size(); ++i) {
+    for (int m = 0; m < 8; ++m) {
+      const std::string key = "k" + std::to_string(i) + "-" + std::to_string(m);
+      ASSERT_TRUE(source->Append(1, key, One(1, even[i], std::string(100, 'a' + m))).ok());
+    }
+    ASSERT_TRUE(source->PutSettings(even[i], UserSettings{false, true}).ok());
+  }
+  // Stale records on the receiver: a shard-0 user's message and settings the source does
+  // not have, and a shard-1 user's message that must stay.
+  ASSERT_TRUE(target->Append(1, "stale", One(1, even[0], "stale")).ok());
+  ASSERT_TRUE(target->PutSettings(even[5], UserSettings{false, false}).ok());
+  ASSERT_TRUE(target->Append(1, "other", One(1, odd, "other shard")).ok());
+  const uint64_t odd_sum = target->VnodeChecksum(V(odd)).value();
+
+  std::string cursor;
+  bool done = false;
+  int chunks = 0;
+  while (!done) {
+    Result<std::string> chunk = source->CopyShardChunk(0, &cursor, 1024, &done);
+    ASSERT_TRUE(chunk.ok()) << chunk.status().ToString();
+    ASSERT_TRUE(target->InstallShardChunk(*chunk).ok());
+    ASSERT_LT(++chunks, 100'000);
+  }
+  EXPECT_GT(chunks, 10);  // several chunks, some of them ending inside a vnode
+  for (int32_t v = 0; v < kVnodes; v += 2) {
+    ASSERT_EQ(target->VnodeChecksum(v).value(), source->VnodeChecksum(v).value()) << v;
+  }
+  EXPECT_EQ(target->VnodeChecksum(V(odd)).value(), odd_sum);
+  Result<std::vector<v1::Envelope>> got = ScanAll(*target, even[0]);
+  ASSERT_TRUE(got.ok());
+  ASSERT_EQ(got->size(), 8u);
+  EXPECT_EQ((*got)[0].body(), std::string(100, 'a'));
+  EXPECT_TRUE(target->GetSettings(even[5])->share_presence);
+  // A retry of a copied key is a duplicate on the receiver.
+  Result<AppendOutcome> retry = target->Append(1, "k1-3", One(1, even[1], "retry"));
+  ASSERT_TRUE(retry.ok());
+  EXPECT_TRUE(retry->duplicate);
+
+  // Refused: a malformed chunk, a chunk touching a node-wide key, a malformed cursor.
+  EXPECT_EQ(target->InstallShardChunk("\x01garbage").code(), StatusCode::kBadRequest);
+  std::string node_wide;
+  AppendShardOp(ShardOp{'P', Cf::kMeta, "N", "x"}, &node_wide);
+  EXPECT_EQ(target->InstallShardChunk(node_wide).code(), StatusCode::kBadRequest);
+  std::string bad_cursor = "xx";
+  EXPECT_EQ(source->CopyShardChunk(0, &bad_cursor, 1024, &done).status().code(),
+            StatusCode::kBadRequest);
 }
 
 // ---- migration from layout version 1 ----

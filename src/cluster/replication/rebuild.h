@@ -1,0 +1,46 @@
+#pragma once
+// The state transfer of a rebuild (docs/replication.md, "Catch-up and rebuild"). The state
+// machine only says *that* a replica must be rebuilt (the Rebuild effect) and takes the
+// result (an InstallSnapshot message); the copy between them runs outside it:
+//
+//   primary (NodeReplication)                       replica (its ReplicaHost)
+//   RebuildChunk{id, seq 0, payload}  ------------>  installs it in the store (synced)
+//                                     <------------  RebuildAck{id, 0, ok}
+//   ... one chunk in flight, throttled ...
+//   RebuildChunk{id, seq n, last}     ------------>  installs it
+//                                     <------------  RebuildAck{id, n, ok}
+//   InstallSnapshot{epoch, {lsn, epoch, hlc, state = RebuildState(id)}} --> taken only if
+//       every chunk of `id` was installed and nothing was applied since its first chunk
+//
+// Each chunk replaces whole key ranges of the shard's vnodes by the primary's records, read
+// when the chunk was made (later than the rebuild's lsn). Chunks are not one snapshot; the
+// replica is then levelled from lsn and replays every later batch, whose operations are
+// blind writes: replaying them in order over any state between lsn and now ends in the
+// primary's state.
+
+#include <cstdint>
+#include <string>
+#include <variant>
+
+#include "cluster/replication/replica.h"
+
+namespace iris::cluster::repl {
+
+struct RebuildChunk {
+  uint64_t rebuild = 0;  // the rebuild's id, unique per sender
+  uint64_t seq = 0;      // 0, 1, ...
+  Epoch epoch = 0;       // the sending primary's epoch
+  bool last = false;
+  std::string payload;  // the store's encoding (InboxStore::CopyShardChunk)
+};
+struct RebuildAck {
+  uint64_t rebuild = 0;
+  uint64_t seq = 0;
+  bool ok = false;  // false: the replica will not take this rebuild; the sender stops it
+};
+using Transfer = std::variant<RebuildChunk, RebuildAck>;
+
+// The snapshot state an InstallSnapshot carries for rebuild `id` (the data are in the store).
+inline std::string RebuildState(uint64_t id) { return "rebuild " + std::to_string(id); }
+
+}  // namespace iris::cluster::repl
