@@ -119,6 +119,16 @@ Status NodeReplication::AddShard(repl::ShardNo shard, std::vector<repl::NodeId> 
     he.send_ack = [this, shard](repl::NodeId to, const repl::RebuildAck& ack) {
       env_.send_transfer(to, shard, ack);
     };
+    he.compaction_floor = [this, shard] {
+      // The lsn every rebuild of this shard (in progress, or finished moments ago and
+      // about to be levelled) continues from.
+      std::lock_guard<std::mutex> lock(rebuild_mu_);
+      repl::Lsn floor = ~repl::Lsn{0};
+      for (const auto& [key, r] : rebuilds_) {
+        if (key.first == shard) floor = std::min(floor, r.order.lsn);
+      }
+      return floor;
+    };
   }
   IRIS_ASSIGN_OR_RETURN(std::unique_ptr<repl::ReplicaHost> host,
                         repl::ReplicaHost::Start(std::move(ho), *log_, std::move(he)));
@@ -184,7 +194,15 @@ void NodeReplication::ReceiveTransfer(repl::NodeId from, repl::ShardNo shard,
       return;
     }
     r.awaiting = false;
+    r.bytes += r.in_flight_bytes;
     if (r.copied) {
+      obs::LogInfo("replication: replica rebuilt",
+                   {{"shard", shard},
+                    {"replica", from},
+                    {"lsn", r.order.lsn},
+                    {"chunks", r.seq + 1},
+                    {"bytes", r.bytes},
+                    {"ms", NowMs() - r.started_ms}});
       // Every chunk is in the replica's store: it may now take the snapshot.
       install = repl::InstallSnapshot{
           r.order.primary_epoch,
@@ -201,6 +219,7 @@ void NodeReplication::ReceiveTransfer(repl::NodeId from, repl::ShardNo shard,
 }
 
 void NodeReplication::StartRebuild(repl::ShardNo shard, const repl::Rebuild& order) {
+  bool log = false;
   {
     std::lock_guard<std::mutex> lock(rebuild_mu_);
     if (rebuild_stopping_) return;
@@ -210,10 +229,20 @@ void NodeReplication::StartRebuild(repl::ShardNo shard, const repl::Rebuild& ord
     r.shard = shard;
     r.order = order;
     r.id = ++next_rebuild_;
+    r.started_ms = NowMs();
     rebuilds_[{shard, order.peer}] = std::move(r);
+    // Once a minute per replica and shard: a replica that stays down is ordered again and
+    // again.
+    int64_t& last = rebuild_logged_ms_[{shard, order.peer}];
+    if (last == 0 || NowMs() - last >= 60'000) {
+      last = NowMs();
+      log = true;
+    }
   }
-  obs::LogInfo("replication: rebuilding a replica that is behind the log",
-               {{"shard", shard}, {"replica", order.peer}, {"lsn", order.lsn}});
+  if (log) {
+    obs::LogInfo("replication: rebuilding a replica that is behind the log",
+                 {{"shard", shard}, {"replica", order.peer}, {"lsn", order.lsn}});
+  }
   rebuild_cv_.notify_all();
 }
 
@@ -276,6 +305,7 @@ void NodeReplication::RebuildLoop() {
     r.awaiting = true;
     r.deadline_ms = NowMs() + options_.rebuild_ack_timeout_ms;
     const size_t bytes = chunk->size();
+    r.in_flight_bytes = bytes;
     repl::RebuildChunk c{r.id, r.seq, r.order.primary_epoch, done, std::move(chunk).value()};
     const int64_t rate = std::max<int64_t>(1, options_.rebuild_bytes_per_sec);
     send_at_us = std::max(send_at_us, now_us) +
@@ -284,8 +314,15 @@ void NodeReplication::RebuildLoop() {
     const bool sent = env_.send_transfer(key.second, key.first, std::move(c));
     lock.lock();
     if (!sent) {
+      // No link to the replica (it is down): keep the entry, finished, so that the orders
+      // the primary repeats every rebuild_retry_ms are ignored for a while instead of
+      // reading a chunk each time.
       it = rebuilds_.find(key);
-      if (it != rebuilds_.end() && it->second.id == id) rebuilds_.erase(it);
+      if (it != rebuilds_.end() && it->second.id == id) {
+        it->second.copied = true;
+        it->second.awaiting = false;
+        it->second.deadline_ms = NowMs() + options_.rebuild_no_link_hold_ms;
+      }
     }
   }
 }

@@ -56,6 +56,9 @@ struct NodeReplicationOptions {
   int64_t rebuild_bytes_per_sec = 64 << 20;
   size_t rebuild_chunk_bytes = 256 << 10;
   int64_t rebuild_ack_timeout_ms = 5000;
+  // After a chunk could not be sent (no link to the replica), orders for that replica and
+  // shard are ignored this long: a replica that is down is not read for every order.
+  int64_t rebuild_no_link_hold_ms = 1000;
 };
 
 struct NodeReplicationEnv {
@@ -135,9 +138,15 @@ class NodeReplication {
     uint64_t id = 0;
     uint64_t seq = 0;     // the chunk in flight, or the next one
     std::string cursor;   // where the next chunk starts
-    bool copied = false;  // the chunk in flight (or the one acked last) is the last
+    // The chunk in flight (or the one acked last) is the last. Also set, with no chunk in
+    // flight, when the rebuild is over or had no link: the entry then holds off new orders
+    // for the pair until deadline_ms.
+    bool copied = false;
     bool awaiting = false;
     int64_t deadline_ms = 0;  // for the ack of the chunk in flight
+    int64_t started_ms = 0;
+    uint64_t bytes = 0;  // acknowledged so far
+    uint64_t in_flight_bytes = 0;
   };
   void StartRebuild(repl::ShardNo shard, const repl::Rebuild& order);
   static int64_t NowMs();
@@ -164,6 +173,7 @@ class NodeReplication {
   std::map<std::pair<repl::ShardNo, repl::NodeId>, OutgoingRebuild> rebuilds_;  // rebuild_mu_
   bool rebuild_stopping_ = false;                                               // rebuild_mu_
   uint64_t next_rebuild_ = 0;                                                   // rebuild_mu_
+  std::map<std::pair<repl::ShardNo, repl::NodeId>, int64_t> rebuild_logged_ms_;  // rebuild_mu_
   std::thread rebuild_thread_;
 };
 

@@ -235,7 +235,9 @@ void ReplicaHost::Run() {
     if (!failed_) ApplyUpTo(std::min(replica_.CommitLsn(), replica_.DurableLsn()));
     if (!failed_ && opts_.compact_every > 0 &&
         applied_ >= replica_.snapshot().lsn + opts_.compact_every) {
-      Carry(replica_.Step(CompactLog{applied_, std::string()}));
+      const Lsn upto =
+          env_.compaction_floor ? std::min(applied_, env_.compaction_floor()) : applied_;
+      if (upto > replica_.snapshot().lsn) Carry(replica_.Step(CompactLog{upto, std::string()}));
     }
     if (!failed_) ReportRole();
     Publish();

@@ -65,6 +65,10 @@ struct HostEnvironment {
   // install_chunk writes one chunk into the store, durably; send_ack answers the sender.
   std::function<Status(const std::string& payload)> install_chunk;
   std::function<void(NodeId to, const RebuildAck& ack)> send_ack;
+  // Optional: the log is not compacted beyond this lsn (the primary keeps what a rebuild in
+  // progress will level its replica from; else a copy slower than the log's turnover would
+  // start over forever).
+  std::function<Lsn()> compaction_floor;
   // Optional. The replica became the primary of `epoch` and has applied every batch it
   // inherited (so the store shows the whole committed log), or stopped being it (epoch 0).
   // Until OpenForAppends(epoch) the host refuses ClientAppends with UNAVAILABLE: whoever
