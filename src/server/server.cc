@@ -1328,8 +1328,8 @@ Status Server::OpenReplication(store::StoreOptions& so) {
   };
   env.applied_lsn = [mp](cluster::repl::ShardNo shard) { return mp->store->ReplicatedLsn(shard); };
   env.copy_chunk = [mp](cluster::repl::ShardNo shard, std::string* cursor, size_t max_bytes,
-                        bool* done) {
-    return mp->store->CopyShardChunk(shard, cursor, max_bytes, done);
+                        bool* done, cluster::repl::Lsn* read_lsn) {
+    return mp->store->CopyShardChunk(shard, cursor, max_bytes, done, read_lsn);
   };
   env.install_chunk = [mp](cluster::repl::ShardNo, const std::string& payload) {
     return mp->store->InstallShardChunk(payload);

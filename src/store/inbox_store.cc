@@ -391,9 +391,10 @@ Result<uint64_t> InboxStore::ReplicatedLsn(uint32_t shard) const {
 }
 
 Result<std::string> InboxStore::CopyShardChunk(uint32_t shard, std::string* cursor,
-                                               size_t max_bytes, bool* done) const {
+                                               size_t max_bytes, bool* done,
+                                               uint64_t* read_lsn) const {
   IRIS_ASSERT_NOT_ON_LOOP_THREAD();
-  return impl_->CopyShardChunk(shard, cursor, max_bytes, done);
+  return impl_->CopyShardChunk(shard, cursor, max_bytes, done, read_lsn);
 }
 
 Status InboxStore::InstallShardChunk(std::string_view chunk) {

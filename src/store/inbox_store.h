@@ -337,11 +337,12 @@ class InboxStore {
   // gives `shard`, from *cursor on (empty: the start; an opaque position it advances), of
   // about max_bytes: an encoded shard batch (shard_batch.h) that replaces the key ranges it
   // covers (a range deletion of each, then a put of every record in it), read from one
-  // snapshot. *done after the last chunk (which may be empty). Successive chunks are read at
+  // snapshot, in which ReplicatedLsn(shard) was *read_lsn (when given). *done after the
+  // last chunk (which may be empty). Successive chunks are read at
   // different times (the receiver replays the log from the rebuild's lsn). BAD_REQUEST for
   // a malformed cursor; INTERNAL on read errors; UNAVAILABLE while the database is closed.
   Result<std::string> CopyShardChunk(uint32_t shard, std::string* cursor, size_t max_bytes,
-                                     bool* done) const;
+                                     bool* done, uint64_t* read_lsn = nullptr) const;
   // Writes one CopyShardChunk result in one synced write, directly (as ApplyReplicated; the
   // shard's replica thread). BAD_REQUEST for a malformed chunk or one that touches a key
   // outside the vnodes (nothing written); write errors INTERNAL / STORAGE_FULL.

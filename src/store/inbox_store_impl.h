@@ -146,7 +146,7 @@ class InboxStore::Impl {
                          const std::vector<std::string_view>& payloads, uint64_t hlc);
   Result<uint64_t> ReplicatedLsn(uint32_t shard) const;
   Result<std::string> CopyShardChunk(uint32_t shard, std::string* cursor, size_t max_bytes,
-                                     bool* done) const;
+                                     bool* done, uint64_t* read_lsn) const;
   Status InstallShardChunk(std::string_view chunk);
   void TakeOverShard(uint32_t shard, uint64_t hlc_high_water, std::function<void(Status)> done);
   void SetShardOfVnode(const std::function<uint32_t(int32_t)>& shard_of_vnode);

@@ -387,7 +387,8 @@ Result<uint64_t> InboxStore::Impl::VnodeChecksum(int32_t vnode) const {
 }
 
 Result<std::string> InboxStore::Impl::CopyShardChunk(uint32_t shard, std::string* cursor,
-                                                     size_t max_bytes, bool* done) const {
+                                                     size_t max_bytes, bool* done,
+                                                     uint64_t* read_lsn) const {
   *done = false;
   const std::shared_ptr<const std::vector<uint32_t>> map = ShardMap();
   const int32_t vnodes = options_.vnodes;
@@ -417,6 +418,17 @@ Result<std::string> InboxStore::Impl::CopyShardChunk(uint32_t shard, std::string
   const StoreDb::ReadHold db = db_->Hold();
   if (!db.ok()) return StoreDb::ReadHold::Closed();
   rocksdb::ManagedSnapshot snapshot(db.db());
+  if (read_lsn != nullptr) {
+    rocksdb::ReadOptions ro;
+    ro.snapshot = snapshot.snapshot();
+    std::string v;
+    const rocksdb::Status s =
+        db.db()->Get(ro, db.cf(Cf::kMeta), MetaReplicatedLsnKey(shard), &v);
+    if (!s.ok() && !s.IsNotFound()) return FromRocks(s, "store: read the replicated lsn");
+    const std::optional<uint64_t> lsn = s.ok() ? DecodeU64(v) : std::optional<uint64_t>(0);
+    if (!lsn) return Internal("store: malformed replicated lsn of shard " + std::to_string(shard));
+    *read_lsn = *lsn;
+  }
   std::string out;
   size_t bytes = 0;
   while (vnode < vnodes) {

@@ -288,8 +288,9 @@ void NodeReplication::RebuildLoop() {
     std::string cursor = next->cursor;
     lock.unlock();
     bool done = false;
+    repl::Lsn read_lsn = 0;
     Result<std::string> chunk = env_.copy_chunk(key.first, &cursor, options_.rebuild_chunk_bytes,
-                                                &done);
+                                                &done, &read_lsn);
     lock.lock();
     auto it = rebuilds_.find(key);
     if (it == rebuilds_.end() || it->second.id != id) continue;  // replaced meanwhile
@@ -306,7 +307,8 @@ void NodeReplication::RebuildLoop() {
     r.deadline_ms = NowMs() + options_.rebuild_ack_timeout_ms;
     const size_t bytes = chunk->size();
     r.in_flight_bytes = bytes;
-    repl::RebuildChunk c{r.id, r.seq, r.order.primary_epoch, done, std::move(chunk).value()};
+    repl::RebuildChunk c{r.id, r.seq, r.order.primary_epoch, done, std::move(chunk).value(),
+                         read_lsn};
     const int64_t rate = std::max<int64_t>(1, options_.rebuild_bytes_per_sec);
     send_at_us = std::max(send_at_us, now_us) +
                  static_cast<int64_t>(bytes) * 1'000'000 / rate;

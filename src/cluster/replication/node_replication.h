@@ -80,8 +80,9 @@ struct NodeReplicationEnv {
   // install_chunk it cannot be rebuilt. copy_chunk reads the next chunk of the shard's
   // records from *cursor (empty: the start; opaque, advanced) and sets *done after the last
   // (InboxStore::CopyShardChunk); install_chunk writes one (InboxStore::InstallShardChunk).
+  // *read_lsn: the shard's applied lsn in the store as of the chunk's read.
   std::function<Result<std::string>(repl::ShardNo shard, std::string* cursor, size_t max_bytes,
-                                    bool* done)>
+                                    bool* done, repl::Lsn* read_lsn)>
       copy_chunk;
   std::function<Status(repl::ShardNo shard, const std::string& payload)> install_chunk;
   // Sends a rebuild transfer to `to` (the peer link); may drop it. False when it surely

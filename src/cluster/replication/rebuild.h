@@ -13,7 +13,10 @@
 //       every chunk of `id` was installed and nothing was applied since its first chunk
 //
 // Each chunk replaces whole key ranges of the shard's vnodes by the primary's records, read
-// when the chunk was made (later than the rebuild's lsn). Chunks are not one snapshot; the
+// when the chunk was made (at the primary's applied lsn `read_lsn`, at least the rebuild's
+// lsn). The replica takes a chunk only if read_lsn is at least what it has applied itself
+// (an older chunk would put back records its applied batches changed), and only while it
+// has applied nothing since the rebuild's first chunk. Chunks are not one snapshot; the
 // replica is then levelled from lsn and replays every later batch, whose operations are
 // blind writes: replaying them in order over any state between lsn and now ends in the
 // primary's state.
@@ -32,6 +35,7 @@ struct RebuildChunk {
   Epoch epoch = 0;       // the sending primary's epoch
   bool last = false;
   std::string payload;  // the store's encoding (InboxStore::CopyShardChunk)
+  Lsn read_lsn = 0;     // the sender's applied lsn of the shard when the chunk was read
 };
 struct RebuildAck {
   uint64_t rebuild = 0;

@@ -112,6 +112,14 @@ void ReplicaHost::OnRebuildChunk(NodeId from, RebuildChunk& c) {
     answer(true);
     return;
   }
+  if (c.read_lsn < applied_ || !rebuild_.clean) {
+    // Older than what this store applied (it would put back records later batches changed),
+    // or useless: something was applied since the first chunk, so the install would be
+    // refused. The replica was levelled meanwhile; the primary orders another if needed.
+    rebuild_ = IncomingRebuild{};
+    answer(false);
+    return;
+  }
   const Status s = env_.install_chunk(c.payload);
   if (!s.ok()) {
     rebuild_ = IncomingRebuild{};  // nothing of this chunk was written; the primary retries

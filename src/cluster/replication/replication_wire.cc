@@ -155,6 +155,7 @@ void ToProto(ShardNo shard, const Transfer& transfer, ipb::ReplicationMessage* o
     p->set_epoch(c->epoch);
     p->set_last(c->last);
     p->set_payload(c->payload);
+    p->set_read_lsn(c->read_lsn);
   } else {
     const auto& a = std::get<RebuildAck>(transfer);
     ipb::ReplRebuildAck* p = out->mutable_rebuild_ack();
@@ -172,7 +173,7 @@ bool IsTransfer(const ipb::ReplicationMessage& in) {
 Transfer TransferFromProto(const ipb::ReplicationMessage& in) {
   if (in.body_case() == ipb::ReplicationMessage::kRebuildChunk) {
     const ipb::ReplRebuildChunk& p = in.rebuild_chunk();
-    return RebuildChunk{p.rebuild(), p.seq(), p.epoch(), p.last(), p.payload()};
+    return RebuildChunk{p.rebuild(), p.seq(), p.epoch(), p.last(), p.payload(), p.read_lsn()};
   }
   const ipb::ReplRebuildAck& p = in.rebuild_ack();
   return RebuildAck{p.rebuild(), p.seq(), p.ok()};

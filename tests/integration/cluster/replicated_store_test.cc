@@ -140,8 +140,8 @@ class ReplicatedStoreTest : public ::testing::Test {
       node->store->TakeOverShard(shard, hlc, std::move(done));
     };
     env.copy_chunk = [node](repl::ShardNo shard, std::string* cursor, size_t max_bytes,
-                            bool* done) {
-      return node->store->CopyShardChunk(shard, cursor, max_bytes, done);
+                            bool* done, repl::Lsn* read_lsn) {
+      return node->store->CopyShardChunk(shard, cursor, max_bytes, done, read_lsn);
     };
     env.install_chunk = [node](repl::ShardNo, const std::string& payload) {
       return node->store->InstallShardChunk(payload);
