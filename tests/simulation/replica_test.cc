@@ -83,6 +83,62 @@ TEST(ReplicaTest, BackupAcknowledgesOnlyAfterItsWalSync) {
   EXPECT_EQ(Sent<BatchAck>(fx, 1)[0].durable_lsn, 1u);
 }
 
+// A Level longer than max_level_bytes goes in pieces. A piece does not truncate what the
+// backup holds beyond it (that may be committed) and does not make it follow the epoch;
+// the backup answers with how far it matches, and the last piece is a whole Level.
+TEST(ReplicaTest, ALongLevelGoesInPiecesAndOnlyTheLastOneIsFollowed) {
+  // The backup holds batches 1..4 of epoch 1 (the same as the primary's, committed).
+  DurableState held;
+  held.promised = 1;
+  held.accepted = 1;
+  for (Lsn l = 1; l <= 4; ++l) held.batches.push_back(Batch{1, l, 100 + l, "m" + std::to_string(l)});
+  Replica b(Opts(2), held);
+  (void)b.Step(WalSynced{4});
+  // A piece of epoch 2 holding 1..2 of a log that ends at 6.
+  std::vector<Effect> fx = b.Step(
+      Receive{1, Level{2, 0, 0, {held.batches[0], held.batches[1]}, 2, /*last_lsn=*/6}});
+  EXPECT_TRUE(All<WalTruncate>(fx).empty()) << "a piece truncated what lies beyond it";
+  EXPECT_EQ(b.LastLsn(), 4u);
+  EXPECT_EQ(b.accepted(), 1u);
+  ASSERT_EQ(Sent<BatchAck>(fx, 1).size(), 1u);
+  EXPECT_FALSE(Sent<BatchAck>(fx, 1)[0].ok);
+  EXPECT_EQ(Sent<BatchAck>(fx, 1)[0].matched_lsn, 2u);
+  // The last piece: from 2, batches 3..6 (5 and 6 of epoch 2): followed once durable.
+  fx = b.Step(Receive{1, Level{2, 2, 1, {held.batches[2], held.batches[3], Batch{2, 5, 205, "n5"},
+                                        Batch{2, 6, 206, "n6"}},
+                               4, 6}});
+  EXPECT_EQ(b.LastLsn(), 6u);
+  fx = b.Step(WalSynced{6});
+  EXPECT_EQ(b.accepted(), 2u);
+  ASSERT_EQ(Sent<BatchAck>(fx, 1).size(), 1u);
+  EXPECT_TRUE(Sent<BatchAck>(fx, 1)[0].ok);
+
+  // The primary's side: with max_level_bytes of 4, a lagging peer gets one batch per Level
+  // and the next piece starts where the backup says it matches.
+  Options o = Opts(1);
+  o.max_level_bytes = 4;
+  Replica p(o, DurableState{});
+  (void)p.Step(Tick{0});
+  (void)p.Step(EtcdWatch{ShardRecord{1, 0, 0, false}});
+  (void)p.Step(Tick{1000});
+  (void)p.Step(Receive{2, Promise{1, true, 1, 0, 0, 0}});
+  (void)p.Step(EtcdTxnResult{1, true, ShardRecord{2, 1, 1, true}});
+  ASSERT_EQ(p.role(), Role::kPrimary);
+  for (uint64_t i = 1; i <= 3; ++i) (void)p.Step(ClientAppend{i, "abc", 100 + i});
+  (void)p.Step(WalSynced{3});
+  (void)p.Step(Tick{1030});  // past the Level pacing (a quarter of retransmit_ms)
+  fx = p.Step(Receive{3, BatchAck{1, false, 0, 1, 0, 0}});
+  ASSERT_EQ(Sent<Level>(fx, 3).size(), 1u);
+  EXPECT_EQ(Sent<Level>(fx, 3)[0].from_lsn, 0u);
+  EXPECT_EQ(Sent<Level>(fx, 3)[0].batches.size(), 1u);
+  EXPECT_EQ(Sent<Level>(fx, 3)[0].last_lsn, 3u);
+  (void)p.Step(Tick{1060});
+  fx = p.Step(Receive{3, BatchAck{1, false, 0, 1, 0, 1}});
+  ASSERT_EQ(Sent<Level>(fx, 3).size(), 1u);
+  EXPECT_EQ(Sent<Level>(fx, 3)[0].from_lsn, 1u);
+  EXPECT_EQ(Sent<Level>(fx, 3)[0].batches.size(), 1u);
+}
+
 TEST(ReplicaTest, BackupRefusesBatchesOlderThanItsPromise) {
   Replica b(Opts(2), DurableState{});
   (void)b.Step(Receive{1, Level{1, 0, 0, {}, 0}});

@@ -128,7 +128,7 @@ class Simulation {
     o.mutations = cfg_.mutations;
     // Odd seeds run as irisd does: a snapshot's state is never carried by a fetch.
     o.fetch_snapshots = (cfg_.seed & 1) == 0;
-    // Every fourth seed sends no Level above a few batches: rebuilds instead.
+    // Every fourth seed levels in pieces of a few batches.
     if (cfg_.seed % 4 == 3) o.max_level_bytes = 64;
     return o;
   }

@@ -238,6 +238,19 @@ void Replica::OnLevel(NodeId from, Level& m) {
     promised_ = m.epoch;  // a primary that won its CAS: an implicit promise
     Persist();
   }
+  const Lsn piece_end = m.from_lsn + m.batches.size();
+  if (m.last_lsn > piece_end) {
+    // A piece of a Level too large for one message. Take its batches like a Level that
+    // keeps what lies beyond (a conflict drops only what was never committed), but follow
+    // nothing yet: the last piece is a whole Level. Ask for the next piece at once.
+    if (!Adopt(m.from_lsn, m.from_epoch, m.batches, /*exact=*/false)) {
+      Nack(from, m.epoch);
+      return;
+    }
+    commit_lsn_ = std::max(commit_lsn_, std::min(m.commit_lsn, piece_end));
+    SendTo(from, BatchAck{m.epoch, false, 0, promised_, commit_lsn_, piece_end});
+    return;
+  }
   // A backup that already follows this primary keeps what lies beyond (later ShipBatches
   // may have overtaken this Level); any other makes its log exactly the primary's.
   const bool exact = log_epoch_ != m.epoch;
@@ -246,7 +259,8 @@ void Replica::OnLevel(NodeId from, Level& m) {
     return;
   }
   // Follow this epoch once everything up to the primary's last lsn (as of this Level) is
-  // durable here: that includes every batch committed before the epoch began.
+  // durable here: that includes every batch committed before the epoch began. A piece
+  // of a longer Level stops short of it.
   if (accepted_ != m.epoch) accept_at_ = LastLsn();
   log_epoch_ = m.epoch;
   leader_ = from;
@@ -366,7 +380,8 @@ void Replica::OnBatchAck(NodeId from, const BatchAck& m) {
     AdvanceCommit();
   } else {
     p.in_sync = false;
-    p.common = std::min(m.commit_lsn, LastLsn());
+    // Its commit point is common to every log; what it reports matching, to mine.
+    p.common = std::min(std::max(m.commit_lsn, m.matched_lsn), LastLsn());
     if (now_ < p.last_level_ms || now_ - p.last_level_ms >= opts_.retransmit_ms / 4) {
       SendLevel(from);
     }
@@ -376,23 +391,24 @@ void Replica::OnBatchAck(NodeId from, const BatchAck& m) {
 void Replica::SendLevel(NodeId peer) {
   Peer& p = peers_[peer];
   p.last_level_ms = now_;
-  size_t level_bytes = 0;
-  for (Lsn l = std::max(p.common, snapshot_.lsn) + 1; l <= LastLsn(); ++l) {
-    level_bytes += At(l).payload.size();
-  }
-  // Too big for one message: rebuilt instead, if that moves it forward (the uncommitted
-  // tail goes in a Level whatever its size; irisd replicates one batch at a time).
-  const bool too_big = level_bytes > opts_.max_level_bytes && commit_lsn_ > p.common;
-  if (p.common < snapshot_.lsn || too_big) {
-    // Too far behind for my log (or for one message): rebuild it from the committed state.
+  if (p.common < snapshot_.lsn) {
+    // Too far behind for my log: rebuild it from the committed state.
     if (Due(p.last_rebuild_ms, opts_.rebuild_retry_ms)) {
       Emit(Rebuild{peer, accepted_, commit_lsn_, *EpochAt(commit_lsn_),
                    commit_lsn_ == snapshot_.lsn ? snapshot_.hlc : At(commit_lsn_).hlc});
     }
     return;
   }
-  SendTo(peer,
-         Level{accepted_, p.common, *EpochAt(p.common), Slice(p.common, LastLsn()), commit_lsn_});
+  // At most max_level_bytes of batches (at least one): the rest follows in later pieces.
+  Lsn upto = p.common;
+  size_t bytes = 0;
+  while (upto < LastLsn() &&
+         (upto == p.common || bytes + At(upto + 1).payload.size() <= opts_.max_level_bytes)) {
+    bytes += At(upto + 1).payload.size();
+    ++upto;
+  }
+  SendTo(peer, Level{accepted_, p.common, *EpochAt(p.common), Slice(p.common, upto), commit_lsn_,
+                     LastLsn()});
 }
 
 void Replica::AdvanceCommit() {

@@ -92,6 +92,9 @@ struct BatchAck {
   Lsn durable_lsn = 0;
   Epoch promised = 0;
   Lsn commit_lsn = 0;
+  // !ok answering a piece of a Level (see Level::last_lsn): the backup's log now equals the
+  // primary's up to here (0: nothing known); the next piece starts there.
+  Lsn matched_lsn = 0;
 };
 // Primary -> backup: make your log exactly mine (as of sending): keep the common prefix up
 // to from_lsn (whose batch has epoch from_epoch), replace whatever conflicts, add what is
@@ -100,8 +103,13 @@ struct Level {
   Epoch epoch = 0;
   Lsn from_lsn = 0;
   Epoch from_epoch = 0;
-  std::vector<Batch> batches;  // from_lsn + 1 ... the primary's last lsn
+  std::vector<Batch> batches;  // from_lsn + 1 ... (up to last_lsn, or a first piece of it)
   Lsn commit_lsn = 0;
+  // The primary's last lsn as of sending. When the batches stop short of it, this is one
+  // piece of a Level larger than Options::max_level_bytes: the backup takes the batches
+  // without following the epoch and answers BatchAck{!ok, matched_lsn = the piece's end};
+  // only the last piece, which reaches last_lsn, is a Level as described above.
+  Lsn last_lsn = 0;
 };
 // Candidate -> replicas: promise to refuse everything older than `epoch`.
 struct PromiseRequest {
@@ -295,9 +303,8 @@ struct Options {
   // data are copied only by a Rebuild) turns this off: such a fetch is refused and the
   // candidate gives up, leaving the election to a replica that holds the log.
   bool fetch_snapshots = true;
-  // A Level whose batches would exceed this many payload bytes is not sent when the
-  // replica's common point is behind the commit point: it is rebuilt up to the commit point
-  // instead (a message must fit the transport; irisd's peer links take 16 MiB).
+  // A Level carries at most this many payload bytes (at least one batch); a longer one goes
+  // in pieces (a message must fit the transport; irisd's peer links take 16 MiB).
   size_t max_level_bytes = 8u << 20;
   size_t max_inflight = 1024;  // uncommitted batches at the primary before kOverloaded
   Mutations mutations;

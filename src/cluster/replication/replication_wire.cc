@@ -48,6 +48,7 @@ void ToProto(ShardNo shard, const Message& message, ipb::ReplicationMessage* out
           p->set_durable_lsn(m.durable_lsn);
           p->set_promised(m.promised);
           p->set_commit_lsn(m.commit_lsn);
+          p->set_matched_lsn(m.matched_lsn);
         } else if constexpr (std::is_same_v<T, Level>) {
           ipb::ReplLevel* p = out->mutable_level();
           p->set_epoch(m.epoch);
@@ -55,6 +56,7 @@ void ToProto(ShardNo shard, const Message& message, ipb::ReplicationMessage* out
           p->set_from_epoch(m.from_epoch);
           for (const Batch& b : m.batches) BatchTo(b, p->add_batches());
           p->set_commit_lsn(m.commit_lsn);
+          p->set_last_lsn(m.last_lsn);
         } else if constexpr (std::is_same_v<T, PromiseRequest>) {
           out->mutable_promise_request()->set_epoch(m.epoch);
         } else if constexpr (std::is_same_v<T, Promise>) {
@@ -97,12 +99,14 @@ Result<std::pair<ShardNo, Message>> FromProto(const ipb::ReplicationMessage& in)
     }
     case ipb::ReplicationMessage::kBatchAck: {
       const ipb::ReplBatchAck& p = in.batch_ack();
-      m = BatchAck{p.epoch(), p.ok(), p.durable_lsn(), p.promised(), p.commit_lsn()};
+      m = BatchAck{p.epoch(),    p.ok(),         p.durable_lsn(),
+                   p.promised(), p.commit_lsn(), p.matched_lsn()};
       break;
     }
     case ipb::ReplicationMessage::kLevel: {
       const ipb::ReplLevel& p = in.level();
-      m = Level{p.epoch(), p.from_lsn(), p.from_epoch(), BatchesFrom(p.batches()), p.commit_lsn()};
+      m = Level{p.epoch(),      p.from_lsn(),   p.from_epoch(), BatchesFrom(p.batches()),
+                p.commit_lsn(), p.last_lsn()};
       break;
     }
     case ipb::ReplicationMessage::kPromiseRequest:

@@ -35,20 +35,22 @@ TEST(ReplicationWireTest, EveryMessageKindRoundTrips) {
     EXPECT_EQ(m.commit_lsn, 10u);
   }
   {
-    auto m = std::get<BatchAck>(RoundTrip(1, BatchAck{4, true, 12, 5, 11}));
+    auto m = std::get<BatchAck>(RoundTrip(1, BatchAck{4, true, 12, 5, 11, 13}));
     EXPECT_EQ(m.epoch, 4u);
     EXPECT_TRUE(m.ok);
     EXPECT_EQ(m.durable_lsn, 12u);
     EXPECT_EQ(m.promised, 5u);
     EXPECT_EQ(m.commit_lsn, 11u);
+    EXPECT_EQ(m.matched_lsn, 13u);
   }
   {
-    auto m = std::get<Level>(RoundTrip(1, Level{4, 10, 3, {kB1, kB2}, 9}));
+    auto m = std::get<Level>(RoundTrip(1, Level{4, 10, 3, {kB1, kB2}, 9, 20}));
     EXPECT_EQ(m.epoch, 4u);
     EXPECT_EQ(m.from_lsn, 10u);
     EXPECT_EQ(m.from_epoch, 3u);
     EXPECT_EQ(m.batches, (std::vector<Batch>{kB1, kB2}));
     EXPECT_EQ(m.commit_lsn, 9u);
+    EXPECT_EQ(m.last_lsn, 20u);
   }
   EXPECT_EQ(std::get<PromiseRequest>(RoundTrip(1, PromiseRequest{8})).epoch, 8u);
   {
