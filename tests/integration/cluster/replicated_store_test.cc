@@ -120,6 +120,7 @@ class ReplicatedStoreTest : public ::testing::Test {
     ro.lease_ttl_s = lease_ttl_s_;
     ro.compact_every = compact_every_;
     ro.rebuild_chunk_bytes = 512;
+    ro.rebuild_bytes_per_sec = rebuild_bytes_per_sec_;
     // The simulation's deliberate bugs, to show this test catches them (docs/replication.md).
     if (const char* m = std::getenv("IRIS_REPL_MUTATION")) {
       ro.replica.mutations.ack_at_w1 = std::string(m) == "ack_at_w1";
@@ -364,6 +365,7 @@ class ReplicatedStoreTest : public ::testing::Test {
   // Small logs: a replica that missed more than a few batches is rebuilt from a store.
   repl::Lsn compact_every_ = 8;
   uint64_t rebuilds_ = 0;              // rebuilds installed by replicas killed since SetUp
+  int64_t rebuild_bytes_per_sec_ = 64 << 20;
   uint32_t inbox_cap_ = 0;             // 0: the store's default
   std::map<NodeId, bool> archiver_;    // run_archiver per node (default: on)
   EtcdProcess etcd_;
@@ -532,6 +534,37 @@ TEST_F(ReplicatedStoreTest, BackupBehindTheCompactedLogIsRebuiltFromThePrimarysS
       EXPECT_EQ(nodes_[id].store->VnodeChecksum(v).value(), sum) << "vnode " << v << " node " << id;
     }
   }
+}
+
+// A rebuild slower than the log's turnover: the copy is throttled to a few KiB/s while a
+// writer keeps appending, so the primary's log moves far past the rebuild's lsn during the
+// copy. The primary keeps its log from that lsn (compaction_floor), so the replica is
+// levelled from there after the install and catches up with that one rebuild; without the
+// floor it finds itself behind the snapshot again and the copy starts over.
+TEST_F(ReplicatedStoreTest, RebuildSlowerThanTheLogTurnoverCatchesUpWithOneCopy) {
+  rebuild_bytes_per_sec_ = 16384;
+  for (NodeId id : {1u, 2u, 3u}) StartNode(id);
+  WaitForNewPrimary(std::nullopt);
+  const NodeId primary = *Primary();
+  const NodeId behind = primary % 3 + 1;
+  Kill(behind);
+  for (int i = 0; i < 40; ++i) AppendKeys(1);
+  StartNode(behind);
+  StartWriter();
+  ASSERT_TRUE(WaitFor(
+      [&] { return nodes_[behind].repl->view(kShard)->rebuilds_installed >= 1; }, 60'000))
+      << "the backup was not rebuilt";
+  const repl::Lsn snapshot_then = nodes_[primary].repl->view(kShard)->snapshot_lsn;
+  const repl::Lsn installed_at = nodes_[behind].repl->view(kShard)->snapshot_lsn;
+  const repl::Lsn committed = nodes_[primary].repl->view(kShard)->commit_lsn;
+  ASSERT_TRUE(WaitFor(
+      [&] { return nodes_[behind].repl->view(kShard)->applied_lsn >= committed; }, 60'000))
+      << "the rebuilt backup did not catch up";
+  StopWriter();
+  EXPECT_EQ(nodes_[behind].repl->view(kShard)->rebuilds_installed, 1u)
+      << "the copy started over (installed at " << installed_at << ", primary's snapshot "
+      << snapshot_then << ")";
+  EXPECT_GT(committed, installed_at + 8) << "the log did not move during the copy";
 }
 
 // A node that takes a shard over archives the inboxes its predecessor left over the cap
