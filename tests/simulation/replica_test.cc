@@ -103,6 +103,12 @@ TEST(ReplicaTest, ALongLevelGoesInPiecesAndOnlyTheLastOneIsFollowed) {
   ASSERT_EQ(Sent<BatchAck>(fx, 1).size(), 1u);
   EXPECT_FALSE(Sent<BatchAck>(fx, 1)[0].ok);
   EXPECT_EQ(Sent<BatchAck>(fx, 1)[0].matched_lsn, 2u);
+  // A whole Level of the same primary, delayed, that ends below the commit point the piece
+  // brought: stale, refused (it would cut batches this backup may have applied).
+  fx = b.Step(Receive{1, Level{2, 0, 0, {held.batches[0]}, 1, 1}});
+  EXPECT_TRUE(All<WalTruncate>(fx).empty()) << "a stale Level cut committed batches";
+  EXPECT_EQ(b.LastLsn(), 4u);
+  EXPECT_EQ(b.accepted(), 1u);
   // The last piece: from 2, batches 3..6 (5 and 6 of epoch 2): followed once durable.
   fx = b.Step(Receive{1, Level{2, 2, 1, {held.batches[2], held.batches[3], Batch{2, 5, 205, "n5"},
                                         Batch{2, 6, 206, "n6"}},

@@ -208,8 +208,9 @@ void NodeReplication::ReceiveTransfer(repl::NodeId from, repl::ShardNo shard,
           r.order.primary_epoch,
           repl::Snapshot{r.order.lsn, r.order.epoch, r.order.hlc, repl::RebuildState(r.id)}};
       // Kept (finished) for a while so that the Rebuild orders the primary repeats until the
-      // replica is levelled do not start another copy.
-      r.deadline_ms = NowMs() + options_.rebuild_ack_timeout_ms;
+      // replica is levelled do not start another copy, and the log it is levelled from
+      // stays (compaction_floor).
+      r.deadline_ms = NowMs() + options_.rebuild_level_grace_ms;
     } else {
       ++r.seq;
     }

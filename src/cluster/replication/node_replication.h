@@ -59,6 +59,9 @@ struct NodeReplicationOptions {
   // After a chunk could not be sent (no link to the replica), orders for that replica and
   // shard are ignored this long: a replica that is down is not read for every order.
   int64_t rebuild_no_link_hold_ms = 1000;
+  // After a rebuild's last chunk, the primary keeps its log from the rebuild's lsn this long
+  // more, for the Level (in pieces) of what was written during the copy.
+  int64_t rebuild_level_grace_ms = 60'000;
 };
 
 struct NodeReplicationEnv {

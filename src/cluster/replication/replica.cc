@@ -106,7 +106,9 @@ bool Replica::Adopt(Lsn from_lsn, Epoch from_epoch, std::vector<Batch>& batches,
   // Below the snapshot everything is committed, hence common to every log.
   if (from_lsn >= snapshot_.lsn && EpochAt(from_lsn) != from_epoch) return false;
   const Lsn last = from_lsn + batches.size();
-  if (exact && last < snapshot_.lsn) return false;  // stale: older than my committed prefix
+  // Stale: an exact Level never ends below what this replica knows is committed (every
+  // live primary's log reaches the commit point; a delayed one may not, e.g. after pieces).
+  if (exact && (last < snapshot_.lsn || last < commit_lsn_)) return false;
   std::vector<Batch> appended;
   for (Batch& b : batches) {
     if (b.lsn <= snapshot_.lsn) continue;
@@ -242,7 +244,8 @@ void Replica::OnLevel(NodeId from, Level& m) {
   if (m.last_lsn > piece_end) {
     // A piece of a Level too large for one message. Take its batches like a Level that
     // keeps what lies beyond (a conflict drops only what was never committed), but follow
-    // nothing yet: the last piece is a whole Level. Ask for the next piece at once.
+    // nothing yet: the last piece is a whole Level. The answer says where the next piece
+    // starts (the primary sends it within its Level pacing or retransmission timer).
     if (!Adopt(m.from_lsn, m.from_epoch, m.batches, /*exact=*/false)) {
       Nack(from, m.epoch);
       return;
