@@ -210,10 +210,25 @@ TEST_F(ClusterTest, GroupSendsReachMembersOwnedByEveryNode) {
 TEST_F(ClusterTest, NewerSessionOnAnotherNodeReplacesTheOlder) {
   const uint64_t u = cluster_.UserOwnedBy(3, 100);
   auto sender = Online(cluster_.node(4), cluster_.UserOwnedBy(1, 200));
+  // Right after the cluster starts, a session on node 1 may miss its owner's pushes (a
+  // registration or its answer lost while the links between nodes 1 and 3 come up; the
+  // session then waits for its rate budget in vain: "no rate budget from the owner"). This
+  // test is about replacement, so it first waits until a probe session on node 1 of a user
+  // owned by node 3 gets a push, logging the probe in again when one does not arrive.
+  bool warm = false;
+  for (int attempt = 0; attempt < 10 && !warm; ++attempt) {
+    const uint64_t probe_user = cluster_.UserOwnedBy(3, 300 + attempt);
+    auto probe = Online(cluster_.node(1), probe_user);
+    ASSERT_NE(SendAcked(*sender, 100 + attempt, probe_user, "probe"), 0u);
+    for (int i = 0; i < 2 && !warm; ++i) {
+      auto f = probe->Next(3'000);
+      warm = f.ok() && f->opcode == Op(wire::Opcode::kDeliver);
+    }
+  }
+  ASSERT_TRUE(warm) << "no push from node 3 reached a session on node 1";
   auto first = Online(cluster_.node(1), u);
-  // The first session is registered with the owner once a message reaches it (a session
-  // whose link to the owner was still being dialled at login registers with its catch-up
-  // scan, later: "newer" is the order in which the owner hears of them).
+  // The first session is registered with the owner once a message reaches it ("newer" is
+  // the order in which the owner hears of the sessions).
   const uint64_t before = SendAcked(*sender, 0, u, "to the first session");
   auto d0 = first->Expect(Op(wire::Opcode::kDeliver));
   v1::Deliver dv0;
