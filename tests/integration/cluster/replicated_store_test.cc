@@ -543,6 +543,9 @@ TEST_F(ReplicatedStoreTest, BackupBehindTheCompactedLogIsRebuiltFromThePrimarysS
 // floor it finds itself behind the snapshot again and the copy starts over.
 TEST_F(ReplicatedStoreTest, RebuildSlowerThanTheLogTurnoverCatchesUpWithOneCopy) {
   rebuild_bytes_per_sec_ = 16384;
+  // A 10 s lease keeps the primary in place on a loaded machine: a new primary would rebuild
+  // the backup again from its own log, legitimately.
+  lease_ttl_s_ = 10;
   for (NodeId id : {1u, 2u, 3u}) StartNode(id);
   WaitForNewPrimary(std::nullopt);
   const NodeId primary = *Primary();
