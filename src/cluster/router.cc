@@ -37,6 +37,10 @@ class Router::ServedCore final : public core::CoreApi {
     // dropped; the session's next scan re-registers at the owner (see sessions_).
     if (Owns(user)) r_.local_->RegisterSession(user, ref);
   }
+  void ReRegisterSession(uint64_t user, core::SessionRef ref) override {
+    // Dropped like a registration when not (yet) the owner: the session asks again.
+    if (Owns(user)) r_.local_->ReRegisterSession(user, ref);
+  }
   void UnregisterSession(uint64_t user, core::SessionRef ref, const core::RateDebt& debt) override {
     if (r_.local_ != nullptr) r_.local_->UnregisterSession(user, ref, debt);
   }
@@ -411,6 +415,20 @@ void Router::RegisterSession(uint64_t user, core::SessionRef ref) {
   // No owner to ask now (the scan that follows registers once one is known): the session
   // goes on with this node's budget for the user rather than wait.
   if (local_edge_ != nullptr) local_edge_->SettleRate(ref, user, core::RateDebt{});
+}
+
+void Router::ReRegisterSession(uint64_t user, core::SessionRef ref) {
+  ref.node = self_;
+  const std::optional<NodeId> owner = routes_.OwnerOf(user);
+  core::CoreApi* target = owner ? CoreOf(*owner) : nullptr;
+  {
+    std::lock_guard<std::mutex> lock(sessions_mu_);
+    auto it = sessions_.find(user);
+    if (it == sessions_.end() || !(it->second.ref == ref)) return;  // closed or replaced here
+    it->second.registered_at = target != nullptr ? *owner : NodeId{0};
+  }
+  // No owner reachable now: the session asks again later (and its next scan registers).
+  if (target != nullptr) target->ReRegisterSession(user, ref);
 }
 
 void Router::UnregisterSession(uint64_t user, core::SessionRef ref, const core::RateDebt& debt) {

@@ -115,6 +115,7 @@ class Router final : public core::CoreApi, public core::EdgeSink, public core::C
 
   // ---- CoreApi (the edge's requests) ----
   void RegisterSession(uint64_t user, core::SessionRef ref) override;
+  void ReRegisterSession(uint64_t user, core::SessionRef ref) override;
   void UnregisterSession(uint64_t user, core::SessionRef ref, const core::RateDebt& debt) override;
   bool Typing(uint64_t from, const v1::Typing& typing) override;
   void Unsubscribe(const core::SessionRef& ref, const std::vector<uint64_t>& users) override;

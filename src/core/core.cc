@@ -72,6 +72,31 @@ void Core::RegisterSession(uint64_t user, SessionRef ref) {
   if (came_online) presence_.OnOnline(user);
 }
 
+void Core::ReRegisterSession(uint64_t user, SessionRef ref) {
+  bool displaced = false;
+  bool came_online = false;
+  RateDebt debt;
+  {
+    RegistryShard& shard = ShardFor(user);
+    std::lock_guard<std::mutex> lock(shard.mu);
+    auto [it, inserted] = shard.sessions.try_emplace(user, ref);
+    came_online = inserted;
+    displaced = !inserted && !(it->second == ref);
+    if (inserted) {
+      if (auto p = shard.parked.find(user); p != shard.parked.end()) {
+        debt = p->second.debt.AgedBy(clock_.MonoNanos() - p->second.at_ns);
+        shard.parked.erase(p);
+      }
+    }
+  }
+  if (displaced) {
+    sink_.Replace(ref);  // a newer session registered while this one was unanswered
+    return;
+  }
+  sink_.SettleRate(ref, user, debt);
+  if (came_online) presence_.OnOnline(user);
+}
+
 void Core::UnregisterSession(uint64_t user, SessionRef ref, const RateDebt& debt) {
   bool went_offline = false;
   std::optional<SessionRef> live;

@@ -97,6 +97,7 @@ class Core final : public CoreApi {
   // Registers `ref` as the live session of `user`; a previous session is told to go away
   // (EdgeSink::Replace). Answers with SettleRate: the rate debt kept for the user (aged).
   void RegisterSession(uint64_t user, SessionRef ref) override;
+  void ReRegisterSession(uint64_t user, SessionRef ref) override;
   // Forgets `ref` if it is still the live session of `user`. `debt` is kept for the user's
   // next session, or handed at once to a newer live one (SettleRate).
   void UnregisterSession(uint64_t user, SessionRef ref, const RateDebt& debt) override;

@@ -138,6 +138,12 @@ class CoreApi {
   // Registers `ref` as the live session of `user` (an older one is told to go away) and
   // answers with EdgeSink::SettleRate: the rate debt the owner held for the user.
   virtual void RegisterSession(uint64_t user, SessionRef ref) = 0;
+  // A session whose registration was not answered in time asks again (the first may have
+  // been dropped by a node that did not own the user yet, or lost with a link). Unlike
+  // RegisterSession it never displaces another session: it registers `ref` when the user
+  // has none, answers SettleRate when `ref` is already the live one, and tells `ref` to go
+  // away (EdgeSink::Replace) when a different session took over in between.
+  virtual void ReRegisterSession(uint64_t user, SessionRef ref) = 0;
   // Forgets `ref` if it is still the live session of `user`. `debt` is what the session's
   // node still held against the user (taken out of its limiters): the owner keeps it for
   // the next session, or hands it at once to a newer live session (SettleRate).

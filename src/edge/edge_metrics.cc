@@ -62,6 +62,8 @@ EdgeMetrics& EdgeMetrics::Get() {
       C("iris_presence_frames_total", "PRESENCE frames sent"),
       C("iris_typing_frames_total", "TYPING frames relayed"),
       C("iris_typing_dropped_total", "TYPING frames dropped (rate, shed, recipient offline)"),
+      C("iris_session_reregistrations_total",
+        "Session registrations asked again because the owner did not answer in time"),
       obs::Registry::Default().GetHistogram("iris_e2e_latency_seconds",
                                             "Accepted to the recipient's DELIVER_ACK"),
       obs::Registry::Default().GetHistogram("iris_send_ack_latency_seconds",

@@ -26,6 +26,7 @@ struct EdgeMetrics {
   obs::Counter& presence_out;
   obs::Counter& typing_out;
   obs::Counter& typing_dropped;
+  obs::Counter& reregistrations;  // iris_session_reregistrations_total
   obs::Histogram& e2e_latency;   // iris_e2e_latency_seconds
   obs::Histogram& send_latency;  // iris_send_ack_latency_seconds
 

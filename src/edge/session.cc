@@ -166,6 +166,11 @@ bool Session::ReadingHeld() const {
 }
 
 void Session::SettleRate(const core::RateDebt& debt) {
+  owner_answered_ = true;
+  ApplyRate(debt);
+}
+
+void Session::ApplyRate(const core::RateDebt& debt) {
   Edge& edge = loop_.edge();
   edge.AddRateDebt(user_, debt);
   if (rate_settled_) return;
@@ -361,6 +366,7 @@ void Session::HandleHello(const v1::Hello& m) {
   // In a cluster the owner answers with the user's rate debt (SettleRate); frames wait for it.
   if (edge.options().carry_rate_debt) {
     rate_settled_ = false;
+    owner_answered_ = false;
     settle_deadline_ms_ = edge.clock().MonoMillis() + kSettleTimeoutMs;
   }
   edge.core().RegisterSession(user_, loop_.RefOf(id_));
@@ -965,13 +971,19 @@ void Session::Tick(int64_t now_mono_ms) {
     }
     return;
   }
-  if (!rate_settled_ && now_mono_ms >= settle_deadline_ms_) {
-    // The owner did not answer the registration (unreachable, or its answer lost with a
-    // link): go on with this node's budget rather than hold the client's requests.
-    obs::LogWarn("no rate budget from the owner of the user's shard in time",
-                 {{"user", std::to_string(user_)}});
-    SettleRate(core::RateDebt{});
-    if (state_ == State::kClosing) return;
+  if (!owner_answered_ && registered_ && now_mono_ms >= settle_deadline_ms_) {
+    // The owner did not answer the registration (not the owner yet, unreachable, or its
+    // answer lost with a link): go on with this node's budget rather than hold the
+    // client's requests, and ask again until it answers.
+    if (!rate_settled_) {
+      obs::LogWarn("no rate budget from the owner of the user's shard in time; asking again",
+                   {{"user", std::to_string(user_)}});
+      ApplyRate(core::RateDebt{});
+      if (state_ == State::kClosing) return;
+    }
+    EdgeMetrics::Get().reregistrations.Inc();
+    settle_deadline_ms_ = now_mono_ms + kSettleTimeoutMs;
+    loop_.edge().core().ReRegisterSession(user_, loop_.RefOf(id_));
   }
   if (now_mono_ms - last_frame_ms_ > edge.options().idle_timeout_ms) {
     EdgeMetrics::Get().timeouts.Inc();

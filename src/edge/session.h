@@ -90,6 +90,8 @@ class Session final : public net::Connection::Delegate {
   // Whether reading pauses: too many replies outstanding, or too many frames held while the
   // rate budget is not settled.
   bool ReadingHeld() const;
+  // Adds the rate debt to the node's limiters; the first call releases the held frames.
+  void ApplyRate(const core::RateDebt& debt);
   void HandleHello(const v1::Hello& m);
   void HandleSend(const v1::Send& m);
   void HandleSync(const v1::Sync& m);
@@ -148,6 +150,11 @@ class Session final : public net::Connection::Delegate {
   // this node yet (it may have been spent on another): frames after HELLO are held, in
   // order, and handled once it is (or at settle_deadline_ms_ without it).
   bool rate_settled_ = true;
+  // The owner has answered a registration of this session. Until it does, the session asks
+  // again (ReRegisterSession) every settle timeout: a registration dropped by a node that
+  // did not own the user yet (right after a start or a failover) would otherwise leave the
+  // session without pushes until its client reconnected.
+  bool owner_answered_ = true;
   int64_t settle_deadline_ms_ = 0;
   std::vector<std::pair<uint8_t, std::string>> unsettled_frames_;
   bool shutting_down_ = false;

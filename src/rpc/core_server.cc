@@ -340,6 +340,10 @@ void CoreServer::Handle(Conn* conn, ipb::CoreRequest& req) {
       core_->RegisterSession(user, ref);
       reply(Status::Ok(), none);
       return;
+    case ipb::CoreRequest::kReregisterSession:
+      core_->ReRegisterSession(user, ref);
+      reply(Status::Ok(), none);
+      return;
     case ipb::CoreRequest::kUnregisterSession:
       core_->UnregisterSession(user, ref, DebtFromProto(req.rate_debt()));
       reply(Status::Ok(), none);

@@ -345,6 +345,14 @@ void RemoteCore::RegisterSession(uint64_t user, core::SessionRef ref) {
   Cast(req);
 }
 
+void RemoteCore::ReRegisterSession(uint64_t user, core::SessionRef ref) {
+  ipb::CoreRequest req;
+  req.set_user(user);
+  SetRef(req, ref);
+  req.set_reregister_session(true);
+  Cast(req);
+}
+
 void RemoteCore::UnregisterSession(uint64_t user, core::SessionRef ref,
                                    const core::RateDebt& debt) {
   ipb::CoreRequest req;

@@ -86,6 +86,7 @@ class RemoteCore final : public core::CoreApi {
   const Link* link() const { return link_.get(); }
 
   void RegisterSession(uint64_t user, core::SessionRef ref) override;
+  void ReRegisterSession(uint64_t user, core::SessionRef ref) override;
   void UnregisterSession(uint64_t user, core::SessionRef ref, const core::RateDebt& debt) override;
   void Send(uint64_t sender, const v1::Send& send, const std::string& trace_id, SendDone done,
             uint64_t parent_span_id = 0) override;

@@ -221,6 +221,7 @@ class CountingCore final : public core::CoreApi {
  public:
   std::atomic<uint64_t> calls{0};
   void RegisterSession(uint64_t, core::SessionRef) override { ++calls; }
+  void ReRegisterSession(uint64_t, core::SessionRef) override { ++calls; }
   void UnregisterSession(uint64_t, core::SessionRef, const core::RateDebt&) override { ++calls; }
   bool Typing(uint64_t, const v1::Typing&) override { return ++calls, true; }
   void Unsubscribe(const core::SessionRef&, const std::vector<uint64_t>&) override { ++calls; }

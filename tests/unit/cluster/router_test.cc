@@ -165,6 +165,9 @@ class LinkedCore final : public core::CoreApi {
   void RegisterSession(uint64_t user, core::SessionRef ref) override {
     there_.Post([this, user, ref] { t_.RegisterSession(user, ref); });
   }
+  void ReRegisterSession(uint64_t user, core::SessionRef ref) override {
+    there_.Post([this, user, ref] { t_.ReRegisterSession(user, ref); });
+  }
   void UnregisterSession(uint64_t user, core::SessionRef ref, const core::RateDebt& debt) override {
     there_.Post([this, user, ref, debt] { t_.UnregisterSession(user, ref, debt); });
   }
@@ -979,6 +982,60 @@ TEST(RouterTest, SessionWhoseOwnerWasUnreachableAtLoginIsRegisteredByItsScan) {
   ASSERT_TRUE(c.N(2).edge.WaitFor([&](RecordingEdge& e) {
     return e.delivered.size() == 1 && e.delivered[0].envelope.id() == ack->message_id;
   }));
+}
+
+// A registration that reaches the owner before the owner knows it owns the user (right
+// after a start or a failover, the nodes' views of the shard map differ for a moment) is
+// dropped; the session, unanswered, asks again (edge::Session does so every settle
+// timeout), and once the owner has caught up it is registered and gets pushes.
+TEST(RouterTest, RegistrationDroppedByAnOwnerThatDidNotKnowYetIsAskedAgain) {
+  Cluster c;
+  const uint64_t user = 97, sender = 98;
+  c.SetOwner(user, 3);
+  c.SetOwner(sender, 3);
+  c.N(3).routes.Set(user, 1);  // node 3 has not seen the new map yet
+  c.R(2).RegisterSession(user, Ref(8));
+  ASSERT_TRUE(c.links().WaitQuiet());
+  EXPECT_FALSE(c.N(3).core->FindSession(user).has_value());
+  EXPECT_FALSE(c.N(1).core->FindSession(user).has_value());
+  EXPECT_TRUE(c.N(2).edge.Locked([](RecordingEdge& e) { return e.settled.empty(); }));
+  c.N(3).routes.Set(user, 3);  // now it has
+  c.R(2).ReRegisterSession(user, Ref(8));
+  ASSERT_TRUE(c.N(2).edge.WaitFor([](RecordingEdge& e) { return e.settled.size() == 1; }));
+  auto live = c.N(3).core->FindSession(user);
+  ASSERT_TRUE(live.has_value());
+  EXPECT_EQ(live->node, 2u);
+  auto ack = SendVia(c.R(3), sender, MakeSend(user, "pushed", "k-asked-again"));
+  ASSERT_TRUE(ack.ok()) << ack.status().ToString();
+  ASSERT_TRUE(c.N(2).edge.WaitFor([&](RecordingEdge& e) {
+    return e.delivered.size() == 1 && e.delivered[0].envelope.id() == ack->message_id;
+  }));
+  // Asking again while registered is answered again and changes nothing.
+  c.R(2).ReRegisterSession(user, Ref(8));
+  ASSERT_TRUE(c.N(2).edge.WaitFor([](RecordingEdge& e) { return e.settled.size() == 2; }));
+  EXPECT_TRUE(c.N(2).edge.Locked([](RecordingEdge& e) { return e.replaced.empty(); }));
+}
+
+// A session that asks again after a newer session of the same user registered does not
+// displace it: it is the one told to go away.
+TEST(RouterTest, AskingAgainNeverDisplacesANewerSession) {
+  Cluster c;
+  const uint64_t user = 99;
+  c.SetOwner(user, 3);
+  c.N(3).routes.Set(user, 1);
+  c.R(2).RegisterSession(user, Ref(8));  // dropped: node 3 did not know yet
+  ASSERT_TRUE(c.links().WaitQuiet());
+  c.N(3).routes.Set(user, 3);
+  c.R(1).RegisterSession(user, Ref(4));  // the user's newer session, on node 1
+  ASSERT_TRUE(c.N(1).edge.WaitFor([](RecordingEdge& e) { return e.settled.size() == 1; }));
+  c.R(2).ReRegisterSession(user, Ref(8));
+  ASSERT_TRUE(c.N(2).edge.WaitFor([](RecordingEdge& e) { return e.replaced.size() == 1; }));
+  EXPECT_EQ(c.N(2).edge.Locked([](RecordingEdge& e) { return e.replaced[0].session; }), 8u);
+  auto live = c.N(3).core->FindSession(user);
+  ASSERT_TRUE(live.has_value());
+  EXPECT_EQ(live->node, 1u);
+  EXPECT_EQ(live->session, 4u);
+  EXPECT_TRUE(c.N(1).edge.Locked([](RecordingEdge& e) { return e.replaced.empty(); }));
 }
 
 // ---- catch-up -> push across nodes ----

@@ -105,12 +105,17 @@ class FakeCore final : public core::CoreApi {
  public:
   std::atomic<bool> hold_sends{false};
   std::mutex mu;
-  std::vector<core::SessionRef> registered;  // mu
+  std::vector<core::SessionRef> registered;    // mu
+  std::vector<core::SessionRef> reregistered;  // mu
   std::vector<SendDone> held;                // mu
 
   void RegisterSession(uint64_t, core::SessionRef ref) override {
     std::lock_guard<std::mutex> lock(mu);
     registered.push_back(ref);
+  }
+  void ReRegisterSession(uint64_t, core::SessionRef ref) override {
+    std::lock_guard<std::mutex> lock(mu);
+    reregistered.push_back(ref);
   }
   void UnregisterSession(uint64_t, core::SessionRef, const core::RateDebt&) override {}
   bool Typing(uint64_t, const v1::Typing&) override { return true; }
@@ -279,6 +284,14 @@ TEST_F(RpcPeerTest, CallAndPushRoundTripOverMutualTls) {
   const core::SessionRef ref = core_.registered[0];
   EXPECT_EQ(ref.node, 1u);
   EXPECT_EQ(ref.session, 99u);
+  // A registration asked again travels as such (not as a new registration).
+  a.ReRegisterSession(7, core::SessionRef{.node = 0, .edge = (3u << 8) | 1, .session = 99});
+  ASSERT_TRUE(WaitFor([&] {
+    std::lock_guard<std::mutex> lock(core_.mu);
+    return core_.reregistered.size() == 1;
+  }));
+  EXPECT_EQ(core_.reregistered[0], ref);
+  EXPECT_EQ(core_.registered_count(), 1u);
 
   // ...so node 2's push for it goes back over the link node 1 opened.
   v1::Envelope e;
