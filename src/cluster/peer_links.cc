@@ -118,6 +118,7 @@ void PeerLinks::Dial(NodeId node) {
   }
   rpc::RemoteCoreOptions ro;
   ro.call_timeout_ms = options_.call_timeout_ms;
+  ro.link = rpc::PeerLinkOptions();
   auto remote = std::make_unique<rpc::RemoteCore>(0, ro);
   rpc::RemoteCore::PushHandler h;
   h.sink = &incoming_;

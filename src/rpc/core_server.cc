@@ -179,7 +179,8 @@ void CoreServer::Accept(int fd, bool peer) {
     }
     cv_.notify_all();
   };
-  c->link = std::make_shared<Link>(fd, std::move(transport), link_options_, std::move(h));
+  c->link = std::make_shared<Link>(fd, std::move(transport),
+                                   peer ? PeerLinkOptions() : link_options_, std::move(h));
   std::vector<std::unique_ptr<Conn>> dead;
   {
     std::lock_guard<std::mutex> lock(mu_);

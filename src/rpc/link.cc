@@ -278,11 +278,13 @@ bool Link::ReadFrames(Status* why, bool* want_write) {
       return false;
     }
     in_.append(buf, r.bytes);
+    last_rx_ms_ = NowMs();
     // Hand out every complete frame, unless (or until) a handler ends the link: then read no
     // further frames.
     if (closed_.load()) break;
     Result<size_t> taken = TakeLinkFrames(in_, [this](std::string_view frame) {
-      if (handlers_.on_message) handlers_.on_message(frame);
+      // An empty frame is a keepalive (LinkOptions): no message carries nothing.
+      if (handlers_.on_message && !frame.empty()) handlers_.on_message(frame);
       return !closed_.load();
     });
     if (!taken.ok()) {
@@ -308,6 +310,7 @@ bool Link::WriteQueued(Status* why, bool* blocked) {
     const Transport::Result r = transport_->Write(out_.data() + out_off_, out_.size() - out_off_);
     if (r.io == Transport::Io::kDone) {
       out_off_ += r.bytes;
+      last_tx_ms_ = NowMs();
       queued_.fetch_sub(r.bytes);
       continue;
     }
@@ -344,6 +347,7 @@ void Link::Run() {
       const Transport::Io h = transport_->Handshake();
       if (h == Transport::Io::kDone) {
         established = true;
+        last_rx_ms_ = last_tx_ms_ = NowMs();
         if (handlers_.on_established) {
           Status s = handlers_.on_established(*transport_);
           if (!s.ok()) {
@@ -379,6 +383,22 @@ void Link::Run() {
         }
       }
       if (flushed_close) break;
+      const int64_t t = NowMs();
+      if (options_.dead_after_ms > 0 && t - last_rx_ms_ >= options_.dead_after_ms) {
+        why = Unavailable("link: nothing received for " + std::to_string(t - last_rx_ms_) +
+                              " ms (the peer is unreachable or stopped)",
+                          0);
+        break;
+      }
+      if (options_.keepalive_ms > 0 && !write_blocked && t - last_tx_ms_ >= options_.keepalive_ms) {
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          pending_.append(4, '\0');  // a frame of length 0
+          queued_.fetch_add(4);
+        }
+        if (!WriteQueued(&why, &write_blocked)) break;
+        poll_out = read_wants_write || write_blocked;
+      }
     }
     // The timer.
     int64_t now = NowMs();
@@ -390,6 +410,12 @@ void Link::Run() {
     }
     int64_t due = timer_due_.load();
     if (!established) due = std::min(due, handshake_deadline);
+    if (established && options_.keepalive_ms > 0) {
+      due = std::min(due, last_tx_ms_ + options_.keepalive_ms);
+    }
+    if (established && options_.dead_after_ms > 0) {
+      due = std::min(due, last_rx_ms_ + options_.dead_after_ms);
+    }
     int timeout = -1;
     if (due != kNoTimer) timeout = static_cast<int>(std::clamp<int64_t>(due - now, 0, 60'000));
     pollfd fds[2] = {{fd_, static_cast<short>(POLLIN | (poll_out ? POLLOUT : 0)), 0},

@@ -20,7 +20,7 @@
 //    once the earliest armed time has passed and returns the next due time (or kNoTimer).
 //  - The link ends on a read or write error, end of stream, an oversized or unreadable
 //    frame, the write-queue bound, a handshake that failed or did not finish within
-//    handshake_timeout_ms, or Close(). Handlers::on_close then runs exactly once on the I/O
+//    handshake_timeout_ms, silence for dead_after_ms (when set), or Close(). Handlers::on_close then runs exactly once on the I/O
 //    thread with the reason, and the socket is closed: the other side sees the link end.
 //
 // Lifetime: create with std::make_shared, then Start(). Stop() (or the destructor) closes
@@ -95,7 +95,23 @@ struct LinkOptions {
   size_t max_queued_bytes = 64u << 20;
   // The transport must be established within this time (0 = no limit).
   int64_t handshake_timeout_ms = 10'000;
+  // Liveness (0 = off). keepalive_ms: an empty frame (length 0, which the receiving link
+  // drops) is written whenever nothing was written for this long. dead_after_ms: the link
+  // ends when nothing was received for this long. A peer that vanished without a reset (its
+  // network cut, its host gone, the process stopped) is otherwise seen only when TCP gives
+  // up, minutes later. Both sides must send keepalives for either to use dead_after_ms.
+  int64_t keepalive_ms = 0;
+  int64_t dead_after_ms = 0;
 };
+
+// Node-to-node links: a keepalive every second, dead after 6 s of silence (three lease
+// TTLs by default: a peer that is only slow is not cut off).
+inline LinkOptions PeerLinkOptions() {
+  LinkOptions o;
+  o.keepalive_ms = 1'000;
+  o.dead_after_ms = 6'000;
+  return o;
+}
 
 class Link {
  public:
@@ -166,6 +182,8 @@ class Link {
   Status close_why_;                // mu_
 
   // I/O thread only.
+  int64_t last_rx_ms_ = 0;  // when bytes last arrived (or the link was established)
+  int64_t last_tx_ms_ = 0;  // when bytes were last written (or the link was established)
   std::string out_;
   size_t out_off_ = 0;
   std::string in_;

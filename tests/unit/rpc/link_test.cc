@@ -742,3 +742,73 @@ TEST(LinkFramesTest, HandsOutCompleteFramesAndRefusesOversizedOnes) {
 
 }  // namespace
 }  // namespace iris::rpc
+
+namespace iris::rpc {
+namespace {
+
+// Liveness (LinkOptions::keepalive_ms / dead_after_ms): a link writes empty frames while it
+// has nothing to say, the receiving link drops them (no message), and a link that hears
+// nothing for dead_after_ms ends with a clear reason: a peer that vanished without a reset
+// is seen in seconds, not when TCP gives up.
+TEST(LinkKeepaliveTest, EmptyFramesKeepALinkAliveAndSilenceEndsIt) {
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  LinkOptions o;
+  o.keepalive_ms = 20;
+  o.dead_after_ms = 400;
+  std::mutex mu;
+  std::vector<std::string> messages;
+  std::atomic<bool> closed{false};
+  std::string reason;
+  Link::Handlers h;
+  h.on_message = [&](std::string_view frame) {
+    std::lock_guard<std::mutex> lock(mu);
+    messages.emplace_back(frame);
+  };
+  h.on_close = [&](const Status& why) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      reason = why.message();
+    }
+    closed.store(true);
+  };
+  auto link = std::make_shared<Link>(sv[0], MakePlainTransport(sv[0]), o, h);
+  ASSERT_TRUE(link->Start().ok());
+
+  // The link's keepalives arrive on the raw side as frames of length zero.
+  const int raw = sv[1];
+  std::string got;
+  ASSERT_TRUE(iris::testing::PollUntil([&] {
+    char buf[64];
+    const ssize_t n = recv(raw, buf, sizeof(buf), MSG_DONTWAIT);
+    if (n > 0) got.append(buf, static_cast<size_t>(n));
+    return got.size() >= 8;
+  }, 10'000));
+  EXPECT_EQ(got.substr(0, 8), std::string(8, '\0'));
+
+  // An empty frame from the raw side is not a message; the frame after it is.
+  const std::string frames = std::string(4, '\0') + std::string("\0\0\0\3abc", 7);
+  ASSERT_EQ(write(raw, frames.data(), frames.size()), static_cast<ssize_t>(frames.size()));
+  ASSERT_TRUE(iris::testing::PollUntil([&] {
+    std::lock_guard<std::mutex> lock(mu);
+    return !messages.empty();
+  }, 10'000));
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    ASSERT_EQ(messages.size(), 1u);
+    EXPECT_EQ(messages[0], "abc");
+  }
+
+  // The raw side says nothing more: the link ends on its own, saying why.
+  ASSERT_TRUE(iris::testing::PollUntil([&] { return closed.load(); }, 10'000))
+      << "a silent peer did not end the link";
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_NE(reason.find("nothing received"), std::string::npos) << reason;
+  }
+  link->Stop();
+  close(raw);
+}
+
+}  // namespace
+}  // namespace iris::rpc
