@@ -177,6 +177,70 @@ TEST(ReplicaTest, DeposedPrimaryAcknowledgesNothing) {
   ASSERT_EQ(All<Refuse>(fx).size(), 1u);
 }
 
+// A primary cut off from both backups but not from etcd would keep its lease, and the shard
+// unwritable, for as long as the cut lasts. With stall_depose_ms it steps down (refuses
+// what waits, revokes its lease) so that the backups can elect a primary that reaches them:
+// when no backup has answered for that long (it sends Heartbeats every keepalive_ms, so an
+// idle shard is covered too), or when its oldest uncommitted batch has waited that long.
+Replica MakeStallingPrimary() {
+  Options o = Opts(1);
+  o.stall_depose_ms = 3'000;
+  Replica p(o, DurableState{});
+  (void)p.Step(Tick{0});
+  (void)p.Step(EtcdWatch{ShardRecord{1, 0, 0, false}});
+  (void)p.Step(Tick{1000});
+  (void)p.Step(Receive{2, Promise{1, true, 1, 0, 0, 0}});
+  (void)p.Step(EtcdTxnResult{1, true, ShardRecord{2, 1, 1, true}});
+  EXPECT_EQ(p.role(), Role::kPrimary);
+  return p;
+}
+
+TEST(ReplicaTest, PrimaryThatHearsNoBackupStepsDown) {
+  Replica p = MakeStallingPrimary();
+  // Idle for a minute, node 2 answering the heartbeats: it stays.
+  size_t heartbeats = 0;
+  for (int64_t t = 1500; t <= 61'000; t += 500) {
+    std::vector<Effect> fx = p.Step(Tick{t});
+    heartbeats += Sent<Heartbeat>(fx, 2).size();
+    (void)p.Step(Receive{2, BatchAck{1, true, 0, 1, 0}});
+  }
+  EXPECT_EQ(p.role(), Role::kPrimary);
+  EXPECT_GE(heartbeats, 100u);
+  // Then nobody answers: still primary within the bound, deposed after it.
+  std::vector<Effect> fx = p.Step(Tick{63'500});
+  EXPECT_EQ(p.role(), Role::kPrimary);
+  fx = p.Step(Tick{64'100});
+  EXPECT_EQ(p.role(), Role::kDeposed);
+  EXPECT_EQ(All<EtcdRevoke>(fx).size(), 1u);
+}
+
+TEST(ReplicaTest, PrimaryThatCannotCommitStepsDown) {
+  Replica p = MakeStallingPrimary();
+  // A batch committed within the bound: it stays.
+  (void)p.Step(ClientAppend{7, "m1", 100});
+  (void)p.Step(WalSynced{1});
+  (void)p.Step(Tick{2000});
+  (void)p.Step(Receive{2, BatchAck{1, true, 1, 1, 0}});
+  ASSERT_EQ(p.CommitLsn(), 1u);
+  // The next batch never becomes durable on a backup, though node 2 keeps answering.
+  (void)p.Step(ClientAppend{8, "m2", 200});
+  (void)p.Step(WalSynced{2});
+  std::vector<Effect> fx;
+  for (int64_t t = 2500; t <= 4500; t += 500) {
+    fx = p.Step(Tick{t});
+    (void)p.Step(Receive{2, BatchAck{1, true, 1, 1, 0}});
+  }
+  EXPECT_EQ(p.role(), Role::kPrimary);  // 2.5 s: still within the bound
+  EXPECT_TRUE(All<Refuse>(fx).empty());
+  fx = p.Step(Tick{5100});
+  EXPECT_EQ(p.role(), Role::kDeposed);
+  ASSERT_EQ(All<Refuse>(fx).size(), 1u);
+  EXPECT_EQ(All<Refuse>(fx)[0].request_ids, std::vector<uint64_t>{8});
+  EXPECT_EQ(All<Refuse>(fx)[0].status.code(), StatusCode::kUnavailable);
+  EXPECT_EQ(All<EtcdRevoke>(fx).size(), 1u);
+  EXPECT_TRUE(All<Acknowledge>(fx).empty());
+}
+
 TEST(ReplicaTest, CandidateNeedsAPromiseQuorumBeforeItsCas) {
   Replica r(Opts(1), DurableState{});
   (void)r.Step(Tick{0});

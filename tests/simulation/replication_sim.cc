@@ -130,6 +130,8 @@ class Simulation {
     o.fetch_snapshots = (cfg_.seed & 1) == 0;
     // Every fourth seed levels in pieces of a few batches.
     if (cfg_.seed % 4 == 3) o.max_level_bytes = 64;
+    // Half the seeds: a primary that cannot commit for a while steps down (as irisd's do).
+    if ((cfg_.seed / 2) % 2 == 0) o.stall_depose_ms = 1'000;
     return o;
   }
 

@@ -167,6 +167,8 @@ void Replica::OnReceive(NodeId from, Message& m) {
           OnFetchReply(from, msg);
         } else if constexpr (std::is_same_v<T, InstallSnapshot>) {
           OnInstallSnapshot(from, msg);
+        } else if constexpr (std::is_same_v<T, Heartbeat>) {
+          OnHeartbeat(from, msg);
         }
       },
       m);
@@ -227,6 +229,22 @@ void Replica::OnShipBatch(NodeId from, ShipBatch& m) {
   log_.push_back(b);
   commit_lsn_ = std::max(commit_lsn_, std::min(m.commit_lsn, LastLsn()));
   Emit(WalAppend{{std::move(b)}});
+}
+
+void Replica::OnHeartbeat(NodeId from, const Heartbeat& m) {
+  if (m.epoch < promised_ && !opts_.mutations.skip_epoch_check) {
+    Nack(from, m.epoch);  // fenced: carries promised_, which deposes the sender
+    return;
+  }
+  SeeEpoch(m.epoch, true);
+  if (role_ == Role::kPrimary || role_ == Role::kCandidate) return;
+  if (log_epoch_ != m.epoch) {
+    Nack(from, m.epoch);  // not levelled by this primary yet
+    return;
+  }
+  leader_ = from;
+  commit_lsn_ = std::max(commit_lsn_, std::min(m.commit_lsn, LastLsn()));
+  MaybeAcceptAndAck();
 }
 
 void Replica::OnLevel(NodeId from, Level& m) {
@@ -345,6 +363,7 @@ void Replica::OnClientAppend(ClientAppend& e) {
     Emit(Refuse{{e.request_id}, Internal("hlc not above the shard's high-water mark")});
     return;
   }
+  if (LastLsn() == commit_lsn_) progress_ms_ = now_;  // the first batch of a backlog
   Batch b{accepted_, LastLsn() + 1, e.hlc, std::move(e.payload)};
   log_.push_back(b);
   waiting_[b.lsn].push_back(e.request_id);
@@ -376,6 +395,7 @@ void Replica::OnBatchAck(NodeId from, const BatchAck& m) {
   auto it = peers_.find(from);
   if (m.epoch != accepted_ || it == peers_.end()) return;
   Peer& p = it->second;
+  p.last_heard_ms = now_;
   if (m.ok) {
     p.match = std::max(p.match, std::min(m.durable_lsn, LastLsn()));
     p.common = std::max(p.common, p.match);
@@ -424,6 +444,7 @@ void Replica::AdvanceCommit() {
   if (c <= commit_lsn_) return;
   Emit(Commit{accepted_, commit_lsn_ + 1, c});
   commit_lsn_ = c;
+  progress_ms_ = now_;
   Acknowledge ack{accepted_, {}};
   while (!waiting_.empty() && waiting_.begin()->first <= c) {
     auto& ids = waiting_.begin()->second;
@@ -466,6 +487,8 @@ void Replica::BecomePrimary() {
   promises_.clear();
   lapse_seen_ms_.reset();
   last_keepalive_ms_ = now_;
+  progress_ms_ = now_;
+  for (auto& [n, p] : peers_) p.last_heard_ms = now_;
   for (auto& [n, p] : peers_) SendLevel(n);
   AdvanceCommit();
 }
@@ -664,12 +687,35 @@ void Replica::OnRecord(const ShardRecord& r) {
   }
 }
 
+bool Replica::StallDepose() {
+  if (opts_.stall_depose_ms <= 0 || opts_.replicas.size() < 2) return false;
+  if (now_ < progress_ms_) progress_ms_ = now_;  // the clock stepped back
+  if (LastLsn() > commit_lsn_ && now_ - progress_ms_ >= opts_.stall_depose_ms) {
+    Depose("no commit within stall_depose_ms");
+    return true;
+  }
+  size_t heard = 0;
+  for (auto& [n, p] : peers_) {
+    if (now_ < p.last_heard_ms) p.last_heard_ms = now_;
+    if (now_ - p.last_heard_ms < opts_.stall_depose_ms) ++heard;
+  }
+  if (heard + 1 < opts_.write_quorum) {
+    Depose("no backup heard within stall_depose_ms");
+    return true;
+  }
+  return false;
+}
+
 void Replica::OnTick(const Tick& e) {
   now_ = e.now_ms;
   have_time_ = true;
   switch (role_) {
     case Role::kPrimary:
+      if (StallDepose()) break;
       if (Due(last_keepalive_ms_, opts_.keepalive_ms)) Emit(EtcdKeepAlive{accepted_});
+      if (opts_.stall_depose_ms > 0 && Due(last_heartbeat_ms_, opts_.keepalive_ms)) {
+        for (const auto& [n, p] : peers_) SendTo(n, Heartbeat{accepted_, commit_lsn_});
+      }
       for (auto& [n, p] : peers_) {
         if ((!p.in_sync || p.match < LastLsn()) && Due(p.last_level_ms, opts_.retransmit_ms)) {
           SendLevel(n);

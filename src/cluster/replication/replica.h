@@ -144,8 +144,16 @@ struct InstallSnapshot {
   Epoch epoch = 0;
   Snapshot snapshot;
 };
+// Primary -> backup, every keepalive period: "I am your primary in `epoch`". Answered like a
+// ShipBatch with nothing new (BatchAck ok with the backup's durable lsn, or !ok: level me,
+// or fenced). A primary hears from its backups this way even when no batch flows
+// (Options::stall_depose_ms).
+struct Heartbeat {
+  Epoch epoch = 0;
+  Lsn commit_lsn = 0;
+};
 using Message = std::variant<ShipBatch, BatchAck, Level, PromiseRequest, Promise, FetchRequest,
-                             FetchReply, InstallSnapshot>;
+                             FetchReply, InstallSnapshot, Heartbeat>;
 
 // ---- Events (inputs) -------------------------------------------------------------------
 
@@ -307,6 +315,14 @@ struct Options {
   // in pieces (a message must fit the transport; irisd's peer links take 16 MiB).
   size_t max_level_bytes = 8u << 20;
   size_t max_inflight = 1024;  // uncommitted batches at the primary before kOverloaded
+  // A primary steps down (Depose: refuses what waits, revokes its lease) when it has not
+  // heard from W - 1 backups (any BatchAck of its epoch; it sends Heartbeats every
+  // keepalive_ms) for this long, or when its oldest uncommitted batch has waited this long
+  // with no commit, so that replicas able to reach each other elect a primary that can
+  // commit. Without it a primary cut off from every backup but not from etcd keeps its
+  // lease, and the shard unwritable, for as long as the cut lasts. Always safe (stepping
+  // down is); a slow backup costs a needless failover. 0 = never (and no Heartbeats).
+  int64_t stall_depose_ms = 0;
   Mutations mutations;
 };
 
@@ -344,6 +360,7 @@ class Replica {
     bool in_sync = false;  // acked ok in my epoch since the last !ok
     int64_t last_level_ms = INT64_MIN / 2;
     int64_t last_rebuild_ms = INT64_MIN / 2;
+    int64_t last_heard_ms = 0;  // its last BatchAck of my epoch (from BecomePrimary on)
   };
   struct Position {
     Epoch accepted = 0;
@@ -352,6 +369,9 @@ class Replica {
   };
 
   void OnClientAppend(ClientAppend& e);
+  void OnHeartbeat(NodeId from, const Heartbeat& m);
+  // Primary: Depose when stall_depose_ms says so (Options). True when it did.
+  bool StallDepose();
   void OnAwaitCommit(const AwaitCommit& e);
   void OnReceive(NodeId from, Message& m);
   void OnShipBatch(NodeId from, ShipBatch& m);
@@ -447,6 +467,10 @@ class Replica {
   std::map<NodeId, Peer> peers_;
   std::map<Lsn, std::vector<uint64_t>> waiting_;  // lsn -> request ids
   int64_t last_keepalive_ms_ = INT64_MIN / 2;
+  // When the commit point last advanced, or a batch arrived with nothing uncommitted before
+  // it (Options::stall_depose_ms).
+  int64_t progress_ms_ = 0;
+  int64_t last_heartbeat_ms_ = INT64_MIN / 2;
 };
 
 }  // namespace iris::cluster::repl

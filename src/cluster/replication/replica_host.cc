@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "common/assert.h"
+#include "obs/log.h"
 
 namespace iris::cluster::repl {
 
@@ -238,7 +239,15 @@ void ReplicaHost::Run() {
         }
       }
     }
+    const Role before = replica_.role();
+    const Epoch epoch_before = replica_.accepted();
     Carry(replica_.Step(std::move(item.event)));
+    if (before == Role::kPrimary && replica_.role() != Role::kPrimary) {
+      obs::LogWarn("replication: this node is no longer the shard's primary",
+                   {{"shard", opts_.shard},
+                    {"epoch", epoch_before},
+                    {"role", RoleName(replica_.role())}});
+    }
     // A backup applies what the primary says is committed, once it is durable here.
     if (!failed_) ApplyUpTo(std::min(replica_.CommitLsn(), replica_.DurableLsn()));
     if (!failed_ && opts_.compact_every > 0 &&

@@ -84,6 +84,10 @@ void ToProto(ShardNo shard, const Message& message, ipb::ReplicationMessage* out
           ipb::ReplInstallSnapshot* p = out->mutable_install_snapshot();
           p->set_epoch(m.epoch);
           SnapshotTo(m.snapshot, p->mutable_snapshot());
+        } else if constexpr (std::is_same_v<T, Heartbeat>) {
+          ipb::ReplHeartbeat* p = out->mutable_heartbeat();
+          p->set_epoch(m.epoch);
+          p->set_commit_lsn(m.commit_lsn);
         }
       },
       message);
@@ -140,6 +144,9 @@ Result<std::pair<ShardNo, Message>> FromProto(const ipb::ReplicationMessage& in)
       m = InstallSnapshot{p.epoch(), SnapshotFrom(p.snapshot())};
       break;
     }
+    case ipb::ReplicationMessage::kHeartbeat:
+      m = Heartbeat{in.heartbeat().epoch(), in.heartbeat().commit_lsn()};
+      break;
     case ipb::ReplicationMessage::kRebuildChunk:
     case ipb::ReplicationMessage::kRebuildAck:
       return BadRequest("a rebuild transfer is not a protocol message");

@@ -88,6 +88,11 @@ TEST(ReplicationWireTest, EveryMessageKindRoundTrips) {
     EXPECT_EQ(m.snapshot.lsn, 20u);
     EXPECT_EQ(m.snapshot.state, "s");
   }
+  {
+    auto m = std::get<Heartbeat>(RoundTrip(1, Heartbeat{9, 41}));
+    EXPECT_EQ(m.epoch, 9u);
+    EXPECT_EQ(m.commit_lsn, 41u);
+  }
 }
 
 TEST(ReplicationWireTest, AMessageWithoutABodyIsRefused) {
