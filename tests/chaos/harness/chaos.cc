@@ -77,21 +77,34 @@ int ChaosCycles(int ci_cycles, int long_cycles) {
 }
 
 ChaosRun::ChaosRun(testing::ServerProcess* server, ChaosOptions options)
-    : server_(server), options_(options) {
+    : ChaosRun(std::vector<testing::ServerProcess*>{server}, options) {}
+
+ChaosRun::ChaosRun(std::vector<testing::ServerProcess*> servers, ChaosOptions options)
+    : servers_(std::move(servers)), options_(options) {
   // A write to a connection whose server was just killed must fail, not kill the test.
   signal(SIGPIPE, SIG_IGN);
+  for (size_t i = 0; i < servers_.size(); ++i) {
+    ports_.push_back(std::make_unique<std::atomic<uint16_t>>(0));
+  }
 }
 
 ChaosRun::~ChaosRun() { StopClients(); }
 
-void ChaosRun::ServerUp() { port_.store(server_->port()); }
+void ChaosRun::ServerUp() {
+  for (size_t i = 0; i < servers_.size(); ++i) ports_[i]->store(servers_[i]->port());
+}
 
 void ChaosRun::StartClients() {
   ServerUp();
-  ca_file_ = server_->cert_file();
+  hosts_.clear();
+  ca_files_.clear();
+  for (testing::ServerProcess* s : servers_) {
+    hosts_.push_back(s->host());
+    ca_files_.push_back(s->cert_file());
+  }
   tokens_.clear();
   for (int i = 0; i < options_.clients; ++i) {
-    tokens_.push_back(ChaosToken(*server_, options_.first_user + static_cast<uint64_t>(i)));
+    tokens_.push_back(ChaosToken(server(), options_.first_user + static_cast<uint64_t>(i)));
   }
   stop_ = false;
   for (int i = 0; i < options_.clients; ++i) threads_.emplace_back([this, i] { ClientLoop(i); });
@@ -125,6 +138,8 @@ void ChaosRun::ClientLoop(int index) {
   uint64_t cursor = 0;  // the highest id this user has seen: its "persisted" cursor
   uint64_t request_id = 0;
   uint64_t seq = 0;
+  size_t node = static_cast<size_t>(index) % servers_.size();
+  bool moved = true;  // the first connection goes to `node` itself
   struct Pending {
     bool active = false;
     std::string key;
@@ -157,9 +172,13 @@ void ChaosRun::ClientLoop(int index) {
 
   while (!stop_) {
     if (!conn) {
+      // Every reconnect goes to the next node: the one just left may be cut off or down.
+      if (!moved) node = (node + 1) % servers_.size();
+      moved = false;
       client::ConnectOptions o;
-      o.port = port_.load();
-      o.ca_file = ca_file_;
+      o.host = hosts_[node];
+      o.port = ports_[node]->load();
+      o.ca_file = ca_files_[node];
       o.timeout_ms = options_.connect_timeout_ms;
       const int64_t t0 = NowMs();
       auto c = client::Connection::Connect(o);
@@ -332,9 +351,9 @@ bool ChaosRun::RunSchedule(Nemesis& nemesis, int cycles) {
 
 v1::Welcome ChaosRun::Probe(uint64_t user) {
   v1::Welcome w;
-  auto c = testing::TestClient::Connect(*server_);
+  auto c = testing::TestClient::Connect(server());
   if (c == nullptr) return w;
-  auto f = c->Hello(ChaosToken(*server_, user));
+  auto f = c->Hello(ChaosToken(server(), user));
   EXPECT_EQ(f.opcode, Op(Opcode::kWelcome)) << "probe HELLO refused";
   w.ParseFromString(f.payload);
   return w;
@@ -345,9 +364,9 @@ CheckerReport ChaosRun::FinishAndCheck(const std::string& name, int cycles,
   StopClients();
   for (int i = 0; i < options_.clients; ++i) {
     const uint64_t user = options_.first_user + static_cast<uint64_t>(i);
-    auto c = testing::TestClient::Connect(*server_);
+    auto c = testing::TestClient::Connect(server());
     if (c == nullptr) continue;
-    auto f = c->Hello(ChaosToken(*server_, user), 0);
+    auto f = c->Hello(ChaosToken(server(), user), 0);
     if (f.opcode != Op(Opcode::kWelcome)) {
       ADD_FAILURE() << "final catch-up of user " << user << ": HELLO refused";
       continue;

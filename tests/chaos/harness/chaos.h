@@ -62,13 +62,18 @@ class Nemesis {
 class ChaosRun {
  public:
   ChaosRun(testing::ServerProcess* server, ChaosOptions options);
+  // Clients over several nodes (a cluster): client i starts on node i % n and moves to the
+  // next node whenever it reconnects. Probes and the final catch-up use the first node.
+  ChaosRun(std::vector<testing::ServerProcess*> servers, ChaosOptions options);
   ~ChaosRun();
 
-  testing::ServerProcess& server() { return *server_; }
+  testing::ServerProcess& server() { return *servers_[0]; }
+  testing::ServerProcess& server(size_t i) { return *servers_.at(i); }
+  size_t servers() const { return servers_.size(); }
   const ChaosOptions& options() const { return options_; }
   History& history() { return history_; }
 
-  // Publishes the server's current port to the clients (after every (re)start).
+  // Publishes the servers' current ports to the clients (after every (re)start).
   void ServerUp();
   void StartClients();
   // Stops and joins the clients (a SEND in flight is abandoned: unacknowledged).
@@ -100,11 +105,12 @@ class ChaosRun {
   void ClientLoop(int index);
   uint64_t NextSession() { return ++sessions_; }
 
-  testing::ServerProcess* server_;
+  std::vector<testing::ServerProcess*> servers_;
   ChaosOptions options_;
   History history_;
-  std::atomic<uint16_t> port_{0};
-  std::string ca_file_;
+  std::vector<std::unique_ptr<std::atomic<uint16_t>>> ports_;  // one per server
+  std::vector<std::string> hosts_;                             // one per server
+  std::vector<std::string> ca_files_;                          // one per server
   std::vector<std::string> tokens_;
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> acks_{0};

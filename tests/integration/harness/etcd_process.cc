@@ -77,7 +77,7 @@ bool EtcdProcess::Start() {
   const std::string bin = bin_env != nullptr ? bin_env : "/usr/bin/etcd";
   const bool tls = !tls_cert_.empty();
   const std::string client_url =
-      std::string(tls ? "https" : "http") + "://127.0.0.1:" + std::to_string(client_port_);
+      std::string(tls ? "https" : "http") + "://" + endpoint();
   const std::string peer_url = "http://127.0.0.1:" + std::to_string(peer_port_);
   std::vector<std::string> args = {bin,
                                    "--name",

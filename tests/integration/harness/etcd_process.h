@@ -34,7 +34,10 @@ class EtcdProcess {
   // Sends `sig` without waiting (SIGSTOP / SIGCONT: an unresponsive etcd).
   void Signal(int sig);
 
-  std::string endpoint() const { return "127.0.0.1:" + std::to_string(client_port_); }
+  // Serve clients on `host` (an address of this network namespace) instead of loopback.
+  // Before Start().
+  void set_host(std::string host) { host_ = std::move(host); }
+  std::string endpoint() const { return host_ + ":" + std::to_string(client_port_); }
   uint16_t client_port() const { return client_port_; }
   const std::string& dir() const { return dir_; }
   // The tail of etcd's log (for failure messages).
@@ -42,6 +45,7 @@ class EtcdProcess {
 
  private:
   std::string dir_;
+  std::string host_ = "127.0.0.1";
   uint16_t client_port_ = 0;
   uint16_t peer_port_ = 0;
   pid_t pid_ = -1;

@@ -12,6 +12,7 @@
 #include "cluster/etcd_client.h"
 #include "cluster/placement.h"
 #include "common/clock.h"
+#include "support/wait_for.h"
 
 namespace iris::testing {
 namespace {
@@ -79,7 +80,9 @@ std::vector<std::string> LocalCluster::NodeArgs(NodeId id, bool edge_only) const
                                 "--node-id",
                                 n,
                                 "--peer-listen",
-                                "127.0.0.1:0",
+                                (options_.lab != nullptr ? NetworkLab::Address(static_cast<int>(id))
+                                                         : std::string("127.0.0.1")) +
+                                    ":0",
                                 "--peer-ca",
                                 dir_ + "/pki/ca.crt",
                                 "--peer-cert",
@@ -96,6 +99,7 @@ std::vector<std::string> LocalCluster::NodeArgs(NodeId id, bool edge_only) const
 }
 
 void LocalCluster::Start() {
+  if (options_.lab != nullptr) etcd_.set_host(NetworkLab::HubAddress());
   ASSERT_TRUE(etcd_.Start());
   WriteSecret(dir_ + "/jwt.secret", "6a7774207365637265742073686172656420627920746865206e6f646573");
   WriteSecret(dir_ + "/admin.token", "61646d696e20746f6b656e206f662074686520636c7573746572");
@@ -117,6 +121,11 @@ void LocalCluster::Start() {
   for (int i = 1; i <= total; ++i) {
     nodes_.push_back(std::make_unique<ServerProcess>(
         NodeArgs(static_cast<NodeId>(i), i > options_.storage_nodes)));
+    if (options_.lab != nullptr) {
+      ASSERT_LE(i, options_.lab->nodes()) << "the network lab has no namespace for node " << i;
+      nodes_.back()->set_network(options_.lab->Namespace(i), NetworkLab::Address(i),
+                                 NetworkLab::HubAddress() + "/32");
+    }
     ASSERT_NO_FATAL_FAILURE(nodes_.back()->Start());
   }
   WaitReady();
@@ -176,6 +185,27 @@ void LocalCluster::WaitReady(int timeout_ms) {
     nanosleep(&ts, nullptr);
   }
   FAIL() << "cluster not ready within " << timeout_ms << " ms: " << why;
+}
+
+Result<cluster::ClusterState> LocalCluster::State() {
+  return LoadState(etcd_.endpoint(), options_.name);
+}
+
+void LocalCluster::WaitRegistered(NodeId id, int timeout_ms) {
+  std::string why = "not read yet";
+  const bool registered = PollUntil(
+      [&] {
+        auto state = LoadState(etcd_.endpoint(), options_.name);
+        if (!state.ok()) {
+          why = state.status().ToString();
+          return false;
+        }
+        auto it = state->nodes.find(id);
+        why = it == state->nodes.end() ? "no record" : "record not alive";
+        return it != state->nodes.end() && it->second.alive;
+      },
+      timeout_ms, 50);
+  if (!registered) FAIL() << "node " << id << " not registered within " << timeout_ms << " ms: " << why;
 }
 
 NodeId LocalCluster::OwnerOf(uint64_t id) {

@@ -11,8 +11,10 @@
 #include <string>
 #include <vector>
 
+#include "cluster/placement.h"
 #include "common/jump_hash.h"
 #include "harness/etcd_process.h"
+#include "harness/network_lab.h"
 #include "harness/server_process.h"
 
 namespace iris::testing {
@@ -26,6 +28,9 @@ class LocalCluster {
     int vnodes = 4096;
     std::string name = "test";
     std::vector<std::string> node_args;  // more irisd flags, given to every node
+    // When set (it must outlive the cluster and have a namespace per node): etcd serves on
+    // the lab's hub and node k runs in the lab's namespace k, on its address there.
+    NetworkLab* lab = nullptr;
   };
   explicit LocalCluster(Options options);
   ~LocalCluster();
@@ -46,6 +51,11 @@ class LocalCluster {
 
   // The storage node whose shard owns `id` (user or group) in the current placement.
   NodeId OwnerOf(uint64_t id);
+  // The cluster's records as etcd holds them now.
+  Result<cluster::ClusterState> State();
+  // Waits (`timeout_ms`) until node `id` is registered (alive) in etcd; fails the test
+  // otherwise.
+  void WaitRegistered(NodeId id, int timeout_ms = 30'000);
   // The first user id >= `from` that `node` owns.
   uint64_t UserOwnedBy(NodeId node, uint64_t from);
   // Runs irisctl with `args`; returns its exit code and sets *output (stdout + stderr).

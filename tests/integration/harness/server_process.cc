@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -73,6 +74,27 @@ ServerProcess::ServerProcess(std::vector<std::string> extra_args, Defaults defau
   data_dir_ = mkdtemp(tmpl);
 }
 
+void ServerProcess::SetFlag(const std::string& flag, const std::string& value) {
+  auto it = std::find(args_.begin(), args_.end(), flag);
+  if (it != args_.end() && it + 1 != args_.end()) {
+    *(it + 1) = value;
+  } else {
+    args_.insert(args_.end(), {flag, value});
+  }
+}
+
+void ServerProcess::set_network(std::string netns_path, std::string host,
+                                const std::string& clients) {
+  netns_ = std::move(netns_path);
+  host_ = std::move(host);
+  SetFlag("--listen", host_ + ":0");
+  SetFlag("--admin-listen", host_ + ":0");
+  if (std::find(args_.begin(), args_.end(), "--peer-listen") != args_.end()) {
+    SetFlag("--peer-listen", host_ + ":0");
+  }
+  args_.insert(args_.end(), {"--tls-san", host_, "--connection-allowlist", clients});
+}
+
 ServerProcess::~ServerProcess() {
   if (pid_ > 0) Stop(SIGKILL);
   std::error_code ec;
@@ -96,6 +118,10 @@ void ServerProcess::Start() {
       if (nofile_hard_ != 0) rl.rlim_max = static_cast<rlim_t>(nofile_hard_);
       rl.rlim_cur = static_cast<rlim_t>(nofile_soft_);
       if (setrlimit(RLIMIT_NOFILE, &rl) != 0) _exit(126);
+    }
+    if (!netns_.empty()) {
+      const int ns = open(netns_.c_str(), O_RDONLY | O_CLOEXEC);
+      if (ns < 0 || setns(ns, CLONE_NEWNET) != 0) _exit(124);
     }
     dup2(pipefd[1], STDOUT_FILENO);
     if (!log_file_.empty()) {
@@ -264,7 +290,7 @@ std::unique_ptr<TestClient> TestClient::Connect(const ServerProcess& server) {
 std::unique_ptr<TestClient> TestClient::Connect(const ServerProcess& server,
                                                 const std::string& source_address) {
   client::ConnectOptions o;
-  o.host = "127.0.0.1";
+  o.host = server.host();
   o.port = server.port();
   o.ca_file = server.cert_file();
   o.source_address = source_address;

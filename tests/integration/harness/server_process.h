@@ -76,12 +76,23 @@ class ServerProcess {
   // Sends irisd's standard error (its structured log) to `path` (appended) instead of the
   // test's; "" = inherited. Takes effect at the next Start().
   void set_log_file(std::string path) { log_file_ = std::move(path); }
+  // Runs irisd in the network namespace at `path` (/run/netns/<name>; setns in the child
+  // before exec), its listeners on `host` instead of loopback: the client, admin and (when
+  // given) peer listeners bind host:0, the generated certificate names it, and clients
+  // (TestClient, the chaos harness) connect to it; `clients` (a CIDR range) is exempt from
+  // the per-IP limits, as loopback is otherwise. Takes effect at the next Start().
+  void set_network(std::string netns_path, std::string host, const std::string& clients);
+  const std::string& host() const { return host_; }
+  // Sets `flag`'s value in args(): the existing occurrence is replaced, else appended.
+  void SetFlag(const std::string& flag, const std::string& value);
 
  private:
   std::vector<std::string> args_;
   uint64_t nofile_soft_ = 0;  // 0: inherited
   uint64_t nofile_hard_ = 0;
   std::string log_file_;
+  std::string netns_;
+  std::string host_ = "127.0.0.1";
   std::string data_dir_;
   pid_t pid_ = -1;
   int out_fd_ = -1;
