@@ -407,6 +407,7 @@ std::string Client::Impl::IdentityFingerprint() const {
 
 bool Client::Impl::Settled() const {
   if (state_.load() != SessionState::kLive || in_flight_count_.load() != 0) return false;
+  if (EmittingElsewhere()) return false;
   {
     // A command posted but not yet written (e.g. the SETTINGS of UpdateSettings), or being
     // written (its request is not counted in flight yet).

@@ -70,6 +70,8 @@ class Client::Impl {
 
   SessionState state() const { return state_.load(); }
   bool Settled() const;
+  // An event is being handed to on_event on another thread than the caller's.
+  bool EmittingElsewhere() const;
   uint64_t user_id() const { return user_id_.load(); }
   uint64_t cursor() const;
   std::vector<PendingSend> PendingSends() const;
@@ -248,6 +250,9 @@ class Client::Impl {
   std::atomic<uint64_t> user_id_{0};
   std::atomic<uint64_t> next_history_{1};
   std::atomic<size_t> in_flight_count_{0};  // the live session's unanswered requests
+  // Events being handed to on_event: another thread's Settled() waits for them, so that a
+  // program that stops once settled has received every event of what settled it.
+  std::atomic<int> emitting_{0};
   Session* session_ = nullptr;              // the current session (I/O thread only)
   int wake_fd_ = -1;
   int lock_fd_ = -1;

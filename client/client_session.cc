@@ -55,10 +55,22 @@ std::string LocalId(const std::string& idem) {
 
 }  // namespace
 
+namespace {
+thread_local bool tl_emitting = false;  // this thread is inside Emit (the handler runs)
+}  // namespace
+
+bool Client::Impl::EmittingElsewhere() const { return emitting_.load() != 0 && !tl_emitting; }
+
 void Client::Impl::Emit(const Event& e) {
-  // What the handler observes through Settled() must already include this frame's effects.
+  // Other threads see the frame's effects through Settled() only once the handler has the
+  // event (an answer's event is never still on its way when Settled() turns true); the
+  // handler itself already sees them.
+  emitting_.fetch_add(1);
+  tl_emitting = true;
   if (session_ != nullptr) in_flight_count_ = session_->in_flight.size();
   if (options_.on_event) options_.on_event(e);
+  tl_emitting = false;
+  emitting_.fetch_sub(1);
 }
 
 void Client::Impl::SetState(SessionState st, Status why) {

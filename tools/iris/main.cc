@@ -677,19 +677,11 @@ int CmdSync(const std::string& dir, double timeout) {
   ss.client->Start();
   const auto deadline = After(timeout);
   bool synced = false;
-  for (;;) {
-    if (synced && ss.client->Settled()) break;
-    auto item = TheInbox().Pop(synced ? std::min(deadline, After(0.2)) : deadline);
-    if (!item) {
-      if (std::chrono::steady_clock::now() >= deadline) {
-        ss.ShowBacklog();
-        return TimedOut(ss, "syncing");
-      }
-      continue;  // re-check the queue
-    }
-    if (std::holds_alternative<Quit>(*item)) return kExitLocal;
-    const auto* e = std::get_if<Event>(&*item);
-    if (e == nullptr) continue;
+  // One item from the inbox; an exit code when the command ends with it.
+  const auto handle = [&](const auto& item) -> std::optional<int> {
+    if (std::holds_alternative<Quit>(item)) return kExitLocal;
+    const auto* e = std::get_if<Event>(&item);
+    if (e == nullptr) return std::nullopt;
     if (int rc = TrackState(ss, *e, false); rc >= 0) return rc;
     if (const auto* m = std::get_if<client::MessageEvent>(e)) {
       ss.ShowMessage(*m);
@@ -702,6 +694,26 @@ int CmdSync(const std::string& dir, double timeout) {
       if (const auto* f = std::get_if<client::SendFailedEvent>(e)) ss.last_error = f->status;
       PrintEvent(*e);
     }
+    return std::nullopt;
+  };
+  for (;;) {
+    if (synced && ss.client->Settled()) {
+      // Settled: the last answers are in, but their events (the last "sent") may still be
+      // queued behind; print them before leaving.
+      while (auto rest = TheInbox().Pop(After(0))) {
+        if (std::optional<int> rc = handle(*rest)) return *rc;
+      }
+      break;
+    }
+    auto item = TheInbox().Pop(synced ? std::min(deadline, After(0.2)) : deadline);
+    if (!item) {
+      if (std::chrono::steady_clock::now() >= deadline) {
+        ss.ShowBacklog();
+        return TimedOut(ss, "syncing");
+      }
+      continue;  // re-check the queue
+    }
+    if (std::optional<int> rc = handle(*item)) return *rc;
   }
   ss.client->Stop();
   ss.ShowBacklog();
