@@ -2,6 +2,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+
+#include "common/clock.h"
 #include "obs/log.h"
 
 namespace iris::cluster {
@@ -156,6 +159,7 @@ void ShardEpochs::DoCas(const repl::EtcdCas& cas) {
     answer(false);
     return;
   }
+  const int64_t grant_sent_ms = SystemClock::Instance().MonoMillis();
   Result<Lease> lease = client_.LeaseGrant(lease_ttl_s_);
   if (!lease.ok()) {
     answer(false);
@@ -178,6 +182,7 @@ void ShardEpochs::DoCas(const repl::EtcdCas& cas) {
   }
   if (won) {
     leases_[cas.new_epoch] = lease->id;
+    Renewed(cas.new_epoch, grant_sent_ms, lease->ttl_s > 0 ? lease->ttl_s : lease_ttl_s_);
     obs::LogInfo("replication: primary of a new epoch",
                  {{"shard", shard_}, {"node", self_}, {"epoch", cas.new_epoch}});
   } else {
@@ -194,12 +199,32 @@ void ShardEpochs::KeepAlive(const repl::EtcdKeepAlive& keep_alive) {
       post_(repl::LeaseLapsed{epoch});
       return;
     }
+    const int64_t sent_ms = SystemClock::Instance().MonoMillis();
     Result<int64_t> ttl = client_.LeaseKeepAliveOnce(held->second);
+    if (ttl.ok() && *ttl > 0) Renewed(epoch, sent_ms, *ttl);
     if (!ttl.ok() && ttl.status().code() == StatusCode::kNotFound) {
       leases_.erase(held);
+      if (valid_epoch_.load() == epoch) valid_epoch_.store(0);
       post_(repl::LeaseLapsed{epoch});
     }
   });
+}
+
+void ShardEpochs::Renewed(repl::Epoch epoch, int64_t sent_ms, int64_t ttl_s) {
+  // The margin covers the two clocks' rates and etcd's own timer granularity.
+  const int64_t ttl_ms = ttl_s * 1000;
+  const int64_t until = sent_ms + ttl_ms - std::max<int64_t>(250, ttl_ms / 10);
+  valid_until_ms_.store(until);
+  valid_epoch_.store(epoch);
+}
+
+int64_t ShardEpochs::LeaseValidUntilMs(repl::Epoch epoch) const {
+  return epoch != 0 && valid_epoch_.load() == epoch ? valid_until_ms_.load() : 0;
+}
+
+bool ShardEpochs::LeaseValid(repl::Epoch epoch) const {
+  return epoch != 0 && valid_epoch_.load() == epoch &&
+         SystemClock::Instance().MonoMillis() < valid_until_ms_.load();
 }
 
 void ShardEpochs::Revoke(const repl::EtcdRevoke& revoke) {
@@ -207,6 +232,7 @@ void ShardEpochs::Revoke(const repl::EtcdRevoke& revoke) {
   Queue([this, epoch] {
     auto held = leases_.find(epoch);
     if (held == leases_.end()) return;
+    if (valid_epoch_.load() == epoch) valid_epoch_.store(0);
     client_.LeaseRevoke(held->second).IgnoreError();
     leases_.erase(held);
   });

@@ -33,6 +33,7 @@
 // is called from that thread and from the watches' threads (ReplicaHost::Post is
 // thread-safe). Cas/KeepAlive/Revoke may be called from any thread.
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -65,6 +66,15 @@ class ShardEpochs {
   void KeepAlive(const repl::EtcdKeepAlive& keep_alive);
   void Revoke(const repl::EtcdRevoke& revoke);
 
+  // Whether this node's lease for `epoch` is certainly still alive in etcd: a grant or
+  // renewal that etcd answered, sent at t, keeps it so until t + TTL less a margin (the
+  // lease cannot have expired earlier on etcd's side). A primary serves reads only while
+  // this holds (CLUSTER.md §5): one cut off from etcd stops within a TTL, before a
+  // successor can have written anything it would miss. Any thread.
+  bool LeaseValid(repl::Epoch epoch) const;
+  // Until when (monotonic ms) LeaseValid(epoch) holds at most; 0 when it does not (tests).
+  int64_t LeaseValidUntilMs(repl::Epoch epoch) const;
+
   // The leaders/<s> key (tests).
   std::string LeaderKey() const;
 
@@ -90,6 +100,12 @@ class ShardEpochs {
   std::function<void(repl::Event)> post_;
 
   std::map<repl::Epoch, int64_t> leases_;  // epoch -> lease id won by this node (thread_ only)
+  // LeaseValid: the epoch of the lease last granted or renewed, and until when (monotonic
+  // ms) it is known to live. Written on thread_.
+  std::atomic<repl::Epoch> valid_epoch_{0};
+  std::atomic<int64_t> valid_until_ms_{0};
+  // Sets valid_* after etcd answered a grant or renewal sent at `sent_ms` with `ttl_s`.
+  void Renewed(repl::Epoch epoch, int64_t sent_ms, int64_t ttl_s);
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::function<void()>> calls_;

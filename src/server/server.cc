@@ -83,14 +83,23 @@ struct ForwardingSink final : core::EdgeSink {
 
 // The Router's view of ownership: the primary of the id's shard in the cluster's current
 // placement (nullopt before the cluster view exists or while the id has no placed shard).
+// In a replicated cluster this node names itself only while it serves the shard
+// (NodeReplication::Serving: primary, taken over, lease certainly alive): a node deposed
+// while cut off, whose view of the shard map has not caught up yet, must not answer reads
+// from its own store (the Router retries until the map names the new primary).
 struct PlacementRoutes final : cluster::RouteTable {
   std::atomic<cluster::ClusterNode*> node{nullptr};
+  NodeId self = 0;
+  std::function<bool(uint32_t shard)> serving;  // set before the cluster view exists
   std::optional<NodeId> OwnerOf(uint64_t id) const override {
     cluster::ClusterNode* n = node.load();
     if (n == nullptr) return std::nullopt;
     const std::shared_ptr<const cluster::Placement> p = n->snapshot();
     if (!p || !p->configured()) return std::nullopt;
-    return p->PrimaryOf(id);
+    const cluster::ShardInfo* s = p->ShardOfVnode(p->VnodeOf(id));
+    if (s == nullptr) return std::nullopt;
+    if (s->primary != 0 && s->primary == self && serving && !serving(s->id)) return std::nullopt;
+    return s->primary;
   }
 };
 
@@ -1357,6 +1366,11 @@ Status Server::OpenReplication(store::StoreOptions& so) {
   IRIS_ASSIGN_OR_RETURN(m.replication,
                         cluster::NodeReplication::Open(ro, *m.replication_etcd, keys, env));
   m.replication_ptr = m.replication.get();  // before any thread that reads it exists
+  m.routes.self = c.node_id;
+  m.routes.serving = [mp](uint32_t shard) {
+    std::shared_lock<std::shared_mutex> lock(mp->replication_mu);
+    return mp->replication_ptr != nullptr && mp->replication_ptr->Serving(shard);
+  };
   // Until the placement names the shards, no vnode has one: appends are refused.
   so.shard_of_vnode = [](int32_t) { return UINT32_MAX; };
   so.replicate_timeout_ms = c.replication_timeout_ms;

@@ -346,7 +346,8 @@ bool NodeReplication::Serving(repl::ShardNo shard) const {
   if (it == shards_.end() || !it->second.host) return false;
   const repl::ReplicaHost::View v = it->second.host->view();
   return it->second.serving_epoch != 0 && v.role == repl::Role::kPrimary &&
-         v.accepted == it->second.serving_epoch;
+         v.accepted == it->second.serving_epoch && it->second.epochs &&
+         it->second.epochs->LeaseValid(it->second.serving_epoch);
 }
 
 void NodeReplication::Answer(const std::vector<uint64_t>& request_ids, const Status& status) {

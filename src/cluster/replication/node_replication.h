@@ -124,7 +124,8 @@ class NodeReplication {
 
   // The shard's replica as of now (nullopt: not replicated here).
   std::optional<repl::ReplicaHost::View> view(repl::ShardNo shard) const;
-  // Whether this node is the shard's primary and takes appends.
+  // Whether this node is the shard's primary, has taken it over, and its lease is certainly
+  // alive (ShardEpochs::LeaseValid): what serving the shard's reads and writes needs.
   bool Serving(repl::ShardNo shard) const;
 
  private:

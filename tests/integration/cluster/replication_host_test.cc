@@ -427,5 +427,69 @@ TEST_F(ReplicationHostTest, ShardRecordChangesStillArriveAfterEtcdLostItsHistory
       << "the replica never heard of epoch 7";
 }
 
+// Reads are served only while the primary's lease certainly lives (CLUSTER.md §5). A
+// ShardEpochs that won an epoch knows until when: a renewal etcd answered, sent at t, keeps
+// the lease alive until t + TTL at least. With etcd unreachable (paused) nothing renews it
+// and LeaseValid turns false within a TTL, though nobody said the lease lapsed (the replica
+// is told nothing: an unreachable etcd posts nothing).
+TEST_F(ReplicationHostTest, LeaseValidityEndsWithinATtlWhenEtcdStopsAnswering) {
+  std::mutex mu;
+  std::optional<bool> won;
+  ShardEpochs epochs(*client_, *keys_, kShard, 1, kLeaseTtlS, [&](repl::Event e) {
+    if (auto* r = std::get_if<repl::EtcdTxnResult>(&e)) {
+      std::lock_guard<std::mutex> lock(mu);
+      won = r->succeeded;
+    }
+  });
+  ASSERT_TRUE(epochs.Start().ok());
+  EXPECT_FALSE(epochs.LeaseValid(1));
+  epochs.Cas(repl::EtcdCas{0, 1, 1});
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        std::lock_guard<std::mutex> lock(mu);
+        return won.has_value();
+      },
+      10'000));
+  ASSERT_TRUE(*won);
+  EXPECT_TRUE(epochs.LeaseValid(1));
+  EXPECT_FALSE(epochs.LeaseValid(2));
+  // Renewed every 200 ms while etcd answers (as the replica does every keep-alive period):
+  // it stays valid past two TTLs.
+  int64_t last_renewal = 0;
+  const auto renew = [&] {
+    const int64_t now = SystemClock::Instance().MonoMillis();
+    if (now - last_renewal >= 200) {
+      epochs.KeepAlive(repl::EtcdKeepAlive{1});
+      last_renewal = now;
+    }
+  };
+  const int64_t start = SystemClock::Instance().MonoMillis();
+  bool valid_throughout = true;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        renew();
+        valid_throughout = valid_throughout && epochs.LeaseValid(1);
+        return SystemClock::Instance().MonoMillis() - start > 2 * kLeaseTtlS * 1000;
+      },
+      20'000));
+  EXPECT_TRUE(valid_throughout) << "a lease renewed all along was not valid at some point";
+  // etcd stops answering: no renewal succeeds, and the validity ends within a TTL.
+  etcd_.Signal(SIGSTOP);
+  const int64_t stopped = SystemClock::Instance().MonoMillis();
+  // Every renewal etcd answered was sent before the pause: the validity ends before etcd's
+  // own expiry of the lease could.
+  EXPECT_GT(epochs.LeaseValidUntilMs(1), 0);
+  EXPECT_LT(epochs.LeaseValidUntilMs(1), stopped + kLeaseTtlS * 1000);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        renew();
+        return !epochs.LeaseValid(1);
+      },
+      10'000));
+  EXPECT_LT(epochs.LeaseValidUntilMs(1), stopped + kLeaseTtlS * 1000)
+      << "renewed by an answer sent while etcd was paused";
+  etcd_.Signal(SIGCONT);
+}
+
 }  // namespace
 }  // namespace iris::cluster
