@@ -171,6 +171,10 @@ void ChaosRun::ClientLoop(int index) {
   };
 
   while (!stop_) {
+    if (!conn && paused_.load()) {
+      backoff(10);
+      continue;
+    }
     if (!conn) {
       // Every reconnect goes to the next node: the one just left may be cut off or down.
       if (!moved) node = (node + 1) % servers_.size();

@@ -78,6 +78,11 @@ class ChaosRun {
   void StartClients();
   // Stops and joins the clients (a SEND in flight is abandoned: unacknowledged).
   void StopClients();
+  // While paused, a client whose connection ends does not reconnect (its SEND in flight is
+  // sent again, same key, after Resume): a test can open its own session of a chaos user,
+  // which replaces the client's, without the client taking it back at once.
+  void PauseReconnects() { paused_.store(true); }
+  void ResumeReconnects() { paused_.store(false); }
 
   // Counters the schedule waits on.
   uint64_t acks() const { return acks_.load(); }
@@ -113,6 +118,7 @@ class ChaosRun {
   std::vector<std::string> ca_files_;                          // one per server
   std::vector<std::string> tokens_;
   std::atomic<bool> stop_{false};
+  std::atomic<bool> paused_{false};
   std::atomic<uint64_t> acks_{0};
   std::atomic<uint64_t> timeouts_{0};
   std::atomic<uint64_t> sessions_{0};

@@ -121,6 +121,9 @@ void LocalCluster::Start() {
   for (int i = 1; i <= total; ++i) {
     nodes_.push_back(std::make_unique<ServerProcess>(
         NodeArgs(static_cast<NodeId>(i), i > options_.storage_nodes)));
+    if (!options_.log_dir.empty()) {
+      nodes_.back()->set_log_file(options_.log_dir + "/node-" + std::to_string(i) + ".log");
+    }
     if (options_.lab != nullptr) {
       ASSERT_LE(i, options_.lab->nodes()) << "the network lab has no namespace for node " << i;
       nodes_.back()->set_network(options_.lab->Namespace(i), NetworkLab::Address(i),

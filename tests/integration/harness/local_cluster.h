@@ -31,6 +31,8 @@ class LocalCluster {
     // When set (it must outlive the cluster and have a namespace per node): etcd serves on
     // the lab's hub and node k runs in the lab's namespace k, on its address there.
     NetworkLab* lab = nullptr;
+    // When set: node k's log (its standard error) goes to <log_dir>/node-<k>.log.
+    std::string log_dir;
   };
   explicit LocalCluster(Options options);
   ~LocalCluster();
