@@ -49,31 +49,13 @@ Core::Core(store::InboxStore& store, EdgeSink& sink, const Clock& clock, CoreOpt
       [this](const std::vector<v1::Envelope>& envelopes) { OnCommitted(envelopes); });
 }
 
-void Core::RegisterSession(uint64_t user, SessionRef ref) {
-  std::optional<SessionRef> old;
-  bool came_online = false;
-  RateDebt debt;
-  {
-    RegistryShard& shard = ShardFor(user);
-    std::lock_guard<std::mutex> lock(shard.mu);
-    auto [it, inserted] = shard.sessions.try_emplace(user, ref);
-    came_online = inserted;
-    if (!inserted) {
-      if (!(it->second == ref)) old = it->second;
-      it->second = ref;
-    }
-    if (auto p = shard.parked.find(user); p != shard.parked.end()) {
-      debt = p->second.debt.AgedBy(clock_.MonoNanos() - p->second.at_ns);
-      shard.parked.erase(p);
-    }
-  }
-  if (old) sink_.Replace(*old);
-  sink_.SettleRate(ref, user, debt);
-  if (came_online) presence_.OnOnline(user);
-}
+void Core::RegisterSession(uint64_t user, SessionRef ref) { Register(user, ref, true); }
 
-void Core::ReRegisterSession(uint64_t user, SessionRef ref) {
-  bool displaced = false;
+void Core::ReRegisterSession(uint64_t user, SessionRef ref) { Register(user, ref, false); }
+
+void Core::Register(uint64_t user, SessionRef ref, bool displace) {
+  std::optional<SessionRef> old;
+  bool refused = false;
   bool came_online = false;
   RateDebt debt;
   {
@@ -81,18 +63,26 @@ void Core::ReRegisterSession(uint64_t user, SessionRef ref) {
     std::lock_guard<std::mutex> lock(shard.mu);
     auto [it, inserted] = shard.sessions.try_emplace(user, ref);
     came_online = inserted;
-    displaced = !inserted && !(it->second == ref);
-    if (inserted) {
+    if (!inserted && !(it->second == ref)) {
+      if (displace) {
+        old = it->second;
+        it->second = ref;
+      } else {
+        refused = true;
+      }
+    }
+    if (!refused) {
       if (auto p = shard.parked.find(user); p != shard.parked.end()) {
         debt = p->second.debt.AgedBy(clock_.MonoNanos() - p->second.at_ns);
         shard.parked.erase(p);
       }
     }
   }
-  if (displaced) {
+  if (refused) {
     sink_.Replace(ref);  // a newer session registered while this one was unanswered
     return;
   }
+  if (old) sink_.Replace(*old);
   sink_.SettleRate(ref, user, debt);
   if (came_online) presence_.OnOnline(user);
 }

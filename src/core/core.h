@@ -224,6 +224,9 @@ class Core final : public CoreApi {
   };
   // Keeps `debt` for `user` (added to what is kept). Caller holds shard.mu.
   void ParkDebt(RegistryShard& shard, uint64_t user, const RateDebt& debt, int64_t now_ns);
+  // RegisterSession (displace: a different live session is replaced) and ReRegisterSession
+  // (it is kept, and `ref` told to go away).
+  void Register(uint64_t user, SessionRef ref, bool displace);
   RegistryShard& ShardFor(uint64_t user) { return registry_[user % kRegistryShards]; }
   const RegistryShard& ShardFor(uint64_t user) const { return registry_[user % kRegistryShards]; }
 

@@ -57,6 +57,7 @@
 #include "net/tls.h"
 #include "obs/log.h"
 #include "store/inbox_store.h"
+#include "support/forwarding_sink.h"
 #include "unit/wire/sample_messages.h"
 #include "wire/frame.h"
 #include "wire/messages.h"
@@ -83,19 +84,7 @@ const std::string kSecret = "session-fuzz-secret-0123456789abcdef";
 
 int64_t NowMs() { return SystemClock::Instance().MonoMillis(); }
 
-// Points the core at the edge once both exist (as server.cc's ForwardingSink does).
-struct Forward final : core::EdgeSink {
-  core::EdgeSink* to = nullptr;
-  void Deliver(const core::SessionRef& r, const v1::Envelope& e) override { to->Deliver(r, e); }
-  void Replace(const core::SessionRef& r) override { to->Replace(r); }
-  void SettleRate(const core::SessionRef& r, uint64_t u, const core::RateDebt& d) override {
-    to->SettleRate(r, u, d);
-  }
-  void SendPresence(const core::SessionRef& r, const v1::Presence& p) override {
-    to->SendPresence(r, p);
-  }
-  void SendTyping(const core::SessionRef& r, const v1::Typing& t) override { to->SendTyping(r, t); }
-};
+using Forward = testing::ForwardingSink;
 
 struct Stack {
   std::string dir;

@@ -200,20 +200,24 @@ void Replica::SendAck(NodeId to, Epoch epoch, bool ok) {
   SendTo(to, BatchAck{epoch, ok, ok ? durable_lsn_ : 0, promised_, commit_lsn_});
 }
 
-void Replica::OnShipBatch(NodeId from, ShipBatch& m) {
-  const bool skip = opts_.mutations.skip_epoch_check;
-  if (m.epoch < promised_ && !skip) {
-    Nack(from, m.epoch);  // fenced: carries promised_, which deposes the sender
-    return;
+bool Replica::FollowsPrimary(NodeId from, Epoch epoch) {
+  if (epoch < promised_ && !opts_.mutations.skip_epoch_check) {
+    Nack(from, epoch);  // fenced: carries promised_, which deposes the sender
+    return false;
   }
-  SeeEpoch(m.epoch, true);
-  if (role_ == Role::kPrimary || role_ == Role::kCandidate) return;
-  if (log_epoch_ != m.epoch) {
-    Nack(from, m.epoch);  // not levelled by this primary yet
-    return;
+  SeeEpoch(epoch, true);
+  if (role_ == Role::kPrimary || role_ == Role::kCandidate) return false;
+  if (log_epoch_ != epoch) {
+    Nack(from, epoch);  // not levelled by this primary yet
+    return false;
   }
-  Batch& b = m.batch;
   leader_ = from;
+  return true;
+}
+
+void Replica::OnShipBatch(NodeId from, ShipBatch& m) {
+  if (!FollowsPrimary(from, m.epoch)) return;
+  Batch& b = m.batch;
   if (b.lsn <= LastLsn()) {
     if (b.lsn <= snapshot_.lsn || EpochAt(b.lsn) == b.epoch) {
       MaybeAcceptAndAck();  // a duplicate: tell the primary where we are
@@ -232,17 +236,7 @@ void Replica::OnShipBatch(NodeId from, ShipBatch& m) {
 }
 
 void Replica::OnHeartbeat(NodeId from, const Heartbeat& m) {
-  if (m.epoch < promised_ && !opts_.mutations.skip_epoch_check) {
-    Nack(from, m.epoch);  // fenced: carries promised_, which deposes the sender
-    return;
-  }
-  SeeEpoch(m.epoch, true);
-  if (role_ == Role::kPrimary || role_ == Role::kCandidate) return;
-  if (log_epoch_ != m.epoch) {
-    Nack(from, m.epoch);  // not levelled by this primary yet
-    return;
-  }
-  leader_ = from;
+  if (!FollowsPrimary(from, m.epoch)) return;
   commit_lsn_ = std::max(commit_lsn_, std::min(m.commit_lsn, LastLsn()));
   MaybeAcceptAndAck();
 }

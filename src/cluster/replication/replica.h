@@ -370,6 +370,9 @@ class Replica {
 
   void OnClientAppend(ClientAppend& e);
   void OnHeartbeat(NodeId from, const Heartbeat& m);
+  // A ShipBatch or Heartbeat of `epoch` from `from`: true when this backup follows that
+  // primary's log (then leader_ = from); else it answered (fenced, or "level me") or ignores.
+  bool FollowsPrimary(NodeId from, Epoch epoch);
   // Primary: Depose when stall_depose_ms says so (Options). True when it did.
   bool StallDepose();
   void OnAwaitCommit(const AwaitCommit& e);

@@ -26,6 +26,7 @@
 #include "iris/client/connection.h"
 #include "net/tls.h"
 #include "store/inbox_store.h"
+#include "support/forwarding_sink.h"
 #include "support/wait_for.h"
 #include "wire/messages.h"
 #include "wire/opcode.h"
@@ -38,19 +39,7 @@ using wire::Opcode;
 
 const std::string kSecret = "session-registration-test-secret-0123456789";
 
-// Points the core at the edge once both exist (as server.cc's ForwardingSink does).
-struct Forward final : core::EdgeSink {
-  core::EdgeSink* to = nullptr;
-  void Deliver(const core::SessionRef& r, const v1::Envelope& e) override { to->Deliver(r, e); }
-  void Replace(const core::SessionRef& r) override { to->Replace(r); }
-  void SettleRate(const core::SessionRef& r, uint64_t u, const core::RateDebt& d) override {
-    to->SettleRate(r, u, d);
-  }
-  void SendPresence(const core::SessionRef& r, const v1::Presence& p) override {
-    to->SendPresence(r, p);
-  }
-  void SendTyping(const core::SessionRef& r, const v1::Typing& t) override { to->SendTyping(r, t); }
-};
+using Forward = testing::ForwardingSink;
 
 // The real core behind a link to an owner that drops the first registration of each
 // session (ServedCore does so while it does not own the user).
