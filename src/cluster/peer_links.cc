@@ -85,13 +85,19 @@ void PeerLinks::Run() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stop_) {
     const int64_t now = SystemClock::Instance().MonoMillis();
+    // The node whose turn came first: a node that cannot be reached (each attempt may take
+    // the connect timeout) must not starve the others, as the lowest id always did.
     NodeId next = 0;
+    int64_t next_at = 0;
     int64_t wait_ms = 1'000;
     for (NodeId n : wanted_) {
       const int64_t at = next_try_ms_.count(n) ? next_try_ms_[n] : 0;
       if (at <= now) {
-        next = n;
-        break;
+        if (next == 0 || at < next_at) {
+          next = n;
+          next_at = at;
+        }
+        continue;
       }
       wait_ms = std::min(wait_ms, at - now);
     }
@@ -100,10 +106,12 @@ void PeerLinks::Run() {
       continue;
     }
     wanted_.erase(next);
-    next_try_ms_[next] = now + options_.redial_backoff_ms;
     lock.unlock();
     Dial(next);
     lock.lock();
+    // The backoff counts from the end of the attempt, which puts the node behind the others
+    // that are due.
+    next_try_ms_[next] = SystemClock::Instance().MonoMillis() + options_.redial_backoff_ms;
   }
 }
 

@@ -332,13 +332,11 @@ TEST_F(ClusterChaos, IsolatedNodesLoseNothing) {
   EXPECT_GT(r.acknowledged, 0u);
 }
 
-// Disabled: a primary cut off from both peers but not from etcd keeps its lease, so its
-// shard stays unwritable until the cut heals (no failover). The state machine's
-// Options::stall_depose_ms (Heartbeats; simulated) makes such a primary step down, but with
-// it on in irisd this test saw, in its second cycle, every primary step down and none
-// elected for a minute; it stays off until that is understood (docs/replication.md, "What
-// is left"). Run it with --gtest_also_run_disabled_tests.
-TEST_F(ClusterChaos, DISABLED_PrimaryCutFromItsPeersStepsDownAndLosesNothing) {
+// A primary cut off from both peers but not from etcd would keep its lease, and its shard
+// unwritable until the cut heals; it steps down (Options::stall_depose_ms: no backup heard
+// for two lease TTLs). This test also found the peer-link redial starvation
+// (docs/reliability.md, "Cluster nemeses").
+TEST_F(ClusterChaos, PrimaryCutFromItsPeersStepsDownAndLosesNothing) {
   const int cycles = ChaosCycles(3, 100);
   MinorityPrimaryNemesis nemesis(*lab_, *cluster_);
   run_->StartClients();
