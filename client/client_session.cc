@@ -66,10 +66,11 @@ void Client::Impl::Emit(const Event& e) {
   // event (an answer's event is never still on its way when Settled() turns true); the
   // handler itself already sees them.
   emitting_.fetch_add(1);
+  const bool outer = tl_emitting;  // an Emit from within the handler
   tl_emitting = true;
   if (session_ != nullptr) in_flight_count_ = session_->in_flight.size();
   if (options_.on_event) options_.on_event(e);
-  tl_emitting = false;
+  tl_emitting = outer;
   emitting_.fetch_sub(1);
 }
 

@@ -410,7 +410,9 @@ void Link::Run() {
     }
     int64_t due = timer_due_.load();
     if (!established) due = std::min(due, handshake_deadline);
-    if (established && options_.keepalive_ms > 0) {
+    // No keepalive is due while a write waits for the socket (POLLOUT wakes the thread):
+    // a past due time would make poll return at once, a busy loop.
+    if (established && options_.keepalive_ms > 0 && !poll_out) {
       due = std::min(due, last_tx_ms_ + options_.keepalive_ms);
     }
     if (established && options_.dead_after_ms > 0) {

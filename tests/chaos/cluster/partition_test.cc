@@ -332,11 +332,13 @@ TEST_F(ClusterChaos, IsolatedNodesLoseNothing) {
   EXPECT_GT(r.acknowledged, 0u);
 }
 
-// A primary cut off from both peers but not from etcd would keep its lease, and its shard
-// unwritable until the cut heals; it steps down (Options::stall_depose_ms: no backup heard
-// for two lease TTLs). This test also found the peer-link redial starvation
-// (docs/reliability.md, "Cluster nemeses").
-TEST_F(ClusterChaos, PrimaryCutFromItsPeersStepsDownAndLosesNothing) {
+// Disabled: a primary cut off from both peers but not from etcd keeps its lease, and its
+// shard unwritable until the cut heals. The remedy (Options::stall_depose_ms: step down when
+// no backup was heard for two lease TTLs) passes this test, but is off in irisd until its
+// liveness problems are fixed (docs/replication.md, "What is left"). This test also found
+// the peer-link redial starvation (fixed). Run it with --gtest_also_run_disabled_tests
+// after turning the option on.
+TEST_F(ClusterChaos, DISABLED_PrimaryCutFromItsPeersStepsDownAndLosesNothing) {
   const int cycles = ChaosCycles(3, 100);
   MinorityPrimaryNemesis nemesis(*lab_, *cluster_);
   run_->StartClients();
