@@ -383,9 +383,11 @@ void Router::RetryLater(std::shared_ptr<Pending<R>> p, const Status& why) {
 }
 
 std::map<std::optional<NodeId>, std::vector<size_t>> Router::SplitByOwner(
-    const std::vector<uint64_t>& users) const {
+    const std::vector<uint64_t>& users, bool named) const {
   std::map<std::optional<NodeId>, std::vector<size_t>> out;
-  for (size_t i = 0; i < users.size(); ++i) out[routes_.OwnerOf(users[i])].push_back(i);
+  for (size_t i = 0; i < users.size(); ++i) {
+    out[named ? routes_.NamedOwnerOf(users[i]) : routes_.OwnerOf(users[i])].push_back(i);
+  }
   return out;
 }
 
@@ -441,7 +443,9 @@ void Router::UnregisterSession(uint64_t user, core::SessionRef ref, const core::
       user_of_.erase(ref);
     }
   }
-  const std::optional<NodeId> owner = routes_.OwnerOf(user);
+  // Also to this node's core while it does not serve the user's shard: the registration
+  // it may hold from before must end (else the user would look online there).
+  const std::optional<NodeId> owner = routes_.NamedOwnerOf(user);
   if (!owner) return;
   // A debt that finds no owner is lost: the user's next session starts with a refilled
   // budget (at most one burst early, only while the owner is unreachable).
@@ -460,7 +464,7 @@ bool Router::Typing(uint64_t from, const v1::Typing& typing) {
 void Router::Unsubscribe(const core::SessionRef& ref, const std::vector<uint64_t>& users) {
   core::SessionRef r = ref;
   r.node = self_;
-  for (const auto& [owner, idx] : SplitByOwner(users)) {
+  for (const auto& [owner, idx] : SplitByOwner(users, /*named=*/true)) {
     core::CoreApi* target = owner ? CoreOf(*owner) : nullptr;
     if (target == nullptr) continue;
     std::vector<uint64_t> part;

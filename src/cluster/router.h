@@ -55,6 +55,11 @@ class RouteTable {
  public:
   virtual ~RouteTable() = default;
   virtual std::optional<NodeId> OwnerOf(uint64_t id) const = 0;
+  // The owner the shard map names, also when that is this node and it does not serve the
+  // shard (not yet, or no more; OwnerOf then says nullopt): for requests that only tidy up
+  // (a session's end, unsubscribing), which must still reach a core that may hold state
+  // from before, and which the named node drops harmlessly when it holds none.
+  virtual std::optional<NodeId> NamedOwnerOf(uint64_t id) const { return OwnerOf(id); }
 };
 
 // The other nodes, as seen from this one (in production: rpc::RemoteCore over a mutually
@@ -207,8 +212,9 @@ class Router final : public core::CoreApi, public core::EdgeSink, public core::C
   core::CoreApi* CoreOf(NodeId node);
   core::EdgeSink* SinkOf(NodeId node);
   // `users` grouped by owner (nullopt: no owner known), order kept within each group.
+  // named: by RouteTable::NamedOwnerOf rather than OwnerOf.
   std::map<std::optional<NodeId>, std::vector<size_t>> SplitByOwner(
-      const std::vector<uint64_t>& users) const;
+      const std::vector<uint64_t>& users, bool named = false) const;
   // A presence call (Subscribe, QueryPresence) made with one owner's part of the users.
   using PresenceCall =
       std::function<void(core::CoreApi&, const std::vector<uint64_t>& part, PresenceDone)>;

@@ -92,13 +92,25 @@ struct PlacementRoutes final : cluster::RouteTable {
   NodeId self = 0;
   std::function<bool(uint32_t shard)> serving;  // set before the cluster view exists
   std::optional<NodeId> OwnerOf(uint64_t id) const override {
+    uint32_t shard = 0;
+    const std::optional<NodeId> owner = Named(id, &shard);
+    if (owner && *owner != 0 && *owner == self && serving && !serving(shard)) return std::nullopt;
+    return owner;
+  }
+  std::optional<NodeId> NamedOwnerOf(uint64_t id) const override {
+    uint32_t shard = 0;
+    return Named(id, &shard);
+  }
+
+ private:
+  std::optional<NodeId> Named(uint64_t id, uint32_t* shard) const {
     cluster::ClusterNode* n = node.load();
     if (n == nullptr) return std::nullopt;
     const std::shared_ptr<const cluster::Placement> p = n->snapshot();
     if (!p || !p->configured()) return std::nullopt;
     const cluster::ShardInfo* s = p->ShardOfVnode(p->VnodeOf(id));
     if (s == nullptr) return std::nullopt;
-    if (s->primary != 0 && s->primary == self && serving && !serving(s->id)) return std::nullopt;
+    *shard = s->id;
     return s->primary;
   }
 };

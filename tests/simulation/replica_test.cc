@@ -241,6 +241,73 @@ TEST(ReplicaTest, PrimaryThatCannotCommitStepsDown) {
   EXPECT_TRUE(All<Acknowledge>(fx).empty());
 }
 
+// With the other backup down, a primary whose only reachable backup takes longer than
+// stall_depose_ms to be levelled (or rebuilt) must not step down: the next epoch would start
+// the copy over, forever. Commits resume once the backup is in sync.
+TEST(ReplicaTest, PrimaryLevellingItsOnlyReachableBackupDoesNotStepDown) {
+  Replica p = MakeStallingPrimary();
+  (void)p.Step(ClientAppend{7, "m1", 100});
+  (void)p.Step(WalSynced{1});
+  // Node 2 answers "level me" for 12 s (a long catch-up); node 3 never answers.
+  for (int64_t t = 1500; t <= 13'000; t += 500) {
+    std::vector<Effect> fx = p.Step(Tick{t});
+    EXPECT_TRUE(All<Refuse>(fx).empty()) << "at " << t;
+    (void)p.Step(Receive{2, BatchAck{1, false, 0, 1, 0, 0}});
+  }
+  EXPECT_EQ(p.role(), Role::kPrimary);
+  // In sync at last: the batch commits.
+  std::vector<Effect> fx = p.Step(Receive{2, BatchAck{1, true, 1, 1, 0}});
+  EXPECT_EQ(All<Acknowledge>(fx).size(), 1u);
+  // From now on a batch that waits stall_depose_ms does depose it.
+  (void)p.Step(ClientAppend{8, "m2", 200});
+  (void)p.Step(WalSynced{2});
+  for (int64_t t = 13'500; t <= 15'500; t += 500) {
+    (void)p.Step(Tick{t});
+    (void)p.Step(Receive{2, BatchAck{1, true, 1, 1, 1}});
+  }
+  EXPECT_EQ(p.role(), Role::kPrimary);
+  (void)p.Step(Tick{16'100});
+  EXPECT_EQ(p.role(), Role::kDeposed);
+}
+
+// A backup in the middle of a pieced Level answers a Heartbeat or an early ShipBatch of that
+// primary with "level me" from where the pieces got to, not from its commit point (which
+// sent the primary back to the start of the uncommitted tail each keep-alive period).
+// A follower that misses a batch says its whole log matches.
+TEST(ReplicaTest, LevelMeReportsHowFarTheLogIsKnownToMatch) {
+  DurableState held;
+  held.promised = 1;
+  held.accepted = 1;
+  for (Lsn l = 1; l <= 4; ++l) held.batches.push_back(Batch{1, l, 100 + l, "m" + std::to_string(l)});
+  Replica b(Opts(2), held);
+  (void)b.Step(WalSynced{4});
+  // A piece of epoch 2 holding 1..3 of a log that ends at 6; nothing committed yet.
+  (void)b.Step(Receive{1, Level{2, 0, 0, {held.batches[0], held.batches[1], held.batches[2]}, 0,
+                                /*last_lsn=*/6}});
+  std::vector<Effect> fx = b.Step(Receive{1, Heartbeat{2, 0}});
+  ASSERT_EQ(Sent<BatchAck>(fx, 1).size(), 1u);
+  EXPECT_FALSE(Sent<BatchAck>(fx, 1)[0].ok);
+  EXPECT_EQ(Sent<BatchAck>(fx, 1)[0].matched_lsn, 3u);
+  fx = b.Step(Receive{1, ShipBatch{2, Batch{2, 7, 207, "n7"}, 0}});
+  ASSERT_EQ(Sent<BatchAck>(fx, 1).size(), 1u);
+  EXPECT_EQ(Sent<BatchAck>(fx, 1)[0].matched_lsn, 3u);
+  // Another primary's (older) epoch learns nothing: it is fenced.
+  fx = b.Step(Receive{3, Heartbeat{1, 0}});
+  ASSERT_EQ(Sent<BatchAck>(fx, 3).size(), 1u);
+  EXPECT_EQ(Sent<BatchAck>(fx, 3)[0].matched_lsn, 0u);
+  EXPECT_EQ(Sent<BatchAck>(fx, 3)[0].promised, 2u);
+  // The last piece: follows epoch 2 with 1..6; a gap after it reports 6.
+  (void)b.Step(Receive{1, Level{2, 3, 1, {held.batches[3], Batch{2, 5, 205, "n5"},
+                                          Batch{2, 6, 206, "n6"}},
+                                0, 6}});
+  (void)b.Step(WalSynced{6});
+  ASSERT_EQ(b.accepted(), 2u);
+  fx = b.Step(Receive{1, ShipBatch{2, Batch{2, 8, 208, "n8"}, 0}});
+  ASSERT_EQ(Sent<BatchAck>(fx, 1).size(), 1u);
+  EXPECT_FALSE(Sent<BatchAck>(fx, 1)[0].ok);
+  EXPECT_EQ(Sent<BatchAck>(fx, 1)[0].matched_lsn, 6u);
+}
+
 TEST(ReplicaTest, CandidateNeedsAPromiseQuorumBeforeItsCas) {
   Replica r(Opts(1), DurableState{});
   (void)r.Step(Tick{0});

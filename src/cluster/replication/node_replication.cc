@@ -89,11 +89,13 @@ Status NodeReplication::AddShard(repl::ShardNo shard, std::vector<repl::NodeId> 
   ho.tick_ms = options_.tick_ms;
   // The snapshot's state is the store's (copied by a rebuild), never carried in a message.
   ho.replica.fetch_snapshots = false;
-  // Options::stall_depose_ms (a primary that hears no backup, or commits nothing, for a
-  // while steps down) stays off in irisd: as it stands, a catch-up or rebuild longer than
-  // the bound with the other backup down would restart forever (each step-down starts a new
-  // epoch, which starts the copy again), and a Heartbeat answered "level me" resets a
-  // pieced Level's progress (docs/replication.md, "What is left").
+  // A primary that hears no backup, or commits nothing while W - 1 backups are in sync,
+  // for two lease TTLs (at least 3 s) steps down, so that backups that reach each other
+  // elect one that can (replica.h): a primary cut off from its backups but not from etcd
+  // would otherwise keep its lease.
+  if (ho.replica.stall_depose_ms == 0) {
+    ho.replica.stall_depose_ms = std::max<int64_t>(3'000, 2'000 * options_.lease_ttl_s);
+  }
   const bool rebuilds = env_.copy_chunk && env_.install_chunk && env_.send_transfer;
   ho.compact_every = rebuilds ? options_.compact_every : 0;  // else a lagging replica is stuck
 

@@ -84,6 +84,7 @@ void Replica::TruncateAfter(Lsn lsn) {
   if (lsn >= LastLsn()) return;
   log_.resize(lsn - snapshot_.lsn);
   durable_lsn_ = std::min(durable_lsn_, lsn);
+  level_matched_ = std::min(level_matched_, lsn);
   // Only a protocol bug truncates a committed batch; keep the invariant commit <= last
   // so that the simulation's checker, not an assertion, reports it.
   commit_lsn_ = std::min(commit_lsn_, lsn);
@@ -135,6 +136,7 @@ void Replica::TakeSnapshot(Snapshot& s) {
     log_.clear();
     snapshot_ = s;
     durable_lsn_ = s.lsn;
+    level_matched_ = 0;  // a different history: nothing known to match any primary's
     Emit(WalInstallSnapshot{s});
   }
   durable_lsn_ = std::max(durable_lsn_, s.lsn);
@@ -197,7 +199,20 @@ bool Replica::Due(int64_t& last_ms, int64_t period_ms) {
 // ---- Backup side ---------------------------------------------------------------------------
 
 void Replica::SendAck(NodeId to, Epoch epoch, bool ok) {
-  SendTo(to, BatchAck{epoch, ok, ok ? durable_lsn_ : 0, promised_, commit_lsn_});
+  // A "level me" says how far this log is known to equal that primary's, so that the
+  // Level (or its next piece) starts there rather than at the commit point: a follower's
+  // whole log is a prefix of its primary's; a backup being levelled in pieces matches up to
+  // the last piece it took. (Answers to Heartbeats and ShipBatches in the middle of a pieced
+  // Level would otherwise send the primary back to the start of the uncommitted tail.)
+  Lsn matched = 0;
+  if (!ok && epoch == promised_) {
+    if (log_epoch_ == epoch) {
+      matched = LastLsn();
+    } else if (level_epoch_ == epoch) {
+      matched = std::min(level_matched_, LastLsn());
+    }
+  }
+  SendTo(to, BatchAck{epoch, ok, ok ? durable_lsn_ : 0, promised_, commit_lsn_, matched});
 }
 
 bool Replica::FollowsPrimary(NodeId from, Epoch epoch) {
@@ -263,7 +278,9 @@ void Replica::OnLevel(NodeId from, Level& m) {
       return;
     }
     commit_lsn_ = std::max(commit_lsn_, std::min(m.commit_lsn, piece_end));
-    SendTo(from, BatchAck{m.epoch, false, 0, promised_, commit_lsn_, piece_end});
+    level_epoch_ = m.epoch;
+    level_matched_ = piece_end;
+    Nack(from, m.epoch);
     return;
   }
   // A backup that already follows this primary keeps what lies beyond (later ShipBatches
@@ -278,6 +295,8 @@ void Replica::OnLevel(NodeId from, Level& m) {
   // of a longer Level stops short of it.
   if (accepted_ != m.epoch) accept_at_ = LastLsn();
   log_epoch_ = m.epoch;
+  level_epoch_ = m.epoch;
+  level_matched_ = LastLsn();
   leader_ = from;
   role_ = Role::kBackup;
   commit_lsn_ = std::max(commit_lsn_, std::min(m.commit_lsn, LastLsn()));
@@ -684,6 +703,13 @@ void Replica::OnRecord(const ShardRecord& r) {
 bool Replica::StallDepose() {
   if (opts_.stall_depose_ms <= 0 || opts_.replicas.size() < 2) return false;
   if (now_ < progress_ms_) progress_ms_ = now_;  // the clock stepped back
+  // "Nothing committed" counts only while W - 1 backups are in sync: a backup being
+  // levelled or rebuilt cannot hold new batches yet, and stepping down would start its copy
+  // over in a new epoch (with the other backup down, forever). Such a backup answers the
+  // Heartbeats and Levels, so the rule below still covers it being cut off.
+  size_t in_sync = 0;
+  for (const auto& [n, p] : peers_) in_sync += p.in_sync ? 1 : 0;
+  if (in_sync + 1 < opts_.write_quorum) progress_ms_ = now_;
   if (LastLsn() > commit_lsn_ && now_ - progress_ms_ >= opts_.stall_depose_ms) {
     Depose("no commit within stall_depose_ms");
     return true;

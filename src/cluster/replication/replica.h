@@ -92,8 +92,9 @@ struct BatchAck {
   Lsn durable_lsn = 0;
   Epoch promised = 0;
   Lsn commit_lsn = 0;
-  // !ok answering a piece of a Level (see Level::last_lsn): the backup's log now equals the
-  // primary's up to here (0: nothing known); the next piece starts there.
+  // !ok ("level me"): the backup's log is known to equal the primary's up to here (0:
+  // nothing known beyond commit_lsn), e.g. after a piece of a Level (see Level::last_lsn);
+  // the next Level or piece starts there.
   Lsn matched_lsn = 0;
 };
 // Primary -> backup: make your log exactly mine (as of sending): keep the common prefix up
@@ -318,10 +319,13 @@ struct Options {
   // A primary steps down (Depose: refuses what waits, revokes its lease) when it has not
   // heard from W - 1 backups (any BatchAck of its epoch; it sends Heartbeats every
   // keepalive_ms) for this long, or when its oldest uncommitted batch has waited this long
-  // with no commit, so that replicas able to reach each other elect a primary that can
-  // commit. Without it a primary cut off from every backup but not from etcd keeps its
-  // lease, and the shard unwritable, for as long as the cut lasts. Always safe (stepping
-  // down is); a slow backup costs a needless failover. 0 = never (and no Heartbeats).
+  // with no commit while W - 1 backups were in sync (a backup being levelled or rebuilt
+  // answers, but cannot hold new batches before it is done: a long copy must not make the
+  // primary step down, which would start it over), so that replicas able to reach each other
+  // elect a primary that can commit. Without it a primary cut off from every backup but
+  // not from etcd keeps its lease, and the shard unwritable, for as long as the cut lasts.
+  // Always safe (stepping down is); a slow backup costs a needless failover. 0 = never
+  // (and no Heartbeats).
   int64_t stall_depose_ms = 0;
   Mutations mutations;
 };
@@ -445,6 +449,10 @@ class Replica {
   Epoch log_epoch_ = 0;  // in memory: my log is a prefix of this epoch's primary's log
   static constexpr Lsn kNever = ~Lsn{0};
   Lsn accept_at_ = kNever;        // accepted_ := log_epoch_ once durable up to here (set by Level)
+  // My log equals the log of level_epoch_'s primary up to level_matched_ (the last Level
+  // or piece of a Level taken; lowered by truncation). Reported in a "level me".
+  Epoch level_epoch_ = 0;
+  Lsn level_matched_ = 0;
   std::optional<NodeId> leader_;  // the primary of log_epoch_
   ShardRecord record_;
   bool record_known_ = false;

@@ -23,7 +23,9 @@ uint8_t Op(Opcode o) { return static_cast<uint8_t>(o); }
 
 int64_t NowMs() { return MonoNanos() / 1'000'000; }
 
-// A token valid whatever the server's clock (skewed by up to ±10 min): issued 10 min ago.
+}  // namespace
+
+// Issued 10 min ago, valid for 6 h.
 std::string ChaosToken(const testing::ServerProcess& server, uint64_t user) {
   auth::Claims c;
   c.user_id = user;
@@ -32,6 +34,8 @@ std::string ChaosToken(const testing::ServerProcess& server, uint64_t user) {
   c.jti = "chaos-" + std::to_string(user) + "-" + std::to_string(MonoNanos());
   return server.Token(c);
 }
+
+namespace {
 
 bool Retryable(uint32_t code) {
   const auto c = static_cast<StatusCode>(code);
@@ -353,6 +357,15 @@ bool ChaosRun::RunSchedule(Nemesis& nemesis, int cycles) {
   return true;
 }
 
+std::optional<v1::Welcome> ChaosRun::TryProbe(uint64_t user, size_t i) {
+  auto c = testing::TestClient::Connect(server(i));
+  if (c == nullptr) return std::nullopt;
+  auto f = c->Hello(ChaosToken(server(i), user));
+  v1::Welcome w;
+  if (f.opcode != Op(Opcode::kWelcome) || !w.ParseFromString(f.payload)) return std::nullopt;
+  return w;
+}
+
 v1::Welcome ChaosRun::Probe(uint64_t user) {
   v1::Welcome w;
   auto c = testing::TestClient::Connect(server());
@@ -368,15 +381,30 @@ CheckerReport ChaosRun::FinishAndCheck(const std::string& name, int cycles,
   StopClients();
   for (int i = 0; i < options_.clients; ++i) {
     const uint64_t user = options_.first_user + static_cast<uint64_t>(i);
-    auto c = testing::TestClient::Connect(server());
-    if (c == nullptr) continue;
-    auto f = c->Hello(ChaosToken(server(), user), 0);
-    if (f.opcode != Op(Opcode::kWelcome)) {
-      ADD_FAILURE() << "final catch-up of user " << user << ": HELLO refused";
+    // A catch-up the server ends (a fatal UNAVAILABLE: a shard still failing over) or that
+    // cannot start is tried again, from cursor 0, for up to 60 s; only a complete one counts.
+    std::vector<v1::Envelope> out;
+    std::string why = "never tried";
+    const bool complete = testing::PollUntil(
+        [&] {
+          out.clear();
+          auto c = testing::TestClient::Connect(server());
+          if (c == nullptr) {
+            why = "cannot connect";
+            return false;
+          }
+          auto f = c->Hello(ChaosToken(server(), user), 0);
+          if (f.opcode != Op(Opcode::kWelcome)) {
+            why = "HELLO refused";
+            return false;
+          }
+          return c->TryCatchUp(&out, 20'000, &why).has_value();
+        },
+        60'000, 100);
+    if (!complete) {
+      ADD_FAILURE() << "final catch-up of user " << user << " did not complete: " << why;
       continue;
     }
-    std::vector<v1::Envelope> out;
-    c->CatchUp(&out, 60'000);
     const uint64_t session = NextSession();
     for (const auto& env : out) {
       Event e;

@@ -15,6 +15,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -35,6 +36,8 @@ bool ChaosLong();
 // traffic, so that the final catch-up from cursor 0 sees every message (older ones would
 // otherwise move to the archive and look lost).
 std::vector<std::string> ChaosServerArgs();
+// A token of `server`'s key valid whatever the server's clock (skewed by up to ±10 min).
+std::string ChaosToken(const testing::ServerProcess& server, uint64_t user);
 
 struct ChaosOptions {
   uint64_t seed = 1;
@@ -105,6 +108,8 @@ class ChaosRun {
 
   // A logged-in probe connection for user `user` (not a chaos client): its WELCOME.
   v1::Welcome Probe(uint64_t user);
+  // The same through server(i); nullopt when it cannot connect or HELLO is refused.
+  std::optional<v1::Welcome> TryProbe(uint64_t user, size_t i);
 
  private:
   void ClientLoop(int index);

@@ -8,6 +8,8 @@
 #include <sstream>
 #include <unordered_map>
 
+#include "common/status.h"
+
 namespace iris::chaos {
 
 int64_t MonoNanos() {
@@ -112,6 +114,11 @@ CheckerReport Check(const std::vector<Event>& history) {
       }
     } else if (e.type == EventType::kError) {
       ++r.refused;
+      if (e.code == static_cast<uint32_t>(StatusCode::kInternal)) {
+        ++r.internal;
+        problem("internal: SEND " + std::to_string(e.request_id) + " (key " + Hex(e.key) +
+                ") answered INTERNAL");
+      }
     }
   }
   r.keys = keys.size();
@@ -235,6 +242,7 @@ std::string CheckerReport::ToText() const {
     << "  acknowledged         " << acknowledged << "\n"
     << "  duplicate acks       " << duplicate_acks << " (retries deduplicated)\n"
     << "  refused (ERROR)      " << refused << "\n"
+    << "  internal errors      " << internal << "\n"
     << "  delivered (final)    " << delivered << "\n"
     << "  recovered (unacked)  " << recovered << "\n"
     << "  lost                 " << lost << "\n"
@@ -249,7 +257,7 @@ std::string CheckerReport::ToJson(const std::string& extra) const {
   std::ostringstream o;
   o << "{" << extra << "\"valid\":" << (ok() ? "true" : "false") << ",\"attempts\":" << attempts
     << ",\"keys\":" << keys << ",\"acknowledged\":" << acknowledged
-    << ",\"duplicate_acks\":" << duplicate_acks << ",\"refused\":" << refused
+    << ",\"duplicate_acks\":" << duplicate_acks << ",\"refused\":" << refused << ",\"internal\":" << internal
     << ",\"delivered\":" << delivered << ",\"recovered\":" << recovered << ",\"lost\":" << lost
     << ",\"duplicated\":" << duplicated << ",\"reordered\":" << reordered
     << ",\"unexpected\":" << unexpected << ",\"problems\":[";

@@ -8,9 +8,13 @@
 //               sent placed after it (send order, PROTOCOL.md "Sending");
 //   unexpected  a delivered message whose body no SEND carried, or carried with another
 //               sender or recipient;
-//   refused     ERROR answers to SENDs (fine: counted, never a failure);
+//   refused     ERROR answers to SENDs (fine: counted), except
+//   internal    ERROR answers with code INTERNAL: a server bug, never fine (e.g. a new
+//               primary whose ids would not lie above the shard's: the replica refuses the
+//               batch, so a missing high-water mark shows up here rather than as a reorder);
 //   recovered   messages never acknowledged that are present anyway (fine: counted).
-// Any lost, duplicated, reordered or unexpected message makes the report fail.
+// Any lost, duplicated, reordered or unexpected message, or an INTERNAL error, makes the
+// report fail.
 
 #include <cstdint>
 #include <string>
@@ -26,6 +30,7 @@ struct CheckerReport {
   uint64_t acknowledged = 0;    // distinct keys with a SEND_ACK
   uint64_t duplicate_acks = 0;  // SEND_ACKs with duplicate = true (dedup at work: fine)
   uint64_t refused = 0;         // ERROR answers to SENDs
+  uint64_t internal = 0;        // of which with code INTERNAL
   uint64_t delivered = 0;       // messages in the final catch-ups
   uint64_t recovered = 0;       // unacknowledged keys present in the final catch-up
   uint64_t lost = 0;
@@ -34,7 +39,9 @@ struct CheckerReport {
   uint64_t unexpected = 0;
   std::vector<std::string> problems;  // the first problems found, described
 
-  bool ok() const { return lost == 0 && duplicated == 0 && reordered == 0 && unexpected == 0; }
+  bool ok() const {
+    return lost == 0 && duplicated == 0 && reordered == 0 && unexpected == 0 && internal == 0;
+  }
   // A human-readable summary (one block).
   std::string ToText() const;
   // The same as a JSON object; `extra` is inserted verbatim as leading members

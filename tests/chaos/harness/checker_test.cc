@@ -1,8 +1,11 @@
 // The chaos checker on hand-made histories (no processes): a clean history is valid, and an
-// injected lost, duplicated, reordered or unexpected message is reported.
+// injected lost, duplicated, reordered or unexpected message, or an INTERNAL error, is
+// reported.
 #include "harness/checker.h"
 
 #include <gtest/gtest.h>
+
+#include "common/status.h"
 
 namespace iris::chaos {
 namespace {
@@ -21,10 +24,11 @@ class HistoryBuilder {
     events_.back().duplicate = duplicate;
     return *this;
   }
-  HistoryBuilder& Refuse(uint64_t from, uint64_t to, const std::string& tag) {
+  HistoryBuilder& Refuse(uint64_t from, uint64_t to, const std::string& tag,
+                         StatusCode code = StatusCode::kUnavailable) {
     Add(EventType::kSend, from, to, tag, 0);
     Add(EventType::kError, from, to, tag, 0);
-    events_.back().code = 12;
+    events_.back().code = static_cast<uint32_t>(code);
     return *this;
   }
   // One message of session `session` of user `to` (final: the catch-up from cursor 0).
@@ -93,6 +97,19 @@ TEST(ChaosChecker, ReportsAnAcknowledgedMessageMissingFromTheCatchUp) {
   EXPECT_EQ(r.lost, 1u) << r.ToText();
   EXPECT_EQ(r.duplicated + r.reordered + r.unexpected, 0u) << r.ToText();
   EXPECT_NE(r.ToJson().find("\"lost\":1"), std::string::npos);
+}
+
+// A refusal is fine unless it is INTERNAL (a server bug, e.g. a new primary whose message
+// ids would not lie above the shard's high-water mark).
+TEST(ChaosChecker, ReportsAnInternalError) {
+  HistoryBuilder h = Clean();
+  h.Refuse(1, 3, "bug", StatusCode::kInternal);
+  const CheckerReport r = Check(h.events());
+  EXPECT_FALSE(r.ok());
+  EXPECT_EQ(r.internal, 1u) << r.ToText();
+  EXPECT_EQ(r.refused, 2u);
+  EXPECT_EQ(r.lost + r.duplicated + r.reordered + r.unexpected, 0u) << r.ToText();
+  EXPECT_NE(r.ToJson().find("\"internal\":1"), std::string::npos);
 }
 
 TEST(ChaosChecker, AnUnacknowledgedMessageMayBeMissingOrPresent) {

@@ -4,37 +4,24 @@
 // be our wall clock plus the offset. Message ids (HLC) must keep increasing within every
 // inbox across the steps, and nothing acknowledged may be lost.
 //
-// ServerProcess runs $IRIS_BUILD_DIR/src/server/irisd; the test points IRIS_BUILD_DIR at a
-// directory whose src/server/irisd is a script that execs the real irisd with LD_PRELOAD =
-// libfaketime and FAKETIME = the offset the test wrote to a file (the `faketime -f` form).
+// irisd runs under libfaketime through harness/faketime.h.
 #include <gtest/gtest.h>
-#include <sys/stat.h>
 
 #include <cstdint>
 #include <cstdlib>
-#include <filesystem>
 #include <fstream>
 
 #include "common/clock.h"
 #include "harness/chaos.h"
+#include "harness/faketime.h"
 #include "support/wait_for.h"
 
 namespace iris::chaos {
 namespace {
 
-std::string FindLibFaketime() {
-  for (const char* p :
-       {"/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
-        "/usr/lib/faketime/libfaketime.so.1", "/usr/local/lib/faketime/libfaketime.so.1"}) {
-    if (std::filesystem::exists(p)) return p;
-  }
-  return "";
-}
-
 class ClockSkewNemesis : public Nemesis {
  public:
-  explicit ClockSkewNemesis(std::string offset_file) : offset_file_(std::move(offset_file)) {}
+  explicit ClockSkewNemesis(const FaketimeIrisd& ft) : ft_(ft) {}
   std::string name() const override { return "clock-skew"; }
 
   void Inject(ChaosRun& run, std::mt19937_64& /*rng*/) override {
@@ -42,7 +29,7 @@ class ClockSkewNemesis : public Nemesis {
     offset_s_ = kOffsets[steps_ % 3];
     ++steps_;
     // libfaketime's relative form needs the sign ("+30", "-30"); 0 runs irisd unfaked.
-    std::ofstream(offset_file_, std::ios::trunc) << (offset_s_ > 0 ? "+" : "") << offset_s_ << "\n";
+    ft_.SetMode((offset_s_ > 0 ? "+" : "") + std::to_string(offset_s_));
     const int status = run.server().Stop(SIGKILL);
     ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << status;
   }
@@ -64,82 +51,10 @@ class ClockSkewNemesis : public Nemesis {
   static constexpr uint64_t kProbeUser = 990;
 
  private:
-  std::string offset_file_;
+  const FaketimeIrisd& ft_;
   int offset_s_ = 0;
   int steps_ = 0;
   int confirmed_ = 0;
-};
-
-// IRIS_BUILD_DIR points ServerProcess at a directory whose src/server/irisd runs the real
-// irisd under libfaketime as `offset_file` says: "0" unfaked, "+30"/"-30" a fixed offset
-// (FAKETIME, the `faketime -f` form), "strobe" the offset read from `strobe_file` (rewritten
-// by the test while irisd runs; re-read every second; CLOCK_MONOTONIC left alone, as a real
-// wall-clock step would). Set up before any thread exists (setenv is not thread-safe);
-// IRIS_BUILD_DIR is restored on destruction.
-class FaketimeIrisd {
- public:
-  FaketimeIrisd() {
-    const std::string lib = FindLibFaketime();
-    if (lib.empty()) {
-      error_ = "libfaketime not found: install the faketime package";
-      return;
-    }
-    const char* build = std::getenv("IRIS_BUILD_DIR");
-    saved_build_ = build != nullptr ? build : ".";
-    const std::string real_irisd =
-        std::filesystem::absolute(saved_build_ + "/src/server/irisd").string();
-    if (!std::filesystem::exists(real_irisd)) {
-      error_ = "irisd not found at " + real_irisd;
-      return;
-    }
-    char tmpl[] = "/tmp/iris-chaos-skew-XXXXXX";
-    dir_ = mkdtemp(tmpl);
-    offset_file_ = dir_ + "/offset";
-    strobe_file_ = dir_ + "/strobe";
-    std::filesystem::create_directories(dir_ + "/src/server");
-    const std::string wrapper = dir_ + "/src/server/irisd";
-    {
-      std::ofstream(offset_file_) << "0\n";
-      std::ofstream(strobe_file_) << "+0\n";
-      std::ofstream w(wrapper);
-      w << "#!/bin/sh\n"
-        << "off=$(cat '" << offset_file_ << "')\n"
-        << "if [ \"$off\" = strobe ]; then\n"
-        << "  export LD_PRELOAD='" << lib << "' FAKETIME_TIMESTAMP_FILE='" << strobe_file_
-        << "' FAKETIME_CACHE_DURATION=1 FAKETIME_DONT_FAKE_MONOTONIC=1\n"
-        << "elif [ \"$off\" != 0 ]; then\n"
-        << "  export LD_PRELOAD='" << lib << "' FAKETIME=\"$off\"\n"
-        << "fi\n"
-        << "exec '" << real_irisd << "' \"$@\"\n";
-    }
-    if (chmod(wrapper.c_str(), 0755) != 0) {
-      error_ = "chmod " + wrapper + " failed";
-      return;
-    }
-    setenv("IRIS_BUILD_DIR", dir_.c_str(), 1);
-    active_ = true;
-  }
-  ~FaketimeIrisd() {
-    if (active_) setenv("IRIS_BUILD_DIR", saved_build_.c_str(), 1);
-    std::error_code ec;
-    if (!dir_.empty()) std::filesystem::remove_all(dir_, ec);
-  }
-  const std::string& error() const { return error_; }
-  const std::string& offset_file() const { return offset_file_; }
-  // Replaces the strobe file atomically (libfaketime may read it at any moment).
-  void SetStrobe(int offset_s) const {
-    const std::string tmp = strobe_file_ + ".tmp";
-    std::ofstream(tmp, std::ios::trunc) << (offset_s >= 0 ? "+" : "") << offset_s << "\n";
-    std::filesystem::rename(tmp, strobe_file_);
-  }
-
- private:
-  std::string error_;
-  std::string saved_build_;
-  std::string dir_;
-  std::string offset_file_;
-  std::string strobe_file_;
-  bool active_ = false;
 };
 
 // irisd's clock, as a probe's WELCOME shows it, minus ours (ms).
@@ -190,7 +105,7 @@ TEST(ChaosNode, ClockStepsKeepIdsIncreasingAndLoseNothing) {
   o.seed = seed;
   ChaosRun run(&server, o);
   run.StartClients();
-  ClockSkewNemesis skew(ft.offset_file());
+  ClockSkewNemesis skew(ft);
   ASSERT_TRUE(run.RunSchedule(skew, cycles));
   EXPECT_EQ(skew.confirmed(), cycles);
   const CheckerReport r = run.FinishAndCheck("clock-skew", cycles);
@@ -204,7 +119,7 @@ TEST(ChaosNode, ClockStrobingUnderARunningServer) {
   const int cycles = ChaosCycles(6, 60);
   FaketimeIrisd ft;
   ASSERT_TRUE(ft.error().empty()) << ft.error();
-  std::ofstream(ft.offset_file(), std::ios::trunc) << "strobe\n";
+  ft.SetMode("strobe");
   testing::ServerProcess server(ChaosServerArgs());
   server.Start();
   ASSERT_FALSE(::testing::Test::HasFatalFailure());

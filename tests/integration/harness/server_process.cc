@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -156,7 +157,23 @@ void ServerProcess::Start() {
       return;
     }
   }
-  FAIL() << "irisd did not start; output so far:\n" << out;
+  // Why: how it ended (the harness's own exit codes: 124 setns, 125 log file, 126
+  // rlimit, 127 exec) and its log, which holds irisd's errors when it goes to a file.
+  std::string why = "still running";
+  int status = 0;
+  if (waitpid(pid_, &status, WNOHANG) == pid_) {
+    why = WIFEXITED(status) ? "exited with status " + std::to_string(WEXITSTATUS(status))
+                            : "killed by signal " + std::to_string(WTERMSIG(status));
+    pid_ = -1;
+  }
+  std::string log;
+  if (!log_file_.empty()) {
+    std::ifstream in(log_file_);
+    log.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    if (log.size() > 4000) log = "..." + log.substr(log.size() - 4000);
+  }
+  FAIL() << "irisd did not start (" << why << "); output so far:\n"
+         << out << (log_file_.empty() ? "" : "\nits log (" + log_file_ + "):\n" + log);
 }
 
 int ServerProcess::Stop(int sig) {
@@ -332,22 +349,61 @@ v1::Welcome TestClient::Login(const ServerProcess& server, uint64_t user, uint64
 }
 
 uint64_t TestClient::CatchUp(std::vector<v1::Envelope>* out, int timeout_ms) {
+  std::string why;
+  const std::optional<uint64_t> cursor = TryCatchUp(out, timeout_ms, &why);
+  if (!cursor) ADD_FAILURE() << "catch-up did not finish: " << why;
+  return cursor.value_or(0);
+}
+
+std::optional<uint64_t> TestClient::TryCatchUp(std::vector<v1::Envelope>* out, int timeout_ms,
+                                               std::string* why) {
   const int64_t deadline = NowMs() + timeout_ms;
+  // Frames already stashed come first, once each; the others read meanwhile are stashed
+  // again at the end (never re-read here: that would spin on one stashed frame).
+  std::vector<client::ReceivedFrame> pending = std::move(stash_);
+  stash_.clear();
+  std::vector<client::ReceivedFrame> kept;
+  size_t next_pending = 0;
+  auto finish = [&](std::optional<uint64_t> r) {
+    for (; next_pending < pending.size(); ++next_pending) {
+      kept.push_back(std::move(pending[next_pending]));
+    }
+    stash_.insert(stash_.begin(), std::make_move_iterator(kept.begin()),
+                  std::make_move_iterator(kept.end()));
+    return r;
+  };
   for (;;) {
-    const int left = static_cast<int>(std::max<int64_t>(1, deadline - NowMs()));
-    auto f = Next(left);
-    if (!f.ok()) {
-      ADD_FAILURE() << "catch-up did not finish: " << f.status().ToString();
-      return 0;
+    client::ReceivedFrame frame;
+    if (next_pending < pending.size()) {
+      frame = std::move(pending[next_pending++]);
+    } else {
+      const int64_t left = deadline - NowMs();
+      if (left <= 0) {
+        *why = "no SYNC_DONE within " + std::to_string(timeout_ms) + " ms";
+        return finish(std::nullopt);
+      }
+      auto f = conn_->ReadFrame(static_cast<int>(left));
+      if (!f.ok()) {
+        *why = f.status().ToString();
+        return finish(std::nullopt);
+      }
+      frame = std::move(*f);
     }
-    if (f->opcode == static_cast<uint8_t>(wire::Opcode::kSyncDone)) {
+    if (frame.opcode == static_cast<uint8_t>(wire::Opcode::kSyncDone)) {
       v1::SyncDone d;
-      d.ParseFromString(f->payload);
-      return d.cursor();
+      d.ParseFromString(frame.payload);
+      return finish(d.cursor());
     }
-    if (f->opcode == static_cast<uint8_t>(wire::Opcode::kSyncPage)) {
+    if (frame.opcode == static_cast<uint8_t>(wire::Opcode::kError)) {
+      v1::Error e;
+      if (e.ParseFromString(frame.payload) && e.fatal()) {
+        *why = "fatal ERROR " + std::to_string(e.code()) + ": " + e.message();
+        return finish(std::nullopt);
+      }
+    }
+    if (frame.opcode == static_cast<uint8_t>(wire::Opcode::kSyncPage)) {
       v1::SyncPage p;
-      EXPECT_TRUE(p.ParseFromString(f->payload));
+      EXPECT_TRUE(p.ParseFromString(frame.payload));
       for (const auto& e : p.messages()) out->push_back(e);
       if (p.has_more()) {
         v1::SyncAck a;
@@ -356,7 +412,7 @@ uint64_t TestClient::CatchUp(std::vector<v1::Envelope>* out, int timeout_ms) {
       }
       continue;
     }
-    stash_.push_back(std::move(*f));
+    kept.push_back(std::move(frame));
   }
 }
 

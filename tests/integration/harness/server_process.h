@@ -126,8 +126,13 @@ class TestClient {
   v1::Welcome Login(const ServerProcess& server, uint64_t user, uint64_t cursor = 0,
                     uint32_t page_size = 0);
   // Runs catch-up to SYNC_DONE (acknowledging every page); appends messages to *out.
-  // Returns the SYNC_DONE cursor.
+  // Returns the SYNC_DONE cursor; a test failure (and 0) when TryCatchUp fails.
   uint64_t CatchUp(std::vector<v1::Envelope>* out, int timeout_ms = 20'000);
+  // The same without the test failure: nullopt, and why, when a fatal ERROR ends it (the server
+  // ends a session whose catch-up it cannot read with a fatal UNAVAILABLE), the connection
+  // fails or the deadline passes. Other frames read meanwhile stay for later reads.
+  std::optional<uint64_t> TryCatchUp(std::vector<v1::Envelope>* out, int timeout_ms,
+                                     std::string* why);
 
   // SEND; does not wait.
   void SendAsync(uint64_t request_id, uint64_t recipient, const std::string& body,

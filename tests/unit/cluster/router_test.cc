@@ -39,18 +39,34 @@ class FakeRoutes final : public RouteTable {
  public:
   std::optional<NodeId> OwnerOf(uint64_t id) const override {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = owners_.find(id);
-    if (it != owners_.end()) return it->second;
-    return static_cast<NodeId>(1 + id % 3);
+    if (not_served_.count(id) != 0) return std::nullopt;
+    return NamedLocked(id);
+  }
+  std::optional<NodeId> NamedOwnerOf(uint64_t id) const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return NamedLocked(id);
   }
   void Set(uint64_t id, NodeId node) {
     std::lock_guard<std::mutex> lock(mu_);
     owners_[id] = node;
   }
+  // As this node's PlacementRoutes while the map names it but it does not serve the shard
+  // (a replica deposed, or not taken over yet): OwnerOf nullopt, NamedOwnerOf the owner.
+  void SetNotServed(uint64_t id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    not_served_.insert(id);
+  }
 
  private:
+  NodeId NamedLocked(uint64_t id) const {
+    auto it = owners_.find(id);
+    if (it != owners_.end()) return it->second;
+    return static_cast<NodeId>(1 + id % 3);
+  }
+
   mutable std::mutex mu_;
   std::map<uint64_t, NodeId> owners_;
+  std::set<uint64_t> not_served_;
 };
 
 // ---- one direction of a peer link: a FIFO thread ----
@@ -879,6 +895,24 @@ TEST(RouterTest, OneSessionPerUserAcrossNodes) {
   ASSERT_TRUE(live.has_value());
   EXPECT_EQ(live->node, 2u);
   EXPECT_TRUE(c.N(2).edge.Locked([](RecordingEdge& e) { return e.replaced.empty(); }));
+}
+
+// A session ends while its node is named the owner of the user's shard but does not serve
+// it (deposed while cut off, or not taken over yet): reads and writes are not routed there
+// (OwnerOf), but the end of the session still reaches the local core, which registered it
+// before; else the user would stay "online" there with a session that no longer exists.
+TEST(RouterTest, ASessionEndReachesTheLocalCoreWhileItDoesNotServeTheShard) {
+  Cluster c;
+  const uint64_t user = 84;
+  c.SetOwner(user, 1);
+  c.R(1).RegisterSession(user, Ref(7));
+  ASSERT_TRUE(c.links().WaitQuiet());
+  ASSERT_TRUE(c.N(1).core->FindSession(user).has_value());
+  c.N(1).routes.SetNotServed(user);
+  c.R(1).UnregisterSession(user, Ref(7), core::RateDebt{});
+  ASSERT_TRUE(c.links().WaitQuiet());
+  EXPECT_FALSE(c.N(1).core->FindSession(user).has_value());
+  EXPECT_EQ(c.R(1).local_sessions(), 0u);
 }
 
 // A debt of `ms` milliseconds in the send limiter's sustained bucket.
