@@ -84,14 +84,17 @@ bench: build-test
 	  --connects 2000 --sessions 5000 --hold-s 5 --pairs 100 --duration-s 10 --rate 2000 \
 	  --storm-sessions 4000 --json $(BUILD)/iris-bench.json $(BENCH_ARGS)
 
-# The chaos suite's long mode (docs/reliability.md): every single-node nemesis with
-# IRIS_CHAOS_LONG=1 (>= 1,000 kill -9 cycles, ...), then a summary table of the JSON reports.
+# The chaos suite's long mode (docs/reliability.md): every single-node and cluster nemesis
+# with IRIS_CHAOS_LONG=1 (>= 1,000 kill -9 cycles, 100 partitions and power losses of each
+# kind, ...), then a summary table of the JSON reports. The cluster nemeses need etcd (make
+# deps-cluster) and root (network namespaces, FUSE); their node logs go to
+# $(CHAOS_REPORTS)/cluster-logs.
 # IRIS_CHAOS_SEED=S replays a run; IRIS_CHAOS_CYCLES=N overrides every nemesis's cycle count.
 CHAOS_REPORTS ?= $(BUILD)/chaos-reports
 chaos: configure-test
 	cmake --build $(BUILD) -j $(JOBS) --target irisd iris_chaos_checker_test iris_chaos_node_test \
 	  iris_powerloss_test iris_lossyfs iris_lossyfs_nowalsync iris_store_crash_child \
-	  iris_store_chaos_test
+	  iris_store_chaos_test iris_chaos_cluster_test irisctl
 	$(BUILD)/tests/chaos/harness/iris_chaos_checker_test --gtest_brief=1
 	rm -rf $(CHAOS_REPORTS) && mkdir -p $(CHAOS_REPORTS)
 	IRIS_BUILD_DIR=$(abspath $(BUILD)) IRIS_CHAOS_LONG=$${IRIS_CHAOS_LONG:-1} \
@@ -102,6 +105,11 @@ chaos: configure-test
 	  IRIS_BUILD_DIR=$(abspath $(BUILD)) IRIS_CHAOS_LONG=$${IRIS_CHAOS_LONG:-1} \
 	  IRIS_CHAOS_REPORT_DIR=$(abspath $(CHAOS_REPORTS)) \
 	  $(BUILD)/tests/chaos/store/iris_store_chaos_test --gtest_filter='CrashTest.*' || rc=1; \
+	  mkdir -p $(CHAOS_REPORTS)/cluster-logs; \
+	  IRIS_BUILD_DIR=$(abspath $(BUILD)) IRIS_CHAOS_LONG=$${IRIS_CHAOS_LONG:-1} \
+	  IRIS_CHAOS_REPORT_DIR=$(abspath $(CHAOS_REPORTS)) \
+	  IRIS_CHAOS_LOG_DIR=$(abspath $(CHAOS_REPORTS))/cluster-logs \
+	  $(BUILD)/tests/chaos/cluster/iris_chaos_cluster_test || rc=1; \
 	  python3 tests/chaos/harness/chaos_summary.py $(CHAOS_REPORTS) || rc=1; exit $$rc
 
 format:

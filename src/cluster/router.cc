@@ -288,7 +288,7 @@ void Router::Route(uint64_t id,
       std::lock_guard<std::mutex> lock(lines_mu_);
       SenderLine& line = lines_[sender];
       seq = line.next_seq++;
-      ++line.open;
+      line.open.insert(seq);
     }
     p->sender = sender;
     p->seq = seq;
@@ -300,40 +300,38 @@ void Router::Route(uint64_t id,
   Attempt(std::move(p));
 }
 
-bool Router::ParkBehindRetries(uint64_t sender, uint64_t seq, std::function<void()> attempt) {
+bool Router::ParkInLine(uint64_t sender, uint64_t seq, std::function<void()> attempt) {
   std::lock_guard<std::mutex> lock(lines_mu_);
   auto it = lines_.find(sender);
   if (it == lines_.end()) return false;
   SenderLine& line = it->second;
-  if (line.retrying.empty() || *line.retrying.begin() >= seq) return false;
+  if (line.open.empty() || *line.open.begin() >= seq) return false;
   line.parked.emplace(seq, std::move(attempt));
   return true;
 }
 
-void Router::MarkRetrying(uint64_t sender, uint64_t seq) {
-  std::lock_guard<std::mutex> lock(lines_mu_);
-  lines_[sender].retrying.insert(seq);
-}
-
 void Router::LeaveLine(uint64_t sender, uint64_t seq) {
-  std::vector<std::function<void()>> resume;
+  std::function<void()> next;
   {
     std::lock_guard<std::mutex> lock(lines_mu_);
     auto it = lines_.find(sender);
     if (it == lines_.end()) return;
     SenderLine& line = it->second;
-    line.retrying.erase(seq);
-    // Everything parked before the first write still being retried may go, in order.
-    const uint64_t bound =
-        line.retrying.empty() ? std::numeric_limits<uint64_t>::max() : *line.retrying.begin();
-    while (!line.parked.empty() && line.parked.begin()->first <= bound) {
-      resume.push_back(std::move(line.parked.begin()->second));
-      line.parked.erase(line.parked.begin());
+    line.open.erase(seq);
+    if (line.open.empty()) {
+      lines_.erase(it);
+      return;
     }
-    if (--line.open == 0) lines_.erase(it);
+    // The line's next write goes out if it is waiting (else it is still on its way to
+    // Attempt, which will find nothing earlier open).
+    auto p = line.parked.find(*line.open.begin());
+    if (p != line.parked.end()) {
+      next = std::move(p->second);
+      line.parked.erase(p);
+    }
   }
-  // From the timer thread, in order (not inline: this may run on a link's I/O thread).
-  for (auto& attempt : resume) After(std::chrono::milliseconds(0), std::move(attempt));
+  // From the timer thread (not inline: this may run on a link's I/O thread).
+  if (next) After(std::chrono::milliseconds(0), std::move(next));
 }
 
 template <typename R>
@@ -346,7 +344,7 @@ void Router::Attempt(std::shared_ptr<Pending<R>> p) {
     }
   }
   if (p->sender != 0 &&
-      ParkBehindRetries(p->sender, p->seq, [this, p]() mutable { Attempt(std::move(p)); })) {
+      ParkInLine(p->sender, p->seq, [this, p]() mutable { Attempt(std::move(p)); })) {
     return;
   }
   const std::optional<NodeId> owner = routes_.OwnerOf(p->id);
@@ -378,7 +376,6 @@ void Router::RetryLater(std::shared_ptr<Pending<R>> p, const Status& why) {
   }
   p->backoff = std::min(p->backoff * 2, options_.max_backoff);
   Count(&RouterStats::retries);
-  if (p->sender != 0) MarkRetrying(p->sender, p->seq);
   After(delay, [this, p]() mutable { Attempt(std::move(p)); });
 }
 

@@ -185,17 +185,21 @@ class Router final : public core::CoreApi, public core::EdgeSink, public core::C
   // made after it wait (parked) until it is answered, and so do their own retries: a retry
   // can never put a later message before an earlier one (docs/architecture.md, "Routing
   // between nodes").
+  // One sender's writes (SEND, RECEIPT) in the order the sender made them: each goes out
+  // only once every earlier one is answered (succeeded, refused, or given up at the
+  // deadline). A later write that went out while an earlier one was still unanswered could
+  // succeed first when the earlier one then fails retryably: on a link that broke and was
+  // replaced, at an owner whose view of the placement lagged ("not the owner", then yes),
+  // at a replica that was deposed. Its order cannot be undone once it is stored.
   struct SenderLine {
     uint64_t next_seq = 0;
-    uint64_t open = 0;                                 // routed, not answered yet
-    std::set<uint64_t> retrying;                       // seqs being retried
+    std::set<uint64_t> open;                           // routed, not answered yet
     std::map<uint64_t, std::function<void()>> parked;  // seq -> its attempt
   };
-  // Whether `seq` of `sender` must wait behind an earlier write being retried; if so it is
+  // Whether `seq` of `sender` must wait for an earlier write to be answered; if so it is
   // parked with `attempt`.
-  bool ParkBehindRetries(uint64_t sender, uint64_t seq, std::function<void()> attempt);
-  void MarkRetrying(uint64_t sender, uint64_t seq);
-  // `seq` of `sender` is answered: the writes it held back go out, in order.
+  bool ParkInLine(uint64_t sender, uint64_t seq, std::function<void()> attempt);
+  // `seq` of `sender` is answered: the next write of the line goes out.
   void LeaveLine(uint64_t sender, uint64_t seq);
   std::mutex lines_mu_;
   std::unordered_map<uint64_t, SenderLine> lines_;

@@ -42,6 +42,7 @@ void ClusterChaos::SetUp() {
   o.node_args.insert(o.node_args.end(), {"--rate-per-sec", "100000", "--rate-burst-per-sec",
                                          "100000", "--replication-lease-ttl-s", "2",
                                          "--replication-compact-every", "64"});
+  ConfigureCluster(o);
   cluster_ = std::make_unique<LocalCluster>(o);
   ASSERT_NO_FATAL_FAILURE(cluster_->Start());
   options_.seed = ChaosSeed();

@@ -33,6 +33,8 @@ class ClusterChaos : public ::testing::Test {
   void TearDown() override;
   // Called first in SetUp, before any node starts (e.g. to set up libfaketime).
   virtual void PrepareNodes() {}
+  // Called with the cluster's options before it is made (e.g. Options::before_start).
+  virtual void ConfigureCluster(testing::LocalCluster::Options& /*options*/) {}
 
   std::unique_ptr<testing::NetworkLab> lab_;
   std::unique_ptr<testing::LocalCluster> cluster_;

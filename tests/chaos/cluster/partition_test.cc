@@ -5,6 +5,8 @@
 //    lapses, another replica takes its shards over (two promises, etcd CAS), and when the
 //    link comes back it returns as a backup and is levelled. Right after it is back, every
 //    user's inbox is read through it and must hold everything acknowledged before.
+//  - FlappingLinksLoseNothing: one node's link goes down and up five times in a row,
+//    each state held for less than a lease TTL.
 //  - CutLinksBetweenNodesLoseNothing: the link between one pair of nodes is cut (both
 //    ways), each still reaching etcd, the third node and the clients: a primary keeps W = 2
 //    through the third replica, and sessions whose owner went out of reach reconnect.
@@ -88,6 +90,45 @@ class CutNemesis : public Nemesis {
   int cuts_ = 0;
 };
 
+// A flapping link: one seeded node's link goes down and up several times in a row, each
+// state held for less than a lease TTL (until the clients made some progress, or a seeded
+// 300-1,500 ms passed), so that its lease, its peer links and its sessions keep being lost
+// and found half-way. Healed with the link up; then progress.
+class FlapNemesis : public Nemesis {
+ public:
+  FlapNemesis(NetworkLab& lab, LocalCluster& cluster) : lab_(lab), cluster_(cluster) {}
+  std::string name() const override { return "flap"; }
+  void Inject(ChaosRun& run, std::mt19937_64& rng) override {
+    node_ = 1 + static_cast<int>(rng() % kNodes);
+    for (int i = 0; i < kFlaps; ++i) {
+      ASSERT_TRUE(lab_.Isolate(node_).ok());
+      ++flaps_;
+      // The hold: a bound on the fault's duration, not a synchronisation (nothing waits
+      // for it); progress of the others cuts it short.
+      (void)run.WaitAcks(run.acks() + 4 * static_cast<uint64_t>(run.options().clients),
+                         300 + static_cast<int64_t>(rng() % 1200));
+      ASSERT_TRUE(lab_.Reconnect(node_).ok());
+      (void)run.WaitAcks(run.acks() + 4 * static_cast<uint64_t>(run.options().clients),
+                         300 + static_cast<int64_t>(rng() % 1200));
+    }
+    std::cout << "node " << node_ << ": link flapped " << kFlaps << " times" << std::endl;
+  }
+  void Heal(ChaosRun& run) override {
+    ASSERT_TRUE(lab_.HealAll().ok());
+    cluster_.WaitRegistered(static_cast<NodeId>(node_));
+    ExpectProgress(run, "after node " + std::to_string(node_) + "'s link flapped",
+                   2 * static_cast<uint64_t>(run.options().clients));
+  }
+  int flaps() const { return flaps_; }
+
+ private:
+  static constexpr int kFlaps = 5;
+  NetworkLab& lab_;
+  LocalCluster& cluster_;
+  int node_ = 0;
+  int flaps_ = 0;
+};
+
 // It found stale reads (docs/reliability.md, "Cluster nemeses"): a node back from isolation,
 // its view of the shard map not caught up yet, answered catch-ups from its own store. Reads
 // are now fenced by the replica's role and lease (server.cc PlacementRoutes); with that
@@ -123,6 +164,16 @@ TEST_F(ClusterChaos, CutLinksBetweenNodesLoseNothing) {
   ASSERT_TRUE(run_->RunSchedule(nemesis, cycles));
   const CheckerReport r = run_->FinishAndCheck("cluster-cut", cycles,
                                                "\"cuts\":" + std::to_string(nemesis.cuts()));
+  EXPECT_GT(r.acknowledged, 0u);
+}
+
+TEST_F(ClusterChaos, FlappingLinksLoseNothing) {
+  const int cycles = ChaosCycles(2, 50);
+  FlapNemesis nemesis(*lab_, *cluster_);
+  run_->StartClients();
+  ASSERT_TRUE(run_->RunSchedule(nemesis, cycles));
+  const CheckerReport r = run_->FinishAndCheck("cluster-flap", cycles,
+                                               "\"flaps\":" + std::to_string(nemesis.flaps()));
   EXPECT_GT(r.acknowledged, 0u);
 }
 

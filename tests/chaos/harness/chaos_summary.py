@@ -18,7 +18,7 @@ def main() -> int:
         print(f"no chaos reports (chaos-*.json) in {sys.argv[1]}", file=sys.stderr)
         return 1
     cols = ["test", "seed", "cycles", "acknowledged", "lost", "duplicated", "reordered",
-            "unexpected", "refused", "duplicate_acks", "valid"]
+            "unexpected", "internal", "refused", "duplicate_acks", "valid"]
     rows = []
     for p in paths:
         with open(p) as f:

@@ -129,6 +129,9 @@ void LocalCluster::Start() {
       nodes_.back()->set_network(options_.lab->Namespace(i), NetworkLab::Address(i),
                                  NetworkLab::HubAddress() + "/32");
     }
+    if (options_.before_start) {
+      ASSERT_NO_FATAL_FAILURE(options_.before_start(static_cast<NodeId>(i), *nodes_.back()));
+    }
     ASSERT_NO_FATAL_FAILURE(nodes_.back()->Start());
   }
   WaitReady();

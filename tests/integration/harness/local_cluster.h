@@ -6,6 +6,7 @@
 // deadlines (a node's key in etcd, the placement map).
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -33,6 +34,9 @@ class LocalCluster {
     NetworkLab* lab = nullptr;
     // When set: node k's log (its standard error) goes to <log_dir>/node-<k>.log.
     std::string log_dir;
+    // When set: called with each node before its first start (e.g. to mount a file system
+    // over its data directory).
+    std::function<void(NodeId, ServerProcess&)> before_start;
   };
   explicit LocalCluster(Options options);
   ~LocalCluster();

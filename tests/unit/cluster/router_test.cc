@@ -874,6 +874,42 @@ TEST(RouterTest, ARetriedSendIsNotOvertakenByTheSendersNextOne) {
   EXPECT_TRUE(stuck_done.get().ok());
 }
 
+// A sender's write goes out only once its previous one is answered. Here the first reaches
+// node 3 before node 3 knows it owns the recipient ("not the owner": retried), and node 3
+// learns it before the second is made. Sent at once (pipelined), the second would be stored
+// first; it waits in the sender's line instead.
+TEST(RouterTest, APipelinedSendWaitsUntilTheSendersPreviousOneIsAnswered) {
+  Cluster c;
+  const uint64_t sender = 191, to = 192;
+  c.N(1).routes.Set(to, 3);
+  c.N(2).routes.Set(to, 3);
+  c.N(3).routes.Set(to, 2);  // node 3's view lags: it does not own `to` yet
+  c.links().Between(3, 1).Hold();  // node 3's answers to node 1 wait
+  auto first = std::make_shared<std::promise<Result<core::AppendResult>>>();
+  auto first_done = first->get_future();
+  c.R(1).Send(sender, MakeSend(to, "first", "k-first"), "",
+              [first](Result<core::AppendResult> r) { first->set_value(std::move(r)); });
+  ASSERT_TRUE(iris::testing::PollUntil(
+      [&] { return c.R(3).Stats().not_owner_answered >= 1; }, 10'000));
+  c.N(3).routes.Set(to, 3);  // node 3 catches up
+  auto second = std::make_shared<std::promise<Result<core::AppendResult>>>();
+  auto second_done = second->get_future();
+  c.R(1).Send(sender, MakeSend(to, "second", "k-second"), "",
+              [second](Result<core::AppendResult> r) { second->set_value(std::move(r)); });
+  c.links().Between(3, 1).Resume();
+  ASSERT_EQ(first_done.wait_for(kWait), std::future_status::ready);
+  ASSERT_EQ(second_done.wait_for(kWait), std::future_status::ready);
+  const auto f = first_done.get();
+  const auto g = second_done.get();
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  ASSERT_TRUE(g.ok()) << g.status().ToString();
+  EXPECT_LT(f->message_id, g->message_id);
+  const auto inbox = c.Inbox(3, to);
+  ASSERT_EQ(inbox.size(), 2u);
+  EXPECT_EQ(inbox[0].body(), "first");
+  EXPECT_EQ(inbox[1].body(), "second");
+}
+
 TEST(RouterTest, OneSessionPerUserAcrossNodes) {
   Cluster c;
   const uint64_t user = 81;
