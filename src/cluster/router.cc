@@ -347,6 +347,14 @@ void Router::Attempt(std::shared_ptr<Pending<R>> p) {
       ParkInLine(p->sender, p->seq, [this, p]() mutable { Attempt(std::move(p)); })) {
     return;
   }
+  if (p->sender != 0 && Clock::now() > p->deadline) {
+    // It waited in its sender's line past its own deadline: answered as any write that
+    // could not be routed in time, never sent (the client retries with the same key).
+    Count(&RouterStats::gave_up);
+    p->done(R(Unavailable("not routed within the routing deadline (waited behind the "
+                          "sender's earlier writes)")));
+    return;
+  }
   const std::optional<NodeId> owner = routes_.OwnerOf(p->id);
   core::CoreApi* target = owner ? CoreOf(*owner) : nullptr;
   if (target == nullptr) {

@@ -180,17 +180,14 @@ class Router final : public core::CoreApi, public core::EdgeSink, public core::C
   void Route(uint64_t id, std::function<void(NodeId, core::CoreApi&, std::function<void(R)>)> op,
              std::function<void(R)> done, uint64_t sender = 0);
 
-  // One sender's writes into inboxes (SEND, RECEIPT) in the order the sender made them.
-  // They go out at once, pipelined; but once one has to be retried, the sender's writes
-  // made after it wait (parked) until it is answered, and so do their own retries: a retry
-  // can never put a later message before an earlier one (docs/architecture.md, "Routing
-  // between nodes").
   // One sender's writes (SEND, RECEIPT) in the order the sender made them: each goes out
   // only once every earlier one is answered (succeeded, refused, or given up at the
   // deadline). A later write that went out while an earlier one was still unanswered could
   // succeed first when the earlier one then fails retryably: on a link that broke and was
   // replaced, at an owner whose view of the placement lagged ("not the owner", then yes),
-  // at a replica that was deposed. Its order cannot be undone once it is stored.
+  // at a replica that was deposed. Its order cannot be undone once it is stored. A write
+  // whose deadline passed while it waited is answered UNAVAILABLE without going out
+  // (docs/architecture.md, "Routing between nodes").
   struct SenderLine {
     uint64_t next_seq = 0;
     std::set<uint64_t> open;                           // routed, not answered yet

@@ -270,6 +270,24 @@ TEST(ReplicaTest, PrimaryLevellingItsOnlyReachableBackupDoesNotStepDown) {
   EXPECT_EQ(p.role(), Role::kDeposed);
 }
 
+// The same when the other backup was in sync but went silent (it died): it no longer
+// counts as in sync, so the catch-up of the one still answering is not cut short either.
+TEST(ReplicaTest, ABackupThatWentSilentWhileInSyncDoesNotCountAsInSync) {
+  Replica p = MakeStallingPrimary();
+  (void)p.Step(Tick{1200});
+  (void)p.Step(Receive{3, BatchAck{1, true, 0, 1, 0}});  // node 3 in sync...
+  (void)p.Step(ClientAppend{7, "m1", 100});
+  (void)p.Step(WalSynced{1});
+  // ...then silent; node 2 answers "level me" for 12 s.
+  for (int64_t t = 1500; t <= 13'000; t += 500) {
+    (void)p.Step(Tick{t});
+    (void)p.Step(Receive{2, BatchAck{1, false, 0, 1, 0, 0}});
+  }
+  EXPECT_EQ(p.role(), Role::kPrimary);
+  std::vector<Effect> fx = p.Step(Receive{2, BatchAck{1, true, 1, 1, 0}});
+  EXPECT_EQ(All<Acknowledge>(fx).size(), 1u);
+}
+
 // A backup in the middle of a pieced Level answers a Heartbeat or an early ShipBatch of that
 // primary with "level me" from where the pieces got to, not from its commit point (which
 // sent the primary back to the start of the uncommitted tail each keep-alive period).
@@ -296,6 +314,12 @@ TEST(ReplicaTest, LevelMeReportsHowFarTheLogIsKnownToMatch) {
   ASSERT_EQ(Sent<BatchAck>(fx, 3).size(), 1u);
   EXPECT_EQ(Sent<BatchAck>(fx, 3)[0].matched_lsn, 0u);
   EXPECT_EQ(Sent<BatchAck>(fx, 3)[0].promised, 2u);
+  // A Level whose start this log does not hold (a wrong belief of the primary): nothing is
+  // claimed, so the next Level starts from the commit point.
+  fx = b.Step(Receive{1, Level{2, 3, 2, {Batch{2, 4, 204, "x"}}, 0, 6}});
+  ASSERT_EQ(Sent<BatchAck>(fx, 1).size(), 1u);
+  EXPECT_FALSE(Sent<BatchAck>(fx, 1)[0].ok);
+  EXPECT_EQ(Sent<BatchAck>(fx, 1)[0].matched_lsn, 0u);
   // The last piece: follows epoch 2 with 1..6; a gap after it reports 6.
   (void)b.Step(Receive{1, Level{2, 3, 1, {held.batches[3], Batch{2, 5, 205, "n5"},
                                           Batch{2, 6, 206, "n6"}},

@@ -198,14 +198,14 @@ bool Replica::Due(int64_t& last_ms, int64_t period_ms) {
 
 // ---- Backup side ---------------------------------------------------------------------------
 
-void Replica::SendAck(NodeId to, Epoch epoch, bool ok) {
+void Replica::SendAck(NodeId to, Epoch epoch, bool ok, bool report_match) {
   // A "level me" says how far this log is known to equal that primary's, so that the
   // Level (or its next piece) starts there rather than at the commit point: a follower's
   // whole log is a prefix of its primary's; a backup being levelled in pieces matches up to
   // the last piece it took. (Answers to Heartbeats and ShipBatches in the middle of a pieced
   // Level would otherwise send the primary back to the start of the uncommitted tail.)
   Lsn matched = 0;
-  if (!ok && epoch == promised_) {
+  if (!ok && report_match && epoch == promised_) {
     if (log_epoch_ == epoch) {
       matched = LastLsn();
     } else if (level_epoch_ == epoch) {
@@ -237,7 +237,7 @@ void Replica::OnShipBatch(NodeId from, ShipBatch& m) {
     if (b.lsn <= snapshot_.lsn || EpochAt(b.lsn) == b.epoch) {
       MaybeAcceptAndAck();  // a duplicate: tell the primary where we are
     } else {
-      Nack(from, m.epoch);
+      NackMismatch(from, m.epoch);
     }
     return;
   }
@@ -274,7 +274,7 @@ void Replica::OnLevel(NodeId from, Level& m) {
     // nothing yet: the last piece is a whole Level. The answer says where the next piece
     // starts (the primary sends it within its Level pacing or retransmission timer).
     if (!Adopt(m.from_lsn, m.from_epoch, m.batches, /*exact=*/false)) {
-      Nack(from, m.epoch);
+      NackMismatch(from, m.epoch);
       return;
     }
     commit_lsn_ = std::max(commit_lsn_, std::min(m.commit_lsn, piece_end));
@@ -287,7 +287,7 @@ void Replica::OnLevel(NodeId from, Level& m) {
   // may have overtaken this Level); any other makes its log exactly the primary's.
   const bool exact = log_epoch_ != m.epoch;
   if (!Adopt(m.from_lsn, m.from_epoch, m.batches, exact)) {
-    Nack(from, m.epoch);
+    NackMismatch(from, m.epoch);
     return;
   }
   // Follow this epoch once everything up to the primary's last lsn (as of this Level) is
@@ -707,8 +707,12 @@ bool Replica::StallDepose() {
   // levelled or rebuilt cannot hold new batches yet, and stepping down would start its copy
   // over in a new epoch (with the other backup down, forever). Such a backup answers the
   // Heartbeats and Levels, so the rule below still covers it being cut off.
+  // (A backup that went silent while in sync is not counted: with the other one being
+  // levelled, the rule would otherwise fire and start that copy over.)
   size_t in_sync = 0;
-  for (const auto& [n, p] : peers_) in_sync += p.in_sync ? 1 : 0;
+  for (const auto& [n, p] : peers_) {
+    in_sync += p.in_sync && now_ - p.last_heard_ms < opts_.stall_depose_ms ? 1 : 0;
+  }
   if (in_sync + 1 < opts_.write_quorum) progress_ms_ = now_;
   if (LastLsn() > commit_lsn_ && now_ - progress_ms_ >= opts_.stall_depose_ms) {
     Depose("no commit within stall_depose_ms");

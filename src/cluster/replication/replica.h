@@ -408,8 +408,12 @@ class Replica {
 
   // Backup side.
   void MaybeAcceptAndAck();
-  void SendAck(NodeId to, Epoch epoch, bool ok);
+  // report_match: a "level me" says how far the log is known to match (see SendAck).
+  void SendAck(NodeId to, Epoch epoch, bool ok, bool report_match = true);
   void Nack(NodeId to, Epoch epoch) { SendAck(to, epoch, false); }
+  // "Level me from my commit point": what the primary sent does not fit this log, so
+  // whatever it believes we share may be wrong (it falls back to the commit point).
+  void NackMismatch(NodeId to, Epoch epoch) { SendAck(to, epoch, false, false); }
   // Higher epoch seen: a primary is deposed, a candidate gives up.
   // primary_exists: e is the epoch of a primary that won its CAS (a candidate of e yields).
   void SeeEpoch(Epoch e, bool primary_exists);
