@@ -118,6 +118,11 @@ class Router::ServedCore final : public core::CoreApi {
     if (!Check(user, done)) return;
     r_.local_->GetSettings(user, std::move(done));
   }
+  void CheckConsent(uint64_t inviter, const std::vector<uint64_t>& users, bool wrote_only,
+                    ConsentDone done) override {
+    if (wrote_only ? !Check(inviter, done) : !CheckAll(users, done)) return;
+    r_.local_->CheckConsent(inviter, users, wrote_only, std::move(done));
+  }
   void RelayTyping(uint64_t to, const v1::Typing& typing) override {
     if (Owns(to)) r_.local_->RelayTyping(to, typing);
   }
@@ -667,6 +672,71 @@ void Router::GetSettings(uint64_t user, SettingsDone done) {
   Route<Result<core::UserSettings>>(
       user, [user](NodeId, core::CoreApi& c, SettingsDone d) { c.GetSettings(user, std::move(d)); },
       std::move(done));
+}
+
+namespace {
+struct ConsentJoin {
+  std::mutex mu;
+  size_t pending;
+  core::Consent consent;
+  Status error;
+  core::CoreApi::ConsentDone done;
+};
+}  // namespace
+
+void Router::CheckConsent(uint64_t inviter, const std::vector<uint64_t>& users, bool wrote_only,
+                          ConsentDone done) {
+  if (wrote_only) {
+    Route<Result<core::Consent>>(
+        inviter,
+        [inviter, users](NodeId, core::CoreApi& c, ConsentDone d) {
+          c.CheckConsent(inviter, users, true, std::move(d));
+        },
+        std::move(done));
+    return;
+  }
+  auto parts = SplitByOwner(users);
+  if (parts.empty()) {
+    done(core::Consent{});
+    return;
+  }
+  auto join = std::make_shared<ConsentJoin>();
+  join->pending = parts.size();
+  join->done = std::move(done);
+  for (auto& entry : parts) {
+    std::vector<uint64_t> part;
+    part.reserve(entry.second.size());
+    for (size_t i : entry.second) part.push_back(users[i]);
+    const uint64_t key = part.front();
+    Route<Result<core::Consent>>(
+        key,
+        [inviter, part = std::move(part)](NodeId, core::CoreApi& c, ConsentDone d) {
+          c.CheckConsent(inviter, part, false, std::move(d));
+        },
+        [join](Result<core::Consent> got) {
+          std::unique_lock<std::mutex> lock(join->mu);
+          if (!got.ok()) {
+            if (join->error.ok()) join->error = got.status();
+          } else {
+            core::Consent& c = join->consent;
+            c.blocked.insert(c.blocked.end(), got->blocked.begin(), got->blocked.end());
+            c.contacts_only.insert(c.contacts_only.end(), got->contacts_only.begin(),
+                                   got->contacts_only.end());
+          }
+          if (--join->pending > 0) return;
+          lock.unlock();
+          if (!join->error.ok()) {
+            join->done(join->error);
+          } else {
+            join->done(std::move(join->consent));
+          }
+        });
+  }
+}
+
+void Router::CheckRemoteConsent(uint64_t inviter, const std::vector<uint64_t>& users,
+                                bool wrote_only, ConsentDone done) {
+  CheckConsent(inviter, users, wrote_only, std::move(done));
 }
 
 void Router::RelayTyping(uint64_t to, const v1::Typing& typing) {

@@ -288,15 +288,25 @@ void Core::AppendReceipt(uint64_t author, const v1::Receipt& r, SendDone done,
 
 void Core::UpdateSettings(uint64_t user, const v1::Settings& m, StatusDone done) {
   InAuthorOrder(user, [this, user, m, done = std::move(done)] {
-    store::UserSettings s = settings_.Get(user);
-    const bool was_sharing = s.share_presence;
-    if (m.has_read_receipts()) s.read_receipts = m.read_receipts();
-    if (m.has_share_presence()) s.share_presence = m.share_presence();
-    Status st = settings_.Put(user, s);
-    if (st.ok() && was_sharing != s.share_presence) {
+    bool was_sharing = true;
+    Result<store::UserSettings> s = settings_.Update(user, [&](store::UserSettings& cur) {
+      was_sharing = cur.share_presence;
+      if (m.has_read_receipts()) cur.read_receipts = m.read_receipts();
+      if (m.has_share_presence()) cur.share_presence = m.share_presence();
+      if (m.group_invites() != v1::GROUP_INVITES_UNSPECIFIED) {
+        cur.group_invites_contacts_only = m.group_invites() == v1::GROUP_INVITES_CONTACTS;
+      }
+      for (uint64_t u : m.unblock()) std::erase(cur.blocked, u);
+      for (uint64_t u : m.block()) {
+        if (u == user) return BadRequest("settings.block: a user cannot block itself");
+        cur.blocked.push_back(u);  // sorted and deduplicated by the store
+      }
+      return Status::Ok();
+    });
+    if (s.ok() && was_sharing != s->share_presence) {
       presence_.Announce(user, FindSession(user).has_value());
     }
-    done(std::move(st));
+    done(s.status());
   });
 }
 
@@ -325,6 +335,7 @@ bool Core::Typing(uint64_t from, const v1::Typing& t) {
   if (t.user() == 0) return false;
   auto ref = FindSession(t.user());
   if (!ref) return false;
+  if (Blocks(t.user(), from)) return false;
   v1::Typing out;
   out.set_user(from);
   out.set_typing(t.typing());
@@ -362,17 +373,74 @@ void Core::FetchKeys(uint64_t user, KeysDone done) {
                          [this, user, done = std::move(done)] { done(store_.FetchKeys(user)); });
 }
 
+namespace {
+Status RefusedInvitationsError(const std::vector<uint64_t>& refused) {
+  std::string message = refused.size() == 1 ? "user " : "users ";
+  for (size_t i = 0; i < refused.size(); ++i) {
+    if (i > 0) message += ", ";
+    message += std::to_string(refused[i]);
+  }
+  message += refused.size() == 1 ? " does" : " do";
+  message += " not accept group invitations from you";
+  return Forbidden(std::move(message));
+}
+}  // namespace
+
 void Core::CreateGroup(uint64_t owner, const v1::GroupCreate& m, GroupDone done) {
-  InAuthorOrder(owner, [this, owner, m, done = std::move(done)]() mutable {
-    groups_.Create(owner, m, std::move(done));
+  // Consent first (the members' owners may be other nodes: nothing waits meanwhile), then
+  // the group, in the author's order.
+  InAuthorOrderAsync(owner, [this, owner, m, done = std::move(done)](Release release) mutable {
+    std::vector<uint64_t> invited(m.members().begin(), m.members().end());
+    RefusedInvitations(
+        owner, std::move(invited),
+        [this, owner, m, done = std::move(done),
+         release = std::move(release)](Result<std::vector<uint64_t>> refused) mutable {
+          if (!refused.ok() || !refused->empty()) {
+            done(refused.ok() ? RefusedInvitationsError(*refused) : refused.status());
+            release();
+            return;
+          }
+          writers_.SubmitOrdered(owner, [this, owner, m, done = std::move(done),
+                                         release = std::move(release)]() mutable {
+            groups_.Create(owner, m, std::move(done));
+            release();
+          });
+        });
   });
 }
 
 void Core::UpdateGroup(uint64_t user, const v1::GroupUpdate& m, GroupDone done) {
   // In the author's order (a send after it sees the new members); changes of one group by
-  // several members are serialised by GroupService's per-group lock.
-  InAuthorOrder(user, [this, user, m, done = std::move(done)]() mutable {
-    groups_.Update(user, m, std::move(done));
+  // several members are serialised by GroupService's per-group lock. Users added need
+  // their consent (asked first; only the owner adds, and its changes are in this order, so
+  // the members added meanwhile can only be fewer).
+  InAuthorOrderAsync(user, [this, user, m, done = std::move(done)](Release release) mutable {
+    std::vector<uint64_t> invited;
+    if (!m.add().empty()) {
+      Result<v1::GroupInfo> g = store_.GetGroup(m.group_id());
+      if (g.ok()) {
+        for (uint64_t u : m.add()) {
+          if (std::find(g->members().begin(), g->members().end(), u) == g->members().end()) {
+            invited.push_back(u);
+          }
+        }
+      }  // else GroupService answers the error
+    }
+    RefusedInvitations(
+        user, std::move(invited),
+        [this, user, m, done = std::move(done),
+         release = std::move(release)](Result<std::vector<uint64_t>> refused) mutable {
+          if (!refused.ok() || !refused->empty()) {
+            done(refused.ok() ? RefusedInvitationsError(*refused) : refused.status());
+            release();
+            return;
+          }
+          writers_.SubmitOrdered(user, [this, user, m, done = std::move(done),
+                                        release = std::move(release)]() mutable {
+            groups_.Update(user, m, std::move(done));
+            release();
+          });
+        });
   });
 }
 
@@ -561,15 +629,102 @@ void Core::AppendEnvelopes(uint64_t sender, const std::string& idempotency_key,
                      ToAppendCallback(std::move(done)));
 }
 
+bool Core::Blocks(uint64_t user, uint64_t other) {
+  const std::optional<store::UserSettings> s = settings_.Peek(user);
+  return s && s->Blocks(other);
+}
+
 void Core::GetSettings(uint64_t user, SettingsDone done) {
   readers_.Submit([this, user, done = std::move(done)] {
     const store::UserSettings s = settings_.Get(user);
-    done(UserSettings{s.read_receipts, s.share_presence});
+    done(UserSettings{s.read_receipts, s.share_presence, s.group_invites_contacts_only,
+                      s.blocked});
   });
+}
+
+void Core::CheckConsent(uint64_t inviter, const std::vector<uint64_t>& users, bool wrote_only,
+                        ConsentDone done) {
+  readers_.Submit([this, inviter, users, wrote_only, done = std::move(done)] {
+    Consent c;
+    if (wrote_only) {
+      Result<std::vector<uint64_t>> wrote = store_.WhoWrote(inviter, users);
+      if (!wrote.ok()) {
+        done(wrote.status());
+        return;
+      }
+      c.wrote = std::move(*wrote);
+      done(std::move(c));
+      return;
+    }
+    for (uint64_t u : users) {
+      // From the store, not the cache: a block made on another replica before this node
+      // took the shard over is in the store.
+      Result<store::UserSettings> s = store_.GetSettings(u);
+      if (!s.ok()) {
+        done(s.status());
+        return;
+      }
+      if (s->Blocks(inviter)) {
+        c.blocked.push_back(u);
+      } else if (s->group_invites_contacts_only) {
+        c.contacts_only.push_back(u);
+      }
+    }
+    done(std::move(c));
+  });
+}
+
+void Core::ConsentOn(uint64_t inviter, const std::vector<uint64_t>& users, bool wrote_only,
+                     ConsentDone done) {
+  if (directory_ != nullptr) {
+    directory_->CheckRemoteConsent(inviter, users, wrote_only, std::move(done));
+  } else {
+    CheckConsent(inviter, users, wrote_only, std::move(done));
+  }
+}
+
+void Core::RefusedInvitations(uint64_t inviter, std::vector<uint64_t> invited, RefusedDone done) {
+  std::sort(invited.begin(), invited.end());
+  invited.erase(std::unique(invited.begin(), invited.end()), invited.end());
+  std::erase(invited, inviter);
+  if (invited.empty()) {
+    done(std::vector<uint64_t>{});
+    return;
+  }
+  ConsentOn(inviter, invited, false,
+            [this, inviter, done = std::move(done)](Result<Consent> c) mutable {
+              if (!c.ok()) {
+                done(c.status());
+                return;
+              }
+              std::vector<uint64_t> refused = std::move(c->blocked);
+              if (c->contacts_only.empty()) {
+                std::sort(refused.begin(), refused.end());
+                done(std::move(refused));
+                return;
+              }
+              std::vector<uint64_t> asked = c->contacts_only;
+              ConsentOn(inviter, asked, true,
+                        [asked, refused = std::move(refused),
+                         done = std::move(done)](Result<Consent> w) mutable {
+                          if (!w.ok()) {
+                            done(w.status());
+                            return;
+                          }
+                          for (uint64_t u : asked) {
+                            if (std::find(w->wrote.begin(), w->wrote.end(), u) == w->wrote.end()) {
+                              refused.push_back(u);
+                            }
+                          }
+                          std::sort(refused.begin(), refused.end());
+                          done(std::move(refused));
+                        });
+            });
 }
 
 void Core::RelayTyping(uint64_t to, const v1::Typing& typing) {
   if (degradation_.ShedTyping()) return;
+  if (typing.group_id() == 0 && Blocks(to, typing.user())) return;
   if (auto ref = FindSession(to)) sink_.SendTyping(*ref, typing);
 }
 

@@ -87,6 +87,10 @@ class ClusterDirectory {
   virtual void GetRemoteSettings(uint64_t user, CoreApi::SettingsDone done) = 0;
   // A typing indicator for a user owned by another node.
   virtual void RelayTyping(uint64_t to, const v1::Typing& typing) = 0;
+  // CoreApi::CheckConsent on the owners: without wrote_only, each user's share on its
+  // owner (answers joined); with it, on the inviter's owner.
+  virtual void CheckRemoteConsent(uint64_t inviter, const std::vector<uint64_t>& users,
+                                  bool wrote_only, CoreApi::ConsentDone done) = 0;
 };
 
 class Core final : public CoreApi {
@@ -142,6 +146,8 @@ class Core final : public CoreApi {
   void AppendEnvelopes(uint64_t sender, const std::string& idempotency_key,
                        std::vector<v1::Envelope> envelopes, SendDone done) override;
   void GetSettings(uint64_t user, SettingsDone done) override;
+  void CheckConsent(uint64_t inviter, const std::vector<uint64_t>& users, bool wrote_only,
+                    ConsentDone done) override;
   void RelayTyping(uint64_t to, const v1::Typing& typing) override;
 
   // Makes this core a cluster node: envelopes for inboxes `directory` says are not owned
@@ -203,8 +209,19 @@ class Core final : public CoreApi {
   using Release = std::function<void()>;
   void InAuthorOrderAsync(uint64_t author, std::function<void(Release)> job);
   bool AuthorQueued(uint64_t author);
+  // Whether `user` blocks `other`, as far as the settings cache knows (no store read: for
+  // best-effort relays such as typing).
+  bool Blocks(uint64_t user, uint64_t other);
   void AppendMessage(uint64_t sender, const v1::Send& send, const std::string& trace_id,
                      const obs::SpanContext& trace, SendDone done);
+  // Group consent (docs/protocol.md appendix 19): the users of `invited` who do not accept
+  // being added to a group by `inviter` (they block the inviter, or accept invitations only
+  // from users they have written to and have not written to the inviter), ascending. Asks
+  // the owners (a cluster) or this store. `done` may run on any thread.
+  using RefusedDone = std::function<void(Result<std::vector<uint64_t>>)>;
+  void RefusedInvitations(uint64_t inviter, std::vector<uint64_t> invited, RefusedDone done);
+  void ConsentOn(uint64_t inviter, const std::vector<uint64_t>& users, bool wrote_only,
+                 ConsentDone done);
 
   static constexpr size_t kRegistryShards = 64;
   // Rate debts kept for users without a live session: at most this many per registry shard

@@ -57,6 +57,18 @@ struct Page {
 struct UserSettings {
   bool read_receipts = true;
   bool share_presence = true;
+  bool group_invites_contacts_only = false;  // GROUP_INVITES_CONTACTS
+  std::vector<uint64_t> blocked;             // ascending
+};
+
+// Whether users may be added to a group by an inviter (docs/protocol.md appendix 19), as far
+// as one node knows: of the users asked about, those that block the inviter and those that
+// accept invitations only from contacts; or (CheckConsent with wrote_only) those that have
+// sent the inviter a 1:1 message.
+struct Consent {
+  std::vector<uint64_t> blocked;
+  std::vector<uint64_t> contacts_only;
+  std::vector<uint64_t> wrote;
 };
 
 // What a user's per-user rate limits still hold against the user, carried between the node
@@ -130,6 +142,7 @@ class CoreApi {
   using KeysDone = std::function<void(Result<v1::KeysBundle>)>;
   using PageDone = std::function<void(Result<Page>)>;
   using SettingsDone = std::function<void(Result<UserSettings>)>;
+  using ConsentDone = std::function<void(Result<Consent>)>;
 
   // Fire-and-forget calls: they return at once and never wait for the disk or the network
   // (the in-process core queues any durable work on its own threads; the remote core sends
@@ -197,11 +210,18 @@ class CoreApi {
     (void)sender, (void)idempotency_key, (void)envelopes;
     done(Status(StatusCode::kInternal, "AppendEnvelopes: not a cluster node"));
   }
-  // The settings of a user owned here (a READ receipt's author, asked by the recipient's
-  // owner).
+  // The settings of a user owned here: a READ receipt's author, asked by the recipient's
+  // owner; also SETTINGS_GET, from an edge (the user's own).
   virtual void GetSettings(uint64_t user, SettingsDone done) {
     (void)user;
-    done(Status(StatusCode::kInternal, "GetSettings: not a cluster node"));
+    done(Status(StatusCode::kInternal, "GetSettings: not implemented"));
+  }
+  // Consent of `users` (owned here) to being added to a group by `inviter`: Consent::blocked
+  // and Consent::contacts_only; with `wrote_only` (the inviter owned here), Consent::wrote.
+  virtual void CheckConsent(uint64_t inviter, const std::vector<uint64_t>& users, bool wrote_only,
+                            ConsentDone done) {
+    (void)inviter, (void)users, (void)wrote_only;
+    done(Status(StatusCode::kInternal, "CheckConsent: not a cluster node"));
   }
   // Hands an already-built typing indicator to `to`'s live session, if any (a group's home
   // relaying to a member owned here). Best effort.

@@ -30,4 +30,12 @@ Status SettingsCache::Put(uint64_t user, const store::UserSettings& s) {
   return Status::Ok();
 }
 
+Result<store::UserSettings> SettingsCache::Update(
+    uint64_t user, std::function<Status(store::UserSettings&)> change) {
+  IRIS_ASSIGN_OR_RETURN(store::UserSettings s, store_.UpdateSettings(user, std::move(change)));
+  std::lock_guard<std::mutex> lock(mu_);
+  cache_[user] = s;
+  return s;
+}
+
 }  // namespace iris::core

@@ -1,10 +1,11 @@
 #pragma once
-// SettingsCache: per-user settings (read_receipts, share_presence) read through to the store
+// SettingsCache: per-user settings (read_receipts, share_presence, consent) read through to the store
 // and cached, written through durably (RFC-001 FR-4, PROTOCOL.md SETTINGS).
 //
 // Thread-safety: all methods may be called from any thread.
 
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <unordered_map>
@@ -23,6 +24,9 @@ class SettingsCache {
   // The cached settings, without reading the store; nullopt when not cached.
   std::optional<store::UserSettings> Peek(uint64_t user);
   Status Put(uint64_t user, const store::UserSettings& s);
+  // store::InboxStore::UpdateSettings, then cached.
+  Result<store::UserSettings> Update(uint64_t user,
+                                     std::function<Status(store::UserSettings&)> change);
 
  private:
   static constexpr size_t kMaxCached = 1 << 20;

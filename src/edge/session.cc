@@ -84,6 +84,7 @@ bool AnsweredInOrder(uint8_t opcode) {
     case wire::Opcode::kSend:
     case wire::Opcode::kReceipt:
     case wire::Opcode::kSettings:
+    case wire::Opcode::kSettingsGet:
     case wire::Opcode::kPresenceSubscribe:
     case wire::Opcode::kPresenceUnsubscribe:
     case wire::Opcode::kPresenceQuery:
@@ -273,6 +274,8 @@ bool Session::HandleFrame(uint8_t opcode, std::string_view payload) {
           HandleReceipt(m);
         } else if constexpr (std::is_same_v<M, v1::Settings>) {
           HandleSettings(m);
+        } else if constexpr (std::is_same_v<M, v1::SettingsGet>) {
+          HandleSettingsGet(m);
         } else if constexpr (std::is_same_v<M, v1::PresenceSubscribe>) {
           HandlePresenceSubscribe(m);
         } else if constexpr (std::is_same_v<M, v1::PresenceUnsubscribe>) {
@@ -641,6 +644,28 @@ void Session::HandleSettings(const v1::Settings& m) {
   const ReplyTarget t = TargetOf(seq);
   loop_.edge().core().UpdateSettings(user_, m, [t, request_id](Status s) {
     PostReply(t, s.ok() ? OkFrame(request_id) : ErrorFrame(request_id, s));
+  });
+}
+
+void Session::HandleSettingsGet(const v1::SettingsGet& m) {
+  const uint64_t seq = ReserveReply();
+  const uint64_t request_id = m.request_id();
+  const ReplyTarget t = TargetOf(seq);
+  loop_.edge().core().GetSettings(user_, [t, request_id](Result<core::UserSettings> s) {
+    if (!s.ok()) {
+      PostReply(t, ErrorFrame(request_id, s.status()));
+      return;
+    }
+    v1::SettingsInfo info;
+    info.set_request_id(request_id);
+    info.set_read_receipts(s->read_receipts);
+    info.set_share_presence(s->share_presence);
+    info.set_group_invites(s->group_invites_contacts_only ? v1::GROUP_INVITES_CONTACTS
+                                                          : v1::GROUP_INVITES_EVERYONE);
+    for (uint64_t u : s->blocked) info.add_blocked(u);
+    std::string frame;
+    AppendFrame(&frame, wire::Opcode::kSettingsInfo, info, request_id);
+    PostReply(t, std::move(frame));
   });
 }
 

@@ -100,6 +100,7 @@ class Session final : public net::Connection::Delegate {
   void HandleHistory(const v1::History& m);
   void HandleReceipt(const v1::Receipt& m);
   void HandleSettings(const v1::Settings& m);
+  void HandleSettingsGet(const v1::SettingsGet& m);
   void HandlePresenceSubscribe(const v1::PresenceSubscribe& m);
   void HandlePresenceUnsubscribe(const v1::PresenceUnsubscribe& m);
   void HandlePresenceQuery(const v1::PresenceQuery& m);

@@ -391,17 +391,40 @@ void CoreServer::Handle(Conn* conn, ipb::CoreRequest& req) {
       return;
     }
     case ipb::CoreRequest::kGetSettings:
-      if (!conn->peer) {
-        reply(BadRequest("get_settings is a call between nodes"), none);
+      // A peer asks for any user it believes owned here; an edge process only for the
+      // session's own (SETTINGS_GET).
+      if (!conn->peer && req.get_settings() != user) {
+        reply(BadRequest("get_settings: an edge asks only for its session's user"), none);
         return;
       }
       core_->GetSettings(req.get_settings(), [reply](Result<core::UserSettings> r) {
         reply(r.status(), [&](ipb::CoreMessage& m) {
-          m.mutable_settings()->set_read_receipts(r->read_receipts);
-          m.mutable_settings()->set_share_presence(r->share_presence);
+          ipb::UserSettings* s = m.mutable_settings();
+          s->set_read_receipts(r->read_receipts);
+          s->set_share_presence(r->share_presence);
+          s->set_group_invites_contacts_only(r->group_invites_contacts_only);
+          for (uint64_t u : r->blocked) s->add_blocked(u);
         });
       });
       return;
+    case ipb::CoreRequest::kConsent: {
+      if (!conn->peer) {
+        reply(BadRequest("consent is a call between nodes"), none);
+        return;
+      }
+      const ipb::ConsentCall& asked = req.consent();
+      core_->CheckConsent(asked.inviter(),
+                          std::vector<uint64_t>(asked.users().begin(), asked.users().end()),
+                          asked.wrote_only(), [reply](Result<core::Consent> r) {
+                            reply(r.status(), [&](ipb::CoreMessage& m) {
+                              ipb::ConsentReply* c = m.mutable_consent();
+                              for (uint64_t u : r->blocked) c->add_blocked(u);
+                              for (uint64_t u : r->contacts_only) c->add_contacts_only(u);
+                              for (uint64_t u : r->wrote) c->add_wrote(u);
+                            });
+                          });
+      return;
+    }
     case ipb::CoreRequest::kRelayTyping:
       if (conn->peer) core_->RelayTyping(user, req.relay_typing());
       return;

@@ -499,6 +499,7 @@ void RemoteCore::AppendEnvelopes(uint64_t sender, const std::string& idempotency
 
 void RemoteCore::GetSettings(uint64_t user, SettingsDone done) {
   ipb::CoreRequest req;
+  req.set_user(user);
   req.set_get_settings(user);
   CallAsync(req, [done = std::move(done)](const ipb::CoreMessage& m) {
     Status s = FromProto(m.status());
@@ -506,7 +507,32 @@ void RemoteCore::GetSettings(uint64_t user, SettingsDone done) {
       done(s);
       return;
     }
-    done(core::UserSettings{m.settings().read_receipts(), m.settings().share_presence()});
+    const ipb::UserSettings& us = m.settings();
+    done(core::UserSettings{us.read_receipts(), us.share_presence(),
+                            us.group_invites_contacts_only(),
+                            std::vector<uint64_t>(us.blocked().begin(), us.blocked().end())});
+  });
+}
+
+void RemoteCore::CheckConsent(uint64_t inviter, const std::vector<uint64_t>& users,
+                              bool wrote_only, ConsentDone done) {
+  ipb::CoreRequest req;
+  ipb::ConsentCall* call = req.mutable_consent();
+  call->set_inviter(inviter);
+  for (uint64_t u : users) call->add_users(u);
+  call->set_wrote_only(wrote_only);
+  CallAsync(req, [done = std::move(done)](const ipb::CoreMessage& m) {
+    Status s = FromProto(m.status());
+    if (!s.ok()) {
+      done(s);
+      return;
+    }
+    const ipb::ConsentReply& r = m.consent();
+    core::Consent c;
+    c.blocked.assign(r.blocked().begin(), r.blocked().end());
+    c.contacts_only.assign(r.contacts_only().begin(), r.contacts_only().end());
+    c.wrote.assign(r.wrote().begin(), r.wrote().end());
+    done(std::move(c));
   });
 }
 

@@ -111,6 +111,8 @@ class RemoteCore final : public core::CoreApi {
   void AppendEnvelopes(uint64_t sender, const std::string& idempotency_key,
                        std::vector<v1::Envelope> envelopes, SendDone done) override;
   void GetSettings(uint64_t user, SettingsDone done) override;
+  void CheckConsent(uint64_t inviter, const std::vector<uint64_t>& users, bool wrote_only,
+                    ConsentDone done) override;
   void RelayTyping(uint64_t to, const v1::Typing& typing) override;
   // One-way message between a shard's replicas (the peer's CoreServer replication handler).
   // Dropped when the link is down: the protocol retransmits.

@@ -73,7 +73,9 @@ Status InboxStore::Impl::ScheduleArchivePending(const std::function<bool(int32_t
   }
   for (const auto& [user, vnode] : users) {
     IRIS_ASSIGN_OR_RETURN(const UserState state, LoadUserState(user, vnode));
-    user_cache_[user] = CachedUser{state, 0, vnode};
+    IRIS_ASSIGN_OR_RETURN(std::shared_ptr<const UserSettings> settings,
+                          LoadUserSettings(user, vnode));
+    user_cache_[user] = CachedUser{state, 0, vnode, std::move(settings)};
     if (state.count > options_.inbox_cap) ScheduleArchive(user, state.count - options_.inbox_cap);
   }
   return Status::Ok();

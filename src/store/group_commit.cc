@@ -240,14 +240,31 @@ Result<UserState> InboxStore::Impl::LoadUserState(uint64_t user, int32_t vnode) 
   return state;
 }
 
+Result<std::shared_ptr<const UserSettings>> InboxStore::Impl::LoadUserSettings(
+    uint64_t user, int32_t vnode) const {
+  std::string v;
+  const rocksdb::Status s =
+      db_->db()->Get(rocksdb::ReadOptions(), db_->cf(Cf::kMeta), MetaSettingsKey(vnode, user), &v);
+  if (s.IsNotFound()) return std::shared_ptr<const UserSettings>();
+  if (!s.ok()) return FromRocks(s, "store: read settings");
+  std::optional<UserSettings> decoded = DecodeUserSettings(v);
+  if (!decoded) return Internal("store: malformed settings of user " + std::to_string(user));
+  return std::make_shared<const UserSettings>(std::move(*decoded));
+}
+
 Result<InboxStore::Impl::CachedUser*> InboxStore::Impl::TouchUser(uint64_t user) {
   auto it = user_cache_.find(user);
   if (it == user_cache_.end()) {
     const int32_t vnode = Vnode(user);
     IRIS_ASSIGN_OR_RETURN(const UserState state, LoadUserState(user, vnode));
+    IRIS_ASSIGN_OR_RETURN(std::shared_ptr<const UserSettings> settings,
+                          LoadUserSettings(user, vnode));
     // Loaded state counts appends never persisted: persist it with the next batch.
     const bool recounted = state.counted_through > 0;
-    it = user_cache_.emplace(user, CachedUser{state, recounted ? kPersistEvery : 0, vnode}).first;
+    it = user_cache_
+             .emplace(user, CachedUser{state, recounted ? kPersistEvery : 0, vnode,
+                                       std::move(settings)})
+             .first;
   }
   cur_->touched.try_emplace(user, it->second);
   return &it->second;
@@ -337,6 +354,17 @@ void InboxStore::Impl::BuildAppend(AppendRequest& a) {
       return;
     }
   }
+  // Consent: a 1:1 message or receipt to a user who blocks its sender is refused, whole.
+  for (const v1::Envelope& e : a.envelopes) {
+    if (e.group_id() != 0 || e.kind() == v1::GROUP_EVENT) continue;
+    const CachedUser& u = user_cache_[e.recipient()];
+    if (u.settings && u.settings->Blocks(e.sender())) {
+      cur_->completions.push_back(Completion{
+          std::move(a.done), nullptr, std::nullopt,
+          Forbidden("user " + std::to_string(e.recipient()) + " does not accept your messages")});
+      return;
+    }
+  }
   uint64_t first_id = 0;
   for (size_t i = 0; i < a.envelopes.size(); ++i) {
     v1::Envelope& e = a.envelopes[i];
@@ -348,6 +376,11 @@ void InboxStore::Impl::BuildAppend(AppendRequest& a) {
     CachedUser& u = user_cache_[e.recipient()];
     AddPut(Cf::kInbox, InboxKey(u.vnode, e.recipient(), id), scratch_);
     TouchShard(u.vnode);
+    if (e.group_id() == 0 && e.kind() == v1::MESSAGE && u.last_writer != e.sender()) {
+      // The recipient may now accept group invitations from the sender (contacts only).
+      AddPut(Cf::kMeta, MetaWroteKey(u.vnode, e.recipient(), e.sender()), "");
+      u.last_writer = e.sender();
+    }
     ++u.state.count;
     u.state.counted_through = id;
     ++u.unpersisted;
@@ -372,6 +405,35 @@ void InboxStore::Impl::BuildAppend(AppendRequest& a) {
   if (active_listener_) {
     for (v1::Envelope& e : a.envelopes) cur_->stored.push_back(std::move(e));
   }
+}
+
+void InboxStore::Impl::BuildSettingsWrite(SettingsWriteRequest& r) {
+  Result<CachedUser*> u = TouchUser(r.user);
+  if (!u.ok()) {
+    cur_->completions.push_back(Completion{nullptr, std::move(r.done), std::nullopt, u.status()});
+    return;
+  }
+  CachedUser& cached = **u;
+  UserSettings s = cached.settings ? *cached.settings : UserSettings{};
+  Status changed = r.change(s);
+  if (changed.ok()) {
+    std::sort(s.blocked.begin(), s.blocked.end());
+    s.blocked.erase(std::unique(s.blocked.begin(), s.blocked.end()), s.blocked.end());
+    std::erase(s.blocked, uint64_t{0});
+    if (s.blocked.size() > UserSettings::kMaxBlocked) {
+      changed = TooLarge("at most " + std::to_string(UserSettings::kMaxBlocked) +
+                         " users can be blocked");
+    }
+  }
+  if (!changed.ok()) {
+    cur_->completions.push_back(Completion{nullptr, std::move(r.done), std::nullopt, changed});
+    return;
+  }
+  AddPut(Cf::kMeta, MetaSettingsKey(cached.vnode, r.user), EncodeUserSettings(s));
+  TouchShard(cached.vnode);
+  *r.result = s;
+  cached.settings = std::make_shared<const UserSettings>(std::move(s));
+  cur_->completions.push_back(Completion{nullptr, std::move(r.done), std::nullopt, Status::Ok()});
 }
 
 void InboxStore::Impl::BuildRecordWrite(RecordWriteRequest& w) {
@@ -469,6 +531,26 @@ void InboxStore::Impl::BuildUserDelete(UserDeleteRequest& r) {
       return;
     }
   }
+  // Who wrote to the user (consent): key by key, as the messages.
+  std::vector<std::string> wrote_keys;
+  {
+    const std::string wrote_upper = r.user == UINT64_MAX
+                                        ? MetaWroteKey(vnode, r.user, UINT64_MAX) + '\xff'
+                                        : MetaWroteKey(vnode, r.user + 1, 0);
+    const rocksdb::Slice wrote_upper_slice(wrote_upper);
+    rocksdb::ReadOptions wro;
+    wro.iterate_upper_bound = &wrote_upper_slice;
+    std::unique_ptr<rocksdb::Iterator> it(db_->db()->NewIterator(wro, db_->cf(Cf::kMeta)));
+    for (it->Seek(MetaWroteKey(vnode, r.user, 0)); it->Valid(); it->Next()) {
+      wrote_keys.push_back(it->key().ToString());
+    }
+    if (!it->status().ok()) {
+      cur_->completions.push_back(Completion{nullptr, std::move(r.done), std::nullopt,
+                                             FromRocks(it->status(), "store: find contacts")});
+      return;
+    }
+  }
+  for (const std::string& k : wrote_keys) AddDelete(Cf::kMeta, k);
   for (const std::string& k : r.inbox_keys) {
     AddDelete(Cf::kInbox, k);
     AddDelete(Cf::kArchive, k);  // the archiver may have moved it since
@@ -585,6 +667,8 @@ void InboxStore::Impl::CommitBatch(std::vector<CommitRequest>& requests) {
             BuildVnodeDelete(body);
           } else if constexpr (std::is_same_v<T, UserDeleteRequest>) {
             BuildUserDelete(body);
+          } else if constexpr (std::is_same_v<T, SettingsWriteRequest>) {
+            BuildSettingsWrite(body);
           } else {
             BuildShardTakeOver(body);
           }

@@ -435,6 +435,16 @@ Result<UserSettings> InboxStore::GetSettings(uint64_t user) const {
   IRIS_ASSERT_NOT_ON_LOOP_THREAD();
   return impl_->GetSettings(user);
 }
+Result<UserSettings> InboxStore::UpdateSettings(uint64_t user,
+                                                std::function<Status(UserSettings&)> change) {
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();
+  return impl_->UpdateSettings(user, std::move(change));
+}
+Result<std::vector<uint64_t>> InboxStore::WhoWrote(uint64_t user,
+                                                   const std::vector<uint64_t>& candidates) const {
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();
+  return impl_->WhoWrote(user, candidates);
+}
 Status InboxStore::PutRevokedJti(std::string_view jti, int64_t until_ms) {
   IRIS_ASSERT_NOT_ON_LOOP_THREAD();
   return impl_->PutRevokedJti(jti, until_ms);

@@ -142,9 +142,18 @@ struct ScanPage {
   bool gap = false;
 };
 
+// A user's settings (PROTOCOL.md SETTINGS; docs/protocol.md appendix 19 for consent).
 struct UserSettings {
+  static constexpr size_t kMaxBlocked = 1024;
   bool read_receipts = true;
   bool share_presence = true;
+  // GROUP_INVITES_CONTACTS: only users this user has sent a 1:1 message to may add it to a
+  // group.
+  bool group_invites_contacts_only = false;
+  std::vector<uint64_t> blocked;  // ascending, no duplicates, at most kMaxBlocked
+  bool Blocks(uint64_t user) const {
+    return std::binary_search(blocked.begin(), blocked.end(), user);
+  }
 };
 
 // Counters since Open (monotonic unless marked). For metrics and benchmarks.
@@ -244,6 +253,20 @@ class InboxStore {
   // INTERNAL.
   Status PutSettings(uint64_t user, const UserSettings& s);
   Result<UserSettings> GetSettings(uint64_t user) const;  // defaults when never set
+  // Read-modify-write of `user`'s settings on the commit thread, so that appends see a
+  // block in the order it was made: `change` gets the current settings (it must not block
+  // and may refuse with an error: nothing is written), the result is stored and returned
+  // once durable. `blocked` is sorted and deduplicated before it is stored; more than
+  // UserSettings::kMaxBlocked entries is TOO_LARGE. Write errors as PutSettings.
+  Result<UserSettings> UpdateSettings(uint64_t user,
+                                      std::function<Status(UserSettings&)> change);
+  // Consent (docs/protocol.md appendix 19). A 1:1 MESSAGE or RECEIPT whose recipient blocks
+  // its sender is refused by the append (FORBIDDEN, nothing written); a 1:1 MESSAGE records
+  // that its sender wrote to its recipient (meta 'W', in the recipient's vnode).
+  // The `candidates` that have sent `user` a 1:1 message (ever, while both accounts exist),
+  // in the order given. Errors: INTERNAL.
+  Result<std::vector<uint64_t>> WhoWrote(uint64_t user,
+                                         const std::vector<uint64_t>& candidates) const;
   Status PutLastSeen(uint64_t user, uint64_t last_seen_ms);
   Result<uint64_t> GetLastSeen(uint64_t user) const;  // 0 when unknown
 

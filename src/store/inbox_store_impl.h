@@ -121,9 +121,18 @@ struct ShardTakeOverRequest {
   std::function<void(Status)> done;
 };
 
+// A read-modify-write of one user's settings (InboxStore::UpdateSettings), built on the
+// commit thread from the settings the appends check (CachedUser::settings).
+struct SettingsWriteRequest {
+  uint64_t user = 0;
+  std::function<Status(UserSettings&)> change;
+  std::shared_ptr<UserSettings> result;  // filled when built; valid once done(Ok)
+  std::function<void(Status)> done;
+};
+
 struct CommitRequest {
   std::variant<AppendRequest, RecordWriteRequest, ArchiveRequest, VnodeDeleteRequest,
-               UserDeleteRequest, ShardTakeOverRequest>
+               UserDeleteRequest, ShardTakeOverRequest, SettingsWriteRequest>
       body;
   size_t bytes = 0;  // approximate size, for the batch byte limit
 };
@@ -170,6 +179,9 @@ class InboxStore::Impl {
   // user_records.cc
   Status PutSettings(uint64_t user, const UserSettings& s);
   Result<UserSettings> GetSettings(uint64_t user) const;
+  Result<UserSettings> UpdateSettings(uint64_t user, std::function<Status(UserSettings&)> change);
+  Result<std::vector<uint64_t>> WhoWrote(uint64_t user,
+                                         const std::vector<uint64_t>& candidates) const;
   Status PutLastSeen(uint64_t user, uint64_t last_seen_ms);
   Result<uint64_t> GetLastSeen(uint64_t user) const;
   Status PutRevokedJti(std::string_view jti, int64_t until_ms);
@@ -203,6 +215,12 @@ class InboxStore::Impl {
     UserState state;
     uint32_t unpersisted = 0;  // appends since `state` was last written to `meta`
     int32_t vnode = 0;         // Vnode(user)
+    // The user's settings as stored (nullptr: defaults); shared, since the batch keeps a
+    // copy of every touched user for rollback.
+    std::shared_ptr<const UserSettings> settings;
+    // The sender of the last 1:1 message whose "wrote to" record (meta 'W') this store
+    // wrote: a conversation's next messages need not write it again.
+    uint64_t last_writer = 0;
   };
 
   // A request's answer, delivered after the batch's write.
@@ -253,6 +271,7 @@ class InboxStore::Impl {
   void BuildVnodeDelete(VnodeDeleteRequest& r);
   void BuildUserDelete(UserDeleteRequest& r);
   void BuildShardTakeOver(ShardTakeOverRequest& r);
+  void BuildSettingsWrite(SettingsWriteRequest& r);
   // Replicated mode: hands the batch's shard parts to StoreOptions::replicate, waits for
   // every answer, then writes the node-wide records locally. OK when all are durable.
   Status ReplicateBatch(BuiltBatch& b);
@@ -270,6 +289,8 @@ class InboxStore::Impl {
   Result<CachedUser*> TouchUser(uint64_t user);
   // The persisted counters plus the inbox entries appended after they were written.
   Result<UserState> LoadUserState(uint64_t user, int32_t vnode) const;
+  Result<std::shared_ptr<const UserSettings>> LoadUserSettings(uint64_t user,
+                                                               int32_t vnode) const;
   void AddPut(Cf cf, std::string_view key, std::string_view value);
   void AddDelete(Cf cf, std::string_view key);
   Status EnsureWritable();

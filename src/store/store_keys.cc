@@ -1,7 +1,10 @@
 #include "store/store_keys.h"
 
+#include <algorithm>
+
 #include "common/bytes.h"
 #include "common/jump_hash.h"
+#include "store/inbox_store.h"
 
 namespace iris::store {
 namespace {
@@ -113,6 +116,42 @@ std::string MetaSettingsKey(int32_t vnode, uint64_t user) {
 std::string MetaLastSeenKey(int32_t vnode, uint64_t user) {
   return VnodeTaggedUserKey(vnode, kMetaLastSeenTag, user);
 }
+std::string MetaWroteKey(int32_t vnode, uint64_t user, uint64_t sender) {
+  std::string k = VnodeTaggedUserKey(vnode, kMetaWroteTag, user);
+  AppendBigEndian64(&k, sender);
+  return k;
+}
+
+namespace {
+constexpr uint8_t kReadReceiptsBit = 1;
+constexpr uint8_t kSharePresenceBit = 2;
+constexpr uint8_t kGroupInvitesContactsBit = 4;
+}  // namespace
+
+std::string EncodeUserSettings(const UserSettings& s) {
+  const auto flags = static_cast<uint8_t>((s.read_receipts ? kReadReceiptsBit : 0) |
+                                          (s.share_presence ? kSharePresenceBit : 0) |
+                                          (s.group_invites_contacts_only ? kGroupInvitesContactsBit : 0));
+  std::string v(1, static_cast<char>(flags));
+  for (uint64_t u : s.blocked) AppendBigEndian64(&v, u);
+  return v;
+}
+
+std::optional<UserSettings> DecodeUserSettings(std::string_view v) {
+  if (v.empty() || (v.size() - 1) % 8 != 0) return std::nullopt;
+  const auto flags = static_cast<uint8_t>(v[0]);
+  UserSettings s;
+  s.read_receipts = (flags & kReadReceiptsBit) != 0;
+  s.share_presence = (flags & kSharePresenceBit) != 0;
+  s.group_invites_contacts_only = (flags & kGroupInvitesContactsBit) != 0;
+  for (size_t at = 1; at < v.size(); at += 8) s.blocked.push_back(GetBigEndian64(v.data() + at));
+  if (!std::is_sorted(s.blocked.begin(), s.blocked.end()) ||
+      std::adjacent_find(s.blocked.begin(), s.blocked.end()) != s.blocked.end()) {
+    return std::nullopt;
+  }
+  return s;
+}
+
 std::optional<uint64_t> ParseMetaUserKey(std::string_view key, char tag) {
   if (key.size() != 13 || key[4] != tag) return std::nullopt;
   return GetBigEndian64(key.data() + 5);

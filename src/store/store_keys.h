@@ -20,6 +20,10 @@
 //                   vnode(4) 'A' user(8)                    -> "" (inbox over cap: archive
 //                                                              pending)
 //                   vnode(4) 'S' user(8)                    -> settings flags(1)
+//                                                              blocked user(8)...
+//                                                              (EncodeUserSettings)
+//                   vnode(4) 'W' user(8) sender(8)          -> "" (sender has sent user a
+//                                                              1:1 message: consent)
 //                   vnode(4) 'L' user(8)                    -> last seen ms(8)
 //     node-wide:    'H' shard(4)                            -> HLC high-water mark(8) of the
 //                                                              shard
@@ -99,10 +103,15 @@ inline constexpr char kMetaUserStateTag = 'U';
 inline constexpr char kMetaArchivePendingTag = 'A';
 inline constexpr char kMetaSettingsTag = 'S';
 inline constexpr char kMetaLastSeenTag = 'L';
+inline constexpr char kMetaWroteTag = 'W';
 std::string MetaUserStateKey(int32_t vnode, uint64_t user);
 std::string MetaArchivePendingKey(int32_t vnode, uint64_t user);
 std::string MetaSettingsKey(int32_t vnode, uint64_t user);
 std::string MetaLastSeenKey(int32_t vnode, uint64_t user);
+// "`sender` has sent `user` a 1:1 message": vnode(4) 'W' user(8) sender(8), in user's vnode.
+// MetaWroteKey(vnode, user, 0) is the first of user's and MetaWroteKey(vnode, user + 1, 0)
+// (user < UINT64_MAX) after the last.
+std::string MetaWroteKey(int32_t vnode, uint64_t user, uint64_t sender);
 // The user of a per-user `meta` key with the given tag; nullopt for any other key.
 std::optional<uint64_t> ParseMetaUserKey(std::string_view key, char tag);
 
@@ -116,6 +125,12 @@ struct UserState {
 };
 std::string EncodeUserState(const UserState& s);
 std::optional<UserState> DecodeUserState(std::string_view v);
+
+// Settings (meta 'S'): a flags byte, then the blocked users (8 bytes each, ascending). A
+// value of one byte (the layout before consent) has no blocked users.
+struct UserSettings;
+std::string EncodeUserSettings(const UserSettings& s);
+std::optional<UserSettings> DecodeUserSettings(std::string_view v);
 
 std::string EncodeU64(uint64_t v);
 std::optional<uint64_t> DecodeU64(std::string_view v);

@@ -3,24 +3,34 @@
 // appends around it. Prekey consumption is a read-modify-write serialised per user by a
 // striped mutex held until the write is durable: two concurrent FetchKeys never see the
 // same one-time prekey, and a consumed prekey stays consumed after a crash.
+#include "common/assert.h"
 #include "common/bytes.h"
 #include "store/inbox_store_impl.h"
 
 namespace iris::store {
-namespace {
-
-constexpr uint8_t kReadReceiptsBit = 1;
-constexpr uint8_t kSharePresenceBit = 2;
-
-}  // namespace
 
 Status InboxStore::Impl::PutSettings(uint64_t user, const UserSettings& s) {
-  const uint8_t flags = static_cast<uint8_t>((s.read_receipts ? kReadReceiptsBit : 0) |
-                                             (s.share_presence ? kSharePresenceBit : 0));
-  std::vector<KvOp> ops;
-  ops.push_back(KvOp{Cf::kMeta, MetaSettingsKey(Vnode(user), user),
-                     std::string(1, static_cast<char>(flags))});
-  return WriteRecords(std::move(ops));
+  return UpdateSettings(user, [&s](UserSettings& current) {
+                           current = s;
+                           return Status::Ok();
+                         })
+      .status();
+}
+
+Result<UserSettings> InboxStore::Impl::UpdateSettings(
+    uint64_t user, std::function<Status(UserSettings&)> change) {
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();  // waits for the group commit's fdatasync
+  if (user == 0) return BadRequest("store: settings of user 0");
+  auto promise = std::make_shared<std::promise<Status>>();
+  std::future<Status> written = promise->get_future();
+  auto result = std::make_shared<UserSettings>();
+  CommitRequest r;
+  r.bytes = 64;
+  r.body = SettingsWriteRequest{user, std::move(change), result,
+                                [promise](Status s) { promise->set_value(s); }};
+  Enqueue(std::move(r));
+  IRIS_RETURN_IF_ERROR(written.get());
+  return *result;
 }
 
 Result<UserSettings> InboxStore::Impl::GetSettings(uint64_t user) const {
@@ -31,9 +41,34 @@ Result<UserSettings> InboxStore::Impl::GetSettings(uint64_t user) const {
                                          MetaSettingsKey(Vnode(user), user), &v);
   if (s.IsNotFound()) return UserSettings{};
   if (!s.ok()) return FromRocks(s, "store: read settings");
-  if (v.size() != 1) return Internal("store: malformed settings");
-  const auto flags = static_cast<uint8_t>(v[0]);
-  return UserSettings{(flags & kReadReceiptsBit) != 0, (flags & kSharePresenceBit) != 0};
+  std::optional<UserSettings> decoded = DecodeUserSettings(v);
+  if (!decoded) return Internal("store: malformed settings of user " + std::to_string(user));
+  return std::move(*decoded);
+}
+
+Result<std::vector<uint64_t>> InboxStore::Impl::WhoWrote(
+    uint64_t user, const std::vector<uint64_t>& candidates) const {
+  std::vector<uint64_t> out;
+  if (candidates.empty()) return out;
+  const StoreDb::ReadHold db = db_->Hold();
+  if (!db.ok()) return StoreDb::ReadHold::Closed();
+  const int32_t vnode = Vnode(user);
+  std::vector<std::string> keys;
+  keys.reserve(candidates.size());
+  for (uint64_t c : candidates) keys.push_back(MetaWroteKey(vnode, user, c));
+  std::vector<rocksdb::Slice> slices(keys.begin(), keys.end());
+  std::vector<rocksdb::ColumnFamilyHandle*> cfs(keys.size(), db.cf(Cf::kMeta));
+  std::vector<std::string> values;
+  const std::vector<rocksdb::Status> got =
+      db.db()->MultiGet(rocksdb::ReadOptions(), cfs, slices, &values);
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (got[i].ok()) {
+      out.push_back(candidates[i]);
+    } else if (!got[i].IsNotFound()) {
+      return FromRocks(got[i], "store: read contacts");
+    }
+  }
+  return out;
 }
 
 Status InboxStore::Impl::PutLastSeen(uint64_t user, uint64_t last_seen_ms) {

@@ -66,6 +66,7 @@ Result<ClientMessage> DecodeClientFrame(uint8_t opcode, std::string_view p,
     case Opcode::kHistory: return ParseAndValidate<v1::History>(p, l, opcode);
     case Opcode::kReceipt: return ParseAndValidate<v1::Receipt>(p, l, opcode);
     case Opcode::kSettings: return ParseAndValidate<v1::Settings>(p, l, opcode);
+    case Opcode::kSettingsGet: return ParseAndValidate<v1::SettingsGet>(p, l, opcode);
     case Opcode::kPresenceSubscribe: return ParseAndValidate<v1::PresenceSubscribe>(p, l, opcode);
     case Opcode::kPresenceUnsubscribe:
       return ParseAndValidate<v1::PresenceUnsubscribe>(p, l, opcode);
@@ -84,6 +85,7 @@ Result<ClientMessage> DecodeClientFrame(uint8_t opcode, std::string_view p,
     case Opcode::kSyncDone:
     case Opcode::kHistoryPage:
     case Opcode::kOk:
+    case Opcode::kSettingsInfo:
     case Opcode::kPresence:
     case Opcode::kKeysBundle:
     case Opcode::kGroupInfo:
@@ -141,6 +143,7 @@ bool CarriesRequestId(uint8_t opcode) {
     case Opcode::kHistory:
     case Opcode::kReceipt:
     case Opcode::kSettings:
+    case Opcode::kSettingsGet:
     case Opcode::kPresenceSubscribe:
     case Opcode::kPresenceUnsubscribe:
     case Opcode::kPresenceQuery:

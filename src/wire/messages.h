@@ -20,7 +20,7 @@ namespace iris::wire {
 
 using ClientMessage =
     std::variant<v1::Hello, v1::Ping, v1::Pong, v1::Send, v1::DeliverAck, v1::Sync, v1::SyncAck,
-                 v1::History, v1::Receipt, v1::Settings, v1::PresenceSubscribe,
+                 v1::History, v1::Receipt, v1::Settings, v1::SettingsGet, v1::PresenceSubscribe,
                  v1::PresenceUnsubscribe, v1::PresenceQuery, v1::Typing, v1::KeysUpload,
                  v1::KeysFetch, v1::GroupCreate, v1::GroupUpdate, v1::GroupGet>;
 

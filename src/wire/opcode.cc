@@ -28,6 +28,8 @@ OpInfo Info(uint8_t op) {
     case Opcode::kReceipt: return {"RECEIPT", D::kClientToServer};
     case Opcode::kSettings: return {"SETTINGS", D::kClientToServer};
     case Opcode::kOk: return {"OK", D::kServerToClient};
+    case Opcode::kSettingsGet: return {"SETTINGS_GET", D::kClientToServer};
+    case Opcode::kSettingsInfo: return {"SETTINGS_INFO", D::kServerToClient};
     case Opcode::kPresenceSubscribe: return {"PRESENCE_SUBSCRIBE", D::kClientToServer};
     case Opcode::kPresenceUnsubscribe: return {"PRESENCE_UNSUBSCRIBE", D::kClientToServer};
     case Opcode::kPresenceQuery: return {"PRESENCE_QUERY", D::kClientToServer};

@@ -25,6 +25,8 @@ enum class Opcode : uint8_t {
   kReceipt = 0x30,
   kSettings = 0x31,
   kOk = 0x32,
+  kSettingsGet = 0x33,   // Iris extension (docs/protocol.md appendix 19)
+  kSettingsInfo = 0x34,  // Iris extension
   kPresenceSubscribe = 0x40,
   kPresenceUnsubscribe = 0x41,
   kPresenceQuery = 0x42,

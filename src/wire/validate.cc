@@ -1,5 +1,6 @@
 #include "wire/validate.h"
 
+#include <algorithm>
 #include <string>
 
 #include "common/uuid.h"
@@ -115,7 +116,20 @@ Status Validate(const v1::Receipt& m, const ValidationLimits& l) {
   return ValidateIdempotencyKey(m.idempotency_key());
 }
 
-Status Validate(const v1::Settings&, const ValidationLimits&) { return Status::Ok(); }
+Status Validate(const v1::Settings& m, const ValidationLimits& l) {
+  IRIS_RETURN_IF_ERROR(ValidateUserList(m.block(), l, "settings.block", true));
+  IRIS_RETURN_IF_ERROR(ValidateUserList(m.unblock(), l, "settings.unblock", true));
+  for (uint64_t u : m.block()) {
+    if (std::find(m.unblock().begin(), m.unblock().end(), u) != m.unblock().end()) {
+      return BadRequest("settings: user " + std::to_string(u) + " is in both block and unblock");
+    }
+  }
+  if (!v1::GroupInvites_IsValid(m.group_invites())) {
+    return BadRequest("settings.group_invites is not a known value");
+  }
+  return Status::Ok();
+}
+Status Validate(const v1::SettingsGet&, const ValidationLimits&) { return Status::Ok(); }
 
 Status Validate(const v1::PresenceSubscribe& m, const ValidationLimits& l) {
   return ValidateUserList(m.users(), l, "presence_subscribe.users");

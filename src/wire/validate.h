@@ -42,6 +42,7 @@ Status Validate(const v1::SyncAck& m, const ValidationLimits& l);
 Status Validate(const v1::History& m, const ValidationLimits& l);
 Status Validate(const v1::Receipt& m, const ValidationLimits& l);
 Status Validate(const v1::Settings& m, const ValidationLimits& l);
+Status Validate(const v1::SettingsGet& m, const ValidationLimits& l);
 Status Validate(const v1::PresenceSubscribe& m, const ValidationLimits& l);
 Status Validate(const v1::PresenceUnsubscribe& m, const ValidationLimits& l);
 Status Validate(const v1::PresenceQuery& m, const ValidationLimits& l);

@@ -205,6 +205,86 @@ TEST_F(ClusterTest, GroupSendsReachMembersOwnedByEveryNode) {
   }
 }
 
+// Consent across nodes (docs/protocol.md appendix 19): a block stored by the blocker's owner
+// refuses the blocked user's 1:1 sends (checked where the inbox is) and group adds (asked by
+// the group's home of the members' owners); "contacts only" is answered by the inviter's
+// owner, which stored who wrote to it.
+TEST_F(ClusterTest, ConsentIsAnsweredByTheOwnersOfTheUsersInvolved) {
+  const uint64_t inviter = cluster_.UserOwnedBy(1, 3100);
+  const uint64_t blocker = cluster_.UserOwnedBy(3, 3300);
+  const uint64_t picky = cluster_.UserOwnedBy(2, 3200);
+  // Each connected through a node that does not own it.
+  auto a = Online(cluster_.node(2), inviter);
+  auto b = Online(cluster_.node(1), blocker);
+  auto p = Online(cluster_.node(3), picky);
+  auto ask = [](TestClient& c, wire::Opcode op, const google::protobuf::MessageLite& m,
+                wire::Opcode answer) {
+    EXPECT_TRUE(c.conn().SendFrame(Op(op), m).ok());
+    for (;;) {
+      auto f = c.Next(20'000);
+      if (!f.ok()) {
+        ADD_FAILURE() << f.status().ToString();
+        return client::ReceivedFrame{};
+      }
+      if (f->opcode == Op(answer) || f->opcode == Op(wire::Opcode::kError)) return *f;
+    }
+  };
+  auto error_code = [](const client::ReceivedFrame& f) {
+    v1::Error e;
+    if (f.opcode != Op(wire::Opcode::kError) || !e.ParseFromString(f.payload)) return 0u;
+    return e.code();
+  };
+  constexpr uint32_t kForbidden = 9;
+
+  v1::Settings block;
+  block.set_request_id(1);
+  block.add_block(inviter);
+  ASSERT_EQ(ask(*b, wire::Opcode::kSettings, block, wire::Opcode::kOk).opcode,
+            Op(wire::Opcode::kOk));
+  v1::Settings contacts;
+  contacts.set_request_id(2);
+  contacts.set_group_invites(v1::GROUP_INVITES_CONTACTS);
+  ASSERT_EQ(ask(*p, wire::Opcode::kSettings, contacts, wire::Opcode::kOk).opcode,
+            Op(wire::Opcode::kOk));
+  v1::SettingsGet get;
+  get.set_request_id(3);
+  const client::ReceivedFrame info_frame =
+      ask(*b, wire::Opcode::kSettingsGet, get, wire::Opcode::kSettingsInfo);
+  v1::SettingsInfo info;
+  ASSERT_TRUE(info.ParseFromString(info_frame.payload));
+  ASSERT_EQ(info.blocked_size(), 1);
+  EXPECT_EQ(info.blocked(0), inviter);
+
+  EXPECT_EQ(error_code(a->Send(4, blocker, "hello?", NewKey())), kForbidden);
+
+  v1::GroupCreate create;
+  create.set_request_id(5);
+  create.set_kind(v1::E2EE);
+  create.add_members(blocker);
+  create.add_members(picky);
+  create.set_idempotency_key(NewKey());
+  const v1::Error both = [&] {
+    v1::Error e;
+    e.ParseFromString(ask(*a, wire::Opcode::kGroupCreate, create, wire::Opcode::kGroupInfo).payload);
+    return e;
+  }();
+  EXPECT_EQ(both.code(), kForbidden);
+  EXPECT_NE(both.message().find(std::to_string(blocker)), std::string::npos) << both.message();
+  EXPECT_NE(both.message().find(std::to_string(picky)), std::string::npos) << both.message();
+
+  // Once the picky user has written to the inviter, only the block stands in the way.
+  SendAcked(*p, 6, inviter, "hi");
+  create.set_idempotency_key(NewKey());
+  EXPECT_EQ(error_code(ask(*a, wire::Opcode::kGroupCreate, create, wire::Opcode::kGroupInfo)),
+            kForbidden);
+  create.clear_members();
+  create.add_members(picky);
+  create.set_idempotency_key(NewKey());
+  const client::ReceivedFrame made =
+      ask(*a, wire::Opcode::kGroupCreate, create, wire::Opcode::kGroupInfo);
+  ASSERT_EQ(made.opcode, Op(wire::Opcode::kGroupInfo)) << error_code(made);
+}
+
 // One session per user across the cluster: logging in on another node replaces the older
 // session wherever it is.
 TEST_F(ClusterTest, NewerSessionOnAnotherNodeReplacesTheOlder) {

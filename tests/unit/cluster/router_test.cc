@@ -253,6 +253,12 @@ class LinkedCore final : public core::CoreApi {
   void GetSettings(uint64_t user, SettingsDone done) override {
     there_.Post([this, user, d = Back(back_, std::move(done))] { t_.GetSettings(user, d); });
   }
+  void CheckConsent(uint64_t inviter, const std::vector<uint64_t>& users, bool wrote_only,
+                    ConsentDone done) override {
+    there_.Post([this, inviter, users, wrote_only, d = Back(back_, std::move(done))] {
+      t_.CheckConsent(inviter, users, wrote_only, d);
+    });
+  }
   void RelayTyping(uint64_t to, const v1::Typing& t) override {
     there_.Post([this, to, t] { t_.RelayTyping(to, t); });
   }

@@ -5,6 +5,7 @@
 
 #include <random>
 
+#include "store/inbox_store.h"
 #include "store/store_keys.h"
 
 namespace iris::store {
@@ -103,8 +104,8 @@ TEST(StoreKeysTest, EveryPerOwnerKeyLiesInItsVnodeRangeAndNodeWideKeysInNone) {
     for (const std::string& k :
          {InboxKey(v, owner, 1), InboxUpperBound(v, owner), DedupKey(v, owner, "k"),
           MetaUserStateKey(v, owner), MetaArchivePendingKey(v, owner), MetaSettingsKey(v, owner),
-          MetaLastSeenKey(v, owner), KeysBundleKey(v, owner), PreKeyKey(v, owner, 3),
-          GroupKey(v, owner)}) {
+          MetaLastSeenKey(v, owner), MetaWroteKey(v, owner, 0), MetaWroteKey(v, owner, UINT64_MAX),
+          KeysBundleKey(v, owner), PreKeyKey(v, owner, 3), GroupKey(v, owner)}) {
       EXPECT_LE(begin, k);
       EXPECT_LT(k, end);
     }
@@ -117,6 +118,27 @@ TEST(StoreKeysTest, EveryPerOwnerKeyLiesInItsVnodeRangeAndNodeWideKeysInNone) {
   }
   EXPECT_EQ(ParseMetaUserKey(MetaSettingsKey(9, 42), kMetaSettingsTag), 42u);
   EXPECT_FALSE(ParseMetaUserKey(MetaSettingsKey(9, 42), kMetaUserStateTag).has_value());
+}
+
+TEST(StoreKeysTest, SettingsDecodeTheOneByteLayoutAndRefuseMalformedLists) {
+  // Before consent, a settings value was the flags byte alone: read receipts off.
+  std::optional<UserSettings> old = DecodeUserSettings(std::string(1, '\x02'));
+  ASSERT_TRUE(old.has_value());
+  EXPECT_FALSE(old->read_receipts);
+  EXPECT_TRUE(old->share_presence);
+  EXPECT_FALSE(old->group_invites_contacts_only);
+  EXPECT_TRUE(old->blocked.empty());
+  UserSettings s;
+  s.group_invites_contacts_only = true;
+  s.blocked = {3, 70000, UINT64_MAX};
+  std::optional<UserSettings> back = DecodeUserSettings(EncodeUserSettings(s));
+  ASSERT_TRUE(back.has_value());
+  EXPECT_TRUE(back->group_invites_contacts_only);
+  EXPECT_EQ(back->blocked, s.blocked);
+  EXPECT_FALSE(DecodeUserSettings("").has_value());
+  EXPECT_FALSE(DecodeUserSettings(std::string(5, '\x01')).has_value());  // a torn id
+  s.blocked = {9, 3};  // not ascending
+  EXPECT_FALSE(DecodeUserSettings(EncodeUserSettings(s)).has_value());
 }
 
 TEST(StoreKeysTest, StoredEnvelopeParsesToTheFullEnvelope) {

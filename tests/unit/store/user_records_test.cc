@@ -11,6 +11,8 @@
 namespace iris::store {
 namespace {
 
+using testing::MakeEnvelope;
+using testing::One;
 using testing::TempDir;
 using testing::TestOptions;
 
@@ -57,6 +59,106 @@ TEST(UserRecordsTest, SettingsDefaultThenRoundTripAndPersist) {
   ASSERT_TRUE(s6.ok());
   EXPECT_TRUE(s6->read_receipts);
   EXPECT_FALSE(s6->share_presence);
+}
+
+// Consent (docs/protocol.md appendix 19): a block refuses the blocked user's 1:1 messages
+// and receipts in the append itself, in the order the block was made, and survives a
+// restart; group envelopes are not affected; unblocking lets messages in again.
+TEST(UserRecordsTest, ABlockRefusesOneToOneAppendsFromTheBlockedUserOnly) {
+  TempDir dir;
+  constexpr uint64_t kAlice = 10, kMallory = 11, kBob = 12;
+  {
+    auto store = OpenOrDie(TestOptions(dir.path()));
+    ASSERT_NE(store, nullptr);
+    ASSERT_TRUE(store->Append(kMallory, "", One(kMallory, kAlice, "before")).ok());
+    Result<UserSettings> set = store->UpdateSettings(kAlice, [&](UserSettings& s) {
+      s.blocked = {kMallory, kMallory};  // stored once
+      return Status::Ok();
+    });
+    ASSERT_TRUE(set.ok()) << set.status().ToString();
+    EXPECT_EQ(set->blocked, std::vector<uint64_t>{kMallory});
+    EXPECT_TRUE(set->read_receipts);  // untouched
+  }
+  auto store = OpenOrDie(TestOptions(dir.path()));
+  ASSERT_NE(store, nullptr);
+  Result<UserSettings> got = store->GetSettings(kAlice);
+  ASSERT_TRUE(got.ok());
+  EXPECT_TRUE(got->Blocks(kMallory));
+
+  Result<AppendOutcome> refused = store->Append(kMallory, "", One(kMallory, kAlice, "after"));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kForbidden);
+  std::vector<v1::Envelope> receipt = One(kMallory, kAlice, "receipt");
+  receipt[0].set_kind(v1::RECEIPT);
+  EXPECT_EQ(store->Append(kMallory, "", std::move(receipt)).status().code(),
+            StatusCode::kForbidden);
+  // A message to a group both are in, and anybody else's message, still arrive.
+  EXPECT_TRUE(store->Append(kMallory, "", {MakeEnvelope(kMallory, kAlice, "group", 77)}).ok());
+  EXPECT_TRUE(store->Append(kBob, "", One(kBob, kAlice, "bob")).ok());
+  // Mallory's message to somebody else is not Alice's business.
+  EXPECT_TRUE(store->Append(kMallory, "", One(kMallory, kBob, "to bob")).ok());
+
+  ASSERT_TRUE(store
+                  ->UpdateSettings(kAlice,
+                                   [&](UserSettings& s) {
+                                     std::erase(s.blocked, kMallory);
+                                     return Status::Ok();
+                                   })
+                  .ok());
+  EXPECT_TRUE(store->Append(kMallory, "", One(kMallory, kAlice, "unblocked")).ok());
+  Result<std::vector<v1::Envelope>> inbox = testing::ScanAll(*store, kAlice);
+  ASSERT_TRUE(inbox.ok());
+  std::vector<std::string> bodies;
+  for (const v1::Envelope& e : *inbox) bodies.push_back(e.body());
+  EXPECT_EQ(bodies, (std::vector<std::string>{"before", "group", "bob", "unblocked"}));
+}
+
+TEST(UserRecordsTest, TheBlockListIsCappedAndARefusedChangeWritesNothing) {
+  TempDir dir;
+  auto store = OpenOrDie(TestOptions(dir.path()));
+  ASSERT_NE(store, nullptr);
+  Result<UserSettings> full = store->UpdateSettings(5, [](UserSettings& s) {
+    for (uint64_t u = 1; u <= UserSettings::kMaxBlocked + 1; ++u) s.blocked.push_back(u + 100);
+    s.read_receipts = false;
+    return Status::Ok();
+  });
+  EXPECT_EQ(full.status().code(), StatusCode::kTooLarge);
+  Result<UserSettings> refused = store->UpdateSettings(5, [](UserSettings& s) {
+    s.share_presence = false;
+    return Status(StatusCode::kBadRequest, "no");
+  });
+  EXPECT_EQ(refused.status().code(), StatusCode::kBadRequest);
+  Result<UserSettings> now = store->GetSettings(5);
+  ASSERT_TRUE(now.ok());
+  EXPECT_TRUE(now->read_receipts);
+  EXPECT_TRUE(now->share_presence);
+  EXPECT_TRUE(now->blocked.empty());
+  // And the cached copy the appends check was not changed either.
+  EXPECT_TRUE(store->Append(101, "", One(101, 5, "hello")).ok());
+}
+
+// The contacts a user has "written to" are recorded with the 1:1 messages themselves (not
+// group messages or receipts), and deleted with the recipient's account.
+TEST(UserRecordsTest, OneToOneMessagesRecordWhoWroteToWhom) {
+  TempDir dir;
+  auto store = OpenOrDie(TestOptions(dir.path()));
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(store->Append(2, "", One(2, 1, "hi")).ok());
+  ASSERT_TRUE(store->Append(3, "", {MakeEnvelope(3, 1, "group", 9)}).ok());
+  std::vector<v1::Envelope> receipt = One(4, 1, "receipt");
+  receipt[0].set_kind(v1::RECEIPT);
+  ASSERT_TRUE(store->Append(4, "", std::move(receipt)).ok());
+  Result<std::vector<uint64_t>> wrote = store->WhoWrote(1, {4, 3, 2, 5});
+  ASSERT_TRUE(wrote.ok());
+  EXPECT_EQ(*wrote, std::vector<uint64_t>{2});
+  Result<std::vector<uint64_t>> other = store->WhoWrote(2, {1});
+  ASSERT_TRUE(other.ok());
+  EXPECT_TRUE(other->empty());  // 1 never wrote to 2
+
+  ASSERT_TRUE(store->DeleteUser(1).ok());
+  wrote = store->WhoWrote(1, {2});
+  ASSERT_TRUE(wrote.ok());
+  EXPECT_TRUE(wrote->empty());
 }
 
 TEST(UserRecordsTest, LastSeenIsZeroUntilSetAndPersists) {

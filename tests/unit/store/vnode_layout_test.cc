@@ -515,8 +515,10 @@ void ExpectMigrated(const std::string& path, const LegacyStore& legacy, bool fir
   EXPECT_EQ(dedup.size(), 2u);
   for (const std::string& k : dedup) EXPECT_EQ(want.count(k), 1u);
   for (const std::string& k : Keys(*db, Cf::kMeta)) {
-    // vnode-prefixed per-user records, or node-wide: 'H' shard, 'J', 'R', 'N', 'V'.
-    const bool per_user = k.size() == 13 && k[0] == '\0';
+    // vnode-prefixed per-user records (the new message wrote a 'W' one), or node-wide: 'H'
+    // shard, 'J', 'R', 'N', 'V'.
+    const bool per_user = (k.size() == 13 || (k.size() == 21 && k[4] == kMetaWroteTag)) &&
+                          k[0] == '\0';
     const bool node_wide = (k[0] == 'H' && k.size() == 5) || k[0] == 'J' || k[0] == 'R' ||
                            k == kMetaVnodesKey || k == kMetaLayoutVersionKey;
     EXPECT_TRUE(per_user || node_wide) << "left-over meta key of size " << k.size();

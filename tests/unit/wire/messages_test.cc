@@ -49,6 +49,7 @@ TEST(DecodeClientFrameTest, DecodesEveryClientOpcode) {
   EXPECT_TRUE(RoundTrips(0x24, SampleHistory(), 1002));
   EXPECT_TRUE(RoundTrips(0x30, SampleReceipt(), 1003));
   EXPECT_TRUE(RoundTrips(0x31, SampleSettings(), 1004));
+  EXPECT_TRUE(RoundTrips(0x33, SampleSettingsGet(), 1013));
   EXPECT_TRUE(RoundTrips(0x40, SamplePresenceSubscribe(), 1005));
   EXPECT_TRUE(RoundTrips(0x41, SamplePresenceUnsubscribe(), 1006));
   EXPECT_TRUE(RoundTrips(0x42, SamplePresenceQuery(), 1007));
@@ -85,7 +86,7 @@ TEST(DecodeClientFrameTest, ServerOnlyOpcodesAreBadRequest) {
               StatusCode::kBadRequest);
     EXPECT_EQ(DecodeClientFrame(op.opcode, "\xff\xff").status().code(), StatusCode::kBadRequest);
   }
-  EXPECT_EQ(server_only, 11);
+  EXPECT_EQ(server_only, 12);
 }
 
 TEST(DecodeClientFrameTest, UnknownOpcodesAreUnknownOpcode) {
@@ -104,7 +105,7 @@ TEST(DecodeClientFrameTest, UnknownOpcodesAreUnknownOpcode) {
     EXPECT_EQ(DecodeClientFrame(static_cast<uint8_t>(v), "\xff").status().code(),
               StatusCode::kUnknownOpcode);
   }
-  EXPECT_EQ(unknown, 256 - 30);
+  EXPECT_EQ(unknown, 256 - 32);
 }
 
 TEST(DecodeClientFrameTest, UnparseablePayloadIsBadRequestForEveryClientOpcode) {

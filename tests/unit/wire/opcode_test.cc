@@ -44,9 +44,11 @@ TEST(OpcodeTest, EnumValuesMatchProtocol) {
   EXPECT_EQ(static_cast<uint8_t>(Opcode::kTyping), 0x44);
   EXPECT_EQ(static_cast<uint8_t>(Opcode::kKeysBundle), 0x52);
   EXPECT_EQ(static_cast<uint8_t>(Opcode::kGroupInfo), 0x63);
+  EXPECT_EQ(static_cast<uint8_t>(Opcode::kSettingsGet), 0x33);
+  EXPECT_EQ(static_cast<uint8_t>(Opcode::kSettingsInfo), 0x34);
   std::map<std::string, int> names;
   for (const ProtocolOpcode& op : kProtocolOpcodes) ++names[std::string(op.name)];
-  EXPECT_EQ(names.size(), 30u);
+  EXPECT_EQ(names.size(), 32u);
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
 #pragma once
-// The opcode table of PROTOCOL.md section 4, written out independently of src/wire so the
+// The opcode table of PROTOCOL.md section 4 (and docs/protocol.md's extensions), written out independently of src/wire so the
 // tests check the implementation against the contract rather than against itself.
 //
 // Thread-safety: constant data.
@@ -35,6 +35,9 @@ inline constexpr ProtocolOpcode kProtocolOpcodes[] = {
     {0x30, "RECEIPT", true, false},
     {0x31, "SETTINGS", true, false},
     {0x32, "OK", false, true},
+    // Iris extensions (docs/protocol.md appendix 19).
+    {0x33, "SETTINGS_GET", true, false},
+    {0x34, "SETTINGS_INFO", false, true},
     {0x40, "PRESENCE_SUBSCRIBE", true, false},
     {0x41, "PRESENCE_UNSUBSCRIBE", true, false},
     {0x42, "PRESENCE_QUERY", true, false},

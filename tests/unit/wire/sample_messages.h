@@ -100,6 +100,15 @@ inline v1::Settings SampleSettings() {
   v1::Settings m;
   m.set_request_id(1004);
   m.set_read_receipts(false);
+  m.add_block(45);
+  m.add_unblock(46);
+  m.set_group_invites(v1::GROUP_INVITES_CONTACTS);
+  return m;
+}
+
+inline v1::SettingsGet SampleSettingsGet() {
+  v1::SettingsGet m;
+  m.set_request_id(1013);
   return m;
 }
 
@@ -199,6 +208,7 @@ inline std::vector<SamplePayload> AllSamplePayloads() {
       {0x24, SampleHistory().SerializeAsString()},
       {0x30, SampleReceipt().SerializeAsString()},
       {0x31, SampleSettings().SerializeAsString()},
+      {0x33, SampleSettingsGet().SerializeAsString()},
       {0x40, SamplePresenceSubscribe().SerializeAsString()},
       {0x41, SamplePresenceUnsubscribe().SerializeAsString()},
       {0x42, SamplePresenceQuery().SerializeAsString()},

@@ -436,5 +436,24 @@ TEST(ValidateTest, MessagesWithoutRulesAcceptAnyValues) {
   EXPECT_EQ(Code(0x31, s), kOk);
 }
 
+TEST(ValidateTest, SettingsBlockListsAreCheckedUserLists) {
+  v1::Settings s;
+  for (uint64_t u = 1; u <= 256; ++u) s.add_block(u);
+  s.add_unblock(1000);
+  s.set_group_invites(v1::GROUP_INVITES_CONTACTS);
+  EXPECT_EQ(Code(0x31, s), kOk);
+  s.add_block(257);
+  EXPECT_EQ(Code(0x31, s), kTooLarge);
+  s.clear_block();
+  s.add_block(0);
+  EXPECT_EQ(Code(0x31, s), kBad);
+  s.clear_block();
+  s.add_block(1000);  // also in unblock
+  EXPECT_EQ(Code(0x31, s), kBad);
+  s.clear_block();
+  s.set_group_invites(static_cast<v1::GroupInvites>(7));
+  EXPECT_EQ(Code(0x31, s), kBad);
+}
+
 }  // namespace
 }  // namespace iris::wire
