@@ -118,6 +118,10 @@ class Router::ServedCore final : public core::CoreApi {
     if (!Check(user, done)) return;
     r_.local_->GetSettings(user, std::move(done));
   }
+  void GetOwnSettings(uint64_t user, SettingsDone done) override {
+    if (!Check(user, done)) return;
+    r_.local_->GetOwnSettings(user, std::move(done));
+  }
   void CheckConsent(uint64_t inviter, const std::vector<uint64_t>& users, bool wrote_only,
                     ConsentDone done) override {
     if (wrote_only ? !Check(inviter, done) : !CheckAll(users, done)) return;
@@ -671,6 +675,13 @@ void Router::AppendEnvelopes(uint64_t sender, const std::string& idempotency_key
 void Router::GetSettings(uint64_t user, SettingsDone done) {
   Route<Result<core::UserSettings>>(
       user, [user](NodeId, core::CoreApi& c, SettingsDone d) { c.GetSettings(user, std::move(d)); },
+      std::move(done));
+}
+
+void Router::GetOwnSettings(uint64_t user, SettingsDone done) {
+  Route<Result<core::UserSettings>>(
+      user,
+      [user](NodeId, core::CoreApi& c, SettingsDone d) { c.GetOwnSettings(user, std::move(d)); },
       std::move(done));
 }
 

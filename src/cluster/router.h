@@ -144,6 +144,7 @@ class Router final : public core::CoreApi, public core::EdgeSink, public core::C
   void AppendEnvelopes(uint64_t sender, const std::string& idempotency_key,
                        std::vector<v1::Envelope> envelopes, SendDone done) override;
   void GetSettings(uint64_t user, SettingsDone done) override;
+  void GetOwnSettings(uint64_t user, SettingsDone done) override;
   // Without wrote_only, each user's share on its owner, joined; with it, on the inviter's.
   void CheckConsent(uint64_t inviter, const std::vector<uint64_t>& users, bool wrote_only,
                     ConsentDone done) override;

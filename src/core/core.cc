@@ -418,13 +418,13 @@ void Core::UpdateGroup(uint64_t user, const v1::GroupUpdate& m, GroupDone done) 
     std::vector<uint64_t> invited;
     if (!m.add().empty()) {
       Result<v1::GroupInfo> g = store_.GetGroup(m.group_id());
-      if (g.ok()) {
+      if (g.ok() && g->owner() == user) {  // else GroupService answers (nobody is asked)
         for (uint64_t u : m.add()) {
           if (std::find(g->members().begin(), g->members().end(), u) == g->members().end()) {
             invited.push_back(u);
           }
         }
-      }  // else GroupService answers the error
+      }
     }
     RefusedInvitations(
         user, std::move(invited),
@@ -537,7 +537,7 @@ void Core::AppendMessage(uint64_t sender, const v1::Send& send, const std::strin
   e.set_body(send.body());
   e.set_trace_id(trace_id);
   store_.AppendAsync(sender, send.idempotency_key(), std::move(envelopes),
-                     ToAppendCallback(std::move(done)), trace);
+                     ToAppendCallback(std::move(done)), trace, send.adds_contact());
 }
 
 void Core::SetClusterDirectory(ClusterDirectory* directory) {
@@ -634,12 +634,20 @@ bool Core::Blocks(uint64_t user, uint64_t other) {
   return s && s->Blocks(other);
 }
 
+namespace {
+UserSettings ToCore(const store::UserSettings& s) {
+  return UserSettings{s.read_receipts, s.share_presence, s.group_invites_contacts_only,
+                      s.blocked};
+}
+}  // namespace
+
 void Core::GetSettings(uint64_t user, SettingsDone done) {
-  readers_.Submit([this, user, done = std::move(done)] {
-    const store::UserSettings s = settings_.Get(user);
-    done(UserSettings{s.read_receipts, s.share_presence, s.group_invites_contacts_only,
-                      s.blocked});
-  });
+  readers_.Submit([this, user, done = std::move(done)] { done(ToCore(settings_.Get(user))); });
+}
+
+void Core::GetOwnSettings(uint64_t user, SettingsDone done) {
+  // In the user's order: a SETTINGS_GET after a SETTINGS on one connection sees its change.
+  InAuthorOrder(user, [this, user, done = std::move(done)] { done(ToCore(settings_.Get(user))); });
 }
 
 void Core::CheckConsent(uint64_t inviter, const std::vector<uint64_t>& users, bool wrote_only,

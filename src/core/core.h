@@ -146,6 +146,7 @@ class Core final : public CoreApi {
   void AppendEnvelopes(uint64_t sender, const std::string& idempotency_key,
                        std::vector<v1::Envelope> envelopes, SendDone done) override;
   void GetSettings(uint64_t user, SettingsDone done) override;
+  void GetOwnSettings(uint64_t user, SettingsDone done) override;
   void CheckConsent(uint64_t inviter, const std::vector<uint64_t>& users, bool wrote_only,
                     ConsentDone done) override;
   void RelayTyping(uint64_t to, const v1::Typing& typing) override;

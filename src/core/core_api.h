@@ -210,11 +210,16 @@ class CoreApi {
     (void)sender, (void)idempotency_key, (void)envelopes;
     done(Status(StatusCode::kInternal, "AppendEnvelopes: not a cluster node"));
   }
-  // The settings of a user owned here: a READ receipt's author, asked by the recipient's
-  // owner; also SETTINGS_GET, from an edge (the user's own).
+  // The settings of a user owned here (a READ receipt's author, asked by the recipient's
+  // owner).
   virtual void GetSettings(uint64_t user, SettingsDone done) {
     (void)user;
-    done(Status(StatusCode::kInternal, "GetSettings: not implemented"));
+    done(Status(StatusCode::kInternal, "GetSettings: not a cluster node"));
+  }
+  // SETTINGS_GET: the user's own settings, read in the order of the user's writes (after
+  // every SETTINGS of the user made before it).
+  virtual void GetOwnSettings(uint64_t user, SettingsDone done) {
+    GetSettings(user, std::move(done));
   }
   // Consent of `users` (owned here) to being added to a group by `inviter`: Consent::blocked
   // and Consent::contacts_only; with `wrote_only` (the inviter owned here), Consent::wrote.

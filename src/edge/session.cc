@@ -651,7 +651,7 @@ void Session::HandleSettingsGet(const v1::SettingsGet& m) {
   const uint64_t seq = ReserveReply();
   const uint64_t request_id = m.request_id();
   const ReplyTarget t = TargetOf(seq);
-  loop_.edge().core().GetSettings(user_, [t, request_id](Result<core::UserSettings> s) {
+  loop_.edge().core().GetOwnSettings(user_, [t, request_id](Result<core::UserSettings> s) {
     if (!s.ok()) {
       PostReply(t, ErrorFrame(request_id, s.status()));
       return;

@@ -391,13 +391,13 @@ void CoreServer::Handle(Conn* conn, ipb::CoreRequest& req) {
       return;
     }
     case ipb::CoreRequest::kGetSettings:
-      // A peer asks for any user it believes owned here; an edge process only for the
-      // session's own (SETTINGS_GET).
-      if (!conn->peer && req.get_settings() != user) {
-        reply(BadRequest("get_settings: an edge asks only for its session's user"), none);
+    case ipb::CoreRequest::kGetOwnSettings: {
+      const bool own = req.op_case() == ipb::CoreRequest::kGetOwnSettings;
+      if (!own && !conn->peer) {
+        reply(BadRequest("get_settings is a call between nodes"), none);
         return;
       }
-      core_->GetSettings(req.get_settings(), [reply](Result<core::UserSettings> r) {
+      auto settings_done = [reply](Result<core::UserSettings> r) {
         reply(r.status(), [&](ipb::CoreMessage& m) {
           ipb::UserSettings* s = m.mutable_settings();
           s->set_read_receipts(r->read_receipts);
@@ -405,8 +405,14 @@ void CoreServer::Handle(Conn* conn, ipb::CoreRequest& req) {
           s->set_group_invites_contacts_only(r->group_invites_contacts_only);
           for (uint64_t u : r->blocked) s->add_blocked(u);
         });
-      });
+      };
+      if (own) {
+        core_->GetOwnSettings(user, settings_done);
+      } else {
+        core_->GetSettings(req.get_settings(), settings_done);
+      }
       return;
+    }
     case ipb::CoreRequest::kConsent: {
       if (!conn->peer) {
         reply(BadRequest("consent is a call between nodes"), none);

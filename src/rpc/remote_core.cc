@@ -499,8 +499,18 @@ void RemoteCore::AppendEnvelopes(uint64_t sender, const std::string& idempotency
 
 void RemoteCore::GetSettings(uint64_t user, SettingsDone done) {
   ipb::CoreRequest req;
-  req.set_user(user);
   req.set_get_settings(user);
+  AskSettings(req, std::move(done));
+}
+
+void RemoteCore::GetOwnSettings(uint64_t user, SettingsDone done) {
+  ipb::CoreRequest req;
+  req.set_user(user);
+  req.set_get_own_settings(true);
+  AskSettings(req, std::move(done));
+}
+
+void RemoteCore::AskSettings(ipb::CoreRequest& req, SettingsDone done) {
   CallAsync(req, [done = std::move(done)](const ipb::CoreMessage& m) {
     Status s = FromProto(m.status());
     if (!s.ok()) {

@@ -111,6 +111,7 @@ class RemoteCore final : public core::CoreApi {
   void AppendEnvelopes(uint64_t sender, const std::string& idempotency_key,
                        std::vector<v1::Envelope> envelopes, SendDone done) override;
   void GetSettings(uint64_t user, SettingsDone done) override;
+  void GetOwnSettings(uint64_t user, SettingsDone done) override;
   void CheckConsent(uint64_t inviter, const std::vector<uint64_t>& users, bool wrote_only,
                     ConsentDone done) override;
   void RelayTyping(uint64_t to, const v1::Typing& typing) override;
@@ -126,6 +127,8 @@ class RemoteCore final : public core::CoreApi {
   // answer, or with an UNAVAILABLE message on the deadline, link loss, or inline when the
   // link is down.
   void CallAsync(::iris::internal::v1::CoreRequest& req, Completion done);
+  // GetSettings / GetOwnSettings: `req` asks for settings; `done` gets them.
+  void AskSettings(::iris::internal::v1::CoreRequest& req, SettingsDone done);
   // Sends `req` and waits for the reply (UNAVAILABLE on timeout or link loss). Start-up only.
   ::iris::internal::v1::CoreMessage Call(::iris::internal::v1::CoreRequest& req,
                                          int64_t timeout_ms);

@@ -376,7 +376,7 @@ void InboxStore::Impl::BuildAppend(AppendRequest& a) {
     CachedUser& u = user_cache_[e.recipient()];
     AddPut(Cf::kInbox, InboxKey(u.vnode, e.recipient(), id), scratch_);
     TouchShard(u.vnode);
-    if (e.group_id() == 0 && e.kind() == v1::MESSAGE && u.last_writer != e.sender()) {
+    if (a.adds_contact && u.last_writer != e.sender()) {
       // The recipient may now accept group invitations from the sender (contacts only).
       AddPut(Cf::kMeta, MetaWroteKey(u.vnode, e.recipient(), e.sender()), "");
       u.last_writer = e.sender();

@@ -262,6 +262,12 @@ Result<std::unique_ptr<InboxStore>> InboxStore::Open(const StoreOptions& options
 
 void InboxStore::AppendAsync(uint64_t sender, std::string idempotency_key,
                              std::vector<v1::Envelope> envelopes, AppendCallback done) {
+  AppendAsync(sender, std::move(idempotency_key), std::move(envelopes), std::move(done), false);
+}
+
+void InboxStore::AppendAsync(uint64_t sender, std::string idempotency_key,
+                             std::vector<v1::Envelope> envelopes, AppendCallback done,
+                             bool adds_contact) {
   if (envelopes.empty()) {
     done(BadRequest("store: append without envelopes"));
     return;
@@ -283,6 +289,8 @@ void InboxStore::AppendAsync(uint64_t sender, std::string idempotency_key,
   }
   a.sender = sender;
   a.idempotency_key = std::move(idempotency_key);
+  a.adds_contact = adds_contact && envelopes.size() == 1 && envelopes[0].group_id() == 0 &&
+                   envelopes[0].kind() == v1::MESSAGE;
   a.envelopes = std::move(envelopes);
   a.done = std::move(done);
   r.body = std::move(a);
@@ -350,14 +358,15 @@ Result<std::vector<InboxStore::FanOutJob>> InboxStore::LoadFanOutJobs() const {
 
 void InboxStore::AppendAsync(uint64_t sender, std::string idempotency_key,
                              std::vector<v1::Envelope> envelopes, AppendCallback done,
-                             const obs::SpanContext& parent) {
+                             const obs::SpanContext& parent, bool adds_contact) {
   if (parent.valid()) {
     if (obs::SharedSpan span = obs::StartSharedSpan("store.append", parent)) {
       span->SetInt("iris.envelopes", static_cast<int64_t>(envelopes.size()));
       done = obs::EndSpanBefore(std::move(span), std::move(done));
     }
   }
-  AppendAsync(sender, std::move(idempotency_key), std::move(envelopes), std::move(done));
+  AppendAsync(sender, std::move(idempotency_key), std::move(envelopes), std::move(done),
+              adds_contact);
 }
 
 Result<AppendOutcome> InboxStore::Append(uint64_t sender, std::string idempotency_key,

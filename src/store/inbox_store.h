@@ -225,9 +225,14 @@ class InboxStore {
   // The same, traced: when tracing is on (obs::Tracer::Global()) and `parent` is valid, a
   // "store.append" span, child of `parent`, covers the request from here to its durable
   // completion (WAL synced) or failure.
+  // `adds_contact` (one 1:1 MESSAGE): also records that the sender wrote to the recipient
+  // (meta 'W', WhoWrote), in the same write.
   void AppendAsync(uint64_t sender, std::string idempotency_key,
                    std::vector<v1::Envelope> envelopes, AppendCallback done,
-                   const obs::SpanContext& parent);
+                   const obs::SpanContext& parent, bool adds_contact = false);
+  // The untraced form of the above.
+  void AppendAsync(uint64_t sender, std::string idempotency_key,
+                   std::vector<v1::Envelope> envelopes, AppendCallback done, bool adds_contact);
   // Blocking wrapper of AppendAsync. Must not be called from a callback or the listener.
   Result<AppendOutcome> Append(uint64_t sender, std::string idempotency_key,
                                std::vector<v1::Envelope> envelopes);
@@ -261,8 +266,9 @@ class InboxStore {
   Result<UserSettings> UpdateSettings(uint64_t user,
                                       std::function<Status(UserSettings&)> change);
   // Consent (docs/protocol.md appendix 19). A 1:1 MESSAGE or RECEIPT whose recipient blocks
-  // its sender is refused by the append (FORBIDDEN, nothing written); a 1:1 MESSAGE records
-  // that its sender wrote to its recipient (meta 'W', in the recipient's vnode).
+  // its sender is refused by the append (FORBIDDEN, nothing written); a 1:1 MESSAGE appended
+  // with adds_contact records that its sender wrote to its recipient (meta 'W', in the
+  // recipient's vnode).
   // The `candidates` that have sent `user` a 1:1 message (ever, while both accounts exist),
   // in the order given. Errors: INTERNAL.
   Result<std::vector<uint64_t>> WhoWrote(uint64_t user,

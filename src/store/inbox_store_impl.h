@@ -64,6 +64,8 @@ struct AppendRequest {
   std::vector<v1::Envelope> envelopes;
   std::vector<std::string> bodies;  // EncodeEnvelopeBody of each envelope
   AppendCallback done;
+  // Records that the sender wrote to the (one) recipient (InboxStore::AppendAsync).
+  bool adds_contact = false;
   // A group message for a throttled fan-out (InboxStore::AppendFanOutJob): the one
   // envelope (recipient 0) is stored as a job record in `groups`, in no inbox.
   bool fanout_job = false;

@@ -272,8 +272,15 @@ TEST_F(ClusterTest, ConsentIsAnsweredByTheOwnersOfTheUsersInvolved) {
   EXPECT_NE(both.message().find(std::to_string(blocker)), std::string::npos) << both.message();
   EXPECT_NE(both.message().find(std::to_string(picky)), std::string::npos) << both.message();
 
-  // Once the picky user has written to the inviter, only the block stands in the way.
-  SendAcked(*p, 6, inviter, "hi");
+  // Once the picky user has chosen to write to the inviter, only the block stands in the way.
+  v1::Send hello;
+  hello.set_request_id(6);
+  hello.set_recipient(inviter);
+  hello.set_body("hi");
+  hello.set_idempotency_key(NewKey());
+  hello.set_adds_contact(true);
+  ASSERT_EQ(ask(*p, wire::Opcode::kSend, hello, wire::Opcode::kSendAck).opcode,
+            Op(wire::Opcode::kSendAck));
   create.set_idempotency_key(NewKey());
   EXPECT_EQ(error_code(ask(*a, wire::Opcode::kGroupCreate, create, wire::Opcode::kGroupInfo)),
             kForbidden);

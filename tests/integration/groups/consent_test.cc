@@ -135,13 +135,25 @@ TEST(ConsentTest, ABlockedUsersMessagesAndReceiptsAreRefusedUntilUnblocked) {
   const v1::Envelope got = NextDeliver(*alice);
   EXPECT_EQ(got.sender(), kMallory);
   EXPECT_EQ(got.body(), "spam");
+
+  // A SETTINGS_GET right behind a SETTINGS, without waiting for its OK, sees the change.
+  ASSERT_TRUE(alice->conn().SendFrame(Op(wire::Opcode::kSettings), Block(20, {kBob})).ok());
+  v1::SettingsGet get;
+  get.set_request_id(21);
+  ASSERT_TRUE(alice->conn().SendFrame(Op(wire::Opcode::kSettingsGet), get).ok());
+  v1::Ok ok;
+  ASSERT_TRUE(ok.ParseFromString(alice->Expect(Op(wire::Opcode::kOk)).payload));
+  EXPECT_EQ(ok.request_id(), 20u);
+  v1::SettingsInfo after;
+  ASSERT_TRUE(after.ParseFromString(alice->Expect(Op(wire::Opcode::kSettingsInfo)).payload));
+  EXPECT_EQ(std::vector<uint64_t>(after.blocked().begin(), after.blocked().end()),
+            std::vector<uint64_t>{kBob});
 }
 
 TEST(ConsentTest, GroupAddsNeedTheInviteesConsent) {
   ServerProcess server;
   server.Start();
-  // Group changes are limited to bursts of 5 per user: Erin makes the refused create, Bob
-  // the rest.
+  // Group changes are limited to bursts of 5 per user: Erin tries to add Alice, Bob Dave.
   constexpr uint64_t kAlice = 1, kBob = 2, kCarol = 3, kDave = 4, kErin = 5;
   auto alice = Online(server, kAlice);
   auto bob = Online(server, kBob);
@@ -160,21 +172,29 @@ TEST(ConsentTest, GroupAddsNeedTheInviteesConsent) {
   EXPECT_EQ(no.code(), 9u);  // FORBIDDEN, the whole create
   EXPECT_NE(no.message().find("user 1 "), std::string::npos) << no.message();
 
+  // Erin's own group: adding Alice later is refused as well.
   create.clear_members();
   create.add_members(kCarol);
+  create.set_idempotency_key(NewKey());
+  const client::ReceivedFrame erins =
+      Ask(*erin, wire::Opcode::kGroupCreate, create, {wire::Opcode::kGroupInfo});
+  ASSERT_EQ(erins.opcode, Op(wire::Opcode::kGroupInfo));
+  v1::GroupInfo erins_group;
+  ASSERT_TRUE(erins_group.ParseFromString(erins.payload));
+  v1::GroupUpdate add;
+  add.set_request_id(3);
+  add.set_group_id(erins_group.group_id());
+  add.add_add(kAlice);
+  EXPECT_EQ(ErrorOf(Ask(*erin, wire::Opcode::kGroupUpdate, add, {wire::Opcode::kGroupInfo})).code(),
+            9u);
+
   create.set_idempotency_key(NewKey());
   const client::ReceivedFrame made =
       Ask(*bob, wire::Opcode::kGroupCreate, create, {wire::Opcode::kGroupInfo});
   ASSERT_EQ(made.opcode, Op(wire::Opcode::kGroupInfo));
   v1::GroupInfo group;
   ASSERT_TRUE(group.ParseFromString(made.payload));
-
-  v1::GroupUpdate add;
-  add.set_request_id(3);
   add.set_group_id(group.group_id());
-  add.add_add(kAlice);
-  EXPECT_EQ(ErrorOf(Ask(*bob, wire::Opcode::kGroupUpdate, add, {wire::Opcode::kGroupInfo})).code(),
-            9u);
 
   // Dave takes invitations only from users he has written to.
   v1::Settings contacts;
@@ -190,8 +210,19 @@ TEST(ConsentTest, GroupAddsNeedTheInviteesConsent) {
   EXPECT_EQ(bob->Send(6, kDave, "hi dave", NewKey()).opcode, Op(wire::Opcode::kSendAck));
   EXPECT_EQ(ErrorOf(Ask(*bob, wire::Opcode::kGroupUpdate, add, {wire::Opcode::kGroupInfo})).code(),
             9u);
-  // ...Dave writing to Bob does.
-  EXPECT_EQ(dave->Send(7, kBob, "hi bob", NewKey()).opcode, Op(wire::Opcode::kSendAck));
+  // ...nor does a message Dave's client sends on its own (an encrypted receipt, say)...
+  EXPECT_EQ(dave->Send(7, kBob, "automatic", NewKey()).opcode, Op(wire::Opcode::kSendAck));
+  EXPECT_EQ(ErrorOf(Ask(*bob, wire::Opcode::kGroupUpdate, add, {wire::Opcode::kGroupInfo})).code(),
+            9u);
+  // ...Dave choosing to write to Bob does.
+  v1::Send hello;
+  hello.set_request_id(8);
+  hello.set_recipient(kBob);
+  hello.set_body("hi bob");
+  hello.set_idempotency_key(NewKey());
+  hello.set_adds_contact(true);
+  EXPECT_EQ(Ask(*dave, wire::Opcode::kSend, hello, {wire::Opcode::kSendAck}).opcode,
+            Op(wire::Opcode::kSendAck));
   const client::ReceivedFrame added =
       Ask(*bob, wire::Opcode::kGroupUpdate, add, {wire::Opcode::kGroupInfo});
   ASSERT_EQ(added.opcode, Op(wire::Opcode::kGroupInfo)) << ErrorOf(added).message();

@@ -1,6 +1,8 @@
 // Settings, last seen, prekey bundles and groups.
 #include <gtest/gtest.h>
 
+#include <future>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -137,18 +139,30 @@ TEST(UserRecordsTest, TheBlockListIsCappedAndARefusedChangeWritesNothing) {
   EXPECT_TRUE(store->Append(101, "", One(101, 5, "hello")).ok());
 }
 
-// The contacts a user has "written to" are recorded with the 1:1 messages themselves (not
-// group messages or receipts), and deleted with the recipient's account.
-TEST(UserRecordsTest, OneToOneMessagesRecordWhoWroteToWhom) {
+Result<AppendOutcome> AppendAddingContact(InboxStore& store, uint64_t sender,
+                                          std::vector<v1::Envelope> envelopes) {
+  auto promise = std::make_shared<std::promise<Result<AppendOutcome>>>();
+  std::future<Result<AppendOutcome>> result = promise->get_future();
+  store.AppendAsync(
+      sender, "", std::move(envelopes),
+      [promise](Result<AppendOutcome> r) { promise->set_value(std::move(r)); }, true);
+  return result.get();
+}
+
+// The contacts a user has "written to" are recorded with the 1:1 messages whose sender chose
+// to write (adds_contact; not group messages or receipts, even when asked), and deleted with
+// the recipient's account.
+TEST(UserRecordsTest, OneToOneMessagesAddingAContactRecordWhoWroteToWhom) {
   TempDir dir;
   auto store = OpenOrDie(TestOptions(dir.path()));
   ASSERT_NE(store, nullptr);
-  ASSERT_TRUE(store->Append(2, "", One(2, 1, "hi")).ok());
-  ASSERT_TRUE(store->Append(3, "", {MakeEnvelope(3, 1, "group", 9)}).ok());
+  ASSERT_TRUE(AppendAddingContact(*store, 2, One(2, 1, "hi")).ok());
+  ASSERT_TRUE(AppendAddingContact(*store, 3, {MakeEnvelope(3, 1, "group", 9)}).ok());
   std::vector<v1::Envelope> receipt = One(4, 1, "receipt");
   receipt[0].set_kind(v1::RECEIPT);
-  ASSERT_TRUE(store->Append(4, "", std::move(receipt)).ok());
-  Result<std::vector<uint64_t>> wrote = store->WhoWrote(1, {4, 3, 2, 5});
+  ASSERT_TRUE(AppendAddingContact(*store, 4, std::move(receipt)).ok());
+  ASSERT_TRUE(store->Append(6, "", One(6, 1, "automatic")).ok());  // without adds_contact
+  Result<std::vector<uint64_t>> wrote = store->WhoWrote(1, {4, 3, 2, 5, 6});
   ASSERT_TRUE(wrote.ok());
   EXPECT_EQ(*wrote, std::vector<uint64_t>{2});
   Result<std::vector<uint64_t>> other = store->WhoWrote(2, {1});
