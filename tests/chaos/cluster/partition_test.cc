@@ -10,6 +10,10 @@
 //  - CutLinksBetweenNodesLoseNothing: the link between one pair of nodes is cut (both
 //    ways), each still reaching etcd, the third node and the clients: a primary keeps W = 2
 //    through the third replica, and sessions whose owner went out of reach reconnect.
+//  - NodeCutFromEtcdLosesNothing: a node (often a primary) loses etcd only, still reaching
+//    its peers and its clients: its lease lapses, so it must stop acknowledging for its
+//    shards (lease fencing) while the others take them over; its clients see retryable
+//    errors at most. Back, it registers again and reads through it are fresh.
 
 #include <gtest/gtest.h>
 
@@ -64,6 +68,43 @@ class MinorityPrimaryNemesis : public Nemesis {
  private:
   NetworkLab& lab_;
   LocalCluster& cluster_;
+  int cuts_ = 0;
+};
+
+class EtcdCutNemesis : public Nemesis {
+ public:
+  EtcdCutNemesis(NetworkLab& lab, LocalCluster& cluster) : lab_(lab), cluster_(cluster) {}
+  std::string name() const override { return "etcd-cut"; }
+  void Inject(ChaosRun& run, std::mt19937_64& rng) override {
+    auto state = cluster_.State();
+    ASSERT_TRUE(state.ok()) << state.status().ToString();
+    std::vector<NodeId> primaries;
+    for (const auto& [id, shard] : state->shards) primaries.push_back(shard.primary);
+    ASSERT_FALSE(primaries.empty());
+    node_ = static_cast<int>(primaries[rng() % primaries.size()]);
+    const int64_t t0 = SystemClock::Instance().MonoMillis();
+    ASSERT_TRUE(lab_.CutFromHubPort(node_, cluster_.etcd().client_port()).ok());
+    ++cuts_;
+    // Held until etcd has seen the node go (its lease lapsed) and its shards have other
+    // primaries, while it still served its clients and talked to its peers.
+    ASSERT_TRUE(WaitNotPrimary(cluster_, static_cast<NodeId>(node_), true, 30'000,
+                               "node " + std::to_string(node_) + " cut from etcd"));
+    std::cout << "node " << node_ << " cut from etcd: gone from etcd, its shards failed over, "
+              << "after " << SystemClock::Instance().MonoMillis() - t0 << " ms" << std::endl;
+    ExpectProgress(run, "node " + std::to_string(node_) + " cut from etcd",
+                   2 * static_cast<uint64_t>(run.options().clients));
+  }
+  void Heal(ChaosRun& run) override {
+    ASSERT_TRUE(lab_.HealAll().ok());
+    cluster_.WaitRegistered(static_cast<NodeId>(node_));
+    ExpectFreshReadsThrough(run, cluster_.node(static_cast<NodeId>(node_)), node_);
+  }
+  int cuts() const { return cuts_; }
+
+ private:
+  NetworkLab& lab_;
+  LocalCluster& cluster_;
+  int node_ = 0;
   int cuts_ = 0;
 };
 
@@ -163,6 +204,16 @@ TEST_F(ClusterChaos, CutLinksBetweenNodesLoseNothing) {
   run_->StartClients();
   ASSERT_TRUE(run_->RunSchedule(nemesis, cycles));
   const CheckerReport r = run_->FinishAndCheck("cluster-cut", cycles,
+                                               "\"cuts\":" + std::to_string(nemesis.cuts()));
+  EXPECT_GT(r.acknowledged, 0u);
+}
+
+TEST_F(ClusterChaos, NodeCutFromEtcdLosesNothing) {
+  const int cycles = ChaosCycles(3, 100);
+  EtcdCutNemesis nemesis(*lab_, *cluster_);
+  run_->StartClients();
+  ASSERT_TRUE(run_->RunSchedule(nemesis, cycles));
+  const CheckerReport r = run_->FinishAndCheck("cluster-etcd-cut", cycles,
                                                "\"cuts\":" + std::to_string(nemesis.cuts()));
   EXPECT_GT(r.acknowledged, 0u);
 }

@@ -76,10 +76,19 @@ NetworkLab::NetworkLab(int nodes)
   if (status_.ok()) table_ = true;
   step({"nft", "add", "chain", "bridge", kTable, "cut",
         "{ type filter hook forward priority 0; policy accept; }"});
+  // What the hub itself serves (etcd) is not forwarded by the bridge: its own input and
+  // output chains cut a node from one of its ports (CutFromHubPort).
+  step({"nft", "add", "table", "ip", kTable});
+  if (status_.ok()) hub_table_ = true;
+  step({"nft", "add", "chain", "ip", kTable, "hub_in",
+        "{ type filter hook input priority 0; policy accept; }"});
+  step({"nft", "add", "chain", "ip", kTable, "hub_out",
+        "{ type filter hook output priority 0; policy accept; }"});
 }
 
 NetworkLab::~NetworkLab() {
   if (table_) Run({"nft", "delete", "table", "bridge", kTable}).IgnoreError();
+  if (hub_table_) Run({"nft", "delete", "table", "ip", kTable}).IgnoreError();
   // Deleting one end of a veth pair deletes both (a namespace's end would otherwise linger
   // until the kernel has finished destroying the namespace).
   for (int k : created_) {
@@ -101,8 +110,18 @@ Status NetworkLab::Cut(int a, int b) {
   return Status::Ok();
 }
 
+Status NetworkLab::CutFromHubPort(int k, uint16_t port) {
+  const std::string p = std::to_string(port);
+  IRIS_RETURN_IF_ERROR(Run({"nft", "add", "rule", "ip", kTable, "hub_in", "ip", "saddr",
+                            Address(k), "tcp", "dport", p, "drop"}));
+  return Run({"nft", "add", "rule", "ip", kTable, "hub_out", "ip", "daddr", Address(k), "tcp",
+              "sport", p, "drop"});
+}
+
 Status NetworkLab::HealAll() {
   IRIS_RETURN_IF_ERROR(Run({"nft", "flush", "chain", "bridge", kTable, "cut"}));
+  IRIS_RETURN_IF_ERROR(Run({"nft", "flush", "chain", "ip", kTable, "hub_in"}));
+  IRIS_RETURN_IF_ERROR(Run({"nft", "flush", "chain", "ip", kTable, "hub_out"}));
   for (int k = 1; k <= nodes_; ++k) IRIS_RETURN_IF_ERROR(Reconnect(k));
   return Status::Ok();
 }

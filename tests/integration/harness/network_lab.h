@@ -13,9 +13,12 @@
 //    nobody reaches it;
 //  - Cut(a, b): traffic between nodes a and b is dropped both ways (an nftables rule in
 //    the bridge family on the hub), each still reaching etcd, the clients and the others;
+//  - CutFromHubPort(k, port): node k's TCP traffic with the hub's `port` (etcd's) is
+//    dropped both ways (rules on the hub's input and output), everything else still flows;
 //  - HealAll(): every link up, every rule gone.
 // Requires root (network namespaces, veth, nftables), as CI has.
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -47,6 +50,7 @@ class NetworkLab {
   Status Isolate(int k);
   Status Reconnect(int k);
   Status Cut(int a, int b);
+  Status CutFromHubPort(int k, uint16_t port);
   Status HealAll();
 
  private:
@@ -63,7 +67,8 @@ class NetworkLab {
   std::string prefix_;
   std::vector<int> created_;  // namespaces to delete
   bool bridge_ = false;        // the hub's bridge exists
-  bool table_ = false;         // the nftables table exists
+  bool table_ = false;         // the nftables bridge table exists
+  bool hub_table_ = false;     // the nftables ip table (the hub's own traffic) exists
   Status status_;
 };
 
