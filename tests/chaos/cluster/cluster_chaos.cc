@@ -21,10 +21,11 @@ using testing::NetworkLab;
 void ClusterChaos::SetUp() {
   PrepareNodes();
   if (HasFatalFailure()) return;
-  lab_ = std::make_unique<NetworkLab>(kNodes);
+  const int nodes = NodeCount();
+  lab_ = std::make_unique<NetworkLab>(nodes);
   ASSERT_TRUE(lab_->ok()) << lab_->status().ToString();
   LocalCluster::Options o;
-  o.storage_nodes = kNodes;
+  o.storage_nodes = nodes;
   o.replicas = 3;
   o.vnodes = 64;
   o.name = "partitions";
@@ -35,7 +36,7 @@ void ClusterChaos::SetUp() {
   o.log_dir = std::string(logs != nullptr && *logs != '\0' ? logs : ".") + "/" +
               ::testing::UnitTest::GetInstance()->current_test_info()->name();
   std::filesystem::create_directories(o.log_dir);
-  for (int k = 1; k <= kNodes; ++k) {
+  for (int k = 1; k <= nodes; ++k) {
     std::remove((o.log_dir + "/node-" + std::to_string(k) + ".log").c_str());
   }
   o.node_args = ChaosServerArgs();
@@ -47,9 +48,9 @@ void ClusterChaos::SetUp() {
   ASSERT_NO_FATAL_FAILURE(cluster_->Start());
   options_.seed = ChaosSeed();
   options_.clients = 6;
-  std::vector<testing::ServerProcess*> nodes;
-  for (int k = 1; k <= kNodes; ++k) nodes.push_back(&cluster_->node(static_cast<NodeId>(k)));
-  run_ = std::make_unique<ChaosRun>(nodes, options_);
+  std::vector<testing::ServerProcess*> servers;
+  for (int k = 1; k <= nodes; ++k) servers.push_back(&cluster_->node(static_cast<NodeId>(k)));
+  run_ = std::make_unique<ChaosRun>(servers, options_);
 }
 
 void ClusterChaos::TearDown() {

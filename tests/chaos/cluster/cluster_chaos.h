@@ -35,6 +35,8 @@ class ClusterChaos : public ::testing::Test {
   virtual void PrepareNodes() {}
   // Called with the cluster's options before it is made (e.g. Options::before_start).
   virtual void ConfigureCluster(testing::LocalCluster::Options& /*options*/) {}
+  // How many storage nodes (each with --replicas 3).
+  virtual int NodeCount() const { return kNodes; }
 
   std::unique_ptr<testing::NetworkLab> lab_;
   std::unique_ptr<testing::LocalCluster> cluster_;

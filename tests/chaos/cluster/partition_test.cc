@@ -10,6 +10,10 @@
 //  - CutLinksBetweenNodesLoseNothing: the link between one pair of nodes is cut (both
 //    ways), each still reaching etcd, the third node and the clients: a primary keeps W = 2
 //    through the third replica, and sessions whose owner went out of reach reconnect.
+//  - FiveNodeClusterChaos.HalvesLoseNothing: five nodes split into two and three (every
+//    link across cut, both sides still reaching etcd and their clients): a shard whose
+//    primary has no other replica on its side steps down and is taken over on the other
+//    side; a shard with two replicas on one side goes on there.
 //  - NodeCutFromEtcdLosesNothing: a node (often a primary) loses etcd only, still reaching
 //    its peers and its clients: its lease lapses, so it must stop acknowledging for its
 //    shards (lease fencing) while the others take them over; its clients see retryable
@@ -17,13 +21,16 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <iostream>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "cluster_chaos.h"
 #include "common/clock.h"
+#include "support/wait_for.h"
 
 namespace iris::chaos {
 namespace {
@@ -106,6 +113,76 @@ class EtcdCutNemesis : public Nemesis {
   LocalCluster& cluster_;
   int node_ = 0;
   int cuts_ = 0;
+};
+
+// Five nodes split into a seeded pair and the other three: every link across is cut (both
+// ways), both sides still reaching etcd and the clients. Held until every shard's primary
+// has another of the shard's replicas on its own side (so it can reach W = 2), then progress.
+class HalvesNemesis : public Nemesis {
+ public:
+  HalvesNemesis(NetworkLab& lab, LocalCluster& cluster, int nodes)
+      : lab_(lab), cluster_(cluster), nodes_(nodes) {}
+  std::string name() const override { return "halves"; }
+  void Inject(ChaosRun& run, std::mt19937_64& rng) override {
+    std::vector<int> order;
+    for (int k = 1; k <= nodes_; ++k) order.push_back(k);
+    std::shuffle(order.begin(), order.end(), rng);
+    minority_.assign(order.begin(), order.begin() + 2);
+    std::set<int> small(minority_.begin(), minority_.end());
+    for (int a : minority_) {
+      for (int b = 1; b <= nodes_; ++b) {
+        if (small.count(b) == 0) {
+          ASSERT_TRUE(lab_.Cut(a, b).ok());
+        }
+      }
+    }
+    ++splits_;
+    const int64_t t0 = SystemClock::Instance().MonoMillis();
+    std::string why = "not read yet";
+    const bool settled = testing::PollUntil(
+        [&] {
+          auto state = cluster_.State();
+          if (!state.ok()) {
+            why = state.status().ToString();
+            return false;
+          }
+          for (const auto& [id, shard] : state->shards) {
+            const bool primary_small = small.count(static_cast<int>(shard.primary)) != 0;
+            int same_side = 0;
+            for (NodeId r : shard.replicas) {
+              if (r != shard.primary &&
+                  (small.count(static_cast<int>(r)) != 0) == primary_small) {
+                ++same_side;
+              }
+            }
+            if (same_side == 0) {
+              why = "shard " + std::to_string(id) + "'s primary " +
+                    std::to_string(shard.primary) + " has no replica on its side";
+              return false;
+            }
+          }
+          return true;
+        },
+        30'000, 50);
+    ASSERT_TRUE(settled) << "split {" << minority_[0] << "," << minority_[1] << "}: " << why;
+    std::cout << "split {" << minority_[0] << "," << minority_[1] << "} from the other three: "
+              << "every primary had a replica on its side after "
+              << SystemClock::Instance().MonoMillis() - t0 << " ms" << std::endl;
+    ExpectProgress(run, "split", 2 * static_cast<uint64_t>(run.options().clients));
+  }
+  void Heal(ChaosRun& run) override {
+    ASSERT_TRUE(lab_.HealAll().ok());
+    // The smaller side's view of the shards may lag: reads through it must still be fresh.
+    ExpectFreshReadsThrough(run, cluster_.node(static_cast<NodeId>(minority_[0])), minority_[0]);
+  }
+  int splits() const { return splits_; }
+
+ private:
+  NetworkLab& lab_;
+  LocalCluster& cluster_;
+  int nodes_;
+  std::vector<int> minority_;
+  int splits_ = 0;
 };
 
 class CutNemesis : public Nemesis {
@@ -205,6 +282,21 @@ TEST_F(ClusterChaos, CutLinksBetweenNodesLoseNothing) {
   ASSERT_TRUE(run_->RunSchedule(nemesis, cycles));
   const CheckerReport r = run_->FinishAndCheck("cluster-cut", cycles,
                                                "\"cuts\":" + std::to_string(nemesis.cuts()));
+  EXPECT_GT(r.acknowledged, 0u);
+}
+
+class FiveNodeClusterChaos : public ClusterChaos {
+ protected:
+  int NodeCount() const override { return 5; }
+};
+
+TEST_F(FiveNodeClusterChaos, HalvesLoseNothing) {
+  const int cycles = ChaosCycles(3, 100);
+  HalvesNemesis nemesis(*lab_, *cluster_, NodeCount());
+  run_->StartClients();
+  ASSERT_TRUE(run_->RunSchedule(nemesis, cycles));
+  const CheckerReport r = run_->FinishAndCheck(
+      "cluster-halves", cycles, "\"splits\":" + std::to_string(nemesis.splits()));
   EXPECT_GT(r.acknowledged, 0u);
 }
 
