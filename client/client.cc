@@ -6,6 +6,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -325,14 +326,163 @@ void Client::Impl::UpdateSettings(bool read_receipts, bool share_presence) {
   Wake();
 }
 
+namespace {
+
+bool Contains(const google::protobuf::RepeatedField<uint64_t>& list, uint64_t u) {
+  return std::find(list.begin(), list.end(), u) != list.end();
+}
+
+}  // namespace
+
+v1::Settings Client::Impl::PendingConsentLocked() const {
+  v1::Settings m;
+  auto raw = store_->Get(kConsentPending);
+  if (raw.ok() && raw->has_value()) m.ParseFromString(**raw);  // malformed: nothing pending
+  return m;
+}
+
+bool Client::Impl::SettingsPendingLocked() const {
+  if (store_->GetU64(kSettingsPending) != 0 || store_->GetU64(kGroupInvitesPending) != 0) {
+    return true;
+  }
+  const v1::Settings c = PendingConsentLocked();
+  return c.block_size() > 0 || c.unblock_size() > 0;
+}
+
+v1::Settings Client::Impl::PendingSettingsLocked() const {
+  v1::Settings m;
+  if (store_->GetU64(kSettingsPending) != 0) {
+    m.set_read_receipts(store_->GetU64(kReadReceiptsOff) == 0);
+    m.set_share_presence(store_->GetU64(kSharePresenceOff) == 0);
+  }
+  if (store_->GetU64(kGroupInvitesPending) != 0) {
+    const uint64_t g = store_->GetU64(kGroupInvites);
+    if (v1::GroupInvites_IsValid(static_cast<int>(g)) && g != v1::GROUP_INVITES_UNSPECIFIED) {
+      m.set_group_invites(static_cast<v1::GroupInvites>(g));
+    }
+  }
+  const v1::Settings c = PendingConsentLocked();
+  for (int i = 0; i < std::min(c.block_size(), kMaxConsentIdsPerFrame); ++i) {
+    m.add_block(c.block(i));
+  }
+  for (int i = 0; i < std::min(c.unblock_size(), kMaxConsentIdsPerFrame); ++i) {
+    m.add_unblock(c.unblock(i));
+  }
+  return m;
+}
+
+Status Client::Impl::SettleSettingsLocked(const v1::Settings& sent, bool refused) {
+  LocalStore::Transaction tx(*store_);
+  if (!refused) {
+    // Confirmed, unless the user changed them again meanwhile (that SETTINGS follows).
+    if (sent.has_read_receipts() &&
+        (store_->GetU64(kReadReceiptsOff) == 0) == sent.read_receipts() &&
+        (store_->GetU64(kSharePresenceOff) == 0) == sent.share_presence()) {
+      IRIS_RETURN_IF_ERROR(store_->PutU64(kSettingsPending, 0));
+    }
+    if (sent.group_invites() != v1::GROUP_INVITES_UNSPECIFIED &&
+        store_->GetU64(kGroupInvites) == static_cast<uint64_t>(sent.group_invites())) {
+      IRIS_RETURN_IF_ERROR(store_->PutU64(kGroupInvitesPending, 0));
+    }
+  }
+  if (sent.block_size() > 0 || sent.unblock_size() > 0) {
+    // An entry that changed direction meanwhile (Block, then Unblock) stays pending.
+    const v1::Settings cur = PendingConsentLocked();
+    v1::Settings left;
+    for (uint64_t u : cur.block()) {
+      if (!Contains(sent.block(), u)) left.add_block(u);
+    }
+    for (uint64_t u : cur.unblock()) {
+      if (!Contains(sent.unblock(), u)) left.add_unblock(u);
+    }
+    IRIS_RETURN_IF_ERROR(store_->Put(kConsentPending, left.SerializeAsString()));
+  }
+  return tx.Commit();
+}
+
+Status Client::Impl::Block(uint64_t user, bool block) {
+  if (user == 0) return BadRequest("user must be a non-zero user id");
+  if (user == user_id_.load()) {
+    return BadRequest(std::string("cannot ") + (block ? "block" : "unblock") + " yourself");
+  }
+  {
+    std::lock_guard<std::mutex> l(db_mu_);
+    const v1::Settings cur = PendingConsentLocked();
+    v1::Settings next;
+    for (uint64_t u : cur.block()) {
+      if (u != user) next.add_block(u);
+    }
+    for (uint64_t u : cur.unblock()) {
+      if (u != user) next.add_unblock(u);
+    }
+    if (block) {
+      if (static_cast<size_t>(next.block_size()) >= kMaxPendingBlocks) {
+        return TooLarge("already " + std::to_string(next.block_size()) +
+                        " block changes wait for the server; connect first");
+      }
+      next.add_block(user);
+    } else {
+      next.add_unblock(user);
+    }
+    IRIS_RETURN_IF_ERROR(store_->Put(kConsentPending, next.SerializeAsString()));
+  }
+  {
+    std::lock_guard<std::mutex> l(cmd_mu_);
+    commands_.push_back(Command{Command::kSettings, {}, false, false});
+  }
+  Wake();
+  return Status::Ok();
+}
+
+Status Client::Impl::SetGroupInvites(GroupInvites who) {
+  if (who != GroupInvites::kEveryone && who != GroupInvites::kContacts) {
+    return BadRequest("group invites: everyone or contacts");
+  }
+  {
+    std::lock_guard<std::mutex> l(db_mu_);
+    LocalStore::Transaction tx(*store_);
+    IRIS_RETURN_IF_ERROR(store_->PutU64(kGroupInvites, static_cast<uint64_t>(who)));
+    IRIS_RETURN_IF_ERROR(store_->PutU64(kGroupInvitesPending, 1));
+    IRIS_RETURN_IF_ERROR(tx.Commit());
+  }
+  {
+    std::lock_guard<std::mutex> l(cmd_mu_);
+    commands_.push_back(Command{Command::kSettings, {}, false, false});
+  }
+  Wake();
+  return Status::Ok();
+}
+
 Client::SettingsRecord Client::Impl::LocalSettings() const {
   std::lock_guard<std::mutex> l(db_mu_);
   Client::SettingsRecord r;
   r.set = store_->GetU64(kSettingsSet) != 0;
   r.read_receipts = store_->GetU64(kReadReceiptsOff) == 0;
   r.share_presence = store_->GetU64(kSharePresenceOff) == 0;
-  r.pending = store_->GetU64(kSettingsPending) != 0;
+  const uint64_t g = store_->GetU64(kGroupInvites);
+  if (g == static_cast<uint64_t>(GroupInvites::kEveryone) ||
+      g == static_cast<uint64_t>(GroupInvites::kContacts)) {
+    r.group_invites = static_cast<GroupInvites>(g);
+  }
+  const v1::Settings c = PendingConsentLocked();
+  r.pending_block.assign(c.block().begin(), c.block().end());
+  r.pending_unblock.assign(c.unblock().begin(), c.unblock().end());
+  std::sort(r.pending_block.begin(), r.pending_block.end());
+  std::sort(r.pending_unblock.begin(), r.pending_unblock.end());
+  r.pending = SettingsPendingLocked();
   return r;
+}
+
+uint64_t Client::Impl::RequestSettings() {
+  const uint64_t request = next_history_.fetch_add(1);
+  {
+    std::lock_guard<std::mutex> l(cmd_mu_);
+    Command c{Command::kSettingsGet, {}, false, false};
+    c.request = request;
+    commands_.push_back(std::move(c));
+  }
+  Wake();
+  return request;
 }
 
 uint64_t Client::Impl::RequestHistory(uint64_t before, uint32_t limit) {
@@ -539,7 +689,11 @@ Status Client::NameGroup(uint64_t group_id, std::string name) {
 void Client::UpdateSettings(bool read_receipts, bool share_presence) {
   impl_->UpdateSettings(read_receipts, share_presence);
 }
+Status Client::Block(uint64_t user) { return impl_->Block(user, true); }
+Status Client::Unblock(uint64_t user) { return impl_->Block(user, false); }
+Status Client::SetGroupInvites(GroupInvites who) { return impl_->SetGroupInvites(who); }
 Client::SettingsRecord Client::LocalSettings() const { return impl_->LocalSettings(); }
+uint64_t Client::RequestSettings() { return impl_->RequestSettings(); }
 uint64_t Client::RequestHistory(uint64_t before, uint32_t limit) {
   return impl_->RequestHistory(before, limit);
 }

@@ -40,6 +40,19 @@ inline constexpr const char* kReadReceiptsOff = "read_receipts_off";
 inline constexpr const char* kSharePresenceOff = "share_presence_off";
 inline constexpr const char* kSettingsSet = "settings_set";
 inline constexpr const char* kSettingsPending = "settings_pending";
+// kv: what SetGroupInvites last set (a v1::GroupInvites value; absent = never), and 1 from
+// then until the server's OK for exactly that value.
+inline constexpr const char* kGroupInvites = "group_invites";
+inline constexpr const char* kGroupInvitesPending = "group_invites_pending";
+// kv: the block and unblock changes not confirmed by the server yet, as a serialised
+// v1::Settings holding only `block` and `unblock` (a user is in at most one of them; absent
+// or empty = none). An entry leaves when the server's OK for a SETTINGS carrying it comes,
+// or when the server refuses that SETTINGS for good.
+inline constexpr const char* kConsentPending = "consent_pending";
+// At most this many block changes wait locally (the server keeps at most 1,024 blocks).
+inline constexpr size_t kMaxPendingBlocks = 1024;
+// Per SETTINGS frame, at most this many ids in `block` and in `unblock` (the protocol's limit).
+inline constexpr int kMaxConsentIdsPerFrame = 256;
 
 class Client::Impl {
  public:
@@ -57,7 +70,10 @@ class Client::Impl {
   void SubscribePresence(const std::vector<uint64_t>& users);
   void QueryPresence(const std::vector<uint64_t>& users);
   void UpdateSettings(bool read_receipts, bool share_presence);
+  Status Block(uint64_t user, bool block);
+  Status SetGroupInvites(GroupInvites who);
   Client::SettingsRecord LocalSettings() const;
+  uint64_t RequestSettings();
   uint64_t RequestHistory(uint64_t before, uint32_t limit);
   void GetGroup(uint64_t group_id);
   uint64_t CreateGroup(const std::vector<uint64_t>& members, std::string name);
@@ -92,14 +108,16 @@ class Client::Impl {
       kHistory,
       kGroupGet,
       kGroupCreate,
-      kGroupUpdate
+      kGroupUpdate,
+      kSettingsGet
     } kind;
     std::vector<uint64_t> users;  // kGroupCreate: members; kGroupUpdate: added
     bool flag_a = false;          // kGroupUpdate: leave (remove this user)
     bool flag_b = false;
     uint64_t before = 0;           // kHistory; kGroupUpdate: the group
     uint32_t limit = 0;            // kHistory
-    uint64_t request = 0;          // kHistory, kGroupCreate, kGroupUpdate: the number returned
+    uint64_t request = 0;          // kHistory, kGroupCreate, kGroupUpdate, kSettingsGet: the
+                                   // number returned
     std::vector<uint64_t> remove;  // kGroupUpdate
   };
   // A request on the current connection waiting for its reply.
@@ -112,7 +130,8 @@ class Client::Impl {
       kSettings,
       kKeysCheck,
       kHistory,
-      kGroupGet
+      kGroupGet,
+      kSettingsGet
     } kind;
     int64_t seq = 0;
     uint64_t recipient = 0;
@@ -121,17 +140,21 @@ class Client::Impl {
     uint32_t prekeys = 0;  // kKeysUpload
     bool identity = false;
     bool signed_prekey = false;  // kKeysUpload: carries a rotated signed prekey
-    uint64_t history = 0;        // kHistory: the number RequestHistory returned
+    uint64_t history = 0;        // kHistory, kSettingsGet: the number the call returned
     // kGroupGet: the group (in `recipient`) and the pages received so far (with the
     // request number of a create/update whose answer is being paged).
     std::shared_ptr<GroupInfoEvent> group;
     const char* what = "group_get";  // kGroupGet: what a failure reports
     uint64_t group_id = 0;           // kSend of a group message: its group
     uint8_t queued_kind = 0;         // kSend: QueuedSend::kind
+    bool adds_contact = false;       // kSend: the SEND carries Send.adds_contact
     uint64_t sender_key_group = 0;   // kSend of a sender-key distribution, or the KEYS_FETCH
                                      // for one that named it: its group
-    bool read_receipts = true;       // kSettings: the values sent
-    bool share_presence = true;
+    // kSettings: the frame sent (what its OK confirms).
+    std::shared_ptr<const v1::Settings> settings;
+    // kSettingsGet: not written yet; it goes once no SETTINGS is in flight (the server reads
+    // settings apart from the order in which it applies SETTINGS).
+    bool unsent = false;
   };
   // Per-connection state, owned by the I/O thread.
   struct Session {
@@ -193,6 +216,21 @@ class Client::Impl {
   Status IngestSealedReceipt(const v1::Envelope& e, const e2ee::MessageCipher::Decrypted& d,
                              StoredIncoming* rec, std::vector<Event>* out);
   Status OnSendError(Session& s, const InFlight& r, const Status& error);
+  // Settings (db_mu_ held). Whether any change waits for the server's OK; the SETTINGS frame
+  // carrying what is pending (read receipts and presence, group invites, up to 256 block
+  // and 256 unblock changes); the pending block changes.
+  bool SettingsPendingLocked() const;
+  v1::Settings PendingSettingsLocked() const;
+  v1::Settings PendingConsentLocked() const;
+  // Removes from the pending changes what `sent` carried (an OK for it, or a refusal for
+  // good: `refused`, which drops its block changes only); the flags and group invites only
+  // when unchanged since. db_mu_ held.
+  Status SettleSettingsLocked(const v1::Settings& sent, bool refused);
+  // Writes a SETTINGS for what is pending (nothing when nothing is).
+  Status WritePendingSettings(Session& s);
+  // The answer (OK or ERROR) to a SETTINGS came: writes the SETTINGS_GETs that waited for
+  // it when none is in flight any more.
+  Status FlushSettingsGets(Session& s);
   // A GROUP_GET (page after `members_after`) for the group of `paging`.
   Status RequestGroupPage(Session& s, std::shared_ptr<GroupInfoEvent> paging,
                           uint64_t members_after, const char* what);
@@ -253,7 +291,7 @@ class Client::Impl {
   // Events being handed to on_event: another thread's Settled() waits for them, so that a
   // program that stops once settled has received every event of what settled it.
   std::atomic<int> emitting_{0};
-  Session* session_ = nullptr;              // the current session (I/O thread only)
+  Session* session_ = nullptr;  // the current session (I/O thread only)
   int wake_fd_ = -1;
   int lock_fd_ = -1;
   std::thread io_;

@@ -94,6 +94,8 @@ void Client::Impl::Run() {
       const Status lost = why.ok() ? Unavailable("the connection closed before the answer") : why;
       if (r.kind == InFlight::kHistory) {
         Emit(RequestFailedEvent{"history", lost, r.history});
+      } else if (r.kind == InFlight::kSettingsGet) {
+        Emit(RequestFailedEvent{"settings_get", lost, r.history});
       } else if (r.kind == InFlight::kGroupGet && r.group && r.group->request != 0) {
         Emit(RequestFailedEvent{r.what, lost, r.group->request});
       }
@@ -200,20 +202,33 @@ Status Client::Impl::RunSession(Session& s) {
     }
   }
   // Settings the server has not confirmed (their SETTINGS was lost with a connection, refused,
-  // or never sent): again, unless a change is queued already.
+  // or never sent; flags, group invites, block changes): again, unless a change is queued
+  // already. First: a SETTINGS_GET queued meanwhile is answered with them.
   {
-    bool pending = false, read_receipts = true, share_presence = true;
+    bool pending = false;
     {
       std::lock_guard<std::mutex> l(db_mu_);
-      pending = store_->GetU64(kSettingsPending) != 0;
-      read_receipts = store_->GetU64(kReadReceiptsOff) == 0;
-      share_presence = store_->GetU64(kSharePresenceOff) == 0;
+      // A block of this account itself, made before its first connection named it, would
+      // have the whole SETTINGS refused: dropped.
+      v1::Settings c = PendingConsentLocked();
+      const uint64_t self = welcome.user_id();
+      if (std::find(c.block().begin(), c.block().end(), self) != c.block().end() ||
+          std::find(c.unblock().begin(), c.unblock().end(), self) != c.unblock().end()) {
+        v1::Settings left;
+        for (uint64_t u : c.block()) {
+          if (u != self) left.add_block(u);
+        }
+        for (uint64_t u : c.unblock()) {
+          if (u != self) left.add_unblock(u);
+        }
+        IRIS_RETURN_IF_ERROR(store_->Put(kConsentPending, left.SerializeAsString()));
+      }
+      pending = SettingsPendingLocked();
     }
     std::lock_guard<std::mutex> l(cmd_mu_);
-    if (pending && std::none_of(commands_.begin(), commands_.end(), [](const Command& c) {
-          return c.kind == Command::kSettings;
-        })) {
-      commands_.push_back(Command{Command::kSettings, {}, read_receipts, share_presence});
+    if (pending && std::none_of(commands_.begin(), commands_.end(),
+                                [](const Command& c) { return c.kind == Command::kSettings; })) {
+      commands_.push_front(Command{Command::kSettings, {}, false, false});
     }
   }
   IRIS_RETURN_IF_ERROR(MaybeUploadKeys(s));
@@ -291,6 +306,7 @@ Status Client::Impl::RunCommands(Session& s) {
       self->commands_running_ = false;
     }
   } count_when_done{this, s};
+  bool settings_written = false;
   for (Command& c : cmds) {
     switch (c.kind) {
       case Command::kTyping: {
@@ -358,15 +374,18 @@ Status Client::Impl::RunCommands(Session& s) {
         break;
       }
       case Command::kSettings: {
-        v1::Settings m;
-        m.set_request_id(s.next_request_id++);
-        m.set_read_receipts(c.flag_a);
-        m.set_share_presence(c.flag_b);
-        InFlight r{InFlight::kSettings};
-        r.read_receipts = c.flag_a;
-        r.share_presence = c.flag_b;
-        s.in_flight[m.request_id()] = r;
-        IRIS_RETURN_IF_ERROR(Write(s, wire::Opcode::kSettings, m));
+        // The frame carries what is pending now: one per batch of commands is enough.
+        if (settings_written) break;
+        settings_written = true;
+        IRIS_RETURN_IF_ERROR(WritePendingSettings(s));
+        break;
+      }
+      case Command::kSettingsGet: {
+        InFlight r{InFlight::kSettingsGet};
+        r.history = c.request;
+        r.unsent = true;
+        s.in_flight[s.next_request_id++] = r;  // before the write: a lost one is reported
+        IRIS_RETURN_IF_ERROR(FlushSettingsGets(s));
         break;
       }
       case Command::kHistory: {
@@ -381,6 +400,37 @@ Status Client::Impl::RunCommands(Session& s) {
         break;
       }
     }
+  }
+  return Status::Ok();
+}
+
+Status Client::Impl::WritePendingSettings(Session& s) {
+  v1::Settings m;
+  {
+    std::lock_guard<std::mutex> l(db_mu_);
+    m = PendingSettingsLocked();
+  }
+  if (!m.has_read_receipts() && m.group_invites() == v1::GROUP_INVITES_UNSPECIFIED &&
+      m.block_size() == 0 && m.unblock_size() == 0) {
+    return Status::Ok();  // confirmed meanwhile (an earlier SETTINGS carried it)
+  }
+  m.set_request_id(s.next_request_id++);
+  InFlight r{InFlight::kSettings};
+  r.settings = std::make_shared<const v1::Settings>(m);
+  s.in_flight[m.request_id()] = std::move(r);
+  return Write(s, wire::Opcode::kSettings, m);
+}
+
+Status Client::Impl::FlushSettingsGets(Session& s) {
+  for (const auto& [rid, r] : s.in_flight) {
+    if (r.kind == InFlight::kSettings) return Status::Ok();  // its answer flushes them
+  }
+  for (auto& [rid, r] : s.in_flight) {
+    if (r.kind != InFlight::kSettingsGet || !r.unsent) continue;
+    r.unsent = false;
+    v1::SettingsGet m;
+    m.set_request_id(rid);
+    IRIS_RETURN_IF_ERROR(Write(s, wire::Opcode::kSettingsGet, m));
   }
   return Status::Ok();
 }
@@ -530,8 +580,24 @@ Status Client::Impl::PumpSends(Session& s) {
           continue;
         }
         LocalStore::Transaction tx(*store_);
+        // A message the user chose to send makes this user a contact of its recipient on
+        // the server (Send.adds_contact, Client conventions 12) until one SEND carrying the
+        // flag was acknowledged; nothing the client sends on its own carries it. Decided
+        // now, with the ciphertext: every retry under this idempotency key carries the same.
+        bool adds_contact = false;
+        Status looked_up = Status::Ok();
+        if (q.kind == kQueuedMessage) {
+          Result<bool> added = store_->ContactAdded(q.recipient);
+          if (added.ok()) {
+            adds_contact = !*added;
+          } else {
+            looked_up = added.status();  // INTERNAL: retried like a failed encryption
+          }
+        }
         Result<std::string> body = BadRequest("malformed control message");
-        if (q.kind == kQueuedControl) {
+        if (!looked_up.ok()) {
+          body = looked_up;
+        } else if (q.kind == kQueuedControl) {
           if (auto control = e2ee::DecodeControl(q.payload); control.ok()) {
             body = cipher_->EncryptControl(q.recipient, *control);
           }
@@ -542,7 +608,7 @@ Status Client::Impl::PumpSends(Session& s) {
               q.recipient, q.payload,
               q.kind == kQueuedSealedReceipt ? e2ee::kContentReceipt : e2ee::kContentText);
         }
-        Status st = body.ok() ? store_->SetWireBody(q.seq, *body) : body.status();
+        Status st = body.ok() ? store_->SetWireBody(q.seq, *body, adds_contact) : body.status();
         if (st.ok() && body->size() > s.max_body_bytes) {
           st = TooLarge("encrypted body is " + std::to_string(body->size()) + " bytes");
         }
@@ -560,6 +626,7 @@ Status Client::Impl::PumpSends(Session& s) {
           continue;
         }
         q.wire_body = std::move(*body);
+        q.adds_contact = adds_contact;
       }
       InFlight r{InFlight::kSend};
       r.seq = q.seq;
@@ -567,6 +634,7 @@ Status Client::Impl::PumpSends(Session& s) {
       r.idem = q.idem_key;
       r.receipt = q.kind != kQueuedMessage;  // receipts, control messages, sender keys
       r.queued_kind = q.kind;
+      r.adds_contact = q.adds_contact && q.kind == kQueuedMessage;
       if (q.kind == kQueuedSenderKey) {
         if (auto d = e2ee::DecodeSenderKeyDistribution(q.payload); d.ok()) {
           r.sender_key_group = d->group_id;
@@ -581,6 +649,7 @@ Status Client::Impl::PumpSends(Session& s) {
         m->set_idempotency_key(q.idem_key);
         m->set_recipient(q.recipient);
         m->set_body(q.wire_body);
+        if (r.adds_contact) m->set_adds_contact(true);
         frames.emplace_back(wire::Opcode::kSend, std::move(m));
       } else {
         v1::ReceiptBody body;
@@ -698,14 +767,22 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
       queue_dirty_ = true;
       {
         std::lock_guard<std::mutex> l(db_mu_);
+        LocalStore::Transaction tx(*store_);
         // A sealed receipt is not part of the sent history.
         IRIS_RETURN_IF_ERROR(store_->Dequeue(r.seq, r.receipt ? 0 : a.message_id(),
                                              r.receipt ? 0 : clock_.WallMillis()));
+        // The server counts this user as having written to the recipient: later messages
+        // to it go without the flag (also when this one was cancelled meanwhile).
+        if (r.adds_contact) {
+          IRIS_RETURN_IF_ERROR(
+              store_->MarkContactAdded(r.recipient, a.message_id(), clock_.WallMillis()));
+        }
+        IRIS_RETURN_IF_ERROR(tx.Commit());
         retry_at_.erase(r.seq);
         attempts_.erase(r.seq);
       }
       Emit(SendAckedEvent{LocalId(r.idem), r.recipient, a.message_id(), a.duplicate(), r.receipt,
-                          r.group_id});
+                          r.group_id, r.adds_contact});
       return Status::Ok();
     }
     case Opcode::kOk: {
@@ -745,11 +822,17 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
         return MaybeUploadKeys(s);
       } else if (r.kind == InFlight::kSettings) {
         // Confirmed, unless the user changed them again meanwhile (that SETTINGS follows).
-        std::lock_guard<std::mutex> l(db_mu_);
-        if ((store_->GetU64(kReadReceiptsOff) == 0) == r.read_receipts &&
-            (store_->GetU64(kSharePresenceOff) == 0) == r.share_presence) {
-          IRIS_RETURN_IF_ERROR(store_->PutU64(kSettingsPending, 0));
+        bool more = false;
+        {
+          std::lock_guard<std::mutex> l(db_mu_);
+          IRIS_RETURN_IF_ERROR(SettleSettingsLocked(*r.settings, /*refused=*/false));
+          // A full frame: the block changes beyond it go next.
+          more = (r.settings->block_size() == kMaxConsentIdsPerFrame ||
+                  r.settings->unblock_size() == kMaxConsentIdsPerFrame) &&
+                 SettingsPendingLocked();
         }
+        if (more) IRIS_RETURN_IF_ERROR(WritePendingSettings(s));
+        return FlushSettingsGets(s);
       }
       return Status::Ok();
     }
@@ -810,7 +893,25 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
             break;
           }
           case InFlight::kPresence: Emit(RequestFailedEvent{"presence", st}); break;
-          case InFlight::kSettings: Emit(RequestFailedEvent{"settings", st}); break;
+          case InFlight::kSettings: {
+            // Block changes refused for good (BAD_REQUEST, TOO_LARGE, ...) are dropped, and
+            // what else is pending goes again at once; after a retryable refusal everything
+            // stays pending for the next connection.
+            bool again = false;
+            if (!IsRetryable(st.code()) &&
+                (r.settings->block_size() > 0 || r.settings->unblock_size() > 0)) {
+              std::lock_guard<std::mutex> l(db_mu_);
+              IRIS_RETURN_IF_ERROR(SettleSettingsLocked(*r.settings, /*refused=*/true));
+              again = SettingsPendingLocked();
+            }
+            if (again) IRIS_RETURN_IF_ERROR(WritePendingSettings(s));
+            IRIS_RETURN_IF_ERROR(FlushSettingsGets(s));
+            Emit(RequestFailedEvent{"settings", st});
+            break;
+          }
+          case InFlight::kSettingsGet:
+            Emit(RequestFailedEvent{"settings_get", st, r.history});
+            break;
           case InFlight::kHistory: Emit(RequestFailedEvent{"history", st, r.history}); break;
           case InFlight::kGroupGet:
             Emit(RequestFailedEvent{r.what, st, r.group ? r.group->request : 0});
@@ -868,6 +969,25 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
       }
       if (changed) Emit(*changed);
       if (!st.ok()) Emit(SendFailedEvent{local_id, r.recipient, st, false, attempts});
+      return Status::Ok();
+    }
+    case Opcode::kSettingsInfo: {
+      v1::SettingsInfo info;
+      if (!Parse(f, &info)) return Unavailable("malformed SETTINGS_INFO");
+      auto it = s.in_flight.find(info.request_id());
+      if (it == s.in_flight.end() || it->second.kind != InFlight::kSettingsGet) {
+        return Status::Ok();
+      }
+      SettingsEvent ev;
+      ev.request = it->second.history;
+      s.in_flight.erase(it);
+      ev.read_receipts = info.read_receipts();
+      ev.share_presence = info.share_presence();
+      ev.group_invites = info.group_invites() == v1::GROUP_INVITES_CONTACTS
+                             ? GroupInvites::kContacts
+                             : GroupInvites::kEveryone;
+      ev.blocked.assign(info.blocked().begin(), info.blocked().end());
+      Emit(ev);
       return Status::Ok();
     }
     case Opcode::kHistoryPage: {

@@ -42,6 +42,8 @@ CREATE TABLE IF NOT EXISTS groups (
   id INTEGER PRIMARY KEY, info BLOB NOT NULL, name TEXT NOT NULL, member INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS group_key_holders (
   grp INTEGER NOT NULL, member INTEGER NOT NULL, PRIMARY KEY (grp, member));
+CREATE TABLE IF NOT EXISTS contacts_added (
+  peer INTEGER PRIMARY KEY, message_id INTEGER NOT NULL, acked_ms INTEGER NOT NULL);
 )sql";
 
 // One prepared statement, finalized on destruction.
@@ -156,6 +158,11 @@ Result<std::unique_ptr<LocalStore>> LocalStore::Open(const std::string& path) {
   // Databases from before groups: incoming messages gain their group id (0 = direct).
   if (!s->Exec("SELECT grp FROM incoming LIMIT 0").ok()) {
     IRIS_RETURN_IF_ERROR(s->Exec("ALTER TABLE incoming ADD COLUMN grp INTEGER NOT NULL DEFAULT 0"));
+  }
+  // Databases from before Send.adds_contact: queued sends go without the flag.
+  if (!s->Exec("SELECT adds_contact FROM send_queue LIMIT 0").ok()) {
+    IRIS_RETURN_IF_ERROR(
+        s->Exec("ALTER TABLE send_queue ADD COLUMN adds_contact INTEGER NOT NULL DEFAULT 0"));
   }
   if (const char* fault = std::getenv("IRIS_TEST_LOCAL_STORE_FAULT"); fault != nullptr) {
     s->SetFaultForTesting(fault);
@@ -278,10 +285,11 @@ std::vector<StoredIncoming> LocalStore::Incoming(uint64_t after_id, size_t limit
 
 Result<int64_t> LocalStore::Enqueue(const QueuedSend& q) {
   Stmt s(db_,
-         "INSERT INTO send_queue (idem, recipient, kind, payload, wire_body, attempts, created_ms) "
-         "VALUES (?, ?, ?, ?, ?, ?, ?)");
+         "INSERT INTO send_queue (idem, recipient, kind, payload, wire_body, attempts, created_ms, "
+         "adds_contact) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
   s.Bind(1, q.idem_key).BindU(2, q.recipient).Bind(3, int64_t{q.kind}).Bind(4, q.payload);
   s.Bind(5, q.wire_body).Bind(6, int64_t{q.attempts}).Bind(7, q.created_ms);
+  s.Bind(8, int64_t{q.adds_contact ? 1 : 0});
   IRIS_RETURN_IF_ERROR(s.Done("enqueue send"));
   return static_cast<int64_t>(sqlite3_last_insert_rowid(db_));
 }
@@ -297,10 +305,12 @@ QueuedSend ReadQueued(const Stmt& s) {
   q.wire_body = s.Blob(5);
   q.attempts = static_cast<uint32_t>(s.Int(6));
   q.created_ms = s.Int(7);
+  q.adds_contact = s.Int(8) != 0;
   return q;
 }
 constexpr const char* kQueueColumns =
-    "SELECT seq, idem, recipient, kind, payload, wire_body, attempts, created_ms FROM send_queue ";
+    "SELECT seq, idem, recipient, kind, payload, wire_body, attempts, created_ms, adds_contact "
+    "FROM send_queue ";
 }  // namespace
 
 std::vector<QueuedSend> LocalStore::Queue() const {
@@ -319,9 +329,9 @@ Result<std::optional<QueuedSend>> LocalStore::FindQueued(std::string_view idem_k
   return Error("find queued send");
 }
 
-Status LocalStore::SetWireBody(int64_t seq, std::string_view body) {
-  Stmt s(db_, "UPDATE send_queue SET wire_body = ? WHERE seq = ?");
-  s.Bind(1, body).Bind(2, seq);
+Status LocalStore::SetWireBody(int64_t seq, std::string_view body, bool adds_contact) {
+  Stmt s(db_, "UPDATE send_queue SET wire_body = ?, adds_contact = ? WHERE seq = ?");
+  s.Bind(1, body).Bind(2, int64_t{adds_contact ? 1 : 0}).Bind(3, seq);
   return s.Done("store ciphertext");
 }
 
@@ -542,6 +552,21 @@ Result<std::optional<QueuedSend>> LocalStore::FindSent(uint64_t recipient,
   q.kind = static_cast<uint8_t>(s.Int(2));
   q.payload = s.Blob(3);
   return std::optional<QueuedSend>(std::move(q));
+}
+
+Result<bool> LocalStore::ContactAdded(uint64_t peer) const {
+  Stmt s(db_, "SELECT 1 FROM contacts_added WHERE peer = ?");
+  s.BindU(1, peer);
+  const int rc = s.Step();
+  if (rc == SQLITE_ROW) return true;
+  if (rc == SQLITE_DONE) return false;
+  return Error("look up contact");
+}
+
+Status LocalStore::MarkContactAdded(uint64_t peer, uint64_t message_id, int64_t acked_ms) {
+  Stmt s(db_, "INSERT OR IGNORE INTO contacts_added (peer, message_id, acked_ms) VALUES (?, ?, ?)");
+  s.BindU(1, peer).BindU(2, message_id).Bind(3, acked_ms);
+  return s.Done("record contact");
 }
 
 Result<std::optional<std::string>> LocalStore::LoadSenderKey(std::string_view group,

@@ -33,6 +33,10 @@ struct QueuedSend {
   std::string wire_body;  // the exact body to send once fixed (ciphertext); empty before
   uint32_t attempts = 0;
   int64_t created_ms = 0;
+  // The SEND carries Send.adds_contact (a 1:1 message only; docs/protocol.md, Client
+  // conventions 12). Decided when the body is encrypted and stored with it, so every retry
+  // under the same idempotency key carries the same flag.
+  bool adds_contact = false;
 };
 constexpr uint8_t kQueuedMessage = 0;
 constexpr uint8_t kQueuedReceipt = 1;  // the protocol's RECEIPT frame (for the server)
@@ -128,7 +132,8 @@ class LocalStore {
   Result<int64_t> Enqueue(const QueuedSend& s);
   std::vector<QueuedSend> Queue() const;
   Result<std::optional<QueuedSend>> FindQueued(std::string_view idem_key) const;
-  Status SetWireBody(int64_t seq, std::string_view body);
+  // Fixes the body to send (and whether the SEND carries Send.adds_contact).
+  Status SetWireBody(int64_t seq, std::string_view body, bool adds_contact = false);
   Status SetAttempts(int64_t seq, uint32_t attempts);
   Status SetPayload(int64_t seq, std::string_view payload);
   // The newest queued entry for `recipient` (the tail of its FIFO), if any.
@@ -173,6 +178,13 @@ class LocalStore {
   Status UpdateIncoming(const StoredIncoming& m);
   // The sent-history entry of message `message_id` to `recipient` (payload and kind).
   Result<std::optional<QueuedSend>> FindSent(uint64_t recipient, uint64_t message_id) const;
+
+  // Contacts (Send.adds_contact, docs/protocol.md Client conventions 12): the recipients
+  // for which the server acknowledged a SEND carrying the flag (the server then counts this
+  // user as having written to them for good), with that message's id and when its SEND_ACK
+  // came. Marking a recipient again keeps the first record.
+  Result<bool> ContactAdded(uint64_t peer) const;
+  Status MarkContactAdded(uint64_t peer, uint64_t message_id, int64_t acked_ms);
 
   // Test-only fault injection: every call of the operation named `op` fails with INTERNAL
   // (as a full disk or a corrupt database would). Names: "load_session", "store_session",

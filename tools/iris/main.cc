@@ -11,7 +11,11 @@
 //   iris verify USER [--mark]     (safety number; --mark records the key as verified)
 //   iris trust USER FINGERPRINT   (accept exactly this new key of a verified contact)
 //   iris read USER [MESSAGE_ID...] (READ receipts: default, everything from USER shown so far)
-//   iris settings [--read-receipts on|off] [--presence on|off]   (no option: show)
+//   iris settings [--read-receipts on|off] [--presence on|off] [--group-invites everyone|contacts]
+//                                 (no option: show the server's copy, or this device's record
+//                                 when the server cannot be reached)
+//   iris block USER | iris unblock USER   (the server refuses USER's messages and group adds)
+//   iris blocked                  (the server's list of users you block)
 //   iris history USER|--all [--before ID] [--limit N]   (the server's archive, older messages)
 //   iris group create NAME [MEMBER...] | add GROUP USER... | remove GROUP USER... |
 //              leave GROUP | list | send GROUP TEXT...   (end-to-end encrypted groups;
@@ -20,7 +24,8 @@
 // Global: --home DIR (else $IRIS_HOME, else ~/.iris), --json (one JSON object per line).
 //
 // Exit codes: 0 done; 1 usage or local error; 2 cannot connect or not allowed (server
-// unreachable, certificate mismatch, token refused); 3 timed out with sends still queued
+// unreachable, certificate mismatch, token refused, a message refused for good, e.g. the
+// recipient blocks you); 3 timed out with sends still queued
 // (they stay queued and go out with the next iris command that connects).
 //
 // Threads: the main thread owns the terminal and all printing; the client library's I/O
@@ -31,6 +36,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <ctime>
@@ -40,6 +46,7 @@
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -363,8 +370,8 @@ void PrintEvent(const Event& e) {
          {"before_id", g->before_id},
          {"hint", "iris history --all"}},
         GapNotice(*g));
-  } else if (std::holds_alternative<HistoryEvent>(e)) {
-    return;  // iris history prints its own answers
+  } else if (std::holds_alternative<HistoryEvent>(e) || std::holds_alternative<SettingsEvent>(e)) {
+    return;  // iris history / settings / blocked print their own answers
   } else if (const auto* q = std::get_if<RequestFailedEvent>(&e)) {
     json j = StatusJson(q->status);
     j["event"] = "request_failed";
@@ -629,6 +636,7 @@ int CmdSend(const std::string& dir, uint64_t to, const std::vector<std::string>&
     }).detach();
   }
   ss.client->Start();
+  bool refused = false;  // a send failed for good (e.g. FORBIDDEN: the recipient blocks you)
   bool input_done = !from_stdin;
   auto deadline = After(timeout);
   while (!input_done || !waiting.empty()) {
@@ -654,7 +662,10 @@ int CmdSend(const std::string& dir, uint64_t to, const std::vector<std::string>&
       ss.last_error = f->status;
       if (waiting.count(f->local_id) > 0) {
         PrintEvent(*e);
-        if (f->permanent) waiting.erase(f->local_id);
+        if (f->permanent) {
+          waiting.erase(f->local_id);
+          refused = true;
+        }
       }
     } else if (std::holds_alternative<client::KeysUploadedEvent>(*e) ||
                std::holds_alternative<client::StateEvent>(*e) ||
@@ -664,7 +675,7 @@ int CmdSend(const std::string& dir, uint64_t to, const std::vector<std::string>&
     }
   }
   ss.client->Stop();
-  return kExitOk;
+  return refused ? kExitConnect : kExitOk;
 }
 
 int CmdSync(const std::string& dir, double timeout) {
@@ -1388,63 +1399,272 @@ Result<bool> OnOff(const std::string& flag, const std::string& v) {
   return BadRequest(flag + " takes on or off, not \"" + v + "\"");
 }
 
-// iris settings: shows what this device last set (the protocol cannot read the server's
-// copy; "pending" until the server confirmed it), or sends SETTINGS and waits for the
-// server's OK.
+const char* GroupInvitesName(client::GroupInvites g) {
+  return g == client::GroupInvites::kContacts ? "contacts" : "everyone";
+}
+
+std::string UserList(const std::vector<uint64_t>& users) {
+  std::string out;
+  for (uint64_t u : users) out += (out.empty() ? "" : ", ") + std::to_string(u);
+  return out;
+}
+
+// Waits for the SettingsEvent answering `request` (Client::RequestSettings, sent once
+// connected after any pending SETTINGS) and stores it in *answer (returns -1). Without
+// `fallback`, a connection failure or refusal ends the command (its exit code). With it,
+// they, and the timeout, return -1 with *answer empty and *why saying what happened.
+int AwaitServerSettings(Session& ss, uint64_t request, double timeout, bool fallback,
+                        std::optional<client::SettingsEvent>* answer, Status* why) {
+  ss.client->Start();
+  const auto deadline = After(timeout);
+  while (!answer->has_value()) {
+    auto item = TheInbox().Pop(deadline);
+    if (!item) {
+      if (!fallback) return TimedOut(ss, "reading the settings");
+      *why = ss.last_error.ok() ? Unavailable("no answer from the server") : ss.last_error;
+      return -1;
+    }
+    if (std::holds_alternative<Quit>(*item)) return kExitLocal;
+    const auto* e = std::get_if<Event>(&*item);
+    if (e == nullptr) continue;
+    if (const auto* st = std::get_if<client::StateEvent>(e); st != nullptr && fallback) {
+      if (st->state == SessionState::kLive) ss.ever_live = true;
+      if (st->state == SessionState::kFailed ||
+          (st->state == SessionState::kConnecting && !st->status.ok() && !ss.ever_live)) {
+        *why = st->status;
+        return -1;
+      }
+      PrintProblems(ss, *e);
+      continue;
+    }
+    if (int rc = TrackState(ss, *e, /*fail_fast=*/true); rc >= 0) return rc;
+    if (const auto* g = std::get_if<client::SettingsEvent>(e); g != nullptr) {
+      if (g->request == request) *answer = *g;
+    } else if (const auto* f = std::get_if<client::RequestFailedEvent>(e)) {
+      if (f->what == "settings_get" && f->request == request) {
+        if (fallback) {
+          *why = f->status;
+          return -1;
+        }
+        std::cerr << "iris: reading the settings failed: " << Explain(f->status, ss.cfg)
+                  << std::endl;
+        return kExitConnect;
+      }
+      if (f->what == "settings") {  // changes made earlier and still pending
+        std::cerr << "iris: the server refused this device's pending settings: "
+                  << f->status.message() << std::endl;
+      }
+    } else {
+      PrintProblems(ss, *e);
+    }
+  }
+  return -1;
+}
+
+// Prints the settings: the server's copy (`server`), else this device's record `rec`.
+void PrintSettings(const client::Client::SettingsRecord& rec,
+                   const std::optional<client::SettingsEvent>& server, bool change) {
+  auto word = [](bool b) { return std::string(b ? "on" : "off"); };
+  const bool read_receipts = server ? server->read_receipts : rec.read_receipts;
+  const bool presence = server ? server->share_presence : rec.share_presence;
+  const client::GroupInvites invites =
+      server ? server->group_invites
+             : (rec.group_invites == client::GroupInvites::kUnspecified
+                    ? client::GroupInvites::kEveryone
+                    : rec.group_invites);
+  json j = {{"event", "settings"},
+            {"read_receipts", read_receipts},
+            {"presence", presence},
+            {"group_invites", GroupInvitesName(invites)},
+            {"source", server ? "server" : "local"},
+            {"set", rec.set},
+            {"pending", rec.pending},
+            {"changed", change}};
+  if (server) j["blocked"] = server->blocked;
+  if (!rec.pending_block.empty()) j["pending_block"] = rec.pending_block;
+  if (!rec.pending_unblock.empty()) j["pending_unblock"] = rec.pending_unblock;
+  std::string text = std::string(change ? "saved on the server:\n" : "") +
+                     "read receipts: " + word(read_receipts) +
+                     (read_receipts ? "" : " (you neither send nor see READ receipts)") +
+                     "\npresence: " + word(presence) +
+                     (presence ? "" : " (others see you offline, never seen)") +
+                     "\ngroup invites: " + GroupInvitesName(invites) +
+                     (invites == client::GroupInvites::kContacts
+                          ? " (only users you have written to can add you to groups)"
+                          : "");
+  if (server) {
+    text += "\nblocked: " + (server->blocked.empty() ? "nobody" : UserList(server->blocked));
+  } else {
+    text += "\n(this device's record: the server could not be asked)";
+    if (!rec.set) text += "\n(read receipts and presence never changed from this device)";
+  }
+  if (!rec.pending_block.empty()) text += "\nto block, pending: " + UserList(rec.pending_block);
+  if (!rec.pending_unblock.empty()) {
+    text += "\nto unblock, pending: " + UserList(rec.pending_unblock);
+  }
+  if (rec.pending) text += "\n(not confirmed by the server yet: sent again at the next connection)";
+  Out(j, text);
+}
+
+// iris settings: without options, shows the server's copy (SETTINGS_GET; after sending what
+// this device has pending), or what this device last set when the server cannot be reached
+// ("pending" until the server confirmed it). With options, sends SETTINGS, waits for the
+// server's OK and shows the server's copy.
 int CmdSettings(const std::string& dir, const std::string& read_receipts,
-                const std::string& presence, double timeout) {
+                const std::string& presence, const std::string& group_invites, double timeout) {
   auto cfg = LoadOrExplain(dir);
   if (!cfg.ok()) return LocalError(cfg.status());
   auto s = OpenSession(dir, *cfg);
   if (!s.ok()) return LocalError(s.status());
   Session& ss = **s;
   client::Client::SettingsRecord rec = ss.client->LocalSettings();
-  const bool change = !read_receipts.empty() || !presence.empty();
-  if (change) {
-    if (!read_receipts.empty()) {
-      auto v = OnOff("--read-receipts", read_receipts);
-      if (!v.ok()) return LocalError(v.status());
-      rec.read_receipts = *v;
+  const bool flags = !read_receipts.empty() || !presence.empty();
+  const bool change = flags || !group_invites.empty();
+  std::optional<client::GroupInvites> invites;
+  if (!group_invites.empty()) {
+    if (group_invites == "everyone") {
+      invites = client::GroupInvites::kEveryone;
+    } else if (group_invites == "contacts") {
+      invites = client::GroupInvites::kContacts;
+    } else {
+      return LocalError(
+          BadRequest("--group-invites takes everyone or contacts, not \"" + group_invites + "\""));
     }
-    if (!presence.empty()) {
-      auto v = OnOff("--presence", presence);
-      if (!v.ok()) return LocalError(v.status());
-      rec.share_presence = *v;
-    }
-    ss.client->UpdateSettings(rec.read_receipts, rec.share_presence);
-    rec.set = true;
-    if (int rc = RunUntilSettled(ss, timeout, "saving the settings",
-                                 [&](const Event& e) {
-                                   if (const auto* f = std::get_if<client::RequestFailedEvent>(&e);
-                                       f != nullptr && f->what == "settings") {
-                                     std::cerr << "iris: the server refused the settings: "
-                                               << Explain(f->status, ss.cfg) << std::endl;
-                                     return kExitConnect;
-                                   }
-                                   PrintProblems(ss, e);
-                                   return -1;
-                                 });
+  }
+  if (!read_receipts.empty()) {
+    auto v = OnOff("--read-receipts", read_receipts);
+    if (!v.ok()) return LocalError(v.status());
+    rec.read_receipts = *v;
+  }
+  if (!presence.empty()) {
+    auto v = OnOff("--presence", presence);
+    if (!v.ok()) return LocalError(v.status());
+    rec.share_presence = *v;
+  }
+  std::optional<client::SettingsEvent> answer;
+  if (!change) {
+    Status why;
+    const uint64_t request = ss.client->RequestSettings();
+    if (int rc = AwaitServerSettings(ss, request, timeout, /*fallback=*/true, &answer, &why);
         rc >= 0) {
       return rc;
     }
     ss.client->Stop();
-    rec = ss.client->LocalSettings();  // confirmed: no longer pending
+    if (!answer) {
+      Note("iris: could not ask the server (" + why.message() +
+           "); showing what this device last set");
+    }
+    PrintSettings(ss.client->LocalSettings(), answer, false);
+    return kExitOk;
   }
-  auto word = [](bool b) { return std::string(b ? "on" : "off"); };
-  Out({{"event", "settings"},
-       {"read_receipts", rec.read_receipts},
-       {"presence", rec.share_presence},
-       {"set", rec.set},
-       {"pending", rec.pending},
-       {"changed", change}},
-      std::string(change ? "saved on the server:\n" : "") +
-          "read receipts: " + word(rec.read_receipts) +
-          (rec.read_receipts ? "" : " (you neither send nor see READ receipts)") +
-          "\npresence: " + word(rec.share_presence) +
-          (rec.share_presence ? "" : " (others see you offline, never seen)") +
-          (rec.set ? "" : "\n(the server's defaults: never changed from this device)") +
-          (rec.pending ? "\n(not confirmed by the server yet: sent again at the next connection)"
-                       : ""));
+  if (flags) ss.client->UpdateSettings(rec.read_receipts, rec.share_presence);
+  if (invites) {
+    if (Status st = ss.client->SetGroupInvites(*invites); !st.ok()) return LocalError(st);
+  }
+  // Read back after the change (the SETTINGS_GET waits for the SETTINGS' answer).
+  const uint64_t request = ss.client->RequestSettings();
+  if (int rc = RunUntilSettled(
+          ss, timeout, "saving the settings",
+          [&](const Event& e) {
+            if (const auto* f = std::get_if<client::RequestFailedEvent>(&e);
+                f != nullptr &&
+                (f->what == "settings" || (f->what == "settings_get" && f->request == request))) {
+              std::cerr << "iris: the server refused the settings: " << Explain(f->status, ss.cfg)
+                        << std::endl;
+              return kExitConnect;
+            }
+            if (const auto* g = std::get_if<client::SettingsEvent>(&e);
+                g != nullptr && g->request == request) {
+              answer = *g;
+            }
+            PrintProblems(ss, e);
+            return -1;
+          },
+          [&] { return answer.has_value(); });
+      rc >= 0) {
+    return rc;
+  }
+  ss.client->Stop();
+  PrintSettings(ss.client->LocalSettings(), answer, true);  // confirmed: no longer pending
+  return kExitOk;
+}
+
+// iris block / iris unblock: sends the change (SETTINGS block / unblock) and waits for the
+// server's OK. Kept pending locally (and sent by the next iris command that connects) when
+// it cannot be sent now.
+int CmdBlock(const std::string& dir, uint64_t user, bool block, double timeout) {
+  auto cfg = LoadOrExplain(dir);
+  if (!cfg.ok()) return LocalError(cfg.status());
+  auto s = OpenSession(dir, *cfg);
+  if (!s.ok()) return LocalError(s.status());
+  Session& ss = **s;
+  const Status st = block ? ss.client->Block(user) : ss.client->Unblock(user);
+  if (!st.ok()) return LocalError(st);
+  const std::string what = block ? "block" : "unblock";
+  auto confirmed = [&] {
+    const auto rec = ss.client->LocalSettings();
+    const auto& list = block ? rec.pending_block : rec.pending_unblock;
+    return std::find(list.begin(), list.end(), user) == list.end();
+  };
+  if (int rc = RunUntilSettled(
+          ss, timeout, what == "block" ? "blocking" : "unblocking",
+          [&](const Event& e) {
+            if (const auto* f = std::get_if<client::RequestFailedEvent>(&e);
+                f != nullptr && f->what == "settings") {
+              std::cerr << "iris: the server refused to " << what << " user " << user << ": "
+                        << Explain(f->status, ss.cfg) << std::endl;
+              return kExitConnect;
+            }
+            PrintProblems(ss, e);
+            return -1;
+          },
+          confirmed);
+      rc >= 0) {
+    if (!confirmed()) {
+      Note("iris: the " + what +
+           " stays pending on this device and is sent by the next iris "
+           "command that connects");
+    }
+    return rc;
+  }
+  ss.client->Stop();
+  const std::string u = std::to_string(user);
+  Out({{"event", block ? "blocked" : "unblocked"}, {"user", user}},
+      block ? "blocked user " + u +
+                  ": the server refuses their messages to you and their group invitations "
+                  "(iris unblock " +
+                  u + " undoes it)"
+            : "unblocked user " + u);
+  return kExitOk;
+}
+
+// iris blocked: the server's list of users this account blocks (SETTINGS_GET).
+int CmdBlocked(const std::string& dir, double timeout) {
+  auto cfg = LoadOrExplain(dir);
+  if (!cfg.ok()) return LocalError(cfg.status());
+  auto s = OpenSession(dir, *cfg);
+  if (!s.ok()) return LocalError(s.status());
+  Session& ss = **s;
+  std::optional<client::SettingsEvent> answer;
+  Status why;
+  const uint64_t request = ss.client->RequestSettings();
+  if (int rc = AwaitServerSettings(ss, request, timeout, /*fallback=*/false, &answer, &why);
+      rc >= 0) {
+    return rc;
+  }
+  ss.client->Stop();
+  const auto rec = ss.client->LocalSettings();
+  json j = {{"event", "blocked_list"}, {"users", answer->blocked}};
+  if (!rec.pending_block.empty()) j["pending_block"] = rec.pending_block;
+  if (!rec.pending_unblock.empty()) j["pending_unblock"] = rec.pending_unblock;
+  std::string text =
+      answer->blocked.empty() ? "you block nobody" : "you block: " + UserList(answer->blocked);
+  if (!rec.pending_block.empty() || !rec.pending_unblock.empty()) {
+    text += "\n(changes not confirmed by the server yet:" +
+            (rec.pending_block.empty() ? "" : " block " + UserList(rec.pending_block)) +
+            (rec.pending_unblock.empty() ? "" : " unblock " + UserList(rec.pending_unblock)) + ")";
+  }
+  Out(j, text);
   return kExitOk;
 }
 
@@ -1622,14 +1842,31 @@ int Main(int argc, char** argv) {
   cr->add_option("MESSAGE_ID", read_ids, "only these messages");
   cr->add_option("--timeout", read_timeout, "seconds")->capture_default_str();
 
-  std::string set_read_receipts, set_presence;
+  std::string set_read_receipts, set_presence, set_group_invites;
   double settings_timeout = 20;
   auto* cg = app.add_subcommand(
-      "settings", "show or change read receipts and presence sharing (no option: show)");
+      "settings",
+      "show or change read receipts, presence sharing and who may add you to groups (no "
+      "option: show the server's copy)");
   cg->add_option("--read-receipts", set_read_receipts,
                  "on|off: off sends no READ receipts and shows none (both ways)");
   cg->add_option("--presence", set_presence, "on|off: off makes you appear offline to others");
+  cg->add_option("--group-invites", set_group_invites,
+                 "everyone|contacts: contacts lets only users you have sent a message to add "
+                 "you to groups");
   cg->add_option("--timeout", settings_timeout, "seconds")->capture_default_str();
+
+  uint64_t block_user = 0;
+  double block_timeout = 20;
+  auto* cb = app.add_subcommand(
+      "block", "block a user: the server refuses their messages and group invitations to you");
+  cb->add_option("USER", block_user, "user id")->required();
+  cb->add_option("--timeout", block_timeout, "seconds")->capture_default_str();
+  auto* cu = app.add_subcommand("unblock", "unblock a user");
+  cu->add_option("USER", block_user, "user id")->required();
+  cu->add_option("--timeout", block_timeout, "seconds")->capture_default_str();
+  auto* cbl = app.add_subcommand("blocked", "list the users you block (the server's list)");
+  cbl->add_option("--timeout", block_timeout, "seconds")->capture_default_str();
 
   uint64_t history_peer = 0;
   bool history_all = false;
@@ -1690,7 +1927,12 @@ int Main(int argc, char** argv) {
   if (ct->parsed()) return CmdTrust(dir, trust_user, trust_fingerprint);
   if (cv->parsed()) return CmdVerify(dir, verify_user, verify_mark);
   if (cr->parsed()) return CmdRead(dir, read_peer, read_ids, read_timeout);
-  if (cg->parsed()) return CmdSettings(dir, set_read_receipts, set_presence, settings_timeout);
+  if (cg->parsed()) {
+    return CmdSettings(dir, set_read_receipts, set_presence, set_group_invites, settings_timeout);
+  }
+  if (cb->parsed()) return CmdBlock(dir, block_user, true, block_timeout);
+  if (cu->parsed()) return CmdBlock(dir, block_user, false, block_timeout);
+  if (cbl->parsed()) return CmdBlocked(dir, block_timeout);
   if (ch->parsed()) {
     if ((history_peer != 0) == history_all) {
       std::cerr << "iris: history: name one user (iris history USER) or --all" << std::endl;

@@ -164,7 +164,9 @@ class Client {
 
   // Queues `text` for `recipient` and returns its local id (the UUIDv7 idempotency key as
   // text). Durable when it returns. BAD_REQUEST for recipient 0, this user itself or an empty text,
-  // TOO_LARGE when the encrypted body could not fit the protocol's limit.
+  // TOO_LARGE when the encrypted body could not fit the protocol's limit. The first such
+  // message to each recipient (until the server acknowledged one) is sent with
+  // Send.adds_contact: the recipient may then add this user to groups (SetGroupInvites).
   Result<std::string> Send(uint64_t recipient, std::string_view text);
   // Removes a queued send that has not been acknowledged. NOT_FOUND when it is not queued
   // (already acknowledged, or unknown). A send already written to the server may still
@@ -218,23 +220,53 @@ class Client {
   std::vector<GroupRecord> Groups() const;
   // Sets the local name of a known group (NOT_FOUND otherwise).
   Status NameGroup(uint64_t group_id, std::string name);
-  // Sends SETTINGS (read receipts, presence sharing) once connected; the values are also
-  // recorded locally at once (LocalSettings), marked pending until the server's OK for them.
-  // The OK is not reported as an event: Settled() turns true once it came (and `pending`
-  // false); a refusal is a RequestFailedEvent "settings". Pending values (the connection
-  // ended first, the server refused, or the Client was closed) are sent again at every
-  // connection until the server confirms them.
+  // Settings (SETTINGS; docs/protocol.md, Client conventions 10 and appendix 19). Every
+  // change below is recorded in the local store at once (LocalSettings), marked pending,
+  // and sent in a SETTINGS once connected; it stays pending until the server's OK for it.
+  // Pending changes (the connection ended first, the server refused with a retryable error,
+  // or the Client was closed) are sent again at every connection until the server confirms
+  // them. The OK is not reported as an event: Settled() turns true once it came (and
+  // `pending` false); a refusal is a RequestFailedEvent "settings". A block or unblock the
+  // server refuses for good (BAD_REQUEST, or TOO_LARGE: an account blocks at most 1,024
+  // users) is dropped from the pending changes; the rest of them is sent again at once.
+  //
+  // Read receipts and presence sharing: both values are sent.
   void UpdateSettings(bool read_receipts, bool share_presence);
-  // What this state directory last set with UpdateSettings (the protocol cannot read the
-  // server's copy back); `set` is false, and both flags true (the server's defaults), when
-  // it never set any; `pending` is true while the server has not confirmed them.
+  // Blocks `user`: the server refuses their 1:1 messages and receipts to this user
+  // (FORBIDDEN for them), drops their typing indicators, and refuses to let them add this
+  // user to a group. Unblock undoes it. The later of Block/Unblock for one user wins while
+  // both are pending. Durable when it returns. BAD_REQUEST for user 0 or this user itself
+  // (before this state directory's first connection the account is not known yet: a change
+  // naming it is dropped when the connection names it),
+  // TOO_LARGE when 1,024 block changes are pending already, INTERNAL when the local store
+  // cannot be written.
+  Status Block(uint64_t user);
+  Status Unblock(uint64_t user);
+  // Who may add this user to groups: everyone (the default) or only the users this user
+  // has sent a 1:1 message to with Send (receipts and other automatic sends do not count).
+  // BAD_REQUEST for kUnspecified; INTERNAL as Block.
+  Status SetGroupInvites(GroupInvites who);
+  // What this state directory last set, and what the server has not confirmed yet. `set` is
+  // false, and both flags true (the server's defaults), when UpdateSettings never ran;
+  // `group_invites` is kUnspecified when SetGroupInvites never ran. `pending` is true
+  // while any change (of the flags, group_invites, or a block/unblock) is unconfirmed.
+  // The block list itself lives on the server: RequestSettings reads it.
   struct SettingsRecord {
     bool set = false;
     bool read_receipts = true;
     bool share_presence = true;
     bool pending = false;
+    GroupInvites group_invites = GroupInvites::kUnspecified;
+    std::vector<uint64_t> pending_block;  // ascending
+    std::vector<uint64_t> pending_unblock;
   };
   SettingsRecord LocalSettings() const;
+  // Reads the server's copy of this user's settings (SETTINGS_GET) once connected, after
+  // any SETTINGS this client has in flight is answered (so the answer includes them).
+  // Returns a request number (> 0); the answer is a SettingsEvent with it, or a
+  // RequestFailedEvent "settings_get" with it (refused, or the connection ended first: not
+  // retried).
+  uint64_t RequestSettings();
   // Asks the server's archive (messages older than the newest of the inbox, PROTOCOL.md
   // HISTORY) for up to `limit` (1..1000; 0 = the server's default, 256) entries with id below
   // `before` (0 = the newest archived), newest first. Returns a request number (> 0); the

@@ -93,6 +93,11 @@ struct SendAckedEvent {
   bool duplicate = false;  // the server had it already (a retry after a lost ack)
   bool receipt = false;    // a receipt (or an E2EE control message) rather than a message
   uint64_t group_id = 0;   // a group message (Client::SendGroup): its group; recipient is 0
+  // The SEND carried Send.adds_contact: the first message this user chose to send to
+  // `recipient` (until one such SEND was acknowledged); the server now lets `recipient` add
+  // this user to groups although this user takes invitations from contacts only
+  // (docs/protocol.md, Client conventions 12). Never set for receipts or control messages.
+  bool adds_contact = false;
 };
 
 // A queued send could not go out yet and will be retried (`status` says why), or failed for
@@ -129,14 +134,15 @@ struct TypingEvent {
   bool typing = false;
 };
 
-// A request that is not a send (presence, settings, keys, history) was refused by the
-// server, or (history) its connection ended before the answer came.
+// A request that is not a send (presence, settings, keys, history, groups) was refused by
+// the server, or (history, group requests, settings_get) its connection ended before the
+// answer came.
 struct RequestFailedEvent {
   std::string what;  // "presence_query", "settings", "keys_upload", "history", "group_create",
-                     // "group_update", "group_get", ...
+                     // "group_update", "group_get", "settings_get", ...
   Status status;
-  uint64_t request = 0;  // "history", "group_create", "group_update": the number the call
-                         // returned
+  uint64_t request = 0;  // "history", "group_create", "group_update", "settings_get": the
+                         // number the call returned
 };
 
 // Catch-up found that messages newer than this client's cursor were moved to the server's
@@ -187,6 +193,26 @@ struct KeysUploadedEvent {
 
 enum class GroupKind : uint8_t { kUnspecified = 0, kE2ee = 1, kBroadcast = 2 };
 
+// Who may add this user to a group (docs/protocol.md appendix 19; Client::SetGroupInvites).
+enum class GroupInvites : uint8_t {
+  kUnspecified = 0,  // not set (from this device: Client::LocalSettings)
+  kEveryone = 1,     // the server's default
+  // Only users this user chose to write to: a 1:1 message sent with Client::Send counts;
+  // what the client sends on its own (receipts, session resets, sender keys) does not, so a
+  // stranger who writes first gains nothing from this user's automatic delivery receipt.
+  kContacts = 2,
+};
+
+// The answer to Client::RequestSettings: the server's copy of this user's settings
+// (SETTINGS_INFO), read after every SETTINGS this client sent before the request was answered.
+struct SettingsEvent {
+  uint64_t request = 0;  // the number RequestSettings returned
+  bool read_receipts = true;
+  bool share_presence = true;
+  GroupInvites group_invites = GroupInvites::kEveryone;
+  std::vector<uint64_t> blocked;  // ascending
+};
+
 // The answer to Client::GetGroup, CreateGroup, UpdateGroup or LeaveGroup: the group with
 // its whole member list (ascending ids, the owner included), assembled from as many
 // GROUP_INFO pages as the server sent; every page is of the same `version` (a list that
@@ -219,9 +245,10 @@ struct GroupEvent {
   bool member = true;
 };
 
-using Event = std::variant<StateEvent, MessageEvent, SendAckedEvent, SendFailedEvent, ReceiptEvent,
-                           PresenceEvent, TypingEvent, RequestFailedEvent, SyncedEvent,
-                           KeysUploadedEvent, IdentityChangedEvent, PeerDecryptFailedEvent,
-                           ArchiveGapEvent, HistoryEvent, GroupInfoEvent, GroupEvent>;
+using Event =
+    std::variant<StateEvent, MessageEvent, SendAckedEvent, SendFailedEvent, ReceiptEvent,
+                 PresenceEvent, TypingEvent, RequestFailedEvent, SyncedEvent, KeysUploadedEvent,
+                 IdentityChangedEvent, PeerDecryptFailedEvent, ArchiveGapEvent, HistoryEvent,
+                 GroupInfoEvent, GroupEvent, SettingsEvent>;
 
 }  // namespace iris::client

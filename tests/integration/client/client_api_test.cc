@@ -5,10 +5,13 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
 #include <mutex>
+#include <optional>
+#include <utility>
 
 #include "harness/server_process.h"
 #include "iris/client/client.h"
@@ -243,13 +246,269 @@ TEST_F(ClientApiTest, PendingSettingsAreSentAtTheNextConnectionUntilConfirmed) {
   v1::PresenceQuery q;
   q.set_request_id(1);
   q.add_users(41);
-  ASSERT_TRUE(watcher->conn().SendFrame(static_cast<uint8_t>(wire::Opcode::kPresenceQuery), q).ok());
+  ASSERT_TRUE(
+      watcher->conn().SendFrame(static_cast<uint8_t>(wire::Opcode::kPresenceQuery), q).ok());
   auto f = watcher->Expect(static_cast<uint8_t>(wire::Opcode::kPresence));
   v1::Presence p;
   ASSERT_TRUE(p.ParseFromString(f.payload));
   EXPECT_EQ(p.user(), 41u);
   EXPECT_FALSE(p.online()) << "the server does not have share_presence = false";
   EXPECT_EQ(p.last_seen_ms(), 0);
+}
+
+// Consent (docs/protocol.md appendix 19): a block made while the Client is closed is kept
+// pending in the local store and sent at the next connection; the server then refuses the
+// blocked user's message for good (FORBIDDEN: the sender's queue drops it, nothing reaches
+// the blocker) and lists the block in SETTINGS_INFO; after Unblock the next message arrives.
+TEST_F(ClientApiTest, BlockedUserCannotWriteUntilUnblocked) {
+  EventLog alice_log, bob_log;
+  {
+    auto c = Client::Open(Options(61, &alice_log));  // never started: nothing leaves
+    ASSERT_TRUE(c.ok());
+    ASSERT_TRUE((*c)->Block(62).ok());
+    ASSERT_TRUE((*c)->Block(63).ok());
+    ASSERT_TRUE((*c)->Unblock(63).ok());  // the later change wins
+    // The account is not known before the first connection: dropped then (the server would
+    // refuse the whole SETTINGS).
+    ASSERT_TRUE((*c)->Block(61).ok());
+    EXPECT_EQ((*c)->Block(0).code(), StatusCode::kBadRequest);
+    const Client::SettingsRecord rec = (*c)->LocalSettings();
+    EXPECT_TRUE(rec.pending);
+    EXPECT_FALSE(rec.set) << "read receipts and presence were not touched";
+    EXPECT_EQ(rec.pending_block, (std::vector<uint64_t>{61, 62}));
+    EXPECT_EQ(rec.pending_unblock, std::vector<uint64_t>{63});
+  }
+  auto alice = Client::Open(Options(61, &alice_log));
+  auto bob = Client::Open(Options(62, &bob_log));
+  ASSERT_TRUE(alice.ok() && bob.ok());
+  EXPECT_EQ((*alice)->LocalSettings().pending_block, (std::vector<uint64_t>{61, 62}))
+      << "the pending block did not survive closing the Client";
+  (*alice)->Start();
+  (*bob)->Start();
+  ASSERT_TRUE(Live(alice_log));
+  ASSERT_TRUE(Live(bob_log));
+  ASSERT_TRUE(alice_log.WaitFor<KeysUploadedEvent>([](const KeysUploadedEvent& k) {
+    return k.identity;
+  })) << "bob cannot fetch alice's keys before she published them";
+  ASSERT_TRUE(PollUntil([&] { return !(*alice)->LocalSettings().pending; }, 15'000, 10))
+      << "the server never confirmed the pending block";
+  EXPECT_TRUE((*alice)->LocalSettings().pending_block.empty());
+  EXPECT_EQ((*alice)->Block(61).code(), StatusCode::kBadRequest) << "blocking oneself";
+
+  const uint64_t ask = (*alice)->RequestSettings();
+  auto info =
+      alice_log.WaitFor<SettingsEvent>([&](const SettingsEvent& e) { return e.request == ask; });
+  ASSERT_TRUE(info);
+  EXPECT_EQ(info->blocked, std::vector<uint64_t>{62});
+  EXPECT_TRUE(info->read_receipts);
+  EXPECT_TRUE(info->share_presence);
+  EXPECT_EQ(info->group_invites, GroupInvites::kEveryone);
+
+  auto refused_id = (*bob)->Send(61, "you blocked me");
+  ASSERT_TRUE(refused_id.ok());
+  auto failed = bob_log.WaitFor<SendFailedEvent>(
+      [&](const SendFailedEvent& f) { return f.local_id == *refused_id; });
+  ASSERT_TRUE(failed);
+  EXPECT_TRUE(failed->permanent);
+  EXPECT_EQ(failed->status.code(), StatusCode::kForbidden) << failed->status.ToString();
+  EXPECT_NE(failed->status.message().find("does not accept your messages"), std::string::npos)
+      << failed->status.message();
+  EXPECT_TRUE((*bob)->PendingSends().empty()) << "a refused send is not retried";
+  EXPECT_FALSE(bob_log.WaitFor<SendAckedEvent>(
+      [&](const SendAckedEvent& a) { return a.local_id == *refused_id; }, 0));
+
+  ASSERT_TRUE((*alice)->Unblock(62).ok());
+  ASSERT_TRUE(PollUntil([&] { return !(*alice)->LocalSettings().pending; }, 15'000, 10));
+  const uint64_t ask2 = (*alice)->RequestSettings();
+  info =
+      alice_log.WaitFor<SettingsEvent>([&](const SettingsEvent& e) { return e.request == ask2; });
+  ASSERT_TRUE(info);
+  EXPECT_TRUE(info->blocked.empty());
+
+  auto id = (*bob)->Send(61, "after the unblock");
+  ASSERT_TRUE(id.ok());
+  ASSERT_TRUE(
+      bob_log.WaitFor<SendAckedEvent>([&](const SendAckedEvent& a) { return a.local_id == *id; }));
+  auto msg = alice_log.WaitFor<MessageEvent>([](const MessageEvent& m) { return m.sender == 62; });
+  ASSERT_TRUE(msg);
+  EXPECT_EQ(msg->text, "after the unblock");
+  // A user's messages reach a recipient in order: had the refused one been stored, it would
+  // have come first.
+  auto stored = (*alice)->Messages(0, 10);
+  ASSERT_EQ(stored.size(), 1u);
+  EXPECT_EQ(stored[0].text, "after the unblock");
+}
+
+// More block changes than one SETTINGS may carry (256 per list) go in several frames, each
+// sent once the previous one's OK came; the server ends up with all of them.
+TEST_F(ClientApiTest, ManyBlockChangesGoInSeveralFrames) {
+  EventLog log;
+  auto c = Client::Open(Options(91, &log));
+  ASSERT_TRUE(c.ok());
+  std::vector<uint64_t> blocked;
+  for (uint64_t u = 1000; u < 1300; ++u) {
+    ASSERT_TRUE((*c)->Block(u).ok());
+    blocked.push_back(u);
+  }
+  ASSERT_TRUE((*c)->Unblock(1299).ok());
+  blocked.pop_back();
+  ASSERT_EQ((*c)->LocalSettings().pending_block.size(), 299u);
+  (*c)->Start();
+  ASSERT_TRUE(Live(log));
+  ASSERT_TRUE(PollUntil([&] { return !(*c)->LocalSettings().pending; }, 15'000, 10))
+      << "pending: " << (*c)->LocalSettings().pending_block.size() << " blocks";
+  const uint64_t ask = (*c)->RequestSettings();
+  auto info = log.WaitFor<SettingsEvent>([&](const SettingsEvent& e) { return e.request == ask; });
+  ASSERT_TRUE(info);
+  EXPECT_EQ(info->blocked, blocked);
+  EXPECT_FALSE(log.WaitFor<RequestFailedEvent>([](const RequestFailedEvent&) { return true; }, 0));
+}
+
+// Consent to group invitations: a user who blocks the inviter cannot be added (GROUP_CREATE
+// refused whole); one who accepts invitations from contacts only cannot be added
+// (GROUP_UPDATE) until they have chosen to send the inviter a 1:1 message: the delivery
+// receipt their client sends on its own to a stranger who wrote first does not count
+// (Send.adds_contact, Client conventions 12). The flag goes on the first text to each
+// recipient until the server acknowledged one (again after one that failed for good), and
+// that memory survives reopening the Client. One SETTINGS carries both changes (unblock
+// and group invites) and SETTINGS_INFO reads them back.
+TEST_F(ClientApiTest, GroupInvitesNeedConsent) {
+  EventLog alice_log, bob_log, carol_log;
+  auto alice = Client::Open(Options(71, &alice_log));
+  auto bob = Client::Open(Options(72, &bob_log));
+  auto carol = Client::Open(Options(74, &carol_log));
+  ASSERT_TRUE(alice.ok() && bob.ok() && carol.ok());
+  (*alice)->Start();
+  (*bob)->Start();
+  (*carol)->Start();
+  ASSERT_TRUE(Live(alice_log) && Live(bob_log) && Live(carol_log));
+  for (EventLog* log : {&alice_log, &bob_log}) {
+    ASSERT_TRUE(log->WaitFor<KeysUploadedEvent>([](const KeysUploadedEvent& k) {
+      return k.identity;
+    })) << "alice and bob write to each other: both must have published their keys";
+  }
+  // The outcome of a group request: its GroupInfoEvent or its RequestFailedEvent.
+  auto outcome = [&](uint64_t request) {
+    std::optional<RequestFailedEvent> failed;
+    std::optional<GroupInfoEvent> done;
+    EXPECT_TRUE(PollUntil(
+        [&] {
+          failed = bob_log.WaitFor<RequestFailedEvent>(
+              [&](const RequestFailedEvent& f) { return f.request == request; }, 0);
+          done = bob_log.WaitFor<GroupInfoEvent>(
+              [&](const GroupInfoEvent& g) { return g.request == request; }, 0);
+          return failed || done;
+        },
+        15'000, 5))
+        << "no answer to group request " << request;
+    return std::make_pair(failed, done);
+  };
+  auto acked = [](EventLog& log, const std::string& local_id) {
+    return log.WaitFor<SendAckedEvent>(
+        [&](const SendAckedEvent& a) { return a.local_id == local_id; });
+  };
+
+  ASSERT_TRUE((*alice)->Block(72).ok());
+  ASSERT_TRUE(PollUntil([&] { return !(*alice)->LocalSettings().pending; }, 15'000, 10));
+  const uint64_t create = (*bob)->CreateGroup({71, 74}, "with alice");
+  auto [refused, created] = outcome(create);
+  ASSERT_TRUE(refused) << "alice blocks bob: he cannot add her";
+  EXPECT_FALSE(created);
+  EXPECT_EQ(refused->what, "group_create");
+  EXPECT_EQ(refused->status.code(), StatusCode::kForbidden) << refused->status.ToString();
+  EXPECT_NE(refused->status.message().find("user 71 does not accept group invitations"),
+            std::string::npos)
+      << refused->status.message();
+  // Bob's first text to alice carries the flag and is refused for good: his next one
+  // carries it again.
+  auto blocked_text = (*bob)->Send(71, "let me in");
+  ASSERT_TRUE(blocked_text.ok());
+  auto failed = bob_log.WaitFor<SendFailedEvent>(
+      [&](const SendFailedEvent& f) { return f.local_id == *blocked_text; });
+  ASSERT_TRUE(failed);
+  EXPECT_TRUE(failed->permanent);
+  EXPECT_EQ(failed->status.code(), StatusCode::kForbidden) << failed->status.ToString();
+
+  ASSERT_TRUE((*alice)->Unblock(72).ok());
+  ASSERT_TRUE((*alice)->SetGroupInvites(GroupInvites::kContacts).ok());
+  EXPECT_EQ((*alice)->SetGroupInvites(GroupInvites::kUnspecified).code(), StatusCode::kBadRequest);
+  EXPECT_EQ((*alice)->LocalSettings().group_invites, GroupInvites::kContacts);
+  const uint64_t ask = (*alice)->RequestSettings();  // answered after the SETTINGS
+  auto info =
+      alice_log.WaitFor<SettingsEvent>([&](const SettingsEvent& e) { return e.request == ask; });
+  ASSERT_TRUE(info);
+  EXPECT_TRUE(info->blocked.empty());
+  EXPECT_EQ(info->group_invites, GroupInvites::kContacts);
+  EXPECT_FALSE((*alice)->LocalSettings().pending);
+
+  const uint64_t create2 = (*bob)->CreateGroup({74}, "without alice");
+  auto group = bob_log.WaitFor<GroupInfoEvent>(
+      [&](const GroupInfoEvent& g) { return g.request == create2; });
+  ASSERT_TRUE(group);
+
+  // A stranger writes first; alice's client receives it and sends its encrypted DELIVERED
+  // receipt back (a 1:1 SEND to bob, stored: bob's client reports it).
+  auto stranger = (*bob)->Send(71, "hello from a stranger");
+  ASSERT_TRUE(stranger.ok());
+  auto stranger_ack = acked(bob_log, *stranger);
+  ASSERT_TRUE(stranger_ack);
+  EXPECT_TRUE(stranger_ack->adds_contact)
+      << "bob's first text to alice after his flagged one failed for good carries the flag";
+  auto got = alice_log.WaitFor<MessageEvent>([](const MessageEvent& m) { return m.sender == 72; });
+  ASSERT_TRUE(got);
+  EXPECT_EQ(got->text, "hello from a stranger");
+  auto receipt = bob_log.WaitFor<ReceiptEvent>([&](const ReceiptEvent& r) {
+    return r.from == 71 && r.kind == ReceiptKind::kDelivered &&
+           std::find(r.message_ids.begin(), r.message_ids.end(), stranger_ack->message_id) !=
+               r.message_ids.end();
+  });
+  ASSERT_TRUE(receipt) << "alice's client never sent its delivery receipt";
+  auto receipt_ack = alice_log.WaitFor<SendAckedEvent>(
+      [](const SendAckedEvent& a) { return a.recipient == 72 && a.receipt && a.message_id != 0; });
+  ASSERT_TRUE(receipt_ack) << "the encrypted copy (a SEND) of alice's receipt";
+  EXPECT_FALSE(receipt_ack->adds_contact);
+
+  const uint64_t add = (*bob)->UpdateGroup(group->group_id, {71}, {});
+  auto [add_refused, add_done] = outcome(add);
+  ASSERT_TRUE(add_refused) << "alice accepts invitations from contacts only and never chose to "
+                              "write to bob: her client's receipt must not make him a contact";
+  EXPECT_FALSE(add_done);
+  EXPECT_EQ(add_refused->what, "group_update");
+  EXPECT_EQ(add_refused->status.code(), StatusCode::kForbidden) << add_refused->status.ToString();
+  EXPECT_NE(add_refused->status.message().find("71"), std::string::npos);
+
+  auto hello = (*alice)->Send(72, "you may add me now");
+  ASSERT_TRUE(hello.ok());
+  auto hello_ack = acked(alice_log, *hello);
+  ASSERT_TRUE(hello_ack);
+  EXPECT_TRUE(hello_ack->adds_contact) << "alice's first text to bob";
+  const uint64_t add2 = (*bob)->UpdateGroup(group->group_id, {71}, {});
+  auto [add2_refused, added] = outcome(add2);
+  ASSERT_TRUE(added) << "alice wrote to bob: he may add her; "
+                     << (add2_refused ? add2_refused->status.ToString() : "");
+  EXPECT_EQ(added->members, (std::vector<uint64_t>{71, 72, 74}));
+  EXPECT_TRUE(alice_log.WaitFor<GroupEvent>(
+      [&](const GroupEvent& g) { return g.group_id == group->group_id && g.member; }));
+
+  // Acknowledged once: later texts to bob go without the flag, also after a reopen.
+  auto again = (*alice)->Send(72, "second");
+  ASSERT_TRUE(again.ok());
+  auto again_ack = acked(alice_log, *again);
+  ASSERT_TRUE(again_ack);
+  EXPECT_FALSE(again_ack->adds_contact);
+  alice->reset();  // closes the Client (and its state directory)
+  EventLog reopened_log;
+  auto reopened = Client::Open(Options(71, &reopened_log));
+  ASSERT_TRUE(reopened.ok()) << reopened.status().ToString();
+  (*reopened)->Start();
+  ASSERT_TRUE(Live(reopened_log));
+  auto third = (*reopened)->Send(72, "after a restart");
+  ASSERT_TRUE(third.ok());
+  auto third_ack = acked(reopened_log, *third);
+  ASSERT_TRUE(third_ack);
+  EXPECT_FALSE(third_ack->adds_contact) << "the acknowledged flag was forgotten at the reopen";
+  EXPECT_TRUE(bob_log.WaitFor<MessageEvent>(
+      [](const MessageEvent& m) { return m.sender == 71 && m.text == "after a restart"; }));
 }
 
 TEST_F(ClientApiTest, RejectsBadArgumentsAndASecondClientOnOneStateDirectory) {

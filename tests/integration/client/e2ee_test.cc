@@ -1397,6 +1397,86 @@ TEST_F(CliE2eeTest, SettingsRoundTripAndPresenceOffHidesAnOnlineUser) {
   EXPECT_TRUE(p["online"].get<bool>());
 }
 
+// Consent from the CLI: `iris block` / `iris unblock` / `iris blocked`, `iris settings
+// --group-invites`; a message to a user who blocks the sender fails for good (exit 2,
+// FORBIDDEN) and never reaches them; `iris settings` shows the server's copy, and this
+// device's record when the server cannot be reached.
+TEST_F(CliE2eeTest, BlockUnblockBlockedAndGroupInvitesFromTheCli) {
+  const std::string alice = Login(2101);
+  const std::string bob = Login(2102);
+  auto one = [](const CliResult& r, const std::string& kind) {
+    auto j = Events(r.Json(), kind);
+    EXPECT_EQ(j.size(), 1u) << r.out << r.err;
+    return j.empty() ? json() : j[0];
+  };
+  CliResult r = RunIris(alice, {"--json", "block", "2102"});
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  EXPECT_EQ(one(r, "blocked")["user"], 2102);
+  r = RunIris(alice, {"--json", "blocked"});
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  EXPECT_EQ(one(r, "blocked_list")["users"], json::array({2102}));
+  r = RunIris(alice, {"blocked"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("you block: 2102"), std::string::npos) << r.out;
+  r = RunIris(alice, {"block", "2101"});
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_NE(r.err.find("cannot block yourself"), std::string::npos) << r.err;
+
+  r = RunIris(bob, {"--json", "send", "2101", "are you there?"});
+  EXPECT_EQ(r.exit_code, 2) << r.err << r.out;
+  json failed = one(r, "send_failed");
+  EXPECT_TRUE(failed.value("permanent", false)) << r.out;
+  EXPECT_EQ(failed.value("code", ""), "FORBIDDEN") << r.out;
+  EXPECT_TRUE(Events(r.Json(), "sent").empty()) << r.out;
+  r = RunIris(bob, {"--json", "status"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(one(r, "status")["queued"].empty()) << "a refused message is not retried";
+
+  r = RunIris(alice, {"--json", "unblock", "2102"});
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  EXPECT_EQ(one(r, "unblocked")["user"], 2102);
+  r = RunIris(alice, {"--json", "blocked"});
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  EXPECT_TRUE(one(r, "blocked_list")["users"].empty()) << r.out;
+  SendOne(bob, 2101, "now you hear me");
+  auto got = Sync(alice);
+  ASSERT_EQ(got.size(), 1u) << "the refused message must never arrive";
+  EXPECT_EQ(got[0]["text"], "now you hear me");
+
+  r = RunIris(alice, {"--json", "settings", "--group-invites", "contacts"});
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  json s = one(r, "settings");
+  EXPECT_TRUE(s["changed"].get<bool>());
+  EXPECT_EQ(s["source"], "server");
+  EXPECT_EQ(s["group_invites"], "contacts");
+  EXPECT_FALSE(s["pending"].get<bool>());
+  r = RunIris(alice, {"settings", "--group-invites", "friends"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--group-invites takes everyone or contacts"), std::string::npos) << r.err;
+  ASSERT_EQ(RunIris(alice, {"block", "2103"}).exit_code, 0);
+  r = RunIris(alice, {"--json", "settings"});
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  s = one(r, "settings");
+  EXPECT_EQ(s["source"], "server");
+  EXPECT_FALSE(s["changed"].get<bool>());
+  EXPECT_EQ(s["group_invites"], "contacts");
+  EXPECT_EQ(s["blocked"], json::array({2103}));
+  EXPECT_TRUE(s["read_receipts"].get<bool>());
+
+  // Without a server: this device's record, and a block made now waits locally.
+  server_.Stop();
+  r = RunIris(alice, {"--json", "block", "2104", "--timeout", "2"});
+  EXPECT_NE(r.exit_code, 0) << r.out;
+  r = RunIris(alice, {"--json", "settings", "--timeout", "5"});
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  s = one(r, "settings");
+  EXPECT_EQ(s["source"], "local");
+  EXPECT_EQ(s["group_invites"], "contacts");
+  EXPECT_FALSE(s.contains("blocked"));
+  EXPECT_TRUE(s["pending"].get<bool>());
+  EXPECT_EQ(s["pending_block"], json::array({2104}));
+}
+
 // A server whose inboxes keep only the newest 3 messages (older ones move to the archive).
 class CliArchiveTest : public CliE2eeTest {
  protected:

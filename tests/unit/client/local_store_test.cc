@@ -137,6 +137,61 @@ TEST_F(LocalStoreTest, StateFilesArePrivateFromTheFirstOpen) {
 }
 
 // The test-only fault hook makes the named operation fail as a broken disk would.
+// Send.adds_contact (docs/protocol.md, Client conventions 12): the flag is fixed with the
+// ciphertext and kept for retries across reopens, and the recipients whose flagged SEND
+// was acknowledged are remembered (the first record stays). A database from before the
+// flag gains the column; its queued sends go without it.
+TEST_F(LocalStoreTest, AddsContactFlagAndContactsSurviveReopen) {
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db,
+                           "CREATE TABLE send_queue (seq INTEGER PRIMARY KEY AUTOINCREMENT, idem "
+                           "BLOB NOT NULL UNIQUE, recipient INTEGER NOT NULL, kind INTEGER NOT "
+                           "NULL, payload BLOB NOT NULL, wire_body BLOB NOT NULL, attempts INTEGER "
+                           "NOT NULL, created_ms INTEGER NOT NULL);"
+                           "INSERT INTO send_queue (idem, recipient, kind, payload, wire_body, "
+                           "attempts, created_ms) VALUES (x'01', 5, 0, 'old', 'cipher', 1, 1);",
+                           nullptr, nullptr, nullptr),
+              SQLITE_OK);
+    sqlite3_close(db);
+  }
+  {
+    auto s = Open();
+    ASSERT_TRUE(s);
+    auto q = s->Queue();
+    ASSERT_EQ(q.size(), 1u);
+    EXPECT_EQ(q[0].wire_body, "cipher");
+    EXPECT_FALSE(q[0].adds_contact);
+    QueuedSend n;
+    n.idem_key = std::string(16, 'n');
+    n.recipient = 6;
+    n.payload = "new";
+    auto seq = s->Enqueue(n);
+    ASSERT_TRUE(seq.ok());
+    ASSERT_TRUE(s->SetWireBody(*seq, "cipher2", true).ok());
+    auto added = s->ContactAdded(6);
+    ASSERT_TRUE(added.ok());
+    EXPECT_FALSE(*added);
+    ASSERT_TRUE(s->MarkContactAdded(6, 100, 1).ok());
+    ASSERT_TRUE(s->MarkContactAdded(6, 200, 2).ok());  // kept: the first record
+  }
+  auto s = Open();
+  auto q = s->Queue();
+  ASSERT_EQ(q.size(), 2u);
+  EXPECT_FALSE(q[0].adds_contact);
+  EXPECT_EQ(q[1].wire_body, "cipher2");
+  EXPECT_TRUE(q[1].adds_contact);
+  auto found = s->FindQueued(q[1].idem_key);
+  ASSERT_TRUE(found.ok() && found->has_value());
+  EXPECT_TRUE((*found)->adds_contact);
+  for (uint64_t peer : {5, 6}) {
+    auto added = s->ContactAdded(peer);
+    ASSERT_TRUE(added.ok());
+    EXPECT_EQ(*added, peer == 6) << peer;
+  }
+}
+
 TEST_F(LocalStoreTest, InjectedFaultFailsTheNamedOperation) {
   auto s = Open();
   ASSERT_TRUE(s->StoreSession("7", 1, "record").ok());
