@@ -36,6 +36,11 @@ enum class StatusCode : uint32_t {
   // Internal, never sent to a client: a cluster node was asked for a user or group it does
   // not own (the shard moved); the caller re-resolves the owner and retries (cluster::Router).
   kNotOwner = 64,
+  // Internal, never sent to a client: a store (or a replication log) found, when it opened,
+  // that writes it had made durable are missing or that its files are damaged
+  // (store/store_db.h). A single node refuses to start; a node of a replicated cluster sets
+  // its data aside and is rebuilt from the other replicas (irisd --rebuild-lost-data).
+  kDataLoss = 65,
 };
 
 // The protocol name of a code ("BAD_REQUEST", ...); "UNKNOWN" for values outside the table.

@@ -105,8 +105,9 @@ Result<NodeInfo> ParseNode(const std::string& text) {
 }
 
 std::string ShardToJson(const ShardInfo& s) {
-  return json{{"id", s.id}, {"replicas", s.replicas}, {"primary", s.primary}, {"epoch", s.epoch}}
-      .dump();
+  json j{{"id", s.id}, {"replicas", s.replicas}, {"primary", s.primary}, {"epoch", s.epoch}};
+  if (s.elected) j["elected"] = true;  // absent in records written before it existed
+  return j.dump();
 }
 
 Result<ShardInfo> ParseShard(const std::string& text) {
@@ -121,6 +122,7 @@ Result<ShardInfo> ParseShard(const std::string& text) {
     s.replicas = j["replicas"].get<std::vector<NodeId>>();
     s.primary = j["primary"].get<NodeId>();
     s.epoch = j["epoch"].get<int64_t>();
+    s.elected = j.value("elected", false);
     return s;
   } catch (const std::exception& e) {
     return BadRequest(std::string("malformed shard record: ") + e.what());

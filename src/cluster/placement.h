@@ -70,6 +70,10 @@ struct ShardInfo {
   std::vector<NodeId> replicas;  // primary first
   NodeId primary = 0;
   int64_t epoch = 0;
+  // A primary has been elected in this shard at least once (set by the election's CAS,
+  // ShardEpochs; kept by later placements): a replica that starts without a log then has
+  // lost one (repl::DurableState::amnesiac).
+  bool elected = false;
   bool operator==(const ShardInfo&) const = default;
 };
 

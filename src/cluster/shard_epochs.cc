@@ -168,6 +168,7 @@ void ShardEpochs::DoCas(const repl::EtcdCas& cas) {
   ShardInfo next = *info;
   next.epoch = static_cast<int64_t>(cas.new_epoch);
   next.primary = cas.primary;
+  next.elected = true;
   const std::string leader = json{{"epoch", cas.new_epoch}, {"primary", cas.primary}}.dump();
   Result<TxnResult> txn =
       client_.Txn({Compare::ModRevisionEquals(keys_.Shard(shard_), read->kvs[0].mod_revision),

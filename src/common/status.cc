@@ -19,6 +19,7 @@ std::string_view StatusCodeName(StatusCode code) {
     case StatusCode::kStorageFull: return "STORAGE_FULL";
     case StatusCode::kSessionReplaced: return "SESSION_REPLACED";
     case StatusCode::kNotOwner: return "NOT_OWNER";
+    case StatusCode::kDataLoss: return "DATA_LOSS";
   }
   return "UNKNOWN";
 }

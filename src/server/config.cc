@@ -141,6 +141,11 @@ void Define(CLI::App& app, ServerConfig& c) {
                  "(a damaged disk); costs one read of the data (docs/operations.md). The "
                  "write-ahead log and the MANIFEST are always checked")
       ->capture_default_str();
+  app.add_option("--rebuild-lost-data", c.rebuild_lost_data,
+                 "Replicated cluster: when this node's store or replication log lost writes it "
+                 "had made durable, or is damaged, move them to <data-dir>/lost-<unix ms>/ and "
+                 "start empty, to be rebuilt from the other replicas (false: refuse to start)")
+      ->capture_default_str();
   app.add_option("--dedup-bloom-keys-per-day", c.dedup_bloom_keys_per_day,
                  "Keys each daily dedup Bloom filter is sized for (10 bits each, 8 filters); "
                  "new keys past it increasingly cost a read")

@@ -65,6 +65,10 @@ struct ServerConfig {
   uint64_t max_output_bytes = 1 << 20;
   uint32_t inbox_cap = 10'000;
   bool verify_on_start = true;  // read every SST block at start; refuse a damaged one
+  // A replicated cluster node whose store or replication log lost durable writes or is
+  // damaged (DATA_LOSS at open) moves them to <data-dir>/lost-<unix ms>/ and starts empty,
+  // to be rebuilt from the other replicas; false: it refuses to start, as a single node.
+  bool rebuild_lost_data = true;
   uint64_t dedup_bloom_keys_per_day = 1'000'000;  // each daily filter's size (10 bits/key)
   uint64_t dedup_hot_entries = 1'000'000;         // bound of the in-memory 5-minute tier
   uint32_t archive_retention_days = 0;  // archived messages older than this are deleted; 0 = kept

@@ -56,6 +56,23 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
 
   auto server = iris::server::Server::Create(*config);
+  if (!server.ok() && server.status().code() == iris::StatusCode::kDataLoss) {
+    // A replicated cluster node whose data lost durable writes or is damaged (Create says so
+    // only when --rebuild-lost-data allows it): set it aside and start empty; the other
+    // replicas rebuild this one, and it does not vote until they have (docs/replication.md).
+    auto moved = iris::server::Server::SetAsideLostData(*config);
+    if (!moved.ok()) {
+      iris::obs::LogError(
+          "cannot set the damaged data aside",
+          {{"error", server.status().ToString()}, {"move", moved.status().ToString()}});
+      return 1;
+    }
+    iris::obs::LogError(
+        "this node's data lost writes it had made durable, or is damaged: moved "
+        "it aside and starting empty, to be rebuilt from the other replicas",
+        {{"error", server.status().ToString()}, {"moved_to", *moved}});
+    server = iris::server::Server::Create(*config);
+  }
   if (!server.ok()) {
     iris::obs::LogError("cannot create the server", {{"error", server.status().ToString()}});
     return 1;

@@ -589,7 +589,18 @@ Result<std::unique_ptr<Server>> Server::Create(const ServerConfig& config) {
     so.dedup_hot_max_entries = static_cast<size_t>(c.dedup_hot_entries);
     so.archive_retention_ms = static_cast<int64_t>(c.archive_retention_days) * 86'400'000;
     if (m.cluster_vnodes > 0) so.vnodes = m.cluster_vnodes;
-    if (m.replicated()) IRIS_RETURN_IF_ERROR(server->OpenReplication(so));
+    // DATA_LOSS (lost durable writes, damaged files) is the caller's cue to rebuild this
+    // node from the other replicas (Create's contract); anything else cannot be.
+    const bool may_rebuild = m.replicated() && c.rebuild_lost_data;
+    const auto lost = [may_rebuild](Status s) {
+      if (s.code() == StatusCode::kDataLoss && !may_rebuild) {
+        return Status(StatusCode::kInternal, s.message());
+      }
+      return s;
+    };
+    if (m.replicated()) {
+      if (Status s = server->OpenReplication(so); !s.ok()) return lost(std::move(s));
+    }
     obs::Histogram* db_write = &obs::Registry::Default().GetHistogram(
         "iris_db_write_latency_seconds", "Durable append: one group-committed WAL write with sync");
     so.write_latency_observer = [db_write](int64_t nanos) {
@@ -597,7 +608,7 @@ Result<std::unique_ptr<Server>> Server::Create(const ServerConfig& config) {
     };
     auto st = store::InboxStore::Open(so);
     // Another irisd on this directory: say which, instead of RocksDB's "lock file" error.
-    if (!st.ok()) return ExplainStoreOpenError(c.data_dir, so.path + "/LOCK", st.status());
+    if (!st.ok()) return lost(ExplainStoreOpenError(c.data_dir, so.path + "/LOCK", st.status()));
     m.store = std::move(st).value();
     if (!m.clustered()) {
       // Revocations survive restarts: a revoked token stays refused until it expires. (In a
@@ -618,6 +629,54 @@ Result<std::unique_ptr<Server>> Server::Create(const ServerConfig& config) {
     m.tracer = std::move(tracer).value();
   }
   return server;
+}
+
+namespace {
+
+// fsync of a directory: the renames and creations in it are durable once it returns.
+Status SyncDirectory(const std::string& dir) {
+  const int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return Internal("cannot open " + dir + ": " + std::strerror(errno));
+  const int rc = fsync(fd);
+  const int err = errno;
+  close(fd);
+  if (rc != 0) return Internal("cannot sync " + dir + ": " + std::strerror(err));
+  return Status::Ok();
+}
+
+Status WriteFileDurably(const std::string& path, const std::string& content) {
+  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return Internal("cannot create " + path + ": " + std::strerror(errno));
+  const bool written = write(fd, content.data(), content.size()) ==
+                           static_cast<ssize_t>(content.size()) &&
+                       fdatasync(fd) == 0;
+  const int err = errno;
+  close(fd);
+  if (!written) return Internal("cannot write " + path + ": " + std::strerror(err));
+  return SyncDirectory(std::filesystem::path(path).parent_path().string());
+}
+
+}  // namespace
+
+Result<std::string> Server::SetAsideLostData(const ServerConfig& config) {
+  const std::string dir =
+      config.data_dir + "/lost-" + std::to_string(SystemClock::Instance().WallMillis());
+  std::error_code ec;
+  std::filesystem::create_directory(dir, ec);
+  if (ec) return Internal("cannot create " + dir + ": " + ec.message());
+  // The mark first (every replica this node starts without a log is then amnesiac, even in
+  // a shard whose etcd record predates `elected`), then the log before the store: a store
+  // moved away under a log left in place would make the log's snapshot claim data the
+  // store no longer has.
+  IRIS_RETURN_IF_ERROR(WriteFileDurably(config.data_dir + "/" + std::string(kLostDataMark), dir));
+  for (const char* part : {"replication", "store"}) {
+    const std::string from = config.data_dir + "/" + part;
+    if (!std::filesystem::exists(from, ec)) continue;
+    std::filesystem::rename(from, dir + "/" + part, ec);
+    if (ec) return Internal("cannot move " + from + " to " + dir + ": " + ec.message());
+    IRIS_RETURN_IF_ERROR(SyncDirectory(config.data_dir));
+  }
+  return dir;
 }
 
 Server::~Server() { Stop(); }
@@ -1329,6 +1388,7 @@ Status Server::OpenReplication(store::StoreOptions& so) {
   cluster::NodeReplicationOptions ro;
   ro.self = c.node_id;
   ro.log_path = c.data_dir + "/replication";
+  ro.lost_data = std::filesystem::exists(c.data_dir + "/" + std::string(kLostDataMark));
   ro.lease_ttl_s = c.replication_lease_ttl_s;
   ro.compact_every = static_cast<cluster::repl::Lsn>(c.replication_compact_every);
   ro.rebuild_bytes_per_sec = c.rebalance_bytes_per_sec;
@@ -1413,7 +1473,7 @@ void Server::FollowPlacementWithReplicas(const std::shared_ptr<const cluster::Pl
     if (std::find(s.replicas.begin(), s.replicas.end(), m.config.node_id) == s.replicas.end()) {
       continue;
     }
-    const Status st = m.replication_ptr->AddShard(s.id, s.replicas);
+    const Status st = m.replication_ptr->AddShard(s.id, s.replicas, s.elected);
     if (!st.ok()) {
       obs::LogError("replication: cannot start a shard replica",
                     {{"shard", s.id}, {"error", st.message()}});

@@ -24,7 +24,16 @@ namespace iris::server {
 
 class Server {
  public:
+  // DATA_LOSS only for a node of a replicated cluster with config.rebuild_lost_data whose
+  // store or replication log lost durable writes or is damaged (SetAsideLostData, then
+  // Create again); a single node gets INTERNAL with the same message.
   static Result<std::unique_ptr<Server>> Create(const ServerConfig& config);
+  // Moves <data-dir>/store and <data-dir>/replication into a new <data-dir>/lost-<unix ms>/
+  // (one directory rename each) and returns that directory: the node then starts empty and
+  // is rebuilt from the other replicas; the old files stay for inspection.
+  static Result<std::string> SetAsideLostData(const ServerConfig& config);
+  // The mark SetAsideLostData leaves in the data directory (its content: the lost-* path).
+  static constexpr std::string_view kLostDataMark = "LOST-DATA";
   ~Server();
 
   Status Start();

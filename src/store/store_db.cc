@@ -383,10 +383,10 @@ Status StoreDb::OpenLocked(bool first_open) {
       rocksdb::DB::Open(rocksdb::DBOptions(db_options), options.path, descriptors, &handles, &raw);
   if (!s.ok()) {
     if (s.IsCorruption()) {
-      return Internal("store: " + options.path + " is damaged and was not opened (" +
-                      s.ToString() +
-                      "); nothing was changed. Restore this node's data directory from a "
-                      "backup (docs/operations.md, \"Backup and restore\")");
+      return Status(StatusCode::kDataLoss,
+                    "store: " + options.path + " is damaged and was not opened (" + s.ToString() +
+                        "); nothing was changed. Restore this node's data directory from a "
+                        "backup (docs/operations.md, \"Backup and restore\")");
     }
     return FromRocks(s, "store: open " + options.path);
   }
@@ -401,13 +401,14 @@ Status StoreDb::OpenLocked(bool first_open) {
   const std::optional<uint64_t> mark = ReadMark(options.path);
   if (mark && *mark > recovered) {
     CloseLocked();
-    return Internal("store: " + options.path + " recovered writes up to sequence " +
-                    std::to_string(recovered) + ", but writes up to sequence " +
-                    std::to_string(*mark) +
-                    " were durable before it stopped (" + std::string(kDurabilityMarkFile) +
-                    "): the write-ahead log was truncated or lost. Refusing to open rather "
-                    "than serve fewer acknowledged messages; restore this node's data "
-                    "directory from a backup (docs/operations.md, \"Backup and restore\")");
+    return Status(StatusCode::kDataLoss,
+                  "store: " + options.path + " recovered writes up to sequence " +
+                      std::to_string(recovered) + ", but writes up to sequence " +
+                      std::to_string(*mark) + " were durable before it stopped (" +
+                      std::string(kDurabilityMarkFile) +
+                      "): the write-ahead log was truncated or lost. Refusing to open rather "
+                      "than serve fewer acknowledged messages; restore this node's data "
+                      "directory from a backup (docs/operations.md, \"Backup and restore\")");
   }
   {
     std::lock_guard<std::mutex> lock(mark_mu_);
@@ -426,10 +427,11 @@ Status StoreDb::OpenLocked(bool first_open) {
     const rocksdb::Status v = raw->VerifyChecksum(ro);
     if (!v.ok()) {
       CloseLocked();
-      return Internal("store: " + options.path + " failed its checksum verification (" +
-                      v.ToString() +
-                      "); refusing to open. Restore this node's data directory from a backup "
-                      "(docs/operations.md, \"Backup and restore\")");
+      return Status(StatusCode::kDataLoss,
+                    "store: " + options.path + " failed its checksum verification (" +
+                        v.ToString() +
+                        "); refusing to open. Restore this node's data directory from a backup "
+                        "(docs/operations.md, \"Backup and restore\")");
     }
   }
   return Status::Ok();

@@ -332,6 +332,69 @@ TEST(ReplicaTest, LevelMeReportsHowFarTheLogIsKnownToMatch) {
   EXPECT_EQ(Sent<BatchAck>(fx, 1)[0].matched_lsn, 6u);
 }
 
+// A replica that lost its log (a wiped data directory) in a shard that has had a primary
+// grants no promise and stands for no election; it asks the primary it knows of to level
+// it, and once it follows that primary's epoch (the whole Level durable) it votes again.
+TEST(ReplicaTest, AnAmnesiacReplicaDoesNotVoteUntilAPrimaryLevelledIt) {
+  DurableState wiped;
+  wiped.amnesiac = true;
+  Replica b(Opts(2), wiped);
+  (void)b.Step(Tick{0});
+  (void)b.Step(EtcdWatch{ShardRecord{5, 3, 1, false}});  // epoch 3, its lease lapsed
+  std::vector<Effect> fx = b.Step(Tick{5000});
+  EXPECT_EQ(b.role(), Role::kBackup);  // no candidacy
+  EXPECT_EQ(b.promised(), 3u);  // the record's epoch: older primaries are fenced
+  fx = b.Step(Receive{3, PromiseRequest{4}});
+  ASSERT_EQ(Sent<Promise>(fx, 3).size(), 1u);
+  EXPECT_FALSE(Sent<Promise>(fx, 3)[0].granted);
+  EXPECT_EQ(b.promised(), 3u);
+  // Node 3 won epoch 4 (with node 1's promise): the amnesiac asks it to be levelled.
+  (void)b.Step(EtcdWatch{ShardRecord{6, 4, 3, true}});
+  fx = b.Step(Tick{5200});
+  ASSERT_EQ(Sent<BatchAck>(fx, 3).size(), 1u);
+  EXPECT_FALSE(Sent<BatchAck>(fx, 3)[0].ok);
+  EXPECT_EQ(Sent<BatchAck>(fx, 3)[0].epoch, 4u);
+  fx = b.Step(Receive{3, Level{4, 0, 0, {Batch{2, 1, 101, "m1"}, Batch{4, 2, 102, "m2"}}, 1}});
+  EXPECT_TRUE(b.amnesiac());
+  for (const PersistMeta& m : All<PersistMeta>(fx)) EXPECT_TRUE(m.amnesiac);  // until levelled
+  fx = b.Step(WalSynced{2});
+  EXPECT_EQ(b.accepted(), 4u);
+  EXPECT_FALSE(b.amnesiac());
+  ASSERT_FALSE(All<PersistMeta>(fx).empty());
+  EXPECT_FALSE(All<PersistMeta>(fx).back().amnesiac);
+  fx = b.Step(Receive{1, PromiseRequest{5}});
+  ASSERT_EQ(Sent<Promise>(fx, 1).size(), 1u);
+  EXPECT_TRUE(Sent<Promise>(fx, 1)[0].granted);
+}
+
+// An amnesiac replica also lost the promise it made. A primary deposed while the replica was
+// down (node 1, epoch 3; node 3 won epoch 4 with the replica's promise) must not level it
+// and reach W through it: until etcd's record (read after the start) gives it its promise
+// back, it takes nothing from a primary; then the old epoch is fenced.
+TEST(ReplicaTest, AnAmnesiacReplicaTakesNothingFromADeposedPrimary) {
+  DurableState wiped;
+  wiped.amnesiac = true;
+  Replica b(Opts(2), wiped);
+  (void)b.Step(Tick{0});
+  std::vector<Effect> fx =
+      b.Step(Receive{1, Level{3, 0, 0, {Batch{3, 1, 101, "stale"}}, 0}});  // before etcd
+  EXPECT_TRUE(All<WalAppend>(fx).empty());
+  EXPECT_TRUE(All<Send>(fx).empty());
+  EXPECT_EQ(b.promised(), 0u);
+  fx = b.Step(EtcdWatch{ShardRecord{9, 4, 3, true}});
+  EXPECT_EQ(b.promised(), 4u);
+  ASSERT_FALSE(All<PersistMeta>(fx).empty());
+  EXPECT_TRUE(All<PersistMeta>(fx).back().amnesiac);
+  fx = b.Step(Receive{1, Level{3, 0, 0, {Batch{3, 1, 101, "stale"}}, 0}});
+  EXPECT_TRUE(All<WalAppend>(fx).empty());
+  ASSERT_EQ(Sent<BatchAck>(fx, 1).size(), 1u);
+  EXPECT_FALSE(Sent<BatchAck>(fx, 1)[0].ok);
+  EXPECT_EQ(Sent<BatchAck>(fx, 1)[0].promised, 4u);  // deposes node 1
+  fx = b.Step(Receive{1, ShipBatch{3, Batch{3, 2, 102, "stale2"}, 0}});
+  EXPECT_TRUE(All<WalAppend>(fx).empty());
+  EXPECT_EQ(b.accepted(), 0u);
+}
+
 TEST(ReplicaTest, CandidateNeedsAPromiseQuorumBeforeItsCas) {
   Replica r(Opts(1), DurableState{});
   (void)r.Step(Tick{0});

@@ -57,6 +57,9 @@ struct Node {
   bool etcd_cut = false;
   int64_t last_watch_ms = 0;
   DurableState durable;
+  // What earlier wipes destroyed: a copy acknowledged before a wipe counted towards W when
+  // the primary committed (the ack may arrive after the wipe); G3 counts it.
+  std::vector<DurableState> wiped;
   std::vector<Batch> unsynced;
   bool sync_scheduled = false;
   std::unique_ptr<Replica> replica;
@@ -302,6 +305,7 @@ void Simulation::Apply(Node& n, std::vector<Effect>& effects) {
           } else if constexpr (std::is_same_v<T, PersistMeta>) {
             n.durable.promised = x.promised;
             n.durable.accepted = x.accepted;
+            n.durable.amnesiac = x.amnesiac;
           } else if constexpr (std::is_same_v<T, EtcdCas>) {
             const uint64_t inst = n.instance;
             const EtcdCas cas = x;
@@ -550,15 +554,19 @@ bool Simulation::OwnsEpoch(const Node& n, Epoch epoch) {
 }
 
 void Simulation::CheckDurableCopies(Epoch epoch, Lsn lsn, const std::string& payload) {
+  const auto holds = [&](const DurableState& d) {
+    if (lsn <= d.snapshot.lsn) return d.snapshot.state.find(payload) != std::string::npos;
+    if (lsn - d.snapshot.lsn <= d.batches.size()) {
+      const Batch& b = d.batches[lsn - d.snapshot.lsn - 1];
+      return b.epoch == epoch && b.payload == payload;
+    }
+    return false;
+  };
   size_t copies = 0;
   for (const Node& n : nodes_) {
-    const DurableState& d = n.durable;
-    if (lsn <= d.snapshot.lsn) {
-      if (d.snapshot.state.find(payload) != std::string::npos) ++copies;
-    } else if (lsn - d.snapshot.lsn <= d.batches.size()) {
-      const Batch& b = d.batches[lsn - d.snapshot.lsn - 1];
-      if (b.epoch == epoch && b.payload == payload) ++copies;
-    }
+    bool held = holds(n.durable);
+    for (const DurableState& w : n.wiped) held = held || holds(w);
+    if (held) ++copies;
   }
   if (copies < cfg_.write_quorum) {
     Violation("G3: lsn " + std::to_string(lsn) + " (" + payload + ") committed with " +
@@ -680,7 +688,7 @@ void Simulation::Fault() {
   if (!Faulty() || stop_) return;
   Node& n = nodes_[static_cast<size_t>(U(0, static_cast<int64_t>(nodes_.size()) - 1))];
   const std::string who = "node " + std::to_string(n.id);
-  switch (U(0, 6)) {
+  switch (U(0, 7)) {
     case 0:
     case 1:
       if (n.up) {
@@ -732,6 +740,29 @@ void Simulation::Fault() {
       n.clock_offset += U(-3000, 3000);
       Trace(who + " clock jumps to offset " + std::to_string(n.clock_offset));
       break;
+    case 7: {
+      // A wipe: the node loses its whole durable state (a replaced disk) and comes back
+      // without a log; the shard has had a primary, so it starts amnesiac (replica.h). Only
+      // while no other node has lost its log: two such losses at once are more failures
+      // than W = 2 of 3 tolerates.
+      bool another_lost = false;
+      for (const Node& m : nodes_) {
+        if (m.id != n.id && m.durable.amnesiac) another_lost = true;
+      }
+      if (!n.up || another_lost) break;
+      Crash(n);
+      ++result_.wipes;
+      n.wiped.push_back(std::move(n.durable));
+      n.durable = DurableState{};
+      n.durable.amnesiac = rec_.epoch > 0;
+      Trace(who + " WIPED" + (n.durable.amnesiac ? " (amnesiac)" : ""));
+      const uint64_t gen = ++n.down_gen;
+      At(now_ + U(50, 2500), [this, id = n.id, gen]() {
+        Node& m = N(id);
+        if (!m.up && m.down_gen == gen) Restart(m);
+      });
+      break;
+    }
     case 6: {
       const uint64_t gen = ++loss_gen_;
       loss_ = 0.3;

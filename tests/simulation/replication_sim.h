@@ -7,8 +7,11 @@
 //
 // Faults while the run is in its fault phase: message loss, duplication and reordering,
 // partitions (between nodes and between a node and etcd), crashes that lose the unsynced
-// WAL tail, pauses longer than the lease (SIGSTOP), clock skew and jumps, log compaction
-// (so that a node away long enough needs a rebuild). Then everything heals and the run
+// WAL tail, wipes (a crash that loses the node's whole durable state, as a replaced disk:
+// at most one node at a time has lost its log, i.e. is amnesiac until levelled; more
+// would be more failures than N = 3, W = 2 tolerates), pauses longer than the lease
+// (SIGSTOP), clock skew and jumps, log compaction (so that a node away long enough needs a
+// rebuild). Then everything heals and the run
 // continues until every client is done and the replicas agree, or a deadline passes.
 //
 // The checker holds a model of every acknowledged append and reports the first violation
@@ -54,6 +57,7 @@ struct SimResult {
   uint64_t failovers = 0;  // epochs won in etcd
   uint64_t rebuilds = 0;
   uint64_t crashes = 0;
+  uint64_t wipes = 0;  // of the crashes, those that lost the whole durable state
   uint64_t events = 0;
   int64_t end_ms = 0;
 };

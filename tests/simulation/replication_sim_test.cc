@@ -85,6 +85,7 @@ Sweep RunSeeds(SimConfig config, uint64_t first, uint64_t count) {
     s.totals.failovers += r.failovers;
     s.totals.rebuilds += r.rebuilds;
     s.totals.crashes += r.crashes;
+    s.totals.wipes += r.wipes;
     s.totals.events += r.events;
     if (!r.ok) {
       s.first_failure = seed;
@@ -108,13 +109,14 @@ bool NoViolation(const SimConfig& config, uint64_t default_seeds) {
   const Sweep s = RunSeeds(config, first, count);
   std::printf(
       "%s: %llu seeds in %.2f s (%.0f seeds/s); acknowledged %llu, epochs won %llu, late acks "
-      "%llu, rebuilds %llu, crashes %llu, events %llu\n",
+      "%llu, rebuilds %llu, crashes %llu (wipes %llu), events %llu\n",
       TestName().c_str(), static_cast<unsigned long long>(s.runs), s.seconds,
       static_cast<double>(s.runs) / s.seconds, static_cast<unsigned long long>(s.totals.acked),
       static_cast<unsigned long long>(s.totals.failovers),
       static_cast<unsigned long long>(s.totals.late_acks),
       static_cast<unsigned long long>(s.totals.rebuilds),
       static_cast<unsigned long long>(s.totals.crashes),
+      static_cast<unsigned long long>(s.totals.wipes),
       static_cast<unsigned long long>(s.totals.events));
   if (s.first_failure) {
     ADD_FAILURE() << "seed " << *s.first_failure << ": " << s.failure.violation
@@ -125,6 +127,7 @@ bool NoViolation(const SimConfig& config, uint64_t default_seeds) {
     EXPECT_GT(s.totals.failovers, s.runs);
     EXPECT_GT(s.totals.late_acks, 0u);
     EXPECT_GT(s.totals.crashes, 0u);
+    EXPECT_GT(s.totals.wipes, 0u);
     EXPECT_GT(s.totals.rebuilds, 0u);
   }
   return !s.first_failure.has_value();
@@ -184,6 +187,15 @@ TEST(ReplicationSimMutationTest, SkipEpochCheckIsCaught) {
   SimConfig config;
   config.mutations.skip_epoch_check = true;
   EXPECT_TRUE(Caught(config, "skip_epoch_check"));
+}
+
+// A replica that lost its log (a wiped data directory) voting as before: with one backup
+// behind and the other copy of the last acknowledged batch on a primary that died, the
+// election runs on two logs without it.
+TEST(ReplicationSimMutationTest, AmnesiacVotesIsCaught) {
+  SimConfig config;
+  config.mutations.amnesiac_votes = true;
+  EXPECT_TRUE(Caught(config, "amnesiac_votes"));
 }
 
 TEST(ReplicationSimMutationTest, ElectWithoutMajorityIsCaught) {

@@ -58,7 +58,8 @@ NodeReplication::~NodeReplication() {
   log_.reset();
 }
 
-Status NodeReplication::AddShard(repl::ShardNo shard, std::vector<repl::NodeId> replicas) {
+Status NodeReplication::AddShard(repl::ShardNo shard, std::vector<repl::NodeId> replicas,
+                                 bool shard_elected) {
   if (std::find(replicas.begin(), replicas.end(), options_.self) == replicas.end()) {
     return BadRequest("node " + std::to_string(options_.self) + " is not a replica of shard " +
                       std::to_string(shard));
@@ -86,6 +87,7 @@ Status NodeReplication::AddShard(repl::ShardNo shard, std::vector<repl::NodeId> 
   ho.replica.self = options_.self;
   ho.replica.replicas = std::move(replicas);
   ho.applied_lsn = applied;
+  ho.shard_elected = shard_elected || options_.lost_data;
   ho.tick_ms = options_.tick_ms;
   // The snapshot's state is the store's (copied by a rebuild), never carried in a message.
   ho.replica.fetch_snapshots = false;

@@ -62,6 +62,9 @@ struct NodeReplicationOptions {
   // After a rebuild's last chunk, the primary keeps its log from the rebuild's lsn this long
   // more, for the Level (in pieces) of what was written during the copy.
   int64_t rebuild_level_grace_ms = 60'000;
+  // This node set lost data aside (irisd --rebuild-lost-data): every replica it starts
+  // without a log is amnesiac (repl::DurableState::amnesiac), whatever etcd's record says.
+  bool lost_data = false;
 };
 
 struct NodeReplicationEnv {
@@ -110,7 +113,9 @@ class NodeReplication {
   // them) from the log and the store's applied lsn, and follows the shard's etcd record.
   // A shard already started is left as it is. Errors: BAD_REQUEST when self is not among
   // `replicas`; INTERNAL when the log cannot be read; UNAVAILABLE when etcd cannot be read.
-  Status AddShard(repl::ShardNo shard, std::vector<repl::NodeId> replicas);
+  // `shard_elected`: the shard has had a primary, as etcd's record says (HostOptions).
+  Status AddShard(repl::ShardNo shard, std::vector<repl::NodeId> replicas,
+                  bool shard_elected = false);
 
   // The store's replicate hook (StoreOptions::replicate). `done` runs exactly once.
   void Replicate(repl::ShardNo shard, std::string payload, uint64_t hlc,

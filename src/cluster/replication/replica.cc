@@ -22,6 +22,7 @@ Replica::Replica(Options options, DurableState durable)
     : opts_(std::move(options)),
       promised_(durable.promised),
       accepted_(durable.accepted),
+      amnesiac_(durable.amnesiac && !opts_.mutations.amnesiac_votes),
       snapshot_(std::move(durable.snapshot)),
       log_(std::move(durable.batches)) {
   IRIS_RELEASE_ASSERT(std::find(opts_.replicas.begin(), opts_.replicas.end(), opts_.self) !=
@@ -150,6 +151,14 @@ void Replica::OnReceive(NodeId from, Message& m) {
       std::find(opts_.replicas.begin(), opts_.replicas.end(), from) == opts_.replicas.end()) {
     return;  // not a replica of this shard
   }
+  if (amnesiac_ && !record_known_ &&
+      (std::holds_alternative<ShipBatch>(m) || std::holds_alternative<Level>(m) ||
+       std::holds_alternative<InstallSnapshot>(m) || std::holds_alternative<Heartbeat>(m))) {
+    // The promise this replica made before it lost its log is lost too: until etcd's record
+    // (read after this start) gives it one back (OnRecord), a deposed primary could level
+    // it and reach W through it. Dropped: the primary sends again.
+    return;
+  }
   std::visit(
       [this, from](auto& msg) {
         using T = std::decay_t<decltype(msg)>;
@@ -186,7 +195,7 @@ void Replica::SeeEpoch(Epoch e, bool primary_exists) {
   }
 }
 
-void Replica::Persist() { Emit(PersistMeta{promised_, accepted_}); }
+void Replica::Persist() { Emit(PersistMeta{promised_, accepted_, amnesiac_}); }
 
 bool Replica::Due(int64_t& last_ms, int64_t period_ms) {
   if (now_ < last_ms || now_ - last_ms >= period_ms) {  // a clock jumping back fires too
@@ -338,6 +347,7 @@ void Replica::MaybeAcceptAndAck() {
     // Zab's rule: follow a new primary's epoch only once its whole log is durable here.
     if (log_epoch_ < promised_ || durable_lsn_ < accept_at_) return;
     accepted_ = log_epoch_;
+    amnesiac_ = false;  // levelled by a primary: its log holds every committed batch now
     Persist();
   }
   // After promising a later epoch, acknowledge nothing older: that is what stops a
@@ -524,6 +534,7 @@ size_t Replica::Rank() const {
 
 void Replica::MaybeStartCandidacy() {
   if (role_ != Role::kBackup && role_ != Role::kDeposed) return;
+  if (amnesiac_) return;  // waits to be levelled
   if (!record_known_ || record_.lease_live || !have_time_) {
     lapse_seen_ms_.reset();
     return;
@@ -564,7 +575,8 @@ void Replica::AbandonCandidacy() {
 }
 
 void Replica::OnPromiseRequest(NodeId from, const PromiseRequest& m) {
-  if (m.epoch < promised_) {
+  if (m.epoch < promised_ || amnesiac_) {
+    // (An amnesiac replica's log may lack what it acknowledged: it does not vote.)
     SendTo(from, Promise{m.epoch, false, promised_, accepted_, durable_lsn_, commit_lsn_});
     return;
   }
@@ -675,6 +687,12 @@ void Replica::OnRecord(const ShardRecord& r) {
   record_ = r;
   record_known_ = true;
   highest_seen_ = std::max(highest_seen_, r.epoch);
+  if (amnesiac_ && r.epoch > promised_) {
+    // What this replica may have promised before it lost its log is at most the last epoch
+    // won in etcd: promising that again fences every older primary.
+    promised_ = r.epoch;
+    Persist();
+  }
   switch (role_) {
     case Role::kPrimary:
       if (r.epoch > accepted_ || (r.epoch == accepted_ && !r.lease_live)) {
@@ -762,8 +780,19 @@ void Replica::OnTick(const Tick& e) {
         }
       }
       break;
-    default: MaybeStartCandidacy();
+    default: MaybeStartCandidacy(); MaybeAskToBeLevelled();
   }
+}
+
+void Replica::MaybeAskToBeLevelled() {
+  if (role_ != Role::kBackup && role_ != Role::kDeposed) return;
+  if (!record_known_ || !record_.lease_live || record_.primary == 0 ||
+      record_.primary == opts_.self) {
+    return;
+  }
+  if (record_.epoch < promised_ || log_epoch_ == record_.epoch) return;
+  if (!Due(last_level_ask_ms_, opts_.retransmit_ms)) return;
+  SendAck(record_.primary, record_.epoch, false);  // "level me"
 }
 
 }  // namespace iris::cluster::repl

@@ -227,10 +227,11 @@ struct WalCompact {
 struct WalInstallSnapshot {
   Snapshot snapshot;
 };
-// Durably store promised/accepted before any later effect.
+// Durably store promised/accepted (and the amnesiac mark) before any later effect.
 struct PersistMeta {
   Epoch promised = 0;
   Epoch accepted = 0;
+  bool amnesiac = false;
 };
 // etcd transaction: if shards/<s>.epoch == expected and leaders/<s> is absent, then set
 // epoch = new_epoch, primary = self and create leaders/<s> under a new lease (TTL).
@@ -288,6 +289,20 @@ struct DurableState {
   Epoch accepted = 0;
   Snapshot snapshot;
   std::vector<Batch> batches;  // snapshot.lsn + 1, ... (contiguous), all synced
+  // An amnesiac replica lost (or never had) the log of a shard that already had a primary:
+  // a data directory wiped and restarted, or a replica new to a running shard. It may hold
+  // less than what it acknowledged before, so it grants no promise and stands for no
+  // election until a primary has levelled it (it then follows that primary's epoch, whose
+  // log holds every committed batch); it takes batches, Levels and rebuilds as any backup.
+  // Otherwise an election with its empty log and one backup that lacks the last
+  // acknowledged batch (whose other copy is on the dead primary) would lose that batch. It
+  // also lost the promise it made: until the first shard record it sees after its start
+  // (etcd, read afterwards) it takes nothing from a primary, and then promises that
+  // record's epoch, which fences every older primary. The caller sets it when it starts a
+  // replica with no durable state for a shard that has had a primary (etcd's record says
+  // so, or the node's store holds data of the shard, or the node set lost data aside); the
+  // replica persists it (PersistMeta, with its first promise) until it is cleared.
+  bool amnesiac = false;
 };
 
 // Deliberate bugs, for the simulation's mutation check only (all off in production).
@@ -295,6 +310,7 @@ struct Mutations {
   bool ack_at_w1 = false;               // commit with the primary's copy alone
   bool skip_epoch_check = false;        // backups take and ack batches of a lower epoch
   bool elect_without_majority = false;  // a candidate proceeds on its own promise
+  bool amnesiac_votes = false;          // a replica that lost its log votes (as before)
 };
 
 struct Options {
@@ -351,6 +367,7 @@ class Replica {
   Lsn LastLsn() const { return snapshot_.lsn + log_.size(); }
   Lsn DurableLsn() const { return durable_lsn_; }
   Lsn CommitLsn() const { return commit_lsn_; }
+  bool amnesiac() const { return amnesiac_; }
   const Snapshot& snapshot() const { return snapshot_; }
   const std::vector<Batch>& batches() const { return log_; }  // snapshot().lsn + 1, ...
   // The greatest HLC in the log (ids of a new primary start above it).
@@ -428,6 +445,11 @@ class Replica {
 
   // Candidate side.
   void MaybeStartCandidacy();
+  // A backup that knows the current primary (etcd: its lease is live) but follows no
+  // primary of that epoch (it restarted without its log, or lost touch) asks it for a Level
+  // now and then ("level me"), instead of waiting for the primary's next batch or Heartbeat:
+  // an idle primary sends none, and it believes the backup in sync.
+  void MaybeAskToBeLevelled();
   void StartCandidacy();
   void CandidateProgress();
   void AbandonCandidacy();
@@ -443,6 +465,7 @@ class Replica {
   // Durable (mirrored by the caller through the effects).
   Epoch promised_ = 0;
   Epoch accepted_ = 0;
+  bool amnesiac_ = false;  // DurableState::amnesiac
   Snapshot snapshot_;
   std::vector<Batch> log_;
 
@@ -486,6 +509,7 @@ class Replica {
   // it (Options::stall_depose_ms).
   int64_t progress_ms_ = 0;
   int64_t last_heartbeat_ms_ = INT64_MIN / 2;
+  int64_t last_level_ask_ms_ = INT64_MIN / 2;  // MaybeAskToBeLevelled
 };
 
 }  // namespace iris::cluster::repl

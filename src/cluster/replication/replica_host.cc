@@ -30,6 +30,14 @@ Result<std::unique_ptr<ReplicaHost>> ReplicaHost::Start(HostOptions options, Sha
                                                         HostEnvironment env) {
   Result<DurableState> durable = log.Load(options.shard);
   if (!durable.ok()) return durable.status();
+  if ((options.shard_elected || options.applied_lsn > 0) && durable->promised == 0 && durable->accepted == 0 &&
+      durable->snapshot.lsn == 0 && durable->batches.empty()) {
+    durable->amnesiac = true;  // persisted with the promise etcd's record gives it
+    obs::LogWarn(
+        "replication: a replica without a log joins a shard that has had a primary: "
+        "it does not vote until the primary has levelled it",
+        {{"shard", options.shard}});
+  }
   auto host = std::unique_ptr<ReplicaHost>(
       new ReplicaHost(std::move(options), log, std::move(env), std::move(durable).value()));
   host->Publish();

@@ -81,6 +81,11 @@ struct HostOptions {
   ShardNo shard = 0;
   Options replica;      // the state machine's options (self, replicas, W, timers)
   Lsn applied_lsn = 0;  // what env.apply has made durable before this start
+  // Whether the shard has had a primary (etcd, cluster::ShardInfo::elected) when the
+  // replica starts: then a replica without any durable state starts amnesiac
+  // (DurableState::amnesiac). So does one whose store holds data of the shard
+  // (applied_lsn > 0) while its log is gone.
+  bool shard_elected = false;
   int64_t tick_ms = 20;
   // Compact the log once this many applied batches follow its snapshot (0: never).
   Lsn compact_every = 0;

@@ -54,10 +54,12 @@ std::string EncodeSnapshot(const Snapshot& s) {
   v += s.state;
   return v;
 }
-std::string EncodeMeta(Epoch promised, Epoch accepted) {
+// The amnesiac mark is a 17th byte, written only while set (a 16-byte record has none).
+std::string EncodeMeta(Epoch promised, Epoch accepted, bool amnesiac) {
   std::string v;
   AppendBigEndian64(&v, promised);
   AppendBigEndian64(&v, accepted);
+  if (amnesiac) v.push_back('\x01');
   return v;
 }
 
@@ -78,6 +80,7 @@ struct ShardLog::Op {
   Snapshot snapshot;           // kCompact, kInstall
   Epoch promised = 0;          // kMeta
   Epoch accepted = 0;
+  bool amnesiac = false;
   Lsn last_after = 0;  // the shard's last lsn once this op is applied
   SyncedFn done;       // kAppend
   uint64_t seq = 0;
@@ -94,6 +97,10 @@ Result<std::unique_ptr<ShardLog>> ShardLog::Open(const std::string& path) {
   options.write_buffer_size = 16u << 20;
   rocksdb::DB* raw = nullptr;
   const rocksdb::Status s = rocksdb::DB::Open(options, path, &raw);
+  if (s.IsCorruption()) {
+    return Status(StatusCode::kDataLoss,
+                  "replication log " + path + " is damaged and was not opened: " + s.ToString());
+  }
   if (!s.ok()) return FromRocksDb(s, "replication log " + path);
   return std::unique_ptr<ShardLog>(new ShardLog(std::unique_ptr<rocksdb::DB>(raw)));
 }
@@ -135,9 +142,12 @@ Result<DurableState> ShardLog::Load(ShardNo shard) const {
   std::string value;
   rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), ShardKey(kMetaTag, shard), &value);
   if (s.ok()) {
-    if (value.size() != 16) return Internal("replication log: malformed meta record");
+    if (value.size() != 16 && !(value.size() == 17 && value[16] == '\x01')) {
+      return Internal("replication log: malformed meta record");
+    }
     state.promised = GetBigEndian64(value.data());
     state.accepted = GetBigEndian64(value.data() + 8);
+    state.amnesiac = value.size() == 17;
   } else if (!s.IsNotFound()) {
     return FromRocksDb(s, "replication log: read meta");
   }
@@ -271,12 +281,13 @@ Status ShardLog::InstallSnapshot(ShardNo shard, const Snapshot& snapshot) {
   return Sync(std::move(op));
 }
 
-Status ShardLog::PersistMeta(ShardNo shard, Epoch promised, Epoch accepted) {
+Status ShardLog::PersistMeta(ShardNo shard, Epoch promised, Epoch accepted, bool amnesiac) {
   Op op;
   op.kind = Op::Kind::kMeta;
   op.shard = shard;
   op.promised = promised;
   op.accepted = accepted;
+  op.amnesiac = amnesiac;
   return Sync(std::move(op));
 }
 
@@ -298,7 +309,7 @@ bool ShardLog::Carry(ShardNo shard, Effect& effect, const SyncedFn& done, Status
   } else if (auto* i = std::get_if<repl::WalInstallSnapshot>(&effect)) {
     *status = InstallSnapshot(shard, i->snapshot);
   } else if (auto* m = std::get_if<repl::PersistMeta>(&effect)) {
-    *status = PersistMeta(shard, m->promised, m->accepted);
+    *status = PersistMeta(shard, m->promised, m->accepted, m->amnesiac);
   } else {
     return false;
   }
@@ -349,7 +360,7 @@ void ShardLog::WriterLoop() {
               .PermitUncheckedError();
           break;
         case Op::Kind::kMeta:
-          batch.Put(ShardKey(kMetaTag, op.shard), EncodeMeta(op.promised, op.accepted))
+          batch.Put(ShardKey(kMetaTag, op.shard), EncodeMeta(op.promised, op.accepted, op.amnesiac))
               .PermitUncheckedError();
           break;
         case Op::Kind::kDrop:

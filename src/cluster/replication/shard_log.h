@@ -23,7 +23,7 @@
 // "Corruption"): the WAL replays with kTolerateCorruptedTailRecords, so an incomplete last
 // record (a write never reported synced) is cut and a damaged record anywhere else fails
 // Open; paranoid checks and WAL tracking in the MANIFEST. Keys (big-endian integers):
-//   'M' shard(4)          promised(8) accepted(8)
+//   'M' shard(4)          promised(8) accepted(8) [1: amnesiac, DurableState::amnesiac]
 //   'S' shard(4)          snapshot: lsn(8) epoch(8) hlc(8) state
 //   'B' shard(4) lsn(8)   batch: epoch(8) hlc(8) payload
 // Load() checks that the batches continue the snapshot without a hole.
@@ -85,7 +85,7 @@ class ShardLog {
   Status Truncate(ShardNo shard, Lsn after_lsn);
   Status Compact(ShardNo shard, const Snapshot& snapshot);
   Status InstallSnapshot(ShardNo shard, const Snapshot& snapshot);
-  Status PersistMeta(ShardNo shard, Epoch promised, Epoch accepted);
+  Status PersistMeta(ShardNo shard, Epoch promised, Epoch accepted, bool amnesiac = false);
   // Forgets the shard (its replica moved away). Durable on return.
   Status DropShard(ShardNo shard);
 

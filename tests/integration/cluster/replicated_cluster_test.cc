@@ -328,9 +328,63 @@ TEST_F(ReplicatedClusterTest, OneReplicaLeftRefusesEveryWrite) {
   for (NodeId reader : {1u, 2u, 3u}) EXPECT_EQ(Bodies(cluster_.node(reader), target), want);
 }
 
+// After node `back` restarted with its data lost (wiped, or set aside by irisd): ten more
+// sends, then a flush; once it applied every shard's log up to the commit point the others
+// had (its /metrics), it stopped and its own store (opened here) must hold `want`, in order.
+// It must have been rebuilt by a copy (the logs are compacted every 8 batches here).
+void ExpectRebuiltStoreHolds(LocalCluster& cluster, NodeId back, Sender& s, uint64_t target,
+                             std::vector<std::string> want) {
+  for (int i = 0; i < 10; ++i) {
+    want.push_back("after-" + std::to_string(i));
+    ASSERT_NE(s.SendAcked(target, want.back()), 0u);
+  }
+  // The backup applies a batch once the primary's commit point covers it: the last send's
+  // batch reaches it with the next one of the shard (which itself may not be applied yet).
+  ASSERT_NE(s.SendAcked(target, "flush"), 0u);
+  std::map<std::string, double> committed;  // shard label -> highest commit lsn known
+  for (NodeId id : {1u, 2u, 3u}) {
+    if (id == back) continue;
+    for (const auto& [shard, lsn] : ShardGauges(cluster.node(id), "iris_replication_commit_lsn")) {
+      committed[shard] = std::max(committed[shard], lsn);
+    }
+  }
+  ASSERT_FALSE(committed.empty()) << "no iris_replication_commit_lsn series";
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        const auto applied = ShardGauges(cluster.node(back), "iris_replication_applied_lsn");
+        for (const auto& [shard, lsn] : committed) {
+          auto it = applied.find(shard);
+          // The flush itself may wait for the next batch: one lsn short is enough.
+          if (it == applied.end() || it->second + 1 < lsn) return false;
+        }
+        return true;
+      },
+      60'000))
+      << "the rebuilt replica did not catch up";
+  double rebuilt = 0;
+  for (const auto& [shard, n] :
+       ShardGauges(cluster.node(back), "iris_replication_rebuilds_installed")) {
+    rebuilt += n;
+  }
+  EXPECT_GE(rebuilt, 1.0) << "no rebuild was installed on the replica";
+  const std::string dir = cluster.node(back).data_dir();
+  cluster.node(back).Stop(SIGTERM);
+  store::StoreOptions o = store::testing::TestOptions(dir + "/store");
+  o.vnodes = 64;
+  auto st = store::InboxStore::Open(o);
+  ASSERT_TRUE(st.ok()) << st.status().ToString();
+  auto inbox = store::testing::ScanAll(**st, target);
+  ASSERT_TRUE(inbox.ok()) << inbox.status().ToString();
+  std::vector<std::string> got;
+  for (const v1::Envelope& e : *inbox) got.push_back(e.body());
+  if (!got.empty() && got.back() == "flush") got.pop_back();
+  EXPECT_EQ(got, want) << "the rebuilt replica's own store";
+}
+
 // A replica whose data directory (store and replication log) is wiped while it is down
 // comes back empty and is brought level from the primary's log; its own store then holds
-// every message (checked by opening it after the node stopped).
+// every message (checked by opening it after the node stopped). It does not vote until
+// then (docs/replication.md, amnesiac replicas).
 TEST_F(ReplicatedClusterTest, WipedReplicaIsRebuiltFromThePrimary) {
   const uint64_t target = 8001;
   std::vector<std::string> want = {"elect"};
@@ -354,53 +408,53 @@ TEST_F(ReplicatedClusterTest, WipedReplicaIsRebuiltFromThePrimary) {
     ASSERT_NE(s.SendAcked(target, want.back()), 0u);
   }
   ASSERT_NO_FATAL_FAILURE(cluster_.node(wiped).Start());
-  for (int i = 0; i < 10; ++i) {
-    want.push_back("after-" + std::to_string(i));
+  ExpectRebuiltStoreHolds(cluster_, wiped, s, target, want);
+}
+
+// A replica whose store lost writes it had made durable (its WAL cut short while it was
+// down: the durability mark is ahead of what it recovers) would refuse to start as a
+// single node does; a node of a replicated cluster sets its data aside in
+// <data-dir>/lost-<ms>/ and starts empty (--rebuild-lost-data), and is rebuilt as if wiped.
+TEST_F(ReplicatedClusterTest, ReplicaWhoseWalLostWritesIsSetAsideAndRebuilt) {
+  const uint64_t target = 8002;
+  std::vector<std::string> want = {"elect"};
+  {
+    Sender first(cluster_.node(1), 8200);
+    ASSERT_NE(first.SendAcked(target, want.back()), 0u);
+  }
+  const NodeId lossy = cluster_.OwnerOf(target) % 3 + 1;  // a backup of the target's shard
+  const NodeId home = lossy % 3 + 1;
+  Sender s(cluster_.node(home), 8200);
+  for (int i = 0; i < 30; ++i) {
+    want.push_back("before-" + std::to_string(i));
     ASSERT_NE(s.SendAcked(target, want.back()), 0u);
   }
-  // The backup applies a batch once the primary's commit point covers it: the last send's
-  // batch reaches it with the next one of the shard (which itself may not be applied yet).
-  ASSERT_NE(s.SendAcked(target, "flush"), 0u);
-  // Once it applied every shard's log up to the commit point the others had after the
-  // flush (its /metrics), its own store holds everything: open it after it stopped.
-  std::map<std::string, double> committed;  // shard label -> highest commit lsn known
-  for (NodeId id : {1u, 2u, 3u}) {
-    if (id == wiped) continue;
-    for (const auto& [shard, lsn] : ShardGauges(cluster_.node(id), "iris_replication_commit_lsn")) {
-      committed[shard] = std::max(committed[shard], lsn);
+  // A clean stop writes the durability mark; then the newest WAL loses its second half.
+  cluster_.node(lossy).Stop(SIGTERM);
+  const std::string dir = cluster_.node(lossy).data_dir();
+  std::string newest;
+  for (const auto& e : std::filesystem::directory_iterator(dir + "/store")) {
+    const std::string name = e.path().filename().string();
+    if (name.size() > 4 && name.ends_with(".log") && name > newest) newest = name;
+  }
+  ASSERT_FALSE(newest.empty()) << "no WAL in " << dir << "/store";
+  const std::string wal = dir + "/store/" + newest;
+  ASSERT_GT(std::filesystem::file_size(wal), 0u);
+  std::filesystem::resize_file(wal, std::filesystem::file_size(wal) / 2);
+  for (int i = 0; i < 10; ++i) {
+    want.push_back("while-down-" + std::to_string(i));
+    ASSERT_NE(s.SendAcked(target, want.back()), 0u);
+  }
+  ASSERT_NO_FATAL_FAILURE(cluster_.node(lossy).Start());
+  bool set_aside = false;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    if (e.path().filename().string().starts_with("lost-") &&
+        std::filesystem::exists(e.path() / "store")) {
+      set_aside = true;
     }
   }
-  ASSERT_FALSE(committed.empty()) << "no iris_replication_commit_lsn series";
-  EXPECT_TRUE(WaitFor(
-      [&] {
-        const auto applied = ShardGauges(cluster_.node(wiped), "iris_replication_applied_lsn");
-        for (const auto& [shard, lsn] : committed) {
-          auto it = applied.find(shard);
-          // The flush itself may wait for the next batch: one lsn short is enough.
-          if (it == applied.end() || it->second + 1 < lsn) return false;
-        }
-        return true;
-      },
-      60'000))
-      << "the wiped replica did not catch up";
-  // Its shards' logs were compacted long before: it was rebuilt by a copy, not levelled.
-  double rebuilt = 0;
-  for (const auto& [shard, n] :
-       ShardGauges(cluster_.node(wiped), "iris_replication_rebuilds_installed")) {
-    rebuilt += n;
-  }
-  EXPECT_GE(rebuilt, 1.0) << "no rebuild was installed on the wiped replica";
-  cluster_.node(wiped).Stop(SIGTERM);
-  store::StoreOptions o = store::testing::TestOptions(dir + "/store");
-  o.vnodes = 64;
-  auto st = store::InboxStore::Open(o);
-  ASSERT_TRUE(st.ok()) << st.status().ToString();
-  auto inbox = store::testing::ScanAll(**st, target);
-  ASSERT_TRUE(inbox.ok()) << inbox.status().ToString();
-  std::vector<std::string> got;
-  for (const v1::Envelope& e : *inbox) got.push_back(e.body());
-  if (!got.empty() && got.back() == "flush") got.pop_back();
-  EXPECT_EQ(got, want) << "the wiped replica's own store";
+  EXPECT_TRUE(set_aside) << "the damaged store was not set aside in " << dir << "/lost-*";
+  ExpectRebuiltStoreHolds(cluster_, lossy, s, target, want);
 }
 
 }  // namespace

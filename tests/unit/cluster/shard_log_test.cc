@@ -61,6 +61,7 @@ TEST(ShardLogTest, AppendsAreReportedSyncedAndSurviveReopen) {
     ASSERT_TRUE(s3.ok());
     EXPECT_EQ(last3, 1u);
     ASSERT_TRUE(log->PersistMeta(1, 5, 4).ok());
+    ASSERT_TRUE(log->PersistMeta(7, 3, 0, /*amnesiac=*/true).ok());
   }
   auto log = OpenLog(dir.Sub("repl"));
   Result<std::vector<ShardNo>> shards = log->Shards();
@@ -70,11 +71,14 @@ TEST(ShardLogTest, AppendsAreReportedSyncedAndSurviveReopen) {
   ASSERT_TRUE(one.ok()) << one.status().message();
   EXPECT_EQ(one->promised, 5u);
   EXPECT_EQ(one->accepted, 4u);
+  EXPECT_FALSE(one->amnesiac);
   EXPECT_EQ(one->snapshot.lsn, 0u);
   EXPECT_EQ(one->batches, Range(1, 3));
   Result<DurableState> seven = log->Load(7);
   ASSERT_TRUE(seven.ok());
   EXPECT_EQ(seven->batches, Range(1, 1, 4));
+  EXPECT_TRUE(seven->amnesiac);
+  EXPECT_EQ(seven->promised, 3u);
   Result<DurableState> unknown = log->Load(9);
   ASSERT_TRUE(unknown.ok());
   EXPECT_TRUE(unknown->batches.empty());

@@ -165,7 +165,7 @@ TEST(RecoveryTest, TruncatedSyncedWalFailsOpen) {
   std::filesystem::resize_file(wal, std::filesystem::file_size(wal) / 2);
   Result<std::unique_ptr<InboxStore>> s = InboxStore::Open(o);
   ASSERT_FALSE(s.ok()) << "a store whose WAL lost acknowledged appends opened";
-  EXPECT_EQ(s.status().code(), StatusCode::kInternal);
+  EXPECT_EQ(s.status().code(), StatusCode::kDataLoss);
   EXPECT_NE(s.status().message().find("the write-ahead log was truncated or lost"),
             std::string::npos)
       << s.status().ToString();
