@@ -392,6 +392,14 @@ TEST_F(ReplicatedClusterTest, WipedReplicaIsRebuiltFromThePrimary) {
     Sender first(cluster_.node(1), 8100);
     ASSERT_NE(first.SendAcked(target, want.back()), 0u);
   }
+  {
+    // The election's CAS marked the shard: a replica that comes back without a log is amnesiac.
+    auto state = cluster_.State();
+    ASSERT_TRUE(state.ok()) << state.status().ToString();
+    bool elected = false;
+    for (const auto& [id, shard] : state->shards) elected = elected || shard.elected;
+    EXPECT_TRUE(elected) << "no shard record says a primary was elected";
+  }
   const NodeId wiped = cluster_.OwnerOf(target) % 3 + 1;  // a backup of the target's shard
   const NodeId home = wiped % 3 + 1;
   Sender s(cluster_.node(home), 8100);

@@ -112,6 +112,11 @@ TEST(PlacementTest, CodecsRoundTripAndRejectMalformedValues) {
   EXPECT_EQ(ParseNode("{\"id\":1,\"role\":\"king\"}").status().code(), StatusCode::kBadRequest);
   ShardInfo s{3, {1, 2, 3}, 1, 9};
   EXPECT_EQ(*ParseShard(ShardToJson(s)), s);
+  EXPECT_EQ(ShardToJson(s).find("elected"), std::string::npos);  // as before `elected`
+  s.elected = true;
+  EXPECT_EQ(*ParseShard(ShardToJson(s)), s);
+  // A record of an earlier build has no "elected": never elected as far as it says.
+  EXPECT_FALSE(ParseShard("{\"id\":3,\"replicas\":[1],\"primary\":1,\"epoch\":4}")->elected);
   EXPECT_EQ(ParseShard("{\"id\":1}").status().code(), StatusCode::kBadRequest);
   PlacementMap p{4, {0, 1, 1}};
   EXPECT_EQ(ParsePlacement(PlacementToJson(p))->shard_of_vnode, p.shard_of_vnode);
