@@ -386,26 +386,34 @@ Status RefusedInvitationsError(const std::vector<uint64_t>& refused) {
 }
 }  // namespace
 
+void Core::ChangeGroupWithConsent(uint64_t author, std::vector<uint64_t> invited, Release release,
+                                  GroupDone done, std::function<void(GroupDone)> change) {
+  RefusedInvitations(author, std::move(invited),
+                     [this, author, release = std::move(release), done = std::move(done),
+                      change = std::move(change)](Result<std::vector<uint64_t>> refused) mutable {
+                       if (!refused.ok() || !refused->empty()) {
+                         done(refused.ok() ? RefusedInvitationsError(*refused) : refused.status());
+                         release();
+                         return;
+                       }
+                       // The group record is a store read-modify-write: on the author's writer
+                       // stripe.
+                       writers_.SubmitOrdered(author,
+                                              [release = std::move(release), done = std::move(done),
+                                               change = std::move(change)]() mutable {
+                                                change(std::move(done));
+                                                release();
+                                              });
+                     });
+}
+
 void Core::CreateGroup(uint64_t owner, const v1::GroupCreate& m, GroupDone done) {
   // Consent first (the members' owners may be other nodes: nothing waits meanwhile), then
   // the group, in the author's order.
   InAuthorOrderAsync(owner, [this, owner, m, done = std::move(done)](Release release) mutable {
-    std::vector<uint64_t> invited(m.members().begin(), m.members().end());
-    RefusedInvitations(
-        owner, std::move(invited),
-        [this, owner, m, done = std::move(done),
-         release = std::move(release)](Result<std::vector<uint64_t>> refused) mutable {
-          if (!refused.ok() || !refused->empty()) {
-            done(refused.ok() ? RefusedInvitationsError(*refused) : refused.status());
-            release();
-            return;
-          }
-          writers_.SubmitOrdered(owner, [this, owner, m, done = std::move(done),
-                                         release = std::move(release)]() mutable {
-            groups_.Create(owner, m, std::move(done));
-            release();
-          });
-        });
+    ChangeGroupWithConsent(
+        owner, std::vector<uint64_t>(m.members().begin(), m.members().end()), std::move(release),
+        std::move(done), [this, owner, m](GroupDone d) { groups_.Create(owner, m, std::move(d)); });
   });
 }
 
@@ -426,21 +434,8 @@ void Core::UpdateGroup(uint64_t user, const v1::GroupUpdate& m, GroupDone done) 
         }
       }
     }
-    RefusedInvitations(
-        user, std::move(invited),
-        [this, user, m, done = std::move(done),
-         release = std::move(release)](Result<std::vector<uint64_t>> refused) mutable {
-          if (!refused.ok() || !refused->empty()) {
-            done(refused.ok() ? RefusedInvitationsError(*refused) : refused.status());
-            release();
-            return;
-          }
-          writers_.SubmitOrdered(user, [this, user, m, done = std::move(done),
-                                        release = std::move(release)]() mutable {
-            groups_.Update(user, m, std::move(done));
-            release();
-          });
-        });
+    ChangeGroupWithConsent(user, std::move(invited), std::move(release), std::move(done),
+                           [this, user, m](GroupDone d) { groups_.Update(user, m, std::move(d)); });
   });
 }
 
@@ -636,8 +631,7 @@ bool Core::Blocks(uint64_t user, uint64_t other) {
 
 namespace {
 UserSettings ToCore(const store::UserSettings& s) {
-  return UserSettings{s.read_receipts, s.share_presence, s.group_invites_contacts_only,
-                      s.blocked};
+  return UserSettings{s.read_receipts, s.share_presence, s.group_invites_contacts_only, s.blocked};
 }
 }  // namespace
 

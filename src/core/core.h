@@ -223,6 +223,11 @@ class Core final : public CoreApi {
   void RefusedInvitations(uint64_t inviter, std::vector<uint64_t> invited, RefusedDone done);
   void ConsentOn(uint64_t inviter, const std::vector<uint64_t>& users, bool wrote_only,
                  ConsentDone done);
+  // A group create or update by `author` (on its line, holding `release`): `change` runs on
+  // the author's writer stripe once every user of `invited` consented; else `done` gets
+  // FORBIDDEN naming those who did not (or the error asking them), and nothing changes.
+  void ChangeGroupWithConsent(uint64_t author, std::vector<uint64_t> invited, Release release,
+                              GroupDone done, std::function<void(GroupDone)> change);
 
   static constexpr size_t kRegistryShards = 64;
   // Rate debts kept for users without a live session: at most this many per registry shard
