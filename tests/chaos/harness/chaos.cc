@@ -426,7 +426,8 @@ CheckerReport ChaosRun::FinishAndCheck(const std::string& name, int cycles,
       std::string(dir != nullptr && *dir != '\0' ? dir : ".") + "/chaos-" + name + ".json";
   std::ofstream out(path);
   out << r.ToJson("\"test\":\"" + name + "\",\"seed\":" + std::to_string(options_.seed) +
-                  ",\"cycles\":" + std::to_string(cycles) + "," + extra_json)
+                  ",\"cycles\":" + std::to_string(cycles) + "," +
+                  (extra_json.empty() ? "" : extra_json + ","))
       << "\n";
   if (!out) ADD_FAILURE() << "cannot write the chaos report " << path;
   std::cout << "report: " << path << std::endl;
