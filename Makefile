@@ -94,7 +94,7 @@ test-fuzz: deps-test
 	  CC=clang CXX=clang++ cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	    -DIRIS_FUZZ=ON -DIRIS_UNIT_ONLY=ON -DIRIS_TESTS=ON; fi
 	cmake --build $(FUZZ_BUILD) -j $(JOBS)
-	cd $(FUZZ_BUILD) && ctest --output-on-failure -L fuzz
+	cd $(FUZZ_BUILD) && ctest --output-on-failure -j $(CTEST_JOBS) -L fuzz
 
 # Micro-benchmarks (every build/bench/iris_*_bench), then a short run of every iris-bench
 # scenario against a fresh irisd each (a few minutes on 2 cores; figures: docs/performance.md).
