@@ -425,5 +425,126 @@ TEST(ReplicaTest, CandidateFetchesTheHighestLogBeforeItsCas) {
   EXPECT_EQ(All<EtcdCas>(fx)[0].new_epoch, 4u);
 }
 
+// ---- Moving a replica (the record's target) ------------------------------------------------
+
+ShardRecord Record(uint64_t revision, Epoch epoch, NodeId primary, bool live,
+                   std::vector<NodeId> replicas, std::vector<NodeId> target = {}) {
+  ShardRecord r{revision, epoch, primary, live};
+  r.replicas = std::move(replicas);
+  r.target = std::move(target);
+  return r;
+}
+
+// Node 3 is replaced by node 4: the primary ships to node 4 as a learner (not counted for
+// W), stops taking appends once it follows, switches only when it holds the whole log and
+// everything is committed, then runs the new epoch with nodes 2 and 4.
+TEST(ReplicaTest, APrimaryMovesAReplicaOnlyOnceTheLearnerHoldsItsLog) {
+  Replica p = MakePrimary();
+  (void)p.Step(ClientAppend{1, "m1", 101});
+  (void)p.Step(WalSynced{1});
+  (void)p.Step(Receive{2, BatchAck{1, true, 1, 1, 0}});
+  ASSERT_EQ(p.CommitLsn(), 1u);
+
+  std::vector<Effect> fx = p.Step(EtcdWatch{Record(3, 1, 1, true, {1, 2, 3}, {1, 2, 4})});
+  ASSERT_EQ(Sent<Level>(fx, 4).size(), 1u) << "the learner is levelled from the start";
+  EXPECT_TRUE(All<EtcdSwitch>(fx).empty());
+
+  fx = p.Step(ClientAppend{2, "m2", 102});
+  EXPECT_EQ(Sent<ShipBatch>(fx, 4).size(), 1u) << "the learner gets new batches too";
+  (void)p.Step(WalSynced{2});
+  // The learner alone with the primary is not W: nothing commits on its ack.
+  fx = p.Step(Receive{4, BatchAck{1, true, 2, 1, 0}});
+  EXPECT_TRUE(All<Commit>(fx).empty()) << "a learner counted for W";
+  EXPECT_TRUE(All<EtcdSwitch>(fx).empty()) << "switched before the log's end was committed";
+  // It follows the log: appends wait (refused, retryable) until the switch.
+  fx = p.Step(ClientAppend{3, "m3", 103});
+  ASSERT_EQ(All<Refuse>(fx).size(), 1u);
+  EXPECT_EQ(All<Refuse>(fx)[0].status.code(), StatusCode::kUnavailable);
+  EXPECT_EQ(p.LastLsn(), 2u);
+  // Batch 2 commits (node 2): the learner holds the whole log, the switch goes out.
+  fx = p.Step(Receive{2, BatchAck{1, true, 2, 1, 0}});
+  ASSERT_EQ(All<EtcdSwitch>(fx).size(), 1u);
+  const EtcdSwitch sw = All<EtcdSwitch>(fx)[0];
+  EXPECT_EQ(sw.revision, 3u);
+  EXPECT_EQ(sw.expected_epoch, 1u);
+  EXPECT_EQ(sw.new_epoch, 2u);
+  EXPECT_EQ(sw.replicas, (std::vector<NodeId>{1, 2, 4}));
+  EXPECT_TRUE(p.switching());
+
+  fx = p.Step(EtcdTxnResult{2, true, Record(4, 2, 1, true, {1, 2, 4})});
+  EXPECT_EQ(p.role(), Role::kPrimary);
+  EXPECT_EQ(p.accepted(), 2u);
+  EXPECT_FALSE(p.switching());
+  ASSERT_EQ(All<PersistMeta>(fx).size(), 1u);
+  EXPECT_EQ(All<PersistMeta>(fx)[0].accepted, 2u);
+  EXPECT_EQ(Sent<Level>(fx, 2).size(), 1u);
+  EXPECT_EQ(Sent<Level>(fx, 4).size(), 1u);
+  EXPECT_TRUE(All<Send>(fx).size() == 2u) << "the node moved out still gets messages";
+
+  // The new epoch: appends again, shipped to 2 and 4, and node 4's copy counts.
+  fx = p.Step(ClientAppend{4, "m4", 104});
+  EXPECT_EQ(Sent<ShipBatch>(fx, 4).size(), 1u);
+  EXPECT_TRUE(Sent<ShipBatch>(fx, 3).empty());
+  (void)p.Step(WalSynced{3});
+  fx = p.Step(Receive{4, BatchAck{2, true, 3, 2, 0}});
+  ASSERT_EQ(All<Acknowledge>(fx).size(), 1u);
+  EXPECT_EQ(All<Acknowledge>(fx)[0].request_ids, std::vector<uint64_t>{4});
+  // The old replica's answers no longer count.
+  fx = p.Step(Receive{3, BatchAck{1, true, 3, 1, 0}});
+  EXPECT_TRUE(All<Commit>(fx).empty());
+}
+
+// A move that takes the primary itself out: it switches to the new replicas without itself
+// (its lease goes with the switch) and stops; the node moved out never runs for election.
+TEST(ReplicaTest, APrimaryTheMoveTakesOutSwitchesWithoutItselfAndStops) {
+  Replica p = MakePrimary();
+  (void)p.Step(ClientAppend{1, "m1", 101});
+  (void)p.Step(WalSynced{1});
+  (void)p.Step(Receive{2, BatchAck{1, true, 1, 1, 0}});
+  std::vector<Effect> fx = p.Step(EtcdWatch{Record(3, 1, 1, true, {1, 2, 3}, {4, 2, 3})});
+  ASSERT_EQ(Sent<Level>(fx, 4).size(), 1u);
+  fx = p.Step(Receive{4, BatchAck{1, true, 1, 1, 0}});
+  ASSERT_EQ(All<EtcdSwitch>(fx).size(), 1u);
+  EXPECT_EQ(All<EtcdSwitch>(fx)[0].replicas, (std::vector<NodeId>{4, 2, 3}));
+  // The answer is lost; the watch shows the switch applied (no primary, no lease).
+  fx = p.Step(EtcdWatch{Record(4, 2, 0, false, {4, 2, 3})});
+  EXPECT_EQ(p.role(), Role::kDeposed);
+  EXPECT_TRUE(p.removed());
+  EXPECT_TRUE(All<Send>(fx).empty());
+  fx = p.Step(Tick{60'000});
+  EXPECT_EQ(p.role(), Role::kDeposed) << "a node moved out ran for election";
+  EXPECT_TRUE(All<Send>(fx).empty());
+}
+
+// A backup the record no longer lists does not run when the lease lapses; the learner of a
+// move does not run either until the switch makes it a replica.
+TEST(ReplicaTest, OnlyTheRecordsReplicasRunForElection) {
+  Replica out(Opts(3), DurableState{1, 1, {}, {}});
+  (void)out.Step(Tick{0});
+  (void)out.Step(EtcdWatch{Record(9, 2, 1, false, {1, 2, 4})});
+  std::vector<Effect> fx = out.Step(Tick{10'000});
+  EXPECT_EQ(out.role(), Role::kBackup);
+  EXPECT_TRUE(All<Send>(fx).empty());
+  EXPECT_TRUE(out.removed());
+
+  Options o = Opts(4);
+  o.replicas = {1, 2, 3};
+  DurableState fresh;
+  fresh.amnesiac = false;  // (even a learner with a log does not run)
+  Replica learner(o, fresh);
+  (void)learner.Step(Tick{0});
+  (void)learner.Step(EtcdWatch{Record(5, 1, 1, false, {1, 2, 3}, {1, 2, 4})});
+  fx = learner.Step(Tick{10'000});
+  EXPECT_EQ(learner.role(), Role::kBackup);
+  EXPECT_FALSE(learner.removed());
+  // Once the record lists it, it runs: promises from the record's replicas.
+  (void)learner.Step(EtcdWatch{Record(6, 2, 0, false, {1, 2, 4})});
+  fx = learner.Step(Tick{20'000});
+  EXPECT_EQ(learner.role(), Role::kCandidate);
+  EXPECT_EQ(Sent<PromiseRequest>(fx, 1).size(), 1u);
+  EXPECT_EQ(Sent<PromiseRequest>(fx, 2).size(), 1u);
+  EXPECT_TRUE(Sent<PromiseRequest>(fx, 3).empty());
+}
+
 }  // namespace
 }  // namespace iris::cluster::repl

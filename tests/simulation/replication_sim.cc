@@ -49,6 +49,9 @@ struct ClientRef {
 
 struct Node {
   NodeId id = 0;
+  // Holds a replica of the shard (a member or a move's learner); a spare node does not
+  // (it is the next move's new node).
+  bool assigned = true;
   bool up = true;
   uint64_t instance = 0;
   uint64_t down_gen = 0;
@@ -105,7 +108,10 @@ class Simulation {
   // Links are cut one by one, so partitions need not be transitive (A-B and B-C up, A-C
   // down): the case where an old primary still reaches a backup that promised its successor.
   bool Connected(NodeId a, NodeId b) const {
-    return a == b || !cut_[(a - 1) * cfg_.replicas + (b - 1)];
+    return a == b || !cut_[(a - 1) * nodes_.size() + (b - 1)];
+  }
+  bool Member(NodeId id) const {
+    return std::find(rec_.replicas.begin(), rec_.replicas.end(), id) != rec_.replicas.end();
   }
   bool Faulty() const { return now_ < heal_at_; }
 
@@ -125,7 +131,7 @@ class Simulation {
   Options OptionsFor(NodeId id) const {
     Options o;
     o.self = id;
-    for (size_t i = 1; i <= cfg_.replicas; ++i) o.replicas.push_back(static_cast<NodeId>(i));
+    o.replicas = rec_.replicas;  // the replicas as of the node's start (moves change them)
     o.write_quorum = cfg_.write_quorum;
     o.keepalive_ms = 250;
     o.mutations = cfg_.mutations;
@@ -169,6 +175,11 @@ class Simulation {
   void Crash(Node& n);
   void Restart(Node& n);
   void StartNode(Node& n);
+  // A move (the placement controller's part): the record's target replaces a seeded member
+  // by the spare node, which starts empty (amnesiac: new to a running shard).
+  void StartMove();
+  // After a switch: the node moved out is deleted (its copy dropped), becoming the spare.
+  void DeleteRemoved(NodeId id);
 
   // Clients.
   void ClientSend(Client& c);
@@ -224,6 +235,7 @@ class Simulation {
 // ---- Nodes and effects ---------------------------------------------------------------------
 
 void Simulation::StartNode(Node& n) {
+  if (!n.assigned) return;
   n.up = true;
   n.replica = std::make_unique<Replica>(OptionsFor(n.id), n.durable);
   if (!n.etcd_cut) Later(n.id, 1, n.instance, [this](Node& m) { Step(m, EtcdWatch{rec_}); });
@@ -243,8 +255,46 @@ void Simulation::Crash(Node& n) {
 }
 
 void Simulation::Restart(Node& n) {
+  if (!n.assigned) return;
   Trace("node " + std::to_string(n.id) + " restart");
   StartNode(n);
+}
+
+void Simulation::StartMove() {
+  if (rec_.epoch == 0 || !rec_.target.empty()) return;
+  Node* spare = nullptr;
+  for (Node& n : nodes_) {
+    if (!n.assigned) spare = &n;
+  }
+  if (spare == nullptr || spare->up) return;
+  std::vector<NodeId> target = rec_.replicas;
+  const size_t out = static_cast<size_t>(U(0, static_cast<int64_t>(target.size()) - 1));
+  Trace("MOVE: node " + std::to_string(target[out]) + " -> node " + std::to_string(spare->id));
+  target[out] = spare->id;
+  rec_.target = target;
+  ++rec_.revision;
+  ++result_.moves_started;
+  spare->assigned = true;
+  spare->durable = DurableState{};
+  spare->durable.amnesiac = true;
+  ++spare->down_gen;
+  StartNode(*spare);
+  EtcdChanged();
+}
+
+void Simulation::DeleteRemoved(NodeId id) {
+  Node& n = N(id);
+  if (!n.assigned || Member(id) ||
+      std::find(rec_.target.begin(), rec_.target.end(), id) != rec_.target.end()) {
+    return;
+  }
+  Trace("node " + std::to_string(id) + " DELETED (moved out)");
+  if (n.up) Crash(n);
+  ++n.down_gen;  // no restart pending
+  n.wiped.push_back(std::move(n.durable));
+  n.durable = DurableState{};
+  n.assigned = false;
+  n.etcd_cut = false;
 }
 
 void Simulation::Step(Node& n, Event e) {
@@ -325,6 +375,38 @@ void Simulation::Apply(Node& n, std::vector<Effect>& effects) {
                 EtcdChanged();
               }
               EtcdReply(id, inst, EtcdTxnResult{cas.new_epoch, ok, rec_});
+            });
+          } else if constexpr (std::is_same_v<T, EtcdSwitch>) {
+            const uint64_t inst = n.instance;
+            const EtcdSwitch sw = x;
+            EtcdOp(n, [this, id, inst, sw]() {
+              const bool ok = rec_.revision == sw.revision && rec_.epoch == sw.expected_epoch &&
+                              rec_.lease_live && rec_.primary == id && sw.new_epoch > rec_.epoch;
+              if (ok) {
+                std::vector<NodeId> out;
+                for (NodeId r : rec_.replicas) {
+                  if (std::find(sw.replicas.begin(), sw.replicas.end(), r) == sw.replicas.end()) {
+                    out.push_back(r);
+                  }
+                }
+                rec_.epoch = sw.new_epoch;
+                rec_.replicas = sw.replicas;
+                rec_.target.clear();
+                if (std::find(sw.replicas.begin(), sw.replicas.end(), id) == sw.replicas.end()) {
+                  rec_.primary = 0;  // the primary moved itself out: its lease goes
+                  rec_.lease_live = false;
+                }
+                ++rec_.revision;
+                ++result_.moves;
+                Trace("etcd: SWITCH to epoch " + std::to_string(sw.new_epoch) + " replicas " + [&] {
+                  std::string r;
+                  for (NodeId m : sw.replicas) r += std::to_string(m) + " ";
+                  return r;
+                }());
+                EtcdChanged();
+                for (NodeId r : out) At(now_ + U(100, 1000), [this, r]() { DeleteRemoved(r); });
+              }
+              EtcdReply(id, inst, EtcdTxnResult{sw.new_epoch, ok, rec_});
             });
           } else if constexpr (std::is_same_v<T, EtcdKeepAlive>) {
             const uint64_t inst = n.instance;
@@ -481,7 +563,7 @@ void Simulation::ClientSend(Client& c) {
   At(now_ + kClientTimeoutMs, [this, cid, attempt]() {
     Client& cl = clients_[static_cast<size_t>(cid)];
     if (cl.attempt != attempt || !cl.inflight) return;
-    cl.target = static_cast<NodeId>(cl.target % cfg_.replicas + 1);  // try the next node
+    cl.target = static_cast<NodeId>(cl.target % nodes_.size() + 1);  // try the next node
     ClientSend(cl);
   });
 }
@@ -534,7 +616,7 @@ void Simulation::ClientReply(int client, int seq, bool acked, NodeId hint) {
     return;
   }
   c.target =
-      (hint != 0 && hint != c.target) ? hint : static_cast<NodeId>(c.target % cfg_.replicas + 1);
+      (hint != 0 && hint != c.target) ? hint : static_cast<NodeId>(c.target % nodes_.size() + 1);
   At(now_ + U(20, 80), [this, client, seq]() {
     Client& cl = clients_[static_cast<size_t>(client)];
     if (cl.inflight && cl.seq == seq) ClientSend(cl);
@@ -581,10 +663,11 @@ std::vector<std::string> Simulation::FullLog(const Node& n) const {
 }
 
 bool Simulation::Converged() {
-  if (!rec_.lease_live) return false;
+  if (!rec_.lease_live || !rec_.target.empty()) return false;  // a move must finish too
   const Node& p = N(rec_.primary);
   if (!p.up || !p.replica || p.replica->primary_epoch() != rec_.epoch) return false;
   for (const Node& n : nodes_) {
+    if (!Member(n.id)) continue;
     if (!n.up || !n.replica) return false;
     const Replica& r = *n.replica;
     if (r.accepted() != rec_.epoch || r.LastLsn() != p.replica->LastLsn() ||
@@ -613,7 +696,7 @@ std::string Simulation::DiagnoseDivergence() {
       }
     }
   }
-  if (rec_.epoch == 0 || !N(rec_.primary).replica) return "";
+  if (rec_.epoch == 0 || rec_.primary == 0 || !N(rec_.primary).replica) return "";
   const std::vector<std::string> log = FullLog(N(rec_.primary));
   for (const auto& acked : acked_) {
     const std::string& key = acked.first;
@@ -633,6 +716,7 @@ void Simulation::FinalCheck() {
   const std::vector<std::string> log = FullLog(p);
   // Every serving replica holds the same log.
   for (const Node& n : nodes_) {
+    if (!Member(n.id)) continue;
     if (FullLog(n) != log) {
       Violation("G1: node " + std::to_string(n.id) + "'s log differs from the primary's");
       return;
@@ -688,7 +772,8 @@ void Simulation::Fault() {
   if (!Faulty() || stop_) return;
   Node& n = nodes_[static_cast<size_t>(U(0, static_cast<int64_t>(nodes_.size()) - 1))];
   const std::string who = "node " + std::to_string(n.id);
-  switch (U(0, 7)) {
+  switch (U(0, nodes_.size() > cfg_.replicas ? 8 : 7)) {
+    case 8: StartMove(); break;
     case 0:
     case 1:
       if (n.up) {
@@ -709,10 +794,11 @@ void Simulation::Fault() {
     case 3: {
       const uint64_t gen = ++partition_gen_;
       std::string links;
-      for (size_t a = 0; a < cfg_.replicas; ++a) {
-        for (size_t b = a + 1; b < cfg_.replicas; ++b) {
+      const size_t total = nodes_.size();
+      for (size_t a = 0; a < total; ++a) {
+        for (size_t b = a + 1; b < total; ++b) {
           const bool down = Chance(0.5);
-          cut_[a * cfg_.replicas + b] = cut_[b * cfg_.replicas + a] = down;
+          cut_[a * total + b] = cut_[b * total + a] = down;
           if (down) links += " " + std::to_string(a + 1) + "-" + std::to_string(b + 1);
         }
       }
@@ -789,7 +875,7 @@ void Simulation::Heal() {
       n.etcd_cut = false;
       WatchTo(n);
     }
-    if (!n.up) Restart(n);
+    if (!n.up && n.assigned) Restart(n);
   }
 }
 
@@ -836,11 +922,17 @@ SimResult Simulation::Run() {
   end_at_ = heal_at_ + cfg_.heal_ms;
   Trace("seed " + std::to_string(cfg_.seed) + " loss " + std::to_string(base_loss_) + " dup " +
         std::to_string(dup_));
-  nodes_.resize(cfg_.replicas);
-  cut_.assign(cfg_.replicas * cfg_.replicas, false);
+  // Seeds with moves (one in three) have a spare node: each move replaces a member by it,
+  // and the member moved out becomes the spare once deleted.
+  const size_t spares = cfg_.moves && cfg_.seed % 3 == 0 ? 1 : 0;
+  nodes_.resize(cfg_.replicas + spares);
+  cut_.assign(nodes_.size() * nodes_.size(), false);
+  for (size_t i = 1; i <= cfg_.replicas; ++i) rec_.replicas.push_back(static_cast<NodeId>(i));
   for (size_t i = 0; i < nodes_.size(); ++i) {
     nodes_[i].id = static_cast<NodeId>(i + 1);
     nodes_[i].clock_offset = U(-500, 500);
+    nodes_[i].assigned = i < cfg_.replicas;
+    nodes_[i].up = nodes_[i].assigned;
     StartNode(nodes_[i]);
   }
   clients_.resize(static_cast<size_t>(cfg_.clients));

@@ -11,7 +11,9 @@
 // at most one node at a time has lost its log, i.e. is amnesiac until levelled; more
 // would be more failures than N = 3, W = 2 tolerates), pauses longer than the lease
 // (SIGSTOP), clock skew and jumps, log compaction (so that a node away long enough needs a
-// rebuild). Then everything heals and the run
+// rebuild), and replica moves (one seed in three: a spare node replaces a seeded member
+// through the record's target; the member moved out is deleted after the switch and becomes
+// the spare). Then everything heals and the run
 // continues until every client is done and the replicas agree, or a deadline passes.
 //
 // The checker holds a model of every acknowledged append and reports the first violation
@@ -45,6 +47,9 @@ struct SimConfig {
   int appends_per_client = 12;
   int64_t fault_ms = 5000;  // faults happen in [0, fault_ms)
   int64_t heal_ms = 15000;  // then no faults for at most this long
+  // One seed in three has a spare node and moves replicas (the record's target) while the
+  // faults run.
+  bool moves = true;
 };
 
 struct SimResult {
@@ -58,6 +63,8 @@ struct SimResult {
   uint64_t rebuilds = 0;
   uint64_t crashes = 0;
   uint64_t wipes = 0;  // of the crashes, those that lost the whole durable state
+  uint64_t moves_started = 0;  // targets set
+  uint64_t moves = 0;          // switches won in etcd
   uint64_t events = 0;
   int64_t end_ms = 0;
 };

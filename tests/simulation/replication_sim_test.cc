@@ -86,6 +86,8 @@ Sweep RunSeeds(SimConfig config, uint64_t first, uint64_t count) {
     s.totals.rebuilds += r.rebuilds;
     s.totals.crashes += r.crashes;
     s.totals.wipes += r.wipes;
+    s.totals.moves_started += r.moves_started;
+    s.totals.moves += r.moves;
     s.totals.events += r.events;
     if (!r.ok) {
       s.first_failure = seed;
@@ -109,7 +111,7 @@ bool NoViolation(const SimConfig& config, uint64_t default_seeds) {
   const Sweep s = RunSeeds(config, first, count);
   std::printf(
       "%s: %llu seeds in %.2f s (%.0f seeds/s); acknowledged %llu, epochs won %llu, late acks "
-      "%llu, rebuilds %llu, crashes %llu (wipes %llu), events %llu\n",
+      "%llu, rebuilds %llu, crashes %llu (wipes %llu), moves %llu of %llu started, events %llu\n",
       TestName().c_str(), static_cast<unsigned long long>(s.runs), s.seconds,
       static_cast<double>(s.runs) / s.seconds, static_cast<unsigned long long>(s.totals.acked),
       static_cast<unsigned long long>(s.totals.failovers),
@@ -117,6 +119,8 @@ bool NoViolation(const SimConfig& config, uint64_t default_seeds) {
       static_cast<unsigned long long>(s.totals.rebuilds),
       static_cast<unsigned long long>(s.totals.crashes),
       static_cast<unsigned long long>(s.totals.wipes),
+      static_cast<unsigned long long>(s.totals.moves),
+      static_cast<unsigned long long>(s.totals.moves_started),
       static_cast<unsigned long long>(s.totals.events));
   if (s.first_failure) {
     ADD_FAILURE() << "seed " << *s.first_failure << ": " << s.failure.violation
@@ -129,17 +133,19 @@ bool NoViolation(const SimConfig& config, uint64_t default_seeds) {
     EXPECT_GT(s.totals.crashes, 0u);
     EXPECT_GT(s.totals.wipes, 0u);
     EXPECT_GT(s.totals.rebuilds, 0u);
+    EXPECT_GT(s.totals.moves, 0u);
   }
   return !s.first_failure.has_value();
 }
 
 // True when the sweep (or the one seed asked for) finds a violation with `mutation` on.
-bool Caught(const SimConfig& config, const char* mutation) {
+bool Caught(const SimConfig& config, const char* mutation,
+            uint64_t default_budget = kDefaultSeeds) {
   if (auto r = ReplayIfAsked(config)) {
     if (r->ok) ADD_FAILURE() << "this seed does not catch " << mutation;
     return !r->ok;
   }
-  const uint64_t budget = EnvNumber("IRIS_SIM_SEEDS").value_or(kDefaultSeeds);
+  const uint64_t budget = EnvNumber("IRIS_SIM_SEEDS").value_or(default_budget);
   const Sweep s = RunSeeds(config, EnvNumber("IRIS_SIM_FIRST_SEED").value_or(1), budget);
   if (!s.first_failure) {
     ADD_FAILURE() << "mutation " << mutation << " went unnoticed in " << budget << " seeds";
@@ -196,6 +202,16 @@ TEST(ReplicationSimMutationTest, AmnesiacVotesIsCaught) {
   SimConfig config;
   config.mutations.amnesiac_votes = true;
   EXPECT_TRUE(Caught(config, "amnesiac_votes"));
+}
+
+// A move that switches the replica set as soon as the new node follows the log, before it
+// holds all of it: the two replicas of the new set other than the primary may then both lack
+// a committed batch (its other copy was on the node moved out). It takes a lagging learner,
+// a lagging backup and the primary's loss at once: a larger budget (about 9,000 seeds).
+TEST(ReplicationSimMutationTest, SwitchBeforeTheLearnerHoldsTheLogIsCaught) {
+  SimConfig config;
+  config.mutations.switch_unsynced = true;
+  EXPECT_TRUE(Caught(config, "switch_unsynced", 3 * kDefaultSeeds));
 }
 
 TEST(ReplicationSimMutationTest, ElectWithoutMajorityIsCaught) {

@@ -25,8 +25,6 @@ Replica::Replica(Options options, DurableState durable)
       amnesiac_(durable.amnesiac && !opts_.mutations.amnesiac_votes),
       snapshot_(std::move(durable.snapshot)),
       log_(std::move(durable.batches)) {
-  IRIS_RELEASE_ASSERT(std::find(opts_.replicas.begin(), opts_.replicas.end(), opts_.self) !=
-                      opts_.replicas.end());
   IRIS_RELEASE_ASSERT(opts_.write_quorum >= 1 && opts_.write_quorum <= opts_.replicas.size());
   durable_lsn_ = LastLsn();
   commit_lsn_ = snapshot_.lsn;
@@ -66,6 +64,25 @@ std::vector<Effect> Replica::Step(Event event) {
       },
       event);
   return std::move(out_);
+}
+
+namespace {
+bool Contains(const std::vector<NodeId>& v, NodeId n) {
+  return std::find(v.begin(), v.end(), n) != v.end();
+}
+}  // namespace
+
+const std::vector<NodeId>& Replica::Members() const {
+  return record_known_ && !record_.replicas.empty() ? record_.replicas : opts_.replicas;
+}
+
+bool Replica::removed() const {
+  return record_known_ && !Contains(Members(), opts_.self) && !Contains(record_.target, opts_.self);
+}
+
+bool Replica::Known(NodeId n) const {
+  return Contains(Members(), n) || Contains(record_.target, n) || Contains(opts_.replicas, n) ||
+         peers_.count(n) != 0;
 }
 
 uint64_t Replica::HlcHighWater() const {
@@ -147,10 +164,7 @@ void Replica::TakeSnapshot(Snapshot& s) {
 // ---- Dispatch ------------------------------------------------------------------------------
 
 void Replica::OnReceive(NodeId from, Message& m) {
-  if (from == opts_.self ||
-      std::find(opts_.replicas.begin(), opts_.replicas.end(), from) == opts_.replicas.end()) {
-    return;  // not a replica of this shard
-  }
+  if (from == opts_.self || !Known(from)) return;  // not a replica of this shard
   if (amnesiac_ && !record_known_ &&
       (std::holds_alternative<ShipBatch>(m) || std::holds_alternative<Level>(m) ||
        std::holds_alternative<InstallSnapshot>(m) || std::holds_alternative<Heartbeat>(m))) {
@@ -378,6 +392,11 @@ void Replica::OnClientAppend(ClientAppend& e) {
     Emit(Refuse{{e.request_id}, Unavailable("not the primary of this shard", 100)});
     return;
   }
+  if (switch_epoch_ != 0 || freeze_since_ms_ != kNotFrozen) {
+    // A move is switching the replica set: the log must not grow until it has.
+    Emit(Refuse{{e.request_id}, Unavailable("moving a replica of this shard", 100)});
+    return;
+  }
   if (LastLsn() - commit_lsn_ >= opts_.max_inflight) {
     Emit(Refuse{{e.request_id}, Overloaded("replication backlog full", 100)});
     return;
@@ -424,6 +443,7 @@ void Replica::OnBatchAck(NodeId from, const BatchAck& m) {
     p.common = std::max(p.common, p.match);
     p.in_sync = true;
     AdvanceCommit();
+    MaybeSwitch();
   } else {
     p.in_sync = false;
     // Its commit point is common to every log; what it reports matching, to mine.
@@ -460,7 +480,10 @@ void Replica::SendLevel(NodeId peer) {
 void Replica::AdvanceCommit() {
   if (role_ != Role::kPrimary) return;
   std::vector<Lsn> copies{std::min(durable_lsn_, LastLsn())};
-  for (const auto& [peer, p] : peers_) copies.push_back(std::min(p.match, LastLsn()));
+  for (const auto& [peer, p] : peers_) {
+    if (!p.learner) copies.push_back(std::min(p.match, LastLsn()));  // learners do not count
+  }
+  if (copies.size() < opts_.write_quorum) return;
   std::sort(copies.begin(), copies.end(), std::greater<>());
   const size_t w = opts_.mutations.ack_at_w1 ? 1 : opts_.write_quorum;
   const Lsn c = copies[w - 1];
@@ -480,6 +503,11 @@ void Replica::AdvanceCommit() {
 void Replica::Depose(const char* /*why*/) {
   const Epoch mine = accepted_;
   role_ = Role::kDeposed;
+  // A switch in flight may still win in etcd: its answer (or the watch) then shows an epoch
+  // won by a replica that no longer runs for it, whose lease is revoked (OnTxnResult,
+  // OnRecord). Nothing was appended after it was sent.
+  switch_epoch_ = 0;
+  freeze_since_ms_ = kNotFrozen;
   leader_.reset();
   peers_.clear();
   lapse_seen_ms_.reset();
@@ -499,7 +527,9 @@ void Replica::BecomePrimary() {
   leader_ = opts_.self;
   Persist();
   peers_.clear();
-  for (NodeId n : opts_.replicas) {
+  switch_epoch_ = 0;
+  freeze_since_ms_ = kNotFrozen;
+  for (NodeId n : Members()) {
     if (n == opts_.self) continue;
     Peer p;
     auto it = promises_.find(n);
@@ -514,20 +544,119 @@ void Replica::BecomePrimary() {
   for (auto& [n, p] : peers_) p.last_heard_ms = now_;
   for (auto& [n, p] : peers_) SendLevel(n);
   AdvanceCommit();
+  FollowTarget();
+}
+
+// ---- Moving a replica (primary side) ------------------------------------------------------
+
+void Replica::FollowTarget() {
+  if (role_ != Role::kPrimary || !record_known_ || record_.epoch != accepted_) return;
+  const std::vector<NodeId>& target = record_.target;
+  for (auto it = peers_.begin(); it != peers_.end();) {
+    it = it->second.learner && !Contains(target, it->first) ? peers_.erase(it) : std::next(it);
+  }
+  for (NodeId n : target) {
+    if (n == opts_.self || peers_.count(n) != 0) continue;
+    Peer p;
+    p.learner = true;
+    p.common = snapshot_.lsn;  // nothing known of its log: a Level from there, or a rebuild
+    p.last_heard_ms = now_;
+    peers_[n] = p;
+    SendLevel(n);
+  }
+  MaybeSwitch();
+}
+
+void Replica::MaybeSwitch() {
+  if (role_ != Role::kPrimary || switch_epoch_ != 0) return;
+  if (record_.target.empty() || record_.epoch != accepted_ || !record_.lease_live ||
+      record_.primary != opts_.self) {
+    freeze_since_ms_ = kNotFrozen;
+    return;
+  }
+  bool learners = false;
+  bool synced = true;     // every learner follows my log (acked ok in my epoch)
+  bool caught_up = true;  // ... and holds all of it durably
+  for (const auto& [n, p] : peers_) {
+    if (!p.learner) continue;
+    learners = true;
+    synced = synced && p.in_sync;
+    caught_up = caught_up && p.match >= LastLsn();
+  }
+  if (!learners) return;
+  if (!synced || now_ < freeze_backoff_until_ms_) return;
+  // Stop the log from growing, so that the learners and the commit point reach its end.
+  if (freeze_since_ms_ == kNotFrozen) freeze_since_ms_ = now_;
+  if ((!caught_up || commit_lsn_ < LastLsn()) && !opts_.mutations.switch_unsynced) return;
+  switch_epoch_ = std::max({promised_, accepted_, highest_seen_, record_.epoch}) + 1;
+  switch_replicas_ = record_.target;
+  switch_revision_ = record_.revision;
+  switch_sent_ms_ = now_;
+  Emit(EtcdSwitch{switch_revision_, accepted_, switch_epoch_, switch_replicas_});
+}
+
+bool Replica::SwitchWon(const ShardRecord& r) const {
+  if (r.epoch != switch_epoch_ || r.replicas != switch_replicas_) return false;
+  return Contains(switch_replicas_, opts_.self) ? r.primary == opts_.self && r.lease_live
+                                                : !r.lease_live;
+}
+
+void Replica::CompleteSwitch(const ShardRecord& r) {
+  const Epoch e = switch_epoch_;
+  switch_epoch_ = 0;
+  freeze_since_ms_ = kNotFrozen;
+  if (r.revision >= record_.revision) {
+    record_ = r;
+    record_known_ = true;
+  }
+  if (!Contains(switch_replicas_, opts_.self)) {
+    // The move took this primary out (its lease went with the switch): the new replicas
+    // elect one of them. Every append it took is committed and acknowledged.
+    role_ = Role::kDeposed;
+    leader_.reset();
+    peers_.clear();
+    lapse_seen_ms_.reset();
+    return;
+  }
+  accepted_ = e;
+  promised_ = std::max(promised_, e);
+  log_epoch_ = e;
+  highest_seen_ = std::max(highest_seen_, e);
+  Persist();
+  // The replicas of the new epoch: the learners become members, the node moved out is
+  // dropped. Each is levelled into the new epoch from what it is known to hold (my log did
+  // not change: the switch waited for its end to commit).
+  std::map<NodeId, Peer> next;
+  for (NodeId n : switch_replicas_) {
+    if (n == opts_.self) continue;
+    auto it = peers_.find(n);
+    Peer p = it != peers_.end() ? it->second : Peer{};
+    p.learner = false;
+    p.in_sync = false;
+    p.common = std::max(p.common, std::min(p.match, LastLsn()));
+    p.last_heard_ms = now_;
+    p.last_level_ms = INT64_MIN / 2;
+    next[n] = p;
+  }
+  peers_ = std::move(next);
+  progress_ms_ = now_;
+  for (auto& [n, p] : peers_) SendLevel(n);
+  FollowTarget();
 }
 
 // ---- Candidate side ------------------------------------------------------------------------
 
 size_t Replica::PromiseQuorum() const {
   if (opts_.mutations.elect_without_majority) return 1;
-  return opts_.replicas.size() - opts_.write_quorum + 1;
+  return Members().size() - opts_.write_quorum + 1;
 }
 
 size_t Replica::Rank() const {
-  const size_t n = opts_.replicas.size();
+  const std::vector<NodeId>& members = Members();
+  const size_t n = members.size();
   auto idx = [&](NodeId id) -> size_t {
-    auto it = std::find(opts_.replicas.begin(), opts_.replicas.end(), id);
-    return it == opts_.replicas.end() ? n - 1 : static_cast<size_t>(it - opts_.replicas.begin());
+    auto it = std::find(members.begin(), members.end(), id);
+    return it == members.end() ? n - 1 : static_cast<size_t>(it - members.begin());
   };
   return (idx(opts_.self) + n - idx(record_.primary) - 1) % n;
 }
@@ -535,6 +664,13 @@ size_t Replica::Rank() const {
 void Replica::MaybeStartCandidacy() {
   if (role_ != Role::kBackup && role_ != Role::kDeposed) return;
   if (amnesiac_) return;  // waits to be levelled
+  // Only a replica of the record's epoch runs (a node a move took out, or the learner of
+  // one, is not). One that the wanted replica set leaves out still does: it may hold the
+  // only complete log, and as primary it carries the move out (taking itself out).
+  if (!Contains(Members(), opts_.self)) {
+    lapse_seen_ms_.reset();
+    return;
+  }
   if (!record_known_ || record_.lease_live || !have_time_) {
     lapse_seen_ms_.reset();
     return;
@@ -559,7 +695,7 @@ void Replica::StartCandidacy() {
   fetched_ = false;
   fetch_target_ = 0;
   cas_sent_ = false;
-  for (NodeId n : opts_.replicas) {
+  for (NodeId n : Members()) {
     if (n != opts_.self) SendTo(n, PromiseRequest{cand_epoch_});
   }
   CandidateProgress();
@@ -666,6 +802,20 @@ void Replica::OnFetchReply(NodeId from, FetchReply& m) {
 }
 
 void Replica::OnTxnResult(const EtcdTxnResult& e) {
+  if (role_ == Role::kPrimary && switch_epoch_ != 0 && e.new_epoch == switch_epoch_) {
+    const ShardRecord& c = e.current;
+    if (e.succeeded || SwitchWon(c)) {
+      CompleteSwitch(c);  // (a resent copy fails once the first one won)
+      return;
+    }
+    // Refused: the record is no longer the one the switch compared against, and revisions
+    // only grow, so no copy of it still in flight can win. Appends resume (or the record
+    // deposes this primary).
+    switch_epoch_ = 0;
+    freeze_since_ms_ = kNotFrozen;
+    OnRecord(c);
+    return;
+  }
   if (role_ == Role::kCandidate && cas_sent_ && e.new_epoch == cand_epoch_) {
     if (e.succeeded) {
       if (e.current.revision >= record_.revision) {
@@ -695,8 +845,12 @@ void Replica::OnRecord(const ShardRecord& r) {
   }
   switch (role_) {
     case Role::kPrimary:
-      if (r.epoch > accepted_ || (r.epoch == accepted_ && !r.lease_live)) {
+      if (switch_epoch_ != 0 && SwitchWon(r)) {
+        CompleteSwitch(r);  // the watch overtook the switch's answer
+      } else if (r.epoch > accepted_ || (r.epoch == accepted_ && !r.lease_live)) {
         Depose("the shard record moved on");
+      } else {
+        FollowTarget();
       }
       return;
     case Role::kCandidate:
@@ -719,7 +873,7 @@ void Replica::OnRecord(const ShardRecord& r) {
 }
 
 bool Replica::StallDepose() {
-  if (opts_.stall_depose_ms <= 0 || opts_.replicas.size() < 2) return false;
+  if (opts_.stall_depose_ms <= 0 || Members().size() < 2) return false;
   if (now_ < progress_ms_) progress_ms_ = now_;  // the clock stepped back
   // "Nothing committed" counts only while W - 1 backups are in sync: a backup being
   // levelled or rebuilt cannot hold new batches yet, and stepping down would start its copy
@@ -729,6 +883,7 @@ bool Replica::StallDepose() {
   // levelled, the rule would otherwise fire and start that copy over.)
   size_t in_sync = 0;
   for (const auto& [n, p] : peers_) {
+    if (p.learner) continue;
     in_sync += p.in_sync && now_ - p.last_heard_ms < opts_.stall_depose_ms ? 1 : 0;
   }
   if (in_sync + 1 < opts_.write_quorum) progress_ms_ = now_;
@@ -739,7 +894,7 @@ bool Replica::StallDepose() {
   size_t heard = 0;
   for (auto& [n, p] : peers_) {
     if (now_ < p.last_heard_ms) p.last_heard_ms = now_;
-    if (now_ - p.last_heard_ms < opts_.stall_depose_ms) ++heard;
+    if (!p.learner && now_ - p.last_heard_ms < opts_.stall_depose_ms) ++heard;
   }
   if (heard + 1 < opts_.write_quorum) {
     Depose("no backup heard within stall_depose_ms");
@@ -763,6 +918,20 @@ void Replica::OnTick(const Tick& e) {
           SendLevel(n);
         }
       }
+      if (switch_epoch_ != 0) {
+        if (Due(switch_sent_ms_, opts_.candidate_timeout_ms)) {  // the answer may be lost
+          Emit(EtcdSwitch{switch_revision_, accepted_, switch_epoch_, switch_replicas_});
+        }
+      } else if (freeze_since_ms_ != kNotFrozen &&
+                 (now_ < freeze_since_ms_ ||
+                  now_ - freeze_since_ms_ >= opts_.candidate_timeout_ms)) {
+        // The learners did not reach the end of the log in time: take appends again for a
+        // while before the next attempt.
+        freeze_since_ms_ = kNotFrozen;
+        freeze_backoff_until_ms_ = now_ + opts_.candidate_timeout_ms;
+      } else {
+        MaybeSwitch();
+      }
       break;
     case Role::kCandidate:
       if (now_ < cand_started_ms_) cand_started_ms_ = now_;
@@ -772,7 +941,7 @@ void Replica::OnTick(const Tick& e) {
       }
       if (Due(cand_last_send_ms_, opts_.retransmit_ms)) {
         if (!best_) {
-          for (NodeId n : opts_.replicas) {
+          for (NodeId n : Members()) {
             if (n != opts_.self && !promises_.count(n)) SendTo(n, PromiseRequest{cand_epoch_});
           }
         } else if (!fetched_) {
@@ -786,6 +955,7 @@ void Replica::OnTick(const Tick& e) {
 
 void Replica::MaybeAskToBeLevelled() {
   if (role_ != Role::kBackup && role_ != Role::kDeposed) return;
+  if (removed()) return;
   if (!record_known_ || !record_.lease_live || record_.primary == 0 ||
       record_.primary == opts_.self) {
     return;

@@ -26,6 +26,18 @@
 // Elections compare (accepted, durable lsn): see docs/replication.md for why every
 // committed batch is in the log of every later primary.
 //
+// Moving a replica (CLUSTER.md section 6; docs/replication.md "Moving a replica"): the
+// shard record names the replicas of its epoch and, while a move is wanted, a target
+// replica set that differs from them in one node. The primary ships its log to the target's
+// new node as a learner (not counted for W) until it holds the whole log, then stops taking
+// appends, lets what it has commit, and switches in one etcd transaction: epoch e -> e + 1,
+// replicas = target, compared against the record it saw the target in; it stays primary
+// (same lease) unless the move takes it out, in which case the new replicas elect one. Every
+// batch committed before the switch is then on the learner and on one of the other
+// replicas, so every two of the new replicas hold it; the node left out no longer runs for
+// election (only members of the record's replica set do) and is torn down by its host
+// (removed()).
+//
 // Thread-safety: none; one owner calls Step() and carries out the effects.
 
 #include <cstdint>
@@ -72,6 +84,10 @@ struct ShardRecord {
   Epoch epoch = 0;
   NodeId primary = 0;
   bool lease_live = false;  // leaders/<s> exists (the primary's lease has not lapsed)
+  // The replicas of `epoch` (empty: Options::replicas, which never change), and the replica
+  // set a move wants (empty: none; else it differs from `replicas` in one node).
+  std::vector<NodeId> replicas;
+  std::vector<NodeId> target;
 };
 
 // ---- Messages between replicas of one shard -------------------------------------------
@@ -241,6 +257,19 @@ struct EtcdCas {
   Epoch new_epoch = 0;
   NodeId primary = 0;
 };
+// A move's switch: if the shard record is still the one of `revision` (its epoch is
+// expected_epoch, its lease live and this node's), then set epoch = new_epoch, replicas =
+// `replicas` and no target; if this node is among `replicas` it stays primary with its
+// lease (leaders/<s> says new_epoch), else leaders/<s> is deleted and its lease revoked (the
+// new replicas elect a primary). Answered by EtcdTxnResult{new_epoch}. The caller may
+// receive it more than once (resent until answered): the revision makes every copy after
+// the first fail.
+struct EtcdSwitch {
+  uint64_t revision = 0;
+  Epoch expected_epoch = 0;
+  Epoch new_epoch = 0;
+  std::vector<NodeId> replicas;
+};
 // Keep the lease of `epoch` alive; if it is gone the caller reports LeaseLapsed.
 struct EtcdKeepAlive {
   Epoch epoch = 0;
@@ -281,7 +310,7 @@ struct Rebuild {
 };
 using Effect =
     std::variant<Send, WalAppend, WalTruncate, WalCompact, WalInstallSnapshot, PersistMeta, EtcdCas,
-                 EtcdKeepAlive, EtcdRevoke, Commit, Acknowledge, Refuse, Rebuild>;
+                 EtcdSwitch, EtcdKeepAlive, EtcdRevoke, Commit, Acknowledge, Refuse, Rebuild>;
 
 // What survives a crash: the caller rebuilds a Replica from exactly this.
 struct DurableState {
@@ -311,11 +340,15 @@ struct Mutations {
   bool skip_epoch_check = false;        // backups take and ack batches of a lower epoch
   bool elect_without_majority = false;  // a candidate proceeds on its own promise
   bool amnesiac_votes = false;          // a replica that lost its log votes (as before)
+  bool switch_unsynced = false;         // a move switches once the learner follows the log,
+                                        // not waiting for it (and the commit) to reach its end
 };
 
 struct Options {
   NodeId self = 0;
-  std::vector<NodeId> replicas;       // N nodes, self included; the same list on every replica
+  // N nodes, the same list on every replica: the replica set until a shard record names one
+  // (ShardRecord::replicas). A node new to the shard (the learner of a move) is not in it.
+  std::vector<NodeId> replicas;
   size_t write_quorum = 2;            // W; a promise quorum is N - W + 1 so that the two meet
   int64_t retransmit_ms = 100;        // resend Level / PromiseRequest / FetchRequest
   int64_t keepalive_ms = 500;         // primary's lease keep-alive period
@@ -351,8 +384,8 @@ const char* RoleName(Role role);
 
 class Replica {
  public:
-  // Starts as kBackup from `durable` (empty for a new replica). Options must list self
-  // among replicas and have 1 <= write_quorum <= replicas.size() (checked: IRIS_RELEASE_ASSERT).
+  // Starts as kBackup from `durable` (empty for a new replica). Options must have
+  // 1 <= write_quorum <= replicas.size() (checked: IRIS_RELEASE_ASSERT).
   Replica(Options options, DurableState durable);
 
   // Handles one event; the caller carries out the returned effects in order.
@@ -373,6 +406,13 @@ class Replica {
   // The greatest HLC in the log (ids of a new primary start above it).
   uint64_t HlcHighWater() const;
   const ShardRecord& record() const { return record_; }
+  // The replica set as this node knows it (the last record's, else Options::replicas).
+  const std::vector<NodeId>& Members() const;
+  // The record says this node is neither a replica of the shard nor the learner of a move:
+  // a move took it out (its host deletes its copy) or it never was in.
+  bool removed() const;
+  // Primary: a move's switch has been sent and not answered; appends wait (refused).
+  bool switching() const { return switch_epoch_ != 0; }
 
  private:
   struct Peer {
@@ -382,6 +422,7 @@ class Replica {
     int64_t last_level_ms = INT64_MIN / 2;
     int64_t last_rebuild_ms = INT64_MIN / 2;
     int64_t last_heard_ms = 0;  // its last BatchAck of my epoch (from BecomePrimary on)
+    bool learner = false;       // the new node of a move: ships, but not counted for W
   };
   struct Position {
     Epoch accepted = 0;
@@ -439,6 +480,13 @@ class Replica {
 
   // Primary side.
   void BecomePrimary();
+  // Primary: learners follow the record's target (added, dropped); a target without this
+  // node deposes it. Then MaybeSwitch.
+  void FollowTarget();
+  void MaybeSwitch();
+  void CompleteSwitch(const ShardRecord& r);
+  bool SwitchWon(const ShardRecord& r) const;  // r shows the switch in flight applied
+  bool Known(NodeId n) const;
   void SendLevel(NodeId peer);
   void AdvanceCommit();
   void Depose(const char* why);
@@ -510,6 +558,16 @@ class Replica {
   int64_t progress_ms_ = 0;
   int64_t last_heartbeat_ms_ = INT64_MIN / 2;
   int64_t last_level_ask_ms_ = INT64_MIN / 2;  // MaybeAskToBeLevelled
+  // A move's switch in flight (0: none): its new epoch, replicas and when it was last sent.
+  Epoch switch_epoch_ = 0;
+  std::vector<NodeId> switch_replicas_;
+  uint64_t switch_revision_ = 0;
+  int64_t switch_sent_ms_ = 0;
+  // Appends refused since (kNotFrozen: taken) so that the learners reach the end of the log;
+  // after a freeze that timed out, none before freeze_backoff_until_ms_.
+  static constexpr int64_t kNotFrozen = INT64_MIN;
+  int64_t freeze_since_ms_ = kNotFrozen;
+  int64_t freeze_backoff_until_ms_ = INT64_MIN;
 };
 
 }  // namespace iris::cluster::repl
