@@ -546,5 +546,38 @@ TEST(ReplicaTest, OnlyTheRecordsReplicasRunForElection) {
   EXPECT_TRUE(Sent<PromiseRequest>(fx, 3).empty());
 }
 
+// Review findings: the switch waits for the primary's own copy (a commit may count two
+// backups before it), and the answer to an earlier, refused attempt is not taken for a
+// later one's (each attempt has an epoch of its own).
+TEST(ReplicaTest, ASwitchWaitsForThePrimarysOwnCopyAndIgnoresAnEarlierAttemptsAnswer) {
+  Replica p = MakePrimary();
+  (void)p.Step(EtcdWatch{Record(3, 1, 1, true, {1, 2, 3}, {1, 2, 4})});
+  (void)p.Step(ClientAppend{1, "m1", 101});
+  // Both backups hold it before the primary's WAL sync: committed, acknowledged.
+  (void)p.Step(Receive{2, BatchAck{1, true, 1, 1, 0}});
+  std::vector<Effect> fx = p.Step(Receive{3, BatchAck{1, true, 1, 1, 0}});
+  ASSERT_EQ(p.CommitLsn(), 1u);
+  fx = p.Step(Receive{4, BatchAck{1, true, 1, 1, 0}});
+  EXPECT_TRUE(All<EtcdSwitch>(fx).empty()) << "switched before its own copy was durable";
+  fx = p.Step(WalSynced{1});
+  ASSERT_EQ(All<EtcdSwitch>(fx).size(), 1u);
+  const Epoch first = All<EtcdSwitch>(fx)[0].new_epoch;
+  EXPECT_EQ(first, 2u);
+  // The controller moved node 2 out instead: the first attempt is refused; a second one
+  // goes out at once with an epoch of its own.
+  fx = p.Step(EtcdTxnResult{first, false, Record(4, 1, 1, true, {1, 2, 3}, {1, 4, 3})});
+  ASSERT_EQ(All<EtcdSwitch>(fx).size(), 1u);
+  const EtcdSwitch second = All<EtcdSwitch>(fx)[0];
+  EXPECT_EQ(second.revision, 4u);
+  EXPECT_GT(second.new_epoch, first);
+  EXPECT_EQ(second.replicas, (std::vector<NodeId>{1, 4, 3}));
+  // A late refusal of a resent copy of the first attempt: the second still holds appends.
+  (void)p.Step(EtcdTxnResult{first, false, Record(4, 1, 1, true, {1, 2, 3}, {1, 4, 3})});
+  EXPECT_TRUE(p.switching());
+  fx = p.Step(ClientAppend{2, "m2", 102});
+  ASSERT_EQ(All<Refuse>(fx).size(), 1u);
+  EXPECT_EQ(p.LastLsn(), 1u);
+}
+
 }  // namespace
 }  // namespace iris::cluster::repl

@@ -131,7 +131,9 @@ class Simulation {
   Options OptionsFor(NodeId id) const {
     Options o;
     o.self = id;
-    o.replicas = rec_.replicas;  // the replicas as of the node's start (moves change them)
+    // As irisd's: the shard's first replica set, never changed (a node moved in is not in
+    // it); the record's replicas (ShardRecord::replicas) say who the members are.
+    for (size_t i = 1; i <= cfg_.replicas; ++i) o.replicas.push_back(static_cast<NodeId>(i));
     o.write_quorum = cfg_.write_quorum;
     o.keepalive_ms = 250;
     o.mutations = cfg_.mutations;
@@ -187,7 +189,8 @@ class Simulation {
   void ClientReply(int client, int seq, bool acked, NodeId hint);
 
   // Checker.
-  void CheckDurableCopies(Epoch epoch, Lsn lsn, const std::string& payload);
+  // G3: W durable copies among the replicas of `commit_epoch` (the committing primary's).
+  void CheckDurableCopies(Epoch commit_epoch, Epoch epoch, Lsn lsn, const std::string& payload);
   bool OwnsEpoch(const Node& n, Epoch epoch);
   std::vector<std::string> FullLog(const Node& n) const;
   bool Converged();
@@ -227,6 +230,7 @@ class Simulation {
   std::map<std::string, Epoch> acked_;                  // key -> epoch that acked it
   std::map<Epoch, std::pair<NodeId, uint64_t>> owner_;  // epoch -> (node, instance)
   std::map<Lsn, std::string> committed_;                // lsn -> payload
+  std::map<Epoch, std::vector<NodeId>> config_of_;      // epoch -> its replicas (G3)
 
   SimResult result_;
   std::ostringstream trace_;
@@ -261,7 +265,30 @@ void Simulation::Restart(Node& n) {
 }
 
 void Simulation::StartMove() {
-  if (rec_.epoch == 0 || !rec_.target.empty()) return;
+  if (rec_.epoch == 0) return;
+  if (!rec_.target.empty()) {
+    // The controller changes its mind while the move runs: it cancels it (the learner's
+    // copy is deleted) or moves another member out instead (same learner). A switch in
+    // flight is then refused (its record is gone).
+    NodeId learner = 0;
+    for (NodeId t : rec_.target) {
+      if (!Member(t)) learner = t;
+    }
+    if (Chance(0.5)) {
+      Trace("MOVE CANCELLED (learner " + std::to_string(learner) + ")");
+      rec_.target.clear();
+      At(now_ + U(100, 1000), [this, learner]() { DeleteRemoved(learner); });
+    } else {
+      std::vector<NodeId> target = rec_.replicas;
+      const size_t out = static_cast<size_t>(U(0, static_cast<int64_t>(target.size()) - 1));
+      target[out] = learner;
+      Trace("MOVE CHANGED: node " + std::to_string(rec_.replicas[out]) + " out instead");
+      rec_.target = target;
+    }
+    ++rec_.revision;
+    EtcdChanged();
+    return;
+  }
   Node* spare = nullptr;
   for (Node& n : nodes_) {
     if (!n.assigned) spare = &n;
@@ -364,6 +391,7 @@ void Simulation::Apply(Node& n, std::vector<Effect>& effects) {
                               cas.new_epoch > rec_.epoch;
               if (ok) {
                 rec_.epoch = cas.new_epoch;
+                config_of_[cas.new_epoch] = rec_.replicas;
                 rec_.primary = cas.primary;
                 rec_.lease_live = true;
                 ++rec_.revision;
@@ -391,6 +419,7 @@ void Simulation::Apply(Node& n, std::vector<Effect>& effects) {
                 }
                 rec_.epoch = sw.new_epoch;
                 rec_.replicas = sw.replicas;
+                config_of_[sw.new_epoch] = sw.replicas;
                 rec_.target.clear();
                 if (std::find(sw.replicas.begin(), sw.replicas.end(), id) == sw.replicas.end()) {
                   rec_.primary = 0;  // the primary moved itself out: its lease goes
@@ -412,7 +441,9 @@ void Simulation::Apply(Node& n, std::vector<Effect>& effects) {
             const uint64_t inst = n.instance;
             const Epoch epoch = x.epoch;
             EtcdOp(n, [this, id, inst, epoch]() {
-              if (rec_.lease_live && rec_.epoch == epoch) {
+              // One lease per primary: a switch that keeps the primary keeps its lease (a
+              // keep-alive of the epoch before it still finds it).
+              if (rec_.lease_live && rec_.primary == id && rec_.epoch >= epoch) {
                 lease_expiry_ = now_ + kLeaseTtlMs;
                 ScheduleLeaseCheck();
               } else {
@@ -440,7 +471,7 @@ void Simulation::Apply(Node& n, std::vector<Effect>& effects) {
                           std::to_string(id) + ")");
                 return;
               }
-              CheckDurableCopies(b.epoch, l, b.payload);
+              CheckDurableCopies(x.epoch, b.epoch, l, b.payload);
             }
             Trace("node " + std::to_string(id) + " commit " + std::to_string(x.first_lsn) + ".." +
                   std::to_string(x.last_lsn) + " epoch " + std::to_string(x.epoch));
@@ -516,7 +547,10 @@ void Simulation::NetSend(NodeId from, NodeId to, Message m) {
 
 void Simulation::EtcdOp(Node& n, Fn op) {
   if (n.etcd_cut || Chance(loss_)) return;
-  At(now_ + U(1, 8), std::move(op));
+  // Now and then a slow request (a loaded etcd): it overtakes a resend, or its answer comes
+  // after the caller gave up waiting.
+  const int64_t delay = Faulty() && Chance(0.02) ? U(500, 2500) : U(1, 8);
+  At(now_ + delay, std::move(op));
 }
 
 void Simulation::EtcdReply(NodeId id, uint64_t inst, Event e) {
@@ -635,7 +669,9 @@ bool Simulation::OwnsEpoch(const Node& n, Epoch epoch) {
   return true;
 }
 
-void Simulation::CheckDurableCopies(Epoch epoch, Lsn lsn, const std::string& payload) {
+void Simulation::CheckDurableCopies(Epoch commit_epoch, Epoch epoch, Lsn lsn,
+                                    const std::string& payload) {
+  const std::vector<NodeId>& config = config_of_[commit_epoch];
   const auto holds = [&](const DurableState& d) {
     if (lsn <= d.snapshot.lsn) return d.snapshot.state.find(payload) != std::string::npos;
     if (lsn - d.snapshot.lsn <= d.batches.size()) {
@@ -646,6 +682,8 @@ void Simulation::CheckDurableCopies(Epoch epoch, Lsn lsn, const std::string& pay
   };
   size_t copies = 0;
   for (const Node& n : nodes_) {
+    // A learner's copy (or any other node's) does not count.
+    if (std::find(config.begin(), config.end(), n.id) == config.end()) continue;
     bool held = holds(n.durable);
     for (const DurableState& w : n.wiped) held = held || holds(w);
     if (held) ++copies;
@@ -772,8 +810,11 @@ void Simulation::Fault() {
   if (!Faulty() || stop_) return;
   Node& n = nodes_[static_cast<size_t>(U(0, static_cast<int64_t>(nodes_.size()) - 1))];
   const std::string who = "node " + std::to_string(n.id);
-  switch (U(0, nodes_.size() > cfg_.replicas ? 8 : 7)) {
-    case 8: StartMove(); break;
+  switch (U(0, nodes_.size() > cfg_.replicas ? 9 : 7)) {
+    case 8:
+    case 9:
+      StartMove();  // (or changes the move under way)
+      break;
     case 0:
     case 1:
       if (n.up) {

@@ -373,7 +373,10 @@ void Replica::MaybeAcceptAndAck() {
 void Replica::OnWalSynced(const WalSynced& e) {
   durable_lsn_ = std::max(durable_lsn_, std::min(e.lsn, LastLsn()));
   switch (role_) {
-    case Role::kPrimary: AdvanceCommit(); break;
+    case Role::kPrimary:
+      AdvanceCommit();
+      MaybeSwitch();
+      break;
     case Role::kCandidate: CandidateProgress(); break;
     default: MaybeAcceptAndAck();
   }
@@ -575,20 +578,31 @@ void Replica::MaybeSwitch() {
     return;
   }
   bool learners = false;
-  bool synced = true;     // every learner follows my log (acked ok in my epoch)
+  bool synced = true;     // every learner follows my log (acked ok in my epoch), lately
   bool caught_up = true;  // ... and holds all of it durably
   for (const auto& [n, p] : peers_) {
     if (!p.learner) continue;
     learners = true;
-    synced = synced && p.in_sync;
+    // (A learner gone silent would otherwise stay "in sync" and freeze appends again and
+    // again: it is sent Heartbeats while a move waits, OnTick.)
+    synced = synced && p.in_sync && now_ >= p.last_heard_ms &&
+             now_ - p.last_heard_ms < opts_.candidate_timeout_ms;
     caught_up = caught_up && p.match >= LastLsn();
   }
+  // (A target that adds no node is not a move this machine makes: the controller never
+  // writes one, docs/replication.md.)
   if (!learners) return;
   if (!synced || now_ < freeze_backoff_until_ms_) return;
   // Stop the log from growing, so that the learners and the commit point reach its end.
   if (freeze_since_ms_ == kNotFrozen) freeze_since_ms_ = now_;
-  if ((!caught_up || commit_lsn_ < LastLsn()) && !opts_.mutations.switch_unsynced) return;
+  // Everything committed, and durable here too: a commit may have counted two backups'
+  // copies before this one, and after the switch this log (epoch e + 1) wins elections.
+  const bool at_end = caught_up && commit_lsn_ >= LastLsn() && durable_lsn_ >= LastLsn();
+  if (!at_end && !opts_.mutations.switch_unsynced) return;
+  // Each attempt has an epoch of its own, so that the answer to an earlier one (refused, as
+  // its record is gone) is never taken for this one's.
   switch_epoch_ = std::max({promised_, accepted_, highest_seen_, record_.epoch}) + 1;
+  highest_seen_ = switch_epoch_;
   switch_replicas_ = record_.target;
   switch_revision_ = record_.revision;
   switch_sent_ms_ = now_;
@@ -809,11 +823,13 @@ void Replica::OnTxnResult(const EtcdTxnResult& e) {
       return;
     }
     // Refused: the record is no longer the one the switch compared against, and revisions
-    // only grow, so no copy of it still in flight can win. Appends resume (or the record
-    // deposes this primary).
+    // only grow, so no copy of this attempt still in flight can win (a later attempt has an
+    // epoch of its own). Appends resume, unless the record deposes this primary or a new
+    // attempt freezes them again at once.
     switch_epoch_ = 0;
     freeze_since_ms_ = kNotFrozen;
     OnRecord(c);
+    MaybeSwitch();
     return;
   }
   if (role_ == Role::kCandidate && cas_sent_ && e.new_epoch == cand_epoch_) {
@@ -910,8 +926,14 @@ void Replica::OnTick(const Tick& e) {
     case Role::kPrimary:
       if (StallDepose()) break;
       if (Due(last_keepalive_ms_, opts_.keepalive_ms)) Emit(EtcdKeepAlive{accepted_});
-      if (opts_.stall_depose_ms > 0 && Due(last_heartbeat_ms_, opts_.keepalive_ms)) {
-        for (const auto& [n, p] : peers_) SendTo(n, Heartbeat{accepted_, commit_lsn_});
+      if (Due(last_heartbeat_ms_, opts_.keepalive_ms)) {
+        // Every peer when stall_depose_ms is on; else only the learners of a move, whose
+        // answers show they are still there (MaybeSwitch).
+        for (const auto& [n, p] : peers_) {
+          if (opts_.stall_depose_ms > 0 || p.learner) {
+            SendTo(n, Heartbeat{accepted_, commit_lsn_});
+          }
+        }
       }
       for (auto& [n, p] : peers_) {
         if ((!p.in_sync || p.match < LastLsn()) && Due(p.last_level_ms, opts_.retransmit_ms)) {
