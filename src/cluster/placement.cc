@@ -107,6 +107,7 @@ Result<NodeInfo> ParseNode(const std::string& text) {
 std::string ShardToJson(const ShardInfo& s) {
   json j{{"id", s.id}, {"replicas", s.replicas}, {"primary", s.primary}, {"epoch", s.epoch}};
   if (s.elected) j["elected"] = true;  // absent in records written before it existed
+  if (!s.target.empty()) j["target"] = s.target;
   return j.dump();
 }
 
@@ -123,6 +124,7 @@ Result<ShardInfo> ParseShard(const std::string& text) {
     s.primary = j["primary"].get<NodeId>();
     s.epoch = j["epoch"].get<int64_t>();
     s.elected = j.value("elected", false);
+    if (j.contains("target")) s.target = j["target"].get<std::vector<NodeId>>();
     return s;
   } catch (const std::exception& e) {
     return BadRequest(std::string("malformed shard record: ") + e.what());
@@ -199,6 +201,15 @@ Status ApplyKey(const ClusterKeys& keys, const std::string& key, const std::stri
     n->id = id;
     n->alive = true;
     state->nodes[id] = std::move(*n);
+  } else if (key.rfind(keys.DrainPrefix(), 0) == 0) {
+    if (!ParseUint(key.substr(keys.DrainPrefix().size()), &num) || num > UINT32_MAX) {
+      return malformed(BadRequest("bad drain key"));
+    }
+    if (deleted) {
+      state->draining.erase(static_cast<NodeId>(num));
+    } else {
+      state->draining.insert(static_cast<NodeId>(num));
+    }
   } else if (key.rfind(keys.ShardsPrefix(), 0) == 0) {
     if (!ParseUint(key.substr(keys.ShardsPrefix().size()), &num) || num > UINT32_MAX) {
       return malformed(BadRequest("bad shard key"));
@@ -329,6 +340,93 @@ PlacementPlan AddNodes(const ClusterConfig& config, const PlacementMap& current,
     }
   }
   return plan;
+}
+
+namespace {
+
+bool Has(const std::vector<NodeId>& v, NodeId n) {
+  return std::find(v.begin(), v.end(), n) != v.end();
+}
+
+}  // namespace
+
+std::optional<MovePlan> PlanMove(const ClusterState& state) {
+  std::map<NodeId, int64_t> load;  // counting nodes -> replicas held
+  for (const auto& [id, n] : state.nodes) {
+    if (n.alive && n.role == NodeRole::kStorage && state.draining.count(id) == 0) load[id] = 0;
+  }
+  for (const auto& [sid, s] : state.shards) {
+    for (NodeId r : s.replicas) {
+      auto it = load.find(r);
+      if (it != load.end()) ++it->second;
+    }
+  }
+  const auto alive = [&](NodeId n) {
+    auto it = state.nodes.find(n);
+    return it != state.nodes.end() && it->second.alive;
+  };
+  // The counting node outside `replicas` with the fewest replicas (ties: lowest id).
+  const auto destination = [&](const std::vector<NodeId>& replicas) -> std::optional<NodeId> {
+    std::optional<NodeId> best;
+    for (const auto& [n, count] : load) {
+      if (Has(replicas, n)) continue;
+      if (!best || count < load.at(*best)) best = n;
+    }
+    return best;
+  };
+  const auto replace = [](std::vector<NodeId> replicas, NodeId out, NodeId in) {
+    for (NodeId& r : replicas) {
+      if (r == out) r = in;
+    }
+    return replicas;
+  };
+  // 1. A move in progress.
+  for (const auto& [sid, s] : state.shards) {
+    if (s.target.empty()) continue;
+    std::vector<NodeId> added;
+    bool members_kept = s.target.size() == s.replicas.size();
+    for (NodeId n : s.target) {
+      if (!Has(s.replicas, n)) added.push_back(n);
+    }
+    size_t removed = 0;
+    for (NodeId n : s.replicas) {
+      if (!Has(s.target, n)) ++removed;
+    }
+    members_kept = members_kept && added.size() == 1 && removed == 1;
+    const bool fine = members_kept && load.count(added[0]) != 0;
+    if (fine) return std::nullopt;  // wait for the primary to switch
+    // Replan: the node moved out stays the one to move out if it still should.
+    MovePlan plan{sid, {}, "replan"};
+    for (NodeId n : s.replicas) {
+      if (Has(s.target, n)) continue;
+      if (state.draining.count(n) != 0 && alive(n)) {
+        if (auto d = destination(s.replicas)) plan.target = replace(s.replicas, n, *d);
+      }
+    }
+    return plan;  // a new target, or cancelled (balancing looks again once it is)
+  }
+  // 2. Drain.
+  for (const auto& [sid, s] : state.shards) {
+    for (NodeId n : s.replicas) {
+      if (state.draining.count(n) == 0 || !alive(n)) continue;
+      if (auto d = destination(s.replicas))
+        return MovePlan{sid, replace(s.replicas, n, *d), "drain"};
+    }
+  }
+  // 3. Balance.
+  if (load.size() < 2) return std::nullopt;
+  NodeId most = load.begin()->first, least = load.begin()->first;
+  for (const auto& [n, count] : load) {
+    if (count > load.at(most)) most = n;
+    if (count < load.at(least)) least = n;
+  }
+  if (load.at(most) - load.at(least) <= 1) return std::nullopt;
+  for (const auto& [sid, s] : state.shards) {
+    if (Has(s.replicas, most) && !Has(s.replicas, least)) {
+      return MovePlan{sid, replace(s.replicas, most, least), "balance"};
+    }
+  }
+  return std::nullopt;
 }
 
 }  // namespace iris::cluster

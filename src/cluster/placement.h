@@ -9,7 +9,10 @@
 //   nodes/<id>                {"id","peer","client","admin","role"}          node's lease
 //   controller                {"id":n}                                       controller's lease
 //   placement                 {"version":n,"shards":[shard id per vnode]}    controller writes
-//   shards/<s>                {"id","replicas":[ids],"primary":id,"epoch":e} controller writes
+//   shards/<s>                {"id","replicas":[ids],"primary":id,"epoch":e, controller writes
+//                              "elected":b,"target":[ids]}                   (target), primary
+//                                                                            (failover, switch)
+//   drain/<id>                {"since_ms":t}                                 irisctl cluster drain
 //   leaders/<s>               {"epoch":e,"primary":id}                       primary's lease
 //   revocations/jti/<jti>     {"until_ms":t}                                 lease: longest token
 //   revocations/user/<id>     {"before_ms":t}                                lease: longest token
@@ -30,6 +33,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -74,6 +78,10 @@ struct ShardInfo {
   // ShardEpochs; kept by later placements): a replica that starts without a log then has
   // lost one (repl::DurableState::amnesiac).
   bool elected = false;
+  // A replica move the placement controller wants (CLUSTER.md §6; docs/replication.md
+  // "Moving a replica"): the replica set that should replace `replicas`, differing from it
+  // in one node; empty when none. The primary carries it out and clears it with the switch.
+  std::vector<NodeId> target;
   bool operator==(const ShardInfo&) const = default;
 };
 
@@ -95,6 +103,8 @@ class ClusterKeys {
   std::string Placement() const { return prefix_ + "placement"; }
   std::string ShardsPrefix() const { return prefix_ + "shards/"; }
   std::string Shard(ShardId s) const { return ShardsPrefix() + std::to_string(s); }
+  std::string DrainPrefix() const { return prefix_ + "drain/"; }
+  std::string Drain(NodeId id) const { return DrainPrefix() + std::to_string(id); }
   std::string LeadersPrefix() const { return prefix_ + "leaders/"; }
   std::string Leader(ShardId s) const { return LeadersPrefix() + std::to_string(s); }
   std::string RevokedJtiPrefix() const { return prefix_ + "revocations/jti/"; }
@@ -129,6 +139,7 @@ struct ClusterState {
   PlacementMap placement;
   std::map<ShardId, ShardInfo> shards;
   std::optional<NodeId> controller;
+  std::set<NodeId> draining;                   // drain/<id> keys: nodes being emptied of replicas
   std::map<std::string, int64_t> revoked_jti;  // jti -> until_ms
   std::map<uint64_t, int64_t> revoked_users;   // user -> before_ms
   int64_t revision = 0;                        // etcd revision reflected
@@ -165,6 +176,7 @@ class Placement {
   const std::map<NodeId, NodeInfo>& nodes() const { return state_.nodes; }
   const std::map<ShardId, ShardInfo>& shards() const { return state_.shards; }
   std::optional<NodeId> controller() const { return state_.controller; }
+  bool Draining(NodeId id) const { return state_.draining.count(id) != 0; }
   // Number of vnodes per shard.
   std::map<ShardId, int32_t> VnodeCounts() const;
   const ClusterState& state() const { return state_; }
@@ -184,5 +196,25 @@ struct PlacementPlan {
 PlacementPlan AddNodes(const ClusterConfig& config, const PlacementMap& current,
                        const std::map<ShardId, ShardInfo>& current_shards,
                        const std::vector<NodeId>& joining);
+
+// The controller's pure step for a replicated cluster once placed (CLUSTER.md §6;
+// docs/replication.md "Moving a replica"): at most one replica move at a time, cluster-wide.
+// Nodes that count are the alive storage nodes; `draining` ones only give replicas away.
+//  1. A shard that names a target keeps it while the target's new node is alive and not
+//     draining, and every other node of the target is still a replica (nothing to do);
+//     otherwise the move is replanned for that shard (another target, or none: cancelled).
+//  2. Drain: a shard with a draining node among its replicas gets a target that replaces it
+//     by the counting node outside the shard with the fewest replicas (ties: lowest id).
+//  3. Balance (scale-out): when the counting nodes' replica counts differ by more than one,
+//     a replica of the most loaded one (the shard it holds with the lowest id whose
+//     replicas exclude the least loaded; ties: lowest id) moves to the least loaded one.
+// A node that is down is neither a source nor a destination: it keeps its replicas.
+// `shard` names the shard to write; `target` empty means cancel the shard's move.
+struct MovePlan {
+  ShardId shard = 0;
+  std::vector<NodeId> target;
+  std::string why;  // "drain", "balance", "replan" (for the log)
+};
+std::optional<MovePlan> PlanMove(const ClusterState& state);
 
 }  // namespace iris::cluster

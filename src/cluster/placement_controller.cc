@@ -104,9 +104,11 @@ Status PlacementController::Reconcile() {
   ClusterState state;
   int64_t placement_mod = 0;
   bool still_mine = false;
+  std::map<std::string, int64_t> mod_revision;  // shard keys
   for (const KeyValue& kv : all.kvs) {
     ApplyKey(keys_, kv.key, kv.value, false, &state).IgnoreError();
     if (kv.key == keys_.Placement()) placement_mod = kv.mod_revision;
+    if (kv.key.rfind(keys_.ShardsPrefix(), 0) == 0) mod_revision[kv.key] = kv.mod_revision;
     if (kv.key == keys_.Controller()) still_mine = kv.mod_revision == won_revision_;
   }
   if (!still_mine) {
@@ -121,9 +123,11 @@ Status PlacementController::Reconcile() {
   for (const auto& [id, n] : state.nodes) {
     if (n.alive && n.role == NodeRole::kStorage && placed.count(id) == 0) joining.push_back(id);
   }
+  if (state.placement.version > 0 && state.config->replicas > 1)
+    return PlanMoves(state, mod_revision);
   if (state.placement.version > 0) {
-    // Data does not move between nodes yet: giving a late joiner vnodes would move inboxes
-    // to its empty store. It waits for rebalancing (issue 16).
+    // Without replication data does not move between nodes: giving a late joiner vnodes would move
+    // inboxes to its empty store. It waits for rebalancing (issue 16).
     for (NodeId id : joining) {
       if (!reported_unplaced_.insert(id).second) continue;
       unplaced_reported_ = static_cast<int64_t>(reported_unplaced_.size());
@@ -169,6 +173,37 @@ Status PlacementController::Reconcile() {
            {"version", plan.map.version},
            {"shards", static_cast<uint64_t>(plan.shards.size())},
            {"revision", r.revision}});
+  return Status::Ok();
+}
+
+Status PlacementController::PlanMoves(const ClusterState& state,
+                                      const std::map<std::string, int64_t>& mod_revision) {
+  std::optional<MovePlan> plan = PlanMove(state);
+  if (!plan) return Status::Ok();
+  auto it = state.shards.find(plan->shard);
+  auto rev = mod_revision.find(keys_.Shard(plan->shard));
+  if (it == state.shards.end() || rev == mod_revision.end()) return Status::Ok();
+  ShardInfo next = it->second;
+  next.target = plan->target;
+  IRIS_ASSIGN_OR_RETURN(
+      TxnResult r, client_.Txn({Compare::ModRevisionEquals(keys_.Controller(), won_revision_),
+                                Compare::ModRevisionEquals(keys_.Shard(plan->shard), rev->second)},
+                               {TxnOp::Put(keys_.Shard(plan->shard), ShardToJson(next))}));
+  if (!r.succeeded) {
+    Wake();  // the record moved on (a failover, a switch) or the controller key: look again
+    return Status::Ok();
+  }
+  ++moves_planned_;
+  std::string from, to;
+  for (NodeId n : it->second.replicas) from += (from.empty() ? "" : ",") + std::to_string(n);
+  for (NodeId n : plan->target) to += (to.empty() ? "" : ",") + std::to_string(n);
+  LogInfo(
+      plan->target.empty() ? "cluster: replica move cancelled" : "cluster: replica move planned",
+      {{"shard", plan->shard},
+       {"why", plan->why},
+       {"replicas", from},
+       {"target", to},
+       {"epoch", it->second.epoch}});
   return Status::Ok();
 }
 

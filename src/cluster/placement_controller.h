@@ -13,11 +13,17 @@
 // then places all of them at once with AddNodes() (placement.h), writing the placement and
 // the shard records in one transaction that also checks that it still holds the controller
 // key (mod revision of its win) and that the placement is the one it read (mod revision),
-// so a deposed controller can never overwrite a newer placement. Once a placement exists,
-// a storage node that registers later is NOT given vnodes: data does not move between
-// nodes yet (issue 16), so its users' inboxes would move to an empty store. It is logged
-// once and holds nothing until rebalancing. The controller never removes a node: a node
-// that is down keeps its shards (failover and data movement come with replication).
+// so a deposed controller can never overwrite a newer placement.
+//
+// Once placed, a replicated cluster (config.replicas > 1) moves replicas (CLUSTER.md §6,
+// docs/replication.md "Moving a replica"): the controller writes one shard's `target` at a
+// time, as PlanMove() (placement.h) says — off draining nodes (drain/<id>, irisctl cluster
+// drain), then onto nodes holding fewer replicas (a storage node that joins later gets its
+// share this way); the shard's primary copies the data and switches. The number of shards
+// (one per initial node) does not change. Without replication a storage node that
+// registers later is NOT given vnodes (its users' inboxes would move to an empty store): it
+// is logged once and holds nothing. The controller never removes a node that is down: it
+// keeps its shards.
 //
 // Thread-safety: Start/Stop from one thread; leader() from any.
 
@@ -58,11 +64,16 @@ class PlacementController {
   int64_t waiting_have() const { return waiting_have_.load(); }
   // Storage nodes that joined after the first placement and were left without vnodes.
   int64_t unplaced_reported() const { return unplaced_reported_.load(); }
+  // Shard targets this controller wrote (moves planned, replanned or cancelled).
+  int64_t moves_planned() const { return moves_planned_.load(); }
 
  private:
   void Run();
   Status Campaign();
   Status Reconcile();
+  // A replicated cluster once placed: writes the next move PlanMove() gives (one at a time:
+  // a shard's target, compared against its record's mod revision and the controller key).
+  Status PlanMoves(const ClusterState& state, const std::map<std::string, int64_t>& mod_revision);
   void StepDown();
   void Wake();
 
@@ -75,6 +86,7 @@ class PlacementController {
   std::atomic<int64_t> placements_written_{0};
   std::atomic<int64_t> waiting_have_{-1};
   std::atomic<int64_t> unplaced_reported_{0};
+  std::atomic<int64_t> moves_planned_{0};
   std::set<NodeId> reported_unplaced_;  // thread-owned: late joiners already logged
   int64_t won_revision_ = 0;            // thread-owned: mod revision of the controller key
   // Thread-owned: no campaign before this (monotonic ms). A node that was the controller

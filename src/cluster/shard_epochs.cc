@@ -97,6 +97,8 @@ Result<repl::ShardRecord> ShardEpochs::ReadRecord() {
     IRIS_ASSIGN_OR_RETURN(ShardInfo info, ParseShard(shard.kvs[0].value));
     r.epoch = static_cast<repl::Epoch>(info.epoch);
     r.primary = info.primary;
+    r.replicas = info.replicas;
+    r.target = info.target;
   }
   if (!leader.kvs.empty()) {
     json j = json::parse(leader.kvs[0].value, nullptr, false);
@@ -188,6 +190,80 @@ void ShardEpochs::DoCas(const repl::EtcdCas& cas) {
                  {{"shard", shard_}, {"node", self_}, {"epoch", cas.new_epoch}});
   } else {
     client_.LeaseRevoke(lease->id).IgnoreError();
+  }
+  answer(won);
+}
+
+void ShardEpochs::Switch(const repl::EtcdSwitch& sw) {
+  Queue([this, sw] { DoSwitch(sw); });
+}
+
+void ShardEpochs::DoSwitch(const repl::EtcdSwitch& sw) {
+  const auto answer = [&](bool ok) {
+    Result<repl::ShardRecord> now = ReadRecord();
+    post_(repl::EtcdTxnResult{sw.new_epoch, ok, now.ok() ? *now : repl::ShardRecord{}});
+  };
+  auto held = leases_.find(sw.expected_epoch);
+  Result<RangeResult> shard = client_.Range(keys_.Shard(shard_));
+  Result<RangeResult> leader = client_.Range(keys_.Leader(shard_));
+  if (held == leases_.end() || !shard.ok() || shard->kvs.empty() || !leader.ok() ||
+      leader->kvs.empty()) {
+    answer(false);
+    return;
+  }
+  const int64_t lease = held->second;
+  const KeyValue& skv = shard->kvs[0];
+  const KeyValue& lkv = leader->kvs[0];
+  Result<ShardInfo> info = ParseShard(skv.value);
+  const auto revision = static_cast<int64_t>(sw.revision);
+  if (!info.ok() || static_cast<repl::Epoch>(info->epoch) != sw.expected_epoch ||
+      skv.mod_revision > revision || lkv.mod_revision > revision || lkv.lease != lease) {
+    answer(false);
+    return;
+  }
+  const bool stays = std::find(sw.replicas.begin(), sw.replicas.end(), self_) != sw.replicas.end();
+  ShardInfo next = *info;
+  next.epoch = static_cast<int64_t>(sw.new_epoch);
+  next.replicas = sw.replicas;
+  next.target.clear();
+  next.elected = true;
+  std::vector<TxnOp> ops{TxnOp::Put(keys_.Shard(shard_), ShardToJson(next))};
+  if (stays) {
+    ops.push_back(TxnOp::Put(keys_.Leader(shard_),
+                             json{{"epoch", sw.new_epoch}, {"primary", self_}}.dump(), lease));
+  } else {
+    ops.push_back(TxnOp::Delete(keys_.Leader(shard_)));
+  }
+  Result<TxnResult> txn =
+      client_.Txn({Compare::ModRevisionEquals(keys_.Shard(shard_), skv.mod_revision),
+                   Compare::ModRevisionEquals(keys_.Leader(shard_), lkv.mod_revision)},
+                  std::move(ops));
+  bool won = txn.ok() && txn->succeeded;
+  if (!txn.ok()) {
+    // The answer was lost: etcd may have applied it, in which case the shard key says e'
+    // with these replicas (nothing else writes e' for this shard: the epoch is this node's).
+    Result<RangeResult> check = client_.Range(keys_.Shard(shard_));
+    if (check.ok() && !check->kvs.empty()) {
+      Result<ShardInfo> now = ParseShard(check->kvs[0].value);
+      won = now.ok() && static_cast<repl::Epoch>(now->epoch) == sw.new_epoch &&
+            now->replicas == sw.replicas;
+    }
+  }
+  if (won) {
+    leases_.erase(held);
+    if (stays) {
+      leases_[sw.new_epoch] = lease;
+      // The lease is the same one: what was known of it holds for the new epoch.
+      if (valid_epoch_.load() == sw.expected_epoch) valid_epoch_.store(sw.new_epoch);
+    } else {
+      if (valid_epoch_.load() == sw.expected_epoch) valid_epoch_.store(0);
+      client_.LeaseRevoke(lease).IgnoreError();
+    }
+    obs::LogInfo("replication: replica set switched", {{"shard", shard_},
+                                                       {"node", self_},
+                                                       {"epoch", sw.new_epoch},
+                                                       {"replicas", json(sw.replicas).dump()},
+                                                       {"primary_stays", stays}});
   }
   answer(won);
 }

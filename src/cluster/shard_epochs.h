@@ -3,14 +3,15 @@
 // repl::Replica reads (shards/<s> and leaders/<s>) and the three etcd effects it asks for.
 // Every consensus decision is this etcd transaction; Iris decides nothing alone.
 //
-//   shards/<s>    {"id","replicas","primary","epoch"}  changed only by compare-and-swap
+//   shards/<s>    {"id","replicas","primary","epoch",  changed only by compare-and-swap
+//                  "target"}
 //                                                     (its mod revision) — here by failover,
 //                                                     by the placement controller on moves
 //   leaders/<s>   {"epoch":e,"primary":p}             under the primary's lease (TTL
 //                                                     lease_ttl_s): exists while it lives
 //
-// Record: ShardRecord{revision, epoch, primary, lease_live}, where lease_live means
-// leaders/<s> exists AND names the current epoch (a leftover of an older epoch is a lapsed
+// Record: ShardRecord{revision, epoch, primary, lease_live, replicas, target}, where lease_live
+// means leaders/<s> exists AND names the current epoch (a leftover of an older epoch is a lapsed
 // lease). It is read once at Start(), then after every change of either key (two watches),
 // and posted to the replica as EtcdWatch; `revision` is the etcd revision of the read, so the
 // replica can ignore an older record.
@@ -25,6 +26,14 @@
 // posts nothing: the lease lapses on etcd's side and the replicas' promises fence this
 // primary (a deposed primary never reaches W).
 // Revoke(EtcdRevoke{e}): revokes the lease of epoch e (none: nothing).
+// Switch(EtcdSwitch{revision, e, e', replicas}): a move's switch. Reads both keys; unless
+// neither changed after `revision`, the record's epoch is e and leaders/<s> is under this
+// node's lease of e, answers failed. Otherwise ONE transaction, compared against both keys'
+// mod revisions: shards/<s> gets epoch e', replicas = `replicas` and no target; if this node
+// is among them, leaders/<s> says e' under the same lease (which then serves e'), else
+// leaders/<s> is deleted and the lease revoked (the new replicas elect a primary). An
+// answer lost in transit is settled by reading the shard key back. Answers
+// EtcdTxnResult{e'}.
 //
 // Compaction: a watch whose history etcd compacted away is replaced from a fresh read (the
 // record is posted again), so the replica never stops hearing of new epochs and leases.
@@ -65,6 +74,7 @@ class ShardEpochs {
   void Cas(const repl::EtcdCas& cas);
   void KeepAlive(const repl::EtcdKeepAlive& keep_alive);
   void Revoke(const repl::EtcdRevoke& revoke);
+  void Switch(const repl::EtcdSwitch& sw);
 
   // Whether this node's lease for `epoch` is certainly still alive in etcd: a grant or
   // renewal that etcd answered, sent at t, keeps it so until t + TTL less a margin (the
@@ -90,6 +100,7 @@ class ShardEpochs {
   // After a compaction: reads the record (posted) and watches again from that read.
   void RestartWatch(int which);
   void DoCas(const repl::EtcdCas& cas);
+  void DoSwitch(const repl::EtcdSwitch& sw);
   void PostRecord();
 
   EtcdClient& client_;

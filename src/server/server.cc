@@ -1459,6 +1459,26 @@ Status Server::OpenReplication(store::StoreOptions& so) {
   return Status::Ok();
 }
 
+void Server::DropShardCopy(const cluster::Placement& p, uint32_t shard) {
+  Impl& m = *impl_;
+  Status st = m.replication_ptr->RemoveShard(shard);
+  if (st.ok()) {
+    std::vector<int32_t> vnodes;
+    for (int32_t v = 0; v < p.vnodes(); ++v) {
+      const cluster::ShardInfo* s = p.ShardOfVnode(v);
+      if (s != nullptr && s->id == shard) vnodes.push_back(v);
+    }
+    st = m.store->DropShardCopy(shard, vnodes);
+    if (st.ok()) {
+      obs::LogInfo("replication: this node's copy of a shard deleted (its replica moved away)",
+                   {{"shard", shard}, {"vnodes", vnodes.size()}});
+      return;
+    }
+  }
+  obs::LogError("replication: cannot delete this node's copy of a shard that moved away",
+                {{"shard", shard}, {"error", st.message()}});
+}
+
 void Server::FollowPlacementWithReplicas(const std::shared_ptr<const cluster::Placement>& p) {
   Impl& m = *impl_;
   std::shared_lock<std::shared_mutex> lock(m.replication_mu);
@@ -1468,12 +1488,20 @@ void Server::FollowPlacementWithReplicas(const std::shared_ptr<const cluster::Pl
     const cluster::ShardInfo* s = p->ShardOfVnode(vnode);
     return s != nullptr ? s->id : UINT32_MAX;
   });
+  const std::vector<uint32_t> running = m.replication_ptr->Shards();
   for (const auto& entry : p->shards()) {
     const cluster::ShardInfo& s = entry.second;
-    if (std::find(s.replicas.begin(), s.replicas.end(), m.config.node_id) == s.replicas.end()) {
+    const auto names_self = [&](const std::vector<uint32_t>& v) {
+      return std::find(v.begin(), v.end(), m.config.node_id) != v.end();
+    };
+    if (!names_self(s.replicas) && !names_self(s.target)) {
+      // A move took this node's replica away (or it never had one): its copy goes, once.
+      const bool runs = std::find(running.begin(), running.end(), s.id) != running.end();
+      const Result<uint64_t> applied = m.store->ReplicatedLsn(s.id);
+      if (runs || !applied.ok() || *applied > 0) DropShardCopy(*p, s.id);
       continue;
     }
-    const Status st = m.replication_ptr->AddShard(s.id, s.replicas, s.elected);
+    const Status st = m.replication_ptr->AddShard(s.id, s.replicas, s.elected, s.target);
     if (!st.ok()) {
       obs::LogError("replication: cannot start a shard replica",
                     {{"shard", s.id}, {"error", st.message()}});

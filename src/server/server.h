@@ -76,6 +76,9 @@ class Server {
   // Replicated cluster: the store's vnode -> shard map and this node's replicas follow the
   // placement (the ClusterView's callback).
   void FollowPlacementWithReplicas(const std::shared_ptr<const cluster::Placement>& p);
+  // Stops this node's replica of `shard` (a move took it away) and deletes its log and its
+  // records (`p` gives the shard's vnodes). Errors are logged.
+  void DropShardCopy(const cluster::Placement& p, uint32_t shard);
   // Supervise(): one log line per store health change (store_health.h); failed writes at
   // most once a minute.
   void LogStoreHealth();

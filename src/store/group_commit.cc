@@ -905,6 +905,35 @@ Status InboxStore::Impl::InstallShardChunk(std::string_view chunk) {
   return WriteShardOps({chunk}, /*vnode_keys_only=*/true, [](auto&) {});
 }
 
+Status InboxStore::Impl::DropShardCopy(uint32_t shard, const std::vector<int32_t>& vnodes) {
+  std::vector<int32_t> sorted = vnodes;
+  std::sort(sorted.begin(), sorted.end());
+  for (int32_t v : sorted) {
+    if (v < 0 || v >= options_.vnodes) {
+      return BadRequest("store: vnode " + std::to_string(v) + " out of range");
+    }
+  }
+  rocksdb::WriteBatch batch;
+  // One range deletion per run of consecutive vnodes, in every column family.
+  for (size_t i = 0; i < sorted.size();) {
+    size_t j = i + 1;
+    while (j < sorted.size() && sorted[j] <= sorted[j - 1] + 1) ++j;
+    const std::string begin = VnodePrefix(sorted[i]);
+    const std::string end = VnodePrefix(sorted[j - 1] + 1);
+    for (int c = 0; c < static_cast<int>(Cf::kCount); ++c) {
+      batch.DeleteRange(db_->cf(static_cast<Cf>(c)), begin, end).PermitUncheckedError();
+    }
+    i = j;
+  }
+  batch.Delete(db_->cf(Cf::kMeta), MetaReplicatedLsnKey(shard)).PermitUncheckedError();
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  const rocksdb::Status s = db_->db()->Write(wo, &batch);
+  if (!s.ok()) return FromRocks(s, "store: drop a shard's copy");
+  db_->NoteDurable(db_->db());
+  return Status::Ok();
+}
+
 Result<uint64_t> InboxStore::Impl::ReplicatedLsn(uint32_t shard) const {
   std::string v;
   const rocksdb::Status s =

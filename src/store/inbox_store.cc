@@ -398,6 +398,10 @@ Status InboxStore::ApplyReplicated(uint32_t shard, uint64_t last_lsn,
 Result<uint64_t> InboxStore::ReplicatedLsn(uint32_t shard) const {
   return impl_->ReplicatedLsn(shard);
 }
+Status InboxStore::DropShardCopy(uint32_t shard, const std::vector<int32_t>& vnodes) {
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();
+  return impl_->DropShardCopy(shard, vnodes);
+}
 
 Result<std::string> InboxStore::CopyShardChunk(uint32_t shard, std::string* cursor,
                                                size_t max_bytes, bool* done,

@@ -361,6 +361,12 @@ class InboxStore {
                          const std::vector<std::string_view>& payloads, uint64_t hlc);
   // The last lsn ApplyReplicated recorded for `shard` (0: none). Errors: INTERNAL.
   Result<uint64_t> ReplicatedLsn(uint32_t shard) const;
+  // Replicated mode: forgets this node's copy of `shard`, whose replica a move took away
+  // (docs/replication.md, "Moving a replica"): deletes every record of `vnodes` (the shard's)
+  // and the shard's ReplicatedLsn in one synced write, directly (as ApplyReplicated). The
+  // caller runs no replica of the shard any more, and this node is not its primary.
+  // BAD_REQUEST for a vnode out of range; write errors INTERNAL / STORAGE_FULL.
+  Status DropShardCopy(uint32_t shard, const std::vector<int32_t>& vnodes);
   // Rebuilds (cluster/replication/rebuild.h): a shard's records copied into another store
   // chunk by chunk. CopyShardChunk reads the next chunk of the vnodes the vnode -> shard map
   // gives `shard`, from *cursor on (empty: the start; an opaque position it advances), of

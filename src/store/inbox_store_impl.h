@@ -156,6 +156,7 @@ class InboxStore::Impl {
   Status ApplyReplicated(uint32_t shard, uint64_t last_lsn,
                          const std::vector<std::string_view>& payloads, uint64_t hlc);
   Result<uint64_t> ReplicatedLsn(uint32_t shard) const;
+  Status DropShardCopy(uint32_t shard, const std::vector<int32_t>& vnodes);
   Result<std::string> CopyShardChunk(uint32_t shard, std::string* cursor, size_t max_bytes,
                                      bool* done, uint64_t* read_lsn) const;
   Status InstallShardChunk(std::string_view chunk);

@@ -1,9 +1,12 @@
 #include "cluster_commands.h"
 
+#include <algorithm>
+#include <chrono>
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <thread>
 
 #include "cluster/cluster_view.h"
 #include "cluster/etcd_client.h"
@@ -99,6 +102,7 @@ std::string FormatClusterStatus(const std::string& name, const cluster::Placemen
                             {"client", n.client},
                             {"peer", n.peer},
                             {"admin", n.admin},
+                            {"draining", p.Draining(id)},
                             {"primary_vnodes", primary_vnodes[id]},
                             {"replica_vnodes", replica_vnodes[id]}});
     }
@@ -109,7 +113,8 @@ std::string FormatClusterStatus(const std::string& name, const cluster::Placemen
                              {"vnodes", it == counts.end() ? 0 : it->second},
                              {"replicas", s.replicas},
                              {"primary", s.primary},
-                             {"epoch", s.epoch}});
+                             {"epoch", s.epoch},
+                             {"target", s.target}});
     }
     return j.dump(2) + "\n";
   }
@@ -136,8 +141,11 @@ std::string FormatClusterStatus(const std::string& name, const cluster::Placemen
         << "  peer " << (n.peer.empty() ? "-" : n.peer) << "  admin "
         << (n.admin.empty() ? "-" : n.admin) << "  primary vnodes " << primary_vnodes[id]
         << "  replica vnodes " << replica_vnodes[id];
-    if (p.version() > 0 && n.role == cluster::NodeRole::kStorage && replica_vnodes[id] == 0) {
-      out << "  (joined after the first placement: no vnodes until rebalancing, issue 16)";
+    if (p.Draining(id)) out << "  DRAINING";
+    if (p.version() > 0 && n.role == cluster::NodeRole::kStorage && replica_vnodes[id] == 0 &&
+        !p.Draining(id)) {
+      out << (p.replicas() > 1 ? "  (no replicas yet: the controller moves some to it)"
+                               : "  (joined after the first placement: holds no vnodes)");
     }
     out << "\n";
   }
@@ -146,9 +154,10 @@ std::string FormatClusterStatus(const std::string& name, const cluster::Placemen
   for (const auto& [sid, s] : p.shards()) {
     auto it = counts.find(sid);
     out << "  shard " << sid << "  vnodes " << (it == counts.end() ? 0 : it->second) << "  primary "
-        << s.primary << "  replicas " << JoinIds(s.replicas) << "  epoch " << s.epoch << "\n";
+        << s.primary << "  replicas " << JoinIds(s.replicas) << "  epoch " << s.epoch;
+    if (!s.target.empty()) out << "  moving to " << JoinIds(s.target);
+    out << "\n";
   }
-  out << "replication lag and rebalancing: not tracked before replication (issue 16)\n";
   return out.str();
 }
 
@@ -178,9 +187,91 @@ int ClusterCerts(const ClusterArgs& args) {
   return 0;
 }
 
-int ClusterDrain(const ClusterArgs&) {
-  std::cerr << "irisctl: cluster drain is not supported before replication (issue 16)\n";
-  return 2;
+namespace {
+
+// Shards that name `node` as a replica or in a move's target.
+std::vector<cluster::ShardId> ShardsOn(const cluster::Placement& p, NodeId node) {
+  std::vector<cluster::ShardId> out;
+  for (const auto& [sid, s] : p.shards()) {
+    const bool in = std::find(s.replicas.begin(), s.replicas.end(), node) != s.replicas.end() ||
+                    std::find(s.target.begin(), s.target.end(), node) != s.target.end();
+    if (in) out.push_back(sid);
+  }
+  return out;
+}
+
+}  // namespace
+
+int ClusterDrain(const ClusterArgs& args) {
+  auto c = Connect(args);
+  if (!c) return 2;
+  auto state = cluster::ClusterView::Load(*c->client, *c->keys);
+  if (!state.ok()) {
+    std::cerr << "irisctl: cannot read the cluster from etcd at " << args.etcd << ": "
+              << state.status().message() << "\n";
+    return 1;
+  }
+  {
+    const cluster::Placement p(std::move(*state));
+    if (!p.configured() || p.replicas() < 2) {
+      std::cerr << "irisctl: cluster " << args.cluster
+                << " is not replicated (--replicas 1): its data cannot move off a node\n";
+      return 2;
+    }
+    if (p.Node(args.node_id) == nullptr) {
+      std::cerr << "irisctl: node " << args.node_id << " is not known in cluster " << args.cluster
+                << "\n";
+      return 2;
+    }
+  }
+  const std::string key = c->keys->Drain(args.node_id);
+  if (args.cancel) {
+    auto r = c->client->Delete(key);
+    if (!r.ok()) {
+      std::cerr << "irisctl: " << r.status().message() << "\n";
+      return 1;
+    }
+    std::cout << "node " << args.node_id << ": no longer draining\n";
+    return 0;
+  }
+  const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
+  auto put = c->client->Put(key, nlohmann::json{{"since_ms", now_ms}}.dump());
+  if (!put.ok()) {
+    std::cerr << "irisctl: " << put.status().message() << "\n";
+    return 1;
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(args.wait_s);
+  size_t last = SIZE_MAX;
+  for (;;) {
+    auto now = cluster::ClusterView::Load(*c->client, *c->keys);
+    if (!now.ok()) {
+      std::cerr << "irisctl: " << now.status().message() << "\n";
+      return 1;
+    }
+    const cluster::Placement p(std::move(*now));
+    const size_t left = ShardsOn(p, args.node_id).size();
+    if (left != last) {
+      std::cout << "node " << args.node_id << " draining: replicas of " << left
+                << " shard(s) left on it" << (left == 0 ? " (drained)" : "") << "\n"
+                << std::flush;
+      last = left;
+    }
+    if (left == 0) return 0;
+    if (std::chrono::steady_clock::now() >= deadline) {
+      if (args.wait_s > 0) {
+        std::cerr << "irisctl: node " << args.node_id << " still holds replicas of " << left
+                  << " shard(s) after " << args.wait_s << " s (see irisctl cluster status)\n";
+        return 1;
+      }
+      std::cout << "the placement controller moves them one shard at a time; follow it with "
+                   "irisctl cluster status (or drain --wait-s N)\n";
+      return 0;
+    }
+    // A poll of etcd, not synchronisation: the next look at the shard records.
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  }
 }
 
 }  // namespace iris::tools

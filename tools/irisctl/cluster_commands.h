@@ -20,6 +20,8 @@ struct ClusterArgs {
   bool json = false;
   std::string dir;
   uint32_t node_id = 0;
+  bool cancel = false;  // drain: stop draining the node
+  int64_t wait_s = 0;   // drain: wait this long for the node to hold no replica (0: do not)
 };
 
 int ClusterInit(const ClusterArgs& args);

@@ -277,8 +277,8 @@ int main(int argc, char** argv) {
   cluster_init->add_option("--replicas", cl.replicas, "Replicas per shard")->capture_default_str();
   cluster_init
       ->add_option("--initial-nodes", cl.initial_nodes,
-                   "Storage nodes placed together by the first placement; nodes joining later "
-                   "hold no vnodes until rebalancing (issue 16)")
+                   "Storage nodes placed together by the first placement (one shard each); "
+                   "with --replicas > 1 nodes joining later get replicas moved to them")
       ->capture_default_str();
   auto* cluster_status = cluster->add_subcommand(
       "status", "Nodes (up/down, addresses, role), shards (replicas, primary, epoch, vnodes)");
@@ -288,9 +288,15 @@ int main(int argc, char** argv) {
       "certs", "Make DIR/ca.{crt,key} once and DIR/node-N.{crt,key} signed by it");
   cluster_certs->add_option("--dir", cl.dir, "Directory for the certificates")->required();
   cluster_certs->add_option("--node-id", cl.node_id, "Node id (non-zero)")->required();
-  auto* cluster_drain = cluster->add_subcommand("drain", "Move every replica off a node");
+  auto* cluster_drain = cluster->add_subcommand(
+      "drain", "Move every replica off a node, one shard at a time (replicated clusters)");
   add_etcd(cluster_drain);
   cluster_drain->add_option("--node-id", cl.node_id, "Node to drain")->required();
+  cluster_drain->add_flag("--cancel", cl.cancel,
+                          "Stop draining the node (replicas moved off it stay where they are)");
+  cluster_drain->add_option("--wait-s", cl.wait_s,
+                            "Wait up to this many seconds for the node to hold no replica "
+                            "(exit 1 if it still does)");
 
   CLI11_PARSE(app, argc, argv);
 

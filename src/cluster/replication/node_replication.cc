@@ -59,8 +59,11 @@ NodeReplication::~NodeReplication() {
 }
 
 Status NodeReplication::AddShard(repl::ShardNo shard, std::vector<repl::NodeId> replicas,
-                                 bool shard_elected) {
-  if (std::find(replicas.begin(), replicas.end(), options_.self) == replicas.end()) {
+                                 bool shard_elected, const std::vector<repl::NodeId>& target) {
+  const auto has_self = [&](const std::vector<repl::NodeId>& v) {
+    return std::find(v.begin(), v.end(), options_.self) != v.end();
+  };
+  if (!has_self(replicas) && !has_self(target)) {
     return BadRequest("node " + std::to_string(options_.self) + " is not a replica of shard " +
                       std::to_string(shard));
   }
@@ -108,6 +111,7 @@ Status NodeReplication::AddShard(repl::ShardNo shard, std::vector<repl::NodeId> 
   he.etcd_cas = [e](const repl::EtcdCas& c) { e->Cas(c); };
   he.etcd_keep_alive = [e](const repl::EtcdKeepAlive& k) { e->KeepAlive(k); };
   he.etcd_revoke = [e](const repl::EtcdRevoke& r) { e->Revoke(r); };
+  he.etcd_switch = [e](const repl::EtcdSwitch& sw) { e->Switch(sw); };
   he.apply = [this, shard](const std::vector<repl::Batch>& batches) {
     if (!env_.apply) return Status::Ok();
     return env_.apply(shard, batches);
@@ -149,6 +153,38 @@ Status NodeReplication::AddShard(repl::ShardNo shard, std::vector<repl::NodeId> 
   }
   // Outside mu_: the first read posts the record (post takes mu_).
   return e->Start();
+}
+
+Status NodeReplication::RemoveShard(repl::ShardNo shard) {
+  Shard removed;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = shards_.find(shard);
+    if (it != shards_.end()) {
+      removed = std::move(it->second);
+      shards_.erase(it);
+    }
+  }
+  // The host first (as in the destructor): its strand calls into the etcd session.
+  removed.host.reset();
+  removed.epochs.reset();
+  {
+    std::lock_guard<std::mutex> lock(rebuild_mu_);
+    for (auto it = rebuilds_.begin(); it != rebuilds_.end();) {
+      it = it->first.first == shard ? rebuilds_.erase(it) : std::next(it);
+    }
+  }
+  IRIS_RETURN_IF_ERROR(log_->DropShard(shard));
+  obs::LogInfo("replication: replica removed from this node (moved away)",
+               {{"shard", shard}, {"node", options_.self}});
+  return Status::Ok();
+}
+
+std::vector<repl::ShardNo> NodeReplication::Shards() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<repl::ShardNo> out;
+  for (const auto& entry : shards_) out.push_back(entry.first);
+  return out;
 }
 
 void NodeReplication::Replicate(repl::ShardNo shard, std::string payload, uint64_t hlc,

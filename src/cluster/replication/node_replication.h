@@ -109,13 +109,21 @@ class NodeReplication {
   NodeReplication(const NodeReplication&) = delete;
   NodeReplication& operator=(const NodeReplication&) = delete;
 
-  // Starts this node's replica of `shard` (`replicas` lists all of them, this node among
-  // them) from the log and the store's applied lsn, and follows the shard's etcd record.
-  // A shard already started is left as it is. Errors: BAD_REQUEST when self is not among
-  // `replicas`; INTERNAL when the log cannot be read; UNAVAILABLE when etcd cannot be read.
-  // `shard_elected`: the shard has had a primary, as etcd's record says (HostOptions).
+  // Starts this node's replica of `shard` (`replicas` lists all of them) from the log and
+  // the store's applied lsn, and follows the shard's etcd record. This node is among
+  // `replicas`, or among `target` (the replica set a move wants: it starts as the move's
+  // learner, docs/replication.md "Moving a replica"). A shard already started is left as
+  // it is. Errors: BAD_REQUEST when self is in neither; INTERNAL when the log cannot be
+  // read; UNAVAILABLE when etcd cannot be read. `shard_elected`: the shard has had a
+  // primary, as etcd's record says (HostOptions).
   Status AddShard(repl::ShardNo shard, std::vector<repl::NodeId> replicas,
-                  bool shard_elected = false);
+                  bool shard_elected = false, const std::vector<repl::NodeId>& target = {});
+  // Stops this node's replica of `shard`, if it runs, and drops its log (a move took it
+  // out: etcd's record names this node neither as a replica nor as a target). Appends
+  // waiting for a commit are refused UNAVAILABLE. Errors: the log's write errors.
+  Status RemoveShard(repl::ShardNo shard);
+  // The shards this node runs a replica of.
+  std::vector<repl::ShardNo> Shards() const;
 
   // The store's replicate hook (StoreOptions::replicate). `done` runs exactly once.
   void Replicate(repl::ShardNo shard, std::string payload, uint64_t hlc,

@@ -176,6 +176,9 @@ void ReplicaHost::Publish() {
   v.hlc_high_water = replica_.HlcHighWater();
   v.rebuilds_installed = rebuilds_installed_;
   v.failed = failed_;
+  v.removed = replica_.removed();
+  v.members = replica_.Members();
+  v.switching = replica_.switching();
   std::lock_guard<std::mutex> lock(shared_->mu);
   shared_->view = v;
 }
@@ -312,10 +315,7 @@ void ReplicaHost::Carry(std::vector<Effect> effects) {
           } else if constexpr (std::is_same_v<T, EtcdCas>) {
             if (env_.etcd_cas) env_.etcd_cas(x);
           } else if constexpr (std::is_same_v<T, EtcdSwitch>) {
-            // Emitted only for a shard record that names a target replica set, which irisd's
-            // records do not yet (moves are not wired into irisd: docs/replication.md).
-            obs::LogWarn("replication: a replica move's switch is not supported by this node",
-                         {{"shard", opts_.shard}, {"epoch", x.new_epoch}});
+            if (env_.etcd_switch) env_.etcd_switch(x);
           } else if constexpr (std::is_same_v<T, EtcdKeepAlive>) {
             if (env_.etcd_keep_alive) env_.etcd_keep_alive(x);
           } else if constexpr (std::is_same_v<T, EtcdRevoke>) {

@@ -5,7 +5,8 @@
 // effects in order before the next event:
 //   storage (WalAppend ... PersistMeta)   the node's ShardLog (shard_log.h);
 //   Send                                  env.send (the peer links in irisd);
-//   EtcdCas / EtcdKeepAlive / EtcdRevoke  env.etcd_* (ShardEpochs in irisd), which answer
+//   EtcdCas / EtcdSwitch / EtcdKeepAlive  env.etcd_* (ShardEpochs in irisd), which answer
+//   / EtcdRevoke
 //                                         later through Post();
 //   Commit, and a backup's commit point   env.apply: the committed batches, in lsn order,
 //                                         each exactly once per host (from applied_lsn on);
@@ -53,6 +54,7 @@ struct HostEnvironment {
   std::function<void(const EtcdCas&)> etcd_cas;               // answer: Post(EtcdTxnResult)
   std::function<void(const EtcdKeepAlive&)> etcd_keep_alive;  // Post(LeaseLapsed) when gone
   std::function<void(const EtcdRevoke&)> etcd_revoke;
+  std::function<void(const EtcdSwitch&)> etcd_switch;  // answer: Post(EtcdTxnResult)
   // Makes the batches part of the shard's applied state; durable on return. A failure stops
   // the shard (as a storage error).
   std::function<Status(const std::vector<Batch>& batches)> apply;
@@ -124,6 +126,10 @@ class ReplicaHost {
     uint64_t hlc_high_water = 0;
     uint64_t rebuilds_installed = 0;  // InstallSnapshots of a rebuild taken by this host
     bool failed = false;
+    // The shard record leaves this node out (a move took it out): its host may go.
+    bool removed = false;
+    std::vector<NodeId> members;  // the replica set as this node knows it
+    bool switching = false;       // primary: a move's switch is in flight
   };
   View view() const;
 

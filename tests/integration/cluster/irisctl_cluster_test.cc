@@ -90,15 +90,28 @@ TEST(IrisctlClusterTest, InitStatusAndDrain) {
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_NE(r.out.find("cannot read the cluster"), std::string::npos) << r.out;
 
+  // drain: marks the node (drain/<id>); nothing is placed here, so it holds nothing already;
+  // --cancel ends it. An unknown node is refused.
   r = Shell(base + "drain" + at + " --node-id 3");
-  EXPECT_EQ(r.code, 2);
-  EXPECT_NE(r.out.find("not supported before replication (issue 16)"), std::string::npos);
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("node 3 draining: replicas of 0 shard(s) left on it (drained)"),
+            std::string::npos)
+      << r.out;
+  r = Shell(base + "status" + at);
+  EXPECT_NE(r.out.find("DRAINING"), std::string::npos) << r.out;
+  r = Shell(base + "drain" + at + " --node-id 3 --cancel");
+  EXPECT_EQ(r.code, 0) << r.out;
+  r = Shell(base + "status" + at);
+  EXPECT_EQ(r.out.find("DRAINING"), std::string::npos) << r.out;
+  r = Shell(base + "drain" + at + " --node-id 77");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("node 77 is not known"), std::string::npos) << r.out;
   m.Stop();
 }
 
 // --initial-nodes: nothing is placed until that many storage nodes are registered; a node
-// joining afterwards is shown up with 0 vnodes.
-TEST(IrisctlClusterTest, InitialNodesDelayTheFirstPlacementAndLaterNodesHoldNoVnodes) {
+// joining afterwards is shown up with 0 vnodes while a replica moves to it.
+TEST(IrisctlClusterTest, InitialNodesDelayTheFirstPlacementAndLaterNodesGetReplicasMoved) {
   EtcdProcess etcd;
   ASSERT_TRUE(etcd.Start());
   const std::string base = Irisctl() + " cluster ";
@@ -138,12 +151,23 @@ TEST(IrisctlClusterTest, InitialNodesDelayTheFirstPlacementAndLaterNodesHoldNoVn
   ASSERT_TRUE(iris::testing::WaitFor([&] { return controller.placements_written() == 1; }));
   Membership m5(*client, keys, node(5), 3);
   ASSERT_TRUE(m5.Start().ok());
-  ASSERT_TRUE(iris::testing::WaitFor([&] { return controller.unplaced_reported() == 1; }));
+  // Replicated (--replicas 3): the controller moves a replica to it, one shard at a time.
+  ASSERT_TRUE(iris::testing::WaitFor([&] { return controller.moves_planned() == 1; }));
   r = Shell(base + "status" + at);
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("placement version 1"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("node 5  up"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("no vnodes until rebalancing"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("no replicas yet: the controller moves some to it"), std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("moving to"), std::string::npos) << r.out;
+  // No irisd carries moves out here: waiting for a drain of node 3 times out.
+  r = Shell(base + "drain" + at + " --node-id 3 --wait-s 1");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("node 3 draining: replicas of 2 shard(s) left on it"), std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("still holds replicas of 2 shard(s) after 1 s"), std::string::npos) << r.out;
+  r = Shell(base + "drain" + at + " --node-id 3 --cancel");
+  EXPECT_EQ(r.code, 0) << r.out;
   r = Shell(base + "status" + at + " --json");
   ASSERT_EQ(r.code, 0) << r.out;
   const auto j = nlohmann::json::parse(r.out);

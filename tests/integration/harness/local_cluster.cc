@@ -193,6 +193,22 @@ void LocalCluster::WaitReady(int timeout_ms) {
   FAIL() << "cluster not ready within " << timeout_ms << " ms: " << why;
 }
 
+NodeId LocalCluster::AddStorageNode() {
+  const auto id = static_cast<NodeId>(nodes_.size() + 1);
+  std::string out;
+  EXPECT_EQ(
+      Irisctl({"cluster", "certs", "--dir", dir_ + "/pki", "--node-id", std::to_string(id)}, &out),
+      0)
+      << out;
+  nodes_.push_back(std::make_unique<ServerProcess>(NodeArgs(id, false)));
+  if (!options_.log_dir.empty()) {
+    nodes_.back()->set_log_file(options_.log_dir + "/node-" + std::to_string(id) + ".log");
+  }
+  nodes_.back()->Start();
+  WaitRegistered(id);
+  return id;
+}
+
 Result<cluster::ClusterState> LocalCluster::State() {
   return LoadState(etcd_.endpoint(), options_.name);
 }

@@ -66,6 +66,9 @@ class LocalCluster {
   uint64_t UserOwnedBy(NodeId node, uint64_t from);
   // Runs irisctl with `args`; returns its exit code and sets *output (stdout + stderr).
   int Irisctl(const std::vector<std::string>& args, std::string* output);
+  // Starts one more storage node (the next id; its certificate made here) that joins the
+  // running cluster, and waits until it is registered. Returns its id.
+  NodeId AddStorageNode();
   // The arguments of node `id` (for a test that starts a node of its own).
   std::vector<std::string> NodeArgs(NodeId id, bool edge_only) const;
 

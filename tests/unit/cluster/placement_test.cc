@@ -157,5 +157,159 @@ TEST(PlacementTest, SnapshotFromKeysAnswersPrimaryOfAndRemembersDownNodes) {
   EXPECT_FALSE(Placement(ClusterState{}).PrimaryOf(1).has_value());
 }
 
+// ---- PlanMove: replica moves (drain, balance) ---------------------------------------------
+
+void AddNode(ClusterState& st, NodeId id);
+
+// A placed cluster of `n` storage nodes (all alive) with R = 3.
+ClusterState Placed(int n) {
+  ClusterState st;
+  st.config = ClusterConfig{512, 3, n};
+  PlacementPlan plan;
+  std::vector<NodeId> ids;
+  for (int i = 1; i <= n; ++i) ids.push_back(static_cast<NodeId>(i));
+  plan = AddNodes(*st.config, {}, {}, ids);
+  st.placement = plan.map;
+  st.shards = plan.shards;
+  for (NodeId id : ids) AddNode(st, id);
+  return st;
+}
+
+void AddNode(ClusterState& st, NodeId id) {
+  NodeInfo info;
+  info.id = id;
+  info.alive = true;
+  st.nodes[id] = info;
+}
+
+// Carries out moves as a primary would (switch: replicas = target, epoch + 1) until the
+// controller plans none; returns how many it made.
+int Settle(ClusterState& st, int limit = 100) {
+  int moves = 0;
+  while (moves < limit) {
+    std::optional<MovePlan> plan = PlanMove(st);
+    if (!plan) return moves;
+    ShardInfo& s = st.shards.at(plan->shard);
+    EXPECT_FALSE(plan->target.empty()) << "nothing here needs a cancel";
+    EXPECT_EQ(plan->target.size(), s.replicas.size());
+    int differ = 0;
+    for (NodeId n : plan->target)
+      differ += std::count(s.replicas.begin(), s.replicas.end(), n) ? 0 : 1;
+    EXPECT_EQ(differ, 1) << "a move replaces exactly one node";
+    s.target = plan->target;
+    EXPECT_FALSE(PlanMove(st).has_value()) << "one move at a time";
+    s.replicas = s.target;
+    s.target.clear();
+    ++s.epoch;
+    ++moves;
+  }
+  return moves;
+}
+
+std::map<NodeId, int> ReplicaCounts(const ClusterState& st) {
+  std::map<NodeId, int> out;
+  for (const auto& [id, n] : st.nodes) out[id] = 0;
+  for (const auto& [id, s] : st.shards) {
+    for (NodeId r : s.replicas) ++out[r];
+  }
+  return out;
+}
+
+TEST(PlanMoveTest, ABalancedClusterPlansNothing) {
+  for (int n : {3, 4, 5}) {
+    ClusterState st = Placed(n);
+    EXPECT_FALSE(PlanMove(st).has_value()) << n;
+  }
+}
+
+TEST(PlanMoveTest, JoiningNodesGetTheirShareOfReplicas) {
+  ClusterState st = Placed(3);  // 3 shards x 3 replicas
+  AddNode(st, 4);
+  EXPECT_EQ(Settle(st), 2);  // 3,3,3,0 -> 3,2,2,2
+  AddNode(st, 5);
+  Settle(st);
+  for (const auto& [id, count] : ReplicaCounts(st)) {
+    EXPECT_GE(count, 1) << id;
+    EXPECT_LE(count, 2) << id;
+  }
+  for (const auto& [id, s] : st.shards) {
+    EXPECT_EQ(std::set<NodeId>(s.replicas.begin(), s.replicas.end()).size(), 3u) << id;
+  }
+}
+
+TEST(PlanMoveTest, DrainEmptiesTheNodeAndADownNodeKeepsItsReplicas) {
+  ClusterState st = Placed(4);
+  st.draining.insert(2);
+  Settle(st);
+  EXPECT_EQ(ReplicaCounts(st)[2], 0);
+  for (const auto& [id, s] : st.shards) {
+    EXPECT_EQ(std::set<NodeId>(s.replicas.begin(), s.replicas.end()).size(), 3u) << id;
+  }
+  // A node that is down is neither a source nor a destination.
+  ClusterState down = Placed(4);
+  down.nodes[3].alive = false;
+  down.draining.insert(3);
+  EXPECT_FALSE(PlanMove(down).has_value());
+  // Draining with nowhere to go (3 nodes, 3 replicas each shard): nothing planned.
+  ClusterState full = Placed(3);
+  full.draining.insert(1);
+  EXPECT_FALSE(PlanMove(full).has_value());
+}
+
+TEST(PlanMoveTest, AMoveWaitsAndIsReplannedWhenItsNewNodeGoesAway) {
+  ClusterState st = Placed(3);
+  AddNode(st, 4);
+  std::optional<MovePlan> plan = PlanMove(st);
+  ASSERT_TRUE(plan.has_value());
+  EXPECT_EQ(plan->why, "balance");
+  st.shards.at(plan->shard).target = plan->target;
+  EXPECT_FALSE(PlanMove(st).has_value());  // in progress: wait
+  st.nodes[4].alive = false;
+  std::optional<MovePlan> replan = PlanMove(st);
+  ASSERT_TRUE(replan.has_value());
+  EXPECT_EQ(replan->shard, plan->shard);
+  EXPECT_TRUE(replan->target.empty()) << "a balance move to a node that left is cancelled";
+  // A drain's move is given another destination instead.
+  ClusterState d = Placed(5);
+  AddNode(d, 6);
+  d.draining.insert(1);
+  plan = PlanMove(d);
+  ASSERT_TRUE(plan.has_value());
+  EXPECT_EQ(plan->why, "drain");
+  d.shards.at(plan->shard).target = plan->target;
+  NodeId added = 0;
+  for (NodeId n : plan->target) {
+    const auto& r = d.shards.at(plan->shard).replicas;
+    if (std::find(r.begin(), r.end(), n) == r.end()) added = n;
+  }
+  d.nodes[added].alive = false;
+  replan = PlanMove(d);
+  ASSERT_TRUE(replan.has_value());
+  EXPECT_EQ(replan->shard, plan->shard);
+  ASSERT_EQ(replan->target.size(), 3u);
+  EXPECT_EQ(std::count(replan->target.begin(), replan->target.end(), NodeId{1}), 0);
+  EXPECT_EQ(std::count(replan->target.begin(), replan->target.end(), added), 0);
+}
+
+TEST(PlanMoveTest, ShardRecordsCarryTheTargetAndDrainKeysAreFollowed) {
+  ShardInfo s;
+  s.id = 2;
+  s.replicas = {1, 2, 3};
+  s.primary = 1;
+  s.epoch = 4;
+  s.target = {1, 2, 4};
+  auto parsed = ParseShard(ShardToJson(s));
+  ASSERT_TRUE(parsed.ok());
+  EXPECT_EQ(*parsed, s);
+  s.target.clear();
+  EXPECT_EQ(ShardToJson(s).find("target"), std::string::npos);
+  const ClusterKeys keys = ClusterKeys::Create("c").value();
+  ClusterState st;
+  ASSERT_TRUE(ApplyKey(keys, keys.Drain(7), "{\"since_ms\":1}", false, &st).ok());
+  EXPECT_EQ(st.draining, std::set<NodeId>{7});
+  ASSERT_TRUE(ApplyKey(keys, keys.Drain(7), "", true, &st).ok());
+  EXPECT_TRUE(st.draining.empty());
+}
+
 }  // namespace
 }  // namespace iris::cluster
