@@ -92,7 +92,12 @@ Result<repl::ShardRecord> ShardEpochs::ReadRecord() {
   IRIS_ASSIGN_OR_RETURN(RangeResult shard, client_.Range(keys_.Shard(shard_)));
   IRIS_ASSIGN_OR_RETURN(RangeResult leader, client_.Range(keys_.Leader(shard_)));
   repl::ShardRecord r;
-  r.revision = static_cast<uint64_t>(leader.revision);
+  // The shard key's content is exactly as of the first read's revision; the leader key, read
+  // after it, may be newer, which at worst makes a switch compared against this revision
+  // fail (and be read again). Taking the second read's revision instead would let a change
+  // of the shard key between the two reads pass for seen (a switch made on a target the
+  // controller had already replaced).
+  r.revision = static_cast<uint64_t>(shard.revision);
   if (!shard.kvs.empty()) {
     IRIS_ASSIGN_OR_RETURN(ShardInfo info, ParseShard(shard.kvs[0].value));
     r.epoch = static_cast<repl::Epoch>(info.epoch);
@@ -114,6 +119,9 @@ void ShardEpochs::PostRecord() {
   if (!record.ok()) {
     obs::LogWarn("replication: cannot read the shard record",
                  {{"shard", shard_}, {"error", record.status().message()}});
+    // The change that asked for this read must not be missed: read again behind whatever
+    // else is queued (each read is bounded by the request timeout).
+    Queue([this] { PostRecord(); });
     return;
   }
   post_(repl::EtcdWatch{*record});
@@ -227,26 +235,48 @@ void ShardEpochs::DoSwitch(const repl::EtcdSwitch& sw) {
   next.replicas = sw.replicas;
   next.target.clear();
   next.elected = true;
-  std::vector<TxnOp> ops{TxnOp::Put(keys_.Shard(shard_), ShardToJson(next))};
+  std::vector<TxnOp> ops{TxnOp::Put(keys_.Shard(shard_), ShardToJson(next))};  // (resent below)
   if (stays) {
     ops.push_back(TxnOp::Put(keys_.Leader(shard_),
                              json{{"epoch", sw.new_epoch}, {"primary", self_}}.dump(), lease));
   } else {
     ops.push_back(TxnOp::Delete(keys_.Leader(shard_)));
   }
-  Result<TxnResult> txn =
-      client_.Txn({Compare::ModRevisionEquals(keys_.Shard(shard_), skv.mod_revision),
-                   Compare::ModRevisionEquals(keys_.Leader(shard_), lkv.mod_revision)},
-                  std::move(ops));
+  const std::vector<Compare> cmp = {
+      Compare::ModRevisionEquals(keys_.Shard(shard_), skv.mod_revision),
+      Compare::ModRevisionEquals(keys_.Leader(shard_), lkv.mod_revision)};
+  Result<TxnResult> txn = client_.Txn(cmp, ops);
   bool won = txn.ok() && txn->succeeded;
   if (!txn.ok()) {
-    // The answer was lost: etcd may have applied it, in which case the shard key says e'
-    // with these replicas (nothing else writes e' for this shard: the epoch is this node's).
-    Result<RangeResult> check = client_.Range(keys_.Shard(shard_));
-    if (check.ok() && !check->kvs.empty()) {
-      Result<ShardInfo> now = ParseShard(check->kvs[0].value);
-      won = now.ok() && static_cast<repl::Epoch>(now->epoch) == sw.new_epoch &&
-            now->replicas == sw.replicas;
+    // The answer was lost: etcd may have applied the transaction, or may still. The outcome
+    // must be known before anything is answered: a switch taken for refused would let the
+    // primary commit again with the node the switch took out (whose copy then goes). The
+    // primary takes no append while its switch is in flight, so it waits here: the same
+    // transaction again (its compares make a second application impossible) until etcd
+    // answers; if the compares fail, the keys moved on — through this switch (the shard
+    // key then says e' with these replicas: nothing else writes e' for this shard, the
+    // epoch being this node's) or through another change, after which the lost one can
+    // never apply.
+    for (;;) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (stopping_) return;
+      }
+      Result<TxnResult> again = client_.Txn(cmp, ops);
+      if (!again.ok()) continue;
+      if (again->succeeded) {
+        won = true;
+        break;
+      }
+      Result<RangeResult> check = client_.Range(keys_.Shard(shard_));
+      if (!check.ok()) continue;
+      won = false;
+      if (!check->kvs.empty()) {
+        Result<ShardInfo> now = ParseShard(check->kvs[0].value);
+        won = now.ok() && static_cast<repl::Epoch>(now->epoch) == sw.new_epoch &&
+              now->replicas == sw.replicas;
+      }
+      break;
     }
   }
   if (won) {

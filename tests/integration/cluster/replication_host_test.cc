@@ -491,5 +491,84 @@ TEST_F(ReplicationHostTest, LeaseValidityEndsWithinATtlWhenEtcdStopsAnswering) {
   etcd_.Signal(SIGCONT);
 }
 
+// A move's switch (EtcdSwitch) against a real etcd: refused when the shard key changed after
+// the record the replica saw (a controller that replaced the target), carried out in one
+// transaction otherwise — the primary staying keeps its lease (the leader key says the new
+// epoch), a primary leaving deletes the leader key and revokes its lease.
+TEST_F(ReplicationHostTest, SwitchIsComparedAgainstTheRecordAndMovesTheLease) {
+  std::mutex mu;
+  std::vector<repl::EtcdTxnResult> answers;
+  std::vector<repl::ShardRecord> records;
+  ShardEpochs epochs(*client_, *keys_, kShard, 1, kLeaseTtlS, [&](repl::Event e) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (auto* r = std::get_if<repl::EtcdTxnResult>(&e)) answers.push_back(*r);
+    if (auto* w = std::get_if<repl::EtcdWatch>(&e)) records.push_back(w->record);
+  });
+  ASSERT_TRUE(epochs.Start().ok());
+  const auto answer_for = [&](repl::Epoch e) {
+    std::optional<repl::EtcdTxnResult> got;
+    EXPECT_TRUE(WaitFor(
+        [&] {
+          std::lock_guard<std::mutex> lock(mu);
+          for (const auto& a : answers) {
+            if (a.new_epoch == e) got = a;
+          }
+          return got.has_value();
+        },
+        10'000));
+    return got.value_or(repl::EtcdTxnResult{});
+  };
+  epochs.Cas(repl::EtcdCas{0, 1, 1});
+  ASSERT_TRUE(answer_for(1).succeeded);
+  // The controller names a target; the record the replica reads carries it.
+  ShardInfo info = ParseShard(client_->Range(keys_->Shard(kShard))->kvs[0].value).value();
+  info.target = {1, 2, 4};
+  ASSERT_TRUE(client_->Put(keys_->Shard(kShard), ShardToJson(info)).ok());
+  Result<repl::ShardRecord> seen = epochs.ReadRecord();
+  ASSERT_TRUE(seen.ok());
+  EXPECT_EQ(seen->replicas, (std::vector<repl::NodeId>{1, 2, 3}));
+  EXPECT_EQ(seen->target, (std::vector<repl::NodeId>{1, 2, 4}));
+  EXPECT_TRUE(seen->lease_live);
+  // The controller replaces the target after that read: a switch on the old one is refused.
+  info.target = {1, 2, 5};
+  ASSERT_TRUE(client_->Put(keys_->Shard(kShard), ShardToJson(info)).ok());
+  epochs.Switch(repl::EtcdSwitch{seen->revision, 1, 2, {1, 2, 4}});
+  const repl::EtcdTxnResult refused = answer_for(2);
+  EXPECT_FALSE(refused.succeeded);
+  EXPECT_EQ(refused.current.target, (std::vector<repl::NodeId>{1, 2, 5}));
+  EXPECT_EQ(refused.current.epoch, 1u);
+  // On the current record it is carried out: epoch 3, the target as replicas, no target,
+  // and the same lease now serves epoch 3.
+  epochs.Switch(repl::EtcdSwitch{refused.current.revision, 1, 3, {1, 2, 5}});
+  const repl::EtcdTxnResult won = answer_for(3);
+  ASSERT_TRUE(won.succeeded);
+  EXPECT_EQ(won.current.epoch, 3u);
+  EXPECT_EQ(won.current.replicas, (std::vector<repl::NodeId>{1, 2, 5}));
+  EXPECT_TRUE(won.current.target.empty());
+  EXPECT_TRUE(won.current.lease_live);
+  EXPECT_EQ(won.current.primary, 1u);
+  EXPECT_TRUE(epochs.LeaseValid(3));
+  EXPECT_FALSE(epochs.LeaseValid(1));
+  epochs.KeepAlive(repl::EtcdKeepAlive{3});
+  // A move that takes the primary out: the leader key goes, with the lease.
+  info = ParseShard(client_->Range(keys_->Shard(kShard))->kvs[0].value).value();
+  info.target = {6, 2, 5};
+  ASSERT_TRUE(client_->Put(keys_->Shard(kShard), ShardToJson(info)).ok());
+  seen = epochs.ReadRecord();
+  ASSERT_TRUE(seen.ok());
+  epochs.Switch(repl::EtcdSwitch{seen->revision, 3, 4, {6, 2, 5}});
+  const repl::EtcdTxnResult out = answer_for(4);
+  ASSERT_TRUE(out.succeeded);
+  EXPECT_EQ(out.current.epoch, 4u);
+  EXPECT_EQ(out.current.replicas, (std::vector<repl::NodeId>{6, 2, 5}));
+  EXPECT_FALSE(out.current.lease_live);
+  EXPECT_TRUE(client_->Range(epochs.LeaderKey())->kvs.empty());
+  EXPECT_FALSE(epochs.LeaseValid(4));
+  EXPECT_FALSE(epochs.LeaseValid(3));
+  // A switch without the lease of its epoch is refused at once.
+  epochs.Switch(repl::EtcdSwitch{out.current.revision, 4, 5, {6, 2, 7}});
+  EXPECT_FALSE(answer_for(5).succeeded);
+}
+
 }  // namespace
 }  // namespace iris::cluster
