@@ -350,7 +350,7 @@ bool Has(const std::vector<NodeId>& v, NodeId n) {
 
 }  // namespace
 
-std::optional<MovePlan> PlanMove(const ClusterState& state) {
+std::optional<MovePlan> PlanMove(const ClusterState& state, const std::set<ShardId>& stuck) {
   std::map<NodeId, int64_t> load;  // counting nodes -> replicas held
   for (const auto& [id, n] : state.nodes) {
     if (n.alive && n.role == NodeRole::kStorage && state.draining.count(id) == 0) load[id] = 0;
@@ -383,6 +383,7 @@ std::optional<MovePlan> PlanMove(const ClusterState& state) {
   // 1. A move in progress.
   for (const auto& [sid, s] : state.shards) {
     if (s.target.empty()) continue;
+    if (stuck.count(sid) != 0) return MovePlan{sid, {}, "stuck"};
     std::vector<NodeId> added;
     bool members_kept = s.target.size() == s.replicas.size();
     for (NodeId n : s.target) {
@@ -407,6 +408,7 @@ std::optional<MovePlan> PlanMove(const ClusterState& state) {
   }
   // 2. Drain.
   for (const auto& [sid, s] : state.shards) {
+    if (stuck.count(sid) != 0) continue;
     for (NodeId n : s.replicas) {
       if (state.draining.count(n) == 0 || !alive(n)) continue;
       if (auto d = destination(s.replicas))
@@ -422,6 +424,7 @@ std::optional<MovePlan> PlanMove(const ClusterState& state) {
   }
   if (load.at(most) - load.at(least) <= 1) return std::nullopt;
   for (const auto& [sid, s] : state.shards) {
+    if (stuck.count(sid) != 0) continue;
     if (Has(s.replicas, most) && !Has(s.replicas, least)) {
       return MovePlan{sid, replace(s.replicas, most, least), "balance"};
     }

@@ -209,12 +209,15 @@ PlacementPlan AddNodes(const ClusterConfig& config, const PlacementMap& current,
 //     a replica of the most loaded one (the shard it holds with the lowest id whose
 //     replicas exclude the least loaded; ties: lowest id) moves to the least loaded one.
 // A node that is down is neither a source nor a destination: it keeps its replicas.
+// `stuck`: shards that have had no primary for a while (the controller's observation): no
+// move is planned for them, and a move in progress on one is cancelled (nobody would carry
+// it out, and it would hold up every other move).
 // `shard` names the shard to write; `target` empty means cancel the shard's move.
 struct MovePlan {
   ShardId shard = 0;
   std::vector<NodeId> target;
   std::string why;  // "drain", "balance", "replan" (for the log)
 };
-std::optional<MovePlan> PlanMove(const ClusterState& state);
+std::optional<MovePlan> PlanMove(const ClusterState& state, const std::set<ShardId>& stuck = {});
 
 }  // namespace iris::cluster

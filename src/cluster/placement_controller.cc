@@ -105,10 +105,12 @@ Status PlacementController::Reconcile() {
   int64_t placement_mod = 0;
   bool still_mine = false;
   std::map<std::string, int64_t> mod_revision;  // shard keys
+  std::set<std::string> leader_keys;            // leaders/<s> present (a primary's lease)
   for (const KeyValue& kv : all.kvs) {
     ApplyKey(keys_, kv.key, kv.value, false, &state).IgnoreError();
     if (kv.key == keys_.Placement()) placement_mod = kv.mod_revision;
     if (kv.key.rfind(keys_.ShardsPrefix(), 0) == 0) mod_revision[kv.key] = kv.mod_revision;
+    if (kv.key.rfind(keys_.LeadersPrefix(), 0) == 0) leader_keys.insert(kv.key);
     if (kv.key == keys_.Controller()) still_mine = kv.mod_revision == won_revision_;
   }
   if (!still_mine) {
@@ -123,11 +125,12 @@ Status PlacementController::Reconcile() {
   for (const auto& [id, n] : state.nodes) {
     if (n.alive && n.role == NodeRole::kStorage && placed.count(id) == 0) joining.push_back(id);
   }
-  if (state.placement.version > 0 && state.config->replicas > 1)
-    return PlanMoves(state, mod_revision);
+  if (state.placement.version > 0 && state.config->replicas > 1) {
+    return PlanMoves(state, mod_revision, leader_keys);
+  }
   if (state.placement.version > 0) {
-    // Without replication data does not move between nodes: giving a late joiner vnodes would move
-    // inboxes to its empty store. It waits for rebalancing (issue 16).
+    // Without replication data does not move between nodes: giving a late joiner vnodes
+    // would move inboxes to its empty store.
     for (NodeId id : joining) {
       if (!reported_unplaced_.insert(id).second) continue;
       unplaced_reported_ = static_cast<int64_t>(reported_unplaced_.size());
@@ -177,18 +180,45 @@ Status PlacementController::Reconcile() {
 }
 
 Status PlacementController::PlanMoves(const ClusterState& state,
-                                      const std::map<std::string, int64_t>& mod_revision) {
-  std::optional<MovePlan> plan = PlanMove(state);
+                                      const std::map<std::string, int64_t>& mod_revision,
+                                      const std::set<std::string>& leader_keys) {
+  // Shards without a primary: stuck once that has lasted stuck_after_ms (a failover takes a
+  // few seconds; a shard no write ever reached has never had one).
+  const int64_t now = SystemClock::Instance().MonoMillis();
+  std::set<ShardId> stuck;
+  for (const auto& [id, s] : state.shards) {
+    if (leader_keys.count(keys_.Leader(id)) != 0) {
+      leaderless_since_ms_.erase(id);
+      continue;
+    }
+    const int64_t since = leaderless_since_ms_.try_emplace(id, now).first->second;
+    if (now - since >= stuck_after_ms_ && s.elected) stuck.insert(id);
+  }
+  std::optional<MovePlan> plan = PlanMove(state, stuck);
   if (!plan) return Status::Ok();
   auto it = state.shards.find(plan->shard);
   auto rev = mod_revision.find(keys_.Shard(plan->shard));
   if (it == state.shards.end() || rev == mod_revision.end()) return Status::Ok();
   ShardInfo next = it->second;
   next.target = plan->target;
+  std::vector<Compare> cmp = {Compare::ModRevisionEquals(keys_.Controller(), won_revision_),
+                              Compare::ModRevisionEquals(keys_.Shard(plan->shard), rev->second)};
+  if (!it->second.elected && !plan->target.empty()) {
+    // No primary was ever elected in this shard, so it holds nothing acknowledged: its
+    // replicas change at once (a new epoch, so that a candidacy of the old set fails its
+    // CAS), provided no candidate holds the leader key now.
+    next.replicas = plan->target;
+    next.target.clear();
+    ++next.epoch;
+    if (std::find(next.replicas.begin(), next.replicas.end(), next.primary) ==
+        next.replicas.end()) {
+      next.primary = next.replicas.front();  // where requests go until the first election
+    }
+    cmp.push_back(Compare::Absent(keys_.Leader(plan->shard)));
+    plan->why += ", never elected: replicas changed at once";
+  }
   IRIS_ASSIGN_OR_RETURN(
-      TxnResult r, client_.Txn({Compare::ModRevisionEquals(keys_.Controller(), won_revision_),
-                                Compare::ModRevisionEquals(keys_.Shard(plan->shard), rev->second)},
-                               {TxnOp::Put(keys_.Shard(plan->shard), ShardToJson(next))}));
+      TxnResult r, client_.Txn(cmp, {TxnOp::Put(keys_.Shard(plan->shard), ShardToJson(next))}));
   if (!r.succeeded) {
     Wake();  // the record moved on (a failover, a switch) or the controller key: look again
     return Status::Ok();

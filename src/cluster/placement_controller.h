@@ -73,7 +73,8 @@ class PlacementController {
   Status Reconcile();
   // A replicated cluster once placed: writes the next move PlanMove() gives (one at a time:
   // a shard's target, compared against its record's mod revision and the controller key).
-  Status PlanMoves(const ClusterState& state, const std::map<std::string, int64_t>& mod_revision);
+  Status PlanMoves(const ClusterState& state, const std::map<std::string, int64_t>& mod_revision,
+                   const std::set<std::string>& leader_keys);
   void StepDown();
   void Wake();
 
@@ -88,6 +89,11 @@ class PlacementController {
   std::atomic<int64_t> unplaced_reported_{0};
   std::atomic<int64_t> moves_planned_{0};
   std::set<NodeId> reported_unplaced_;  // thread-owned: late joiners already logged
+  // Thread-owned: since when (monotonic ms) each shard has had no leader key. An elected
+  // shard leaderless for stuck_after_ms_ gets no move, and its move in progress is
+  // cancelled (PlanMove's `stuck`).
+  std::map<ShardId, int64_t> leaderless_since_ms_;
+  int64_t stuck_after_ms_ = 60'000;
   int64_t won_revision_ = 0;            // thread-owned: mod revision of the controller key
   // Thread-owned: no campaign before this (monotonic ms). A node that was the controller
   // and stopped being it (its lease ended, or the key lapsed or went to another node)

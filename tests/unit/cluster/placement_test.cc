@@ -291,6 +291,28 @@ TEST(PlanMoveTest, AMoveWaitsAndIsReplannedWhenItsNewNodeGoesAway) {
   EXPECT_EQ(std::count(replan->target.begin(), replan->target.end(), added), 0);
 }
 
+// A shard without a primary for a while (the controller's `stuck`) gets no move, and a move
+// in progress on it is cancelled: nobody would carry it out, and it would hold up the rest.
+TEST(PlanMoveTest, AStuckShardGetsNoMoveAndItsMoveIsCancelled) {
+  ClusterState st = Placed(3);
+  AddNode(st, 4);
+  std::optional<MovePlan> plan = PlanMove(st);
+  ASSERT_TRUE(plan.has_value());
+  const ShardId first = plan->shard;
+  std::optional<MovePlan> other = PlanMove(st, {first});
+  ASSERT_TRUE(other.has_value());
+  EXPECT_NE(other->shard, first);
+  std::set<ShardId> all;
+  for (const auto& [id, s] : st.shards) all.insert(id);
+  EXPECT_FALSE(PlanMove(st, all).has_value());
+  st.shards.at(first).target = plan->target;
+  std::optional<MovePlan> cancel = PlanMove(st, {first});
+  ASSERT_TRUE(cancel.has_value());
+  EXPECT_EQ(cancel->shard, first);
+  EXPECT_TRUE(cancel->target.empty());
+  EXPECT_EQ(cancel->why, "stuck");
+}
+
 TEST(PlanMoveTest, ShardRecordsCarryTheTargetAndDrainKeysAreFollowed) {
   ShardInfo s;
   s.id = 2;
