@@ -98,7 +98,7 @@ void HttpConnection::Close() {
     fd_ = -1;
   }
   in_.clear();
-  stream_remaining_ = -1;
+  chunks_.Reset();
 }
 
 Status HttpConnection::Connect(int64_t deadline_ms) {
@@ -289,48 +289,49 @@ Status HttpConnection::ReadHead(int64_t deadline_ms, int* status, int64_t* conte
   return Status::Ok();
 }
 
-Status HttpConnection::DecodeChunks(std::string* out, bool* finished) {
+Status ChunkedDecoder::Decode(std::string* in, std::string* out, bool* finished) {
   *finished = false;
   for (;;) {
-    if (stream_remaining_ < 0) {
-      const size_t eol = in_.find("\r\n");
+    if (remaining_ < 0) {
+      const size_t eol = in->find("\r\n");
       if (eol == std::string::npos) return Status::Ok();
       char* endp = nullptr;
-      const long long size = std::strtoll(in_.c_str(), &endp, 16);
-      if (endp == in_.c_str() || size < 0) return Unavailable("bad chunk size from etcd");
-      in_.erase(0, eol + 2);
+      const long long size = std::strtoll(in->c_str(), &endp, 16);
+      if (endp == in->c_str() || size < 0) return Unavailable("bad chunk size from etcd");
       if (size == 0) {
-        // Trailer section: ends with an empty line.
-        const size_t t = in_.find("\r\n");
-        if (t == std::string::npos) return Status::Ok();
-        in_.erase(0, t + 2);
+        // The last chunk: its trailer section (header lines, then an empty line) follows.
+        // Nothing is consumed until all of it is here.
+        const size_t end = in->find("\r\n\r\n", eol);
+        if (end == std::string::npos) return Status::Ok();
+        in->erase(0, end + 4);
         *finished = true;
-        stream_remaining_ = -1;
+        remaining_ = -1;
         return Status::Ok();
       }
-      stream_remaining_ = size;
+      in->erase(0, eol + 2);
+      remaining_ = size;
     }
-    if (stream_remaining_ > 0) {
-      const size_t take = std::min<size_t>(in_.size(), static_cast<size_t>(stream_remaining_));
-      out->append(in_, 0, take);
-      in_.erase(0, take);
-      stream_remaining_ -= static_cast<int64_t>(take);
-      if (stream_remaining_ > 0) return Status::Ok();
+    if (remaining_ > 0) {
+      const size_t take = std::min<size_t>(in->size(), static_cast<size_t>(remaining_));
+      out->append(*in, 0, take);
+      in->erase(0, take);
+      remaining_ -= static_cast<int64_t>(take);
+      if (remaining_ > 0) return Status::Ok();
     }
-    // Chunk data done; its CRLF follows.
-    if (in_.size() < 2) return Status::Ok();
-    in_.erase(0, 2);
-    stream_remaining_ = -1;
+    // Chunk data done (remaining_ 0); its CRLF follows.
+    if (in->size() < 2) return Status::Ok();
+    in->erase(0, 2);
+    remaining_ = -1;
   }
 }
 
 Status HttpConnection::ReadBody(int64_t deadline_ms, int64_t content_length, bool chunked,
                                 std::string* body) {
   if (chunked) {
-    stream_remaining_ = -1;
+    chunks_.Reset();
     for (;;) {
       bool finished = false;
-      IRIS_RETURN_IF_ERROR(DecodeChunks(body, &finished));
+      IRIS_RETURN_IF_ERROR(chunks_.Decode(&in_, body, &finished));
       if (finished) return Status::Ok();
       bool timed_out = false;
       IRIS_RETURN_IF_ERROR(Fill(deadline_ms, &timed_out));
@@ -416,7 +417,7 @@ Status HttpConnection::StartStream(const std::string& path, const std::string& b
     Close();
     return s;
   }
-  stream_remaining_ = stream_chunked_ ? -1 : content_length;
+  chunks_.Reset();
   return Status::Ok();
 }
 
@@ -426,7 +427,7 @@ Status HttpConnection::ReadSome(std::string* out, int64_t deadline_ms) {
     const size_t before = out->size();
     if (stream_chunked_) {
       bool finished = false;
-      Status s = DecodeChunks(out, &finished);
+      Status s = chunks_.Decode(&in_, out, &finished);
       if (!s.ok() || finished) {
         Close();
         return s.ok() ? Unavailable("etcd ended the stream") : s;

@@ -37,6 +37,20 @@ struct HttpResponse {
   std::string body;
 };
 
+// Decodes an HTTP/1.1 chunked body incrementally (RFC 9112 section 7.1): Decode() moves the
+// data of the chunks complete in *in to *out, erasing from *in what it used, and sets
+// *finished once the last chunk and its trailer section have been read. Whatever is not yet
+// complete (a chunk-size line, a chunk's data or its CRLF, the trailer section) stays in
+// *in for the next call, however the bytes were split. UNAVAILABLE for a malformed size.
+class ChunkedDecoder {
+ public:
+  Status Decode(std::string* in, std::string* out, bool* finished);
+  void Reset() { remaining_ = -1; }
+
+ private:
+  int64_t remaining_ = -1;  // data left in the current chunk; -1: a chunk-size line is next
+};
+
 class HttpConnection {
  public:
   // `endpoint` is host:port (an http:// or https:// prefix is accepted and ignored; TLS is
@@ -74,8 +88,6 @@ class HttpConnection {
   Status ReadHead(int64_t deadline_ms, int* status, int64_t* content_length, bool* chunked,
                   bool* close_after);
   Status ReadBody(int64_t deadline_ms, int64_t content_length, bool chunked, std::string* body);
-  // Chunked stream decoding over in_: moves complete chunk data into *out.
-  Status DecodeChunks(std::string* out, bool* finished);
 
   const std::string endpoint_;
   std::shared_ptr<SSL_CTX> tls_;
@@ -84,7 +96,7 @@ class HttpConnection {
   std::string in_;  // raw bytes read, not yet consumed
   // Streaming state.
   bool stream_chunked_ = false;
-  int64_t stream_remaining_ = -1;  // chunk bytes left in the current chunk; -1: need size line
+  ChunkedDecoder chunks_;
 };
 
 }  // namespace iris::cluster
