@@ -47,8 +47,9 @@ Result<ClusterKeys> ClusterKeys::Create(const std::string& cluster) {
 }
 
 std::string ConfigToJson(const ClusterConfig& c) {
-  return json{{"vnodes", c.vnodes}, {"replicas", c.replicas}, {"initial_nodes", c.initial_nodes}}
-      .dump();
+  json j{{"vnodes", c.vnodes}, {"replicas", c.replicas}, {"initial_nodes", c.initial_nodes}};
+  if (c.shards_per_node != 1) j["shards_per_node"] = c.shards_per_node;  // absent: 1
+  return j.dump();
 }
 
 Status ValidateConfig(const ClusterConfig& c) {
@@ -56,6 +57,13 @@ Status ValidateConfig(const ClusterConfig& c) {
   if (c.replicas < 1 || c.replicas > 7) return BadRequest("replicas must be in 1..7");
   if (c.initial_nodes < 1 || c.initial_nodes > c.vnodes) {
     return BadRequest("initial_nodes must be in 1..vnodes (" + std::to_string(c.vnodes) + ")");
+  }
+  if (c.shards_per_node < 1 || c.shards_per_node > 64) {
+    return BadRequest("shards_per_node must be in 1..64");
+  }
+  if (int64_t{c.initial_nodes} * c.shards_per_node > c.vnodes) {
+    return BadRequest("initial_nodes x shards_per_node must not exceed vnodes (" +
+                      std::to_string(c.vnodes) + ")");
   }
   return Status::Ok();
 }
@@ -72,6 +80,12 @@ Result<ClusterConfig> ParseConfig(const std::string& text) {
       return BadRequest("malformed cluster config: " + text);
     }
     c.initial_nodes = j["initial_nodes"].get<int32_t>();
+  }
+  if (j.contains("shards_per_node")) {
+    if (!j["shards_per_node"].is_number_integer()) {
+      return BadRequest("malformed cluster config: " + text);
+    }
+    c.shards_per_node = j["shards_per_node"].get<int32_t>();
   }
   IRIS_RETURN_IF_ERROR(ValidateConfig(c));
   return c;
@@ -329,7 +343,9 @@ PlacementPlan AddNodes(const ClusterConfig& config, const PlacementMap& current,
   std::vector<ShardId> order;
   for (const auto& [id, s] : plan.shards) order.push_back(id);
   const size_t n = order.size();
-  const size_t r = std::min<size_t>(static_cast<size_t>(config.replicas), n);
+  std::set<NodeId> distinct;  // a node may lead several shards (shards_per_node)
+  for (const auto& [id, s] : plan.shards) distinct.insert(s.primary);
+  const size_t r = std::min<size_t>(static_cast<size_t>(config.replicas), distinct.size());
   for (size_t k = 0; k < n; ++k) {
     ShardInfo& s = plan.shards[order[k]];
     std::vector<NodeId> replicas;

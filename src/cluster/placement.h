@@ -5,7 +5,8 @@
 // Keys, all under /iris/<cluster>/ (values are JSON):
 //
 //   key                       value                                          lifetime
-//   config                    {"vnodes":V,"replicas":R,"initial_nodes":N}    written once (init)
+//   config                    {"vnodes":V,"replicas":R,"initial_nodes":N,    written once (init)
+//                              "shards_per_node":S}
 //   nodes/<id>                {"id","peer","client","admin","role"}          node's lease
 //   controller                {"id":n}                                       controller's lease
 //   placement                 {"version":n,"shards":[shard id per vnode]}    controller writes
@@ -51,6 +52,13 @@ struct ClusterConfig {
   // (all of them are placed at once). Nodes joining after that hold no vnodes until
   // rebalancing (issue 16) moves data to them. A config without it means 1.
   int32_t initial_nodes = 1;
+  // Shards of the first placement per initial node (1..64; absent in a config: 1). More
+  // shards let a replicated cluster spread over more nodes later: nodes that join get
+  // replicas moved to them, whole shards at a time (scale-out moves replicas, not vnodes),
+  // so a cluster can use at most replicas x initial_nodes x shards_per_node nodes, and each
+  // move carries 1 / shards of the data. Each shard costs every node that holds a replica
+  // of it a replication strand, a log and two etcd watches.
+  int32_t shards_per_node = 1;
   bool operator==(const ClusterConfig&) const = default;
 };
 
@@ -123,7 +131,8 @@ class ClusterKeys {
 std::string ConfigToJson(const ClusterConfig& c);
 Result<ClusterConfig> ParseConfig(const std::string& json);
 // BAD_REQUEST unless 1 <= vnodes <= 2^24, 1 <= replicas <= 7 and
-// 1 <= initial_nodes <= vnodes.
+// 1 <= initial_nodes <= vnodes, 1 <= shards_per_node <= 64 and
+// initial_nodes x shards_per_node <= vnodes.
 Status ValidateConfig(const ClusterConfig& c);
 std::string NodeToJson(const NodeInfo& n);
 Result<NodeInfo> ParseNode(const std::string& json);

@@ -24,7 +24,8 @@ Status InitClusterConfig(EtcdClient& client, const ClusterKeys& keys, const Clus
   if (have.ok() && *have == config) return Status::Ok();
   return BadRequest("cluster " + keys.prefix() + " is already initialised with " +
                     existing.kvs[0].value +
-                    "; vnodes, replicas and initial_nodes cannot change (asked for " +
+                    "; vnodes, replicas, initial_nodes and shards_per_node cannot change "
+                    "(asked for " +
                     ConfigToJson(config) + ")");
 }
 
@@ -152,7 +153,13 @@ Status PlacementController::Reconcile() {
     return Status::Ok();
   }
   waiting_have_ = -1;
-  PlacementPlan plan = AddNodes(*state.config, state.placement, state.shards, joining);
+  // shards_per_node shards per node: the nodes again and again, so that consecutive shards
+  // (a replica set is a window of them) have distinct primaries.
+  std::vector<NodeId> shard_primaries;
+  for (int32_t k = 0; k < state.config->shards_per_node; ++k) {
+    shard_primaries.insert(shard_primaries.end(), joining.begin(), joining.end());
+  }
+  PlacementPlan plan = AddNodes(*state.config, state.placement, state.shards, shard_primaries);
   std::vector<TxnOp> ops = {TxnOp::Put(keys_.Placement(), PlacementToJson(plan.map))};
   for (const auto& [id, s] : plan.shards) {
     auto old = state.shards.find(id);

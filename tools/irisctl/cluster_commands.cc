@@ -58,7 +58,8 @@ std::string JoinIds(const std::vector<NodeId>& ids) {
 int ClusterInit(const ClusterArgs& args) {
   auto c = Connect(args);
   if (!c) return 2;
-  const cluster::ClusterConfig config{args.vnodes, args.replicas, args.initial_nodes};
+  const cluster::ClusterConfig config{args.vnodes, args.replicas, args.initial_nodes,
+                                      args.shards_per_node};
   if (Status v = cluster::ValidateConfig(config); !v.ok()) {
     std::cerr << "irisctl: " << v.message() << "\n";
     return 2;
@@ -69,8 +70,8 @@ int ClusterInit(const ClusterArgs& args) {
     return 1;
   }
   std::cout << "cluster " << args.cluster << ": vnodes " << args.vnodes << ", replicas "
-            << args.replicas << ", initial nodes " << args.initial_nodes << " ("
-            << c->keys->Config() << ")\n";
+            << args.replicas << ", initial nodes " << args.initial_nodes << ", shards per node "
+            << args.shards_per_node << " (" << c->keys->Config() << ")\n";
   return 0;
 }
 
@@ -90,7 +91,8 @@ std::string FormatClusterStatus(const std::string& name, const cluster::Placemen
     j["config"] = p.configured()
                       ? nlohmann::json{{"vnodes", p.vnodes()},
                                        {"replicas", p.replicas()},
-                                       {"initial_nodes", p.state().config->initial_nodes}}
+                                       {"initial_nodes", p.state().config->initial_nodes},
+                                       {"shards_per_node", p.state().config->shards_per_node}}
                       : nlohmann::json();
     j["placement_version"] = p.version();
     j["controller"] = p.controller() ? nlohmann::json(*p.controller()) : nlohmann::json();
@@ -123,6 +125,9 @@ std::string FormatClusterStatus(const std::string& name, const cluster::Placemen
   if (p.configured()) {
     out << "vnodes " << p.vnodes() << ", replicas " << p.replicas() << ", initial nodes "
         << p.state().config->initial_nodes;
+    if (p.state().config->shards_per_node != 1) {
+      out << ", shards per node " << p.state().config->shards_per_node;
+    }
   } else {
     out << "not initialised (irisctl cluster init)";
   }

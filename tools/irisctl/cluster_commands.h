@@ -17,6 +17,7 @@ struct ClusterArgs {
   int32_t vnodes = 4096;
   int32_t replicas = 3;
   int32_t initial_nodes = 1;
+  int32_t shards_per_node = 1;
   bool json = false;
   std::string dir;
   uint32_t node_id = 0;

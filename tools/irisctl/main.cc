@@ -280,6 +280,12 @@ int main(int argc, char** argv) {
                    "Storage nodes placed together by the first placement (one shard each); "
                    "with --replicas > 1 nodes joining later get replicas moved to them")
       ->capture_default_str();
+  cluster_init
+      ->add_option("--shards-per-node", cl.shards_per_node,
+                   "Shards of the first placement per initial node (1..64): with --replicas > 1 "
+                   "the cluster can later grow to replicas x initial nodes x this many nodes, "
+                   "each move carrying 1/shards of the data")
+      ->capture_default_str();
   auto* cluster_status = cluster->add_subcommand(
       "status", "Nodes (up/down, addresses, role), shards (replicas, primary, epoch, vnodes)");
   add_etcd(cluster_status);

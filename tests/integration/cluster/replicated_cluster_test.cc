@@ -112,29 +112,33 @@ class Sender {
   std::string last_ = "nothing";
 };
 
+LocalCluster::Options ReplicatedOptions(int shards_per_node) {
+  LocalCluster::Options o;
+  o.storage_nodes = 3;
+  o.replicas = 3;
+  o.shards_per_node = shards_per_node;
+  o.vnodes = 64;
+  o.name = "replicated";
+  // The test's client retries refused sends at once: no rate limit in its way.
+  o.node_args = {"--rate-per-sec", "100000", "--rate-burst-per-sec", "100000",
+                 "--replication-lease-ttl-s", "2",
+                 // Small logs: a replica that missed more than a few batches (a killed
+                 // node, a wiped one) is rebuilt by copying the shard's records.
+                 "--replication-compact-every", "8"};
+  return o;
+}
+
 class ReplicatedClusterTest : public ::testing::Test {
  protected:
-  static LocalCluster::Options Opts() {
-    LocalCluster::Options o;
-    o.storage_nodes = 3;
-    o.replicas = 3;
-    o.vnodes = 64;
-    o.name = "replicated";
-    // The test's client retries refused sends at once: no rate limit in its way.
-    o.node_args = {"--rate-per-sec",
-                   "100000",
-                   "--rate-burst-per-sec",
-                   "100000",
-                   "--replication-lease-ttl-s",
-                   "2",
-                   // Small logs: a replica that missed more than a few batches (a killed
-                   // node, a wiped one) is rebuilt by copying the shard's records.
-                   "--replication-compact-every",
-                   "8"};
-    return o;
-  }
   void SetUp() override { ASSERT_NO_FATAL_FAILURE(cluster_.Start()); }
-  LocalCluster cluster_{Opts()};
+  LocalCluster cluster_{ReplicatedOptions(1)};
+};
+
+// Four shards per initial node (12 shards of 3 replicas): scale-out and drain.
+class ReplicaMovesTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_NO_FATAL_FAILURE(cluster_.Start()); }
+  LocalCluster cluster_{ReplicatedOptions(4)};
 };
 
 TEST_F(ReplicatedClusterTest, KillingShardPrimariesLosesNothingAcknowledged) {
@@ -493,14 +497,14 @@ std::string Describe(const std::map<NodeId, int>& counts, int moving) {
   return s + "moves in progress: " + std::to_string(moving);
 }
 
-// Scale-out and drain (CLUSTER.md §6): while two clients keep sending, a 4th and then a 5th
-// storage node join and the controller moves replicas to each until the counts differ by at
-// most one (the primary copies each shard to the new node as a learner, then switches the
-// replica set in one etcd transaction); then node 2 is drained (irisctl cluster drain --wait-s) and
-// ends with no replica, its copies deleted. Every acknowledged message is in its recipient's inbox
-// exactly once, in order, read through every node; refused sends (retried with the same key) are
-// counted, not lost.
-TEST_F(ReplicatedClusterTest, ScaleOutAndDrainMoveReplicasAndLoseNothing) {
+// Scale-out and drain (CLUSTER.md §6), with four shards per initial node (12 shards): while
+// two clients keep sending, a 4th and then a 5th storage node join and the controller moves
+// replicas to each until the counts differ by at most one (the primary copies each shard to the new
+// node as a learner, then switches the replica set in one etcd transaction); then node 2 is drained
+// (irisctl cluster drain --wait-s) and ends with no replica, its copies deleted. Every acknowledged
+// message is in its recipient's inbox exactly once, in order, read through every node; refused
+// sends (retried with the same key) are counted, not lost.
+TEST_F(ReplicaMovesTest, ScaleOutAndDrainMoveReplicasAndLoseNothing) {
   const std::vector<uint64_t> recipients = {9001, 9002, 9003, 9004, 9005, 9006};
   std::mutex mu;
   std::map<uint64_t, std::vector<std::string>> want;  // recipient -> acknowledged, in order
@@ -552,8 +556,9 @@ TEST_F(ReplicatedClusterTest, ScaleOutAndDrainMoveReplicasAndLoseNothing) {
     return ok;
   };
 
-  // Scale-out: nodes 4 and 5 join, one after the other, and each gets its share (3 shards x
-  // 3 replicas: 3,2,2,2 over four nodes, then 2,2,2,2,1 over five).
+  // Scale-out: nodes 4 and 5 join, one after the other, and each gets its share of the 36
+  // replicas (12 shards x 3): 9 each over four nodes, then 8,7,7,7,7 over five — about
+  // 1/(n+1) of the replicas move each time.
   const auto even = [](const std::map<NodeId, int>& c) {
     int lo = INT32_MAX, hi = 0;
     for (const auto& [id, n] : c) {
@@ -573,6 +578,14 @@ TEST_F(ReplicatedClusterTest, ScaleOutAndDrainMoveReplicasAndLoseNothing) {
         },
         what.c_str());
     std::cout << "scale-out to " << joined << " nodes took " << MonoMs() - join_ms << " ms\n";
+    if (balanced) {
+      auto state = cluster_.State();
+      ASSERT_TRUE(state.ok());
+      int moving = 0;
+      const int got = ReplicaCounts(*state, &moving).at(joined);
+      EXPECT_EQ(got, 36 / static_cast<int>(joined)) << "node " << joined << "'s share";
+      std::cout << "node " << joined << " took " << got << " of 36 replicas\n";
+    }
     if (!balanced) stop_writers();
     ASSERT_TRUE(balanced);
   }

@@ -114,7 +114,8 @@ void LocalCluster::Start() {
   ASSERT_EQ(Irisctl({"cluster", "init", "--etcd", etcd_.endpoint(), "--cluster", options_.name,
                      "--vnodes", std::to_string(options_.vnodes), "--replicas",
                      std::to_string(options_.replicas), "--initial-nodes",
-                     std::to_string(options_.storage_nodes)},
+                     std::to_string(options_.storage_nodes), "--shards-per-node",
+                     std::to_string(options_.shards_per_node)},
                     &out),
             0)
       << out;

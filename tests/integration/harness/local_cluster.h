@@ -26,6 +26,7 @@ class LocalCluster {
     int storage_nodes = 3;
     int edge_nodes = 0;  // --role edge; their node ids follow the storage nodes'
     int replicas = 1;
+    int shards_per_node = 1;  // irisctl cluster init --shards-per-node
     int vnodes = 4096;
     std::string name = "test";
     std::vector<std::string> node_args;  // more irisd flags, given to every node

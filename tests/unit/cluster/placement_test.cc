@@ -291,6 +291,45 @@ TEST(PlanMoveTest, AMoveWaitsAndIsReplannedWhenItsNewNodeGoesAway) {
   EXPECT_EQ(std::count(replan->target.begin(), replan->target.end(), added), 0);
 }
 
+// With several shards per initial node (irisctl cluster init --shards-per-node), replica
+// moves spread a growing cluster evenly: each joining node takes about 1/(n+1) of the
+// replicas, as vnode moves would (CLUSTER.md section 6).
+TEST(PlanMoveTest, WithFourShardsPerNodeEachJoinMovesAboutOneOverNPlusOne) {
+  ClusterState st;
+  st.config = ClusterConfig{512, 3, 3, 4};
+  ASSERT_TRUE(ValidateConfig(*st.config).ok());
+  const PlacementPlan plan = AddNodes(*st.config, {}, {}, {1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3});
+  st.placement = plan.map;
+  st.shards = plan.shards;
+  ASSERT_EQ(st.shards.size(), 12u);
+  std::map<ShardId, int> vnodes;
+  for (ShardId sid : st.placement.shard_of_vnode) ++vnodes[sid];
+  for (const auto& [id, s] : st.shards) {
+    EXPECT_EQ(std::set<NodeId>(s.replicas.begin(), s.replicas.end()).size(), 3u) << id;
+    EXPECT_NEAR(vnodes[id], 512 / 12, 1) << id;
+  }
+  for (NodeId id : {1u, 2u, 3u}) AddNode(st, id);
+  EXPECT_FALSE(PlanMove(st).has_value());
+  const int total = 36;
+  for (NodeId joining : {4u, 5u, 6u}) {
+    AddNode(st, joining);
+    const int moves = Settle(st);
+    const int n = static_cast<int>(joining);
+    EXPECT_EQ(moves, ReplicaCounts(st)[joining]);
+    EXPECT_EQ(moves, total / n) << "node " << joining << " takes 1/" << n << " of the replicas";
+    for (const auto& [id, count] : ReplicaCounts(st)) {
+      EXPECT_GE(count, total / n) << id;
+      EXPECT_LE(count, total / n + 1) << id;
+    }
+  }
+  // A config with shards_per_node out of range, or more shards than vnodes, is refused.
+  EXPECT_FALSE(ValidateConfig({512, 3, 3, 0}).ok());
+  EXPECT_FALSE(ValidateConfig({512, 3, 3, 65}).ok());
+  EXPECT_FALSE(ValidateConfig({16, 3, 3, 8}).ok());
+  EXPECT_EQ(ParseConfig(ConfigToJson({512, 3, 3, 4})).value(), (ClusterConfig{512, 3, 3, 4}));
+  EXPECT_EQ(ConfigToJson({512, 3, 3, 1}).find("shards_per_node"), std::string::npos);
+}
+
 // A shard without a primary for a while (the controller's `stuck`) gets no move, and a move
 // in progress on it is cancelled: nobody would carry it out, and it would hold up the rest.
 TEST(PlanMoveTest, AStuckShardGetsNoMoveAndItsMoveIsCancelled) {
