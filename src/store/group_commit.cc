@@ -385,6 +385,16 @@ void InboxStore::Impl::BuildAppend(AppendRequest& a) {
     u.state.counted_through = id;
     ++u.unpersisted;
   }
+  // The shards this request writes to (extra records: not known, all or nothing).
+  std::vector<uint32_t> shards;
+  const auto add_shard = [&](int32_t vnode) {
+    const uint32_t s = (*cur_->shard_map)[static_cast<size_t>(vnode)];
+    if (std::find(shards.begin(), shards.end(), s) == shards.end()) shards.push_back(s);
+  };
+  if (options_.replicate && a.extra_ops.empty()) {
+    for (const v1::Envelope& e : a.envelopes) add_shard(user_cache_[e.recipient()].vnode);
+    if (!dedup_key.empty()) add_shard(dedup_vnode);
+  }
   if (!dedup_key.empty()) {
     const DedupEntry entry{first_id, static_cast<int64_t>(now)};
     AddPut(Cf::kDedup, dedup_key, EncodeDedupEntry(entry));
@@ -400,8 +410,9 @@ void InboxStore::Impl::BuildAppend(AppendRequest& a) {
     }
   }
   cur_->envelopes += a.envelopes.size();
-  cur_->completions.push_back(
-      Completion{std::move(a.done), nullptr, AppendOutcome{first_id, now, false}, Status::Ok()});
+  Completion done{std::move(a.done), nullptr, AppendOutcome{first_id, now, false}, Status::Ok()};
+  done.shards = std::move(shards);
+  cur_->completions.push_back(std::move(done));
   if (active_listener_) {
     for (v1::Envelope& e : a.envelopes) cur_->stored.push_back(std::move(e));
   }
@@ -787,7 +798,7 @@ void InboxStore::Impl::BuildShardTakeOver(ShardTakeOverRequest& r) {
   cur_->completions.push_back(std::move(c));
 }
 
-Status InboxStore::Impl::ReplicateBatch(BuiltBatch& b) {
+Status InboxStore::Impl::ReplicateBatch(BuiltBatch& b, std::vector<uint32_t>* committed) {
   std::string node_wide;
   IRIS_ASSIGN_OR_RETURN(auto parts, SplitByShard(b.batch, *db_, *b.shard_map, &node_wide));
   struct Pending {
@@ -795,20 +806,26 @@ Status InboxStore::Impl::ReplicateBatch(BuiltBatch& b) {
     std::condition_variable cv;
     size_t left = 0;
     Status first_error;
+    std::vector<uint32_t> committed;
   };
   auto pending = std::make_shared<Pending>();
   pending->left = parts.size();
   for (auto& part : parts) {
-    options_.replicate(part.first, std::move(part.second), hlc_.Next(), [pending](Status s) {
+    const uint32_t shard = part.first;
+    options_.replicate(shard, std::move(part.second), hlc_.Next(), [pending, shard](Status s) {
       std::lock_guard<std::mutex> lock(pending->mu);
+      if (s.ok()) pending->committed.push_back(shard);
       if (!s.ok() && pending->first_error.ok()) pending->first_error = s;
       if (--pending->left == 0) pending->cv.notify_all();
     });
   }
   {
     std::unique_lock<std::mutex> lock(pending->mu);
-    if (!pending->cv.wait_for(lock, std::chrono::milliseconds(options_.replicate_timeout_ms),
-                              [&] { return pending->left == 0; })) {
+    const bool answered =
+        pending->cv.wait_for(lock, std::chrono::milliseconds(options_.replicate_timeout_ms),
+                             [&] { return pending->left == 0; });
+    *committed = pending->committed;
+    if (!answered) {
       return Unavailable("not replicated within " + std::to_string(options_.replicate_timeout_ms) +
                              " ms (fewer than W replicas reachable?); retry with the same key",
                          100);
@@ -967,8 +984,9 @@ void InboxStore::Impl::WriteAndAnswer(BuiltBatch& b) {
   }
   const bool first_failure = write_status.ok();
   bool replication_failed = false;
+  std::vector<uint32_t> committed;  // shards whose part is durable on W replicas
   if (write_status.ok() && b.has_writes && options_.replicate) {
-    write_status = ReplicateBatch(b);
+    write_status = ReplicateBatch(b, &committed);
     replication_failed = !write_status.ok();
   } else if (write_status.ok() && b.has_writes) {
     rocksdb::WriteOptions wo;
@@ -1016,15 +1034,35 @@ void InboxStore::Impl::WriteAndAnswer(BuiltBatch& b) {
       rollback_due_ = true;
     }
     queue_cv_.notify_all();
-    b.stored.clear();
+    // Messages stored in shards that committed are pushed all the same (their senders are
+    // answered below): a retry would find them and, being a duplicate, push nothing.
+    std::vector<v1::Envelope> pushed;
+    if (replication_failed && !committed.empty()) {
+      for (v1::Envelope& e : b.stored) {
+        if (e.recipient() == 0) continue;
+        const uint32_t shard = ShardOf(b, Vnode(e.recipient()));
+        if (std::find(committed.begin(), committed.end(), shard) != committed.end()) {
+          pushed.push_back(std::move(e));
+        }
+      }
+    }
+    b.stored = std::move(pushed);
   }
 
   // A request answered without a write of its own (a retry of an older, durable send)
   // stands even if this write failed — unless the batch failed because an earlier one did,
   // which that retry may depend on.
+  const auto in_committed_shards = [&](const Completion& c) {
+    if (!replication_failed || c.shards.empty()) return false;
+    for (uint32_t s : c.shards) {
+      if (std::find(committed.begin(), committed.end(), s) == committed.end()) return false;
+    }
+    return true;
+  };
   const auto answer_of = [&](const Completion& c) {
     if (!c.error.ok() || c.ignores_write) return c.error;
     if (write_status.ok() || (first_failure && !c.needs_commit)) return Status::Ok();
+    if (in_committed_shards(c)) return Status::Ok();
     return write_status;
   };
   // Count first, so a caller that saw its answer also sees it in Stats().

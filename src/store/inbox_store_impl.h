@@ -234,6 +234,11 @@ class InboxStore::Impl {
     Status error;                          // answered with this error regardless of the write
     bool needs_commit = true;              // fails if the batch's write fails
     bool ignores_write = false;  // answered `error` whatever the write (a shard take-over)
+    // Replicated mode: every shard this request writes to (empty: not known, so it stands
+    // or falls with the whole batch). A batch whose replication failed in some shards only
+    // still answers OK the requests that wrote to committed shards alone: their records are
+    // durable on W replicas, and a retry would find them (a duplicate never pushed).
+    std::vector<uint32_t> shards;
   };
 
   // A batch built by the commit thread and written, then answered, by the sync thread.
@@ -277,7 +282,12 @@ class InboxStore::Impl {
   void BuildSettingsWrite(SettingsWriteRequest& r);
   // Replicated mode: hands the batch's shard parts to StoreOptions::replicate, waits for
   // every answer, then writes the node-wide records locally. OK when all are durable.
-  Status ReplicateBatch(BuiltBatch& b);
+  // *committed: the shards whose part W replicas acknowledged (also when another failed).
+  Status ReplicateBatch(BuiltBatch& b, std::vector<uint32_t>* committed);
+  // The shard of `vnode` in the map the batch was built with.
+  static uint32_t ShardOf(const BuiltBatch& b, int32_t vnode) {
+    return (*b.shard_map)[static_cast<size_t>(vnode)];
+  }
   void AddShardOp(const ShardOp& op, rocksdb::WriteBatch* batch) const;
   // Writes the operations of encoded shard batches, plus what extra(batch) adds, in one
   // synced write, and tells the dedup filters about the dedup entries written.

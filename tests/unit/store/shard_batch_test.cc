@@ -6,11 +6,15 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <condition_variable>
 #include <map>
 #include <mutex>
+#include <set>
 
 #include "store/inbox_store.h"
 #include "store_test_util.h"
+#include "support/wait_for.h"
 
 namespace iris::store {
 namespace {
@@ -174,6 +178,107 @@ TEST(ShardBatchCodecTest, KeysBelongToTheShardOfTheirVnodeOrToNone) {
   EXPECT_EQ(ShardOfKey(Cf::kMeta, "Jsome-jti", vnode_shard), std::nullopt);
   EXPECT_EQ(ShardOfKey(Cf::kMeta, "V", vnode_shard), std::nullopt);
   EXPECT_EQ(ShardOfKey(Cf::kInbox, std::string("\0\0\0\x09x", 5), vnode_shard), std::nullopt);
+}
+
+// Replicated mode: a batch whose part for one shard is refused (that shard's primary moved
+// or failed over) while the other parts commit. The requests that wrote only to committed
+// shards are answered OK and their messages pushed: they are durable on W replicas, and a
+// retry would only find a duplicate, never pushed (a real run found 204 messages stored
+// but never delivered live during replica moves). The others are refused, and a retry
+// stores them.
+TEST(ReplicatedBatchTest, APartlyRefusedBatchAnswersTheRequestsOfTheShardsThatCommitted) {
+  TempDir dir;
+  StoreOptions o = TestOptions(dir.path());
+  o.vnodes = kVnodes;
+  o.shard_of_vnode = [](int32_t vnode) { return static_cast<uint32_t>(vnode) % 2; };
+  std::mutex mu;
+  std::condition_variable cv;
+  bool hold = true;         // the first replicated part waits, so the next batch fills up
+  bool refuse_one = false;  // shard 1 refuses
+  uint64_t lsn[2] = {0, 0};
+  InboxStore* raw = nullptr;
+  o.replicate = [&](uint32_t shard, std::string payload, uint64_t hlc,
+                    std::function<void(Status)> done) {
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait(lock, [&] { return !hold; });
+      if (refuse_one && shard == 1) {
+        lock.unlock();
+        return done(Unavailable("moving a replica"));
+      }
+    }
+    done(raw->ApplyReplicated(shard, ++lsn[shard], {payload}, hlc));
+  };
+  std::unique_ptr<InboxStore> store = Open(o);
+  ASSERT_NE(store, nullptr);
+  raw = store.get();
+  std::vector<v1::Envelope> pushed;
+  store->SetCommitListener([&](const std::vector<v1::Envelope>& es) {
+    std::lock_guard<std::mutex> lock(mu);
+    pushed.insert(pushed.end(), es.begin(), es.end());
+  });
+  const auto shard_of = [&](uint64_t user) {
+    return static_cast<uint32_t>(store->VnodeOf(user)) % 2;
+  };
+  // The first append's batch waits in replication; 40 more queue behind it meanwhile.
+  std::atomic<int> answered{0};
+  store->AppendAsync(1, "k-first", One(1, 100, "first"),
+                     [&](Result<AppendOutcome>) { ++answered; });
+  std::map<uint64_t, Result<AppendOutcome>> results;
+  for (uint64_t to = 200; to < 240; ++to) {
+    store->AppendAsync(1, "k-" + std::to_string(to), One(1, to, "m" + std::to_string(to)),
+                       [&, to](Result<AppendOutcome> r) {
+                         std::lock_guard<std::mutex> lock(mu);
+                         results.emplace(to, std::move(r));
+                         ++answered;
+                       });
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    hold = false;
+    refuse_one = true;  // (the first batch's shard-1 part, if any, is refused too)
+  }
+  cv.notify_all();
+  ASSERT_TRUE(iris::testing::PollUntil([&] { return answered.load() == 41; }, 20'000));
+  int ok_in_0 = 0, refused_in_1 = 0;
+  std::set<uint64_t> pushed_to;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    for (const v1::Envelope& e : pushed) pushed_to.insert(e.recipient());
+  }
+  for (auto& [to, r] : results) {
+    if (shard_of(to) == 0) {
+      ASSERT_TRUE(r.ok()) << "recipient " << to
+                          << " (shard 0, committed): " << r.status().message();
+      EXPECT_FALSE(r->duplicate);
+      EXPECT_EQ(pushed_to.count(to), 1u) << "recipient " << to << " not pushed";
+      ++ok_in_0;
+    } else {
+      ASSERT_FALSE(r.ok()) << "recipient " << to << " (shard 1, refused)";
+      EXPECT_EQ(r.status().code(), StatusCode::kUnavailable);
+      EXPECT_EQ(pushed_to.count(to), 0u) << "recipient " << to << " pushed though refused";
+      ++refused_in_1;
+    }
+  }
+  EXPECT_GT(ok_in_0, 0);
+  EXPECT_GT(refused_in_1, 0);
+  // Retries: shard 0's are duplicates with the same ids; shard 1's are stored now.
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    refuse_one = false;
+  }
+  for (auto& [to, r] : results) {
+    Result<AppendOutcome> again =
+        store->Append(1, "k-" + std::to_string(to), One(1, to, "m" + std::to_string(to)));
+    ASSERT_TRUE(again.ok()) << again.status().message();
+    EXPECT_EQ(again->duplicate, shard_of(to) == 0) << "recipient " << to;
+    if (r.ok()) {
+      EXPECT_EQ(again->message_id, r->message_id);
+    }
+    Result<std::vector<v1::Envelope>> inbox = ScanAll(*store, to);
+    ASSERT_TRUE(inbox.ok());
+    EXPECT_EQ(inbox->size(), 1u) << "recipient " << to;
+  }
 }
 
 }  // namespace
