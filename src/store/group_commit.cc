@@ -414,7 +414,10 @@ void InboxStore::Impl::BuildAppend(AppendRequest& a) {
   done.shards = std::move(shards);
   cur_->completions.push_back(std::move(done));
   if (active_listener_) {
-    for (v1::Envelope& e : a.envelopes) cur_->stored.push_back(std::move(e));
+    for (v1::Envelope& e : a.envelopes) {
+      cur_->stored.push_back(std::move(e));
+      cur_->stored_by.push_back(cur_->completions.size() - 1);
+    }
   }
 }
 
@@ -1034,19 +1037,16 @@ void InboxStore::Impl::WriteAndAnswer(BuiltBatch& b) {
       rollback_due_ = true;
     }
     queue_cv_.notify_all();
-    // Messages stored in shards that committed are pushed all the same (their senders are
-    // answered below): a retry would find them and, being a duplicate, push nothing.
-    std::vector<v1::Envelope> pushed;
     if (replication_failed && !committed.empty()) {
-      for (v1::Envelope& e : b.stored) {
-        if (e.recipient() == 0) continue;
-        const uint32_t shard = ShardOf(b, Vnode(e.recipient()));
+      // Inboxes of committed shards that went over the cap: archived as after a success
+      // (BuildArchive checks again against the counters reloaded from the database).
+      for (const auto& [user, excess] : b.over_cap) {
+        const uint32_t shard = ShardOf(b, Vnode(user));
         if (std::find(committed.begin(), committed.end(), shard) != committed.end()) {
-          pushed.push_back(std::move(e));
+          ScheduleArchive(user, excess);
         }
       }
     }
-    b.stored = std::move(pushed);
   }
 
   // A request answered without a write of its own (a retry of an older, durable send)
@@ -1065,6 +1065,16 @@ void InboxStore::Impl::WriteAndAnswer(BuiltBatch& b) {
     if (in_committed_shards(c)) return Status::Ok();
     return write_status;
   };
+  if (!write_status.ok()) {
+    // After a failed write only the messages of requests answered OK (those that wrote to
+    // committed shards alone) are pushed: a refused request is retried, and its retry is
+    // what stores or finds its messages.
+    std::vector<v1::Envelope> pushed;
+    for (size_t i = 0; i < b.stored.size() && i < b.stored_by.size(); ++i) {
+      if (answer_of(b.completions[b.stored_by[i]]).ok()) pushed.push_back(std::move(b.stored[i]));
+    }
+    b.stored = std::move(pushed);
+  }
   // Count first, so a caller that saw its answer also sees it in Stats().
   uint64_t appended = 0;
   uint64_t dups = 0;

@@ -257,6 +257,7 @@ class InboxStore::Impl {
     std::optional<uint64_t> deleted_user;                    // a UserDeleteRequest's
     std::vector<Completion> completions;
     std::vector<v1::Envelope> stored;  // for the listener
+    std::vector<size_t> stored_by;     // the completion (index) each of `stored` belongs to
     std::function<void(const std::vector<v1::Envelope>&)> listener;
   };
 
