@@ -14,6 +14,7 @@
 
 #include <chrono>
 #include <mutex>
+#include <set>
 
 #include "client/e2ee/body_format.h"
 #include "client/e2ee/crypto_provider.h"
@@ -351,6 +352,62 @@ std::string MessageCipher::IdentityFingerprint() const {
 }
 
 // ---- Verified identities ----
+
+// ---- devices (docs/protocol.md appendix 20) ----
+
+std::string DeviceListSigningInput(std::string_view list) {
+  std::string out = "iris-device-list-v1";
+  out.append(list);
+  return out;
+}
+
+Result<v1::SignedDeviceList> MessageCipher::SignDeviceList(const v1::DeviceList& list) const {
+  Ref<ratchet_identity_key_pair> identity;
+  const int r = signal_protocol_identity_get_key_pair(stores_, &identity.p);
+  if (r != 0) return SignalError("load the identity key pair", r);
+  v1::SignedDeviceList out;
+  out.set_list(list.SerializeAsString());
+  const std::string input = DeviceListSigningInput(out.list());
+  Buffer signature;
+  const int s = curve_calculate_signature(ctx_, &signature.b,
+                                          ratchet_identity_key_pair_get_private(identity.p),
+                                          U8(input), input.size());
+  if (s != 0) return SignalError("sign the device list", s);
+  out.set_signature(signature.str());
+  return out;
+}
+
+Result<v1::DeviceList> MessageCipher::VerifyDeviceList(
+    const v1::SignedDeviceList& signed_list, uint64_t user,
+    std::string_view primary_identity_key) const {
+  const std::string who = "device list of user " + std::to_string(user);
+  const std::string key(primary_identity_key);
+  Ref<ec_public_key> primary;
+  if (key.empty() || curve_decode_point(&primary.p, U8(key), key.size(), ctx_) != 0) {
+    return BadRequest(who + ": no usable identity key of its device 1");
+  }
+  const std::string input = DeviceListSigningInput(signed_list.list());
+  const std::string& sig = signed_list.signature();
+  if (curve_verify_signature(primary.p, U8(input), input.size(), U8(sig), sig.size()) != 1) {
+    return Forbidden(who + " is not signed by its device 1 (the server changed it?)");
+  }
+  v1::DeviceList list;
+  if (!list.ParseFromString(signed_list.list())) return BadRequest(who + " is malformed");
+  if (list.user() != user) return Forbidden(who + " names user " + std::to_string(list.user()));
+  if (list.devices_size() < 1 || list.devices_size() > 5) {
+    return BadRequest(who + " holds " + std::to_string(list.devices_size()) + " devices");
+  }
+  std::set<uint32_t> ids;
+  bool primary_listed = false;
+  for (const v1::Device& d : list.devices()) {
+    if (d.id() < 1 || d.id() > 63 || !ids.insert(d.id()).second || d.identity_key().empty()) {
+      return BadRequest(who + " has a malformed device entry");
+    }
+    if (d.id() == 1) primary_listed = d.identity_key() == key;
+  }
+  if (!primary_listed) return Forbidden(who + " lists device 1 with another identity key");
+  return list;
+}
 
 std::string MessageCipher::LocalIdentityKey() const {
   auto key = store_.Get(kIdentityPublicKey);

@@ -156,6 +156,20 @@ class MessageCipher {
   // removed and the sender rotated).
   Result<Decrypted> DecryptGroup(uint64_t group, uint64_t sender, std::string_view body);
 
+  // ---- Devices (docs/protocol.md appendix 20) ----
+
+  // `list` signed with this device's identity key (the account's primary device signs its
+  // device list): signature = XEdDSA over DeviceListSigningInput(serialized list).
+  Result<v1::SignedDeviceList> SignDeviceList(const v1::DeviceList& list) const;
+  // The device list of `user` in `signed_list`, once its signature verifies with
+  // `primary_identity_key` (the identity key of `user`'s device 1 this account trusts) and
+  // the list names `user`, lists device 1 with exactly that key and has the shape the
+  // protocol allows. FORBIDDEN ("device list ... not signed by ...") for a bad signature
+  // or a list whose device 1 has another key: a list the server made up or changed;
+  // BAD_REQUEST for a malformed one.
+  Result<v1::DeviceList> VerifyDeviceList(const v1::SignedDeviceList& signed_list, uint64_t user,
+                                          std::string_view primary_identity_key) const;
+
   // Hex SHA-256 of this account's public identity key (what users compare out of band).
   std::string IdentityFingerprint() const;
   uint32_t registration_id() const { return registration_id_; }
@@ -173,6 +187,10 @@ class MessageCipher {
   uint32_t registration_id_ = 0;
   int last_decrypt_error_ = 0;
 };
+
+// What a device list's signature covers: "iris-device-list-v1" followed by the serialized
+// DeviceList (docs/protocol.md appendix 20).
+std::string DeviceListSigningInput(std::string_view list);
 
 // libsignal's error code as text ("SG_ERR_INVALID_MAC", ...).
 const char* SignalErrorName(int code);

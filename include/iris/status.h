@@ -33,6 +33,7 @@ enum class StatusCode : uint32_t {
   kInternal = 11,
   kStorageFull = 12,
   kSessionReplaced = 13,
+  kMismatchedDevices = 14,  // Iris extension (docs/protocol.md appendix 20)
   // Internal, never sent to a client: a cluster node was asked for a user or group it does
   // not own (the shard moved); the caller re-resolves the owner and retries (cluster::Router).
   kNotOwner = 64,

@@ -226,6 +226,16 @@ Result<Claims> VerifyImpl(const Keyring& keys, const RevocationList& revocations
   if (jti_s.empty() || jti_s.size() > kMaxJtiBytes) return Refuse("token jti has a bad length");
   claims.jti = jti_s;
 
+  // dev (Iris extension, docs/protocol.md appendix 20): the device, a JSON integer 1..63;
+  // absent = device 1, the primary device.
+  if (auto dev = payload->find("dev"); dev != payload->end()) {
+    if (!dev->is_number_unsigned() || dev->get<uint64_t>() < 1 ||
+        dev->get<uint64_t>() > kMaxDeviceClaim) {
+      return Refuse("token dev is not a device id (an integer 1..63)");
+    }
+    claims.device = static_cast<uint32_t>(dev->get<uint64_t>());
+  }
+
   bool aud_matches = false;
   const bool has_aud = payload->contains("aud");
   const bool has_iss = payload->contains("iss");
@@ -325,6 +335,7 @@ std::string MintToken(std::string_view secret, const Claims& claims) {
                   {"jti", claims.jti}};
   if (!claims.aud.empty()) payload["aud"] = claims.aud;
   if (!claims.iss.empty()) payload["iss"] = claims.iss;
+  if (claims.device != 1) payload["dev"] = claims.device;
   // error_handler_t::replace: invalid UTF-8 in a string becomes U+FFFD instead of throwing.
   return MintRawToken(secret, header.dump(-1, ' ', false, Json::error_handler_t::replace),
                       payload.dump(-1, ' ', false, Json::error_handler_t::replace));

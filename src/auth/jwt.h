@@ -23,6 +23,8 @@
 //        jti  a string of 1..kMaxJtiBytes bytes;
 //        nbf  optional, like iat;
 //        aud  optional, a string or an array of strings; iss optional, a string;
+//        dev  optional, the device (docs/protocol.md appendix 20): a JSON integer 1..63
+//             (absent = 1, the primary device);
 //   5. time (leeway L = VerifyOptions::leeway_s): refused when now >= exp + L (expired),
 //      when iat - L > now (issued in the future), when nbf - L > now, when exp <= iat, and
 //      when exp - iat > max_lifetime_s (24 h);
@@ -47,6 +49,7 @@ namespace iris::auth {
 
 inline constexpr size_t kMaxTokenBytes = 4096;
 inline constexpr size_t kMaxJtiBytes = 64;
+inline constexpr uint64_t kMaxDeviceClaim = 63;  // common/devices.h kMaxDeviceId
 // 9999-12-31T23:59:59Z: the largest iat/exp/nbf accepted (keeps seconds * 1000 far from
 // overflow).
 inline constexpr int64_t kMaxTimestampS = 253'402'300'799;
@@ -60,6 +63,7 @@ struct Claims {
   std::string aud;  // the configured audience when checked; else the aud string (or the
                     // first element of an aud array), "" when absent
   std::string iss;  // "" when absent
+  uint32_t device = 1;  // dev; 1 (the primary device) when absent
 };
 
 struct VerifyOptions {

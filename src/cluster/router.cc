@@ -417,7 +417,7 @@ void Router::RegisterSession(uint64_t user, core::SessionRef ref) {
     // its catch-up scan, which registers wherever registered_at differs from the scanned node.
     const LocalSession s{ref, target != nullptr ? *owner : NodeId{0}};
     std::lock_guard<std::mutex> lock(sessions_mu_);
-    auto [it, inserted] = sessions_.try_emplace(user, s);
+    auto [it, inserted] = sessions_.try_emplace(SessionKey{user, ref.device}, s);
     if (!inserted) {
       user_of_.erase(it->second.ref);
       it->second = s;
@@ -439,7 +439,7 @@ void Router::ReRegisterSession(uint64_t user, core::SessionRef ref) {
   core::CoreApi* target = owner ? CoreOf(*owner) : nullptr;
   {
     std::lock_guard<std::mutex> lock(sessions_mu_);
-    auto it = sessions_.find(user);
+    auto it = sessions_.find(SessionKey{user, ref.device});
     if (it == sessions_.end() || !(it->second.ref == ref)) return;  // closed or replaced here
     it->second.registered_at = target != nullptr ? *owner : NodeId{0};
   }
@@ -451,7 +451,7 @@ void Router::UnregisterSession(uint64_t user, core::SessionRef ref, const core::
   ref.node = self_;
   {
     std::lock_guard<std::mutex> lock(sessions_mu_);
-    auto it = sessions_.find(user);
+    auto it = sessions_.find(SessionKey{user, ref.device});
     if (it != sessions_.end() && it->second.ref == ref) {
       sessions_.erase(it);
       user_of_.erase(ref);
@@ -642,16 +642,20 @@ void Router::Scan(uint64_t user, uint64_t after_id, uint32_t limit, size_t max_b
         // The session must be registered with the node that reads its catch-up page before
         // the read (docs/architecture.md): when the owner changed since the registration,
         // register there first, on the same link (requests on one link run in order).
-        std::optional<core::SessionRef> reregister;
+        // Every device of the user that this node holds a session of (the scan does not say
+        // which one it serves; re-registering the others early does no harm).
+        std::vector<core::SessionRef> reregister;
         {
           std::lock_guard<std::mutex> lock(sessions_mu_);
-          auto it = sessions_.find(user);
-          if (it != sessions_.end() && it->second.registered_at != node) {
-            it->second.registered_at = node;
-            reregister = it->second.ref;
+          for (auto it = sessions_.lower_bound(SessionKey{user, 0});
+               it != sessions_.end() && it->first.first == user; ++it) {
+            if (it->second.registered_at != node) {
+              it->second.registered_at = node;
+              reregister.push_back(it->second.ref);
+            }
           }
         }
-        if (reregister) c.RegisterSession(user, *reregister);
+        for (const core::SessionRef& ref : reregister) c.RegisterSession(user, ref);
         c.Scan(user, after_id, limit, max_bytes, std::move(d));
       },
       std::move(done));
@@ -775,7 +779,7 @@ void Router::ForgetReplaced(const core::SessionRef& ref) {
   std::lock_guard<std::mutex> lock(sessions_mu_);
   auto by_ref = user_of_.find(ref);
   if (by_ref == user_of_.end()) return;
-  auto it = sessions_.find(by_ref->second);
+  auto it = sessions_.find(SessionKey{by_ref->second, ref.device});
   if (it != sessions_.end() && it->second.ref == ref) sessions_.erase(it);
   user_of_.erase(by_ref);
 }
@@ -783,7 +787,7 @@ void Router::ForgetReplaced(const core::SessionRef& ref) {
 std::vector<core::SessionRef> Router::SessionsRegisteredAt(NodeId node) {
   std::lock_guard<std::mutex> lock(sessions_mu_);
   std::vector<core::SessionRef> out;
-  for (const auto& [user, s] : sessions_) {
+  for (const auto& [key, s] : sessions_) {
     if (s.registered_at == node) out.push_back(s.ref);
   }
   return out;

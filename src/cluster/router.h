@@ -255,8 +255,11 @@ class Router final : public core::CoreApi, public core::EdgeSink, public core::C
   };
   // A session replaced by a newer one elsewhere never unregisters (its edge knows the
   // registry moved on): its entry is dropped when the Replace passes through (user_of_).
+  // One session per (user, device) (docs/protocol.md appendix 20), ordered so that a user's
+  // sessions are one range.
+  using SessionKey = std::pair<uint64_t, uint32_t>;
   std::mutex sessions_mu_;
-  std::unordered_map<uint64_t, LocalSession> sessions_;
+  std::map<SessionKey, LocalSession> sessions_;
   std::unordered_map<core::SessionRef, uint64_t, core::SessionRefHash> user_of_;
   void ForgetReplaced(const core::SessionRef& ref);
 

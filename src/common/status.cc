@@ -18,6 +18,7 @@ std::string_view StatusCodeName(StatusCode code) {
     case StatusCode::kInternal: return "INTERNAL";
     case StatusCode::kStorageFull: return "STORAGE_FULL";
     case StatusCode::kSessionReplaced: return "SESSION_REPLACED";
+    case StatusCode::kMismatchedDevices: return "MISMATCHED_DEVICES";
     case StatusCode::kNotOwner: return "NOT_OWNER";
     case StatusCode::kDataLoss: return "DATA_LOSS";
   }

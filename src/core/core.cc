@@ -6,6 +6,8 @@
 #include <memory>
 #include <utility>
 
+#include "common/devices.h"
+#include "obs/log.h"
 #include "obs/metrics.h"
 #include "obs/trace.h"
 
@@ -54,6 +56,16 @@ void Core::RegisterSession(uint64_t user, SessionRef ref) { Register(user, ref, 
 void Core::ReRegisterSession(uint64_t user, SessionRef ref) { Register(user, ref, false); }
 
 void Core::Register(uint64_t user, SessionRef ref, bool displace) {
+  // A device the user's device list removed goes at once when the settings are cached (they
+  // are after a removal made here), else once they are read (RefuseRemovedDevice).
+  std::optional<store::UserSettings> cached;
+  if (ref.device != kPrimaryDevice) {
+    cached = settings_.Peek(user);
+    if (cached && HasDevice(cached->removed_devices, ref.device)) {
+      sink_.Replace(ref);
+      return;
+    }
+  }
   std::optional<SessionRef> old;
   bool refused = false;
   bool came_online = false;
@@ -61,12 +73,20 @@ void Core::Register(uint64_t user, SessionRef ref, bool displace) {
   {
     RegistryShard& shard = ShardFor(user);
     std::lock_guard<std::mutex> lock(shard.mu);
-    auto [it, inserted] = shard.sessions.try_emplace(user, ref);
-    came_online = inserted;
-    if (!inserted && !(it->second == ref)) {
+    std::vector<SessionRef>& live = shard.sessions[user];
+    came_online = live.empty();
+    auto same_device = std::find_if(live.begin(), live.end(),
+                                    [&ref](const SessionRef& r) { return r.device == ref.device; });
+    if (same_device == live.end()) {
+      if (live.size() >= kMaxSessionsPerUser) {
+        refused = true;  // more devices at once than any account has: the newest goes
+      } else {
+        live.push_back(ref);
+      }
+    } else if (!(*same_device == ref)) {
       if (displace) {
-        old = it->second;
-        it->second = ref;
+        old = *same_device;
+        *same_device = ref;
       } else {
         refused = true;
       }
@@ -85,6 +105,33 @@ void Core::Register(uint64_t user, SessionRef ref, bool displace) {
   if (old) sink_.Replace(*old);
   sink_.SettleRate(ref, user, debt);
   if (came_online) presence_.OnOnline(user);
+  if (ref.device != kPrimaryDevice && !cached) RefuseRemovedDevice(user, ref);
+}
+
+void Core::RefuseRemovedDevice(uint64_t user, SessionRef ref) {
+  readers_.Submit([this, user, ref] {
+    if (HasDevice(settings_.Get(user).removed_devices, ref.device)) DropSession(user, ref);
+  });
+}
+
+void Core::DropSession(uint64_t user, SessionRef ref) {
+  bool went_offline = false;
+  bool found = false;
+  {
+    RegistryShard& shard = ShardFor(user);
+    std::lock_guard<std::mutex> lock(shard.mu);
+    auto it = shard.sessions.find(user);
+    if (it != shard.sessions.end()) {
+      found = std::erase(it->second, ref) > 0;
+      if (it->second.empty()) {
+        shard.sessions.erase(it);
+        went_offline = found;
+      }
+    }
+  }
+  if (!found) return;
+  sink_.Replace(ref);
+  if (went_offline) presence_.OnOffline(user);
 }
 
 void Core::UnregisterSession(uint64_t user, SessionRef ref, const RateDebt& debt) {
@@ -94,11 +141,19 @@ void Core::UnregisterSession(uint64_t user, SessionRef ref, const RateDebt& debt
     RegistryShard& shard = ShardFor(user);
     std::lock_guard<std::mutex> lock(shard.mu);
     auto it = shard.sessions.find(user);
-    if (it != shard.sessions.end() && it->second == ref) {
-      shard.sessions.erase(it);
-      went_offline = true;
-    } else if (it != shard.sessions.end()) {
-      live = it->second;  // a newer session took over: the debt is its to carry
+    if (it != shard.sessions.end()) {
+      std::erase(it->second, ref);
+      if (it->second.empty()) {
+        shard.sessions.erase(it);
+        went_offline = true;
+      } else {
+        // Another session of the user is live (a newer one of this device, or another
+        // device, whose node shares the user's budget): the debt is its to carry.
+        live = it->second.front();
+        for (const SessionRef& r : it->second) {
+          if (r.device == ref.device) live = r;
+        }
+      }
     }
     if (!live && !debt.zero()) ParkDebt(shard, user, debt, clock_.MonoNanos());
   }
@@ -147,8 +202,10 @@ void Core::ForgetNode(uint32_t node) {
     std::vector<std::pair<uint64_t, SessionRef>> gone;
     for (RegistryShard& shard : registry_) {
       std::lock_guard<std::mutex> lock(shard.mu);
-      for (const auto& [user, ref] : shard.sessions) {
-        if (ref.node == node) gone.emplace_back(user, ref);
+      for (const auto& [user, refs] : shard.sessions) {
+        for (const SessionRef& ref : refs) {
+          if (ref.node == node) gone.emplace_back(user, ref);
+        }
       }
     }
     for (const auto& [user, ref] : gone) UnregisterSession(user, ref, RateDebt{});
@@ -288,6 +345,25 @@ void Core::AppendReceipt(uint64_t author, const v1::Receipt& r, SendDone done,
 
 void Core::UpdateSettings(uint64_t user, const v1::Settings& m, StatusDone done) {
   InAuthorOrder(user, [this, user, m, done = std::move(done)] {
+    if (m.has_device_list()) {
+      // Every listed device has uploaded its keys: a device nobody can fetch keys for would
+      // make every 1:1 message to the user MISMATCHED_DEVICES.
+      v1::DeviceList list;
+      DeviceMask listed = 0;
+      if (list.ParseFromString(m.device_list().list())) {
+        for (const v1::Device& d : list.devices()) listed |= DeviceBit(d.id());
+      }
+      Result<DeviceMask> with_keys = store_.DevicesWithKeys(user, listed);
+      if (!with_keys.ok()) {
+        done(with_keys.status());
+        return;
+      }
+      if (const DeviceMask keyless = listed & ~*with_keys; keyless != 0) {
+        done(BadRequest("device_list: device " + std::to_string(DeviceIds(keyless).front()) +
+                        " has not uploaded its keys"));
+        return;
+      }
+    }
     bool was_sharing = true;
     Result<store::UserSettings> s = settings_.Update(user, [&](store::UserSettings& cur) {
       was_sharing = cur.share_presence;
@@ -301,13 +377,57 @@ void Core::UpdateSettings(uint64_t user, const v1::Settings& m, StatusDone done)
         if (u == user) return BadRequest("settings.block: a user cannot block itself");
         cur.blocked.push_back(u);  // sorted and deduplicated by the store
       }
+      if (m.has_device_list()) IRIS_RETURN_IF_ERROR(ApplyDeviceList(user, m.device_list(), cur));
       return Status::Ok();
     });
     if (s.ok() && was_sharing != s->share_presence) {
       presence_.Announce(user, FindSession(user).has_value());
     }
+    if (s.ok() && m.has_device_list()) {
+      // The removed devices' sessions end now (their next ones at registration), and their
+      // keys go: nobody can start a session with them any more. Every removed device's, not
+      // only this change's: a retry of the list repairs a removal a crash interrupted.
+      for (const SessionRef& ref : FindSessions(user)) {
+        if (HasDevice(s->removed_devices, ref.device)) DropSession(user, ref);
+      }
+      for (uint32_t device : DeviceIds(s->removed_devices)) {
+        Status dropped = store_.DropDeviceKeys(user, device);
+        if (!dropped.ok()) {
+          obs::LogWarn("keys of a removed device not deleted",
+                       {{"user", user}, {"device", device}, {"error", dropped.ToString()}});
+        }
+      }
+    }
     done(s.status());
   });
+}
+
+Status Core::ApplyDeviceList(uint64_t user, const v1::SignedDeviceList& signed_list,
+                             store::UserSettings& cur) {
+  v1::DeviceList list;
+  if (!list.ParseFromString(signed_list.list())) {
+    return BadRequest("device_list.list is not a DeviceList");
+  }
+  if (list.user() != user) return BadRequest("device_list: the list is another user's");
+  std::string stored = signed_list.SerializeAsString();
+  if (list.version() == cur.device_list_version && stored == cur.device_list) {
+    return Status::Ok();  // a retry of the list in force
+  }
+  if (list.version() <= cur.device_list_version) {
+    return BadRequest("device_list: version " + std::to_string(list.version()) +
+                      " is not above the stored " + std::to_string(cur.device_list_version));
+  }
+  DeviceMask listed = 0;
+  for (const v1::Device& d : list.devices()) listed |= DeviceBit(d.id());
+  if (const DeviceMask reused = listed & cur.removed_devices; reused != 0) {
+    return BadRequest("device_list: device " + std::to_string(DeviceIds(reused).front()) +
+                      " was removed; a device is linked again under a new id");
+  }
+  cur.removed_devices |= cur.Devices() & ~listed;
+  cur.devices = listed;
+  cur.device_list_version = list.version();
+  cur.device_list = std::move(stored);
+  return Status::Ok();
 }
 
 bool Core::Typing(uint64_t from, const v1::Typing& t) {
@@ -325,21 +445,21 @@ bool Core::Typing(uint64_t from, const v1::Typing& t) {
         if (m == from) continue;
         if (directory_ != nullptr && !directory_->Owns(m)) {
           directory_->RelayTyping(m, out);  // the member's session is registered there
-        } else if (auto ref = FindSession(m)) {
-          sink_.SendTyping(*ref, out);
+        } else {
+          for (const SessionRef& ref : FindSessions(m)) sink_.SendTyping(ref, out);
         }
       }
     });
     return true;
   }
   if (t.user() == 0) return false;
-  auto ref = FindSession(t.user());
-  if (!ref) return false;
+  const std::vector<SessionRef> refs = FindSessions(t.user());
+  if (refs.empty()) return false;
   if (Blocks(t.user(), from)) return false;
   v1::Typing out;
   out.set_user(from);
   out.set_typing(t.typing());
-  sink_.SendTyping(*ref, out);
+  for (const SessionRef& ref : refs) sink_.SendTyping(ref, out);  // every device
   return true;
 }
 
@@ -448,7 +568,15 @@ std::optional<SessionRef> Core::FindSession(uint64_t user) const {
   const RegistryShard& shard = ShardFor(user);
   std::lock_guard<std::mutex> lock(shard.mu);
   auto it = shard.sessions.find(user);
-  if (it == shard.sessions.end()) return std::nullopt;
+  if (it == shard.sessions.end() || it->second.empty()) return std::nullopt;
+  return it->second.front();
+}
+
+std::vector<SessionRef> Core::FindSessions(uint64_t user) const {
+  const RegistryShard& shard = ShardFor(user);
+  std::lock_guard<std::mutex> lock(shard.mu);
+  auto it = shard.sessions.find(user);
+  if (it == shard.sessions.end()) return {};
   return it->second;
 }
 
@@ -456,7 +584,7 @@ size_t Core::session_count() const {
   size_t n = 0;
   for (const auto& shard : registry_) {
     std::lock_guard<std::mutex> lock(shard.mu);
-    n += shard.sessions.size();
+    for (const auto& [user, refs] : shard.sessions) n += refs.size();
   }
   return n;
 }
@@ -481,12 +609,13 @@ void Core::Send(uint64_t sender, const v1::Send& send, const std::string& trace_
         // A large group: durable as one fan-out job; FanOutWorker delivers it.
         v1::Envelope message;
         message.set_sender(sender);
+        message.set_sender_device(std::max<uint32_t>(send.sender_device(), kPrimaryDevice));
         message.set_group_id(send.group_id());
         message.set_kind(v1::MESSAGE);
         message.set_body(send.body());
         message.set_trace_id(trace_id);
         store_.AppendFanOutJob(
-            sender, send.idempotency_key(), message,
+            sender, DedupKeyOf(send), message,
             [this, message, recipients, done = std::move(done)](Result<store::AppendOutcome> r) {
               if (r.ok() && !r->duplicate) {
                 store::InboxStore::FanOutJob job;
@@ -506,8 +635,10 @@ void Core::Send(uint64_t sender, const v1::Send& send, const std::string& trace_
         done(envelopes.status());
         return;
       }
-      AppendSplit(sender, send.idempotency_key(), std::move(envelopes).value(), std::move(done),
-                  trace);
+      for (v1::Envelope& e : *envelopes) {
+        e.set_sender_device(std::max<uint32_t>(send.sender_device(), kPrimaryDevice));
+      }
+      AppendSplit(sender, DedupKeyOf(send), std::move(envelopes).value(), std::move(done), trace);
     });
     return;
   }
@@ -522,16 +653,37 @@ void Core::Send(uint64_t sender, const v1::Send& send, const std::string& trace_
   AppendMessage(sender, send, trace_id, trace, std::move(done));
 }
 
+std::string Core::DedupKeyOf(const v1::Send& send) {
+  // Two devices of one sender choose their keys independently: a device other than 1 has
+  // its id after the key (17 bytes; a key is 16, so no device's key is another's).
+  std::string key = send.idempotency_key();
+  if (send.sender_device() > kPrimaryDevice) key.push_back(static_cast<char>(send.sender_device()));
+  return key;
+}
+
 void Core::AppendMessage(uint64_t sender, const v1::Send& send, const std::string& trace_id,
                          const obs::SpanContext& trace, SendDone done) {
-  std::vector<v1::Envelope> envelopes(1);
-  v1::Envelope& e = envelopes[0];
-  e.set_sender(sender);
-  e.set_recipient(send.recipient());
-  e.set_kind(v1::MESSAGE);
-  e.set_body(send.body());
-  e.set_trace_id(trace_id);
-  store_.AppendAsync(sender, send.idempotency_key(), std::move(envelopes),
+  // One envelope per device copy (docs/protocol.md appendix 20), appended as one request:
+  // atomically, and checked against the recipient's devices on the commit thread. A single
+  // body is an older client's message for device 1 (to oneself: for every device).
+  const size_t copies = send.copies_size() > 0 ? static_cast<size_t>(send.copies_size()) : 1;
+  std::vector<v1::Envelope> envelopes(copies);
+  for (size_t i = 0; i < copies; ++i) {
+    v1::Envelope& e = envelopes[i];
+    e.set_sender(sender);
+    e.set_sender_device(std::max<uint32_t>(send.sender_device(), kPrimaryDevice));
+    e.set_recipient(send.recipient());
+    e.set_kind(v1::MESSAGE);
+    if (send.copies_size() > 0) {
+      e.set_recipient_device(send.copies(static_cast<int>(i)).device());
+      e.set_body(send.copies(static_cast<int>(i)).body());
+    } else {
+      if (send.recipient() != sender) e.set_recipient_device(kPrimaryDevice);
+      e.set_body(send.body());
+    }
+    e.set_trace_id(trace_id);
+  }
+  store_.AppendAsync(sender, DedupKeyOf(send), std::move(envelopes),
                      ToAppendCallback(std::move(done)), trace, send.adds_contact());
 }
 
@@ -631,7 +783,8 @@ bool Core::Blocks(uint64_t user, uint64_t other) {
 
 namespace {
 UserSettings ToCore(const store::UserSettings& s) {
-  return UserSettings{s.read_receipts, s.share_presence, s.group_invites_contacts_only, s.blocked};
+  return UserSettings{s.read_receipts, s.share_presence, s.group_invites_contacts_only, s.blocked,
+                      s.device_list};
 }
 }  // namespace
 
@@ -727,7 +880,7 @@ void Core::RefusedInvitations(uint64_t inviter, std::vector<uint64_t> invited, R
 void Core::RelayTyping(uint64_t to, const v1::Typing& typing) {
   if (degradation_.ShedTyping()) return;
   if (typing.group_id() == 0 && Blocks(to, typing.user())) return;
-  if (auto ref = FindSession(to)) sink_.SendTyping(*ref, typing);
+  for (const SessionRef& ref : FindSessions(to)) sink_.SendTyping(ref, typing);
 }
 
 void Core::Scan(uint64_t user, uint64_t after_id, uint32_t limit, size_t max_bytes, PageDone done) {
@@ -747,7 +900,9 @@ void Core::History(uint64_t user, uint64_t before_id, uint32_t limit, size_t max
 
 void Core::OnCommitted(const std::vector<v1::Envelope>& envelopes) {
   for (const v1::Envelope& e : envelopes) {
-    if (auto ref = FindSession(e.recipient())) sink_.Deliver(*ref, e);
+    for (const SessionRef& ref : FindSessions(e.recipient())) {
+      if (ForDevice(e.recipient_device(), ref.device)) sink_.Deliver(ref, e);
+    }
   }
 }
 

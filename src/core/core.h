@@ -107,7 +107,10 @@ class Core final : public CoreApi {
   void UnregisterSession(uint64_t user, SessionRef ref, const RateDebt& debt) override;
   // Users whose rate debt is kept here (no live session; not yet repaid).
   size_t parked_debt_count() const;
+  // A live session of `user` (any device), or nullopt: whether the user is online.
   std::optional<SessionRef> FindSession(uint64_t user) const;
+  // Every live session of `user`, one per device (docs/protocol.md appendix 20).
+  std::vector<SessionRef> FindSessions(uint64_t user) const;
   // Forgets every session registered from cluster node `node` (its link to this node ended:
   // they are gone with it), each going offline as if it had unregistered, and their
   // presence subscriptions. Asynchronous.
@@ -213,6 +216,14 @@ class Core final : public CoreApi {
   // Whether `user` blocks `other`, as far as the settings cache knows (no store read: for
   // best-effort relays such as typing).
   bool Blocks(uint64_t user, uint64_t other);
+  // A new device list for `user` (docs/protocol.md appendix 20; its shape validated by the
+  // edge) applied to `cur`: BAD_REQUEST when it names another user, its version is not
+  // above the stored one (the same list again is OK and changes nothing), or it lists a
+  // device removed before. Devices it leaves out join the removed ones.
+  static Status ApplyDeviceList(uint64_t user, const v1::SignedDeviceList& signed_list,
+                                store::UserSettings& cur);
+  // The key a SEND is deduplicated by: (sender device, idempotency key).
+  static std::string DedupKeyOf(const v1::Send& send);
   void AppendMessage(uint64_t sender, const v1::Send& send, const std::string& trace_id,
                      const obs::SpanContext& trace, SendDone done);
   // Group consent (docs/protocol.md appendix 19): the users of `invited` who do not accept
@@ -241,7 +252,7 @@ class Core final : public CoreApi {
   };
   struct RegistryShard {
     mutable std::mutex mu;
-    std::unordered_map<uint64_t, SessionRef> sessions;
+    std::unordered_map<uint64_t, std::vector<SessionRef>> sessions;  // one per device
     std::unordered_map<uint64_t, ParkedDebt> parked;
     int64_t parked_swept_ns = 0;
   };
@@ -250,6 +261,14 @@ class Core final : public CoreApi {
   // RegisterSession (displace: a different live session is replaced) and ReRegisterSession
   // (it is kept, and `ref` told to go away).
   void Register(uint64_t user, SessionRef ref, bool displace);
+  // A user's sessions at once: one per device, and no account has more devices than this
+  // (device 1, 4 linked ones, and a device being linked).
+  static constexpr size_t kMaxSessionsPerUser = 8;
+  // Ends `ref` (EdgeSink::Replace) when its device was removed from the user's device list,
+  // once the user's settings are read (on a worker: Register checks cached settings itself).
+  void RefuseRemovedDevice(uint64_t user, SessionRef ref);
+  // Forgets `ref` and tells it to go away, if it is still registered.
+  void DropSession(uint64_t user, SessionRef ref);
   RegistryShard& ShardFor(uint64_t user) { return registry_[user % kRegistryShards]; }
   const RegistryShard& ShardFor(uint64_t user) const { return registry_[user % kRegistryShards]; }
 

@@ -31,11 +31,17 @@ namespace iris::core {
 // Where a live session is: the node holding it, the edge loop on that node
 // ((edge process << 8) | loop) and the session's id. node 0 means this node (or unknown:
 // a ref made by a local edge before it crossed a peer link, which stamps the peer's id).
+//
+// `device` is the device the session is (docs/protocol.md appendix 20; 1 = the primary
+// device): an attribute of the session, not part of its identity (== ignores it).
 struct SessionRef {
   uint32_t node = 0;
   uint32_t edge = 0;
   uint64_t session = 0;
-  friend bool operator==(const SessionRef&, const SessionRef&) = default;
+  uint32_t device = 1;
+  friend bool operator==(const SessionRef& a, const SessionRef& b) {
+    return a.node == b.node && a.edge == b.edge && a.session == b.session;
+  }
 };
 
 // The answer to an accepted SEND or RECEIPT.
@@ -59,6 +65,7 @@ struct UserSettings {
   bool share_presence = true;
   bool group_invites_contacts_only = false;  // GROUP_INVITES_CONTACTS
   std::vector<uint64_t> blocked;             // ascending
+  std::string device_list;  // a serialized v1::SignedDeviceList; "" = never set (appendix 20)
 };
 
 // Whether users may be added to a group by an inviter (docs/protocol.md appendix 19), as far
@@ -119,7 +126,8 @@ class EdgeSink {
   virtual ~EdgeSink() = default;
   // A durable envelope for the session's user (push mode; the session filters by cursor).
   virtual void Deliver(const SessionRef& to, const v1::Envelope& envelope) = 0;
-  // A newer session of the same user took over: send SESSION_REPLACED and close.
+  // A newer session of the same user and device took over, or the device was removed from
+  // the user's device list: send SESSION_REPLACED and close.
   virtual void Replace(const SessionRef& old_session) = 0;
   // The rate debt of `user` for the session `to`: added to the user's budget on `to`'s node.
   // The owner sends one after every registration (zero when it holds none): until the
@@ -148,8 +156,10 @@ class CoreApi {
   // (the in-process core queues any durable work on its own threads; the remote core sends
   // one message and does not wait for an answer).
 
-  // Registers `ref` as the live session of `user` (an older one is told to go away) and
-  // answers with EdgeSink::SettleRate: the rate debt the owner held for the user.
+  // Registers `ref` as the live session of `user` on device ref.device (an older one of the
+  // same device is told to go away; sessions of other devices stay) and answers with
+  // EdgeSink::SettleRate: the rate debt the owner held for the user. A device the user's
+  // device list removed is told to go away at once (EdgeSink::Replace).
   virtual void RegisterSession(uint64_t user, SessionRef ref) = 0;
   // A session whose registration was not answered in time asks again (the first may have
   // been dropped by a node that did not own the user yet, or lost with a link). Unlike

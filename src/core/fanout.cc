@@ -217,6 +217,7 @@ bool FanOutWorker::RunBatch(Queued& q) {
   for (uint64_t member : batch) {
     v1::Envelope e;
     e.set_sender(sender);
+    e.set_sender_device(job.message.sender_device());
     e.set_recipient(member);
     e.set_group_id(job.group_id);
     e.set_kind(v1::MESSAGE);

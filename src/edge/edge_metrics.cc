@@ -14,7 +14,7 @@ obs::Counter& C(const char* name, const char* help, obs::Labels labels = {}) {
 
 struct PerLabel {
   std::array<obs::Counter*, 256> frames{};
-  std::array<obs::Counter*, 14> errors{};
+  std::array<obs::Counter*, 15> errors{};
   PerLabel() {
     for (int op = 0; op < 256; ++op) {
       std::string name(wire::OpcodeName(static_cast<uint8_t>(op)));

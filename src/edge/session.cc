@@ -4,6 +4,7 @@
 #include <random>
 
 #include "common/assert.h"
+#include "common/devices.h"
 #include "core/groups.h"
 #include "edge/edge.h"
 #include "edge/edge_metrics.h"
@@ -35,12 +36,21 @@ std::string NewTraceId() {
   return t;
 }
 
+// MISMATCHED_DEVICES carries its device lists in the status message (common/devices.h).
+void SetMismatchedDevices(const Status& st, v1::Error* err) {
+  std::vector<uint32_t> missing, extra;
+  if (!ParseMismatchedDevices(st, &missing, &extra)) return;
+  for (uint32_t d : missing) err->add_missing_devices(d);
+  for (uint32_t d : extra) err->add_extra_devices(d);
+}
+
 std::string ErrorFrame(uint64_t request_id, const Status& st) {
   v1::Error err;
   err.set_request_id(request_id);
   err.set_code(static_cast<uint32_t>(st.code()));
   err.set_message(st.message());
   err.set_retry_after_ms(st.retry_after_ms());
+  SetMismatchedDevices(st, &err);
   EdgeMetrics::Get().ErrorOut(st.code());
   std::string frame;
   wire::AppendMessageFrame(&frame, static_cast<uint8_t>(wire::Opcode::kError), err).IgnoreError();
@@ -133,6 +143,12 @@ Session::~Session() = default;
 
 Status Session::Start() { return conn_->Start(); }
 
+core::SessionRef Session::Ref() const {
+  core::SessionRef r = loop_.RefOf(id_);
+  r.device = device_;
+  return r;
+}
+
 void Session::OnHandshakeDone() { EdgeMetrics::Get().handshakes.Inc(); }
 
 bool Session::OnProxyHeader(const Result<net::ProxyHeader>& header) {
@@ -190,7 +206,7 @@ void Session::OnClosed(std::string_view reason) {
   (void)reason;
   state_ = State::kClosing;
   if (!watching_.empty()) {
-    loop_.edge().core().Unsubscribe(loop_.RefOf(id_), watching_);
+    loop_.edge().core().Unsubscribe(Ref(), watching_);
     watching_.clear();
   }
   if (registered_) {
@@ -198,7 +214,7 @@ void Session::OnClosed(std::string_view reason) {
     Edge& edge = loop_.edge();
     const core::RateDebt debt =
         edge.options().carry_rate_debt ? edge.TakeRateDebt(user_) : core::RateDebt{};
-    edge.core().UnregisterSession(user_, loop_.RefOf(id_), debt);
+    edge.core().UnregisterSession(user_, Ref(), debt);
     registered_ = false;
   }
   EdgeMetrics::Get().closed.Inc();
@@ -338,6 +354,7 @@ void Session::HandleHello(const v1::Hello& m) {
   }
   claims_ = std::move(claims).value();
   user_ = claims_.user_id;
+  device_ = claims_.device;
   page_size_ = m.page_size() == 0 ? edge.options().default_page_size : m.page_size();
   last_sent_ = m.cursor();
 
@@ -354,6 +371,7 @@ void Session::HandleHello(const v1::Hello& m) {
   w.set_user_id(user_);
   w.set_server_time_ms(static_cast<uint64_t>(now_ms));
   w.set_session_id(id_ | (static_cast<uint64_t>(loop_.index()) << 56));
+  w.set_device_id(device_);
   v1::Limits* l = w.mutable_limits();
   const auto& lim = edge.options().limits;
   l->set_max_body_bytes(lim.max_body_bytes);
@@ -372,7 +390,7 @@ void Session::HandleHello(const v1::Hello& m) {
     owner_answered_ = false;
     settle_deadline_ms_ = edge.clock().MonoMillis() + kSettleTimeoutMs;
   }
-  edge.core().RegisterSession(user_, loop_.RefOf(id_));
+  edge.core().RegisterSession(user_, Ref());
   registered_ = true;
   EdgeMetrics::Get().sessions_opened.Inc();
   state_ = State::kCatchUp;
@@ -420,8 +438,19 @@ void Session::OnScanPage(uint64_t gen, Result<core::Page> page) {
     CloseWith(0, page.status());
     return;
   }
-  if (page->messages.empty() && !page->gap) {
-    if (held_overflow_) {  // pushes were lost from the hold: read again
+  // The page covers every message of the user's inbox up to its last; this device gets
+  // those for it (docs/protocol.md appendix 20), and the cursor covers the others too.
+  const uint64_t cursor = page->messages.empty() ? last_sent_ : page->messages.back().id();
+  v1::SyncPage out;
+  for (auto& e : page->messages) {
+    if (ForDevice(e.recipient_device(), device_)) *out.add_messages() = std::move(e);
+  }
+  if (out.messages_size() == 0 && !page->gap) {
+    // Nothing newer, or every message of the page was for other devices: read on without a
+    // round trip when more remains or pushes were lost from the hold (the next scan reads
+    // them), else catch-up is done.
+    last_sent_ = cursor;
+    if (page->has_more || held_overflow_) {
       ContinueCatchUp();
       return;
     }
@@ -432,10 +461,6 @@ void Session::OnScanPage(uint64_t gen, Result<core::Page> page) {
     ReplayHeld();
     return;
   }
-  v1::SyncPage out;
-  for (auto& e : page->messages) *out.add_messages() = std::move(e);
-  const uint64_t cursor =
-      out.messages_size() > 0 ? out.messages(out.messages_size() - 1).id() : last_sent_;
   // A hold that overflowed: the client acknowledges this page and the next scan reads
   // what the hold dropped.
   const bool has_more = page->has_more || held_overflow_;
@@ -515,14 +540,18 @@ void Session::HandleHistory(const v1::History& m) {
   const ReplyTarget t = TargetOf(seq);
   loop_.edge().core().History(
       user_, m.before(), m.limit() == 0 ? 256 : m.limit(), kPageBytes,
-      [t, request_id](Result<core::Page> page) {
+      [t, request_id, device = device_](Result<core::Page> page) {
         std::string frame;
         if (!page.ok()) {
           frame = ErrorFrame(request_id, page.status());
         } else {
           v1::HistoryPage out;
           out.set_request_id(request_id);
-          for (auto& e : page->messages) *out.add_messages() = std::move(e);
+          // The lowest id the page covers, this device's or not (appendix 20).
+          out.set_cursor(page->messages.empty() ? 0 : page->messages.back().id());
+          for (auto& e : page->messages) {
+            if (ForDevice(e.recipient_device(), device)) *out.add_messages() = std::move(e);
+          }
           out.set_has_more(page->has_more);
           AppendFrame(&frame, wire::Opcode::kHistoryPage, out, request_id);
         }
@@ -535,7 +564,8 @@ void Session::HandleHistory(const v1::History& m) {
       });
 }
 
-void Session::HandleSend(const v1::Send& m) {
+void Session::HandleSend(v1::Send& m) {
+  m.set_sender_device(device_);  // the server says which device sent it
   Edge& edge = loop_.edge();
   const uint64_t seq = ReserveReply();
   std::string trace = m.trace_id().empty() ? NewTraceId() : m.trace_id();
@@ -630,8 +660,8 @@ void Session::HandleReceipt(const v1::Receipt& m) {
 }
 
 bool Session::AdmitLimited(KeyedSendLimiter& limiter, std::string_view what, uint64_t seq,
-                           uint64_t request_id) {
-  Status allowed = limiter.TryTake(user_, loop_.edge().clock().MonoNanos());
+                           uint64_t request_id, std::optional<uint64_t> key) {
+  Status allowed = limiter.TryTake(key.value_or(user_), loop_.edge().clock().MonoNanos());
   if (allowed.ok()) return true;
   CompleteReply(seq, ErrorFrame(request_id, Limited(allowed, what)));
   return false;
@@ -641,6 +671,11 @@ void Session::HandleSettings(const v1::Settings& m) {
   const uint64_t seq = ReserveReply();
   const uint64_t request_id = m.request_id();
   if (!AdmitLimited(loop_.edge().settings_limiter(), "SETTINGS", seq, request_id)) return;
+  if (m.has_device_list() && device_ != kPrimaryDevice) {
+    CompleteReply(seq, ErrorFrame(request_id, Forbidden("only the primary device (device 1) "
+                                                        "sets the device list")));
+    return;
+  }
   const ReplyTarget t = TargetOf(seq);
   loop_.edge().core().UpdateSettings(user_, m, [t, request_id](Status s) {
     PostReply(t, s.ok() ? OkFrame(request_id) : ErrorFrame(request_id, s));
@@ -663,6 +698,9 @@ void Session::HandleSettingsGet(const v1::SettingsGet& m) {
     info.set_group_invites(s->group_invites_contacts_only ? v1::GROUP_INVITES_CONTACTS
                                                           : v1::GROUP_INVITES_EVERYONE);
     for (uint64_t u : s->blocked) info.add_blocked(u);
+    if (!s->device_list.empty()) {
+      info.mutable_device_list()->ParseFromString(s->device_list);
+    }
     std::string frame;
     AppendFrame(&frame, wire::Opcode::kSettingsInfo, info, request_id);
     PostReply(t, std::move(frame));
@@ -702,7 +740,7 @@ void Session::HandlePresenceSubscribe(const v1::PresenceSubscribe& m) {
   std::vector<uint64_t> all(m.users().begin(), m.users().end());
   const uint64_t request_id = m.request_id();
   const ReplyTarget t = TargetOf(ReservePresenceAnswer());
-  loop_.edge().core().Subscribe(loop_.RefOf(id_), all,
+  loop_.edge().core().Subscribe(Ref(), all,
                                 [t, request_id](Result<std::vector<v1::Presence>> states) {
                                   PostReply(t, PresenceAnswer(request_id, std::move(states)));
                                 });
@@ -713,7 +751,7 @@ void Session::HandlePresenceUnsubscribe(const v1::PresenceUnsubscribe& m) {
   for (uint64_t u : users)
     watching_.erase(std::remove(watching_.begin(), watching_.end(), u), watching_.end());
   if (watching_.empty()) std::vector<uint64_t>().swap(watching_);
-  loop_.edge().core().Unsubscribe(loop_.RefOf(id_), users);
+  loop_.edge().core().Unsubscribe(Ref(), users);
   CompleteReply(ReserveReply(), OkFrame(m.request_id()));  // behind the answers before it
 }
 
@@ -736,10 +774,18 @@ void Session::HandleTyping(const v1::Typing& m) {
   if (!loop_.edge().core().Typing(user_, m)) EdgeMetrics::Get().typing_dropped.Inc();
 }
 
-void Session::HandleKeysUpload(const v1::KeysUpload& m) {
+void Session::HandleKeysUpload(v1::KeysUpload& m) {
+  m.set_device_id(device_);  // the keys are this device's
   const uint64_t seq = ReserveReply();
   const uint64_t request_id = m.request_id();
-  if (!AdmitLimited(loop_.edge().keys_upload_limiter(), "KEYS_UPLOAD", seq, request_id)) return;
+  // Per device: each device fills its own prekey pool (device 1's key is the user id, as
+  // before devices; another device's mixes its id into the top bits).
+  const uint64_t device_key =
+      device_ == kPrimaryDevice ? user_ : user_ ^ (static_cast<uint64_t>(device_) << 58);
+  if (!AdmitLimited(loop_.edge().keys_upload_limiter(), "KEYS_UPLOAD", seq, request_id,
+                    device_key)) {
+    return;
+  }
   const ReplyTarget t = TargetOf(seq);
   loop_.edge().core().UploadKeys(user_, m, [t, request_id](Status s) {
     PostReply(t, s.ok() ? OkFrame(request_id) : ErrorFrame(request_id, s));
@@ -938,6 +984,7 @@ void Session::Push(const v1::Envelope& e) {
   // Only this session's user's messages: a stale session reference (an edge process that
   // restarted and reuses ids) must never show one user another's inbox.
   if (e.recipient() != user_) return;
+  if (!ForDevice(e.recipient_device(), device_)) return;  // another device's copy
   if (scan_inflight_ && state_ == State::kCatchUp) {
     // The scan out may or may not include it: hold it for after the page (see the class
     // comment). Pushes come in id order, so the hold is in id order too.
@@ -1008,7 +1055,7 @@ void Session::Tick(int64_t now_mono_ms) {
     }
     EdgeMetrics::Get().reregistrations.Inc();
     settle_deadline_ms_ = now_mono_ms + kSettleTimeoutMs;
-    loop_.edge().core().ReRegisterSession(user_, loop_.RefOf(id_));
+    loop_.edge().core().ReRegisterSession(user_, Ref());
   }
   if (now_mono_ms - last_frame_ms_ > edge.options().idle_timeout_ms) {
     EdgeMetrics::Get().timeouts.Inc();
@@ -1049,6 +1096,7 @@ void Session::SendError(uint64_t request_id, const Status& s, bool fatal) {
   err.set_message(s.message());
   err.set_retry_after_ms(s.retry_after_ms());
   err.set_fatal(fatal);
+  SetMismatchedDevices(s, &err);
   EdgeMetrics::Get().ErrorOut(s.code());
   SendMessage(wire::Opcode::kError, err);
 }

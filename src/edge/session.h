@@ -29,6 +29,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -55,6 +56,9 @@ class Session final : public net::Connection::Delegate {
   void ExpectProxyHeader() { conn_->ExpectProxyHeader(); }
   uint64_t id() const { return id_; }
   uint64_t user() const { return user_; }
+  uint32_t device() const { return device_; }
+  // This session's reference for the core (its device included).
+  core::SessionRef Ref() const;
   bool authenticated() const { return state_ != State::kAwaitHello; }
 
   // net::Connection::Delegate
@@ -93,7 +97,7 @@ class Session final : public net::Connection::Delegate {
   // Adds the rate debt to the node's limiters; the first call releases the held frames.
   void ApplyRate(const core::RateDebt& debt);
   void HandleHello(const v1::Hello& m);
-  void HandleSend(const v1::Send& m);
+  void HandleSend(v1::Send& m);
   void HandleSync(const v1::Sync& m);
   void HandleSyncAck(const v1::SyncAck& m);
   void HandleDeliverAck(const v1::DeliverAck& m);
@@ -108,7 +112,7 @@ class Session final : public net::Connection::Delegate {
   // Takes the (requester, target) key-fetch budget and asks the core for target's bundle;
   // answers reply slot `seq`. On the loop thread.
   void FetchKeysOf(uint64_t seq, uint64_t request_id, uint64_t target);
-  void HandleKeysUpload(const v1::KeysUpload& m);
+  void HandleKeysUpload(v1::KeysUpload& m);
   void HandleKeysFetch(const v1::KeysFetch& m);
   void HandleGroupCreate(const v1::GroupCreate& m);
   void HandleGroupUpdate(const v1::GroupUpdate& m);
@@ -133,7 +137,7 @@ class Session final : public net::Connection::Delegate {
   // Takes one request of `what` from the user's budget in `limiter`; when refused, answers
   // slot `seq` with RATE_LIMITED (or OVERLOADED) and returns false.
   bool AdmitLimited(KeyedSendLimiter& limiter, std::string_view what, uint64_t seq,
-                    uint64_t request_id);
+                    uint64_t request_id, std::optional<uint64_t> key = std::nullopt);
 
   void SendMessage(wire::Opcode op, const google::protobuf::MessageLite& m);
   void SendError(uint64_t request_id, const Status& s, bool fatal);
@@ -162,6 +166,7 @@ class Session final : public net::Connection::Delegate {
   uint32_t ip_retry_after_ms_;  // non-zero: this connection exceeded the per-IP rate
   uint32_t page_size_ = 256;
   uint64_t user_ = 0;
+  uint32_t device_ = 1;       // the token's device (docs/protocol.md appendix 20)
   uint64_t last_sent_ = 0;    // highest message id sent (catch-up or push)
   uint64_t awaited_ack_ = 0;  // cursor of the page waiting for SYNC_ACK
   uint64_t acked_ = 0;        // highest DELIVER_ACK cursor

@@ -50,6 +50,7 @@ ipb::SessionRef RefToProto(const core::SessionRef& r) {
   out.set_node(r.node);
   out.set_edge(r.edge);
   out.set_session(r.session);
+  out.set_device(r.device);
   return out;
 }
 
@@ -276,7 +277,8 @@ void CoreServer::OnPeerHello(Conn* conn, const ipb::CoreRequest& req) {
 void CoreServer::Handle(Conn* conn, ipb::CoreRequest& req) {
   const uint64_t call = req.call_id();
   const uint64_t user = req.user();
-  core::SessionRef ref{req.ref().node(), req.ref().edge(), req.ref().session()};
+  core::SessionRef ref{req.ref().node(), req.ref().edge(), req.ref().session(),
+                       std::max<uint32_t>(req.ref().device(), 1)};
   // A ref from a peer names that peer's session (pushes for it go back over its link).
   if (conn->peer && ref.node == 0) ref.node = conn->node;
   std::shared_ptr<Link> link = conn->link;
@@ -404,6 +406,7 @@ void CoreServer::Handle(Conn* conn, ipb::CoreRequest& req) {
           s->set_share_presence(r->share_presence);
           s->set_group_invites_contacts_only(r->group_invites_contacts_only);
           for (uint64_t u : r->blocked) s->add_blocked(u);
+          s->set_device_list(r->device_list);
         });
       };
       if (own) {

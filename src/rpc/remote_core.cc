@@ -33,6 +33,7 @@ void SetRef(ipb::CoreRequest& req, const core::SessionRef& ref) {
   req.mutable_ref()->set_node(ref.node);
   req.mutable_ref()->set_edge(ref.edge);
   req.mutable_ref()->set_session(ref.session);
+  req.mutable_ref()->set_device(ref.device);
 }
 
 ipb::CoreMessage UnavailableReply(uint64_t call, const std::string& why) {
@@ -215,7 +216,8 @@ void RemoteCore::OnMessage(std::string_view frame) {
   }
   if (m.has_push()) {
     const ipb::Push& p = m.push();
-    const core::SessionRef to{p.to().node(), p.to().edge(), p.to().session()};
+    const core::SessionRef to{p.to().node(), p.to().edge(), p.to().session(),
+                              std::max<uint32_t>(p.to().device(), 1)};
     switch (p.what_case()) {
       case ipb::Push::kDeliver:
         if (handler_.sink) handler_.sink->Deliver(to, p.deliver());
@@ -518,9 +520,9 @@ void RemoteCore::AskSettings(ipb::CoreRequest& req, SettingsDone done) {
       return;
     }
     const ipb::UserSettings& us = m.settings();
-    done(core::UserSettings{us.read_receipts(), us.share_presence(),
-                            us.group_invites_contacts_only(),
-                            std::vector<uint64_t>(us.blocked().begin(), us.blocked().end())});
+    done(core::UserSettings{
+        us.read_receipts(), us.share_presence(), us.group_invites_contacts_only(),
+        std::vector<uint64_t>(us.blocked().begin(), us.blocked().end()), us.device_list()});
   });
 }
 

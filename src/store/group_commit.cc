@@ -365,6 +365,17 @@ void InboxStore::Impl::BuildAppend(AppendRequest& a) {
       return;
     }
   }
+  // Devices (docs/protocol.md appendix 20): a 1:1 message carries one copy for every device
+  // of its recipient (to oneself: every other device), checked against the device list in
+  // force here, in order with its changes. A single copy for device 0 is an older client's
+  // message and stands for device 1; to oneself it is not checked.
+  {
+    Status devices = CheckDevices(a.envelopes);
+    if (!devices.ok()) {
+      cur_->completions.push_back(Completion{std::move(a.done), nullptr, std::nullopt, devices});
+      return;
+    }
+  }
   uint64_t first_id = 0;
   for (size_t i = 0; i < a.envelopes.size(); ++i) {
     v1::Envelope& e = a.envelopes[i];
@@ -419,6 +430,30 @@ void InboxStore::Impl::BuildAppend(AppendRequest& a) {
       cur_->stored_by.push_back(cur_->completions.size() - 1);
     }
   }
+}
+
+Status InboxStore::Impl::CheckDevices(const std::vector<v1::Envelope>& envelopes) {
+  // A 1:1 send's envelopes all go to one recipient; anything else is not a 1:1 message.
+  uint64_t recipient = 0;
+  uint64_t sender = 0;
+  uint32_t sender_device = 0;
+  DeviceMask got = 0;
+  bool legacy_to_self = false;
+  for (const v1::Envelope& e : envelopes) {
+    if (e.kind() != v1::MESSAGE || e.group_id() != 0) return Status::Ok();
+    if (recipient != 0 && e.recipient() != recipient) return Status::Ok();
+    recipient = e.recipient();
+    sender = e.sender();
+    sender_device = e.sender_device() == 0 ? kPrimaryDevice : e.sender_device();
+    if (e.recipient_device() == 0 && recipient == sender) legacy_to_self = true;
+    got |= DeviceBit(e.recipient_device() == 0 ? kPrimaryDevice : e.recipient_device());
+  }
+  if (recipient == 0 || legacy_to_self) return Status::Ok();
+  const CachedUser& u = user_cache_[recipient];
+  DeviceMask expected = u.settings ? u.settings->Devices() : DeviceBit(kPrimaryDevice);
+  if (recipient == sender) expected &= ~DeviceBit(sender_device);
+  if (got == expected) return Status::Ok();
+  return MismatchedDevices(expected & ~got, got & ~expected);
 }
 
 void InboxStore::Impl::BuildSettingsWrite(SettingsWriteRequest& r) {

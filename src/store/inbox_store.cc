@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <rocksdb/perf_level.h>
 
+#include <algorithm>
 #include <future>
 
 #include "common/assert.h"
@@ -289,8 +290,12 @@ void InboxStore::AppendAsync(uint64_t sender, std::string idempotency_key,
   }
   a.sender = sender;
   a.idempotency_key = std::move(idempotency_key);
-  a.adds_contact = adds_contact && envelopes.size() == 1 && envelopes[0].group_id() == 0 &&
-                   envelopes[0].kind() == v1::MESSAGE;
+  // A 1:1 message: one envelope, or one per device of its one recipient (appendix 20).
+  a.adds_contact = adds_contact && !envelopes.empty() &&
+                   std::all_of(envelopes.begin(), envelopes.end(), [&](const v1::Envelope& e) {
+                     return e.group_id() == 0 && e.kind() == v1::MESSAGE &&
+                            e.recipient() == envelopes[0].recipient();
+                   });
   a.envelopes = std::move(envelopes);
   a.done = std::move(done);
   r.body = std::move(a);
@@ -486,6 +491,13 @@ Status InboxStore::UploadKeys(uint64_t user, const v1::KeysUpload& upload) {
 Result<v1::KeysBundle> InboxStore::FetchKeys(uint64_t user) {
   IRIS_ASSERT_NOT_ON_LOOP_THREAD();
   return impl_->FetchKeys(user);
+}
+Status InboxStore::DropDeviceKeys(uint64_t user, uint32_t device) {
+  IRIS_ASSERT_NOT_ON_LOOP_THREAD();
+  return impl_->DropDeviceKeys(user, device);
+}
+Result<DeviceMask> InboxStore::DevicesWithKeys(uint64_t user, DeviceMask candidates) const {
+  return impl_->DevicesWithKeys(user, candidates);
 }
 Status InboxStore::PutGroup(const v1::GroupInfo& group) {
   IRIS_ASSERT_NOT_ON_LOOP_THREAD();

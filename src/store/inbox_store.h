@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "common/clock.h"
+#include "common/devices.h"
 #include "common/status.h"
 #include "iris/v1/client.pb.h"
 
@@ -154,6 +155,16 @@ struct UserSettings {
   bool Blocks(uint64_t user) const {
     return std::binary_search(blocked.begin(), blocked.end(), user);
   }
+  // Devices (docs/protocol.md appendix 20), from the last device list the primary device
+  // set: the listed devices, the devices ever removed (ids are never reused), the list's
+  // version and the list as signed (a serialized v1::SignedDeviceList; "" = never set).
+  DeviceMask devices = 0;
+  DeviceMask removed_devices = 0;
+  uint64_t device_list_version = 0;
+  std::string device_list;
+  // The devices a 1:1 message to this user needs a copy for: device 1 alone until a device
+  // list is set.
+  DeviceMask Devices() const { return device_list.empty() ? DeviceBit(kPrimaryDevice) : devices; }
 };
 
 // Counters since Open (monotonic unless marked). For metrics and benchmarks.
@@ -291,8 +302,15 @@ class InboxStore {
   Status UploadKeys(uint64_t user, const v1::KeysUpload& upload);
   // The bundle with at most one one-time prekey, consumed atomically and durably (never
   // the same one twice, even under concurrent calls or across a crash); NOT_FOUND when the
-  // user never uploaded.
+  // user never uploaded. Devices (docs/protocol.md appendix 20): the keys are the
+  // uploading device's (KeysUpload.device_id, 0 = 1); a fetch returns device 1's bundle in
+  // the top-level fields and every other device of the user's device list in `devices`,
+  // each with its own one-time prekey, and the signed device list.
   Result<v1::KeysBundle> FetchKeys(uint64_t user);
+  // Deletes a removed device's bundle and one-time prekeys. Durable on return.
+  Status DropDeviceKeys(uint64_t user, uint32_t device);
+  // The devices of `candidates` that have uploaded keys. Errors: INTERNAL.
+  Result<DeviceMask> DevicesWithKeys(uint64_t user, DeviceMask candidates) const;
 
   // Throttled group fan-out (docs/architecture.md, "Group fan-out").
   //

@@ -191,9 +191,15 @@ class InboxStore::Impl {
   Status PutRevokedUser(uint64_t user, int64_t before_ms);
   Result<StoredRevocations> LoadRevocations(int64_t now_ms);
   Status UploadKeys(uint64_t user, const v1::KeysUpload& upload);
-  // The store keys of `user`'s one-time prekey pool (caller holds the user's key stripe).
-  Result<std::vector<std::string>> PoolKeys(uint64_t user) const;
+  // The store keys of a device's one-time prekey pool (caller holds the user's key stripe).
+  Result<std::vector<std::string>> PoolKeys(uint64_t user, uint32_t device) const;
   Result<v1::KeysBundle> FetchKeys(uint64_t user);
+  // One device's bundle with one one-time prekey taken (its deletion and the bundle's new
+  // count added to *ops); nullopt when the device never uploaded. Caller holds the stripe.
+  Result<std::optional<v1::KeysBundle>> TakeDeviceBundle(const StoreDb::ReadHold& db, uint64_t user,
+                                                         uint32_t device, std::vector<KvOp>* ops);
+  Status DropDeviceKeys(uint64_t user, uint32_t device);
+  Result<DeviceMask> DevicesWithKeys(uint64_t user, DeviceMask candidates) const;
   Status PutGroup(const v1::GroupInfo& group);
   Result<v1::GroupInfo> GetGroup(uint64_t group_id) const;
 
@@ -281,6 +287,9 @@ class InboxStore::Impl {
   void BuildUserDelete(UserDeleteRequest& r);
   void BuildShardTakeOver(ShardTakeOverRequest& r);
   void BuildSettingsWrite(SettingsWriteRequest& r);
+  // MISMATCHED_DEVICES when `envelopes` are a 1:1 message whose copies are not one per
+  // device of the recipient (its counters and settings already loaded); OK otherwise.
+  Status CheckDevices(const std::vector<v1::Envelope>& envelopes);
   // Replicated mode: hands the batch's shard parts to StoreOptions::replicate, waits for
   // every answer, then writes the node-wide records locally. OK when all are durable.
   // *committed: the shards whose part W replicas acknowledged (also when another failed).

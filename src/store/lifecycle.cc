@@ -55,10 +55,15 @@ Result<UserDeletion> InboxStore::Impl::DeleteUser(uint64_t user) {
         }
         if (!it->status().ok()) return FromRocks(it->status(), "store: find messages");
       }
-      const std::string prekeys = PreKeyPrefix(vnode, user);
+      // Every device's one-time prekeys ('P' for device 1, 'q' device(1) for the others;
+      // store_keys.h): all inside the user's key range.
+      const std::string first = InboxKey(vnode, user, 0).substr(0, kVnodePrefixBytes + 8);
       std::unique_ptr<rocksdb::Iterator> it(db.db()->NewIterator(bounded, db.cf(Cf::kKeys)));
-      for (it->Seek(prekeys); it->Valid() && it->key().starts_with(prekeys); it->Next()) {
-        ++out.prekeys;
+      for (it->Seek(first); it->Valid() && it->key().starts_with(first); it->Next()) {
+        const rocksdb::Slice k = it->key();
+        if (k.size() > first.size() && (k[first.size()] == 'P' || k[first.size()] == 'q')) {
+          ++out.prekeys;
+        }
       }
       if (!it->status().ok()) return FromRocks(it->status(), "store: count prekeys");
     }

@@ -126,25 +126,49 @@ namespace {
 constexpr uint8_t kReadReceiptsBit = 1;
 constexpr uint8_t kSharePresenceBit = 2;
 constexpr uint8_t kGroupInvitesContactsBit = 4;
+// A device list follows the flags: devices(8) removed devices(8) list version(8)
+// list length(8) list bytes (docs/storage.md; appendix 20 of docs/protocol.md).
+constexpr uint8_t kDevicesBit = 8;
 }  // namespace
 
 std::string EncodeUserSettings(const UserSettings& s) {
-  const auto flags = static_cast<uint8_t>((s.read_receipts ? kReadReceiptsBit : 0) |
-                                          (s.share_presence ? kSharePresenceBit : 0) |
-                                          (s.group_invites_contacts_only ? kGroupInvitesContactsBit : 0));
+  const auto flags = static_cast<uint8_t>(
+      (s.read_receipts ? kReadReceiptsBit : 0) | (s.share_presence ? kSharePresenceBit : 0) |
+      (s.group_invites_contacts_only ? kGroupInvitesContactsBit : 0) |
+      (s.device_list.empty() ? 0 : kDevicesBit));
   std::string v(1, static_cast<char>(flags));
+  if (!s.device_list.empty()) {
+    AppendBigEndian64(&v, s.devices);
+    AppendBigEndian64(&v, s.removed_devices);
+    AppendBigEndian64(&v, s.device_list_version);
+    AppendBigEndian64(&v, s.device_list.size());
+    v += s.device_list;
+  }
   for (uint64_t u : s.blocked) AppendBigEndian64(&v, u);
   return v;
 }
 
 std::optional<UserSettings> DecodeUserSettings(std::string_view v) {
-  if (v.empty() || (v.size() - 1) % 8 != 0) return std::nullopt;
+  if (v.empty()) return std::nullopt;
   const auto flags = static_cast<uint8_t>(v[0]);
   UserSettings s;
   s.read_receipts = (flags & kReadReceiptsBit) != 0;
   s.share_presence = (flags & kSharePresenceBit) != 0;
   s.group_invites_contacts_only = (flags & kGroupInvitesContactsBit) != 0;
-  for (size_t at = 1; at < v.size(); at += 8) s.blocked.push_back(GetBigEndian64(v.data() + at));
+  size_t at = 1;
+  if ((flags & kDevicesBit) != 0) {
+    if (v.size() < at + 32) return std::nullopt;
+    s.devices = GetBigEndian64(v.data() + at);
+    s.removed_devices = GetBigEndian64(v.data() + at + 8);
+    s.device_list_version = GetBigEndian64(v.data() + at + 16);
+    const uint64_t len = GetBigEndian64(v.data() + at + 24);
+    at += 32;
+    if (len == 0 || len > v.size() - at) return std::nullopt;
+    s.device_list.assign(v.substr(at, len));
+    at += len;
+  }
+  if ((v.size() - at) % 8 != 0) return std::nullopt;
+  for (; at < v.size(); at += 8) s.blocked.push_back(GetBigEndian64(v.data() + at));
   if (!std::is_sorted(s.blocked.begin(), s.blocked.end()) ||
       std::adjacent_find(s.blocked.begin(), s.blocked.end()) != s.blocked.end()) {
     return std::nullopt;
@@ -218,6 +242,28 @@ std::string PreKeyPrefix(int32_t vnode, uint64_t user) {
 
 std::string PreKeyKey(int32_t vnode, uint64_t user, uint64_t seq) {
   std::string k = PreKeyPrefix(vnode, user);
+  AppendBigEndian64(&k, seq);
+  return k;
+}
+
+std::string DeviceKeysBundleKey(int32_t vnode, uint64_t user, uint32_t device) {
+  if (device <= 1) return KeysBundleKey(vnode, user);
+  std::string k = VnodeIdKey(vnode, user, 14);
+  k.push_back('b');
+  k.push_back(static_cast<char>(device));
+  return k;
+}
+
+std::string DevicePreKeyPrefix(int32_t vnode, uint64_t user, uint32_t device) {
+  if (device <= 1) return PreKeyPrefix(vnode, user);
+  std::string k = VnodeIdKey(vnode, user, 22);
+  k.push_back('q');
+  k.push_back(static_cast<char>(device));
+  return k;
+}
+
+std::string DevicePreKeyKey(int32_t vnode, uint64_t user, uint32_t device, uint64_t seq) {
+  std::string k = DevicePreKeyPrefix(vnode, user, device);
   AppendBigEndian64(&k, seq);
   return k;
 }

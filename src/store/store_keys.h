@@ -33,6 +33,8 @@
 //   keys            vnode(4) user(8) 'B'                    -> next seq(8) pool size(8)
 //                                                              KeysBundle
 //                   vnode(4) user(8) 'P' seq(8)             -> PreKey
+//                   vnode(4) user(8) 'b' device(1)          -> the same for a device other
+//                   vnode(4) user(8) 'q' device(1) seq(8)      than 1 (appendix 20)
 //   groups          vnode(4) group id(8)                    -> GroupInfo
 //                   vnode(4) group id(8) 'F' job id(8)      -> a group message waiting for
 //                                                              its throttled fan-out:
@@ -140,6 +142,12 @@ std::optional<uint32_t> DecodeU32(std::string_view v);
 std::string KeysBundleKey(int32_t vnode, uint64_t user);
 std::string PreKeyKey(int32_t vnode, uint64_t user, uint64_t seq);
 std::string PreKeyPrefix(int32_t vnode, uint64_t user);  // vnode(4) user(8) 'P'
+// The keys of one device (docs/protocol.md appendix 20): device 1's are the keys above;
+// another device's bundle is vnode(4) user(8) 'b' device(1) and its one-time prekeys
+// vnode(4) user(8) 'q' device(1) seq(8). All of them sort inside the user's range.
+std::string DeviceKeysBundleKey(int32_t vnode, uint64_t user, uint32_t device);
+std::string DevicePreKeyPrefix(int32_t vnode, uint64_t user, uint32_t device);
+std::string DevicePreKeyKey(int32_t vnode, uint64_t user, uint32_t device, uint64_t seq);
 
 struct StoredBundle {
   uint64_t next_seq = 0;

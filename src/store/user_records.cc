@@ -159,10 +159,10 @@ Result<StoredRevocations> InboxStore::Impl::LoadRevocations(int64_t now_ms) {
 namespace {
 
 Result<std::optional<StoredBundle>> ReadBundle(const StoreDb::ReadHold& db, int32_t vnode,
-                                               uint64_t user) {
+                                               uint64_t user, uint32_t device) {
   std::string v;
-  const rocksdb::Status s =
-      db.db()->Get(rocksdb::ReadOptions(), db.cf(Cf::kKeys), KeysBundleKey(vnode, user), &v);
+  const rocksdb::Status s = db.db()->Get(rocksdb::ReadOptions(), db.cf(Cf::kKeys),
+                                         DeviceKeysBundleKey(vnode, user, device), &v);
   if (s.IsNotFound()) return std::optional<StoredBundle>();
   if (!s.ok()) return FromRocks(s, "store: read prekey bundle");
   std::optional<StoredBundle> b = DecodeStoredBundle(v);
@@ -170,14 +170,20 @@ Result<std::optional<StoredBundle>> ReadBundle(const StoreDb::ReadHold& db, int3
   return b;
 }
 
+// The end of the key range that starts at `prefix` (every key with that prefix sorts
+// before it).
+std::string PrefixEnd(std::string prefix) {
+  prefix.back() = static_cast<char>(prefix.back() + 1);
+  return prefix;
+}
+
 }  // namespace
 
-Result<std::vector<std::string>> InboxStore::Impl::PoolKeys(uint64_t user) const {
+Result<std::vector<std::string>> InboxStore::Impl::PoolKeys(uint64_t user, uint32_t device) const {
   const StoreDb::ReadHold db = db_->Hold();
   if (!db.ok()) return StoreDb::ReadHold::Closed();
-  const std::string prefix = PreKeyPrefix(Vnode(user), user);
-  std::string upper = prefix;
-  upper.back() = static_cast<char>(upper.back() + 1);
+  const std::string prefix = DevicePreKeyPrefix(Vnode(user), user, device);
+  const std::string upper = PrefixEnd(prefix);
   const rocksdb::Slice upper_slice(upper);
   rocksdb::ReadOptions ro;
   ro.iterate_upper_bound = &upper_slice;
@@ -189,12 +195,15 @@ Result<std::vector<std::string>> InboxStore::Impl::PoolKeys(uint64_t user) const
 }
 
 Status InboxStore::Impl::UploadKeys(uint64_t user, const v1::KeysUpload& upload) {
+  const uint32_t device = std::max<uint32_t>(upload.device_id(), kPrimaryDevice);
+  if (device > kMaxDeviceId) return BadRequest("store: keys of device " + std::to_string(device));
+  const int32_t vnode = Vnode(user);
   std::lock_guard<std::mutex> lock(key_stripes_[user % kKeyStripes]);
   std::optional<StoredBundle> existing;
   {
     const StoreDb::ReadHold db = db_->Hold();  // released before waiting for the write
     if (!db.ok()) return StoreDb::ReadHold::Closed();
-    IRIS_ASSIGN_OR_RETURN(existing, ReadBundle(db, Vnode(user), user));
+    IRIS_ASSIGN_OR_RETURN(existing, ReadBundle(db, vnode, user, device));
   }
   StoredBundle b = existing.value_or(StoredBundle{});
   std::vector<KvOp> ops;
@@ -204,7 +213,7 @@ Status InboxStore::Impl::UploadKeys(uint64_t user, const v1::KeysUpload& upload)
   // write batch that stores the new bundle (atomic: no fetch sees a mix of the two).
   if (existing && !upload.identity_key().empty() &&
       upload.identity_key() != existing->bundle.identity_key()) {
-    IRIS_ASSIGN_OR_RETURN(std::vector<std::string> stale, PoolKeys(user));
+    IRIS_ASSIGN_OR_RETURN(std::vector<std::string> stale, PoolKeys(user, device));
     for (std::string& k : stale) ops.push_back(KvOp{Cf::kKeys, std::move(k), std::nullopt});
     b.pool_size = 0;
     b.bundle.clear_signed_prekey();
@@ -213,61 +222,108 @@ Status InboxStore::Impl::UploadKeys(uint64_t user, const v1::KeysUpload& upload)
   if (b.pool_size + adding > options_.max_one_time_prekeys) {
     return TooLarge("one-time prekey pool full: " + std::to_string(b.pool_size) + " stored + " +
                     std::to_string(adding) + " uploaded > " +
-                    std::to_string(options_.max_one_time_prekeys) + " allowed per user");
+                    std::to_string(options_.max_one_time_prekeys) + " allowed per device");
   }
   if (!upload.identity_key().empty()) b.bundle.set_identity_key(upload.identity_key());
   if (upload.registration_id() != 0) b.bundle.set_registration_id(upload.registration_id());
   if (upload.has_signed_prekey()) *b.bundle.mutable_signed_prekey() = upload.signed_prekey();
   for (const v1::PreKey& k : upload.one_time_prekeys()) {
     ops.push_back(
-        KvOp{Cf::kKeys, PreKeyKey(Vnode(user), user, b.next_seq++), k.SerializeAsString()});
+        KvOp{Cf::kKeys, DevicePreKeyKey(vnode, user, device, b.next_seq++), k.SerializeAsString()});
     ++b.pool_size;
   }
-  ops.push_back(KvOp{Cf::kKeys, KeysBundleKey(Vnode(user), user), EncodeStoredBundle(b)});
+  ops.push_back(KvOp{Cf::kKeys, DeviceKeysBundleKey(vnode, user, device), EncodeStoredBundle(b)});
   return WriteRecords(std::move(ops));
 }
 
+Result<std::optional<v1::KeysBundle>> InboxStore::Impl::TakeDeviceBundle(
+    const StoreDb::ReadHold& db, uint64_t user, uint32_t device, std::vector<KvOp>* ops) {
+  const int32_t vnode = Vnode(user);
+  IRIS_ASSIGN_OR_RETURN(std::optional<StoredBundle> stored, ReadBundle(db, vnode, user, device));
+  if (!stored) return std::optional<v1::KeysBundle>();
+  v1::KeysBundle out = stored->bundle;
+  out.set_user(user);
+  out.set_device_id(device);
+  if (stored->pool_size == 0) {
+    out.set_one_time_prekeys_left(0);
+    return std::optional<v1::KeysBundle>(std::move(out));
+  }
+  const std::string prefix = DevicePreKeyPrefix(vnode, user, device);
+  const std::string upper = PrefixEnd(prefix);
+  const rocksdb::Slice upper_slice(upper);
+  rocksdb::ReadOptions ro;
+  ro.iterate_upper_bound = &upper_slice;
+  std::unique_ptr<rocksdb::Iterator> it(db.db()->NewIterator(ro, db.cf(Cf::kKeys)));
+  it->Seek(prefix);
+  if (!it->status().ok()) return FromRocks(it->status(), "store: read prekeys");
+  if (it->Valid()) {
+    v1::PreKey k;
+    if (!k.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      return Internal("store: malformed prekey");
+    }
+    *out.mutable_one_time_prekey() = std::move(k);
+    ops->push_back(KvOp{Cf::kKeys, it->key().ToString(), std::nullopt});
+    --stored->pool_size;
+  } else {
+    stored->pool_size = 0;  // the count drifted from the pool: trust the pool
+  }
+  out.set_one_time_prekeys_left(
+      static_cast<uint32_t>(std::min<uint64_t>(stored->pool_size, UINT32_MAX)));
+  ops->push_back(
+      KvOp{Cf::kKeys, DeviceKeysBundleKey(vnode, user, device), EncodeStoredBundle(*stored)});
+  return std::optional<v1::KeysBundle>(std::move(out));
+}
+
 Result<v1::KeysBundle> InboxStore::Impl::FetchKeys(uint64_t user) {
+  // Every device in the user's device list (device 1 alone when none was set).
+  IRIS_ASSIGN_OR_RETURN(const UserSettings settings, GetSettings(user));
   std::lock_guard<std::mutex> lock(key_stripes_[user % kKeyStripes]);
   v1::KeysBundle out;
   std::vector<KvOp> ops;
+  bool found = false;
   {
     const StoreDb::ReadHold db = db_->Hold();  // released before waiting for the write
     if (!db.ok()) return StoreDb::ReadHold::Closed();
-    IRIS_ASSIGN_OR_RETURN(std::optional<StoredBundle> stored, ReadBundle(db, Vnode(user), user));
-    if (!stored) return NotFound("store: no keys uploaded for user " + std::to_string(user));
-    out = stored->bundle;
-    out.set_user(user);
-    if (stored->pool_size == 0) {
-      out.set_one_time_prekeys_left(0);
-      return out;
-    }
-    const std::string prefix = PreKeyPrefix(Vnode(user), user);
-    std::string upper = prefix;
-    upper.back() = static_cast<char>(upper.back() + 1);
-    const rocksdb::Slice upper_slice(upper);
-    rocksdb::ReadOptions ro;
-    ro.iterate_upper_bound = &upper_slice;
-    std::unique_ptr<rocksdb::Iterator> it(db.db()->NewIterator(ro, db.cf(Cf::kKeys)));
-    it->Seek(prefix);
-    if (!it->status().ok()) return FromRocks(it->status(), "store: read prekeys");
-    if (it->Valid()) {
-      v1::PreKey k;
-      if (!k.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
-        return Internal("store: malformed prekey");
+    for (uint32_t device : DeviceIds(settings.Devices())) {
+      IRIS_ASSIGN_OR_RETURN(std::optional<v1::KeysBundle> b,
+                            TakeDeviceBundle(db, user, device, &ops));
+      if (!b) continue;
+      found = true;
+      if (device == kPrimaryDevice) {  // the first (ascending ids): the top-level fields
+        out = std::move(*b);
+      } else {
+        *out.add_devices() = std::move(*b);
       }
-      *out.mutable_one_time_prekey() = std::move(k);
-      ops.push_back(KvOp{Cf::kKeys, it->key().ToString(), std::nullopt});
-      --stored->pool_size;
-    } else {
-      stored->pool_size = 0;  // the count drifted from the pool: trust the pool
     }
-    out.set_one_time_prekeys_left(
-        static_cast<uint32_t>(std::min<uint64_t>(stored->pool_size, UINT32_MAX)));
-    ops.push_back(KvOp{Cf::kKeys, KeysBundleKey(Vnode(user), user), EncodeStoredBundle(*stored)});
   }
-  IRIS_RETURN_IF_ERROR(WriteRecords(std::move(ops)));
+  if (!found) return NotFound("store: no keys uploaded for user " + std::to_string(user));
+  out.set_user(user);
+  if (!settings.device_list.empty()) {
+    out.mutable_device_list()->ParseFromString(settings.device_list);
+  }
+  if (!ops.empty()) IRIS_RETURN_IF_ERROR(WriteRecords(std::move(ops)));
   return out;
+}
+
+Result<DeviceMask> InboxStore::Impl::DevicesWithKeys(uint64_t user, DeviceMask candidates) const {
+  const StoreDb::ReadHold db = db_->Hold();
+  if (!db.ok()) return StoreDb::ReadHold::Closed();
+  DeviceMask out = 0;
+  for (uint32_t device : DeviceIds(candidates)) {
+    IRIS_ASSIGN_OR_RETURN(std::optional<StoredBundle> b, ReadBundle(db, Vnode(user), user, device));
+    if (b) out |= DeviceBit(device);
+  }
+  return out;
+}
+
+Status InboxStore::Impl::DropDeviceKeys(uint64_t user, uint32_t device) {
+  const int32_t vnode = Vnode(user);
+  std::lock_guard<std::mutex> lock(key_stripes_[user % kKeyStripes]);
+  std::vector<KvOp> ops;
+  ops.push_back(KvOp{Cf::kKeys, DeviceKeysBundleKey(vnode, user, device), std::nullopt});
+  const std::string prefix = DevicePreKeyPrefix(vnode, user, device);
+  ops.push_back(KvOp{Cf::kKeys, prefix, std::nullopt, PrefixEnd(prefix)});
+  return WriteRecords(std::move(ops));
 }
 
 Status InboxStore::Impl::PutGroup(const v1::GroupInfo& group) {

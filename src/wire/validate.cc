@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <string>
 
+#include "common/devices.h"
 #include "common/uuid.h"
 
 namespace iris::wire {
@@ -81,10 +82,35 @@ Status Validate(const v1::Send& m, const ValidationLimits& l) {
   if ((m.recipient() == 0) == (m.group_id() == 0)) {
     return BadRequest("send needs exactly one of recipient and group_id");
   }
-  if (m.body().empty()) return BadRequest("send.body is empty");
-  if (m.body().size() > l.max_body_bytes) {
-    return TooLarge("send.body is " + std::to_string(m.body().size()) + " bytes; at most " +
-                    std::to_string(l.max_body_bytes));
+  if (m.copies_size() > 0) {
+    // One ciphertext per device (appendix 20): 1:1 only, no body beside them.
+    if (m.group_id() != 0) return BadRequest("send.copies are for 1:1 sends only");
+    if (!m.body().empty()) return BadRequest("send has both a body and copies");
+    if (static_cast<size_t>(m.copies_size()) > kMaxDevices) {
+      return TooLarge("send.copies has more than " + std::to_string(kMaxDevices) + " devices");
+    }
+    DeviceMask seen = 0;
+    for (const v1::DeviceCopy& c : m.copies()) {
+      if (c.device() < 1 || c.device() > kMaxDeviceId) {
+        return BadRequest("send.copies: device " + std::to_string(c.device()) +
+                          " is not a device id (1..63)");
+      }
+      if (HasDevice(seen, c.device())) {
+        return BadRequest("send.copies: device " + std::to_string(c.device()) + " twice");
+      }
+      seen |= DeviceBit(c.device());
+      if (c.body().empty()) return BadRequest("send.copies: a body is empty");
+      if (c.body().size() > l.max_body_bytes) {
+        return TooLarge("send.copies: a body is " + std::to_string(c.body().size()) +
+                        " bytes; at most " + std::to_string(l.max_body_bytes));
+      }
+    }
+  } else {
+    if (m.body().empty()) return BadRequest("send.body is empty");
+    if (m.body().size() > l.max_body_bytes) {
+      return TooLarge("send.body is " + std::to_string(m.body().size()) + " bytes; at most " +
+                      std::to_string(l.max_body_bytes));
+    }
   }
   IRIS_RETURN_IF_ERROR(ValidateIdempotencyKey(m.idempotency_key()));
   return ValidateTraceId(m.trace_id());
@@ -127,6 +153,39 @@ Status Validate(const v1::Settings& m, const ValidationLimits& l) {
   if (!v1::GroupInvites_IsValid(m.group_invites())) {
     return BadRequest("settings.group_invites is not a known value");
   }
+  if (m.has_device_list()) return ValidateDeviceList(m.device_list(), l);
+  return Status::Ok();
+}
+
+Status ValidateDeviceList(const v1::SignedDeviceList& m, const ValidationLimits& l,
+                          v1::DeviceList* out) {
+  IRIS_RETURN_IF_ERROR(ValidateKey(m.signature(), l, "device_list.signature"));
+  v1::DeviceList list;
+  if (m.list().empty() || !list.ParseFromString(m.list())) {
+    return BadRequest("device_list.list is not a DeviceList");
+  }
+  if (list.user() == 0) return BadRequest("device_list: user is 0");
+  if (list.version() == 0) return BadRequest("device_list: version is 0");
+  if (list.devices_size() == 0) return BadRequest("device_list: no devices");
+  if (static_cast<size_t>(list.devices_size()) > kMaxDevices) {
+    return TooLarge("device_list: more than " + std::to_string(kMaxDevices) +
+                    " devices (the primary and 4 linked)");
+  }
+  DeviceMask seen = 0;
+  for (const v1::Device& d : list.devices()) {
+    if (d.id() < 1 || d.id() > kMaxDeviceId) {
+      return BadRequest("device_list: " + std::to_string(d.id()) + " is not a device id (1..63)");
+    }
+    if (HasDevice(seen, d.id())) {
+      return BadRequest("device_list: device " + std::to_string(d.id()) + " twice");
+    }
+    seen |= DeviceBit(d.id());
+    IRIS_RETURN_IF_ERROR(ValidateKey(d.identity_key(), l, "device_list.identity_key"));
+  }
+  if (!HasDevice(seen, kPrimaryDevice)) {
+    return BadRequest("device_list: the primary device (1) is missing");
+  }
+  if (out != nullptr) *out = std::move(list);
   return Status::Ok();
 }
 Status Validate(const v1::SettingsGet&, const ValidationLimits&) { return Status::Ok(); }

@@ -32,6 +32,14 @@ Status ValidateIdempotencyKey(std::string_view key);
 // Trace id: empty, or 16 bytes not all zero.
 Status ValidateTraceId(std::string_view trace_id);
 
+// A signed device list (docs/protocol.md appendix 20) as far as its shape goes: `list`
+// parses as a DeviceList of 1..5 devices with distinct ids 1..63, device 1 among them,
+// each with an identity key; a signature. The parsed list goes to *out (when not null).
+// What depends on the account (its user, a version above the stored one, ids never
+// removed before) is checked where the list is stored.
+Status ValidateDeviceList(const v1::SignedDeviceList& m, const ValidationLimits& l,
+                          v1::DeviceList* out = nullptr);
+
 Status Validate(const v1::Hello& m, const ValidationLimits& l);
 Status Validate(const v1::Ping& m, const ValidationLimits& l);
 Status Validate(const v1::Pong& m, const ValidationLimits& l);

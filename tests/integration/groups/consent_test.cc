@@ -23,28 +23,12 @@ std::unique_ptr<TestClient> Online(const ServerProcess& s, uint64_t user) {
   return c;
 }
 
-// Sends a request and returns the frame answering it: the first of `answers` or ERROR.
+// The request's answer: the first of `answers`, or ERROR.
 client::ReceivedFrame Ask(TestClient& c, wire::Opcode op, const google::protobuf::MessageLite& m,
                           std::vector<wire::Opcode> answers) {
-  EXPECT_TRUE(c.conn().SendFrame(Op(op), m).ok());
-  for (;;) {
-    auto f = c.Next(10'000);
-    if (!f.ok()) {
-      ADD_FAILURE() << f.status().ToString();
-      return {};
-    }
-    if (f->opcode == Op(wire::Opcode::kError)) return *f;
-    for (wire::Opcode a : answers) {
-      if (f->opcode == Op(a)) return *f;
-    }
-  }
-}
-
-v1::Error ErrorOf(const client::ReceivedFrame& f) {
-  v1::Error e;
-  EXPECT_EQ(f.opcode, Op(wire::Opcode::kError));
-  EXPECT_TRUE(e.ParseFromString(f.payload));
-  return e;
+  std::vector<uint8_t> ops;
+  for (wire::Opcode a : answers) ops.push_back(Op(a));
+  return c.Ask(Op(op), m, ops);
 }
 
 void ExpectOk(TestClient& c, const v1::Settings& m) {

@@ -481,6 +481,27 @@ client::ReceivedFrame TestClient::Send(uint64_t request_id, uint64_t recipient,
   }
 }
 
+client::ReceivedFrame TestClient::Ask(uint8_t opcode, const google::protobuf::MessageLite& m,
+                                      const std::vector<uint8_t>& answers) {
+  EXPECT_TRUE(conn_->SendFrame(opcode, m).ok());
+  for (;;) {
+    auto f = Next(10'000);
+    if (!f.ok()) {
+      ADD_FAILURE() << f.status().ToString();
+      return {};
+    }
+    if (f->opcode == static_cast<uint8_t>(wire::Opcode::kError)) return *f;
+    if (std::find(answers.begin(), answers.end(), f->opcode) != answers.end()) return *f;
+  }
+}
+
+v1::Error ErrorOf(const client::ReceivedFrame& f) {
+  v1::Error e;
+  EXPECT_EQ(f.opcode, static_cast<uint8_t>(wire::Opcode::kError));
+  EXPECT_TRUE(e.ParseFromString(f.payload));
+  return e;
+}
+
 client::ReceivedFrame TestClient::Expect(uint8_t opcode, int timeout_ms) {
   for (size_t i = 0; i < stash_.size(); ++i) {
     if (stash_[i].opcode == opcode) {

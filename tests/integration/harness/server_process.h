@@ -144,6 +144,11 @@ class TestClient {
   client::ReceivedFrame Expect(uint8_t opcode, int timeout_ms = 10'000);
   // The next frame, whatever it is.
   Result<client::ReceivedFrame> Next(int timeout_ms = 10'000);
+  // Sends a request and returns the frame answering it: the first frame whose opcode is one
+  // of `answers`, or an ERROR (frames read before it are dropped). A failed test (and an
+  // empty frame) when neither comes within 10 s.
+  client::ReceivedFrame Ask(uint8_t opcode, const google::protobuf::MessageLite& m,
+                            const std::vector<uint8_t>& answers);
 
   // Writes `bytes` exactly as given (malformed input, partial frames, bursts in one write).
   Status SendRaw(std::string_view bytes);
@@ -157,6 +162,8 @@ class TestClient {
 
 // A fresh UUIDv7 idempotency key (16 bytes).
 std::string NewKey();
+// The ERROR in `f` (a failed test when `f` is another frame).
+v1::Error ErrorOf(const client::ReceivedFrame& f);
 
 // What a recipient got from one sender that sent the bodies "0", "1", ... "n-1" in that
 // order: exactly n messages, body i at position i, ids unique and strictly increasing.

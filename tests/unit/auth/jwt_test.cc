@@ -163,6 +163,33 @@ TEST_F(JwtTest, AcceptsLargestUserId) {
   EXPECT_EQ(r->user_id, UINT64_MAX);
 }
 
+TEST_F(JwtTest, DevClaimNamesTheDeviceAndIsDeviceOneWhenAbsent) {
+  auto r = Verify(Signed(ValidPayload()));
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->device, 1u);
+  for (int dev : {1, 2, 63}) {
+    Json p = ValidPayload();
+    p["dev"] = dev;
+    r = Verify(Signed(p));
+    ASSERT_TRUE(r.ok()) << dev << ": " << r.status().ToString();
+    EXPECT_EQ(r->device, static_cast<uint32_t>(dev));
+  }
+  for (const Json& bad :
+       {Json(0), Json(64), Json(-1), Json(2.0), Json("2"), Json(nullptr), Json(UINT64_MAX)}) {
+    Json p = ValidPayload();
+    p["dev"] = bad;
+    EXPECT_TRUE(PayloadRefused(p, "token dev")) << bad.dump();
+  }
+  // MintToken writes dev only for devices other than 1.
+  Claims c = ValidClaims();
+  c.device = 5;
+  r = Verify(MintToken(kSecret, c));
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->device, 5u);
+  const std::vector<std::string> seg = Segments(MintToken(kSecret, ValidClaims()));
+  EXPECT_FALSE(Json::parse(*Base64UrlDecode(seg[1])).contains("dev"));
+}
+
 TEST_F(JwtTest, IgnoresUnknownClaimsAndHeaderFields) {
   Json p = ValidPayload();
   p["scope"] = "chat";

@@ -241,6 +241,61 @@ TEST_F(MessageCipherTest, SafetyNumberMatchesLibsignalFingerprintGenerator) {
   EXPECT_NE(ComputeSafetyNumber(kAlice, a, kBob, other.c().LocalIdentityKey()).digits, ours.digits);
 }
 
+// Devices (docs/protocol.md appendix 20): the primary device signs the list; a client
+// accepts it only with that device's key, so a device the server slipped in is refused.
+TEST_F(MessageCipherTest, DeviceListVerifiesOnlyAsSignedByThePrimaryDevice) {
+  Account linked(dir_ + "/alice-2.db");
+  const std::string primary_key = alice_->c().LocalIdentityKey();
+  v1::DeviceList list;
+  list.set_user(kAlice);
+  list.set_version(3);
+  v1::Device* d1 = list.add_devices();
+  d1->set_id(1);
+  d1->set_identity_key(primary_key);
+  v1::Device* d2 = list.add_devices();
+  d2->set_id(2);
+  d2->set_identity_key(linked.c().LocalIdentityKey());
+  auto signed_list = alice_->c().SignDeviceList(list);
+  ASSERT_TRUE(signed_list.ok()) << signed_list.status().ToString();
+  EXPECT_EQ(signed_list->signature().size(), 64u);
+
+  auto got = bob_->c().VerifyDeviceList(*signed_list, kAlice, primary_key);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  ASSERT_EQ(got->devices_size(), 2);
+  EXPECT_EQ(got->devices(1).identity_key(), linked.c().LocalIdentityKey());
+
+  // A forged entry: the server adds its own device to the signed bytes.
+  v1::DeviceList forged = list;
+  v1::Device* evil = forged.add_devices();
+  evil->set_id(9);
+  evil->set_identity_key(bob_->c().LocalIdentityKey());
+  v1::SignedDeviceList tampered = *signed_list;
+  tampered.set_list(forged.SerializeAsString());
+  EXPECT_EQ(bob_->c().VerifyDeviceList(tampered, kAlice, primary_key).status().code(),
+            StatusCode::kForbidden);
+  // ... or signs it with a key of its own (here: the linked device's), or claims it is
+  // another user's list, or hands out a list whose device 1 is not the trusted key.
+  auto self_signed = linked.c().SignDeviceList(forged);
+  ASSERT_TRUE(self_signed.ok());
+  EXPECT_EQ(bob_->c().VerifyDeviceList(*self_signed, kAlice, primary_key).status().code(),
+            StatusCode::kForbidden);
+  EXPECT_EQ(bob_->c().VerifyDeviceList(*signed_list, kBob, primary_key).status().code(),
+            StatusCode::kForbidden);
+  v1::DeviceList swapped = list;
+  swapped.mutable_devices(0)->set_identity_key(linked.c().LocalIdentityKey());
+  auto swapped_signed = alice_->c().SignDeviceList(swapped);
+  ASSERT_TRUE(swapped_signed.ok());
+  EXPECT_EQ(bob_->c().VerifyDeviceList(*swapped_signed, kAlice, primary_key).status().code(),
+            StatusCode::kForbidden);
+  // A signature over other bytes, and no key at all.
+  v1::SignedDeviceList bad_sig = *signed_list;
+  bad_sig.mutable_signature()->at(5) ^= 1;
+  EXPECT_EQ(bob_->c().VerifyDeviceList(bad_sig, kAlice, primary_key).status().code(),
+            StatusCode::kForbidden);
+  EXPECT_EQ(bob_->c().VerifyDeviceList(*signed_list, kAlice, "").status().code(),
+            StatusCode::kBadRequest);
+}
+
 TEST_F(MessageCipherTest, StateSurvivesReopen) {
   const std::string fp = alice_->c().IdentityFingerprint();
   EXPECT_EQ(fp.size(), 64u);

@@ -8,6 +8,8 @@
 #include <string>
 #include <utility>
 
+#include "common/devices.h"
+
 namespace iris {
 namespace {
 
@@ -43,6 +45,7 @@ TEST(StatusTest, CodesMatchWireErrorCodes) {
       {StatusCode::kInternal, 11, "INTERNAL", false},
       {StatusCode::kStorageFull, 12, "STORAGE_FULL", false},
       {StatusCode::kSessionReplaced, 13, "SESSION_REPLACED", true},
+      {StatusCode::kMismatchedDevices, 14, "MISMATCHED_DEVICES", false},
   };
   for (const Row& r : rows) {
     SCOPED_TRACE(r.name);
@@ -52,7 +55,7 @@ TEST(StatusTest, CodesMatchWireErrorCodes) {
   }
   EXPECT_EQ(StatusCodeName(StatusCode::kOk), "OK");
   EXPECT_FALSE(IsFatalByDefault(StatusCode::kOk));
-  EXPECT_EQ(StatusCodeName(static_cast<StatusCode>(14)), "UNKNOWN");
+  EXPECT_EQ(StatusCodeName(static_cast<StatusCode>(15)), "UNKNOWN");
   EXPECT_EQ(StatusCodeName(static_cast<StatusCode>(0xffffffffu)), "UNKNOWN");
 }
 
@@ -176,6 +179,36 @@ TEST(StatusMacrosTest, AssignOrReturnAssignsOrPropagates) {
   ASSERT_TRUE(b.ok());
   EXPECT_EQ(**b, 5);
   EXPECT_EQ(Boxed(3).status().code(), StatusCode::kBadRequest);
+}
+
+}  // namespace
+}  // namespace iris
+
+namespace iris {
+namespace {
+
+TEST(DevicesTest, MismatchedDevicesCarriesBothListsThroughItsMessage) {
+  const Status s = MismatchedDevices(DeviceBit(2) | DeviceBit(63), DeviceBit(5));
+  EXPECT_EQ(s.code(), StatusCode::kMismatchedDevices);
+  std::vector<uint32_t> missing, extra;
+  ASSERT_TRUE(ParseMismatchedDevices(s, &missing, &extra)) << s.message();
+  EXPECT_EQ(missing, (std::vector<uint32_t>{2, 63}));
+  EXPECT_EQ(extra, std::vector<uint32_t>{5});
+  ASSERT_TRUE(ParseMismatchedDevices(MismatchedDevices(0, 0), &missing, &extra));
+  EXPECT_TRUE(missing.empty());
+  EXPECT_TRUE(extra.empty());
+  EXPECT_FALSE(ParseMismatchedDevices(Forbidden(s.message()), &missing, &extra));
+  EXPECT_FALSE(
+      ParseMismatchedDevices(Status(StatusCode::kMismatchedDevices, "other"), &missing, &extra));
+  EXPECT_FALSE(ParseMismatchedDevices(
+      Status(StatusCode::kMismatchedDevices, "devices changed; missing: 0; extra:"), &missing,
+      &extra));
+  EXPECT_EQ(DeviceIds(DeviceBit(1) | DeviceBit(3)), (std::vector<uint32_t>{1, 3}));
+  EXPECT_EQ(DeviceBit(0), 0u);
+  EXPECT_EQ(DeviceBit(64), 0u);
+  EXPECT_TRUE(ForDevice(0, 4));
+  EXPECT_TRUE(ForDevice(4, 4));
+  EXPECT_FALSE(ForDevice(3, 4));
 }
 
 }  // namespace

@@ -139,6 +139,23 @@ TEST(StoreKeysTest, SettingsDecodeTheOneByteLayoutAndRefuseMalformedLists) {
   EXPECT_FALSE(DecodeUserSettings(std::string(5, '\x01')).has_value());  // a torn id
   s.blocked = {9, 3};  // not ascending
   EXPECT_FALSE(DecodeUserSettings(EncodeUserSettings(s)).has_value());
+  // With a device list (docs/protocol.md appendix 20), before the blocked users.
+  s.blocked = {4, 8};
+  s.devices = DeviceBit(1) | DeviceBit(63);
+  s.removed_devices = DeviceBit(2);
+  s.device_list_version = 9;
+  s.device_list = std::string("\x00list\xff", 6);
+  back = DecodeUserSettings(EncodeUserSettings(s));
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(back->devices, s.devices);
+  EXPECT_EQ(back->removed_devices, s.removed_devices);
+  EXPECT_EQ(back->device_list_version, 9u);
+  EXPECT_EQ(back->device_list, s.device_list);
+  EXPECT_EQ(back->blocked, s.blocked);
+  const std::string encoded = EncodeUserSettings(s);
+  for (size_t cut = 1; cut < 1 + 32 + s.device_list.size(); ++cut) {  // a torn list
+    EXPECT_FALSE(DecodeUserSettings(encoded.substr(0, cut)).has_value()) << cut;
+  }
 }
 
 TEST(StoreKeysTest, StoredEnvelopeParsesToTheFullEnvelope) {

@@ -115,6 +115,127 @@ TEST(UserRecordsTest, ABlockRefusesOneToOneAppendsFromTheBlockedUserOnly) {
   EXPECT_EQ(bodies, (std::vector<std::string>{"before", "group", "bob", "unblocked"}));
 }
 
+// One copy per device (docs/protocol.md appendix 20): the envelopes of one 1:1 message to
+// `to`, one per device, from `from`'s device `from_device`.
+std::vector<v1::Envelope> PerDevice(uint64_t from, uint32_t from_device, uint64_t to,
+                                    std::vector<uint32_t> devices) {
+  std::vector<v1::Envelope> out;
+  for (uint32_t d : devices) {
+    out.push_back(MakeEnvelope(from, to, "copy@" + std::to_string(d)));
+    out.back().set_sender_device(from_device);
+    out.back().set_recipient_device(d);
+  }
+  return out;
+}
+
+TEST(UserRecordsTest, AOneToOneMessageNeedsOneCopyPerDeviceOfItsRecipient) {
+  TempDir dir;
+  constexpr uint64_t kAlice = 20, kBob = 21;
+  {
+    auto store = OpenOrDie(TestOptions(dir.path()));
+    ASSERT_NE(store, nullptr);
+    // Before a device list: device 1 alone (an older client's single body counts as it).
+    EXPECT_TRUE(store->Append(kBob, "", One(kBob, kAlice, "legacy")).ok());
+    EXPECT_TRUE(store->Append(kBob, "", PerDevice(kBob, 1, kAlice, {1})).ok());
+    Result<AppendOutcome> r = store->Append(kBob, "", PerDevice(kBob, 1, kAlice, {1, 2}));
+    ASSERT_FALSE(r.ok());
+    std::vector<uint32_t> missing, extra;
+    ASSERT_TRUE(ParseMismatchedDevices(r.status(), &missing, &extra)) << r.status().ToString();
+    EXPECT_TRUE(missing.empty());
+    EXPECT_EQ(extra, std::vector<uint32_t>{2});
+    ASSERT_TRUE(store
+                    ->UpdateSettings(kAlice,
+                                     [](UserSettings& s) {
+                                       s.devices = DeviceBit(1) | DeviceBit(2) | DeviceBit(5);
+                                       s.removed_devices = DeviceBit(3);
+                                       s.device_list_version = 4;
+                                       s.device_list = "signed list";
+                                       return Status::Ok();
+                                     })
+                    .ok());
+  }
+  auto store = OpenOrDie(TestOptions(dir.path()));  // the list survives a restart
+  ASSERT_NE(store, nullptr);
+  Result<UserSettings> got = store->GetSettings(kAlice);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->Devices(), DeviceBit(1) | DeviceBit(2) | DeviceBit(5));
+  EXPECT_EQ(got->removed_devices, DeviceBit(3));
+  EXPECT_EQ(got->device_list_version, 4u);
+  EXPECT_EQ(got->device_list, "signed list");
+
+  Result<AppendOutcome> stale = store->Append(kBob, "", PerDevice(kBob, 1, kAlice, {1, 2, 3}));
+  ASSERT_FALSE(stale.ok());
+  EXPECT_EQ(stale.status().code(), StatusCode::kMismatchedDevices);
+  std::vector<uint32_t> missing, extra;
+  ASSERT_TRUE(ParseMismatchedDevices(stale.status(), &missing, &extra));
+  EXPECT_EQ(missing, std::vector<uint32_t>{5});
+  EXPECT_EQ(extra, std::vector<uint32_t>{3});
+  EXPECT_EQ(store->Append(kBob, "", One(kBob, kAlice, "legacy")).status().code(),
+            StatusCode::kMismatchedDevices);
+  // To oneself: every device but the sending one; an older client's note to self passes.
+  EXPECT_EQ(store->Append(kAlice, "", PerDevice(kAlice, 2, kAlice, {1, 2, 5})).status().code(),
+            StatusCode::kMismatchedDevices);
+  EXPECT_TRUE(store->Append(kAlice, "", PerDevice(kAlice, 2, kAlice, {1, 5})).ok());
+  EXPECT_TRUE(store->Append(kAlice, "", One(kAlice, kAlice, "note")).ok());
+  // Receipts and group messages are for every device: not checked.
+  std::vector<v1::Envelope> receipt = One(kBob, kAlice, "receipt");
+  receipt[0].set_kind(v1::RECEIPT);
+  EXPECT_TRUE(store->Append(kBob, "", std::move(receipt)).ok());
+  EXPECT_TRUE(store->Append(kBob, "", {MakeEnvelope(kBob, kAlice, "group", 77)}).ok());
+  // The right copies go in together, one envelope each.
+  Result<AppendOutcome> ok = store->Append(kBob, "", PerDevice(kBob, 3, kAlice, {1, 2, 5}));
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  Result<std::vector<v1::Envelope>> inbox = testing::ScanAll(*store, kAlice);
+  ASSERT_TRUE(inbox.ok());
+  std::vector<std::string> bodies;
+  for (const v1::Envelope& e : *inbox) {
+    if (e.sender() == kBob && e.sender_device() == 3) bodies.push_back(e.body());
+  }
+  EXPECT_EQ(bodies, (std::vector<std::string>{"copy@1", "copy@2", "copy@5"}));
+}
+
+TEST(UserRecordsTest, EachDeviceHasItsOwnKeysAndAFetchTakesOnePrekeyOfEachListedDevice) {
+  TempDir dir;
+  auto store = OpenOrDie(TestOptions(dir.path()));
+  ASSERT_NE(store, nullptr);
+  constexpr uint64_t kAlice = 30;
+  for (uint32_t d : {1u, 2u, 7u}) {
+    v1::KeysUpload u = Upload(d * 100, 2, "identity-" + std::to_string(d));
+    u.set_device_id(d);
+    ASSERT_TRUE(store->UploadKeys(kAlice, u).ok());
+  }
+  // Without a device list only device 1 is fetched.
+  Result<v1::KeysBundle> b = store->FetchKeys(kAlice);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->identity_key(), "identity-1");
+  EXPECT_EQ(b->one_time_prekey().id(), 100u);
+  EXPECT_EQ(b->devices_size(), 0);
+  ASSERT_TRUE(store
+                  ->UpdateSettings(kAlice,
+                                   [](UserSettings& s) {
+                                     s.devices = DeviceBit(1) | DeviceBit(7);
+                                     s.device_list_version = 1;
+                                     s.device_list = "list";
+                                     return Status::Ok();
+                                   })
+                  .ok());
+  b = store->FetchKeys(kAlice);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->device_id(), 1u);
+  EXPECT_EQ(b->one_time_prekey().id(), 101u);
+  ASSERT_EQ(b->devices_size(), 1);  // device 2 uploaded keys but is not listed
+  EXPECT_EQ(b->devices(0).device_id(), 7u);
+  EXPECT_EQ(b->devices(0).identity_key(), "identity-7");
+  EXPECT_EQ(b->devices(0).one_time_prekey().id(), 700u);
+  EXPECT_EQ(b->devices(0).one_time_prekeys_left(), 1u);
+  // A removed device's keys go; the others' stay.
+  ASSERT_TRUE(store->DropDeviceKeys(kAlice, 7).ok());
+  b = store->FetchKeys(kAlice);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->devices_size(), 0);
+  EXPECT_FALSE(b->has_one_time_prekey());  // device 1's two are used up
+}
+
 TEST(UserRecordsTest, TheBlockListIsCappedAndARefusedChangeWritesNothing) {
   TempDir dir;
   auto store = OpenOrDie(TestOptions(dir.path()));

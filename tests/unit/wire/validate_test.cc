@@ -93,6 +93,84 @@ TEST(ValidateSendTest, BodyIsOneTo64000Bytes) {
   EXPECT_EQ(Code(0x10, m), kTooLarge);
 }
 
+TEST(ValidateSendTest, CopiesAreOnePerDeviceWithoutABody) {
+  v1::Send m = SampleSend();
+  m.clear_body();
+  for (uint32_t d : {1u, 2u, 63u}) {
+    v1::DeviceCopy* c = m.add_copies();
+    c->set_device(d);
+    c->set_body("c" + std::to_string(d));
+  }
+  EXPECT_EQ(Code(0x10, m), kOk);
+  v1::Send both = m;
+  both.set_body("x");
+  EXPECT_EQ(Code(0x10, both), kBad);
+  v1::Send twice = m;
+  twice.mutable_copies(1)->set_device(1);
+  EXPECT_EQ(Code(0x10, twice), kBad);
+  for (uint32_t bad : {0u, 64u}) {
+    v1::Send out_of_range = m;
+    out_of_range.mutable_copies(0)->set_device(bad);
+    EXPECT_EQ(Code(0x10, out_of_range), kBad) << bad;
+  }
+  v1::Send empty = m;
+  empty.mutable_copies(2)->clear_body();
+  EXPECT_EQ(Code(0x10, empty), kBad);
+  v1::Send large = m;
+  large.mutable_copies(0)->set_body(std::string(64'001, 'x'));
+  EXPECT_EQ(Code(0x10, large), kTooLarge);
+  v1::Send many = m;
+  for (uint32_t d : {4u, 5u, 6u}) {
+    v1::DeviceCopy* c = many.add_copies();
+    c->set_device(d);
+    c->set_body("c");
+  }
+  EXPECT_EQ(Code(0x10, many), kTooLarge);  // more than 5 devices
+  v1::Send group = m;
+  group.set_recipient(0);
+  group.set_group_id(9);
+  EXPECT_EQ(Code(0x10, group), kBad);
+}
+
+TEST(ValidateSettingsTest, DeviceListShape) {
+  const auto settings = [](std::vector<uint32_t> ids, uint64_t user = 5, uint64_t version = 1) {
+    v1::DeviceList list;
+    list.set_user(user);
+    list.set_version(version);
+    for (uint32_t id : ids) {
+      v1::Device* d = list.add_devices();
+      d->set_id(id);
+      d->set_identity_key("key" + std::to_string(id));
+    }
+    v1::Settings m;
+    m.mutable_device_list()->set_list(list.SerializeAsString());
+    m.mutable_device_list()->set_signature("sig");
+    return m;
+  };
+  EXPECT_EQ(Code(0x31, settings({1})), kOk);
+  EXPECT_EQ(Code(0x31, settings({1, 2, 3, 40, 63})), kOk);
+  EXPECT_EQ(Code(0x31, settings({1, 2, 3, 4, 5, 6})), kTooLarge);
+  EXPECT_EQ(Code(0x31, settings({2, 3})), kBad);   // no primary device
+  EXPECT_EQ(Code(0x31, settings({1, 1})), kBad);   // twice
+  EXPECT_EQ(Code(0x31, settings({1, 64})), kBad);  // not a device id
+  EXPECT_EQ(Code(0x31, settings({})), kBad);
+  EXPECT_EQ(Code(0x31, settings({1}, 0)), kBad);     // user 0
+  EXPECT_EQ(Code(0x31, settings({1}, 5, 0)), kBad);  // version 0
+  v1::Settings unsigned_list = settings({1});
+  unsigned_list.mutable_device_list()->clear_signature();
+  EXPECT_EQ(Code(0x31, unsigned_list), kBad);
+  v1::Settings garbage = settings({1});
+  garbage.mutable_device_list()->set_list("\xff\xff\xff");
+  EXPECT_EQ(Code(0x31, garbage), kBad);
+  v1::Settings keyless = settings({1});
+  v1::DeviceList list;
+  list.set_user(5);
+  list.set_version(1);
+  list.add_devices()->set_id(1);
+  keyless.mutable_device_list()->set_list(list.SerializeAsString());
+  EXPECT_EQ(Code(0x31, keyless), kBad);
+}
+
 TEST(ValidateSendTest, BodyLimitIsConfigurable) {
   ValidationLimits l;
   l.max_body_bytes = 10;
