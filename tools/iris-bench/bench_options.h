@@ -58,6 +58,10 @@ struct BenchOptions {
   double duration_s = 10;
   int window = 32;     // throughput: SENDs in flight per sender
   double rate = 2000;  // latency: offered messages per second, all senders together
+  // latency: a broadcast group of this many members (owner included) fanned out during the
+  // load, broadcast_after_s after it starts (broadcast_load.h); 0 = none.
+  uint32_t broadcast_members = 0;
+  double broadcast_after_s = 2;
   int body_bytes = 100;
   double drain_s = 20;
 

@@ -21,10 +21,12 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "bench_connection.h"
+#include "broadcast_load.h"
 #include "irisd_process.h"
 #include "report.h"
 #include "server_probe.h"
@@ -258,6 +260,13 @@ int Main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--rate", o.rate, "latency: offered messages per second (all senders)")
       ->capture_default_str();
+  app.add_option("--broadcast-members", o.broadcast_members,
+                 "latency: fan a broadcast group of this many members out during the load "
+                 "(owner included; at most 10000); 0 = none")
+      ->capture_default_str();
+  app.add_option("--broadcast-after-s", o.broadcast_after_s,
+                 "latency: seconds after the load starts to send the broadcast")
+      ->capture_default_str();
   app.add_option("--body-bytes", o.body_bytes, "Message body size (>= 16)")->capture_default_str();
   app.add_option("--drain-s", o.drain_s, "Wait this long for outstanding replies and deliveries")
       ->capture_default_str();
@@ -367,7 +376,21 @@ int Main(int argc, char** argv) {
         plan.secrets.push_back(secret);
       }
     }
+    std::optional<BroadcastLoad> broadcast;
+    if (data.error.empty() && data.scenario == Scenario::kLatency && o.broadcast_members > 0) {
+      // Users far above the load's own (user_base + its sessions).
+      broadcast.emplace();
+      Status b = broadcast->Prepare(plan.targets[0], plan.certs[0], plan.secrets[0],
+                                    o.user_base + 50'000'000, o.broadcast_members);
+      if (!b.ok()) {
+        data.error = "broadcast group: " + b.ToString();
+      } else {
+        broadcast->Start(o.broadcast_after_s);
+      }
+    }
     if (data.error.empty()) Coordinate(o, plan, data);
+    nlohmann::json broadcast_report;
+    if (broadcast) broadcast_report = broadcast->Finish(120);
     if (data.spawned) {
       // Keep the data directory (and irisd.log) when asked, when the run failed, or when
       // irisd did not shut down cleanly; the last is reported, not counted as a failure of
@@ -386,6 +409,10 @@ int Main(int argc, char** argv) {
     }
     ScenarioOutcome out = Summarize(o, data);
     std::cout << out.table << std::flush;
+    if (!broadcast_report.is_null()) {
+      out.json["broadcast"] = broadcast_report;
+      std::cout << "broadcast during the load: " << broadcast_report.dump() << "\n" << std::flush;
+    }
     all_ran = all_ran && data.error.empty();
     all_correct = all_correct && out.correct;
     doc["scenarios"].push_back(out.json);
