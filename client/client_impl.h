@@ -171,6 +171,9 @@ class Client::Impl {
     int ping_interval_ms = 12'500;
     uint32_t received = 0;
     bool upload_in_flight = false;
+    // A KEYS_UPLOAD refused for now (RATE_LIMITED, ...) goes again at this time (0: none).
+    int64_t upload_retry_at = 0;
+    uint32_t upload_attempts = 0;
     bool check_in_flight = false;  // a KEYS_FETCH of this account's own bundle
   };
 

@@ -269,6 +269,14 @@ Status Client::Impl::RunSession(Session& s) {
                              s.last_read_ms + dead_after + 1}) -
                    now;
     if (s.live) wait = std::min(wait, next_pump - now);
+    if (s.upload_retry_at != 0) {
+      if (now >= s.upload_retry_at) {
+        IRIS_RETURN_IF_ERROR(MaybeUploadKeys(s));
+        in_flight_count_ = s.in_flight.size();
+        continue;
+      }
+      wait = std::min(wait, s.upload_retry_at - now);
+    }
     wait = std::clamp<int64_t>(wait, 0, 60'000);
     auto f = s.conn->ReadFrame(static_cast<int>(wait), wake_fd_);
     if (!f.ok()) {
@@ -437,6 +445,8 @@ Status Client::Impl::FlushSettingsGets(Session& s) {
 
 Status Client::Impl::MaybeUploadKeys(Session& s) {
   if (s.upload_in_flight) return Status::Ok();
+  if (s.upload_retry_at != 0 && clock_.MonoMillis() < s.upload_retry_at) return Status::Ok();
+  s.upload_retry_at = 0;
   v1::KeysUpload up;
   uint32_t n = 0;
   bool identity = false;
@@ -675,7 +685,17 @@ void Client::Impl::RetryLater(int64_t seq, uint32_t attempts, uint32_t retry_aft
   store_->SetAttempts(seq, attempts).IgnoreError();  // advisory only
 }
 
-Status Client::Impl::OnSendError(Session& s, const InFlight& r, const Status& error) {
+Status Client::Impl::OnSendError(Session& s, const InFlight& r, const Status& server_error) {
+  Status error = server_error;
+  if (error.code() == StatusCode::kMismatchedDevices) {
+    // The recipient uses linked devices (docs/protocol.md appendix 20): one ciphertext per
+    // device is needed, which this client does not make yet. Refused for good.
+    error = Status(StatusCode::kMismatchedDevices,
+                   "user " + std::to_string(r.recipient) +
+                       " uses several devices; this client writes only to accounts with one "
+                       "device (server: " +
+                       server_error.message() + ")");
+  }
   if (r.group_id != 0) {
     s.busy_groups.erase(r.group_id);
   } else {
@@ -804,6 +824,7 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
         Emit(SendAckedEvent{LocalId(r.idem), r.recipient, 0, false, true});
       } else if (r.kind == InFlight::kKeysUpload) {
         s.upload_in_flight = false;
+        s.upload_attempts = 0;
         {
           std::lock_guard<std::mutex> l(db_mu_);
           LocalStore::Transaction tx(*store_);
@@ -880,6 +901,13 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
           }
           case InFlight::kKeysUpload:
             s.upload_in_flight = false;
+            if (IsRetryable(st.code())) {
+              // Refused for now (e.g. a reinstall within the server's KEYS_UPLOAD budget):
+              // again after the server's hint.
+              s.upload_retry_at =
+                  clock_.MonoMillis() + backoff_.DelayMs(++s.upload_attempts, st.retry_after_ms());
+              break;
+            }
             Emit(RequestFailedEvent{"keys_upload", st});
             break;
           case InFlight::kKeysCheck: {

@@ -260,6 +260,77 @@ TEST_F(ClientApiTest, PendingSettingsAreSentAtTheNextConnectionUntilConfirmed) {
 // pending in the local store and sent at the next connection; the server then refuses the
 // blocked user's message for good (FORBIDDEN: the sender's queue drops it, nothing reaches
 // the blocker) and lists the block in SETTINGS_INFO; after Unblock the next message arrives.
+// A recipient with linked devices (docs/protocol.md appendix 20) needs one ciphertext per
+// device; until this client makes them, such a send fails for good with a clear reason
+// instead of being retried forever.
+TEST_F(ClientApiTest, SendToAnAccountWithLinkedDevicesFailsClearly) {
+  constexpr uint64_t kAlice = 81, kBob = 82;
+  EventLog alice_log, bob_log;
+  {
+    auto bob = Client::Open(Options(kBob, &bob_log));
+    ASSERT_TRUE(bob.ok());
+    (*bob)->Start();
+    ASSERT_TRUE(
+        bob_log.WaitFor<KeysUploadedEvent>([](const KeysUploadedEvent& k) { return k.identity; }));
+  }
+  // Bob's second device publishes keys and his primary device lists it.
+  auth::Claims second;
+  second.user_id = kBob;
+  second.device = 2;
+  second.iat = std::chrono::duration_cast<std::chrono::seconds>(
+                   std::chrono::system_clock::now().time_since_epoch())
+                   .count();
+  second.exp = second.iat + 3600;
+  second.jti = "bob-device-2";
+  auto device2 = TestClient::Connect(server_);
+  ASSERT_EQ(device2->Hello(server_.Token(second)).opcode,
+            static_cast<uint8_t>(wire::Opcode::kWelcome));
+  v1::KeysUpload up;
+  up.set_request_id(1);
+  up.set_identity_key("bob device 2 identity");
+  up.mutable_signed_prekey()->set_id(1);
+  up.mutable_signed_prekey()->set_public_key("spk");
+  up.mutable_signed_prekey()->set_signature("sig");
+  ASSERT_EQ(device2
+                ->Ask(static_cast<uint8_t>(wire::Opcode::kKeysUpload), up,
+                      {static_cast<uint8_t>(wire::Opcode::kOk)})
+                .opcode,
+            static_cast<uint8_t>(wire::Opcode::kOk));
+  auto primary = TestClient::Connect(server_);
+  primary->Login(server_, kBob);
+  v1::DeviceList list;
+  list.set_user(kBob);
+  list.set_version(1);
+  for (uint32_t d : {1u, 2u}) {
+    v1::Device* dev = list.add_devices();
+    dev->set_id(d);
+    dev->set_identity_key("key " + std::to_string(d));
+  }
+  v1::Settings settings;
+  settings.set_request_id(2);
+  settings.mutable_device_list()->set_list(list.SerializeAsString());
+  settings.mutable_device_list()->set_signature("signature");
+  const client::ReceivedFrame set =
+      primary->Ask(static_cast<uint8_t>(wire::Opcode::kSettings), settings,
+                   {static_cast<uint8_t>(wire::Opcode::kOk)});
+  ASSERT_EQ(set.opcode, static_cast<uint8_t>(wire::Opcode::kOk)) << ErrorOf(set).message();
+
+  auto alice = Client::Open(Options(kAlice, &alice_log));
+  ASSERT_TRUE(alice.ok());
+  (*alice)->Start();
+  ASSERT_TRUE(Live(alice_log));
+  auto id = (*alice)->Send(kBob, "hello bob");
+  ASSERT_TRUE(id.ok());
+  auto failed = alice_log.WaitFor<SendFailedEvent>(
+      [&](const SendFailedEvent& f) { return f.local_id == *id; });
+  ASSERT_TRUE(failed);
+  EXPECT_TRUE(failed->permanent);
+  EXPECT_EQ(failed->status.code(), StatusCode::kMismatchedDevices) << failed->status.ToString();
+  EXPECT_NE(failed->status.message().find("uses several devices"), std::string::npos)
+      << failed->status.message();
+  EXPECT_TRUE((*alice)->PendingSends().empty()) << "not retried";
+}
+
 TEST_F(ClientApiTest, BlockedUserCannotWriteUntilUnblocked) {
   EventLog alice_log, bob_log;
   {
