@@ -294,6 +294,102 @@ TEST_F(ClusterTest, ConsentIsAnsweredByTheOwnersOfTheUsersInvolved) {
 
 // One session per user across the cluster: logging in on another node replaces the older
 // session wherever it is.
+// Devices across nodes (docs/protocol.md appendix 20): the devices of a user owned by node
+// 3 connect to nodes 1, 1 and 2; the device list is set through node 1, keys are fetched
+// through node 2, a copy per device is sent from node 4 (edge only), and each device finds
+// exactly its own copy, also after the others' sessions ended.
+TEST_F(ClusterTest, DevicesOfOneUserOnSeveralNodesEachGetTheirOwnCopy) {
+  const uint64_t alice = cluster_.UserOwnedBy(3, 7000);
+  const uint64_t bob = cluster_.UserOwnedBy(1, 7100);
+  const auto token = [&](uint32_t device) {
+    auth::Claims c;
+    c.user_id = alice;
+    c.device = device;
+    c.iat = SystemClock::Instance().WallMillis() / 1000;
+    c.exp = c.iat + 3600;
+    c.jti = "cluster-dev-" + std::to_string(device) + "-" + std::to_string(MonoMs());
+    return cluster_.node(1).Token(c);
+  };
+  const std::map<uint32_t, NodeId> at = {{1, 1}, {2, 1}, {3, 2}};
+  std::map<uint32_t, std::unique_ptr<TestClient>> devices;
+  for (const auto& [d, node] : at) {
+    devices[d] = TestClient::Connect(cluster_.node(node));
+    ASSERT_TRUE(devices[d]);
+    const client::ReceivedFrame w = devices[d]->Hello(token(d));
+    ASSERT_EQ(w.opcode, Op(wire::Opcode::kWelcome));
+    std::vector<v1::Envelope> ignored;
+    devices[d]->CatchUp(&ignored);
+    v1::KeysUpload up;
+    up.set_request_id(1);
+    up.set_identity_key("identity " + std::to_string(d));
+    up.mutable_signed_prekey()->set_id(1);
+    up.mutable_signed_prekey()->set_public_key("spk");
+    up.mutable_signed_prekey()->set_signature("sig");
+    ASSERT_EQ(devices[d]->Ask(Op(wire::Opcode::kKeysUpload), up, {Op(wire::Opcode::kOk)}).opcode,
+              Op(wire::Opcode::kOk));
+  }
+  v1::DeviceList list;
+  list.set_user(alice);
+  list.set_version(1);
+  for (uint32_t d : {1u, 2u, 3u}) {
+    v1::Device* dev = list.add_devices();
+    dev->set_id(d);
+    dev->set_identity_key("identity " + std::to_string(d));
+  }
+  v1::Settings settings;
+  settings.set_request_id(2);
+  settings.mutable_device_list()->set_list(list.SerializeAsString());
+  settings.mutable_device_list()->set_signature("signature");
+  const client::ReceivedFrame set =
+      devices[1]->Ask(Op(wire::Opcode::kSettings), settings, {Op(wire::Opcode::kOk)});
+  ASSERT_EQ(set.opcode, Op(wire::Opcode::kOk)) << ErrorOf(set).message();
+
+  auto sender = Online(cluster_.node(4), bob);
+  v1::KeysFetch fetch;
+  fetch.set_request_id(3);
+  fetch.set_user(alice);
+  v1::KeysBundle bundle;
+  ASSERT_TRUE(bundle.ParseFromString(
+      sender->Ask(Op(wire::Opcode::kKeysFetch), fetch, {Op(wire::Opcode::kKeysBundle)}).payload));
+  ASSERT_EQ(bundle.devices_size(), 2);
+  EXPECT_EQ(bundle.devices(1).identity_key(), "identity 3");
+
+  const auto send = [&](uint64_t request_id, const std::string& text,
+                        std::vector<uint32_t> copies) {
+    v1::Send m;
+    m.set_request_id(request_id);
+    m.set_recipient(alice);
+    m.set_idempotency_key(NewKey());
+    for (uint32_t d : copies) {
+      v1::DeviceCopy* c = m.add_copies();
+      c->set_device(d);
+      c->set_body(text + "@" + std::to_string(d));
+    }
+    return sender->Ask(Op(wire::Opcode::kSend), m, {Op(wire::Opcode::kSendAck)});
+  };
+  EXPECT_EQ(ErrorOf(send(10, "stale", {1, 2})).code(), 14u);  // MISMATCHED_DEVICES
+  ASSERT_EQ(send(11, "first", {1, 2, 3}).opcode, Op(wire::Opcode::kSendAck));
+  devices[2].reset();  // device 2 goes offline; the others stay
+  ASSERT_EQ(send(12, "second", {1, 2, 3}).opcode, Op(wire::Opcode::kSendAck));
+  devices.clear();
+
+  // Each device, from yet another node, finds its two copies and nothing else.
+  for (uint32_t d : {1u, 2u, 3u}) {
+    auto c = TestClient::Connect(cluster_.node(d == 3 ? 4 : 2));
+    ASSERT_TRUE(c);
+    ASSERT_EQ(c->Hello(token(d)).opcode, Op(wire::Opcode::kWelcome));
+    std::vector<v1::Envelope> got;
+    c->CatchUp(&got);
+    std::vector<std::string> bodies;
+    for (const v1::Envelope& e : got) {
+      if (e.kind() == v1::MESSAGE) bodies.push_back(e.body());
+    }
+    EXPECT_EQ(bodies, (std::vector<std::string>{"first@" + std::to_string(d),
+                                                "second@" + std::to_string(d)}))
+        << "device " << d;
+  }
+}
+
 TEST_F(ClusterTest, NewerSessionOnAnotherNodeReplacesTheOlder) {
   const uint64_t u = cluster_.UserOwnedBy(3, 100);
   auto sender = Online(cluster_.node(4), cluster_.UserOwnedBy(1, 200));
