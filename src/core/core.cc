@@ -105,12 +105,23 @@ void Core::Register(uint64_t user, SessionRef ref, bool displace) {
   if (old) sink_.Replace(*old);
   sink_.SettleRate(ref, user, debt);
   if (came_online) presence_.OnOnline(user);
-  if (ref.device != kPrimaryDevice && !cached) RefuseRemovedDevice(user, ref);
+  if (ref.device != kPrimaryDevice) {
+    // A removal that committed between the check above and the insertion found no session
+    // to end (UpdateSettings updates the cache before it looks): look again. And the cache
+    // may be stale (this node owned the user before, in a cluster): read the store too.
+    if (auto now = settings_.Peek(user); now && HasDevice(now->removed_devices, ref.device)) {
+      DropSession(user, ref);
+      return;
+    }
+    RefuseRemovedDevice(user, ref);
+  }
 }
 
 void Core::RefuseRemovedDevice(uint64_t user, SessionRef ref) {
   readers_.Submit([this, user, ref] {
-    if (HasDevice(settings_.Get(user).removed_devices, ref.device)) DropSession(user, ref);
+    // From the store, not the cache (which may be from before this node last owned the user).
+    Result<store::UserSettings> s = store_.GetSettings(user);
+    if (s.ok() && HasDevice(s->removed_devices, ref.device)) DropSession(user, ref);
   });
 }
 
@@ -484,6 +495,13 @@ void Core::QueryPresence(const std::vector<uint64_t>& users, PresenceDone done) 
 
 void Core::UploadKeys(uint64_t user, const v1::KeysUpload& upload, StatusDone done) {
   writers_.SubmitOrdered(user, [this, user, upload, done = std::move(done)] {
+    // A removed device's keys stay deleted (docs/protocol.md appendix 20).
+    if (upload.device_id() > kPrimaryDevice &&
+        HasDevice(settings_.Get(user).removed_devices, upload.device_id())) {
+      done(Forbidden("device " + std::to_string(upload.device_id()) +
+                     " was removed from the device list"));
+      return;
+    }
     done(store_.UploadKeys(user, upload));
   });
 }

@@ -265,7 +265,8 @@ class Core final : public CoreApi {
   // (device 1, 4 linked ones, and a device being linked).
   static constexpr size_t kMaxSessionsPerUser = 8;
   // Ends `ref` (EdgeSink::Replace) when its device was removed from the user's device list,
-  // once the user's settings are read (on a worker: Register checks cached settings itself).
+  // once the user's settings are read from the store (on a worker; Register checks the
+  // cached settings itself, before and after it registers `ref`).
   void RefuseRemovedDevice(uint64_t user, SessionRef ref);
   // Forgets `ref` and tells it to go away, if it is still registered.
   void DropSession(uint64_t user, SessionRef ref);
