@@ -66,6 +66,8 @@ Status Client::Impl::OpenState() {
   IRIS_ASSIGN_OR_RETURN(store_, LocalStore::Open(options_.state_dir + "/state.db"));
   IRIS_ASSIGN_OR_RETURN(cipher_, e2ee::MessageCipher::Open(*store_));
   user_id_ = store_->GetU64("user_id");  // the account this state belongs to (0 = not known yet)
+  device_id_ = static_cast<uint32_t>(store_->GetU64(kOwnerDeviceId, 1));
+  cipher_->set_local_device(device_id_);
   wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (wake_fd_ < 0) return Internal(std::string("eventfd: ") + strerror(errno));
   return Status::Ok();
@@ -129,8 +131,24 @@ Result<std::string> Client::Impl::Send(uint64_t recipient, std::string_view text
   q.created_ms = clock_.WallMillis();
   {
     std::lock_guard<std::mutex> l(db_mu_);
+    LocalStore::Transaction tx(*store_);
     auto seq = store_->Enqueue(q);
     if (!seq.ok()) return seq.status();
+    // This account's other devices get a transcript (a SEND to this account itself, one
+    // copy per other device): a linked device always has the primary; the primary has
+    // others once it linked one.
+    const uint64_t self = user_id_.load();
+    if (self != 0 && (device_id_.load() != 1 || cipher_->DevicesOf(self).size() > 1)) {
+      QueuedSend t;
+      t.idem_key = std::string(UuidBytes(uuids_.Next()));
+      t.recipient = self;
+      t.kind = kQueuedTranscript;
+      t.payload = e2ee::EncodeTranscript({recipient, std::string(text)});
+      t.created_ms = q.created_ms;
+      auto tseq = store_->Enqueue(t);
+      if (!tseq.ok()) return tseq.status();
+    }
+    IRIS_RETURN_IF_ERROR(tx.Commit());
   }
   queue_dirty_ = true;
   Wake();
@@ -541,9 +559,10 @@ std::vector<StoredMessage> Client::Impl::Messages(uint64_t after_id, size_t limi
     if (batch.empty()) break;
     for (StoredIncoming& m : batch) {
       from = m.id;
-      if (m.kind != v1::MESSAGE) continue;
+      if (m.kind != v1::MESSAGE && m.kind != kIncomingSentByOwnDevice) continue;
       out.push_back(StoredMessage{m.id, m.peer, m.sent_at_ms, std::move(m.body), m.ok,
-                                  std::move(m.error), m.group_id});
+                                  std::move(m.error), m.group_id,
+                                  m.kind == kIncomingSentByOwnDevice});
       if (out.size() == limit) break;
     }
   }
@@ -608,27 +627,8 @@ Result<std::vector<StoredMessage>> Client::Impl::TrustIdentity(uint64_t user,
     LocalStore::Transaction tx(*store_);
     IRIS_ASSIGN_OR_RETURN(bool changed, cipher_->TrustIdentity(user_id_, user, fingerprint));
     if (changed) {
-      // The kept ciphertexts, oldest first; those that still fail stay kept.
       std::vector<Event> events;
-      for (const Undecryptable& u : store_->UndecryptableFrom(user)) {
-        v1::Envelope e;
-        e.set_id(u.id);
-        e.set_sender(u.peer);
-        e.set_sent_at_ms(u.sent_at_ms);
-        e.set_kind(v1::MESSAGE);
-        e.set_body(u.body);
-        StoredIncoming rec;
-        rec.id = u.id;
-        rec.peer = u.peer;
-        rec.sent_at_ms = u.sent_at_ms;
-        rec.kind = static_cast<uint8_t>(v1::MESSAGE);
-        IRIS_RETURN_IF_ERROR(DecryptIncoming(nullptr, e, false, /*retry=*/true, &rec, &events));
-        if (!rec.ok) continue;
-        IRIS_RETURN_IF_ERROR(store_->UpdateIncoming(rec));
-        if (rec.kind == v1::MESSAGE) {
-          out.push_back(StoredMessage{rec.id, rec.peer, rec.sent_at_ms, rec.body, true, ""});
-        }
-      }
+      IRIS_RETURN_IF_ERROR(RetryKept(user, /*linked_only=*/false, &out, &events));
     }
     if (options_.delivery_receipts && !out.empty()) {
       std::vector<uint64_t> ids;
@@ -642,6 +642,154 @@ Result<std::vector<StoredMessage>> Client::Impl::TrustIdentity(uint64_t user,
   Wake();
   return out;
 }
+
+Status Client::Impl::RetryKept(uint64_t user, bool linked_only, std::vector<StoredMessage>* out,
+                               std::vector<Event>* events) {
+  // The kept ciphertexts, oldest first; those that still fail stay kept.
+  for (const Undecryptable& u : store_->UndecryptableFrom(user)) {
+    if (linked_only && u.device <= 1) continue;
+    v1::Envelope e;
+    e.set_id(u.id);
+    e.set_sender(u.peer);
+    e.set_sent_at_ms(u.sent_at_ms);
+    e.set_kind(v1::MESSAGE);
+    e.set_body(u.body);
+    e.set_sender_device(u.device);
+    StoredIncoming rec;
+    rec.id = u.id;
+    rec.peer = u.peer;
+    rec.sent_at_ms = u.sent_at_ms;
+    rec.kind = static_cast<uint8_t>(v1::MESSAGE);
+    IRIS_RETURN_IF_ERROR(DecryptIncoming(nullptr, e, false, /*retry=*/true, &rec, events));
+    if (!rec.ok) continue;
+    IRIS_RETURN_IF_ERROR(store_->UpdateIncoming(rec));
+    if (rec.kind == v1::MESSAGE || rec.kind == kIncomingSentByOwnDevice) {
+      out->push_back(StoredMessage{rec.id, rec.peer, rec.sent_at_ms, rec.body, true, "", 0,
+                                   rec.kind == kIncomingSentByOwnDevice});
+    }
+  }
+  return Status::Ok();
+}
+
+// ---- Devices ----
+
+namespace {
+
+std::string Hex(std::string_view bytes) {
+  static const char* kDigits = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : bytes) {
+    out += kDigits[c >> 4];
+    out += kDigits[c & 15];
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<std::string> Client::Impl::LinkCode() const {
+  const uint64_t user = user_id_.load();
+  if (user == 0) {
+    return NotFound("this device has not connected yet: log in (connect) once with its token");
+  }
+  if (device_id_.load() == 1) {
+    return BadRequest(
+        "this is the primary device (1): a linked device shows the code, with a "
+        "token naming its device (irisctl token ... --device N)");
+  }
+  std::lock_guard<std::mutex> l(db_mu_);
+  return std::string(kLinkCodePrefix) + std::to_string(user) + ":" +
+         std::to_string(device_id_.load()) + ":" + Hex(cipher_->LocalIdentityKey());
+}
+
+Result<Client::Impl::LinkCodeParts> Client::Impl::ParseLinkCode(std::string_view code) {
+  auto bad = [&](const std::string& why) {
+    return BadRequest("not a device link code (" + why +
+                      "): it looks like iris-link:1:USER:DEVICE:KEY, shown by iris devices code "
+                      "on the new device");
+  };
+  if (code.substr(0, std::string_view(kLinkCodePrefix).size()) != kLinkCodePrefix) {
+    return bad("wrong prefix");
+  }
+  code.remove_prefix(std::string_view(kLinkCodePrefix).size());
+  std::vector<std::string_view> parts;
+  while (true) {
+    const size_t colon = code.find(':');
+    parts.push_back(code.substr(0, colon));
+    if (colon == std::string_view::npos) break;
+    code.remove_prefix(colon + 1);
+  }
+  if (parts.size() != 3) return bad("three fields after the prefix");
+  auto number = [](std::string_view v, uint64_t* out) {
+    if (v.empty() || v.size() > 20) return false;
+    uint64_t n = 0;
+    for (char c : v) {
+      if (c < '0' || c > '9') return false;
+      n = n * 10 + static_cast<uint64_t>(c - '0');
+    }
+    *out = n;
+    return true;
+  };
+  LinkCodeParts p;
+  uint64_t device = 0;
+  if (!number(parts[0], &p.user) || p.user == 0) return bad("user id");
+  if (!number(parts[1], &device) || device < 2 || device > 63) return bad("device id 2..63");
+  p.device = static_cast<uint32_t>(device);
+  const std::string_view hex = parts[2];
+  if (hex.size() != 66) return bad("identity key");
+  for (size_t i = 0; i < hex.size(); i += 2) {
+    auto digit = [](char c) -> int {
+      if (c >= '0' && c <= '9') return c - '0';
+      if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+      if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+      return -1;
+    };
+    const int hi = digit(hex[i]), lo = digit(hex[i + 1]);
+    if (hi < 0 || lo < 0) return bad("identity key");
+    p.identity_key.push_back(static_cast<char>(hi * 16 + lo));
+  }
+  return p;
+}
+
+Result<uint64_t> Client::Impl::ChangeDevices(uint8_t op, uint32_t device, std::string key) {
+  if (op != kDevicesList && device_id_.load() != 1) {
+    return BadRequest("only the primary device (1) links and removes devices; this is device " +
+                      std::to_string(device_id_.load()));
+  }
+  const uint64_t request = next_history_++;
+  Command c{Command::kDevices};
+  c.limit = op;
+  c.before = device;
+  c.key = std::move(key);
+  c.request = request;
+  {
+    std::lock_guard<std::mutex> l(cmd_mu_);
+    commands_.push_back(std::move(c));
+  }
+  Wake();
+  return request;
+}
+
+Result<uint64_t> Client::Impl::LinkDevice(std::string_view code) {
+  IRIS_ASSIGN_OR_RETURN(LinkCodeParts p, ParseLinkCode(code));
+  const uint64_t self = user_id_.load();
+  if (self != 0 && p.user != self) {
+    return BadRequest("this code is for user " + std::to_string(p.user) +
+                      "'s device, and this is "
+                      "user " +
+                      std::to_string(self));
+  }
+  return ChangeDevices(kDevicesAdd, p.device, std::move(p.identity_key));
+}
+
+Result<uint64_t> Client::Impl::RemoveDevice(uint32_t device) {
+  if (device < 2 || device > 63) {
+    return BadRequest("a linked device id is 2..63 (the primary device 1 cannot be removed)");
+  }
+  return ChangeDevices(kDevicesRemove, device, "");
+}
+
+uint64_t Client::Impl::RequestDevices() { return *ChangeDevices(kDevicesList, 0, ""); }
 
 // ---- Client facade ----
 
@@ -712,6 +860,11 @@ Result<ContactVerification> Client::Verification(uint64_t user) const {
   return impl_->Verification(user);
 }
 Status Client::MarkVerified(uint64_t user) { return impl_->MarkVerified(user); }
+uint32_t Client::device_id() const { return impl_->device_id(); }
+Result<std::string> Client::LinkCode() const { return impl_->LinkCode(); }
+Result<uint64_t> Client::LinkDevice(std::string_view code) { return impl_->LinkDevice(code); }
+Result<uint64_t> Client::RemoveDevice(uint32_t device) { return impl_->RemoveDevice(device); }
+uint64_t Client::RequestDevices() { return impl_->RequestDevices(); }
 Result<std::vector<StoredMessage>> Client::TrustIdentity(uint64_t user,
                                                          std::string_view fingerprint) {
   return impl_->TrustIdentity(user, fingerprint);

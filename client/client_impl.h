@@ -14,8 +14,10 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -53,6 +55,28 @@ inline constexpr const char* kConsentPending = "consent_pending";
 inline constexpr size_t kMaxPendingBlocks = 1024;
 // Per SETTINGS frame, at most this many ids in `block` and in `unblock` (the protocol's limit).
 inline constexpr int kMaxConsentIdsPerFrame = 256;
+
+// kv: the device id this state directory is (from the first WELCOME; absent = 1). A later
+// token for another device of the account is refused: one state directory per device.
+inline constexpr const char* kOwnerDeviceId = "device_id";
+// A queued transcript (payload: e2ee::EncodeTranscript) to this account's other devices.
+constexpr uint8_t kQueuedTranscript = 6;
+// The stored form of a 1:1 SEND's ciphertexts: this prefix, then a serialised v1::Send whose
+// `copies` hold one ciphertext per device and whose `body` holds the sealed plaintext they
+// encrypt (kept locally, never sent; a body queued by older versions of this client is a
+// bare ciphertext, which starts with e2ee::kBodyVersion, never 0). A single copy for
+// device 1 of another user goes as the plain `body` of PROTOCOL.md.
+inline constexpr std::string_view kCopiesMarker{"\0copies\0", 8};
+// A queued body to encrypt again for a changed device set: this prefix, then the sealed
+// plaintext (after MISMATCHED_DEVICES).
+inline constexpr std::string_view kSealedMarker{"\0sealed\0", 8};
+// At most this many bytes of copies in one SEND (the frame's 65,535 with the other fields).
+inline constexpr size_t kMaxCopiesBytes = 65'000;
+inline constexpr const char* kLinkCodePrefix = "iris-link:1:";
+// Device list requests (Command::kDevices `limit`, InFlight::devices_op).
+inline constexpr uint8_t kDevicesList = 1;
+inline constexpr uint8_t kDevicesAdd = 2;
+inline constexpr uint8_t kDevicesRemove = 3;
 
 class Client::Impl {
  public:
@@ -97,6 +121,11 @@ class Client::Impl {
   Result<ContactVerification> Verification(uint64_t user) const;
   Status MarkVerified(uint64_t user);
   Result<std::vector<StoredMessage>> TrustIdentity(uint64_t user, std::string_view fingerprint);
+  uint32_t device_id() const { return device_id_.load(); }
+  Result<std::string> LinkCode() const;
+  Result<uint64_t> LinkDevice(std::string_view code);
+  Result<uint64_t> RemoveDevice(uint32_t device);
+  uint64_t RequestDevices();
 
  private:
   struct Command {
@@ -109,7 +138,8 @@ class Client::Impl {
       kGroupGet,
       kGroupCreate,
       kGroupUpdate,
-      kSettingsGet
+      kSettingsGet,
+      kDevices  // limit: kDevicesList/Add/Remove; before: the device; key: its identity key
     } kind;
     std::vector<uint64_t> users;  // kGroupCreate: members; kGroupUpdate: added
     bool flag_a = false;          // kGroupUpdate: leave (remove this user)
@@ -119,6 +149,7 @@ class Client::Impl {
     uint64_t request = 0;          // kHistory, kGroupCreate, kGroupUpdate, kSettingsGet: the
                                    // number returned
     std::vector<uint64_t> remove;  // kGroupUpdate
+    std::string key;               // kDevices
   };
   // A request on the current connection waiting for its reply.
   struct InFlight {
@@ -155,6 +186,12 @@ class Client::Impl {
     // kSettingsGet: not written yet; it goes once no SETTINGS is in flight (the server reads
     // settings apart from the order in which it applies SETTINGS).
     bool unsent = false;
+    // kSettingsGet of a kDevices command (its op, device and key); kSettings carrying a
+    // device list (`device_list`, what its OK makes current), with the request in `history`.
+    uint8_t devices_op = 0;
+    uint32_t device = 0;
+    std::string device_key;
+    std::shared_ptr<const v1::DeviceList> device_list;
   };
   // Per-connection state, owned by the I/O thread.
   struct Session {
@@ -178,6 +215,30 @@ class Client::Impl {
   };
 
   void Run();
+  struct LinkCodeParts {
+    uint64_t user = 0;
+    uint32_t device = 0;
+    std::string identity_key;
+  };
+  static Result<LinkCodeParts> ParseLinkCode(std::string_view code);
+  // Posts a kDevices command (op kDevicesList/Add/Remove); returns its request number.
+  Result<uint64_t> ChangeDevices(uint8_t op, uint32_t device, std::string key);
+  // The answer to the SETTINGS_GET of a kDevices command: verifies this account's list,
+  // reports it (list) or writes the SETTINGS with the changed, signed list (add, remove).
+  Status OnDevicesInfo(Session& s, const InFlight& r, const v1::SettingsInfo& info);
+  // The devices of `user` a SEND to it is encrypted for (db_mu_ held): its device list (or
+  // device 1); for this account itself, its other devices.
+  std::vector<uint32_t> TargetDevices(uint64_t user) const;
+  // A KEYS_BUNDLE for `user`: sessions with each device missing one, after checking the
+  // device list's signature (db_mu_ held). Sets *changed for a changed device-1 identity,
+  // and *list_refused when the device list is not signed by device 1 (FORBIDDEN).
+  Status ProcessFetchedKeys(uint64_t user, v1::KeysBundle& b,
+                            std::optional<IdentityChangedEvent>* changed, bool* list_refused);
+  // Decrypts again the kept ciphertexts from `user` (only those of its linked devices when
+  // `linked_only`); those that now decrypt are updated in the store and appended to *out
+  // (db_mu_ held, inside the caller's transaction).
+  Status RetryKept(uint64_t user, bool linked_only, std::vector<StoredMessage>* out,
+                   std::vector<Event>* events);
   Status RunSession(Session& s);
   Status Write(Session& s, wire::Opcode op, const google::protobuf::MessageLite& m);
   Status HandleFrame(Session& s, const ReceivedFrame& f);
@@ -276,6 +337,10 @@ class Client::Impl {
   std::map<uint64_t, uint32_t> fetch_attempts_;
   // Recipients whose last key fetch found no usable keys (none published, refused identity).
   std::set<uint64_t> unreachable_;
+  // Users whose keys and device list are fetched again before the next send to them (a
+  // MISMATCHED_DEVICES answer, or a message from a linked device not in their list as known
+  // here). Guarded by db_mu_.
+  std::set<uint64_t> refetch_;
   std::map<uint64_t, std::string> group_names_;  // create request -> local name (cmd_mu_)
 
   mutable std::mutex cmd_mu_;
@@ -289,6 +354,7 @@ class Client::Impl {
   std::atomic<bool> queue_dirty_{true};
   std::atomic<SessionState> state_{SessionState::kStopped};
   std::atomic<uint64_t> user_id_{0};
+  std::atomic<uint32_t> device_id_{1};
   std::atomic<uint64_t> next_history_{1};
   std::atomic<size_t> in_flight_count_{0};  // the live session's unanswered requests
   // Events being handed to on_event: another thread's Settled() waits for them, so that a

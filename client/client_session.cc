@@ -95,7 +95,9 @@ void Client::Impl::Run() {
       if (r.kind == InFlight::kHistory) {
         Emit(RequestFailedEvent{"history", lost, r.history});
       } else if (r.kind == InFlight::kSettingsGet) {
-        Emit(RequestFailedEvent{"settings_get", lost, r.history});
+        Emit(RequestFailedEvent{r.devices_op != 0 ? "devices" : "settings_get", lost, r.history});
+      } else if (r.kind == InFlight::kSettings && r.device_list) {
+        Emit(RequestFailedEvent{"devices", lost, r.history});
       } else if (r.kind == InFlight::kGroupGet && r.group && r.group->request != 0) {
         Emit(RequestFailedEvent{r.what, lost, r.group->request});
       }
@@ -168,6 +170,23 @@ Status Client::Impl::RunSession(Session& s) {
                         std::to_string(welcome.user_id()) + "; use another state directory");
     }
     if (owner == 0) IRIS_RETURN_IF_ERROR(store_->PutU64(kOwnerUserId, welcome.user_id()));
+    // And to one device of it (its identity key is that device's).
+    const uint32_t device = welcome.device_id() == 0 ? 1 : welcome.device_id();
+    const uint64_t owner_device = store_->GetU64(kOwnerDeviceId, 0);
+    if (owner != 0 && owner_device == 0 && device != 1) {
+      return BadRequest("the state directory " + options_.state_dir + " is device 1 of user " +
+                        std::to_string(owner) + " but the token is for device " +
+                        std::to_string(device) + "; a linked device needs its own state directory");
+    }
+    if (owner_device != 0 && owner_device != device) {
+      return BadRequest("the state directory " + options_.state_dir + " is device " +
+                        std::to_string(owner_device) + " of user " + std::to_string(owner) +
+                        " but the token is for device " + std::to_string(device) +
+                        "; use another state directory");
+    }
+    if (owner_device == 0) IRIS_RETURN_IF_ERROR(store_->PutU64(kOwnerDeviceId, device));
+    device_id_ = device;
+    cipher_->set_local_device(device);
   }
   user_id_ = welcome.user_id();
   s.last_read_ms = clock_.MonoMillis();
@@ -388,10 +407,16 @@ Status Client::Impl::RunCommands(Session& s) {
         IRIS_RETURN_IF_ERROR(WritePendingSettings(s));
         break;
       }
+      case Command::kDevices:
       case Command::kSettingsGet: {
         InFlight r{InFlight::kSettingsGet};
         r.history = c.request;
         r.unsent = true;
+        if (c.kind == Command::kDevices) {
+          r.devices_op = static_cast<uint8_t>(c.limit);
+          r.device = static_cast<uint32_t>(c.before);
+          r.device_key = std::move(c.key);
+        }
         s.in_flight[s.next_request_id++] = r;  // before the write: a lost one is reported
         IRIS_RETURN_IF_ERROR(FlushSettingsGets(s));
         break;
@@ -560,10 +585,19 @@ Status Client::Impl::PumpSends(Session& s) {
       if (!seen.insert(q.recipient).second) continue;  // FIFO: only each recipient's head
       if (s.busy.count(q.recipient) != 0) continue;
       if (auto it = retry_at_.find(q.seq); it != retry_at_.end() && it->second > now) continue;
-      // Messages, control messages and sealed receipts are encrypted once, when first at
-      // the head.
-      if (q.kind != kQueuedReceipt && q.wire_body.empty()) {
-        if (!cipher_->HasSession(q.recipient)) {
+      // Messages, control messages, sealed receipts and transcripts are encrypted once, when
+      // first at the head: one ciphertext per device of the recipient.
+      const bool resealed = q.wire_body.starts_with(kSealedMarker);
+      if (q.kind != kQueuedReceipt && (q.wire_body.empty() || resealed)) {
+        const std::vector<uint32_t> devices = TargetDevices(q.recipient);
+        if (q.kind == kQueuedTranscript && devices.empty()) {
+          // This account has no other device (any more): nobody to copy it to.
+          store_->Dequeue(q.seq, 0, 0).IgnoreError();
+          continue;
+        }
+        bool ready = refetch_.count(q.recipient) == 0;
+        for (uint32_t d : devices) ready = ready && cipher_->HasSession(q.recipient, d);
+        if (!ready) {
           if (auto it = fetch_retry_at_.find(q.recipient);
               it != fetch_retry_at_.end() && it->second > now) {
             continue;
@@ -604,24 +638,51 @@ Status Client::Impl::PumpSends(Session& s) {
             looked_up = added.status();  // INTERNAL: retried like a failed encryption
           }
         }
-        Result<std::string> body = BadRequest("malformed control message");
+        // The sealed plaintext is kept with the ciphertexts (never sent): after a
+        // MISMATCHED_DEVICES answer the same message is encrypted for the new device set.
+        std::string sealed;
+        Result<std::vector<std::string>> bodies = BadRequest("malformed control message");
         if (!looked_up.ok()) {
-          body = looked_up;
+          bodies = looked_up;
+        } else if (resealed) {
+          sealed = q.wire_body.substr(kSealedMarker.size());
+          bodies = cipher_->EncryptSealed(q.recipient, devices, sealed);
         } else if (q.kind == kQueuedControl) {
           if (auto control = e2ee::DecodeControl(q.payload); control.ok()) {
-            body = cipher_->EncryptControl(q.recipient, *control);
+            bodies = cipher_->EncryptForDevices(q.recipient, devices, e2ee::EncodeControl(*control),
+                                                e2ee::kContentControl, &sealed);
           }
-        } else if (q.kind == kQueuedSenderKey) {
-          body = cipher_->Encrypt(q.recipient, q.payload, e2ee::kContentSenderKey);
         } else {
-          body = cipher_->Encrypt(
-              q.recipient, q.payload,
-              q.kind == kQueuedSealedReceipt ? e2ee::kContentReceipt : e2ee::kContentText);
+          uint8_t type = e2ee::kContentText;
+          if (q.kind == kQueuedSenderKey) type = e2ee::kContentSenderKey;
+          if (q.kind == kQueuedSealedReceipt) type = e2ee::kContentReceipt;
+          if (q.kind == kQueuedTranscript) type = e2ee::kContentTranscript;
+          bodies = cipher_->EncryptForDevices(q.recipient, devices, q.payload, type, &sealed);
+        }
+        Result<std::string> body = bodies.status();
+        if (bodies.ok()) {
+          size_t largest = 0;
+          for (const std::string& b : *bodies) largest = std::max(largest, b.size());
+          if (largest > s.max_body_bytes) {
+            body = TooLarge("encrypted body is " + std::to_string(largest) + " bytes");
+          } else {
+            v1::Send copies;
+            for (size_t i = 0; i < devices.size(); ++i) {
+              v1::DeviceCopy* c = copies.add_copies();
+              c->set_device(devices[i]);
+              c->set_body(std::move((*bodies)[i]));
+            }
+            // The whole SEND must fit one frame (65,535 bytes) with its other fields.
+            const size_t frame = copies.ByteSizeLong();
+            copies.set_body(sealed);
+            body = std::string(kCopiesMarker) + copies.SerializeAsString();
+            if (frame > kMaxCopiesBytes) {
+              body = TooLarge("the encrypted copies for " + std::to_string(devices.size()) +
+                              " devices take " + std::to_string(frame) + " bytes");
+            }
+          }
         }
         Status st = body.ok() ? store_->SetWireBody(q.seq, *body, adds_contact) : body.status();
-        if (st.ok() && body->size() > s.max_body_bytes) {
-          st = TooLarge("encrypted body is " + std::to_string(body->size()) + " bytes");
-        }
         if (st.ok()) st = tx.Commit();
         if (!st.ok()) {
           const bool permanent = st.code() == StatusCode::kTooLarge;
@@ -658,7 +719,19 @@ Status Client::Impl::PumpSends(Session& s) {
         m->set_request_id(rid);
         m->set_idempotency_key(q.idem_key);
         m->set_recipient(q.recipient);
-        m->set_body(q.wire_body);
+        if (q.wire_body.starts_with(kCopiesMarker)) {
+          v1::Send copies;
+          copies.ParseFromString(q.wire_body.substr(kCopiesMarker.size()));
+          if (copies.copies_size() == 1 && copies.copies(0).device() == 1 &&
+              q.recipient != user_id_.load()) {
+            // One device: the plain body of PROTOCOL.md.
+            m->set_body(std::move(*copies.mutable_copies(0)->mutable_body()));
+          } else {
+            *m->mutable_copies() = std::move(*copies.mutable_copies());
+          }
+        } else {
+          m->set_body(q.wire_body);  // queued by an older version of this client
+        }
         if (r.adds_contact) m->set_adds_contact(true);
         frames.emplace_back(wire::Opcode::kSend, std::move(m));
       } else {
@@ -672,6 +745,22 @@ Status Client::Impl::PumpSends(Session& s) {
         m->set_idempotency_key(q.idem_key);
         frames.emplace_back(wire::Opcode::kReceipt, std::move(m));
       }
+    }
+    // Device lists to fetch again with nothing queued for their user (a message came from a
+    // linked device not in the list known here).
+    for (uint64_t user : refetch_) {
+      if (seen.count(user) != 0 || s.busy.count(user) != 0) continue;
+      if (auto it = fetch_retry_at_.find(user); it != fetch_retry_at_.end() && it->second > now) {
+        continue;
+      }
+      auto fetch = std::make_unique<v1::KeysFetch>();
+      fetch->set_request_id(s.next_request_id++);
+      fetch->set_user(user);
+      InFlight r{InFlight::kKeysFetch};
+      r.recipient = user;
+      s.in_flight[fetch->request_id()] = r;
+      s.busy.insert(user);
+      frames.emplace_back(wire::Opcode::kKeysFetch, std::move(fetch));
     }
   }
   for (const Event& e : events) Emit(e);
@@ -687,14 +776,37 @@ void Client::Impl::RetryLater(int64_t seq, uint32_t attempts, uint32_t retry_aft
 
 Status Client::Impl::OnSendError(Session& s, const InFlight& r, const Status& server_error) {
   Status error = server_error;
-  if (error.code() == StatusCode::kMismatchedDevices) {
-    // The recipient uses linked devices (docs/protocol.md appendix 20): one ciphertext per
-    // device is needed, which this client does not make yet. Refused for good.
-    error = Status(StatusCode::kMismatchedDevices,
-                   "user " + std::to_string(r.recipient) +
-                       " uses several devices; this client writes only to accounts with one "
-                       "device (server: " +
-                       server_error.message() + ")");
+  if (error.code() == StatusCode::kMismatchedDevices && r.group_id == 0) {
+    // The recipient's devices changed (docs/protocol.md appendix 20): nothing was stored, so
+    // the keys and the signed device list are fetched again and the message is encrypted
+    // anew for the devices it names, under the same idempotency key. After 5 times in a row
+    // (a list the server contradicts) it fails for good.
+    s.busy.erase(r.recipient);
+    queue_dirty_ = true;
+    std::lock_guard<std::mutex> l(db_mu_);
+    const uint32_t attempts = ++attempts_[r.seq];
+    if (attempts < 5) {
+      // The same sealed plaintext is encrypted again (one conversation counter value);
+      // a body queued by an older client version is sealed anew.
+      std::string again;
+      if (auto q = store_->FindQueued(r.idem);
+          q.ok() && q->has_value() && (*q)->wire_body.starts_with(kCopiesMarker)) {
+        v1::Send copies;
+        if (copies.ParseFromString((*q)->wire_body.substr(kCopiesMarker.size())) &&
+            !copies.body().empty()) {
+          again = std::string(kSealedMarker) + copies.body();
+        }
+      }
+      IRIS_RETURN_IF_ERROR(store_->SetWireBody(r.seq, again));
+      refetch_.insert(r.recipient);
+      retry_at_.erase(r.seq);
+      return Status::Ok();
+    }
+    error =
+        Status(StatusCode::kMismatchedDevices,
+               "the devices of user " + std::to_string(r.recipient) +
+                   " still do not match its signed device list after " + std::to_string(attempts) +
+                   " tries (server: " + server_error.message() + ")");
   }
   if (r.group_id != 0) {
     s.busy_groups.erase(r.group_id);
@@ -841,6 +953,23 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
         }
         Emit(KeysUploadedEvent{r.prekeys, r.identity});
         return MaybeUploadKeys(s);
+      } else if (r.kind == InFlight::kSettings && r.device_list) {
+        // A new device list: current from now on; this device's other devices change.
+        DevicesEvent ev;
+        ev.request = r.history;
+        ev.version = r.device_list->version();
+        {
+          std::lock_guard<std::mutex> l(db_mu_);
+          IRIS_RETURN_IF_ERROR(cipher_->SaveDeviceList(*r.device_list).status());
+        }
+        for (const v1::Device& d : r.device_list->devices()) {
+          ev.devices.push_back(DeviceEntry{d.id(), e2ee::KeyFingerprint(d.identity_key()),
+                                           d.id() == device_id_.load()});
+        }
+        std::sort(ev.devices.begin(), ev.devices.end(),
+                  [](const DeviceEntry& a, const DeviceEntry& b) { return a.id < b.id; });
+        Emit(ev);
+        return FlushSettingsGets(s);
       } else if (r.kind == InFlight::kSettings) {
         // Confirmed, unless the user changed them again meanwhile (that SETTINGS follows).
         bool more = false;
@@ -896,7 +1025,8 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
                                         " has not published encryption keys (never logged in "
                                         "with an E2EE client?)")
                              : st;
-            Emit(SendFailedEvent{local_id, r.recipient, why, false, attempts});
+            if (!local_id.empty())
+              Emit(SendFailedEvent{local_id, r.recipient, why, false, attempts});
             break;
           }
           case InFlight::kKeysUpload:
@@ -922,6 +1052,11 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
           }
           case InFlight::kPresence: Emit(RequestFailedEvent{"presence", st}); break;
           case InFlight::kSettings: {
+            if (r.device_list) {
+              IRIS_RETURN_IF_ERROR(FlushSettingsGets(s));
+              Emit(RequestFailedEvent{"devices", st, r.history});
+              break;
+            }
             // Block changes refused for good (BAD_REQUEST, TOO_LARGE, ...) are dropped, and
             // what else is pending goes again at once; after a retryable refusal everything
             // stays pending for the next connection.
@@ -938,7 +1073,7 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
             break;
           }
           case InFlight::kSettingsGet:
-            Emit(RequestFailedEvent{"settings_get", st, r.history});
+            Emit(RequestFailedEvent{r.devices_op != 0 ? "devices" : "settings_get", st, r.history});
             break;
           case InFlight::kHistory: Emit(RequestFailedEvent{"history", st, r.history}); break;
           case InFlight::kGroupGet:
@@ -964,20 +1099,26 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
       std::string local_id;
       uint32_t attempts = 0;
       std::optional<IdentityChangedEvent> changed;
+      std::vector<Event> retried;
+      bool list_refused = false;
+      bool permanent = false;
       {
         std::lock_guard<std::mutex> l(db_mu_);
-        const std::string old_key = cipher_->SavedIdentity(r.recipient);
-        st = cipher_->ProcessBundle(b);
-        if (st.ok() && !old_key.empty() && old_key != b.identity_key()) {
-          changed = IdentityChangedEvent{r.recipient, e2ee::KeyFingerprint(old_key),
-                                         e2ee::KeyFingerprint(b.identity_key()), false, false};
-        } else if (st.code() == StatusCode::kForbidden) {
-          auto c = cipher_->Contact(r.recipient);
-          if (c.ok() && c->refused_key != b.identity_key()) {
-            changed = IdentityChangedEvent{r.recipient, c->fingerprint,
-                                           e2ee::KeyFingerprint(b.identity_key()), true, true};
+        st = ProcessFetchedKeys(r.recipient, b, &changed, &list_refused);
+        if (st.ok()) {
+          // Messages kept because their linked device was not in the list known here.
+          LocalStore::Transaction tx(*store_);
+          std::vector<StoredMessage> now_readable;
+          Status retry = RetryKept(r.recipient, /*linked_only=*/true, &now_readable, &retried);
+          if (retry.ok() && options_.delivery_receipts) {
+            std::vector<uint64_t> ids;
+            for (const StoredMessage& m : now_readable) {
+              if (!m.outgoing) ids.push_back(m.id);
+            }
+            if (!ids.empty()) retry = QueueReceipt(&s, r.recipient, v1::DELIVERED, ids, true);
           }
-          cipher_->NoteRefusedIdentity(r.recipient, b.identity_key()).IgnoreError();
+          if (retry.ok()) retry = tx.Commit();
+          if (!retry.ok()) return retry;  // a local failure: the connection starts over
         }
         if (st.ok()) {
           fetch_attempts_.erase(r.recipient);
@@ -990,13 +1131,25 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
           for (const QueuedSend& q : store_->Queue()) {
             if (q.recipient == r.recipient) {
               local_id = LocalId(q.idem_key);
+              // A device list its primary device did not sign: nothing may be encrypted
+              // for that user's devices; the message fails for good (the next one to the
+              // user fetches again).
+              if (list_refused) {
+                IRIS_RETURN_IF_ERROR(store_->Dequeue(q.seq, 0, 0));
+                attempts_.erase(q.seq);
+                retry_at_.erase(q.seq);
+                permanent = true;
+              }
               break;
             }
           }
         }
       }
       if (changed) Emit(*changed);
-      if (!st.ok()) Emit(SendFailedEvent{local_id, r.recipient, st, false, attempts});
+      for (const Event& e : retried) Emit(e);
+      if (!st.ok() && !local_id.empty()) {
+        Emit(SendFailedEvent{local_id, r.recipient, st, permanent, attempts});
+      }
       return Status::Ok();
     }
     case Opcode::kSettingsInfo: {
@@ -1005,6 +1158,11 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
       auto it = s.in_flight.find(info.request_id());
       if (it == s.in_flight.end() || it->second.kind != InFlight::kSettingsGet) {
         return Status::Ok();
+      }
+      if (it->second.devices_op != 0) {
+        const InFlight r = it->second;
+        s.in_flight.erase(it);
+        return OnDevicesInfo(s, r, info);
       }
       SettingsEvent ev;
       ev.request = it->second.history;
@@ -1327,8 +1485,10 @@ Status Client::Impl::DecryptIncoming(Session* s, const v1::Envelope& e, bool cat
   ev.sender = e.sender();
   ev.sent_at_ms = e.sent_at_ms();
   ev.from_catch_up = catch_up;
+  const uint32_t device = e.sender_device() == 0 ? 1 : e.sender_device();
+  ev.sender_device = device;
   const std::string old_key = cipher_->SavedIdentity(e.sender());
-  auto d = cipher_->Decrypt(e.sender(), e.body());
+  auto d = cipher_->Decrypt(e.sender(), e.body(), device);
   // A local failure (SQLite) says nothing about the message: the caller rolls back and the
   // cursor stays before it, so it is decrypted again later. Never stored as "undecryptable".
   if (!d.ok() && d.status().code() == StatusCode::kInternal) {
@@ -1348,6 +1508,26 @@ Status Client::Impl::DecryptIncoming(Session* s, const v1::Envelope& e, bool cat
     }
     rec->ok = true;
     rec->error.clear();
+    if (d->content_type == e2ee::kContentTranscript) {
+      // A message this account sent from another of its devices.
+      auto t = e2ee::DecodeTranscript(d->text);
+      if (e.sender() != user_id_.load() || !t.ok()) {
+        rec->kind = kIncomingControl;
+        rec->ok = false;
+        rec->error = e.sender() != user_id_.load()
+                         ? "a sent-message transcript from another user: ignored"
+                         : t.status().message();
+        return Status::Ok();
+      }
+      rec->kind = kIncomingSentByOwnDevice;
+      rec->peer = t->recipient;
+      rec->body = t->text;
+      ev.sent_to = t->recipient;
+      ev.text = std::move(t->text);
+      ev.sender_clock_ms = d->sender_ms;
+      out->push_back(std::move(ev));
+      return Status::Ok();
+    }
     // Each content type once: control -> session reset, receipt -> ReceiptEvent, text ->
     // MessageEvent (the caller receipts only the last).
     if (d->content_type == e2ee::kContentReceipt) {
@@ -1359,8 +1539,8 @@ Status Client::Impl::DecryptIncoming(Session* s, const v1::Envelope& e, bool cat
       rec->kind = kIncomingControl;
       rec->body.clear();  // key material stays in the sender-key store only
       auto dist = e2ee::DecodeSenderKeyDistribution(d->text);
-      Status st =
-          dist.ok() ? cipher_->ProcessSenderKeyDistribution(e.sender(), *dist) : dist.status();
+      Status st = dist.ok() ? cipher_->ProcessSenderKeyDistribution(e.sender(), *dist, device)
+                            : dist.status();
       if (st.code() == StatusCode::kInternal) return st;
       if (!st.ok()) {
         rec->ok = false;
@@ -1399,7 +1579,24 @@ Status Client::Impl::DecryptIncoming(Session* s, const v1::Envelope& e, bool cat
   rec->error = d.status().message();
   const std::string presented =
       code == SG_ERR_UNTRUSTED_IDENTITY ? cipher_->PreKeyMessageIdentity(e.body()) : std::string();
-  if (code == SG_ERR_UNTRUSTED_IDENTITY && cipher_->WasReplacedIdentity(e.sender(), presented)) {
+  if (code == SG_ERR_UNTRUSTED_IDENTITY && device > 1) {
+    // A linked device whose key is not in the sender's device list as known here: kept
+    // until the list is fetched (again); decrypted then if the primary device signed for
+    // it, kept for good otherwise (a device the server made up).
+    rec->error = "from device " + std::to_string(device) + " of user " +
+                 std::to_string(e.sender()) +
+                 ", which is not in that user's signed device list as this device knows it "
+                 "(kept until the list is fetched again)";
+    if (!retry) {
+      Undecryptable u{e.id(), e.sender(), e.sent_at_ms(), e.body(), rec->error};
+      u.device = device;
+      IRIS_RETURN_IF_ERROR(store_->StoreUndecryptable(u));
+      refetch_.insert(e.sender());
+      queue_dirty_ = true;
+    }
+    ev.pending = true;
+  } else if (code == SG_ERR_UNTRUSTED_IDENTITY &&
+             cipher_->WasReplacedIdentity(e.sender(), presented)) {
     // A key the user replaced by approving another one: an old message delivered again (a
     // replay by the server). Refused for good: not kept for a retry, not offered to `trust`.
     rec->error = "refused: a replayed old message (it carries identity key " +
@@ -1418,8 +1615,9 @@ Status Client::Impl::DecryptIncoming(Session* s, const v1::Envelope& e, bool cat
           IdentityChangedEvent{e.sender(), c->fingerprint, e2ee::KeyFingerprint(key), true, true});
     }
     if (!retry) {
-      IRIS_RETURN_IF_ERROR(store_->StoreUndecryptable(
-          Undecryptable{e.id(), e.sender(), e.sent_at_ms(), e.body(), rec->error}));
+      Undecryptable u{e.id(), e.sender(), e.sent_at_ms(), e.body(), rec->error};
+      u.device = device;
+      IRIS_RETURN_IF_ERROR(store_->StoreUndecryptable(u));
     }
     ev.pending = true;
   } else if (code == SG_ERR_DUPLICATE_MESSAGE) {
@@ -1433,8 +1631,9 @@ Status Client::Impl::DecryptIncoming(Session* s, const v1::Envelope& e, bool cat
     // Signal's automatic session reset: drop the session, start a new one from a fresh
     // bundle and ask the sender to re-send. The ciphertext is kept (it cannot be decrypted
     // by this install, but nothing is thrown away).
-    IRIS_RETURN_IF_ERROR(store_->StoreUndecryptable(
-        Undecryptable{e.id(), e.sender(), e.sent_at_ms(), e.body(), rec->error}));
+    Undecryptable u{e.id(), e.sender(), e.sent_at_ms(), e.body(), rec->error};
+    u.device = device;
+    IRIS_RETURN_IF_ERROR(store_->StoreUndecryptable(u));
     IRIS_RETURN_IF_ERROR(QueueSessionReset(e.sender(), e.id()));
     rec->error += "; asked the sender to re-send it in a new session";
   }
@@ -1699,7 +1898,8 @@ Status Client::Impl::DecryptGroupIncoming(const v1::Envelope& e, bool catch_up, 
   ev.from_catch_up = catch_up;
   ev.group_id = e.group_id();
   rec->group_id = e.group_id();
-  auto d = cipher_->DecryptGroup(e.group_id(), e.sender(), e.body());
+  auto d = cipher_->DecryptGroup(e.group_id(), e.sender(), e.body(),
+                                 e.sender_device() == 0 ? 1 : e.sender_device());
   if (!d.ok() && d.status().code() == StatusCode::kInternal) {
     return Internal("local error while decrypting group message " + std::to_string(e.id()) +
                     " (it stays unread and is processed again): " + d.status().message());
@@ -1717,6 +1917,215 @@ Status Client::Impl::DecryptGroupIncoming(const v1::Envelope& e, bool catch_up, 
   }
   out->push_back(std::move(ev));
   return Status::Ok();
+}
+
+}  // namespace iris::client
+
+// ---- Devices (docs/protocol.md appendix 20, "Devices in the client") ----
+
+namespace iris::client {
+
+std::vector<uint32_t> Client::Impl::TargetDevices(uint64_t user) const {
+  std::vector<uint32_t> devices = cipher_->DevicesOf(user);
+  if (user == user_id_.load()) std::erase(devices, device_id_.load());
+  return devices;
+}
+
+Status Client::Impl::ProcessFetchedKeys(uint64_t user, v1::KeysBundle& b,
+                                        std::optional<IdentityChangedEvent>* changed,
+                                        bool* list_refused) {
+  refetch_.erase(user);
+  const bool self = user == user_id_.load();
+  const uint32_t me = device_id_.load();
+  b.set_user(user);
+  b.set_device_id(1);
+  // Device 1: its bundle is the one the old fields carry. A session with it and the same
+  // identity key is kept (a fetch for another device's sake does not restart it).
+  const std::string old_key =
+      self && me == 1 ? cipher_->LocalIdentityKey() : cipher_->SavedIdentity(user);
+  if (!(self && me == 1) && !(cipher_->HasSession(user, 1) && old_key == b.identity_key())) {
+    Status st = cipher_->ProcessBundle(b);
+    if (st.ok() && !old_key.empty() && old_key != b.identity_key()) {
+      *changed = IdentityChangedEvent{user, e2ee::KeyFingerprint(old_key),
+                                      e2ee::KeyFingerprint(b.identity_key()), false, false};
+    } else if (st.code() == StatusCode::kForbidden) {
+      auto c = cipher_->Contact(user);
+      if (c.ok() && c->refused_key != b.identity_key()) {
+        *changed = IdentityChangedEvent{user, c->fingerprint,
+                                        e2ee::KeyFingerprint(b.identity_key()), true, true};
+      }
+      cipher_->NoteRefusedIdentity(user, b.identity_key()).IgnoreError();
+    }
+    IRIS_RETURN_IF_ERROR(st);
+  }
+  // The device list: only what device 1's identity key signed counts.
+  if (!b.has_device_list()) {
+    if (b.devices_size() > 0) {
+      *list_refused = true;
+      return Forbidden("the server sent keys of linked devices of user " + std::to_string(user) +
+                       " without a signed device list: refused");
+    }
+    return cipher_->ForgetDeviceList(user);
+  }
+  const std::string primary =
+      self && me == 1 ? cipher_->LocalIdentityKey() : cipher_->SavedIdentity(user);
+  Result<v1::DeviceList> verified = cipher_->VerifyDeviceList(b.device_list(), user, primary);
+  if (!verified.ok()) {
+    *list_refused = true;
+    return verified.status();
+  }
+  v1::DeviceList list = std::move(*verified);
+  const std::vector<uint32_t> before = cipher_->DevicesOf(user);
+  IRIS_ASSIGN_OR_RETURN(bool newer, cipher_->SaveDeviceList(list));
+  if (newer && cipher_->DevicesOf(user) != before && !self) {
+    // New devices hold none of this user's sender keys: the next group send distributes
+    // them again (to every device of the user).
+    for (const LocalGroup& g : store_->Groups()) {
+      IRIS_RETURN_IF_ERROR(store_->RemoveGroupKeyHolder(g.id, user));
+    }
+  }
+  if (!newer) list = *cipher_->DeviceListOf(user);  // an older list than one seen: ignored
+  for (v1::KeysBundle& d : *b.mutable_devices()) {
+    const uint32_t id = d.device_id();
+    if (id <= 1 || (self && id == me) || cipher_->HasSession(user, id)) continue;
+    bool listed = false;
+    for (const v1::Device& l : list.devices()) listed |= l.id() == id;
+    if (!listed) continue;  // not signed for: never written to
+    d.set_user(user);
+    // Trusted only with the key the list names (signal_store.h).
+    IRIS_RETURN_IF_ERROR(cipher_->ProcessBundle(d));
+  }
+  return Status::Ok();
+}
+
+Status Client::Impl::OnDevicesInfo(Session& s, const InFlight& r, const v1::SettingsInfo& info) {
+  const uint64_t self = user_id_.load();
+  const uint32_t me = device_id_.load();
+  DevicesEvent ev;
+  ev.request = r.history;
+  v1::DeviceList current;
+  Status st;
+  {
+    std::lock_guard<std::mutex> l(db_mu_);
+    const std::string own_key = cipher_->LocalIdentityKey();
+    if (info.has_device_list()) {
+      // The primary device checks with its own key; a linked device with the primary's key
+      // it saved (first use: the list must name this device with this device's key).
+      std::string primary = me == 1 ? own_key : cipher_->SavedIdentity(self);
+      if (primary.empty()) {
+        v1::DeviceList unverified;
+        unverified.ParseFromString(info.device_list().list());
+        for (const v1::Device& d : unverified.devices()) {
+          if (d.id() == 1) primary = d.identity_key();
+        }
+      }
+      auto list = cipher_->VerifyDeviceList(info.device_list(), self, primary);
+      if (list.ok() && me != 1) {
+        bool listed = false;
+        for (const v1::Device& d : list->devices()) {
+          listed |= d.id() == me && d.identity_key() == own_key;
+        }
+        if (!listed) {
+          list = Forbidden("the device list of this account does not name this device (" +
+                           std::to_string(me) +
+                           ") with its key: it was removed, or the list "
+                           "is not the primary device's");
+        }
+      }
+      if (list.ok()) {
+        current = *list;
+        auto saved = cipher_->SaveDeviceList(current);
+        if (!saved.ok()) st = saved.status();
+      } else if (me == 1 && r.devices_op != kDevicesList &&
+                 list.status().code() == StatusCode::kForbidden) {
+        // Not signed by this device: a list from before a reinstall of the primary device
+        // (or not its own). The new one starts over from this device alone.
+        v1::DeviceList unverified;
+        if (unverified.ParseFromString(info.device_list().list())) {
+          current.set_version(unverified.version());
+        }
+        current.clear_devices();
+      } else {
+        st = list.status();
+      }
+    }
+    if (st.ok() && current.devices_size() == 0) {
+      current.set_user(self);
+      v1::Device* d = current.add_devices();
+      d->set_id(1);
+      d->set_identity_key(me == 1 ? own_key : cipher_->SavedIdentity(self));
+    }
+  }
+  if (!st.ok()) {
+    Emit(RequestFailedEvent{"devices", st, r.history});
+    return Status::Ok();
+  }
+  auto report = [&](const v1::DeviceList& list) {
+    ev.version = list.version();
+    for (const v1::Device& d : list.devices()) {
+      ev.devices.push_back(
+          DeviceEntry{d.id(), e2ee::KeyFingerprint(d.identity_key()), d.id() == me});
+    }
+    std::sort(ev.devices.begin(), ev.devices.end(),
+              [](const DeviceEntry& a, const DeviceEntry& b) { return a.id < b.id; });
+  };
+  if (r.devices_op == kDevicesList) {
+    report(current);
+    Emit(ev);
+    return Status::Ok();
+  }
+  // Link or remove (on the primary device): the changed list, signed, one version up.
+  v1::DeviceList next;
+  next.set_user(self);
+  next.set_version(current.version() + 1);
+  bool found = false;
+  for (const v1::Device& d : current.devices()) {
+    if (d.id() == r.device) {
+      found = true;
+      if (r.devices_op == kDevicesRemove) continue;
+      v1::Device* n = next.add_devices();
+      n->set_id(d.id());
+      n->set_identity_key(r.device_key);  // a relinked device: its new key
+      continue;
+    }
+    *next.add_devices() = d;
+  }
+  if (r.devices_op == kDevicesRemove && !found) {
+    Emit(RequestFailedEvent{
+        "devices",
+        NotFound("device " + std::to_string(r.device) + " is not in this account's device list"),
+        r.history});
+    return Status::Ok();
+  }
+  if (r.devices_op == kDevicesAdd && !found) {
+    if (next.devices_size() >= 5) {
+      Emit(RequestFailedEvent{"devices",
+                              BadRequest("an account has at most 5 devices (the primary and 4 "
+                                         "linked ones): remove one first"),
+                              r.history});
+      return Status::Ok();
+    }
+    v1::Device* n = next.add_devices();
+    n->set_id(r.device);
+    n->set_identity_key(r.device_key);
+  }
+  v1::Settings m;
+  {
+    std::lock_guard<std::mutex> l(db_mu_);
+    auto signed_list = cipher_->SignDeviceList(next);
+    if (!signed_list.ok()) {
+      Emit(RequestFailedEvent{"devices", signed_list.status(), r.history});
+      return Status::Ok();
+    }
+    *m.mutable_device_list() = std::move(*signed_list);
+  }
+  m.set_request_id(s.next_request_id++);
+  InFlight w{InFlight::kSettings};
+  w.settings = std::make_shared<const v1::Settings>(m);
+  w.device_list = std::make_shared<const v1::DeviceList>(next);
+  w.history = r.history;
+  s.in_flight[m.request_id()] = std::move(w);
+  return Write(s, wire::Opcode::kSettings, m);
 }
 
 }  // namespace iris::client

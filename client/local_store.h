@@ -64,6 +64,9 @@ struct LocalGroup {
 
 // Incoming.kind for a decrypted control message (not a v1::Kind; Messages() skips it).
 constexpr uint8_t kIncomingControl = 100;
+// Incoming.kind for a message this account sent from another of its devices (a transcript,
+// e2ee::Transcript): `peer` is the user it was sent to, `body` its text.
+constexpr uint8_t kIncomingSentByOwnDevice = 101;
 
 struct StoredIncoming {
   uint64_t id = 0;
@@ -84,6 +87,7 @@ struct Undecryptable {
   uint64_t sent_at_ms = 0;
   std::string body;  // the wire body, as received
   std::string error;
+  uint32_t device = 1;  // the sender's device (Envelope.sender_device; 1 for 0)
 };
 
 // Creates `dir` (and missing parents) and makes it private: mode 0700 from its creation on,

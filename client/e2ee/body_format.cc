@@ -95,7 +95,7 @@ Result<Content> DecodeContent(std::string_view p) {
   }
   c.type = static_cast<uint8_t>(p[1]);
   if (c.type != kContentText && c.type != kContentReceipt && c.type != kContentControl &&
-      c.type != kContentSenderKey) {
+      c.type != kContentSenderKey && c.type != kContentTranscript) {
     return BadRequest("unknown content type " + std::to_string(c.type));
   }
   c.has_order = true;
@@ -147,6 +147,22 @@ Result<SenderKeyDistribution> DecodeSenderKeyDistribution(std::string_view p) {
   if (d.group_id == 0) return BadRequest("malformed sender-key distribution: group 0");
   d.message = std::string(p.substr(8));
   return d;
+}
+
+std::string EncodeTranscript(const Transcript& t) {
+  std::string out;
+  PutBe(&out, t.recipient, 8);
+  out += t.text;
+  return out;
+}
+
+Result<Transcript> DecodeTranscript(std::string_view p) {
+  if (p.size() <= 8) return BadRequest("malformed sent-message transcript: too short");
+  Transcript t;
+  t.recipient = GetBe(p, 0, 8);
+  if (t.recipient == 0) return BadRequest("malformed sent-message transcript: user 0");
+  t.text = std::string(p.substr(8));
+  return t;
 }
 
 }  // namespace iris::client::e2ee

@@ -42,6 +42,7 @@ constexpr uint8_t kContentText = 1;
 constexpr uint8_t kContentReceipt = 2;
 constexpr uint8_t kContentControl = 3;
 constexpr uint8_t kContentSenderKey = 4;
+constexpr uint8_t kContentTranscript = 5;  // a sent message, copied to the sender's own devices
 constexpr uint8_t kPlaintextV2 = 2;
 constexpr size_t kPlaintextPadding = 64;
 
@@ -109,5 +110,20 @@ struct SenderKeyDistribution {
 std::string EncodeSenderKeyDistribution(const SenderKeyDistribution& d);
 // BAD_REQUEST when it is too short or names group 0.
 Result<SenderKeyDistribution> DecodeSenderKeyDistribution(std::string_view data);
+
+// Sent-message transcript content (content type 0x05 of format 2, in a SEND to this
+// account itself, one copy per other device of the account; conversation counter 0):
+//
+//   recipient user id (8 bytes, big-endian) || the message's UTF-8 text
+//
+// "I sent this text to that user from another device" (docs/protocol.md appendix 20,
+// "Devices in the client"); a receiving device shows it as an outgoing message.
+struct Transcript {
+  uint64_t recipient = 0;
+  std::string text;
+};
+std::string EncodeTranscript(const Transcript& t);
+// BAD_REQUEST when it is too short or names user 0.
+Result<Transcript> DecodeTranscript(std::string_view data);
 
 }  // namespace iris::client::e2ee

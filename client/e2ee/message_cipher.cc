@@ -12,6 +12,7 @@
 #include <session_pre_key.h>
 #include <signal_protocol.h>
 
+#include <algorithm>
 #include <chrono>
 #include <mutex>
 #include <set>
@@ -35,7 +36,11 @@ constexpr const char* kOutEpoch = "conv_out_epoch/";
 constexpr const char* kOutCounter = "conv_out_counter/";
 constexpr const char* kInEpoch = "conv_in_epoch/";
 constexpr const char* kInCounter = "conv_in_counter/";
-constexpr int32_t kDeviceId = 1;
+
+// The libsignal device id of `device` (0 = 1).
+int32_t DeviceId(uint32_t device) { return device == 0 ? 1 : static_cast<int32_t>(device); }
+// The key of per-peer conversation state (counters): "U" for device 1, "U.d" for others.
+std::string PeerKey(uint64_t user, uint32_t device) { return IdentityName(user, device); }
 constexpr uint32_t kMaxPreKeyId = 0xFFFFFE;  // libsignal's PRE_KEY_MEDIUM_MAX_VALUE - 1
 
 // libsignal objects are reference counted; this releases one reference on scope exit.
@@ -231,14 +236,16 @@ Result<v1::KeysUpload> MessageCipher::PrepareUpload(uint32_t new_prekeys) {
   return up;
 }
 
-bool MessageCipher::HasSession(uint64_t user) const {
+bool MessageCipher::HasSession(uint64_t user, uint32_t device) const {
   const std::string name = std::to_string(user);
-  signal_protocol_address addr{name.c_str(), name.size(), kDeviceId};
+  signal_protocol_address addr{name.c_str(), name.size(), DeviceId(device)};
   return signal_protocol_session_contains_session(stores_, &addr) == 1;
 }
 
 Status MessageCipher::ProcessBundle(const v1::KeysBundle& b) {
-  const std::string who = "keys of user " + std::to_string(b.user());
+  const int32_t device = DeviceId(b.device_id());
+  const std::string who = "keys of user " + std::to_string(b.user()) +
+                          (device > 1 ? " device " + std::to_string(device) : std::string());
   Ref<ec_public_key> identity, spk, otk;
   if (curve_decode_point(&identity.p, U8(b.identity_key()), b.identity_key().size(), ctx_) != 0) {
     return BadRequest(who + ": malformed identity key");
@@ -258,11 +265,11 @@ Status MessageCipher::ProcessBundle(const v1::KeysBundle& b) {
   Ref<session_pre_key_bundle> bundle;
   const std::string& sig = b.signed_prekey().signature();
   int r =
-      session_pre_key_bundle_create(&bundle.p, b.registration_id(), kDeviceId, otk_id, otk.p,
+      session_pre_key_bundle_create(&bundle.p, b.registration_id(), device, otk_id, otk.p,
                                     b.signed_prekey().id(), spk.p, U8(sig), sig.size(), identity.p);
   if (r != 0) return SignalError(who, r);
   const std::string name = std::to_string(b.user());
-  signal_protocol_address addr{name.c_str(), name.size(), kDeviceId};
+  signal_protocol_address addr{name.c_str(), name.size(), device};
   session_builder* builder = nullptr;
   r = session_builder_create(&builder, stores_, &addr, ctx_);
   if (r != 0) return SignalError(who, r);
@@ -275,36 +282,59 @@ Status MessageCipher::ProcessBundle(const v1::KeysBundle& b) {
 
 Result<std::string> MessageCipher::Encrypt(uint64_t user, std::string_view text,
                                            uint8_t content_type) {
-  const std::string name = std::to_string(user);
-  signal_protocol_address addr{name.c_str(), name.size(), kDeviceId};
-  session_cipher* cipher = nullptr;
-  int r = session_cipher_create(&cipher, stores_, &addr, ctx_);
-  if (r != 0) return SignalError("encrypt", r);
-  LocalStore::Transaction tx(store_);
-  auto plain = SealContent(user, content_type, text);
-  if (!plain.ok()) {
-    session_cipher_free(cipher);
-    return plain.status();
-  }
-  Ref<ciphertext_message> msg;
-  r = session_cipher_encrypt(cipher, U8(*plain), plain->size(), &msg.p);
-  session_cipher_free(cipher);
-  if (r != 0) return SignalError("encrypt for user " + name, r);
-  SealedBody sealed;
-  sealed.type = ciphertext_message_get_type(msg.p) == CIPHERTEXT_PREKEY_TYPE ? kBodyPreKeyMessage
-                                                                             : kBodySignalMessage;
-  signal_buffer* ser = ciphertext_message_get_serialized(msg.p);  // owned by msg
-  sealed.ciphertext.assign(reinterpret_cast<const char*>(signal_buffer_const_data(ser)),
-                           signal_buffer_len(ser));
-  IRIS_RETURN_IF_ERROR(tx.Commit());
-  return EncodeBody(sealed);
+  IRIS_ASSIGN_OR_RETURN(std::vector<std::string> bodies,
+                        EncryptForDevices(user, {1}, text, content_type));
+  return std::move(bodies[0]);
 }
 
-Result<MessageCipher::Decrypted> MessageCipher::Decrypt(uint64_t sender, std::string_view body) {
+Result<std::vector<std::string>> MessageCipher::EncryptForDevices(
+    uint64_t user, const std::vector<uint32_t>& devices, std::string_view text,
+    uint8_t content_type, std::string* sealed) {
+  LocalStore::Transaction tx(store_);
+  IRIS_ASSIGN_OR_RETURN(std::string plain, SealContent(user, content_type, text));
+  IRIS_ASSIGN_OR_RETURN(std::vector<std::string> out, EncryptSealed(user, devices, plain));
+  IRIS_RETURN_IF_ERROR(tx.Commit());
+  if (sealed != nullptr) *sealed = std::move(plain);
+  return out;
+}
+
+Result<std::vector<std::string>> MessageCipher::EncryptSealed(uint64_t user,
+                                                              const std::vector<uint32_t>& devices,
+                                                              std::string_view plain) {
+  const std::string name = std::to_string(user);
+  LocalStore::Transaction tx(store_);
+  std::vector<std::string> out;
+  for (uint32_t device : devices) {
+    signal_protocol_address addr{name.c_str(), name.size(), DeviceId(device)};
+    session_cipher* cipher = nullptr;
+    int r = session_cipher_create(&cipher, stores_, &addr, ctx_);
+    if (r != 0) return SignalError("encrypt", r);
+    Ref<ciphertext_message> msg;
+    r = session_cipher_encrypt(cipher, reinterpret_cast<const uint8_t*>(plain.data()), plain.size(),
+                               &msg.p);
+    session_cipher_free(cipher);
+    if (r != 0) {
+      return SignalError(
+          "encrypt for user " + name + (device > 1 ? " device " + std::to_string(device) : ""), r);
+    }
+    SealedBody sealed;
+    sealed.type = ciphertext_message_get_type(msg.p) == CIPHERTEXT_PREKEY_TYPE ? kBodyPreKeyMessage
+                                                                               : kBodySignalMessage;
+    signal_buffer* ser = ciphertext_message_get_serialized(msg.p);  // owned by msg
+    sealed.ciphertext.assign(reinterpret_cast<const char*>(signal_buffer_const_data(ser)),
+                             signal_buffer_len(ser));
+    out.push_back(EncodeBody(sealed));
+  }
+  IRIS_RETURN_IF_ERROR(tx.Commit());
+  return out;
+}
+
+Result<MessageCipher::Decrypted> MessageCipher::Decrypt(uint64_t sender, std::string_view body,
+                                                        uint32_t device) {
   last_decrypt_error_ = 0;
   IRIS_ASSIGN_OR_RETURN(SealedBody sealed, DecodeBody(body));
   const std::string name = std::to_string(sender);
-  signal_protocol_address addr{name.c_str(), name.size(), kDeviceId};
+  signal_protocol_address addr{name.c_str(), name.size(), DeviceId(device)};
   session_cipher* cipher = nullptr;
   int r = session_cipher_create(&cipher, stores_, &addr, ctx_);
   if (r != 0) return SignalError("decrypt", r);
@@ -312,7 +342,8 @@ Result<MessageCipher::Decrypted> MessageCipher::Decrypt(uint64_t sender, std::st
   Buffer plain;
   // A savepoint: a failed decryption leaves no trace in the Signal stores.
   LocalStore::Transaction tx(store_);
-  const std::string from = "message from user " + name;
+  const std::string from = "message from user " + name +
+                           (DeviceId(device) > 1 ? " device " + std::to_string(device) : "");
   if (sealed.type == kBodyPreKeyMessage) {
     out.prekey_message = true;
     Ref<pre_key_signal_message> m;
@@ -336,11 +367,11 @@ Result<MessageCipher::Decrypted> MessageCipher::Decrypt(uint64_t sender, std::st
   if (content.type == kContentControl) {
     // Control content carries no conversation counter (body_format.h): no order check.
     IRIS_ASSIGN_OR_RETURN(out.control, DecodeControl(content.data));
-  } else if (content.type == kContentSenderKey) {
-    // Neither: the caller processes it (ProcessSenderKeyDistribution).
+  } else if (content.type == kContentSenderKey || content.type == kContentTranscript) {
+    // Neither: the caller processes it (ProcessSenderKeyDistribution, a transcript).
     out.text = std::move(content.data);
   } else {
-    IRIS_RETURN_IF_ERROR(CheckOrder(sender, content, &out));
+    IRIS_RETURN_IF_ERROR(CheckOrder(PeerKey(sender, DeviceId(device)), content, &out));
     out.text = std::move(content.data);
   }
   IRIS_RETURN_IF_ERROR(tx.Commit());
@@ -409,14 +440,83 @@ Result<v1::DeviceList> MessageCipher::VerifyDeviceList(
   return list;
 }
 
+std::optional<v1::DeviceList> MessageCipher::DeviceListOf(uint64_t user) const {
+  auto stored = store_.Get(DeviceListKey(user));
+  if (!stored.ok() || !stored->has_value()) return std::nullopt;
+  v1::DeviceList list;
+  if (!list.ParseFromString(**stored)) return std::nullopt;
+  return list;
+}
+
+std::vector<uint32_t> MessageCipher::DevicesOf(uint64_t user) const {
+  std::vector<uint32_t> out;
+  if (auto list = DeviceListOf(user)) {
+    for (const v1::Device& d : list->devices()) out.push_back(d.id());
+  }
+  if (out.empty()) out.push_back(1);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+namespace {
+
+// Drops the sessions and saved identities of the linked devices of `user` that `keep` does
+// not list (with the same key).
+Status DropUnlistedDevices(LocalStore& store, uint64_t user, const v1::DeviceList* keep) {
+  const std::string name = std::to_string(user);
+  for (int32_t device : store.SubDeviceSessions(name)) {
+    if (device <= 1) continue;
+    bool listed = false;
+    if (keep != nullptr) {
+      for (const v1::Device& d : keep->devices()) listed |= static_cast<int32_t>(d.id()) == device;
+    }
+    if (!listed) IRIS_RETURN_IF_ERROR(store.DeleteSession(name, device));
+  }
+  // Identities: every linked device id the protocol allows.
+  for (uint32_t device = 2; device <= 63; ++device) {
+    const std::string id_name = IdentityName(user, device);
+    IRIS_ASSIGN_OR_RETURN(auto saved, store.LoadIdentity(id_name));
+    if (!saved) continue;
+    bool same = false;
+    if (keep != nullptr) {
+      for (const v1::Device& d : keep->devices()) {
+        same |= d.id() == device && d.identity_key() == *saved;
+      }
+    }
+    if (!same) {
+      IRIS_RETURN_IF_ERROR(store.ForgetIdentity(id_name));
+      IRIS_RETURN_IF_ERROR(store.DeleteSession(name, static_cast<int32_t>(device)));
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<bool> MessageCipher::SaveDeviceList(const v1::DeviceList& list) {
+  if (auto old = DeviceListOf(list.user()); old && old->version() > list.version()) return false;
+  LocalStore::Transaction tx(store_);
+  IRIS_RETURN_IF_ERROR(store_.Put(DeviceListKey(list.user()), list.SerializeAsString()));
+  IRIS_RETURN_IF_ERROR(DropUnlistedDevices(store_, list.user(), &list));
+  IRIS_RETURN_IF_ERROR(tx.Commit());
+  return true;
+}
+
+Status MessageCipher::ForgetDeviceList(uint64_t user) {
+  LocalStore::Transaction tx(store_);
+  IRIS_RETURN_IF_ERROR(store_.Delete(DeviceListKey(user)));
+  IRIS_RETURN_IF_ERROR(DropUnlistedDevices(store_, user, nullptr));
+  return tx.Commit();
+}
+
 std::string MessageCipher::LocalIdentityKey() const {
   auto key = store_.Get(kIdentityPublicKey);
   if (!key.ok() || !key->has_value()) return {};
   return **key;
 }
 
-std::string MessageCipher::SavedIdentity(uint64_t user) const {
-  auto key = store_.LoadIdentity(std::to_string(user));
+std::string MessageCipher::SavedIdentity(uint64_t user, uint32_t device) const {
+  auto key = store_.LoadIdentity(IdentityName(user, device));
   if (!key.ok() || !key->has_value()) return {};
   return **key;
 }
@@ -614,18 +714,18 @@ Result<std::string> MessageCipher::SealContent(uint64_t user, uint8_t content_ty
   // Control content is not part of the conversation the user sees: counter 0, not advanced
   // (the receiver checks no order on it), so a lost or re-sent control message never shows
   // up as a gap in the user's messages.
-  if (content_type != kContentControl && content_type != kContentSenderKey) {
+  if (content_type != kContentControl && content_type != kContentSenderKey &&
+      content_type != kContentTranscript) {
     c.counter = store_.GetU64(kOutCounter + peer) + 1;
     IRIS_RETURN_IF_ERROR(store_.PutU64(kOutCounter + peer, c.counter));
   }
   return EncodeContent(c);
 }
 
-Status MessageCipher::CheckOrder(uint64_t sender, const Content& c, Decrypted* out) {
+Status MessageCipher::CheckOrder(const std::string& peer, const Content& c, Decrypted* out) {
   if (!c.has_order) return Status::Ok();  // format 1: nothing to check
   out->sender_ms = c.sender_ms;
   out->counter = c.counter;
-  const std::string peer = std::to_string(sender);
   const uint64_t epoch = store_.GetU64(kInEpoch + peer);
   uint64_t last = store_.GetU64(kInCounter + peer);
   if (epoch != c.epoch) {
@@ -651,11 +751,11 @@ namespace {
 
 // libsignal's name of a sender key: the group id and the sender's address, both decimal.
 struct SenderKeyName {
-  SenderKeyName(uint64_t group, uint64_t sender)
+  SenderKeyName(uint64_t group, uint64_t sender, uint32_t device)
       : group_id(std::to_string(group)), name(std::to_string(sender)) {
     n.group_id = group_id.c_str();
     n.group_id_len = group_id.size();
-    n.sender = signal_protocol_address{name.c_str(), name.size(), kDeviceId};
+    n.sender = signal_protocol_address{name.c_str(), name.size(), DeviceId(device)};
   }
   std::string group_id;
   std::string name;
@@ -665,7 +765,7 @@ struct SenderKeyName {
 }  // namespace
 
 Result<std::string> MessageCipher::SenderKeyDistributionFor(uint64_t group, uint64_t self) {
-  SenderKeyName key(group, self);
+  SenderKeyName key(group, self, local_device_);
   group_session_builder* builder = nullptr;
   int r = group_session_builder_create(&builder, stores_, ctx_);
   if (r != 0) return SignalError("group session builder", r);
@@ -683,17 +783,19 @@ Result<std::string> MessageCipher::SenderKeyDistributionFor(uint64_t group, uint
 }
 
 Status MessageCipher::RotateSenderKey(uint64_t group, uint64_t self) {
-  return store_.DeleteSenderKey(std::to_string(group), std::to_string(self), kDeviceId);
+  return store_.DeleteSenderKey(std::to_string(group), std::to_string(self),
+                                DeviceId(local_device_));
 }
 
 bool MessageCipher::HasSenderKey(uint64_t group, uint64_t self) const {
-  auto r = store_.LoadSenderKey(std::to_string(group), std::to_string(self), kDeviceId);
+  auto r =
+      store_.LoadSenderKey(std::to_string(group), std::to_string(self), DeviceId(local_device_));
   return r.ok() && r->has_value();
 }
 
 Result<std::string> MessageCipher::EncryptGroup(uint64_t group, uint64_t self,
                                                 std::string_view text) {
-  SenderKeyName key(group, self);
+  SenderKeyName key(group, self, local_device_);
   Content c;
   c.type = kContentText;
   c.data = std::string(text);
@@ -716,9 +818,9 @@ Result<std::string> MessageCipher::EncryptGroup(uint64_t group, uint64_t self,
   return EncodeBody(sealed);
 }
 
-Status MessageCipher::ProcessSenderKeyDistribution(uint64_t sender,
-                                                   const SenderKeyDistribution& d) {
-  SenderKeyName key(d.group_id, sender);
+Status MessageCipher::ProcessSenderKeyDistribution(uint64_t sender, const SenderKeyDistribution& d,
+                                                   uint32_t device) {
+  SenderKeyName key(d.group_id, sender, device);
   Ref<sender_key_distribution_message> skdm;
   int r =
       sender_key_distribution_message_deserialize(&skdm.p, U8(d.message), d.message.size(), ctx_);
@@ -734,15 +836,17 @@ Status MessageCipher::ProcessSenderKeyDistribution(uint64_t sender,
 }
 
 Result<MessageCipher::Decrypted> MessageCipher::DecryptGroup(uint64_t group, uint64_t sender,
-                                                             std::string_view body) {
+                                                             std::string_view body,
+                                                             uint32_t device) {
   last_decrypt_error_ = 0;
   IRIS_ASSIGN_OR_RETURN(SealedBody sealed, DecodeBody(body));
   if (sealed.type != kBodySenderKeyMessage) {
     return BadRequest("a group message must be a sender key message (body type 4), not type " +
                       std::to_string(sealed.type));
   }
-  SenderKeyName key(group, sender);
-  const std::string from = "group message from user " + key.name;
+  SenderKeyName key(group, sender, device);
+  const std::string from = "group message from user " + key.name +
+                           (DeviceId(device) > 1 ? " device " + std::to_string(device) : "");
   Ref<sender_key_message> m;
   int r =
       sender_key_message_deserialize(&m.p, U8(sealed.ciphertext), sealed.ciphertext.size(), ctx_);
@@ -754,7 +858,7 @@ Result<MessageCipher::Decrypted> MessageCipher::DecryptGroup(uint64_t group, uin
   // account left or was removed: rotation.) libsignal would say "invalid message".
   {
     IRIS_ASSIGN_OR_RETURN(std::optional<std::string> stored,
-                          store_.LoadSenderKey(key.group_id, key.name, kDeviceId));
+                          store_.LoadSenderKey(key.group_id, key.name, DeviceId(device)));
     bool held = false;
     if (stored) {
       Ref<sender_key_record> record;

@@ -17,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "client/e2ee/body_format.h"
 #include "client/e2ee/safety_number.h"
@@ -44,17 +45,34 @@ class MessageCipher {
   // request_id is left 0. new_prekeys <= 100 (one frame's limit).
   Result<v1::KeysUpload> PrepareUpload(uint32_t new_prekeys);
 
-  bool HasSession(uint64_t user) const;
-  // X3DH: builds a session with `bundle.user()` from its fetched bundle (verifies the signed
-  // prekey's signature). FORBIDDEN when the user's identity key differs from the one
-  // trusted before; BAD_REQUEST for a malformed bundle.
+  // Sessions are per device of a user (libsignal address: the user id in decimal, the
+  // device id); device 1 is the primary device, and the only one of a user without linked
+  // devices.
+  bool HasSession(uint64_t user, uint32_t device = 1) const;
+  // X3DH: builds a session with device `bundle.device_id()` (0 = 1) of `bundle.user()` from
+  // its fetched bundle (verifies the signed prekey's signature). FORBIDDEN when the
+  // identity key is not trusted (device 1: differs from a verified one; a linked device:
+  // not the key its user's verified device list names); BAD_REQUEST for a malformed bundle.
   Status ProcessBundle(const v1::KeysBundle& bundle);
-  // The wire body for `text` to `user` (precondition: HasSession(user)). The plaintext
+  // The wire body for `text` to device 1 of `user` (precondition: HasSession(user)). The plaintext
   // (body_format.h format 2) carries `content_type` (kContentText, or kContentReceipt with
   // a serialised v1::ReceiptBody as `text`; EncryptControl for kContentControl), this
   // device's clock and the next value of the per-recipient conversation counter (advanced
   // in the same local transaction; control content carries 0 and does not advance it).
   Result<std::string> Encrypt(uint64_t user, std::string_view text, uint8_t content_type = 1);
+  // The same plaintext (one conversation counter value) encrypted for each of `devices` of
+  // `user`, in that order (precondition: a session with each).
+  // *sealed (when not null) receives the sealed plaintext, for EncryptSealed.
+  Result<std::vector<std::string>> EncryptForDevices(uint64_t user,
+                                                     const std::vector<uint32_t>& devices,
+                                                     std::string_view text,
+                                                     uint8_t content_type = 1,
+                                                     std::string* sealed = nullptr);
+  // Encrypts a plaintext sealed before (EncryptForDevices) again, for `devices` of `user`:
+  // the same message (conversation counter and clock) for a changed set of devices.
+  Result<std::vector<std::string>> EncryptSealed(uint64_t user,
+                                                 const std::vector<uint32_t>& devices,
+                                                 std::string_view sealed);
 
   struct Decrypted {
     std::string text;
@@ -74,7 +92,9 @@ class MessageCipher {
   };
   // Decrypts a wire body from `sender`. BAD_REQUEST for a malformed body or failed
   // decryption, FORBIDDEN for an untrusted (changed) identity key; the message says which.
-  Result<Decrypted> Decrypt(uint64_t sender, std::string_view body);
+  // `device` is the sending device (Envelope.sender_device; 0 = 1). The conversation order
+  // is checked per sending device.
+  Result<Decrypted> Decrypt(uint64_t sender, std::string_view body, uint32_t device = 1);
 
   // libsignal's error code of the last failed Decrypt (0 when the body itself was malformed).
   int last_decrypt_error() const { return last_decrypt_error_; }
@@ -111,7 +131,7 @@ class MessageCipher {
   // The sender's identity key in a prekey message body; empty for other bodies.
   std::string PreKeyMessageIdentity(std::string_view body) const;
   // The saved identity key of `user` (empty when none; an unreadable store reads as none).
-  std::string SavedIdentity(uint64_t user) const;
+  std::string SavedIdentity(uint64_t user, uint32_t device = 1) const;
   // The wire body of a control message to `user` (precondition: HasSession(user)):
   // format 2, content type kContentControl, conversation counter 0 (not advanced).
   Result<std::string> EncryptControl(uint64_t user, const ControlContent& control);
@@ -148,13 +168,15 @@ class MessageCipher {
   Result<std::string> EncryptGroup(uint64_t group, uint64_t self, std::string_view text);
   // Stores the sender key that `sender` distributed (kContentSenderKey content, decrypted
   // from a pairwise message of `sender`). BAD_REQUEST when malformed.
-  Status ProcessSenderKeyDistribution(uint64_t sender, const SenderKeyDistribution& d);
+  Status ProcessSenderKeyDistribution(uint64_t sender, const SenderKeyDistribution& d,
+                                      uint32_t device = 1);
   // Decrypts a group message body of `sender` in `group`. BAD_REQUEST when malformed or
   // it does not decrypt: SG_ERR_NO_SESSION (last_decrypt_error, "no sender key" in the
   // message) when no sender key of
   // `sender` for this key id is held (never distributed to this account, e.g. after it was
   // removed and the sender rotated).
-  Result<Decrypted> DecryptGroup(uint64_t group, uint64_t sender, std::string_view body);
+  Result<Decrypted> DecryptGroup(uint64_t group, uint64_t sender, std::string_view body,
+                                 uint32_t device = 1);
 
   // ---- Devices (docs/protocol.md appendix 20) ----
 
@@ -170,6 +192,25 @@ class MessageCipher {
   Result<v1::DeviceList> VerifyDeviceList(const v1::SignedDeviceList& signed_list, uint64_t user,
                                           std::string_view primary_identity_key) const;
 
+  // The verified device list of `user` kept here (none: the user has device 1 only, as far
+  // as this account knows). An unreadable store reads as none.
+  std::optional<v1::DeviceList> DeviceListOf(uint64_t user) const;
+  // Keeps `list` (verified by the caller) as the device list of list.user(): the sessions
+  // and saved identities of that user's linked devices not in it are dropped. A list older
+  // than the one kept (a lower version) is ignored: false then.
+  Result<bool> SaveDeviceList(const v1::DeviceList& list);
+  // Forgets the device list of `user` (it has device 1 only): the sessions and identities of
+  // its linked devices are dropped.
+  Status ForgetDeviceList(uint64_t user);
+  // The devices of `user` this account writes to: those of its device list, or {1}.
+  std::vector<uint32_t> DevicesOf(uint64_t user) const;
+
+  // This device's id in its account (1 until the client learns it from WELCOME): it names
+  // this account's own sender keys and is left out of the devices a send to oneself is
+  // encrypted for.
+  void set_local_device(uint32_t device) { local_device_ = device == 0 ? 1 : device; }
+  uint32_t local_device() const { return local_device_; }
+
   // Hex SHA-256 of this account's public identity key (what users compare out of band).
   std::string IdentityFingerprint() const;
   uint32_t registration_id() const { return registration_id_; }
@@ -179,13 +220,14 @@ class MessageCipher {
   Status Init();
   Status StoreNewSignedPreKey(ratchet_identity_key_pair* identity, uint32_t id, int64_t now_ms);
   Result<std::string> SealContent(uint64_t user, uint8_t content_type, std::string_view data);
-  Status CheckOrder(uint64_t sender, const Content& c, Decrypted* out);
+  Status CheckOrder(const std::string& peer, const Content& c, Decrypted* out);
 
   LocalStore& store_;
   signal_context* ctx_ = nullptr;
   signal_protocol_store_context* stores_ = nullptr;
   uint32_t registration_id_ = 0;
   int last_decrypt_error_ = 0;
+  uint32_t local_device_ = 1;
 };
 
 // What a device list's signature covers: "iris-device-list-v1" followed by the serialized

@@ -5,6 +5,8 @@
 #include <string>
 #include <string_view>
 
+#include "iris/v1/client.pb.h"
+
 namespace iris::client::e2ee {
 namespace {
 
@@ -14,6 +16,30 @@ std::string_view Name(const signal_protocol_address* a) { return {a->name, a->na
 
 std::string_view Bytes(const uint8_t* data, size_t len) {
   return {reinterpret_cast<const char*>(data), len};
+}
+
+// The name a peer's identity is saved under (IdentityName).
+std::string IdName(const signal_protocol_address* a) {
+  std::string name(Name(a));
+  if (a->device_id > 1) name += "." + std::to_string(a->device_id);
+  return name;
+}
+
+// Whether the verified device list of the user named in `a` lists its device with `key`.
+bool ListedDevice(LocalStore& store, const signal_protocol_address* a, std::string_view key) {
+  uint64_t user = 0;
+  for (char c : Name(a)) {
+    if (c < '0' || c > '9') return false;
+    user = user * 10 + static_cast<uint64_t>(c - '0');
+  }
+  auto stored = store.Get(DeviceListKey(user));
+  if (!stored.ok() || !stored->has_value()) return false;
+  v1::DeviceList list;
+  if (!list.ParseFromString(**stored)) return false;
+  for (const v1::Device& d : list.devices()) {
+    if (d.id() == static_cast<uint32_t>(a->device_id)) return d.identity_key() == key;
+  }
+  return false;
 }
 
 int ToSignal(const Status& s) { return s.ok() ? SG_SUCCESS : SG_ERR_UNKNOWN; }
@@ -108,6 +134,8 @@ int SaveIdentity(const signal_protocol_address* address, uint8_t* key, size_t le
   if (key == nullptr) return SG_SUCCESS;  // libsignal asks to forget: keep TOFU's record
   LocalStore& store = S(ud);
   const std::string_view k = Bytes(key, len);
+  // A linked device: vouched for by the device list (IsTrustedIdentity), saved as is.
+  if (address->device_id > 1) return ToSignal(store.SaveIdentity(IdName(address), k));
   auto known = store.LoadIdentity(Name(address));
   if (!known.ok()) return SG_ERR_UNKNOWN;
   if (known->has_value() && **known == k) return SG_SUCCESS;
@@ -125,6 +153,13 @@ int SaveIdentity(const signal_protocol_address* address, uint8_t* key, size_t le
 int IsTrustedIdentity(const signal_protocol_address* address, uint8_t* key, size_t len, void* ud) {
   LocalStore& store = S(ud);
   const std::string_view k = Bytes(key, len);
+  if (address->device_id > 1) {
+    // A linked device: its saved key, or the key its user's verified device list names.
+    auto saved = store.LoadIdentity(IdName(address));
+    if (!saved.ok()) return SG_ERR_UNKNOWN;
+    if (saved->has_value() && **saved == k) return 1;
+    return ListedDevice(store, address, k) ? 1 : 0;
+  }
   auto known = store.LoadIdentity(Name(address));
   if (!known.ok()) return SG_ERR_UNKNOWN;
   if (known->has_value() && **known == k) return 1;
@@ -149,6 +184,14 @@ int LoadSenderKey(signal_buffer** record, signal_buffer** user_record,
 }
 
 }  // namespace
+
+std::string DeviceListKey(uint64_t user) { return "device_list/" + std::to_string(user); }
+
+std::string IdentityName(uint64_t user, uint32_t device) {
+  std::string name = std::to_string(user);
+  if (device > 1) name += "." + std::to_string(device);
+  return name;
+}
 
 int InstallSignalStores(signal_protocol_store_context* context, LocalStore* store) {
   signal_protocol_session_store sessions{};

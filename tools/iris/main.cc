@@ -21,6 +21,9 @@
 //              leave GROUP | list | send GROUP TEXT...   (end-to-end encrypted groups;
 //              GROUP is a group id or a local NAME)
 //   iris chat --group GROUP       (interactive group chat)
+//   iris devices code | link CODE | list | remove DEVICE   (this account's devices: a new
+//              device shows its code, the primary device (1) links it; messages then reach
+//              every device, and what one device sends shows on the others as "you -> USER")
 // Global: --home DIR (else $IRIS_HOME, else ~/.iris), --json (one JSON object per line).
 //
 // Exit codes: 0 done; 1 usage or local error; 2 cannot connect or not allowed (server
@@ -237,9 +240,31 @@ std::string GapNotice(const client::ArchiveGapEvent& g) {
 void PrintEvent(const Event& e) {
   using namespace client;
   if (const auto* m = std::get_if<MessageEvent>(&e)) {
+    if (m->sent_to != 0) {
+      // A transcript: this account sent it to `sent_to` from another of its devices
+      // (sender_device 0: a stored one, whose device is not recorded).
+      json j = {{"event", "message"},
+                {"id", m->id},
+                {"from", m->sender},
+                {"to", m->sent_to},
+                {"outgoing", true},
+                {"sent_at_ms", m->sent_at_ms},
+                {"text", m->text},
+                {"decrypted", m->decrypted},
+                {"prekey", m->prekey_message}};
+      if (m->sender_device != 0) j["sender_device"] = m->sender_device;
+      if (!m->decrypted) j["error"] = m->error;
+      Out(j, "[" + Clock(m->sent_at_ms) + "] you -> " + std::to_string(m->sent_to) +
+                 (m->sender_device != 0
+                      ? " (from your device " + std::to_string(m->sender_device) + ")"
+                      : " (from another of your devices)") +
+                 ": " + (m->decrypted ? m->text : "<cannot decrypt: " + m->error + ">"));
+      return;
+    }
     json j = {{"event", "message"},          {"id", m->id},     {"from", m->sender},
               {"sent_at_ms", m->sent_at_ms}, {"text", m->text}, {"decrypted", m->decrypted},
               {"prekey", m->prekey_message}};
+    if (m->sender_device > 1) j["sender_device"] = m->sender_device;
     if (!m->decrypted) j["error"] = m->error;
     if (m->pending) j["pending"] = true;
     if (m->group_id != 0) j["group_id"] = m->group_id;
@@ -370,8 +395,9 @@ void PrintEvent(const Event& e) {
          {"before_id", g->before_id},
          {"hint", "iris history --all"}},
         GapNotice(*g));
-  } else if (std::holds_alternative<HistoryEvent>(e) || std::holds_alternative<SettingsEvent>(e)) {
-    return;  // iris history / settings / blocked print their own answers
+  } else if (std::holds_alternative<HistoryEvent>(e) || std::holds_alternative<SettingsEvent>(e) ||
+             std::holds_alternative<DevicesEvent>(e)) {
+    return;  // iris history / settings / blocked / devices print their own answers
   } else if (const auto* q = std::get_if<RequestFailedEvent>(&e)) {
     json j = StatusJson(q->status);
     j["event"] = "request_failed";
@@ -382,6 +408,45 @@ void PrintEvent(const Event& e) {
 
 // ---- an open client ----
 
+// A stored message as the event the CLI prints. A transcript (a message this account sent
+// from another of its devices) is from `self` to its peer; the store does not record which
+// device sent it (sender_device 0).
+client::MessageEvent FromStored(const client::StoredMessage& m, uint64_t self) {
+  client::MessageEvent e;
+  e.id = m.id;
+  e.sender = m.outgoing ? self : m.peer;
+  e.sent_at_ms = m.sent_at_ms;
+  e.text = m.text;
+  e.decrypted = m.decrypted;
+  e.error = m.error;
+  e.group_id = m.group_id;
+  if (m.outgoing) {
+    e.sent_to = m.peer;
+    e.sender_device = 0;
+  }
+  return e;
+}
+
+// The local ids of queued copies of this account's sends for its other devices
+// (transcripts: queued sends addressed to this account itself; Client::Send queues them).
+std::set<std::string> QueuedCopies(const Client& c) {
+  std::set<std::string> ids;
+  const uint64_t self = c.user_id();
+  if (self == 0) return ids;
+  for (const auto& p : c.PendingSends()) {
+    if (p.recipient == self && p.group_id == 0) ids.insert(p.local_id);
+  }
+  return ids;
+}
+
+// Whether a copy queued after `before` was taken (QueuedCopies) is still queued.
+bool NewCopiesQueued(const Client& c, const std::set<std::string>& before) {
+  for (const auto& id : QueuedCopies(c)) {
+    if (before.count(id) == 0) return true;
+  }
+  return false;
+}
+
 struct Session {
   std::string dir;
   CliConfig cfg;
@@ -391,12 +456,13 @@ struct Session {
   Status last_error;
 
   // Prints a message once (ids at or below `shown` were printed before).
-  // `only_from`: only direct messages from that user; `only_group`: only that group's.
+  // `only_from`: only direct messages from (or, sent from another device of this account,
+  // to) that user; `only_group`: only that group's.
   void ShowMessage(const client::MessageEvent& m, uint64_t only_from = 0, uint64_t only_group = 0) {
     if (m.id <= shown) return;
-    const bool show = only_group != 0
-                          ? m.group_id == only_group
-                          : only_from == 0 || (m.sender == only_from && m.group_id == 0);
+    const uint64_t peer = m.sent_to != 0 ? m.sent_to : m.sender;
+    const bool show = only_group != 0 ? m.group_id == only_group
+                                      : only_from == 0 || (peer == only_from && m.group_id == 0);
     if (show) PrintEvent(Event(m));
     shown = m.id;
     SaveShownCursor(dir, shown);
@@ -406,17 +472,7 @@ struct Session {
     for (;;) {
       auto batch = client->Messages(shown, 256);
       if (batch.empty()) return;
-      for (auto& m : batch) {
-        client::MessageEvent e;
-        e.id = m.id;
-        e.sender = m.peer;
-        e.sent_at_ms = m.sent_at_ms;
-        e.text = m.text;
-        e.decrypted = m.decrypted;
-        e.error = m.error;
-        e.group_id = m.group_id;
-        ShowMessage(e, only_from, only_group);
-      }
+      for (auto& m : batch) ShowMessage(FromStored(m, client->user_id()), only_from, only_group);
     }
   }
 };
@@ -457,6 +513,25 @@ Result<std::unique_ptr<Session>> OpenSession(const std::string& dir, const CliCo
   return s;
 }
 
+// Explain() for this session: on a linked device, a replaced session is also what a device
+// removed from the account gets (docs/protocol.md appendix 20).
+std::string ExplainSession(const Session& s, const Status& st) {
+  std::string why = Explain(st, s.cfg);
+  if (st.code() == StatusCode::kSessionReplaced && s.client->device_id() != 1) {
+    why += " Or this device (" + std::to_string(s.client->device_id()) +
+           ") was removed from the account: iris devices list on the primary device shows "
+           "the devices; a removed device id is never used again (log in a new state "
+           "directory with a token for a new device id, then iris devices code).";
+  }
+  if (st.code() == StatusCode::kUnauthenticated && s.client->device_id() != 1 &&
+      why.find("iris login --token") != std::string::npos) {  // about the token
+    why += " This is device " + std::to_string(s.client->device_id()) +
+           ": its token names it (irisctl token ... --device " +
+           std::to_string(s.client->device_id()) + ").";
+  }
+  return why;
+}
+
 // Handles the connection-level part of an event. Returns an exit code when the command
 // must end (fatal failure), else -1.
 int TrackState(Session& s, const Event& e, bool fail_fast) {
@@ -465,12 +540,12 @@ int TrackState(Session& s, const Event& e, bool fail_fast) {
   if (st->state == SessionState::kLive) s.ever_live = true;
   if (!st->status.ok()) s.last_error = st->status;
   if (st->state == SessionState::kFailed) {
-    std::cerr << "iris: " << Explain(st->status, s.cfg) << std::endl;
+    std::cerr << "iris: " << ExplainSession(s, st->status) << std::endl;
     return kExitConnect;
   }
   if (st->state == SessionState::kConnecting && !st->status.ok() && !s.ever_live) {
     if (fail_fast) {
-      std::cerr << "iris: " << Explain(st->status, s.cfg) << std::endl;
+      std::cerr << "iris: " << ExplainSession(s, st->status) << std::endl;
       return kExitConnect;
     }
   }
@@ -485,7 +560,7 @@ std::chrono::steady_clock::time_point After(double seconds) {
 int TimedOut(Session& s, const std::string& what) {
   if (!s.ever_live) {
     std::cerr << "iris: timed out " << what << ": "
-              << (s.last_error.ok() ? "no answer from the server" : Explain(s.last_error, s.cfg))
+              << (s.last_error.ok() ? "no answer from the server" : ExplainSession(s, s.last_error))
               << std::endl;
     return kExitConnect;
   }
@@ -589,15 +664,23 @@ int CmdLogin(const std::string& dir, const LoginArgs& a) {
     }
   }
   if (Status st = SaveConfig(dir, cfg); !st.ok()) return LocalError(st);
-  const size_t unread = ss.client->Messages(ss.shown, 100000).size();
+  const auto stored = ss.client->Messages(ss.shown, 100000);
+  const size_t unread = static_cast<size_t>(std::count_if(
+      stored.begin(), stored.end(), [](const client::StoredMessage& m) { return !m.outgoing; }));
+  const uint32_t device = ss.client->device_id();
   Out({{"event", "logged_in"},
        {"user", ss.client->user_id()},
+       {"device", device},
        {"server", cfg.server},
        {"identity", ss.client->IdentityFingerprint()},
        {"unread", unread},
        {"home", dir}},
-      "logged in as user " + std::to_string(ss.client->user_id()) + " at " + cfg.server +
+      "logged in as user " + std::to_string(ss.client->user_id()) +
+          (device != 1 ? " (device " + std::to_string(device) + ")" : "") + " at " + cfg.server +
           "\nidentity key fingerprint: " + ss.client->IdentityFingerprint() + "\nstate: " + dir +
+          (device != 1 ? "\nthis is a linked device: unless it is linked already, run iris "
+                         "devices code here and approve the code on your primary device"
+                       : "") +
           (unread > 0 ? "\n" + std::to_string(unread) + " unread message(s): iris sync" : ""));
   ss.client->Stop();
   return kExitOk;
@@ -611,6 +694,8 @@ int CmdSend(const std::string& dir, uint64_t to, const std::vector<std::string>&
   if (!s.ok()) return LocalError(s.status());
   Session& ss = **s;
   std::set<std::string> waiting;
+  // Copies for this account's other devices queued before this command (not waited for).
+  const std::set<std::string> old_copies = QueuedCopies(*ss.client);
   auto queue = [&](const std::string& text) -> int {
     auto id = ss.client->Send(to, text);
     if (!id.ok()) return LocalError(id.status());
@@ -639,8 +724,21 @@ int CmdSend(const std::string& dir, uint64_t to, const std::vector<std::string>&
   bool refused = false;  // a send failed for good (e.g. FORBIDDEN: the recipient blocks you)
   bool input_done = !from_stdin;
   auto deadline = After(timeout);
-  while (!input_done || !waiting.empty()) {
-    auto item = TheInbox().Pop(input_done ? deadline : After(3600));
+  // Then the copies of these messages for this account's other devices (linked devices:
+  // they show them as sent by you), polled: their acknowledgements are not printed.
+  const auto copies_left = [&] { return NewCopiesQueued(*ss.client, old_copies); };
+  while (!input_done || !waiting.empty() || copies_left()) {
+    const bool copies_only = input_done && waiting.empty();
+    auto item = TheInbox().Pop(!input_done   ? After(3600)
+                               : copies_only ? std::min(deadline, After(0.2))
+                                             : deadline);
+    if (!item && copies_only) {
+      if (std::chrono::steady_clock::now() < deadline) continue;
+      Note("iris: sent; the copies for your other devices are still queued (last problem: " +
+           (ss.last_error.ok() ? std::string("none reported") : ss.last_error.message()) +
+           "): the next iris command that connects sends them");
+      break;
+    }
     if (!item) return TimedOut(ss, "sending");
     if (std::holds_alternative<Quit>(*item)) return kExitQueued;
     if (const auto* line = std::get_if<InputLine>(&*item)) {
@@ -907,9 +1005,15 @@ int CmdChat(const std::string& dir, uint64_t peer, const std::string& group_name
   auto last_key = std::chrono::steady_clock::now();
   bool leaving = false;
   std::set<std::string> unacked;
+  // When leaving, the copies of the messages sent here for this account's other devices are
+  // waited for too (polled; those queued before the chat are not).
+  const std::set<std::string> old_copies = QueuedCopies(*ss.client);
+  const auto copies_left = [&] { return NewCopiesQueued(*ss.client, old_copies); };
   auto deadline = After(3600 * 24 * 365);
-  while (!(leaving && unacked.empty())) {
-    const auto wake = typing ? std::min(deadline, last_key + std::chrono::seconds(5)) : deadline;
+  while (!(leaving && unacked.empty() && !copies_left())) {
+    const bool copies_only = leaving && unacked.empty();
+    auto wake = typing ? std::min(deadline, last_key + std::chrono::seconds(5)) : deadline;
+    if (copies_only) wake = std::min(wake, After(0.2));
     auto item = TheInbox().Pop(wake);
     if (!item) {
       if (typing && std::chrono::steady_clock::now() >= last_key + std::chrono::seconds(5)) {
@@ -919,6 +1023,12 @@ int CmdChat(const std::string& dir, uint64_t peer, const std::string& group_name
       }
       if (std::chrono::steady_clock::now() >= deadline) {
         clear_line();
+        if (copies_only) {
+          Note(
+              "iris: the copies for your other devices are still queued: the next iris "
+              "command that connects sends them");
+          break;
+        }
         return TimedOut(ss, "delivering the last messages");
       }
       continue;
@@ -1072,14 +1182,7 @@ int CmdTrust(const std::string& dir, uint64_t user, const std::vector<std::strin
   Out({{"event", "trusted"}, {"user", user}, {"retried", got->size()}},
       "trusted the new identity key of user " + u + " (now marked verified); " +
           std::to_string(got->size()) + " kept message(s) decrypted");
-  for (const auto& m : *got) {
-    client::MessageEvent e;
-    e.id = m.id;
-    e.sender = m.peer;
-    e.sent_at_ms = m.sent_at_ms;
-    e.text = m.text;
-    PrintEvent(Event(e));
-  }
+  for (const auto& m : *got) PrintEvent(Event(FromStored(m, ss.client->user_id())));
   return kExitOk;
 }
 
@@ -1102,15 +1205,18 @@ int CmdStatus(const std::string& dir) {
     text += "\n  to " + std::to_string(p.recipient) + ": " + p.text;
   }
   const auto exp = TokenExpiry(cfg->token);
+  const uint32_t device = ss.client->device_id();
   Out({{"event", "status"},
        {"server", cfg->server},
        {"home", dir},
+       {"device", device},
        {"identity", ss.client->IdentityFingerprint()},
        {"keys_published", ss.client->KeysPublished()},
        {"cursor", ss.client->cursor()},
        {"token_expires", exp.value_or(0)},
        {"queued", q}},
-      "server: " + cfg->server + "\nstate: " + dir +
+      "server: " + cfg->server + "\nstate: " + dir + "\ndevice: " + std::to_string(device) +
+          (device == 1 ? " (primary)" : " (linked)") +
           "\nidentity key fingerprint: " + ss.client->IdentityFingerprint() +
           "\ntoken expires: " + (exp ? Clock(static_cast<uint64_t>(*exp) * 1000) : "unknown") +
           "\nqueued messages: " + std::to_string(q.size()) + text);
@@ -1318,6 +1424,184 @@ int CmdGroupSend(const std::string& dir, const std::string& group_name,
   return kExitOk;
 }
 
+// ---- iris devices (docs/protocol.md appendix 20, "Devices in the client") ----
+//
+// A new device logs in with a token naming its device (irisctl token ... --device N) in its
+// own state directory, shows its link code (iris devices code), and the primary device (1)
+// adds it to the account's signed device list (iris devices link CODE). From then on every
+// message to this account reaches each listed device, and what one device sends is copied
+// to the others.
+
+json DevicesJson(const client::DevicesEvent& d, const std::string& event) {
+  json list = json::array();
+  for (const auto& e : d.devices) {
+    list.push_back({{"id", e.id}, {"fingerprint", e.fingerprint}, {"this_device", e.this_device}});
+  }
+  return {{"event", event}, {"version", d.version}, {"devices", list}};
+}
+
+// One line per device ("device N  FINGERPRINT  (this device)"), then the list's version.
+std::string DevicesText(const client::DevicesEvent& d) {
+  std::string text;
+  for (const auto& e : d.devices) {
+    text += "device " + std::to_string(e.id) + "  " + e.fingerprint +
+            (e.this_device ? "  (this device)" : "") + "\n";
+  }
+  return text + "device list version " + std::to_string(d.version) +
+         (d.version == 0 ? " (no device was ever linked)" : "");
+}
+
+// Runs one devices request (`ask` queues it and returns its number, or the local error)
+// to its answer, the account's device list, in *answer. -1 when answered, else the exit
+// code (the error printed).
+int RunDevicesRequest(Session& ss, double timeout, const std::string& what,
+                      const std::function<Result<uint64_t>()>& ask,
+                      std::optional<client::DevicesEvent>* answer) {
+  auto request = ask();
+  if (!request.ok()) return LocalError(request.status());
+  return RunUntilSettled(
+      ss, timeout, what,
+      [&](const Event& e) {
+        if (const auto* d = std::get_if<client::DevicesEvent>(&e);
+            d != nullptr && d->request == *request) {
+          *answer = *d;
+        } else if (const auto* f = std::get_if<client::RequestFailedEvent>(&e);
+                   f != nullptr && f->what == "devices" && f->request == *request) {
+          std::cerr << "iris: " << what << " failed: " << f->status.message() << " ("
+                    << StatusCodeName(f->status.code()) << ")" << std::endl;
+          return f->status.code() == StatusCode::kInternal ? kExitLocal : kExitConnect;
+        } else {
+          PrintProblems(ss, e);
+        }
+        return -1;
+      },
+      [&] { return answer->has_value(); });
+}
+
+// iris devices code: on a new (linked) device, after iris login with its token. Connects
+// (so that its keys are on the server and its device id is known) and prints the code for
+// the primary device.
+int CmdDevicesCode(const std::string& dir, double timeout) {
+  auto cfg = LoadOrExplain(dir);
+  if (!cfg.ok()) return LocalError(cfg.status());
+  auto s = OpenSession(dir, *cfg);
+  if (!s.ok()) return LocalError(s.status());
+  Session& ss = **s;
+  // The primary device has no code (known without connecting once it connected before).
+  if (auto early = ss.client->LinkCode();
+      !early.ok() && early.status().code() != StatusCode::kNotFound) {
+    return LocalError(early.status());
+  }
+  int rc = RunUntilSettled(
+      ss, timeout, "publishing this device's keys",
+      [&](const Event& e) {
+        if (const auto* f = std::get_if<client::RequestFailedEvent>(&e);
+            f != nullptr && f->what == "keys_upload") {
+          std::cerr << "iris: the server refused this device's keys: " << f->status.message()
+                    << " (" << StatusCodeName(f->status.code()) << ")" << std::endl;
+          return kExitConnect;
+        }
+        if (std::holds_alternative<client::KeysUploadedEvent>(e)) PrintEvent(e);
+        PrintProblems(ss, e);
+        return -1;
+      },
+      [&] { return ss.client->KeysPublished(); });
+  if (rc >= 0) return rc;
+  ss.client->Stop();
+  auto code = ss.client->LinkCode();
+  if (!code.ok()) return LocalError(code.status());
+  Out({{"event", "link_code"},
+       {"code", *code},
+       {"user", ss.client->user_id()},
+       {"device", ss.client->device_id()},
+       {"identity", ss.client->IdentityFingerprint()}},
+      *code);
+  Note("On your primary device run: iris devices link " + *code);
+  return kExitOk;
+}
+
+// iris devices link CODE: on the primary device, adds the device that showed CODE.
+int CmdDevicesLink(const std::string& dir, const std::string& code, double timeout) {
+  auto cfg = LoadOrExplain(dir);
+  if (!cfg.ok()) return LocalError(cfg.status());
+  auto s = OpenSession(dir, *cfg);
+  if (!s.ok()) return LocalError(s.status());
+  Session& ss = **s;
+  std::optional<client::DevicesEvent> answer;
+  if (int rc = RunDevicesRequest(
+          ss, timeout, "linking the device", [&] { return ss.client->LinkDevice(code); }, &answer);
+      rc >= 0) {
+    return rc;
+  }
+  ss.client->Stop();
+  json j = DevicesJson(*answer, "device_linked");
+  // The device the code names: iris-link:1:USER:DEVICE:KEY.
+  uint32_t linked = 0;
+  if (const size_t key = code.rfind(':'); key != std::string::npos && key > 0) {
+    const size_t dev = code.rfind(':', key - 1);
+    if (dev != std::string::npos) {
+      linked = static_cast<uint32_t>(
+          std::strtoul(code.substr(dev + 1, key - dev - 1).c_str(), nullptr, 10));
+    }
+  }
+  if (linked != 0) j["device"] = linked;
+  Out(j,
+      (linked != 0 ? "linked device " + std::to_string(linked) : std::string("linked the device")) +
+          ": messages to you now reach it too, and what it sends shows here\n" +
+          DevicesText(*answer));
+  return kExitOk;
+}
+
+// iris devices list: the account's device list as the server holds it (verified against
+// the primary device's key).
+int CmdDevicesList(const std::string& dir, double timeout) {
+  auto cfg = LoadOrExplain(dir);
+  if (!cfg.ok()) return LocalError(cfg.status());
+  auto s = OpenSession(dir, *cfg);
+  if (!s.ok()) return LocalError(s.status());
+  Session& ss = **s;
+  std::optional<client::DevicesEvent> answer;
+  if (int rc = RunDevicesRequest(
+          ss, timeout, "reading the device list",
+          [&]() -> Result<uint64_t> { return ss.client->RequestDevices(); }, &answer);
+      rc >= 0) {
+    return rc;
+  }
+  ss.client->Stop();
+  Out(DevicesJson(*answer, "devices"), DevicesText(*answer));
+  return kExitOk;
+}
+
+// iris devices remove DEVICE: on the primary device; the server ends the device's sessions
+// and drops its keys.
+int CmdDevicesRemove(const std::string& dir, uint64_t device, double timeout) {
+  if (device < 2 || device > 63) {
+    return LocalError(
+        BadRequest(device == 1 ? "device 1 is the primary device: it cannot be removed"
+                               : "a linked device id is 2..63 (iris devices list shows them)"));
+  }
+  auto cfg = LoadOrExplain(dir);
+  if (!cfg.ok()) return LocalError(cfg.status());
+  auto s = OpenSession(dir, *cfg);
+  if (!s.ok()) return LocalError(s.status());
+  Session& ss = **s;
+  std::optional<client::DevicesEvent> answer;
+  if (int rc = RunDevicesRequest(
+          ss, timeout, "removing the device",
+          [&] { return ss.client->RemoveDevice(static_cast<uint32_t>(device)); }, &answer);
+      rc >= 0) {
+    return rc;
+  }
+  ss.client->Stop();
+  json j = DevicesJson(*answer, "device_removed");
+  j["device"] = device;
+  Out(j, "removed device " + std::to_string(device) +
+             ": the server ended its sessions and dropped its keys; messages no longer reach "
+             "it\n" +
+             DevicesText(*answer));
+  return kExitOk;
+}
+
 // iris read: READ receipts for messages from `peer` (docs/protocol.md, Client conventions
 // 9: the encrypted copy to the author and the RECEIPT frame for the server). Without ids:
 // every decrypted message from `peer` that the CLI has printed and not marked read yet.
@@ -1335,7 +1619,7 @@ int CmdRead(const std::string& dir, uint64_t peer, const std::vector<uint64_t>& 
   if (!explicit_ids.empty()) {
     for (uint64_t id : explicit_ids) {
       auto m = id == 0 ? std::vector<client::StoredMessage>{} : ss.client->Messages(id - 1, 1);
-      if (m.empty() || m[0].id != id || m[0].peer != peer) {
+      if (m.empty() || m[0].id != id || m[0].peer != peer || m[0].outgoing) {
         return LocalError(NotFound("message " + std::to_string(id) +
                                    " is not a message from user " + u +
                                    " on this device (iris sync fetches new ones)"));
@@ -1353,7 +1637,7 @@ int CmdRead(const std::string& dir, uint64_t peer, const std::vector<uint64_t>& 
       if (batch.empty()) break;
       for (const auto& m : batch) {
         from = m.id;
-        if (m.peer != peer || !m.decrypted) continue;
+        if (m.peer != peer || !m.decrypted || m.outgoing) continue;  // not your own sends
         if (m.id > ss.shown) {
           ++unshown;  // not printed yet: the user has not seen it
         } else {
@@ -1908,6 +2192,28 @@ int Main(int argc, char** argv) {
   std::string chat_group;
   cc->add_option("--group", chat_group, "chat in this group (id or name) instead");
 
+  auto* dv = app.add_subcommand(
+      "devices", "this account's devices: a new device shows a code, the primary device links it");
+  dv->require_subcommand(1);
+  double devices_timeout = 20;
+  dv->add_option("--timeout", devices_timeout, "seconds")->capture_default_str();
+  auto* dcode = dv->add_subcommand(
+      "code",
+      "on a new device (logged in with a token for device 2..63): show the code to link it");
+  std::string link_code;
+  auto* dlink =
+      dv->add_subcommand("link", "on the primary device: link the device that showed CODE");
+  dlink->add_option("CODE", link_code, "the code iris devices code printed (iris-link:1:...)")
+      ->required();
+  auto* dlist = dv->add_subcommand("list", "this account's devices (the server's signed list)");
+  uint64_t remove_device = 0;
+  auto* drm = dv->add_subcommand(
+      "remove", "on the primary device: remove a linked device (its sessions end, its keys go)");
+  drm->add_option("DEVICE", remove_device, "device id (2..63)")->required();
+  for (auto* sub : {dcode, dlink, dlist, drm}) {
+    sub->add_option("--timeout", devices_timeout, "seconds")->capture_default_str();
+  }
+
   CLI11_PARSE(app, argc, argv);
   const std::string dir = StateDir(home);
   StartSignalThread();
@@ -1923,6 +2229,10 @@ int Main(int argc, char** argv) {
   if (gl->parsed()) return CmdGroupUpdate(dir, group_name, {}, {}, true, group_timeout);
   if (gi->parsed()) return CmdGroupList(dir, group_timeout);
   if (gs->parsed()) return CmdGroupSend(dir, group_name, group_words, group_timeout);
+  if (dcode->parsed()) return CmdDevicesCode(dir, devices_timeout);
+  if (dlink->parsed()) return CmdDevicesLink(dir, link_code, devices_timeout);
+  if (dlist->parsed()) return CmdDevicesList(dir, devices_timeout);
+  if (drm->parsed()) return CmdDevicesRemove(dir, remove_device, devices_timeout);
   if (st->parsed()) return CmdStatus(dir);
   if (ct->parsed()) return CmdTrust(dir, trust_user, trust_fingerprint);
   if (cv->parsed()) return CmdVerify(dir, verify_user, verify_mark);

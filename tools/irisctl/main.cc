@@ -1,5 +1,6 @@
 // irisctl: operator tool for an Iris node.
-//   irisctl token  --secret-file F --user 42 [--ttl 1h] [--kid K]    mint a development token
+//   irisctl token  --secret-file F --user 42 [--ttl 1h] [--kid K] [--device N]
+//                  mint a development token (--device: 1 = primary, 2..63 = a linked device)
 //   irisctl revoke --admin 127.0.0.1:7444 --token-file F (--jti J | --user U [--before-ms T])
 //   irisctl health --admin 127.0.0.1:7444
 //   irisctl stats  --admin 127.0.0.1:7444    P50/P90/P99 of each histogram, the main counters
@@ -187,12 +188,18 @@ int main(int argc, char** argv) {
 
   std::string secret_file, kid, ttl = "1h", jti;
   uint64_t user = 0;
+  int64_t device = 1;
   auto* token = app.add_subcommand("token", "Mint a development token (HS256 JWT)");
   token->add_option("--secret-file", secret_file, "The server's JWT secret file")->required();
   token->add_option("--user", user, "User id (non-zero)")->required();
   token->add_option("--ttl", ttl, "Lifetime: 90s, 15m, 1h, 1d (at most 24h)")->capture_default_str();
   token->add_option("--kid", kid, "Key id for rotation (optional)");
   token->add_option("--jti", jti, "Token id (default: random)");
+  token
+      ->add_option("--device", device,
+                   "Device id (the dev claim): 1 = the primary device, 2..63 = a linked "
+                   "device (iris devices)")
+      ->capture_default_str();
 
   std::string admin = "127.0.0.1:7444", admin_token_file, revoke_jti;
   uint64_t revoke_user = 0;
@@ -325,6 +332,11 @@ int main(int argc, char** argv) {
       std::cerr << "irisctl: --user must be non-zero\n";
       return 2;
     }
+    if (device < 1 || device > static_cast<int64_t>(iris::auth::kMaxDeviceClaim)) {
+      std::cerr << "irisctl: --device must be 1 (the primary device) .. "
+                << iris::auth::kMaxDeviceClaim << " (a linked device), got " << device << "\n";
+      return 2;
+    }
     int64_t seconds = 0;
     if (!ParseDuration(ttl, &seconds) || seconds > 86400) {
       std::cerr << "irisctl: --ttl must be a positive duration of at most 24h (e.g. 1h)\n";
@@ -337,6 +349,7 @@ int main(int argc, char** argv) {
     }
     iris::auth::Claims c;
     c.user_id = user;
+    c.device = static_cast<uint32_t>(device);
     c.iat = std::chrono::duration_cast<std::chrono::seconds>(
                 std::chrono::system_clock::now().time_since_epoch()).count();
     c.exp = c.iat + seconds;

@@ -103,6 +103,8 @@ struct StoredMessage {
   bool decrypted = true;
   std::string error;
   uint64_t group_id = 0;  // a group message: its group
+  // Sent by this account from another of its devices to `peer` (a transcript).
+  bool outgoing = false;
 };
 
 // What a user compares out of band to verify a contact (Client::Verification): Signal's
@@ -292,6 +294,34 @@ class Client {
   // receipts queued). BAD_REQUEST when the fingerprint is missing or is not the refused
   // key's, NOT_FOUND when no key was refused.
   Result<std::vector<StoredMessage>> TrustIdentity(uint64_t user, std::string_view fingerprint);
+  // ---- Devices (docs/protocol.md appendix 20 and "Devices in the client") ----
+  //
+  // An account has a primary device (1) and up to 4 linked devices, each with its own
+  // state directory, identity key and token (the token's `dev` claim names the device).
+  // Every 1:1 message is encrypted once per device of the recipient, and copied (as a
+  // transcript) to this account's other devices; the device lists of other users are
+  // checked against the signature of their primary device before anything is encrypted
+  // for a linked device, and a device the primary did not sign for is refused.
+  //
+  // This device's id (from WELCOME; 1 before the first connection).
+  uint32_t device_id() const;
+  // The code a new device shows for the primary device to approve (LinkDevice):
+  // "iris-link:1:<user>:<device>:<identity key hex>". NOT_FOUND before this state
+  // directory's first connection, BAD_REQUEST on the primary device itself.
+  Result<std::string> LinkCode() const;
+  // On the primary device: adds the device a LinkCode names to the signed device list (or
+  // gives a listed device id its new key). The new device must have connected once (its
+  // keys are on the server). Returns a request number; the answer is a DevicesEvent or a
+  // RequestFailedEvent "devices" with it. BAD_REQUEST for a malformed code, a code of
+  // another account, or when this is not the primary device.
+  Result<uint64_t> LinkDevice(std::string_view code);
+  // On the primary device: removes a linked device (2..63) from the signed list; the server
+  // then ends its sessions and drops its keys, and its copies stop. Answered as LinkDevice.
+  Result<uint64_t> RemoveDevice(uint32_t device);
+  // Reads this account's device list from the server (once connected): DevicesEvent or
+  // RequestFailedEvent "devices" with the returned number.
+  uint64_t RequestDevices();
+
   // Replaces the token (e.g. after expiry); a client in kFailed tries again.
   void SetToken(std::string token);
 

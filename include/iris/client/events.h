@@ -61,6 +61,11 @@ struct MessageEvent {
   uint64_t counter = 0;
   uint64_t missing = 0;
   bool reordered = false;
+  // Linked devices (docs/protocol.md appendix 20): the sending device of `sender`
+  // (1 = the primary), and, when not 0, this message is one this account sent to user
+  // `sent_to` from another of its devices (a transcript; `sender` is this user).
+  uint32_t sender_device = 1;
+  uint64_t sent_to = 0;
 };
 
 // A contact's identity key changed: they re-installed, or the server hands out a key that
@@ -213,6 +218,23 @@ struct SettingsEvent {
   std::vector<uint64_t> blocked;  // ascending
 };
 
+// One device of this account's device list (DevicesEvent).
+struct DeviceEntry {
+  uint32_t id = 0;          // 1 = the primary device
+  std::string fingerprint;  // hex SHA-256 of its identity key (e2ee::KeyFingerprint)
+  bool this_device = false;
+};
+
+// The answer to Client::RequestDevices, LinkDevice or RemoveDevice: this account's device
+// list as the server holds it (after the change, for LinkDevice/RemoveDevice), verified
+// against the primary device's identity key. A list nobody set is device 1 alone
+// (version 0).
+struct DevicesEvent {
+  uint64_t request = 0;
+  uint64_t version = 0;
+  std::vector<DeviceEntry> devices;  // ascending ids
+};
+
 // The answer to Client::GetGroup, CreateGroup, UpdateGroup or LeaveGroup: the group with
 // its whole member list (ascending ids, the owner included), assembled from as many
 // GROUP_INFO pages as the server sent; every page is of the same `version` (a list that
@@ -249,6 +271,6 @@ using Event =
     std::variant<StateEvent, MessageEvent, SendAckedEvent, SendFailedEvent, ReceiptEvent,
                  PresenceEvent, TypingEvent, RequestFailedEvent, SyncedEvent, KeysUploadedEvent,
                  IdentityChangedEvent, PeerDecryptFailedEvent, ArchiveGapEvent, HistoryEvent,
-                 GroupInfoEvent, GroupEvent, SettingsEvent>;
+                 GroupInfoEvent, GroupEvent, SettingsEvent, DevicesEvent>;
 
 }  // namespace iris::client
