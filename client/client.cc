@@ -134,20 +134,6 @@ Result<std::string> Client::Impl::Send(uint64_t recipient, std::string_view text
     LocalStore::Transaction tx(*store_);
     auto seq = store_->Enqueue(q);
     if (!seq.ok()) return seq.status();
-    // This account's other devices get a transcript (a SEND to this account itself, one
-    // copy per other device): a linked device always has the primary; the primary has
-    // others once it linked one.
-    const uint64_t self = user_id_.load();
-    if (self != 0 && (device_id_.load() != 1 || cipher_->DevicesOf(self).size() > 1)) {
-      QueuedSend t;
-      t.idem_key = std::string(UuidBytes(uuids_.Next()));
-      t.recipient = self;
-      t.kind = kQueuedTranscript;
-      t.payload = e2ee::EncodeTranscript({recipient, std::string(text)});
-      t.created_ms = q.created_ms;
-      auto tseq = store_->Enqueue(t);
-      if (!tseq.ok()) return tseq.status();
-    }
     IRIS_RETURN_IF_ERROR(tx.Commit());
   }
   queue_dirty_ = true;
@@ -584,7 +570,8 @@ bool Client::Impl::Settled() const {
     if (!commands_.empty() || commands_running_) return false;
   }
   std::lock_guard<std::mutex> l(db_mu_);
-  return store_->Queue().empty();
+  // refetch_: a device list still to fetch for messages kept from an unlisted device.
+  return store_->Queue().empty() && refetch_.empty();
 }
 
 bool Client::Impl::KeysPublished() const {
@@ -641,6 +628,25 @@ Result<std::vector<StoredMessage>> Client::Impl::TrustIdentity(uint64_t user,
   queue_dirty_ = true;
   Wake();
   return out;
+}
+
+Status Client::Impl::QueueTranscript(const std::string& idem, uint64_t recipient) {
+  // This account's other devices get a transcript (a SEND to this account itself, one copy
+  // per other device): a linked device always has the primary; the primary has others once
+  // it linked one.
+  const uint64_t self = user_id_.load();
+  if (self == 0 || (device_id_.load() == 1 && cipher_->DevicesOf(self).size() <= 1)) {
+    return Status::Ok();
+  }
+  IRIS_ASSIGN_OR_RETURN(std::optional<QueuedSend> sent, store_->FindQueued(idem));
+  if (!sent) return Status::Ok();
+  QueuedSend t;
+  t.idem_key = std::string(UuidBytes(uuids_.Next()));
+  t.recipient = self;
+  t.kind = kQueuedTranscript;
+  t.payload = e2ee::EncodeTranscript({recipient, sent->payload});
+  t.created_ms = clock_.WallMillis();
+  return store_->Enqueue(t).status();
 }
 
 Status Client::Impl::RetryKept(uint64_t user, bool linked_only, std::vector<StoredMessage>* out,

@@ -237,6 +237,10 @@ class Client::Impl {
   // Decrypts again the kept ciphertexts from `user` (only those of its linked devices when
   // `linked_only`); those that now decrypt are updated in the store and appended to *out
   // (db_mu_ held, inside the caller's transaction).
+  // Queues the transcript of the 1:1 message queued under `idem` (acknowledged now) for
+  // this account's other devices, if it has any (db_mu_ held, inside the caller's
+  // transaction).
+  Status QueueTranscript(const std::string& idem, uint64_t recipient);
   Status RetryKept(uint64_t user, bool linked_only, std::vector<StoredMessage>* out,
                    std::vector<Event>* events);
   Status RunSession(Session& s);

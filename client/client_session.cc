@@ -199,6 +199,9 @@ Status Client::Impl::RunSession(Session& s) {
     std::lock_guard<std::mutex> l(db_mu_);
     retry_at_.clear();
     fetch_retry_at_.clear();
+    // Messages kept because their linked device was not in the list known here: the lists
+    // are fetched again (also when the last program run ended before the fetch came back).
+    for (uint64_t peer : store_->PeersWithKeptFromLinkedDevices()) refetch_.insert(peer);
   }
   queue_dirty_ = true;
   SetState(SessionState::kSyncing);
@@ -593,6 +596,7 @@ Status Client::Impl::PumpSends(Session& s) {
         if (q.kind == kQueuedTranscript && devices.empty()) {
           // This account has no other device (any more): nobody to copy it to.
           store_->Dequeue(q.seq, 0, 0).IgnoreError();
+          queue_dirty_ = true;
           continue;
         }
         bool ready = refetch_.count(q.recipient) == 0;
@@ -901,6 +905,12 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
         std::lock_guard<std::mutex> l(db_mu_);
         LocalStore::Transaction tx(*store_);
         // A sealed receipt is not part of the sent history.
+        // What the user sent goes to this account's other devices once the server has it
+        // (a cancelled or refused message never does): a transcript, queued in the same
+        // transaction.
+        if (r.queued_kind == kQueuedMessage) {
+          IRIS_RETURN_IF_ERROR(QueueTranscript(r.idem, r.recipient));
+        }
         IRIS_RETURN_IF_ERROR(store_->Dequeue(r.seq, r.receipt ? 0 : a.message_id(),
                                              r.receipt ? 0 : clock_.WallMillis()));
         // The server counts this user as having written to the recipient: later messages
@@ -1120,10 +1130,19 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
           if (retry.ok()) retry = tx.Commit();
           if (!retry.ok()) return retry;  // a local failure: the connection starts over
         }
-        if (st.ok()) {
+        bool ready = st.ok();
+        for (uint32_t d : TargetDevices(r.recipient)) {
+          ready = ready && cipher_->HasSession(r.recipient, d);
+        }
+        if (ready) {
           fetch_attempts_.erase(r.recipient);
           fetch_retry_at_.erase(r.recipient);
           unreachable_.erase(r.recipient);
+        } else if (st.ok()) {
+          // A listed device's keys were missing from the answer: again later, not at once
+          // (every fetch uses up a one-time prekey of each device).
+          attempts = ++fetch_attempts_[r.recipient];
+          fetch_retry_at_[r.recipient] = clock_.MonoMillis() + backoff_.DelayMs(attempts);
         } else {
           unreachable_.insert(r.recipient);
           attempts = ++fetch_attempts_[r.recipient];
@@ -1502,6 +1521,7 @@ Status Client::Impl::DecryptIncoming(Session* s, const v1::Envelope& e, bool cat
                                           e2ee::KeyFingerprint(new_key), false, false});
     }
     if (retry) IRIS_RETURN_IF_ERROR(store_->RemoveUndecryptable(e.id()));
+    ev.retried = retry;
     if (d->consumed_prekey) {
       const uint64_t left = store_->GetU64(kPreKeysOnServer);
       IRIS_RETURN_IF_ERROR(store_->PutU64(kPreKeysOnServer, left > 0 ? left - 1 : 0));
@@ -1695,8 +1715,23 @@ Status Client::Impl::MaybeRotateAndCheckKeys(Session& s) {
   return Write(s, wire::Opcode::kKeysFetch, f);
 }
 
-Status Client::Impl::OnKeysCheck(Session& s, const v1::KeysBundle& b) {
+Status Client::Impl::OnKeysCheck(Session& s, const v1::KeysBundle& all) {
   s.check_in_flight = false;
+  // The top-level fields are device 1's bundle; a linked device reads its own entry.
+  const v1::KeysBundle* own = &all;
+  if (const uint32_t me = device_id_.load(); me != 1) {
+    own = nullptr;
+    for (const v1::KeysBundle& d : all.devices()) {
+      if (d.device_id() == me) own = &d;
+    }
+    if (own == nullptr) {  // not listed (yet): nothing known about this device's pool
+      std::lock_guard<std::mutex> l(db_mu_);
+      IRIS_RETURN_IF_ERROR(
+          store_->PutU64(kPreKeysChecked, static_cast<uint64_t>(clock_.WallMillis())));
+      return MaybeUploadKeys(s);
+    }
+  }
+  const v1::KeysBundle& b = *own;
   {
     std::lock_guard<std::mutex> l(db_mu_);
     LocalStore::Transaction tx(*store_);
@@ -1960,10 +1995,13 @@ Status Client::Impl::ProcessFetchedKeys(uint64_t user, v1::KeysBundle& b,
   }
   // The device list: only what device 1's identity key signed counts.
   if (!b.has_device_list()) {
-    if (b.devices_size() > 0) {
+    if (b.devices_size() > 0 || cipher_->DeviceListOf(user)) {
+      // A list once set is never unset (the primary device can list itself alone): its
+      // absence now would roll back to before it.
       *list_refused = true;
-      return Forbidden("the server sent keys of linked devices of user " + std::to_string(user) +
-                       " without a signed device list: refused");
+      return Forbidden("the server sent keys of user " + std::to_string(user) +
+                       " without the signed device list (linked devices without a list, or a "
+                       "list known here left out): refused");
     }
     return cipher_->ForgetDeviceList(user);
   }
@@ -1976,7 +2014,12 @@ Status Client::Impl::ProcessFetchedKeys(uint64_t user, v1::KeysBundle& b,
   }
   v1::DeviceList list = std::move(*verified);
   const std::vector<uint32_t> before = cipher_->DevicesOf(user);
-  IRIS_ASSIGN_OR_RETURN(bool newer, cipher_->SaveDeviceList(list));
+  Result<bool> saved = cipher_->SaveDeviceList(list);
+  if (!saved.ok()) {
+    *list_refused = saved.status().code() == StatusCode::kForbidden;
+    return saved.status();
+  }
+  const bool newer = *saved;
   if (newer && cipher_->DevicesOf(user) != before && !self) {
     // New devices hold none of this user's sender keys: the next group send distributes
     // them again (to every device of the user).
@@ -2035,7 +2078,12 @@ Status Client::Impl::OnDevicesInfo(Session& s, const InFlight& r, const v1::Sett
       if (list.ok()) {
         current = *list;
         auto saved = cipher_->SaveDeviceList(current);
-        if (!saved.ok()) st = saved.status();
+        if (!saved.ok()) {
+          st = saved.status();
+        } else if (!*saved) {
+          // Older than the list kept here (a replay): the kept one is the account's list.
+          current = *cipher_->DeviceListOf(self);
+        }
       } else if (me == 1 && r.devices_op != kDevicesList &&
                  list.status().code() == StatusCode::kForbidden) {
         // Not signed by this device: a list from before a reinstall of the primary device

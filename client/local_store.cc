@@ -533,6 +533,13 @@ std::vector<Undecryptable> LocalStore::UndecryptableFrom(uint64_t peer) const {
   return out;
 }
 
+std::vector<uint64_t> LocalStore::PeersWithKeptFromLinkedDevices() const {
+  std::vector<uint64_t> out;
+  Stmt s(db_, "SELECT DISTINCT peer FROM undecryptable WHERE device > 1 ORDER BY peer");
+  while (s.Step() == SQLITE_ROW) out.push_back(s.U64(0));
+  return out;
+}
+
 Status LocalStore::RemoveUndecryptable(uint64_t id) {
   Stmt s(db_, "DELETE FROM undecryptable WHERE id = ?");
   s.BindU(1, id);

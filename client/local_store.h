@@ -178,6 +178,8 @@ class LocalStore {
   Status StoreUndecryptable(const Undecryptable& u);
   std::vector<Undecryptable> UndecryptableFrom(uint64_t peer) const;
   Status RemoveUndecryptable(uint64_t id);
+  // The senders of kept ciphertexts that came from a linked device (device > 1).
+  std::vector<uint64_t> PeersWithKeptFromLinkedDevices() const;
   // Rewrites a stored incoming message (after a successful retry).
   Status UpdateIncoming(const StoredIncoming& m);
   // The sent-history entry of message `message_id` to `recipient` (payload and kind).

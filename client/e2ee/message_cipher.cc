@@ -494,7 +494,14 @@ Status DropUnlistedDevices(LocalStore& store, uint64_t user, const v1::DeviceLis
 }  // namespace
 
 Result<bool> MessageCipher::SaveDeviceList(const v1::DeviceList& list) {
-  if (auto old = DeviceListOf(list.user()); old && old->version() > list.version()) return false;
+  if (auto old = DeviceListOf(list.user())) {
+    if (old->version() > list.version()) return false;
+    if (old->version() == list.version() && old->SerializeAsString() != list.SerializeAsString()) {
+      return Forbidden("two different device lists of user " + std::to_string(list.user()) +
+                       " carry version " + std::to_string(list.version()) +
+                       ": the newer one is refused");
+    }
+  }
   LocalStore::Transaction tx(store_);
   IRIS_RETURN_IF_ERROR(store_.Put(DeviceListKey(list.user()), list.SerializeAsString()));
   IRIS_RETURN_IF_ERROR(DropUnlistedDevices(store_, list.user(), &list));

@@ -459,13 +459,15 @@ struct Session {
   // `only_from`: only direct messages from (or, sent from another device of this account,
   // to) that user; `only_group`: only that group's.
   void ShowMessage(const client::MessageEvent& m, uint64_t only_from = 0, uint64_t only_group = 0) {
-    if (m.id <= shown) return;
+    if (m.id <= shown && !m.retried) return;  // a retried one was shown as undecryptable
     const uint64_t peer = m.sent_to != 0 ? m.sent_to : m.sender;
     const bool show = only_group != 0 ? m.group_id == only_group
                                       : only_from == 0 || (peer == only_from && m.group_id == 0);
     if (show) PrintEvent(Event(m));
-    shown = m.id;
-    SaveShownCursor(dir, shown);
+    if (m.id > shown) {
+      shown = m.id;
+      SaveShownCursor(dir, shown);
+    }
   }
   // Prints stored messages not printed yet.
   void ShowBacklog(uint64_t only_from = 0, uint64_t only_group = 0) {

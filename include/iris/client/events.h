@@ -66,6 +66,9 @@ struct MessageEvent {
   // `sent_to` from another of its devices (a transcript; `sender` is this user).
   uint32_t sender_device = 1;
   uint64_t sent_to = 0;
+  // A message reported before as not decrypted (`pending`) that decrypts now (after its
+  // linked device's list was fetched): same id, reported again.
+  bool retried = false;
 };
 
 // A contact's identity key changed: they re-installed, or the server hands out a key that

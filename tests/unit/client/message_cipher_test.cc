@@ -294,6 +294,28 @@ TEST_F(MessageCipherTest, DeviceListVerifiesOnlyAsSignedByThePrimaryDevice) {
             StatusCode::kForbidden);
   EXPECT_EQ(bob_->c().VerifyDeviceList(*signed_list, kAlice, "").status().code(),
             StatusCode::kBadRequest);
+
+  // The kept list: the devices written to, no rollback to an older version, no second list
+  // under the same version; a newer list without a device drops its saved identity.
+  EXPECT_EQ(bob_->c().DevicesOf(kAlice), (std::vector<uint32_t>{1}));
+  ASSERT_TRUE(bob_->c().SaveDeviceList(*got).ok());
+  EXPECT_EQ(bob_->c().DevicesOf(kAlice), (std::vector<uint32_t>{1, 2}));
+  v1::DeviceList older = list;
+  older.set_version(2);
+  older.mutable_devices()->RemoveLast();
+  auto kept = bob_->c().SaveDeviceList(older);
+  ASSERT_TRUE(kept.ok());
+  EXPECT_FALSE(*kept) << "an older list is ignored";
+  v1::DeviceList same_version = older;
+  same_version.set_version(3);
+  EXPECT_EQ(bob_->c().SaveDeviceList(same_version).status().code(), StatusCode::kForbidden);
+  EXPECT_EQ(bob_->c().DevicesOf(kAlice), (std::vector<uint32_t>{1, 2}));
+  v1::DeviceList newer = older;
+  newer.set_version(4);
+  auto replaced = bob_->c().SaveDeviceList(newer);
+  ASSERT_TRUE(replaced.ok());
+  EXPECT_TRUE(*replaced);
+  EXPECT_EQ(bob_->c().DevicesOf(kAlice), (std::vector<uint32_t>{1}));
 }
 
 TEST_F(MessageCipherTest, StateSurvivesReopen) {
