@@ -1772,7 +1772,11 @@ Status Client::Impl::OnHistoryPage(Session& s, const v1::HistoryPage& page) {
       const std::vector<StoredIncoming> have = store_->Incoming(e.id() - 1, 1);
       if (!have.empty() && have[0].id == e.id()) {
         // Received before: its message keys are gone, the stored copy is the message.
-        if (have[0].kind != static_cast<uint8_t>(v1::MESSAGE)) continue;
+        if (have[0].kind == kIncomingSentByOwnDevice) {
+          m.sent_to = have[0].peer;
+        } else if (have[0].kind != static_cast<uint8_t>(v1::MESSAGE)) {
+          continue;
+        }
         m.stored_before = true;
         m.text = have[0].body;
         m.decrypted = have[0].ok;
@@ -1817,6 +1821,12 @@ Status Client::Impl::OnHistoryPage(Session& s, const v1::HistoryPage& page) {
         continue;
       }
       IRIS_RETURN_IF_ERROR(store_->InsertIncoming(rec).status());
+      if (rec.kind == kIncomingSentByOwnDevice) {  // a transcript: no receipt
+        m.sent_to = rec.peer;
+        m.text = rec.body;
+        h.messages.push_back(std::move(m));
+        continue;
+      }
       if (rec.kind != static_cast<uint8_t>(v1::MESSAGE)) continue;  // a receipt or control
       if (options_.delivery_receipts) receipts[e.sender()].push_back(e.id());
       m.text = rec.body;

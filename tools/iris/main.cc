@@ -1983,7 +1983,7 @@ int CmdHistory(const std::string& dir, uint64_t peer, uint64_t before, uint32_t 
         if (const auto* h = std::get_if<client::HistoryEvent>(&e); h != nullptr) {
           if (h->request != waiting) return -1;
           for (const auto& m : h->messages) {
-            if (peer != 0 && m.sender != peer) continue;
+            if (peer != 0 && (m.sent_to != 0 ? m.sent_to : m.sender) != peer) continue;
             if (found.size() == limit) {  // more than asked for: the rest is for --before
               more = true;
               next = found.back().id;
@@ -2019,6 +2019,13 @@ int CmdHistory(const std::string& dir, uint64_t peer, uint64_t before, uint32_t 
               {"archived", true}};
     if (!m.decrypted) j["error"] = m.error;
     if (m.group_id != 0) j["group_id"] = m.group_id;
+    if (m.sent_to != 0) {
+      j["to"] = m.sent_to;
+      j["outgoing"] = true;
+      Out(j, "[" + Clock(m.sent_at_ms) + "] you -> " + std::to_string(m.sent_to) +
+                 " (from another of your devices): " + m.text);
+      continue;
+    }
     Out(j, "[" + Clock(m.sent_at_ms) + "] " + std::to_string(m.sender) + ": " +
                (m.decrypted ? m.text
                             : "<cannot decrypt: " + m.error + ">" + TrustHint(m.error, m.sender)));

@@ -175,6 +175,7 @@ struct HistoryMessage {
   std::string error;           // why not, when !decrypted
   bool stored_before = false;  // it was in the local store already
   uint64_t group_id = 0;
+  uint64_t sent_to = 0;  // sent by this account to that user from another of its devices
 };
 
 // The answer to Client::RequestHistory: archived messages (kind MESSAGE, text content only:

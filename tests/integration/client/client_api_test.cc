@@ -456,6 +456,11 @@ TEST_F(ClientApiTest, ThreeDevicesPerUserEachGetEveryOtherDevicesMessagesOnce) {
       [&](const DevicesEvent& e) { return e.request == *removed; });
   ASSERT_TRUE(after);
   EXPECT_EQ(after->devices.size(), 2u);
+  // Its session ended: the removed device's client stops (it does not reconnect in a loop).
+  auto ended = devices[2]->log.WaitFor<StateEvent>(
+      [](const StateEvent& e) { return e.state == SessionState::kFailed; });
+  ASSERT_TRUE(ended);
+  EXPECT_EQ(ended->status.code(), StatusCode::kSessionReplaced) << ended->status.ToString();
   ASSERT_TRUE(devices[3]->client->Send(kUsers[0], "after the removal").ok());
   for (int k : {0, 1}) {
     EXPECT_TRUE(PollUntil(
