@@ -778,10 +778,16 @@ void Session::HandleKeysUpload(v1::KeysUpload& m) {
   m.set_device_id(device_);  // the keys are this device's
   const uint64_t seq = ReserveReply();
   const uint64_t request_id = m.request_id();
-  // Per device: each device fills its own prekey pool (device 1's key is the user id, as
-  // before devices; another device's mixes its id into the top bits).
-  const uint64_t device_key =
-      device_ == kPrimaryDevice ? user_ : user_ ^ (static_cast<uint64_t>(device_) << 58);
+  // Per device: each device fills its own prekey pool. Device 1's key is the user id, as
+  // before devices; another device's is a 64-bit hash of (user, device) (SplitMix64's
+  // finaliser), so that no user id can be chosen to share a linked device's bucket.
+  uint64_t device_key = user_;
+  if (device_ != kPrimaryDevice) {
+    uint64_t z = user_ + 0x9e3779b97f4a7c15ULL * (static_cast<uint64_t>(device_) + 1);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    device_key = z ^ (z >> 31);
+  }
   if (!AdmitLimited(loop_.edge().keys_upload_limiter(), "KEYS_UPLOAD", seq, request_id,
                     device_key)) {
     return;

@@ -55,14 +55,6 @@ std::unique_ptr<TestClient> Device(const ServerProcess& s, uint64_t user, uint32
   return c;
 }
 
-// The request's answer: the first of `answers`, or ERROR.
-client::ReceivedFrame Ask(TestClient& c, wire::Opcode op, const google::protobuf::MessageLite& m,
-                          std::vector<wire::Opcode> answers) {
-  std::vector<uint8_t> ops;
-  for (wire::Opcode a : answers) ops.push_back(Op(a));
-  return c.Ask(Op(op), m, ops);
-}
-
 std::string IdentityKey(uint64_t user, uint32_t device) {
   return "ik-" + std::to_string(user) + "-" + std::to_string(device);
 }
@@ -80,7 +72,7 @@ void UploadKeys(TestClient& c, uint64_t user, uint32_t device) {
     k->set_id(i);
     k->set_public_key("opk-" + std::to_string(i) + "-" + IdentityKey(user, device));
   }
-  const client::ReceivedFrame f = Ask(c, wire::Opcode::kKeysUpload, up, {wire::Opcode::kOk});
+  const client::ReceivedFrame f = c.Ask(wire::Opcode::kKeysUpload, up, {wire::Opcode::kOk});
   EXPECT_EQ(f.opcode, Op(wire::Opcode::kOk)) << ErrorOf(f).message();
 }
 
@@ -103,8 +95,8 @@ v1::Settings DeviceListSettings(uint64_t user, uint64_t version, std::vector<uin
 
 client::ReceivedFrame SetDevices(TestClient& c, uint64_t user, uint64_t version,
                                  std::vector<uint32_t> devices) {
-  return Ask(c, wire::Opcode::kSettings, DeviceListSettings(user, version, devices),
-             {wire::Opcode::kOk});
+  return c.Ask(wire::Opcode::kSettings, DeviceListSettings(user, version, devices),
+               {wire::Opcode::kOk});
 }
 
 // A SEND with one copy per device; `body` is prefixed to each copy's device id.
@@ -123,7 +115,7 @@ v1::Send Copies(uint64_t request_id, uint64_t to, const std::string& key, const 
 }
 
 client::ReceivedFrame SendCopies(TestClient& c, const v1::Send& m) {
-  return Ask(c, wire::Opcode::kSend, m, {wire::Opcode::kSendAck});
+  return c.Ask(wire::Opcode::kSend, m, {wire::Opcode::kSendAck});
 }
 
 v1::SendAck AckOf(const client::ReceivedFrame& f) {
@@ -179,7 +171,7 @@ TEST(DevicesTest, EveryMessageReachesEachOtherDeviceOnceAndStaleDeviceSetsAreRef
   fetch.set_request_id(7);
   fetch.set_user(kBob);
   const client::ReceivedFrame kf =
-      Ask(*alice.devices[2], wire::Opcode::kKeysFetch, fetch, {wire::Opcode::kKeysBundle});
+      alice.devices[2]->Ask(wire::Opcode::kKeysFetch, fetch, {wire::Opcode::kKeysBundle});
   v1::KeysBundle bundle;
   ASSERT_EQ(kf.opcode, Op(wire::Opcode::kKeysBundle)) << ErrorOf(kf).message();
   ASSERT_TRUE(bundle.ParseFromString(kf.payload));
@@ -293,7 +285,7 @@ TEST(DevicesTest, EveryMessageReachesEachOtherDeviceOnceAndStaleDeviceSetsAreRef
   receipt.set_type(v1::DELIVERED);
   receipt.add_message_ids(1);
   receipt.set_idempotency_key(NewKey());
-  EXPECT_EQ(Ask(*bob.devices[3], wire::Opcode::kReceipt, receipt, {wire::Opcode::kOk}).opcode,
+  EXPECT_EQ(bob.devices[3]->Ask(wire::Opcode::kReceipt, receipt, {wire::Opcode::kOk}).opcode,
             Op(wire::Opcode::kOk));
   for (uint32_t d : {1u, 2u, 3u}) {
     const v1::Envelope e = NextDeliver(*alice.devices[d]);
@@ -354,7 +346,7 @@ TEST(DevicesTest, ARemovedDeviceLosesItsSessionItsKeysAndItsMessages) {
   fetch.set_user(kAlice);
   v1::KeysBundle bundle;
   ASSERT_TRUE(bundle.ParseFromString(
-      Ask(*bob, wire::Opcode::kKeysFetch, fetch, {wire::Opcode::kKeysBundle}).payload));
+      bob->Ask(wire::Opcode::kKeysFetch, fetch, {wire::Opcode::kKeysBundle}).payload));
   ASSERT_EQ(bundle.devices_size(), 1);
   EXPECT_EQ(bundle.devices(0).device_id(), 2u);
   // A removed id is never listed again; a new device takes a new id.
@@ -371,7 +363,7 @@ TEST(DevicesTest, ARemovedDeviceLosesItsSessionItsKeysAndItsMessages) {
   get.set_request_id(6);
   v1::SettingsInfo info;
   ASSERT_TRUE(info.ParseFromString(
-      Ask(*alice[2], wire::Opcode::kSettingsGet, get, {wire::Opcode::kSettingsInfo}).payload));
+      alice[2]->Ask(wire::Opcode::kSettingsGet, get, {wire::Opcode::kSettingsInfo}).payload));
   v1::DeviceList list;
   ASSERT_TRUE(list.ParseFromString(info.device_list().list()));
   EXPECT_EQ(list.version(), 3u);

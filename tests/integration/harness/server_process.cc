@@ -495,6 +495,13 @@ client::ReceivedFrame TestClient::Ask(uint8_t opcode, const google::protobuf::Me
   }
 }
 
+client::ReceivedFrame TestClient::Ask(wire::Opcode opcode, const google::protobuf::MessageLite& m,
+                                      std::initializer_list<wire::Opcode> answers) {
+  std::vector<uint8_t> ops;
+  for (wire::Opcode a : answers) ops.push_back(static_cast<uint8_t>(a));
+  return Ask(static_cast<uint8_t>(opcode), m, ops);
+}
+
 v1::Error ErrorOf(const client::ReceivedFrame& f) {
   v1::Error e;
   EXPECT_EQ(f.opcode, static_cast<uint8_t>(wire::Opcode::kError));

@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -16,6 +17,7 @@
 #include "auth/jwt.h"
 #include "iris/client/connection.h"
 #include "iris/v1/client.pb.h"
+#include "wire/opcode.h"
 
 namespace iris::testing {
 
@@ -149,6 +151,9 @@ class TestClient {
   // empty frame) when neither comes within 10 s.
   client::ReceivedFrame Ask(uint8_t opcode, const google::protobuf::MessageLite& m,
                             const std::vector<uint8_t>& answers);
+  // The same with the protocol's opcode names.
+  client::ReceivedFrame Ask(wire::Opcode opcode, const google::protobuf::MessageLite& m,
+                            std::initializer_list<wire::Opcode> answers);
 
   // Writes `bytes` exactly as given (malformed input, partial frames, bursts in one write).
   Status SendRaw(std::string_view bytes);
