@@ -630,7 +630,7 @@ Result<std::vector<StoredMessage>> Client::Impl::TrustIdentity(uint64_t user,
   return out;
 }
 
-Status Client::Impl::QueueTranscript(const std::string& idem, uint64_t recipient) {
+Status Client::Impl::QueueTranscript(const std::string& idem, uint64_t recipient, uint64_t group) {
   // This account's other devices get a transcript (a SEND to this account itself, one copy
   // per other device): a linked device always has the primary; the primary has others once
   // it linked one.
@@ -643,8 +643,8 @@ Status Client::Impl::QueueTranscript(const std::string& idem, uint64_t recipient
   QueuedSend t;
   t.idem_key = std::string(UuidBytes(uuids_.Next()));
   t.recipient = self;
-  t.kind = kQueuedTranscript;
-  t.payload = e2ee::EncodeTranscript({recipient, sent->payload});
+  t.kind = group != 0 ? kQueuedGroupTranscript : kQueuedTranscript;
+  t.payload = e2ee::EncodeTranscript({group != 0 ? group : recipient, sent->payload});
   t.created_ms = clock_.WallMillis();
   return store_->Enqueue(t).status();
 }
@@ -661,17 +661,22 @@ Status Client::Impl::RetryKept(uint64_t user, bool linked_only, std::vector<Stor
     e.set_kind(v1::MESSAGE);
     e.set_body(u.body);
     e.set_sender_device(u.device);
+    e.set_group_id(u.group_id);
     StoredIncoming rec;
     rec.id = u.id;
     rec.peer = u.peer;
     rec.sent_at_ms = u.sent_at_ms;
     rec.kind = static_cast<uint8_t>(v1::MESSAGE);
-    IRIS_RETURN_IF_ERROR(DecryptIncoming(nullptr, e, false, /*retry=*/true, &rec, events));
+    if (u.group_id != 0) {
+      IRIS_RETURN_IF_ERROR(DecryptGroupIncoming(e, false, &rec, events, /*retry=*/true));
+    } else {
+      IRIS_RETURN_IF_ERROR(DecryptIncoming(nullptr, e, false, /*retry=*/true, &rec, events));
+    }
     if (!rec.ok) continue;
     IRIS_RETURN_IF_ERROR(store_->UpdateIncoming(rec));
     if (rec.kind == v1::MESSAGE || rec.kind == kIncomingSentByOwnDevice) {
-      out->push_back(StoredMessage{rec.id, rec.peer, rec.sent_at_ms, rec.body, true, "", 0,
-                                   rec.kind == kIncomingSentByOwnDevice});
+      out->push_back(StoredMessage{rec.id, rec.peer, rec.sent_at_ms, rec.body, true, "",
+                                   rec.group_id, rec.kind == kIncomingSentByOwnDevice});
     }
   }
   return Status::Ok();

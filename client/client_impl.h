@@ -61,6 +61,9 @@ inline constexpr int kMaxConsentIdsPerFrame = 256;
 inline constexpr const char* kOwnerDeviceId = "device_id";
 // A queued transcript (payload: e2ee::EncodeTranscript) to this account's other devices.
 constexpr uint8_t kQueuedTranscript = 6;
+// The same for a group message this account sent (payload: the group id in the recipient's
+// place, content type e2ee::kContentGroupTranscript).
+constexpr uint8_t kQueuedGroupTranscript = 7;
 // The stored form of a 1:1 SEND's ciphertexts: this prefix, then a serialised v1::Send whose
 // `copies` hold one ciphertext per device and whose `body` holds the sealed plaintext they
 // encrypt (kept locally, never sent; a body queued by older versions of this client is a
@@ -240,7 +243,8 @@ class Client::Impl {
   // Queues the transcript of the 1:1 message queued under `idem` (acknowledged now) for
   // this account's other devices, if it has any (db_mu_ held, inside the caller's
   // transaction).
-  Status QueueTranscript(const std::string& idem, uint64_t recipient);
+  // `group`: a group message's (recipient 0).
+  Status QueueTranscript(const std::string& idem, uint64_t recipient, uint64_t group = 0);
   Status RetryKept(uint64_t user, bool linked_only, std::vector<StoredMessage>* out,
                    std::vector<Event>* events);
   Status RunSession(Session& s);
@@ -310,8 +314,10 @@ class Client::Impl {
   Status IngestGroupEvent(const v1::Envelope& e, std::vector<Event>* out);
   // A group message: decrypts it with the sender's sender key into *rec (db_mu_ held).
   // Returns an error only for a local (storage) failure.
+  // A message of a linked device that sent before this device could trust it (its sender
+  // key waits in a kept pairwise message) is kept too, and retried with it (`retry`).
   Status DecryptGroupIncoming(const v1::Envelope& e, bool catch_up, StoredIncoming* rec,
-                              std::vector<Event>* out);
+                              std::vector<Event>* out, bool retry = false);
   // The group message `q` at the head of its group's queue: rotates this user's sender key
   // when a holder is no longer a member, queues distributions to the members that do not
   // hold it, encrypts `q` (db_mu_ held, inside the caller's transaction). Returns the body.

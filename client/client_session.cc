@@ -593,7 +593,7 @@ Status Client::Impl::PumpSends(Session& s) {
       const bool resealed = q.wire_body.starts_with(kSealedMarker);
       if (q.kind != kQueuedReceipt && (q.wire_body.empty() || resealed)) {
         const std::vector<uint32_t> devices = TargetDevices(q.recipient);
-        if (q.kind == kQueuedTranscript && devices.empty()) {
+        if ((q.kind == kQueuedTranscript || q.kind == kQueuedGroupTranscript) && devices.empty()) {
           // This account has no other device (any more): nobody to copy it to.
           store_->Dequeue(q.seq, 0, 0).IgnoreError();
           queue_dirty_ = true;
@@ -661,6 +661,7 @@ Status Client::Impl::PumpSends(Session& s) {
           if (q.kind == kQueuedSenderKey) type = e2ee::kContentSenderKey;
           if (q.kind == kQueuedSealedReceipt) type = e2ee::kContentReceipt;
           if (q.kind == kQueuedTranscript) type = e2ee::kContentTranscript;
+          if (q.kind == kQueuedGroupTranscript) type = e2ee::kContentGroupTranscript;
           bodies = cipher_->EncryptForDevices(q.recipient, devices, q.payload, type, &sealed);
         }
         Result<std::string> body = bodies.status();
@@ -910,6 +911,8 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
         // transaction.
         if (r.queued_kind == kQueuedMessage) {
           IRIS_RETURN_IF_ERROR(QueueTranscript(r.idem, r.recipient));
+        } else if (r.queued_kind == kQueuedGroupMessage) {
+          IRIS_RETURN_IF_ERROR(QueueTranscript(r.idem, 0, r.group_id));
         }
         IRIS_RETURN_IF_ERROR(store_->Dequeue(r.seq, r.receipt ? 0 : a.message_id(),
                                              r.receipt ? 0 : clock_.WallMillis()));
@@ -1528,8 +1531,10 @@ Status Client::Impl::DecryptIncoming(Session* s, const v1::Envelope& e, bool cat
     }
     rec->ok = true;
     rec->error.clear();
-    if (d->content_type == e2ee::kContentTranscript) {
-      // A message this account sent from another of its devices.
+    if (d->content_type == e2ee::kContentTranscript ||
+        d->content_type == e2ee::kContentGroupTranscript) {
+      // A message this account sent from another of its devices (to a user, or a group).
+      const bool group = d->content_type == e2ee::kContentGroupTranscript;
       auto t = e2ee::DecodeTranscript(d->text);
       if (e.sender() != user_id_.load() || !t.ok()) {
         rec->kind = kIncomingControl;
@@ -1540,9 +1545,12 @@ Status Client::Impl::DecryptIncoming(Session* s, const v1::Envelope& e, bool cat
         return Status::Ok();
       }
       rec->kind = kIncomingSentByOwnDevice;
-      rec->peer = t->recipient;
+      rec->peer = group ? e.sender() : t->recipient;
+      rec->group_id = group ? t->recipient : 0;
       rec->body = t->text;
-      ev.sent_to = t->recipient;
+      ev.outgoing = true;
+      ev.sent_to = group ? 0 : t->recipient;
+      ev.group_id = rec->group_id;
       ev.text = std::move(t->text);
       ev.sender_clock_ms = d->sender_ms;
       out->push_back(std::move(ev));
@@ -1773,7 +1781,8 @@ Status Client::Impl::OnHistoryPage(Session& s, const v1::HistoryPage& page) {
       if (!have.empty() && have[0].id == e.id()) {
         // Received before: its message keys are gone, the stored copy is the message.
         if (have[0].kind == kIncomingSentByOwnDevice) {
-          m.sent_to = have[0].peer;
+          m.sent_to = have[0].group_id == 0 ? have[0].peer : 0;
+          m.group_id = have[0].group_id;
         } else if (have[0].kind != static_cast<uint8_t>(v1::MESSAGE)) {
           continue;
         }
@@ -1822,7 +1831,8 @@ Status Client::Impl::OnHistoryPage(Session& s, const v1::HistoryPage& page) {
       }
       IRIS_RETURN_IF_ERROR(store_->InsertIncoming(rec).status());
       if (rec.kind == kIncomingSentByOwnDevice) {  // a transcript: no receipt
-        m.sent_to = rec.peer;
+        m.sent_to = rec.group_id == 0 ? rec.peer : 0;
+        m.group_id = rec.group_id;
         m.text = rec.body;
         h.messages.push_back(std::move(m));
         continue;
@@ -1935,7 +1945,7 @@ Status Client::Impl::IngestSealedReceipt(const v1::Envelope& e,
 }
 
 Status Client::Impl::DecryptGroupIncoming(const v1::Envelope& e, bool catch_up, StoredIncoming* rec,
-                                          std::vector<Event>* out) {
+                                          std::vector<Event>* out, bool retry) {
   MessageEvent ev;
   ev.id = e.id();
   ev.sender = e.sender();
@@ -1943,24 +1953,43 @@ Status Client::Impl::DecryptGroupIncoming(const v1::Envelope& e, bool catch_up, 
   ev.from_catch_up = catch_up;
   ev.group_id = e.group_id();
   rec->group_id = e.group_id();
-  auto d = cipher_->DecryptGroup(e.group_id(), e.sender(), e.body(),
-                                 e.sender_device() == 0 ? 1 : e.sender_device());
+  const uint32_t device = e.sender_device() == 0 ? 1 : e.sender_device();
+  ev.sender_device = device;
+  auto d = cipher_->DecryptGroup(e.group_id(), e.sender(), e.body(), device);
   if (!d.ok() && d.status().code() == StatusCode::kInternal) {
     return Internal("local error while decrypting group message " + std::to_string(e.id()) +
                     " (it stays unread and is processed again): " + d.status().message());
   }
   if (d.ok()) {
+    if (retry) IRIS_RETURN_IF_ERROR(store_->RemoveUndecryptable(e.id()));
     rec->ok = true;
+    rec->error.clear();
     rec->body = d->text;
     ev.text = std::move(d->text);
     ev.sender_clock_ms = d->sender_ms;
+    ev.retried = retry;
   } else {
     rec->ok = false;
     rec->error = d.status().message() + " (group " + std::to_string(e.group_id()) + ")";
     ev.decrypted = false;
     ev.error = rec->error;
+    // No sender key yet from a linked device whose pairwise messages are kept (its device
+    // list is being fetched): its distribution is probably among them. Kept as well.
+    bool waiting = false;
+    if (!retry && device > 1 && cipher_->last_decrypt_error() == SG_ERR_NO_SESSION) {
+      for (const Undecryptable& u : store_->UndecryptableFrom(e.sender())) {
+        waiting |= u.device == device && u.group_id == 0;
+      }
+    }
+    if (waiting) {
+      Undecryptable u{e.id(), e.sender(), e.sent_at_ms(), e.body(), rec->error};
+      u.device = device;
+      u.group_id = e.group_id();
+      IRIS_RETURN_IF_ERROR(store_->StoreUndecryptable(u));
+      ev.pending = true;
+    }
   }
-  out->push_back(std::move(ev));
+  if (!retry || d.ok()) out->push_back(std::move(ev));
   return Status::Ok();
 }
 

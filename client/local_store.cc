@@ -169,6 +169,10 @@ Result<std::unique_ptr<LocalStore>> LocalStore::Open(const std::string& path) {
     IRIS_RETURN_IF_ERROR(
         s->Exec("ALTER TABLE undecryptable ADD COLUMN device INTEGER NOT NULL DEFAULT 1"));
   }
+  if (!s->Exec("SELECT grp FROM undecryptable LIMIT 0").ok()) {
+    IRIS_RETURN_IF_ERROR(
+        s->Exec("ALTER TABLE undecryptable ADD COLUMN grp INTEGER NOT NULL DEFAULT 0"));
+  }
   if (const char* fault = std::getenv("IRIS_TEST_LOCAL_STORE_FAULT"); fault != nullptr) {
     s->SetFaultForTesting(fault);
   }
@@ -507,18 +511,18 @@ Status LocalStore::SetBlockedIdentity(std::string_view name, std::string_view ke
 
 Status LocalStore::StoreUndecryptable(const Undecryptable& u) {
   Stmt s(db_,
-         "INSERT OR REPLACE INTO undecryptable (id, peer, sent_at_ms, body, error, device) "
-         "VALUES (?, ?, ?, ?, ?, ?)");
+         "INSERT OR REPLACE INTO undecryptable (id, peer, sent_at_ms, body, error, device, grp) "
+         "VALUES (?, ?, ?, ?, ?, ?, ?)");
   s.BindU(1, u.id).BindU(2, u.peer).BindU(3, u.sent_at_ms).Bind(4, u.body).BindText(5, u.error);
-  s.BindU(6, u.device == 0 ? 1 : u.device);
+  s.BindU(6, u.device == 0 ? 1 : u.device).BindU(7, u.group_id);
   return s.Done("keep undecryptable message");
 }
 
 std::vector<Undecryptable> LocalStore::UndecryptableFrom(uint64_t peer) const {
   std::vector<Undecryptable> out;
   Stmt s(db_,
-         "SELECT id, peer, sent_at_ms, body, error, device FROM undecryptable WHERE peer = ? "
-         "ORDER BY id");
+         "SELECT id, peer, sent_at_ms, body, error, device, grp FROM undecryptable "
+         "WHERE peer = ? ORDER BY id");
   s.BindU(1, peer);
   while (s.Step() == SQLITE_ROW) {
     Undecryptable u;
@@ -528,6 +532,7 @@ std::vector<Undecryptable> LocalStore::UndecryptableFrom(uint64_t peer) const {
     u.body = s.Blob(3);
     u.error = s.Blob(4);
     u.device = static_cast<uint32_t>(s.U64(5));
+    u.group_id = s.U64(6);
     out.push_back(std::move(u));
   }
   return out;
@@ -547,10 +552,11 @@ Status LocalStore::RemoveUndecryptable(uint64_t id) {
 }
 
 Status LocalStore::UpdateIncoming(const StoredIncoming& m) {
-  Stmt s(db_, "UPDATE incoming SET kind = ?, body = ?, ok = ?, error = ?, peer = ? WHERE id = ?");
+  Stmt s(db_,
+         "UPDATE incoming SET kind = ?, body = ?, ok = ?, error = ?, peer = ?, grp = ? "
+         "WHERE id = ?");
   s.Bind(1, int64_t{m.kind}).Bind(2, m.body).Bind(3, int64_t{m.ok ? 1 : 0}).BindText(4, m.error);
-  s.BindU(5, m.peer);
-  s.BindU(6, m.id);
+  s.BindU(5, m.peer).BindU(6, m.group_id).BindU(7, m.id);
   return s.Done("update message");
 }
 

@@ -88,6 +88,7 @@ struct Undecryptable {
   std::string body;  // the wire body, as received
   std::string error;
   uint32_t device = 1;  // the sender's device (Envelope.sender_device; 1 for 0)
+  uint64_t group_id = 0;  // a group message (waiting for its sender key); 0 = direct
 };
 
 // Creates `dir` (and missing parents) and makes it private: mode 0700 from its creation on,

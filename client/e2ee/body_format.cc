@@ -95,7 +95,8 @@ Result<Content> DecodeContent(std::string_view p) {
   }
   c.type = static_cast<uint8_t>(p[1]);
   if (c.type != kContentText && c.type != kContentReceipt && c.type != kContentControl &&
-      c.type != kContentSenderKey && c.type != kContentTranscript) {
+      c.type != kContentSenderKey && c.type != kContentTranscript &&
+      c.type != kContentGroupTranscript) {
     return BadRequest("unknown content type " + std::to_string(c.type));
   }
   c.has_order = true;

@@ -43,6 +43,7 @@ constexpr uint8_t kContentReceipt = 2;
 constexpr uint8_t kContentControl = 3;
 constexpr uint8_t kContentSenderKey = 4;
 constexpr uint8_t kContentTranscript = 5;  // a sent message, copied to the sender's own devices
+constexpr uint8_t kContentGroupTranscript = 6;  // the same for a group message (id: the group)
 constexpr uint8_t kPlaintextV2 = 2;
 constexpr size_t kPlaintextPadding = 64;
 
@@ -116,8 +117,9 @@ Result<SenderKeyDistribution> DecodeSenderKeyDistribution(std::string_view data)
 //
 //   recipient user id (8 bytes, big-endian) || the message's UTF-8 text
 //
-// "I sent this text to that user from another device" (docs/protocol.md appendix 20,
-// "Devices in the client"); a receiving device shows it as an outgoing message.
+// "I sent this text to that user from another device" (docs/protocol.md Client conventions
+// 13); a receiving device shows it as an outgoing message. Content type 0x06 has the same
+// layout with the group id in place of the user id: a group message this account sent.
 struct Transcript {
   uint64_t recipient = 0;
   std::string text;

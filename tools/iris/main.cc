@@ -261,6 +261,24 @@ void PrintEvent(const Event& e) {
                  ": " + (m->decrypted ? m->text : "<cannot decrypt: " + m->error + ">"));
       return;
     }
+    if (m->outgoing && m->group_id != 0) {
+      // A group message this account sent from another of its devices.
+      json j = {{"event", "message"},
+                {"id", m->id},
+                {"from", m->sender},
+                {"group_id", m->group_id},
+                {"outgoing", true},
+                {"text", m->text},
+                {"sent_at_ms", m->sent_at_ms},
+                {"decrypted", m->decrypted}};
+      if (m->sender_device != 0) j["sender_device"] = m->sender_device;
+      Out(j, "[" + Clock(m->sent_at_ms) + "] you in group " + std::to_string(m->group_id) +
+                 (m->sender_device != 0
+                      ? " (from your device " + std::to_string(m->sender_device) + ")"
+                      : " (from another of your devices)") +
+                 ": " + m->text);
+      return;
+    }
     json j = {{"event", "message"},          {"id", m->id},     {"from", m->sender},
               {"sent_at_ms", m->sent_at_ms}, {"text", m->text}, {"decrypted", m->decrypted},
               {"prekey", m->prekey_message}};
@@ -421,7 +439,8 @@ client::MessageEvent FromStored(const client::StoredMessage& m, uint64_t self) {
   e.error = m.error;
   e.group_id = m.group_id;
   if (m.outgoing) {
-    e.sent_to = m.peer;
+    e.outgoing = true;
+    if (m.group_id == 0) e.sent_to = m.peer;
     e.sender_device = 0;
   }
   return e;

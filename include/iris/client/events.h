@@ -66,6 +66,9 @@ struct MessageEvent {
   // `sent_to` from another of its devices (a transcript; `sender` is this user).
   uint32_t sender_device = 1;
   uint64_t sent_to = 0;
+  // Sent by this account from another of its devices (a transcript): to `sent_to`, or to
+  // `group_id` (a group message of this account's; `sent_to` 0).
+  bool outgoing = false;
   // A message reported before as not decrypted (`pending`) that decrypts now (after its
   // linked device's list was fetched): same id, reported again.
   bool retried = false;

@@ -88,6 +88,45 @@ class ClientApiTest : public ::testing::Test {
     return c;
   }
 
+  // One device of a user: its own state directory and a token naming the device.
+  struct Device {
+    uint64_t user = 0;
+    uint32_t id = 0;
+    EventLog log;
+    std::unique_ptr<Client> client;
+  };
+  std::unique_ptr<Device> StartDevice(uint64_t user, uint32_t id) {
+    auto d = std::make_unique<Device>();
+    d->user = user;
+    d->id = id;
+    ClientOptions o = Options(user, &d->log);
+    o.state_dir += "-" + std::to_string(id);
+    o.token = server_.Token(DeviceClaims(user, id));
+    auto c = Client::Open(std::move(o));
+    if (!c.ok()) {
+      ADD_FAILURE() << c.status().ToString();
+      return nullptr;
+    }
+    d->client = std::move(*c);
+    d->client->Start();
+    return d;
+  }
+  // The primary device links `linked` (which has connected: its keys are published) with
+  // its link code; the answer lists `expect` devices.
+  static ::testing::AssertionResult Link(Device& primary, Device& linked, size_t expect) {
+    auto code = linked.client->LinkCode();
+    if (!code.ok()) return ::testing::AssertionFailure() << code.status().ToString();
+    auto request = primary.client->LinkDevice(*code);
+    if (!request.ok()) return ::testing::AssertionFailure() << request.status().ToString();
+    auto answer = primary.log.WaitFor<DevicesEvent>(
+        [&](const DevicesEvent& e) { return e.request == *request; });
+    if (!answer) return ::testing::AssertionFailure() << "no DevicesEvent";
+    if (answer->devices.size() != expect) {
+      return ::testing::AssertionFailure() << answer->devices.size() << " devices listed";
+    }
+    return ::testing::AssertionSuccess();
+  }
+
   static bool Live(EventLog& log) {
     return log
         .WaitFor<StateEvent>([](const StateEvent& s) { return s.state == SessionState::kLive; })
@@ -351,26 +390,11 @@ TEST_F(ClientApiTest, ForgedDeviceListIsRefusedByTheSender) {
 // once. Removing a device stops copies to it while the others still get theirs.
 TEST_F(ClientApiTest, ThreeDevicesPerUserEachGetEveryOtherDevicesMessagesOnce) {
   constexpr uint64_t kUsers[2] = {91, 92};
-  struct Device {
-    uint64_t user;
-    uint32_t id;
-    EventLog log;
-    std::unique_ptr<Client> client;
-  };
   std::vector<std::unique_ptr<Device>> devices;
   for (uint64_t user : kUsers) {
     for (uint32_t id = 1; id <= 3; ++id) {
-      auto d = std::make_unique<Device>();
-      d->user = user;
-      d->id = id;
-      ClientOptions o = Options(user, &d->log);
-      o.state_dir += "-" + std::to_string(id);
-      o.token = server_.Token(DeviceClaims(user, id));
-      auto c = Client::Open(std::move(o));
-      ASSERT_TRUE(c.ok()) << c.status().ToString();
-      d->client = std::move(*c);
-      d->client->Start();
-      devices.push_back(std::move(d));
+      devices.push_back(StartDevice(user, id));
+      ASSERT_TRUE(devices.back());
     }
   }
   for (auto& d : devices) {
@@ -389,12 +413,7 @@ TEST_F(ClientApiTest, ThreeDevicesPerUserEachGetEveryOtherDevicesMessagesOnce) {
       EXPECT_EQ(devices[u * 3 + k]->client->LinkDevice(*code).status().code(),
                 StatusCode::kBadRequest)
           << "only the primary links";
-      auto request = primary.client->LinkDevice(*code);
-      ASSERT_TRUE(request.ok()) << request.status().ToString();
-      auto linked = primary.log.WaitFor<DevicesEvent>(
-          [&](const DevicesEvent& e) { return e.request == *request; });
-      ASSERT_TRUE(linked);
-      ASSERT_EQ(linked->devices.size(), static_cast<size_t>(k + 1));
+      ASSERT_TRUE(Link(primary, *devices[u * 3 + k], static_cast<size_t>(k + 1)));
     }
     // Another user's code is refused before anything is sent.
     auto foreign = devices[(1 - u) * 3 + 1]->client->LinkCode();
@@ -484,6 +503,85 @@ TEST_F(ClientApiTest, ThreeDevicesPerUserEachGetEveryOtherDevicesMessagesOnce) {
   EXPECT_EQ(late->missing, 0u);
   EXPECT_FALSE(late->reordered);
   for (auto& d : devices) d->client->Stop();
+}
+
+// A group whose members use several devices: a sender key travels over the pairwise
+// sessions, so to every device of every member; each device of the other members decrypts
+// every group message, and the sender's other device sees it as its own (a group
+// transcript). Devices of one user send with their own sender keys.
+TEST_F(ClientApiTest, GroupMessagesReachEveryDeviceAndTheSendersOthers) {
+  constexpr uint64_t kAlice = 101, kBob = 102, kCarol = 103;
+  std::vector<std::unique_ptr<Device>> d;
+  for (auto [user, id] : std::vector<std::pair<uint64_t, uint32_t>>{
+           {kAlice, 1}, {kAlice, 2}, {kBob, 1}, {kBob, 2}, {kCarol, 1}}) {
+    d.push_back(StartDevice(user, id));
+    ASSERT_TRUE(d.back());
+  }
+  for (auto& x : d) {
+    ASSERT_TRUE(
+        x->log.WaitFor<KeysUploadedEvent>([](const KeysUploadedEvent& k) { return k.identity; }));
+  }
+  ASSERT_TRUE(Link(*d[0], *d[1], 2));
+  ASSERT_TRUE(Link(*d[2], *d[3], 2));
+  const uint64_t create = d[0]->client->CreateGroup({kBob, kCarol});
+  auto created = d[0]->log.WaitFor<GroupInfoEvent>(
+      [&](const GroupInfoEvent& g) { return g.request == create; });
+  ASSERT_TRUE(created);
+  const uint64_t group = created->group_id;
+  // Every device learns of the group from its GROUP_EVENT (Bob's second device sends next).
+  ASSERT_TRUE(PollUntil(
+      [&] {
+        for (auto& x : d) {
+          bool known = false;
+          for (const GroupRecord& g : x->client->Groups()) known |= g.id == group;
+          if (!known) return false;
+        }
+        return true;
+      },
+      30'000, 20));
+  ASSERT_TRUE(d[0]->client->SendGroup(group, "from alice's phone").ok());
+  ASSERT_TRUE(PollUntil(
+      [&] {
+        for (const StoredMessage& m : d[3]->client->Messages(0, 100)) {
+          if (m.text == "from alice's phone") return true;
+        }
+        return false;
+      },
+      60'000, 20));
+  ASSERT_TRUE(d[3]->client->SendGroup(group, "from bob's laptop").ok());
+  struct Want {
+    size_t device;
+    std::string text;
+    bool outgoing;
+  };
+  const std::vector<Want> want = {
+      {1, "from alice's phone", true},  {2, "from alice's phone", false},
+      {3, "from alice's phone", false}, {4, "from alice's phone", false},
+      {0, "from bob's laptop", false},  {1, "from bob's laptop", false},
+      {2, "from bob's laptop", true},   {4, "from bob's laptop", false}};
+  for (const Want& w : want) {
+    std::optional<StoredMessage> got;
+    EXPECT_TRUE(PollUntil(
+        [&] {
+          for (const StoredMessage& m : d[w.device]->client->Messages(0, 100)) {
+            if (m.text == w.text && m.decrypted) got = m;
+          }
+          return got.has_value();
+        },
+        60'000, 20))
+        << "device " << d[w.device]->user << "." << d[w.device]->id << ": " << w.text;
+    if (!got) continue;
+    EXPECT_EQ(got->group_id, group);
+    EXPECT_EQ(got->outgoing, w.outgoing) << w.text;
+  }
+  // Each exactly once.
+  for (auto& x : d) {
+    std::multiset<std::string> texts;
+    for (const StoredMessage& m : x->client->Messages(0, 100)) texts.insert(m.text);
+    EXPECT_LE(texts.count("from alice's phone"), 1u);
+    EXPECT_LE(texts.count("from bob's laptop"), 1u);
+  }
+  for (auto& x : d) x->client->Stop();
 }
 
 TEST_F(ClientApiTest, BlockedUserCannotWriteUntilUnblocked) {
