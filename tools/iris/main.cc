@@ -240,43 +240,28 @@ std::string GapNotice(const client::ArchiveGapEvent& g) {
 void PrintEvent(const Event& e) {
   using namespace client;
   if (const auto* m = std::get_if<MessageEvent>(&e)) {
-    if (m->sent_to != 0) {
-      // A transcript: this account sent it to `sent_to` from another of its devices
-      // (sender_device 0: a stored one, whose device is not recorded).
+    if (m->outgoing || m->sent_to != 0) {
+      // A transcript: this account sent it (to user `sent_to`, or to the group) from another
+      // of its devices (sender_device 0: a stored one, whose device is not recorded).
       json j = {{"event", "message"},
                 {"id", m->id},
                 {"from", m->sender},
-                {"to", m->sent_to},
                 {"outgoing", true},
-                {"sent_at_ms", m->sent_at_ms},
                 {"text", m->text},
                 {"decrypted", m->decrypted},
+                {"sent_at_ms", m->sent_at_ms},
                 {"prekey", m->prekey_message}};
+      if (m->sent_to != 0) j["to"] = m->sent_to;
+      if (m->group_id != 0) j["group_id"] = m->group_id;
       if (m->sender_device != 0) j["sender_device"] = m->sender_device;
       if (!m->decrypted) j["error"] = m->error;
-      Out(j, "[" + Clock(m->sent_at_ms) + "] you -> " + std::to_string(m->sent_to) +
+      Out(j, "[" + Clock(m->sent_at_ms) + "] you " +
+                 (m->group_id != 0 ? "in group " + std::to_string(m->group_id)
+                                   : "-> " + std::to_string(m->sent_to)) +
                  (m->sender_device != 0
                       ? " (from your device " + std::to_string(m->sender_device) + ")"
                       : " (from another of your devices)") +
                  ": " + (m->decrypted ? m->text : "<cannot decrypt: " + m->error + ">"));
-      return;
-    }
-    if (m->outgoing && m->group_id != 0) {
-      // A group message this account sent from another of its devices.
-      json j = {{"event", "message"},
-                {"id", m->id},
-                {"from", m->sender},
-                {"group_id", m->group_id},
-                {"outgoing", true},
-                {"text", m->text},
-                {"sent_at_ms", m->sent_at_ms},
-                {"decrypted", m->decrypted}};
-      if (m->sender_device != 0) j["sender_device"] = m->sender_device;
-      Out(j, "[" + Clock(m->sent_at_ms) + "] you in group " + std::to_string(m->group_id) +
-                 (m->sender_device != 0
-                      ? " (from your device " + std::to_string(m->sender_device) + ")"
-                      : " (from another of your devices)") +
-                 ": " + m->text);
       return;
     }
     json j = {{"event", "message"},          {"id", m->id},     {"from", m->sender},
