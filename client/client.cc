@@ -13,6 +13,7 @@
 #include <random>
 
 #include "client/client_impl.h"
+#include "common/bytes.h"
 
 namespace iris::client {
 namespace {
@@ -684,20 +685,6 @@ Status Client::Impl::RetryKept(uint64_t user, bool linked_only, std::vector<Stor
 
 // ---- Devices ----
 
-namespace {
-
-std::string Hex(std::string_view bytes) {
-  static const char* kDigits = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : bytes) {
-    out += kDigits[c >> 4];
-    out += kDigits[c & 15];
-  }
-  return out;
-}
-
-}  // namespace
-
 Result<std::string> Client::Impl::LinkCode() const {
   const uint64_t user = user_id_.load();
   if (user == 0) {
@@ -710,7 +697,7 @@ Result<std::string> Client::Impl::LinkCode() const {
   }
   std::lock_guard<std::mutex> l(db_mu_);
   return std::string(kLinkCodePrefix) + std::to_string(user) + ":" +
-         std::to_string(device_id_.load()) + ":" + Hex(cipher_->LocalIdentityKey());
+         std::to_string(device_id_.load()) + ":" + HexEncode(cipher_->LocalIdentityKey());
 }
 
 Result<Client::Impl::LinkCodeParts> Client::Impl::ParseLinkCode(std::string_view code) {

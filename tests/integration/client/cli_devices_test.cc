@@ -23,22 +23,6 @@ namespace {
 
 using nlohmann::json;
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/iris-cli-devices-test-XXXXXX";
-    path_ = mkdtemp(tmpl);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  std::string Sub(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
-
 std::vector<json> Events(const std::vector<json>& lines, const std::string& kind) {
   std::vector<json> out;
   for (const auto& j : lines) {
@@ -53,24 +37,11 @@ class CliDevicesTest : public ::testing::Test {
 
   std::string Server() const { return "127.0.0.1:" + std::to_string(server_.port()); }
 
-  // A token for `device` of `user` (the dev claim; what irisctl token --device mints).
-  std::string TokenFor(uint64_t user, uint32_t device) const {
-    auth::Claims c;
-    c.user_id = user;
-    c.device = device;
-    c.iat = std::chrono::duration_cast<std::chrono::seconds>(
-                std::chrono::system_clock::now().time_since_epoch())
-                .count();
-    c.exp = c.iat + 3600;
-    c.jti = "cli-devices-" + std::to_string(user) + "-" + std::to_string(device);
-    return server_.Token(c);
-  }
-
   // `iris login` for one device of `user` into a fresh home (one per device).
   std::string Login(uint64_t user, uint32_t device) {
     const std::string home = dirs_.Sub("u" + std::to_string(user) + "-d" + std::to_string(device));
     CliResult r = RunIris(home, {"--json", "login", "--server", Server(), "--ca",
-                                 server_.cert_file(), "--token", TokenFor(user, device)});
+                                 server_.cert_file(), "--token", server_.Token(user, device)});
     EXPECT_EQ(r.exit_code, 0) << r.err << r.out;
     auto in = Events(r.Json(), "logged_in");
     EXPECT_EQ(in.size(), 1u) << r.out;

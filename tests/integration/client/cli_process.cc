@@ -8,7 +8,9 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <sstream>
+#include <system_error>
 
 namespace iris::testing {
 namespace {
@@ -54,6 +56,16 @@ std::vector<std::string> Argv(const std::string& home, const std::vector<std::st
 int ExitCode(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : -1; }
 
 }  // namespace
+
+TempDir::TempDir() {
+  char tmpl[] = "/tmp/iris-cli-test-XXXXXX";
+  path_ = mkdtemp(tmpl);
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
 
 std::string IrisBinary() {
   const char* d = std::getenv("IRIS_BUILD_DIR");

@@ -23,6 +23,17 @@ struct CliResult {
 
 std::string IrisBinary();
 
+// A private temporary directory (homes for CLI runs), removed with everything in it.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  std::string Sub(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
 // Runs `iris --home home args...` to completion (killed after timeout_ms), feeding `input`.
 CliResult RunIris(const std::string& home, const std::vector<std::string>& args,
                   const std::string& input = "", int timeout_ms = 30'000);

@@ -76,18 +76,6 @@ class ClientApiTest : public ::testing::Test {
     return o;
   }
 
-  static auth::Claims DeviceClaims(uint64_t user, uint32_t device) {
-    auth::Claims c;
-    c.user_id = user;
-    c.device = device;
-    c.iat = std::chrono::duration_cast<std::chrono::seconds>(
-                std::chrono::system_clock::now().time_since_epoch())
-                .count();
-    c.exp = c.iat + 3600;
-    c.jti = "user-" + std::to_string(user) + "-device-" + std::to_string(device);
-    return c;
-  }
-
   // One device of a user: its own state directory and a token naming the device.
   struct Device {
     uint64_t user = 0;
@@ -101,7 +89,7 @@ class ClientApiTest : public ::testing::Test {
     d->id = id;
     ClientOptions o = Options(user, &d->log);
     o.state_dir += "-" + std::to_string(id);
-    o.token = server_.Token(DeviceClaims(user, id));
+    o.token = server_.Token(user, id);
     auto c = Client::Open(std::move(o));
     if (!c.ok()) {
       ADD_FAILURE() << c.status().ToString();
@@ -328,7 +316,7 @@ TEST_F(ClientApiTest, ForgedDeviceListIsRefusedByTheSender) {
   }
   // A second "device" of Bob publishes keys, and a list naming it is stored.
   auto device2 = TestClient::Connect(server_);
-  ASSERT_EQ(device2->Hello(server_.Token(DeviceClaims(kBob, 2))).opcode,
+  ASSERT_EQ(device2->Hello(server_.Token(kBob, 2)).opcode,
             static_cast<uint8_t>(wire::Opcode::kWelcome));
   v1::KeysUpload up;
   up.set_request_id(1);
@@ -376,7 +364,7 @@ TEST_F(ClientApiTest, ForgedDeviceListIsRefusedByTheSender) {
   EXPECT_TRUE((*alice)->PendingSends().empty());
   // Nothing ever reached the made-up device's inbox.
   auto again = TestClient::Connect(server_);
-  ASSERT_EQ(again->Hello(server_.Token(DeviceClaims(kBob, 2))).opcode,
+  ASSERT_EQ(again->Hello(server_.Token(kBob, 2)).opcode,
             static_cast<uint8_t>(wire::Opcode::kWelcome));
   std::vector<v1::Envelope> inbox;
   again->CatchUp(&inbox);

@@ -49,22 +49,6 @@ uint64_t Seed() {
   return seed;
 }
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/iris-cli-test-XXXXXX";
-    path_ = mkdtemp(tmpl);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  std::string Sub(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
-
 // SEND and wait for its SEND_ACK (other frames stay stashed for later Expect calls).
 bool SendRaw(TestClient& c, uint64_t request_id, uint64_t to, const std::string& body) {
   c.SendAsync(request_id, to, body, NewKey());

@@ -7,7 +7,6 @@
 #include <condition_variable>
 #include <filesystem>
 #include <mutex>
-#include <thread>
 
 #include "harness/server_process.h"
 #include "iris/client/client.h"
@@ -289,20 +288,22 @@ TEST(GroupsTest, PipelinedGroupRequestsKeepTheSendersOrder) {
 }
 
 // Sends `m` (GROUP_CREATE or GROUP_UPDATE) until it is not RATE_LIMITED (group changes have
-// a per-user budget: waits the retry_after_ms the server names) and returns the answer.
+// a per-user budget that refills over time) and returns the answer; a failed test when the
+// budget does not come back within 60 s.
 client::ReceivedFrame AskPastRateLimit(TestClient& c, wire::Opcode op,
                                        const google::protobuf::MessageLite& m) {
-  for (int attempt = 0; attempt < 100; ++attempt) {
-    client::ReceivedFrame f = Ask(c, op, m);
-    if (f.opcode != Op(wire::Opcode::kError)) return f;
-    v1::Error e;
-    EXPECT_TRUE(e.ParseFromString(f.payload));
-    if (e.code() != static_cast<uint32_t>(StatusCode::kRateLimited)) return f;
-    std::this_thread::sleep_for(std::chrono::milliseconds(e.retry_after_ms() + 1));  // the
-    // server's own backoff, not synchronisation
-  }
-  ADD_FAILURE() << "still rate limited";
-  return {};
+  client::ReceivedFrame answer;
+  const bool answered = PollUntil(
+      [&] {
+        answer = Ask(c, op, m);
+        if (answer.opcode != Op(wire::Opcode::kError)) return true;
+        v1::Error e;
+        EXPECT_TRUE(e.ParseFromString(answer.payload));
+        return e.code() != static_cast<uint32_t>(StatusCode::kRateLimited);
+      },
+      60'000, 50);
+  if (!answered) ADD_FAILURE() << "still rate limited";
+  return answer;
 }
 
 // A BROADCAST group of `members` users (the owner included) whose ids are 64-bit (10-byte

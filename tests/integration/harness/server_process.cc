@@ -240,12 +240,16 @@ std::string ServerProcess::admin_token() const {
   return ReadFile(FlagOr("--admin-token-file", data_dir_ + "/admin.token"));
 }
 
-std::string ServerProcess::Token(uint64_t user) const {
+std::string ServerProcess::Token(uint64_t user) const { return Token(user, 1); }
+
+std::string ServerProcess::Token(uint64_t user, uint32_t device) const {
   auth::Claims c;
   c.user_id = user;
+  c.device = device;
   c.iat = SystemClock::Instance().WallMillis() / 1000;
   c.exp = c.iat + 3600;
-  c.jti = "t-" + std::to_string(user) + "-" + std::to_string(NowMs());
+  c.jti =
+      "t-" + std::to_string(user) + "-" + std::to_string(device) + "-" + std::to_string(NowMs());
   return Token(c);
 }
 

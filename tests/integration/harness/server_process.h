@@ -66,6 +66,8 @@ class ServerProcess {
   std::string FlagOr(const std::string& flag, const std::string& fallback) const;
   // A valid token for `user` (1 h), or with the given claims.
   std::string Token(uint64_t user) const;
+  // A token for `device` of `user` (the `dev` claim; what irisctl token --device mints).
+  std::string Token(uint64_t user, uint32_t device) const;
   std::string Token(const auth::Claims& c) const;
 
   std::vector<std::string>& args() { return args_; }
