@@ -64,6 +64,34 @@ constexpr uint8_t kQueuedTranscript = 6;
 // The same for a group message this account sent (payload: the group id in the recipient's
 // place, content type e2ee::kContentGroupTranscript).
 constexpr uint8_t kQueuedGroupTranscript = 7;
+// A re-send of a sent message to the one device of its recipient that asked for it (a
+// session reset, Client conventions 13); payload: EncodeResend. That device gets the
+// message's sealed plaintext again (its original counter); every other device of the
+// recipient gets a filler control message, as a SEND must carry a copy for each.
+constexpr uint8_t kQueuedResend = 8;
+struct Resend {
+  uint32_t device = 1;  // the recipient's device to re-send to
+  std::string idem;     // the sent message's idempotency key (its sent-history entry)
+  std::string sealed;   // its sealed plaintext
+};
+// device (4 bytes, big-endian) || idem length (1 byte) || idem || sealed
+inline std::string EncodeResend(const Resend& r) {
+  std::string out;
+  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<char>(r.device >> shift));
+  out.push_back(static_cast<char>(r.idem.size()));
+  return out + r.idem + r.sealed;
+}
+inline std::optional<Resend> DecodeResend(std::string_view p) {
+  if (p.size() < 5) return std::nullopt;
+  Resend r;
+  for (int i = 0; i < 4; ++i) r.device = (r.device << 8) | static_cast<uint8_t>(p[i]);
+  const size_t n = static_cast<uint8_t>(p[4]);
+  if (p.size() < 5 + n) return std::nullopt;
+  r.idem = std::string(p.substr(5, n));
+  r.sealed = std::string(p.substr(5 + n));
+  if (r.sealed.empty()) return std::nullopt;
+  return r;
+}
 // The stored form of a 1:1 SEND's ciphertexts: this prefix, then a serialised v1::Send whose
 // `copies` hold one ciphertext per device and whose `body` holds the sealed plaintext they
 // encrypt (kept locally, never sent; a body queued by older versions of this client is a
@@ -265,6 +293,12 @@ class Client::Impl {
   // Queues (or extends) a session-reset control message to `peer` naming `message_id`.
   Status QueueSessionReset(uint64_t peer, uint64_t message_id);
   // Re-queues the messages a peer reported undecryptable that are still in the sent history.
+  // The copies of a re-send (kQueuedResend) for `devices`, in that order.
+  Result<std::vector<std::string>> ResendBodies(uint64_t peer, const std::vector<uint32_t>& devices,
+                                                const Resend& resend);
+  // After a SEND_ACK of a 1:1 message or a re-send (q: its queue entry): the copies' ids and
+  // the sealed plaintext go into the sent history.
+  Status RecordCopies(const InFlight& r, const v1::SendAck& a, const QueuedSend& q);
   Status ResendForPeer(uint64_t peer, const std::vector<uint64_t>& ids,
                        std::vector<uint64_t>* resent);
   static bool InFlightSend(const Session& s, int64_t seq);

@@ -599,6 +599,17 @@ Status Client::Impl::PumpSends(Session& s) {
           queue_dirty_ = true;
           continue;
         }
+        if (q.kind == kQueuedResend) {
+          const std::optional<Resend> resend = DecodeResend(q.payload);
+          if (!resend ||
+              std::find(devices.begin(), devices.end(), resend->device) == devices.end()) {
+            // The device that asked is no longer listed (or the entry is unreadable):
+            // nobody to re-send to.
+            store_->Dequeue(q.seq, 0, 0).IgnoreError();
+            queue_dirty_ = true;
+            continue;
+          }
+        }
         bool ready = refetch_.count(q.recipient) == 0;
         for (uint32_t d : devices) ready = ready && cipher_->HasSession(q.recipient, d);
         if (!ready) {
@@ -648,6 +659,8 @@ Status Client::Impl::PumpSends(Session& s) {
         Result<std::vector<std::string>> bodies = BadRequest("malformed control message");
         if (!looked_up.ok()) {
           bodies = looked_up;
+        } else if (q.kind == kQueuedResend) {
+          bodies = ResendBodies(q.recipient, devices, *DecodeResend(q.payload));
         } else if (resealed) {
           sealed = q.wire_body.substr(kSealedMarker.size());
           bodies = cipher_->EncryptSealed(q.recipient, devices, sealed);
@@ -914,8 +927,13 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
         } else if (r.queued_kind == kQueuedGroupMessage) {
           IRIS_RETURN_IF_ERROR(QueueTranscript(r.idem, 0, r.group_id));
         }
+        std::optional<QueuedSend> queued;  // read before it leaves the queue
+        if (r.queued_kind == kQueuedMessage || r.queued_kind == kQueuedResend) {
+          IRIS_ASSIGN_OR_RETURN(queued, store_->FindQueued(r.idem));
+        }
         IRIS_RETURN_IF_ERROR(store_->Dequeue(r.seq, r.receipt ? 0 : a.message_id(),
                                              r.receipt ? 0 : clock_.WallMillis()));
+        if (queued) IRIS_RETURN_IF_ERROR(RecordCopies(r, a, *queued));
         // The server counts this user as having written to the recipient: later messages
         // to it go without the flag (also when this one was cancelled meanwhile).
         if (r.adds_contact) {
@@ -1579,6 +1597,8 @@ Status Client::Impl::DecryptIncoming(Session* s, const v1::Envelope& e, bool cat
     if (d->control) {
       rec->kind = kIncomingControl;
       rec->body = e2ee::EncodeControl(*d->control);
+      // A re-send's copy for a device that did not ask for it: nothing to do.
+      if (d->control->kind == e2ee::kControlFiller) return Status::Ok();
       // The peer lost its sessions, so also the sender keys it held: give it ours again at
       // the next group send.
       for (const LocalGroup& g : store_->Groups()) {
@@ -1906,20 +1926,85 @@ Status Client::Impl::QueueReceipt(Session* s, uint64_t to, v1::ReceiptType type,
 Status Client::Impl::ResendForPeer(uint64_t peer, const std::vector<uint64_t>& ids,
                                    std::vector<uint64_t>* resent) {
   for (uint64_t id : ids) {
-    IRIS_ASSIGN_OR_RETURN(std::optional<QueuedSend> sent, store_->FindSent(peer, id));
+    // The id is the asking device's copy: the message's first copy or another one.
+    IRIS_ASSIGN_OR_RETURN(std::optional<SentMessage> sent, store_->FindSent(peer, id));
     // Only the user's messages: receipts and control messages are never re-sent.
-    if (!sent || sent->kind != kQueuedMessage) continue;
+    if (!sent || sent->sent.kind != kQueuedMessage) continue;
     QueuedSend q;
     q.idem_key = std::string(UuidBytes(uuids_.Next()));
     q.recipient = peer;
-    q.kind = kQueuedMessage;
-    q.payload = sent->payload;
     q.created_ms = clock_.WallMillis();
+    if (!sent->sealed.empty()) {
+      // To the asking device only, as it was first sealed (the other devices have it).
+      q.kind = kQueuedResend;
+      q.payload = EncodeResend({sent->device, sent->sent.idem_key, sent->sealed});
+    } else {
+      // Sent before copies were kept: a new message to every device, as it always was.
+      q.kind = kQueuedMessage;
+      q.payload = sent->sent.payload;
+    }
     IRIS_RETURN_IF_ERROR(store_->Enqueue(q).status());
-    resent->push_back(id);
+    resent->push_back(sent->message_id);
   }
   if (!resent->empty()) queue_dirty_ = true;
   return Status::Ok();
+}
+
+Result<std::vector<std::string>> Client::Impl::ResendBodies(uint64_t peer,
+                                                            const std::vector<uint32_t>& devices,
+                                                            const Resend& resend) {
+  // The asking device: the original sealed plaintext, in the session it started. The
+  // others: a filler control message (no conversation counter, nothing shown).
+  std::vector<uint32_t> others;
+  for (uint32_t d : devices) {
+    if (d != resend.device) others.push_back(d);
+  }
+  IRIS_ASSIGN_OR_RETURN(std::vector<std::string> mine,
+                        cipher_->EncryptSealed(peer, {resend.device}, resend.sealed));
+  std::vector<std::string> filler;
+  if (!others.empty()) {
+    e2ee::ControlContent c;
+    c.kind = e2ee::kControlFiller;
+    std::string sealed;
+    IRIS_ASSIGN_OR_RETURN(filler, cipher_->EncryptForDevices(peer, others, e2ee::EncodeControl(c),
+                                                             e2ee::kContentControl, &sealed));
+  }
+  std::vector<std::string> out;
+  size_t next_other = 0;
+  for (uint32_t d : devices) {
+    out.push_back(d == resend.device ? std::move(mine.front()) : std::move(filler[next_other++]));
+  }
+  return out;
+}
+
+Status Client::Impl::RecordCopies(const InFlight& r, const v1::SendAck& a, const QueuedSend& q) {
+  // The sent history learns the id of each copy of a 1:1 message (SEND_ACK.copy_ids, in the
+  // order of the SEND's copies) and keeps the sealed plaintext for a later re-send; a
+  // re-send adds the id of its one real copy to the message it re-sent.
+  if (!q.wire_body.starts_with(kCopiesMarker)) return Status::Ok();
+  v1::Send copies;
+  if (!copies.ParseFromString(q.wire_body.substr(kCopiesMarker.size()))) return Status::Ok();
+  // A single copy went as the plain body: its id is message_id.
+  auto copy_id = [&](int i) -> uint64_t {
+    if (a.copy_ids_size() == copies.copies_size()) return a.copy_ids(i);
+    return copies.copies_size() == 1 ? a.message_id() : 0;
+  };
+  std::vector<SentCopy> ids;
+  std::string idem = r.idem;
+  std::string sealed = copies.body();
+  std::optional<uint32_t> only;
+  if (r.queued_kind == kQueuedResend) {
+    const std::optional<Resend> resend = DecodeResend(q.payload);
+    if (!resend) return Status::Ok();
+    idem = resend->idem;
+    sealed.clear();
+    only = resend->device;
+  }
+  for (int i = 0; i < copies.copies_size(); ++i) {
+    const uint32_t device = copies.copies(i).device();
+    if (copy_id(i) != 0 && (!only || device == *only)) ids.push_back({copy_id(i), device});
+  }
+  return store_->RecordSentCopies(idem, ids, sealed);
 }
 
 Status Client::Impl::IngestSealedReceipt(const v1::Envelope& e,
@@ -1939,7 +2024,15 @@ Status Client::Impl::IngestSealedReceipt(const v1::Envelope& e,
   ev.id = e.id();
   ev.from = e.sender();
   ev.kind = body.type() == v1::READ ? ReceiptKind::kRead : ReceiptKind::kDelivered;
-  ev.message_ids.assign(body.message_ids().begin(), body.message_ids().end());
+  // A device of the recipient names its own copy: reported as the id this device knows the
+  // message by (SEND_ACK.message_id), once.
+  for (uint64_t id : body.message_ids()) {
+    IRIS_ASSIGN_OR_RETURN(std::optional<SentMessage> sent, store_->FindSent(e.sender(), id));
+    const uint64_t known = sent ? sent->message_id : id;
+    if (std::find(ev.message_ids.begin(), ev.message_ids.end(), known) == ev.message_ids.end()) {
+      ev.message_ids.push_back(known);
+    }
+  }
   out->emplace_back(std::move(ev));
   return Status::Ok();
 }

@@ -38,6 +38,8 @@ CREATE TABLE IF NOT EXISTS undecryptable (
   id INTEGER PRIMARY KEY, peer INTEGER NOT NULL, sent_at_ms INTEGER NOT NULL, body BLOB NOT NULL,
   error TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS sent_by_message_id ON sent (message_id);
+CREATE TABLE IF NOT EXISTS sent_copies (
+  id INTEGER PRIMARY KEY, idem BLOB NOT NULL, device INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS groups (
   id INTEGER PRIMARY KEY, info BLOB NOT NULL, name TEXT NOT NULL, member INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS group_key_holders (
@@ -172,6 +174,11 @@ Result<std::unique_ptr<LocalStore>> LocalStore::Open(const std::string& path) {
   if (!s->Exec("SELECT grp FROM undecryptable LIMIT 0").ok()) {
     IRIS_RETURN_IF_ERROR(
         s->Exec("ALTER TABLE undecryptable ADD COLUMN grp INTEGER NOT NULL DEFAULT 0"));
+  }
+  // Databases from before per-device copies: sent messages keep no sealed plaintext (a
+  // re-send of one goes out as a new message, as it did).
+  if (!s->Exec("SELECT sealed FROM sent LIMIT 0").ok()) {
+    IRIS_RETURN_IF_ERROR(s->Exec("ALTER TABLE sent ADD COLUMN sealed BLOB NOT NULL DEFAULT ''"));
   }
   if (const char* fault = std::getenv("IRIS_TEST_LOCAL_STORE_FAULT"); fault != nullptr) {
     s->SetFaultForTesting(fault);
@@ -560,20 +567,40 @@ Status LocalStore::UpdateIncoming(const StoredIncoming& m) {
   return s.Done("update message");
 }
 
-Result<std::optional<QueuedSend>> LocalStore::FindSent(uint64_t recipient,
-                                                       uint64_t message_id) const {
+Result<std::optional<SentMessage>> LocalStore::FindSent(uint64_t recipient,
+                                                        uint64_t message_id) const {
+  // By the message's id (its first copy) or the id of any copy of it, re-sends included.
   Stmt s(db_,
-         "SELECT idem, recipient, kind, payload FROM sent WHERE message_id = ? AND recipient = ?");
+         "SELECT s.idem, s.recipient, s.kind, s.payload, s.message_id, s.sealed, "
+         "COALESCE((SELECT c.device FROM sent_copies c WHERE c.id = ?1 AND c.idem = s.idem), 1) "
+         "FROM sent s WHERE s.recipient = ?2 AND (s.message_id = ?1 OR s.idem = "
+         "(SELECT c.idem FROM sent_copies c WHERE c.id = ?1)) LIMIT 1");
   s.BindU(1, message_id).BindU(2, recipient);
   const int rc = s.Step();
-  if (rc == SQLITE_DONE) return std::optional<QueuedSend>();
+  if (rc == SQLITE_DONE) return std::optional<SentMessage>();
   if (rc != SQLITE_ROW) return Error("find sent message");
-  QueuedSend q;
-  q.idem_key = s.Blob(0);
-  q.recipient = s.U64(1);
-  q.kind = static_cast<uint8_t>(s.Int(2));
-  q.payload = s.Blob(3);
-  return std::optional<QueuedSend>(std::move(q));
+  SentMessage m;
+  m.sent.idem_key = s.Blob(0);
+  m.sent.recipient = s.U64(1);
+  m.sent.kind = static_cast<uint8_t>(s.Int(2));
+  m.sent.payload = s.Blob(3);
+  m.message_id = s.U64(4);
+  m.sealed = s.Blob(5);
+  m.device = static_cast<uint32_t>(s.Int(6));
+  return std::optional<SentMessage>(std::move(m));
+}
+
+Status LocalStore::RecordSentCopies(std::string_view idem, const std::vector<SentCopy>& copies,
+                                    std::string_view sealed) {
+  for (const SentCopy& c : copies) {
+    Stmt s(db_, "INSERT OR REPLACE INTO sent_copies (id, idem, device) VALUES (?, ?, ?)");
+    s.BindU(1, c.id).Bind(2, idem).Bind(3, int64_t{c.device});
+    IRIS_RETURN_IF_ERROR(s.Done("record a sent copy"));
+  }
+  if (sealed.empty()) return Status::Ok();
+  Stmt s(db_, "UPDATE sent SET sealed = ? WHERE idem = ?");
+  s.Bind(1, sealed).Bind(2, idem);
+  return s.Done("record a sent message's sealed plaintext");
 }
 
 Result<bool> LocalStore::ContactAdded(uint64_t peer) const {

@@ -38,6 +38,18 @@ struct QueuedSend {
   // under the same idempotency key carries the same flag.
   bool adds_contact = false;
 };
+// A message in the sent history (LocalStore::FindSent).
+struct SentMessage {
+  QueuedSend sent;          // idem_key, recipient, kind, payload
+  uint64_t message_id = 0;  // SEND_ACK.message_id: the id its author knows it by
+  uint32_t device = 1;      // the recipient's device whose copy the looked-up id is
+  std::string sealed;       // the sealed plaintext of its copies ("" before they were kept)
+};
+// One copy of a sent message: its envelope id and the recipient's device it went to.
+struct SentCopy {
+  uint64_t id = 0;
+  uint32_t device = 1;
+};
 constexpr uint8_t kQueuedMessage = 0;
 constexpr uint8_t kQueuedReceipt = 1;  // the protocol's RECEIPT frame (for the server)
 // An E2EE control message (payload: the content bytes, e2ee::EncodeControl), encrypted
@@ -183,8 +195,13 @@ class LocalStore {
   std::vector<uint64_t> PeersWithKeptFromLinkedDevices() const;
   // Rewrites a stored incoming message (after a successful retry).
   Status UpdateIncoming(const StoredIncoming& m);
-  // The sent-history entry of message `message_id` to `recipient` (payload and kind).
-  Result<std::optional<QueuedSend>> FindSent(uint64_t recipient, uint64_t message_id) const;
+  // The sent-history entry of a message to `recipient` whose id, or the id of one of its
+  // copies (a re-send's too), is `message_id`.
+  Result<std::optional<SentMessage>> FindSent(uint64_t recipient, uint64_t message_id) const;
+  // Records the ids of a sent message's copies (SEND_ACK.copy_ids, also those of a re-send
+  // of it) and, when not empty, the sealed plaintext they encrypt. `idem` names the message.
+  Status RecordSentCopies(std::string_view idem, const std::vector<SentCopy>& copies,
+                          std::string_view sealed);
 
   // Contacts (Send.adds_contact, docs/protocol.md Client conventions 12): the recipients
   // for which the server acknowledged a SEND carrying the flag (the server then counts this

@@ -22,6 +22,19 @@ uint64_t HybridLogicalClock::Next() {
   return (next << 8) | node_id_;
 }
 
+uint64_t HybridLogicalClock::NextRange(uint32_t n) {
+  const int64_t wall = std::max<int64_t>(0, clock_.WallMillis());
+  const uint64_t wall_state = static_cast<uint64_t>(wall) << 8;
+  const uint64_t extra = n > 1 ? n - 1 : 0;
+  uint64_t prev = state_.load(std::memory_order_relaxed);
+  uint64_t first;
+  do {
+    first = std::max(wall_state, prev + 1);
+  } while (!state_.compare_exchange_weak(prev, first + extra, std::memory_order_acq_rel,
+                                         std::memory_order_relaxed));
+  return (first << 8) | node_id_;
+}
+
 bool HybridLogicalClock::Observe(uint64_t remote_id) {
   const HlcParts r = SplitHlcId(remote_id);
   const int64_t wall = clock_.WallMillis();

@@ -34,6 +34,10 @@ struct HlcParts {
 constexpr uint64_t MakeHlcId(uint64_t millis, uint32_t logical, uint32_t node) {
   return (millis << 16) | (static_cast<uint64_t>(logical & 0xff) << 8) | (node & 0xff);
 }
+// The id k steps of one clock after `id` (same node; logical overflow carries into millis).
+constexpr uint64_t HlcIdAfter(uint64_t id, uint32_t k) {
+  return id + (static_cast<uint64_t>(k) << 8);
+}
 constexpr HlcParts SplitHlcId(uint64_t id) {
   return {id >> 16, static_cast<uint32_t>((id >> 8) & 0xff), static_cast<uint32_t>(id & 0xff)};
 }
@@ -48,6 +52,11 @@ class HybridLogicalClock {
 
   // A new id, greater than every id returned or observed (or restored) before.
   uint64_t Next();
+
+  // The first of n >= 1 ids taken at once: the k-th (from 0) is HlcIdAfter(first, k), and
+  // every one of them is greater than all ids before. The copies of one multi-device SEND
+  // get their ids this way, so SEND_ACK can name each copy's id (also for a duplicate).
+  uint64_t NextRange(uint32_t n);
 
   // Merges a remote id (see the class comment). Returns false when rejected for skew.
   bool Observe(uint64_t remote_id);

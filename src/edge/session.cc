@@ -5,6 +5,7 @@
 
 #include "common/assert.h"
 #include "common/devices.h"
+#include "common/hlc.h"
 #include "core/groups.h"
 #include "edge/edge.h"
 #include "edge/edge_metrics.h"
@@ -584,7 +585,8 @@ void Session::HandleSend(v1::Send& m) {
   const uint64_t request_id = m.request_id();
   const int64_t start_ns = edge.clock().MonoNanos();
   const Clock* clock = &edge.clock();
-  ReplyBuilder build = [request_id, trace, start_ns, clock](Result<core::AppendResult> r) {
+  const uint32_t copies = static_cast<uint32_t>(m.copies_size());
+  ReplyBuilder build = [request_id, trace, start_ns, clock, copies](Result<core::AppendResult> r) {
     std::string frame;
     auto& metrics = EdgeMetrics::Get();
     if (!r.ok()) return std::string();
@@ -594,6 +596,10 @@ void Session::HandleSend(v1::Send& m) {
     ack.set_duplicate(r->duplicate);
     ack.set_accepted_at_ms(r->accepted_at_ms);
     ack.set_trace_id(trace);
+    // The store gives one SEND's copies consecutive ids (InboxStore: one HLC range).
+    for (uint32_t i = 0; i < copies && r->message_id != 0; ++i) {
+      ack.add_copy_ids(HlcIdAfter(r->message_id, i));
+    }
     wire::AppendMessageFrame(&frame, static_cast<uint8_t>(wire::Opcode::kSendAck), ack)
         .IgnoreError();
     if (r->duplicate) {

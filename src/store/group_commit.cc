@@ -376,11 +376,12 @@ void InboxStore::Impl::BuildAppend(AppendRequest& a) {
       return;
     }
   }
-  uint64_t first_id = 0;
+  // One range of ids: the copies of a multi-device SEND have consecutive clock steps, so
+  // SEND_ACK names each copy's id from the first (also for a duplicate: appendix 20).
+  const uint64_t first_id = hlc_.NextRange(static_cast<uint32_t>(a.envelopes.size()));
   for (size_t i = 0; i < a.envelopes.size(); ++i) {
     v1::Envelope& e = a.envelopes[i];
-    const uint64_t id = hlc_.Next();
-    if (i == 0) first_id = id;
+    const uint64_t id = HlcIdAfter(first_id, static_cast<uint32_t>(i));
     e.set_id(id);
     e.set_sent_at_ms(now);
     EncodeStoredEnvelope(id, now, a.bodies[i], &scratch_);

@@ -3,6 +3,7 @@
 // back as specific codes; one state directory admits one Client at a time.
 
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -491,6 +492,104 @@ TEST_F(ClientApiTest, ThreeDevicesPerUserEachGetEveryOtherDevicesMessagesOnce) {
   EXPECT_EQ(late->missing, 0u);
   EXPECT_FALSE(late->reordered);
   for (auto& d : devices) d->client->Stop();
+}
+
+// A linked device names its own copy of a message (its own envelope id) in receipts and
+// session-reset requests. The author matches it through SEND_ACK.copy_ids: a read receipt
+// from Bob's laptop reports the id Alice's SEND_ACK gave, and when the laptop lost its
+// session with Alice, she re-sends the message to the laptop alone (Bob's phone gets a
+// filler and shows the message once).
+TEST_F(ClientApiTest, LinkedDevicesReceiptsAndSessionResetsNameTheMessageItsAuthorKnows) {
+  auto alice = StartDevice(95, 1);
+  auto phone = StartDevice(96, 1);
+  auto laptop = StartDevice(96, 2);
+  ASSERT_TRUE(alice && phone && laptop);
+  for (Device* d : {alice.get(), phone.get(), laptop.get()}) {
+    ASSERT_TRUE(Live(d->log));
+    ASSERT_TRUE(
+        d->log.WaitFor<KeysUploadedEvent>([](const KeysUploadedEvent& k) { return k.identity; }));
+  }
+  ASSERT_TRUE(Link(*phone, *laptop, 2));
+  auto got = [](Device& d, const std::string& text) {
+    return d.log.WaitFor<MessageEvent>(
+        [&](const MessageEvent& m) { return m.text == text && m.decrypted; }, 30'000);
+  };
+  auto send = [&](const std::string& text) -> uint64_t {
+    auto id = alice->client->Send(96, text);
+    if (!id.ok()) return 0;
+    auto acked = alice->log.WaitFor<SendAckedEvent>(
+        [&](const SendAckedEvent& a) { return a.local_id == *id; }, 30'000);
+    return acked ? acked->message_id : 0;
+  };
+
+  const uint64_t first = send("first");
+  ASSERT_NE(first, 0u);
+  auto on_phone = got(*phone, "first");
+  auto on_laptop = got(*laptop, "first");
+  ASSERT_TRUE(on_phone && on_laptop);
+  EXPECT_NE(on_phone->id, on_laptop->id) << "one envelope per device";
+  // Both the phone's copy and the laptop's map to the id Alice knows.
+  EXPECT_TRUE(on_phone->id == first || on_laptop->id == first);
+  ASSERT_TRUE(laptop->client->MarkRead(95, {on_laptop->id}).ok());
+  auto read = alice->log.WaitFor<ReceiptEvent>(
+      [](const ReceiptEvent& r) { return r.kind == ReceiptKind::kRead; }, 30'000);
+  ASSERT_TRUE(read);
+  EXPECT_EQ(read->from, 96u);
+  EXPECT_EQ(read->message_ids, std::vector<uint64_t>{first});
+  auto delivered = alice->log.WaitFor<ReceiptEvent>(
+      [](const ReceiptEvent& r) { return r.kind == ReceiptKind::kDelivered; }, 30'000);
+  ASSERT_TRUE(delivered);
+  EXPECT_EQ(delivered->message_ids, std::vector<uint64_t>{first});
+
+  // The laptop loses its session with Alice (as after restoring an old backup of its state).
+  const std::string laptop_dir = dir_ + "/96-2";
+  laptop->client->Stop();
+  laptop.reset();
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((laptop_dir + "/state.db").c_str(), &db), SQLITE_OK);
+    char* err = nullptr;
+    EXPECT_EQ(
+        sqlite3_exec(db, "DELETE FROM signal_sessions WHERE name = '95'", nullptr, nullptr, &err),
+        SQLITE_OK)
+        << (err != nullptr ? err : "");
+    sqlite3_free(err);
+    EXPECT_EQ(sqlite3_changes(db), 1);
+    sqlite3_close(db);
+  }
+  laptop = StartDevice(96, 2);
+  ASSERT_TRUE(laptop && Live(laptop->log));
+  const uint64_t second = send("second");
+  ASSERT_NE(second, 0u);
+  // The laptop cannot decrypt it and asks for a re-send; Alice re-sends it to the laptop.
+  auto failed = alice->log.WaitFor<PeerDecryptFailedEvent>(
+      [](const PeerDecryptFailedEvent& f) { return !f.resent.empty(); }, 30'000);
+  ASSERT_TRUE(failed);
+  EXPECT_EQ(failed->peer, 96u);
+  EXPECT_EQ(failed->resent, std::vector<uint64_t>{second}) << "named by the id Alice knows";
+  auto again = got(*laptop, "second");
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->sender, 95u);
+  EXPECT_EQ(again->missing, 0u) << "the message keeps its place in the conversation";
+  // A message after the re-send: once the phone has it, it has had the re-send's copy too.
+  ASSERT_NE(send("third"), 0u);
+  ASSERT_TRUE(got(*phone, "third"));
+  ASSERT_TRUE(got(*laptop, "third"));
+  auto count = [](Device& d, const std::string& text) {
+    int n = 0;
+    for (const StoredMessage& m : d.client->Messages(0, 100)) n += m.text == text ? 1 : 0;
+    return n;
+  };
+  EXPECT_EQ(count(*phone, "second"), 1) << "the phone did not get the re-send as a message";
+  EXPECT_EQ(count(*laptop, "second"), 1);
+  // The laptop's read receipt for the re-sent copy names the message too.
+  ASSERT_TRUE(laptop->client->MarkRead(95, {again->id}).ok());
+  EXPECT_TRUE(alice->log.WaitFor<ReceiptEvent>(
+      [&](const ReceiptEvent& r) {
+        return r.kind == ReceiptKind::kRead && r.message_ids == std::vector<uint64_t>{second};
+      },
+      30'000));
+  for (Device* d : {alice.get(), phone.get(), laptop.get()}) d->client->Stop();
 }
 
 // A group whose members use several devices: a sender key travels over the pairwise

@@ -51,6 +51,23 @@ TEST(HlcTest, SameMillisecondCountsLogicalUp) {
   }
 }
 
+TEST(HlcTest, NextRangeTakesConsecutiveIdsAboveEveryEarlierOne) {
+  ManualClock clock(kT0);
+  HybridLogicalClock hlc(clock, 3);
+  const uint64_t before = hlc.Next();
+  // 300 ids in one millisecond: the logical part overflows into the next millisecond.
+  const uint64_t first = hlc.NextRange(300);
+  EXPECT_GT(first, before);
+  EXPECT_EQ(first, HlcIdAfter(before, 1));
+  const uint64_t last = HlcIdAfter(first, 299);
+  EXPECT_EQ(SplitHlcId(last).node, 3u);
+  EXPECT_EQ(SplitHlcId(last).millis, static_cast<uint64_t>(kT0) + 1);
+  EXPECT_EQ(hlc.Last(), last);
+  EXPECT_EQ(hlc.Next(), HlcIdAfter(last, 1));
+  // A range of one is Next().
+  EXPECT_EQ(hlc.NextRange(1), HlcIdAfter(last, 2));
+}
+
 TEST(HlcTest, NewMillisecondResetsLogical) {
   ManualClock clock(kT0);
   HybridLogicalClock hlc(clock, 1);
