@@ -212,10 +212,15 @@ TEST(DevicesTest, EveryMessageReachesEachOtherDeviceOnceAndStaleDeviceSetsAreRef
   // To oneself: every other device, not the sender's own.
   stale = ErrorOf(SendCopies(*alice.devices[2], Copies(23, kAlice, NewKey(), "n", {1, 2, 3})));
   EXPECT_EQ(Ids(stale.extra_devices()), std::vector<uint32_t>{2});
-  EXPECT_FALSE(
-      AckOf(SendCopies(*alice.devices[2], Copies(24, kBob, key, "x", {1, 2, 3}))).duplicate());
+  const v1::SendAck first =
+      AckOf(SendCopies(*alice.devices[2], Copies(24, kBob, key, "x", {1, 2, 3})));
+  EXPECT_FALSE(first.duplicate());
+  // SEND_ACK names every copy's id, in the order of the copies; the first is message_id.
+  ASSERT_EQ(first.copy_ids_size(), 3);
+  EXPECT_EQ(first.copy_ids(0), first.message_id());
   for (uint32_t d : {1u, 2u, 3u}) {
     const v1::Envelope e = NextDeliver(*bob.devices[d]);
+    EXPECT_EQ(e.id(), first.copy_ids(static_cast<int>(d - 1)));
     EXPECT_EQ(e.body(), "x@" + std::to_string(d));
     EXPECT_EQ(e.sender(), kAlice);
     EXPECT_EQ(e.sender_device(), 2u);
@@ -225,6 +230,9 @@ TEST(DevicesTest, EveryMessageReachesEachOtherDeviceOnceAndStaleDeviceSetsAreRef
   const v1::SendAck again =
       AckOf(SendCopies(*alice.devices[2], Copies(25, kBob, key, "x", {1, 2, 3})));
   EXPECT_TRUE(again.duplicate());
+  EXPECT_EQ(std::vector<uint64_t>(again.copy_ids().begin(), again.copy_ids().end()),
+            std::vector<uint64_t>(first.copy_ids().begin(), first.copy_ids().end()))
+      << "a duplicate names the same copies";
   EXPECT_FALSE(
       AckOf(SendCopies(*alice.devices[3], Copies(26, kBob, key, "y", {1, 2, 3}))).duplicate());
   for (uint32_t d : {1u, 2u, 3u})
