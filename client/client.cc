@@ -651,10 +651,11 @@ Status Client::Impl::QueueTranscript(const std::string& idem, uint64_t recipient
 }
 
 Status Client::Impl::RetryKept(uint64_t user, bool linked_only, std::vector<StoredMessage>* out,
-                               std::vector<Event>* events) {
+                               std::vector<Event>* events, uint64_t group) {
   // The kept ciphertexts, oldest first; those that still fail stay kept.
   for (const Undecryptable& u : store_->UndecryptableFrom(user)) {
     if (linked_only && u.device <= 1) continue;
+    if (group != 0 && u.group_id != group) continue;
     v1::Envelope e;
     e.set_id(u.id);
     e.set_sender(u.peer);

@@ -19,6 +19,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "client/backoff.h"
@@ -273,8 +274,17 @@ class Client::Impl {
   // transaction).
   // `group`: a group message's (recipient 0).
   Status QueueTranscript(const std::string& idem, uint64_t recipient, uint64_t group = 0);
+  // `group` != 0: only the kept messages of that group (after its sender key arrived).
   Status RetryKept(uint64_t user, bool linked_only, std::vector<StoredMessage>* out,
-                   std::vector<Event>* events);
+                   std::vector<Event>* events, uint64_t group = 0);
+  // Asks `device` of `sender` for its sender key of `group` (a control message), once per
+  // (sender, group, device) while this client runs (db_mu_ held).
+  Status RequestSenderKey(uint64_t sender, uint64_t group, uint32_t device);
+  // Answers a member's request for this device's sender key of `group` (db_mu_ held).
+  Status AnswerSenderKeyRequest(uint64_t member, uint64_t group);
+  // Queues this device's sender-key distribution `payload` of `group` to `member` and
+  // records it as a holder (db_mu_ held, inside the caller's transaction).
+  Status QueueDistribution(uint64_t group, uint64_t member, const std::string& payload);
   Status RunSession(Session& s);
   Status Write(Session& s, wire::Opcode op, const google::protobuf::MessageLite& m);
   Status HandleFrame(Session& s, const ReceivedFrame& f);
@@ -385,6 +395,8 @@ class Client::Impl {
   // MISMATCHED_DEVICES answer, or a message from a linked device not in their list as known
   // here). Guarded by db_mu_.
   std::set<uint64_t> refetch_;
+  // (sender, group, device) whose sender key this device asked for (guarded by db_mu_).
+  std::set<std::tuple<uint64_t, uint64_t, uint32_t>> sender_keys_asked_;
   std::map<uint64_t, std::string> group_names_;  // create request -> local name (cmd_mu_)
 
   mutable std::mutex cmd_mu_;

@@ -47,6 +47,11 @@ Status FromError(const v1::Error& e) {
   return Status(static_cast<StatusCode>(e.code()), e.message(), e.retry_after_ms());
 }
 
+// kv: the id of this device's sender key of a group last given to a member.
+std::string SenderKeyGivenKey(uint64_t group, uint64_t member) {
+  return "sender_key_given/" + std::to_string(group) + "/" + std::to_string(member);
+}
+
 std::string LocalId(const std::string& idem) {
   Uuid u{};
   std::copy_n(idem.begin(), std::min(idem.size(), u.size()), u.begin());
@@ -202,6 +207,9 @@ Status Client::Impl::RunSession(Session& s) {
     // Messages kept because their linked device was not in the list known here: the lists
     // are fetched again (also when the last program run ended before the fetch came back).
     for (uint64_t peer : store_->PeersWithKeptFromLinkedDevices()) refetch_.insert(peer);
+    // Sender keys still missing are asked for again (an answer may have gone only to the
+    // devices the sender knew then).
+    sender_keys_asked_.clear();
   }
   queue_dirty_ = true;
   SetState(SessionState::kSyncing);
@@ -1410,18 +1418,71 @@ Result<std::string> Client::Impl::PrepareGroupMessage(const QueuedSend& q) {
   IRIS_ASSIGN_OR_RETURN(std::string skdm, cipher_->SenderKeyDistributionFor(group, self));
   if (!missing.empty()) {
     const std::string payload = e2ee::EncodeSenderKeyDistribution({group, skdm});
-    for (uint64_t m : missing) {
-      QueuedSend d;
-      d.idem_key = std::string(UuidBytes(uuids_.Next()));
-      d.recipient = m;
-      d.kind = kQueuedSenderKey;
-      d.payload = payload;
-      d.created_ms = clock_.WallMillis();
-      IRIS_RETURN_IF_ERROR(store_->Enqueue(d).status());
-      IRIS_RETURN_IF_ERROR(store_->AddGroupKeyHolder(group, m));
-    }
+    for (uint64_t m : missing) IRIS_RETURN_IF_ERROR(QueueDistribution(group, m, payload));
   }
   return cipher_->EncryptGroup(group, self, q.payload);
+}
+
+Status Client::Impl::QueueDistribution(uint64_t group, uint64_t member,
+                                       const std::string& payload) {
+  QueuedSend d;
+  d.idem_key = std::string(UuidBytes(uuids_.Next()));
+  d.recipient = member;
+  d.kind = kQueuedSenderKey;
+  d.payload = payload;
+  d.created_ms = clock_.WallMillis();
+  IRIS_RETURN_IF_ERROR(store_->Enqueue(d).status());
+  queue_dirty_ = true;
+  // Who was given this key (by id) outlives the holders, which a device-list change resets.
+  IRIS_RETURN_IF_ERROR(
+      store_->PutU64(SenderKeyGivenKey(group, member), cipher_->SenderKeyId(group)));
+  return store_->AddGroupKeyHolder(group, member);
+}
+
+Status Client::Impl::RequestSenderKey(uint64_t sender, uint64_t group, uint32_t device) {
+  if (!sender_keys_asked_.insert({sender, group, device}).second) return Status::Ok();
+  e2ee::ControlContent c;
+  c.kind = e2ee::kControlSenderKeyRequest;
+  c.message_ids = {group, device};
+  QueuedSend q;
+  q.idem_key = std::string(UuidBytes(uuids_.Next()));
+  q.recipient = sender;
+  q.kind = kQueuedControl;
+  q.payload = e2ee::EncodeControl(c);
+  q.created_ms = clock_.WallMillis();
+  IRIS_RETURN_IF_ERROR(store_->Enqueue(q).status());
+  queue_dirty_ = true;
+  return Status::Ok();
+}
+
+Status Client::Impl::AnswerSenderKeyRequest(uint64_t member, uint64_t group) {
+  // Only a fellow member, only for a group this device has sent to (it has a key to give),
+  // and only this device's current key (a rotated-away key is never handed out).
+  IRIS_ASSIGN_OR_RETURN(std::optional<LocalGroup> g, store_->GetGroup(group));
+  if (!g || !g->member) return Status::Ok();
+  v1::GroupInfo info;
+  if (!info.ParseFromString(g->info) || info.kind() != v1::E2EE) return Status::Ok();
+  if (std::find(info.members().begin(), info.members().end(), member) == info.members().end()) {
+    return Status::Ok();
+  }
+  const uint64_t self = user_id_.load();
+  if (!cipher_->HasSenderKey(group, self)) return Status::Ok();
+  // A distribution already waiting for this member covers its new device too.
+  for (const QueuedSend& q : store_->Queue()) {
+    if (q.recipient != member || q.kind != kQueuedSenderKey || !q.wire_body.empty()) continue;
+    if (auto d = e2ee::DecodeSenderKeyDistribution(q.payload); d.ok() && d->group_id == group) {
+      return Status::Ok();
+    }
+  }
+  // A member that holds the key already (another of its devices got it) gets it from its
+  // start: its new device reads the messages it was sent before. Anyone else gets it from
+  // now on, as a member who joined would (no earlier messages).
+  const uint32_t key_id = cipher_->SenderKeyId(group);
+  const bool held = key_id != 0 && store_->GetU64(SenderKeyGivenKey(group, member)) == key_id;
+  IRIS_ASSIGN_OR_RETURN(std::string skdm, held
+                                              ? cipher_->SenderKeyDistributionFromStart(group, self)
+                                              : cipher_->SenderKeyDistributionFor(group, self));
+  return QueueDistribution(group, member, e2ee::EncodeSenderKeyDistribution({group, skdm}));
 }
 
 bool Client::Impl::InFlightSend(const Session& s, int64_t seq) {
@@ -1591,14 +1652,30 @@ Status Client::Impl::DecryptIncoming(Session* s, const v1::Envelope& e, bool cat
       if (!st.ok()) {
         rec->ok = false;
         rec->error = "sender key not accepted: " + st.message();
+        return Status::Ok();
       }
-      return Status::Ok();
+      // The group's messages from this sender kept while its key was missing.
+      std::vector<StoredMessage> now_readable;
+      return RetryKept(e.sender(), /*linked_only=*/false, &now_readable, out, dist->group_id);
     }
     if (d->control) {
       rec->kind = kIncomingControl;
       rec->body = e2ee::EncodeControl(*d->control);
       // A re-send's copy for a device that did not ask for it: nothing to do.
       if (d->control->kind == e2ee::kControlFiller) return Status::Ok();
+      if (d->control->kind == e2ee::kControlSenderKeyRequest) {
+        const std::vector<uint64_t>& ids = d->control->message_ids;
+        if (ids.size() == 2 && ids[1] == device_id_.load()) {
+          // From a device not in the member's list as known here (linked since): the list
+          // is fetched again first, so the key reaches that device.
+          const std::vector<uint32_t> known = cipher_->DevicesOf(e.sender());
+          if (std::find(known.begin(), known.end(), device) == known.end()) {
+            refetch_.insert(e.sender());
+          }
+          return AnswerSenderKeyRequest(e.sender(), ids[0]);
+        }
+        return Status::Ok();  // for another device of this account
+      }
       // The peer lost its sessions, so also the sender keys it held: give it ours again at
       // the next group send.
       for (const LocalGroup& g : store_->Groups()) {
@@ -1697,7 +1774,10 @@ Status Client::Impl::QueueSessionReset(uint64_t peer, uint64_t message_id) {
   for (const QueuedSend& q : store_->Queue()) {
     if (q.recipient != peer || q.kind != kQueuedControl || !q.wire_body.empty()) continue;
     auto c = e2ee::DecodeControl(q.payload);
-    if (!c.ok() || c->message_ids.size() >= e2ee::kMaxControlIds) continue;
+    if (!c.ok() || c->kind != e2ee::kControlSessionReset ||
+        c->message_ids.size() >= e2ee::kMaxControlIds) {
+      continue;
+    }
     c->message_ids.push_back(message_id);
     IRIS_RETURN_IF_ERROR(store_->SetPayload(q.seq, e2ee::EncodeControl(*c)));
     queue_dirty_ = true;
@@ -2068,13 +2148,21 @@ Status Client::Impl::DecryptGroupIncoming(const v1::Envelope& e, bool catch_up, 
     ev.error = rec->error;
     // No sender key yet from a linked device whose pairwise messages are kept (its device
     // list is being fetched): its distribution is probably among them. Kept as well.
+    // Otherwise no sender key means the sender's device distributed it before this device
+    // existed for it (linked later): kept, and the key asked for.
+    const bool no_key = !retry && cipher_->last_decrypt_error() == SG_ERR_NO_SESSION;
     bool waiting = false;
-    if (!retry && device > 1 && cipher_->last_decrypt_error() == SG_ERR_NO_SESSION) {
+    if (no_key && device > 1) {
       for (const Undecryptable& u : store_->UndecryptableFrom(e.sender())) {
         waiting |= u.device == device && u.group_id == 0;
       }
     }
-    if (waiting) {
+    if (no_key && !waiting && e.sender() != user_id_.load()) {
+      IRIS_RETURN_IF_ERROR(RequestSenderKey(e.sender(), e.group_id(), device));
+      rec->error += "; asked the sender for its key (the message is kept until it comes)";
+      ev.error = rec->error;
+    }
+    if (no_key) {
       Undecryptable u{e.id(), e.sender(), e.sent_at_ms(), e.body(), rec->error};
       u.device = device;
       u.group_id = e.group_id();

@@ -123,7 +123,8 @@ Result<ControlContent> DecodeControl(std::string_view p) {
   if (p.size() < 5) return BadRequest("malformed control content");
   ControlContent c;
   c.kind = static_cast<uint8_t>(p[0]);
-  if (c.kind != kControlSessionReset && c.kind != kControlFiller) {
+  if (c.kind != kControlSessionReset && c.kind != kControlFiller &&
+      c.kind != kControlSenderKeyRequest) {
     return BadRequest("unknown control kind " + std::to_string(c.kind));
   }
   const uint64_t n = GetBe(p, 1, 4);

@@ -85,10 +85,15 @@ Result<Content> DecodeContent(std::string_view plaintext);
 // (Before format 2 existed, control content was its own plaintext starting 0x02; no client
 // release wrote it, so it is not read inside ciphertexts. DecodeControl still skips that
 // leading 0x02, which is not a valid kind, so sends queued locally then still go out.)
-// Kind 0x02, filler (no ids): "nothing for you". A SEND must carry a copy for every device
+// Kind 0x03, sender-key request (two ids: a group and a device of the recipient): "I have
+// no sender key of yours, from that device, for this group: send it to me" (a member's
+// device linked after that device last distributed its key).
+// Kind 0x04, filler (no ids): "nothing for you". A SEND must carry a copy for every device
 // of its recipient; a re-send meant for one of them carries this in the others' copies.
+// (Kind 0x02 is never used: it is the legacy leading byte skipped below.)
 constexpr uint8_t kControlSessionReset = 1;
-constexpr uint8_t kControlFiller = 2;
+constexpr uint8_t kControlSenderKeyRequest = 3;
+constexpr uint8_t kControlFiller = 4;
 constexpr size_t kMaxControlIds = 1000;
 
 struct ControlContent {

@@ -592,6 +592,75 @@ TEST_F(ClientApiTest, LinkedDevicesReceiptsAndSessionResetsNameTheMessageItsAuth
   for (Device* d : {alice.get(), phone.get(), laptop.get()}) d->client->Stop();
 }
 
+// A member links a device after the other members gave it their sender keys: the new
+// device asks each sender for its key (a control message), the sender's device checks the
+// list again and sends it to every device of the member, from the key's start (the member
+// held it already), and the new device reads the group messages it had to keep.
+TEST_F(ClientApiTest, ADeviceLinkedLaterAsksForTheSenderKeysItMisses) {
+  constexpr uint64_t kAlice = 105, kBob = 106;
+  auto alice = StartDevice(kAlice, 1);
+  auto phone = StartDevice(kBob, 1);
+  auto laptop = StartDevice(kBob, 2);
+  ASSERT_TRUE(alice && phone && laptop);
+  for (Device* d : {alice.get(), phone.get(), laptop.get()}) {
+    ASSERT_TRUE(
+        d->log.WaitFor<KeysUploadedEvent>([](const KeysUploadedEvent& k) { return k.identity; }));
+  }
+  // The laptop's keys are published; it is set aside until linked.
+  auto code = laptop->client->LinkCode();
+  ASSERT_TRUE(code.ok()) << code.status().ToString();
+  laptop->client->Stop();
+  laptop.reset();
+
+  const uint64_t create = alice->client->CreateGroup({kBob});
+  auto created = alice->log.WaitFor<GroupInfoEvent>(
+      [&](const GroupInfoEvent& g) { return g.request == create; });
+  ASSERT_TRUE(created);
+  const uint64_t group = created->group_id;
+  ASSERT_TRUE(PollUntil(
+      [&] {
+        for (const GroupRecord& g : phone->client->Groups()) {
+          if (g.id == group) return true;
+        }
+        return false;
+      },
+      30'000, 20));
+  auto read_on = [&](Device& d, const std::string& text) {
+    return PollUntil(
+        [&] {
+          for (const StoredMessage& m : d.client->Messages(0, 100)) {
+            if (m.text == text && m.decrypted && m.group_id == group) return true;
+          }
+          return false;
+        },
+        60'000, 20);
+  };
+  // Alice's sender key reaches Bob's phone, the only device Alice knows of.
+  ASSERT_TRUE(alice->client->SendGroup(group, "before the laptop").ok());
+  ASSERT_TRUE(read_on(*phone, "before the laptop"));
+
+  // Bob links the laptop; Alice sends again without knowing of it.
+  auto request = phone->client->LinkDevice(*code);
+  ASSERT_TRUE(request.ok());
+  ASSERT_TRUE(phone->log.WaitFor<DevicesEvent>(
+      [&](const DevicesEvent& e) { return e.request == *request && e.devices.size() == 2; }));
+  ASSERT_TRUE(alice->client->SendGroup(group, "after the link").ok());
+  ASSERT_TRUE(read_on(*phone, "after the link"));
+  laptop = StartDevice(kBob, 2);
+  ASSERT_TRUE(laptop);
+  EXPECT_TRUE(read_on(*laptop, "before the laptop"));
+  EXPECT_TRUE(read_on(*laptop, "after the link"));
+  // Later messages need no asking.
+  ASSERT_TRUE(alice->client->SendGroup(group, "later").ok());
+  EXPECT_TRUE(read_on(*laptop, "later"));
+  // The phone, which held the key, shows each message once.
+  std::multiset<std::string> texts;
+  for (const StoredMessage& m : phone->client->Messages(0, 100)) texts.insert(m.text);
+  EXPECT_EQ(texts.count("before the laptop"), 1u);
+  EXPECT_EQ(texts.count("after the link"), 1u);
+  for (Device* d : {alice.get(), phone.get(), laptop.get()}) d->client->Stop();
+}
+
 // A group whose members use several devices: a sender key travels over the pairwise
 // sessions, so to every device of every member; each device of the other members decrypts
 // every group message, and the sender's other device sees it as its own (a group

@@ -107,6 +107,14 @@ TEST(BodyFormatTest, ControlIsContentType3OfFormat2) {
   EXPECT_EQ(DecodeControl(bad).status().code(), StatusCode::kBadRequest);
   EXPECT_EQ(DecodeControl(EncodeControl(ctl).substr(0, 10)).status().code(),
             StatusCode::kBadRequest);
+  // The other kinds: a sender-key request (group, device) and a filler (no ids).
+  for (ControlContent other : {ControlContent{kControlSenderKeyRequest, {77, 2}},
+                               ControlContent{kControlFiller, {}}}) {
+    auto round = DecodeControl(EncodeControl(other));
+    ASSERT_TRUE(round.ok()) << round.status().ToString();
+    EXPECT_EQ(round->kind, other.kind);
+    EXPECT_EQ(round->message_ids, other.message_ids);
+  }
   ControlContent many;
   many.message_ids.assign(kMaxControlIds + 1, 1);
   EXPECT_EQ(DecodeControl(EncodeControl(many)).status().code(), StatusCode::kBadRequest);
