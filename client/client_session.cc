@@ -47,7 +47,7 @@ Status FromError(const v1::Error& e) {
   return Status(static_cast<StatusCode>(e.code()), e.message(), e.retry_after_ms());
 }
 
-// kv: the id of this device's sender key of a group last given to a member.
+// kv: the first distribution of this device's current sender key of a group given to a member.
 std::string SenderKeyGivenKey(uint64_t group, uint64_t member) {
   return "sender_key_given/" + std::to_string(group) + "/" + std::to_string(member);
 }
@@ -210,6 +210,9 @@ Status Client::Impl::RunSession(Session& s) {
     // Sender keys still missing are asked for again (an answer may have gone only to the
     // devices the sender knew then).
     sender_keys_asked_.clear();
+    for (const Undecryptable& u : store_->KeptGroupMessages()) {
+      IRIS_RETURN_IF_ERROR(RequestSenderKey(u.peer, u.group_id, u.device));
+    }
   }
   queue_dirty_ = true;
   SetState(SessionState::kSyncing);
@@ -1433,13 +1436,28 @@ Status Client::Impl::QueueDistribution(uint64_t group, uint64_t member,
   d.created_ms = clock_.WallMillis();
   IRIS_RETURN_IF_ERROR(store_->Enqueue(d).status());
   queue_dirty_ = true;
-  // Who was given this key (by id) outlives the holders, which a device-list change resets.
-  IRIS_RETURN_IF_ERROR(
-      store_->PutU64(SenderKeyGivenKey(group, member), cipher_->SenderKeyId(group)));
+  // The first distribution of this key a member was given (it outlives the holders, which a
+  // device-list change resets): a request from its device linked later gets that one again.
+  if (auto dist = e2ee::DecodeSenderKeyDistribution(payload); dist.ok()) {
+    IRIS_ASSIGN_OR_RETURN(std::optional<std::string> given,
+                          store_->Get(SenderKeyGivenKey(group, member)));
+    if (!given || !cipher_->SameSenderKey(*given, dist->message)) {
+      IRIS_RETURN_IF_ERROR(store_->Put(SenderKeyGivenKey(group, member), dist->message));
+    }
+  }
   return store_->AddGroupKeyHolder(group, member);
 }
 
 Status Client::Impl::RequestSenderKey(uint64_t sender, uint64_t group, uint32_t device) {
+  // Only of a fellow member of a group known here (the server cannot make this client write
+  // to anyone it likes by making up group envelopes).
+  IRIS_ASSIGN_OR_RETURN(std::optional<LocalGroup> g, store_->GetGroup(group));
+  if (!g || !g->member) return Status::Ok();
+  v1::GroupInfo info;
+  if (!info.ParseFromString(g->info) ||
+      std::find(info.members().begin(), info.members().end(), sender) == info.members().end()) {
+    return Status::Ok();
+  }
   if (!sender_keys_asked_.insert({sender, group, device}).second) return Status::Ok();
   e2ee::ControlContent c;
   c.kind = e2ee::kControlSenderKeyRequest;
@@ -1467,22 +1485,24 @@ Status Client::Impl::AnswerSenderKeyRequest(uint64_t member, uint64_t group) {
   }
   const uint64_t self = user_id_.load();
   if (!cipher_->HasSenderKey(group, self)) return Status::Ok();
-  // A distribution already waiting for this member covers its new device too.
+  // A member given this key before gets the distribution it was given (from that point on,
+  // never earlier: a member who joined later gets no earlier messages); anyone else gets it
+  // from now on.
+  IRIS_ASSIGN_OR_RETURN(std::optional<std::string> given,
+                        store_->Get(SenderKeyGivenKey(group, member)));
+  IRIS_ASSIGN_OR_RETURN(std::string skdm,
+                        given ? cipher_->SenderKeyDistributionSince(group, self, *given)
+                              : cipher_->SenderKeyDistributionFor(group, self));
+  const std::string payload = e2ee::EncodeSenderKeyDistribution({group, skdm});
+  // A distribution still waiting for this member (not encrypted yet) carries this one.
   for (const QueuedSend& q : store_->Queue()) {
     if (q.recipient != member || q.kind != kQueuedSenderKey || !q.wire_body.empty()) continue;
     if (auto d = e2ee::DecodeSenderKeyDistribution(q.payload); d.ok() && d->group_id == group) {
-      return Status::Ok();
+      queue_dirty_ = true;
+      return store_->SetPayload(q.seq, payload);
     }
   }
-  // A member that holds the key already (another of its devices got it) gets it from its
-  // start: its new device reads the messages it was sent before. Anyone else gets it from
-  // now on, as a member who joined would (no earlier messages).
-  const uint32_t key_id = cipher_->SenderKeyId(group);
-  const bool held = key_id != 0 && store_->GetU64(SenderKeyGivenKey(group, member)) == key_id;
-  IRIS_ASSIGN_OR_RETURN(std::string skdm, held
-                                              ? cipher_->SenderKeyDistributionFromStart(group, self)
-                                              : cipher_->SenderKeyDistributionFor(group, self));
-  return QueueDistribution(group, member, e2ee::EncodeSenderKeyDistribution({group, skdm}));
+  return QueueDistribution(group, member, payload);
 }
 
 bool Client::Impl::InFlightSend(const Session& s, int64_t seq) {
@@ -2064,9 +2084,13 @@ Status Client::Impl::RecordCopies(const InFlight& r, const v1::SendAck& a, const
   if (!q.wire_body.starts_with(kCopiesMarker)) return Status::Ok();
   v1::Send copies;
   if (!copies.ParseFromString(q.wire_body.substr(kCopiesMarker.size()))) return Status::Ok();
-  // A single copy went as the plain body: its id is message_id.
+  // A single copy went as the plain body: its id is message_id. Copy ids that are not one
+  // per copy, ascending from message_id, are not believed.
+  bool named = a.copy_ids_size() == copies.copies_size() && a.copy_ids_size() > 0 &&
+               a.copy_ids(0) == a.message_id();
+  for (int i = 1; named && i < a.copy_ids_size(); ++i) named = a.copy_ids(i) > a.copy_ids(i - 1);
   auto copy_id = [&](int i) -> uint64_t {
-    if (a.copy_ids_size() == copies.copies_size()) return a.copy_ids(i);
+    if (named) return a.copy_ids(i);
     return copies.copies_size() == 1 ? a.message_id() : 0;
   };
   std::vector<SentCopy> ids;

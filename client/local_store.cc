@@ -545,6 +545,19 @@ std::vector<Undecryptable> LocalStore::UndecryptableFrom(uint64_t peer) const {
   return out;
 }
 
+std::vector<Undecryptable> LocalStore::KeptGroupMessages() const {
+  std::vector<Undecryptable> out;
+  Stmt s(db_, "SELECT DISTINCT peer, grp, device FROM undecryptable WHERE grp != 0");
+  while (s.Step() == SQLITE_ROW) {
+    Undecryptable u;
+    u.peer = s.U64(0);
+    u.group_id = s.U64(1);
+    u.device = static_cast<uint32_t>(s.Int(2));
+    out.push_back(std::move(u));
+  }
+  return out;
+}
+
 std::vector<uint64_t> LocalStore::PeersWithKeptFromLinkedDevices() const {
   std::vector<uint64_t> out;
   Stmt s(db_, "SELECT DISTINCT peer FROM undecryptable WHERE device > 1 ORDER BY peer");
@@ -574,7 +587,8 @@ Result<std::optional<SentMessage>> LocalStore::FindSent(uint64_t recipient,
          "SELECT s.idem, s.recipient, s.kind, s.payload, s.message_id, s.sealed, "
          "COALESCE((SELECT c.device FROM sent_copies c WHERE c.id = ?1 AND c.idem = s.idem), 1) "
          "FROM sent s WHERE s.recipient = ?2 AND (s.message_id = ?1 OR s.idem = "
-         "(SELECT c.idem FROM sent_copies c WHERE c.id = ?1)) LIMIT 1");
+         "(SELECT c.idem FROM sent_copies c WHERE c.id = ?1)) "
+         "ORDER BY s.message_id = ?1 DESC LIMIT 1");
   s.BindU(1, message_id).BindU(2, recipient);
   const int rc = s.Step();
   if (rc == SQLITE_DONE) return std::optional<SentMessage>();
@@ -593,7 +607,7 @@ Result<std::optional<SentMessage>> LocalStore::FindSent(uint64_t recipient,
 Status LocalStore::RecordSentCopies(std::string_view idem, const std::vector<SentCopy>& copies,
                                     std::string_view sealed) {
   for (const SentCopy& c : copies) {
-    Stmt s(db_, "INSERT OR REPLACE INTO sent_copies (id, idem, device) VALUES (?, ?, ?)");
+    Stmt s(db_, "INSERT OR IGNORE INTO sent_copies (id, idem, device) VALUES (?, ?, ?)");
     s.BindU(1, c.id).Bind(2, idem).Bind(3, int64_t{c.device});
     IRIS_RETURN_IF_ERROR(s.Done("record a sent copy"));
   }

@@ -193,6 +193,8 @@ class LocalStore {
   Status RemoveUndecryptable(uint64_t id);
   // The senders of kept ciphertexts that came from a linked device (device > 1).
   std::vector<uint64_t> PeersWithKeptFromLinkedDevices() const;
+  // One entry (peer, group_id, device) per sender device and group of kept group messages.
+  std::vector<Undecryptable> KeptGroupMessages() const;
   // Rewrites a stored incoming message (after a successful retry).
   Status UpdateIncoming(const StoredIncoming& m);
   // The sent-history entry of a message to `recipient` whose id, or the id of one of its

@@ -6,7 +6,9 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <protocol.h>
+#include <sender_key.h>
 #include <sender_key_record.h>
+#include <sender_key_state.h>
 #include <session_builder.h>
 #include <session_cipher.h>
 #include <session_pre_key.h>
@@ -772,14 +774,7 @@ struct SenderKeyName {
 
 }  // namespace
 
-namespace {
-std::string SenderKeyStartKey(uint64_t group) {
-  return "sender_key_start/" + std::to_string(group);
-}
-}  // namespace
-
 Result<std::string> MessageCipher::SenderKeyDistributionFor(uint64_t group, uint64_t self) {
-  const bool fresh = !HasSenderKey(group, self);
   SenderKeyName key(group, self, local_device_);
   group_session_builder* builder = nullptr;
   int r = group_session_builder_create(&builder, stores_, ctx_);
@@ -793,43 +788,43 @@ Result<std::string> MessageCipher::SenderKeyDistributionFor(uint64_t group, uint
       ciphertext_message_get_serialized(reinterpret_cast<ciphertext_message*>(skdm.p));
   std::string out(reinterpret_cast<const char*>(signal_buffer_const_data(ser)),
                   signal_buffer_len(ser));
-  // A key made now: its first iteration is kept for SenderKeyDistributionFromStart.
-  if (fresh) IRIS_RETURN_IF_ERROR(store_.Put(SenderKeyStartKey(group), out));
   IRIS_RETURN_IF_ERROR(tx.Commit());
   return out;
 }
 
-Result<std::string> MessageCipher::SenderKeyDistributionFromStart(uint64_t group, uint64_t self) {
+namespace {
+// (id, iteration) of a serialised distribution; nullopt when it does not parse.
+std::optional<std::pair<uint32_t, uint32_t>> DistributionIdAndIteration(std::string_view d,
+                                                                        signal_context* ctx) {
+  Ref<sender_key_distribution_message> m;
+  if (sender_key_distribution_message_deserialize(&m.p, reinterpret_cast<const uint8_t*>(d.data()),
+                                                  d.size(), ctx) != 0) {
+    return std::nullopt;
+  }
+  return std::make_pair(sender_key_distribution_message_get_id(m.p),
+                        sender_key_distribution_message_get_iteration(m.p));
+}
+}  // namespace
+
+Result<std::string> MessageCipher::SenderKeyDistributionSince(uint64_t group, uint64_t self,
+                                                              std::string_view given) {
   IRIS_ASSIGN_OR_RETURN(std::string now, SenderKeyDistributionFor(group, self));
-  IRIS_ASSIGN_OR_RETURN(std::optional<std::string> start, store_.Get(SenderKeyStartKey(group)));
-  if (!start) return now;
-  Ref<sender_key_distribution_message> current, first;
-  if (sender_key_distribution_message_deserialize(&current.p, U8(now), now.size(), ctx_) != 0 ||
-      sender_key_distribution_message_deserialize(&first.p, U8(*start), start->size(), ctx_) != 0) {
+  const auto current = DistributionIdAndIteration(now, ctx_);
+  const auto before = DistributionIdAndIteration(given, ctx_);
+  if (!current || !before || current->first != before->first || current->second < before->second ||
+      current->second - before->second > kMaxSenderKeyCatchUp) {
     return now;
   }
-  const uint32_t from = sender_key_distribution_message_get_iteration(first.p);
-  const uint32_t to = sender_key_distribution_message_get_iteration(current.p);
-  if (sender_key_distribution_message_get_id(first.p) !=
-          sender_key_distribution_message_get_id(current.p) ||
-      to < from || to - from > kMaxSenderKeyCatchUp) {
-    return now;
-  }
-  return *start;
+  return std::string(given);
 }
 
-uint32_t MessageCipher::SenderKeyId(uint64_t group) const {
-  auto start = store_.Get(SenderKeyStartKey(group));
-  if (!start.ok() || !start->has_value()) return 0;
-  Ref<sender_key_distribution_message> m;
-  if (sender_key_distribution_message_deserialize(&m.p, U8(**start), (*start)->size(), ctx_) != 0) {
-    return 0;
-  }
-  return sender_key_distribution_message_get_id(m.p);
+bool MessageCipher::SameSenderKey(std::string_view a, std::string_view b) const {
+  const auto x = DistributionIdAndIteration(a, ctx_);
+  const auto y = DistributionIdAndIteration(b, ctx_);
+  return x && y && x->first == y->first;
 }
 
 Status MessageCipher::RotateSenderKey(uint64_t group, uint64_t self) {
-  IRIS_RETURN_IF_ERROR(store_.Delete(SenderKeyStartKey(group)));
   return store_.DeleteSenderKey(std::to_string(group), std::to_string(self),
                                 DeviceId(local_device_));
 }
@@ -872,8 +867,9 @@ Status MessageCipher::ProcessSenderKeyDistribution(uint64_t sender, const Sender
   int r =
       sender_key_distribution_message_deserialize(&skdm.p, U8(d.message), d.message.size(), ctx_);
   if (r != 0) return SignalError("sender key of user " + key.name, r);
-  // A key held already is not taken again (sent again from its start, it would make the
-  // messages already read decryptable a second time: replays).
+  // A key held already is taken again only ahead of where this device is in its chain (a
+  // device far behind catches up); from an earlier point it would make the messages already
+  // read decryptable a second time (replays), so it is ignored.
   {
     IRIS_ASSIGN_OR_RETURN(std::optional<std::string> stored,
                           store_.LoadSenderKey(key.group_id, key.name, DeviceId(device)));
@@ -882,7 +878,9 @@ Status MessageCipher::ProcessSenderKeyDistribution(uint64_t sender, const Sender
     if (stored &&
         sender_key_record_deserialize(&record.p, U8(*stored), stored->size(), ctx_) == 0 &&
         sender_key_record_get_sender_key_state_by_id(
-            record.p, &state, sender_key_distribution_message_get_id(skdm.p)) == 0) {
+            record.p, &state, sender_key_distribution_message_get_id(skdm.p)) == 0 &&
+        sender_key_distribution_message_get_iteration(skdm.p) <=
+            sender_chain_key_get_iteration(sender_key_state_get_chain_key(state))) {
       return Status::Ok();
     }
   }

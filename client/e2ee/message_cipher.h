@@ -161,15 +161,16 @@ class MessageCipher {
   // Forgets this account's sender key for `group`: the next SenderKeyDistributionFor makes
   // a new one, which those who hold the old one cannot derive.
   Status RotateSenderKey(uint64_t group, uint64_t self);
-  // The distribution of this device's current sender key for `group` from its first
-  // iteration (kept when the key was made), so that a holder's device linked later reads
-  // the group messages it was sent before it got the key; from the current iteration when
-  // the start is not kept or more than kMaxSenderKeyCatchUp messages back (libsignal
-  // derives at most 2,000 keys ahead).
-  Result<std::string> SenderKeyDistributionFromStart(uint64_t group, uint64_t self);
+  // `given`: a distribution of this device's sender key for `group` handed to a member
+  // before. Returns `given` again when it is of the current key and at most
+  // kMaxSenderKeyCatchUp messages back (libsignal derives at most 2,000 keys ahead), so the
+  // member's device linked later reads the group messages it was sent since; otherwise the
+  // current distribution (from now on).
+  Result<std::string> SenderKeyDistributionSince(uint64_t group, uint64_t self,
+                                                 std::string_view given);
   static constexpr uint32_t kMaxSenderKeyCatchUp = 1'900;
-  // The id of this device's current sender key for `group` (0: none kept).
-  uint32_t SenderKeyId(uint64_t group) const;
+  // Whether two serialised distributions are of the same key (same id).
+  bool SameSenderKey(std::string_view a, std::string_view b) const;
   bool HasSenderKey(uint64_t group, uint64_t self) const;
   // A group SEND body (body_format.h type 0x04): `text` in plaintext format 2 (content type
   // text, conversation counter 0) encrypted once with this account's sender key for
