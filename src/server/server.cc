@@ -788,6 +788,10 @@ Status Server::Start() {
         "iris_storage_full_errors_total", "Failed store writes because the disk was full",
         [s = m.store.get()] { return static_cast<double>(s->Stats().storage_full_errors); });
     obs::Registry::Default().AddCallbackCounter(
+        "iris_removed_device_envelopes_purged_total",
+        "Envelopes of removed devices deleted from inboxes (appendix 20)",
+        [s = m.store.get()] { return static_cast<double>(s->Stats().purged); });
+    obs::Registry::Default().AddCallbackCounter(
         "iris_dedup_bloom_negatives_total",
         "New idempotency keys the dedup Bloom filters cleared without a read",
         [s = m.store.get()] { return static_cast<double>(s->Stats().dedup_bloom_negatives); });

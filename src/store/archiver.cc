@@ -7,6 +7,12 @@
 // hands the move (delete from `inbox`, put into `archive`, counters, marker) to the commit
 // thread as one request, which lands atomically in the next group-committed batch. It waits
 // for that batch before reading again, so nothing is moved twice or lost in between.
+//
+// It also drops the envelopes of devices a user removed (docs/protocol.md appendix 20): the
+// settings write that removes a device marks the user ("purge pending") and schedules it;
+// the archiver reads the inbox from a snapshot, picks the envelopes addressed to removed
+// devices and hands their deletion to the commit thread, in the same one-at-a-time way as
+// its moves (so a move and a purge never race on one inbox).
 #include <chrono>
 
 #include "common/assert.h"
@@ -17,7 +23,17 @@ namespace iris::store {
 namespace {
 constexpr size_t kUsersPerPass = 64;
 constexpr size_t kBytesPerPass = 4u << 20;
+constexpr size_t kPurgePerPass = 4096;  // envelopes one purge request deletes at most
 }  // namespace
+
+void InboxStore::Impl::SchedulePurge(uint64_t user) {
+  std::lock_guard<std::mutex> lock(archive_mu_);
+  if (archive_stop_) return;
+  if (purge_queued_.insert(user).second) {
+    purge_queue_.push_back(user);
+    archive_cv_.notify_all();
+  }
+}
 
 void InboxStore::Impl::ScheduleArchive(uint64_t user, uint64_t excess) {
   std::lock_guard<std::mutex> lock(archive_mu_);
@@ -33,8 +49,9 @@ void InboxStore::Impl::ScheduleArchive(uint64_t user, uint64_t excess) {
 
 bool InboxStore::Impl::WaitArchiverIdle(int64_t timeout_ms) const {
   std::unique_lock<std::mutex> lock(archive_mu_);
-  return archive_cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
-                              [&] { return archive_queue_.empty() && !archive_busy_; });
+  return archive_cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), [&] {
+    return archive_queue_.empty() && purge_queue_.empty() && !archive_busy_;
+  });
 }
 
 Status InboxStore::Impl::ScheduleArchivePending(const std::function<bool(int32_t)>& in_scope) {
@@ -70,6 +87,22 @@ Status InboxStore::Impl::ScheduleArchivePending(const std::function<bool(int32_t
       ++vnode;
     }
     if (!it->status().ok()) return FromRocks(it->status(), "store: read archive markers");
+  }
+  // Purges left undone (a crash, or a shard taken over).
+  {
+    std::unique_ptr<rocksdb::Iterator> it(
+        db_->db()->NewIterator(rocksdb::ReadOptions(), db_->cf(Cf::kMeta)));
+    for (int32_t vnode = 0; vnode < options_.vnodes; ++vnode) {
+      if (!in_scope(vnode)) continue;
+      std::string prefix = VnodePrefix(vnode);
+      prefix.push_back(kMetaDevicePurgeTag);
+      for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+        const std::optional<uint64_t> user = ParseMetaUserKey(
+            std::string_view(it->key().data(), it->key().size()), kMetaDevicePurgeTag);
+        if (user) SchedulePurge(*user);
+      }
+    }
+    if (!it->status().ok()) return FromRocks(it->status(), "store: read purge markers");
   }
   for (const auto& [user, vnode] : users) {
     IRIS_ASSIGN_OR_RETURN(const UserState state, LoadUserState(user, vnode));
@@ -123,13 +156,72 @@ Result<ArchiveMove> InboxStore::Impl::ReadMove(const StoreDb::ReadHold& db, uint
   return move;
 }
 
+Result<ArchiveMove> InboxStore::Impl::ReadPurge(const StoreDb::ReadHold& db, uint64_t user,
+                                                const rocksdb::Snapshot* snapshot) const {
+  ArchiveMove purge;
+  purge.user = user;
+  purge.purge = true;
+  purge.purge_done = true;
+  rocksdb::ReadOptions ro;
+  ro.snapshot = snapshot;
+  const int32_t vnode = Vnode(user);
+  std::string v;
+  rocksdb::Status s = db.db()->Get(ro, db.cf(Cf::kMeta), MetaSettingsKey(vnode, user), &v);
+  DeviceMask removed = 0;
+  if (s.ok()) {
+    const std::optional<UserSettings> settings = DecodeUserSettings(v);
+    if (!settings) return Internal("store: malformed settings of user " + std::to_string(user));
+    removed = settings->removed_devices;
+  } else if (!s.IsNotFound()) {
+    return FromRocks(s, "store: purge read settings");
+  }
+  if (removed == 0) return purge;  // nothing to drop (a list that was never written)
+  UserState state;
+  s = db.db()->Get(ro, db.cf(Cf::kMeta), MetaUserStateKey(vnode, user), &v);
+  if (s.ok()) {
+    const std::optional<UserState> decoded = DecodeUserState(v);
+    if (!decoded) return Internal("store: malformed inbox state");
+    state = *decoded;
+  } else if (!s.IsNotFound()) {
+    return FromRocks(s, "store: purge read inbox state");
+  }
+  ro.fill_cache = false;
+  const std::string upper = InboxUpperBound(vnode, user);
+  const rocksdb::Slice upper_slice(upper);
+  ro.iterate_upper_bound = &upper_slice;
+  std::unique_ptr<rocksdb::Iterator> it(db.db()->NewIterator(ro, db.cf(Cf::kInbox)));
+  const uint64_t start =
+      state.archived_through == UINT64_MAX ? UINT64_MAX : state.archived_through + 1;
+  v1::Envelope e;
+  for (it->Seek(InboxKey(vnode, user, start)); it->Valid(); it->Next()) {
+    if (!e.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      return Internal("store: malformed inbox entry of user " + std::to_string(user));
+    }
+    if (e.recipient_device() == 0 || !HasDevice(removed, e.recipient_device())) continue;
+    if (purge.entries.size() == kPurgePerPass) {
+      purge.purge_done = false;  // more after these: the next pass
+      break;
+    }
+    purge.entries.emplace_back(it->key().ToString(), std::string());
+  }
+  if (!it->status().ok()) return FromRocks(it->status(), "store: purge read inbox");
+  return purge;
+}
+
 void InboxStore::Impl::ArchiverLoop() {
   for (;;) {
     std::vector<std::pair<uint64_t, uint64_t>> users;  // user, excess
+    std::vector<uint64_t> purges;
     {
       std::unique_lock<std::mutex> lock(archive_mu_);
-      archive_cv_.wait(lock, [&] { return archive_stop_ || !archive_queue_.empty(); });
+      archive_cv_.wait(
+          lock, [&] { return archive_stop_ || !archive_queue_.empty() || !purge_queue_.empty(); });
       if (archive_stop_) break;
+      while (!purge_queue_.empty() && purges.size() < kUsersPerPass) {
+        purges.push_back(purge_queue_.front());
+        purge_queue_.pop_front();
+        purge_queued_.erase(purges.back());
+      }
       while (!archive_queue_.empty() && users.size() < kUsersPerPass) {
         const uint64_t u = archive_queue_.front();
         archive_queue_.pop_front();
@@ -141,6 +233,7 @@ void InboxStore::Impl::ArchiverLoop() {
 
     ArchiveRequest request;
     std::vector<std::pair<uint64_t, uint64_t>> again;
+    std::vector<uint64_t> purge_again;
     size_t bytes = 0;
     Status error;
     {
@@ -151,6 +244,21 @@ void InboxStore::Impl::ArchiverLoop() {
         users.clear();
       }
       const rocksdb::Snapshot* snapshot = db.ok() ? db.db()->GetSnapshot() : nullptr;
+      if (!db.ok()) {
+        purge_again = purges;
+        purges.clear();
+      }
+      for (uint64_t user : purges) {
+        Result<ArchiveMove> purge = ReadPurge(db, user, snapshot);
+        if (!purge.ok()) {
+          error = purge.status();
+          purge_again.push_back(user);
+          continue;
+        }
+        if (!purge->purge_done) purge_again.push_back(user);
+        for (const auto& [k, unused] : purge->entries) bytes += k.size();
+        request.moves.push_back(std::move(purge).value());
+      }
       for (size_t i = 0; i < users.size(); ++i) {
         if (bytes >= kBytesPerPass) {
           again.insert(again.end(), users.begin() + static_cast<std::ptrdiff_t>(i), users.end());
@@ -184,6 +292,7 @@ void InboxStore::Impl::ArchiverLoop() {
       if (!s.ok()) {
         error = s;
         again = users;  // nothing was applied: retry the whole pass later
+        purge_again = purges;
       }
     }
 
@@ -191,6 +300,9 @@ void InboxStore::Impl::ArchiverLoop() {
     for (const auto& [u, excess] : again) {
       // A newer count from the commit thread, if any, wins over this estimate.
       if (archive_excess_.try_emplace(u, excess).second) archive_queue_.push_back(u);
+    }
+    for (uint64_t u : purge_again) {
+      if (purge_queued_.insert(u).second) purge_queue_.push_back(u);
     }
     if (!error.ok() && !archive_stop_) {
       // Disk full or an I/O error: back off instead of spinning; appends are unaffected.

@@ -479,6 +479,13 @@ void InboxStore::Impl::BuildSettingsWrite(SettingsWriteRequest& r) {
     cur_->completions.push_back(Completion{nullptr, std::move(r.done), std::nullopt, changed});
     return;
   }
+  // Devices removed now: their envelopes leave the inbox (the archiver purges them; the
+  // marker keeps that work across a crash or a fail-over).
+  const DeviceMask removed_before = cached.settings ? cached.settings->removed_devices : 0;
+  if ((s.removed_devices & ~removed_before) != 0) {
+    AddPut(Cf::kMeta, MetaDevicePurgeKey(cached.vnode, r.user), std::string());
+    cur_->purge.push_back(r.user);
+  }
   AddPut(Cf::kMeta, MetaSettingsKey(cached.vnode, r.user), EncodeUserSettings(s));
   TouchShard(cached.vnode);
   *r.result = s;
@@ -511,6 +518,22 @@ void InboxStore::Impl::BuildArchive(ArchiveRequest& r) {
   }
   for (ArchiveMove& m : r.moves) {
     CachedUser& u = user_cache_[m.user];
+    if (m.purge) {
+      // Envelopes of removed devices: deleted. The archiver read them after its last move
+      // of this user was written, and moves nothing of it meanwhile, so each is still in
+      // the inbox (ids above archived_through) and counted there.
+      for (const auto& [key, unused] : m.entries) {
+        const std::optional<InboxKeyParts> parts = ParseInboxKey(key);
+        AddDelete(Cf::kInbox, key);
+        if (parts && parts->id > u.state.archived_through && u.state.count > 0) --u.state.count;
+      }
+      cur_->purged += m.entries.size();
+      if (m.purge_done) AddDelete(Cf::kMeta, MetaDevicePurgeKey(u.vnode, m.user));
+      TouchShard(u.vnode);
+      cur_->has_writes = true;
+      moved_users_.push_back(m.user);
+      continue;
+    }
     // The archiver read its excess earlier; the counter here is authoritative. Move only
     // what still exceeds the cap (the oldest first), never more.
     const uint64_t allowed =
@@ -1048,10 +1071,12 @@ void InboxStore::Impl::WriteAndAnswer(BuiltBatch& b) {
       batches_.fetch_add(1, std::memory_order_relaxed);
       envelopes_.fetch_add(b.envelopes, std::memory_order_relaxed);
       archived_.fetch_add(b.archived, std::memory_order_relaxed);
+      purged_.fetch_add(b.purged, std::memory_order_relaxed);
     }
     // Schedule before answering, so a caller that saw its append complete also sees the
     // archiver busy (WaitArchiverIdle) until the inbox is back under the cap.
     for (const auto& [user, excess] : b.over_cap) ScheduleArchive(user, excess);
+    for (uint64_t user : b.purge) SchedulePurge(user);
   } else {
     // A replicated batch refused by its shard's replica (failover, too few replicas) is not
     // a failed write of this database: the client retries it elsewhere.
@@ -1073,7 +1098,10 @@ void InboxStore::Impl::WriteAndAnswer(BuiltBatch& b) {
       rollback_due_ = true;
     }
     queue_cv_.notify_all();
+    // A purge reads the device list from the database: one scheduled for a list that was
+    // not written finds nothing to do.
     if (replication_failed && !committed.empty()) {
+      for (uint64_t user : b.purge) SchedulePurge(user);
       // Inboxes of committed shards that went over the cap: archived as after a success
       // (BuildArchive checks again against the counters reloaded from the database).
       for (const auto& [user, excess] : b.over_cap) {

@@ -228,6 +228,7 @@ StoreStats InboxStore::Impl::Stats() const {
   s.write_errors = write_errors_.load(std::memory_order_relaxed);
   s.storage_full_errors = storage_full_errors_.load(std::memory_order_relaxed);
   s.archived = archived_.load(std::memory_order_relaxed);
+  s.purged = purged_.load(std::memory_order_relaxed);
   if (dedup_) {
     const DedupStats d = dedup_->stats();
     s.dedup_hot_hits = d.hot_hits;

@@ -183,6 +183,7 @@ struct StoreStats {
   uint64_t dedup_bloom_keys_today = 0;
   uint64_t dedup_bloom_keys_per_day = 0;
   uint64_t archived = 0;  // messages moved from `inbox` to `archive`
+  uint64_t purged = 0;    // envelopes of removed devices deleted from `inbox`
 };
 
 // What DeleteUser removed.

@@ -83,6 +83,11 @@ struct ArchiveMove {
   uint64_t user = 0;
   std::vector<std::pair<std::string, std::string>> entries;  // inbox key, stored envelope
   uint64_t last_id = 0;
+  // A purge instead of a move: the entries (keys only) are envelopes of devices the user
+  // removed, deleted from the inbox and not archived; `purge_done`: the last of them, so
+  // the user's purge marker goes too.
+  bool purge = false;
+  bool purge_done = false;
 };
 
 struct ArchiveRequest {
@@ -170,6 +175,8 @@ class InboxStore::Impl {
   // archiver.cc
   // Hands `user`, whose inbox is `excess` messages over the cap, to the archiver.
   void ScheduleArchive(uint64_t user, uint64_t excess);
+  // Hands `user`, whose inbox may hold envelopes of removed devices, to the archiver.
+  void SchedulePurge(uint64_t user);
   bool WaitArchiverIdle(int64_t timeout_ms) const;
 
   // inbox_store.cc
@@ -254,9 +261,11 @@ class InboxStore::Impl {
     bool has_writes = false;
     uint64_t envelopes = 0;
     uint64_t archived = 0;
+    uint64_t purged = 0;                                     // envelopes of removed devices deleted
     std::unordered_map<uint64_t, CachedUser> touched;        // user -> counters before it
     std::vector<std::string> remembered;                     // dedup keys it added
     std::vector<std::pair<uint64_t, uint64_t>> over_cap;     // user, excess after it
+    std::vector<uint64_t> purge;                             // users who removed a device
     std::vector<uint32_t> shards;                            // shards it assigned ids in
     std::shared_ptr<const std::vector<uint32_t>> shard_map;  // vnode -> shard it was built with
     std::optional<int32_t> deleted_vnode;                    // a VnodeDeleteRequest's
@@ -325,11 +334,16 @@ class InboxStore::Impl {
   void ArchiverLoop();
   Result<ArchiveMove> ReadMove(const StoreDb::ReadHold& db, uint64_t user, uint64_t excess,
                                const rocksdb::Snapshot* snapshot, bool* more_left) const;
+  // The next envelopes of `user`'s removed devices in the inbox (a purge move, at most
+  // kPurgePerPass; purge_done when none are left after them).
+  Result<ArchiveMove> ReadPurge(const StoreDb::ReadHold& db, uint64_t user,
+                                const rocksdb::Snapshot* snapshot) const;
   // Schedules the archiver for every inbox left over the cap (its "archive pending" marker)
   // in the vnodes `in_scope` accepts, and seeds the commit thread's cache with their
   // counters: at open (every vnode, unless replicated: such a node leads no shard yet), and
   // when the node takes a shard over (that shard's vnodes: its predecessor may have left
-  // them, or a backup applied them, without archiving). Init or the commit thread.
+  // them, or a backup applied them, without archiving). Init or the commit thread. Also
+  // schedules the purge of every user there with a "device purge pending" marker.
   Status ScheduleArchivePending(const std::function<bool(int32_t)>& in_scope);
 
   // lifecycle.cc
@@ -402,6 +416,8 @@ class InboxStore::Impl {
   mutable std::condition_variable archive_cv_;
   std::deque<uint64_t> archive_queue_;                     // guarded by archive_mu_
   std::unordered_map<uint64_t, uint64_t> archive_excess_;  // queued user -> excess; archive_mu_
+  std::deque<uint64_t> purge_queue_;                       // guarded by archive_mu_
+  std::unordered_set<uint64_t> purge_queued_;              // guarded by archive_mu_
   bool archive_busy_ = false;                              // guarded by archive_mu_
   bool archive_stop_ = false;                              // guarded by archive_mu_
   std::thread archive_thread_;
@@ -427,6 +443,7 @@ class InboxStore::Impl {
   std::atomic<uint64_t> write_errors_{0};
   std::atomic<uint64_t> storage_full_errors_{0};
   std::atomic<uint64_t> archived_{0};
+  std::atomic<uint64_t> purged_{0};
 };
 
 }  // namespace iris::store

@@ -110,6 +110,9 @@ std::string MetaUserStateKey(int32_t vnode, uint64_t user) {
 std::string MetaArchivePendingKey(int32_t vnode, uint64_t user) {
   return VnodeTaggedUserKey(vnode, kMetaArchivePendingTag, user);
 }
+std::string MetaDevicePurgeKey(int32_t vnode, uint64_t user) {
+  return VnodeTaggedUserKey(vnode, kMetaDevicePurgeTag, user);
+}
 std::string MetaSettingsKey(int32_t vnode, uint64_t user) {
   return VnodeTaggedUserKey(vnode, kMetaSettingsTag, user);
 }

@@ -106,8 +106,12 @@ inline constexpr char kMetaArchivePendingTag = 'A';
 inline constexpr char kMetaSettingsTag = 'S';
 inline constexpr char kMetaLastSeenTag = 'L';
 inline constexpr char kMetaWroteTag = 'W';
+// "The inbox still holds envelopes of devices the user removed": set with the device list
+// that removed them, deleted when the archiver has dropped them all.
+inline constexpr char kMetaDevicePurgeTag = 'D';
 std::string MetaUserStateKey(int32_t vnode, uint64_t user);
 std::string MetaArchivePendingKey(int32_t vnode, uint64_t user);
+std::string MetaDevicePurgeKey(int32_t vnode, uint64_t user);
 std::string MetaSettingsKey(int32_t vnode, uint64_t user);
 std::string MetaLastSeenKey(int32_t vnode, uint64_t user);
 // "`sender` has sent `user` a 1:1 message": vnode(4) 'W' user(8) sender(8), in user's vnode.

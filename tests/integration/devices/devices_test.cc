@@ -333,6 +333,13 @@ TEST(DevicesTest, ARemovedDeviceLosesItsSessionItsKeysAndItsMessages) {
   const v1::Error ended = ErrorOf(alice[3]->Expect(Op(wire::Opcode::kError)));
   EXPECT_EQ(ended.code(), 13u);  // SESSION_REPLACED
   EXPECT_TRUE(ended.fatal());
+  // Its inbox goes: the envelope for it is deleted (the archiver purges it).
+  EXPECT_TRUE(PollUntil(
+      [&] {
+        return FreshMetric(server, "iris_removed_device_envelopes_purged_total").value_or(0) >= 1;
+      },
+      30'000, 20));
+  EXPECT_EQ(FreshMetric(server, "iris_removed_device_envelopes_purged_total"), 1.0);
   // Its next session is ended too, right after WELCOME.
   {
     auto again = TestClient::Connect(server);

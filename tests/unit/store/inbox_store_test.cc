@@ -529,6 +529,84 @@ TEST(InboxStoreTest, InterruptedArchivingResumesAfterRestart) {
   EXPECT_EQ(archive->size(), 30u);
 }
 
+// Envelopes of a device the user removed leave the inbox (the archiver purges them), and
+// the inbox counter follows, so the cap keeps counting only what is there.
+std::vector<v1::Envelope> Copies(uint64_t recipient, std::vector<uint32_t> devices,
+                                 const std::string& body) {
+  std::vector<v1::Envelope> out;
+  for (uint32_t d : devices) {
+    out.push_back(MakeEnvelope(1, recipient, body));
+    out.back().set_recipient_device(d);
+  }
+  return out;
+}
+
+Status ListDevices(InboxStore& store, uint64_t user, DeviceMask listed, DeviceMask removed) {
+  return store
+      .UpdateSettings(user,
+                      [&](UserSettings& s) {
+                        s.device_list = "a list (opaque to the store)";
+                        s.devices = listed;
+                        s.removed_devices |= removed;
+                        return Status::Ok();
+                      })
+      .status();
+}
+
+TEST(InboxStoreTest, EnvelopesOfARemovedDeviceAreDroppedAndTheCapFollows) {
+  TempDir dir;
+  StoreOptions o = TestOptions(dir.path());
+  o.inbox_cap = 50;
+  auto store = OpenOrDie(o);
+  ASSERT_NE(store, nullptr);
+  const DeviceMask one_two = DeviceBit(1) | DeviceBit(2);
+  ASSERT_TRUE(ListDevices(*store, 7, one_two | DeviceBit(3), 0).ok());
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_TRUE(store->Append(1, "", Copies(7, {1, 2, 3}, "m" + std::to_string(i))).ok());
+  }
+  // Group messages are for every device (recipient_device 0): they stay.
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(store->Append(1, "", {MakeEnvelope(1, 7, "group", 99)}).ok());
+  }
+  ASSERT_TRUE(ListDevices(*store, 7, one_two, DeviceBit(3)).ok());
+  ASSERT_TRUE(store->WaitArchiverIdle(30'000));
+  Result<std::vector<v1::Envelope>> inbox = ScanAll(*store, 7);
+  ASSERT_TRUE(inbox.ok());
+  ASSERT_EQ(inbox->size(), 25u) << "10 for each of devices 1 and 2, 5 for every device";
+  for (const v1::Envelope& e : *inbox) EXPECT_NE(e.recipient_device(), 3u);
+  EXPECT_EQ(store->Stats().purged, 10u);
+  // 25 left + 30 = 55: the archiver moves 5 (it would move 15 with the 10 purged counted).
+  for (int i = 0; i < 15; ++i) ASSERT_TRUE(store->Append(1, "", Copies(7, {1, 2}, "more")).ok());
+  ASSERT_TRUE(store->WaitArchiverIdle(30'000));
+  inbox = ScanAll(*store, 7);
+  ASSERT_TRUE(inbox.ok());
+  EXPECT_EQ(inbox->size(), 50u);
+  Result<std::vector<v1::Envelope>> archive = HistoryAll(*store, 7);
+  ASSERT_TRUE(archive.ok());
+  EXPECT_EQ(archive->size(), 5u);
+}
+
+TEST(InboxStoreTest, InterruptedDevicePurgeResumesAfterRestart) {
+  TempDir dir;
+  StoreOptions o = TestOptions(dir.path());
+  o.run_archiver = false;  // as if the process died before the purge ran
+  {
+    auto store = OpenOrDie(o);
+    ASSERT_NE(store, nullptr);
+    ASSERT_TRUE(ListDevices(*store, 8, DeviceBit(1) | DeviceBit(2), 0).ok());
+    for (int i = 0; i < 4500; ++i) ASSERT_TRUE(store->Append(1, "", Copies(8, {1, 2}, "p")).ok());
+    ASSERT_TRUE(ListDevices(*store, 8, DeviceBit(1), DeviceBit(2)).ok());
+  }
+  o.run_archiver = true;
+  auto store = OpenOrDie(o);
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(store->WaitArchiverIdle(30'000));
+  Result<std::vector<v1::Envelope>> inbox = ScanAll(*store, 8);
+  ASSERT_TRUE(inbox.ok());
+  ASSERT_EQ(inbox->size(), 4500u) << "4,500 purged, in passes of at most 4,096";
+  for (const v1::Envelope& e : *inbox) EXPECT_EQ(e.recipient_device(), 1u);
+}
+
 TEST(InboxStoreTest, CountersSurviveRestartsBetweenPersists) {
   TempDir dir;
   StoreOptions o = TestOptions(dir.path());
