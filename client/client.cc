@@ -631,7 +631,8 @@ Result<std::vector<StoredMessage>> Client::Impl::TrustIdentity(uint64_t user,
   return out;
 }
 
-Status Client::Impl::QueueTranscript(const std::string& idem, uint64_t recipient, uint64_t group) {
+Status Client::Impl::QueueTranscript(const std::string& idem, uint64_t recipient, uint64_t group,
+                                     const std::vector<uint64_t>& copy_ids) {
   // This account's other devices get a transcript (a SEND to this account itself, one copy
   // per other device): a linked device always has the primary; the primary has others once
   // it linked one.
@@ -645,7 +646,10 @@ Status Client::Impl::QueueTranscript(const std::string& idem, uint64_t recipient
   t.idem_key = std::string(UuidBytes(uuids_.Next()));
   t.recipient = self;
   t.kind = group != 0 ? kQueuedGroupTranscript : kQueuedTranscript;
-  t.payload = e2ee::EncodeTranscript({group != 0 ? group : recipient, sent->payload});
+  e2ee::Transcript content{group != 0 ? group : recipient, sent->payload, copy_ids};
+  const bool with_ids = group == 0 && !copy_ids.empty() && copy_ids.size() <= 255;
+  if (with_ids) t.kind = kQueuedTranscriptIds;
+  t.payload = e2ee::EncodeTranscript(content, with_ids);
   t.created_ms = clock_.WallMillis();
   return store_->Enqueue(t).status();
 }

@@ -65,6 +65,9 @@ constexpr uint8_t kQueuedTranscript = 6;
 // The same for a group message this account sent (payload: the group id in the recipient's
 // place, content type e2ee::kContentGroupTranscript).
 constexpr uint8_t kQueuedGroupTranscript = 7;
+// A 1:1 transcript naming the message's copy ids (payload: e2ee::EncodeTranscript with ids;
+// content type e2ee::kContentTranscriptIds).
+constexpr uint8_t kQueuedTranscriptIds = 9;
 // A re-send of a sent message to the one device of its recipient that asked for it (a
 // session reset, Client conventions 13); payload: EncodeResend. That device gets the
 // message's sealed plaintext again (its original counter); every other device of the
@@ -273,7 +276,9 @@ class Client::Impl {
   // this account's other devices, if it has any (db_mu_ held, inside the caller's
   // transaction).
   // `group`: a group message's (recipient 0).
-  Status QueueTranscript(const std::string& idem, uint64_t recipient, uint64_t group = 0);
+  // `copy_ids`: the ids of a 1:1 message's copies (SEND_ACK), named in the transcript.
+  Status QueueTranscript(const std::string& idem, uint64_t recipient, uint64_t group = 0,
+                         const std::vector<uint64_t>& copy_ids = {});
   // `group` != 0: only the kept messages of that group (after its sender key arrived).
   Status RetryKept(uint64_t user, bool linked_only, std::vector<StoredMessage>* out,
                    std::vector<Event>* events, uint64_t group = 0);

@@ -604,7 +604,9 @@ Status Client::Impl::PumpSends(Session& s) {
       const bool resealed = q.wire_body.starts_with(kSealedMarker);
       if (q.kind != kQueuedReceipt && (q.wire_body.empty() || resealed)) {
         const std::vector<uint32_t> devices = TargetDevices(q.recipient);
-        if ((q.kind == kQueuedTranscript || q.kind == kQueuedGroupTranscript) && devices.empty()) {
+        if ((q.kind == kQueuedTranscript || q.kind == kQueuedGroupTranscript ||
+             q.kind == kQueuedTranscriptIds) &&
+            devices.empty()) {
           // This account has no other device (any more): nobody to copy it to.
           store_->Dequeue(q.seq, 0, 0).IgnoreError();
           queue_dirty_ = true;
@@ -686,6 +688,7 @@ Status Client::Impl::PumpSends(Session& s) {
           if (q.kind == kQueuedSealedReceipt) type = e2ee::kContentReceipt;
           if (q.kind == kQueuedTranscript) type = e2ee::kContentTranscript;
           if (q.kind == kQueuedGroupTranscript) type = e2ee::kContentGroupTranscript;
+          if (q.kind == kQueuedTranscriptIds) type = e2ee::kContentTranscriptIds;
           bodies = cipher_->EncryptForDevices(q.recipient, devices, q.payload, type, &sealed);
         }
         Result<std::string> body = bodies.status();
@@ -934,7 +937,10 @@ Status Client::Impl::HandleFrame(Session& s, const ReceivedFrame& f) {
         // (a cancelled or refused message never does): a transcript, queued in the same
         // transaction.
         if (r.queued_kind == kQueuedMessage) {
-          IRIS_RETURN_IF_ERROR(QueueTranscript(r.idem, r.recipient));
+          // Named by the ids the recipient's devices will name in their receipts.
+          std::vector<uint64_t> ids(a.copy_ids().begin(), a.copy_ids().end());
+          if (ids.empty() && a.message_id() != 0) ids.push_back(a.message_id());
+          IRIS_RETURN_IF_ERROR(QueueTranscript(r.idem, r.recipient, 0, ids));
         } else if (r.queued_kind == kQueuedGroupMessage) {
           IRIS_RETURN_IF_ERROR(QueueTranscript(r.idem, 0, r.group_id));
         }
@@ -1630,11 +1636,10 @@ Status Client::Impl::DecryptIncoming(Session* s, const v1::Envelope& e, bool cat
     }
     rec->ok = true;
     rec->error.clear();
-    if (d->content_type == e2ee::kContentTranscript ||
-        d->content_type == e2ee::kContentGroupTranscript) {
+    if (e2ee::IsTranscript(d->content_type)) {
       // A message this account sent from another of its devices (to a user, or a group).
       const bool group = d->content_type == e2ee::kContentGroupTranscript;
-      auto t = e2ee::DecodeTranscript(d->text);
+      auto t = e2ee::DecodeTranscript(d->text, d->content_type == e2ee::kContentTranscriptIds);
       if (e.sender() != user_id_.load() || !t.ok()) {
         rec->kind = kIncomingControl;
         rec->ok = false;
@@ -1647,6 +1652,8 @@ Status Client::Impl::DecryptIncoming(Session* s, const v1::Envelope& e, bool cat
       rec->peer = group ? e.sender() : t->recipient;
       rec->group_id = group ? t->recipient : 0;
       rec->body = t->text;
+      // The recipient's receipts name these ids: they are matched to this transcript.
+      IRIS_RETURN_IF_ERROR(store_->RecordTranscriptCopies(e.id(), t->recipient, t->copy_ids));
       ev.outgoing = true;
       ev.sent_to = group ? 0 : t->recipient;
       ev.group_id = rec->group_id;
@@ -2132,7 +2139,13 @@ Status Client::Impl::IngestSealedReceipt(const v1::Envelope& e,
   // message by (SEND_ACK.message_id), once.
   for (uint64_t id : body.message_ids()) {
     IRIS_ASSIGN_OR_RETURN(std::optional<SentMessage> sent, store_->FindSent(e.sender(), id));
-    const uint64_t known = sent ? sent->message_id : id;
+    uint64_t known = sent ? sent->message_id : id;
+    if (!sent) {
+      // Sent from another device of this account: reported as its transcript here.
+      IRIS_ASSIGN_OR_RETURN(std::optional<uint64_t> local,
+                            store_->FindTranscriptCopy(e.sender(), id));
+      if (local) known = *local;
+    }
     if (std::find(ev.message_ids.begin(), ev.message_ids.end(), known) == ev.message_ids.end()) {
       ev.message_ids.push_back(known);
     }

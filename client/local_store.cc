@@ -40,6 +40,8 @@ CREATE TABLE IF NOT EXISTS undecryptable (
 CREATE INDEX IF NOT EXISTS sent_by_message_id ON sent (message_id);
 CREATE TABLE IF NOT EXISTS sent_copies (
   id INTEGER PRIMARY KEY, idem BLOB NOT NULL, device INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS transcript_copies (
+  id INTEGER PRIMARY KEY, peer INTEGER NOT NULL, local INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS groups (
   id INTEGER PRIMARY KEY, info BLOB NOT NULL, name TEXT NOT NULL, member INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS group_key_holders (
@@ -602,6 +604,25 @@ Result<std::optional<SentMessage>> LocalStore::FindSent(uint64_t recipient,
   m.sealed = s.Blob(5);
   m.device = static_cast<uint32_t>(s.Int(6));
   return std::optional<SentMessage>(std::move(m));
+}
+
+Status LocalStore::RecordTranscriptCopies(uint64_t local, uint64_t peer,
+                                          const std::vector<uint64_t>& copy_ids) {
+  for (uint64_t id : copy_ids) {
+    Stmt s(db_, "INSERT OR IGNORE INTO transcript_copies (id, peer, local) VALUES (?, ?, ?)");
+    s.BindU(1, id).BindU(2, peer).BindU(3, local);
+    IRIS_RETURN_IF_ERROR(s.Done("record a transcript's copy"));
+  }
+  return Status::Ok();
+}
+
+Result<std::optional<uint64_t>> LocalStore::FindTranscriptCopy(uint64_t peer, uint64_t id) const {
+  Stmt s(db_, "SELECT local FROM transcript_copies WHERE id = ? AND peer = ?");
+  s.BindU(1, id).BindU(2, peer);
+  const int rc = s.Step();
+  if (rc == SQLITE_ROW) return std::optional<uint64_t>(s.U64(0));
+  if (rc == SQLITE_DONE) return std::optional<uint64_t>();
+  return Error("find a transcript's copy");
 }
 
 Status LocalStore::RecordSentCopies(std::string_view idem, const std::vector<SentCopy>& copies,

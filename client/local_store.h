@@ -204,6 +204,12 @@ class LocalStore {
   // of it) and, when not empty, the sealed plaintext they encrypt. `idem` names the message.
   Status RecordSentCopies(std::string_view idem, const std::vector<SentCopy>& copies,
                           std::string_view sealed);
+  // A transcript (stored as incoming message `local`) of a message another device of this
+  // account sent to `peer`, whose copies have `copy_ids`; FindTranscriptCopy: the transcript
+  // of the message one of whose copies is `id`.
+  Status RecordTranscriptCopies(uint64_t local, uint64_t peer,
+                                const std::vector<uint64_t>& copy_ids);
+  Result<std::optional<uint64_t>> FindTranscriptCopy(uint64_t peer, uint64_t id) const;
 
   // Contacts (Send.adds_contact, docs/protocol.md Client conventions 12): the recipients
   // for which the server acknowledged a SEND carrying the flag (the server then counts this

@@ -1,5 +1,7 @@
 #include "client/e2ee/body_format.h"
 
+#include <algorithm>
+
 namespace iris::client::e2ee {
 
 std::string EncodeBody(const SealedBody& body) {
@@ -95,8 +97,7 @@ Result<Content> DecodeContent(std::string_view p) {
   }
   c.type = static_cast<uint8_t>(p[1]);
   if (c.type != kContentText && c.type != kContentReceipt && c.type != kContentControl &&
-      c.type != kContentSenderKey && c.type != kContentTranscript &&
-      c.type != kContentGroupTranscript) {
+      c.type != kContentSenderKey && !IsTranscript(c.type)) {
     return BadRequest("unknown content type " + std::to_string(c.type));
   }
   c.has_order = true;
@@ -151,19 +152,33 @@ Result<SenderKeyDistribution> DecodeSenderKeyDistribution(std::string_view p) {
   return d;
 }
 
-std::string EncodeTranscript(const Transcript& t) {
+std::string EncodeTranscript(const Transcript& t, bool with_ids) {
   std::string out;
   PutBe(&out, t.recipient, 8);
+  if (with_ids) {
+    const size_t n = std::min<size_t>(t.copy_ids.size(), 255);
+    out.push_back(static_cast<char>(n));
+    for (size_t i = 0; i < n; ++i) PutBe(&out, t.copy_ids[i], 8);
+  }
   out += t.text;
   return out;
 }
 
-Result<Transcript> DecodeTranscript(std::string_view p) {
+Result<Transcript> DecodeTranscript(std::string_view p, bool with_ids) {
   if (p.size() <= 8) return BadRequest("malformed sent-message transcript: too short");
   Transcript t;
   t.recipient = GetBe(p, 0, 8);
   if (t.recipient == 0) return BadRequest("malformed sent-message transcript: user 0");
-  t.text = std::string(p.substr(8));
+  size_t at = 8;
+  if (with_ids) {
+    const size_t n = static_cast<uint8_t>(p[8]);
+    if (n == 0 || p.size() < 9 + n * 8) {
+      return BadRequest("malformed sent-message transcript: bad copy id count");
+    }
+    for (size_t i = 0; i < n; ++i) t.copy_ids.push_back(GetBe(p, 9 + i * 8, 8));
+    at = 9 + n * 8;
+  }
+  t.text = std::string(p.substr(at));
   return t;
 }
 

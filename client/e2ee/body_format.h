@@ -44,6 +44,14 @@ constexpr uint8_t kContentControl = 3;
 constexpr uint8_t kContentSenderKey = 4;
 constexpr uint8_t kContentTranscript = 5;  // a sent message, copied to the sender's own devices
 constexpr uint8_t kContentGroupTranscript = 6;  // the same for a group message (id: the group)
+// A 1:1 transcript that also names the ids of the message's copies (EncodeTranscript with
+// ids), so the other devices match the recipient's receipts to it.
+constexpr uint8_t kContentTranscriptIds = 7;
+// The transcript content types (no conversation counter; never a message of another user).
+constexpr bool IsTranscript(uint8_t type) {
+  return type == kContentTranscript || type == kContentGroupTranscript ||
+         type == kContentTranscriptIds;
+}
 constexpr uint8_t kPlaintextV2 = 2;
 constexpr size_t kPlaintextPadding = 64;
 
@@ -128,12 +136,16 @@ Result<SenderKeyDistribution> DecodeSenderKeyDistribution(std::string_view data)
 // "I sent this text to that user from another device" (docs/protocol.md Client conventions
 // 13); a receiving device shows it as an outgoing message. Content type 0x06 has the same
 // layout with the group id in place of the user id: a group message this account sent.
+// Content type 0x07 inserts, after the recipient, the ids of the message's copies in the
+// recipient's inbox (SEND_ACK.copy_ids): count (1 byte, 1..255) || count ids (8 bytes each).
 struct Transcript {
   uint64_t recipient = 0;
   std::string text;
+  std::vector<uint64_t> copy_ids;  // content type 0x07 only
 };
-std::string EncodeTranscript(const Transcript& t);
-// BAD_REQUEST when it is too short or names user 0.
-Result<Transcript> DecodeTranscript(std::string_view data);
+// Type 0x05/0x06 layout when `with_ids` is false, 0x07 when true (at most 255 ids).
+std::string EncodeTranscript(const Transcript& t, bool with_ids = false);
+// BAD_REQUEST when it is too short or names user 0 (or, with ids, none or too few bytes).
+Result<Transcript> DecodeTranscript(std::string_view data, bool with_ids = false);
 
 }  // namespace iris::client::e2ee

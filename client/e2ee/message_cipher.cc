@@ -369,8 +369,7 @@ Result<MessageCipher::Decrypted> MessageCipher::Decrypt(uint64_t sender, std::st
   if (content.type == kContentControl) {
     // Control content carries no conversation counter (body_format.h): no order check.
     IRIS_ASSIGN_OR_RETURN(out.control, DecodeControl(content.data));
-  } else if (content.type == kContentSenderKey || content.type == kContentTranscript ||
-             content.type == kContentGroupTranscript) {
+  } else if (content.type == kContentSenderKey || IsTranscript(content.type)) {
     // Neither: the caller processes it (ProcessSenderKeyDistribution, a transcript).
     out.text = std::move(content.data);
   } else {
@@ -725,7 +724,7 @@ Result<std::string> MessageCipher::SealContent(uint64_t user, uint8_t content_ty
   // (the receiver checks no order on it), so a lost or re-sent control message never shows
   // up as a gap in the user's messages.
   if (content_type != kContentControl && content_type != kContentSenderKey &&
-      content_type != kContentTranscript && content_type != kContentGroupTranscript) {
+      !IsTranscript(content_type)) {
     c.counter = store_.GetU64(kOutCounter + peer) + 1;
     IRIS_RETURN_IF_ERROR(store_.PutU64(kOutCounter + peer, c.counter));
   }

@@ -13,6 +13,7 @@
 // the archiver reads the inbox from a snapshot, picks the envelopes addressed to removed
 // devices and hands their deletion to the commit thread, in the same one-at-a-time way as
 // its moves (so a move and a purge never race on one inbox).
+#include <algorithm>
 #include <chrono>
 
 #include "common/assert.h"
@@ -56,6 +57,23 @@ bool InboxStore::Impl::WaitArchiverIdle(int64_t timeout_ms) const {
 
 Status InboxStore::Impl::ScheduleArchivePending(const std::function<bool(int32_t)>& in_scope) {
   // Runs in Init, before the commit thread, or on it: the counters loaded here seed its cache.
+  // Purges left undone (a crash, or a shard taken over): first, so that an error reading
+  // the archive markers below does not lose them.
+  {
+    std::unique_ptr<rocksdb::Iterator> it(
+        db_->db()->NewIterator(rocksdb::ReadOptions(), db_->cf(Cf::kMeta)));
+    for (int32_t vnode = 0; vnode < options_.vnodes; ++vnode) {
+      if (!in_scope(vnode)) continue;
+      std::string prefix = VnodePrefix(vnode);
+      prefix.push_back(kMetaDevicePurgeTag);
+      for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+        const std::optional<uint64_t> user = ParseMetaUserKey(
+            std::string_view(it->key().data(), it->key().size()), kMetaDevicePurgeTag);
+        if (user) SchedulePurge(*user);
+      }
+    }
+    if (!it->status().ok()) return FromRocks(it->status(), "store: read purge markers");
+  }
   std::vector<std::pair<uint64_t, int32_t>> users;  // user, vnode
   {
     // The markers are vnode(4) 'A' user(8): one seek per vnode that has `meta` records
@@ -87,22 +105,6 @@ Status InboxStore::Impl::ScheduleArchivePending(const std::function<bool(int32_t
       ++vnode;
     }
     if (!it->status().ok()) return FromRocks(it->status(), "store: read archive markers");
-  }
-  // Purges left undone (a crash, or a shard taken over).
-  {
-    std::unique_ptr<rocksdb::Iterator> it(
-        db_->db()->NewIterator(rocksdb::ReadOptions(), db_->cf(Cf::kMeta)));
-    for (int32_t vnode = 0; vnode < options_.vnodes; ++vnode) {
-      if (!in_scope(vnode)) continue;
-      std::string prefix = VnodePrefix(vnode);
-      prefix.push_back(kMetaDevicePurgeTag);
-      for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
-        const std::optional<uint64_t> user = ParseMetaUserKey(
-            std::string_view(it->key().data(), it->key().size()), kMetaDevicePurgeTag);
-        if (user) SchedulePurge(*user);
-      }
-    }
-    if (!it->status().ok()) return FromRocks(it->status(), "store: read purge markers");
   }
   for (const auto& [user, vnode] : users) {
     IRIS_ASSIGN_OR_RETURN(const UserState state, LoadUserState(user, vnode));
@@ -161,12 +163,17 @@ Result<ArchiveMove> InboxStore::Impl::ReadPurge(const StoreDb::ReadHold& db, uin
   ArchiveMove purge;
   purge.user = user;
   purge.purge = true;
-  purge.purge_done = true;
   rocksdb::ReadOptions ro;
   ro.snapshot = snapshot;
   const int32_t vnode = Vnode(user);
   std::string v;
-  rocksdb::Status s = db.db()->Get(ro, db.cf(Cf::kMeta), MetaSettingsKey(vnode, user), &v);
+  // No marker: done already, the account was deleted, or this node does not hold the list
+  // that set it. Nothing to submit (purge_done stays false, no entries).
+  rocksdb::Status s = db.db()->Get(ro, db.cf(Cf::kMeta), MetaDevicePurgeKey(vnode, user), &v);
+  if (s.IsNotFound()) return purge;
+  if (!s.ok()) return FromRocks(s, "store: purge read marker");
+  purge.purge_done = true;
+  s = db.db()->Get(ro, db.cf(Cf::kMeta), MetaSettingsKey(vnode, user), &v);
   DeviceMask removed = 0;
   if (s.ok()) {
     const std::optional<UserSettings> settings = DecodeUserSettings(v);
@@ -175,6 +182,7 @@ Result<ArchiveMove> InboxStore::Impl::ReadPurge(const StoreDb::ReadHold& db, uin
   } else if (!s.IsNotFound()) {
     return FromRocks(s, "store: purge read settings");
   }
+  purge.purge_mask = removed;
   if (removed == 0) return purge;  // nothing to drop (a list that was never written)
   UserState state;
   s = db.db()->Get(ro, db.cf(Cf::kMeta), MetaUserStateKey(vnode, user), &v);
@@ -195,7 +203,8 @@ Result<ArchiveMove> InboxStore::Impl::ReadPurge(const StoreDb::ReadHold& db, uin
   v1::Envelope e;
   for (it->Seek(InboxKey(vnode, user, start)); it->Valid(); it->Next()) {
     if (!e.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
-      return Internal("store: malformed inbox entry of user " + std::to_string(user));
+      IRIS_BUG("store: a malformed inbox entry (left in place by the device purge)");
+      continue;
     }
     if (e.recipient_device() == 0 || !HasDevice(removed, e.recipient_device())) continue;
     if (purge.entries.size() == kPurgePerPass) {
@@ -248,17 +257,34 @@ void InboxStore::Impl::ArchiverLoop() {
         purge_again = purges;
         purges.clear();
       }
-      for (uint64_t user : purges) {
+      for (size_t i = 0; i < purges.size(); ++i) {
+        const uint64_t user = purges[i];
+        if (bytes >= kBytesPerPass) {
+          purge_again.insert(purge_again.end(), purges.begin() + static_cast<std::ptrdiff_t>(i),
+                             purges.end());
+          break;
+        }
         Result<ArchiveMove> purge = ReadPurge(db, user, snapshot);
         if (!purge.ok()) {
           error = purge.status();
           purge_again.push_back(user);
           continue;
         }
+        if (!purge->purge_done && purge->entries.empty()) continue;  // no marker: nothing to do
         if (!purge->purge_done) purge_again.push_back(user);
         for (const auto& [k, unused] : purge->entries) bytes += k.size();
         request.moves.push_back(std::move(purge).value());
       }
+      // A user purged in this pass is moved in the next one: its move read from the same
+      // snapshot could name envelopes the purge deletes.
+      std::vector<std::pair<uint64_t, uint64_t>> movable;
+      for (const auto& entry : users) {
+        const bool purged =
+            std::any_of(request.moves.begin(), request.moves.end(),
+                        [&](const ArchiveMove& m) { return m.purge && m.user == entry.first; });
+        (purged ? again : movable).push_back(entry);
+      }
+      users = std::move(movable);
       for (size_t i = 0; i < users.size(); ++i) {
         if (bytes >= kBytesPerPass) {
           again.insert(again.end(), users.begin() + static_cast<std::ptrdiff_t>(i), users.end());
@@ -291,8 +317,10 @@ void InboxStore::Impl::ArchiverLoop() {
       const Status s = done.get();
       if (!s.ok()) {
         error = s;
-        again = users;  // nothing was applied: retry the whole pass later
-        purge_again = purges;
+        again.insert(again.end(), users.begin(), users.end());  // nothing was applied: later
+        // A replicated node may have lost the shard (its new primary purges after the take-
+        // over, from the marker): its purges are not retried here.
+        purge_again = options_.replicate ? std::vector<uint64_t>() : purges;
       }
     }
 

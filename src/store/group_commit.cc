@@ -520,18 +520,21 @@ void InboxStore::Impl::BuildArchive(ArchiveRequest& r) {
     CachedUser& u = user_cache_[m.user];
     if (m.purge) {
       // Envelopes of removed devices: deleted. The archiver read them after its last move
-      // of this user was written, and moves nothing of it meanwhile, so each is still in
-      // the inbox (ids above archived_through) and counted there.
+      // of this user was written and does not move this user in the same pass, so each is
+      // still in the inbox (ids above archived_through) and counted there.
       for (const auto& [key, unused] : m.entries) {
         const std::optional<InboxKeyParts> parts = ParseInboxKey(key);
         AddDelete(Cf::kInbox, key);
         if (parts && parts->id > u.state.archived_through && u.state.count > 0) --u.state.count;
       }
       cur_->purged += m.entries.size();
-      if (m.purge_done) AddDelete(Cf::kMeta, MetaDevicePurgeKey(u.vnode, m.user));
-      TouchShard(u.vnode);
-      cur_->has_writes = true;
-      moved_users_.push_back(m.user);
+      if (!m.entries.empty()) moved_users_.push_back(m.user);
+      // The marker goes with the last pass, unless a device was removed since it was read
+      // (that removal's purge, already scheduled, deletes it).
+      const DeviceMask now = u.settings ? u.settings->removed_devices : 0;
+      if (m.purge_done && now == m.purge_mask) {
+        AddDelete(Cf::kMeta, MetaDevicePurgeKey(u.vnode, m.user));
+      }
       continue;
     }
     // The archiver read its excess earlier; the counter here is authoritative. Move only
@@ -636,7 +639,8 @@ void InboxStore::Impl::BuildUserDelete(UserDeleteRequest& r) {
       .PermitUncheckedError();
   for (const std::string& k :
        {MetaUserStateKey(vnode, r.user), MetaArchivePendingKey(vnode, r.user),
-        MetaSettingsKey(vnode, r.user), MetaLastSeenKey(vnode, r.user)}) {
+        MetaDevicePurgeKey(vnode, r.user), MetaSettingsKey(vnode, r.user),
+        MetaLastSeenKey(vnode, r.user)}) {
     AddDelete(Cf::kMeta, k);
   }
   for (const std::string& k : r.dedup_keys) AddDelete(Cf::kDedup, k);

@@ -88,6 +88,7 @@ struct ArchiveMove {
   // the user's purge marker goes too.
   bool purge = false;
   bool purge_done = false;
+  DeviceMask purge_mask = 0;  // the removed devices it was read for
 };
 
 struct ArchiveRequest {

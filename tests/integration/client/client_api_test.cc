@@ -498,18 +498,21 @@ TEST_F(ClientApiTest, ThreeDevicesPerUserEachGetEveryOtherDevicesMessagesOnce) {
 // session-reset requests. The author matches it through SEND_ACK.copy_ids: a read receipt
 // from Bob's laptop reports the id Alice's SEND_ACK gave, and when the laptop lost its
 // session with Alice, she re-sends the message to the laptop alone (Bob's phone gets a
-// filler and shows the message once).
+// filler and shows the message once). Alice's own second device, which shows her message
+// as a transcript, matches the receipt to that transcript.
 TEST_F(ClientApiTest, LinkedDevicesReceiptsAndSessionResetsNameTheMessageItsAuthorKnows) {
   auto alice = StartDevice(95, 1);
+  auto alice_tablet = StartDevice(95, 2);
   auto phone = StartDevice(96, 1);
   auto laptop = StartDevice(96, 2);
-  ASSERT_TRUE(alice && phone && laptop);
-  for (Device* d : {alice.get(), phone.get(), laptop.get()}) {
+  ASSERT_TRUE(alice && alice_tablet && phone && laptop);
+  for (Device* d : {alice.get(), alice_tablet.get(), phone.get(), laptop.get()}) {
     ASSERT_TRUE(Live(d->log));
     ASSERT_TRUE(
         d->log.WaitFor<KeysUploadedEvent>([](const KeysUploadedEvent& k) { return k.identity; }));
   }
   ASSERT_TRUE(Link(*phone, *laptop, 2));
+  ASSERT_TRUE(Link(*alice, *alice_tablet, 2));
   auto got = [](Device& d, const std::string& text) {
     return d.log.WaitFor<MessageEvent>(
         [&](const MessageEvent& m) { return m.text == text && m.decrypted; }, 30'000);
@@ -536,6 +539,14 @@ TEST_F(ClientApiTest, LinkedDevicesReceiptsAndSessionResetsNameTheMessageItsAuth
   ASSERT_TRUE(read);
   EXPECT_EQ(read->from, 96u);
   EXPECT_EQ(read->message_ids, std::vector<uint64_t>{first});
+  // On Alice's tablet the message is a transcript with its own id; the receipt names it.
+  auto transcript = alice_tablet->log.WaitFor<MessageEvent>(
+      [](const MessageEvent& m) { return m.outgoing && m.text == "first"; }, 30'000);
+  ASSERT_TRUE(transcript);
+  auto tablet_read = alice_tablet->log.WaitFor<ReceiptEvent>(
+      [](const ReceiptEvent& r) { return r.kind == ReceiptKind::kRead; }, 30'000);
+  ASSERT_TRUE(tablet_read);
+  EXPECT_EQ(tablet_read->message_ids, std::vector<uint64_t>{transcript->id});
   auto delivered = alice->log.WaitFor<ReceiptEvent>(
       [](const ReceiptEvent& r) { return r.kind == ReceiptKind::kDelivered; }, 30'000);
   ASSERT_TRUE(delivered);
@@ -554,7 +565,7 @@ TEST_F(ClientApiTest, LinkedDevicesReceiptsAndSessionResetsNameTheMessageItsAuth
         SQLITE_OK)
         << (err != nullptr ? err : "");
     sqlite3_free(err);
-    EXPECT_EQ(sqlite3_changes(db), 1);
+    EXPECT_EQ(sqlite3_changes(db), 2) << "with both of Alice's devices";
     sqlite3_close(db);
   }
   laptop = StartDevice(96, 2);
@@ -589,7 +600,9 @@ TEST_F(ClientApiTest, LinkedDevicesReceiptsAndSessionResetsNameTheMessageItsAuth
         return r.kind == ReceiptKind::kRead && r.message_ids == std::vector<uint64_t>{second};
       },
       30'000));
-  for (Device* d : {alice.get(), phone.get(), laptop.get()}) d->client->Stop();
+  for (Device* d : {alice.get(), alice_tablet.get(), phone.get(), laptop.get()}) {
+    d->client->Stop();
+  }
 }
 
 // A member links a device after the other members gave it their sender keys: the new

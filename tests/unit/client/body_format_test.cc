@@ -121,4 +121,28 @@ TEST(BodyFormatTest, ControlIsContentType3OfFormat2) {
 }
 
 }  // namespace
+// Sent-message transcripts (content types 5, 6 and 7): recipient, optional copy ids, text.
+TEST(BodyFormatTest, TranscriptsRoundTripWithAndWithoutCopyIds) {
+  const Transcript plain{42, "hello", {}};
+  auto back = DecodeTranscript(EncodeTranscript(plain));
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->recipient, 42u);
+  EXPECT_EQ(back->text, "hello");
+  EXPECT_TRUE(back->copy_ids.empty());
+  const Transcript named{42, "hi", {1000, 1256, 1512}};
+  back = DecodeTranscript(EncodeTranscript(named, true), true);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->copy_ids, named.copy_ids);
+  EXPECT_EQ(back->text, "hi");
+  EXPECT_TRUE(IsTranscript(kContentTranscriptIds));
+  EXPECT_FALSE(IsTranscript(kContentText));
+  // Malformed: user 0, no ids, ids beyond the data.
+  EXPECT_EQ(DecodeTranscript(EncodeTranscript({0, "x", {}})).status().code(),
+            StatusCode::kBadRequest);
+  EXPECT_EQ(DecodeTranscript(EncodeTranscript({42, "x", {}}, true), true).status().code(),
+            StatusCode::kBadRequest);
+  EXPECT_EQ(DecodeTranscript(EncodeTranscript(named, true).substr(0, 20), true).status().code(),
+            StatusCode::kBadRequest);
+}
+
 }  // namespace iris::client::e2ee

@@ -607,6 +607,40 @@ TEST(InboxStoreTest, InterruptedDevicePurgeResumesAfterRestart) {
   for (const v1::Envelope& e : *inbox) EXPECT_EQ(e.recipient_device(), 1u);
 }
 
+// An inbox over the cap whose user also removed a device: both resume at open, and the
+// purge goes first (a move read alongside it could name envelopes the purge deletes).
+TEST(InboxStoreTest, APurgeAndAnArchiveMoveOfOneInboxDoNotOverlap) {
+  TempDir dir;
+  StoreOptions o = TestOptions(dir.path());
+  o.inbox_cap = 20;
+  o.run_archiver = false;
+  {
+    auto store = OpenOrDie(o);
+    ASSERT_NE(store, nullptr);
+    ASSERT_TRUE(ListDevices(*store, 9, DeviceBit(1) | DeviceBit(2) | DeviceBit(3), 0).ok());
+    for (int i = 0; i < 10; ++i) ASSERT_TRUE(store->Append(1, "", Copies(9, {1, 2, 3}, "c")).ok());
+    ASSERT_TRUE(ListDevices(*store, 9, DeviceBit(1) | DeviceBit(2), DeviceBit(3)).ok());
+  }
+  o.run_archiver = true;
+  auto store = OpenOrDie(o);
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(store->WaitArchiverIdle(30'000));
+  // 30 envelopes, 10 of them device 3's: 20 left, which is the cap, so nothing moves.
+  Result<std::vector<v1::Envelope>> inbox = ScanAll(*store, 9);
+  ASSERT_TRUE(inbox.ok());
+  EXPECT_EQ(inbox->size(), 20u);
+  for (const v1::Envelope& e : *inbox) EXPECT_NE(e.recipient_device(), 3u);
+  Result<std::vector<v1::Envelope>> archive = HistoryAll(*store, 9);
+  ASSERT_TRUE(archive.ok());
+  EXPECT_EQ(archive->size(), 0u);
+  // And the count is right: 2 more envelopes make 22, so exactly 2 move.
+  ASSERT_TRUE(store->Append(1, "", Copies(9, {1, 2}, "d")).ok());
+  ASSERT_TRUE(store->WaitArchiverIdle(30'000));
+  archive = HistoryAll(*store, 9);
+  ASSERT_TRUE(archive.ok());
+  EXPECT_EQ(archive->size(), 2u);
+}
+
 TEST(InboxStoreTest, CountersSurviveRestartsBetweenPersists) {
   TempDir dir;
   StoreOptions o = TestOptions(dir.path());
