@@ -28,7 +28,8 @@ constexpr uint32_t kMaxPreKeysPerFrame = 100;
 // Errors that retrying with the same configuration cannot fix.
 bool IsFatalForRetry(StatusCode c) {
   return c == StatusCode::kUnauthenticated || c == StatusCode::kUnsupportedVersion ||
-         c == StatusCode::kBadRequest || c == StatusCode::kSessionReplaced;
+         c == StatusCode::kBadRequest || c == StatusCode::kSessionReplaced ||
+         c == StatusCode::kDeviceRemoved;
 }
 
 // Send errors after which the same request may succeed later.

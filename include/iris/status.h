@@ -34,6 +34,7 @@ enum class StatusCode : uint32_t {
   kStorageFull = 12,
   kSessionReplaced = 13,
   kMismatchedDevices = 14,  // Iris extension (docs/protocol.md appendix 20)
+  kDeviceRemoved = 15,      // Iris extension (appendix 20): this device left the device list
   // Internal, never sent to a client: a cluster node was asked for a user or group it does
   // not own (the shard moved); the caller re-resolves the owner and retries (cluster::Router).
   kNotOwner = 64,

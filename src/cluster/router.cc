@@ -165,6 +165,12 @@ class Router::IncomingSink final : public core::EdgeSink {
     r_.ForgetReplaced(old_session);
     edge->Replace(old_session);
   }
+  void RemoveDevice(const core::SessionRef& session) override {
+    core::EdgeSink* edge = Edge(session);
+    if (edge == nullptr) return;
+    r_.ForgetReplaced(session);
+    edge->RemoveDevice(session);
+  }
   void SettleRate(const core::SessionRef& to, uint64_t user, const core::RateDebt& d) override {
     if (core::EdgeSink* edge = Edge(to)) edge->SettleRate(to, user, d);
   }
@@ -769,6 +775,11 @@ void Router::Deliver(const core::SessionRef& to, const v1::Envelope& envelope) {
 void Router::Replace(const core::SessionRef& old_session) {
   if (old_session.node == self_ || old_session.node == 0) ForgetReplaced(old_session);
   if (core::EdgeSink* sink = SinkOf(old_session.node)) sink->Replace(old_session);
+}
+
+void Router::RemoveDevice(const core::SessionRef& session) {
+  if (session.node == self_ || session.node == 0) ForgetReplaced(session);
+  if (core::EdgeSink* sink = SinkOf(session.node)) sink->RemoveDevice(session);
 }
 
 void Router::SettleRate(const core::SessionRef& to, uint64_t user, const core::RateDebt& debt) {

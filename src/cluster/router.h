@@ -153,6 +153,7 @@ class Router final : public core::CoreApi, public core::EdgeSink, public core::C
   // ---- EdgeSink (the pushes of the local core) ----
   void Deliver(const core::SessionRef& to, const v1::Envelope& envelope) override;
   void Replace(const core::SessionRef& old_session) override;
+  void RemoveDevice(const core::SessionRef& session) override;
   void SettleRate(const core::SessionRef& to, uint64_t user, const core::RateDebt& debt) override;
   void SendPresence(const core::SessionRef& to, const v1::Presence& presence) override;
   void SendTyping(const core::SessionRef& to, const v1::Typing& typing) override;

@@ -19,6 +19,7 @@ std::string_view StatusCodeName(StatusCode code) {
     case StatusCode::kStorageFull: return "STORAGE_FULL";
     case StatusCode::kSessionReplaced: return "SESSION_REPLACED";
     case StatusCode::kMismatchedDevices: return "MISMATCHED_DEVICES";
+    case StatusCode::kDeviceRemoved: return "DEVICE_REMOVED";
     case StatusCode::kNotOwner: return "NOT_OWNER";
     case StatusCode::kDataLoss: return "DATA_LOSS";
   }
@@ -27,7 +28,7 @@ std::string_view StatusCodeName(StatusCode code) {
 
 bool IsFatalByDefault(StatusCode code) {
   return code == StatusCode::kUnauthenticated || code == StatusCode::kUnsupportedVersion ||
-         code == StatusCode::kSessionReplaced;
+         code == StatusCode::kSessionReplaced || code == StatusCode::kDeviceRemoved;
 }
 
 std::string Status::ToString() const {

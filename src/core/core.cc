@@ -62,7 +62,7 @@ void Core::Register(uint64_t user, SessionRef ref, bool displace) {
   if (ref.device != kPrimaryDevice) {
     cached = settings_.Peek(user);
     if (cached && HasDevice(cached->removed_devices, ref.device)) {
-      sink_.Replace(ref);
+      sink_.RemoveDevice(ref);
       return;
     }
   }
@@ -141,7 +141,7 @@ void Core::DropSession(uint64_t user, SessionRef ref) {
     }
   }
   if (!found) return;
-  sink_.Replace(ref);
+  sink_.RemoveDevice(ref);
   if (went_offline) presence_.OnOffline(user);
 }
 

@@ -126,9 +126,11 @@ class EdgeSink {
   virtual ~EdgeSink() = default;
   // A durable envelope for the session's user (push mode; the session filters by cursor).
   virtual void Deliver(const SessionRef& to, const v1::Envelope& envelope) = 0;
-  // A newer session of the same user and device took over, or the device was removed from
-  // the user's device list: send SESSION_REPLACED and close.
+  // A newer session of the same user and device took over: send SESSION_REPLACED and close.
   virtual void Replace(const SessionRef& old_session) = 0;
+  // The session's device was removed from its user's device list: send DEVICE_REMOVED and
+  // close (a sink that does not tell the two apart replaces it).
+  virtual void RemoveDevice(const SessionRef& session) { Replace(session); }
   // The rate debt of `user` for the session `to`: added to the user's budget on `to`'s node.
   // The owner sends one after every registration (zero when it holds none): until the
   // first arrives, a new session holds back its requests (edge::Session). When `to` has

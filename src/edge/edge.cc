@@ -459,6 +459,15 @@ void Edge::Replace(const core::SessionRef& old_session) {
   });
 }
 
+void Edge::RemoveDevice(const core::SessionRef& session) {
+  const uint32_t loop = session.edge & 0xff;
+  if ((session.edge >> 8) != options_.process_index || loop >= loops_.size()) return;
+  EdgeLoop* raw = loops_[loop].get();
+  raw->loop_.Post([raw, sid = session.session] {
+    if (Session* s = raw->Find(sid)) s->Removed();
+  });
+}
+
 void Edge::SettleRate(const core::SessionRef& to, uint64_t user, const core::RateDebt& debt) {
   const uint32_t loop = to.edge & 0xff;
   if ((to.edge >> 8) != options_.process_index || loop >= loops_.size()) return;

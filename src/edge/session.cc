@@ -1027,6 +1027,15 @@ void Session::Replaced() {
   CloseWith(0, Status(StatusCode::kSessionReplaced, "a newer session of this user took over"));
 }
 
+void Session::Removed() {
+  if (state_ == State::kClosing) return;
+  registered_ = false;  // the registry no longer holds it
+  CloseWith(0, Status(StatusCode::kDeviceRemoved,
+                      "device " + std::to_string(device_) +
+                          " was removed from the account's device list: it cannot connect "
+                          "again (a device linked anew gets a new id)"));
+}
+
 void Session::RecheckAuth(int64_t now_ms) {
   if (state_ == State::kAwaitHello || state_ == State::kClosing) return;
   Status s = loop_.edge().verifier().Recheck(claims_, now_ms);

@@ -71,6 +71,8 @@ class Session final : public net::Connection::Delegate {
   // From the core, on the loop thread.
   void Push(const v1::Envelope& e);
   void Replaced();
+  // Its device was removed from the user's device list: DEVICE_REMOVED, then closes.
+  void Removed();
   // The user's rate debt from the owner of the user's shard (EdgeSink::SettleRate): added
   // to the node's limiters; the first one after HELLO releases the requests held until then.
   void SettleRate(const core::RateDebt& debt);

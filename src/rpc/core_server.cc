@@ -499,6 +499,13 @@ void CoreServer::Replace(const core::SessionRef& old_session) {
   PushTo(old_session, std::move(p));
 }
 
+void CoreServer::RemoveDevice(const core::SessionRef& session) {
+  ipb::Push p;
+  *p.mutable_to() = RefToProto(session);
+  p.set_remove_device(true);
+  PushTo(session, std::move(p));
+}
+
 void CoreServer::SettleRate(const core::SessionRef& to, uint64_t user, const core::RateDebt& debt) {
   ipb::Push p;
   *p.mutable_to() = RefToProto(to);

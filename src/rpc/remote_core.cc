@@ -225,6 +225,9 @@ void RemoteCore::OnMessage(std::string_view frame) {
       case ipb::Push::kReplace:
         if (handler_.sink) handler_.sink->Replace(to);
         break;
+      case ipb::Push::kRemoveDevice:
+        if (handler_.sink) handler_.sink->RemoveDevice(to);
+        break;
       case ipb::Push::kSettleRate:
         if (handler_.sink) {
           handler_.sink->SettleRate(to, p.settle_rate().user(),

@@ -70,6 +70,9 @@ struct ForwardingSink final : core::EdgeSink {
   void Replace(const core::SessionRef& r) override {
     if (core::EdgeSink* t = to.load()) t->Replace(r);
   }
+  void RemoveDevice(const core::SessionRef& r) override {
+    if (core::EdgeSink* t = to.load()) t->RemoveDevice(r);
+  }
   void SettleRate(const core::SessionRef& r, uint64_t user, const core::RateDebt& d) override {
     if (core::EdgeSink* t = to.load()) t->SettleRate(r, user, d);
   }

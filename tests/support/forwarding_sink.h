@@ -11,6 +11,7 @@ struct ForwardingSink final : core::EdgeSink {
   core::EdgeSink* to = nullptr;
   void Deliver(const core::SessionRef& r, const v1::Envelope& e) override { to->Deliver(r, e); }
   void Replace(const core::SessionRef& r) override { to->Replace(r); }
+  void RemoveDevice(const core::SessionRef& r) override { to->RemoveDevice(r); }
   void SettleRate(const core::SessionRef& r, uint64_t u, const core::RateDebt& d) override {
     to->SettleRate(r, u, d);
   }

@@ -180,6 +180,12 @@ std::string Explain(const Status& s, const CliConfig& cfg) {
     case StatusCode::kSessionReplaced:
       return "another session of this user connected and replaced this one (another iris "
              "process with the same account?).";
+    case StatusCode::kDeviceRemoved:
+      return "this device was removed from the account by its primary device (" + m +
+             "). Its messages so far stay readable here (iris history, iris sync shows "
+             "nothing new). To use this computer again, log in a new state directory with a "
+             "token for a new device id, then iris devices code on it and iris devices link "
+             "on the primary device.";
     case StatusCode::kRateLimited:
       return "the server is rate-limiting this client (" + m + "); try again shortly.";
     case StatusCode::kBadRequest: return "invalid connection settings: " + m;
@@ -519,16 +525,9 @@ Result<std::unique_ptr<Session>> OpenSession(const std::string& dir, const CliCo
   return s;
 }
 
-// Explain() for this session: on a linked device, a replaced session is also what a device
-// removed from the account gets (docs/protocol.md appendix 20).
+// Explain() for this session, with the device it is where that matters.
 std::string ExplainSession(const Session& s, const Status& st) {
   std::string why = Explain(st, s.cfg);
-  if (st.code() == StatusCode::kSessionReplaced && s.client->device_id() != 1) {
-    why += " Or this device (" + std::to_string(s.client->device_id()) +
-           ") was removed from the account: iris devices list on the primary device shows "
-           "the devices; a removed device id is never used again (log in a new state "
-           "directory with a token for a new device id, then iris devices code).";
-  }
   if (st.code() == StatusCode::kUnauthenticated && s.client->device_id() != 1 &&
       why.find("iris login --token") != std::string::npos) {  // about the token
     why += " This is device " + std::to_string(s.client->device_id()) +

@@ -182,6 +182,20 @@ TEST_F(CliDevicesTest, LinkedDeviceReceivesSendsAndShowsOnThePrimaryDevice) {
   ASSERT_EQ(read.size(), 1u) << r.out;
   EXPECT_EQ(read[0]["message_ids"].get<std::vector<uint64_t>>(), std::vector<uint64_t>{on_laptop})
       << "only Bob's message is read: the transcripts are Alice's own";
+
+  // The primary device removes the laptop: the laptop's next connection is refused with
+  // DEVICE_REMOVED, explained, and the list shows the primary alone.
+  r = RunIris(alice, {"--json", "devices", "remove", "2"});
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  r = RunIris(laptop, {"sync"});
+  EXPECT_EQ(r.exit_code, 2) << r.err << r.out;  // could not connect
+  EXPECT_NE((r.out + r.err).find("removed from the account"), std::string::npos)
+      << r.err << r.out;
+  r = RunIris(alice, {"--json", "devices", "list"});
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  auto left = Events(r.Json(), "devices");
+  ASSERT_EQ(left.size(), 1u) << r.out;
+  EXPECT_EQ(left[0]["devices"].size(), 1u) << r.out;
 }
 
 }  // namespace

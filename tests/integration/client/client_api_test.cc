@@ -468,7 +468,7 @@ TEST_F(ClientApiTest, ThreeDevicesPerUserEachGetEveryOtherDevicesMessagesOnce) {
   auto ended = devices[2]->log.WaitFor<StateEvent>(
       [](const StateEvent& e) { return e.state == SessionState::kFailed; });
   ASSERT_TRUE(ended);
-  EXPECT_EQ(ended->status.code(), StatusCode::kSessionReplaced) << ended->status.ToString();
+  EXPECT_EQ(ended->status.code(), StatusCode::kDeviceRemoved) << ended->status.ToString();
   ASSERT_TRUE(devices[3]->client->Send(kUsers[0], "after the removal").ok());
   for (int k : {0, 1}) {
     EXPECT_TRUE(PollUntil(

@@ -331,7 +331,7 @@ TEST(DevicesTest, ARemovedDeviceLosesItsSessionItsKeysAndItsMessages) {
   // Device 3 is removed: its live session ends at once.
   ASSERT_EQ(SetDevices(*alice[1], kAlice, 2, {1, 2}).opcode, Op(wire::Opcode::kOk));
   const v1::Error ended = ErrorOf(alice[3]->Expect(Op(wire::Opcode::kError)));
-  EXPECT_EQ(ended.code(), 13u);  // SESSION_REPLACED
+  EXPECT_EQ(ended.code(), 15u);  // DEVICE_REMOVED
   EXPECT_TRUE(ended.fatal());
   // Its inbox goes: the envelope for it is deleted (the archiver purges it).
   EXPECT_TRUE(PollUntil(
@@ -346,7 +346,7 @@ TEST(DevicesTest, ARemovedDeviceLosesItsSessionItsKeysAndItsMessages) {
     ASSERT_TRUE(again);
     const client::ReceivedFrame w = again->Hello(TokenFor(server, kAlice, 3));
     EXPECT_EQ(w.opcode, Op(wire::Opcode::kWelcome));
-    EXPECT_EQ(ErrorOf(again->Expect(Op(wire::Opcode::kError))).code(), 13u);
+    EXPECT_EQ(ErrorOf(again->Expect(Op(wire::Opcode::kError))).code(), 15u);
   }
   // Nobody can write to it: a copy for it is extra, and it is not in the keys.
   const v1::Error extra =

@@ -46,6 +46,7 @@ TEST(StatusTest, CodesMatchWireErrorCodes) {
       {StatusCode::kStorageFull, 12, "STORAGE_FULL", false},
       {StatusCode::kSessionReplaced, 13, "SESSION_REPLACED", true},
       {StatusCode::kMismatchedDevices, 14, "MISMATCHED_DEVICES", false},
+      {StatusCode::kDeviceRemoved, 15, "DEVICE_REMOVED", true},
   };
   for (const Row& r : rows) {
     SCOPED_TRACE(r.name);
@@ -55,7 +56,7 @@ TEST(StatusTest, CodesMatchWireErrorCodes) {
   }
   EXPECT_EQ(StatusCodeName(StatusCode::kOk), "OK");
   EXPECT_FALSE(IsFatalByDefault(StatusCode::kOk));
-  EXPECT_EQ(StatusCodeName(static_cast<StatusCode>(15)), "UNKNOWN");
+  EXPECT_EQ(StatusCodeName(static_cast<StatusCode>(16)), "UNKNOWN");
   EXPECT_EQ(StatusCodeName(static_cast<StatusCode>(0xffffffffu)), "UNKNOWN");
 }
 
