@@ -424,6 +424,7 @@ void RunCallingSide(std::string_view stream, const Decoded& d) {
       switch (m.push().what_case()) {
         case ipb::Push::kDeliver: ++want.delivers; break;
         case ipb::Push::kReplace: ++want.replaces; break;
+        case ipb::Push::kRemoveDevice: ++want.replaces; break;  // the sink's default: Replace
         case ipb::Push::kSettleRate: ++want.settles; break;
         case ipb::Push::kPresence: ++want.presences; break;
         case ipb::Push::kTyping: ++want.typings; break;
