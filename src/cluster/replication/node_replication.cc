@@ -7,6 +7,13 @@
 #include "obs/log.h"
 
 namespace iris::cluster {
+namespace {
+
+// A rebuild chunk read before the store applied the rebuild's lsn is read again this much
+// later (the store applies committed batches as soon as they are durable here).
+constexpr int64_t kBehindRetryMs = 10;
+
+}  // namespace
 
 Result<std::unique_ptr<NodeReplication>> NodeReplication::Open(NodeReplicationOptions options,
                                                                EtcdClient& etcd, ClusterKeys keys,
@@ -316,6 +323,8 @@ void NodeReplication::RebuildLoop() {
       }
       if (r.awaiting || finished) {
         wake = std::min(wake, r.deadline_ms);
+      } else if (now < r.not_before_ms) {
+        wake = std::min(wake, r.not_before_ms);
       } else if (next == nullptr) {
         next = &r;
       }
@@ -333,10 +342,15 @@ void NodeReplication::RebuildLoop() {
     const uint64_t id = next->id;
     std::string cursor = next->cursor;
     lock.unlock();
+    // What the host has applied before the read is in the store when it is read: with the
+    // store's own record (which a rebuild's install does not move), the position the chunk
+    // was read at.
+    const std::optional<repl::ReplicaHost::View> before = view(key.first);
     bool done = false;
     repl::Lsn read_lsn = 0;
     Result<std::string> chunk = env_.copy_chunk(key.first, &cursor, options_.rebuild_chunk_bytes,
                                                 &done, &read_lsn);
+    if (before) read_lsn = std::max(read_lsn, before->applied_lsn);
     lock.lock();
     auto it = rebuilds_.find(key);
     if (it == rebuilds_.end() || it->second.id != id) continue;  // replaced meanwhile
@@ -347,6 +361,33 @@ void NodeReplication::RebuildLoop() {
       continue;
     }
     OutgoingRebuild& r = it->second;
+    if (read_lsn < r.order.lsn) {
+      // The order's lsn is committed but not yet applied to this store (a commit this node
+      // learnt before its own copy was durable, or one applied just after the order): the
+      // chunk lacks batches up to that lsn, which the replica will never replay (it is
+      // levelled from the lsn on). Dropped; read again once the store has applied them.
+      const int64_t t = NowMs();
+      if (r.behind_since_ms == 0) {
+        r.behind_since_ms = t;
+        obs::LogInfo("replication: a rebuild waits for this store to apply its lsn",
+                     {{"shard", key.first},
+                      {"replica", key.second},
+                      {"lsn", r.order.lsn},
+                      {"applied", read_lsn}});
+      }
+      if (t - r.behind_since_ms >= options_.rebuild_ack_timeout_ms) {
+        obs::LogWarn("replication: rebuild stopped: the store did not apply the rebuild's lsn",
+                     {{"shard", key.first},
+                      {"replica", key.second},
+                      {"lsn", r.order.lsn},
+                      {"applied", read_lsn}});
+        rebuilds_.erase(it);  // the primary orders another
+      } else {
+        r.not_before_ms = t + kBehindRetryMs;
+      }
+      continue;
+    }
+    r.behind_since_ms = 0;
     r.cursor = std::move(cursor);
     r.copied = done;
     r.awaiting = true;

@@ -165,12 +165,15 @@ class NodeReplication {
     int64_t started_ms = 0;
     uint64_t bytes = 0;  // acknowledged so far
     uint64_t in_flight_bytes = 0;
+    // The store had not yet applied the order's lsn when the next chunk was read (the
+    // chunk was dropped): it is read again from not_before_ms on; behind_since_ms is when
+    // that first happened (0: it did not), for giving up.
+    int64_t not_before_ms = 0;
+    int64_t behind_since_ms = 0;
   };
   void StartRebuild(repl::ShardNo shard, const repl::Rebuild& order);
   static int64_t NowMs();
   void RebuildLoop();
-  // Reads and sends the next chunk of `r` (rebuild_mu_ not held). False: drop the rebuild.
-  bool SendNextChunk(OutgoingRebuild& r);
   void Answer(const std::vector<uint64_t>& request_ids, const Status& status);
   void OnRoleChanged(repl::ShardNo shard, repl::Epoch epoch, uint64_t hlc_high_water);
 

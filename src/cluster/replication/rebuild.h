@@ -13,13 +13,16 @@
 //       every chunk of `id` was installed and nothing was applied since its first chunk
 //
 // Each chunk replaces whole key ranges of the shard's vnodes by the primary's records, read
-// when the chunk was made (at the primary's applied lsn `read_lsn`, at least the rebuild's
-// lsn). The replica takes a chunk only if read_lsn is at least what it has applied itself
-// (an older chunk would put back records its applied batches changed), and only while it
-// has applied nothing since the rebuild's first chunk. Chunks are not one snapshot; the
-// replica is then levelled from lsn and replays every later batch, whose operations are
-// blind writes: replaying them in order over any state between lsn and now ends in the
-// primary's state.
+// when the chunk was made (at the primary's applied lsn `read_lsn`). The primary sends a
+// chunk only once read_lsn is at least the rebuild's lsn (a commit it knows of may not be
+// applied to its store yet: that chunk is read again), and the replica takes the install
+// only if every chunk was (a chunk without some batch up to the lsn would lose it: the
+// replica is levelled from the lsn on). The replica takes a chunk only if read_lsn is at
+// least what it has applied itself (an older chunk would put back records its applied
+// batches changed), and only while it has applied nothing since the rebuild's first chunk. Chunks
+// are not one snapshot; the replica is then levelled from lsn and replays every later batch, whose
+// operations are blind writes: replaying them in order over any state between lsn and now ends in
+// the primary's state.
 
 #include <cstdint>
 #include <string>

@@ -136,14 +136,17 @@ void ReplicaHost::OnRebuildChunk(NodeId from, RebuildChunk& c) {
     return;
   }
   ++rebuild_.next_seq;
+  rebuild_.min_read_lsn = std::min(rebuild_.min_read_lsn, c.read_lsn);
   rebuild_.complete = c.last;
   answer(true);
 }
 
 bool ReplicaHost::InstallAllowed(NodeId from, const InstallSnapshot& m) const {
   if (!env_.install_chunk) return true;
+  // Every chunk must hold the batches up to the snapshot's lsn: the replica is levelled
+  // from there on, so a batch before it that a chunk lacks would be lost here.
   return rebuild_.id != 0 && from == rebuild_.from && rebuild_.complete && rebuild_.clean &&
-         m.snapshot.state == RebuildState(rebuild_.id);
+         m.snapshot.state == RebuildState(rebuild_.id) && m.snapshot.lsn <= rebuild_.min_read_lsn;
 }
 
 void ReplicaHost::ReportRole() {
@@ -176,6 +179,7 @@ void ReplicaHost::Publish() {
   v.hlc_high_water = replica_.HlcHighWater();
   v.rebuilds_installed = rebuilds_installed_;
   v.failed = failed_;
+  v.amnesiac = replica_.amnesiac();
   v.removed = replica_.removed();
   v.members = replica_.Members();
   v.switching = replica_.switching();

@@ -126,6 +126,9 @@ class ReplicaHost {
     uint64_t hlc_high_water = 0;
     uint64_t rebuilds_installed = 0;  // InstallSnapshots of a rebuild taken by this host
     bool failed = false;
+    // The replica lost its log (or is new to a running shard): it neither votes nor counts
+    // until a primary has levelled it (DurableState::amnesiac).
+    bool amnesiac = false;
     // The shard record leaves this node out (a move took it out): its host may go.
     bool removed = false;
     std::vector<NodeId> members;  // the replica set as this node knows it
@@ -168,6 +171,9 @@ class ReplicaHost {
     uint64_t next_seq = 0;
     bool complete = false;
     bool clean = false;
+    // The lowest read_lsn of its chunks: an install at a higher lsn would skip batches
+    // some chunk lacks.
+    Lsn min_read_lsn = ~Lsn{0};
   };
   IncomingRebuild rebuild_;
   uint64_t rebuilds_installed_ = 0;

@@ -134,5 +134,24 @@ TEST_F(ReplicaHostRebuildTest, AnInstallIsTakenOnlyAfterEveryChunkAndNoApplySinc
   EXPECT_EQ(applied_, std::vector<Lsn>{1});
 }
 
+// Each chunk is read from the primary's store at its applied lsn (read_lsn); the replica is
+// levelled from the install's lsn on, so a chunk read before that lsn lacks batches nothing
+// would replay: the install is refused (seen as lost messages in the cluster's power-loss
+// chaos test, where a new primary's store had not yet applied the commit it rebuilt from).
+TEST_F(ReplicaHostRebuildTest, AnInstallBeyondWhatAChunkWasReadAtIsRefused) {
+  ASSERT_EQ(Chunk(11, 0, false, 1, /*read_lsn=*/9), std::optional<bool>(true));
+  ASSERT_EQ(Chunk(11, 1, true, 1, /*read_lsn=*/7), std::optional<bool>(true));
+  Install(11, 9);
+  // The next rebuild's chunks were all read at 9 or later: taken. (The refused install
+  // changed nothing: the host goes on taking chunks.)
+  ASSERT_EQ(Chunk(12, 0, false, 1, /*read_lsn=*/9), std::optional<bool>(true));
+  ASSERT_EQ(Chunk(12, 1, true, 1, /*read_lsn=*/12), std::optional<bool>(true));
+  EXPECT_EQ(host_->view().snapshot_lsn, 0u) << "installed at 9 with a chunk read at 7";
+  EXPECT_EQ(host_->view().rebuilds_installed, 0u);
+  Install(12, 9);
+  ASSERT_TRUE(PollUntil([&] { return host_->view().rebuilds_installed == 1; }));
+  EXPECT_EQ(host_->view().snapshot_lsn, 9u);
+}
+
 }  // namespace
 }  // namespace iris::cluster::repl
