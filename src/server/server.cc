@@ -1020,9 +1020,10 @@ void Server::Stop() {
     m.replication_metrics_closed = true;
     for (const uint32_t shard : m.replicated_shards) {
       const obs::Labels labels = {{"shard", std::to_string(shard)}};
-      for (const char* name : {"iris_replication_applied_lsn", "iris_replication_commit_lsn",
-                               "iris_replication_primary", "iris_replication_snapshot_lsn",
-                               "iris_replication_rebuilds_installed"}) {
+      for (const char* name :
+           {"iris_replication_applied_lsn", "iris_replication_commit_lsn",
+            "iris_replication_primary", "iris_replication_snapshot_lsn",
+            "iris_replication_rebuilds_installed", "iris_replication_amnesiac"}) {
         obs::Registry::Default().RemoveCallback(name, labels);
       }
     }
@@ -1567,6 +1568,12 @@ void Server::FollowPlacementWithReplicas(const std::shared_ptr<const cluster::Pl
         view_of([](const cluster::repl::ReplicaHost::View& v) {
           return static_cast<double>(v.rebuilds_installed);
         }),
+        labels);
+    obs::Registry::Default().AddCallbackGauge(
+        "iris_replication_amnesiac",
+        "Replicated cluster: 1 while this replica lost its log (or is new to the shard) and "
+        "neither votes nor counts for W until the primary has levelled it",
+        view_of([](const cluster::repl::ReplicaHost::View& v) { return v.amnesiac ? 1.0 : 0.0; }),
         labels);
   }
 }

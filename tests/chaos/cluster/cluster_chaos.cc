@@ -192,7 +192,39 @@ bool WaitNotPrimary(LocalCluster& cluster, NodeId me, bool also_unregistered, in
   return done;
 }
 
+bool WaitEveryReplicaVotes(LocalCluster& cluster, int64_t timeout_ms, const std::string& what) {
+  std::string why = "not read yet";
+  const bool done = testing::PollUntil(
+      [&] {
+        auto state = cluster.State();
+        if (!state.ok()) {
+          why = state.status().ToString();
+          return false;
+        }
+        for (const auto& [id, shard] : state->shards) {
+          for (NodeId n : shard.replicas) {
+            const std::string series =
+                "iris_replication_amnesiac{shard=\"" + std::to_string(id) + "\"}";
+            const std::optional<double> v =
+                n >= 1 && n <= cluster.size() && cluster.node(n).running()
+                    ? testing::FreshMetric(cluster.node(n), series)
+                    : std::nullopt;
+            if (v != std::optional<double>(0.0)) {
+              why = "node " + std::to_string(n) + "'s replica of shard " + std::to_string(id) +
+                    (v ? " does not vote yet (amnesiac)" : " is not reported");
+              return false;
+            }
+          }
+        }
+        return true;
+      },
+      timeout_ms, 50);
+  EXPECT_TRUE(done) << what << ": " << why;
+  return done;
+}
+
 void IsolateNemesis::Inject(ChaosRun& run, std::mt19937_64& rng) {
+  ASSERT_TRUE(WaitEveryReplicaVotes(cluster_, 30'000, "before an isolation"));
   node_ = 1 + static_cast<int>(rng() % kNodes);
   if (next_ != 0) node_ = std::exchange(next_, 0);
   const int64_t t0 = SystemClock::Instance().MonoMillis();

@@ -67,6 +67,15 @@ void ExpectFreshReadsThrough(ChaosRun& run, testing::ServerProcess& node, int k)
 bool WaitNotPrimary(testing::LocalCluster& cluster, NodeId me, bool also_unregistered,
                     int64_t timeout_ms, const std::string& what);
 
+// Within `timeout_ms`, every replica of every shard (as etcd places them) may vote: its node
+// runs and reports iris_replication_amnesiac = 0 for the shard. A replica that joined a shard
+// after its first election (a node that registered late) or set lost data aside votes only
+// once the primary has levelled it (docs/replication.md), and until then the shard cannot
+// fail over without its primary: a nemesis that takes a primary away waits for this first.
+// A test failure (and false) otherwise.
+bool WaitEveryReplicaVotes(testing::LocalCluster& cluster, int64_t timeout_ms,
+                           const std::string& what);
+
 // One node at a time (seeded) loses its only link: it reaches neither its peers, nor etcd,
 // nor the clients. Held until etcd shows it gone and its shards failed over; after the heal,
 // reads through it must be fresh (ExpectFreshReadsThrough).

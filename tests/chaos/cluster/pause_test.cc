@@ -30,6 +30,7 @@ class PausePrimaryNemesis : public Nemesis {
   explicit PausePrimaryNemesis(LocalCluster& cluster) : cluster_(cluster) {}
   std::string name() const override { return "pause-primary"; }
   void Inject(ChaosRun& run, std::mt19937_64& rng) override {
+    ASSERT_TRUE(WaitEveryReplicaVotes(cluster_, 30'000, "before a pause"));
     auto state = cluster_.State();
     ASSERT_TRUE(state.ok()) << state.status().ToString();
     std::vector<NodeId> primaries;

@@ -273,7 +273,7 @@ std::optional<double> SeriesValue(const std::string& body, const std::string& se
 
 std::optional<std::string> MetricsBody(const ServerProcess& server) {
   std::string body;
-  if (AdminRequest(server.admin_port(), "GET", "/metrics", "", "", &body) != 200) {
+  if (AdminRequest(server.host(), server.admin_port(), "GET", "/metrics", "", "", &body) != 200) {
     return std::nullopt;
   }
   return body;
@@ -304,11 +304,20 @@ std::optional<double> FreshMetric(const ServerProcess& server, const std::string
 
 int AdminRequest(uint16_t port, const std::string& method, const std::string& path,
                  const std::string& bearer, const std::string& body, std::string* response) {
+  return AdminRequest("127.0.0.1", port, method, path, bearer, body, response);
+}
+
+int AdminRequest(const std::string& host, uint16_t port, const std::string& method,
+                 const std::string& path, const std::string& bearer, const std::string& body,
+                 std::string* response) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_port = htons(port);
-  inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+  if (inet_pton(AF_INET, host.c_str(), &a.sin_addr) != 1) {
+    close(fd);
+    return -1;
+  }
   if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
     close(fd);
     return -1;

@@ -114,6 +114,10 @@ std::optional<double> FreshMetric(const ServerProcess& server, const std::string
 
 int AdminRequest(uint16_t port, const std::string& method, const std::string& path,
                  const std::string& bearer, const std::string& body, std::string* response);
+// The same to the admin listener at `host` (a node in a network namespace: its lab address).
+int AdminRequest(const std::string& host, uint16_t port, const std::string& method,
+                 const std::string& path, const std::string& bearer, const std::string& body,
+                 std::string* response);
 
 class TestClient {
  public:
