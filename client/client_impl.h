@@ -285,6 +285,10 @@ class Client::Impl {
   // Asks `device` of `sender` for its sender key of `group` (a control message), once per
   // (sender, group, device) while this client runs (db_mu_ held).
   Status RequestSenderKey(uint64_t sender, uint64_t group, uint32_t device);
+  // The info of `group` when this device is a member of it and so is `user` (a group known
+  // here: the server cannot make this client write to anyone it likes by making up group
+  // envelopes); nullopt otherwise.
+  Result<std::optional<v1::GroupInfo>> GroupWithFellowMember(uint64_t group, uint64_t user);
   // Answers a member's request for this device's sender key of `group` (db_mu_ held).
   Status AnswerSenderKeyRequest(uint64_t member, uint64_t group);
   // Queues this device's sender-key distribution `payload` of `group` to `member` and

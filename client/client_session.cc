@@ -1455,16 +1455,22 @@ Status Client::Impl::QueueDistribution(uint64_t group, uint64_t member,
   return store_->AddGroupKeyHolder(group, member);
 }
 
-Status Client::Impl::RequestSenderKey(uint64_t sender, uint64_t group, uint32_t device) {
-  // Only of a fellow member of a group known here (the server cannot make this client write
-  // to anyone it likes by making up group envelopes).
+Result<std::optional<v1::GroupInfo>> Client::Impl::GroupWithFellowMember(uint64_t group,
+                                                                         uint64_t user) {
   IRIS_ASSIGN_OR_RETURN(std::optional<LocalGroup> g, store_->GetGroup(group));
-  if (!g || !g->member) return Status::Ok();
+  if (!g || !g->member) return std::optional<v1::GroupInfo>();
   v1::GroupInfo info;
   if (!info.ParseFromString(g->info) ||
-      std::find(info.members().begin(), info.members().end(), sender) == info.members().end()) {
-    return Status::Ok();
+      std::find(info.members().begin(), info.members().end(), user) == info.members().end()) {
+    return std::optional<v1::GroupInfo>();
   }
+  return std::optional<v1::GroupInfo>(std::move(info));
+}
+
+Status Client::Impl::RequestSenderKey(uint64_t sender, uint64_t group, uint32_t device) {
+  // Only of a fellow member of a group known here.
+  IRIS_ASSIGN_OR_RETURN(std::optional<v1::GroupInfo> info, GroupWithFellowMember(group, sender));
+  if (!info) return Status::Ok();
   if (!sender_keys_asked_.insert({sender, group, device}).second) return Status::Ok();
   e2ee::ControlContent c;
   c.kind = e2ee::kControlSenderKeyRequest;
@@ -1483,13 +1489,8 @@ Status Client::Impl::RequestSenderKey(uint64_t sender, uint64_t group, uint32_t 
 Status Client::Impl::AnswerSenderKeyRequest(uint64_t member, uint64_t group) {
   // Only a fellow member, only for a group this device has sent to (it has a key to give),
   // and only this device's current key (a rotated-away key is never handed out).
-  IRIS_ASSIGN_OR_RETURN(std::optional<LocalGroup> g, store_->GetGroup(group));
-  if (!g || !g->member) return Status::Ok();
-  v1::GroupInfo info;
-  if (!info.ParseFromString(g->info) || info.kind() != v1::E2EE) return Status::Ok();
-  if (std::find(info.members().begin(), info.members().end(), member) == info.members().end()) {
-    return Status::Ok();
-  }
+  IRIS_ASSIGN_OR_RETURN(std::optional<v1::GroupInfo> info, GroupWithFellowMember(group, member));
+  if (!info || info->kind() != v1::E2EE) return Status::Ok();
   const uint64_t self = user_id_.load();
   if (!cipher_->HasSenderKey(group, self)) return Status::Ok();
   // A member given this key before gets the distribution it was given (from that point on,

@@ -414,64 +414,48 @@ size_t Edge::session_count() const {
   return n;
 }
 
-void Edge::Deliver(const core::SessionRef& to, const v1::Envelope& envelope) {
-  const uint32_t loop = to.edge & 0xff;
-  if ((to.edge >> 8) != options_.process_index || loop >= loops_.size()) return;
-  EdgeLoop* raw = loops_[loop].get();
-  raw->loop_.Post([raw, sid = to.session, e = envelope] {
-    if (Session* s = raw->Find(sid)) s->Push(e);
+EdgeLoop* Edge::LoopOf(const core::SessionRef& ref) {
+  const uint32_t loop = ref.edge & 0xff;
+  if ((ref.edge >> 8) != options_.process_index || loop >= loops_.size()) return nullptr;
+  return loops_[loop].get();
+}
+
+template <typename Fn>
+void Edge::PostToSession(const core::SessionRef& ref, Fn fn) {
+  EdgeLoop* raw = LoopOf(ref);
+  if (raw == nullptr) return;
+  raw->loop_.Post([raw, sid = ref.session, fn = std::move(fn)]() mutable {
+    if (Session* s = raw->Find(sid)) fn(*s);
   });
+}
+
+void Edge::Deliver(const core::SessionRef& to, const v1::Envelope& envelope) {
+  PostToSession(to, [e = envelope](Session& s) { s.Push(e); });
 }
 
 void Edge::SendPresence(const core::SessionRef& to, const v1::Presence& presence) {
-  const uint32_t loop = to.edge & 0xff;
-  if ((to.edge >> 8) != options_.process_index || loop >= loops_.size()) return;
-  EdgeLoop* raw = loops_[loop].get();
-  raw->loop_.Post([raw, sid = to.session, p = presence] {
-    if (Session* s = raw->Find(sid)) s->DeliverPresence(p);
-  });
+  PostToSession(to, [p = presence](Session& s) { s.DeliverPresence(p); });
 }
 
 void Edge::SendTyping(const core::SessionRef& to, const v1::Typing& typing) {
-  const uint32_t loop = to.edge & 0xff;
-  if ((to.edge >> 8) != options_.process_index || loop >= loops_.size()) return;
-  EdgeLoop* raw = loops_[loop].get();
-  raw->loop_.Post([raw, sid = to.session, t = typing] {
-    if (Session* s = raw->Find(sid)) s->DeliverTyping(t);
-  });
+  PostToSession(to, [t = typing](Session& s) { s.DeliverTyping(t); });
 }
 
 void Edge::Disconnect(const core::SessionRef& ref, const Status& why) {
-  const uint32_t loop = ref.edge & 0xff;
-  if ((ref.edge >> 8) != options_.process_index || loop >= loops_.size()) return;
-  EdgeLoop* raw = loops_[loop].get();
-  raw->loop_.Post([raw, sid = ref.session, why] {
-    if (Session* s = raw->Find(sid)) s->Disconnect(why);
-  });
+  PostToSession(ref, [why](Session& s) { s.Disconnect(why); });
 }
 
 void Edge::Replace(const core::SessionRef& old_session) {
-  const uint32_t loop = old_session.edge & 0xff;
-  if ((old_session.edge >> 8) != options_.process_index || loop >= loops_.size()) return;
-  EdgeLoop* raw = loops_[loop].get();
-  raw->loop_.Post([raw, sid = old_session.session] {
-    if (Session* s = raw->Find(sid)) s->Replaced();
-  });
+  PostToSession(old_session, [](Session& s) { s.Replaced(); });
 }
 
 void Edge::RemoveDevice(const core::SessionRef& session) {
-  const uint32_t loop = session.edge & 0xff;
-  if ((session.edge >> 8) != options_.process_index || loop >= loops_.size()) return;
-  EdgeLoop* raw = loops_[loop].get();
-  raw->loop_.Post([raw, sid = session.session] {
-    if (Session* s = raw->Find(sid)) s->Removed();
-  });
+  PostToSession(session, [](Session& s) { s.Removed(); });
 }
 
 void Edge::SettleRate(const core::SessionRef& to, uint64_t user, const core::RateDebt& debt) {
-  const uint32_t loop = to.edge & 0xff;
-  if ((to.edge >> 8) != options_.process_index || loop >= loops_.size()) return;
-  EdgeLoop* raw = loops_[loop].get();
+  EdgeLoop* raw = LoopOf(to);
+  if (raw == nullptr) return;
   raw->loop_.Post([this, raw, to, user, debt] {
     if (Session* s = raw->Find(to.session); s != nullptr && s->user() == user) {
       s->SettleRate(debt);

@@ -232,6 +232,11 @@ class Edge final : public core::EdgeSink {
   uint32_t loop_count() const { return static_cast<uint32_t>(loops_.size()); }
 
  private:
+  // The loop of this process that runs `ref`'s session, or nullptr (another process's).
+  EdgeLoop* LoopOf(const core::SessionRef& ref);
+  // Runs fn(session) on the loop of `ref`'s session, if it still exists there.
+  template <typename Fn>
+  void PostToSession(const core::SessionRef& ref, Fn fn);
   // A loop's listener ran out of descriptors (starved) or is accepting again.
   void OnListenerStarved(uint32_t loop, bool starved, int err);
 

@@ -124,17 +124,8 @@ Result<ArchiveMove> InboxStore::Impl::ReadMove(const StoreDb::ReadHold& db, uint
   move.user = user;
   rocksdb::ReadOptions ro;
   ro.snapshot = snapshot;
-  std::string v;
   const int32_t vnode = Vnode(user);
-  const rocksdb::Status s = db.db()->Get(ro, db.cf(Cf::kMeta), MetaUserStateKey(vnode, user), &v);
-  UserState state;
-  if (s.ok()) {
-    const std::optional<UserState> decoded = DecodeUserState(v);
-    if (!decoded) return Internal("store: malformed inbox state");
-    state = *decoded;
-  } else if (!s.IsNotFound()) {
-    return FromRocks(s, "store: archiver read inbox state");
-  }
+  IRIS_ASSIGN_OR_RETURN(const UserState state, ReadUserState(db, ro, vnode, user));
   const uint64_t n = std::min<uint64_t>(excess, std::max<uint32_t>(options_.archive_chunk, 1));
   *more_left = excess > n;
 
@@ -184,15 +175,7 @@ Result<ArchiveMove> InboxStore::Impl::ReadPurge(const StoreDb::ReadHold& db, uin
   }
   purge.purge_mask = removed;
   if (removed == 0) return purge;  // nothing to drop (a list that was never written)
-  UserState state;
-  s = db.db()->Get(ro, db.cf(Cf::kMeta), MetaUserStateKey(vnode, user), &v);
-  if (s.ok()) {
-    const std::optional<UserState> decoded = DecodeUserState(v);
-    if (!decoded) return Internal("store: malformed inbox state");
-    state = *decoded;
-  } else if (!s.IsNotFound()) {
-    return FromRocks(s, "store: purge read inbox state");
-  }
+  IRIS_ASSIGN_OR_RETURN(const UserState state, ReadUserState(db, ro, vnode, user));
   ro.fill_cache = false;
   const std::string upper = InboxUpperBound(vnode, user);
   const rocksdb::Slice upper_slice(upper);

@@ -27,18 +27,6 @@ DedupIndexOptions DedupOptionsOf(const StoreOptions& o) {
   return d;
 }
 
-// Reads the per-user counters from `meta` ({0, 0} when absent).
-Result<UserState> ReadUserState(const StoreDb::ReadHold& db, const rocksdb::ReadOptions& ro,
-                                int32_t vnode, uint64_t user) {
-  std::string v;
-  const rocksdb::Status s = db.db()->Get(ro, db.cf(Cf::kMeta), MetaUserStateKey(vnode, user), &v);
-  if (s.IsNotFound()) return UserState{};
-  if (!s.ok()) return FromRocks(s, "store: read inbox state");
-  const std::optional<UserState> state = DecodeUserState(v);
-  if (!state) return Internal("store: malformed inbox state");
-  return *state;
-}
-
 // Appends the envelope at the iterator to `page` unless a limit is reached; returns false
 // (and sets has_more) when the page is full.
 Result<bool> TakeMessage(const rocksdb::Iterator& it, uint32_t limit, size_t max_bytes,
@@ -62,6 +50,18 @@ Result<bool> TakeMessage(const rocksdb::Iterator& it, uint32_t limit, size_t max
 }
 
 }  // namespace
+
+// Reads the per-user counters from `meta` ({0, 0} when absent).
+Result<UserState> ReadUserState(const StoreDb::ReadHold& db, const rocksdb::ReadOptions& ro,
+                                int32_t vnode, uint64_t user) {
+  std::string v;
+  const rocksdb::Status s = db.db()->Get(ro, db.cf(Cf::kMeta), MetaUserStateKey(vnode, user), &v);
+  if (s.IsNotFound()) return UserState{};
+  if (!s.ok()) return FromRocks(s, "store: read inbox state");
+  const std::optional<UserState> state = DecodeUserState(v);
+  if (!state) return Internal("store: malformed inbox state");
+  return *state;
+}
 
 InboxStore::Impl::Impl(const StoreOptions& options)
     : options_(options),

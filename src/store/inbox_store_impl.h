@@ -145,6 +145,10 @@ struct CommitRequest {
   size_t bytes = 0;  // approximate size, for the batch byte limit
 };
 
+// The per-user counters of `user` in `meta` as `ro` reads them ({0, 0} when absent).
+Result<UserState> ReadUserState(const StoreDb::ReadHold& db, const rocksdb::ReadOptions& ro,
+                                int32_t vnode, uint64_t user);
+
 class InboxStore::Impl {
  public:
   explicit Impl(const StoreOptions& options);
