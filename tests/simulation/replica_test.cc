@@ -332,6 +332,30 @@ TEST(ReplicaTest, LevelMeReportsHowFarTheLogIsKnownToMatch) {
   EXPECT_EQ(Sent<BatchAck>(fx, 1)[0].matched_lsn, 6u);
 }
 
+// A restarted replica starts its commit point at what its store applied (committed), not at
+// its snapshot: its "level me" then names that point, from which a primary whose log starts
+// after this replica's snapshot can level it without a rebuild (whose chunks this replica
+// would refuse when its store is ahead of that primary's). Never beyond its own log.
+TEST(ReplicaTest, ARestartedReplicaStartsFromTheCommitItsStoreApplied) {
+  DurableState held;
+  held.promised = 1;
+  held.accepted = 1;
+  for (Lsn l = 1; l <= 5; ++l)
+    held.batches.push_back(Batch{1, l, 100 + l, "m" + std::to_string(l)});
+  held.committed = 4;
+  Replica b(Opts(2), held);
+  EXPECT_EQ(b.CommitLsn(), 4u);
+  // A batch with a gap: it asks to be levelled, from its commit point.
+  std::vector<Effect> fx = b.Step(Receive{1, ShipBatch{1, Batch{1, 7, 107, "m7"}, 6}});
+  ASSERT_EQ(Sent<BatchAck>(fx, 1).size(), 1u);
+  EXPECT_FALSE(Sent<BatchAck>(fx, 1)[0].ok);
+  EXPECT_EQ(Sent<BatchAck>(fx, 1)[0].commit_lsn, 4u);
+  held.committed = 9;  // a store ahead of the log (its last batches were never synced here)
+  EXPECT_EQ(Replica(Opts(2), held).CommitLsn(), 5u);
+  held.committed = 0;
+  EXPECT_EQ(Replica(Opts(2), held).CommitLsn(), 0u);
+}
+
 // A replica that lost its log (a wiped data directory) in a shard that has had a primary
 // grants no promise and stands for no election; it asks the primary it knows of to level
 // it, and once it follows that primary's epoch (the whole Level durable) it votes again.

@@ -60,6 +60,11 @@ struct Node {
   bool etcd_cut = false;
   int64_t last_watch_ms = 0;
   DurableState durable;
+  // The last lsn irisd's store would have applied (ReplicaHost: what is committed and durable
+  // here after every step, and a primary's commits at once), which survives a crash: a
+  // restarted replica starts its commit point there (DurableState::committed). A wipe or a
+  // deletion clears it with the store.
+  Lsn applied = 0;
   // What earlier wipes destroyed: a copy acknowledged before a wipe counted towards W when
   // the primary committed (the ack may arrive after the wipe); G3 counts it.
   std::vector<DurableState> wiped;
@@ -241,7 +246,9 @@ class Simulation {
 void Simulation::StartNode(Node& n) {
   if (!n.assigned) return;
   n.up = true;
-  n.replica = std::make_unique<Replica>(OptionsFor(n.id), n.durable);
+  DurableState d = n.durable;
+  d.committed = n.applied;
+  n.replica = std::make_unique<Replica>(OptionsFor(n.id), std::move(d));
   if (!n.etcd_cut) Later(n.id, 1, n.instance, [this](Node& m) { Step(m, EtcdWatch{rec_}); });
 }
 
@@ -303,6 +310,7 @@ void Simulation::StartMove() {
   ++result_.moves_started;
   spare->assigned = true;
   spare->durable = DurableState{};
+  spare->applied = 0;
   spare->durable.amnesiac = true;
   ++spare->down_gen;
   StartNode(*spare);
@@ -320,6 +328,7 @@ void Simulation::DeleteRemoved(NodeId id) {
   ++n.down_gen;  // no restart pending
   n.wiped.push_back(std::move(n.durable));
   n.durable = DurableState{};
+  n.applied = 0;
   n.assigned = false;
   n.etcd_cut = false;
 }
@@ -336,6 +345,10 @@ void Simulation::Step(Node& n, Event e) {
           " commit=" + std::to_string(n.replica->CommitLsn()));
   }
   Apply(n, effects);
+  if (n.up && n.replica) {
+    const Replica& r = *n.replica;
+    n.applied = std::max({n.applied, std::min(r.CommitLsn(), r.DurableLsn()), r.snapshot().lsn});
+  }
   // The WAL must mirror the replica's log (the effects' contract).
   if (n.up && n.replica) {
     const Lsn wal_last = n.durable.snapshot.lsn + n.durable.batches.size() + n.unsynced.size();
@@ -461,6 +474,7 @@ void Simulation::Apply(Node& n, std::vector<Effect>& effects) {
               }
             });
           } else if constexpr (std::is_same_v<T, Commit>) {
+            n.applied = std::max(n.applied, std::min(x.last_lsn, n.replica->LastLsn()));
             if (!OwnsEpoch(n, x.epoch)) return;
             for (Lsn l = x.first_lsn; l <= x.last_lsn; ++l) {
               const Batch& b = n.replica->batches()[l - n.replica->snapshot().lsn - 1];
@@ -881,6 +895,7 @@ void Simulation::Fault() {
       ++result_.wipes;
       n.wiped.push_back(std::move(n.durable));
       n.durable = DurableState{};
+      n.applied = 0;
       n.durable.amnesiac = rec_.epoch > 0;
       Trace(who + " WIPED" + (n.durable.amnesiac ? " (amnesiac)" : ""));
       const uint64_t gen = ++n.down_gen;

@@ -240,6 +240,13 @@ void NodeReplication::ReceiveTransfer(repl::NodeId from, repl::ShardNo shard,
     auto it = rebuilds_.find({shard, from});
     if (it == rebuilds_.end()) return;
     OutgoingRebuild& r = it->second;
+    if (!ack.ok && ack.seq == repl::kInstallRefusedSeq && r.id == ack.rebuild && r.copied &&
+        !r.awaiting) {
+      // The replica refused this rebuild's install (it applied something meanwhile, or a
+      // chunk was older than the install): the next order starts over.
+      rebuilds_.erase(it);
+      return;
+    }
     if (r.id != ack.rebuild || r.seq != ack.seq || !r.awaiting) return;  // stale or repeated
     if (!ack.ok) {
       rebuilds_.erase(it);

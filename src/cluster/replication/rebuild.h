@@ -24,8 +24,10 @@
 // operations are blind writes: replaying them in order over any state between lsn and now ends in
 // the primary's state.
 
+#include <charconv>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <variant>
 
 #include "cluster/replication/replica.h"
@@ -49,5 +51,18 @@ using Transfer = std::variant<RebuildChunk, RebuildAck>;
 
 // The snapshot state an InstallSnapshot carries for rebuild `id` (the data are in the store).
 inline std::string RebuildState(uint64_t id) { return "rebuild " + std::to_string(id); }
+// The rebuild an InstallSnapshot's state names (0: none).
+inline uint64_t RebuildIdOf(std::string_view state) {
+  constexpr std::string_view kPrefix = "rebuild ";
+  if (state.substr(0, kPrefix.size()) != kPrefix) return 0;
+  uint64_t id = 0;
+  const char* end = state.data() + state.size();
+  const auto [p, ec] = std::from_chars(state.data() + kPrefix.size(), end, id);
+  return ec == std::errc() && p == end ? id : 0;
+}
+// RebuildAck::seq of the answer to a refused InstallSnapshot (ok = false): the sender drops
+// the finished rebuild at once, so that the primary's next order starts another, rather
+// than holding orders off while it waits for a replica that will not be levelled.
+inline constexpr uint64_t kInstallRefusedSeq = ~uint64_t{0};
 
 }  // namespace iris::cluster::repl

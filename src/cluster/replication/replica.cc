@@ -27,7 +27,7 @@ Replica::Replica(Options options, DurableState durable)
       log_(std::move(durable.batches)) {
   IRIS_RELEASE_ASSERT(opts_.write_quorum >= 1 && opts_.write_quorum <= opts_.replicas.size());
   durable_lsn_ = LastLsn();
-  commit_lsn_ = snapshot_.lsn;
+  commit_lsn_ = std::max(snapshot_.lsn, std::min(durable.committed, LastLsn()));
   // With promised == accepted nothing of a later epoch touched the log (a Level, snapshot
   // or fetch of a later epoch raises promised first), so the durable log is a prefix of the
   // log of accepted's primary: a stale Level of that epoch must not cut it back. Otherwise

@@ -332,6 +332,14 @@ struct DurableState {
   // so, or the node's store holds data of the shard, or the node set lost data aside); the
   // replica persists it (PersistMeta, with its first promise) until it is cleared.
   bool amnesiac = false;
+  // An lsn known to be committed beyond the snapshot (0: none): irisd's store applied it,
+  // and a store applies only committed batches. The replica starts with its commit point
+  // there (at most its last lsn) instead of at its snapshot, so that after a restart it
+  // asks to be levelled from there rather than from its snapshot: a primary whose log
+  // starts later would otherwise order a rebuild, whose chunks this replica refuses when
+  // its store is ahead of the primary's (a primary elected from a backup that had not
+  // learnt the last commits: two nodes lost power at once).
+  Lsn committed = 0;
 };
 
 // Deliberate bugs, for the simulation's mutation check only (all off in production).

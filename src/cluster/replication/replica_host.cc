@@ -30,6 +30,7 @@ Result<std::unique_ptr<ReplicaHost>> ReplicaHost::Start(HostOptions options, Sha
                                                         HostEnvironment env) {
   Result<DurableState> durable = log.Load(options.shard);
   if (!durable.ok()) return durable.status();
+  durable->committed = options.applied_lsn;  // the store applies committed batches only
   if ((options.shard_elected || options.applied_lsn > 0) && durable->promised == 0 && durable->accepted == 0 &&
       durable->snapshot.lsn == 0 && durable->batches.empty()) {
     durable->amnesiac = true;  // persisted with the promise etcd's record gives it
@@ -249,8 +250,14 @@ void ReplicaHost::Run() {
     } else if (auto* receive = std::get_if<Receive>(&item.event)) {
       if (const auto* install = std::get_if<InstallSnapshot>(&receive->message)) {
         if (!InstallAllowed(receive->from, *install)) {
+          // Not (or not wholly) copied here: the sender drops that rebuild, and the
+          // primary's next order starts another.
+          if (const uint64_t id = RebuildIdOf(install->snapshot.state);
+              id != 0 && id != installed_rebuild_ && env_.send_ack) {
+            env_.send_ack(receive->from, RebuildAck{id, kInstallRefusedSeq, false});
+          }
           Publish();
-          continue;  // not (or not wholly) copied here: the primary starts another rebuild
+          continue;
         }
       }
     }
@@ -305,6 +312,7 @@ void ReplicaHost::Carry(std::vector<Effect> effects) {
         applied_ = std::max(applied_, i->snapshot.lsn);
         if (rebuild_.id != 0 && i->snapshot.state == RebuildState(rebuild_.id)) {
           ++rebuilds_installed_;
+          installed_rebuild_ = rebuild_.id;
           rebuild_ = IncomingRebuild{};
         }
         Post(WalSynced{i->snapshot.lsn});

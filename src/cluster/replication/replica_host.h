@@ -177,6 +177,8 @@ class ReplicaHost {
   };
   IncomingRebuild rebuild_;
   uint64_t rebuilds_installed_ = 0;
+  uint64_t installed_rebuild_ = 0;  // the last rebuild installed (a repeat of its install is
+                                    // not answered as refused)
   // Shared with the log's sync callbacks, which may outlive the host.
   std::shared_ptr<Shared> shared_;
   std::thread thread_;

@@ -76,6 +76,25 @@ class ReplicaHostRebuildTest : public ::testing::Test {
   void Install(uint64_t id, Lsn lsn) {
     host_->Post(Receive{kPrimary, InstallSnapshot{1, Snapshot{lsn, 1, 500, RebuildState(id)}}});
   }
+  // An install the host must refuse: it answers so (the sender then drops that rebuild and
+  // the primary's next order starts another, instead of waiting out the level grace).
+  void InstallRefused(uint64_t id, Lsn lsn) {
+    size_t before = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      before = acks_.size();
+    }
+    Install(id, lsn);
+    ASSERT_TRUE(PollUntil([&] {
+      std::lock_guard<std::mutex> lock(mu_);
+      return acks_.size() > before;
+    })) << "install of rebuild "
+        << id << " not answered";
+    std::lock_guard<std::mutex> lock(mu_);
+    EXPECT_EQ(acks_.back().rebuild, id);
+    EXPECT_EQ(acks_.back().seq, kInstallRefusedSeq);
+    EXPECT_FALSE(acks_.back().ok);
+  }
 
   TempDir dir_;
   std::unique_ptr<ShardLog> log_;
@@ -95,7 +114,7 @@ TEST_F(ReplicaHostRebuildTest, AnInstallIsTakenOnlyAfterEveryChunkAndNoApplySinc
   host_->Post(Receive{kPrimary, Level{1, 0, 0, {Batch{1, 1, 10, "b1"}}, 1}});
   ASSERT_TRUE(PollUntil([&] { return host_->view().applied_lsn == 1; }));
   EXPECT_EQ(Chunk(5, 1, true), std::optional<bool>(false));
-  Install(5, 9);
+  InstallRefused(5, 9);
   // A chunk read before what this store applied would put back older records: refused.
   EXPECT_EQ(Chunk(6, 0, false, 1, /*read_lsn=*/0), std::optional<bool>(false));
   // Out of order, a later chunk of an unknown rebuild, and a fenced epoch are refused.
@@ -107,7 +126,7 @@ TEST_F(ReplicaHostRebuildTest, AnInstallIsTakenOnlyAfterEveryChunkAndNoApplySinc
 
   // Rebuild 9: incomplete (no last chunk): its install is refused too.
   ASSERT_EQ(Chunk(9, 0, false), std::optional<bool>(true));
-  Install(9, 9);
+  InstallRefused(9, 9);
   // A resent chunk is acknowledged again and not installed twice.
   size_t installed = 0;
   {
@@ -124,7 +143,7 @@ TEST_F(ReplicaHostRebuildTest, AnInstallIsTakenOnlyAfterEveryChunkAndNoApplySinc
   // Rebuild 10, complete and clean; an install naming another rebuild is still refused.
   ASSERT_EQ(Chunk(10, 0, false), std::optional<bool>(true));
   ASSERT_EQ(Chunk(10, 1, true), std::optional<bool>(true));
-  Install(9, 9);
+  InstallRefused(9, 9);
   Install(10, 9);
   ASSERT_TRUE(PollUntil([&] { return host_->view().rebuilds_installed == 1; }));
   const ReplicaHost::View v = host_->view();
@@ -141,7 +160,7 @@ TEST_F(ReplicaHostRebuildTest, AnInstallIsTakenOnlyAfterEveryChunkAndNoApplySinc
 TEST_F(ReplicaHostRebuildTest, AnInstallBeyondWhatAChunkWasReadAtIsRefused) {
   ASSERT_EQ(Chunk(11, 0, false, 1, /*read_lsn=*/9), std::optional<bool>(true));
   ASSERT_EQ(Chunk(11, 1, true, 1, /*read_lsn=*/7), std::optional<bool>(true));
-  Install(11, 9);
+  InstallRefused(11, 9);
   // The next rebuild's chunks were all read at 9 or later: taken. (The refused install
   // changed nothing: the host goes on taking chunks.)
   ASSERT_EQ(Chunk(12, 0, false, 1, /*read_lsn=*/9), std::optional<bool>(true));
@@ -151,6 +170,16 @@ TEST_F(ReplicaHostRebuildTest, AnInstallBeyondWhatAChunkWasReadAtIsRefused) {
   Install(12, 9);
   ASSERT_TRUE(PollUntil([&] { return host_->view().rebuilds_installed == 1; }));
   EXPECT_EQ(host_->view().snapshot_lsn, 9u);
+  // A repeat of the install taken is not answered as refused.
+  size_t acks = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    acks = acks_.size();
+  }
+  Install(12, 9);
+  ASSERT_EQ(Chunk(13, 0, false, 1, /*read_lsn=*/9), std::optional<bool>(true));
+  std::lock_guard<std::mutex> lock(mu_);
+  EXPECT_EQ(acks_.size(), acks + 1) << "the repeated install was answered";
 }
 
 }  // namespace
