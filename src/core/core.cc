@@ -3,7 +3,10 @@
 #include <algorithm>
 #include <chrono>
 #include <future>
+#include <map>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <utility>
 
 #include "common/devices.h"
@@ -750,8 +753,7 @@ void Core::AppendSplit(uint64_t sender, std::string key, std::vector<v1::Envelop
     envelopes.erase(local_end, envelopes.end());
   }
   if (remote.empty()) {
-    store_.AppendAsync(sender, std::move(key), std::move(envelopes),
-                       ToAppendCallback(std::move(done)), trace);
+    AppendByShard(sender, std::move(key), std::move(envelopes), std::move(done), trace);
     return;
   }
   if (envelopes.empty()) {
@@ -783,15 +785,59 @@ void Core::AppendSplit(uint64_t sender, std::string key, std::vector<v1::Envelop
   };
   directory_->AppendRemote(sender, key, std::move(remote),
                            [finish](Result<AppendResult> r) { finish(false, std::move(r)); });
-  store_.AppendAsync(
+  AppendByShard(
       sender, std::move(key), std::move(envelopes),
-      ToAppendCallback([finish](Result<AppendResult> r) { finish(true, std::move(r)); }), trace);
+      [finish](Result<AppendResult> r) { finish(true, std::move(r)); }, trace);
+}
+
+void Core::AppendByShard(uint64_t sender, std::string key, std::vector<v1::Envelope> envelopes,
+                         SendDone done, const obs::SpanContext& trace) {
+  std::map<uint32_t, std::vector<v1::Envelope>> shares;
+  for (v1::Envelope& e : envelopes) shares[store_.ShardOf(e.recipient())].push_back(std::move(e));
+  if (shares.size() <= 1) {
+    std::vector<v1::Envelope> all =
+        shares.empty() ? std::vector<v1::Envelope>() : std::move(shares.begin()->second);
+    store_.AppendAsync(sender, std::move(key), std::move(all), ToAppendCallback(std::move(done)),
+                       trace);
+    return;
+  }
+  struct Join {
+    std::mutex mu;
+    size_t pending = 0;
+    Status error;
+    std::optional<AppendResult> first;  // of the first shard (the map's order)
+    bool all_duplicate = true;
+    SendDone done;
+  };
+  auto join = std::make_shared<Join>();
+  join->pending = shares.size();
+  join->done = std::move(done);
+  bool is_first = true;
+  for (auto& [shard, share] : shares) {
+    store_.AppendAsync(sender, key, std::move(share),
+                       ToAppendCallback([join, is_first](Result<AppendResult> r) {
+                         std::unique_lock<std::mutex> lock(join->mu);
+                         if (!r.ok()) {
+                           if (join->error.ok()) join->error = r.status();
+                         } else {
+                           if (is_first) join->first = *r;
+                           join->all_duplicate = join->all_duplicate && r->duplicate;
+                         }
+                         if (--join->pending > 0) return;
+                         lock.unlock();
+                         if (!join->error.ok()) return join->done(join->error);
+                         AppendResult out = *join->first;
+                         out.duplicate = join->all_duplicate;
+                         join->done(out);
+                       }),
+                       trace);
+    is_first = false;
+  }
 }
 
 void Core::AppendEnvelopes(uint64_t sender, const std::string& idempotency_key,
                            std::vector<v1::Envelope> envelopes, SendDone done) {
-  store_.AppendAsync(sender, idempotency_key, std::move(envelopes),
-                     ToAppendCallback(std::move(done)));
+  AppendByShard(sender, idempotency_key, std::move(envelopes), std::move(done), obs::SpanContext());
 }
 
 bool Core::Blocks(uint64_t user, uint64_t other) {

@@ -196,6 +196,13 @@ class Core final : public CoreApi {
   // in a cluster the share owned here in one local batch and the rest on their owners.
   void AppendSplit(uint64_t sender, std::string key, std::vector<v1::Envelope> envelopes,
                    SendDone done, const obs::SpanContext& trace);
+  // The share owned here: one store append per shard, each durable and deduplicated on its
+  // own (its dedup entry in its own shard), so that a retry after some shards failed fills
+  // exactly those (an append over several shards could commit in some and not others, and
+  // its retry would then be answered as a duplicate). One answer: the first error, else the
+  // first shard's outcome, a duplicate only when every shard's was one.
+  void AppendByShard(uint64_t sender, std::string key, std::vector<v1::Envelope> envelopes,
+                     SendDone done, const obs::SpanContext& trace);
   // One author's writes keep the order they were made in (PROTOCOL: messages of one sender
   // reach a recipient in send order; a group change applies to the sends after it). Work
   // that needs a worker (a group send, group change, settings change, READ receipt with

@@ -294,12 +294,30 @@ void InboxStore::Impl::BuildAppend(AppendRequest& a) {
   uint64_t dedup_hash = 0;
   int32_t dedup_vnode = 0;
   if (!a.idempotency_key.empty()) {
-    // The entry belongs to the shard that owns the append: the group's for a group send,
-    // else the (first) recipient's inbox. A key is thus scoped per (vnode, sender, key).
+    // The entry lives in a shard the append writes (in a replicated cluster, one this node
+    // leads; the core splits appends by shard): a fan-out job's, the group's; a 1:1 send's,
+    // the recipient's; a group message's, the group's when its first recipient is in the
+    // group's shard (always on a single node), else the first vnode of that recipient's
+    // shard (whoever the members are, so that a retry finds it). A key is thus scoped per
+    // (vnode, sender, key).
     const v1::Envelope& first = a.envelopes.front();
-    const uint64_t owner = first.group_id() != 0 ? first.group_id() : first.recipient();
-    const auto cached = user_cache_.find(owner);  // a known user's vnode costs no hashing
-    dedup_vnode = cached != user_cache_.end() ? cached->second.vnode : Vnode(owner);
+    const auto vnode_of = [&](uint64_t owner) {
+      const auto cached = user_cache_.find(owner);  // a known user's vnode costs no hashing
+      return cached != user_cache_.end() ? cached->second.vnode : Vnode(owner);
+    };
+    if (first.group_id() == 0) {
+      dedup_vnode = vnode_of(first.recipient());
+    } else {
+      dedup_vnode = vnode_of(first.group_id());
+      if (!a.fanout_job) {
+        const std::vector<uint32_t>& map = *cur_->shard_map;
+        const uint32_t shard = map[static_cast<size_t>(vnode_of(first.recipient()))];
+        if (map[static_cast<size_t>(dedup_vnode)] != shard) {
+          dedup_vnode =
+              static_cast<int32_t>(std::find(map.begin(), map.end(), shard) - map.begin());
+        }
+      }
+    }
     dedup_key = DedupKey(dedup_vnode, a.sender, a.idempotency_key);
     dedup_hash = DedupIndex::Hash(dedup_key);
     Result<std::optional<DedupIndex::Hit>> hit = dedup_->Lookup(dedup_key, dedup_hash);

@@ -510,6 +510,9 @@ Result<v1::GroupInfo> InboxStore::GetGroup(uint64_t group_id) const {
 }
 uint64_t InboxStore::LastId() const { return impl_->LastId(); }
 int32_t InboxStore::VnodeOf(uint64_t owner) const { return impl_->Vnode(owner); }
+uint32_t InboxStore::ShardOf(uint64_t owner) const {
+  return impl_->ShardOfVnode(impl_->Vnode(owner));
+}
 Result<uint64_t> InboxStore::VnodeChecksum(int32_t vnode) const {
   IRIS_ASSERT_NOT_ON_LOOP_THREAD();
   return impl_->VnodeChecksum(vnode);

@@ -347,6 +347,8 @@ class InboxStore {
   // Vnode ranges (CLUSTER.md §4, §6: copy, verify, delete a vnode).
   // The vnode of a user or group id in this store (options.vnodes).
   int32_t VnodeOf(uint64_t owner) const;
+  // The shard of that vnode in the store's current vnode -> shard map (0 on a single node).
+  uint32_t ShardOf(uint64_t owner) const;
   // A deterministic 64-bit hash (XXH3) over every key and value of `vnode`, column family
   // by column family, from one snapshot: two stores holding the same records for the vnode
   // give the same value. Node-wide records (HLC marks, revocations) are not part of any

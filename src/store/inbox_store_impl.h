@@ -219,6 +219,12 @@ class InboxStore::Impl {
 
   // vnode_ranges.cc
   int32_t Vnode(uint64_t owner) const { return store::VnodeOf(owner, options_.vnodes); }
+  // The shard of `vnode` in the current map (0 when it has none).
+  uint32_t ShardOfVnode(int32_t vnode) const {
+    const std::shared_ptr<const std::vector<uint32_t>> map = ShardMap();
+    const auto v = static_cast<size_t>(vnode);
+    return map && v < map->size() ? (*map)[v] : 0;
+  }
   Result<std::vector<InboxStore::FanOutJob>> LoadFanOutJobs() const;
   Result<uint64_t> VnodeChecksum(int32_t vnode) const;
   Status DeleteVnode(int32_t vnode);

@@ -19,6 +19,7 @@
 #include "common/clock.h"
 #include "common/status.h"
 #include "harness/local_cluster.h"
+#include "support/wait_for.h"
 #include "wire/frame.h"
 #include "wire/opcode.h"
 
@@ -41,14 +42,48 @@ void WaitPresence(TestClient& watcher, uint64_t user, bool online) {
 
 class ClusterTest : public ::testing::Test {
  protected:
-  static LocalCluster::Options Opts() {
+  static LocalCluster::Options Opts(int replicas) {
     LocalCluster::Options o;
     o.storage_nodes = 3;
+    o.replicas = replicas;
     o.edge_nodes = 1;
     return o;
   }
+  ClusterTest() : ClusterTest(1) {}
+  explicit ClusterTest(int replicas) : cluster_(Opts(replicas)) {}
   void SetUp() override { ASSERT_NO_FATAL_FAILURE(cluster_.Start()); }
-  LocalCluster cluster_{Opts()};
+  // See GroupSendsReachMembersOwnedByEveryNode.
+  void GroupSendsReachMembersOwnedByEveryNode();
+  LocalCluster cluster_;
+};
+
+// The same cluster with --replicas 3 (W = 2): every node holds a replica of every shard and
+// writes only the shards it leads. Clients connect once every shard has elected a primary
+// (etcd's record), as a session registered during the first elections is beside the point.
+class ReplicatedClusterTest : public ClusterTest {
+ protected:
+  ReplicatedClusterTest() : ClusterTest(3) {}
+  void SetUp() override {
+    ASSERT_NO_FATAL_FAILURE(ClusterTest::SetUp());
+    std::string why = "not read yet";
+    ASSERT_TRUE(PollUntil(
+        [&] {
+          auto state = cluster_.State();
+          if (!state.ok()) {
+            why = state.status().ToString();
+            return false;
+          }
+          for (const auto& [id, shard] : state->shards) {
+            if (!shard.elected || shard.primary == 0) {
+              why = "shard " + std::to_string(id) + " has not elected a primary";
+              return false;
+            }
+          }
+          return !state->shards.empty();
+        },
+        30'000, 20))
+        << why;
+  }
 };
 
 // FR-1/2/3/5: users owned by each node, each connected to a node that does not own it (the
@@ -148,6 +183,18 @@ TEST_F(ClusterTest, CatchUpRacingSendsAcrossNodesLosesNothing) {
 // owned by every node (one append call per other owner); each member, connected to yet
 // another node, gets it once.
 TEST_F(ClusterTest, GroupSendsReachMembersOwnedByEveryNode) {
+  GroupSendsReachMembersOwnedByEveryNode();
+}
+
+// Replicated, each share of a group's members is written by the primaries of their shards,
+// one append per shard, its dedup entry in that shard (once, the remote share's entry went
+// to the group's shard, which the remote node does not lead: every group send and event
+// with members owned by another node failed).
+TEST_F(ReplicatedClusterTest, GroupSendsReachMembersOwnedByEveryNode) {
+  GroupSendsReachMembersOwnedByEveryNode();
+}
+
+void ClusterTest::GroupSendsReachMembersOwnedByEveryNode() {
   std::vector<uint64_t> members;
   for (NodeId owner = 1; owner <= 3; ++owner) {
     members.push_back(cluster_.UserOwnedBy(owner, 2000 + 100 * owner));
@@ -174,7 +221,11 @@ TEST_F(ClusterTest, GroupSendsReachMembersOwnedByEveryNode) {
     EXPECT_TRUE(d.ParseFromString(f.payload));
     return d.message();
   };
-  for (auto& c : clients) {
+  for (size_t i = 0; i < clients.size(); ++i) {
+    auto& c = clients[i];
+    SCOPED_TRACE("member " + std::to_string(members[i]) + " owned by node " +
+                 std::to_string(cluster_.OwnerOf(members[i])) + ", group owned by node " +
+                 std::to_string(cluster_.OwnerOf(g.group_id())));
     v1::Envelope e = next_deliver(*c);
     EXPECT_EQ(e.kind(), v1::GROUP_EVENT);
     EXPECT_EQ(e.group_id(), g.group_id());
