@@ -724,19 +724,51 @@ void Core::SetClusterDirectory(ClusterDirectory* directory) {
 
 Status Core::StartFanOut() {
   if (directory_ != nullptr) {
+    // What the batch's local write (AppendFanOutBatch, with the job's progress, in the
+    // group's shard) cannot take: members owned by other nodes, and members here in other
+    // shards (one write over several shards could commit the progress without them). Both
+    // deduplicated by the batch's key, so the batch's retry stores them once.
     fanout_.set_remote([this](const std::string& key, std::vector<v1::Envelope>* envelopes,
                               std::function<void(Status)> done) {
+      if (envelopes->empty()) return done(Status::Ok());
+      const uint32_t group_shard = store_.ShardOf(envelopes->front().group_id());
       auto local_end = std::stable_partition(
           envelopes->begin(), envelopes->end(),
           [this](const v1::Envelope& e) { return directory_->Owns(e.recipient()); });
       std::vector<v1::Envelope> remote(std::make_move_iterator(local_end),
                                        std::make_move_iterator(envelopes->end()));
       envelopes->erase(local_end, envelopes->end());
-      if (remote.empty()) return done(Status::Ok());
-      const uint64_t sender = remote.front().sender();
-      directory_->AppendRemote(
-          sender, key, std::move(remote),
-          [done = std::move(done)](Result<AppendResult> r) { done(r.status()); });
+      auto with_job = std::stable_partition(
+          envelopes->begin(), envelopes->end(),
+          [&](const v1::Envelope& e) { return store_.ShardOf(e.recipient()) == group_shard; });
+      std::vector<v1::Envelope> other_shards(std::make_move_iterator(with_job),
+                                             std::make_move_iterator(envelopes->end()));
+      envelopes->erase(with_job, envelopes->end());
+      if (remote.empty() && other_shards.empty()) return done(Status::Ok());
+      struct Join {
+        std::mutex mu;
+        int pending = 0;
+        Status error;
+        std::function<void(Status)> done;
+      };
+      auto join = std::make_shared<Join>();
+      join->pending = (remote.empty() ? 0 : 1) + (other_shards.empty() ? 0 : 1);
+      join->done = std::move(done);
+      const auto answer = [join](Result<AppendResult> r) {
+        std::unique_lock<std::mutex> lock(join->mu);
+        if (!r.ok() && join->error.ok()) join->error = r.status();
+        if (--join->pending > 0) return;
+        lock.unlock();
+        join->done(join->error);
+      };
+      if (!remote.empty()) {
+        const uint64_t sender = remote.front().sender();
+        directory_->AppendRemote(sender, key, std::move(remote), answer);
+      }
+      if (!other_shards.empty()) {
+        const uint64_t sender = other_shards.front().sender();
+        AppendByShard(sender, key, std::move(other_shards), answer, obs::SpanContext{});
+      }
     });
   }
   return fanout_.Start();

@@ -194,6 +194,63 @@ TEST_F(ReplicatedClusterTest, GroupSendsReachMembersOwnedByEveryNode) {
   GroupSendsReachMembersOwnedByEveryNode();
 }
 
+// A broadcast group above the direct fan-out limit (256 recipients), replicated: the send is
+// one fan-out job in the group's shard; its worker appends each batch to the members in the
+// group's shard with the job's progress, and the others (other shards here, other nodes)
+// through deduplicated per-shard appends first. A member of every shard reads it once.
+TEST_F(ReplicatedClusterTest, LargeGroupFanOutReachesMembersOfEveryShard) {
+  const uint64_t owner = cluster_.UserOwnedBy(1, 5000);
+  std::vector<uint64_t> members;
+  for (uint64_t u = 6000; members.size() < 300; ++u) members.push_back(u);
+  auto c = Online(cluster_.node(2), owner);
+  // A create and an update (at most 256 ids per request).
+  v1::GroupCreate create;
+  create.set_request_id(1);
+  create.set_kind(v1::BROADCAST);
+  for (size_t i = 0; i < 200; ++i) create.add_members(members[i]);
+  create.set_idempotency_key(NewKey());
+  ASSERT_TRUE(c->conn().SendFrame(Op(wire::Opcode::kGroupCreate), create).ok());
+  auto gf = c->Expect(Op(wire::Opcode::kGroupInfo), 20'000);
+  v1::GroupInfo g;
+  ASSERT_TRUE(g.ParseFromString(gf.payload));
+  ASSERT_NE(g.group_id(), 0u);
+  v1::GroupUpdate upd;
+  upd.set_request_id(3);
+  upd.set_group_id(g.group_id());
+  for (size_t i = 200; i < members.size(); ++i) upd.add_add(members[i]);
+  ASSERT_TRUE(c->conn().SendFrame(Op(wire::Opcode::kGroupUpdate), upd).ok());
+  ASSERT_EQ(c->Expect(Op(wire::Opcode::kGroupInfo), 20'000).opcode, Op(wire::Opcode::kGroupInfo));
+  v1::Send send;
+  send.set_request_id(2);
+  send.set_group_id(g.group_id());
+  send.set_body("to everyone");
+  send.set_idempotency_key(NewKey());
+  ASSERT_TRUE(c->conn().SendFrame(Op(wire::Opcode::kSend), send).ok());
+  ASSERT_EQ(c->Expect(Op(wire::Opcode::kSendAck), 20'000).opcode, Op(wire::Opcode::kSendAck));
+  // One member owned by each node (each node leads one shard here), read through another.
+  std::map<NodeId, uint64_t> probe;
+  for (uint64_t m : members) probe.emplace(cluster_.OwnerOf(m), m);
+  ASSERT_EQ(probe.size(), 3u);
+  for (const auto& [node, member] : probe) {
+    SCOPED_TRACE("member " + std::to_string(member) + " owned by node " + std::to_string(node));
+    size_t copies = 0;
+    const bool got = PollUntil(
+        [&] {
+          auto r = TestClient::Connect(cluster_.node(node % 3 + 1));
+          r->Login(cluster_.node(node % 3 + 1), member);
+          std::vector<v1::Envelope> inbox;
+          r->CatchUp(&inbox);
+          copies = std::count_if(inbox.begin(), inbox.end(), [&](const v1::Envelope& e) {
+            return e.kind() == v1::MESSAGE && e.group_id() == g.group_id();
+          });
+          return copies > 0;
+        },
+        30'000, 100);
+    EXPECT_TRUE(got) << "the fan-out did not reach this member";
+    EXPECT_EQ(copies, 1u);
+  }
+}
+
 void ClusterTest::GroupSendsReachMembersOwnedByEveryNode() {
   std::vector<uint64_t> members;
   for (NodeId owner = 1; owner <= 3; ++owner) {
