@@ -731,7 +731,15 @@ Status Core::StartFanOut() {
     fanout_.set_remote([this](const std::string& key, std::vector<v1::Envelope>* envelopes,
                               std::function<void(Status)> done) {
       if (envelopes->empty()) return done(Status::Ok());
-      const uint32_t group_shard = store_.ShardOf(envelopes->front().group_id());
+      // Only the group's shard primary runs a job (every replica holds it): another node's
+      // worker would send these shares and then have its progress write refused, while
+      // the primary's worker writes the group's-shard members again (not deduplicated).
+      const uint64_t group = envelopes->front().group_id();
+      if (!directory_->Owns(group)) {
+        return done(
+            Unavailable("this node does not lead the shard of group " + std::to_string(group)));
+      }
+      const uint32_t group_shard = store_.ShardOf(group);
       auto local_end = std::stable_partition(
           envelopes->begin(), envelopes->end(),
           [this](const v1::Envelope& e) { return directory_->Owns(e.recipient()); });

@@ -184,6 +184,20 @@ void FanOutWorker::Run() {
   }
 }
 
+bool FanOutWorker::DropJob(Queued& q, const store::InboxStore::FanOutJob& job, const Status& why) {
+  // Another node leads the group's shard (or it is failing over): the job stays in the
+  // store for the shard's primary; this node looks again later.
+  obs::LogInfo("group fan-out: job left to the group's shard primary",
+               {{"group", job.group_id}, {"job", job.job_id}, {"error", why.ToString()}});
+  std::lock_guard<std::mutex> lock(mu_);
+  backlog_ -= q.remaining;
+  BacklogGauge().Add(-q.remaining);
+  JobsGauge().Add(-1);
+  jobs_.pop_front();
+  reload_at_ms_ = clock_.MonoMillis() + options_.reload_after_drop_ms;
+  return true;
+}
+
 bool FanOutWorker::RunBatch(Queued& q) {
   store::InboxStore::FanOutJob& job = q.job;
   auto g = store_.GetGroup(job.group_id);
@@ -232,6 +246,9 @@ bool FanOutWorker::RunBatch(Queued& q) {
         "iris.fanout/" + std::to_string(job.job_id) + "/" + std::to_string(batch.front());
     remote_(key, &envelopes, [p](Status s) { p->set_value(std::move(s)); });
     const Status s = f.get();
+    if (!s.ok() && options_.drop_refused && s.code() == StatusCode::kUnavailable) {
+      return DropJob(q, job, s);  // e.g. this node does not lead the group's shard
+    }
     if (!s.ok()) {
       obs::LogWarn("group fan-out: remote share failed",
                    {{"group", job.group_id}, {"error", s.ToString()}});
@@ -246,17 +263,7 @@ bool FanOutWorker::RunBatch(Queued& q) {
                            [p](Result<store::AppendOutcome> r) { p->set_value(r.status()); });
   const Status s = f.get();
   if (!s.ok() && options_.drop_refused && s.code() == StatusCode::kUnavailable) {
-    // Another node leads the group's shard (or it is failing over): the job stays in the
-    // store for the shard's primary; this node looks again later.
-    obs::LogInfo("group fan-out: job left to the group's shard primary",
-                 {{"group", job.group_id}, {"job", job.job_id}, {"error", s.ToString()}});
-    std::lock_guard<std::mutex> lock(mu_);
-    backlog_ -= q.remaining;
-    BacklogGauge().Add(-q.remaining);
-    JobsGauge().Add(-1);
-    jobs_.pop_front();
-    reload_at_ms_ = clock_.MonoMillis() + options_.reload_after_drop_ms;
-    return true;
+    return DropJob(q, job, s);
   }
   if (!s.ok()) {
     obs::LogWarn("group fan-out: batch write failed",

@@ -53,9 +53,12 @@ class FanOutWorker {
     bool drop_refused = false;
     int64_t reload_after_drop_ms = 5'000;
   };
-  // Appends the envelopes whose recipients other nodes own on those nodes and removes them
-  // from `envelopes`; calls `done` once they are durable there (any thread). Unset on a
-  // single node.
+  // Appends the envelopes that the batch's local write (with the job's progress, in the
+  // group's shard) cannot take, and removes them from `envelopes`: those whose recipients
+  // other nodes own (on those nodes), and in a cluster those of other shards here; calls
+  // `done` once they are durable (any thread). UNAVAILABLE (also when this node does not
+  // lead the group's shard: nothing is sent) is a refusal as the store's. Unset on a single
+  // node.
   using Remote = std::function<void(const std::string& key, std::vector<v1::Envelope>* envelopes,
                                     std::function<void(Status)> done)>;
 
@@ -96,6 +99,9 @@ class FanOutWorker {
   // Waits `ms` unless stopping; false when stopping.
   bool Pause(int64_t ms);
   void SetRemaining(Queued& q, int64_t remaining);
+  // Takes the front job (q) off the queue after a refusal (drop_refused): it stays in the
+  // store for the group's shard primary; the queue is reloaded later. Returns true.
+  bool DropJob(Queued& q, const store::InboxStore::FanOutJob& job, const Status& why);
 
   store::InboxStore& store_;
   const Clock& clock_;

@@ -347,17 +347,26 @@ void NodeReplication::RebuildLoop() {
     // cannot touch it, and only this thread sends).
     const std::pair<repl::ShardNo, repl::NodeId> key{next->shard, next->order.peer};
     const uint64_t id = next->id;
+    const repl::Lsn order_lsn = next->order.lsn;
     std::string cursor = next->cursor;
     lock.unlock();
     // What the host has applied before the read is in the store when it is read: with the
     // store's own record (which a rebuild's install does not move), the position the chunk
-    // was read at.
+    // was read at. Known to be short of the order's lsn already: not read at all.
     const std::optional<repl::ReplicaHost::View> before = view(key.first);
+    repl::Lsn known = before ? before->applied_lsn : 0;
+    if (known < order_lsn && env_.applied_lsn) {
+      if (Result<repl::Lsn> stored = env_.applied_lsn(key.first); stored.ok()) {
+        known = std::max(known, *stored);
+      }
+    }
     bool done = false;
-    repl::Lsn read_lsn = 0;
-    Result<std::string> chunk = env_.copy_chunk(key.first, &cursor, options_.rebuild_chunk_bytes,
-                                                &done, &read_lsn);
-    if (before) read_lsn = std::max(read_lsn, before->applied_lsn);
+    repl::Lsn read_lsn = known;
+    Result<std::string> chunk = std::string();
+    if (known >= order_lsn) {
+      chunk = env_.copy_chunk(key.first, &cursor, options_.rebuild_chunk_bytes, &done, &read_lsn);
+      if (before) read_lsn = std::max(read_lsn, before->applied_lsn);
+    }
     lock.lock();
     auto it = rebuilds_.find(key);
     if (it == rebuilds_.end() || it->second.id != id) continue;  // replaced meanwhile

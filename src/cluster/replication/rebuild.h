@@ -10,7 +10,10 @@
 //   RebuildChunk{id, seq n, last}     ------------>  installs it
 //                                     <------------  RebuildAck{id, n, ok}
 //   InstallSnapshot{epoch, {lsn, epoch, hlc, state = RebuildState(id)}} --> taken only if
-//       every chunk of `id` was installed and nothing was applied since its first chunk
+//       every chunk of `id` was installed, nothing was applied since its first chunk and
+//       every chunk was read at or after lsn; else
+//                                     <------------  RebuildAck{id, 2^64 - 1, not ok}
+//       (the sender drops the rebuild; the primary's next order starts another)
 //
 // Each chunk replaces whole key ranges of the shard's vnodes by the primary's records, read
 // when the chunk was made (at the primary's applied lsn `read_lsn`). The primary sends a

@@ -46,6 +46,8 @@ class ClusterTest : public ::testing::Test {
     LocalCluster::Options o;
     o.storage_nodes = 3;
     o.replicas = replicas;
+    // Replicated: two shards per node, so that a node leads members of several shards.
+    if (replicas > 1) o.shards_per_node = 2;
     o.edge_nodes = 1;
     return o;
   }
@@ -227,11 +229,14 @@ TEST_F(ReplicatedClusterTest, LargeGroupFanOutReachesMembersOfEveryShard) {
   send.set_idempotency_key(NewKey());
   ASSERT_TRUE(c->conn().SendFrame(Op(wire::Opcode::kSend), send).ok());
   ASSERT_EQ(c->Expect(Op(wire::Opcode::kSendAck), 20'000).opcode, Op(wire::Opcode::kSendAck));
-  // One member owned by each node (each node leads one shard here), read through another.
-  std::map<NodeId, uint64_t> probe;
-  for (uint64_t m : members) probe.emplace(cluster_.OwnerOf(m), m);
-  ASSERT_EQ(probe.size(), 3u);
-  for (const auto& [node, member] : probe) {
+  // One member of each shard (two per node here), read through another node.
+  std::map<std::pair<NodeId, int64_t>, uint64_t> probe;
+  for (uint64_t m : members) {
+    probe.emplace(std::make_pair(cluster_.OwnerOf(m), cluster_.ShardOf(m)), m);
+  }
+  ASSERT_EQ(probe.size(), 6u);
+  for (const auto& [where, member] : probe) {
+    const NodeId node = where.first;
     SCOPED_TRACE("member " + std::to_string(member) + " owned by node " + std::to_string(node));
     size_t copies = 0;
     const bool got = PollUntil(

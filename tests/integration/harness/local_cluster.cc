@@ -240,6 +240,15 @@ NodeId LocalCluster::OwnerOf(uint64_t id) {
   return s == nullptr ? 0 : s->primary;
 }
 
+int64_t LocalCluster::ShardOf(uint64_t id) {
+  auto state = LoadState(etcd_.endpoint(), options_.name);
+  EXPECT_TRUE(state.ok()) << state.status().ToString();
+  if (!state.ok()) return -1;
+  const cluster::Placement p(std::move(state).value());
+  const cluster::ShardInfo* s = p.ShardOfVnode(p.VnodeOf(id));
+  return s == nullptr ? -1 : static_cast<int64_t>(s->id);
+}
+
 uint64_t LocalCluster::UserOwnedBy(NodeId node, uint64_t from) {
   auto state = LoadState(etcd_.endpoint(), options_.name);
   EXPECT_TRUE(state.ok()) << state.status().ToString();

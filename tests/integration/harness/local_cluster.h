@@ -58,6 +58,8 @@ class LocalCluster {
 
   // The storage node whose shard owns `id` (user or group) in the current placement.
   NodeId OwnerOf(uint64_t id);
+  // The shard of `id` in the current placement (-1: none).
+  int64_t ShardOf(uint64_t id);
   // The cluster's records as etcd holds them now.
   Result<cluster::ClusterState> State();
   // Waits (`timeout_ms`) until node `id` is registered (alive) in etcd; fails the test
