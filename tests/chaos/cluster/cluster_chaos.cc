@@ -166,42 +166,32 @@ void ExpectFreshReadsThrough(ChaosRun& run, testing::ServerProcess& node, int k)
 // Node `me` is primary of no shard (per etcd), within `timeout_ms`; else a test failure.
 bool WaitNotPrimary(LocalCluster& cluster, NodeId me, bool also_unregistered, int64_t timeout_ms,
                     const std::string& what) {
-  std::string why = "not read yet";
-  const bool done = testing::PollUntil(
-      [&] {
-        auto state = cluster.State();
-        if (!state.ok()) {
-          why = state.status().ToString();
+  std::string why;
+  const bool done = cluster.WaitForState(
+      [&](const cluster::ClusterState& state, std::string* not_yet) {
+        if (auto it = state.nodes.find(me);
+            also_unregistered && it != state.nodes.end() && it->second.alive) {
+          *not_yet = "still registered";
           return false;
         }
-        if (auto it = state->nodes.find(me);
-            also_unregistered && it != state->nodes.end() && it->second.alive) {
-          why = "still registered";
-          return false;
-        }
-        for (const auto& [id, shard] : state->shards) {
+        for (const auto& [id, shard] : state.shards) {
           if (shard.primary == me) {
-            why = "still primary of shard " + std::to_string(id);
+            *not_yet = "still primary of shard " + std::to_string(id);
             return false;
           }
         }
         return true;
       },
-      timeout_ms, 50);
+      timeout_ms, &why);
   EXPECT_TRUE(done) << what << ": " << why;
   return done;
 }
 
 bool WaitEveryReplicaVotes(LocalCluster& cluster, int64_t timeout_ms, const std::string& what) {
-  std::string why = "not read yet";
-  const bool done = testing::PollUntil(
-      [&] {
-        auto state = cluster.State();
-        if (!state.ok()) {
-          why = state.status().ToString();
-          return false;
-        }
-        for (const auto& [id, shard] : state->shards) {
+  std::string why;
+  const bool done = cluster.WaitForState(
+      [&](const cluster::ClusterState& state, std::string* not_yet) {
+        for (const auto& [id, shard] : state.shards) {
           for (NodeId n : shard.replicas) {
             const std::string series =
                 "iris_replication_amnesiac{shard=\"" + std::to_string(id) + "\"}";
@@ -210,15 +200,15 @@ bool WaitEveryReplicaVotes(LocalCluster& cluster, int64_t timeout_ms, const std:
                     ? testing::FreshMetric(cluster.node(n), series)
                     : std::nullopt;
             if (v != std::optional<double>(0.0)) {
-              why = "node " + std::to_string(n) + "'s replica of shard " + std::to_string(id) +
-                    (v ? " does not vote yet (amnesiac)" : " is not reported");
+              *not_yet = "node " + std::to_string(n) + "'s replica of shard " + std::to_string(id) +
+                         (v ? " does not vote yet (amnesiac)" : " is not reported");
               return false;
             }
           }
         }
         return true;
       },
-      timeout_ms, 50);
+      timeout_ms, &why);
   EXPECT_TRUE(done) << what << ": " << why;
   return done;
 }

@@ -138,15 +138,10 @@ class HalvesNemesis : public Nemesis {
     }
     ++splits_;
     const int64_t t0 = SystemClock::Instance().MonoMillis();
-    std::string why = "not read yet";
-    const bool settled = testing::PollUntil(
-        [&] {
-          auto state = cluster_.State();
-          if (!state.ok()) {
-            why = state.status().ToString();
-            return false;
-          }
-          for (const auto& [id, shard] : state->shards) {
+    std::string why;
+    const bool settled = cluster_.WaitForState(
+        [&](const cluster::ClusterState& state, std::string* not_yet) {
+          for (const auto& [id, shard] : state.shards) {
             const bool primary_small = small.count(static_cast<int>(shard.primary)) != 0;
             int same_side = 0;
             for (NodeId r : shard.replicas) {
@@ -156,14 +151,14 @@ class HalvesNemesis : public Nemesis {
               }
             }
             if (same_side == 0) {
-              why = "shard " + std::to_string(id) + "'s primary " +
-                    std::to_string(shard.primary) + " has no replica on its side";
+              *not_yet = "shard " + std::to_string(id) + "'s primary " +
+                         std::to_string(shard.primary) + " has no replica on its side";
               return false;
             }
           }
           return true;
         },
-        30'000, 50);
+        30'000, &why);
     ASSERT_TRUE(settled) << "split {" << minority_[0] << "," << minority_[1] << "}: " << why;
     std::cout << "split {" << minority_[0] << "," << minority_[1] << "} from the other three: "
               << "every primary had a replica on its side after "

@@ -67,23 +67,19 @@ class ReplicatedClusterTest : public ClusterTest {
   ReplicatedClusterTest() : ClusterTest(3) {}
   void SetUp() override {
     ASSERT_NO_FATAL_FAILURE(ClusterTest::SetUp());
-    std::string why = "not read yet";
-    ASSERT_TRUE(PollUntil(
-        [&] {
-          auto state = cluster_.State();
-          if (!state.ok()) {
-            why = state.status().ToString();
-            return false;
-          }
-          for (const auto& [id, shard] : state->shards) {
+    std::string why;
+    ASSERT_TRUE(cluster_.WaitForState(
+        [](const cluster::ClusterState& state, std::string* not_yet) {
+          for (const auto& [id, shard] : state.shards) {
             if (!shard.elected || shard.primary == 0) {
-              why = "shard " + std::to_string(id) + " has not elected a primary";
+              *not_yet = "shard " + std::to_string(id) + " has not elected a primary";
               return false;
             }
           }
-          return !state->shards.empty();
+          *not_yet = "no shards";
+          return !state.shards.empty();
         },
-        30'000, 20))
+        30'000, &why, 20))
         << why;
   }
 };
@@ -185,7 +181,7 @@ TEST_F(ClusterTest, CatchUpRacingSendsAcrossNodesLosesNothing) {
 // owned by every node (one append call per other owner); each member, connected to yet
 // another node, gets it once.
 TEST_F(ClusterTest, GroupSendsReachMembersOwnedByEveryNode) {
-  GroupSendsReachMembersOwnedByEveryNode();
+  ASSERT_NO_FATAL_FAILURE(GroupSendsReachMembersOwnedByEveryNode());
 }
 
 // Replicated, each share of a group's members is written by the primaries of their shards,
@@ -193,7 +189,7 @@ TEST_F(ClusterTest, GroupSendsReachMembersOwnedByEveryNode) {
 // to the group's shard, which the remote node does not lead: every group send and event
 // with members owned by another node failed).
 TEST_F(ReplicatedClusterTest, GroupSendsReachMembersOwnedByEveryNode) {
-  GroupSendsReachMembersOwnedByEveryNode();
+  ASSERT_NO_FATAL_FAILURE(GroupSendsReachMembersOwnedByEveryNode());
 }
 
 // A broadcast group above the direct fan-out limit (256 recipients), replicated: the send is

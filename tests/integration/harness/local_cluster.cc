@@ -231,6 +231,21 @@ void LocalCluster::WaitRegistered(NodeId id, int timeout_ms) {
   if (!registered) FAIL() << "node " << id << " not registered within " << timeout_ms << " ms: " << why;
 }
 
+bool LocalCluster::WaitForState(const StateCheck& holds, int64_t timeout_ms, std::string* why,
+                                int64_t poll_ms) {
+  *why = "not read yet";
+  return PollUntil(
+      [&] {
+        auto state = State();
+        if (!state.ok()) {
+          *why = state.status().ToString();
+          return false;
+        }
+        return holds(*state, why);
+      },
+      timeout_ms, poll_ms);
+}
+
 NodeId LocalCluster::OwnerOf(uint64_t id) {
   auto state = LoadState(etcd_.endpoint(), options_.name);
   EXPECT_TRUE(state.ok()) << state.status().ToString();

@@ -62,6 +62,12 @@ class LocalCluster {
   int64_t ShardOf(uint64_t id);
   // The cluster's records as etcd holds them now.
   Result<cluster::ClusterState> State();
+  // Reads State() every `poll_ms` until holds(state, why) is true; false at the deadline,
+  // with *why saying what did not hold (holds sets it) or why etcd could not be read. No
+  // test failure of its own.
+  using StateCheck = std::function<bool(const cluster::ClusterState& state, std::string* why)>;
+  bool WaitForState(const StateCheck& holds, int64_t timeout_ms, std::string* why,
+                    int64_t poll_ms = 50);
   // Waits (`timeout_ms`) until node `id` is registered (alive) in etcd; fails the test
   // otherwise.
   void WaitRegistered(NodeId id, int timeout_ms = 30'000);
